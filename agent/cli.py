@@ -1,0 +1,67 @@
+"""`jobs-agent` command line: one sub-command per module in `agent.commands`.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets `func` to a
+callable taking the parsed arguments and returning the exit code. Modules import their heavy
+dependencies inside the command, so `jobs-agent --help` stays fast on a gateway.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+COMMAND_MODULES = (
+    "agent.commands.run",
+    "agent.commands.demo",
+    "agent.commands.exec_",
+    "agent.commands.sim",
+    "agent.commands.status",
+    "agent.commands.config_check",
+    "agent.commands.sign",
+)
+
+
+class UsageError(Exception):
+    """A problem with the command line or the configuration: exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobs-agent",
+        description="Device agent for AWS IoT Jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"jobs-agent {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        register: Callable[[Any], None] = module.register
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"jobs-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `jobs-agent` sub-command; see `agent.cli`."""

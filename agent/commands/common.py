@@ -1,0 +1,30 @@
+"""Pieces every command shares: the --config option and turning config errors into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.cli import UsageError
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"configuration file (default: {DEFAULT_CONFIG_PATH}; "
+        "JOBS_AGENT_<SECTION>__<KEY> environment variables override it)",
+    )
+
+
+def load_config_or_exit(
+    args: argparse.Namespace, *, require_thing_name: bool = True
+) -> AgentConfig:
+    try:
+        return load_config(args.config, require_thing_name=require_thing_name)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None

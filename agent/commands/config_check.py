@@ -1,0 +1,59 @@
+"""`jobs-agent config check`: validate a configuration file without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agent.commands.common import add_config_argument, load_config_or_exit
+from agent.redact import redact_mapping
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "config",
+        help="inspect the configuration",
+        description="Inspect the configuration.",
+    )
+    actions = parser.add_subparsers(dest="config_command", metavar="ACTION")
+    actions.required = True
+    check = actions.add_parser(
+        "check",
+        help="validate the configuration file and print the effective settings",
+        description="Validate the configuration (file plus JOBS_AGENT_* environment overrides). "
+        "Exit 0 when valid, 2 with the key, the line and what is expected when not.",
+    )
+    add_config_argument(check)
+    check.add_argument("--json", action="store_true", help="print the effective settings as JSON")
+    check.set_defaults(func=_check)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_config_or_exit(args)
+    effective = redact_mapping(_plain(asdict(config)))
+    if args.json:
+        print(json.dumps(effective, indent=2, sort_keys=True))
+    else:
+        print(
+            f"configuration OK: thing {config.thing_name}, transport {config.connection.transport}"
+        )
+        for section, values in effective.items():
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    print(f"  {section}.{key} = {json.dumps(value)}")
+            else:
+                print(f"  {section} = {json.dumps(values)}")
+    return 0

@@ -1,0 +1,57 @@
+"""`jobs-agent run`: the daemon (or, with --dry-run, a read-only look at what it would do)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from agent.commands.common import add_config_argument, load_config_or_exit
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the agent (the daemon)",
+        description="Connect to AWS IoT (or the configured broker), take jobs for this thing one "
+        "at a time, run them through the handlers and report their outcome. SIGTERM stops "
+        "gracefully (twice: at once), SIGHUP reloads the configuration.",
+    )
+    add_config_argument(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read-only: list pending executions and print the plan for each; never starts or "
+        "updates a job",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="with --dry-run: keep listening and plan new jobs as they arrive",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None,
+        help="override log.level from the configuration",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.cli import UsageError
+    from agent.log import configure_logging
+
+    config = load_config_or_exit(args)
+    if args.watch and not args.dry_run:
+        raise UsageError("--watch only goes with --dry-run")
+    configure_logging(args.log_level or config.log.level, config.log.format)
+    if args.dry_run:
+        from agent.dryrun import run_dry
+
+        return asyncio.run(run_dry(config, watch=args.watch))
+    from agent.config import DEFAULT_CONFIG_PATH
+    from agent.daemon import Agent
+
+    agent = Agent(config, config_path=args.config or DEFAULT_CONFIG_PATH)
+    return asyncio.run(agent.run())

@@ -1,0 +1,213 @@
+"""The daemon: wires transport -> jobs client -> engine, and owns the process-level concerns.
+
+Signals: the first SIGTERM/SIGINT stops taking jobs and lets the running step finish within
+`jobs.stop_timeout_seconds` (a resumable handler is suspended and continues after the restart);
+a second one stops at once. SIGHUP reloads the configuration (log level, handlers, limits)
+without dropping the connection or the running job. systemd is told READY=1 once connected and
+subscribed, STATUS= with the current job, WATCHDOG=1 only while the event loop and the engine
+make progress, and STOPPING=1 / RELOADING=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.engine.async_store import AsyncStore
+from agent.engine.engine import Engine, EngineStatus
+from agent.log import configure_logging
+from agent.sdnotify import SystemdNotifier
+from agent.transport import Transport, TransportError
+
+log = structlog.get_logger("agent.daemon")
+
+ENGINE_STALL_SECONDS = 90.0
+"""The engine's main loop refreshes its heartbeat at least every 30 s; thrice that is a stall."""
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        config_path: Path | None = None,
+        transport: Transport | None = None,
+        notifier: SystemdNotifier | None = None,
+        heartbeat_interval: float | None = None,
+        boot_id_path: Path | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._transport = transport
+        self.notifier = notifier or SystemdNotifier()
+        self._heartbeat_interval = heartbeat_interval
+        self._boot_id_path = boot_id_path
+        self._connect_timeout = connect_timeout
+        self.engine: Engine | None = None
+        self._signals = 0
+        self._embedded: Any = None
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> int:
+        from agent.dispatch import Dispatcher
+        from agent.jobs.client import JobsClient
+
+        config = self.config
+        store = AsyncStore(config.state_dir / "state.db")
+        transport = self._transport or await self._make_transport()
+        self._install_signal_handlers()
+        try:
+            log.info(
+                "connecting",
+                transport=config.connection.transport,
+                endpoint=config.connection.endpoint or None,
+                thing_name=config.thing_name,
+            )
+            await transport.connect(timeout=self._connect_timeout)
+            client = JobsClient(
+                transport,
+                config.thing_name,
+                namespaces=config.jobs.namespaces,
+                request_timeout=config.jobs.request_timeout_seconds,
+            )
+            await client.start()
+            engine = Engine(
+                config,
+                client,
+                store,
+                Dispatcher(config),
+                heartbeat_interval=self._heartbeat_interval,
+                on_status=self._on_status,
+                **({"boot_id_path": self._boot_id_path} if self._boot_id_path else {}),
+            )
+            self.engine = engine
+            if self._signals:
+                engine.request_stop(immediate=self._signals > 1)
+            self.notifier.ready(status="connected; waiting for jobs")
+            self.ready.set()
+            log.info("ready", thing_name=config.thing_name, namespaces=list(config.jobs.namespaces))
+            watchdog = asyncio.create_task(self._watchdog(engine))
+            try:
+                await engine.run()
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+            self.notifier.stopping()
+            await client.close()
+            return 0
+        except TransportError as exc:
+            log.error("cannot connect", error=str(exc))
+            return 1
+        finally:
+            with contextlib.suppress(Exception):
+                await transport.disconnect()
+            if self._embedded is not None:
+                await self._embedded.stop()
+            await store.close()
+            self._remove_signal_handlers()
+            log.info("stopped")
+
+    async def _make_transport(self) -> Transport:
+        from agent.transport.factory import create_transport
+
+        if self.config.connection.transport != "local":
+            return create_transport(self.config)
+        # The local transport means: an embedded emulator in this process (development).
+        from agent.emulator.embedded import EmbeddedEmulator
+        from agent.transport.local import LocalBus
+
+        bus = LocalBus()
+        self._embedded = EmbeddedEmulator(bus, http_port=0)
+        await self._embedded.start()
+        log.info("embedded IoT Jobs emulator started", http=self._embedded.http_endpoint)
+        return create_transport(self.config, bus=bus)
+
+    def request_stop(self) -> None:
+        self._signals += 1
+        self.notifier.stopping()
+        if self.engine is not None:
+            self.engine.request_stop(immediate=self._signals > 1)
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+    def _on_stop_signal(self, name: str) -> None:
+        log.info(
+            "stop requested" if self._signals == 0 else "second stop request: stopping now",
+            signal=name,
+        )
+        self.request_stop()
+
+    def _on_reload_signal(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the configuration; apply what can change without reconnecting."""
+        if self.config_path is None:
+            log.warning("reload requested but the agent was not started from a file")
+            return False
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "reload refused: the configuration is invalid; keeping the old one", error=str(exc)
+            )
+            self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
+            return False
+        if new.connection != self.config.connection or new.thing_name != self.config.thing_name:
+            log.warning("connection and thing_name changes take effect after a restart")
+            new = dataclasses.replace(
+                new, connection=self.config.connection, thing_name=self.config.thing_name
+            )
+        if new.state_dir != self.config.state_dir:
+            log.warning("state_dir changes take effect after a restart")
+            new = dataclasses.replace(new, state_dir=self.config.state_dir)
+        configure_logging(new.log.level, new.log.format)
+        self.config = new
+        if self.engine is not None:
+            from agent.dispatch import Dispatcher
+
+            self.engine.config = new
+            self.engine.dispatcher = Dispatcher(new)
+        log.info("configuration reloaded", path=str(self.config_path))
+        self.notifier.notify("READY=1", "STATUS=configuration reloaded")
+        return True
+
+    # -- systemd ------------------------------------------------------------------------------
+    def _on_status(self, status: EngineStatus) -> None:
+        self.notifier.status(status.describe())
+
+    async def _watchdog(self, engine: Engine) -> None:
+        """Ping systemd only while the loop runs (this task) and the engine makes progress."""
+        period = self.notifier.watchdog_seconds
+        if period is None:
+            return
+        while True:
+            await asyncio.sleep(period / 3)
+            if time.monotonic() - engine.loop_heartbeat < ENGINE_STALL_SECONDS:
+                self.notifier.watchdog()
+            else:
+                log.error("engine stalled; withholding the watchdog ping so systemd restarts us")

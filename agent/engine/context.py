@@ -1,0 +1,62 @@
+"""The `JobContext` the engine hands to a running handler (see handlers/api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.engine.async_store import AsyncStore
+from agent.engine.progress import ProgressReporter
+from agent.engine.store import ExecutionKey
+from handlers.api import Logger
+
+
+class EngineJobContext:
+    def __init__(
+        self,
+        *,
+        key: ExecutionKey,
+        thing_name: str,
+        document: Mapping[str, Any],
+        checkpoint_data: Any,
+        resumed: bool,
+        rebooted: bool,
+        log: Logger,
+        scratch_dir: Path,
+        state_dir: Path,
+        store: AsyncStore,
+        reporter: ProgressReporter,
+    ) -> None:
+        self.key = key
+        self.job_id = key.job_id
+        self.execution_number = key.execution_number
+        self.thing_name = thing_name
+        self.namespace = key.namespace or None
+        self.document = document
+        self.checkpoint_data = checkpoint_data
+        self.resumed = resumed
+        self.rebooted = rebooted
+        self.cancelled = asyncio.Event()
+        self.log = log
+        self.scratch_dir = scratch_dir
+        self.state_dir = state_dir
+        self.reboot_requested = False
+        self._store = store
+        self._reporter = reporter
+
+    def progress(
+        self, percent: float | None = None, message: str | None = None, **details: Any
+    ) -> None:
+        self._reporter.update(percent, message, details)
+
+    async def checkpoint(self, data: Any) -> None:
+        await self._store.save_checkpoint(self.key, data)
+        self.checkpoint_data = data
+
+    def request_reboot(self) -> None:
+        self.reboot_requested = True
+
+    def extend_step_timeout(self, minutes: int) -> None:
+        self._reporter.extend_step_timeout(minutes)

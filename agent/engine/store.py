@@ -1,0 +1,399 @@
+"""Durable state of the agent: one SQLite file under `state_dir`.
+
+The Mender lesson: every transition of an execution is written (and fsynced: WAL with
+synchronous=FULL) before the side effect it announces, so that a `kill -9` or a power cut at any
+line leaves a record from which the next start knows exactly what happened and what is left:
+
+    received -> started -> running -> (awaiting_reboot -> running)* -> decided -> reported
+                                   \\-> cancelled (the cloud ended it; nothing is reported)
+
+`decided` rows always have a matching outbox row until the service accepted the update; the
+outbox is flushed in id order before new work is taken.
+"""
+
+# ruff: noqa: S608  -- SQL text is assembled only from constants here; values are always bound.
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+    namespace TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    execution_number INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    document TEXT NOT NULL,
+    version_number INTEGER,
+    handler TEXT,
+    resumable INTEGER NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    checkpoint TEXT,
+    boot_id TEXT,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    outcome_status TEXT,
+    outcome_details TEXT,
+    note TEXT,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (namespace, job_id, execution_number)
+);
+CREATE INDEX IF NOT EXISTS executions_state ON executions (state);
+CREATE INDEX IF NOT EXISTS executions_updated ON executions (updated_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    execution_number INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_details TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+"""
+
+
+class StoreError(Exception):
+    """The state database cannot be used (full disk, corrupt file, permissions)."""
+
+
+class ExecutionState(StrEnum):
+    RECEIVED = "received"
+    STARTED = "started"
+    RUNNING = "running"
+    AWAITING_REBOOT = "awaiting_reboot"
+    DECIDED = "decided"
+    REPORTED = "reported"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATES = (
+    ExecutionState.RECEIVED,
+    ExecutionState.STARTED,
+    ExecutionState.RUNNING,
+    ExecutionState.AWAITING_REBOOT,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionKey:
+    namespace: str
+    """"" for the default namespace."""
+    job_id: str
+    execution_number: int
+
+    def __str__(self) -> str:
+        prefix = f"{self.namespace}/" if self.namespace else ""
+        return f"{prefix}{self.job_id}#{self.execution_number}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    key: ExecutionKey
+    state: ExecutionState
+    document: dict[str, Any]
+    version_number: int | None
+    handler: str | None
+    resumable: bool
+    step: int
+    checkpoint: Any
+    boot_id: str | None
+    restarts: int
+    progress: dict[str, Any] | None
+    outcome_status: str | None
+    outcome_details: dict[str, str] | None
+    note: str | None
+    received_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    key: ExecutionKey
+    status: str
+    status_details: dict[str, str]
+    created_at: float
+    attempts: int
+    last_error: str | None
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    """Synchronous SQLite access; the engine calls it from one worker thread (see AsyncStore)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run statements in one durable transaction; on failure nothing is written."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        self._db.execute(sql, params)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> ExecutionRecord:
+        return ExecutionRecord(
+            key=ExecutionKey(row[0], row[1], row[2]),
+            state=ExecutionState(row[3]),
+            document=json.loads(row[4]),
+            version_number=row[5],
+            handler=row[6],
+            resumable=bool(row[7]),
+            step=row[8],
+            checkpoint=_loads(row[9]),
+            boot_id=row[10],
+            restarts=row[11],
+            progress=_loads(row[12]),
+            outcome_status=row[13],
+            outcome_details=_loads(row[14]),
+            note=row[15],
+            received_at=row[16],
+            updated_at=row[17],
+        )
+
+    _COLUMNS = (
+        "namespace, job_id, execution_number, state, document, version_number, handler,"
+        " resumable, step, checkpoint, boot_id, restarts, progress, outcome_status,"
+        " outcome_details, note, received_at, updated_at"
+    )
+    _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
+
+    @staticmethod
+    def _key_params(key: ExecutionKey) -> tuple[str, str, int]:
+        return (key.namespace, key.job_id, key.execution_number)
+
+    # -- executions ---------------------------------------------------------------------------
+    def get(self, key: ExecutionKey) -> ExecutionRecord | None:
+        rows = self._query(
+            f"SELECT {self._COLUMNS} FROM executions WHERE {self._WHERE_KEY}",
+            self._key_params(key),
+        )
+        return self._record(rows[0]) if rows else None
+
+    def active(self) -> list[ExecutionRecord]:
+        """Executions the agent has taken and not finished, oldest first."""
+        marks = ",".join("?" for _ in ACTIVE_STATES)
+        rows = self._query(
+            f"SELECT {self._COLUMNS} FROM executions WHERE state IN ({marks}) ORDER BY received_at",
+            tuple(str(s) for s in ACTIVE_STATES),
+        )
+        return [self._record(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[ExecutionRecord]:
+        rows = self._query(
+            f"SELECT {self._COLUMNS} FROM executions ORDER BY updated_at DESC LIMIT ?", (limit,)
+        )
+        return [self._record(r) for r in rows]
+
+    def record_received(
+        self,
+        key: ExecutionKey,
+        document: Mapping[str, Any],
+        version_number: int | None,
+        state: ExecutionState = ExecutionState.RECEIVED,
+    ) -> None:
+        now = time.time()
+        self._write(
+            [
+                (
+                    "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
+                    " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        *self._key_params(key),
+                        str(state),
+                        json.dumps(document),
+                        version_number,
+                        now,
+                        now,
+                    ),
+                )
+            ]
+        )
+
+    def transition(self, key: ExecutionKey, state: ExecutionState, **fields: Any) -> None:
+        """Move an execution to `state`, updating the given columns in the same transaction."""
+        allowed = {
+            "version_number",
+            "handler",
+            "resumable",
+            "step",
+            "boot_id",
+            "restarts",
+            "note",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown execution fields: {sorted(unknown)}")
+        assignments = ["state = ?", "updated_at = ?"]
+        params: list[Any] = [str(state), time.time()]
+        for name, value in fields.items():
+            assignments.append(f"{name} = ?")
+            params.append(int(value) if isinstance(value, bool) else value)
+        self._write(
+            [
+                (
+                    f"UPDATE executions SET {', '.join(assignments)} WHERE {self._WHERE_KEY}",
+                    (*params, *self._key_params(key)),
+                )
+            ]
+        )
+
+    def save_checkpoint(self, key: ExecutionKey, data: Any) -> None:
+        self._write(
+            [
+                (
+                    f"UPDATE executions SET checkpoint = ?, updated_at = ? WHERE {self._WHERE_KEY}",
+                    (json.dumps(data), time.time(), *self._key_params(key)),
+                )
+            ]
+        )
+
+    def save_progress(self, key: ExecutionKey, progress: Mapping[str, Any]) -> None:
+        self._write(
+            [
+                (
+                    f"UPDATE executions SET progress = ?, updated_at = ? WHERE {self._WHERE_KEY}",
+                    (json.dumps(dict(progress)), time.time(), *self._key_params(key)),
+                )
+            ]
+        )
+
+    def decide(self, key: ExecutionKey, status: str, details: Mapping[str, str]) -> None:
+        """Record the outcome and queue its report, atomically."""
+        now = time.time()
+        encoded = json.dumps(dict(details))
+        self._write(
+            [
+                (
+                    "UPDATE executions SET state = ?, outcome_status = ?, outcome_details = ?,"
+                    f" updated_at = ? WHERE {self._WHERE_KEY}",
+                    (str(ExecutionState.DECIDED), status, encoded, now, *self._key_params(key)),
+                ),
+                (
+                    "INSERT INTO outbox (namespace, job_id, execution_number, status,"
+                    " status_details, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*self._key_params(key), status, encoded, now),
+                ),
+            ]
+        )
+
+    def reported(self, entry_id: int, key: ExecutionKey, note: str | None = None) -> None:
+        """The service accepted (or will never accept) the outcome: close the execution."""
+        self._write(
+            [
+                ("DELETE FROM outbox WHERE id = ?", (entry_id,)),
+                (
+                    f"UPDATE executions SET state = ?, note = COALESCE(?, note), updated_at = ?"
+                    f" WHERE {self._WHERE_KEY}",
+                    (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key)),
+                ),
+            ]
+        )
+
+    def cancelled(self, key: ExecutionKey, note: str) -> None:
+        """The cloud ended the execution: drop anything queued for it, report nothing."""
+        self._write(
+            [
+                ("DELETE FROM outbox WHERE " + self._WHERE_KEY, self._key_params(key)),
+                (
+                    f"UPDATE executions SET state = ?, note = ?, updated_at = ?"
+                    f" WHERE {self._WHERE_KEY}",
+                    (str(ExecutionState.CANCELLED), note, time.time(), *self._key_params(key)),
+                ),
+            ]
+        )
+
+    # -- outbox -------------------------------------------------------------------------------
+    def outbox(self) -> list[OutboxEntry]:
+        rows = self._query(
+            "SELECT id, namespace, job_id, execution_number, status, status_details, created_at,"
+            " attempts, last_error FROM outbox ORDER BY id"
+        )
+        return [
+            OutboxEntry(
+                id=r[0],
+                key=ExecutionKey(r[1], r[2], r[3]),
+                status=r[4],
+                status_details=json.loads(r[5]),
+                created_at=r[6],
+                attempts=r[7],
+                last_error=r[8],
+            )
+            for r in rows
+        ]
+
+    def outbox_attempt_failed(self, entry_id: int, error: str) -> None:
+        self._write(
+            [
+                (
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                    (error[:500], entry_id),
+                )
+            ]
+        )
+
+    def prune(self, keep: int = 500) -> None:
+        """Forget finished executions beyond the most recent `keep` (the DB stays small)."""
+        finished = (str(ExecutionState.REPORTED), str(ExecutionState.CANCELLED))
+        self._write(
+            [
+                (
+                    "DELETE FROM executions WHERE state IN (?, ?) AND rowid NOT IN ("
+                    "SELECT rowid FROM executions ORDER BY updated_at DESC LIMIT ?)",
+                    (*finished, keep),
+                )
+            ]
+        )

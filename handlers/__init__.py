@@ -1,0 +1,1 @@
+"""Built-in handlers and the public API for writing new ones (see `handlers.api`)."""

@@ -1,0 +1,121 @@
+"""The contract between the engine and a handler: what a handler gets and how it ends.
+
+This module is the public plugin API. A Python plugin is any class with a `run(ctx)` coroutine;
+it is found through the entry-point group `jobs_agent.handlers` or named in the config
+(`handlers: {name: "package.module:Class"}`). `run` chooses the outcome:
+
+* return `None` or a mapping of extra statusDetails -> SUCCEEDED;
+* raise `JobFailed(reason, **details)` -> FAILED (the job's retry config may run it again);
+* raise `JobRejected(reason, **details)` -> REJECTED (the document is wrong for this device);
+* raise anything else -> FAILED with the exception's message; the agent never crashes for it.
+
+A handler that sets `resumable = True` promises that running it again after an agent restart,
+with `ctx.resumed` true and `ctx.checkpoint_data` as last saved, is safe. A handler that is not
+resumable is never run twice: after a crash mid-run the job is reported FAILED instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+TerminalStatus = Literal["SUCCEEDED", "FAILED", "REJECTED"]
+
+
+class JobFailed(Exception):
+    """End the job FAILED with `reason` (and optional extra statusDetails)."""
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+class JobRejected(Exception):
+    """End the job REJECTED: the document is invalid or not meant for this device."""
+
+    def __init__(self, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a job ended with, before sanitising to the statusDetails limits."""
+
+    status: TerminalStatus
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def succeeded(cls, **details: Any) -> Outcome:
+        return cls("SUCCEEDED", details)
+
+    @classmethod
+    def failed(cls, reason: str, **details: Any) -> Outcome:
+        return cls("FAILED", {"reason": reason, **details})
+
+    @classmethod
+    def rejected(cls, reason: str, **details: Any) -> Outcome:
+        return cls("REJECTED", {"reason": reason, **details})
+
+
+class Logger(Protocol):
+    """The part of a structlog bound logger handlers may use."""
+
+    def debug(self, event: str, **kw: Any) -> Any: ...
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+    def error(self, event: str, **kw: Any) -> Any: ...
+
+
+@runtime_checkable
+class JobContext(Protocol):
+    """What the engine gives a running handler.
+
+    `progress` never blocks and never fails: the engine keeps only the latest state and sends
+    it at a bounded rate. `checkpoint` is durable when it returns (it is written to the agent's
+    database), so a resumable handler can continue from it after a crash or a reboot.
+    """
+
+    job_id: str
+    execution_number: int
+    thing_name: str
+    namespace: str | None
+    document: Mapping[str, Any]
+    checkpoint_data: Any
+    resumed: bool
+    """True when this run continues an earlier one (after an agent restart or a reboot)."""
+    rebooted: bool
+    """True when the run continues after a reboot the job asked for and the boot id changed."""
+    cancelled: asyncio.Event
+    log: Logger
+    scratch_dir: Path
+    """A private directory for this execution, removed after the outcome is reported."""
+    state_dir: Path
+    """A private directory for this job that survives restarts until the job ends."""
+
+    def progress(
+        self, percent: float | None = None, message: str | None = None, **details: Any
+    ) -> None: ...
+
+    async def checkpoint(self, data: Any) -> None: ...
+
+    def request_reboot(self) -> None:
+        """Ask for a reboot once `run` returns; `run` is called again after the boot."""
+
+    def extend_step_timeout(self, minutes: int) -> None:
+        """Ask the service for a longer step timeout (1 to 10080 minutes) for the next step."""
+
+
+@runtime_checkable
+class Handler(Protocol):
+    """A resolved handler ready to run one execution."""
+
+    name: str
+    resumable: bool
+
+    async def run(self, ctx: JobContext) -> Mapping[str, Any] | Outcome | None: ...

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The one test command (README "Quick start" and .ci/run both call this file).
+# On a fresh Debian/Ubuntu machine with Python 3.11 it installs what the tests need (mosquitto
+# from the distribution's packages, a virtual environment with the test extras), runs the
+# quality gates (ruff, mypy --strict) and then the whole pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    echo "== installing mosquitto"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+# The broker fixtures start their own mosquitto; the distribution's service is not needed.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    as_root systemctl stop mosquitto || true
+fi
+
+VENV=${JOBS_AGENT_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV"
+    python3 -m venv "$VENV"
+fi
+echo "== installing jobs-agent with its test extras"
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+
+echo "== ruff check"
+"$VENV/bin/ruff" check .
+echo "== ruff format --check"
+"$VENV/bin/ruff" format --check .
+echo "== mypy --strict agent handlers"
+"$VENV/bin/mypy" --strict agent handlers
+
+echo "== pytest"
+exec "$VENV/bin/python" -m pytest "$@"

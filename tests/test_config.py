@@ -1,0 +1,141 @@
+"""The configuration file: typed, validated, and errors an operator can act on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+thing_name: gw-001
+connection:
+  transport: awscrt
+  endpoint: abc123-ats.iot.eu-west-1.amazonaws.com
+  port: 8883
+  cert: /etc/jobs-agent/device.pem.crt
+  key: /etc/jobs-agent/private.pem.key
+  ca: /etc/jobs-agent/AmazonRootCA1.pem
+jobs:
+  namespaces: [fleet-a]
+  step_timeout_minutes: 10
+  handler_dir: /etc/jobs-agent/handlers
+state_dir: /var/lib/jobs-agent
+log: {level: info, format: auto}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_into_typed_objects(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), environ={})
+    assert isinstance(config, AgentConfig)
+    assert config.thing_name == "gw-001"
+    assert config.client_id == "gw-001"
+    assert config.connection.port == 8883
+    assert config.connection.cert == Path("/etc/jobs-agent/device.pem.crt")
+    assert config.jobs.namespaces == ("fleet-a",)
+    assert config.jobs.step_timeout_minutes == 10
+    assert config.state_dir == Path("/var/lib/jobs-agent")
+
+
+def test_bad_port_names_key_line_and_expectation(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("port: 8883", "port: abc"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert 'connection.port: expected an integer from 1 to 65535, got "abc" (line 5)' in message
+
+
+def test_unknown_key_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  port: 8883", "  prot: 8883"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert 'connection.prot: unknown key (did you mean "port"?) (line 5)' in str(info.value)
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "thingname: x\n")
+    with pytest.raises(
+        ConfigError, match=r'thingname: unknown key \(did you mean "thing_name"\?\)'
+    ):
+        load_config(path, environ={})
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "thing_name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML.*line 2"):
+        load_config(path, environ={})
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    config = load_config(
+        path,
+        environ={"JOBS_AGENT_CONNECTION__PORT": "443", "JOBS_AGENT_THING_NAME": "gw-002"},
+    )
+    assert config.connection.port == 443
+    assert config.thing_name == "gw-002"
+
+
+def test_bad_environment_override_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"JOBS_AGENT_JOBS__STEP_TIMEOUT_MINUTES": "0"})
+    assert "jobs.step_timeout_minutes: expected an integer from 1 to 10080" in str(info.value)
+    assert "environment JOBS_AGENT_JOBS__STEP_TIMEOUT_MINUTES" in str(info.value)
+
+
+def test_greengrass_namespace_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("[fleet-a]", "[aws-gg-deployment]"))
+    with pytest.raises(ConfigError, match="belongs to the Greengrass nucleus"):
+        load_config(path, environ={})
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("/etc/jobs-agent/handlers", "handlers"))
+    assert load_config(path, environ={}).jobs.handler_dir == tmp_path / "handlers"
+
+
+def test_missing_key_pair_half(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  key: /etc/jobs-agent/private.pem.key\n", ""))
+    with pytest.raises(ConfigError, match="connection.key: required"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize("name", ["gateway.yaml", "local.yaml", "bridge.yaml"])
+def test_shipped_examples_are_valid(name: str) -> None:
+    load_config(REPO / "config" / name, environ={})
+
+
+def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD)
+    ok = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "check", "--config", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "configuration OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("port: 8883", 'port: "abc"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        'connection.port: expected an integer from 1 to 65535, got "abc" (line 5)' in result.stderr
+    )
