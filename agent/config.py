@@ -471,11 +471,27 @@ def load_config(
         raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
     data, where = _parse_yaml(text, str(path))
     _apply_environment(data, where, environ)
+    _thing_name_from_greengrass(data, where, environ)
     try:
         config = config_from_data(data, where, require_thing_name=require_thing_name)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return resolve_relative_paths(config, path.parent.resolve())
+
+
+def _thing_name_from_greengrass(
+    data: dict[str, Any], where: dict[str, _Where], environ: Mapping[str, str]
+) -> None:
+    """Under Greengrass the nucleus names the thing (AWS_IOT_THING_NAME) unless the file does."""
+    connection = data.get("connection")
+    transport = connection.get("transport") if isinstance(connection, dict) else None
+    if (
+        transport == "greengrass"
+        and not data.get("thing_name")
+        and environ.get("AWS_IOT_THING_NAME")
+    ):
+        data["thing_name"] = environ["AWS_IOT_THING_NAME"]
+        where["thing_name"] = "environment AWS_IOT_THING_NAME"
 
 
 def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:

@@ -21,7 +21,9 @@ _QUERY_SECRETS = re.compile(
 _PEM_PRIVATE_KEY = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----.*?(-----END \1-----|$)", re.DOTALL
 )
-_SECRET_KEYS = re.compile(r"(?i)(password|passwd|secret|token|private_?key|credential)")
+_SECRET_KEYS = re.compile(
+    r"(?i)(password|passwd|secret|private_?key|credential|security_token|session_token|access_token)"
+)
 
 
 def redact_text(text: str) -> str:

@@ -108,7 +108,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 
 def test_missing_key_pair_half(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("  key: /etc/jobs-agent/private.pem.key\n", ""))
-    with pytest.raises(ConfigError, match="connection.key: required"):
+    with pytest.raises(ConfigError, match=r"connection\.key: required"):
         load_config(path, environ={})
 
 

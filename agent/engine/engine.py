@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from agent.aio import wait_event
 from agent.config import AgentConfig
 from agent.engine.async_store import AsyncStore
 from agent.engine.context import EngineJobContext
@@ -36,7 +37,7 @@ from agent.jobs.client import (
     NextJobExecutionChanged,
     Resync,
 )
-from agent.jobs.errors import ErrorCode, JobsError, JobsRejected
+from agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
 from agent.jobs.models import JobExecution
 from agent.jobs.status_details import sanitize_status_details
 from agent.redact import redact_mapping
@@ -45,13 +46,6 @@ from handlers.api import Handler, JobRejected, Outcome
 
 log = structlog.get_logger("agent.engine")
 
-CLOUD_ENDED_CODES = frozenset(
-    {
-        ErrorCode.INVALID_STATE_TRANSITION,
-        ErrorCode.TERMINAL_STATE_REACHED,
-        ErrorCode.RESOURCE_NOT_FOUND,
-    }
-)
 TERMINAL_STATUSES = frozenset(
     {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
 )
@@ -199,15 +193,13 @@ class Engine:
             self._set_status("stopped")
 
     async def _wait_for_wake(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await wait_event(self._wake, timeout)
         # A periodic look even without events: a lost notify must not strand a queued job.
         self._wake.set()
 
     async def _retry_later(self, delay: float) -> None:
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        await wait_event(self._wake, delay)
         self._wake.set()
 
     # -- events -------------------------------------------------------------------------------
@@ -376,7 +368,12 @@ class Engine:
 
     async def _take_next_in_namespace(self, namespace: str) -> JobExecution | None:
         """Describe `$next` and move it to IN_PROGRESS (the reference's namespaced flow)."""
-        execution = await self.client.describe("$next", namespace=namespace)
+        try:
+            execution = await self.client.describe("$next", namespace=namespace)
+        except JobsRejected as exc:
+            if exc.code == ErrorCode.RESOURCE_NOT_FOUND:
+                return None  # some readings of the API answer "nothing next" this way
+            raise
         if execution is None:
             return None
         if str(execution.status) != "QUEUED":
@@ -750,7 +747,8 @@ class Engine:
                 stderr=asyncio.subprocess.PIPE,
                 env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
             )
-            _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+            async with asyncio.timeout(120):
+                _, stderr = await process.communicate()
         except (OSError, TimeoutError) as exc:
             await self._decide(key, Outcome.failed(f"reboot command failed: {exc}"), bound)
             return

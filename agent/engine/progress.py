@@ -10,10 +10,11 @@ is not needed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from agent.aio import wait_event
 
 Send = Callable[[Mapping[str, Any] | None, int | None], Awaitable[bool]]
 """send(status_details or None for "unchanged", step_timeout_minutes or None) -> keep going?"""
@@ -114,5 +115,4 @@ class ProgressReporter:
                 continue
             self._wake.clear()
             timeout = None if not due_times else max(0.0, min(due_times) - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)

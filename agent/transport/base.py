@@ -21,6 +21,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.aio import wait_event
+
 
 class TransportError(Exception):
     """A transport operation failed (the message says which and why)."""
@@ -114,8 +116,4 @@ class Transport(abc.ABC):
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the link is up; False on timeout."""
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._up, timeout)

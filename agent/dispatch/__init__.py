@@ -1,0 +1,14 @@
+"""Routing job documents to handlers, and running them safely (see docs/handlers.md)."""
+
+from agent.dispatch.plan import PlannedStep
+from agent.dispatch.router import Dispatcher, check_limits, run_handler
+from agent.dispatch.scripts import EXIT_REBOOT, EXIT_REJECTED
+
+__all__ = [
+    "EXIT_REBOOT",
+    "EXIT_REJECTED",
+    "Dispatcher",
+    "PlannedStep",
+    "check_limits",
+    "run_handler",
+]

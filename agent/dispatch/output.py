@@ -1,0 +1,114 @@
+"""Handler output: a bounded tail for statusDetails and a size-capped log file per job.
+
+A handler may print without limit; the agent must never block it, kill it, or run out of memory
+for that. Only the last few kilobytes are kept in memory (the service accepts 1024 characters per
+statusDetails value) and the full output goes to a log file whose head is kept up to a cap, so an
+operator can still read how a long job started and see that the rest was cut.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from typing import BinaryIO
+
+STATUS_VALUE_MAX = 1024
+"""The service's limit on one statusDetails value (characters)."""
+
+_TAIL_BYTES = 8 * STATUS_VALUE_MAX
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def single_line(text: str, limit: int = STATUS_VALUE_MAX) -> str:
+    """Make output acceptable as a statusDetails value: one line, no control characters.
+
+    The Device Client sends its tails with the trailing newline, which the API's value pattern
+    forbids; here line breaks become a literal `\\n`, tabs a space, other control and unassigned
+    characters are dropped, and the last `limit` characters are kept (the end of the output is
+    where the error usually is).
+    """
+    text = _LINE_BREAK.sub("\\\\n", text.strip())
+    text = text.replace("\t", " ")
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    return text[-limit:] if len(text) > limit else text
+
+
+class Tail:
+    """The last bytes of a stream, decoded only when asked for."""
+
+    def __init__(self, max_bytes: int = _TAIL_BYTES) -> None:
+        self._max = max_bytes
+        self._buffer = bytearray()
+        self.total_bytes = 0
+        self.lines = 0
+        self._last_byte: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self.total_bytes += len(data)
+        self.lines += data.count(b"\n")
+        self._last_byte = data[-1]
+        self._buffer += data[-self._max :]
+        if len(self._buffer) > self._max:
+            del self._buffer[: len(self._buffer) - self._max]
+
+    def finish_lines(self) -> int:
+        """Lines of output, counting a last line without a newline."""
+        partial = 1 if self._last_byte is not None and self._last_byte != ord("\n") else 0
+        return self.lines + partial
+
+    def text(self) -> str:
+        return self._buffer.decode("utf-8", errors="replace")
+
+    def status_value(self) -> str:
+        return single_line(self.text())
+
+
+class OutputLog:
+    """Appends a job's output to `<state_dir>/logs/<jobId>-<executionNumber>.log` up to a cap.
+
+    The file is opened in append mode and its existing size counts toward the cap, so a job that
+    continues after a reboot adds to the same log without exceeding it.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.truncated = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._written = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._file is None or self.truncated or not data:
+            return
+        room = self.max_bytes - self._written
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            self.truncated = True
+        self._file.write(data)
+        self._written += len(data)
+        if self.truncated:
+            note = (
+                f"\n[jobs-agent: output truncated: the log is capped at {self.max_bytes} bytes]\n"
+            )
+            self._file.write(note.encode())
+            self._file.flush()
+
+    def note(self, text: str) -> None:
+        """A line from the agent itself (step headers, how a step ended); never capped away."""
+        if self._file is None:
+            return
+        self._file.write(f"[jobs-agent] {text}\n".encode(errors="replace"))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def log_path(state_dir: Path, job_id: str, execution_number: int) -> Path:
+    return state_dir / "logs" / f"{job_id}-{execution_number}.log"

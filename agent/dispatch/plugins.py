@@ -1,0 +1,94 @@
+"""Python handlers: built-ins, the `jobs_agent.handlers` entry points, and config `handlers:`.
+
+Later sources override earlier ones, so an operator can replace a built-in or a package's
+handler from the config file without uninstalling anything. Loading is lazy: a broken plugin
+only fails the jobs that name it, never the agent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from handlers.api import JobContext, Outcome
+
+ENTRY_POINT_GROUP = "jobs_agent.handlers"
+BUILTIN_PLUGINS: dict[str, str] = {
+    "download-file": "handlers.download_file:DownloadFileHandler",
+    "reboot": "handlers.reboot:RebootHandler",
+}
+
+
+class PluginError(Exception):
+    """A configured plugin cannot be loaded or is not a handler."""
+
+
+def _import(spec: str) -> Any:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"cannot load handler {spec}: {exc}") from exc
+
+
+class PluginHandler:
+    """A plugin instance with the `name` and `resumable` the engine reads."""
+
+    def __init__(self, name: str, target: Any, source: str) -> None:
+        self.name = name
+        self.target = target
+        self.source = source
+        self.resumable = bool(getattr(target, "resumable", False))
+        self.timeout_seconds: float | None = getattr(target, "timeout_seconds", None)
+
+    async def run(self, ctx: JobContext) -> Mapping[str, Any] | Outcome | None:
+        result: Mapping[str, Any] | Outcome | None = await self.target.run(ctx)
+        return result
+
+
+class PluginRegistry:
+    def __init__(self, loaders: Mapping[str, tuple[str, Callable[[], Any]]]) -> None:
+        self._loaders = dict(loaders)
+
+    @classmethod
+    def discover(cls, configured: Mapping[str, str]) -> PluginRegistry:
+        loaders: dict[str, tuple[str, Callable[[], Any]]] = {}
+        for name, spec in BUILTIN_PLUGINS.items():
+            loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            loaders[entry.name] = (entry.value, entry.load)
+        for name, spec in configured.items():
+            loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
+        return cls(loaders)
+
+    def names(self) -> list[str]:
+        return sorted(self._loaders)
+
+    def source(self, name: str) -> str | None:
+        entry = self._loaders.get(name)
+        return entry[0] if entry else None
+
+    def get(self, name: str) -> PluginHandler | None:
+        """A fresh handler instance for one execution, or None when no plugin has that name."""
+        entry = self._loaders.get(name)
+        if entry is None:
+            return None
+        spec, load = entry
+        try:
+            target = load()
+        except PluginError:
+            raise
+        except Exception as exc:  # an entry point's import may fail in any way
+            raise PluginError(f"cannot load handler {spec}: {exc}") from exc
+        if inspect.isclass(target):
+            try:
+                target = target()
+            except Exception as exc:
+                raise PluginError(f"cannot create handler {spec}: {exc}") from exc
+        if not inspect.iscoroutinefunction(getattr(target, "run", None)):
+            raise PluginError(f"handler {spec} has no `async def run(self, ctx)`")
+        return PluginHandler(name, target, spec)

@@ -1,0 +1,185 @@
+"""From a job document to a handler: the one place that decides what a document means.
+
+Order: size and depth limits, then the signature (when required), then
+1. `version` / `steps`: a Device Client document, run step by step (`devicec`);
+2. `operation` (or `type`) naming a Python plugin: that plugin;
+3. `operation` (or `type`) naming an executable: the Device Client's older one-step form, which
+   is also the script protocol (the handler directory, then our built-in scripts);
+4. anything else is REJECTED with a reason that says what was expected.
+Everything that can be checked without running anything (schema, handler paths and rights,
+users) is checked here, so a bad document is REJECTED before its first step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from agent.config import AgentConfig, ConfigError
+from agent.dispatch.devicec import (
+    StepsDocument,
+    StepsHandler,
+    parse_legacy_document,
+    parse_steps_document,
+    prepare,
+)
+from agent.dispatch.plan import PlannedStep
+from agent.dispatch.plugins import PluginHandler, PluginRegistry
+from agent.dispatch.process import DEFAULT_PATH, Sandbox
+from agent.dispatch.signing import SignatureVerifier, SigningKeyError
+from agent.dispatch.users import resolve_user
+from handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
+
+MAX_DOCUMENT_BYTES = 32 * 1024
+"""The service's limit on a job document."""
+MAX_DOCUMENT_DEPTH = 32
+
+
+def check_limits(document: Mapping[str, Any]) -> None:
+    """Refuse documents the service could not have sent, before any further parsing."""
+    _check_depth(document, 1)
+    try:
+        size = len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        raise JobRejected("the job document is not plain JSON") from None
+    if size > MAX_DOCUMENT_BYTES:
+        raise JobRejected(
+            f"the job document is {size} bytes; at most {MAX_DOCUMENT_BYTES} (32 KiB) are accepted"
+        )
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > MAX_DOCUMENT_DEPTH:
+        raise JobRejected(f"the job document is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth(item, depth + 1)
+
+
+async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:
+    """Run a handler and map whatever it does to an `Outcome` (see handlers/api.py).
+
+    `asyncio.CancelledError` is not an outcome: it propagates, so the engine's cancellation of
+    the task stays a cancellation.
+    """
+    try:
+        value = await handler.run(ctx)
+    except JobFailed as exc:
+        return Outcome("FAILED", {"reason": exc.reason, **exc.details})
+    except JobRejected as exc:
+        return Outcome("REJECTED", {"reason": exc.reason, **exc.details})
+    except Exception as exc:
+        ctx.log.error("handler raised", handler=handler.name, error=repr(exc))
+        return Outcome.failed(f"{type(exc).__name__}: {exc}")
+    if value is None:
+        return Outcome.succeeded()
+    if isinstance(value, Outcome):
+        return value
+    if isinstance(value, Mapping):
+        return Outcome("SUCCEEDED", dict(value))
+    return Outcome.failed(
+        f"handler {handler.name} returned {type(value).__name__}; expected None, a mapping"
+        " or an Outcome"
+    )
+
+
+class Dispatcher:
+    """Resolves job documents to handlers, plans them and runs them (the engine's seam)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        search_path: str = DEFAULT_PATH,
+        plugins: PluginRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.sandbox = Sandbox(kill_grace=config.jobs.kill_grace_seconds, search_path=search_path)
+        self.plugins = plugins or PluginRegistry.discover(config.handlers)
+        self.verifier: SignatureVerifier | None = None
+        if config.jobs.require_signature:
+            try:
+                self.verifier = SignatureVerifier.from_paths(config.jobs.trusted_keys)
+            except SigningKeyError as exc:
+                raise ConfigError(f"jobs.trusted_keys: {exc}") from None
+            if not self.verifier.keys:
+                raise ConfigError("jobs.trusted_keys: required when jobs.require_signature is true")
+
+    def resolve(self, document: Mapping[str, Any]) -> Handler:
+        """The handler for `document`; `JobRejected` with the reason when there is none."""
+        if not isinstance(document, Mapping):
+            raise JobRejected("the job document is not a JSON object")
+        check_limits(document)
+        if self.verifier is not None:
+            self.verifier.verify(document)
+        if "steps" in document or "version" in document:
+            return self._steps_handler("device-client", parse_steps_document(document))
+        name = document.get("operation")
+        if name is None:
+            name = document.get("type")
+        if not isinstance(name, str) or not name.strip():
+            raise JobRejected(
+                'expected a Device Client job document ({"version": "1.0", "steps": [...]}) or'
+                ' an "operation" naming a handler (a Python plugin, or an executable in'
+                f" {self.config.jobs.handler_dir})"
+            )
+        plugin = self.plugins.get(name)
+        if plugin is not None:
+            return plugin
+        try:
+            return self._steps_handler(name, parse_legacy_document(document, name))
+        except JobRejected as exc:
+            if not exc.reason.startswith(f'step "{name}": no handler'):
+                raise
+            raise JobRejected(
+                f"no handler named {name!r}: expected a Python plugin (entry point group"
+                " jobs_agent.handlers or config handlers: "
+                f"{', '.join(self.plugins.names()) or 'none installed'}), an executable in"
+                f" {self.config.jobs.handler_dir}, or a Device Client document"
+            ) from None
+
+    def _steps_handler(self, name: str, document: StepsDocument) -> StepsHandler:
+        steps = [prepare(a, self.config, self.sandbox.search_path) for a in document.actions]
+        return StepsHandler(name, document, steps, config=self.config, sandbox=self.sandbox)
+
+    def plan(self, document: Mapping[str, Any]) -> list[PlannedStep]:
+        """What `document` would run, step by step; runs nothing. Raises `JobRejected`."""
+        handler = self.resolve(document)
+        if isinstance(handler, StepsHandler):
+            return handler.plan()
+        source = handler.source if isinstance(handler, PluginHandler) else handler.name
+        return [
+            PlannedStep(
+                name=handler.name,
+                kind="plugin",
+                executable=source,
+                argv=(),
+                user=resolve_user("", self.config.jobs).name,
+                timeout=self._plugin_timeout(handler, document),
+            )
+        ]
+
+    def _plugin_timeout(self, handler: Handler, document: Mapping[str, Any]) -> float:
+        value = document.get("timeout")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        own = getattr(handler, "timeout_seconds", None)
+        if isinstance(own, int | float) and own > 0:
+            return float(own)
+        return self.config.jobs.handler_timeout_seconds
+
+    async def run(self, handler: Handler, ctx: JobContext) -> Outcome:
+        """Run a resolved handler. Python plugins get the time limit here; steps per step."""
+        if isinstance(handler, StepsHandler):
+            return await run_handler(handler, ctx)
+        timeout = self._plugin_timeout(handler, ctx.document)
+        try:
+            async with asyncio.timeout(timeout):
+                return await run_handler(handler, ctx)
+        except TimeoutError:
+            return Outcome.failed(f"timed out after {timeout:g} s")

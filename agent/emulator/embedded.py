@@ -1,0 +1,134 @@
+"""The emulator as a library: `async with EmbeddedEmulator(bus) as emu:` and a device on the
+same `LocalBus` talks to AWS IoT Jobs without a broker, a socket or a thread.
+
+Used by `jobs-agent demo` and by the engine's fast tests. The HTTP planes are optional
+(`http_port=`), for tests that want boto3 against the same service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from types import TracebackType
+
+from agent.emulator.clock import Clock
+from agent.emulator.http_api import HttpApi
+from agent.emulator.mqtt_frontend import MqttFrontend
+from agent.emulator.service import JobsService
+from agent.emulator.store import StateStore
+from agent.transport.base import Transport
+from agent.transport.local import LocalBus, LocalTransport
+
+EMULATOR_CLIENT_ID = "aws-iot-jobs-emulator"
+DEFAULT_TICK_SECONDS = 1.0
+
+
+async def run_ticker(service: JobsService, interval: float) -> None:
+    """Evaluate the service's timers every `interval` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(interval)  # the timer period itself, not a synchronisation wait
+        service.tick()
+
+
+class Emulator:
+    """A service with its MQTT front end, timer task and optional HTTP planes, on any transport.
+
+    `EmbeddedEmulator` (local bus) and `jobs-agent sim serve` (paho) are both this class.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        clock: Clock | None = None,
+        service: JobsService | None = None,
+        state_path: Path | str | None = None,
+        throttle_rate: float = 0.0,
+        seed: int | None = None,
+        http_host: str = "127.0.0.1",
+        http_port: int | None = None,
+        tick_seconds: float | None = DEFAULT_TICK_SECONDS,
+    ) -> None:
+        self._store: StateStore | None = None
+        if service is None:
+            if state_path is not None:
+                self._store = StateStore(state_path)
+            service = JobsService(clock, throttle_rate=throttle_rate, seed=seed, store=self._store)
+        self.service = service
+        self.transport = transport
+        self.frontend = MqttFrontend(service, transport)
+        self.http: HttpApi | None = (
+            HttpApi(service, http_host, http_port) if http_port is not None else None
+        )
+        self._tick_seconds = tick_seconds
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def http_endpoint(self) -> str | None:
+        """`http://host:port` of the HTTP planes, once started (None without them)."""
+        return None if self.http is None else self.http.endpoint
+
+    async def start(self, connect_timeout: float | None = 30.0) -> None:
+        await self.frontend.start(connect_timeout)
+        if self.http is not None:
+            self.http.start()
+        if self._tick_seconds:
+            self._ticker = asyncio.create_task(run_ticker(self.service, self._tick_seconds))
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self.http is not None:
+            # shutdown() waits for the server loop's next poll: not on the event loop's thread
+            await asyncio.to_thread(self.http.stop)
+        await self.frontend.stop()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class EmbeddedEmulator(Emulator):
+    """The emulator on an in-process `LocalBus` (no broker; HTTP only if `http_port` is given)."""
+
+    def __init__(
+        self,
+        bus: LocalBus,
+        *,
+        clock: Clock | None = None,
+        state_path: Path | str | None = None,
+        throttle_rate: float = 0.0,
+        seed: int | None = None,
+        http_port: int | None = None,
+        tick_seconds: float | None = DEFAULT_TICK_SECONDS,
+        client_id: str = EMULATOR_CLIENT_ID,
+    ) -> None:
+        super().__init__(
+            LocalTransport(bus, client_id),
+            clock=clock,
+            state_path=state_path,
+            throttle_rate=throttle_rate,
+            seed=seed,
+            http_port=http_port,
+            tick_seconds=tick_seconds,
+        )
+        self.bus = bus
+
+    async def __aenter__(self) -> EmbeddedEmulator:
+        await self.start()
+        return self

@@ -1,0 +1,153 @@
+"""The service's records: things, jobs, job executions and the history of their changes.
+
+Plain mutable dataclasses owned by `JobsService` and only touched under its lock. Field names
+follow the AWS API (`executionNumber` -> `execution_number`...), times are epoch seconds (float)
+from the service's `Clock`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from agent.jobs.models import (
+    DEVICE_SETTABLE_STATUSES,
+    TERMINAL_STATUSES,
+    JobExecutionStatus,
+)
+
+ExecutionStatus = JobExecutionStatus
+"""The protocol module's enum, so both sides of the wire share one vocabulary."""
+TERMINAL = TERMINAL_STATUSES
+DEVICE_SETTABLE = DEVICE_SETTABLE_STATUSES
+"""What UpdateJobExecution may set; QUEUED, TIMED_OUT, CANCELED, REMOVED are the service's."""
+
+
+class JobStatus(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    CANCELED = "CANCELED"
+    COMPLETED = "COMPLETED"
+    DELETION_IN_PROGRESS = "DELETION_IN_PROGRESS"
+
+
+class Source(StrEnum):
+    """Who caused a change, for `HistoryEntry.source`."""
+
+    DEVICE = "device"
+    CONTROL = "control"
+    TIMER = "timer"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCriterion:
+    failure_type: str  # FAILED | TIMED_OUT | ALL
+    number_of_retries: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"failureType": self.failure_type, "numberOfRetries": self.number_of_retries}
+
+
+@dataclass(slots=True)
+class Thing:
+    name: str
+    created_at: float
+    attributes: dict[str, str] = field(default_factory=dict)
+    version: int = 1
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    targets: list[str]
+    """Thing ARNs as AWS reports them (names given to `create_job` are turned into ARNs)."""
+    thing_names: list[str]
+    document: dict[str, Any]
+    document_text: str
+    """The document as the creator gave it: GetJobDocument and the HTTP data plane return it."""
+    namespace: str | None
+    description: str | None
+    in_progress_timeout_minutes: int | None
+    retry_criteria: list[RetryCriterion]
+    presigned_expires_in_sec: int
+    created_at: float
+    last_updated_at: float
+    status: JobStatus = JobStatus.IN_PROGRESS
+    completed_at: float | None = None
+    force_canceled: bool = False
+    reason_code: str | None = None
+    comment: str | None = None
+    has_presigned_urls: bool = False
+
+
+class ExecutionSummary(NamedTuple):
+    """The JobExecutionSummary fields of one version of an execution (immutable, so events
+    can carry it across threads and the MQTT front end can cache its JSON)."""
+
+    job_id: str
+    queued_at: float
+    started_at: float | None
+    last_updated_at: float
+    version_number: int
+    execution_number: int
+
+
+@dataclass(slots=True)
+class Execution:
+    job_id: str
+    thing_name: str
+    namespace: str | None
+    execution_number: int
+    queued_at: float
+    last_updated_at: float
+    status: ExecutionStatus = ExecutionStatus.QUEUED
+    version_number: int = 1
+    status_details: dict[str, str] = field(default_factory=dict)
+    started_at: float | None = None
+    step_deadline: float | None = None
+    in_progress_deadline: float | None = None
+    force_canceled: bool = False
+    retry_attempt: int = 0
+    summary_cache: ExecutionSummary | None = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> ExecutionSummary:
+        """This version's summary; every change that shows in it bumps `version_number`."""
+        cached = self.summary_cache
+        if cached is None or cached.version_number != self.version_number:
+            cached = self.summary_cache = ExecutionSummary(
+                self.job_id,
+                self.queued_at,
+                self.started_at,
+                self.last_updated_at,
+                self.version_number,
+                self.execution_number,
+            )
+        return cached
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.job_id, self.thing_name, self.execution_number)
+
+    def deadline(self) -> float | None:
+        """When the timers move this execution to TIMED_OUT (the earlier of the two)."""
+        if self.step_deadline is None:
+            return self.in_progress_deadline
+        if self.in_progress_deadline is None:
+            return self.step_deadline
+        return min(self.step_deadline, self.in_progress_deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One device update or status change, for tests and chaos runs to verify afterwards."""
+
+    time: float
+    job_id: str
+    thing_name: str
+    execution_number: int
+    from_status: ExecutionStatus | None
+    """None when the execution was created."""
+    to_status: ExecutionStatus
+    status_details: dict[str, str]
+    source: Source
+    version_number: int

@@ -1,0 +1,522 @@
+"""The device's asynchronous AWS IoT Jobs client over a `Transport`.
+
+Request/reply over MQTT is fragile in three ways this client absorbs so the engine does not
+have to: replies are matched only by our own `clientToken` (replies for another request, another
+client or another thing are ignored); a reply can be lost with the connection, so a request still
+waiting when the link drops is re-published with the same token once the link is back (the first
+answer wins, later duplicates find no waiter); and `RequestThrottled`/`InternalError` are retried
+with capped exponential backoff and jitter. Every request has one deadline covering all of that,
+after which it raises `RequestTimeout`: nothing here waits forever.
+
+The client owns the transport's listeners (message and connection callbacks). Events go to a
+single consumer through `events()`.
+
+Where this differs from awsiotsdk's `IotJobsClient`: namespaced topics (the SDK has none), our
+own client tokens with retry/re-publish on the same deadline (the SDK leaves that to the caller),
+and tolerant timestamps (seconds or milliseconds; see `agent.jobs.models`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from agent.jobs import topics
+from agent.jobs.errors import (
+    JobsError,
+    JobsRejected,
+    ProtocolError,
+    RequestTimeout,
+)
+from agent.jobs.models import (
+    DescribeReply,
+    DescribeRequest,
+    ErrorResponse,
+    GetPendingReply,
+    GetPendingRequest,
+    JobExecution,
+    JobExecutionsChangedEvent,
+    JobExecutionStatus,
+    JobExecutionSummary,
+    NextJobExecutionChangedEvent,
+    StartNextReply,
+    StartNextRequest,
+    UpdateReply,
+    UpdateRequest,
+)
+from agent.jobs.status_details import sanitize_status_details
+from agent.jobs.topics import Operation, ParsedTopic, ReplyKind
+from agent.transport.backoff import Backoff
+from agent.transport.base import Message, NotConnectedError, Transport
+
+log = structlog.get_logger("agent.jobs")
+
+R = TypeVar("R")
+MAX_QUEUED_EVENTS = 1000
+"""Events are only wake-ups for the engine; past this many unread, the oldest are dropped."""
+_NOT_CONNECTED_PAUSE = 0.05
+
+
+# -- events ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class JobExecutionsChanged:
+    """A `notify` event; `namespace` None is the default namespace."""
+
+    namespace: str | None
+    event: JobExecutionsChangedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class NextJobExecutionChanged:
+    """A `notify-next` event; `namespace` None is the default namespace."""
+
+    namespace: str | None
+    event: NextJobExecutionChangedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The link came back: events may have been missed, so look at the service again."""
+
+    session_present: bool
+
+
+JobsEvent = JobExecutionsChanged | NextJobExecutionChanged | Resync
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJobs:
+    in_progress: tuple[JobExecutionSummary, ...]
+    queued: tuple[JobExecutionSummary, ...]
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters for benchmarks and the status command."""
+
+    requests: int = 0
+    """Operations called (one per start_next/describe/get_pending/update call)."""
+    publishes: int = 0
+    """Request messages published, including retries and re-publishes."""
+    retries: int = 0
+    """Attempts repeated after RequestThrottled or InternalError."""
+    republishes: int = 0
+    """Requests published again because the link dropped while they waited."""
+    timeouts: int = 0
+    rejections: int = 0
+    """Requests that ended in JobsRejected."""
+    replies_ignored: int = 0
+    events: int = 0
+    events_dropped: int = 0
+    """Malformed event payloads, plus events dropped because the queue was full."""
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    operation: Operation
+    job_id: str | None
+    namespace: str | None
+    future: asyncio.Future[tuple[ReplyKind, Mapping[str, Any]]]
+    lost: asyncio.Event
+
+
+class _Closed:
+    """Sentinel that ends `events()`."""
+
+
+class JobsClient:
+    """AWS IoT Jobs over MQTT, device side. See the module docstring."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        thing_name: str,
+        *,
+        namespaces: Sequence[str] = (),
+        request_timeout: float = 30.0,
+        retry_min: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        if not topics.is_valid_thing_name(thing_name):
+            raise ValueError(f"invalid thing name {thing_name!r}")
+        for namespace in namespaces:
+            if not topics.is_valid_namespace(namespace):
+                raise ValueError(f"invalid namespace {namespace!r}")
+        if request_timeout <= 0:
+            raise ValueError("request_timeout must be positive")
+        Backoff(retry_min, retry_max)  # validates the pair now rather than on the first retry
+        self.transport = transport
+        self.thing_name = thing_name
+        self.namespaces = tuple(namespaces)
+        self.request_timeout = request_timeout
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.stats = ClientStats()
+        self._token_prefix = secrets.token_hex(8)
+        self._token_counter = 0
+        self._pending: dict[str, _Pending] = {}
+        self._events: asyncio.Queue[JobsEvent | _Closed] = asyncio.Queue()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen, then subscribe (QoS 1) to every reply and event topic; waits for the link.
+
+        Raises `RequestTimeout` if the subscriptions cannot be made within `request_timeout`.
+        """
+        if self._closed:
+            raise JobsError("the Jobs client is closed")
+        self.transport.set_message_callback(self._on_message)
+        self.transport.set_connection_callbacks(self._on_lost, self._on_resumed)
+        filters = topics.device_subscriptions(self.thing_name, self.namespaces)
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        await asyncio.gather(*(self._subscribe(f, deadline) for f in filters))
+        self._started = True
+        log.info("jobs client started", thing_name=self.thing_name, namespaces=self.namespaces)
+
+    async def _subscribe(self, topic_filter: str, deadline: float) -> None:
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or not await self.transport.wait_connected(remaining):
+                raise RequestTimeout("subscribe", self.request_timeout)
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.transport.subscribe(topic_filter)
+                return
+            except NotConnectedError:
+                await asyncio.sleep(min(_NOT_CONNECTED_PAUSE, remaining))
+                continue
+            except TimeoutError:
+                raise RequestTimeout("subscribe", self.request_timeout) from None
+
+    async def close(self) -> None:
+        """Stop listening, fail waiting requests and end `events()`. Idempotent.
+
+        The transport is left connected: it belongs to whoever created it.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.transport.set_message_callback(None)
+        self.transport.set_connection_callbacks(None, None)
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(JobsError("the Jobs client was closed"))
+        self._pending.clear()
+        self._events.put_nowait(_Closed())
+
+    async def events(self) -> AsyncIterator[JobsEvent]:
+        """Notifications and resyncs, in arrival order, until `close()`. One consumer only."""
+        while True:
+            item = await self._events.get()
+            if isinstance(item, _Closed):
+                self._events.put_nowait(item)  # a later call ends at once too
+                return
+            yield item
+
+    # -- operations ----------------------------------------------------------------------------
+    async def start_next(
+        self,
+        status_details: Mapping[str, Any] | None = None,
+        step_timeout: int | None = None,
+    ) -> JobExecution | None:
+        """StartNextPendingJobExecution (default namespace only; see `agent.jobs.topics`).
+
+        None when nothing is pending.
+        """
+
+        def payload(token: str) -> dict[str, Any]:
+            return StartNextRequest(
+                status_details=_sanitized(status_details),
+                step_timeout_in_minutes=step_timeout,
+                client_token=token,
+            ).to_json()
+
+        reply = await self._request(
+            Operation.START_NEXT, None, None, payload, StartNextReply.from_json
+        )
+        return reply.execution
+
+    async def describe(
+        self,
+        job_id: str,
+        *,
+        namespace: str | None = None,
+        execution_number: int | None = None,
+        include_job_document: bool = True,
+    ) -> JobExecution | None:
+        """DescribeJobExecution; `job_id` may be `$next` (then None when nothing is next)."""
+
+        def payload(token: str) -> dict[str, Any]:
+            return DescribeRequest(
+                execution_number=execution_number,
+                include_job_document=include_job_document,
+                client_token=token,
+            ).to_json()
+
+        reply = await self._request(
+            Operation.DESCRIBE, job_id, namespace, payload, DescribeReply.from_json
+        )
+        return reply.execution
+
+    async def get_pending(self) -> PendingJobs:
+        """GetPendingJobExecutions (default namespace)."""
+
+        def payload(token: str) -> dict[str, Any]:
+            return GetPendingRequest(client_token=token).to_json()
+
+        reply = await self._request(
+            Operation.GET_PENDING, None, None, payload, GetPendingReply.from_json
+        )
+        return PendingJobs(in_progress=reply.in_progress_jobs, queued=reply.queued_jobs)
+
+    async def update(
+        self,
+        job_id: str,
+        status: JobExecutionStatus | str,
+        *,
+        status_details: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+        step_timeout: int | None = None,
+        execution_number: int | None = None,
+        include_job_execution_state: bool = False,
+        include_job_document: bool = False,
+        namespace: str | None = None,
+    ) -> UpdateReply:
+        """UpdateJobExecution. `status_details` are sanitised here; `step_timeout` -1 clears.
+
+        Raises ValueError for a status that does not exist (a programming error).
+        """
+        wire_status = JobExecutionStatus(status)
+        details = _sanitized(status_details)
+
+        def payload(token: str) -> dict[str, Any]:
+            return UpdateRequest(
+                status=wire_status,
+                status_details=details,
+                expected_version=expected_version,
+                execution_number=execution_number,
+                include_job_execution_state=include_job_execution_state or None,
+                include_job_document=include_job_document or None,
+                step_timeout_in_minutes=step_timeout,
+                client_token=token,
+            ).to_json()
+
+        return await self._request(
+            Operation.UPDATE, job_id, namespace, payload, UpdateReply.from_json
+        )
+
+    # -- the request machinery -----------------------------------------------------------------
+    def _new_token(self) -> str:
+        self._token_counter += 1
+        return f"{self._token_prefix}-{self._token_counter}"
+
+    async def _request(
+        self,
+        operation: Operation,
+        job_id: str | None,
+        namespace: str | None,
+        payload: Callable[[str], dict[str, Any]],
+        parse: Callable[[object], R],
+    ) -> R:
+        if not self._started or self._closed:
+            raise JobsError("the Jobs client is not started (or already closed)")
+        topic = topics.request_topic(self.thing_name, operation, job_id=job_id, namespace=namespace)
+        self.stats.requests += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        backoff = Backoff(self.retry_min, self.retry_max)
+        bound = log.bind(operation=operation.value, job_id=job_id, namespace=namespace)
+        while True:
+            token = self._new_token()
+            kind, body = await self._exchange(
+                topic, payload(token), token, operation, job_id, namespace, deadline, bound
+            )
+            if kind is ReplyKind.ACCEPTED:
+                try:
+                    return parse(body)
+                except ProtocolError as exc:
+                    bound.warning("malformed accepted reply", error=str(exc), client_token=token)
+                    raise
+            try:
+                error = ErrorResponse.from_json(body)
+            except ProtocolError as exc:
+                bound.warning("malformed rejected reply", error=str(exc), client_token=token)
+                raise
+            rejected = JobsRejected(
+                error.code, error.message, error.execution_state, error.client_token
+            )
+            delay = backoff.next_delay()
+            if rejected.retryable and loop.time() + delay < deadline:
+                self.stats.retries += 1
+                bound.info("request refused for now, retrying", code=str(error.code), delay=delay)
+                await asyncio.sleep(delay)
+                continue
+            self.stats.rejections += 1
+            bound.info("request rejected", code=str(error.code), message=error.message)
+            raise rejected
+
+    async def _exchange(
+        self,
+        topic: str,
+        body: dict[str, Any],
+        token: str,
+        operation: Operation,
+        job_id: str | None,
+        namespace: str | None,
+        deadline: float,
+        bound: Any,
+    ) -> tuple[ReplyKind, Mapping[str, Any]]:
+        """Publish once, and again after every link loss, until answered or the deadline."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(operation, job_id, namespace, loop.create_future(), asyncio.Event())
+        self._pending[token] = pending  # registered before publishing: a reply may be instant
+        data = json.dumps(body, separators=(",", ":")).encode()
+        first = True
+        try:
+            while not pending.future.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if not self.transport.is_connected:
+                    if not await self.transport.wait_connected(remaining):
+                        break
+                    continue  # re-check: the reply may have come with the kept session
+                pending.lost.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self.transport.publish(topic, data)
+                except NotConnectedError:
+                    # The backend may refuse before it has marked the link down; pause so this
+                    # loop cannot spin without yielding.
+                    await asyncio.sleep(min(_NOT_CONNECTED_PAUSE, max(remaining, 0.0)))
+                    continue
+                except TimeoutError:
+                    break
+                self.stats.publishes += 1
+                if not first:
+                    self.stats.republishes += 1
+                    bound.info("request re-published after reconnect", client_token=token)
+                first = False
+                bound.debug("request published", topic=topic, client_token=token)
+                await _first_of(pending.future, pending.lost.wait(), deadline - loop.time())
+            if pending.future.done():
+                return pending.future.result()
+        finally:
+            self._pending.pop(token, None)
+        self.stats.timeouts += 1
+        bound.warning("request timed out", seconds=self.request_timeout, client_token=token)
+        raise RequestTimeout(operation.value, self.request_timeout)
+
+    # -- transport callbacks (on the loop thread; must not block or raise) ---------------------
+    def _on_lost(self, reason: str) -> None:
+        log.info("MQTT link lost; waiting requests will be re-published", reason=reason)
+        for pending in self._pending.values():
+            pending.lost.set()
+
+    def _on_resumed(self, session_present: bool) -> None:
+        self._emit(Resync(session_present))
+
+    def _on_message(self, message: Message) -> None:
+        parsed = topics.parse_topic(message.topic)
+        if parsed is None:
+            log.debug("message on a non-Jobs topic ignored", topic=message.topic)
+            return
+        if parsed.thing_name != self.thing_name:
+            self.stats.replies_ignored += 1
+            log.debug("message for another thing ignored", topic=message.topic)
+            return
+        if parsed.kind is ReplyKind.EVENT:
+            self._on_event(parsed, message)
+        elif parsed.kind is not ReplyKind.REQUEST:
+            self._on_reply(parsed, message)
+
+    def _on_reply(self, parsed: ParsedTopic, message: Message) -> None:
+        body = _decode(message.payload)
+        token = body.get("clientToken") if body is not None else None
+        pending = self._pending.get(token) if isinstance(token, str) else None
+        if (
+            body is None
+            or pending is None
+            or pending.future.done()
+            or pending.operation is not parsed.operation
+            or pending.job_id != parsed.job_id
+            or pending.namespace != parsed.namespace
+        ):
+            self.stats.replies_ignored += 1
+            log.debug("reply not for a waiting request ignored", topic=message.topic)
+            return
+        pending.future.set_result((parsed.kind, body))
+
+    def _on_event(self, parsed: ParsedTopic, message: Message) -> None:
+        body = _decode(message.payload)
+        event: JobsEvent
+        try:
+            if body is None:
+                raise ProtocolError("payload is not a JSON object in UTF-8")
+            if parsed.operation is Operation.NOTIFY:
+                event = JobExecutionsChanged(
+                    parsed.namespace, JobExecutionsChangedEvent.from_json(body)
+                )
+            else:
+                event = NextJobExecutionChanged(
+                    parsed.namespace, NextJobExecutionChangedEvent.from_json(body)
+                )
+        except ProtocolError as exc:
+            self.stats.events_dropped += 1
+            log.warning("malformed event dropped", topic=message.topic, error=str(exc))
+            return
+        self._emit(event)
+
+    def _emit(self, event: JobsEvent) -> None:
+        if self._closed:
+            return
+        if self._events.qsize() >= MAX_QUEUED_EVENTS:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._events.get_nowait()
+            self.stats.events_dropped += 1
+            log.warning("event queue full; oldest event dropped")
+        self.stats.events += 1
+        self._events.put_nowait(event)
+
+
+def _sanitized(details: Mapping[str, Any] | None) -> dict[str, str] | None:
+    return None if details is None else sanitize_status_details(details)
+
+
+def _decode(payload: bytes) -> Mapping[str, Any] | None:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+async def _first_of(future: asyncio.Future[Any], other: Awaitable[Any], timeout: float) -> None:
+    """Wait until `future` is done, `other` completes, or `timeout` passes; never raises."""
+    other_task = asyncio.ensure_future(other)
+    try:
+        await asyncio.wait(
+            {future, other_task}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        other_task.cancel()
+
+
+__all__ = [
+    "ClientStats",
+    "JobExecutionsChanged",
+    "JobsClient",
+    "JobsEvent",
+    "NextJobExecutionChanged",
+    "PendingJobs",
+    "Resync",
+]

@@ -1,0 +1,1 @@
+"""An example jobs-agent plugin (see docs/handlers.md)."""

@@ -1,0 +1,3 @@
+"""Suite-wide fixtures. The mosquitto broker fixtures live in tests/fixtures/broker.py."""
+
+pytest_plugins = ["tests.fixtures.broker"]

@@ -1,0 +1,151 @@
+"""`jobs-agent sim`: the emulator as a real process in front of a real mosquitto, driven by the
+`create-job`/`list`/`describe`/`cancel` conveniences, stopped with a real SIGTERM, and restarted
+on the same `--state` file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.fixtures.broker import Mosquitto
+
+# Only `sim` is registered, so this runs while other commands are still being written.
+HARNESS = (
+    "import argparse, sys\n"
+    "from agent.commands import sim\n"
+    "parser = argparse.ArgumentParser(prog='jobs-agent')\n"
+    "sim.register(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+async def run_cli(*argv: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HARNESS,
+        "sim",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def cli_json(*argv: str) -> Any:
+    code, out = await run_cli(*argv, "--json")
+    assert code == 0, out
+    return json.loads(out)
+
+
+class Server:
+    def __init__(self, process: asyncio.subprocess.Process, endpoint: str) -> None:
+        self.process = process
+        self.endpoint = endpoint
+
+    async def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 15)
+
+
+async def start_server(mosquitto: Mosquitto, state: Path) -> Server:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HARNESS,
+        "sim",
+        "serve",
+        "--broker-host",
+        mosquitto.host,
+        "--broker-port",
+        str(mosquitto.port),
+        "--http-port",
+        "0",
+        "--state",
+        str(state),
+        "--client-id",
+        f"sim-{state.parent.name}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    lines = []
+    async with asyncio.timeout(20):
+        while True:
+            line = (await process.stdout.readline()).decode()
+            if not line:
+                raise AssertionError(f"sim serve exited: {''.join(lines)}")
+            lines.append(line)
+            if line.startswith("HTTP: "):
+                endpoint = line.split(" ", 1)[1].strip()
+                break
+    assert any(f"MQTT: mqtt://{mosquitto.host}:{mosquitto.port}" in x for x in lines)
+    return Server(process, endpoint)
+
+
+async def test_serve_create_list_describe_cancel_and_restart(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    document = tmp_path / "job.json"
+    document.write_text(json.dumps({"operation": "hello"}))
+    server = await start_server(mosquitto, state)
+    try:
+        code, out = await run_cli(
+            "create-job",
+            "--endpoint",
+            server.endpoint,
+            "--thing",
+            "dev1",
+            "--thing",
+            "dev2",
+            "--document",
+            str(document),
+            "--job-id",
+            "cli-job",
+            "--in-progress-timeout",
+            "30",
+        )
+        assert code == 0, out
+        assert "created cli-job" in out
+        listed = await cli_json("list", "--endpoint", server.endpoint)
+        assert [(j["jobId"], j["status"]) for j in listed["jobs"]] == [("cli-job", "IN_PROGRESS")]
+        described = await cli_json(
+            "describe", "cli-job", "--thing", "dev1", "--endpoint", server.endpoint
+        )
+        assert described["execution"]["status"] == "QUEUED"
+        code, out = await run_cli("describe", "cli-job", "--endpoint", server.endpoint)
+        assert code == 0 and "dev2" in out and "QUEUED" in out, out
+    finally:
+        assert await server.terminate() == 0
+
+    server = await start_server(mosquitto, state)
+    try:
+        listed = await cli_json("list", "--endpoint", server.endpoint)
+        assert [j["jobId"] for j in listed["jobs"]] == ["cli-job"]
+        code, out = await run_cli("cancel", "cli-job", "--endpoint", server.endpoint)
+        assert code == 0 and "canceled cli-job" in out, out
+        described = await cli_json("describe", "cli-job", "--endpoint", server.endpoint)
+        assert described["job"]["status"] == "CANCELED"
+        assert {e["jobExecutionSummary"]["status"] for e in described["executions"]} == {"CANCELED"}
+        code, out = await run_cli("describe", "missing", "--endpoint", server.endpoint)
+        assert code == 1 and "ResourceNotFoundException" in out
+    finally:
+        assert await server.terminate() == 0
+
+
+async def test_help_documents_every_option() -> None:
+    code, out = await run_cli("serve", "--help")
+    assert code == 0
+    for option in ("--broker-host", "--http-port", "--state", "--throttle-rate", "--ca"):
+        assert option in out
+    code, out = await run_cli("create-job", "--help")
+    assert code == 0 and "no job-level step" in out

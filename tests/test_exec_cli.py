@@ -1,0 +1,141 @@
+"""`jobs-agent exec` and `jobs-agent sign` as a user runs them (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+# The full CLI imports every command module; this drives only ours, through the same
+# register()/func contract agent.cli uses.
+DRIVER = """
+import argparse, sys
+from agent.cli import UsageError
+from agent.commands import exec_, sign
+parser = argparse.ArgumentParser(prog="jobs-agent")
+sub = parser.add_subparsers()
+exec_.register(sub)
+sign.register(sub)
+args = parser.parse_args(sys.argv[1:])
+try:
+    sys.exit(args.func(args))
+except UsageError as exc:
+    print(f"jobs-agent: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def write_doc(tmp_path: Path, marker: Path) -> Path:
+    doc = tmp_path / "doc.json"
+    doc.write_text(
+        json.dumps(
+            {
+                "version": "1.0",
+                "includeStdOut": "true",
+                "steps": [
+                    {
+                        "action": {
+                            "name": "Touch",
+                            "type": "runCommand",
+                            "input": {"command": f"touch,{marker}"},
+                        }
+                    },
+                    {
+                        "action": {
+                            "name": "Say",
+                            "type": "runCommand",
+                            "input": {"command": "echo,line one\\, still one"},
+                        }
+                    },
+                ],
+            }
+        )
+    )
+    return doc
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    result = cli(
+        "exec",
+        str(write_doc(tmp_path, marker)),
+        "--dry-run",
+        "--handler-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"step 1: 'Touch' (runCommand): /usr/bin/touch {marker} as root" in result.stdout
+    assert "timeout 3600 s" in result.stdout
+    assert not marker.exists()
+
+
+def test_exec_runs_and_prints_status_details(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    result = cli(
+        "exec",
+        str(write_doc(tmp_path, marker)),
+        "--handler-dir",
+        str(tmp_path),
+        "--state-dir",
+        str(tmp_path / "st"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker.exists()
+    assert '"stdout": "line one, still one"' in result.stdout
+    assert result.stdout.rstrip().splitlines()[-2] == "status: SUCCEEDED"
+    failing = tmp_path / "fail.json"
+    failing.write_text(json.dumps({"operation": "false"}))
+    failed = cli("exec", str(failing), "--handler-dir", str(tmp_path), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert 'step 1 \\"false\\": exited with code 1' in failed.stdout or (
+        '"reason": "step 1 \\"false\\": exited with code 1"' in failed.stdout
+    )
+    assert "status: FAILED" in failed.stdout
+
+
+def test_sign_then_exec_with_require_signature(tmp_path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "pub.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (tmp_path / "config.yaml").write_text(
+        "connection: {transport: local}\n"
+        f"jobs:\n  handler_dir: {tmp_path}\n  require_signature: true\n"
+        f"  trusted_keys: [{tmp_path / 'pub.pem'}]\nstate_dir: {tmp_path / 'st'}\n"
+    )
+    doc = write_doc(tmp_path, tmp_path / "marker")
+    signed = tmp_path / "signed.json"
+    assert (
+        cli(
+            "sign", "--key", str(tmp_path / "key.pem"), str(doc), "-o", str(signed), cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    config = str(tmp_path / "config.yaml")
+    unsigned = cli("exec", str(doc), "--config", config, "--dry-run", cwd=tmp_path)
+    assert unsigned.returncode == 1
+    assert "would be REJECTED: the document is not signed" in unsigned.stdout
+    ok = cli("exec", str(signed), "--config", config, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (tmp_path / "marker").exists()

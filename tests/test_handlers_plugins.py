@@ -1,0 +1,121 @@
+"""Python plugins: loading from the config `handlers:` mapping, and how run_handler maps what
+a plugin does to an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import AgentConfig, JobsConfig
+from agent.dispatch import Dispatcher, run_handler
+from agent.dispatch.context import LocalJobContext
+from agent.dispatch.plugins import PluginError
+from handlers.api import JobContext, JobFailed, JobRejected, Outcome
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello-plugin" / "src"
+
+
+@pytest.fixture
+def ctx_factory(tmp_path: Path) -> Any:
+    def make(document: Mapping[str, Any]) -> LocalJobContext:
+        (tmp_path / "s").mkdir(exist_ok=True)
+        return LocalJobContext(document=document, scratch_dir=tmp_path / "s", state_dir=tmp_path)
+
+    return make
+
+
+def config(tmp_path: Path, handlers: dict[str, str]) -> AgentConfig:
+    return AgentConfig(
+        thing_name="gw",
+        handlers=handlers,
+        state_dir=tmp_path,
+        jobs=JobsConfig(handler_dir=tmp_path, handler_timeout_seconds=1.0),
+    )
+
+
+async def test_example_plugin_loads_from_config_mapping(
+    tmp_path: Path, ctx_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    d = Dispatcher(config(tmp_path, {"hello": "hello_plugin.handler:HelloHandler"}))
+    document = {"operation": "hello", "name": "gateway", "count": 2}
+    handler = d.resolve(document)
+    assert handler.name == "hello" and handler.resumable
+    ctx = ctx_factory(document)
+    outcome = await d.run(handler, ctx)
+    assert outcome == Outcome("SUCCEEDED", {"greeting": "hello, gateway", "count": "2"})
+    assert ctx.checkpoints == [{"done": 1}, {"done": 2}]
+    assert d.plan(document)[0].executable == "hello_plugin.handler:HelloHandler"
+    bad = await d.run(d.resolve({"operation": "hello"}), ctx_factory({"operation": "hello"}))
+    assert bad == Outcome.rejected('"name": expected a non-empty string')
+    failing = {"operation": "hello", "name": "fail", "count": 1}
+    assert await d.run(d.resolve(failing), ctx_factory(failing)) == Outcome(
+        "FAILED", {"reason": "asked to fail", "greeted": "1"}
+    )
+    sys.modules.pop("hello_plugin.handler", None)
+    sys.modules.pop("hello_plugin", None)
+
+
+async def test_broken_plugin_spec_fails_resolution_not_the_agent(tmp_path: Path) -> None:
+    d = Dispatcher(config(tmp_path, {"x": "no_such_module_xyz:Handler"}))
+    with pytest.raises(PluginError, match="cannot load handler no_such_module_xyz:Handler"):
+        d.resolve({"operation": "x"})
+
+
+class _Returns:
+    name = "t"
+    resumable = False
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+
+    async def run(self, ctx: JobContext) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+async def test_run_handler_maps_results_and_exceptions(ctx_factory: Any) -> None:
+    ctx = ctx_factory({})
+    assert await run_handler(_Returns(None), ctx) == Outcome("SUCCEEDED", {})
+    assert await run_handler(_Returns({"k": "v"}), ctx) == Outcome("SUCCEEDED", {"k": "v"})
+    assert await run_handler(_Returns(error=JobFailed("nope", step="2")), ctx) == Outcome(
+        "FAILED", {"reason": "nope", "step": "2"}
+    )
+    assert await run_handler(_Returns(error=JobRejected("bad doc")), ctx) == Outcome(
+        "REJECTED", {"reason": "bad doc"}
+    )
+    assert await run_handler(_Returns(error=KeyError("url")), ctx) == Outcome(
+        "FAILED", {"reason": "KeyError: 'url'"}
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await run_handler(_Returns(error=asyncio.CancelledError()), ctx)
+
+
+async def test_plugin_time_limit(tmp_path: Path, ctx_factory: Any) -> None:
+    class Hangs:
+        name = "hangs"
+        resumable = False
+
+        async def run(self, ctx: JobContext) -> None:
+            await asyncio.Event().wait()
+
+    d = Dispatcher(config(tmp_path, {}))
+    outcome = await d.run(Hangs(), ctx_factory({"timeout": 0.2}))
+    assert outcome == Outcome.failed("timed out after 0.2 s")
+
+
+async def test_builtin_reboot_plugin(tmp_path: Path, ctx_factory: Any) -> None:
+    d = Dispatcher(config(tmp_path, {}))
+    ctx = ctx_factory({"operation": "reboot"})
+    assert (await d.run(d.resolve(ctx.document), ctx)).status == "SUCCEEDED"
+    assert ctx.reboot_requested
+    ctx.after_reboot()
+    outcome = await d.run(d.resolve(ctx.document), ctx)
+    assert outcome == Outcome("SUCCEEDED", {"reason": "the device rebooted"})
