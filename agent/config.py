@@ -79,6 +79,8 @@ class JobsConfig:
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     max_agent_restarts_per_job: int = 3
     stop_timeout_seconds: float = 60.0
+    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    """Where the boot id is read to confirm a requested reboot happened (tests, containers)."""
 
 
 @dataclass(frozen=True)
@@ -271,10 +273,12 @@ _RULES: dict[str, _Rule] = {
     "jobs.reboot_command": _list_of(_string(), non_empty=True),
     "jobs.max_agent_restarts_per_job": _int_in(1, 100),
     "jobs.stop_timeout_seconds": _number_in(0, 3600),
+    "jobs.boot_id_path": _path(optional=False),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),
 }
 
+_TOP_LEVEL_KEYS = frozenset({"thing_name", "connection", "jobs", "handlers", "state_dir", "log"})
 _SECTIONS: dict[str, type] = {
     "connection": ConnectionConfig,
     "jobs": JobsConfig,
@@ -345,6 +349,10 @@ def _apply_environment(
         except yaml.YAMLError:
             value = raw
         key_path = ".".join(parts)
+        if parts[0] not in _TOP_LEVEL_KEYS:
+            # Not a setting (JOBS_AGENT_VENV, the handlers' JOBS_AGENT_JOB_ID, test hooks...):
+            # only names that start with a real section or key are overrides.
+            continue
         if len(parts) == 1:
             data[parts[0]] = value
         else:
@@ -509,6 +517,7 @@ def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:
         jobs=replace(
             jobs,
             handler_dir=fix(jobs.handler_dir) or jobs.handler_dir,
+            boot_id_path=fix(jobs.boot_id_path) or jobs.boot_id_path,
             trusted_keys=tuple(fix(k) or k for k in jobs.trusted_keys),
         ),
     )

@@ -88,7 +88,7 @@ class Agent:
                 Dispatcher(config),
                 heartbeat_interval=self._heartbeat_interval,
                 on_status=self._on_status,
-                **({"boot_id_path": self._boot_id_path} if self._boot_id_path else {}),
+                boot_id_path=self._boot_id_path,
             )
             self.engine = engine
             if self._signals:

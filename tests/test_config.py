@@ -139,3 +139,17 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     assert (
         'connection.port: expected an integer from 1 to 65535, got "abc" (line 5)' in result.stderr
     )
+
+
+def test_unrelated_jobs_agent_variables_are_not_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    config = load_config(path, environ={"JOBS_AGENT_VENV": ".venv", "JOBS_AGENT_CRASH_AT": "x"})
+    assert config.thing_name == "gw-001"
+
+
+def test_unknown_key_in_a_section_override_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    with pytest.raises(
+        ConfigError, match=r'connection\.prot: unknown key \(did you mean "port"\?\)'
+    ):
+        load_config(path, environ={"JOBS_AGENT_CONNECTION__PROT": "1"})

@@ -49,7 +49,6 @@ log = structlog.get_logger("agent.engine")
 TERMINAL_STATUSES = frozenset(
     {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
 )
-BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 REBOOT_GRACE_SECONDS = 900.0
 """How long the agent waits for a successful reboot command to actually reboot the device."""
 
@@ -105,7 +104,7 @@ class Engine:
         dispatcher: Dispatcher,
         *,
         heartbeat_interval: float | None = None,
-        boot_id_path: Path = BOOT_ID_PATH,
+        boot_id_path: Path | None = None,
         on_status: Callable[[EngineStatus], None] | None = None,
     ) -> None:
         self.config = config
@@ -113,7 +112,7 @@ class Engine:
         self.store = store
         self.dispatcher = dispatcher
         self._heartbeat_interval = heartbeat_interval
-        self._boot_id_path = boot_id_path
+        self._boot_id_path_override = boot_id_path
         self._on_status = on_status
         self._crash = CrashPoints(config.state_dir)
         self._wake = asyncio.Event()
@@ -709,6 +708,10 @@ class Engine:
         bound.info("outcome decided", status=outcome.status, reason=details.get("reason"))
         if not await self._flush_outbox():
             bound.info("outcome queued until the service is reachable")
+
+    @property
+    def _boot_id_path(self) -> Path:
+        return self._boot_id_path_override or self.config.jobs.boot_id_path
 
     def _read_boot_id(self) -> str | None:
         try:

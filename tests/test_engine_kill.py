@@ -1,0 +1,251 @@
+"""Kill tests: the real `jobs-agent run` process SIGKILLed at each durable transition, restarted.
+
+The kill is placed exactly by the engine's crash points (`JOBS_AGENT_CRASH_AT`: the process
+SIGKILLs itself right after writing that transition), not by sleeping and hoping. After the
+restart every job must end with exactly one terminal status, and the handlers' own side-effect
+logs must show that no non-resumable step ran twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.emulator.embedded import Emulator
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    side_effects,
+    start_emulator,
+    terminal_statuses,
+    wait_terminal,
+    wait_until,
+    write_handler,
+)
+
+THING = "gw-kill"
+PRESIGNED = "${aws:iot:s3-presigned-url:https://bucket.s3.amazonaws.com/firmware.bin}"
+
+
+@pytest.fixture
+async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port)
+    yield emu
+    await emu.stop()
+
+
+def _agent(tmp_path: Path, mosquitto: Mosquitto, **jobs: object) -> AgentProcess:
+    config = agent_config(tmp_path, mosquitto.port, thing=THING, **jobs)  # type: ignore[arg-type]
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    return AgentProcess(config_path=path, workdir=tmp_path)
+
+
+def _plugin(tmp_path: Path) -> Path:
+    """A resumable Python plugin, importable by the agent process through PYTHONPATH."""
+    package = tmp_path / "plugins"
+    package.mkdir()
+    log = tmp_path / "side-effects.log"
+    (package / "resumable_plugin.py").write_text(
+        textwrap.dedent(
+            f"""
+            class Resumable:
+                name = "resumable"
+                resumable = True
+
+                async def run(self, ctx):
+                    with open({str(log)!r}, "a") as f:
+                        f.write(f"{{ctx.job_id}} resumed={{ctx.resumed}} "
+                                f"checkpoint={{ctx.checkpoint_data}}\\n")
+                    await ctx.checkpoint({{"stage": "done"}})
+                    return {{"result": "ok"}}
+            """
+        )
+    )
+    return package
+
+
+async def _kill_and_restart(agent: AgentProcess, point: str) -> None:
+    agent.start(JOBS_AGENT_CRASH_AT=point)
+    code = await agent.wait_exit(timeout=30)
+    assert code == -signal.SIGKILL, f"expected the crash at {point}:\n{agent.log_text()}"
+    agent.start()
+    await agent.wait_ready()
+
+
+@pytest.mark.parametrize(
+    ("point", "expected", "runs", "reason"),
+    [
+        ("started", "SUCCEEDED", 1, None),
+        ("running", "FAILED", 0, "agent restarted while the step was running"),
+        ("handler_done", "FAILED", 1, "agent restarted while the step was running"),
+        ("decided", "SUCCEEDED", 1, None),
+        ("report_accepted", "SUCCEEDED", 1, None),
+    ],
+)
+async def test_kill_at_each_transition_reports_exactly_once(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    point: str,
+    expected: str,
+    runs: int,
+    reason: str | None,
+) -> None:
+    log = tmp_path / "side-effects.log"
+    write_handler(
+        tmp_path / "handlers",
+        "flash",
+        f"""#!/bin/sh
+echo "$JOBS_AGENT_JOB_ID $JOBS_AGENT_EXECUTION_NUMBER" >> {log}
+""",
+    )
+    agent = _agent(tmp_path, mosquitto)
+    try:
+        # The presigned URL is re-signed on every delivery: the restarted agent must still
+        # recognise the execution by (jobId, executionNumber).
+        emulator.service.create_job(
+            f"kill-{point}", [THING], {"operation": "flash", "args": [PRESIGNED]}
+        )
+        await _kill_and_restart(agent, point)
+        execution = await wait_terminal(emulator, f"kill-{point}", THING, timeout=30)
+        assert str(execution.status) == expected, agent.log_text()
+        if reason:
+            assert execution.status_details["reason"] == reason
+        assert terminal_statuses(emulator, f"kill-{point}") == [expected]
+        assert len(side_effects(log)) == runs
+        # The agent keeps serving after the recovery.
+        emulator.service.create_job(f"after-{point}", [THING], {"operation": "flash"})
+        after = await wait_terminal(emulator, f"after-{point}", THING, timeout=30)
+        assert str(after.status) == "SUCCEEDED"
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_kill_while_running_resumable_handler_resumes(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    package = _plugin(tmp_path)
+    (tmp_path / "handlers").mkdir(mode=0o755)
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config) + "handlers:\n  resumable: resumable_plugin:Resumable\n")
+    agent = AgentProcess(config_path=path, workdir=tmp_path, env={"PYTHONPATH": str(package)})
+    try:
+        emulator.service.create_job("resume-me", [THING], {"operation": "resumable"})
+        await _kill_and_restart(agent, "running")
+        execution = await wait_terminal(emulator, "resume-me", THING, timeout=30)
+        assert str(execution.status) == "SUCCEEDED", agent.log_text()
+        assert execution.status_details["result"] == "ok"
+        assert side_effects(tmp_path / "side-effects.log") == [
+            "resume-me resumed=True checkpoint=None"
+        ]
+        assert terminal_statuses(emulator, "resume-me") == ["SUCCEEDED"]
+    finally:
+        agent.kill()
+
+
+def _reboot_job(tmp_path: Path) -> tuple[dict[str, object], Path, Path]:
+    log = tmp_path / "side-effects.log"
+    write_handler(
+        tmp_path / "handlers",
+        "after-boot",
+        f"""#!/bin/sh
+echo "after-boot $JOBS_AGENT_JOB_ID rebooted=$JOBS_AGENT_REBOOTED" >> {log}
+""",
+    )
+    requests = tmp_path / "reboot-requests.log"
+    fake_reboot = write_handler(
+        tmp_path / "bin",
+        "fake-reboot",
+        f"""#!/bin/sh
+echo reboot >> {requests}
+""",
+    )
+    document = {
+        "version": "1.0",
+        "steps": [
+            {"action": {"name": "Reboot", "type": "runHandler", "input": {"handler": "reboot.sh"}}},
+            {"action": {"name": "Check", "type": "runHandler", "input": {"handler": "after-boot"}}},
+        ],
+    }
+    return document, log, fake_reboot
+
+
+@pytest.mark.parametrize("boot_id_changes", [True, False])
+async def test_reboot_job_completes_only_after_the_boot_id_changes(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, boot_id_changes: bool
+) -> None:
+    document, log, fake_reboot = _reboot_job(tmp_path)
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    agent = _agent(
+        tmp_path,
+        mosquitto,
+        reboot_command=(str(fake_reboot),),
+        boot_id_path=boot_id,
+    )
+    requests = tmp_path / "reboot-requests.log"
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("reboot-job", [THING], document)
+        await wait_until(requests.exists, 30, "the reboot command")
+        execution = emulator.service.execution("reboot-job", THING)
+        assert str(execution.status) == "IN_PROGRESS"
+        await emulator.service.wait_for(
+            lambda: (
+                emulator.service.execution("reboot-job", THING).status_details.get("reboot")
+                == "requested"
+            ),
+            10,
+        )
+        assert side_effects(log) == []  # step 2 waits for the boot
+        # systemd stops the agent for the reboot; the device comes back (or does not).
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+        if boot_id_changes:
+            boot_id.write_text("boot-2\n")
+        agent.start()
+        await agent.wait_ready()
+        execution = await wait_terminal(emulator, "reboot-job", THING, timeout=30)
+        if boot_id_changes:
+            assert str(execution.status) == "SUCCEEDED", agent.log_text()
+            assert side_effects(log) == ["after-boot reboot-job rebooted=1"]
+        else:
+            assert str(execution.status) == "FAILED"
+            assert "did not reboot (boot id unchanged)" in execution.status_details["reason"]
+            assert side_effects(log) == []
+        assert side_effects(requests) == ["reboot"]
+        assert terminal_statuses(emulator, "reboot-job") == [str(execution.status)]
+    finally:
+        agent.kill()
+
+
+async def test_kill_while_awaiting_reboot_without_reboot_fails_clearly(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    document, log, fake_reboot = _reboot_job(tmp_path)
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    agent = _agent(tmp_path, mosquitto, reboot_command=(str(fake_reboot),), boot_id_path=boot_id)
+    try:
+        emulator.service.create_job("reboot-crash", [THING], document)
+        await _kill_and_restart(agent, "awaiting_reboot")
+        execution = await wait_terminal(emulator, "reboot-crash", THING, timeout=30)
+        assert str(execution.status) == "FAILED"
+        assert "did not reboot" in execution.status_details["reason"]
+        assert not (tmp_path / "reboot-requests.log").exists()
+        assert side_effects(log) == []
+    finally:
+        agent.kill()
+        await asyncio.sleep(0)
