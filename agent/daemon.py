@@ -177,24 +177,46 @@ class Agent:
             )
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
-        if new.connection != self.config.connection or new.thing_name != self.config.thing_name:
-            log.warning("connection and thing_name changes take effect after a restart")
-            new = dataclasses.replace(
-                new, connection=self.config.connection, thing_name=self.config.thing_name
-            )
-        if new.state_dir != self.config.state_dir:
-            log.warning("state_dir changes take effect after a restart")
-            new = dataclasses.replace(new, state_dir=self.config.state_dir)
+        new = self._keep_restart_only_settings(new)
+        from agent.dispatch import Dispatcher
+
+        try:
+            dispatcher = Dispatcher(new)
+        except ConfigError as exc:
+            log.error("reload refused; keeping the old configuration", error=str(exc))
+            self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
+            return False
+        # Said before the new level applies, so that it is logged even when the level rises.
+        log.info("configuration reloaded", path=str(self.config_path))
         configure_logging(new.log.level, new.log.format)
         self.config = new
         if self.engine is not None:
-            from agent.dispatch import Dispatcher
-
             self.engine.config = new
-            self.engine.dispatcher = Dispatcher(new)
-        log.info("configuration reloaded", path=str(self.config_path))
+            self.engine.dispatcher = dispatcher
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
         return True
+
+    def _keep_restart_only_settings(self, new: AgentConfig) -> AgentConfig:
+        """The connection, identity, subscriptions and database stay as started."""
+        old = self.config
+        kept = []
+        if new.connection != old.connection:
+            kept.append("connection")
+        if new.thing_name != old.thing_name:
+            kept.append("thing_name")
+        if new.state_dir != old.state_dir:
+            kept.append("state_dir")
+        if new.jobs.namespaces != old.jobs.namespaces:
+            kept.append("jobs.namespaces")
+        if kept:
+            log.warning("these settings change only after a restart", settings=kept)
+        return dataclasses.replace(
+            new,
+            connection=old.connection,
+            thing_name=old.thing_name,
+            state_dir=old.state_dir,
+            jobs=dataclasses.replace(new.jobs, namespaces=old.jobs.namespaces),
+        )
 
     # -- systemd ------------------------------------------------------------------------------
     def _on_status(self, status: EngineStatus) -> None:

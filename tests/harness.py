@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ def config_yaml(config: AgentConfig) -> str:
         f"  boot_id_path: {jobs.boot_id_path}",
         f"  reboot_command: [{', '.join(jobs.reboot_command)}]",
         f"  step_timeout_minutes: {jobs.step_timeout_minutes or 'null'}",
+        f"  namespaces: [{', '.join(jobs.namespaces)}]",
     ]
     if config.handlers:
         lines.append("handlers:")
@@ -142,6 +144,8 @@ class AgentProcess:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     messages: list[str] = field(default_factory=list)
+    received: list[tuple[float, str]] = field(default_factory=list)
+    """Every sd_notify line with its arrival time (monotonic), never consumed."""
     runs: int = 0
 
     def start(self, **extra_env: str) -> None:
@@ -172,7 +176,10 @@ class AgentProcess:
                 data = self._socket.recv(4096)
             except BlockingIOError:
                 return
-            self.messages.extend(data.decode().split("\n"))
+            now = time.monotonic()
+            lines = data.decode().split("\n")
+            self.messages.extend(lines)
+            self.received.extend((now, line) for line in lines)
 
     async def wait_message(self, prefix: str, timeout: float = 20) -> str:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,1 @@
+"""Shared pieces for the reliability and security tests (fuzzing, hostile input, disk faults)."""
