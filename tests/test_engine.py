@@ -285,10 +285,12 @@ async def test_broker_restart_mid_job_reports_once(
     """The broker goes away while a job runs; the handler keeps running, its outcome waits in
     the outbox, and it is reported exactly once when the broker is back."""
     release = tmp_path / "release"
+    started = tmp_path / "started"
     write_handler(
         tmp_path / "handlers",
         "long",
         f"""#!/bin/sh
+touch {started}
 while [ ! -e {release} ]; do sleep 0.05; done
 echo finished
 """,
@@ -298,7 +300,7 @@ echo finished
         config = agent_config(tmp_path, fresh_mosquitto.port)
         async with running_agent(config) as agent:
             emulator.service.create_job("through-outage", [THING], {"operation": "long"})
-            await emulator.service.wait_for_status("through-outage", THING, "IN_PROGRESS")
+            await wait_until(started.exists, 15, "the handler to start")
             fresh_mosquitto.stop()
             release.touch()
             assert agent.engine is not None
