@@ -79,6 +79,8 @@ class JobsConfig:
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     max_agent_restarts_per_job: int = 3
     stop_timeout_seconds: float = 60.0
+    idle_poll_seconds: float = 900.0
+    """Idle, ask for work this often even without a notification (0: never)."""
     boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
     """Where the boot id is read to confirm a requested reboot happened (tests, containers)."""
 
@@ -273,6 +275,7 @@ _RULES: dict[str, _Rule] = {
     "jobs.reboot_command": _list_of(_string(), non_empty=True),
     "jobs.max_agent_restarts_per_job": _int_in(1, 100),
     "jobs.stop_timeout_seconds": _number_in(0, 3600),
+    "jobs.idle_poll_seconds": _number_in(0, 86400),
     "jobs.boot_id_path": _path(optional=False),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),

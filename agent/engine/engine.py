@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ log = structlog.get_logger("agent.engine")
 TERMINAL_STATUSES = frozenset(
     {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
 )
+OUTCOMES_KEPT = 256
+PRUNE_EVERY = 200
+"""Finished executions are pruned from the database every this many outcomes (500 are kept)."""
+LOOP_TICK_SECONDS = 30.0
+"""The main loop wakes at least this often to prove to the watchdog that it is alive."""
 REBOOT_GRACE_SECONDS = 900.0
 """How long the agent waits for a successful reboot command to actually reboot the device."""
 
@@ -121,9 +127,12 @@ class Engine:
         self._running: _Running | None = None
         self._awaiting_reboot = False
         self._reconciled = False
+        self._reported = 0
+        self._prune_soon = False
+        self._last_acquire = 0.0
         self.status = EngineStatus()
-        self.outcomes: dict[ExecutionKey, str] = {}
-        """What this process reported (or noted) per execution, for tests and `status`."""
+        self.outcomes: OrderedDict[ExecutionKey, str] = OrderedDict()
+        """What this process reported (or noted) for its most recent executions."""
         self.loop_heartbeat = time.monotonic()
         """Refreshed by the main loop; the systemd watchdog checks it is recent."""
 
@@ -142,6 +151,15 @@ class Engine:
     def running_job(self) -> ExecutionKey | None:
         return self._running.key if self._running else None
 
+    def _note_outcome(self, key: ExecutionKey, note: str) -> None:
+        self.outcomes[key] = note
+        self.outcomes.move_to_end(key)
+        while len(self.outcomes) > OUTCOMES_KEPT:
+            self.outcomes.popitem(last=False)
+        self._reported += 1
+        if self._reported % PRUNE_EVERY == 0:
+            self._prune_soon = True
+
     def _set_status(self, state: str, job: str | None = None, **progress: Any) -> None:
         self.status.state = state
         self.status.job = job
@@ -157,11 +175,14 @@ class Engine:
         try:
             while not self._stopping:
                 self.loop_heartbeat = time.monotonic()
-                await self._wait_for_wake(timeout=30.0)
+                await self._wait_for_wake()
                 if self._stopping:
                     break
                 self._wake.clear()
                 try:
+                    if self._prune_soon:
+                        self._prune_soon = False
+                        await self.store.prune()
                     if not await self._flush_outbox():
                         await self._retry_later(backoff)
                         backoff = min(backoff * 2, 60.0)
@@ -191,10 +212,15 @@ class Engine:
                 await events
             self._set_status("stopped")
 
-    async def _wait_for_wake(self, timeout: float) -> None:
-        await wait_event(self._wake, timeout)
-        # A periodic look even without events: a lost notify must not strand a queued job.
-        self._wake.set()
+    async def _wait_for_wake(self) -> None:
+        """Wait for an event; idle, look for work every `jobs.idle_poll_seconds` anyway (a
+        safety net against a lost notification; 0 = never: keep-alives only)."""
+        while not await wait_event(self._wake, LOOP_TICK_SECONDS):
+            self.loop_heartbeat = time.monotonic()
+            poll = self.config.jobs.idle_poll_seconds
+            if poll and time.monotonic() - self._last_acquire >= poll:
+                self._wake.set()
+                return
 
     async def _retry_later(self, delay: float) -> None:
         self._wake.clear()
@@ -269,14 +295,14 @@ class Engine:
                     await self.store.outbox_attempt_failed(entry.id, f"{exc.code}: {exc.message}")
                     return False
                 await self.store.reported(entry.id, key, note=note)
-                self.outcomes[key] = note
+                self._note_outcome(key, note)
                 continue
             except (JobsError, TransportError) as exc:
                 await self.store.outbox_attempt_failed(entry.id, str(exc))
                 return False
             self._crash.reached("report_accepted")
             await self.store.reported(entry.id, key)
-            self.outcomes[key] = entry.status
+            self._note_outcome(key, entry.status)
             self.status.jobs_done += 1
             log.info(
                 "outcome reported",
@@ -347,9 +373,10 @@ class Engine:
                 await self.store.cancelled(
                     key, f"service ended the execution as {execution.status} while away"
                 )
-                self.outcomes[key] = f"ended by the service ({execution.status})"
+                self._note_outcome(key, f"ended by the service ({execution.status})")
 
     async def _acquire_and_run(self) -> bool:
+        self._last_acquire = time.monotonic()
         step_timeout = self.config.jobs.step_timeout_minutes
         execution = await self.client.start_next(step_timeout=step_timeout)
         if execution is not None:
@@ -622,7 +649,7 @@ class Engine:
                     )
                     await self._stop_handler(handler_task, running.ctx)
                     await self.store.cancelled(running.key, running.reason)
-                    self.outcomes[running.key] = f"cancelled: {running.reason}"
+                    self._note_outcome(running.key, f"cancelled: {running.reason}")
                     await self._cleanup_dirs(running.key)
                     return None
                 if stop_wait in done or (
