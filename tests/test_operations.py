@@ -85,13 +85,13 @@ async def test_ready_status_and_stopping_on_the_notify_socket(
 async def test_sigterm_lets_the_running_step_finish_and_takes_no_new_job(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
 ) -> None:
-    release, _ = _waiting_handler(tmp_path)
+    release, pids = _waiting_handler(tmp_path)
     agent = _agent(tmp_path, mosquitto, stop_timeout_seconds=30)
     try:
         agent.start()
         await agent.wait_ready()
         emulator.service.create_job("first", [THING], {"operation": "wait"})
-        await emulator.service.wait_for_status("first", THING, "IN_PROGRESS")
+        await wait_until(pids.exists, 10, "the handler to start")
         emulator.service.create_job("second", [THING], {"operation": "wait"})
         agent.signal(signal.SIGTERM)
         await agent.wait_message("STOPPING=1")

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,6 +128,7 @@ class Engine:
         self._awaiting_reboot = False
         self._reconciled = False
         self._reported = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._prune_soon = False
         self._last_acquire = 0.0
         self.status = EngineStatus()
@@ -150,6 +151,12 @@ class Engine:
     @property
     def running_job(self) -> ExecutionKey | None:
         return self._running.key if self._running else None
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a side task, keeping a reference so it is not garbage-collected mid-flight."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _note_outcome(self, key: ExecutionKey, note: str) -> None:
         self.outcomes[key] = note
@@ -251,7 +258,7 @@ class Engine:
         }
         if running.key.job_id not in listed:
             # Delivery order is not guaranteed: confirm with the service before stopping.
-            asyncio.create_task(self._confirm_cloud_ended(running))  # noqa: RUF006
+            self._background(self._confirm_cloud_ended(running))
 
     async def _confirm_cloud_ended(self, running: _Running) -> None:
         key = running.key
@@ -457,6 +464,9 @@ class Engine:
             await self.store.transition(key, ExecutionState.STARTED)
             record = await self.store.get(key)
             assert record is not None
+        if self._stopping and record.state == ExecutionState.STARTED:
+            bound.info("stopping: the job starts after the restart")
+            return
 
         if record.state in (ExecutionState.DECIDED,):
             bound.info("outcome already decided; re-sending it")
@@ -795,7 +805,7 @@ class Engine:
         self._awaiting_reboot = True
         self._set_status("awaiting reboot", str(key))
         asyncio.get_running_loop().call_later(
-            REBOOT_GRACE_SECONDS, lambda: asyncio.ensure_future(self._reboot_overdue(key))
+            REBOOT_GRACE_SECONDS, lambda: self._background(self._reboot_overdue(key))
         )
 
     async def _reboot_overdue(self, key: ExecutionKey) -> None:
