@@ -72,6 +72,11 @@ def config_yaml(config: AgentConfig) -> str:
         f"  keepalive_seconds: {conn.keepalive_seconds}",
         f"  reconnect_min_seconds: {conn.reconnect_min_seconds}",
         f"  reconnect_max_seconds: {conn.reconnect_max_seconds}",
+        *[
+            f"  {name}: {value}"
+            for name, value in (("cert", conn.cert), ("key", conn.key), ("ca", conn.ca))
+            if value is not None
+        ],
         "jobs:",
         f"  handler_dir: {jobs.handler_dir}",
         f"  progress_interval_seconds: {jobs.progress_interval_seconds}",

@@ -4,6 +4,7 @@ process (graceful and immediate stop, reload), the watchdog, and the read-only d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import signal
 import subprocess
@@ -359,3 +360,40 @@ async def test_dry_run_watch_plans_new_jobs_as_they_come(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_the_daemon_over_awscrt_with_mtls_runs_a_job(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The production transport end to end: `jobs-agent run` with awscrt (MQTT 5, mTLS with the
+    generated device certificate) against mosquitto, the emulator on the plain listener."""
+    write_handler(tmp_path / "handlers", "ok", "#!/bin/sh\necho fine\n")
+    certs = mosquitto.certs
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    config = dataclasses.replace(
+        config,
+        connection=dataclasses.replace(
+            config.connection,
+            transport="awscrt",
+            endpoint="localhost",
+            port=mosquitto.tls_port,
+            cert=certs.device_cert,
+            key=certs.device_key,
+            ca=certs.ca,
+        ),
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config).replace("  tls: true\n", ""))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("over-crt", [THING], {"operation": "ok"})
+        execution = await wait_terminal(emulator, "over-crt", THING)
+        assert str(execution.status) == "SUCCEEDED", agent.log_text()
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+        key_body = Path(certs.device_key).read_text().splitlines()[1]
+        assert key_body not in agent.log_text()  # the private key never reaches the logs
+    finally:
+        agent.kill()
