@@ -127,10 +127,22 @@ class Agent:
         from agent.emulator.embedded import EmbeddedEmulator
         from agent.transport.local import LocalBus
 
+        from agent.commands.sim import DEFAULT_HTTP_PORT
+
         bus = LocalBus()
-        self._embedded = EmbeddedEmulator(bus, http_port=0)
-        await self._embedded.start()
-        log.info("embedded IoT Jobs emulator started", http=self._embedded.http_endpoint)
+        # The port `jobs-agent sim create-job` talks to by default, or any free one if taken.
+        for port in (DEFAULT_HTTP_PORT, 0):
+            self._embedded = EmbeddedEmulator(bus, http_port=port)
+            try:
+                await self._embedded.start()
+                break
+            except OSError:
+                await self._embedded.stop()
+        log.info(
+            "embedded IoT Jobs emulator started; create jobs with `jobs-agent sim create-job"
+            " --endpoint ENDPOINT`",
+            endpoint=self._embedded.http_endpoint,
+        )
         return create_transport(self.config, bus=bus)
 
     def request_stop(self) -> None:
