@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -388,3 +389,61 @@ async def test_namespaced_jobs_are_taken_with_describe_next_and_update(
     counters = emulator.service.counters
     assert counters[topics.Operation.START_NEXT.value] >= 1  # default namespace
     assert counters[topics.Operation.DESCRIBE.value] >= 1  # $next in fleet-a
+
+
+async def test_no_reboot_for_a_job_cancelled_just_before_it(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The handler asks for a reboot, but the job was force-cancelled a moment earlier: the
+    announcement is refused and the device is not rebooted."""
+    requests = tmp_path / "reboots"
+    fake_reboot = write_handler(
+        tmp_path / "bin", "fake-reboot", f"#!/bin/sh\necho x >> {requests}\n"
+    )
+    package = tmp_path / "plugins"
+    package.mkdir()
+    (package / "cancel_then_reboot.py").write_text(
+        "EMULATOR = None\n\n"
+        "class CancelThenReboot:\n"
+        "    name = 'cancel-then-reboot'\n"
+        "    resumable = False\n\n"
+        "    async def run(self, ctx):\n"
+        "        EMULATOR.service.cancel_job(ctx.job_id, force=True)\n"
+        "        ctx.request_reboot()\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(package))
+    try:
+        import cancel_then_reboot  # type: ignore[import-not-found]
+
+        cancel_then_reboot.EMULATOR = emulator
+        boot_id = tmp_path / "boot_id"
+        boot_id.write_text("boot-1\n")
+        config = agent_config(
+            tmp_path,
+            mosquitto.port,
+            reboot_command=(str(fake_reboot),),
+            boot_id_path=boot_id,
+        )
+        config = dataclasses.replace(
+            config, handlers={"cancel-then-reboot": "cancel_then_reboot:CancelThenReboot"}
+        )
+        (tmp_path / "handlers").mkdir(mode=0o755, exist_ok=True)
+        async with running_agent(config) as agent:
+            emulator.service.create_job("no-reboot", [THING], {"operation": "cancel-then-reboot"})
+            await wait_until(
+                lambda: (
+                    agent.engine is not None
+                    and any(k.job_id == "no-reboot" for k in agent.engine.outcomes)
+                ),
+                15,
+                "the engine to settle the job",
+            )
+            note = next(v for k, v in agent.engine.outcomes.items() if k.job_id == "no-reboot")
+            assert note.startswith("not rebooted")
+        assert not requests.exists()
+        assert terminal_statuses(emulator, "no-reboot") == ["CANCELED"]
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop("cancel_then_reboot", None)

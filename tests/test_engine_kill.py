@@ -9,7 +9,9 @@ logs must show that no non-resumable step ran twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -249,3 +251,42 @@ async def test_kill_while_awaiting_reboot_without_reboot_fails_clearly(
     finally:
         agent.kill()
         await asyncio.sleep(0)
+
+
+async def test_job_cancelled_while_the_agent_is_down_is_closed_locally(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """Killed mid-job, the job force-cancelled while the agent is away: after the restart the
+    local record is closed (not left "running" forever) and nothing is reported for it."""
+    write_handler(tmp_path / "handlers", "long", "#!/bin/sh\nsleep 600\n")
+    agent = _agent(tmp_path, mosquitto)
+    try:
+        emulator.service.create_job("cancel-away", [THING], {"operation": "long"})
+        agent.start(JOBS_AGENT_CRASH_AT="running")
+        assert await agent.wait_exit(timeout=30) == -signal.SIGKILL
+        emulator.service.cancel_job("cancel-away", force=True)
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("next-one", [THING], {"operation": "no-such"})
+        await wait_terminal(emulator, "next-one", THING, timeout=30)
+        status = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent",
+            "status",
+            "--json",
+            "--config",
+            str(agent.config_path),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stdout, _ = await status.communicate()
+        report = json.loads(stdout)
+        assert report["running"] == [] and report["outbox"] == []
+        closed = [r for r in report["recent"] if r["job_id"] == "cancel-away"]
+        assert closed and closed[0]["state"] == "cancelled"
+        history = emulator.service.history(job_id="cancel-away")
+        canceled_at = next(i for i, h in enumerate(history) if str(h.to_status) == "CANCELED")
+        assert all(str(h.source) != "device" for h in history[canceled_at + 1 :])
+        assert terminal_statuses(emulator, "cancel-away") == ["CANCELED"]
+    finally:
+        agent.kill()

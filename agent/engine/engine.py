@@ -270,8 +270,10 @@ class Engine:
                 include_job_document=False,
             )
         except JobsRejected as exc:
-            if exc.code == ErrorCode.RESOURCE_NOT_FOUND:
-                self._cloud_ended(running, "the execution no longer exists on the service")
+            # Describing an ended execution answers TerminalStateReached (or ResourceNotFound
+            # once it is deleted): either way the cloud is done with it.
+            if exc.code in CLOUD_ENDED_CODES:
+                self._cloud_ended(running, f"the service ended the execution ({exc.code})")
             return
         except (JobsError, TransportError):
             return
@@ -373,8 +375,11 @@ class Engine:
                     include_job_document=False,
                 )
             except JobsRejected as exc:
-                if exc.code == ErrorCode.RESOURCE_NOT_FOUND:
-                    await self.store.cancelled(key, "execution no longer exists on the service")
+                if exc.code in CLOUD_ENDED_CODES:
+                    await self.store.cancelled(
+                        key, f"service ended the execution while away ({exc.code})"
+                    )
+                    self._note_outcome(key, f"ended by the service ({exc.code})")
                 continue
             if execution is not None and str(execution.status) in TERMINAL_STATUSES:
                 await self.store.cancelled(
@@ -768,7 +773,7 @@ class Engine:
         await self.store.transition(key, ExecutionState.AWAITING_REBOOT, boot_id=boot_id)
         self._crash.reached("awaiting_reboot")
         details = sanitize_status_details({**reporter.latest, "reboot": "requested"})
-        with contextlib.suppress(JobsError, TransportError):
+        try:
             await self.client.update(
                 key.job_id,
                 "IN_PROGRESS",
@@ -777,6 +782,18 @@ class Engine:
                 execution_number=key.execution_number,
                 namespace=key.namespace or None,
             )
+        except JobsRejected as exc:
+            if exc.code in CLOUD_ENDED_CODES:
+                # Cancelled (or timed out) just now: the device must not reboot for it.
+                note = f"not rebooted: the service ended the execution ({exc.code})"
+                bound.warning("reboot cancelled", reason=note)
+                await self.store.cancelled(key, note)
+                self._note_outcome(key, note)
+                return
+            bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))
+        except (JobsError, TransportError) as exc:
+            # Offline: the job asked for the reboot; the outcome is reported after the boot.
+            bound.warning("reboot announcement not delivered; rebooting anyway", error=str(exc))
         command = list(self.config.jobs.reboot_command)
         bound.warning("rebooting the device for the job", command=command)
         try:
