@@ -25,7 +25,7 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._blocked_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -38,8 +38,9 @@ class TcpProxy:
         """Abort all connections now; refuse new ones for `refuse_for` seconds. Returns how many."""
         self._blocked_until = time.monotonic() + refuse_for
         dropped = len(self._links)
-        for writer in list(self._links):
-            writer.transport.abort()
+        for pair in list(self._links):
+            for writer in pair:
+                writer.transport.abort()
         self._links.clear()
         return dropped
 
@@ -68,7 +69,7 @@ class TcpProxy:
             writer.transport.abort()
             return
         pair = (writer, up_writer)
-        self._links.update(pair)
+        self._links.add(pair)
         pumps = [
             asyncio.create_task(self._pump(reader, up_writer)),
             asyncio.create_task(self._pump(up_reader, writer)),
@@ -79,7 +80,7 @@ class TcpProxy:
         finally:
             for w in pair:
                 w.transport.abort()
-                self._links.discard(w)
+            self._links.discard(pair)
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)

@@ -124,7 +124,9 @@ def make_layout(root: Path) -> Layout:
     reboot = layout.root / "fake-reboot"
     reboot.write_text(FAKE_REBOOT.format(requests=layout.reboot_requests), encoding="utf-8")
     reboot.chmod(0o755)
-    shutil.copyfile(Path(__file__).with_name("chaos_plugin.py"), layout.plugin_dir / "chaos_plugin.py")
+    shutil.copyfile(
+        Path(__file__).with_name("chaos_plugin.py"), layout.plugin_dir / "chaos_plugin.py"
+    )
     return layout
 
 
