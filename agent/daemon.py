@@ -23,6 +23,7 @@ import structlog
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.engine.async_store import AsyncStore
 from agent.engine.engine import Engine, EngineStatus
+from agent.engine.store import StoreError
 from agent.log import configure_logging
 from agent.sdnotify import SystemdNotifier
 from agent.transport import Transport, TransportError
@@ -63,7 +64,12 @@ class Agent:
         from agent.jobs.client import JobsClient
 
         config = self.config
-        store = AsyncStore(config.state_dir / "state.db")
+        try:
+            store = AsyncStore(config.state_dir / "state.db")
+        except StoreError as exc:
+            log.error("cannot start without the state database", error=str(exc))
+            self.notifier.status(f"cannot open the state database: {exc}")
+            return 1
         transport = self._transport or await self._make_transport()
         self._install_signal_handlers()
         try:
@@ -124,10 +130,9 @@ class Agent:
         if self.config.connection.transport != "local":
             return create_transport(self.config)
         # The local transport means: an embedded emulator in this process (development).
+        from agent.commands.sim import DEFAULT_HTTP_PORT
         from agent.emulator.embedded import EmbeddedEmulator
         from agent.transport.local import LocalBus
-
-        from agent.commands.sim import DEFAULT_HTTP_PORT
 
         bus = LocalBus()
         # The port `jobs-agent sim create-job` talks to by default, or any free one if taken.

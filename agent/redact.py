@@ -21,6 +21,10 @@ _QUERY_SECRETS = re.compile(
 _PEM_PRIVATE_KEY = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----.*?(-----END \1-----|$)", re.DOTALL
 )
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY-----")
+_BASE64_OR_BREAK = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
+)
 _SECRET_KEYS = re.compile(
     r"(?i)(password|passwd|secret|private_?key|credential|security_token|session_token|access_token)"
 )
@@ -32,7 +36,30 @@ def redact_text(text: str) -> str:
         text = _QUERY_SECRETS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
     if "PRIVATE KEY" in text:
         text = _PEM_PRIVATE_KEY.sub(f"[{REDACTED} PRIVATE KEY]", text)
+        text = _redact_key_tails(text)
     return text
+
+
+def _redact_key_tails(text: str) -> str:
+    """Remove the end of a key whose BEGIN line was cut off: output tails keep only the last
+    1024 characters, so a key printed by a handler usually arrives without its first lines (line
+    breaks may already be escaped as a literal `\\n`). Scans back from each END line: linear."""
+    parts: list[str] = []
+    done = 0
+    for match in _PEM_END.finditer(text):
+        start = match.start()
+        while start > done:
+            if start - 2 >= done and text[start - 2] == "\\" and text[start - 1] in "nrt":
+                start -= 2
+            elif text[start - 1] in _BASE64_OR_BREAK:
+                start -= 1
+            else:
+                break
+        parts.append(text[done:start])
+        parts.append(f"[{REDACTED} PRIVATE KEY]")
+        done = match.end()
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def redact_value(key: str, value: Any) -> Any:

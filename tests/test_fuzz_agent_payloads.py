@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.jobs.client import JobsClient, JobsEvent, JobExecutionsChanged
-from agent.jobs.errors import JobsRejected, ProtocolError
+from agent.jobs.client import JobExecutionsChanged, JobsClient, JobsEvent
+from agent.jobs.errors import ProtocolError
 from agent.jobs.topics import Operation, ReplyKind, parse_topic
 from agent.transport.base import Message
 from agent.transport.local import LocalBus, LocalTransport
@@ -199,8 +199,8 @@ async def client_session() -> AsyncIterator[ClientSession]:
     session = ClientSession(bus, hostile, client, errors)
 
     async def pump() -> None:
-        async for event in client.events():
-            session.events.put_nowait(event)
+        async for item in client.events():
+            session.events.put_nowait(item)
 
     pumping = asyncio.create_task(pump())
     try:
@@ -354,6 +354,7 @@ class HostileService:
     transport: LocalTransport
     corrupt: dict[tuple[Operation, str | None], Any]
     corrupted: list[str] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def on_message(self, message: Message) -> None:
         parsed = parse_topic(message.topic)
@@ -372,7 +373,7 @@ class HostileService:
         token = request.get("clientToken")
         self.corrupted.append(f"{parsed.operation.value}:{status}")
         loop = asyncio.get_running_loop()
-        loop.create_task(
+        self._start(
             self.transport.publish(
                 f"{message.topic}/{reply_kind}",
                 json.dumps({**payload, "clientToken": token}).encode(),
@@ -382,10 +383,15 @@ class HostileService:
         # retry back-off; correctness does not depend on it.
         loop.call_later(
             0.02,
-            lambda: loop.create_task(
+            lambda: self._start(
                 self.transport.publish(P + "notify", json.dumps({"jobs": {}}).encode())
             ),
         )
+
+    def _start(self, publish: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(publish)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 REQUEST_KINDS = [
@@ -410,7 +416,7 @@ def hostility_plans(draw: st.DrawFn, marker: str) -> dict[str, Any]:
     return {"corrupt": corrupt, "junk": junk, "forged_next": forged_next}
 
 
-@settings(max_examples=examples(0.015))
+@settings(max_examples=examples(0.04))
 @given(st.data())
 async def test_agent_survives_a_hostile_service(tmp_path: Path, data: st.DataObject) -> None:
     base = Path(tempfile.mkdtemp(dir=tmp_path))

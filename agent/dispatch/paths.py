@@ -90,6 +90,20 @@ def _check_chain(base: Path, target: Path) -> None:
 def locate_handler(
     handler_dir: Path, name: str, path: str | None = None, *, search_path: str | None = None
 ) -> HandlerFile:
+    """`_locate`, with the file system's own refusals of a name (too long, a NUL byte, text
+    that is not encodable) turned into REJECTED: they are properties of the document."""
+    try:
+        return _locate(handler_dir, name, path, search_path=search_path)
+    except (OSError, ValueError) as exc:
+        raise JobRejected(
+            f"handler {name!r} (path {path!r}) cannot be looked up: {exc.__class__.__name__}:"
+            f" {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
+def _locate(
+    handler_dir: Path, name: str, path: str | None = None, *, search_path: str | None = None
+) -> HandlerFile:
     """Find the executable a `runHandler` step (or an `operation`) names.
 
     `path` absent/"default"/empty/placeholder means `handler_dir`; otherwise it must be a

@@ -53,7 +53,7 @@ def resolve_user(requested: str, jobs: JobsConfig) -> RunAs:
         return own
     try:
         entry = pwd.getpwnam(requested)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL or unencodable character in the name
         raise JobRejected(f"runAsUser {requested!r}: no such user on this device") from None
     if entry.pw_uid == 0 and not jobs.allow_root:
         raise JobRejected(

@@ -72,6 +72,9 @@ class AsyncStore:
     async def cancelled(self, key: ExecutionKey, note: str) -> None:
         await self._call(self.sync.cancelled, key, note)
 
+    async def probe(self) -> None:
+        await self._call(self.sync.probe)
+
     async def outbox(self) -> list[OutboxEntry]:
         return await self._call(self.sync.outbox)
 

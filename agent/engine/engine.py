@@ -128,6 +128,8 @@ class Engine:
         self._awaiting_reboot = False
         self._reconciled = False
         self._reported = 0
+        self._undecided: dict[ExecutionKey, Outcome] = {}
+        self._store_broken = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._prune_soon = False
         self._last_acquire = 0.0
@@ -190,6 +192,7 @@ class Engine:
                     if self._prune_soon:
                         self._prune_soon = False
                         await self.store.prune()
+                    await self._decide_undecided()
                     if not await self._flush_outbox():
                         await self._retry_later(backoff)
                         backoff = min(backoff * 2, 60.0)
@@ -199,6 +202,10 @@ class Engine:
                         self._reconciled = True
                     if self._awaiting_reboot:
                         continue
+                    if self._store_broken:
+                        await self.store.probe()  # take no job the database cannot record
+                        self._store_broken = False
+                        log.info("state database writable again")
                     found = await self._acquire_and_run()
                     backoff = 0.5
                     if found:
@@ -208,9 +215,16 @@ class Engine:
                     await self._retry_later(backoff)
                     backoff = min(backoff * 2, 60.0)
                 except StoreError as exc:
+                    self._store_broken = True
                     log.error(
                         "state database error; no job is taken until it works", error=str(exc)
                     )
+                    await self._retry_later(backoff)
+                    backoff = min(backoff * 2, 60.0)
+                except Exception:
+                    # A bug must not turn into a crash loop that strands the outbox: log it
+                    # with its traceback and carry on after a pause.
+                    log.exception("unexpected error in the engine; continuing after a pause")
                     await self._retry_later(backoff)
                     backoff = min(backoff * 2, 60.0)
         finally:
@@ -455,6 +469,8 @@ class Engine:
         bound = log.bind(
             job_id=key.job_id, execution_number=key.execution_number, namespace=namespace or None
         )
+        if key in self._undecided:
+            return  # finished; its outcome is written as soon as the database works
         document = execution.job_document
         record = await self.store.get(key)
         if record is None:
@@ -745,11 +761,29 @@ class Engine:
     # -- outcome and reboot -------------------------------------------------------------------
     async def _decide(self, key: ExecutionKey, outcome: Outcome, bound: Any) -> None:
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
-        await self.store.decide(key, outcome.status, details)
+        try:
+            await self.store.decide(key, outcome.status, details)
+        except StoreError:
+            # Keep the real outcome until it can be written; never let a full disk turn a
+            # finished job into "agent restarted while the step was running".
+            self._undecided[key] = Outcome(outcome.status, details)
+            raise
         self._crash.reached("decided")
         bound.info("outcome decided", status=outcome.status, reason=details.get("reason"))
         if not await self._flush_outbox():
             bound.info("outcome queued until the service is reachable")
+
+    async def _decide_undecided(self) -> None:
+        for key, outcome in list(self._undecided.items()):
+            await self.store.decide(key, outcome.status, dict(outcome.details))
+            del self._undecided[key]
+            self._crash.reached("decided")
+            log.info(
+                "outcome decided after the database recovered",
+                job_id=key.job_id,
+                execution_number=key.execution_number,
+                status=outcome.status,
+            )
 
     @property
     def _boot_id_path(self) -> Path:

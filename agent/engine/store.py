@@ -171,16 +171,19 @@ class Store:
                         self._db.execute(sql, params)
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again
+                    # would raise "no transaction is active" and hide the real cause.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
 
     @staticmethod
@@ -354,6 +357,12 @@ class Store:
                     (str(ExecutionState.CANCELLED), note, time.time(), *self._key_params(key)),
                 ),
             ]
+        )
+
+    def probe(self) -> None:
+        """A durable write that changes nothing of note: can the database be written now?"""
+        self._write(
+            [("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)", (str(time.time()),))]
         )
 
     # -- outbox -------------------------------------------------------------------------------

@@ -495,7 +495,7 @@ def _sanitized(details: Mapping[str, Any] | None) -> dict[str, str] | None:
 def _decode(payload: bytes) -> Mapping[str, Any] | None:
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     return obj if isinstance(obj, dict) else None
 

@@ -37,6 +37,7 @@ from agent.jobs.errors import (
     parse_error_code,
 )
 from agent.jobs.status_details import validate_status_details
+from agent.jobs.topics import JOB_ID_RE
 
 MILLISECONDS_THRESHOLD = 1e11
 MAX_CLIENT_TOKEN = 64
@@ -133,6 +134,28 @@ def _int(obj: Mapping[str, Any], key: str, err: type[ProtocolError]) -> int | No
     return value
 
 
+MAX_COUNTER = 2**63 - 1
+"""executionNumber and versionNumber are Java longs on the service (and SQLite integers here)."""
+
+
+def _job_id(obj: Mapping[str, Any]) -> str:
+    """A reply's `jobId`: the device files, topics and logs are named after it, so one that the
+    service could not have issued (`../x`, surrogates, 65 characters) is a protocol error."""
+    value = _req_str(obj, "jobId")
+    if JOB_ID_RE.fullmatch(value) is None:
+        raise ProtocolError(f"'jobId' {value[:80]!r} is not a valid job id")
+    return value
+
+
+def _counter(obj: Mapping[str, Any], key: str, minimum: int) -> int | None:
+    """An integer in a reply that identifies an execution or its version: within the range the
+    service uses, so a forged -1 or 2**64 cannot name an execution the service never had."""
+    value = _int(obj, key, ProtocolError)
+    if value is not None and not minimum <= value <= MAX_COUNTER:
+        raise ProtocolError(f"{key!r} must be from {minimum} to {MAX_COUNTER}, got {value}")
+    return value
+
+
 def _bool(obj: Mapping[str, Any], key: str, err: type[ProtocolError]) -> bool | None:
     value = obj.get(key)
     if value is None:
@@ -195,7 +218,7 @@ def parse_payload(payload: bytes) -> Mapping[str, Any]:
         return {}
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: too deep
         raise InvalidRequestError(f"payload is not JSON: {exc}", ErrorCode.INVALID_JSON) from None
     if not isinstance(obj, dict):
         raise InvalidRequestError("payload must be a JSON object", ErrorCode.INVALID_JSON)
@@ -216,7 +239,7 @@ class JobExecutionState:
         return cls(
             status=status,
             status_details=_details(o, "statusDetails", ProtocolError),
-            version_number=_int(o, "versionNumber", ProtocolError),
+            version_number=_counter(o, "versionNumber", 0),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -240,12 +263,12 @@ class JobExecutionSummary:
     def from_json(cls, obj: object) -> Self:
         o = _object(obj, "JobExecutionSummary")
         return cls(
-            job_id=_req_str(o, "jobId"),
+            job_id=_job_id(o),
             queued_at=parse_timestamp(o.get("queuedAt")),
             started_at=parse_timestamp(o.get("startedAt")),
             last_updated_at=parse_timestamp(o.get("lastUpdatedAt")),
-            version_number=_int(o, "versionNumber", ProtocolError),
-            execution_number=_int(o, "executionNumber", ProtocolError),
+            version_number=_counter(o, "versionNumber", 0),
+            execution_number=_counter(o, "executionNumber", 1),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -281,15 +304,15 @@ class JobExecution:
         o = _object(obj, "execution")
         status = _status(o, "status", ProtocolError)
         return cls(
-            job_id=_req_str(o, "jobId"),
+            job_id=_job_id(o),
             status=status,
             thing_name=_str(o, "thingName", err=ProtocolError),
             status_details=_details(o, "statusDetails", ProtocolError),
             queued_at=parse_timestamp(o.get("queuedAt")),
             started_at=parse_timestamp(o.get("startedAt")),
             last_updated_at=parse_timestamp(o.get("lastUpdatedAt")),
-            version_number=_int(o, "versionNumber", ProtocolError),
-            execution_number=_int(o, "executionNumber", ProtocolError),
+            version_number=_counter(o, "versionNumber", 0),
+            execution_number=_counter(o, "executionNumber", 1),
             job_document=_document(o),
             approximate_seconds_before_timed_out=_int(
                 o, "approximateSecondsBeforeTimedOut", ProtocolError

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -235,9 +234,3 @@ async def running_agent(
                 await task
         await emulator.stop()
         loop.set_exception_handler(previous)
-
-
-def umask_safe_mkdir(path: Path, mode: int) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
-    return path
