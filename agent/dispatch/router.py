@@ -37,28 +37,42 @@ MAX_DOCUMENT_BYTES = 32 * 1024
 MAX_DOCUMENT_DEPTH = 32
 
 
+PRESIGNED_URL_ALLOWANCE = 2048
+"""AWS checks the 32 KiB against the document as created, then replaces each
+`${aws:iot:s3-presigned-url:...}` placeholder with a signed URL several hundred bytes longer:
+every delivered presigned URL earns this many bytes of slack."""
+
+
 def check_limits(document: Mapping[str, Any]) -> None:
     """Refuse documents the service could not have sent, before any further parsing."""
-    _check_depth(document, 1)
+    presigned = _check_depth(document, 1)
     try:
         size = len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
     except (TypeError, ValueError):
         raise JobRejected("the job document is not plain JSON") from None
-    if size > MAX_DOCUMENT_BYTES:
+    limit = MAX_DOCUMENT_BYTES + presigned * PRESIGNED_URL_ALLOWANCE
+    if size > limit:
         raise JobRejected(
             f"the job document is {size} bytes; at most {MAX_DOCUMENT_BYTES} (32 KiB) are accepted"
+            + (
+                f" plus {presigned * PRESIGNED_URL_ALLOWANCE} for presigned URLs"
+                if presigned
+                else ""
+            )
         )
 
 
-def _check_depth(value: Any, depth: int) -> None:
+def _check_depth(value: Any, depth: int) -> int:
+    """Check the nesting; return how many values are presigned URLs."""
     if depth > MAX_DOCUMENT_DEPTH:
         raise JobRejected(f"the job document is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
     if isinstance(value, Mapping):
-        for item in value.values():
-            _check_depth(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_depth(item, depth + 1)
+        return sum(_check_depth(item, depth + 1) for item in value.values())
+    if isinstance(value, list):
+        return sum(_check_depth(item, depth + 1) for item in value)
+    if isinstance(value, str) and "X-Amz-Signature=" in value:
+        return 1
+    return 0
 
 
 async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:
