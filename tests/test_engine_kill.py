@@ -27,6 +27,7 @@ from tests.harness import (
     side_effects,
     start_emulator,
     terminal_statuses,
+    wait_pid_gone,
     wait_terminal,
     wait_until,
     write_handler,
@@ -288,5 +289,42 @@ async def test_job_cancelled_while_the_agent_is_down_is_closed_locally(
         canceled_at = next(i for i, h in enumerate(history) if str(h.to_status) == "CANCELED")
         assert all(str(h.source) != "device" for h in history[canceled_at + 1 :])
         assert terminal_statuses(emulator, "cancel-away") == ["CANCELED"]
+    finally:
+        agent.kill()
+
+
+async def test_handler_left_running_by_a_killed_agent_is_stopped_before_the_report(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """Outside systemd a SIGKILLed agent leaves its handler's process group running. The
+    restarted agent stops it before reporting the step FAILED, so the step never runs on after
+    its outcome was reported (or alongside a second run)."""
+    pids = tmp_path / "pids"
+    write_handler(
+        tmp_path / "handlers",
+        "forever",
+        f"""#!/bin/sh
+sleep 600 &
+echo "$$ $!" > {pids}.tmp && mv {pids}.tmp {pids}
+wait
+""",
+    )
+    agent = _agent(tmp_path, mosquitto)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("orphan", [THING], {"operation": "forever"})
+        await wait_until(pids.exists, 15, "the handler to start")
+        shell_pid, sleep_pid = (int(p) for p in pids.read_text().split())
+        agent.kill()  # SIGKILL: the handler's own process group survives it
+        await agent.wait_exit()
+        assert not await wait_pid_gone(shell_pid, 0.2), "the handler should have outlived the agent"
+        agent.start()
+        await agent.wait_ready()
+        execution = await wait_terminal(emulator, "orphan", THING, timeout=30)
+        assert str(execution.status) == "FAILED"
+        assert execution.status_details["reason"] == "agent restarted while the step was running"
+        assert await wait_pid_gone(shell_pid, 5) and await wait_pid_gone(sleep_pid, 5)
+        assert "stopped the handler an earlier agent left running" in agent.log_text()
     finally:
         agent.kill()

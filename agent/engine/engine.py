@@ -30,6 +30,7 @@ from agent.config import AgentConfig
 from agent.engine.async_store import AsyncStore
 from agent.engine.context import EngineJobContext
 from agent.engine.crashpoints import CrashPoints
+from agent.engine.orphans import kill_handler_processes
 from agent.engine.progress import ProgressReporter
 from agent.engine.store import ExecutionKey, ExecutionRecord, ExecutionState, StoreError
 from agent.jobs.client import (
@@ -513,6 +514,7 @@ class Engine:
             bound.info("continuing after reboot")
             resumed = rebooted = True
         elif record.state == ExecutionState.RUNNING:
+            await self._stop_leftover_handlers(key, bound)
             suspended = record.note == "suspended"
             restarts = record.restarts + (0 if suspended else 1)
             if not record.resumable:
@@ -574,6 +576,15 @@ class Engine:
                 {"reason": "stopped on the device after the service ended it; not run again"},
             )
         self._wake.set()
+
+    async def _stop_leftover_handlers(self, key: ExecutionKey, bound: Any) -> None:
+        """A killed agent leaves its handler running (own process group): stop it first, so
+        that a step is neither reported while it still runs nor run twice at once."""
+        killed = await asyncio.to_thread(
+            kill_handler_processes, self.config.thing_name, key.job_id, key.execution_number
+        )
+        if killed:
+            bound.warning("stopped the handler an earlier agent left running", groups=killed)
 
     def _job_dirs(self, key: ExecutionKey) -> tuple[Path, Path]:
         base = self.config.state_dir / "jobs" / (key.namespace or "default") / key.job_id
