@@ -318,13 +318,17 @@ class AgentProcess:
         env.update(self._env)
         env["NOTIFY_SOCKET"] = str(self.notify.path)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        command = self._command or [*jobs_agent_command(), "run", "--config"]
+        command = self._command or [
+            *jobs_agent_command(),
+            "run",
+            "--config",
+            str(self.config_path),
+        ]
         log = self.log_path.open("ab")
         try:
             self.started_at = time.time()
             self.process = await asyncio.create_subprocess_exec(
                 *command,
-                str(self.config_path),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -343,7 +347,9 @@ class AgentProcess:
             self.ready_at = ready.result()
         except TimeoutError:
             await self.stop()
-            raise RuntimeError(f"{self.thing}: no READY=1 in {timeout}s:\n{self.log_tail()}") from None
+            raise RuntimeError(
+                f"{self.thing}: no READY=1 in {timeout}s:\n{self.log_tail()}"
+            ) from None
         return self.ready_at - self.started_at
 
     def log_tail(self, lines: int = 30) -> str:

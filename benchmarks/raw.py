@@ -15,6 +15,7 @@ can do per message. All publishes are QoS 1, as in the Jobs protocol.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import ssl
 import sys
@@ -57,10 +58,8 @@ def responder(host: str, port: int) -> int:
     client.on_subscribe = on_subscribe
     client.connect(host, port, keepalive=60)
     client.subscribe([("bench/+/go", 1), ("bench/+/req", 1)])
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         client.loop_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -88,7 +87,9 @@ class RawDevice:
         self.client.on_message = lambda c, u, m: self.inbox.append((m.topic, bytes(m.payload)))
         self.client.connect(host, port, keepalive=60)
         self._wait(lambda: self.client.is_connected())
-        _, mid = self.client.subscribe([(f"bench/{self.id}/notify", 1), (f"bench/{self.id}/rep", 1)])
+        _, mid = self.client.subscribe(
+            [(f"bench/{self.id}/notify", 1), (f"bench/{self.id}/rep", 1)]
+        )
         acked: list[int] = []
         self.client.on_subscribe = lambda c, u, m, r, p: acked.append(m)
         self._wait(lambda: mid in acked)
@@ -133,12 +134,31 @@ class RawDevice:
         self.client.disconnect()
 
 
+def ready(host: str, port: int) -> int:
+    """The start-up floor: import paho, connect, subscribe, say READY=1, wait for SIGTERM."""
+    import os
+    import signal
+
+    device = RawDevice(host, port)
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"READY=1", address)
+    signal.sigwait({signal.SIGTERM})
+    device.close()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.raw")
-    parser.add_argument("role", choices=["responder"])
+    parser.add_argument("role", choices=["responder", "ready"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.role == "ready":
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        return ready(args.host, args.port)
     return responder(args.host, args.port)
 
 

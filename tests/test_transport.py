@@ -159,10 +159,24 @@ class AwscrtBackend(MtlsBackend):
     name = "awscrt"
 
 
+class PahoAsyncPlainBackend(PahoPlainBackend):
+    name = "paho-async"
+
+
+class PahoAsyncTlsBackend(MtlsBackend):
+    name = "paho-async-tls"
+
+
 def _paho(config: ConnectionConfig, client_id: str) -> Transport:
     from agent.transport.paho import PahoTransport
 
     return PahoTransport(config, client_id)
+
+
+def _paho_async(config: ConnectionConfig, client_id: str) -> Transport:
+    from agent.transport.paho_async import AsyncPahoTransport
+
+    return AsyncPahoTransport(config, client_id)
 
 
 def _awscrt(config: ConnectionConfig, client_id: str) -> Transport:
@@ -171,7 +185,7 @@ def _awscrt(config: ConnectionConfig, client_id: str) -> Transport:
     return AwscrtTransport(config, client_id)
 
 
-@pytest.fixture(params=["local", "paho", "paho-tls", "awscrt"])
+@pytest.fixture(params=["local", "paho", "paho-tls", "awscrt", "paho-async", "paho-async-tls"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     chosen: Backend
     if request.param == "local":
@@ -183,6 +197,10 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             chosen = PahoPlainBackend(factory(), _paho)
         elif request.param == "paho-tls":
             chosen = PahoTlsBackend(factory(), _paho)
+        elif request.param == "paho-async":
+            chosen = PahoAsyncPlainBackend(factory(), _paho_async)
+        elif request.param == "paho-async-tls":
+            chosen = PahoAsyncTlsBackend(factory(), _paho_async)
         else:
             chosen = AwscrtBackend(factory(), _awscrt)
     try:

@@ -1,0 +1,170 @@
+"""A fleet of simulated devices in one process: N real engines, each its own thing and connection.
+
+Used by `jobs-agent sim fleet` to rehearse a rollout locally: every device is the real agent
+stack (`Engine` + `JobsClient` + `Dispatcher`, a durable SQLite store of its own under
+`state_dir/<thing>/`), so a job document that works here went through exactly what a gateway
+runs, only multiplied. Connections use `AsyncPahoTransport`, which needs no thread per
+connection: a thousand devices are a thousand sockets on one event loop. (Each store still has
+its one writer thread, idle between writes.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.config import AgentConfig, ConnectionConfig, JobsConfig
+from agent.dispatch import Dispatcher
+from agent.dispatch.plugins import PluginRegistry
+from agent.engine.async_store import AsyncStore
+from agent.engine.engine import Engine
+from agent.jobs.client import JobsClient
+from agent.transport.paho_async import AsyncPahoTransport
+
+log = structlog.get_logger("agent.emulator.fleet")
+
+NOOP_OPERATION = "fleet-noop"
+"""The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"})
+
+
+class NoopHandler:
+    """Succeeds at once: the cost of a rollout without the cost of its work."""
+
+    async def run(self, ctx: object) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    things: int
+    connection: ConnectionConfig
+    """Broker settings shared by every device; client ids are the thing names."""
+    state_dir: Path
+    prefix: str = "fleet-"
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    handlers: Mapping[str, str] = field(default_factory=dict)
+    connect_concurrency: int = 64
+    """Connections being set up at once (each is a TCP connect, perhaps TLS, and 4 SUBACKs)."""
+
+    def thing_name(self, index: int) -> str:
+        width = max(4, len(str(self.things)))
+        return f"{self.prefix}{index:0{width}d}"
+
+
+@dataclass
+class Device:
+    thing_name: str
+    transport: AsyncPahoTransport
+    client: JobsClient
+    store: AsyncStore
+    engine: Engine
+    task: asyncio.Task[None] | None = None
+
+
+class Fleet:
+    def __init__(self, options: FleetOptions) -> None:
+        if options.things < 1:
+            raise ValueError("a fleet has at least one thing")
+        self.options = options
+        self.devices: list[Device] = []
+        handlers = {NOOP_OPERATION: f"{__name__}:NoopHandler", **options.handlers}
+        self._plugins = PluginRegistry.discover(handlers)
+        self._handlers = handlers
+
+    @property
+    def thing_names(self) -> list[str]:
+        return [self.options.thing_name(i) for i in range(1, self.options.things + 1)]
+
+    def _config(self, thing: str) -> AgentConfig:
+        o = self.options
+        return AgentConfig(
+            thing_name=thing,
+            connection=dataclasses.replace(o.connection, client_id=thing),
+            jobs=o.jobs,
+            handlers=self._handlers,
+            state_dir=o.state_dir / thing,
+        )
+
+    async def _start_one(self, thing: str, timeout: float) -> Device:
+        config = self._config(thing)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        transport = AsyncPahoTransport(config.connection, thing)
+        await transport.connect(timeout=timeout)
+        client = JobsClient(
+            transport,
+            thing,
+            namespaces=config.jobs.namespaces,
+            request_timeout=config.jobs.request_timeout_seconds,
+        )
+        try:
+            await client.start()
+        except BaseException:
+            await transport.disconnect()
+            raise
+        store = AsyncStore(config.state_dir / "state.db")
+        # One Dispatcher per device (it writes output logs under its own state_dir), sharing
+        # the plugin registry so entry points are scanned once, not once per device.
+        engine = Engine(config, client, store, Dispatcher(config, plugins=self._plugins))
+        return Device(thing, transport, client, store, engine)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Connect and subscribe every device, then start their engines (each looks for work)."""
+        gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
+
+        async def start_one(thing: str) -> Device:
+            async with gate:
+                return await self._start_one(thing, timeout)
+
+        results = await asyncio.gather(
+            *(start_one(t) for t in self.thing_names), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        self.devices = [r for r in results if isinstance(r, Device)]
+        if failures:
+            await self.stop()
+            raise failures[0]
+        for device in self.devices:
+            device.task = asyncio.create_task(device.engine.run(), name=device.thing_name)
+
+    def outcomes(self, job_id: str) -> Counter[str]:
+        """What the devices reported for `job_id` so far (status -> devices)."""
+        counts: Counter[str] = Counter()
+        for device in self.devices:
+            for key, status in device.engine.outcomes.items():
+                if key.job_id == job_id:
+                    counts[status if status in TERMINAL else "other"] += 1
+        return counts
+
+    def requests(self) -> int:
+        """Jobs API requests the devices made (each one answered by the service)."""
+        return sum(d.client.stats.requests for d in self.devices)
+
+    async def stop(self) -> None:
+        for device in self.devices:
+            device.engine.request_stop(immediate=True)
+        for device in self.devices:
+            if device.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await device.task
+
+        async def close(device: Device) -> None:
+            with contextlib.suppress(Exception):
+                await device.client.close()
+            with contextlib.suppress(Exception):
+                await device.transport.disconnect()
+            with contextlib.suppress(Exception):
+                await device.store.close()
+
+        await asyncio.gather(*(close(d) for d in self.devices))
+        self.devices = []
+
+
+__all__ = ["NOOP_OPERATION", "Fleet", "FleetOptions", "NoopHandler"]

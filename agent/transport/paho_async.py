@@ -1,0 +1,306 @@
+"""paho driven by the asyncio loop itself: no network thread per connection.
+
+`PahoTransport` gives each connection its own paho thread (`loop_start`), which is right for one
+agent but not for `jobs-agent sim fleet`, where a thousand connections share one process and two
+cores: a thousand threads each waking every second and contending for the GIL. Here the socket
+is registered with the event loop instead (paho's external-loop hooks: `on_socket_open/close`,
+`on_socket_register_write/unregister_write`, then `loop_read`, `loop_write` and `loop_misc`), so
+an idle connection costs nothing until its socket is readable or its keep-alive is due.
+
+Everything above the socket is `PahoTransport`'s (callbacks, session handling, resubscription,
+error reporting); only how paho is driven differs. Blocking steps stay off the loop: the TCP
+connect and TLS handshake of each (re)connection run in a worker thread (`asyncio.to_thread`),
+after which the socket is non-blocking and served by the loop. paho callbacks then run on the
+loop thread; `_call` still defers them with `call_soon`, so they never re-enter paho.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import ConnectionConfig
+from agent.transport.backoff import Backoff
+from agent.transport.base import TransportError
+from agent.transport.paho import CONNECT_ATTEMPT_SECONDS, PERMANENT_CONNACK_CODES, PahoTransport
+
+log = structlog.get_logger("agent.transport.paho_async")
+
+MISC_MIN_SECONDS = 1.0
+MISC_MAX_SECONDS = 30.0
+
+
+class AsyncPahoTransport(PahoTransport):
+    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+        super().__init__(config, client_id)
+        self._loop_thread: int | None = None
+        self._fd: int | None = None
+        self._sock: Any = None
+        self._writing = False
+        self._connack_waiter: asyncio.Future[None] | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        # Check keep-alive often enough that a PINGREQ is at most 5 % late (the broker allows
+        # 50 %), but no more than once a second: idle connections must cost nothing.
+        self._misc_interval = min(
+            MISC_MAX_SECONDS, max(MISC_MIN_SECONDS, config.keepalive_seconds / 20)
+        )
+        client = self._client
+        client.on_socket_open = self._async_socket_open
+        client.on_socket_close = self._async_socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+
+    # -- paho's external-loop hooks (loop thread, or the connect worker) ------------------------
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback` on the loop thread: now if we are on it, else as soon as possible."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            callback(*args)
+        else:
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(callback, *args)
+        else:
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _async_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._paho_socket_open(client, userdata, sock)
+        self._on_loop(self._add_reader, sock)
+
+    def _async_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        fd = self._fd if self._sock is sock else None
+        self._paho_socket_close(client, userdata, sock)
+        if fd is not None:
+            self._sock = None
+            self._fd = None
+            self._on_loop(self._remove_fd, fd)
+
+    def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._add_writer, sock)
+
+    def _unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._remove_writer, sock)
+
+    # -- loop side ------------------------------------------------------------------------------
+    def _add_reader(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() < 0:
+            return
+        if self._fd is not None and self._sock is not sock:
+            self._remove_fd(self._fd)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock is not self._sock:
+            if self._sock is not None or sock.fileno() < 0:
+                return  # a socket already closed and replaced
+            self._add_reader(sock)
+        if not self._writing and self._fd is not None:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _remove_writer(self, sock: Any) -> None:
+        if self._writing and self._fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+        self._writing = False
+
+    def _remove_fd(self, fd: int) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+        self._writing = False
+
+    def _readable(self) -> None:
+        client = self._client
+        while True:
+            client.loop_read()
+            sock = self._sock
+            # TLS may hold decrypted bytes the selector cannot see: drain them now.
+            if not isinstance(sock, ssl.SSLSocket) or sock.pending() == 0:
+                break
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    async def _misc(self) -> None:
+        while True:
+            await asyncio.sleep(self._misc_interval)  # the keep-alive timer's period
+            self._client.loop_misc()
+
+    # -- connection state from paho's callbacks ---------------------------------------------------
+    def _paho_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        super()._paho_connect(client, userdata, flags, reason, props)
+        self._wake_connect_waiter()
+
+    def _paho_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        super()._paho_disconnect(client, userdata, flags, reason, props)
+        self._wake_connect_waiter()
+        if self._started and not self._closing:
+            self._on_loop(self._schedule_reconnect)
+
+    def _wake_connect_waiter(self) -> None:
+        waiter = self._connack_waiter
+        if waiter is not None:
+            self._on_loop(_set_done, waiter)
+
+    # -- connecting -----------------------------------------------------------------------------
+    async def _attempt_async(self, deadline: float) -> tuple[bool, bool, str]:
+        """One connect until CONNACK: (ok, permanent, reason)."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._connack = None
+        self._last_error = ""
+        self._tls_alert = ""
+        self._connack_waiter = loop.create_future()
+        try:
+            await asyncio.to_thread(
+                self._client.connect,
+                cfg.endpoint,
+                cfg.port,
+                keepalive=cfg.keepalive_seconds,
+                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=self._connect_properties(),
+            )
+        except ssl.SSLError as exc:
+            return False, True, f"TLS handshake failed: {exc}"
+        except (OSError, ValueError) as exc:
+            return False, False, str(exc) or type(exc).__name__
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._connack_waiter
+        except TimeoutError:
+            self._drop()
+            return False, False, "no CONNACK in time"
+        finally:
+            self._connack_waiter = None
+        if self._connack is None:
+            if self._tls_alert:
+                return False, True, f"TLS session refused by the broker: {self._tls_alert}"
+            return False, False, f"connection closed before CONNACK: {self._last_error}"
+        reason, _session_present = self._connack
+        if reason.is_failure:
+            self._drop()
+            permanent = reason.value in PERMANENT_CONNACK_CODES
+            return False, permanent, f"connection refused by the broker: {reason}"
+        return True, False, ""
+
+    def _drop(self) -> None:
+        """Close the socket now (paho's disconnect needs a loop iteration to send DISCONNECT)."""
+        self._client.disconnect()
+        with contextlib.suppress(OSError):
+            self._client.loop_write()
+        sock = self._sock
+        if sock is not None and self._fd is not None:
+            self._remove_fd(self._fd)
+            self._sock = None
+            self._fd = None
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    async def connect(self, timeout: float | None = None) -> None:
+        if self._started:
+            await self.wait_connected(timeout)
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._closing = False
+        cfg = self.config
+        where = f"{cfg.endpoint}:{cfg.port} as {self.client_id}"
+        start = time.monotonic()
+        backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
+        last = ""
+        while True:
+            remaining = None if timeout is None else start + timeout - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
+            deadline = time.monotonic() + min(
+                CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
+            )
+            ok, permanent, reason = await self._attempt_async(deadline)
+            if ok:
+                break
+            if permanent:
+                raise TransportError(f"cannot connect to {where}: {reason}")
+            last = reason
+            delay = backoff.next_delay()
+            log.info("connect_retry", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2))
+            remaining = None if timeout is None else start + timeout - time.monotonic()
+            await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+        self._backoff.reset()
+        self._started = True
+        self._ever_up = True
+        self._misc_task = asyncio.ensure_future(self._misc())
+        self._mark_up()
+        log.debug("connected", endpoint=cfg.endpoint, port=cfg.port, client_id=self.client_id)
+
+    def _schedule_reconnect(self) -> None:
+        if self._closing or not self._started:
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reconnect with backoff until connected or closed; CONNACK then goes to `_link_up`."""
+        while not self._closing and self._sock is None:
+            delay = self._backoff.next_delay()
+            await asyncio.sleep(delay)  # the backoff delay itself
+            if self._closing:
+                return
+            try:
+                await asyncio.to_thread(self._client.reconnect)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.info("reconnect_failed", endpoint=self.config.endpoint, reason=str(exc))
+                continue
+            return
+
+    async def disconnect(self) -> None:
+        self._abort.set()
+        if self._closing or not self._started:
+            self._closing = True
+            return
+        self._closing = True
+        self._started = False
+        self._mark_down()
+        for task in (self._misc_task, self._reconnect_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._drop()
+        self._fail_pending("disconnected")
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+__all__ = ["AsyncPahoTransport"]

@@ -1,0 +1,1 @@
+"""Peers: minimal agents on other stacks, measured beside jobs-agent."""
