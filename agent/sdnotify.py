@@ -38,7 +38,8 @@ class SystemdNotifier:
                 self._socket = socket.socket(
                     socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 )
-            self._socket.sendto(message, self._address)
+            # Never block the event loop on a socket nobody reads: drop the message instead.
+            self._socket.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError:
             return False
         return True

@@ -447,3 +447,22 @@ async def test_no_reboot_for_a_job_cancelled_just_before_it(
     finally:
         sys.path.remove(str(package))
         sys.modules.pop("cancel_then_reboot", None)
+
+
+async def test_short_job_final_report_carries_its_last_progress(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    write_handler(
+        tmp_path / "handlers",
+        "quick",
+        """#!/bin/sh
+printf '{"percent": 60, "message": "verified image"}\\n' >&3
+""",
+    )
+    config = agent_config(tmp_path, mosquitto.port, progress_interval_seconds=60)
+    async with running_agent(config):
+        emulator.service.create_job("quick", [THING], {"operation": "quick"})
+        execution = await wait_terminal(emulator, "quick", THING)
+    assert str(execution.status) == "SUCCEEDED"
+    assert execution.status_details["message"] == "verified image"
+    assert execution.status_details["percent"] == "100"

@@ -49,3 +49,14 @@ def test_without_systemd_everything_is_a_no_op() -> None:
 def test_watchdog_for_another_pid_is_ignored() -> None:
     notifier = SystemdNotifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert notifier.watchdog_seconds is None
+
+
+def test_a_socket_nobody_reads_never_blocks_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+    results = [notifier.status(f"message {i}") for i in range(500)]
+    assert results[0] is True
+    assert results[-1] is False  # the queue filled up: dropped, not blocked
+    server.close()

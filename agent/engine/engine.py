@@ -265,13 +265,7 @@ class Engine:
         running = self._running
         if running is None or (running.key.namespace or None) != event.namespace:
             return
-        listed = {
-            summary.job_id
-            for summaries in event.event.jobs.values()
-            for summary in summaries
-            if summary.execution_number in (None, running.key.execution_number)
-        }
-        if running.key.job_id not in listed:
+        if not event.lists(running.key.job_id, running.key.execution_number):
             # Delivery order is not guaranteed: confirm with the service before stopping.
             self._background(self._confirm_cloud_ended(running))
 
@@ -403,6 +397,8 @@ class Engine:
                 self._note_outcome(key, f"ended by the service ({execution.status})")
 
     async def _acquire_and_run(self) -> bool:
+        if self._stopping:
+            return False
         self._last_acquire = time.monotonic()
         step_timeout = self.config.jobs.step_timeout_minutes
         execution = await self.client.start_next(step_timeout=step_timeout)
@@ -656,7 +652,7 @@ class Engine:
         if ctx.reboot_requested and outcome.status == "SUCCEEDED":
             await self._reboot(key, reporter, bound)
             return
-        await self._decide(key, outcome, bound)
+        await self._decide(key, _with_last_progress(outcome, reporter.latest), bound)
 
     async def _supervise(
         self,
@@ -883,3 +879,14 @@ class Engine:
             log.bind(job_id=key.job_id, execution_number=key.execution_number),
         )
         self._wake.set()
+
+
+def _with_last_progress(outcome: Outcome, progress: Mapping[str, Any]) -> Outcome:
+    """The final report carries the last progress too (a job shorter than one progress interval
+    would otherwise never show it); the handler's own details win, and success means 100 %."""
+    if not progress:
+        return outcome
+    merged = {**progress, **outcome.details}
+    if outcome.status == "SUCCEEDED" and "percent" in progress and "percent" not in outcome.details:
+        merged["percent"] = "100"
+    return Outcome(outcome.status, merged)

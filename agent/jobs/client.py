@@ -23,7 +23,7 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
@@ -67,10 +67,40 @@ _NOT_CONNECTED_PAUSE = 0.05
 # -- events ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class JobExecutionsChanged:
-    """A `notify` event; `namespace` None is the default namespace."""
+    """A `notify` event; `namespace` None is the default namespace.
+
+    `notify` carries every pending execution of the thing, so with a deep queue each event is
+    large and most are read only to wake the engine. The summaries are therefore parsed on
+    first use of `event` (a `ProtocolError` then), and `lists()` answers the one question the
+    engine asks of every event without building the models.
+    """
 
     namespace: str | None
-    event: JobExecutionsChangedEvent
+    body: Mapping[str, Any]
+    _parsed: list[JobExecutionsChangedEvent] = field(default_factory=list, compare=False)
+
+    @property
+    def event(self) -> JobExecutionsChangedEvent:
+        if not self._parsed:
+            self._parsed.append(JobExecutionsChangedEvent.from_json(self.body))
+        return self._parsed[0]
+
+    def lists(self, job_id: str, execution_number: int | None = None) -> bool:
+        """Whether the execution is among the pending ones this event lists."""
+        jobs = self.body.get("jobs")
+        if not isinstance(jobs, Mapping):
+            return False
+        for summaries in jobs.values():
+            if not isinstance(summaries, list):
+                continue
+            for summary in summaries:
+                if (
+                    isinstance(summary, Mapping)
+                    and summary.get("jobId") == job_id
+                    and summary.get("executionNumber") in (None, execution_number)
+                ):
+                    return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,9 +493,8 @@ class JobsClient:
             if body is None:
                 raise ProtocolError("payload is not a JSON object in UTF-8")
             if parsed.operation is Operation.NOTIFY:
-                event = JobExecutionsChanged(
-                    parsed.namespace, JobExecutionsChangedEvent.from_json(body)
-                )
+                _check_jobs_shape(body)
+                event = JobExecutionsChanged(parsed.namespace, body)
             else:
                 event = NextJobExecutionChanged(
                     parsed.namespace, NextJobExecutionChangedEvent.from_json(body)
@@ -486,6 +515,21 @@ class JobsClient:
             log.warning("event queue full; oldest event dropped")
         self.stats.events += 1
         self._events.put_nowait(event)
+
+
+def _check_jobs_shape(body: Mapping[str, Any]) -> None:
+    """The cheap part of validating `notify`: the container shapes, not every summary."""
+    jobs = body.get("jobs")
+    if jobs is not None and not isinstance(jobs, Mapping):
+        raise ProtocolError("'jobs' must be an object")
+    for key, summaries in (jobs or {}).items():
+        if not isinstance(summaries, list):
+            raise ProtocolError(f"'jobs.{key}' must be a list")
+    timestamp = body.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+    ):
+        raise ProtocolError("'timestamp' must be a number")
 
 
 def _sanitized(details: Mapping[str, Any] | None) -> dict[str, str] | None:
