@@ -51,11 +51,13 @@ class AsyncStore:
         document: Mapping[str, Any],
         version_number: int | None,
         state: ExecutionState = ExecutionState.RECEIVED,
-    ) -> None:
-        await self._call(self.sync.record_received, key, document, version_number, state)
+    ) -> ExecutionRecord:
+        return await self._call(self.sync.record_received, key, document, version_number, state)
 
-    async def transition(self, key: ExecutionKey, state: ExecutionState, **fields: Any) -> None:
-        await self._call(self.sync.transition, key, state, **fields)
+    async def transition(
+        self, key: ExecutionKey, state: ExecutionState, **fields: Any
+    ) -> ExecutionRecord:
+        return await self._call(self.sync.transition, key, state, **fields)
 
     async def save_checkpoint(self, key: ExecutionKey, data: Any) -> None:
         await self._call(self.sync.save_checkpoint, key, data)

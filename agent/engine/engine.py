@@ -130,6 +130,8 @@ class Engine:
         self._reconciled = False
         self._reported = 0
         self._undecided: dict[ExecutionKey, Outcome] = {}
+        self._outbox_dirty = True
+        """False only while this process knows the outbox is empty (saves a read per loop)."""
         self._store_broken = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._prune_soon = False
@@ -297,6 +299,8 @@ class Engine:
     # -- outbox -------------------------------------------------------------------------------
     async def _flush_outbox(self) -> bool:
         """Send queued outcomes in order; False if one could not be delivered yet."""
+        if not self._outbox_dirty:
+            return True  # emptied by this process and nothing decided since
         for entry in await self.store.outbox():
             key = entry.key
             try:
@@ -330,6 +334,7 @@ class Engine:
                 status=entry.status,
             )
             await self._cleanup_dirs(key)
+        self._outbox_dirty = False
         return True
 
     async def _explain_refused_report(
@@ -471,17 +476,13 @@ class Engine:
         document = execution.job_document
         record = await self.store.get(key)
         if record is None:
-            await self.store.record_received(
+            record = await self.store.record_received(
                 key, document or {}, execution.version_number, ExecutionState.STARTED
             )
             self._crash.reached("started")
-            record = await self.store.get(key)
-            assert record is not None
             bound.info("job started")
         elif record.state == ExecutionState.RECEIVED:
-            await self.store.transition(key, ExecutionState.STARTED)
-            record = await self.store.get(key)
-            assert record is not None
+            record = await self.store.transition(key, ExecutionState.STARTED)
         if self._stopping and record.state == ExecutionState.STARTED:
             bound.info("stopping: the job starts after the restart")
             return
@@ -549,19 +550,20 @@ class Engine:
             return
 
         if not resumed:
-            await self.store.transition(
+            record = await self.store.transition(
                 key,
                 ExecutionState.RUNNING,
                 handler=handler.name,
                 resumable=bool(getattr(handler, "resumable", False)),
             )
             self._crash.reached("running")
-        record = await self.store.get(key)
-        assert record is not None
+        else:
+            record = await self.store.transition(key, ExecutionState.RUNNING)
         await self._run_handler(record, handler, document, resumed, rebooted, bound)
 
     async def _finish_stale(self, record: ExecutionRecord, bound: Any) -> None:
         """The service offers an execution we already closed locally: settle it, never rerun."""
+        self._outbox_dirty = True
         if record.state == ExecutionState.REPORTED and record.outcome_status:
             bound.warning("service still offers a reported execution; reporting it again")
             await self.store.decide(record.key, record.outcome_status, record.outcome_details or {})
@@ -769,6 +771,7 @@ class Engine:
     async def _decide(self, key: ExecutionKey, outcome: Outcome, bound: Any) -> None:
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
+            self._outbox_dirty = True
             await self.store.decide(key, outcome.status, details)
         except StoreError:
             # Keep the real outcome until it can be written; never let a full disk turn a
@@ -782,6 +785,7 @@ class Engine:
 
     async def _decide_undecided(self) -> None:
         for key, outcome in list(self._undecided.items()):
+            self._outbox_dirty = True
             await self.store.decide(key, outcome.status, dict(outcome.details))
             del self._undecided[key]
             self._crash.reached("decided")

@@ -247,7 +247,7 @@ class Store:
         document: Mapping[str, Any],
         version_number: int | None,
         state: ExecutionState = ExecutionState.RECEIVED,
-    ) -> None:
+    ) -> ExecutionRecord:
         now = time.time()
         self._write(
             [
@@ -265,9 +265,15 @@ class Store:
                 )
             ]
         )
+        record = self.get(key)
+        assert record is not None
+        return record
 
-    def transition(self, key: ExecutionKey, state: ExecutionState, **fields: Any) -> None:
-        """Move an execution to `state`, updating the given columns in the same transaction."""
+    def transition(
+        self, key: ExecutionKey, state: ExecutionState, **fields: Any
+    ) -> ExecutionRecord:
+        """Move an execution to `state`, updating the given columns in the same transaction;
+        returns the record as now stored."""
         allowed = {
             "version_number",
             "handler",
@@ -293,6 +299,10 @@ class Store:
                 )
             ]
         )
+        record = self.get(key)
+        if record is None:
+            raise StoreError(f"execution {key} is not in the state database")
+        return record
 
     def save_checkpoint(self, key: ExecutionKey, data: Any) -> None:
         self._write(
