@@ -12,9 +12,7 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
@@ -317,6 +315,9 @@ class _ApiError(Exception):
 def _call(endpoint: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One control-plane call. The fake SigV4 scope tells the emulator it is the `iot` API
     (the emulator routes by it and never checks signatures)."""
+    import urllib.error  # http.client and email: not loaded by `jobs-agent run`
+    import urllib.request
+
     if not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint must be an http(s) URL, not {endpoint!r}")
     data = None if body is None else json.dumps(body).encode("utf-8")

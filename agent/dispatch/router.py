@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig, ConfigError
 from agent.dispatch.devicec import (
@@ -28,9 +28,12 @@ from agent.dispatch.devicec import (
 from agent.dispatch.plan import PlannedStep
 from agent.dispatch.plugins import PluginHandler, PluginRegistry
 from agent.dispatch.process import DEFAULT_PATH, Sandbox
-from agent.dispatch.signing import SignatureVerifier, SigningKeyError
 from agent.dispatch.users import resolve_user
 from handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
+
+if TYPE_CHECKING:
+    # cryptography costs ~9 MB of memory: loaded only when signatures are required.
+    from agent.dispatch.signing import SignatureVerifier
 
 MAX_DOCUMENT_BYTES = 32 * 1024
 """The service's limit on a job document."""
@@ -117,6 +120,8 @@ class Dispatcher:
         self.plugins = plugins or PluginRegistry.discover(config.handlers)
         self.verifier: SignatureVerifier | None = None
         if config.jobs.require_signature:
+            from agent.dispatch.signing import SignatureVerifier, SigningKeyError
+
             try:
                 self.verifier = SignatureVerifier.from_paths(config.jobs.trusted_keys)
             except SigningKeyError as exc:
