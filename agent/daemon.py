@@ -57,6 +57,7 @@ class Agent:
         self._signals = 0
         self._embedded: Any = None
         self.ready = asyncio.Event()
+        self._stop_requested = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
@@ -79,7 +80,9 @@ class Agent:
                 endpoint=config.connection.endpoint or None,
                 thing_name=config.thing_name,
             )
-            await transport.connect(timeout=self._connect_timeout)
+            if not await self._connect_unless_stopped(transport):
+                log.info("stopped before the connection was established")
+                return 0
             client = JobsClient(
                 transport,
                 config.thing_name,
@@ -150,8 +153,24 @@ class Agent:
         )
         return create_transport(self.config, bus=bus)
 
+    async def _connect_unless_stopped(self, transport: Transport) -> bool:
+        """Connect (retrying with backoff for as long as it takes), unless a stop comes first:
+        a gateway whose broker is unreachable must still stop promptly."""
+        connecting = asyncio.create_task(transport.connect(timeout=self._connect_timeout))
+        stopping = asyncio.create_task(self._stop_requested.wait())
+        done, _ = await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if connecting in done:
+            connecting.result()  # raises TransportError for a permanent failure
+            return True
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TransportError):
+            await connecting
+        return False
+
     def request_stop(self) -> None:
         self._signals += 1
+        self._stop_requested.set()
         self.notifier.stopping()
         if self.engine is not None:
             self.engine.request_stop(immediate=self._signals > 1)

@@ -397,3 +397,23 @@ async def test_the_daemon_over_awscrt_with_mtls_runs_a_job(
         assert key_body not in agent.log_text()  # the private key never reaches the logs
     finally:
         agent.kill()
+
+
+async def test_sigterm_while_the_broker_is_unreachable_stops_promptly(tmp_path: Path) -> None:
+    """No broker at all: the agent keeps retrying the connection, and a SIGTERM still ends it
+    at once with exit code 0 (systemd must not have to SIGKILL it)."""
+    from tests.fixtures.broker import free_port
+
+    (tmp_path / "handlers").mkdir(mode=0o755)
+    config = agent_config(tmp_path, free_port(), thing=THING)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    try:
+        agent.start()
+        await wait_until(lambda: "connecting" in agent.log_text(), 15, "the first attempt")
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(timeout=10) == 0
+        assert "stopped before the connection was established" in agent.log_text()
+    finally:
+        agent.kill()
