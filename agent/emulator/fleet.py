@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,9 @@ class Fleet:
         handlers = {NOOP_OPERATION: f"{__name__}:NoopHandler", **options.handlers}
         self._plugins = PluginRegistry.discover(handlers)
         self._handlers = handlers
+        # One store thread for the whole fleet (a thread per device would be 1,000 threads);
+        # a single worker keeps every device's writes in order.
+        self._store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-store")
 
     @property
     def thing_names(self) -> list[str]:
@@ -109,7 +113,7 @@ class Fleet:
         except BaseException:
             await transport.disconnect()
             raise
-        store = AsyncStore(config.state_dir / "state.db")
+        store = AsyncStore(config.state_dir / "state.db", executor=self._store_executor)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
         engine = Engine(config, client, store, Dispatcher(config, plugins=self._plugins))
@@ -165,6 +169,7 @@ class Fleet:
 
         await asyncio.gather(*(close(d) for d in self.devices))
         self.devices = []
+        self._store_executor.shutdown(wait=True)
 
 
 __all__ = ["NOOP_OPERATION", "Fleet", "FleetOptions", "NoopHandler"]

@@ -27,9 +27,14 @@ T = TypeVar("T")
 
 
 class AsyncStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, executor: ThreadPoolExecutor | None = None) -> None:
+        """`executor`, if given, must have exactly one worker (writes stay in order) and is
+        shared, e.g. by the engines of `sim fleet`, which would otherwise need a thread each."""
         self.sync = Store(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-agent-store")
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="jobs-agent-store"
+        )
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -37,7 +42,8 @@ class AsyncStore:
 
     async def close(self) -> None:
         await self._call(self.sync.close)
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     async def get(self, key: ExecutionKey) -> ExecutionRecord | None:
         return await self._call(self.sync.get, key)
