@@ -342,13 +342,18 @@ class PahoTransport(Transport):
             return _Attempt(False, False, "cancelled")
         return _Attempt(True)
 
-    async def connect(self, timeout: float | None = None) -> None:
-        if self._started:
-            await self.wait_connected(timeout)
-            return
-        self._loop = asyncio.get_running_loop()
-        self._closing = False
-        self._abort.clear()
+    async def _attempt_once(self, deadline: float) -> _Attempt:
+        """One first-connect attempt until CONNACK or `deadline` (paho's blocking connect runs
+        in a worker thread so the real error is visible)."""
+        try:
+            return await asyncio.to_thread(self._attempt, deadline)
+        except asyncio.CancelledError:
+            self._abort.set()
+            raise
+
+    async def _connect_with_retries(self, timeout: float | None) -> None:
+        """Attempt, back off with jitter, attempt again until connected or `timeout`; a
+        permanent refusal (TLS, credentials) raises at once instead of retrying forever."""
         cfg = self.config
         where = f"{cfg.endpoint}:{cfg.port} as {self.client_id}"
         start = time.monotonic()
@@ -358,16 +363,12 @@ class PahoTransport(Transport):
             remaining = None if timeout is None else start + timeout - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
-            attempt_deadline = time.monotonic() + min(
+            deadline = time.monotonic() + min(
                 CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
             )
-            try:
-                outcome = await asyncio.to_thread(self._attempt, attempt_deadline)
-            except asyncio.CancelledError:
-                self._abort.set()
-                raise
+            outcome = await self._attempt_once(deadline)
             if outcome.ok:
-                break
+                return
             if outcome.permanent:
                 raise TransportError(f"cannot connect to {where}: {outcome.reason}")
             last = outcome.reason
@@ -375,14 +376,27 @@ class PahoTransport(Transport):
             log.info("connect_retry", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2))
             remaining = None if timeout is None else start + timeout - time.monotonic()
             await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+
+    async def connect(self, timeout: float | None = None) -> None:
+        if self._started:
+            await self.wait_connected(timeout)
+            return
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._abort.clear()
+        await self._connect_with_retries(timeout)
         self._backoff.reset()
         self._schedule_retry_delay()
-        self._backoff.reset()
         self._started = True
         self._ever_up = True
         self._client.loop_start()
         self._mark_up()
-        log.info("connected", endpoint=cfg.endpoint, port=cfg.port, client_id=self.client_id)
+        log.info(
+            "connected",
+            endpoint=self.config.endpoint,
+            port=self.config.port,
+            client_id=self.client_id,
+        )
 
     async def disconnect(self) -> None:
         self._abort.set()

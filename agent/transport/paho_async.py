@@ -29,9 +29,11 @@ import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import ConnectionConfig
-from agent.transport.backoff import Backoff
-from agent.transport.base import TransportError
-from agent.transport.paho import CONNECT_ATTEMPT_SECONDS, PERMANENT_CONNACK_CODES, PahoTransport
+from agent.transport.paho import (
+    PERMANENT_CONNACK_CODES,
+    PahoTransport,
+    _Attempt,
+)
 
 log = structlog.get_logger("agent.transport.paho_async")
 
@@ -170,6 +172,10 @@ class AsyncPahoTransport(PahoTransport):
             self._on_loop(_set_done, waiter)
 
     # -- connecting -----------------------------------------------------------------------------
+    async def _attempt_once(self, deadline: float) -> _Attempt:
+        ok, permanent, reason = await self._attempt_async(deadline)
+        return _Attempt(ok, permanent, reason)
+
     async def _attempt_async(self, deadline: float) -> tuple[bool, bool, str]:
         """One connect until CONNACK: (ok, permanent, reason)."""
         cfg = self.config
@@ -230,34 +236,18 @@ class AsyncPahoTransport(PahoTransport):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
-        cfg = self.config
-        where = f"{cfg.endpoint}:{cfg.port} as {self.client_id}"
-        start = time.monotonic()
-        backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
-        last = ""
-        while True:
-            remaining = None if timeout is None else start + timeout - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
-            deadline = time.monotonic() + min(
-                CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
-            )
-            ok, permanent, reason = await self._attempt_async(deadline)
-            if ok:
-                break
-            if permanent:
-                raise TransportError(f"cannot connect to {where}: {reason}")
-            last = reason
-            delay = backoff.next_delay()
-            log.info("connect_retry", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2))
-            remaining = None if timeout is None else start + timeout - time.monotonic()
-            await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+        await self._connect_with_retries(timeout)
         self._backoff.reset()
         self._started = True
         self._ever_up = True
         self._misc_task = asyncio.ensure_future(self._misc())
         self._mark_up()
-        log.debug("connected", endpoint=cfg.endpoint, port=cfg.port, client_id=self.client_id)
+        log.debug(
+            "connected",
+            endpoint=self.config.endpoint,
+            port=self.config.port,
+            client_id=self.client_id,
+        )
 
     def _schedule_reconnect(self) -> None:
         if self._closing or not self._started:
