@@ -314,20 +314,12 @@ class AwscrtTransport(Transport):
         task.add_done_callback(self._tasks.discard)
 
     async def _resume(self, session_present: bool, generation: int) -> None:
-        """Restore subscriptions the broker forgot, then report the link up."""
-        if not session_present:
-            for topic_filter in sorted(self._subscriptions):
-                try:
-                    await self._subscribe_now(topic_filter)
-                except NotConnectedError:
-                    return  # the next connection success starts over
-                except TransportError as exc:
-                    log.error("resubscribe_failed", topic_filter=topic_filter, error=str(exc))
-        if generation != self._generation or self._closing:
-            return
-        self._mark_up()
-        log.info("connection_resumed", session_present=session_present)
-        self._connection_resumed(session_present)
+        await self._restore_after_reconnect(
+            session_present,
+            self._subscriptions,
+            self._subscribe_now,
+            lambda: generation == self._generation and not self._closing,
+        )
 
     async def _wait(self, future: concurrent.futures.Future[Any], what: str) -> Any:
         try:

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+import structlog
+
 from agent.aio import wait_event
+
+log = structlog.get_logger("agent.transport")
 
 
 class TransportError(Exception):
@@ -84,6 +88,31 @@ class Transport(abc.ABC):
     def _connection_resumed(self, session_present: bool) -> None:
         if self._on_resumed is not None:
             self._on_resumed(session_present)
+
+    async def _restore_after_reconnect(
+        self,
+        session_present: bool,
+        topic_filters: Iterable[str],
+        resubscribe: Callable[[str], Awaitable[None]],
+        is_current: Callable[[], bool],
+    ) -> None:
+        """The contract's reconnect step, shared by the backends: re-subscribe what a lost
+        session forgot, then mark the link up and tell the listener, unless a newer connection
+        (or a close) has superseded this one (`is_current`)."""
+        if not session_present:
+            for topic_filter in sorted(topic_filters):
+                try:
+                    await resubscribe(topic_filter)
+                except NotConnectedError:
+                    return  # the link dropped again; the next connection starts over
+                except TransportError as exc:
+                    if is_current():
+                        log.error("resubscribe_failed", topic_filter=topic_filter, error=str(exc))
+        if not is_current():
+            return
+        self._mark_up()
+        log.info("connection_resumed", session_present=session_present)
+        self._connection_resumed(session_present)
 
     # -- the link ---------------------------------------------------------------------------
     @property

@@ -261,21 +261,12 @@ class PahoTransport(Transport):
         task.add_done_callback(self._tasks.discard)
 
     async def _resume(self, session_present: bool, generation: int) -> None:
-        """Restore subscriptions the broker forgot, then report the link up."""
-        if not session_present:
-            for topic_filter in sorted(self._subscriptions):
-                try:
-                    await self._subscribe_now(topic_filter)
-                except TransportError as exc:
-                    if generation == self._generation:
-                        log.error("resubscribe_failed", topic_filter=topic_filter, error=str(exc))
-                    if isinstance(exc, NotConnectedError):
-                        return  # the next CONNACK starts over
-        if generation != self._generation or self._closing:
-            return
-        self._mark_up()
-        log.info("connection_resumed", session_present=session_present)
-        self._connection_resumed(session_present)
+        await self._restore_after_reconnect(
+            session_present,
+            self._subscriptions,
+            self._subscribe_now,
+            lambda: generation == self._generation and not self._closing,
+        )
 
     def _expect(self, rc: MQTTErrorCode, mid: int | None, what: str) -> asyncio.Future[Any]:
         """A future for the acknowledgement of the packet paho just queued as `mid`."""
