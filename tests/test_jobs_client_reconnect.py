@@ -17,13 +17,16 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import paho_connection, start_emulator
 
 THING = "gw-reconnect"
+# The emulator (the "cloud") reconnects within 0.05-0.5 s; the device waits at least 1 s, so
+# its re-published request finds the service subscribed again, as AWS always is.
+DEVICE_BACKOFF = {"reconnect_min_seconds": 1.0, "reconnect_max_seconds": 1.5}
 
 
 def _backend(name: str, broker: Mosquitto) -> Transport:
     if name == "paho":
         from agent.transport.paho import PahoTransport
 
-        return PahoTransport(paho_connection(broker.port), THING)
+        return PahoTransport(replace(paho_connection(broker.port), **DEVICE_BACKOFF), THING)
     from agent.transport.awscrt import AwscrtTransport
 
     certs = broker.certs
@@ -36,9 +39,7 @@ def _backend(name: str, broker: Mosquitto) -> Transport:
         key=certs.device_key,
         keepalive_seconds=30,
     )
-    return AwscrtTransport(
-        replace(config, reconnect_min_seconds=0.05, reconnect_max_seconds=0.3), THING
-    )
+    return AwscrtTransport(replace(config, **DEVICE_BACKOFF), THING)
 
 
 @pytest.mark.parametrize("backend", ["paho", "awscrt"])
