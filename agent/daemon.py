@@ -83,12 +83,7 @@ class Agent:
             if not await self._connect_unless_stopped(transport):
                 log.info("stopped before the connection was established")
                 return 0
-            client = JobsClient(
-                transport,
-                config.thing_name,
-                namespaces=config.jobs.namespaces,
-                request_timeout=config.jobs.request_timeout_seconds,
-            )
+            client = JobsClient.for_config(transport, config.jobs, config.thing_name)
             await client.start()
             engine = Engine(
                 config,

@@ -115,12 +115,7 @@ async def run_dry(
             loop.add_signal_handler(sig, stop.set)
     try:
         await transport.connect(timeout=config.jobs.request_timeout_seconds)
-        client = JobsClient(
-            transport,
-            config.thing_name,
-            namespaces=config.jobs.namespaces,
-            request_timeout=config.jobs.request_timeout_seconds,
-        )
+        client = JobsClient.for_config(transport, config.jobs, config.thing_name)
         await client.start()
         dry = DryRun(config, client, Dispatcher(config), out)
         count = await dry.plan_pending()

@@ -102,12 +102,7 @@ class Fleet:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         transport = AsyncPahoTransport(config.connection, thing)
         await transport.connect(timeout=timeout)
-        client = JobsClient(
-            transport,
-            thing,
-            namespaces=config.jobs.namespaces,
-            request_timeout=config.jobs.request_timeout_seconds,
-        )
+        client = JobsClient.for_config(transport, config.jobs, thing)
         try:
             await client.start()
         except BaseException:

@@ -40,7 +40,7 @@ from agent.jobs.client import (
     Resync,
 )
 from agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
-from agent.jobs.models import JobExecution
+from agent.jobs.models import TERMINAL_STATUSES, JobExecution
 from agent.jobs.status_details import sanitize_status_details
 from agent.redact import redact_mapping
 from agent.transport import TransportError
@@ -48,9 +48,6 @@ from handlers.api import Handler, JobRejected, Outcome
 
 log = structlog.get_logger("agent.engine")
 
-TERMINAL_STATUSES = frozenset(
-    {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
-)
 OUTCOMES_KEPT = 256
 PRUNE_EVERY = 200
 """Finished executions are pruned from the database every this many outcomes (500 are kept)."""

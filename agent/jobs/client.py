@@ -24,7 +24,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -55,6 +55,9 @@ from agent.jobs.status_details import sanitize_status_details
 from agent.jobs.topics import Operation, ParsedTopic, ReplyKind
 from agent.transport.backoff import Backoff
 from agent.transport.base import Message, NotConnectedError, Transport
+
+if TYPE_CHECKING:
+    from agent.config import JobsConfig
 
 log = structlog.get_logger("agent.jobs")
 
@@ -195,6 +198,16 @@ class JobsClient:
         self._events: asyncio.Queue[JobsEvent | _Closed] = asyncio.Queue()
         self._started = False
         self._closed = False
+
+    @classmethod
+    def for_config(cls, transport: Transport, jobs: JobsConfig, thing_name: str) -> JobsClient:
+        """The client the agent's configuration describes (namespaces, request timeout)."""
+        return cls(
+            transport,
+            thing_name,
+            namespaces=jobs.namespaces,
+            request_timeout=jobs.request_timeout_seconds,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
