@@ -14,20 +14,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent import __version__
+from jobs_agent import __version__
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 COMMAND_MODULES = (
-    "agent.commands.run",
-    "agent.commands.demo",
-    "agent.commands.exec_",
-    "agent.commands.sim",
-    "agent.commands.status",
-    "agent.commands.config_check",
-    "agent.commands.sign",
+    "jobs_agent.commands.run",
+    "jobs_agent.commands.demo",
+    "jobs_agent.commands.exec_",
+    "jobs_agent.commands.sim",
+    "jobs_agent.commands.status",
+    "jobs_agent.commands.config_check",
+    "jobs_agent.commands.sign",
 )
 
 

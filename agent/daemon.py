@@ -20,15 +20,15 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentConfig, ConfigError, load_config
-from agent.engine.async_store import AsyncStore
-from agent.engine.engine import Engine, EngineStatus
-from agent.engine.store import StoreError
-from agent.log import configure_logging
-from agent.sdnotify import SystemdNotifier
-from agent.transport import Transport, TransportError
+from jobs_agent.config import AgentConfig, ConfigError, load_config
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.engine import Engine, EngineStatus
+from jobs_agent.engine.store import StoreError
+from jobs_agent.log import configure_logging
+from jobs_agent.sdnotify import SystemdNotifier
+from jobs_agent.transport import Transport, TransportError
 
-log = structlog.get_logger("agent.daemon")
+log = structlog.get_logger("jobs_agent.daemon")
 
 ENGINE_STALL_SECONDS = 90.0
 """The engine's main loop refreshes its heartbeat at least every 30 s; thrice that is a stall."""
@@ -61,8 +61,8 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
-        from agent.dispatch import Dispatcher
-        from agent.jobs.client import JobsClient
+        from jobs_agent.dispatch import Dispatcher
+        from jobs_agent.jobs.client import JobsClient
 
         config = self.config
         try:
@@ -123,14 +123,14 @@ class Agent:
             log.info("stopped")
 
     async def _make_transport(self) -> Transport:
-        from agent.transport.factory import create_transport
+        from jobs_agent.transport.factory import create_transport
 
         if self.config.connection.transport != "local":
             return create_transport(self.config)
         # The local transport means: an embedded emulator in this process (development).
-        from agent.commands.sim import DEFAULT_HTTP_PORT
-        from agent.emulator.embedded import EmbeddedEmulator
-        from agent.transport.local import LocalBus
+        from jobs_agent.commands.sim import DEFAULT_HTTP_PORT
+        from jobs_agent.emulator.embedded import EmbeddedEmulator
+        from jobs_agent.transport.local import LocalBus
 
         bus = LocalBus()
         # The port `jobs-agent sim create-job` talks to by default, or any free one if taken.
@@ -209,7 +209,7 @@ class Agent:
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
         new = self._keep_restart_only_settings(new)
-        from agent.dispatch import Dispatcher
+        from jobs_agent.dispatch import Dispatcher
 
         try:
             dispatcher = Dispatcher(new)

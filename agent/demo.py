@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
+from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
 
 THING = "demo-gateway"
 
@@ -148,9 +148,9 @@ def _detail(details: Mapping[str, str] | None) -> str:
 
 
 async def run_demo(out: TextIO | None = None, keep_state: Path | None = None) -> int:
-    from agent.daemon import Agent
-    from agent.emulator.embedded import EmbeddedEmulator
-    from agent.transport.local import LocalBus, LocalTransport
+    from jobs_agent.daemon import Agent
+    from jobs_agent.emulator.embedded import EmbeddedEmulator
+    from jobs_agent.transport.local import LocalBus, LocalTransport
 
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="jobs-agent-demo-") as tmp:

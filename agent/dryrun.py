@@ -17,10 +17,10 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.transport import Transport, TransportError
+from jobs_agent.config import AgentConfig
+from jobs_agent.transport import Transport, TransportError
 
-log = structlog.get_logger("agent.dryrun")
+log = structlog.get_logger("jobs_agent.dryrun")
 
 
 class DryRun:
@@ -37,7 +37,7 @@ class DryRun:
 
     async def plan_pending(self) -> int:
         """Plan every pending execution not planned yet; returns how many were new."""
-        from agent.jobs.models import JobExecution
+        from jobs_agent.jobs.models import JobExecution
 
         found: list[tuple[str, JobExecution]] = []
         pending = await self.client.get_pending()
@@ -65,7 +65,7 @@ class DryRun:
         return new
 
     def _print_plan(self, namespace: str, execution: Any) -> None:
-        from handlers.api import JobRejected
+        from jobs_agent_handlers.api import JobRejected
 
         where = f" namespace {namespace}" if namespace else ""
         self._print(
@@ -96,13 +96,13 @@ async def run_dry(
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    from agent.dispatch import Dispatcher
-    from agent.jobs.client import JobsClient
-    from agent.jobs.errors import JobsError
+    from jobs_agent.dispatch import Dispatcher
+    from jobs_agent.jobs.client import JobsClient
+    from jobs_agent.jobs.errors import JobsError
 
     out = out or sys.stdout
     if transport is None:
-        from agent.transport.factory import create_transport
+        from jobs_agent.transport.factory import create_transport
 
         if config.connection.transport == "local":
             print("jobs-agent: --dry-run needs a real connection (not transport: local)", file=out)
@@ -138,7 +138,7 @@ async def run_dry(
 
 
 async def _watch(dry: DryRun, client: Any, stop: asyncio.Event) -> None:
-    from agent.jobs.errors import JobsError
+    from jobs_agent.jobs.errors import JobsError
 
     events = client.events()
     stopper = asyncio.create_task(stop.wait())

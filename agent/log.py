@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent.redact import redact_mapping
+from jobs_agent.redact import redact_mapping
 
 _LEVELS = {
     "debug": logging.DEBUG,

@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
 
         return chaos_main(argv[1:])
     args = parse(argv)
-    from agent.log import configure_logging
+    from jobs_agent.log import configure_logging
 
     # The emulator in this process logs; keep stdout for the table or the JSON.
     configure_logging("warning", "json")

@@ -4,7 +4,7 @@
     python -m benchmarks.chaos --jobs 200 --seed 7        (the same, without the dispatcher)
 
 Set-up, all real: a private mosquitto, the IoT Jobs emulator in this process (paho, straight to
-mosquitto), a TCP proxy, and `python -m agent run --config ...` (the paho transport) connected
+mosquitto), a TCP proxy, and `python -m jobs_agent run --config ...` (the paho transport) connected
 through the proxy. The jobs (quick, long with progress, resumable plugin, reboot, failing,
 invalid) are queued at once; then, at seeded random moments, the driver SIGKILLs and restarts
 the agent, restarts mosquitto, cuts the agent's connections at the proxy, makes the service
@@ -182,10 +182,10 @@ class ChaosRun:
 
     # -- the run -------------------------------------------------------------------------------
     async def run(self) -> ChaosReport:
-        from agent.config import ConnectionConfig
-        from agent.emulator.embedded import Emulator
-        from agent.log import configure_logging
-        from agent.transport.paho import PahoTransport
+        from jobs_agent.config import ConnectionConfig
+        from jobs_agent.emulator.embedded import Emulator
+        from jobs_agent.log import configure_logging
+        from jobs_agent.transport.paho import PahoTransport
         from tests.fixtures.broker import Mosquitto, find_mosquitto
         from tests.fixtures.certs import generate_certs
 
@@ -354,7 +354,7 @@ class ChaosRun:
             self.service.throttle_rate = self.options.throttle_rate
 
     def _cancel_one(self) -> None:
-        from agent.emulator.service import ControlError
+        from jobs_agent.emulator.service import ControlError
 
         pending = self._pending()
         running = [job for job, status in pending if status == "IN_PROGRESS"]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from handlers.api import JobContext, JobFailed
+from jobs_agent_handlers.api import JobContext, JobFailed
 
 LOG_ENV = "CHAOS_SIDE_EFFECT_LOG"
 

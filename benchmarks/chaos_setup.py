@@ -132,7 +132,7 @@ def make_layout(root: Path) -> Layout:
 
 def config_supports_boot_id_path() -> bool:
     """Reboot jobs need a boot id the driver controls (config `jobs.boot_id_path`)."""
-    from agent.config import JobsConfig
+    from jobs_agent.config import JobsConfig
 
     return "boot_id_path" in {f.name for f in dataclasses.fields(JobsConfig)}
 
@@ -183,7 +183,7 @@ def agent_environment(layout: Layout) -> dict[str, str]:
 
 
 def agent_command(layout: Layout, *args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", *args, "--config", str(layout.config)]
+    return [sys.executable, "-m", "jobs_agent", *args, "--config", str(layout.config)]
 
 
 def _step(name: str, handler: str, *args: str) -> dict[str, Any]:

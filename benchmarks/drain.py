@@ -116,10 +116,10 @@ def peer_process(broker: Broker, directory: Path, thing: str) -> AgentProcess:
 
 async def local_rate(session: Session, count: int) -> float:
     """The daemon with `transport: local` in this process: engine + embedded emulator, no MQTT."""
-    from agent.config import AgentConfig, JobsConfig, LogConfig
-    from agent.config import ConnectionConfig as Conn
-    from agent.daemon import Agent
-    from agent.log import configure_logging
+    from jobs_agent.config import AgentConfig, JobsConfig, LogConfig
+    from jobs_agent.config import ConnectionConfig as Conn
+    from jobs_agent.daemon import Agent
+    from jobs_agent.log import configure_logging
 
     directory = session.directory("drain-local")
     thing = new_id("drain-local")

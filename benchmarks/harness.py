@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.config import ConnectionConfig  # noqa: E402
-from agent.emulator.embedded import Emulator  # noqa: E402
-from agent.transport.paho import PahoTransport  # noqa: E402
+from jobs_agent.config import ConnectionConfig  # noqa: E402
+from jobs_agent.emulator.embedded import Emulator  # noqa: E402
+from jobs_agent.transport.paho import PahoTransport  # noqa: E402
 from tests.fixtures.broker import Mosquitto, find_mosquitto  # noqa: E402
 from tests.fixtures.certs import CertPaths, generate_certs  # noqa: E402
 
@@ -203,7 +203,7 @@ def jobs_agent_command() -> list[str]:
     script = Path(sys.executable).with_name("jobs-agent")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "agent"]
+    return [sys.executable, "-m", "jobs_agent"]
 
 
 class NotifySocket:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from handlers.api import JobContext, JobFailed, JobRejected
+from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 CHUNK = 256 * 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers.api import JobContext
+from jobs_agent_handlers.api import JobContext
 
 
 class RebootHandler:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, ConnectionConfig, JobsConfig
-from agent.emulator.clock import Clock
-from agent.emulator.embedded import Emulator
-from agent.transport.paho import PahoTransport
+from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
+from jobs_agent.emulator.clock import Clock
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport.paho import PahoTransport
 
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 
@@ -169,7 +169,7 @@ class AgentProcess:
         self.log_path = self.workdir / f"agent-{self.runs}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "jobs_agent", "run", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

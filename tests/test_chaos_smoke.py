@@ -1,7 +1,7 @@
 """The always-on chaos run (20 jobs, a couple of faults of each kind) and the checker's rules.
 
 The run is the same driver as `python -m benchmarks chaos` with everything real: mosquitto, the
-emulator over paho, a TCP proxy, `python -m agent run` processes killed with SIGKILL, handler
+emulator over paho, a TCP proxy, `python -m jobs_agent run` processes killed with SIGKILL, handler
 scripts and the resumable plugin writing a side-effect log. The checker tests feed it small
 hand-made histories, so each rule is shown to catch what it is meant to catch.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, ConfigError, load_config
+from jobs_agent.config import AgentConfig, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_shipped_examples_are_valid(name: str) -> None:
 def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD)
     ok = subprocess.run(
-        [sys.executable, "-m", "agent", "config", "check", "--config", str(good)],
+        [sys.executable, "-m", "jobs_agent", "config", "check", "--config", str(good)],
         capture_output=True,
         text=True,
         check=False,
@@ -130,7 +130,7 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("port: 8883", 'port: "abc"'))
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "config", "check", "--config", str(bad)],
+        [sys.executable, "-m", "jobs_agent", "config", "check", "--config", str(bad)],
         capture_output=True,
         text=True,
         check=False,

@@ -12,7 +12,7 @@ import pytest
 @pytest.mark.timeout(180)
 def test_demo_runs_every_example_job_to_its_expected_outcome(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--keep", str(tmp_path)],
+        [sys.executable, "-m", "jobs_agent", "demo", "--keep", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=170,
@@ -31,7 +31,7 @@ def test_demo_runs_every_example_job_to_its_expected_outcome(tmp_path: Path) -> 
         f"thing_name: demo-gateway\nconnection: {{transport: local}}\nstate_dir: {tmp_path}/state\n"
     )
     status = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(config)],
+        [sys.executable, "-m", "jobs_agent", "status", "--config", str(config)],
         capture_output=True,
         text=True,
         check=False,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from agent.engine.store import ExecutionKey, ExecutionState, Store, StoreError
+from jobs_agent.engine.store import ExecutionKey, ExecutionState, Store, StoreError
 from tests.helpers.agent_harness import (
     THING,
     Harness,

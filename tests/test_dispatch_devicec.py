@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from agent.dispatch.context import LocalJobContext
-from agent.dispatch.devicec import split_command
-from agent.dispatch.process import DEFAULT_PATH
-from handlers.api import JobRejected, Outcome
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.dispatch.context import LocalJobContext
+from jobs_agent.dispatch.devicec import split_command
+from jobs_agent.dispatch.process import DEFAULT_PATH
+from jobs_agent_handlers.api import JobRejected, Outcome
 
 PLACEHOLDER_USER = "${aws:iot:parameter:runAsUser}"
 PLACEHOLDER_PATH = "${aws:iot:parameter:pathToHandler}"
@@ -479,7 +479,7 @@ async def test_script_protocol_env_progress_checkpoint_and_exit_codes(
 
 
 def test_handler_scripts_are_not_writable_by_others() -> None:
-    from agent.dispatch.paths import BUILTIN_SCRIPTS_DIR
+    from jobs_agent.dispatch.paths import BUILTIN_SCRIPTS_DIR
 
     for path in BUILTIN_SCRIPTS_DIR.iterdir():
         assert not os.stat(path).st_mode & (stat.S_IWGRP | stat.S_IWOTH), path

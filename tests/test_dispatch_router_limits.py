@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.dispatch.router import MAX_DOCUMENT_BYTES, check_limits
-from handlers.api import JobRejected
+from jobs_agent.dispatch.router import MAX_DOCUMENT_BYTES, check_limits
+from jobs_agent_handlers.api import JobRejected
 
 SIGNED = (
     "https://bucket.s3.amazonaws.com/fw.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256"

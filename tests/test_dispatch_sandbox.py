@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from agent.dispatch.context import LocalJobContext
-from agent.dispatch.process import _group_members
-from handlers.api import Outcome
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.dispatch.context import LocalJobContext
+from jobs_agent.dispatch.process import _group_members
+from jobs_agent_handlers.api import Outcome
 
 
 def setup(

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from handlers.api import JobRejected
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent_handlers.api import JobRejected
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from agent.emulator import JobsService, ManualClock
-from agent.emulator.http_api import HttpApi
+from jobs_agent.emulator import JobsService, ManualClock
+from jobs_agent.emulator.http_api import HttpApi
 
 ARN = "arn:aws:iot:eu-west-1:111122223333:thing/{}"
 
@@ -204,9 +204,9 @@ async def test_http_control_plane_events_reach_mqtt_devices() -> None:
     (on the loop) to a device on the in-process bus."""
     import asyncio
 
-    from agent.emulator.embedded import EmbeddedEmulator
-    from agent.transport.base import Message
-    from agent.transport.local import LocalBus, LocalTransport
+    from jobs_agent.emulator.embedded import EmbeddedEmulator
+    from jobs_agent.transport.base import Message
+    from jobs_agent.transport.local import LocalBus, LocalTransport
 
     bus = LocalBus()
     async with EmbeddedEmulator(bus, http_port=0, tick_seconds=None) as emu:

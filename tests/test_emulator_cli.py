@@ -17,7 +17,7 @@ from tests.fixtures.broker import Mosquitto
 # Only `sim` is registered, so this runs while other commands are still being written.
 HARNESS = (
     "import argparse, sys\n"
-    "from agent.commands import sim\n"
+    "from jobs_agent.commands import sim\n"
     "parser = argparse.ArgumentParser(prog='jobs-agent')\n"
     "sim.register(parser.add_subparsers())\n"
     "args = parser.parse_args(sys.argv[1:])\n"

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from agent.emulator import ManualClock
-from agent.emulator.embedded import EmbeddedEmulator
-from agent.emulator.model import ExecutionStatus
-from agent.transport.base import Message
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.emulator import ManualClock
+from jobs_agent.emulator.embedded import EmbeddedEmulator
+from jobs_agent.emulator.model import ExecutionStatus
+from jobs_agent.transport.base import Message
+from jobs_agent.transport.local import LocalBus, LocalTransport
 
 THING = "dev1"
 BASE = f"$aws/things/{THING}/jobs/"

@@ -26,10 +26,10 @@ from awsiot import (  # noqa: E402
     mqtt5_client_builder,
 )
 
-from agent.config import ConnectionConfig  # noqa: E402
-from agent.emulator import ExecutionStatus  # noqa: E402
-from agent.emulator.embedded import Emulator  # noqa: E402
-from agent.transport.paho import PahoTransport  # noqa: E402
+from jobs_agent.config import ConnectionConfig  # noqa: E402
+from jobs_agent.emulator import ExecutionStatus  # noqa: E402
+from jobs_agent.emulator.embedded import Emulator  # noqa: E402
+from jobs_agent.transport.paho import PahoTransport  # noqa: E402
 from tests.fixtures.broker import Mosquitto  # noqa: E402
 
 THING = "sdk-device"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulator import ControlError, JobsService, ManualClock, ServiceError
-from agent.emulator.model import ExecutionStatus, JobStatus, Source
-from agent.emulator.service import JobExecutionsChanged, NextJobExecutionChanged, ServiceEvent
-from agent.emulator.store import StateStore
-from agent.jobs.errors import ErrorCode
+from jobs_agent.emulator import ControlError, JobsService, ManualClock, ServiceError
+from jobs_agent.emulator.model import ExecutionStatus, JobStatus, Source
+from jobs_agent.emulator.service import JobExecutionsChanged, NextJobExecutionChanged, ServiceEvent
+from jobs_agent.emulator.store import StateStore
+from jobs_agent.jobs.errors import ErrorCode
 
 DOC = {"operation": "noop"}
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from agent.emulator.clock import ManualClock
-from agent.emulator.embedded import Emulator
-from agent.jobs import topics
-from agent.jobs.status_details import validate_status_details
-from agent.transport.paho import PahoTransport
+from jobs_agent.config import AgentConfig
+from jobs_agent.daemon import Agent
+from jobs_agent.emulator.clock import ManualClock
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.jobs import topics
+from jobs_agent.jobs.status_details import validate_status_details
+from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     agent_config,
@@ -307,7 +307,7 @@ echo finished
             assert agent.engine is not None
             engine = agent.engine
             state = config.state_dir / "state.db"
-            from agent.engine.store import Store
+            from jobs_agent.engine.store import Store
 
             def queued() -> bool:
                 store = Store(state)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulator.embedded import Emulator
+from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -273,7 +273,7 @@ async def test_job_cancelled_while_the_agent_is_down_is_closed_locally(
         status = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "agent",
+            "jobs_agent",
             "status",
             "--json",
             "--config",

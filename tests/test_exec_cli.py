@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 # register()/func contract agent.cli uses.
 DRIVER = """
 import argparse, sys
-from agent.cli import UsageError
-from agent.commands import exec_, sign
+from jobs_agent.cli import UsageError
+from jobs_agent.commands import exec_, sign
 parser = argparse.ArgumentParser(prog="jobs-agent")
 sub = parser.add_subparsers()
 exec_.register(sub)

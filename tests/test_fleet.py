@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConnectionConfig
-from agent.emulator import ExecutionStatus
-from agent.emulator.embedded import Emulator
-from agent.transport.paho import PahoTransport
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.emulator import ExecutionStatus
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
 
 THINGS = 20
-JOBS_AGENT = [sys.executable, "-m", "agent"]
+JOBS_AGENT = [sys.executable, "-m", "jobs_agent"]
 
 
 @pytest.fixture

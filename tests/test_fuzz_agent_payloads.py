@@ -28,11 +28,11 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.jobs.client import JobExecutionsChanged, JobsClient, JobsEvent
-from agent.jobs.errors import ProtocolError
-from agent.jobs.topics import Operation, ReplyKind, parse_topic
-from agent.transport.base import Message
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, JobsEvent
+from jobs_agent.jobs.errors import ProtocolError
+from jobs_agent.jobs.topics import Operation, ReplyKind, parse_topic
+from jobs_agent.transport.base import Message
+from jobs_agent.transport.local import LocalBus, LocalTransport
 from tests.helpers.agent_harness import (
     THING,
     make_config,

@@ -19,13 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from agent.emulator.presign import PLACEHOLDER_PREFIX
-from agent.emulator.service import ControlError
-from agent.jobs.status_details import sanitize_status_details, validate_status_details
-from agent.redact import redact_mapping
-from handlers.api import JobRejected
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.emulator.presign import PLACEHOLDER_PREFIX
+from jobs_agent.emulator.service import ControlError
+from jobs_agent.jobs.status_details import sanitize_status_details, validate_status_details
+from jobs_agent.redact import redact_mapping
+from jobs_agent_handlers.api import JobRejected
 from tests.helpers.agent_harness import THING, make_config, make_handler_dir, running_agent, runs
 from tests.helpers.documents import any_document, mutated_documents, random_documents
 from tests.hypothesis_profiles import examples

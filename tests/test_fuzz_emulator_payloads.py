@@ -28,11 +28,11 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.emulator.embedded import EmbeddedEmulator
-from agent.emulator.service import JobsService
-from agent.jobs.models import DEVICE_SETTABLE_STATUSES, TERMINAL_STATUSES, JobExecutionStatus
-from agent.transport.base import Message
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.emulator.embedded import EmbeddedEmulator
+from jobs_agent.emulator.service import JobsService
+from jobs_agent.jobs.models import DEVICE_SETTABLE_STATUSES, TERMINAL_STATUSES, JobExecutionStatus
+from jobs_agent.transport.base import Message
+from jobs_agent.transport.local import LocalBus, LocalTransport
 from tests.hypothesis_profiles import examples
 
 THING = "fuzz-device"

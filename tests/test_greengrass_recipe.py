@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from agent.config import load_config
-from agent.jobs import topics
-from agent.transport.topics import topic_matches
+from jobs_agent.config import load_config
+from jobs_agent.jobs import topics
+from jobs_agent.transport.topics import topic_matches
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "greengrass" / "recipe.yaml"
@@ -44,7 +44,7 @@ def test_recipe_has_the_required_fields() -> None:
     lifecycle = recipe["Manifests"][0]["Lifecycle"]
     assert "jobs-agent run" in lifecycle["run"]["Script"]
     assert lifecycle["run"]["Setenv"]["JOBS_AGENT_CONNECTION__TRANSPORT"] == "greengrass"
-    from agent import __version__
+    from jobs_agent import __version__
 
     assert recipe["ComponentVersion"] == __version__
 

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from awsiot.greengrasscoreipc import model
 
-from agent.config import AgentConfig, ConnectionConfig
-from agent.transport.base import Message, Transport, TransportError
-from agent.transport.factory import create_transport
-from agent.transport.greengrass import GreengrassTransport
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.config import AgentConfig, ConnectionConfig
+from jobs_agent.transport.base import Message, Transport, TransportError
+from jobs_agent.transport.factory import create_transport
+from jobs_agent.transport.greengrass import GreengrassTransport
+from jobs_agent.transport.local import LocalBus, LocalTransport
 from tests.test_transport import WAIT, Backend, Inbox, TransportSuite
 
 _ids = itertools.count()

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from agent.dispatch.context import LocalJobContext
-from handlers.api import Outcome
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.dispatch.context import LocalJobContext
+from jobs_agent_handlers.api import Outcome
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 

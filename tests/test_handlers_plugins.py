@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher, run_handler
-from agent.dispatch.context import LocalJobContext
-from agent.dispatch.plugins import PluginError
-from handlers.api import JobContext, JobFailed, JobRejected, Outcome
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher, run_handler
+from jobs_agent.dispatch.context import LocalJobContext
+from jobs_agent.dispatch.plugins import PluginError
+from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, Outcome
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello-plugin" / "src"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-import agent.emulator.service as service_module
-from agent.jobs.status_details import validate_status_details
+import jobs_agent.emulator.service as service_module
+from jobs_agent.jobs.status_details import validate_status_details
 from tests.helpers.agent_harness import (
     Harness,
     captured_logs,

@@ -14,19 +14,19 @@ from typing import Any
 
 import pytest
 
-from agent.jobs import topics
-from agent.jobs.client import (
+from jobs_agent.jobs import topics
+from jobs_agent.jobs.client import (
     JobExecutionsChanged,
     JobsClient,
     JobsEvent,
     NextJobExecutionChanged,
     Resync,
 )
-from agent.jobs.errors import ErrorCode, JobsError, JobsRejected, ProtocolError, RequestTimeout
-from agent.jobs.models import JobExecutionStatus
-from agent.jobs.topics import Operation, ParsedTopic, ReplyKind
-from agent.transport.base import Message, Transport
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.jobs.errors import ErrorCode, JobsError, JobsRejected, ProtocolError, RequestTimeout
+from jobs_agent.jobs.models import JobExecutionStatus
+from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
+from jobs_agent.transport.base import Message, Transport
+from jobs_agent.transport.local import LocalBus, LocalTransport
 
 THING = "thing-1"
 WAIT = 2.0
@@ -533,8 +533,8 @@ async def test_reply_kept_in_session_completes_without_waiting_for_a_second_answ
 
 # -- over a real broker ---------------------------------------------------------------------------
 async def test_client_over_mosquitto(mosquitto: Any) -> None:
-    from agent.config import ConnectionConfig
-    from agent.transport.paho import PahoTransport
+    from jobs_agent.config import ConnectionConfig
+    from jobs_agent.transport.paho import PahoTransport
 
     config = ConnectionConfig(
         transport="paho", endpoint=mosquitto.host, port=mosquitto.port, tls=False

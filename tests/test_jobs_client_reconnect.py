@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from agent.config import ConnectionConfig
-from agent.jobs.client import JobsClient, Resync
-from agent.transport.base import Transport
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.jobs.client import JobsClient, Resync
+from jobs_agent.transport.base import Transport
 from tests.fixtures.broker import Mosquitto
 from tests.harness import paho_connection, start_emulator
 
@@ -24,10 +24,10 @@ DEVICE_BACKOFF = {"reconnect_min_seconds": 1.0, "reconnect_max_seconds": 1.5}
 
 def _backend(name: str, broker: Mosquitto) -> Transport:
     if name == "paho":
-        from agent.transport.paho import PahoTransport
+        from jobs_agent.transport.paho import PahoTransport
 
         return PahoTransport(replace(paho_connection(broker.port), **DEVICE_BACKOFF), THING)
-    from agent.transport.awscrt import AwscrtTransport
+    from jobs_agent.transport.awscrt import AwscrtTransport
 
     certs = broker.certs
     config = ConnectionConfig(

@@ -8,8 +8,8 @@ from typing import Any
 import awsiot.iotjobs
 import pytest
 
-from agent.jobs.errors import ErrorCode, InvalidRequestError, ProtocolError
-from agent.jobs.models import (
+from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError, ProtocolError
+from jobs_agent.jobs.models import (
     DEVICE_SETTABLE_STATUSES,
     TERMINAL_STATUSES,
     DescribeReply,

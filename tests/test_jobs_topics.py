@@ -9,9 +9,9 @@ from pathlib import Path
 import awsiot.iotjobs
 import pytest
 
-from agent.jobs import topics
-from agent.jobs.topics import Operation, ParsedTopic, ReplyKind, build_topic, parse_topic
-from agent.transport.topics import topic_matches
+from jobs_agent.jobs import topics
+from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind, build_topic, parse_topic
+from jobs_agent.transport.topics import topic_matches
 
 T = "thing-1"
 P = f"$aws/things/{T}/jobs"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulator.embedded import Emulator
+from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -293,7 +293,7 @@ async def test_dry_run_plans_every_pending_job_and_changes_nothing(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent",
+        "jobs_agent",
         "run",
         "--dry-run",
         "--config",
@@ -335,7 +335,7 @@ async def test_dry_run_watch_plans_new_jobs_as_they_come(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent",
+        "jobs_agent",
         "run",
         "--dry-run",
         "--watch",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from agent.sdnotify import SystemdNotifier
+from jobs_agent.sdnotify import SystemdNotifier
 
 
 def test_messages_reach_the_socket(tmp_path: Path) -> None:

@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from agent.config import AgentConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from agent.dispatch.signing import SIGNATURE_FIELD, sign_document
-from handlers.api import JobRejected
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.dispatch.signing import SIGNATURE_FIELD, sign_document
+from jobs_agent_handlers.api import JobRejected
 
 PRESIGNED = "${aws:iot:s3-presigned-url:https://s3.amazonaws.com/my-bucket/fw/app.bin}"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.jobs.status_details import (
+from jobs_agent.jobs.status_details import (
     MAX_VALUE_LENGTH,
     sanitize_status_details,
     utf16_length,

@@ -31,7 +31,7 @@ def test_unit_has_the_options_the_agent_relies_on() -> None:
     assert service["StateDirectory"] == "jobs-agent"
     assert service["ConfigurationDirectory"] == "jobs-agent"
     # The agent's graceful stop (jobs.stop_timeout_seconds, default 60 s) must fit.
-    from agent.config import JobsConfig
+    from jobs_agent.config import JobsConfig
 
     assert int(service["TimeoutStopSec"]) > JobsConfig().stop_timeout_seconds
     assert "jobs-agent run" in service["ExecStart"]

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import pytest
 
-from agent.config import ConnectionConfig
-from agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from agent.transport.local import LocalBus, LocalTransport
-from agent.transport.topics import topic_matches, validate_topic_filter
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.transport.topics import topic_matches, validate_topic_filter
 from tests.fixtures.broker import Mosquitto
 
 WAIT = 10.0
@@ -168,19 +168,19 @@ class PahoAsyncTlsBackend(MtlsBackend):
 
 
 def _paho(config: ConnectionConfig, client_id: str) -> Transport:
-    from agent.transport.paho import PahoTransport
+    from jobs_agent.transport.paho import PahoTransport
 
     return PahoTransport(config, client_id)
 
 
 def _paho_async(config: ConnectionConfig, client_id: str) -> Transport:
-    from agent.transport.paho_async import AsyncPahoTransport
+    from jobs_agent.transport.paho_async import AsyncPahoTransport
 
     return AsyncPahoTransport(config, client_id)
 
 
 def _awscrt(config: ConnectionConfig, client_id: str) -> Transport:
-    from agent.transport.awscrt import AwscrtTransport
+    from jobs_agent.transport.awscrt import AwscrtTransport
 
     return AwscrtTransport(config, client_id)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agent.cli import UsageError
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from jobs_agent.cli import UsageError
+from jobs_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_config_argument, load_config_or_exit
-from agent.redact import redact_mapping
+from jobs_agent.commands.common import add_config_argument, load_config_or_exit
+from jobs_agent.redact import redact_mapping
 
 
 def register(subparsers: Any) -> None:

@@ -30,8 +30,8 @@ def register(subparsers: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo
-    from agent.log import configure_logging
+    from jobs_agent.demo import run_demo
+    from jobs_agent.log import configure_logging
 
     configure_logging("warning", "console")
     return asyncio.run(run_demo(keep_state=args.keep))

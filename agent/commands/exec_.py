@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_config_argument
+from jobs_agent.commands.common import add_config_argument
 
 MAX_SIMULATED_REBOOTS = 10
 
@@ -55,8 +55,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import dataclasses
     import tempfile
 
-    from agent.cli import UsageError
-    from agent.config import AgentConfig, ConfigError, load_config
+    from jobs_agent.cli import UsageError
+    from jobs_agent.config import AgentConfig, ConfigError, load_config
 
     try:
         text = args.document.read_text(encoding="utf-8")
@@ -89,10 +89,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def _exec(args: argparse.Namespace) -> int:
     import asyncio
 
-    from agent.cli import UsageError
-    from agent.config import ConfigError
-    from agent.dispatch import Dispatcher
-    from handlers.api import JobRejected
+    from jobs_agent.cli import UsageError
+    from jobs_agent.config import ConfigError
+    from jobs_agent.dispatch import Dispatcher
+    from jobs_agent_handlers.api import JobRejected
 
     config, document = _load(args)
     try:
@@ -122,10 +122,10 @@ async def _run(
     import contextlib
     import signal
 
-    from agent.dispatch.context import LocalJobContext
-    from agent.dispatch.output import log_path
-    from agent.redact import redact_mapping
-    from handlers.api import JobRejected, Outcome
+    from jobs_agent.dispatch.context import LocalJobContext
+    from jobs_agent.dispatch.output import log_path
+    from jobs_agent.redact import redact_mapping
+    from jobs_agent_handlers.api import JobRejected, Outcome
 
     base = config.state_dir / "jobs" / job_id
     ctx = LocalJobContext(
@@ -173,9 +173,9 @@ async def _run(
 def _sanitize(details: dict[str, Any]) -> dict[str, str]:
     """The engine's sanitizer when present; else the same limits applied here."""
     try:
-        from agent.jobs.status_details import sanitize_status_details
+        from jobs_agent.jobs.status_details import sanitize_status_details
     except ImportError:
-        from agent.dispatch.output import single_line
+        from jobs_agent.dispatch.output import single_line
 
         result: dict[str, str] = {}
         for key, value in list(details.items())[:10]:

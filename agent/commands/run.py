@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from agent.commands.common import add_config_argument, load_config_or_exit
+from jobs_agent.commands.common import add_config_argument, load_config_or_exit
 
 
 def register(subparsers: Any) -> None:
@@ -39,19 +39,19 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.cli import UsageError
-    from agent.log import configure_logging
+    from jobs_agent.cli import UsageError
+    from jobs_agent.log import configure_logging
 
     config = load_config_or_exit(args)
     if args.watch and not args.dry_run:
         raise UsageError("--watch only goes with --dry-run")
     configure_logging(args.log_level or config.log.level, config.log.format)
     if args.dry_run:
-        from agent.dryrun import run_dry
+        from jobs_agent.dryrun import run_dry
 
         return asyncio.run(run_dry(config, watch=args.watch))
-    from agent.config import DEFAULT_CONFIG_PATH
-    from agent.daemon import Agent
+    from jobs_agent.config import DEFAULT_CONFIG_PATH
+    from jobs_agent.daemon import Agent
 
     agent = Agent(config, config_path=args.config or DEFAULT_CONFIG_PATH)
     return asyncio.run(agent.run())

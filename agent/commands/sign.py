@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from agent.cli import UsageError
-    from agent.dispatch.signing import SigningKeyError, load_private_key, sign_document
+    from jobs_agent.cli import UsageError
+    from jobs_agent.dispatch.signing import SigningKeyError, load_private_key, sign_document
 
     try:
         document = json.loads(args.document.read_text(encoding="utf-8"))

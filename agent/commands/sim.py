@@ -18,7 +18,7 @@ from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
-from agent.cli import EXIT_FAILURE, EXIT_OK, UsageError
+from jobs_agent.cli import EXIT_FAILURE, EXIT_OK, UsageError
 
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
@@ -257,10 +257,10 @@ async def _serve_async(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from agent.config import ConnectionConfig
-    from agent.emulator.embedded import Emulator
-    from agent.transport.base import TransportError
-    from agent.transport.paho import PahoTransport
+    from jobs_agent.config import ConnectionConfig
+    from jobs_agent.emulator.embedded import Emulator
+    from jobs_agent.transport.base import TransportError
+    from jobs_agent.transport.paho import PahoTransport
 
     tls = bool(args.tls or args.ca or args.cert)
     config = ConnectionConfig(
@@ -498,7 +498,7 @@ def _fleet(args: argparse.Namespace) -> int:
         document = parsed
     if args.endpoint is not None and not args.endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint must be an http(s) URL, not {args.endpoint!r}")
-    from agent.log import configure_logging
+    from jobs_agent.log import configure_logging
 
     configure_logging(args.log_level, "console" if sys.stderr.isatty() else "json")
     return asyncio.run(_fleet_async(args, document, handlers))
@@ -515,11 +515,11 @@ async def _fleet_async(
     import tempfile
     import threading
 
-    from agent.config import ConnectionConfig, JobsConfig
-    from agent.emulator.embedded import Emulator
-    from agent.emulator.fleet import TERMINAL, Fleet, FleetOptions
-    from agent.transport.base import TransportError
-    from agent.transport.paho_async import AsyncPahoTransport
+    from jobs_agent.config import ConnectionConfig, JobsConfig
+    from jobs_agent.emulator.embedded import Emulator
+    from jobs_agent.emulator.fleet import TERMINAL, Fleet, FleetOptions
+    from jobs_agent.transport.base import TransportError
+    from jobs_agent.transport.paho_async import AsyncPahoTransport
 
     def out(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from agent.commands.common import add_config_argument, load_config_or_exit
+from jobs_agent.commands.common import add_config_argument, load_config_or_exit
 
 
 def register(subparsers: Any) -> None:
@@ -37,7 +37,7 @@ def _ago(timestamp: float) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.engine.store import ACTIVE_STATES, Store, StoreError
+    from jobs_agent.engine.store import ACTIVE_STATES, Store, StoreError
 
     config = load_config_or_exit(args)
     path = config.state_dir / "state.db"

@@ -1,8 +1,8 @@
 """Routing job documents to handlers, and running them safely (see docs/handlers.md)."""
 
-from agent.dispatch.plan import PlannedStep
-from agent.dispatch.router import Dispatcher, check_limits, run_handler
-from agent.dispatch.scripts import EXIT_REBOOT, EXIT_REJECTED
+from jobs_agent.dispatch.plan import PlannedStep
+from jobs_agent.dispatch.router import Dispatcher, check_limits, run_handler
+from jobs_agent.dispatch.scripts import EXIT_REBOOT, EXIT_REJECTED
 
 __all__ = [
     "EXIT_REBOOT",

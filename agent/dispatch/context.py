@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from handlers.api import Logger
+from jobs_agent_handlers.api import Logger
 
 
 class LocalJobContext:

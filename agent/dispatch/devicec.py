@@ -24,20 +24,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config import AgentConfig
-from agent.dispatch.output import OutputLog, Tail, log_path
-from agent.dispatch.paths import PLACEHOLDER, locate_handler
-from agent.dispatch.plan import PlannedStep
-from agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
-from agent.dispatch.scripts import (
+from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.output import OutputLog, Tail, log_path
+from jobs_agent.dispatch.paths import PLACEHOLDER, locate_handler
+from jobs_agent.dispatch.plan import PlannedStep
+from jobs_agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
+from jobs_agent.dispatch.scripts import (
     EXIT_REBOOT,
     EXIT_REJECTED,
     StepFiles,
     message_handler,
     script_environment,
 )
-from agent.dispatch.users import RunAs, normalize_user, resolve_user
-from handlers.api import JobContext, JobRejected, Outcome
+from jobs_agent.dispatch.users import RunAs, normalize_user, resolve_user
+from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 RUN_HANDLER = "runHandler"
 RUN_COMMAND = "runCommand"

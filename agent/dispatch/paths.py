@@ -16,10 +16,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import handlers
-from handlers.api import JobRejected
+import jobs_agent_handlers
+from jobs_agent_handlers.api import JobRejected
 
-BUILTIN_SCRIPTS_DIR = Path(handlers.__file__).resolve().parent / "scripts"
+BUILTIN_SCRIPTS_DIR = Path(jobs_agent_handlers.__file__).resolve().parent / "scripts"
 """Our own implementations of the handlers the AWS managed templates call."""
 
 PLACEHOLDER = re.compile(r"^\$\{aws:iot:[^}]*\}$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from agent.redact import redact_text
+from jobs_agent.redact import redact_text
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from handlers.api import JobContext, Outcome
+from jobs_agent_handlers.api import JobContext, Outcome
 
 ENTRY_POINT_GROUP = "jobs_agent.handlers"
 BUILTIN_PLUGINS: dict[str, str] = {
-    "download-file": "handlers.download_file:DownloadFileHandler",
-    "reboot": "handlers.reboot:RebootHandler",
+    "download-file": "jobs_agent_handlers.download_file:DownloadFileHandler",
+    "reboot": "jobs_agent_handlers.reboot:RebootHandler",
 }
 
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.dispatch.output import OutputLog, Tail
-from agent.dispatch.users import RunAs
+from jobs_agent.dispatch.output import OutputLog, Tail
+from jobs_agent.dispatch.users import RunAs
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROGRESS_LINE_MAX = 64 * 1024

@@ -17,23 +17,23 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent.config import AgentConfig, ConfigError
-from agent.dispatch.devicec import (
+from jobs_agent.config import AgentConfig, ConfigError
+from jobs_agent.dispatch.devicec import (
     StepsDocument,
     StepsHandler,
     parse_legacy_document,
     parse_steps_document,
     prepare,
 )
-from agent.dispatch.plan import PlannedStep
-from agent.dispatch.plugins import PluginHandler, PluginRegistry
-from agent.dispatch.process import DEFAULT_PATH, Sandbox
-from agent.dispatch.users import resolve_user
-from handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
+from jobs_agent.dispatch.plan import PlannedStep
+from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
+from jobs_agent.dispatch.process import DEFAULT_PATH, Sandbox
+from jobs_agent.dispatch.users import resolve_user
+from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
 
 if TYPE_CHECKING:
     # cryptography costs ~9 MB of memory: loaded only when signatures are required.
-    from agent.dispatch.signing import SignatureVerifier
+    from jobs_agent.dispatch.signing import SignatureVerifier
 
 MAX_DOCUMENT_BYTES = 32 * 1024
 """The service's limit on a job document."""
@@ -120,7 +120,7 @@ class Dispatcher:
         self.plugins = plugins or PluginRegistry.discover(config.handlers)
         self.verifier: SignatureVerifier | None = None
         if config.jobs.require_signature:
-            from agent.dispatch.signing import SignatureVerifier, SigningKeyError
+            from jobs_agent.dispatch.signing import SignatureVerifier, SigningKeyError
 
             try:
                 self.verifier = SignatureVerifier.from_paths(config.jobs.trusted_keys)

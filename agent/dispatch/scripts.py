@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.dispatch.users import RunAs
-from handlers.api import JobContext
+from jobs_agent.dispatch.users import RunAs
+from jobs_agent_handlers.api import JobContext
 
 EXIT_REJECTED = 90
 """Exit status that ends the job REJECTED: the document is wrong for this device."""

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from handlers.api import JobRejected
+from jobs_agent_handlers.api import JobRejected
 
 SIGNATURE_FIELD = "jobsAgentSignature"
 PRESIGNED_TOKEN = "${aws:iot:s3-presigned-url}"  # noqa: S105 - a placeholder, not a secret

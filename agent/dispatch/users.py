@@ -12,9 +12,9 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from agent.config import JobsConfig
-from agent.dispatch.paths import PLACEHOLDER
-from handlers.api import JobRejected
+from jobs_agent.config import JobsConfig
+from jobs_agent.dispatch.paths import PLACEHOLDER
+from jobs_agent_handlers.api import JobRejected
 
 
 @dataclass(frozen=True)

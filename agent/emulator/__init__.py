@@ -4,9 +4,15 @@ Entry points: `EmbeddedEmulator` (in-process, on a `LocalBus`), `Emulator` (any 
 `JobsService` (the pure core), `ManualClock` (tests). See docs/emulator.md.
 """
 
-from agent.emulator.clock import Clock, ManualClock, SystemClock
-from agent.emulator.model import ExecutionStatus, HistoryEntry, JobStatus, RetryCriterion, Source
-from agent.emulator.service import ControlError, JobsService, ServiceError
+from jobs_agent.emulator.clock import Clock, ManualClock, SystemClock
+from jobs_agent.emulator.model import (
+    ExecutionStatus,
+    HistoryEntry,
+    JobStatus,
+    RetryCriterion,
+    Source,
+)
+from jobs_agent.emulator.service import ControlError, JobsService, ServiceError
 
 __all__ = [
     "Clock",

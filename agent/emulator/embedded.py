@@ -12,13 +12,13 @@ import contextlib
 from pathlib import Path
 from types import TracebackType
 
-from agent.emulator.clock import Clock
-from agent.emulator.http_api import HttpApi
-from agent.emulator.mqtt_frontend import MqttFrontend
-from agent.emulator.service import JobsService
-from agent.emulator.store import StateStore
-from agent.transport.base import Transport
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.emulator.clock import Clock
+from jobs_agent.emulator.http_api import HttpApi
+from jobs_agent.emulator.mqtt_frontend import MqttFrontend
+from jobs_agent.emulator.service import JobsService
+from jobs_agent.emulator.store import StateStore
+from jobs_agent.transport.base import Transport
+from jobs_agent.transport.local import LocalBus, LocalTransport
 
 EMULATOR_CLIENT_ID = "aws-iot-jobs-emulator"
 DEFAULT_TICK_SECONDS = 1.0

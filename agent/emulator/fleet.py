@@ -21,15 +21,15 @@ from pathlib import Path
 
 import structlog
 
-from agent.config import AgentConfig, ConnectionConfig, JobsConfig
-from agent.dispatch import Dispatcher
-from agent.dispatch.plugins import PluginRegistry
-from agent.engine.async_store import AsyncStore
-from agent.engine.engine import Engine
-from agent.jobs.client import JobsClient
-from agent.transport.paho_async import AsyncPahoTransport
+from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.dispatch.plugins import PluginRegistry
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.engine import Engine
+from jobs_agent.jobs.client import JobsClient
+from jobs_agent.transport.paho_async import AsyncPahoTransport
 
-log = structlog.get_logger("agent.emulator.fleet")
+log = structlog.get_logger("jobs_agent.emulator.fleet")
 
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""

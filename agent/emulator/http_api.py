@@ -32,10 +32,10 @@ from typing import Any
 
 import structlog
 
-from agent.emulator.model import Execution, ExecutionStatus, Job
-from agent.emulator.service import ControlError, Delivery, JobsService, ServiceError
-from agent.jobs.errors import ErrorCode, InvalidRequestError
-from agent.jobs.models import StartNextRequest, UpdateRequest
+from jobs_agent.emulator.model import Execution, ExecutionStatus, Job
+from jobs_agent.emulator.service import ControlError, Delivery, JobsService, ServiceError
+from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError
+from jobs_agent.jobs.models import StartNextRequest, UpdateRequest
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from agent.jobs.models import (
+from jobs_agent.jobs.models import (
     DEVICE_SETTABLE_STATUSES,
     TERMINAL_STATUSES,
     JobExecutionStatus,

@@ -26,8 +26,8 @@ from typing import Any
 
 import structlog
 
-from agent.emulator.model import Execution, ExecutionSummary
-from agent.emulator.service import (
+from jobs_agent.emulator.model import Execution, ExecutionSummary
+from jobs_agent.emulator.service import (
     Delivery,
     JobExecutionsChanged,
     JobsService,
@@ -35,8 +35,8 @@ from agent.emulator.service import (
     ServiceError,
     ServiceEvent,
 )
-from agent.jobs.errors import ErrorCode, InvalidRequestError
-from agent.jobs.models import (
+from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError
+from jobs_agent.jobs.models import (
     DescribeReply,
     DescribeRequest,
     ErrorResponse,
@@ -52,7 +52,7 @@ from agent.jobs.models import (
     UpdateRequest,
     parse_payload,
 )
-from agent.jobs.topics import (
+from jobs_agent.jobs.topics import (
     PREFIX,
     Operation,
     ParsedTopic,
@@ -62,7 +62,7 @@ from agent.jobs.topics import (
     parse_topic,
     reply_topic,
 )
-from agent.transport.base import Message, Transport
+from jobs_agent.transport.base import Message, Transport
 
 log = structlog.get_logger(__name__)
 

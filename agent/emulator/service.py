@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.aio import wait_event
-from agent.emulator.clock import Clock, SystemClock
-from agent.emulator.model import (
+from jobs_agent.aio import wait_event
+from jobs_agent.emulator.clock import Clock, SystemClock
+from jobs_agent.emulator.model import (
     DEVICE_SETTABLE,
     TERMINAL,
     Execution,
@@ -46,12 +46,12 @@ from agent.emulator.model import (
     Source,
     Thing,
 )
-from agent.emulator.presign import DEFAULT_EXPIRES_IN_SEC, has_placeholders, resign_document
-from agent.jobs.errors import ErrorCode
-from agent.jobs.status_details import validate_status_details
+from jobs_agent.emulator.presign import DEFAULT_EXPIRES_IN_SEC, has_placeholders, resign_document
+from jobs_agent.jobs.errors import ErrorCode
+from jobs_agent.jobs.status_details import validate_status_details
 
 if TYPE_CHECKING:
-    from agent.emulator.store import StateStore
+    from jobs_agent.emulator.store import StateStore
 
 MIN_STEP_TIMEOUT = 1
 MAX_STEP_TIMEOUT = 10080

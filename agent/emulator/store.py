@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.emulator.model import (
+from jobs_agent.emulator.model import (
     Execution,
     ExecutionStatus,
     HistoryEntry,

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from agent.engine.store import (
+from jobs_agent.engine.store import (
     ExecutionKey,
     ExecutionRecord,
     ExecutionState,

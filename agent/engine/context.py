@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.engine.async_store import AsyncStore
-from agent.engine.progress import ProgressReporter
-from agent.engine.store import ExecutionKey
-from handlers.api import Logger
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.progress import ProgressReporter
+from jobs_agent.engine.store import ExecutionKey
+from jobs_agent_handlers.api import Logger
 
 
 class EngineJobContext:

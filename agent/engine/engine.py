@@ -25,28 +25,28 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.aio import wait_event
-from agent.config import AgentConfig
-from agent.engine.async_store import AsyncStore
-from agent.engine.context import EngineJobContext
-from agent.engine.crashpoints import CrashPoints
-from agent.engine.orphans import kill_handler_processes
-from agent.engine.progress import ProgressReporter
-from agent.engine.store import ExecutionKey, ExecutionRecord, ExecutionState, StoreError
-from agent.jobs.client import (
+from jobs_agent.aio import wait_event
+from jobs_agent.config import AgentConfig
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.engine.crashpoints import CrashPoints
+from jobs_agent.engine.orphans import kill_handler_processes
+from jobs_agent.engine.progress import ProgressReporter
+from jobs_agent.engine.store import ExecutionKey, ExecutionRecord, ExecutionState, StoreError
+from jobs_agent.jobs.client import (
     JobExecutionsChanged,
     JobsClient,
     NextJobExecutionChanged,
     Resync,
 )
-from agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
-from agent.jobs.models import TERMINAL_STATUSES, JobExecution
-from agent.jobs.status_details import sanitize_status_details
-from agent.redact import redact_mapping
-from agent.transport import TransportError
-from handlers.api import Handler, JobRejected, Outcome
+from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
+from jobs_agent.jobs.models import TERMINAL_STATUSES, JobExecution
+from jobs_agent.jobs.status_details import sanitize_status_details
+from jobs_agent.redact import redact_mapping
+from jobs_agent.transport import TransportError
+from jobs_agent_handlers.api import Handler, JobRejected, Outcome
 
-log = structlog.get_logger("agent.engine")
+log = structlog.get_logger("jobs_agent.engine")
 
 OUTCOMES_KEPT = 256
 PRUNE_EVERY = 200

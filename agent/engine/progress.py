@@ -14,7 +14,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from agent.aio import wait_event
+from jobs_agent.aio import wait_event
 
 Send = Callable[[Mapping[str, Any] | None, int | None], Awaitable[bool]]
 """send(status_details or None for "unchanged", step_timeout_minutes or None) -> keep going?"""

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from agent.jobs import topics
-from agent.jobs.errors import (
+from jobs_agent.jobs import topics
+from jobs_agent.jobs.errors import (
     JobsError,
     JobsRejected,
     ProtocolError,
     RequestTimeout,
 )
-from agent.jobs.models import (
+from jobs_agent.jobs.models import (
     DescribeReply,
     DescribeRequest,
     ErrorResponse,
@@ -51,15 +51,15 @@ from agent.jobs.models import (
     UpdateReply,
     UpdateRequest,
 )
-from agent.jobs.status_details import sanitize_status_details
-from agent.jobs.topics import Operation, ParsedTopic, ReplyKind
-from agent.transport.backoff import Backoff
-from agent.transport.base import Message, NotConnectedError, Transport
+from jobs_agent.jobs.status_details import sanitize_status_details
+from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
+from jobs_agent.transport.backoff import Backoff
+from jobs_agent.transport.base import Message, NotConnectedError, Transport
 
 if TYPE_CHECKING:
-    from agent.config import JobsConfig
+    from jobs_agent.config import JobsConfig
 
-log = structlog.get_logger("agent.jobs")
+log = structlog.get_logger("jobs_agent.jobs")
 
 R = TypeVar("R")
 MAX_QUEUED_EVENTS = 1000

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.jobs.models import JobExecutionState
+    from jobs_agent.jobs.models import JobExecutionState
 
 
 class ErrorCode(StrEnum):

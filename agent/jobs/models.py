@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Self
 
-from agent.jobs.errors import (
+from jobs_agent.jobs.errors import (
     ErrorCode,
     InvalidRequestError,
     ProtocolError,
     parse_error_code,
 )
-from agent.jobs.status_details import validate_status_details
-from agent.jobs.topics import JOB_ID_RE
+from jobs_agent.jobs.status_details import validate_status_details
+from jobs_agent.jobs.topics import JOB_ID_RE
 
 MILLISECONDS_THRESHOLD = 1e11
 MAX_CLIENT_TOKEN = 64

@@ -1,6 +1,6 @@
 """MQTT transports. Import a backend module only when it is used (memory on a gateway)."""
 
-from agent.transport.base import (
+from jobs_agent.transport.base import (
     Message,
     NotConnectedError,
     Transport,

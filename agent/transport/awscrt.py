@@ -54,11 +54,11 @@ import structlog
 from awscrt import auth, exceptions, http, mqtt5
 from awsiot import mqtt5_client_builder
 
-from agent.config import ConnectionConfig
-from agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from agent.transport.topics import validate_topic_filter, validate_topic_name
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
-log = structlog.get_logger("agent.transport.awscrt")
+log = structlog.get_logger("jobs_agent.transport.awscrt")
 
 PERMANENT_CONNACK_CODES = {
     mqtt5.ConnectReasonCode.UNSUPPORTED_PROTOCOL_VERSION,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.aio import wait_event
+from jobs_agent.aio import wait_event
 
-log = structlog.get_logger("agent.transport")
+log = structlog.get_logger("jobs_agent.transport")
 
 
 class TransportError(Exception):

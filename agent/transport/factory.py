@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.config import AgentConfig
-from agent.transport.base import Transport, TransportError
+from jobs_agent.config import AgentConfig
+from jobs_agent.transport.base import Transport, TransportError
 
 if TYPE_CHECKING:
-    from agent.transport.local import LocalBus
+    from jobs_agent.transport.local import LocalBus
 
 
 def create_transport(config: AgentConfig, *, bus: LocalBus | None = None) -> Transport:
@@ -25,21 +25,21 @@ def create_transport(config: AgentConfig, *, bus: LocalBus | None = None) -> Tra
             raise TransportError(
                 "transport local: needs an in-process LocalBus (embedded emulator)"
             )
-        from agent.transport.local import LocalTransport
+        from jobs_agent.transport.local import LocalTransport
 
         return LocalTransport(bus, client_id)
     if not client_id:
         raise TransportError("thing_name (or connection.client_id) is required for MQTT")
     if kind == "paho":
-        from agent.transport.paho import PahoTransport
+        from jobs_agent.transport.paho import PahoTransport
 
         return PahoTransport(connection, client_id)
     if kind == "awscrt":
-        from agent.transport.awscrt import AwscrtTransport
+        from jobs_agent.transport.awscrt import AwscrtTransport
 
         return AwscrtTransport(connection, client_id)
     if kind == "greengrass":
-        from agent.transport.greengrass import GreengrassTransport
+        from jobs_agent.transport.greengrass import GreengrassTransport
 
         return GreengrassTransport(
             reconnect_min_seconds=connection.reconnect_min_seconds,

@@ -30,11 +30,11 @@ from typing import Any
 
 import structlog
 
-from agent.transport.backoff import Backoff
-from agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from agent.transport.topics import validate_topic_filter, validate_topic_name
+from jobs_agent.transport.backoff import Backoff
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
-log = structlog.get_logger("agent.transport.greengrass")
+log = structlog.get_logger("jobs_agent.transport.greengrass")
 
 QOS_AT_LEAST_ONCE = "1"
 """`awsiot.greengrasscoreipc.model.QOS.AT_LEAST_ONCE`, spelled out to keep the import lazy."""

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from agent.transport.topics import (
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.topics import (
     has_wildcard,
     levels_match,
     topic_matches,

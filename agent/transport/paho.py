@@ -42,12 +42,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.config import ConnectionConfig
-from agent.transport.backoff import Backoff
-from agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from agent.transport.topics import validate_topic_filter, validate_topic_name
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.transport.backoff import Backoff
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
-log = structlog.get_logger("agent.transport.paho")
+log = structlog.get_logger("jobs_agent.transport.paho")
 
 ALPN_MQTT = "x-amzn-mqtt-ca"
 CONNECT_ATTEMPT_SECONDS = 10.0

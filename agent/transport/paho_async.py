@@ -28,14 +28,14 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import ConnectionConfig
-from agent.transport.paho import (
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.transport.paho import (
     PERMANENT_CONNACK_CODES,
     PahoTransport,
     _Attempt,
 )
 
-log = structlog.get_logger("agent.transport.paho_async")
+log = structlog.get_logger("jobs_agent.transport.paho_async")
 
 MISC_MIN_SECONDS = 1.0
 MISC_MAX_SECONDS = 30.0

@@ -8,7 +8,7 @@ spell `$aws` out).
 
 from __future__ import annotations
 
-from agent.transport.base import TransportError
+from jobs_agent.transport.base import TransportError
 
 MAX_TOPIC_BYTES = 65535
 

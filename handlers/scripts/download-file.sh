@@ -11,4 +11,4 @@ if [ "$#" -lt 2 ] || [ "$#" -gt 3 ]; then
     echo "usage: download-file.sh RUNASUSER URL PATH [SHA256]" >&2
     exit "${JOBS_AGENT_EXIT_REJECTED:-90}"
 fi
-exec "${JOBS_AGENT_PYTHON:-python3}" -m handlers.download_file "$@"
+exec "${JOBS_AGENT_PYTHON:-python3}" -m jobs_agent_handlers.download_file "$@"

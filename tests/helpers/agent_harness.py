@@ -22,13 +22,13 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
-from agent.daemon import Agent
-from agent.emulator.embedded import EmbeddedEmulator
-from agent.emulator.model import TERMINAL, Execution
-from agent.emulator.service import JobsService
-from agent.log import configure_logging
-from agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
+from jobs_agent.daemon import Agent
+from jobs_agent.emulator.embedded import EmbeddedEmulator
+from jobs_agent.emulator.model import TERMINAL, Execution
+from jobs_agent.emulator.service import JobsService
+from jobs_agent.log import configure_logging
+from jobs_agent.transport.local import LocalBus, LocalTransport
 
 THING = "fuzz-gw"
 TERMINAL_NAMES = frozenset(str(s) for s in TERMINAL)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from handlers.api import JobContext, JobFailed, JobRejected
+from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
 
 
 class HelloHandler:
