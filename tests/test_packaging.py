@@ -21,3 +21,14 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
             parts = init.parent.relative_to(folder).parts
             on_disk.add(".".join((name, *parts)))
     assert listed == on_disk
+
+
+def test_console_script_runs() -> None:
+    """The README's commands use the `jobs-agent` script, not `python -m jobs_agent`."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("jobs-agent")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
