@@ -30,6 +30,16 @@ def service_with(clock: ManualClock, **changes: object) -> JobsService:
     return JobsService(clock, readings=dataclasses.replace(DOCUMENTED, **changes))
 
 
+def test_every_reading_is_in_the_docs_table() -> None:
+    """docs/emulator.md's table names each switch with all its values."""
+    from pathlib import Path
+
+    table = (Path(__file__).parents[3] / "docs" / "emulator.md").read_text()
+    for reading in READINGS:
+        choices = "\\|".join(reading.values)  # a | in a Markdown table cell is escaped
+        assert f"`{reading.name}={choices}`" in table, reading.name
+
+
 def test_every_reading_parses_and_prints_back() -> None:
     assert parse_readings(describe(ALTERNATIVE)) == ALTERNATIVE
     assert parse_readings([]) == DOCUMENTED
