@@ -102,6 +102,7 @@ class ControlApi:
         if job.pending_targets:
             details["processingTargets"] = [service.thing_arn(t) for t in job.pending_targets]
         rollouts = service.scheduled_rollouts(job.job_id)
+        presigned = job.presigned_url_config()
         return omit_none(
             jobArn=service.job_arn(job.job_id),
             jobId=job.job_id,
@@ -112,9 +113,7 @@ class ControlApi:
             comment=job.comment,
             targets=list(job.targets),
             description=job.description,
-            presignedUrlConfig=None
-            if job.presigned_url_config() is None
-            else job.presigned_url_config().to_json(),  # type: ignore[union-attr]
+            presignedUrlConfig=None if presigned is None else presigned.to_json(),
             jobExecutionsRolloutConfig=None if job.rollout is None else job.rollout.to_json(),
             abortConfig=None if job.abort is None else job.abort.to_json(),
             createdAt=_time(job.created_at),
