@@ -25,7 +25,7 @@ from jobs_agent.emulator.configs import (
     invalid,
     retry_criterion,
 )
-from jobs_agent.emulator.core import ServiceCore, Txn, snapshot
+from jobs_agent.emulator.core import NO_COUNTS, ServiceCore, Txn, snapshot
 from jobs_agent.emulator.data_plane import check_status_details
 from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.groups import Query, ThingGroup
@@ -453,7 +453,7 @@ class ControlPlane(ServiceCore):
         """Current executions per status (`jobProcessDetails`)."""
         with self._lock:
             self._job(job_id)
-            return {s: n for s, n in self._job_counts.get(job_id, Counter()).items() if n > 0}
+            return {s: n for s, n in self._job_counts.get(job_id, NO_COUNTS).items() if n > 0}
 
     def job_process_details(self, job_id: str) -> dict[str, int]:
         """`jobProcessDetails`' numberOf...Things counters."""

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
 
 Key = tuple[str, str | None]
+NO_COUNTS: Counter[ExecutionStatus] = Counter()
+"""Read-only stand-in for a job without executions (no allocation per lookup)."""
 _RETRYABLE = (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
 
 
@@ -220,7 +222,7 @@ class ServiceCore:
         return job
 
     def _counts_json(self, job_id: str) -> dict[str, int]:
-        counts = self._job_counts.get(job_id, Counter())
+        counts = self._job_counts.get(job_id, NO_COUNTS)
         return {
             "numberOf" + "".join(w.title() for w in status.value.split("_")) + "Things": counts[
                 status
@@ -393,7 +395,7 @@ class ServiceCore:
         key: Key = (execution.thing_name, execution.namespace)
         queue = self._queue(key)
         job = self._jobs[execution.job_id]
-        counts = self._job_counts.setdefault(execution.job_id, Counter())
+        counts = self._job_counts[execution.job_id]
         counts[old] -= 1
         counts[status] += 1
         execution.status = status
@@ -445,7 +447,7 @@ class ServiceCore:
         )
         self._executions.setdefault((job.job_id, thing_name), []).append(execution)
         self._thing_jobs.setdefault(thing_name, {})[job.job_id] = None
-        self._job_counts.setdefault(job.job_id, Counter())[ExecutionStatus.QUEUED] += 1
+        self._job_counts[job.job_id][ExecutionStatus.QUEUED] += 1
         key: Key = (thing_name, job.namespace)
         self._queue(key).add_queued(execution, self._is_scheduled(job))
         txn.notify.add(key)
@@ -501,7 +503,7 @@ class ServiceCore:
             return
         if job.pending_targets:
             return
-        counts = self._job_counts.get(job_id, Counter())
+        counts = self._job_counts.get(job_id, NO_COUNTS)
         if counts[ExecutionStatus.QUEUED] > 0 or counts[ExecutionStatus.IN_PROGRESS] > 0:
             return
         now = self.clock.now()
@@ -516,7 +518,7 @@ class ServiceCore:
         if job.abort is None or job.status is not JobStatus.IN_PROGRESS:
             return
         criterion = abort_criterion_met(
-            job.abort, job.notified, self._job_counts.get(job.job_id, Counter())
+            job.abort, job.notified, self._job_counts.get(job.job_id, NO_COUNTS)
         )
         if criterion is not None:
             reason, comment = abort_reason(criterion)
@@ -576,7 +578,7 @@ class ServiceCore:
             return
         limit: int | None = None
         if job.rollout is not None:
-            succeeded = self._job_counts.get(job.job_id, Counter())[ExecutionStatus.SUCCEEDED]
+            succeeded = self._job_counts.get(job.job_id, NO_COUNTS)[ExecutionStatus.SUCCEEDED]
             limit = rate_per_minute(job.rollout, job.notified, succeeded)
         batch = job.pending_targets[:limit]
         del job.pending_targets[: len(batch)]
