@@ -19,9 +19,13 @@ from typing import Any
 from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.emulator.readings import ALTERNATIVE, DOCUMENTED, Readings
 from jobs_agent.transport.paho import PahoTransport
 
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
+READING_PROFILES: dict[str, Readings] = {"documented": DOCUMENTED, "alternative": ALTERNATIVE}
+"""The emulator's readings of the points AWS leaves silent (docs/emulator.md): the engine tests
+run under the documented one and under every other reading at once (the `readings` fixture)."""
 
 
 def write_handler(directory: Path, name: str, script: str) -> Path:

@@ -50,13 +50,14 @@ class Server:
     def __init__(self, process: asyncio.subprocess.Process, endpoint: str) -> None:
         self.process = process
         self.endpoint = endpoint
+        self.readings: list[str] = []
 
     async def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.process.wait(), 15)
 
 
-async def start_server(mosquitto: Mosquitto, state: Path) -> Server:
+async def start_server(mosquitto: Mosquitto, state: Path, *extra: str) -> Server:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -73,6 +74,7 @@ async def start_server(mosquitto: Mosquitto, state: Path) -> Server:
         str(state),
         "--client-id",
         f"sim-{state.parent.name}",
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -86,9 +88,12 @@ async def start_server(mosquitto: Mosquitto, state: Path) -> Server:
             lines.append(line)
             if line.startswith("HTTP: "):
                 endpoint = line.split(" ", 1)[1].strip()
+            if line.startswith("readings: "):
                 break
     assert any(f"MQTT: mqtt://{mosquitto.host}:{mosquitto.port}" in x for x in lines)
-    return Server(process, endpoint)
+    server = Server(process, endpoint)
+    server.readings = lines[-1].split(" ", 1)[1].split()
+    return server
 
 
 async def test_serve_create_list_describe_cancel_and_restart(
@@ -149,3 +154,55 @@ async def test_help_documents_every_option() -> None:
         assert option in out
     code, out = await run_cli("create-job", "--help")
     assert code == 0 and "no job-level step" in out
+
+
+async def test_serve_takes_the_other_readings_and_an_s3_directory(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`--reading` switches a silent point of the documentation (here: statusDetails merged),
+    `--s3-dir` serves CreateJob's documentSource; both reach the running service."""
+    import boto3
+
+    (tmp_path / "s3" / "bucket").mkdir(parents=True)
+    (tmp_path / "s3" / "bucket" / "doc.json").write_text('{"operation": "from-s3"}')
+    server = await start_server(
+        mosquitto,
+        tmp_path / "state.db",
+        "--reading",
+        "status-details=merge",
+        "--s3-dir",
+        str(tmp_path / "s3"),
+    )
+    try:
+        assert "status-details=merge" in server.readings
+        assert "timeout=on-time" in server.readings
+
+        def drive() -> dict[str, str]:
+            keys = {"aws_access_key_id": "x", "aws_secret_access_key": "y"}
+            iot = boto3.client("iot", endpoint_url=server.endpoint, region_name="us-east-1", **keys)
+            data = boto3.client(
+                "iot-jobs-data", endpoint_url=server.endpoint, region_name="us-east-1", **keys
+            )
+            iot.create_job(
+                jobId="s3-job",
+                targets=["arn:aws:iot:us-east-1:123456789012:thing/dev9"],
+                documentSource="https://bucket.s3.amazonaws.com/doc.json",
+            )
+            started = data.start_next_pending_job_execution(
+                thingName="dev9", statusDetails={"a": "1"}
+            )
+            assert json.loads(started["execution"]["jobDocument"]) == {"operation": "from-s3"}
+            data.update_job_execution(
+                thingName="dev9", jobId="s3-job", status="IN_PROGRESS", statusDetails={"b": "2"}
+            )
+            described = iot.describe_job_execution(jobId="s3-job", thingName="dev9")
+            return dict(described["execution"]["statusDetails"]["detailsMap"])
+
+        assert await asyncio.to_thread(drive) == {"a": "1", "b": "2"}
+    finally:
+        assert await server.terminate() == 0
+
+
+async def test_serve_refuses_an_unknown_reading() -> None:
+    code, out = await run_cli("serve", "--reading", "timeout=sometimes")
+    assert code != 0 and "timeout takes on-time|late" in out

@@ -190,7 +190,14 @@ def test_retry_requeues_as_new_execution_number(service: JobsService) -> None:
 
 
 def test_timed_out_retry_with_all(service: JobsService, clock: ManualClock) -> None:
-    service.create_job("j", ["t"], DOC, retry_config=[{"failureType": "ALL", "numberOfRetries": 2}])
+    # A timeout is retried only with a timeout configuration (issue 15, item 3).
+    service.create_job(
+        "j",
+        ["t"],
+        DOC,
+        in_progress_timeout_minutes=60,
+        retry_config=[{"failureType": "ALL", "numberOfRetries": 2}],
+    )
     service.start_next("t", step_timeout_minutes=1)
     clock.advance(60)
     service.tick()
@@ -277,7 +284,8 @@ def test_presigned_url_resigned_on_every_delivery(service: JobsService) -> None:
         assert "X-Amz-Date=" in value and "X-Amz-Expires=3600" in value
         signatures.append(match.group(1))
     assert signatures[0] != signatures[1]
-    assert "X-Amz-Signature=" in service.job_document("j")
+    # GetJobDocument returns the placeholder, not a signed URL (issue 15, item 7).
+    assert service.job_document("j") == f'{{"url":"${{aws:iot:s3-presigned-url:{url}}}"}}'
 
 
 def test_throttle_rate_one_throttles_everything(clock: ManualClock) -> None:

@@ -19,11 +19,13 @@ from jobs_agent.config import AgentConfig
 from jobs_agent.daemon import Agent
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.emulator.readings import Readings
 from jobs_agent.jobs import topics
 from jobs_agent.jobs.status_details import validate_status_details
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
+    READING_PROFILES,
     agent_config,
     device_statuses,
     paho_connection,
@@ -54,9 +56,15 @@ async def running_agent(config: AgentConfig, **kw: object) -> AsyncIterator[Agen
             await task
 
 
+@pytest.fixture(params=sorted(READING_PROFILES))
+def readings(request: pytest.FixtureRequest) -> Readings:
+    """Every test here runs under each reading of the points AWS leaves silent."""
+    return READING_PROFILES[request.param]
+
+
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
+async def emulator(mosquitto: Mosquitto, readings: Readings) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port, readings=readings)
     yield emu
     await emu.stop()
 
@@ -230,7 +238,9 @@ wait
     assert str(emulator.service.execution("cancel-me", THING).status) == "CANCELED"
 
 
-async def test_step_timeout_renewed(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_step_timeout_renewed(
+    tmp_path: Path, mosquitto: Mosquitto, readings: Readings
+) -> None:
     """A job running longer than its step timeout is kept alive by heartbeats (emulator clock
     advanced past the timeout several times); without heartbeats the same job is TIMED_OUT."""
     release = tmp_path / "release"
@@ -242,7 +252,9 @@ while [ ! -e {release} ]; do sleep 0.05; done
 """,
     )
     clock = ManualClock()
-    emulator = await start_emulator(mosquitto.port, clock=clock, tick_seconds=None)
+    emulator = await start_emulator(
+        mosquitto.port, clock=clock, tick_seconds=None, readings=readings
+    )
     service = emulator.service
     try:
         config = agent_config(tmp_path, mosquitto.port, step_timeout_minutes=1)
@@ -266,7 +278,7 @@ while [ ! -e {release} ]; do sleep 0.05; done
         async with running_agent(config, heartbeat_interval=3600):
             service.create_job("expired", [THING], {"operation": "long"})
             await service.wait_for_status("expired", THING, "IN_PROGRESS")
-            clock.advance(61)
+            clock.advance(61 + readings.timeout_delay_seconds)  # up to 60 s late (a reading)
             assert service.tick() == 1
             execution = await wait_terminal(emulator, "expired", THING)
             assert str(execution.status) == "TIMED_OUT"
@@ -281,7 +293,7 @@ while [ ! -e {release} ]; do sleep 0.05; done
 
 
 async def test_broker_restart_mid_job_reports_once(
-    tmp_path: Path, fresh_mosquitto: Mosquitto
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
 ) -> None:
     """The broker goes away while a job runs; the handler keeps running, its outcome waits in
     the outbox, and it is reported exactly once when the broker is back."""
@@ -296,7 +308,7 @@ while [ ! -e {release} ]; do sleep 0.05; done
 echo finished
 """,
     )
-    emulator = await start_emulator(fresh_mosquitto.port)
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
     try:
         config = agent_config(tmp_path, fresh_mosquitto.port)
         async with running_agent(config) as agent:

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.emulator.readings import Readings
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
+    READING_PROFILES,
     AgentProcess,
     agent_config,
     config_yaml,
@@ -37,9 +39,15 @@ THING = "gw-kill"
 PRESIGNED = "${aws:iot:s3-presigned-url:https://bucket.s3.amazonaws.com/firmware.bin}"
 
 
+@pytest.fixture(params=sorted(READING_PROFILES))
+def readings(request: pytest.FixtureRequest) -> Readings:
+    """Every test here runs under each reading of the points AWS leaves silent."""
+    return READING_PROFILES[request.param]
+
+
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
+async def emulator(mosquitto: Mosquitto, readings: Readings) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port, readings=readings)
     yield emu
     await emu.stop()
 

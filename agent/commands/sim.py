@@ -71,7 +71,29 @@ def register(subparsers: Any) -> None:
         default=0.0,
         help="fraction (0..1) of device requests answered RequestThrottled",
     )
-    serve.add_argument("--seed", type=int, help="seed of the throttling random generator")
+    serve.add_argument(
+        "--internal-error-rate",
+        type=float,
+        default=0.0,
+        help="fraction (0..1) of device requests answered InternalError",
+    )
+    serve.add_argument("--seed", type=int, help="seed of the fault-injection random generator")
+    serve.add_argument(
+        "--reading",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="where the AWS documentation is silent or contradicts itself, the other reading "
+        "(repeatable; docs/emulator.md has the table): "
+        + "; ".join(f"{r.name}={'|'.join(r.values)}" for r in _readings()),
+    )
+    serve.add_argument(
+        "--s3-dir",
+        type=Path,
+        metavar="DIR",
+        help="CreateJob documentSource objects: https://BUCKET.s3.amazonaws.com/KEY is read "
+        "from DIR/BUCKET/KEY",
+    )
     serve.set_defaults(func=_serve)
 
     create = sim.add_parser(
@@ -233,6 +255,12 @@ exit status: 0 when every execution SUCCEEDED, 1 otherwise (or on timeout), 2 on
     fleet.set_defaults(func=_fleet)
 
 
+def _readings() -> Any:
+    from jobs_agent.emulator.readings import READINGS
+
+    return READINGS
+
+
 def _endpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint",
@@ -248,6 +276,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.throttle_rate <= 1.0:
         raise UsageError("--throttle-rate must be between 0 and 1")
+    if not 0.0 <= args.internal_error_rate <= 1.0:
+        raise UsageError("--internal-error-rate must be between 0 and 1")
+    from jobs_agent.emulator.readings import parse_readings
+
+    try:
+        args.readings = parse_readings(args.reading)
+    except ValueError as exc:
+        raise UsageError(f"--reading: {exc}") from None
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together")
     return asyncio.run(_serve_async(args))
@@ -275,14 +311,19 @@ async def _serve_async(args: argparse.Namespace) -> int:
         username=args.username,
         password=args.password,
     )
+    from jobs_agent.emulator.readings import describe
+
     emulator = Emulator(
         PahoTransport(config, args.client_id),
         state_path=args.state,
         throttle_rate=args.throttle_rate,
+        internal_error_rate=args.internal_error_rate,
         seed=args.seed,
         http_host=args.http_host,
         http_port=args.http_port,
+        readings=args.readings,
     )
+    emulator.service.s3_root = args.s3_dir
     try:
         await emulator.start(connect_timeout=30.0)
     except (TransportError, OSError) as exc:
@@ -294,6 +335,7 @@ async def _serve_async(args: argparse.Namespace) -> int:
     print(f"HTTP: {emulator.http_endpoint}", flush=True)
     if args.state:
         print(f"state: {args.state}", flush=True)
+    print(f"readings: {' '.join(describe(args.readings))}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

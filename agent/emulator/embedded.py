@@ -15,6 +15,7 @@ from types import TracebackType
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.http_api import HttpApi
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
+from jobs_agent.emulator.readings import DOCUMENTED, Readings
 from jobs_agent.emulator.service import JobsService
 from jobs_agent.emulator.store import StateStore
 from jobs_agent.transport.base import Transport
@@ -45,16 +46,25 @@ class Emulator:
         service: JobsService | None = None,
         state_path: Path | str | None = None,
         throttle_rate: float = 0.0,
+        internal_error_rate: float = 0.0,
         seed: int | None = None,
         http_host: str = "127.0.0.1",
         http_port: int | None = None,
         tick_seconds: float | None = DEFAULT_TICK_SECONDS,
+        readings: Readings = DOCUMENTED,
     ) -> None:
         self._store: StateStore | None = None
         if service is None:
             if state_path is not None:
                 self._store = StateStore(state_path)
-            service = JobsService(clock, throttle_rate=throttle_rate, seed=seed, store=self._store)
+            service = JobsService(
+                clock,
+                throttle_rate=throttle_rate,
+                internal_error_rate=internal_error_rate,
+                seed=seed,
+                store=self._store,
+                readings=readings,
+            )
         self.service = service
         self.transport = transport
         self.frontend = MqttFrontend(service, transport)
@@ -117,6 +127,7 @@ class EmbeddedEmulator(Emulator):
         http_port: int | None = None,
         tick_seconds: float | None = DEFAULT_TICK_SECONDS,
         client_id: str = EMULATOR_CLIENT_ID,
+        readings: Readings = DOCUMENTED,
     ) -> None:
         super().__init__(
             LocalTransport(bus, client_id),
@@ -126,6 +137,7 @@ class EmbeddedEmulator(Emulator):
             seed=seed,
             http_port=http_port,
             tick_seconds=tick_seconds,
+            readings=readings,
         )
         self.bus = bus
 

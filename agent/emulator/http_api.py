@@ -2,9 +2,12 @@
 
 * `iot-jobs-data` (the device's HTTPS data plane): GetPendingJobExecutions,
   StartNextPendingJobExecution, DescribeJobExecution, UpdateJobExecution.
-* `iot` (the control plane): CreateJob, DescribeJob, GetJobDocument, ListJobs, CancelJob,
-  DeleteJob, DescribeJobExecution, ListJobExecutionsForThing, ListJobExecutionsForJob,
-  CancelJobExecution, DeleteJobExecution, CreateThing, DescribeThing.
+* `iot` (the control plane, handlers in control_api.py): jobs (Create, Describe, Update, List,
+  Cancel, Delete, GetJobDocument, AssociateTargetsWithJob), job executions (Describe, List for
+  thing / for job, Cancel, Delete), job templates (Create, Describe, List, Delete) and managed
+  templates (List, Describe), things (Create, Describe, Update), thing groups (static and
+  dynamic: Create, Describe, Delete, Add/Remove thing, ListThingsInThingGroup), and
+  Update/DescribeEventConfigurations.
 
 Routes, field names and error status codes are those of botocore's service models (rest-json).
 Both APIs share two routes (`GET /things/{thing}/jobs` and `GET /things/{thing}/jobs/{jobId}`);
@@ -25,15 +28,17 @@ import json
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
 
-from jobs_agent.emulator.model import Execution, ExecutionStatus, Job
-from jobs_agent.emulator.service import ControlError, Delivery, JobsService, ServiceError
+from jobs_agent.emulator import shapes
+from jobs_agent.emulator.control_api import ControlApi, bool_param, int_param
+from jobs_agent.emulator.service import ControlError, JobsService, ServiceError
+from jobs_agent.emulator.shapes import DocumentAs
 from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError
 from jobs_agent.jobs.models import StartNextRequest, UpdateRequest
 
@@ -75,53 +80,162 @@ class Request:
 
 
 Response = tuple[int, dict[str, Any] | None]
-Route = Callable[["HttpApi", Request, list[str]], Response]
+Handler = Callable[["HttpApi", Request, list[str]], dict[str, Any] | None]
 
 
-def _ms(value: float | None) -> float | None:
-    """Control-plane timestamps (DateType): epoch seconds, with the fraction botocore parses."""
-    return None if value is None else round(value, 3)
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    pattern: tuple[str | None, ...]
+    """Path segments; None matches any one segment (passed to the handler in order)."""
+    plane: str
+    handler: Handler
+
+    def match(self, request: Request) -> list[str] | None:
+        if request.method != self.method or len(request.segments) != len(self.pattern):
+            return None
+        if request.plane is not None and request.plane != self.plane:
+            return None
+        args = []
+        for want, got in zip(self.pattern, request.segments, strict=True):
+            if want is None:
+                args.append(got)
+            elif want != got:
+                return None
+        return args
 
 
-def _secs(value: float | None) -> int | None:
-    """Data-plane timestamps (long): whole epoch seconds, as over MQTT (see docs/emulator.md)."""
-    return None if value is None else int(value)
+def _routes() -> list[Route]:
+    """Every operation as botocore's models route it. Data-plane routes come first: an
+    unsigned request on a route both planes share goes to the device's plane."""
+    D, C, X = DATA_PLANE, CONTROL_PLANE, None
+    table: list[tuple[str, tuple[str | None, ...], str, Handler]] = [
+        ("GET", ("things", X, "jobs"), D, lambda a, r, p: a.get_pending(r, p[0])),
+        ("PUT", ("things", X, "jobs", "$next"), D, lambda a, r, p: a.start_next(r, p[0])),
+        ("GET", ("things", X, "jobs", X), D, lambda a, r, p: a.describe_data(r, *p)),
+        ("POST", ("things", X, "jobs", X), D, lambda a, r, p: a.update(r, *p)),
+        ("POST", ("things", X), C, lambda a, r, p: a.control.create_thing(r.body, p[0])),
+        ("GET", ("things", X), C, lambda a, r, p: a.control.describe_thing(p[0])),
+        ("PATCH", ("things", X), C, lambda a, r, p: a.control.update_thing(r.body, p[0])),
+        (
+            "GET",
+            ("things", X, "jobs"),
+            C,
+            lambda a, r, p: a.control.executions_for_thing(r.query, p[0]),
+        ),
+        (
+            "GET",
+            ("things", X, "jobs", X),
+            C,
+            lambda a, r, p: a.control.describe_execution(r.query, *p),
+        ),
+        (
+            "PUT",
+            ("things", X, "jobs", X, "cancel"),
+            C,
+            lambda a, r, p: a.control.cancel_execution(r.body, r.query, *p),
+        ),
+        (
+            "DELETE",
+            ("things", X, "jobs", X, "executionNumber", X),
+            C,
+            lambda a, r, p: a.control.delete_execution(r.query, *p),
+        ),
+        ("GET", ("jobs",), C, lambda a, r, p: a.control.list_jobs(r.query)),
+        ("PUT", ("jobs", X), C, lambda a, r, p: a.control.create_job(r.body, p[0])),
+        ("GET", ("jobs", X), C, lambda a, r, p: a.control.describe_job(p[0])),
+        ("PATCH", ("jobs", X), C, lambda a, r, p: a.control.update_job(r.body, r.query, p[0])),
+        ("DELETE", ("jobs", X), C, lambda a, r, p: a.control.delete_job(r.query, p[0])),
+        (
+            "GET",
+            ("jobs", X, "job-document"),
+            C,
+            lambda a, r, p: a.control.job_document(r.query, p[0]),
+        ),
+        (
+            "PUT",
+            ("jobs", X, "cancel"),
+            C,
+            lambda a, r, p: a.control.cancel_job(r.body, r.query, p[0]),
+        ),
+        (
+            "GET",
+            ("jobs", X, "things"),
+            C,
+            lambda a, r, p: a.control.executions_for_job(r.query, p[0]),
+        ),
+        (
+            "POST",
+            ("jobs", X, "targets"),
+            C,
+            lambda a, r, p: a.control.associate_targets(r.body, r.query, p[0]),
+        ),
+        ("GET", ("job-templates",), C, lambda a, r, p: a.control.list_templates(r.query)),
+        (
+            "PUT",
+            ("job-templates", X),
+            C,
+            lambda a, r, p: a.control.create_template(r.body, p[0]),
+        ),
+        ("GET", ("job-templates", X), C, lambda a, r, p: a.control.describe_template(p[0])),
+        ("DELETE", ("job-templates", X), C, lambda a, r, p: a.control.delete_template(p[0])),
+        ("GET", ("managed-job-templates",), C, lambda a, r, p: a.control.list_managed(r.query)),
+        (
+            "GET",
+            ("managed-job-templates", X),
+            C,
+            lambda a, r, p: a.control.describe_managed(r.query, p[0]),
+        ),
+        (
+            "PUT",
+            ("thing-groups", "addThingToThingGroup"),
+            C,
+            lambda a, r, p: a.control.add_to_group(r.body),
+        ),
+        (
+            "PUT",
+            ("thing-groups", "removeThingFromThingGroup"),
+            C,
+            lambda a, r, p: a.control.remove_from_group(r.body),
+        ),
+        (
+            "POST",
+            ("thing-groups", X),
+            C,
+            lambda a, r, p: a.control.create_group(r.body, p[0], dynamic=False),
+        ),
+        ("GET", ("thing-groups", X), C, lambda a, r, p: a.control.describe_group(p[0])),
+        ("DELETE", ("thing-groups", X), C, lambda a, r, p: a.control.delete_group(p[0])),
+        (
+            "GET",
+            ("thing-groups", X, "things"),
+            C,
+            lambda a, r, p: a.control.things_in_group(r.query, p[0]),
+        ),
+        (
+            "POST",
+            ("dynamic-thing-groups", X),
+            C,
+            lambda a, r, p: a.control.create_group(r.body, p[0], dynamic=True),
+        ),
+        ("DELETE", ("dynamic-thing-groups", X), C, lambda a, r, p: a.control.delete_group(p[0])),
+        (
+            "PATCH",
+            ("event-configurations",),
+            C,
+            lambda a, r, p: a.control.update_event_configurations(r.body),
+        ),
+        (
+            "GET",
+            ("event-configurations",),
+            C,
+            lambda a, r, p: a.control.describe_event_configurations(),
+        ),
+    ]
+    return [Route(m, pattern, plane, handler) for m, pattern, plane, handler in table]
 
 
-def _omit_none(**fields: Any) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def _bool_param(query: Mapping[str, str], name: str) -> bool | None:
-    value = query.get(name)
-    if value is None:
-        return None
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise HttpError(400, "InvalidRequestException", f"{name} must be true or false")
-
-
-def _int_param(query: Mapping[str, str], name: str) -> int | None:
-    value = query.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise HttpError(400, "InvalidRequestException", f"{name} must be an integer") from None
-
-
-def _page(items: list[Any], query: Mapping[str, str]) -> tuple[list[Any], str | None]:
-    size = _int_param(query, "maxResults") or 250
-    if not 1 <= size <= 250:
-        raise HttpError(400, "InvalidRequestException", "maxResults must be 1..250")
-    token = query.get("nextToken")
-    try:
-        start = int(token) if token else 0
-    except ValueError:
-        raise HttpError(400, "InvalidRequestException", "invalid nextToken") from None
-    end = start + size
-    return items[start:end], (str(end) if end < len(items) else None)
+ROUTES = _routes()
 
 
 class HttpApi:
@@ -129,6 +243,7 @@ class HttpApi:
 
     def __init__(self, service: JobsService, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
+        self.control = ControlApi(service)
         self.host = host
         self.port = port
         self._server: ThreadingHTTPServer | None = None
@@ -171,93 +286,23 @@ class HttpApi:
 
     # -- dispatch -----------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
-        segs = request.segments
-        method = request.method
-        n = len(segs)
-        data = request.plane != CONTROL_PLANE
-        control = request.plane != DATA_PLANE
-        if n >= 1 and segs[0] == "things":
-            if n == 2 and method == "POST" and control:
-                return self.create_thing(request, segs[1])
-            if n == 2 and method == "GET" and control:
-                return self.describe_thing(segs[1])
-            if n == 3 and segs[2] == "jobs" and method == "GET":
-                if data:
-                    return self.get_pending(request, segs[1])
-                return self.list_executions_for_thing(request, segs[1])
-            if n == 4 and segs[2] == "jobs":
-                if method == "PUT" and segs[3] == "$next" and data:
-                    return self.start_next(request, segs[1])
-                if method == "GET":
-                    if data:
-                        return self.describe_data(request, segs[1], segs[3])
-                    return self.describe_control(request, segs[1], segs[3])
-                if method == "POST" and data:
-                    return self.update(request, segs[1], segs[3])
-            if n == 5 and segs[2] == "jobs" and segs[4] == "cancel" and method == "PUT":
-                return self.cancel_execution(request, segs[1], segs[3])
-            if n == 6 and segs[2] == "jobs" and segs[4] == "executionNumber" and method == "DELETE":
-                return self.delete_execution(request, segs[1], segs[3], segs[5])
-        if n >= 1 and segs[0] == "jobs" and control:
-            if n == 1 and method == "GET":
-                return self.list_jobs(request)
-            if n == 2 and method == "PUT":
-                return self.create_job(request, segs[1])
-            if n == 2 and method == "GET":
-                return self.describe_job(segs[1])
-            if n == 2 and method == "DELETE":
-                return self.delete_job(request, segs[1])
-            if n == 3 and segs[2] == "job-document" and method == "GET":
-                return 200, {"document": self.service.job_document(segs[1])}
-            if n == 3 and segs[2] == "cancel" and method == "PUT":
-                return self.cancel_job(request, segs[1])
-            if n == 3 and segs[2] == "things" and method == "GET":
-                return self.list_executions_for_job(request, segs[1])
+        for route in ROUTES:
+            args = route.match(request)
+            if args is not None:
+                return 200, route.handler(self, request, args)
         raise HttpError(
-            404, "UnknownOperationException", f"no operation for {method} /{'/'.join(segs)}"
+            404,
+            "UnknownOperationException",
+            f"no operation for {request.method} /{'/'.join(request.segments)}",
         )
 
     # -- data plane ---------------------------------------------------------------------------
-    def _admit(self, operation: str) -> None:
-        self.service.admit(operation)
+    def get_pending(self, request: Request, thing: str) -> dict[str, Any]:
+        self.service.admit("GetPendingJobExecutions")
+        return shapes.pending(*self.service.get_pending(thing, request.query.get("namespaceId")))
 
-    def _data_execution(self, delivery: Delivery, include_document: bool) -> dict[str, Any]:
-        e = delivery.execution
-        return _omit_none(
-            jobId=e.job_id,
-            thingName=e.thing_name,
-            status=e.status.value,
-            statusDetails=e.status_details or None,
-            queuedAt=_secs(e.queued_at),
-            startedAt=_secs(e.started_at),
-            lastUpdatedAt=_secs(e.last_updated_at),
-            approximateSecondsBeforeTimedOut=delivery.seconds_before_timed_out,
-            versionNumber=e.version_number,
-            executionNumber=e.execution_number,
-            jobDocument=delivery.document_text if include_document else None,
-        )
-
-    @staticmethod
-    def _data_summary(e: Execution) -> dict[str, Any]:
-        return _omit_none(
-            jobId=e.job_id,
-            queuedAt=_secs(e.queued_at),
-            startedAt=_secs(e.started_at),
-            lastUpdatedAt=_secs(e.last_updated_at),
-            versionNumber=e.version_number,
-            executionNumber=e.execution_number,
-        )
-
-    def get_pending(self, request: Request, thing: str) -> Response:
-        self._admit("GetPendingJobExecutions")
-        in_progress, queued = self.service.get_pending(thing, request.query.get("namespaceId"))
-        return 200, {
-            "inProgressJobs": [self._data_summary(e) for e in in_progress],
-            "queuedJobs": [self._data_summary(e) for e in queued],
-        }
-
-    def start_next(self, request: Request, thing: str) -> Response:
-        self._admit("StartNextPendingJobExecution")
+    def start_next(self, request: Request, thing: str) -> dict[str, Any]:
+        self.service.admit("StartNextPendingJobExecution")
         body = StartNextRequest.from_json(request.body)
         delivery = self.service.start_next(
             thing,
@@ -266,24 +311,26 @@ class HttpApi:
             step_timeout_minutes=body.step_timeout_in_minutes,
         )
         if delivery is None:
-            return 200, {}
-        return 200, {"execution": self._data_execution(delivery, True)}
+            return {}
+        return {"execution": shapes.execution(delivery, DocumentAs.STRING)}
 
-    def describe_data(self, request: Request, thing: str, job_id: str) -> Response:
-        self._admit("DescribeJobExecution")
+    def describe_data(self, request: Request, thing: str, job_id: str) -> dict[str, Any]:
+        self.service.admit("DescribeJobExecution")
         delivery = self.service.describe(
             thing,
             job_id,
             request.query.get("namespaceId"),
-            _int_param(request.query, "executionNumber"),
+            int_param(request.query, "executionNumber"),
         )
         if delivery is None:
-            return 200, {}
-        include = bool(_bool_param(request.query, "includeJobDocument"))
-        return 200, {"execution": self._data_execution(delivery, include)}
+            return {}
+        # "Unless set to false, the response contains the job document. The default is true."
+        include = bool_param(request.query, "includeJobDocument") is not False
+        document = DocumentAs.STRING if include else DocumentAs.OMITTED
+        return {"execution": shapes.execution(delivery, document)}
 
-    def update(self, request: Request, thing: str, job_id: str) -> Response:
-        self._admit("UpdateJobExecution")
+    def update(self, request: Request, thing: str, job_id: str) -> dict[str, Any]:
+        self.service.admit("UpdateJobExecution")
         body = UpdateRequest.from_json(request.body)
         result = self.service.update(
             thing,
@@ -298,264 +345,10 @@ class HttpApi:
         )
         reply: dict[str, Any] = {}
         if body.include_job_execution_state:
-            reply["executionState"] = self._state(result.execution)
+            reply["executionState"] = shapes.state(result.execution)
         if result.document_text is not None:
             reply["jobDocument"] = result.document_text
-        return 200, reply
-
-    @staticmethod
-    def _state(e: Execution) -> dict[str, Any]:
-        return _omit_none(
-            status=e.status.value,
-            statusDetails=e.status_details or None,
-            versionNumber=e.version_number,
-        )
-
-    # -- control plane ------------------------------------------------------------------------
-    def _job_json(self, job: Job) -> dict[str, Any]:
-        counts = self.service.job_counts(job.job_id)
-        names = {
-            ExecutionStatus.CANCELED: "numberOfCanceledThings",
-            ExecutionStatus.SUCCEEDED: "numberOfSucceededThings",
-            ExecutionStatus.FAILED: "numberOfFailedThings",
-            ExecutionStatus.REJECTED: "numberOfRejectedThings",
-            ExecutionStatus.QUEUED: "numberOfQueuedThings",
-            ExecutionStatus.IN_PROGRESS: "numberOfInProgressThings",
-            ExecutionStatus.REMOVED: "numberOfRemovedThings",
-            ExecutionStatus.TIMED_OUT: "numberOfTimedOutThings",
-        }
-        details = {field: counts.get(status, 0) for status, field in names.items()}
-        return _omit_none(
-            jobArn=self.service.job_arn(job.job_id),
-            jobId=job.job_id,
-            targetSelection="SNAPSHOT",
-            status=job.status.value,
-            forceCanceled=job.force_canceled if job.status.value == "CANCELED" else None,
-            reasonCode=job.reason_code,
-            comment=job.comment,
-            targets=list(job.targets),
-            description=job.description,
-            createdAt=_ms(job.created_at),
-            lastUpdatedAt=_ms(job.last_updated_at),
-            completedAt=_ms(job.completed_at),
-            jobProcessDetails=details,
-            timeoutConfig=None
-            if job.in_progress_timeout_minutes is None
-            else {"inProgressTimeoutInMinutes": job.in_progress_timeout_minutes},
-            namespaceId=job.namespace,
-            jobExecutionsRetryConfig={"criteriaList": [c.to_json() for c in job.retry_criteria]}
-            if job.retry_criteria
-            else None,
-            presignedUrlConfig={"expiresInSec": job.presigned_expires_in_sec}
-            if job.has_presigned_urls
-            else None,
-        )
-
-    def _control_execution(self, e: Execution) -> dict[str, Any]:
-        return _omit_none(
-            jobId=e.job_id,
-            status=e.status.value,
-            forceCanceled=e.force_canceled if e.status.value == "CANCELED" else None,
-            statusDetails={"detailsMap": dict(e.status_details)},
-            thingArn=self.service.thing_arn(e.thing_name),
-            queuedAt=_ms(e.queued_at),
-            startedAt=_ms(e.started_at),
-            lastUpdatedAt=_ms(e.last_updated_at),
-            executionNumber=e.execution_number,
-            versionNumber=e.version_number,
-            approximateSecondsBeforeTimedOut=self.service.seconds_before_timed_out(e),
-        )
-
-    @staticmethod
-    def _control_summary(e: Execution) -> dict[str, Any]:
-        return _omit_none(
-            status=e.status.value,
-            queuedAt=_ms(e.queued_at),
-            startedAt=_ms(e.started_at),
-            lastUpdatedAt=_ms(e.last_updated_at),
-            executionNumber=e.execution_number,
-            retryAttempt=e.retry_attempt,
-        )
-
-    def create_thing(self, request: Request, thing: str) -> Response:
-        payload = request.body.get("attributePayload") or {}
-        attributes = payload.get("attributes") if isinstance(payload, dict) else None
-        if attributes is not None and not (
-            isinstance(attributes, dict) and all(isinstance(v, str) for v in attributes.values())
-        ):
-            raise HttpError(400, "InvalidRequestException", "attributes must map to strings")
-        created = self.service.create_thing(thing, attributes)
-        return 200, {
-            "thingName": created.name,
-            "thingArn": self.service.thing_arn(created.name),
-            "thingId": created.name,
-        }
-
-    def describe_thing(self, thing: str) -> Response:
-        found = self.service.describe_thing(thing)
-        return 200, {
-            "defaultClientId": found.name,
-            "thingName": found.name,
-            "thingId": found.name,
-            "thingArn": self.service.thing_arn(found.name),
-            "attributes": dict(found.attributes),
-            "version": found.version,
-        }
-
-    def create_job(self, request: Request, job_id: str) -> Response:
-        body = request.body
-        targets = body.get("targets")
-        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-            raise HttpError(400, "InvalidRequestException", "targets must be a list of ARNs")
-        if body.get("documentSource") is not None:
-            raise HttpError(
-                400,
-                "InvalidRequestException",
-                "documentSource (S3) is not supported by the emulator; pass document inline",
-            )
-        document = body.get("document")
-        if not isinstance(document, str):
-            raise HttpError(400, "InvalidRequestException", "document (a JSON string) is required")
-        if body.get("targetSelection", "SNAPSHOT") != "SNAPSHOT":
-            raise HttpError(
-                400, "InvalidRequestException", "only SNAPSHOT jobs are supported by the emulator"
-            )
-        timeout = body.get("timeoutConfig") or {}
-        in_progress = timeout.get("inProgressTimeoutInMinutes") if isinstance(timeout, dict) else 0
-        if in_progress is not None and (
-            isinstance(in_progress, bool) or not isinstance(in_progress, int)
-        ):
-            raise HttpError(400, "InvalidRequestException", "invalid timeoutConfig")
-        retry = body.get("jobExecutionsRetryConfig")
-        criteria = None
-        if retry is not None:
-            criteria = retry.get("criteriaList") if isinstance(retry, dict) else None
-            if not isinstance(criteria, list) or not criteria:
-                raise HttpError(
-                    400, "InvalidRequestException", "jobExecutionsRetryConfig.criteriaList"
-                )
-        presigned = body.get("presignedUrlConfig") or {}
-        expires = presigned.get("expiresInSec") if isinstance(presigned, dict) else None
-        description = body.get("description")
-        namespace = body.get("namespaceId")
-        if description is not None and not isinstance(description, str):
-            raise HttpError(400, "InvalidRequestException", "description must be a string")
-        if namespace is not None and not isinstance(namespace, str):
-            raise HttpError(400, "InvalidRequestException", "namespaceId must be a string")
-        job = self.service.create_job(
-            job_id,
-            targets,
-            document,
-            namespace=namespace,
-            description=description,
-            in_progress_timeout_minutes=in_progress,
-            retry_config=criteria,
-            presigned_expires_in_sec=expires if isinstance(expires, int) else None,
-        )
-        return 200, _omit_none(
-            jobArn=self.service.job_arn(job.job_id), jobId=job.job_id, description=description
-        )
-
-    def describe_job(self, job_id: str) -> Response:
-        return 200, {"job": self._job_json(self.service.job(job_id))}
-
-    def list_jobs(self, request: Request) -> Response:
-        jobs = self.service.list_jobs(request.query.get("status"), request.query.get("namespaceId"))
-        page, token = _page(jobs, request.query)
-        summaries = [
-            _omit_none(
-                jobArn=self.service.job_arn(j.job_id),
-                jobId=j.job_id,
-                targetSelection="SNAPSHOT",
-                status=j.status.value,
-                createdAt=_ms(j.created_at),
-                lastUpdatedAt=_ms(j.last_updated_at),
-                completedAt=_ms(j.completed_at),
-            )
-            for j in page
-        ]
-        return 200, _omit_none(jobs=summaries, nextToken=token)
-
-    def cancel_job(self, request: Request, job_id: str) -> Response:
-        force = bool(_bool_param(request.query, "force"))
-        reason, comment = request.body.get("reasonCode"), request.body.get("comment")
-        job = self.service.cancel_job(
-            job_id,
-            force=force,
-            reason_code=reason if isinstance(reason, str) else None,
-            comment=comment if isinstance(comment, str) else None,
-        )
-        return 200, _omit_none(
-            jobArn=self.service.job_arn(job.job_id), jobId=job.job_id, description=job.description
-        )
-
-    def delete_job(self, request: Request, job_id: str) -> Response:
-        self.service.delete_job(job_id, force=bool(_bool_param(request.query, "force")))
-        return 200, None
-
-    def describe_control(self, request: Request, thing: str, job_id: str) -> Response:
-        execution = self.service.execution(
-            job_id, thing, _int_param(request.query, "executionNumber")
-        )
-        return 200, {"execution": self._control_execution(execution)}
-
-    def list_executions_for_thing(self, request: Request, thing: str) -> Response:
-        q = request.query
-        executions = self.service.executions_for_thing(
-            thing, q.get("status"), q.get("namespaceId"), q.get("jobId")
-        )
-        page, token = _page(executions, q)
-        return 200, _omit_none(
-            executionSummaries=[
-                {"jobId": e.job_id, "jobExecutionSummary": self._control_summary(e)} for e in page
-            ],
-            nextToken=token,
-        )
-
-    def list_executions_for_job(self, request: Request, job_id: str) -> Response:
-        executions = self.service.executions_for_job(job_id, request.query.get("status"))
-        page, token = _page(executions, request.query)
-        return 200, _omit_none(
-            executionSummaries=[
-                {
-                    "thingArn": self.service.thing_arn(e.thing_name),
-                    "jobExecutionSummary": self._control_summary(e),
-                }
-                for e in page
-            ],
-            nextToken=token,
-        )
-
-    def cancel_execution(self, request: Request, thing: str, job_id: str) -> Response:
-        body = request.body
-        expected = body.get("expectedVersion")
-        details = body.get("statusDetails")
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
-            raise HttpError(400, "InvalidRequestException", "expectedVersion must be a number")
-        if details is not None and not isinstance(details, dict):
-            raise HttpError(400, "InvalidRequestException", "statusDetails must be a map")
-        self.service.cancel_execution(
-            job_id,
-            thing,
-            force=bool(_bool_param(request.query, "force")),
-            expected_version=expected,
-            status_details=details,
-        )
-        return 200, None
-
-    def delete_execution(self, request: Request, thing: str, job_id: str, number: str) -> Response:
-        try:
-            execution_number = int(number)
-        except ValueError:
-            raise HttpError(400, "InvalidRequestException", "executionNumber") from None
-        self.service.delete_execution(
-            job_id,
-            thing,
-            execution_number,
-            force=bool(_bool_param(request.query, "force")),
-            namespace=request.query.get("namespaceId"),
-        )
-        return 200, None
+        return reply
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -606,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
             error_type, status = _DATA_ERRORS[exc.code]
             extra: dict[str, Any] = {}
             if exc.execution_state is not None:
-                extra["executionState"] = HttpApi._state(exc.execution_state)
+                extra["executionState"] = shapes.state(exc.execution_state)
             raise HttpError(status, error_type, exc.message, **extra) from None
         except InvalidRequestError as exc:
             raise HttpError(400, "InvalidRequestException", exc.message) from None
@@ -618,4 +411,4 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("emulator_http_failed", path=self.path)
             raise HttpError(503, "ServiceUnavailableException", f"internal error: {exc}") from None
 
-    do_GET = do_PUT = do_POST = do_DELETE = _serve
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve

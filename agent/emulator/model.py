@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jobs_agent.jobs.models import (
     DEVICE_SETTABLE_STATUSES,
     TERMINAL_STATUSES,
     JobExecutionStatus,
 )
+
+if TYPE_CHECKING:
+    from jobs_agent.emulator.configs import (
+        AbortConfig,
+        PresignedUrlConfig,
+        RolloutConfig,
+        SchedulingConfig,
+    )
 
 ExecutionStatus = JobExecutionStatus
 """The protocol module's enum, so both sides of the wire share one vocabulary."""
@@ -25,6 +33,7 @@ DEVICE_SETTABLE = DEVICE_SETTABLE_STATUSES
 
 
 class JobStatus(StrEnum):
+    SCHEDULED = "SCHEDULED"
     IN_PROGRESS = "IN_PROGRESS"
     CANCELED = "CANCELED"
     COMPLETED = "COMPLETED"
@@ -64,7 +73,8 @@ class Job:
     thing_names: list[str]
     document: dict[str, Any]
     document_text: str
-    """The document as the creator gave it: GetJobDocument and the HTTP data plane return it."""
+    """The document as the creator gave it (rendered, for a managed template): GetJobDocument
+    and the HTTP data plane return it."""
     namespace: str | None
     description: str | None
     in_progress_timeout_minutes: int | None
@@ -78,6 +88,30 @@ class Job:
     reason_code: str | None = None
     comment: str | None = None
     has_presigned_urls: bool = False
+    target_selection: str = "SNAPSHOT"
+    group_names: list[str] = field(default_factory=list)
+    """Thing groups among the targets (CONTINUOUS jobs follow their membership)."""
+    presigned_role_arn: str | None = None
+    document_source: str | None = None
+    template_arn: str | None = None
+    document_parameters: dict[str, str] | None = None
+    template_text: str | None = None
+    """A managed template's document before substitution (`beforeSubstitution=true`)."""
+    rollout: RolloutConfig | None = None
+    abort: AbortConfig | None = None
+    scheduling: SchedulingConfig | None = None
+    pending_targets: list[str] = field(default_factory=list)
+    """Things that have no execution yet because the rollout has not reached them."""
+    notified: int = 0
+    """Executions rolled out so far (the rollout's and abort config's "notified things")."""
+    next_release_at: float | None = None
+
+    def presigned_url_config(self) -> PresignedUrlConfig | None:
+        from jobs_agent.emulator.configs import PresignedUrlConfig
+
+        if not self.has_presigned_urls and self.presigned_role_arn is None:
+            return None
+        return PresignedUrlConfig(self.presigned_role_arn, self.presigned_expires_in_sec)
 
 
 class ExecutionSummary(NamedTuple):
@@ -108,6 +142,8 @@ class Execution:
     in_progress_deadline: float | None = None
     force_canceled: bool = False
     retry_attempt: int = 0
+    seq: int = 0
+    """Service-wide creation order: queue order, and the tie-break of equal `queued_at`."""
     summary_cache: ExecutionSummary | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> ExecutionSummary:

@@ -26,29 +26,21 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.emulator.model import Execution, ExecutionSummary
-from jobs_agent.emulator.service import (
-    Delivery,
+from jobs_agent.emulator import shapes
+from jobs_agent.emulator.events import (
     JobExecutionsChanged,
-    JobsService,
+    LifecycleEvent,
     NextJobExecutionChanged,
-    ServiceError,
     ServiceEvent,
 )
+from jobs_agent.emulator.model import Execution, ExecutionSummary
+from jobs_agent.emulator.service import JobsService, ServiceError
+from jobs_agent.emulator.shapes import DocumentAs
 from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError
 from jobs_agent.jobs.models import (
-    DescribeReply,
     DescribeRequest,
-    ErrorResponse,
-    GetPendingReply,
     GetPendingRequest,
-    JobExecution,
-    JobExecutionState,
-    JobExecutionSummary,
-    NextJobExecutionChangedEvent,
-    StartNextReply,
     StartNextRequest,
-    UpdateReply,
     UpdateRequest,
     parse_payload,
 )
@@ -71,49 +63,16 @@ SUMMARY_CACHE_LIMIT = 100_000
 _REPLY_LEVELS = frozenset({"accepted", "rejected"})
 
 
-def _ts(value: float | None) -> int | None:
-    """Whole seconds since the epoch, as AWS sends them and awsiotsdk's models expect."""
-    return None if value is None else int(value)
-
-
-def summary(execution: Execution | ExecutionSummary) -> JobExecutionSummary:
-    return JobExecutionSummary(
-        job_id=execution.job_id,
-        queued_at=_ts(execution.queued_at),
-        started_at=_ts(execution.started_at),
-        last_updated_at=_ts(execution.last_updated_at),
-        version_number=execution.version_number,
-        execution_number=execution.execution_number,
-    )
-
-
-def execution_state(execution: Execution) -> JobExecutionState:
-    return JobExecutionState(
-        status=execution.status,
-        status_details=execution.status_details or None,
-        version_number=execution.version_number,
-    )
-
-
-def wire_execution(delivery: Delivery, include_document: bool = True) -> JobExecution:
-    execution = delivery.execution
-    return JobExecution(
-        job_id=execution.job_id,
-        status=execution.status,
-        thing_name=execution.thing_name,
-        status_details=execution.status_details or None,
-        queued_at=_ts(execution.queued_at),
-        started_at=_ts(execution.started_at),
-        last_updated_at=_ts(execution.last_updated_at),
-        version_number=execution.version_number,
-        execution_number=execution.execution_number,
-        job_document=delivery.document if include_document else None,
-        approximate_seconds_before_timed_out=delivery.seconds_before_timed_out,
-    )
-
-
 def _encode(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def _envelope(body: dict[str, Any], token: str | None, timestamp: float) -> dict[str, Any]:
+    """Every MQTT reply echoes the request's clientToken and carries a timestamp."""
+    if token is not None:
+        body["clientToken"] = token
+    body["timestamp"] = shapes.seconds(timestamp)
+    return body
 
 
 class MqttFrontend:
@@ -172,28 +131,28 @@ class MqttFrontend:
             log.warning("emulator_publish_failed", topic=topic, error=str(exc))
 
     def _summary_json(self, item: ExecutionSummary) -> str:
-        """`summary(item).to_json()` encoded, cached per summary object: a thing with a long
-        queue gets its whole queue in every `notify`, and re-encoding it each time would make
-        draining N jobs cost N^2 encodings."""
+        """`shapes.summary(item)` encoded, cached per summary object: a `notify` carries up to
+        15 summaries, most of them unchanged since the previous one."""
         hit = self._summary_cache.get(id(item))
         if hit is not None and hit[0] is item:
             return hit[1]
         if len(self._summary_cache) >= SUMMARY_CACHE_LIMIT:
             self._summary_cache.clear()
-        text = json.dumps(summary(item).to_json(), separators=(",", ":"))
+        text = json.dumps(shapes.summary(item), separators=(",", ":"))
         self._summary_cache[id(item)] = (item, text)  # keeps `item` alive: ids stay unique
         return text
 
     def _notify_payload(self, event: JobExecutionsChanged) -> bytes:
-        """JobExecutionsChangedEvent as `JobExecutionsChangedEvent.to_json()` would encode it
-        (tests parse it back with the device side's model), from cached summaries. Empty
-        lists are left out, so an empty queue is announced as `{"jobs": {}}` as AWS does."""
+        """JobExecutionsChangedEvent from cached summaries (tests parse it back with the device
+        side's model). Empty lists are left out, so an empty queue is announced as
+        `{"jobs": {}}` as AWS does."""
         parts = []
         for status, items in (("QUEUED", event.queued), ("IN_PROGRESS", event.in_progress)):
             if items:
                 joined = ",".join(self._summary_json(item) for item in items)
                 parts.append(f'"{status}":[{joined}]')
-        text = '{"jobs":{' + ",".join(parts) + '},"timestamp":' + str(_ts(event.timestamp)) + "}"
+        timestamp = str(shapes.seconds(event.timestamp))
+        text = '{"jobs":{' + ",".join(parts) + '},"timestamp":' + timestamp + "}"
         return text.encode("utf-8")
 
     def _on_events(self, events: list[ServiceEvent]) -> None:
@@ -215,13 +174,16 @@ class MqttFrontend:
                     notify_topic(event.thing_name, event.namespace), self._notify_payload(event)
                 )
             elif isinstance(event, NextJobExecutionChanged):
-                next_event = NextJobExecutionChangedEvent(
-                    execution=None if event.execution is None else wire_execution(event.execution),
-                    timestamp=_ts(event.timestamp),
-                )
-                self._send(
-                    notify_next_topic(event.thing_name, event.namespace), next_event.to_json()
-                )
+                body: dict[str, Any] = {"timestamp": shapes.seconds(event.timestamp)}
+                if event.execution is not None:
+                    body["execution"] = self._execution(event.execution, DocumentAs.OBJECT)
+                self._send(notify_next_topic(event.thing_name, event.namespace), body)
+            elif isinstance(event, LifecycleEvent):
+                self._send(event.topic, event.payload)
+
+    def _execution(self, delivery: Any, document: DocumentAs) -> dict[str, Any]:
+        seconds = self.service.readings.mqtt_seconds_before_timed_out
+        return shapes.execution(delivery, document, seconds)
 
     # -- inbound ------------------------------------------------------------------------------
     def _on_message(self, message: Message) -> None:
@@ -270,13 +232,11 @@ class MqttFrontend:
             token = raw if isinstance(raw, str) else None
         except InvalidRequestError:
             pass
-        error = ErrorResponse(
-            code=ErrorCode.INVALID_TOPIC,
-            message=f"{topic} is not a topic of the AWS IoT Jobs API",
-            client_token=token,
-            timestamp=_ts(self.service.now()),
-        )
-        self._send(topic + "/rejected", error.to_json())
+        error = {
+            "code": str(ErrorCode.INVALID_TOPIC),
+            "message": f"{topic} is not a topic of the AWS IoT Jobs API",
+        }
+        self._send(topic + "/rejected", _envelope(error, token, self.service.now()))
 
     def _reply(self, parsed: ParsedTopic, kind: ReplyKind) -> str:
         return reply_topic(
@@ -295,59 +255,47 @@ class MqttFrontend:
         token: str | None,
         state: Execution | None = None,
     ) -> None:
-        error = ErrorResponse(
-            code=code,
-            message=message,
-            client_token=token,
-            timestamp=_ts(self.service.now()),
-            execution_state=None if state is None else execution_state(state),
+        error: dict[str, Any] = {"code": str(code), "message": message}
+        if state is not None:
+            error["executionState"] = shapes.state(state)
+        self._send(
+            self._reply(parsed, ReplyKind.REJECTED), _envelope(error, token, self.service.now())
         )
-        self._send(self._reply(parsed, ReplyKind.REJECTED), error.to_json())
 
     def _dispatch(self, parsed: ParsedTopic, obj: Mapping[str, Any]) -> None:
         service = self.service
         thing = parsed.thing_name
         op = parsed.operation
-        accepted = self._reply(parsed, ReplyKind.ACCEPTED)
+        body: dict[str, Any] = {}
+        token: str | None = None
         if op is Operation.GET_PENDING:
-            request = GetPendingRequest.from_json(obj)
-            in_progress, queued = service.get_pending(thing, parsed.namespace)
-            pending = GetPendingReply(
-                in_progress_jobs=tuple(summary(e) for e in in_progress),
-                queued_jobs=tuple(summary(e) for e in queued),
-                client_token=request.client_token,
-                timestamp=_ts(service.now()),
-            )
-            self._send(accepted, pending.to_json())
+            token = GetPendingRequest.from_json(obj).client_token
+            body = shapes.pending(*service.get_pending(thing, parsed.namespace))
         elif op is Operation.START_NEXT:
             start = StartNextRequest.from_json(obj)
+            token = start.client_token
             delivery = service.start_next(
                 thing,
                 parsed.namespace,
                 status_details=start.status_details,
                 step_timeout_minutes=start.step_timeout_in_minutes,
             )
-            started = StartNextReply(
-                execution=None if delivery is None else wire_execution(delivery),
-                client_token=start.client_token,
-                timestamp=_ts(service.now()),
-            )
-            self._send(accepted, started.to_json())
+            if delivery is not None:
+                body["execution"] = self._execution(delivery, DocumentAs.OBJECT)
         elif op is Operation.DESCRIBE:
             describe = DescribeRequest.from_json(obj)
+            token = describe.client_token
             assert parsed.job_id is not None  # the topic parser guarantees it for DESCRIBE
             delivery = service.describe(
                 thing, parsed.job_id, parsed.namespace, describe.execution_number
             )
             include = describe.include_job_document is not False
-            described = DescribeReply(
-                execution=None if delivery is None else wire_execution(delivery, include),
-                client_token=describe.client_token,
-                timestamp=_ts(service.now()),
-            )
-            self._send(accepted, described.to_json())
+            if delivery is not None:
+                document = DocumentAs.OBJECT if include else DocumentAs.OMITTED
+                body["execution"] = self._execution(delivery, document)
         elif op is Operation.UPDATE:
             update = UpdateRequest.from_json(obj)
+            token = update.client_token
             assert parsed.job_id is not None  # the topic parser guarantees it for UPDATE
             result = service.update(
                 thing,
@@ -360,12 +308,9 @@ class MqttFrontend:
                 step_timeout_minutes=update.step_timeout_in_minutes,
                 include_document=bool(update.include_job_document),
             )
-            updated = UpdateReply(
-                execution_state=execution_state(result.execution)
-                if update.include_job_execution_state
-                else None,
-                job_document=result.document,
-                client_token=update.client_token,
-                timestamp=_ts(service.now()),
-            )
-            self._send(accepted, updated.to_json())
+            if update.include_job_execution_state:
+                body["executionState"] = shapes.state(result.execution)
+            if result.document is not None:
+                body["jobDocument"] = result.document
+        accepted = self._reply(parsed, ReplyKind.ACCEPTED)
+        self._send(accepted, _envelope(body, token, service.now()))

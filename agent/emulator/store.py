@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.emulator.configs import (
+    AbortConfig,
+    RolloutConfig,
+    SchedulingConfig,
+)
 from jobs_agent.emulator.model import (
     Execution,
     ExecutionStatus,
@@ -38,6 +43,9 @@ CREATE TABLE IF NOT EXISTS executions (
     PRIMARY KEY (job_id, thing_name, execution_number)
 );
 CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, key)
+);
 """
 
 
@@ -47,12 +55,24 @@ class LoadedState:
     jobs: list[Job]
     executions: list[Execution]
     history: list[HistoryEntry]
+    records: dict[str, list[dict[str, Any]]]
+    """Other records by kind (thing groups...), as the service saved them."""
+
+
+_CONFIGS: dict[str, type[RolloutConfig] | type[AbortConfig] | type[SchedulingConfig]] = {
+    "rollout": RolloutConfig,
+    "abort": AbortConfig,
+    "scheduling": SchedulingConfig,
+}
 
 
 def _job_to_json(job: Job) -> dict[str, Any]:
-    data = asdict(job)
+    data = {f.name: getattr(job, f.name) for f in fields(job)}
     data["status"] = job.status.value
     data["retry_criteria"] = [c.to_json() for c in job.retry_criteria]
+    for name in _CONFIGS:
+        value = data[name]
+        data[name] = None if value is None else value.to_json()
     return data
 
 
@@ -62,6 +82,9 @@ def _job_from_json(data: dict[str, Any]) -> Job:
     data["retry_criteria"] = [
         RetryCriterion(c["failureType"], c["numberOfRetries"]) for c in data["retry_criteria"]
     ]
+    for name, config in _CONFIGS.items():
+        if data.get(name) is not None:
+            data[name] = config.from_json(data[name])
     return Job(**data)
 
 
@@ -124,7 +147,10 @@ class StateStore:
                 _history_from_json(json.loads(row[0]))
                 for row in self._db.execute("SELECT data FROM history ORDER BY seq")
             ]
-        return LoadedState(things, jobs, executions, history)
+            records: dict[str, list[dict[str, Any]]] = {}
+            for kind, data in self._db.execute("SELECT kind, data FROM records ORDER BY kind, key"):
+                records.setdefault(kind, []).append(json.loads(data))
+        return LoadedState(things, jobs, executions, history, records)
 
     def save(
         self,
@@ -135,6 +161,7 @@ class StateStore:
         history: Iterable[HistoryEntry] = (),
         deleted_jobs: Iterable[str] = (),
         deleted_executions: Iterable[tuple[str, str, int]] = (),
+        records: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
         with self._lock:
             db = self._db
@@ -171,6 +198,14 @@ class StateStore:
                     list(deleted_executions),
                 )
                 db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in deleted_jobs])
+                for (kind, key), value in (records or {}).items():
+                    if value is None:
+                        db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO records (kind, key, data) VALUES (?, ?, ?)",
+                            (kind, key, json.dumps(value)),
+                        )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
