@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jobs_agent_handlers.system_update import UpdaterError
-from jobs_agent_handlers.system_update.command import run_command
+from jobs_agent_handlers.system_update.command import LINE_MAX, run_command
 
 DEADLINE = 10.0
 
@@ -129,3 +129,18 @@ async def test_a_failure_carries_the_last_words_of_the_command() -> None:
 async def test_a_missing_updater_is_a_clear_error() -> None:
     with pytest.raises(UpdaterError, match=r"^rauc status: cannot run /nonexistent/rauc: "):
         await run_command(["/nonexistent/rauc", "status"], action="rauc status", timeout=5)
+
+
+async def test_output_without_line_breaks_is_passed_on_in_bounded_pieces() -> None:
+    lines: list[str] = []
+
+    result = await run_command(
+        ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x"],
+        action="x",
+        timeout=60,
+        on_line=lines.append,
+    )
+
+    assert result.returncode == 0
+    assert "".join(lines) == "x" * 300000
+    assert max(map(len, lines)) <= 2 * LINE_MAX

@@ -245,3 +245,18 @@ async def test_a_run_the_race_cuts_short_every_time_is_an_error(
 
     with pytest.raises(UpdaterError, match="ended before its installer reported a result, 3 times"):
         await updater.install(swupdate_device.build_bundle(os.urandom(4096)), no_progress)
+
+
+async def test_the_boot_switch_works_before_any_install(
+    swupdate_device: SwupdateDevice,  # noqa: F811
+) -> None:
+    """After an agent restart the work directory may not exist yet; activate must not care."""
+    updater = swupdate_device.updater()
+    work_dir = updater.config.work_dir
+    assert not work_dir.exists()
+
+    await updater.activate("B")
+
+    assert trial(swupdate_device) == ("B", "1", "0", "0")
+    assert work_dir.stat().st_mode & 0o777 == 0o700
+    assert list(work_dir.iterdir()) == []

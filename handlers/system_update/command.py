@@ -23,6 +23,7 @@ from jobs_agent_handlers.system_update.updater import OUTPUT_TAIL_CHARS, Updater
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_MAX = 1024 * 1024
+LINE_MAX = 64 * 1024
 PIPES_CLOSE_TIMEOUT = 5.0
 
 LineCallback = Callable[[str], None]
@@ -68,6 +69,9 @@ class _Protocol(asyncio.SubprocessProtocol):
         self._partial += data
         *lines, rest = self._partial.split(b"\n")
         self._partial = bytearray(rest)
+        if len(self._partial) > LINE_MAX:  # no line break for that long: pass it on in pieces
+            lines.append(self._partial)
+            self._partial = bytearray()
         for line in lines:
             self._line(bytes(line))
 

@@ -185,7 +185,7 @@ class SwupdateUpdater(SystemUpdater):
 
     async def _install_once(self, bundle: Path, target: str, progress: Progress) -> bool:
         """One `swupdate -i`: True when installed, False when cut short by the race."""
-        self._prepare_work_dir()
+        self._empty_work_dir()
         config = self.config
         argv = [*config.swupdate_command, "-v", "-i", str(bundle)]
         argv += ["-k", str(config.ca_certificate), "-e", f"{config.software_set},{target}"]
@@ -227,13 +227,13 @@ class SwupdateUpdater(SystemUpdater):
 
     async def activate(self, slot: str) -> None:
         self._other(slot)
-        await self.env.write(
+        await self._write_env(
             {self.config.slot_variable: slot, UPGRADE_AVAILABLE: "1", BOOTCOUNT: "0"}
         )
 
     async def mark_good(self) -> None:
         booted = await self.booted_slot()
-        await self.env.write(
+        await self._write_env(
             {
                 self.config.slot_variable: booted,
                 UPGRADE_AVAILABLE: "0",
@@ -243,7 +243,7 @@ class SwupdateUpdater(SystemUpdater):
         )
 
     async def mark_bad(self, slot: str) -> None:
-        await self.env.write(
+        await self._write_env(
             {
                 self.config.slot_variable: self._other(slot),
                 UPGRADE_AVAILABLE: "0",
@@ -252,8 +252,12 @@ class SwupdateUpdater(SystemUpdater):
             }
         )
 
-    def _prepare_work_dir(self) -> None:
-        """Make sure `work_dir` is a private directory of ours, and empty it of past runs."""
+    async def _write_env(self, values: Mapping[str, str]) -> None:
+        self._private_work_dir()  # fw_setenv's script file is written there
+        await self.env.write(values)
+
+    def _private_work_dir(self) -> Path:
+        """`work_dir`, created if missing; refused unless it is a directory of ours, 0700."""
         path = self.config.work_dir
         try:
             os.mkdir(path, 0o700)
@@ -267,7 +271,11 @@ class SwupdateUpdater(SystemUpdater):
                 "swupdate",
                 f"{path} must be a directory owned by the agent's user with mode 0700",
             )
-        for entry in os.scandir(path):
+        return path
+
+    def _empty_work_dir(self) -> None:
+        """Remove what earlier runs left (extracted images, scripts, sockets)."""
+        for entry in os.scandir(self._private_work_dir()):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
             else:
