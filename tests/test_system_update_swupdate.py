@@ -157,6 +157,7 @@ def test_kernel_parameters_are_read_as_the_kernel_does() -> None:
     assert kernel_parameter(cmdline, "root") == "/dev/mmcblk0p3"
     assert kernel_parameter(cmdline, "dyndbg") == "x y"
     assert kernel_parameter(cmdline, "rauc.slot") is None
+    assert kernel_parameter('root=/dev/sda1 bad="quote', "root") == "/dev/sda1"
 
 
 @pytest.mark.parametrize(
@@ -232,7 +233,7 @@ async def test_a_run_cut_short_by_swupdates_race_is_run_again(
 
     assert slot == "B"
     assert swupdate_device.slot_starts_with("B", data)
-    assert any("ended before its installer did" in message for message in messages)
+    assert any("exited before its installer finished" in message for message in messages)
 
 
 async def test_a_run_the_race_cuts_short_every_time_is_an_error(

@@ -123,7 +123,11 @@ class SwupdateConfig:
 def kernel_parameter(cmdline: str, name: str) -> str | None:
     """The value of `name=` on a kernel command line (the last one, as the kernel takes it)."""
     value = None
-    for word in shlex.split(cmdline):
+    try:
+        words = shlex.split(cmdline)
+    except ValueError:  # an unbalanced quote: the kernel would not have split it either
+        words = cmdline.split()
+    for word in words:
         key, equals, rest = word.partition("=")
         if equals and key == name:
             value = rest
@@ -176,11 +180,11 @@ class SwupdateUpdater(SystemUpdater):
             if await self._install_once(bundle, target, progress):
                 return target
             if attempt < INSTALL_ATTEMPTS:
-                progress(None, "swupdate ended before its installer did (its race); again")
+                progress(None, "swupdate exited before its installer finished; installing again")
         raise UpdaterError(
             "swupdate",
             f"ended before its installer reported a result, {INSTALL_ATTEMPTS} times",
-            "SWUpdate's -i race (module docstring)",
+            "a race of SWUpdate before 2024.12 (docs/system-updates.md)",
         )
 
     async def _install_once(self, bundle: Path, target: str, progress: Progress) -> bool:
