@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README "Quick start" and .ci/run both call this file).
-# On a fresh Debian/Ubuntu machine with Python 3.11 it installs what the tests need (mosquitto
-# from the distribution's packages, a virtual environment with the test extras), runs the
-# quality gates (ruff, mypy --strict) and then the whole pytest suite. Extra arguments go to pytest.
+# On a fresh Debian/Ubuntu machine with Python 3.11 it installs what the tests need (mosquitto,
+# RAUC and SWUpdate from the distribution's packages, a virtual environment with the test
+# extras), runs the quality gates (ruff, mypy --strict) and then the whole pytest suite. Extra
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,32 @@ fi
 # The broker fixtures start their own mosquitto; the distribution's service is not needed.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
     as_root systemctl stop mosquitto || true
+fi
+
+# The system-update tests run the real RAUC and SWUpdate on throwaway devices (tests/fixtures/
+# rauc.py, swupdate.py). Install what is missing; the packages must not start their services
+# (swupdate's would take /tmp/sockinstctrl; the tests run private instances), so a
+# policy-rc.d that denies every start stands in during the install, unless one is already there.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+updater_packages=()
+for tool_package in rauc:rauc swupdate:swupdate fw_printenv:libubootenv-tool \
+    mksquashfs:squashfs-tools cpio:cpio openssl:openssl dbus-daemon:dbus dbus-send:dbus \
+    unshare:util-linux; do
+    if ! have "${tool_package%%:*}"; then updater_packages+=("${tool_package#*:}"); fi
+done
+if [ ${#updater_packages[@]} -gt 0 ]; then
+    echo "== installing ${updater_packages[*]}"
+    no_start=/usr/sbin/policy-rc.d
+    if [ ! -e "$no_start" ]; then
+        printf '#!/bin/sh\n# jobs-agent tests/run.sh: no service starts during its install\nexit 101\n' \
+            | as_root tee "$no_start" >/dev/null
+        as_root chmod 755 "$no_start"
+        trap 'as_root rm -f "$no_start"' EXIT
+    fi
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${updater_packages[@]}" >/dev/null
+    if [ "$(trap -p EXIT)" ]; then as_root rm -f "$no_start"; trap - EXIT; fi
 fi
 
 VENV=${JOBS_AGENT_VENV:-.venv}

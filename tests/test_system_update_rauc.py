@@ -1,0 +1,128 @@
+"""RAUC specifics of the updater layer, with the real RAUC 1.8 service (tests/fixtures/rauc.py):
+what RAUC itself records, its refusals, and what happens when its service is not there."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobs_agent_handlers.system_update import RaucUpdater, UpdaterError
+from jobs_agent_handlers.system_update.rauc import RaucStatus
+from tests.fixtures.rauc import RaucDevice, rauc_device  # noqa: F401 (fixture)
+from tests.fixtures.updaters import require_tools, update_pki  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def no_progress(percent: float | None, message: str) -> None:
+    pass
+
+
+async def test_rauc_records_the_switch_the_commit_and_the_rollback(
+    rauc_device: RaucDevice,  # noqa: F811
+) -> None:
+    updater = rauc_device.updater()
+    percents: list[float | None] = []
+    await updater.install(
+        rauc_device.build_bundle(os.urandom(4096)), lambda percent, _: percents.append(percent)
+    )
+    assert percents == sorted(percents) and percents[-1] == 100.0
+
+    status = await updater.status()
+    assert status.primary == "rootfs.0", "installing switched the boot (activate-installed?)"
+    assert status.by_bootname("B").boot_status == "bad", "RAUC marks a slot bad before writing it"
+
+    await updater.activate("B")
+    assert (await updater.status()).primary == "rootfs.1"
+    rauc_device.reboot()
+    await updater.mark_good()
+    status = await updater.status()
+    assert (status.booted, status.by_bootname("B").boot_status) == ("B", "good")
+
+    await updater.mark_bad("B")
+    assert (await updater.status()).by_bootname("B").boot_status == "bad"
+    assert rauc_device.reboot() == "A"
+    assert (await updater.status()).booted == "A"
+
+
+async def test_a_bundle_for_another_device_is_refused(
+    rauc_device: RaucDevice,  # noqa: F811
+) -> None:
+    bundle = rauc_device.build_bundle(os.urandom(4096), compatible="someone-elses-device")
+
+    with pytest.raises(UpdaterError) as refused:
+        await rauc_device.updater().install(bundle, no_progress)
+
+    assert str(refused.value).startswith("rauc install: exited with code 1: ")
+    assert "Compatible mismatch" in str(refused.value)
+    assert rauc_device.slot_starts_with("B", bytes(4096))
+
+
+async def test_a_damaged_bundle_is_refused(rauc_device: RaucDevice) -> None:  # noqa: F811
+    bundle = rauc_device.build_bundle(os.urandom(64 * 1024))
+    data = bytearray(bundle.read_bytes())
+    data[1000] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+
+    with pytest.raises(UpdaterError, match="signature verification failed"):
+        await rauc_device.updater().install(bundle, no_progress)
+    assert rauc_device.next_boot() == ("A", False)
+
+
+async def test_an_unknown_slot_is_an_error_and_changes_nothing(
+    rauc_device: RaucDevice,  # noqa: F811
+) -> None:
+    with pytest.raises(UpdaterError, match="no slot has the bootname 'C'"):
+        await rauc_device.updater().activate("C")
+    assert rauc_device.next_boot() == ("A", False)
+
+
+async def test_without_the_rauc_service_the_error_says_so() -> None:
+    require_tools("rauc")
+    updater = RaucUpdater(dbus_address="unix:path=/nonexistent/bus", command_timeout=10)
+
+    with pytest.raises(UpdaterError) as failed:
+        await updater.booted_slot()
+
+    assert str(failed.value).startswith("rauc status: exited with code 1: ")
+    assert "D-Bus" in str(failed.value) or "Could not connect" in str(failed.value)
+
+
+def test_the_status_of_rauc_1_8_is_read() -> None:
+    """The JSON of `rauc status --output-format=json`, as RAUC 1.8 printed it on this device."""
+    status = RaucStatus.parse(
+        '{"compatible":"x","variant":"","booted":"A","boot_primary":"rootfs.1","slots":['
+        '{"rootfs.1":{"class":"rootfs","device":"/x/b","type":"raw","bootname":"B",'
+        '"state":"inactive","parent":null,"mountpoint":null,"boot_status":"bad"}},'
+        '{"appfs.0":{"class":"appfs","device":"/x/c","type":"raw","bootname":null,'
+        '"state":"active","parent":"rootfs.0","mountpoint":null,"boot_status":null}},'
+        '{"rootfs.0":{"class":"rootfs","device":"/x/a","type":"raw","bootname":"A",'
+        '"state":"booted","parent":null,"mountpoint":null,"boot_status":"good"}}]}'
+    )
+
+    assert (status.booted, status.primary) == ("A", "rootfs.1")
+    assert status.other().name == "rootfs.1"
+    assert status.by_bootname("A").boot_status == "good"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[]", "no list of slots"),
+        ('{"slots": [{"rootfs.0": {"bootname": "A"}}]}', "no class"),
+        ('{"booted": 3, "slots": []}', "booted: expected a string"),
+        ("not json", "Expecting value"),
+    ],
+)
+def test_unexpected_status_output_is_an_error(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        RaucStatus.parse(text)
+
+
+def test_a_device_that_cannot_tell_its_booted_slot_has_no_inactive_slot() -> None:
+    status = RaucStatus.parse(
+        '{"booted": null, "slots": [{"rootfs.0": {"class": "rootfs", "bootname": "A"}}]}'
+    )
+    with pytest.raises(ValueError, match="cannot tell the booted slot"):
+        status.other()
