@@ -18,6 +18,7 @@ the reason names the step and says "exited with code N" or "killed by signal SIG
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,7 @@ from jobs_agent.dispatch.scripts import (
     message_handler,
     script_environment,
 )
-from jobs_agent.dispatch.users import RunAs, normalize_user, resolve_user
+from jobs_agent.dispatch.users import RunAs, parse_run_as_user, resolve_user
 from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 RUN_HANDLER = "runHandler"
@@ -69,24 +70,86 @@ class StepsDocument:
 
 
 def split_command(text: str) -> tuple[str, ...]:
-    """`"cmd,arg1,a\\,b"` -> `("cmd", "arg1", "a,b")`; other backslashes stay as they are."""
+    """`"cmd, arg1 ,a\\,b"` -> `("cmd", "arg1", "a,b")`, as the Device Client splits it.
+
+    The Device Client takes the non-empty runs of characters between commas (`\\,` being a
+    literal comma, so `"a,,b"` has two elements), then trims each element's leading and trailing
+    white space: `"apt-get, --version"` is `apt-get --version`, `"ls "` is `ls`. Other
+    backslashes stay as they are.
+    """
     parts: list[str] = []
     current: list[str] = []
     index = 0
-    while index < len(text):
-        char = text[index]
+    while index <= len(text):
+        char = text[index : index + 1]
         if char == "\\" and text[index + 1 : index + 2] == ",":
             current.append(",")
             index += 2
             continue
-        if char == ",":
-            parts.append("".join(current))
+        if char in (",", ""):
+            if current:
+                parts.append("".join(current).strip(COMMAND_SPACE))
             current = []
         else:
             current.append(char)
         index += 1
-    parts.append("".join(current))
     return tuple(parts)
+
+
+COMMAND_SPACE = " \t\n\v\f\r"
+"""What the Device Client trims from each element of a `runCommand` (its `TrimCopy`)."""
+
+DOCUMENT_KEYS = ("version", "includeStdOut", "conditions", "steps", "finalStep")
+AGENT_KEYS = ("jobsAgentSignature",)
+"""Keys the agent itself adds to a document: the signature block (agent/dispatch/signing.py)."""
+STEP_KEYS = ("action",)
+ACTION_KEYS = ("name", "type", "input", "runAsUser", "allowStdErr", "ignoreStepFailure", "timeout")
+HANDLER_INPUT_KEYS = ("handler", "args", "path")
+COMMAND_INPUT_KEYS = ("command",)
+CONDITION_KEYS = ("key", "value", "type")
+LEGACY_KEYS = (
+    "operation",
+    "args",
+    "path",
+    "allowStdErr",
+    "runAsUser",
+    "includeStdOut",
+    "timeout",
+    "type",
+)
+
+
+def check_keys(value: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """The Device Client's schema is closed: a misspelled key (`runAsUsr`, `arg`) would be
+    silently ignored and the step run as root or without its arguments, so it is REJECTED with
+    the key it most likely meant. Keys starting with `_` are comments (its samples have
+    `_comment`)."""
+    for key in value:
+        if not isinstance(key, str) or key.startswith("_") or key in known:
+            continue
+        raise JobRejected(f"{_at(where, key)}: unknown key{did_you_mean(key, known)}")
+
+
+def check_misspelled_keys(value: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """For the older one-step form, whose other keys are the handler's own parameters: only a
+    key that looks like a misspelling of a known one is REJECTED."""
+    for key in value:
+        if not isinstance(key, str) or key in known:
+            continue
+        hint = did_you_mean(key, known, cutoff=0.8)
+        if hint:
+            raise JobRejected(f"{_at(where, key)}: unknown key{hint}")
+
+
+def did_you_mean(key: str, known: Sequence[str], *, cutoff: float = 0.6) -> str:
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=cutoff)
+    if not matches and key.lower() in (k.lower() for k in known):
+        matches = [k for k in known if k.lower() == key.lower()]
+    return f' (did you mean "{matches[0]}"?)' if matches else ""
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _flag(value: Any, where: str) -> bool:
@@ -156,18 +219,25 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
     action = raw.get("action")
     if not isinstance(action, Mapping):
         raise JobRejected(f'{where}.action: expected an object with "name", "type" and "input"')
+    check_keys(raw, STEP_KEYS, where)
     where = f"{where}.action"
+    check_keys(action, ACTION_KEYS, where)
     name = _string(action.get("name"), f"{where}.name", required=True)
+    if "\x00" in name:
+        raise JobRejected(f"{where}.name: contains a NUL character")
     kind = action.get("type")
     if kind not in (RUN_HANDLER, RUN_COMMAND):
         raise JobRejected(f'{where}.type: expected "runHandler" or "runCommand", got {kind!r}')
     data = action.get("input")
     if not isinstance(data, Mapping):
         raise JobRejected(f"{where}.input: expected an object")
+    check_keys(
+        data, HANDLER_INPUT_KEYS if kind == RUN_HANDLER else COMMAND_INPUT_KEYS, f"{where}.input"
+    )
     common: dict[str, Any] = {
         "name": name,
         "type": kind,
-        "run_as_user": normalize_user(action.get("runAsUser")),
+        "run_as_user": parse_run_as_user(action.get("runAsUser"), f"{where}.runAsUser"),
         "allow_stderr": _count(action.get("allowStdErr"), f"{where}.allowStdErr"),
         "ignore_step_failure": _flag(action.get("ignoreStepFailure"), f"{where}.ignoreStepFailure"),
         "timeout": _timeout(action.get("timeout"), f"{where}.timeout"),
@@ -186,9 +256,12 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
     if PLACEHOLDER.match(command_text.strip()):
         raise JobRejected(f"{where}.input.command: unreplaced template parameter {command_text}")
     command = split_command(command_text)
-    if not command[0] or any(ch.isspace() for ch in command[0]) or "\x00" in command_text:
+    if "\x00" in command_text:
+        raise JobRejected(f"{where}.input.command: contains a NUL character")
+    if not command or not command[0] or any(ch.isspace() for ch in command[0]):
+        first = command[0] if command else ""
         raise JobRejected(
-            f"{where}.input.command: the first element {command[0]!r} must be a command name"
+            f"{where}.input.command: the first element {first!r} must be a command name"
             " without spaces (arguments are separated by commas)"
         )
     return Action(command=command, **common)
@@ -196,6 +269,7 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
 
 def parse_steps_document(document: Mapping[str, Any]) -> StepsDocument:
     """Validate a `{"version": "1.0", "steps": [...]}` document; raise `JobRejected`."""
+    check_keys(document, (*DOCUMENT_KEYS, *AGENT_KEYS), "")
     version = document.get("version")
     if version not in SUPPORTED_VERSIONS:
         raise JobRejected(
@@ -210,6 +284,8 @@ def parse_steps_document(document: Mapping[str, Any]) -> StepsDocument:
         )
     ):
         raise JobRejected('conditions: expected a list of {"key", "value": [...]} objects')
+    for index, condition in enumerate(conditions or ()):
+        check_keys(condition, CONDITION_KEYS, f"conditions[{index}]")
     steps = document.get("steps")
     if not isinstance(steps, list) or not steps:
         raise JobRejected('steps: expected a non-empty list of {"action": {...}} objects')
@@ -224,6 +300,7 @@ def parse_legacy_document(document: Mapping[str, Any], name: str) -> StepsDocume
     """The older `{"operation", "args", "path", "allowStdErr"}` form: one runHandler step."""
     if PLACEHOLDER.match(name):
         raise JobRejected(f"operation: unreplaced template parameter {name}")
+    check_misspelled_keys(document, (*LEGACY_KEYS, *AGENT_KEYS), "")
     path = document.get("path")
     if path is not None and not isinstance(path, str):
         raise JobRejected(f"path: expected a string, got {path!r}")
@@ -233,7 +310,7 @@ def parse_legacy_document(document: Mapping[str, Any], name: str) -> StepsDocume
         handler=name,
         args=_args(document.get("args"), "args"),
         path=path,
-        run_as_user=normalize_user(document.get("runAsUser")),
+        run_as_user=parse_run_as_user(document.get("runAsUser")),
         allow_stderr=_count(document.get("allowStdErr"), "allowStdErr"),
         timeout=_timeout(document.get("timeout"), "timeout"),
     )
@@ -442,6 +519,15 @@ class StepsHandler:
 
             total = len(self.document.actions)
             span = (100.0 * index / total, 100.0 / total)
+
+            def warn(problem: str) -> None:
+                ctx.log.warning(
+                    "handler progress ignored",
+                    step=index + 1,
+                    handler=step.executable,
+                    problem=problem,
+                )
+
             spec = ProcessSpec(
                 step.argv,
                 step.user,
@@ -453,7 +539,8 @@ class StepsHandler:
                 spec,
                 cancelled=ctx.cancelled,
                 log=log,
-                on_message=message_handler(ctx, on_checkpoint, span=span),
+                on_message=message_handler(ctx, on_checkpoint, span=span, warn=warn),
+                on_bad_line=warn,
                 stdout_sinks=[stdout_all],
                 stderr_sinks=[stderr_all],
             )
