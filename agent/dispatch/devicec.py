@@ -23,6 +23,7 @@ import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jobs_agent.config import AgentConfig
@@ -37,6 +38,7 @@ from jobs_agent.dispatch.scripts import (
     message_handler,
     script_environment,
 )
+from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs, parse_run_as_user, resolve_user
 from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
@@ -352,13 +354,23 @@ def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedSt
             )
             base = (str(located.path), action.run_as_user, *action.args)
             argv = ("/bin/sh", *base) if located.builtin else base
+            if not located.builtin:
+                _check_interpreter(located.path, search_path)
             return PreparedStep(action, argv, user, timeout, str(located.path))
         program = action.command[0]
         executable = program if "/" in program else shutil.which(program, path=search_path)
+        if executable is not None:
+            _check_interpreter(Path(executable), search_path)
         argv = (executable or program, *action.command[1:])
         return PreparedStep(action, argv, user, timeout, executable or program)
     except JobRejected as exc:
         raise type(exc)(f"{label}: {exc.reason}", **exc.details) from None
+
+
+def _check_interpreter(path: Path, search_path: str) -> None:
+    problem = interpreter_problem(path, search_path)
+    if problem is not None:
+        raise JobRejected(f"cannot run {path}: {problem}")
 
 
 def _label(action: Action, index: int | None) -> str:

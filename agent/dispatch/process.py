@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.dispatch.output import OutputLog, Tail
+from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -219,6 +220,9 @@ class Sandbox:
             os.close(read_fd)
             os.close(write_fd)
             reason = exc.strerror if isinstance(exc, OSError) else None
+            if isinstance(exc, FileNotFoundError) and os.path.exists(spec.argv[0]):
+                # ENOENT for a file that exists: its interpreter is what is missing.
+                reason = interpreter_problem(Path(spec.argv[0]), self.search_path) or reason
             result.spawn_error = f"cannot run {spec.argv[0]}: {reason or exc}"
             return result
         finally:
