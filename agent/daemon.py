@@ -23,6 +23,8 @@ import structlog
 from jobs_agent.config import AgentConfig, ConfigError, load_config
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine, EngineStatus
+from jobs_agent.engine.heartbeat import keep_heartbeat
+from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
 from jobs_agent.engine.store import StoreError
 from jobs_agent.log import configure_logging
 from jobs_agent.sdnotify import SystemdNotifier
@@ -30,6 +32,8 @@ from jobs_agent.transport import Transport, TransportError
 
 log = structlog.get_logger("jobs_agent.daemon")
 
+EXIT_ALREADY_RUNNING = 2
+"""Another agent holds the state directory: a usage error, not a failure to retry."""
 ENGINE_STALL_SECONDS = 90.0
 """The engine's main loop refreshes its heartbeat at least every 30 s; thrice that is a stall."""
 
@@ -61,6 +65,23 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
+        config = self.config
+        lock = InstanceLock(config.state_dir)
+        try:
+            lock.acquire()  # before the database: a second agent must not even open it
+        except AlreadyRunning as exc:
+            log.error("not started", error=str(exc), holder_pid=exc.pid)
+            self.notifier.status(str(exc))
+            return EXIT_ALREADY_RUNNING
+        except OSError as exc:
+            log.error("cannot lock the state directory", path=str(lock.path), error=str(exc))
+            return 1
+        try:
+            return await self._run_locked()
+        finally:
+            lock.release()
+
+    async def _run_locked(self) -> int:
         from jobs_agent.dispatch import Dispatcher
         from jobs_agent.jobs.client import JobsClient
 
@@ -73,6 +94,16 @@ class Agent:
             return 1
         transport = self._transport or await self._make_transport()
         self._install_signal_handlers()
+        heartbeat = asyncio.create_task(
+            keep_heartbeat(
+                config.state_dir,
+                transport=config.connection.transport,
+                endpoint=config.connection.endpoint,
+                is_connected=lambda: transport.is_connected,
+                activity=lambda: self.engine.status.describe() if self.engine else "connecting",
+            ),
+            name="heartbeat",
+        )
         try:
             log.info(
                 "connecting",
@@ -114,6 +145,9 @@ class Agent:
             log.error("cannot connect", error=str(exc))
             return 1
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             with contextlib.suppress(Exception):
                 await transport.disconnect()
             if self._embedded is not None:

@@ -884,10 +884,16 @@ class Engine:
 
 def _with_last_progress(outcome: Outcome, progress: Mapping[str, Any]) -> Outcome:
     """The final report carries the last progress too (a job shorter than one progress interval
-    would otherwise never show it); the handler's own details win, and success means 100 %."""
+    would otherwise never show it); success means 100 %.
+
+    The outcome's own keys (`reason`, `stdout`, `stderr`, ...) come first and win: only 10
+    pairs fit, and a handler's progress `details` must never push out why the job ended.
+    """
     if not progress:
         return outcome
-    merged = {**progress, **outcome.details}
+    merged = dict(outcome.details)
+    for key, value in progress.items():
+        merged.setdefault(key, value)
     if outcome.status == "SUCCEEDED" and "percent" in progress and "percent" not in outcome.details:
         merged["percent"] = "100"
     return Outcome(outcome.status, merged)
