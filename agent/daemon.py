@@ -92,6 +92,7 @@ class Agent:
             log.error("cannot start without the state database", error=str(exc))
             self.notifier.status(f"cannot open the state database: {exc}")
             return 1
+        self._log_findings()
         transport = self._transport or await self._make_transport()
         self._install_signal_handlers()
         heartbeat = asyncio.create_task(
@@ -155,6 +156,16 @@ class Agent:
             await store.close()
             self._remove_signal_handlers()
             log.info("stopped")
+
+    def _log_findings(self) -> None:
+        """What `config check` would say, said once at start where journald keeps it."""
+        from jobs_agent.config_checks import check_environment
+
+        findings = check_environment(self.config, import_plugins=False)
+        for problem in findings.errors:
+            log.error("configuration problem on this device", problem=problem)
+        for problem in findings.warnings:
+            log.warning("configuration warning", problem=problem)
 
     async def _make_transport(self) -> Transport:
         from jobs_agent.transport.factory import create_transport
