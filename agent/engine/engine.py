@@ -27,6 +27,7 @@ import structlog
 
 from jobs_agent.aio import wait_event
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
@@ -590,6 +591,29 @@ class Engine:
         base = scratch.parent
         if base.exists():
             await asyncio.to_thread(shutil.rmtree, base, True)
+        await self._prune_output_logs()
+
+    async def _prune_output_logs(self) -> None:
+        """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first)."""
+        jobs = self.config.jobs
+        logs_dir = self.config.state_dir / "logs"
+        limits = {
+            "max_count": jobs.output_logs_max_count,
+            "max_total_bytes": jobs.output_logs_max_total_bytes,
+        }
+        try:
+            if not await asyncio.to_thread(output_logs_over_limits, logs_dir, **limits):
+                return  # the usual case: no database read, one directory listing
+            active = [
+                log_path(self.config.state_dir, r.key.job_id, r.key.execution_number)
+                for r in await self.store.active()
+            ]
+            deleted = await asyncio.to_thread(prune_output_logs, logs_dir, keep=active, **limits)
+        except OSError as exc:
+            log.warning("cannot prune the output logs", path=str(logs_dir), error=str(exc))
+            return
+        if deleted:
+            log.info("old output logs deleted", count=len(deleted), path=str(logs_dir))
 
     async def _run_handler(
         self,
