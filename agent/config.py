@@ -25,7 +25,7 @@ THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TRANSPORTS = ("awscrt", "paho", "greengrass", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("auto", "console", "json")
+LOG_FORMATS = ("auto", "console", "json", "journal")
 GREENGRASS_NAMESPACE = "aws-gg-deployment"
 ANY_USER = "*"
 """In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
@@ -102,6 +102,9 @@ class JobsConfig:
 class LogConfig:
     level: str = "info"
     format: str = "auto"
+    """auto: console on a terminal, journald under systemd (JOURNAL_STREAM), else JSON lines."""
+    journal_socket: Path = Path("/run/systemd/journal/socket")
+    """journald's native socket; without it, journal lines carry syslog `<N>` priorities."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,7 @@ _RULES: dict[str, _Rule] = {
     "jobs.output_logs_max_total_bytes": _int_in(1024, 1 << 40),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),
+    "log.journal_socket": _path(optional=False),
 }
 
 _REMOVED_KEYS: dict[str, str] = {

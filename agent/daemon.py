@@ -38,6 +38,24 @@ ENGINE_STALL_SECONDS = 90.0
 """The engine's main loop refreshes its heartbeat at least every 30 s; thrice that is a stall."""
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        result: dict[str, Any] = {}
+        for item in dataclasses.fields(value):
+            name = f"{prefix}{item.name}"
+            result.update(_flatten(getattr(value, item.name), f"{name}."))
+            if not dataclasses.is_dataclass(getattr(value, item.name)):
+                result[name] = getattr(value, item.name)
+        return result
+    return {}
+
+
+def changed_settings(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """The keys whose value differs (names only: a changed password is not shown)."""
+    before, after = _flatten(old), _flatten(new)
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
 class Agent:
     def __init__(
         self,
@@ -263,8 +281,12 @@ class Agent:
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
         # Said before the new level applies, so that it is logged even when the level rises.
-        log.info("configuration reloaded", path=str(self.config_path))
-        configure_logging(new.log.level, new.log.format)
+        log.info(
+            "configuration reloaded",
+            path=str(self.config_path),
+            changed=changed_settings(self.config, new) or "nothing",
+        )
+        configure_logging(new.log.level, new.log.format, journal_socket=new.log.journal_socket)
         self.config = new
         if self.engine is not None:
             self.engine.config = new

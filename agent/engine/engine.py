@@ -800,7 +800,9 @@ class Engine:
             self._undecided[key] = Outcome(outcome.status, details)
             raise
         self._crash.reached("decided")
-        bound.info("outcome decided", status=outcome.status, reason=details.get("reason"))
+        # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
+        level = bound.info if outcome.status == "SUCCEEDED" else bound.warning
+        level("outcome decided", status=outcome.status, reason=details.get("reason"))
         if not await self._flush_outbox():
             bound.info("outcome queued until the service is reachable")
 
