@@ -328,6 +328,8 @@ class PreparedStep:
     user: RunAs
     timeout: float
     executable: str
+    builtin: bool = False
+    """One of the agent's own scripts (handlers/scripts/), not the handler directory's."""
 
     def planned(self) -> PlannedStep:
         return PlannedStep(
@@ -356,7 +358,9 @@ def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedSt
             argv = ("/bin/sh", *base) if located.builtin else base
             if not located.builtin:
                 _check_interpreter(located.path, search_path)
-            return PreparedStep(action, argv, user, timeout, str(located.path))
+            return PreparedStep(
+                action, argv, user, timeout, str(located.path), builtin=located.builtin
+            )
         program = action.command[0]
         executable = program if "/" in program else shutil.which(program, path=search_path)
         if executable is not None:
@@ -379,12 +383,45 @@ def _label(action: Action, index: int | None) -> str:
     return f'step {index + 1} "{action.name}"' if index is not None else f'step "{action.name}"'
 
 
+REBOOT_STEP = "reboot_step"
+"""Checkpoint key: a step that reboots the device the Device Client's way is running, started
+in the boot whose id is given (`{"next_step": N, "reboot_step": {"boot_id": ...}}`)."""
+CONFIRM_REBOOT = "confirm_reboot"
+"""Checkpoint key: after the boot, run step N again so that it can confirm the reboot."""
+
+
+def confirm_reboot_checkpoint(index: int) -> dict[str, Any]:
+    return {"next_step": index, CONFIRM_REBOOT: True}
+
+
+def interrupted_reboot_step(checkpoint: Any) -> tuple[int, str] | None:
+    """(step index, boot id) when `checkpoint` says a Device Client reboot step was running."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    index, marker = checkpoint.get("next_step"), checkpoint.get(REBOOT_STEP)
+    if isinstance(index, int) and isinstance(marker, Mapping):
+        boot_id = marker.get("boot_id")
+        if isinstance(boot_id, str) and boot_id:
+            return index, boot_id
+    return None
+
+
 class StepsHandler:
     """Runs a Device Client document (or a single executable) step by step.
 
     Not resumable: a step interrupted by an agent crash may have half-happened. A reboot that a
     step asks for (exit `EXIT_REBOOT`) is different: the runner checkpoints
     `{"next_step": N}` before asking, and after the boot continues with step N.
+
+    The Device Client's own reboot handler (`reboot.sh`, and any handler listed in
+    `jobs.rerun_after_reboot`) works differently: it writes a lock file, calls `reboot` and
+    relies on the job being delivered again after the boot, when it finds its lock file and
+    exits 0. Here its first run counts as its request for a reboot, whatever it exits with: the
+    agent records that the job awaits a reboot (running its own `jobs.reboot_command` unless
+    the device is already going down), checks after the boot that the boot id changed, and runs
+    the same step again, whose exit status then decides. If the device goes down while the step
+    still runs, the boot id it started under (checkpointed first) lets the engine recognise the
+    same situation after the boot.
     """
 
     resumable = False
@@ -450,6 +487,12 @@ class StepsHandler:
                     step = prepare(action, self._config, self._sandbox.search_path)
                 except JobRejected as exc:
                     return Outcome.rejected(exc.reason, **details())
+                confirming = index == start and self._confirming_reboot(ctx)
+                reboot_step = self._reboots_like_the_device_client(step) and not confirming
+                if reboot_step:
+                    await ctx.checkpoint(
+                        {"next_step": index, REBOOT_STEP: {"boot_id": self._boot_id()}}
+                    )
                 ctx.progress(100.0 * index / total, f"{label} of {total}")
                 log.note(f"{label}: {shlex.join(step.argv)} (as {step.user.name})")
                 result = await self._run_step(
@@ -464,6 +507,14 @@ class StepsHandler:
                 log.note(f"{label} ended: {result.failure() or 'exit code 0'}")
                 if result.cancelled:
                     return Outcome.failed("cancelled", **details())
+                if reboot_step and not result.timed_out and result.spawn_error is None:
+                    await ctx.checkpoint(confirm_reboot_checkpoint(index))
+                    ctx.request_reboot()
+                    log.note(
+                        f"{label} started a reboot ({result.failure() or 'exit code 0'}); as"
+                        " with the Device Client it runs again after the boot to confirm it"
+                    )
+                    return Outcome.succeeded(**details())
                 code = result.exit_code
                 if code == EXIT_REBOOT:
                     await ctx.checkpoint({"next_step": index + 1})
@@ -485,6 +536,24 @@ class StepsHandler:
             return Outcome.succeeded(**details())
         finally:
             log.close()
+
+    def _reboots_like_the_device_client(self, step: PreparedStep) -> bool:
+        return (
+            step.action.type == RUN_HANDLER
+            and not step.builtin
+            and step.action.handler in self._config.jobs.rerun_after_reboot
+        )
+
+    @staticmethod
+    def _confirming_reboot(ctx: JobContext) -> bool:
+        data = ctx.checkpoint_data
+        return ctx.rebooted and isinstance(data, Mapping) and data.get(CONFIRM_REBOOT) is True
+
+    def _boot_id(self) -> str:
+        try:
+            return self._config.jobs.boot_id_path.read_text(encoding="ascii").strip()
+        except OSError:
+            return ""
 
     @staticmethod
     def _failure(action: Action, result: ProcessResult) -> str | None:

@@ -27,6 +27,7 @@ import structlog
 
 from jobs_agent.aio import wait_event
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint, interrupted_reboot_step
 from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
@@ -512,12 +513,23 @@ class Engine:
             await self._stop_leftover_handlers(key, bound)
             suspended = record.note == "suspended"
             restarts = record.restarts + (0 if suspended else 1)
-            if not record.resumable:
+            rerun = self._rerun_after_reboot(record)
+            if rerun is not None:
+                # The device went down while a step that reboots it the Device Client's way
+                # ran: the boot id changed, so this is the re-delivery after the boot it wants.
+                await self.store.save_checkpoint(key, confirm_reboot_checkpoint(rerun))
+                await self.store.transition(key, ExecutionState.RUNNING, note="")
+                record = await self.store.get(key) or record
+                bound.info(
+                    "the device rebooted during its reboot step; running it again to confirm"
+                )
+                resumed = rebooted = True
+            elif not record.resumable:
                 await self._decide(
                     key, Outcome.failed("agent restarted while the step was running"), bound
                 )
                 return
-            if restarts > self.config.jobs.max_agent_restarts_per_job:
+            elif restarts > self.config.jobs.max_agent_restarts_per_job:
                 await self._decide(
                     key,
                     Outcome.failed(
@@ -526,9 +538,10 @@ class Engine:
                     bound,
                 )
                 return
-            await self.store.transition(key, ExecutionState.RUNNING, restarts=restarts, note="")
-            resumed = True
-            bound.info("resuming after an agent restart", restarts=restarts)
+            else:
+                await self.store.transition(key, ExecutionState.RUNNING, restarts=restarts, note="")
+                resumed = True
+                bound.info("resuming after an agent restart", restarts=restarts)
 
         if document is None:
             document = record.document
@@ -558,6 +571,16 @@ class Engine:
         else:
             record = await self.store.transition(key, ExecutionState.RUNNING)
         await self._run_handler(record, handler, document, resumed, rebooted, bound)
+
+    def _rerun_after_reboot(self, record: ExecutionRecord) -> int | None:
+        """The step to run again when `record` was in a Device Client reboot step and the boot
+        id has changed since it started; None otherwise."""
+        interrupted = interrupted_reboot_step(record.checkpoint)
+        if interrupted is None:
+            return None
+        index, boot_id = interrupted
+        current = self._read_boot_id()
+        return index if current is not None and current != boot_id else None
 
     async def _finish_stale(self, record: ExecutionRecord, bound: Any) -> None:
         """The service offers an execution we already closed locally: settle it, never rerun."""
@@ -750,6 +773,12 @@ class Engine:
             await self.store.transition(running.key, ExecutionState.RUNNING, note="suspended")
             bound.info("resumable handler suspended for shutdown; it continues after restart")
             return None
+        record = await self.store.get(running.key)
+        if record is not None and interrupted_reboot_step(record.checkpoint) is not None:
+            # Stopped during a Device Client reboot step: the device is most likely going
+            # down. After the boot the step runs again; without a reboot it is FAILED then.
+            bound.warning("stopped during a reboot step; it is decided after the restart")
+            return None
         if handler_task.done() and not handler_task.cancelled():
             with contextlib.suppress(Exception):
                 outcome = handler_task.result()
@@ -862,6 +891,13 @@ class Engine:
         except (JobsError, TransportError) as exc:
             # Offline: the job asked for the reboot; the outcome is reported after the boot.
             bound.warning("reboot announcement not delivered; rebooting anyway", error=str(exc))
+        if self._stopping:
+            # Being stopped right now: the device is already going down (the Device Client's
+            # reboot.sh calls `reboot` itself), or an operator stops the agent. Either way the
+            # boot id after the restart says whether the reboot happened.
+            self._awaiting_reboot = True
+            bound.warning("not running the reboot command: the agent is being stopped")
+            return
         command = list(self.config.jobs.reboot_command)
         bound.warning("rebooting the device for the job", command=command)
         try:
@@ -876,6 +912,12 @@ class Engine:
                 _, stderr = await process.communicate()
         except (OSError, TimeoutError) as exc:
             await self._decide(key, Outcome.failed(f"reboot command failed: {exc}"), bound)
+            return
+        if process.returncode != 0 and self._stopping:
+            # Refused because the device is already shutting down (a reboot the handler
+            # started itself): the boot id after the restart decides, as above.
+            self._awaiting_reboot = True
+            bound.warning("reboot command failed while the agent is being stopped; see after boot")
             return
         if process.returncode != 0:
             tail = stderr.decode(errors="replace")[-500:]
