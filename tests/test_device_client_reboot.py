@@ -44,7 +44,7 @@ async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
     await emu.stop()
 
 
-def _setup(tmp_path: Path, *, reboot_returns: bool) -> tuple[dict[str, object], Path]:
+def _setup(tmp_path: Path, port: int, *, reboot_returns: bool) -> tuple[dict[str, object], Path]:
     runs = tmp_path / "runs.log"
     lock = tmp_path / "dc-reboot.lock"
     boot_id = tmp_path / "boot_id"
@@ -77,7 +77,7 @@ cat {boot_id} > {lock}
     )
     config = agent_config(
         tmp_path,
-        THING_PORT[0],
+        port,
         thing=THING,
         boot_id_path=boot_id,
         reboot_command=(str(agent_reboot),),
@@ -102,9 +102,6 @@ cat {boot_id} > {lock}
     return document, runs
 
 
-THING_PORT: list[int] = [0]
-
-
 def _boot(tmp_path: Path, number: int) -> None:
     (tmp_path / "boot_id").write_text(f"boot-{number}\n")
 
@@ -113,8 +110,7 @@ def _boot(tmp_path: Path, number: int) -> None:
 async def test_the_device_clients_reboot_sh_runs_again_after_the_boot(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, rebooted: bool
 ) -> None:
-    THING_PORT[0] = mosquitto.port
-    document, runs = _setup(tmp_path, reboot_returns=True)
+    document, runs = _setup(tmp_path, mosquitto.port, reboot_returns=True)
     agent = AgentProcess(config_path=tmp_path / "config.yaml", workdir=tmp_path)
     try:
         agent.start()
@@ -152,8 +148,7 @@ async def test_a_reboot_that_takes_the_device_down_mid_step_is_recognised_after_
 ) -> None:
     """`reboot` does not return (the device goes down under the step): the agent is killed
     with its handler still running; after the boot the same step runs again and confirms."""
-    THING_PORT[0] = mosquitto.port
-    document, runs = _setup(tmp_path, reboot_returns=False)
+    document, runs = _setup(tmp_path, mosquitto.port, reboot_returns=False)
     reboots = tmp_path / "device-reboots.log"
     agent = AgentProcess(config_path=tmp_path / "config.yaml", workdir=tmp_path)
     try:
