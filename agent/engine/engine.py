@@ -663,6 +663,8 @@ class Engine:
             step_timeout_minutes=self.config.jobs.step_timeout_minutes,
             heartbeat_interval=self._heartbeat_interval,
         )
+        if resumed and record.progress:
+            reporter.seed(record.progress)  # the last progress survives a restart or a boot
         ctx = EngineJobContext(
             key=key,
             thing_name=self.config.thing_name,
@@ -698,7 +700,10 @@ class Engine:
         if ctx.reboot_requested and outcome.status == "SUCCEEDED":
             await self._reboot(key, reporter, bound)
             return
-        await self._decide(key, _with_last_progress(outcome, reporter.latest), bound)
+        progress = reporter.latest
+        if rebooted and progress.get("reboot") == "requested":
+            progress["reboot"] = "done"  # the boot id changed: say so in the final report
+        await self._decide(key, _with_last_progress(outcome, progress), bound)
 
     async def _supervise(
         self,
@@ -870,6 +875,8 @@ class Engine:
         await self.store.transition(key, ExecutionState.AWAITING_REBOOT, boot_id=boot_id)
         self._crash.reached("awaiting_reboot")
         details = sanitize_status_details({**reporter.latest, "reboot": "requested"})
+        with contextlib.suppress(StoreError):  # the run after the boot starts from it
+            await self.store.save_progress(key, details)
         try:
             await self.client.update(
                 key.job_id,
