@@ -105,14 +105,16 @@ async def test_misspelled_keys_are_rejected_with_the_key_meant(
     assert not (base / "runs.log").exists()
 
 
-async def test_comments_and_handler_parameters_are_not_unknown_keys(base: Path) -> None:
+async def test_comments_and_operators_own_fields_are_not_unknown_keys(base: Path) -> None:
     async with running_agent(base) as harness:
         commented = await harness.run_job(
             "comment", {"_comment": "the samples have one", **command("true")}
         )
         params = await harness.run_job("params", {"operation": "ok.sh", "image": "v2.bin"})
+        own = await harness.run_job("own", {"sha256": "ab" * 32, **command("true")})
     assert str(commented.status) == "SUCCEEDED", commented.status_details
     assert str(params.status) == "SUCCEEDED", params.status_details
+    assert str(own.status) == "SUCCEEDED", own.status_details
 
 
 async def test_a_nul_in_a_later_step_name_rejects_the_document_before_step_one(

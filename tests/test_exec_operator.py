@@ -259,3 +259,16 @@ def test_dry_run_names_a_broken_interpreter_line(tmp_path: Path, first: str) -> 
     assert ("interpreter /bin/shh not found" if "shh" in first else "CRLF line endings") in (
         result.stdout
     )
+
+
+def test_exec_warns_about_progress_lines_it_cannot_use(tmp_path: Path) -> None:
+    handlers = tmp_path / "handlers"
+    handlers.mkdir(mode=0o755)
+    write(handlers / "p.sh", "#!/bin/sh\necho '{\"percnt\": 5}' >&3\necho 'half' >&3\n", 0o755)
+    result = run_cli(
+        "exec", doc(tmp_path, {"operation": "p.sh"}), "--handler-dir", str(handlers), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "handler progress ignored" in result.stderr
+    assert "unknown progress key 'percnt' (did you mean" in result.stderr
+    assert "a progress line is not JSON and was ignored: 'half'" in result.stderr

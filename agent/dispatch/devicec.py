@@ -133,8 +133,9 @@ def check_keys(value: Mapping[str, Any], known: Sequence[str], where: str) -> No
 
 
 def check_misspelled_keys(value: Mapping[str, Any], known: Sequence[str], where: str) -> None:
-    """For the older one-step form, whose other keys are the handler's own parameters: only a
-    key that looks like a misspelling of a known one is REJECTED."""
+    """For levels whose other keys are the operator's own (the older one-step form's handler
+    parameters, a document's top level): only a key that looks like a misspelling of a known
+    one is REJECTED."""
     for key in value:
         if not isinstance(key, str) or key in known:
             continue
@@ -271,7 +272,9 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
 
 def parse_steps_document(document: Mapping[str, Any]) -> StepsDocument:
     """Validate a `{"version": "1.0", "steps": [...]}` document; raise `JobRejected`."""
-    check_keys(document, (*DOCUMENT_KEYS, *AGENT_KEYS), "")
+    # The top level may carry fields of the operator's own (a signed `sha256` that a handler
+    # checks): only near-misspellings of the schema's keys are refused there.
+    check_misspelled_keys(document, (*DOCUMENT_KEYS, *AGENT_KEYS), "")
     version = document.get("version")
     if version not in SUPPORTED_VERSIONS:
         raise JobRejected(
