@@ -152,3 +152,26 @@ def test_status_without_a_database_fails_and_survives_a_closed_pipe(tmp_path: Pa
         os.close(write_end)
     assert "Traceback" not in closed.stderr and "BrokenPipeError" not in closed.stderr
     assert closed.returncode == 141
+
+
+def test_status_watch_shows_the_status_again_until_interrupted(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"thing_name: gw\nconnection: {{transport: local}}\nstate_dir: {tmp_path / 'state'}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs_agent", "status", "--watch", "0.05", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        shown = 0
+        while shown < 2:  # two snapshots: it keeps watching (here: for a database to appear)
+            line = process.stdout.readline()
+            assert line, "status --watch ended by itself"
+            shown += line.startswith("(every 0.05 s; Ctrl-C to stop)")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+    finally:
+        process.kill()
