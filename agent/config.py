@@ -580,4 +580,7 @@ def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:
             trusted_keys=tuple(fix(k) or k for k in jobs.trusted_keys),
             plugin_path=tuple(fix(p) or p for p in jobs.plugin_path),
         ),
+        log=replace(
+            config.log, journal_socket=fix(config.log.journal_socket) or config.log.journal_socket
+        ),
     )

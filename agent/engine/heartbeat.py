@@ -21,7 +21,8 @@ from typing import Any
 
 HEARTBEAT_NAME = "agent.json"
 HEARTBEAT_SECONDS = 30.0
-_POLL_SECONDS = 2.0
+_POLL_SECONDS = 5.0
+"""How often the connection state is looked at: a change shows in `status` within this long."""
 
 
 @dataclass(frozen=True)
