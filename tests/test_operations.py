@@ -225,6 +225,7 @@ async def test_sighup_reloads_without_dropping_the_connection_or_the_job(
         assert await agent.wait_exit() == 0
         log = agent.log_text()
         assert "configuration reloaded" in log
+        assert '"changed": ["log.level"]' in log  # reload says what changed (issue 13.12)
         assert "connection lost" not in log.lower()
         assert "reload refused" in log
     finally:
