@@ -25,8 +25,10 @@ THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TRANSPORTS = ("awscrt", "paho", "greengrass", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("auto", "console", "json")
+LOG_FORMATS = ("auto", "console", "json", "journal")
 GREENGRASS_NAMESPACE = "aws-gg-deployment"
+ANY_USER = "*"
+"""In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
 
 
 class ConfigError(Exception):
@@ -72,8 +74,8 @@ class JobsConfig:
     """Default per-step limit for a handler when the document gives none (never infinite)."""
     kill_grace_seconds: float = 10.0
     output_log_max_bytes: int = 10 * 1024 * 1024
-    allowed_users: tuple[str, ...] = ()
-    allow_root: bool = False
+    allowed_users: tuple[str, ...] = (ANY_USER,)
+    """Who jobs may run as: `runAsUser`, or the agent's own user when a step names none."""
     require_signature: bool = False
     trusted_keys: tuple[Path, ...] = ()
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
@@ -83,12 +85,26 @@ class JobsConfig:
     """Idle, ask for work this often even without a notification (0: never)."""
     boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
     """Where the boot id is read to confirm a requested reboot happened (tests, containers)."""
+    handler_environment: tuple[str, ...] = ()
+    """Extra environment for handlers: `NAME=value`, or `NAME` to pass the agent's own value."""
+    plugin_path: tuple[Path, ...] = ()
+    """Directories put on `sys.path` before Python plugins are imported (checked like handlers)."""
+    rerun_after_reboot: tuple[str, ...] = ("reboot.sh",)
+    """Handlers (the Device Client's reboot.sh) whose step is run again after the boot it asked
+    for, because they confirm the reboot on their second run."""
+    output_logs_max_count: int = 200
+    """Per-job output logs kept under state_dir/logs (the oldest are deleted first)."""
+    output_logs_max_total_bytes: int = 100 * 1024 * 1024
+    """Total size the per-job output logs may take (the oldest are deleted first)."""
 
 
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"
+    """auto: console on a terminal, journald under systemd (JOURNAL_STREAM), else JSON lines."""
+    journal_socket: Path = Path("/run/systemd/journal/socket")
+    """journald's native socket; without it, journal lines carry syslog `<N>` priorities."""
 
 
 @dataclass(frozen=True)
@@ -268,8 +284,9 @@ _RULES: dict[str, _Rule] = {
     "jobs.handler_timeout_seconds": _number_in(0.1, 7 * 24 * 3600),
     "jobs.kill_grace_seconds": _number_in(0, 3600),
     "jobs.output_log_max_bytes": _int_in(1024, 1 << 34),
-    "jobs.allowed_users": _list_of(_string()),
-    "jobs.allow_root": _bool(),
+    "jobs.allowed_users": _list_of(
+        _pattern(re.compile(r"^(\*|[^\x00-\x20:/]{1,256})$"), 'a user name or "*"')
+    ),
     "jobs.require_signature": _bool(),
     "jobs.trusted_keys": _list_of(_path(optional=False)),
     "jobs.reboot_command": _list_of(_string(), non_empty=True),
@@ -277,9 +294,31 @@ _RULES: dict[str, _Rule] = {
     "jobs.stop_timeout_seconds": _number_in(0, 3600),
     "jobs.idle_poll_seconds": _number_in(0, 86400),
     "jobs.boot_id_path": _path(optional=False),
+    "jobs.handler_environment": _list_of(
+        _pattern(
+            re.compile(
+                r"^(?!JOBS_AGENT_|PATH=|PATH$|HOME=|HOME$)[A-Za-z_][A-Za-z0-9_]*(=[^\x00]*)?$"
+            ),
+            "NAME=value or NAME (passed from the agent's environment); not PATH, HOME or"
+            " JOBS_AGENT_*",
+        )
+    ),
+    "jobs.plugin_path": _list_of(_path(optional=False)),
+    "jobs.rerun_after_reboot": _list_of(
+        _pattern(re.compile(r"^[^/\x00]{1,255}$"), "a handler file name")
+    ),
+    "jobs.output_logs_max_count": _int_in(1, 1_000_000),
+    "jobs.output_logs_max_total_bytes": _int_in(1024, 1 << 40),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),
+    "log.journal_socket": _path(optional=False),
 }
+
+_REMOVED_KEYS: dict[str, str] = {
+    "jobs.allow_root": "no longer a setting: jobs run as root unless jobs.allowed_users leaves"
+    ' root out (the default, ["*"], allows every user of the device)',
+}
+"""Keys of earlier versions, refused with what replaces them."""
 
 _TOP_LEVEL_KEYS = frozenset({"thing_name", "connection", "jobs", "handlers", "state_dir", "log"})
 _SECTIONS: dict[str, type] = {
@@ -391,6 +430,11 @@ def _build_section(section: str, cls: type, values: Any, where: dict[str, _Where
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         key_path = f"{section}.{key}"
+        if key_path in _REMOVED_KEYS:
+            location = where.get(key_path, "")
+            raise ConfigError(
+                f"{key_path}: {_REMOVED_KEYS[key_path]}" + (f" ({location})" if location else "")
+            )
         if key not in known:
             location = where.get(key_path, "")
             raise ConfigError(
@@ -470,14 +514,26 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     require_thing_name: bool = True,
+    missing_ok: bool = False,
 ) -> AgentConfig:
-    """Load, override from the environment and validate. Raises `ConfigError`."""
+    """Load, override from the environment and validate. Raises `ConfigError`.
+
+    With `missing_ok`, a file that does not exist counts as an empty one (the defaults, then
+    the environment); relative paths are then relative to the working directory.
+    """
     environ = os.environ if environ is None else environ
     path = path or DEFAULT_CONFIG_PATH
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file (use --config PATH)") from None
+        if not missing_ok:
+            raise ConfigError(f"{path}: no such configuration file (use --config PATH)") from None
+        # No file, so no connection either: only what runs jobs matters (`exec`).
+        data: dict[str, Any] = {"connection": {"transport": "local"}}
+        where: dict[str, _Where] = {}
+        _apply_environment(data, where, environ)
+        config = config_from_data(data, where, require_thing_name=require_thing_name)
+        return resolve_relative_paths(config, Path.cwd())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
     data, where = _parse_yaml(text, str(path))
@@ -522,5 +578,9 @@ def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:
             handler_dir=fix(jobs.handler_dir) or jobs.handler_dir,
             boot_id_path=fix(jobs.boot_id_path) or jobs.boot_id_path,
             trusted_keys=tuple(fix(k) or k for k in jobs.trusted_keys),
+            plugin_path=tuple(fix(p) or p for p in jobs.plugin_path),
+        ),
+        log=replace(
+            config.log, journal_socket=fix(config.log.journal_socket) or config.log.journal_socket
         ),
     )

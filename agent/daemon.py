@@ -23,6 +23,8 @@ import structlog
 from jobs_agent.config import AgentConfig, ConfigError, load_config
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine, EngineStatus
+from jobs_agent.engine.heartbeat import keep_heartbeat
+from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
 from jobs_agent.engine.store import StoreError
 from jobs_agent.log import configure_logging
 from jobs_agent.sdnotify import SystemdNotifier
@@ -30,8 +32,28 @@ from jobs_agent.transport import Transport, TransportError
 
 log = structlog.get_logger("jobs_agent.daemon")
 
+EXIT_ALREADY_RUNNING = 2
+"""Another agent holds the state directory: a usage error, not a failure to retry."""
 ENGINE_STALL_SECONDS = 90.0
 """The engine's main loop refreshes its heartbeat at least every 30 s; thrice that is a stall."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        result: dict[str, Any] = {}
+        for item in dataclasses.fields(value):
+            name = f"{prefix}{item.name}"
+            result.update(_flatten(getattr(value, item.name), f"{name}."))
+            if not dataclasses.is_dataclass(getattr(value, item.name)):
+                result[name] = getattr(value, item.name)
+        return result
+    return {}
+
+
+def changed_settings(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """The keys whose value differs (names only: a changed password is not shown)."""
+    before, after = _flatten(old), _flatten(new)
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
 class Agent:
@@ -61,6 +83,23 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
+        config = self.config
+        lock = InstanceLock(config.state_dir)
+        try:
+            lock.acquire()  # before the database: a second agent must not even open it
+        except AlreadyRunning as exc:
+            log.error("not started", error=str(exc), holder_pid=exc.pid)
+            self.notifier.status(str(exc))
+            return EXIT_ALREADY_RUNNING
+        except OSError as exc:
+            log.error("cannot lock the state directory", path=str(lock.path), error=str(exc))
+            return 1
+        try:
+            return await self._run_locked()
+        finally:
+            lock.release()
+
+    async def _run_locked(self) -> int:
         from jobs_agent.dispatch import Dispatcher
         from jobs_agent.jobs.client import JobsClient
 
@@ -71,8 +110,19 @@ class Agent:
             log.error("cannot start without the state database", error=str(exc))
             self.notifier.status(f"cannot open the state database: {exc}")
             return 1
+        self._log_findings()
         transport = self._transport or await self._make_transport()
         self._install_signal_handlers()
+        heartbeat = asyncio.create_task(
+            keep_heartbeat(
+                config.state_dir,
+                transport=config.connection.transport,
+                endpoint=config.connection.endpoint,
+                is_connected=lambda: transport.is_connected,
+                activity=lambda: self.engine.status.describe() if self.engine else "connecting",
+            ),
+            name="heartbeat",
+        )
         try:
             log.info(
                 "connecting",
@@ -114,6 +164,9 @@ class Agent:
             log.error("cannot connect", error=str(exc))
             return 1
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             with contextlib.suppress(Exception):
                 await transport.disconnect()
             if self._embedded is not None:
@@ -121,6 +174,16 @@ class Agent:
             await store.close()
             self._remove_signal_handlers()
             log.info("stopped")
+
+    def _log_findings(self) -> None:
+        """What `config check` would say, said once at start where journald keeps it."""
+        from jobs_agent.config_checks import check_environment
+
+        findings = check_environment(self.config, import_plugins=False)
+        for problem in findings.errors:
+            log.error("configuration problem on this device", problem=problem)
+        for problem in findings.warnings:
+            log.warning("configuration warning", problem=problem)
 
     async def _make_transport(self) -> Transport:
         from jobs_agent.transport.factory import create_transport
@@ -218,8 +281,12 @@ class Agent:
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
         # Said before the new level applies, so that it is logged even when the level rises.
-        log.info("configuration reloaded", path=str(self.config_path))
-        configure_logging(new.log.level, new.log.format)
+        log.info(
+            "configuration reloaded",
+            path=str(self.config_path),
+            changed=changed_settings(self.config, new) or "nothing",
+        )
+        configure_logging(new.log.level, new.log.format, journal_socket=new.log.journal_socket)
         self.config = new
         if self.engine is not None:
             self.engine.config = new

@@ -2,21 +2,23 @@
 # The one test command (README "Quick start" and .ci/run both call this file).
 # On a fresh Debian/Ubuntu machine with Python 3.11 it installs what the tests need (mosquitto,
 # RAUC and SWUpdate from the distribution's packages, a virtual environment with the test
-# extras), runs the quality gates (ruff, mypy --strict) and then the whole pytest suite. Extra
-# arguments go to pytest.
-set -euo pipefail
+# extras), then runs every gate: the whole pytest suite first, then ruff check, ruff format --check and mypy --strict.
+# A gate that fails does not stop the others: all of them run and the script fails at the end,
+# naming each gate that failed. Extra arguments go to pytest.
+#
+# It never starts, stops or reconfigures a system service: the broker fixtures start their own
+# mosquitto processes on free loopback ports, beside any mosquitto the machine runs (stopping a
+# gateway's bridged broker would cut its cloud link).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+set -e
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    echo "== installing mosquitto"
+    echo "== installing mosquitto (the package only; its service is left as the system has it)"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
-fi
-# The broker fixtures start their own mosquitto; the distribution's service is not needed.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
-    as_root systemctl stop mosquitto || true
 fi
 
 # The system-update tests run the real RAUC and SWUpdate on throwaway devices (tests/fixtures/
@@ -53,19 +55,36 @@ fi
 echo "== installing jobs-agent with its test extras"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+set +e
 
-echo "== ruff check"
-"$VENV/bin/ruff" check .
-echo "== ruff format --check"
-"$VENV/bin/ruff" format --check .
-echo "== mypy --strict agent handlers"
+failed=()
+passed=0
+gate() {
+    local name=$1
+    shift
+    echo "== $name"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed+=("$name")
+    fi
+}
+
 # The folders are installed as jobs_agent and jobs_agent_handlers (pyproject.toml): type-check
 # them under those names through a folder of links, as mypy cannot follow setuptools' mapping.
 typecheck=build/typecheck
 mkdir -p "$typecheck"
 ln -sfn ../../agent "$typecheck/jobs_agent"
 ln -sfn ../../handlers "$typecheck/jobs_agent_handlers"
-MYPYPATH="$typecheck" "$VENV/bin/mypy" --strict -p jobs_agent -p jobs_agent_handlers
 
-echo "== pytest"
-exec "$VENV/bin/python" -m pytest "$@"
+gate "pytest" "$VENV/bin/python" -m pytest "$@"
+gate "ruff check" "$VENV/bin/ruff" check .
+gate "ruff format --check" "$VENV/bin/ruff" format --check .
+gate "mypy --strict" env MYPYPATH="$typecheck" "$VENV/bin/mypy" --strict -p jobs_agent -p jobs_agent_handlers
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+    printf '== FAILED: %s\n' "${failed[@]}"
+fi
+echo "gates: $passed passed, ${#failed[@]} failed"
+[ ${#failed[@]} -eq 0 ]

@@ -118,7 +118,11 @@ def test_shipped_examples_are_valid(name: str) -> None:
 
 
 def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
-    good = write(tmp_path, GOOD)
+    # `config check` also checks the files the configuration names (issue 13.6): make them.
+    for name in ("device.pem.crt", "private.pem.key", "AmazonRootCA1.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "handlers").mkdir(mode=0o755)
+    good = write(tmp_path, GOOD.replace("/etc/jobs-agent/", ""))
     ok = subprocess.run(
         [sys.executable, "-m", "jobs_agent", "config", "check", "--config", str(good)],
         capture_output=True,

@@ -170,7 +170,13 @@ async def test_run_command_splits_on_commas_and_keeps_escaped_comma(
 
 
 def test_split_command() -> None:
-    assert split_command("echo,a\\,b,,c\\d") == ("echo", "a,b", "", "c\\d")
+    # The Device Client's tokens: non-empty runs between commas, each trimmed (issue 13.2).
+    assert split_command("echo,a\\,b,,c\\d") == ("echo", "a,b", "c\\d")
+    assert split_command("apt-get, --version") == ("apt-get", "--version")
+    assert split_command("echo, hello, world") == ("echo", "hello", "world")
+    assert split_command("ls ") == ("ls",)
+    assert split_command(" echo ,\ta\\, b \n, , c") == ("echo", "a, b", "", "c")
+    assert split_command("") == ()
 
 
 async def test_injection_attempts_arrive_literally_in_argv(

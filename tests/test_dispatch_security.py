@@ -85,12 +85,13 @@ def test_handler_owned_by_another_user_is_refused(handler_dir: Path) -> None:
     )
 
 
-def test_run_as_root_refused_without_allow_root(handler_dir: Path) -> None:
-    reason = rejected(dispatcher(handler_dir), step("good.sh", user="root"))
-    assert reason == (
-        "step \"s\": runAsUser 'root': running as root is not allowed (jobs.allow_root is false)"
+def test_root_is_refused_only_where_the_site_leaves_it_out(handler_dir: Path) -> None:
+    # Issue 13.1: the default runs what the Device Client runs, root included.
+    assert dispatcher(handler_dir).resolve(step("good.sh", user="root"))
+    restricted = dispatcher(handler_dir, allowed_users=("nobody",))
+    assert rejected(restricted, step("good.sh", user="root")) == (
+        "step \"s\": runAsUser 'root' is not in jobs.allowed_users (nobody)"
     )
-    assert dispatcher(handler_dir, allow_root=True).resolve(step("good.sh", user="root"))
 
 
 def test_unknown_and_unlisted_users_are_refused(handler_dir: Path) -> None:
@@ -100,7 +101,7 @@ def test_unknown_and_unlisted_users_are_refused(handler_dir: Path) -> None:
     )
     if os.geteuid() == 0:
         assert "runAsUser 'nobody' is not in jobs.allowed_users" in rejected(
-            d, step("good.sh", user="nobody")
+            dispatcher(handler_dir, allowed_users=("root",)), step("good.sh", user="nobody")
         )
 
 

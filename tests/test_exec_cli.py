@@ -134,7 +134,7 @@ def test_sign_then_exec_with_require_signature(tmp_path: Path) -> None:
     )
     config = str(tmp_path / "config.yaml")
     unsigned = cli("exec", str(doc), "--config", config, "--dry-run", cwd=tmp_path)
-    assert unsigned.returncode == 1
+    assert unsigned.returncode == 3  # REJECTED has its own exit status (issue 13.13)
     assert "would be REJECTED: the document is not signed" in unsigned.stdout
     ok = cli("exec", str(signed), "--config", config, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -129,23 +129,26 @@ async def test_oversized_and_deeply_nested_documents_are_rejected(
     assert runs(base) == {"after#1": 1}
 
 
-async def test_run_as_root_or_unknown_users_is_refused(base: Path) -> None:
+async def test_users_outside_the_sites_list_or_unknown_are_refused(base: Path) -> None:
     marker = base / "ran-as"
     write_script(base / "handlers", "who.sh", f"id -u > {marker}\n")
-    async with running_agent(base) as harness:
+    async with running_agent(base, make_config(base, allowed_users=("daemon",))) as harness:
         assert await rejected(harness, "root", steps("who.sh", user="root")) == (
-            "step \"step\": runAsUser 'root': running as root is not allowed"
-            " (jobs.allow_root is false)"
+            "step \"step\": runAsUser 'root' is not in jobs.allowed_users (daemon)"
         )
         assert await rejected(harness, "unknown", steps("who.sh", user="no-such-user-x")) == (
             "step \"step\": runAsUser 'no-such-user-x': no such user on this device"
         )
-        assert "no such user on this device" in await rejected(
+        assert "is not a user name" in await rejected(
             harness, "nul", {"operation": "who.sh", "runAsUser": "root\u0000x"}
         )
         if os.geteuid() == 0:
             assert "is not in jobs.allowed_users" in await rejected(
                 harness, "unlisted", steps("who.sh", user="nobody")
+            )
+            # The same rule for a step that names nobody: it would run as the agent (root).
+            assert "which is not in jobs.allowed_users (daemon)" in await rejected(
+                harness, "unnamed", steps("who.sh")
             )
     assert not marker.exists()
 

@@ -114,7 +114,9 @@ async def test_second_sigterm_stops_at_once_and_says_why(
         agent.start()
         await agent.wait_ready()
         emulator.service.create_job("stuck", [THING], {"operation": "wait"})
-        await wait_until(pids.exists, 10, "the handler to start")
+        await wait_until(
+            lambda: pids.exists() and pids.read_text().endswith("\n"), 10, "the handler to start"
+        )
         handler_pid = int(pids.read_text())
         agent.signal(signal.SIGTERM)
         await agent.wait_message("STOPPING=1")
@@ -223,6 +225,7 @@ async def test_sighup_reloads_without_dropping_the_connection_or_the_job(
         assert await agent.wait_exit() == 0
         log = agent.log_text()
         assert "configuration reloaded" in log
+        assert '"changed": ["log.level"]' in log  # reload says what changed (issue 13.12)
         assert "connection lost" not in log.lower()
         assert "reload refused" in log
     finally:

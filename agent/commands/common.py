@@ -22,9 +22,17 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config_or_exit(
-    args: argparse.Namespace, *, require_thing_name: bool = True
+    args: argparse.Namespace, *, require_thing_name: bool = True, file_optional: bool = False
 ) -> AgentConfig:
+    """The one way every command loads its configuration: `--config PATH`, else the default
+    file, with the JOBS_AGENT_* environment on top. With `file_optional` (`exec`), a missing
+    default file means the defaults (plus the environment) rather than an error, so a quick
+    check on a device predicts what the daemon there would do."""
     try:
-        return load_config(args.config, require_thing_name=require_thing_name)
+        return load_config(
+            args.config,
+            require_thing_name=require_thing_name,
+            missing_ok=file_optional and args.config is None,
+        )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

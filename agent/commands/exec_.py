@@ -3,10 +3,14 @@
 The same Dispatcher, sandbox and handlers as a real job, with a local job context: progress is
 printed, and so is the statusDetails the agent would report (sanitised) and the final status.
 `--dry-run` prints the plan (steps, command lines, users, time limits) and runs nothing.
-Without `--config` the defaults apply, with the handler directory from `--handler-dir` (else
-the default /etc/jobs-agent/handlers; the built-in scripts are always available) and a
-temporary state directory. A reboot that the job asks for is not done: exec says so and
-continues as the agent would after the boot.
+The configuration is loaded as for every command (`--config`, else /etc/jobs-agent/config.yaml
+when it exists, else the defaults; JOBS_AGENT_* on top), so the check predicts what the daemon
+on this device does; `--handler-dir` overrides the handler directory. The output log and
+scratch files go to a temporary directory that is removed at the end (`--state-dir` keeps
+them). A reboot that the job asks for is not done: exec says so and continues as the agent
+would after the boot.
+
+Exit status: 0 SUCCEEDED, 1 FAILED, 3 REJECTED (the document is wrong), 2 usage error.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from jobs_agent.commands.common import add_config_argument
 
 MAX_SIMULATED_REBOOTS = 10
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_REJECTED = 3
+_EXIT_CODES = {"SUCCEEDED": EXIT_SUCCEEDED, "FAILED": EXIT_FAILED, "REJECTED": EXIT_REJECTED}
 
 
 def register(subparsers: Any) -> None:
@@ -28,10 +36,16 @@ def register(subparsers: Any) -> None:
         help="run one job document locally (or plan it with --dry-run)",
         description="Run a job document on this device through the same routing, sandbox and "
         "handlers as a real job; print progress, the statusDetails it would report and the "
-        "final status. Exit 0 if SUCCEEDED, 1 otherwise.",
+        "final status. Exit 0 if SUCCEEDED, 1 if FAILED, 3 if REJECTED, 2 on a usage error.",
     )
     parser.add_argument("document", type=Path, metavar="DOC.json", help="the job document")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the handlers' stdout and stderr as they run, and the agent's log lines",
+    )
     add_config_argument(parser)
     parser.add_argument(
         "--handler-dir",
@@ -45,85 +59,115 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the output log goes (default: a temporary directory, kept and printed)",
+        help="keep the output log here (default: a temporary directory, removed at the end)",
     )
     parser.add_argument("--job-id", default="local-exec", help="job id shown to handlers")
     parser.set_defaults(func=_exec)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    import dataclasses
-    import tempfile
-
+def _read_document(path: Path) -> dict[str, Any]:
     from jobs_agent.cli import UsageError
-    from jobs_agent.config import AgentConfig, ConfigError, load_config
 
     try:
-        text = args.document.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"{args.document}: cannot read: {exc.strerror}") from None
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text: {exc}") from None
     try:
         document = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"{args.document}: not valid JSON: {exc}") from None
+        raise UsageError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise UsageError(f"{args.document}: a job document is a JSON object")
-    if args.config is not None:
-        try:
-            config = load_config(args.config, require_thing_name=False)
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
-    else:
-        config = AgentConfig(thing_name="local")
-    jobs = config.jobs
-    if args.handler_dir is not None:
-        jobs = dataclasses.replace(jobs, handler_dir=args.handler_dir.resolve())
-    state_dir = args.state_dir
-    if state_dir is None and not args.dry_run:
-        state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-exec-"))
-    if state_dir is not None:
-        config = dataclasses.replace(config, state_dir=state_dir.resolve())
-    return dataclasses.replace(config, jobs=jobs), document
+        raise UsageError(f"{path}: a job document is a JSON object")
+    return document
 
 
 def _exec(args: argparse.Namespace) -> int:
     import asyncio
+    import dataclasses
+    import shutil
+    import tempfile
 
     from jobs_agent.cli import UsageError
+    from jobs_agent.commands.common import load_config_or_exit
     from jobs_agent.config import ConfigError
     from jobs_agent.dispatch import Dispatcher
-    from jobs_agent_handlers.api import JobRejected
+    from jobs_agent.log import configure_logging
 
-    config, document = _load(args)
+    document = _read_document(args.document)
+    config = load_config_or_exit(args, require_thing_name=False, file_optional=True)
+    configure_logging("info" if args.verbose else "warning", config.log.format, sys.stderr)
+    if args.handler_dir is not None:
+        config = dataclasses.replace(
+            config, jobs=dataclasses.replace(config.jobs, handler_dir=args.handler_dir.resolve())
+        )
+    out = sys.stdout
     try:
-        dispatcher = Dispatcher(config)
+        dispatcher = Dispatcher(config, echo=_echo(out) if args.verbose else None)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    out = sys.stdout
     if args.dry_run:
-        try:
-            handler = dispatcher.resolve(document)
-            steps = dispatcher.plan(document)
-        except JobRejected as exc:
-            print(f"would be REJECTED: {exc.reason}", file=out)
-            return 1
-        print(f"handler: {handler.name}" + (" (resumable)" if handler.resumable else ""), file=out)
-        for index, step in enumerate(steps, 1):
-            print(f"step {index}: {step.describe()}", file=out)
-        print("dry run: nothing was run", file=out)
-        return 0
-    return asyncio.run(_run(dispatcher, config, document, args.job_id, out))
+        return _dry_run(dispatcher, document, out)
+    temporary = args.state_dir is None
+    state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-exec-")) if temporary else args.state_dir
+    config = dataclasses.replace(config, state_dir=state_dir.resolve())
+    dispatcher.config = config
+    try:
+        return asyncio.run(_run(dispatcher, config, document, args.job_id, out, keep=not temporary))
+    finally:
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _dry_run(dispatcher: Any, document: dict[str, Any], out: TextIO) -> int:
+    from jobs_agent.dispatch.plugins import PluginError
+    from jobs_agent_handlers.api import JobRejected
+
+    try:
+        handler = dispatcher.resolve(document)
+        steps = dispatcher.plan(document)
+    except JobRejected as exc:
+        print(f"would be REJECTED: {exc.reason}", file=out)
+        return EXIT_REJECTED
+    except PluginError as exc:
+        print(f"would be FAILED: cannot load the handler: {exc}", file=out)
+        return EXIT_FAILED
+    print(f"handler: {handler.name}" + (" (resumable)" if handler.resumable else ""), file=out)
+    for index, step in enumerate(steps, 1):
+        print(f"step {index}: {step.describe()}", file=out)
+    print("dry run: nothing was run", file=out)
+    return EXIT_SUCCEEDED
+
+
+def _echo(out: TextIO) -> Any:
+    """Handler output as it arrives: stdout to our stdout, stderr to our stderr."""
+
+    def echo(stream: str, chunk: bytes) -> None:
+        target = out if stream == "stdout" else sys.stderr
+        target.write(chunk.decode("utf-8", errors="replace"))
+        target.flush()
+
+    return echo
 
 
 async def _run(
-    dispatcher: Any, config: Any, document: dict[str, Any], job_id: str, out: Any
+    dispatcher: Any,
+    config: Any,
+    document: dict[str, Any],
+    job_id: str,
+    out: TextIO,
+    *,
+    keep: bool,
 ) -> int:
     import asyncio
     import contextlib
+    import shutil
     import signal
 
     from jobs_agent.dispatch.context import LocalJobContext
     from jobs_agent.dispatch.output import log_path
+    from jobs_agent.dispatch.plugins import PluginError
     from jobs_agent.redact import redact_mapping
     from jobs_agent_handlers.api import JobRejected, Outcome
 
@@ -147,6 +191,8 @@ async def _run(
         handler = dispatcher.resolve(document)
     except JobRejected as exc:
         outcome = Outcome("REJECTED", {"reason": exc.reason, **exc.details})
+    except PluginError as exc:  # what the daemon reports for it
+        outcome = Outcome.failed(f"cannot load the handler: {exc}")
     else:
         outcome = await dispatcher.run(handler, ctx)
         reboots = 0
@@ -161,27 +207,18 @@ async def _run(
             )
             ctx.after_reboot()
             outcome = await dispatcher.run(dispatcher.resolve(document), ctx)
+    shutil.rmtree(base, ignore_errors=True)
     details = _sanitize(redact_mapping(dict(outcome.details)))
     print("statusDetails: " + json.dumps(details, ensure_ascii=False, indent=2), file=out)
     print(f"status: {outcome.status}", file=out)
     log_file = log_path(config.state_dir, job_id, 1)
-    if log_file.exists():
+    if keep and log_file.exists():
         print(f"output log: {log_file}", file=out)
-    return 0 if outcome.status == "SUCCEEDED" else 1
+    return _EXIT_CODES[outcome.status]
 
 
 def _sanitize(details: dict[str, Any]) -> dict[str, str]:
-    """The engine's sanitizer when present; else the same limits applied here."""
-    try:
-        from jobs_agent.jobs.status_details import sanitize_status_details
-    except ImportError:
-        from jobs_agent.dispatch.output import single_line
+    from jobs_agent.jobs.status_details import sanitize_status_details
 
-        result: dict[str, str] = {}
-        for key, value in list(details.items())[:10]:
-            text = single_line(value if isinstance(value, str) else json.dumps(value))
-            if text:
-                result[str(key)[:128]] = text
-        return result
     sanitized: dict[str, str] = sanitize_status_details(details)
     return sanitized

@@ -45,7 +45,11 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args)
     if args.watch and not args.dry_run:
         raise UsageError("--watch only goes with --dry-run")
-    configure_logging(args.log_level or config.log.level, config.log.format)
+    configure_logging(
+        args.log_level or config.log.level,
+        config.log.format,
+        journal_socket=config.log.journal_socket,
+    )
     if args.dry_run:
         from jobs_agent.dryrun import run_dry
 

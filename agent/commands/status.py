@@ -1,7 +1,13 @@
-"""`jobs-agent status`: what the agent is doing and has done, from its state database.
+"""`jobs-agent status`: whether the agent is alive, what it is doing and has done.
 
-Read-only and independent of the running daemon (it opens the SQLite file the daemon writes), so
-it works while the agent is stopped, crashed or offline: exactly when an operator needs it.
+Read-only and independent of the running daemon: liveness comes from the instance lock (held
+by the kernel for exactly as long as the agent process lives, so a `kill -9` shows at once),
+the connection and last heartbeat from the file the daemon refreshes (`agent.json`), jobs from
+the SQLite database. It works while the agent is stopped, crashed or offline: exactly when an
+operator needs it.
+
+Exit status: 0 when the status was shown (whether or not the agent runs: see `agent` in
+`--json`), 1 when there is nothing to show (no database at `state_dir`), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -9,21 +15,36 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from jobs_agent.commands.common import add_config_argument, load_config_or_exit
+
+EXIT_SHOWN = 0
+EXIT_NO_DATABASE = 1
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="show the running job, the outbox and recent outcomes",
-        description="Show the running job (step, progress), status updates waiting in the "
-        "outbox and recent outcomes, read from the agent's state database.",
+        help="show whether the agent runs, the running job, the outbox and recent outcomes",
+        description="Show whether the agent is alive (the process holding the state "
+        "directory's lock, its last heartbeat and connection), the running job (step, "
+        "progress, output log), status updates waiting in the outbox and recent outcomes. "
+        "Exit 0 when shown, 1 without a state database.",
     )
     add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--limit", type=int, default=20, help="recent outcomes to show")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="show the status again every SECONDS (default 2) until interrupted",
+    )
     parser.set_defaults(func=_status)
 
 
@@ -37,13 +58,57 @@ def _ago(timestamp: float) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from jobs_agent.engine.store import ACTIVE_STATES, Store, StoreError
+    import sys
 
     config = load_config_or_exit(args)
+    if args.watch is None:
+        return _show(config, args, sys.stdout)
+    if args.watch <= 0:
+        from jobs_agent.cli import UsageError
+
+        raise UsageError("--watch: expected a number of seconds above 0")
+    while True:
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: a live view
+        _show(config, args, sys.stdout)  # without a database yet: keep watching for it
+        sys.stdout.write(f"\n(every {args.watch:g} s; Ctrl-C to stop)\n")
+        sys.stdout.flush()
+        time.sleep(args.watch)
+
+
+def _liveness(state_dir: Path) -> dict[str, Any]:
+    from jobs_agent.engine.heartbeat import read_heartbeat
+    from jobs_agent.engine.instance_lock import holder_pid
+
+    pid = holder_pid(state_dir)
+    beat = read_heartbeat(state_dir)
+    result: dict[str, Any] = {"running": pid is not None, "pid": pid or None}
+    if beat is not None:
+        result.update(
+            heartbeat_at=beat.heartbeat_at,
+            started_at=beat.started_at,
+            connected=beat.connected if pid is not None else False,
+            connection_changed_at=beat.connection_changed_at,
+            transport=beat.transport,
+            endpoint=beat.endpoint or None,
+            activity=beat.activity,
+        )
+    return result
+
+
+def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from jobs_agent.dispatch.output import log_path
+    from jobs_agent.engine.store import ACTIVE_STATES, Store, StoreError
+
     path = config.state_dir / "state.db"
+    alive = _liveness(config.state_dir)
     if not path.exists():
-        print(f"no state database at {path}: the agent has not run with this state_dir yet")
-        return 0
+        message = f"no state database at {path}: the agent has not run with this state_dir yet"
+        if args.json:
+            print(json.dumps({"agent": alive, "error": message}, indent=2), file=out)
+        else:
+            print(f"jobs-agent: {message}", file=out)
+        return EXIT_NO_DATABASE
     try:
         store = Store(path)
         active = store.active()
@@ -51,74 +116,105 @@ def _status(args: argparse.Namespace) -> int:
         recent = [r for r in store.recent(args.limit) if r.state not in ACTIVE_STATES]
         store.close()
     except StoreError as exc:
-        print(f"jobs-agent: {exc}")
+        print(f"jobs-agent: {exc}", file=out)
         return 1
+
+    def output_log(key: Any) -> str | None:
+        log = log_path(config.state_dir, key.job_id, key.execution_number)
+        return str(log) if log.exists() else None
+
     if args.json:
-        print(
-            json.dumps(
+        document = {
+            "agent": alive,
+            "running": [
                 {
-                    "running": [
-                        {
-                            "job_id": r.key.job_id,
-                            "execution_number": r.key.execution_number,
-                            "namespace": r.key.namespace or None,
-                            "state": str(r.state),
-                            "handler": r.handler,
-                            "step": r.step,
-                            "progress": r.progress,
-                            "restarts": r.restarts,
-                        }
-                        for r in active
-                    ],
-                    "outbox": [
-                        {
-                            "job_id": e.key.job_id,
-                            "execution_number": e.key.execution_number,
-                            "status": e.status,
-                            "status_details": e.status_details,
-                            "attempts": e.attempts,
-                            "last_error": e.last_error,
-                        }
-                        for e in outbox
-                    ],
-                    "recent": [
-                        {
-                            "job_id": r.key.job_id,
-                            "execution_number": r.key.execution_number,
-                            "namespace": r.key.namespace or None,
-                            "state": str(r.state),
-                            "status": r.outcome_status,
-                            "details": r.outcome_details,
-                            "note": r.note,
-                            "updated_at": r.updated_at,
-                        }
-                        for r in recent
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return 0
-    print(f"thing {config.thing_name}, state {path}")
+                    "job_id": r.key.job_id,
+                    "execution_number": r.key.execution_number,
+                    "namespace": r.key.namespace or None,
+                    "state": str(r.state),
+                    "handler": r.handler,
+                    "step": r.step,
+                    "progress": r.progress,
+                    "restarts": r.restarts,
+                    "output_log": output_log(r.key),
+                }
+                for r in active
+            ],
+            "outbox": [
+                {
+                    "job_id": e.key.job_id,
+                    "execution_number": e.key.execution_number,
+                    "status": e.status,
+                    "status_details": e.status_details,
+                    "attempts": e.attempts,
+                    "last_error": e.last_error,
+                }
+                for e in outbox
+            ],
+            "recent": [
+                {
+                    "job_id": r.key.job_id,
+                    "execution_number": r.key.execution_number,
+                    "namespace": r.key.namespace or None,
+                    "state": str(r.state),
+                    "status": r.outcome_status,
+                    "details": r.outcome_details,
+                    "note": r.note,
+                    "updated_at": r.updated_at,
+                    "output_log": output_log(r.key),
+                }
+                for r in recent
+            ],
+        }
+        print(json.dumps(document, indent=2), file=out)
+        return EXIT_SHOWN
+    print(f"thing {config.thing_name}, state {config.state_dir}", file=out)
+    print(_describe_agent(alive), file=out)
     if not active:
-        print("running: nothing")
+        print("running: nothing", file=out)
     for r in active:
         progress = r.progress or {}
-        line = f"running: {r.key} [{r.state}] handler {r.handler or '-'} step {r.step}"
+        verb = "running" if alive["running"] else "interrupted (the agent is not running)"
+        line = f"{verb}: {r.key} [{r.state}] handler {r.handler or '-'} step {r.step}"
         if "percent" in progress:
             line += f" {progress['percent']}%"
         if "message" in progress:
             line += f" {progress['message']}"
-        print(line)
-    print(f"outbox: {len(outbox)} update(s) waiting for the service")
+        print(line, file=out)
+        log = output_log(r.key)
+        if log:
+            print(f"  output log: {log}", file=out)
+    print(f"outbox: {len(outbox)} update(s) waiting for the service", file=out)
     for e in outbox:
-        print(f"  {e.key} {e.status} attempts {e.attempts} last error {e.last_error or '-'}")
-    print("recent outcomes:")
+        print(
+            f"  {e.key} {e.status} attempts {e.attempts} last error {e.last_error or '-'}",
+            file=out,
+        )
+    print("recent outcomes:", file=out)
     if not recent:
-        print("  none")
+        print("  none", file=out)
     for r in recent:
         reason = (r.outcome_details or {}).get("reason", "")
         status = r.outcome_status or "-"
         note = f" ({r.note})" if r.note else ""
-        print(f"  {_ago(r.updated_at):>9}  {status:<10} {r.key}  {reason}{note}")
-    return 0
+        print(f"  {_ago(r.updated_at):>9}  {status:<10} {r.key}  {reason}{note}", file=out)
+        log = output_log(r.key)
+        if log:
+            print(f"{'':13}output log: {log}", file=out)
+    return EXIT_SHOWN
+
+
+def _describe_agent(alive: dict[str, Any]) -> str:
+    beat = alive.get("heartbeat_at")
+    if not alive["running"]:
+        last = f"; last heartbeat {_ago(beat)}" if beat else ""
+        return f"agent: NOT RUNNING (no process holds the state directory's lock){last}"
+    parts = [f"agent: running, pid {alive['pid']}"]
+    if beat is not None:
+        parts.append(f"last heartbeat {_ago(beat)}")
+        where = f"{alive.get('transport')}" + (
+            f" {alive['endpoint']}" if alive.get("endpoint") else ""
+        )
+        state = "connected" if alive.get("connected") else "NOT CONNECTED"
+        parts.append(f"{state} ({where}) since {_ago(alive['connection_changed_at'])}")
+    return ", ".join(parts)

@@ -18,10 +18,12 @@ the reason names the step and says "exited with code N" or "killed by signal SIG
 
 from __future__ import annotations
 
+import difflib
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jobs_agent.config import AgentConfig
@@ -36,7 +38,8 @@ from jobs_agent.dispatch.scripts import (
     message_handler,
     script_environment,
 )
-from jobs_agent.dispatch.users import RunAs, normalize_user, resolve_user
+from jobs_agent.dispatch.shebang import interpreter_problem
+from jobs_agent.dispatch.users import RunAs, parse_run_as_user, resolve_user
 from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 RUN_HANDLER = "runHandler"
@@ -69,24 +72,87 @@ class StepsDocument:
 
 
 def split_command(text: str) -> tuple[str, ...]:
-    """`"cmd,arg1,a\\,b"` -> `("cmd", "arg1", "a,b")`; other backslashes stay as they are."""
+    """`"cmd, arg1 ,a\\,b"` -> `("cmd", "arg1", "a,b")`, as the Device Client splits it.
+
+    The Device Client takes the non-empty runs of characters between commas (`\\,` being a
+    literal comma, so `"a,,b"` has two elements), then trims each element's leading and trailing
+    white space: `"apt-get, --version"` is `apt-get --version`, `"ls "` is `ls`. Other
+    backslashes stay as they are.
+    """
     parts: list[str] = []
     current: list[str] = []
     index = 0
-    while index < len(text):
-        char = text[index]
+    while index <= len(text):
+        char = text[index : index + 1]
         if char == "\\" and text[index + 1 : index + 2] == ",":
             current.append(",")
             index += 2
             continue
-        if char == ",":
-            parts.append("".join(current))
+        if char in (",", ""):
+            if current:
+                parts.append("".join(current).strip(COMMAND_SPACE))
             current = []
         else:
             current.append(char)
         index += 1
-    parts.append("".join(current))
     return tuple(parts)
+
+
+COMMAND_SPACE = " \t\n\v\f\r"
+"""What the Device Client trims from each element of a `runCommand` (its `TrimCopy`)."""
+
+DOCUMENT_KEYS = ("version", "includeStdOut", "conditions", "steps", "finalStep")
+AGENT_KEYS = ("jobsAgentSignature",)
+"""Keys the agent itself adds to a document: the signature block (agent/dispatch/signing.py)."""
+STEP_KEYS = ("action",)
+ACTION_KEYS = ("name", "type", "input", "runAsUser", "allowStdErr", "ignoreStepFailure", "timeout")
+HANDLER_INPUT_KEYS = ("handler", "args", "path")
+COMMAND_INPUT_KEYS = ("command",)
+CONDITION_KEYS = ("key", "value", "type")
+LEGACY_KEYS = (
+    "operation",
+    "args",
+    "path",
+    "allowStdErr",
+    "runAsUser",
+    "includeStdOut",
+    "timeout",
+    "type",
+)
+
+
+def check_keys(value: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """The Device Client's schema is closed: a misspelled key (`runAsUsr`, `arg`) would be
+    silently ignored and the step run as root or without its arguments, so it is REJECTED with
+    the key it most likely meant. Keys starting with `_` are comments (its samples have
+    `_comment`)."""
+    for key in value:
+        if not isinstance(key, str) or key.startswith("_") or key in known:
+            continue
+        raise JobRejected(f"{_at(where, key)}: unknown key{did_you_mean(key, known)}")
+
+
+def check_misspelled_keys(value: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """For levels whose other keys are the operator's own (the older one-step form's handler
+    parameters, a document's top level): only a key that looks like a misspelling of a known
+    one is REJECTED."""
+    for key in value:
+        if not isinstance(key, str) or key in known:
+            continue
+        hint = did_you_mean(key, known, cutoff=0.8)
+        if hint:
+            raise JobRejected(f"{_at(where, key)}: unknown key{hint}")
+
+
+def did_you_mean(key: str, known: Sequence[str], *, cutoff: float = 0.6) -> str:
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=cutoff)
+    if not matches and key.lower() in (k.lower() for k in known):
+        matches = [k for k in known if k.lower() == key.lower()]
+    return f' (did you mean "{matches[0]}"?)' if matches else ""
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _flag(value: Any, where: str) -> bool:
@@ -156,18 +222,25 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
     action = raw.get("action")
     if not isinstance(action, Mapping):
         raise JobRejected(f'{where}.action: expected an object with "name", "type" and "input"')
+    check_keys(raw, STEP_KEYS, where)
     where = f"{where}.action"
+    check_keys(action, ACTION_KEYS, where)
     name = _string(action.get("name"), f"{where}.name", required=True)
+    if "\x00" in name:
+        raise JobRejected(f"{where}.name: contains a NUL character")
     kind = action.get("type")
     if kind not in (RUN_HANDLER, RUN_COMMAND):
         raise JobRejected(f'{where}.type: expected "runHandler" or "runCommand", got {kind!r}')
     data = action.get("input")
     if not isinstance(data, Mapping):
         raise JobRejected(f"{where}.input: expected an object")
+    check_keys(
+        data, HANDLER_INPUT_KEYS if kind == RUN_HANDLER else COMMAND_INPUT_KEYS, f"{where}.input"
+    )
     common: dict[str, Any] = {
         "name": name,
         "type": kind,
-        "run_as_user": normalize_user(action.get("runAsUser")),
+        "run_as_user": parse_run_as_user(action.get("runAsUser"), f"{where}.runAsUser"),
         "allow_stderr": _count(action.get("allowStdErr"), f"{where}.allowStdErr"),
         "ignore_step_failure": _flag(action.get("ignoreStepFailure"), f"{where}.ignoreStepFailure"),
         "timeout": _timeout(action.get("timeout"), f"{where}.timeout"),
@@ -186,9 +259,12 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
     if PLACEHOLDER.match(command_text.strip()):
         raise JobRejected(f"{where}.input.command: unreplaced template parameter {command_text}")
     command = split_command(command_text)
-    if not command[0] or any(ch.isspace() for ch in command[0]) or "\x00" in command_text:
+    if "\x00" in command_text:
+        raise JobRejected(f"{where}.input.command: contains a NUL character")
+    if not command or not command[0] or any(ch.isspace() for ch in command[0]):
+        first = command[0] if command else ""
         raise JobRejected(
-            f"{where}.input.command: the first element {command[0]!r} must be a command name"
+            f"{where}.input.command: the first element {first!r} must be a command name"
             " without spaces (arguments are separated by commas)"
         )
     return Action(command=command, **common)
@@ -196,6 +272,9 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
 
 def parse_steps_document(document: Mapping[str, Any]) -> StepsDocument:
     """Validate a `{"version": "1.0", "steps": [...]}` document; raise `JobRejected`."""
+    # The top level may carry fields of the operator's own (a signed `sha256` that a handler
+    # checks): only near-misspellings of the schema's keys are refused there.
+    check_misspelled_keys(document, (*DOCUMENT_KEYS, *AGENT_KEYS), "")
     version = document.get("version")
     if version not in SUPPORTED_VERSIONS:
         raise JobRejected(
@@ -210,6 +289,8 @@ def parse_steps_document(document: Mapping[str, Any]) -> StepsDocument:
         )
     ):
         raise JobRejected('conditions: expected a list of {"key", "value": [...]} objects')
+    for index, condition in enumerate(conditions or ()):
+        check_keys(condition, CONDITION_KEYS, f"conditions[{index}]")
     steps = document.get("steps")
     if not isinstance(steps, list) or not steps:
         raise JobRejected('steps: expected a non-empty list of {"action": {...}} objects')
@@ -224,6 +305,7 @@ def parse_legacy_document(document: Mapping[str, Any], name: str) -> StepsDocume
     """The older `{"operation", "args", "path", "allowStdErr"}` form: one runHandler step."""
     if PLACEHOLDER.match(name):
         raise JobRejected(f"operation: unreplaced template parameter {name}")
+    check_misspelled_keys(document, (*LEGACY_KEYS, *AGENT_KEYS), "")
     path = document.get("path")
     if path is not None and not isinstance(path, str):
         raise JobRejected(f"path: expected a string, got {path!r}")
@@ -233,7 +315,7 @@ def parse_legacy_document(document: Mapping[str, Any], name: str) -> StepsDocume
         handler=name,
         args=_args(document.get("args"), "args"),
         path=path,
-        run_as_user=normalize_user(document.get("runAsUser")),
+        run_as_user=parse_run_as_user(document.get("runAsUser")),
         allow_stderr=_count(document.get("allowStdErr"), "allowStdErr"),
         timeout=_timeout(document.get("timeout"), "timeout"),
     )
@@ -249,6 +331,8 @@ class PreparedStep:
     user: RunAs
     timeout: float
     executable: str
+    builtin: bool = False
+    """One of the agent's own scripts (handlers/scripts/), not the handler directory's."""
 
     def planned(self) -> PlannedStep:
         return PlannedStep(
@@ -275,13 +359,25 @@ def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedSt
             )
             base = (str(located.path), action.run_as_user, *action.args)
             argv = ("/bin/sh", *base) if located.builtin else base
-            return PreparedStep(action, argv, user, timeout, str(located.path))
+            if not located.builtin:
+                _check_interpreter(located.path, search_path)
+            return PreparedStep(
+                action, argv, user, timeout, str(located.path), builtin=located.builtin
+            )
         program = action.command[0]
         executable = program if "/" in program else shutil.which(program, path=search_path)
+        if executable is not None:
+            _check_interpreter(Path(executable), search_path)
         argv = (executable or program, *action.command[1:])
         return PreparedStep(action, argv, user, timeout, executable or program)
     except JobRejected as exc:
         raise type(exc)(f"{label}: {exc.reason}", **exc.details) from None
+
+
+def _check_interpreter(path: Path, search_path: str) -> None:
+    problem = interpreter_problem(path, search_path)
+    if problem is not None:
+        raise JobRejected(f"cannot run {path}: {problem}")
 
 
 def _label(action: Action, index: int | None) -> str:
@@ -290,12 +386,45 @@ def _label(action: Action, index: int | None) -> str:
     return f'step {index + 1} "{action.name}"' if index is not None else f'step "{action.name}"'
 
 
+REBOOT_STEP = "reboot_step"
+"""Checkpoint key: a step that reboots the device the Device Client's way is running, started
+in the boot whose id is given (`{"next_step": N, "reboot_step": {"boot_id": ...}}`)."""
+CONFIRM_REBOOT = "confirm_reboot"
+"""Checkpoint key: after the boot, run step N again so that it can confirm the reboot."""
+
+
+def confirm_reboot_checkpoint(index: int) -> dict[str, Any]:
+    return {"next_step": index, CONFIRM_REBOOT: True}
+
+
+def interrupted_reboot_step(checkpoint: Any) -> tuple[int, str] | None:
+    """(step index, boot id) when `checkpoint` says a Device Client reboot step was running."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    index, marker = checkpoint.get("next_step"), checkpoint.get(REBOOT_STEP)
+    if isinstance(index, int) and isinstance(marker, Mapping):
+        boot_id = marker.get("boot_id")
+        if isinstance(boot_id, str) and boot_id:
+            return index, boot_id
+    return None
+
+
 class StepsHandler:
     """Runs a Device Client document (or a single executable) step by step.
 
     Not resumable: a step interrupted by an agent crash may have half-happened. A reboot that a
     step asks for (exit `EXIT_REBOOT`) is different: the runner checkpoints
     `{"next_step": N}` before asking, and after the boot continues with step N.
+
+    The Device Client's own reboot handler (`reboot.sh`, and any handler listed in
+    `jobs.rerun_after_reboot`) works differently: it writes a lock file, calls `reboot` and
+    relies on the job being delivered again after the boot, when it finds its lock file and
+    exits 0. Here its first run counts as its request for a reboot, whatever it exits with: the
+    agent records that the job awaits a reboot (running its own `jobs.reboot_command` unless
+    the device is already going down), checks after the boot that the boot id changed, and runs
+    the same step again, whose exit status then decides. If the device goes down while the step
+    still runs, the boot id it started under (checkpointed first) lets the engine recognise the
+    same situation after the boot.
     """
 
     resumable = False
@@ -361,6 +490,12 @@ class StepsHandler:
                     step = prepare(action, self._config, self._sandbox.search_path)
                 except JobRejected as exc:
                     return Outcome.rejected(exc.reason, **details())
+                confirming = index == start and self._confirming_reboot(ctx)
+                reboot_step = self._reboots_like_the_device_client(step) and not confirming
+                if reboot_step:
+                    await ctx.checkpoint(
+                        {"next_step": index, REBOOT_STEP: {"boot_id": self._boot_id()}}
+                    )
                 ctx.progress(100.0 * index / total, f"{label} of {total}")
                 log.note(f"{label}: {shlex.join(step.argv)} (as {step.user.name})")
                 result = await self._run_step(
@@ -375,6 +510,14 @@ class StepsHandler:
                 log.note(f"{label} ended: {result.failure() or 'exit code 0'}")
                 if result.cancelled:
                     return Outcome.failed("cancelled", **details())
+                if reboot_step and not result.timed_out and result.spawn_error is None:
+                    await ctx.checkpoint(confirm_reboot_checkpoint(index))
+                    ctx.request_reboot()
+                    log.note(
+                        f"{label} started a reboot ({result.failure() or 'exit code 0'}); as"
+                        " with the Device Client it runs again after the boot to confirm it"
+                    )
+                    return Outcome.succeeded(**details())
                 code = result.exit_code
                 if code == EXIT_REBOOT:
                     await ctx.checkpoint({"next_step": index + 1})
@@ -396,6 +539,24 @@ class StepsHandler:
             return Outcome.succeeded(**details())
         finally:
             log.close()
+
+    def _reboots_like_the_device_client(self, step: PreparedStep) -> bool:
+        return (
+            step.action.type == RUN_HANDLER
+            and not step.builtin
+            and step.action.handler in self._config.jobs.rerun_after_reboot
+        )
+
+    @staticmethod
+    def _confirming_reboot(ctx: JobContext) -> bool:
+        data = ctx.checkpoint_data
+        return ctx.rebooted and isinstance(data, Mapping) and data.get(CONFIRM_REBOOT) is True
+
+    def _boot_id(self) -> str:
+        try:
+            return self._config.jobs.boot_id_path.read_text(encoding="ascii").strip()
+        except OSError:
+            return ""
 
     @staticmethod
     def _failure(action: Action, result: ProcessResult) -> str | None:
@@ -442,6 +603,15 @@ class StepsHandler:
 
             total = len(self.document.actions)
             span = (100.0 * index / total, 100.0 / total)
+
+            def warn(problem: str) -> None:
+                ctx.log.warning(
+                    "handler progress ignored",
+                    step=index + 1,
+                    handler=step.executable,
+                    problem=problem,
+                )
+
             spec = ProcessSpec(
                 step.argv,
                 step.user,
@@ -453,7 +623,8 @@ class StepsHandler:
                 spec,
                 cancelled=ctx.cancelled,
                 log=log,
-                on_message=message_handler(ctx, on_checkpoint, span=span),
+                on_message=message_handler(ctx, on_checkpoint, span=span, warn=warn),
+                on_bad_line=warn,
                 stdout_sinks=[stdout_all],
                 stderr_sinks=[stderr_all],
             )

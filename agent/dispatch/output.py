@@ -8,8 +8,11 @@ operator can still read how a long job started and see that the rest was cut.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -112,3 +115,51 @@ class OutputLog:
 
 def log_path(state_dir: Path, job_id: str, execution_number: int) -> Path:
     return state_dir / "logs" / f"{job_id}-{execution_number}.log"
+
+
+def _output_logs(logs_dir: Path) -> list[tuple[float, str, int]]:
+    """(mtime, name, size) of the per-job logs, oldest first."""
+    logs: list[tuple[float, str, int]] = []
+    try:
+        with os.scandir(logs_dir) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".log") or not entry.is_file(follow_symlinks=False):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                logs.append((info.st_mtime, entry.name, info.st_size))
+    except FileNotFoundError:
+        return []
+    logs.sort()
+    return logs
+
+
+def output_logs_over_limits(logs_dir: Path, *, max_count: int, max_total_bytes: int) -> bool:
+    logs = _output_logs(logs_dir)
+    return len(logs) > max_count or sum(size for _, _, size in logs) > max_total_bytes
+
+
+def prune_output_logs(
+    logs_dir: Path, *, max_count: int, max_total_bytes: int, keep: Iterable[Path] = ()
+) -> list[Path]:
+    """Delete the oldest per-job logs until at most `max_count` remain and they take at most
+    `max_total_bytes`; never those in `keep` (executions still active) nor the newest one.
+
+    A gateway runs jobs for years: without this its disk fills with logs nobody reads.
+    Returns the deleted paths.
+    """
+    kept = {path.name for path in keep}
+    logs = _output_logs(logs_dir)
+    count = len(logs)
+    total = sum(size for _, _, size in logs)
+    deleted: list[Path] = []
+    for _, name, size in logs[:-1]:  # the newest always stays
+        if count <= max_count and total <= max_total_bytes:
+            break
+        if name in kept:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            (logs_dir / name).unlink()
+            deleted.append(logs_dir / name)
+        count -= 1
+        total -= size
+    return deleted

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
-from jobs_agent_handlers.api import JobContext, Outcome
+from jobs_agent.dispatch.paths import check_not_writable_by_others
+from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 ENTRY_POINT_GROUP = "jobs_agent.handlers"
 BUILTIN_PLUGINS: dict[str, str] = {
@@ -26,13 +29,31 @@ class PluginError(Exception):
     """A configured plugin cannot be loaded or is not a handler."""
 
 
-def _import(spec: str) -> Any:
+def add_plugin_path(directories: Sequence[Path]) -> None:
+    """Make `jobs.plugin_path` importable: appended to `sys.path`, so a plugin file can never
+    shadow a module the agent itself uses, and each checked like a handler directory (owned by
+    root or the agent's user, not writable by others), because the agent runs what is there."""
+    for directory in directories:
+        try:
+            check_not_writable_by_others(directory)
+        except JobRejected as exc:
+            raise PluginError(f"jobs.plugin_path: {exc.reason}") from None
+        if not directory.is_dir():
+            raise PluginError(f"jobs.plugin_path: {directory} is not a directory")
+        if str(directory) not in sys.path:
+            sys.path.append(str(directory))
+
+
+def _import(spec: str, plugin_path: Sequence[Path] = ()) -> Any:
+    add_plugin_path(plugin_path)
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
         return getattr(module, attribute)
     except (ImportError, AttributeError) as exc:
         raise PluginError(f"cannot load handler {spec}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed while importing
+        raise PluginError(f"cannot load handler {spec}: {type(exc).__name__}: {exc}") from exc
 
 
 class PluginHandler:
@@ -55,14 +76,19 @@ class PluginRegistry:
         self._loaders = dict(loaders)
 
     @classmethod
-    def discover(cls, configured: Mapping[str, str]) -> PluginRegistry:
+    def discover(
+        cls, configured: Mapping[str, str], *, plugin_path: Sequence[Path] = ()
+    ) -> PluginRegistry:
         loaders: dict[str, tuple[str, Callable[[], Any]]] = {}
         for name, spec in BUILTIN_PLUGINS.items():
             loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             loaders[entry.name] = (entry.value, entry.load)
         for name, spec in configured.items():
-            loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
+            loaders[name] = (
+                spec,
+                lambda spec=spec: _import(spec, plugin_path),  # type: ignore[misc]
+            )
         return cls(loaders)
 
     def names(self) -> list[str]:

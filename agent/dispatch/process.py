@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.dispatch.output import OutputLog, Tail
+from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,6 +57,8 @@ def _progress_fd_setup(write_fd: int) -> Callable[[], None]:
 
 
 MessageCallback = Callable[[Any], Awaitable[None]]
+BadLineCallback = Callable[[str], None]
+"""Told why a progress line was ignored (not JSON, too long), so the operator can be warned."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,19 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def build_environment(user: RunAs, extra: Mapping[str, str], path: str) -> dict[str, str]:
-    """The whole environment of a handler: nothing is inherited from the agent."""
-    env = {"PATH": path, "LANG": "C.UTF-8", "HOME": user.home or "/"}
+def build_environment(
+    user: RunAs, extra: Mapping[str, str], path: str, site: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The whole environment of a handler: nothing is inherited from the agent except what the
+    site configured (`jobs.handler_environment`, e.g. `http_proxy`, `TZ`)."""
+    env = {"LANG": "C.UTF-8", **(site or {})}
+    env.update({"PATH": path, "HOME": user.home or "/"})
     env.update(extra)
     return env
+
+
+OutputEcho = Callable[[str, bytes], None]
+"""Shown a handler's output as it arrives: ("stdout" | "stderr", bytes) (`exec --verbose`)."""
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -156,9 +167,18 @@ def _killpg(pgid: int, sig: int) -> None:
 class Sandbox:
     """Runs processes under the guarantees in the module docstring."""
 
-    def __init__(self, *, kill_grace: float, search_path: str = DEFAULT_PATH) -> None:
+    def __init__(
+        self,
+        *,
+        kill_grace: float,
+        search_path: str = DEFAULT_PATH,
+        environment: Mapping[str, str] | None = None,
+        echo: OutputEcho | None = None,
+    ) -> None:
         self.kill_grace = kill_grace
         self.search_path = search_path
+        self.environment = dict(environment or {})
+        self.echo = echo
 
     async def run(
         self,
@@ -167,11 +187,12 @@ class Sandbox:
         cancelled: asyncio.Event,
         log: OutputLog | None = None,
         on_message: MessageCallback | None = None,
+        on_bad_line: BadLineCallback | None = None,
         stdout_sinks: Sequence[Tail] = (),
         stderr_sinks: Sequence[Tail] = (),
     ) -> ProcessResult:
         result = ProcessResult(None, spec.timeout, Tail(), Tail())
-        env = build_environment(spec.user, spec.env, self.search_path)
+        env = build_environment(spec.user, spec.env, self.search_path, self.environment)
         read_fd, write_fd = os.pipe()
         env["JOBS_AGENT_PROGRESS_FD"] = str(PROGRESS_FD)
         kwargs: dict[str, Any] = {}
@@ -195,10 +216,14 @@ class Sandbox:
                 preexec_fn=_progress_fd_setup(write_fd),
                 **kwargs,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or environment
             os.close(read_fd)
             os.close(write_fd)
-            result.spawn_error = f"cannot run {spec.argv[0]}: {exc.strerror or exc}"
+            reason = exc.strerror if isinstance(exc, OSError) else None
+            if isinstance(exc, FileNotFoundError) and os.path.exists(spec.argv[0]):
+                # ENOENT for a file that exists: its interpreter is what is missing.
+                reason = interpreter_problem(Path(spec.argv[0]), self.search_path) or reason
+            result.spawn_error = f"cannot run {spec.argv[0]}: {reason or exc}"
             return result
         finally:
             if not result.spawn_error:
@@ -206,10 +231,14 @@ class Sandbox:
         assert process.stdout is not None and process.stderr is not None
         pgid = process.pid
         drains = {
-            asyncio.create_task(_drain(process.stdout, [result.stdout, *stdout_sinks], log)),
-            asyncio.create_task(_drain(process.stderr, [result.stderr, *stderr_sinks], log)),
+            asyncio.create_task(
+                _drain(process.stdout, [result.stdout, *stdout_sinks], log, self._echo("stdout"))
+            ),
+            asyncio.create_task(
+                _drain(process.stderr, [result.stderr, *stderr_sinks], log, self._echo("stderr"))
+            ),
         }
-        progress = asyncio.create_task(_read_messages(read_fd, on_message))
+        progress = asyncio.create_task(_read_messages(read_fd, on_message, on_bad_line))
         waiter = asyncio.create_task(_wait_exit(process))
         cancel_wait = asyncio.create_task(cancelled.wait())
         try:
@@ -237,6 +266,12 @@ class Sandbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(progress, *drains, return_exceptions=True)
         return result
+
+    def _echo(self, stream: str) -> Callable[[bytes], None] | None:
+        echo = self.echo
+        if echo is None:
+            return None
+        return lambda chunk: echo(stream, chunk)
 
     async def _terminate(self, pgid: int, waiter: asyncio.Task[int]) -> None:
         _killpg(pgid, signal.SIGTERM)
@@ -292,7 +327,12 @@ async def _wait_exit(process: asyncio.subprocess.Process) -> int:
     return process.returncode
 
 
-async def _drain(stream: asyncio.StreamReader, sinks: list[Tail], log: OutputLog | None) -> None:
+async def _drain(
+    stream: asyncio.StreamReader,
+    sinks: list[Tail],
+    log: OutputLog | None,
+    echo: Callable[[bytes], None] | None = None,
+) -> None:
     while True:
         chunk = await stream.read(_READ_CHUNK)
         if not chunk:
@@ -301,27 +341,40 @@ async def _drain(stream: asyncio.StreamReader, sinks: list[Tail], log: OutputLog
             sink.feed(chunk)
         if log is not None:
             log.write(chunk)
+        if echo is not None:
+            echo(chunk)
 
 
-async def _read_messages(fd: int, on_message: MessageCallback | None) -> None:
-    """Read JSON lines from the progress pipe; malformed or oversized lines are skipped."""
+async def _read_messages(
+    fd: int, on_message: MessageCallback | None, on_bad_line: BadLineCallback | None = None
+) -> None:
+    """Read JSON lines from the progress pipe; malformed or oversized lines are skipped (and
+    reported to `on_bad_line`: a handler author must not lose progress without a word)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=PROGRESS_LINE_MAX)
     pipe = os.fdopen(fd, "rb", buffering=0)
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+
+    def bad(problem: str) -> None:
+        if on_bad_line is not None:
+            on_bad_line(problem)
+
     try:
         while True:
             try:
                 line = await reader.readline()
             except ValueError:
-                continue  # longer than PROGRESS_LINE_MAX: dropped
+                bad(f"a progress line longer than {PROGRESS_LINE_MAX} bytes was ignored")
+                continue
             if not line:
                 return
-            if on_message is None:
+            if on_message is None or not line.strip():
                 continue
             try:
                 message = json.loads(line)
             except ValueError:
+                excerpt = line.decode("utf-8", "replace").strip()[:120]
+                bad(f"a progress line is not JSON and was ignored: {excerpt!r}")
                 continue
             await on_message(message)
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,9 @@ from jobs_agent.dispatch.devicec import (
 )
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
-from jobs_agent.dispatch.process import DEFAULT_PATH, Sandbox
-from jobs_agent.dispatch.users import resolve_user
+from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
+from jobs_agent.dispatch.scripts import site_environment
+from jobs_agent.dispatch.users import check_plugin_user, resolve_user
 from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
 
 if TYPE_CHECKING:
@@ -91,7 +93,8 @@ async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:
     except JobRejected as exc:
         return Outcome("REJECTED", {"reason": exc.reason, **exc.details})
     except Exception as exc:
-        ctx.log.error("handler raised", handler=handler.name, error=repr(exc))
+        # With its traceback: the plugin's author needs the line, not only the message.
+        ctx.log.error("handler raised", handler=handler.name, error=repr(exc), exc_info=exc)
         return Outcome.failed(f"{type(exc).__name__}: {exc}")
     if value is None:
         return Outcome.succeeded()
@@ -114,10 +117,18 @@ class Dispatcher:
         *,
         search_path: str = DEFAULT_PATH,
         plugins: PluginRegistry | None = None,
+        echo: OutputEcho | None = None,
     ) -> None:
         self.config = config
-        self.sandbox = Sandbox(kill_grace=config.jobs.kill_grace_seconds, search_path=search_path)
-        self.plugins = plugins or PluginRegistry.discover(config.handlers)
+        self.sandbox = Sandbox(
+            kill_grace=config.jobs.kill_grace_seconds,
+            search_path=search_path,
+            environment=site_environment(config.jobs.handler_environment, os.environ),
+            echo=echo,
+        )
+        self.plugins = plugins or PluginRegistry.discover(
+            config.handlers, plugin_path=config.jobs.plugin_path
+        )
         self.verifier: SignatureVerifier | None = None
         if config.jobs.require_signature:
             from jobs_agent.dispatch.signing import SignatureVerifier, SigningKeyError
@@ -149,6 +160,7 @@ class Dispatcher:
             )
         plugin = self.plugins.get(name)
         if plugin is not None:
+            check_plugin_user(name, document.get("runAsUser"), self.config.jobs)
             return plugin
         try:
             return self._steps_handler(name, parse_legacy_document(document, name))

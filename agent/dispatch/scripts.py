@@ -11,12 +11,13 @@ Like Mender's update modules, a handler is any executable with a small documente
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ def script_environment(
     return env
 
 
+def site_environment(entries: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """`jobs.handler_environment` resolved: `NAME=value` as given, `NAME` from the agent's own
+    environment when it is set there (a proxy or time zone set in the unit's `Environment=`)."""
+    result: dict[str, str] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if sep:
+            result[name] = value
+        elif name in environ:
+            result[name] = environ[name]
+    return result
+
+
 class StepFiles:
     """The document (and checkpoint) files a step reads, readable by the step's user only.
 
@@ -99,22 +113,41 @@ class StepFiles:
             self._own_dir = None
 
 
+PROGRESS_KEYS = ("percent", "message", "details", "checkpoint")
+
+
 def message_handler(
     ctx: JobContext,
     on_checkpoint: Callable[[Any], Awaitable[None]],
     *,
     span: tuple[float, float] = (0.0, 100.0),
+    warn: Callable[[str], None] | None = None,
 ) -> Callable[[Any], Awaitable[None]]:
-    """Turn progress-pipe messages into `ctx.progress` and checkpoints; ignore the malformed.
+    """Turn progress-pipe messages into `ctx.progress` and checkpoints.
 
     A line is a JSON object with any of `percent` (0 to 100), `message` (string), `details`
     (an object of scalar values) and `checkpoint` (any JSON value, saved durably before the
     next line is read). A step's percent is scaled into `span` (start, width) of the job's.
+    What cannot be used is skipped and reported to `warn` (a misspelled `percnt`, a percent
+    that is not a number), so a handler author sees why the progress did not move.
     """
+
+    def problem(text: str) -> None:
+        if warn is not None:
+            warn(text)
 
     async def handle(message: Any) -> None:
         if not isinstance(message, Mapping):
+            problem(f"a progress line is not a JSON object: {json.dumps(message)[:120]}")
             return
+        for key in message:
+            if key not in PROGRESS_KEYS:
+                hint = difflib.get_close_matches(str(key), PROGRESS_KEYS, n=1)
+                problem(
+                    f"unknown progress key {key!r}"
+                    + (f' (did you mean "{hint[0]}"?)' if hint else "")
+                    + f"; expected {', '.join(PROGRESS_KEYS)}"
+                )
         if "checkpoint" in message:
             await on_checkpoint(message["checkpoint"])
         percent = message.get("percent")
@@ -123,10 +156,14 @@ def message_handler(
             or not isinstance(percent, int | float)
             or not math.isfinite(percent)
         ):
+            if percent is not None:
+                problem(f"progress percent {percent!r} is not a number from 0 to 100")
             percent = None
         else:
             percent = span[0] + span[1] * min(100.0, max(0.0, float(percent))) / 100.0
         text = message.get("message")
+        if text is not None and not isinstance(text, str):
+            problem(f"progress message {text!r} is not a string")
         text = text if isinstance(text, str) else None
         raw_details = message.get("details")
         details: dict[str, Any] = {}
@@ -136,6 +173,10 @@ def message_handler(
                 for key, value in raw_details.items()
                 if isinstance(value, _DETAIL_VALUE_TYPES)
             }
+            if len(details) != len(raw_details):
+                problem("progress details must be an object of strings, numbers or booleans")
+        elif raw_details is not None:
+            problem("progress details must be an object of strings, numbers or booleans")
         if percent is not None or text is not None or details:
             ctx.progress(percent, text, **details)
 

@@ -27,6 +27,8 @@ import structlog
 
 from jobs_agent.aio import wait_event
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint, interrupted_reboot_step
+from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
@@ -511,12 +513,23 @@ class Engine:
             await self._stop_leftover_handlers(key, bound)
             suspended = record.note == "suspended"
             restarts = record.restarts + (0 if suspended else 1)
-            if not record.resumable:
+            rerun = self._rerun_after_reboot(record)
+            if rerun is not None:
+                # The device went down while a step that reboots it the Device Client's way
+                # ran: the boot id changed, so this is the re-delivery after the boot it wants.
+                await self.store.save_checkpoint(key, confirm_reboot_checkpoint(rerun))
+                await self.store.transition(key, ExecutionState.RUNNING, note="")
+                record = await self.store.get(key) or record
+                bound.info(
+                    "the device rebooted during its reboot step; running it again to confirm"
+                )
+                resumed = rebooted = True
+            elif not record.resumable:
                 await self._decide(
                     key, Outcome.failed("agent restarted while the step was running"), bound
                 )
                 return
-            if restarts > self.config.jobs.max_agent_restarts_per_job:
+            elif restarts > self.config.jobs.max_agent_restarts_per_job:
                 await self._decide(
                     key,
                     Outcome.failed(
@@ -525,9 +538,10 @@ class Engine:
                     bound,
                 )
                 return
-            await self.store.transition(key, ExecutionState.RUNNING, restarts=restarts, note="")
-            resumed = True
-            bound.info("resuming after an agent restart", restarts=restarts)
+            else:
+                await self.store.transition(key, ExecutionState.RUNNING, restarts=restarts, note="")
+                resumed = True
+                bound.info("resuming after an agent restart", restarts=restarts)
 
         if document is None:
             document = record.document
@@ -557,6 +571,16 @@ class Engine:
         else:
             record = await self.store.transition(key, ExecutionState.RUNNING)
         await self._run_handler(record, handler, document, resumed, rebooted, bound)
+
+    def _rerun_after_reboot(self, record: ExecutionRecord) -> int | None:
+        """The step to run again when `record` was in a Device Client reboot step and the boot
+        id has changed since it started; None otherwise."""
+        interrupted = interrupted_reboot_step(record.checkpoint)
+        if interrupted is None:
+            return None
+        index, boot_id = interrupted
+        current = self._read_boot_id()
+        return index if current is not None and current != boot_id else None
 
     async def _finish_stale(self, record: ExecutionRecord, bound: Any) -> None:
         """The service offers an execution we already closed locally: settle it, never rerun."""
@@ -590,6 +614,29 @@ class Engine:
         base = scratch.parent
         if base.exists():
             await asyncio.to_thread(shutil.rmtree, base, True)
+        await self._prune_output_logs()
+
+    async def _prune_output_logs(self) -> None:
+        """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first)."""
+        jobs = self.config.jobs
+        logs_dir = self.config.state_dir / "logs"
+        limits = {
+            "max_count": jobs.output_logs_max_count,
+            "max_total_bytes": jobs.output_logs_max_total_bytes,
+        }
+        try:
+            if not await asyncio.to_thread(output_logs_over_limits, logs_dir, **limits):
+                return  # the usual case: no database read, one directory listing
+            active = [
+                log_path(self.config.state_dir, r.key.job_id, r.key.execution_number)
+                for r in await self.store.active()
+            ]
+            deleted = await asyncio.to_thread(prune_output_logs, logs_dir, keep=active, **limits)
+        except OSError as exc:
+            log.warning("cannot prune the output logs", path=str(logs_dir), error=str(exc))
+            return
+        if deleted:
+            log.info("old output logs deleted", count=len(deleted), path=str(logs_dir))
 
     async def _run_handler(
         self,
@@ -616,6 +663,8 @@ class Engine:
             step_timeout_minutes=self.config.jobs.step_timeout_minutes,
             heartbeat_interval=self._heartbeat_interval,
         )
+        if resumed and record.progress:
+            reporter.seed(record.progress)  # the last progress survives a restart or a boot
         ctx = EngineJobContext(
             key=key,
             thing_name=self.config.thing_name,
@@ -651,7 +700,10 @@ class Engine:
         if ctx.reboot_requested and outcome.status == "SUCCEEDED":
             await self._reboot(key, reporter, bound)
             return
-        await self._decide(key, _with_last_progress(outcome, reporter.latest), bound)
+        progress = reporter.latest
+        if rebooted and progress.get("reboot") == "requested":
+            progress["reboot"] = "done"  # the boot id changed: say so in the final report
+        await self._decide(key, _with_last_progress(outcome, progress), bound)
 
     async def _supervise(
         self,
@@ -726,6 +778,12 @@ class Engine:
             await self.store.transition(running.key, ExecutionState.RUNNING, note="suspended")
             bound.info("resumable handler suspended for shutdown; it continues after restart")
             return None
+        record = await self.store.get(running.key)
+        if record is not None and interrupted_reboot_step(record.checkpoint) is not None:
+            # Stopped during a Device Client reboot step: the device is most likely going
+            # down. After the boot the step runs again; without a reboot it is FAILED then.
+            bound.warning("stopped during a reboot step; it is decided after the restart")
+            return None
         if handler_task.done() and not handler_task.cancelled():
             with contextlib.suppress(Exception):
                 outcome = handler_task.result()
@@ -776,7 +834,9 @@ class Engine:
             self._undecided[key] = Outcome(outcome.status, details)
             raise
         self._crash.reached("decided")
-        bound.info("outcome decided", status=outcome.status, reason=details.get("reason"))
+        # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
+        level = bound.info if outcome.status == "SUCCEEDED" else bound.warning
+        level("outcome decided", status=outcome.status, reason=details.get("reason"))
         if not await self._flush_outbox():
             bound.info("outcome queued until the service is reachable")
 
@@ -815,6 +875,8 @@ class Engine:
         await self.store.transition(key, ExecutionState.AWAITING_REBOOT, boot_id=boot_id)
         self._crash.reached("awaiting_reboot")
         details = sanitize_status_details({**reporter.latest, "reboot": "requested"})
+        with contextlib.suppress(StoreError):  # the run after the boot starts from it
+            await self.store.save_progress(key, details)
         try:
             await self.client.update(
                 key.job_id,
@@ -836,6 +898,13 @@ class Engine:
         except (JobsError, TransportError) as exc:
             # Offline: the job asked for the reboot; the outcome is reported after the boot.
             bound.warning("reboot announcement not delivered; rebooting anyway", error=str(exc))
+        if self._stopping:
+            # Being stopped right now: the device is already going down (the Device Client's
+            # reboot.sh calls `reboot` itself), or an operator stops the agent. Either way the
+            # boot id after the restart says whether the reboot happened.
+            self._awaiting_reboot = True
+            bound.warning("not running the reboot command: the agent is being stopped")
+            return
         command = list(self.config.jobs.reboot_command)
         bound.warning("rebooting the device for the job", command=command)
         try:
@@ -850,6 +919,12 @@ class Engine:
                 _, stderr = await process.communicate()
         except (OSError, TimeoutError) as exc:
             await self._decide(key, Outcome.failed(f"reboot command failed: {exc}"), bound)
+            return
+        if process.returncode != 0 and self._stopping:
+            # Refused because the device is already shutting down (a reboot the handler
+            # started itself): the boot id after the restart decides, as above.
+            self._awaiting_reboot = True
+            bound.warning("reboot command failed while the agent is being stopped; see after boot")
             return
         if process.returncode != 0:
             tail = stderr.decode(errors="replace")[-500:]
@@ -884,10 +959,16 @@ class Engine:
 
 def _with_last_progress(outcome: Outcome, progress: Mapping[str, Any]) -> Outcome:
     """The final report carries the last progress too (a job shorter than one progress interval
-    would otherwise never show it); the handler's own details win, and success means 100 %."""
+    would otherwise never show it); success means 100 %.
+
+    The outcome's own keys (`reason`, `stdout`, `stderr`, ...) come first and win: only 10
+    pairs fit, and a handler's progress `details` must never push out why the job ended.
+    """
     if not progress:
         return outcome
-    merged = {**progress, **outcome.details}
+    merged = dict(outcome.details)
+    for key, value in progress.items():
+        merged.setdefault(key, value)
     if outcome.status == "SUCCEEDED" and "percent" in progress and "percent" not in outcome.details:
         merged["percent"] = "100"
     return Outcome(outcome.status, merged)

@@ -79,6 +79,10 @@ class ProgressReporter:
             self._dirty = True
             self._wake.set()
 
+    def seed(self, progress: Mapping[str, Any]) -> None:
+        """Start from progress reported before (a run that continues); nothing is sent."""
+        self._latest.update(progress)
+
     def extend_step_timeout(self, minutes: int) -> None:
         if not 1 <= int(minutes) <= 10080:
             raise ValueError("a step timeout is 1 to 10080 minutes")

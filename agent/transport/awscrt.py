@@ -287,16 +287,18 @@ class AwscrtTransport(Transport):
             if permanent:
                 first.set_exception(TransportError(detail))
             else:
-                log.info("connect_retry", endpoint=self.config.endpoint, reason=detail)
+                log.warning(
+                    "cannot connect; retrying", endpoint=self.config.endpoint, reason=detail
+                )
         elif not self._closing:
-            log.warning("reconnect_failed", endpoint=self.config.endpoint, reason=detail)
+            log.warning("cannot reconnect; retrying", endpoint=self.config.endpoint, reason=detail)
 
     def _link_down(self, detail: str) -> None:
         self._generation += 1
         was_up = self.is_connected
         self._mark_down()
         if was_up and not self._closing:
-            log.warning("connection_lost", reason=detail)
+            log.warning("connection lost", reason=detail)
             self._connection_lost(detail)
 
     def _link_up(self, session_present: bool) -> None:

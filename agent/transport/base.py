@@ -107,11 +107,15 @@ class Transport(abc.ABC):
                     return  # the link dropped again; the next connection starts over
                 except TransportError as exc:
                     if is_current():
-                        log.error("resubscribe_failed", topic_filter=topic_filter, error=str(exc))
+                        log.error(
+                            "cannot subscribe again after reconnecting",
+                            topic_filter=topic_filter,
+                            error=str(exc),
+                        )
         if not is_current():
             return
         self._mark_up()
-        log.info("connection_resumed", session_present=session_present)
+        log.info("connection resumed", session_present=session_present)
         self._connection_resumed(session_present)
 
     # -- the link ---------------------------------------------------------------------------

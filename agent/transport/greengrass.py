@@ -118,7 +118,7 @@ class GreengrassTransport(Transport):
         was_up = self.is_connected
         self._mark_down()
         if was_up:
-            log.warning("connection_lost", reason=reason)
+            log.warning("connection lost", reason=reason)
             self._connection_lost(reason)
 
     def _stream_lost(self, topic_filter: str, reason: str) -> None:
@@ -136,7 +136,11 @@ class GreengrassTransport(Transport):
                 try:
                     await self._open_stream(topic_filter)
                 except TransportError as exc:
-                    log.warning("resubscribe_failed", topic_filter=topic_filter, error=str(exc))
+                    log.warning(
+                        "cannot subscribe again after reconnecting",
+                        topic_filter=topic_filter,
+                        error=str(exc),
+                    )
                     break
                 self._broken.discard(topic_filter)
         if not self._closing and self._cloud_up:
@@ -186,7 +190,7 @@ class GreengrassTransport(Transport):
             future, self._status_stream = subscribe(on_stream_event=self._status_event)
             await asyncio.wrap_future(future)  # the response is empty; events carry the status
         except Exception as exc:  # an older nucleus: no status, assume connected
-            log.info("connection_status_unavailable", error=str(exc))
+            log.info("cloud connection status unavailable", error=str(exc))
             self._status_stream = None
 
     async def disconnect(self) -> None:
@@ -203,13 +207,13 @@ class GreengrassTransport(Transport):
                 try:
                     await asyncio.wrap_future(operation.close())
                 except Exception as exc:  # closing an already broken stream
-                    log.debug("stream_close_failed", error=str(exc))
+                    log.debug("cannot close an IPC stream", error=str(exc))
         client, self._client = self._client, None
         closed: concurrent.futures.Future[Any] = client.close(executor_wait=False)
         try:
             await asyncio.wrap_future(closed)
         except Exception as exc:
-            log.debug("ipc_close_failed", error=str(exc))
+            log.debug("cannot close the IPC client", error=str(exc))
 
     def _require_up(self, what: str) -> None:
         if self._client is None or not self.is_connected:

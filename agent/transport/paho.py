@@ -156,7 +156,7 @@ class PahoTransport(Transport):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError) as exc:
-            log.warning("tcp_nodelay_failed", error=str(exc))
+            log.warning("cannot set TCP_NODELAY on the MQTT socket", error=str(exc))
 
     def _paho_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # With TLS 1.3 a broker refusing our certificate sends its alert after the handshake;
@@ -194,7 +194,7 @@ class PahoTransport(Transport):
         if reason.is_failure:
             self._schedule_retry_delay()
             if self._started:
-                log.warning("connect_refused", reason=str(reason))
+                log.warning("connection refused by the broker", reason=str(reason))
             return
         self._backoff.reset()
         if self._started:
@@ -249,7 +249,7 @@ class PahoTransport(Transport):
         self._mark_down()
         self._fail_pending(f"connection lost: {reason}")
         if was_up and not self._closing:
-            log.warning("connection_lost", reason=reason)
+            log.warning("connection lost", reason=reason)
             self._connection_lost(reason)
 
     def _link_up(self, session_present: bool) -> None:
@@ -364,7 +364,12 @@ class PahoTransport(Transport):
                 raise TransportError(f"cannot connect to {where}: {outcome.reason}")
             last = outcome.reason
             delay = backoff.next_delay()
-            log.info("connect_retry", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2))
+            log.warning(
+                "cannot connect; retrying",
+                endpoint=cfg.endpoint,
+                reason=last,
+                delay=round(delay, 2),
+            )
             remaining = None if timeout is None else start + timeout - time.monotonic()
             await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
 

@@ -265,7 +265,9 @@ class AsyncPahoTransport(PahoTransport):
             try:
                 await asyncio.to_thread(self._client.reconnect)
             except (OSError, ValueError, ssl.SSLError) as exc:
-                log.info("reconnect_failed", endpoint=self.config.endpoint, reason=str(exc))
+                log.warning(
+                    "cannot reconnect; retrying", endpoint=self.config.endpoint, reason=str(exc)
+                )
                 continue
             return
 

@@ -1,0 +1,147 @@
+"""What a valid configuration can still get wrong on this device, checked before it bites.
+
+`config.py` checks the file's syntax and types; this checks the world the file points at:
+the certificate, key and CA files exist and can be read, the handler directory exists and
+passes the ownership checks jobs would fail on, every configured plugin imports, and the
+trusted keys load. It also warns about setups that work but let others in: a broker reached
+without TLS or without credentials while documents need no signature, so that any local MQTT
+client could answer the agent's requests with a document of its own (run as root).
+Used by `jobs-agent config check` and logged by the daemon when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs_agent.config import AgentConfig
+
+
+@dataclass
+class Findings:
+    errors: list[str] = field(default_factory=list)
+    """Problems that make jobs or the connection fail: name the key and the file."""
+    warnings: list[str] = field(default_factory=list)
+    """Setups that work but are unsafe or surprising."""
+
+
+def check_environment(config: AgentConfig, *, import_plugins: bool = True) -> Findings:
+    findings = Findings()
+    _check_connection_files(config, findings)
+    _check_handler_dir(config, findings)
+    _check_plugins(config, findings, import_plugins=import_plugins)
+    _check_transport_security(config, findings)
+    return findings
+
+
+def _readable_file(path: Path) -> str | None:
+    """Why `path` cannot be used as an input file, or None."""
+    try:
+        if not path.exists():
+            return "no such file"
+        if not path.is_file():
+            return "not a regular file"
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _check_connection_files(config: AgentConfig, findings: Findings) -> None:
+    conn = config.connection
+    if conn.transport in ("greengrass", "local"):
+        return
+    for key, path in (("cert", conn.cert), ("key", conn.key), ("ca", conn.ca)):
+        if path is None:
+            continue
+        problem = _readable_file(path)
+        if problem is not None:
+            findings.errors.append(f"connection.{key}: {path}: {problem}")
+    for index, key_path in enumerate(config.jobs.trusted_keys):
+        problem = _readable_file(key_path)
+        if problem is not None:
+            findings.errors.append(f"jobs.trusted_keys[{index}]: {key_path}: {problem}")
+
+
+def _check_handler_dir(config: AgentConfig, findings: Findings) -> None:
+    from jobs_agent.dispatch.paths import check_not_writable_by_others
+    from jobs_agent_handlers.api import JobRejected
+
+    directory = config.jobs.handler_dir
+    if not directory.exists():
+        findings.errors.append(
+            f"jobs.handler_dir: {directory}: no such directory (documents that name a handler"
+            " there are REJECTED; create it: install -d -m 0755 " + str(directory) + ")"
+        )
+        return
+    if not directory.is_dir():
+        findings.errors.append(f"jobs.handler_dir: {directory}: not a directory")
+        return
+    try:
+        check_not_writable_by_others(directory)
+    except JobRejected as exc:
+        findings.errors.append(f"jobs.handler_dir: {exc.reason}")
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError as exc:
+        findings.errors.append(f"jobs.handler_dir: {directory}: {exc.strerror}")
+        return
+    for entry in entries:
+        if entry.is_file():
+            try:
+                check_not_writable_by_others(entry)
+            except JobRejected as exc:
+                findings.errors.append(f"jobs.handler_dir: {exc.reason}")
+            if not os.access(entry, os.X_OK):
+                findings.warnings.append(
+                    f"jobs.handler_dir: {entry} is not executable: jobs naming it are REJECTED"
+                )
+    reboot = directory / "reboot.sh"
+    if reboot.is_file() and "reboot.sh" not in config.jobs.rerun_after_reboot:
+        findings.warnings.append(
+            f"jobs.handler_dir: {reboot} replaces the agent's built-in reboot.sh; if it is the"
+            " Device Client's (which confirms the reboot when it is run again after the boot),"
+            " keep reboot.sh in jobs.rerun_after_reboot"
+        )
+
+
+def _check_plugins(config: AgentConfig, findings: Findings, *, import_plugins: bool) -> None:
+    from jobs_agent.dispatch.plugins import PluginError, PluginRegistry, add_plugin_path
+
+    try:
+        add_plugin_path(config.jobs.plugin_path)
+    except PluginError as exc:
+        findings.errors.append(str(exc))
+        return
+    if not import_plugins:
+        return
+    registry = PluginRegistry.discover(config.handlers, plugin_path=config.jobs.plugin_path)
+    for name in registry.names():
+        try:
+            registry.get(name)
+        except PluginError as exc:
+            key = f"handlers.{name}" if name in config.handlers else f"plugin {name!r}"
+            findings.errors.append(f"{key}: {exc}")
+
+
+def _check_transport_security(config: AgentConfig, findings: Findings) -> None:
+    conn = config.connection
+    if conn.transport != "paho" or config.jobs.require_signature:
+        return
+    has_credentials = bool(conn.username) or conn.cert is not None
+    if conn.tls and has_credentials:
+        return
+    missing = " and ".join(
+        part
+        for part, absent in (("TLS", not conn.tls), ("credentials", not has_credentials))
+        if absent
+    )
+    findings.warnings.append(
+        f"connection: the broker {conn.endpoint}:{conn.port} is reached without {missing}"
+        " and jobs.require_signature is false: any client that can connect to it can answer"
+        " the agent's requests with a job document of its own, which runs as root. Give the"
+        " broker per-client credentials and ACLs (only the bridge may publish on this thing's"
+        " $aws/things/.../jobs topics), or set jobs.require_signature with trusted_keys"
+    )

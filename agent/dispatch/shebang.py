@@ -1,0 +1,52 @@
+"""Why a script cannot be executed although it exists: its `#!` line.
+
+The kernel answers ENOENT ("No such file or directory") both for a missing file and for a
+script whose interpreter is missing, and a file saved with CRLF line endings names the
+interpreter `/bin/sh\\r`, which never exists. Operators then look for the wrong file. This
+reads the first line and says what is wrong, before anything runs (so `--dry-run` says it too).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+SHEBANG_MAX = 256
+"""The kernel reads at most this many bytes of a `#!` line (BINPRM_BUF_SIZE)."""
+
+
+def interpreter_problem(path: Path, search_path: str) -> str | None:
+    """What keeps `path` from being executed through its `#!` line, or None if nothing does."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SHEBANG_MAX)
+    except OSError:
+        return None  # the caller reports unreadable files in its own words
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        return (
+            f"the first line of {path} ends with a carriage return (the file has CRLF line"
+            " endings, e.g. it was edited on Windows): convert it with `dos2unix` or"
+            " `sed -i 's/\\r$//'`"
+        )
+    words = line.decode("utf-8", errors="replace").split()
+    if not words:
+        return f"{path} starts with '#!' but names no interpreter"
+    interpreter = words[0]
+    if not _executable(interpreter):
+        return f"interpreter {interpreter} not found (named by the first line of {path})"
+    if os.path.basename(interpreter) == "env" and len(words) > 1 and not words[1].startswith("-"):
+        program = words[1]
+        if "/" not in program and shutil.which(program, path=search_path) is None:
+            return (
+                f"interpreter {program} not found in PATH ({search_path}), named by the first"
+                f" line of {path} through {interpreter}"
+            )
+    return None
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)

@@ -1,0 +1,190 @@
+"""Under systemd, journald records each line's priority and fields (issue 13.12).
+
+systemd cannot run here, so journald is stood in for by what it offers a service: a real
+AF_UNIX datagram socket speaking its native protocol, and `JOURNAL_STREAM` naming the
+device and inode of the agent's stderr. The agent is a real `jobs-agent run` process; a FAILED
+job and a configuration warning must arrive as warnings (priority 4), ordinary lines as info.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.log import configure_logging
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    start_emulator,
+    wait_terminal,
+    wait_until,
+)
+
+THING = "gw-journal"
+
+
+def parse_datagram(data: bytes) -> dict[str, str]:
+    """journald's native protocol: KEY=value lines, or KEY, a 64-bit length and raw bytes."""
+    fields: dict[str, str] = {}
+    while data:
+        newline = data.index(b"\n")
+        line = data[:newline]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            data = data[newline + 1 :]
+        else:
+            key = line
+            (length,) = struct.unpack("<Q", data[newline + 1 : newline + 9])
+            value = data[newline + 9 : newline + 9 + length]
+            data = data[newline + 10 + length :]
+        fields[key.decode()] = value.decode()
+    return fields
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[socket.socket]:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(tmp_path / "journal.socket"))
+    server.settimeout(10)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield
+    structlog.reset_defaults()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+
+
+def test_native_protocol_carries_priority_and_fields(
+    tmp_path: Path,
+    journal: socket.socket,
+    restore_logging: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stderr = (tmp_path / "stderr").open("w")
+    info = os.fstat(stderr.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+    chosen = configure_logging("info", "auto", stderr, journal_socket=tmp_path / "journal.socket")
+    assert chosen == "journal"
+    log = structlog.get_logger("t").bind(job_id="job-7", execution_number=2, namespace=None)
+    log.warning("outcome decided", status="FAILED", reason="step 1: exited with code 3")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("handler crashed")
+    first = parse_datagram(journal.recv(65536))
+    assert first["PRIORITY"] == "4"
+    assert first["SYSLOG_IDENTIFIER"] == "jobs-agent"
+    assert first["JOB_ID"] == "job-7" and first["EXECUTION_NUMBER"] == "2"
+    assert first["STATUS"] == "FAILED" and first["REASON"] == "step 1: exited with code 3"
+    assert "NAMESPACE" not in first  # None-valued fields are left out
+    assert first["MESSAGE"].startswith("outcome decided ")
+    second = parse_datagram(journal.recv(65536))
+    assert second["PRIORITY"] == "3"
+    assert "Traceback" in second["JOBS_AGENT_EXCEPTION"] and "\n" in second["MESSAGE"]
+    stderr.close()
+    assert (tmp_path / "stderr").read_text() == ""
+
+
+def test_without_journal_stream_the_lines_stay_plain_json(
+    tmp_path: Path, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "1:1")
+    with (tmp_path / "stderr").open("w") as stream:
+        assert configure_logging("info", "auto", stream) == "json"
+        structlog.get_logger("t").info("ready", namespace=None)
+    line = json.loads((tmp_path / "stderr").read_text())
+    assert line["event"] == "ready" and "namespace" not in line
+
+
+@pytest.fixture
+async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port)
+    yield emu
+    await emu.stop()
+
+
+def _agent(tmp_path: Path, mosquitto: Mosquitto, journal_socket: Path) -> AgentProcess:
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    path = tmp_path / "config.yaml"
+    text = config_yaml(config).replace(
+        "log: {level: debug, format: json}",
+        f"log: {{level: info, format: auto, journal_socket: {journal_socket}}}",
+    )
+    path.write_text(text)
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    stderr = tmp_path / "agent-1.log"  # the file AgentProcess gives the agent as stderr
+    stderr.touch()
+    info = stderr.stat()
+    agent.env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+    return agent
+
+
+async def test_a_real_agent_sends_priorities_to_journald(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, journal: socket.socket
+) -> None:
+    agent = _agent(tmp_path, mosquitto, tmp_path / "journal.socket")
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("fails", [THING], {"operation": "false"})
+        await wait_terminal(emulator, "fails", THING)
+        received: list[dict[str, str]] = []
+        journal.setblocking(False)
+
+        def decided() -> bool:
+            try:
+                while True:
+                    received.append(parse_datagram(journal.recv(65536)))
+            except BlockingIOError:
+                pass
+            return any(r.get("MESSAGE", "").startswith("outcome decided") for r in received)
+
+        await wait_until(decided, 20, "the outcome line on the journal socket")
+    finally:
+        agent.kill()
+    decided = next(r for r in received if r["MESSAGE"].startswith("outcome decided"))
+    assert decided["PRIORITY"] == "4" and decided["JOB_ID"] == "fails"
+    warning = next(r for r in received if r["MESSAGE"].startswith("configuration warning"))
+    assert warning["PRIORITY"] == "4" and "without TLS" in warning["PROBLEM"]
+    ready = next(r for r in received if r["MESSAGE"].startswith("ready"))
+    assert ready["PRIORITY"] == "6" and ready["THING_NAME"] == THING
+
+
+async def test_without_the_native_socket_lines_carry_syslog_priorities(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    agent = _agent(tmp_path, mosquitto, tmp_path / "no-journal.socket")
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("fails", [THING], {"operation": "false"})
+        await wait_terminal(emulator, "fails", THING)
+        await wait_until(
+            lambda: '"outcome decided"' in agent.log_text(), 20, "the outcome line on stderr"
+        )
+    finally:
+        agent.kill()
+    lines = [line for line in agent.log_text().splitlines() if line.startswith("<")]
+    decided = next(line for line in lines if '"outcome decided"' in line)
+    assert decided.startswith("<4>{") and json.loads(decided[3:])["job_id"] == "fails"
+    assert next(line for line in lines if '"event": "ready"' in line).startswith("<6>")
