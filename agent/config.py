@@ -76,6 +76,9 @@ class JobsConfig:
     output_log_max_bytes: int = 10 * 1024 * 1024
     allowed_users: tuple[str, ...] = (ANY_USER,)
     """Who jobs may run as: `runAsUser`, or the agent's own user when a step names none."""
+    allow_root: bool | None = None
+    """Deprecated (kept so that an upgraded gateway with an earlier configuration still starts
+    and stays reachable): `false` refuses root even where `allowed_users` allows it."""
     require_signature: bool = False
     trusted_keys: tuple[Path, ...] = ()
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
@@ -288,6 +291,7 @@ _RULES: dict[str, _Rule] = {
         _pattern(re.compile(r"^(\*|[^\x00-\x20:/]{1,256})$"), 'a user name or "*"')
     ),
     "jobs.require_signature": _bool(),
+    "jobs.allow_root": _bool(),
     "jobs.trusted_keys": _list_of(_path(optional=False)),
     "jobs.reboot_command": _list_of(_string(), non_empty=True),
     "jobs.max_agent_restarts_per_job": _int_in(1, 100),
@@ -313,12 +317,6 @@ _RULES: dict[str, _Rule] = {
     "log.format": _choice(*LOG_FORMATS),
     "log.journal_socket": _path(optional=False),
 }
-
-_REMOVED_KEYS: dict[str, str] = {
-    "jobs.allow_root": "no longer a setting: jobs run as root unless jobs.allowed_users leaves"
-    ' root out (the default, ["*"], allows every user of the device)',
-}
-"""Keys of earlier versions, refused with what replaces them."""
 
 _TOP_LEVEL_KEYS = frozenset({"thing_name", "connection", "jobs", "handlers", "state_dir", "log"})
 _SECTIONS: dict[str, type] = {
@@ -430,11 +428,6 @@ def _build_section(section: str, cls: type, values: Any, where: dict[str, _Where
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         key_path = f"{section}.{key}"
-        if key_path in _REMOVED_KEYS:
-            location = where.get(key_path, "")
-            raise ConfigError(
-                f"{key_path}: {_REMOVED_KEYS[key_path]}" + (f" ({location})" if location else "")
-            )
         if key not in known:
             location = where.get(key_path, "")
             raise ConfigError(

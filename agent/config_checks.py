@@ -32,6 +32,7 @@ def check_environment(config: AgentConfig, *, import_plugins: bool = True) -> Fi
     _check_handler_dir(config, findings)
     _check_plugins(config, findings, import_plugins=import_plugins)
     _check_transport_security(config, findings)
+    _check_deprecated(config, findings)
     return findings
 
 
@@ -145,3 +146,19 @@ def _check_transport_security(config: AgentConfig, findings: Findings) -> None:
         " broker per-client credentials and ACLs (only the bridge may publish on this thing's"
         " $aws/things/.../jobs topics), or set jobs.require_signature with trusted_keys"
     )
+
+
+def _check_deprecated(config: AgentConfig, findings: Findings) -> None:
+    """Settings of earlier versions are accepted (a configuration error would stop an upgraded
+    fleet, and with it the only remote way to fix the file: a job), but said to be on the way
+    out."""
+    if config.jobs.allow_root is not None:
+        meaning = (
+            "refuses root even where jobs.allowed_users allows it"
+            if config.jobs.allow_root is False
+            else "changes nothing"
+        )
+        findings.warnings.append(
+            f"jobs.allow_root is deprecated ({meaning}): list the users jobs may run as in"
+            " jobs.allowed_users (root included or not) and remove it"
+        )

@@ -118,3 +118,17 @@ def test_a_broker_without_tls_or_credentials_is_warned_about(
         device, text + f"  require_signature: true\n  trusted_keys: [{device}/pub.pem]\n"
     )
     assert "WARNING: connection" not in signed.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "meaning"),
+    [("false", "refuses root even where"), ("true", "changes nothing")],
+)
+def test_the_deprecated_allow_root_of_earlier_versions_is_accepted_with_a_warning(
+    device: Path, value: str, meaning: str
+) -> None:
+    """An upgraded gateway whose file still has `allow_root` must start: a configuration error
+    would take the whole fleet offline, and with it the remote way to fix the file."""
+    result = check(device, awscrt(device, f"  allow_root: {value}\n"))
+    assert result.returncode == 0, result.stderr
+    assert "jobs.allow_root is deprecated" in result.stderr and meaning in result.stderr

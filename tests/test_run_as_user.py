@@ -163,3 +163,20 @@ async def test_python_plugins_run_as_the_agent_or_are_rejected(
         assert status == "REJECTED" and "not in jobs.allowed_users" in details["reason"]
     assert PLUGIN_RUNS == [0]
     assert pwd.getpwnam(throwaway_user).pw_uid != 0
+
+
+async def test_the_deprecated_allow_root_false_still_refuses_root(tmp_path: Path) -> None:
+    """A configuration of an earlier version keeps its meaning after the upgrade: root refused,
+    for a step that names it and for one that runs as the (root) agent."""
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path)
+    config = dataclasses.replace(config, jobs=dataclasses.replace(config.jobs, allow_root=False))
+    async with running_agent(tmp_path, config) as harness:
+        for job_id, document in (
+            ("named", command_step("id,-u", runAsUser="root")),
+            ("unnamed", command_step("id,-u")),
+        ):
+            status, details = await outcome(harness, job_id, document)
+            assert status == "REJECTED"
+            assert "jobs.allow_root: false refuses" in details["reason"]
+            assert "stdout" not in details

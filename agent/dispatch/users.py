@@ -78,10 +78,19 @@ def _shown(allowed: Sequence[str]) -> str:
     return ", ".join(allowed) or "empty"
 
 
+def _refuse_root_if_deprecated_setting_says_so(uid: int, jobs: JobsConfig) -> None:
+    if uid == 0 and jobs.allow_root is False:
+        raise JobRejected(
+            "the step would run as root, which jobs.allow_root: false refuses (a deprecated"
+            " setting: list the users jobs may run as in jobs.allowed_users instead)"
+        )
+
+
 def resolve_user(requested: str, jobs: JobsConfig) -> RunAs:
     """Check `requested` ("" = the agent's own user) against the site; `JobRejected` says why."""
     own = own_user()
     if not requested:
+        _refuse_root_if_deprecated_setting_says_so(own.uid, jobs)
         if not _listed(own.name, jobs.allowed_users):
             raise JobRejected(
                 f"no runAsUser given, so the step would run as the agent's user {own.name!r},"
@@ -97,6 +106,7 @@ def resolve_user(requested: str, jobs: JobsConfig) -> RunAs:
         raise JobRejected(
             f"runAsUser {requested!r} is not in jobs.allowed_users ({_shown(jobs.allowed_users)})"
         )
+    _refuse_root_if_deprecated_setting_says_so(entry.pw_uid, jobs)
     if entry.pw_uid == own.uid:
         return RunAs(entry.pw_name, own.uid, own.gid, entry.pw_dir, (), switch=False)
     if own.uid != 0:
