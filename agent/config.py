@@ -83,6 +83,8 @@ class JobsConfig:
     """Idle, ask for work this often even without a notification (0: never)."""
     boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
     """Where the boot id is read to confirm a requested reboot happened (tests, containers)."""
+    containment: str = "auto"
+    """How a step's processes are kept together: a cgroup per step, or a child subreaper."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,7 @@ _RULES: dict[str, _Rule] = {
     "jobs.stop_timeout_seconds": _number_in(0, 3600),
     "jobs.idle_poll_seconds": _number_in(0, 86400),
     "jobs.boot_id_path": _path(optional=False),
+    "jobs.containment": _choice("auto", "cgroup", "subreaper"),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),
 }

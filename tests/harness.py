@@ -87,6 +87,7 @@ def config_yaml(config: AgentConfig) -> str:
         f"  reboot_command: [{', '.join(jobs.reboot_command)}]",
         f"  step_timeout_minutes: {jobs.step_timeout_minutes or 'null'}",
         f"  namespaces: [{', '.join(jobs.namespaces)}]",
+        f"  containment: {jobs.containment}",
     ]
     if config.handlers:
         lines.append("handlers:")

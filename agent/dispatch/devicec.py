@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.containment import group_name
 from jobs_agent.dispatch.output import OutputLog, Tail, log_path
 from jobs_agent.dispatch.paths import PLACEHOLDER, locate_handler
 from jobs_agent.dispatch.plan import PlannedStep
@@ -448,6 +449,7 @@ class StepsHandler:
                 step.timeout,
                 env,
                 cwd=None if step.user.switch else ctx.scratch_dir,
+                group=group_name(ctx.namespace, ctx.job_id, ctx.execution_number),
             )
             return await self._sandbox.run(
                 spec,

@@ -116,7 +116,12 @@ class Dispatcher:
         plugins: PluginRegistry | None = None,
     ) -> None:
         self.config = config
-        self.sandbox = Sandbox(kill_grace=config.jobs.kill_grace_seconds, search_path=search_path)
+        self.sandbox = Sandbox(
+            kill_grace=config.jobs.kill_grace_seconds,
+            search_path=search_path,
+            containment=config.jobs.containment,
+            state_dir=config.state_dir,
+        )
         self.plugins = plugins or PluginRegistry.discover(config.handlers)
         self.verifier: SignatureVerifier | None = None
         if config.jobs.require_signature:

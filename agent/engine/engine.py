@@ -27,6 +27,7 @@ import structlog
 
 from jobs_agent.aio import wait_event
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.containment import ContainmentError, containment_for, group_name
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
@@ -573,13 +574,28 @@ class Engine:
         self._wake.set()
 
     async def _stop_leftover_handlers(self, key: ExecutionKey, bound: Any) -> None:
-        """A killed agent leaves its handler running (own process group): stop it first, so
-        that a step is neither reported while it still runs nor run twice at once."""
+        """A killed agent leaves its handler running (own session): stop it first, so that a
+        step is neither reported while it still runs nor run twice at once. What is left in
+        the execution's containment group goes (every process, whatever session or environment
+        it has), then whatever still carries the execution's environment."""
+        swept = await asyncio.to_thread(self._sweep_group, key)
         killed = await asyncio.to_thread(
             kill_handler_processes, self.config.thing_name, key.job_id, key.execution_number
         )
-        if killed:
-            bound.warning("stopped the handler an earlier agent left running", groups=killed)
+        if swept or killed:
+            bound.warning(
+                "stopped the handler an earlier agent left running",
+                processes=swept,
+                groups=killed,
+            )
+
+    def _sweep_group(self, key: ExecutionKey) -> int:
+        try:
+            containment = containment_for(self.config.jobs.containment, self.config.state_dir)
+        except ContainmentError as exc:
+            log.error("cannot sweep the job's containment group", error=str(exc))
+            return 0
+        return containment.sweep(group_name(key.namespace, key.job_id, key.execution_number))
 
     def _job_dirs(self, key: ExecutionKey) -> tuple[Path, Path]:
         base = self.config.state_dir / "jobs" / (key.namespace or "default") / key.job_id
