@@ -202,3 +202,26 @@ def open_executable(path: Path, *, what: str) -> CheckedExecutable:
     except BaseException:
         os.close(fd)
         raise
+
+
+def ensure_private_directory(path: Path, *, what: str) -> list[str]:
+    """Create `path` mode 0700 if missing; refuse it if another account could change it or
+    anything above it (`open_trusted`); tighten a group- or world-readable mode to 0700.
+
+    Returns what was changed, for the caller to log. The agent's state directory is made this
+    way: the database, the job logs and the documents in it are nobody else's to read.
+    """
+    path = Path(os.path.abspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = open_trusted(Path(os.path.realpath(path)), what=what, final_flags=flags)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, 0o700)
+            return [f"{path}: mode {mode:04o} tightened to 0700"]
+        return []
+    finally:
+        os.close(fd)

@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 pipe.write(json.dumps({"percent": round(percent, 1), "message": message}) + "\n")
 
+    if args[0].startswith("env:"):
+        # The agent passes presigned URLs in the environment, never in argv (visible in ps).
+        args = [os.environ.get(args[0][4:], ""), *args[1:]]
     try:
         request = DownloadRequest.from_values(*args)
         size = download(request, progress=progress, stop=threading.Event())

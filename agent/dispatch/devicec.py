@@ -38,6 +38,7 @@ from jobs_agent.dispatch.scripts import (
     script_environment,
 )
 from jobs_agent.dispatch.users import RunAs, normalize_user, resolve_user
+from jobs_agent.redact import has_url_credentials
 from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 RUN_HANDLER = "runHandler"
@@ -250,6 +251,8 @@ class PreparedStep:
     user: RunAs
     timeout: float
     executable: str
+    url_environment: tuple[tuple[str, str], ...] = ()
+    """`JOBS_AGENT_URL_<n>` variables holding the presigned URLs taken out of argv."""
 
     def planned(self) -> PlannedStep:
         return PlannedStep(
@@ -274,15 +277,43 @@ def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedSt
             located = locate_handler(
                 config.jobs.handler_dir, action.handler, action.path, search_path=search_path
             )
-            base = (str(located.path), action.run_as_user, *action.args)
+            args, urls = hide_url_credentials(action.args)
+            base = (str(located.path), action.run_as_user, *args)
             argv = ("/bin/sh", *base) if located.builtin else base
-            return PreparedStep(action, argv, user, timeout, str(located.path))
+            return PreparedStep(action, argv, user, timeout, str(located.path), urls)
+        if any(has_url_credentials(part) for part in action.command):
+            raise JobRejected(
+                "the command holds a presigned URL (or another URL credential), which would be"
+                " visible to every local user in the process list: use a runHandler step, which"
+                " gets it in the environment, or the download-file handler"
+            )
         program = action.command[0]
         executable = program if "/" in program else shutil.which(program, path=search_path)
         argv = (executable or program, *action.command[1:])
         return PreparedStep(action, argv, user, timeout, executable or program)
     except JobRejected as exc:
         raise type(exc)(f"{label}: {exc.reason}", **exc.details) from None
+
+
+def hide_url_credentials(
+    args: tuple[str, ...],
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Move arguments that carry URL credentials (presigned URLs) out of argv.
+
+    A process's argv is readable by every local user (`ps`); its environment only by its own
+    user and root. Each such argument becomes `env:JOBS_AGENT_URL_<n>` in argv, and the
+    variable of that name holds it (docs/handlers.md, script protocol).
+    """
+    shown: list[str] = []
+    environment: list[tuple[str, str]] = []
+    for arg in args:
+        if has_url_credentials(arg):
+            name = f"JOBS_AGENT_URL_{len(environment) + 1}"
+            environment.append((name, arg))
+            shown.append(f"env:{name}")
+        else:
+            shown.append(arg)
+    return tuple(shown), tuple(environment)
 
 
 def _label(action: Action, index: int | None) -> str:
@@ -430,6 +461,7 @@ class StepsHandler:
             checkpoint_file = (
                 files.write_json("checkpoint.json", step_data) if step_data is not None else None
             )
+            files.hand_over()
             env = script_environment(
                 ctx,
                 document_file=document_file,
@@ -437,6 +469,7 @@ class StepsHandler:
                 step_name=step.action.name,
                 checkpoint_file=checkpoint_file,
             )
+            env.update(step.url_environment)
 
             async def on_checkpoint(data: Any) -> None:
                 await ctx.checkpoint({"next_step": index, "step_data": data})

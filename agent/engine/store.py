@@ -25,6 +25,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.redact import redact_url_credentials
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -248,6 +250,8 @@ class Store:
         version_number: int | None,
         state: ExecutionState = ExecutionState.RECEIVED,
     ) -> ExecutionRecord:
+        """Record a new execution. The document is stored with the credentials of its
+        presigned URLs removed: the service sends a fresh copy with every delivery."""
         now = time.time()
         self._write(
             [
@@ -257,7 +261,7 @@ class Store:
                     (
                         *self._key_params(key),
                         str(state),
-                        json.dumps(document),
+                        json.dumps(redact_url_credentials(document)),
                         version_number,
                         now,
                         now,
