@@ -85,6 +85,8 @@ class JobsConfig:
     """Where the boot id is read to confirm a requested reboot happened (tests, containers)."""
     containment: str = "auto"
     """How a step's processes are kept together: a cgroup per step, or a child subreaper."""
+    allow_http_downloads: bool = False
+    """The download handler fetches https:// only unless this is true."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,7 @@ _RULES: dict[str, _Rule] = {
     "jobs.idle_poll_seconds": _number_in(0, 86400),
     "jobs.boot_id_path": _path(optional=False),
     "jobs.containment": _choice("auto", "cgroup", "subreaper"),
+    "jobs.allow_http_downloads": _bool(),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),
 }

@@ -470,6 +470,8 @@ class StepsHandler:
                 checkpoint_file=checkpoint_file,
             )
             env.update(step.url_environment)
+            if self._config.jobs.allow_http_downloads:
+                env["JOBS_AGENT_ALLOW_HTTP_DOWNLOADS"] = "1"  # for download-file.sh
 
             async def on_checkpoint(data: Any) -> None:
                 await ctx.checkpoint({"next_step": index, "step_data": data})

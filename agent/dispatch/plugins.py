@@ -35,6 +35,14 @@ def _import(spec: str) -> Any:
         raise PluginError(f"cannot load handler {spec}: {exc}") from exc
 
 
+def _builtin_loader(spec: str, settings: Mapping[str, Any]) -> Callable[[], Any]:
+    def load() -> Any:
+        target = _import(spec)
+        return target(**settings) if settings and inspect.isclass(target) else target
+
+    return load
+
+
 class PluginHandler:
     """A plugin instance with the `name` and `resumable` the engine reads."""
 
@@ -55,11 +63,20 @@ class PluginRegistry:
         self._loaders = dict(loaders)
 
     @classmethod
-    def discover(cls, configured: Mapping[str, str]) -> PluginRegistry:
+    def discover(
+        cls,
+        configured: Mapping[str, str],
+        builtin_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> PluginRegistry:
+        """`builtin_settings` are keyword arguments for our own plugins' classes (from the
+        agent's configuration); a plugin that replaces a built-in one does not get them."""
+        settings = builtin_settings or {}
         loaders: dict[str, tuple[str, Callable[[], Any]]] = {}
         for name, spec in BUILTIN_PLUGINS.items():
-            loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
+            loaders[name] = (spec, _builtin_loader(spec, settings.get(name, {})))
         for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if BUILTIN_PLUGINS.get(entry.name) == entry.value:
+                continue  # our own package's entry point: the built-in, with its settings
             loaders[entry.name] = (entry.value, entry.load)
         for name, spec in configured.items():
             loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
