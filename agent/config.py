@@ -372,6 +372,11 @@ def _apply_environment(
         where[key_path] = f"environment {name}"
 
 
+SECRET_KEYS = frozenset({"connection.password"})
+"""Settings whose value is never shown, not even when it is wrong (an error message, a log line
+about a refused reload)."""
+
+
 def _convert(key_path: str, value: Any, where: dict[str, _Where]) -> Any:
     rule = _RULES[key_path]
     try:
@@ -379,9 +384,22 @@ def _convert(key_path: str, value: Any, where: dict[str, _Where]) -> Any:
     except (ValueError, TypeError):
         location = where.get(key_path, "")
         suffix = f" ({location})" if location else ""
-        raise ConfigError(
-            f"{key_path}: expected {rule.expected}, got {_show(value)}{suffix}"
-        ) from None
+        shown = (
+            f"a {_kind(value)} (its value is not shown: it is a secret)"
+            if key_path in SECRET_KEYS
+            else _show(value)
+        )
+        raise ConfigError(f"{key_path}: expected {rule.expected}, got {shown}{suffix}") from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
 
 
 def _build_section(section: str, cls: type, values: Any, where: dict[str, _Where]) -> Any:
