@@ -31,48 +31,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import http.client
 import json
 import os
 import re
-import select
-import socket
 import ssl
 import stat
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from jobs_agent.securefs import UntrustedPath, open_directory
 from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
+from jobs_agent_handlers.http_get import Cancelled, HttpGet, Refused, Retry, display_url
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 CHUNK = 256 * 1024
 ATTEMPTS = 6
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
-READ_TIMEOUT = 30.0
-"""Limit of every single socket operation (connect, TLS handshake, one read)."""
 CANCEL_WITHIN = 1.0
 """A cancelled download has stopped touching the file and the network within this long."""
-MAX_REDIRECTS = 5
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _SIDECAR_VERSION = 1
 
 Progress = Callable[[float | None, str], None]
-
-
-def display_url(url: str) -> str:
-    """The URL without query and fragment: presigned credentials never reach a log."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
 
 
 def resource_url(url: str) -> str:
@@ -138,14 +126,6 @@ class DownloadRequest:
         return self.path.name + ".part.json"
 
 
-class _Retry(Exception):
-    pass
-
-
-class _Cancelled(Exception):
-    pass
-
-
 @dataclass
 class _Resume:
     offset: int
@@ -163,28 +143,20 @@ class Download:
     ) -> None:
         self.request = request
         self.progress = progress
-        self.context = context or ssl.create_default_context()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
+        self._http = HttpGet(
+            context or ssl.create_default_context(), _schemes(request.allow_http), self._stop
+        )
         self._dir_fd = -1
 
     # -- control ------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop: the loop sees the flag within one read, and a blocked read returns at once
         because its connection is shut down under it."""
-        self._stop.set()
-        with self._lock:
-            sock = self._socket
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown (not SSLSocket's, which would touch the TLS
-                # state another thread is using): the blocked recv returns end-of-file.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        self._http.cancel()
 
     def _check(self) -> None:
-        if self._stop.is_set():
-            raise _Cancelled
+        self._http.check()
 
     # -- the whole download -------------------------------------------------------------------
     def run(self) -> int:
@@ -211,8 +183,12 @@ class Download:
                 os.unlink(request.sidecar, dir_fd=self._dir_fd)
             os.fsync(self._dir_fd)
             return total
-        except _Cancelled:
+        except Cancelled:
             raise JobFailed("cancelled") from None
+        except Refused as exc:
+            raise JobFailed(str(exc)) from None
+        except OSError as exc:  # the target's file system (full, or changed under us)
+            raise JobFailed(f"download to {request.path}: {exc.strerror or exc}") from None
         finally:
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
@@ -224,14 +200,14 @@ class Download:
             self._check()
             try:
                 return self._attempt()
-            except _Retry as exc:
+            except Retry as exc:
                 if attempt == ATTEMPTS:
                     raise JobFailed(
                         f"download of {shown} failed after {ATTEMPTS} attempts: {exc}"
                     ) from None
                 self.progress(None, f"retrying in {delay:g} s: {exc}")
                 if self._stop.wait(delay):
-                    raise _Cancelled from None
+                    raise Cancelled from None
                 delay = min(delay * 2, BACKOFF_MAX)
         raise AssertionError("unreachable")
 
@@ -343,124 +319,24 @@ class Download:
         resume = self._resume_point()
         if resume is None:
             self._discard()
-        response, connection = self._get(resume)
+        headers = {"User-Agent": "jobs-agent", "Accept-Encoding": "identity"}
+        if resume is not None:
+            headers["Range"] = f"bytes={resume.offset}-"
+            headers["If-Range"] = resume.validator
+        response, connection = self._http.open(self.request.url, headers)
         try:
             return self._receive(response, resume)
         finally:
-            connection.close()
-            with self._lock:
-                self._socket = None
-
-    def _get(
-        self, resume: _Resume | None
-    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
-        url = self.request.url
-        for _ in range(MAX_REDIRECTS + 1):
-            connection = self._connect(url)
-            parts = urlsplit(url)
-            target = parts.path or "/"
-            if parts.query:
-                target += "?" + parts.query
-            headers = {"User-Agent": "jobs-agent", "Accept-Encoding": "identity"}
-            if resume is not None:
-                headers["Range"] = f"bytes={resume.offset}-"
-                headers["If-Range"] = resume.validator
-            try:
-                connection.request("GET", target, headers=headers)
-                response = connection.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                self._check()
-                raise _Retry(f"request failed: {type(exc).__name__}: {exc}") from None
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.getheader("Location") or ""
-                connection.close()
-                url = urljoin(url, location)
-                scheme = urlsplit(url).scheme
-                if scheme not in _schemes(self.request.allow_http):
-                    raise JobFailed(
-                        f"download of {display_url(self.request.url)}: redirected to a {scheme}:"
-                        " URL; only "
-                        + " and ".join(f"{s}://" for s in _schemes(self.request.allow_http))
-                        + " are followed"
-                    )
-                continue
-            return response, connection
-        raise JobFailed(
-            f"download of {display_url(self.request.url)}: more than {MAX_REDIRECTS} redirects"
-        )
-
-    def _connect(self, url: str) -> http.client.HTTPConnection:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        sock = self._open_socket(host, port)
-        try:
-            if secure:
-                sock = self.context.wrap_socket(sock, server_hostname=host)
-                with self._lock:
-                    self._socket = sock
-            connection: http.client.HTTPConnection
-            if secure:
-                connection = http.client.HTTPSConnection(
-                    host, port, timeout=READ_TIMEOUT, context=self.context
-                )
-            else:
-                connection = http.client.HTTPConnection(host, port, timeout=READ_TIMEOUT)
-            connection.sock = sock
-            return connection
-        except ssl.SSLCertVerificationError as exc:
-            sock.close()
-            raise JobFailed(f"TLS certificate of {display_url(url)}: {exc}") from None
-        except OSError as exc:
-            sock.close()
-            self._check()
-            raise _Retry(f"TLS handshake with {host} failed: {exc}") from None
-
-    def _open_socket(self, host: str, port: int) -> socket.socket:
-        """Connect without blocking for more than a moment at a time, so that a cancellation
-        is seen within a second even while a SYN goes unanswered."""
-        try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise _Retry(f"cannot resolve {host}: {exc}") from None
-        last = ""
-        for family, kind, proto, _name, address in addresses:
-            self._check()
-            sock = socket.socket(family, kind, proto)
-            with self._lock:
-                self._socket = sock
-            sock.setblocking(False)
-            deadline = time.monotonic() + READ_TIMEOUT
-            code = sock.connect_ex(address)
-            while code in (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN):
-                self._check()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    code = errno.ETIMEDOUT
-                    break
-                _read, writable, _err = select.select([], [sock], [], min(0.25, remaining))
-                if writable:
-                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    break
-            if code == 0:
-                sock.settimeout(READ_TIMEOUT)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock
-            last = os.strerror(code)
-            sock.close()
-        self._check()
-        raise _Retry(f"cannot connect to {host}:{port}: {last}")
+            self._http.close(connection)
 
     def _receive(self, response: http.client.HTTPResponse, resume: _Resume | None) -> int:
         request = self.request
         shown = display_url(request.url)
         if response.status == 416 and resume is not None:
             self._discard()
-            raise _Retry("the server refused the resume range; starting over")
+            raise Retry("the server refused the resume range; starting over")
         if response.status >= 500 or response.status in (408, 429):
-            raise _Retry(f"HTTP {response.status}")
+            raise Retry(f"HTTP {response.status}")
         if response.status not in (200, 206):
             raise JobFailed(f"download of {shown}: HTTP {response.status}")
         offset = 0
@@ -469,10 +345,10 @@ class Download:
             match = re.match(r"bytes (\d+)-", content_range)
             if match is None or int(match.group(1)) != resume.offset:
                 self._discard()
-                raise _Retry(f"the server resumed at the wrong place ({content_range!r})")
+                raise Retry(f"the server resumed at the wrong place ({content_range!r})")
             offset = resume.offset
         elif response.status == 206:
-            raise _Retry("the server sent a partial answer to a full request")
+            raise Retry("the server sent a partial answer to a full request")
         else:
             # A whole file: a first attempt, or the object changed since the part was written.
             validator = response.getheader("ETag") or ""
@@ -492,7 +368,7 @@ class Download:
                     block = response.read1(CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
                     self._check()
-                    raise _Retry(
+                    raise Retry(
                         f"connection lost after {received} bytes ({type(exc).__name__})"
                     ) from None
                 if not block:
@@ -507,7 +383,7 @@ class Download:
             os.close(fd)
         self._check()
         if total is not None and received < total:
-            raise _Retry(f"connection closed after {received} of {total} bytes")
+            raise Retry(f"connection closed after {received} of {total} bytes")
         return received
 
 

@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import http.server
 import json
+import os
+import shutil
 import signal
 import ssl
 import threading
@@ -307,3 +309,83 @@ async def test_the_agent_stops_on_sigterm_while_a_download_trickles(
         assert str(emulator.service.execution("slow", THING).status) == "IN_PROGRESS"
     finally:
         agent.kill()
+
+
+async def test_the_download_template_gets_its_presigned_url_from_the_environment(
+    tmp_path: Path, http_server: Server
+) -> None:
+    """AWS-Download-File through our download-file.sh: the URL is not in argv, and the script
+    finds it in the environment."""
+    target = tmp_path / "fw.bin"
+    url = f"{http_server.base_url}/file?X-Amz-Signature=" + "ab" * 32
+    document = {
+        "version": "1.0",
+        "steps": [
+            {
+                "action": {
+                    "name": "Download-File",
+                    "type": "runHandler",
+                    "input": {"handler": "download-file.sh", "args": [url, str(target)]},
+                }
+            }
+        ],
+    }
+    _d, _ctx, run = _run(tmp_path, document)
+    outcome = await run()
+    assert outcome.status == "SUCCEEDED", outcome
+    assert target.read_bytes() == V2
+
+
+RACER = r"""
+import os, sys
+directory, victim, stop = sys.argv[1:4]
+print("racing", flush=True)
+while not os.path.exists(stop):
+    for name in ("app.bin.part", "app.bin.part.json", "app.bin.part.json.tmp"):
+        path = os.path.join(directory, name)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        try:
+            os.symlink(victim, path)
+        except OSError:
+            pass
+"""
+
+
+async def test_a_user_owning_the_target_directory_cannot_redirect_the_download(
+    tmp_path: Path, http_server: Server
+) -> None:
+    """The target directory belongs to another account, which keeps planting symlinks to a
+    file of root's where the download writes its part and sidecar. Root never writes through
+    them: the victim is untouched whatever happens to the downloads."""
+    from tests.helpers.users import public_dir, run_as, throwaway_user
+
+    with throwaway_user() as user:
+        base = public_dir("ja-dl-")
+        try:
+            theirs = base / "theirs"
+            theirs.mkdir(mode=0o755)
+            os.chown(theirs, user.pw_uid, user.pw_gid)
+            victim = base / "victim"
+            victim.write_bytes(b"root's file\n")
+            stop = base / "stop"
+            racer = run_as(user, RACER, str(theirs), str(victim), str(stop))
+            statuses = []
+            try:
+                assert racer.stdout is not None
+                assert racer.stdout.readline() == b"racing\n"
+                for _ in range(15):
+                    outcome = await download(
+                        tmp_path, f"{http_server.base_url}/file", theirs / "app.bin"
+                    )
+                    statuses.append(outcome.status)
+            finally:
+                stop.touch()
+                racer.communicate(timeout=30)
+            assert victim.read_bytes() == b"root's file\n"
+            assert os.stat(victim).st_uid == 0
+            assert set(statuses) <= {"SUCCEEDED", "FAILED"}
+        finally:
+            shutil.rmtree(base)

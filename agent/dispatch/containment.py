@@ -15,8 +15,9 @@ timeout and the sweep after an agent restart. Two mechanisms, chosen once per ag
   v2 hierarchy (root, or a delegated subtree).
 * **subreaper**: without a usable cgroup v2, the agent marks itself a child subreaper
   (`PR_SET_CHILD_SUBREAPER`): a process whose parent dies is re-parented to the agent instead of
-  init, so the step's processes are its process group plus every orphan re-parented to the agent
-  since the step began, with all their descendants. The limit: after an agent crash the orphans
+  init, so the step's processes are its process group plus every child of the agent started
+  since the step began (the orphans re-parented to it; the agent starts nothing else while a
+  step runs), with all their descendants. The limit: after an agent crash the orphans
   go to init, and the restarted agent finds them only by the `JOBS_AGENT_*` environment they
   inherited (see `agent.engine.orphans`); a process that both left the session and replaced its
   environment escapes that sweep. Only cgroup containment has no such gap.
@@ -316,8 +317,6 @@ class SubreaperGroup:
         self.pgid = 0
         self.join_fd: int | None = None
         self.started = _boot_ticks_now()
-        me = os.getpid()
-        self.earlier_children = frozenset(p.pid for p in _all_processes() if p.ppid == me)
 
     def adopt(self, pid: int) -> None:
         self.pgid = pid
@@ -329,12 +328,7 @@ class SubreaperGroup:
             p.pid
             for p in processes
             if (self.pgid and p.pgrp == self.pgid)
-            or (
-                p.ppid == me
-                and p.pid != self.pgid
-                and p.pid not in self.earlier_children
-                and p.start >= self.started
-            )
+            or (p.ppid == me and p.pid != self.pgid and p.start >= self.started)
         }
         children: dict[int, list[_Proc]] = {}
         for proc in processes:
