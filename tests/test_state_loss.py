@@ -84,11 +84,13 @@ async def test_a_database_deleted_while_a_step_runs_stops_the_agent_taking_work(
         first = await wait_terminal(emulator, "first", THING)
         assert str(first.status) == "SUCCEEDED"  # told the service, though it cannot record it
 
+        refusal = "was deleted while the agent was running"
+        await wait_until(lambda: refusal in agent.log_text(), 20, "the agent to notice")
+        refusals = agent.log_text().count(refusal)
         emulator.service.create_job("second", [THING], {"operation": "flash"})
+        # The notification wakes the agent: it looks at its database again and refuses.
         await wait_until(
-            lambda: agent.log_text().count("was deleted while the agent was running") >= 2,
-            20,
-            "the agent to refuse new work",
+            lambda: agent.log_text().count(refusal) > refusals, 20, "the agent to refuse new work"
         )
         assert str(emulator.service.execution("second", THING).status) == "QUEUED"
 
