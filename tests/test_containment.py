@@ -9,6 +9,7 @@ process (new session, emptied environment) is still running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -44,6 +45,17 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def _kill_groups(state_dir: Path) -> None:
+    """After a failed test: what its agents left in their job groups goes (by cgroup.kill)."""
+    record = state_dir / "cgroup-base"
+    base = Path(record.read_text().strip()) if record.exists() else None
+    if base is None or not base.is_dir():
+        return
+    for group in [p for p in base.iterdir() if p.is_dir()]:
+        with contextlib.suppress(OSError):
+            (group / "cgroup.kill").write_text("1")
 
 
 def require_cgroup(state_dir: Path) -> None:
@@ -193,5 +205,53 @@ sleep 300
         assert await agent.wait_exit() == 0
     finally:
         agent.kill()
+        _kill_groups(tmp_path / "state")
+        if escaped and alive(escaped):
+            os.kill(escaped, signal.SIGKILL)
+
+
+async def test_the_steps_of_a_job_cancelled_while_the_agent_was_down_are_stopped(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """SIGKILLed mid-step; the job is cancelled (forced) before the agent is back. The restarted
+    agent closes the execution without reporting it, stops what is left of the step, and leaves
+    no job group behind."""
+    require_cgroup(tmp_path / "state")
+    pids = tmp_path / "pids"
+    write_handler(
+        tmp_path / "handlers",
+        "h",
+        f"""#!/bin/sh
+env -i setsid sh -c 'echo $$ > {pids}.tmp; mv {pids}.tmp {pids}; exec sleep 300' \
+> /dev/null 2>&1 < /dev/null &
+sleep 300
+""",
+    )
+    config = agent_config(tmp_path, mosquitto.port, thing=THING, containment="cgroup")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    escaped = 0
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("gone", [THING], {"operation": "h"})
+        await wait_until(pids.exists, 20, "the escaped process")
+        escaped = int(pids.read_text())
+        agent.signal(signal.SIGKILL)
+        await agent.wait_exit()
+        emulator.service.cancel_job("gone", force=True)
+        base = Path((tmp_path / "state" / "cgroup-base").read_text().strip())
+        assert (base / "default.gone.1").is_dir()  # what the dead agent left
+        agent.start()
+        await agent.wait_ready()
+        await wait_until(lambda: not alive(escaped), 10, "the escaped process to be stopped")
+        assert not base.exists()
+        assert str(emulator.service.execution("gone", THING).status) == "CANCELED"
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+        _kill_groups(tmp_path / "state")
         if escaped and alive(escaped):
             os.kill(escaped, signal.SIGKILL)

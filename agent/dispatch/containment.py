@@ -81,6 +81,10 @@ class Containment(Protocol):
     def sweep(self, name: str) -> int:
         """Kill whatever an earlier agent left running in the group `name`; how many."""
 
+    def sweep_all(self) -> int:
+        """At start, before any step runs: empty and remove every group an earlier agent of
+        this state directory left behind; how many processes were killed."""
+
 
 def group_name(namespace: str | None, job_id: str, execution_number: int) -> str:
     """The group of one execution: `<namespace or default>.<jobId>.<executionNumber>`."""
@@ -270,6 +274,19 @@ class CgroupContainment:
                 _remove_cgroup(path)
         return count
 
+    def sweep_all(self) -> int:
+        count = 0
+        for base in (self.base, *self.previous_bases):
+            if not base.is_dir():
+                continue
+            for child in [path for path in base.iterdir() if path.is_dir()]:
+                count += len(_cgroup_members(child))
+                _cgroup_kill(child)
+                _remove_cgroup(child)
+            with contextlib.suppress(OSError):
+                base.rmdir()
+        return count
+
 
 def _cgroup_containment(state_dir: Path) -> CgroupContainment:
     mount = _cgroup2_mount()
@@ -384,6 +401,9 @@ class SubreaperContainment:
 
     def sweep(self, name: str) -> int:
         return 0  # orphans of a dead agent went to init: `agent.engine.orphans` finds them
+
+    def sweep_all(self) -> int:
+        return 0
 
 
 def _boot_ticks_now() -> int:

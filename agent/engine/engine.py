@@ -196,6 +196,9 @@ class Engine:
 
     # -- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
+        swept = await asyncio.to_thread(self._sweep_all)
+        if swept:
+            log.warning("stopped processes an earlier agent left in its job groups", count=swept)
         events = asyncio.create_task(self._consume_events(), name="engine-events")
         self._wake.set()
         backoff = 0.5
@@ -407,12 +410,14 @@ class Engine:
                 )
             except JobsRejected as exc:
                 if exc.code in CLOUD_ENDED_CODES:
+                    await self._stop_leftover_handlers(key, log.bind(job_id=key.job_id))
                     await self.store.cancelled(
                         key, f"service ended the execution while away ({exc.code})"
                     )
                     self._note_outcome(key, f"ended by the service ({exc.code})")
                 continue
             if execution is not None and str(execution.status) in TERMINAL_STATUSES:
+                await self._stop_leftover_handlers(key, log.bind(job_id=key.job_id))
                 await self.store.cancelled(
                     key, f"service ended the execution as {execution.status} while away"
                 )
@@ -646,6 +651,14 @@ class Engine:
                 processes=swept,
                 groups=killed,
             )
+
+    def _sweep_all(self) -> int:
+        try:
+            containment = containment_for(self.config.jobs.containment, self.config.state_dir)
+        except ContainmentError as exc:
+            log.error("cannot sweep the job groups of an earlier agent", error=str(exc))
+            return 0
+        return containment.sweep_all()
 
     def _sweep_group(self, key: ExecutionKey) -> int:
         try:
