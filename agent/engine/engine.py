@@ -198,7 +198,11 @@ class Engine:
     async def run(self) -> None:
         swept = await asyncio.to_thread(self._sweep_all)
         if swept:
-            log.warning("stopped processes an earlier agent left in its job groups", count=swept)
+            log.warning(
+                "stopped the handler an earlier agent left running",
+                processes=swept,
+                where="its job groups, at start",
+            )
         events = asyncio.create_task(self._consume_events(), name="engine-events")
         self._wake.set()
         backoff = 0.5
