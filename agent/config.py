@@ -99,6 +99,10 @@ class JobsConfig:
     """Per-job output logs kept under state_dir/logs (the oldest are deleted first)."""
     output_logs_max_total_bytes: int = 100 * 1024 * 1024
     """Total size the per-job output logs may take (the oldest are deleted first)."""
+    containment: str = "auto"
+    """How a step's processes are kept together: a cgroup per step, or a child subreaper."""
+    allow_http_downloads: bool = False
+    """The download handler fetches https:// only unless this is true."""
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,8 @@ _RULES: dict[str, _Rule] = {
     ),
     "jobs.output_logs_max_count": _int_in(1, 1_000_000),
     "jobs.output_logs_max_total_bytes": _int_in(1024, 1 << 40),
+    "jobs.containment": _choice("auto", "cgroup", "subreaper"),
+    "jobs.allow_http_downloads": _bool(),
     "log.level": _choice(*LOG_LEVELS),
     "log.format": _choice(*LOG_FORMATS),
     "log.journal_socket": _path(optional=False),
@@ -403,6 +409,11 @@ def _apply_environment(
         where[key_path] = f"environment {name}"
 
 
+SECRET_KEYS = frozenset({"connection.password"})
+"""Settings whose value is never shown, not even when it is wrong (an error message, a log line
+about a refused reload)."""
+
+
 def _convert(key_path: str, value: Any, where: dict[str, _Where]) -> Any:
     rule = _RULES[key_path]
     try:
@@ -410,9 +421,22 @@ def _convert(key_path: str, value: Any, where: dict[str, _Where]) -> Any:
     except (ValueError, TypeError):
         location = where.get(key_path, "")
         suffix = f" ({location})" if location else ""
-        raise ConfigError(
-            f"{key_path}: expected {rule.expected}, got {_show(value)}{suffix}"
-        ) from None
+        shown = (
+            f"a {_kind(value)} (its value is not shown: it is a secret)"
+            if key_path in SECRET_KEYS
+            else _show(value)
+        )
+        raise ConfigError(f"{key_path}: expected {rule.expected}, got {shown}{suffix}") from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
 
 
 def _build_section(section: str, cls: type, values: Any, where: dict[str, _Where]) -> Any:

@@ -67,7 +67,7 @@ def _check_connection_files(config: AgentConfig, findings: Findings) -> None:
 
 
 def _check_handler_dir(config: AgentConfig, findings: Findings) -> None:
-    from jobs_agent.dispatch.paths import check_not_writable_by_others
+    from jobs_agent.dispatch.paths import check_trusted
     from jobs_agent_handlers.api import JobRejected
 
     directory = config.jobs.handler_dir
@@ -81,7 +81,7 @@ def _check_handler_dir(config: AgentConfig, findings: Findings) -> None:
         findings.errors.append(f"jobs.handler_dir: {directory}: not a directory")
         return
     try:
-        check_not_writable_by_others(directory)
+        check_trusted(directory, "handler directory")
     except JobRejected as exc:
         findings.errors.append(f"jobs.handler_dir: {exc.reason}")
     try:
@@ -92,7 +92,7 @@ def _check_handler_dir(config: AgentConfig, findings: Findings) -> None:
     for entry in entries:
         if entry.is_file():
             try:
-                check_not_writable_by_others(entry)
+                check_trusted(entry, "handler")
             except JobRejected as exc:
                 findings.errors.append(f"jobs.handler_dir: {exc.reason}")
             if not os.access(entry, os.X_OK):

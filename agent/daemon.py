@@ -28,6 +28,7 @@ from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
 from jobs_agent.engine.store import StoreError
 from jobs_agent.log import configure_logging
 from jobs_agent.sdnotify import SystemdNotifier
+from jobs_agent.securefs import UntrustedPath, ensure_private_directory
 from jobs_agent.transport import Transport, TransportError
 
 log = structlog.get_logger("jobs_agent.daemon")
@@ -104,6 +105,14 @@ class Agent:
         from jobs_agent.jobs.client import JobsClient
 
         config = self.config
+        try:
+            for change in ensure_private_directory(config.state_dir, what="state_dir"):
+                log.warning("state directory was readable by others", change=change)
+        except (UntrustedPath, OSError) as exc:
+            reason = exc.reason if isinstance(exc, UntrustedPath) else str(exc)
+            log.error("cannot use the state directory", error=reason)
+            self.notifier.status(f"cannot use the state directory: {reason}")
+            return 1
         try:
             store = AsyncStore(config.state_dir / "state.db")
         except StoreError as exc:

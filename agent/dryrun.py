@@ -77,8 +77,8 @@ class DryRun:
             self._print("  would be REJECTED: the execution has no job document")
             return
         try:
-            handler = self.dispatcher.resolve(document)
-            steps = self.dispatcher.plan(document)
+            handler = self.dispatcher.resolve(document, job_id=execution.job_id)
+            steps = self.dispatcher.plan(document, job_id=execution.job_id)
         except JobRejected as exc:
             self._print(f"  would be REJECTED: {exc.reason}")
             return

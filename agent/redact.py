@@ -40,6 +40,28 @@ def redact_text(text: str) -> str:
     return text
 
 
+def redact_url_credentials(value: Any) -> Any:
+    """`value` (any JSON) with the credentials of every URL in it removed, nothing else: how a
+    job document is kept at rest. AWS delivers fresh presigned URLs with every copy of the
+    document, so the stored copy never needs them."""
+    if isinstance(value, str):
+        return (
+            _QUERY_SECRETS.sub(lambda m: f"{m.group(1)}={REDACTED}", value)
+            if "=" in value
+            else value
+        )
+    if isinstance(value, Mapping):
+        return {key: redact_url_credentials(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_url_credentials(item) for item in value]
+    return value
+
+
+def has_url_credentials(text: str) -> bool:
+    """True when `text` carries a URL credential (a presigned URL's signature, a token)."""
+    return "=" in text and _QUERY_SECRETS.search(text) is not None
+
+
 def _redact_key_tails(text: str) -> str:
     """Remove the end of a key whose BEGIN line was cut off: output tails keep only the last
     1024 characters, so a key printed by a handler usually arrives without its first lines (line

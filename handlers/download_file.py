@@ -2,13 +2,29 @@
 
 One implementation serves two doors: the Python plugin (`{"operation": "download-file",
 "url", "path", "sha256"?, "maxBytes"?}`) and the `download-file.sh` script that the
-AWS-Download-File managed template calls (`python -m handlers.download_file URL PATH [SHA256]`).
+AWS-Download-File managed template calls (`python -m jobs_agent_handlers.download_file URL PATH
+[SHA256]`; the agent passes a presigned URL as `env:JOBS_AGENT_URL_<n>`, never in argv).
 
-It resumes: bytes already fetched are kept in `PATH.part` and the rest is asked for with a
-Range request, after a dropped connection (retried with backoff) or after an agent restart (the
-plugin is resumable). The file appears at PATH only complete and, when a sha256 is given,
-verified: it is written to the side and renamed into place. TLS certificates are verified.
-Presigned URLs carry credentials, so a URL is only ever shown without its query.
+What it guarantees against the file server and the other accounts of the device:
+* **https only**; `http://` only where the operator allowed it (`jobs.allow_http_downloads`);
+  redirects are followed (at most 5) only to a URL the same rule allows, never to `ftp:` or
+  `file:`. TLS certificates are verified.
+* **A timeout on every socket operation** (connect, handshake, each read): a silent server
+  cannot hold a download forever, and a trickling one cannot hold it past its job's limit:
+  **cancellation ends it within a second** (the connection is shut down from outside), so a
+  cancelled, timed-out or stopping job never leaves a download running behind it.
+* **Resumes only what this download wrote.** Bytes fetched so far stay in `PATH.part`, next to
+  a sidecar `PATH.part.json` naming the URL (without its query: credentials are never written
+  down), the expected sha256 and the server's validator (ETag or Last-Modified). A later attempt
+  (a dropped connection, an agent restart: the plugin is resumable) continues with `Range` and
+  `If-Range` only when the sidecar matches this request; the server answers 200 with the whole
+  file if the object changed since. A `.part` without a matching sidecar is someone else's (an
+  earlier job, another URL) and is discarded.
+* **No path a user could change is followed.** The target's directory is opened once without
+  following symlinks; the `.part`, the sidecar and the final rename all work relative to that
+  descriptor with `O_NOFOLLOW`, and a `.part` that is not a plain file of the agent's user with
+  one link is never reused.
+* The file appears at PATH only complete and, when a sha256 is given, verified.
 """
 
 from __future__ import annotations
@@ -21,33 +37,44 @@ import json
 import os
 import re
 import ssl
+import stat
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from jobs_agent.securefs import UntrustedPath, open_directory
 from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
+from jobs_agent_handlers.http_get import Cancelled, HttpGet, Refused, Retry, display_url
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 CHUNK = 256 * 1024
 ATTEMPTS = 6
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
-READ_TIMEOUT = 60.0
+CANCEL_WITHIN = 1.0
+"""A cancelled download has stopped touching the file and the network within this long."""
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_SIDECAR_VERSION = 1
 
 Progress = Callable[[float | None, str], None]
 
 
-def display_url(url: str) -> str:
-    """The URL without query and fragment: presigned credentials never reach a log."""
+def resource_url(url: str) -> str:
+    """What a sidecar records: the URL without credentials (userinfo, query, fragment)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _schemes(allow_http: bool) -> tuple[str, ...]:
+    return ("https", "http") if allow_http else ("https",)
 
 
 @dataclass(frozen=True)
@@ -56,15 +83,29 @@ class DownloadRequest:
     path: Path
     sha256: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
+    allow_http: bool = False
 
     @classmethod
     def from_values(
-        cls, url: Any, path: Any, sha256: Any = None, max_bytes: Any = None
+        cls,
+        url: Any,
+        path: Any,
+        sha256: Any = None,
+        max_bytes: Any = None,
+        *,
+        allow_http: bool = False,
     ) -> DownloadRequest:
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise JobRejected(f"url: expected an http:// or https:// URL, got {url!r:.80}")
-        if not isinstance(path, str) or not os.path.isabs(path):
+        if not isinstance(url, str) or urlsplit(url).scheme not in _schemes(allow_http):
+            expected = (
+                "an http:// or https:// URL"
+                if allow_http
+                else "an https:// URL (http:// only with jobs.allow_http_downloads)"
+            )
+            raise JobRejected(f"url: expected {expected}, got {display_url(str(url))!r:.80}")
+        if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path:
             raise JobRejected(f"path: expected an absolute file path, got {path!r}")
+        if path.endswith("/") or os.path.basename(path) in ("", ".", ".."):
+            raise JobRejected(f"path: expected a file name at the end, got {path!r}")
         if sha256 in (None, ""):
             sha256 = None
         elif not isinstance(sha256, str) or not _SHA256.match(sha256):
@@ -74,124 +115,310 @@ class DownloadRequest:
             if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
                 raise JobRejected(f"maxBytes: expected a positive integer, got {max_bytes!r}")
             limit = max_bytes
-        return cls(url, Path(path), sha256.lower() if sha256 else None, limit)
+        return cls(url, Path(path), sha256.lower() if sha256 else None, limit, allow_http)
 
     @property
-    def part(self) -> Path:
-        return self.path.with_name(self.path.name + ".part")
+    def part(self) -> str:
+        return self.path.name + ".part"
+
+    @property
+    def sidecar(self) -> str:
+        return self.path.name + ".part.json"
 
 
-class _Retry(Exception):
-    pass
+@dataclass
+class _Resume:
+    offset: int
+    validator: str
 
 
-def _open(url: str, offset: int, context: ssl.SSLContext) -> http.client.HTTPResponse:
-    request = urllib.request.Request(url, headers={"User-Agent": "jobs-agent"})  # noqa: S310
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    response: http.client.HTTPResponse = urllib.request.urlopen(  # noqa: S310 - http(s) only
-        request, timeout=READ_TIMEOUT, context=context
-    )
-    return response
+class Download:
+    """One download, run by `run()` in a thread; `cancel()` (any thread) ends it promptly."""
+
+    def __init__(
+        self,
+        request: DownloadRequest,
+        progress: Progress,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.request = request
+        self.progress = progress
+        self._stop = threading.Event()
+        self._http = HttpGet(
+            context or ssl.create_default_context(), _schemes(request.allow_http), self._stop
+        )
+        self._dir_fd = -1
+
+    # -- control ------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop: the loop sees the flag within one read, and a blocked read returns at once
+        because its connection is shut down under it."""
+        self._http.cancel()
+
+    def _check(self) -> None:
+        self._http.check()
+
+    # -- the whole download -------------------------------------------------------------------
+    def run(self) -> int:
+        """Blocking: download with resume and retries; returns the size. Raises JobFailed."""
+        request = self.request
+        shown = display_url(request.url)
+        directory = request.path.parent
+        try:
+            try:
+                self._dir_fd = open_directory(Path(os.path.realpath(directory)))
+            except UntrustedPath as exc:
+                raise JobFailed(f"directory {directory}: {exc.reason}") from None
+            except FileNotFoundError:
+                raise JobFailed(f"directory {directory} does not exist") from None
+            except OSError as exc:
+                raise JobFailed(f"directory {directory}: {exc.strerror}") from None
+            total = self._attempts(shown)
+            self._verify(shown)
+            self._check()
+            os.rename(
+                request.part, request.path.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd
+            )
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request.sidecar, dir_fd=self._dir_fd)
+            os.fsync(self._dir_fd)
+            return total
+        except Cancelled:
+            raise JobFailed("cancelled") from None
+        except Refused as exc:
+            raise JobFailed(str(exc)) from None
+        except OSError as exc:  # the target's file system (full, or changed under us)
+            raise JobFailed(f"download to {request.path}: {exc.strerror or exc}") from None
+        finally:
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
+
+    def _attempts(self, shown: str) -> int:
+        delay = BACKOFF_FIRST
+        for attempt in range(1, ATTEMPTS + 1):
+            self._check()
+            try:
+                return self._attempt()
+            except Retry as exc:
+                if attempt == ATTEMPTS:
+                    raise JobFailed(
+                        f"download of {shown} failed after {ATTEMPTS} attempts: {exc}"
+                    ) from None
+                self.progress(None, f"retrying in {delay:g} s: {exc}")
+                if self._stop.wait(delay):
+                    raise Cancelled from None
+                delay = min(delay * 2, BACKOFF_MAX)
+        raise AssertionError("unreachable")
+
+    def _verify(self, shown: str) -> None:
+        expected = self.request.sha256
+        if expected is None:
+            return
+        digest = hashlib.sha256()
+        fd = os.open(
+            self.request.part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
+        )
+        with os.fdopen(fd, "rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                self._check()
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            self._discard()
+            raise JobFailed(
+                f"sha256 mismatch for {shown}: expected {expected}, got {digest.hexdigest()}"
+            )
+
+    # -- the partial file and its sidecar -----------------------------------------------------
+    def _discard(self) -> None:
+        for name in (self.request.part, self.request.sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir_fd)
+
+    def _resume_point(self) -> _Resume | None:
+        """Where to continue, if `.part` is this download's own; else None (start over)."""
+        request = self.request
+        try:
+            fd = os.open(
+                request.sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
+            )
+        except OSError:
+            return None
+        try:
+            if not self._is_own_file(fd):
+                return None
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                sidecar = json.loads(handle.read(64 * 1024))
+        except ValueError:
+            return None
+        finally:
+            os.close(fd)
+        wanted = {
+            "version": _SIDECAR_VERSION,
+            "url": resource_url(request.url),
+            "sha256": request.sha256,
+        }
+        if not isinstance(sidecar, dict) or any(sidecar.get(k) != v for k, v in wanted.items()):
+            return None  # written for another URL or another file
+        validator = sidecar.get("validator")
+        if not isinstance(validator, str) or not validator:
+            return None
+        try:
+            part = os.open(
+                request.part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
+            )
+        except OSError:
+            return None
+        try:
+            if not self._is_own_file(part):
+                return None
+            size = os.fstat(part).st_size
+        finally:
+            os.close(part)
+        return _Resume(size, validator) if 0 < size <= request.max_bytes else None
+
+    @staticmethod
+    def _is_own_file(fd: int) -> bool:
+        info = os.fstat(fd)
+        return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_nlink == 1
+
+    def _write_sidecar(self, validator: str | None) -> None:
+        request = self.request
+        data = {
+            "version": _SIDECAR_VERSION,
+            "url": resource_url(request.url),
+            "sha256": request.sha256,
+            "validator": validator,
+        }
+        temporary = request.sidecar + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=self._dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temporary, flags, 0o600, dir_fd=self._dir_fd)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temporary, request.sidecar, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+
+    def _open_part(self, append: bool) -> int:
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if append:
+            fd = os.open(self.request.part, flags | os.O_APPEND, dir_fd=self._dir_fd)
+            if self._is_own_file(fd):
+                return fd
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.request.part, dir_fd=self._dir_fd)
+        return os.open(
+            self.request.part, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=self._dir_fd
+        )
+
+    # -- one attempt --------------------------------------------------------------------------
+    def _attempt(self) -> int:
+        resume = self._resume_point()
+        if resume is None:
+            self._discard()
+        headers = {"User-Agent": "jobs-agent", "Accept-Encoding": "identity"}
+        if resume is not None:
+            headers["Range"] = f"bytes={resume.offset}-"
+            headers["If-Range"] = resume.validator
+        response, connection = self._http.open(self.request.url, headers)
+        try:
+            return self._receive(response, resume)
+        finally:
+            self._http.close(connection)
+
+    def _receive(self, response: http.client.HTTPResponse, resume: _Resume | None) -> int:
+        request = self.request
+        shown = display_url(request.url)
+        if response.status == 416 and resume is not None:
+            self._discard()
+            raise Retry("the server refused the resume range; starting over")
+        if response.status >= 500 or response.status in (408, 429):
+            raise Retry(f"HTTP {response.status}")
+        if response.status not in (200, 206):
+            raise JobFailed(f"download of {shown}: HTTP {response.status}")
+        offset = 0
+        if response.status == 206 and resume is not None:
+            content_range = response.getheader("Content-Range") or ""
+            match = re.match(r"bytes (\d+)-", content_range)
+            if match is None or int(match.group(1)) != resume.offset:
+                self._discard()
+                raise Retry(f"the server resumed at the wrong place ({content_range!r})")
+            offset = resume.offset
+        elif response.status == 206:
+            raise Retry("the server sent a partial answer to a full request")
+        else:
+            # A whole file: a first attempt, or the object changed since the part was written.
+            validator = response.getheader("ETag") or ""
+            if validator.startswith("W/"):
+                validator = ""  # If-Range needs a strong validator
+            self._write_sidecar(validator or response.getheader("Last-Modified"))
+        length = response.getheader("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        if total is not None and total > request.max_bytes:
+            raise JobFailed(f"the file is {total} bytes, more than maxBytes {request.max_bytes}")
+        received = offset
+        fd = self._open_part(append=offset > 0)
+        try:
+            while True:
+                self._check()
+                try:
+                    block = response.read1(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    self._check()
+                    raise Retry(
+                        f"connection lost after {received} bytes ({type(exc).__name__})"
+                    ) from None
+                if not block:
+                    break
+                received += len(block)
+                if received > request.max_bytes:
+                    raise JobFailed(f"the download exceeds maxBytes {request.max_bytes}")
+                _write_all(fd, block)
+                self.progress(100.0 * received / total if total else None, f"{received} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._check()
+        if total is not None and received < total:
+            raise Retry(f"connection closed after {received} of {total} bytes")
+        return received
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def download(
     request: DownloadRequest,
     *,
     progress: Progress,
-    stop: threading.Event,
+    stop: threading.Event | None = None,
     context: ssl.SSLContext | None = None,
 ) -> int:
-    """Blocking download with resume and retries; returns the size. Raises JobFailed."""
-    context = context or ssl.create_default_context()
-    shown = display_url(request.url)
-    if not request.path.parent.is_dir():
-        raise JobFailed(f"directory {request.path.parent} does not exist")
-    delay = BACKOFF_FIRST
-    last_error = ""
-    for attempt in range(1, ATTEMPTS + 1):
-        if stop.is_set():
-            raise JobFailed("cancelled")
-        try:
-            total = _attempt(request, progress, stop, context)
-            break
-        except _Retry as exc:
-            last_error = str(exc)
-            if attempt == ATTEMPTS:
-                raise JobFailed(
-                    f"download of {shown} failed after {ATTEMPTS} attempts: {last_error}"
-                ) from None
-            progress(None, f"retrying in {delay:g} s: {last_error}")
-            if stop.wait(delay):
-                raise JobFailed("cancelled") from None
-            delay = min(delay * 2, BACKOFF_MAX)
-    if request.sha256 is not None:
-        digest = hashlib.sha256()
-        with open(request.part, "rb") as handle:
-            for block in iter(lambda: handle.read(CHUNK), b""):
-                digest.update(block)
-        if digest.hexdigest() != request.sha256:
-            request.part.unlink(missing_ok=True)
-            raise JobFailed(
-                f"sha256 mismatch for {shown}: expected {request.sha256}, got {digest.hexdigest()}"
-            )
-    os.replace(request.part, request.path)
-    directory = os.open(request.path.parent, os.O_RDONLY)
+    """Blocking download (see `Download`); a set `stop` cancels it. Raises JobFailed."""
+    job = Download(request, progress, context)
+    if stop is None:
+        return job.run()
+    watcher_done = threading.Event()
+
+    def watch() -> None:
+        while not watcher_done.is_set():
+            if stop.wait(0.25):
+                job.cancel()
+                return
+
+    watcher = threading.Thread(target=watch, name="download-cancel", daemon=True)
+    watcher.start()
     try:
-        os.fsync(directory)
+        return job.run()
     finally:
-        os.close(directory)
-    return total
-
-
-def _attempt(
-    request: DownloadRequest, progress: Progress, stop: threading.Event, context: ssl.SSLContext
-) -> int:
-    offset = request.part.stat().st_size if request.part.exists() else 0
-    try:
-        response = _open(request.url, offset, context)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            request.part.unlink(missing_ok=True)
-            raise _Retry("the server refused the resume range; starting over") from None
-        if exc.code >= 500 or exc.code in (408, 429):
-            raise _Retry(f"HTTP {exc.code}") from None
-        raise JobFailed(f"download of {display_url(request.url)}: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        if isinstance(getattr(exc, "reason", None), ssl.SSLCertVerificationError):
-            raise JobFailed(f"TLS certificate of {display_url(request.url)}: {exc}") from None
-        raise _Retry(str(getattr(exc, "reason", exc))) from None
-    with response:
-        if response.status == 206 and offset:
-            mode = "ab"
-        else:
-            mode, offset = "wb", 0
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        if total is not None and total > request.max_bytes:
-            raise JobFailed(f"the file is {total} bytes, more than maxBytes {request.max_bytes}")
-        received = offset
-        try:
-            with open(request.part, mode) as handle:
-                while True:
-                    if stop.is_set():
-                        raise JobFailed("cancelled")
-                    block = response.read(CHUNK)
-                    if not block:
-                        break
-                    received += len(block)
-                    if received > request.max_bytes:
-                        raise JobFailed(f"the download exceeds maxBytes {request.max_bytes}")
-                    handle.write(block)
-                    percent = 100.0 * received / total if total else None
-                    progress(percent, f"{received} bytes")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except (http.client.HTTPException, OSError) as exc:
-            raise _Retry(f"connection lost after {received} bytes ({type(exc).__name__})") from None
-        if total is not None and received < total:
-            raise _Retry(f"connection closed after {received} of {total} bytes")
-    return received
+        watcher_done.set()
 
 
 class DownloadFileHandler:
@@ -200,41 +427,82 @@ class DownloadFileHandler:
     name = "download-file"
     resumable = True
 
+    def __init__(self, *, allow_http: bool = False) -> None:
+        self.allow_http = allow_http
+
     async def run(self, ctx: JobContext) -> Mapping[str, Any]:
         doc = ctx.document
         request = DownloadRequest.from_values(
-            doc.get("url"), doc.get("path"), doc.get("sha256"), doc.get("maxBytes")
+            doc.get("url"),
+            doc.get("path"),
+            doc.get("sha256"),
+            doc.get("maxBytes"),
+            allow_http=self.allow_http,
         )
         loop = asyncio.get_running_loop()
-        stop = threading.Event()
+        finished: asyncio.Future[int] = loop.create_future()
 
         def progress(percent: float | None, message: str) -> None:
             loop.call_soon_threadsafe(lambda: ctx.progress(percent, message))
 
-        async def watch_cancel() -> None:
-            await ctx.cancelled.wait()
-            stop.set()
+        job = Download(request, progress)
 
-        watcher = asyncio.create_task(watch_cancel())
-        worker = asyncio.ensure_future(
-            asyncio.to_thread(download, request, progress=progress, stop=stop)
-        )
+        def work() -> None:
+            try:
+                size: int | BaseException = job.run()
+            except BaseException as exc:  # handed over to the event loop as the outcome
+                size = exc
+            loop.call_soon_threadsafe(_settle, finished, size)
+
+        # A thread of its own, not the loop's executor: should anything in it ever block
+        # (a DNS lookup cannot be interrupted), it must not keep the agent from exiting.
+        threading.Thread(target=work, name="download-file", daemon=True).start()
+        cancelled = asyncio.ensure_future(ctx.cancelled.wait())
+        waiters: set[asyncio.Future[Any]] = {finished, cancelled}
         try:
-            size = await asyncio.shield(worker)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            stop.set()
+            job.cancel()
+            await _wait_briefly(finished)
             raise
         finally:
-            watcher.cancel()
+            cancelled.cancel()
+        if not finished.done():
+            job.cancel()
+            await _wait_briefly(finished)
+            raise JobFailed("cancelled")
+        size = finished.result()
         return {"path": str(request.path), "bytes": str(size)}
 
 
+def _settle(future: asyncio.Future[int], value: int | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+async def _wait_briefly(finished: asyncio.Future[int]) -> None:
+    """After a cancel: give the download thread its second to let go of the file."""
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(asyncio.shield(finished), timeout=CANCEL_WITHIN)
+    if finished.done() and not finished.cancelled():
+        finished.exception()  # retrieved: the cancellation is the outcome now
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m handlers.download_file URL PATH [SHA256]` (used by download-file.sh)."""
+    """`python -m jobs_agent_handlers.download_file URL PATH [SHA256]` (download-file.sh)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3):
-        print("usage: python -m handlers.download_file URL PATH [SHA256]", file=sys.stderr)
+        print(
+            "usage: python -m jobs_agent_handlers.download_file URL PATH [SHA256]", file=sys.stderr
+        )
         return int(os.environ.get("JOBS_AGENT_EXIT_REJECTED", "90"))
+    if args[0].startswith("env:"):
+        # The agent passes presigned URLs in the environment, never in argv (visible in ps).
+        args = [os.environ.get(args[0][4:], ""), *args[1:]]
     fd = os.environ.get("JOBS_AGENT_PROGRESS_FD")
     pipe = None
     if fd and fd.isdigit():
@@ -248,9 +516,10 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 pipe.write(json.dumps({"percent": round(percent, 1), "message": message}) + "\n")
 
+    allow_http = os.environ.get("JOBS_AGENT_ALLOW_HTTP_DOWNLOADS") == "1"
     try:
-        request = DownloadRequest.from_values(*args)
-        size = download(request, progress=progress, stop=threading.Event())
+        request = DownloadRequest.from_values(*args, allow_http=allow_http)
+        size = download(request, progress=progress)
     except JobRejected as exc:
         print(exc.reason, file=sys.stderr)
         return int(os.environ.get("JOBS_AGENT_EXIT_REJECTED", "90"))

@@ -91,6 +91,8 @@ def config_yaml(config: AgentConfig) -> str:
         f"  reboot_command: [{', '.join(jobs.reboot_command)}]",
         f"  step_timeout_minutes: {jobs.step_timeout_minutes or 'null'}",
         f"  namespaces: [{', '.join(jobs.namespaces)}]",
+        f"  containment: {jobs.containment}",
+        f"  allow_http_downloads: {'true' if jobs.allow_http_downloads else 'false'}",
     ]
     if config.handlers:
         lines.append("handlers:")

@@ -409,7 +409,7 @@ async def test_download_file_template_uses_the_python_downloader(
     source = tmp_path / "missing-dir" / "x"
     outcome, _ = await run(
         make_config(tmp_path, handler_dir),
-        managed("Download-File", "download-file.sh", ["http://127.0.0.1:9/x", str(source)]),
+        managed("Download-File", "download-file.sh", ["https://127.0.0.1:9/x", str(source)]),
         tmp_path,
     )
     # The downloader ran (with the agent's interpreter) and refused the missing directory.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jobs_agent.dispatch.router import MAX_DOCUMENT_BYTES, check_limits
@@ -32,5 +34,43 @@ def test_a_document_over_32_kib_without_presigned_urls_is_rejected() -> None:
 
 
 def test_the_allowance_is_bounded_per_url() -> None:
-    with pytest.raises(JobRejected, match="plus 2048 for presigned URLs"):
+    with pytest.raises(JobRejected, match=r"plus \d+ for its presigned URLs"):
         check_limits(_document(MAX_DOCUMENT_BYTES + 2048, SIGNED))
+
+
+def _created_and_delivered(created_size: int) -> tuple[dict[str, object], dict[str, object]]:
+    """A document of `created_size` bytes as created (with a placeholder) and as delivered."""
+    base, _, query = SIGNED.partition("?")
+    placeholder = "${aws:iot:s3-presigned-url:" + base + "}"
+    created = _document(0, placeholder)
+    padding = created_size - len(json.dumps(created, separators=(",", ":")).encode())
+    created = _document(padding, placeholder)
+    assert len(json.dumps(created, separators=(",", ":")).encode()) == created_size
+    return created, _document(padding, f"{base}?{query}")
+
+
+def test_the_allowance_is_what_the_presigned_substitution_added() -> None:
+    created, delivered = _created_and_delivered(MAX_DOCUMENT_BYTES)
+    check_limits(created)
+    check_limits(delivered)
+    _, too_big = _created_and_delivered(MAX_DOCUMENT_BYTES + 100)
+    with pytest.raises(JobRejected, match="for its presigned URLs"):
+        check_limits(too_big)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "X-Amz-Signature=" + "a" * 64,  # mentions a signature, is no URL
+        SIGNED.replace("bucket.s3.amazonaws.com", "bucket.s3.attacker.example"),
+        SIGNED.replace("https://bucket.s3.amazonaws.com/", "https://s3.attacker.example/bucket/"),
+        SIGNED.replace("https://", "http://"),
+        SIGNED + "&padding=" + "p" * 300,  # not a SigV4 query parameter
+    ],
+)
+def test_strings_that_are_not_presigned_s3_urls_earn_no_allowance(value: str) -> None:
+    document: dict[str, object] = {"operation": "x", "pad": "p" * (MAX_DOCUMENT_BYTES - 1000)}
+    document["many"] = [value] * 20  # used to earn 20 x 2 KiB
+    with pytest.raises(JobRejected) as info:
+        check_limits(document)
+    assert "presigned" not in info.value.reason

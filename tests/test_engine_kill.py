@@ -94,6 +94,7 @@ async def _kill_and_restart(agent: AgentProcess, point: str) -> None:
 @pytest.mark.parametrize(
     ("point", "expected", "runs", "reason"),
     [
+        ("taken", "SUCCEEDED", 1, None),  # started by the service, not yet recorded
         ("started", "SUCCEEDED", 1, None),
         ("running", "FAILED", 0, "agent restarted while the step was running"),
         ("handler_done", "FAILED", 1, "agent restarted while the step was running"),

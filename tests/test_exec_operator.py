@@ -238,7 +238,7 @@ def test_a_plugin_directory_others_can_write_is_refused(tmp_path: Path) -> None:
         "exec", doc(tmp_path, {"operation": "p"}), "--config", str(config), cwd=tmp_path
     )
     assert result.returncode == 1
-    assert f"jobs.plugin_path: handler directory {plugins} is writable by others" in result.stdout
+    assert f"jobs.plugin_path: plugin directory {plugins} is writable by others" in result.stdout
 
 
 @pytest.mark.parametrize("first", ["#!/bin/shh", "#!/bin/sh\r"])

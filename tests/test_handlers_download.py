@@ -18,6 +18,7 @@ from jobs_agent.dispatch.context import LocalJobContext
 from jobs_agent_handlers.api import Outcome
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+ETAG = f'"{hashlib.md5(PAYLOAD).hexdigest()}"'
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -34,9 +35,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         header = self.headers.get("Range")
         self.server.requests.append(header)
+        if header and self.headers.get("If-Range") != ETAG:
+            header = None  # If-Range: resume only the same version of the object
         start = int(header.split("=")[1].rstrip("-")) if header else 0
         body = PAYLOAD[start:]
         self.send_response(206 if header else 200)
+        self.send_header("ETag", ETAG)  # as S3 does
         self.send_header("Content-Length", str(len(body)))
         if header:
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
@@ -62,7 +66,12 @@ def server() -> Iterator[Server]:
 
 
 async def download(tmp_path: Path, document: dict[str, Any]) -> tuple[Outcome, LocalJobContext]:
-    d = Dispatcher(AgentConfig(thing_name="gw", jobs=JobsConfig(handler_dir=tmp_path)))
+    # These tests use a plain-HTTP server; the handler fetches https:// only unless allowed.
+    d = Dispatcher(
+        AgentConfig(
+            thing_name="gw", jobs=JobsConfig(handler_dir=tmp_path, allow_http_downloads=True)
+        )
+    )
     (tmp_path / "s").mkdir(exist_ok=True)
     ctx = LocalJobContext(document=document, scratch_dir=tmp_path / "s", state_dir=tmp_path)
     return await d.run(d.resolve(document), ctx), ctx

@@ -272,7 +272,8 @@ async def test_secrets_never_reach_logs_or_status_details(base: Path) -> None:
         f'cp "$JOBS_AGENT_DOCUMENT" {seen_document}\n'
         'shift; echo "downloading $*"\n'
         f"cat {key_file}\n"
-        'echo "url again: $1"\n',
+        # A presigned URL reaches a handler in the environment, never in argv (ps shows argv).
+        'echo "url again: $(printenv "${1#env:}")"\n',
     )
     write_script(handlers, "leak-fail.sh", f'cat {key_file} >&2\necho "$2" >&2\nexit 3\n')
     document = {

@@ -1,8 +1,10 @@
-"""`jobs-agent sign --key KEY.pem DOC.json [-o OUT]`: sign a job document for require_signature.
+"""`jobs-agent sign --key KEY.pem DOC.json [claims] [-o OUT]`: sign a job document.
 
-The signature goes into the document (`jobsAgentSignature`) and covers everything except the
-presigned-URL placeholders AWS rewrites at delivery (see agent/dispatch/signing.py). Sign the
-document exactly as it will be given to CreateJob: any later edit invalidates it.
+The signature goes into the document (`jobsAgentSignature`) and covers all of it as created,
+with the places of presigned-URL placeholders and the S3 object each names, and the claims that
+bind it: `--thing` (repeatable) or `--thing-pattern`, `--job-id`, `--not-after` (see
+agent/dispatch/signing.py). Sign the document exactly as it will be given to CreateJob: any
+later edit invalidates it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,57 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, default=None, metavar="OUT", help="default: stdout"
     )
+    claims = parser.add_argument_group(
+        "claims", "bind the signature, so that a signed document cannot be replayed elsewhere"
+    )
+    claims.add_argument(
+        "--thing",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this thing may run it (repeat for several)",
+    )
+    claims.add_argument(
+        "--thing-pattern",
+        metavar="PATTERN",
+        help='only things whose name matches this shell-style pattern (e.g. "gw-*")',
+    )
+    claims.add_argument("--job-id", metavar="ID", help="only as the job with this id")
+    claims.add_argument(
+        "--not-after",
+        metavar="TIME",
+        help="only executions received by then: an ISO 8601 time (2026-12-31T23:59:59Z)"
+        " or a delay from now (30m, 12h, 7d)",
+    )
     parser.set_defaults(func=_sign)
+
+
+def _not_after(text: str) -> str:
+    import datetime
+    import re
+
+    from jobs_agent.dispatch.signing import parse_time
+
+    delay = re.fullmatch(r"\+?(\d+)([smhd])", text.strip())
+    if delay is not None:
+        seconds = int(delay.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[delay.group(2)]
+        moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+        return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    parse_time(text)
+    return text
+
+
+def _claims(args: argparse.Namespace) -> dict[str, Any]:
+    claims: dict[str, Any] = {}
+    if args.thing:
+        claims["thingNames"] = list(args.thing)
+    if args.thing_pattern:
+        claims["thingNamePattern"] = args.thing_pattern
+    if args.job_id:
+        claims["jobId"] = args.job_id
+    if args.not_after:
+        claims["notAfter"] = _not_after(args.not_after)
+    return claims
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -49,7 +101,10 @@ def _sign(args: argparse.Namespace) -> int:
         key = load_private_key(args.key)
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from None
-    signed = sign_document(document, key)
+    try:
+        signed = sign_document(document, key, _claims(args))
+    except ValueError as exc:
+        raise UsageError(f"{args.document}: cannot sign: {exc}") from None
     text = json.dumps(signed, indent=2, ensure_ascii=False) + "\n"
     size = len(json.dumps(signed, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_DOCUMENT_BYTES:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.containment import group_name
 from jobs_agent.dispatch.output import OutputLog, Tail, log_path
 from jobs_agent.dispatch.paths import PLACEHOLDER, locate_handler
 from jobs_agent.dispatch.plan import PlannedStep
@@ -40,6 +41,7 @@ from jobs_agent.dispatch.scripts import (
 )
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs, parse_run_as_user, resolve_user
+from jobs_agent.redact import has_url_credentials
 from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 RUN_HANDLER = "runHandler"
@@ -333,6 +335,8 @@ class PreparedStep:
     executable: str
     builtin: bool = False
     """One of the agent's own scripts (handlers/scripts/), not the handler directory's."""
+    url_environment: tuple[tuple[str, str], ...] = ()
+    """`JOBS_AGENT_URL_<n>` variables holding the presigned URLs taken out of argv."""
 
     def planned(self) -> PlannedStep:
         return PlannedStep(
@@ -357,12 +361,25 @@ def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedSt
             located = locate_handler(
                 config.jobs.handler_dir, action.handler, action.path, search_path=search_path
             )
-            base = (str(located.path), action.run_as_user, *action.args)
+            args, urls = hide_url_credentials(action.args)
+            base = (str(located.path), action.run_as_user, *args)
             argv = ("/bin/sh", *base) if located.builtin else base
             if not located.builtin:
                 _check_interpreter(located.path, search_path)
             return PreparedStep(
-                action, argv, user, timeout, str(located.path), builtin=located.builtin
+                action,
+                argv,
+                user,
+                timeout,
+                str(located.path),
+                builtin=located.builtin,
+                url_environment=urls,
+            )
+        if any(has_url_credentials(part) for part in action.command):
+            raise JobRejected(
+                "the command holds a presigned URL (or another URL credential), which would be"
+                " visible to every local user in the process list: use a runHandler step, which"
+                " gets it in the environment, or the download-file handler"
             )
         program = action.command[0]
         executable = program if "/" in program else shutil.which(program, path=search_path)
@@ -378,6 +395,27 @@ def _check_interpreter(path: Path, search_path: str) -> None:
     problem = interpreter_problem(path, search_path)
     if problem is not None:
         raise JobRejected(f"cannot run {path}: {problem}")
+
+
+def hide_url_credentials(
+    args: tuple[str, ...],
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Move arguments that carry URL credentials (presigned URLs) out of argv.
+
+    A process's argv is readable by every local user (`ps`); its environment only by its own
+    user and root. Each such argument becomes `env:JOBS_AGENT_URL_<n>` in argv, and the
+    variable of that name holds it (docs/handlers.md, script protocol).
+    """
+    shown: list[str] = []
+    environment: list[tuple[str, str]] = []
+    for arg in args:
+        if has_url_credentials(arg):
+            name = f"JOBS_AGENT_URL_{len(environment) + 1}"
+            environment.append((name, arg))
+            shown.append(f"env:{name}")
+        else:
+            shown.append(arg)
+    return tuple(shown), tuple(environment)
 
 
 def _label(action: Action, index: int | None) -> str:
@@ -590,6 +628,7 @@ class StepsHandler:
             checkpoint_file = (
                 files.write_json("checkpoint.json", step_data) if step_data is not None else None
             )
+            files.hand_over()
             env = script_environment(
                 ctx,
                 document_file=document_file,
@@ -597,6 +636,9 @@ class StepsHandler:
                 step_name=step.action.name,
                 checkpoint_file=checkpoint_file,
             )
+            env.update(step.url_environment)
+            if self._config.jobs.allow_http_downloads:
+                env["JOBS_AGENT_ALLOW_HTTP_DOWNLOADS"] = "1"  # for download-file.sh
 
             async def on_checkpoint(data: Any) -> None:
                 await ctx.checkpoint({"next_step": index, "step_data": data})
@@ -618,6 +660,7 @@ class StepsHandler:
                 step.timeout,
                 env,
                 cwd=None if step.user.switch else ctx.scratch_dir,
+                group=group_name(ctx.namespace, ctx.job_id, ctx.execution_number),
             )
             return await self._sandbox.run(
                 spec,

@@ -1,10 +1,12 @@
 """Where a handler named by a job document may come from, and who may have written it.
 
 A job document is input from the network; the executables it names are not. A handler name
-must not leave its directory (`..`, absolute names, symlinks out), and neither the directory
-nor the file may be writable by anyone but root or the agent's user: otherwise any local user
-could plant code that the agent then runs, possibly as root. Every refusal names the file and
-its mode so the operator can fix it with one `chmod`.
+must not leave its directory (`..`, absolute names, symlinks out), and no account but root or
+the agent's may be able to change the file or any directory on its path, from `/` down: whoever
+can rename a parent directory can swap the handler between the check and the exec, and get their
+own code run, possibly as root. The check walks the path by descriptor (`agent.securefs`), and
+the sandbox checks the executable once more, by descriptor, when it runs it. Every refusal names
+the file or directory and its owner or mode, so the operator can fix it with one `chown`/`chmod`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import jobs_agent_handlers
+from jobs_agent.securefs import UntrustedPath, open_executable, open_trusted
 from jobs_agent_handlers.api import JobRejected
 
 BUILTIN_SCRIPTS_DIR = Path(jobs_agent_handlers.__file__).resolve().parent / "scripts"
@@ -41,22 +43,48 @@ def is_default_path(path: str | None) -> bool:
     return path is None or path.strip() in DEFAULT_PATH_VALUES or bool(PLACEHOLDER.match(path))
 
 
-def check_not_writable_by_others(path: Path) -> None:
-    """Refuse a file or directory that someone other than root or the agent could change."""
+def _refusal(exc: UntrustedPath, base: Path, what: str) -> JobRejected:
+    """Word a refusal from the trusted-path walk the way an operator can act on it."""
+    component = exc.component
+    if component is None or not exc.problem:
+        return JobRejected(exc.reason)
+    if not exc.is_dir:
+        return JobRejected(f"{what} {component} {exc.problem}")
+    if component == base or component.is_relative_to(base):
+        return JobRejected(f"{_directory_word(what)} {component} {exc.problem}")
+    return JobRejected(
+        f"the directory {component} above the {_directory_word(what)} {base} {exc.problem}:"
+        f" whoever can change it can swap the {what.removesuffix(' directory')}"
+    )
+
+
+def _directory_word(what: str) -> str:
+    return what if what.endswith("directory") else f"{what} directory"
+
+
+def check_executable(path: Path, base: Path, what: str = "handler") -> None:
+    """Refuse `path` unless it is a regular executable file that, like every directory from `/`
+    down to it, only root or the agent's user can change (see the module docstring)."""
     try:
-        info = path.stat()
+        executable = open_executable(path, what=what)
+    except UntrustedPath as exc:
+        raise _refusal(exc, base, what) from None
+    executable.close()
+
+
+def check_trusted(path: Path, what: str) -> Path:
+    """Refuse a file or directory the agent will run or import from unless it, and every
+    directory from `/` down to it, can be changed only by root or the agent's user; returns
+    the resolved path (which is what must then be used)."""
+    resolved = path.resolve()
+    try:
+        fd = open_trusted(resolved, what=what, final_flags=os.O_PATH | os.O_CLOEXEC)
+    except UntrustedPath as exc:
+        raise _refusal(exc, resolved, what) from None
     except OSError as exc:
-        raise JobRejected(f"handler {path} cannot be inspected: {exc.strerror}") from None
-    mode = stat.S_IMODE(info.st_mode)
-    kind = "handler directory" if stat.S_ISDIR(info.st_mode) else "handler"
-    if mode & stat.S_IWOTH:
-        raise JobRejected(f"{kind} {path} is writable by others (mode {mode:04o})")
-    if mode & stat.S_IWGRP:
-        raise JobRejected(f"{kind} {path} is writable by its group (mode {mode:04o})")
-    if info.st_uid not in (0, os.geteuid()):
-        raise JobRejected(
-            f"{kind} {path} is owned by uid {info.st_uid}, not by root or the agent's user"
-        )
+        raise JobRejected(f"{what} {path} cannot be inspected: {exc.strerror}") from None
+    os.close(fd)
+    return resolved
 
 
 def _check_name(name: str) -> None:
@@ -76,15 +104,6 @@ def _inside(directory: Path, relative: str) -> Path:
             f"handler {relative!r} resolves to {candidate}, outside the handler directory {base}"
         )
     return candidate
-
-
-def _check_chain(base: Path, target: Path) -> None:
-    """Every directory from the handler directory down to the file, and the file itself."""
-    check_not_writable_by_others(base)
-    current = base
-    for part in target.relative_to(base).parts:
-        current = current / part
-        check_not_writable_by_others(current)
 
 
 def locate_handler(
@@ -127,22 +146,18 @@ def _locate(
         resolved = _inside(directory, name)
         if not resolved.is_relative_to(base):
             raise JobRejected(f"handler {candidate} points outside the handler directory {base}")
-        _check_chain(base, resolved)
-        if not resolved.is_file():
-            raise JobRejected(f"handler {resolved} is not a regular file")
-        if not os.access(resolved, os.X_OK):
-            mode = stat.S_IMODE(resolved.stat().st_mode)
-            raise JobRejected(f"handler {resolved} is not executable (mode {mode:04o})")
+        check_executable(resolved, base)
         return HandlerFile(resolved, builtin=False)
     if is_default_path(path):
         for builtin_name in (name, f"{name}.sh"):
             builtin = BUILTIN_SCRIPTS_DIR / builtin_name
             if builtin.is_file():
-                check_not_writable_by_others(builtin)
+                check_executable(builtin, BUILTIN_SCRIPTS_DIR, "built-in handler")
                 return HandlerFile(builtin, builtin=True)
     if search_path is not None and (path is None or path.strip() != "default"):
         found = shutil.which(name, path=search_path)
         if found is not None:
+            check_executable(Path(found), Path(found).parent, "command")
             return HandlerFile(Path(found), builtin=False)
     raise JobRejected(
         f"no handler {name!r} in {directory}"

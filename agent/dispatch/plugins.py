@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from jobs_agent.dispatch.paths import check_not_writable_by_others
+from jobs_agent.dispatch.paths import check_trusted
 from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
 
 ENTRY_POINT_GROUP = "jobs_agent.handlers"
@@ -31,17 +31,18 @@ class PluginError(Exception):
 
 def add_plugin_path(directories: Sequence[Path]) -> None:
     """Make `jobs.plugin_path` importable: appended to `sys.path`, so a plugin file can never
-    shadow a module the agent itself uses, and each checked like a handler directory (owned by
-    root or the agent's user, not writable by others), because the agent runs what is there."""
+    shadow a module the agent itself uses, and each checked like a handler directory (it and every
+    directory above it owned by root or the agent's user, not writable by others), because the
+    agent runs what is there."""
     for directory in directories:
         try:
-            check_not_writable_by_others(directory)
+            resolved = check_trusted(directory, "plugin directory")
         except JobRejected as exc:
             raise PluginError(f"jobs.plugin_path: {exc.reason}") from None
-        if not directory.is_dir():
+        if not resolved.is_dir():
             raise PluginError(f"jobs.plugin_path: {directory} is not a directory")
-        if str(directory) not in sys.path:
-            sys.path.append(str(directory))
+        if str(resolved) not in sys.path:
+            sys.path.append(str(resolved))
 
 
 def _import(spec: str, plugin_path: Sequence[Path] = ()) -> Any:
@@ -54,6 +55,14 @@ def _import(spec: str, plugin_path: Sequence[Path] = ()) -> Any:
         raise PluginError(f"cannot load handler {spec}: {exc}") from exc
     except Exception as exc:  # the module's own code failed while importing
         raise PluginError(f"cannot load handler {spec}: {type(exc).__name__}: {exc}") from exc
+
+
+def _builtin_loader(spec: str, settings: Mapping[str, Any]) -> Callable[[], Any]:
+    def load() -> Any:
+        target = _import(spec)
+        return target(**settings) if settings and inspect.isclass(target) else target
+
+    return load
 
 
 class PluginHandler:
@@ -77,12 +86,21 @@ class PluginRegistry:
 
     @classmethod
     def discover(
-        cls, configured: Mapping[str, str], *, plugin_path: Sequence[Path] = ()
+        cls,
+        configured: Mapping[str, str],
+        builtin_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        plugin_path: Sequence[Path] = (),
     ) -> PluginRegistry:
+        """`builtin_settings` are keyword arguments for our own plugins' classes (from the
+        agent's configuration); a plugin that replaces a built-in one does not get them."""
+        settings = builtin_settings or {}
         loaders: dict[str, tuple[str, Callable[[], Any]]] = {}
         for name, spec in BUILTIN_PLUGINS.items():
-            loaders[name] = (spec, lambda spec=spec: _import(spec))  # type: ignore[misc]
+            loaders[name] = (spec, _builtin_loader(spec, settings.get(name, {})))
         for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if BUILTIN_PLUGINS.get(entry.name) == entry.value:
+                continue  # our own package's entry point: the built-in, with its settings
             loaders[entry.name] = (entry.value, entry.load)
         for name, spec in configured.items():
             loaders[name] = (

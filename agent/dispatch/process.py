@@ -2,8 +2,15 @@
 
 What it guarantees, whatever the handler does:
 * no shell: argv goes to exec as given, so job input is never parsed as shell syntax;
-* a new session, so the handler and everything it starts form one process group that can be
-  signalled as a whole (SIGTERM, then SIGKILL after the grace period), including grandchildren;
+* the executable is checked again, by descriptor, right before it runs: it and every directory
+  above it can be changed only by root or the agent (`agent.securefs`); a binary is executed
+  through that very descriptor, a script by its (unchangeable) name after a last identity check;
+* exactly four descriptors: stdin (/dev/null), stdout, stderr and the progress pipe (fd 3);
+  nothing the agent has open (an MQTT socket of a transport that does not mark its descriptors
+  close-on-exec, an epoll instance) reaches a handler, whatever user it runs as;
+* containment: the handler and every process it starts, including those that leave its session,
+  are found and stopped at the step's end, timeout or cancellation (`containment`: a cgroup per
+  step, or the agent as child subreaper);
 * a minimal, explicit environment: nothing of the agent's own environment leaks into a job;
 * a time limit on every run (never infinite), and prompt termination when the job is cancelled;
 * stdout and stderr drained concurrently and without limit, so a chatty handler is never blocked
@@ -15,18 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import itertools
 import json
 import os
+import resource
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.dispatch.containment import (
+    Containment,
+    ContainmentError,
+    JobGroup,
+    containment_for,
+)
 from jobs_agent.dispatch.output import OutputLog, Tail
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs
+from jobs_agent.securefs import CheckedExecutable, UntrustedPath, open_executable
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROGRESS_LINE_MAX = 64 * 1024
@@ -37,21 +55,60 @@ PROGRESS_FD = 3
 """The progress pipe's number in the handler: a single digit, so `>&3` works in any sh."""
 
 
-def _progress_fd_setup(write_fd: int) -> Callable[[], None]:
-    """Runs in the child between fork and exec: put the progress pipe on fd 3.
+def _close_inherited_fds() -> None:
+    """In the child: close every inheritable descriptor above the progress pipe.
 
-    subprocess would keep a passed fd at its own number, which in a busy agent is above 9,
-    where dash cannot redirect to it. Only os.dup2/os.close run here (async-signal-safe
-    system calls), and `close_fds` is off because it would close the new fd 3: every fd the
-    agent opens is close-on-exec (PEP 446), so nothing else reaches the handler.
+    Descriptors marked close-on-exec (everything Python opens, PEP 446, including subprocess's
+    own error pipe that must stay open until the exec) go away by themselves; what is left is
+    what a library opened without the flag (awscrt's sockets and epoll instance).
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(PROGRESS_FD + 1, _fd_limit())]
+    for name in names:
+        fd = int(name)
+        if fd <= PROGRESS_FD:
+            continue
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue  # the listing's own descriptor, already closed
+        if not flags & fcntl.FD_CLOEXEC:
+            os.close(fd)
+
+
+def _fd_limit() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return min(soft, 65536) if soft > 0 else 1024
+
+
+def _child_setup(
+    write_fd: int, join_fd: int | None, user: RunAs, executable: CheckedExecutable
+) -> Callable[[], None]:
+    """Runs in the child between fork and exec (after subprocess set up stdio and the session).
+
+    In this order: join the step's cgroup (as root, before anything else can fork), put the
+    progress pipe on fd 3 (a single digit, so `>&3` works in any sh), close what the agent let
+    leak, drop to the step's user (supplementary groups, gid, uid: all three ids), and for a
+    script check that its name still refers to the file checked before. Only system calls run
+    here; an exception is reported by subprocess as a failed start.
     """
 
     def setup() -> None:
+        if join_fd is not None:
+            os.write(join_fd, b"0")
         if write_fd == PROGRESS_FD:
             os.set_inheritable(write_fd, True)
         else:
             os.dup2(write_fd, PROGRESS_FD)
-            os.close(write_fd)
+        _close_inherited_fds()
+        if user.switch:
+            os.setgroups(list(user.groups))
+            os.setresgid(user.gid, user.gid, user.gid)
+            os.setresuid(user.uid, user.uid, user.uid)
+        if executable.by_name and not executable.same_file():
+            raise RuntimeError("the executable changed after it was checked")
 
     return setup
 
@@ -70,6 +127,8 @@ class ProcessSpec:
     timeout: float
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    group: str | None = None
+    """Containment group (`containment.group_name`): an execution's steps share its name."""
 
 
 @dataclass
@@ -159,9 +218,7 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+_anonymous_groups = itertools.count(1)
 
 
 class Sandbox:
@@ -174,11 +231,20 @@ class Sandbox:
         search_path: str = DEFAULT_PATH,
         environment: Mapping[str, str] | None = None,
         echo: OutputEcho | None = None,
+        containment: str = "auto",
+        state_dir: Path = Path("/var/lib/jobs-agent"),
     ) -> None:
         self.kill_grace = kill_grace
         self.search_path = search_path
         self.environment = dict(environment or {})
         self.echo = echo
+        self.containment_mode = containment
+        self.state_dir = state_dir
+
+    @property
+    def containment(self) -> Containment:
+        """Set up on first use (a process-wide choice, see `containment.containment_for`)."""
+        return containment_for(self.containment_mode, self.state_dir)
 
     async def run(
         self,
@@ -193,19 +259,57 @@ class Sandbox:
     ) -> ProcessResult:
         result = ProcessResult(None, spec.timeout, Tail(), Tail())
         env = build_environment(spec.user, spec.env, self.search_path, self.environment)
-        read_fd, write_fd = os.pipe()
         env["JOBS_AGENT_PROGRESS_FD"] = str(PROGRESS_FD)
-        kwargs: dict[str, Any] = {}
-        if spec.user.switch:
-            kwargs.update(
-                user=spec.user.uid, group=spec.user.gid, extra_groups=list(spec.user.groups)
-            )
+        program = spec.argv[0]
+        try:
+            executable = open_executable(Path(program), what="handler")
+        except UntrustedPath as exc:
+            result.spawn_error = f"cannot run {program}: {exc.reason}"
+            return result
+        except OSError as exc:
+            result.spawn_error = f"cannot run {program}: {exc.strerror or exc}"
+            return result
+        try:
+            name = spec.group or f"run.{os.getpid()}.{next(_anonymous_groups)}"
+            group = await asyncio.to_thread(self.containment.group, name)
+        except ContainmentError as exc:
+            executable.close()
+            result.spawn_error = f"cannot run {program}: {exc}"
+            return result
+        try:
+            return await self._run_in_group(
+                spec, env, executable, group, result, cancelled, log, on_message, on_bad_line,
+                stdout_sinks, stderr_sinks,
+            )  # fmt: skip
+        finally:
+            executable.close()
+            await asyncio.shield(asyncio.to_thread(group.close))
+
+    async def _run_in_group(
+        self,
+        spec: ProcessSpec,
+        env: dict[str, str],
+        executable: CheckedExecutable,
+        group: JobGroup,
+        result: ProcessResult,
+        cancelled: asyncio.Event,
+        log: OutputLog | None,
+        on_message: MessageCallback | None,
+        on_bad_line: BadLineCallback | None,
+        stdout_sinks: Sequence[Tail],
+        stderr_sinks: Sequence[Tail],
+    ) -> ProcessResult:
         cwd = spec.cwd
         if cwd is None or not cwd.is_dir():
             cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
+        if executable.by_name and not executable.same_file():
+            result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
+            return result
+        read_fd, write_fd = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
                 *spec.argv,
+                executable=executable.exec_path,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -213,23 +317,29 @@ class Sandbox:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=False,
-                preexec_fn=_progress_fd_setup(write_fd),
-                **kwargs,
+                preexec_fn=_child_setup(write_fd, group.join_fd, spec.user, executable),
             )
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or environment
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             os.close(read_fd)
-            os.close(write_fd)
-            reason = exc.strerror if isinstance(exc, OSError) else None
-            if isinstance(exc, FileNotFoundError) and os.path.exists(spec.argv[0]):
-                # ENOENT for a file that exists: its interpreter is what is missing.
-                reason = interpreter_problem(Path(spec.argv[0]), self.search_path) or reason
-            result.spawn_error = f"cannot run {spec.argv[0]}: {reason or exc}"
+            if isinstance(exc, OSError):
+                reason = exc.strerror or str(exc)
+                if isinstance(exc, FileNotFoundError) and os.path.exists(spec.argv[0]):
+                    # ENOENT for a file that exists: its interpreter is what is missing.
+                    reason = interpreter_problem(Path(spec.argv[0]), self.search_path) or reason
+            elif isinstance(exc, ValueError):  # a NUL byte in argv or environment
+                reason = str(exc)
+            else:
+                reason = (
+                    f"preparing the process failed (joining its {self.containment.kind} group,"
+                    f" switching to user {spec.user.name}, or the file changed after it was"
+                    " checked)"
+                )
+            result.spawn_error = f"cannot run {spec.argv[0]}: {reason}"
             return result
         finally:
-            if not result.spawn_error:
-                os.close(write_fd)
+            os.close(write_fd)
+        group.adopt(process.pid)
         assert process.stdout is not None and process.stderr is not None
-        pgid = process.pid
         drains = {
             asyncio.create_task(
                 _drain(process.stdout, [result.stdout, *stdout_sinks], log, self._echo("stdout"))
@@ -248,13 +358,13 @@ class Sandbox:
             if waiter not in done:
                 result.cancelled = cancel_wait in done
                 result.timed_out = not result.cancelled
-                await self._terminate(pgid, waiter)
+                await self._terminate(group, waiter)
             result.returncode = await waiter
-            await self._reap_group(pgid, drains)
+            await self._reap_group(group, drains)
         finally:
             cancel_wait.cancel()
             if process.returncode is None:
-                _killpg(pgid, signal.SIGKILL)
+                group.kill()
             for task in drains:
                 task.cancel()
             waiter.cancel()
@@ -273,27 +383,29 @@ class Sandbox:
             return None
         return lambda chunk: echo(stream, chunk)
 
-    async def _terminate(self, pgid: int, waiter: asyncio.Task[int]) -> None:
-        _killpg(pgid, signal.SIGTERM)
+    async def _terminate(self, group: JobGroup, waiter: asyncio.Task[int]) -> None:
+        """Timeout or cancellation: SIGTERM to every process of the step, SIGKILL after the
+        grace period to whatever is left."""
+        group.signal(signal.SIGTERM)
         done, _ = await asyncio.wait({waiter}, timeout=self.kill_grace)
         if not done:
-            _killpg(pgid, signal.SIGKILL)
+            group.kill()
 
-    async def _reap_group(self, pgid: int, drains: set[asyncio.Task[None]]) -> None:
-        """The handler has exited; end whatever it left behind in its process group.
+    async def _reap_group(self, group: JobGroup, drains: set[asyncio.Task[None]]) -> None:
+        """The handler has exited; end whatever it left behind (in its session or not).
 
-        Leftovers (a background `sleep &`) would otherwise keep the output pipes open and hang
-        the job, or outlive it unnoticed.
+        Leftovers (a background `sleep &`, a daemon that called setsid) would otherwise keep
+        the output pipes open and hang the job, or outlive it unnoticed.
         """
-        if not _group_members(pgid):
+        if not group.members():
             await asyncio.wait(drains, timeout=self.kill_grace + 1.0)
             return
-        _killpg(pgid, signal.SIGTERM)
+        group.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace
-        while _group_members(pgid) and time.monotonic() < deadline:
+        while group.members() and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_INTERVAL)
-        if _group_members(pgid):
-            _killpg(pgid, signal.SIGKILL)
+        if group.members():
+            group.kill()
         await asyncio.wait(drains, timeout=1.0)
 
 

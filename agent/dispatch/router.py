@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.config import AgentConfig, ConfigError
+from jobs_agent.dispatch import s3url
 from jobs_agent.dispatch.devicec import (
     StepsDocument,
     StepsHandler,
@@ -42,41 +43,37 @@ MAX_DOCUMENT_BYTES = 32 * 1024
 MAX_DOCUMENT_DEPTH = 32
 
 
-PRESIGNED_URL_ALLOWANCE = 2048
-"""AWS checks the 32 KiB against the document as created, then replaces each
-`${aws:iot:s3-presigned-url:...}` placeholder with a signed URL several hundred bytes longer:
-every delivered presigned URL earns this many bytes of slack."""
-
-
 def check_limits(document: Mapping[str, Any]) -> None:
-    """Refuse documents the service could not have sent, before any further parsing."""
-    presigned = _check_depth(document, 1)
+    """Refuse documents the service could not have sent, before any further parsing.
+
+    The service checks the 32 KiB against the document as created; each presigned-URL
+    placeholder in it is then replaced by a longer signed URL. So the allowance over 32 KiB is
+    what those substitutions can have added: for each value that is a real presigned S3 URL,
+    its length beyond the shortest placeholder it can have come from, and at most
+    `s3url.MAX_EXPANSION` each (a string that merely mentions `X-Amz-Signature=` earns nothing).
+    """
+    allowance = _check_depth(document, 1)
     try:
         size = len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
     except (TypeError, ValueError):
         raise JobRejected("the job document is not plain JSON") from None
-    limit = MAX_DOCUMENT_BYTES + presigned * PRESIGNED_URL_ALLOWANCE
-    if size > limit:
+    if size > MAX_DOCUMENT_BYTES + allowance:
         raise JobRejected(
             f"the job document is {size} bytes; at most {MAX_DOCUMENT_BYTES} (32 KiB) are accepted"
-            + (
-                f" plus {presigned * PRESIGNED_URL_ALLOWANCE} for presigned URLs"
-                if presigned
-                else ""
-            )
+            + (f" plus {allowance} for its presigned URLs" if allowance else "")
         )
 
 
 def _check_depth(value: Any, depth: int) -> int:
-    """Check the nesting; return how many values are presigned URLs."""
+    """Check the nesting; return what presigned-URL substitution can have added."""
     if depth > MAX_DOCUMENT_DEPTH:
         raise JobRejected(f"the job document is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
     if isinstance(value, Mapping):
         return sum(_check_depth(item, depth + 1) for item in value.values())
     if isinstance(value, list):
         return sum(_check_depth(item, depth + 1) for item in value)
-    if isinstance(value, str) and "X-Amz-Signature=" in value:
-        return 1
+    if isinstance(value, str):
+        return s3url.expansion(value)
     return 0
 
 
@@ -125,9 +122,13 @@ class Dispatcher:
             search_path=search_path,
             environment=site_environment(config.jobs.handler_environment, os.environ),
             echo=echo,
+            containment=config.jobs.containment,
+            state_dir=config.state_dir,
         )
         self.plugins = plugins or PluginRegistry.discover(
-            config.handlers, plugin_path=config.jobs.plugin_path
+            config.handlers,
+            {"download-file": {"allow_http": config.jobs.allow_http_downloads}},
+            plugin_path=config.jobs.plugin_path,
         )
         self.verifier: SignatureVerifier | None = None
         if config.jobs.require_signature:
@@ -140,13 +141,25 @@ class Dispatcher:
             if not self.verifier.keys:
                 raise ConfigError("jobs.trusted_keys: required when jobs.require_signature is true")
 
-    def resolve(self, document: Mapping[str, Any]) -> Handler:
-        """The handler for `document`; `JobRejected` with the reason when there is none."""
+    def resolve(
+        self,
+        document: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        taken_at: float | None = None,
+    ) -> Handler:
+        """The handler for `document`; `JobRejected` with the reason when there is none.
+
+        `job_id` and `taken_at` (when the execution was received) are what a signature's
+        `jobId` and `notAfter` claims are held against.
+        """
         if not isinstance(document, Mapping):
             raise JobRejected("the job document is not a JSON object")
         check_limits(document)
         if self.verifier is not None:
-            self.verifier.verify(document)
+            self.verifier.verify(
+                document, thing_name=self.config.thing_name, job_id=job_id, taken_at=taken_at
+            )
         if "steps" in document or "version" in document:
             return self._steps_handler("device-client", parse_steps_document(document))
         name = document.get("operation")
@@ -178,9 +191,9 @@ class Dispatcher:
         steps = [prepare(a, self.config, self.sandbox.search_path) for a in document.actions]
         return StepsHandler(name, document, steps, config=self.config, sandbox=self.sandbox)
 
-    def plan(self, document: Mapping[str, Any]) -> list[PlannedStep]:
+    def plan(self, document: Mapping[str, Any], *, job_id: str | None = None) -> list[PlannedStep]:
         """What `document` would run, step by step; runs nothing. Raises `JobRejected`."""
-        handler = self.resolve(document)
+        handler = self.resolve(document, job_id=job_id)
         if isinstance(handler, StepsHandler):
             return handler.plan()
         source = handler.source if isinstance(handler, PluginHandler) else handler.name

@@ -15,14 +15,19 @@ import difflib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent_handlers.api import JobContext
+
+log = structlog.get_logger("jobs_agent.dispatch.scripts")
 
 EXIT_REJECTED = 90
 """Exit status that ends the job REJECTED: the document is wrong for this device."""
@@ -78,39 +83,81 @@ def site_environment(entries: Sequence[str], environ: Mapping[str, str]) -> dict
 class StepFiles:
     """The document (and checkpoint) files a step reads, readable by the step's user only.
 
-    When the step runs as the agent's user they live in the execution's scratch directory;
-    for another user in a private directory owned by that user, because the agent's state
-    directory is not theirs to read.
+    When the step runs as the agent's user they live in the execution's scratch directory.
+    For another user they live in a private directory the agent gives to that user,
+    `<tmp>/jobs-agent-step-XXXX/step/`: the outer directory stays root's (mode 0711, so the
+    user can neither rename nor replace `step`), `step` is created by root, the files are
+    created in it by descriptor (`O_EXCL | O_NOFOLLOW`) and given to the user by descriptor,
+    and only then is `step` itself handed over. Nothing is ever changed by a name the user
+    controls, so a symlink planted by the user can never make root write or chown another
+    file. The step may use `step` as its scratch space (subdirectories included); the whole
+    tree goes when the step ends.
     """
 
     def __init__(self, ctx: JobContext, user: RunAs) -> None:
         self._user = user
-        self._own_dir: Path | None = None
+        self._private: Path | None = None
         if user.switch:
-            self._own_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-step-"))
-            os.chown(self._own_dir, user.uid, user.gid)
-            self.directory = self._own_dir
+            self._private = Path(tempfile.mkdtemp(prefix="jobs-agent-step-"))
+            outer = os.open(self._private, _DIR_OPEN)
+            try:
+                os.fchmod(outer, 0o711)
+                os.mkdir("step", 0o700, dir_fd=outer)
+                self._dir_fd = os.open("step", _DIR_OPEN, dir_fd=outer)
+            finally:
+                os.close(outer)
+            self.directory = self._private / "step"
         else:
             ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(ctx.scratch_dir, _DIR_OPEN)
             self.directory = ctx.scratch_dir
 
     def write_json(self, name: str, data: Any) -> Path:
-        path = self.directory / name
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.unlink(name, dir_fd=self._dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o600, dir_fd=self._dir_fd)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if self._user.switch:
+                os.fchown(fd, self._user.uid, self._user.gid)
             json.dump(data, handle, ensure_ascii=False)
+        return self.directory / name
+
+    def hand_over(self) -> None:
+        """Give the step's directory to its user, once every file in it is written."""
         if self._user.switch:
-            os.chown(path, self._user.uid, self._user.gid)
-        return path
+            os.fchown(self._dir_fd, self._user.uid, self._user.gid)
 
     def close(self) -> None:
-        if self._own_dir is not None:
-            for child in self._own_dir.iterdir():
-                child.unlink()
-            self._own_dir.rmdir()
-            self._own_dir = None
+        """Remove the private tree. `step` is first taken back (root's, mode 0700), so that no
+        process of the user can add to it by name while it is being removed; rmtree works by
+        descriptor and never follows a symlink the step left behind."""
+        if self._dir_fd >= 0:
+            if self._private is not None:
+                with contextlib.suppress(OSError):
+                    os.fchown(self._dir_fd, os.geteuid(), os.getegid())
+                    os.fchmod(self._dir_fd, 0o700)
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        if self._private is not None:
+            _remove_tree(self._private)
+            self._private = None
+
+
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a step's private tree; whatever cannot be removed is logged, never raised (the
+    step's outcome does not depend on it)."""
+    problems: list[str] = []
+
+    def note(_function: Any, failed: str, info: Any) -> None:
+        problems.append(f"{failed}: {info[1]}")
+
+    shutil.rmtree(path, onerror=note)
+    if problems:
+        log.warning("cannot remove a step's private directory", path=str(path), errors=problems)
 
 
 PROGRESS_KEYS = ("percent", "message", "details", "checkpoint")

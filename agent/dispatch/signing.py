@@ -1,41 +1,56 @@
-"""Signed job documents: who created a job, checked on the device before anything runs.
+"""Signed job documents: who created a job, and for which devices and how long, checked on the
+device before anything runs.
 
 Anyone who can call CreateJob for this thing (a leaked role, a mistaken policy) can make the
 device run commands. With `jobs.require_signature` the agent runs only documents signed by a key
 in `jobs.trusted_keys` (Ed25519 or ECDSA P-256, PEM public keys).
 
-What is signed: the canonical JSON (sorted keys, no whitespace, UTF-8) of the document as
-created, without the `jobsAgentSignature` field itself. AWS rewrites one kind of value at
-delivery: a `${aws:iot:s3-presigned-url:URL}` placeholder becomes a fresh presigned HTTPS URL
-every time the document is delivered. The signer lists these places (JSON pointers) in the
-signature, and the canonical form has a fixed token there; on the device the delivered value
-must be an HTTPS URL to the same S3 bucket and key (or still the placeholder). The URL's query
-(the credentials) is therefore not covered: artifact integrity rests on a signed `sha256` field
-that the download handler checks.
+What is signed: the canonical JSON (sorted keys, no whitespace, UTF-8) of the whole document as
+created, its `jobsAgentSignature` block included except the block's `value` (the signature
+itself). So the block's `presigned` list and `claims` are covered too:
+
+* AWS rewrites one kind of value at delivery: a `${aws:iot:s3-presigned-url:URL}` placeholder
+  becomes a presigned HTTPS URL, new at every delivery (anywhere in the document's text, so the
+  block records each one as `{pointer, url, v2?}`, not as a placeholder AWS would rewrite too).
+  The device accepts at that place the placeholder itself or a presigned URL on a real AWS S3
+  endpoint for exactly that bucket and key (`agent.dispatch.s3url`), then puts the placeholder
+  back before verifying. The URL's query
+  (the credentials) is not covered: artifact integrity rests on a signed `sha256` that the
+  download handler checks. A place not listed, or listed with another object, fails.
+* `claims` bind the signature: `thingNames` (this thing must be one of them), `thingNamePattern`
+  (a shell-style pattern, e.g. `gw-*`), `jobId` (the execution's job id), `notAfter` (an ISO
+  8601 UTC time: the execution must have been received by then). A claim this agent does not
+  know is refused, never ignored. `jobs-agent sign` sets them.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import datetime
+import fnmatch
 import hashlib
 import json
-import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from jobs_agent.dispatch.s3url import (
+    PLACEHOLDER,
+    make_placeholder,
+    placeholder_object,
+    presigned_object,
+)
 from jobs_agent_handlers.api import JobRejected
 
 SIGNATURE_FIELD = "jobsAgentSignature"
-PRESIGNED_TOKEN = "${aws:iot:s3-presigned-url}"  # noqa: S105 - a placeholder, not a secret
-_PRESIGNED = re.compile(r"^\$\{aws:iot:s3-presigned-url:(?P<url>[^}]+)\}$")
+CLAIMS = ("thingNames", "thingNamePattern", "jobId", "notAfter")
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -149,51 +164,124 @@ def _set(document: Any, pointer: str, value: Any) -> None:
         node[tokens[-1]] = value
 
 
-def _s3_object(url: str) -> tuple[str, str]:
-    """(bucket, key) of an S3 URL in virtual-hosted or path style; ("", path) if unknown."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    path = parts.path.lstrip("/")
-    match = re.match(r"^(?P<bucket>.+)\.s3[.-]", host)
-    if match:
-        return match.group("bucket"), path
-    if host.startswith("s3.") or host.startswith("s3-") or host == "s3.amazonaws.com":
-        bucket, _, key = path.partition("/")
-        return bucket, key
-    return "", path
+# -- claims ------------------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """An ISO 8601 time with a zone (`2026-12-31T23:59:59Z`); ValueError otherwise."""
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone (add Z for UTC)")
+    return moment
+
+
+def check_claims(claims: Any) -> dict[str, Any]:
+    """Validate a `claims` object (signer and device alike); ValueError with the reason."""
+    if not isinstance(claims, Mapping):
+        raise ValueError("claims: expected an object")
+    unknown = sorted(set(claims) - set(CLAIMS))
+    if unknown:
+        raise ValueError(f"claims: {', '.join(unknown)} not known to this agent")
+    things = claims.get("thingNames")
+    if things is not None and (
+        not isinstance(things, list)
+        or not things
+        or not all(isinstance(t, str) and t for t in things)
+    ):
+        raise ValueError("claims.thingNames: expected a non-empty list of thing names")
+    for name in ("thingNamePattern", "jobId", "notAfter"):
+        value = claims.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"claims.{name}: expected a non-empty string")
+    if claims.get("notAfter") is not None:
+        parse_time(claims["notAfter"])
+    return dict(claims)
+
+
+def _enforce_claims(
+    claims: Mapping[str, Any], thing_name: str, job_id: str | None, taken_at: float
+) -> None:
+    things = claims.get("thingNames")
+    if things is not None and thing_name not in things:
+        raise JobRejected(
+            f"the signature is for the things {', '.join(things)}, not for {thing_name}"
+        )
+    pattern = claims.get("thingNamePattern")
+    if pattern is not None and not fnmatch.fnmatchcase(thing_name, pattern):
+        raise JobRejected(f"the signature is for things matching {pattern!r}, not {thing_name}")
+    wanted_job = claims.get("jobId")
+    if wanted_job is not None and wanted_job != job_id:
+        raise JobRejected(
+            f"the signature is for the job {wanted_job}, not "
+            + (f"the job {job_id}" if job_id else "a run without a job id")
+        )
+    not_after = claims.get("notAfter")
+    if not_after is not None and taken_at > parse_time(not_after).timestamp():
+        raise JobRejected(f"the signature expired at {not_after}")
 
 
 # -- signing and verifying ----------------------------------------------------------------------
 
 
-def signed_payload(document: Mapping[str, Any], presigned: Sequence[str]) -> bytes:
-    body = {k: copy.deepcopy(v) for k, v in document.items() if k != SIGNATURE_FIELD}
-    for pointer in presigned:
-        _set(body, pointer, PRESIGNED_TOKEN)
+def placeholders(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The presigned-URL placeholders of a document as created: `[{pointer, url, v2?}]`.
+
+    Raises ValueError for a placeholder the device could not check: one inside a longer string
+    (AWS would rewrite the string), or one that does not name an object on an AWS S3 endpoint.
+    """
+    found = []
+    for pointer, value in _walk_strings(document):
+        if "${aws:iot:s3-presigned-url" not in value:
+            continue
+        if not PLACEHOLDER.match(value):
+            raise ValueError(
+                f"{pointer}: a presigned-URL placeholder must be the whole string value"
+            )
+        if placeholder_object(value) is None:
+            raise ValueError(
+                f"{pointer}: {value} does not name an object on an AWS S3 endpoint"
+                " (https://BUCKET.s3.REGION.amazonaws.com/KEY or"
+                " https://s3.REGION.amazonaws.com/BUCKET/KEY)"
+            )
+        match = PLACEHOLDER.match(value)
+        assert match is not None
+        entry: dict[str, Any] = {"pointer": pointer, "url": match.group("url")}
+        if match.group("v2"):
+            entry["v2"] = True
+        found.append(entry)
+    return found
+
+
+def signed_payload(document: Mapping[str, Any]) -> bytes:
+    """What the signature covers: the document with its signature block minus `value`."""
+    body = {k: v for k, v in document.items() if k != SIGNATURE_FIELD}
+    block = document.get(SIGNATURE_FIELD)
+    if isinstance(block, Mapping):
+        body[SIGNATURE_FIELD] = {k: v for k, v in block.items() if k != "value"}
     return canonical_json(body)
 
 
-def sign_document(document: Mapping[str, Any], private_key: PrivateKey) -> dict[str, Any]:
-    """Return a copy of `document` with a `jobsAgentSignature` field."""
-    body = {k: v for k, v in document.items() if k != SIGNATURE_FIELD}
-    presigned = [
-        {"pointer": pointer, "object": "/".join(_s3_object(match.group("url")))}
-        for pointer, value in _walk_strings(body)
-        if (match := _PRESIGNED.match(value))
-    ]
-    payload = signed_payload(body, [p["pointer"] for p in presigned])
-    public = private_key.public_key()
+def sign_document(
+    document: Mapping[str, Any], private_key: PrivateKey, claims: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return a copy of `document` with a `jobsAgentSignature` field (ValueError when the
+    document cannot be signed so that the device can check it)."""
+    body = {k: copy.deepcopy(v) for k, v in document.items() if k != SIGNATURE_FIELD}
+    block: dict[str, Any] = {
+        "alg": _algorithm(private_key),
+        "keyId": key_id(private_key.public_key()),
+    }
+    presigned = placeholders(body)
+    if presigned:
+        block["presigned"] = presigned
+    if claims:
+        block["claims"] = check_claims(claims)
+    payload = signed_payload({**body, SIGNATURE_FIELD: block})
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         signature = private_key.sign(payload)
     else:
         signature = private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
-    block: dict[str, Any] = {
-        "alg": _algorithm(private_key),
-        "keyId": key_id(public),
-        "value": base64.b64encode(signature).decode("ascii"),
-    }
-    if presigned:
-        block["presigned"] = presigned
+    block["value"] = base64.b64encode(signature).decode("ascii")
     return {**body, SIGNATURE_FIELD: block}
 
 
@@ -205,8 +293,19 @@ class SignatureVerifier:
     def from_paths(cls, paths: Sequence[Path]) -> SignatureVerifier:
         return cls(tuple(load_public_key(path) for path in paths))
 
-    def verify(self, document: Mapping[str, Any]) -> str:
-        """Return the id of the key that signed `document`; raise `JobRejected` otherwise."""
+    def verify(
+        self,
+        document: Mapping[str, Any],
+        *,
+        thing_name: str,
+        job_id: str | None = None,
+        taken_at: float | None = None,
+    ) -> str:
+        """Return the id of the key that signed `document`; raise `JobRejected` otherwise.
+
+        `taken_at` is when the device received the execution (a `notAfter` claim is held
+        against it, so a job taken in time is not refused when it resumes after a reboot).
+        """
         block = document.get(SIGNATURE_FIELD)
         if block is None:
             raise JobRejected(
@@ -219,11 +318,20 @@ class SignatureVerifier:
             signature = base64.b64decode(block["value"], validate=True)
         except ValueError:
             raise JobRejected(f"{SIGNATURE_FIELD}.value: not base64") from None
-        pointers = self._check_presigned(document, block.get("presigned", []))
+        created = self._as_created(document, block.get("presigned", []))
         try:
-            payload = signed_payload(document, pointers)
+            payload = signed_payload(created)
         except (ValueError, TypeError):
             raise JobRejected("the document cannot be put in canonical form") from None
+        signer = self._signer(block, signature, payload)
+        try:
+            claims = check_claims(block.get("claims", {}))
+        except ValueError as exc:
+            raise JobRejected(f"{SIGNATURE_FIELD}.{exc}") from None
+        _enforce_claims(claims, thing_name, job_id, time.time() if taken_at is None else taken_at)
+        return signer
+
+    def _signer(self, block: Mapping[str, Any], signature: bytes, payload: bytes) -> str:
         wanted = block.get("keyId")
         candidates = [k for k in self.keys if key_id(k) == wanted] or list(self.keys)
         for key in candidates:
@@ -243,25 +351,41 @@ class SignatureVerifier:
         )
 
     @staticmethod
-    def _check_presigned(document: Mapping[str, Any], entries: Any) -> list[str]:
+    def _as_created(document: Mapping[str, Any], entries: Any) -> dict[str, Any]:
+        """The document with each delivered presigned URL put back to its placeholder, after
+        checking that the URL is a presigned URL of exactly the object the placeholder names."""
         if not isinstance(entries, list):
             raise JobRejected(f"{SIGNATURE_FIELD}.presigned: expected a list")
-        pointers: list[str] = []
+        created = copy.deepcopy(dict(document))
         for entry in entries:
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("pointer"), str):
-                raise JobRejected(f"{SIGNATURE_FIELD}.presigned: expected {{pointer, object}}")
+            if (
+                not isinstance(entry, Mapping)
+                or not isinstance(entry.get("pointer"), str)
+                or not isinstance(entry.get("url"), str)
+                or not isinstance(entry.get("v2", False), bool)
+            ):
+                raise JobRejected(
+                    f"{SIGNATURE_FIELD}.presigned: expected {{pointer, url, v2?}} entries"
+                    " (re-sign documents signed by an older jobs-agent)"
+                )
             pointer = entry["pointer"]
+            placeholder = make_placeholder(entry["url"], v2=entry.get("v2", False))
+            wanted = placeholder_object(placeholder)
+            if wanted is None:
+                raise JobRejected(
+                    f"{SIGNATURE_FIELD}.presigned: {pointer} is not a presigned-URL placeholder"
+                    " of an S3 object"
+                )
             try:
-                value = _get(document, pointer)
-            except (KeyError, IndexError, ValueError):
+                value = _get(created, pointer)
+            except (KeyError, IndexError, ValueError, TypeError):
                 raise JobRejected(f"signed presigned URL at {pointer} is missing") from None
-            if not isinstance(value, str):
-                raise JobRejected(f"signed presigned URL at {pointer} is not a string")
-            if not _PRESIGNED.match(value):
-                bucket_key = "/".join(_s3_object(value))
-                if not value.startswith("https://") or bucket_key != entry.get("object"):
-                    raise JobRejected(
-                        f"the URL at {pointer} is not the signed S3 object {entry.get('object')}"
-                    )
-            pointers.append(pointer)
-        return pointers
+            if value != placeholder and (
+                not isinstance(value, str) or presigned_object(value) != wanted
+            ):
+                raise JobRejected(
+                    f"the URL at {pointer} is not a presigned URL of the signed S3 object"
+                    f" {wanted} on an AWS S3 endpoint"
+                )
+            _set(created, pointer, placeholder)
+        return created

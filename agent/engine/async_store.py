@@ -83,6 +83,18 @@ class AsyncStore:
     async def probe(self) -> None:
         await self._call(self.sync.probe)
 
+    async def verify(self) -> None:
+        await self._call(self.sync.verify)
+
+    async def mark_taking(self) -> None:
+        await self._call(self.sync.mark_taking)
+
+    async def taken(self) -> None:
+        await self._call(self.sync.taken)
+
+    async def was_taking(self) -> bool:
+        return await self._call(self.sync.was_taking)
+
     async def outbox(self) -> list[OutboxEntry]:
         return await self._call(self.sync.outbox)
 

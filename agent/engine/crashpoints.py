@@ -14,6 +14,7 @@ from pathlib import Path
 
 ENV_VAR = "JOBS_AGENT_CRASH_AT"
 POINTS = (
+    "taken",  # the service moved the execution to IN_PROGRESS; nothing recorded yet
     "started",  # IN_PROGRESS accepted and recorded, handler not yet launched
     "running",  # recorded as running; the handler is about to start
     "handler_done",  # handler finished, outcome not yet recorded

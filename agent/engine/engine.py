@@ -27,6 +27,7 @@ import structlog
 
 from jobs_agent.aio import wait_event
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.containment import ContainmentError, containment_for, group_name
 from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint, interrupted_reboot_step
 from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
 from jobs_agent.engine.async_store import AsyncStore
@@ -34,7 +35,13 @@ from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.progress import ProgressReporter
-from jobs_agent.engine.store import ExecutionKey, ExecutionRecord, ExecutionState, StoreError
+from jobs_agent.engine.store import (
+    ExecutionKey,
+    ExecutionRecord,
+    ExecutionState,
+    StoreError,
+    StoreLost,
+)
 from jobs_agent.jobs.client import (
     JobExecutionsChanged,
     JobsClient,
@@ -57,12 +64,23 @@ LOOP_TICK_SECONDS = 30.0
 """The main loop wakes at least this often to prove to the watchdog that it is alive."""
 REBOOT_GRACE_SECONDS = 900.0
 """How long the agent waits for a successful reboot command to actually reboot the device."""
+LOST_RECORD_REASON = (
+    "the device lost its record of this execution (its state database was deleted or replaced,"
+    " or the agent stopped between taking the job and recording it): not run again, so that no"
+    " step runs twice"
+)
 
 
 class Dispatcher(Protocol):
     """What the engine needs from `agent.dispatch` (structural, so tests can pass their own)."""
 
-    def resolve(self, document: Mapping[str, Any]) -> Handler: ...
+    def resolve(
+        self,
+        document: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        taken_at: float | None = None,
+    ) -> Handler: ...
 
     async def run(self, handler: Handler, ctx: EngineJobContext) -> Outcome: ...
 
@@ -180,6 +198,13 @@ class Engine:
 
     # -- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
+        swept = await asyncio.to_thread(self._sweep_all)
+        if swept:
+            log.warning(
+                "stopped the handler an earlier agent left running",
+                processes=swept,
+                where="its job groups, at start",
+            )
         events = asyncio.create_task(self._consume_events(), name="engine-events")
         self._wake.set()
         backoff = 0.5
@@ -218,6 +243,8 @@ class Engine:
                     backoff = min(backoff * 2, 60.0)
                 except StoreError as exc:
                     self._store_broken = True
+                    if isinstance(exc, StoreLost):
+                        self._set_status("not taking jobs: the state database was lost")
                     log.error(
                         "state database error; no job is taken until it works", error=str(exc)
                     )
@@ -389,26 +416,58 @@ class Engine:
                 )
             except JobsRejected as exc:
                 if exc.code in CLOUD_ENDED_CODES:
+                    await self._stop_leftover_handlers(key, log.bind(job_id=key.job_id))
                     await self.store.cancelled(
                         key, f"service ended the execution while away ({exc.code})"
                     )
                     self._note_outcome(key, f"ended by the service ({exc.code})")
                 continue
             if execution is not None and str(execution.status) in TERMINAL_STATUSES:
+                await self._stop_leftover_handlers(key, log.bind(job_id=key.job_id))
                 await self.store.cancelled(
                     key, f"service ended the execution as {execution.status} while away"
                 )
                 self._note_outcome(key, f"ended by the service ({execution.status})")
+        pending = await self.client.get_pending()
+        unknown = [
+            (ExecutionKey("", s.job_id, s.execution_number or 0), s.version_number)
+            for s in pending.in_progress
+        ]
+        unknown = [(key, version) for key, version in unknown if await self.store.get(key) is None]
+        if len(unknown) == 1 and await self.store.was_taking():
+            # The agent stopped between the service starting it and the record: never run.
+            key = unknown[0][0]
+            log.info("an execution taken just before the agent stopped runs now", job_id=key.job_id)
+            return
+        for key, version in unknown:
+            await self._fail_lost(key, version)
+
+    async def _fail_lost(self, key: ExecutionKey, version_number: int | None) -> None:
+        """The service says this device is running an execution the device has no record of:
+        whatever it is, it must not run again. Stop what may be left of it, report FAILED."""
+        bound = log.bind(
+            job_id=key.job_id,
+            execution_number=key.execution_number,
+            namespace=key.namespace or None,
+        )
+        bound.error("the service has an execution in progress that this device has no record of")
+        await self._stop_leftover_handlers(key, bound)
+        await self.store.record_received(key, {}, version_number, ExecutionState.STARTED)
+        await self._decide(key, Outcome.failed(LOST_RECORD_REASON), bound)
 
     async def _acquire_and_run(self) -> bool:
         if self._stopping:
             return False
+        await self.store.verify()  # never take a job the database could not keep track of
         self._last_acquire = time.monotonic()
         step_timeout = self.config.jobs.step_timeout_minutes
+        await self.store.mark_taking()
         execution = await self.client.start_next(step_timeout=step_timeout)
         if execution is not None:
+            self._crash.reached("taken")
             await self._process(execution, namespace="")
             return True
+        await self.store.taken()
         for namespace in self.config.jobs.namespaces:
             if self._stopping:
                 return False
@@ -474,12 +533,19 @@ class Engine:
             return  # finished; its outcome is written as soon as the database works
         document = execution.job_document
         record = await self.store.get(key)
+        if record is None and namespace and str(execution.status) == "IN_PROGRESS":
+            # A namespaced execution is recorded before it is moved to IN_PROGRESS: one that
+            # already is, without a record, was taken by a database this device has lost.
+            await self._fail_lost(key, execution.version_number)
+            return
         if record is None:
             record = await self.store.record_received(
                 key, document or {}, execution.version_number, ExecutionState.STARTED
             )
             self._crash.reached("started")
             bound.info("job started")
+        if not namespace:
+            await self.store.taken()
         elif record.state == ExecutionState.RECEIVED:
             record = await self.store.transition(key, ExecutionState.STARTED)
         if self._stopping and record.state == ExecutionState.STARTED:
@@ -549,7 +615,9 @@ class Engine:
             await self._decide(key, Outcome.rejected("the execution has no job document"), bound)
             return
         try:
-            handler = self.dispatcher.resolve(document)
+            handler = self.dispatcher.resolve(
+                document, job_id=key.job_id, taken_at=record.received_at
+            )
         except JobRejected as exc:
             await self._decide(
                 key, Outcome("REJECTED", {"reason": exc.reason, **exc.details}), bound
@@ -597,13 +665,36 @@ class Engine:
         self._wake.set()
 
     async def _stop_leftover_handlers(self, key: ExecutionKey, bound: Any) -> None:
-        """A killed agent leaves its handler running (own process group): stop it first, so
-        that a step is neither reported while it still runs nor run twice at once."""
+        """A killed agent leaves its handler running (own session): stop it first, so that a
+        step is neither reported while it still runs nor run twice at once. What is left in
+        the execution's containment group goes (every process, whatever session or environment
+        it has), then whatever still carries the execution's environment."""
+        swept = await asyncio.to_thread(self._sweep_group, key)
         killed = await asyncio.to_thread(
             kill_handler_processes, self.config.thing_name, key.job_id, key.execution_number
         )
-        if killed:
-            bound.warning("stopped the handler an earlier agent left running", groups=killed)
+        if swept or killed:
+            bound.warning(
+                "stopped the handler an earlier agent left running",
+                processes=swept,
+                groups=killed,
+            )
+
+    def _sweep_all(self) -> int:
+        try:
+            containment = containment_for(self.config.jobs.containment, self.config.state_dir)
+        except ContainmentError as exc:
+            log.error("cannot sweep the job groups of an earlier agent", error=str(exc))
+            return 0
+        return containment.sweep_all()
+
+    def _sweep_group(self, key: ExecutionKey) -> int:
+        try:
+            containment = containment_for(self.config.jobs.containment, self.config.state_dir)
+        except ContainmentError as exc:
+            log.error("cannot sweep the job's containment group", error=str(exc))
+            return 0
+        return containment.sweep(group_name(key.namespace, key.job_id, key.execution_number))
 
     def _job_dirs(self, key: ExecutionKey) -> tuple[Path, Path]:
         base = self.config.state_dir / "jobs" / (key.namespace or "default") / key.job_id
@@ -828,6 +919,13 @@ class Engine:
         try:
             self._outbox_dirty = True
             await self.store.decide(key, outcome.status, details)
+        except StoreLost:
+            # Nothing can be recorded any more: tell the service now, once, rather than leave
+            # the execution for the restarted agent to report as lost.
+            if await self._report_without_record(key, outcome.status, details, bound):
+                return
+            self._undecided[key] = Outcome(outcome.status, details)
+            raise
         except StoreError:
             # Keep the real outcome until it can be written; never let a full disk turn a
             # finished job into "agent restarted while the step was running".
@@ -839,6 +937,24 @@ class Engine:
         level("outcome decided", status=outcome.status, reason=details.get("reason"))
         if not await self._flush_outbox():
             bound.info("outcome queued until the service is reachable")
+
+    async def _report_without_record(
+        self, key: ExecutionKey, status: str, details: Mapping[str, str], bound: Any
+    ) -> bool:
+        try:
+            await self.client.update(
+                key.job_id,
+                status,
+                status_details=details,
+                execution_number=key.execution_number,
+                namespace=key.namespace or None,
+            )
+        except (JobsError, TransportError) as exc:
+            bound.error("outcome not reported and the database is gone", error=str(exc))
+            return False
+        bound.warning("outcome reported without a database record", status=status)
+        self._note_outcome(key, status)
+        return True
 
     async def _decide_undecided(self) -> None:
         for key, outcome in list(self._undecided.items()):

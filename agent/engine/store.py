@@ -15,7 +15,10 @@ outbox is flushed in id order before new work is taken.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from jobs_agent.redact import redact_url_credentials
 
 SCHEMA_VERSION = 1
 
@@ -68,6 +73,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 class StoreError(Exception):
     """The state database cannot be used (full disk, corrupt file, permissions)."""
+
+
+class StoreLost(StoreError):
+    """The database file was deleted or replaced while the agent had it open.
+
+    SQLite would go on writing to the unlinked file, and the next start would find no record
+    of what was running: exactly what could run a step twice. Every write checks for it first.
+    """
 
 
 class ExecutionState(StrEnum):
@@ -153,8 +166,60 @@ class Store:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)",
+                (secrets.token_hex(16),),
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+            self.database_id: str = str(row[0])
+            info = os.stat(path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+        self._identity = (info.st_dev, info.st_ino)
+        self._take_marker = path.with_name(path.name + ".taking")
+
+    # -- the start-next window -----------------------------------------------------------------
+    # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
+    # record it. A marker file, naming this database, is left while such a request is out and
+    # removed once its answer is recorded: after a crash in that window, the one execution the
+    # service then shows in progress without a record was never run, and may run; without the
+    # marker (or with another database's), such an execution is one this database lost.
+
+    def mark_taking(self) -> None:
+        """Before asking for the next execution (no fsync: a marker lost in a crash only makes
+        the restarted agent more careful)."""
+        fd = os.open(self._take_marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.database_id)
+
+    def taken(self) -> None:
+        """The answer is recorded (or was: nothing pending)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._take_marker)
+
+    def was_taking(self) -> bool:
+        """Did this database's agent stop while a start-next request was out?"""
+        try:
+            return self._take_marker.read_text().strip() == self.database_id
+        except OSError:
+            return False
+
+    def verify(self) -> None:
+        """Raise `StoreLost` if the open database is no longer the file at `path`."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError as exc:
+            raise StoreError(f"cannot check the state database {self.path}: {exc}") from exc
+        else:
+            if (info.st_dev, info.st_ino) == self._identity:
+                return
+            what = "replaced"
+        raise StoreLost(
+            f"the state database {self.path} was {what} while the agent was running: no job"
+            " is taken until the agent is restarted (it then reports what was running FAILED)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -164,6 +229,7 @@ class Store:
     def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
         """Run statements in one durable transaction; on failure nothing is written."""
         with self._lock:
+            self.verify()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -248,6 +314,8 @@ class Store:
         version_number: int | None,
         state: ExecutionState = ExecutionState.RECEIVED,
     ) -> ExecutionRecord:
+        """Record a new execution. The document is stored with the credentials of its
+        presigned URLs removed: the service sends a fresh copy with every delivery."""
         now = time.time()
         self._write(
             [
@@ -257,7 +325,7 @@ class Store:
                     (
                         *self._key_params(key),
                         str(state),
-                        json.dumps(document),
+                        json.dumps(redact_url_credentials(document)),
                         version_number,
                         now,
                         now,

@@ -1,0 +1,446 @@
+"""Every process a job starts stays findable, so that all of them can be stopped.
+
+A handler runs in its own session, but any of its processes can leave the session (`setsid`, a
+double fork, a daemon): a process group alone lets such a process outlive the job's end, its
+timeout and the sweep after an agent restart. Two mechanisms, chosen once per agent
+(`jobs.containment`, default `auto`: the first that works here):
+
+* **cgroup**: every step runs in a cgroup v2 of its own below the agent's
+  (`<agent's cgroup>/jobs-agent.<id>/<namespace>.<jobId>.<executionNumber>`). The kernel keeps
+  every descendant in it whatever it does (leaving takes a root process writing to another
+  cgroup's `cgroup.procs`: root handlers are trusted). The child joins its cgroup before it
+  executes the handler, so nothing runs outside it even for a moment. Stopping: SIGTERM to every
+  member, `cgroup.kill` after the grace. After a restart the sweep empties the execution's cgroup.
+  Under systemd this needs `Delegate=yes` (the shipped unit has it); elsewhere a writable cgroup
+  v2 hierarchy (root, or a delegated subtree).
+* **subreaper**: without a usable cgroup v2, the agent marks itself a child subreaper
+  (`PR_SET_CHILD_SUBREAPER`): a process whose parent dies is re-parented to the agent instead of
+  init, so the step's processes are its process group plus every child of the agent started
+  since the step began (the orphans re-parented to it; the agent starts nothing else while a
+  step runs), with all their descendants. The limit: after an agent crash the orphans
+  go to init, and the restarted agent finds them only by the `JOBS_AGENT_*` environment they
+  inherited (see `agent.engine.orphans`); a process that both left the session and replaced its
+  environment escapes that sweep. Only cgroup containment has no such gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("jobs_agent.dispatch.containment")
+
+CONTAINMENT_MODES = ("auto", "cgroup", "subreaper")
+_PR_SET_CHILD_SUBREAPER = 36
+_GROUP_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+PROC = Path("/proc")
+
+
+class ContainmentError(Exception):
+    """The configured containment cannot be set up on this machine."""
+
+
+class JobGroup(Protocol):
+    """The processes of one running step."""
+
+    join_fd: int | None
+    """A descriptor the child writes `0` to before it executes (cgroup.procs), or None."""
+
+    def adopt(self, pid: int) -> None:
+        """The handler process has started with this pid (its own process group)."""
+
+    def members(self) -> list[int]:
+        """Live processes of the step (zombies excluded)."""
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to every member."""
+
+    def kill(self) -> None:
+        """SIGKILL every member, as atomically as the mechanism allows."""
+
+    def close(self) -> None:
+        """Kill what is left and release the group (remove the cgroup, reap orphans)."""
+
+
+class Containment(Protocol):
+    kind: str
+
+    def group(self, name: str) -> JobGroup: ...
+
+    def sweep(self, name: str) -> int:
+        """Kill whatever an earlier agent left running in the group `name`; how many."""
+
+    def sweep_all(self) -> int:
+        """At start, before any step runs: empty and remove every group an earlier agent of
+        this state directory left behind; how many processes were killed."""
+
+
+def group_name(namespace: str | None, job_id: str, execution_number: int) -> str:
+    """The group of one execution: `<namespace or default>.<jobId>.<executionNumber>`."""
+    raw = f"{namespace or 'default'}.{job_id}.{execution_number}"
+    return _GROUP_NAME.sub("_", raw)[:200]
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Proc:
+    pid: int
+    ppid: int
+    pgrp: int
+    zombie: bool
+    start: int
+    """Start time in clock ticks since boot."""
+
+
+def _read_proc(pid: int) -> _Proc | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if len(fields) < 20:
+        return None
+    return _Proc(
+        pid=pid,
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        zombie=fields[0] in (b"Z", b"X"),
+        start=int(fields[19]),
+    )
+
+
+def _all_processes() -> list[_Proc]:
+    found = []
+    try:
+        entries = os.listdir(PROC)
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.isdigit() and (proc := _read_proc(int(entry))) is not None:
+            found.append(proc)
+    return found
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+# -- cgroup v2 -----------------------------------------------------------------------------------
+
+
+def _cgroup2_mount() -> Path | None:
+    """Where the unified (v2) hierarchy is mounted: /sys/fs/cgroup, or .../unified (hybrid)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        before, _, after = line.partition(" - ")
+        if after.split(" ", 1)[0] == "cgroup2":
+            point = before.split()[4]
+            return Path(point.replace("\\040", " "))
+    return None
+
+
+def _own_cgroup() -> str | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+class CgroupGroup:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(mode=0o755, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o755)
+        self.join_fd: int | None = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+    def adopt(self, pid: int) -> None:
+        if self.join_fd is not None:
+            os.close(self.join_fd)
+            self.join_fd = None
+
+    def members(self) -> list[int]:
+        return _cgroup_members(self.path)
+
+    def signal(self, sig: int) -> None:
+        for pid in self.members():
+            _kill(pid, sig)
+
+    def kill(self) -> None:
+        _cgroup_kill(self.path)
+
+    def close(self) -> None:
+        self.adopt(0)
+        _cgroup_kill(self.path)
+        _remove_cgroup(self.path)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # the agent's base, when no other step is running
+
+
+def _cgroup_members(path: Path) -> list[int]:
+    pids: list[int] = []
+    for directory, _subdirs, _files in os.walk(path):
+        try:
+            text = (Path(directory) / "cgroup.procs").read_text()
+        except OSError:
+            continue
+        pids.extend(int(line) for line in text.split())
+    return [pid for pid in pids if (proc := _read_proc(pid)) is not None and not proc.zombie]
+
+
+def _cgroup_kill(path: Path) -> None:
+    """SIGKILL the whole subtree: `cgroup.kill` (Linux 5.14+), else freeze and kill one by one."""
+    if not path.is_dir():
+        return
+    try:
+        (path / "cgroup.kill").write_text("1")
+        return
+    except OSError:
+        pass
+    frozen = path / "cgroup.freeze"
+    with contextlib.suppress(OSError):
+        frozen.write_text("1")  # no new fork can race the loop below
+    for _ in range(100):
+        members = _cgroup_members(path)
+        if not members:
+            break
+        for pid in members:
+            _kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        frozen.write_text("0")
+
+
+def _remove_cgroup(path: Path, timeout: float = 5.0) -> None:
+    """Remove an emptied cgroup (and any it contains); killed members may take a moment."""
+    deadline = time.monotonic() + timeout
+    for directory, _subdirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    log.warning("cannot remove a job's cgroup", path=directory, error=str(exc))
+                    return
+                time.sleep(0.01)  # the kernel releases killed tasks asynchronously
+
+
+@dataclass
+class CgroupContainment:
+    base: Path
+    previous_bases: tuple[Path, ...] = ()
+    kind: str = "cgroup"
+
+    def group(self, name: str) -> JobGroup:
+        path = self.base / name
+        if path.exists():
+            _cgroup_kill(path)  # a leftover of an earlier run of this step
+        try:
+            return CgroupGroup(path)
+        except OSError as exc:
+            raise ContainmentError(f"cannot create the cgroup {path}: {exc.strerror}") from None
+
+    def sweep(self, name: str) -> int:
+        count = 0
+        for base in (self.base, *self.previous_bases):
+            path = base / name
+            if path.is_dir():
+                count += len(_cgroup_members(path))
+                _cgroup_kill(path)
+                _remove_cgroup(path)
+        return count
+
+    def sweep_all(self) -> int:
+        count = 0
+        for base in (self.base, *self.previous_bases):
+            if not base.is_dir():
+                continue
+            for child in [path for path in base.iterdir() if path.is_dir()]:
+                count += len(_cgroup_members(child))
+                _cgroup_kill(child)
+                _remove_cgroup(child)
+            with contextlib.suppress(OSError):
+                base.rmdir()
+        return count
+
+
+def _cgroup_containment(state_dir: Path) -> CgroupContainment:
+    mount = _cgroup2_mount()
+    own = _own_cgroup()
+    if mount is None or own is None:
+        raise ContainmentError("no cgroup v2 hierarchy is mounted")
+    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    base = mount / own.lstrip("/") / f"jobs-agent.{tag}"
+    try:
+        base.mkdir(mode=0o755, exist_ok=True)
+        probe = base / f"probe.{os.getpid()}"
+        probe.mkdir(mode=0o755, exist_ok=True)
+        writable = os.access(probe / "cgroup.procs", os.W_OK)
+        probe.rmdir()
+        with contextlib.suppress(OSError):
+            base.rmdir()  # created again for each step
+    except OSError as exc:
+        raise ContainmentError(
+            f"cannot create cgroups below {base.parent}: {exc.strerror or exc}"
+            " (under systemd: Delegate=yes)"
+        ) from None
+    if not writable:
+        raise ContainmentError(f"cannot move processes into cgroups below {base}")
+    # Remembered in the state directory: an agent started from another cgroup (outside
+    # systemd) must still find what an earlier one left in its own.
+    record = state_dir / "cgroup-base"
+    previous: tuple[Path, ...] = ()
+    with contextlib.suppress(OSError, ValueError):
+        old = Path(record.read_text().strip())
+        if old.is_absolute() and old != base and old.is_relative_to(mount):
+            previous = (old,)
+    if state_dir.is_dir():
+        with contextlib.suppress(OSError):
+            record.write_text(f"{base}\n")
+    return CgroupContainment(base, previous)
+
+
+# -- subreaper -----------------------------------------------------------------------------------
+
+
+class SubreaperGroup:
+    """A step's processes as seen by a subreaper agent (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.pgid = 0
+        self.join_fd: int | None = None
+        self.started = _boot_ticks_now()
+
+    def adopt(self, pid: int) -> None:
+        self.pgid = pid
+
+    def _tree(self) -> list[_Proc]:
+        me = os.getpid()
+        processes = _all_processes()
+        roots = {
+            p.pid
+            for p in processes
+            if (self.pgid and p.pgrp == self.pgid)
+            or (p.ppid == me and p.pid != self.pgid and p.start >= self.started)
+        }
+        children: dict[int, list[_Proc]] = {}
+        for proc in processes:
+            children.setdefault(proc.ppid, []).append(proc)
+        by_pid = {p.pid: p for p in processes}
+        found: dict[int, _Proc] = {}
+        stack = [by_pid[pid] for pid in roots if pid in by_pid]
+        while stack:
+            proc = stack.pop()
+            if proc.pid in found or proc.pid == me:
+                continue
+            found[proc.pid] = proc
+            stack.extend(children.get(proc.pid, []))
+        return list(found.values())
+
+    def members(self) -> list[int]:
+        return [p.pid for p in self._tree() if not p.zombie]
+
+    def signal(self, sig: int) -> None:
+        for pid in self.members():
+            _kill(pid, sig)
+
+    def kill(self) -> None:
+        for _ in range(100):
+            members = self.members()
+            if not members:
+                break
+            for pid in members:
+                _kill(pid, signal.SIGSTOP)  # stopped processes cannot fork meanwhile
+            for pid in members:
+                _kill(pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        """Collect the exit status of orphans re-parented to the agent (nobody else waits for
+        them); the handler itself belongs to the asyncio child watcher."""
+        me = os.getpid()
+        for proc in self._tree():
+            if proc.ppid == me and proc.pid != self.pgid and proc.zombie:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(proc.pid, os.WNOHANG)
+
+    def close(self) -> None:
+        self.kill()
+
+
+@dataclass
+class SubreaperContainment:
+    kind: str = "subreaper"
+
+    def group(self, name: str) -> JobGroup:
+        return SubreaperGroup()
+
+    def sweep(self, name: str) -> int:
+        return 0  # orphans of a dead agent went to init: `agent.engine.orphans` finds them
+
+    def sweep_all(self) -> int:
+        return 0
+
+
+def _boot_ticks_now() -> int:
+    """Now, in the clock ticks since boot that /proc/PID/stat start times use."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise ContainmentError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+# -- choosing ------------------------------------------------------------------------------------
+
+_chosen: dict[tuple[str, Path], Containment] = {}
+
+
+def containment_for(mode: str, state_dir: Path) -> Containment:
+    """The containment of this agent process (set up once per mode and state directory)."""
+    key = (mode, state_dir)
+    if key in _chosen:
+        return _chosen[key]
+    chosen: Containment
+    if mode == "subreaper":
+        _become_subreaper()
+        chosen = SubreaperContainment()
+    else:
+        try:
+            chosen = _cgroup_containment(state_dir)
+        except ContainmentError as exc:
+            if mode == "cgroup":
+                raise
+            log.info("cgroup containment not available; using a child subreaper", reason=str(exc))
+            _become_subreaper()
+            chosen = SubreaperContainment()
+    log.info("job containment", kind=chosen.kind)
+    _chosen[key] = chosen
+    return chosen

@@ -1,0 +1,227 @@
+"""Paths that no other account can change, and file operations that cannot be redirected.
+
+The agent runs as root and touches paths that other local accounts may be able to change: the
+handler a document names, the directory a download goes to, the files it gives a `runAsUser`
+step. Checking a path and then using it by name is a race: between the two, anyone who can
+write to one of its directories can swap in a symlink or another directory. Two tools close it:
+
+* `open_trusted`: a path counts as trusted only if every directory from `/` down to it is owned
+  by root (or the agent's own user) and not writable by group or others, so that no other account
+  can change what the name means, now or later. A world-writable directory with the sticky bit
+  (`/tmp`) is accepted when the next component is itself owned by root or the agent: others can
+  neither rename nor remove it. The walk opens each component relative to the previous one with
+  `O_NOFOLLOW` and checks the open descriptor (`fstat`), never the name.
+* `open_directory`: the same walk without the ownership rules, for places a document chose (a
+  download's directory): symlinks are not followed while walking, so the descriptor that comes
+  back is the real directory, and everything after it is done relative to that descriptor.
+
+Both take the path with its symlinks already resolved (`os.path.realpath`); a symlink that
+appears between the resolution and the walk makes the walk fail instead of being followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PROC_FD = Path("/proc/self/fd")
+
+
+class UntrustedPath(Exception):
+    """A path another account could change (or that changed while it was checked).
+
+    `component` is the offending file or directory and `problem` says what is wrong with it
+    ("is writable by others (mode 0777)"), so callers can word their own refusal.
+    """
+
+    def __init__(self, reason: str, component: Path | None = None, problem: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.component = component
+        self.problem = problem
+        self.is_dir = False
+
+
+def trusted_uids() -> frozenset[int]:
+    """Who may own what the agent trusts: root and the agent's own user."""
+    return frozenset({0, os.geteuid()})
+
+
+def describe_owner_problem(info: os.stat_result, *, sticky_ok: bool) -> str | None:
+    """Why another account could change this file or directory; None when nobody can."""
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in trusted_uids():
+        return f"is owned by uid {info.st_uid}, not by root or the agent's user"
+    if mode & (stat.S_IWOTH | stat.S_IWGRP):
+        if sticky_ok and mode & stat.S_ISVTX:
+            return None
+        whom = "others" if mode & stat.S_IWOTH else "its group"
+        return f"is writable by {whom} (mode {mode:04o})"
+    return None
+
+
+def _components(path: Path) -> list[str]:
+    if not path.is_absolute():
+        raise UntrustedPath(f"{path} is not an absolute path")
+    return [part for part in path.parts[1:] if part]
+
+
+def _open_component(parent_fd: int, name: str, flags: int, shown: Path) -> int:
+    try:
+        return os.open(name, flags, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or a file) where a dir was
+            raise UntrustedPath(
+                f"{shown} changed while it was checked (a symlink or a file appeared in its path)"
+            ) from None
+        raise
+
+
+def _walk(path: Path, *, trusted: bool, final_flags: int, what: str) -> int:
+    """Open `path` component by component; with `trusted`, check every one as described."""
+    parts = _components(path)
+    fd = os.open("/", _DIR_FLAGS if parts else final_flags & ~os.O_NOFOLLOW)
+    try:
+        current = Path("/")
+        if trusted and (problem := describe_owner_problem(os.fstat(fd), sticky_ok=True)):
+            raise UntrustedPath(f"{what}: / {problem}", Path("/"), problem)
+        for index, name in enumerate(parts):
+            last = index == len(parts) - 1
+            current = current / name
+            flags = final_flags if last else _DIR_FLAGS
+            child = _open_component(fd, name, flags, current)
+            os.close(fd)
+            fd = child
+            if trusted:
+                info = os.fstat(fd)
+                # Every component must be owned by root or the agent; only a directory on the
+                # way may be world-writable, and only with the sticky bit (its next component,
+                # owned by root or the agent, cannot then be renamed or removed by others).
+                problem = describe_owner_problem(info, sticky_ok=not last)
+                if problem is not None:
+                    error = UntrustedPath(f"{what}: {current} {problem}", current, problem)
+                    error.is_dir = stat.S_ISDIR(info.st_mode)
+                    raise error
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_trusted(path: Path, *, what: str, final_flags: int = _DIR_FLAGS) -> int:
+    """Open `path` (already resolved) if no account but root or the agent's can change it.
+
+    Every directory from `/` down, and `path` itself, must be owned by root or the agent's user
+    and not writable by group or others (a sticky directory is fine: see the module docstring).
+    Raises `UntrustedPath` naming the first offending component. `final_flags` opens the last
+    component (default: an `O_PATH` directory descriptor).
+    """
+    return _walk(path, trusted=True, final_flags=final_flags | os.O_NOFOLLOW, what=what)
+
+
+def open_directory(path: Path) -> int:
+    """An `O_RDONLY` descriptor of the directory `path` (resolved), reached without following
+    a symlink: what it refers to can no longer be changed by renaming or linking."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return _walk(path, trusted=False, final_flags=flags, what=str(path))
+
+
+@contextlib.contextmanager
+def opened(fd: int) -> Iterator[int]:
+    """Close `fd` when the block ends."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class CheckedExecutable:
+    """An executable opened and checked by descriptor: what the sandbox runs.
+
+    `fd` (close-on-exec) is the very file that was checked. A binary is executed through it; a
+    script (`#!`) cannot be, because its interpreter opens the script again by name after the
+    exec (and would see the descriptor closed): for a script the sandbox executes the name,
+    whose every directory no other account can change, after checking once more, as the new
+    user and just before the exec, that the name still refers to this file (`same_file`).
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        info = os.fstat(fd)
+        self.device = info.st_dev
+        self.inode = info.st_ino
+        self.is_script = os.pread(fd, 2, 0) == b"#!"
+
+    @property
+    def exec_path(self) -> str:
+        """What to hand to execve: the descriptor for a binary, the name for a script."""
+        if self.is_script or not _PROC_FD.is_dir():
+            return str(self.path)
+        return f"/proc/self/fd/{self.fd}"
+
+    @property
+    def by_name(self) -> bool:
+        """True when the exec goes by name (and `same_file` must be checked first)."""
+        return self.exec_path == str(self.path)
+
+    def same_file(self) -> bool:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == (self.device, self.inode)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_executable(path: Path, *, what: str) -> CheckedExecutable:
+    """Open the executable `path` through a trusted chain (`open_trusted`) and check the open
+    file: a regular file with an execute bit. Raises `UntrustedPath` with the reason."""
+    resolved = Path(os.path.realpath(path))
+    fd = open_trusted(resolved, what=what, final_flags=os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        problem = ""
+        mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISREG(info.st_mode):
+            problem = "is not a regular file"
+        elif not mode & 0o111:
+            problem = f"is not executable (mode {mode:04o})"
+        if problem:
+            raise UntrustedPath(f"{what} {resolved} {problem}", resolved, problem)
+        return CheckedExecutable(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def ensure_private_directory(path: Path, *, what: str) -> list[str]:
+    """Create `path` mode 0700 if missing; refuse it if another account could change it or
+    anything above it (`open_trusted`); tighten a group- or world-readable mode to 0700.
+
+    Returns what was changed, for the caller to log. The agent's state directory is made this
+    way: the database, the job logs and the documents in it are nobody else's to read.
+    """
+    path = Path(os.path.abspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = open_trusted(Path(os.path.realpath(path)), what=what, final_flags=flags)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, 0o700)
+            return [f"{path}: mode {mode:04o} tightened to 0700"]
+        return []
+    finally:
+        os.close(fd)
