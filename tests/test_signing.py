@@ -310,3 +310,39 @@ async def test_the_agent_holds_claims_against_the_execution_it_runs(tmp_path: Pa
     assert (
         replayed.status_details["reason"] == "the signature is for the job fw-1, not the job fw-2"
     )
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_exec_holds_the_job_id_claim_against_its_job_id(tmp_path: Path, dry_run: bool) -> None:
+    """`jobs-agent exec --job-id` is the operator's rehearsal of a signed job: a document signed
+    for that job id runs, the same document under another id is REJECTED (exit 3)."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    public = write_keys(tmp_path, private, "trusted")
+    handlers = tmp_path / "handlers"
+    handlers.mkdir(mode=0o755)
+    handlers.chmod(0o755)
+    script = handlers / "ok.sh"
+    script.write_text("#!/bin/sh\necho fine\n")
+    script.chmod(0o755)
+    signed = sign_document({"operation": "ok.sh"}, private, claims={"jobId": "fw-1"})
+    source = tmp_path / "doc.json"
+    source.write_text(json.dumps(signed))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"thing_name: gw-1\nconnection:\n  transport: local\n"
+        f"jobs:\n  handler_dir: {handlers}\n  require_signature: true\n"
+        f"  trusted_keys: [{public}]\n"
+    )
+
+    def run(job_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jobs_agent", "exec", str(source), "--config", str(config),
+             "--job-id", job_id, *(["--dry-run"] if dry_run else [])],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    accepted = run("fw-1")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    refused = run("fw-2")
+    assert refused.returncode == 3
+    assert "not the job fw-2" in refused.stdout

@@ -108,7 +108,7 @@ def _exec(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:
-        return _dry_run(dispatcher, document, out)
+        return _dry_run(dispatcher, document, args.job_id, out)
     temporary = args.state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-exec-")) if temporary else args.state_dir
     config = dataclasses.replace(config, state_dir=state_dir.resolve())
@@ -120,13 +120,13 @@ def _exec(args: argparse.Namespace) -> int:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _dry_run(dispatcher: Any, document: dict[str, Any], out: TextIO) -> int:
+def _dry_run(dispatcher: Any, document: dict[str, Any], job_id: str, out: TextIO) -> int:
     from jobs_agent.dispatch.plugins import PluginError
     from jobs_agent_handlers.api import JobRejected
 
     try:
-        handler = dispatcher.resolve(document)
-        steps = dispatcher.plan(document)
+        handler = dispatcher.resolve(document, job_id=job_id)
+        steps = dispatcher.plan(document, job_id=job_id)
     except JobRejected as exc:
         print(f"would be REJECTED: {exc.reason}", file=out)
         return EXIT_REJECTED
@@ -188,7 +188,7 @@ async def _run(
             loop.add_signal_handler(sig, ctx.cancelled.set)
     outcome: Outcome
     try:
-        handler = dispatcher.resolve(document)
+        handler = dispatcher.resolve(document, job_id=job_id)
     except JobRejected as exc:
         outcome = Outcome("REJECTED", {"reason": exc.reason, **exc.details})
     except PluginError as exc:  # what the daemon reports for it
@@ -206,7 +206,7 @@ async def _run(
                 file=out,
             )
             ctx.after_reboot()
-            outcome = await dispatcher.run(dispatcher.resolve(document), ctx)
+            outcome = await dispatcher.run(dispatcher.resolve(document, job_id=job_id), ctx)
     shutil.rmtree(base, ignore_errors=True)
     details = _sanitize(redact_mapping(dict(outcome.details)))
     print("statusDetails: " + json.dumps(details, ensure_ascii=False, indent=2), file=out)
