@@ -294,9 +294,9 @@ async def _serve_async(args: argparse.Namespace) -> int:
     import signal
 
     from jobs_agent.config import ConnectionConfig
+    from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
     from jobs_agent.transport.base import TransportError
-    from jobs_agent.transport.paho import PahoTransport
 
     tls = bool(args.tls or args.ca or args.cert)
     config = ConnectionConfig(
@@ -314,7 +314,7 @@ async def _serve_async(args: argparse.Namespace) -> int:
     from jobs_agent.emulator.readings import describe
 
     emulator = Emulator(
-        PahoTransport(config, args.client_id),
+        broker_transport(config, args.client_id),
         state_path=args.state,
         throttle_rate=args.throttle_rate,
         internal_error_rate=args.internal_error_rate,
@@ -558,10 +558,10 @@ async def _fleet_async(
     import threading
 
     from jobs_agent.config import ConnectionConfig, JobsConfig
+    from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
     from jobs_agent.emulator.fleet import TERMINAL, Fleet, FleetOptions
     from jobs_agent.transport.base import TransportError
-    from jobs_agent.transport.paho_async import AsyncPahoTransport
 
     def out(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -598,7 +598,7 @@ async def _fleet_async(
         if args.endpoint is None and not args.no_job:
             client_id = f"aws-iot-jobs-emulator-{uuid.uuid4().hex[:6]}"
             emulator = Emulator(
-                AsyncPahoTransport(dataclass_replace(connection, client_id=client_id), client_id)
+                broker_transport(dataclass_replace(connection, client_id=client_id), client_id)
             )
             await emulator.start(connect_timeout=30.0)
             out(f"emulator: in this process, on {args.broker_host}:{args.broker_port}")

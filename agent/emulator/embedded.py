@@ -14,6 +14,7 @@ from types import TracebackType
 
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.http_api import HttpApi
+from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
 from jobs_agent.emulator.service import JobsService
@@ -67,7 +68,8 @@ class Emulator:
             )
         self.service = service
         self.transport = transport
-        self.frontend = MqttFrontend(service, transport)
+        self.link = MqttLink(transport)
+        self.frontend = MqttFrontend(service, self.link)
         self.http: HttpApi | None = (
             HttpApi(service, http_host, http_port) if http_port is not None else None
         )
@@ -80,7 +82,8 @@ class Emulator:
         return None if self.http is None else self.http.endpoint
 
     async def start(self, connect_timeout: float | None = 30.0) -> None:
-        await self.frontend.start(connect_timeout)
+        await self.link.start(connect_timeout)
+        self.frontend.start()
         if self.http is not None:
             self.http.start()
         if self._tick_seconds:
@@ -95,7 +98,8 @@ class Emulator:
         if self.http is not None:
             # shutdown() waits for the server loop's next poll: not on the event loop's thread
             await asyncio.to_thread(self.http.stop)
-        await self.frontend.stop()
+        self.frontend.stop()
+        await self.link.stop()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -111,6 +115,14 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class BusTransport(LocalTransport):
+    """The emulator's end of the in-process bus: a publish is routed synchronously, so the
+    link hands each message over without a task (link.py)."""
+
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        self.bus._publish(self, topic, payload)
 
 
 class EmbeddedEmulator(Emulator):
@@ -130,7 +142,7 @@ class EmbeddedEmulator(Emulator):
         readings: Readings = DOCUMENTED,
     ) -> None:
         super().__init__(
-            LocalTransport(bus, client_id),
+            BusTransport(bus, client_id),
             clock=clock,
             state_path=state_path,
             throttle_rate=throttle_rate,

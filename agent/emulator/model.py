@@ -160,6 +160,14 @@ class Execution:
             )
         return cached
 
+    def __copy__(self) -> Execution:
+        """A shallow copy without copy's generic protocol (snapshots are taken several times
+        per request)."""
+        new = object.__new__(Execution)
+        for name in _EXECUTION_FIELDS:
+            setattr(new, name, getattr(self, name))
+        return new
+
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.job_id, self.thing_name, self.execution_number)
@@ -171,6 +179,9 @@ class Execution:
         if self.in_progress_deadline is None:
             return self.step_deadline
         return min(self.step_deadline, self.in_progress_deadline)
+
+
+_EXECUTION_FIELDS: tuple[str, ...] = Execution.__slots__
 
 
 @dataclass(frozen=True, slots=True)
