@@ -56,6 +56,7 @@ from jobs_agent.emulator.rollout import (
     abort_reason,
     rate_per_minute,
 )
+from jobs_agent.emulator.shadows import ShadowService
 from jobs_agent.emulator.templates import JobTemplate
 from jobs_agent.jobs.errors import ErrorCode
 
@@ -134,6 +135,8 @@ class ServiceCore:
         self._event_config: dict[str, bool] = {ev.JOB: False, ev.JOB_EXECUTION: False}
         self._s3: dict[tuple[str, str], bytes] = {}
         self._store = store
+        self.shadows = ShadowService(self.clock, store=store, counters=self.counters)
+        """The Device Shadow service of the same account (the Jobs service writes `$package`)."""
 
     # -- configuration --------------------------------------------------------------------------
     @staticmethod

@@ -16,6 +16,7 @@ from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.http_api import HttpApi
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
+from jobs_agent.emulator.shadow_mqtt import ShadowMqtt
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
 from jobs_agent.emulator.service import JobsService
 from jobs_agent.emulator.store import StateStore
@@ -70,6 +71,7 @@ class Emulator:
         self.transport = transport
         self.link = MqttLink(transport)
         self.frontend = MqttFrontend(service, self.link)
+        self.shadow_mqtt = ShadowMqtt(service.shadows, self.link)
         self.http: HttpApi | None = (
             HttpApi(service, http_host, http_port) if http_port is not None else None
         )
@@ -84,6 +86,7 @@ class Emulator:
     async def start(self, connect_timeout: float | None = 30.0) -> None:
         await self.link.start(connect_timeout)
         self.frontend.start()
+        self.shadow_mqtt.start()
         if self.http is not None:
             self.http.start()
         if self._tick_seconds:
@@ -99,6 +102,7 @@ class Emulator:
             # shutdown() waits for the server loop's next poll: not on the event loop's thread
             await asyncio.to_thread(self.http.stop)
         self.frontend.stop()
+        self.shadow_mqtt.stop()
         await self.link.stop()
         if self._store is not None:
             self._store.close()

@@ -37,7 +37,9 @@ import structlog
 
 from jobs_agent.emulator import shapes
 from jobs_agent.emulator.control_api import ControlApi, bool_param, int_param
+from jobs_agent.emulator.iotdata_api import SIGNING_NAME, IotDataApi, error_shape
 from jobs_agent.emulator.service import ControlError, JobsService, ServiceError
+from jobs_agent.emulator.shadows import ShadowError
 from jobs_agent.emulator.shapes import DocumentAs
 from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError
 from jobs_agent.jobs.models import StartNextRequest, UpdateRequest
@@ -46,6 +48,7 @@ log = structlog.get_logger(__name__)
 
 DATA_PLANE = "iot-jobs-data"
 CONTROL_PLANE = "iot"
+IOT_DATA = SIGNING_NAME
 _SCOPE = re.compile(r"Credential=[^/,]+/\d{8}/[^/,]+/([^/,]+)/aws4_request")
 
 _DATA_ERRORS: dict[ErrorCode, tuple[str, int]] = {
@@ -77,6 +80,10 @@ class Request:
     query: dict[str, str]
     body: dict[str, Any]
     plane: str | None
+    raw: bytes = b""
+    """The body as sent (a shadow document is checked by the shadow service itself)."""
+    body_error: str | None = None
+    """Why the body is not a JSON object, for the routes that need one."""
 
 
 Response = tuple[int, dict[str, Any] | None]
@@ -90,6 +97,8 @@ class Route:
     """Path segments; None matches any one segment (passed to the handler in order)."""
     plane: str
     handler: Handler
+    raw: bool = False
+    """The handler reads `Request.raw`; the body need not be a JSON object."""
 
     def match(self, request: Request) -> list[str] | None:
         if request.method != self.method or len(request.segments) != len(self.pattern):
@@ -108,8 +117,27 @@ class Route:
 def _routes() -> list[Route]:
     """Every operation as botocore's models route it. Data-plane routes come first: an
     unsigned request on a route both planes share goes to the device's plane."""
-    D, C, X = DATA_PLANE, CONTROL_PLANE, None
+    D, C, S, X = DATA_PLANE, CONTROL_PLANE, IOT_DATA, None
     table: list[tuple[str, tuple[str | None, ...], str, Handler]] = [
+        ("GET", ("things", X, "shadow"), S, lambda a, r, p: a.iotdata.get_shadow(r.query, p[0])),
+        (
+            "POST",
+            ("things", X, "shadow"),
+            S,
+            lambda a, r, p: a.iotdata.update_shadow(r.query, r.raw, p[0]),
+        ),
+        (
+            "DELETE",
+            ("things", X, "shadow"),
+            S,
+            lambda a, r, p: a.iotdata.delete_shadow(r.query, p[0]),
+        ),
+        (
+            "GET",
+            ("api", "things", "shadow", "ListNamedShadowsForThing", X),
+            S,
+            lambda a, r, p: a.iotdata.list_named(r.query, p[0]),
+        ),
         ("GET", ("things", X, "jobs"), D, lambda a, r, p: a.get_pending(r, p[0])),
         ("PUT", ("things", X, "jobs", "$next"), D, lambda a, r, p: a.start_next(r, p[0])),
         ("GET", ("things", X, "jobs", X), D, lambda a, r, p: a.describe_data(r, *p)),
@@ -232,7 +260,11 @@ def _routes() -> list[Route]:
             lambda a, r, p: a.control.describe_event_configurations(),
         ),
     ]
-    return [Route(m, pattern, plane, handler) for m, pattern, plane, handler in table]
+    raw = {("POST", ("things", None, "shadow"))}
+    return [
+        Route(m, pattern, plane, handler, (m, pattern) in raw)
+        for m, pattern, plane, handler in table
+    ]
 
 
 ROUTES = _routes()
@@ -244,6 +276,7 @@ class HttpApi:
     def __init__(self, service: JobsService, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
         self.control = ControlApi(service)
+        self.iotdata = IotDataApi(service.shadows)
         self.host = host
         self.port = port
         self._server: ThreadingHTTPServer | None = None
@@ -289,6 +322,8 @@ class HttpApi:
         for route in ROUTES:
             args = route.match(request)
             if args is not None:
+                if request.body_error is not None and not route.raw:
+                    raise HttpError(400, "InvalidRequestException", request.body_error)
                 return 200, route.handler(self, request, args)
         raise HttpError(
             404,
@@ -386,13 +421,15 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         match = _SCOPE.search(self.headers.get("Authorization") or "")
         plane = match.group(1) if match else None
+        body: Any = {}
+        body_error: str | None = None
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            raise HttpError(400, "InvalidRequestException", "body is not JSON") from None
+            body, body_error = {}, "body is not JSON"
         if not isinstance(body, dict):
-            raise HttpError(400, "InvalidRequestException", "body must be a JSON object")
-        request = Request(self.command, segments, query, body, plane)
+            body, body_error = {}, "body must be a JSON object"
+        request = Request(self.command, segments, query, body, plane, raw, body_error)
         try:
             return self.api.handle(request)
         except ServiceError as exc:
@@ -405,6 +442,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "InvalidRequestException", exc.message) from None
         except ControlError as exc:
             raise HttpError(exc.http_status, exc.exception, exc.message) from None
+        except ShadowError as exc:
+            status, shape = error_shape(exc)
+            raise HttpError(status, shape, exc.message, code=exc.code) from None
         except HttpError:
             raise
         except Exception as exc:

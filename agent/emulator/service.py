@@ -212,3 +212,4 @@ class JobsService(DataPlane, ControlPlane):
             head = queue.head()
             queue.announced_head = None if head is None else (head.job_id, head.execution_number)
         self._history = list(state.history)
+        self.shadows.load(state.records.get("shadow", []))
