@@ -11,7 +11,7 @@ import copy
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from jobs_agent.emulator.model import (
     Source,
     Thing,
 )
+from jobs_agent.emulator.packages import PACKAGE_PLACEHOLDER
 from jobs_agent.emulator.presign import has_placeholders
 from jobs_agent.emulator.templates import (
     MANAGED_TEMPLATES,
@@ -352,6 +353,7 @@ class ControlPlane(ServiceCore):
         abort: AbortConfig | None = None,
         scheduling: SchedulingConfig | None = None,
         default_presign_role: bool = True,
+        destination_package_versions: Sequence[str] | None = None,
     ) -> Job:
         if not _JOB_ID.fullmatch(job_id):
             raise invalid(f"invalid jobId {job_id!r}")
@@ -375,8 +377,21 @@ class ControlPlane(ServiceCore):
                 abort = abort or template.abort_config
                 if template.maintenance_windows and scheduling is None:
                     scheduling = SchedulingConfig(maintenance_windows=template.maintenance_windows)
+                if destination_package_versions is None and template.destination_package_versions:
+                    destination_package_versions = list(template.destination_package_versions)
             if template is not None and description is None:
                 description = template.description
+            destinations = (
+                []
+                if destination_package_versions is None
+                else self.packages.resolve(destination_package_versions)
+            )
+            if destinations or PACKAGE_PLACEHOLDER in text:
+                substituted = self.packages.substitute(text, destinations)
+                if substituted != text:
+                    before = before or text
+                    text = substituted
+                    parsed = json.loads(text)
             placeholders = has_placeholders(text)
             if placeholders and (presigned_url_config is None or not presigned_url_config.role_arn):
                 if not default_presign_role:
@@ -427,6 +442,11 @@ class ControlPlane(ServiceCore):
                 rollout=rollout,
                 abort=abort,
                 scheduling=scheduling,
+                destination_package_versions=[d.arn for d in destinations],
+                destination_package_versions_given=None
+                if destination_package_versions is None
+                or list(destination_package_versions) == [d.arn for d in destinations]
+                else list(destination_package_versions),
             )
             self._jobs[job_id] = job
             self._job_counts[job_id] = Counter()

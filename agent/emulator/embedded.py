@@ -16,9 +16,9 @@ from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.http_api import HttpApi
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
-from jobs_agent.emulator.shadow_mqtt import ShadowMqtt
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
 from jobs_agent.emulator.service import JobsService
+from jobs_agent.emulator.shadow_mqtt import ShadowMqtt
 from jobs_agent.emulator.store import StateStore
 from jobs_agent.transport.base import Transport
 from jobs_agent.transport.local import LocalBus, LocalTransport

@@ -6,8 +6,10 @@
   Cancel, Delete, GetJobDocument, AssociateTargetsWithJob), job executions (Describe, List for
   thing / for job, Cancel, Delete), job templates (Create, Describe, List, Delete) and managed
   templates (List, Describe), things (Create, Describe, Update), thing groups (static and
-  dynamic: Create, Describe, Delete, Add/Remove thing, ListThingsInThingGroup), and
-  Update/DescribeEventConfigurations.
+  dynamic: Create, Describe, Delete, Add/Remove thing, ListThingsInThingGroup),
+  Update/DescribeEventConfigurations, the Software Package Catalog (packages, package versions,
+  the package configuration) and streams (Create, Describe, List, Update, Delete).
+* `iot-data` (signed as `iotdata`): the Device Shadow REST API (iotdata_api.py).
 
 Routes, field names and error status codes are those of botocore's service models (rest-json).
 Both APIs share two routes (`GET /things/{thing}/jobs` and `GET /things/{thing}/jobs/{jobId}`);
@@ -171,7 +173,7 @@ def _routes() -> list[Route]:
         ),
         ("GET", ("jobs",), C, lambda a, r, p: a.control.list_jobs(r.query)),
         ("PUT", ("jobs", X), C, lambda a, r, p: a.control.create_job(r.body, p[0])),
-        ("GET", ("jobs", X), C, lambda a, r, p: a.control.describe_job(p[0])),
+        ("GET", ("jobs", X), C, lambda a, r, p: a.control.describe_job(r.query, p[0])),
         ("PATCH", ("jobs", X), C, lambda a, r, p: a.control.update_job(r.body, r.query, p[0])),
         ("DELETE", ("jobs", X), C, lambda a, r, p: a.control.delete_job(r.query, p[0])),
         (
@@ -247,6 +249,53 @@ def _routes() -> list[Route]:
             lambda a, r, p: a.control.create_group(r.body, p[0], dynamic=True),
         ),
         ("DELETE", ("dynamic-thing-groups", X), C, lambda a, r, p: a.control.delete_group(p[0])),
+        ("GET", ("packages",), C, lambda a, r, p: a.control.list_packages(r.query)),
+        (
+            "PUT",
+            ("packages", X),
+            C,
+            lambda a, r, p: a.control.create_package(r.body, r.query, p[0]),
+        ),
+        ("GET", ("packages", X), C, lambda a, r, p: a.control.get_package(p[0])),
+        ("PATCH", ("packages", X), C, lambda a, r, p: a.control.update_package(r.body, p[0])),
+        ("DELETE", ("packages", X), C, lambda a, r, p: a.control.delete_package(p[0])),
+        (
+            "GET",
+            ("packages", X, "versions"),
+            C,
+            lambda a, r, p: a.control.list_versions(r.query, p[0]),
+        ),
+        (
+            "PUT",
+            ("packages", X, "versions", X),
+            C,
+            lambda a, r, p: a.control.create_version(r.body, r.query, *p),
+        ),
+        ("GET", ("packages", X, "versions", X), C, lambda a, r, p: a.control.get_version(*p)),
+        (
+            "PATCH",
+            ("packages", X, "versions", X),
+            C,
+            lambda a, r, p: a.control.update_version(r.body, *p),
+        ),
+        (
+            "DELETE",
+            ("packages", X, "versions", X),
+            C,
+            lambda a, r, p: a.control.delete_version(*p),
+        ),
+        (
+            "GET",
+            ("package-configuration",),
+            C,
+            lambda a, r, p: a.control.get_package_configuration(),
+        ),
+        (
+            "PATCH",
+            ("package-configuration",),
+            C,
+            lambda a, r, p: a.control.update_package_configuration(r.body),
+        ),
         (
             "PATCH",
             ("event-configurations",),

@@ -105,6 +105,10 @@ class Job:
     notified: int = 0
     """Executions rolled out so far (the rollout's and abort config's "notified things")."""
     next_release_at: float | None = None
+    destination_package_versions: list[str] = field(default_factory=list)
+    """Package version ARNs as resolved (`$default` replaced); `$null` ARNs kept."""
+    destination_package_versions_given: list[str] | None = None
+    """The ARNs as given, when they differed (DescribeJob `beforeSubstitution=true`)."""
 
     def presigned_url_config(self) -> PresignedUrlConfig | None:
         from jobs_agent.emulator.configs import PresignedUrlConfig
