@@ -91,8 +91,8 @@ def register(subparsers: Any) -> None:
         "--s3-dir",
         type=Path,
         metavar="DIR",
-        help="CreateJob documentSource objects: https://BUCKET.s3.amazonaws.com/KEY is read "
-        "from DIR/BUCKET/KEY",
+        help="S3 objects: CreateJob documentSource, stream files (CreateStream) and package "
+        "artifacts; https://BUCKET.s3.amazonaws.com/KEY or s3://BUCKET/KEY is DIR/BUCKET/KEY",
     )
     serve.set_defaults(func=_serve)
 

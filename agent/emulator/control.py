@@ -75,9 +75,15 @@ def not_found(what: str) -> ControlError:
 
 
 class ControlPlane(ServiceCore):
-    s3_root: Path | None = None
-    """Where `documentSource` objects are read from (`BUCKET/KEY` below it), besides
-    `put_s3_object`: `jobs-agent sim serve --s3-dir`."""
+    @property
+    def s3_root(self) -> Path | None:
+        """Where S3 objects are read from besides `put_s3_object` (`BUCKET/KEY` below it):
+        `jobs-agent sim serve --s3-dir`."""
+        return self.s3.root
+
+    @s3_root.setter
+    def s3_root(self, value: Path | None) -> None:
+        self.s3.root = value
 
     # -- things and groups -------------------------------------------------------------------
     def create_thing(self, thing_name: str, attributes: dict[str, str] | None = None) -> Thing:
@@ -259,20 +265,15 @@ class ControlPlane(ServiceCore):
             if match is None:
                 continue
             bucket, key = match.group("bucket"), match.group("key")
-            data = self._s3.get((bucket, key))
-            if data is None and self.s3_root is not None:
-                path = (self.s3_root / bucket / key).resolve()
-                if path.is_relative_to(self.s3_root.resolve()) and path.is_file():
-                    data = path.read_bytes()
+            data = self.s3.get(bucket, key)
             if data is None:
                 raise invalid(f"documentSource {url}: no such S3 object (bucket {bucket})")
             return data
         raise invalid(f"documentSource {url!r} is not an S3 object URL")
 
     def put_s3_object(self, bucket: str, key: str, data: bytes) -> str:
-        """Store an object CreateJob's `documentSource` can name; returns its URL."""
-        with self._lock:
-            self._s3[(bucket, key)] = bytes(data)
+        """Store an object CreateJob's `documentSource` (or a stream) can name; its URL."""
+        self.s3.put(bucket, key, data)
         return f"https://{bucket}.s3.amazonaws.com/{key}"
 
     def _document_from(

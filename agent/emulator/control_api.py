@@ -26,6 +26,7 @@ from jobs_agent.emulator.model import Execution, Job, JobStatus
 from jobs_agent.emulator.packages import Package, PackageVersion
 from jobs_agent.emulator.service import JobsService
 from jobs_agent.emulator.shapes import omit_none
+from jobs_agent.emulator.streams import Stream, parse_files
 from jobs_agent.emulator.templates import JobTemplate, ManagedTemplate
 
 Body = Mapping[str, Any]
@@ -696,4 +697,57 @@ class ControlApi:
         if role is not None and not isinstance(role, str):
             raise ControlError("ValidationException", "roleArn must be a string")
         self.service.packages.update_configuration(enabled, role)
+        return {}
+
+    # -- streams (MQTT-based file delivery) --------------------------------------------------------
+    def _stream_summary(self, stream: Stream) -> dict[str, Any]:
+        return omit_none(
+            streamId=stream.stream_id,
+            streamArn=self.service.streams.arn(stream.stream_id),
+            description=stream.description,
+            streamVersion=stream.version,
+        )
+
+    def create_stream(self, body: Body, stream_id: str) -> dict[str, Any]:
+        role = body.get("roleArn")
+        stream = self.service.streams.create(
+            stream_id,
+            parse_files(body.get("files")),
+            role if isinstance(role, str) else "",
+            _str(body, "description"),
+        )
+        return self._stream_summary(stream)
+
+    def describe_stream(self, stream_id: str) -> dict[str, Any]:
+        stream = self.service.streams.describe(stream_id)
+        return {
+            "streamInfo": omit_none(
+                streamId=stream.stream_id,
+                streamArn=self.service.streams.arn(stream.stream_id),
+                streamVersion=stream.version,
+                description=stream.description,
+                files=[f.to_json() for f in stream.files],
+                createdAt=_time(stream.created_at),
+                lastUpdatedAt=_time(stream.updated_at),
+                roleArn=stream.role_arn,
+            )
+        }
+
+    def list_streams(self, query: Query) -> dict[str, Any]:
+        ascending = bool(bool_param(query, "isAscendingOrder"))
+        items, token = page(self.service.streams.list_streams(ascending), query)
+        return omit_none(streams=[self._stream_summary(s) for s in items], nextToken=token)
+
+    def update_stream(self, body: Body, stream_id: str) -> dict[str, Any]:
+        files = body.get("files")
+        stream = self.service.streams.update(
+            stream_id,
+            files=None if files is None else parse_files(files),
+            role_arn=_str(body, "roleArn"),
+            description=_str(body, "description"),
+        )
+        return self._stream_summary(stream)
+
+    def delete_stream(self, stream_id: str) -> dict[str, Any]:
+        self.service.streams.delete(stream_id)
         return {}

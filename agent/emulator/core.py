@@ -59,7 +59,9 @@ from jobs_agent.emulator.rollout import (
     abort_reason,
     rate_per_minute,
 )
+from jobs_agent.emulator.s3 import ObjectStore
 from jobs_agent.emulator.shadows import PACKAGE_SHADOW, ShadowError, ShadowService
+from jobs_agent.emulator.streams import StreamService
 from jobs_agent.emulator.templates import JobTemplate
 from jobs_agent.jobs.errors import ErrorCode
 
@@ -140,7 +142,8 @@ class ServiceCore:
         self.groups = GroupRegistry()
         self._templates: dict[str, JobTemplate] = {}
         self._event_config: dict[str, bool] = {ev.JOB: False, ev.JOB_EXECUTION: False}
-        self._s3: dict[tuple[str, str], bytes] = {}
+        self.s3 = ObjectStore()
+        """S3 objects the account reads (documentSource, stream files): s3.py."""
         self._store = store
         self.shadows = ShadowService(self.clock, store=store, counters=self.counters)
         """The Device Shadow service of the same account (the Jobs service writes `$package`)."""
@@ -148,6 +151,15 @@ class ServiceCore:
             self.clock, region=region, account_id=account_id, store=store
         )
         """The Software Package Catalog of the same account."""
+        self.streams = StreamService(
+            self.clock,
+            self.s3,
+            region=region,
+            account_id=account_id,
+            store=store,
+            counters=self.counters,
+        )
+        """MQTT-based file delivery's streams."""
         self._package_writes: list[tuple[str, list[str]]] = []
 
     # -- configuration --------------------------------------------------------------------------

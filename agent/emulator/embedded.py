@@ -20,6 +20,7 @@ from jobs_agent.emulator.readings import DOCUMENTED, Readings
 from jobs_agent.emulator.service import JobsService
 from jobs_agent.emulator.shadow_mqtt import ShadowMqtt
 from jobs_agent.emulator.store import StateStore
+from jobs_agent.emulator.streams_mqtt import StreamsMqtt
 from jobs_agent.transport.base import Transport
 from jobs_agent.transport.local import LocalBus, LocalTransport
 
@@ -72,6 +73,11 @@ class Emulator:
         self.link = MqttLink(transport)
         self.frontend = MqttFrontend(service, self.link)
         self.shadow_mqtt = ShadowMqtt(service.shadows, self.link)
+        self.streams_mqtt = StreamsMqtt(
+            service.streams,
+            self.link,
+            json_payload_base64=service.readings.stream_json_payload_base64,
+        )
         self.http: HttpApi | None = (
             HttpApi(service, http_host, http_port) if http_port is not None else None
         )

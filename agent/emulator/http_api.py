@@ -249,6 +249,11 @@ def _routes() -> list[Route]:
             lambda a, r, p: a.control.create_group(r.body, p[0], dynamic=True),
         ),
         ("DELETE", ("dynamic-thing-groups", X), C, lambda a, r, p: a.control.delete_group(p[0])),
+        ("GET", ("streams",), C, lambda a, r, p: a.control.list_streams(r.query)),
+        ("POST", ("streams", X), C, lambda a, r, p: a.control.create_stream(r.body, p[0])),
+        ("GET", ("streams", X), C, lambda a, r, p: a.control.describe_stream(p[0])),
+        ("PUT", ("streams", X), C, lambda a, r, p: a.control.update_stream(r.body, p[0])),
+        ("DELETE", ("streams", X), C, lambda a, r, p: a.control.delete_stream(p[0])),
         ("GET", ("packages",), C, lambda a, r, p: a.control.list_packages(r.query)),
         (
             "PUT",

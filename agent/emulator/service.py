@@ -221,3 +221,4 @@ class JobsService(DataPlane, ControlPlane):
         self._history = list(state.history)
         self.shadows.load(state.records.get("shadow", []))
         self.packages.load(state.records)
+        self.streams.load(state.records.get("stream", []))
