@@ -125,6 +125,15 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="jobExecutionsRetryConfig: retry FAILED and TIMED_OUT executions up to N times",
     )
+    create.add_argument(
+        "--destination-package-version",
+        action="append",
+        default=[],
+        metavar="ARN",
+        help="destinationPackageVersions: a package version ARN "
+        "(arn:aws:iot:REGION:ACCOUNT:package/NAME/version/VERSION, VERSION may be $default or "
+        "$null), repeatable",
+    )
     create.set_defaults(func=_create_job)
 
     listing = sim.add_parser("list", help="list jobs (ListJobs)", description="List jobs.")
@@ -426,6 +435,8 @@ def _create_job(args: argparse.Namespace) -> int:
         body["description"] = args.description
     if args.in_progress_timeout is not None:
         body["timeoutConfig"] = {"inProgressTimeoutInMinutes": args.in_progress_timeout}
+    if args.destination_package_version:
+        body["destinationPackageVersions"] = list(args.destination_package_version)
     if args.retries is not None:
         body["jobExecutionsRetryConfig"] = {
             "criteriaList": [{"failureType": "ALL", "numberOfRetries": args.retries}]
