@@ -2,8 +2,8 @@
 
 A device agent waits for each acknowledgement; a service answering thousands of requests must
 not. `BrokerTransport` is the loop-driven paho transport (`AsyncPahoTransport`: no network
-thread, no thread hop per message) with three differences that matter to the emulator's cost
-per job (benchmarks/emulator_cost.py measures it):
+thread, no thread hop per message) with these differences, each of which mattered to the
+emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
 
 * subscriptions carry MQTT 5's No Local option, so the broker never sends the emulator its own
   replies and events back (it subscribes to whole topic trees that contain them: without it,
@@ -25,6 +25,10 @@ per job (benchmarks/emulator_cost.py measures it):
 * paho's per-packet debug log lines are formatted only while connecting, where they explain a
   failure (paho formats each one whenever a log callback is set); a dropped connection is then
   reported by its reason code.
+
+`ServiceClient` and the read buffer override paho internals (`_handle_pubackcomp`,
+`_handle_publish`, `_sock_recv`, `_sock_close`, `_in_packet`): paho is pinned below 3, and
+tests/emulator/test_broker_transport.py holds each short path against a real mosquitto.
 """
 
 from __future__ import annotations

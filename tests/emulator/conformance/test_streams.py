@@ -348,3 +348,19 @@ def test_stream_files_come_from_the_s3_directory(tmp_path: Any) -> None:
         assert again.streams.device_description("fw") == {"s": 1, "r": [{"f": 0, "z": len(DATA)}]}
     finally:
         store.close()
+
+
+def test_stream_files_never_leave_the_s3_directory(tmp_path: Any) -> None:
+    """A key that climbs out of `--s3-dir` (`..`, or a symlink to a file outside) names no
+    object: the emulator serves files only from below the directory (docs/emulator.md)."""
+    from jobs_agent.emulator.service import ControlError
+
+    (tmp_path / "s3" / "bkt").mkdir(parents=True)
+    (tmp_path / "secret").write_bytes(b"do not serve")
+    (tmp_path / "s3" / "bkt" / "link").symlink_to(tmp_path / "secret")
+    service = JobsService(ManualClock())
+    service.s3_root = tmp_path / "s3"
+    for key in ("../../secret", "link"):
+        with pytest.raises(ControlError) as info:
+            service.streams.create("s", _files(service, (0, key)), ROLE)
+        assert info.value.exception == "ResourceNotFoundException"
