@@ -1,5 +1,6 @@
 """The emulator as a library: `async with EmbeddedEmulator(bus) as emu:` and a device on the
-same `LocalBus` talks to AWS IoT Jobs without a broker, a socket or a thread.
+same `LocalBus` talks to AWS IoT Jobs (and the Device Shadow service and MQTT-based file
+delivery) without a broker, a socket or a thread.
 
 Used by `jobs-agent demo` and by the engine's fast tests. The HTTP planes are optional
 (`http_port=`), for tests that want boto3 against the same service.
@@ -36,9 +37,11 @@ async def run_ticker(service: JobsService, interval: float) -> None:
 
 
 class Emulator:
-    """A service with its MQTT front end, timer task and optional HTTP planes, on any transport.
+    """A service with its MQTT front ends (Jobs, Device Shadow, streams) on one `MqttLink`, its
+    timer task and optional HTTP planes, on any transport.
 
-    `EmbeddedEmulator` (local bus) and `jobs-agent sim serve` (paho) are both this class.
+    `EmbeddedEmulator` (local bus) and `jobs-agent sim serve` (`BrokerTransport`) are both this
+    class.
     """
 
     def __init__(
