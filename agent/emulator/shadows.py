@@ -209,9 +209,9 @@ class ShadowService:
     # -- operations -------------------------------------------------------------------------------
     def get(self, thing_name: str, shadow_name: str | None = None) -> dict[str, Any]:
         """GetThingShadow / `get`: the whole document with its delta (no clientToken)."""
+        self._count("GetThingShadow")
         _check_names(thing_name, shadow_name)
         with self._lock:
-            self.counters["GetThingShadow"] += 1
             shadow = self._existing(thing_name, shadow_name)
             state = shadow.state()
             delta, delta_meta = shadow.delta()
@@ -231,6 +231,7 @@ class ShadowService:
         self, thing_name: str, shadow_name: str | None, request: bytes | Mapping[str, Any]
     ) -> dict[str, Any]:
         """UpdateThingShadow / `update`: the `/update/accepted` document (also published)."""
+        self._count("UpdateThingShadow")
         _check_names(thing_name, shadow_name)
         body = _parse_request(request)
         token = _client_token(body)
@@ -260,7 +261,6 @@ class ShadowService:
             if shadow_name == PACKAGE_SHADOW:
                 _check_packages(section)
         with self._lock:
-            self.counters["UpdateThingShadow"] += 1
             batch = _Batch()
             result = self._update(batch, thing_name, shadow_name, state, expected, token)
             self._finish(batch)
@@ -349,11 +349,11 @@ class ShadowService:
         self, thing_name: str, shadow_name: str | None = None, client_token: str | None = None
     ) -> dict[str, Any]:
         """DeleteThingShadow / `delete`: `{"version", "timestamp"}` (also published)."""
+        self._count("DeleteThingShadow")
         _check_names(thing_name, shadow_name)
         if client_token is not None and not _token_ok(client_token):
             raise invalid("Invalid clientToken")
         with self._lock:
-            self.counters["DeleteThingShadow"] += 1
             shadow = self._existing(thing_name, shadow_name)
             batch = _Batch()
             tombstone = Shadow(
@@ -379,6 +379,7 @@ class ShadowService:
         self, thing_name: str, next_token: str | None = None, page_size: int | None = None
     ) -> dict[str, Any]:
         """ListNamedShadowsForThing: names in order, the classic shadow left out."""
+        self._count("ListNamedShadowsForThing")
         if not THING_NAME.fullmatch(thing_name):
             raise invalid(f"Invalid thing name {thing_name!r}")
         size = MAX_PAGE_SIZE if page_size is None else page_size
@@ -389,7 +390,6 @@ class ShadowService:
         except ValueError:
             raise invalid("Invalid nextToken") from None
         with self._lock:
-            self.counters["ListNamedShadowsForThing"] += 1
             names = sorted(
                 name
                 for (thing, name), shadow in self._shadows.items()
@@ -410,6 +410,12 @@ class ShadowService:
             return _document(shadow, with_delta=True)
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _count(self, operation: str) -> None:
+        """Every request is counted, refused ones too (`service.counters`, as device requests
+        to the Jobs API are)."""
+        with self._lock:
+            self.counters[operation] += 1
+
     def _existing(self, thing_name: str, shadow_name: str | None) -> Shadow:
         shadow = self._shadows.get((thing_name, shadow_name))
         if shadow is None or shadow.deleted:
