@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.harness import Figure, Measure, Session, machine
 
-BENCHMARKS = ["latency", "drain", "idle", "progress-storm", "startup", "fleet"]
+BENCHMARKS = ["latency", "drain", "idle", "progress-storm", "startup", "fleet", "emulator-cost"]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -46,6 +46,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="runs per benchmark (default 3, drain and idle 2; --quick 1)",
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts (under 2 minutes)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="emulator-cost: also measure the emulator of this git ref, in the same run",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument(
         "--no-results", action="store_true", help="do not write benchmarks/RESULTS.md"
@@ -119,6 +124,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, flo
     names = args.names or BENCHMARKS
     runs = args.runs or (1 if args.quick else 3)
     session = Session()
+    session.baseline = args.baseline
     figures: dict[tuple[str, str], Figure] = {}
     durations: dict[str, float] = {}
     try:
@@ -143,6 +149,8 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, flo
                         figure.notes.append(m.note)
             durations[name] = time.monotonic() - started
     finally:
+        for name in names:
+            getattr(module(name), "cleanup", lambda: None)()
         session.close(keep=args.keep)
         if args.keep:
             print(f"kept {session.root}", file=sys.stderr)

@@ -183,9 +183,9 @@ class ChaosRun:
     # -- the run -------------------------------------------------------------------------------
     async def run(self) -> ChaosReport:
         from jobs_agent.config import ConnectionConfig
+        from jobs_agent.emulator.broker import broker_transport
         from jobs_agent.emulator.embedded import Emulator
         from jobs_agent.log import configure_logging
-        from jobs_agent.transport.paho import PahoTransport
         from tests.fixtures.broker import Mosquitto, find_mosquitto
         from tests.fixtures.certs import generate_certs
 
@@ -200,7 +200,7 @@ class ChaosRun:
         self.broker = Mosquitto(binary, self.layout.root / "mosquitto", certs)
         await asyncio.to_thread(self.broker.start)
         client_id = "chaos-emulator"
-        transport = PahoTransport(
+        transport = broker_transport(
             ConnectionConfig(
                 transport="paho",
                 endpoint=self.broker.host,

@@ -36,8 +36,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from jobs_agent.config import ConnectionConfig  # noqa: E402
+from jobs_agent.emulator.broker import broker_transport  # noqa: E402
 from jobs_agent.emulator.embedded import Emulator  # noqa: E402
-from jobs_agent.transport.paho import PahoTransport  # noqa: E402
 from tests.fixtures.broker import Mosquitto, find_mosquitto  # noqa: E402
 from tests.fixtures.certs import CertPaths, generate_certs  # noqa: E402
 
@@ -417,6 +417,8 @@ class Session:
         self.certs = generate_certs(self.root / "certs")
         self._brokers: list[Broker] = []
         self._counter = 0
+        self.baseline: str | None = None
+        """A git ref whose emulator emulator-cost measures as well (`--baseline`)."""
 
     def directory(self, name: str) -> Path:
         self._counter += 1
@@ -443,7 +445,7 @@ async def emulator(broker: Broker, **kwargs: Any) -> Any:
     config = ConnectionConfig(
         transport="paho", endpoint=broker.host, port=broker.port, tls=False, client_id=client_id
     )
-    emu = Emulator(PahoTransport(config, client_id), tick_seconds=None, **kwargs)
+    emu = Emulator(broker_transport(config, client_id), tick_seconds=None, **kwargs)
     await emu.start(connect_timeout=10)
     try:
         yield emu

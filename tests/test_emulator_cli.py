@@ -206,3 +206,108 @@ async def test_serve_takes_the_other_readings_and_an_s3_directory(
 async def test_serve_refuses_an_unknown_reading() -> None:
     code, out = await run_cli("serve", "--reading", "timeout=sometimes")
     assert code != 0 and "timeout takes on-time|late" in out
+
+
+async def test_serve_has_shadows_packages_and_streams_across_a_restart(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The real `sim serve` process in front of mosquitto serves the Device Shadow service
+    (`iot-data` REST, MQTT with `$package`), the Software Package Catalog and streams (files from
+    `--s3-dir`, CBOR on MQTT), and keeps all three in `--state` across a restart."""
+    import threading
+
+    import boto3
+    import cbor2
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    (tmp_path / "s3" / "fw").mkdir(parents=True)
+    (tmp_path / "s3" / "fw" / "image.bin").write_bytes(bytes(range(256)) * 20)
+    state = tmp_path / "state.db"
+    keys = {"aws_access_key_id": "x", "aws_secret_access_key": "y", "region_name": "us-east-1"}
+    received: dict[str, bytes] = {}
+    arrived = threading.Condition()
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with arrived:
+            received[message.topic] = message.payload
+            arrived.notify_all()
+
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, "cli-dev", protocol=mqtt.MQTTv5)
+    device.on_message = on_message
+    device.connect(mosquitto.host, mosquitto.port)
+    device.loop_start()
+    device.subscribe("$aws/things/cli-dev/shadow/name/$package/get/accepted", qos=1)
+    device.subscribe("$aws/things/cli-dev/streams/fw/data/cbor", qos=1)
+
+    def ask(topic: str, payload: bytes, answer: str) -> bytes:
+        with arrived:
+            received.pop(answer, None)
+            device.publish(topic, payload, qos=1)
+            assert arrived.wait_for(lambda: answer in received, 10), answer
+            return received[answer]
+
+    def first_run(endpoint: str) -> None:
+        iot = boto3.client("iot", endpoint_url=endpoint, **keys)
+        data = boto3.client("iot-data", endpoint_url=endpoint, **keys)
+        iot.create_package(packageName="fw")
+        iot.create_package_version(packageName="fw", versionName="1.0")
+        iot.update_package_version(packageName="fw", versionName="1.0", action="PUBLISH")
+        iot.create_stream(
+            streamId="fw",
+            files=[{"fileId": 0, "s3Location": {"bucket": "fw", "key": "image.bin"}}],
+            roleArn="arn:aws:iam::123456789012:role/streams",
+        )
+        report = {"state": {"reported": {"fw": {"version": "1.0"}}}}
+        data.update_thing_shadow(
+            thingName="cli-dev", shadowName="$package", payload=json.dumps(report).encode()
+        )
+
+    def second_run(endpoint: str) -> None:
+        iot = boto3.client("iot", endpoint_url=endpoint, **keys)
+        assert iot.get_package(packageName="fw")["packageName"] == "fw"
+        got = ask(
+            "$aws/things/cli-dev/shadow/name/$package/get",
+            b"{}",
+            "$aws/things/cli-dev/shadow/name/$package/get/accepted",
+        )
+        assert json.loads(got)["state"] == {"reported": {"fw": {"version": "1.0"}}}
+        block = ask(
+            "$aws/things/cli-dev/streams/fw/get/cbor",
+            cbor2.dumps({"f": 0, "l": 1024, "o": 4}),
+            "$aws/things/cli-dev/streams/fw/data/cbor",
+        )
+        answer = cbor2.loads(block)
+        assert (answer["i"], answer["p"]) == (4, (bytes(range(256)) * 20)[4096:5120])
+
+    extra = ("--s3-dir", str(tmp_path / "s3"))
+    try:
+        server = await start_server(mosquitto, state, *extra)
+        try:
+            await asyncio.to_thread(first_run, server.endpoint)
+            version = "arn:aws:iot:us-east-1:123456789012:package/fw/version/1.0"
+            document = tmp_path / "job.json"
+            document.write_text("{}")
+            job = await cli_json(
+                "create-job",
+                "--endpoint",
+                server.endpoint,
+                "--thing",
+                "cli-dev",
+                "--document",
+                str(document),
+                "--destination-package-version",
+                version,
+            )
+            described = await cli_json("describe", job["jobId"], "--endpoint", server.endpoint)
+            assert described["job"]["destinationPackageVersions"] == [version]
+        finally:
+            assert await server.terminate() == 0
+        server = await start_server(mosquitto, state, *extra)
+        try:
+            await asyncio.to_thread(second_run, server.endpoint)
+        finally:
+            assert await server.terminate() == 0
+    finally:
+        device.disconnect()
+        device.loop_stop()

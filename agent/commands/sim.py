@@ -91,8 +91,8 @@ def register(subparsers: Any) -> None:
         "--s3-dir",
         type=Path,
         metavar="DIR",
-        help="CreateJob documentSource objects: https://BUCKET.s3.amazonaws.com/KEY is read "
-        "from DIR/BUCKET/KEY",
+        help="S3 objects: CreateJob documentSource, stream files (CreateStream) and package "
+        "artifacts; https://BUCKET.s3.amazonaws.com/KEY or s3://BUCKET/KEY is DIR/BUCKET/KEY",
     )
     serve.set_defaults(func=_serve)
 
@@ -124,6 +124,15 @@ def register(subparsers: Any) -> None:
         type=int,
         metavar="N",
         help="jobExecutionsRetryConfig: retry FAILED and TIMED_OUT executions up to N times",
+    )
+    create.add_argument(
+        "--destination-package-version",
+        action="append",
+        default=[],
+        metavar="ARN",
+        help="destinationPackageVersions: a package version ARN "
+        "(arn:aws:iot:REGION:ACCOUNT:package/NAME/version/VERSION, VERSION may be $default or "
+        "$null), repeatable",
     )
     create.set_defaults(func=_create_job)
 
@@ -294,9 +303,9 @@ async def _serve_async(args: argparse.Namespace) -> int:
     import signal
 
     from jobs_agent.config import ConnectionConfig
+    from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
     from jobs_agent.transport.base import TransportError
-    from jobs_agent.transport.paho import PahoTransport
 
     tls = bool(args.tls or args.ca or args.cert)
     config = ConnectionConfig(
@@ -314,7 +323,7 @@ async def _serve_async(args: argparse.Namespace) -> int:
     from jobs_agent.emulator.readings import describe
 
     emulator = Emulator(
-        PahoTransport(config, args.client_id),
+        broker_transport(config, args.client_id),
         state_path=args.state,
         throttle_rate=args.throttle_rate,
         internal_error_rate=args.internal_error_rate,
@@ -426,6 +435,8 @@ def _create_job(args: argparse.Namespace) -> int:
         body["description"] = args.description
     if args.in_progress_timeout is not None:
         body["timeoutConfig"] = {"inProgressTimeoutInMinutes": args.in_progress_timeout}
+    if args.destination_package_version:
+        body["destinationPackageVersions"] = list(args.destination_package_version)
     if args.retries is not None:
         body["jobExecutionsRetryConfig"] = {
             "criteriaList": [{"failureType": "ALL", "numberOfRetries": args.retries}]
@@ -558,10 +569,10 @@ async def _fleet_async(
     import threading
 
     from jobs_agent.config import ConnectionConfig, JobsConfig
+    from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
     from jobs_agent.emulator.fleet import TERMINAL, Fleet, FleetOptions
     from jobs_agent.transport.base import TransportError
-    from jobs_agent.transport.paho_async import AsyncPahoTransport
 
     def out(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -598,7 +609,7 @@ async def _fleet_async(
         if args.endpoint is None and not args.no_job:
             client_id = f"aws-iot-jobs-emulator-{uuid.uuid4().hex[:6]}"
             emulator = Emulator(
-                AsyncPahoTransport(dataclass_replace(connection, client_id=client_id), client_id)
+                broker_transport(dataclass_replace(connection, client_id=client_id), client_id)
             )
             await emulator.start(connect_timeout=30.0)
             out(f"emulator: in this process, on {args.broker_host}:{args.broker_port}")

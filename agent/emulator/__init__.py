@@ -1,4 +1,6 @@
-"""A local AWS IoT Jobs service: the state machine, its MQTT front end and its HTTP planes.
+"""A local AWS IoT Jobs service (with the Device Shadow service, the Software Package Catalog
+and MQTT-based file delivery of the same account): the state machines, their MQTT front ends and
+the HTTP planes.
 
 Entry points: `EmbeddedEmulator` (in-process, on a `LocalBus`), `Emulator` (any transport),
 `JobsService` (the pure core), `ManualClock` (tests). See docs/emulator.md.

@@ -11,7 +11,7 @@ import copy
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from jobs_agent.emulator.model import (
     Source,
     Thing,
 )
+from jobs_agent.emulator.packages import PACKAGE_PLACEHOLDER
 from jobs_agent.emulator.presign import has_placeholders
 from jobs_agent.emulator.templates import (
     MANAGED_TEMPLATES,
@@ -74,9 +75,15 @@ def not_found(what: str) -> ControlError:
 
 
 class ControlPlane(ServiceCore):
-    s3_root: Path | None = None
-    """Where `documentSource` objects are read from (`BUCKET/KEY` below it), besides
-    `put_s3_object`: `jobs-agent sim serve --s3-dir`."""
+    @property
+    def s3_root(self) -> Path | None:
+        """Where S3 objects are read from besides `put_s3_object` (`BUCKET/KEY` below it):
+        `jobs-agent sim serve --s3-dir`."""
+        return self.s3.root
+
+    @s3_root.setter
+    def s3_root(self, value: Path | None) -> None:
+        self.s3.root = value
 
     # -- things and groups -------------------------------------------------------------------
     def create_thing(self, thing_name: str, attributes: dict[str, str] | None = None) -> Thing:
@@ -258,20 +265,15 @@ class ControlPlane(ServiceCore):
             if match is None:
                 continue
             bucket, key = match.group("bucket"), match.group("key")
-            data = self._s3.get((bucket, key))
-            if data is None and self.s3_root is not None:
-                path = (self.s3_root / bucket / key).resolve()
-                if path.is_relative_to(self.s3_root.resolve()) and path.is_file():
-                    data = path.read_bytes()
+            data = self.s3.get(bucket, key)
             if data is None:
                 raise invalid(f"documentSource {url}: no such S3 object (bucket {bucket})")
             return data
         raise invalid(f"documentSource {url!r} is not an S3 object URL")
 
     def put_s3_object(self, bucket: str, key: str, data: bytes) -> str:
-        """Store an object CreateJob's `documentSource` can name; returns its URL."""
-        with self._lock:
-            self._s3[(bucket, key)] = bytes(data)
+        """Store an object CreateJob's `documentSource` (or a stream) can name; its URL."""
+        self.s3.put(bucket, key, data)
         return f"https://{bucket}.s3.amazonaws.com/{key}"
 
     def _document_from(
@@ -352,6 +354,7 @@ class ControlPlane(ServiceCore):
         abort: AbortConfig | None = None,
         scheduling: SchedulingConfig | None = None,
         default_presign_role: bool = True,
+        destination_package_versions: Sequence[str] | None = None,
     ) -> Job:
         if not _JOB_ID.fullmatch(job_id):
             raise invalid(f"invalid jobId {job_id!r}")
@@ -375,8 +378,21 @@ class ControlPlane(ServiceCore):
                 abort = abort or template.abort_config
                 if template.maintenance_windows and scheduling is None:
                     scheduling = SchedulingConfig(maintenance_windows=template.maintenance_windows)
+                if destination_package_versions is None and template.destination_package_versions:
+                    destination_package_versions = list(template.destination_package_versions)
             if template is not None and description is None:
                 description = template.description
+            destinations = (
+                []
+                if destination_package_versions is None
+                else self.packages.resolve(destination_package_versions)
+            )
+            if destinations or PACKAGE_PLACEHOLDER in text:
+                substituted = self.packages.substitute(text, destinations)
+                if substituted != text:
+                    before = before or text
+                    text = substituted
+                    parsed = json.loads(text)
             placeholders = has_placeholders(text)
             if placeholders and (presigned_url_config is None or not presigned_url_config.role_arn):
                 if not default_presign_role:
@@ -427,6 +443,11 @@ class ControlPlane(ServiceCore):
                 rollout=rollout,
                 abort=abort,
                 scheduling=scheduling,
+                destination_package_versions=[d.arn for d in destinations],
+                destination_package_versions_given=None
+                if destination_package_versions is None
+                or list(destination_package_versions) == [d.arn for d in destinations]
+                else list(destination_package_versions),
             )
             self._jobs[job_id] = job
             self._job_counts[job_id] = Counter()

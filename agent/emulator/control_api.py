@@ -2,8 +2,8 @@
 the job configurations), calls the service and serialises the botocore shape of its answer.
 
 Routes, field names and status codes are botocore's `iot` model (rest-json); control-plane
-timestamps are epoch seconds with a fraction (`DateType`). A request field the emulator does not
-implement (tags, destinationPackageVersions) is refused where it would change behaviour.
+timestamps are epoch seconds with a fraction (`DateType`). The Software Package Catalog's
+operations are here too (packages.py holds their rules).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from jobs_agent.emulator.configs import (
     invalid,
     retry_criteria,
 )
+from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.model import Execution, Job, JobStatus
+from jobs_agent.emulator.packages import Package, PackageVersion
 from jobs_agent.emulator.service import JobsService
 from jobs_agent.emulator.shapes import omit_none
+from jobs_agent.emulator.streams import Stream, parse_files
 from jobs_agent.emulator.templates import JobTemplate, ManagedTemplate
 
 Body = Mapping[str, Any]
@@ -86,9 +89,21 @@ def _targets(body: Body) -> list[str]:
     return targets
 
 
-def _refuse_unsupported(body: Body) -> None:
-    if body.get("destinationPackageVersions"):
-        raise invalid("destinationPackageVersions (software package catalog) is not emulated")
+def _destinations(body: Body) -> list[str] | None:
+    value = body.get("destinationPackageVersions")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid("destinationPackageVersions must be a list of package version ARNs")
+    return value
+
+
+def _package_page(items: list[Any], query: Query) -> tuple[list[Any], str | None]:
+    """Software Package Catalog paging: maxResults 1..100 (PackageCatalogMaxResults)."""
+    size = int_param(query, "maxResults") or 100
+    if not 1 <= size <= 100:
+        raise ControlError("ValidationException", "maxResults must be 1..100")
+    return page(items, {**query, "maxResults": str(size)})
 
 
 class ControlApi:
@@ -132,6 +147,7 @@ class ControlApi:
             isConcurrent=bool(job.pending_targets),
             schedulingConfig=None if job.scheduling is None else job.scheduling.to_json(),
             scheduledJobRollouts=[{"startTime": format_date_time(t)} for t in rollouts] or None,
+            destinationPackageVersions=list(job.destination_package_versions) or None,
         )
 
     def execution_json(self, e: Execution) -> dict[str, Any]:
@@ -180,6 +196,7 @@ class ControlApi:
             if t.retry_criteria
             else None,
             maintenanceWindows=[w.to_json() for w in t.maintenance_windows] or None,
+            destinationPackageVersions=list(t.destination_package_versions) or None,
         )
 
     def managed_json(self, t: ManagedTemplate, full: bool) -> dict[str, Any]:
@@ -300,7 +317,6 @@ class ControlApi:
 
     # -- jobs -----------------------------------------------------------------------------------
     def create_job(self, body: Body, job_id: str) -> dict[str, Any]:
-        _refuse_unsupported(body)
         parameters = body.get("documentParameters")
         if parameters is not None and not (
             isinstance(parameters, Mapping) and all(isinstance(v, str) for v in parameters.values())
@@ -323,6 +339,7 @@ class ControlApi:
             abort=_config(body, "abortConfig", AbortConfig.from_json),
             scheduling=_config(body, "schedulingConfig", SchedulingConfig.from_json),
             default_presign_role=False,
+            destination_package_versions=_destinations(body),
         )
         return omit_none(
             jobArn=self.service.job_arn(job.job_id), jobId=job.job_id, description=job.description
@@ -349,9 +366,12 @@ class ControlApi:
             jobArn=self.service.job_arn(job.job_id), jobId=job.job_id, description=job.description
         )
 
-    def describe_job(self, job_id: str) -> dict[str, Any]:
+    def describe_job(self, query: Query, job_id: str) -> dict[str, Any]:
         job = self.service.job(job_id)
-        return omit_none(job=self.job_json(job), documentSource=job.document_source)
+        shape = self.job_json(job)
+        if bool_param(query, "beforeSubstitution") and job.destination_package_versions_given:
+            shape["destinationPackageVersions"] = list(job.destination_package_versions_given)
+        return omit_none(job=shape, documentSource=job.document_source)
 
     def job_document(self, query: Query, job_id: str) -> dict[str, Any]:
         before = bool(bool_param(query, "beforeSubstitution"))
@@ -457,7 +477,6 @@ class ControlApi:
 
     # -- templates ------------------------------------------------------------------------------
     def create_template(self, body: Body, template_id: str) -> dict[str, Any]:
-        _refuse_unsupported(body)
         description = _str(body, "description")
         if description is None:
             raise invalid("description is required")
@@ -476,6 +495,7 @@ class ControlApi:
             maintenance_windows=()
             if windows is None
             else SchedulingConfig.from_json({"maintenanceWindows": windows}).maintenance_windows,
+            destination_package_versions=tuple(_destinations(body) or ()),
         )
         created = self.service.create_job_template(template, _str(body, "jobArn"))
         return {
@@ -534,3 +554,200 @@ class ControlApi:
                 for kind, value in self.service.event_configurations().items()
             }
         }
+
+    # -- software package catalog ----------------------------------------------------------------
+    def _package_json(self, p: Package, full: bool) -> dict[str, Any]:
+        out = omit_none(
+            packageName=p.name,
+            packageArn=self.service.packages.package_arn(p.name) if full else None,
+            description=p.description if full else None,
+            defaultVersionName=p.default_version,
+            creationDate=_time(p.created_at),
+            lastModifiedDate=_time(p.modified_at),
+        )
+        return out
+
+    def _version_json(self, v: PackageVersion, full: bool) -> dict[str, Any]:
+        packages = self.service.packages
+        if not full:
+            return omit_none(
+                packageName=v.package,
+                versionName=v.version,
+                status=v.status.value,
+                creationDate=_time(v.created_at),
+                lastModifiedDate=_time(v.modified_at),
+            )
+        return omit_none(
+            packageVersionArn=packages.version_arn(v.package, v.version),
+            packageName=v.package,
+            versionName=v.version,
+            description=v.description,
+            attributes=dict(v.attributes),
+            artifact=v.artifact,
+            status=v.status.value,
+            creationDate=_time(v.created_at),
+            lastModifiedDate=_time(v.modified_at),
+            recipe=v.recipe,
+        )
+
+    def create_package(self, body: Body, query: Query, name: str) -> dict[str, Any]:
+        package = self.service.packages.create_package(
+            name, _str(body, "description"), query.get("clientToken")
+        )
+        return omit_none(
+            packageName=package.name,
+            packageArn=self.service.packages.package_arn(package.name),
+            description=package.description,
+        )
+
+    def get_package(self, name: str) -> dict[str, Any]:
+        return self._package_json(self.service.packages.get_package(name), full=True)
+
+    def update_package(self, body: Body, name: str) -> dict[str, Any]:
+        unset = body.get("unsetDefaultVersion")
+        if unset is not None and not isinstance(unset, bool):
+            raise ControlError("ValidationException", "unsetDefaultVersion must be a boolean")
+        self.service.packages.update_package(
+            name,
+            description=_str(body, "description"),
+            default_version=_str(body, "defaultVersionName"),
+            unset_default_version=bool(unset),
+        )
+        return {}
+
+    def list_packages(self, query: Query) -> dict[str, Any]:
+        items, token = _package_page(self.service.packages.list_packages(), query)
+        return omit_none(
+            packageSummaries=[self._package_json(p, full=False) for p in items], nextToken=token
+        )
+
+    def delete_package(self, name: str) -> dict[str, Any]:
+        self.service.packages.delete_package(name)
+        return {}
+
+    def create_version(self, body: Body, query: Query, name: str, version: str) -> dict[str, Any]:
+        attributes = body.get("attributes")
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise ControlError("ValidationException", "attributes must be a map")
+        created = self.service.packages.create_version(
+            name,
+            version,
+            description=_str(body, "description"),
+            attributes=attributes,
+            artifact=body.get("artifact"),
+            recipe=_str(body, "recipe"),
+            client_token=query.get("clientToken"),
+        )
+        shape = self._version_json(created, full=True)
+        return {
+            k: shape[k]
+            for k in (
+                "packageVersionArn",
+                "packageName",
+                "versionName",
+                "description",
+                "attributes",
+                "status",
+            )
+            if k in shape
+        }
+
+    def get_version(self, name: str, version: str) -> dict[str, Any]:
+        return self._version_json(self.service.packages.get_version(name, version), full=True)
+
+    def update_version(self, body: Body, name: str, version: str) -> dict[str, Any]:
+        attributes = body.get("attributes")
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise ControlError("ValidationException", "attributes must be a map")
+        self.service.packages.update_version(
+            name,
+            version,
+            description=_str(body, "description"),
+            attributes=attributes,
+            artifact=body.get("artifact"),
+            action=_str(body, "action"),
+            recipe=_str(body, "recipe"),
+        )
+        return {}
+
+    def list_versions(self, query: Query, name: str) -> dict[str, Any]:
+        versions = self.service.packages.list_versions(name, query.get("status"))
+        items, token = _package_page(versions, query)
+        return omit_none(
+            packageVersionSummaries=[self._version_json(v, full=False) for v in items],
+            nextToken=token,
+        )
+
+    def delete_version(self, name: str, version: str) -> dict[str, Any]:
+        self.service.packages.delete_version(name, version)
+        return {}
+
+    def get_package_configuration(self) -> dict[str, Any]:
+        enabled, role = self.service.packages.configuration()
+        return {"versionUpdateByJobsConfig": omit_none(enabled=enabled, roleArn=role)}
+
+    def update_package_configuration(self, body: Body) -> dict[str, Any]:
+        config = body.get("versionUpdateByJobsConfig") or {}
+        if not isinstance(config, Mapping):
+            raise ControlError("ValidationException", "versionUpdateByJobsConfig is an object")
+        enabled = config.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ControlError("ValidationException", "enabled must be a boolean")
+        role = config.get("roleArn")
+        if role is not None and not isinstance(role, str):
+            raise ControlError("ValidationException", "roleArn must be a string")
+        self.service.packages.update_configuration(enabled, role)
+        return {}
+
+    # -- streams (MQTT-based file delivery) --------------------------------------------------------
+    def _stream_summary(self, stream: Stream) -> dict[str, Any]:
+        return omit_none(
+            streamId=stream.stream_id,
+            streamArn=self.service.streams.arn(stream.stream_id),
+            description=stream.description,
+            streamVersion=stream.version,
+        )
+
+    def create_stream(self, body: Body, stream_id: str) -> dict[str, Any]:
+        role = body.get("roleArn")
+        stream = self.service.streams.create(
+            stream_id,
+            parse_files(body.get("files")),
+            role if isinstance(role, str) else "",
+            _str(body, "description"),
+        )
+        return self._stream_summary(stream)
+
+    def describe_stream(self, stream_id: str) -> dict[str, Any]:
+        stream = self.service.streams.describe(stream_id)
+        return {
+            "streamInfo": omit_none(
+                streamId=stream.stream_id,
+                streamArn=self.service.streams.arn(stream.stream_id),
+                streamVersion=stream.version,
+                description=stream.description,
+                files=[f.to_json() for f in stream.files],
+                createdAt=_time(stream.created_at),
+                lastUpdatedAt=_time(stream.updated_at),
+                roleArn=stream.role_arn,
+            )
+        }
+
+    def list_streams(self, query: Query) -> dict[str, Any]:
+        ascending = bool(bool_param(query, "isAscendingOrder"))
+        items, token = page(self.service.streams.list_streams(ascending), query)
+        return omit_none(streams=[self._stream_summary(s) for s in items], nextToken=token)
+
+    def update_stream(self, body: Body, stream_id: str) -> dict[str, Any]:
+        files = body.get("files")
+        stream = self.service.streams.update(
+            stream_id,
+            files=None if files is None else parse_files(files),
+            role_arn=_str(body, "roleArn"),
+            description=_str(body, "description"),
+        )
+        return self._stream_summary(stream)
+
+    def delete_stream(self, stream_id: str) -> dict[str, Any]:
+        self.service.streams.delete(stream_id)
+        return {}

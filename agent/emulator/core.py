@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from jobs_agent.aio import wait_event
 from jobs_agent.emulator import events as ev
 from jobs_agent.emulator.clock import Clock, SystemClock
@@ -47,6 +49,7 @@ from jobs_agent.emulator.model import (
     Source,
     Thing,
 )
+from jobs_agent.emulator.packages import PackageCatalog, destinations_of
 from jobs_agent.emulator.presign import resign_document
 from jobs_agent.emulator.queues import Queue
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
@@ -56,11 +59,16 @@ from jobs_agent.emulator.rollout import (
     abort_reason,
     rate_per_minute,
 )
+from jobs_agent.emulator.s3 import ObjectStore
+from jobs_agent.emulator.shadows import PACKAGE_SHADOW, ShadowError, ShadowService
+from jobs_agent.emulator.streams import StreamService
 from jobs_agent.emulator.templates import JobTemplate
 from jobs_agent.jobs.errors import ErrorCode
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
+
+log = structlog.get_logger(__name__)
 
 Key = tuple[str, str | None]
 NO_COUNTS: Counter[ExecutionStatus] = Counter()
@@ -83,6 +91,8 @@ class Txn:
     lifecycle: list[ServiceEvent] = field(default_factory=list)
     records: dict[tuple[str, str], Any] = field(default_factory=dict)
     """Other persisted records: (kind, key) -> JSON, None to delete (groups, templates...)."""
+    package_writes: list[tuple[str, list[str]]] = field(default_factory=list)
+    """(thing, destinationPackageVersions) of executions that SUCCEEDED: `$package` updates."""
 
 
 def snapshot(execution: Execution) -> Execution:
@@ -132,8 +142,25 @@ class ServiceCore:
         self.groups = GroupRegistry()
         self._templates: dict[str, JobTemplate] = {}
         self._event_config: dict[str, bool] = {ev.JOB: False, ev.JOB_EXECUTION: False}
-        self._s3: dict[tuple[str, str], bytes] = {}
+        self.s3 = ObjectStore()
+        """S3 objects the account reads (documentSource, stream files): s3.py."""
         self._store = store
+        self.shadows = ShadowService(self.clock, store=store, counters=self.counters)
+        """The Device Shadow service of the same account (the Jobs service writes `$package`)."""
+        self.packages = PackageCatalog(
+            self.clock, region=region, account_id=account_id, store=store
+        )
+        """The Software Package Catalog of the same account."""
+        self.streams = StreamService(
+            self.clock,
+            self.s3,
+            region=region,
+            account_id=account_id,
+            store=store,
+            counters=self.counters,
+        )
+        """MQTT-based file delivery's streams."""
+        self._package_writes: list[tuple[str, list[str]]] = []
 
     # -- configuration --------------------------------------------------------------------------
     @staticmethod
@@ -265,6 +292,7 @@ class ServiceCore:
             )
         events.extend(txn.lifecycle)
         self._history.extend(txn.history)
+        self._package_writes.extend(txn.package_writes)
         if self._store is not None and (
             txn.executions
             or txn.jobs
@@ -292,13 +320,30 @@ class ServiceCore:
             # loop and an HTTP worker) change state at once; listeners must not block.
             with self._lock:
                 events, self._pending_events = self._pending_events, []
+                writes, self._package_writes = self._package_writes, []
                 waiters = list(self._waiters)
             if events:
                 for listener in list(self._listeners):
                     listener(events)
+            for thing, arns in writes:
+                self._write_package_shadow(thing, arns)
         for loop, event in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(event.set)
+
+    def _write_package_shadow(self, thing: str, arns: list[str]) -> None:
+        """After an execution of a job with destinationPackageVersions SUCCEEDED: the
+        `$package` update the Jobs service makes when the package configuration asks for it
+        (packages.py). Made after the execution's own events are handed out, outside the Jobs
+        lock, as another service's call would be; over MQTT its shadow messages therefore come
+        after `notify`/`notify-next` and before the device's UpdateJobExecution reply."""
+        try:
+            report = self.packages.shadow_report(destinations_of(arns))
+            if report is not None:
+                self.shadows.update(thing, PACKAGE_SHADOW, report)
+        except (ControlError, ShadowError) as exc:
+            self.count("PackageShadowUpdateFailed")
+            log.warning("emulator_package_shadow_update_failed", thing=thing, error=str(exc))
 
     def _deliver(self, execution: Execution, now: float) -> Delivery:
         job = self._jobs[execution.job_id]
@@ -412,6 +457,10 @@ class ServiceCore:
                 execution.in_progress_deadline = now + job.in_progress_timeout_minutes * 60
             queue.start(execution)
         elif status in TERMINAL:
+            if status is ExecutionStatus.SUCCEEDED and job.destination_package_versions:
+                txn.package_writes.append(
+                    (execution.thing_name, list(job.destination_package_versions))
+                )
             execution.step_deadline = None
             execution.in_progress_deadline = None
             queue.discard(execution, self._is_scheduled(job))

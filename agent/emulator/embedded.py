@@ -1,5 +1,6 @@
 """The emulator as a library: `async with EmbeddedEmulator(bus) as emu:` and a device on the
-same `LocalBus` talks to AWS IoT Jobs without a broker, a socket or a thread.
+same `LocalBus` talks to AWS IoT Jobs (and the Device Shadow service and MQTT-based file
+delivery) without a broker, a socket or a thread.
 
 Used by `jobs-agent demo` and by the engine's fast tests. The HTTP planes are optional
 (`http_port=`), for tests that want boto3 against the same service.
@@ -14,10 +15,13 @@ from types import TracebackType
 
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.http_api import HttpApi
+from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
 from jobs_agent.emulator.service import JobsService
+from jobs_agent.emulator.shadow_mqtt import ShadowMqtt
 from jobs_agent.emulator.store import StateStore
+from jobs_agent.emulator.streams_mqtt import StreamsMqtt
 from jobs_agent.transport.base import Transport
 from jobs_agent.transport.local import LocalBus, LocalTransport
 
@@ -33,9 +37,11 @@ async def run_ticker(service: JobsService, interval: float) -> None:
 
 
 class Emulator:
-    """A service with its MQTT front end, timer task and optional HTTP planes, on any transport.
+    """A service with its MQTT front ends (Jobs, Device Shadow, streams) on one `MqttLink`, its
+    timer task and optional HTTP planes, on any transport.
 
-    `EmbeddedEmulator` (local bus) and `jobs-agent sim serve` (paho) are both this class.
+    `EmbeddedEmulator` (local bus) and `jobs-agent sim serve` (`BrokerTransport`) are both this
+    class.
     """
 
     def __init__(
@@ -67,7 +73,14 @@ class Emulator:
             )
         self.service = service
         self.transport = transport
-        self.frontend = MqttFrontend(service, transport)
+        self.link = MqttLink(transport)
+        self.frontend = MqttFrontend(service, self.link)
+        self.shadow_mqtt = ShadowMqtt(service.shadows, self.link)
+        self.streams_mqtt = StreamsMqtt(
+            service.streams,
+            self.link,
+            json_payload_base64=service.readings.stream_json_payload_base64,
+        )
         self.http: HttpApi | None = (
             HttpApi(service, http_host, http_port) if http_port is not None else None
         )
@@ -80,7 +93,9 @@ class Emulator:
         return None if self.http is None else self.http.endpoint
 
     async def start(self, connect_timeout: float | None = 30.0) -> None:
-        await self.frontend.start(connect_timeout)
+        await self.link.start(connect_timeout)
+        self.frontend.start()
+        self.shadow_mqtt.start()
         if self.http is not None:
             self.http.start()
         if self._tick_seconds:
@@ -95,7 +110,9 @@ class Emulator:
         if self.http is not None:
             # shutdown() waits for the server loop's next poll: not on the event loop's thread
             await asyncio.to_thread(self.http.stop)
-        await self.frontend.stop()
+        self.frontend.stop()
+        self.shadow_mqtt.stop()
+        await self.link.stop()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -111,6 +128,14 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class BusTransport(LocalTransport):
+    """The emulator's end of the in-process bus: a publish is routed synchronously, so the
+    link hands each message over without a task (link.py)."""
+
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        self.bus._publish(self, topic, payload)
 
 
 class EmbeddedEmulator(Emulator):
@@ -130,7 +155,7 @@ class EmbeddedEmulator(Emulator):
         readings: Readings = DOCUMENTED,
     ) -> None:
         super().__init__(
-            LocalTransport(bus, client_id),
+            BusTransport(bus, client_id),
             clock=clock,
             state_path=state_path,
             throttle_rate=throttle_rate,

@@ -32,6 +32,9 @@ class ControlError(Exception):
 
     STATUS = {
         "InvalidRequestException": 400,
+        "ValidationException": 400,
+        "ServiceQuotaExceededException": 402,
+        "InternalServerException": 500,
         "InvalidQueryException": 400,
         "ResourceNotFoundException": 404,
         "ResourceAlreadyExistsException": 409,

@@ -6,8 +6,10 @@
   Cancel, Delete, GetJobDocument, AssociateTargetsWithJob), job executions (Describe, List for
   thing / for job, Cancel, Delete), job templates (Create, Describe, List, Delete) and managed
   templates (List, Describe), things (Create, Describe, Update), thing groups (static and
-  dynamic: Create, Describe, Delete, Add/Remove thing, ListThingsInThingGroup), and
-  Update/DescribeEventConfigurations.
+  dynamic: Create, Describe, Delete, Add/Remove thing, ListThingsInThingGroup),
+  Update/DescribeEventConfigurations, the Software Package Catalog (packages, package versions,
+  the package configuration) and streams (Create, Describe, List, Update, Delete).
+* `iot-data` (signed as `iotdata`): the Device Shadow REST API (iotdata_api.py).
 
 Routes, field names and error status codes are those of botocore's service models (rest-json).
 Both APIs share two routes (`GET /things/{thing}/jobs` and `GET /things/{thing}/jobs/{jobId}`);
@@ -37,7 +39,9 @@ import structlog
 
 from jobs_agent.emulator import shapes
 from jobs_agent.emulator.control_api import ControlApi, bool_param, int_param
+from jobs_agent.emulator.iotdata_api import SIGNING_NAME, IotDataApi, error_shape
 from jobs_agent.emulator.service import ControlError, JobsService, ServiceError
+from jobs_agent.emulator.shadows import ShadowError
 from jobs_agent.emulator.shapes import DocumentAs
 from jobs_agent.jobs.errors import ErrorCode, InvalidRequestError
 from jobs_agent.jobs.models import StartNextRequest, UpdateRequest
@@ -46,6 +50,7 @@ log = structlog.get_logger(__name__)
 
 DATA_PLANE = "iot-jobs-data"
 CONTROL_PLANE = "iot"
+IOT_DATA = SIGNING_NAME
 _SCOPE = re.compile(r"Credential=[^/,]+/\d{8}/[^/,]+/([^/,]+)/aws4_request")
 
 _DATA_ERRORS: dict[ErrorCode, tuple[str, int]] = {
@@ -77,6 +82,10 @@ class Request:
     query: dict[str, str]
     body: dict[str, Any]
     plane: str | None
+    raw: bytes = b""
+    """The body as sent (a shadow document is checked by the shadow service itself)."""
+    body_error: str | None = None
+    """Why the body is not a JSON object, for the routes that need one."""
 
 
 Response = tuple[int, dict[str, Any] | None]
@@ -90,6 +99,8 @@ class Route:
     """Path segments; None matches any one segment (passed to the handler in order)."""
     plane: str
     handler: Handler
+    raw: bool = False
+    """The handler reads `Request.raw`; the body need not be a JSON object."""
 
     def match(self, request: Request) -> list[str] | None:
         if request.method != self.method or len(request.segments) != len(self.pattern):
@@ -108,8 +119,27 @@ class Route:
 def _routes() -> list[Route]:
     """Every operation as botocore's models route it. Data-plane routes come first: an
     unsigned request on a route both planes share goes to the device's plane."""
-    D, C, X = DATA_PLANE, CONTROL_PLANE, None
+    D, C, S, X = DATA_PLANE, CONTROL_PLANE, IOT_DATA, None
     table: list[tuple[str, tuple[str | None, ...], str, Handler]] = [
+        ("GET", ("things", X, "shadow"), S, lambda a, r, p: a.iotdata.get_shadow(r.query, p[0])),
+        (
+            "POST",
+            ("things", X, "shadow"),
+            S,
+            lambda a, r, p: a.iotdata.update_shadow(r.query, r.raw, p[0]),
+        ),
+        (
+            "DELETE",
+            ("things", X, "shadow"),
+            S,
+            lambda a, r, p: a.iotdata.delete_shadow(r.query, p[0]),
+        ),
+        (
+            "GET",
+            ("api", "things", "shadow", "ListNamedShadowsForThing", X),
+            S,
+            lambda a, r, p: a.iotdata.list_named(r.query, p[0]),
+        ),
         ("GET", ("things", X, "jobs"), D, lambda a, r, p: a.get_pending(r, p[0])),
         ("PUT", ("things", X, "jobs", "$next"), D, lambda a, r, p: a.start_next(r, p[0])),
         ("GET", ("things", X, "jobs", X), D, lambda a, r, p: a.describe_data(r, *p)),
@@ -143,7 +173,7 @@ def _routes() -> list[Route]:
         ),
         ("GET", ("jobs",), C, lambda a, r, p: a.control.list_jobs(r.query)),
         ("PUT", ("jobs", X), C, lambda a, r, p: a.control.create_job(r.body, p[0])),
-        ("GET", ("jobs", X), C, lambda a, r, p: a.control.describe_job(p[0])),
+        ("GET", ("jobs", X), C, lambda a, r, p: a.control.describe_job(r.query, p[0])),
         ("PATCH", ("jobs", X), C, lambda a, r, p: a.control.update_job(r.body, r.query, p[0])),
         ("DELETE", ("jobs", X), C, lambda a, r, p: a.control.delete_job(r.query, p[0])),
         (
@@ -219,6 +249,58 @@ def _routes() -> list[Route]:
             lambda a, r, p: a.control.create_group(r.body, p[0], dynamic=True),
         ),
         ("DELETE", ("dynamic-thing-groups", X), C, lambda a, r, p: a.control.delete_group(p[0])),
+        ("GET", ("streams",), C, lambda a, r, p: a.control.list_streams(r.query)),
+        ("POST", ("streams", X), C, lambda a, r, p: a.control.create_stream(r.body, p[0])),
+        ("GET", ("streams", X), C, lambda a, r, p: a.control.describe_stream(p[0])),
+        ("PUT", ("streams", X), C, lambda a, r, p: a.control.update_stream(r.body, p[0])),
+        ("DELETE", ("streams", X), C, lambda a, r, p: a.control.delete_stream(p[0])),
+        ("GET", ("packages",), C, lambda a, r, p: a.control.list_packages(r.query)),
+        (
+            "PUT",
+            ("packages", X),
+            C,
+            lambda a, r, p: a.control.create_package(r.body, r.query, p[0]),
+        ),
+        ("GET", ("packages", X), C, lambda a, r, p: a.control.get_package(p[0])),
+        ("PATCH", ("packages", X), C, lambda a, r, p: a.control.update_package(r.body, p[0])),
+        ("DELETE", ("packages", X), C, lambda a, r, p: a.control.delete_package(p[0])),
+        (
+            "GET",
+            ("packages", X, "versions"),
+            C,
+            lambda a, r, p: a.control.list_versions(r.query, p[0]),
+        ),
+        (
+            "PUT",
+            ("packages", X, "versions", X),
+            C,
+            lambda a, r, p: a.control.create_version(r.body, r.query, *p),
+        ),
+        ("GET", ("packages", X, "versions", X), C, lambda a, r, p: a.control.get_version(*p)),
+        (
+            "PATCH",
+            ("packages", X, "versions", X),
+            C,
+            lambda a, r, p: a.control.update_version(r.body, *p),
+        ),
+        (
+            "DELETE",
+            ("packages", X, "versions", X),
+            C,
+            lambda a, r, p: a.control.delete_version(*p),
+        ),
+        (
+            "GET",
+            ("package-configuration",),
+            C,
+            lambda a, r, p: a.control.get_package_configuration(),
+        ),
+        (
+            "PATCH",
+            ("package-configuration",),
+            C,
+            lambda a, r, p: a.control.update_package_configuration(r.body),
+        ),
         (
             "PATCH",
             ("event-configurations",),
@@ -232,7 +314,11 @@ def _routes() -> list[Route]:
             lambda a, r, p: a.control.describe_event_configurations(),
         ),
     ]
-    return [Route(m, pattern, plane, handler) for m, pattern, plane, handler in table]
+    raw = {("POST", ("things", None, "shadow"))}
+    return [
+        Route(m, pattern, plane, handler, (m, pattern) in raw)
+        for m, pattern, plane, handler in table
+    ]
 
 
 ROUTES = _routes()
@@ -244,6 +330,7 @@ class HttpApi:
     def __init__(self, service: JobsService, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
         self.control = ControlApi(service)
+        self.iotdata = IotDataApi(service.shadows)
         self.host = host
         self.port = port
         self._server: ThreadingHTTPServer | None = None
@@ -289,6 +376,8 @@ class HttpApi:
         for route in ROUTES:
             args = route.match(request)
             if args is not None:
+                if request.body_error is not None and not route.raw:
+                    raise HttpError(400, "InvalidRequestException", request.body_error)
                 return 200, route.handler(self, request, args)
         raise HttpError(
             404,
@@ -386,13 +475,15 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         match = _SCOPE.search(self.headers.get("Authorization") or "")
         plane = match.group(1) if match else None
+        body: Any = {}
+        body_error: str | None = None
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            raise HttpError(400, "InvalidRequestException", "body is not JSON") from None
+            body, body_error = {}, "body is not JSON"
         if not isinstance(body, dict):
-            raise HttpError(400, "InvalidRequestException", "body must be a JSON object")
-        request = Request(self.command, segments, query, body, plane)
+            body, body_error = {}, "body must be a JSON object"
+        request = Request(self.command, segments, query, body, plane, raw, body_error)
         try:
             return self.api.handle(request)
         except ServiceError as exc:
@@ -405,6 +496,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "InvalidRequestException", exc.message) from None
         except ControlError as exc:
             raise HttpError(exc.http_status, exc.exception, exc.message) from None
+        except ShadowError as exc:
+            status, shape = error_shape(exc)
+            raise HttpError(status, shape, exc.message, code=exc.code) from None
         except HttpError:
             raise
         except Exception as exc:

@@ -105,6 +105,10 @@ class Job:
     notified: int = 0
     """Executions rolled out so far (the rollout's and abort config's "notified things")."""
     next_release_at: float | None = None
+    destination_package_versions: list[str] = field(default_factory=list)
+    """Package version ARNs as resolved (`$default` replaced); `$null` ARNs kept."""
+    destination_package_versions_given: list[str] | None = None
+    """The ARNs as given, when they differed (DescribeJob `beforeSubstitution=true`)."""
 
     def presigned_url_config(self) -> PresignedUrlConfig | None:
         from jobs_agent.emulator.configs import PresignedUrlConfig
@@ -160,6 +164,14 @@ class Execution:
             )
         return cached
 
+    def __copy__(self) -> Execution:
+        """A shallow copy without copy's generic protocol (snapshots are taken several times
+        per request)."""
+        new = object.__new__(Execution)
+        for name in _EXECUTION_FIELDS:
+            setattr(new, name, getattr(self, name))
+        return new
+
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.job_id, self.thing_name, self.execution_number)
@@ -171,6 +183,9 @@ class Execution:
         if self.in_progress_deadline is None:
             return self.step_deadline
         return min(self.step_deadline, self.in_progress_deadline)
+
+
+_EXECUTION_FIELDS: tuple[str, ...] = Execution.__slots__
 
 
 @dataclass(frozen=True, slots=True)

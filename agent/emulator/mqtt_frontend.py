@@ -1,14 +1,10 @@
-"""The Jobs MQTT API in front of `JobsService`, over any `Transport`.
+"""The Jobs MQTT API in front of `JobsService`, on the emulator's `MqttLink`.
 
-It is a privileged client subscribed to `$aws/things/+/jobs/#`: requests are parsed with the
-shared protocol module (`agent.jobs.topics`, `agent.jobs.models`), answered on the matching
-`/accepted` or `/rejected` topic, and the service's events are published on `notify`,
-`notify-next` and their namespaced forms. Over the in-process bus this is the embedded emulator;
-over paho it is `jobs-agent sim serve` in front of a real broker.
-
-Replies and events are published in the order they were produced: each publish is started as a
-task in FIFO order (a transport queues the packet in its first step), and nothing waits for one
-acknowledgement before starting the next, so a broker round trip does not cap the throughput.
+It serves `$aws/things/+/jobs/#`: requests are parsed with the shared protocol module
+(`agent.jobs.topics`, `agent.jobs.models`), answered on the matching `/accepted` or `/rejected`
+topic, and the service's events are published on `notify`, `notify-next` and their namespaced
+forms. Over the in-process bus this is the embedded emulator; over paho it is `jobs-agent sim
+serve` in front of a real broker. The link publishes in order and never waits (link.py).
 
 An unknown topic below `$aws/things/{thing}/jobs/` is answered with `InvalidTopic` on that topic
 plus `/rejected`: the only reply topic a device could have derived from what it published.
@@ -18,9 +14,6 @@ the front end from answering its own replies.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +26,7 @@ from jobs_agent.emulator.events import (
     NextJobExecutionChanged,
     ServiceEvent,
 )
+from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.model import Execution, ExecutionSummary
 from jobs_agent.emulator.service import JobsService, ServiceError
 from jobs_agent.emulator.shapes import DocumentAs
@@ -54,17 +48,19 @@ from jobs_agent.jobs.topics import (
     parse_topic,
     reply_topic,
 )
-from jobs_agent.transport.base import Message, Transport
+from jobs_agent.transport.base import Message
 
 log = structlog.get_logger(__name__)
 
 SUBSCRIPTION = "$aws/things/+/jobs/#"
 SUMMARY_CACHE_LIMIT = 100_000
+TOPIC_CACHE_LIMIT = 10_000
 _REPLY_LEVELS = frozenset({"accepted", "rejected"})
+_NOT_REQUESTS = ("/accepted", "/rejected", "/notify", "/notify-next")
 
 
 def _encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return shapes.compact(obj).encode("utf-8")
 
 
 def _envelope(body: dict[str, Any], token: str | None, timestamp: float) -> dict[str, Any]:
@@ -75,60 +71,38 @@ def _envelope(body: dict[str, Any], token: str | None, timestamp: float) -> dict
     return body
 
 
-class MqttFrontend:
-    """Serves the Jobs MQTT API for `service` through `transport` (see the module docstring)."""
+def _reply_topic(parsed: ParsedTopic, kind: ReplyKind) -> str:
+    return reply_topic(
+        parsed.thing_name, parsed.operation, kind, job_id=parsed.job_id, namespace=parsed.namespace
+    )
 
-    def __init__(self, service: JobsService, transport: Transport) -> None:
+
+class MqttFrontend:
+    """Serves the Jobs MQTT API for `service` on `link` (see the module docstring)."""
+
+    def __init__(self, service: JobsService, link: MqttLink) -> None:
         self.service = service
-        self.transport = transport
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self.link = link
         self._started = False
         self._summary_cache: dict[int, tuple[ExecutionSummary, str]] = {}
+        self._topics: dict[str, ParsedTopic | None] = {}
+        self._built: dict[tuple[object, ...], str] = {}
+        link.route("jobs", SUBSCRIPTION, self._on_message)
 
-    async def start(self, connect_timeout: float | None = 30.0) -> None:
-        """Connect (if needed), subscribe, and start answering. Idempotent."""
-        if self._started:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self.transport.set_message_callback(self._on_message)
-        if not self.transport.is_connected:
-            await self.transport.connect(connect_timeout)
-        await self.transport.subscribe(SUBSCRIPTION)
-        self.service.add_listener(self._on_events)
-        self._started = True
-
-    async def stop(self) -> None:
-        """Stop answering, let queued publishes finish, and disconnect."""
+    def start(self) -> None:
+        """Start publishing the service's events (the link is started by its owner)."""
         if not self._started:
-            return
-        self._started = False
-        self.service.remove_listener(self._on_events)
-        self.transport.set_message_callback(None)
-        await self.drain()
-        await self.transport.disconnect()
+            self.service.add_listener(self._on_events)
+            self._started = True
 
-    async def drain(self) -> None:
-        """Wait until every publish started so far has completed."""
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+    def stop(self) -> None:
+        if self._started:
+            self._started = False
+            self.service.remove_listener(self._on_events)
 
     # -- outbound ---------------------------------------------------------------------------
     def _send(self, topic: str, obj: Mapping[str, Any]) -> None:
-        self._send_raw(topic, _encode(obj))
-
-    def _send_raw(self, topic: str, payload: bytes) -> None:
-        task = asyncio.ensure_future(self._publish(topic, payload))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _publish(self, topic: str, payload: bytes) -> None:
-        try:
-            await self.transport.publish(topic, payload)
-        except Exception as exc:  # a lost reply is what a device must survive anyway
-            log.warning("emulator_publish_failed", topic=topic, error=str(exc))
+        self.link.send(topic, _encode(obj))
 
     def _summary_json(self, item: ExecutionSummary) -> str:
         """`shapes.summary(item)` encoded, cached per summary object: a `notify` carries up to
@@ -138,7 +112,7 @@ class MqttFrontend:
             return hit[1]
         if len(self._summary_cache) >= SUMMARY_CACHE_LIMIT:
             self._summary_cache.clear()
-        text = json.dumps(shapes.summary(item), separators=(",", ":"))
+        text = shapes.compact(shapes.summary(item))
         self._summary_cache[id(item)] = (item, text)  # keeps `item` alive: ids stay unique
         return text
 
@@ -157,27 +131,20 @@ class MqttFrontend:
 
     def _on_events(self, events: list[ServiceEvent]) -> None:
         """Service listener: may run in an HTTP worker thread, so hop onto the loop."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if threading.get_ident() == self._thread:
-            self._publish_events(events)
-        else:
-            loop.call_soon_threadsafe(self._publish_events, events)
+        self.link.call_on_loop(lambda: self._publish_events(events))
 
     def _publish_events(self, events: list[ServiceEvent]) -> None:
         if not self._started:
             return
         for event in events:
             if isinstance(event, JobExecutionsChanged):
-                self._send_raw(
-                    notify_topic(event.thing_name, event.namespace), self._notify_payload(event)
-                )
+                topic = self._topic(notify_topic, event.thing_name, event.namespace)
+                self.link.send(topic, self._notify_payload(event))
             elif isinstance(event, NextJobExecutionChanged):
                 body: dict[str, Any] = {"timestamp": shapes.seconds(event.timestamp)}
                 if event.execution is not None:
                     body["execution"] = self._execution(event.execution, DocumentAs.OBJECT)
-                self._send(notify_next_topic(event.thing_name, event.namespace), body)
+                self._send(self._topic(notify_next_topic, event.thing_name, event.namespace), body)
             elif isinstance(event, LifecycleEvent):
                 self._send(event.topic, event.payload)
 
@@ -186,14 +153,27 @@ class MqttFrontend:
         return shapes.execution(delivery, document, seconds)
 
     # -- inbound ------------------------------------------------------------------------------
+    def _parse_topic(self, topic: str) -> ParsedTopic | None:
+        """`parse_topic`, remembered per topic: a device asks on the same few topics."""
+        try:
+            return self._topics[topic]
+        except KeyError:
+            pass
+        if len(self._topics) >= TOPIC_CACHE_LIMIT:
+            self._topics.clear()
+        parsed = self._topics[topic] = parse_topic(topic)
+        return parsed
+
     def _on_message(self, message: Message) -> None:
         topic = message.topic
-        parsed = parse_topic(topic)
+        if topic.endswith(_NOT_REQUESTS):
+            return  # replies and events (ours, coming back from a broker without No Local)
+        parsed = self._parse_topic(topic)
         if parsed is None:
             self._invalid_topic(message)
             return
         if parsed.kind is not ReplyKind.REQUEST:
-            return  # our own replies and events coming back from the broker
+            return
         token: str | None = None
         obj: Mapping[str, Any] | None = None
         unparseable: InvalidRequestError | None = None
@@ -238,14 +218,18 @@ class MqttFrontend:
         }
         self._send(topic + "/rejected", _envelope(error, token, self.service.now()))
 
+    def _topic(self, build: Any, *args: Any) -> str:
+        """`build(*args)` remembered: topic builders validate every name they are given."""
+        key = (build, *args)
+        topic = self._built.get(key)
+        if topic is None:
+            if len(self._built) >= TOPIC_CACHE_LIMIT:
+                self._built.clear()
+            topic = self._built[key] = build(*args)
+        return topic
+
     def _reply(self, parsed: ParsedTopic, kind: ReplyKind) -> str:
-        return reply_topic(
-            parsed.thing_name,
-            parsed.operation,
-            kind,
-            job_id=parsed.job_id,
-            namespace=parsed.namespace,
-        )
+        return self._topic(_reply_topic, parsed, kind)
 
     def _reject(
         self,

@@ -44,6 +44,9 @@ class Readings:
     template_optional_parameters_empty: bool = True
     """An optional managed-template parameter that was not given becomes "" in the rendered
     document (what the Device Client's documented defaults need), or its placeholder stays."""
+    stream_json_payload_base64: bool = False
+    """A GetStream block's `p` in JSON: hexadecimal, as "Using AWS IoT MQTT-based file delivery
+    in devices" says, or base64, as AWS's MQTT file streams library for devices decodes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ READINGS: tuple[Reading, ...] = (
         "template_optional_parameters_empty",
         {"empty": True, "placeholder": False},
     ),
+    Reading("stream-json-payload", "stream_json_payload_base64", {"hex": False, "base64": True}),
 )
 _BY_NAME = {r.name: r for r in READINGS}
 

@@ -120,6 +120,7 @@ class JobsService(DataPlane, ControlPlane):
         abort: AbortConfig | None = None,
         scheduling: SchedulingConfig | None = None,
         default_presign_role: bool = True,
+        destination_package_versions: Iterable[str] | None = None,
     ) -> Job:
         """CreateJob: one QUEUED execution per target thing (group members included), as the
         rollout and schedule allow.
@@ -130,6 +131,9 @@ class JobsService(DataPlane, ControlPlane):
         call it stands in for the console: a document with presigned URL placeholders and no
         role gets `EMULATOR_PRESIGN_ROLE`; CreateJob over HTTP passes
         `default_presign_role=False` and is refused instead, as AWS refuses it.
+        `destination_package_versions` are package version ARNs (packages.py): the document's
+        package substitution parameters are resolved, and each execution that SUCCEEDS updates
+        the thing's `$package` shadow when the package configuration asks for it.
         """
         if timeout is None and in_progress_timeout_minutes is not None:
             timeout = TimeoutConfig.from_json(
@@ -157,6 +161,9 @@ class JobsService(DataPlane, ControlPlane):
             abort=abort,
             scheduling=scheduling,
             default_presign_role=default_presign_role,
+            destination_package_versions=None
+            if destination_package_versions is None
+            else list(destination_package_versions),
         )
 
     # -- persistence ----------------------------------------------------------------------------
@@ -212,3 +219,6 @@ class JobsService(DataPlane, ControlPlane):
             head = queue.head()
             queue.announced_head = None if head is None else (head.job_id, head.execution_number)
         self._history = list(state.history)
+        self.shadows.load(state.records.get("shadow", []))
+        self.packages.load(state.records)
+        self.streams.load(state.records.get("stream", []))

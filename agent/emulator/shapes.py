@@ -8,6 +8,7 @@ Timestamps are whole epoch seconds on both (docs/emulator.md, "Wire formats").
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Any
 
@@ -21,6 +22,14 @@ class DocumentAs(Enum):
     STRING = "string"
     """HTTPS"""
     OMITTED = "omitted"
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def compact(obj: Any) -> str:
+    """Compact JSON; one encoder for all (`json.dumps` with separators builds one per call)."""
+    return _COMPACT.encode(obj)
 
 
 def seconds(value: float | None) -> int | None:

@@ -279,3 +279,4 @@ class JobTemplate:
     timeout_config: TimeoutConfig | None = None
     retry_criteria: tuple[RetryCriterion, ...] = ()
     maintenance_windows: tuple[MaintenanceWindow, ...] = field(default_factory=tuple)
+    destination_package_versions: tuple[str, ...] = ()

@@ -72,6 +72,9 @@ class _Attempt:
 
 
 class PahoTransport(Transport):
+    client_class: type[mqtt.Client] = mqtt.Client
+    """The paho client class (a subclass may tune paho for its use, e.g. the emulator's)."""
+
     def __init__(self, config: ConnectionConfig, client_id: str) -> None:
         super().__init__()
         if not config.endpoint:
@@ -105,7 +108,7 @@ class PahoTransport(Transport):
     # -- construction ------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(
+        client = self.client_class(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
         )
         if cfg.tls:

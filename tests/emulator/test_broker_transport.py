@@ -1,0 +1,220 @@
+"""The emulator's own broker transport (agent/emulator/broker.py) against a real mosquitto.
+
+What makes it cheap must not change what it does: the emulator never hears its own replies
+(No Local), answers a burst of requests completely (buffered reads drained to the end), reads
+requests that carry MQTT 5 properties, has every publish acknowledged before it disconnects,
+and serves again after the broker restarts. Devices here are plain paho MQTT 5 clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.emulator.broker import BrokerTransport, broker_transport
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport.base import Message
+from tests.fixtures.broker import Mosquitto
+
+
+def _config(broker: Mosquitto, client_id: str) -> ConnectionConfig:
+    return ConnectionConfig(
+        transport="paho",
+        endpoint=broker.host,
+        port=broker.port,
+        tls=False,
+        client_id=client_id,
+        reconnect_min_seconds=0.05,
+        reconnect_max_seconds=0.2,
+    )
+
+
+class PahoDevice:
+    """A real MQTT 5 device (paho in its own thread) that records what it receives."""
+
+    def __init__(self, broker: Mosquitto, thing: str) -> None:
+        self.thing = thing
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, thing, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        info = self.client.subscribe(f"$aws/things/{thing}/jobs/#", qos=1)
+        assert info[0] == mqtt.MQTT_ERR_SUCCESS
+
+    def _on(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.received.append((message.topic, json.loads(message.payload)))
+            self._cond.notify_all()
+
+    def publish(self, suffix: str, body: dict[str, Any], properties: Any = None) -> None:
+        topic = f"$aws/things/{self.thing}/jobs/{suffix}"
+        self.client.publish(topic, json.dumps(body), qos=1, properties=properties)
+
+    def wait(self, count: int, suffix: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        topic = f"$aws/things/{self.thing}/jobs/{suffix}"
+        with self._cond:
+            self._cond.wait_for(
+                lambda: len([t for t, _ in self.received if t == topic]) >= count, timeout
+            )
+            return [p for t, p in self.received if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+async def served(fresh_mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    emulator = Emulator(
+        broker_transport(_config(fresh_mosquitto, "emulator-under-test")), tick_seconds=None
+    )
+    await emulator.start(connect_timeout=10)
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+async def test_the_emulator_never_hears_its_own_publishes(fresh_mosquitto: Mosquitto) -> None:
+    """No Local: the emulator subscribes to whole trees that hold its own replies; the broker
+    must not send them back (five of every seven messages per job were its own before)."""
+    transport = broker_transport(_config(fresh_mosquitto, "no-local"))
+    heard: list[str] = []
+    arrived = asyncio.Event()
+
+    def on_message(message: Message) -> None:
+        heard.append(message.topic)
+        arrived.set()
+
+    transport.set_message_callback(on_message)
+    await transport.connect(10)
+    try:
+        await transport.subscribe("$aws/things/+/jobs/#")
+        device = PahoDevice(fresh_mosquitto, "t1")
+        try:
+            transport.publish_nowait("$aws/things/t1/jobs/j1/get/accepted", b"{}")
+            device.publish("j1/get", {"clientToken": "x"})
+            await asyncio.wait_for(arrived.wait(), 5)
+            await asyncio.to_thread(device.wait, 1, "j1/get/accepted")
+            await transport.flush()
+        finally:
+            device.close()
+    finally:
+        await transport.disconnect()
+    assert heard == ["$aws/things/t1/jobs/j1/get"]
+
+
+async def test_a_burst_of_requests_is_answered_completely(
+    served: Emulator, fresh_mosquitto: Mosquitto
+) -> None:
+    """Many requests arriving at once are all answered."""
+    device = PahoDevice(fresh_mosquitto, "burst")
+    try:
+        for index in range(300):
+            device.publish("get", {"clientToken": f"c{index}"})
+        replies = await asyncio.to_thread(device.wait, 300, "get/accepted")
+    finally:
+        device.close()
+    assert sorted(r["clientToken"] for r in replies) == sorted(f"c{i}" for i in range(300))
+    assert served.service.counters["GetPendingJobExecutions"] == 300
+
+
+async def test_everything_read_is_delivered_without_a_further_readable_event(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """paho stops after one packet when nothing of ours is in flight; the packets already in
+    the read buffer must still be delivered, as no readable event will come for them."""
+    transport = broker_transport(_config(fresh_mosquitto, "reader"))
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    def on_message(message: Message) -> None:
+        seen.append(message.payload)
+        if len(seen) == 200:
+            done.set()
+
+    transport.set_message_callback(on_message)
+    await transport.connect(10)
+    try:
+        await transport.subscribe("$aws/things/+/jobs/#")
+        device = PahoDevice(fresh_mosquitto, "reader-device")
+        try:
+            payload = json.dumps({"pad": "x" * 200})
+            for _ in range(200):
+                device.client.publish("$aws/things/r/jobs/j/update", payload, qos=1)
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            device.close()
+    finally:
+        await transport.disconnect()
+    assert len(seen) == 200
+
+
+async def test_requests_with_mqtt5_properties_are_read_right(
+    served: Emulator, fresh_mosquitto: Mosquitto
+) -> None:
+    """A device may add MQTT 5 properties (user properties, a response topic); the short path
+    skips them and reads the payload after them."""
+    served.service.create_job("job-1", ["props"], {"operation": "noop"})
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.UserProperty = [("trace", "x" * 300), ("k", "v")]
+    properties.ResponseTopic = "$aws/things/props/jobs/elsewhere"
+    device = PahoDevice(fresh_mosquitto, "props")
+    try:
+        device.publish("start-next", {"clientToken": "tok"}, properties)
+        (reply,) = await asyncio.to_thread(device.wait, 1, "start-next/accepted")
+    finally:
+        device.close()
+    assert reply["clientToken"] == "tok"
+    assert reply["execution"]["jobId"] == "job-1"
+    assert reply["execution"]["status"] == "IN_PROGRESS"
+
+
+async def test_every_publish_is_acknowledged_before_disconnect(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """`publish_nowait` does not wait, `disconnect` does: nothing queued is lost at stop."""
+    device = PahoDevice(fresh_mosquitto, "flush")
+    transport = broker_transport(_config(fresh_mosquitto, "flusher"))
+    await transport.connect(10)
+    try:
+        for index in range(500):
+            transport.publish_nowait("$aws/things/flush/jobs/notify", json.dumps([index]).encode())
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 500, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(500))  # all of them, in order
+
+
+async def test_it_serves_again_after_a_broker_restart(
+    served: Emulator, fresh_mosquitto: Mosquitto
+) -> None:
+    """Subscriptions (with No Local) are restored when the broker comes back."""
+    transport = served.transport
+    assert isinstance(transport, BrokerTransport)
+    resumed = asyncio.Event()
+    transport.set_connection_callbacks(on_resumed=lambda session_present: resumed.set())
+    fresh_mosquitto.restart()
+    await asyncio.wait_for(resumed.wait(), 15)
+    device = PahoDevice(fresh_mosquitto, "again")
+    try:
+        device.publish("get", {"clientToken": "after"})
+        (reply,) = await asyncio.to_thread(device.wait, 1, "get/accepted")
+    finally:
+        device.close()
+    assert reply["clientToken"] == "after"
