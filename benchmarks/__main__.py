@@ -19,9 +19,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.harness import Figure, Measure, Session, machine
+from benchmarks import goals
+from benchmarks.harness import Figure, MachineLoad, Measure, Session, machine
 
-BENCHMARKS = ["latency", "drain", "idle", "progress-storm", "startup", "fleet", "emulator-cost"]
+BENCHMARKS = [
+    "latency",
+    "drain",
+    "depth",
+    "idle",
+    "progress-storm",
+    "startup",
+    "fleet",
+    "emulator-cost",
+]
+GROUPS = {"efficiency": ["drain", "depth", "latency", "startup"]}
+"""`efficiency`: every figure of issue 18's goals (and its goals table)."""
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -35,7 +47,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="Benchmarks of jobs-agent, each figure beside a floor or a peer measured in "
         "the same run. Results are printed and appended to benchmarks/RESULTS.md.",
-        epilog=f"benchmarks:\n{lines}\n\n`python -m benchmarks chaos --help`: the fault-injection"
+        epilog=f"benchmarks:\n{lines}\n  {'efficiency':<15} drain depth latency startup: issue 18's"
+        " goals, with their table\n\n`python -m benchmarks chaos --help`: the fault-injection"
         " run (not part of the default set).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,8 +62,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         metavar="REF",
-        help="emulator-cost: also measure the emulator of this git ref, in the same run",
+        help="also measure the agent of this git ref (drain, depth, latency, startup) or its"
+        " emulator (emulator-cost), in the same run, round by round: the 'before' column",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # tiny counts for tests/test_benchmarks_smoke.py: proves a benchmark runs, nothing more
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument(
         "--no-results", action="store_true", help="do not write benchmarks/RESULTS.md"
@@ -59,6 +76,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the temporary directory (logs, configs)"
     )
     args = parser.parse_args(argv)
+    args.names = [n for name in args.names for n in GROUPS.get(name, [name])]
     for name in args.names:
         if name not in BENCHMARKS:
             parser.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
@@ -82,19 +100,28 @@ def _fmt(value: float | None) -> str:
 
 
 def table(figures: list[Figure]) -> str:
+    """One row per figure; with a baseline, two more columns: its median and now / before."""
+    baseline = next((f.base_label for f in figures if f.base_values), "")
     head = (
         "| benchmark | figure | median (min-max) | unit | floor / peer | its median | ratio"
         " | goal | met |"
     )
-    rows = [head, "|" + "---|" * 9]
+    if baseline:
+        head += f" before: {baseline} | now / before |"
+    rows = [head, "|" + "---|" * (11 if baseline else 9)]
     for f in figures:
         spread = f"{_fmt(f.median)} ({_fmt(min(f.values))}-{_fmt(max(f.values))})"
         ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
         met = {None: "", True: "yes", False: "**no**"}[f.met]
-        rows.append(
+        row = (
             f"| {f.benchmark} | {f.label} | {spread} | {f.unit} | {f.ref_label or '-'}"
             f" | {_fmt(f.ref_median)} | {ratio} | {f.goal or '-'} | {met} |"
         )
+        if baseline:
+            base = f.base_median
+            change = f"{f.median / base:.2f}x" if base else "-"
+            row += f" {_fmt(base)} | {change} |"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -122,9 +149,8 @@ def write_results(text: str) -> None:
 
 async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, float]]:
     names = args.names or BENCHMARKS
-    runs = args.runs or (1 if args.quick else 3)
-    session = Session()
-    session.baseline = args.baseline
+    runs = args.runs or (1 if args.quick or args.smoke else 3)
+    session = Session(baseline=args.baseline, smoke=args.smoke)
     figures: dict[tuple[str, str], Figure] = {}
     durations: dict[str, float] = {}
     try:
@@ -135,7 +161,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, flo
             count = runs if args.runs else min(runs, getattr(bench, "MAX_RUNS", runs))
             for index in range(count):
                 print(f"== {name}: run {index + 1}/{count}", file=sys.stderr, flush=True)
-                measures: list[Measure] = await bench.run(session, args.quick)
+                measures: list[Measure] = await bench.run(session, args.quick or args.smoke)
                 for m in measures:
                     figure = figures.setdefault(
                         (name, m.key),
@@ -144,6 +170,9 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, flo
                     figure.values.append(m.value)
                     if m.ref_value is not None:
                         figure.ref_values.append(m.ref_value)
+                    if m.base_value is not None:
+                        figure.base_values.append(m.base_value)
+                        figure.base_label = m.base_label
                     figure.check = m.check
                     if m.note:
                         figure.notes.append(m.note)
@@ -170,9 +199,10 @@ def main(argv: list[str]) -> int:
     info = machine()
     when = datetime.datetime.now().astimezone()
     started = time.monotonic()
+    load = MachineLoad()
     figures, durations = asyncio.run(run_all(args))
     total = time.monotonic() - started
-    runs = args.runs or (1 if args.quick else 3)
+    runs = args.runs or (1 if args.quick or args.smoke else 3)
     if args.json:
         print(
             json.dumps(
@@ -183,21 +213,31 @@ def main(argv: list[str]) -> int:
                     "quick": args.quick,
                     "seconds": durations,
                     "figures": [f.as_json() for f in figures],
+                    "goals": goals.as_json(figures),
                 },
                 indent=2,
             )
         )
     notes = sorted({f"{f.benchmark}: {n}" for f in figures for n in f.notes})
+    goals_table = goals.table(figures)
+    options = "".join(
+        [
+            " --quick" if args.quick else "",
+            " --smoke" if args.smoke else "",
+            f" --baseline {args.baseline}" if args.baseline else "",
+        ]
+    )
     section = "\n".join(
         [
-            f"## {when:%Y-%m-%d %H:%M %Z}: {' '.join(args.names) or 'all'}"
-            f"{' --quick' if args.quick else ''}, {runs} run(s), {total:.0f} s",
+            f"## {when:%Y-%m-%d %H:%M %Z}: {' '.join(args.names) or 'all'}{options},"
+            f" {runs} run(s), {total:.0f} s",
             "",
-            f"Machine: {machine_text(info)}",
+            f"Machine: {machine_text(info)}; {load.describe()}",
             "",
             table(figures),
             "",
             *(f"- {n}" for n in notes),
+            *(["", goals_table] if goals_table else []),
         ]
     )
     if not args.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -23,7 +24,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +61,9 @@ class Measure:
     goal: str = ""
     check: Callable[[float, float | None], bool] | None = None
     note: str = ""
+    base_value: float | None = None
+    """The same figure for the agent of `--baseline REF`, measured in the same run."""
+    base_label: str = ""
 
 
 @dataclass
@@ -74,6 +80,8 @@ class Figure:
     goal: str = ""
     check: Callable[[float, float | None], bool] | None = None
     notes: list[str] = field(default_factory=list)
+    base_label: str = ""
+    base_values: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -82,6 +90,10 @@ class Figure:
     @property
     def ref_median(self) -> float | None:
         return statistics.median(self.ref_values) if self.ref_values else None
+
+    @property
+    def base_median(self) -> float | None:
+        return statistics.median(self.base_values) if self.base_values else None
 
     @property
     def ratio(self) -> float | None:
@@ -112,6 +124,9 @@ class Figure:
             "ratio": self.ratio,
             "goal": self.goal or None,
             "goal_met": self.met,
+            "baseline": self.base_label or None,
+            "baseline_median": self.base_median,
+            "baseline_values": self.base_values,
             "notes": sorted(set(self.notes)),
         }
 
@@ -166,6 +181,35 @@ def machine() -> dict[str, Any]:
     }
 
 
+class MachineLoad:
+    """What else ran on the machine during a run: busy CPU time from /proc/stat minus this
+    process's and its (reaped) children's, and the hypervisor's steal time. Other helpers share
+    these 2-core machines; a figure from a loaded machine says so in its section."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+        self._load = os.getloadavg()[0]
+
+    @staticmethod
+    def _read() -> tuple[float, float, float, float]:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        times = os.times()
+        ours = times.user + times.system + times.children_user + times.children_system
+        return (user + nice + system + irq + softirq) / TICKS, steal / TICKS, ours, time.monotonic()
+
+    def describe(self) -> str:
+        busy0, steal0, ours0, t0 = self._start
+        busy1, steal1, ours1, t1 = self._read()
+        capacity = (t1 - t0) * (os.cpu_count() or 1)
+        others = max(0.0, (busy1 - busy0) - (ours1 - ours0))
+        return (
+            f"other processes used {others:.0f} CPU-s during the run ({100 * others / capacity:.0f}"
+            f" % of the machine), steal {100 * (steal1 - steal0) / capacity:.1f} %; load average"
+            f" {self._load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+        )
+
+
 # -- processes -----------------------------------------------------------------------------------
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -187,9 +231,29 @@ def peak_rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (its threads included)."""
+    return cpu_sample(pid).own
+
+
+@dataclass(frozen=True, slots=True)
+class Cpu:
+    """A process's CPU seconds from /proc/PID/stat (clock ticks: 10 ms resolution, so a window
+    is made long enough, a second of CPU or more, for the tick to stay within 1 %)."""
+
+    own: float
+    """User + system time of the process, every thread included (dead ones too)."""
+    children: float
+    """User + system time of its children that it has reaped (a script handler's own CPU)."""
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.own - other.own, self.children - other.children)
+
+
+def cpu_sample(pid: int) -> Cpu:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return Cpu(
+        (int(fields[11]) + int(fields[12])) / TICKS, (int(fields[13]) + int(fields[14])) / TICKS
+    )
 
 
 def threads(pid: int) -> int:
@@ -199,11 +263,103 @@ def threads(pid: int) -> int:
     return 0
 
 
+# -- code trees ----------------------------------------------------------------------------------
+def compile_bytecode(*directories: Path) -> None:
+    """Write the bytecode of these trees, as an installed package has it.
+
+    These machines export PYTHONDONTWRITEBYTECODE=1, so a checkout never gets its
+    `__pycache__`, and every agent start would compile the agent's modules again (~0.15 s of
+    a start-up that the figures would wrongly charge to the agent).
+    """
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *map(str, directories)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+SITE_PACKAGES = [p for p in sys.path if p.endswith("site-packages")]
+CONSOLE_SCRIPT = (
+    "import sys; from jobs_agent.cli import main; sys.argv[0] = 'jobs-agent'; sys.exit(main())"
+)
+"""What the `jobs-agent` console script runs."""
+
+
+class Tree:
+    """Where an agent's code comes from, run as an installed package runs it.
+
+    A folder of links puts the tree under the installed names (jobs_agent -> agent,
+    jobs_agent_handlers -> handlers); processes of the tree run `python -S` with PYTHONPATH =
+    that folder, this checkout (for the `benchmarks` package: plugins and programs) and the
+    virtual environment's site-packages. `-S` leaves out the editable install's import hook,
+    which `site` loads into every interpreter of this virtual environment (15-40 ms of each
+    start here, which an installed agent does not pay). The tree is this checkout (`checkout`)
+    or a git ref extracted to a temporary directory (`extract`, for `--baseline`).
+    """
+
+    def __init__(self, label: str, source: Path, root: Path) -> None:
+        self.label = label
+        self.links = root / "path"
+        self.links.mkdir(parents=True)
+        (self.links / "jobs_agent").symlink_to(source / "agent")
+        (self.links / "jobs_agent_handlers").symlink_to(source / "handlers")
+        compile_bytecode(source / "agent", source / "handlers")
+
+    @classmethod
+    def checkout(cls, root: Path) -> Tree:
+        return cls("current", REPO, root)
+
+    @classmethod
+    def extract(cls, ref: str, root: Path) -> Tree:
+        target = root / "tree"
+        target.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+        return cls(ref, target, root)
+
+    def python(self) -> list[str]:
+        return [sys.executable, "-S"]
+
+    def jobs_agent(self) -> list[str]:
+        """The `jobs-agent` command of this tree."""
+        return [*self.python(), "-c", CONSOLE_SCRIPT]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.links), str(REPO), *SITE_PACKAGES])
+        return env
+
+
 def jobs_agent_command() -> list[str]:
     script = Path(sys.executable).with_name("jobs-agent")
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "jobs_agent"]
+
+
+def log_warnings(path: Path) -> list[str]:
+    """Warnings and errors an agent logged (JSON lines), but the configuration warning every
+    benchmark provokes on purpose (a plain local broker without credentials)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                isinstance(entry, dict)
+                and entry.get("level") in ("warning", "error", "critical")
+                and entry.get("event") != "configuration warning"
+            ):
+                found.append(str(entry.get("event")))
+    return found
 
 
 class NotifySocket:
@@ -261,8 +417,10 @@ class AgentProcess:
         env: Mapping[str, str] | None = None,
         command: list[str] | None = None,
         keepalive_seconds: int = 1200,
+        tree: Tree | None = None,
     ) -> None:
         self.broker = broker
+        self.tree = tree
         self.directory = directory
         self.thing = thing
         self.transport = transport
@@ -314,16 +472,16 @@ class AgentProcess:
     async def start(self, timeout: float = READY_TIMEOUT) -> float:
         """Start the process; returns seconds from exec to READY=1."""
         self.notify = NotifySocket(self.directory)
-        env = dict(os.environ)
+        if self.tree is None:  # as the other benchmarks have always run it
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+            agent = jobs_agent_command()
+        else:
+            env = self.tree.env()
+            agent = self.tree.jobs_agent()
         env.update(self._env)
         env["NOTIFY_SOCKET"] = str(self.notify.path)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        command = self._command or [
-            *jobs_agent_command(),
-            "run",
-            "--config",
-            str(self.config_path),
-        ]
+        command = self._command or [*agent, "run", "--config", str(self.config_path)]
         log = self.log_path.open("ab")
         try:
             self.started_at = time.time()
@@ -351,6 +509,9 @@ class AgentProcess:
                 f"{self.thing}: no READY=1 in {timeout}s:\n{self.log_tail()}"
             ) from None
         return self.ready_at - self.started_at
+
+    def warnings(self) -> list[str]:
+        return log_warnings(self.log_path)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -389,6 +550,12 @@ class Broker(Mosquitto):
             with self.config_path.open("a", encoding="utf-8") as config:
                 config.write("log_type debug\nlog_timestamp_format %s\n")
 
+    @property
+    def pid(self) -> int:
+        process = self._process
+        assert process is not None, "the broker is not running"
+        return process.pid
+
     def packets_from(self, client_id: str, since: float = 0.0) -> list[str]:
         """Control packets the broker received from `client_id` (needs `packet_log`)."""
         found = []
@@ -406,7 +573,7 @@ class Broker(Mosquitto):
 class Session:
     """Temporary directory, certificates and brokers shared by one `python -m benchmarks` run."""
 
-    def __init__(self) -> None:
+    def __init__(self, baseline: str | None = None, smoke: bool = False) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise SystemExit(
@@ -417,8 +584,28 @@ class Session:
         self.certs = generate_certs(self.root / "certs")
         self._brokers: list[Broker] = []
         self._counter = 0
-        self.baseline: str | None = None
-        """A git ref whose emulator emulator-cost measures as well (`--baseline`)."""
+        self.baseline = baseline
+        """A git ref (`--baseline`) whose agent (emulator-cost: whose emulator) is measured as
+        well, in the same run, round by round with this checkout's."""
+        self.smoke = smoke
+        """Tiny counts that only prove a benchmark runs end to end (the test suite's smoke run);
+        its figures mean nothing."""
+        self._baseline_tree: Tree | None = None
+        compile_bytecode(REPO / "benchmarks", REPO / "tests" / "fixtures")
+        self.current = Tree.checkout(self.root / "current")
+
+    def baseline_tree(self) -> Tree | None:
+        """The `--baseline` ref's code, extracted (and compiled) once per session."""
+        if self.baseline is None:
+            return None
+        if self._baseline_tree is None:
+            self._baseline_tree = Tree.extract(self.baseline, self.root / "baseline")
+        return self._baseline_tree
+
+    def trees(self) -> list[Tree]:
+        """This checkout, then the baseline's if there is one: the agents a benchmark runs."""
+        base = self.baseline_tree()
+        return [self.current] if base is None else [self.current, base]
 
     def directory(self, name: str) -> Path:
         self._counter += 1
@@ -439,6 +626,123 @@ class Session:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+_SCOPE = "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/iot/aws4_request"
+
+
+class EmulatorProcess:
+    """`jobs-agent sim serve` of this checkout on a broker, its HTTP API on a free port: the
+    emulator in a process of its own, so its CPU time is told apart from the agent's and the
+    broker's (and from the harness's)."""
+
+    def __init__(self, broker: Broker, directory: Path, tree: Tree | None = None) -> None:
+        self.tree = tree
+        self.broker = broker
+        self.log_path = directory / "emulator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+
+    def start(self, timeout: float = 30.0) -> None:
+        python = [sys.executable] if self.tree is None else self.tree.python()
+        command = [
+            *python,
+            "-m",
+            "jobs_agent",
+            "sim",
+            "serve",
+            "--broker-host",
+            self.broker.host,
+            "--broker-port",
+            str(self.broker.port),
+            "--http-port",
+            "0",
+            "--client-id",
+            new_id("bench-emulator"),
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=dict(os.environ) if self.tree is None else self.tree.env(),
+                cwd=str(REPO),
+            )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline().decode(errors="replace")
+            if not line:
+                break
+            found = re.match(r"HTTP: (http://\S+)", line)
+            if found:
+                self.endpoint = found.group(1)
+                return
+        raise RuntimeError(f"sim serve did not start:\n{self.log_path.read_text()[-2000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def connection(self) -> http.client.HTTPConnection:
+        """A kept-alive HTTP/1.1 connection to the API (one per thread)."""
+        url = urllib.parse.urlsplit(self.endpoint)
+        return http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        connection: http.client.HTTPConnection | None = None,
+    ) -> Any:
+        own = connection is None
+        conn = connection or self.connection()
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Authorization": _SCOPE, "Content-Type": "application/json"}
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            if response.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {response.status}: {raw[:300]!r}")
+            return json.loads(raw) if raw else {}
+        finally:
+            if own:
+                conn.close()
+
+    def create_jobs(
+        self,
+        thing: str,
+        job_ids: list[str],
+        document: dict[str, Any],
+        connection: http.client.HTTPConnection | None = None,
+    ) -> None:
+        """CreateJob for each id, targeting `thing`, over one kept-alive connection."""
+        arn = f"arn:aws:iot:us-east-1:123456789012:thing/{thing}"
+        body = {"targets": [arn], "document": json.dumps(document)}
+        conn = connection or self.connection()
+        try:
+            for job_id in job_ids:
+                self.call("PUT", f"/jobs/{job_id}", body, conn)
+        finally:
+            if connection is None:
+                conn.close()
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 @contextlib.asynccontextmanager
 async def emulator(broker: Broker, **kwargs: Any) -> Any:
     client_id = f"bench-emulator-{uuid.uuid4().hex[:6]}"
@@ -451,6 +755,39 @@ async def emulator(broker: Broker, **kwargs: Any) -> Any:
         yield emu
     finally:
         await emu.stop()
+
+
+class Watcher:
+    """A paho client of the harness listening on some topics, in its own network thread.
+
+    The benchmarks learn what the agent does from the broker, as a neighbour on the same broker
+    would (the broker fans each message out to one more subscriber): polling the emulator would
+    add to the emulator's CPU and delay its answers. `on_message` runs in the network thread.
+    """
+
+    def __init__(
+        self, broker: Broker, filters: list[str], on_message: Callable[[str, bytes], None]
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, new_id("bench-watch"))
+        self.client.on_message = lambda c, u, m: on_message(m.topic, bytes(m.payload))
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe([(f, 1) for f in filters])
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            self.close()
+            raise RuntimeError(f"the watcher could not subscribe to {filters}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def new_id(prefix: str) -> str:

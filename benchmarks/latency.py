@@ -2,24 +2,33 @@
 
 One job at a time, each created only once the agent is idle again (its follow-up start-next has
 reached the emulator), so every sample is the full path: notify-next to the device, start-next
-round trip, the durable "started" write, routing, the handler's first line. The handler is a
-Python plugin writing `time.time()` to a file; the creation time is taken in this process, which
-hosts the emulator: one machine, one clock.
+round trip, the durable record that must precede the handler, routing, the handler's first
+line. The handler is a Python plugin writing `time.time()` to a file; the creation time is taken
+in this process, which hosts the emulator: one machine, one clock.
 
-Floor: the same broker with a raw paho client (benchmarks/raw.py): one notify delivery plus one
-request/reply round trip, plain TCP for paho and mTLS for awscrt (the agent's own paths).
+Floor (the goal's reference): the perfect agent (benchmarks/perfect.py) on the same broker and
+emulator, stamping the time where its handler would start: one notify delivery, one round trip
+through the same service, one fsync, and nothing else (raw paho; mTLS where the agent uses
+awscrt). Also printed: the physical floor without a service, a raw paho client and a trivial
+responder (benchmarks/raw.py) plus one fsynced write in the same directory. Issue 18's goal:
+p50 <= 1.5x the floor, p99 < 10 ms. With `--baseline REF` the agent of REF runs the same jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
+from benchmarks.drain import perfect_command
 from benchmarks.harness import (
     AgentProcess,
+    Broker,
     Measure,
     Session,
+    Tree,
     emulator,
     new_id,
     percentile,
@@ -28,11 +37,15 @@ from benchmarks.harness import (
 )
 
 NAME = "latency"
-HELP = "job created -> handler started, p50/p99, awscrt and paho, beside the raw floor"
+HELP = "job created -> handler started, p50/p99, awscrt and paho, beside the perfect agent"
 START_NEXT = "StartNextPendingJobExecution"
+P50_FACTOR = 1.5
+P99_MS = 10.0
 
 
-def jobs_count(quick: bool) -> int:
+def jobs_count(session: Session, quick: bool) -> int:
+    if session.smoke:
+        return 10
     return 100 if quick else 500
 
 
@@ -46,20 +59,37 @@ async def wait_idle(emu: Any, seen: int, timeout: float = 10.0) -> None:
     await asyncio.sleep(0.002)  # the answer ("nothing queued") is on its way back to the agent
 
 
-async def agent_latencies(session: Session, transport: str, count: int) -> list[float]:
-    broker = session.broker()
-    directory = session.directory(f"latency-{transport}")
+def device(
+    session: Session, broker: Broker, transport: str, who: str, tree: Tree | None
+) -> tuple[AgentProcess, Path]:
+    """The agent of `tree` with the Stamp plugin, or the perfect agent with `--stamp`."""
+    directory = session.directory(f"latency-{who}-{transport}")
     stamps = directory / "stamps.txt"
+    thing = new_id(f"lat-{transport}")
+    command = None
+    if tree is None:
+        command = perfect_command(session, broker, transport, thing, directory)
+        command += ["--stamp", str(stamps)]
+    process = AgentProcess(
+        broker,
+        directory,
+        thing,
+        transport,
+        handlers={"stamp": "benchmarks.handlers:Stamp"},
+        env={"BENCH_STAMP_FILE": str(stamps)},
+        command=command,
+        tree=tree or session.current,
+    )
+    return process, stamps
+
+
+async def latencies(
+    session: Session, broker: Broker, transport: str, who: str, tree: Tree | None, count: int
+) -> list[float]:
+    """Milliseconds from each job's creation to its handler's start."""
+    process, stamps = device(session, broker, transport, who, tree)
     async with emulator(broker) as emu:
-        agent = AgentProcess(
-            broker,
-            directory,
-            new_id(f"lat-{transport}"),
-            transport,
-            handlers={"stamp": "benchmarks.handlers:Stamp"},
-            env={"BENCH_STAMP_FILE": str(stamps)},
-        )
-        await agent.start()
+        await process.start()
         created: dict[str, float] = {}
         try:
             await wait_idle(emu, 0)
@@ -68,66 +98,94 @@ async def agent_latencies(session: Session, transport: str, count: int) -> list[
                 seen: list[int] = []
 
                 def done(job_id: str = job_id, seen: list[int] = seen) -> bool:
-                    execution = emu.service._executions.get((job_id, agent.thing))
+                    execution = emu.service._executions.get((job_id, process.thing))
                     if execution and execution[-1].status.value == "SUCCEEDED":
                         seen.append(emu.service.counters[START_NEXT])
                         return True
                     return False
 
                 created[job_id] = time.time()
-                emu.service.create_job(job_id, [agent.thing], {"operation": "stamp"})
+                emu.service.create_job(job_id, [process.thing], {"operation": "stamp"})
                 await emu.service.wait_for(done, timeout=30)
                 await wait_idle(emu, seen[0])
         finally:
-            await agent.stop()
+            await process.stop()
     started = {}
     for line in stamps.read_text().splitlines():
         job_id, when = line.split()
         started[job_id] = float(when)
-    return [started[j] - created[j] for j in created]
+    return [1000 * (started[j] - created[j]) for j in created]
 
 
-async def floor_latencies(session: Session, tls: bool, count: int) -> list[float]:
+async def physical_floor(session: Session, tls: bool, count: int) -> list[float]:
     broker = session.broker()
-    async with responder(broker):
-        device = await asyncio.to_thread(raw_device, broker, tls)
-        try:
-            return await asyncio.to_thread(
-                lambda: [device.notify_then_round_trip() for _ in range(count)]
-            )
-        finally:
-            device.close()
+    journal_path = session.directory("latency-physical") / "journal"
+    journal = os.open(journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        async with responder(broker):
+            raw = await asyncio.to_thread(raw_device, broker, tls)
+            try:
+                return await asyncio.to_thread(
+                    lambda: [1000 * raw.notify_then_round_trip(journal) for _ in range(count)]
+                )
+            finally:
+                raw.close()
+    finally:
+        os.close(journal)
 
 
 async def run(session: Session, quick: bool) -> list[Measure]:
-    count = jobs_count(quick)
+    count = jobs_count(session, quick)
+    trees = session.trees()
+    base = trees[1] if len(trees) > 1 else None
     measures: list[Measure] = []
     for transport, tls in (("paho", False), ("awscrt", True)):
-        floor = [x * 1000 for x in await floor_latencies(session, tls, count)]
-        agent = [x * 1000 for x in await agent_latencies(session, transport, count)]
-        floor_name = "raw paho, mTLS" if tls else "raw paho, TCP"
+        broker = session.broker()
+        agent = await latencies(session, broker, transport, "agent", trees[0], count)
+        old = await latencies(session, broker, transport, "baseline", base, count) if base else []
+        perfect = await latencies(session, broker, transport, "perfect", None, count)
+        physical = await physical_floor(session, tls, count)
+        floor_name = "perfect agent (raw paho" + (", mTLS)" if tls else ")")
+        physical_name = "raw paho" + (", mTLS" if tls else "") + ", no service"
+        base_label = f"agent of {base.label}" if base else ""
+        note = f"{count} jobs, one at a time"
         measures += [
             Measure(
                 f"p50-{transport}",
                 f"p50 created -> handler started ({transport})",
                 "ms",
                 percentile(agent, 50),
-                f"floor p50: notify + 1 round trip ({floor_name})",
-                percentile(floor, 50),
-                "<= 2x floor",
-                lambda v, r: r is not None and v <= 2 * r,
-                note=f"{count} jobs",
+                f"{floor_name}: notify + 1 round trip + 1 fsync",
+                percentile(perfect, 50),
+                f"<= {P50_FACTOR}x floor",
+                lambda v, r: r is not None and v <= P50_FACTOR * r,
+                note,
+                base_value=percentile(old, 50) if old else None,
+                base_label=base_label,
             ),
             Measure(
                 f"p99-{transport}",
                 f"p99 created -> handler started ({transport})",
                 "ms",
                 percentile(agent, 99),
-                f"floor p99 ({floor_name})",
-                percentile(floor, 99),
-                "< 10 ms",
-                lambda v, r: v < 10,
-                note=f"{count} jobs",
+                f"{floor_name}, p99",
+                percentile(perfect, 99),
+                f"< {P99_MS:.0f} ms",
+                lambda v, r: v < P99_MS,
+                note,
+                base_value=percentile(old, 99) if old else None,
+                base_label=base_label,
+            ),
+            Measure(
+                f"physical-p50-{transport}",
+                f"p50 created -> handler started ({transport})",
+                "ms",
+                percentile(agent, 50),
+                f"physical floor p50 ({physical_name}) + 1 fsync",
+                percentile(physical, 50),
+                note=note,
+                base_value=percentile(old, 50) if old else None,
+                base_label=base_label,
             ),
         ]
     return measures

@@ -49,6 +49,7 @@ async def run(session: Session, quick: bool) -> list[Measure]:
             "paho",
             handlers={"storm": "benchmarks.handlers:ProgressStorm"},
             jobs={"progress_interval_seconds": INTERVAL},
+            tree=session.current,
         )
         await agent.start()
         try:

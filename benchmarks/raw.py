@@ -6,8 +6,9 @@ on `bench/<id>/go` it publishes `bench/<id>/notify` carrying its clock, and it a
 `client.loop()` in the calling thread (no network thread, no asyncio): the least a Python client
 can do per message. All publishes are QoS 1, as in the Jobs protocol.
 
-* `notify_then_round_trip`: one notify delivery plus one request/reply round trip, the floor of
-  "job created -> handler started" (notify-next, then start-next and its accepted reply).
+* `notify_then_round_trip`: one notify delivery plus one request/reply round trip (plus, if asked,
+  one fsynced write), the physical floor of "job created -> handler started" (notify-next, then
+  start-next and its accepted reply, then the durable record that precedes the handler).
 * `round_trips`: request/reply round trips back to back; two per job is the floor of a drain
   (start-next and the final update).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import ssl
 import sys
@@ -122,43 +124,29 @@ class RawDevice:
         self._receive("rep")
         return time.perf_counter() - start
 
-    def notify_then_round_trip(self) -> float:
-        """Seconds from the responder's notify to the reply of the request it triggers."""
+    def notify_then_round_trip(self, journal: int | None = None) -> float:
+        """Seconds from the responder's notify to the reply of the request it triggers; with
+        `journal` (an open file), to the end of a record written and fsynced there after the
+        reply: the record a handler's start must wait for."""
         self.client.publish(f"bench/{self.id}/go", b"", qos=1)
         sent = float(self._receive("notify"))
         self.client.publish(f"bench/{self.id}/req", b"x", qos=1)
         self._receive("rep")
+        if journal is not None:
+            os.write(journal, b"job-0001 1 RUNNING\n")
+            os.fsync(journal)
         return time.time() - sent
 
     def close(self) -> None:
         self.client.disconnect()
 
 
-def ready(host: str, port: int) -> int:
-    """The start-up floor: import paho, connect, subscribe, say READY=1, wait for SIGTERM."""
-    import os
-    import signal
-
-    device = RawDevice(host, port)
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"READY=1", address)
-    signal.sigwait({signal.SIGTERM})
-    device.close()
-    return 0
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.raw")
-    parser.add_argument("role", choices=["responder", "ready"])
+    parser.add_argument("role", choices=["responder"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    if args.role == "ready":
-        import signal
-
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        return ready(args.host, args.port)
     return responder(args.host, args.port)
 
 

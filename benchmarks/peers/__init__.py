@@ -1,1 +1,0 @@
-"""Peers: minimal agents on other stacks, measured beside jobs-agent."""
