@@ -56,13 +56,9 @@ class Refill:
         self._queue.put(count)
 
     def _run(self) -> None:
-        connection = self.emulator.connection()
-        try:
-            while (count := self._queue.get()) is not None:
-                job_id = f"{self.thing}-refill-{count:06d}"
-                self.emulator.create_jobs(self.thing, [job_id], DOCUMENTS["plugin"], connection)
-        finally:
-            connection.close()
+        while (count := self._queue.get()) is not None:
+            job_id = f"{self.thing}-refill-{count:06d}"
+            self.emulator.create_jobs(self.thing, [job_id], DOCUMENTS["plugin"])
 
     def close(self) -> None:
         self._queue.put(None)
