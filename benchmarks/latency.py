@@ -49,14 +49,15 @@ def jobs_count(session: Session, quick: bool) -> int:
     return 100 if quick else 500
 
 
-async def wait_idle(emu: Any, seen: int, timeout: float = 10.0) -> None:
-    """Until the agent's start-next after `seen` ones has been answered (polling the counter)."""
+async def wait_idle(emu: Any, asked: int, timeout: float = 10.0) -> None:
+    """Until the device has sent `asked` start-next requests in all (polling the counter), and
+    the answer to the last ("nothing queued") has had time to reach it."""
     deadline = time.monotonic() + timeout
-    while emu.service.counters[START_NEXT] <= seen:
+    while emu.service.counters[START_NEXT] < asked:
         if time.monotonic() > deadline:
-            raise TimeoutError("the agent did not ask for more work after its job")
+            raise TimeoutError("the device did not ask for more work after its job")
         await asyncio.sleep(0.0005)
-    await asyncio.sleep(0.002)  # the answer ("nothing queued") is on its way back to the agent
+    await asyncio.sleep(0.002)
 
 
 def device(
@@ -92,22 +93,22 @@ async def latencies(
         await process.start()
         created: dict[str, float] = {}
         try:
-            await wait_idle(emu, 0)
+            await wait_idle(emu, 1)
             for i in range(count):
                 job_id = f"lat-{i}"
-                seen: list[int] = []
+                # Each job takes a start-next to start it and one after it (nothing queued):
+                # the device is idle again once both have come (a fast device sends the second
+                # before this loop sees the job SUCCEEDED).
+                asked = emu.service.counters[START_NEXT] + 2
 
-                def done(job_id: str = job_id, seen: list[int] = seen) -> bool:
+                def done(job_id: str = job_id) -> bool:
                     execution = emu.service._executions.get((job_id, process.thing))
-                    if execution and execution[-1].status.value == "SUCCEEDED":
-                        seen.append(emu.service.counters[START_NEXT])
-                        return True
-                    return False
+                    return bool(execution) and execution[-1].status.value == "SUCCEEDED"
 
                 created[job_id] = time.time()
                 emu.service.create_job(job_id, [process.thing], {"operation": "stamp"})
                 await emu.service.wait_for(done, timeout=30)
-                await wait_idle(emu, seen[0])
+                await wait_idle(emu, asked)
         finally:
             await process.stop()
     started = {}

@@ -70,8 +70,10 @@ def test_drain_reports_each_process_per_transport_and_kind_beside_the_perfect_ag
             agent = drain[f"{prefix}-agent-cpu"]
             assert agent["median"] > 0
             assert agent["reference"].startswith("perfect agent")
-            assert agent["reference_median"] is not None  # measured in the same run
-            assert agent["ratio"] == pytest.approx(agent["median"] / agent["reference_median"])
+            # Measured in the same run (at smoke size it may be under /proc's 10 ms tick).
+            assert agent["reference_median"] is not None and agent["reference_median"] >= 0
+            if agent["reference_median"] > 0:
+                assert agent["ratio"] == pytest.approx(agent["median"] / agent["reference_median"])
             assert drain[f"{prefix}-rate"]["median"] > 0
             assert drain[f"{prefix}-rate"]["reference_median"] > 0
             assert drain[f"{prefix}-rss"]["median"] > 5
