@@ -2,10 +2,12 @@
 
 The broker is the test suite's mosquitto wrapper (tests/fixtures/broker.py: `set_tcp_nodelay
 true`, a plain listener and an mTLS one) so benchmarks and tests measure the same set-up. The
-emulator runs in this process on paho (the service's clock is this machine's clock, so a job's
-creation time and a handler's start time compare directly); the agent is always a real
-`jobs-agent run` process with a generated configuration, told apart from the harness by its own
-PID, RSS and CPU time.
+emulator runs in this process on paho where a job's creation time and a handler's start time
+must compare on one clock (`emulator`: latency, startup), or as a `jobs-agent sim serve` process
+where its CPU is counted apart (`EmulatorProcess`: drain, depth, emulator-cost). The agent is
+always a real process with a generated configuration, told apart from the harness by its own
+PID, RSS and CPU time, and run from a code `Tree` as an installed package runs: this checkout,
+or the `--baseline` ref's.
 """
 
 from __future__ import annotations
