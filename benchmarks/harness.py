@@ -294,11 +294,16 @@ class Tree:
 
     A folder of links puts the tree under the installed names (jobs_agent -> agent,
     jobs_agent_handlers -> handlers); processes of the tree run `python -S` with PYTHONPATH =
-    that folder, this checkout (for the `benchmarks` package: plugins and programs) and the
-    virtual environment's site-packages. `-S` leaves out the editable install's import hook,
+    that folder, the tree holding the `benchmarks` package (plugins and programs, see below) and
+    the virtual environment's site-packages. `-S` leaves out the editable install's import hook,
     which `site` loads into every interpreter of this virtual environment (15-40 ms of each
     start here, which an installed agent does not pay). The tree is this checkout (`checkout`)
     or a git ref extracted to a temporary directory (`extract`, for `--baseline`).
+
+    The programs that run inside an agent's process (benchmarks/local_drain.py, the plugins)
+    come from the tree itself when it has them, so they match its agent's internals (a later
+    restructuring changes local_drain.py with the agent); a tree older than them borrows this
+    checkout's. Their command-line options must therefore stay as they are.
     """
 
     def __init__(self, label: str, source: Path, root: Path) -> None:
@@ -307,7 +312,9 @@ class Tree:
         self.links.mkdir(parents=True)
         (self.links / "jobs_agent").symlink_to(source / "agent")
         (self.links / "jobs_agent_handlers").symlink_to(source / "handlers")
-        compile_bytecode(source / "agent", source / "handlers")
+        has_programs = (source / "benchmarks" / "local_drain.py").exists()
+        self.programs = source if has_programs else REPO
+        compile_bytecode(source / "agent", source / "handlers", self.programs / "benchmarks")
 
     @classmethod
     def checkout(cls, root: Path) -> Tree:
@@ -335,7 +342,7 @@ class Tree:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.links), str(REPO), *SITE_PACKAGES])
+        env["PYTHONPATH"] = os.pathsep.join([str(self.links), str(self.programs), *SITE_PACKAGES])
         return env
 
 
@@ -594,7 +601,6 @@ class Session:
         """Tiny counts that only prove a benchmark runs end to end (the test suite's smoke run);
         its figures mean nothing."""
         self._baseline_tree: Tree | None = None
-        compile_bytecode(REPO / "benchmarks", REPO / "tests" / "fixtures")
         self.current = Tree.checkout(self.root / "current")
 
     def baseline_tree(self) -> Tree | None:
