@@ -56,9 +56,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--runs",
         type=int,
-        help="runs per benchmark (default 3, drain and idle 2; --quick 1)",
+        help="runs per benchmark (default 3; drain, depth and idle 2; --quick 1)",
     )
-    parser.add_argument("--quick", action="store_true", help="smaller counts (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts, one run each")
     parser.add_argument(
         "--baseline",
         metavar="REF",

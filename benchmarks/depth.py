@@ -66,8 +66,10 @@ class Refill:
 
 
 async def at_depth(
-    bench: Bench, who: str, tree: Tree, depth: int, window: int, warmup: int
+    bench: Bench, who: str, tree: Tree, depth: int, window: int, warmup: int, warnings: set[str]
 ) -> dict[str, float]:
+    """Agent, emulator and broker CPU ms per job and jobs/s with `depth` pending; what the
+    agent logged as warnings goes to `warnings`."""
     process = agent_process(bench.session, bench.broker, "paho", "plugin", f"{who}-{depth}", tree)
     thing = process.thing
     ids = [f"{thing}-{i:05d}" for i in range(depth)]
@@ -87,9 +89,7 @@ async def at_depth(
         refill.close()
         await process.stop()
     cpu, rate = watcher.per_job(window)
-    warnings = process.warnings()
-    if warnings:
-        raise RuntimeError(f"the agent logged warnings at depth {depth}: {sorted(set(warnings))}")
+    warnings.update(f"{who} at {depth}: {w}" for w in process.warnings())
     return {
         "agent": 1000 * cpu["agent"].own,
         "emulator": 1000 * cpu["emulator"].own,
@@ -103,12 +103,15 @@ async def run(session: Session, quick: bool) -> list[Measure]:
     trees = session.trees()
     bench = Bench(session)
     results: dict[str, dict[int, dict[str, float]]] = {"now": {}, "before": {}}
+    warnings: set[str] = set()
     try:
         for depth in depths:
-            results["now"][depth] = await at_depth(bench, "agent", trees[0], depth, window, warmup)
+            results["now"][depth] = await at_depth(
+                bench, "agent", trees[0], depth, window, warmup, warnings
+            )
             if len(trees) > 1:
                 results["before"][depth] = await at_depth(
-                    bench, "baseline", trees[1], depth, window, warmup
+                    bench, "baseline", trees[1], depth, window, warmup, warnings
                 )
     finally:
         bench.close()
@@ -119,6 +122,7 @@ async def run(session: Session, quick: bool) -> list[Measure]:
         f"queue held at each depth for {window} jobs after {warmup} warm-up jobs; agent paho,"
         " no-op plugin; emulator CPU per job by depth: "
         + ", ".join(f"{d}: {now[d]['emulator']:.2f} ms" for d in depths)
+        + (f"; warnings logged: {sorted(warnings)}" if warnings else "")
     )
 
     def measure(key: str, label: str, unit: str, depth: int, goal: str, check: Any) -> Measure:

@@ -90,6 +90,7 @@ def test_depth_holds_each_depth_and_compares_with_the_shallowest(
     assert depth["cpu-100"]["reference_median"] == depth["cpu-10"]["median"]
     values = [depth["cpu-10"]["median"], depth["cpu-100"]["median"]]
     assert depth["spread"]["median"] == pytest.approx(max(values) / min(values))
+    assert not any("warnings logged" in note for note in depth["spread"]["notes"])
 
 
 def test_latency_is_beside_the_perfect_agent_and_the_physical_floor(
