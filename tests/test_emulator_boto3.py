@@ -231,3 +231,36 @@ async def test_http_control_plane_events_reach_mqtt_devices() -> None:
         topic, event = await asyncio.wait_for(received.get(), 5)
         assert "execution" not in event
         await device.disconnect()
+
+
+def test_responses_are_not_held_by_nagle_on_kept_alive_connections(
+    service: JobsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3 keeps connections alive; with Nagle on the server socket each response's body
+    waited for the client's delayed ACK (~40 ms per request, measured by the benchmarks). The
+    option is read off the real server-side socket of a real request."""
+    import http.client
+    import socket
+
+    from jobs_agent.emulator import http_api
+
+    seen: list[int] = []
+    original = http_api._Handler.handle
+
+    def handle(self: Any) -> None:
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        original(self)
+
+    monkeypatch.setattr(http_api._Handler, "handle", handle)
+    api = HttpApi(service, "127.0.0.1", 0)
+    api.start()
+    try:
+        assert api.endpoint is not None
+        host, port = api.endpoint.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/jobs")
+        connection.getresponse().read()
+        connection.close()
+    finally:
+        api.stop()
+    assert seen and all(seen)

@@ -443,6 +443,9 @@ class HttpApi:
 class _Handler(BaseHTTPRequestHandler):
     api: HttpApi
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    """Headers and body leave in two writes; on a kept-alive connection (boto3 keeps them)
+    Nagle held the body until the client's delayed ACK: ~40 ms per request."""
     server_version = "jobs-agent-emulator"
 
     def log_message(self, format: str, *args: Any) -> None:
