@@ -19,14 +19,19 @@ from typing import Any
 
 import yaml
 
+from jobs_agent.vocabulary import (
+    GREENGRASS_NAMESPACE,
+    NAMESPACE_RE,
+    STEP_TIMEOUT_MAX,
+    STEP_TIMEOUT_MIN,
+    THING_NAME_RE,
+)
+
 DEFAULT_CONFIG_PATH = Path("/etc/jobs-agent/config.yaml")
 ENV_PREFIX = "JOBS_AGENT_"
-THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TRANSPORTS = ("awscrt", "paho", "greengrass", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json", "journal")
-GREENGRASS_NAMESPACE = "aws-gg-deployment"
 ANY_USER = "*"
 """In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
 
@@ -180,7 +185,7 @@ def _pattern(regex: re.Pattern[str], description: str, *, allow_empty: bool = Fa
             raise ValueError
         if value == "" and allow_empty:
             return value
-        if not regex.match(value):
+        if not regex.fullmatch(value):
             raise ValueError
         return value
 
@@ -284,7 +289,7 @@ _RULES: dict[str, _Rule] = {
     "connection.reconnect_min_seconds": _number_in(0.01, 3600),
     "connection.reconnect_max_seconds": _number_in(0.01, 3600),
     "jobs.namespaces": _list_of(_pattern(NAMESPACE_RE, "a namespace of [a-zA-Z0-9_-]")),
-    "jobs.step_timeout_minutes": _optional(_int_in(1, 10080)),
+    "jobs.step_timeout_minutes": _optional(_int_in(STEP_TIMEOUT_MIN, STEP_TIMEOUT_MAX)),
     "jobs.handler_dir": _path(optional=False),
     "jobs.request_timeout_seconds": _number_in(0.1, 3600),
     "jobs.progress_interval_seconds": _number_in(0, 3600),

@@ -32,14 +32,13 @@ from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
 from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
 from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
+from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
 
 if TYPE_CHECKING:
     # cryptography costs ~9 MB of memory: loaded only when signatures are required.
     from jobs_agent.dispatch.signing import SignatureVerifier
 
-MAX_DOCUMENT_BYTES = 32 * 1024
-"""The service's limit on a job document."""
 MAX_DOCUMENT_DEPTH = 32
 
 

@@ -49,10 +49,8 @@ from jobs_agent.emulator.templates import (
     parse_template_arn,
     render,
 )
+from jobs_agent.vocabulary import is_job_id, is_namespace, is_thing_name
 
-_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-_NAMESPACE = re.compile(r"[a-zA-Z0-9_-]+")
 _THING_ARN = re.compile(r"arn:aws[a-z-]*:iot:([a-z0-9-]*):(\d*):thing/([a-zA-Z0-9:_-]{1,128})")
 _GROUP_ARN = re.compile(r"arn:aws[a-z-]*:iot:([a-z0-9-]*):(\d*):thinggroup/([a-zA-Z0-9:_-]{1,128})")
 _S3_URL = (
@@ -87,7 +85,7 @@ class ControlPlane(ServiceCore):
 
     # -- things and groups -------------------------------------------------------------------
     def create_thing(self, thing_name: str, attributes: dict[str, str] | None = None) -> Thing:
-        if not _THING_NAME.fullmatch(thing_name):
+        if not is_thing_name(thing_name):
             raise invalid(f"invalid thing name {thing_name!r}")
         with self._lock:
             txn = Txn()
@@ -146,7 +144,7 @@ class ControlPlane(ServiceCore):
         self, name: str, description: str | None = None, query: str | None = None
     ) -> ThingGroup:
         """CreateThingGroup, or CreateDynamicThingGroup with a fleet-indexing `query`."""
-        if not _THING_NAME.fullmatch(name):
+        if not is_thing_name(name):
             raise invalid(f"invalid thing group name {name!r}")
         parsed = None if query is None else Query.parse(query)
         with self._lock:
@@ -248,7 +246,7 @@ class ControlPlane(ServiceCore):
                 groups.append(group.group(3))
                 arns.append(self.group_arn(group.group(3)))
                 continue
-            if _THING_NAME.fullmatch(target) and not target.startswith("arn:"):
+            if is_thing_name(target) and not target.startswith("arn:"):
                 name = target
             else:
                 match = _THING_ARN.fullmatch(target)
@@ -356,9 +354,9 @@ class ControlPlane(ServiceCore):
         default_presign_role: bool = True,
         destination_package_versions: Sequence[str] | None = None,
     ) -> Job:
-        if not _JOB_ID.fullmatch(job_id):
+        if not is_job_id(job_id):
             raise invalid(f"invalid jobId {job_id!r}")
-        if namespace is not None and not _NAMESPACE.fullmatch(namespace):
+        if namespace is not None and not is_namespace(namespace):
             raise invalid(f"invalid namespaceId {namespace!r}")
         if target_selection not in ("SNAPSHOT", "CONTINUOUS"):
             raise invalid(f"invalid targetSelection {target_selection!r}")
@@ -796,7 +794,7 @@ class ControlPlane(ServiceCore):
     def create_job_template(self, template: JobTemplate, job_arn: str | None = None) -> JobTemplate:
         """CreateJobTemplate from a document, a documentSource or an existing job (`job_arn`:
         its document and configurations, overridden by those given)."""
-        if not _JOB_ID.fullmatch(template.template_id):
+        if not is_job_id(template.template_id):
             raise invalid(f"invalid jobTemplateId {template.template_id!r}")
         sources = [x for x in (template.document_text, template.document_source, job_arn) if x]
         if len(sources) != 1:

@@ -27,12 +27,7 @@ from jobs_agent.emulator.configs import (
     TimeoutConfig,
 )
 from jobs_agent.emulator.control import ControlPlane, retry_criteria_from
-from jobs_agent.emulator.data_plane import (
-    MAX_STEP_TIMEOUT,
-    MIN_STEP_TIMEOUT,
-    DataPlane,
-    check_status_details,
-)
+from jobs_agent.emulator.data_plane import DataPlane, check_status_details
 from jobs_agent.emulator.errors import ControlError, ServiceError
 from jobs_agent.emulator.events import (
     Delivery,
@@ -46,17 +41,12 @@ from jobs_agent.emulator.events import (
 from jobs_agent.emulator.groups import Query, ThingGroup
 from jobs_agent.emulator.model import ExecutionStatus, Job, RetryCriterion
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
+from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
 
-MAX_DOCUMENT_BYTES = 32768
-"""CreateJob's `document` limit (botocore: JobDocument max 32768)."""
-
 __all__ = [
-    "MAX_DOCUMENT_BYTES",
-    "MAX_STEP_TIMEOUT",
-    "MIN_STEP_TIMEOUT",
     "ControlError",
     "Delivery",
     "EventListener",

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.emulator.clock import Clock
+from jobs_agent.vocabulary import is_thing_name
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
@@ -56,7 +57,6 @@ MAX_PAGE_SIZE = 100
 RECREATE_WINDOW_SECONDS = 48 * 3600
 """A shadow created again within this time after its deletion continues its version."""
 SHADOW_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
-THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 PACKAGE_NAME = re.compile(r"[a-zA-Z0-9._-]{1,128}")
 _SECTIONS = ("desired", "reported")
 _PACKAGE_KEYS = frozenset({"version", "attributes"})
@@ -380,7 +380,7 @@ class ShadowService:
     ) -> dict[str, Any]:
         """ListNamedShadowsForThing: names in order, the classic shadow left out."""
         self._count("ListNamedShadowsForThing")
-        if not THING_NAME.fullmatch(thing_name):
+        if not is_thing_name(thing_name):
             raise invalid(f"Invalid thing name {thing_name!r}")
         size = MAX_PAGE_SIZE if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -568,7 +568,7 @@ def _check_packages(section: Mapping[str, Any]) -> None:
 
 # -- requests -------------------------------------------------------------------------------------
 def _check_names(thing_name: str, shadow_name: str | None) -> None:
-    if not THING_NAME.fullmatch(thing_name):
+    if not is_thing_name(thing_name):
         raise invalid(f"Invalid thing name {thing_name!r}")
     named = shadow_name is not None and shadow_name != PACKAGE_SHADOW
     if named and not SHADOW_NAME.fullmatch(str(shadow_name)):

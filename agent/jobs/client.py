@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from jobs_agent.backoff import Backoff
 from jobs_agent.jobs import topics
 from jobs_agent.jobs.errors import (
     JobsError,
@@ -53,8 +54,8 @@ from jobs_agent.jobs.models import (
 )
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
-from jobs_agent.transport.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport
+from jobs_agent.vocabulary import StatusDetails
 
 if TYPE_CHECKING:
     from jobs_agent.config import JobsConfig
@@ -545,8 +546,12 @@ def _check_jobs_shape(body: Mapping[str, Any]) -> None:
         raise ProtocolError("'timestamp' must be a number")
 
 
-def _sanitized(details: Mapping[str, Any] | None) -> dict[str, str] | None:
-    return None if details is None else sanitize_status_details(details)
+def _sanitized(details: Mapping[str, Any] | None) -> StatusDetails | None:
+    """The edge of the device: what is sent fits the API, sanitised once (a `StatusDetails`
+    made by the engine already was)."""
+    if details is None or isinstance(details, StatusDetails):
+        return details
+    return sanitize_status_details(details)
 
 
 def _decode(payload: bytes) -> Mapping[str, Any] | None:

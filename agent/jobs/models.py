@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Self
 
 from jobs_agent.jobs.errors import (
@@ -37,45 +36,23 @@ from jobs_agent.jobs.errors import (
     parse_error_code,
 )
 from jobs_agent.jobs.status_details import validate_status_details
-from jobs_agent.jobs.topics import JOB_ID_RE
+
+# The vocabulary's statuses and step-timeout range, importable from here as they always were.
+from jobs_agent.vocabulary import DEVICE_SETTABLE_STATUSES as DEVICE_SETTABLE_STATUSES
+from jobs_agent.vocabulary import (
+    JOB_ID_RE,
+    MAX_CLIENT_TOKEN,
+    MAX_COUNTER,
+    StatusDetails,
+    step_timeout_problem,
+)
+from jobs_agent.vocabulary import STEP_TIMEOUT_CLEAR as STEP_TIMEOUT_CLEAR
+from jobs_agent.vocabulary import STEP_TIMEOUT_MAX as STEP_TIMEOUT_MAX
+from jobs_agent.vocabulary import STEP_TIMEOUT_MIN as STEP_TIMEOUT_MIN
+from jobs_agent.vocabulary import TERMINAL_STATUSES as TERMINAL_STATUSES
+from jobs_agent.vocabulary import JobExecutionStatus as JobExecutionStatus
 
 MILLISECONDS_THRESHOLD = 1e11
-MAX_CLIENT_TOKEN = 64
-STEP_TIMEOUT_MIN = 1
-STEP_TIMEOUT_MAX = 10080
-STEP_TIMEOUT_CLEAR = -1
-"""`stepTimeoutInMinutes: -1` on an update clears the step timer."""
-
-
-class JobExecutionStatus(StrEnum):
-    QUEUED = "QUEUED"
-    IN_PROGRESS = "IN_PROGRESS"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    TIMED_OUT = "TIMED_OUT"
-    REJECTED = "REJECTED"
-    REMOVED = "REMOVED"
-    CANCELED = "CANCELED"
-
-
-TERMINAL_STATUSES: frozenset[JobExecutionStatus] = frozenset(
-    {
-        JobExecutionStatus.SUCCEEDED,
-        JobExecutionStatus.FAILED,
-        JobExecutionStatus.REJECTED,
-        JobExecutionStatus.TIMED_OUT,
-        JobExecutionStatus.REMOVED,
-        JobExecutionStatus.CANCELED,
-    }
-)
-DEVICE_SETTABLE_STATUSES: frozenset[JobExecutionStatus] = frozenset(
-    {
-        JobExecutionStatus.IN_PROGRESS,
-        JobExecutionStatus.SUCCEEDED,
-        JobExecutionStatus.FAILED,
-        JobExecutionStatus.REJECTED,
-    }
-)
 
 
 # -- field readers ---------------------------------------------------------------------------
@@ -132,10 +109,6 @@ def _int(obj: Mapping[str, Any], key: str, err: type[ProtocolError]) -> int | No
     if not isinstance(value, int):
         raise err(f"{key!r} must be an integer")
     return value
-
-
-MAX_COUNTER = 2**63 - 1
-"""executionNumber and versionNumber are Java longs on the service (and SQLite integers here)."""
 
 
 def _job_id(obj: Mapping[str, Any]) -> str:
@@ -552,20 +525,16 @@ def _request_details(o: Mapping[str, Any]) -> dict[str, str] | None:
     problem = validate_status_details(value)
     if problem is not None:
         raise InvalidRequestError(f"statusDetails: {problem}")
-    return dict(value)  # validated: a mapping of str to str
+    return StatusDetails(value)  # validated here, once: the service takes it as it is
 
 
 def _step_timeout(o: Mapping[str, Any], *, allow_clear: bool) -> int | None:
     value = _int(o, "stepTimeoutInMinutes", InvalidRequestError)
     if value is None:
         return None
-    if allow_clear and value == STEP_TIMEOUT_CLEAR:
-        return value
-    if not STEP_TIMEOUT_MIN <= value <= STEP_TIMEOUT_MAX:
-        raise InvalidRequestError(
-            f"'stepTimeoutInMinutes' must be {STEP_TIMEOUT_MIN} to {STEP_TIMEOUT_MAX}"
-            + (" or -1" if allow_clear else "")
-        )
+    problem = step_timeout_problem(value, allow_clear=allow_clear)
+    if problem is not None:
+        raise InvalidRequestError(f"'stepTimeoutInMinutes' {problem}")
     return value
 
 

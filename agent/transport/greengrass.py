@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.transport.backoff import Backoff
+from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 

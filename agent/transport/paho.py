@@ -42,8 +42,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from jobs_agent.backoff import Backoff
 from jobs_agent.config import ConnectionConfig
-from jobs_agent.transport.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
