@@ -151,7 +151,7 @@ async def _watch(dry: DryRun, client: Any, stop: asyncio.Event) -> None:
                 break
             try:
                 await dry.plan_pending()
-            except (JobsError, TransportError) as exc:
+            except JobsError as exc:
                 log.warning("dry run: cannot list jobs", error=str(exc))
     finally:
         stopper.cancel()

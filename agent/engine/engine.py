@@ -52,7 +52,6 @@ from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, Jobs
 from jobs_agent.jobs.models import TERMINAL_STATUSES, JobExecution
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
-from jobs_agent.transport import TransportError
 from jobs_agent_handlers.api import Handler, JobRejected, Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
@@ -237,7 +236,7 @@ class Engine:
                     backoff = 0.5
                     if found:
                         self._wake.set()  # there may be more
-                except (JobsError, TransportError) as exc:
+                except JobsError as exc:
                     log.warning("jobs service not reachable, will retry", error=str(exc))
                     await self._retry_later(backoff)
                     backoff = min(backoff * 2, 60.0)
@@ -312,7 +311,7 @@ class Engine:
             if exc.code in CLOUD_ENDED_CODES:
                 self._cloud_ended(running, f"the service ended the execution ({exc.code})")
             return
-        except (JobsError, TransportError):
+        except JobsError:
             return
         if execution is not None and str(execution.status) in TERMINAL_STATUSES:
             self._cloud_ended(running, f"the service ended the execution as {execution.status}")
@@ -345,7 +344,7 @@ class Engine:
                 await self.store.reported(entry.id, key, note=note)
                 self._note_outcome(key, note)
                 continue
-            except (JobsError, TransportError) as exc:
+            except JobsError as exc:
                 await self.store.outbox_attempt_failed(entry.id, str(exc))
                 return False
             self._crash.reached("report_accepted")
@@ -371,7 +370,7 @@ class Engine:
         if exc.code in CLOUD_ENDED_CODES:
             current = exc.execution_state.status if exc.execution_state else None
             if current is None:
-                with contextlib.suppress(JobsError, TransportError):
+                with contextlib.suppressJobsError:
                     described = await self.client.describe(
                         key.job_id,
                         namespace=key.namespace or None,
@@ -905,7 +904,7 @@ class Engine:
                 return False
             log.warning("progress update refused", job_id=key.job_id, code=str(exc.code))
             return True
-        except (JobsError, TransportError) as exc:
+        except JobsError as exc:
             log.info("progress update not delivered", job_id=key.job_id, error=str(exc))
             return True
         if sanitized:
@@ -949,7 +948,7 @@ class Engine:
                 execution_number=key.execution_number,
                 namespace=key.namespace or None,
             )
-        except (JobsError, TransportError) as exc:
+        except JobsError as exc:
             bound.error("outcome not reported and the database is gone", error=str(exc))
             return False
         bound.warning("outcome reported without a database record", status=status)
@@ -1011,7 +1010,7 @@ class Engine:
                 self._note_outcome(key, note)
                 return
             bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))
-        except (JobsError, TransportError) as exc:
+        except JobsError as exc:
             # Offline: the job asked for the reboot; the outcome is reported after the boot.
             bound.warning("reboot announcement not delivered; rebooting anyway", error=str(exc))
         if self._stopping:

@@ -6,7 +6,8 @@ client or another thing are ignored); a reply can be lost with the connection, s
 waiting when the link drops is re-published with the same token once the link is back (the first
 answer wins, later duplicates find no waiter); and `RequestThrottled`/`InternalError` are retried
 with capped exponential backoff and jitter. Every request has one deadline covering all of that,
-after which it raises `RequestTimeout`: nothing here waits forever.
+after which it raises `RequestTimeout`: nothing here waits forever. A transport's failure is
+translated here, once, into `LinkError`: every failure the client raises is a `JobsError`.
 
 The client owns the transport's listeners (message and connection callbacks). Events go to a
 single consumer through `events()`.
@@ -33,6 +34,7 @@ from jobs_agent.jobs import topics
 from jobs_agent.jobs.errors import (
     JobsError,
     JobsRejected,
+    LinkError,
     ProtocolError,
     RequestTimeout,
 )
@@ -54,7 +56,7 @@ from jobs_agent.jobs.models import (
 )
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
-from jobs_agent.transport.base import Message, NotConnectedError, Transport
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.vocabulary import StatusDetails
 
 if TYPE_CHECKING:
@@ -240,6 +242,8 @@ class JobsClient:
                 continue
             except TimeoutError:
                 raise RequestTimeout("subscribe", self.request_timeout) from None
+            except TransportError as exc:
+                raise LinkError(f"subscribe {topic_filter}: {exc}") from exc
 
     async def close(self) -> None:
         """Stop listening, fail waiting requests and end `events()`. Idempotent.
@@ -445,6 +449,8 @@ class JobsClient:
                     continue
                 except TimeoutError:
                     break
+                except TransportError as exc:
+                    raise LinkError(f"{operation.value}: {exc}") from exc
                 self.stats.publishes += 1
                 if not first:
                     self.stats.republishes += 1
