@@ -173,7 +173,7 @@ class BrokerTransport(AsyncPahoTransport):
             self._call(self._deliver, Message(topic, payload))
 
     # -- subscriptions without echo -------------------------------------------------------------
-    async def _subscribe_now(self, topic_filter: str) -> None:
+    async def _send_subscribe(self, topic_filter: str) -> None:
         what = f"subscribe {topic_filter}"
         options = SubscribeOptions(qos=1, noLocal=True)
         rc, mid = self._client.subscribe(topic_filter, options=options)
@@ -268,8 +268,8 @@ class BrokerTransport(AsyncPahoTransport):
         # paho formats every packet's debug line whenever a log callback is set.
         self._client.on_log = None
 
-    def _link_up(self, session_present: bool) -> None:
-        super()._link_up(session_present)
+    def _link_restored(self, session_present: bool) -> None:
+        super()._link_restored(session_present)
         self._quiet()
 
     def _paho_disconnect(

@@ -370,7 +370,7 @@ class Engine:
         if exc.code in CLOUD_ENDED_CODES:
             current = exc.execution_state.status if exc.execution_state else None
             if current is None:
-                with contextlib.suppressJobsError:
+                with contextlib.suppress(JobsError):
                     described = await self.client.describe(
                         key.job_id,
                         namespace=key.namespace or None,

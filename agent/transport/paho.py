@@ -90,14 +90,9 @@ class PahoTransport(Transport):
         self.config = config
         self.client_id = client_id
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds)
-        self._subscriptions: set[str] = set()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
         self._started = False
-        self._generation = 0
-        self._ever_up = False
         # Written by paho's thread, read by the first-connect worker in the same thread.
         self._connack: tuple[ReasonCode, bool] | None = None
         self._last_error = ""
@@ -201,7 +196,7 @@ class PahoTransport(Transport):
             return
         self._backoff.reset()
         if self._started:
-            self._call(self._link_up, bool(flags.session_present))
+            self._call(self._link_restored, bool(flags.session_present))
 
     def _paho_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._schedule_retry_delay()
@@ -246,30 +241,8 @@ class PahoTransport(Transport):
             if not future.done():
                 future.set_exception(NotConnectedError(reason))
 
-    def _link_down(self, reason: str) -> None:
-        self._generation += 1
-        was_up = self.is_connected
-        self._mark_down()
+    def _link_dropped(self, reason: str) -> None:
         self._fail_pending(f"connection lost: {reason}")
-        if was_up and not self._closing:
-            log.warning("connection lost", reason=reason)
-            self._connection_lost(reason)
-
-    def _link_up(self, session_present: bool) -> None:
-        if self._closing:
-            return
-        self._generation += 1
-        task = asyncio.ensure_future(self._resume(session_present, self._generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _resume(self, session_present: bool, generation: int) -> None:
-        await self._restore_after_reconnect(
-            session_present,
-            self._subscriptions,
-            self._subscribe_now,
-            lambda: generation == self._generation and not self._closing,
-        )
 
     def _expect(self, rc: MQTTErrorCode, mid: int | None, what: str) -> asyncio.Future[Any]:
         """A future for the acknowledgement of the packet paho just queued as `mid`."""
@@ -284,7 +257,7 @@ class PahoTransport(Transport):
         self._pending[mid] = future
         return future
 
-    async def _subscribe_now(self, topic_filter: str) -> None:
+    async def _send_subscribe(self, topic_filter: str) -> None:
         what = f"subscribe {topic_filter}"
         rc, mid = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
         reasons: list[ReasonCode] = await self._expect(rc, mid, what)
@@ -387,7 +360,6 @@ class PahoTransport(Transport):
         self._backoff.reset()
         self._schedule_retry_delay()
         self._started = True
-        self._ever_up = True
         self._client.loop_start()
         self._mark_up()
         log.info(
@@ -408,8 +380,7 @@ class PahoTransport(Transport):
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending("disconnected")
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
 
     # -- operations ----------------------------------------------------------------------------
     def _require_up(self, what: str) -> None:
@@ -419,7 +390,7 @@ class PahoTransport(Transport):
     async def subscribe(self, topic_filter: str) -> None:
         validate_topic_filter(topic_filter)
         self._require_up(f"subscribe {topic_filter}")
-        await self._subscribe_now(topic_filter)
+        await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
 
     async def unsubscribe(self, topic_filter: str) -> None:

@@ -239,7 +239,6 @@ class AsyncPahoTransport(PahoTransport):
         await self._connect_with_retries(timeout)
         self._backoff.reset()
         self._started = True
-        self._ever_up = True
         self._misc_task = asyncio.ensure_future(self._misc())
         self._mark_up()
         log.debug(
@@ -256,7 +255,7 @@ class AsyncPahoTransport(PahoTransport):
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        """Reconnect with backoff until connected or closed; CONNACK then goes to `_link_up`."""
+        """Reconnect with backoff until connected or closed (the CONNACK then restores)."""
         while not self._closing and self._sock is None:
             delay = self._backoff.next_delay()
             await asyncio.sleep(delay)  # the backoff delay itself
@@ -286,8 +285,7 @@ class AsyncPahoTransport(PahoTransport):
                     await task
         self._drop()
         self._fail_pending("disconnected")
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
