@@ -370,15 +370,23 @@ class PahoTransport(Transport):
         )
 
     async def disconnect(self) -> None:
-        self._abort.set()
-        if self._closing or not self._started:
-            self._closing = True
+        if not self._begin_disconnect():
             return
-        self._closing = True
-        self._started = False
-        self._mark_down()
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
+        self._end_disconnect()
+
+    def _begin_disconnect(self) -> bool:
+        """Stop reconnecting; False when there was no link to close (idempotent)."""
+        self._abort.set()
+        open_link = self._started and not self._closing
+        self._closing = True
+        self._started = False
+        if open_link:
+            self._mark_down()
+        return open_link
+
+    def _end_disconnect(self) -> None:
         self._fail_pending("disconnected")
         self._cancel_tasks()
 

@@ -271,21 +271,15 @@ class AsyncPahoTransport(PahoTransport):
             return
 
     async def disconnect(self) -> None:
-        self._abort.set()
-        if self._closing or not self._started:
-            self._closing = True
+        if not self._begin_disconnect():
             return
-        self._closing = True
-        self._started = False
-        self._mark_down()
         for task in (self._misc_task, self._reconnect_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._drop()
-        self._fail_pending("disconnected")
-        self._cancel_tasks()
+        self._end_disconnect()
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
