@@ -126,7 +126,7 @@ class Agent:
             keep_heartbeat(
                 config.state_dir,
                 transport=config.connection.transport,
-                endpoint=config.connection.endpoint,
+                endpoint=config.connection.endpoint_name,
                 is_connected=lambda: transport.is_connected,
                 activity=lambda: self.engine.status.describe() if self.engine else "connecting",
             ),
@@ -136,7 +136,7 @@ class Agent:
             log.info(
                 "connecting",
                 transport=config.connection.transport,
-                endpoint=config.connection.endpoint or None,
+                endpoint=config.connection.endpoint_name or None,
                 thing_name=config.thing_name,
             )
             if not await self._connect_unless_stopped(transport):
@@ -145,10 +145,10 @@ class Agent:
             client = JobsClient.for_config(transport, config.jobs, config.thing_name)
             await client.start()
             engine = Engine(
-                config,
+                config.engine_settings(),
                 client,
                 store,
-                Dispatcher(config),
+                Dispatcher(config.dispatch_settings()),
                 heartbeat_interval=self._heartbeat_interval,
                 on_status=self._on_status,
                 boot_id_path=self._boot_id_path,
@@ -281,11 +281,11 @@ class Agent:
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
         new = self._keep_restart_only_settings(new)
-        from jobs_agent.dispatch import Dispatcher
+        from jobs_agent.dispatch import Dispatcher, TrustedKeysError
 
         try:
-            dispatcher = Dispatcher(new)
-        except ConfigError as exc:
+            dispatcher = Dispatcher(new.dispatch_settings())
+        except TrustedKeysError as exc:
             log.error("reload refused; keeping the old configuration", error=str(exc))
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
@@ -298,8 +298,7 @@ class Agent:
         configure_logging(new.log.level, new.log.format, journal_socket=new.log.journal_socket)
         self.config = new
         if self.engine is not None:
-            self.engine.config = new
-            self.engine.dispatcher = dispatcher
+            self.engine.reconfigure(new.engine_settings(), dispatcher)
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
         return True
 

@@ -91,8 +91,7 @@ def _exec(args: argparse.Namespace) -> int:
 
     from jobs_agent.cli import UsageError
     from jobs_agent.commands.common import load_config_or_exit
-    from jobs_agent.config import ConfigError
-    from jobs_agent.dispatch import Dispatcher
+    from jobs_agent.dispatch import Dispatcher, TrustedKeysError
     from jobs_agent.log import configure_logging
 
     document = _read_document(args.document)
@@ -103,16 +102,18 @@ def _exec(args: argparse.Namespace) -> int:
             config, jobs=dataclasses.replace(config.jobs, handler_dir=args.handler_dir.resolve())
         )
     out = sys.stdout
+    echo = _echo(out) if args.verbose else None
     try:
-        dispatcher = Dispatcher(config, echo=_echo(out) if args.verbose else None)
-    except ConfigError as exc:
+        dispatcher = Dispatcher(config, echo=echo)
+    except TrustedKeysError as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:
         return _dry_run(dispatcher, document, args.job_id, out)
     temporary = args.state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-exec-")) if temporary else args.state_dir
     config = dataclasses.replace(config, state_dir=state_dir.resolve())
-    dispatcher.config = config
+    # The run's own state directory (output logs, containment groups), the same plugins.
+    dispatcher = Dispatcher(config, echo=echo, plugins=dispatcher.plugins)
     try:
         return asyncio.run(_run(dispatcher, config, document, args.job_id, out, keep=not temporary))
     finally:

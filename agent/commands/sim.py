@@ -302,14 +302,13 @@ async def _serve_async(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from jobs_agent.config import ConnectionConfig
     from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
     from jobs_agent.transport.base import TransportError
+    from jobs_agent.transport.options import PahoOptions
 
     tls = bool(args.tls or args.ca or args.cert)
-    config = ConnectionConfig(
-        transport="paho",
+    config = PahoOptions(
         endpoint=args.broker_host,
         port=args.broker_port,
         tls=tls,
@@ -568,17 +567,17 @@ async def _fleet_async(
     import tempfile
     import threading
 
-    from jobs_agent.config import ConnectionConfig, JobsConfig
+    from jobs_agent.config import JobsConfig
     from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
     from jobs_agent.emulator.fleet import TERMINAL, Fleet, FleetOptions
     from jobs_agent.transport.base import TransportError
+    from jobs_agent.transport.options import PahoOptions
 
     def out(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    connection = ConnectionConfig(
-        transport="paho",
+    connection = PahoOptions(
         endpoint=args.broker_host,
         port=args.broker_port,
         tls=args.ca is not None or args.cert is not None,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs_agent.config import AgentConfig
 from jobs_agent.dispatch.containment import group_name
 from jobs_agent.dispatch.output import OutputLog, Tail, log_path
 from jobs_agent.dispatch.paths import PLACEHOLDER, locate_handler
@@ -39,6 +38,7 @@ from jobs_agent.dispatch.scripts import (
     message_handler,
     script_environment,
 )
+from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs, parse_run_as_user, resolve_user
 from jobs_agent.redact import has_url_credentials
@@ -351,15 +351,15 @@ class PreparedStep:
         )
 
 
-def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedStep:
+def prepare(action: Action, settings: DispatchSettings, search_path: str) -> PreparedStep:
     """Resolve one action; raise `JobRejected` when it cannot run here (path, user, rights)."""
     label = _label(action, None)
     try:
-        user = resolve_user(action.run_as_user, config.jobs)
-        timeout = action.timeout or config.jobs.handler_timeout_seconds
+        user = resolve_user(action.run_as_user, settings)
+        timeout = action.timeout or settings.handler_timeout_seconds
         if action.type == RUN_HANDLER:
             located = locate_handler(
-                config.jobs.handler_dir, action.handler, action.path, search_path=search_path
+                settings.handler_dir, action.handler, action.path, search_path=search_path
             )
             args, urls = hide_url_credentials(action.args)
             base = (str(located.path), action.run_as_user, *args)
@@ -473,13 +473,13 @@ class StepsHandler:
         document: StepsDocument,
         steps: Sequence[PreparedStep],
         *,
-        config: AgentConfig,
+        settings: DispatchSettings,
         sandbox: Sandbox,
     ) -> None:
         self.name = name
         self.document = document
         self.steps = tuple(steps)
-        self._config = config
+        self._settings = settings
         self._sandbox = sandbox
 
     def plan(self) -> list[PlannedStep]:
@@ -501,8 +501,8 @@ class StepsHandler:
         start, step_data = self.start_index(ctx, total)
         stdout_all, stderr_all = Tail(), Tail()
         log = OutputLog(
-            log_path(self._config.state_dir, ctx.job_id, ctx.execution_number),
-            self._config.jobs.output_log_max_bytes,
+            log_path(self._settings.state_dir, ctx.job_id, ctx.execution_number),
+            self._settings.output_log_max_bytes,
         )
         ignored: list[str] = []
 
@@ -525,7 +525,7 @@ class StepsHandler:
                 action = actions[index]
                 label = _label(action, index)
                 try:
-                    step = prepare(action, self._config, self._sandbox.search_path)
+                    step = prepare(action, self._settings, self._sandbox.search_path)
                 except JobRejected as exc:
                     return Outcome.rejected(exc.reason, **details())
                 confirming = index == start and self._confirming_reboot(ctx)
@@ -582,7 +582,7 @@ class StepsHandler:
         return (
             step.action.type == RUN_HANDLER
             and not step.builtin
-            and step.action.handler in self._config.jobs.rerun_after_reboot
+            and step.action.handler in self._settings.rerun_after_reboot
         )
 
     @staticmethod
@@ -592,7 +592,7 @@ class StepsHandler:
 
     def _boot_id(self) -> str:
         try:
-            return self._config.jobs.boot_id_path.read_text(encoding="ascii").strip()
+            return self._settings.boot_id_path.read_text(encoding="ascii").strip()
         except OSError:
             return ""
 
@@ -637,7 +637,7 @@ class StepsHandler:
                 checkpoint_file=checkpoint_file,
             )
             env.update(step.url_environment)
-            if self._config.jobs.allow_http_downloads:
+            if self._settings.allow_http_downloads:
                 env["JOBS_AGENT_ALLOW_HTTP_DOWNLOADS"] = "1"  # for download-file.sh
 
             async def on_checkpoint(data: Any) -> None:

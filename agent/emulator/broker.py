@@ -45,8 +45,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_async import AsyncPahoTransport
 
 __all__ = ["BrokerTransport", "broker_transport"]
@@ -155,7 +155,7 @@ def _qos1_request(command: int, packet: bytes | bytearray) -> tuple[str, int, by
 class BrokerTransport(AsyncPahoTransport):
     client_class = ServiceClient
 
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: PahoOptions, client_id: str) -> None:
         super().__init__(config, client_id)
         client = self._client
         assert isinstance(client, ServiceClient)
@@ -287,6 +287,6 @@ class BrokerTransport(AsyncPahoTransport):
         await super().disconnect()
 
 
-def broker_transport(config: ConnectionConfig, client_id: str | None = None) -> BrokerTransport:
+def broker_transport(config: PahoOptions, client_id: str | None = None) -> BrokerTransport:
     """The emulator's transport for `config` (a paho connection to a broker)."""
     return BrokerTransport(config, client_id or config.client_id)

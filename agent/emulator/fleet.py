@@ -21,12 +21,13 @@ from pathlib import Path
 
 import structlog
 
-from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
+from jobs_agent.config import AgentConfig, JobsConfig
 from jobs_agent.dispatch import Dispatcher
 from jobs_agent.dispatch.plugins import PluginRegistry
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine
 from jobs_agent.jobs.client import JobsClient
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_async import AsyncPahoTransport
 
 log = structlog.get_logger("jobs_agent.emulator.fleet")
@@ -46,7 +47,7 @@ class NoopHandler:
 @dataclass(frozen=True)
 class FleetOptions:
     things: int
-    connection: ConnectionConfig
+    connection: PahoOptions
     """Broker settings shared by every device; client ids are the thing names."""
     state_dir: Path
     prefix: str = "fleet-"
@@ -100,7 +101,9 @@ class Fleet:
     async def _start_one(self, thing: str, timeout: float) -> Device:
         config = self._config(thing)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        transport = AsyncPahoTransport(config.connection, thing)
+        transport = AsyncPahoTransport(
+            dataclasses.replace(self.options.connection, client_id=thing), thing
+        )
         await transport.connect(timeout=timeout)
         client = JobsClient.for_config(transport, config.jobs, thing)
         try:
@@ -111,7 +114,8 @@ class Fleet:
         store = AsyncStore(config.state_dir / "state.db", executor=self._store_executor)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
-        engine = Engine(config, client, store, Dispatcher(config, plugins=self._plugins))
+        dispatcher = Dispatcher(config, plugins=self._plugins)
+        engine = Engine(config.engine_settings(), client, store, dispatcher)
         return Device(thing, transport, client, store, engine)
 
     async def start(self, timeout: float = 60.0) -> None:

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 import structlog
 
 from jobs_agent.aio import wait_event
-from jobs_agent.config import AgentConfig
 from jobs_agent.dispatch.containment import ContainmentError, containment_for, group_name
 from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint, interrupted_reboot_step
 from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
@@ -35,6 +34,7 @@ from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.progress import ProgressReporter
+from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.store import (
     ExecutionKey,
     ExecutionRecord,
@@ -121,7 +121,7 @@ class _Running:
 class Engine:
     def __init__(
         self,
-        config: AgentConfig,
+        settings: EngineSettings,
         client: JobsClient,
         store: AsyncStore,
         dispatcher: Dispatcher,
@@ -130,14 +130,14 @@ class Engine:
         boot_id_path: Path | None = None,
         on_status: Callable[[EngineStatus], None] | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.client = client
         self.store = store
         self.dispatcher = dispatcher
         self._heartbeat_interval = heartbeat_interval
         self._boot_id_path_override = boot_id_path
         self._on_status = on_status
-        self._crash = CrashPoints(config.state_dir)
+        self._crash = CrashPoints(settings.state_dir)
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_now = asyncio.Event()
@@ -159,6 +159,14 @@ class Engine:
         """Refreshed by the main loop; the systemd watchdog checks it is recent."""
 
     # -- public control -----------------------------------------------------------------------
+    def reconfigure(self, settings: EngineSettings, dispatcher: Dispatcher) -> None:
+        """New settings and handlers (a SIGHUP reload), read from here on; a job already running
+        keeps the handler it resolved and its progress reporter. The state directory and the
+        namespaces stay as started (the caller keeps them: they change only with a restart)."""
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self._wake.set()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -266,7 +274,7 @@ class Engine:
         safety net against a lost notification; 0 = never: keep-alives only)."""
         while not await wait_event(self._wake, LOOP_TICK_SECONDS):
             self.loop_heartbeat = time.monotonic()
-            poll = self.config.jobs.idle_poll_seconds
+            poll = self.settings.idle_poll_seconds
             if poll and time.monotonic() - self._last_acquire >= poll:
                 self._wake.set()
                 return
@@ -459,7 +467,7 @@ class Engine:
             return False
         await self.store.verify()  # never take a job the database could not keep track of
         self._last_acquire = time.monotonic()
-        step_timeout = self.config.jobs.step_timeout_minutes
+        step_timeout = self.settings.step_timeout_minutes
         await self.store.mark_taking()
         execution = await self.client.start_next(step_timeout=step_timeout)
         if execution is not None:
@@ -467,7 +475,7 @@ class Engine:
             await self._process(execution, namespace="")
             return True
         await self.store.taken()
-        for namespace in self.config.jobs.namespaces:
+        for namespace in self.settings.namespaces:
             if self._stopping:
                 return False
             execution = await self._take_next_in_namespace(namespace)
@@ -501,7 +509,7 @@ class Engine:
                     execution.job_id,
                     "IN_PROGRESS",
                     expected_version=version,
-                    step_timeout=self.config.jobs.step_timeout_minutes,
+                    step_timeout=self.settings.step_timeout_minutes,
                     execution_number=execution.execution_number,
                     include_job_execution_state=True,
                     namespace=namespace,
@@ -594,7 +602,7 @@ class Engine:
                     key, Outcome.failed("agent restarted while the step was running"), bound
                 )
                 return
-            elif restarts > self.config.jobs.max_agent_restarts_per_job:
+            elif restarts > self.settings.max_agent_restarts_per_job:
                 await self._decide(
                     key,
                     Outcome.failed(
@@ -670,7 +678,7 @@ class Engine:
         it has), then whatever still carries the execution's environment."""
         swept = await asyncio.to_thread(self._sweep_group, key)
         killed = await asyncio.to_thread(
-            kill_handler_processes, self.config.thing_name, key.job_id, key.execution_number
+            kill_handler_processes, self.settings.thing_name, key.job_id, key.execution_number
         )
         if swept or killed:
             bound.warning(
@@ -681,7 +689,7 @@ class Engine:
 
     def _sweep_all(self) -> int:
         try:
-            containment = containment_for(self.config.jobs.containment, self.config.state_dir)
+            containment = containment_for(self.settings.containment, self.settings.state_dir)
         except ContainmentError as exc:
             log.error("cannot sweep the job groups of an earlier agent", error=str(exc))
             return 0
@@ -689,14 +697,14 @@ class Engine:
 
     def _sweep_group(self, key: ExecutionKey) -> int:
         try:
-            containment = containment_for(self.config.jobs.containment, self.config.state_dir)
+            containment = containment_for(self.settings.containment, self.settings.state_dir)
         except ContainmentError as exc:
             log.error("cannot sweep the job's containment group", error=str(exc))
             return 0
         return containment.sweep(group_name(key.namespace, key.job_id, key.execution_number))
 
     def _job_dirs(self, key: ExecutionKey) -> tuple[Path, Path]:
-        base = self.config.state_dir / "jobs" / (key.namespace or "default") / key.job_id
+        base = self.settings.state_dir / "jobs" / (key.namespace or "default") / key.job_id
         return base / f"scratch-{key.execution_number}", base / "state"
 
     async def _cleanup_dirs(self, key: ExecutionKey) -> None:
@@ -708,8 +716,8 @@ class Engine:
 
     async def _prune_output_logs(self) -> None:
         """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first)."""
-        jobs = self.config.jobs
-        logs_dir = self.config.state_dir / "logs"
+        jobs = self.settings
+        logs_dir = self.settings.state_dir / "logs"
         limits = {
             "max_count": jobs.output_logs_max_count,
             "max_total_bytes": jobs.output_logs_max_total_bytes,
@@ -718,7 +726,7 @@ class Engine:
             if not await asyncio.to_thread(output_logs_over_limits, logs_dir, **limits):
                 return  # the usual case: no database read, one directory listing
             active = [
-                log_path(self.config.state_dir, r.key.job_id, r.key.execution_number)
+                log_path(self.settings.state_dir, r.key.job_id, r.key.execution_number)
                 for r in await self.store.active()
             ]
             deleted = await asyncio.to_thread(prune_output_logs, logs_dir, keep=active, **limits)
@@ -749,15 +757,15 @@ class Engine:
 
         reporter = ProgressReporter(
             send,
-            interval=self.config.jobs.progress_interval_seconds,
-            step_timeout_minutes=self.config.jobs.step_timeout_minutes,
+            interval=self.settings.progress_interval_seconds,
+            step_timeout_minutes=self.settings.step_timeout_minutes,
             heartbeat_interval=self._heartbeat_interval,
         )
         if resumed and record.progress:
             reporter.seed(record.progress)  # the last progress survives a restart or a boot
         ctx = EngineJobContext(
             key=key,
-            thing_name=self.config.thing_name,
+            thing_name=self.settings.thing_name,
             document=document,
             checkpoint_data=record.checkpoint,
             resumed=resumed,
@@ -812,7 +820,7 @@ class Engine:
                 waiters: set[asyncio.Future[Any]] = {handler_task, ended_wait, stop_wait}
                 if self._stopping and stop_timeout_task is None:
                     stop_timeout_task = asyncio.create_task(
-                        asyncio.sleep(self.config.jobs.stop_timeout_seconds)
+                        asyncio.sleep(self.settings.stop_timeout_seconds)
                     )
                 if stop_timeout_task is not None:
                     waiters.add(stop_timeout_task)
@@ -851,7 +859,7 @@ class Engine:
         self, handler_task: asyncio.Task[Outcome], ctx: EngineJobContext
     ) -> None:
         ctx.cancelled.set()
-        grace = self.config.jobs.kill_grace_seconds + 5.0
+        grace = self.settings.kill_grace_seconds + 5.0
         done, _ = await asyncio.wait({handler_task}, timeout=grace)
         if not done:
             handler_task.cancel()
@@ -970,7 +978,7 @@ class Engine:
 
     @property
     def _boot_id_path(self) -> Path:
-        return self._boot_id_path_override or self.config.jobs.boot_id_path
+        return self._boot_id_path_override or self.settings.boot_id_path
 
     def _read_boot_id(self) -> str | None:
         try:
@@ -1020,7 +1028,7 @@ class Engine:
             self._awaiting_reboot = True
             bound.warning("not running the reboot command: the agent is being stopped")
             return
-        command = list(self.config.jobs.reboot_command)
+        command = list(self.settings.reboot_command)
         bound.warning("rebooting the device for the job", command=command)
         try:
             process = await asyncio.create_subprocess_exec(

@@ -54,8 +54,8 @@ import structlog
 from awscrt import auth, exceptions, http, mqtt5
 from awsiot import mqtt5_client_builder
 
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.options import AwscrtOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
 log = structlog.get_logger("jobs_agent.transport.awscrt")
@@ -168,7 +168,7 @@ def _describe(
 
 
 class AwscrtTransport(Transport):
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: AwscrtOptions, client_id: str) -> None:
         super().__init__()
         if not config.endpoint:
             raise TransportError("awscrt transport: connection.endpoint is required")

@@ -43,8 +43,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from jobs_agent.backoff import Backoff
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
 log = structlog.get_logger("jobs_agent.transport.paho")
@@ -75,18 +75,10 @@ class PahoTransport(Transport):
     client_class: type[mqtt.Client] = mqtt.Client
     """The paho client class (a subclass may tune paho for its use, e.g. the emulator's)."""
 
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: PahoOptions, client_id: str) -> None:
         super().__init__()
         if not config.endpoint:
             raise TransportError("paho transport: connection.endpoint is required")
-        if config.websocket:
-            raise TransportError(
-                "paho transport: connection.websocket (SigV4) is supported by awscrt only"
-            )
-        if config.proxy_host:
-            raise TransportError(
-                "paho transport: connection.proxy_host is supported by awscrt only"
-            )
         self.config = config
         self.client_id = client_id
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds)

@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
-from jobs_agent.config import ConnectionConfig
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import (
     PERMANENT_CONNACK_CODES,
     PahoTransport,
@@ -42,7 +42,7 @@ MISC_MAX_SECONDS = 30.0
 
 
 class AsyncPahoTransport(PahoTransport):
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: PahoOptions, client_id: str) -> None:
         super().__init__(config, client_id)
         self._loop_thread: int | None = None
         self._fd: int | None = None
