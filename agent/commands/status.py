@@ -98,7 +98,8 @@ def _liveness(state_dir: Path) -> dict[str, Any]:
 
 def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     from jobs_agent.dispatch.output import log_path
-    from jobs_agent.engine.store import ACTIVE_STATES, Store, StoreError
+    from jobs_agent.engine.lifecycle import ACTIVE_STATES
+    from jobs_agent.engine.store import Store, StoreError
 
     path = config.state_dir / "state.db"
     alive = _liveness(config.state_dir)

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.store import (
     ExecutionKey,
     ExecutionRecord,
-    ExecutionState,
     OutboxEntry,
     Store,
 )

@@ -32,13 +32,13 @@ from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
+from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.store import (
     ExecutionKey,
     ExecutionRecord,
-    ExecutionState,
     StoreError,
     StoreLost,
 )
