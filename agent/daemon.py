@@ -66,7 +66,6 @@ class Agent:
         transport: Transport | None = None,
         notifier: SystemdNotifier | None = None,
         heartbeat_interval: float | None = None,
-        boot_id_path: Path | None = None,
         connect_timeout: float | None = None,
     ) -> None:
         self.config = config
@@ -74,7 +73,6 @@ class Agent:
         self._transport = transport
         self.notifier = notifier or SystemdNotifier()
         self._heartbeat_interval = heartbeat_interval
-        self._boot_id_path = boot_id_path
         self._connect_timeout = connect_timeout
         self.engine: Engine | None = None
         self._signals = 0
@@ -151,7 +149,6 @@ class Agent:
                 Dispatcher(config.dispatch_settings()),
                 heartbeat_interval=self._heartbeat_interval,
                 on_status=self._on_status,
-                boot_id_path=self._boot_id_path,
             )
             self.engine = engine
             if self._signals:

@@ -9,7 +9,7 @@ from typing import Any
 
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.progress import ProgressReporter
-from jobs_agent.engine.store import ExecutionKey
+from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import Logger
 
 
@@ -17,7 +17,7 @@ class EngineJobContext:
     def __init__(
         self,
         *,
-        key: ExecutionKey,
+        key: ExecutionRef,
         thing_name: str,
         document: Mapping[str, Any],
         checkpoint_data: Any,
