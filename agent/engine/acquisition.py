@@ -23,7 +23,7 @@ from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import ExecutionRecord
+from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
 from jobs_agent.jobs.models import JobExecution
@@ -78,13 +78,15 @@ class Acquisition:
         """The next execution for this device: the default namespace first, then each
         configured namespace in order. None when nothing is pending (or a stop came)."""
         settings = self._shared.settings
-        await self._store.verify()  # never take a job the database could not keep track of
-        await self._store.mark_taking()
+        await self._store.call(
+            Store.verify
+        )  # never take a job the database could not keep track of
+        await self._store.call(Store.mark_taking)
         execution = await self._client.start_next(step_timeout=settings.step_timeout_minutes)
         if execution is not None:
             self._shared.crash.reached("taken")
             return Offer(_ref(None, execution), execution)
-        await self._store.taken()
+        await self._store.call(Store.taken)
         for namespace in settings.namespaces:
             if self._shared.stopping:
                 return None
@@ -104,10 +106,10 @@ class Acquisition:
         if execution is None or execution.status is not JobExecutionStatus.QUEUED:
             return execution
         ref = _ref(namespace, execution)
-        record = await self._store.get(ref)
+        record = await self._store.call(Store.get, ref)
         if record is None:
-            await self._store.record_received(
-                ref, execution.job_document or {}, execution.version_number
+            await self._store.call(
+                Store.record_received, ref, execution.job_document or {}, execution.version_number
             )
         elif record.state is not ExecutionState.RECEIVED:
             return execution  # recorded further along: recovery decides, nothing is started
@@ -135,12 +137,14 @@ class Acquisition:
                     version = exc.execution_state.version_number
                     continue
                 if exc.code in CLOUD_ENDED_CODES:
-                    await self._store.cancelled(ref, f"not started: {exc.code}")
+                    await self._store.call(Store.cancelled, ref, f"not started: {exc.code}")
                     return None
                 raise
             state = reply.execution_state
             new_version = state.version_number if state else None
-            await self._store.transition(ref, ExecutionState.STARTED, version_number=new_version)
+            await self._store.call(
+                Store.transition, ref, ExecutionState.STARTED, version_number=new_version
+            )
             return execution
         return None
 
@@ -151,7 +155,7 @@ class Acquisition:
         ref, execution = offer.ref, offer.execution
         if ref in self._outbox.undecided:
             return None  # finished; its outcome is written as soon as the database works
-        record = await self._store.get(ref)
+        record = await self._store.call(Store.get, ref)
         if (
             record is None
             and ref.namespace is not None
@@ -162,30 +166,38 @@ class Acquisition:
             await self.fail_lost(ref, execution.version_number)
             return None
         if record is None:
-            record = await self._store.record_received(
-                ref, execution.job_document or {}, execution.version_number, ExecutionState.STARTED
+            record = await self._store.call(
+                Store.record_received,
+                ref,
+                execution.job_document or {},
+                execution.version_number,
+                ExecutionState.STARTED,
             )
             self._shared.crash.reached("started")
             _bound(ref).info("job started")
         if ref.namespace is None:
-            await self._store.taken()
+            await self._store.call(Store.taken)
         elif record.state is ExecutionState.RECEIVED:
-            record = await self._store.transition(ref, ExecutionState.STARTED)
+            record = await self._store.call(Store.transition, ref, ExecutionState.STARTED)
         return record
 
     # -- reconciliation -----------------------------------------------------------------------
     async def reconcile(self) -> None:
         """Close local records of executions the service ended while the agent was away, and
         report FAILED what the service has in progress that this device has no record of."""
-        for record in await self._store.active():
+        for record in await self._store.call(Store.active):
             await self._close_if_ended(record.key)
         pending = await self._client.get_pending()
         unknown = [
             (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)
             for s in pending.in_progress
         ]
-        unknown = [(ref, version) for ref, version in unknown if await self._store.get(ref) is None]
-        if len(unknown) == 1 and await self._store.was_taking():
+        unknown = [
+            (ref, version)
+            for ref, version in unknown
+            if await self._store.call(Store.get, ref) is None
+        ]
+        if len(unknown) == 1 and await self._store.call(Store.was_taking):
             # The agent stopped between the service starting it and the record: never run.
             log.info(
                 "an execution taken just before the agent stopped runs now",
@@ -206,15 +218,17 @@ class Acquisition:
         except JobsRejected as exc:
             if exc.code in CLOUD_ENDED_CODES:
                 await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
-                await self._store.cancelled(
-                    ref, f"service ended the execution while away ({exc.code})"
+                await self._store.call(
+                    Store.cancelled, ref, f"service ended the execution while away ({exc.code})"
                 )
                 self._shared.note_outcome(ref, f"ended by the service ({exc.code})")
             return
         if execution is not None and execution.status in TERMINAL_STATUSES:
             await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
-            await self._store.cancelled(
-                ref, f"service ended the execution as {execution.status} while away"
+            await self._store.call(
+                Store.cancelled,
+                ref,
+                f"service ended the execution as {execution.status} while away",
             )
             self._shared.note_outcome(ref, f"ended by the service ({execution.status})")
 
@@ -224,7 +238,9 @@ class Acquisition:
         bound = _bound(ref)
         bound.error("the service has an execution in progress that this device has no record of")
         await self._files.stop_leftovers(ref, bound)
-        await self._store.record_received(ref, {}, version_number, ExecutionState.STARTED)
+        await self._store.call(
+            Store.record_received, ref, {}, version_number, ExecutionState.STARTED
+        )
         await self._outbox.decide(ref, Outcome.failed(LOST_RECORD_REASON), bound)
 
 

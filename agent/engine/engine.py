@@ -34,7 +34,7 @@ from jobs_agent.engine.runner import Runner
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.shared import Dispatcher, Shared
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
-from jobs_agent.engine.store import StoreError, StoreLost
+from jobs_agent.engine.store import Store, StoreError, StoreLost
 from jobs_agent.engine.supervision import Supervisor
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
@@ -164,7 +164,7 @@ class Engine:
         something could not be done yet (retried after a growing pause)."""
         if self._shared.prune_soon:
             self._shared.prune_soon = False
-            await self.store.prune()
+            await self.store.call(Store.prune)
         await self._outbox.decide_undecided()
         if not await self._outbox.flush():
             return False
@@ -174,7 +174,7 @@ class Engine:
         if self._reboots.awaiting:
             return True
         if self._store_broken:
-            await self.store.probe()  # take no job the database cannot record
+            await self.store.call(Store.probe)  # take no job the database cannot record
             self._store_broken = False
             log.info("state database writable again")
         found = await self._take_and_run()

@@ -21,6 +21,7 @@ from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
 
 log = structlog.get_logger("jobs_agent.engine")
@@ -56,7 +57,7 @@ class JobFiles:
                 return  # the usual case: no database read, one directory listing
             active = [
                 log_path(settings.state_dir, r.key.job_id, r.key.execution_number)
-                for r in await self._store.active()
+                for r in await self._store.call(Store.active)
             ]
             deleted = await asyncio.to_thread(prune_output_logs, logs_dir, keep=active, **limits)
         except OSError as exc:

@@ -19,7 +19,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.recovery import Settle
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import StoreError, StoreLost
+from jobs_agent.engine.store import Store, StoreError, StoreLost
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
@@ -52,7 +52,7 @@ class Outbox:
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
             self._dirty = True
-            await self._store.decide(ref, status, details)
+            await self._store.call(Store.decide, ref, status, details)
         except StoreLost:
             # Nothing can be recorded any more: tell the service now, once, rather than leave
             # the execution for the restarted agent to report as lost.
@@ -75,13 +75,13 @@ class Outbox:
     async def settle(self, ref: ExecutionRef, settle: Settle) -> None:
         """The service offers an execution already closed here: decide again, never rerun."""
         self._dirty = True
-        await self._store.decide(ref, settle.status, dict(settle.details))
+        await self._store.call(Store.decide, ref, settle.status, dict(settle.details))
         self._shared.wake()
 
     async def decide_undecided(self) -> None:
         for ref, (status, details) in list(self.undecided.items()):
             self._dirty = True
-            await self._store.decide(ref, status, details)
+            await self._store.call(Store.decide, ref, status, details)
             del self.undecided[ref]
             self._shared.crash.reached("decided")
             log.info(
@@ -108,23 +108,25 @@ class Outbox:
         """Send queued outcomes in order; False if one could not be delivered yet."""
         if not self._dirty:
             return True  # emptied by this process and nothing decided since
-        for entry in await self._store.outbox():
+        for entry in await self._store.call(Store.outbox):
             ref = entry.key
             try:
                 await self._send(ref, entry.status, entry.status_details)
             except JobsRejected as exc:
                 note = await self._explain_refused(ref, entry.status, exc)
                 if note is None:
-                    await self._store.outbox_attempt_failed(entry.id, f"{exc.code}: {exc.message}")
+                    await self._store.call(
+                        Store.outbox_attempt_failed, entry.id, f"{exc.code}: {exc.message}"
+                    )
                     return False
-                await self._store.reported(entry.id, ref, note=note)
+                await self._store.call(Store.reported, entry.id, ref, note=note)
                 self._shared.note_outcome(ref, note)
                 continue
             except JobsError as exc:
-                await self._store.outbox_attempt_failed(entry.id, str(exc))
+                await self._store.call(Store.outbox_attempt_failed, entry.id, str(exc))
                 return False
             self._shared.crash.reached("report_accepted")
-            await self._store.reported(entry.id, ref)
+            await self._store.call(Store.reported, entry.id, ref)
             self._reported(ref, entry.status)
             await self._files.cleanup(ref)
         self._dirty = False

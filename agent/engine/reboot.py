@@ -21,7 +21,7 @@ from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import StoreError
+from jobs_agent.engine.store import Store, StoreError
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
@@ -62,7 +62,9 @@ class Reboots:
             reason = f"cannot reboot safely: boot id unreadable at {path}"
             await self._outbox.decide(ref, Outcome.failed(reason), bound)
             return
-        await self._store.transition(ref, ExecutionState.AWAITING_REBOOT, boot_id=boot_id)
+        await self._store.call(
+            Store.transition, ref, ExecutionState.AWAITING_REBOOT, boot_id=boot_id
+        )
         self._shared.crash.reached("awaiting_reboot")
         if not await self._announce(ref, reporter, bound):
             return
@@ -79,7 +81,7 @@ class Reboots:
         """Tell the service; False when it answers that the execution is over (no reboot)."""
         details = sanitize_status_details({**reporter.latest, "reboot": "requested"})
         with contextlib.suppress(StoreError):  # the run after the boot starts from it
-            await self._store.save_progress(ref, details)
+            await self._store.call(Store.save_progress, ref, details)
         try:
             await self._client.update(
                 ref.job_id,
@@ -94,7 +96,7 @@ class Reboots:
                 # Cancelled (or timed out) just now: the device must not reboot for it.
                 note = f"not rebooted: the service ended the execution ({exc.code})"
                 bound.warning("reboot cancelled", reason=note)
-                await self._store.cancelled(ref, note)
+                await self._store.call(Store.cancelled, ref, note)
                 self._shared.note_outcome(ref, note)
                 return False
             bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))

@@ -27,7 +27,7 @@ from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, recover
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import ExecutionRecord
+from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.vocabulary import JobExecutionStatus
 from jobs_agent_handlers.api import Handler, JobRejected, Outcome
@@ -100,12 +100,12 @@ class Runner:
             # The device went down while a step that reboots it the Device Client's way ran:
             # the boot id changed, so this is the re-delivery after the boot it wants.
             checkpoint = confirm_reboot_checkpoint(run.confirm_reboot_step)
-            await self._store.save_checkpoint(ref, checkpoint)
-            record = await self._store.transition(ref, ExecutionState.RUNNING, note="")
+            await self._store.call(Store.save_checkpoint, ref, checkpoint)
+            record = await self._store.call(Store.transition, ref, ExecutionState.RUNNING, note="")
             bound.info("the device rebooted during its reboot step; running it again to confirm")
         elif run.restarts is not None:
-            record = await self._store.transition(
-                ref, ExecutionState.RUNNING, restarts=run.restarts, note=""
+            record = await self._store.call(
+                Store.transition, ref, ExecutionState.RUNNING, restarts=run.restarts, note=""
             )
             bound.info("resuming after an agent restart", restarts=run.restarts)
         elif run.rebooted:
@@ -120,9 +120,10 @@ class Runner:
             return
         ref = record.key
         if run.resumed:
-            record = await self._store.transition(ref, ExecutionState.RUNNING)
+            record = await self._store.call(Store.transition, ref, ExecutionState.RUNNING)
         else:
-            record = await self._store.transition(
+            record = await self._store.call(
+                Store.transition,
                 ref,
                 ExecutionState.RUNNING,
                 handler=handler.name,

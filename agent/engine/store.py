@@ -349,7 +349,7 @@ class Store:
         return record
 
     def transition(
-        self, key: ExecutionRef, state: ExecutionState, **fields: Any
+        self, key: ExecutionRef, state: ExecutionState, /, **fields: Any
     ) -> ExecutionRecord:
         """Move an execution to `state`, updating the given columns in the same transaction;
         returns the record as now stored."""

@@ -26,7 +26,7 @@ from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.recovery import SUSPENDED
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import StoreError
+from jobs_agent.engine.store import Store, StoreError
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
@@ -101,7 +101,7 @@ class Supervisor:
             "the service ended the execution; stopping the handler", reason=running.reason
         )
         await self._stop_handler(handler_task, running.ctx)
-        await self._store.cancelled(running.ref, running.reason)
+        await self._store.call(Store.cancelled, running.ref, running.reason)
         self._shared.note_outcome(running.ref, f"cancelled: {running.reason}")
         await self._files.cleanup(running.ref)
 
@@ -119,14 +119,16 @@ class Supervisor:
     async def _stop_for_shutdown(
         self, handler_task: asyncio.Task[Outcome], running: Running, bound: Any
     ) -> Outcome | None:
-        record = await self._store.get(running.ref)
+        record = await self._store.call(Store.get, running.ref)
         resumable = bool(record and record.resumable)
         await self._stop_handler(handler_task, running.ctx)
         if resumable:
-            await self._store.transition(running.ref, ExecutionState.RUNNING, note=SUSPENDED)
+            await self._store.call(
+                Store.transition, running.ref, ExecutionState.RUNNING, note=SUSPENDED
+            )
             bound.info("resumable handler suspended for shutdown; it continues after restart")
             return None
-        record = await self._store.get(running.ref)
+        record = await self._store.call(Store.get, running.ref)
         if record is not None and interrupted_reboot_step(record.checkpoint) is not None:
             # Stopped during a Device Client reboot step: the device is most likely going
             # down. After the boot the step runs again; without a reboot it is FAILED then.
@@ -169,7 +171,7 @@ class Supervisor:
             return True
         if sanitized:
             with contextlib.suppress(StoreError):
-                await self._store.save_progress(ref, sanitized)
+                await self._store.call(Store.save_progress, ref, sanitized)
         return True
 
     # -- the service's view ----------------------------------------------------------------------
