@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.cli import EXIT_FAILURE, EXIT_OK, UsageError
-
-DEFAULT_HTTP_PORT = 8765
-DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
+from jobs_agent.sim import DEFAULT_ENDPOINT, DEFAULT_HTTP_PORT
 
 
 def register(subparsers: Any) -> None:
@@ -570,7 +568,7 @@ async def _fleet_async(
     from jobs_agent.config import JobsConfig
     from jobs_agent.emulator.broker import broker_transport
     from jobs_agent.emulator.embedded import Emulator
-    from jobs_agent.emulator.fleet import TERMINAL, Fleet, FleetOptions
+    from jobs_agent.sim.fleet import TERMINAL, Fleet, FleetOptions
     from jobs_agent.transport.base import TransportError
     from jobs_agent.transport.options import PahoOptions
 

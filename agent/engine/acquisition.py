@@ -29,7 +29,6 @@ from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
 from jobs_agent.jobs.models import JobExecution
 from jobs_agent.vocabulary import (
     NEXT_JOB_ID,
-    TERMINAL_STATUSES,
     ExecutionRef,
     JobExecutionStatus,
 )
@@ -208,29 +207,13 @@ class Acquisition:
             await self.fail_lost(ref, version)
 
     async def _close_if_ended(self, ref: ExecutionRef) -> None:
-        try:
-            execution = await self._client.describe(
-                ref.job_id,
-                namespace=ref.namespace,
-                execution_number=ref.execution_number,
-                include_job_document=False,
-            )
-        except JobsRejected as exc:
-            if exc.code in CLOUD_ENDED_CODES:
-                await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
-                await self._store.call(
-                    Store.cancelled, ref, f"service ended the execution while away ({exc.code})"
-                )
-                self._shared.note_outcome(ref, f"ended by the service ({exc.code})")
+        ended = await self._client.ended(ref)
+        if ended is None:
             return
-        if execution is not None and execution.status in TERMINAL_STATUSES:
-            await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
-            await self._store.call(
-                Store.cancelled,
-                ref,
-                f"service ended the execution as {execution.status} while away",
-            )
-            self._shared.note_outcome(ref, f"ended by the service ({execution.status})")
+        await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
+        note = f"service ended the execution while away ({ended})"
+        await self._store.call(Store.cancelled, ref, note)
+        self._shared.note_outcome(ref, f"ended by the service ({ended})")
 
     async def fail_lost(self, ref: ExecutionRef, version_number: int | None) -> None:
         """The service says this device is running an execution the device has no record of:

@@ -146,13 +146,7 @@ class Outbox:
     async def _send(
         self, ref: ExecutionRef, status: JobExecutionStatus, details: Mapping[str, str]
     ) -> None:
-        await self._client.update(
-            ref.job_id,
-            status,
-            status_details=details,
-            execution_number=ref.execution_number,
-            namespace=ref.namespace,
-        )
+        await self._client.update(ref, status, status_details=details)
 
     async def _explain_refused(
         self, ref: ExecutionRef, status: JobExecutionStatus, exc: JobsRejected
@@ -179,12 +173,7 @@ class Outbox:
         current = exc.execution_state.status if exc.execution_state else None
         if current is None:
             with contextlib.suppress(JobsError):
-                described = await self._client.describe(
-                    ref.job_id,
-                    namespace=ref.namespace,
-                    execution_number=ref.execution_number,
-                    include_job_document=False,
-                )
+                described = await self._client.describe(ref, include_job_document=False)
                 current = described.status if described else None
         if current is status:
             bound.info("outcome was already delivered (repeat refused as terminal)")

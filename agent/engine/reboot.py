@@ -84,12 +84,10 @@ class Reboots:
             await self._store.call(Store.save_progress, ref, details)
         try:
             await self._client.update(
-                ref.job_id,
+                ref,
                 JobExecutionStatus.IN_PROGRESS,
                 status_details=details,
                 step_timeout=reporter.step_timeout_minutes,
-                execution_number=ref.execution_number,
-                namespace=ref.namespace,
             )
         except JobsRejected as exc:
             if exc.code in CLOUD_ENDED_CODES:

@@ -31,7 +31,7 @@ from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
-from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, JobExecutionStatus
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 from jobs_agent_handlers.api import Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
@@ -153,12 +153,10 @@ class Supervisor:
             self._shared.set_status("running", str(ref), **sanitized)
         try:
             await self._client.update(
-                ref.job_id,
+                ref,
                 JobExecutionStatus.IN_PROGRESS,
                 status_details=sanitized,
                 step_timeout=step_timeout,
-                execution_number=ref.execution_number,
-                namespace=ref.namespace,
             )
         except JobsRejected as exc:
             if exc.code in CLOUD_ENDED_CODES:
@@ -184,24 +182,12 @@ class Supervisor:
             self._shared.background(self._confirm_cloud_ended(running))
 
     async def _confirm_cloud_ended(self, running: Running) -> None:
-        ref = running.ref
         try:
-            execution = await self._client.describe(
-                ref.job_id,
-                namespace=ref.namespace,
-                execution_number=ref.execution_number,
-                include_job_document=False,
-            )
-        except JobsRejected as exc:
-            # Describing an ended execution answers TerminalStateReached (or ResourceNotFound
-            # once it is deleted): either way the cloud is done with it.
-            if exc.code in CLOUD_ENDED_CODES:
-                self.cloud_ended(running, f"the service ended the execution ({exc.code})")
-            return
+            ended = await self._client.ended(running.ref)
         except JobsError:
             return
-        if execution is not None and execution.status in TERMINAL_STATUSES:
-            self.cloud_ended(running, f"the service ended the execution as {execution.status}")
+        if ended is not None:
+            self.cloud_ended(running, f"the service ended the execution ({ended})")
 
     def cloud_ended(self, running: Running, reason: str) -> None:
         if self.running is running and not running.cloud_ended.is_set():
