@@ -168,9 +168,7 @@ async def _run(
 
     from jobs_agent.dispatch.context import LocalJobContext
     from jobs_agent.dispatch.output import log_path
-    from jobs_agent.dispatch.plugins import PluginError
     from jobs_agent.redact import redact_mapping
-    from jobs_agent_handlers.api import JobRejected, Outcome
 
     base = config.state_dir / "jobs" / job_id
     ctx = LocalJobContext(
@@ -187,27 +185,7 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, ctx.cancelled.set)
-    outcome: Outcome
-    try:
-        handler = dispatcher.resolve(document, job_id=job_id)
-    except JobRejected as exc:
-        outcome = Outcome("REJECTED", {"reason": exc.reason, **exc.details})
-    except PluginError as exc:  # what the daemon reports for it
-        outcome = Outcome.failed(f"cannot load the handler: {exc}")
-    else:
-        outcome = await dispatcher.run(handler, ctx)
-        reboots = 0
-        while ctx.reboot_requested and outcome.status == "SUCCEEDED":
-            reboots += 1
-            if reboots > MAX_SIMULATED_REBOOTS:
-                outcome = Outcome.failed(f"asked for more than {MAX_SIMULATED_REBOOTS} reboots")
-                break
-            print(
-                "reboot requested: exec does not reboot this device; continuing as after a boot",
-                file=out,
-            )
-            ctx.after_reboot()
-            outcome = await dispatcher.run(dispatcher.resolve(document, job_id=job_id), ctx)
+    outcome = await _outcome(dispatcher, ctx, document, job_id, out)
     shutil.rmtree(base, ignore_errors=True)
     details = _sanitize(redact_mapping(dict(outcome.details)))
     print("statusDetails: " + json.dumps(details, ensure_ascii=False, indent=2), file=out)
@@ -216,6 +194,34 @@ async def _run(
     if keep and log_file.exists():
         print(f"output log: {log_file}", file=out)
     return _EXIT_CODES[outcome.status]
+
+
+async def _outcome(
+    dispatcher: Any, ctx: Any, document: dict[str, Any], job_id: str, out: TextIO
+) -> Any:
+    """Resolve and run the document as the daemon would, a requested reboot simulated."""
+    from jobs_agent.dispatch.plugins import PluginError
+    from jobs_agent_handlers.api import JobRejected, Outcome
+
+    try:
+        handler = dispatcher.resolve(document, job_id=job_id)
+    except JobRejected as exc:
+        return Outcome("REJECTED", {"reason": exc.reason, **exc.details})
+    except PluginError as exc:  # what the daemon reports for it
+        return Outcome.failed(f"cannot load the handler: {exc}")
+    outcome: Outcome = await dispatcher.run(handler, ctx)
+    reboots = 0
+    while ctx.reboot_requested and outcome.status == "SUCCEEDED":
+        reboots += 1
+        if reboots > MAX_SIMULATED_REBOOTS:
+            return Outcome.failed(f"asked for more than {MAX_SIMULATED_REBOOTS} reboots")
+        print(
+            "reboot requested: exec does not reboot this device; continuing as after a boot",
+            file=out,
+        )
+        ctx.after_reboot()
+        outcome = await dispatcher.run(dispatcher.resolve(document, job_id=job_id), ctx)
+    return outcome
 
 
 def _sanitize(details: dict[str, Any]) -> dict[str, str]:
