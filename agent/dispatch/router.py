@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from jobs_agent.dispatch import s3url
 from jobs_agent.dispatch.devicec import (
     StepsDocument,
-    StepsHandler,
     parse_legacy_document,
     parse_steps_document,
     prepare,
@@ -31,6 +30,7 @@ from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
 from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
 from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.settings import DispatchSettings
+from jobs_agent.dispatch.steps import StepsHandler
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
