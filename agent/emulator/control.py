@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobs_agent.emulator import events as ev
@@ -19,7 +19,6 @@ from jobs_agent.emulator.configs import (
     AbortConfig,
     PresignedUrlConfig,
     RolloutConfig,
-    SchedulingConfig,
     TimeoutConfig,
     invalid,
     retry_criterion,
@@ -48,35 +47,8 @@ MAX_JOB_TARGETS = 100
 class ControlPlane(ThingsControl, DocumentsControl, ExecutionsControl):
     """The control plane: jobs here; things, documents and executions in their mixins."""
 
-    def _create_job(
-        self,
-        job_id: str,
-        targets: Iterable[str],
-        document: dict[str, Any] | str | None,
-        *,
-        max_document_bytes: int,
-        namespace: str | None = None,
-        description: str | None = None,
-        target_selection: str = "SNAPSHOT",
-        document_source: str | None = None,
-        job_template_arn: str | None = None,
-        document_parameters: Mapping[str, str] | None = None,
-        timeout: TimeoutConfig | None = None,
-        retry_criteria: tuple[RetryCriterion, ...] | None = None,
-        presigned_url_config: PresignedUrlConfig | None = None,
-        rollout: RolloutConfig | None = None,
-        abort: AbortConfig | None = None,
-        scheduling: SchedulingConfig | None = None,
-        default_presign_role: bool = True,
-        destination_package_versions: Sequence[str] | None = None,
-    ) -> Job:
-        request = NewJob(
-            job_id, list(targets), document, max_document_bytes, namespace, description,
-            target_selection, document_source, job_template_arn, document_parameters, timeout,
-            retry_criteria, presigned_url_config, rollout, abort, scheduling,
-            default_presign_role,
-            None if destination_package_versions is None else list(destination_package_versions),
-        )  # fmt: skip
+    def _create_job(self, request: NewJob) -> Job:
+        """CreateJob (`JobsService.create_job` is its public form)."""
         request.check()
         with self._lock:
             job, things, groups = self._new_job(request)
