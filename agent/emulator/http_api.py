@@ -36,7 +36,8 @@ from typing import Any
 import structlog
 
 from jobs_agent.emulator import shapes
-from jobs_agent.emulator.control_api import ControlApi, bool_param, int_param
+from jobs_agent.emulator.api_params import bool_param, int_param
+from jobs_agent.emulator.control_api import ControlApi
 from jobs_agent.emulator.http_routes import (
     ROUTES,
     Request,

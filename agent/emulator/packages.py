@@ -33,6 +33,11 @@ UpdatePackageConfiguration, VersionUpdateByJobsConfig, CreateJob's `destinationP
   deleted meanwhile makes that update fail ("you will receive an error message when the job
   successfully completes and attempts to update the reserved named shadow"): the emulator logs
   it, counts `PackageShadowUpdateFailed` and leaves the shadow alone.
+
+This module is longer than 500 lines because it holds the Software Package Catalog's whole rule
+set (names, versions, lifecycle, attributes, artifacts, the package configuration, parameter
+substitution into job documents) beside the pages it cites; its HTTP front end is in
+control_api_catalog.py.
 """
 
 from __future__ import annotations

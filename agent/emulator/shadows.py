@@ -29,6 +29,10 @@ Documented rules followed here:
   keyword rule: anything else is refused with 400).
 
 Timestamps are whole epoch seconds.
+
+This module is longer than 500 lines because it is one AWS service's document rules (merge,
+delta, metadata, versions, size limits, named shadows, the reserved `$package`), which only make
+sense read together; its MQTT and REST front ends live in shadow_mqtt.py and iotdata_api.py.
 """
 
 from __future__ import annotations

@@ -385,24 +385,15 @@ class Store:
         return record
 
     def save_checkpoint(self, key: ExecutionRef, data: Any) -> None:
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET checkpoint = ?, updated_at = ? WHERE {self._WHERE_KEY}",
-                    (json.dumps(data), time.time(), *self._key_params(key)),
-                )
-            ]
-        )
+        self._save_json(key, "checkpoint", data)
 
     def save_progress(self, key: ExecutionRef, progress: Mapping[str, Any]) -> None:
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET progress = ?, updated_at = ? WHERE {self._WHERE_KEY}",
-                    (json.dumps(dict(progress)), time.time(), *self._key_params(key)),
-                )
-            ]
-        )
+        self._save_json(key, "progress", dict(progress))
+
+    def _save_json(self, key: ExecutionRef, column: str, value: Any) -> None:
+        """A JSON column that does not change the state (a checkpoint, the latest progress)."""
+        sql = f"UPDATE executions SET {column} = ?, updated_at = ? WHERE {self._WHERE_KEY}"
+        self._write([(sql, (json.dumps(value), time.time(), *self._key_params(key)))])
 
     def decide(
         self, key: ExecutionRef, status: JobExecutionStatus | str, details: Mapping[str, str]

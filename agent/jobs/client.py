@@ -23,12 +23,13 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
+from jobs_agent.aio import first_of
 from jobs_agent.backoff import Backoff
 from jobs_agent.jobs import topics
 from jobs_agent.jobs.errors import (
@@ -46,6 +47,7 @@ from jobs_agent.jobs.events import (
     PendingJobs,
     Resync,
     check_jobs_shape,
+    decode_object,
 )
 from jobs_agent.jobs.models import (
     DescribeReply,
@@ -384,7 +386,7 @@ class JobsClient:
                     bound.info("request re-published after reconnect", client_token=token)
                 first = False
                 bound.debug("request published", topic=topic, client_token=token)
-                await _first_of(pending.future, pending.lost.wait(), deadline - loop.time())
+                await first_of(pending.future, pending.lost.wait(), deadline - loop.time())
             if pending.future.done():
                 return pending.future.result()
         finally:
@@ -417,7 +419,7 @@ class JobsClient:
             self._on_reply(parsed, message)
 
     def _on_reply(self, parsed: ParsedTopic, message: Message) -> None:
-        body = _decode(message.payload)
+        body = decode_object(message.payload)
         token = body.get("clientToken") if body is not None else None
         pending = self._pending.get(token) if isinstance(token, str) else None
         if (
@@ -434,7 +436,7 @@ class JobsClient:
         pending.future.set_result((parsed.kind, body))
 
     def _on_event(self, parsed: ParsedTopic, message: Message) -> None:
-        body = _decode(message.payload)
+        body = decode_object(message.payload)
         event: JobsEvent
         try:
             if body is None:
@@ -479,25 +481,6 @@ def _sanitized(details: Mapping[str, Any] | None) -> StatusDetails | None:
     if details is None or isinstance(details, StatusDetails):
         return details
     return sanitize_status_details(details)
-
-
-def _decode(payload: bytes) -> Mapping[str, Any] | None:
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-async def _first_of(future: asyncio.Future[Any], other: Awaitable[Any], timeout: float) -> None:
-    """Wait until `future` is done, `other` completes, or `timeout` passes; never raises."""
-    other_task = asyncio.ensure_future(other)
-    try:
-        await asyncio.wait(
-            {future, other_task}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        other_task.cancel()
 
 
 __all__ = [

@@ -7,6 +7,7 @@ consumer reads them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,3 +116,11 @@ def check_jobs_shape(body: Mapping[str, Any]) -> None:
         isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
     ):
         raise ProtocolError("'timestamp' must be a number")
+
+
+def decode_object(payload: bytes) -> Mapping[str, Any] | None:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
+        return None
+    return obj if isinstance(obj, dict) else None
