@@ -83,6 +83,18 @@ def test_every_transition_says_why() -> None:
     assert all(why.strip() for why in TRANSITIONS.values())
 
 
+def test_the_documented_table_is_the_table() -> None:
+    """docs/architecture.md draws the lifecycle: the same rows, the same reasons."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[1] in {str(s) for s in ExecutionState}:
+            old = None if cells[0] == "(none)" else ExecutionState(cells[0])
+            rows[(old, ExecutionState(cells[1]))] = cells[2]
+    assert rows == dict(TRANSITIONS)
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     list(itertools.product([None, *ExecutionState], ExecutionState)),
