@@ -245,6 +245,7 @@ def with_last_progress(outcome: Outcome, progress: Mapping[str, Any]) -> Outcome
     merged = dict(outcome.details)
     for key, value in progress.items():
         merged.setdefault(key, value)
-    if outcome.status == "SUCCEEDED" and "percent" in progress and "percent" not in outcome.details:
+    succeeded = outcome.status == JobExecutionStatus.SUCCEEDED
+    if succeeded and "percent" in progress and "percent" not in outcome.details:
         merged["percent"] = "100"
     return Outcome(outcome.status, merged)

@@ -130,6 +130,18 @@ class PahoTransport(Transport):
             context.set_alpn_protocols([ALPN_MQTT])
         return context
 
+    def _open_connection(self) -> None:
+        """TCP, TLS and CONNECT (blocking: run in a worker thread); the CONNACK comes later.
+        The first connection of the process starts clean, later ones rejoin the session."""
+        cfg = self.config
+        self._client.connect(
+            cfg.endpoint,
+            cfg.port,
+            keepalive=cfg.keepalive_seconds,
+            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=self._connect_properties(),
+        )
+
     def _connect_properties(self) -> Properties:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.config.session_expiry_seconds
@@ -260,18 +272,11 @@ class PahoTransport(Transport):
     # -- first connect -------------------------------------------------------------------------
     def _attempt(self, deadline: float) -> _Attempt:
         """One blocking connect, until CONNACK or failure; runs in a worker thread."""
-        cfg = self.config
         self._connack = None
         self._last_error = ""
         self._tls_alert = ""
         try:
-            self._client.connect(
-                cfg.endpoint,
-                cfg.port,
-                keepalive=cfg.keepalive_seconds,
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=self._connect_properties(),
-            )
+            self._open_connection()
         except ssl.SSLError as exc:
             return _Attempt(False, True, f"TLS handshake failed: {exc}")
         except (OSError, ValueError) as exc:

@@ -178,21 +178,13 @@ class AsyncPahoTransport(PahoTransport):
 
     async def _attempt_async(self, deadline: float) -> tuple[bool, bool, str]:
         """One connect until CONNACK: (ok, permanent, reason)."""
-        cfg = self.config
         loop = asyncio.get_running_loop()
         self._connack = None
         self._last_error = ""
         self._tls_alert = ""
         self._connack_waiter = loop.create_future()
         try:
-            await asyncio.to_thread(
-                self._client.connect,
-                cfg.endpoint,
-                cfg.port,
-                keepalive=cfg.keepalive_seconds,
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=self._connect_properties(),
-            )
+            await asyncio.to_thread(self._open_connection)
         except ssl.SSLError as exc:
             return False, True, f"TLS handshake failed: {exc}"
         except (OSError, ValueError) as exc:
