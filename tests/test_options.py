@@ -3,6 +3,7 @@ the transport it names, and the engine and the dispatcher receive settings of th
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,54 @@ def test_each_backend_checks_the_rules_between_its_options(
 ) -> None:
     found = [name for name, _ in options.problems()]  # type: ignore[attr-defined]
     assert found[:1] == ([problem] if problem else [])
+
+
+async def test_a_reload_reaches_the_engine_and_the_dispatcher(tmp_path: Path) -> None:
+    """SIGHUP's path: new settings go to the engine through `reconfigure`, new handlers through
+    a new dispatcher; a job taken after the reload runs a handler only the new directory has."""
+    from jobs_agent.daemon import Agent
+    from jobs_agent.emulator.embedded import EmbeddedEmulator
+    from jobs_agent.transport.local import LocalBus, LocalTransport
+    from tests.helpers.agent_harness import write_script
+
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    for directory in (old_dir, new_dir):
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)
+    write_script(new_dir, "only-new.sh", "echo from the new directory\n")
+    path = tmp_path / "config.yaml"
+    text = (
+        "thing_name: gw-reload\nconnection: {transport: local}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+        "jobs: {handler_dir: %s, step_timeout_minutes: 10}\n"
+    )
+    path.write_text(text % old_dir)
+    bus = LocalBus()
+    emulator = EmbeddedEmulator(bus, tick_seconds=None)
+    await emulator.start()
+    agent = Agent(
+        load_config(path, environ={}), config_path=path, transport=LocalTransport(bus, "gw-reload")
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(15):
+            await agent.ready.wait()
+        path.write_text(
+            (text % new_dir).replace("step_timeout_minutes: 10", "step_timeout_minutes: 42")
+        )
+        assert await agent.reload() is True
+        assert agent.engine is not None
+        assert agent.engine.settings.step_timeout_minutes == 42
+        emulator.service.create_job("after-reload", ["gw-reload"], {"operation": "only-new.sh"})
+        await emulator.service.wait_for(
+            lambda: (
+                str(emulator.service.execution("after-reload", "gw-reload").status) == "SUCCEEDED"
+            ),
+            timeout=15,
+        )
+    finally:
+        agent.request_stop()
+        agent.request_stop()
+        async with asyncio.timeout(15):
+            await task
+        await emulator.stop()
