@@ -91,7 +91,8 @@ def _exec(args: argparse.Namespace) -> int:
 
     from jobs_agent.cli import UsageError
     from jobs_agent.commands.common import load_config_or_exit
-    from jobs_agent.dispatch import Dispatcher, TrustedKeysError
+    from jobs_agent.device import dispatcher as make_dispatcher
+    from jobs_agent.dispatch import TrustedKeysError
     from jobs_agent.log import configure_logging
 
     document = _read_document(args.document)
@@ -104,7 +105,7 @@ def _exec(args: argparse.Namespace) -> int:
     out = sys.stdout
     echo = _echo(out) if args.verbose else None
     try:
-        dispatcher = Dispatcher(config, echo=echo)
+        dispatcher = make_dispatcher(config, echo=echo)
     except TrustedKeysError as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:
@@ -113,7 +114,7 @@ def _exec(args: argparse.Namespace) -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-exec-")) if temporary else args.state_dir
     config = dataclasses.replace(config, state_dir=state_dir.resolve())
     # The run's own state directory (output logs, containment groups), the same plugins.
-    dispatcher = Dispatcher(config, echo=echo, plugins=dispatcher.plugins)
+    dispatcher = make_dispatcher(config, echo=echo, plugins=dispatcher.plugins)
     try:
         return asyncio.run(_run(dispatcher, config, document, args.job_id, out, keep=not temporary))
     finally:

@@ -16,7 +16,12 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.dispatch.containment import ContainmentError, containment_for, group_name
+from jobs_agent.dispatch.containment import (
+    Containment,
+    ContainmentError,
+    containment_for,
+    group_name,
+)
 from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.orphans import kill_handler_processes
@@ -84,19 +89,19 @@ class JobFiles:
 
     def sweep_all(self) -> int:
         """Empty every job group an earlier agent left (at start)."""
-        settings = self._shared.settings
-        try:
-            containment = containment_for(settings.containment, settings.state_dir)
-        except ContainmentError as exc:
-            log.error("cannot sweep the job groups of an earlier agent", error=str(exc))
-            return 0
-        return containment.sweep_all()
+        containment = self._containment("cannot sweep the job groups of an earlier agent")
+        return 0 if containment is None else containment.sweep_all()
 
     def _sweep_group(self, ref: ExecutionRef) -> int:
-        settings = self._shared.settings
-        try:
-            containment = containment_for(settings.containment, settings.state_dir)
-        except ContainmentError as exc:
-            log.error("cannot sweep the job's containment group", error=str(exc))
+        containment = self._containment("cannot sweep the job's containment group")
+        if containment is None:
             return 0
         return containment.sweep(group_name(ref.namespace, ref.job_id, ref.execution_number))
+
+    def _containment(self, problem: str) -> Containment | None:
+        settings = self._shared.settings
+        try:
+            return containment_for(settings.containment, settings.state_dir)
+        except ContainmentError as exc:
+            log.error(problem, error=str(exc))
+            return None
