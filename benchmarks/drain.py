@@ -119,7 +119,9 @@ async def local_rate(session: Session, count: int) -> float:
     from jobs_agent.config import AgentConfig, JobsConfig, LogConfig
     from jobs_agent.config import ConnectionConfig as Conn
     from jobs_agent.daemon import Agent
+    from jobs_agent.emulator.embedded import EmbeddedEmulator
     from jobs_agent.log import configure_logging
+    from jobs_agent.transport.local import LocalBus, LocalTransport
 
     directory = session.directory("drain-local")
     thing = new_id("drain-local")
@@ -132,11 +134,14 @@ async def local_rate(session: Session, count: int) -> float:
         log=LogConfig(level="warning", format="json"),
     )
     configure_logging("warning", "json")
-    agent = Agent(config)
+    bus = LocalBus()
+    emulator = EmbeddedEmulator(bus)
+    await emulator.start()
+    agent = Agent(config, transport=LocalTransport(bus, thing))
     task = asyncio.ensure_future(agent.run())
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)
-        service = agent._embedded.service
+        service = emulator.service
         started = time.time()
         ids = [f"drain-{i:05d}" for i in range(count)]
         for job_id in ids:
@@ -146,6 +151,7 @@ async def local_rate(session: Session, count: int) -> float:
     finally:
         agent.request_stop()
         await asyncio.wait_for(task, 30)
+        await emulator.stop()
 
 
 async def floor_rate(session: Session, count: int, tls: bool = False) -> float:
