@@ -1,4 +1,5 @@
-"""Small asyncio helpers.
+"""Small asyncio helpers: waiting on an event with a deadline, and calling a blocking object on
+its own worker thread.
 
 `asyncio.wait_for` on Python 3.11 swallows a cancellation that arrives just as the awaited
 future completes (fixed in 3.12), which turns a stop request into a loop that never ends.
@@ -8,6 +9,14 @@ future completes (fixed in 3.12), which turns a stop request into a loop that ne
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
@@ -20,3 +29,42 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def first_of(future: asyncio.Future[Any], other: Awaitable[Any], timeout: float) -> None:
+    """Wait until `future` is done, `other` completes, or `timeout` passes; never raises."""
+    other_task = asyncio.ensure_future(other)
+    try:
+        await asyncio.wait(
+            {future, other_task}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        other_task.cancel()
+
+
+class Threaded(Generic[T]):
+    """Run a blocking object's methods on one worker thread, in submission order.
+
+    `await threaded.call(Store.decide, ref, status, details)` runs `store.decide(ref, ...)` on
+    the worker and is typed like it: one wrapper for every method instead of an async copy of
+    each. One worker keeps the order of calls equal to the order they were made (a state
+    machine's writes rely on it); an `executor` given from outside must have exactly one worker
+    and may be shared by several objects (`sim fleet`: one thread for a thousand stores).
+    """
+
+    def __init__(self, target: T, executor: ThreadPoolExecutor | None = None, *, name: str) -> None:
+        self.target = target
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def call(
+        self, method: Callable[Concatenate[T, P], R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        loop = asyncio.get_running_loop()
+        work = functools.partial(method, self.target, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, work)
+
+    def shutdown(self) -> None:
+        """Stop the worker once its queue is done (only a worker this wrapper created)."""
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)

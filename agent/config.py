@@ -5,128 +5,181 @@ Errors name the key, the line and what was expected, e.g.
 fixing a gateway's config over a slow shell needs the exact place, not a traceback.
 Environment variables `JOBS_AGENT_<SECTION>__<KEY>` (or `JOBS_AGENT_<KEY>` for top-level keys)
 override the file; their values are parsed as YAML scalars/flow collections.
+
+This module parses and routes: every option is declared (with its rule, `option_rules`) by its
+owner. `connection:` is checked against the options of the transport it names
+(`jobs_agent.transport.options`), which that backend receives as they are; `jobs:` and `log:`
+are declared here, and the engine and the dispatcher get the parts they read as settings of
+their own (`AgentConfig.engine_settings()`, `dispatch_settings()`), never this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
+from jobs_agent.engine.settings import EngineSettings
+from jobs_agent.option_rules import (
+    Rule,
+    boolean,
+    choice,
+    int_in,
+    is_secret,
+    list_of,
+    number_in,
+    option,
+    optional,
+    path,
+    pattern,
+    plugin_map,
+    rule_of,
+    string,
+)
+from jobs_agent.transport.options import (
+    TRANSPORT_OPTIONS,
+    AwscrtOptions,
+    TransportOptions,
+    transport_options,
+)
+from jobs_agent.vocabulary import (
+    GREENGRASS_NAMESPACE,
+    NAMESPACE_RE,
+    STEP_TIMEOUT_MAX,
+    STEP_TIMEOUT_MIN,
+    THING_NAME_RE,
+)
+
 DEFAULT_CONFIG_PATH = Path("/etc/jobs-agent/config.yaml")
 ENV_PREFIX = "JOBS_AGENT_"
-THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-TRANSPORTS = ("awscrt", "paho", "greengrass", "local")
+TRANSPORTS = tuple(TRANSPORT_OPTIONS)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json", "journal")
-GREENGRASS_NAMESPACE = "aws-gg-deployment"
-ANY_USER = "*"
-"""In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
+
+ConnectionConfig = transport_options
+"""The `connection:` section is the options of its transport; this builds them from keywords
+(`ConnectionConfig(transport="paho", endpoint=...)`), under the name it has always had."""
 
 
 class ConfigError(Exception):
     """A configuration problem; the message is complete and meant for the operator."""
 
 
-@dataclass(frozen=True)
-class ConnectionConfig:
-    transport: str = "awscrt"
-    endpoint: str = ""
-    port: int = 8883
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
-    client_id: str = ""
-    """Empty means: the thing name."""
-    alpn: bool = False
-    """mTLS on port 443 with ALPN `x-amzn-mqtt-ca` (awscrt)."""
-    websocket: bool = False
-    """MQTT over WebSockets signed with SigV4 from the default AWS credential chain (awscrt)."""
-    region: str = ""
-    """Signing region for WebSockets; empty means: taken from the endpoint."""
-    proxy_host: str = ""
-    proxy_port: int = 0
-    tls: bool = True
-    """paho only: false for a plain TCP local broker."""
-    username: str = ""
-    password: str = ""
-    keepalive_seconds: int = 1200
-    session_expiry_seconds: int = 3600
-    reconnect_min_seconds: float = 1.0
-    reconnect_max_seconds: float = 120.0
+_HANDLER_ENVIRONMENT = re.compile(
+    r"(?!JOBS_AGENT_|PATH=|PATH$|HOME=|HOME$)[A-Za-z_][A-Za-z0-9_]*(=[^\x00]*)?"
+)
 
 
 @dataclass(frozen=True)
 class JobsConfig:
-    namespaces: tuple[str, ...] = ()
-    step_timeout_minutes: int | None = 10
-    handler_dir: Path = Path("/etc/jobs-agent/handlers")
-    request_timeout_seconds: float = 30.0
-    progress_interval_seconds: float = 5.0
-    handler_timeout_seconds: float = 3600.0
+    namespaces: tuple[str, ...] = option(
+        (), list_of(pattern(NAMESPACE_RE, "a namespace of [a-zA-Z0-9_-]"))
+    )
+    step_timeout_minutes: int | None = option(
+        10, optional(int_in(STEP_TIMEOUT_MIN, STEP_TIMEOUT_MAX))
+    )
+    handler_dir: Path = option(Path("/etc/jobs-agent/handlers"), path(optional=False))
+    request_timeout_seconds: float = option(30.0, number_in(0.1, 3600))
+    progress_interval_seconds: float = option(5.0, number_in(0, 3600))
+    handler_timeout_seconds: float = option(3600.0, number_in(0.1, 7 * 24 * 3600))
     """Default per-step limit for a handler when the document gives none (never infinite)."""
-    kill_grace_seconds: float = 10.0
-    output_log_max_bytes: int = 10 * 1024 * 1024
-    allowed_users: tuple[str, ...] = (ANY_USER,)
+    kill_grace_seconds: float = option(10.0, number_in(0, 3600))
+    output_log_max_bytes: int = option(10 * 1024 * 1024, int_in(1024, 1 << 34))
+    allowed_users: tuple[str, ...] = option(
+        (ANY_USER,), list_of(pattern(re.compile(r"\*|[^\x00-\x20:/]{1,256}"), 'a user name or "*"'))
+    )
     """Who jobs may run as: `runAsUser`, or the agent's own user when a step names none."""
-    allow_root: bool | None = None
+    allow_root: bool | None = option(None, boolean())
     """Deprecated (kept so that an upgraded gateway with an earlier configuration still starts
     and stays reachable): `false` refuses root even where `allowed_users` allows it."""
-    require_signature: bool = False
-    trusted_keys: tuple[Path, ...] = ()
-    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
-    max_agent_restarts_per_job: int = 3
-    stop_timeout_seconds: float = 60.0
-    idle_poll_seconds: float = 900.0
+    require_signature: bool = option(False, boolean())
+    trusted_keys: tuple[Path, ...] = option((), list_of(path(optional=False)))
+    reboot_command: tuple[str, ...] = option(
+        ("systemctl", "reboot"), list_of(string(), non_empty=True)
+    )
+    max_agent_restarts_per_job: int = option(3, int_in(1, 100))
+    stop_timeout_seconds: float = option(60.0, number_in(0, 3600))
+    idle_poll_seconds: float = option(900.0, number_in(0, 86400))
     """Idle, ask for work this often even without a notification (0: never)."""
-    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    boot_id_path: Path = option(Path("/proc/sys/kernel/random/boot_id"), path(optional=False))
     """Where the boot id is read to confirm a requested reboot happened (tests, containers)."""
-    handler_environment: tuple[str, ...] = ()
+    handler_environment: tuple[str, ...] = option(
+        (),
+        list_of(
+            pattern(
+                _HANDLER_ENVIRONMENT,
+                "NAME=value or NAME (passed from the agent's environment); not PATH, HOME or"
+                " JOBS_AGENT_*",
+            )
+        ),
+    )
     """Extra environment for handlers: `NAME=value`, or `NAME` to pass the agent's own value."""
-    plugin_path: tuple[Path, ...] = ()
+    plugin_path: tuple[Path, ...] = option((), list_of(path(optional=False)))
     """Directories put on `sys.path` before Python plugins are imported (checked like handlers)."""
-    rerun_after_reboot: tuple[str, ...] = ("reboot.sh",)
+    rerun_after_reboot: tuple[str, ...] = option(
+        ("reboot.sh",), list_of(pattern(re.compile(r"[^/\x00]{1,255}"), "a handler file name"))
+    )
     """Handlers (the Device Client's reboot.sh) whose step is run again after the boot it asked
     for, because they confirm the reboot on their second run."""
-    output_logs_max_count: int = 200
+    output_logs_max_count: int = option(200, int_in(1, 1_000_000))
     """Per-job output logs kept under state_dir/logs (the oldest are deleted first)."""
-    output_logs_max_total_bytes: int = 100 * 1024 * 1024
+    output_logs_max_total_bytes: int = option(100 * 1024 * 1024, int_in(1024, 1 << 40))
     """Total size the per-job output logs may take (the oldest are deleted first)."""
-    containment: str = "auto"
+    containment: str = option("auto", choice("auto", "cgroup", "subreaper"))
     """How a step's processes are kept together: a cgroup per step, or a child subreaper."""
-    allow_http_downloads: bool = False
+    allow_http_downloads: bool = option(False, boolean())
     """The download handler fetches https:// only unless this is true."""
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = "info"
-    format: str = "auto"
+    level: str = option("info", choice(*LOG_LEVELS))
+    format: str = option("auto", choice(*LOG_FORMATS))
     """auto: console on a terminal, journald under systemd (JOURNAL_STREAM), else JSON lines."""
-    journal_socket: Path = Path("/run/systemd/journal/socket")
+    journal_socket: Path = option(Path("/run/systemd/journal/socket"), path(optional=False))
     """journald's native socket; without it, journal lines carry syslog `<N>` priorities."""
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    thing_name: str = ""
-    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    thing_name: str = option("", pattern(THING_NAME_RE, "1 to 128 characters of [a-zA-Z0-9:_-]"))
+    connection: TransportOptions = field(default_factory=AwscrtOptions)
     jobs: JobsConfig = field(default_factory=JobsConfig)
-    handlers: Mapping[str, str] = field(default_factory=dict)
+    handlers: Mapping[str, str] = option(rule=plugin_map(), factory=dict)
     """Python plugins by name: `{name: "package.module:Class"}`."""
-    state_dir: Path = Path("/var/lib/jobs-agent")
+    state_dir: Path = option(Path("/var/lib/jobs-agent"), path(optional=False))
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def client_id(self) -> str:
         return self.connection.client_id or self.thing_name
+
+    def engine_settings(self) -> EngineSettings:
+        """What the engine reads, as the engine declares it."""
+        return EngineSettings(**self._routed(EngineSettings))
+
+    def dispatch_settings(self) -> DispatchSettings:
+        """What the dispatcher and its sandbox read, as the dispatcher declares it."""
+        return DispatchSettings(**self._routed(DispatchSettings))
+
+    def _routed(self, owner: type) -> dict[str, Any]:
+        """Every setting `owner` declares, by its name, from the top level or `jobs:` (a name
+        found in neither is a KeyError: an owner cannot ask for an option nobody declares)."""
+        values = {
+            "thing_name": self.thing_name,
+            "state_dir": self.state_dir,
+            "handlers": self.handlers,
+            **{f.name: getattr(self.jobs, f.name) for f in fields(self.jobs)},
+        }
+        return {f.name: values[f.name] for f in fields(owner)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,201 +188,6 @@ class AgentConfig:
 
 _Where = str
 """Where a value came from, as shown to the operator: "line 7" or "environment JOBS_AGENT_X"."""
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """How one key is checked: a description of what is expected and a converter."""
-
-    expected: str
-    convert: Callable[[Any], Any]
-
-
-def _int_in(low: int, high: int) -> _Rule:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError
-        return value
-
-    return _Rule(f"an integer from {low} to {high}", convert)
-
-
-def _number_in(low: float, high: float) -> _Rule:
-    def convert(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError
-        if not low <= value <= high:
-            raise ValueError
-        return float(value)
-
-    return _Rule(f"a number from {low:g} to {high:g}", convert)
-
-
-def _choice(*choices: str) -> _Rule:
-    def convert(value: Any) -> str:
-        if not isinstance(value, str) or value.lower() not in choices:
-            raise ValueError
-        return value.lower()
-
-    return _Rule("one of " + ", ".join(choices), convert)
-
-
-def _pattern(regex: re.Pattern[str], description: str, *, allow_empty: bool = False) -> _Rule:
-    def convert(value: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError
-        if value == "" and allow_empty:
-            return value
-        if not regex.match(value):
-            raise ValueError
-        return value
-
-    return _Rule(description, convert)
-
-
-def _string() -> _Rule:
-    def convert(value: Any) -> str:
-        if value is None:
-            return ""
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError
-        return str(value)
-
-    return _Rule("a string", convert)
-
-
-def _bool() -> _Rule:
-    def convert(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValueError
-        return value
-
-    return _Rule("true or false", convert)
-
-
-def _path(*, optional: bool) -> _Rule:
-    def convert(value: Any) -> Path | None:
-        if value is None or value == "":
-            if optional:
-                return None
-            raise ValueError
-        if not isinstance(value, str):
-            raise ValueError
-        return Path(value).expanduser()
-
-    return _Rule("a file system path" + (" or null" if optional else ""), convert)
-
-
-def _optional(rule: _Rule) -> _Rule:
-    def convert(value: Any) -> Any:
-        return None if value is None else rule.convert(value)
-
-    return _Rule(rule.expected + " or null", convert)
-
-
-def _list_of(rule: _Rule, *, non_empty: bool = False) -> _Rule:
-    def convert(value: Any) -> tuple[Any, ...]:
-        if value is None:
-            value = []
-        if not isinstance(value, list):
-            raise ValueError
-        if non_empty and not value:
-            raise ValueError
-        return tuple(rule.convert(item) for item in value)
-
-    return _Rule(f"a list of {rule.expected}" + (" (not empty)" if non_empty else ""), convert)
-
-
-def _plugin_map() -> _Rule:
-    target = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-    def convert(value: Any) -> dict[str, str]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ValueError
-        result: dict[str, str] = {}
-        for name, spec in value.items():
-            if not isinstance(name, str) or not isinstance(spec, str) or not target.match(spec):
-                raise ValueError
-            result[name] = spec
-        return result
-
-    return _Rule('a mapping of handler names to "package.module:Class"', convert)
-
-
-_RULES: dict[str, _Rule] = {
-    "thing_name": _pattern(THING_NAME_RE, "1 to 128 characters of [a-zA-Z0-9:_-]"),
-    "state_dir": _path(optional=False),
-    "handlers": _plugin_map(),
-    "connection.transport": _choice(*TRANSPORTS),
-    "connection.endpoint": _string(),
-    "connection.port": _int_in(1, 65535),
-    "connection.cert": _path(optional=True),
-    "connection.key": _path(optional=True),
-    "connection.ca": _path(optional=True),
-    "connection.client_id": _pattern(
-        re.compile(r"^[\x21-\x7e]{1,128}$"), "1 to 128 printable characters", allow_empty=True
-    ),
-    "connection.alpn": _bool(),
-    "connection.websocket": _bool(),
-    "connection.region": _string(),
-    "connection.proxy_host": _string(),
-    "connection.proxy_port": _int_in(0, 65535),
-    "connection.tls": _bool(),
-    "connection.username": _string(),
-    "connection.password": _string(),
-    "connection.keepalive_seconds": _int_in(30, 1200),
-    "connection.session_expiry_seconds": _int_in(0, 604800),
-    "connection.reconnect_min_seconds": _number_in(0.01, 3600),
-    "connection.reconnect_max_seconds": _number_in(0.01, 3600),
-    "jobs.namespaces": _list_of(_pattern(NAMESPACE_RE, "a namespace of [a-zA-Z0-9_-]")),
-    "jobs.step_timeout_minutes": _optional(_int_in(1, 10080)),
-    "jobs.handler_dir": _path(optional=False),
-    "jobs.request_timeout_seconds": _number_in(0.1, 3600),
-    "jobs.progress_interval_seconds": _number_in(0, 3600),
-    "jobs.handler_timeout_seconds": _number_in(0.1, 7 * 24 * 3600),
-    "jobs.kill_grace_seconds": _number_in(0, 3600),
-    "jobs.output_log_max_bytes": _int_in(1024, 1 << 34),
-    "jobs.allowed_users": _list_of(
-        _pattern(re.compile(r"^(\*|[^\x00-\x20:/]{1,256})$"), 'a user name or "*"')
-    ),
-    "jobs.require_signature": _bool(),
-    "jobs.allow_root": _bool(),
-    "jobs.trusted_keys": _list_of(_path(optional=False)),
-    "jobs.reboot_command": _list_of(_string(), non_empty=True),
-    "jobs.max_agent_restarts_per_job": _int_in(1, 100),
-    "jobs.stop_timeout_seconds": _number_in(0, 3600),
-    "jobs.idle_poll_seconds": _number_in(0, 86400),
-    "jobs.boot_id_path": _path(optional=False),
-    "jobs.handler_environment": _list_of(
-        _pattern(
-            re.compile(
-                r"^(?!JOBS_AGENT_|PATH=|PATH$|HOME=|HOME$)[A-Za-z_][A-Za-z0-9_]*(=[^\x00]*)?$"
-            ),
-            "NAME=value or NAME (passed from the agent's environment); not PATH, HOME or"
-            " JOBS_AGENT_*",
-        )
-    ),
-    "jobs.plugin_path": _list_of(_path(optional=False)),
-    "jobs.rerun_after_reboot": _list_of(
-        _pattern(re.compile(r"^[^/\x00]{1,255}$"), "a handler file name")
-    ),
-    "jobs.output_logs_max_count": _int_in(1, 1_000_000),
-    "jobs.output_logs_max_total_bytes": _int_in(1024, 1 << 40),
-    "jobs.containment": _choice("auto", "cgroup", "subreaper"),
-    "jobs.allow_http_downloads": _bool(),
-    "log.level": _choice(*LOG_LEVELS),
-    "log.format": _choice(*LOG_FORMATS),
-    "log.journal_socket": _path(optional=False),
-}
-
-_TOP_LEVEL_KEYS = frozenset({"thing_name", "connection", "jobs", "handlers", "state_dir", "log"})
-_SECTIONS: dict[str, type] = {
-    "connection": ConnectionConfig,
-    "jobs": JobsConfig,
-    "log": LogConfig,
-}
 
 
 def _located(node: yaml.Node, lines: dict[str, int], path: str) -> Any:
@@ -409,24 +267,36 @@ def _apply_environment(
         where[key_path] = f"environment {name}"
 
 
-SECRET_KEYS = frozenset({"connection.password"})
-"""Settings whose value is never shown, not even when it is wrong (an error message, a log line
-about a refused reload)."""
+_TOP_LEVEL_KEYS = frozenset(f.name for f in fields(AgentConfig))
+_SECTIONS: dict[str, type] = {"jobs": JobsConfig, "log": LogConfig}
 
 
-def _convert(key_path: str, value: Any, where: dict[str, _Where]) -> Any:
-    rule = _RULES[key_path]
+def _located_suffix(where: dict[str, _Where], key_path: str) -> str:
+    location = where.get(key_path, "")
+    return f" ({location})" if location else ""
+
+
+def _convert(
+    key_path: str, item: dataclasses.Field[Any], value: Any, where: dict[str, _Where]
+) -> Any:
+    rule = rule_of(item)
+    if rule is None:  # sections are built by their own functions
+        raise ConfigError(f"{key_path}: not a setting")
+    return _checked(key_path, rule, value, where, secret=is_secret(item))
+
+
+def _checked(
+    key_path: str, rule: Rule, value: Any, where: dict[str, _Where], *, secret: bool = False
+) -> Any:
     try:
         return rule.convert(value)
     except (ValueError, TypeError):
-        location = where.get(key_path, "")
-        suffix = f" ({location})" if location else ""
         shown = (
-            f"a {_kind(value)} (its value is not shown: it is a secret)"
-            if key_path in SECRET_KEYS
-            else _show(value)
+            f"a {_kind(value)} (its value is not shown: it is a secret)" if secret else _show(value)
         )
-        raise ConfigError(f"{key_path}: expected {rule.expected}, got {shown}{suffix}") from None
+        raise ConfigError(
+            f"{key_path}: expected {rule.expected}, got {shown}{_located_suffix(where, key_path)}"
+        ) from None
 
 
 def _kind(value: Any) -> str:
@@ -439,27 +309,65 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _build_section(section: str, cls: type, values: Any, where: dict[str, _Where]) -> Any:
+def _section_values(section: str, values: Any, where: dict[str, _Where]) -> dict[Any, Any]:
     if values is None:
-        values = {}
+        return {}
     if not isinstance(values, dict):
-        location = where.get(section, "")
         raise ConfigError(
             f"{section}: expected a mapping of settings, got {_show(values)}"
-            + (f" ({location})" if location else "")
+            + _located_suffix(where, section)
         )
-    known = [f.name for f in fields(cls)]
+    return values
+
+
+def _unknown_key(
+    key_path: str, key: object, known: list[str], where: dict[str, _Where]
+) -> ConfigError:
+    suggestion = _did_you_mean(str(key), known)
+    return ConfigError(f"{key_path}: unknown key{suggestion}{_located_suffix(where, key_path)}")
+
+
+def _build_section(section: str, cls: type, values: Any, where: dict[str, _Where]) -> Any:
+    """A section's dataclass from its values, each checked by the rule its field declares."""
+    by_name = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
-    for key, value in values.items():
+    for key, value in _section_values(section, values, where).items():
         key_path = f"{section}.{key}"
-        if key not in known:
-            location = where.get(key_path, "")
-            raise ConfigError(
-                f"{key_path}: unknown key{_did_you_mean(str(key), known)}"
-                + (f" ({location})" if location else "")
-            )
-        kwargs[key] = _convert(key_path, value, where)
+        if key not in by_name:
+            raise _unknown_key(key_path, key, list(by_name), where)
+        kwargs[key] = _convert(key_path, by_name[key], value, where)
     return cls(**kwargs)
+
+
+_TRANSPORT_RULE = choice(*TRANSPORTS)
+
+
+def _build_connection(values: Any, where: dict[str, _Where]) -> TransportOptions:
+    """The options of the transport the section names, routed to that backend's dataclass."""
+    values = dict(_section_values("connection", values, where))
+    chosen = values.pop("transport", "awscrt")
+    transport = _checked("connection.transport", _TRANSPORT_RULE, chosen, where)
+    owner = TRANSPORT_OPTIONS[transport]
+    own = [f.name for f in fields(owner)]
+    for key in values:
+        if key not in own:
+            others = [name for name, cls in TRANSPORT_OPTIONS.items() if key in _names(cls)]
+            if not others:
+                raise _unknown_key(f"connection.{key}", key, ["transport", *own], where)
+            raise ConfigError(
+                f"connection.{key}: not an option of transport {transport} (it is one of"
+                f" {', '.join(others)})" + _located_suffix(where, f"connection.{key}")
+            )
+    options: TransportOptions = _build_section("connection", owner, values, where)
+    for name, message in options.problems():
+        raise ConfigError(
+            f"connection.{name}: {message}" + _located_suffix(where, f"connection.{name}")
+        )
+    return options
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
 
 
 def config_from_data(
@@ -470,19 +378,17 @@ def config_from_data(
 ) -> AgentConfig:
     """Validate plain data (as parsed from YAML) into an `AgentConfig`."""
     where = where or {}
-    top_known = [f.name for f in fields(AgentConfig)]
+    by_name = {f.name: f for f in fields(AgentConfig)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in top_known:
-            location = where.get(str(key), "")
-            raise ConfigError(
-                f"{key}: unknown key{_did_you_mean(str(key), top_known)}"
-                + (f" ({location})" if location else "")
-            )
-        if key in _SECTIONS:
+        if key not in by_name:
+            raise _unknown_key(str(key), key, list(by_name), where)
+        if key == "connection":
+            kwargs[key] = _build_connection(value, where)
+        elif key in _SECTIONS:
             kwargs[key] = _build_section(key, _SECTIONS[key], value, where)
         else:
-            kwargs[key] = _convert(key, value, where)
+            kwargs[key] = _convert(key, by_name[key], value, where)
     config = AgentConfig(**kwargs)
     _check_whole(config, where, require_thing_name=require_thing_name)
     return config
@@ -491,32 +397,9 @@ def config_from_data(
 def _check_whole(
     config: AgentConfig, where: dict[str, _Where], *, require_thing_name: bool
 ) -> None:
-    """Rules that involve more than one key."""
-    conn = config.connection
+    """Rules that involve more than one section (each transport checks its own options)."""
     if require_thing_name and not config.thing_name:
         raise ConfigError("thing_name: required (the AWS IoT thing this agent serves)")
-    if conn.transport in ("awscrt", "paho") and not conn.endpoint:
-        raise ConfigError(
-            f"connection.endpoint: required with transport {conn.transport}"
-            " (the AWS IoT data endpoint or the broker's host name)"
-        )
-    if (
-        conn.transport == "awscrt"
-        and not conn.websocket
-        and (conn.cert is None or conn.key is None)
-    ):
-        raise ConfigError(
-            "connection.cert and connection.key: required with transport awscrt"
-            " unless connection.websocket is true"
-        )
-    if (conn.cert is None) != (conn.key is None):
-        missing = "connection.key" if conn.key is None else "connection.cert"
-        raise ConfigError(f"{missing}: required when the other half of the key pair is given")
-    if conn.reconnect_min_seconds > conn.reconnect_max_seconds:
-        raise ConfigError(
-            "connection.reconnect_min_seconds: must not exceed reconnect_max_seconds"
-            f" ({where.get('connection.reconnect_min_seconds', 'default')})"
-        )
     if GREENGRASS_NAMESPACE in config.jobs.namespaces:
         raise ConfigError(
             f"jobs.namespaces: {GREENGRASS_NAMESPACE} belongs to the Greengrass nucleus and is"
@@ -581,23 +464,20 @@ def _thing_name_from_greengrass(
 def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:
     """Relative paths in a config file mean: relative to the file, not to the working directory."""
 
-    def fix(value: Path | None) -> Path | None:
-        return value if value is None or value.is_absolute() else base / value
+    def fix(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else base / value
+        if isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+            return tuple(fix(v) for v in value)
+        return value
 
-    conn = config.connection
-    jobs = config.jobs
+    def fixed(section: Any) -> Any:
+        return replace(section, **{f.name: fix(getattr(section, f.name)) for f in fields(section)})
+
     return replace(
         config,
-        state_dir=fix(config.state_dir) or config.state_dir,
-        connection=replace(conn, cert=fix(conn.cert), key=fix(conn.key), ca=fix(conn.ca)),
-        jobs=replace(
-            jobs,
-            handler_dir=fix(jobs.handler_dir) or jobs.handler_dir,
-            boot_id_path=fix(jobs.boot_id_path) or jobs.boot_id_path,
-            trusted_keys=tuple(fix(k) or k for k in jobs.trusted_keys),
-            plugin_path=tuple(fix(p) or p for p in jobs.plugin_path),
-        ),
-        log=replace(
-            config.log, journal_socket=fix(config.log.journal_socket) or config.log.journal_socket
-        ),
+        state_dir=fix(config.state_dir),
+        connection=fixed(config.connection),
+        jobs=fixed(config.jobs),
+        log=fixed(config.log),
     )

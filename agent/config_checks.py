@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.transport.options import MqttOptions, PahoOptions
 
 
 @dataclass
@@ -52,7 +53,7 @@ def _readable_file(path: Path) -> str | None:
 
 def _check_connection_files(config: AgentConfig, findings: Findings) -> None:
     conn = config.connection
-    if conn.transport in ("greengrass", "local"):
+    if not isinstance(conn, MqttOptions):
         return
     for key, path in (("cert", conn.cert), ("key", conn.key), ("ca", conn.ca)):
         if path is None:
@@ -129,7 +130,7 @@ def _check_plugins(config: AgentConfig, findings: Findings, *, import_plugins: b
 
 def _check_transport_security(config: AgentConfig, findings: Findings) -> None:
     conn = config.connection
-    if conn.transport != "paho" or config.jobs.require_signature:
+    if not isinstance(conn, PahoOptions) or config.jobs.require_signature:
         return
     has_credentials = bool(conn.username) or conn.cert is not None
     if conn.tls and has_credentials:

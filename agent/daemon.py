@@ -1,4 +1,8 @@
-"""The daemon: wires transport -> jobs client -> engine, and owns the process-level concerns.
+"""The daemon: runs the device `build_device` assembles, and owns the process-level concerns.
+
+It receives its transport (the `run` command makes it from the configuration, or on an embedded
+emulator's bus for `transport: local`; without one, the configured network transport is made
+here), and never builds an emulator.
 
 Signals: the first SIGTERM/SIGINT stops taking jobs and lets the running step finish within
 `jobs.stop_timeout_seconds` (a resumable handler is suspended and continues after the restart);
@@ -15,21 +19,25 @@ import contextlib
 import dataclasses
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from jobs_agent.config import AgentConfig, ConfigError, load_config
-from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.device import Device, build_device, dispatcher
+from jobs_agent.dispatch import TrustedKeysError
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.engine.heartbeat import keep_heartbeat
 from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
 from jobs_agent.engine.store import StoreError
+from jobs_agent.jobs.errors import JobsError
 from jobs_agent.log import configure_logging
 from jobs_agent.sdnotify import SystemdNotifier
 from jobs_agent.securefs import UntrustedPath, ensure_private_directory
 from jobs_agent.transport import Transport, TransportError
+from jobs_agent.transport.factory import create_transport
 
 log = structlog.get_logger("jobs_agent.daemon")
 
@@ -66,7 +74,6 @@ class Agent:
         transport: Transport | None = None,
         notifier: SystemdNotifier | None = None,
         heartbeat_interval: float | None = None,
-        boot_id_path: Path | None = None,
         connect_timeout: float | None = None,
     ) -> None:
         self.config = config
@@ -74,11 +81,9 @@ class Agent:
         self._transport = transport
         self.notifier = notifier or SystemdNotifier()
         self._heartbeat_interval = heartbeat_interval
-        self._boot_id_path = boot_id_path
         self._connect_timeout = connect_timeout
         self.engine: Engine | None = None
         self._signals = 0
-        self._embedded: Any = None
         self.ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
 
@@ -101,75 +106,31 @@ class Agent:
             lock.release()
 
     async def _run_locked(self) -> int:
-        from jobs_agent.dispatch import Dispatcher
-        from jobs_agent.jobs.client import JobsClient
-
         config = self.config
-        try:
-            for change in ensure_private_directory(config.state_dir, what="state_dir"):
-                log.warning("state directory was readable by others", change=change)
-        except (UntrustedPath, OSError) as exc:
-            reason = exc.reason if isinstance(exc, UntrustedPath) else str(exc)
-            log.error("cannot use the state directory", error=reason)
-            self.notifier.status(f"cannot use the state directory: {reason}")
+        if not self._state_dir_usable():
             return 1
         try:
-            store = AsyncStore(config.state_dir / "state.db")
+            transport = self._transport or create_transport(config)
+            device = build_device(
+                config,
+                transport,
+                heartbeat_interval=self._heartbeat_interval,
+                on_status=self._on_status,
+            )
         except StoreError as exc:
             log.error("cannot start without the state database", error=str(exc))
             self.notifier.status(f"cannot open the state database: {exc}")
             return 1
+        except (TransportError, TrustedKeysError) as exc:
+            log.error("cannot start", error=str(exc))
+            self.notifier.status(f"cannot start: {exc}")
+            return 1
         self._log_findings()
-        transport = self._transport or await self._make_transport()
         self._install_signal_handlers()
-        heartbeat = asyncio.create_task(
-            keep_heartbeat(
-                config.state_dir,
-                transport=config.connection.transport,
-                endpoint=config.connection.endpoint,
-                is_connected=lambda: transport.is_connected,
-                activity=lambda: self.engine.status.describe() if self.engine else "connecting",
-            ),
-            name="heartbeat",
-        )
+        heartbeat = asyncio.create_task(self._keep_heartbeat(transport), name="heartbeat")
         try:
-            log.info(
-                "connecting",
-                transport=config.connection.transport,
-                endpoint=config.connection.endpoint or None,
-                thing_name=config.thing_name,
-            )
-            if not await self._connect_unless_stopped(transport):
-                log.info("stopped before the connection was established")
-                return 0
-            client = JobsClient.for_config(transport, config.jobs, config.thing_name)
-            await client.start()
-            engine = Engine(
-                config,
-                client,
-                store,
-                Dispatcher(config),
-                heartbeat_interval=self._heartbeat_interval,
-                on_status=self._on_status,
-                boot_id_path=self._boot_id_path,
-            )
-            self.engine = engine
-            if self._signals:
-                engine.request_stop(immediate=self._signals > 1)
-            self.notifier.ready(status="connected; waiting for jobs")
-            self.ready.set()
-            log.info("ready", thing_name=config.thing_name, namespaces=list(config.jobs.namespaces))
-            watchdog = asyncio.create_task(self._watchdog(engine))
-            try:
-                await engine.run()
-            finally:
-                watchdog.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
-            self.notifier.stopping()
-            await client.close()
-            return 0
-        except TransportError as exc:
+            return await self._serve(device)
+        except (TransportError, JobsError) as exc:
             log.error("cannot connect", error=str(exc))
             return 1
         finally:
@@ -178,11 +139,60 @@ class Agent:
                 await heartbeat
             with contextlib.suppress(Exception):
                 await transport.disconnect()
-            if self._embedded is not None:
-                await self._embedded.stop()
-            await store.close()
+            await device.store.close()
             self._remove_signal_handlers()
             log.info("stopped")
+
+    def _state_dir_usable(self) -> bool:
+        try:
+            for change in ensure_private_directory(self.config.state_dir, what="state_dir"):
+                log.warning("state directory was readable by others", change=change)
+        except (UntrustedPath, OSError) as exc:
+            reason = exc.reason if isinstance(exc, UntrustedPath) else str(exc)
+            log.error("cannot use the state directory", error=reason)
+            self.notifier.status(f"cannot use the state directory: {reason}")
+            return False
+        return True
+
+    def _keep_heartbeat(self, transport: Transport) -> Coroutine[Any, Any, None]:
+        connection = self.config.connection
+        return keep_heartbeat(
+            self.config.state_dir,
+            transport=connection.transport,
+            endpoint=connection.endpoint_name,
+            is_connected=lambda: transport.is_connected,
+            activity=lambda: self.engine.status.describe() if self.engine else "connecting",
+        )
+
+    async def _serve(self, device: Device) -> int:
+        """Connect, subscribe, run the engine until it stops."""
+        config = self.config
+        log.info(
+            "connecting",
+            transport=config.connection.transport,
+            endpoint=config.connection.endpoint_name or None,
+            thing_name=config.thing_name,
+        )
+        if not await self._connect_unless_stopped(device.transport):
+            log.info("stopped before the connection was established")
+            return 0
+        await device.client.start()
+        engine = self.engine = device.engine
+        if self._signals:
+            engine.request_stop(immediate=self._signals > 1)
+        self.notifier.ready(status="connected; waiting for jobs")
+        self.ready.set()
+        log.info("ready", thing_name=config.thing_name, namespaces=list(config.jobs.namespaces))
+        watchdog = asyncio.create_task(self._watchdog(engine))
+        try:
+            await engine.run()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        self.notifier.stopping()
+        await device.client.close()
+        return 0
 
     def _log_findings(self) -> None:
         """What `config check` would say, said once at start where journald keeps it."""
@@ -193,32 +203,6 @@ class Agent:
             log.error("configuration problem on this device", problem=problem)
         for problem in findings.warnings:
             log.warning("configuration warning", problem=problem)
-
-    async def _make_transport(self) -> Transport:
-        from jobs_agent.transport.factory import create_transport
-
-        if self.config.connection.transport != "local":
-            return create_transport(self.config)
-        # The local transport means: an embedded emulator in this process (development).
-        from jobs_agent.commands.sim import DEFAULT_HTTP_PORT
-        from jobs_agent.emulator.embedded import EmbeddedEmulator
-        from jobs_agent.transport.local import LocalBus
-
-        bus = LocalBus()
-        # The port `jobs-agent sim create-job` talks to by default, or any free one if taken.
-        for port in (DEFAULT_HTTP_PORT, 0):
-            self._embedded = EmbeddedEmulator(bus, http_port=port)
-            try:
-                await self._embedded.start()
-                break
-            except OSError:
-                await self._embedded.stop()
-        log.info(
-            "embedded IoT Jobs emulator started; create jobs with `jobs-agent sim create-job"
-            " --endpoint ENDPOINT`",
-            endpoint=self._embedded.http_endpoint,
-        )
-        return create_transport(self.config, bus=bus)
 
     async def _connect_unless_stopped(self, transport: Transport) -> bool:
         """Connect (retrying with backoff for as long as it takes), unless a stop comes first:
@@ -281,11 +265,9 @@ class Agent:
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
         new = self._keep_restart_only_settings(new)
-        from jobs_agent.dispatch import Dispatcher
-
         try:
-            dispatcher = Dispatcher(new)
-        except ConfigError as exc:
+            handlers = dispatcher(new)
+        except TrustedKeysError as exc:
             log.error("reload refused; keeping the old configuration", error=str(exc))
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
@@ -298,8 +280,7 @@ class Agent:
         configure_logging(new.log.level, new.log.format, journal_socket=new.log.journal_socket)
         self.config = new
         if self.engine is not None:
-            self.engine.config = new
-            self.engine.dispatcher = dispatcher
+            self.engine.reconfigure(new.engine_settings(), handlers)
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
         return True
 

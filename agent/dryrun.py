@@ -96,8 +96,7 @@ async def run_dry(
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    from jobs_agent.dispatch import Dispatcher
-    from jobs_agent.jobs.client import JobsClient
+    from jobs_agent.device import dispatcher, jobs_client
     from jobs_agent.jobs.errors import JobsError
 
     out = out or sys.stdout
@@ -115,9 +114,9 @@ async def run_dry(
             loop.add_signal_handler(sig, stop.set)
     try:
         await transport.connect(timeout=config.jobs.request_timeout_seconds)
-        client = JobsClient.for_config(transport, config.jobs, config.thing_name)
+        client = jobs_client(config, transport)
         await client.start()
-        dry = DryRun(config, client, Dispatcher(config), out)
+        dry = DryRun(config, client, dispatcher(config), out)
         count = await dry.plan_pending()
         if count == 0:
             dry._print("no pending job executions")
@@ -151,7 +150,7 @@ async def _watch(dry: DryRun, client: Any, stop: asyncio.Event) -> None:
                 break
             try:
                 await dry.plan_pending()
-            except (JobsError, TransportError) as exc:
+            except JobsError as exc:
                 log.warning("dry run: cannot list jobs", error=str(exc))
     finally:
         stopper.cancel()

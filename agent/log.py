@@ -206,16 +206,7 @@ def configure_logging(
     """
     stream = stream or sys.stderr
     numeric = _LEVELS.get(level.lower(), logging.INFO)
-    output = fmt
-    if fmt == "auto":
-        if stream.isatty():
-            output = "console"
-        elif stream_is_journal(stream):
-            output = "journal"
-        else:
-            output = "json"
-    if output == "journal" and not _journal_socket_usable(journal_socket):
-        output = "journal-prefixed"
+    output = _output(fmt, stream, journal_socket)
     renderer: Any
     logger_factory: Any = structlog.PrintLoggerFactory(stream)
     if output == "console":
@@ -243,7 +234,26 @@ def configure_logging(
         logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
-    # Libraries that use the standard logging module (paho, botocore) go to the same stream.
+    _route_standard_logging(stream, output, numeric)
+    return output
+
+
+def _output(fmt: str, stream: TextIO, journal_socket: Path) -> str:
+    output = fmt
+    if fmt == "auto":
+        if stream.isatty():
+            output = "console"
+        elif stream_is_journal(stream):
+            output = "journal"
+        else:
+            output = "json"
+    if output == "journal" and not _journal_socket_usable(journal_socket):
+        output = "journal-prefixed"
+    return output
+
+
+def _route_standard_logging(stream: TextIO, output: str, numeric: int) -> None:
+    """Libraries that use the standard logging module (paho, botocore) go to the same stream."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -256,7 +266,6 @@ def configure_logging(
     )
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
-    return output
 
 
 def get_logger(name: str, **bound: Any) -> Any:

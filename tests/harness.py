@@ -5,6 +5,7 @@ real sd_notify socket (no sleeps: every wait is on an event with a deadline)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.readings import ALTERNATIVE, DOCUMENTED, Readings
+from jobs_agent.transport.options import TransportOptions
 from jobs_agent.transport.paho import PahoTransport
 
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
@@ -49,6 +51,35 @@ def paho_connection(port: int) -> ConnectionConfig:
     )
 
 
+def awscrt_connection(broker: Any) -> TransportOptions:
+    """awscrt with mTLS (the generated device certificate) to `broker`'s TLS listener, with the
+    fast keep-alive and reconnects of `paho_connection`."""
+    certs = broker.certs
+    return ConnectionConfig(
+        transport="awscrt",
+        endpoint="localhost",
+        port=broker.tls_port,
+        cert=certs.device_cert,
+        key=certs.device_key,
+        ca=certs.ca,
+        keepalive_seconds=30,
+        reconnect_min_seconds=0.05,
+        reconnect_max_seconds=0.5,
+    )
+
+
+def connection_yaml(connection: TransportOptions) -> list[str]:
+    """The `connection:` lines for `connection`: its transport and every option it has set."""
+    lines = [f"  transport: {connection.transport}"]
+    for item in dataclasses.fields(connection):
+        value = getattr(connection, item.name)
+        if value is None or value == "":
+            continue
+        shown = ("true" if value else "false") if isinstance(value, bool) else value
+        lines.append(f"  {item.name}: {shown}")
+    return lines
+
+
 def agent_config(tmp_path: Path, port: int, thing: str = "gw-test", **jobs: Any) -> AgentConfig:
     jobs.setdefault("handler_dir", tmp_path / "handlers")
     jobs.setdefault("progress_interval_seconds", 0.1)
@@ -64,23 +95,11 @@ def agent_config(tmp_path: Path, port: int, thing: str = "gw-test", **jobs: Any)
 
 def config_yaml(config: AgentConfig) -> str:
     """The YAML a `jobs-agent run` process reads for `config`."""
-    conn = config.connection
     jobs = config.jobs
     lines = [
         f"thing_name: {config.thing_name}",
         "connection:",
-        f"  transport: {conn.transport}",
-        f"  endpoint: {conn.endpoint}",
-        f"  port: {conn.port}",
-        f"  tls: {'true' if conn.tls else 'false'}",
-        f"  keepalive_seconds: {conn.keepalive_seconds}",
-        f"  reconnect_min_seconds: {conn.reconnect_min_seconds}",
-        f"  reconnect_max_seconds: {conn.reconnect_max_seconds}",
-        *[
-            f"  {name}: {value}"
-            for name, value in (("cert", conn.cert), ("key", conn.key), ("ca", conn.ca))
-            if value is not None
-        ],
+        *connection_yaml(config.connection),
         "jobs:",
         f"  handler_dir: {jobs.handler_dir}",
         f"  progress_interval_seconds: {jobs.progress_interval_seconds}",

@@ -20,6 +20,7 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
     agent_config,
+    awscrt_connection,
     config_yaml,
     start_emulator,
     wait_terminal,
@@ -54,19 +55,7 @@ async def test_handlers_get_only_stdio_and_the_progress_pipe(
     write_handler(tmp_path / "handlers", "fds", LIST_FDS)
     config = agent_config(tmp_path, mosquitto.port, thing=THING)
     if transport == "awscrt":
-        certs = mosquitto.certs
-        config = dataclasses.replace(
-            config,
-            connection=dataclasses.replace(
-                config.connection,
-                transport="awscrt",
-                endpoint="localhost",
-                port=mosquitto.tls_port,
-                cert=certs.device_cert,
-                key=certs.device_key,
-                ca=certs.ca,
-            ),
-        )
+        config = dataclasses.replace(config, connection=awscrt_connection(mosquitto))
     path = tmp_path / "config.yaml"
     path.write_text(config_yaml(config).replace("  tls: true\n", ""))
     agent = AgentProcess(config_path=path, workdir=tmp_path)

@@ -20,6 +20,7 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
     agent_config,
+    awscrt_connection,
     config_yaml,
     side_effects,
     start_emulator,
@@ -373,18 +374,7 @@ async def test_the_daemon_over_awscrt_with_mtls_runs_a_job(
     write_handler(tmp_path / "handlers", "ok", "#!/bin/sh\necho fine\n")
     certs = mosquitto.certs
     config = agent_config(tmp_path, mosquitto.port, thing=THING)
-    config = dataclasses.replace(
-        config,
-        connection=dataclasses.replace(
-            config.connection,
-            transport="awscrt",
-            endpoint="localhost",
-            port=mosquitto.tls_port,
-            cert=certs.device_cert,
-            key=certs.device_key,
-            ca=certs.ca,
-        ),
-    )
+    config = dataclasses.replace(config, connection=awscrt_connection(mosquitto))
     path = tmp_path / "config.yaml"
     path.write_text(config_yaml(config).replace("  tls: true\n", ""))
     agent = AgentProcess(config_path=path, workdir=tmp_path)

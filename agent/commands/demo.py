@@ -30,8 +30,8 @@ def register(subparsers: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from jobs_agent.demo import run_demo
     from jobs_agent.log import configure_logging
+    from jobs_agent.sim.demo import run_demo
 
     configure_logging("warning", "console")
     return asyncio.run(run_demo(keep_state=args.keep))

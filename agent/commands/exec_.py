@@ -91,8 +91,8 @@ def _exec(args: argparse.Namespace) -> int:
 
     from jobs_agent.cli import UsageError
     from jobs_agent.commands.common import load_config_or_exit
-    from jobs_agent.config import ConfigError
-    from jobs_agent.dispatch import Dispatcher
+    from jobs_agent.device import dispatcher as make_dispatcher
+    from jobs_agent.dispatch import TrustedKeysError
     from jobs_agent.log import configure_logging
 
     document = _read_document(args.document)
@@ -103,16 +103,18 @@ def _exec(args: argparse.Namespace) -> int:
             config, jobs=dataclasses.replace(config.jobs, handler_dir=args.handler_dir.resolve())
         )
     out = sys.stdout
+    echo = _echo(out) if args.verbose else None
     try:
-        dispatcher = Dispatcher(config, echo=_echo(out) if args.verbose else None)
-    except ConfigError as exc:
+        dispatcher = make_dispatcher(config, echo=echo)
+    except TrustedKeysError as exc:
         raise UsageError(str(exc)) from None
     if args.dry_run:
         return _dry_run(dispatcher, document, args.job_id, out)
     temporary = args.state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-exec-")) if temporary else args.state_dir
     config = dataclasses.replace(config, state_dir=state_dir.resolve())
-    dispatcher.config = config
+    # The run's own state directory (output logs, containment groups), the same plugins.
+    dispatcher = make_dispatcher(config, echo=echo, plugins=dispatcher.plugins)
     try:
         return asyncio.run(_run(dispatcher, config, document, args.job_id, out, keep=not temporary))
     finally:
@@ -167,9 +169,7 @@ async def _run(
 
     from jobs_agent.dispatch.context import LocalJobContext
     from jobs_agent.dispatch.output import log_path
-    from jobs_agent.dispatch.plugins import PluginError
     from jobs_agent.redact import redact_mapping
-    from jobs_agent_handlers.api import JobRejected, Outcome
 
     base = config.state_dir / "jobs" / job_id
     ctx = LocalJobContext(
@@ -186,27 +186,7 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, ctx.cancelled.set)
-    outcome: Outcome
-    try:
-        handler = dispatcher.resolve(document, job_id=job_id)
-    except JobRejected as exc:
-        outcome = Outcome("REJECTED", {"reason": exc.reason, **exc.details})
-    except PluginError as exc:  # what the daemon reports for it
-        outcome = Outcome.failed(f"cannot load the handler: {exc}")
-    else:
-        outcome = await dispatcher.run(handler, ctx)
-        reboots = 0
-        while ctx.reboot_requested and outcome.status == "SUCCEEDED":
-            reboots += 1
-            if reboots > MAX_SIMULATED_REBOOTS:
-                outcome = Outcome.failed(f"asked for more than {MAX_SIMULATED_REBOOTS} reboots")
-                break
-            print(
-                "reboot requested: exec does not reboot this device; continuing as after a boot",
-                file=out,
-            )
-            ctx.after_reboot()
-            outcome = await dispatcher.run(dispatcher.resolve(document, job_id=job_id), ctx)
+    outcome = await _outcome(dispatcher, ctx, document, job_id, out)
     shutil.rmtree(base, ignore_errors=True)
     details = _sanitize(redact_mapping(dict(outcome.details)))
     print("statusDetails: " + json.dumps(details, ensure_ascii=False, indent=2), file=out)
@@ -215,6 +195,34 @@ async def _run(
     if keep and log_file.exists():
         print(f"output log: {log_file}", file=out)
     return _EXIT_CODES[outcome.status]
+
+
+async def _outcome(
+    dispatcher: Any, ctx: Any, document: dict[str, Any], job_id: str, out: TextIO
+) -> Any:
+    """Resolve and run the document as the daemon would, a requested reboot simulated."""
+    from jobs_agent.dispatch.plugins import PluginError
+    from jobs_agent_handlers.api import JobRejected, Outcome
+
+    try:
+        handler = dispatcher.resolve(document, job_id=job_id)
+    except JobRejected as exc:
+        return Outcome("REJECTED", {"reason": exc.reason, **exc.details})
+    except PluginError as exc:  # what the daemon reports for it
+        return Outcome.failed(f"cannot load the handler: {exc}")
+    outcome: Outcome = await dispatcher.run(handler, ctx)
+    reboots = 0
+    while ctx.reboot_requested and outcome.status == "SUCCEEDED":
+        reboots += 1
+        if reboots > MAX_SIMULATED_REBOOTS:
+            return Outcome.failed(f"asked for more than {MAX_SIMULATED_REBOOTS} reboots")
+        print(
+            "reboot requested: exec does not reboot this device; continuing as after a boot",
+            file=out,
+        )
+        ctx.after_reboot()
+        outcome = await dispatcher.run(dispatcher.resolve(document, job_id=job_id), ctx)
+    return outcome
 
 
 def _sanitize(details: dict[str, Any]) -> dict[str, str]:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import structlog
+
 from jobs_agent.commands.common import add_config_argument, load_config_or_exit
+from jobs_agent.config import AgentConfig
+from jobs_agent.transport import TransportError
+
+log = structlog.get_logger("jobs_agent.daemon")
 
 
 def register(subparsers: Any) -> None:
@@ -55,7 +62,25 @@ def _run(args: argparse.Namespace) -> int:
 
         return asyncio.run(run_dry(config, watch=args.watch))
     from jobs_agent.config import DEFAULT_CONFIG_PATH
-    from jobs_agent.daemon import Agent
 
-    agent = Agent(config, config_path=args.config or DEFAULT_CONFIG_PATH)
-    return asyncio.run(agent.run())
+    return asyncio.run(_daemon(config, args.config or DEFAULT_CONFIG_PATH))
+
+
+async def _daemon(config: AgentConfig, path: Path) -> int:
+    """The daemon, handed its transport: the configured one, or for `transport: local` one on
+    an embedded emulator's bus (started here, stopped when the daemon ends)."""
+    from jobs_agent.daemon import Agent
+    from jobs_agent.transport.factory import create_transport
+    from jobs_agent.transport.options import LocalOptions
+
+    if not isinstance(config.connection, LocalOptions):
+        try:
+            transport = create_transport(config)
+        except TransportError as exc:
+            log.error("cannot start", error=str(exc))
+            return 1
+        return await Agent(config, config_path=path, transport=transport).run()
+    from jobs_agent.sim.local import embedded_emulator
+
+    async with embedded_emulator(config.client_id) as transport:
+        return await Agent(config, config_path=path, transport=transport).run()

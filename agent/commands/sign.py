@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MAX_DOCUMENT_BYTES = 32 * 1024
+from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 
 
 def register(subparsers: Any) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -96,9 +97,26 @@ def _liveness(state_dir: Path) -> dict[str, Any]:
     return result
 
 
+@dataclass
+class _Snapshot:
+    """What the state database says, read once."""
+
+    state_dir: Path
+    alive: dict[str, Any]
+    active: list[Any]
+    outbox: list[Any]
+    recent: list[Any]
+
+    def output_log(self, key: Any) -> str | None:
+        from jobs_agent.dispatch.output import log_path
+
+        log = log_path(self.state_dir, key.job_id, key.execution_number)
+        return str(log) if log.exists() else None
+
+
 def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
-    from jobs_agent.dispatch.output import log_path
-    from jobs_agent.engine.store import ACTIVE_STATES, Store, StoreError
+    from jobs_agent.engine.lifecycle import ACTIVE_STATES
+    from jobs_agent.engine.store import Store, StoreError
 
     path = config.state_dir / "state.db"
     alive = _liveness(config.state_dir)
@@ -118,90 +136,93 @@ def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     except StoreError as exc:
         print(f"jobs-agent: {exc}", file=out)
         return 1
-
-    def output_log(key: Any) -> str | None:
-        log = log_path(config.state_dir, key.job_id, key.execution_number)
-        return str(log) if log.exists() else None
-
+    snapshot = _Snapshot(config.state_dir, alive, active, outbox, recent)
     if args.json:
-        document = {
-            "agent": alive,
-            "running": [
-                {
-                    "job_id": r.key.job_id,
-                    "execution_number": r.key.execution_number,
-                    "namespace": r.key.namespace or None,
-                    "state": str(r.state),
-                    "handler": r.handler,
-                    "step": r.step,
-                    "progress": r.progress,
-                    "restarts": r.restarts,
-                    "output_log": output_log(r.key),
-                }
-                for r in active
-            ],
-            "outbox": [
-                {
-                    "job_id": e.key.job_id,
-                    "execution_number": e.key.execution_number,
-                    "status": e.status,
-                    "status_details": e.status_details,
-                    "attempts": e.attempts,
-                    "last_error": e.last_error,
-                }
-                for e in outbox
-            ],
-            "recent": [
-                {
-                    "job_id": r.key.job_id,
-                    "execution_number": r.key.execution_number,
-                    "namespace": r.key.namespace or None,
-                    "state": str(r.state),
-                    "status": r.outcome_status,
-                    "details": r.outcome_details,
-                    "note": r.note,
-                    "updated_at": r.updated_at,
-                    "output_log": output_log(r.key),
-                }
-                for r in recent
-            ],
-        }
-        print(json.dumps(document, indent=2), file=out)
-        return EXIT_SHOWN
-    print(f"thing {config.thing_name}, state {config.state_dir}", file=out)
-    print(_describe_agent(alive), file=out)
-    if not active:
+        print(json.dumps(_as_json(snapshot), indent=2), file=out)
+    else:
+        print(f"thing {config.thing_name}, state {config.state_dir}", file=out)
+        _print_text(snapshot, out)
+    return EXIT_SHOWN
+
+
+def _as_json(snapshot: _Snapshot) -> dict[str, Any]:
+    return {
+        "agent": snapshot.alive,
+        "running": [
+            {
+                "job_id": r.key.job_id,
+                "execution_number": r.key.execution_number,
+                "namespace": r.key.namespace,
+                "state": str(r.state),
+                "handler": r.handler,
+                "step": r.step,
+                "progress": r.progress,
+                "restarts": r.restarts,
+                "output_log": snapshot.output_log(r.key),
+            }
+            for r in snapshot.active
+        ],
+        "outbox": [
+            {
+                "job_id": e.key.job_id,
+                "execution_number": e.key.execution_number,
+                "status": e.status,
+                "status_details": e.status_details,
+                "attempts": e.attempts,
+                "last_error": e.last_error,
+            }
+            for e in snapshot.outbox
+        ],
+        "recent": [
+            {
+                "job_id": r.key.job_id,
+                "execution_number": r.key.execution_number,
+                "namespace": r.key.namespace,
+                "state": str(r.state),
+                "status": r.outcome_status,
+                "details": r.outcome_details,
+                "note": r.note,
+                "updated_at": r.updated_at,
+                "output_log": snapshot.output_log(r.key),
+            }
+            for r in snapshot.recent
+        ],
+    }
+
+
+def _print_text(snapshot: _Snapshot, out: TextIO) -> None:
+    print(_describe_agent(snapshot.alive), file=out)
+    if not snapshot.active:
         print("running: nothing", file=out)
-    for r in active:
+    for r in snapshot.active:
         progress = r.progress or {}
-        verb = "running" if alive["running"] else "interrupted (the agent is not running)"
+        verb = "running" if snapshot.alive["running"] else "interrupted (the agent is not running)"
         line = f"{verb}: {r.key} [{r.state}] handler {r.handler or '-'} step {r.step}"
         if "percent" in progress:
             line += f" {progress['percent']}%"
         if "message" in progress:
             line += f" {progress['message']}"
         print(line, file=out)
-        log = output_log(r.key)
+        log = snapshot.output_log(r.key)
         if log:
             print(f"  output log: {log}", file=out)
-    print(f"outbox: {len(outbox)} update(s) waiting for the service", file=out)
-    for e in outbox:
+    print(f"outbox: {len(snapshot.outbox)} update(s) waiting for the service", file=out)
+    for e in snapshot.outbox:
         print(
             f"  {e.key} {e.status} attempts {e.attempts} last error {e.last_error or '-'}",
             file=out,
         )
     print("recent outcomes:", file=out)
-    if not recent:
+    if not snapshot.recent:
         print("  none", file=out)
-    for r in recent:
+    for r in snapshot.recent:
         reason = (r.outcome_details or {}).get("reason", "")
         status = r.outcome_status or "-"
         note = f" ({r.note})" if r.note else ""
         print(f"  {_ago(r.updated_at):>9}  {status:<10} {r.key}  {reason}{note}", file=out)
-        log = output_log(r.key)
+        log = snapshot.output_log(r.key)
         if log:
             print(f"{'':13}output log: {log}", file=out)
-    return EXIT_SHOWN
 
 
 def _describe_agent(alive: dict[str, Any]) -> str:

@@ -19,30 +19,19 @@ the reason names the step and says "exited with code N" or "killed by signal SIG
 from __future__ import annotations
 
 import difflib
-import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs_agent.config import AgentConfig
-from jobs_agent.dispatch.containment import group_name
-from jobs_agent.dispatch.output import OutputLog, Tail, log_path
 from jobs_agent.dispatch.paths import PLACEHOLDER, locate_handler
 from jobs_agent.dispatch.plan import PlannedStep
-from jobs_agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
-from jobs_agent.dispatch.scripts import (
-    EXIT_REBOOT,
-    EXIT_REJECTED,
-    StepFiles,
-    message_handler,
-    script_environment,
-)
+from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs, parse_run_as_user, resolve_user
 from jobs_agent.redact import has_url_credentials
-from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
+from jobs_agent_handlers.api import JobRejected
 
 RUN_HANDLER = "runHandler"
 RUN_COMMAND = "runCommand"
@@ -351,15 +340,15 @@ class PreparedStep:
         )
 
 
-def prepare(action: Action, config: AgentConfig, search_path: str) -> PreparedStep:
+def prepare(action: Action, settings: DispatchSettings, search_path: str) -> PreparedStep:
     """Resolve one action; raise `JobRejected` when it cannot run here (path, user, rights)."""
-    label = _label(action, None)
+    label = step_label(action, None)
     try:
-        user = resolve_user(action.run_as_user, config.jobs)
-        timeout = action.timeout or config.jobs.handler_timeout_seconds
+        user = resolve_user(action.run_as_user, settings)
+        timeout = action.timeout or settings.handler_timeout_seconds
         if action.type == RUN_HANDLER:
             located = locate_handler(
-                config.jobs.handler_dir, action.handler, action.path, search_path=search_path
+                settings.handler_dir, action.handler, action.path, search_path=search_path
             )
             args, urls = hide_url_credentials(action.args)
             base = (str(located.path), action.run_as_user, *args)
@@ -418,7 +407,7 @@ def hide_url_credentials(
     return tuple(shown), tuple(environment)
 
 
-def _label(action: Action, index: int | None) -> str:
+def step_label(action: Action, index: int | None) -> str:
     if action.final:
         return f'finalStep "{action.name}"'
     return f'step {index + 1} "{action.name}"' if index is not None else f'step "{action.name}"'
@@ -445,231 +434,3 @@ def interrupted_reboot_step(checkpoint: Any) -> tuple[int, str] | None:
         if isinstance(boot_id, str) and boot_id:
             return index, boot_id
     return None
-
-
-class StepsHandler:
-    """Runs a Device Client document (or a single executable) step by step.
-
-    Not resumable: a step interrupted by an agent crash may have half-happened. A reboot that a
-    step asks for (exit `EXIT_REBOOT`) is different: the runner checkpoints
-    `{"next_step": N}` before asking, and after the boot continues with step N.
-
-    The Device Client's own reboot handler (`reboot.sh`, and any handler listed in
-    `jobs.rerun_after_reboot`) works differently: it writes a lock file, calls `reboot` and
-    relies on the job being delivered again after the boot, when it finds its lock file and
-    exits 0. Here its first run counts as its request for a reboot, whatever it exits with: the
-    agent records that the job awaits a reboot (running its own `jobs.reboot_command` unless
-    the device is already going down), checks after the boot that the boot id changed, and runs
-    the same step again, whose exit status then decides. If the device goes down while the step
-    still runs, the boot id it started under (checkpointed first) lets the engine recognise the
-    same situation after the boot.
-    """
-
-    resumable = False
-
-    def __init__(
-        self,
-        name: str,
-        document: StepsDocument,
-        steps: Sequence[PreparedStep],
-        *,
-        config: AgentConfig,
-        sandbox: Sandbox,
-    ) -> None:
-        self.name = name
-        self.document = document
-        self.steps = tuple(steps)
-        self._config = config
-        self._sandbox = sandbox
-
-    def plan(self) -> list[PlannedStep]:
-        return [step.planned() for step in self.steps]
-
-    @staticmethod
-    def start_index(ctx: JobContext, total: int) -> tuple[int, Any]:
-        """Where to start: 0, or the checkpointed step after a reboot (with its step data)."""
-        data = ctx.checkpoint_data
-        if ctx.resumed and isinstance(data, Mapping):
-            index = data.get("next_step")
-            if isinstance(index, int) and not isinstance(index, bool) and 0 <= index <= total:
-                return index, data.get("step_data")
-        return 0, None
-
-    async def run(self, ctx: JobContext) -> Outcome:
-        actions = self.document.actions
-        total = len(actions)
-        start, step_data = self.start_index(ctx, total)
-        stdout_all, stderr_all = Tail(), Tail()
-        log = OutputLog(
-            log_path(self._config.state_dir, ctx.job_id, ctx.execution_number),
-            self._config.jobs.output_log_max_bytes,
-        )
-        ignored: list[str] = []
-
-        def details(reason: str | None = None) -> dict[str, str]:
-            result: dict[str, str] = {}
-            if reason:
-                result["reason"] = reason
-            if self.document.include_stdout and stdout_all.status_value():
-                result["stdout"] = stdout_all.status_value()
-            if stderr_all.status_value():
-                result["stderr"] = stderr_all.status_value()
-            if ignored:
-                result["ignoredFailures"] = ", ".join(ignored)[:1024]
-            return result
-
-        try:
-            if ctx.rebooted and start > 0:
-                log.note(f"continuing after the reboot with step {start + 1} of {total}")
-            for index in range(start, total):
-                action = actions[index]
-                label = _label(action, index)
-                try:
-                    step = prepare(action, self._config, self._sandbox.search_path)
-                except JobRejected as exc:
-                    return Outcome.rejected(exc.reason, **details())
-                confirming = index == start and self._confirming_reboot(ctx)
-                reboot_step = self._reboots_like_the_device_client(step) and not confirming
-                if reboot_step:
-                    await ctx.checkpoint(
-                        {"next_step": index, REBOOT_STEP: {"boot_id": self._boot_id()}}
-                    )
-                ctx.progress(100.0 * index / total, f"{label} of {total}")
-                log.note(f"{label}: {shlex.join(step.argv)} (as {step.user.name})")
-                result = await self._run_step(
-                    ctx,
-                    index,
-                    step,
-                    log,
-                    stdout_all,
-                    stderr_all,
-                    step_data if index == start else None,
-                )
-                log.note(f"{label} ended: {result.failure() or 'exit code 0'}")
-                if result.cancelled:
-                    return Outcome.failed("cancelled", **details())
-                if reboot_step and not result.timed_out and result.spawn_error is None:
-                    await ctx.checkpoint(confirm_reboot_checkpoint(index))
-                    ctx.request_reboot()
-                    log.note(
-                        f"{label} started a reboot ({result.failure() or 'exit code 0'}); as"
-                        " with the Device Client it runs again after the boot to confirm it"
-                    )
-                    return Outcome.succeeded(**details())
-                code = result.exit_code
-                if code == EXIT_REBOOT:
-                    await ctx.checkpoint({"next_step": index + 1})
-                    ctx.request_reboot()
-                    log.note(f"{label} asked for a reboot; the job continues after it")
-                    return Outcome.succeeded(**details())
-                if code == EXIT_REJECTED:
-                    return Outcome.rejected(
-                        f"{label}: the handler rejected the job (exit code {EXIT_REJECTED})",
-                        **details(),
-                    )
-                failure = self._failure(action, result)
-                if failure is None:
-                    continue
-                if action.ignore_step_failure:
-                    ignored.append(f"{label}: {failure}")
-                    continue
-                return Outcome.failed(f"{label}: {failure}", **details())
-            return Outcome.succeeded(**details())
-        finally:
-            log.close()
-
-    def _reboots_like_the_device_client(self, step: PreparedStep) -> bool:
-        return (
-            step.action.type == RUN_HANDLER
-            and not step.builtin
-            and step.action.handler in self._config.jobs.rerun_after_reboot
-        )
-
-    @staticmethod
-    def _confirming_reboot(ctx: JobContext) -> bool:
-        data = ctx.checkpoint_data
-        return ctx.rebooted and isinstance(data, Mapping) and data.get(CONFIRM_REBOOT) is True
-
-    def _boot_id(self) -> str:
-        try:
-            return self._config.jobs.boot_id_path.read_text(encoding="ascii").strip()
-        except OSError:
-            return ""
-
-    @staticmethod
-    def _failure(action: Action, result: ProcessResult) -> str | None:
-        failure = result.failure()
-        if failure is None and action.allow_stderr is not None:
-            lines = result.stderr.finish_lines()
-            if lines > action.allow_stderr:
-                failure = f"wrote {lines} lines to stderr (allowStdErr is {action.allow_stderr})"
-        return failure
-
-    async def _run_step(
-        self,
-        ctx: JobContext,
-        index: int,
-        step: PreparedStep,
-        log: OutputLog,
-        stdout_all: Tail,
-        stderr_all: Tail,
-        step_data: Any,
-    ) -> ProcessResult:
-        program = step.argv[0]
-        if "/" not in program:
-            result = ProcessResult(None, step.timeout, Tail(), Tail())
-            result.spawn_error = (
-                f"command {program!r} not found in PATH ({self._sandbox.search_path})"
-            )
-            return result
-        files = StepFiles(ctx, step.user)
-        try:
-            document_file = files.write_json("document.json", dict(ctx.document))
-            checkpoint_file = (
-                files.write_json("checkpoint.json", step_data) if step_data is not None else None
-            )
-            files.hand_over()
-            env = script_environment(
-                ctx,
-                document_file=document_file,
-                step_index=index,
-                step_name=step.action.name,
-                checkpoint_file=checkpoint_file,
-            )
-            env.update(step.url_environment)
-            if self._config.jobs.allow_http_downloads:
-                env["JOBS_AGENT_ALLOW_HTTP_DOWNLOADS"] = "1"  # for download-file.sh
-
-            async def on_checkpoint(data: Any) -> None:
-                await ctx.checkpoint({"next_step": index, "step_data": data})
-
-            total = len(self.document.actions)
-            span = (100.0 * index / total, 100.0 / total)
-
-            def warn(problem: str) -> None:
-                ctx.log.warning(
-                    "handler progress ignored",
-                    step=index + 1,
-                    handler=step.executable,
-                    problem=problem,
-                )
-
-            spec = ProcessSpec(
-                step.argv,
-                step.user,
-                step.timeout,
-                env,
-                cwd=None if step.user.switch else ctx.scratch_dir,
-                group=group_name(ctx.namespace, ctx.job_id, ctx.execution_number),
-            )
-            return await self._sandbox.run(
-                spec,
-                cancelled=ctx.cancelled,
-                log=log,
-                on_message=message_handler(ctx, on_checkpoint, span=span, warn=warn),
-                on_bad_line=warn,
-                stdout_sinks=[stdout_all],
-                stderr_sinks=[stderr_all],
-            )
-        finally:
-            files.close()

@@ -24,16 +24,14 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
-import json
 import os
 import resource
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from jobs_agent.dispatch.containment import (
     Containment,
@@ -42,13 +40,18 @@ from jobs_agent.dispatch.containment import (
     containment_for,
 )
 from jobs_agent.dispatch.output import OutputLog, Tail
+from jobs_agent.dispatch.pipes import (
+    BadLineCallback,
+    MessageCallback,
+    drain,
+    read_messages,
+    wait_exit,
+)
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import CheckedExecutable, UntrustedPath, open_executable
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PROGRESS_LINE_MAX = 64 * 1024
-_READ_CHUNK = 64 * 1024
 _POLL_INTERVAL = 0.05
 
 PROGRESS_FD = 3
@@ -113,8 +116,6 @@ def _child_setup(
     return setup
 
 
-MessageCallback = Callable[[Any], Awaitable[None]]
-BadLineCallback = Callable[[str], None]
 """Told why a progress line was ignored (not JSON, too long), so the operator can be warned."""
 
 
@@ -299,57 +300,22 @@ class Sandbox:
         stdout_sinks: Sequence[Tail],
         stderr_sinks: Sequence[Tail],
     ) -> ProcessResult:
-        cwd = spec.cwd
-        if cwd is None or not cwd.is_dir():
-            cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
-        if executable.by_name and not executable.same_file():
-            result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
+        spawned = await self._spawn(spec, env, executable, group, result)
+        if spawned is None:
             return result
-        read_fd, write_fd = os.pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *spec.argv,
-                executable=executable.exec_path,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=False,
-                preexec_fn=_child_setup(write_fd, group.join_fd, spec.user, executable),
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            os.close(read_fd)
-            if isinstance(exc, OSError):
-                reason = exc.strerror or str(exc)
-                if isinstance(exc, FileNotFoundError) and os.path.exists(spec.argv[0]):
-                    # ENOENT for a file that exists: its interpreter is what is missing.
-                    reason = interpreter_problem(Path(spec.argv[0]), self.search_path) or reason
-            elif isinstance(exc, ValueError):  # a NUL byte in argv or environment
-                reason = str(exc)
-            else:
-                reason = (
-                    f"preparing the process failed (joining its {self.containment.kind} group,"
-                    f" switching to user {spec.user.name}, or the file changed after it was"
-                    " checked)"
-                )
-            result.spawn_error = f"cannot run {spec.argv[0]}: {reason}"
-            return result
-        finally:
-            os.close(write_fd)
+        process, read_fd = spawned
         group.adopt(process.pid)
         assert process.stdout is not None and process.stderr is not None
         drains = {
             asyncio.create_task(
-                _drain(process.stdout, [result.stdout, *stdout_sinks], log, self._echo("stdout"))
+                drain(process.stdout, [result.stdout, *stdout_sinks], log, self._echo("stdout"))
             ),
             asyncio.create_task(
-                _drain(process.stderr, [result.stderr, *stderr_sinks], log, self._echo("stderr"))
+                drain(process.stderr, [result.stderr, *stderr_sinks], log, self._echo("stderr"))
             ),
         }
-        progress = asyncio.create_task(_read_messages(read_fd, on_message, on_bad_line))
-        waiter = asyncio.create_task(_wait_exit(process))
+        progress = asyncio.create_task(read_messages(read_fd, on_message, on_bad_line))
+        waiter = asyncio.create_task(wait_exit(process))
         cancel_wait = asyncio.create_task(cancelled.wait())
         try:
             done, _ = await asyncio.wait(
@@ -376,6 +342,58 @@ class Sandbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(progress, *drains, return_exceptions=True)
         return result
+
+    async def _spawn(
+        self,
+        spec: ProcessSpec,
+        env: dict[str, str],
+        executable: CheckedExecutable,
+        group: JobGroup,
+        result: ProcessResult,
+    ) -> tuple[asyncio.subprocess.Process, int] | None:
+        """Start the step in its group, as its user, from the file that was checked; the
+        process and the read end of its progress pipe, or None (`result.spawn_error` says)."""
+        cwd = spec.cwd
+        if cwd is None or not cwd.is_dir():
+            cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
+        if executable.by_name and not executable.same_file():
+            result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
+            return None
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                executable=executable.exec_path,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=False,
+                preexec_fn=_child_setup(write_fd, group.join_fd, spec.user, executable),
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            os.close(read_fd)
+            result.spawn_error = f"cannot run {spec.argv[0]}: {self._spawn_failure(spec, exc)}"
+            return None
+        finally:
+            os.close(write_fd)
+        return process, read_fd
+
+    def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileNotFoundError) and os.path.exists(spec.argv[0]):
+                # ENOENT for a file that exists: its interpreter is what is missing.
+                reason = interpreter_problem(Path(spec.argv[0]), self.search_path) or reason
+            return reason
+        if isinstance(exc, ValueError):  # a NUL byte in argv or environment
+            return str(exc)
+        return (
+            f"preparing the process failed (joining its {self.containment.kind} group,"
+            f" switching to user {spec.user.name}, or the file changed after it was checked)"
+        )
 
     def _echo(self, stream: str) -> Callable[[bytes], None] | None:
         echo = self.echo
@@ -407,87 +425,3 @@ class Sandbox:
         if group.members():
             group.kill()
         await asyncio.wait(drains, timeout=1.0)
-
-
-async def _wait_exit(process: asyncio.subprocess.Process) -> int:
-    """The exit status as soon as the process exits.
-
-    `Process.wait()` also waits for the output pipes to close, which a leftover grandchild can
-    keep open forever; here the exit itself is what counts (a pidfd where the kernel has them).
-    """
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def on_readable() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(pidfd, on_readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-    # The child watcher reaps the process and sets the status a moment after it exits.
-    while process.returncode is None:
-        await asyncio.sleep(_POLL_INTERVAL / 5)
-    return process.returncode
-
-
-async def _drain(
-    stream: asyncio.StreamReader,
-    sinks: list[Tail],
-    log: OutputLog | None,
-    echo: Callable[[bytes], None] | None = None,
-) -> None:
-    while True:
-        chunk = await stream.read(_READ_CHUNK)
-        if not chunk:
-            return
-        for sink in sinks:
-            sink.feed(chunk)
-        if log is not None:
-            log.write(chunk)
-        if echo is not None:
-            echo(chunk)
-
-
-async def _read_messages(
-    fd: int, on_message: MessageCallback | None, on_bad_line: BadLineCallback | None = None
-) -> None:
-    """Read JSON lines from the progress pipe; malformed or oversized lines are skipped (and
-    reported to `on_bad_line`: a handler author must not lose progress without a word)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=PROGRESS_LINE_MAX)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-
-    def bad(problem: str) -> None:
-        if on_bad_line is not None:
-            on_bad_line(problem)
-
-    try:
-        while True:
-            try:
-                line = await reader.readline()
-            except ValueError:
-                bad(f"a progress line longer than {PROGRESS_LINE_MAX} bytes was ignored")
-                continue
-            if not line:
-                return
-            if on_message is None or not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                excerpt = line.decode("utf-8", "replace").strip()[:120]
-                bad(f"a progress line is not JSON and was ignored: {excerpt!r}")
-                continue
-            await on_message(message)
-    finally:
-        transport.close()

@@ -16,13 +16,11 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from jobs_agent.config import AgentConfig, ConfigError
 from jobs_agent.dispatch import s3url
 from jobs_agent.dispatch.devicec import (
     StepsDocument,
-    StepsHandler,
     parse_legacy_document,
     parse_steps_document,
     prepare,
@@ -31,15 +29,16 @@ from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
 from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
 from jobs_agent.dispatch.scripts import site_environment
+from jobs_agent.dispatch.settings import DispatchSettings
+from jobs_agent.dispatch.steps import StepsHandler
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
+from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
 
 if TYPE_CHECKING:
     # cryptography costs ~9 MB of memory: loaded only when signatures are required.
     from jobs_agent.dispatch.signing import SignatureVerifier
 
-MAX_DOCUMENT_BYTES = 32 * 1024
-"""The service's limit on a job document."""
 MAX_DOCUMENT_DEPTH = 32
 
 
@@ -105,41 +104,59 @@ async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:
     )
 
 
+class Configured(Protocol):
+    """Anything that can say what the dispatcher reads (the agent's configuration can)."""
+
+    def dispatch_settings(self) -> DispatchSettings: ...
+
+
+class TrustedKeysError(ValueError):
+    """`jobs.trusted_keys` cannot be used (the message names the option and why)."""
+
+
 class Dispatcher:
-    """Resolves job documents to handlers, plans them and runs them (the engine's seam)."""
+    """Resolves job documents to handlers, plans them and runs them (the engine's seam).
+
+    It takes its own settings (`DispatchSettings`), or anything that can give them
+    (`AgentConfig`), and never reads the configuration itself.
+    """
 
     def __init__(
         self,
-        config: AgentConfig,
+        settings: DispatchSettings | Configured,
         *,
         search_path: str = DEFAULT_PATH,
         plugins: PluginRegistry | None = None,
         echo: OutputEcho | None = None,
     ) -> None:
-        self.config = config
+        if not isinstance(settings, DispatchSettings):
+            settings = settings.dispatch_settings()
+        self.settings = settings
         self.sandbox = Sandbox(
-            kill_grace=config.jobs.kill_grace_seconds,
+            kill_grace=settings.kill_grace_seconds,
             search_path=search_path,
-            environment=site_environment(config.jobs.handler_environment, os.environ),
+            environment=site_environment(settings.handler_environment, os.environ),
             echo=echo,
-            containment=config.jobs.containment,
-            state_dir=config.state_dir,
+            containment=settings.containment,
+            state_dir=settings.state_dir,
         )
         self.plugins = plugins or PluginRegistry.discover(
-            config.handlers,
-            {"download-file": {"allow_http": config.jobs.allow_http_downloads}},
-            plugin_path=config.jobs.plugin_path,
+            settings.handlers,
+            {"download-file": {"allow_http": settings.allow_http_downloads}},
+            plugin_path=settings.plugin_path,
         )
         self.verifier: SignatureVerifier | None = None
-        if config.jobs.require_signature:
+        if settings.require_signature:
             from jobs_agent.dispatch.signing import SignatureVerifier, SigningKeyError
 
             try:
-                self.verifier = SignatureVerifier.from_paths(config.jobs.trusted_keys)
+                self.verifier = SignatureVerifier.from_paths(settings.trusted_keys)
             except SigningKeyError as exc:
-                raise ConfigError(f"jobs.trusted_keys: {exc}") from None
+                raise TrustedKeysError(f"jobs.trusted_keys: {exc}") from None
             if not self.verifier.keys:
-                raise ConfigError("jobs.trusted_keys: required when jobs.require_signature is true")
+                raise TrustedKeysError(
+                    "jobs.trusted_keys: required when jobs.require_signature is true"
+                )
 
     def resolve(
         self,
@@ -158,7 +175,7 @@ class Dispatcher:
         check_limits(document)
         if self.verifier is not None:
             self.verifier.verify(
-                document, thing_name=self.config.thing_name, job_id=job_id, taken_at=taken_at
+                document, thing_name=self.settings.thing_name, job_id=job_id, taken_at=taken_at
             )
         if "steps" in document or "version" in document:
             return self._steps_handler("device-client", parse_steps_document(document))
@@ -169,11 +186,11 @@ class Dispatcher:
             raise JobRejected(
                 'expected a Device Client job document ({"version": "1.0", "steps": [...]}) or'
                 ' an "operation" naming a handler (a Python plugin, or an executable in'
-                f" {self.config.jobs.handler_dir})"
+                f" {self.settings.handler_dir})"
             )
         plugin = self.plugins.get(name)
         if plugin is not None:
-            check_plugin_user(name, document.get("runAsUser"), self.config.jobs)
+            check_plugin_user(name, document.get("runAsUser"), self.settings)
             return plugin
         try:
             return self._steps_handler(name, parse_legacy_document(document, name))
@@ -184,12 +201,12 @@ class Dispatcher:
                 f"no handler named {name!r}: expected a Python plugin (entry point group"
                 " jobs_agent.handlers or config handlers: "
                 f"{', '.join(self.plugins.names()) or 'none installed'}), an executable in"
-                f" {self.config.jobs.handler_dir}, or a Device Client document"
+                f" {self.settings.handler_dir}, or a Device Client document"
             ) from None
 
     def _steps_handler(self, name: str, document: StepsDocument) -> StepsHandler:
-        steps = [prepare(a, self.config, self.sandbox.search_path) for a in document.actions]
-        return StepsHandler(name, document, steps, config=self.config, sandbox=self.sandbox)
+        steps = [prepare(a, self.settings, self.sandbox.search_path) for a in document.actions]
+        return StepsHandler(name, document, steps, settings=self.settings, sandbox=self.sandbox)
 
     def plan(self, document: Mapping[str, Any], *, job_id: str | None = None) -> list[PlannedStep]:
         """What `document` would run, step by step; runs nothing. Raises `JobRejected`."""
@@ -203,7 +220,7 @@ class Dispatcher:
                 kind="plugin",
                 executable=source,
                 argv=(),
-                user=resolve_user("", self.config.jobs).name,
+                user=resolve_user("", self.settings).name,
                 timeout=self._plugin_timeout(handler, document),
             )
         ]
@@ -215,7 +232,7 @@ class Dispatcher:
         own = getattr(handler, "timeout_seconds", None)
         if isinstance(own, int | float) and own > 0:
             return float(own)
-        return self.config.jobs.handler_timeout_seconds
+        return self.settings.handler_timeout_seconds
 
     async def run(self, handler: Handler, ctx: JobContext) -> Outcome:
         """Run a resolved handler. Python plugins get the time limit here; steps per step."""

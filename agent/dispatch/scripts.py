@@ -187,44 +187,56 @@ def message_handler(
         if not isinstance(message, Mapping):
             problem(f"a progress line is not a JSON object: {json.dumps(message)[:120]}")
             return
-        for key in message:
-            if key not in PROGRESS_KEYS:
-                hint = difflib.get_close_matches(str(key), PROGRESS_KEYS, n=1)
-                problem(
-                    f"unknown progress key {key!r}"
-                    + (f' (did you mean "{hint[0]}"?)' if hint else "")
-                    + f"; expected {', '.join(PROGRESS_KEYS)}"
-                )
+        _check_keys(message, problem)
         if "checkpoint" in message:
             await on_checkpoint(message["checkpoint"])
-        percent = message.get("percent")
-        if (
-            isinstance(percent, bool)
-            or not isinstance(percent, int | float)
-            or not math.isfinite(percent)
-        ):
-            if percent is not None:
-                problem(f"progress percent {percent!r} is not a number from 0 to 100")
-            percent = None
-        else:
-            percent = span[0] + span[1] * min(100.0, max(0.0, float(percent))) / 100.0
+        percent = _percent(message.get("percent"), span, problem)
         text = message.get("message")
         if text is not None and not isinstance(text, str):
             problem(f"progress message {text!r} is not a string")
         text = text if isinstance(text, str) else None
-        raw_details = message.get("details")
-        details: dict[str, Any] = {}
-        if isinstance(raw_details, Mapping):
-            details = {
-                str(key): value
-                for key, value in raw_details.items()
-                if isinstance(value, _DETAIL_VALUE_TYPES)
-            }
-            if len(details) != len(raw_details):
-                problem("progress details must be an object of strings, numbers or booleans")
-        elif raw_details is not None:
-            problem("progress details must be an object of strings, numbers or booleans")
+        details = _details(message.get("details"), problem)
         if percent is not None or text is not None or details:
             ctx.progress(percent, text, **details)
 
     return handle
+
+
+def _check_keys(message: Mapping[str, Any], problem: Callable[[str], None]) -> None:
+    for key in message:
+        if key not in PROGRESS_KEYS:
+            hint = difflib.get_close_matches(str(key), PROGRESS_KEYS, n=1)
+            problem(
+                f"unknown progress key {key!r}"
+                + (f' (did you mean "{hint[0]}"?)' if hint else "")
+                + f"; expected {', '.join(PROGRESS_KEYS)}"
+            )
+
+
+def _percent(
+    percent: Any, span: tuple[float, float], problem: Callable[[str], None]
+) -> float | None:
+    """The step's percent scaled into its `span` of the job's; None when there is none."""
+    if (
+        isinstance(percent, bool)
+        or not isinstance(percent, int | float)
+        or not math.isfinite(percent)
+    ):
+        if percent is not None:
+            problem(f"progress percent {percent!r} is not a number from 0 to 100")
+        return None
+    return span[0] + span[1] * min(100.0, max(0.0, float(percent))) / 100.0
+
+
+def _details(raw: Any, problem: Callable[[str], None]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problem("progress details must be an object of strings, numbers or booleans")
+        return {}
+    details = {
+        str(key): value for key, value in raw.items() if isinstance(value, _DETAIL_VALUE_TYPES)
+    }
+    if len(details) != len(raw):
+        problem("progress details must be an object of strings, numbers or booleans")
+    return details

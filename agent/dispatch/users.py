@@ -19,8 +19,8 @@ import pwd
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs_agent.config import ANY_USER, JobsConfig
 from jobs_agent.dispatch.paths import PLACEHOLDER
+from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent_handlers.api import JobRejected
 
 MAX_USER_NAME = 256
@@ -78,23 +78,23 @@ def _shown(allowed: Sequence[str]) -> str:
     return ", ".join(allowed) or "empty"
 
 
-def _refuse_root_if_deprecated_setting_says_so(uid: int, jobs: JobsConfig) -> None:
-    if uid == 0 and jobs.allow_root is False:
+def _refuse_root_if_deprecated_setting_says_so(uid: int, settings: DispatchSettings) -> None:
+    if uid == 0 and settings.allow_root is False:
         raise JobRejected(
             "the step would run as root, which jobs.allow_root: false refuses (a deprecated"
             " setting: list the users jobs may run as in jobs.allowed_users instead)"
         )
 
 
-def resolve_user(requested: str, jobs: JobsConfig) -> RunAs:
+def resolve_user(requested: str, settings: DispatchSettings) -> RunAs:
     """Check `requested` ("" = the agent's own user) against the site; `JobRejected` says why."""
     own = own_user()
     if not requested:
-        _refuse_root_if_deprecated_setting_says_so(own.uid, jobs)
-        if not _listed(own.name, jobs.allowed_users):
+        _refuse_root_if_deprecated_setting_says_so(own.uid, settings)
+        if not _listed(own.name, settings.allowed_users):
             raise JobRejected(
                 f"no runAsUser given, so the step would run as the agent's user {own.name!r},"
-                f" which is not in jobs.allowed_users ({_shown(jobs.allowed_users)}):"
+                f" which is not in jobs.allowed_users ({_shown(settings.allowed_users)}):"
                 " name one of those users in runAsUser"
             )
         return own
@@ -102,11 +102,10 @@ def resolve_user(requested: str, jobs: JobsConfig) -> RunAs:
         entry = pwd.getpwnam(requested)
     except (KeyError, ValueError):  # ValueError: a NUL or unencodable character in the name
         raise JobRejected(f"runAsUser {requested!r}: no such user on this device") from None
-    if not _listed(entry.pw_name, jobs.allowed_users):
-        raise JobRejected(
-            f"runAsUser {requested!r} is not in jobs.allowed_users ({_shown(jobs.allowed_users)})"
-        )
-    _refuse_root_if_deprecated_setting_says_so(entry.pw_uid, jobs)
+    if not _listed(entry.pw_name, settings.allowed_users):
+        allowed = _shown(settings.allowed_users)
+        raise JobRejected(f"runAsUser {requested!r} is not in jobs.allowed_users ({allowed})")
+    _refuse_root_if_deprecated_setting_says_so(entry.pw_uid, settings)
     if entry.pw_uid == own.uid:
         return RunAs(entry.pw_name, own.uid, own.gid, entry.pw_dir, (), switch=False)
     if own.uid != 0:
@@ -118,10 +117,10 @@ def resolve_user(requested: str, jobs: JobsConfig) -> RunAs:
     return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, groups, switch=True)
 
 
-def check_plugin_user(handler_name: str, value: object, jobs: JobsConfig) -> RunAs:
+def check_plugin_user(handler_name: str, value: object, settings: DispatchSettings) -> RunAs:
     """A Python plugin runs inside the agent: it may only be asked to run as the agent's user."""
     requested = parse_run_as_user(value)
-    user = resolve_user(requested, jobs)
+    user = resolve_user(requested, settings)
     if user.switch:
         raise JobRejected(
             f"runAsUser {requested!r}: {handler_name!r} is a Python plugin, which runs inside"

@@ -45,8 +45,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_async import AsyncPahoTransport
 
 __all__ = ["BrokerTransport", "broker_transport"]
@@ -155,7 +155,7 @@ def _qos1_request(command: int, packet: bytes | bytearray) -> tuple[str, int, by
 class BrokerTransport(AsyncPahoTransport):
     client_class = ServiceClient
 
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: PahoOptions, client_id: str) -> None:
         super().__init__(config, client_id)
         client = self._client
         assert isinstance(client, ServiceClient)
@@ -173,7 +173,7 @@ class BrokerTransport(AsyncPahoTransport):
             self._call(self._deliver, Message(topic, payload))
 
     # -- subscriptions without echo -------------------------------------------------------------
-    async def _subscribe_now(self, topic_filter: str) -> None:
+    async def _send_subscribe(self, topic_filter: str) -> None:
         what = f"subscribe {topic_filter}"
         options = SubscribeOptions(qos=1, noLocal=True)
         rc, mid = self._client.subscribe(topic_filter, options=options)
@@ -268,8 +268,8 @@ class BrokerTransport(AsyncPahoTransport):
         # paho formats every packet's debug line whenever a log callback is set.
         self._client.on_log = None
 
-    def _link_up(self, session_present: bool) -> None:
-        super()._link_up(session_present)
+    def _link_restored(self, session_present: bool) -> None:
+        super()._link_restored(session_present)
         self._quiet()
 
     def _paho_disconnect(
@@ -287,6 +287,6 @@ class BrokerTransport(AsyncPahoTransport):
         await super().disconnect()
 
 
-def broker_transport(config: ConnectionConfig, client_id: str | None = None) -> BrokerTransport:
+def broker_transport(config: PahoOptions, client_id: str | None = None) -> BrokerTransport:
     """The emulator's transport for `config` (a paho connection to a broker)."""
     return BrokerTransport(config, client_id or config.client_id)

@@ -22,8 +22,9 @@ from typing import Any
 from jobs_agent.emulator.cron import CronSchedule
 from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.model import RetryCriterion
+from jobs_agent.vocabulary import STEP_TIMEOUT_MAX
 
-MAX_TIMEOUT_MINUTES = 10080
+MAX_TIMEOUT_MINUTES = STEP_TIMEOUT_MAX
 DEFAULT_EXPIRES_IN_SEC = 3600
 
 

@@ -15,6 +15,11 @@ points (docs/emulator.md has the AWS sources for each choice):
   batches) live in heaps that `tick()` pops.
 * Every status change goes through `_set_status`: indexes, counts, notify, history, retries,
   job completion, abort criteria and jobExecution events are all decided there, once.
+
+This module is longer than 500 lines because it is the service's one state machine: every status
+change and what it sets off (indexes, counts, notifications, retries, completion, abort, rollout
+batches, timers) is decided in `_set_status` and the helpers beside it, which are read together;
+the operations built on it live in data_plane.py and control*.py.
 """
 
 from __future__ import annotations

@@ -21,22 +21,13 @@ from jobs_agent.emulator.model import (
 )
 from jobs_agent.jobs.errors import ErrorCode
 from jobs_agent.jobs.status_details import validate_status_details
-
-MIN_STEP_TIMEOUT = 1
-MAX_STEP_TIMEOUT = 10080
+from jobs_agent.vocabulary import step_timeout_problem
 
 
 def check_step_timeout(value: int | None, allow_clear: bool) -> None:
-    if value is None:
-        return
-    if allow_clear and value == -1:
-        return
-    if not (MIN_STEP_TIMEOUT <= value <= MAX_STEP_TIMEOUT):
-        raise ServiceError(
-            ErrorCode.INVALID_REQUEST,
-            f"stepTimeoutInMinutes must be between {MIN_STEP_TIMEOUT} and {MAX_STEP_TIMEOUT}"
-            + (" (or -1 to clear it)" if allow_clear else ""),
-        )
+    problem = None if value is None else step_timeout_problem(value, allow_clear=allow_clear)
+    if problem is not None:
+        raise ServiceError(ErrorCode.INVALID_REQUEST, f"stepTimeoutInMinutes {problem}")
 
 
 def check_status_details(details: dict[str, Any] | None) -> str | None:

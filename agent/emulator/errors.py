@@ -55,3 +55,7 @@ class ControlError(Exception):
     @property
     def http_status(self) -> int:
         return self.STATUS.get(self.exception, 400)
+
+
+def not_found(what: str) -> ControlError:
+    return ControlError("ResourceNotFoundException", f"{what} not found")

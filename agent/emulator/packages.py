@@ -33,6 +33,11 @@ UpdatePackageConfiguration, VersionUpdateByJobsConfig, CreateJob's `destinationP
   deleted meanwhile makes that update fail ("you will receive an error message when the job
   successfully completes and attempts to update the reserved named shadow"): the emulator logs
   it, counts `PackageShadowUpdateFailed` and leaves the shadow alone.
+
+This module is longer than 500 lines because it holds the Software Package Catalog's whole rule
+set (names, versions, lifecycle, attributes, artifacts, the package configuration, parameter
+substitution into job documents) beside the pages it cites; its HTTP front end is in
+control_api_catalog.py.
 """
 
 from __future__ import annotations
@@ -520,64 +525,13 @@ class PackageCatalog:
         """The job document with its package substitution parameters resolved (see the module
         docstring); InvalidRequestException for a package the destinations do not name."""
         chosen = {d.package: d for d in destinations}
-        installed = [d for d in chosen.values() if d.version is not None]
-
-        def resolve(match: re.Match[str]) -> PackageVersion:
-            name, version = match.group("package"), match.group("version")
-            if not name:
-                if len(installed) != 1:
-                    raise ControlError(
-                        "InvalidRequestException",
-                        f"{match.group(0)} names no package: it needs exactly one "
-                        "destination package version",
-                    )
-                name = installed[0].package
-            destination = chosen.get(name)
-            if destination is None or destination.version is None:
-                raise ControlError(
-                    "InvalidRequestException",
-                    f"the job document uses package {name}, which destinationPackageVersions "
-                    "does not name",
-                )
-            if not version:
-                version = destination.version
-            elif version == DEFAULT_VERSION:
-                version = self._package_for_job(name).default_version or ""
-            if version != destination.version:
-                raise ControlError(
-                    "InvalidRequestException",
-                    f"the job document uses {name} version {version}, destinationPackageVersions "
-                    f"names {destination.version}",
-                )
-            return self._version(name, version)
 
         def whole(match: re.Match[str]) -> str:
-            found = resolve(match)
+            found = self._placeholder_version(match, chosen)
             return json.dumps(found.attributes, separators=(",", ":"))
 
         def inside(match: re.Match[str]) -> str:
-            found = resolve(match)
-            if match.group("artifact"):
-                if found.artifact is None:
-                    raise ControlError(
-                        "InvalidRequestException",
-                        f"{found.package}/{found.version} has no artifact",
-                    )
-                location = found.artifact["s3Location"]
-                url = f"https://{location['bucket']}.s3.amazonaws.com/{location['key']}"
-                return "${aws:iot:s3-presigned-url:" + url + "}"
-            key = match.group("key")
-            if key is None:
-                raise ControlError(
-                    "InvalidRequestException",
-                    f"{match.group(0)} (all attributes) must be a whole JSON string value",
-                )
-            if key not in found.attributes:
-                raise ControlError(
-                    "InvalidRequestException",
-                    f"{found.package}/{found.version} has no attribute {key}",
-                )
-            return json.dumps(found.attributes[key])[1:-1]
+            return _value_inside(self._placeholder_version(match, chosen), match)
 
         with self._lock:
             whole_values = re.compile('"' + _PLACEHOLDER.pattern + '"')
@@ -586,6 +540,39 @@ class PackageCatalog:
                 text,
             )
             return _PLACEHOLDER.sub(inside, text)
+
+    def _placeholder_version(
+        self, match: re.Match[str], chosen: Mapping[str, Destination]
+    ) -> PackageVersion:
+        """The package version a placeholder names, held against the destinations."""
+        name, version = match.group("package"), match.group("version")
+        if not name:
+            installed = [d for d in chosen.values() if d.version is not None]
+            if len(installed) != 1:
+                raise ControlError(
+                    "InvalidRequestException",
+                    f"{match.group(0)} names no package: it needs exactly one "
+                    "destination package version",
+                )
+            name = installed[0].package
+        destination = chosen.get(name)
+        if destination is None or destination.version is None:
+            raise ControlError(
+                "InvalidRequestException",
+                f"the job document uses package {name}, which destinationPackageVersions "
+                "does not name",
+            )
+        if not version:
+            version = destination.version
+        elif version == DEFAULT_VERSION:
+            version = self._package_for_job(name).default_version or ""
+        if version != destination.version:
+            raise ControlError(
+                "InvalidRequestException",
+                f"the job document uses {name} version {version}, destinationPackageVersions "
+                f"names {destination.version}",
+            )
+        return self._version(name, version)
 
     def shadow_report(self, destinations: Iterable[Destination]) -> dict[str, Any] | None:
         """The `$package` update a succeeded execution makes, None when the configuration does
@@ -605,3 +592,27 @@ class PackageCatalog:
                     )
                 reported[destination.package] = {"version": destination.version}
             return {"state": {"reported": reported}}
+
+
+def _value_inside(found: PackageVersion, match: re.Match[str]) -> str:
+    """What a placeholder inside a JSON string becomes: an artifact's presigned-URL
+    placeholder, or one attribute's value."""
+    if match.group("artifact"):
+        if found.artifact is None:
+            raise ControlError(
+                "InvalidRequestException", f"{found.package}/{found.version} has no artifact"
+            )
+        location = found.artifact["s3Location"]
+        url = f"https://{location['bucket']}.s3.amazonaws.com/{location['key']}"
+        return "${aws:iot:s3-presigned-url:" + url + "}"
+    key = match.group("key")
+    if key is None:
+        raise ControlError(
+            "InvalidRequestException",
+            f"{match.group(0)} (all attributes) must be a whole JSON string value",
+        )
+    if key not in found.attributes:
+        raise ControlError(
+            "InvalidRequestException", f"{found.package}/{found.version} has no attribute {key}"
+        )
+    return json.dumps(found.attributes[key])[1:-1]

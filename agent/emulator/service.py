@@ -27,12 +27,7 @@ from jobs_agent.emulator.configs import (
     TimeoutConfig,
 )
 from jobs_agent.emulator.control import ControlPlane, retry_criteria_from
-from jobs_agent.emulator.data_plane import (
-    MAX_STEP_TIMEOUT,
-    MIN_STEP_TIMEOUT,
-    DataPlane,
-    check_status_details,
-)
+from jobs_agent.emulator.data_plane import DataPlane, check_status_details
 from jobs_agent.emulator.errors import ControlError, ServiceError
 from jobs_agent.emulator.events import (
     Delivery,
@@ -45,18 +40,14 @@ from jobs_agent.emulator.events import (
 )
 from jobs_agent.emulator.groups import Query, ThingGroup
 from jobs_agent.emulator.model import ExecutionStatus, Job, RetryCriterion
+from jobs_agent.emulator.new_job import NewJob
 from jobs_agent.emulator.readings import DOCUMENTED, Readings
+from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
 
-MAX_DOCUMENT_BYTES = 32768
-"""CreateJob's `document` limit (botocore: JobDocument max 32768)."""
-
 __all__ = [
-    "MAX_DOCUMENT_BYTES",
-    "MAX_STEP_TIMEOUT",
-    "MIN_STEP_TIMEOUT",
     "ControlError",
     "Delivery",
     "EventListener",
@@ -143,28 +134,17 @@ class JobsService(DataPlane, ControlPlane):
             presigned_url_config = PresignedUrlConfig.from_json(
                 {"expiresInSec": presigned_expires_in_sec}
             )
-        return self._create_job(
-            job_id,
-            targets,
-            document,
-            max_document_bytes=MAX_DOCUMENT_BYTES,
-            namespace=namespace,
-            description=description,
-            target_selection=target_selection,
-            document_source=document_source,
-            job_template_arn=job_template_arn,
-            document_parameters=document_parameters,
-            timeout=timeout,
-            retry_criteria=None if retry_config is None else retry_criteria_from(retry_config),
-            presigned_url_config=presigned_url_config,
-            rollout=rollout,
-            abort=abort,
-            scheduling=scheduling,
-            default_presign_role=default_presign_role,
-            destination_package_versions=None
-            if destination_package_versions is None
-            else list(destination_package_versions),
+        retry = None if retry_config is None else retry_criteria_from(retry_config)
+        destinations = (
+            None if destination_package_versions is None else list(destination_package_versions)
         )
+        request = NewJob(
+            job_id, list(targets), document, MAX_DOCUMENT_BYTES, namespace, description,
+            target_selection, document_source, job_template_arn, document_parameters, timeout,
+            retry, presigned_url_config, rollout, abort, scheduling, default_presign_role,
+            destinations,
+        )  # fmt: skip
+        return self._create_job(request)
 
     # -- persistence ----------------------------------------------------------------------------
     def _load(self, store: StateStore) -> None:

@@ -29,6 +29,10 @@ Documented rules followed here:
   keyword rule: anything else is refused with 400).
 
 Timestamps are whole epoch seconds.
+
+This module is longer than 500 lines because it is one AWS service's document rules (merge,
+delta, metadata, versions, size limits, named shadows, the reserved `$package`), which only make
+sense read together; its MQTT and REST front ends live in shadow_mqtt.py and iotdata_api.py.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.emulator.clock import Clock
+from jobs_agent.vocabulary import is_thing_name
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
@@ -56,7 +61,6 @@ MAX_PAGE_SIZE = 100
 RECREATE_WINDOW_SECONDS = 48 * 3600
 """A shadow created again within this time after its deletion continues its version."""
 SHADOW_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
-THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 PACKAGE_NAME = re.compile(r"[a-zA-Z0-9._-]{1,128}")
 _SECTIONS = ("desired", "reported")
 _PACKAGE_KEYS = frozenset({"version", "attributes"})
@@ -277,36 +281,12 @@ class ShadowService:
         token: str | None,
     ) -> dict[str, Any]:
         now = self.timestamp()
-        existing = self._shadows.get((thing_name, shadow_name))
-        previous: Shadow | None = None
-        if existing is None:
-            version = 0
-        elif existing.deleted:
-            since = self.clock.now() - (existing.deleted_at or 0.0)
-            version = existing.version if since <= RECREATE_WINDOW_SECONDS else 0
-        else:
-            version, previous = existing.version, existing
+        previous, version = self._current(thing_name, shadow_name)
         if expected is not _MISSING and expected != version:
             raise ShadowError(409, "Version conflict")
         before = None if previous is None else _document(previous, with_delta=False)
-        shadow = previous or Shadow(thing_name, shadow_name, version=version)
-        updated = _copy_shadow(shadow)
-        for name in _SECTIONS:
-            if name not in state:
-                continue
-            patch = state[name]
-            meta_name = "meta_" + name
-            if patch is None:
-                setattr(updated, name, None)
-                setattr(updated, meta_name, None)
-                continue
-            section = getattr(updated, name)
-            meta = getattr(updated, meta_name)
-            section = {} if section is None else section
-            meta = {} if meta is None else meta
-            _merge(section, meta, patch, now)
-            setattr(updated, name, section)
-            setattr(updated, meta_name, meta)
+        updated = _copy_shadow(previous or Shadow(thing_name, shadow_name, version=version))
+        _apply(updated, state, now)
         size = len(_compact({n: getattr(updated, n) for n in _SECTIONS}).encode("utf-8"))
         if size > MAX_STATE_BYTES:
             raise ShadowError(413, "The payload exceeds the maximum size allowed")
@@ -320,20 +300,14 @@ class ShadowService:
             accepted["metadata"] = {
                 n: _stamps(state[n], now) for n in _SECTIONS if isinstance(state.get(n), dict)
             }
-        accepted["version"] = updated.version
-        accepted["timestamp"] = now
-        if token is not None:
-            accepted["clientToken"] = token
+        accepted.update(_stamped(updated.version, now, token))
         batch.messages.append(ShadowMessage(thing_name, shadow_name, "update/accepted", accepted))
         delta, delta_meta = updated.delta()
         if delta and isinstance(state.get("desired"), dict):
             message: dict[str, Any] = {"state": delta}
             if not updated.package:
                 message["metadata"] = delta_meta
-            message["version"] = updated.version
-            message["timestamp"] = now
-            if token is not None:
-                message["clientToken"] = token
+            message.update(_stamped(updated.version, now, token))
             batch.messages.append(ShadowMessage(thing_name, shadow_name, "update/delta", message))
         documents: dict[str, Any] = {}
         if before is not None:
@@ -344,6 +318,17 @@ class ShadowService:
             documents["clientToken"] = token
         batch.messages.append(ShadowMessage(thing_name, shadow_name, "update/documents", documents))
         return accepted
+
+    def _current(self, thing_name: str, shadow_name: str | None) -> tuple[Shadow | None, int]:
+        """The shadow an update applies to (None: a new one) and the version it starts from: a
+        shadow deleted moments ago keeps counting (RECREATE_WINDOW_SECONDS)."""
+        existing = self._shadows.get((thing_name, shadow_name))
+        if existing is None:
+            return None, 0
+        if existing.deleted:
+            since = self.clock.now() - (existing.deleted_at or 0.0)
+            return None, existing.version if since <= RECREATE_WINDOW_SECONDS else 0
+        return existing, existing.version
 
     def delete(
         self, thing_name: str, shadow_name: str | None = None, client_token: str | None = None
@@ -380,7 +365,7 @@ class ShadowService:
     ) -> dict[str, Any]:
         """ListNamedShadowsForThing: names in order, the classic shadow left out."""
         self._count("ListNamedShadowsForThing")
-        if not THING_NAME.fullmatch(thing_name):
+        if not is_thing_name(thing_name):
             raise invalid(f"Invalid thing name {thing_name!r}")
         size = MAX_PAGE_SIZE if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -568,7 +553,7 @@ def _check_packages(section: Mapping[str, Any]) -> None:
 
 # -- requests -------------------------------------------------------------------------------------
 def _check_names(thing_name: str, shadow_name: str | None) -> None:
-    if not THING_NAME.fullmatch(thing_name):
+    if not is_thing_name(thing_name):
         raise invalid(f"Invalid thing name {thing_name!r}")
     named = shadow_name is not None and shadow_name != PACKAGE_SHADOW
     if named and not SHADOW_NAME.fullmatch(str(shadow_name)):
@@ -618,3 +603,31 @@ def client_token_of(payload: bytes) -> str | None:
 
 def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _apply(updated: Shadow, state: Mapping[str, Any], now: int) -> None:
+    """Merge an update's sections into the shadow (a null section removes it)."""
+    for name in _SECTIONS:
+        if name not in state:
+            continue
+        patch = state[name]
+        meta_name = "meta_" + name
+        if patch is None:
+            setattr(updated, name, None)
+            setattr(updated, meta_name, None)
+            continue
+        section = getattr(updated, name)
+        meta = getattr(updated, meta_name)
+        section = {} if section is None else section
+        meta = {} if meta is None else meta
+        _merge(section, meta, patch, now)
+        setattr(updated, name, section)
+        setattr(updated, meta_name, meta)
+
+
+def _stamped(version: int, now: int, token: str | None) -> dict[str, Any]:
+    """The version, timestamp and client token that end an update's messages."""
+    stamps: dict[str, Any] = {"version": version, "timestamp": now}
+    if token is not None:
+        stamps["clientToken"] = token
+    return stamps

@@ -335,14 +335,7 @@ class StreamService:
         version = request.get("s")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise StreamError("InvalidRequest", "s (the stream version) must be an integer")
-        bitmap = request.get("b")
-        if bitmap is not None and not isinstance(bitmap, bytes):
-            raise StreamError("InvalidRequest", "b (the block bitmap) is not a bitmap")
-        if bitmap is not None and len(bitmap) >= MAX_BITMAP_BYTES:
-            raise StreamError(
-                "BlockBitmapLimitExceeded",
-                f"the bitmap has {len(bitmap)} bytes; it must be less than {MAX_BITMAP_BYTES}",
-            )
+        bitmap = _bitmap(request.get("b"))
         with self._lock:
             stream = copy.deepcopy(self._device_stream(stream_id))
         if version is not None and version != stream.version:
@@ -360,20 +353,8 @@ class StreamService:
         if bitmap is None:
             wanted: Iterable[int] = range(offset, min(offset + (count or per_request), in_file))
         else:
-            wanted = (
-                offset + index * 8 + bit
-                for index, byte in enumerate(bitmap)
-                if byte
-                for bit in range(8)
-                if byte >> bit & 1
-            )
-        ids: list[int] = []
-        for block in wanted:
-            if block >= in_file:
-                break
-            ids.append(block)
-            if len(ids) == limit:
-                break
+            wanted = _marked(bitmap, offset)
+        ids = _first_blocks(wanted, in_file, limit)
         if not ids:
             raise StreamError(
                 "ResourceNotFound",
@@ -387,6 +368,40 @@ class StreamService:
                 raise StreamError("ResourceNotFound", f"file {file_id} is gone")
             out.append(Block(file_id, block, data))
         return out
+
+
+def _bitmap(value: Any) -> bytes | None:
+    if value is not None and not isinstance(value, bytes):
+        raise StreamError("InvalidRequest", "b (the block bitmap) is not a bitmap")
+    if value is not None and len(value) >= MAX_BITMAP_BYTES:
+        raise StreamError(
+            "BlockBitmapLimitExceeded",
+            f"the bitmap has {len(value)} bytes; it must be less than {MAX_BITMAP_BYTES}",
+        )
+    return value
+
+
+def _marked(bitmap: bytes, offset: int) -> Iterable[int]:
+    """The blocks a bitmap asks for, from `offset` on (bit 0 of byte 0 first)."""
+    return (
+        offset + index * 8 + bit
+        for index, byte in enumerate(bitmap)
+        if byte
+        for bit in range(8)
+        if byte >> bit & 1
+    )
+
+
+def _first_blocks(wanted: Iterable[int], in_file: int, limit: int) -> list[int]:
+    """The first `limit` wanted blocks that the file has."""
+    ids: list[int] = []
+    for block in wanted:
+        if block >= in_file:
+            break
+        ids.append(block)
+        if len(ids) == limit:
+            break
+    return ids
 
 
 def _required(request: Mapping[str, Any], name: str, low: int, high: int, code: str) -> int:

@@ -116,6 +116,15 @@ def _list_parameter(key: str, what: str, example: str) -> DocumentParameter:
 
 def _managed() -> dict[str, ManagedTemplate]:
     templates = [
+        *_file_and_command_templates(),
+        _command_template(),
+        *_package_and_service_templates(),
+    ]
+    return {t.name: t for t in sorted(templates, key=lambda t: t.name)}
+
+
+def _file_and_command_templates() -> list[ManagedTemplate]:
+    return [
         ManagedTemplate(
             "AWS-Download-File",
             "A managed job template for downloading a file.",
@@ -149,34 +158,41 @@ def _managed() -> dict[str, ManagedTemplate]:
             _handler_document("Reboot", "reboot.sh", []),
             (_RUN_AS_USER, _PATH_TO_HANDLER),
         ),
-        ManagedTemplate(
-            "AWS-Run-Command",
-            "A managed job template for running a command.",
-            {
-                "version": "1.0",
-                "steps": [
-                    {
-                        "action": {
-                            "name": "Run-Command",
-                            "type": "runCommand",
-                            "input": {"command": "${aws:iot:parameter:command}"},
-                            "runAsUser": "${aws:iot:parameter:runAsUser}",
-                        }
-                    }
-                ],
-            },
-            (
-                DocumentParameter(
-                    "command",
-                    "Comma separated command to run; escape a comma in the command with \\,.",
-                    "(.)+",
-                    "echo,hello",
-                    False,
-                ),
-                _RUN_AS_USER,
-            ),
-        ),
     ]
+
+
+def _command_template() -> ManagedTemplate:
+    return ManagedTemplate(
+        "AWS-Run-Command",
+        "A managed job template for running a command.",
+        {
+            "version": "1.0",
+            "steps": [
+                {
+                    "action": {
+                        "name": "Run-Command",
+                        "type": "runCommand",
+                        "input": {"command": "${aws:iot:parameter:command}"},
+                        "runAsUser": "${aws:iot:parameter:runAsUser}",
+                    }
+                }
+            ],
+        },
+        (
+            DocumentParameter(
+                "command",
+                "Comma separated command to run; escape a comma in the command with \\,.",
+                "(.)+",
+                "echo,hello",
+                False,
+            ),
+            _RUN_AS_USER,
+        ),
+    )
+
+
+def _package_and_service_templates() -> list[ManagedTemplate]:
+    templates = []
     for verb, noun, handler, what in (
         ("Install", "Application", "install-packages.sh", "packages"),
         ("Remove", "Application", "remove-packages.sh", "packages"),
@@ -204,7 +220,7 @@ def _managed() -> dict[str, ManagedTemplate]:
                 ),
             )
         )
-    return {t.name: t for t in sorted(templates, key=lambda t: t.name)}
+    return templates
 
 
 MANAGED_TEMPLATES: Mapping[str, ManagedTemplate] = _managed()

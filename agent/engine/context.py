@@ -9,7 +9,8 @@ from typing import Any
 
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.progress import ProgressReporter
-from jobs_agent.engine.store import ExecutionKey
+from jobs_agent.engine.store import Store
+from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import Logger
 
 
@@ -17,7 +18,7 @@ class EngineJobContext:
     def __init__(
         self,
         *,
-        key: ExecutionKey,
+        key: ExecutionRef,
         thing_name: str,
         document: Mapping[str, Any],
         checkpoint_data: Any,
@@ -52,7 +53,7 @@ class EngineJobContext:
         self._reporter.update(percent, message, details)
 
     async def checkpoint(self, data: Any) -> None:
-        await self._store.save_checkpoint(self.key, data)
+        await self._store.call(Store.save_checkpoint, self.key, data)
         self.checkpoint_data = data
 
     def request_reboot(self) -> None:

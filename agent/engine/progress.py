@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from jobs_agent.aio import wait_event
+from jobs_agent.vocabulary import step_timeout_problem
 
 Send = Callable[[Mapping[str, Any] | None, int | None], Awaitable[bool]]
 """send(status_details or None for "unchanged", step_timeout_minutes or None) -> keep going?"""
@@ -84,8 +85,9 @@ class ProgressReporter:
         self._latest.update(progress)
 
     def extend_step_timeout(self, minutes: int) -> None:
-        if not 1 <= int(minutes) <= 10080:
-            raise ValueError("a step timeout is 1 to 10080 minutes")
+        problem = step_timeout_problem(int(minutes))
+        if problem is not None:
+            raise ValueError(f"a step timeout in minutes {problem}")
         self._step_timeout = int(minutes)
         self._force = True
         self._wake.set()

@@ -2,10 +2,10 @@
 
 The Mender lesson: every transition of an execution is written (and fsynced: WAL with
 synchronous=FULL) before the side effect it announces, so that a `kill -9` or a power cut at any
-line leaves a record from which the next start knows exactly what happened and what is left:
-
-    received -> started -> running -> (awaiting_reboot -> running)* -> decided -> reported
-                                   \\-> cancelled (the cloud ended it; nothing is reported)
+line leaves a record from which the next start knows exactly what happened and what is left.
+The states and the transitions allowed between them are declared in
+`jobs_agent.engine.lifecycle`; every write that changes a state is checked against that table
+inside its own transaction, and refused (`TransitionRefused`) when the table does not list it.
 
 `decided` rows always have a matching outbox row until the service accepted the update; the
 outbox is flushed in id order before new work is taken.
@@ -24,11 +24,16 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.engine.lifecycle import ACTIVE_STATES, FINISHED_STATES, TRANSITIONS
+from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
 from jobs_agent.redact import redact_url_credentials
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
+
+ExecutionKey = ExecutionRef
+"""The reference to an execution, under the name the store has always used for it."""
 
 SCHEMA_VERSION = 1
 
@@ -83,39 +88,23 @@ class StoreLost(StoreError):
     """
 
 
-class ExecutionState(StrEnum):
-    RECEIVED = "received"
-    STARTED = "started"
-    RUNNING = "running"
-    AWAITING_REBOOT = "awaiting_reboot"
-    DECIDED = "decided"
-    REPORTED = "reported"
-    CANCELLED = "cancelled"
+class TransitionRefused(Exception):
+    """A state change the lifecycle table does not list: a bug, never a database problem."""
 
-
-ACTIVE_STATES = (
-    ExecutionState.RECEIVED,
-    ExecutionState.STARTED,
-    ExecutionState.RUNNING,
-    ExecutionState.AWAITING_REBOOT,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionKey:
-    namespace: str
-    """"" for the default namespace."""
-    job_id: str
-    execution_number: int
-
-    def __str__(self) -> str:
-        prefix = f"{self.namespace}/" if self.namespace else ""
-        return f"{prefix}{self.job_id}#{self.execution_number}"
+    def __init__(self, key: ExecutionRef, old: ExecutionState | None, new: ExecutionState) -> None:
+        before = "(no record)" if old is None else str(old)
+        super().__init__(
+            f"execution {key}: {before} -> {new} is not a transition of the lifecycle"
+            " (jobs_agent.engine.lifecycle)"
+        )
+        self.key = key
+        self.old = old
+        self.new = new
 
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
-    key: ExecutionKey
+    key: ExecutionRef
     state: ExecutionState
     document: dict[str, Any]
     version_number: int | None
@@ -126,7 +115,7 @@ class ExecutionRecord:
     boot_id: str | None
     restarts: int
     progress: dict[str, Any] | None
-    outcome_status: str | None
+    outcome_status: JobExecutionStatus | None
     outcome_details: dict[str, str] | None
     note: str | None
     received_at: float
@@ -136,9 +125,9 @@ class ExecutionRecord:
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     id: int
-    key: ExecutionKey
-    status: str
-    status_details: dict[str, str]
+    key: ExecutionRef
+    status: JobExecutionStatus
+    status_details: StatusDetails
     created_at: float
     attempts: int
     last_error: str | None
@@ -226,13 +215,22 @@ class Store:
             self._db.close()
 
     # -- helpers ------------------------------------------------------------------------------
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run statements in one durable transaction; on failure nothing is written."""
+    def _write(
+        self,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        *,
+        transition: tuple[ExecutionRef, ExecutionState] | None = None,
+    ) -> None:
+        """Run statements in one durable transaction; on failure nothing is written. With
+        `transition`, the execution's current state is read in the same transaction and the
+        change refused unless the lifecycle lists it."""
         with self._lock:
             self.verify()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
+                    if transition is not None:
+                        self._check_transition(*transition)
                     for sql, params in statements:
                         self._db.execute(sql, params)
                     self._db.execute("COMMIT")
@@ -245,6 +243,17 @@ class Store:
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
 
+    def _check_transition(self, key: ExecutionRef, new: ExecutionState) -> None:
+        row = self._db.execute(
+            f"SELECT state FROM executions WHERE {self._WHERE_KEY}", self._key_params(key)
+        ).fetchone()
+        old = None if row is None else ExecutionState(row[0])
+        if (old, new) in TRANSITIONS:
+            return
+        if old is None:
+            raise StoreError(f"execution {key} is not in the state database")
+        raise TransitionRefused(key, old, new)
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
@@ -255,7 +264,7 @@ class Store:
     @staticmethod
     def _record(row: tuple[Any, ...]) -> ExecutionRecord:
         return ExecutionRecord(
-            key=ExecutionKey(row[0], row[1], row[2]),
+            key=ExecutionRef(row[0] or None, row[1], row[2]),
             state=ExecutionState(row[3]),
             document=json.loads(row[4]),
             version_number=row[5],
@@ -266,7 +275,7 @@ class Store:
             boot_id=row[10],
             restarts=row[11],
             progress=_loads(row[12]),
-            outcome_status=row[13],
+            outcome_status=None if row[13] is None else JobExecutionStatus(row[13]),
             outcome_details=_loads(row[14]),
             note=row[15],
             received_at=row[16],
@@ -281,11 +290,12 @@ class Store:
     _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
 
     @staticmethod
-    def _key_params(key: ExecutionKey) -> tuple[str, str, int]:
-        return (key.namespace, key.job_id, key.execution_number)
+    def _key_params(key: ExecutionRef) -> tuple[str, str, int]:
+        """The key's columns: the default namespace (None) is stored as "", as it always was."""
+        return (key.namespace or "", key.job_id, key.execution_number)
 
     # -- executions ---------------------------------------------------------------------------
-    def get(self, key: ExecutionKey) -> ExecutionRecord | None:
+    def get(self, key: ExecutionRef) -> ExecutionRecord | None:
         rows = self._query(
             f"SELECT {self._COLUMNS} FROM executions WHERE {self._WHERE_KEY}",
             self._key_params(key),
@@ -309,7 +319,7 @@ class Store:
 
     def record_received(
         self,
-        key: ExecutionKey,
+        key: ExecutionRef,
         document: Mapping[str, Any],
         version_number: int | None,
         state: ExecutionState = ExecutionState.RECEIVED,
@@ -331,14 +341,15 @@ class Store:
                         now,
                     ),
                 )
-            ]
+            ],
+            transition=(key, state),
         )
         record = self.get(key)
         assert record is not None
         return record
 
     def transition(
-        self, key: ExecutionKey, state: ExecutionState, **fields: Any
+        self, key: ExecutionRef, state: ExecutionState, /, **fields: Any
     ) -> ExecutionRecord:
         """Move an execution to `state`, updating the given columns in the same transaction;
         returns the record as now stored."""
@@ -365,35 +376,30 @@ class Store:
                     f"UPDATE executions SET {', '.join(assignments)} WHERE {self._WHERE_KEY}",
                     (*params, *self._key_params(key)),
                 )
-            ]
+            ],
+            transition=(key, state),
         )
         record = self.get(key)
         if record is None:
             raise StoreError(f"execution {key} is not in the state database")
         return record
 
-    def save_checkpoint(self, key: ExecutionKey, data: Any) -> None:
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET checkpoint = ?, updated_at = ? WHERE {self._WHERE_KEY}",
-                    (json.dumps(data), time.time(), *self._key_params(key)),
-                )
-            ]
-        )
+    def save_checkpoint(self, key: ExecutionRef, data: Any) -> None:
+        self._save_json(key, "checkpoint", data)
 
-    def save_progress(self, key: ExecutionKey, progress: Mapping[str, Any]) -> None:
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET progress = ?, updated_at = ? WHERE {self._WHERE_KEY}",
-                    (json.dumps(dict(progress)), time.time(), *self._key_params(key)),
-                )
-            ]
-        )
+    def save_progress(self, key: ExecutionRef, progress: Mapping[str, Any]) -> None:
+        self._save_json(key, "progress", dict(progress))
 
-    def decide(self, key: ExecutionKey, status: str, details: Mapping[str, str]) -> None:
+    def _save_json(self, key: ExecutionRef, column: str, value: Any) -> None:
+        """A JSON column that does not change the state (a checkpoint, the latest progress)."""
+        sql = f"UPDATE executions SET {column} = ?, updated_at = ? WHERE {self._WHERE_KEY}"
+        self._write([(sql, (json.dumps(value), time.time(), *self._key_params(key)))])
+
+    def decide(
+        self, key: ExecutionRef, status: JobExecutionStatus | str, details: Mapping[str, str]
+    ) -> None:
         """Record the outcome and queue its report, atomically."""
+        status = JobExecutionStatus(status)
         now = time.time()
         encoded = json.dumps(dict(details))
         self._write(
@@ -406,12 +412,13 @@ class Store:
                 (
                     "INSERT INTO outbox (namespace, job_id, execution_number, status,"
                     " status_details, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (*self._key_params(key), status, encoded, now),
+                    (*self._key_params(key), str(status), encoded, now),
                 ),
-            ]
+            ],
+            transition=(key, ExecutionState.DECIDED),
         )
 
-    def reported(self, entry_id: int, key: ExecutionKey, note: str | None = None) -> None:
+    def reported(self, entry_id: int, key: ExecutionRef, note: str | None = None) -> None:
         """The service accepted (or will never accept) the outcome: close the execution."""
         self._write(
             [
@@ -421,10 +428,11 @@ class Store:
                     f" WHERE {self._WHERE_KEY}",
                     (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key)),
                 ),
-            ]
+            ],
+            transition=(key, ExecutionState.REPORTED),
         )
 
-    def cancelled(self, key: ExecutionKey, note: str) -> None:
+    def cancelled(self, key: ExecutionRef, note: str) -> None:
         """The cloud ended the execution: drop anything queued for it, report nothing."""
         self._write(
             [
@@ -434,7 +442,8 @@ class Store:
                     f" WHERE {self._WHERE_KEY}",
                     (str(ExecutionState.CANCELLED), note, time.time(), *self._key_params(key)),
                 ),
-            ]
+            ],
+            transition=(key, ExecutionState.CANCELLED),
         )
 
     def probe(self) -> None:
@@ -452,9 +461,9 @@ class Store:
         return [
             OutboxEntry(
                 id=r[0],
-                key=ExecutionKey(r[1], r[2], r[3]),
-                status=r[4],
-                status_details=json.loads(r[5]),
+                key=ExecutionRef(r[1] or None, r[2], r[3]),
+                status=JobExecutionStatus(r[4]),
+                status_details=StatusDetails(json.loads(r[5])),  # sanitised before it was stored
                 created_at=r[6],
                 attempts=r[7],
                 last_error=r[8],
@@ -474,11 +483,12 @@ class Store:
 
     def prune(self, keep: int = 500) -> None:
         """Forget finished executions beyond the most recent `keep` (the DB stays small)."""
-        finished = (str(ExecutionState.REPORTED), str(ExecutionState.CANCELLED))
+        finished = tuple(str(state) for state in FINISHED_STATES)
+        marks = ",".join("?" for _ in finished)
         self._write(
             [
                 (
-                    "DELETE FROM executions WHERE state IN (?, ?) AND rowid NOT IN ("
+                    f"DELETE FROM executions WHERE state IN ({marks}) AND rowid NOT IN ("
                     "SELECT rowid FROM executions ORDER BY updated_at DESC LIMIT ?)",
                     (*finished, keep),
                 )

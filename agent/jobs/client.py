@@ -6,7 +6,8 @@ client or another thing are ignored); a reply can be lost with the connection, s
 waiting when the link drops is re-published with the same token once the link is back (the first
 answer wins, later duplicates find no waiter); and `RequestThrottled`/`InternalError` are retried
 with capped exponential backoff and jitter. Every request has one deadline covering all of that,
-after which it raises `RequestTimeout`: nothing here waits forever.
+after which it raises `RequestTimeout`: nothing here waits forever. A transport's failure is
+translated here, once, into `LinkError`: every failure the client raises is a `JobsError`.
 
 The client owns the transport's listeners (message and connection callbacks). Events go to a
 single consumer through `events()`.
@@ -22,18 +23,31 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
+from jobs_agent.aio import first_of
+from jobs_agent.backoff import Backoff
 from jobs_agent.jobs import topics
 from jobs_agent.jobs.errors import (
     JobsError,
     JobsRejected,
+    LinkError,
     ProtocolError,
     RequestTimeout,
+)
+from jobs_agent.jobs.events import (
+    ClientStats,
+    JobExecutionsChanged,
+    JobsEvent,
+    NextJobExecutionChanged,
+    PendingJobs,
+    Resync,
+    check_jobs_shape,
+    decode_object,
 )
 from jobs_agent.jobs.models import (
     DescribeReply,
@@ -42,9 +56,7 @@ from jobs_agent.jobs.models import (
     GetPendingReply,
     GetPendingRequest,
     JobExecution,
-    JobExecutionsChangedEvent,
     JobExecutionStatus,
-    JobExecutionSummary,
     NextJobExecutionChangedEvent,
     StartNextReply,
     StartNextRequest,
@@ -53,11 +65,8 @@ from jobs_agent.jobs.models import (
 )
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
-from jobs_agent.transport.backoff import Backoff
-from jobs_agent.transport.base import Message, NotConnectedError, Transport
-
-if TYPE_CHECKING:
-    from jobs_agent.config import JobsConfig
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
 
 log = structlog.get_logger("jobs_agent.jobs")
 
@@ -65,90 +74,6 @@ R = TypeVar("R")
 MAX_QUEUED_EVENTS = 1000
 """Events are only wake-ups for the engine; past this many unread, the oldest are dropped."""
 _NOT_CONNECTED_PAUSE = 0.05
-
-
-# -- events ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class JobExecutionsChanged:
-    """A `notify` event; `namespace` None is the default namespace.
-
-    `notify` carries every pending execution of the thing, so with a deep queue each event is
-    large and most are read only to wake the engine. The summaries are therefore parsed on
-    first use of `event` (a `ProtocolError` then), and `lists()` answers the one question the
-    engine asks of every event without building the models.
-    """
-
-    namespace: str | None
-    body: Mapping[str, Any]
-    _parsed: list[JobExecutionsChangedEvent] = field(default_factory=list, compare=False)
-
-    @property
-    def event(self) -> JobExecutionsChangedEvent:
-        if not self._parsed:
-            self._parsed.append(JobExecutionsChangedEvent.from_json(self.body))
-        return self._parsed[0]
-
-    def lists(self, job_id: str, execution_number: int | None = None) -> bool:
-        """Whether the execution is among the pending ones this event lists."""
-        jobs = self.body.get("jobs")
-        if not isinstance(jobs, Mapping):
-            return False
-        for summaries in jobs.values():
-            if not isinstance(summaries, list):
-                continue
-            for summary in summaries:
-                if (
-                    isinstance(summary, Mapping)
-                    and summary.get("jobId") == job_id
-                    and summary.get("executionNumber") in (None, execution_number)
-                ):
-                    return True
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class NextJobExecutionChanged:
-    """A `notify-next` event; `namespace` None is the default namespace."""
-
-    namespace: str | None
-    event: NextJobExecutionChangedEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Resync:
-    """The link came back: events may have been missed, so look at the service again."""
-
-    session_present: bool
-
-
-JobsEvent = JobExecutionsChanged | NextJobExecutionChanged | Resync
-
-
-@dataclass(frozen=True, slots=True)
-class PendingJobs:
-    in_progress: tuple[JobExecutionSummary, ...]
-    queued: tuple[JobExecutionSummary, ...]
-
-
-@dataclass(slots=True)
-class ClientStats:
-    """Counters for benchmarks and the status command."""
-
-    requests: int = 0
-    """Operations called (one per start_next/describe/get_pending/update call)."""
-    publishes: int = 0
-    """Request messages published, including retries and re-publishes."""
-    retries: int = 0
-    """Attempts repeated after RequestThrottled or InternalError."""
-    republishes: int = 0
-    """Requests published again because the link dropped while they waited."""
-    timeouts: int = 0
-    rejections: int = 0
-    """Requests that ended in JobsRejected."""
-    replies_ignored: int = 0
-    events: int = 0
-    events_dropped: int = 0
-    """Malformed event payloads, plus events dropped because the queue was full."""
 
 
 @dataclass(eq=False, slots=True)
@@ -199,16 +124,6 @@ class JobsClient:
         self._started = False
         self._closed = False
 
-    @classmethod
-    def for_config(cls, transport: Transport, jobs: JobsConfig, thing_name: str) -> JobsClient:
-        """The client the agent's configuration describes (namespaces, request timeout)."""
-        return cls(
-            transport,
-            thing_name,
-            namespaces=jobs.namespaces,
-            request_timeout=jobs.request_timeout_seconds,
-        )
-
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen, then subscribe (QoS 1) to every reply and event topic; waits for the link.
@@ -239,6 +154,8 @@ class JobsClient:
                 continue
             except TimeoutError:
                 raise RequestTimeout("subscribe", self.request_timeout) from None
+            except TransportError as exc:
+                raise LinkError(f"subscribe {topic_filter}: {exc}") from exc
 
     async def close(self) -> None:
         """Stop listening, fail waiting requests and end `events()`. Idempotent.
@@ -290,13 +207,15 @@ class JobsClient:
 
     async def describe(
         self,
-        job_id: str,
+        job: str | ExecutionRef,
         *,
         namespace: str | None = None,
         execution_number: int | None = None,
         include_job_document: bool = True,
     ) -> JobExecution | None:
-        """DescribeJobExecution; `job_id` may be `$next` (then None when nothing is next)."""
+        """DescribeJobExecution of a job id (`$next`: None when nothing is next) or of the
+        execution an `ExecutionRef` names."""
+        job_id, namespace, execution_number = _target(job, namespace, execution_number)
 
         def payload(token: str) -> dict[str, Any]:
             return DescribeRequest(
@@ -323,7 +242,7 @@ class JobsClient:
 
     async def update(
         self,
-        job_id: str,
+        job: str | ExecutionRef,
         status: JobExecutionStatus | str,
         *,
         status_details: Mapping[str, Any] | None = None,
@@ -334,10 +253,11 @@ class JobsClient:
         include_job_document: bool = False,
         namespace: str | None = None,
     ) -> UpdateReply:
-        """UpdateJobExecution. `status_details` are sanitised here; `step_timeout` -1 clears.
-
-        Raises ValueError for a status that does not exist (a programming error).
+        """UpdateJobExecution of a job id or of the execution an `ExecutionRef` names.
+        `status_details` are sanitised here (unless already a `StatusDetails`); `step_timeout`
+        -1 clears. Raises ValueError for a status that does not exist (a programming error).
         """
+        job_id, namespace, execution_number = _target(job, namespace, execution_number)
         wire_status = JobExecutionStatus(status)
         details = _sanitized(status_details)
 
@@ -356,6 +276,20 @@ class JobsClient:
         return await self._request(
             Operation.UPDATE, job_id, namespace, payload, UpdateReply.from_json
         )
+
+    async def ended(self, ref: ExecutionRef) -> str | None:
+        """How the service shows that the execution is over: its terminal status, or the code
+        describing it is refused with (TerminalStateReached, or ResourceNotFound once it is
+        deleted); None while it is not over."""
+        try:
+            execution = await self.describe(ref, include_job_document=False)
+        except JobsRejected as exc:
+            if exc.cloud_ended:
+                return str(exc.code)
+            raise
+        if execution is not None and execution.status in TERMINAL_STATUSES:
+            return str(execution.status)
+        return None
 
     # -- the request machinery -----------------------------------------------------------------
     def _new_token(self) -> str:
@@ -444,13 +378,15 @@ class JobsClient:
                     continue
                 except TimeoutError:
                     break
+                except TransportError as exc:
+                    raise LinkError(f"{operation.value}: {exc}") from exc
                 self.stats.publishes += 1
                 if not first:
                     self.stats.republishes += 1
                     bound.info("request re-published after reconnect", client_token=token)
                 first = False
                 bound.debug("request published", topic=topic, client_token=token)
-                await _first_of(pending.future, pending.lost.wait(), deadline - loop.time())
+                await first_of(pending.future, pending.lost.wait(), deadline - loop.time())
             if pending.future.done():
                 return pending.future.result()
         finally:
@@ -483,7 +419,7 @@ class JobsClient:
             self._on_reply(parsed, message)
 
     def _on_reply(self, parsed: ParsedTopic, message: Message) -> None:
-        body = _decode(message.payload)
+        body = decode_object(message.payload)
         token = body.get("clientToken") if body is not None else None
         pending = self._pending.get(token) if isinstance(token, str) else None
         if (
@@ -500,13 +436,13 @@ class JobsClient:
         pending.future.set_result((parsed.kind, body))
 
     def _on_event(self, parsed: ParsedTopic, message: Message) -> None:
-        body = _decode(message.payload)
+        body = decode_object(message.payload)
         event: JobsEvent
         try:
             if body is None:
                 raise ProtocolError("payload is not a JSON object in UTF-8")
             if parsed.operation is Operation.NOTIFY:
-                _check_jobs_shape(body)
+                check_jobs_shape(body)
                 event = JobExecutionsChanged(parsed.namespace, body)
             else:
                 event = NextJobExecutionChanged(
@@ -530,42 +466,21 @@ class JobsClient:
         self._events.put_nowait(event)
 
 
-def _check_jobs_shape(body: Mapping[str, Any]) -> None:
-    """The cheap part of validating `notify`: the container shapes, not every summary."""
-    jobs = body.get("jobs")
-    if jobs is not None and not isinstance(jobs, Mapping):
-        raise ProtocolError("'jobs' must be an object")
-    for key, summaries in (jobs or {}).items():
-        if not isinstance(summaries, list):
-            raise ProtocolError(f"'jobs.{key}' must be a list")
-    timestamp = body.get("timestamp")
-    if timestamp is not None and (
-        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
-    ):
-        raise ProtocolError("'timestamp' must be a number")
+def _target(
+    job: str | ExecutionRef, namespace: str | None, execution_number: int | None
+) -> tuple[str, str | None, int | None]:
+    """(job id, namespace, execution number) of a job id or an `ExecutionRef`."""
+    if isinstance(job, ExecutionRef):
+        return job.job_id, job.namespace, job.execution_number
+    return job, namespace, execution_number
 
 
-def _sanitized(details: Mapping[str, Any] | None) -> dict[str, str] | None:
-    return None if details is None else sanitize_status_details(details)
-
-
-def _decode(payload: bytes) -> Mapping[str, Any] | None:
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-async def _first_of(future: asyncio.Future[Any], other: Awaitable[Any], timeout: float) -> None:
-    """Wait until `future` is done, `other` completes, or `timeout` passes; never raises."""
-    other_task = asyncio.ensure_future(other)
-    try:
-        await asyncio.wait(
-            {future, other_task}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        other_task.cancel()
+def _sanitized(details: Mapping[str, Any] | None) -> StatusDetails | None:
+    """The edge of the device: what is sent fits the API, sanitised once (a `StatusDetails`
+    made by the engine already was)."""
+    if details is None or isinstance(details, StatusDetails):
+        return details
+    return sanitize_status_details(details)
 
 
 __all__ = [

@@ -3,7 +3,8 @@
 The nine rejection codes are the service's vocabulary (`ErrorCode`); the exceptions say what a
 caller can do about a failure: retry (`JobsRejected.retryable`), refresh its view of the
 execution (`VersionMismatch`, with `execution_state`), or stop the job because the cloud ended it
-(`JobsRejected.cloud_ended`).
+(`JobsRejected.cloud_ended`). Every failure of a Jobs request is a `JobsError`, the link's
+included (`LinkError`, `RequestTimeout`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ class JobsRejected(JobsError):
     @property
     def version_mismatch(self) -> bool:
         return self.code == ErrorCode.VERSION_MISMATCH
+
+
+class LinkError(JobsError):
+    """The MQTT link refused or failed an operation (a broker refused a subscription or a
+    publish, a topic the backend would not take). The transport's own error, translated once
+    here, at the seam: nothing above the Jobs client catches a transport's exception type."""
 
 
 class RequestTimeout(JobsError):

@@ -18,6 +18,10 @@ Choices, documented because operators read the result in the console:
 * Invalid key characters become `_`; a key that collides with an earlier one after that is
   dropped. Non-string values are JSON-encoded; None and empty values are dropped.
 * At most 10 pairs: `reason` first, then the caller's order; the last ones are dropped.
+
+Each map is checked once, where it enters: `sanitize_status_details` and a request model that
+validated one return a `StatusDetails`, which the next layer (the Jobs client, the emulator's
+service) takes as it is.
 """
 
 from __future__ import annotations
@@ -28,10 +32,18 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-MAX_PAIRS = 10
-MAX_KEY_LENGTH = 128
-MAX_VALUE_LENGTH = 1024
-KEY_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+from jobs_agent.vocabulary import (
+    STATUS_DETAILS_KEY_RE,
+    STATUS_DETAILS_MAX_KEY_LENGTH,
+    STATUS_DETAILS_MAX_PAIRS,
+    STATUS_DETAILS_MAX_VALUE_LENGTH,
+    StatusDetails,
+)
+
+MAX_PAIRS = STATUS_DETAILS_MAX_PAIRS
+MAX_KEY_LENGTH = STATUS_DETAILS_MAX_KEY_LENGTH
+MAX_VALUE_LENGTH = STATUS_DETAILS_MAX_VALUE_LENGTH
+KEY_RE = STATUS_DETAILS_KEY_RE
 DEFAULT_TAIL_KEYS: tuple[str, ...] = ("stdout", "stderr", "output", "log")
 FIRST_KEYS: tuple[str, ...] = ("reason",)
 ELLIPSIS = "…"
@@ -114,7 +126,7 @@ def sanitize_status_details(
     *,
     tail_keys: Iterable[str] = DEFAULT_TAIL_KEYS,
     max_pairs: int = MAX_PAIRS,
-) -> dict[str, str]:
+) -> StatusDetails:
     """Return a statusDetails map the service accepts (see the module docstring for the rules).
 
     The result always passes `validate_status_details`.
@@ -124,7 +136,7 @@ def sanitize_status_details(
         details.items(),
         key=lambda item: 0 if clean_key(item[0]).lower() in FIRST_KEYS else 1,
     )  # stable: the caller's order is kept among the rest
-    result: dict[str, str] = {}
+    result = StatusDetails()
     for raw_key, raw_value in ordered:
         if len(result) >= max_pairs:
             break
@@ -143,6 +155,8 @@ def sanitize_status_details(
 
 def validate_status_details(obj: object, *, max_pairs: int = MAX_PAIRS) -> str | None:
     """Why `obj` would be refused as statusDetails by the service, or None if it is fine."""
+    if isinstance(obj, StatusDetails) and len(obj) <= max_pairs:
+        return None  # checked where it was made (validated once, at the edge)
     if not isinstance(obj, Mapping):
         return "must be an object of string values"
     if len(obj) > max_pairs:

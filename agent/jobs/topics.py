@@ -27,16 +27,13 @@ tries one. `$next` is accepted as a job id only for DescribeJobExecution, as in 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from jobs_agent.vocabulary import is_job_id, is_namespace, is_thing_name
+
 PREFIX = "$aws/things/"
-THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-JOB_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-NAMESPACE_RE = re.compile(r"[a-zA-Z0-9_-]+")
-NEXT_JOB_ID = "$next"
 
 _NS_REQUEST = "namespace-"
 _NOTIFY_NS = "notify-namespace-"
@@ -83,18 +80,10 @@ class ParsedTopic:
     job_id: str | None = None
 
 
-def is_valid_thing_name(name: str) -> bool:
-    return THING_NAME_RE.fullmatch(name) is not None
-
-
-def is_valid_job_id(job_id: str, *, allow_next: bool = False) -> bool:
-    if allow_next and job_id == NEXT_JOB_ID:
-        return True
-    return JOB_ID_RE.fullmatch(job_id) is not None
-
-
-def is_valid_namespace(namespace: str) -> bool:
-    return NAMESPACE_RE.fullmatch(namespace) is not None
+# The protocol's id rules (jobs_agent.vocabulary), under the names this module has always had.
+is_valid_thing_name = is_thing_name
+is_valid_job_id = is_job_id
+is_valid_namespace = is_namespace
 
 
 def _check(topic: ParsedTopic) -> None:

@@ -54,8 +54,8 @@ import structlog
 from awscrt import auth, exceptions, http, mqtt5
 from awsiot import mqtt5_client_builder
 
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.options import AwscrtOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
 log = structlog.get_logger("jobs_agent.transport.awscrt")
@@ -168,7 +168,7 @@ def _describe(
 
 
 class AwscrtTransport(Transport):
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: AwscrtOptions, client_id: str) -> None:
         super().__init__()
         if not config.endpoint:
             raise TransportError("awscrt transport: connection.endpoint is required")
@@ -184,15 +184,11 @@ class AwscrtTransport(Transport):
             )
         self.config = config
         self.client_id = client_id
-        self._subscriptions: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt5.Client | None = None
         self._first: asyncio.Future[None] | None = None
         self._stopped = threading.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._generation = 0
         self._ever_up = False
-        self._closing = False
 
     # -- construction ------------------------------------------------------------------------
     def _build(self) -> mqtt5.Client:
@@ -293,35 +289,15 @@ class AwscrtTransport(Transport):
         elif not self._closing:
             log.warning("cannot reconnect; retrying", endpoint=self.config.endpoint, reason=detail)
 
-    def _link_down(self, detail: str) -> None:
-        self._generation += 1
-        was_up = self.is_connected
-        self._mark_down()
-        if was_up and not self._closing:
-            log.warning("connection lost", reason=detail)
-            self._connection_lost(detail)
-
     def _link_up(self, session_present: bool) -> None:
-        if self._closing:
+        if self._closing or self._ever_up:
+            self._link_restored(session_present)
             return
         self._generation += 1
-        if not self._ever_up:
-            self._ever_up = True
-            self._mark_up()
-            if self._first is not None and not self._first.done():
-                self._first.set_result(None)
-            return
-        task = asyncio.ensure_future(self._resume(session_present, self._generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _resume(self, session_present: bool, generation: int) -> None:
-        await self._restore_after_reconnect(
-            session_present,
-            self._subscriptions,
-            self._subscribe_now,
-            lambda: generation == self._generation and not self._closing,
-        )
+        self._ever_up = True
+        self._mark_up()
+        if self._first is not None and not self._first.done():
+            self._first.set_result(None)
 
     async def _wait(self, future: concurrent.futures.Future[Any], what: str) -> Any:
         try:
@@ -331,7 +307,7 @@ class AwscrtTransport(Transport):
                 raise NotConnectedError(f"{what}: {_describe(exc)}") from None
             raise TransportError(f"{what}: {_describe(exc)}") from None
 
-    async def _subscribe_now(self, topic_filter: str) -> None:
+    async def _send_subscribe(self, topic_filter: str) -> None:
         what = f"subscribe {topic_filter}"
         if self._client is None:
             raise NotConnectedError(f"{what}: not connected")
@@ -391,8 +367,7 @@ class AwscrtTransport(Transport):
         # The CRT confirms with the stopped lifecycle event; waiting keeps the native client
         # alive until its threads no longer call us.
         await asyncio.to_thread(self._stopped.wait, STOP_TIMEOUT)
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
 
     async def disconnect(self) -> None:
         await self._stop()
@@ -405,7 +380,7 @@ class AwscrtTransport(Transport):
     async def subscribe(self, topic_filter: str) -> None:
         validate_topic_filter(topic_filter)
         self._require_up(f"subscribe {topic_filter}")
-        await self._subscribe_now(topic_filter)
+        await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
 
     async def unsubscribe(self, topic_filter: str) -> None:

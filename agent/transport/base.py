@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -57,6 +58,13 @@ class Transport(abc.ABC):
         self._on_lost: ConnectionLostCallback | None = None
         self._on_resumed: ConnectionResumedCallback | None = None
         self._up = asyncio.Event()
+        self._subscriptions: set[str] = set()
+        """What to subscribe again after a reconnect whose session the broker did not keep."""
+        self._closing = False
+        """Set by `disconnect()`: a drop is then no longer news and nothing is restored."""
+        self._generation = 0
+        """Counts link changes, so that a restore finishing late knows it was superseded."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- listeners ------------------------------------------------------------------------
     def set_message_callback(self, callback: MessageCallback | None) -> None:
@@ -89,20 +97,57 @@ class Transport(abc.ABC):
         if self._on_resumed is not None:
             self._on_resumed(session_present)
 
+    # -- the reconnect bookkeeping, once for every backend ----------------------------------
+    def _link_down(self, reason: str) -> None:
+        """The backend's link dropped: mark it down and tell the listener (once per outage,
+        and not for a drop `disconnect()` asked for)."""
+        self._generation += 1
+        was_up = self.is_connected
+        self._mark_down()
+        self._link_dropped(reason)
+        if was_up and not self._closing:
+            log.warning("connection lost", reason=reason)
+            self._connection_lost(reason)
+
+    def _link_dropped(self, reason: str) -> None:  # noqa: B027 -- a hook, empty by default
+        """What else a backend fails when its link drops (paho: the waiting acknowledgements)."""
+
+    def _link_restored(self, session_present: bool) -> None:
+        """The backend reconnected: restore the subscriptions in a task, then announce it."""
+        if self._closing:
+            return
+        self._generation += 1
+        generation = self._generation
+        self._spawn(
+            self._restore_after_reconnect(
+                session_present, lambda: generation == self._generation and not self._closing
+            )
+        )
+
+    async def _send_subscribe(self, topic_filter: str) -> None:
+        """One SUBSCRIBE on the current link, until its SUBACK (what `subscribe` sends, and what
+        a restore sends again); backends that use `_link_restored` provide it."""
+        raise NotImplementedError
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
     async def _restore_after_reconnect(
-        self,
-        session_present: bool,
-        topic_filters: Iterable[str],
-        resubscribe: Callable[[str], Awaitable[None]],
-        is_current: Callable[[], bool],
+        self, session_present: bool, is_current: Callable[[], bool]
     ) -> None:
-        """The contract's reconnect step, shared by the backends: re-subscribe what a lost
-        session forgot, then mark the link up and tell the listener, unless a newer connection
-        (or a close) has superseded this one (`is_current`)."""
+        """The contract's reconnect step: re-subscribe what a lost session forgot, then mark the
+        link up and tell the listener, unless a newer connection (or a close) has superseded
+        this one (`is_current`)."""
         if not session_present:
-            for topic_filter in sorted(topic_filters):
+            for topic_filter in sorted(self._subscriptions):
                 try:
-                    await resubscribe(topic_filter)
+                    await self._send_subscribe(topic_filter)
                 except NotConnectedError:
                     return  # the link dropped again; the next connection starts over
                 except TransportError as exc:

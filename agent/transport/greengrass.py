@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.transport.backoff import Backoff
+from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
@@ -69,7 +69,6 @@ class GreengrassTransport(Transport):
         self._status_stream: Any = None
         self._cloud_up = True
         self._repair: asyncio.Task[None] | None = None
-        self._closing = False
 
     # -- IPC callbacks (IPC threads) -----------------------------------------------------------
     def _call(self, callback: Callable[..., Any], *args: Any) -> None:
@@ -113,13 +112,6 @@ class GreengrassTransport(Transport):
         elif not self._broken:
             self._mark_up()
             self._connection_resumed(True)
-
-    def _link_down(self, reason: str) -> None:
-        was_up = self.is_connected
-        self._mark_down()
-        if was_up:
-            log.warning("connection lost", reason=reason)
-            self._connection_lost(reason)
 
     def _stream_lost(self, topic_filter: str, reason: str) -> None:
         if self._closing or self._streams.pop(topic_filter, None) is None:

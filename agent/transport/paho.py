@@ -42,9 +42,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from jobs_agent.config import ConnectionConfig
-from jobs_agent.transport.backoff import Backoff
+from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
 log = structlog.get_logger("jobs_agent.transport.paho")
@@ -75,29 +75,16 @@ class PahoTransport(Transport):
     client_class: type[mqtt.Client] = mqtt.Client
     """The paho client class (a subclass may tune paho for its use, e.g. the emulator's)."""
 
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: PahoOptions, client_id: str) -> None:
         super().__init__()
         if not config.endpoint:
             raise TransportError("paho transport: connection.endpoint is required")
-        if config.websocket:
-            raise TransportError(
-                "paho transport: connection.websocket (SigV4) is supported by awscrt only"
-            )
-        if config.proxy_host:
-            raise TransportError(
-                "paho transport: connection.proxy_host is supported by awscrt only"
-            )
         self.config = config
         self.client_id = client_id
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds)
-        self._subscriptions: set[str] = set()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
         self._started = False
-        self._generation = 0
-        self._ever_up = False
         # Written by paho's thread, read by the first-connect worker in the same thread.
         self._connack: tuple[ReasonCode, bool] | None = None
         self._last_error = ""
@@ -142,6 +129,18 @@ class PahoTransport(Transport):
         if cfg.alpn:
             context.set_alpn_protocols([ALPN_MQTT])
         return context
+
+    def _open_connection(self) -> None:
+        """TCP, TLS and CONNECT (blocking: run in a worker thread); the CONNACK comes later.
+        The first connection of the process starts clean, later ones rejoin the session."""
+        cfg = self.config
+        self._client.connect(
+            cfg.endpoint,
+            cfg.port,
+            keepalive=cfg.keepalive_seconds,
+            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=self._connect_properties(),
+        )
 
     def _connect_properties(self) -> Properties:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -201,7 +200,7 @@ class PahoTransport(Transport):
             return
         self._backoff.reset()
         if self._started:
-            self._call(self._link_up, bool(flags.session_present))
+            self._call(self._link_restored, bool(flags.session_present))
 
     def _paho_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._schedule_retry_delay()
@@ -246,30 +245,8 @@ class PahoTransport(Transport):
             if not future.done():
                 future.set_exception(NotConnectedError(reason))
 
-    def _link_down(self, reason: str) -> None:
-        self._generation += 1
-        was_up = self.is_connected
-        self._mark_down()
+    def _link_dropped(self, reason: str) -> None:
         self._fail_pending(f"connection lost: {reason}")
-        if was_up and not self._closing:
-            log.warning("connection lost", reason=reason)
-            self._connection_lost(reason)
-
-    def _link_up(self, session_present: bool) -> None:
-        if self._closing:
-            return
-        self._generation += 1
-        task = asyncio.ensure_future(self._resume(session_present, self._generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _resume(self, session_present: bool, generation: int) -> None:
-        await self._restore_after_reconnect(
-            session_present,
-            self._subscriptions,
-            self._subscribe_now,
-            lambda: generation == self._generation and not self._closing,
-        )
 
     def _expect(self, rc: MQTTErrorCode, mid: int | None, what: str) -> asyncio.Future[Any]:
         """A future for the acknowledgement of the packet paho just queued as `mid`."""
@@ -284,7 +261,7 @@ class PahoTransport(Transport):
         self._pending[mid] = future
         return future
 
-    async def _subscribe_now(self, topic_filter: str) -> None:
+    async def _send_subscribe(self, topic_filter: str) -> None:
         what = f"subscribe {topic_filter}"
         rc, mid = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
         reasons: list[ReasonCode] = await self._expect(rc, mid, what)
@@ -295,18 +272,11 @@ class PahoTransport(Transport):
     # -- first connect -------------------------------------------------------------------------
     def _attempt(self, deadline: float) -> _Attempt:
         """One blocking connect, until CONNACK or failure; runs in a worker thread."""
-        cfg = self.config
         self._connack = None
         self._last_error = ""
         self._tls_alert = ""
         try:
-            self._client.connect(
-                cfg.endpoint,
-                cfg.port,
-                keepalive=cfg.keepalive_seconds,
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=self._connect_properties(),
-            )
+            self._open_connection()
         except ssl.SSLError as exc:
             return _Attempt(False, True, f"TLS handshake failed: {exc}")
         except (OSError, ValueError) as exc:
@@ -387,7 +357,6 @@ class PahoTransport(Transport):
         self._backoff.reset()
         self._schedule_retry_delay()
         self._started = True
-        self._ever_up = True
         self._client.loop_start()
         self._mark_up()
         log.info(
@@ -398,18 +367,25 @@ class PahoTransport(Transport):
         )
 
     async def disconnect(self) -> None:
-        self._abort.set()
-        if self._closing or not self._started:
-            self._closing = True
+        if not self._begin_disconnect():
             return
-        self._closing = True
-        self._started = False
-        self._mark_down()
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
+        self._end_disconnect()
+
+    def _begin_disconnect(self) -> bool:
+        """Stop reconnecting; False when there was no link to close (idempotent)."""
+        self._abort.set()
+        open_link = self._started and not self._closing
+        self._closing = True
+        self._started = False
+        if open_link:
+            self._mark_down()
+        return open_link
+
+    def _end_disconnect(self) -> None:
         self._fail_pending("disconnected")
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
 
     # -- operations ----------------------------------------------------------------------------
     def _require_up(self, what: str) -> None:
@@ -419,7 +395,7 @@ class PahoTransport(Transport):
     async def subscribe(self, topic_filter: str) -> None:
         validate_topic_filter(topic_filter)
         self._require_up(f"subscribe {topic_filter}")
-        await self._subscribe_now(topic_filter)
+        await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
 
     async def unsubscribe(self, topic_filter: str) -> None:

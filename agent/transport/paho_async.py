@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
-from jobs_agent.config import ConnectionConfig
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import (
     PERMANENT_CONNACK_CODES,
     PahoTransport,
@@ -42,7 +42,7 @@ MISC_MAX_SECONDS = 30.0
 
 
 class AsyncPahoTransport(PahoTransport):
-    def __init__(self, config: ConnectionConfig, client_id: str) -> None:
+    def __init__(self, config: PahoOptions, client_id: str) -> None:
         super().__init__(config, client_id)
         self._loop_thread: int | None = None
         self._fd: int | None = None
@@ -178,21 +178,13 @@ class AsyncPahoTransport(PahoTransport):
 
     async def _attempt_async(self, deadline: float) -> tuple[bool, bool, str]:
         """One connect until CONNACK: (ok, permanent, reason)."""
-        cfg = self.config
         loop = asyncio.get_running_loop()
         self._connack = None
         self._last_error = ""
         self._tls_alert = ""
         self._connack_waiter = loop.create_future()
         try:
-            await asyncio.to_thread(
-                self._client.connect,
-                cfg.endpoint,
-                cfg.port,
-                keepalive=cfg.keepalive_seconds,
-                clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=self._connect_properties(),
-            )
+            await asyncio.to_thread(self._open_connection)
         except ssl.SSLError as exc:
             return False, True, f"TLS handshake failed: {exc}"
         except (OSError, ValueError) as exc:
@@ -239,7 +231,6 @@ class AsyncPahoTransport(PahoTransport):
         await self._connect_with_retries(timeout)
         self._backoff.reset()
         self._started = True
-        self._ever_up = True
         self._misc_task = asyncio.ensure_future(self._misc())
         self._mark_up()
         log.debug(
@@ -256,7 +247,7 @@ class AsyncPahoTransport(PahoTransport):
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        """Reconnect with backoff until connected or closed; CONNACK then goes to `_link_up`."""
+        """Reconnect with backoff until connected or closed (the CONNACK then restores)."""
         while not self._closing and self._sock is None:
             delay = self._backoff.next_delay()
             await asyncio.sleep(delay)  # the backoff delay itself
@@ -272,22 +263,15 @@ class AsyncPahoTransport(PahoTransport):
             return
 
     async def disconnect(self) -> None:
-        self._abort.set()
-        if self._closing or not self._started:
-            self._closing = True
+        if not self._begin_disconnect():
             return
-        self._closing = True
-        self._started = False
-        self._mark_down()
         for task in (self._misc_task, self._reconnect_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._drop()
-        self._fail_pending("disconnected")
-        for task in list(self._tasks):
-            task.cancel()
+        self._end_disconnect()
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

@@ -1,4 +1,4 @@
-"""Exponential backoff with jitter, shared by transports (reconnects) and the Jobs client
+"""Exponential backoff with jitter, shared by the transports (reconnects) and the Jobs client
 (RequestThrottled retries).
 
 "Full jitter" from the AWS Architecture Blog post "Exponential Backoff and Jitter": the n-th delay

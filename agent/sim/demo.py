@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
+from jobs_agent.config import AgentConfig, JobsConfig, LogConfig
+from jobs_agent.transport.options import LocalOptions
+from jobs_agent.vocabulary import TERMINAL_STATUSES
 
 THING = "demo-gateway"
 
@@ -159,7 +161,7 @@ async def run_demo(out: TextIO | None = None, keep_state: Path | None = None) ->
         _write_handlers(handler_dir)
         config = AgentConfig(
             thing_name=THING,
-            connection=ConnectionConfig(transport="local"),
+            connection=LocalOptions(),
             jobs=JobsConfig(
                 handler_dir=handler_dir,
                 progress_interval_seconds=0.25,
@@ -206,10 +208,9 @@ async def _follow(service: Any, jobs: list[DemoJob], printer: Printer) -> None:
     seen = 0
     cancelled = False
     cancel_id = next(job.job_id for job in jobs if job.expected == "CANCELED")
-    terminal = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 
     def all_done() -> bool:
-        return all(str(service.execution(j, THING).status) in terminal for j in ids)
+        return all(service.execution(j, THING).status in TERMINAL_STATUSES for j in ids)
 
     deadline = time.monotonic() + 90
     while True:

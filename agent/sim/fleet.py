@@ -1,7 +1,8 @@
 """A fleet of simulated devices in one process: N real engines, each its own thing and connection.
 
 Used by `jobs-agent sim fleet` to rehearse a rollout locally: every device is the real agent
-stack (`Engine` + `JobsClient` + `Dispatcher`, a durable SQLite store of its own under
+stack, assembled by `build_device` (`Engine` + `JobsClient` + `Dispatcher`, a durable SQLite
+store of its own under
 `state_dir/<thing>/`), so a job document that works here went through exactly what a gateway
 runs, only multiplied. Connections use `AsyncPahoTransport`, which needs no thread per
 connection: a thousand devices are a thousand sockets on one event loop. (Each store still has
@@ -21,19 +22,18 @@ from pathlib import Path
 
 import structlog
 
-from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
-from jobs_agent.dispatch import Dispatcher
+from jobs_agent.config import AgentConfig, JobsConfig
+from jobs_agent.device import Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
-from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.engine import Engine
-from jobs_agent.jobs.client import JobsClient
+from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_async import AsyncPahoTransport
+from jobs_agent.vocabulary import TERMINAL_STATUSES
 
-log = structlog.get_logger("jobs_agent.emulator.fleet")
+log = structlog.get_logger("jobs_agent.sim.fleet")
 
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"})
+TERMINAL = frozenset(str(status) for status in TERMINAL_STATUSES)
 
 
 class NoopHandler:
@@ -46,7 +46,7 @@ class NoopHandler:
 @dataclass(frozen=True)
 class FleetOptions:
     things: int
-    connection: ConnectionConfig
+    connection: PahoOptions
     """Broker settings shared by every device; client ids are the thing names."""
     state_dir: Path
     prefix: str = "fleet-"
@@ -61,12 +61,11 @@ class FleetOptions:
 
 
 @dataclass
-class Device:
+class Member:
+    """One simulated device of the fleet and its engine's task."""
+
     thing_name: str
-    transport: AsyncPahoTransport
-    client: JobsClient
-    store: AsyncStore
-    engine: Engine
+    device: Device
     task: asyncio.Task[None] | None = None
 
 
@@ -75,7 +74,7 @@ class Fleet:
         if options.things < 1:
             raise ValueError("a fleet has at least one thing")
         self.options = options
-        self.devices: list[Device] = []
+        self.devices: list[Member] = []
         handlers = {NOOP_OPERATION: f"{__name__}:NoopHandler", **options.handlers}
         self._plugins = PluginRegistry.discover(handlers)
         self._handlers = handlers
@@ -87,38 +86,43 @@ class Fleet:
     def thing_names(self) -> list[str]:
         return [self.options.thing_name(i) for i in range(1, self.options.things + 1)]
 
-    def _config(self, thing: str) -> AgentConfig:
+    def _config(self, thing: str, connection: PahoOptions) -> AgentConfig:
         o = self.options
         return AgentConfig(
             thing_name=thing,
-            connection=dataclasses.replace(o.connection, client_id=thing),
+            connection=connection,
             jobs=o.jobs,
             handlers=self._handlers,
             state_dir=o.state_dir / thing,
         )
 
-    async def _start_one(self, thing: str, timeout: float) -> Device:
-        config = self._config(thing)
+    async def _start_one(self, thing: str, timeout: float) -> Member:
+        connection = dataclasses.replace(self.options.connection, client_id=thing)
+        config = self._config(thing, connection)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        transport = AsyncPahoTransport(config.connection, thing)
-        await transport.connect(timeout=timeout)
-        client = JobsClient.for_config(transport, config.jobs, thing)
-        try:
-            await client.start()
-        except BaseException:
-            await transport.disconnect()
-            raise
-        store = AsyncStore(config.state_dir / "state.db", executor=self._store_executor)
+        transport = AsyncPahoTransport(connection, thing)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
-        engine = Engine(config, client, store, Dispatcher(config, plugins=self._plugins))
-        return Device(thing, transport, client, store, engine)
+        device = build_device(
+            config,
+            transport,
+            store_executor=self._store_executor,
+            dispatcher_options={"plugins": self._plugins},
+        )
+        try:
+            await transport.connect(timeout=timeout)
+            await device.client.start()
+        except BaseException:
+            await device.close()
+            await transport.disconnect()
+            raise
+        return Member(thing, device)
 
     async def start(self, timeout: float = 60.0) -> None:
         """Connect and subscribe every device, then start their engines (each looks for work)."""
         gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
 
-        async def start_one(thing: str) -> Device:
+        async def start_one(thing: str) -> Member:
             async with gate:
                 return await self._start_one(thing, timeout)
 
@@ -126,35 +130,36 @@ class Fleet:
             *(start_one(t) for t in self.thing_names), return_exceptions=True
         )
         failures = [r for r in results if isinstance(r, BaseException)]
-        self.devices = [r for r in results if isinstance(r, Device)]
+        self.devices = [r for r in results if isinstance(r, Member)]
         if failures:
             await self.stop()
             raise failures[0]
         for device in self.devices:
-            device.task = asyncio.create_task(device.engine.run(), name=device.thing_name)
+            device.task = asyncio.create_task(device.device.engine.run(), name=device.thing_name)
 
     def outcomes(self, job_id: str) -> Counter[str]:
         """What the devices reported for `job_id` so far (status -> devices)."""
         counts: Counter[str] = Counter()
         for device in self.devices:
-            for key, status in device.engine.outcomes.items():
+            for key, status in device.device.engine.outcomes.items():
                 if key.job_id == job_id:
                     counts[status if status in TERMINAL else "other"] += 1
         return counts
 
     def requests(self) -> int:
         """Jobs API requests the devices made (each one answered by the service)."""
-        return sum(d.client.stats.requests for d in self.devices)
+        return sum(d.device.client.stats.requests for d in self.devices)
 
     async def stop(self) -> None:
-        for device in self.devices:
-            device.engine.request_stop(immediate=True)
+        for member in self.devices:
+            member.device.engine.request_stop(immediate=True)
         for device in self.devices:
             if device.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await device.task
 
-        async def close(device: Device) -> None:
+        async def close(member: Member) -> None:
+            device = member.device
             with contextlib.suppress(Exception):
                 await device.client.close()
             with contextlib.suppress(Exception):

@@ -1,0 +1,422 @@
+"""`jobs-agent sim fleet`: N real devices in this process, rolling a job out through a broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.parse
+import uuid
+from dataclasses import replace as dataclass_replace
+from pathlib import Path
+from typing import Any
+
+from jobs_agent.cli import EXIT_FAILURE, EXIT_OK, UsageError
+from jobs_agent.commands.sim_http import ApiError, call
+
+
+def register_fleet(sim: Any) -> None:
+    fleet = sim.add_parser(
+        "fleet",
+        help="simulate N devices (real agent engines) and roll a job out to them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rehearse a rollout locally: start N devices in this process, each the real "
+        "agent engine with its own thing name, MQTT connection and state database, against the "
+        "emulator through an MQTT broker; create one job targeting all of them; print progress "
+        "until every execution ended, then a summary (time, outcomes, request rate, memory).",
+        epilog="""examples:
+  # a broker on 127.0.0.1:1883 is all it needs (an emulator is started in this process)
+  jobs-agent sim fleet --things 200
+  # your own document and handlers, against a running `jobs-agent sim serve`
+  jobs-agent sim fleet --things 50 --endpoint http://127.0.0.1:8765 \\
+      --document update.json --handler-dir ./handlers
+  # only the devices: create jobs yourself (sim create-job --thing fleet-0001 ...)
+  jobs-agent sim fleet --things 20 --endpoint http://127.0.0.1:8765 --no-job
+
+exit status: 0 when every execution SUCCEEDED, 1 otherwise (or on timeout), 2 on bad usage.""",
+    )
+    fleet.add_argument("--things", type=int, default=10, metavar="N", help="devices (default 10)")
+    fleet.add_argument(
+        "--prefix",
+        default="fleet-",
+        help="thing name prefix; things are PREFIX0001..PREFIXN (default fleet-)",
+    )
+    fleet.add_argument("--broker-host", default="127.0.0.1", help="MQTT broker host")
+    fleet.add_argument("--broker-port", type=int, default=1883, help="MQTT broker port")
+    fleet.add_argument("--ca", type=Path, help="CA certificate for the broker's TLS (enables TLS)")
+    fleet.add_argument("--cert", type=Path, help="device certificate (mTLS), shared by all")
+    fleet.add_argument("--key", type=Path, help="device private key (mTLS)")
+    _job_arguments(fleet)
+    _run_arguments(fleet)
+    fleet.set_defaults(func=_fleet)
+
+
+def _job_arguments(fleet: Any) -> None:
+    fleet.add_argument(
+        "--endpoint",
+        help="HTTP endpoint of a running `sim serve` to create the job through; without it an "
+        "emulator is started in this process on the same broker",
+    )
+    fleet.add_argument(
+        "--document",
+        type=Path,
+        help="job document file (JSON); default: the built-in no-op "
+        '{"operation": "fleet-noop"}, which succeeds at once',
+    )
+    fleet.add_argument("--job-id", help="job id (default: a random one)")
+    fleet.add_argument(
+        "--no-job",
+        action="store_true",
+        help="create no job: run the devices until SIGINT, printing what they report",
+    )
+    fleet.add_argument(
+        "--handler-dir",
+        type=Path,
+        default=Path("handlers"),
+        help="executables the document may name (jobs.handler_dir; default ./handlers)",
+    )
+    fleet.add_argument(
+        "--handler",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CLASS",
+        help="a Python plugin handler (config `handlers:`), repeatable",
+    )
+
+
+def _run_arguments(fleet: Any) -> None:
+    fleet.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where each device keeps its state (STATE_DIR/THING/state.db); default: a "
+        "temporary directory removed at exit",
+    )
+    fleet.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up when the rollout takes longer (default 300)",
+    )
+    fleet.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=64,
+        metavar="N",
+        help="connections set up at once (default 64)",
+    )
+    fleet.add_argument(
+        "--progress-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between progress lines (default 1; 0: none)",
+    )
+    fleet.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="log level of the devices (default warning: N devices log N times)",
+    )
+    fleet.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    import asyncio
+
+    if args.things < 1:
+        raise UsageError("--things must be at least 1")
+    if args.timeout <= 0 or args.progress_interval < 0 or args.connect_concurrency < 1:
+        raise UsageError("--timeout and --connect-concurrency must be positive")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    if args.no_job and args.document:
+        raise UsageError("--no-job creates no job, so --document has no use")
+    handlers = _handlers(args.handler)
+    document = _document(args.document)
+    if args.endpoint is not None and not args.endpoint.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint must be an http(s) URL, not {args.endpoint!r}")
+    from jobs_agent.log import configure_logging
+
+    configure_logging(args.log_level, "console" if sys.stderr.isatty() else "json")
+    return asyncio.run(_fleet_async(args, document, handlers))
+
+
+def _handlers(specs: list[str]) -> dict[str, str]:
+    handlers: dict[str, str] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        if not sep or not name or ":" not in target:
+            raise UsageError(f"--handler {spec!r}: expected NAME=MODULE:CLASS")
+        handlers[name] = target
+    return handlers
+
+
+def _document(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {"operation": "fleet-noop"}
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    return parsed
+
+
+async def _fleet_async(
+    args: argparse.Namespace, document: dict[str, Any], handlers: dict[str, str]
+) -> int:
+    import asyncio
+    import shutil
+    import signal
+    import tempfile
+
+    from jobs_agent.sim.fleet import Fleet
+    from jobs_agent.transport.base import TransportError
+
+    connection = _connection(args)
+    temporary = args.state_dir is None
+    state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-fleet-")) if temporary else args.state_dir
+    fleet = Fleet(_options(args, connection, state_dir, handlers))
+    emulator: Any = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    start = time.monotonic()
+    try:
+        emulator = await _local_emulator(args, connection)
+        return await _roll_out(args, fleet, emulator, document, stop, start)
+    except (TransportError, OSError, ApiError) as exc:
+        print(f"jobs-agent sim fleet: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await fleet.stop()
+        if emulator is not None:
+            await emulator.stop()
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _connection(args: argparse.Namespace) -> Any:
+    from jobs_agent.transport.options import PahoOptions
+
+    return PahoOptions(
+        endpoint=args.broker_host,
+        port=args.broker_port,
+        tls=args.ca is not None or args.cert is not None,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        keepalive_seconds=300,
+    )
+
+
+def _options(
+    args: argparse.Namespace, connection: Any, state_dir: Path, handlers: dict[str, str]
+) -> Any:
+    from jobs_agent.config import JobsConfig
+    from jobs_agent.sim.fleet import FleetOptions
+
+    return FleetOptions(
+        things=args.things,
+        connection=connection,
+        state_dir=state_dir,
+        prefix=args.prefix,
+        jobs=JobsConfig(handler_dir=args.handler_dir.resolve()),
+        handlers=handlers,
+        connect_concurrency=args.connect_concurrency,
+    )
+
+
+def _printer(args: argparse.Namespace) -> Any:
+    def out(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    return out
+
+
+async def _local_emulator(args: argparse.Namespace, connection: Any) -> Any:
+    """Without --endpoint (and with a job to create), an emulator in this process."""
+    if args.endpoint is not None or args.no_job:
+        return None
+    from jobs_agent.emulator.broker import broker_transport
+    from jobs_agent.emulator.embedded import Emulator
+
+    client_id = f"aws-iot-jobs-emulator-{uuid.uuid4().hex[:6]}"
+    emulator = Emulator(
+        broker_transport(dataclass_replace(connection, client_id=client_id), client_id)
+    )
+    await emulator.start(connect_timeout=30.0)
+    _printer(args)(f"emulator: in this process, on {args.broker_host}:{args.broker_port}")
+    return emulator
+
+
+async def _roll_out(
+    args: argparse.Namespace,
+    fleet: Any,
+    emulator: Any,
+    document: dict[str, Any],
+    stop: Any,
+    start: float,
+) -> int:
+    out = _printer(args)
+    out(f"connecting {args.things} devices ({fleet.thing_names[0]}..{fleet.thing_names[-1]})")
+    await fleet.start(timeout=60.0)
+    connected = time.monotonic() - start
+    out(f"connected {len(fleet.devices)} devices in {connected:.1f} s")
+    if args.no_job:
+        return await _fleet_serve(args, fleet, stop, out)
+    job_id = args.job_id or f"fleet-{uuid.uuid4().hex[:12]}"
+    requests_before = fleet.requests()
+    created = time.monotonic()
+    await _create(args, emulator, fleet.thing_names, job_id, document)
+    out(f"created job {job_id} for {args.things} things")
+    finished, counts = await _watch(args, fleet, job_id, created, stop)
+    rollout = finished if finished is not None else time.monotonic() - created
+    summary = _summary(args, fleet, emulator, job_id, counts, requests_before)
+    summary.update(
+        connect_seconds=round(connected, 3),
+        rollout_seconds=round(rollout, 3),
+        finished=finished is not None,
+        requests_per_second=(round(summary["requests"] / rollout, 1) if rollout > 0 else None),
+    )
+    _print_summary(args, summary, counts, connected, rollout)
+    ok = finished is not None and counts.get("SUCCEEDED", 0) == args.things
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+async def _create(
+    args: argparse.Namespace,
+    emulator: Any,
+    things: list[str],
+    job_id: str,
+    document: dict[str, Any],
+) -> None:
+    import asyncio
+
+    if emulator is not None:
+        emulator.service.create_job(job_id, things, document)
+        return
+    body = {
+        "targets": [f"arn:aws:iot:us-east-1:123456789012:thing/{t}" for t in things],
+        "document": json.dumps(document),
+    }
+    await asyncio.to_thread(call, args.endpoint, "PUT", f"/jobs/{urllib.parse.quote(job_id)}", body)
+
+
+async def _watch(
+    args: argparse.Namespace, fleet: Any, job_id: str, created: float, stop: Any
+) -> tuple[float | None, Any]:
+    """Follow the outcomes until every device reported, the timeout, or a stop signal."""
+    import asyncio
+    import contextlib
+
+    from jobs_agent.sim.fleet import TERMINAL
+
+    out = _printer(args)
+    finished: float | None = None
+    counts: Any = {}
+    printed = -1.0
+    while True:
+        counts = fleet.outcomes(job_id)
+        done = sum(n for status, n in counts.items() if status in TERMINAL)
+        elapsed = time.monotonic() - created
+        if done >= args.things:
+            finished = elapsed
+        due = args.progress_interval and elapsed - printed >= args.progress_interval
+        if due or finished is not None:
+            printed = elapsed
+            out(
+                f"[{elapsed:6.1f} s] "
+                + " ".join(f"{s} {counts.get(s, 0)}" for s in _SHOWN)
+                + "".join(f" {s} {n}" for s, n in sorted(counts.items()) if s not in _SHOWN)
+                + f" pending {args.things - done}"
+            )
+        if finished is not None or elapsed > args.timeout or stop.is_set():
+            return finished, counts
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_WATCH_SECONDS):
+                await stop.wait()
+
+
+def _summary(
+    args: argparse.Namespace,
+    fleet: Any,
+    emulator: Any,
+    job_id: str,
+    counts: Any,
+    requests_before: int,
+) -> dict[str, Any]:
+    import resource
+    import threading
+
+    service_requests = (
+        sum(n for k, n in emulator.service.counters.items() if k != "throttled")
+        if emulator is not None
+        else None
+    )
+    return {
+        "job_id": job_id,
+        "things": args.things,
+        "outcomes": dict(counts),
+        "requests": fleet.requests() - requests_before,
+        "emulator_requests": service_requests,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": threading.active_count(),
+    }
+
+
+def _print_summary(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    counts: Any,
+    connected: float,
+    rollout: float,
+) -> None:
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    state = "done" if summary["finished"] else "NOT finished"
+    print(
+        f"{state}: {counts.get('SUCCEEDED', 0)}/{args.things} SUCCEEDED in {rollout:.1f} s"
+        f" (connect {connected:.1f} s); {summary['requests']} Jobs requests,"
+        f" {summary['requests_per_second']}/s; peak RSS {summary['peak_rss_mb']} MB;"
+        f" {summary['threads']} threads"
+    )
+
+
+_SHOWN = ("SUCCEEDED", "FAILED")
+_WATCH_SECONDS = 0.05
+"""How often the devices' outcomes are looked at (the rollout time's resolution)."""
+
+
+async def _fleet_serve(args: argparse.Namespace, fleet: Any, stop: Any, out: Any) -> int:
+    """--no-job: report what the devices do until SIGINT/SIGTERM."""
+    import asyncio
+    import contextlib
+    from collections import Counter
+
+    out(
+        f"ready: create jobs for things {fleet.thing_names[0]}..{fleet.thing_names[-1]}"
+        f" (e.g. jobs-agent sim create-job --thing {fleet.thing_names[0]} --document DOC);"
+        " Ctrl-C to stop"
+    )
+    last: Counter[str] = Counter()
+    while not stop.is_set():
+        totals: Counter[str] = Counter()
+        for member in fleet.devices:
+            totals.update(member.device.engine.outcomes.values())
+        if totals != last:
+            out("reported: " + " ".join(f"{s} {n}" for s, n in sorted(totals.items())))
+            last = totals
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.progress_interval or 1.0):
+                await stop.wait()
+    return EXIT_OK

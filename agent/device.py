@@ -1,0 +1,85 @@
+"""One place that assembles a device from its parts: transport -> Jobs client -> state store ->
+dispatcher -> engine.
+
+Every entry point builds its device here: the daemon, the demo and the fleet simulator
+(`build_device`), the dry run (`jobs_client` and `dispatcher`: it reads, it never records or
+runs) and `exec` (`dispatcher`: no cloud at all). The transport is always given: whoever made
+it (the `run` command from the configuration, the demo on an embedded emulator's bus, the fleet
+on its own connections) owns it and closes it. Nothing here connects or starts anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch import Dispatcher
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.engine import Engine, EngineStatus
+from jobs_agent.jobs.client import JobsClient
+from jobs_agent.transport import Transport
+
+STATE_DATABASE = "state.db"
+
+
+@dataclass
+class Device:
+    config: AgentConfig
+    transport: Transport
+    client: JobsClient
+    store: AsyncStore
+    dispatcher: Dispatcher
+    engine: Engine
+
+    async def close(self) -> None:
+        """Close what the device opened (the client and the store; not the transport)."""
+        await self.client.close()
+        await self.store.close()
+
+
+def jobs_client(config: AgentConfig, transport: Transport) -> JobsClient:
+    """The Jobs client of the configured thing and namespaces, over `transport`."""
+    return JobsClient(
+        transport,
+        config.thing_name,
+        namespaces=config.jobs.namespaces,
+        request_timeout=config.jobs.request_timeout_seconds,
+    )
+
+
+def dispatcher(config: AgentConfig, **options: Any) -> Dispatcher:
+    """The dispatcher with the configured handlers and limits (`options`: Dispatcher's own)."""
+    return Dispatcher(config.dispatch_settings(), **options)
+
+
+def build_device(
+    config: AgentConfig,
+    transport: Transport,
+    *,
+    store_executor: ThreadPoolExecutor | None = None,
+    dispatcher_options: dict[str, Any] | None = None,
+    heartbeat_interval: float | None = None,
+    on_status: Callable[[EngineStatus], None] | None = None,
+) -> Device:
+    """The device `config` describes, over `transport`. Opens the state database (raises
+    `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing."""
+    client = jobs_client(config, transport)
+    store = AsyncStore(config.state_dir / STATE_DATABASE, executor=store_executor)
+    try:
+        handlers = dispatcher(config, **(dispatcher_options or {}))
+    except BaseException:
+        store.shutdown()
+        store.target.close()
+        raise
+    engine = Engine(
+        config.engine_settings(),
+        client,
+        store,
+        handlers,
+        heartbeat_interval=heartbeat_interval,
+        on_status=on_status,
+    )
+    return Device(config, transport, client, store, handlers, engine)

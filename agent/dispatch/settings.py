@@ -1,0 +1,38 @@
+"""What the dispatcher and its sandbox read: their own settings, not the agent's configuration.
+
+The configuration loader fills these from the `jobs:` section and the top-level keys of the same
+names (`AgentConfig.dispatch_settings()`); a SIGHUP reload builds a new set and a new Dispatcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ANY_USER = "*"
+"""In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    thing_name: str = ""
+    """What a signature's `thingName` claim is held against."""
+    state_dir: Path = Path("/var/lib/jobs-agent")
+    """Where per-job output logs and containment groups live."""
+    handlers: Mapping[str, str] = field(default_factory=dict)
+    """Python plugins by name: `{name: "package.module:Class"}`."""
+    handler_dir: Path = Path("/etc/jobs-agent/handlers")
+    handler_timeout_seconds: float = 3600.0
+    kill_grace_seconds: float = 10.0
+    output_log_max_bytes: int = 10 * 1024 * 1024
+    allowed_users: tuple[str, ...] = (ANY_USER,)
+    allow_root: bool | None = None
+    require_signature: bool = False
+    trusted_keys: tuple[Path, ...] = ()
+    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    handler_environment: tuple[str, ...] = ()
+    plugin_path: tuple[Path, ...] = ()
+    rerun_after_reboot: tuple[str, ...] = ("reboot.sh",)
+    containment: str = "auto"
+    allow_http_downloads: bool = False

@@ -1,0 +1,286 @@
+"""Running a Device Client document (or a single executable) step by step, with the Device
+Client's semantics (`jobs_agent.dispatch.devicec` has the schema and the preparation of each
+step; `process` runs one).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs_agent.dispatch.containment import group_name
+from jobs_agent.dispatch.devicec import (
+    CONFIRM_REBOOT,
+    REBOOT_STEP,
+    RUN_HANDLER,
+    Action,
+    PreparedStep,
+    StepsDocument,
+    confirm_reboot_checkpoint,
+    prepare,
+    step_label,
+)
+from jobs_agent.dispatch.output import OutputLog, Tail, log_path
+from jobs_agent.dispatch.plan import PlannedStep
+from jobs_agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
+from jobs_agent.dispatch.scripts import (
+    EXIT_REBOOT,
+    EXIT_REJECTED,
+    StepFiles,
+    message_handler,
+    script_environment,
+)
+from jobs_agent.dispatch.settings import DispatchSettings
+from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
+
+
+@dataclass
+class _Run:
+    """One run of a document: the output of all its steps, its log, the failures it ignored."""
+
+    include_stdout: bool
+    log: OutputLog
+    stdout: Tail = field(default_factory=Tail)
+    stderr: Tail = field(default_factory=Tail)
+    ignored: list[str] = field(default_factory=list)
+
+    def details(self, reason: str | None = None) -> dict[str, str]:
+        result: dict[str, str] = {}
+        if reason:
+            result["reason"] = reason
+        if self.include_stdout and self.stdout.status_value():
+            result["stdout"] = self.stdout.status_value()
+        if self.stderr.status_value():
+            result["stderr"] = self.stderr.status_value()
+        if self.ignored:
+            result["ignoredFailures"] = ", ".join(self.ignored)[:1024]
+        return result
+
+
+class StepsHandler:
+    """Runs a Device Client document (or a single executable) step by step.
+
+    Not resumable: a step interrupted by an agent crash may have half-happened. A reboot that a
+    step asks for (exit `EXIT_REBOOT`) is different: the runner checkpoints
+    `{"next_step": N}` before asking, and after the boot continues with step N.
+
+    The Device Client's own reboot handler (`reboot.sh`, and any handler listed in
+    `jobs.rerun_after_reboot`) works differently: it writes a lock file, calls `reboot` and
+    relies on the job being delivered again after the boot, when it finds its lock file and
+    exits 0. Here its first run counts as its request for a reboot, whatever it exits with: the
+    agent records that the job awaits a reboot (running its own `jobs.reboot_command` unless
+    the device is already going down), checks after the boot that the boot id changed, and runs
+    the same step again, whose exit status then decides. If the device goes down while the step
+    still runs, the boot id it started under (checkpointed first) lets the engine recognise the
+    same situation after the boot.
+    """
+
+    resumable = False
+
+    def __init__(
+        self,
+        name: str,
+        document: StepsDocument,
+        steps: Sequence[PreparedStep],
+        *,
+        settings: DispatchSettings,
+        sandbox: Sandbox,
+    ) -> None:
+        self.name = name
+        self.document = document
+        self.steps = tuple(steps)
+        self._settings = settings
+        self._sandbox = sandbox
+
+    def plan(self) -> list[PlannedStep]:
+        return [step.planned() for step in self.steps]
+
+    @staticmethod
+    def start_index(ctx: JobContext, total: int) -> tuple[int, Any]:
+        """Where to start: 0, or the checkpointed step after a reboot (with its step data)."""
+        data = ctx.checkpoint_data
+        if ctx.resumed and isinstance(data, Mapping):
+            index = data.get("next_step")
+            if isinstance(index, int) and not isinstance(index, bool) and 0 <= index <= total:
+                return index, data.get("step_data")
+        return 0, None
+
+    async def run(self, ctx: JobContext) -> Outcome:
+        total = len(self.document.actions)
+        start, step_data = self.start_index(ctx, total)
+        run = _Run(
+            self.document.include_stdout,
+            OutputLog(
+                log_path(self._settings.state_dir, ctx.job_id, ctx.execution_number),
+                self._settings.output_log_max_bytes,
+            ),
+        )
+        try:
+            if ctx.rebooted and start > 0:
+                run.log.note(f"continuing after the reboot with step {start + 1} of {total}")
+            for index in range(start, total):
+                first = index == start
+                outcome = await self._step(
+                    ctx,
+                    run,
+                    index,
+                    step_data if first else None,
+                    confirming=first and self._confirming_reboot(ctx),
+                )
+                if outcome is not None:
+                    return outcome
+            return Outcome.succeeded(**run.details())
+        finally:
+            run.log.close()
+
+    async def _step(
+        self, ctx: JobContext, run: _Run, index: int, step_data: Any, *, confirming: bool
+    ) -> Outcome | None:
+        """Run step `index`; the job's outcome when this step ends it, None to go on."""
+        action = self.document.actions[index]
+        total = len(self.document.actions)
+        label = step_label(action, index)
+        try:
+            step = prepare(action, self._settings, self._sandbox.search_path)
+        except JobRejected as exc:
+            return Outcome.rejected(exc.reason, **run.details())
+        reboot_step = self._reboots_like_the_device_client(step) and not confirming
+        if reboot_step:
+            await ctx.checkpoint({"next_step": index, REBOOT_STEP: {"boot_id": self._boot_id()}})
+        ctx.progress(100.0 * index / total, f"{label} of {total}")
+        run.log.note(f"{label}: {shlex.join(step.argv)} (as {step.user.name})")
+        result = await self._run_step(ctx, index, step, run, step_data)
+        run.log.note(f"{label} ended: {result.failure() or 'exit code 0'}")
+        if result.cancelled:
+            return Outcome.failed("cancelled", **run.details())
+        if reboot_step and not result.timed_out and result.spawn_error is None:
+            await ctx.checkpoint(confirm_reboot_checkpoint(index))
+            ctx.request_reboot()
+            run.log.note(
+                f"{label} started a reboot ({result.failure() or 'exit code 0'}); as"
+                " with the Device Client it runs again after the boot to confirm it"
+            )
+            return Outcome.succeeded(**run.details())
+        return await self._judge(ctx, run, index, action, result)
+
+    async def _judge(
+        self, ctx: JobContext, run: _Run, index: int, action: Action, result: ProcessResult
+    ) -> Outcome | None:
+        """What the step's exit means for the job (the script protocol's codes first)."""
+        label = step_label(action, index)
+        code = result.exit_code
+        if code == EXIT_REBOOT:
+            await ctx.checkpoint({"next_step": index + 1})
+            ctx.request_reboot()
+            run.log.note(f"{label} asked for a reboot; the job continues after it")
+            return Outcome.succeeded(**run.details())
+        if code == EXIT_REJECTED:
+            return Outcome.rejected(
+                f"{label}: the handler rejected the job (exit code {EXIT_REJECTED})",
+                **run.details(),
+            )
+        failure = self._failure(action, result)
+        if failure is None:
+            return None
+        if action.ignore_step_failure:
+            run.ignored.append(f"{label}: {failure}")
+            return None
+        return Outcome.failed(f"{label}: {failure}", **run.details())
+
+    def _reboots_like_the_device_client(self, step: PreparedStep) -> bool:
+        return (
+            step.action.type == RUN_HANDLER
+            and not step.builtin
+            and step.action.handler in self._settings.rerun_after_reboot
+        )
+
+    @staticmethod
+    def _confirming_reboot(ctx: JobContext) -> bool:
+        data = ctx.checkpoint_data
+        return ctx.rebooted and isinstance(data, Mapping) and data.get(CONFIRM_REBOOT) is True
+
+    def _boot_id(self) -> str:
+        try:
+            return self._settings.boot_id_path.read_text(encoding="ascii").strip()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _failure(action: Action, result: ProcessResult) -> str | None:
+        failure = result.failure()
+        if failure is None and action.allow_stderr is not None:
+            lines = result.stderr.finish_lines()
+            if lines > action.allow_stderr:
+                failure = f"wrote {lines} lines to stderr (allowStdErr is {action.allow_stderr})"
+        return failure
+
+    async def _run_step(
+        self, ctx: JobContext, index: int, step: PreparedStep, run: _Run, step_data: Any
+    ) -> ProcessResult:
+        program = step.argv[0]
+        if "/" not in program:
+            result = ProcessResult(None, step.timeout, Tail(), Tail())
+            result.spawn_error = (
+                f"command {program!r} not found in PATH ({self._sandbox.search_path})"
+            )
+            return result
+        files = StepFiles(ctx, step.user)
+        try:
+            env = self._environment(ctx, index, step, files, step_data)
+
+            async def on_checkpoint(data: Any) -> None:
+                await ctx.checkpoint({"next_step": index, "step_data": data})
+
+            total = len(self.document.actions)
+            span = (100.0 * index / total, 100.0 / total)
+
+            def warn(problem: str) -> None:
+                ctx.log.warning(
+                    "handler progress ignored",
+                    step=index + 1,
+                    handler=step.executable,
+                    problem=problem,
+                )
+
+            spec = ProcessSpec(
+                step.argv,
+                step.user,
+                step.timeout,
+                env,
+                cwd=None if step.user.switch else ctx.scratch_dir,
+                group=group_name(ctx.namespace, ctx.job_id, ctx.execution_number),
+            )
+            return await self._sandbox.run(
+                spec,
+                cancelled=ctx.cancelled,
+                log=run.log,
+                on_message=message_handler(ctx, on_checkpoint, span=span, warn=warn),
+                on_bad_line=warn,
+                stdout_sinks=[run.stdout],
+                stderr_sinks=[run.stderr],
+            )
+        finally:
+            files.close()
+
+    def _environment(
+        self, ctx: JobContext, index: int, step: PreparedStep, files: StepFiles, step_data: Any
+    ) -> dict[str, str]:
+        """The step's files (document, checkpoint) handed over, and its environment."""
+        document_file = files.write_json("document.json", dict(ctx.document))
+        checkpoint_file = (
+            files.write_json("checkpoint.json", step_data) if step_data is not None else None
+        )
+        files.hand_over()
+        env = script_environment(
+            ctx,
+            document_file=document_file,
+            step_index=index,
+            step_name=step.action.name,
+            checkpoint_file=checkpoint_file,
+        )
+        env.update(step.url_environment)
+        if self._settings.allow_http_downloads:
+            env["JOBS_AGENT_ALLOW_HTTP_DOWNLOADS"] = "1"  # for download-file.sh
+        return env

@@ -1,0 +1,231 @@
+"""Taking work from the service, and squaring the device's records with it.
+
+Default namespace: StartNextPendingJobExecution, with the start-next marker around the request
+(`Store.mark_taking`): the service moves the execution to IN_PROGRESS before the device can
+record it, and the marker tells a restarted agent that the one execution it then finds in
+progress without a record was never run. Namespaced jobs follow the Greengrass nucleus's flow:
+DescribeJobExecution on `$next`, recorded (RECEIVED) before UpdateJobExecution to IN_PROGRESS.
+
+Reconciliation runs once per process, before the first job: records of executions the service
+ended while the agent was away are closed, and an execution the service shows in progress but
+the device has no record of is reported FAILED, never run (the record was lost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.jobfiles import JobFiles
+from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.outbox import Outbox
+from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.store import ExecutionRecord, Store
+from jobs_agent.jobs.client import JobsClient
+from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
+from jobs_agent.jobs.models import JobExecution
+from jobs_agent.vocabulary import (
+    NEXT_JOB_ID,
+    ExecutionRef,
+    JobExecutionStatus,
+)
+from jobs_agent_handlers.api import Outcome
+
+log = structlog.get_logger("jobs_agent.engine")
+
+LOST_RECORD_REASON = (
+    "the device lost its record of this execution (its state database was deleted or replaced,"
+    " or the agent stopped between taking the job and recording it): not run again, so that no"
+    " step runs twice"
+)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An execution the service gave this device, as it gave it."""
+
+    ref: ExecutionRef
+    execution: JobExecution
+
+
+def _bound(ref: ExecutionRef) -> Any:
+    return log.bind(
+        job_id=ref.job_id, execution_number=ref.execution_number, namespace=ref.namespace
+    )
+
+
+class Acquisition:
+    def __init__(
+        self,
+        shared: Shared,
+        store: AsyncStore,
+        client: JobsClient,
+        outbox: Outbox,
+        files: JobFiles,
+    ) -> None:
+        self._shared = shared
+        self._store = store
+        self._client = client
+        self._outbox = outbox
+        self._files = files
+
+    # -- taking the next execution ------------------------------------------------------------
+    async def take_next(self) -> Offer | None:
+        """The next execution for this device: the default namespace first, then each
+        configured namespace in order. None when nothing is pending (or a stop came)."""
+        settings = self._shared.settings
+        await self._store.call(
+            Store.verify
+        )  # never take a job the database could not keep track of
+        await self._store.call(Store.mark_taking)
+        execution = await self._client.start_next(step_timeout=settings.step_timeout_minutes)
+        if execution is not None:
+            self._shared.crash.reached("taken")
+            return Offer(_ref(None, execution), execution)
+        await self._store.call(Store.taken)
+        for namespace in settings.namespaces:
+            if self._shared.stopping:
+                return None
+            execution = await self._take_next_in_namespace(namespace)
+            if execution is not None:
+                return Offer(_ref(namespace, execution), execution)
+        return None
+
+    async def _take_next_in_namespace(self, namespace: str) -> JobExecution | None:
+        """Describe `$next` and move it to IN_PROGRESS (the reference's namespaced flow)."""
+        try:
+            execution = await self._client.describe(NEXT_JOB_ID, namespace=namespace)
+        except JobsRejected as exc:
+            if exc.code == ErrorCode.RESOURCE_NOT_FOUND:
+                return None  # some readings of the API answer "nothing next" this way
+            raise
+        if execution is None or execution.status is not JobExecutionStatus.QUEUED:
+            return execution
+        ref = _ref(namespace, execution)
+        record = await self._store.call(Store.get, ref)
+        if record is None:
+            await self._store.call(
+                Store.record_received, ref, execution.job_document or {}, execution.version_number
+            )
+        elif record.state is not ExecutionState.RECEIVED:
+            return execution  # recorded further along: recovery decides, nothing is started
+        return await self._start_namespaced(ref, execution)
+
+    async def _start_namespaced(
+        self, ref: ExecutionRef, execution: JobExecution
+    ) -> JobExecution | None:
+        version = execution.version_number
+        for attempt in range(2):
+            try:
+                reply = await self._client.update(
+                    ref.job_id,
+                    JobExecutionStatus.IN_PROGRESS,
+                    expected_version=version,
+                    step_timeout=self._shared.settings.step_timeout_minutes,
+                    execution_number=execution.execution_number,
+                    include_job_execution_state=True,
+                    namespace=ref.namespace,
+                )
+            except JobsRejected as exc:
+                if exc.code == ErrorCode.VERSION_MISMATCH and exc.execution_state and attempt == 0:
+                    if exc.execution_state.status is not JobExecutionStatus.QUEUED:
+                        return None  # someone else moved it; look again on the next wake
+                    version = exc.execution_state.version_number
+                    continue
+                if exc.code in CLOUD_ENDED_CODES:
+                    await self._store.call(Store.cancelled, ref, f"not started: {exc.code}")
+                    return None
+                raise
+            state = reply.execution_state
+            new_version = state.version_number if state else None
+            await self._store.call(
+                Store.transition, ref, ExecutionState.STARTED, version_number=new_version
+            )
+            return execution
+        return None
+
+    # -- recording what was taken -------------------------------------------------------------
+    async def record(self, offer: Offer) -> ExecutionRecord | None:
+        """The device's record of `offer`, created (STARTED) when there is none yet; None when
+        there is nothing to run: its outcome waits for the database, or the record was lost."""
+        ref, execution = offer.ref, offer.execution
+        if ref in self._outbox.undecided:
+            return None  # finished; its outcome is written as soon as the database works
+        record = await self._store.call(Store.get, ref)
+        if (
+            record is None
+            and ref.namespace is not None
+            and execution.status is JobExecutionStatus.IN_PROGRESS
+        ):
+            # A namespaced execution is recorded before it is moved to IN_PROGRESS: one that
+            # already is, without a record, was taken by a database this device has lost.
+            await self.fail_lost(ref, execution.version_number)
+            return None
+        if record is None:
+            record = await self._store.call(
+                Store.record_received,
+                ref,
+                execution.job_document or {},
+                execution.version_number,
+                ExecutionState.STARTED,
+            )
+            self._shared.crash.reached("started")
+            _bound(ref).info("job started")
+        if ref.namespace is None:
+            await self._store.call(Store.taken)
+        elif record.state is ExecutionState.RECEIVED:
+            record = await self._store.call(Store.transition, ref, ExecutionState.STARTED)
+        return record
+
+    # -- reconciliation -----------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Close local records of executions the service ended while the agent was away, and
+        report FAILED what the service has in progress that this device has no record of."""
+        for record in await self._store.call(Store.active):
+            await self._close_if_ended(record.key)
+        pending = await self._client.get_pending()
+        unknown = [
+            (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)
+            for s in pending.in_progress
+        ]
+        unknown = [
+            (ref, version)
+            for ref, version in unknown
+            if await self._store.call(Store.get, ref) is None
+        ]
+        if len(unknown) == 1 and await self._store.call(Store.was_taking):
+            # The agent stopped between the service starting it and the record: never run.
+            log.info(
+                "an execution taken just before the agent stopped runs now",
+                job_id=unknown[0][0].job_id,
+            )
+            return
+        for ref, version in unknown:
+            await self.fail_lost(ref, version)
+
+    async def _close_if_ended(self, ref: ExecutionRef) -> None:
+        ended = await self._client.ended(ref)
+        if ended is None:
+            return
+        await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
+        note = f"service ended the execution while away ({ended})"
+        await self._store.call(Store.cancelled, ref, note)
+        self._shared.note_outcome(ref, f"ended by the service ({ended})")
+
+    async def fail_lost(self, ref: ExecutionRef, version_number: int | None) -> None:
+        """The service says this device is running an execution the device has no record of:
+        whatever it is, it must not run again. Stop what may be left of it, report FAILED."""
+        bound = _bound(ref)
+        bound.error("the service has an execution in progress that this device has no record of")
+        await self._files.stop_leftovers(ref, bound)
+        await self._store.call(
+            Store.record_received, ref, {}, version_number, ExecutionState.STARTED
+        )
+        await self._outbox.decide(ref, Outcome.failed(LOST_RECORD_REASON), bound)
+
+
+def _ref(namespace: str | None, execution: JobExecution) -> ExecutionRef:
+    return ExecutionRef(namespace, execution.job_id, execution.execution_number or 0)

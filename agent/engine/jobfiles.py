@@ -1,0 +1,107 @@
+"""The directories and output logs of each execution, and the processes an earlier agent left.
+
+Each execution gets `state_dir/jobs/<namespace>/<jobId>/scratch-<n>` (removed once its outcome is
+reported) and `.../state` (kept until the job ends). Per-job output logs are pruned to
+`jobs.output_logs_max_*`. A killed agent leaves its handler running in its own session: the
+execution's containment group and its environment find what is left, so that a step is neither
+reported while it still runs nor run twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from jobs_agent.dispatch.containment import (
+    Containment,
+    ContainmentError,
+    containment_for,
+    group_name,
+)
+from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.orphans import kill_handler_processes
+from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.store import Store
+from jobs_agent.vocabulary import ExecutionRef
+
+log = structlog.get_logger("jobs_agent.engine")
+
+
+class JobFiles:
+    def __init__(self, shared: Shared, store: AsyncStore) -> None:
+        self._shared = shared
+        self._store = store
+
+    def dirs(self, ref: ExecutionRef) -> tuple[Path, Path]:
+        """(scratch, state) of the execution."""
+        base = self._shared.settings.state_dir / "jobs" / (ref.namespace or "default") / ref.job_id
+        return base / f"scratch-{ref.execution_number}", base / "state"
+
+    async def cleanup(self, ref: ExecutionRef) -> None:
+        scratch, _state = self.dirs(ref)
+        base = scratch.parent
+        if base.exists():
+            await asyncio.to_thread(shutil.rmtree, base, True)
+        await self._prune_output_logs()
+
+    async def _prune_output_logs(self) -> None:
+        """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first)."""
+        settings = self._shared.settings
+        logs_dir = settings.state_dir / "logs"
+        limits = {
+            "max_count": settings.output_logs_max_count,
+            "max_total_bytes": settings.output_logs_max_total_bytes,
+        }
+        try:
+            if not await asyncio.to_thread(output_logs_over_limits, logs_dir, **limits):
+                return  # the usual case: no database read, one directory listing
+            active = [
+                log_path(settings.state_dir, r.key.job_id, r.key.execution_number)
+                for r in await self._store.call(Store.active)
+            ]
+            deleted = await asyncio.to_thread(prune_output_logs, logs_dir, keep=active, **limits)
+        except OSError as exc:
+            log.warning("cannot prune the output logs", path=str(logs_dir), error=str(exc))
+            return
+        if deleted:
+            log.info("old output logs deleted", count=len(deleted), path=str(logs_dir))
+
+    # -- what an earlier agent left running -------------------------------------------------------
+    async def stop_leftovers(self, ref: ExecutionRef, bound: Any) -> None:
+        """Empty the execution's containment group (every process, whatever session or
+        environment it has), then stop whatever still carries the execution's environment."""
+        settings = self._shared.settings
+        swept = await asyncio.to_thread(self._sweep_group, ref)
+        killed = await asyncio.to_thread(
+            kill_handler_processes, settings.thing_name, ref.job_id, ref.execution_number
+        )
+        if swept or killed:
+            bound.warning(
+                "stopped the handler an earlier agent left running",
+                processes=swept,
+                groups=killed,
+            )
+
+    def sweep_all(self) -> int:
+        """Empty every job group an earlier agent left (at start)."""
+        containment = self._containment("cannot sweep the job groups of an earlier agent")
+        return 0 if containment is None else containment.sweep_all()
+
+    def _sweep_group(self, ref: ExecutionRef) -> int:
+        containment = self._containment("cannot sweep the job's containment group")
+        if containment is None:
+            return 0
+        return containment.sweep(group_name(ref.namespace, ref.job_id, ref.execution_number))
+
+    def _containment(self, problem: str) -> Containment | None:
+        settings = self._shared.settings
+        try:
+            return containment_for(settings.containment, settings.state_dir)
+        except ContainmentError as exc:
+            log.error(problem, error=str(exc))
+            return None

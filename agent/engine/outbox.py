@@ -1,0 +1,183 @@
+"""Outcomes, decided once and reported exactly once.
+
+`decide` writes the outcome and its queued report in one transaction (DECIDED), then the outbox
+is flushed in order: a report the service accepts closes the execution (REPORTED); one it can
+never accept is closed with a note saying why; one that cannot be delivered yet stays queued and
+the main loop retries. An outcome the database cannot take right now is kept in memory until it
+can (`undecided`), never replaced by "agent restarted".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.jobfiles import JobFiles
+from jobs_agent.engine.recovery import Settle
+from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.store import Store, StoreError, StoreLost
+from jobs_agent.jobs.client import JobsClient
+from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
+from jobs_agent.jobs.status_details import sanitize_status_details
+from jobs_agent.redact import redact_mapping
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
+from jobs_agent_handlers.api import Outcome
+
+log = structlog.get_logger("jobs_agent.engine")
+
+MINIMAL_REPORT = StatusDetails({"reason": "the full report was refused by the service"})
+
+
+class Outbox:
+    def __init__(
+        self, shared: Shared, store: AsyncStore, client: JobsClient, files: JobFiles
+    ) -> None:
+        self._shared = shared
+        self._store = store
+        self._client = client
+        self._files = files
+        self._dirty = True
+        """False only while this process knows the outbox is empty (saves a read per loop)."""
+        self.undecided: dict[ExecutionRef, tuple[JobExecutionStatus, StatusDetails]] = {}
+        """Outcomes the database could not take yet, written as soon as it works again."""
+
+    # -- deciding ---------------------------------------------------------------------------------
+    async def decide(self, ref: ExecutionRef, outcome: Outcome, bound: Any) -> None:
+        """Record `outcome` (redacted, then made to fit statusDetails: once, here) and send it."""
+        status = JobExecutionStatus(outcome.status)
+        details = sanitize_status_details(redact_mapping(dict(outcome.details)))
+        try:
+            self._dirty = True
+            await self._store.call(Store.decide, ref, status, details)
+        except StoreLost:
+            # Nothing can be recorded any more: tell the service now, once, rather than leave
+            # the execution for the restarted agent to report as lost.
+            if await self._report_without_record(ref, status, details, bound):
+                return
+            self.undecided[ref] = (status, details)
+            raise
+        except StoreError:
+            # Keep the real outcome until it can be written; never let a full disk turn a
+            # finished job into "agent restarted while the step was running".
+            self.undecided[ref] = (status, details)
+            raise
+        self._shared.crash.reached("decided")
+        # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
+        level = bound.info if status is JobExecutionStatus.SUCCEEDED else bound.warning
+        level("outcome decided", status=status, reason=details.get("reason"))
+        if not await self.flush():
+            bound.info("outcome queued until the service is reachable")
+
+    async def settle(self, ref: ExecutionRef, settle: Settle) -> None:
+        """The service offers an execution already closed here: decide again, never rerun."""
+        self._dirty = True
+        await self._store.call(Store.decide, ref, settle.status, dict(settle.details))
+        self._shared.wake()
+
+    async def decide_undecided(self) -> None:
+        for ref, (status, details) in list(self.undecided.items()):
+            self._dirty = True
+            await self._store.call(Store.decide, ref, status, details)
+            del self.undecided[ref]
+            self._shared.crash.reached("decided")
+            log.info(
+                "outcome decided after the database recovered",
+                job_id=ref.job_id,
+                execution_number=ref.execution_number,
+                status=status,
+            )
+
+    async def _report_without_record(
+        self, ref: ExecutionRef, status: JobExecutionStatus, details: StatusDetails, bound: Any
+    ) -> bool:
+        try:
+            await self._send(ref, status, details)
+        except JobsError as exc:
+            bound.error("outcome not reported and the database is gone", error=str(exc))
+            return False
+        bound.warning("outcome reported without a database record", status=status)
+        self._shared.note_outcome(ref, status)
+        return True
+
+    # -- reporting --------------------------------------------------------------------------------
+    async def flush(self) -> bool:
+        """Send queued outcomes in order; False if one could not be delivered yet."""
+        if not self._dirty:
+            return True  # emptied by this process and nothing decided since
+        for entry in await self._store.call(Store.outbox):
+            ref = entry.key
+            try:
+                await self._send(ref, entry.status, entry.status_details)
+            except JobsRejected as exc:
+                note = await self._explain_refused(ref, entry.status, exc)
+                if note is None:
+                    await self._store.call(
+                        Store.outbox_attempt_failed, entry.id, f"{exc.code}: {exc.message}"
+                    )
+                    return False
+                await self._store.call(Store.reported, entry.id, ref, note=note)
+                self._shared.note_outcome(ref, note)
+                continue
+            except JobsError as exc:
+                await self._store.call(Store.outbox_attempt_failed, entry.id, str(exc))
+                return False
+            self._shared.crash.reached("report_accepted")
+            await self._store.call(Store.reported, entry.id, ref)
+            self._reported(ref, entry.status)
+            await self._files.cleanup(ref)
+        self._dirty = False
+        return True
+
+    def _reported(self, ref: ExecutionRef, status: JobExecutionStatus) -> None:
+        self._shared.note_outcome(ref, status)
+        self._shared.status.jobs_done += 1
+        log.info(
+            "outcome reported",
+            job_id=ref.job_id,
+            execution_number=ref.execution_number,
+            namespace=ref.namespace,
+            status=status,
+        )
+
+    async def _send(
+        self, ref: ExecutionRef, status: JobExecutionStatus, details: Mapping[str, str]
+    ) -> None:
+        await self._client.update(ref, status, status_details=details)
+
+    async def _explain_refused(
+        self, ref: ExecutionRef, status: JobExecutionStatus, exc: JobsRejected
+    ) -> str | None:
+        """Decide what a refused outcome means; None: keep it queued and try later."""
+        bound = log.bind(job_id=ref.job_id, execution_number=ref.execution_number)
+        if exc.code in CLOUD_ENDED_CODES:
+            return await self._refused_as_ended(ref, status, exc, bound)
+        if exc.code == ErrorCode.INVALID_REQUEST:
+            bound.error("outcome refused as invalid; sending a minimal report", message=exc.message)
+            try:
+                await self._send(ref, status, MINIMAL_REPORT)
+            except JobsRejected as second:
+                bound.error("minimal report refused too; giving up", code=str(second.code))
+                return f"not reported: {second.code}: {second.message}"
+            return status
+        bound.warning("outcome not accepted yet", code=str(exc.code), message=exc.message)
+        return None
+
+    async def _refused_as_ended(
+        self, ref: ExecutionRef, status: JobExecutionStatus, exc: JobsRejected, bound: Any
+    ) -> str:
+        """The service says the execution is over: was it our report that ended it?"""
+        current = exc.execution_state.status if exc.execution_state else None
+        if current is None:
+            with contextlib.suppress(JobsError):
+                described = await self._client.describe(ref, include_job_document=False)
+                current = described.status if described else None
+        if current is status:
+            bound.info("outcome was already delivered (repeat refused as terminal)")
+            return status
+        note = f"not reported: service answered {exc.code} (execution is {current or 'gone'})"
+        bound.warning("outcome refused by the service", code=str(exc.code), current=current)
+        return note

@@ -1,0 +1,31 @@
+"""What the engine reads: its own settings, not the agent's configuration.
+
+The configuration loader fills these from the `jobs:` section and the top-level keys of the same
+names (`AgentConfig.engine_settings()`); a SIGHUP reload hands the engine a new set through
+`Engine.reconfigure`, which takes effect from the next job (a running one keeps its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    thing_name: str = ""
+    state_dir: Path = Path("/var/lib/jobs-agent")
+    """The state database, job directories, output logs and crash markers live below it."""
+    namespaces: tuple[str, ...] = ()
+    step_timeout_minutes: int | None = 10
+    progress_interval_seconds: float = 5.0
+    kill_grace_seconds: float = 10.0
+    stop_timeout_seconds: float = 60.0
+    idle_poll_seconds: float = 900.0
+    """Idle, ask for work this often even without a notification (0: never)."""
+    max_agent_restarts_per_job: int = 3
+    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    containment: str = "auto"
+    output_logs_max_count: int = 200
+    output_logs_max_total_bytes: int = 100 * 1024 * 1024

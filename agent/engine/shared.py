@@ -1,0 +1,115 @@
+"""What the engine's parts share: the settings and the dispatcher in use, the stop request, the
+wake-up of the main loop, the status shown to systemd, and the note of each outcome.
+
+One object, handed to every part (`outbox`, `acquisition`, `runner`, `supervision`, `reboot`),
+so that a reload (`Engine.reconfigure`) or a stop request reaches all of them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.engine.crashpoints import CrashPoints
+from jobs_agent.engine.settings import EngineSettings
+from jobs_agent.vocabulary import ExecutionRef
+from jobs_agent_handlers.api import Handler, Outcome
+
+OUTCOMES_KEPT = 256
+PRUNE_EVERY = 200
+"""Finished executions are pruned from the database every this many outcomes (500 are kept)."""
+
+
+class Dispatcher(Protocol):
+    """What the engine needs from `jobs_agent.dispatch` (structural: tests may pass their own)."""
+
+    def resolve(
+        self,
+        document: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        taken_at: float | None = None,
+    ) -> Handler: ...
+
+    async def run(self, handler: Handler, ctx: EngineJobContext) -> Outcome: ...
+
+
+@dataclass
+class EngineStatus:
+    """A snapshot for `STATUS=` (sd_notify) and logs."""
+
+    state: str = "starting"
+    job: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    jobs_done: int = 0
+
+    def describe(self) -> str:
+        if self.job is None:
+            return f"{self.state}; {self.jobs_done} jobs done"
+        percent = self.progress.get("percent")
+        message = self.progress.get("message")
+        parts = [f"running {self.job}"]
+        if percent is not None:
+            parts.append(f"{percent}%")
+        if message:
+            parts.append(str(message)[:80])
+        return " ".join(parts)
+
+
+class Shared:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        dispatcher: Dispatcher,
+        on_status: Callable[[EngineStatus], None] | None,
+    ) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.crash = CrashPoints(settings.state_dir)
+        self.wake_event = asyncio.Event()
+        self.stopping = False
+        """No new job is taken; a running one finishes within `stop_timeout_seconds`."""
+        self.stop_now = asyncio.Event()
+        """Abandon the running handler at once (a second stop request)."""
+        self.status = EngineStatus()
+        self.outcomes: OrderedDict[ExecutionRef, str] = OrderedDict()
+        """What this process reported (or noted) for its most recent executions."""
+        self.loop_heartbeat = time.monotonic()
+        """Refreshed while the engine makes progress; the systemd watchdog checks it is recent."""
+        self.prune_soon = False
+        self._reported = 0
+        self._on_status = on_status
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def beat(self) -> None:
+        self.loop_heartbeat = time.monotonic()
+
+    def note_outcome(self, ref: ExecutionRef, note: str) -> None:
+        self.outcomes[ref] = note
+        self.outcomes.move_to_end(ref)
+        while len(self.outcomes) > OUTCOMES_KEPT:
+            self.outcomes.popitem(last=False)
+        self._reported += 1
+        if self._reported % PRUNE_EVERY == 0:
+            self.prune_soon = True
+
+    def set_status(self, state: str, job: str | None = None, **progress: Any) -> None:
+        self.status.state = state
+        self.status.job = job
+        self.status.progress = dict(progress)
+        if self._on_status is not None:
+            self._on_status(self.status)
+
+    def background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a side task, keeping a reference so it is not garbage-collected mid-flight."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

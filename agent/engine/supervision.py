@@ -1,0 +1,205 @@
+"""Watching one running execution: its handler, its progress, the service's view of it, and the
+agent's stop requests.
+
+The handler runs as a task; the supervisor waits for the first of: the handler ends, the service
+ended the execution (cancelled, removed, timed out: stop the handler, record CANCELLED, report
+nothing), or the agent is stopping (a resumable handler is suspended and continues after the
+restart; anything else gets `jobs.stop_timeout_seconds` to finish). A `notify` event that no
+longer lists the running execution is confirmed with the service before anything is stopped,
+since events may arrive out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from jobs_agent.dispatch.devicec import interrupted_reboot_step
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.engine.jobfiles import JobFiles
+from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.recovery import SUSPENDED
+from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.store import Store, StoreError
+from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
+from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
+from jobs_agent.jobs.status_details import sanitize_status_details
+from jobs_agent.redact import redact_mapping
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
+from jobs_agent_handlers.api import Outcome
+
+log = structlog.get_logger("jobs_agent.engine")
+
+POLL_SECONDS = 1.0
+"""How often the supervisor refreshes the engine's heartbeat while a handler runs."""
+
+
+@dataclass
+class Running:
+    """The execution whose handler runs now."""
+
+    ref: ExecutionRef
+    ctx: EngineJobContext
+    cloud_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+
+
+class Supervisor:
+    def __init__(
+        self, shared: Shared, store: AsyncStore, client: JobsClient, files: JobFiles
+    ) -> None:
+        self._shared = shared
+        self._store = store
+        self._client = client
+        self._files = files
+        self.running: Running | None = None
+
+    # -- the handler -------------------------------------------------------------------------
+    async def supervise(
+        self, handler_task: asyncio.Task[Outcome], running: Running, bound: Any
+    ) -> Outcome | None:
+        """The handler's outcome; None when the execution was cancelled by the service or
+        suspended for a stop (both already recorded)."""
+        ended = asyncio.create_task(running.cloud_ended.wait())
+        stop_now = asyncio.create_task(self._shared.stop_now.wait())
+        stop_timeout: asyncio.Task[None] | None = None
+        try:
+            while True:
+                self._shared.beat()
+                waiters: set[asyncio.Future[Any]] = {handler_task, ended, stop_now}
+                if self._shared.stopping and stop_timeout is None:
+                    seconds = self._shared.settings.stop_timeout_seconds
+                    stop_timeout = asyncio.create_task(asyncio.sleep(seconds))
+                if stop_timeout is not None:
+                    waiters.add(stop_timeout)
+                done, _ = await asyncio.wait(
+                    waiters, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if handler_task in done:
+                    break
+                if ended in done:
+                    await self._cancelled_by_service(handler_task, running, bound)
+                    return None
+                if stop_now in done or (stop_timeout is not None and stop_timeout in done):
+                    return await self._stop_for_shutdown(handler_task, running, bound)
+        finally:
+            for task in (ended, stop_now, stop_timeout):
+                if task is not None:
+                    task.cancel()
+        return _result(handler_task, bound)
+
+    async def _cancelled_by_service(
+        self, handler_task: asyncio.Task[Outcome], running: Running, bound: Any
+    ) -> None:
+        bound.warning(
+            "the service ended the execution; stopping the handler", reason=running.reason
+        )
+        await self._stop_handler(handler_task, running.ctx)
+        await self._store.call(Store.cancelled, running.ref, running.reason)
+        self._shared.note_outcome(running.ref, f"cancelled: {running.reason}")
+        await self._files.cleanup(running.ref)
+
+    async def _stop_handler(
+        self, handler_task: asyncio.Task[Outcome], ctx: EngineJobContext
+    ) -> None:
+        ctx.cancelled.set()
+        grace = self._shared.settings.kill_grace_seconds + 5.0
+        done, _ = await asyncio.wait({handler_task}, timeout=grace)
+        if not done:
+            handler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler_task
+
+    async def _stop_for_shutdown(
+        self, handler_task: asyncio.Task[Outcome], running: Running, bound: Any
+    ) -> Outcome | None:
+        record = await self._store.call(Store.get, running.ref)
+        resumable = bool(record and record.resumable)
+        await self._stop_handler(handler_task, running.ctx)
+        if resumable:
+            await self._store.call(
+                Store.transition, running.ref, ExecutionState.RUNNING, note=SUSPENDED
+            )
+            bound.info("resumable handler suspended for shutdown; it continues after restart")
+            return None
+        record = await self._store.call(Store.get, running.ref)
+        if record is not None and interrupted_reboot_step(record.checkpoint) is not None:
+            # Stopped during a Device Client reboot step: the device is most likely going
+            # down. After the boot the step runs again; without a reboot it is FAILED then.
+            bound.warning("stopped during a reboot step; it is decided after the restart")
+            return None
+        if handler_task.done() and not handler_task.cancelled():
+            with contextlib.suppress(Exception):
+                outcome = handler_task.result()
+                if not running.ctx.cancelled.is_set():
+                    return outcome
+        return Outcome.failed("the agent was stopped while the step was running")
+
+    # -- progress ------------------------------------------------------------------------------
+    async def send_progress(
+        self, running: Running, details: Mapping[str, Any] | None, step_timeout: int | None
+    ) -> bool:
+        """One IN_PROGRESS update (the reporter's sender); False once the service ended it."""
+        ref = running.ref
+        sanitized = None
+        if details is not None:
+            sanitized = sanitize_status_details(redact_mapping(details))
+            self._shared.set_status("running", str(ref), **sanitized)
+        try:
+            await self._client.update(
+                ref,
+                JobExecutionStatus.IN_PROGRESS,
+                status_details=sanitized,
+                step_timeout=step_timeout,
+            )
+        except JobsRejected as exc:
+            if exc.code in CLOUD_ENDED_CODES:
+                self.cloud_ended(running, f"the service refused an update: {exc.code}")
+                return False
+            log.warning("progress update refused", job_id=ref.job_id, code=str(exc.code))
+            return True
+        except JobsError as exc:
+            log.info("progress update not delivered", job_id=ref.job_id, error=str(exc))
+            return True
+        if sanitized:
+            with contextlib.suppress(StoreError):
+                await self._store.call(Store.save_progress, ref, sanitized)
+        return True
+
+    # -- the service's view ----------------------------------------------------------------------
+    def check_still_listed(self, event: JobExecutionsChanged) -> None:
+        running = self.running
+        if running is None or running.ref.namespace != event.namespace:
+            return
+        if not event.lists(running.ref.job_id, running.ref.execution_number):
+            # Delivery order is not guaranteed: confirm with the service before stopping.
+            self._shared.background(self._confirm_cloud_ended(running))
+
+    async def _confirm_cloud_ended(self, running: Running) -> None:
+        try:
+            ended = await self._client.ended(running.ref)
+        except JobsError:
+            return
+        if ended is not None:
+            self.cloud_ended(running, f"the service ended the execution ({ended})")
+
+    def cloud_ended(self, running: Running, reason: str) -> None:
+        if self.running is running and not running.cloud_ended.is_set():
+            running.reason = reason
+            running.cloud_ended.set()
+
+
+def _result(handler_task: asyncio.Task[Outcome], bound: Any) -> Outcome:
+    try:
+        return handler_task.result()
+    except asyncio.CancelledError:
+        return Outcome.failed("the handler was cancelled")
+    except Exception as exc:  # the dispatcher maps handler errors; this is a last resort
+        bound.exception("handler crashed")
+        return Outcome.failed(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,126 @@
+"""What the Jobs client tells its one consumer (the engine), and what it counts.
+
+Events are wake-ups: `notify`, `notify-next`, and a resync after a reconnect (events may have
+been missed, so look at the service again). Their payloads are checked only as far as the
+consumer reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs_agent.jobs.errors import ProtocolError
+from jobs_agent.jobs.models import (
+    JobExecutionsChangedEvent,
+    JobExecutionSummary,
+    NextJobExecutionChangedEvent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobExecutionsChanged:
+    """A `notify` event; `namespace` None is the default namespace.
+
+    `notify` carries every pending execution of the thing, so with a deep queue each event is
+    large and most are read only to wake the engine. The summaries are therefore parsed on
+    first use of `event` (a `ProtocolError` then), and `lists()` answers the one question the
+    engine asks of every event without building the models.
+    """
+
+    namespace: str | None
+    body: Mapping[str, Any]
+    _parsed: list[JobExecutionsChangedEvent] = field(default_factory=list, compare=False)
+
+    @property
+    def event(self) -> JobExecutionsChangedEvent:
+        if not self._parsed:
+            self._parsed.append(JobExecutionsChangedEvent.from_json(self.body))
+        return self._parsed[0]
+
+    def lists(self, job_id: str, execution_number: int | None = None) -> bool:
+        """Whether the execution is among the pending ones this event lists."""
+        jobs = self.body.get("jobs")
+        if not isinstance(jobs, Mapping):
+            return False
+        for summaries in jobs.values():
+            if not isinstance(summaries, list):
+                continue
+            for summary in summaries:
+                if (
+                    isinstance(summary, Mapping)
+                    and summary.get("jobId") == job_id
+                    and summary.get("executionNumber") in (None, execution_number)
+                ):
+                    return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class NextJobExecutionChanged:
+    """A `notify-next` event; `namespace` None is the default namespace."""
+
+    namespace: str | None
+    event: NextJobExecutionChangedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The link came back: events may have been missed, so look at the service again."""
+
+    session_present: bool
+
+
+JobsEvent = JobExecutionsChanged | NextJobExecutionChanged | Resync
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJobs:
+    in_progress: tuple[JobExecutionSummary, ...]
+    queued: tuple[JobExecutionSummary, ...]
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters for benchmarks and the status command."""
+
+    requests: int = 0
+    """Operations called (one per start_next/describe/get_pending/update call)."""
+    publishes: int = 0
+    """Request messages published, including retries and re-publishes."""
+    retries: int = 0
+    """Attempts repeated after RequestThrottled or InternalError."""
+    republishes: int = 0
+    """Requests published again because the link dropped while they waited."""
+    timeouts: int = 0
+    rejections: int = 0
+    """Requests that ended in JobsRejected."""
+    replies_ignored: int = 0
+    events: int = 0
+    events_dropped: int = 0
+    """Malformed event payloads, plus events dropped because the queue was full."""
+
+
+def check_jobs_shape(body: Mapping[str, Any]) -> None:
+    """The cheap part of validating `notify`: the container shapes, not every summary."""
+    jobs = body.get("jobs")
+    if jobs is not None and not isinstance(jobs, Mapping):
+        raise ProtocolError("'jobs' must be an object")
+    for key, summaries in (jobs or {}).items():
+        if not isinstance(summaries, list):
+            raise ProtocolError(f"'jobs.{key}' must be a list")
+    timestamp = body.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+    ):
+        raise ProtocolError("'timestamp' must be a number")
+
+
+def decode_object(payload: bytes) -> Mapping[str, Any] | None:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
+        return None
+    return obj if isinstance(obj, dict) else None

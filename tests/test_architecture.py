@@ -1,0 +1,217 @@
+"""The layout docs/architecture.md draws, held by the code: every import arrow the document forbids
+fails here (read with `ast`, TYPE_CHECKING imports and imports inside functions included), and so
+does a module or a function that grew past the size a reader can hold.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = {"agent": "jobs_agent", "handlers": "jobs_agent_handlers"}
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+LONG_MODULE_MARKER = "longer than 500 lines"
+"""A module over the limit says why in its docstring, with these words."""
+
+BACKENDS = tuple(
+    f"jobs_agent.transport.{name}"
+    for name in ("awscrt", "paho", "paho_async", "greengrass", "local", "factory")
+)
+ABOVE_THE_DEVICE = (
+    "jobs_agent.daemon",
+    "jobs_agent.device",
+    "jobs_agent.sim",
+    "jobs_agent.commands",
+    "jobs_agent.cli",
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    importer: str
+    forbidden: tuple[str, ...]
+    why: str
+    allowed: tuple[str, ...] = ()
+
+
+RULES = [
+    Rule("jobs_agent.vocabulary", ("jobs_agent",), "the vocabulary is a leaf every layer reads"),
+    Rule(
+        "jobs_agent.transport",
+        ("jobs_agent.jobs", "jobs_agent.engine", "jobs_agent.config", "jobs_agent.emulator"),
+        "the transports are below the protocol; a backend takes its own options, not the config",
+    ),
+    Rule(
+        "jobs_agent.jobs",
+        (*BACKENDS, "jobs_agent.transport.options", "jobs_agent.config", "jobs_agent.engine"),
+        "the protocol talks to the seam (transport.base), never to a backend or the config",
+    ),
+    Rule(
+        "jobs_agent.jobs",
+        ("jobs_agent.dispatch", "jobs_agent.emulator", *ABOVE_THE_DEVICE),
+        "the protocol serves the device and the emulator alike",
+    ),
+    Rule(
+        "jobs_agent.engine",
+        ("jobs_agent.transport", "jobs_agent.config"),
+        "the engine sees the link only through the Jobs client, and reads its own settings",
+    ),
+    Rule(
+        "jobs_agent.engine",
+        ("jobs_agent.emulator", *ABOVE_THE_DEVICE),
+        "the engine is assembled by the device builder, never the other way round",
+    ),
+    Rule(
+        "jobs_agent.engine.store",
+        ("jobs_agent.jobs",),
+        "durable state does not depend on wire models",
+    ),
+    Rule(
+        "jobs_agent.engine.lifecycle",
+        ("jobs_agent",),
+        "the lifecycle table declares states and transitions and nothing else",
+    ),
+    Rule(
+        "jobs_agent.dispatch",
+        ("jobs_agent.engine", "jobs_agent.config", "jobs_agent.transport", "jobs_agent.jobs"),
+        "handlers run the same under the engine, `exec` and tests; they read their own settings",
+    ),
+    Rule(
+        "jobs_agent_handlers",
+        ("jobs_agent.engine", "jobs_agent.dispatch", "jobs_agent.config", "jobs_agent.jobs"),
+        "a handler sees only the handler API (jobs_agent_handlers.api)",
+    ),
+    Rule(
+        "jobs_agent.emulator",
+        (
+            "jobs_agent.engine",
+            "jobs_agent.dispatch",
+            "jobs_agent.config",
+            *ABOVE_THE_DEVICE,
+        ),
+        "the emulator is the service side: it never imports the device",
+    ),
+    Rule(
+        "jobs_agent.daemon",
+        ("jobs_agent.emulator", "jobs_agent.sim", "jobs_agent.commands", "jobs_agent.cli"),
+        "the daemon receives its transport and never builds an emulator",
+    ),
+    Rule(
+        "jobs_agent.config",
+        (
+            "jobs_agent.engine",
+            "jobs_agent.dispatch",
+            "jobs_agent.transport",
+            "jobs_agent.jobs",
+            "jobs_agent.emulator",
+            *ABOVE_THE_DEVICE,
+        ),
+        "the configuration routes sections to the settings their owners declare, nothing more",
+        allowed=(
+            "jobs_agent.engine.settings",
+            "jobs_agent.dispatch.settings",
+            "jobs_agent.transport.options",
+        ),
+    ),
+    Rule(
+        "jobs_agent.device",
+        ("jobs_agent.emulator", "jobs_agent.sim", "jobs_agent.commands", *BACKENDS),
+        "the device builder receives its transport",
+    ),
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    parts[0] = PACKAGES[parts[0]]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _sources() -> list[tuple[str, Path, ast.Module]]:
+    found = []
+    for folder in PACKAGES:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            found.append((_module_name(path), path, ast.parse(path.read_text(encoding="utf-8"))))
+    return found
+
+
+SOURCES = _sources()
+
+
+def _imports(tree: ast.Module, module: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            if node.level:  # relative: resolve against the importing package
+                base = module.split(".")[: -node.level]
+                names.add(".".join([*base, node.module]))
+            else:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name.startswith("jobs_agent")}
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _broken(rule: Rule) -> list[str]:
+    broken = []
+    for module, _path, tree in SOURCES:
+        if not _within(module, rule.importer):
+            continue
+        for imported in sorted(_imports(tree, module)):
+            if any(_within(imported, allowed) for allowed in rule.allowed):
+                continue
+            if _within(imported, module) or _within(module, imported):
+                continue  # a package and its own modules
+            if any(_within(imported, forbidden) for forbidden in rule.forbidden):
+                broken.append(f"{module} -> {imported}")
+    return broken
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: f"{rule.importer}")
+def test_no_import_arrow_the_architecture_forbids(rule: Rule) -> None:
+    assert _broken(rule) == [], rule.why
+
+
+def test_the_rules_catch_a_forbidden_arrow() -> None:
+    """The checker itself: an engine module importing a backend would be reported."""
+    tree = ast.parse("from jobs_agent.transport.paho import PahoTransport\n")
+    imported = _imports(tree, "jobs_agent.engine.example")
+    engine = next(rule for rule in RULES if rule.importer == "jobs_agent.engine")
+    assert any(_within(name, f) for name in imported for f in engine.forbidden)
+
+
+def test_every_module_fits_or_says_why() -> None:
+    too_long = []
+    for module, path, tree in SOURCES:
+        if not module.startswith("jobs_agent."):
+            continue  # the limit is the agent's; handlers are plugins with their own style
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        docstring = ast.get_docstring(tree) or ""
+        if lines > MAX_MODULE_LINES and LONG_MODULE_MARKER not in docstring:
+            too_long.append(f"{module}: {lines} lines")
+    assert too_long == []
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    too_long = []
+    for module, _path, tree in SOURCES:
+        if not module.startswith("jobs_agent."):
+            continue  # the limit is the agent's; handlers are plugins with their own style
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{module}.{node.name}: {length} lines")
+    assert too_long == []

@@ -1,0 +1,135 @@
+"""Options belong to their owners: the `connection:` section is checked against the options of
+the transport it names, and the engine and the dispatcher receive settings of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from jobs_agent.config import ConfigError, load_config
+from jobs_agent.dispatch import DispatchSettings
+from jobs_agent.engine.settings import EngineSettings
+from jobs_agent.transport.options import AwscrtOptions, GreengrassOptions, PahoOptions
+
+BRIDGE = """\
+thing_name: gw-001
+connection:
+  transport: paho
+  endpoint: 127.0.0.1
+  port: 1883
+  tls: false
+{extra}jobs:
+  step_timeout_minutes: 7
+  kill_grace_seconds: 2.5
+  namespaces: [fleet-a]
+state_dir: /var/lib/jobs-agent
+"""
+
+
+def load(tmp_path: Path, extra: str = "") -> object:
+    path = tmp_path / "config.yaml"
+    path.write_text(BRIDGE.format(extra=extra))
+    return load_config(path, environ={})
+
+
+def test_the_connection_section_is_the_named_backends_own_options(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert isinstance(config.connection, PahoOptions)  # type: ignore[attr-defined]
+    assert config.connection.tls is False  # type: ignore[attr-defined]
+
+
+def test_an_option_of_another_backend_names_that_backend_and_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "  websocket: true\n")
+    assert "connection.websocket: not an option of transport paho (it is one of awscrt)" in str(
+        info.value
+    )
+    assert "(line 7)" in str(info.value)
+
+
+def test_an_unknown_option_still_suggests_the_backends_own(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"connection\.keepalive: unknown key \(did you mean"):
+        load(tmp_path, "  keepalive: 30\n")
+
+
+def test_the_engine_and_the_dispatcher_get_the_settings_they_read(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    engine = config.engine_settings()  # type: ignore[attr-defined]
+    dispatch = config.dispatch_settings()  # type: ignore[attr-defined]
+    assert isinstance(engine, EngineSettings)
+    assert (engine.step_timeout_minutes, engine.namespaces) == (7, ("fleet-a",))
+    assert isinstance(dispatch, DispatchSettings)
+    assert (dispatch.kill_grace_seconds, dispatch.thing_name) == (2.5, "gw-001")
+    assert engine.state_dir == dispatch.state_dir == Path("/var/lib/jobs-agent")
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (PahoOptions(), "endpoint"),
+        (AwscrtOptions(endpoint="e"), "cert and connection.key"),
+        (AwscrtOptions(endpoint="e", websocket=True), None),
+        (
+            GreengrassOptions(reconnect_min_seconds=9, reconnect_max_seconds=1),
+            "reconnect_min_seconds",
+        ),
+    ],
+)
+def test_each_backend_checks_the_rules_between_its_options(
+    options: object, problem: str | None
+) -> None:
+    found = [name for name, _ in options.problems()]  # type: ignore[attr-defined]
+    assert found[:1] == ([problem] if problem else [])
+
+
+async def test_a_reload_reaches_the_engine_and_the_dispatcher(tmp_path: Path) -> None:
+    """SIGHUP's path: new settings go to the engine through `reconfigure`, new handlers through
+    a new dispatcher; a job taken after the reload runs a handler only the new directory has."""
+    from jobs_agent.daemon import Agent
+    from jobs_agent.emulator.embedded import EmbeddedEmulator
+    from jobs_agent.transport.local import LocalBus, LocalTransport
+    from tests.helpers.agent_harness import write_script
+
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    for directory in (old_dir, new_dir):
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)
+    write_script(new_dir, "only-new.sh", "echo from the new directory\n")
+    path = tmp_path / "config.yaml"
+    text = (
+        "thing_name: gw-reload\nconnection: {transport: local}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+        "jobs: {handler_dir: %s, step_timeout_minutes: 10}\n"
+    )
+    path.write_text(text % old_dir)
+    bus = LocalBus()
+    emulator = EmbeddedEmulator(bus, tick_seconds=None)
+    await emulator.start()
+    agent = Agent(
+        load_config(path, environ={}), config_path=path, transport=LocalTransport(bus, "gw-reload")
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(15):
+            await agent.ready.wait()
+        path.write_text(
+            (text % new_dir).replace("step_timeout_minutes: 10", "step_timeout_minutes: 42")
+        )
+        assert await agent.reload() is True
+        assert agent.engine is not None
+        assert agent.engine.settings.step_timeout_minutes == 42
+        emulator.service.create_job("after-reload", ["gw-reload"], {"operation": "only-new.sh"})
+        await emulator.service.wait_for(
+            lambda: (
+                str(emulator.service.execution("after-reload", "gw-reload").status) == "SUCCEEDED"
+            ),
+            timeout=15,
+        )
+    finally:
+        agent.request_stop()
+        agent.request_stop()
+        async with asyncio.timeout(15):
+            await task
+        await emulator.stop()
