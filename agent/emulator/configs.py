@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobs_agent.emulator.cron import CronSchedule
 from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.model import RetryCriterion
+from jobs_agent.schedule.cron import CronSchedule
 
 MAX_TIMEOUT_MINUTES = 10080
 DEFAULT_EXPIRES_IN_SEC = 3600
