@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from jobs_agent.emulator.embedded import Emulator
@@ -37,24 +36,15 @@ from jobs_agent.jobs.client import JobsClient
 from jobs_agent.shadow.client import ShadowClient, ShadowDocument
 from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.transport.shared import SharedLink
+from tests.emulator.conformance.conftest import client
 from tests.fixtures.broker import Mosquitto
 from tests.harness import paho_connection, start_emulator
 from tests.helpers.users import throwaway_user
 
 THING = "gw-inventory"
-REGION = "eu-west-1"
+REGION = "eu-west-1"  # the conformance suite's, whose boto3 `client` is used here
 VERSION_ARN = "arn:aws:iot:eu-west-1:123456789012:package/{}/version/{}"
 ROLE = "arn:aws:iam::123456789012:role/PackageCatalogJobs"
-
-
-def boto(name: str, endpoint: str) -> Any:
-    return boto3.client(
-        name,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="whatever",
-    )
 
 
 def pkg(name: str, version: str | None, **attributes: str) -> PackageVersion:
@@ -445,7 +435,7 @@ async def shadows(device: SharedLink) -> AsyncIterator[ShadowClient]:
 
 def get_package_shadow(emulator: Emulator, thing: str = THING) -> dict[str, Any]:
     assert emulator.http_endpoint is not None
-    data = boto("iot-data", emulator.http_endpoint)
+    data = client("iot-data", emulator.http_endpoint)
     body = data.get_thing_shadow(thingName=thing, shadowName="$package")["payload"].read()
     document: dict[str, Any] = json.loads(body)
     return document
@@ -541,8 +531,8 @@ async def test_a_job_with_destination_package_versions_leaves_package_to_aws(
     DescribeJobExecution has no such field), stays silent, and AWS IoT Jobs writes `$package`
     when the execution SUCCEEDS. A job without the list has the agent report its `installs`."""
     assert emulator.http_endpoint is not None
-    iot = boto("iot", emulator.http_endpoint)
-    data = boto("iot-jobs-data", emulator.http_endpoint)
+    iot = client("iot", emulator.http_endpoint)
+    data = client("iot-jobs-data", emulator.http_endpoint)
 
     def catalog() -> None:
         iot.create_package(packageName="firmware")
