@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobs_agent.emulator.cron import CronSchedule
 from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.model import RetryCriterion
+from jobs_agent.schedule.cron import CronSchedule
 from jobs_agent.vocabulary import STEP_TIMEOUT_MAX
 
 MAX_TIMEOUT_MINUTES = STEP_TIMEOUT_MAX
