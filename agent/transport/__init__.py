@@ -3,8 +3,9 @@
 from jobs_agent.transport.base import (
     Message,
     NotConnectedError,
+    SharedLink,
     Transport,
     TransportError,
 )
 
-__all__ = ["Message", "NotConnectedError", "Transport", "TransportError"]
+__all__ = ["Message", "NotConnectedError", "SharedLink", "Transport", "TransportError"]

@@ -11,7 +11,11 @@ Greengrass IPC or the in-process bus. The contract is deliberately small:
   the in-process bus); it raises `NotConnectedError` at once when the link is down instead of
   queueing silently, so the caller (the Jobs client) decides whether to wait or give up;
 * subscriptions are remembered by the transport and restored after a reconnect whose session
-  was not kept, before `on_connection_resumed` is called.
+  was not kept, before `on_connection_resumed` is called;
+* a second protocol client can share the link (MQTT-based file delivery beside Jobs): `tap()`
+  gives it the messages below one topic prefix, which then never reach the main listener, and
+  the link's losses and resumptions, which go to every listener. It sees the link only as a
+  `SharedLink`: it may subscribe, publish and tap, never take the main listener's place.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -49,6 +54,53 @@ ConnectionResumedCallback = Callable[[bool], None]
 """Called with `session_present` after a reconnect (not after the first connect)."""
 
 
+class Tap:
+    """One second listener on a transport (see `Transport.tap`); `close()` removes it."""
+
+    def __init__(
+        self,
+        owner: Transport,
+        prefix: str,
+        on_message: MessageCallback,
+        on_lost: ConnectionLostCallback | None,
+        on_resumed: ConnectionResumedCallback | None,
+    ) -> None:
+        self.prefix = prefix
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.on_resumed = on_resumed
+        self._owner: Transport | None = owner
+
+    def close(self) -> None:
+        """Stop listening. Idempotent."""
+        if self._owner is not None:
+            self._owner._taps.remove(self)
+            self._owner = None
+
+
+class SharedLink(Protocol):
+    """What a protocol client that shares someone else's transport may do with it."""
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def wait_connected(self, timeout: float | None = None) -> bool: ...
+
+    async def subscribe(self, topic_filter: str) -> None: ...
+
+    async def unsubscribe(self, topic_filter: str) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+    def tap(
+        self,
+        prefix: str,
+        on_message: MessageCallback,
+        on_lost: ConnectionLostCallback | None = None,
+        on_resumed: ConnectionResumedCallback | None = None,
+    ) -> Tap: ...
+
+
 class Transport(abc.ABC):
     """An MQTT link seen from the protocol code. See the module docstring for the contract."""
 
@@ -56,6 +108,7 @@ class Transport(abc.ABC):
         self._on_message: MessageCallback | None = None
         self._on_lost: ConnectionLostCallback | None = None
         self._on_resumed: ConnectionResumedCallback | None = None
+        self._taps: list[Tap] = []
         self._up = asyncio.Event()
 
     # -- listeners ------------------------------------------------------------------------
@@ -70,6 +123,21 @@ class Transport(abc.ABC):
         self._on_lost = on_lost
         self._on_resumed = on_resumed
 
+    def tap(
+        self,
+        prefix: str,
+        on_message: MessageCallback,
+        on_lost: ConnectionLostCallback | None = None,
+        on_resumed: ConnectionResumedCallback | None = None,
+    ) -> Tap:
+        """Messages whose topic starts with `prefix` go to `on_message` instead of the main
+        listener; `on_lost` and `on_resumed` are called beside the main listener's."""
+        if not prefix:
+            raise ValueError("a tap needs a topic prefix")
+        tap = Tap(self, prefix, on_message, on_lost, on_resumed)
+        self._taps.append(tap)
+        return tap
+
     # Backends call these on the loop thread only.
     def _mark_up(self) -> None:
         self._up.set()
@@ -78,16 +146,26 @@ class Transport(abc.ABC):
         self._up.clear()
 
     def _deliver(self, message: Message) -> None:
+        for tap in self._taps:
+            if message.topic.startswith(tap.prefix):
+                tap.on_message(message)
+                return
         if self._on_message is not None:
             self._on_message(message)
 
     def _connection_lost(self, reason: str) -> None:
         if self._on_lost is not None:
             self._on_lost(reason)
+        for tap in list(self._taps):
+            if tap.on_lost is not None:
+                tap.on_lost(reason)
 
     def _connection_resumed(self, session_present: bool) -> None:
         if self._on_resumed is not None:
             self._on_resumed(session_present)
+        for tap in list(self._taps):
+            if tap.on_resumed is not None:
+                tap.on_resumed(session_present)
 
     async def _restore_after_reconnect(
         self,
