@@ -20,7 +20,10 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from jobs_agent.transport import SharedLink
 
 TerminalStatus = Literal["SUCCEEDED", "FAILED", "REJECTED"]
 
@@ -109,6 +112,15 @@ class JobContext(Protocol):
 
     def extend_step_timeout(self, minutes: int) -> None:
         """Ask the service for a longer step timeout (1 to 10080 minutes) for the next step."""
+
+
+@runtime_checkable
+class SharesMqttLink(Protocol):
+    """A `JobContext` that lends the handler the agent's MQTT connection, for a protocol of
+    its own beside Jobs (MQTT-based file delivery). The engine's context does; one without the
+    cloud (`jobs-agent exec`) does not, so check: `isinstance(ctx, SharesMqttLink)`."""
+
+    mqtt_link: SharedLink | None
 
 
 @runtime_checkable

@@ -127,7 +127,12 @@ class Dispatcher:
         )
         self.plugins = plugins or PluginRegistry.discover(
             config.handlers,
-            {"download-file": {"allow_http": config.jobs.allow_http_downloads}},
+            {
+                "download-file": {
+                    "allow_http": config.jobs.allow_http_downloads,
+                    "request_timeout": config.jobs.request_timeout_seconds,
+                }
+            },
             plugin_path=config.jobs.plugin_path,
         )
         self.verifier: SignatureVerifier | None = None

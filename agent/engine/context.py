@@ -10,6 +10,7 @@ from typing import Any
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.store import ExecutionKey
+from jobs_agent.transport import SharedLink
 from jobs_agent_handlers.api import Logger
 
 
@@ -28,6 +29,7 @@ class EngineJobContext:
         state_dir: Path,
         store: AsyncStore,
         reporter: ProgressReporter,
+        mqtt_link: SharedLink | None = None,
     ) -> None:
         self.key = key
         self.job_id = key.job_id
@@ -43,6 +45,7 @@ class EngineJobContext:
         self.scratch_dir = scratch_dir
         self.state_dir = state_dir
         self.reboot_requested = False
+        self.mqtt_link = mqtt_link
         self._store = store
         self._reporter = reporter
 

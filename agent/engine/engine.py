@@ -768,6 +768,7 @@ class Engine:
             state_dir=state_dir,
             store=self.store,
             reporter=reporter,
+            mqtt_link=self.client.transport,
         )
         running = _Running(key=key, ctx=ctx, cloud_ended=cloud_ended)
         running_ref.append(running)
