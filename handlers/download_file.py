@@ -3,7 +3,9 @@
 One implementation serves two doors: the Python plugin (`{"operation": "download-file",
 "url", "path", "sha256"?, "maxBytes"?}`) and the `download-file.sh` script that the
 AWS-Download-File managed template calls (`python -m jobs_agent_handlers.download_file URL PATH
-[SHA256]`; the agent passes a presigned URL as `env:JOBS_AGENT_URL_<n>`, never in argv).
+[SHA256]`; the agent passes a presigned URL as `env:JOBS_AGENT_URL_<n>`, never in argv). The
+plugin also takes a `stream` instead of the `url`: an AWS IoT stream fetched in blocks over the
+agent's MQTT connection (stream_download.py), under the same partial-file rules (partfile.py).
 
 What it guarantees against the file server and the other accounts of the device:
 * **https only**; `http://` only where the operator allowed it (`jobs.allow_http_downloads`);
