@@ -24,9 +24,10 @@ import base64
 import binascii
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from jobs_agent.aio import wait_event
 from jobs_agent.streams import protocol
@@ -229,10 +230,10 @@ class StreamDownload:
                     missing=missing,
                     on_block=writer.write,
                 )
-            await asyncio.to_thread(os.fsync, part_fd)
+            await _blocking(lambda _stop: os.fsync(part_fd))
         finally:
             os.close(part_fd)
-        await asyncio.to_thread(self._verify)
+        await _blocking(self._verify)
         partfile.complete(self._dir_fd, target.part, target.path.name, target.sidecar)
         return size
 
@@ -308,11 +309,16 @@ class StreamDownload:
         }
         partfile.write_sidecar(self._dir_fd, self.target.sidecar, data)
 
-    def _verify(self) -> None:
+    def _verify(self, stop: threading.Event) -> None:
         expected = self.target.sha256
         if expected is None:
             return
-        actual = partfile.sha256_of(self._dir_fd, self.target.part, lambda: None)
+
+        def check() -> None:
+            if stop.is_set():
+                raise _Stopped
+
+        actual = partfile.sha256_of(self._dir_fd, self.target.part, check)
         if actual != expected:
             partfile.discard(self._dir_fd, self.target.part, self.target.sidecar)
             raise JobFailed(
@@ -360,7 +366,7 @@ class _PartWriter:
         self._dirty = False
         snapshot = bytes(self.blocks.bitmap)
         try:
-            await asyncio.to_thread(self.download.save, self.part_fd, self.identity, snapshot)
+            await _blocking(lambda _stop: self.download.save(self.part_fd, self.identity, snapshot))
         except OSError as exc:  # only the resume point is lost; the download goes on
             self.download.log.warning("stream checkpoint failed", error=str(exc))
 
@@ -377,10 +383,31 @@ class _PartWriter:
             yield
         finally:
             stop.set()
-            # Not cancelled: a save under way finishes (its thread cannot be stopped), and the
-            # last one records everything written, so that the next attempt resumes from it.
+            # Not cancelled: a save under way finishes, and the last one records everything
+            # written, so that the next attempt resumes from it.
             await asyncio.shield(task)
-            await asyncio.shield(self._checkpoint())
+            await self._checkpoint()
+
+
+class _Stopped(Exception):
+    """A blocking step was asked to stop (its task was cancelled)."""
+
+
+T = TypeVar("T")
+
+
+async def _blocking(work: Callable[[threading.Event], T]) -> T:
+    """Run `work(stop)` in a thread. It uses descriptors that the calling task closes when it
+    ends, so a cancellation sets `stop` and waits for the thread to end before it goes on."""
+    stop = threading.Event()
+    future = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await future
+        raise
 
 
 async def run_stream_download(ctx: JobContext, request_timeout: float) -> Mapping[str, Any]:
