@@ -21,7 +21,16 @@ from typing import Any
 
 from benchmarks.harness import Figure, Measure, Session, machine
 
-BENCHMARKS = ["latency", "drain", "idle", "progress-storm", "startup", "fleet", "emulator-cost"]
+BENCHMARKS = [
+    "latency",
+    "drain",
+    "idle",
+    "progress-storm",
+    "startup",
+    "fleet",
+    "emulator-cost",
+    "stream-download",
+]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
