@@ -28,7 +28,7 @@ import collections
 import contextlib
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -50,6 +50,7 @@ from jobs_agent.streams.protocol import (
     StreamDescription,
     Verb,
 )
+from jobs_agent.streams.window import Fetch, Get
 from jobs_agent.transport.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, SharedLink, Tap, TransportError
 
@@ -57,8 +58,6 @@ log = structlog.get_logger("jobs_agent.streams")
 
 MAX_INBOX = 4096
 """Answers waiting to be read; past this many, newer ones are dropped (and asked for again)."""
-BITMAP_SPAN = 8192
-"""The widest run of blocks one CBOR request covers with its bitmap (a 1 KiB bitmap)."""
 CLOSE_WITHIN = 2.0
 """The most `close()` waits for the broker to acknowledge the unsubscriptions."""
 _NOT_CONNECTED_PAUSE = 0.05
@@ -106,70 +105,6 @@ class _Owner:
 
     def __call__(self, token: str | None) -> bool:
         return token is not None and token.startswith(self.start)
-
-
-@dataclass(slots=True)
-class _Get:
-    blocks: set[int]
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Fetch:
-    """One file's blocks: still to ask for (`queue`), asked for (`outstanding`), missing."""
-
-    file_id: int
-    size: int
-    block_size: int
-    fmt: Format
-    missing: set[int]
-    queue: collections.deque[int]
-    outstanding: dict[str, _Get] = field(default_factory=dict)
-
-    def next_blocks(self) -> list[int]:
-        """The blocks of the next request: consecutive in JSON, within a bitmap span in CBOR."""
-        limit = protocol.blocks_per_request(self.block_size)
-        blocks: list[int] = []
-        while self.queue and len(blocks) < limit:
-            block = self.queue[0]
-            if block not in self.missing:
-                self.queue.popleft()  # arrived meanwhile, from an earlier request
-                continue
-            if blocks and (
-                block - blocks[0] >= BITMAP_SPAN
-                if self.fmt is Format.CBOR
-                else block != blocks[-1] + 1
-            ):
-                break
-            blocks.append(self.queue.popleft())
-        return blocks
-
-    def give_back(self, blocks: Iterable[int]) -> None:
-        """Blocks to ask for again, first."""
-        self.queue.extendleft(sorted((b for b in blocks if b in self.missing), reverse=True))
-
-    def expire(self, now: float) -> int:
-        expired = [t for t, get in self.outstanding.items() if get.deadline <= now]
-        for token in expired:
-            self.give_back(self.outstanding.pop(token).blocks)
-        return len(expired)
-
-    def deadlines(self) -> list[float]:
-        return [get.deadline for get in self.outstanding.values()]
-
-    def void(self) -> int:
-        count = len(self.outstanding)
-        for get in self.outstanding.values():
-            self.give_back(get.blocks)
-        self.outstanding.clear()
-        return count
-
-    def received(self, block: int) -> None:
-        self.missing.discard(block)
-        for token, get in list(self.outstanding.items()):
-            get.blocks.discard(block)
-            if not get.blocks:
-                del self.outstanding[token]
 
 
 class StreamsClient:
@@ -338,12 +273,12 @@ class StreamsClient:
         if count - 1 > protocol.MAX_OFFSET:
             raise ValueError(f"{count} blocks: more than GetStream's offsets can reach")
         wanted = sorted({b for b in missing if 0 <= b < count})
-        state = _Fetch(file_id, size, block_size, self.fmt, set(wanted), collections.deque(wanted))
+        state = Fetch(file_id, size, block_size, self.fmt, set(wanted), collections.deque(wanted))
         async with self._busy:
             await self._run_fetch(state, self._owned_by(self._next_operation()), version, on_block)
 
     async def _run_fetch(
-        self, state: _Fetch, ours: _Owner, version: int | None, on_block: BlockSink
+        self, state: Fetch, ours: _Owner, version: int | None, on_block: BlockSink
     ) -> None:
         loop = asyncio.get_running_loop()
         backoff = Backoff(self.retry_min, self.retry_max)
@@ -381,12 +316,12 @@ class StreamsClient:
             elif item[0] is Verb.REJECTED:
                 token = self._raise_if_ours(item[1], ours)
                 if token is not None:  # refused for now: ask again later
-                    state.give_back(state.outstanding.pop(token, _Get(set(), 0.0)).blocks)
+                    state.give_back(state.outstanding.pop(token, Get(set(), 0.0)).blocks)
                     not_before = loop.time() + backoff.next_delay()
             else:
                 self.stats.ignored += 1
 
-    async def _fill_window(self, state: _Fetch, ours: _Owner, version: int | None) -> bool:
+    async def _fill_window(self, state: Fetch, ours: _Owner, version: int | None) -> bool:
         """Send requests until the window is full; False if the link refused one."""
         topic = protocol.topic(self.thing_name, self.stream_id, Verb.GET, self.fmt)
         loop = asyncio.get_running_loop()
@@ -399,7 +334,7 @@ class StreamsClient:
                 token, state.file_id, state.block_size, blocks, version=version, fmt=self.fmt
             )
             # Registered before publishing: the answer may come before the acknowledgement.
-            get = _Get(set(blocks), loop.time() + self.request_timeout)
+            get = Get(set(blocks), loop.time() + self.request_timeout)
             state.outstanding[token] = get
             if not await self._publish(topic, body):
                 state.give_back(state.outstanding.pop(token, get).blocks)
@@ -409,7 +344,7 @@ class StreamsClient:
 
     def _take_block(
         self,
-        state: _Fetch,
+        state: Fetch,
         body: Mapping[str, Any],
         ours: _Owner,
         on_block: BlockSink,
