@@ -12,6 +12,9 @@ it is found through the entry-point group `jobs_agent.handlers` or named in the 
 A handler that sets `resumable = True` promises that running it again after an agent restart,
 with `ctx.resumed` true and `ctx.checkpoint_data` as last saved, is safe. A handler that is not
 resumable is never run twice: after a crash mid-run the job is reported FAILED instead.
+
+The engine's context also lends the agent's MQTT connection (`SharesMqttLink`): an optional
+capability, so that contexts written before it (tests, `jobs-agent exec`) still are contexts.
 """
 
 from __future__ import annotations
