@@ -131,7 +131,8 @@ class Transport(abc.ABC):
         on_resumed: ConnectionResumedCallback | None = None,
     ) -> Tap:
         """Messages whose topic starts with `prefix` go to `on_message` instead of the main
-        listener; `on_lost` and `on_resumed` are called beside the main listener's."""
+        listener (to the earliest tap, if prefixes overlap); `on_lost` and `on_resumed` are
+        called after the main listener's. Subscribing stays the tap owner's job."""
         if not prefix:
             raise ValueError("a tap needs a topic prefix")
         tap = Tap(self, prefix, on_message, on_lost, on_resumed)
