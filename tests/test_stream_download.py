@@ -166,6 +166,28 @@ async def test_cancelled_mid_download_stops_and_keeps_the_blocks_for_later(base:
     assert target.read_bytes() == CONTENT
 
 
+async def test_blocks_of_an_older_stream_version_are_never_resumed(base: Path) -> None:
+    """The `.part` of version 1 stays after a cancel; the stream is updated (version 2) before
+    the next job: the sidecar names version 1, so everything is fetched again from block 0."""
+    target = base / "out" / "fw.bin"
+    new = os.urandom(len(CONTENT))  # same size, same block count: only the version tells
+    async with running_agent(base) as h:
+        create_stream(h.service, "fw", {0: CONTENT})
+        gate = Gate(h.service.streams, limit=24)
+        h.service.create_job("j1", ["fuzz-gw"], document(target, digest(new)))
+        await gate.wait(lambda g: g.dropped >= 1, timeout=30)
+        await _wait_sidecar(target, 24)
+        h.service.cancel_job("j1", force=True)
+        await h.wait_terminal("j1")
+        replace_file(h.service, "fw", 0, new)
+        gate.open()
+        gate.restart_count()
+        execution = await h.run_job("j2", document(target, digest(new)))
+    assert str(execution.status) == "SUCCEEDED", execution.status_details
+    assert sorted(gate.served) == list(range(65))
+    assert target.read_bytes() == new
+
+
 async def _wait_sidecar(target: Path, count: int) -> None:
     async with asyncio.timeout(10):
         while True:
