@@ -312,6 +312,42 @@ class TransportSuite:
         assert await device_inbox.next() == Message("$aws/things/gw/jobs/notify-next", b"after")
         assert await device_inbox.next() == Message("restart/1/wild", b"wild after")
 
+    async def test_a_tap_shares_the_link(self, backend: Backend) -> None:
+        """A second protocol client's tap (MQTT-based file delivery beside Jobs) gets the
+        messages below its prefix, which the main listener then never sees, and the link's
+        drops and resumptions beside the main listener; the subscriptions it made come back
+        with the link like any other. Closed, its topics go to the main listener again."""
+        device, inbox = await backend.connected("gw-tap")
+        tapped: asyncio.Queue[Message] = asyncio.Queue()
+        lost: asyncio.Queue[str] = asyncio.Queue()
+        resumed: asyncio.Queue[bool] = asyncio.Queue()
+        stream = "$aws/things/gw/streams/fw/data/json"
+        jobs = "$aws/things/gw/jobs/notify"
+        tap = device.tap(
+            "$aws/things/gw/streams/", tapped.put_nowait, lost.put_nowait, resumed.put_nowait
+        )
+        await device.subscribe(stream)
+        await device.subscribe(jobs)
+        await device.publish(stream, b"block")
+        await device.publish(jobs, b"event")
+        assert await asyncio.wait_for(tapped.get(), WAIT) == Message(stream, b"block")
+        assert await inbox.next() == Message(jobs, b"event")
+        assert tapped.empty() and inbox.messages.empty()
+
+        await backend.outage()
+        await asyncio.wait_for(inbox.lost.get(), WAIT)
+        assert await asyncio.wait_for(lost.get(), WAIT)
+        await backend.restore()
+        session_present = await asyncio.wait_for(inbox.resumed.get(), WAIT)
+        assert await asyncio.wait_for(resumed.get(), WAIT) is session_present
+        await device.publish(stream, b"again")
+        assert await asyncio.wait_for(tapped.get(), WAIT) == Message(stream, b"again")
+
+        tap.close()
+        await device.publish(stream, b"untapped")
+        assert await inbox.next() == Message(stream, b"untapped")
+        assert tapped.empty()
+
 
 class TestTransport(TransportSuite):
     pass
