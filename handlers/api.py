@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from jobs_agent.transport import SharedLink
+    from jobs_agent.transport import Transport
 
 TerminalStatus = Literal["SUCCEEDED", "FAILED", "REJECTED"]
 
@@ -117,13 +117,25 @@ class JobContext(Protocol):
         """Ask the service for a longer step timeout (1 to 10080 minutes) for the next step."""
 
 
+class MqttLink(Protocol):
+    """The agent's one MQTT connection, as lent to a Python plugin (`SharesMqttLink`).
+
+    `view()` is the plugin's own `Transport` on it: it delivers only the messages of the view's
+    own subscriptions and tells of every loss and resumption of the link; its `unsubscribe` and
+    `disconnect` never take a topic the Jobs client (or another view) uses, and it cannot close
+    the link. A plugin makes a view per use and disconnects it when done
+    (`jobs_agent.transport.shared`)."""
+
+    def view(self) -> Transport: ...
+
+
 @runtime_checkable
 class SharesMqttLink(Protocol):
     """A `JobContext` that lends the handler the agent's MQTT connection, for a protocol of
     its own beside Jobs (MQTT-based file delivery). The engine's context does; one without the
     cloud (`jobs-agent exec`) does not, so check: `isinstance(ctx, SharesMqttLink)`."""
 
-    mqtt_link: SharedLink | None
+    mqtt_link: MqttLink | None
 
 
 @runtime_checkable

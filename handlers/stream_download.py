@@ -34,9 +34,15 @@ from jobs_agent.streams import protocol
 from jobs_agent.streams.client import StreamsClient
 from jobs_agent.streams.errors import StreamsError, VersionMismatch
 from jobs_agent.streams.protocol import Format, StreamDescription
-from jobs_agent.transport import SharedLink
 from jobs_agent_handlers import partfile
-from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, Logger, SharesMqttLink
+from jobs_agent_handlers.api import (
+    JobContext,
+    JobFailed,
+    JobRejected,
+    Logger,
+    MqttLink,
+    SharesMqttLink,
+)
 
 DEFAULT_BLOCK_SIZE = 16 * 1024
 """Small enough for JSON's doubled size (hexadecimal) to stay far below AWS IoT's 128 KB
@@ -148,7 +154,7 @@ class StreamDownload:
 
     def __init__(
         self,
-        link: SharedLink,
+        link: MqttLink,
         thing_name: str,
         source: StreamSource,
         target: partfile.Target,
@@ -170,9 +176,10 @@ class StreamDownload:
         target = self.target
         source = self.source
         self._dir_fd = partfile.open_target_directory(target.path.parent)
+        view = self.link.view()  # this download's own share of the agent's MQTT connection
         try:
             client = StreamsClient(
-                self.link,
+                view,
                 self.thing_name,
                 source.stream_id,
                 fmt=source.fmt,
@@ -198,6 +205,9 @@ class StreamDownload:
         finally:
             os.close(self._dir_fd)
             self._dir_fd = -1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_WITHIN):
+                    await view.disconnect()
 
     async def _once(self, client: StreamsClient) -> int:
         """One pass at the stream's current version."""

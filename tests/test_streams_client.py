@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import pytest
 
 from jobs_agent.emulator.embedded import EmbeddedEmulator
+from jobs_agent.jobs import topics
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.streams import protocol
 from jobs_agent.streams.client import StreamsClient
 from jobs_agent.streams.errors import ResourceNotFound, StreamTimeout, VersionMismatch
 from jobs_agent.streams.protocol import Format
-from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.transport.shared import SharedLink
 from tests.helpers.streams import Gate, create_stream, replace_file
 
 THING = "stream-gw"
@@ -220,21 +221,26 @@ async def test_a_service_that_never_answers_is_a_stall_not_a_hang(device: Device
 
 
 async def test_the_jobs_client_on_the_same_link_sees_none_of_it(device: Device) -> None:
-    """The Jobs client owns the transport's listener; the stream's answers go to the tap only,
-    and both hear about the link's drops."""
-    jobs = JobsClient(device.transport, THING, request_timeout=5)
+    """The device's one connection shared as `build_device` shares it: the Jobs client on one
+    view, the stream download on another. The stream's answers go to the streams client only;
+    the Jobs client still works beside it; the download's view, detached, gives its
+    subscriptions back while the Jobs client's stay."""
+    link = SharedLink(device.transport)
+    jobs = JobsClient(link.view(), THING, request_timeout=5)
     await jobs.start()
-    heard: list[Message] = []
-    tap = device.transport.tap("$aws/things/elsewhere/", heard.append)
+    view = link.view()
     try:
-        async with device.client() as client:
+        async with StreamsClient(view, THING, "fw") as client:
             sink = Sink()
             await fetch(client, sink)
             assert await jobs.get_pending() is not None  # the Jobs client still works
         assert jobs.stats.replies_ignored == 0
-        assert heard == []
+        assert client.stats.ignored == 0
         assert hashlib.sha256(sink.data).digest() == hashlib.sha256(CONTENT).digest()
+        await view.disconnect()
+        await view.disconnect()  # idempotent
+        assert link.held == set(topics.device_subscriptions(THING))
+        assert await jobs.get_pending() is not None
     finally:
-        tap.close()
-        tap.close()  # idempotent
         await jobs.close()
+        link.close()

@@ -8,7 +8,8 @@ shadow and of named shadows (`$package` among them), as the Jobs client talks to
   (`get/accepted`, `get/rejected`, ...): the IoT policy needs nothing else.
 * One deadline per call covers the subscription, re-publishes after a lost link, and retries
   of 429 and 500 with capped exponential backoff and jitter; then `ShadowTimeout`.
-* A rejection raises the exception of its code (`jobs_agent.shadow.errors`).
+* A rejection raises the exception of its code (`jobs_agent.shadow.errors`); a failure of the
+  link (a refused subscription or publish) is a `ShadowLinkError`, translated once, here.
 
 An `update` with `version` that is re-published after a lost link may find its first copy
 applied and answer 409: a `ShadowVersionConflict` means "get the shadow and decide", never
@@ -25,13 +26,24 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.jobs.topics import is_valid_thing_name
+from jobs_agent.backoff import Backoff
 from jobs_agent.shadow import topics
-from jobs_agent.shadow.errors import ShadowError, ShadowRejected, ShadowTimeout, rejection
+from jobs_agent.shadow.errors import (
+    ShadowError,
+    ShadowLinkError,
+    ShadowRejected,
+    ShadowTimeout,
+    rejection,
+)
 from jobs_agent.shadow.topics import ReplyKind, Verb
-from jobs_agent.transport.backoff import Backoff
-from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from jobs_agent.transport.exchange import Exchange, ExchangeClosed
+from jobs_agent.transport.base import Message, Transport, TransportError
+from jobs_agent.transport.exchange import (
+    Exchange,
+    ExchangeClosed,
+    ExchangeStats,
+    subscribe_within,
+)
+from jobs_agent.vocabulary import is_thing_name
 
 log = structlog.get_logger("jobs_agent.shadow")
 
@@ -72,7 +84,7 @@ class ShadowClient:
         retry_min: float = 0.5,
         retry_max: float = 30.0,
     ) -> None:
-        if not is_valid_thing_name(thing_name):
+        if not is_thing_name(thing_name):
             raise ValueError(f"invalid thing name {thing_name!r}")
         if request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
@@ -82,12 +94,17 @@ class ShadowClient:
         self.request_timeout = request_timeout
         self.retry_min = retry_min
         self.retry_max = retry_max
-        self.exchange: Exchange[_Reply] = Exchange(transport)
-        self.retries = 0
+        self.stats = ExchangeStats()
+        self.exchange: Exchange[_Reply] = Exchange(transport, self.stats)
         self._subscribed: set[tuple[str | None, Verb]] = set()
         self._locks: dict[tuple[str | None, Verb], asyncio.Lock] = {}
         self._started = False
         self._closed = False
+
+    @property
+    def retries(self) -> int:
+        """Requests asked again after a 429 or a 500."""
+        return self.stats.retries
 
     async def start(self) -> None:
         """Take the transport's listeners (subscriptions are made on first use)."""
@@ -152,36 +169,36 @@ class ShadowClient:
             raise ShadowError("the shadow client is not started (or already closed)")
         if shadow_name is not None and not topics.is_valid_shadow_name(shadow_name):
             raise ValueError(f"invalid shadow name {shadow_name!r}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
         operation = f"{verb} {shadow_name or '(classic)'}"
+        bound = log.bind(operation=operation)
         await self._subscribe(shadow_name, verb, deadline, operation)
-        topic = topics.request_topic(self.thing_name, shadow_name, verb)
-        backoff = Backoff(self.retry_min, self.retry_max)
-        while True:
-            token = self.exchange.new_token()
-            payload = json.dumps({**body, "clientToken": token}, separators=(",", ":"))
-            try:
-                got = await self.exchange.send(
-                    topic, payload.encode(), token, (shadow_name, verb), deadline
-                )
-            except ExchangeClosed:
-                raise ShadowError("the shadow client was closed") from None
-            if got is None:
-                log.warning("shadow request timed out", operation=operation)
-                raise ShadowTimeout(operation, self.request_timeout)
-            kind, reply = got
-            if kind is ReplyKind.ACCEPTED:
-                return reply
-            error = _rejection(reply, token)
-            delay = backoff.next_delay()
-            if error.retryable and loop.time() + delay < deadline:
-                self.retries += 1
-                log.info("shadow request refused for now", operation=operation, code=error.code)
-                await asyncio.sleep(delay)
-                continue
-            log.info("shadow request rejected", operation=operation, code=error.code)
-            raise error
+
+        def payload(token: str) -> bytes:
+            return json.dumps({**body, "clientToken": token}, separators=(",", ":")).encode()
+
+        try:
+            reply = await self.exchange.request(
+                topics.request_topic(self.thing_name, shadow_name, verb),
+                (shadow_name, verb),
+                payload,
+                _read,
+                deadline=deadline,
+                backoff=Backoff(self.retry_min, self.retry_max),
+                retryable=lambda exc: isinstance(exc, ShadowRejected) and exc.retryable,
+                bound=bound,
+            )
+        except ShadowRejected as error:
+            bound.info("shadow request rejected", code=error.code)
+            raise
+        except ExchangeClosed:
+            raise ShadowError("the shadow client was closed") from None
+        except TransportError as exc:
+            raise ShadowLinkError(f"shadow {operation}: {exc}") from exc
+        if reply is None:
+            bound.warning("shadow request timed out")
+            raise ShadowTimeout(operation, self.request_timeout)
+        return reply
 
     async def _subscribe(
         self, shadow_name: str | None, verb: Verb, deadline: float, operation: str
@@ -189,23 +206,14 @@ class ShadowClient:
         key = (shadow_name, verb)
         if key in self._subscribed:
             return
-        loop = asyncio.get_running_loop()
         async with self._locks.setdefault(key, asyncio.Lock()):
             for topic_filter in topics.reply_filters(self.thing_name, shadow_name, verb):
-                while True:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0 or not await self.transport.wait_connected(remaining):
-                        raise ShadowTimeout(operation, self.request_timeout)
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await self.transport.subscribe(topic_filter)
-                        break
-                    except NotConnectedError:
-                        await asyncio.sleep(min(0.05, remaining))
-                    except TimeoutError:
-                        raise ShadowTimeout(operation, self.request_timeout) from None
-                    except TransportError as exc:
-                        raise ShadowError(f"cannot subscribe to {topic_filter}: {exc}") from exc
+                try:
+                    subscribed = await subscribe_within(self.transport, topic_filter, deadline)
+                except TransportError as exc:
+                    raise ShadowLinkError(f"cannot subscribe to {topic_filter}: {exc}") from exc
+                if not subscribed:
+                    raise ShadowTimeout(operation, self.request_timeout)
             self._subscribed.add(key)
 
     # -- transport listeners (loop thread; must not raise) -------------------------------------
@@ -227,12 +235,18 @@ class ShadowClient:
         self.exchange.resolve(body.get("clientToken"), key, (parsed.kind, body))
 
 
-def _rejection(reply: Mapping[str, Any], token: str) -> ShadowRejected:
-    code = reply.get("code")
-    message = reply.get("message")
+def _read(reply: _Reply) -> Mapping[str, Any]:
+    """An accepted reply's body; a rejection raises the exception of its code."""
+    kind, body = reply
+    if kind is ReplyKind.ACCEPTED:
+        return body
+    code = body.get("code")
+    message = body.get("message")
     if isinstance(code, bool) or not isinstance(code, int):
         raise ShadowError(f"malformed rejection: code {code!r}")
-    return rejection(code, message if isinstance(message, str) else "", token)
+    token = body.get("clientToken")
+    text = message if isinstance(message, str) else ""
+    raise rejection(code, text, token if isinstance(token, str) else None)
 
 
 def _object(value: Any, name: str) -> Mapping[str, Any]:

@@ -25,6 +25,11 @@ class ShadowTimeout(ShadowError):
         self.seconds = seconds
 
 
+class ShadowLinkError(ShadowError):
+    """The MQTT link refused or failed an operation (the broker refused a subscription or a
+    publish: usually the IoT policy). The transport's error, translated once, here."""
+
+
 class ShadowRejected(ShadowError):
     """The service answered on `/rejected` (`code`, `message` as its error document says)."""
 

@@ -1,8 +1,8 @@
-"""The device's MQTT-based file delivery client over a shared MQTT link (`SharedLink`).
+"""The device's MQTT-based file delivery client over a `Transport`.
 
-The agent has one MQTT connection and the Jobs client owns it; this client borrows it through a
-`tap` on one stream's topics, so it never imports a backend and never disturbs the Jobs client.
-What it absorbs so the caller does not have to:
+The agent has one MQTT connection; this client gets a view of it (`transport.shared`), owns that
+view's listeners as the Jobs client owns its own, and so never disturbs the Jobs client nor
+imports a backend. What it absorbs so the caller does not have to:
 
 * **Matching.** Every request carries a client token `c` made of this client's random prefix and
   the operation's number; answers without one of this operation's tokens are ignored, so blocks
@@ -18,7 +18,12 @@ What it absorbs so the caller does not have to:
   link is up. While it is down the client waits for it: the caller's own deadline (the job's
   timeout, a cancellation) bounds that.
 * **Rejections** raise typed errors (`agent.streams.errors`): `VersionMismatch` means start
-  over, everything else means stop.
+  over, everything else means stop; a failure of the link (a refused subscription or publish)
+  is a `StreamLinkError`, translated once, here.
+
+DescribeStream is one request and one reply: it goes through the request/reply exchange every
+protocol client shares (`transport.exchange`). GetStream is a window of requests each answered
+by many messages, which no other API has: that loop is this module's own.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from typing import Any
 
 import structlog
 
+from jobs_agent.backoff import Backoff
 from jobs_agent.streams import protocol
 from jobs_agent.streams.errors import (
-    TRANSIENT_CODES,
     StreamLinkError,
     StreamProtocolError,
+    StreamRejected,
     StreamsError,
     StreamTimeout,
     rejection,
@@ -51,8 +57,8 @@ from jobs_agent.streams.protocol import (
     Verb,
 )
 from jobs_agent.streams.window import Fetch, Get
-from jobs_agent.transport.backoff import Backoff
-from jobs_agent.transport.base import Message, NotConnectedError, SharedLink, Tap, TransportError
+from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.exchange import Exchange, ExchangeClosed, subscribe_within
 
 log = structlog.get_logger("jobs_agent.streams")
 
@@ -69,10 +75,14 @@ BlockSink = Callable[[int, bytes], None]
 
 @dataclass(slots=True)
 class StreamStats:
-    """Counters for tests, logs and benchmarks."""
+    """Counters for tests, logs and benchmarks (the exchange counts DescribeStream's here too)."""
 
-    requests: int = 0
+    publishes: int = 0
     """Requests published (DescribeStream and GetStream, first sends and repeats)."""
+    republishes: int = 0
+    retries: int = 0
+    replies_ignored: int = 0
+    """Descriptions (and their rejections) that answered no waiting DescribeStream."""
     blocks: int = 0
     """New blocks handed to the sink."""
     duplicates: int = 0
@@ -82,6 +92,10 @@ class StreamStats:
     """Requests outstanding when the link dropped (their missing blocks were asked again)."""
     ignored: int = 0
     """Answers not for this client's current operation, or malformed."""
+
+    @property
+    def requests(self) -> int:
+        return self.publishes
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +109,7 @@ class _Resumed:
 
 
 _Item = tuple[Verb, Mapping[str, Any]] | _Lost | _Resumed
+_Reply = tuple[Verb, Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +123,12 @@ class _Owner:
 
 
 class StreamsClient:
-    """One stream of one thing over a shared MQTT link. See the module docstring."""
+    """One stream of one thing over a `Transport` (a view of the agent's link). See the module
+    docstring."""
 
     def __init__(
         self,
-        link: SharedLink,
+        link: Transport,
         thing_name: str,
         stream_id: str,
         *,
@@ -146,20 +162,23 @@ class StreamsClient:
         self._operation = 0
         self._counter = 0
         self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._exchange: Exchange[_Reply] = Exchange(link, self.stats)
         self._busy = asyncio.Lock()
-        self._tap: Tap | None = None
+        self._listening = False
         self._subscribed: list[str] = []
         self._log = log.bind(stream_id=stream_id, format=fmt.value)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Listen on the stream's topics, then subscribe to its answers (QoS 1).
+        """Listen on the link, then subscribe to the stream's answers (QoS 1).
 
         Waits for the link while it is down. Raises `StreamLinkError` if the broker refuses.
         """
-        if self._tap is not None:
+        if self._listening:
             return
-        self._tap = self.link.tap(self._prefix, self._on_message, self._on_lost, self._on_resumed)
+        self.link.set_message_callback(self._on_message)
+        self.link.set_connection_callbacks(self._on_lost, self._on_resumed)
+        self._listening = True
         try:
             for verb in (Verb.DATA, Verb.REJECTED, Verb.DESCRIPTION):
                 topic_filter = protocol.topic(self.thing_name, self.stream_id, verb, self.fmt)
@@ -173,7 +192,7 @@ class StreamsClient:
         """Unsubscribe (when the link is up, for a moment at most) and stop listening.
 
         A subscription left behind (the link was down) is restored by the transport with the
-        link; what comes on it then goes to the main listener, which ignores it. Idempotent.
+        link; what comes on it then finds no listener. Idempotent.
         """
         with contextlib.suppress(TransportError, TimeoutError):
             async with asyncio.timeout(CLOSE_WITHIN):
@@ -181,9 +200,11 @@ class StreamsClient:
                     if self.link.is_connected:
                         await self.link.unsubscribe(topic_filter)
         self._subscribed.clear()
-        if self._tap is not None:
-            self._tap.close()
-            self._tap = None
+        if self._listening:
+            self._exchange.close()
+            self.link.set_message_callback(None)
+            self.link.set_connection_callbacks(None, None)
+            self._listening = False
 
     async def __aenter__(self) -> StreamsClient:
         await self.start()
@@ -193,64 +214,51 @@ class StreamsClient:
         await self.close()
 
     async def _subscribe(self, topic_filter: str) -> None:
-        """Subscribe, again while the link is down or the acknowledgement is lost; a refusal is
-        a `StreamLinkError`."""
-        while True:
-            if not self.link.is_connected:
-                await self.link.wait_connected(None)
-            try:
-                async with asyncio.timeout(self.request_timeout):
-                    await self.link.subscribe(topic_filter)
-                return
-            except NotConnectedError:
-                await asyncio.sleep(_NOT_CONNECTED_PAUSE)
-            except TimeoutError:
-                continue  # an acknowledgement lost with the link: try again
-            except TransportError as exc:
-                raise StreamLinkError(f"{exc}; {_POLICY_HINT}") from None
+        """Subscribe for as long as the link stays down (the caller's own deadline, the job's
+        timeout or a cancellation, bounds that), again when a SUBACK is lost with the link."""
+        try:
+            await subscribe_within(self.link, topic_filter, None, attempt=self.request_timeout)
+        except TransportError as exc:
+            raise StreamLinkError(f"{exc}; {_POLICY_HINT}") from None
 
     # -- operations ----------------------------------------------------------------------------
     async def describe(self) -> StreamDescription:
-        """DescribeStream: the stream's version and its files with their sizes."""
+        """DescribeStream: the stream's version and its files with their sizes. Asked again
+        after `request_timeout` without an answer, for up to `stall_timeout` while the link is
+        up (then `StreamTimeout`); a link that is down is waited for."""
         async with self._busy:
-            ours = self._owned_by(self._next_operation())
+            self._next_operation()
             topic = protocol.topic(self.thing_name, self.stream_id, Verb.DESCRIBE, self.fmt)
             loop = asyncio.get_running_loop()
-            backoff = Backoff(self.retry_min, self.retry_max)
-            waited = 0.0
             while True:
-                if not self.link.is_connected:
-                    await self.link.wait_connected(None)
-                token = self._token(ours)
-                if await self._publish(topic, protocol.describe_request(token)):
-                    started = loop.time()
-                    answer = await self._answer_to(token, ours)
-                    waited += loop.time() - started
-                    if answer is not None:
-                        return protocol.parse_description(answer)
-                    self.stats.timeouts += 1
-                if waited > self.stall_timeout:
+                try:
+                    answer = await self._exchange.request(
+                        topic,
+                        Verb.DESCRIBE,
+                        lambda token: self.codec.encode(protocol.describe_request(token)),
+                        self._read_description,
+                        deadline=loop.time() + self.stall_timeout,
+                        backoff=Backoff(self.retry_min, self.retry_max),
+                        retryable=lambda exc: isinstance(exc, StreamRejected) and exc.retryable,
+                        attempt=self.request_timeout,
+                        bound=self._log,
+                    )
+                except ExchangeClosed:
+                    raise StreamsError("the streams client was closed") from None
+                except TransportError as exc:
+                    raise StreamLinkError(f"{exc}; {_POLICY_HINT}") from None
+                if answer is not None:
+                    return answer
+                if self.link.is_connected:
                     raise self._stalled("no answer to DescribeStream")
-                await asyncio.sleep(backoff.next_delay())
+                await self.link.wait_connected(None)
 
-    async def _answer_to(self, token: str, ours: _Owner) -> Mapping[str, Any] | None:
-        """The description answering `token`; None after `request_timeout` or a link loss."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout
-        while (remaining := deadline - loop.time()) > 0:
-            item = await self._next_item(remaining)
-            if item is None or isinstance(item, _Lost):
-                return None
-            if isinstance(item, _Resumed):
-                continue
-            kind, body = item
-            if kind is Verb.REJECTED:
-                self._raise_if_ours(body, ours)
-            elif kind is Verb.DESCRIPTION and body.get("c") == token:
-                return body
-            else:
-                self.stats.ignored += 1
-        return None
+    def _read_description(self, reply: _Reply) -> StreamDescription:
+        verb, body = reply
+        if verb is Verb.REJECTED:
+            refused = protocol.parse_rejection(body)
+            raise rejection(refused.code, refused.message, self.stream_id)
+        return protocol.parse_description(body)
 
     async def fetch(
         self,
@@ -389,17 +397,15 @@ class StreamsClient:
         """Raise the typed error of a rejection of ours; return its token when it is only
         transient; None (and nothing raised) when it is someone else's."""
         refused = protocol.parse_rejection(body)
-        if refused.token is None:
-            self.last_anonymous_rejection = refused
-            self._log.warning("rejection without a client token", code=refused.code)
         if not ours(refused.token):
             self.stats.ignored += 1
             return None
-        if refused.code in TRANSIENT_CODES:
+        error = rejection(refused.code, refused.message, self.stream_id)
+        if error.retryable:
             self._log.info("request refused for now", code=refused.code)
             return refused.token
         self._log.info("request rejected", code=refused.code, message=refused.message)
-        raise rejection(refused.code, refused.message, self.stream_id)
+        raise error
 
     def _stalled(self, what: str) -> StreamTimeout:
         detail = f"stream {self.stream_id}: {what} for {self.stall_timeout:g} s"
@@ -417,7 +423,7 @@ class StreamsClient:
             return False
         except TransportError as exc:
             raise StreamLinkError(f"{exc}; {_POLICY_HINT}") from None
-        self.stats.requests += 1
+        self.stats.publishes += 1
         return True
 
     async def _next_item(self, timeout: float | None) -> _Item | None:
@@ -427,7 +433,7 @@ class StreamsClient:
         except TimeoutError:
             return None
 
-    # -- tap callbacks (on the loop thread; must not block or raise) ---------------------------
+    # -- the link's listeners (on the loop thread; must not block or raise) --------------------
     def _on_message(self, message: Message) -> None:
         verb = protocol.parse_verb(message.topic, self._prefix, self.fmt)
         if verb is None:
@@ -439,9 +445,18 @@ class StreamsClient:
             self.stats.ignored += 1
             self._log.warning("malformed answer ignored", topic=message.topic, error=str(exc))
             return
-        self._put((verb, body))
+        token = body.get("c")
+        if verb is Verb.REJECTED and token is None:
+            refused = protocol.parse_rejection(body)
+            self.last_anonymous_rejection = refused
+            self._log.warning("rejection without a client token", code=refused.code)
+        if verb is Verb.DESCRIPTION or self._exchange.waits_for(token):
+            self._exchange.resolve(token, Verb.DESCRIBE, (verb, body))
+        else:
+            self._put((verb, body))
 
     def _on_lost(self, reason: str) -> None:
+        self._exchange.link_lost()
         self._put(_Lost(reason))
 
     def _on_resumed(self, session_present: bool) -> None:

@@ -60,6 +60,11 @@ class StreamRejected(StreamsError):
         self.message = message
         self.stream_id = stream_id
 
+    @property
+    def retryable(self) -> bool:
+        """Refused for now (`TRANSIENT_CODES`): the same request may be answered later."""
+        return self.code in TRANSIENT_CODES
+
 
 class VersionMismatch(StreamRejected):
     """The stream is no longer at the version the request named: its files may have changed,
