@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs_agent.consent.decisions import ConsentKey, DecisionStore
+from jobs_agent.consent.decisions import DecisionStore
 from jobs_agent.consent.document import ConsentDocumentError, consent_requirement
 from jobs_agent.consent.peer import Allowlist
 from jobs_agent.consent.server import ConsentDesk, ConsentServer
 from jobs_agent.consent.settings import ConsentSettings, ConsentSettingsError
 from jobs_agent.securefs import UntrustedPath
+from jobs_agent.vocabulary import ExecutionRef
 from tests.helpers.users import SYSTEM_PYTHON, public_dir, require_root, run_as, throwaway_user
 
 CLI = str(Path(sys.executable).with_name("jobs-agent"))
@@ -67,7 +68,7 @@ def _runs_as(user: pwd.struct_passwd, argv: list[str]) -> bool:
     return result.returncode == 0
 
 
-KEY = ConsentKey("fw-2-1", 3)
+KEY = ExecutionRef(None, "fw-2-1", 3)
 
 
 @dataclass

@@ -13,50 +13,53 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-NAMESPACE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+from jobs_agent.vocabulary import MAX_COUNTER, ExecutionRef, is_job_id, is_namespace
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_FILE_NAME = 255
+"""NAME_MAX: a namespace too long to name a decision file cannot be asked about."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ConsentKey:
-    """One execution: consent is given to a run of a job, not to the job for ever."""
+def checked_ref(job_id: object, execution_number: object, namespace: object) -> ExecutionRef:
+    """The execution named by ids from outside the agent (the socket, a file name), checked
+    against the protocol's patterns: consent is given to one run of a job, not to the job for
+    ever. Raises ValueError."""
+    if not isinstance(job_id, str) or not is_job_id(job_id):
+        raise ValueError(f"invalid job id {job_id!r:.80}")
+    if namespace is not None and (not isinstance(namespace, str) or not is_namespace(namespace)):
+        raise ValueError(f"invalid namespace {namespace!r:.80}")
+    if isinstance(execution_number, bool) or not isinstance(execution_number, int):
+        raise ValueError(f"invalid execution number {execution_number!r:.40}")
+    if not 1 <= execution_number <= MAX_COUNTER:
+        raise ValueError(f"invalid execution number {execution_number}")
+    ref = ExecutionRef(namespace, job_id, execution_number)
+    if len(file_name(ref).encode()) > MAX_FILE_NAME:
+        raise ValueError(f"namespace too long for a decision file: {namespace!r:.80}")
+    return ref
 
-    job_id: str
-    execution_number: int
-    namespace: str | None = None
 
-    def __post_init__(self) -> None:
-        if not JOB_ID.fullmatch(self.job_id):
-            raise ValueError(f"invalid job id {self.job_id!r}")
-        if self.namespace is not None and not NAMESPACE.fullmatch(self.namespace):
-            raise ValueError(f"invalid namespace {self.namespace!r}")
-        if isinstance(self.execution_number, bool) or self.execution_number < 1:
-            raise ValueError(f"invalid execution number {self.execution_number!r}")
+def file_name(ref: ExecutionRef) -> str:
+    suffix = "" if ref.namespace is None else f"@{ref.namespace}"
+    return f"{ref.job_id}@{ref.execution_number}{suffix}.json"
 
-    @property
-    def file_name(self) -> str:
-        suffix = "" if self.namespace is None else f"@{self.namespace}"
-        return f"{self.job_id}@{self.execution_number}{suffix}.json"
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "jobId": self.job_id,
-            "namespace": self.namespace,
-            "executionNumber": self.execution_number,
-        }
+def ref_json(ref: ExecutionRef) -> dict[str, Any]:
+    return {
+        "jobId": ref.job_id,
+        "namespace": ref.namespace,
+        "executionNumber": ref.execution_number,
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    key: ConsentKey
+    key: ExecutionRef
     accepted: bool
     reason: str
     """The person's words (a rejection's reason goes to statusDetails); may be empty."""
@@ -67,7 +70,7 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **self.key.to_json(),
+            **ref_json(self.key),
             "decision": "accepted" if self.accepted else "rejected",
             "reason": self.reason,
             "decidedBy": self.decided_by,
@@ -77,7 +80,7 @@ class Decision:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
-        key = ConsentKey(data["jobId"], int(data["executionNumber"]), data.get("namespace"))
+        key = checked_ref(data["jobId"], data["executionNumber"], data.get("namespace"))
         decision = data["decision"]
         if decision not in ("accepted", "rejected"):
             raise ValueError(f"unknown decision {decision!r}")
@@ -105,7 +108,7 @@ class DecisionStore:
     def save(self, decision: Decision) -> None:
         """Durably: the call returns once the decision survives a power cut."""
         data = json.dumps(decision.to_json(), separators=(",", ":")).encode() + b"\n"
-        name = decision.key.file_name
+        name = file_name(decision.key)
         temporary = f".{name}.{secrets.token_hex(4)}.tmp"
         directory = self._open()
         try:
@@ -126,14 +129,14 @@ class DecisionStore:
         finally:
             os.close(directory)
 
-    def load(self, key: ConsentKey) -> Decision | None:
+    def load(self, key: ExecutionRef) -> Decision | None:
         try:
             directory = self._open()
         except FileNotFoundError:
             return None
         try:
             fd = os.open(
-                key.file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+                file_name(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
             )
         except FileNotFoundError:
             return None
@@ -142,7 +145,7 @@ class DecisionStore:
         with os.fdopen(fd, "rb") as file:
             return Decision.from_json(json.loads(file.read(65536)))
 
-    def remove(self, key: ConsentKey) -> None:
+    def remove(self, key: ExecutionRef) -> None:
         """Forget a decision once its execution is settled."""
         try:
             directory = self._open()
@@ -150,7 +153,7 @@ class DecisionStore:
             return
         try:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(key.file_name, dir_fd=directory)
+                os.unlink(file_name(key), dir_fd=directory)
                 os.fsync(directory)
         finally:
             os.close(directory)
@@ -168,7 +171,10 @@ class DecisionStore:
             parts = name[: -len(".json")].split("@")
             if len(parts) not in (2, 3) or not parts[1].isdigit():
                 continue
-            key = ConsentKey(job_id, int(parts[1]), parts[2] if len(parts) == 3 else None)
+            try:
+                key = checked_ref(job_id, int(parts[1]), parts[2] if len(parts) == 3 else None)
+            except ValueError:
+                continue
             if key.namespace == namespace and (decision := self.load(key)) is not None:
                 found.append(decision)
         return found

@@ -32,10 +32,11 @@ from typing import Any
 import structlog
 
 from jobs_agent.consent import protocol
-from jobs_agent.consent.decisions import ConsentKey, Decision, DecisionStore
+from jobs_agent.consent.decisions import Decision, DecisionStore, checked_ref, ref_json
 from jobs_agent.consent.peer import Allowlist, Peer, peer_of
 from jobs_agent.consent.protocol import ConsentRefused
 from jobs_agent.securefs import UntrustedPath, open_trusted
+from jobs_agent.vocabulary import ExecutionRef
 
 log = structlog.get_logger("jobs_agent.consent")
 
@@ -46,13 +47,13 @@ IDLE_TIMEOUT = 30.0
 
 @dataclass(eq=False)
 class Waiting:
-    key: ConsentKey
+    key: ExecutionRef
     prompt: str
     since: float
     future: asyncio.Future[Decision] = field(repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.key.to_json(), "prompt": self.prompt, "since": self.since}
+        return {**ref_json(self.key), "prompt": self.prompt, "since": self.since}
 
 
 class ConsentDesk:
@@ -61,11 +62,11 @@ class ConsentDesk:
     def __init__(self, store: DecisionStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self._waiting: dict[ConsentKey, Waiting] = {}
+        self._waiting: dict[ExecutionRef, Waiting] = {}
         self._lock = asyncio.Lock()
 
     # -- for the engine ---------------------------------------------------------------------
-    def request(self, key: ConsentKey, prompt: str) -> Decision | None:
+    def request(self, key: ExecutionRef, prompt: str) -> Decision | None:
         """Wait for consent to `key` (idempotent: after a restart, call it again). Returns the
         decision when one is recorded already (taken before the restart)."""
         recorded = self.store.load(key)
@@ -77,18 +78,18 @@ class ConsentDesk:
             log.info("waiting for consent", job_id=key.job_id, namespace=key.namespace)
         return None
 
-    async def wait(self, key: ConsentKey) -> Decision:
+    async def wait(self, key: ExecutionRef) -> Decision:
         """The decision on `key` (after `request`); cancelling this wait leaves it waiting."""
         return await asyncio.shield(self._waiting[key].future)
 
-    def withdraw(self, key: ConsentKey) -> None:
+    def withdraw(self, key: ExecutionRef) -> None:
         """The execution no longer waits (cancelled, ended by the service): a later answer is
         `NotWaiting`. A recorded decision stays until `forget`."""
         waiting = self._waiting.pop(key, None)
         if waiting is not None and not waiting.future.done():
             waiting.future.cancel()
 
-    def forget(self, key: ConsentKey) -> None:
+    def forget(self, key: ExecutionRef) -> None:
         """The execution is settled: drop its decision too."""
         self.withdraw(key)
         self.store.remove(key)
@@ -309,8 +310,8 @@ def _parse(line: bytes) -> dict[str, Any]:
     job_id = request.get("jobId")
     namespace = request.get("namespace")
     try:
-        ConsentKey(job_id if isinstance(job_id, str) else "", 1, namespace)
-    except (ValueError, TypeError):
+        checked_ref(job_id, 1, namespace)
+    except ValueError:
         raise refuse("jobId (and namespace, if given) must be valid AWS IoT Jobs ids") from None
     reason = request.get("reason", "")
     if not isinstance(reason, str):

@@ -34,15 +34,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PACKAGE_NAME = re.compile(r"[a-zA-Z0-9._-]{1,128}")
-VERSION_NAME = re.compile(r"[a-zA-Z0-9._-]{1,64}")
-ATTRIBUTE_KEY = re.compile(r"[a-zA-Z0-9:_-]+")
-MAX_ATTRIBUTES_BYTES = 3072
-MAX_DESTINATIONS = 25
+from jobs_agent.vocabulary import (
+    DEFAULT_VERSION,
+    MAX_DESTINATION_PACKAGE_VERSIONS,
+    MAX_PACKAGE_ATTRIBUTES_BYTES,
+    NULL_VERSION,
+    PACKAGE_ATTRIBUTE_KEY_RE,
+    PACKAGE_NAME_RE,
+    VERSION_NAME_RE,
+)
+
 INSTALLS_KEY = "installs"
 DESTINATIONS_KEY = "destinationPackageVersions"
-DEFAULT_VERSION = "$default"
-NULL_VERSION = "$null"
 _VERSION_ARN = re.compile(
     r"arn:aws[a-z-]*:iot:[a-z0-9-]+:\d{12}:package/(?P<package>[^/]+)/version/(?P<version>[^/]+)"
 )
@@ -79,7 +82,7 @@ def _no_control(text: str) -> bool:
 
 
 def check_package_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not PACKAGE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not PACKAGE_NAME_RE.fullmatch(name):
         raise InventoryError(f"{where}: package name {name!r} is not 1-128 of [a-zA-Z0-9._-]")
     return name
 
@@ -91,7 +94,7 @@ def check_attributes(value: Any, where: str) -> dict[str, str]:
         raise InventoryError(f"{where}: expected an object of strings")
     out: dict[str, str] = {}
     for key, text in value.items():
-        if not isinstance(key, str) or not ATTRIBUTE_KEY.fullmatch(key):
+        if not isinstance(key, str) or not PACKAGE_ATTRIBUTE_KEY_RE.fullmatch(key):
             raise InventoryError(f"{where}: attribute name {key!r} is not [a-zA-Z0-9:_-]+")
         if not isinstance(text, str) or not _no_control(text):
             raise InventoryError(
@@ -99,7 +102,7 @@ def check_attributes(value: Any, where: str) -> dict[str, str]:
             )
         out[key] = text
     size = len(json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_ATTRIBUTES_BYTES:
+    if size > MAX_PACKAGE_ATTRIBUTES_BYTES:
         raise InventoryError(f"{where}: {size} bytes of attributes, more than 3 KB")
     return out
 
@@ -114,7 +117,7 @@ def package_entry(name: str, entry: Any, where: str) -> PackageVersion:
     if unknown:
         raise InventoryError(f"{where}.{unknown[0]}: unknown key (only version and attributes)")
     version = entry.get("version")
-    if not isinstance(version, str) or not VERSION_NAME.fullmatch(version):
+    if not isinstance(version, str) or not VERSION_NAME_RE.fullmatch(version):
         raise InventoryError(
             f"{where}.version: expected a version name of 1-64 [a-zA-Z0-9._-], got {version!r}"
         )
@@ -152,7 +155,7 @@ class Destination:
 
 
 def parse_destinations(data: Any, where: str = DESTINATIONS_KEY) -> tuple[Destination, ...]:
-    if not isinstance(data, list) or not 1 <= len(data) <= MAX_DESTINATIONS:
+    if not isinstance(data, list) or not 1 <= len(data) <= MAX_DESTINATION_PACKAGE_VERSIONS:
         raise InventoryError(f"{where}: expected a list of 1 to 25 package version ARNs")
     found: list[Destination] = []
     for index, arn in enumerate(data):
@@ -164,7 +167,9 @@ def parse_destinations(data: Any, where: str = DESTINATIONS_KEY) -> tuple[Destin
             )
         package = check_package_name(match["package"], f"{where}[{index}]")
         version = match["version"]
-        if version not in (DEFAULT_VERSION, NULL_VERSION) and not VERSION_NAME.fullmatch(version):
+        if version not in (DEFAULT_VERSION, NULL_VERSION) and not VERSION_NAME_RE.fullmatch(
+            version
+        ):
             raise InventoryError(f"{where}[{index}]: version name {version!r} is not valid")
         if any(d.package == package for d in found):
             raise InventoryError(f"{where}[{index}]: package {package} is named twice")

@@ -38,13 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs_agent.schedule.cron import CronSchedule
+from jobs_agent.vocabulary import (
+    MAINTENANCE_WINDOW_MAX_MINUTES,
+    MAINTENANCE_WINDOW_MIN_MINUTES,
+    STEP_TIMEOUT_MAX,
+)
 
-MIN_DURATION_MINUTES = 1
-MAX_DURATION_MINUTES = 1430
-"""AWS's bounds for `MaintenanceWindow.durationInMinutes` (API_MaintenanceWindow.html)."""
-CHAIN_HORIZON = 8 * 86400.0
+CHAIN_HORIZON = (STEP_TIMEOUT_MAX + 1440) * 60.0
 """How far `closes_at` follows touching openings: beyond the 7 days a job execution can be in
-progress (`inProgressTimeoutInMinutes` is at most 10080)."""
+progress (`inProgressTimeoutInMinutes` is at most `STEP_TIMEOUT_MAX`), and a day."""
 SEARCH_PERIODS = 5000
 """How many closed/open periods `next_fit` and `Intersection.opens_at` look through."""
 SEARCH_HORIZON = 366 * 86400.0
@@ -123,14 +125,15 @@ class MaintenanceWindow:
             schedule = CronSchedule.parse(start_time)
         except ValueError as exc:
             raise WindowError(f"{start_key}: {exc}") from None
+        low, high = MAINTENANCE_WINDOW_MIN_MINUTES, MAINTENANCE_WINDOW_MAX_MINUTES
         if (
             isinstance(duration_minutes, bool)
             or not isinstance(duration_minutes, int)
-            or not MIN_DURATION_MINUTES <= duration_minutes <= MAX_DURATION_MINUTES
+            or not low <= duration_minutes <= high
         ):
             raise WindowError(
-                f"{duration_key}: expected an integer from {MIN_DURATION_MINUTES} to"
-                f" {MAX_DURATION_MINUTES}, got {duration_minutes!r}"
+                f"{duration_key}: expected an integer from {low} to {high},"
+                f" got {duration_minutes!r}"
             )
         if not isinstance(time_zone, str):
             raise WindowError(f"{zone_key}: expected a time zone name, got {time_zone!r}")

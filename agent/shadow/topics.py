@@ -9,13 +9,12 @@ characters of `[a-zA-Z0-9:_-]`; `$` begins only the Software Package Catalog's r
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-PACKAGE_SHADOW = "$package"
-"""The Software Package Catalog's reserved named shadow."""
-SHADOW_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
+from jobs_agent.vocabulary import PACKAGE_SHADOW as PACKAGE_SHADOW
+from jobs_agent.vocabulary import is_shadow_name
+
 _PREFIX = "$aws/things/"
 
 
@@ -31,7 +30,7 @@ class ReplyKind(StrEnum):
 
 
 def is_valid_shadow_name(name: str) -> bool:
-    return name == PACKAGE_SHADOW or SHADOW_NAME.fullmatch(name) is not None
+    return is_shadow_name(name)
 
 
 def shadow_prefix(thing_name: str, shadow_name: str | None) -> str:

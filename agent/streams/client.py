@@ -58,7 +58,12 @@ from jobs_agent.streams.protocol import (
 )
 from jobs_agent.streams.window import Fetch, Get
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
-from jobs_agent.transport.exchange import Exchange, ExchangeClosed, subscribe_within
+from jobs_agent.transport.exchange import (
+    Exchange,
+    ExchangeClosed,
+    ExchangeStats,
+    subscribe_within,
+)
 
 log = structlog.get_logger("jobs_agent.streams")
 
@@ -74,20 +79,13 @@ BlockSink = Callable[[int, bytes], None]
 
 
 @dataclass(slots=True)
-class StreamStats:
-    """Counters for tests, logs and benchmarks (the exchange counts DescribeStream's here too)."""
+class StreamStats(ExchangeStats):
+    """Counters for tests, logs and benchmarks: the exchange's (DescribeStream, and every
+    GetStream in `publishes` and `timeouts`) and the fetch's own."""
 
-    publishes: int = 0
-    """Requests published (DescribeStream and GetStream, first sends and repeats)."""
-    republishes: int = 0
-    retries: int = 0
-    replies_ignored: int = 0
-    """Descriptions (and their rejections) that answered no waiting DescribeStream."""
     blocks: int = 0
     """New blocks handed to the sink."""
     duplicates: int = 0
-    timeouts: int = 0
-    """Requests not fully answered in time (their missing blocks were asked for again)."""
     voided: int = 0
     """Requests outstanding when the link dropped (their missing blocks were asked again)."""
     ignored: int = 0
@@ -95,6 +93,7 @@ class StreamStats:
 
     @property
     def requests(self) -> int:
+        """Requests published (DescribeStream and GetStream, first sends and repeats)."""
         return self.publishes
 
 

@@ -23,15 +23,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from jobs_agent.streams.errors import StreamProtocolError, StreamsError
+from jobs_agent.vocabulary import is_stream_id
 
-STREAM_ID = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 MAX_FILE_ID = 255
 MIN_BLOCK_SIZE = 256
 MAX_BLOCK_SIZE = 131072
@@ -40,7 +39,6 @@ MAX_BYTES_PER_REQUEST = 131072
 MAX_OFFSET = 98304
 MAX_BITMAP_BYTES = 12287
 """"Less than 12,288 bytes" (BlockBitmapLimitExceeded)."""
-MAX_CLIENT_TOKEN_BYTES = 64
 
 
 class Format(StrEnum):
@@ -59,7 +57,7 @@ class Verb(StrEnum):
 
 
 def is_valid_stream_id(stream_id: str) -> bool:
-    return STREAM_ID.fullmatch(stream_id) is not None
+    return is_stream_id(stream_id)
 
 
 def prefix(thing_name: str, stream_id: str) -> str:
