@@ -1,7 +1,9 @@
 """`SharedLink`: several protocol clients on one MQTT connection, each with its own view.
 
-On the in-process bus, whose routing follows MQTT's (tests/test_transport.py pins it); the
-Jobs and shadow clients sharing a real mosquitto connection are in tests/test_shadow_client.py.
+On the in-process bus, whose routing follows MQTT's (tests/test_transport.py pins it, and
+runs the views over every backend), and through a real mosquitto; the Jobs and shadow clients
+sharing a real mosquitto connection are in tests/test_shadow_client.py, the Jobs and streams
+clients in tests/test_streams_client.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import pytest
 
 from jobs_agent.transport.base import TransportError
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.transport.shared import LinkView, SharedLink
+from tests.fixtures.broker import Mosquitto
+from tests.harness import paho_connection
 
 
 class Inbox:
@@ -106,3 +111,81 @@ async def test_every_view_hears_of_a_lost_and_resumed_link() -> None:
     await first.connect(1)  # waits for the owner's link, opens none
     link.close()
     await device.disconnect()
+
+
+async def test_a_filter_given_back_and_taken_again_at_once_stays_subscribed(
+    mosquitto: Mosquitto,
+) -> None:
+    """Through a real broker: one view gives a filter back while another takes it at the same
+    moment. The UNSUBSCRIBE and the SUBSCRIBE reach the broker in that order (one lock per
+    filter), so the filter is subscribed at the end and the second view gets its messages."""
+    device = PahoTransport(paho_connection(mosquitto.port), "shared-device")
+    service = PahoTransport(paho_connection(mosquitto.port), "shared-service")
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    link = SharedLink(device)
+    first, second = link.view(), link.view()
+    got: asyncio.Queue[str] = asyncio.Queue()
+    second.set_message_callback(lambda m: got.put_nowait(m.payload.decode()))
+    try:
+        await first.subscribe("shared/f")
+        await asyncio.gather(first.unsubscribe("shared/f"), second.subscribe("shared/f"))
+        assert link.held == {"shared/f"}
+        await service.publish("shared/f", b"after")
+        assert await asyncio.wait_for(got.get(), 10) == "after"
+    finally:
+        link.close()
+        await device.disconnect()
+        await service.disconnect()
+
+
+class GatedUnsubscribe(LocalTransport):
+    """The in-process bus, with UNSUBACKs held back until `gate` opens (so a test can cancel
+    an unsubscription while it waits, as a slow broker would make it wait)."""
+
+    def __init__(self, bus: LocalBus, client_id: str) -> None:
+        super().__init__(bus, client_id)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        self.waiting.set()
+        await self.gate.wait()
+        await super().unsubscribe(topic_filter)
+
+
+async def test_a_cancelled_disconnect_holds_nothing_back() -> None:
+    """A view's disconnect cancelled while the broker has not answered its first UNSUBSCRIBE
+    (a stream download stopped within its second): every filter it held is given back at
+    once, so the last other holder of one still unsubscribes it, and a filter whose
+    UNSUBSCRIBE was cut short is subscribed again when someone takes it."""
+    bus = LocalBus()
+    device = GatedUnsubscribe(bus, "device")
+    cloud = LocalTransport(bus, "cloud")
+    await device.connect(1)
+    await cloud.connect(1)
+    link = SharedLink(device)
+    leaving, staying = link.view(), link.view()
+    await leaving.subscribe("a")
+    await leaving.subscribe("b")
+    await staying.subscribe("b")
+    disconnecting = asyncio.create_task(leaving.disconnect())
+    async with asyncio.timeout(5):
+        await device.waiting.wait()  # blocked on the UNSUBACK of "a"
+    disconnecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await disconnecting
+    assert link.held == {"b"}  # "a" given back although its UNSUBSCRIBE never finished
+
+    device.gate.set()
+    await staying.unsubscribe("b")  # the last holder: "b" goes at the broker too
+    assert link.held == set()
+    assert "b" not in device._subscriptions
+    inbox = Inbox(staying)
+    await staying.subscribe("a")  # its UNSUBSCRIBE was cut short: subscribed again
+    await cloud.publish("a", b"{}")
+    await _settled(cloud)
+    assert inbox.messages == ["a"]
+    link.close()
+    await device.disconnect()
+    await cloud.disconnect()
