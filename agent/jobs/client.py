@@ -6,8 +6,10 @@ client or another thing are ignored); a reply can be lost with the connection, s
 waiting when the link drops is re-published with the same token once the link is back (the first
 answer wins, later duplicates find no waiter); and `RequestThrottled`/`InternalError` are retried
 with capped exponential backoff and jitter. Every request has one deadline covering all of that,
-after which it raises `RequestTimeout`: nothing here waits forever. A transport's failure is
-translated here, once, into `LinkError`: every failure the client raises is a `JobsError`.
+after which it raises `RequestTimeout`: nothing here waits forever. That machinery is the one
+every AWS IoT API client of the agent shares (`jobs_agent.transport.exchange`); this module says
+what the Jobs replies mean. A transport's failure is translated here, once, into `LinkError`:
+every failure the client raises is a `JobsError`.
 
 The client owns the transport's listeners (message and connection callbacks). Events go to a
 single consumer through `events()`.
