@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from jobs_agent.consent.settings import ConsentSettings
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.option_rules import (
@@ -44,6 +45,7 @@ from jobs_agent.option_rules import (
     rule_of,
     string,
 )
+from jobs_agent.schedule.windows import Windows, windows_from_config
 from jobs_agent.transport.options import (
     TRANSPORT_OPTIONS,
     AwscrtOptions,
@@ -137,6 +139,12 @@ class JobsConfig:
     """How a step's processes are kept together: a cgroup per step, or a child subreaper."""
     allow_http_downloads: bool = option(False, boolean())
     """The download handler fetches https:// only unless this is true."""
+    maintenance_windows: Windows = option(rule=Rule("", windows_from_config, True), factory=Windows)
+    """When jobs may run (`jobs_agent.schedule.windows`); none: always."""
+    max_deferral_minutes: int = option(STEP_TIMEOUT_MAX, int_in(1, STEP_TIMEOUT_MAX))
+    """How long one execution may wait deferred in all before it is reported FAILED."""
+    defer_default_seconds: float = option(900.0, number_in(1, 86400))
+    """How long a handler's "not now" waits when it names no time."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,10 @@ class AgentConfig:
     """Python plugins by name: `{name: "package.module:Class"}`."""
     state_dir: Path = option(Path("/var/lib/jobs-agent"), path(optional=False))
     log: LogConfig = field(default_factory=LogConfig)
+    consent: ConsentSettings = option(
+        rule=Rule("", ConsentSettings.from_mapping, True), factory=ConsentSettings
+    )
+    """The consent socket and who may answer it (`jobs_agent.consent.settings`)."""
 
     @property
     def client_id(self) -> str:
@@ -290,7 +302,9 @@ def _checked(
 ) -> Any:
     try:
         return rule.convert(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as exc:
+        if rule.explains and str(exc):
+            raise ConfigError(f"{exc}{_located_suffix(where, key_path)}") from None
         shown = (
             f"a {_kind(value)} (its value is not shown: it is a secret)" if secret else _show(value)
         )

@@ -26,6 +26,9 @@ from typing import Any
 import structlog
 
 from jobs_agent.config import AgentConfig, ConfigError, load_config
+from jobs_agent.consent.decisions import DecisionStore
+from jobs_agent.consent.protocol import DEFAULT_SOCKET
+from jobs_agent.consent.server import ConsentDesk, ConsentServer
 from jobs_agent.device import Device, build_device, dispatcher
 from jobs_agent.dispatch import TrustedKeysError
 from jobs_agent.engine.engine import Engine, EngineStatus
@@ -42,6 +45,8 @@ from jobs_agent.transport.factory import create_transport
 log = structlog.get_logger("jobs_agent.daemon")
 
 EXIT_ALREADY_RUNNING = 2
+CONSENT_DIRECTORY = "consent"
+"""Below the state directory: the consent decisions (`jobs_agent.consent.decisions`)."""
 """Another agent holds the state directory: a usage error, not a failure to retry."""
 ENGINE_STALL_SECONDS = 90.0
 """The engine's main loop refreshes its heartbeat at least every 30 s; thrice that is a stall."""
@@ -106,9 +111,17 @@ class Agent:
             lock.release()
 
     async def _run_locked(self) -> int:
-        config = self.config
         if not self._state_dir_usable():
             return 1
+        consent = await self._serve_consent()
+        try:
+            return await self._run_with(consent)
+        finally:
+            if consent is not None:
+                await consent.close()
+
+    async def _run_with(self, consent: ConsentServer | None) -> int:
+        config = self.config
         try:
             transport = self._transport or create_transport(config)
             device = build_device(
@@ -116,6 +129,7 @@ class Agent:
                 transport,
                 heartbeat_interval=self._heartbeat_interval,
                 on_status=self._on_status,
+                consent=consent.desk if consent is not None else None,
             )
         except StoreError as exc:
             log.error("cannot start without the state database", error=str(exc))
@@ -142,6 +156,27 @@ class Agent:
             await device.store.close()
             self._remove_signal_handlers()
             log.info("stopped")
+
+    async def _serve_consent(self) -> ConsentServer | None:
+        """The consent socket (`consent.socket`), after the state directory and the instance
+        lock; without it, a job that asks for consent is reported FAILED, saying why."""
+        settings = self.config.consent
+        if settings.socket == DEFAULT_SOCKET and not settings.socket.parent.is_dir():
+            # Made by the unit's RuntimeDirectory=; the agent does not make it below /run.
+            log.warning(
+                "consent socket not served: its directory does not exist",
+                path=str(settings.socket),
+            )
+            return None
+        try:
+            desk = ConsentDesk(DecisionStore(self.config.state_dir / CONSENT_DIRECTORY))
+            server = ConsentServer(desk, settings.socket, settings.allowlist)
+            await server.start()
+        except (UntrustedPath, OSError) as exc:
+            reason = exc.reason if isinstance(exc, UntrustedPath) else str(exc)
+            log.error("consent socket not served", path=str(settings.socket), error=reason)
+            return None
+        return server
 
     def _state_dir_usable(self) -> bool:
         try:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.consent.server import ConsentDesk
 from jobs_agent.dispatch import Dispatcher
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine, EngineStatus
@@ -72,6 +73,7 @@ def build_device(
     dispatcher_options: dict[str, Any] | None = None,
     heartbeat_interval: float | None = None,
     on_status: Callable[[EngineStatus], None] | None = None,
+    consent: ConsentDesk | None = None,
 ) -> Device:
     """The device `config` describes, over `transport`. Opens the state database (raises
     `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing."""
@@ -92,5 +94,6 @@ def build_device(
         heartbeat_interval=heartbeat_interval,
         on_status=on_status,
         mqtt_link=link,
+        consent=consent,
     )
     return Device(config, transport, link, client, store, handlers, engine)

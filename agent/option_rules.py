@@ -26,6 +26,9 @@ class Rule:
 
     expected: str
     convert: Callable[[Any], Any]
+    explains: bool = False
+    """The converter's ValueError message is complete (names the key below the option and what
+    was wrong): the loader shows it, with the line, instead of `expected`."""
 
 
 def option(

@@ -7,6 +7,9 @@ it is found through the entry-point group `jobs_agent.handlers` or named in the 
 * return `None` or a mapping of extra statusDetails -> SUCCEEDED;
 * raise `JobFailed(reason, **details)` -> FAILED (the job's retry config may run it again);
 * raise `JobRejected(reason, **details)` -> REJECTED (the document is wrong for this device);
+* raise `JobDeferred(reason, until=..., after=..., window=...)` -> not now: the execution stays
+  IN_PROGRESS (statusDetails say deferred, why, until when) and `run` is called again then,
+  with `ctx.resumed` true and its checkpoint (docs/handlers.md, "Not now");
 * raise anything else -> FAILED with the exception's message; the agent never crashes for it.
 
 A handler that sets `resumable = True` promises that running it again after an agent restart,
@@ -47,6 +50,26 @@ class JobRejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.details = details
+
+
+class JobDeferred(Exception):
+    """Not now: ask again at `until` (epoch seconds), or `after` seconds, or (`window`) at the
+    next maintenance window; none of them: after `jobs.defer_default_seconds`. `reason` goes to
+    statusDetails. Not an outcome: the execution waits IN_PROGRESS and the handler runs again."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        until: float | None = None,
+        after: float | None = None,
+        window: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.until = until
+        self.after = after
+        self.window = window
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,16 @@ from jobs_agent.engine.recovery import (
     Resend,
     Run,
     Settle,
+    Wait,
     recover,
 )
-from jobs_agent.engine.store import ExecutionRecord, Store, StoreError, TransitionRefused
+from jobs_agent.engine.store import (
+    Deferral,
+    ExecutionRecord,
+    Store,
+    StoreError,
+    TransitionRefused,
+)
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 
 S = ExecutionState
@@ -54,6 +61,15 @@ PATHS: dict[ExecutionState, list[ExecutionState]] = {
     S.DECIDED: [S.STARTED, S.DECIDED],
     S.REPORTED: [S.STARTED, S.DECIDED, S.REPORTED],
     S.CANCELLED: [S.STARTED, S.CANCELLED],
+    S.DEFERRED: [S.STARTED, S.DEFERRED],
+}
+
+
+DEFERRAL_FIELDS: dict[str, Any] = {
+    "deferred_kind": "handler",
+    "deferred_until": 2_000_000_000.0,
+    "deferred_reason": "battery low",
+    "deferred_since": 1_999_999_000.0,
 }
 
 
@@ -69,6 +85,8 @@ def move(store: Store, ref: ExecutionRef, state: ExecutionState) -> None:
         store.reported(entries[0] if entries else -1, ref)
     elif state is S.CANCELLED:
         store.cancelled(ref, "ended by the service")
+    elif state is S.DEFERRED:
+        store.transition(ref, state, **DEFERRAL_FIELDS)
     else:
         store.transition(ref, state)
 
@@ -220,6 +238,24 @@ RECOVERY: list[tuple[str, ExecutionRecord, str | None, Action]] = [
         None,
         Run(resumed=True, rebooted=True),
     ),
+    (
+        "deferred by its handler: the wait goes on, the step does not run",
+        record(S.DEFERRED, deferral=Deferral("handler", 2e9, "battery low", 1.9e9)),
+        BOOT_A,
+        Wait("handler", 2e9, "battery low"),
+    ),
+    (
+        "deferred for its window, and the device rebooted: the same absolute time",
+        record(S.DEFERRED, deferral=Deferral("window", 2e9, "window", 1.9e9)),
+        BOOT_B,
+        Wait("window", 2e9, "window"),
+    ),
+    (
+        "waiting for consent: asked again, no time",
+        record(S.DEFERRED, deferral=Deferral("consent", None, "update now?", 1.9e9)),
+        BOOT_A,
+        Wait("consent", None, "update now?"),
+    ),
     ("outcome queued, not sent", record(S.DECIDED), BOOT_A, Resend()),
     (
         "reported, offered again",
@@ -268,6 +304,7 @@ class Device:
     states: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     ran: int = 0
+    waits: int = 0
 
     def __post_init__(self) -> None:
         self.store = Store(self.path)
@@ -303,6 +340,17 @@ class Device:
             self.store.decide(REF, JobExecutionStatus.FAILED, {"reason": action.reason})
         elif isinstance(action, Settle):
             self.store.decide(REF, action.status, dict(action.details))
+        elif isinstance(action, Wait):
+            self.waits += 1  # nothing runs; the engine waits again
+        self.note()
+
+    def handler_defers(self) -> None:
+        self.store.transition(REF, S.DEFERRED, **DEFERRAL_FIELDS)
+        self.note()
+
+    def deferral_over(self) -> None:
+        self.store.transition(REF, S.RUNNING, note="")
+        self.ran += 1
         self.note()
 
     def handler_ends(self, status: JobExecutionStatus) -> None:
@@ -345,6 +393,8 @@ def run_chain(tmp_path: Path, events: list[str], **device: Any) -> Device:
         "reboot": lambda: dev.crash(reboot=True),
         "accept": dev.service_accepts,
         "cancel": dev.service_cancels,
+        "defer": dev.handler_defers,
+        "time-came": dev.deferral_over,
     }
     for event in events:
         actions[event]()
@@ -414,6 +464,43 @@ CHAINS: list[tuple[str, list[str], dict[str, Any], list[str], list[str], int]] =
         ["offer", "ask-reboot", "crash", "offer", "accept"],
         {},
         ["started", "running", "awaiting_reboot", "decided", "reported"],
+        ["FAILED"],
+        1,
+    ),
+    (
+        "deferred twice, across a crash and a reboot: waits, never reruns a step meanwhile",
+        [
+            "offer",
+            "defer",
+            "crash",
+            "offer",
+            "time-came",
+            "defer",
+            "reboot",
+            "offer",
+            "time-came",
+            "succeed",
+            "accept",
+        ],
+        {},
+        [
+            "started",
+            "running",
+            "deferred",
+            "running",
+            "deferred",
+            "running",
+            "decided",
+            "reported",
+        ],
+        ["SUCCEEDED"],
+        3,
+    ),
+    (
+        "cancelled while deferred: nothing runs again",
+        ["offer", "defer", "cancel", "offer", "accept"],
+        {},
+        ["started", "running", "deferred", "cancelled", "decided", "reported"],
         ["FAILED"],
         1,
     ),

@@ -37,8 +37,12 @@ def register(subparsers: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
+    from jobs_agent.schedule.windows import Windows
+
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, Windows):
+        return value.to_config()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -202,7 +202,7 @@ async def _outcome(
 ) -> Any:
     """Resolve and run the document as the daemon would, a requested reboot simulated."""
     from jobs_agent.dispatch.plugins import PluginError
-    from jobs_agent_handlers.api import JobRejected, Outcome
+    from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
 
     try:
         handler = dispatcher.resolve(document, job_id=job_id)
@@ -210,7 +210,19 @@ async def _outcome(
         return Outcome("REJECTED", {"reason": exc.reason, **exc.details})
     except PluginError as exc:  # what the daemon reports for it
         return Outcome.failed(f"cannot load the handler: {exc}")
-    outcome: Outcome = await dispatcher.run(handler, ctx)
+    try:
+        return await _run_with_reboots(dispatcher, handler, ctx, document, job_id, out)
+    except JobDeferred as exc:
+        # The daemon would wait and run it again; exec runs once and says so.
+        return Outcome.failed(f"the handler deferred the job ({exc.reason}); exec does not wait")
+
+
+async def _run_with_reboots(
+    dispatcher: Any, handler: Any, ctx: Any, document: dict[str, Any], job_id: str, out: TextIO
+) -> Any:
+    from jobs_agent_handlers.api import Outcome
+
+    outcome = await dispatcher.run(handler, ctx)
     reboots = 0
     while ctx.reboot_requested and outcome.status == "SUCCEEDED":
         reboots += 1

@@ -106,6 +106,7 @@ class _Snapshot:
     active: list[Any]
     outbox: list[Any]
     recent: list[Any]
+    config: Any = None
 
     def output_log(self, key: Any) -> str | None:
         from jobs_agent.dispatch.output import log_path
@@ -136,7 +137,7 @@ def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     except StoreError as exc:
         print(f"jobs-agent: {exc}", file=out)
         return 1
-    snapshot = _Snapshot(config.state_dir, alive, active, outbox, recent)
+    snapshot = _Snapshot(config.state_dir, alive, active, outbox, recent, config)
     if args.json:
         print(json.dumps(_as_json(snapshot), indent=2), file=out)
     else:
@@ -145,9 +146,46 @@ def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_SHOWN
 
 
+def _windows(config: Any) -> dict[str, Any]:
+    """The device's maintenance windows now: open until when, or when the next one opens."""
+    from jobs_agent.engine.deferral import iso
+    from jobs_agent.schedule import clock
+    from jobs_agent.schedule.windows import describe
+
+    windows = config.jobs.maintenance_windows
+    now = clock.now()
+    following = windows.next_opening(now)
+    return {
+        "configured": [w.describe() for w in windows.windows],
+        "now": describe(windows, now),
+        "next_opening": None if following is None else iso(following),
+    }
+
+
+def _deferral(record: Any, config: Any) -> dict[str, Any] | None:
+    from jobs_agent.engine.deferral import iso, waited
+    from jobs_agent.engine.lifecycle import ExecutionState
+    from jobs_agent.schedule import clock
+
+    deferral = record.deferral
+    if record.state is not ExecutionState.DEFERRED or deferral is None:
+        return None
+    return {
+        "kind": deferral.kind,
+        "until": None if deferral.until is None else iso(deferral.until),
+        "reason": deferral.reason,
+        "deferrals": record.deferrals,
+        "total_minutes": round(waited(record, clock.now()) / 60, 1),
+        "limit_minutes": config.jobs.max_deferral_minutes,
+    }
+
+
 def _as_json(snapshot: _Snapshot) -> dict[str, Any]:
+    config = snapshot.config
     return {
         "agent": snapshot.alive,
+        "maintenance_windows": _windows(config),
+        "consent_socket": str(config.consent.socket),
         "running": [
             {
                 "job_id": r.key.job_id,
@@ -158,6 +196,7 @@ def _as_json(snapshot: _Snapshot) -> dict[str, Any]:
                 "step": r.step,
                 "progress": r.progress,
                 "restarts": r.restarts,
+                "deferred": _deferral(r, config),
                 "output_log": snapshot.output_log(r.key),
             }
             for r in snapshot.active
@@ -192,6 +231,9 @@ def _as_json(snapshot: _Snapshot) -> dict[str, Any]:
 
 def _print_text(snapshot: _Snapshot, out: TextIO) -> None:
     print(_describe_agent(snapshot.alive), file=out)
+    windows = _windows(snapshot.config)
+    configured = "; ".join(windows["configured"]) or "none configured"
+    print(f"maintenance windows: {windows['now']} ({configured})", file=out)
     if not snapshot.active:
         print("running: nothing", file=out)
     for r in snapshot.active:
@@ -203,6 +245,14 @@ def _print_text(snapshot: _Snapshot, out: TextIO) -> None:
         if "message" in progress:
             line += f" {progress['message']}"
         print(line, file=out)
+        deferral = _deferral(r, snapshot.config)
+        if deferral is not None:
+            until = deferral["until"] or "consent is given (jobs-agent consent)"
+            print(
+                f"  deferred ({deferral['kind']}) until {until}: {deferral['reason']};"
+                f" {deferral['total_minutes']} of {deferral['limit_minutes']} min deferred",
+                file=out,
+            )
         log = snapshot.output_log(r.key)
         if log:
             print(f"  output log: {log}", file=out)

@@ -93,10 +93,22 @@ COMMAND_SPACE = " \t\n\v\f\r"
 """What the Device Client trims from each element of a `runCommand` (its `TrimCopy`)."""
 
 DOCUMENT_KEYS = ("version", "includeStdOut", "conditions", "steps", "finalStep")
-AGENT_KEYS = ("jobsAgentSignature",)
-"""Keys the agent itself adds to a document: the signature block (agent/dispatch/signing.py)."""
+AGENT_KEYS = ("jobsAgentSignature", "maintenanceWindow", "consent")
+"""Keys of the agent's own beside the Device Client's: the signature block
+(agent/dispatch/signing.py), the job's maintenance window (`jobs_agent.schedule.windows`) and
+consent (`jobs_agent.consent.document`), which the engine reads before the handler runs."""
 STEP_KEYS = ("action",)
-ACTION_KEYS = ("name", "type", "input", "runAsUser", "allowStdErr", "ignoreStepFailure", "timeout")
+ACTION_KEYS = (
+    "name",
+    "type",
+    "input",
+    "runAsUser",
+    "allowStdErr",
+    "ignoreStepFailure",
+    "timeout",
+    "maintenanceWindow",
+)
+"""`maintenanceWindow` is the agent's: the step runs only inside it (`StepsHandler`)."""
 HANDLER_INPUT_KEYS = ("handler", "args", "path")
 COMMAND_INPUT_KEYS = ("command",)
 CONDITION_KEYS = ("key", "value", "type")

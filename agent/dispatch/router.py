@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from jobs_agent.consent.document import ConsentDocumentError, consent_requirement
 from jobs_agent.dispatch import s3url
 from jobs_agent.dispatch.devicec import (
     StepsDocument,
@@ -32,8 +33,16 @@ from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.steps import StepsHandler
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
+from jobs_agent.schedule.windows import WindowError, document_windows
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
-from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
+from jobs_agent_handlers.api import (
+    Handler,
+    JobContext,
+    JobDeferred,
+    JobFailed,
+    JobRejected,
+    Outcome,
+)
 
 if TYPE_CHECKING:
     # cryptography costs ~9 MB of memory: loaded only when signatures are required.
@@ -76,11 +85,22 @@ def _check_depth(value: Any, depth: int) -> int:
     return 0
 
 
+def check_agent_fields(document: Mapping[str, Any]) -> None:
+    """The document's fields the engine acts on before any handler runs (`maintenanceWindow`,
+    at the top level and in a step's action, and `consent`): a malformed one is REJECTED with
+    its path, never ignored (a job meant for the night must not run at noon)."""
+    try:
+        document_windows(document)
+        consent_requirement(document)
+    except (WindowError, ConsentDocumentError) as exc:
+        raise JobRejected(str(exc)) from None
+
+
 async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:
     """Run a handler and map whatever it does to an `Outcome` (see handlers/api.py).
 
     `asyncio.CancelledError` is not an outcome: it propagates, so the engine's cancellation of
-    the task stays a cancellation.
+    the task stays a cancellation; nor is `JobDeferred` (the engine waits and runs it again).
     """
     try:
         value = await handler.run(ctx)
@@ -88,6 +108,8 @@ async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:
         return Outcome("FAILED", {"reason": exc.reason, **exc.details})
     except JobRejected as exc:
         return Outcome("REJECTED", {"reason": exc.reason, **exc.details})
+    except JobDeferred:
+        raise  # not an outcome: the engine records the deferral and runs the handler again
     except Exception as exc:
         # With its traceback: the plugin's author needs the line, not only the message.
         ctx.log.error("handler raised", handler=handler.name, error=repr(exc), exc_info=exc)
@@ -182,6 +204,7 @@ class Dispatcher:
             self.verifier.verify(
                 document, thing_name=self.settings.thing_name, job_id=job_id, taken_at=taken_at
             )
+        check_agent_fields(document)
         if "steps" in document or "version" in document:
             return self._steps_handler("device-client", parse_steps_document(document))
         name = document.get("operation")

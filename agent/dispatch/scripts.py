@@ -5,12 +5,14 @@ Like Mender's update modules, a handler is any executable with a small documente
 * environment: `JOBS_AGENT_*` variables naming the job, a JSON file of the document, a per-job
   state directory, and a pipe (`JOBS_AGENT_PROGRESS_FD`) for progress and checkpoints;
 * exit status: 0 SUCCEEDED, `EXIT_REJECTED` REJECTED, `EXIT_REBOOT` "done, reboot now",
-  anything else FAILED with the code or the signal as the reason.
+  `EXIT_DEFER` "not now" (when: a `defer` line on the progress pipe), anything else FAILED with
+  the code or the signal as the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import difflib
 import json
 import math
@@ -25,7 +27,7 @@ from typing import Any
 import structlog
 
 from jobs_agent.dispatch.users import RunAs
-from jobs_agent_handlers.api import JobContext
+from jobs_agent_handlers.api import JobContext, JobDeferred
 
 log = structlog.get_logger("jobs_agent.dispatch.scripts")
 
@@ -33,6 +35,10 @@ EXIT_REJECTED = 90
 """Exit status that ends the job REJECTED: the document is wrong for this device."""
 EXIT_REBOOT = 91
 """Exit status meaning: this step is done and the device must reboot before the next one."""
+EXIT_DEFER = 92
+"""Exit status meaning: not now; the step runs again later (when: the step's `defer` line).
+At 90 and up, beside the other codes of the protocol, so that it cannot collide with a script's
+own small failure codes (Mender's state scripts use 21, upparat's hooks 3)."""
 
 _DETAIL_VALUE_TYPES = (str, int, float, bool)
 
@@ -58,6 +64,7 @@ def script_environment(
         "JOBS_AGENT_STEP_NAME": step_name,
         "JOBS_AGENT_EXIT_REJECTED": str(EXIT_REJECTED),
         "JOBS_AGENT_EXIT_REBOOT": str(EXIT_REBOOT),
+        "JOBS_AGENT_EXIT_DEFER": str(EXIT_DEFER),
         "JOBS_AGENT_PYTHON": sys.executable,
     }
     if ctx.namespace:
@@ -160,7 +167,8 @@ def _remove_tree(path: Path) -> None:
         log.warning("cannot remove a step's private directory", path=str(path), errors=problems)
 
 
-PROGRESS_KEYS = ("percent", "message", "details", "checkpoint")
+PROGRESS_KEYS = ("percent", "message", "details", "checkpoint", "defer")
+DEFER_KEYS = ("until", "after", "window", "reason")
 
 
 def message_handler(
@@ -169,12 +177,15 @@ def message_handler(
     *,
     span: tuple[float, float] = (0.0, 100.0),
     warn: Callable[[str], None] | None = None,
+    on_defer: Callable[[JobDeferred], None] | None = None,
 ) -> Callable[[Any], Awaitable[None]]:
     """Turn progress-pipe messages into `ctx.progress` and checkpoints.
 
     A line is a JSON object with any of `percent` (0 to 100), `message` (string), `details`
-    (an object of scalar values) and `checkpoint` (any JSON value, saved durably before the
-    next line is read). A step's percent is scaled into `span` (start, width) of the job's.
+    (an object of scalar values), `checkpoint` (any JSON value, saved durably before the
+    next line is read) and `defer` (when to run the step again if it exits `EXIT_DEFER`:
+    `until`, RFC 3339 or epoch seconds, or `after` seconds, or `window: true`; and `reason`).
+    A step's percent is scaled into `span` (start, width) of the job's.
     What cannot be used is skipped and reported to `warn` (a misspelled `percnt`, a percent
     that is not a number), so a handler author sees why the progress did not move.
     """
@@ -190,6 +201,10 @@ def message_handler(
         _check_keys(message, problem)
         if "checkpoint" in message:
             await on_checkpoint(message["checkpoint"])
+        if "defer" in message and on_defer is not None:
+            request = deferral_request(message["defer"], problem)
+            if request is not None:
+                on_defer(request)
         percent = _percent(message.get("percent"), span, problem)
         text = message.get("message")
         if text is not None and not isinstance(text, str):
@@ -200,6 +215,49 @@ def message_handler(
             ctx.progress(percent, text, **details)
 
     return handle
+
+
+def deferral_request(raw: Any, problem: Callable[[str], None]) -> JobDeferred | None:
+    """A step's `defer` line as the `JobDeferred` it stands for; None (and a `problem`) when it
+    cannot be used: the exit `EXIT_DEFER` then defers for the default time."""
+    if not isinstance(raw, Mapping):
+        problem('"defer" must be an object with until, after, window or reason')
+        return None
+    for key in raw:
+        if key not in DEFER_KEYS:
+            problem(f"unknown defer key {key!r}; expected {', '.join(DEFER_KEYS)}")
+    reason = raw.get("reason", "")
+    if not isinstance(reason, str):
+        problem("defer reason must be a string")
+        reason = ""
+    until = _instant(raw.get("until"), problem)
+    after = raw.get("after")
+    if after is not None and (
+        isinstance(after, bool) or not isinstance(after, int | float) or not 0 <= after < 1e9
+    ):
+        problem(f"defer after {after!r} is not a number of seconds")
+        after = None
+    window = raw.get("window", False) is True
+    return JobDeferred(
+        reason or "the handler asked to run later", until=until, after=after, window=window
+    )
+
+
+def _instant(raw: Any, problem: Callable[[str], None]) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            when = dt.datetime.fromisoformat(raw)
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is not None:
+                return when.timestamp()
+    problem(f"defer until {raw!r} is not RFC 3339 with a time zone, nor epoch seconds")
+    return None
 
 
 def _check_keys(message: Mapping[str, Any], problem: Callable[[str], None]) -> None:

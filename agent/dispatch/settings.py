@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs_agent.schedule.windows import Windows
+
 ANY_USER = "*"
 """In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
 
@@ -36,6 +38,9 @@ class DispatchSettings:
     rerun_after_reboot: tuple[str, ...] = ("reboot.sh",)
     containment: str = "auto"
     allow_http_downloads: bool = False
+    maintenance_windows: Windows = field(default_factory=Windows)
+    """The device's windows: a Device Client step with a `timeout` that would outlast them is
+    deferred to the next opening long enough for it (`StepsHandler`)."""
     request_timeout_seconds: float = 30.0
     """How long a request over the agent's MQTT link may go unanswered (a stream download's
     GetStream, as the Jobs client's requests)."""

@@ -26,6 +26,7 @@ from jobs_agent.dispatch.output import OutputLog, Tail, log_path
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
 from jobs_agent.dispatch.scripts import (
+    EXIT_DEFER,
     EXIT_REBOOT,
     EXIT_REJECTED,
     StepFiles,
@@ -33,7 +34,9 @@ from jobs_agent.dispatch.scripts import (
     script_environment,
 )
 from jobs_agent.dispatch.settings import DispatchSettings
-from jobs_agent_handlers.api import JobContext, JobRejected, Outcome
+from jobs_agent.schedule import clock
+from jobs_agent.schedule.windows import document_windows
+from jobs_agent_handlers.api import JobContext, JobDeferred, JobRejected, Outcome
 
 
 @dataclass
@@ -45,6 +48,8 @@ class _Run:
     stdout: Tail = field(default_factory=Tail)
     stderr: Tail = field(default_factory=Tail)
     ignored: list[str] = field(default_factory=list)
+    defer: JobDeferred | None = None
+    """The running step's `defer` line: when it wants to run again if it exits `EXIT_DEFER`."""
 
     def details(self, reason: str | None = None) -> dict[str, str]:
         result: dict[str, str] = {}
@@ -146,6 +151,14 @@ class StepsHandler:
             step = prepare(action, self._settings, self._sandbox.search_path)
         except JobRejected as exc:
             return Outcome.rejected(exc.reason, **run.details())
+        if not confirming:
+            waits = self._window(ctx, index, step, label)
+            if isinstance(waits, Outcome):
+                return Outcome(waits.status, {**waits.details, **run.details()})
+            if waits is not None:
+                await ctx.checkpoint({"next_step": index})
+                run.log.note(f"{label}: {waits.reason}")
+                raise waits
         reboot_step = self._reboots_like_the_device_client(step) and not confirming
         if reboot_step:
             await ctx.checkpoint({"next_step": index, REBOOT_STEP: {"boot_id": self._boot_id()}})
@@ -176,6 +189,14 @@ class StepsHandler:
             ctx.request_reboot()
             run.log.note(f"{label} asked for a reboot; the job continues after it")
             return Outcome.succeeded(**run.details())
+        if code == EXIT_DEFER:
+            # Not now: the step runs again from its beginning when the time comes.
+            await ctx.checkpoint({"next_step": index})
+            request = run.defer or JobDeferred(
+                f"{label} asked to run later (exit code {EXIT_DEFER})"
+            )
+            run.log.note(f"{label} deferred the job: {request.reason}")
+            raise request
         if code == EXIT_REJECTED:
             return Outcome.rejected(
                 f"{label}: the handler rejected the job (exit code {EXIT_REJECTED})",
@@ -188,6 +209,32 @@ class StepsHandler:
             run.ignored.append(f"{label}: {failure}")
             return None
         return Outcome.failed(f"{label}: {failure}", **run.details())
+
+    def _window(
+        self, ctx: JobContext, index: int, step: PreparedStep, label: str
+    ) -> JobDeferred | Outcome | None:
+        """The step's maintenance window (the device's, the job's, the step's own, all at once):
+        None when the step may start now; when it may not, a deferral to the next opening (one
+        long enough for its `timeout` when it names one), or FAILED when none is."""
+        timeline = document_windows(ctx.document).for_step(
+            self._settings.maintenance_windows, index
+        )
+        now = clock.now()
+        needs = step.action.timeout
+        if needs is None:
+            if timeline.is_open(now):
+                return None
+            at = timeline.opens_at(now)
+        else:
+            if not timeline.outlasts(now, needs):
+                return None
+            at = timeline.next_fit(now, needs)
+        if at is None:
+            return Outcome.failed(
+                f"{label}: no maintenance window within a year is long enough for it"
+                + ("" if needs is None else f" ({needs:g} s)")
+            )
+        return JobDeferred(f"{label} waits for its maintenance window", until=at, window=True)
 
     def _reboots_like_the_device_client(self, step: PreparedStep) -> bool:
         return (
@@ -244,6 +291,11 @@ class StepsHandler:
                     problem=problem,
                 )
 
+            run.defer = None
+
+            def on_defer(request: JobDeferred) -> None:
+                run.defer = request
+
             spec = ProcessSpec(
                 step.argv,
                 step.user,
@@ -256,7 +308,9 @@ class StepsHandler:
                 spec,
                 cancelled=ctx.cancelled,
                 log=run.log,
-                on_message=message_handler(ctx, on_checkpoint, span=span, warn=warn),
+                on_message=message_handler(
+                    ctx, on_checkpoint, span=span, warn=warn, on_defer=on_defer
+                ),
                 on_bad_line=warn,
                 stdout_sinks=[run.stdout],
                 stderr_sinks=[run.stderr],

@@ -21,6 +21,7 @@ POINTS = (
     "decided",  # outcome recorded and queued in the outbox, not yet sent
     "report_accepted",  # the service accepted the outcome, not yet recorded as reported
     "awaiting_reboot",  # reboot recorded, reboot command not yet run
+    "deferred",  # the deferral recorded, not yet announced to the service
 )
 
 

@@ -24,9 +24,11 @@ from collections.abc import Callable
 import structlog
 
 from jobs_agent.aio import wait_event
+from jobs_agent.consent.server import ConsentDesk
 from jobs_agent.engine.acquisition import LOST_RECORD_REASON as LOST_RECORD_REASON
 from jobs_agent.engine.acquisition import Acquisition
 from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.deferral import Deferrals
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.reboot import Reboots
@@ -60,9 +62,11 @@ class Engine:
         heartbeat_interval: float | None = None,
         on_status: Callable[[EngineStatus], None] | None = None,
         mqtt_link: MqttLink | None = None,
+        consent: ConsentDesk | None = None,
     ) -> None:
         """`mqtt_link`: the device's MQTT connection, lent to Python plugins (a stream
-        download's own protocol client); `client` is the Jobs client on it."""
+        download's own protocol client); `client` is the Jobs client on it. `consent`: the
+        desk of the consent socket the daemon serves (None: a job asking for consent FAILS)."""
         self.client = client
         self.store = store
         self._shared = shared = Shared(settings, dispatcher, on_status, mqtt_link)
@@ -71,6 +75,9 @@ class Engine:
         self._acquisition = Acquisition(shared, store, client, self._outbox, self._files)
         self._reboots = Reboots(shared, store, client, self._outbox)
         self._supervisor = Supervisor(shared, store, client, self._files)
+        self.deferrals = Deferrals(
+            shared, store, self._outbox, self._files, self._supervisor, consent
+        )
         self._runner = Runner(
             shared,
             store,
@@ -78,6 +85,7 @@ class Engine:
             self._reboots,
             self._files,
             self._supervisor,
+            self.deferrals,
             heartbeat_interval=heartbeat_interval,
         )
         self._reconciled = False

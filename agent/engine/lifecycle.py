@@ -7,8 +7,9 @@ announces, so that a `kill -9` or a power cut at any line leaves a state from wh
 start knows what happened and what is left (`jobs_agent.engine.recovery` decides that).
 `None` stands for "no record yet": the rows from it are the ways a record is created.
 
-A new capability adds its states and rows here (a deferred execution waiting for its window, the
-phases of an A/B update), then teaches `recovery` what each new state means after a crash.
+A new capability adds its states and rows here (`deferred`: waiting for a time, a maintenance
+window or consent; the phases of an A/B update), then teaches `recovery` what each new state
+means after a crash.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class ExecutionState(StrEnum):
     """The service accepted the outcome (or never will: the record's note says why)."""
     CANCELLED = "cancelled"
     """The service ended the execution; nothing more is reported for it."""
+    DEFERRED = "deferred"
+    """IN_PROGRESS on the service, waiting (its kind: a handler's "not now", a maintenance
+    window, a person's consent) until `deferred_until` or a decision; nothing runs meanwhile."""
 
 
 S = ExecutionState
@@ -55,6 +59,14 @@ TRANSITIONS: Mapping[tuple[ExecutionState | None, ExecutionState], str] = {
     (S.DECIDED, S.REPORTED): "the service accepted the outcome, or refused it for good",
     (S.REPORTED, S.DECIDED): "the service offers it again: the recorded outcome is sent again",
     (S.CANCELLED, S.DECIDED): "the service offers it again after ending it: FAILED, never rerun",
+    (S.STARTED, S.DEFERRED): "before anything ran: consent is required or the window is closed",
+    (S.RUNNING, S.DEFERRED): 'the handler said "not now" (exit 92, JobDeferred), or the next'
+    " step would outlast its maintenance window",
+    (S.DEFERRED, S.DEFERRED): "the wait is announced again after a restart or a reboot, or"
+    " consent accepted gives way to a closed window",
+    (S.DEFERRED, S.RUNNING): "the time came (or consent was accepted): the handler runs again",
+    (S.DEFERRED, S.DECIDED): "consent rejected (REJECTED), or the deferral limit reached (FAILED)",
+    (S.DEFERRED, S.CANCELLED): "the service ended the execution while it waited",
 }
 """(from, to) -> why. Every transition the device may make; the store refuses any other."""
 
@@ -63,6 +75,7 @@ ACTIVE_STATES: tuple[ExecutionState, ...] = (
     S.STARTED,
     S.RUNNING,
     S.AWAITING_REBOOT,
+    S.DEFERRED,
 )
 """Taken by this device and not finished: what start-up reconciles with the service."""
 

@@ -65,7 +65,17 @@ class Settle:
     details: Mapping[str, str] = field(default_factory=dict)
 
 
-Action = Run | Fail | Resend | Settle
+@dataclass(frozen=True)
+class Wait:
+    """The execution is deferred: wait again (until `until`, or for consent), never run the
+    step now. A restart or a reboot changes nothing: the resume time is absolute."""
+
+    kind: str
+    until: float | None
+    reason: str
+
+
+Action = Run | Fail | Resend | Settle | Wait
 
 
 def recover(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Action:
@@ -79,6 +89,11 @@ def recover(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Act
         if record.boot_id is not None and boot_id == record.boot_id:
             return Fail(NO_REBOOT)
         return Run(resumed=True, rebooted=True)
+    if state is ExecutionState.DEFERRED:
+        deferral = record.deferral
+        if deferral is None:  # cannot happen: the store writes both together
+            return Fail("deferred without a record of why", stop_leftovers=True)
+        return Wait(deferral.kind, deferral.until, deferral.reason)
     if state is ExecutionState.DECIDED:
         return Resend()
     if state is ExecutionState.REPORTED and record.outcome_status is not None:

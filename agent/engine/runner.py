@@ -20,17 +20,18 @@ import structlog
 from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.engine.deferral import CONSENT, Deferrals, Request
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
-from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, recover
+from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, Wait, recover
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.vocabulary import JobExecutionStatus
-from jobs_agent_handlers.api import Handler, JobRejected, Outcome
+from jobs_agent_handlers.api import Handler, JobDeferred, JobRejected, Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -44,9 +45,11 @@ class Runner:
         reboots: Reboots,
         files: JobFiles,
         supervisor: Supervisor,
+        deferrals: Deferrals,
         *,
         heartbeat_interval: float | None = None,
     ) -> None:
+        self._deferrals = deferrals
         self._shared = shared
         self._store = store
         self._outbox = outbox
@@ -87,6 +90,8 @@ class Runner:
             if action.stop_leftovers:
                 await self._files.stop_leftovers(ref, bound)
             await self._outbox.decide(ref, Outcome.failed(action.reason), bound)
+        elif isinstance(action, Wait):
+            await self._wait_and_run(record, None, document or record.document, bound)
         else:
             if action.stop_leftovers:
                 await self._files.stop_leftovers(ref, bound)
@@ -122,15 +127,70 @@ class Runner:
         if run.resumed:
             record = await self._store.call(Store.transition, ref, ExecutionState.RUNNING)
         else:
+            gate = self._deferrals.gate(document)
+            if isinstance(gate, Outcome):
+                await self._outbox.decide(ref, gate, bound)
+                return
+            if gate is not None:
+                await self._wait_and_run(record, gate, document, bound)
+                return
             record = await self._store.call(
-                Store.transition,
-                ref,
-                ExecutionState.RUNNING,
-                handler=handler.name,
-                resumable=bool(getattr(handler, "resumable", False)),
+                Store.transition, ref, ExecutionState.RUNNING, **_handler_fields(handler)
             )
             self._shared.crash.reached("running")
-        await self._execute(record, handler, document, run, bound)
+        deferred = await self._execute(record, handler, document, run, bound)
+        if deferred is not None:
+            request = self._deferrals.from_handler(deferred, document)
+            await self._wait_and_run(record, request, document, bound)
+
+    async def _wait_and_run(
+        self,
+        record: ExecutionRecord,
+        request: Request | None,
+        document: Mapping[str, Any],
+        bound: Any,
+    ) -> None:
+        """Record the deferral (None: it is recorded already), wait for its end, and run the
+        job again; as often as it is deferred again."""
+        ref = record.key
+        consented = False
+        while True:
+            if request is not None:
+                current = await self._store.call(Store.get, ref) or record
+                deferred = await self._deferrals.defer(current, request, bound)
+                if deferred is None:
+                    return  # the limit: decided FAILED
+                record = deferred
+                if consented:
+                    await self._deferrals.forget_consent(record)
+            reporter, running = self._prepare(record, document, Run(resumed=True), bound)
+            ready = await self._deferrals.wait(record, document, running, reporter, bound)
+            if ready is None:
+                return
+            consented = ready.deferral is not None and ready.deferral.kind == CONSENT
+            if consented:
+                gate = self._deferrals.window_gate(document)
+                if isinstance(gate, Outcome):
+                    await self._outbox.decide(ref, gate, bound)
+                    await self._deferrals.forget_consent(ready)
+                    return
+                if gate is not None:
+                    record, request = ready, gate
+                    continue
+            handler = await self._resolve(ready, document, bound)
+            if handler is None:
+                return
+            fresh = ready.handler is None  # deferred before anything ran
+            fields = _handler_fields(handler) if fresh else {}
+            record = await self._deferrals.resume(ready, **fields)
+            if consented:
+                await self._deferrals.forget_consent(record)
+            deferred_again = await self._execute(
+                record, handler, document, Run(resumed=not fresh), bound
+            )
+            if deferred_again is None:
+                return
+            request = self._deferrals.from_handler(deferred_again, document)
 
     async def _resolve(
         self, record: ExecutionRecord, document: Mapping[str, Any], bound: Any
@@ -161,8 +221,9 @@ class Runner:
         document: Mapping[str, Any],
         run: Run,
         bound: Any,
-    ) -> None:
-        """Launch the handler under the supervisor; then decide, or hand a reboot over."""
+    ) -> JobDeferred | None:
+        """Launch the handler under the supervisor; then decide, or hand a reboot over. The
+        handler's "not now" is returned (not an outcome: the caller records the deferral)."""
         reporter, running = self._prepare(record, document, run, bound)
         ref = record.key
         self._supervisor.running = running
@@ -176,6 +237,8 @@ class Runner:
         )
         try:
             outcome = await self._supervisor.supervise(handler_task, running, bound)
+        except JobDeferred as deferred:
+            return deferred
         finally:
             reporter.stop()
             reporter_task.cancel()
@@ -184,15 +247,16 @@ class Runner:
             self._supervisor.running = None
             self._shared.set_status("idle")
         if outcome is None:
-            return  # cancelled by the cloud or suspended for a stop; already recorded
+            return None  # cancelled by the cloud or suspended for a stop; already recorded
         self._shared.crash.reached("handler_done")
         if running.ctx.reboot_requested and outcome.status == JobExecutionStatus.SUCCEEDED:
             await self._reboots.request(ref, reporter, bound)
-            return
+            return None
         progress = reporter.latest
         if run.rebooted and progress.get("reboot") == "requested":
             progress["reboot"] = "done"  # the boot id changed: say so in the final report
         await self._outbox.decide(ref, with_last_progress(outcome, progress), bound)
+        return None
 
     def _prepare(
         self, record: ExecutionRecord, document: Mapping[str, Any], run: Run, bound: Any
@@ -232,6 +296,10 @@ class Runner:
         )
         running_ref.append(Running(ref, ctx))
         return reporter, running_ref[0]
+
+
+def _handler_fields(handler: Handler) -> dict[str, Any]:
+    return {"handler": handler.name, "resumable": bool(getattr(handler, "resumable", False))}
 
 
 def with_last_progress(outcome: Outcome, progress: Mapping[str, Any]) -> Outcome:

@@ -7,8 +7,11 @@ names (`AgentConfig.engine_settings()`); a SIGHUP reload hands the engine a new 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from jobs_agent.schedule.windows import Windows
+from jobs_agent.vocabulary import STEP_TIMEOUT_MAX
 
 
 @dataclass(frozen=True)
@@ -29,3 +32,9 @@ class EngineSettings:
     containment: str = "auto"
     output_logs_max_count: int = 200
     output_logs_max_total_bytes: int = 100 * 1024 * 1024
+    maintenance_windows: Windows = field(default_factory=Windows)
+    """The device's windows: a job starts only while they are open (none: always)."""
+    max_deferral_minutes: int = STEP_TIMEOUT_MAX
+    """Deferred longer than this in all, an execution is reported FAILED."""
+    defer_default_seconds: float = 900.0
+    """A handler's "not now" without a time waits this long."""

@@ -9,6 +9,10 @@ inside its own transaction, and refused (`TransitionRefused`) when the table doe
 
 `decided` rows always have a matching outbox row until the service accepted the update; the
 outbox is flushed in id order before new work is taken.
+
+This module is longer than 500 lines: every SQL statement of the engine is in this one class, so
+that what a transaction writes together (a state, its fields, its outbox row) is read in one
+place.
 """
 
 # ruff: noqa: S608  -- SQL text is assembled only from constants here; values are always bound.
@@ -58,6 +62,12 @@ CREATE TABLE IF NOT EXISTS executions (
     note TEXT,
     received_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    deferred_kind TEXT,
+    deferred_until REAL,
+    deferred_reason TEXT,
+    deferred_since REAL,
+    deferred_total_seconds REAL NOT NULL DEFAULT 0,
+    deferrals INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, job_id, execution_number)
 );
 CREATE INDEX IF NOT EXISTS executions_state ON executions (state);
@@ -74,6 +84,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 """
+
+_ADDED_COLUMNS = (
+    ("deferred_kind", "TEXT"),
+    ("deferred_until", "REAL"),
+    ("deferred_reason", "TEXT"),
+    ("deferred_since", "REAL"),
+    ("deferred_total_seconds", "REAL NOT NULL DEFAULT 0"),
+    ("deferrals", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns added after the first schema (deferral, issue 16): a database written by an earlier
+agent gets them on open (`ALTER TABLE ... ADD COLUMN`), so an upgrade keeps its records."""
 
 
 class StoreError(Exception):
@@ -120,6 +141,23 @@ class ExecutionRecord:
     note: str | None
     received_at: float
     updated_at: float
+    deferral: Deferral | None = None
+    """Set while the execution is (or was last) deferred: kind, until when, why."""
+    deferred_total_seconds: float = 0.0
+    """How long the execution has waited in all, over its finished deferrals."""
+    deferrals: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """Why and until when an execution waits (the `deferred_*` columns)."""
+
+    kind: str
+    """`handler` (the handler said "not now"), `window` (a maintenance window), `consent`."""
+    until: float | None
+    """Epoch seconds (wall clock: a reboot changes nothing); None: until consent is given."""
+    reason: str
+    since: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +189,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -192,6 +231,12 @@ class Store:
             return self._take_marker.read_text().strip() == self.database_id
         except OSError:
             return False
+
+    def _add_columns(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE executions ADD COLUMN {name} {kind}")
 
     def verify(self) -> None:
         """Raise `StoreLost` if the open database is no longer the file at `path`."""
@@ -280,12 +325,18 @@ class Store:
             note=row[15],
             received_at=row[16],
             updated_at=row[17],
+            deferral=None
+            if row[18] is None
+            else Deferral(row[18], row[19], row[20] or "", row[21]),
+            deferred_total_seconds=row[22] or 0.0,
+            deferrals=row[23] or 0,
         )
 
     _COLUMNS = (
         "namespace, job_id, execution_number, state, document, version_number, handler,"
         " resumable, step, checkpoint, boot_id, restarts, progress, outcome_status,"
-        " outcome_details, note, received_at, updated_at"
+        " outcome_details, note, received_at, updated_at, deferred_kind, deferred_until,"
+        " deferred_reason, deferred_since, deferred_total_seconds, deferrals"
     )
     _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
 
@@ -361,6 +412,12 @@ class Store:
             "boot_id",
             "restarts",
             "note",
+            "deferred_kind",
+            "deferred_until",
+            "deferred_reason",
+            "deferred_since",
+            "deferred_total_seconds",
+            "deferrals",
         }
         unknown = set(fields) - allowed
         if unknown:

@@ -32,7 +32,7 @@ from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
-from jobs_agent_handlers.api import Outcome
+from jobs_agent_handlers.api import JobDeferred, Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -198,6 +198,8 @@ class Supervisor:
 def _result(handler_task: asyncio.Task[Outcome], bound: Any) -> Outcome:
     try:
         return handler_task.result()
+    except JobDeferred:
+        raise  # not an outcome: the runner records the deferral
     except asyncio.CancelledError:
         return Outcome.failed("the handler was cancelled")
     except Exception as exc:  # the dispatcher maps handler errors; this is a last resort

@@ -218,6 +218,16 @@ class Windows(Timeline):
     def __init__(self, windows: Sequence[MaintenanceWindow] = ()) -> None:
         self.windows = tuple(windows)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Windows) and self.windows == other.windows
+
+    def __hash__(self) -> int:
+        return hash(self.windows)
+
+    def to_config(self) -> list[dict[str, Any]]:
+        """As `jobs.maintenance_windows` spells them (`jobs-agent config check` shows it)."""
+        return [dict(zip(_CONFIG_KEYS, w.to_json().values(), strict=True)) for w in self.windows]
+
     @property
     def always_open(self) -> bool:
         return not self.windows

@@ -1,0 +1,423 @@
+"""Issue 16 items 1-3 end to end: "not now" (a script's exit 92, a plugin's `JobDeferred`),
+maintenance windows (the device's and the document's, for the job and for a step) and consent,
+each with real `jobs-agent run` processes on a real mosquitto against the emulator.
+
+Time is moved, never waited for: the emulator runs on a `ManualClock` (its step timer is real:
+the ticker moves an execution whose step deadline passed to TIMED_OUT), and the agent reads its
+wall clock from the file `JOBS_AGENT_CLOCK_FILE` names (`jobs_agent.schedule.clock`), so an hour
+of deferral or the night's window is one write of that file away.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs_agent.dispatch.scripts import deferral_request
+from jobs_agent.emulator.clock import ManualClock
+from jobs_agent.emulator.embedded import Emulator
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    start_emulator,
+    wait_terminal,
+    write_handler,
+)
+
+THING = "gw-defer"
+DEFERRING_SCRIPT = """#!/bin/sh
+# Defers twice ("battery low"), then succeeds: each run is one line of {runs}.
+n=$(( $(cat {runs} 2>/dev/null | wc -l) + 1 ))
+echo "run $n resumed=$JOBS_AGENT_RESUMED" >> {runs}
+if [ "$n" -lt 3 ]; then
+  echo '{{"defer": {{"after": 3600, "reason": "battery low ('$n')"}}}}' >&3
+  exit $JOBS_AGENT_EXIT_DEFER
+fi
+exit 0
+"""
+
+
+def epoch(text: str) -> float:
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+class AgentClock:
+    """The agent's wall clock: a file it reads (the emulator has its own `ManualClock`)."""
+
+    def __init__(self, path: Path, start: float) -> None:
+        self.path = path
+        self.set(start)
+
+    def set(self, instant: float) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(f"{instant}\n")
+        os.replace(temporary, self.path)
+
+    @property
+    def now(self) -> float:
+        return float(self.path.read_text())
+
+
+@pytest.fixture
+def emulator_clock() -> ManualClock:
+    return ManualClock(time.time())
+
+
+@pytest.fixture
+async def emulator(mosquitto: Mosquitto, emulator_clock: ManualClock) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port, clock=emulator_clock)
+    yield emu
+    await emu.stop()
+
+
+def start_agent(
+    tmp_path: Path,
+    port: int,
+    clock: AgentClock,
+    *,
+    jobs_lines: tuple[str, ...] = (),
+    top_lines: tuple[str, ...] = (),
+    **jobs: Any,
+) -> AgentProcess:
+    jobs.setdefault("boot_id_path", tmp_path / "boot_id")
+    jobs.setdefault("step_timeout_minutes", 1)
+    config = agent_config(tmp_path, port, THING, **jobs)
+    text = config_yaml(config).replace(
+        "jobs:\n", "jobs:\n" + "".join(f"  {x}\n" for x in jobs_lines)
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(text + "".join(f"{x}\n" for x in top_lines))
+    if not (tmp_path / "boot_id").exists():
+        (tmp_path / "boot_id").write_text("boot-1\n")
+    agent = AgentProcess(path, tmp_path, env={"JOBS_AGENT_CLOCK_FILE": str(clock.path)})
+    agent.start()
+    return agent
+
+
+def deferral_updates(emulator: Emulator, job_id: str) -> list[dict[str, str]]:
+    """The statusDetails of every device update that announced (or renewed) a deferral."""
+    return [
+        dict(h.status_details)
+        for h in emulator.service.history(job_id=job_id)
+        if str(h.source) == "device" and "deferred" in h.status_details
+    ]
+
+
+async def wait_deferral(emulator: Emulator, job_id: str, count: int) -> dict[str, str]:
+    await emulator.service.wait_for(lambda: len(deferral_updates(emulator, job_id)) >= count, 30)
+    return deferral_updates(emulator, job_id)[-1]
+
+
+def statuses(emulator: Emulator, job_id: str) -> list[str]:
+    return [str(h.to_status) for h in emulator.service.history(job_id=job_id)]
+
+
+def runs(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def still_in_progress_after(
+    emulator: Emulator, emulator_clock: ManualClock, job_id: str, seconds: float
+) -> None:
+    """Move the service's clock and let its timers run: the step timer must not fire."""
+    emulator_clock.advance(seconds)
+    emulator.service.tick()
+    assert str(emulator.service.execution(job_id, THING).status) == "IN_PROGRESS"
+
+
+async def test_a_job_deferred_twice_across_a_restart_and_a_reboot_resumes_and_succeeds(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, emulator_clock: ManualClock
+) -> None:
+    """Exit 92 with a `defer` line, twice; a SIGTERM restart during the first wait and a power
+    cut and boot during the second: the wait goes on each time (the step never reruns early),
+    the step timer (1 minute, the emulator's, real) is renewed by each announcement, so that
+    more than a minute of service time passes in each wait without TIMED_OUT."""
+    record = tmp_path / "runs.log"
+    write_handler(tmp_path / "handlers", "later", DEFERRING_SCRIPT.format(runs=record))
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    agent = start_agent(tmp_path, mosquitto.port, clock)
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("later-1", [THING], {"operation": "later"})
+        first = await wait_deferral(emulator, "later-1", 1)
+        assert first == {
+            "deferred": "handler",
+            "until": "2026-06-01T13:00:00Z",
+            "reason": "battery low (1)",
+            "deferrals": "1",
+        }
+        await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
+
+        agent.signal(signal.SIGTERM)  # a restart while deferred
+        assert await agent.wait_exit() == 0
+        agent.start()
+        await agent.wait_ready()
+        assert (await wait_deferral(emulator, "later-1", 2))["until"] == "2026-06-01T13:00:00Z"
+        await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
+        assert runs(record) == ["run 1 resumed=0"]  # the wait resumed, not the step
+
+        clock.set(epoch("2026-06-01T13:00:01Z"))  # the hour has passed
+        second = await wait_deferral(emulator, "later-1", 3)
+        assert (second["reason"], second["deferrals"]) == ("battery low (2)", "2")
+
+        agent.kill()  # a power cut, then a boot
+        await agent.wait_exit()
+        (tmp_path / "boot_id").write_text("boot-2\n")
+        agent.start()
+        await agent.wait_ready()
+        assert (await wait_deferral(emulator, "later-1", 4))["until"] == "2026-06-01T14:00:01Z"
+        await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
+        assert runs(record) == ["run 1 resumed=0", "run 2 resumed=1"]
+
+        clock.set(epoch("2026-06-01T14:00:02Z"))
+        execution = await wait_terminal(emulator, "later-1", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert str(execution.status) == "SUCCEEDED"
+    assert "deferred" not in execution.status_details
+    assert runs(record) == ["run 1 resumed=0", "run 2 resumed=1", "run 3 resumed=1"]
+    assert "TIMED_OUT" not in statuses(emulator, "later-1")
+
+
+async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_one_waits(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The device's window (02:00 UTC for an hour) holds a job back until it opens, and
+    `jobs-agent status` says when; a Device Client step whose own window (02:30 for 20 min) is
+    open but too short for its `timeout` waits for the next night's, without running the first
+    step again."""
+    record = tmp_path / "runs.log"
+    write_handler(tmp_path / "handlers", "hello", f'#!/bin/sh\necho "$2" >> {record}\n')
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T01:00:00Z"))
+    window = '{start_time: "cron(0 2 * * ? *)", duration_minutes: 60, time_zone: UTC}'
+    agent = start_agent(
+        tmp_path, mosquitto.port, clock, jobs_lines=(f"maintenance_windows: [{window}]",)
+    )
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("nightly", [THING], {"operation": "hello", "args": ["n"]})
+        waiting = await wait_deferral(emulator, "nightly", 1)
+        assert waiting["deferred"] == "window"
+        assert waiting["until"] == "2026-06-01T02:00:00Z"
+        shown = status_json(tmp_path, clock)
+        assert "next window opens 2026-06-01 02:00" in shown["maintenance_windows"]["now"]
+        assert shown["running"][0]["deferred"]["kind"] == "window"
+        assert runs(record) == []
+
+        clock.set(epoch("2026-06-01T02:00:30Z"))
+        execution = await wait_terminal(emulator, "nightly", THING, timeout=30)
+        assert str(execution.status) == "SUCCEEDED"
+        assert runs(record) == ["n"]
+
+        clock.set(epoch("2026-06-01T02:05:00Z"))  # inside the device's window
+        step_window = {"startTime": "cron(30 2 * * ? *)", "durationInMinutes": 20}
+        document = {
+            "version": "1.0",
+            "steps": [
+                {"action": _step("first", "one")},
+                {"action": {**_step("second", "two"), "timeout": 600}},
+            ],
+        }
+        document["steps"][1]["action"]["maintenanceWindow"] = step_window
+        emulator.service.create_job("two-steps", [THING], document)
+        first_wait = await wait_deferral(emulator, "two-steps", 1)
+        assert first_wait["until"] == "2026-06-01T02:30:00Z"  # the step's window is closed
+        assert runs(record) == ["n", "one"]
+
+        clock.set(epoch("2026-06-01T02:45:00Z"))  # open, but 10 minutes do not fit in 5
+        next_night = await wait_deferral(emulator, "two-steps", 2)
+        assert next_night["until"] == "2026-06-02T02:30:00Z"
+        assert runs(record) == ["n", "one"]
+
+        clock.set(epoch("2026-06-02T02:30:05Z"))
+        execution = await wait_terminal(emulator, "two-steps", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert str(execution.status) == "SUCCEEDED", execution.status_details
+    assert runs(record) == ["n", "one", "two"]
+
+
+def _step(name: str, argument: str) -> dict[str, Any]:
+    return {"name": name, "type": "runHandler", "input": {"handler": "hello", "args": [argument]}}
+
+
+def status_json(tmp_path: Path, clock: AgentClock) -> dict[str, Any]:
+    env = {**os.environ, "JOBS_AGENT_CLOCK_FILE": str(clock.path)}
+    config = tmp_path / "config.yaml"
+    shown = subprocess.run(
+        [sys.executable, "-m", "jobs_agent", "status", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(shown.stdout)
+    return result
+
+
+def consent_cli(socket_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs_agent", "consent", "--socket", str(socket_path), *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_reason(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The daemon serves the consent socket; a job with `consent` waits (deferred, IN_PROGRESS)
+    until a person answers through `jobs-agent consent`; and a deferral over
+    `jobs.max_deferral_minutes` ends FAILED with the reason."""
+    record = tmp_path / "runs.log"
+    write_handler(tmp_path / "handlers", "hello", f'#!/bin/sh\necho "$2" >> {record}\n')
+    write_handler(
+        tmp_path / "handlers",
+        "later",
+        '#!/bin/sh\necho \'{"defer": {"after": 7200, "reason": "busy"}}\' >&3\nexit 92\n',
+    )
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    socket_path = run_dir / "consent.sock"
+    agent = start_agent(
+        tmp_path,
+        mosquitto.port,
+        clock,
+        jobs_lines=("max_deferral_minutes: 60",),
+        top_lines=("consent:", f"  socket: {socket_path}"),
+    )
+    prompt = "Install the update now? The screen goes dark for a minute."
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job(
+            "ask-1", [THING], {"operation": "hello", "args": ["yes"], "consent": {"prompt": prompt}}
+        )
+        waiting = await wait_deferral(emulator, "ask-1", 1)
+        assert waiting == {
+            "deferred": "consent",
+            "until": "consent",
+            "reason": prompt,
+            "deferrals": "1",
+        }
+        listed = consent_cli(socket_path, "--list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [w["jobId"] for w in json.loads(listed.stdout)["waiting"]] == ["ask-1"]
+        assert runs(record) == []
+        accepted = consent_cli(socket_path, "ask-1")
+        assert accepted.returncode == 0, accepted.stderr
+        execution = await wait_terminal(emulator, "ask-1", THING, timeout=30)
+        assert str(execution.status) == "SUCCEEDED"
+        assert runs(record) == ["yes"]
+
+        emulator.service.create_job(
+            "ask-2", [THING], {"operation": "hello", "args": ["no"], "consent": True}
+        )
+        await wait_deferral(emulator, "ask-2", 1)
+        rejected = consent_cli(socket_path, "ask-2", "--reject", "driver on duty")
+        assert rejected.returncode == 0, rejected.stderr
+        execution = await wait_terminal(emulator, "ask-2", THING, timeout=30)
+        assert str(execution.status) == "REJECTED"
+        assert execution.status_details["reason"] == "driver on duty"
+        assert execution.status_details["rejectedBy"] == "root"
+        assert runs(record) == ["yes"]
+
+        emulator.service.create_job("too-long", [THING], {"operation": "later"})
+        execution = await wait_terminal(emulator, "too-long", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert str(execution.status) == "FAILED"
+    assert execution.status_details["reason"] == (
+        "deferred for 120 min in all (limit 60 min, jobs.max_deferral_minutes): busy"
+    )
+
+
+PLUGIN = """
+from jobs_agent_handlers.api import JobDeferred
+
+
+class Later:
+    name = "later"
+    resumable = False
+
+    async def run(self, ctx):
+        if not ctx.resumed:
+            raise JobDeferred("user session active", after=900)
+        return {"ranAgain": "yes"}
+"""
+
+
+async def test_a_plugin_defers_with_job_deferred_and_runs_again_resumed(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o755)
+    (plugins / "deferplug.py").write_text(PLUGIN)
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    agent = start_agent(
+        tmp_path,
+        mosquitto.port,
+        clock,
+        jobs_lines=(f"plugin_path: [{plugins}]",),
+        top_lines=("handlers:", "  later: deferplug:Later"),
+    )
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("plugin-later", [THING], {"operation": "later"})
+        waiting = await wait_deferral(emulator, "plugin-later", 1)
+        assert (waiting["until"], waiting["reason"]) == (
+            "2026-06-01T12:15:00Z",
+            "user session active",
+        )
+        clock.set(epoch("2026-06-01T12:15:00Z"))
+        execution = await wait_terminal(emulator, "plugin-later", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert str(execution.status) == "SUCCEEDED"
+    assert execution.status_details.get("ranAgain") == "yes"
+
+
+@pytest.mark.parametrize(
+    ("line", "until", "after", "window", "reason"),
+    [
+        ({"until": "2026-06-02T02:00:00Z", "reason": "r"}, 1780365600.0, None, False, "r"),
+        ({"until": "2026-06-02T04:00:00+02:00"}, 1780365600.0, None, False, None),
+        ({"until": 1780365600}, 1780365600.0, None, False, None),
+        ({"after": 900, "reason": "user"}, None, 900, False, "user"),
+        ({"window": True}, None, None, True, None),
+        ({"until": "tomorrow"}, None, None, False, None),
+        ({"after": -5}, None, None, False, None),
+    ],
+)
+def test_the_defer_line_of_the_script_protocol(
+    line: dict[str, Any],
+    until: float | None,
+    after: float | None,
+    window: bool,
+    reason: str | None,
+) -> None:
+    problems: list[str] = []
+    request = deferral_request(line, problems.append)
+    assert request is not None
+    assert (request.until, request.after, request.window) == (until, after, window)
+    assert request.reason == (reason or "the handler asked to run later")
+    bad = line in ({"until": "tomorrow"}, {"after": -5})
+    assert bool(problems) == bad
+
+
+def test_a_defer_line_that_is_not_an_object_is_reported() -> None:
+    problems: list[str] = []
+    assert deferral_request("later", problems.append) is None
+    assert problems
