@@ -10,7 +10,9 @@ of deferral or the night's window is one write of that file away.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from jobs_agent.config import AgentConfig
+from jobs_agent.daemon import Agent
 from jobs_agent.dispatch.scripts import deferral_request
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
@@ -115,9 +119,15 @@ def deferral_updates(emulator: Emulator, job_id: str) -> list[dict[str, str]]:
     ]
 
 
-async def wait_deferral(emulator: Emulator, job_id: str, count: int) -> dict[str, str]:
-    await emulator.service.wait_for(lambda: len(deferral_updates(emulator, job_id)) >= count, 30)
+async def wait_deferral(emulator: Emulator, job_id: str, seen: int = 0) -> dict[str, str]:
+    """The statusDetails of the next deferral update after the first `seen` (a heartbeat
+    without new details shows the details it leaves in place)."""
+    await emulator.service.wait_for(lambda: len(deferral_updates(emulator, job_id)) > seen, 30)
     return deferral_updates(emulator, job_id)[-1]
+
+
+def seen(emulator: Emulator, job_id: str) -> int:
+    return len(deferral_updates(emulator, job_id))
 
 
 def statuses(emulator: Emulator, job_id: str) -> list[str]:
@@ -151,7 +161,7 @@ async def test_a_job_deferred_twice_across_a_restart_and_a_reboot_resumes_and_su
     try:
         await agent.wait_ready()
         emulator.service.create_job("later-1", [THING], {"operation": "later"})
-        first = await wait_deferral(emulator, "later-1", 1)
+        first = await wait_deferral(emulator, "later-1")
         assert first == {
             "deferred": "handler",
             "until": "2026-06-01T13:00:00Z",
@@ -162,22 +172,29 @@ async def test_a_job_deferred_twice_across_a_restart_and_a_reboot_resumes_and_su
 
         agent.signal(signal.SIGTERM)  # a restart while deferred
         assert await agent.wait_exit() == 0
+        before = seen(emulator, "later-1")
         agent.start()
         await agent.wait_ready()
-        assert (await wait_deferral(emulator, "later-1", 2))["until"] == "2026-06-01T13:00:00Z"
+        again = await wait_deferral(emulator, "later-1", before)
+        assert again["until"] == "2026-06-01T13:00:00Z"
         await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
         assert runs(record) == ["run 1 resumed=0"]  # the wait resumed, not the step
 
         clock.set(epoch("2026-06-01T13:00:01Z"))  # the hour has passed
-        second = await wait_deferral(emulator, "later-1", 3)
-        assert (second["reason"], second["deferrals"]) == ("battery low (2)", "2")
+        await emulator.service.wait_for(
+            lambda: deferral_updates(emulator, "later-1")[-1]["deferrals"] == "2", 30
+        )
+        second = deferral_updates(emulator, "later-1")[-1]
+        assert second["reason"] == "battery low (2)"
 
         agent.kill()  # a power cut, then a boot
         await agent.wait_exit()
         (tmp_path / "boot_id").write_text("boot-2\n")
+        before = seen(emulator, "later-1")
         agent.start()
         await agent.wait_ready()
-        assert (await wait_deferral(emulator, "later-1", 4))["until"] == "2026-06-01T14:00:01Z"
+        again = await wait_deferral(emulator, "later-1", before)
+        assert again["until"] == "2026-06-01T14:00:01Z"
         await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
         assert runs(record) == ["run 1 resumed=0", "run 2 resumed=1"]
 
@@ -208,7 +225,7 @@ async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_on
     try:
         await agent.wait_ready()
         emulator.service.create_job("nightly", [THING], {"operation": "hello", "args": ["n"]})
-        waiting = await wait_deferral(emulator, "nightly", 1)
+        waiting = await wait_deferral(emulator, "nightly")
         assert waiting["deferred"] == "window"
         assert waiting["until"] == "2026-06-01T02:00:00Z"
         shown = status_json(tmp_path, clock)
@@ -232,12 +249,13 @@ async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_on
         }
         document["steps"][1]["action"]["maintenanceWindow"] = step_window
         emulator.service.create_job("two-steps", [THING], document)
-        first_wait = await wait_deferral(emulator, "two-steps", 1)
+        first_wait = await wait_deferral(emulator, "two-steps")
         assert first_wait["until"] == "2026-06-01T02:30:00Z"  # the step's window is closed
         assert runs(record) == ["n", "one"]
 
+        before = seen(emulator, "two-steps")
         clock.set(epoch("2026-06-01T02:45:00Z"))  # open, but 10 minutes do not fit in 5
-        next_night = await wait_deferral(emulator, "two-steps", 2)
+        next_night = await wait_deferral(emulator, "two-steps", before)
         assert next_night["until"] == "2026-06-02T02:30:00Z"
         assert runs(record) == ["n", "one"]
 
@@ -305,7 +323,7 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
         emulator.service.create_job(
             "ask-1", [THING], {"operation": "hello", "args": ["yes"], "consent": {"prompt": prompt}}
         )
-        waiting = await wait_deferral(emulator, "ask-1", 1)
+        waiting = await wait_deferral(emulator, "ask-1")
         assert waiting == {
             "deferred": "consent",
             "until": "consent",
@@ -325,7 +343,7 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
         emulator.service.create_job(
             "ask-2", [THING], {"operation": "hello", "args": ["no"], "consent": True}
         )
-        await wait_deferral(emulator, "ask-2", 1)
+        await wait_deferral(emulator, "ask-2")
         rejected = consent_cli(socket_path, "ask-2", "--reject", "driver on duty")
         assert rejected.returncode == 0, rejected.stderr
         execution = await wait_terminal(emulator, "ask-2", THING, timeout=30)
@@ -376,7 +394,7 @@ async def test_a_plugin_defers_with_job_deferred_and_runs_again_resumed(
     try:
         await agent.wait_ready()
         emulator.service.create_job("plugin-later", [THING], {"operation": "later"})
-        waiting = await wait_deferral(emulator, "plugin-later", 1)
+        waiting = await wait_deferral(emulator, "plugin-later")
         assert (waiting["until"], waiting["reason"]) == (
             "2026-06-01T12:15:00Z",
             "user session active",
@@ -421,3 +439,57 @@ def test_a_defer_line_that_is_not_an_object_is_reported() -> None:
     problems: list[str] = []
     assert deferral_request("later", problems.append) is None
     assert problems
+
+
+@contextlib.asynccontextmanager
+async def in_process_agent(config: AgentConfig, **kw: Any) -> AsyncIterator[Agent]:
+    agent = Agent(config, **kw)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(15):
+            await agent.ready.wait()
+        yield agent
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+async def test_heartbeats_keep_the_step_timer_alive_during_one_long_deferral(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one wait (no restart), the agent renews the 1-minute step timer: three times 40 s of
+    service time pass without TIMED_OUT. Without a step timer of the agent's own, the deferral
+    clears the service's (`stepTimeoutInMinutes: -1`). In-process for the heartbeat period."""
+    record = tmp_path / "runs.log"
+    write_handler(
+        tmp_path / "handlers",
+        "later",
+        f'#!/bin/sh\necho run >> {record}\necho \'{{"defer": {{"after": 3600}}}}\' >&3\nexit 92\n',
+    )
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    monkeypatch.setenv("JOBS_AGENT_CLOCK_FILE", str(clock.path))
+    emulator_clock = ManualClock()
+    emulator = await start_emulator(mosquitto.port, clock=emulator_clock, tick_seconds=None)
+    service = emulator.service
+    try:
+        config = agent_config(tmp_path, mosquitto.port, THING, step_timeout_minutes=1)
+        async with in_process_agent(config, heartbeat_interval=0.2):
+            service.create_job("long-wait", [THING], {"operation": "later"})
+            await wait_deferral(emulator, "long-wait")
+            for _ in range(3):  # 3 x 40 s = 120 s: twice the step timeout
+                updates = len(service.history(job_id="long-wait"))
+                await service.wait_for(
+                    lambda n=updates: len(service.history(job_id="long-wait")) > n, 10
+                )
+                await still_in_progress_after(emulator, emulator_clock, "long-wait", 40)
+        assert runs(record) == ["run"]
+
+        config = agent_config(tmp_path, mosquitto.port, THING, step_timeout_minutes=None)
+        before = seen(emulator, "long-wait")
+        async with in_process_agent(config):
+            await wait_deferral(emulator, "long-wait", before)  # announced after the restart
+            assert service.execution("long-wait", THING).step_deadline is None
+        assert runs(record) == ["run"]
+    finally:
+        await emulator.stop()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,13 @@ DETAIL_KEYS = ("deferred", "until", "reason", "deferrals")
 """The statusDetails keys a deferral adds; dropped from the progress when the job runs again."""
 POLL_SECONDS = 1.0
 """How often the wait looks at the clock (the clock may be moved: `schedule.clock`)."""
+
+
+ResumeHook = Callable[[ExecutionRecord, Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
+"""Called when a deferred execution is about to run again, with its record and the document it
+would run with; returns the document to run instead (None: unchanged). The place for what must
+be fresh after a wait: newly signed presigned URLs (DescribeJobExecution with
+`includeJobDocument`), as after a restart or a reboot."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,20 @@ class Deferrals:
         self._files = files
         self._supervisor = supervisor
         self.consent = consent
+        self._resume_hooks: list[ResumeHook] = []
+
+    def on_resume(self, hook: ResumeHook) -> None:
+        """Register `hook` for every resume from a deferral (`ResumeHook`), in order."""
+        self._resume_hooks.append(hook)
+
+    async def resumed_document(
+        self, record: ExecutionRecord, document: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        for hook in self._resume_hooks:
+            replaced = await hook(record, document)
+            if replaced is not None:
+                document = replaced
+        return document
 
     # -- what to wait for -------------------------------------------------------------------
     def job_timeline(self, document: Mapping[str, Any]) -> Timeline:

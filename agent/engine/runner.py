@@ -177,6 +177,7 @@ class Runner:
                 if gate is not None:
                     record, request = ready, gate
                     continue
+            document = await self._deferrals.resumed_document(ready, document)
             handler = await self._resolve(ready, document, bound)
             if handler is None:
                 return
