@@ -236,6 +236,10 @@ class Deferrals:
             self._shared.set_status("deferred", str(ref), until=details["until"])
             reporter_task = asyncio.create_task(reporter.run(), name=f"deferred-{ref}")
             if request.kind == CONSENT:
+                if self.consent is None:  # the socket could not be served this time
+                    reason = "the job requires consent, and this agent serves no socket"
+                    await self._outbox.decide(ref, Outcome.failed(reason), bound)
+                    return None
                 decision = self._ask(record, document)
             return await self._until_done(record, request, decision, ended_task, running, bound)
         finally:
