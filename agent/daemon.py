@@ -162,9 +162,11 @@ class Agent:
         lock; without it, a job that asks for consent is reported FAILED, saying why."""
         settings = self.config.consent
         if settings.socket == DEFAULT_SOCKET and not settings.socket.parent.is_dir():
-            # Made by the unit's RuntimeDirectory=; the agent does not make it below /run.
-            log.warning(
-                "consent socket not served: its directory does not exist",
+            # Made by the unit's RuntimeDirectory=; the agent does not make it below /run. Run
+            # outside the unit (a bench, a test), that is normal: said, not warned about.
+            log.info(
+                "consent socket not served: its directory does not exist (jobs that ask for"
+                " consent are FAILED)",
                 path=str(settings.socket),
             )
             return None

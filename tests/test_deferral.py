@@ -296,8 +296,8 @@ def consent_cli(socket_path: Path, *args: str) -> subprocess.CompletedProcess[st
 async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_reason(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
 ) -> None:
-    """The daemon serves the consent socket; a job with `consent` waits (deferred, IN_PROGRESS)
-    until a person answers through `jobs-agent consent`; and a deferral over
+    """The daemon serves the consent socket; a job with `consent` waits (deferred, IN_PROGRESS,
+    across a restart) until a person answers through `jobs-agent consent`; and a deferral over
     `jobs.max_deferral_minutes` ends FAILED with the reason."""
     record = tmp_path / "runs.log"
     write_handler(tmp_path / "handlers", "hello", f'#!/bin/sh\necho "$2" >> {record}\n')
@@ -330,6 +330,12 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
             "reason": prompt,
             "deferrals": "1",
         }
+        agent.signal(signal.SIGTERM)  # a restart while waiting: asked again, never run
+        assert await agent.wait_exit() == 0
+        before = seen(emulator, "ask-1")
+        agent.start()
+        await agent.wait_ready()
+        assert (await wait_deferral(emulator, "ask-1", before))["deferred"] == "consent"
         listed = consent_cli(socket_path, "--list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [w["jobId"] for w in json.loads(listed.stdout)["waiting"]] == ["ask-1"]
@@ -360,6 +366,40 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
     assert execution.status_details["reason"] == (
         "deferred for 120 min in all (limit 60 min, jobs.max_deferral_minutes): busy"
     )
+
+
+async def test_killed_between_recording_a_deferral_and_announcing_it(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """SIGKILL right after the deferral is written (`JOBS_AGENT_CRASH_AT=deferred`): the next
+    start announces the wait it finds recorded and runs the step only when its time comes."""
+    record = tmp_path / "runs.log"
+    write_handler(tmp_path / "handlers", "later", DEFERRING_SCRIPT.format(runs=record))
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    agent = start_agent(tmp_path, mosquitto.port, clock)
+    agent.kill()
+    await agent.wait_exit()
+    try:
+        agent.start(JOBS_AGENT_CRASH_AT="deferred")
+        await agent.wait_ready()
+        emulator.service.create_job("crash-defer", [THING], {"operation": "later"})
+        assert await agent.wait_exit() == -signal.SIGKILL
+        assert deferral_updates(emulator, "crash-defer") == []  # recorded, not announced
+        agent.start()
+        await agent.wait_ready()
+        waiting = await wait_deferral(emulator, "crash-defer")
+        assert (waiting["until"], waiting["deferrals"]) == ("2026-06-01T13:00:00Z", "1")
+        assert runs(record) == ["run 1 resumed=0"]
+        clock.set(epoch("2026-06-01T13:00:00Z"))
+        await emulator.service.wait_for(
+            lambda: deferral_updates(emulator, "crash-defer")[-1]["deferrals"] == "2", 30
+        )
+        clock.set(epoch("2026-06-01T14:00:00Z"))
+        execution = await wait_terminal(emulator, "crash-defer", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert str(execution.status) == "SUCCEEDED"
+    assert runs(record) == ["run 1 resumed=0", "run 2 resumed=1", "run 3 resumed=1"]
 
 
 PLUGIN = """
@@ -493,3 +533,106 @@ async def test_heartbeats_keep_the_step_timer_alive_during_one_long_deferral(
         assert runs(record) == ["run"]
     finally:
         await emulator.stop()
+
+
+@pytest.mark.parametrize(
+    ("lines", "error"),
+    [
+        (
+            [
+                "jobs:",
+                "  maintenance_windows:",
+                '    - {start_time: "cron(0 2 * * ? *)", duration_minutes: 0}',
+            ],
+            "jobs.maintenance_windows[0].duration_minutes: expected an integer from 1 to 1430,"
+            " got 0 (line 3)",
+        ),
+        (
+            [
+                "jobs:",
+                "  maintenance_windows:",
+                '    - {start_time: "0 2 * * *", duration_minutes: 5}',
+            ],
+            "jobs.maintenance_windows[0].start_time: ",
+        ),
+        (
+            ["consent:", "  socket: relative.sock"],
+            "consent.socket: expected an absolute path (line 2)",
+        ),
+        (["consent:", "  allowed_user: [pi]"], "consent.allowed_user: unknown key"),
+    ],
+)
+def test_a_bad_window_or_consent_setting_names_the_key_and_the_line(
+    tmp_path: Path, lines: list[str], error: str
+) -> None:
+    from jobs_agent.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("\n".join(["thing_name: gw", *lines]) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert error in str(caught.value)
+
+
+def test_the_routed_settings_reach_the_engine_and_the_dispatcher(tmp_path: Path) -> None:
+    from jobs_agent.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "thing_name: gw\njobs:\n  max_deferral_minutes: 60\n  maintenance_windows:\n"
+        '    - {start_time: "cron(0 2 * * ? *)", duration_minutes: 60, time_zone: UTC}\n'
+        f"consent:\n  socket: {tmp_path}/c.sock\n  allowed_groups: [jobs-consent]\n"
+    )
+    config = load_config(path, environ={})
+    engine, dispatch = config.engine_settings(), config.dispatch_settings()
+    assert engine.max_deferral_minutes == 60
+    assert engine.maintenance_windows == dispatch.maintenance_windows
+    assert [w.describe() for w in engine.maintenance_windows.windows] == [
+        "cron(0 2 * * ? *) for 60 min (UTC)"
+    ]
+    assert (config.consent.socket, config.consent.allowed_groups) == (
+        tmp_path / "c.sock",
+        ("jobs-consent",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (
+            {"operation": "x", "maintenanceWindow": {"startTime": "cron(0 2 * * ? *)"}},
+            "maintenanceWindow.durationInMinutes: required",
+        ),
+        (
+            {
+                "version": "1.0",
+                "steps": [
+                    {
+                        "action": {
+                            "name": "a",
+                            "type": "runHandler",
+                            "input": {"handler": "x"},
+                            "maintenanceWindow": {
+                                "startTime": "cron(0 2 * * ? *)",
+                                "durationInMinutes": 0,
+                            },
+                        }
+                    }
+                ],
+            },
+            "steps[0].action.maintenanceWindow.durationInMinutes: expected an integer",
+        ),
+        ({"operation": "x", "consent": "yes please"}, 'consent: expected true or {"prompt"'),
+        ({"operation": "x", "consent": {"promt": "?"}}, "consent.promt: unknown key"),
+    ],
+)
+def test_a_malformed_window_or_consent_field_rejects_the_document(
+    tmp_path: Path, document: dict[str, Any], reason: str
+) -> None:
+    from jobs_agent.dispatch import Dispatcher, DispatchSettings
+    from jobs_agent_handlers.api import JobRejected
+
+    dispatcher = Dispatcher(DispatchSettings(handler_dir=tmp_path, state_dir=tmp_path))
+    with pytest.raises(JobRejected) as caught:
+        dispatcher.resolve(document, job_id="j")
+    assert reason in caught.value.reason
