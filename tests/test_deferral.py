@@ -261,10 +261,18 @@ async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_on
 
         clock.set(epoch("2026-06-02T02:30:05Z"))
         execution = await wait_terminal(emulator, "two-steps", THING, timeout=30)
+        assert str(execution.status) == "SUCCEEDED", execution.status_details
+        assert runs(record) == ["n", "one", "two"]
+
+        document["steps"][1]["action"]["timeout"] = 3600  # an hour never fits in 20 minutes
+        emulator.service.create_job("never-fits", [THING], document)
+        execution = await wait_terminal(emulator, "never-fits", THING, timeout=30)
     finally:
         agent.kill()
-    assert str(execution.status) == "SUCCEEDED", execution.status_details
-    assert runs(record) == ["n", "one", "two"]
+    assert str(execution.status) == "FAILED"
+    assert execution.status_details["reason"] == (
+        'step 2 "second": no maintenance window within a year is long enough for it (3600 s)'
+    )
 
 
 def _step(name: str, argument: str) -> dict[str, Any]:
@@ -360,11 +368,23 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
 
         emulator.service.create_job("too-long", [THING], {"operation": "later"})
         execution = await wait_terminal(emulator, "too-long", THING, timeout=30)
+        assert str(execution.status) == "FAILED"
+        assert execution.status_details["reason"] == (
+            "deferred for 120 min in all (limit 60 min, jobs.max_deferral_minutes): busy"
+        )
+
+        emulator.service.create_job(
+            "nobody-answers", [THING], {"operation": "hello", "consent": True}
+        )
+        await wait_deferral(emulator, "nobody-answers")
+        clock.set(clock.now + 61 * 60)
+        execution = await wait_terminal(emulator, "nobody-answers", THING, timeout=30)
     finally:
         agent.kill()
     assert str(execution.status) == "FAILED"
     assert execution.status_details["reason"] == (
-        "deferred for 120 min in all (limit 60 min, jobs.max_deferral_minutes): busy"
+        "deferred for 61 min in all (limit 60 min, jobs.max_deferral_minutes):"
+        " waiting for consent on the device"
     )
 
 

@@ -234,6 +234,8 @@ def _print_text(snapshot: _Snapshot, out: TextIO) -> None:
     windows = _windows(snapshot.config)
     configured = "; ".join(windows["configured"]) or "none configured"
     print(f"maintenance windows: {windows['now']} ({configured})", file=out)
+    socket = snapshot.config.consent.socket
+    print(f"consent socket: {socket} (jobs-agent consent --list)", file=out)
     if not snapshot.active:
         print("running: nothing", file=out)
     for r in snapshot.active:
