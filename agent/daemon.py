@@ -322,7 +322,8 @@ class Agent:
         return True
 
     def _keep_restart_only_settings(self, new: AgentConfig) -> AgentConfig:
-        """The connection, identity, subscriptions and database stay as started."""
+        """The connection, identity, subscriptions, database and consent socket stay as
+        started."""
         old = self.config
         kept = []
         if new.connection != old.connection:
@@ -333,6 +334,8 @@ class Agent:
             kept.append("state_dir")
         if new.jobs.namespaces != old.jobs.namespaces:
             kept.append("jobs.namespaces")
+        if new.consent != old.consent:
+            kept.append("consent")  # the socket is bound, and its allow-list read, at start
         if kept:
             log.warning("these settings change only after a restart", settings=kept)
         return dataclasses.replace(
@@ -340,6 +343,7 @@ class Agent:
             connection=old.connection,
             thing_name=old.thing_name,
             state_dir=old.state_dir,
+            consent=old.consent,
             jobs=dataclasses.replace(new.jobs, namespaces=old.jobs.namespaces),
         )
 
