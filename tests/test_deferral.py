@@ -168,6 +168,8 @@ async def test_a_job_deferred_twice_across_a_restart_and_a_reboot_resumes_and_su
             "reason": "battery low (1)",
             "deferrals": "1",
         }
+        status = await agent.wait_message("STATUS=deferred")  # what systemctl status shows
+        assert status == "STATUS=deferred later-1#1 until 2026-06-01T13:00:00Z"
         await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
 
         agent.signal(signal.SIGTERM)  # a restart while deferred

@@ -51,6 +51,8 @@ class EngineStatus:
     def describe(self) -> str:
         if self.job is None:
             return f"{self.state}; {self.jobs_done} jobs done"
+        if self.state == "deferred":
+            return f"deferred {self.job} until {self.progress.get('until', '?')}"
         percent = self.progress.get("percent")
         message = self.progress.get("message")
         parts = [f"running {self.job}"]
