@@ -30,6 +30,7 @@ from jobs_agent.daemon import Agent
 from jobs_agent.dispatch.scripts import deferral_request
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent_handlers.api import JobDeferred
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -658,3 +659,36 @@ def test_a_malformed_window_or_consent_field_rejects_the_document(
     with pytest.raises(JobRejected) as caught:
         dispatcher.resolve(document, job_id="j")
     assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("request_", "kind", "until"),
+    [
+        (JobDeferred("r", after=600), "handler", "2026-06-01T12:10:00Z"),
+        (JobDeferred("r", until=epoch("2026-06-02T00:00:00Z")), "handler", "2026-06-02T00:00:00Z"),
+        (JobDeferred("r"), "handler", "2026-06-01T12:15:00Z"),  # jobs.defer_default_seconds
+        (JobDeferred("r", after=0), "handler", "2026-06-01T12:00:30Z"),  # at least 30 s
+        (JobDeferred("r", until=epoch("2026-05-01T00:00:00Z")), "handler", "2026-06-01T12:00:30Z"),
+        (JobDeferred("r", window=True), "window", "2026-06-02T02:00:00Z"),  # the next opening
+    ],
+)
+def test_when_a_handlers_not_now_ends(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request_: JobDeferred,
+    kind: str,
+    until: str,
+) -> None:
+    from jobs_agent.engine.deferral import Deferrals, iso
+    from jobs_agent.engine.settings import EngineSettings
+    from jobs_agent.engine.shared import Shared
+    from jobs_agent.schedule.windows import windows_from_config
+
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    monkeypatch.setenv("JOBS_AGENT_CLOCK_FILE", str(clock.path))
+    windows = windows_from_config([{"start_time": "cron(0 2 * * ? *)", "duration_minutes": 60}])
+    settings = EngineSettings(state_dir=tmp_path, maintenance_windows=windows)
+    shared = Shared(settings, dispatcher=None, on_status=None)  # type: ignore[arg-type]
+    deferrals = Deferrals(shared, None, None, None, None, None)  # type: ignore[arg-type]
+    request = deferrals.from_handler(request_, {"operation": "x"})
+    assert (request.kind, request.until is not None and iso(request.until)) == (kind, until)

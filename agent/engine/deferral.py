@@ -45,6 +45,9 @@ WINDOW = "window"
 CONSENT = "consent"
 DETAIL_KEYS = ("deferred", "until", "reason", "deferrals")
 """The statusDetails keys a deferral adds; dropped from the progress when the job runs again."""
+MIN_HANDLER_WAIT_SECONDS = 30.0
+"""A handler's "not now" waits at least this long (an `until` in the past, `after: 0`): a
+handler that always defers must not turn the agent into a loop of runs and updates."""
 POLL_SECONDS = 1.0
 """How often the wait looks at the clock (the clock may be moved: `schedule.clock`)."""
 
@@ -150,6 +153,8 @@ class Deferrals:
             until = self.job_timeline(document).next_opening(now)
         if until is None:
             until = now + self._shared.settings.defer_default_seconds
+        least = 1.0 if request.window else MIN_HANDLER_WAIT_SECONDS  # a window is the agent's
+        until = max(until, now + least)
         return Request(WINDOW if request.window else HANDLER, until, request.reason)
 
     # -- recording it -----------------------------------------------------------------------
