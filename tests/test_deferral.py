@@ -377,6 +377,14 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
         )
 
         emulator.service.create_job(
+            "own-limit", [THING], {"operation": "later", "maxDeferralMinutes": 30}
+        )
+        execution = await wait_terminal(emulator, "own-limit", THING, timeout=30)
+        assert execution.status_details["reason"] == (
+            "deferred for 120 min in all (limit 30 min, the job's maxDeferralMinutes): busy"
+        )
+
+        emulator.service.create_job(
             "nobody-answers", [THING], {"operation": "hello", "consent": True}
         )
         await wait_deferral(emulator, "nobody-answers")
@@ -647,6 +655,10 @@ def test_the_routed_settings_reach_the_engine_and_the_dispatcher(tmp_path: Path)
         ),
         ({"operation": "x", "consent": "yes please"}, 'consent: expected true or {"prompt"'),
         ({"operation": "x", "consent": {"promt": "?"}}, "consent.promt: unknown key"),
+        (
+            {"operation": "x", "maxDeferralMinutes": 0},
+            "maxDeferralMinutes: expected an integer from 1 to 10080, got 0",
+        ),
     ],
 )
 def test_a_malformed_window_or_consent_field_rejects_the_document(

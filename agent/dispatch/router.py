@@ -18,8 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from jobs_agent.consent.document import ConsentDocumentError, consent_requirement
 from jobs_agent.dispatch import s3url
+from jobs_agent.dispatch.agent_fields import check_agent_fields
 from jobs_agent.dispatch.devicec import (
     StepsDocument,
     parse_legacy_document,
@@ -33,7 +33,6 @@ from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.steps import StepsHandler
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
-from jobs_agent.schedule.windows import WindowError, document_windows
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 from jobs_agent_handlers.api import (
     Handler,
@@ -83,17 +82,6 @@ def _check_depth(value: Any, depth: int) -> int:
     if isinstance(value, str):
         return s3url.expansion(value)
     return 0
-
-
-def check_agent_fields(document: Mapping[str, Any]) -> None:
-    """The document's fields the engine acts on before any handler runs (`maintenanceWindow`,
-    at the top level and in a step's action, and `consent`): a malformed one is REJECTED with
-    its path, never ignored (a job meant for the night must not run at noon)."""
-    try:
-        document_windows(document)
-        consent_requirement(document)
-    except (WindowError, ConsentDocumentError) as exc:
-        raise JobRejected(str(exc)) from None
 
 
 async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:

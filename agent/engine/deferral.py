@@ -9,8 +9,9 @@ The deferral is durable (the `deferred_*` columns, written before the update ann
 restart or a reboot resumes the wait, never the step (`recovery.Wait`). The engine's loop waits
 here as it would for a running handler: one job at a time holds, and nothing else is taken.
 
-The total time an execution spends deferred is bounded by `jobs.max_deferral_minutes`: a
-deferral that would cross it, or a consent wait that does, ends FAILED with the reason.
+The total time an execution spends deferred is bounded by `jobs.max_deferral_minutes` (or the
+job's lower `maxDeferralMinutes`): a deferral that would cross it, or a consent wait that does,
+ends FAILED with the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import structlog
 
 from jobs_agent.consent.document import consent_requirement
 from jobs_agent.consent.server import ConsentDesk
+from jobs_agent.dispatch.agent_fields import MAX_DEFERRAL_KEY, max_deferral_minutes
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
@@ -36,7 +38,7 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.schedule import clock
 from jobs_agent.schedule.windows import Timeline, document_windows
-from jobs_agent_handlers.api import JobDeferred, Outcome
+from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -166,7 +168,9 @@ class Deferrals:
         now = clock.now()
         total = waited(record, now)
         if request.until is not None:
-            problem = self._over_limit(total + max(0.0, request.until - now), request)
+            problem = self._over_limit(
+                total + max(0.0, request.until - now), request, record.document
+            )
             if problem is not None:
                 await self._outbox.decide(record.key, Outcome.failed(problem), bound)
                 return None
@@ -190,14 +194,20 @@ class Deferrals:
         )
         return record
 
-    def _over_limit(self, total: float, request: Request) -> str | None:
-        limit = self._shared.settings.max_deferral_minutes
+    def _over_limit(
+        self, total: float, request: Request, document: Mapping[str, Any]
+    ) -> str | None:
+        """Why the total deferral is too long (None: it is not): the device's limit, or the
+        job's own when it names a lower one."""
+        limit, source = self._shared.settings.max_deferral_minutes, "jobs.max_deferral_minutes"
+        with contextlib.suppress(JobRejected):  # checked when the document was resolved
+            own = max_deferral_minutes(document)
+            if own is not None and own < limit:
+                limit, source = own, f"the job's {MAX_DEFERRAL_KEY}"
         if total <= limit * 60:
             return None
-        return (
-            f"deferred for {total / 60:.0f} min in all (limit {limit} min,"
-            f" jobs.max_deferral_minutes): {request.reason}"
-        )
+        minutes = f"{total / 60:.0f} min in all (limit {limit} min, {source})"
+        return f"deferred for {minutes}: {request.reason}"
 
     async def resume(self, record: ExecutionRecord, **fields: Any) -> ExecutionRecord:
         """Deferred -> running: the wait is added to the total, its statusDetails keys go."""
@@ -289,7 +299,7 @@ class Deferrals:
             if request.until is not None and now >= request.until:
                 bound.info("deferral over; running the job again", kind=request.kind)
                 return record
-            problem = self._over_limit(waited(record, now), request)
+            problem = self._over_limit(waited(record, now), request, record.document)
             if problem is not None:
                 await self._forget(record)
                 await self._outbox.decide(ref, Outcome.failed(problem), bound)
