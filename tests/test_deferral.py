@@ -433,6 +433,39 @@ async def test_killed_between_recording_a_deferral_and_announcing_it(
     assert runs(record) == ["run 1 resumed=0", "run 2 resumed=1", "run 3 resumed=1"]
 
 
+async def test_a_namespaced_job_deferred_across_a_restart(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The namespaced flow (`$next`, recorded before IN_PROGRESS) takes a deferred execution up
+    again after a restart like the default namespace's start-next does."""
+    record = tmp_path / "runs.log"
+    script = (
+        f'#!/bin/sh\necho "resumed=$JOBS_AGENT_RESUMED" >> {record}\n'
+        '[ "$JOBS_AGENT_RESUMED" = 1 ] && exit 0\n'
+        'echo \'{"defer": {"after": 600}}\' >&3\nexit 92\n'
+    )
+    write_handler(tmp_path / "handlers", "once", script)
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    agent = start_agent(tmp_path, mosquitto.port, clock, namespaces=("fleet-a",))
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("ns-later", [THING], {"operation": "once"}, namespace="fleet-a")
+        assert (await wait_deferral(emulator, "ns-later"))["until"] == "2026-06-01T12:10:00Z"
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+        before = seen(emulator, "ns-later")
+        agent.start()
+        await agent.wait_ready()
+        await wait_deferral(emulator, "ns-later", before)
+        assert runs(record) == ["resumed=0"]
+        clock.set(epoch("2026-06-01T12:10:00Z"))
+        execution = await wait_terminal(emulator, "ns-later", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert str(execution.status) == "SUCCEEDED"
+    assert runs(record) == ["resumed=0", "resumed=1"]
+
+
 PLUGIN = """
 from jobs_agent_handlers.api import JobDeferred
 
