@@ -234,6 +234,9 @@ async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_on
         shown = status_json(tmp_path, clock)
         assert "next window opens 2026-06-01 02:00" in shown["maintenance_windows"]["now"]
         assert shown["running"][0]["deferred"]["kind"] == "window"
+        text = status_text(tmp_path, clock)
+        assert "maintenance windows: closed; next window opens 2026-06-01 02:00" in text
+        assert "  deferred (window) until 2026-06-01T02:00:00Z: waiting for the maintenance" in text
         assert runs(record) == []
 
         clock.set(epoch("2026-06-01T02:00:30Z"))
@@ -280,6 +283,19 @@ async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_on
 
 def _step(name: str, argument: str) -> dict[str, Any]:
     return {"name": name, "type": "runHandler", "input": {"handler": "hello", "args": [argument]}}
+
+
+def status_text(tmp_path: Path, clock: AgentClock) -> str:
+    env = {**os.environ, "JOBS_AGENT_CLOCK_FILE": str(clock.path), "TZ": "UTC"}
+    config = tmp_path / "config.yaml"
+    shown = subprocess.run(
+        [sys.executable, "-m", "jobs_agent", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return shown.stdout
 
 
 def status_json(tmp_path: Path, clock: AgentClock) -> dict[str, Any]:

@@ -163,20 +163,27 @@ def _windows(config: Any) -> dict[str, Any]:
 
 
 def _deferral(record: Any, config: Any) -> dict[str, Any] | None:
+    import contextlib
+
+    from jobs_agent.dispatch.agent_fields import max_deferral_minutes
     from jobs_agent.engine.deferral import iso, waited
     from jobs_agent.engine.lifecycle import ExecutionState
     from jobs_agent.schedule import clock
+    from jobs_agent_handlers.api import JobRejected
 
     deferral = record.deferral
     if record.state is not ExecutionState.DEFERRED or deferral is None:
         return None
+    limit = config.jobs.max_deferral_minutes
+    with contextlib.suppress(JobRejected):
+        limit = min(limit, max_deferral_minutes(record.document) or limit)
     return {
         "kind": deferral.kind,
         "until": None if deferral.until is None else iso(deferral.until),
         "reason": deferral.reason,
         "deferrals": record.deferrals,
         "total_minutes": round(waited(record, clock.now()) / 60, 1),
-        "limit_minutes": config.jobs.max_deferral_minutes,
+        "limit_minutes": limit,
     }
 
 
