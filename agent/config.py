@@ -137,6 +137,9 @@ class JobsConfig:
     """How a step's processes are kept together: a cgroup per step, or a child subreaper."""
     allow_http_downloads: bool = option(False, boolean())
     """The download handler fetches https:// only unless this is true."""
+    max_document_refreshes: int = option(10, int_in(0, 1000))
+    """How often one run of a handler may ask the service for its job document again, for
+    newly signed presigned URLs (an expired URL, a resumed download); 0: never."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.reboot import Reboots
+from jobs_agent.engine.refresh import DocumentRefresher
 from jobs_agent.engine.runner import Runner
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.shared import Dispatcher, Shared
@@ -78,6 +79,7 @@ class Engine:
             self._reboots,
             self._files,
             self._supervisor,
+            DocumentRefresher(shared, client),
             heartbeat_interval=heartbeat_interval,
         )
         self._reconciled = False

@@ -26,11 +26,12 @@ from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, recover
+from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.vocabulary import JobExecutionStatus
-from jobs_agent_handlers.api import Handler, JobRejected, Outcome
+from jobs_agent_handlers.api import Handler, JobFailed, JobRejected, Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -44,6 +45,7 @@ class Runner:
         reboots: Reboots,
         files: JobFiles,
         supervisor: Supervisor,
+        refresher: DocumentRefresher,
         *,
         heartbeat_interval: float | None = None,
     ) -> None:
@@ -53,6 +55,7 @@ class Runner:
         self._reboots = reboots
         self._files = files
         self._supervisor = supervisor
+        self._refresher = refresher
         self._heartbeat_interval = heartbeat_interval
 
     async def process(self, record: ExecutionRecord, document: Mapping[str, Any] | None) -> None:
@@ -91,7 +94,27 @@ class Runner:
             if action.stop_leftovers:
                 await self._files.stop_leftovers(ref, bound)
             record = await self._continue(record, action, bound)
-            await self._launch(record, action, document or record.document, bound)
+            if not document:
+                document = await self._fresh_copy(record, bound)
+                if document is None:
+                    return
+            await self._launch(record, action, document, bound)
+
+    async def fresh_copy(self, record: ExecutionRecord) -> dict[str, Any]:
+        """The document to run `record` with when no copy was just delivered (a run resumed
+        after a wait): the recorded one, or, when it has presigned URLs (stored without their
+        credentials), the service's copy fetched again (`refresh.DocumentRefresher`). Raises
+        `JobFailed` with the reason when that copy cannot be had or is not the same job."""
+        if not has_presigned_urls(record.document):
+            return record.document
+        return await self._refresher.refresh(record)
+
+    async def _fresh_copy(self, record: ExecutionRecord, bound: Any) -> dict[str, Any] | None:
+        try:
+            return await self.fresh_copy(record)
+        except JobFailed as exc:
+            await self._outbox.decide(record.key, Outcome.failed(exc.reason, **exc.details), bound)
+            return None
 
     async def _continue(self, record: ExecutionRecord, run: Run, bound: Any) -> ExecutionRecord:
         """Record how a run that continues an earlier one starts again."""
@@ -229,6 +252,8 @@ class Runner:
             store=self._store,
             reporter=reporter,
             mqtt_link=self._shared.mqtt_link,
+            refresh=lambda: self._refresher.refresh(record),
+            max_refreshes=settings.max_document_refreshes,
         )
         running_ref.append(Running(ref, ctx))
         return reporter, running_ref[0]

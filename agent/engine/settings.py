@@ -29,3 +29,5 @@ class EngineSettings:
     containment: str = "auto"
     output_logs_max_count: int = 200
     output_logs_max_total_bytes: int = 100 * 1024 * 1024
+    max_document_refreshes: int = 10
+    """How often one run of a handler may fetch its job document again for fresh URLs."""
