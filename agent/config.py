@@ -28,6 +28,8 @@ import yaml
 
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent.engine.settings import EngineSettings
+from jobs_agent.inventory.model import InventoryError
+from jobs_agent.inventory.settings import InventorySettings, inventory_settings
 from jobs_agent.option_rules import (
     Rule,
     boolean,
@@ -160,6 +162,8 @@ class AgentConfig:
     """Python plugins by name: `{name: "package.module:Class"}`."""
     state_dir: Path = option(Path("/var/lib/jobs-agent"), path(optional=False))
     log: LogConfig = field(default_factory=LogConfig)
+    inventory: InventorySettings = field(default_factory=InventorySettings)
+    """`inventory:`, declared and checked by its owner (`jobs_agent.inventory.settings`)."""
 
     @property
     def client_id(self) -> str:
@@ -369,6 +373,14 @@ def _build_connection(values: Any, where: dict[str, _Where]) -> TransportOptions
     return options
 
 
+def _build_inventory(values: Any, where: dict[str, _Where]) -> InventorySettings:
+    try:
+        return inventory_settings(values)
+    except InventoryError as exc:
+        key = str(exc).partition(":")[0].partition("[")[0]
+        raise ConfigError(f"{exc}{_located_suffix(where, key)}") from None
+
+
 def _names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
@@ -388,6 +400,8 @@ def config_from_data(
             raise _unknown_key(str(key), key, list(by_name), where)
         if key == "connection":
             kwargs[key] = _build_connection(value, where)
+        elif key == "inventory":
+            kwargs[key] = _build_inventory(value, where)
         elif key in _SECTIONS:
             kwargs[key] = _build_section(key, _SECTIONS[key], value, where)
         else:

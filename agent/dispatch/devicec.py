@@ -93,8 +93,9 @@ COMMAND_SPACE = " \t\n\v\f\r"
 """What the Device Client trims from each element of a `runCommand` (its `TrimCopy`)."""
 
 DOCUMENT_KEYS = ("version", "includeStdOut", "conditions", "steps", "finalStep")
-AGENT_KEYS = ("jobsAgentSignature",)
-"""Keys the agent itself adds to a document: the signature block (agent/dispatch/signing.py)."""
+AGENT_KEYS = ("jobsAgentSignature", "installs", "destinationPackageVersions")
+"""Keys the agent itself reads at a document's top level: the signature block
+(agent/dispatch/signing.py) and what the job installs (agent/inventory/model.py)."""
 STEP_KEYS = ("action",)
 ACTION_KEYS = ("name", "type", "input", "runAsUser", "allowStdErr", "ignoreStepFailure", "timeout")
 HANDLER_INPUT_KEYS = ("handler", "args", "path")

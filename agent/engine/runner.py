@@ -23,6 +23,7 @@ from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
+from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, recover
@@ -30,6 +31,7 @@ from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
+from jobs_agent.inventory.model import InventoryError
 from jobs_agent.vocabulary import JobExecutionStatus
 from jobs_agent_handlers.api import Handler, JobFailed, JobRejected, Outcome
 
@@ -46,6 +48,7 @@ class Runner:
         files: JobFiles,
         supervisor: Supervisor,
         refresher: DocumentRefresher,
+        packages: PackageReports,
         *,
         heartbeat_interval: float | None = None,
     ) -> None:
@@ -56,6 +59,7 @@ class Runner:
         self._files = files
         self._supervisor = supervisor
         self._refresher = refresher
+        self._packages = packages
         self._heartbeat_interval = heartbeat_interval
 
     async def process(self, record: ExecutionRecord, document: Mapping[str, Any] | None) -> None:
@@ -141,6 +145,8 @@ class Runner:
         handler = await self._resolve(record, document, bound)
         if handler is None:
             return
+        if not run.resumed and await self._needs_no_run(record, document, bound):
+            return
         ref = record.key
         if run.resumed:
             record = await self._store.call(Store.transition, ref, ExecutionState.RUNNING)
@@ -154,6 +160,23 @@ class Runner:
             )
             self._shared.crash.reached("running")
         await self._execute(record, handler, document, run, bound)
+
+    async def _needs_no_run(
+        self, record: ExecutionRecord, document: Mapping[str, Any], bound: Any
+    ) -> bool:
+        """Before the first step: a document whose package fields are wrong is REJECTED, and a
+        job whose versions are all installed already SUCCEEDS without running (decided here)."""
+        try:
+            reason = await self._packages.skip_reason(document)
+        except InventoryError as exc:
+            await self._outbox.decide(record.key, Outcome.rejected(str(exc)), bound)
+            return True
+        if reason is None:
+            return False
+        bound.info("the job's versions are installed already; its steps do not run")
+        rows = self._packages.rows_for(document)
+        await self._outbox.decide(record.key, Outcome.succeeded(reason=reason), bound, rows)
+        return True
 
     async def _resolve(
         self, record: ExecutionRecord, document: Mapping[str, Any], bound: Any
@@ -215,7 +238,9 @@ class Runner:
         progress = reporter.latest
         if run.rebooted and progress.get("reboot") == "requested":
             progress["reboot"] = "done"  # the boot id changed: say so in the final report
-        await self._outbox.decide(ref, with_last_progress(outcome, progress), bound)
+        succeeded = outcome.status == JobExecutionStatus.SUCCEEDED
+        rows = self._packages.rows_for(document) if succeeded else ()
+        await self._outbox.decide(ref, with_last_progress(outcome, progress), bound, rows)
 
     def _prepare(
         self, record: ExecutionRecord, document: Mapping[str, Any], run: Run, bound: Any
