@@ -12,6 +12,8 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,21 @@ async def test_the_package_report_survives_an_agent_restart(
         assert await agent.wait_exit() == 0
         shadows.silent = False
         assert reported(emulator) is None
+        shown = subprocess.run(
+            [sys.executable, "-m", "jobs_agent", "status", "--json", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert json.loads(shown.stdout)["packages"] == [
+            {
+                "name": "firmware",
+                "version": "6",
+                "attributes": {"board": "rev-b"},
+                "waiting_for_package_shadow": True,
+            }
+        ]
         agent.start()
         await agent.wait_ready()
         await wait_until(lambda: reported(emulator) is not None, 20, "$package")
