@@ -267,6 +267,15 @@ async def test_a_signed_document_fetched_again_still_verifies(
             lambda d: {**d, "artifact": d["artifact"].replace("fw-bucket", "evil-bucket")},
             "the job document changed while it ran",
         ),
+        (
+            # Equal but for the query, which the signature's presigned rule still checks.
+            lambda d: {
+                **d,
+                "artifact": "https://fw-bucket.s3.amazonaws.com/app.bin?X-Amz-Signature=0&x=1",
+            },
+            "the job document fetched again was refused: the URL at /artifact is not a"
+            " presigned URL of the signed S3 object fw-bucket/app.bin",
+        ),
     ],
 )
 async def test_a_changed_document_fetched_again_is_refused(
