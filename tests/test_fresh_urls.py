@@ -27,6 +27,8 @@ from jobs_agent.daemon import Agent
 from jobs_agent.dispatch.signing import sign_document
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.refresh import has_presigned_urls, without_presigned_queries
+from jobs_agent.engine.store import Store
+from jobs_agent_handlers.api import JobFailed
 from jobs_agent_handlers.download_file import url_expired
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
@@ -36,6 +38,7 @@ from tests.harness import (
     start_emulator,
     wait_terminal,
     wait_until,
+    write_handler,
 )
 from tests.helpers.s3_standin import Payload, Plan, StandInServer, s3_standin
 
@@ -176,6 +179,38 @@ async def test_a_download_resumed_after_a_restart_renews_its_url_and_keeps_its_b
         (2, f"bytes={2 * third}-", 206),
     ]
     assert execution.status_details["urlRenewals"] == "1"
+
+
+async def test_a_run_without_a_delivered_copy_gets_the_services_copy_fetched_again(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The runner's `fresh_copy` (what a run resumed without a new delivery uses, e.g. after a
+    deferral): the recorded document keeps its URLs without credentials, so the service's copy
+    is fetched again; once the execution has ended on the service, that is a FAILED reason."""
+    go = tmp_path / "go"
+    write_handler(
+        tmp_path / "handlers",
+        "hold",
+        f"#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.05; done\n",
+    )
+    placeholder = "${aws:iot:s3-presigned-url:https://fw-bucket.s3.amazonaws.com/app.bin}"
+    config = agent_config(tmp_path, mosquitto.port)
+    async with running_agent(config) as agent:
+        emulator.service.create_job("held", [THING], {"operation": "hold", "args": [placeholder]})
+        engine = agent.engine
+        assert engine is not None
+        await wait_until(lambda: engine.running_job is not None, 15, "the job to run")
+        ref = engine.running_job
+        record = await engine.store.call(Store.get, ref)
+        assert record is not None and "X-Amz-Signature=REDACTED" in record.document["args"][0]
+        runner = engine._runner
+        fresh = await runner.fresh_copy(record)
+        assert "X-Amz-Signature=REDACTED" not in fresh["args"][0]
+        assert without_presigned_queries(fresh) == without_presigned_queries(record.document)
+        go.write_text("")
+        assert str((await wait_terminal(emulator, "held", THING)).status) == "SUCCEEDED"
+        with pytest.raises(JobFailed, match="the service answered TerminalStateReached"):
+            await runner.fresh_copy(record)
 
 
 # -- signed documents ----------------------------------------------------------------------------

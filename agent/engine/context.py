@@ -75,7 +75,9 @@ class EngineJobContext:
         if self._refreshes_left <= 0:
             raise JobFailed(
                 f"the job document was fetched again {self._max_refreshes} times for fresh URLs"
-                " in this run (jobs.max_document_refreshes); giving up"
+                " in this run, the limit (jobs.max_document_refreshes); giving up"
+                if self._max_refreshes
+                else "the job document may not be fetched again (jobs.max_document_refreshes is 0)"
             )
         self._refreshes_left -= 1
         self.document = await self._refresh()
