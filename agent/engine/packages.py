@@ -114,6 +114,9 @@ class PackageReports:
         self._shadows = shadows
         self._sources: list[InventorySource] = [RecordedSource(store), *sources]
         self._start_report_due = report_on_start and shadows is not None
+        self._due = True
+        """Something may wait to be reported (rows of an earlier run, a job just recorded, a
+        failed attempt): without it `kick` costs nothing, not even a database read."""
         self._task: asyncio.Task[None] | None = None
         self._next_try = 0.0
         self._delay = RETRY_MIN_SECONDS
@@ -149,11 +152,17 @@ class PackageReports:
 
     def kick(self) -> None:
         """Report what is due, beside the main loop (called after the outbox was delivered)."""
-        if self._shadows is None or (self._task is not None and not self._task.done()):
+        if not self._due or self._shadows is None:
+            return
+        if self._task is not None and not self._task.done():
             return
         if time.monotonic() < self._next_try:
             return
         self._task = asyncio.create_task(self._report_safely(self._shadows), name="package-report")
+
+    def recorded(self) -> None:
+        """A job's packages were recorded: report them on the next `kick`."""
+        self._due = True
 
     def link_back(self) -> None:
         """The connection is back: what waits is tried again at once."""
@@ -176,6 +185,7 @@ class PackageReports:
             self._retry_later()
 
     async def _report(self, shadows: ShadowClient) -> None:
+        self._due = False
         pending = await self._store.call(Store.packages, pending=True)
         packages: Packages = {}
         if self._start_report_due:
@@ -206,6 +216,7 @@ class PackageReports:
         self._delay = RETRY_MIN_SECONDS
 
     def _retry_later(self) -> None:
+        self._due = True
         delay = self._delay
         self._delay = min(self._delay * 2, RETRY_MAX_SECONDS)
         self._next_try = time.monotonic() + delay

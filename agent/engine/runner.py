@@ -176,6 +176,7 @@ class Runner:
         bound.info("the job's versions are installed already; its steps do not run")
         rows = self._packages.rows_for(document)
         await self._outbox.decide(record.key, Outcome.succeeded(reason=reason), bound, rows)
+        self._packages.recorded()
         return True
 
     async def _resolve(
@@ -241,6 +242,8 @@ class Runner:
         succeeded = outcome.status == JobExecutionStatus.SUCCEEDED
         rows = self._packages.rows_for(document) if succeeded else ()
         await self._outbox.decide(ref, with_last_progress(outcome, progress), bound, rows)
+        if rows:
+            self._packages.recorded()
 
     def _prepare(
         self, record: ExecutionRecord, document: Mapping[str, Any], run: Run, bound: Any
