@@ -296,6 +296,8 @@ class Agent:
             kept.append("state_dir")
         if new.jobs.namespaces != old.jobs.namespaces:
             kept.append("jobs.namespaces")
+        if new.inventory != old.inventory:
+            kept.append("inventory")
         if kept:
             log.warning("these settings change only after a restart", settings=kept)
         return dataclasses.replace(
@@ -303,6 +305,7 @@ class Agent:
             connection=old.connection,
             thing_name=old.thing_name,
             state_dir=old.state_dir,
+            inventory=old.inventory,
             jobs=dataclasses.replace(new.jobs, namespaces=old.jobs.namespaces),
         )
 

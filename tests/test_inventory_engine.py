@@ -259,3 +259,11 @@ def test_the_inventory_section_is_routed_and_checked() -> None:
         config_from_data({**base, "inventory": {"sources": [{"file": "packages.json"}]}})
     with pytest.raises(ConfigError, match=r"inventory\.report: unknown key"):
         config_from_data({**base, "inventory": {"report": True}})
+
+
+def test_a_reload_keeps_the_inventory_as_started(tmp_path: Path) -> None:
+    """The sources are handed to the engine at start: a SIGHUP reload says so, never pretends."""
+    config = agent_config(tmp_path, 1883)
+    changed = dataclasses.replace(config, inventory=InventorySettings(report_on_start=False))
+    kept = Agent(config)._keep_restart_only_settings(changed)
+    assert kept.inventory == config.inventory
