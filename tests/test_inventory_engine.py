@@ -117,8 +117,9 @@ async def test_a_job_with_destination_package_versions_leaves_package_alone(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
 ) -> None:
     """AWS IoT Jobs reports such a job (here it is not configured to, so nothing may write):
-    the agent stays silent; the next job's own `installs` are the only thing `$package` shows,
-    and the destination's version is still known to the device (a second deployment skips)."""
+    the agent stays silent, then and in its start-up report after a restart; the next job's own
+    `installs` (and the configured source) are all `$package` shows, and the destination's
+    version is still known to the device (a second deployment skips)."""
     ran = work_handler(tmp_path)
     config = agent_config(tmp_path, mosquitto.port)
     arns = [ARN.format("firmware", "3.0.0")]
@@ -134,6 +135,15 @@ async def test_a_job_with_destination_package_versions_leaves_package_alone(
         again = await wait_terminal(emulator, "catalog-2", THING)
     assert reported(emulator) == {"app": {"version": "4"}}
     assert emulator.service.counters["UpdateThingShadow"] == 1
+    source = tmp_path / "inventory.json"
+    source.write_text(json.dumps({"os": {"version": "12"}}))
+    os.chmod(source, 0o644)
+    restarted = dataclasses.replace(
+        config, inventory=InventorySettings(sources=(FileSource(source),))
+    )
+    async with running_agent(restarted):
+        await wait_until(lambda: "os" in (reported(emulator) or {}), 10, "the start-up report")
+    assert reported(emulator) == {"app": {"version": "4"}, "os": {"version": "12"}}
     assert str(again.status) == "SUCCEEDED"
     assert again.status_details["reason"] == "already installed: firmware 3.0.0"
     assert side_effects(ran) == ["catalog-1", "own-1"]

@@ -59,17 +59,23 @@ RETRY_MAX_SECONDS = 300.0
 
 
 class RecordedSource(InventorySource):
-    """What the device's own jobs installed (the store's `packages` table)."""
+    """What the device's own jobs installed (the store's `packages` table); `reportable`: only
+    what the agent itself may tell `$package` (not what AWS IoT Jobs reports)."""
 
-    def __init__(self, store: AsyncStore) -> None:
+    def __init__(self, store: AsyncStore, *, reportable: bool = False) -> None:
         self._store = store
+        self._reportable = reportable
 
     def describe(self) -> str:
         return "the agent's record of its jobs"
 
     async def read(self) -> Packages:
         rows = await self._store.call(Store.packages)
-        return {r.name: PackageVersion(r.name, r.version, r.attributes) for r in rows}
+        return {
+            r.name: PackageVersion(r.name, r.version, r.attributes)
+            for r in rows
+            if not (self._reportable and r.aws_reports)
+        }
 
 
 def package_rows(job: JobPackages) -> tuple[PackageRow, ...]:
@@ -78,14 +84,14 @@ def package_rows(job: JobPackages) -> tuple[PackageRow, ...]:
     know (`$default` it cannot: only the service knows which version that is)."""
     report = not job.reported_by_jobs
     rows = [
-        PackageRow(name, package.version, dict(package.attributes), report)
+        PackageRow(name, package.version, dict(package.attributes), report, not report)
         for name, package in job.installs.items()
     ]
     for destination in job.destinations:
         if destination.package in job.installs or destination.version == DEFAULT_VERSION:
             continue
         version = None if destination.version == NULL_VERSION else destination.version
-        rows.append(PackageRow(destination.package, version, {}, False))
+        rows.append(PackageRow(destination.package, version, {}, False, True))
     return tuple(rows)
 
 
@@ -113,6 +119,10 @@ class PackageReports:
         self._store = store
         self._shadows = shadows
         self._sources: list[InventorySource] = [RecordedSource(store), *sources]
+        self._reportable: list[InventorySource] = [
+            RecordedSource(store, reportable=True),
+            *sources,
+        ]
         self._start_report_due = report_on_start and shadows is not None
         self._due = True
         """Something may wait to be reported (rows of an earlier run, a job just recorded, a
@@ -189,7 +199,7 @@ class PackageReports:
         pending = await self._store.call(Store.packages, pending=True)
         packages: Packages = {}
         if self._start_report_due:
-            packages.update((await read_inventory(self._sources)).packages)
+            packages.update((await read_inventory(self._reportable)).packages)
         packages.update({r.name: PackageVersion(r.name, r.version, r.attributes) for r in pending})
         if packages:
             try:

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS packages (
     version TEXT,
     attributes TEXT NOT NULL DEFAULT '{}',
     report INTEGER NOT NULL DEFAULT 0,
+    aws_reports INTEGER NOT NULL DEFAULT 0,
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -139,12 +140,15 @@ class ExecutionRecord:
 @dataclass(frozen=True, slots=True)
 class PackageRow:
     """One package as a job left it: `version` None when the job removed it; `report` True
-    when the agent (not AWS IoT Jobs) tells `$package`; `seq` orders the writes."""
+    while the agent still has to tell `$package`; `aws_reports` True when AWS IoT Jobs tells it
+    (`destinationPackageVersions`): never the agent, not even at start-up; `seq` orders the
+    writes."""
 
     name: str
     version: str | None
     attributes: dict[str, str]
     report: bool
+    aws_reports: bool = False
     seq: int = 0
 
 
@@ -453,12 +457,20 @@ class Store:
     @staticmethod
     def _package_statement(row: PackageRow, now: float) -> tuple[str, tuple[Any, ...]]:
         return (
-            "INSERT INTO packages (name, version, attributes, report, seq, updated_at)"
-            " VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM packages), ?)"
-            " ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
-            " attributes = excluded.attributes, report = excluded.report, seq = excluded.seq,"
+            "INSERT INTO packages (name, version, attributes, report, aws_reports, seq,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM packages),"
+            " ?) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+            " attributes = excluded.attributes, report = excluded.report,"
+            " aws_reports = excluded.aws_reports, seq = excluded.seq,"
             " updated_at = excluded.updated_at",
-            (row.name, row.version, json.dumps(row.attributes), int(row.report), now),
+            (
+                row.name,
+                row.version,
+                json.dumps(row.attributes),
+                int(row.report),
+                int(row.aws_reports),
+                now,
+            ),
         )
 
     def packages(self, *, pending: bool = False) -> list[PackageRow]:
@@ -466,10 +478,12 @@ class Store:
         removals included), by name."""
         where = "report = 1" if pending else "version IS NOT NULL"
         rows = self._query(
-            f"SELECT name, version, attributes, report, seq FROM packages WHERE {where}"
-            " ORDER BY name"
+            "SELECT name, version, attributes, report, aws_reports, seq FROM packages"
+            f" WHERE {where} ORDER BY name"
         )
-        return [PackageRow(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4]) for r in rows]
+        return [
+            PackageRow(r[0], r[1], json.loads(r[2]), bool(r[3]), bool(r[4]), r[5]) for r in rows
+        ]
 
     def packages_reported(self, rows: list[PackageRow]) -> None:
         """`$package` says these (or never will): clear their flag unless a later job wrote
