@@ -27,6 +27,11 @@ What it guarantees against the file server and the other accounts of the device:
   descriptor with `O_NOFOLLOW`, and a `.part` that is not a plain file of the agent's user with
   one link is never reused.
 * The file appears at PATH only complete and, when a sha256 is given, verified.
+* **Outlives its presigned URL.** On a 403, or before starting with a URL whose `X-Amz-Date` +
+  `X-Amz-Expires` has passed, the plugin asks its context for the job document again
+  (`RefreshesDocument`: the agent fetches and checks it; the handler never talks to the
+  service) and continues with the new URL from the bytes it has. A new URL refused at once is
+  not asked for again; the agent bounds the renewals (`jobs.max_document_refreshes`).
 """
 
 from __future__ import annotations
