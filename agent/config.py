@@ -29,6 +29,8 @@ import yaml
 from jobs_agent.consent.settings import ConsentSettings
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent.engine.settings import EngineSettings
+from jobs_agent.inventory.model import InventoryError
+from jobs_agent.inventory.settings import InventorySettings, inventory_settings
 from jobs_agent.option_rules import (
     Rule,
     boolean,
@@ -145,6 +147,9 @@ class JobsConfig:
     """How long one execution may wait deferred in all before it is reported FAILED."""
     defer_default_seconds: float = option(900.0, number_in(1, 86400))
     """How long a handler's "not now" waits when it names no time."""
+    max_document_refreshes: int = option(10, int_in(0, 1000))
+    """How often one run of a handler may ask the service for its job document again, for
+    newly signed presigned URLs (an expired URL, a resumed download); 0: never."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,8 @@ class AgentConfig:
         rule=Rule("", ConsentSettings.from_mapping, True), factory=ConsentSettings
     )
     """The consent socket and who may answer it (`jobs_agent.consent.settings`)."""
+    inventory: InventorySettings = field(default_factory=InventorySettings)
+    """`inventory:`, declared and checked by its owner (`jobs_agent.inventory.settings`)."""
 
     @property
     def client_id(self) -> str:
@@ -380,6 +387,14 @@ def _build_connection(values: Any, where: dict[str, _Where]) -> TransportOptions
     return options
 
 
+def _build_inventory(values: Any, where: dict[str, _Where]) -> InventorySettings:
+    try:
+        return inventory_settings(values)
+    except InventoryError as exc:
+        key = str(exc).partition(":")[0].partition("[")[0]
+        raise ConfigError(f"{exc}{_located_suffix(where, key)}") from None
+
+
 def _names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
@@ -399,6 +414,8 @@ def config_from_data(
             raise _unknown_key(str(key), key, list(by_name), where)
         if key == "connection":
             kwargs[key] = _build_connection(value, where)
+        elif key == "inventory":
+            kwargs[key] = _build_inventory(value, where)
         elif key in _SECTIONS:
             kwargs[key] = _build_section(key, _SECTIONS[key], value, where)
         else:

@@ -2,10 +2,11 @@
 
 `config.py` checks the file's syntax and types; this checks the world the file points at:
 the certificate, key and CA files exist and can be read, the handler directory exists and
-passes the ownership checks jobs would fail on, every configured plugin imports, and the
-trusted keys load. It also warns about setups that work but let others in: a broker reached
-without TLS or without credentials while documents need no signature, so that any local MQTT
-client could answer the agent's requests with a document of its own (run as root).
+passes the ownership checks jobs would fail on, every configured plugin imports, the trusted
+keys load, and (for the `config check` command) every inventory source can be read. It also
+warns about setups that work but let others in: a broker reached without TLS or without
+credentials while documents need no signature, so that any local MQTT client could answer the
+agent's requests with a document of its own (run as root).
 Used by `jobs-agent config check` and logged by the daemon when it starts.
 """
 
@@ -32,6 +33,8 @@ def check_environment(config: AgentConfig, *, import_plugins: bool = True) -> Fi
     _check_connection_files(config, findings)
     _check_handler_dir(config, findings)
     _check_plugins(config, findings, import_plugins=import_plugins)
+    if import_plugins:
+        _check_inventory(config, findings)
     _check_transport_security(config, findings)
     _check_deprecated(config, findings)
     return findings
@@ -126,6 +129,21 @@ def _check_plugins(config: AgentConfig, findings: Findings, *, import_plugins: b
         except PluginError as exc:
             key = f"handlers.{name}" if name in config.handlers else f"plugin {name!r}"
             findings.errors.append(f"{key}: {exc}")
+
+
+def _check_inventory(config: AgentConfig, findings: Findings) -> None:
+    """Read each source as the agent will (a file through its trust checks, a command run, a
+    plugin imported): a source that fails leaves its packages unknown to `$package` and to the
+    "already installed" check."""
+    import asyncio
+
+    from jobs_agent.inventory.model import InventoryError
+
+    for index, source in enumerate(config.inventory.sources):
+        try:
+            asyncio.run(source.read())
+        except InventoryError as exc:
+            findings.errors.append(f"inventory.sources[{index}]: {exc}")
 
 
 def _check_transport_security(config: AgentConfig, findings: Findings) -> None:

@@ -336,6 +336,8 @@ class Agent:
             kept.append("jobs.namespaces")
         if new.consent != old.consent:
             kept.append("consent")  # the socket is bound, and its allow-list read, at start
+        if new.inventory != old.inventory:
+            kept.append("inventory")
         if kept:
             log.warning("these settings change only after a restart", settings=kept)
         return dataclasses.replace(
@@ -344,6 +346,7 @@ class Agent:
             thing_name=old.thing_name,
             state_dir=old.state_dir,
             consent=old.consent,
+            inventory=old.inventory,
             jobs=dataclasses.replace(new.jobs, namespaces=old.jobs.namespaces),
         )
 

@@ -25,6 +25,7 @@ from jobs_agent.dispatch import Dispatcher
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.jobs.client import JobsClient
+from jobs_agent.shadow.client import ShadowClient
 from jobs_agent.transport import Transport
 from jobs_agent.transport.shared import SharedLink
 
@@ -38,6 +39,8 @@ class Device:
     link: SharedLink
     """The transport shared by the device's protocol clients: `link.view()` for another one."""
     client: JobsClient
+    shadows: ShadowClient
+    """The shadow client the software inventory is reported with (`$package`)."""
     store: AsyncStore
     dispatcher: Dispatcher
     engine: Engine
@@ -46,6 +49,7 @@ class Device:
         """Close what the device opened (the client, the link's listeners and the store; not
         the transport)."""
         await self.client.close()
+        await self.shadows.close()
         self.link.close()
         await self.store.close()
 
@@ -79,6 +83,9 @@ def build_device(
     `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing."""
     link = SharedLink(transport)
     client = jobs_client(config, link.view())
+    shadows = ShadowClient(
+        link.view(), config.thing_name, request_timeout=config.jobs.request_timeout_seconds
+    )
     store = AsyncStore(config.state_dir / STATE_DATABASE, executor=store_executor)
     try:
         handlers = dispatcher(config, **(dispatcher_options or {}))
@@ -95,5 +102,8 @@ def build_device(
         on_status=on_status,
         mqtt_link=link,
         consent=consent,
+        shadows=shadows,
+        inventory_sources=config.inventory.sources,
+        report_inventory_on_start=config.inventory.report_on_start,
     )
-    return Device(config, transport, link, client, store, handlers, engine)
+    return Device(config, transport, link, client, shadows, store, handlers, engine)

@@ -16,8 +16,9 @@ A handler that sets `resumable = True` promises that running it again after an a
 with `ctx.resumed` true and `ctx.checkpoint_data` as last saved, is safe. A handler that is not
 resumable is never run twice: after a crash mid-run the job is reported FAILED instead.
 
-The engine's context also lends the agent's MQTT connection (`SharesMqttLink`): an optional
-capability, so that contexts written before it (tests, `jobs-agent exec`) still are contexts.
+The engine's context also lends the agent's MQTT connection (`SharesMqttLink`) and fetches the
+job document again for fresh presigned URLs (`RefreshesDocument`): optional capabilities, so
+that contexts written before them (tests, `jobs-agent exec`) still are contexts.
 """
 
 from __future__ import annotations
@@ -159,6 +160,21 @@ class SharesMqttLink(Protocol):
     cloud (`jobs-agent exec`) does not, so check: `isinstance(ctx, SharesMqttLink)`."""
 
     mqtt_link: MqttLink | None
+
+
+@runtime_checkable
+class RefreshesDocument(Protocol):
+    """A `JobContext` that can fetch its job document again, with newly signed presigned URLs
+    (a download whose URL expired, or that resumes later). The engine's context does, through
+    its own Jobs client: the handler gets the document, never the link or a credential.
+
+    `refresh_document()` returns the new document (also set as `ctx.document`); it raises
+    `JobFailed` with the reason when the service cannot give it, when it differs from the
+    execution's document beyond its presigned URLs, when it fails the document checks (the
+    signature with `jobs.require_signature`), or when the run has used its
+    `jobs.max_document_refreshes`. Let that propagate: it is the job's outcome."""
+
+    async def refresh_document(self) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

@@ -27,12 +27,20 @@ What it guarantees against the file server and the other accounts of the device:
   descriptor with `O_NOFOLLOW`, and a `.part` that is not a plain file of the agent's user with
   one link is never reused.
 * The file appears at PATH only complete and, when a sha256 is given, verified.
+* **Outlives its presigned URL.** On a 403, or before starting with a URL whose `X-Amz-Date` +
+  `X-Amz-Expires` has passed, the plugin asks its context for the job document again
+  (`RefreshesDocument`: the agent fetches and checks it; the handler never talks to the
+  service) and continues with the new URL from the bytes it has. A new URL refused at once is
+  not asked for again; the agent bounds the renewals (`jobs.max_document_refreshes`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
+import concurrent.futures
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -40,14 +48,15 @@ import re
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from jobs_agent_handlers import partfile
-from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
+from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, RefreshesDocument
 from jobs_agent_handlers.http_get import Cancelled, HttpGet, Refused, Retry, display_url
 from jobs_agent_handlers.stream_download import run_stream_download
 
@@ -60,6 +69,26 @@ CANCEL_WITHIN = 1.0
 """A cancelled download has stopped touching the file and the network within this long."""
 
 Progress = Callable[[float | None, str], None]
+EXPIRY_MARGIN = 5.0
+"""A presigned URL this close to its expiry counts as expired (a request takes a moment)."""
+
+
+class Expired(Exception):
+    """The server refused the URL (403): a presigned URL past its `X-Amz-Expires`, usually."""
+
+
+def url_expired(url: str, now: float) -> bool:
+    """Has this presigned S3 URL's `X-Amz-Date` + `X-Amz-Expires` passed? False for a URL that
+    does not say (only the server knows; a 403 then tells)."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    date, expires = query.get("X-Amz-Date", ""), query.get("X-Amz-Expires", "")
+    if not expires.isdigit():
+        return False
+    try:
+        signed = calendar.timegm(time.strptime(date, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return False
+    return now >= signed + int(expires) - EXPIRY_MARGIN
 
 
 def resource_url(url: str) -> str:
@@ -127,9 +156,17 @@ class Download:
         request: DownloadRequest,
         progress: Progress,
         context: ssl.SSLContext | None = None,
+        refresh: Callable[[threading.Event], str] | None = None,
     ) -> None:
+        """`refresh(stop)` (blocking, from the download's thread; raises `Cancelled` once
+        `stop` is set): the URL of the job document fetched again, for a URL that expired (403,
+        or its `X-Amz-Date` + `X-Amz-Expires` passed)."""
         self.request = request
         self.progress = progress
+        self._refresh = refresh
+        self._fresh = False
+        """True from a renewal until bytes arrive: a fresh URL refused again is not retried."""
+        self.renewals = 0
         self._stop = threading.Event()
         self._http = HttpGet(
             context or ssl.create_default_context(), _schemes(request.allow_http), self._stop
@@ -170,12 +207,24 @@ class Download:
 
     def _attempts(self, shown: str) -> int:
         delay = BACKOFF_FIRST
-        for attempt in range(1, ATTEMPTS + 1):
+        failures = 0
+        if self._refresh is not None and url_expired(self.request.url, time.time()):
+            self._renew("the presigned URL has expired")  # a resumed download's old URL
+        while True:
             self._check()
             try:
                 return self._attempt()
+            except Expired as exc:
+                if self._refresh is None:
+                    raise JobFailed(f"download of {shown}: {exc}") from None
+                if self._fresh:
+                    raise JobFailed(
+                        f"download of {shown}: {exc}, with a freshly signed URL"
+                    ) from None
+                self._renew(str(exc))
             except Retry as exc:
-                if attempt == ATTEMPTS:
+                failures += 1
+                if failures == ATTEMPTS:
                     raise JobFailed(
                         f"download of {shown} failed after {ATTEMPTS} attempts: {exc}"
                     ) from None
@@ -183,7 +232,20 @@ class Download:
                 if self._stop.wait(delay):
                     raise Cancelled from None
                 delay = min(delay * 2, BACKOFF_MAX)
-        raise AssertionError("unreachable")
+
+    def _renew(self, why: str) -> None:
+        """Continue with the URL of the job document fetched again (`RefreshesDocument`): the
+        same resource (the sidecar is keyed by the URL without its query), newly signed."""
+        assert self._refresh is not None
+        self.progress(None, f"{why}: asking for a fresh URL")
+        url = self._refresh(self._stop)
+        if resource_url(url) != resource_url(self.request.url):
+            raise JobFailed(
+                f"the job document fetched again names another URL ({display_url(url)})"
+            )
+        self.request = dataclasses.replace(self.request, url=url)
+        self._fresh = True
+        self.renewals += 1
 
     def _verify(self, shown: str) -> None:
         expected = self.request.sha256
@@ -261,6 +323,8 @@ class Download:
             raise Retry("the server refused the resume range; starting over")
         if response.status >= 500 or response.status in (408, 429):
             raise Retry(f"HTTP {response.status}")
+        if response.status == 403:
+            raise Expired("HTTP 403 (the presigned URL expired or was refused)")
         if response.status not in (200, 206):
             raise JobFailed(f"download of {shown}: HTTP {response.status}")
         offset = 0
@@ -298,6 +362,7 @@ class Download:
                 if not block:
                     break
                 received += len(block)
+                self._fresh = False
                 if received > request.max_bytes:
                     raise JobFailed(f"the download exceeds maxBytes {request.max_bytes}")
                 _write_all(fd, block)
@@ -374,7 +439,7 @@ class DownloadFileHandler:
         def progress(percent: float | None, message: str) -> None:
             loop.call_soon_threadsafe(lambda: ctx.progress(percent, message))
 
-        job = Download(request, progress)
+        job = Download(request, progress, refresh=_url_refresher(ctx, request, loop))
 
         def work() -> None:
             try:
@@ -401,7 +466,47 @@ class DownloadFileHandler:
             await _wait_briefly(finished)
             raise JobFailed("cancelled")
         size = finished.result()
-        return {"path": str(request.path), "bytes": str(size)}
+        result = {"path": str(request.path), "bytes": str(size)}
+        if job.renewals:
+            result["urlRenewals"] = str(job.renewals)
+        return result
+
+
+def _url_refresher(
+    ctx: JobContext, request: DownloadRequest, loop: asyncio.AbstractEventLoop
+) -> Callable[[threading.Event], str] | None:
+    """For the download's thread: the `url` of the job document fetched again (through the
+    context: the engine asks the service), or None where the context cannot."""
+    if not isinstance(ctx, RefreshesDocument):
+        return None
+    refreshing = ctx
+
+    def refresh(stop: threading.Event) -> str:
+        future = asyncio.run_coroutine_threadsafe(refreshing.refresh_document(), loop)
+        while True:
+            if stop.is_set():
+                future.cancel()
+                raise Cancelled
+            try:
+                document = future.result(timeout=0.25)
+            except concurrent.futures.TimeoutError:
+                continue
+            fresh = DownloadRequest.from_values(
+                document.get("url"),
+                document.get("path"),
+                document.get("sha256"),
+                document.get("maxBytes"),
+                allow_http=request.allow_http,
+            )
+            if (fresh.path, fresh.sha256, fresh.max_bytes) != (
+                request.path,
+                request.sha256,
+                request.max_bytes,
+            ):
+                raise JobFailed("the job document fetched again names another file")
+            return fresh.url
+
+    return refresh
 
 
 def _settle(future: asyncio.Future[int], value: int | BaseException) -> None:

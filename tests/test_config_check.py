@@ -86,6 +86,20 @@ def test_a_plugin_that_does_not_import_is_named(device: Path) -> None:
     )
 
 
+def test_an_inventory_source_that_cannot_be_read_is_named(device: Path) -> None:
+    good = device / "packages.json"
+    good.write_text('{"firmware": {"version": "2.1.0"}}')
+    good.chmod(0o644)
+    open_to_all = device / "others.json"
+    open_to_all.write_text('{"app": {"version": "1"}}')
+    open_to_all.chmod(0o666)
+    sources = f"inventory:\n  sources:\n    - file: {good}\n    - file: {open_to_all}\n"
+    result = check(device, awscrt(device) + sources)
+    assert result.returncode == 2
+    assert f"inventory.sources[1]: file {open_to_all}:" in result.stderr
+    assert "inventory.sources[0]" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("connection", "warned"),
     [

@@ -106,6 +106,8 @@ class _Snapshot:
     active: list[Any]
     outbox: list[Any]
     recent: list[Any]
+    packages: list[Any]
+    """What the device's jobs installed, and removals still to be reported (`$package`)."""
     config: Any = None
 
     def output_log(self, key: Any) -> str | None:
@@ -133,11 +135,12 @@ def _show(config: Any, args: argparse.Namespace, out: TextIO) -> int:
         active = store.active()
         outbox = store.outbox()
         recent = [r for r in store.recent(args.limit) if r.state not in ACTIVE_STATES]
+        packages = store.packages() + [p for p in store.packages(pending=True) if not p.version]
         store.close()
     except StoreError as exc:
         print(f"jobs-agent: {exc}", file=out)
         return 1
-    snapshot = _Snapshot(config.state_dir, alive, active, outbox, recent, config)
+    snapshot = _Snapshot(config.state_dir, alive, active, outbox, recent, packages, config)
     if args.json:
         print(json.dumps(_as_json(snapshot), indent=2), file=out)
     else:
@@ -233,6 +236,15 @@ def _as_json(snapshot: _Snapshot) -> dict[str, Any]:
             }
             for r in snapshot.recent
         ],
+        "packages": [
+            {
+                "name": p.name,
+                "version": p.version,
+                "attributes": p.attributes,
+                "waiting_for_package_shadow": p.report,
+            }
+            for p in snapshot.packages
+        ],
     }
 
 
@@ -271,6 +283,14 @@ def _print_text(snapshot: _Snapshot, out: TextIO) -> None:
             f"  {e.key} {e.status} attempts {e.attempts} last error {e.last_error or '-'}",
             file=out,
         )
+    waiting = [p for p in snapshot.packages if p.report]
+    print(
+        f"software inventory: {len(snapshot.packages)} package(s) recorded from jobs,"
+        f" {len(waiting)} waiting to be reported to $package",
+        file=out,
+    )
+    for p in waiting:
+        print(f"  {p.name} {p.version or '(removed)'}", file=out)
     print("recent outcomes:", file=out)
     if not snapshot.recent:
         print("  none", file=out)

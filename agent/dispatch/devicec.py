@@ -93,10 +93,18 @@ COMMAND_SPACE = " \t\n\v\f\r"
 """What the Device Client trims from each element of a `runCommand` (its `TrimCopy`)."""
 
 DOCUMENT_KEYS = ("version", "includeStdOut", "conditions", "steps", "finalStep")
-AGENT_KEYS = ("jobsAgentSignature", "maintenanceWindow", "consent", "maxDeferralMinutes")
+AGENT_KEYS = (
+    "jobsAgentSignature",
+    "maintenanceWindow",
+    "consent",
+    "maxDeferralMinutes",
+    "installs",
+    "destinationPackageVersions",
+)
 """Keys of the agent's own beside the Device Client's: the signature block
-(agent/dispatch/signing.py), and the job's maintenance window, consent and deferral limit
-(`agent_fields`), which the engine reads before the handler runs."""
+(agent/dispatch/signing.py); the job's maintenance window, consent and deferral limit
+(`agent_fields`), which the engine reads before the handler runs; and what the job installs
+(agent/inventory/model.py)."""
 STEP_KEYS = ("action",)
 ACTION_KEYS = (
     "name",

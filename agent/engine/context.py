@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,9 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
-from jobs_agent_handlers.api import Logger, MqttLink
+from jobs_agent_handlers.api import JobFailed, Logger, MqttLink
+
+Refresh = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class EngineJobContext:
@@ -30,6 +32,8 @@ class EngineJobContext:
         store: AsyncStore,
         reporter: ProgressReporter,
         mqtt_link: MqttLink | None = None,
+        refresh: Refresh | None = None,
+        max_refreshes: int = 0,
     ) -> None:
         self.key = key
         self.job_id = key.job_id
@@ -49,6 +53,9 @@ class EngineJobContext:
         """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
         self._store = store
         self._reporter = reporter
+        self._refresh = refresh
+        self._refreshes_left = max_refreshes
+        self._max_refreshes = max_refreshes
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any
@@ -58,6 +65,23 @@ class EngineJobContext:
     async def checkpoint(self, data: Any) -> None:
         await self._store.call(Store.save_checkpoint, self.key, data)
         self.checkpoint_data = data
+
+    async def refresh_document(self) -> Mapping[str, Any]:
+        """The job document delivered again, with fresh presigned URLs (`RefreshesDocument`):
+        the engine asks over its own Jobs client, checks it, and counts it against
+        `jobs.max_document_refreshes` for this run."""
+        if self._refresh is None:
+            raise JobFailed("the job document cannot be fetched again here")
+        if self._refreshes_left <= 0:
+            raise JobFailed(
+                f"the job document was fetched again {self._max_refreshes} times for fresh URLs"
+                " in this run, the limit (jobs.max_document_refreshes); giving up"
+                if self._max_refreshes
+                else "the job document may not be fetched again (jobs.max_document_refreshes is 0)"
+            )
+        self._refreshes_left -= 1
+        self.document = await self._refresh()
+        return self.document
 
     def request_reboot(self) -> None:
         self.reboot_requested = True

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -31,15 +31,19 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.deferral import Deferrals
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.outbox import Outbox
+from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.reboot import Reboots
+from jobs_agent.engine.refresh import DocumentRefresher
 from jobs_agent.engine.runner import Runner
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.shared import Dispatcher, Shared
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
 from jobs_agent.engine.store import Store, StoreError, StoreLost
 from jobs_agent.engine.supervision import Supervisor
+from jobs_agent.inventory.sources import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
+from jobs_agent.shadow.client import ShadowClient
 from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import MqttLink
 
@@ -63,10 +67,15 @@ class Engine:
         on_status: Callable[[EngineStatus], None] | None = None,
         mqtt_link: MqttLink | None = None,
         consent: ConsentDesk | None = None,
+        shadows: ShadowClient | None = None,
+        inventory_sources: Sequence[InventorySource] = (),
+        report_inventory_on_start: bool = True,
     ) -> None:
         """`mqtt_link`: the device's MQTT connection, lent to Python plugins (a stream
         download's own protocol client); `client` is the Jobs client on it. `consent`: the
-        desk of the consent socket the daemon serves (None: a job asking for consent FAILS)."""
+        desk of the consent socket the daemon serves (None: a job asking for consent FAILS).
+        `shadows`: the shadow client the software inventory is reported with (None: not
+        reported), and `inventory_sources` where it is read (`engine/packages.py`)."""
         self.client = client
         self.store = store
         self._shared = shared = Shared(settings, dispatcher, on_status, mqtt_link)
@@ -78,6 +87,13 @@ class Engine:
         self.deferrals = Deferrals(
             shared, store, self._outbox, self._files, self._supervisor, consent
         )
+        self._packages = PackageReports(
+            shared,
+            store,
+            shadows,
+            inventory_sources,
+            report_on_start=report_inventory_on_start,
+        )
         self._runner = Runner(
             shared,
             store,
@@ -86,6 +102,8 @@ class Engine:
             self._files,
             self._supervisor,
             self.deferrals,
+            DocumentRefresher(shared, client),
+            self._packages,
             heartbeat_interval=heartbeat_interval,
         )
         self._reconciled = False
@@ -144,11 +162,13 @@ class Engine:
                 processes=swept,
                 where="its job groups, at start",
             )
+        await self._packages.start()
         events = asyncio.create_task(self._consume_events(), name="engine-events")
         self._shared.wake()
         try:
             await self._loop()
         finally:
+            await self._packages.close()
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await events
@@ -180,6 +200,7 @@ class Engine:
         await self._outbox.decide_undecided()
         if not await self._outbox.flush():
             return False
+        self._packages.kick()
         if not self._reconciled:
             await self._acquisition.reconcile()
             self._reconciled = True
@@ -241,6 +262,7 @@ class Engine:
         async for event in self.client.events():
             if isinstance(event, Resync):
                 log.info("resync after reconnect", session_present=event.session_present)
+                self._packages.link_back()
                 self._shared.wake()
             elif isinstance(event, NextJobExecutionChanged):
                 self._shared.wake()

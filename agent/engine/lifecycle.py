@@ -47,7 +47,10 @@ TRANSITIONS: Mapping[tuple[ExecutionState | None, ExecutionState], str] = {
     (S.RECEIVED, S.STARTED): "the service accepted IN_PROGRESS for the namespaced execution",
     (S.RECEIVED, S.CANCELLED): "the service ended it before it could be started",
     (S.STARTED, S.RUNNING): "a handler was resolved for the document and is launched",
-    (S.STARTED, S.DECIDED): "the document was refused before anything ran",
+    (
+        S.STARTED,
+        S.DECIDED,
+    ): "the document was refused, or what it installs is installed already, before anything ran",
     (S.STARTED, S.CANCELLED): "the service ended it before its handler started",
     (S.RUNNING, S.RUNNING): "a resumable handler is suspended for a stop, or resumed after one",
     (S.RUNNING, S.AWAITING_REBOOT): "the handler succeeded and asked for a reboot",

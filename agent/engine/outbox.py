@@ -19,7 +19,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.recovery import Settle
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import Store, StoreError, StoreLost
+from jobs_agent.engine.store import PackageRow, Store, StoreError, StoreLost
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
@@ -46,13 +46,20 @@ class Outbox:
         """Outcomes the database could not take yet, written as soon as it works again."""
 
     # -- deciding ---------------------------------------------------------------------------------
-    async def decide(self, ref: ExecutionRef, outcome: Outcome, bound: Any) -> None:
-        """Record `outcome` (redacted, then made to fit statusDetails: once, here) and send it."""
+    async def decide(
+        self,
+        ref: ExecutionRef,
+        outcome: Outcome,
+        bound: Any,
+        packages: tuple[PackageRow, ...] = (),
+    ) -> None:
+        """Record `outcome` (redacted, then made to fit statusDetails: once, here) and send it;
+        with the `packages` a SUCCEEDED job installed, in the same transaction."""
         status = JobExecutionStatus(outcome.status)
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
             self._dirty = True
-            await self._store.call(Store.decide, ref, status, details)
+            await self._store.call(Store.decide, ref, status, details, packages)
         except StoreLost:
             # Nothing can be recorded any more: tell the service now, once, rather than leave
             # the execution for the restarted agent to report as lost.

@@ -24,14 +24,17 @@ from jobs_agent.engine.deferral import CONSENT, Deferrals, Request
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
+from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, Wait, recover
+from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
+from jobs_agent.inventory.model import InventoryError
 from jobs_agent.vocabulary import JobExecutionStatus
-from jobs_agent_handlers.api import Handler, JobDeferred, JobRejected, Outcome
+from jobs_agent_handlers.api import Handler, JobDeferred, JobFailed, JobRejected, Outcome
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -46,6 +49,8 @@ class Runner:
         files: JobFiles,
         supervisor: Supervisor,
         deferrals: Deferrals,
+        refresher: DocumentRefresher,
+        packages: PackageReports,
         *,
         heartbeat_interval: float | None = None,
     ) -> None:
@@ -56,7 +61,19 @@ class Runner:
         self._reboots = reboots
         self._files = files
         self._supervisor = supervisor
+        self._refresher = refresher
+        self._packages = packages
         self._heartbeat_interval = heartbeat_interval
+        deferrals.on_resume(self._refresh_after_wait)
+
+    async def _refresh_after_wait(
+        self, record: ExecutionRecord, document: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """A job that waited (deferred, across restarts too) may hold presigned URLs that have
+        expired meanwhile: it resumes with the service's copy fetched again (None: keep)."""
+        if not has_presigned_urls(record.document):
+            return None
+        return await self._refresher.refresh(record)
 
     async def process(self, record: ExecutionRecord, document: Mapping[str, Any] | None) -> None:
         """Do what `record` calls for; `document` is the one just delivered (None: recorded)."""
@@ -96,7 +113,27 @@ class Runner:
             if action.stop_leftovers:
                 await self._files.stop_leftovers(ref, bound)
             record = await self._continue(record, action, bound)
-            await self._launch(record, action, document or record.document, bound)
+            if not document:
+                document = await self._fresh_copy(record, bound)
+                if document is None:
+                    return
+            await self._launch(record, action, document, bound)
+
+    async def fresh_copy(self, record: ExecutionRecord) -> dict[str, Any]:
+        """The document to run `record` with when no copy was just delivered (a run resumed
+        after a wait): the recorded one, or, when it has presigned URLs (stored without their
+        credentials), the service's copy fetched again (`refresh.DocumentRefresher`). Raises
+        `JobFailed` with the reason when that copy cannot be had or is not the same job."""
+        if not has_presigned_urls(record.document):
+            return record.document
+        return await self._refresher.refresh(record)
+
+    async def _fresh_copy(self, record: ExecutionRecord, bound: Any) -> dict[str, Any] | None:
+        try:
+            return await self.fresh_copy(record)
+        except JobFailed as exc:
+            await self._outbox.decide(record.key, Outcome.failed(exc.reason, **exc.details), bound)
+            return None
 
     async def _continue(self, record: ExecutionRecord, run: Run, bound: Any) -> ExecutionRecord:
         """Record how a run that continues an earlier one starts again."""
@@ -122,6 +159,8 @@ class Runner:
     ) -> None:
         handler = await self._resolve(record, document, bound)
         if handler is None:
+            return
+        if not run.resumed and await self._needs_no_run(record, document, bound):
             return
         ref = record.key
         if run.resumed:
@@ -177,7 +216,11 @@ class Runner:
                 if gate is not None:
                     record, request = ready, gate
                     continue
-            document = await self._deferrals.resumed_document(ready, document)
+            try:
+                document = await self._deferrals.resumed_document(ready, document)
+            except JobFailed as exc:
+                await self._outbox.decide(ref, Outcome.failed(exc.reason, **exc.details), bound)
+                return
             handler = await self._resolve(ready, document, bound)
             if handler is None:
                 return
@@ -192,6 +235,24 @@ class Runner:
             if deferred_again is None:
                 return
             request = self._deferrals.from_handler(deferred_again, document)
+
+    async def _needs_no_run(
+        self, record: ExecutionRecord, document: Mapping[str, Any], bound: Any
+    ) -> bool:
+        """Before the first step: a document whose package fields are wrong is REJECTED, and a
+        job whose versions are all installed already SUCCEEDS without running (decided here)."""
+        try:
+            reason = await self._packages.skip_reason(document)
+        except InventoryError as exc:
+            await self._outbox.decide(record.key, Outcome.rejected(str(exc)), bound)
+            return True
+        if reason is None:
+            return False
+        bound.info("the job's versions are installed already; its steps do not run")
+        rows = self._packages.rows_for(document)
+        await self._outbox.decide(record.key, Outcome.succeeded(reason=reason), bound, rows)
+        self._packages.recorded()
+        return True
 
     async def _resolve(
         self, record: ExecutionRecord, document: Mapping[str, Any], bound: Any
@@ -256,7 +317,11 @@ class Runner:
         progress = reporter.latest
         if run.rebooted and progress.get("reboot") == "requested":
             progress["reboot"] = "done"  # the boot id changed: say so in the final report
-        await self._outbox.decide(ref, with_last_progress(outcome, progress), bound)
+        succeeded = outcome.status == JobExecutionStatus.SUCCEEDED
+        rows = self._packages.rows_for(document) if succeeded else ()
+        await self._outbox.decide(ref, with_last_progress(outcome, progress), bound, rows)
+        if rows:
+            self._packages.recorded()
         return None
 
     def _prepare(
@@ -294,6 +359,8 @@ class Runner:
             store=self._store,
             reporter=reporter,
             mqtt_link=self._shared.mqtt_link,
+            refresh=lambda: self._refresher.refresh(record),
+            max_refreshes=settings.max_document_refreshes,
         )
         running_ref.append(Running(ref, ctx))
         return reporter, running_ref[0]

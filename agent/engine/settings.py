@@ -38,3 +38,5 @@ class EngineSettings:
     """Deferred longer than this in all, an execution is reported FAILED."""
     defer_default_seconds: float = 900.0
     """A handler's "not now" without a time waits this long."""
+    max_document_refreshes: int = 10
+    """How often one run of a handler may fetch its job document again for fresh URLs."""

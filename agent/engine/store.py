@@ -10,6 +10,10 @@ inside its own transaction, and refused (`TransitionRefused`) when the table doe
 `decided` rows always have a matching outbox row until the service accepted the update; the
 outbox is flushed in id order before new work is taken.
 
+The `packages` table is the device's own record of what its jobs installed (one row per
+package, the latest job's word), written in the same transaction as the SUCCEEDED outcome that
+installed it, with a flag for what still has to be reported to `$package` (engine/packages.py).
+
 This module is longer than 500 lines: every SQL statement of the engine is in this one class, so
 that what a transaction writes together (a state, its fields, its outbox row) is read in one
 place.
@@ -82,6 +86,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS packages (
+    name TEXT PRIMARY KEY,
+    version TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    report INTEGER NOT NULL DEFAULT 0,
+    aws_reports INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,
+    updated_at REAL NOT NULL
 );
 """
 
@@ -158,6 +171,21 @@ class Deferral:
     """Epoch seconds (wall clock: a reboot changes nothing); None: until consent is given."""
     reason: str
     since: float
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRow:
+    """One package as a job left it: `version` None when the job removed it; `report` True
+    while the agent still has to tell `$package`; `aws_reports` True when AWS IoT Jobs tells it
+    (`destinationPackageVersions`): never the agent, not even at start-up; `seq` orders the
+    writes."""
+
+    name: str
+    version: str | None
+    attributes: dict[str, str]
+    report: bool
+    aws_reports: bool = False
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,14 +481,20 @@ class Store:
         self._write([(sql, (json.dumps(value), time.time(), *self._key_params(key)))])
 
     def decide(
-        self, key: ExecutionRef, status: JobExecutionStatus | str, details: Mapping[str, str]
+        self,
+        key: ExecutionRef,
+        status: JobExecutionStatus | str,
+        details: Mapping[str, str],
+        packages: tuple[PackageRow, ...] = (),
     ) -> None:
-        """Record the outcome and queue its report, atomically."""
+        """Record the outcome and queue its report, atomically; with the `packages` the job
+        installed (only ever given with SUCCEEDED)."""
         status = JobExecutionStatus(status)
         now = time.time()
         encoded = json.dumps(dict(details))
         self._write(
             [
+                *(self._package_statement(row, now) for row in packages),
                 (
                     "UPDATE executions SET state = ?, outcome_status = ?, outcome_details = ?,"
                     f" updated_at = ? WHERE {self._WHERE_KEY}",
@@ -473,6 +507,50 @@ class Store:
                 ),
             ],
             transition=(key, ExecutionState.DECIDED),
+        )
+
+    @staticmethod
+    def _package_statement(row: PackageRow, now: float) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "INSERT INTO packages (name, version, attributes, report, aws_reports, seq,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM packages),"
+            " ?) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+            " attributes = excluded.attributes, report = excluded.report,"
+            " aws_reports = excluded.aws_reports, seq = excluded.seq,"
+            " updated_at = excluded.updated_at",
+            (
+                row.name,
+                row.version,
+                json.dumps(row.attributes),
+                int(row.report),
+                int(row.aws_reports),
+                now,
+            ),
+        )
+
+    def packages(self, *, pending: bool = False) -> list[PackageRow]:
+        """The packages the device's jobs installed (`pending`: those still to be reported,
+        removals included), by name."""
+        where = "report = 1" if pending else "version IS NOT NULL"
+        rows = self._query(
+            "SELECT name, version, attributes, report, aws_reports, seq FROM packages"
+            f" WHERE {where} ORDER BY name"
+        )
+        return [
+            PackageRow(r[0], r[1], json.loads(r[2]), bool(r[3]), bool(r[4]), r[5]) for r in rows
+        ]
+
+    def packages_reported(self, rows: list[PackageRow]) -> None:
+        """`$package` says these (or never will): clear their flag unless a later job wrote
+        the package again meanwhile; forget removals nobody has to report any more."""
+        self._write(
+            [
+                *(
+                    ("UPDATE packages SET report = 0 WHERE name = ? AND seq = ?", (r.name, r.seq))
+                    for r in rows
+                ),
+                ("DELETE FROM packages WHERE version IS NULL AND report = 0", ()),
+            ]
         )
 
     def reported(self, entry_id: int, key: ExecutionRef, note: str | None = None) -> None:

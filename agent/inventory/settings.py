@@ -1,0 +1,46 @@
+"""The `inventory:` section, declared and checked by its owner (the configuration module routes
+it here and adds the line to an error).
+
+    inventory:
+      sources:                       # read in order; a later source overrides an earlier one
+        - file: /etc/device/packages.json
+        - command: [/usr/local/bin/firmware-version, --json]
+          timeout_seconds: 10
+        - plugin: "vendor_inventory:read"
+      report_on_start: true          # report the inventory to `$package` once connected
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jobs_agent.inventory.model import InventoryError
+from jobs_agent.inventory.sources import InventorySource, sources_from_config
+
+KEYS = ("sources", "report_on_start")
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    sources: tuple[InventorySource, ...] = ()
+    """Where the device learns what is installed, after the agent's own record of its jobs."""
+    report_on_start: bool = True
+    """Report the inventory to the reserved named shadow `$package` once connected."""
+
+
+def inventory_settings(data: Any, where: str = "inventory") -> InventorySettings:
+    """The section's settings; `InventoryError` naming the key otherwise."""
+    if data is None:
+        return InventorySettings()
+    if not isinstance(data, Mapping):
+        raise InventoryError(f"{where}: expected a mapping of settings")
+    for key in data:
+        if key not in KEYS:
+            raise InventoryError(f"{where}.{key}: unknown key (expected one of {', '.join(KEYS)})")
+    report = data.get("report_on_start", True)
+    if not isinstance(report, bool):
+        raise InventoryError(f"{where}.report_on_start: expected true or false, got {report!r}")
+    sources = sources_from_config(data.get("sources"), f"{where}.sources")
+    return InventorySettings(tuple(sources), report)
