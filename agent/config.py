@@ -11,6 +11,10 @@ owner. `connection:` is checked against the options of the transport it names
 (`jobs_agent.transport.options`), which that backend receives as they are; `jobs:` and `log:`
 are declared here, and the engine and the dispatcher get the parts they read as settings of
 their own (`AgentConfig.engine_settings()`, `dispatch_settings()`), never this module.
+
+The module is longer than 500 lines: it declares every setting of `jobs:` and the top level, each
+with the line of docstring that says what it does, and splitting the declarations from the loader
+would put the one list an operator's key is checked against in two places.
 """
 
 from __future__ import annotations
