@@ -1,0 +1,275 @@
+"""The `system-update` handler end to end: a real `jobs-agent run` process on a real mosquitto,
+the real RAUC (its service on a private D-Bus, slots that are files, the custom bootloader of
+tests/fixtures/rauc_bootloader.py) and a signed bundle built in the test, served over HTTP.
+
+A reboot is what the device would do: the agent's reboot command only records the call; the
+test then "cuts the power" (kills the agent), lets the simulated bootloader pick the slot
+(`device.reboot()`), changes the boot id the agent reads, and starts the agent again. Kills in
+a phase use the handler's crash hook (`JOBS_AGENT_CRASH_AT=system-update:PHASE`: a SIGKILL
+right after the phase is written, before its side effect), so every kill lands at an exact line.
+
+Each test asserts the final status and statusDetails, the slots' states (what the bootloader
+boots next, what the slot holds) and what the device reported when (the emulator's history).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs_agent.emulator.embedded import Emulator
+from tests.fixtures.broker import Mosquitto
+from tests.fixtures.rauc import RaucDevice, rauc_device  # noqa: F401 (fixture)
+from tests.fixtures.updaters import update_pki  # noqa: F401 (fixture)
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    start_emulator,
+    terminal_statuses,
+    wait_terminal,
+    wait_until,
+    write_handler,
+)
+
+pytestmark = pytest.mark.slow
+
+THING = "gw-ab"
+PAYLOAD = b"new system " * 20_000
+
+
+@pytest.fixture
+async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port)
+    yield emu
+    await emu.stop()
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A plain HTTP file server on a directory (the agent allows http:// in these tests)."""
+    directory = tmp_path / "www"
+    directory.mkdir()
+
+    def handler(*args: Any) -> _Files:
+        return _Files(*args, directory=str(directory))
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield directory, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Gateway:
+    """The device around the agent: boot id, reboot command, health marker, the RAUC device."""
+
+    tmp_path: Path
+    device: RaucDevice
+    emulator: Emulator
+    agent: AgentProcess
+    boots: int = 1
+
+    @property
+    def reboot_calls(self) -> int:
+        path = self.tmp_path / "reboots.log"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    async def wait_reboot_call(self, count: int) -> None:
+        await wait_until(lambda: self.reboot_calls >= count, 60, f"reboot command call {count}")
+
+    def power_cycle(self, *, boot: bool = True) -> str | None:
+        """The power goes; the bootloader boots a slot (unless `boot` is false: the agent
+        restarts on the same boot). Returns the booted slot."""
+        self.agent.kill()
+        if not boot:
+            return None
+        booted = self.device.reboot()
+        self.boots += 1
+        (self.tmp_path / "boot_id").write_text(f"boot-{self.boots}\n")
+        return booted
+
+    async def start(self, **env: str) -> None:
+        self.agent.start(**env)
+        await self.agent.wait_ready()
+
+    def healthy(self, value: bool) -> None:
+        marker = self.tmp_path / "healthy"
+        if value:
+            marker.write_text("ok\n")
+        else:
+            marker.unlink(missing_ok=True)
+
+    def device_reports(self, job_id: str) -> list[dict[str, str]]:
+        return [
+            {"status": str(h.to_status), **h.status_details}
+            for h in self.emulator.service.history(job_id=job_id)
+            if str(h.source) == "device"
+        ]
+
+    def phases_reported(self, job_id: str) -> list[str]:
+        """The `phase` of each device update, repeats removed."""
+        seen: list[str] = []
+        for report in self.device_reports(job_id):
+            phase = report.get("phase")
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+        return seen
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    rauc_device: RaucDevice,  # noqa: F811
+    files: tuple[Path, int],
+) -> Iterator[Gateway]:
+    (tmp_path / "boot_id").write_text("boot-1\n")
+    reboot = write_handler(
+        tmp_path / "bin", "reboot", f"#!/bin/sh\necho reboot >> {tmp_path / 'reboots.log'}\n"
+    )
+    config = agent_config(
+        tmp_path,
+        mosquitto.port,
+        thing=THING,
+        boot_id_path=tmp_path / "boot_id",
+        reboot_command=(str(reboot),),
+        stop_timeout_seconds=1,
+        allow_http_downloads=True,
+    )
+    health = tmp_path / "healthy"
+    text = config_yaml(config) + (
+        "system_update:\n"
+        f"  rauc_dbus_address: {rauc_device.dbus_address}\n"
+        f"  health_commands: [[test, -e, {health}]]\n"
+        "  health_deadline_seconds: 1.5\n"
+        "  health_interval_seconds: 0.1\n"
+    )
+    (tmp_path / "config.yaml").write_text(text)
+    agent = AgentProcess(config_path=tmp_path / "config.yaml", workdir=tmp_path)
+    gateway = Gateway(tmp_path, rauc_device, emulator, agent)
+    gateway.healthy(True)
+    try:
+        yield gateway
+    finally:
+        agent.kill()
+
+
+def _in_order(expected: list[str], gateway: Gateway, job_id: str) -> bool:
+    """The phases were reported in this order (progress is coalesced: a short phase between
+    two reports may not show, so the others are looked for as a subsequence)."""
+    reported = iter(gateway.phases_reported(job_id))
+    return all(phase in reported for phase in expected)
+
+
+def _document(files: tuple[Path, int], device: RaucDevice) -> dict[str, Any]:
+    directory, port = files
+    bundle = device.build_bundle(PAYLOAD)
+    (directory / "update.raucb").write_bytes(bundle.read_bytes())
+    return {
+        "operation": "system-update",
+        "updater": "rauc",
+        "url": f"http://127.0.0.1:{port}/update.raucb",
+        "sha256": hashlib.sha256(bundle.read_bytes()).hexdigest(),
+    }
+
+
+async def test_an_update_is_committed_once_the_new_system_is_healthy(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("ab-ok", [THING], _document(files, device))
+    await gateway.wait_reboot_call(1)
+    # Switched, not committed: B boots next on trial, A still runs; nothing final yet.
+    assert device.next_boot() == ("B", True)
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert str(emulator.service.execution("ab-ok", THING).status) == "IN_PROGRESS"
+    announced = gateway.device_reports("ab-ok")[-1]
+    assert announced["reboot"] == "requested"
+    assert announced["phase"] == "reboot"
+    assert (announced["fromSlot"], announced["toSlot"]) == ("A", "B")
+
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-ok", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    details = execution.status_details
+    assert (details["slot"], details["previousSlot"], details["phase"]) == ("B", "A", "commit")
+    assert details["reboot"] == "done"
+    assert device.next_boot() == ("B", False)  # committed: no more tries counted
+    assert device.boot_state()["slots"]["B"]["state"] == "good"
+    assert device.attempts == ["A", "B"]
+    assert terminal_statuses(emulator, "ab-ok") == ["SUCCEEDED"]
+    assert _in_order(["download", "install", "reboot", "verify", "commit"], gateway, "ab-ok")
+
+
+async def test_a_failing_health_check_rolls_back_to_the_old_slot(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("ab-sick", [THING], _document(files, device))
+    await gateway.wait_reboot_call(1)
+    gateway.healthy(False)  # the new system lacks what the check looks for
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    # The checks fail until the deadline: slot B is marked bad and the agent reboots again.
+    await gateway.wait_reboot_call(2)
+    assert device.next_boot() == ("A", False)
+    assert device.boot_state()["slots"]["B"]["state"] == "bad"
+    assert str(emulator.service.execution("ab-sick", THING).status) == "IN_PROGRESS"
+    assert gateway.device_reports("ab-sick")[-1]["phase"] == "rollback_reboot"
+    assert gateway.power_cycle() == "A"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-sick", THING, timeout=60)
+
+    assert str(execution.status) == "FAILED", gateway.agent.log_text()
+    details = execution.status_details
+    assert details["reason"].startswith(f"health check test -e {gateway.tmp_path / 'healthy'}")
+    assert details["phase"] == "verify"
+    assert details["rolledBackBy"] == "agent"
+    assert (details["fromSlot"], details["toSlot"]) == ("A", "B")
+    assert device.attempts == ["A", "B", "A"]
+    assert terminal_statuses(emulator, "ab-sick") == ["FAILED"]
+    assert _in_order(["install", "reboot", "verify", "rollback_reboot"], gateway, "ab-sick")
+
+
+async def test_a_new_slot_that_never_boots_is_rolled_back_by_the_bootloader(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("ab-dead", [THING], _document(files, device))
+    await gateway.wait_reboot_call(1)
+    device.never_boots.add("B")  # a kernel panic: the agent never runs on B
+    assert gateway.power_cycle() == "A"
+    assert device.attempts == ["A", "B", "B", "B", "A"]
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-dead", THING, timeout=60)
+
+    assert str(execution.status) == "FAILED", gateway.agent.log_text()
+    details = execution.status_details
+    assert details["reason"] == "rolled back by the bootloader"
+    assert details["rolledBackBy"] == "bootloader"
+    assert details["phase"] == "reboot"
+    assert device.fallbacks == [{"from": "B", "to": "A"}]
+    assert device.next_boot() == ("A", False)
+    assert gateway.reboot_calls == 1  # the agent did not reboot again
+    assert terminal_statuses(emulator, "ab-dead") == ["FAILED"]
