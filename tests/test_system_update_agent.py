@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import signal
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,7 +26,10 @@ from typing import Any
 
 import pytest
 
+from jobs_agent.device import STATE_DATABASE
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.engine.store import ExecutionRecord, Store
+from jobs_agent.vocabulary import ExecutionRef
 from tests.fixtures.broker import Mosquitto
 from tests.fixtures.rauc import RaucDevice, rauc_device  # noqa: F401 (fixture)
 from tests.fixtures.updaters import update_pki  # noqa: F401 (fixture)
@@ -53,6 +58,23 @@ async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
+    """Serves the directory; `/held/NAME` sends half of NAME, then holds the connection until
+    the server's `release` event (a download in progress, for as long as the test wants)."""
+
+    release: threading.Event
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/held/"):
+            super().do_GET()
+            return
+        data = (Path(self.directory) / self.path.removeprefix("/held/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.release.wait(60)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -63,13 +85,20 @@ def files(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     directory = tmp_path / "www"
     directory.mkdir()
 
+    release = threading.Event()
+
     def handler(*args: Any) -> _Files:
-        return _Files(*args, directory=str(directory))
+        files = _Files.__new__(_Files)
+        files.release = release
+        files.__init__(*args, directory=str(directory))  # type: ignore[misc]
+        return files
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield directory, server.server_address[1]
+    release.set()
     server.shutdown()
     server.server_close()
 
@@ -120,6 +149,29 @@ class Gateway:
             for h in self.emulator.service.history(job_id=job_id)
             if str(h.source) == "device"
         ]
+
+    def record(self, job_id: str) -> ExecutionRecord | None:
+        """The agent's own record of the execution (read once the agent is stopped)."""
+        store = Store(self.tmp_path / "state" / STATE_DATABASE)
+        try:
+            return store.get(ExecutionRef(None, job_id, 1))
+        finally:
+            store.close()
+
+    def record_state(self, job_id: str) -> str | None:
+        """The state of the agent's record, read beside the running agent (read-only)."""
+        database = self.tmp_path / "state" / STATE_DATABASE
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            row = connection.execute(
+                "SELECT state FROM executions WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        finally:
+            connection.close()
+        return str(row[0]) if row else None
+
+    async def wait_record_state(self, job_id: str, state: str) -> None:
+        await wait_until(lambda: self.record_state(job_id) == state, 60, f"record {state}")
 
     def phases_reported(self, job_id: str) -> list[str]:
         """The `phase` of each device update, repeats removed."""
@@ -273,3 +325,125 @@ async def test_a_new_slot_that_never_boots_is_rolled_back_by_the_bootloader(
     assert device.next_boot() == ("A", False)
     assert gateway.reboot_calls == 1  # the agent did not reboot again
     assert terminal_statuses(emulator, "ab-dead") == ["FAILED"]
+
+
+BEFORE_THE_BOOT = ["download", "install", "activate", "reboot"]
+AFTER_THE_BOOT = ["verify", "commit"]
+
+
+@pytest.mark.parametrize("phase", BEFORE_THE_BOOT + AFTER_THE_BOOT)
+async def test_an_agent_killed_in_any_phase_resumes_the_update(
+    gateway: Gateway, files: tuple[Path, int], phase: str
+) -> None:
+    """SIGKILL right after the phase is written, before what it announces; the agent restarts
+    on the same boot and the update goes on from that phase, to the same end."""
+    device, emulator = gateway.device, gateway.emulator
+    crash = {"JOBS_AGENT_CRASH_AT": f"system-update:{phase}"}
+    await gateway.start(**(crash if phase in BEFORE_THE_BOOT else {}))
+    emulator.service.create_job("ab-kill", [THING], _document(files, device))
+    if phase in BEFORE_THE_BOOT:
+        assert await gateway.agent.wait_exit(60) == -9
+        assert gateway.reboot_calls == 0
+        await gateway.start()
+    await gateway.wait_reboot_call(1)
+    assert device.next_boot() == ("B", True)
+    assert gateway.power_cycle() == "B"
+    await gateway.start(**(crash if phase in AFTER_THE_BOOT else {}))
+    if phase in AFTER_THE_BOOT:
+        assert await gateway.agent.wait_exit(60) == -9
+        await gateway.start()
+    execution = await wait_terminal(emulator, "ab-kill", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert execution.status_details["slot"] == "B"
+    assert device.next_boot() == ("B", False)
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.attempts == ["A", "B"]  # one reboot, whatever was killed
+    assert gateway.reboot_calls == 1
+    assert terminal_statuses(emulator, "ab-kill") == ["SUCCEEDED"]
+
+
+@pytest.mark.parametrize("phase", ["rollback", "rollback_reboot"])
+async def test_an_agent_killed_during_a_rollback_finishes_it(
+    gateway: Gateway, files: tuple[Path, int], phase: str
+) -> None:
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("ab-kill-rb", [THING], _document(files, device))
+    await gateway.wait_reboot_call(1)
+    gateway.healthy(False)
+    assert gateway.power_cycle() == "B"
+    await gateway.start(JOBS_AGENT_CRASH_AT=f"system-update:{phase}")
+    assert await gateway.agent.wait_exit(60) == -9
+    await gateway.start()
+    await gateway.wait_reboot_call(2)
+    assert gateway.power_cycle() == "A"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-kill-rb", THING, timeout=60)
+
+    assert str(execution.status) == "FAILED", gateway.agent.log_text()
+    assert execution.status_details["phase"] == "verify"
+    assert execution.status_details["reason"].startswith("health check")
+    assert device.next_boot() == ("A", False)
+    assert device.attempts == ["A", "B", "A"]
+    assert gateway.reboot_calls == 2
+    assert terminal_statuses(emulator, "ab-kill-rb") == ["FAILED"]
+
+
+async def test_a_cancel_before_the_switch_stops_the_update_and_changes_nothing(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    device, emulator = gateway.device, gateway.emulator
+    document = _document(files, device)
+    document["url"] = document["url"].replace("/update.raucb", "/held/update.raucb")
+    await gateway.start()
+    emulator.service.create_job("ab-cancel", [THING], document)
+    await emulator.service.wait_for(
+        lambda: any(
+            r.get("phase") == "download" and r.get("message", "").endswith("bytes")
+            for r in gateway.device_reports("ab-cancel")
+        ),
+        30,
+    )
+    emulator.service.cancel_job("ab-cancel", force=True)
+    await gateway.wait_record_state("ab-cancel", "cancelled")
+    gateway.agent.signal(signal.SIGTERM)
+    assert await gateway.agent.wait_exit() == 0
+
+    assert str(emulator.service.execution("ab-cancel", THING).status) == "CANCELED"
+    assert not [r for r in gateway.device_reports("ab-cancel") if r["status"] != "IN_PROGRESS"]
+    assert device.next_boot() == ("A", False)
+    assert not device.slot_starts_with("B", PAYLOAD[:64])
+    assert gateway.reboot_calls == 0
+    record = gateway.record("ab-cancel")
+    assert record is not None and str(record.state) == "cancelled"
+
+
+async def test_a_cancel_after_the_switch_is_not_obeyed_the_update_is_carried_to_its_end(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """The service ends the execution (a forced cancel) while the device reboots into the new
+    slot. Past the switch the agent carries the update on: verify and commit on the new slot.
+    The service shows CANCELED and takes no report; the outcome stays in the agent's record
+    (and its log), with the service's answer as the note."""
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("ab-late-cancel", [THING], _document(files, device))
+    await gateway.wait_reboot_call(1)
+    emulator.service.cancel_job("ab-late-cancel", force=True)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    await gateway.wait_record_state("ab-late-cancel", "reported")
+    gateway.agent.signal(signal.SIGTERM)
+    assert await gateway.agent.wait_exit() == 0
+
+    assert str(emulator.service.execution("ab-late-cancel", THING).status) == "CANCELED"
+    reports = gateway.device_reports("ab-late-cancel")
+    assert all(r["status"] == "IN_PROGRESS" for r in reports)
+    assert device.boot_state()["slots"]["B"]["state"] == "good"
+    record = gateway.record("ab-late-cancel")
+    assert record is not None
+    assert str(record.state) == "reported"
+    assert str(record.outcome_status) == "SUCCEEDED"
+    assert record.outcome_details is not None and record.outcome_details["slot"] == "B"
+    assert record.note is not None and "CANCELED" in record.note

@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 
+from jobs_agent_handlers.api import point_of_no_return
 from jobs_agent_handlers.system_update import phases
 from jobs_agent_handlers.system_update.phases import (
     TRANSITIONS,
@@ -64,6 +65,17 @@ def test_the_checkpoint_keeps_the_state_and_ignores_anything_else() -> None:
     assert UpdateState.from_checkpoint({"systemUpdate": 1, "phase": "nonsense"}) is None
 
 
+@pytest.mark.parametrize("phase", list(Phase))
+def test_the_checkpoint_says_when_the_update_is_past_its_point_of_no_return(
+    phase: Phase,
+) -> None:
+    """From `activate` on, the engine carries the job to its end whatever the service says
+    (handlers/api.py POINT_OF_NO_RETURN); before it, a cancellation stops it."""
+    checkpoint = UpdateState(phase=phase, source="A", target="B").to_checkpoint()
+    switched = phase not in (Phase.DOWNLOAD, Phase.INSTALL)
+    assert (point_of_no_return(checkpoint) is not None) is switched
+
+
 def _state(phase: Phase, **changes: object) -> UpdateState:
     values: dict[str, object] = {"source": "A", "target": "B", "boot_id": BEFORE}
     values.update(changes)
@@ -93,6 +105,15 @@ CASES = [
         None,
         phases.REBOOT,
         "",
+    ),
+    (
+        "the reboot was asked for twice and the device never went down",
+        _state(Phase.REBOOT, reboots=2),
+        BEFORE,
+        "A",
+        None,
+        phases.ROLLBACK,
+        "did not reboot into slot B (asked 2 times",
     ),
     (
         "killed during the reboot, came up on the new slot",
@@ -166,6 +187,15 @@ CASES = [
         None,
         phases.ROLLBACK_REBOOT,
         "",
+    ),
+    (
+        "the rollback's reboot was asked for twice and never happened",
+        _state(Phase.ROLLBACK_REBOOT, boot_id=AFTER, reboots=2, reason="health check x failed"),
+        AFTER,
+        "B",
+        None,
+        phases.STUCK,
+        "did not reboot into slot A",
     ),
     (
         "back on the old slot after the rollback's reboot",

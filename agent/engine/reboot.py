@@ -54,8 +54,12 @@ class Reboots:
             return None
         return text.strip() or None
 
-    async def request(self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any) -> None:
-        """The handler succeeded and asked for a reboot: record it, tell the service, reboot."""
+    async def request(
+        self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any, *, held: bool = False
+    ) -> None:
+        """The handler succeeded and asked for a reboot: record it, tell the service, reboot.
+        `held`: the handler is past its point of no return; the reboot happens even if the
+        service has ended the execution."""
         boot_id = self.boot_id()
         if boot_id is None:
             path = self._shared.settings.boot_id_path
@@ -66,7 +70,7 @@ class Reboots:
             Store.transition, ref, ExecutionState.AWAITING_REBOOT, boot_id=boot_id
         )
         self._shared.crash.reached("awaiting_reboot")
-        if not await self._announce(ref, reporter, bound):
+        if not await self._announce(ref, reporter, bound, held):
             return
         if self._shared.stopping:
             # Being stopped right now: the device is already going down (the Device Client's
@@ -77,7 +81,9 @@ class Reboots:
             return
         await self._reboot(ref, bound)
 
-    async def _announce(self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any) -> bool:
+    async def _announce(
+        self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any, held: bool
+    ) -> bool:
         """Tell the service; False when it answers that the execution is over (no reboot)."""
         details = sanitize_status_details({**reporter.latest, "reboot": "requested"})
         with contextlib.suppress(StoreError):  # the run after the boot starts from it
@@ -90,14 +96,21 @@ class Reboots:
                 step_timeout=reporter.step_timeout_minutes,
             )
         except JobsRejected as exc:
-            if exc.code in CLOUD_ENDED_CODES:
+            if exc.code in CLOUD_ENDED_CODES and held:
+                bound.warning(
+                    "the service ended the execution; rebooting anyway: the job is past its"
+                    " point of no return",
+                    code=str(exc.code),
+                )
+            elif exc.code in CLOUD_ENDED_CODES:
                 # Cancelled (or timed out) just now: the device must not reboot for it.
                 note = f"not rebooted: the service ended the execution ({exc.code})"
                 bound.warning("reboot cancelled", reason=note)
                 await self._store.call(Store.cancelled, ref, note)
                 self._shared.note_outcome(ref, note)
                 return False
-            bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))
+            else:
+                bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))
         except JobsError as exc:
             # Offline: the job asked for the reboot; the outcome is reported after the boot.
             bound.warning("reboot announcement not delivered; rebooting anyway", error=str(exc))

@@ -35,10 +35,7 @@ CRASH_ENV_VAR = "JOBS_AGENT_CRASH_AT"
 BUNDLE_NAMES = {"rauc": "update.raucb", "swupdate": "update.swu"}
 CANCELLED = "cancelled before the slot switch; the device was not changed (the inactive slot may"
 " hold part of the new system, never booted)"
-CANCELLED_AFTER_SWITCH = (
-    "the service ended the execution after the slot switch: slot {target} is marked bad, so the"
-    " next boot returns to slot {source}"
-)
+STOPPED_IN_VERIFY = "the agent is stopping; the health checks run again after its restart"
 
 
 def _crash_point(state_dir: Path, phase: Phase) -> None:
@@ -203,7 +200,7 @@ class _Run:
         elif kind == phases.COMMIT:
             return await self._commit()
         elif kind == phases.ROLLBACK:
-            return await self._rollback(step.reason, observed)
+            await self._rollback(step.reason, observed)
         elif kind == phases.ROLLBACK_REBOOT:
             return await self._reboot(
                 Phase.ROLLBACK_REBOOT, observed, "rebooting into the old slot"
@@ -257,6 +254,9 @@ class _Run:
         self._stop_if_cancelled()
         # The point of no return: from here on the update ends in a commit or a rollback.
         await self._move(Phase.ACTIVATE, f"switching to slot {target}")
+        # A cancellation that came while the phase was written has already begun stopping
+        # this handler (the engine saw no point of no return yet): nothing is switched.
+        self._stop_if_cancelled()
 
     def _stop_if_cancelled(self) -> None:
         if self.ctx.cancelled.is_set():
@@ -272,17 +272,15 @@ class _Run:
             return
         await self._move(
             Phase.REBOOT,
-            f"rebooting into slot {self.state.target}",
+            f"slot {self.state.target} boots next, on trial",
             boot_id=self.handler.boot_id(),
+            reboots=0,
         )
 
-    async def _reboot(
-        self, phase: Phase, observed: Observed, message: str
-    ) -> Mapping[str, Any] | None:
+    async def _reboot(self, phase: Phase, observed: Observed, message: str) -> Mapping[str, Any]:
+        """Ask the engine for the reboot (it reboots once `run` returns), counted first."""
         assert self.state is not None
-        if self._ended_after_switch():
-            return await self._rollback(self._cancel_reason(), observed)
-        self.ctx.progress(None, message, phase=phase.value, **self._slots())
+        await self._move(phase, message, boot_id=observed.boot_id, reboots=self.state.reboots + 1)
         self.ctx.request_reboot()
         return {"phase": phase.value, **self._slots()}
 
@@ -307,8 +305,9 @@ class _Run:
                 verify.cancel()
                 await asyncio.gather(verify, return_exceptions=True)
         if not verify.done() or verify.cancelled():
-            await self._begin_rollback(Phase.VERIFY, self._cancel_reason())
-            return
+            # Past the switch only a stop of the agent sets `cancelled` (the engine carries a
+            # job on past its point of no return): the checks start again after the restart.
+            raise JobFailed(STOPPED_IN_VERIFY)
         reason = verify.result()
         if reason is not None:
             await self._begin_rollback(Phase.VERIFY, reason)
@@ -339,7 +338,7 @@ class _Run:
             reason=reason,
         )
 
-    async def _rollback(self, reason: str, observed: Observed) -> Mapping[str, Any] | None:
+    async def _rollback(self, reason: str, observed: Observed) -> None:
         assert self.state is not None
         if self.state.phase is not Phase.ROLLBACK:
             await self._begin_rollback(self.state.phase, reason)
@@ -355,22 +354,13 @@ class _Run:
         if observed.booted == self.state.source:
             # Never booted into the new slot: marking it bad is the whole rollback.
             self._failed(phases.Step(phases.ROLLED_BACK, self.state.reason))
-        if self._ended_after_switch():
-            raise JobFailed(self.state.reason, phase=self.state.failed_phase, **self._slots())
         await self._move(
             Phase.ROLLBACK_REBOOT,
-            f"rebooting into slot {self.state.source}",
+            f"slot {self.state.target} is marked bad: slot {self.state.source} boots next",
             boot_id=self.handler.boot_id(),
+            reboots=0,
         )
-        self.ctx.request_reboot()
-        return {"phase": Phase.ROLLBACK_REBOOT.value, **self._slots()}
-
-    def _ended_after_switch(self) -> bool:
-        return self.ctx.cancelled.is_set()
-
-    def _cancel_reason(self) -> str:
-        assert self.state is not None
-        return CANCELLED_AFTER_SWITCH.format(target=self.state.target, source=self.state.source)
+        return None
 
     def _failed(self, step: phases.Step) -> None:
         """End FAILED for a step that ends the update on the old slot (or nowhere)."""

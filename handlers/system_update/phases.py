@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from jobs_agent_handlers.api import POINT_OF_NO_RETURN
+
 
 class Phase(StrEnum):
     DOWNLOAD = "download"
@@ -51,12 +53,15 @@ TRANSITIONS: Mapping[tuple[Phase | None, Phase], str] = {
     (P.INSTALL, P.ACTIVATE): "the updater verified the bundle's signature and wrote the inactive"
     " slot, and no cancellation came: the switch begins",
     (P.ACTIVATE, P.REBOOT): "the bootloader boots the new slot next, on trial",
+    (P.REBOOT, P.REBOOT): "a reboot is asked for (again: the device did not go down)",
+    (P.REBOOT, P.ROLLBACK): "the device did not reboot into the new slot, asked twice",
     (P.ACTIVATE, P.ROLLBACK): "the activation failed: the new slot is given up before any boot",
     (P.REBOOT, P.VERIFY): "the boot id changed and the device runs the new slot",
     (P.VERIFY, P.COMMIT): "every health check passed on the new slot within the deadline",
     (P.VERIFY, P.ROLLBACK): "a health check failed, or did not pass within the deadline",
     (P.COMMIT, P.ROLLBACK): "the commit itself failed: the slot on trial is given up",
     (P.ROLLBACK, P.ROLLBACK_REBOOT): "the new slot is marked bad: the next boot takes the old one",
+    (P.ROLLBACK_REBOOT, P.ROLLBACK_REBOOT): "a reboot into the old slot is asked for (again)",
 }
 """(from, to) -> why. Every move between phases; `PhaseWriter` refuses any other. The last step
 of each path (SUCCEEDED after `commit`, FAILED after the rollback's boot or after the
@@ -83,6 +88,8 @@ class UpdateState:
     """The slot the bundle is installed into."""
     boot_id: str = ""
     """The boot id before a reboot this update asked for (`reboot`, `rollback_reboot`)."""
+    reboots: int = 0
+    """Reboots asked for in this phase and boot: one more than `MAX_REBOOT_REQUESTS` gives up."""
     verify_started: float | None = None
     """When the health checks began on the new slot (wall clock): the deadline counts from it,
     across agent restarts."""
@@ -92,7 +99,9 @@ class UpdateState:
 
     def to_checkpoint(self) -> dict[str, Any]:
         data: dict[str, Any] = {"systemUpdate": 1, "phase": str(self.phase)}
-        for name in ("source", "target", "boot_id", "failed_phase", "reason"):
+        if self.phase in SWITCHED:
+            data[POINT_OF_NO_RETURN] = "the A/B update has begun its slot switch"
+        for name in ("source", "target", "boot_id", "reboots", "failed_phase", "reason"):
             value = getattr(self, name)
             if value:
                 data[name] = value
@@ -115,6 +124,7 @@ class UpdateState:
             source=str(data.get("source", "")),
             target=str(data.get("target", "")),
             boot_id=str(data.get("boot_id", "")),
+            reboots=int(data["reboots"]) if isinstance(data.get("reboots"), int) else 0,
             verify_started=float(started) if isinstance(started, int | float) else None,
             failed_phase=str(data.get("failed_phase", "")),
             reason=str(data.get("reason", "")),
@@ -169,6 +179,9 @@ STUCK = "stuck"
 """FAILED: the device is on neither the slot it should be on (the reason says which)."""
 
 BOOTLOADER_FELL_BACK = "rolled back by the bootloader"
+MAX_REBOOT_REQUESTS = 2
+"""A reboot asked for this often without the boot id changing (the command failed, the agent
+was restarted without a reboot) is given up: before the switch took, that is a rollback."""
 
 
 def next_step(state: UpdateState | None, observed: Observed, verify_deadline: float) -> Step:
@@ -190,7 +203,13 @@ def next_step(state: UpdateState | None, observed: Observed, verify_deadline: fl
         return Step(ACTIVATE)
     if phase is P.REBOOT:
         if observed.boot_id == state.boot_id:
-            return Step(REBOOT)  # the reboot has not happened yet (or was never asked for)
+            if state.reboots >= MAX_REBOOT_REQUESTS:
+                return Step(
+                    ROLLBACK,
+                    f"the device did not reboot into slot {state.target}"
+                    f" (asked {state.reboots} times, boot id unchanged)",
+                )
+            return Step(REBOOT)  # not asked for yet, or asked and the device did not go down
         if observed.booted == state.target:
             return Step(VERIFY)
         return Step(FELL_BACK, BOOTLOADER_FELL_BACK)
@@ -207,6 +226,12 @@ def next_step(state: UpdateState | None, observed: Observed, verify_deadline: fl
         return Step(ROLLBACK, state.reason)
     # ROLLBACK_REBOOT
     if observed.boot_id == state.boot_id:
+        if state.reboots >= MAX_REBOOT_REQUESTS:
+            return Step(
+                STUCK,
+                f"{state.reason}; slot {state.target} is marked bad, but the device did not"
+                f" reboot into slot {state.source} (asked {state.reboots} times)",
+            )
         return Step(ROLLBACK_REBOOT)
     if observed.booted == state.source:
         return Step(ROLLED_BACK, state.reason)
