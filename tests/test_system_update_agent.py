@@ -193,7 +193,10 @@ def gateway(
 ) -> Iterator[Gateway]:
     (tmp_path / "boot_id").write_text("boot-1\n")
     reboot = write_handler(
-        tmp_path / "bin", "reboot", f"#!/bin/sh\necho reboot >> {tmp_path / 'reboots.log'}\n"
+        tmp_path / "bin",
+        "reboot",
+        f"#!/bin/sh\necho reboot >> {tmp_path / 'reboots.log'}\n"
+        f"test -e {tmp_path / 'reboot-fails'} && exit 1\nexit 0\n",
     )
     config = agent_config(
         tmp_path,
@@ -447,3 +450,25 @@ async def test_a_cancel_after_the_switch_is_not_obeyed_the_update_is_carried_to_
     assert str(record.outcome_status) == "SUCCEEDED"
     assert record.outcome_details is not None and record.outcome_details["slot"] == "B"
     assert record.note is not None and "CANCELED" in record.note
+
+
+async def test_a_reboot_that_never_happens_after_the_switch_is_rolled_back(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """The reboot command fails (twice): the engine does not decide FAILED on its own for a
+    job past its switch; the handler asks once more, then gives the new slot up."""
+    device, emulator = gateway.device, gateway.emulator
+    (gateway.tmp_path / "reboot-fails").write_text("")
+    await gateway.start()
+    emulator.service.create_job("ab-noboot", [THING], _document(files, device))
+    execution = await wait_terminal(emulator, "ab-noboot", THING, timeout=60)
+
+    assert str(execution.status) == "FAILED", gateway.agent.log_text()
+    details = execution.status_details
+    assert details["reason"].startswith("the device did not reboot into slot B (asked 2 times")
+    assert (details["phase"], details["rolledBackBy"]) == ("reboot", "agent")
+    assert gateway.reboot_calls == 2
+    assert device.next_boot() == ("A", False)
+    assert device.boot_state()["slots"]["B"]["state"] == "bad"
+    assert device.attempts == ["A"]
+    assert terminal_statuses(emulator, "ab-noboot") == ["FAILED"]

@@ -189,14 +189,15 @@ class Engine:
         return True
 
     async def _carry_on_held(self) -> None:
-        """Run what reconciliation found ended by the service yet past its point of no return
-        (handlers/api.py `POINT_OF_NO_RETURN`): the service will not offer it again."""
-        held = self._acquisition.held
-        while held and not self._shared.stopping and not self._reboots.awaiting:
-            record = await self.store.call(Store.get, held[0])
-            if record is not None:
-                await self._runner.process(record, None)
-            held.pop(0)
+        """Run what is past its point of no return (handlers/api.py `POINT_OF_NO_RETURN`) and
+        was ended by the service while the agent was away (it will not be offered again), or
+        whose reboot did not happen (its handler decides what that means)."""
+        for held in (self._acquisition.held, self._reboots.handed_back):
+            while held and not self._shared.stopping and not self._reboots.awaiting:
+                record = await self.store.call(Store.get, held[0])
+                if record is not None:
+                    await self._runner.process(record, None)
+                held.pop(0)
 
     async def _take_and_run(self) -> bool:
         if self._shared.stopping:

@@ -45,6 +45,10 @@ class Reboots:
         self._outbox = outbox
         self.awaiting = False
         """A reboot is under way: the main loop takes no other job meanwhile."""
+        self.handed_back: list[ExecutionRef] = []
+        """Executions past their point of no return whose reboot failed: the engine runs their
+        handler again (it decides what a missed reboot means) instead of deciding FAILED."""
+        self._held: set[ExecutionRef] = set()
 
     def boot_id(self) -> str | None:
         """This boot's id; None when it cannot be read."""
@@ -70,6 +74,8 @@ class Reboots:
             Store.transition, ref, ExecutionState.AWAITING_REBOOT, boot_id=boot_id
         )
         self._shared.crash.reached("awaiting_reboot")
+        if held:
+            self._held.add(ref)
         if not await self._announce(ref, reporter, bound, held):
             return
         if self._shared.stopping:
@@ -122,7 +128,7 @@ class Reboots:
         try:
             returncode, stderr = await _run(command)
         except (OSError, TimeoutError) as exc:
-            await self._outbox.decide(ref, Outcome.failed(f"reboot command failed: {exc}"), bound)
+            await self._failed(ref, Outcome.failed(f"reboot command failed: {exc}"), bound)
             return
         if returncode != 0 and self._shared.stopping:
             # Refused because the device is already shutting down (a reboot the handler
@@ -132,7 +138,7 @@ class Reboots:
             return
         if returncode != 0:
             reason = f"reboot command exited with code {returncode}"
-            await self._outbox.decide(ref, Outcome.failed(reason, stderr=stderr[-500:]), bound)
+            await self._failed(ref, Outcome.failed(reason, stderr=stderr[-500:]), bound)
             return
         self.awaiting = True
         self._shared.set_status("awaiting reboot", str(ref))
@@ -149,7 +155,22 @@ class Reboots:
             f" {REBOOT_GRACE_SECONDS:.0f} s"
         )
         bound = log.bind(job_id=ref.job_id, execution_number=ref.execution_number)
-        await self._outbox.decide(ref, Outcome.failed(reason), bound)
+        await self._failed(ref, Outcome.failed(reason), bound)
+        self._shared.wake()
+
+    async def _failed(self, ref: ExecutionRef, outcome: Outcome, bound: Any) -> None:
+        """The reboot did not happen: FAILED, unless the job is past its point of no return,
+        whose handler is run again to decide (the record stays AWAITING_REBOOT, same boot id)."""
+        if ref not in self._held:
+            await self._outbox.decide(ref, outcome, bound)
+            return
+        self._held.discard(ref)
+        self.awaiting = False
+        bound.warning(
+            "the reboot did not happen; the handler, past its point of no return, decides",
+            reason=outcome.details.get("reason"),
+        )
+        self.handed_back.append(ref)
         self._shared.wake()
 
 
