@@ -14,8 +14,10 @@ boots next, what the slot holds) and what the device reported when (the emulator
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
+import json
 import signal
 import sqlite3
 import threading
@@ -32,6 +34,7 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.vocabulary import ExecutionRef
 from tests.fixtures.broker import Mosquitto
 from tests.fixtures.rauc import RaucDevice, rauc_device  # noqa: F401 (fixture)
+from tests.fixtures.swupdate import SwupdateDevice, swupdate_device  # noqa: F401 (fixture)
 from tests.fixtures.updaters import update_pki  # noqa: F401 (fixture)
 from tests.harness import (
     AgentProcess,
@@ -108,7 +111,8 @@ class Gateway:
     """The device around the agent: boot id, reboot command, health marker, the RAUC device."""
 
     tmp_path: Path
-    device: RaucDevice
+    device: Any
+    """A RaucDevice or a SwupdateDevice (tests/fixtures)."""
     emulator: Emulator
     agent: AgentProcess
     boots: int = 1
@@ -183,13 +187,24 @@ class Gateway:
         return seen
 
 
-@pytest.fixture
-def gateway(
+def _system_update_yaml(updater_options: dict[str, Any], health: Path) -> str:
+    """The `system_update:` section; values as JSON, which YAML reads as they are."""
+    options = {
+        **updater_options,
+        "health_commands": [["test", "-e", str(health)]],
+        "health_deadline_seconds": 1.5,
+        "health_interval_seconds": 0.1,
+    }
+    return "system_update:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in options.items())
+
+
+@contextlib.contextmanager
+def _gateway(
     tmp_path: Path,
-    mosquitto: Mosquitto,
+    port: int,
     emulator: Emulator,
-    rauc_device: RaucDevice,  # noqa: F811
-    files: tuple[Path, int],
+    device: RaucDevice | SwupdateDevice,
+    updater_options: dict[str, Any],
 ) -> Iterator[Gateway]:
     (tmp_path / "boot_id").write_text("boot-1\n")
     reboot = write_handler(
@@ -200,29 +215,57 @@ def gateway(
     )
     config = agent_config(
         tmp_path,
-        mosquitto.port,
+        port,
         thing=THING,
         boot_id_path=tmp_path / "boot_id",
         reboot_command=(str(reboot),),
         stop_timeout_seconds=1,
         allow_http_downloads=True,
     )
-    health = tmp_path / "healthy"
-    text = config_yaml(config) + (
-        "system_update:\n"
-        f"  rauc_dbus_address: {rauc_device.dbus_address}\n"
-        f"  health_commands: [[test, -e, {health}]]\n"
-        "  health_deadline_seconds: 1.5\n"
-        "  health_interval_seconds: 0.1\n"
-    )
+    text = config_yaml(config) + _system_update_yaml(updater_options, tmp_path / "healthy")
     (tmp_path / "config.yaml").write_text(text)
     agent = AgentProcess(config_path=tmp_path / "config.yaml", workdir=tmp_path)
-    gateway = Gateway(tmp_path, rauc_device, emulator, agent)
+    gateway = Gateway(tmp_path, device, emulator, agent)
     gateway.healthy(True)
     try:
         yield gateway
     finally:
         agent.kill()
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    rauc_device: RaucDevice,  # noqa: F811
+    files: tuple[Path, int],
+) -> Iterator[Gateway]:
+    options = {"rauc_dbus_address": rauc_device.dbus_address}
+    with _gateway(tmp_path, mosquitto.port, emulator, rauc_device, options) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def swupdate_gateway(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    swupdate_device: SwupdateDevice,  # noqa: F811
+    files: tuple[Path, int],
+) -> Iterator[Gateway]:
+    config = swupdate_device.config()
+    options = {
+        "swupdate_slots": dict(config.slots),
+        "swupdate_ca_certificate": str(config.ca_certificate),
+        "swupdate_hardware": config.hardware,
+        "swupdate_bootloader": config.bootloader,
+        "swupdate_fw_env_config": str(config.fw_env_config),
+        "swupdate_cmdline_path": str(config.cmdline_path),
+        "swupdate_command": list(config.swupdate_command),
+    }
+    with _gateway(tmp_path, mosquitto.port, emulator, swupdate_device, options) as gateway:
+        yield gateway
 
 
 def _in_order(expected: list[str], gateway: Gateway, job_id: str) -> bool:
@@ -232,14 +275,16 @@ def _in_order(expected: list[str], gateway: Gateway, job_id: str) -> bool:
     return all(phase in reported for phase in expected)
 
 
-def _document(files: tuple[Path, int], device: RaucDevice) -> dict[str, Any]:
+def _document(
+    files: tuple[Path, int], device: RaucDevice | SwupdateDevice, updater: str = "rauc"
+) -> dict[str, Any]:
     directory, port = files
     bundle = device.build_bundle(PAYLOAD)
-    (directory / "update.raucb").write_bytes(bundle.read_bytes())
+    (directory / bundle.name).write_bytes(bundle.read_bytes())
     return {
         "operation": "system-update",
-        "updater": "rauc",
-        "url": f"http://127.0.0.1:{port}/update.raucb",
+        "updater": updater,
+        "url": f"http://127.0.0.1:{port}/{bundle.name}",
         "sha256": hashlib.sha256(bundle.read_bytes()).hexdigest(),
     }
 
@@ -398,7 +443,7 @@ async def test_a_cancel_before_the_switch_stops_the_update_and_changes_nothing(
 ) -> None:
     device, emulator = gateway.device, gateway.emulator
     document = _document(files, device)
-    document["url"] = document["url"].replace("/update.raucb", "/held/update.raucb")
+    document["url"] = document["url"].replace("/update-", "/held/update-")
     await gateway.start()
     emulator.service.create_job("ab-cancel", [THING], document)
     await emulator.service.wait_for(
@@ -472,3 +517,76 @@ async def test_a_reboot_that_never_happens_after_the_switch_is_rolled_back(
     assert device.boot_state()["slots"]["B"]["state"] == "bad"
     assert device.attempts == ["A"]
     assert terminal_statuses(emulator, "ab-noboot") == ["FAILED"]
+
+
+# -- SWUpdate: the same handler, the U-Boot environment in files ---------------------------------
+async def test_swupdate_an_update_is_committed_once_healthy(
+    swupdate_gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    gateway = swupdate_gateway
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("sw-ok", [THING], _document(files, device, "swupdate"))
+    await gateway.wait_reboot_call(1)
+    assert device.next_boot() == ("B", True)
+    assert device.env()["ustate"] == "1"  # SWUpdate's own "installed"
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "sw-ok", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert (execution.status_details["slot"], execution.status_details["phase"]) == ("B", "commit")
+    assert device.next_boot() == ("B", False)
+    assert device.env()["ustate"] == "0"
+    assert device.attempts == ["A", "B"]
+    assert terminal_statuses(emulator, "sw-ok") == ["SUCCEEDED"]
+    assert _in_order(["install", "reboot", "commit"], gateway, "sw-ok")
+
+
+async def test_swupdate_a_failing_health_check_rolls_back(
+    swupdate_gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    gateway = swupdate_gateway
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("sw-sick", [THING], _document(files, device, "swupdate"))
+    await gateway.wait_reboot_call(1)
+    gateway.healthy(False)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    await gateway.wait_reboot_call(2)
+    assert device.next_boot() == ("A", False)
+    assert device.env()["ustate"] == "3"
+    assert gateway.power_cycle() == "A"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "sw-sick", THING, timeout=60)
+
+    assert str(execution.status) == "FAILED", gateway.agent.log_text()
+    details = execution.status_details
+    assert details["reason"].startswith("health check")
+    assert (details["phase"], details["rolledBackBy"]) == ("verify", "agent")
+    assert device.attempts == ["A", "B", "A"]
+    assert terminal_statuses(emulator, "sw-sick") == ["FAILED"]
+
+
+async def test_swupdate_a_slot_that_never_boots_is_rolled_back_by_the_bootloader(
+    swupdate_gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    gateway = swupdate_gateway
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start()
+    emulator.service.create_job("sw-dead", [THING], _document(files, device, "swupdate"))
+    await gateway.wait_reboot_call(1)
+    device.never_boots.add("B")
+    assert gateway.power_cycle() == "A"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "sw-dead", THING, timeout=60)
+
+    assert str(execution.status) == "FAILED", gateway.agent.log_text()
+    assert execution.status_details["reason"] == "rolled back by the bootloader"
+    assert execution.status_details["rolledBackBy"] == "bootloader"
+    assert device.fallbacks == [{"from": "B", "to": "A"}]
+    assert device.next_boot() == ("A", False)
+    assert gateway.reboot_calls == 1
+    assert terminal_statuses(emulator, "sw-dead") == ["FAILED"]
