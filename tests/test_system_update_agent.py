@@ -46,6 +46,7 @@ from tests.harness import (
     wait_until,
     write_handler,
 )
+from tests.helpers.streams import create_stream
 
 pytestmark = pytest.mark.slow
 
@@ -318,6 +319,33 @@ async def test_an_update_is_committed_once_the_new_system_is_healthy(
     assert device.attempts == ["A", "B"]
     assert terminal_statuses(emulator, "ab-ok") == ["SUCCEEDED"]
     assert _in_order(["download", "install", "reboot", "verify", "commit"], gateway, "ab-ok")
+
+
+async def test_the_bundle_can_come_from_a_stream_over_mqtt(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """For devices without HTTPS to S3: the bundle in blocks over the agent's MQTT connection
+    (MQTT-based file delivery, the emulator's streams), the same sha256 rule."""
+    device, emulator = gateway.device, gateway.emulator
+    document = _document(files, device)
+    bundle = (files[0] / document.pop("url").rsplit("/", 1)[1]).read_bytes()
+    create_stream(emulator.service, "os-2", {0: bundle})
+    document["stream"] = {"streamId": "os-2", "fileId": 0, "blockSize": 1024}
+    await gateway.start()
+    emulator.service.create_job("ab-stream", [THING], document)
+    await gateway.wait_reboot_call(1)
+    assert device.next_boot() == ("B", True)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-stream", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("B", False)
+    assert any(
+        r.get("phase") == "download" and r.get("message", "").endswith("blocks")
+        for r in gateway.device_reports("ab-stream")
+    )
 
 
 async def test_a_failing_health_check_rolls_back_to_the_old_slot(
