@@ -33,8 +33,10 @@ from jobs_agent_handlers.system_update.updater import SystemUpdater, UpdaterErro
 UPDATERS = ("rauc", "swupdate")
 CRASH_ENV_VAR = "JOBS_AGENT_CRASH_AT"
 BUNDLE_NAMES = {"rauc": "update.raucb", "swupdate": "update.swu"}
-CANCELLED = "cancelled before the slot switch; the device was not changed (the inactive slot may"
-" hold part of the new system, never booted)"
+CANCELLED = (
+    "cancelled before the slot switch; the device was not changed (the inactive slot may hold"
+    " part of the new system, never booted)"
+)
 STOPPED_IN_VERIFY = "the agent is stopping; the health checks run again after its restart"
 
 
@@ -360,7 +362,6 @@ class _Run:
             boot_id=self.handler.boot_id(),
             reboots=0,
         )
-        return None
 
     def _failed(self, step: phases.Step) -> None:
         """End FAILED for a step that ends the update on the old slot (or nowhere)."""

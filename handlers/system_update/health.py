@@ -10,7 +10,7 @@ Each command runs with the small environment of the updater commands and its own
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs_agent_handlers.system_update.command import run_command
@@ -59,7 +59,3 @@ class HealthChecks:
             if left <= 0:
                 return reason
             await asyncio.sleep(min(self.interval, left))
-
-
-def describe(checks: Sequence[tuple[str, list[str]]]) -> str:
-    return ", ".join(name for name, _ in checks) or "none"
