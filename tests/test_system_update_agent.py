@@ -439,6 +439,29 @@ async def test_an_agent_killed_in_any_phase_resumes_the_update(
     assert terminal_statuses(emulator, "ab-kill") == ["SUCCEEDED"]
 
 
+async def test_an_agent_killed_before_it_ran_the_reboot_command_asks_for_it_again(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """The engine's own crash point: AWAITING_REBOOT is recorded, the reboot command has not
+    run. Restarted on the same boot, the engine does not decide FAILED for a job past its switch
+    (as it does for others): the handler sees the boot id unchanged and asks again."""
+    device, emulator = gateway.device, gateway.emulator
+    await gateway.start(JOBS_AGENT_CRASH_AT="awaiting_reboot")
+    emulator.service.create_job("ab-kill-ar", [THING], _document(files, device))
+    assert await gateway.agent.wait_exit(60) == -9
+    assert gateway.reboot_calls == 0
+    await gateway.start()
+    await gateway.wait_reboot_call(1)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-kill-ar", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert device.next_boot() == ("B", False)
+    assert device.attempts == ["A", "B"]
+    assert terminal_statuses(emulator, "ab-kill-ar") == ["SUCCEEDED"]
+
+
 @pytest.mark.parametrize("phase", ["rollback", "rollback_reboot"])
 async def test_an_agent_killed_during_a_rollback_finishes_it(
     gateway: Gateway, files: tuple[Path, int], phase: str
