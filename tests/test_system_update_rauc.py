@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 
@@ -138,7 +139,8 @@ async def test_an_install_that_outlived_its_client_is_waited_for(
     ("already processing a different method"). The next run waits that out and installs.
 
     The earlier install is held deterministically: the bootloader backend, which RAUC calls
-    to mark the target slot bad before writing it, blocks on a FIFO until the test opens it."""
+    to mark the target slot bad before writing it, blocks its first such call on a FIFO until
+    the test opens it."""
     gate, blocked = rauc_device.directory / "gate", rauc_device.directory / "blocked"
     os.mkfifo(gate)
     backend = rauc_device.directory / "bootloader-backend"
@@ -146,12 +148,36 @@ async def test_an_install_that_outlived_its_client_is_waited_for(
     backend.write_text(
         original.replace(
             "exec ",
-            f'if [ "$1" = set-state ] && [ -p {gate} ]; then touch {blocked}; cat {gate}; fi\n'
+            f'if [ "$1" = set-state ] && [ ! -e {blocked} ]; then touch {blocked}; cat {gate}; fi\n'
             "exec ",
             1,
         )
     )
     bundle = rauc_device.build_bundle(b"new system" * 1000)
+    try:
+        await _install_after_a_killed_client(rauc_device, bundle, blocked, gate)
+    finally:
+        _open_gate(gate)  # never leave RAUC's service stuck with the bundle mounted
+
+
+def _open_gate(gate: Path) -> None:
+    """Let the blocked backend call go on (if one is blocked), without waiting for one."""
+    try:
+        descriptor = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader: nothing is blocked (or the FIFO is gone)
+        return
+    try:
+        os.write(descriptor, b"go\n")
+    finally:
+        os.close(descriptor)
+
+
+async def _install_after_a_killed_client(
+    rauc_device: RaucDevice,  # noqa: F811
+    bundle: Path,
+    blocked: Path,
+    gate: Path,
+) -> None:
     env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rauc_device.dbus_address}
     client = await asyncio.create_subprocess_exec(
         "rauc", "install", str(bundle), env=env, stdout=asyncio.subprocess.DEVNULL,
@@ -166,9 +192,7 @@ async def test_an_install_that_outlived_its_client_is_waited_for(
     install = asyncio.create_task(updater.install(bundle, lambda _, message: said.append(message)))
     await wait_until(lambda: any("busy" in m for m in said), 20, "the updater to wait")
     assert not install.done()
-    backend.write_text(original)
-    with open(gate, "w") as opened:  # unblocks the earlier install's backend call
-        opened.write("go\n")
+    _open_gate(gate)  # the earlier install goes on and ends
     assert await asyncio.wait_for(install, 60) == "B"
     assert rauc_device.slot_starts_with("B", b"new system")
     assert (await updater.status()).primary == "rootfs.0"  # installed, not activated
