@@ -65,6 +65,7 @@ from jobs_agent.vocabulary import (
     STEP_TIMEOUT_MIN,
     THING_NAME_RE,
 )
+from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobs-agent/config.yaml")
 ENV_PREFIX = "JOBS_AGENT_"
@@ -180,6 +181,8 @@ class AgentConfig:
     """The consent socket and who may answer it (`jobs_agent.consent.settings`)."""
     inventory: InventorySettings = field(default_factory=InventorySettings)
     """`inventory:`, declared and checked by its owner (`jobs_agent.inventory.settings`)."""
+    system_update: SystemUpdateSettings = field(default_factory=SystemUpdateSettings)
+    """The device's updaters and health checks for the `system-update` handler."""
 
     @property
     def client_id(self) -> str:
@@ -200,6 +203,7 @@ class AgentConfig:
             "thing_name": self.thing_name,
             "state_dir": self.state_dir,
             "handlers": self.handlers,
+            "system_update": self.system_update,
             **{f.name: getattr(self.jobs, f.name) for f in fields(self.jobs)},
         }
         return {f.name: values[f.name] for f in fields(owner)}
@@ -291,7 +295,11 @@ def _apply_environment(
 
 
 _TOP_LEVEL_KEYS = frozenset(f.name for f in fields(AgentConfig))
-_SECTIONS: dict[str, type] = {"jobs": JobsConfig, "log": LogConfig}
+_SECTIONS: dict[str, type] = {
+    "jobs": JobsConfig,
+    "log": LogConfig,
+    "system_update": SystemUpdateSettings,
+}
 
 
 def _located_suffix(where: dict[str, _Where], key_path: str) -> str:

@@ -34,6 +34,23 @@ if TYPE_CHECKING:
 
 TerminalStatus = Literal["SUCCEEDED", "FAILED", "REJECTED"]
 
+POINT_OF_NO_RETURN = "pointOfNoReturn"
+"""A checkpoint key: a resumable handler whose checkpoint (a mapping) holds a reason under it
+is past its point of no return (an A/B update that has switched slots). The engine then carries
+it to its end even when the service ends the execution meanwhile: it does not stop the handler,
+reboots when asked, and runs it again after the boot, reporting the outcome once (which the
+service refuses, and the record keeps). Where the engine would fail it on its own (a reboot
+that did not happen), it runs the handler again instead, which decides (docs/handlers.md)."""
+
+
+def point_of_no_return(checkpoint: Any) -> str | None:
+    """The reason a checkpoint gives for being past its point of no return, or None."""
+    if isinstance(checkpoint, Mapping):
+        reason = checkpoint.get(POINT_OF_NO_RETURN)
+        if isinstance(reason, str) and reason:
+            return reason
+    return None
+
 
 class JobFailed(Exception):
     """End the job FAILED with `reason` (and optional extra statusDetails)."""

@@ -37,6 +37,7 @@ from jobs_agent.engine.store import (
     TransitionRefused,
 )
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
+from jobs_agent_handlers.api import POINT_OF_NO_RETURN
 
 S = ExecutionState
 REF = ExecutionRef(None, "job-1", 1)
@@ -231,6 +232,17 @@ RECOVERY: list[tuple[str, ExecutionRecord, str | None, Action]] = [
         record(S.AWAITING_REBOOT, boot_id=BOOT_A),
         BOOT_A,
         Fail(NO_REBOOT),
+    ),
+    (
+        "awaiting its reboot, same boot, the handler past its point of no return",
+        record(
+            S.AWAITING_REBOOT,
+            boot_id=BOOT_A,
+            resumable=True,
+            checkpoint={POINT_OF_NO_RETURN: "switched slots"},
+        ),
+        BOOT_A,
+        Run(resumed=True),
     ),
     (
         "awaiting its reboot, boot id unreadable",

@@ -3,7 +3,9 @@ what RAUC itself records, its refusals, and what happens when its service is not
 
 from __future__ import annotations
 
+import asyncio
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from jobs_agent_handlers.system_update import RaucUpdater, UpdaterError
 from jobs_agent_handlers.system_update.rauc import RaucStatus
 from tests.fixtures.rauc import RaucDevice, rauc_device  # noqa: F401 (fixture)
 from tests.fixtures.updaters import require_tools, update_pki  # noqa: F401 (fixture)
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +129,70 @@ def test_a_device_that_cannot_tell_its_booted_slot_has_no_inactive_slot() -> Non
     )
     with pytest.raises(ValueError, match="cannot tell the booted slot"):
         status.other()
+
+
+async def test_an_install_that_outlived_its_client_is_waited_for(
+    rauc_device: RaucDevice,  # noqa: F811
+) -> None:
+    """An agent killed mid-install leaves RAUC's service installing (killing the client does
+    not stop it), and until it is done the service refuses every request, `status` included
+    ("already processing a different method"). The next run waits that out and installs.
+
+    The earlier install is held deterministically: the bootloader backend, which RAUC calls
+    to mark the target slot bad before writing it, blocks its first such call on a FIFO until
+    the test opens it."""
+    gate, blocked = rauc_device.directory / "gate", rauc_device.directory / "blocked"
+    os.mkfifo(gate)
+    backend = rauc_device.directory / "bootloader-backend"
+    original = backend.read_text()
+    backend.write_text(
+        original.replace(
+            "exec ",
+            f'if [ "$1" = set-state ] && [ ! -e {blocked} ]; then touch {blocked}; cat {gate}; fi\n'
+            "exec ",
+            1,
+        )
+    )
+    bundle = rauc_device.build_bundle(b"new system" * 1000)
+    try:
+        await _install_after_a_killed_client(rauc_device, bundle, blocked, gate)
+    finally:
+        _open_gate(gate)  # never leave RAUC's service stuck with the bundle mounted
+
+
+def _open_gate(gate: Path) -> None:
+    """Let the blocked backend call go on (if one is blocked), without waiting for one."""
+    try:
+        descriptor = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader: nothing is blocked (or the FIFO is gone)
+        return
+    try:
+        os.write(descriptor, b"go\n")
+    finally:
+        os.close(descriptor)
+
+
+async def _install_after_a_killed_client(
+    rauc_device: RaucDevice,  # noqa: F811
+    bundle: Path,
+    blocked: Path,
+    gate: Path,
+) -> None:
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": rauc_device.dbus_address}
+    client = await asyncio.create_subprocess_exec(
+        "rauc", "install", str(bundle), env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await wait_until(blocked.exists, 20, "the first install to reach the bootloader")
+    client.kill()  # the agent that ran it dies; the service goes on
+    await client.wait()
+
+    updater = rauc_device.updater()
+    said: list[str] = []
+    install = asyncio.create_task(updater.install(bundle, lambda _, message: said.append(message)))
+    await wait_until(lambda: any("busy" in m for m in said), 20, "the updater to wait")
+    assert not install.done()
+    _open_gate(gate)  # the earlier install goes on and ends
+    assert await asyncio.wait_for(install, 60) == "B"
+    assert rauc_device.slot_starts_with("B", b"new system")
+    assert (await updater.status()).primary == "rootfs.0"  # installed, not activated

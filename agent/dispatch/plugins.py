@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "jobs_agent.handlers"
 BUILTIN_PLUGINS: dict[str, str] = {
     "download-file": "jobs_agent_handlers.download_file:DownloadFileHandler",
     "reboot": "jobs_agent_handlers.reboot:RebootHandler",
+    "system-update": "jobs_agent_handlers.system_update.handler:SystemUpdateHandler",
 }
 
 

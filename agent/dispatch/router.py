@@ -156,7 +156,14 @@ class Dispatcher:
                 "download-file": {
                     "allow_http": settings.allow_http_downloads,
                     "request_timeout": settings.request_timeout_seconds,
-                }
+                },
+                "system-update": {
+                    "settings": settings.system_update,
+                    "boot_id_path": settings.boot_id_path,
+                    "state_dir": settings.state_dir,
+                    "allow_http": settings.allow_http_downloads,
+                    "request_timeout": settings.request_timeout_seconds,
+                },
             },
             plugin_path=settings.plugin_path,
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs_agent.schedule.windows import Windows
+from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
 
 ANY_USER = "*"
 """In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
@@ -44,3 +45,5 @@ class DispatchSettings:
     request_timeout_seconds: float = 30.0
     """How long a request over the agent's MQTT link may go unanswered (a stream download's
     GetStream, as the Jobs client's requests)."""
+    system_update: SystemUpdateSettings = field(default_factory=SystemUpdateSettings)
+    """The `system-update` handler's updaters and health checks (`system_update:`)."""

@@ -32,7 +32,7 @@ from jobs_agent.vocabulary import (
     ExecutionRef,
     JobExecutionStatus,
 )
-from jobs_agent_handlers.api import Outcome
+from jobs_agent_handlers.api import Outcome, point_of_no_return
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -71,6 +71,9 @@ class Acquisition:
         self._client = client
         self._outbox = outbox
         self._files = files
+        self.held: list[ExecutionRef] = []
+        """Executions the service ended while the agent was away, yet past their point of no
+        return: the engine runs them to their end before it takes new work."""
 
     # -- taking the next execution ------------------------------------------------------------
     async def take_next(self) -> Offer | None:
@@ -185,7 +188,7 @@ class Acquisition:
         """Close local records of executions the service ended while the agent was away, and
         report FAILED what the service has in progress that this device has no record of."""
         for record in await self._store.call(Store.active):
-            await self._close_if_ended(record.key)
+            await self._close_if_ended(record)
         pending = await self._client.get_pending()
         unknown = [
             (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)
@@ -206,9 +209,22 @@ class Acquisition:
         for ref, version in unknown:
             await self.fail_lost(ref, version)
 
-    async def _close_if_ended(self, ref: ExecutionRef) -> None:
+    async def _close_if_ended(self, record: ExecutionRecord) -> None:
+        ref = record.key
         ended = await self._client.ended(ref)
         if ended is None:
+            return
+        if record.resumable and point_of_no_return(record.checkpoint):
+            # Past its point of no return (an A/B update that switched slots): it runs to its
+            # end here although the service will not offer it again (handlers/api.py).
+            log.warning(
+                "the service ended an execution past its point of no return while away;"
+                " it runs to its end",
+                job_id=ref.job_id,
+                ended=str(ended),
+            )
+            self._shared.note_outcome(ref, f"ended by the service ({ended}); carried on")
+            self.held.append(ref)
             return
         await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
         note = f"service ended the execution while away ({ended})"

@@ -204,6 +204,7 @@ class Engine:
         if not self._reconciled:
             await self._acquisition.reconcile()
             self._reconciled = True
+        await self._carry_on_held()
         if self._reboots.awaiting:
             return True
         if self._store_broken:
@@ -215,6 +216,17 @@ class Engine:
         if found:
             self._shared.wake()  # there may be more
         return True
+
+    async def _carry_on_held(self) -> None:
+        """Run what is past its point of no return (handlers/api.py `POINT_OF_NO_RETURN`) and
+        was ended by the service while the agent was away (it will not be offered again), or
+        whose reboot did not happen (its handler decides what that means)."""
+        for held in (self._acquisition.held, self._reboots.handed_back):
+            while held and not self._shared.stopping and not self._reboots.awaiting:
+                record = await self.store.call(Store.get, held[0])
+                if record is not None:
+                    await self._runner.process(record, None)
+                held.pop(0)
 
     async def _take_and_run(self) -> bool:
         if self._shared.stopping:

@@ -45,6 +45,10 @@ class Reboots:
         self._outbox = outbox
         self.awaiting = False
         """A reboot is under way: the main loop takes no other job meanwhile."""
+        self.handed_back: list[ExecutionRef] = []
+        """Executions past their point of no return whose reboot failed: the engine runs their
+        handler again (it decides what a missed reboot means) instead of deciding FAILED."""
+        self._held: set[ExecutionRef] = set()
 
     def boot_id(self) -> str | None:
         """This boot's id; None when it cannot be read."""
@@ -54,8 +58,12 @@ class Reboots:
             return None
         return text.strip() or None
 
-    async def request(self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any) -> None:
-        """The handler succeeded and asked for a reboot: record it, tell the service, reboot."""
+    async def request(
+        self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any, *, held: bool = False
+    ) -> None:
+        """The handler succeeded and asked for a reboot: record it, tell the service, reboot.
+        `held`: the handler is past its point of no return; the reboot happens even if the
+        service has ended the execution."""
         boot_id = self.boot_id()
         if boot_id is None:
             path = self._shared.settings.boot_id_path
@@ -66,7 +74,9 @@ class Reboots:
             Store.transition, ref, ExecutionState.AWAITING_REBOOT, boot_id=boot_id
         )
         self._shared.crash.reached("awaiting_reboot")
-        if not await self._announce(ref, reporter, bound):
+        if held:
+            self._held.add(ref)
+        if not await self._announce(ref, reporter, bound, held):
             return
         if self._shared.stopping:
             # Being stopped right now: the device is already going down (the Device Client's
@@ -77,7 +87,9 @@ class Reboots:
             return
         await self._reboot(ref, bound)
 
-    async def _announce(self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any) -> bool:
+    async def _announce(
+        self, ref: ExecutionRef, reporter: ProgressReporter, bound: Any, held: bool
+    ) -> bool:
         """Tell the service; False when it answers that the execution is over (no reboot)."""
         details = sanitize_status_details({**reporter.latest, "reboot": "requested"})
         with contextlib.suppress(StoreError):  # the run after the boot starts from it
@@ -90,14 +102,21 @@ class Reboots:
                 step_timeout=reporter.step_timeout_minutes,
             )
         except JobsRejected as exc:
-            if exc.code in CLOUD_ENDED_CODES:
+            if exc.code in CLOUD_ENDED_CODES and held:
+                bound.warning(
+                    "the service ended the execution; rebooting anyway: the job is past its"
+                    " point of no return",
+                    code=str(exc.code),
+                )
+            elif exc.code in CLOUD_ENDED_CODES:
                 # Cancelled (or timed out) just now: the device must not reboot for it.
                 note = f"not rebooted: the service ended the execution ({exc.code})"
                 bound.warning("reboot cancelled", reason=note)
                 await self._store.call(Store.cancelled, ref, note)
                 self._shared.note_outcome(ref, note)
                 return False
-            bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))
+            else:
+                bound.warning("reboot announcement refused; rebooting anyway", code=str(exc.code))
         except JobsError as exc:
             # Offline: the job asked for the reboot; the outcome is reported after the boot.
             bound.warning("reboot announcement not delivered; rebooting anyway", error=str(exc))
@@ -109,7 +128,7 @@ class Reboots:
         try:
             returncode, stderr = await _run(command)
         except (OSError, TimeoutError) as exc:
-            await self._outbox.decide(ref, Outcome.failed(f"reboot command failed: {exc}"), bound)
+            await self._failed(ref, Outcome.failed(f"reboot command failed: {exc}"), bound)
             return
         if returncode != 0 and self._shared.stopping:
             # Refused because the device is already shutting down (a reboot the handler
@@ -119,7 +138,7 @@ class Reboots:
             return
         if returncode != 0:
             reason = f"reboot command exited with code {returncode}"
-            await self._outbox.decide(ref, Outcome.failed(reason, stderr=stderr[-500:]), bound)
+            await self._failed(ref, Outcome.failed(reason, stderr=stderr[-500:]), bound)
             return
         self.awaiting = True
         self._shared.set_status("awaiting reboot", str(ref))
@@ -136,7 +155,22 @@ class Reboots:
             f" {REBOOT_GRACE_SECONDS:.0f} s"
         )
         bound = log.bind(job_id=ref.job_id, execution_number=ref.execution_number)
-        await self._outbox.decide(ref, Outcome.failed(reason), bound)
+        await self._failed(ref, Outcome.failed(reason), bound)
+        self._shared.wake()
+
+    async def _failed(self, ref: ExecutionRef, outcome: Outcome, bound: Any) -> None:
+        """The reboot did not happen: FAILED, unless the job is past its point of no return,
+        whose handler is run again to decide (the record stays AWAITING_REBOOT, same boot id)."""
+        if ref not in self._held:
+            await self._outbox.decide(ref, outcome, bound)
+            return
+        self._held.discard(ref)
+        self.awaiting = False
+        bound.warning(
+            "the reboot did not happen; the handler, past its point of no return, decides",
+            reason=outcome.details.get("reason"),
+        )
+        self.handed_back.append(ref)
         self._shared.wake()
 
 

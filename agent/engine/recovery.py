@@ -15,6 +15,7 @@ from jobs_agent.dispatch.devicec import interrupted_reboot_step
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.store import ExecutionRecord
 from jobs_agent.vocabulary import JobExecutionStatus
+from jobs_agent_handlers.api import point_of_no_return
 
 SUSPENDED = "suspended"
 """The note of a RUNNING record whose resumable handler was stopped on purpose (not a crash)."""
@@ -87,6 +88,8 @@ def recover(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Act
         return _after_running(record, boot_id, limits)
     if state is ExecutionState.AWAITING_REBOOT:
         if record.boot_id is not None and boot_id == record.boot_id:
+            if record.resumable and point_of_no_return(record.checkpoint):
+                return Run(resumed=True)  # the handler decides what the missed reboot means
             return Fail(NO_REBOOT)
         return Run(resumed=True, rebooted=True)
     if state is ExecutionState.DEFERRED:

@@ -34,7 +34,14 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.inventory.model import InventoryError
 from jobs_agent.vocabulary import JobExecutionStatus
-from jobs_agent_handlers.api import Handler, JobDeferred, JobFailed, JobRejected, Outcome
+from jobs_agent_handlers.api import (
+    Handler,
+    JobDeferred,
+    JobFailed,
+    JobRejected,
+    Outcome,
+    point_of_no_return,
+)
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -312,7 +319,8 @@ class Runner:
             return None  # cancelled by the cloud or suspended for a stop; already recorded
         self._shared.crash.reached("handler_done")
         if running.ctx.reboot_requested and outcome.status == JobExecutionStatus.SUCCEEDED:
-            await self._reboots.request(ref, reporter, bound)
+            held = point_of_no_return(running.ctx.checkpoint_data) is not None
+            await self._reboots.request(ref, reporter, bound, held=held)
             return None
         progress = reporter.latest
         if run.rebooted and progress.get("reboot") == "requested":

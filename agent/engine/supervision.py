@@ -32,7 +32,7 @@ from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
-from jobs_agent_handlers.api import JobDeferred, Outcome
+from jobs_agent_handlers.api import JobDeferred, Outcome, point_of_no_return
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -66,7 +66,7 @@ class Supervisor:
     ) -> Outcome | None:
         """The handler's outcome; None when the execution was cancelled by the service or
         suspended for a stop (both already recorded)."""
-        ended = asyncio.create_task(running.cloud_ended.wait())
+        ended: asyncio.Future[Any] = asyncio.create_task(running.cloud_ended.wait())
         stop_now = asyncio.create_task(self._shared.stop_now.wait())
         stop_timeout: asyncio.Task[None] | None = None
         try:
@@ -84,6 +84,9 @@ class Supervisor:
                 if handler_task in done:
                     break
                 if ended in done:
+                    if self._carried_on(running, bound):
+                        ended = asyncio.get_running_loop().create_future()  # never set
+                        continue
                     await self._cancelled_by_service(handler_task, running, bound)
                     return None
                 if stop_now in done or (stop_timeout is not None and stop_timeout in done):
@@ -93,6 +96,23 @@ class Supervisor:
                 if task is not None:
                     task.cancel()
         return _result(handler_task, bound)
+
+    def _carried_on(self, running: Running, bound: Any) -> bool:
+        """The service ended an execution whose handler is past its point of no return: it is
+        not stopped (handlers/api.py `POINT_OF_NO_RETURN`); its outcome is reported once."""
+        reason = point_of_no_return(running.ctx.checkpoint_data)
+        if reason is None:
+            return False
+        bound.warning(
+            "the service ended the execution after the handler's point of no return;"
+            " it runs to its end",
+            reason=running.reason,
+            point_of_no_return=reason,
+        )
+        self._shared.note_outcome(
+            running.ref, f"ended by the service after its point of no return: {running.reason}"
+        )
+        return True
 
     async def _cancelled_by_service(
         self, handler_task: asyncio.Task[Outcome], running: Running, bound: Any

@@ -14,6 +14,7 @@ until the switch), so the device's system.conf must carry that setting; `activat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,9 @@ from jobs_agent_handlers.system_update.updater import Progress, SystemUpdater, U
 
 _PROGRESS_LINE = re.compile(r"^\s*(\d{1,3})% (.+)$")
 _LAST_ERROR = "LastError: "
+_BUSY = "already processing a different method"
+BUSY_RETRY_FIRST = 0.2
+BUSY_RETRY_MAX = 5.0
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,8 @@ class RaucUpdater(SystemUpdater):
         self.command_timeout = command_timeout
         self._env = {"DBUS_SYSTEM_BUS_ADDRESS": dbus_address} if dbus_address else {}
 
-    async def status(self) -> RaucStatus:
-        result = await self._run("rauc status", "status", "--output-format=json")
+    async def status(self, on_busy: Callable[[], None] | None = None) -> RaucStatus:
+        result = await self._run("rauc status", "status", "--output-format=json", on_busy=on_busy)
         if result.returncode != 0:
             raise result.failure()
         try:
@@ -160,7 +164,16 @@ class RaucUpdater(SystemUpdater):
         return other.bootname
 
     async def install(self, bundle: Path, progress: Progress) -> str:
-        target = await self.inactive_slot()
+        def waiting() -> None:
+            progress(
+                None,
+                "RAUC is busy with an earlier request (an install that outlived its client);"
+                " waiting",
+            )
+
+        other = self._checked(await self.status(on_busy=waiting), lambda status: status.other())
+        assert other.bootname is not None
+        target = other.bootname
         last_error: list[str] = []
 
         def on_line(line: str) -> None:
@@ -169,12 +182,13 @@ class RaucUpdater(SystemUpdater):
             elif match := _PROGRESS_LINE.match(line):
                 progress(float(min(int(match[1]), 100)), match[2])
 
-        result = await run_command(
-            [*self.command, "install", str(bundle)],
-            action="rauc install",
+        result = await self._run(
+            "rauc install",
+            "install",
+            str(bundle),
             timeout=self.install_timeout,
-            env=self._env,
             on_line=on_line,
+            on_busy=waiting,
         )
         if result.returncode != 0:
             raise result.failure(last_error[-1] if last_error else "")
@@ -200,13 +214,38 @@ class RaucUpdater(SystemUpdater):
         if result.returncode != 0:
             raise result.failure()
 
-    async def _run(self, action: str, *arguments: str) -> CommandResult:
-        return await run_command(
-            [*self.command, *arguments],
-            action=action,
-            timeout=self.command_timeout,
-            env=self._env,
-        )
+    async def _run(
+        self,
+        action: str,
+        *arguments: str,
+        timeout: float | None = None,
+        on_line: Callable[[str], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
+    ) -> CommandResult:
+        """One rauc command; asked again while the service answers that it is busy.
+
+        The service goes on with an installation whose client was killed (an agent killed
+        mid-install): until it is done, every request, `status` included, is refused with
+        "already processing a different method". That is waited out, for at most
+        `install_timeout` (what that installation may take)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.install_timeout
+        delay = BUSY_RETRY_FIRST
+        while True:
+            result = await run_command(
+                [*self.command, *arguments],
+                action=action,
+                timeout=self.command_timeout if timeout is None else timeout,
+                env=self._env,
+                on_line=on_line,
+            )
+            busy = _BUSY in (result.stdout + result.stderr).lower()
+            if result.returncode == 0 or not busy or loop.time() + delay > deadline:
+                return result
+            if on_busy is not None:
+                on_busy()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BUSY_RETRY_MAX)
 
     @staticmethod
     def _checked(status: RaucStatus, pick: Callable[[RaucStatus], RaucSlot]) -> RaucSlot:

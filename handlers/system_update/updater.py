@@ -2,7 +2,7 @@
 
 An A/B device has two copies of its system, slot A and slot B; it runs one (the booted slot)
 while the other (the inactive slot) is free to be overwritten. An update is always the same
-sequence, and each step is one method here, so the coming `system-update` handler can persist
+sequence, and each step is one method here, so the `system-update` handler (handler.py) persists
 its phase between them and resume after a crash or a reboot:
 
 1. `install(bundle)` writes the signed bundle into the inactive slot. The boot order is not
