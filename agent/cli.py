@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "jobs_agent.commands.status",
     "jobs_agent.commands.config_check",
     "jobs_agent.commands.sign",
+    "jobs_agent.commands.consent",
 )
 
 

@@ -1,11 +1,15 @@
-"""One place that assembles a device from its parts: transport -> Jobs client -> state store ->
-dispatcher -> engine.
+"""One place that assembles a device from its parts: transport -> shared link -> Jobs client ->
+state store -> dispatcher -> engine.
 
 Every entry point builds its device here: the daemon, the demo and the fleet simulator
 (`build_device`), the dry run (`jobs_client` and `dispatcher`: it reads, it never records or
 runs) and `exec` (`dispatcher`: no cloud at all). The transport is always given: whoever made
 it (the `run` command from the configuration, the demo on an embedded emulator's bus, the fleet
 on its own connections) owns it and closes it. Nothing here connects or starts anything.
+
+A device has one MQTT connection, which every protocol client shares: `build_device` puts a
+`SharedLink` on the transport and gives each client its own view of it (the Jobs client here;
+the engine lends the link to Python plugins, which make their own views for a stream download).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.transport import Transport
+from jobs_agent.transport.shared import SharedLink
 
 STATE_DATABASE = "state.db"
 
@@ -29,14 +34,18 @@ STATE_DATABASE = "state.db"
 class Device:
     config: AgentConfig
     transport: Transport
+    link: SharedLink
+    """The transport shared by the device's protocol clients: `link.view()` for another one."""
     client: JobsClient
     store: AsyncStore
     dispatcher: Dispatcher
     engine: Engine
 
     async def close(self) -> None:
-        """Close what the device opened (the client and the store; not the transport)."""
+        """Close what the device opened (the client, the link's listeners and the store; not
+        the transport)."""
         await self.client.close()
+        self.link.close()
         await self.store.close()
 
 
@@ -66,7 +75,8 @@ def build_device(
 ) -> Device:
     """The device `config` describes, over `transport`. Opens the state database (raises
     `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing."""
-    client = jobs_client(config, transport)
+    link = SharedLink(transport)
+    client = jobs_client(config, link.view())
     store = AsyncStore(config.state_dir / STATE_DATABASE, executor=store_executor)
     try:
         handlers = dispatcher(config, **(dispatcher_options or {}))
@@ -81,5 +91,6 @@ def build_device(
         handlers,
         heartbeat_interval=heartbeat_interval,
         on_status=on_status,
+        mqtt_link=link,
     )
-    return Device(config, transport, client, store, handlers, engine)
+    return Device(config, transport, link, client, store, handlers, engine)

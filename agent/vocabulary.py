@@ -1,4 +1,6 @@
-"""The AWS IoT Jobs protocol's names and limits, in one place, for the device and the emulator.
+"""The AWS IoT Jobs protocol's names and limits, in one place, for the device and the emulator,
+and those of the APIs beside it that the agent speaks too (Device Shadow, MQTT-based file
+delivery, the Software Package Catalog, maintenance windows).
 
 Every pattern and number here is the service's (API reference: the Jobs data plane, "Limits"),
 so that the device refuses exactly what the emulator refuses and both stay where the service
@@ -127,3 +129,33 @@ class ExecutionRef:
     def __str__(self) -> str:
         prefix = f"{self.namespace}/" if self.namespace else ""
         return f"{prefix}{self.job_id}#{self.execution_number}"
+
+
+# -- beside Jobs -------------------------------------------------------------------------------
+MAINTENANCE_WINDOW_MIN_MINUTES = 1
+MAINTENANCE_WINDOW_MAX_MINUTES = 1430
+"""`MaintenanceWindow.durationInMinutes` (API_MaintenanceWindow.html)."""
+SHADOW_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
+"""A named shadow (Device Shadow MQTT topics); only the reserved `$package` begins with `$`."""
+PACKAGE_SHADOW = "$package"
+"""The Software Package Catalog's reserved named shadow: the device's installed versions."""
+STREAM_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+"""A stream of MQTT-based file delivery (CreateStream's `streamId`)."""
+PACKAGE_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,128}")
+VERSION_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,64}")
+PACKAGE_ATTRIBUTE_KEY_RE = re.compile(r"[a-zA-Z0-9:_-]+")
+MAX_PACKAGE_ATTRIBUTES_BYTES = 3072
+"""A package version's attributes, keys and values together (CreatePackageVersion)."""
+MAX_DESTINATION_PACKAGE_VERSIONS = 25
+"""CreateJob's `destinationPackageVersions`."""
+DEFAULT_VERSION = "$default"
+NULL_VERSION = "$null"
+"""The two version names a job document's package placeholders may use besides real ones."""
+
+
+def is_shadow_name(value: str) -> bool:
+    return value == PACKAGE_SHADOW or SHADOW_NAME_RE.fullmatch(value) is not None
+
+
+def is_stream_id(value: str) -> bool:
+    return STREAM_ID_RE.fullmatch(value) is not None

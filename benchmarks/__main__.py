@@ -31,6 +31,7 @@ BENCHMARKS = [
     "startup",
     "fleet",
     "emulator-cost",
+    "stream-download",
 ]
 GROUPS = {"efficiency": ["drain", "depth", "latency", "startup"]}
 """`efficiency`: every figure of issue 18's goals (and its goals table)."""

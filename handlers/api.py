@@ -12,6 +12,9 @@ it is found through the entry-point group `jobs_agent.handlers` or named in the 
 A handler that sets `resumable = True` promises that running it again after an agent restart,
 with `ctx.resumed` true and `ctx.checkpoint_data` as last saved, is safe. A handler that is not
 resumable is never run twice: after a crash mid-run the job is reported FAILED instead.
+
+The engine's context also lends the agent's MQTT connection (`SharesMqttLink`): an optional
+capability, so that contexts written before it (tests, `jobs-agent exec`) still are contexts.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from jobs_agent.transport import Transport
 
 TerminalStatus = Literal["SUCCEEDED", "FAILED", "REJECTED"]
 
@@ -109,6 +115,27 @@ class JobContext(Protocol):
 
     def extend_step_timeout(self, minutes: int) -> None:
         """Ask the service for a longer step timeout (1 to 10080 minutes) for the next step."""
+
+
+class MqttLink(Protocol):
+    """The agent's one MQTT connection, as lent to a Python plugin (`SharesMqttLink`).
+
+    `view()` is the plugin's own `Transport` on it: it delivers only the messages of the view's
+    own subscriptions and tells of every loss and resumption of the link; its `unsubscribe` and
+    `disconnect` never take a topic the Jobs client (or another view) uses, and it cannot close
+    the link. A plugin makes a view per use and disconnects it when done
+    (`jobs_agent.transport.shared`)."""
+
+    def view(self) -> Transport: ...
+
+
+@runtime_checkable
+class SharesMqttLink(Protocol):
+    """A `JobContext` that lends the handler the agent's MQTT connection, for a protocol of
+    its own beside Jobs (MQTT-based file delivery). The engine's context does; one without the
+    cloud (`jobs-agent exec`) does not, so check: `isinstance(ctx, SharesMqttLink)`."""
+
+    mqtt_link: MqttLink | None
 
 
 @runtime_checkable

@@ -3,7 +3,9 @@
 One implementation serves two doors: the Python plugin (`{"operation": "download-file",
 "url", "path", "sha256"?, "maxBytes"?}`) and the `download-file.sh` script that the
 AWS-Download-File managed template calls (`python -m jobs_agent_handlers.download_file URL PATH
-[SHA256]`; the agent passes a presigned URL as `env:JOBS_AGENT_URL_<n>`, never in argv).
+[SHA256]`; the agent passes a presigned URL as `env:JOBS_AGENT_URL_<n>`, never in argv). The
+plugin also takes a `stream` instead of the `url`: an AWS IoT stream fetched in blocks over the
+agent's MQTT connection (stream_download.py), under the same partial-file rules (partfile.py).
 
 What it guarantees against the file server and the other accounts of the device:
 * **https only**; `http://` only where the operator allowed it (`jobs.allow_http_downloads`);
@@ -31,13 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http.client
 import json
 import os
 import re
 import ssl
-import stat
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -46,19 +46,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from jobs_agent.securefs import UntrustedPath, open_directory
+from jobs_agent_handlers import partfile
 from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
 from jobs_agent_handlers.http_get import Cancelled, HttpGet, Refused, Retry, display_url
+from jobs_agent_handlers.stream_download import run_stream_download
 
-DEFAULT_MAX_BYTES = 4 * 1024**3
+DEFAULT_MAX_BYTES = partfile.DEFAULT_MAX_BYTES
 CHUNK = 256 * 1024
 ATTEMPTS = 6
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
 CANCEL_WITHIN = 1.0
 """A cancelled download has stopped touching the file and the network within this long."""
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_SIDECAR_VERSION = 1
 
 Progress = Callable[[float | None, str], None]
 
@@ -102,20 +101,8 @@ class DownloadRequest:
                 else "an https:// URL (http:// only with jobs.allow_http_downloads)"
             )
             raise JobRejected(f"url: expected {expected}, got {display_url(str(url))!r:.80}")
-        if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path:
-            raise JobRejected(f"path: expected an absolute file path, got {path!r}")
-        if path.endswith("/") or os.path.basename(path) in ("", ".", ".."):
-            raise JobRejected(f"path: expected a file name at the end, got {path!r}")
-        if sha256 in (None, ""):
-            sha256 = None
-        elif not isinstance(sha256, str) or not _SHA256.match(sha256):
-            raise JobRejected("sha256: expected 64 hexadecimal digits")
-        limit = DEFAULT_MAX_BYTES
-        if max_bytes is not None:
-            if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-                raise JobRejected(f"maxBytes: expected a positive integer, got {max_bytes!r}")
-            limit = max_bytes
-        return cls(url, Path(path), sha256.lower() if sha256 else None, limit, allow_http)
+        target = partfile.Target.from_values(path, sha256, max_bytes)
+        return cls(url, target.path, target.sha256, target.max_bytes, allow_http)
 
     @property
     def part(self) -> str:
@@ -163,25 +150,12 @@ class Download:
         """Blocking: download with resume and retries; returns the size. Raises JobFailed."""
         request = self.request
         shown = display_url(request.url)
-        directory = request.path.parent
         try:
-            try:
-                self._dir_fd = open_directory(Path(os.path.realpath(directory)))
-            except UntrustedPath as exc:
-                raise JobFailed(f"directory {directory}: {exc.reason}") from None
-            except FileNotFoundError:
-                raise JobFailed(f"directory {directory} does not exist") from None
-            except OSError as exc:
-                raise JobFailed(f"directory {directory}: {exc.strerror}") from None
+            self._dir_fd = partfile.open_target_directory(request.path.parent)
             total = self._attempts(shown)
             self._verify(shown)
             self._check()
-            os.rename(
-                request.part, request.path.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd
-            )
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(request.sidecar, dir_fd=self._dir_fd)
-            os.fsync(self._dir_fd)
+            partfile.complete(self._dir_fd, request.part, request.path.name, request.sidecar)
             return total
         except Cancelled:
             raise JobFailed("cancelled") from None
@@ -215,97 +189,47 @@ class Download:
         expected = self.request.sha256
         if expected is None:
             return
-        digest = hashlib.sha256()
-        fd = os.open(
-            self.request.part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
-        )
-        with os.fdopen(fd, "rb") as handle:
-            for block in iter(lambda: handle.read(CHUNK), b""):
-                self._check()
-                digest.update(block)
-        if digest.hexdigest() != expected:
+        actual = partfile.sha256_of(self._dir_fd, self.request.part, self._check)
+        if actual != expected:
             self._discard()
-            raise JobFailed(
-                f"sha256 mismatch for {shown}: expected {expected}, got {digest.hexdigest()}"
-            )
+            raise JobFailed(f"sha256 mismatch for {shown}: expected {expected}, got {actual}")
 
     # -- the partial file and its sidecar -----------------------------------------------------
     def _discard(self) -> None:
-        for name in (self.request.part, self.request.sidecar):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=self._dir_fd)
+        partfile.discard(self._dir_fd, self.request.part, self.request.sidecar)
 
     def _resume_point(self) -> _Resume | None:
         """Where to continue, if `.part` is this download's own; else None (start over)."""
         request = self.request
-        try:
-            fd = os.open(
-                request.sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
-            )
-        except OSError:
-            return None
-        try:
-            if not self._is_own_file(fd):
-                return None
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                sidecar = json.loads(handle.read(64 * 1024))
-        except ValueError:
-            return None
-        finally:
-            os.close(fd)
+        sidecar = partfile.read_sidecar(self._dir_fd, request.sidecar)
         wanted = {
-            "version": _SIDECAR_VERSION,
+            "version": partfile.SIDECAR_VERSION,
             "url": resource_url(request.url),
             "sha256": request.sha256,
         }
-        if not isinstance(sidecar, dict) or any(sidecar.get(k) != v for k, v in wanted.items()):
+        if sidecar is None or any(sidecar.get(k) != v for k, v in wanted.items()):
             return None  # written for another URL or another file
         validator = sidecar.get("validator")
         if not isinstance(validator, str) or not validator:
             return None
-        try:
-            part = os.open(
-                request.part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
-            )
-        except OSError:
-            return None
-        try:
-            if not self._is_own_file(part):
-                return None
-            size = os.fstat(part).st_size
-        finally:
-            os.close(part)
-        return _Resume(size, validator) if 0 < size <= request.max_bytes else None
-
-    @staticmethod
-    def _is_own_file(fd: int) -> bool:
-        info = os.fstat(fd)
-        return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_nlink == 1
+        size = partfile.own_size(self._dir_fd, request.part)
+        return _Resume(size, validator) if size and size <= request.max_bytes else None
 
     def _write_sidecar(self, validator: str | None) -> None:
         request = self.request
         data = {
-            "version": _SIDECAR_VERSION,
+            "version": partfile.SIDECAR_VERSION,
             "url": resource_url(request.url),
             "sha256": request.sha256,
             "validator": validator,
         }
-        temporary = request.sidecar + ".tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary, dir_fd=self._dir_fd)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temporary, flags, 0o600, dir_fd=self._dir_fd)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(temporary, request.sidecar, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        partfile.write_sidecar(self._dir_fd, request.sidecar, data)
 
     def _open_part(self, append: bool) -> int:
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         if append:
             fd = os.open(self.request.part, flags | os.O_APPEND, dir_fd=self._dir_fd)
-            if self._is_own_file(fd):
+            if partfile.is_own_file(fd):
                 return fd
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -427,11 +351,16 @@ class DownloadFileHandler:
     name = "download-file"
     resumable = True
 
-    def __init__(self, *, allow_http: bool = False) -> None:
+    def __init__(self, *, allow_http: bool = False, request_timeout: float = 30.0) -> None:
         self.allow_http = allow_http
+        self.request_timeout = request_timeout
+        """How long a stream request may go unanswered before it is asked again
+        (`jobs.request_timeout_seconds`, as for the Jobs requests)."""
 
     async def run(self, ctx: JobContext) -> Mapping[str, Any]:
         doc = ctx.document
+        if doc.get("stream") is not None:
+            return await run_stream_download(ctx, self.request_timeout)
         request = DownloadRequest.from_values(
             doc.get("url"),
             doc.get("path"),

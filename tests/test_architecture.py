@@ -22,6 +22,10 @@ BACKENDS = tuple(
     f"jobs_agent.transport.{name}"
     for name in ("awscrt", "paho", "paho_async", "greengrass", "local", "factory")
 )
+PROTOCOL_CLIENTS = ("jobs_agent.jobs", "jobs_agent.shadow", "jobs_agent.streams")
+"""The device's clients of AWS IoT's MQTT APIs, each over the seam (a view of the one link)."""
+DEVICE_FEATURES = ("jobs_agent.consent", "jobs_agent.inventory", "jobs_agent.schedule")
+"""Pieces the engine uses (issue 16), each standing on its own."""
 ABOVE_THE_DEVICE = (
     "jobs_agent.daemon",
     "jobs_agent.device",
@@ -43,8 +47,15 @@ RULES = [
     Rule("jobs_agent.vocabulary", ("jobs_agent",), "the vocabulary is a leaf every layer reads"),
     Rule(
         "jobs_agent.transport",
-        ("jobs_agent.jobs", "jobs_agent.engine", "jobs_agent.config", "jobs_agent.emulator"),
-        "the transports are below the protocol; a backend takes its own options, not the config",
+        (
+            *PROTOCOL_CLIENTS,
+            *DEVICE_FEATURES,
+            "jobs_agent.engine",
+            "jobs_agent.config",
+            "jobs_agent.emulator",
+        ),
+        "the transports (the seam, the shared link, the request/reply exchange) are below every"
+        " protocol; a backend takes its own options, not the config",
     ),
     Rule(
         "jobs_agent.jobs",
@@ -55,6 +66,77 @@ RULES = [
         "jobs_agent.jobs",
         ("jobs_agent.dispatch", "jobs_agent.emulator", *ABOVE_THE_DEVICE),
         "the protocol serves the device and the emulator alike",
+    ),
+    Rule(
+        "jobs_agent.shadow",
+        (
+            *BACKENDS,
+            "jobs_agent.transport.options",
+            "jobs_agent.jobs",
+            "jobs_agent.streams",
+            *DEVICE_FEATURES,
+            "jobs_agent.config",
+            "jobs_agent.engine",
+            "jobs_agent.dispatch",
+            "jobs_agent.emulator",
+            *ABOVE_THE_DEVICE,
+        ),
+        "a protocol client talks to the seam only, never to another protocol or what uses it",
+    ),
+    Rule(
+        "jobs_agent.streams",
+        (
+            *BACKENDS,
+            "jobs_agent.transport.options",
+            "jobs_agent.jobs",
+            "jobs_agent.shadow",
+            *DEVICE_FEATURES,
+            "jobs_agent.config",
+            "jobs_agent.engine",
+            "jobs_agent.dispatch",
+            "jobs_agent.emulator",
+            *ABOVE_THE_DEVICE,
+        ),
+        "a protocol client talks to the seam only, never to another protocol or what uses it",
+    ),
+    Rule(
+        "jobs_agent.schedule",
+        ("jobs_agent",),
+        "AWS cron and maintenance windows are a leaf the engine and the emulator both read",
+        allowed=("jobs_agent.schedule", "jobs_agent.vocabulary"),
+    ),
+    Rule(
+        "jobs_agent.consent",
+        (
+            "jobs_agent.transport",
+            *PROTOCOL_CLIENTS,
+            "jobs_agent.inventory",
+            "jobs_agent.schedule",
+            "jobs_agent.config",
+            "jobs_agent.engine",
+            "jobs_agent.dispatch",
+            "jobs_agent.emulator",
+            *ABOVE_THE_DEVICE,
+        ),
+        "consent is a local boundary (a socket, decisions on disk): no link, no engine; a"
+        " reason is cleaned by the statusDetails rule it will be reported under",
+        allowed=("jobs_agent.jobs.status_details",),
+    ),
+    Rule(
+        "jobs_agent.inventory",
+        (
+            "jobs_agent.transport",
+            "jobs_agent.jobs",
+            "jobs_agent.streams",
+            "jobs_agent.consent",
+            "jobs_agent.schedule",
+            "jobs_agent.config",
+            "jobs_agent.engine",
+            "jobs_agent.dispatch",
+            "jobs_agent.emulator",
+            *ABOVE_THE_DEVICE,
+        ),
+        "the inventory reads its sources and reports through the shadow client it is given",
     ),
     Rule(
         "jobs_agent.engine",
@@ -85,6 +167,17 @@ RULES = [
         "jobs_agent_handlers",
         ("jobs_agent.engine", "jobs_agent.dispatch", "jobs_agent.config", "jobs_agent.jobs"),
         "a handler sees only the handler API (jobs_agent_handlers.api)",
+    ),
+    Rule(
+        "jobs_agent_handlers",
+        (
+            *BACKENDS,
+            "jobs_agent.transport.options",
+            "jobs_agent.transport.shared",
+            "jobs_agent.emulator",
+            *ABOVE_THE_DEVICE,
+        ),
+        "a plugin gets the MQTT link lent through its context (a view of it), never a backend",
     ),
     Rule(
         "jobs_agent.emulator",
@@ -190,6 +283,17 @@ def test_the_rules_catch_a_forbidden_arrow() -> None:
     imported = _imports(tree, "jobs_agent.engine.example")
     engine = next(rule for rule in RULES if rule.importer == "jobs_agent.engine")
     assert any(_within(name, f) for name in imported for f in engine.forbidden)
+
+
+TOP_OF_THE_STACK = {"jobs_agent.commands", "jobs_agent.sim"}
+"""The CLI and the simulations may import every layer (docs/architecture.md)."""
+
+
+def test_every_package_has_its_arrows() -> None:
+    """A new package of the agent comes with its row in docs/architecture.md and its rule here."""
+    packages = {f"jobs_agent.{path.parent.name}" for path in (REPO / "agent").glob("*/__init__.py")}
+    ruled = {rule.importer for rule in RULES}
+    assert packages - ruled - TOP_OF_THE_STACK == set()
 
 
 def test_every_module_fits_or_says_why() -> None:

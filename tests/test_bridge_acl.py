@@ -13,7 +13,9 @@ publishes requests in the device's name, and connects with the agent's client id
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,7 @@ from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto, _port_open, free_port
 from tests.fixtures.certs import CertPaths
 from tests.harness import AgentProcess, start_emulator, wait_terminal, wait_until, write_handler
+from tests.helpers.streams import create_stream
 
 REPO = Path(__file__).resolve().parent.parent
 THING = "gw-bridge"
@@ -221,10 +224,25 @@ async def test_a_hostile_local_client_can_neither_read_nor_answer_the_agents_req
         emulator.service.create_job("legit", [THING], {"operation": "ok"})
         execution = await wait_terminal(emulator, "legit", THING)
         assert str(execution.status) == "SUCCEEDED", agent.log_text()
+        # A stream download crosses the bridge too, where the hostile client cannot listen.
+        hostile.client.subscribe(f"$aws/things/{THING}/streams/#", qos=1)
+        content = os.urandom(200_000)
+        create_stream(emulator.service, "fw", {0: content})
+        target = tmp_path / "fw.bin"
+        download = {
+            "operation": "download-file",
+            "stream": {"streamId": "fw", "fileId": 0},
+            "path": str(target),
+            "sha256": hashlib.sha256(content).hexdigest(),
+        }
+        emulator.service.create_job("stream", [THING], download)
+        execution = await wait_terminal(emulator, "stream", THING)
+        assert str(execution.status) == "SUCCEEDED", execution.status_details
+        assert target.read_bytes() == content
         await wait_until(lambda: bool(anonymous.refused), 10, "the anonymous client's refusal")
 
         assert not pwned.exists(), "the forged job document ran"
-        assert hostile.received == [], "a hostile client read this thing's Jobs topics"
+        assert hostile.received == [], "a hostile client read this thing's Jobs or streams topics"
         seen = [payload for _topic, payload in observer.received]
         assert seen, "the observer saw nothing: the bridge did not carry the agent's traffic"
         assert not [p for p in seen if b"forged" in p], "the device's identity published a forgery"

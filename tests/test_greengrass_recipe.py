@@ -14,6 +14,8 @@ import yaml
 
 from jobs_agent.config import load_config
 from jobs_agent.jobs import topics
+from jobs_agent.streams import protocol as stream_topics
+from jobs_agent.streams.protocol import Format, Verb
 from jobs_agent.transport.topics import topic_matches
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,15 +67,28 @@ def test_policy_covers_every_topic_the_agent_uses() -> None:
         assert any(topic_matches(r, topic) for r in resources), topic
 
 
+def test_policy_covers_the_streams_topics_of_a_stream_download() -> None:
+    """MQTT-based file delivery: requests out, answers in, in both formats."""
+    resources = _policy_resources(_recipe())
+    for fmt in Format:
+        for verb in Verb:
+            topic = stream_topics.topic(THING, "fw-2_0", verb, fmt)
+            assert any(topic_matches(r, topic) for r in resources), topic
+
+
 def test_policy_never_reaches_the_nucleus_deployment_jobs_or_other_things() -> None:
     resources = _policy_resources(_recipe())
-    assert all(r.startswith(f"$aws/things/{THING}/jobs/") for r in resources)
+    assert all(
+        r.startswith((f"$aws/things/{THING}/jobs/", f"$aws/things/{THING}/streams/"))
+        for r in resources
+    )
     forbidden = [
         topics.notify_topic(THING, "aws-gg-deployment"),
         topics.notify_next_topic(THING, "aws-gg-deployment"),
         topics.describe_topic(THING, "$next", "aws-gg-deployment"),
         topics.update_topic(THING, "deploy-1", "aws-gg-deployment"),
         topics.update_topic("another-thing", "job-1"),
+        stream_topics.topic("another-thing", "fw", Verb.DATA, Format.JSON),
     ]
     for topic in forbidden:
         assert not any(topic_matches(r, topic) for r in resources), topic

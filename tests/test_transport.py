@@ -20,6 +20,7 @@ import pytest
 from jobs_agent.config import ConnectionConfig
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from jobs_agent.transport.shared import SharedLink
 from jobs_agent.transport.topics import topic_matches, validate_topic_filter
 from tests.fixtures.broker import Mosquitto
 
@@ -311,6 +312,55 @@ class TransportSuite:
         await service.publish("restart/1/wild", b"wild after")
         assert await device_inbox.next() == Message("$aws/things/gw/jobs/notify-next", b"after")
         assert await device_inbox.next() == Message("restart/1/wild", b"wild after")
+
+    async def test_protocol_clients_share_the_link_through_views(self, backend: Backend) -> None:
+        """The device's one connection, shared (`SharedLink`) by a Jobs-like and a streams-like
+        client: each view gets the messages of its own subscriptions (both get a topic both
+        hold), a filter one view gives back stays subscribed for the other, both hear of the
+        link's drop and return and get their subscriptions back with it, and a detached view
+        hears nothing more while the other goes on."""
+        device = backend.make("gw-shared")
+        link = SharedLink(device)
+        await device.connect(timeout=WAIT)
+        service, _ = await backend.connected("gw-shared-service")
+        jobs_view, streams_view = link.view(), link.view()
+        jobs_inbox, streams_inbox = Inbox(jobs_view), Inbox(streams_view)
+        jobs_topic = "$aws/things/gw/jobs/notify"
+        stream_topic = "$aws/things/gw/streams/fw/data/json"
+        both = "$aws/things/gw/both"
+        await jobs_view.subscribe(jobs_topic)
+        await jobs_view.subscribe(both)
+        await streams_view.subscribe("$aws/things/gw/streams/+/data/json")
+        await streams_view.subscribe(both)
+
+        await service.publish(stream_topic, b"block")
+        await service.publish(jobs_topic, b"event")
+        await service.publish(both, b"both")
+        assert await streams_inbox.next() == Message(stream_topic, b"block")
+        assert await streams_inbox.next() == Message(both, b"both")
+        assert await jobs_inbox.next() == Message(jobs_topic, b"event")
+        assert await jobs_inbox.next() == Message(both, b"both")
+
+        await streams_view.unsubscribe(both)  # the Jobs view still holds it
+        await service.publish(both, b"still")
+        assert await jobs_inbox.next() == Message(both, b"still")
+
+        await backend.outage()
+        assert await asyncio.wait_for(jobs_inbox.lost.get(), WAIT)
+        assert await asyncio.wait_for(streams_inbox.lost.get(), WAIT)
+        await backend.restore()
+        session_present = await asyncio.wait_for(jobs_inbox.resumed.get(), WAIT)
+        assert await asyncio.wait_for(streams_inbox.resumed.get(), WAIT) is session_present
+        assert await service.wait_connected(WAIT)
+        await service.publish(stream_topic, b"again")
+        assert await streams_inbox.next() == Message(stream_topic, b"again")
+
+        await streams_view.disconnect()
+        assert device.is_connected and jobs_view.is_connected and not streams_view.is_connected
+        await service.publish(stream_topic, b"after")
+        await service.publish(jobs_topic, b"after")
+        assert await jobs_inbox.next() == Message(jobs_topic, b"after")
+        assert streams_inbox.messages.empty() and jobs_inbox.messages.empty()
 
 
 class TestTransport(TransportSuite):

@@ -142,7 +142,12 @@ class Dispatcher:
         )
         self.plugins = plugins or PluginRegistry.discover(
             settings.handlers,
-            {"download-file": {"allow_http": settings.allow_http_downloads}},
+            {
+                "download-file": {
+                    "allow_http": settings.allow_http_downloads,
+                    "request_timeout": settings.request_timeout_seconds,
+                }
+            },
             plugin_path=settings.plugin_path,
         )
         self.verifier: SignatureVerifier | None = None

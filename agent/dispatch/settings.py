@@ -36,3 +36,6 @@ class DispatchSettings:
     rerun_after_reboot: tuple[str, ...] = ("reboot.sh",)
     containment: str = "auto"
     allow_http_downloads: bool = False
+    request_timeout_seconds: float = 30.0
+    """How long a request over the agent's MQTT link may go unanswered (a stream download's
+    GetStream, as the Jobs client's requests)."""

@@ -19,10 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobs_agent.emulator.cron import CronSchedule
 from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.model import RetryCriterion
-from jobs_agent.vocabulary import STEP_TIMEOUT_MAX
+from jobs_agent.schedule.cron import CronSchedule
+from jobs_agent.vocabulary import (
+    MAINTENANCE_WINDOW_MAX_MINUTES,
+    MAINTENANCE_WINDOW_MIN_MINUTES,
+    STEP_TIMEOUT_MAX,
+)
 
 MAX_TIMEOUT_MINUTES = STEP_TIMEOUT_MAX
 DEFAULT_EXPIRES_IN_SEC = 3600
@@ -288,7 +292,12 @@ class SchedulingConfig:
                 schedule = CronSchedule.parse(expression)
             except ValueError as exc:
                 raise invalid(f"maintenanceWindow.startTime: {exc}") from None
-            duration = _int(w.get("durationInMinutes"), "durationInMinutes", 1, 1430)
+            duration = _int(
+                w.get("durationInMinutes"),
+                "durationInMinutes",
+                MAINTENANCE_WINDOW_MIN_MINUTES,
+                MAINTENANCE_WINDOW_MAX_MINUTES,
+            )
             windows.append(MaintenanceWindow(expression, duration, schedule))
         return cls(
             None if start is None else parse_date_time(start, "schedulingConfig.startTime"),

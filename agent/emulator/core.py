@@ -65,10 +65,11 @@ from jobs_agent.emulator.rollout import (
     rate_per_minute,
 )
 from jobs_agent.emulator.s3 import ObjectStore
-from jobs_agent.emulator.shadows import PACKAGE_SHADOW, ShadowError, ShadowService
+from jobs_agent.emulator.shadows import ShadowError, ShadowService
 from jobs_agent.emulator.streams import StreamService
 from jobs_agent.emulator.templates import JobTemplate
 from jobs_agent.jobs.errors import ErrorCode
+from jobs_agent.vocabulary import PACKAGE_SHADOW
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore

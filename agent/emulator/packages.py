@@ -54,21 +54,23 @@ from typing import TYPE_CHECKING, Any
 
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.errors import ControlError
+from jobs_agent.vocabulary import (
+    DEFAULT_VERSION,
+    MAX_DESTINATION_PACKAGE_VERSIONS,
+    MAX_PACKAGE_ATTRIBUTES_BYTES,
+    NULL_VERSION,
+    PACKAGE_ATTRIBUTE_KEY_RE,
+    PACKAGE_NAME_RE,
+    VERSION_NAME_RE,
+)
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
 
-PACKAGE_NAME = re.compile(r"[a-zA-Z0-9._-]{1,128}")
-VERSION_NAME = re.compile(r"[a-zA-Z0-9._-]{1,64}")
-ATTRIBUTE_KEY = re.compile(r"[a-zA-Z0-9:_-]+")
 MAX_DESCRIPTION = 1024
 MAX_RECIPE = 3072
-MAX_ATTRIBUTES_BYTES = 3072
-MAX_DESTINATIONS = 25
 MAX_PAGE = 100
 PACKAGE_PLACEHOLDER = "${aws:iot:package:"
-DEFAULT_VERSION = "$default"
-NULL_VERSION = "$null"
 _VERSION_ARN = re.compile(
     r"arn:aws[a-z-]*:iot:(?P<region>[a-z0-9-]*):(?P<account>\d*):package/"
     r"(?P<package>[^/]+)/version/(?P<version>[^/]+)"
@@ -157,14 +159,16 @@ def check_description(description: str | None) -> None:
 def check_attributes(attributes: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in attributes.items():
-        if not isinstance(key, str) or not ATTRIBUTE_KEY.fullmatch(key):
+        if not isinstance(key, str) or not PACKAGE_ATTRIBUTE_KEY_RE.fullmatch(key):
             raise validation(f"attribute key {key!r} must match [a-zA-Z0-9:_-]+")
         if not isinstance(value, str) or not _no_control(value):
             raise validation(f"attribute {key} must be a non-empty string without controls")
         out[key] = value
     size = sum(len(k.encode()) + len(v.encode()) for k, v in out.items())
-    if size > MAX_ATTRIBUTES_BYTES:
-        raise validation(f"attributes take {size} bytes; at most {MAX_ATTRIBUTES_BYTES} in all")
+    if size > MAX_PACKAGE_ATTRIBUTES_BYTES:
+        raise validation(
+            f"attributes take {size} bytes; at most {MAX_PACKAGE_ATTRIBUTES_BYTES} in all"
+        )
     return out
 
 
@@ -266,7 +270,7 @@ class PackageCatalog:
         self, name: str, description: str | None = None, client_token: str | None = None
     ) -> Package:
         """CreatePackage; the same clientToken again returns the package (idempotent)."""
-        if not PACKAGE_NAME.fullmatch(name):
+        if not PACKAGE_NAME_RE.fullmatch(name):
             raise validation(f"packageName {name!r} must match [a-zA-Z0-9-_.]+ (1..128)")
         check_description(description)
         with self._lock:
@@ -339,7 +343,7 @@ class PackageCatalog:
         recipe: str | None = None,
         client_token: str | None = None,
     ) -> PackageVersion:
-        if not VERSION_NAME.fullmatch(version):
+        if not VERSION_NAME_RE.fullmatch(version):
             raise validation(f"versionName {version!r} must match [a-zA-Z0-9-_.]+ (1..64)")
         check_description(description)
         checked = check_attributes(attributes or {})
@@ -474,10 +478,10 @@ class PackageCatalog:
         ResourceNotFoundException, CreateJob's own error shapes)."""
         if not isinstance(arns, Sequence) or isinstance(arns, str):
             raise ControlError("InvalidRequestException", "destinationPackageVersions is a list")
-        if len(arns) > MAX_DESTINATIONS:
+        if len(arns) > MAX_DESTINATION_PACKAGE_VERSIONS:
             raise ControlError(
                 "InvalidRequestException",
-                f"at most {MAX_DESTINATIONS} destinationPackageVersions",
+                f"at most {MAX_DESTINATION_PACKAGE_VERSIONS} destinationPackageVersions",
             )
         out: list[Destination] = []
         with self._lock:

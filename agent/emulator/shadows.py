@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -47,21 +46,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.emulator.clock import Clock
-from jobs_agent.vocabulary import is_thing_name
+from jobs_agent.vocabulary import (
+    MAX_CLIENT_TOKEN,
+    PACKAGE_NAME_RE,
+    PACKAGE_SHADOW,
+    SHADOW_NAME_RE,
+    is_thing_name,
+)
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
 
-PACKAGE_SHADOW = "$package"
 """The Software Package Catalog's reserved named shadow."""
 MAX_STATE_BYTES = 8192
 MAX_DEPTH = 6
-MAX_CLIENT_TOKEN_BYTES = 64
 MAX_PAGE_SIZE = 100
 RECREATE_WINDOW_SECONDS = 48 * 3600
 """A shadow created again within this time after its deletion continues its version."""
-SHADOW_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
-PACKAGE_NAME = re.compile(r"[a-zA-Z0-9._-]{1,128}")
 _SECTIONS = ("desired", "reported")
 _PACKAGE_KEYS = frozenset({"version", "attributes"})
 _MISSING = object()
@@ -531,7 +532,7 @@ def _has_null_in_array(value: Any) -> bool:
 def _check_packages(section: Mapping[str, Any]) -> None:
     """`$package`: each package is null or `{"version": str, "attributes": {str: str}}`."""
     for package, entry in section.items():
-        if not PACKAGE_NAME.fullmatch(package):
+        if not PACKAGE_NAME_RE.fullmatch(package):
             raise invalid(f"State contains an invalid node: package name {package!r}")
         if entry is None:
             continue
@@ -556,7 +557,7 @@ def _check_names(thing_name: str, shadow_name: str | None) -> None:
     if not is_thing_name(thing_name):
         raise invalid(f"Invalid thing name {thing_name!r}")
     named = shadow_name is not None and shadow_name != PACKAGE_SHADOW
-    if named and not SHADOW_NAME.fullmatch(str(shadow_name)):
+    if named and not SHADOW_NAME_RE.fullmatch(str(shadow_name)):
         raise invalid(f"Invalid shadow name {shadow_name!r}")
 
 
@@ -579,7 +580,7 @@ def _parse_request(request: bytes | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _token_ok(token: Any) -> bool:
-    return isinstance(token, str) and len(token.encode("utf-8")) <= MAX_CLIENT_TOKEN_BYTES
+    return isinstance(token, str) and len(token.encode("utf-8")) <= MAX_CLIENT_TOKEN
 
 
 def _client_token(body: Mapping[str, Any]) -> str | None:

@@ -30,7 +30,6 @@ GetStream, as the device page documents it:
 from __future__ import annotations
 
 import copy
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.errors import ControlError
 from jobs_agent.emulator.s3 import ObjectStore
+from jobs_agent.vocabulary import MAX_CLIENT_TOKEN, is_stream_id
 
 if TYPE_CHECKING:
     from jobs_agent.emulator.store import StateStore
 
-STREAM_ID = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 MAX_FILES = 50
 MAX_FILE_ID = 255
 MAX_DESCRIPTION = 2028
@@ -55,7 +54,6 @@ MAX_BLOCK_SIZE = 131072
 MAX_OFFSET = 98304
 MAX_BLOCKS = 98304
 MAX_BITMAP_BYTES = 12288
-MAX_CLIENT_TOKEN_BYTES = 64
 
 
 class StreamError(Exception):
@@ -231,7 +229,7 @@ class StreamService:
         role_arn: str,
         description: str | None = None,
     ) -> Stream:
-        if not STREAM_ID.fullmatch(stream_id):
+        if not is_stream_id(stream_id):
             raise invalid(f"streamId {stream_id!r} must match [a-zA-Z0-9_-]+ (1..128)")
         _check_description(description)
         _check_role(role_arn)
@@ -427,6 +425,6 @@ def client_token(request: Mapping[str, Any]) -> str | None:
     token = request.get("c")
     if token is None:
         return None
-    if not isinstance(token, str) or len(token.encode("utf-8")) > MAX_CLIENT_TOKEN_BYTES:
+    if not isinstance(token, str) or len(token.encode("utf-8")) > MAX_CLIENT_TOKEN:
         raise StreamError("InvalidRequest", "c (the client token) is invalid", echo_token=False)
     return token

@@ -11,7 +11,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
-from jobs_agent_handlers.api import Logger
+from jobs_agent_handlers.api import Logger, MqttLink
 
 
 class EngineJobContext:
@@ -29,6 +29,7 @@ class EngineJobContext:
         state_dir: Path,
         store: AsyncStore,
         reporter: ProgressReporter,
+        mqtt_link: MqttLink | None = None,
     ) -> None:
         self.key = key
         self.job_id = key.job_id
@@ -44,6 +45,8 @@ class EngineJobContext:
         self.scratch_dir = scratch_dir
         self.state_dir = state_dir
         self.reboot_requested = False
+        self.mqtt_link = mqtt_link
+        """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
         self._store = store
         self._reporter = reporter
 

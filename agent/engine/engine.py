@@ -39,6 +39,7 @@ from jobs_agent.engine.supervision import Supervisor
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
 from jobs_agent.vocabulary import ExecutionRef
+from jobs_agent_handlers.api import MqttLink
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -58,10 +59,13 @@ class Engine:
         *,
         heartbeat_interval: float | None = None,
         on_status: Callable[[EngineStatus], None] | None = None,
+        mqtt_link: MqttLink | None = None,
     ) -> None:
+        """`mqtt_link`: the device's MQTT connection, lent to Python plugins (a stream
+        download's own protocol client); `client` is the Jobs client on it."""
         self.client = client
         self.store = store
-        self._shared = shared = Shared(settings, dispatcher, on_status)
+        self._shared = shared = Shared(settings, dispatcher, on_status, mqtt_link)
         self._files = JobFiles(shared, store)
         self._outbox = Outbox(shared, store, client, self._files)
         self._acquisition = Acquisition(shared, store, client, self._outbox, self._files)

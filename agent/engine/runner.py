@@ -228,6 +228,7 @@ class Runner:
             state_dir=state_dir,
             store=self._store,
             reporter=reporter,
+            mqtt_link=self._shared.mqtt_link,
         )
         running_ref.append(Running(ref, ctx))
         return reporter, running_ref[0]

@@ -18,7 +18,7 @@ from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.vocabulary import ExecutionRef
-from jobs_agent_handlers.api import Handler, Outcome
+from jobs_agent_handlers.api import Handler, MqttLink, Outcome
 
 OUTCOMES_KEPT = 256
 PRUNE_EVERY = 200
@@ -67,8 +67,11 @@ class Shared:
         settings: EngineSettings,
         dispatcher: Dispatcher,
         on_status: Callable[[EngineStatus], None] | None,
+        mqtt_link: MqttLink | None = None,
     ) -> None:
         self.settings = settings
+        self.mqtt_link = mqtt_link
+        """The device's MQTT connection, lent to every plugin's context (None: not lent)."""
         self.dispatcher = dispatcher
         self.crash = CrashPoints(settings.state_dir)
         self.wake_event = asyncio.Event()

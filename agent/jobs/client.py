@@ -6,8 +6,10 @@ client or another thing are ignored); a reply can be lost with the connection, s
 waiting when the link drops is re-published with the same token once the link is back (the first
 answer wins, later duplicates find no waiter); and `RequestThrottled`/`InternalError` are retried
 with capped exponential backoff and jitter. Every request has one deadline covering all of that,
-after which it raises `RequestTimeout`: nothing here waits forever. A transport's failure is
-translated here, once, into `LinkError`: every failure the client raises is a `JobsError`.
+after which it raises `RequestTimeout`: nothing here waits forever. That machinery is the one
+every AWS IoT API client of the agent shares (`jobs_agent.transport.exchange`); this module says
+what the Jobs replies mean. A transport's failure is translated here, once, into `LinkError`:
+every failure the client raises is a `JobsError`.
 
 The client owns the transport's listeners (message and connection callbacks). Events go to a
 single consumer through `events()`.
@@ -22,14 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
-from jobs_agent.aio import first_of
 from jobs_agent.backoff import Backoff
 from jobs_agent.jobs import topics
 from jobs_agent.jobs.errors import (
@@ -65,7 +64,8 @@ from jobs_agent.jobs.models import (
 )
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
-from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.base import Message, Transport, TransportError
+from jobs_agent.transport.exchange import Exchange, ExchangeClosed, subscribe_within
 from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
 
 log = structlog.get_logger("jobs_agent.jobs")
@@ -73,16 +73,7 @@ log = structlog.get_logger("jobs_agent.jobs")
 R = TypeVar("R")
 MAX_QUEUED_EVENTS = 1000
 """Events are only wake-ups for the engine; past this many unread, the oldest are dropped."""
-_NOT_CONNECTED_PAUSE = 0.05
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    operation: Operation
-    job_id: str | None
-    namespace: str | None
-    future: asyncio.Future[tuple[ReplyKind, Mapping[str, Any]]]
-    lost: asyncio.Event
+_Reply = tuple[ReplyKind, Mapping[str, Any]]
 
 
 class _Closed:
@@ -117,9 +108,7 @@ class JobsClient:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self.stats = ClientStats()
-        self._token_prefix = secrets.token_hex(8)
-        self._token_counter = 0
-        self._pending: dict[str, _Pending] = {}
+        self._exchange: Exchange[_Reply] = Exchange(transport, self.stats)
         self._events: asyncio.Queue[JobsEvent | _Closed] = asyncio.Queue()
         self._started = False
         self._closed = False
@@ -141,21 +130,12 @@ class JobsClient:
         log.info("jobs client started", thing_name=self.thing_name, namespaces=self.namespaces)
 
     async def _subscribe(self, topic_filter: str, deadline: float) -> None:
-        while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or not await self.transport.wait_connected(remaining):
-                raise RequestTimeout("subscribe", self.request_timeout)
-            try:
-                async with asyncio.timeout(remaining):
-                    await self.transport.subscribe(topic_filter)
-                return
-            except NotConnectedError:
-                await asyncio.sleep(min(_NOT_CONNECTED_PAUSE, remaining))
-                continue
-            except TimeoutError:
-                raise RequestTimeout("subscribe", self.request_timeout) from None
-            except TransportError as exc:
-                raise LinkError(f"subscribe {topic_filter}: {exc}") from exc
+        try:
+            subscribed = await subscribe_within(self.transport, topic_filter, deadline)
+        except TransportError as exc:
+            raise LinkError(f"subscribe {topic_filter}: {exc}") from exc
+        if not subscribed:
+            raise RequestTimeout("subscribe", self.request_timeout)
 
     async def close(self) -> None:
         """Stop listening, fail waiting requests and end `events()`. Idempotent.
@@ -167,10 +147,7 @@ class JobsClient:
         self._closed = True
         self.transport.set_message_callback(None)
         self.transport.set_connection_callbacks(None, None)
-        for pending in self._pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(JobsError("the Jobs client was closed"))
-        self._pending.clear()
+        self._exchange.close()
         self._events.put_nowait(_Closed())
 
     async def events(self) -> AsyncIterator[JobsEvent]:
@@ -292,10 +269,6 @@ class JobsClient:
         return None
 
     # -- the request machinery -----------------------------------------------------------------
-    def _new_token(self) -> str:
-        self._token_counter += 1
-        return f"{self._token_prefix}-{self._token_counter}"
-
     async def _request(
         self,
         operation: Operation,
@@ -308,98 +281,47 @@ class JobsClient:
             raise JobsError("the Jobs client is not started (or already closed)")
         topic = topics.request_topic(self.thing_name, operation, job_id=job_id, namespace=namespace)
         self.stats.requests += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout
-        backoff = Backoff(self.retry_min, self.retry_max)
         bound = log.bind(operation=operation.value, job_id=job_id, namespace=namespace)
-        while True:
-            token = self._new_token()
-            kind, body = await self._exchange(
-                topic, payload(token), token, operation, job_id, namespace, deadline, bound
-            )
-            if kind is ReplyKind.ACCEPTED:
-                try:
-                    return parse(body)
-                except ProtocolError as exc:
-                    bound.warning("malformed accepted reply", error=str(exc), client_token=token)
-                    raise
+
+        def read(reply: _Reply) -> R:
+            kind, body = reply
             try:
+                if kind is ReplyKind.ACCEPTED:
+                    return parse(body)
                 error = ErrorResponse.from_json(body)
             except ProtocolError as exc:
-                bound.warning("malformed rejected reply", error=str(exc), client_token=token)
+                bound.warning(f"malformed {kind.value} reply", error=str(exc))
                 raise
-            rejected = JobsRejected(
-                error.code, error.message, error.execution_state, error.client_token
-            )
-            delay = backoff.next_delay()
-            if rejected.retryable and loop.time() + delay < deadline:
-                self.stats.retries += 1
-                bound.info("request refused for now, retrying", code=str(error.code), delay=delay)
-                await asyncio.sleep(delay)
-                continue
-            self.stats.rejections += 1
-            bound.info("request rejected", code=str(error.code), message=error.message)
-            raise rejected
+            raise JobsRejected(error.code, error.message, error.execution_state, error.client_token)
 
-    async def _exchange(
-        self,
-        topic: str,
-        body: dict[str, Any],
-        token: str,
-        operation: Operation,
-        job_id: str | None,
-        namespace: str | None,
-        deadline: float,
-        bound: Any,
-    ) -> tuple[ReplyKind, Mapping[str, Any]]:
-        """Publish once, and again after every link loss, until answered or the deadline."""
-        loop = asyncio.get_running_loop()
-        pending = _Pending(operation, job_id, namespace, loop.create_future(), asyncio.Event())
-        self._pending[token] = pending  # registered before publishing: a reply may be instant
-        data = json.dumps(body, separators=(",", ":")).encode()
-        first = True
         try:
-            while not pending.future.done():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                if not self.transport.is_connected:
-                    if not await self.transport.wait_connected(remaining):
-                        break
-                    continue  # re-check: the reply may have come with the kept session
-                pending.lost.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self.transport.publish(topic, data)
-                except NotConnectedError:
-                    # The backend may refuse before it has marked the link down; pause so this
-                    # loop cannot spin without yielding.
-                    await asyncio.sleep(min(_NOT_CONNECTED_PAUSE, max(remaining, 0.0)))
-                    continue
-                except TimeoutError:
-                    break
-                except TransportError as exc:
-                    raise LinkError(f"{operation.value}: {exc}") from exc
-                self.stats.publishes += 1
-                if not first:
-                    self.stats.republishes += 1
-                    bound.info("request re-published after reconnect", client_token=token)
-                first = False
-                bound.debug("request published", topic=topic, client_token=token)
-                await first_of(pending.future, pending.lost.wait(), deadline - loop.time())
-            if pending.future.done():
-                return pending.future.result()
-        finally:
-            self._pending.pop(token, None)
-        self.stats.timeouts += 1
-        bound.warning("request timed out", seconds=self.request_timeout, client_token=token)
-        raise RequestTimeout(operation.value, self.request_timeout)
+            result = await self._exchange.request(
+                topic,
+                (operation, job_id, namespace),
+                lambda token: json.dumps(payload(token), separators=(",", ":")).encode(),
+                read,
+                deadline=asyncio.get_running_loop().time() + self.request_timeout,
+                backoff=Backoff(self.retry_min, self.retry_max),
+                retryable=lambda exc: isinstance(exc, JobsRejected) and exc.retryable,
+                bound=bound,
+            )
+        except JobsRejected as rejected:
+            self.stats.rejections += 1
+            bound.info("request rejected", code=str(rejected.code), message=rejected.message)
+            raise
+        except ExchangeClosed:
+            raise JobsError("the Jobs client was closed") from None
+        except TransportError as exc:
+            raise LinkError(f"{operation.value}: {exc}") from exc
+        if result is None:
+            bound.warning("request timed out", seconds=self.request_timeout)
+            raise RequestTimeout(operation.value, self.request_timeout)
+        return result
 
     # -- transport callbacks (on the loop thread; must not block or raise) ---------------------
     def _on_lost(self, reason: str) -> None:
         log.info("MQTT link lost; waiting requests will be re-published", reason=reason)
-        for pending in self._pending.values():
-            pending.lost.set()
+        self._exchange.link_lost()
 
     def _on_resumed(self, session_present: bool) -> None:
         self._emit(Resync(session_present))
@@ -420,20 +342,13 @@ class JobsClient:
 
     def _on_reply(self, parsed: ParsedTopic, message: Message) -> None:
         body = decode_object(message.payload)
-        token = body.get("clientToken") if body is not None else None
-        pending = self._pending.get(token) if isinstance(token, str) else None
-        if (
-            body is None
-            or pending is None
-            or pending.future.done()
-            or pending.operation is not parsed.operation
-            or pending.job_id != parsed.job_id
-            or pending.namespace != parsed.namespace
-        ):
+        if body is None:
             self.stats.replies_ignored += 1
-            log.debug("reply not for a waiting request ignored", topic=message.topic)
+            log.debug("reply that is not a JSON object ignored", topic=message.topic)
             return
-        pending.future.set_result((parsed.kind, body))
+        key = (parsed.operation, parsed.job_id, parsed.namespace)
+        if not self._exchange.resolve(body.get("clientToken"), key, (parsed.kind, body)):
+            log.debug("reply not for a waiting request ignored", topic=message.topic)
 
     def _on_event(self, parsed: ParsedTopic, message: Message) -> None:
         body = decode_object(message.payload)

@@ -1,0 +1,239 @@
+"""Request and reply over MQTT, matched by a client token: the part every AWS IoT device API
+shares (Jobs, Device Shadow, DescribeStream of MQTT-based file delivery).
+
+AWS IoT answers a request on reply topics that every client subscribed to them receives, so a
+reply is ours only if it carries our own token and came on the reply topic of the request that
+used it (its `key`, the protocol client's to choose). Request/reply over MQTT is fragile in
+three ways absorbed here, once, for every protocol client:
+
+* a reply can be lost with the connection: a request still waiting when the link drops is
+  published again, with the same token, once the link is back (the first answer wins, a later
+  duplicate finds no waiter);
+* a refusal for now (throttled, an internal error) is asked again with a new token after a
+  capped exponential backoff with jitter;
+* one deadline covers all of it: nothing waits forever (`request` returns None when it passed).
+
+The protocol client parses its topics and payloads, hands each reply to `resolve`, says what a
+reply means (`read`: a value, or an exception, which `retryable` may declare worth another try)
+and translates a transport's failure (`TransportError`, passed through here) into its own error,
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import structlog
+
+from jobs_agent.aio import first_of
+from jobs_agent.backoff import Backoff
+from jobs_agent.transport.base import NotConnectedError, Transport
+
+log = structlog.get_logger("jobs_agent.transport")
+
+R = TypeVar("R")
+T = TypeVar("T")
+NOT_CONNECTED_PAUSE = 0.05
+"""A backend may refuse a publish before it has marked the link down: pause so a loop cannot
+spin without yielding."""
+
+
+class Counters(Protocol):
+    """What an exchange counts, in the protocol client's own statistics."""
+
+    publishes: int
+    republishes: int
+    retries: int
+    timeouts: int
+    replies_ignored: int
+
+
+@dataclass(slots=True)
+class ExchangeStats:
+    publishes: int = 0
+    """Request messages published, retries and re-publishes included."""
+    republishes: int = 0
+    """Requests published again because the link dropped while they waited."""
+    retries: int = 0
+    """Requests asked again (a new token) after a refusal for now or an unanswered attempt."""
+    timeouts: int = 0
+    """Attempts that got no answer in time."""
+    replies_ignored: int = 0
+    """Replies that matched no waiting request (another client's, a late duplicate)."""
+
+
+class ExchangeClosed(Exception):
+    """The exchange was closed while a request waited (the protocol client was closed)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter(Generic[R]):
+    key: Hashable
+    future: asyncio.Future[R]
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Exchange(Generic[R]):
+    """The waiting requests of one protocol client on one transport; `R` is what the client
+    hands to `resolve` (usually the reply's kind and its body)."""
+
+    def __init__(self, transport: Transport, stats: Counters | None = None) -> None:
+        self.transport = transport
+        self.stats: Counters = stats if stats is not None else ExchangeStats()
+        self._prefix = secrets.token_hex(8)
+        self._counter = 0
+        self._waiting: dict[str, _Waiter[R]] = {}
+        self._closed = False
+
+    def new_token(self) -> str:
+        """A token unique to this exchange (26 characters for a billion requests: within the
+        64 bytes every AWS IoT API allows)."""
+        self._counter += 1
+        return f"{self._prefix}-{self._counter}"
+
+    # -- from the protocol client's listeners (loop thread; never raise) ------------------------
+    def waits_for(self, token: object) -> bool:
+        """Whether a request is waiting with `token` (for clients that share a reply topic
+        between requests and other traffic)."""
+        return isinstance(token, str) and token in self._waiting
+
+    def resolve(self, token: object, key: Hashable, reply: R) -> bool:
+        """Give `reply` to the request waiting with `token` on `key`; False (and counted as
+        ignored) when there is none."""
+        waiter = self._waiting.get(token) if isinstance(token, str) else None
+        if waiter is None or waiter.key != key or waiter.future.done():
+            self.stats.replies_ignored += 1
+            return False
+        waiter.future.set_result(reply)
+        return True
+
+    def link_lost(self) -> None:
+        """Every waiting request is published again once the link is back."""
+        for waiter in self._waiting.values():
+            waiter.lost.set()
+
+    def close(self) -> None:
+        """Fail every waiting request with `ExchangeClosed`. Idempotent."""
+        self._closed = True
+        for waiter in self._waiting.values():
+            if not waiter.future.done():
+                waiter.future.set_exception(ExchangeClosed("the client was closed"))
+        self._waiting.clear()
+
+    # -- the request ----------------------------------------------------------------------------
+    async def request(
+        self,
+        topic: str,
+        key: Hashable,
+        payload: Callable[[str], bytes],
+        read: Callable[[R], T],
+        *,
+        deadline: float,
+        backoff: Backoff,
+        retryable: Callable[[Exception], bool] = lambda _exc: False,
+        attempt: float | None = None,
+        bound: Any = log,
+    ) -> T | None:
+        """Publish `payload(token)` on `topic` until a reply `read` accepts, or the loop time
+        `deadline` passes (None). `read` raises for a refusal: one `retryable` approves is
+        asked again with a new token after a backoff while the deadline allows, otherwise it
+        is raised. `attempt` (seconds) bounds the wait for one token's reply before it is asked
+        again (None: the whole deadline). `TransportError` and `ExchangeClosed` pass through.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            token = self.new_token()
+            until = deadline if attempt is None else min(deadline, loop.time() + attempt)
+            reply = await self._send(topic, payload(token), token, key, until, bound)
+            if reply is not None:
+                try:
+                    return read(reply)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    delay = backoff.next_delay()
+                    if loop.time() + delay >= deadline:
+                        raise
+                    bound.info("request refused for now, retrying", reason=str(exc), delay=delay)
+            elif until >= deadline:
+                return None  # the attempt ran to the end of the request's time
+            else:
+                delay = min(backoff.next_delay(), max(deadline - loop.time(), 0.0))
+            self.stats.retries += 1
+            await asyncio.sleep(delay)
+
+    async def _send(
+        self, topic: str, payload: bytes, token: str, key: Hashable, deadline: float, bound: Any
+    ) -> R | None:
+        """Publish once, and again after every link loss, until answered or the deadline."""
+        if self._closed:
+            raise ExchangeClosed("the client was closed")
+        loop = asyncio.get_running_loop()
+        waiter: _Waiter[R] = _Waiter(key, loop.create_future())
+        self._waiting[token] = waiter  # registered before publishing: a reply may be instant
+        first = True
+        try:
+            while not waiter.future.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if not self.transport.is_connected:
+                    if not await self.transport.wait_connected(remaining):
+                        break
+                    continue  # re-check: the reply may have come with a kept session
+                waiter.lost.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self.transport.publish(topic, payload)
+                except NotConnectedError:
+                    await asyncio.sleep(min(NOT_CONNECTED_PAUSE, max(remaining, 0.0)))
+                    continue
+                except TimeoutError:
+                    break
+                self.stats.publishes += 1
+                if not first:
+                    self.stats.republishes += 1
+                    bound.info("request re-published after reconnect", client_token=token)
+                first = False
+                bound.debug("request published", topic=topic, client_token=token)
+                await first_of(waiter.future, waiter.lost.wait(), deadline - loop.time())
+            if waiter.future.done():
+                return waiter.future.result()
+        finally:
+            self._waiting.pop(token, None)
+        self.stats.timeouts += 1
+        return None
+
+
+async def subscribe_within(
+    transport: Transport, topic_filter: str, deadline: float | None, *, attempt: float | None = None
+) -> bool:
+    """Subscribe (QoS 1) once the link is up, again when it turns out to be down, until the
+    SUBACK or the loop time `deadline` (None: for as long as it takes); with `attempt`, a
+    SUBACK not come within that many seconds (lost with the link) is asked for again. False
+    when the deadline passed; a refusal (`TransportError`) passes through."""
+    loop = asyncio.get_running_loop()
+    while True:
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            return False
+        if not await transport.wait_connected(remaining):
+            return False
+        last = attempt is None or (remaining is not None and remaining <= attempt)
+        limit = remaining if last else attempt
+        try:
+            async with asyncio.timeout(limit):
+                await transport.subscribe(topic_filter)
+            return True
+        except NotConnectedError:
+            pause = (
+                NOT_CONNECTED_PAUSE if remaining is None else min(NOT_CONNECTED_PAUSE, remaining)
+            )
+            await asyncio.sleep(pause)
+        except TimeoutError:
+            if last:
+                return False

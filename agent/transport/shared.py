@@ -1,0 +1,210 @@
+"""One MQTT connection, several protocol clients: the Jobs client, the shadow client, a stream
+download's client, each with a `Transport` of its own.
+
+A device has one connection to AWS IoT (one client id: a second connection with it would take
+the first one over), and a `Transport` has one message listener and one pair of connection
+listeners, which the protocol client given it owns. `SharedLink` takes the real transport's
+listeners and hands out `LinkView`s, each a `Transport` that
+
+* delivers only the messages matching the view's own subscriptions (MQTT's matching: a message
+  two views subscribed to goes to both, as a broker sends it to two clients),
+* passes every loss and resumption of the link to every view,
+* counts subscriptions per filter, so that one view's `unsubscribe` (or its `disconnect`) never
+  takes a filter another view still uses, and the broker sees one SUBSCRIBE per filter,
+* does not own the link: `connect` waits for the owner's connection, `disconnect` detaches the
+  view and gives back its subscriptions; the link is connected, reconnected (the transport's
+  bookkeeping restores the subscriptions) and closed by whoever made it.
+
+So a protocol client is written once against `Transport` and runs the same alone on a link (the
+emulator's tests, the dry run) or beside others (`device.build_device` gives the Jobs client a
+view, and lends the `SharedLink` to plugins, which make their own views). Nothing here knows a
+protocol or a backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from jobs_agent.transport.base import Message, Transport, TransportError
+from jobs_agent.transport.topics import levels_match
+
+
+@dataclass(eq=False)
+class _Filter:
+    """One filter as the broker sees it: how many views hold it, and whether it is subscribed."""
+
+    holders: int = 0
+    subscribed: bool = False
+    """Set after the SUBACK, cleared before an UNSUBSCRIBE: when unsure, subscribe again (which
+    MQTT makes harmless) rather than believe a filter is there when it may not be."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Serialises this filter's SUBSCRIBE and UNSUBSCRIBE, so they reach the broker in order."""
+
+
+class SharedLink:
+    """Hands out views of `transport`; takes over its listeners until `close()`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self._views: list[LinkView] = []
+        self._filters: dict[str, _Filter] = {}
+        transport.set_message_callback(self._on_message)
+        transport.set_connection_callbacks(self._on_lost, self._on_resumed)
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The filters some view holds (what the link is subscribed to on their behalf)."""
+        return frozenset(f for f, entry in self._filters.items() if entry.holders)
+
+    def view(self) -> LinkView:
+        """A new client's share of the link (see the module docstring)."""
+        view = LinkView(self)
+        self._views.append(view)
+        return view
+
+    def close(self) -> None:
+        """Give the transport's listeners back; the views hear nothing more. The link itself
+        stays as it is (it belongs to whoever made it)."""
+        self.transport.set_message_callback(None)
+        self.transport.set_connection_callbacks(None, None)
+        self._views.clear()
+
+    # -- for the views --------------------------------------------------------------------------
+    async def _hold(self, topic_filter: str) -> None:
+        """One more holder of `topic_filter`; subscribed (until its SUBACK) if it was not."""
+        entry = self._filters.setdefault(topic_filter, _Filter())
+        entry.holders += 1  # at once: an UNSUBSCRIBE waiting for the lock then sees it held
+        try:
+            async with entry.lock:
+                if not entry.subscribed:
+                    await self.transport.subscribe(topic_filter)
+                    entry.subscribed = True
+        except BaseException:
+            entry.holders -= 1
+            self._forget_if_unused(topic_filter, entry)
+            raise
+
+    def _drop(self, topic_filter: str) -> bool:
+        """One holder fewer, at once (a cancelled unsubscription leaves no holder behind);
+        True when that was the last one."""
+        entry = self._filters.get(topic_filter)
+        if entry is None or entry.holders == 0:
+            return False
+        entry.holders -= 1
+        return entry.holders == 0
+
+    async def _unsubscribe_unused(self, topic_filter: str) -> None:
+        """UNSUBSCRIBE a filter nobody holds (unless someone took it again meanwhile)."""
+        entry = self._filters.get(topic_filter)
+        if entry is None:
+            return
+        try:
+            async with entry.lock:
+                if entry.holders == 0 and entry.subscribed:
+                    entry.subscribed = False
+                    await self.transport.unsubscribe(topic_filter)
+        finally:
+            self._forget_if_unused(topic_filter, entry)
+
+    def _forget_if_unused(self, topic_filter: str, entry: _Filter) -> None:
+        unused = entry.holders == 0 and not entry.subscribed and not entry.lock.locked()
+        if unused and self._filters.get(topic_filter) is entry:
+            del self._filters[topic_filter]
+
+    def _detach(self, view: LinkView) -> None:
+        if view in self._views:
+            self._views.remove(view)
+
+    # -- the link's listeners (on the loop thread) ----------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        dollar = message.topic.startswith("$")
+        levels = message.topic.split("/")
+        for view in list(self._views):
+            if view._wants(levels, dollar):
+                view._deliver(message)
+
+    def _on_lost(self, reason: str) -> None:
+        for view in list(self._views):
+            view._connection_lost(reason)
+
+    def _on_resumed(self, session_present: bool) -> None:
+        for view in list(self._views):
+            view._connection_resumed(session_present)
+
+
+class LinkView(Transport):
+    """One client's share of a `SharedLink` (see the module docstring)."""
+
+    def __init__(self, link: SharedLink) -> None:
+        super().__init__()
+        self.link = link
+        self._filters: dict[str, tuple[str, ...]] = {}
+        """This view's subscriptions, each with its levels (split once, matched often)."""
+        self._detached = False
+
+    @property
+    def filters(self) -> frozenset[str]:
+        return frozenset(self._filters)
+
+    def _wants(self, topic_levels: list[str], dollar: bool) -> bool:
+        for levels in self._filters.values():
+            if dollar and levels[0][:1] in ("+", "#"):
+                continue  # a filter starting with a wildcard never matches a `$` topic
+            if levels_match(levels, topic_levels):
+                return True
+        return False
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._detached and self.link.transport.is_connected
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        if self._detached:
+            return False
+        return await self.link.transport.wait_connected(timeout)
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Wait for the owner's connection (a view never opens one)."""
+        self._check_attached()
+        if not await self.link.transport.wait_connected(timeout):
+            raise TransportError(f"the shared MQTT link did not connect within {timeout} s")
+
+    async def disconnect(self) -> None:
+        """Detach: nothing more is delivered, and this view's subscriptions are given back
+        (the last holder of a filter unsubscribes); the link stays up. Idempotent."""
+        if self._detached:
+            return
+        self._detached = True
+        self.link._detach(self)
+        last = [f for f in sorted(self._filters) if self.link._drop(f)]
+        self._filters.clear()
+        for topic_filter in last:
+            # With the link down the broker forgets them with the session anyway.
+            with contextlib.suppress(TransportError):
+                await self.link._unsubscribe_unused(topic_filter)
+
+    async def subscribe(self, topic_filter: str) -> None:
+        self._check_attached()
+        if topic_filter in self._filters:
+            return
+        # Listening before the SUBACK: an answer may follow it at once.
+        self._filters[topic_filter] = tuple(topic_filter.split("/"))
+        try:
+            await self.link._hold(topic_filter)
+        except BaseException:
+            self._filters.pop(topic_filter, None)
+            raise
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        if self._filters.pop(topic_filter, None) is not None and self.link._drop(topic_filter):
+            await self.link._unsubscribe_unused(topic_filter)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self._check_attached()
+        await self.link.transport.publish(topic, payload)
+
+    def _check_attached(self) -> None:
+        if self._detached:
+            raise TransportError("this view of the shared MQTT link was disconnected")
