@@ -21,6 +21,9 @@ timeout and the sweep after an agent restart. Two mechanisms, chosen once per ag
   go to init, and the restarted agent finds them only by the `JOBS_AGENT_*` environment they
   inherited (see `agent.engine.orphans`); a process that both left the session and replaced its
   environment escapes that sweep. Only cgroup containment has no such gap.
+
+This module is longer than 500 lines because both mechanisms share its /proc reading and its
+stop rules, and a security boundary is audited in one place.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jobs_agent.dispatch.containment import (
     Containment,
@@ -312,8 +313,9 @@ class Sandbox:
         exit_watch = ExitWatch(process)
         cancel_wait = asyncio.ensure_future(cancelled.wait())
         try:
+            waited: set[asyncio.Future[Any]] = {exit_watch.status, cancel_wait}
             done, _ = await asyncio.wait(
-                {exit_watch.status, cancel_wait},
+                waited,
                 timeout=spec.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
