@@ -373,8 +373,9 @@ class Store:
 
     def decide(
         self, key: ExecutionRef, status: JobExecutionStatus | str, details: Mapping[str, str]
-    ) -> None:
-        """Record the outcome and queue its report, atomically."""
+    ) -> list[OutboxEntry]:
+        """Record the outcome and queue its report, atomically; the outbox as it now is (the
+        reports to send next: read here, in the same hand-off to the store's thread)."""
         status = JobExecutionStatus(status)
         now = time.time()
         encoded = json.dumps(dict(details))
@@ -393,6 +394,7 @@ class Store:
             ],
             transition=(key, ExecutionState.DECIDED),
         )
+        return self.outbox()
 
     def reported(self, entry_id: int, key: ExecutionRef, note: str | None = None) -> None:
         """The service accepted (or will never accept) the outcome: close the execution.
