@@ -12,7 +12,7 @@ by timing: every callback of the emulator (and of the watcher that counts ended 
 the thread's CPU clock, and that time is subtracted from the process's CPU time. What remains is
 the agent's, its share of the event loop's own dispatching included. The jobs are created before
 the agent subscribes: created while it runs, 1,000 `notify` events reached it in one burst,
-more than its event queue keeps ("event queue full; oldest event dropped"), and the clock of the
+more than its event queue then kept (it now coalesces them), and the clock of the
 old in-harness local drain ran while the jobs were being created.
 
 Run from the harness (benchmarks/drain.py) with PYTHONPATH choosing the tree, so `--baseline

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README "Quick start" and .ci/run both call this file).
 # On a fresh Debian/Ubuntu machine with Python 3.11 it installs what the tests need (mosquitto,
-# RAUC and SWUpdate from the distribution's packages, a virtual environment with the test
+# strace, RAUC and SWUpdate from the distribution's packages, a virtual environment with the test
 # extras), then runs every gate: the whole pytest suite first, then ruff check, ruff format --check and mypy --strict.
 # A gate that fails does not stop the others: all of them run and the script fails at the end,
 # naming each gate that failed. Extra arguments go to pytest.
@@ -29,7 +29,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin
 updater_packages=()
 for tool_package in rauc:rauc swupdate:swupdate fw_printenv:libubootenv-tool \
     mksquashfs:squashfs-tools cpio:cpio openssl:openssl dbus-daemon:dbus dbus-send:dbus \
-    unshare:util-linux; do
+    unshare:util-linux strace:strace; do
     if ! have "${tool_package%%:*}"; then updater_packages+=("${tool_package#*:}"); fi
 done
 if [ ${#updater_packages[@]} -gt 0 ]; then

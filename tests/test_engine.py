@@ -478,3 +478,50 @@ printf '{"percent": 60, "message": "verified image"}\\n' >&3
     assert str(execution.status) == "SUCCEEDED"
     assert execution.status_details["message"] == "verified image"
     assert execution.status_details["percent"] == "100"
+
+
+async def test_a_job_directory_is_made_only_when_the_handler_asks_for_it(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """Most plugins never use their scratch or state directory: making and removing both for
+    every job was a tenth of a plugin job's cost (issue 18). They are made on first use, and
+    a handler that asks finds them there."""
+    package = tmp_path / "plugins"
+    package.mkdir()
+    (package / "dir_probe.py").write_text(
+        "from pathlib import Path\n\n"
+        "class DirProbe:\n"
+        "    async def run(self, ctx):\n"
+        "        base = Path(ctx.document['base']) / ctx.job_id\n"
+        "        before = base.exists()\n"
+        "        if not ctx.document['use']:\n"
+        "            return {'before': str(before)}\n"
+        "        scratch, state = ctx.scratch_dir, ctx.state_dir\n"
+        "        (scratch / 'x').write_text('x')\n"
+        "        return {'before': str(before), 'made': str(scratch.is_dir() and state.is_dir())}\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(package))
+    try:
+        config = dataclasses.replace(
+            agent_config(tmp_path, mosquitto.port), handlers={"probe": "dir_probe:DirProbe"}
+        )
+        (tmp_path / "handlers").mkdir(mode=0o755, exist_ok=True)
+        base = str(config.state_dir / "jobs" / "default")
+        async with running_agent(config):
+            emulator.service.create_job(
+                "lazy", [THING], {"operation": "probe", "base": base, "use": False}
+            )
+            lazy = await wait_terminal(emulator, "lazy", THING)
+            emulator.service.create_job(
+                "asks", [THING], {"operation": "probe", "base": base, "use": True}
+            )
+            asks = await wait_terminal(emulator, "asks", THING)
+        assert str(lazy.status) == "SUCCEEDED" and lazy.status_details["before"] == "False"
+        assert str(asks.status) == "SUCCEEDED", asks.status_details
+        assert asks.status_details["before"] == "False" and asks.status_details["made"] == "True"
+        assert not (config.state_dir / "jobs" / "default" / "asks").exists()  # removed after
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop("dir_probe", None)

@@ -9,8 +9,12 @@ logs must show that no non-resumable step ran twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import signal
+import sqlite3
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -337,3 +341,116 @@ wait
         assert "stopped the handler an earlier agent left running" in agent.log_text()
     finally:
         agent.kill()
+
+
+@pytest.fixture
+async def one_emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    """The emulator under its default readings (the durability tests below do not depend on
+    the points AWS leaves silent)."""
+    emu = await start_emulator(mosquitto.port)
+    yield emu
+    await emu.stop()
+
+
+def _counting_handler(tmp_path: Path) -> Path:
+    log = tmp_path / "side-effects.log"
+    write_handler(
+        tmp_path / "handlers",
+        "flash",
+        f"""#!/bin/sh
+echo "$JOBS_AGENT_JOB_ID $JOBS_AGENT_EXECUTION_NUMBER" >> {log}
+""",
+    )
+    return log
+
+
+@pytest.mark.parametrize("marker_lost", [False, True])
+async def test_a_power_cut_that_loses_the_unsynced_start_record_never_runs_a_job_twice(
+    tmp_path: Path, mosquitto: Mosquitto, one_emulator: Emulator, marker_lost: bool
+) -> None:
+    """The record of an execution start-next took is committed without an fsync; its fsync
+    comes with RUNNING. A power cut before that may lose it: simulated here by the kill at
+    `started` (the record written, the handler not launched) and then deleting the record, as
+    the lost page would. The start-next marker must still be there, so the restarted agent
+    runs the job, once; if the marker is lost too, the job is FAILED as a lost record, and
+    still never run twice."""
+    log = _counting_handler(tmp_path)
+    agent = _agent(tmp_path, mosquitto)
+    database = tmp_path / "state" / "state.db"
+    marker = database.with_name("state.db.taking")
+    try:
+        one_emulator.service.create_job("cut", [THING], {"operation": "flash"})
+        agent.start(JOBS_AGENT_CRASH_AT="started")
+        assert await agent.wait_exit(timeout=30) == -signal.SIGKILL, agent.log_text()
+        assert marker.exists(), "the marker must outlive a record that is not on disk yet"
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            assert db.execute("SELECT state FROM executions").fetchall() == [("started",)]
+            db.execute("DELETE FROM executions")
+            db.commit()
+        if marker_lost:
+            marker.unlink()
+        agent.start()
+        await agent.wait_ready()
+        execution = await wait_terminal(one_emulator, "cut", THING, timeout=30)
+        if marker_lost:
+            assert str(execution.status) == "FAILED"
+            assert "lost its record" in execution.status_details["reason"]
+            assert side_effects(log) == []
+        else:
+            assert str(execution.status) == "SUCCEEDED", agent.log_text()
+            assert len(side_effects(log)) == 1
+        assert len(terminal_statuses(one_emulator, "cut")) == 1
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+async def test_a_job_costs_two_fsyncs_of_the_state_database(
+    tmp_path: Path, mosquitto: Mosquitto, one_emulator: Emulator
+) -> None:
+    """Counted by strace on the real agent process: RUNNING and DECIDED are fsynced, the start
+    record and REPORTED ride on them (docs/architecture.md, notes on durability). The earlier
+    agent fsynced all four."""
+    _counting_handler(tmp_path)
+    agent = _agent(tmp_path, mosquitto)
+    database = tmp_path / "state" / "state.db"
+    trace = tmp_path / "fsyncs.trace"
+    jobs = 3
+    try:
+        agent.start()
+        await agent.wait_ready()
+        assert agent.process is not None
+        messages = tmp_path / "strace.err"
+        with messages.open("wb") as stderr:
+            strace = subprocess.Popen(
+                ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace),
+                 "-p", str(agent.process.pid)],
+                stderr=stderr,
+            )  # fmt: skip
+        try:
+            # "Process N attached (with M threads)": every thread is traced from then on.
+            await wait_until(lambda: b"attached" in messages.read_bytes(), 30, "strace")
+            before = _wal_fsyncs(trace)
+            for number in range(jobs):
+                one_emulator.service.create_job(f"fsync-{number}", [THING], {"operation": "flash"})
+
+            def all_reported() -> bool:
+                with contextlib.closing(sqlite3.connect(database)) as db:
+                    rows = db.execute("SELECT state FROM executions").fetchall()
+                return rows == [("reported",)] * jobs
+
+            await wait_until(all_reported, 30, "every job reported")
+        finally:
+            strace.send_signal(signal.SIGINT)
+            strace.wait(timeout=10)
+        assert _wal_fsyncs(trace) - before == 2 * jobs, trace.read_text()[-3000:]
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+def _wal_fsyncs(trace: Path) -> int:
+    return sum("state.db-wal>" in line for line in trace.read_text().splitlines())

@@ -444,6 +444,39 @@ async def test_notify_events_default_and_namespaced(client: JobsClient, service:
     assert fourth.event.execution is None and fourth.event.timestamp == 4.0
 
 
+async def test_a_burst_of_events_is_coalesced_never_dropped(
+    client: JobsClient, service: Service
+) -> None:
+    """Thousands of jobs created at once send thousands of `notify` events before the engine
+    reads one. Each kind of event is a wake-up and the newest `notify` lists the executions as
+    they are now, so the unread ones coalesce: one per kind and namespace, the newest, and
+    nothing is dropped or warned about (a bounded queue dropped events past 1,000)."""
+    events = client.events()
+    burst = 1_500
+    for number in range(burst):
+        summary = {"jobId": f"job-{number}", "queuedAt": 1700000000, "executionNumber": 1}
+        await service.event(
+            topics.notify_topic(THING), {"jobs": {"QUEUED": [summary]}, "timestamp": number}
+        )
+        await service.event(topics.notify_next_topic(THING), {"timestamp": number})
+    await service.event(topics.notify_topic(THING, "ns_1"), {"jobs": {}, "timestamp": 7})
+    first = await _next_event(events)
+    second = await _next_event(events)
+    third = await _next_event(events)
+    assert isinstance(first, JobExecutionsChanged) and first.namespace is None
+    assert first.event.timestamp == burst - 1  # the newest one
+    assert first.lists(f"job-{burst - 1}", 1) and not first.lists("job-0", 1)
+    assert isinstance(second, NextJobExecutionChanged) and second.event.timestamp == burst - 1
+    assert isinstance(third, JobExecutionsChanged) and third.namespace == "ns_1"
+    assert client.stats.events_dropped == 0
+    assert client.stats.events == 2 * burst + 1
+    assert client.stats.events_coalesced == 2 * (burst - 1)
+    # Later events arrive as before.
+    await service.event(topics.notify_next_topic(THING), {"timestamp": 99999})
+    later = await _next_event(events)
+    assert isinstance(later, NextJobExecutionChanged) and later.event.timestamp == 99999
+
+
 async def test_malformed_events_are_dropped_and_later_ones_arrive(
     client: JobsClient, service: Service
 ) -> None:

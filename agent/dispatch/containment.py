@@ -21,6 +21,9 @@ timeout and the sweep after an agent restart. Two mechanisms, chosen once per ag
   go to init, and the restarted agent finds them only by the `JOBS_AGENT_*` environment they
   inherited (see `agent.engine.orphans`); a process that both left the session and replaced its
   environment escapes that sweep. Only cgroup containment has no such gap.
+
+This module is longer than 500 lines because both mechanisms share its /proc reading and its
+stop rules, and a security boundary is audited in one place.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ class JobGroup(Protocol):
     def members(self) -> list[int]:
         """Live processes of the step (zombies excluded)."""
 
+    def empty(self) -> bool:
+        """No live process is left in the step: one cheap look (after every run, so it must
+        not scan every process of the machine)."""
+
     def signal(self, sig: int) -> None:
         """Send `sig` to every member."""
 
@@ -70,7 +77,12 @@ class JobGroup(Protocol):
         """SIGKILL every member, as atomically as the mechanism allows."""
 
     def close(self) -> None:
-        """Kill what is left and release the group (remove the cgroup, reap orphans)."""
+        """Kill what is left and release the group (remove the cgroup, reap orphans); may
+        block (a killed process takes a moment to leave): run it in a worker thread."""
+
+    def close_if_empty(self) -> bool:
+        """Release the group at once if nothing is left in it (the usual end of a step, done
+        on the event loop); False when `close()` is still needed."""
 
 
 class Containment(Protocol):
@@ -171,10 +183,11 @@ def _own_cgroup() -> str | None:
 class CgroupGroup:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(mode=0o755, exist_ok=True)
         with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o755)
-        self.join_fd: int | None = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            os.mkdir(path.parent, 0o755)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+        self.join_fd: int | None = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
 
     def adopt(self, pid: int) -> None:
         if self.join_fd is not None:
@@ -183,6 +196,9 @@ class CgroupGroup:
 
     def members(self) -> list[int]:
         return _cgroup_members(self.path)
+
+    def empty(self) -> bool:
+        return not _cgroup_populated(self.path)
 
     def signal(self, sig: int) -> None:
         for pid in self.members():
@@ -195,8 +211,43 @@ class CgroupGroup:
         self.adopt(0)
         _cgroup_kill(self.path)
         _remove_cgroup(self.path)
+        self._remove_base()
+
+    def close_if_empty(self) -> bool:
+        self.adopt(0)
+        try:
+            os.rmdir(self.path)  # refused (EBUSY) while a process or a sub-cgroup is left
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        self._remove_base()
+        return True
+
+    def _remove_base(self) -> None:
         with contextlib.suppress(OSError):
-            self.path.parent.rmdir()  # the agent's base, when no other step is running
+            os.rmdir(self.path.parent)  # the agent's base, when no other step is running
+
+
+def _cgroup_populated(path: Path) -> bool:
+    """Whether any live process is in the cgroup or below it: `populated` of cgroup.events,
+    one read where listing the members walks the subtree."""
+    try:
+        fd = os.open(f"{path}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return bool(_cgroup_members(path))
+    try:
+        events = os.read(fd, 4096)
+    except OSError:
+        return bool(_cgroup_members(path))
+    finally:
+        os.close(fd)
+    for line in events.splitlines():
+        if line.startswith(b"populated "):
+            return line != b"populated 0"
+    return bool(_cgroup_members(path))
 
 
 def _cgroup_members(path: Path) -> list[int]:
@@ -257,7 +308,7 @@ class CgroupContainment:
 
     def group(self, name: str) -> JobGroup:
         path = self.base / name
-        if path.exists():
+        if os.path.exists(path):
             _cgroup_kill(path)  # a leftover of an earlier run of this step
         try:
             return CgroupGroup(path)
@@ -364,6 +415,29 @@ class SubreaperGroup:
     def members(self) -> list[int]:
         return [p.pid for p in self._tree() if not p.zombie]
 
+    def empty(self) -> bool:
+        return self._nothing_left() or not self.members()
+
+    def _nothing_left(self) -> bool:
+        """The usual end of a step in two system calls. Every process of the step descends
+        from the handler; once it has exited, whatever is left is in its process group or was
+        re-parented to the agent (the subreaper). Nothing in the group and no child of the
+        agent at all (no zombie to reap either): nothing is left. False means "look closer"."""
+        if self.pgid:
+            try:
+                os.killpg(self.pgid, 0)
+            except ProcessLookupError:
+                pass
+            except OSError:
+                return False
+            else:
+                return False  # zombies answer too
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return False
+
     def signal(self, sig: int) -> None:
         for pid in self.members():
             _kill(pid, sig)
@@ -381,7 +455,7 @@ class SubreaperGroup:
 
     def _reap(self) -> None:
         """Collect the exit status of orphans re-parented to the agent (nobody else waits for
-        them); the handler itself belongs to the asyncio child watcher."""
+        them); the handler itself is reaped by the sandbox (`pipes.ExitWatch`)."""
         me = os.getpid()
         for proc in self._tree():
             if proc.ppid == me and proc.pid != self.pgid and proc.zombie:
@@ -390,6 +464,9 @@ class SubreaperGroup:
 
     def close(self) -> None:
         self.kill()
+
+    def close_if_empty(self) -> bool:
+        return self._nothing_left()
 
 
 @dataclass

@@ -1,104 +1,246 @@
 """Reading a running step: its output streams, its progress pipe (the script protocol's JSON
 lines on fd 3), and its exit, without waiting on anything a leftover grandchild may hold open.
+
+Each pipe is read by the event loop itself (`add_reader` on the descriptor, one `os.read` per
+wake-up): no transport, protocol or stream object per pipe and no thread, since a job's step
+costs the agent a few of these per run (issue 18). The exit is learnt from a pidfd, the moment
+the kernel has it: no watcher thread per child and no polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from jobs_agent.dispatch.output import OutputLog, Tail
-
 PROGRESS_LINE_MAX = 64 * 1024
 _READ_CHUNK = 64 * 1024
+_PAUSE_ABOVE = 2 * PROGRESS_LINE_MAX
+"""Progress lines waiting for their callback past this many bytes: stop reading the pipe (the
+handler then blocks on its next write) until they are handled."""
 _REAP_POLL_SECONDS = 0.01
 
 MessageCallback = Callable[[Any], Awaitable[None]]
 BadLineCallback = Callable[[str], None]
 
 
-async def wait_exit(process: asyncio.subprocess.Process) -> int:
-    """The exit status as soon as the process exits.
+class PipeReader:
+    """One pipe's read end, read on the event loop until end of file; then closed.
 
-    `Process.wait()` also waits for the output pipes to close, which a leftover grandchild can
-    keep open forever; here the exit itself is what counts (a pidfd where the kernel has them).
+    `on_data` is called with every chunk as it arrives. `closed` is done at end of file (or
+    after `close()`).
     """
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        readable: asyncio.Future[None] = loop.create_future()
 
-        def on_readable() -> None:
-            if not readable.done():
-                readable.set_result(None)
+    def __init__(self, fd: int, on_data: Callable[[bytes], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = fd
+        self._on_data = on_data
+        self._reading = False
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(fd, False)
+        self.resume()
 
-        loop.add_reader(pidfd, on_readable)
+    def resume(self) -> None:
+        if not self._reading and self._fd >= 0:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+
+    def pause(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _readable(self) -> None:
         try:
-            await readable
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-    # The child watcher reaps the process and sets the status a moment after it exits.
-    while process.returncode is None:
-        await asyncio.sleep(_REAP_POLL_SECONDS)
-    return process.returncode
-
-
-async def drain(
-    stream: asyncio.StreamReader,
-    sinks: list[Tail],
-    log: OutputLog | None,
-    echo: Callable[[bytes], None] | None = None,
-) -> None:
-    while True:
-        chunk = await stream.read(_READ_CHUNK)
-        if not chunk:
+            data = os.read(self._fd, _READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
             return
-        for sink in sinks:
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self._on_data(data)
+
+    def close(self) -> None:
+        """Stop reading and close the descriptor (idempotent)."""
+        self.pause()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class OutputReader:
+    """stdout or stderr: every chunk to the sinks (`feed`), the log and the echo."""
+
+    def __init__(self, fd: int, sinks: list[Any], log: Any, echo: Any) -> None:
+        self._sinks = sinks
+        self._log = log
+        self._echo = echo
+        self.pipe = PipeReader(fd, self._data)
+
+    def _data(self, chunk: bytes) -> None:
+        for sink in self._sinks:
             sink.feed(chunk)
-        if log is not None:
-            log.write(chunk)
-        if echo is not None:
-            echo(chunk)
+        if self._log is not None:
+            self._log.write(chunk)
+        if self._echo is not None:
+            self._echo(chunk)
 
 
-async def read_messages(
-    fd: int, on_message: MessageCallback | None, on_bad_line: BadLineCallback | None = None
-) -> None:
-    """Read JSON lines from the progress pipe; malformed or oversized lines are skipped (and
-    reported to `on_bad_line`: a handler author must not lose progress without a word)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=PROGRESS_LINE_MAX)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+class ProgressReader:
+    """The progress pipe: JSON lines, each handed to `on_message` in order, one at a time (a
+    checkpoint is saved before the next line is handled). Malformed or oversized lines are
+    skipped and reported to `on_bad_line`: a handler author must not lose progress without a
+    word. A step that never writes a line costs one reader and no task."""
 
-    def bad(problem: str) -> None:
-        if on_bad_line is not None:
-            on_bad_line(problem)
+    def __init__(
+        self, fd: int, on_message: MessageCallback | None, on_bad_line: BadLineCallback | None
+    ) -> None:
+        self._on_message = on_message
+        self._on_bad_line = on_bad_line
+        self._partial = bytearray()
+        self._skipping = False
+        """Inside a line that was too long: dropped up to its newline."""
+        self._lines: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self.pipe = PipeReader(fd, self._data)
 
-    try:
+    def _bad(self, problem: str) -> None:
+        if self._on_bad_line is not None:
+            self._on_bad_line(problem)
+
+    def _data(self, chunk: bytes) -> None:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._line(chunk[start:end])
+            start = end + 1
+        self._partial += chunk[start:]
+        if len(self._partial) > PROGRESS_LINE_MAX:
+            self._partial.clear()
+            if not self._skipping:
+                self._skipping = True
+                self._bad(f"a progress line longer than {PROGRESS_LINE_MAX} bytes was ignored")
+
+    def _line(self, tail: bytes) -> None:
+        line = bytes(self._partial) + tail if self._partial else tail
+        self._partial.clear()
+        if self._skipping:
+            self._skipping = False  # the end of the overlong line
+            return
+        if len(line) > PROGRESS_LINE_MAX:
+            self._bad(f"a progress line longer than {PROGRESS_LINE_MAX} bytes was ignored")
+            return
+        if self._on_message is None or not line.strip():
+            return
+        self._lines.append(line)
+        self._queued_bytes += len(line)
+        if self._queued_bytes > _PAUSE_ABOVE:
+            self.pipe.pause()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._handle_lines())
+        else:
+            assert self._wake is not None
+            self._wake.set()
+
+    async def _handle_lines(self) -> None:
+        assert self._on_message is not None and self._wake is not None
         while True:
-            try:
-                line = await reader.readline()
-            except ValueError:
-                bad(f"a progress line longer than {PROGRESS_LINE_MAX} bytes was ignored")
-                continue
-            if not line:
+            while self._lines:
+                line = self._lines.popleft()
+                self._queued_bytes -= len(line)
+                if self._queued_bytes <= _PAUSE_ABOVE and not self.pipe.closed.done():
+                    self.pipe.resume()
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    excerpt = line.decode("utf-8", "replace").strip()[:120]
+                    self._bad(f"a progress line is not JSON and was ignored: {excerpt!r}")
+                    continue
+                await self._on_message(message)
+            if self.pipe.closed.done():
                 return
-            if on_message is None or not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                excerpt = line.decode("utf-8", "replace").strip()[:120]
-                bad(f"a progress line is not JSON and was ignored: {excerpt!r}")
-                continue
-            await on_message(message)
-    finally:
-        transport.close()
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def finish(self, grace: float) -> None:
+        """Handle what the pipe still has (end of file within `grace` seconds: a leftover
+        grandchild may hold it open), then stop reading it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self.pipe.closed)
+        self.pipe.close()
+        if self._partial and not self._skipping:
+            self._line(b"")  # a last line without its newline
+        if self._task is None:
+            return
+        assert self._wake is not None
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._task)
+        self.cancel()
+
+    def cancel(self) -> None:
+        self.pipe.close()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def wait_cancelled(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class ExitWatch:
+    """The exit status of a started process, as soon as it exits (a pidfd readable on the loop;
+    where the kernel has no pidfd, polled). `status` is done with the return code."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._process = process
+        self.status: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = -1
+        self._poller: asyncio.Task[None] | None = None
+        try:
+            self._pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            self._poller = asyncio.create_task(self._poll())
+        else:
+            self._loop.add_reader(self._pidfd, self._exited)
+        self._exited()  # it may have exited already
+
+    def _exited(self) -> None:
+        code = self._process.poll()
+        if code is None or self.status.done():
+            return
+        self._stop_watching()
+        self.status.set_result(code)
+
+    async def _poll(self) -> None:
+        while not self.status.done():
+            await asyncio.sleep(_REAP_POLL_SECONDS)
+            self._exited()
+
+    def _stop_watching(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._poller is not None and asyncio.current_task() is not self._poller:
+            self._poller.cancel()
+
+    def close(self) -> None:
+        self._stop_watching()
+        if not self.status.done():
+            self.status.cancel()

@@ -11,7 +11,6 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +80,33 @@ class PluginHandler:
         return result
 
 
+Loaders = dict[str, tuple[str, Callable[[], Any]]]
+
+
 class PluginRegistry:
-    def __init__(self, loaders: Mapping[str, tuple[str, Callable[[], Any]]]) -> None:
-        self._loaders = dict(loaders)
+    """The plugins by name: built-in ones, then installed packages' entry points, then the
+    configured ones, each replacing the one before of the same name.
+
+    The entry points are read when a plugin is first looked up, not at start-up: reading them
+    imports importlib.metadata (and email, zipfile, csv) and walks every installed package's
+    metadata, tens of milliseconds before the first request (issue 18).
+    """
+
+    def __init__(
+        self,
+        loaders: Mapping[str, tuple[str, Callable[[], Any]]],
+        *,
+        later: Callable[[], Loaders] | None = None,
+    ) -> None:
+        self._ready = dict(loaders)
+        self._later = later
+        """Builds the whole table on first use (`discover`); None once built."""
+
+    @property
+    def _loaders(self) -> Loaders:
+        if self._later is not None:
+            self._ready, self._later = self._later(), None
+        return self._ready
 
     @classmethod
     def discover(
@@ -95,20 +118,27 @@ class PluginRegistry:
     ) -> PluginRegistry:
         """`builtin_settings` are keyword arguments for our own plugins' classes (from the
         agent's configuration); a plugin that replaces a built-in one does not get them."""
-        settings = builtin_settings or {}
-        loaders: dict[str, tuple[str, Callable[[], Any]]] = {}
-        for name, spec in BUILTIN_PLUGINS.items():
-            loaders[name] = (spec, _builtin_loader(spec, settings.get(name, {})))
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
-            if BUILTIN_PLUGINS.get(entry.name) == entry.value:
-                continue  # our own package's entry point: the built-in, with its settings
-            loaders[entry.name] = (entry.value, entry.load)
-        for name, spec in configured.items():
-            loaders[name] = (
-                spec,
-                lambda spec=spec: _import(spec, plugin_path),  # type: ignore[misc]
-            )
-        return cls(loaders)
+        settings = dict(builtin_settings or {})
+        configured = dict(configured)
+
+        def build() -> Loaders:
+            from importlib.metadata import entry_points
+
+            loaders: Loaders = {}
+            for name, spec in BUILTIN_PLUGINS.items():
+                loaders[name] = (spec, _builtin_loader(spec, settings.get(name, {})))
+            for entry in entry_points(group=ENTRY_POINT_GROUP):
+                if BUILTIN_PLUGINS.get(entry.name) == entry.value:
+                    continue  # our own package's entry point: the built-in, with its settings
+                loaders[entry.name] = (entry.value, entry.load)
+            for name, spec in configured.items():
+                loaders[name] = (
+                    spec,
+                    lambda spec=spec: _import(spec, plugin_path),  # type: ignore[misc]
+                )
+            return loaders
+
+        return cls({}, later=build)
 
     def names(self) -> list[str]:
         return sorted(self._loaders)

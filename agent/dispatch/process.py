@@ -21,7 +21,6 @@ What it guarantees, whatever the handler does:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import itertools
 import os
@@ -32,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jobs_agent.dispatch.containment import (
     Containment,
@@ -42,10 +42,10 @@ from jobs_agent.dispatch.containment import (
 from jobs_agent.dispatch.output import OutputLog, Tail
 from jobs_agent.dispatch.pipes import (
     BadLineCallback,
+    ExitWatch,
     MessageCallback,
-    drain,
-    read_messages,
-    wait_exit,
+    OutputReader,
+    ProgressReader,
 )
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs
@@ -53,6 +53,8 @@ from jobs_agent.securefs import CheckedExecutable, UntrustedPath, open_executabl
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL_INTERVAL = 0.05
+_PROGRESS_GRACE = 0.5
+"""After the handler and its group have ended: how long the progress pipe's last lines may take."""
 
 PROGRESS_FD = 3
 """The progress pipe's number in the handler: a single digit, so `>&3` works in any sh."""
@@ -104,7 +106,7 @@ def _child_setup(
         if write_fd == PROGRESS_FD:
             os.set_inheritable(write_fd, True)
         else:
-            os.dup2(write_fd, PROGRESS_FD)
+            os.dup2(write_fd, PROGRESS_FD)  # dup2 clears close-on-exec on the copy
         _close_inherited_fds()
         if user.switch:
             os.setgroups(list(user.groups))
@@ -271,20 +273,21 @@ class Sandbox:
             result.spawn_error = f"cannot run {program}: {exc.strerror or exc}"
             return result
         try:
-            name = spec.group or f"run.{os.getpid()}.{next(_anonymous_groups)}"
-            group = await asyncio.to_thread(self.containment.group, name)
+            # A few system calls (mkdir, open): on the loop, as the spawn itself.
+            group = self.containment.group(spec.group or _anonymous_group())
         except ContainmentError as exc:
             executable.close()
             result.spawn_error = f"cannot run {program}: {exc}"
             return result
         try:
             return await self._run_in_group(
-                spec, env, executable, group, result, cancelled, log, on_message, on_bad_line,
-                stdout_sinks, stderr_sinks,
+                spec, env, executable, group, result, cancelled,
+                _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks),
             )  # fmt: skip
         finally:
             executable.close()
-            await asyncio.shield(asyncio.to_thread(group.close))
+            if not group.close_if_empty():
+                await asyncio.shield(asyncio.to_thread(group.close))
 
     async def _run_in_group(
         self,
@@ -294,92 +297,90 @@ class Sandbox:
         group: JobGroup,
         result: ProcessResult,
         cancelled: asyncio.Event,
-        log: OutputLog | None,
-        on_message: MessageCallback | None,
-        on_bad_line: BadLineCallback | None,
-        stdout_sinks: Sequence[Tail],
-        stderr_sinks: Sequence[Tail],
+        outputs: _Outputs,
     ) -> ProcessResult:
-        spawned = await self._spawn(spec, env, executable, group, result)
+        spawned = self._spawn(spec, env, executable, group, result)
         if spawned is None:
             return result
-        process, read_fd = spawned
+        process, (out_fd, err_fd, progress_fd) = spawned
         group.adopt(process.pid)
-        assert process.stdout is not None and process.stderr is not None
-        drains = {
-            asyncio.create_task(
-                drain(process.stdout, [result.stdout, *stdout_sinks], log, self._echo("stdout"))
-            ),
-            asyncio.create_task(
-                drain(process.stderr, [result.stderr, *stderr_sinks], log, self._echo("stderr"))
-            ),
-        }
-        progress = asyncio.create_task(read_messages(read_fd, on_message, on_bad_line))
-        waiter = asyncio.create_task(wait_exit(process))
-        cancel_wait = asyncio.create_task(cancelled.wait())
+        log = outputs.log
+        readers = [
+            OutputReader(out_fd, [result.stdout, *outputs.stdout], log, self._echo("stdout")),
+            OutputReader(err_fd, [result.stderr, *outputs.stderr], log, self._echo("stderr")),
+        ]
+        progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line)
+        exit_watch = ExitWatch(process)
+        cancel_wait = asyncio.ensure_future(cancelled.wait())
         try:
+            waited: set[asyncio.Future[Any]] = {exit_watch.status, cancel_wait}
             done, _ = await asyncio.wait(
-                {waiter, cancel_wait}, timeout=spec.timeout, return_when=asyncio.FIRST_COMPLETED
+                waited,
+                timeout=spec.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            if waiter not in done:
+            if exit_watch.status not in done:
                 result.cancelled = cancel_wait in done
                 result.timed_out = not result.cancelled
-                await self._terminate(group, waiter)
-            result.returncode = await waiter
-            await self._reap_group(group, drains)
+                await self._terminate(group, exit_watch.status)
+            result.returncode = await exit_watch.status
+            await self._reap_group(group, [reader.pipe.closed for reader in readers])
+            await progress.finish(_PROGRESS_GRACE)
         finally:
             cancel_wait.cancel()
             if process.returncode is None:
                 group.kill()
-            for task in drains:
-                task.cancel()
-            waiter.cancel()
-            if not progress.done():
-                # Give the pipe's remaining lines a moment, then stop reading it.
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(progress), timeout=0.5)
-                progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(progress, *drains, return_exceptions=True)
+            exit_watch.close()
+            for reader in readers:
+                reader.pipe.close()
+            progress.cancel()
+            await progress.wait_cancelled()
         return result
 
-    async def _spawn(
+    def _spawn(
         self,
         spec: ProcessSpec,
         env: dict[str, str],
         executable: CheckedExecutable,
         group: JobGroup,
         result: ProcessResult,
-    ) -> tuple[asyncio.subprocess.Process, int] | None:
+    ) -> tuple[subprocess.Popen[bytes], tuple[int, int, int]] | None:
         """Start the step in its group, as its user, from the file that was checked; the
-        process and the read end of its progress pipe, or None (`result.spawn_error` says)."""
+        process and the read ends of its stdout, stderr and progress pipe, or None
+        (`result.spawn_error` says).
+
+        Synchronous, on the loop (as asyncio's own subprocess start): the child runs nothing
+        but system calls before its exec, and no watcher thread is started for it.
+        """
         cwd = spec.cwd
         if cwd is None or not cwd.is_dir():
             cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
         if executable.by_name and not executable.same_file():
             result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
             return None
-        read_fd, write_fd = os.pipe()
+        pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *spec.argv,
+            process = subprocess.Popen(
+                spec.argv,
                 executable=executable.exec_path,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=pipes[0][1],
+                stderr=pipes[1][1],
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=False,
-                preexec_fn=_child_setup(write_fd, group.join_fd, spec.user, executable),
+                preexec_fn=_child_setup(pipes[2][1], group.join_fd, spec.user, executable),
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            os.close(read_fd)
+            for read_fd, _write_fd in pipes:
+                os.close(read_fd)
             result.spawn_error = f"cannot run {spec.argv[0]}: {self._spawn_failure(spec, exc)}"
             return None
         finally:
-            os.close(write_fd)
-        return process, read_fd
+            for _read_fd, write_fd in pipes:
+                os.close(write_fd)
+        return process, (pipes[0][0], pipes[1][0], pipes[2][0])
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
         if isinstance(exc, OSError):
@@ -401,27 +402,42 @@ class Sandbox:
             return None
         return lambda chunk: echo(stream, chunk)
 
-    async def _terminate(self, group: JobGroup, waiter: asyncio.Task[int]) -> None:
+    async def _terminate(self, group: JobGroup, exited: asyncio.Future[int]) -> None:
         """Timeout or cancellation: SIGTERM to every process of the step, SIGKILL after the
         grace period to whatever is left."""
         group.signal(signal.SIGTERM)
-        done, _ = await asyncio.wait({waiter}, timeout=self.kill_grace)
+        done, _ = await asyncio.wait({exited}, timeout=self.kill_grace)
         if not done:
             group.kill()
 
-    async def _reap_group(self, group: JobGroup, drains: set[asyncio.Task[None]]) -> None:
+    async def _reap_group(self, group: JobGroup, outputs: list[asyncio.Future[None]]) -> None:
         """The handler has exited; end whatever it left behind (in its session or not).
 
         Leftovers (a background `sleep &`, a daemon that called setsid) would otherwise keep
         the output pipes open and hang the job, or outlive it unnoticed.
         """
-        if not group.members():
-            await asyncio.wait(drains, timeout=self.kill_grace + 1.0)
+        if group.empty():
+            await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
             return
         group.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace
-        while group.members() and time.monotonic() < deadline:
+        while not group.empty() and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_INTERVAL)
-        if group.members():
+        if not group.empty():
             group.kill()
-        await asyncio.wait(drains, timeout=1.0)
+        await asyncio.wait(outputs, timeout=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outputs:
+    """Where a run's output and progress go."""
+
+    log: OutputLog | None
+    on_message: MessageCallback | None
+    on_bad_line: BadLineCallback | None
+    stdout: Sequence[Tail]
+    stderr: Sequence[Tail]
+
+
+def _anonymous_group() -> str:
+    return f"run.{os.getpid()}.{next(_anonymous_groups)}"

@@ -80,10 +80,8 @@ class Acquisition:
         """The next execution for this device: the default namespace first, then each
         configured namespace in order. None when nothing is pending (or a stop came)."""
         settings = self._shared.settings
-        await self._store.call(
-            Store.verify
-        )  # never take a job the database could not keep track of
-        await self._store.call(Store.mark_taking)
+        # Never take a job the database could not keep track of (verify), and leave the marker.
+        await self._store.call(Store.begin_taking)
         execution = await self._client.start_next(step_timeout=settings.step_timeout_minutes)
         if execution is not None:
             self._shared.crash.reached("taken")
@@ -157,12 +155,17 @@ class Acquisition:
         ref, execution = offer.ref, offer.execution
         if ref in self._outbox.undecided:
             return None  # finished; its outcome is written as soon as the database works
+        if ref.namespace is None:
+            # One hand-off: the record there is, or a new one whose fsync comes with RUNNING
+            # (`Store.record_taken`: the start-next marker stays until then).
+            taken, created = await self._store.call(
+                Store.record_taken, ref, execution.job_document or {}, execution.version_number
+            )
+            if created:
+                self._started(ref)
+            return taken
         record = await self._store.call(Store.get, ref)
-        if (
-            record is None
-            and ref.namespace is not None
-            and execution.status is JobExecutionStatus.IN_PROGRESS
-        ):
+        if record is None and execution.status is JobExecutionStatus.IN_PROGRESS:
             # A namespaced execution is recorded before it is moved to IN_PROGRESS: one that
             # already is, without a record, was taken by a database this device has lost.
             await self.fail_lost(ref, execution.version_number)
@@ -175,13 +178,14 @@ class Acquisition:
                 execution.version_number,
                 ExecutionState.STARTED,
             )
-            self._shared.crash.reached("started")
-            _bound(ref).info("job started")
-        if ref.namespace is None:
-            await self._store.call(Store.taken)
+            self._started(ref)
         elif record.state is ExecutionState.RECEIVED:
             record = await self._store.call(Store.transition, ref, ExecutionState.STARTED)
         return record
+
+    def _started(self, ref: ExecutionRef) -> None:
+        self._shared.crash.reached("started")
+        _bound(ref).info("job started")
 
     # -- reconciliation -----------------------------------------------------------------------
     async def reconcile(self) -> None:

@@ -17,6 +17,10 @@ Refresh = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class EngineJobContext:
+    """The job's directories are made when the handler first asks for them: most plugins
+    never do, and two directories made and removed per job were a tenth of a plugin job's cost
+    to the agent (issue 18)."""
+
     def __init__(
         self,
         *,
@@ -46,8 +50,8 @@ class EngineJobContext:
         self.rebooted = rebooted
         self.cancelled = asyncio.Event()
         self.log = log
-        self.scratch_dir = scratch_dir
-        self.state_dir = state_dir
+        self._scratch_dir = scratch_dir
+        self._state_dir = state_dir
         self.reboot_requested = False
         self.mqtt_link = mqtt_link
         """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
@@ -56,6 +60,24 @@ class EngineJobContext:
         self._refresh = refresh
         self._refreshes_left = max_refreshes
         self._max_refreshes = max_refreshes
+
+    @property
+    def scratch_dir(self) -> Path:
+        self._scratch_dir.mkdir(parents=True, exist_ok=True)
+        return self._scratch_dir
+
+    @scratch_dir.setter
+    def scratch_dir(self, path: Path) -> None:
+        self._scratch_dir = path
+
+    @property
+    def state_dir(self) -> Path:
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        return self._state_dir
+
+    @state_dir.setter
+    def state_dir(self, path: Path) -> None:
+        self._state_dir = path
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any

@@ -1,7 +1,8 @@
 """The directories and output logs of each execution, and the processes an earlier agent left.
 
 Each execution gets `state_dir/jobs/<namespace>/<jobId>/scratch-<n>` (removed once its outcome is
-reported) and `.../state` (kept until the job ends). Per-job output logs are pruned to
+reported) and `.../state` (kept until the job ends), both made when the handler first asks for
+them (`EngineJobContext`). Per-job output logs are pruned to
 `jobs.output_logs_max_*`. A killed agent leaves its handler running in its own session: the
 execution's containment group and its environment find what is left, so that a step is neither
 reported while it still runs nor run twice at once.
@@ -45,9 +46,11 @@ class JobFiles:
     async def cleanup(self, ref: ExecutionRef) -> None:
         scratch, _state = self.dirs(ref)
         base = scratch.parent
-        if base.exists():
+        if base.exists():  # only if the handler asked for its directories
             await asyncio.to_thread(shutil.rmtree, base, True)
-        await self._prune_output_logs()
+        settings = self._shared.settings
+        if log_path(settings.state_dir, ref.job_id, ref.execution_number).exists():
+            await self._prune_output_logs()  # a new log is what can take them over the limits
 
     async def _prune_output_logs(self) -> None:
         """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first)."""

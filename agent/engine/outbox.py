@@ -19,7 +19,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.recovery import Settle
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import PackageRow, Store, StoreError, StoreLost
+from jobs_agent.engine.store import OutboxEntry, PackageRow, Store, StoreError, StoreLost
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
@@ -59,7 +59,7 @@ class Outbox:
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
             self._dirty = True
-            await self._store.call(Store.decide, ref, status, details, packages)
+            queued = await self._store.call(Store.decide, ref, status, details, packages)
         except StoreLost:
             # Nothing can be recorded any more: tell the service now, once, rather than leave
             # the execution for the restarted agent to report as lost.
@@ -76,7 +76,7 @@ class Outbox:
         # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
         level = bound.info if status is JobExecutionStatus.SUCCEEDED else bound.warning
         level("outcome decided", status=status, reason=details.get("reason"))
-        if not await self.flush():
+        if not await self.flush(queued):
             bound.info("outcome queued until the service is reachable")
 
     async def settle(self, ref: ExecutionRef, settle: Settle) -> None:
@@ -111,11 +111,14 @@ class Outbox:
         return True
 
     # -- reporting --------------------------------------------------------------------------------
-    async def flush(self) -> bool:
-        """Send queued outcomes in order; False if one could not be delivered yet."""
+    async def flush(self, queued: list[OutboxEntry] | None = None) -> bool:
+        """Send queued outcomes in order (`queued`: the outbox just read); False if one could
+        not be delivered yet."""
         if not self._dirty:
             return True  # emptied by this process and nothing decided since
-        for entry in await self._store.call(Store.outbox):
+        if queued is None:
+            queued = await self._store.call(Store.outbox)
+        for entry in queued:
             ref = entry.key
             try:
                 await self._send(ref, entry.status, entry.status_details)

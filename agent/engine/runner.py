@@ -337,9 +337,7 @@ class Runner:
     ) -> tuple[ProgressReporter, Running]:
         """The execution's directories, progress reporter and handler context."""
         ref = record.key
-        scratch, state_dir = self._files.dirs(ref)
-        scratch.mkdir(parents=True, exist_ok=True)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        scratch, state_dir = self._files.dirs(ref)  # made when the handler asks for them
         settings = self._shared.settings
         running_ref: list[Running] = []
 

@@ -3,6 +3,13 @@
 The Mender lesson: every transition of an execution is written (and fsynced: WAL with
 synchronous=FULL) before the side effect it announces, so that a `kill -9` or a power cut at any
 line leaves a record from which the next start knows exactly what happened and what is left.
+
+Two writes of a job need no fsync of their own, which halves a job's fsyncs (issue 18): the
+record of an execution start-next just took (`record_taken`), whose fsync comes with RUNNING (or
+the decided outcome) a moment later, and REPORTED, which a power cut may turn back into DECIDED:
+the outcome is then sent again and the service's "already terminal" answer closes it. A kill -9
+loses neither (the write is in the kernel's cache); only a power cut can, and the notes in
+`jobs_agent.engine.lifecycle` say what each such loss means.
 The states and the transitions allowed between them are declared in
 `jobs_agent.engine.lifecycle`; every write that changes a state is checked against that table
 inside its own transaction, and refused (`TransitionRefused`) when the table does not list it.
@@ -31,12 +38,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jobs_agent.engine.lifecycle import ACTIVE_STATES, FINISHED_STATES, TRANSITIONS
 from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
+from jobs_agent.engine.records import ADDED_COLUMNS, RECORD_COLUMNS, SCHEMA, record_from_row
+from jobs_agent.engine.records import Deferral as Deferral
+from jobs_agent.engine.records import ExecutionRecord as ExecutionRecord
+from jobs_agent.engine.records import OutboxEntry as OutboxEntry
+from jobs_agent.engine.records import PackageRow as PackageRow
 from jobs_agent.redact import redact_url_credentials
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
 
@@ -44,70 +55,6 @@ ExecutionKey = ExecutionRef
 """The reference to an execution, under the name the store has always used for it."""
 
 SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS executions (
-    namespace TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    execution_number INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    document TEXT NOT NULL,
-    version_number INTEGER,
-    handler TEXT,
-    resumable INTEGER NOT NULL DEFAULT 0,
-    step INTEGER NOT NULL DEFAULT 0,
-    checkpoint TEXT,
-    boot_id TEXT,
-    restarts INTEGER NOT NULL DEFAULT 0,
-    progress TEXT,
-    outcome_status TEXT,
-    outcome_details TEXT,
-    note TEXT,
-    received_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    deferred_kind TEXT,
-    deferred_until REAL,
-    deferred_reason TEXT,
-    deferred_since REAL,
-    deferred_total_seconds REAL NOT NULL DEFAULT 0,
-    deferrals INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (namespace, job_id, execution_number)
-);
-CREATE INDEX IF NOT EXISTS executions_state ON executions (state);
-CREATE INDEX IF NOT EXISTS executions_updated ON executions (updated_at);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    namespace TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    execution_number INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    status_details TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE IF NOT EXISTS packages (
-    name TEXT PRIMARY KEY,
-    version TEXT,
-    attributes TEXT NOT NULL DEFAULT '{}',
-    report INTEGER NOT NULL DEFAULT 0,
-    aws_reports INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
-
-_ADDED_COLUMNS = (
-    ("deferred_kind", "TEXT"),
-    ("deferred_until", "REAL"),
-    ("deferred_reason", "TEXT"),
-    ("deferred_since", "REAL"),
-    ("deferred_total_seconds", "REAL NOT NULL DEFAULT 0"),
-    ("deferrals", "INTEGER NOT NULL DEFAULT 0"),
-)
-"""Columns added after the first schema (deferral, issue 16): a database written by an earlier
-agent gets them on open (`ALTER TABLE ... ADD COLUMN`), so an upgrade keeps its records."""
 
 
 class StoreError(Exception):
@@ -136,73 +83,6 @@ class TransitionRefused(Exception):
         self.new = new
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutionRecord:
-    key: ExecutionRef
-    state: ExecutionState
-    document: dict[str, Any]
-    version_number: int | None
-    handler: str | None
-    resumable: bool
-    step: int
-    checkpoint: Any
-    boot_id: str | None
-    restarts: int
-    progress: dict[str, Any] | None
-    outcome_status: JobExecutionStatus | None
-    outcome_details: dict[str, str] | None
-    note: str | None
-    received_at: float
-    updated_at: float
-    deferral: Deferral | None = None
-    """Set while the execution is (or was last) deferred: kind, until when, why."""
-    deferred_total_seconds: float = 0.0
-    """How long the execution has waited in all, over its finished deferrals."""
-    deferrals: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Deferral:
-    """Why and until when an execution waits (the `deferred_*` columns)."""
-
-    kind: str
-    """`handler` (the handler said "not now"), `window` (a maintenance window), `consent`."""
-    until: float | None
-    """Epoch seconds (wall clock: a reboot changes nothing); None: until consent is given."""
-    reason: str
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class PackageRow:
-    """One package as a job left it: `version` None when the job removed it; `report` True
-    while the agent still has to tell `$package`; `aws_reports` True when AWS IoT Jobs tells it
-    (`destinationPackageVersions`): never the agent, not even at start-up; `seq` orders the
-    writes."""
-
-    name: str
-    version: str | None
-    attributes: dict[str, str]
-    report: bool
-    aws_reports: bool = False
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    id: int
-    key: ExecutionRef
-    status: JobExecutionStatus
-    status_details: StatusDetails
-    created_at: float
-    attempts: int
-    last_error: str | None
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 class Store:
     """Synchronous SQLite access; the engine calls it from one worker thread (see AsyncStore)."""
 
@@ -216,7 +96,7 @@ class Store:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
             self._add_columns()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -233,6 +113,11 @@ class Store:
             raise StoreError(f"cannot open the state database {path}: {exc}") from exc
         self._identity = (info.st_dev, info.st_ino)
         self._take_marker = path.with_name(path.name + ".taking")
+        self._record_unsynced = False
+        """A taken execution's record is written but not yet fsynced: the start-next marker
+        stays until it is (after a power cut it is what lets that execution run)."""
+        self.durable_commits = 0
+        """Commits that were fsynced, since the store was opened (benchmarks and tests)."""
 
     # -- the start-next window -----------------------------------------------------------------
     # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
@@ -248,8 +133,19 @@ class Store:
         with os.fdopen(fd, "w") as handle:
             handle.write(self.database_id)
 
+    def begin_taking(self) -> None:
+        """`verify`, then `mark_taking`: one hand-off to the store's thread before each
+        start-next (a job the database could not keep track of is never taken)."""
+        self.verify()
+        self.mark_taking()
+
     def taken(self) -> None:
-        """The answer is recorded (or was: nothing pending)."""
+        """The answer is recorded (or was: nothing pending). While the record is not yet on
+        disk the marker stays: the next durable commit removes it."""
+        if not self._record_unsynced:
+            self._remove_marker()
+
+    def _remove_marker(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._take_marker)
 
@@ -262,7 +158,7 @@ class Store:
 
     def _add_columns(self) -> None:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
-        for name, kind in _ADDED_COLUMNS:
+        for name, kind in ADDED_COLUMNS:
             if name not in present:
                 self._db.execute(f"ALTER TABLE executions ADD COLUMN {name} {kind}")
 
@@ -293,28 +189,49 @@ class Store:
         statements: list[tuple[str, tuple[Any, ...]]],
         *,
         transition: tuple[ExecutionRef, ExecutionState] | None = None,
+        durable: bool = True,
     ) -> None:
         """Run statements in one durable transaction; on failure nothing is written. With
         `transition`, the execution's current state is read in the same transaction and the
-        change refused unless the lifecycle lists it."""
+        change refused unless the lifecycle lists it. `durable=False`: committed without an
+        fsync (a kill -9 loses nothing; a power cut may lose it, and every commit before the
+        next durable one): only for the writes the module's docstring names."""
         with self._lock:
             self.verify()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
                 try:
-                    if transition is not None:
-                        self._check_transition(*transition)
-                    for sql, params in statements:
-                        self._db.execute(sql, params)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again
-                    # would raise "no transaction is active" and hide the real cause.
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                    self._commit(statements, transition)
+                finally:
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
+            if durable:
+                self.durable_commits += 1
+                if self._record_unsynced:
+                    self._record_unsynced = False  # on disk now, with every commit before it
+                    self._remove_marker()
+
+    def _commit(
+        self,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        transition: tuple[ExecutionRef, ExecutionState] | None,
+    ) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if transition is not None:
+                self._check_transition(*transition)
+            for sql, params in statements:
+                self._db.execute(sql, params)
+            self._db.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again would
+            # raise "no transaction is active" and hide the real cause.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _check_transition(self, key: ExecutionRef, new: ExecutionState) -> None:
         row = self._db.execute(
@@ -334,38 +251,6 @@ class Store:
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
 
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> ExecutionRecord:
-        return ExecutionRecord(
-            key=ExecutionRef(row[0] or None, row[1], row[2]),
-            state=ExecutionState(row[3]),
-            document=json.loads(row[4]),
-            version_number=row[5],
-            handler=row[6],
-            resumable=bool(row[7]),
-            step=row[8],
-            checkpoint=_loads(row[9]),
-            boot_id=row[10],
-            restarts=row[11],
-            progress=_loads(row[12]),
-            outcome_status=None if row[13] is None else JobExecutionStatus(row[13]),
-            outcome_details=_loads(row[14]),
-            note=row[15],
-            received_at=row[16],
-            updated_at=row[17],
-            deferral=None
-            if row[18] is None
-            else Deferral(row[18], row[19], row[20] or "", row[21]),
-            deferred_total_seconds=row[22] or 0.0,
-            deferrals=row[23] or 0,
-        )
-
-    _COLUMNS = (
-        "namespace, job_id, execution_number, state, document, version_number, handler,"
-        " resumable, step, checkpoint, boot_id, restarts, progress, outcome_status,"
-        " outcome_details, note, received_at, updated_at, deferred_kind, deferred_until,"
-        " deferred_reason, deferred_since, deferred_total_seconds, deferrals"
-    )
     _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
 
     @staticmethod
@@ -376,25 +261,26 @@ class Store:
     # -- executions ---------------------------------------------------------------------------
     def get(self, key: ExecutionRef) -> ExecutionRecord | None:
         rows = self._query(
-            f"SELECT {self._COLUMNS} FROM executions WHERE {self._WHERE_KEY}",
+            f"SELECT {RECORD_COLUMNS} FROM executions WHERE {self._WHERE_KEY}",
             self._key_params(key),
         )
-        return self._record(rows[0]) if rows else None
+        return record_from_row(rows[0]) if rows else None
 
     def active(self) -> list[ExecutionRecord]:
         """Executions the agent has taken and not finished, oldest first."""
         marks = ",".join("?" for _ in ACTIVE_STATES)
         rows = self._query(
-            f"SELECT {self._COLUMNS} FROM executions WHERE state IN ({marks}) ORDER BY received_at",
+            f"SELECT {RECORD_COLUMNS} FROM executions WHERE state IN ({marks})"
+            " ORDER BY received_at",
             tuple(str(s) for s in ACTIVE_STATES),
         )
-        return [self._record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def recent(self, limit: int = 20) -> list[ExecutionRecord]:
         rows = self._query(
-            f"SELECT {self._COLUMNS} FROM executions ORDER BY updated_at DESC LIMIT ?", (limit,)
+            f"SELECT {RECORD_COLUMNS} FROM executions ORDER BY updated_at DESC LIMIT ?", (limit,)
         )
-        return [self._record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def record_received(
         self,
@@ -402,6 +288,8 @@ class Store:
         document: Mapping[str, Any],
         version_number: int | None,
         state: ExecutionState = ExecutionState.RECEIVED,
+        *,
+        durable: bool = True,
     ) -> ExecutionRecord:
         """Record a new execution. The document is stored with the credentials of its
         presigned URLs removed: the service sends a fresh copy with every delivery."""
@@ -422,10 +310,36 @@ class Store:
                 )
             ],
             transition=(key, state),
+            durable=durable,
         )
         record = self.get(key)
         assert record is not None
         return record
+
+    def record_taken(
+        self, key: ExecutionRef, document: Mapping[str, Any], version_number: int | None
+    ) -> tuple[ExecutionRecord, bool]:
+        """The record of an execution start-next gave this device: the one it already has
+        (a re-delivery), or a new STARTED one; and whether it is new.
+
+        A new record is committed without an fsync: its handler is launched only after the
+        durable RUNNING write (or the document is refused with a durable DECIDED one), and
+        until such a write the start-next marker stays, so that a power cut that loses the
+        record leaves an execution the restarted agent knows it never ran. One hand-off to the
+        store's thread where get, insert and `taken` were three.
+        """
+        record = self.get(key)
+        if record is None:
+            record = self.record_received(
+                key, document, version_number, ExecutionState.STARTED, durable=False
+            )
+            self._record_unsynced = True
+            created = True
+        else:
+            created = False
+        if key.namespace is None:
+            self.taken()
+        return record, created
 
     def transition(
         self, key: ExecutionRef, state: ExecutionState, /, **fields: Any
@@ -486,9 +400,10 @@ class Store:
         status: JobExecutionStatus | str,
         details: Mapping[str, str],
         packages: tuple[PackageRow, ...] = (),
-    ) -> None:
-        """Record the outcome and queue its report, atomically; with the `packages` the job
-        installed (only ever given with SUCCEEDED)."""
+    ) -> list[OutboxEntry]:
+        """Record the outcome and queue its report, atomically, with the `packages` the job
+        installed (only ever given with SUCCEEDED); the outbox as it now is (the reports to send
+        next: read here, in the same hand-off to the store's thread)."""
         status = JobExecutionStatus(status)
         now = time.time()
         encoded = json.dumps(dict(details))
@@ -508,6 +423,7 @@ class Store:
             ],
             transition=(key, ExecutionState.DECIDED),
         )
+        return self.outbox()
 
     @staticmethod
     def _package_statement(row: PackageRow, now: float) -> tuple[str, tuple[Any, ...]]:
@@ -554,7 +470,11 @@ class Store:
         )
 
     def reported(self, entry_id: int, key: ExecutionRef, note: str | None = None) -> None:
-        """The service accepted (or will never accept) the outcome: close the execution."""
+        """The service accepted (or will never accept) the outcome: close the execution.
+
+        Without an fsync: lost in a power cut, the execution is DECIDED again and its outcome
+        is sent again, which the service refuses as terminal and the outbox then closes
+        (`Outbox._refused_as_ended`)."""
         self._write(
             [
                 ("DELETE FROM outbox WHERE id = ?", (entry_id,)),
@@ -565,6 +485,7 @@ class Store:
                 ),
             ],
             transition=(key, ExecutionState.REPORTED),
+            durable=False,
         )
 
     def cancelled(self, key: ExecutionRef, note: str) -> None:

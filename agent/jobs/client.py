@@ -22,7 +22,6 @@ and tolerant timestamps (seconds or milliseconds; see `agent.jobs.models`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -71,13 +70,7 @@ from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
 log = structlog.get_logger("jobs_agent.jobs")
 
 R = TypeVar("R")
-MAX_QUEUED_EVENTS = 1000
-"""Events are only wake-ups for the engine; past this many unread, the oldest are dropped."""
 _Reply = tuple[ReplyKind, Mapping[str, Any]]
-
-
-class _Closed:
-    """Sentinel that ends `events()`."""
 
 
 class JobsClient:
@@ -109,7 +102,9 @@ class JobsClient:
         self.retry_max = retry_max
         self.stats = ClientStats()
         self._exchange: Exchange[_Reply] = Exchange(transport, self.stats)
-        self._events: asyncio.Queue[JobsEvent | _Closed] = asyncio.Queue()
+        self._events: dict[tuple[type, str | None], JobsEvent] = {}
+        """Unread events, at most one of each kind per namespace (see `_emit`), oldest first."""
+        self._events_ready = asyncio.Event()
         self._started = False
         self._closed = False
 
@@ -148,16 +143,19 @@ class JobsClient:
         self.transport.set_message_callback(None)
         self.transport.set_connection_callbacks(None, None)
         self._exchange.close()
-        self._events.put_nowait(_Closed())
+        self._events_ready.set()
 
     async def events(self) -> AsyncIterator[JobsEvent]:
-        """Notifications and resyncs, in arrival order, until `close()`. One consumer only."""
+        """Notifications and resyncs, in arrival order (a burst coalesced, see `_emit`), until
+        `close()`; what was unread at `close()` is still given. One consumer only."""
         while True:
-            item = await self._events.get()
-            if isinstance(item, _Closed):
-                self._events.put_nowait(item)  # a later call ends at once too
-                return
-            yield item
+            while not self._events:
+                if self._closed:
+                    return
+                self._events_ready.clear()
+                await self._events_ready.wait()
+            oldest = next(iter(self._events))
+            yield self._events.pop(oldest)
 
     # -- operations ----------------------------------------------------------------------------
     async def start_next(
@@ -370,15 +368,21 @@ class JobsClient:
         self._emit(event)
 
     def _emit(self, event: JobsEvent) -> None:
+        """Queue `event`, replacing an unread one of the same kind and namespace.
+
+        Events are wake-ups, and a newer `notify` lists the pending executions as they are
+        now: the unread older one says nothing more. So a burst (thousands of jobs created at
+        once) leaves at most one unread event per kind and namespace, whatever its size,
+        where a bounded queue had to drop events and warn.
+        """
         if self._closed:
             return
-        if self._events.qsize() >= MAX_QUEUED_EVENTS:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._events.get_nowait()
-            self.stats.events_dropped += 1
-            log.warning("event queue full; oldest event dropped")
+        key = (type(event), getattr(event, "namespace", None))
+        if self._events.pop(key, None) is not None:
+            self.stats.events_coalesced += 1
         self.stats.events += 1
-        self._events.put_nowait(event)
+        self._events[key] = event
+        self._events_ready.set()
 
 
 def _target(

@@ -100,7 +100,9 @@ class ClientStats:
     replies_ignored: int = 0
     events: int = 0
     events_dropped: int = 0
-    """Malformed event payloads, plus events dropped because the queue was full."""
+    """Malformed event payloads."""
+    events_coalesced: int = 0
+    """Unread events replaced by a newer one of the same kind and namespace."""
 
 
 def check_jobs_shape(body: Mapping[str, Any]) -> None:

@@ -1,0 +1,174 @@
+"""The rows of the state database: its schema, and the records `Store` reads back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+    namespace TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    execution_number INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    document TEXT NOT NULL,
+    version_number INTEGER,
+    handler TEXT,
+    resumable INTEGER NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    checkpoint TEXT,
+    boot_id TEXT,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    outcome_status TEXT,
+    outcome_details TEXT,
+    note TEXT,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deferred_kind TEXT,
+    deferred_until REAL,
+    deferred_reason TEXT,
+    deferred_since REAL,
+    deferred_total_seconds REAL NOT NULL DEFAULT 0,
+    deferrals INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (namespace, job_id, execution_number)
+);
+CREATE INDEX IF NOT EXISTS executions_state ON executions (state);
+CREATE INDEX IF NOT EXISTS executions_updated ON executions (updated_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    execution_number INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_details TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS packages (
+    name TEXT PRIMARY KEY,
+    version TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    report INTEGER NOT NULL DEFAULT 0,
+    aws_reports INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+ADDED_COLUMNS = (
+    ("deferred_kind", "TEXT"),
+    ("deferred_until", "REAL"),
+    ("deferred_reason", "TEXT"),
+    ("deferred_since", "REAL"),
+    ("deferred_total_seconds", "REAL NOT NULL DEFAULT 0"),
+    ("deferrals", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns added after the first schema (deferral, issue 16): a database written by an earlier
+agent gets them on open (`ALTER TABLE ... ADD COLUMN`), so an upgrade keeps its records."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    key: ExecutionRef
+    state: ExecutionState
+    document: dict[str, Any]
+    version_number: int | None
+    handler: str | None
+    resumable: bool
+    step: int
+    checkpoint: Any
+    boot_id: str | None
+    restarts: int
+    progress: dict[str, Any] | None
+    outcome_status: JobExecutionStatus | None
+    outcome_details: dict[str, str] | None
+    note: str | None
+    received_at: float
+    updated_at: float
+    deferral: Deferral | None = None
+    """Set while the execution is (or was last) deferred: kind, until when, why."""
+    deferred_total_seconds: float = 0.0
+    """How long the execution has waited in all, over its finished deferrals."""
+    deferrals: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """Why and until when an execution waits (the `deferred_*` columns)."""
+
+    kind: str
+    """`handler` (the handler said "not now"), `window` (a maintenance window), `consent`."""
+    until: float | None
+    """Epoch seconds (wall clock: a reboot changes nothing); None: until consent is given."""
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRow:
+    """One package as a job left it: `version` None when the job removed it; `report` True
+    while the agent still has to tell `$package`; `aws_reports` True when AWS IoT Jobs tells it
+    (`destinationPackageVersions`): never the agent, not even at start-up; `seq` orders the
+    writes."""
+
+    name: str
+    version: str | None
+    attributes: dict[str, str]
+    report: bool
+    aws_reports: bool = False
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    key: ExecutionRef
+    status: JobExecutionStatus
+    status_details: StatusDetails
+    created_at: float
+    attempts: int
+    last_error: str | None
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+RECORD_COLUMNS = (
+    "namespace, job_id, execution_number, state, document, version_number, handler,"
+    " resumable, step, checkpoint, boot_id, restarts, progress, outcome_status,"
+    " outcome_details, note, received_at, updated_at, deferred_kind, deferred_until,"
+    " deferred_reason, deferred_since, deferred_total_seconds, deferrals"
+)
+"""What `record_from_row` reads, in its order."""
+
+
+def record_from_row(row: tuple[Any, ...]) -> ExecutionRecord:
+    return ExecutionRecord(
+        key=ExecutionRef(row[0] or None, row[1], row[2]),
+        state=ExecutionState(row[3]),
+        document=json.loads(row[4]),
+        version_number=row[5],
+        handler=row[6],
+        resumable=bool(row[7]),
+        step=row[8],
+        checkpoint=_loads(row[9]),
+        boot_id=row[10],
+        restarts=row[11],
+        progress=_loads(row[12]),
+        outcome_status=None if row[13] is None else JobExecutionStatus(row[13]),
+        outcome_details=_loads(row[14]),
+        note=row[15],
+        received_at=row[16],
+        updated_at=row[17],
+        deferral=None if row[18] is None else Deferral(row[18], row[19], row[20] or "", row[21]),
+        deferred_total_seconds=row[22] or 0.0,
+        deferrals=row[23] or 0,
+    )
