@@ -114,8 +114,8 @@ async def run_command(
     environment = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "LC_ALL": "C"}
     environment.update(env or {})
     loop = asyncio.get_running_loop()
-    try:
-        transport, protocol = await loop.subprocess_exec(
+    starting = asyncio.ensure_future(
+        loop.subprocess_exec(
             lambda: _Protocol(on_line),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -124,8 +124,20 @@ async def run_command(
             env=environment,
             start_new_session=True,
         )
+    )
+    try:
+        transport, protocol = await asyncio.shield(starting)
     except OSError as exc:
         raise UpdaterError(action, f"cannot run {argv[0]}", exc.strerror or str(exc)) from exc
+    except asyncio.CancelledError:
+        # The command may already run (and have forked helpers) while its pipes are still being
+        # connected: asyncio would kill only the command itself, so let the start finish and
+        # end the whole group.
+        with contextlib.suppress(Exception):
+            started, _ = await starting
+            _kill_group(started.get_pid())
+            started.close()
+        raise
     pgid = transport.get_pid()
     timed_out = False
     try:
