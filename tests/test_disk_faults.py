@@ -217,6 +217,35 @@ async def test_outcome_decided_while_the_disk_is_full_is_not_lost(
             assert str(running.status) == "SUCCEEDED", running.status_details
 
 
+async def test_packages_of_a_job_decided_while_the_disk_is_full_are_not_lost(
+    tmp_path: Path, disk: DiskFault
+) -> None:
+    """The software inventory rides with the outcome: what a SUCCEEDED job installed is recorded
+    once the disk has room again, and reaches `$package`."""
+    fifo = setup(tmp_path)
+    config = make_config(tmp_path, state_dir=disk.directory)
+    installs = {"firmware": {"version": "7"}}
+    with captured_logs("info") as logs:
+        async with running_agent(tmp_path, config) as harness:
+            document = {"operation": "wait.sh", "installs": installs}
+            harness.service.create_job("flash", [THING], document)
+            await started(harness, "flash")
+            disk.fill()
+            await release(fifo)
+            await logs.wait_for(lambda r: r in db_errors(logs), count=2, timeout=15)
+            disk.free()
+            assert harness.agent.engine is not None
+            harness.agent.engine.wake()
+            flashed = await harness.wait_terminal("flash", timeout=20)
+            assert str(flashed.status) == "SUCCEEDED", flashed.status_details
+            shadows = harness.service.shadows
+            await harness.service.wait_for(
+                lambda: shadows.document(THING, "$package") is not None, timeout=15
+            )
+            shown = shadows.document(THING, "$package")
+            assert shown is not None and shown["state"]["reported"] == installs
+
+
 def test_full_disk_error_names_the_cause(disk: DiskFault) -> None:
     if not disk.real:
         pytest.skip("needs a real full filesystem (tmpfs could not be mounted)")

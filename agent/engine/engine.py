@@ -197,7 +197,9 @@ class Engine:
         if self._shared.prune_soon:
             self._shared.prune_soon = False
             await self.store.call(Store.prune)
-        await self._outbox.decide_undecided()
+        if self._outbox.undecided:
+            await self._outbox.decide_undecided()
+            self._packages.recorded()  # a SUCCEEDED job's packages may be among them
         if not await self._outbox.flush():
             return False
         self._packages.kick()

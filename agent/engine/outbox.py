@@ -42,8 +42,11 @@ class Outbox:
         self._files = files
         self._dirty = True
         """False only while this process knows the outbox is empty (saves a read per loop)."""
-        self.undecided: dict[ExecutionRef, tuple[JobExecutionStatus, StatusDetails]] = {}
-        """Outcomes the database could not take yet, written as soon as it works again."""
+        self.undecided: dict[
+            ExecutionRef, tuple[JobExecutionStatus, StatusDetails, tuple[PackageRow, ...]]
+        ] = {}
+        """Outcomes the database could not take yet (with the packages a SUCCEEDED job
+        installed), written as soon as it works again."""
 
     # -- deciding ---------------------------------------------------------------------------------
     async def decide(
@@ -65,12 +68,12 @@ class Outbox:
             # the execution for the restarted agent to report as lost.
             if await self._report_without_record(ref, status, details, bound):
                 return
-            self.undecided[ref] = (status, details)
+            self.undecided[ref] = (status, details, packages)
             raise
         except StoreError:
             # Keep the real outcome until it can be written; never let a full disk turn a
             # finished job into "agent restarted while the step was running".
-            self.undecided[ref] = (status, details)
+            self.undecided[ref] = (status, details, packages)
             raise
         self._shared.crash.reached("decided")
         # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
@@ -86,9 +89,9 @@ class Outbox:
         self._shared.wake()
 
     async def decide_undecided(self) -> None:
-        for ref, (status, details) in list(self.undecided.items()):
+        for ref, (status, details, packages) in list(self.undecided.items()):
             self._dirty = True
-            await self._store.call(Store.decide, ref, status, details)
+            await self._store.call(Store.decide, ref, status, details, packages)
             del self.undecided[ref]
             self._shared.crash.reached("decided")
             log.info(
