@@ -130,3 +130,37 @@ async def test_a_document_changed_during_the_wait_fails_the_job_before_it_runs(
     assert s3.seen == []
     assert not target.exists()
     assert not (tmp_path / "elsewhere.bin").exists()
+
+
+async def test_a_wait_taken_up_again_after_a_restart_also_resumes_with_fresh_urls(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    emulator_clock: ManualClock,
+    agent_clock: AgentClock,
+    s3: StandInServer,
+) -> None:
+    """The agent stops while the job waits for its window and starts again (its record says
+    DEFERRED: the wait goes on, `recovery.Wait`); the copy delivered to the restarted agent is
+    as old as the first in the service's time. When the window opens, the job runs with the
+    document fetched again: no renewal by the handler, one request, the right digest."""
+    url = s3.put("/fw/app.bin", PAYLOAD.data)
+    target = tmp_path / "app.bin"
+    config = agent_config(tmp_path, mosquitto.port, allow_http_downloads=True)
+    async with running_agent(config):
+        emulator.service.create_job(
+            "late-3", [THING], windowed_download(url, target), presigned_expires_in_sec=3600
+        )
+        await wait_deferral(emulator, "late-3")
+    assert str(emulator.service.execution("late-3", THING).status) == "IN_PROGRESS"
+    async with running_agent(config):
+        await wait_deferral(emulator, "late-3", 1)  # announced again by the restarted agent
+        described = emulator.service.counters["DescribeJobExecution"]
+        emulator_clock.advance(SERVICE_LAG)
+        agent_clock.set(epoch("2026-06-01T02:00:30Z"))
+        execution = await wait_terminal(emulator, "late-3", THING, timeout=30)
+    assert str(execution.status) == "SUCCEEDED", execution.status_details
+    assert "urlRenewals" not in execution.status_details
+    assert target.read_bytes() == PAYLOAD.data
+    assert emulator.service.counters["DescribeJobExecution"] == described + 1
+    assert [(e.range, e.status) for e in s3.seen] == [(None, 200)]
