@@ -46,6 +46,7 @@ from tests.harness import (
     wait_until,
     write_handler,
 )
+from tests.helpers.s3_standin import Plan, s3_standin
 from tests.helpers.streams import create_stream
 
 pytestmark = pytest.mark.slow
@@ -346,6 +347,41 @@ async def test_the_bundle_can_come_from_a_stream_over_mqtt(
         r.get("phase") == "download" and r.get("message", "").endswith("blocks")
         for r in gateway.device_reports("ab-stream")
     )
+
+
+async def test_a_bundle_url_that_expires_mid_download_is_fetched_again(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """The bundle behind a presigned URL (the S3 stand-in, tests/helpers/s3_standin.py: AWS
+    itself cannot run here) whose signature runs out a third of the way through: the next
+    request gets 403, the agent fetches the job document again, and the download continues
+    from the bytes it has with the new URL, the way `download-file` does (the same code); the
+    bundle is installed. (Before: REJECTED, "path: expected an absolute file path, got None":
+    the download code was handed the whole system-update document fetched again.)"""
+    device, emulator = gateway.device, gateway.emulator
+    document = _document(files, device)
+    bundle = (files[0] / document["url"].rsplit("/", 1)[1]).read_bytes()
+    with s3_standin() as s3:
+        url = s3.put("/os/update.raucb", bundle)
+        cut = len(bundle) // 3
+        s3.plans.append(Plan(cut_after=cut))
+        document["url"] = "${aws:iot:s3-presigned-url:" + url + "}"
+        await gateway.start()
+        described = emulator.service.counters["DescribeJobExecution"]
+        emulator.service.create_job("ab-presigned", [THING], document)
+        await wait_until(
+            lambda: gateway.reboot_calls >= 1 or bool(terminal_statuses(emulator, "ab-presigned")),
+            60,
+            "the reboot command, or an outcome",
+        )
+        execution = emulator.service.execution("ab-presigned", THING)
+        assert str(execution.status) == "IN_PROGRESS", execution.status_details
+        order = s3.signatures()
+        seen = [(order.index(e.signature or ""), e.range, e.status) for e in s3.seen]
+    assert seen == [(0, None, 200), (0, f"bytes={cut}-", 403), (1, f"bytes={cut}-", 206)]
+    assert emulator.service.counters["DescribeJobExecution"] == described + 1
+    assert device.next_boot() == ("B", True)
+    assert device.slot_starts_with("B", PAYLOAD)
 
 
 async def test_a_failing_health_check_rolls_back_to_the_old_slot(

@@ -10,7 +10,8 @@ loop, and the phase written before each side effect says what may have happened.
 
 The bundle is fetched by the `download-file` code (https or an AWS IoT stream, resumable, the
 sha256 checked) into the job's state directory, which only the agent can write: the updater,
-running as root, opens that path and no other.
+running as root, opens that path and no other. A presigned URL that expires (403) is renewed by
+that code too, through the engine's `refresh_document` (`_RefreshingDownloadContext`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected
+from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, RefreshesDocument
 from jobs_agent_handlers.download_file import DownloadFileHandler
 from jobs_agent_handlers.system_update import phases
 from jobs_agent_handlers.system_update.phases import Observed, Phase, UpdateState, next_step
@@ -70,6 +71,37 @@ class _DownloadContext:
         self._ctx.progress(percent, message, phase=Phase.DOWNLOAD.value, **details)
 
 
+class _RefreshingDownloadContext(_DownloadContext):
+    """A download context whose job context can fetch the job document again (an engine's,
+    `RefreshesDocument`): the download code asks it on a 403 or an expired URL, as for a
+    `download-file` job, and gets the bundle's download document made from the fresh copy the
+    way the first one was (`_download_document`), so that only its URL differs."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        refreshing: RefreshesDocument,
+        document: Mapping[str, Any],
+        max_bundle_bytes: int,
+    ) -> None:
+        super().__init__(ctx, document)
+        self._refreshing = refreshing
+        self._max_bundle_bytes = max_bundle_bytes
+
+    async def refresh_document(self) -> Mapping[str, Any]:
+        fresh = await self._refreshing.refresh_document()
+        self.document = _download_document(fresh, self._ctx.state_dir, self._max_bundle_bytes)
+        return self.document
+
+
+def _download_context(
+    ctx: JobContext, document: Mapping[str, Any], max_bundle_bytes: int
+) -> _DownloadContext:
+    if isinstance(ctx, RefreshesDocument):
+        return _RefreshingDownloadContext(ctx, ctx, document, max_bundle_bytes)
+    return _DownloadContext(ctx, document)
+
+
 def _document(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The updater's name and the download document; `JobRejected` says what is wrong."""
     updater = doc.get("updater")
@@ -83,6 +115,17 @@ def _document(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     download = {key: doc[key] for key in ("url", "stream", "maxBytes") if key in doc}
     download["sha256"] = sha256
     return updater, download
+
+
+def _download_document(
+    doc: Mapping[str, Any], state_dir: Path, max_bundle_bytes: int
+) -> dict[str, Any]:
+    """The `download-file` document of the bundle: into the job's state directory, which only
+    the agent can write, and no larger than the device allows unless the job says."""
+    updater, download = _document(doc)
+    download["path"] = str(state_dir / BUNDLE_NAMES[updater])
+    download.setdefault("maxBytes", max_bundle_bytes)
+    return download
 
 
 class SystemUpdateHandler:
@@ -106,15 +149,13 @@ class SystemUpdateHandler:
         self.download = DownloadFileHandler(allow_http=allow_http, request_timeout=request_timeout)
 
     async def run(self, ctx: JobContext) -> Mapping[str, Any] | None:
-        name, download = _document(ctx.document)
+        name, _ = _document(ctx.document)
         try:
             updater = self.settings.updater(name, self.state_dir)
         except ValueError as exc:
             raise JobRejected(str(exc)) from None
-        bundle = ctx.state_dir / BUNDLE_NAMES[name]
-        download["path"] = str(bundle)
-        download.setdefault("maxBytes", self.settings.max_bundle_bytes)
-        run = _Run(self, ctx, updater, bundle, download)
+        download = _download_document(ctx.document, ctx.state_dir, self.settings.max_bundle_bytes)
+        run = _Run(self, ctx, updater, Path(download["path"]), download)
         return await run.loop()
 
     def boot_id(self) -> str:
@@ -215,7 +256,10 @@ class _Run:
     async def _download(self, observed: Observed) -> None:
         if self.state is None:
             await self._move(Phase.DOWNLOAD, "downloading the bundle")
-        result = await self.handler.download.run(_DownloadContext(self.ctx, self.download_document))
+        download = _download_context(
+            self.ctx, self.download_document, self.handler.settings.max_bundle_bytes
+        )
+        result = await self.handler.download.run(download)
         self._stop_if_cancelled()
         try:
             target = await self.updater.inactive_slot()
