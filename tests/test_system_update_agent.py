@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import http.server
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -460,6 +461,62 @@ async def test_an_agent_killed_before_it_ran_the_reboot_command_asks_for_it_agai
     assert device.next_boot() == ("B", False)
     assert device.attempts == ["A", "B"]
     assert terminal_statuses(emulator, "ab-kill-ar") == ["SUCCEEDED"]
+
+
+async def test_an_agent_killed_while_rauc_installs_waits_for_it_and_installs_again(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """A real kill in the middle of `rauc install`: RAUC's service goes on with it and refuses
+    every request until it is done. The restarted agent waits, installs again, and the update
+    goes on. The install is held at a known point: the bootloader backend blocks its first
+    `set-state` call (RAUC marks the target slot bad before writing it) on a FIFO."""
+    device, emulator = gateway.device, gateway.emulator
+    gate, blocked = gateway.tmp_path / "gate", gateway.tmp_path / "blocked"
+    os.mkfifo(gate)
+    backend = device.directory / "bootloader-backend"
+    backend.write_text(
+        backend.read_text().replace(
+            "exec ",
+            f'if [ "$1" = set-state ] && [ ! -e {blocked} ]; then touch {blocked}; cat {gate}; fi\n'
+            "exec ",
+            1,
+        )
+    )
+    try:
+        await gateway.start()
+        emulator.service.create_job("ab-kill-mid", [THING], _document(files, device))
+        await wait_until(blocked.exists, 60, "rauc install to reach the bootloader")
+        gateway.agent.kill()
+        await gateway.start()
+        await emulator.service.wait_for(
+            lambda: any(
+                "busy" in r.get("message", "") for r in gateway.device_reports("ab-kill-mid")
+            ),
+            30,
+        )
+    finally:
+        _open_gate(gate)
+    await gateway.wait_reboot_call(1)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-kill-mid", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("B", False)
+    assert terminal_statuses(emulator, "ab-kill-mid") == ["SUCCEEDED"]
+
+
+def _open_gate(gate: Path) -> None:
+    """Let a blocked backend call go on, if one is blocked (never waits for a reader)."""
+    try:
+        descriptor = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(descriptor, b"go\n")
+    finally:
+        os.close(descriptor)
 
 
 @pytest.mark.parametrize("phase", ["rollback", "rollback_reboot"])

@@ -144,6 +144,7 @@ class _Run:
         self.bundle = bundle
         self.download_document = download
         self.state = UpdateState.from_checkpoint(ctx.checkpoint_data)
+        updater.notice = lambda message: ctx.progress(None, message)
         self.deadline = handler.settings.health_deadline_seconds
 
     async def loop(self) -> Mapping[str, Any] | None:
