@@ -43,6 +43,7 @@ from tests.harness import (
     config_yaml,
     start_emulator,
     terminal_statuses,
+    wait_pid_gone,
     wait_terminal,
     wait_until,
     write_handler,
@@ -698,3 +699,50 @@ async def test_swupdate_a_slot_that_never_boots_is_rolled_back_by_the_bootloader
     assert device.next_boot() == ("A", False)
     assert gateway.reboot_calls == 1
     assert terminal_statuses(emulator, "sw-dead") == ["FAILED"]
+
+
+async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_install_again(
+    swupdate_gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """`swupdate -i` runs in its own session: a SIGKILL of the agent leaves it writing the slot.
+    The restarted agent recognises it by the job's marks in its environment and stops it before
+    it installs again, so two installs never write the slot at once. The first run is held
+    before swupdate starts, by a wrapper that waits on a FIFO (only its first call)."""
+    gateway = swupdate_gateway
+    device, emulator = gateway.device, gateway.emulator
+    gate, blocked, pid_file = (gateway.tmp_path / name for name in ("gate", "blocked", "held.pid"))
+    os.mkfifo(gate)
+    wrapper = (
+        f"if [ ! -e {blocked} ]; then touch {blocked}; echo $$ > {pid_file}; cat {gate}; fi;"
+        ' exec "$@"'
+    )
+    config = gateway.tmp_path / "config.yaml"
+    command = ["sh", "-c", wrapper, "held-swupdate", *device.config().swupdate_command]
+    config.write_text(
+        "".join(
+            f"  swupdate_command: {json.dumps(command)}\n"
+            if line.startswith("  swupdate_command:")
+            else line
+            for line in config.read_text().splitlines(keepends=True)
+        )
+    )
+    try:
+        await gateway.start()
+        emulator.service.create_job("sw-kill-mid", [THING], _document(files, device, "swupdate"))
+        await wait_until(pid_file.exists, 60, "swupdate to start")
+        await wait_until(lambda: pid_file.read_text().strip() != "", 10, "its pid")
+        held = int(pid_file.read_text())
+        gateway.agent.kill()
+        await gateway.start()
+        assert await wait_pid_gone(held, 30), "the restarted agent left the old swupdate running"
+    finally:
+        _open_gate(gate)
+    await gateway.wait_reboot_call(1)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "sw-kill-mid", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("B", False)
+    assert terminal_statuses(emulator, "sw-kill-mid") == ["SUCCEEDED"]
