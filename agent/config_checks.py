@@ -2,10 +2,12 @@
 
 `config.py` checks the file's syntax and types; this checks the world the file points at:
 the certificate, key and CA files exist and can be read, the handler directory exists and
-passes the ownership checks jobs would fail on, every configured plugin imports, and the
-trusted keys load. It also warns about setups that work but let others in: a broker reached
-without TLS or without credentials while documents need no signature, so that any local MQTT
-client could answer the agent's requests with a document of its own (run as root).
+passes the ownership checks jobs would fail on, every configured plugin imports, the
+trusted keys load, and what a system update would trip on (a health command that cannot run,
+SWUpdate without its certificate). It also warns about setups that work but let others in: a
+broker reached without TLS or without credentials while documents need no signature, so that
+any local MQTT client could answer the agent's requests with a document of its own (run as
+root).
 Used by `jobs-agent config check` and logged by the daemon when it starts.
 """
 
