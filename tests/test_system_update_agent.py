@@ -14,6 +14,7 @@ boots next, what the slot holds) and what the device reported when (the emulator
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.server
@@ -21,6 +22,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -746,3 +748,25 @@ async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_ins
     assert device.slot_starts_with("B", PAYLOAD)
     assert device.next_boot() == ("B", False)
     assert terminal_statuses(emulator, "sw-kill-mid") == ["SUCCEEDED"]
+
+
+async def test_exec_installs_and_activates_then_gives_the_slot_up_as_it_never_reboots(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """`jobs-agent exec` runs the document through the same code but never reboots: the
+    handler asks twice, sees the boot id unchanged, and marks the new slot bad."""
+    device = gateway.device
+    document = gateway.tmp_path / "job.json"
+    document.write_text(json.dumps(_document(files, device)))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobs_agent", "exec", str(document),
+        "--config", str(gateway.tmp_path / "config.yaml"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    text = output.decode()
+    assert process.returncode == 1, text
+    assert "the device did not reboot into slot B (asked 2 times" in text
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("A", False)
+    assert device.boot_state()["slots"]["B"]["state"] == "bad"
