@@ -145,6 +145,17 @@ class Gateway:
         self.agent.start(**env)
         await self.agent.wait_ready()
 
+    def configure(self, **options: Any) -> None:
+        """Change `system_update:` options in the agent's configuration (read at its start)."""
+        config = self.tmp_path / "config.yaml"
+        lines = config.read_text().splitlines(keepends=True)
+        for key, value in options.items():
+            lines = [
+                f"  {key}: {json.dumps(value)}\n" if line.startswith(f"  {key}:") else line
+                for line in lines
+            ]
+        config.write_text("".join(lines))
+
     def healthy(self, value: bool) -> None:
         marker = self.tmp_path / "healthy"
         if value:
@@ -197,7 +208,9 @@ def _system_update_yaml(updater_options: dict[str, Any], health: Path) -> str:
     options = {
         **updater_options,
         "health_commands": [["test", "-e", str(health)]],
-        "health_deadline_seconds": 1.5,
+        # Long enough for an agent restarted during verify on a loaded machine; the tests of
+        # a failing check shorten it (`Gateway.configure`).
+        "health_deadline_seconds": 60,
         "health_interval_seconds": 0.1,
     }
     return "system_update:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in options.items())
@@ -360,6 +373,7 @@ async def test_a_failing_health_check_rolls_back_to_the_old_slot(
     emulator.service.create_job("ab-sick", [THING], _document(files, device))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)  # the new system lacks what the check looks for
+    gateway.configure(health_deadline_seconds=1.5)
     assert gateway.power_cycle() == "B"
     await gateway.start()
     # The checks fail until the deadline: slot B is marked bad and the agent reboots again.
@@ -531,6 +545,7 @@ async def test_an_agent_killed_during_a_rollback_finishes_it(
     emulator.service.create_job("ab-kill-rb", [THING], _document(files, device))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)
+    gateway.configure(health_deadline_seconds=1.5)
     assert gateway.power_cycle() == "B"
     await gateway.start(JOBS_AGENT_CRASH_AT=f"system-update:{phase}")
     assert await gateway.agent.wait_exit(60) == -9
@@ -664,6 +679,7 @@ async def test_swupdate_a_failing_health_check_rolls_back(
     emulator.service.create_job("sw-sick", [THING], _document(files, device, "swupdate"))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)
+    gateway.configure(health_deadline_seconds=1.5)
     assert gateway.power_cycle() == "B"
     await gateway.start()
     await gateway.wait_reboot_call(2)
@@ -718,16 +734,8 @@ async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_ins
         f"if [ ! -e {blocked} ]; then touch {blocked}; echo $$ > {pid_file}; cat {gate}; fi;"
         ' exec "$@"'
     )
-    config = gateway.tmp_path / "config.yaml"
     command = ["sh", "-c", wrapper, "held-swupdate", *device.config().swupdate_command]
-    config.write_text(
-        "".join(
-            f"  swupdate_command: {json.dumps(command)}\n"
-            if line.startswith("  swupdate_command:")
-            else line
-            for line in config.read_text().splitlines(keepends=True)
-        )
-    )
+    gateway.configure(swupdate_command=command)
     try:
         await gateway.start()
         emulator.service.create_job("sw-kill-mid", [THING], _document(files, device, "swupdate"))
