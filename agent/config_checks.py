@@ -3,16 +3,18 @@
 `config.py` checks the file's syntax and types; this checks the world the file points at:
 the certificate, key and CA files exist and can be read, the handler directory exists and
 passes the ownership checks jobs would fail on, every configured plugin imports, the trusted
-keys load, and (for the `config check` command) every inventory source can be read. It also
-warns about setups that work but let others in: a broker reached without TLS or without
-credentials while documents need no signature, so that any local MQTT client could answer the
-agent's requests with a document of its own (run as root).
+keys load, (for the `config check` command) every inventory source can be read, and what a
+system update would trip on (a health command that cannot run, SWUpdate without its
+certificate). It also warns about setups that work but let others in: a broker reached without
+TLS or without credentials while documents need no signature, so that any local MQTT client
+could answer the agent's requests with a document of its own (run as root).
 Used by `jobs-agent config check` and logged by the daemon when it starts.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ def check_environment(config: AgentConfig, *, import_plugins: bool = True) -> Fi
         _check_inventory(config, findings)
     _check_transport_security(config, findings)
     _check_deprecated(config, findings)
+    _check_system_update(config, findings)
     return findings
 
 
@@ -181,3 +184,26 @@ def _check_deprecated(config: AgentConfig, findings: Findings) -> None:
             f"jobs.allow_root is deprecated ({meaning}): list the users jobs may run as in"
             " jobs.allowed_users (root included or not) and remove it"
         )
+
+
+def _check_system_update(config: AgentConfig, findings: Findings) -> None:
+    """What the `system-update` handler would only find out in the middle of an update."""
+    section = config.system_update
+    if section.swupdate_slots and section.swupdate_ca_certificate is None:
+        findings.errors.append(
+            "system_update.swupdate_ca_certificate: required with system_update.swupdate_slots"
+            " (SWUpdate checks every bundle's signature against it)"
+        )
+    if section.swupdate_ca_certificate is not None:
+        problem = _readable_file(section.swupdate_ca_certificate)
+        if problem is not None:
+            findings.errors.append(
+                f"system_update.swupdate_ca_certificate: {section.swupdate_ca_certificate}:"
+                f" {problem}"
+            )
+    for index, argv in enumerate(section.health_commands):
+        if shutil.which(argv[0]) is None:
+            findings.errors.append(
+                f"system_update.health_commands[{index}]: {argv[0]}: not found or not"
+                " executable (a new system would fail this check and be rolled back)"
+            )

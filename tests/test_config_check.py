@@ -146,3 +146,18 @@ def test_the_deprecated_allow_root_of_earlier_versions_is_accepted_with_a_warnin
     result = check(device, awscrt(device, f"  allow_root: {value}\n"))
     assert result.returncode == 0, result.stderr
     assert "jobs.allow_root is deprecated" in result.stderr and meaning in result.stderr
+
+
+def test_what_a_system_update_would_trip_on_is_named(device: Path) -> None:
+    """A health check that cannot run would roll every update back; SWUpdate without its
+    certificate cannot check a bundle: both are found before the first update."""
+    extra = (
+        "system_update:\n"
+        f"  health_commands: [[{device}/no-such-check], [/bin/true]]\n"
+        "  swupdate_slots: {A: /dev/mmcblk0p2, B: /dev/mmcblk0p3}\n"
+    )
+    result = check(device, awscrt(device, extra))
+    assert result.returncode == 2
+    assert f"system_update.health_commands[0]: {device}/no-such-check: not found" in result.stderr
+    assert "health_commands[1]" not in result.stderr
+    assert "system_update.swupdate_ca_certificate: required" in result.stderr

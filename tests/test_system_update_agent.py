@@ -14,12 +14,15 @@ boots next, what the slot holds) and what the device reported when (the emulator
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.server
 import json
+import os
 import signal
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from tests.harness import (
     config_yaml,
     start_emulator,
     terminal_statuses,
+    wait_pid_gone,
     wait_terminal,
     wait_until,
     write_handler,
@@ -142,6 +146,17 @@ class Gateway:
         self.agent.start(**env)
         await self.agent.wait_ready()
 
+    def configure(self, **options: Any) -> None:
+        """Change `system_update:` options in the agent's configuration (read at its start)."""
+        config = self.tmp_path / "config.yaml"
+        lines = config.read_text().splitlines(keepends=True)
+        for key, value in options.items():
+            lines = [
+                f"  {key}: {json.dumps(value)}\n" if line.startswith(f"  {key}:") else line
+                for line in lines
+            ]
+        config.write_text("".join(lines))
+
     def healthy(self, value: bool) -> None:
         marker = self.tmp_path / "healthy"
         if value:
@@ -194,7 +209,9 @@ def _system_update_yaml(updater_options: dict[str, Any], health: Path) -> str:
     options = {
         **updater_options,
         "health_commands": [["test", "-e", str(health)]],
-        "health_deadline_seconds": 1.5,
+        # Long enough for an agent restarted during verify on a loaded machine; the tests of
+        # a failing check shorten it (`Gateway.configure`).
+        "health_deadline_seconds": 60,
         "health_interval_seconds": 0.1,
     }
     return "system_update:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in options.items())
@@ -392,6 +409,7 @@ async def test_a_failing_health_check_rolls_back_to_the_old_slot(
     emulator.service.create_job("ab-sick", [THING], _document(files, device))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)  # the new system lacks what the check looks for
+    gateway.configure(health_deadline_seconds=1.5)
     assert gateway.power_cycle() == "B"
     await gateway.start()
     # The checks fail until the deadline: slot B is marked bad and the agent reboots again.
@@ -498,6 +516,62 @@ async def test_an_agent_killed_before_it_ran_the_reboot_command_asks_for_it_agai
     assert terminal_statuses(emulator, "ab-kill-ar") == ["SUCCEEDED"]
 
 
+async def test_an_agent_killed_while_rauc_installs_waits_for_it_and_installs_again(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """A real kill in the middle of `rauc install`: RAUC's service goes on with it and refuses
+    every request until it is done. The restarted agent waits, installs again, and the update
+    goes on. The install is held at a known point: the bootloader backend blocks its first
+    `set-state` call (RAUC marks the target slot bad before writing it) on a FIFO."""
+    device, emulator = gateway.device, gateway.emulator
+    gate, blocked = gateway.tmp_path / "gate", gateway.tmp_path / "blocked"
+    os.mkfifo(gate)
+    backend = device.directory / "bootloader-backend"
+    backend.write_text(
+        backend.read_text().replace(
+            "exec ",
+            f'if [ "$1" = set-state ] && [ ! -e {blocked} ]; then touch {blocked}; cat {gate}; fi\n'
+            "exec ",
+            1,
+        )
+    )
+    try:
+        await gateway.start()
+        emulator.service.create_job("ab-kill-mid", [THING], _document(files, device))
+        await wait_until(blocked.exists, 60, "rauc install to reach the bootloader")
+        gateway.agent.kill()
+        await gateway.start()
+        await emulator.service.wait_for(
+            lambda: any(
+                "busy" in r.get("message", "") for r in gateway.device_reports("ab-kill-mid")
+            ),
+            30,
+        )
+    finally:
+        _open_gate(gate)
+    await gateway.wait_reboot_call(1)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "ab-kill-mid", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("B", False)
+    assert terminal_statuses(emulator, "ab-kill-mid") == ["SUCCEEDED"]
+
+
+def _open_gate(gate: Path) -> None:
+    """Let a blocked backend call go on, if one is blocked (never waits for a reader)."""
+    try:
+        descriptor = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(descriptor, b"go\n")
+    finally:
+        os.close(descriptor)
+
+
 @pytest.mark.parametrize("phase", ["rollback", "rollback_reboot"])
 async def test_an_agent_killed_during_a_rollback_finishes_it(
     gateway: Gateway, files: tuple[Path, int], phase: str
@@ -507,6 +581,7 @@ async def test_an_agent_killed_during_a_rollback_finishes_it(
     emulator.service.create_job("ab-kill-rb", [THING], _document(files, device))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)
+    gateway.configure(health_deadline_seconds=1.5)
     assert gateway.power_cycle() == "B"
     await gateway.start(JOBS_AGENT_CRASH_AT=f"system-update:{phase}")
     assert await gateway.agent.wait_exit(60) == -9
@@ -640,6 +715,7 @@ async def test_swupdate_a_failing_health_check_rolls_back(
     emulator.service.create_job("sw-sick", [THING], _document(files, device, "swupdate"))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)
+    gateway.configure(health_deadline_seconds=1.5)
     assert gateway.power_cycle() == "B"
     await gateway.start()
     await gateway.wait_reboot_call(2)
@@ -677,3 +753,64 @@ async def test_swupdate_a_slot_that_never_boots_is_rolled_back_by_the_bootloader
     assert device.next_boot() == ("A", False)
     assert gateway.reboot_calls == 1
     assert terminal_statuses(emulator, "sw-dead") == ["FAILED"]
+
+
+async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_install_again(
+    swupdate_gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """`swupdate -i` runs in its own session: a SIGKILL of the agent leaves it writing the slot.
+    The restarted agent recognises it by the job's marks in its environment and stops it before
+    it installs again, so two installs never write the slot at once. The first run is held
+    before swupdate starts, by a wrapper that waits on a FIFO (only its first call)."""
+    gateway = swupdate_gateway
+    device, emulator = gateway.device, gateway.emulator
+    gate, blocked, pid_file = (gateway.tmp_path / name for name in ("gate", "blocked", "held.pid"))
+    os.mkfifo(gate)
+    wrapper = (
+        f"if [ ! -e {blocked} ]; then touch {blocked}; echo $$ > {pid_file}; cat {gate}; fi;"
+        ' exec "$@"'
+    )
+    command = ["sh", "-c", wrapper, "held-swupdate", *device.config().swupdate_command]
+    gateway.configure(swupdate_command=command)
+    try:
+        await gateway.start()
+        emulator.service.create_job("sw-kill-mid", [THING], _document(files, device, "swupdate"))
+        await wait_until(pid_file.exists, 60, "swupdate to start")
+        await wait_until(lambda: pid_file.read_text().strip() != "", 10, "its pid")
+        held = int(pid_file.read_text())
+        gateway.agent.kill()
+        await gateway.start()
+        assert await wait_pid_gone(held, 30), "the restarted agent left the old swupdate running"
+    finally:
+        _open_gate(gate)
+    await gateway.wait_reboot_call(1)
+    assert gateway.power_cycle() == "B"
+    await gateway.start()
+    execution = await wait_terminal(emulator, "sw-kill-mid", THING, timeout=60)
+
+    assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("B", False)
+    assert terminal_statuses(emulator, "sw-kill-mid") == ["SUCCEEDED"]
+
+
+async def test_exec_installs_and_activates_then_gives_the_slot_up_as_it_never_reboots(
+    gateway: Gateway, files: tuple[Path, int]
+) -> None:
+    """`jobs-agent exec` runs the document through the same code but never reboots: the
+    handler asks twice, sees the boot id unchanged, and marks the new slot bad."""
+    device = gateway.device
+    document = gateway.tmp_path / "job.json"
+    document.write_text(json.dumps(_document(files, device)))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobs_agent", "exec", str(document),
+        "--config", str(gateway.tmp_path / "config.yaml"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    text = output.decode()
+    assert process.returncode == 1, text
+    assert "the device did not reboot into slot B (asked 2 times" in text
+    assert device.slot_starts_with("B", PAYLOAD)
+    assert device.next_boot() == ("A", False)
+    assert device.boot_state()["slots"]["B"]["state"] == "bad"

@@ -66,7 +66,8 @@ TRANSITIONS: Mapping[tuple[ExecutionState | None, ExecutionState], str] = {
     (S.RUNNING, S.AWAITING_REBOOT): "the handler succeeded and asked for a reboot",
     (S.RUNNING, S.DECIDED): "the handler ended, or a crash mid-step is decided FAILED",
     (S.RUNNING, S.CANCELLED): "the service ended it while the handler ran",
-    (S.AWAITING_REBOOT, S.RUNNING): "the boot id changed: the job continues after its reboot",
+    (S.AWAITING_REBOOT, S.RUNNING): "the boot id changed: the job continues after its reboot"
+    " (or, past its point of no return, its handler decides about a reboot that did not happen)",
     (S.AWAITING_REBOOT, S.DECIDED): "the reboot did not happen (command failed, same boot id)",
     (S.AWAITING_REBOOT, S.CANCELLED): "the service ended it before the device rebooted",
     (S.DECIDED, S.REPORTED): "the service accepted the outcome, or refused it for good",

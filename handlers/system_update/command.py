@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from jobs_agent_handlers.system_update.updater import OUTPUT_TAIL_CHARS, UpdaterError
@@ -27,6 +28,14 @@ LINE_MAX = 64 * 1024
 PIPES_CLOSE_TIMEOUT = 5.0
 
 LineCallback = Callable[[str], None]
+
+JOB_ENVIRONMENT: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "updater_job_environment", default=None
+)
+"""Variables every command run for the current job carries (the `system-update` handler sets
+the job's `JOBS_AGENT_THING_NAME`, `JOBS_AGENT_JOB_ID`, `JOBS_AGENT_EXECUTION_NUMBER`): a
+command left running by an agent killed mid-call (a `swupdate -i` writing the slot) is then
+recognised and stopped by the restarted agent before the job goes on."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ async def run_command(
     seconds (it is killed then). A cancelled caller kills it too, before the cancellation goes on.
     """
     environment = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "LC_ALL": "C"}
+    environment.update(JOB_ENVIRONMENT.get() or {})
     environment.update(env or {})
     loop = asyncio.get_running_loop()
     starting = asyncio.ensure_future(

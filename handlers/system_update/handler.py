@@ -26,7 +26,7 @@ from typing import Any
 
 from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, RefreshesDocument
 from jobs_agent_handlers.download_file import DownloadFileHandler
-from jobs_agent_handlers.system_update import phases
+from jobs_agent_handlers.system_update import command, phases
 from jobs_agent_handlers.system_update.phases import Observed, Phase, UpdateState, next_step
 from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
 from jobs_agent_handlers.system_update.updater import SystemUpdater, UpdaterError
@@ -155,6 +155,16 @@ class SystemUpdateHandler:
         except ValueError as exc:
             raise JobRejected(str(exc)) from None
         download = _download_document(ctx.document, ctx.state_dir, self.settings.max_bundle_bytes)
+        # The updater commands carry the job's marks, as a script handler's processes do
+        # (docs/handlers.md, script protocol), so that a restarted agent stops what a killed
+        # one left running; set in this task's own context.
+        command.JOB_ENVIRONMENT.set(
+            {
+                "JOBS_AGENT_THING_NAME": ctx.thing_name,
+                "JOBS_AGENT_JOB_ID": ctx.job_id,
+                "JOBS_AGENT_EXECUTION_NUMBER": str(ctx.execution_number),
+            }
+        )
         run = _Run(self, ctx, updater, Path(download["path"]), download)
         return await run.loop()
 
@@ -185,6 +195,7 @@ class _Run:
         self.bundle = bundle
         self.download_document = download
         self.state = UpdateState.from_checkpoint(ctx.checkpoint_data)
+        updater.notice = lambda message: ctx.progress(None, message)
         self.deadline = handler.settings.health_deadline_seconds
 
     async def loop(self) -> Mapping[str, Any] | None:

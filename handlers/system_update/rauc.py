@@ -28,6 +28,7 @@ from jobs_agent_handlers.system_update.updater import Progress, SystemUpdater, U
 _PROGRESS_LINE = re.compile(r"^\s*(\d{1,3})% (.+)$")
 _LAST_ERROR = "LastError: "
 _BUSY = "already processing a different method"
+_BUSY_NOTICE = "RAUC is busy with an earlier request (an install that outlived its client); waiting"
 BUSY_RETRY_FIRST = 0.2
 BUSY_RETRY_MAX = 5.0
 
@@ -165,11 +166,7 @@ class RaucUpdater(SystemUpdater):
 
     async def install(self, bundle: Path, progress: Progress) -> str:
         def waiting() -> None:
-            progress(
-                None,
-                "RAUC is busy with an earlier request (an install that outlived its client);"
-                " waiting",
-            )
+            progress(None, _BUSY_NOTICE)
 
         other = self._checked(await self.status(on_busy=waiting), lambda status: status.other())
         assert other.bootname is not None
@@ -244,6 +241,8 @@ class RaucUpdater(SystemUpdater):
                 return result
             if on_busy is not None:
                 on_busy()
+            elif self.notice is not None:
+                self.notice(_BUSY_NOTICE)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BUSY_RETRY_MAX)
 

@@ -55,6 +55,9 @@ class SystemUpdater(ABC):
 
     name: ClassVar[str]
     """The `updater` value of a job document: `rauc` or `swupdate`."""
+    notice: Callable[[str], None] | None = None
+    """Told (one line) when a call waits for something else to finish first (RAUC busy with an
+    install that outlived its client): the handler passes it on as progress."""
 
     @abstractmethod
     async def booted_slot(self) -> str:
