@@ -65,6 +65,12 @@ class _DownloadContext:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
 
+    @property
+    def mqtt_link(self) -> Any:
+        """Said, not forwarded: `isinstance(ctx, SharesMqttLink)` (a stream download) looks for
+        the attribute on the class from Python 3.12 on, where `__getattr__` is not consulted."""
+        return getattr(self._ctx, "mqtt_link", None)
+
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any
     ) -> None:
