@@ -155,6 +155,9 @@ class JobsConfig:
     max_document_refreshes: int = option(10, int_in(0, 1000))
     """How often one run of a handler may ask the service for its job document again, for
     newly signed presigned URLs (an expired URL, a resumed download); 0: never."""
+    run_others_while_deferred: bool = option(False, boolean())
+    """While an execution is deferred, run other QUEUED executions (one at a time); a reload
+    applies it from the next deferral."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ record it, and the marker tells a restarted agent that the one execution it then
 progress without a record was never run. Namespaced jobs follow the Greengrass nucleus's flow:
 DescribeJobExecution on `$next`, recorded (RECEIVED) before UpdateJobExecution to IN_PROGRESS.
 
+While executions wait aside (`jobs.run_others_while_deferred`, `engine/turns.py`), start-next
+would hand back the deferred one (IN_PROGRESS executions come first): work is then taken by name,
+GetPendingJobExecutions then, for a QUEUED one, the namespaced flow above in the default
+namespace (recorded RECEIVED, UpdateJobExecution to IN_PROGRESS with `expectedVersion`).
+
 Reconciliation runs once per process, before the first job: records of executions the service
 ended while the agent was away are closed, and an execution the service shows in progress but
 the device has no record of is reported FAILED, never run (the record was lost).
@@ -13,6 +18,7 @@ the device has no record of is reported FAILED, never run (the record was lost).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +30,10 @@ from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
+from jobs_agent.engine.turns import next_by_name
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
-from jobs_agent.jobs.models import JobExecution
+from jobs_agent.jobs.models import JobExecution, JobExecutionSummary
 from jobs_agent.vocabulary import (
     NEXT_JOB_ID,
     ExecutionRef,
@@ -76,24 +83,85 @@ class Acquisition:
         return: the engine runs them to their end before it takes new work."""
 
     # -- taking the next execution ------------------------------------------------------------
-    async def take_next(self) -> Offer | None:
+    async def take_next(self, aside: Collection[ExecutionRef] = ()) -> Offer | None:
         """The next execution for this device: the default namespace first, then each
-        configured namespace in order. None when nothing is pending (or a stop came)."""
+        configured namespace in order. None when nothing is pending (or a stop came). With
+        executions waiting `aside`, the default namespace's work is taken by name, and none of
+        them is offered again."""
         settings = self._shared.settings
-        # Never take a job the database could not keep track of (verify), and leave the marker.
-        await self._store.call(Store.begin_taking)
-        execution = await self._client.start_next(step_timeout=settings.step_timeout_minutes)
-        if execution is not None:
-            self._shared.crash.reached("taken")
-            return Offer(_ref(None, execution), execution)
-        await self._store.call(Store.taken)
+        if aside:
+            offer = await self.take_by_name(aside)
+            if offer is not None:
+                return offer
+        else:
+            # Never take a job the database could not keep track of (verify); leave the marker.
+            await self._store.call(Store.begin_taking)
+            execution = await self._client.start_next(step_timeout=settings.step_timeout_minutes)
+            if execution is not None:
+                self._shared.crash.reached("taken")
+                return Offer(_ref(None, execution), execution)
+            await self._store.call(Store.taken)
         for namespace in settings.namespaces:
             if self._shared.stopping:
                 return None
             execution = await self._take_next_in_namespace(namespace)
-            if execution is not None:
+            if execution is not None and _ref(namespace, execution) not in aside:
                 return Offer(_ref(namespace, execution), execution)
         return None
+
+    async def take_by_name(self, aside: Collection[ExecutionRef]) -> Offer | None:
+        """The default namespace's next execution other than those waiting aside: one in
+        progress that this device must carry on (recovery decides how), else the first QUEUED
+        one, started by name. Never StartNextPendingJobExecution: it returns the deferred
+        execution again."""
+        await self._store.call(Store.verify)  # take no job the database cannot record
+        pending = await self._client.get_pending()
+        chosen = next_by_name(
+            [_summary_ref(s) for s in pending.in_progress],
+            [_summary_ref(s) for s in pending.queued],
+            aside,
+        )
+        while chosen is not None and not self._shared.stopping:
+            ref, queued = chosen
+            execution = await self._describe(ref)
+            if execution is not None and not queued:
+                return Offer(ref, execution)
+            if execution is not None and execution.status is JobExecutionStatus.QUEUED:
+                started = await self._start_by_name(ref, execution)
+                if started is not None:
+                    return Offer(ref, started)
+            # Gone or moved on meanwhile: the next one, this one left out.
+            aside = {*aside, ref}
+            chosen = next_by_name(
+                [_summary_ref(s) for s in pending.in_progress],
+                [_summary_ref(s) for s in pending.queued],
+                aside,
+            )
+        return None
+
+    async def _describe(self, ref: ExecutionRef) -> JobExecution | None:
+        try:
+            return await self._client.describe(ref)
+        except JobsRejected as exc:
+            if exc.code == ErrorCode.RESOURCE_NOT_FOUND or exc.cloud_ended:
+                return None
+            raise
+
+    async def _start_by_name(
+        self, ref: ExecutionRef, execution: JobExecution
+    ) -> JobExecution | None:
+        """Record (RECEIVED) before moving to IN_PROGRESS, as for a namespaced job."""
+        record = await self._store.call(Store.get, ref)
+        if record is None:
+            await self._store.call(
+                Store.record_received, ref, execution.job_document or {}, execution.version_number
+            )
+        elif record.state is not ExecutionState.RECEIVED:
+            return None  # recorded further along: recovery decides when it is offered
+        started = await self._start_namespaced(ref, execution)
+        if started is not None:
+            self._shared.crash.reached("taken")
+        return started
 
     async def _take_next_in_namespace(self, namespace: str) -> JobExecution | None:
         """Describe `$next` and move it to IN_PROGRESS (the reference's namespaced flow)."""
@@ -163,6 +231,9 @@ class Acquisition:
             )
             if created:
                 self._started(ref)
+            elif taken.state is ExecutionState.RECEIVED:
+                # Taken by name (`take_by_name`) and moved to IN_PROGRESS before a restart.
+                taken = await self._store.call(Store.transition, ref, ExecutionState.STARTED)
             return taken
         record = await self._store.call(Store.get, ref)
         if record is None and execution.status is JobExecutionStatus.IN_PROGRESS:
@@ -245,6 +316,10 @@ class Acquisition:
             Store.record_received, ref, {}, version_number, ExecutionState.STARTED
         )
         await self._outbox.decide(ref, Outcome.failed(LOST_RECORD_REASON), bound)
+
+
+def _summary_ref(summary: JobExecutionSummary) -> ExecutionRef:
+    return ExecutionRef(None, summary.job_id, summary.execution_number or 0)
 
 
 def _ref(namespace: str | None, execution: JobExecution) -> ExecutionRef:

@@ -8,6 +8,8 @@ stays IN_PROGRESS on the service, with statusDetails that say so (`deferred`: th
 The deferral is durable (the `deferred_*` columns, written before the update announces it), so a
 restart or a reboot resumes the wait, never the step (`recovery.Wait`). The engine's loop waits
 here as it would for a running handler: one job at a time holds, and nothing else is taken.
+With `jobs.run_others_while_deferred` the wait runs aside instead, and an execution whose wait is
+over asks for the one turn to run in (`engine/turns.py`), watched and kept alive meanwhile.
 
 The total time an execution spends deferred is bounded by `jobs.max_deferral_minutes` (or the
 job's lower `maxDeferralMinutes`): a deferral that would cross it, or a consent wait that does,
@@ -36,6 +38,7 @@ from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
+from jobs_agent.engine.turns import Turns
 from jobs_agent.schedule import clock
 from jobs_agent.schedule.windows import Timeline, document_windows
 from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
@@ -230,17 +233,22 @@ class Deferrals:
         running: Running,
         reporter: ProgressReporter,
         bound: Any,
+        turns: Turns | None = None,
     ) -> ExecutionRecord | None:
         """Announce the deferral, keep the step timer alive and wait for its end: the record,
         ready to run (still DEFERRED), or None when it ended otherwise (decided, cancelled by
-        the service, the agent stopping: each already recorded)."""
+        the service, the agent stopping: each already recorded). With `turns` (waiting aside),
+        the record is returned holding the turn: the caller releases it."""
         assert record.deferral is not None
         deferral = record.deferral
         request = Request(deferral.kind, deferral.until, deferral.reason)
         ref = record.key
         details = {**without_deferral(record.progress), **status_details(request, record.deferrals)}
         timeout = self._shared.settings.step_timeout_minutes
-        self._supervisor.running = running
+        aside = turns is not None
+        if not aside:
+            self._supervisor.running = running
+        self._supervisor.waiting[ref] = running
         ended_task = asyncio.create_task(running.cloud_ended.wait())
         decision: asyncio.Future[Any] | None = None
         reporter_task: asyncio.Task[None] | None = None
@@ -248,7 +256,8 @@ class Deferrals:
             await self._supervisor.send_progress(
                 running, details, -1 if timeout is None else timeout
             )
-            self._shared.set_status("deferred", str(ref), until=details["until"])
+            if self._supervisor.running in (None, running):
+                self._shared.set_status("deferred", str(ref), until=details["until"])
             reporter_task = asyncio.create_task(reporter.run(), name=f"deferred-{ref}")
             if request.kind == CONSENT:
                 if self.consent is None:  # the socket could not be served this time
@@ -256,7 +265,10 @@ class Deferrals:
                     await self._outbox.decide(ref, Outcome.failed(reason), bound)
                     return None
                 decision = self._ask(record, document)
-            return await self._until_done(record, request, decision, ended_task, running, bound)
+            ready = await self._until_done(record, request, decision, ended_task, running, bound)
+            if ready is None or turns is None:
+                return ready
+            return await self._await_turn(ready, request, turns, ended_task, running, bound)
         finally:
             reporter.stop()
             for task in (ended_task, reporter_task, decision):
@@ -264,8 +276,48 @@ class Deferrals:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-            self._supervisor.running = None
-            self._shared.set_status("idle")
+            self._supervisor.waiting.pop(ref, None)
+            if not aside:
+                self._supervisor.running = None
+                self._shared.set_status("idle")
+
+    async def _await_turn(
+        self,
+        record: ExecutionRecord,
+        request: Request,
+        turns: Turns,
+        ended_task: asyncio.Task[Any],
+        running: Running,
+        bound: Any,
+    ) -> ExecutionRecord | None:
+        """The wait is over, but another job may be running: wait for the turn, still
+        heartbeating and watching the service (a cancel now still ends the wait)."""
+        wake = clock.now() if request.until is None else request.until
+        granted = turns.ask(wake)
+        if not granted.done():
+            bound.info("deferral over; the job runs when the running one ends")
+        try:
+            while not granted.done():
+                self._shared.beat()
+                if running.cloud_ended.is_set():
+                    turns.withdraw(granted)
+                    await self._ended(record, running.reason, bound)
+                    return None
+                if self._shared.stopping:
+                    turns.withdraw(granted)
+                    bound.info("stopping while deferred: the wait goes on after the restart")
+                    return None
+                await asyncio.wait(
+                    {granted, ended_task}, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+        except BaseException:
+            turns.withdraw(granted)
+            raise
+        if running.cloud_ended.is_set():
+            turns.release()
+            await self._ended(record, running.reason, bound)
+            return None
+        return record
 
     def _ask(self, record: ExecutionRecord, document: Mapping[str, Any]) -> asyncio.Future[Any]:
         assert self.consent is not None

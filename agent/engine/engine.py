@@ -7,7 +7,9 @@ its progress, cancellation), `reboot` (reboots jobs ask for), `jobfiles` (direct
 leftovers). The lifecycle they move an execution through is declared in `lifecycle`, and what a
 record means after a crash is decided in `recovery`.
 
-One job runs at a time. Work is looked for on start, after every resync (reconnect) and on every
+One job runs at a time (`turns`: with `jobs.run_others_while_deferred`, a deferred execution
+waits beside the loop, which takes other work meanwhile; a handler runs only with the turn).
+Work is looked for on start, after every resync (reconnect) and on every
 `notify`/`notify-next` event; events that arrive while a job runs only set a flag that is acted
 on when it ends. Executions are identified by (namespace, jobId, executionNumber), never by their
 document (AWS re-signs presigned URLs on every delivery).
@@ -40,6 +42,7 @@ from jobs_agent.engine.shared import Dispatcher, Shared
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
 from jobs_agent.engine.store import Store, StoreError, StoreLost
 from jobs_agent.engine.supervision import Supervisor
+from jobs_agent.engine.turns import NEW_WORK, Turns
 from jobs_agent.inventory.sources import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
@@ -79,6 +82,7 @@ class Engine:
         self.client = client
         self.store = store
         self._shared = shared = Shared(settings, dispatcher, on_status, mqtt_link)
+        self._turns = Turns(shared.beat, shared.wake)
         self._files = JobFiles(shared, store)
         self._outbox = Outbox(shared, store, client, self._files)
         self._acquisition = Acquisition(shared, store, client, self._outbox, self._files)
@@ -104,6 +108,7 @@ class Engine:
             self.deferrals,
             DocumentRefresher(shared, client),
             self._packages,
+            self._turns,
             heartbeat_interval=heartbeat_interval,
         )
         self._reconciled = False
@@ -168,6 +173,7 @@ class Engine:
         try:
             await self._loop()
         finally:
+            await self._turns.close()
             await self._packages.close()
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,14 +212,15 @@ class Engine:
         if not self._reconciled:
             await self._acquisition.reconcile()
             self._reconciled = True
-        await self._carry_on_held()
-        if self._reboots.awaiting:
-            return True
-        if self._store_broken:
-            await self.store.call(Store.probe)  # take no job the database cannot record
-            self._store_broken = False
-            log.info("state database writable again")
-        found = await self._take_and_run()
+        async with self._turns.turn(NEW_WORK):
+            await self._carry_on_held()
+            if self._reboots.awaiting:
+                return True
+            if self._store_broken:
+                await self.store.call(Store.probe)  # take no job the database cannot record
+                self._store_broken = False
+                log.info("state database writable again")
+            found = await self._take_and_run()
         self._retry_delay = RETRY_MIN_SECONDS
         if found:
             self._shared.wake()  # there may be more
@@ -234,9 +241,13 @@ class Engine:
         if self._shared.stopping:
             return False
         self._last_acquire = time.monotonic()
-        offer = await self._acquisition.take_next()
+        aside = set(self._turns.aside)
+        if aside and not self._shared.settings.run_others_while_deferred:
+            return False  # switched off by a reload: nothing else runs while they wait
+        offer = await self._acquisition.take_next(aside)
         if offer is None:
-            self._shared.set_status("idle")
+            if not aside:
+                self._shared.set_status("idle")
             return False
         record = await self._acquisition.record(offer)
         if record is not None:

@@ -32,6 +32,7 @@ from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
+from jobs_agent.engine.turns import Turns
 from jobs_agent.inventory.model import InventoryError
 from jobs_agent.vocabulary import JobExecutionStatus
 from jobs_agent_handlers.api import (
@@ -58,10 +59,12 @@ class Runner:
         deferrals: Deferrals,
         refresher: DocumentRefresher,
         packages: PackageReports,
+        turns: Turns,
         *,
         heartbeat_interval: float | None = None,
     ) -> None:
         self._deferrals = deferrals
+        self._turns = turns
         self._shared = shared
         self._store = store
         self._outbox = outbox
@@ -197,9 +200,35 @@ class Runner:
         bound: Any,
     ) -> None:
         """Record the deferral (None: it is recorded already), wait for its end, and run the
-        job again; as often as it is deferred again."""
+        job again; as often as it is deferred again. With `jobs.run_others_while_deferred` the
+        deferral is recorded here and the rest goes aside (`engine/turns.py`), so that the
+        engine's loop takes other work meanwhile."""
+        if not self._shared.settings.run_others_while_deferred:
+            await self._deferred_loop(record, request, document, bound, aside=False)
+            return
+        if request is not None:
+            current = await self._store.call(Store.get, record.key) or record
+            deferred = await self._deferrals.defer(current, request, bound)
+            if deferred is None:
+                return  # the limit: decided FAILED
+            record = deferred
+        bound.info("the deferred job waits aside; other jobs may run meanwhile")
+        self._turns.start_aside(
+            record.key, self._deferred_loop(record, None, document, bound, aside=True)
+        )
+
+    async def _deferred_loop(
+        self,
+        record: ExecutionRecord,
+        request: Request | None,
+        document: Mapping[str, Any],
+        bound: Any,
+        *,
+        aside: bool,
+    ) -> None:
         ref = record.key
         consented = False
+        turns = self._turns if aside else None
         while True:
             if request is not None:
                 current = await self._store.call(Store.get, ref) or record
@@ -210,38 +239,43 @@ class Runner:
                 if consented:
                     await self._deferrals.forget_consent(record)
             reporter, running = self._prepare(record, document, Run(resumed=True), bound)
-            ready = await self._deferrals.wait(record, document, running, reporter, bound)
+            ready = await self._deferrals.wait(record, document, running, reporter, bound, turns)
             if ready is None:
                 return
-            consented = ready.deferral is not None and ready.deferral.kind == CONSENT
-            if consented:
-                gate = self._deferrals.window_gate(document)
-                if isinstance(gate, Outcome):
-                    await self._outbox.decide(ref, gate, bound)
-                    await self._deferrals.forget_consent(ready)
+            try:  # with `turns`, `ready` holds the turn until the run ends
+                consented = ready.deferral is not None and ready.deferral.kind == CONSENT
+                if consented:
+                    gate = self._deferrals.window_gate(document)
+                    if isinstance(gate, Outcome):
+                        await self._outbox.decide(ref, gate, bound)
+                        await self._deferrals.forget_consent(ready)
+                        return
+                    if gate is not None:
+                        record, request = ready, gate
+                        continue
+                try:
+                    document = await self._deferrals.resumed_document(ready, document)
+                except JobFailed as exc:
+                    outcome = Outcome.failed(exc.reason, **exc.details)
+                    await self._outbox.decide(ref, outcome, bound)
                     return
-                if gate is not None:
-                    record, request = ready, gate
-                    continue
-            try:
-                document = await self._deferrals.resumed_document(ready, document)
-            except JobFailed as exc:
-                await self._outbox.decide(ref, Outcome.failed(exc.reason, **exc.details), bound)
-                return
-            handler = await self._resolve(ready, document, bound)
-            if handler is None:
-                return
-            fresh = ready.handler is None  # deferred before anything ran
-            fields = _handler_fields(handler) if fresh else {}
-            record = await self._deferrals.resume(ready, **fields)
-            if consented:
-                await self._deferrals.forget_consent(record)
-            deferred_again = await self._execute(
-                record, handler, document, Run(resumed=not fresh), bound
-            )
-            if deferred_again is None:
-                return
-            request = self._deferrals.from_handler(deferred_again, document)
+                handler = await self._resolve(ready, document, bound)
+                if handler is None:
+                    return
+                fresh = ready.handler is None  # deferred before anything ran
+                fields = _handler_fields(handler) if fresh else {}
+                record = await self._deferrals.resume(ready, **fields)
+                if consented:
+                    await self._deferrals.forget_consent(record)
+                deferred_again = await self._execute(
+                    record, handler, document, Run(resumed=not fresh), bound
+                )
+                if deferred_again is None:
+                    return
+                request = self._deferrals.from_handler(deferred_again, document)
+            finally:
+                if turns is not None:
+                    turns.release()
 
     async def _needs_no_run(
         self, record: ExecutionRecord, document: Mapping[str, Any], bound: Any

@@ -40,3 +40,6 @@ class EngineSettings:
     """A handler's "not now" without a time waits this long."""
     max_document_refreshes: int = 10
     """How often one run of a handler may fetch its job document again for fresh URLs."""
+    run_others_while_deferred: bool = False
+    """While an execution is deferred, take and run other QUEUED executions (one at a time,
+    by name: `engine/turns.py`); false: nothing else runs while a job waits."""

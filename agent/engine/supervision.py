@@ -59,6 +59,9 @@ class Supervisor:
         self._client = client
         self._files = files
         self.running: Running | None = None
+        """The execution whose handler runs (or, deferred, whose wait holds the loop)."""
+        self.waiting: dict[ExecutionRef, Running] = {}
+        """Deferred executions whose wait watches the service too (`Deferrals.wait`)."""
 
     # -- the handler -------------------------------------------------------------------------
     async def supervise(
@@ -170,7 +173,8 @@ class Supervisor:
         sanitized = None
         if details is not None:
             sanitized = sanitize_status_details(redact_mapping(details))
-            self._shared.set_status("running", str(ref), **sanitized)
+            if self.running is running:  # not a deferred one waiting beside it
+                self._shared.set_status("running", str(ref), **sanitized)
         try:
             await self._client.update(
                 ref,
@@ -194,12 +198,15 @@ class Supervisor:
 
     # -- the service's view ----------------------------------------------------------------------
     def check_still_listed(self, event: JobExecutionsChanged) -> None:
-        running = self.running
-        if running is None or running.ref.namespace != event.namespace:
-            return
-        if not event.lists(running.ref.job_id, running.ref.execution_number):
-            # Delivery order is not guaranteed: confirm with the service before stopping.
-            self._shared.background(self._confirm_cloud_ended(running))
+        watched = list(self.waiting.values())
+        if self.running is not None and all(w is not self.running for w in watched):
+            watched.append(self.running)
+        for running in watched:
+            if running.ref.namespace != event.namespace:
+                continue
+            if not event.lists(running.ref.job_id, running.ref.execution_number):
+                # Delivery order is not guaranteed: confirm with the service before stopping.
+                self._shared.background(self._confirm_cloud_ended(running))
 
     async def _confirm_cloud_ended(self, running: Running) -> None:
         try:
@@ -210,7 +217,8 @@ class Supervisor:
             self.cloud_ended(running, f"the service ended the execution ({ended})")
 
     def cloud_ended(self, running: Running, reason: str) -> None:
-        if self.running is running and not running.cloud_ended.is_set():
+        watched = self.running is running or self.waiting.get(running.ref) is running
+        if watched and not running.cloud_ended.is_set():
             running.reason = reason
             running.cloud_ended.set()
 
