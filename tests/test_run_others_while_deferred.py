@@ -10,11 +10,15 @@ deferred and a running record) are pure and tested table by table below.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from jobs_agent.config import ConfigError, load_config
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.records import Deferral, ExecutionRecord
@@ -375,3 +379,63 @@ async def test_the_turn_goes_to_the_earliest_ready_and_back() -> None:
         assert not blocked.done()
     assert blocked.done()
     assert woken
+
+
+async def test_a_reload_that_switches_it_off_holds_new_work_while_one_waits_aside(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """SIGHUP applies the setting from the next job taken: switched off while an execution
+    waits aside, nothing else is taken until that one has run (the setting's meaning), and
+    the waiting one is not disturbed."""
+    order = tmp_path / "order.log"
+    handlers = tmp_path / "handlers"
+    write_handler(handlers, "first", DEFER_ONCE.format(name="first", after=3600, log=order))
+    write_handler(handlers, "second", QUICK.format(name="second", log=order))
+    clock = AgentClock(tmp_path / "clock", epoch(NOON))
+    agent = start_agent(tmp_path, mosquitto.port, clock, jobs_lines=setting(True))
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("first-1", [THING], {"operation": "first"})
+        await wait_deferral(emulator, "first-1")
+        config = tmp_path / "config.yaml"
+        config.write_text(config.read_text().replace(setting(True)[0], setting(False)[0]))
+        agent.signal(signal.SIGHUP)
+        await agent.wait_message("STATUS=configuration reloaded")
+        emulator.service.create_job("second-1", [THING], {"operation": "second"})
+        with pytest.raises(TimeoutError):  # an absence: see the first test
+            await emulator.service.wait_for(lambda: status(emulator, "second-1") != "QUEUED", 3)
+        clock.set(epoch("2026-06-01T13:00:01Z"))
+        first = await wait_terminal(emulator, "first-1", THING, timeout=30)
+        second = await wait_terminal(emulator, "second-1", THING, timeout=30)
+    finally:
+        agent.kill()
+    assert (str(first.status), str(second.status)) == ("SUCCEEDED", "SUCCEEDED")
+    assert lines(order) == ["first deferred", "first ran", "second ran"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("true", True), ("false", False)])
+def test_the_setting_reaches_the_engine_false_by_default(
+    tmp_path: Path, value: str | None, expected: bool
+) -> None:
+    path = tmp_path / "config.yaml"
+    jobs = "" if value is None else f"jobs:\n  run_others_while_deferred: {value}\n"
+    path.write_text("thing_name: gw\n" + jobs)
+    assert load_config(path, environ={}).engine_settings().run_others_while_deferred is expected
+
+
+def test_config_check_names_the_key_and_the_line_of_a_bad_value(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("thing_name: gw\njobs:\n  run_others_while_deferred: sometimes\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert "jobs.run_others_while_deferred" in str(caught.value)
+    assert "line 3" in str(caught.value)
+    checked = subprocess.run(
+        [sys.executable, "-m", "jobs_agent", "config", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode != 0
+    assert "jobs.run_others_while_deferred" in checked.stdout + checked.stderr

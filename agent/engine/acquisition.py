@@ -116,6 +116,8 @@ class Acquisition:
         execution again."""
         await self._store.call(Store.verify)  # take no job the database cannot record
         pending = await self._client.get_pending()
+        if not self._shared.settings.run_others_while_deferred:
+            return None  # switched off by a reload meanwhile: nothing else while they wait
         chosen = next_by_name(
             [_summary_ref(s) for s in pending.in_progress],
             [_summary_ref(s) for s in pending.queued],

@@ -73,7 +73,8 @@ class Turns:
     def __init__(self, beat: Callable[[], None], wake: Callable[[], None]) -> None:
         self._beat = beat
         self._wake = wake
-        self._held = False
+        self._held: float | None = None
+        """The wake time of the request holding the turn (None: free)."""
         self._asks: list[Ask] = []
         self._counter = itertools.count()
         self.aside: dict[ExecutionRef, asyncio.Task[None]] = {}
@@ -96,19 +97,20 @@ class Turns:
         self._asks = [a for a in self._asks if a.granted is not granted]
 
     def release(self) -> None:
-        self._held = False
+        held, self._held = self._held, None
         self._grant()
-        self._wake()
+        if held is not None and held != NEW_WORK:
+            self._wake()  # a deferred job ran: the loop may take other work again
 
     def _grant(self) -> None:
         self._asks = [a for a in self._asks if not a.granted.done()]
-        if self._held:
+        if self._held is not None:
             return
         index = next_turn([(a.wake, a.order) for a in self._asks])
         if index is None:
             return
         chosen = self._asks.pop(index)
-        self._held = True
+        self._held = chosen.wake
         chosen.granted.set_result(None)
 
     @contextlib.asynccontextmanager
