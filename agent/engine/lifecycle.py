@@ -45,13 +45,15 @@ class ExecutionState(StrEnum):
     """The service ended the execution; nothing more is reported for it."""
     DEFERRED = "deferred"
     """IN_PROGRESS on the service, waiting (its kind: a handler's "not now", a maintenance
-    window, a person's consent) until `deferred_until` or a decision; nothing runs meanwhile."""
+    window, a person's consent) until `deferred_until` or a decision; nothing runs meanwhile,
+    unless `jobs.run_others_while_deferred` lets other executions run (`engine/turns.py`)."""
 
 
 S = ExecutionState
 
 TRANSITIONS: Mapping[tuple[ExecutionState | None, ExecutionState], str] = {
-    (None, S.RECEIVED): "a namespaced execution is recorded before it is moved to IN_PROGRESS",
+    (None, S.RECEIVED): "a namespaced execution, or one taken by name while another waits"
+    " deferred, is recorded before it is moved to IN_PROGRESS",
     (None, S.STARTED): "start-next moved it to IN_PROGRESS (or the service says this device"
     " runs an execution it has no record of, which is then decided FAILED)",
     (S.RECEIVED, S.STARTED): "the service accepted IN_PROGRESS for the namespaced execution",
