@@ -33,7 +33,14 @@ from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.steps import StepsHandler
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
-from jobs_agent_handlers.api import Handler, JobContext, JobFailed, JobRejected, Outcome
+from jobs_agent_handlers.api import (
+    Handler,
+    JobContext,
+    JobFailed,
+    JobRejected,
+    Outcome,
+    point_of_no_return,
+)
 
 if TYPE_CHECKING:
     # cryptography costs ~9 MB of memory: loaded only when signatures are required.
@@ -251,8 +258,27 @@ class Dispatcher:
         if isinstance(handler, StepsHandler):
             return await run_handler(handler, ctx)
         timeout = self._plugin_timeout(handler, ctx.document)
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
-                return await run_handler(handler, ctx)
+            async with asyncio.timeout(None) as limit:
+
+                def expire() -> None:
+                    # Past its point of no return (an A/B update after its slot switch) a
+                    # handler is not cut short: that would leave the device half done. It
+                    # bounds its own steps (handlers/api.py POINT_OF_NO_RETURN).
+                    if point_of_no_return(getattr(ctx, "checkpoint_data", None)) is None:
+                        limit.reschedule(loop.time())
+                    else:
+                        ctx.log.warning(
+                            "plugin time limit passed; not stopped: past its point of no return",
+                            handler=handler.name,
+                            timeout=timeout,
+                        )
+
+                timer = loop.call_later(timeout, expire)
+                try:
+                    return await run_handler(handler, ctx)
+                finally:
+                    timer.cancel()
         except TimeoutError:
             return Outcome.failed(f"timed out after {timeout:g} s")
