@@ -40,7 +40,8 @@ is past its point of no return (an A/B update that has switched slots). The engi
 it to its end even when the service ends the execution meanwhile: it does not stop the handler,
 reboots when asked, and runs it again after the boot, reporting the outcome once (which the
 service refuses, and the record keeps). Where the engine would fail it on its own (a reboot
-that did not happen), it runs the handler again instead, which decides (docs/handlers.md)."""
+that did not happen), it runs the handler again instead, which decides; and the plugin time
+limit no longer stops it, so it must bound its own steps (docs/handlers.md)."""
 
 
 def point_of_no_return(checkpoint: Any) -> str | None:

@@ -15,7 +15,13 @@ from jobs_agent.config import AgentConfig, JobsConfig
 from jobs_agent.dispatch import Dispatcher, run_handler
 from jobs_agent.dispatch.context import LocalJobContext
 from jobs_agent.dispatch.plugins import PluginError
-from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, Outcome
+from jobs_agent_handlers.api import (
+    POINT_OF_NO_RETURN,
+    JobContext,
+    JobFailed,
+    JobRejected,
+    Outcome,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello-plugin" / "src"
 
@@ -109,6 +115,32 @@ async def test_plugin_time_limit(tmp_path: Path, ctx_factory: Any) -> None:
     d = Dispatcher(config(tmp_path, {}))
     outcome = await d.run(Hangs(), ctx_factory({"timeout": 0.2}))
     assert outcome == Outcome.failed("timed out after 0.2 s")
+
+
+async def test_a_plugin_past_its_point_of_no_return_is_not_cut_by_the_time_limit(
+    tmp_path: Path, ctx_factory: Any
+) -> None:
+    """An A/B update verifying its new slot must not be stopped halfway by the plugin time
+    limit (the slot on trial would be nobody's); before that point the limit applies."""
+
+    class SwitchesThenWorks:
+        name = "switches"
+        resumable = True
+
+        def __init__(self, switch: bool) -> None:
+            self.switch = switch
+
+        async def run(self, ctx: JobContext) -> Mapping[str, Any]:
+            if self.switch:
+                await ctx.checkpoint({POINT_OF_NO_RETURN: "switched slots"})
+            await asyncio.sleep(0.4)  # the work itself, longer than the limit
+            return {"done": "yes"}
+
+    d = Dispatcher(config(tmp_path, {}))
+    held = await d.run(SwitchesThenWorks(True), ctx_factory({"timeout": 0.1}))
+    assert held == Outcome.succeeded(done="yes")
+    cut = await d.run(SwitchesThenWorks(False), ctx_factory({"timeout": 0.1}))
+    assert cut == Outcome.failed("timed out after 0.1 s")
 
 
 async def test_builtin_reboot_plugin(tmp_path: Path, ctx_factory: Any) -> None:

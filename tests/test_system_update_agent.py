@@ -129,7 +129,17 @@ class Gateway:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
     async def wait_reboot_call(self, count: int) -> None:
-        await wait_until(lambda: self.reboot_calls >= count, 60, f"reboot command call {count}")
+        try:
+            await wait_until(lambda: self.reboot_calls >= count, 60, f"reboot command call {count}")
+        except TimeoutError as exc:
+            # What the service and the agent say, for whoever reads a failure.
+            reports = [
+                {"status": str(h.to_status), **h.status_details}
+                for h in self.emulator.service.history()
+            ]
+            raise AssertionError(
+                f"{exc}\nreports: {reports[-5:]}\nagent log:\n{self.agent.log_text()}"
+            ) from None
 
     def power_cycle(self, *, boot: bool = True) -> str | None:
         """The power goes; the bootloader boots a slot (unless `boot` is false: the agent

@@ -41,6 +41,7 @@ from jobs_agent_handlers.api import (
     JobFailed,
     JobRejected,
     Outcome,
+    point_of_no_return,
 )
 
 if TYPE_CHECKING:
@@ -262,8 +263,27 @@ class Dispatcher:
         if isinstance(handler, StepsHandler):
             return await run_handler(handler, ctx)
         timeout = self._plugin_timeout(handler, ctx.document)
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
-                return await run_handler(handler, ctx)
+            async with asyncio.timeout(None) as limit:
+
+                def expire() -> None:
+                    # Past its point of no return (an A/B update after its slot switch) a
+                    # handler is not cut short: that would leave the device half done. It
+                    # bounds its own steps (handlers/api.py POINT_OF_NO_RETURN).
+                    if point_of_no_return(getattr(ctx, "checkpoint_data", None)) is None:
+                        limit.reschedule(loop.time())
+                    else:
+                        ctx.log.warning(
+                            "plugin time limit passed; not stopped: past its point of no return",
+                            handler=handler.name,
+                            timeout=timeout,
+                        )
+
+                timer = loop.call_later(timeout, expire)
+                try:
+                    return await run_handler(handler, ctx)
+                finally:
+                    timer.cancel()
         except TimeoutError:
             return Outcome.failed(f"timed out after {timeout:g} s")
