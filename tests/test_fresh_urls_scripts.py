@@ -13,17 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from jobs_agent.config import AgentConfig
-from jobs_agent.dispatch.context import LocalJobContext
-from jobs_agent.dispatch.router import Dispatcher
 from jobs_agent.emulator.embedded import Emulator
-from jobs_agent_handlers.api import Outcome
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -217,24 +215,32 @@ echo "$reply"
 """
 
 
-async def test_without_a_service_the_answer_says_no_refresh(tmp_path: Path) -> None:
-    """`jobs-agent exec`'s context (no service): the step is answered that there is no
+def test_without_a_service_the_answer_says_no_refresh(tmp_path: Path) -> None:
+    """A real `jobs-agent exec` (no service): the step's request is answered that there is no
     refresh here, and its own exit decides the outcome."""
     handlers = tmp_path / "handlers"
     write_handler(handlers, "ask", ASK_ONCE)
-    config = agent_config(tmp_path, 1, thing=THING)
-    dispatcher = Dispatcher(config)
-    document: dict[str, Any] = {
+    document = {
         "operation": "ask",
         "args": ["https://fw.s3.amazonaws.com/a.bin?X-Amz-Signature=" + "ab" * 32],
         "includeStdOut": True,
     }
-    ctx = LocalJobContext(
-        document=document, scratch_dir=tmp_path / "scratch", state_dir=tmp_path / "state"
+    (tmp_path / "doc.json").write_text(json.dumps(document))
+    (tmp_path / "config.yaml").write_text(
+        f"connection: {{transport: local}}\nstate_dir: {tmp_path / 'state'}\n"
     )
-    outcome: Outcome = await dispatcher.run(dispatcher.resolve(document), ctx)
-    assert outcome.status == "SUCCEEDED", outcome
-    assert json.loads(outcome.details["stdout"]) == {
+    command = [sys.executable, "-m", "jobs_agent", "exec", str(tmp_path / "doc.json")]
+    result = subprocess.run(
+        [*command, "--config", str(tmp_path / "config.yaml"), "--handler-dir", str(handlers)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    details = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
+    assert json.loads(details["stdout"]) == {
         "refreshed": False,
         "reason": "no service to fetch the job document again from here (jobs-agent exec)",
     }
+    assert result.stdout.rstrip().endswith("status: SUCCEEDED")

@@ -107,8 +107,8 @@ def _child_setup(
     progress pipe on fd 3 (a single digit, so `>&3` works in any sh) and the reply pipe, if
     any, on fd 4, close what the agent let leak, drop to the step's user (supplementary
     groups, gid, uid: all three ids), and for a script check that its name still refers to the
-    file checked before. Only system calls run
-    here; an exception is reported by subprocess as a failed start.
+    file checked before. Only system calls run here; an exception is reported by subprocess
+    as a failed start.
     """
 
     def setup() -> None:
@@ -299,6 +299,11 @@ class Sandbox:
         except OSError as exc:
             result.spawn_error = f"cannot run {program}: {exc.strerror or exc}"
             return result
+        if executable.fd <= REPLY_FD:
+            # Executed as /proc/self/fd/N: N must not be where the child puts its pipes.
+            moved = fcntl.fcntl(executable.fd, fcntl.F_DUPFD_CLOEXEC, REPLY_FD + 1)
+            os.close(executable.fd)
+            executable.fd = moved
         try:
             # A few system calls (mkdir, open): on the loop, as the spawn itself.
             group = self.containment.group(spec.group or _anonymous_group())

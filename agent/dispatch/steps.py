@@ -6,7 +6,7 @@ step; `process` runs one).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,12 +294,9 @@ class StepsHandler:
         files = StepFiles(ctx, step.user)
         try:
             env = self._environment(ctx, index, step, files, step_data)
-
-            async def on_checkpoint(data: Any) -> None:
-                await ctx.checkpoint({"next_step": index, "step_data": data})
-
-            total = len(self.document.actions)
-            span = (100.0 * index / total, 100.0 / total)
+            run.defer = None
+            run.refused = None
+            replies = ReplyPipe() if step.url_environment else None
 
             def warn(problem: str) -> None:
                 ctx.log.warning(
@@ -308,18 +305,6 @@ class StepsHandler:
                     handler=step.executable,
                     problem=problem,
                 )
-
-            run.defer = None
-            run.refused = None
-
-            def on_defer(request: JobDeferred) -> None:
-                run.defer = request
-
-            replies = ReplyPipe() if step.url_environment else None
-
-            async def on_refresh() -> None:
-                assert replies is not None
-                await replies.send(await self._refresh_urls(ctx, index, step, run))
 
             spec = ProcessSpec(
                 step.argv,
@@ -333,14 +318,7 @@ class StepsHandler:
                 spec,
                 cancelled=ctx.cancelled,
                 log=run.log,
-                on_message=message_handler(
-                    ctx,
-                    on_checkpoint,
-                    span=span,
-                    warn=warn,
-                    on_defer=on_defer,
-                    on_refresh=None if replies is None else on_refresh,
-                ),
+                on_message=self._messages(ctx, index, step, run, warn, replies),
                 on_bad_line=warn,
                 stdout_sinks=[run.stdout],
                 stderr_sinks=[run.stderr],
@@ -348,6 +326,37 @@ class StepsHandler:
             )
         finally:
             files.close()
+
+    def _messages(
+        self,
+        ctx: JobContext,
+        index: int,
+        step: PreparedStep,
+        run: _Run,
+        warn: Callable[[str], None],
+        replies: ReplyPipe | None,
+    ) -> Callable[[Any], Awaitable[None]]:
+        """What the step's progress lines do (`scripts.message_handler`), for step `index`."""
+
+        async def on_checkpoint(data: Any) -> None:
+            await ctx.checkpoint({"next_step": index, "step_data": data})
+
+        def on_defer(request: JobDeferred) -> None:
+            run.defer = request
+
+        async def on_refresh() -> None:
+            assert replies is not None
+            await replies.send(await self._refresh_urls(ctx, index, step, run))
+
+        total = len(self.document.actions)
+        return message_handler(
+            ctx,
+            on_checkpoint,
+            span=(100.0 * index / total, 100.0 / total),
+            warn=warn,
+            on_defer=on_defer,
+            on_refresh=None if replies is None else on_refresh,
+        )
 
     async def _refresh_urls(
         self, ctx: JobContext, index: int, step: PreparedStep, run: _Run
