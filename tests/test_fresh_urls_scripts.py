@@ -17,10 +17,13 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.dispatch.context import LocalJobContext
+from jobs_agent.dispatch.scripts import message_handler
 from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
@@ -104,6 +107,7 @@ async def test_the_download_file_template_outlives_its_url_through_the_reply_pip
         )
         execution = await wait_terminal(emulator, "dl-1", THING, timeout=30)
         assert str(execution.status) == "SUCCEEDED", (execution.status_details, agent.log_text())
+        log_text = agent.log_text()
     assert target.read_bytes() == PAYLOAD.data
     assert PAYLOAD.sha256 is not None
     assert ranges(s3) == [(0, None, 200), (0, f"bytes={cut}-", 403), (1, f"bytes={cut}-", 206)]
@@ -111,6 +115,7 @@ async def test_the_download_file_template_outlives_its_url_through_the_reply_pip
     # No URL was ever written to a file of the step (document.json aside, which is the
     # delivered copy): the fresh signature is nowhere in the agent's state directory.
     fresh = s3.signatures()[1]
+    assert fresh not in log_text
     for path in (tmp_path / "state").rglob("*"):
         if path.is_file():
             assert fresh.encode() not in path.read_bytes(), path
@@ -244,3 +249,33 @@ def test_without_a_service_the_answer_says_no_refresh(tmp_path: Path) -> None:
         "reason": "no service to fetch the job document again from here (jobs-agent exec)",
     }
     assert result.stdout.rstrip().endswith("status: SUCCEEDED")
+
+
+async def test_a_refresh_request_is_answered_only_where_the_step_has_a_reply_pipe(
+    tmp_path: Path,
+) -> None:
+    """The progress line's key: `refreshUrls: true` goes to the step's answerer; without one
+    (a step with no presigned URL, hence no fd 4), or with another value, it is ignored with a
+    warning the handler author sees."""
+    ctx = LocalJobContext(document={}, scratch_dir=tmp_path / "s", state_dir=tmp_path / "t")
+    warnings: list[str] = []
+    asked: list[bool] = []
+
+    async def no_checkpoint(_data: Any) -> None:
+        raise AssertionError("no checkpoint expected")
+
+    async def answer() -> None:
+        asked.append(True)
+
+    without = message_handler(ctx, no_checkpoint, warn=warnings.append)
+    await without({"refreshUrls": True})
+    answering = message_handler(ctx, no_checkpoint, warn=warnings.append, on_refresh=answer)
+    await answering({"refreshUrls": "please"})
+    assert asked == []
+    await answering({"refreshUrls": True})
+    assert asked == [True]
+    assert warnings == [
+        '"refreshUrls": this step has no presigned URL in its environment to renew'
+        " (and so no reply pipe)",
+        '"refreshUrls" must be true',
+    ]
