@@ -31,7 +31,10 @@ What it guarantees against the file server and the other accounts of the device:
   `X-Amz-Expires` has passed, the plugin asks its context for the job document again
   (`RefreshesDocument`: the agent fetches and checks it; the handler never talks to the
   service) and continues with the new URL from the bytes it has. A new URL refused at once is
-  not asked for again; the agent bounds the renewals (`jobs.max_document_refreshes`).
+  not asked for again; the agent bounds the renewals (`jobs.max_document_refreshes`). The
+  script door does the same through the script protocol: `{"refreshUrls": true}` on its progress
+  pipe, the agent's answer (its `JOBS_AGENT_URL_<n>` from the document fetched again) on its
+  reply pipe (`JOBS_AGENT_REPLY_FD`), so the script never reaches the service either.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import http.client
 import json
 import os
 import re
+import select
 import ssl
 import sys
 import threading
@@ -389,9 +393,11 @@ def download(
     progress: Progress,
     stop: threading.Event | None = None,
     context: ssl.SSLContext | None = None,
+    refresh: Callable[[threading.Event], str] | None = None,
 ) -> int:
-    """Blocking download (see `Download`); a set `stop` cancels it. Raises JobFailed."""
-    job = Download(request, progress, context)
+    """Blocking download (see `Download`, also for `refresh`); a set `stop` cancels it.
+    Raises JobFailed."""
+    job = Download(request, progress, context, refresh)
     if stop is None:
         return job.run()
     watcher_done = threading.Event()
@@ -526,6 +532,65 @@ async def _wait_briefly(finished: asyncio.Future[int]) -> None:
         finished.exception()  # retrieved: the cancellation is the outcome now
 
 
+REPLY_LINE_MAX = 64 * 1024
+
+
+class ReplyRefresher:
+    """The script door's `refresh`: asks the agent on the progress pipe and reads its answer on
+    the reply pipe (docs/handlers.md, script protocol). `variable` is the `JOBS_AGENT_URL_<n>`
+    this download's URL came in."""
+
+    def __init__(self, pipe: Any, reply_fd: int, variable: str) -> None:
+        self._pipe = pipe
+        self._reply_fd = reply_fd
+        self._variable = variable
+        self._buffer = b""
+
+    def __call__(self, stop: threading.Event) -> str:
+        try:
+            self._pipe.write(json.dumps({"refreshUrls": True}) + "\n")
+            self._pipe.flush()
+        except OSError as exc:
+            raise JobFailed(f"cannot ask the agent for a fresh URL: {exc}") from None
+        answer = self._read_line(stop)
+        try:
+            reply = json.loads(answer)
+        except ValueError:
+            raise JobFailed("the agent's answer to refreshUrls is not JSON") from None
+        if not isinstance(reply, dict) or reply.get("refreshed") is not True:
+            reason = reply.get("reason") if isinstance(reply, dict) else None
+            raise JobFailed(f"no fresh URL: {reason or 'the agent did not say why'}")
+        environment = reply.get("environment")
+        url = environment.get(self._variable) if isinstance(environment, dict) else None
+        if not isinstance(url, str):
+            raise JobFailed(f"the agent's fresh URLs do not include {self._variable}")
+        return url
+
+    def _read_line(self, stop: threading.Event) -> str:
+        while b"\n" not in self._buffer:
+            if stop.is_set():
+                raise Cancelled
+            ready, _w, _x = select.select([self._reply_fd], [], [], 0.25)
+            if not ready:
+                continue
+            chunk = os.read(self._reply_fd, 65536)
+            if not chunk:
+                raise JobFailed("the agent closed the reply pipe before answering refreshUrls")
+            self._buffer += chunk
+            if len(self._buffer) > REPLY_LINE_MAX:
+                raise JobFailed("the agent's answer to refreshUrls is too long")
+        line, _nl, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+
+def _reply_refresher(pipe: Any, variable: str | None) -> ReplyRefresher | None:
+    """For a URL that came in `JOBS_AGENT_URL_<n>`, with a reply pipe: the way to renew it."""
+    reply = os.environ.get("JOBS_AGENT_REPLY_FD", "")
+    if pipe is None or variable is None or not reply.isdigit():
+        return None
+    return ReplyRefresher(pipe, int(reply), variable)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m jobs_agent_handlers.download_file URL PATH [SHA256]` (download-file.sh)."""
     args = sys.argv[1:] if argv is None else argv
@@ -534,9 +599,11 @@ def main(argv: list[str] | None = None) -> int:
             "usage: python -m jobs_agent_handlers.download_file URL PATH [SHA256]", file=sys.stderr
         )
         return int(os.environ.get("JOBS_AGENT_EXIT_REJECTED", "90"))
+    variable = None
     if args[0].startswith("env:"):
         # The agent passes presigned URLs in the environment, never in argv (visible in ps).
-        args = [os.environ.get(args[0][4:], ""), *args[1:]]
+        variable = args[0][4:]
+        args = [os.environ.get(variable, ""), *args[1:]]
     fd = os.environ.get("JOBS_AGENT_PROGRESS_FD")
     pipe = None
     if fd and fd.isdigit():
@@ -553,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     allow_http = os.environ.get("JOBS_AGENT_ALLOW_HTTP_DOWNLOADS") == "1"
     try:
         request = DownloadRequest.from_values(*args, allow_http=allow_http)
-        size = download(request, progress=progress)
+        size = download(request, progress=progress, refresh=_reply_refresher(pipe, variable))
     except JobRejected as exc:
         print(exc.reason, file=sys.stderr)
         return int(os.environ.get("JOBS_AGENT_EXIT_REJECTED", "90"))

@@ -164,7 +164,7 @@ async def test_unusable_progress_lines_are_warned_about(base: Path) -> None:
     assert problems == [
         "a progress line is not JSON and was ignored: 'not json'",
         "unknown progress key 'percnt' (did you mean \"percent\"?); expected percent, message,"
-        " details, checkpoint, defer",
+        " details, checkpoint, defer, refreshUrls",
         "a progress line is not a JSON object: [1]",
         "progress percent 'half' is not a number from 0 to 100",
     ]

@@ -202,6 +202,60 @@ class ProgressReader:
                 await self._task
 
 
+class ReplyPipe:
+    """The agent's end of a step's reply pipe (fd 4 in the step): one JSON line written per
+    request the step made on its progress pipe (`{"refreshUrls": true}`), in order.
+
+    Written on the event loop without blocking it: a line that does not fit in the pipe (a step
+    that asks and never reads) waits for room with `add_writer`, and the progress pipe's next
+    line waits with it; the step's time limit bounds that wait as any other. A step that closed
+    its end gets nothing more (the lines are dropped, not raised: its exit status speaks).
+    Unattached (no process yet, or already ended), `send` drops the line.
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._room: asyncio.Future[None] | None = None
+
+    def attach(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+
+    async def send(self, message: Any) -> None:
+        data = memoryview((json.dumps(message, separators=(",", ":")) + "\n").encode())
+        loop = asyncio.get_running_loop()
+        while data and self._fd >= 0:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                self._room = room = loop.create_future()
+                loop.add_writer(self._fd, _settle_room, room)
+                try:
+                    await room
+                finally:
+                    self._room = None
+                    if self._fd >= 0:
+                        loop.remove_writer(self._fd)
+                continue
+            except OSError:  # EPIPE: the step closed its end
+                return
+            data = data[written:]
+
+    def close(self) -> None:
+        """The step has ended: close the agent's end; a line waiting for room is dropped."""
+        if self._fd >= 0:
+            if self._room is not None:
+                asyncio.get_running_loop().remove_writer(self._fd)
+                _settle_room(self._room)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _settle_room(room: asyncio.Future[None]) -> None:
+    if not room.done():
+        room.set_result(None)
+
+
 class ExitWatch:
     """The exit status of a started process, as soon as it exits (a pidfd readable on the loop;
     where the kernel has no pidfd, polled). `status` is done with the return code."""

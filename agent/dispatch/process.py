@@ -5,9 +5,11 @@ What it guarantees, whatever the handler does:
 * the executable is checked again, by descriptor, right before it runs: it and every directory
   above it can be changed only by root or the agent (`agent.securefs`); a binary is executed
   through that very descriptor, a script by its (unchangeable) name after a last identity check;
-* exactly four descriptors: stdin (/dev/null), stdout, stderr and the progress pipe (fd 3);
-  nothing the agent has open (an MQTT socket of a transport that does not mark its descriptors
-  close-on-exec, an epoll instance) reaches a handler, whatever user it runs as;
+* exactly four descriptors: stdin (/dev/null), stdout, stderr and the progress pipe (fd 3),
+  and a fifth only for a step that has presigned URLs to renew: the read end of its reply pipe
+  (fd 4, `ReplyPipe`: the agent's one-line answers to its requests); nothing the agent has
+  open (an MQTT socket of a transport that does not mark its descriptors close-on-exec, an
+  epoll instance) reaches a handler, whatever user it runs as;
 * containment: the handler and every process it starts, including those that leave its session,
   are found and stopped at the step's end, timeout or cancellation (`containment`: a cgroup per
   step, or the agent as child subreaper);
@@ -15,7 +17,8 @@ What it guarantees, whatever the handler does:
 * a time limit on every run (never infinite), and prompt termination when the job is cancelled;
 * stdout and stderr drained concurrently and without limit, so a chatty handler is never blocked
   or killed for its output; only a bounded tail is kept in memory, the rest goes to a capped log;
-* an optional progress pipe whose JSON lines are passed to a callback (the script protocol).
+* an optional progress pipe whose JSON lines are passed to a callback (the script protocol),
+  and the reply pipe on which that callback answers a request (`{"refreshUrls": true}`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from jobs_agent.dispatch.pipes import (
     MessageCallback,
     OutputReader,
     ProgressReader,
+    ReplyPipe,
 )
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.users import RunAs
@@ -58,10 +62,12 @@ _PROGRESS_GRACE = 0.5
 
 PROGRESS_FD = 3
 """The progress pipe's number in the handler: a single digit, so `>&3` works in any sh."""
+REPLY_FD = 4
+"""The reply pipe's number in a step that has one (`<&4` in sh)."""
 
 
-def _close_inherited_fds() -> None:
-    """In the child: close every inheritable descriptor above the progress pipe.
+def _close_inherited_fds(highest_kept: int) -> None:
+    """In the child: close every inheritable descriptor above the protocol's own (3, or 4).
 
     Descriptors marked close-on-exec (everything Python opens, PEP 446, including subprocess's
     own error pipe that must stay open until the exec) go away by themselves; what is left is
@@ -70,10 +76,10 @@ def _close_inherited_fds() -> None:
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
-        names = [str(fd) for fd in range(PROGRESS_FD + 1, _fd_limit())]
+        names = [str(fd) for fd in range(highest_kept + 1, _fd_limit())]
     for name in names:
         fd = int(name)
-        if fd <= PROGRESS_FD:
+        if fd <= highest_kept:
             continue
         try:
             flags = fcntl.fcntl(fd, fcntl.F_GETFD)
@@ -89,25 +95,32 @@ def _fd_limit() -> int:
 
 
 def _child_setup(
-    write_fd: int, join_fd: int | None, user: RunAs, executable: CheckedExecutable
+    write_fd: int,
+    reply_fd: int | None,
+    join_fd: int | None,
+    user: RunAs,
+    executable: CheckedExecutable,
 ) -> Callable[[], None]:
     """Runs in the child between fork and exec (after subprocess set up stdio and the session).
 
     In this order: join the step's cgroup (as root, before anything else can fork), put the
-    progress pipe on fd 3 (a single digit, so `>&3` works in any sh), close what the agent let
-    leak, drop to the step's user (supplementary groups, gid, uid: all three ids), and for a
-    script check that its name still refers to the file checked before. Only system calls run
-    here; an exception is reported by subprocess as a failed start.
+    progress pipe on fd 3 (a single digit, so `>&3` works in any sh) and the reply pipe, if
+    any, on fd 4, close what the agent let leak, drop to the step's user (supplementary
+    groups, gid, uid: all three ids), and for a script check that its name still refers to the
+    file checked before. Only system calls run here; an exception is reported by subprocess
+    as a failed start.
     """
 
     def setup() -> None:
         if join_fd is not None:
             os.write(join_fd, b"0")
-        if write_fd == PROGRESS_FD:
-            os.set_inheritable(write_fd, True)
-        else:
-            os.dup2(write_fd, PROGRESS_FD)  # dup2 clears close-on-exec on the copy
-        _close_inherited_fds()
+        reply = reply_fd
+        if reply == PROGRESS_FD:
+            reply = os.dup(reply)  # out of the progress pipe's way (close-on-exec is not copied)
+        _place(write_fd, PROGRESS_FD)
+        if reply is not None:
+            _place(reply, REPLY_FD)
+        _close_inherited_fds(PROGRESS_FD if reply is None else REPLY_FD)
         if user.switch:
             os.setgroups(list(user.groups))
             os.setresgid(user.gid, user.gid, user.gid)
@@ -116,6 +129,14 @@ def _child_setup(
             raise RuntimeError("the executable changed after it was checked")
 
     return setup
+
+
+def _place(fd: int, number: int) -> None:
+    """In the child: make `fd` available to the exec'd program as `number`."""
+    if fd == number:
+        os.set_inheritable(fd, True)
+    else:
+        os.dup2(fd, number)  # dup2 clears close-on-exec on the copy
 
 
 """Told why a progress line was ignored (not JSON, too long), so the operator can be warned."""
@@ -259,10 +280,16 @@ class Sandbox:
         on_bad_line: BadLineCallback | None = None,
         stdout_sinks: Sequence[Tail] = (),
         stderr_sinks: Sequence[Tail] = (),
+        replies: ReplyPipe | None = None,
     ) -> ProcessResult:
+        """Run `spec` to its end. With `replies`, the step also gets the reply pipe on fd 4
+        (`JOBS_AGENT_REPLY_FD`), whose write end `replies` holds while the step runs, for
+        `on_message` to answer its requests."""
         result = ProcessResult(None, spec.timeout, Tail(), Tail())
         env = build_environment(spec.user, spec.env, self.search_path, self.environment)
         env["JOBS_AGENT_PROGRESS_FD"] = str(PROGRESS_FD)
+        if replies is not None:
+            env["JOBS_AGENT_REPLY_FD"] = str(REPLY_FD)
         program = spec.argv[0]
         try:
             executable = open_executable(Path(program), what="handler")
@@ -272,6 +299,11 @@ class Sandbox:
         except OSError as exc:
             result.spawn_error = f"cannot run {program}: {exc.strerror or exc}"
             return result
+        if executable.fd <= REPLY_FD:
+            # Executed as /proc/self/fd/N: N must not be where the child puts its pipes.
+            moved = fcntl.fcntl(executable.fd, fcntl.F_DUPFD_CLOEXEC, REPLY_FD + 1)
+            os.close(executable.fd)
+            executable.fd = moved
         try:
             # A few system calls (mkdir, open): on the loop, as the spawn itself.
             group = self.containment.group(spec.group or _anonymous_group())
@@ -282,7 +314,7 @@ class Sandbox:
         try:
             return await self._run_in_group(
                 spec, env, executable, group, result, cancelled,
-                _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks),
+                _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks, replies),
             )  # fmt: skip
         finally:
             executable.close()
@@ -299,7 +331,7 @@ class Sandbox:
         cancelled: asyncio.Event,
         outputs: _Outputs,
     ) -> ProcessResult:
-        spawned = self._spawn(spec, env, executable, group, result)
+        spawned = self._spawn(spec, env, executable, group, result, outputs.replies)
         if spawned is None:
             return result
         process, (out_fd, err_fd, progress_fd) = spawned
@@ -335,6 +367,8 @@ class Sandbox:
                 reader.pipe.close()
             progress.cancel()
             await progress.wait_cancelled()
+            if outputs.replies is not None:
+                outputs.replies.close()
         return result
 
     def _spawn(
@@ -344,10 +378,12 @@ class Sandbox:
         executable: CheckedExecutable,
         group: JobGroup,
         result: ProcessResult,
+        replies: ReplyPipe | None,
     ) -> tuple[subprocess.Popen[bytes], tuple[int, int, int]] | None:
         """Start the step in its group, as its user, from the file that was checked; the
         process and the read ends of its stdout, stderr and progress pipe, or None
-        (`result.spawn_error` says).
+        (`result.spawn_error` says). With `replies`, the write end of the reply pipe goes to
+        it and the read end to the step.
 
         Synchronous, on the loop (as asyncio's own subprocess start): the child runs nothing
         but system calls before its exec, and no watcher thread is started for it.
@@ -359,6 +395,7 @@ class Sandbox:
             result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
             return None
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
+        reply = os.pipe() if replies is not None else None
         try:
             process = subprocess.Popen(
                 spec.argv,
@@ -370,16 +407,28 @@ class Sandbox:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=False,
-                preexec_fn=_child_setup(pipes[2][1], group.join_fd, spec.user, executable),
+                preexec_fn=_child_setup(
+                    pipes[2][1],
+                    None if reply is None else reply[0],
+                    group.join_fd,
+                    spec.user,
+                    executable,
+                ),
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             for read_fd, _write_fd in pipes:
                 os.close(read_fd)
+            if reply is not None:
+                os.close(reply[1])
             result.spawn_error = f"cannot run {spec.argv[0]}: {self._spawn_failure(spec, exc)}"
             return None
         finally:
             for _read_fd, write_fd in pipes:
                 os.close(write_fd)
+            if reply is not None:
+                os.close(reply[0])
+        if replies is not None and reply is not None:
+            replies.attach(reply[1])
         return process, (pipes[0][0], pipes[1][0], pipes[2][0])
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
@@ -437,6 +486,7 @@ class _Outputs:
     on_bad_line: BadLineCallback | None
     stdout: Sequence[Tail]
     stderr: Sequence[Tail]
+    replies: ReplyPipe | None = None
 
 
 def _anonymous_group() -> str:

@@ -167,7 +167,7 @@ def _remove_tree(path: Path) -> None:
         log.warning("cannot remove a step's private directory", path=str(path), errors=problems)
 
 
-PROGRESS_KEYS = ("percent", "message", "details", "checkpoint", "defer")
+PROGRESS_KEYS = ("percent", "message", "details", "checkpoint", "defer", "refreshUrls")
 DEFER_KEYS = ("until", "after", "window", "reason")
 
 
@@ -178,14 +178,17 @@ def message_handler(
     span: tuple[float, float] = (0.0, 100.0),
     warn: Callable[[str], None] | None = None,
     on_defer: Callable[[JobDeferred], None] | None = None,
+    on_refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[[Any], Awaitable[None]]:
     """Turn progress-pipe messages into `ctx.progress` and checkpoints.
 
     A line is a JSON object with any of `percent` (0 to 100), `message` (string), `details`
     (an object of scalar values), `checkpoint` (any JSON value, saved durably before the
     next line is read) and `defer` (when to run the step again if it exits `EXIT_DEFER`:
-    `until`, RFC 3339 or epoch seconds, or `after` seconds, or `window: true`; and `reason`).
-    A step's percent is scaled into `span` (start, width) of the job's.
+    `until`, RFC 3339 or epoch seconds, or `after` seconds, or `window: true`; and `reason`),
+    and `refreshUrls: true` (fresh presigned URLs wanted: `on_refresh` answers on the reply
+    pipe before the next line is read). A step's percent is scaled into `span` (start, width)
+    of the job's.
     What cannot be used is skipped and reported to `warn` (a misspelled `percnt`, a percent
     that is not a number), so a handler author sees why the progress did not move.
     """
@@ -205,6 +208,16 @@ def message_handler(
             request = deferral_request(message["defer"], problem)
             if request is not None:
                 on_defer(request)
+        if "refreshUrls" in message:
+            if message["refreshUrls"] is not True:
+                problem('"refreshUrls" must be true')
+            elif on_refresh is None:
+                problem(
+                    '"refreshUrls": this step has no presigned URL in its environment to renew'
+                    " (and so no reply pipe)"
+                )
+            else:
+                await on_refresh()
         percent = _percent(message.get("percent"), span, problem)
         text = message.get("message")
         if text is not None and not isinstance(text, str):

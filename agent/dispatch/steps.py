@@ -6,7 +6,7 @@ step; `process` runs one).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +19,14 @@ from jobs_agent.dispatch.devicec import (
     PreparedStep,
     StepsDocument,
     confirm_reboot_checkpoint,
+    hide_url_credentials,
+    parse_legacy_document,
+    parse_steps_document,
     prepare,
     step_label,
 )
 from jobs_agent.dispatch.output import OutputLog, Tail, log_path
+from jobs_agent.dispatch.pipes import ReplyPipe
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
 from jobs_agent.dispatch.scripts import (
@@ -36,7 +40,16 @@ from jobs_agent.dispatch.scripts import (
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.schedule import clock
 from jobs_agent.schedule.windows import document_windows
-from jobs_agent_handlers.api import JobContext, JobDeferred, JobRejected, Outcome
+from jobs_agent_handlers.api import (
+    JobContext,
+    JobDeferred,
+    JobFailed,
+    JobRejected,
+    Outcome,
+    RefreshesDocument,
+)
+
+NO_REFRESH_HERE = "no service to fetch the job document again from here (jobs-agent exec)"
 
 
 @dataclass
@@ -50,6 +63,9 @@ class _Run:
     ignored: list[str] = field(default_factory=list)
     defer: JobDeferred | None = None
     """The running step's `defer` line: when it wants to run again if it exits `EXIT_DEFER`."""
+    refused: str | None = None
+    """Why the running step's `refreshUrls` was refused by the agent: the job's outcome, as
+    for a plugin whose `refresh_document()` raises (a document changed, the limit reached)."""
 
     def details(self, reason: str | None = None) -> dict[str, str]:
         result: dict[str, str] = {}
@@ -168,6 +184,8 @@ class StepsHandler:
         run.log.note(f"{label} ended: {result.failure() or 'exit code 0'}")
         if result.cancelled:
             return Outcome.failed("cancelled", **run.details())
+        if run.refused is not None:
+            return Outcome.failed(f"{label}: {run.refused}", **run.details())
         if reboot_step and not result.timed_out and result.spawn_error is None:
             await ctx.checkpoint(confirm_reboot_checkpoint(index))
             ctx.request_reboot()
@@ -276,12 +294,9 @@ class StepsHandler:
         files = StepFiles(ctx, step.user)
         try:
             env = self._environment(ctx, index, step, files, step_data)
-
-            async def on_checkpoint(data: Any) -> None:
-                await ctx.checkpoint({"next_step": index, "step_data": data})
-
-            total = len(self.document.actions)
-            span = (100.0 * index / total, 100.0 / total)
+            run.defer = None
+            run.refused = None
+            replies = ReplyPipe() if step.url_environment else None
 
             def warn(problem: str) -> None:
                 ctx.log.warning(
@@ -290,11 +305,6 @@ class StepsHandler:
                     handler=step.executable,
                     problem=problem,
                 )
-
-            run.defer = None
-
-            def on_defer(request: JobDeferred) -> None:
-                run.defer = request
 
             spec = ProcessSpec(
                 step.argv,
@@ -308,15 +318,90 @@ class StepsHandler:
                 spec,
                 cancelled=ctx.cancelled,
                 log=run.log,
-                on_message=message_handler(
-                    ctx, on_checkpoint, span=span, warn=warn, on_defer=on_defer
-                ),
+                on_message=self._messages(ctx, index, step, run, warn, replies),
                 on_bad_line=warn,
                 stdout_sinks=[run.stdout],
                 stderr_sinks=[run.stderr],
+                replies=replies,
             )
         finally:
             files.close()
+
+    def _messages(
+        self,
+        ctx: JobContext,
+        index: int,
+        step: PreparedStep,
+        run: _Run,
+        warn: Callable[[str], None],
+        replies: ReplyPipe | None,
+    ) -> Callable[[Any], Awaitable[None]]:
+        """What the step's progress lines do (`scripts.message_handler`), for step `index`."""
+
+        async def on_checkpoint(data: Any) -> None:
+            await ctx.checkpoint({"next_step": index, "step_data": data})
+
+        def on_defer(request: JobDeferred) -> None:
+            run.defer = request
+
+        async def on_refresh() -> None:
+            assert replies is not None
+            await replies.send(await self._refresh_urls(ctx, index, step, run))
+
+        total = len(self.document.actions)
+        return message_handler(
+            ctx,
+            on_checkpoint,
+            span=(100.0 * index / total, 100.0 / total),
+            warn=warn,
+            on_defer=on_defer,
+            on_refresh=None if replies is None else on_refresh,
+        )
+
+    async def _refresh_urls(
+        self, ctx: JobContext, index: int, step: PreparedStep, run: _Run
+    ) -> dict[str, Any]:
+        """The answer to a step's `{"refreshUrls": true}`: its `JOBS_AGENT_URL_<n>` taken from
+        the job document the engine fetched again (`RefreshesDocument`), or why not.
+
+        The step never reaches the service: the context asks, checks the copy (the same job,
+        the signature) and counts it against `jobs.max_document_refreshes`. A refusal by the
+        context is the job's outcome (`_Run.refused`); where there is no service at all
+        (`jobs-agent exec`), the answer says so and the step decides.
+        """
+        label = step_label(self.document.actions[index], index)
+        if not isinstance(ctx, RefreshesDocument):
+            return {"refreshed": False, "reason": NO_REFRESH_HERE}
+        try:
+            document = await ctx.refresh_document()
+            urls = self._step_urls(document, index, step)
+        except JobFailed as exc:
+            run.refused = exc.reason
+            run.log.note(f"{label}: fresh URLs refused: {exc.reason}")
+            return {"refreshed": False, "reason": exc.reason}
+        run.log.note(f"{label}: fresh presigned URLs handed over ({len(urls)})")
+        return {"refreshed": True, "environment": urls}
+
+    def _step_urls(
+        self, document: Mapping[str, Any], index: int, step: PreparedStep
+    ) -> dict[str, str]:
+        """Step `index`'s `JOBS_AGENT_URL_<n>` in `document` (a copy of the one it runs), by the
+        same argv-to-environment mapping as its start (`devicec.hide_url_credentials`)."""
+        try:
+            if "steps" in document or "version" in document:
+                parsed = parse_steps_document(document)
+            else:
+                parsed = parse_legacy_document(document, self.name)
+        except JobRejected as exc:
+            raise JobFailed(f"the job document fetched again is not usable: {exc.reason}") from None
+        actions = parsed.actions
+        action = actions[index] if index < len(actions) else None
+        if action is None or action.type != step.action.type:
+            raise JobFailed("the job document fetched again has not this step")
+        _args, urls = hide_url_credentials(action.args)
+        if [name for name, _url in urls] != [name for name, _url in step.url_environment]:
+            raise JobFailed("the job document fetched again has other presigned URLs for this step")
+        return dict(urls)
 
     def _environment(
         self, ctx: JobContext, index: int, step: PreparedStep, files: StepFiles, step_data: Any
