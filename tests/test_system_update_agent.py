@@ -20,6 +20,7 @@ import hashlib
 import http.server
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import sys
@@ -55,7 +56,10 @@ from tests.helpers.streams import create_stream
 
 pytestmark = pytest.mark.slow
 
-THING = "gw-ab"
+THING_PREFIX = "gw-ab"
+"""Each test's thing name is unique (`Gateway.thing`): the restarted agent stops whatever
+carries its job's marks (thing, job id, execution number), so two runs of these tests at once
+on one machine must never share them."""
 PAYLOAD = b"new system " * 20_000
 
 
@@ -121,6 +125,7 @@ class Gateway:
     """A RaucDevice or a SwupdateDevice (tests/fixtures)."""
     emulator: Emulator
     agent: AgentProcess
+    thing: str
     boots: int = 1
 
     @property
@@ -236,6 +241,7 @@ def _gateway(
     updater_options: dict[str, Any],
 ) -> Iterator[Gateway]:
     (tmp_path / "boot_id").write_text("boot-1\n")
+    thing = f"{THING_PREFIX}-{secrets.token_hex(4)}"
     reboot = write_handler(
         tmp_path / "bin",
         "reboot",
@@ -245,7 +251,7 @@ def _gateway(
     config = agent_config(
         tmp_path,
         port,
-        thing=THING,
+        thing=thing,
         boot_id_path=tmp_path / "boot_id",
         reboot_command=(str(reboot),),
         stop_timeout_seconds=1,
@@ -254,7 +260,7 @@ def _gateway(
     text = config_yaml(config) + _system_update_yaml(updater_options, tmp_path / "healthy")
     (tmp_path / "config.yaml").write_text(text)
     agent = AgentProcess(config_path=tmp_path / "config.yaml", workdir=tmp_path)
-    gateway = Gateway(tmp_path, device, emulator, agent)
+    gateway = Gateway(tmp_path, device, emulator, agent, thing)
     gateway.healthy(True)
     try:
         yield gateway
@@ -323,12 +329,12 @@ async def test_an_update_is_committed_once_the_new_system_is_healthy(
 ) -> None:
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("ab-ok", [THING], _document(files, device))
+    emulator.service.create_job("ab-ok", [gateway.thing], _document(files, device))
     await gateway.wait_reboot_call(1)
     # Switched, not committed: B boots next on trial, A still runs; nothing final yet.
     assert device.next_boot() == ("B", True)
     assert device.slot_starts_with("B", PAYLOAD)
-    assert str(emulator.service.execution("ab-ok", THING).status) == "IN_PROGRESS"
+    assert str(emulator.service.execution("ab-ok", gateway.thing).status) == "IN_PROGRESS"
     announced = gateway.device_reports("ab-ok")[-1]
     assert announced["reboot"] == "requested"
     assert announced["phase"] == "reboot"
@@ -336,7 +342,7 @@ async def test_an_update_is_committed_once_the_new_system_is_healthy(
 
     assert gateway.power_cycle() == "B"
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-ok", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-ok", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     details = execution.status_details
@@ -360,12 +366,12 @@ async def test_the_bundle_can_come_from_a_stream_over_mqtt(
     create_stream(emulator.service, "os-2", {0: bundle})
     document["stream"] = {"streamId": "os-2", "fileId": 0, "blockSize": 1024}
     await gateway.start()
-    emulator.service.create_job("ab-stream", [THING], document)
+    emulator.service.create_job("ab-stream", [gateway.thing], document)
     await gateway.wait_reboot_call(1)
     assert device.next_boot() == ("B", True)
     assert gateway.power_cycle() == "B"
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-stream", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-stream", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     assert device.slot_starts_with("B", PAYLOAD)
@@ -416,7 +422,7 @@ async def test_a_failing_health_check_rolls_back_to_the_old_slot(
 ) -> None:
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("ab-sick", [THING], _document(files, device))
+    emulator.service.create_job("ab-sick", [gateway.thing], _document(files, device))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)  # the new system lacks what the check looks for
     gateway.configure(health_deadline_seconds=1.5)
@@ -426,11 +432,11 @@ async def test_a_failing_health_check_rolls_back_to_the_old_slot(
     await gateway.wait_reboot_call(2)
     assert device.next_boot() == ("A", False)
     assert device.boot_state()["slots"]["B"]["state"] == "bad"
-    assert str(emulator.service.execution("ab-sick", THING).status) == "IN_PROGRESS"
+    assert str(emulator.service.execution("ab-sick", gateway.thing).status) == "IN_PROGRESS"
     assert gateway.device_reports("ab-sick")[-1]["phase"] == "rollback_reboot"
     assert gateway.power_cycle() == "A"
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-sick", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-sick", gateway.thing, timeout=60)
 
     assert str(execution.status) == "FAILED", gateway.agent.log_text()
     details = execution.status_details
@@ -448,13 +454,13 @@ async def test_a_new_slot_that_never_boots_is_rolled_back_by_the_bootloader(
 ) -> None:
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("ab-dead", [THING], _document(files, device))
+    emulator.service.create_job("ab-dead", [gateway.thing], _document(files, device))
     await gateway.wait_reboot_call(1)
     device.never_boots.add("B")  # a kernel panic: the agent never runs on B
     assert gateway.power_cycle() == "A"
     assert device.attempts == ["A", "B", "B", "B", "A"]
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-dead", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-dead", gateway.thing, timeout=60)
 
     assert str(execution.status) == "FAILED", gateway.agent.log_text()
     details = execution.status_details
@@ -480,7 +486,7 @@ async def test_an_agent_killed_in_any_phase_resumes_the_update(
     device, emulator = gateway.device, gateway.emulator
     crash = {"JOBS_AGENT_CRASH_AT": f"system-update:{phase}"}
     await gateway.start(**(crash if phase in BEFORE_THE_BOOT else {}))
-    emulator.service.create_job("ab-kill", [THING], _document(files, device))
+    emulator.service.create_job("ab-kill", [gateway.thing], _document(files, device))
     if phase in BEFORE_THE_BOOT:
         assert await gateway.agent.wait_exit(60) == -9
         assert gateway.reboot_calls == 0
@@ -492,7 +498,7 @@ async def test_an_agent_killed_in_any_phase_resumes_the_update(
     if phase in AFTER_THE_BOOT:
         assert await gateway.agent.wait_exit(60) == -9
         await gateway.start()
-    execution = await wait_terminal(emulator, "ab-kill", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-kill", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     assert execution.status_details["slot"] == "B"
@@ -511,14 +517,14 @@ async def test_an_agent_killed_before_it_ran_the_reboot_command_asks_for_it_agai
     (as it does for others): the handler sees the boot id unchanged and asks again."""
     device, emulator = gateway.device, gateway.emulator
     await gateway.start(JOBS_AGENT_CRASH_AT="awaiting_reboot")
-    emulator.service.create_job("ab-kill-ar", [THING], _document(files, device))
+    emulator.service.create_job("ab-kill-ar", [gateway.thing], _document(files, device))
     assert await gateway.agent.wait_exit(60) == -9
     assert gateway.reboot_calls == 0
     await gateway.start()
     await gateway.wait_reboot_call(1)
     assert gateway.power_cycle() == "B"
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-kill-ar", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-kill-ar", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     assert device.next_boot() == ("B", False)
@@ -547,7 +553,7 @@ async def test_an_agent_killed_while_rauc_installs_waits_for_it_and_installs_aga
     )
     try:
         await gateway.start()
-        emulator.service.create_job("ab-kill-mid", [THING], _document(files, device))
+        emulator.service.create_job("ab-kill-mid", [gateway.thing], _document(files, device))
         await wait_until(blocked.exists, 60, "rauc install to reach the bootloader")
         gateway.agent.kill()
         await gateway.start()
@@ -562,7 +568,7 @@ async def test_an_agent_killed_while_rauc_installs_waits_for_it_and_installs_aga
     await gateway.wait_reboot_call(1)
     assert gateway.power_cycle() == "B"
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-kill-mid", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-kill-mid", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     assert device.slot_starts_with("B", PAYLOAD)
@@ -588,7 +594,7 @@ async def test_an_agent_killed_during_a_rollback_finishes_it(
 ) -> None:
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("ab-kill-rb", [THING], _document(files, device))
+    emulator.service.create_job("ab-kill-rb", [gateway.thing], _document(files, device))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)
     gateway.configure(health_deadline_seconds=1.5)
@@ -599,7 +605,7 @@ async def test_an_agent_killed_during_a_rollback_finishes_it(
     await gateway.wait_reboot_call(2)
     assert gateway.power_cycle() == "A"
     await gateway.start()
-    execution = await wait_terminal(emulator, "ab-kill-rb", THING, timeout=60)
+    execution = await wait_terminal(emulator, "ab-kill-rb", gateway.thing, timeout=60)
 
     assert str(execution.status) == "FAILED", gateway.agent.log_text()
     assert execution.status_details["phase"] == "verify"
@@ -617,7 +623,7 @@ async def test_a_cancel_before_the_switch_stops_the_update_and_changes_nothing(
     document = _document(files, device)
     document["url"] = document["url"].replace("/update-", "/held/update-")
     await gateway.start()
-    emulator.service.create_job("ab-cancel", [THING], document)
+    emulator.service.create_job("ab-cancel", [gateway.thing], document)
     await emulator.service.wait_for(
         lambda: any(
             r.get("phase") == "download" and r.get("message", "").endswith("bytes")
@@ -630,7 +636,7 @@ async def test_a_cancel_before_the_switch_stops_the_update_and_changes_nothing(
     gateway.agent.signal(signal.SIGTERM)
     assert await gateway.agent.wait_exit() == 0
 
-    assert str(emulator.service.execution("ab-cancel", THING).status) == "CANCELED"
+    assert str(emulator.service.execution("ab-cancel", gateway.thing).status) == "CANCELED"
     assert not [r for r in gateway.device_reports("ab-cancel") if r["status"] != "IN_PROGRESS"]
     assert device.next_boot() == ("A", False)
     assert not device.slot_starts_with("B", PAYLOAD[:64])
@@ -648,7 +654,7 @@ async def test_a_cancel_after_the_switch_is_not_obeyed_the_update_is_carried_to_
     (and its log), with the service's answer as the note."""
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("ab-late-cancel", [THING], _document(files, device))
+    emulator.service.create_job("ab-late-cancel", [gateway.thing], _document(files, device))
     await gateway.wait_reboot_call(1)
     emulator.service.cancel_job("ab-late-cancel", force=True)
     assert gateway.power_cycle() == "B"
@@ -657,7 +663,7 @@ async def test_a_cancel_after_the_switch_is_not_obeyed_the_update_is_carried_to_
     gateway.agent.signal(signal.SIGTERM)
     assert await gateway.agent.wait_exit() == 0
 
-    assert str(emulator.service.execution("ab-late-cancel", THING).status) == "CANCELED"
+    assert str(emulator.service.execution("ab-late-cancel", gateway.thing).status) == "CANCELED"
     reports = gateway.device_reports("ab-late-cancel")
     assert all(r["status"] == "IN_PROGRESS" for r in reports)
     assert device.boot_state()["slots"]["B"]["state"] == "good"
@@ -677,8 +683,8 @@ async def test_a_reboot_that_never_happens_after_the_switch_is_rolled_back(
     device, emulator = gateway.device, gateway.emulator
     (gateway.tmp_path / "reboot-fails").write_text("")
     await gateway.start()
-    emulator.service.create_job("ab-noboot", [THING], _document(files, device))
-    execution = await wait_terminal(emulator, "ab-noboot", THING, timeout=60)
+    emulator.service.create_job("ab-noboot", [gateway.thing], _document(files, device))
+    execution = await wait_terminal(emulator, "ab-noboot", gateway.thing, timeout=60)
 
     assert str(execution.status) == "FAILED", gateway.agent.log_text()
     details = execution.status_details
@@ -698,14 +704,14 @@ async def test_swupdate_an_update_is_committed_once_healthy(
     gateway = swupdate_gateway
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("sw-ok", [THING], _document(files, device, "swupdate"))
+    emulator.service.create_job("sw-ok", [gateway.thing], _document(files, device, "swupdate"))
     await gateway.wait_reboot_call(1)
     assert device.next_boot() == ("B", True)
     assert device.env()["ustate"] == "1"  # SWUpdate's own "installed"
     assert device.slot_starts_with("B", PAYLOAD)
     assert gateway.power_cycle() == "B"
     await gateway.start()
-    execution = await wait_terminal(emulator, "sw-ok", THING, timeout=60)
+    execution = await wait_terminal(emulator, "sw-ok", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     assert (execution.status_details["slot"], execution.status_details["phase"]) == ("B", "commit")
@@ -724,7 +730,7 @@ async def test_swupdate_a_failing_health_check_rolls_back(
     gateway = swupdate_gateway
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("sw-sick", [THING], _document(files, device, "swupdate"))
+    emulator.service.create_job("sw-sick", [gateway.thing], _document(files, device, "swupdate"))
     await gateway.wait_reboot_call(1)
     gateway.healthy(False)
     gateway.configure(health_deadline_seconds=1.5)
@@ -735,7 +741,7 @@ async def test_swupdate_a_failing_health_check_rolls_back(
     assert device.env()["ustate"] == "3"
     assert gateway.power_cycle() == "A"
     await gateway.start()
-    execution = await wait_terminal(emulator, "sw-sick", THING, timeout=60)
+    execution = await wait_terminal(emulator, "sw-sick", gateway.thing, timeout=60)
 
     assert str(execution.status) == "FAILED", gateway.agent.log_text()
     details = execution.status_details
@@ -751,12 +757,12 @@ async def test_swupdate_a_slot_that_never_boots_is_rolled_back_by_the_bootloader
     gateway = swupdate_gateway
     device, emulator = gateway.device, gateway.emulator
     await gateway.start()
-    emulator.service.create_job("sw-dead", [THING], _document(files, device, "swupdate"))
+    emulator.service.create_job("sw-dead", [gateway.thing], _document(files, device, "swupdate"))
     await gateway.wait_reboot_call(1)
     device.never_boots.add("B")
     assert gateway.power_cycle() == "A"
     await gateway.start()
-    execution = await wait_terminal(emulator, "sw-dead", THING, timeout=60)
+    execution = await wait_terminal(emulator, "sw-dead", gateway.thing, timeout=60)
 
     assert str(execution.status) == "FAILED", gateway.agent.log_text()
     assert execution.status_details["reason"] == "rolled back by the bootloader"
@@ -786,7 +792,9 @@ async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_ins
     gateway.configure(swupdate_command=command)
     try:
         await gateway.start()
-        emulator.service.create_job("sw-kill-mid", [THING], _document(files, device, "swupdate"))
+        emulator.service.create_job(
+            "sw-kill-mid", [gateway.thing], _document(files, device, "swupdate")
+        )
         await wait_until(pid_file.exists, 60, "swupdate to start")
         await wait_until(lambda: pid_file.read_text().strip() != "", 10, "its pid")
         held = int(pid_file.read_text())
@@ -798,7 +806,7 @@ async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_ins
     await gateway.wait_reboot_call(1)
     assert gateway.power_cycle() == "B"
     await gateway.start()
-    execution = await wait_terminal(emulator, "sw-kill-mid", THING, timeout=60)
+    execution = await wait_terminal(emulator, "sw-kill-mid", gateway.thing, timeout=60)
 
     assert str(execution.status) == "SUCCEEDED", gateway.agent.log_text()
     assert device.slot_starts_with("B", PAYLOAD)
