@@ -401,13 +401,13 @@ async def test_a_bundle_url_that_expires_mid_download_is_fetched_again(
         document["url"] = "${aws:iot:s3-presigned-url:" + url + "}"
         await gateway.start()
         described = emulator.service.counters["DescribeJobExecution"]
-        emulator.service.create_job("ab-presigned", [THING], document)
+        emulator.service.create_job("ab-presigned", [gateway.thing], document)
         await wait_until(
             lambda: gateway.reboot_calls >= 1 or bool(terminal_statuses(emulator, "ab-presigned")),
             60,
             "the reboot command, or an outcome",
         )
-        execution = emulator.service.execution("ab-presigned", THING)
+        execution = emulator.service.execution("ab-presigned", gateway.thing)
         assert str(execution.status) == "IN_PROGRESS", execution.status_details
         order = s3.signatures()
         seen = [(order.index(e.signature or ""), e.range, e.status) for e in s3.seen]
