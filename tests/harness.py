@@ -5,6 +5,7 @@ real sd_notify socket (no sleeps: every wait is on an event with a deadline)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -12,12 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig
+from jobs_agent.daemon import Agent
 from jobs_agent.emulator.clock import Clock
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.readings import ALTERNATIVE, DOCUMENTED, Readings
@@ -291,3 +293,20 @@ async def wait_pid_gone(pid: int, timeout: float) -> bool:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig, **kw: Any) -> AsyncIterator[Agent]:
+    """The daemon in this event loop, ready (connected, subscribed); on exit it is stopped at
+    once: the second stop request skips a resumable handler's grace period."""
+    agent = Agent(config, **kw)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(15):
+            await agent.ready.wait()
+        yield agent
+    finally:
+        agent.request_stop()
+        agent.request_stop()
+        async with asyncio.timeout(30):
+            await task

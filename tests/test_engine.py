@@ -6,8 +6,6 @@ it, and as a real `jobs-agent run` process where it must be killed (see test_eng
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -15,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from jobs_agent.config import AgentConfig
-from jobs_agent.daemon import Agent
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.readings import Readings
@@ -29,6 +25,7 @@ from tests.harness import (
     agent_config,
     device_statuses,
     paho_connection,
+    running_agent,
     side_effects,
     start_emulator,
     terminal_statuses,
@@ -39,21 +36,6 @@ from tests.harness import (
 )
 
 THING = "gw-test"
-
-
-@contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig, **kw: object) -> AsyncIterator[Agent]:
-    agent = Agent(config, **kw)  # type: ignore[arg-type]
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(15):
-            await agent.ready.wait()
-        yield agent
-    finally:
-        agent.request_stop()
-        agent.request_stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 @pytest.fixture(params=sorted(READING_PROFILES))

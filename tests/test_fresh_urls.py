@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from jobs_agent.config import AgentConfig
-from jobs_agent.daemon import Agent
 from jobs_agent.dispatch.signing import sign_document
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.refresh import has_presigned_urls, without_presigned_queries
@@ -35,6 +34,7 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
+    running_agent,
     start_emulator,
     wait_terminal,
     wait_until,
@@ -44,21 +44,6 @@ from tests.helpers.s3_standin import Payload, Plan, StandInServer, s3_standin
 
 THING = "gw-test"
 PAYLOAD = Payload(bytes(range(256)) * 2048)  # 512 KiB
-
-
-@contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(config)
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(15):
-            await agent.ready.wait()
-        yield agent
-    finally:
-        agent.request_stop()
-        agent.request_stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 @pytest.fixture

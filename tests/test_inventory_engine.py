@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from jobs_agent.config import AgentConfig, ConfigError, config_from_data
+from jobs_agent.config import ConfigError, config_from_data
 from jobs_agent.daemon import Agent
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.inventory.settings import InventorySettings
@@ -31,6 +31,7 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
+    running_agent,
     side_effects,
     start_emulator,
     wait_terminal,
@@ -40,21 +41,6 @@ from tests.harness import (
 
 THING = "gw-test"
 ARN = "arn:aws:iot:eu-west-1:123456789012:package/{}/version/{}"
-
-
-@contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(config)
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(15):
-            await agent.ready.wait()
-        yield agent
-    finally:
-        agent.request_stop()
-        agent.request_stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 @pytest.fixture

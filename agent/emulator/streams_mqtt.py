@@ -31,6 +31,7 @@ import structlog
 from jobs_agent.emulator import shapes
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.streams import StreamError, StreamService, client_token
+from jobs_agent.streams.protocol import cbor_available, cbor_module
 from jobs_agent.transport.base import Message
 
 log = structlog.get_logger(__name__)
@@ -66,7 +67,7 @@ class StreamsMqtt:
     # -- encoding ---------------------------------------------------------------------------
     def _encode(self, fmt: str, body: Mapping[str, Any]) -> bytes:
         if fmt == "cbor":
-            return bytes(_cbor().dumps(dict(body)))
+            return bytes(cbor_module().dumps(dict(body)))
         out = dict(body)
         payload = out.get("p")
         if isinstance(payload, bytes):
@@ -81,7 +82,7 @@ class StreamsMqtt:
     def _decode(fmt: str, payload: bytes) -> dict[str, Any]:
         if fmt == "cbor":
             try:
-                body = _cbor().loads(payload) if payload else {}
+                body = cbor_module().loads(payload) if payload else {}
             except Exception:
                 raise StreamError("InvalidCbor", "the request is not a CBOR document") from None
         else:
@@ -150,24 +151,3 @@ class StreamsMqtt:
         except Exception as exc:
             log.exception("emulator_stream_request_failed", topic=message.topic)
             self._send(thing, stream, "rejected", fmt, {"o": "InternalError", "m": str(exc)})
-
-
-_CBOR: Any = None
-
-
-def cbor_available() -> bool:
-    try:
-        _cbor()
-    except ImportError:
-        return False
-    return True
-
-
-def _cbor() -> Any:
-    """cbor2, imported on first use (an optional dependency: `jobs-agent[emulator]`)."""
-    global _CBOR
-    if _CBOR is None:
-        import cbor2
-
-        _CBOR = cbor2
-    return _CBOR

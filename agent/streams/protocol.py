@@ -100,14 +100,15 @@ _CBOR: Any = None
 
 def cbor_available() -> bool:
     try:
-        _cbor()
+        cbor_module()
     except ImportError:
         return False
     return True
 
 
-def _cbor() -> Any:
-    """cbor2, imported on first use: an optional library the agent never requires."""
+def cbor_module() -> Any:
+    """cbor2, imported on first use: an optional library the agent never requires (the
+    emulator's streams use the same one)."""
     global _CBOR
     if _CBOR is None:
         import cbor2
@@ -126,13 +127,13 @@ class Codec:
 
     def encode(self, body: Mapping[str, Any]) -> bytes:
         if self.fmt is Format.CBOR:
-            return bytes(_cbor().dumps(dict(body)))
+            return bytes(cbor_module().dumps(dict(body)))
         return json.dumps(body, separators=(",", ":")).encode()
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         try:
             if self.fmt is Format.CBOR:
-                body = _cbor().loads(payload)
+                body = cbor_module().loads(payload)
             else:
                 body = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
