@@ -42,6 +42,13 @@ from jobs_agent.dispatch.containment import (
     JobGroup,
     containment_for,
 )
+from jobs_agent.dispatch.launcher import (
+    EXIT_LAUNCH_FAILED,
+    FAILURE_PREFIX,
+    LOWEST_PASSED_FD,
+    Launcher,
+    launcher_for,
+)
 from jobs_agent.dispatch.output import OutputLog, Tail
 from jobs_agent.dispatch.pipes import (
     BadLineCallback,
@@ -129,6 +136,18 @@ def _child_setup(
             raise RuntimeError("the executable changed after it was checked")
 
     return setup
+
+
+def _passable(fd: int, *, own: bool = True) -> int:
+    """`fd`, or a close-on-exec copy of it numbered at least `LOWEST_PASSED_FD` (the chain
+    places pipes on 3 and 4 and must not overwrite a descriptor it still has to read);
+    with `own`, the original is closed."""
+    if fd >= LOWEST_PASSED_FD:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOWEST_PASSED_FD)
+    if own:
+        os.close(fd)
+    return moved
 
 
 def _place(fd: int, number: int) -> None:
@@ -312,10 +331,16 @@ class Sandbox:
             result.spawn_error = f"cannot run {program}: {exc}"
             return result
         try:
-            return await self._run_in_group(
+            await self._run_in_group(
                 spec, env, executable, group, result, cancelled,
                 _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks, replies),
             )  # fmt: skip
+            if result.returncode == EXIT_LAUNCH_FAILED and self._chained(spec, executable):
+                said = result.stderr.text()
+                if said.startswith(FAILURE_PREFIX):
+                    reason = said[len(FAILURE_PREFIX) :].split("\n", 1)[0]
+                    result.spawn_error = f"cannot run {program}: {reason}"
+            return result
         finally:
             executable.close()
             if not group.close_if_empty():
@@ -394,27 +419,42 @@ class Sandbox:
         if executable.by_name and not executable.same_file():
             result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
             return None
+        launcher = self.launcher
+        chained = self._chained(spec, executable)
+        if chained and (problem := interpreter_problem(executable.path, self.search_path)):
+            # What the kernel would refuse is said before anything runs, as the fork path
+            # learns it from the failed exec.
+            result.spawn_error = f"cannot run {spec.argv[0]}: {problem}"
+            return None
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
         reply = os.pipe() if replies is not None else None
+        if chained:
+            pipes[2] = (pipes[2][0], _passable(pipes[2][1]))
+            if reply is not None:
+                reply = (_passable(reply[0]), reply[1])
         try:
-            process = subprocess.Popen(
-                spec.argv,
-                executable=executable.exec_path,
-                stdin=subprocess.DEVNULL,
-                stdout=pipes[0][1],
-                stderr=pipes[1][1],
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=False,
-                preexec_fn=_child_setup(
-                    pipes[2][1],
-                    None if reply is None else reply[0],
-                    group.join_fd,
-                    spec.user,
-                    executable,
-                ),
-            )
+            if chained:
+                assert launcher is not None
+                process = self._launch(launcher, spec, env, cwd, executable, group, pipes, reply)
+            else:
+                process = subprocess.Popen(
+                    spec.argv,
+                    executable=executable.exec_path,
+                    stdin=subprocess.DEVNULL,
+                    stdout=pipes[0][1],
+                    stderr=pipes[1][1],
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                    close_fds=False,
+                    preexec_fn=_child_setup(
+                        pipes[2][1],
+                        None if reply is None else reply[0],
+                        group.join_fd,
+                        spec.user,
+                        executable,
+                    ),
+                )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             for read_fd, _write_fd in pipes:
                 os.close(read_fd)
@@ -430,6 +470,61 @@ class Sandbox:
         if replies is not None and reply is not None:
             replies.attach(reply[1])
         return process, (pipes[0][0], pipes[1][0], pipes[2][0])
+
+    def _chained(self, spec: ProcessSpec, executable: CheckedExecutable) -> bool:
+        """Whether this step starts through the chain (`launcher`) rather than `preexec_fn`."""
+        launcher = self.launcher
+        return launcher is not None and launcher.serves(spec.user, executable.by_name)
+
+    @property
+    def launcher(self) -> Launcher | None:
+        """The chain that starts scripts without `preexec_fn` (`launcher`), if usable here."""
+        return launcher_for(self.search_path)
+
+    @staticmethod
+    def _launch(
+        launcher: Launcher,
+        spec: ProcessSpec,
+        env: dict[str, str],
+        cwd: Path,
+        executable: CheckedExecutable,
+        group: JobGroup,
+        pipes: list[tuple[int, int]],
+        reply: tuple[int, int] | None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a script through the chain (see `launcher`): no `preexec_fn` and no user
+        switch asked of Popen, so CPython vforks; the child closes every descriptor but stdio
+        and `pass_fds` before it executes bash."""
+        join_fd = None if group.join_fd is None else _passable(group.join_fd, own=False)
+        passed = [pipes[2][1], executable.fd]
+        if reply is not None:
+            passed.append(reply[0])
+        if join_fd is not None:
+            passed.append(join_fd)
+        argv = launcher.argv(
+            [str(executable.path), *spec.argv[1:]],
+            spec.user,
+            join_fd=join_fd,
+            progress_fd=pipes[2][1],
+            reply_fd=None if reply is None else reply[0],
+            checked_fd=executable.fd,
+            script=str(executable.path),
+        )
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=pipes[0][1],
+                stderr=pipes[1][1],
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=passed,
+            )
+        finally:
+            if join_fd is not None and join_fd != group.join_fd:
+                os.close(join_fd)
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
         if isinstance(exc, OSError):
