@@ -1,0 +1,217 @@
+"""Scripts start through the constant bash chain (`dispatch.launcher`), not `preexec_fn`.
+
+Real parts only: the real sandbox, real cgroups, a throwaway user and group made with
+useradd/groupadd, the real bash and setpriv. Where a test must stop the chain at a point of
+its own, it puts a `setpriv` of its own (a root-owned script that records what it holds and
+then executes the real one) first in the handler search path: the seam the agent uses to find
+setpriv, so nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs_agent.dispatch.containment import containment_for
+from jobs_agent.dispatch.launcher import EXIT_LAUNCH_FAILED, launcher_for
+from jobs_agent.dispatch.pipes import ReplyPipe
+from jobs_agent.dispatch.process import DEFAULT_PATH, ProcessResult, ProcessSpec, Sandbox
+from jobs_agent.dispatch.users import RunAs, own_user
+from jobs_agent.securefs import open_executable
+from tests.helpers.users import public_dir, throwaway_user
+
+REPORT = """#!/usr/bin/python3
+import os
+fds = []
+for fd in range(1024):
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    fds.append(str(fd))
+print("fds", " ".join(fds))
+print(open("/proc/self/cgroup").read(), end="")
+for line in open("/proc/self/status"):
+    if line.split(":")[0] in ("Uid", "Gid", "Groups"):
+        print(line, end="")
+"""
+"""What the handler has: its descriptors, its cgroup, its ids (the system Python: every
+account can run it)."""
+
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or launcher_for(DEFAULT_PATH) is None,
+    reason="needs root, cgroups and bash",
+)
+
+
+@pytest.fixture
+def public() -> Iterator[Path]:
+    path = public_dir("jobs-agent-spawn-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_group(member: pwd.struct_passwd) -> Iterator[grp.struct_group]:
+    name = f"jag{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["usermod", "-aG", name, member.pw_name], check=True, capture_output=True)
+        yield grp.getgrnam(name)
+    finally:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def script(directory: Path, text: str, name: str = "report.sh") -> Path:
+    path = directory / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+async def run(
+    sandbox: Sandbox, path: Path, user: RunAs, replies: ReplyPipe | None = None
+) -> ProcessResult:
+    spec = ProcessSpec((str(path),), user, timeout=30, group="spawn.test")
+    return await sandbox.run(spec, cancelled=asyncio.Event(), replies=replies)
+
+
+def report(result: ProcessResult) -> dict[str, str]:
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    lines = result.stdout.text().splitlines()
+    found = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in lines if ":" in line}
+    found["fds"] = next(line for line in lines if line.startswith("fds ")).split(None, 1)[1]
+    found["cgroup"] = next(line[3:] for line in lines if line.startswith("0::"))
+    return found
+
+
+def step_cgroup(sandbox: Sandbox) -> str:
+    """The end of the step's cgroup path (/proc/PID/cgroup is relative to the v2 mount)."""
+    base = containment_for("cgroup", sandbox.state_dir).base  # type: ignore[attr-defined]
+    return f"/{base.name}/spawn.test"
+
+
+async def test_a_script_runs_in_its_steps_cgroup_with_only_the_protocol_descriptors(
+    tmp_path: Path,
+) -> None:
+    sandbox = Sandbox(kill_grace=1, containment="cgroup", state_dir=tmp_path)
+    assert sandbox.launcher is not None and sandbox.launcher.serves(own_user(), True)
+    handler = script(tmp_path, REPORT)
+
+    plain = report(await run(sandbox, handler, own_user()))
+    assert plain["fds"].split() == ["0", "1", "2", "3"]
+    assert plain["cgroup"].endswith(step_cgroup(sandbox))
+
+    replies = ReplyPipe()
+    with_reply = report(await run(sandbox, handler, own_user(), replies))
+    assert with_reply["fds"].split() == ["0", "1", "2", "3", "4"]
+
+
+async def test_the_user_switch_is_complete_and_no_process_of_the_user_held_root_descriptors(
+    public: Path,
+) -> None:
+    """The switch happens in setpriv, the chain's last link. The test's own setpriv (first in
+    the search path) records, as the root process about to switch, every descriptor it holds;
+    setpriv opens nothing before it switches, so that is everything a process of the step's
+    user could ever hold from the chain: no cgroup.procs (which would let it move any process
+    into the step's group) and no descriptor of the script."""
+    bin_dir = public / "bin"
+    bin_dir.mkdir(mode=0o755)
+    held = public / "held"
+    script(
+        bin_dir,
+        f'#!/bin/sh\n{{ id -u; ls -l /proc/$$/fd; }} > {held}\nexec /usr/bin/setpriv "$@"\n',
+        "setpriv",
+    )
+    sandbox = Sandbox(
+        kill_grace=1,
+        containment="cgroup",
+        state_dir=public,
+        search_path=f"{bin_dir}:{DEFAULT_PATH}",
+    )
+    handler = script(public, REPORT)
+    with throwaway_user("jas") as entry, throwaway_group(entry) as extra:
+        user = RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, "/", (extra.gr_gid,), True)
+        assert sandbox.launcher is not None and sandbox.launcher.serves(user, True)
+        found = report(await run(sandbox, handler, user))
+
+    uid, gid = str(entry.pw_uid), str(entry.pw_gid)
+    assert found["Uid"].split() == [uid] * 4  # real, effective, saved, file system
+    assert found["Gid"].split() == [gid] * 4
+    assert found["Groups"].split() == [str(extra.gr_gid)]
+    assert found["fds"].split() == ["0", "1", "2", "3"]
+    assert found["cgroup"].endswith(step_cgroup(sandbox))
+
+    root_link = held.read_text()
+    assert root_link.splitlines()[0] == "0"  # the test's setpriv ran, as root, in the chain
+    assert "cgroup.procs" not in root_link
+    assert str(handler) not in root_link
+
+
+async def test_without_setpriv_a_step_as_another_user_takes_the_preexec_path(
+    public: Path,
+) -> None:
+    """A search path without setpriv (the seam the agent looks it up in): steps as the agent's
+    user still take the chain, steps as another user the `preexec_fn` path, switched as
+    completely."""
+    empty = public / "empty"
+    empty.mkdir(mode=0o755)
+    sandbox = Sandbox(kill_grace=1, containment="cgroup", state_dir=public, search_path=str(empty))
+    handler = script(public, REPORT)
+    launcher = sandbox.launcher
+    assert launcher is not None and launcher.setpriv is None
+    assert launcher.serves(own_user(), True)
+    with throwaway_user("jas") as entry:
+        user = RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, "/", (), True)
+        assert not launcher.serves(user, True)
+        found = report(await run(sandbox, handler, user))
+    assert found["Uid"].split() == [str(entry.pw_uid)] * 4
+    assert found["Gid"].split() == [str(entry.pw_gid)] * 4
+    assert found["Groups"] == ""
+    assert found["fds"].split() == ["0", "1", "2", "3"]
+    assert found["cgroup"].endswith(step_cgroup(sandbox))
+
+
+def test_the_chain_refuses_a_script_swapped_after_the_check(tmp_path: Path) -> None:
+    """The sandbox checks the name right before it spawns; the chain checks it again right
+    before it executes, against the descriptor of the file that was checked. Here the swap
+    happens between the two (a rename over the checked name), and the chain refuses."""
+    ran = tmp_path / "ran"
+    checked = script(tmp_path, f"#!/bin/sh\ntouch {ran}.checked\n")
+    executable = open_executable(checked, what="handler")
+    script(tmp_path, f"#!/bin/sh\ntouch {ran}.swapped\n", "other.sh").rename(checked)
+    launcher = launcher_for(DEFAULT_PATH)
+    assert launcher is not None
+    progress_read, progress = os.pipe()
+    passed = [os.dup(progress), os.dup(executable.fd)]
+    try:
+        argv = launcher.argv(
+            [str(checked)],
+            own_user(),
+            join_fd=None,
+            progress_fd=passed[0],
+            reply_fd=None,
+            checked_fd=passed[1],
+            script=str(checked),
+        )
+        done = subprocess.run(argv, pass_fds=passed, capture_output=True, env={}, timeout=30)
+    finally:
+        for fd in (progress_read, progress, *passed):
+            os.close(fd)
+        executable.close()
+    assert done.returncode == EXIT_LAUNCH_FAILED
+    assert done.stderr == b"jobs-agent-spawn: the executable changed after it was checked\n"
+    assert not list(tmp_path.glob("ran.*"))
