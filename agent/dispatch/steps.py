@@ -149,6 +149,7 @@ class StepsHandler:
                     index,
                     step_data if first else None,
                     confirming=first and self._confirming_reboot(ctx),
+                    prepared=self.steps[index] if first and index < len(self.steps) else None,
                 )
                 if outcome is not None:
                     return outcome
@@ -157,14 +158,24 @@ class StepsHandler:
             run.log.close()
 
     async def _step(
-        self, ctx: JobContext, run: _Run, index: int, step_data: Any, *, confirming: bool
+        self,
+        ctx: JobContext,
+        run: _Run,
+        index: int,
+        step_data: Any,
+        *,
+        confirming: bool,
+        prepared: PreparedStep | None = None,
     ) -> Outcome | None:
         """Run step `index`; the job's outcome when this step ends it, None to go on."""
         action = self.document.actions[index]
         total = len(self.document.actions)
         label = step_label(action, index)
         try:
-            step = prepare(action, self._settings, self._sandbox.search_path)
+            # The first step to run was prepared by `resolve` a moment ago (the sandbox checks
+            # the executable again right before it runs); a later one is prepared when its
+            # turn comes, as what it names may have changed while the earlier steps ran.
+            step = prepared or prepare(action, self._settings, self._sandbox.search_path)
         except JobRejected as exc:
             return Outcome.rejected(exc.reason, **run.details())
         if not confirming:
