@@ -25,7 +25,7 @@ Binaries are not started this way: they are executed through the very descriptor
 checked (`/proc/self/fd/N`), and a shell cannot mark that descriptor close-on-exec, so it
 would reach the handler (read access to a file that may be execute-only for the user). They,
 and every step where bash or `setpriv` is missing or untrusted, keep the `preexec_fn` path
-(`process._child_setup`), which guarantees the same. bash, not `/bin/sh`: dash (Debian's sh)
+(`spawn._child_setup`), which guarantees the same. bash, not `/bin/sh`: dash (Debian's sh)
 cannot name a descriptor above 9, and the agent's descriptors are wherever they happen to be.
 
 A failure of the chain itself (cannot join the cgroup, the script changed) ends it with

@@ -27,7 +27,6 @@ import asyncio
 import fcntl
 import itertools
 import os
-import resource
 import signal
 import subprocess
 import time
@@ -45,7 +44,6 @@ from jobs_agent.dispatch.containment import (
 from jobs_agent.dispatch.launcher import (
     EXIT_LAUNCH_FAILED,
     FAILURE_PREFIX,
-    LOWEST_PASSED_FD,
     Launcher,
     launcher_for,
 )
@@ -59,6 +57,14 @@ from jobs_agent.dispatch.pipes import (
     ReplyPipe,
 )
 from jobs_agent.dispatch.shebang import interpreter_problem
+from jobs_agent.dispatch.spawn import (
+    PROGRESS_FD,
+    REPLY_FD,
+    Child,
+    passable,
+    start_chained,
+    start_forked,
+)
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import CheckedExecutable, UntrustedPath, open_executable
 
@@ -66,97 +72,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL_INTERVAL = 0.05
 _PROGRESS_GRACE = 0.5
 """After the handler and its group have ended: how long the progress pipe's last lines may take."""
-
-PROGRESS_FD = 3
-"""The progress pipe's number in the handler: a single digit, so `>&3` works in any sh."""
-REPLY_FD = 4
-"""The reply pipe's number in a step that has one (`<&4` in sh)."""
-
-
-def _close_inherited_fds(highest_kept: int) -> None:
-    """In the child: close every inheritable descriptor above the protocol's own (3, or 4).
-
-    Descriptors marked close-on-exec (everything Python opens, PEP 446, including subprocess's
-    own error pipe that must stay open until the exec) go away by themselves; what is left is
-    what a library opened without the flag (awscrt's sockets and epoll instance).
-    """
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        names = [str(fd) for fd in range(highest_kept + 1, _fd_limit())]
-    for name in names:
-        fd = int(name)
-        if fd <= highest_kept:
-            continue
-        try:
-            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
-        except OSError:
-            continue  # the listing's own descriptor, already closed
-        if not flags & fcntl.FD_CLOEXEC:
-            os.close(fd)
-
-
-def _fd_limit() -> int:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return min(soft, 65536) if soft > 0 else 1024
-
-
-def _child_setup(
-    write_fd: int,
-    reply_fd: int | None,
-    join_fd: int | None,
-    user: RunAs,
-    executable: CheckedExecutable,
-) -> Callable[[], None]:
-    """Runs in the child between fork and exec (after subprocess set up stdio and the session).
-
-    In this order: join the step's cgroup (as root, before anything else can fork), put the
-    progress pipe on fd 3 (a single digit, so `>&3` works in any sh) and the reply pipe, if
-    any, on fd 4, close what the agent let leak, drop to the step's user (supplementary
-    groups, gid, uid: all three ids), and for a script check that its name still refers to the
-    file checked before. Only system calls run here; an exception is reported by subprocess
-    as a failed start.
-    """
-
-    def setup() -> None:
-        if join_fd is not None:
-            os.write(join_fd, b"0")
-        reply = reply_fd
-        if reply == PROGRESS_FD:
-            reply = os.dup(reply)  # out of the progress pipe's way (close-on-exec is not copied)
-        _place(write_fd, PROGRESS_FD)
-        if reply is not None:
-            _place(reply, REPLY_FD)
-        _close_inherited_fds(PROGRESS_FD if reply is None else REPLY_FD)
-        if user.switch:
-            os.setgroups(list(user.groups))
-            os.setresgid(user.gid, user.gid, user.gid)
-            os.setresuid(user.uid, user.uid, user.uid)
-        if executable.by_name and not executable.same_file():
-            raise RuntimeError("the executable changed after it was checked")
-
-    return setup
-
-
-def _passable(fd: int, *, own: bool = True) -> int:
-    """`fd`, or a close-on-exec copy of it numbered at least `LOWEST_PASSED_FD` (the chain
-    places pipes on 3 and 4 and must not overwrite a descriptor it still has to read);
-    with `own`, the original is closed."""
-    if fd >= LOWEST_PASSED_FD:
-        return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOWEST_PASSED_FD)
-    if own:
-        os.close(fd)
-    return moved
-
-
-def _place(fd: int, number: int) -> None:
-    """In the child: make `fd` available to the exec'd program as `number`."""
-    if fd == number:
-        os.set_inheritable(fd, True)
-    else:
-        os.dup2(fd, number)  # dup2 clears close-on-exec on the copy
-
 
 """Told why a progress line was ignored (not JSON, too long), so the operator can be warned."""
 
@@ -335,7 +250,9 @@ class Sandbox:
                 spec, env, executable, group, result, cancelled,
                 _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks, replies),
             )  # fmt: skip
-            if result.returncode == EXIT_LAUNCH_FAILED and self._chained(spec, executable):
+            launcher = self.launcher
+            chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
+            if chained and result.returncode == EXIT_LAUNCH_FAILED:
                 said = result.stderr.text()
                 if said.startswith(FAILURE_PREFIX):
                     reason = said[len(FAILURE_PREFIX) :].split("\n", 1)[0]
@@ -420,7 +337,7 @@ class Sandbox:
             result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
             return None
         launcher = self.launcher
-        chained = self._chained(spec, executable)
+        chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
         if chained and (problem := interpreter_problem(executable.path, self.search_path)):
             # What the kernel would refuse is said before anything runs, as the fork path
             # learns it from the failed exec.
@@ -429,32 +346,18 @@ class Sandbox:
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
         reply = os.pipe() if replies is not None else None
         if chained:
-            pipes[2] = (pipes[2][0], _passable(pipes[2][1]))
+            pipes[2] = (pipes[2][0], passable(pipes[2][1]))
             if reply is not None:
-                reply = (_passable(reply[0]), reply[1])
+                reply = (passable(reply[0]), reply[1])
+        child = Child(
+            spec.argv, spec.user, env, cwd, executable, group.join_fd,
+            pipes[0][1], pipes[1][1], pipes[2][1], None if reply is None else reply[0],
+        )  # fmt: skip
         try:
-            if chained:
-                assert launcher is not None
-                process = self._launch(launcher, spec, env, cwd, executable, group, pipes, reply)
+            if launcher is not None and chained:
+                process = start_chained(launcher, child)
             else:
-                process = subprocess.Popen(
-                    spec.argv,
-                    executable=executable.exec_path,
-                    stdin=subprocess.DEVNULL,
-                    stdout=pipes[0][1],
-                    stderr=pipes[1][1],
-                    env=env,
-                    cwd=cwd,
-                    start_new_session=True,
-                    close_fds=False,
-                    preexec_fn=_child_setup(
-                        pipes[2][1],
-                        None if reply is None else reply[0],
-                        group.join_fd,
-                        spec.user,
-                        executable,
-                    ),
-                )
+                process = start_forked(child)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             for read_fd, _write_fd in pipes:
                 os.close(read_fd)
@@ -471,60 +374,10 @@ class Sandbox:
             replies.attach(reply[1])
         return process, (pipes[0][0], pipes[1][0], pipes[2][0])
 
-    def _chained(self, spec: ProcessSpec, executable: CheckedExecutable) -> bool:
-        """Whether this step starts through the chain (`launcher`) rather than `preexec_fn`."""
-        launcher = self.launcher
-        return launcher is not None and launcher.serves(spec.user, executable.by_name)
-
     @property
     def launcher(self) -> Launcher | None:
         """The chain that starts scripts without `preexec_fn` (`launcher`), if usable here."""
         return launcher_for(self.search_path)
-
-    @staticmethod
-    def _launch(
-        launcher: Launcher,
-        spec: ProcessSpec,
-        env: dict[str, str],
-        cwd: Path,
-        executable: CheckedExecutable,
-        group: JobGroup,
-        pipes: list[tuple[int, int]],
-        reply: tuple[int, int] | None,
-    ) -> subprocess.Popen[bytes]:
-        """Start a script through the chain (see `launcher`): no `preexec_fn` and no user
-        switch asked of Popen, so CPython vforks; the child closes every descriptor but stdio
-        and `pass_fds` before it executes bash."""
-        join_fd = None if group.join_fd is None else _passable(group.join_fd, own=False)
-        passed = [pipes[2][1], executable.fd]
-        if reply is not None:
-            passed.append(reply[0])
-        if join_fd is not None:
-            passed.append(join_fd)
-        argv = launcher.argv(
-            [str(executable.path), *spec.argv[1:]],
-            spec.user,
-            join_fd=join_fd,
-            progress_fd=pipes[2][1],
-            reply_fd=None if reply is None else reply[0],
-            checked_fd=executable.fd,
-            script=str(executable.path),
-        )
-        try:
-            return subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=pipes[0][1],
-                stderr=pipes[1][1],
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
-                pass_fds=passed,
-            )
-        finally:
-            if join_fd is not None and join_fd != group.join_fd:
-                os.close(join_fd)
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
         if isinstance(exc, OSError):
