@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jobs_agent.dispatch.output import prune_output_logs
+from jobs_agent.dispatch.output import OutputLogIndex, prune_output_logs
 from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent, write_script
 
 
@@ -51,3 +51,36 @@ def test_logs_of_active_executions_and_the_newest_are_kept(tmp_path: Path) -> No
     )
     assert sorted(p.name for p in deleted) == ["a.log", "c.log"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["active.log", "newest.log", "notes.txt"]
+
+
+def test_the_index_prunes_by_the_same_rules_and_counts_a_log_written_again_once(
+    tmp_path: Path,
+) -> None:
+    """The agent keeps the logs in memory after one listing (`OutputLogIndex`); what it deletes
+    is what `prune_output_logs` would: oldest first, never an active one nor the newest. A
+    re-run execution's log, written again, counts once at its new size; a log someone else
+    removed is simply gone."""
+    for index, name in enumerate(["a.log", "active.log", "b.log", "c.log"]):
+        path = tmp_path / name
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + index, 1000 + index))
+    index = OutputLogIndex(tmp_path)
+    index.load()
+    assert index.excess(max_count=4, max_total_bytes=400) == 0
+
+    (tmp_path / "c.log").write_bytes(b"x" * 150)  # the same execution, run again
+    os.utime(tmp_path / "c.log", (1500, 1500))
+    index.add(tmp_path / "c.log")
+    assert index.excess(max_count=4, max_total_bytes=449) == 1  # over the size only
+    assert index.excess(max_count=4, max_total_bytes=450) == 0
+
+    (tmp_path / "b.log").unlink()  # an operator tidied up
+    newest = tmp_path / "newest.log"
+    newest.write_bytes(b"x" * 100)
+    os.utime(newest, (2000, 2000))
+    index.add(newest)
+    assert index.excess(max_count=2, max_total_bytes=10_000) == 3
+    deleted = index.prune(max_count=2, max_total_bytes=10_000, keep=[tmp_path / "active.log"])
+    assert sorted(p.name for p in deleted) == ["a.log", "c.log"]  # b.log was gone already
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["active.log", "newest.log"]
+    assert index.excess(max_count=2, max_total_bytes=10_000) == 0

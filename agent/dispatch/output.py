@@ -137,11 +137,6 @@ def _output_logs(logs_dir: Path) -> list[tuple[float, str, int]]:
     return logs
 
 
-def output_logs_over_limits(logs_dir: Path, *, max_count: int, max_total_bytes: int) -> bool:
-    logs = _output_logs(logs_dir)
-    return len(logs) > max_count or sum(size for _, _, size in logs) > max_total_bytes
-
-
 def prune_output_logs(
     logs_dir: Path, *, max_count: int, max_total_bytes: int, keep: Iterable[Path] = ()
 ) -> list[Path]:
@@ -167,3 +162,71 @@ def prune_output_logs(
         count -= 1
         total -= size
     return deleted
+
+
+class OutputLogIndex:
+    """The per-job logs, kept in memory between jobs: after one listing at the first job's end,
+    each job's end costs one `stat` of its own log, where `prune_output_logs` lists (and
+    `stat`s) every log, up to `jobs.output_logs_max_count` of them, twice per job once the
+    directory is full.
+
+    Only the agent adds logs (one agent per state directory: the instance lock). A log removed
+    by someone else stays in the index until its turn to be pruned comes (its unlink then
+    finds nothing): the index errs towards deleting early, never towards keeping more.
+    """
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.logs_dir = logs_dir
+        self._logs: dict[str, tuple[float, int]] | None = None
+        self._total = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._logs is not None
+
+    def load(self) -> None:
+        """List the directory (blocking: run it in a worker thread)."""
+        self._logs = {name: (mtime, size) for mtime, name, size in _output_logs(self.logs_dir)}
+        self._total = sum(size for _mtime, size in self._logs.values())
+
+    def add(self, path: Path) -> None:
+        """A job's log is complete: take it (again, for a re-run execution) at its size now."""
+        assert self._logs is not None, "load() first"
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        _mtime, old_size = self._logs.pop(path.name, (0.0, 0))
+        self._logs[path.name] = (info.st_mtime, info.st_size)
+        self._total += info.st_size - old_size
+
+    def excess(self, *, max_count: int, max_total_bytes: int) -> int:
+        """How many logs are over the count (at least 1 when only the total is over), else 0."""
+        assert self._logs is not None, "load() first"
+        over = len(self._logs) - max_count
+        if over <= 0 and self._total > max_total_bytes:
+            return 1
+        return max(over, 0)
+
+    def prune(
+        self, *, max_count: int, max_total_bytes: int, keep: Iterable[Path] = ()
+    ) -> list[Path]:
+        """`prune_output_logs` on the index: the same rules (oldest first, never a log in
+        `keep` nor the newest one); the deleted paths."""
+        assert self._logs is not None, "load() first"
+        kept = {path.name for path in keep}
+        logs = sorted((mtime, name, size) for name, (mtime, size) in self._logs.items())
+        count = len(logs)
+        deleted: list[Path] = []
+        for _mtime, name, size in logs[:-1]:
+            if count <= max_count and self._total <= max_total_bytes:
+                break
+            if name in kept:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.logs_dir / name).unlink()
+                deleted.append(self.logs_dir / name)
+            del self._logs[name]
+            count -= 1
+            self._total -= size
+        return deleted

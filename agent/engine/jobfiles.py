@@ -23,7 +23,7 @@ from jobs_agent.dispatch.containment import (
     containment_for,
     group_name,
 )
-from jobs_agent.dispatch.output import log_path, output_logs_over_limits, prune_output_logs
+from jobs_agent.dispatch.output import OutputLogIndex, log_path
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.shared import Shared
@@ -34,9 +34,14 @@ log = structlog.get_logger("jobs_agent.engine")
 
 
 class JobFiles:
+    _SMALL_PRUNE = 8
+    """Up to this many logs are deleted on the loop (the usual one per job); more in a thread."""
+
     def __init__(self, shared: Shared, store: AsyncStore) -> None:
         self._shared = shared
         self._store = store
+        self._logs = OutputLogIndex(shared.settings.state_dir / "logs")
+        self._logs_lock = asyncio.Lock()
 
     def dirs(self, ref: ExecutionRef) -> tuple[Path, Path]:
         """(scratch, state) of the execution."""
@@ -49,30 +54,42 @@ class JobFiles:
         if base.exists():  # only if the handler asked for its directories
             await asyncio.to_thread(shutil.rmtree, base, True)
         settings = self._shared.settings
-        if log_path(settings.state_dir, ref.job_id, ref.execution_number).exists():
-            await self._prune_output_logs()  # a new log is what can take them over the limits
+        path = log_path(settings.state_dir, ref.job_id, ref.execution_number)
+        if path.exists():
+            await self._prune_output_logs(path)  # a new log is what can take them over the limits
 
-    async def _prune_output_logs(self) -> None:
-        """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first)."""
+    async def _prune_output_logs(self, new_log: Path) -> None:
+        """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first),
+        from the index (`OutputLogIndex`): one `stat` per job, the listing only once."""
         settings = self._shared.settings
-        logs_dir = settings.state_dir / "logs"
         limits = {
             "max_count": settings.output_logs_max_count,
             "max_total_bytes": settings.output_logs_max_total_bytes,
         }
-        try:
-            if not await asyncio.to_thread(output_logs_over_limits, logs_dir, **limits):
-                return  # the usual case: no database read, one directory listing
-            active = [
-                log_path(settings.state_dir, r.key.job_id, r.key.execution_number)
-                for r in await self._store.call(Store.active)
-            ]
-            deleted = await asyncio.to_thread(prune_output_logs, logs_dir, keep=active, **limits)
-        except OSError as exc:
-            log.warning("cannot prune the output logs", path=str(logs_dir), error=str(exc))
-            return
+        async with self._logs_lock:  # two executions ending at once share the index
+            try:
+                if self._logs.loaded:
+                    self._logs.add(new_log)
+                else:
+                    await asyncio.to_thread(self._logs.load)
+                excess = self._logs.excess(**limits)
+                if not excess:
+                    return  # the usual case: no database read, no listing
+                active = [
+                    log_path(settings.state_dir, r.key.job_id, r.key.execution_number)
+                    for r in await self._store.call(Store.active)
+                ]
+                if excess <= self._SMALL_PRUNE:
+                    deleted = self._logs.prune(keep=active, **limits)
+                else:
+                    deleted = await asyncio.to_thread(self._logs.prune, keep=active, **limits)
+            except OSError as exc:
+                log.warning(
+                    "cannot prune the output logs", path=str(self._logs.logs_dir), error=str(exc)
+                )
+                return
         if deleted:
-            log.info("old output logs deleted", count=len(deleted), path=str(logs_dir))
+            log.info("old output logs deleted", count=len(deleted), path=str(self._logs.logs_dir))
 
     # -- what an earlier agent left running -------------------------------------------------------
     async def stop_leftovers(self, ref: ExecutionRef, bound: Any) -> None:
