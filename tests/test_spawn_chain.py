@@ -16,6 +16,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,3 +216,19 @@ def test_the_chain_refuses_a_script_swapped_after_the_check(tmp_path: Path) -> N
     assert done.returncode == EXIT_LAUNCH_FAILED
     assert done.stderr == b"jobs-agent-spawn: the executable changed after it was checked\n"
     assert not list(tmp_path.glob("ran.*"))
+
+
+async def test_a_step_cancelled_before_the_chain_joined_its_cgroup_still_ends(
+    tmp_path: Path,
+) -> None:
+    """Popen returns once bash runs, before it has joined the step's cgroup: a cancellation
+    that comes at once finds the group empty. The leader (the chain itself, the only process
+    before the join) is signalled too, so the step ends instead of running to its end."""
+    sandbox = Sandbox(kill_grace=60, containment="cgroup", state_dir=tmp_path)
+    handler = script(tmp_path, "#!/bin/sh\nexec sleep 60\n")
+    cancelled = asyncio.Event()
+    cancelled.set()
+    spec = ProcessSpec((str(handler),), own_user(), timeout=60, group="spawn.test")
+    result = await asyncio.wait_for(sandbox.run(spec, cancelled=cancelled), timeout=30)
+    assert result.cancelled
+    assert result.signal == signal.SIGTERM  # not SIGKILL after the grace

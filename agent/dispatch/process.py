@@ -24,6 +24,7 @@ What it guarantees, whatever the handler does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import os
@@ -296,13 +297,14 @@ class Sandbox:
             if exit_watch.status not in done:
                 result.cancelled = cancel_wait in done
                 result.timed_out = not result.cancelled
-                await self._terminate(group, exit_watch.status)
+                await self._terminate(group, exit_watch.status, process.pid)
             result.returncode = await exit_watch.status
             await self._reap_group(group, [reader.pipe.closed for reader in readers])
             await progress.finish(_PROGRESS_GRACE)
         finally:
             cancel_wait.cancel()
             if process.returncode is None:
+                _signal_leader(process.pid, exit_watch.status, signal.SIGKILL)
                 group.kill()
             exit_watch.close()
             for reader in readers:
@@ -399,12 +401,16 @@ class Sandbox:
             return None
         return lambda chunk: echo(stream, chunk)
 
-    async def _terminate(self, group: JobGroup, exited: asyncio.Future[int]) -> None:
+    async def _terminate(self, group: JobGroup, exited: asyncio.Future[int], leader: int) -> None:
         """Timeout or cancellation: SIGTERM to every process of the step, SIGKILL after the
-        grace period to whatever is left."""
+        grace period to whatever is left. The leader is signalled by itself as well: a
+        script's chain (`launcher`) runs before it has joined the step's cgroup, and is then
+        the step's only process."""
+        _signal_leader(leader, exited, signal.SIGTERM)
         group.signal(signal.SIGTERM)
         done, _ = await asyncio.wait({exited}, timeout=self.kill_grace)
         if not done:
+            _signal_leader(leader, exited, signal.SIGKILL)
             group.kill()
 
     async def _reap_group(self, group: JobGroup, outputs: list[asyncio.Future[None]]) -> None:
@@ -435,6 +441,13 @@ class _Outputs:
     stdout: Sequence[Tail]
     stderr: Sequence[Tail]
     replies: ReplyPipe | None = None
+
+
+def _signal_leader(pid: int, exited: asyncio.Future[int], sig: int) -> None:
+    """Signal the step's first process while it is not reaped (until then its pid is ours)."""
+    if not exited.done():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _anonymous_group() -> str:
