@@ -29,7 +29,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin
 updater_packages=()
 for tool_package in rauc:rauc swupdate:swupdate fw_printenv:libubootenv-tool \
     mksquashfs:squashfs-tools cpio:cpio openssl:openssl dbus-daemon:dbus dbus-send:dbus \
-    unshare:util-linux strace:strace; do
+    unshare:util-linux setpriv:util-linux strace:strace; do
     if ! have "${tool_package%%:*}"; then updater_packages+=("${tool_package#*:}"); fi
 done
 if [ ${#updater_packages[@]} -gt 0 ]; then
