@@ -1,7 +1,7 @@
 """The emulator's own link to an MQTT broker: paho on the asyncio loop, tuned for a service.
 
 A device agent waits for each acknowledgement; a service answering thousands of requests must
-not. `BrokerTransport` is the loop-driven paho transport (`AsyncPahoTransport`: no network
+not. `BrokerTransport` is the loop-driven paho transport (`PahoTransport`: no network
 thread, no thread hop per message) with these differences, each of which mattered to the
 emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
 
@@ -47,7 +47,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
 from jobs_agent.transport.options import PahoOptions
-from jobs_agent.transport.paho_async import AsyncPahoTransport
+from jobs_agent.transport.paho import PahoTransport
 
 __all__ = ["BrokerTransport", "broker_transport"]
 
@@ -152,7 +152,7 @@ def _qos1_request(command: int, packet: bytes | bytearray) -> tuple[str, int, by
     return topic, mid, bytes(packet[pos:])
 
 
-class BrokerTransport(AsyncPahoTransport):
+class BrokerTransport(PahoTransport):
     client_class = ServiceClient
 
     def __init__(self, config: PahoOptions, client_id: str) -> None:

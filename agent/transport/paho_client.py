@@ -1,0 +1,105 @@
+"""paho's client as the paho transport makes it: MQTT 5, TLS as configured, quiet logs.
+
+Kept apart from the transport (`paho.py`), which drives the client on the event loop: this is
+what one connection is made of, that how it is served.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from jobs_agent.transport.base import TransportError
+from jobs_agent.transport.options import PahoOptions
+
+ALPN_MQTT = "x-amzn-mqtt-ca"
+CONNECT_ATTEMPT_SECONDS = 10.0
+"""Upper bound for one TCP+TLS+CONNACK attempt during the first connect."""
+MISC_MIN_SECONDS = 1.0
+MISC_MAX_SECONDS = 30.0
+"""Bounds of the keep-alive check's period (`loop_misc`)."""
+PERMANENT_CONNACK_CODES = {
+    0x84,  # Unsupported Protocol Version
+    0x85,  # Client Identifier not valid
+    0x86,  # Bad User Name or Password
+    0x87,  # Not authorized
+    0x8A,  # Banned
+    0x8C,  # Bad authentication method
+}
+_REPORTED_LOG_LEVELS = frozenset({mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING})
+
+
+class Attempt(NamedTuple):
+    """What one first-connect attempt ended with."""
+
+    ok: bool
+    permanent: bool = False
+    reason: str = ""
+
+
+class DeviceClient(mqtt.Client):
+    """paho's client, formatting only the log lines the transport reads (errors and warnings):
+    paho formats a debug line for every packet in and out whenever a log callback is set.
+    paho is pinned below 3 (`_easy_log` is internal); tests/test_transport.py holds that the
+    errors still reach the transport."""
+
+    def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
+        if level in _REPORTED_LOG_LEVELS or self._logger is not None:
+            super()._easy_log(level, fmt, *args)
+
+
+def new_client(client_class: type[mqtt.Client], config: PahoOptions, client_id: str) -> mqtt.Client:
+    """An MQTT 5 client of `client_class` with the TLS and credentials `config` names."""
+    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if config.tls:
+        client.tls_set_context(ssl_context(config))
+    if config.username:
+        client.username_pw_set(config.username, config.password or None)
+    client.connect_timeout = CONNECT_ATTEMPT_SECONDS
+    return client
+
+
+def ssl_context(config: PahoOptions) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+        if config.cert is not None and config.key is not None:
+            context.load_cert_chain(str(config.cert), str(config.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(
+            f"paho transport: cannot load TLS files (ca={config.ca}, cert={config.cert},"
+            f" key={config.key}): {exc}"
+        ) from None
+    if config.alpn:
+        context.set_alpn_protocols([ALPN_MQTT])
+    return context
+
+
+def connect_properties(config: PahoOptions) -> Properties:
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = config.session_expiry_seconds
+    return properties
+
+
+def read_tls_alert(sock: Any) -> str:
+    """The TLS alert a broker sent on `sock` before closing it ("" if none).
+
+    With TLS 1.3 a broker refusing our certificate sends its alert after the handshake; paho
+    often fails on writing CONNECT first ("EOF occurred in violation of protocol") and never
+    reads the alert. Read here, before paho closes the socket, the operator gets "unknown ca" /
+    "certificate required" instead of a vague EOF."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return ""
+    try:
+        sock.setblocking(False)
+        sock.recv(1)
+    except ssl.SSLError as exc:
+        if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLEOFError):
+            return str(exc)
+    except OSError:
+        pass
+    return ""

@@ -1,0 +1,106 @@
+"""The paho transport is driven by the agent's event loop: no network thread, and paho's
+per-packet debug lines are never formatted.
+
+A real `jobs-agent run` over paho against a real mosquitto and the emulator: its threads are
+counted in /proc while it is idle after a job, and again while a job runs; then the broker is
+stopped and started under it, and a job created after the restart still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport.paho import PahoTransport
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    paho_connection,
+    start_emulator,
+    wait_terminal,
+    write_handler,
+)
+
+THING = "gw-loop"
+THREADS = 4
+"""Threads a `jobs-agent run` over paho may have: the event loop's, the state store's worker,
+and the default executor's workers that did the blocking connect and a heartbeat write. paho's
+own network thread (`loop_start`) made it five."""
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.fixture
+async def emulator(mosquitto_factory: object) -> AsyncIterator[tuple[Emulator, Mosquitto]]:
+    broker: Mosquitto = mosquitto_factory()  # type: ignore[operator]
+    emu = await start_emulator(broker.port)
+    yield emu, broker
+    await emu.stop()
+
+
+async def test_the_daemon_runs_paho_without_a_network_thread(
+    tmp_path: Path, emulator: tuple[Emulator, Mosquitto]
+) -> None:
+    emu, broker = emulator
+    write_handler(tmp_path / "handlers", "echo", '#!/bin/sh\necho "$@"\n')
+    config = agent_config(tmp_path, broker.port, thing=THING)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config).replace("  tls: true\n", ""))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        assert agent.process is not None
+        pid = agent.process.pid
+        emu.service.create_job("j1", [THING], {"operation": "echo", "args": ["one"]})
+        assert str((await wait_terminal(emu, "j1", THING)).status) == "SUCCEEDED"
+        counted = threads(pid)
+        assert counted <= THREADS, f"{counted} threads: {os.listdir(f'/proc/{pid}/task')}"
+
+        # The link is served by the loop across a broker restart.
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.start)
+        emu.service.create_job("j2", [THING], {"operation": "echo", "args": ["two"]})
+        assert str((await wait_terminal(emu, "j2", THING, timeout=30)).status) == "SUCCEEDED"
+        assert threads(pid) <= THREADS
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_paho_formats_no_per_packet_debug_line(mosquitto: Mosquitto) -> None:
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-quiet")
+    levels: list[int] = []
+    client = transport._client
+    seen = client.on_log
+
+    def record(c: mqtt.Client, userdata: object, level: int, buf: str) -> None:
+        levels.append(level)
+        seen(c, userdata, level, buf)
+
+    client.on_log = record
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    transport.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await transport.connect(timeout=10)
+    try:
+        await transport.subscribe("quiet/echo")
+        for n in range(20):
+            await transport.publish("quiet/echo", str(n).encode())
+        assert [await asyncio.wait_for(received.get(), 10) for _ in range(20)] == [
+            str(n).encode() for n in range(20)
+        ]
+    finally:
+        await transport.disconnect()
+    assert mqtt.MQTT_LOG_DEBUG not in levels
