@@ -47,13 +47,13 @@ from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_client import (
-    CONNECT_ATTEMPT_SECONDS,
     MISC_MAX_SECONDS,
     MISC_MIN_SECONDS,
     PERMANENT_CONNACK_CODES,
     Attempt,
     DeviceClient,
     connect_properties,
+    connect_with_retries,
     new_client,
     read_tls_alert,
 )
@@ -162,6 +162,16 @@ class PahoTransport(Transport):
             self._on_loop(self._remove_fd, fd)
 
     def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # On the loop, write now; what does not go at once (or cannot go now, inside one of
+        # our callbacks) waits for the loop to report the socket writable.
+        if (
+            threading.get_ident() == self._loop_thread
+            and sock is self._sock
+            and isinstance(client, DeviceClient)
+            and client.write_now()
+            and not client.want_write()
+        ):
+            return
         self._on_loop(self._add_writer, sock)
 
     def _unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -351,40 +361,6 @@ class PahoTransport(Transport):
             return Attempt(False, permanent, f"connection refused by the broker: {reason}")
         return Attempt(True)
 
-    async def _connect_with_retries(self, timeout: float | None) -> None:
-        """Attempt, back off with jitter, attempt again until connected or `timeout`; a
-        permanent refusal (TLS, credentials) raises at once instead of retrying forever."""
-        cfg = self.config
-        where = f"{cfg.endpoint}:{cfg.port} as {self.client_id}"
-        start = time.monotonic()
-        backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
-        last = ""
-        while True:
-            remaining = None if timeout is None else start + timeout - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
-            deadline = time.monotonic() + min(
-                CONNECT_ATTEMPT_SECONDS,
-                MISC_MAX_SECONDS,
-                MISC_MIN_SECONDS,
-                remaining if remaining is not None else 1e9,
-            )
-            outcome = await self._attempt_once(deadline)
-            if outcome.ok:
-                return
-            if outcome.permanent:
-                raise TransportError(f"cannot connect to {where}: {outcome.reason}")
-            last = outcome.reason
-            delay = backoff.next_delay()
-            log.warning(
-                "cannot connect; retrying",
-                endpoint=cfg.endpoint,
-                reason=last,
-                delay=round(delay, 2),
-            )
-            remaining = None if timeout is None else start + timeout - time.monotonic()
-            await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
-
     def _drop(self) -> None:
         """Close the socket now (paho's disconnect needs a loop iteration to send DISCONNECT)."""
         self._client.disconnect()
@@ -405,7 +381,7 @@ class PahoTransport(Transport):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
-        await self._connect_with_retries(timeout)
+        await connect_with_retries(self._attempt_once, self.config, self.client_id, timeout)
         self._backoff.reset()
         self._started = True
         self._misc_task = asyncio.ensure_future(self._misc())

@@ -6,16 +6,23 @@ what one connection is made of, that how it is served.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
+import structlog
 from paho.mqtt.enums import CallbackAPIVersion, LogLevel
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import TransportError
 from jobs_agent.transport.options import PahoOptions
+
+log = structlog.get_logger("jobs_agent.transport.paho")
 
 ALPN_MQTT = "x-amzn-mqtt-ca"
 CONNECT_ATTEMPT_SECONDS = 10.0
@@ -51,6 +58,17 @@ class DeviceClient(mqtt.Client):
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         if level in _REPORTED_LOG_LEVELS or self._logger is not None:
             super()._easy_log(level, fmt, *args)
+
+    def write_now(self) -> bool:
+        """Write what is queued now, unless inside one of our callbacks: paho's own rule when
+        no external loop is registered (with one, it would wait for the loop to report the
+        socket writable: an epoll registration, a loop iteration and a deregistration per
+        packet). False when it could not write now."""
+        if not self._in_callback_mutex.acquire(False):
+            return False
+        self._in_callback_mutex.release()
+        self.loop_write()
+        return True
 
 
 def new_client(client_class: type[mqtt.Client], config: PahoOptions, client_id: str) -> mqtt.Client:
@@ -103,3 +121,37 @@ def read_tls_alert(sock: Any) -> str:
     except OSError:
         pass
     return ""
+
+
+async def connect_with_retries(
+    attempt: Callable[[float], Awaitable[Attempt]],
+    cfg: PahoOptions,
+    client_id: str,
+    timeout: float | None,
+) -> None:
+    """`attempt` (until a deadline), back off with jitter, attempt again until connected or
+    `timeout`; a permanent refusal (TLS, credentials) raises at once instead of retrying
+    forever."""
+    where = f"{cfg.endpoint}:{cfg.port} as {client_id}"
+    start = time.monotonic()
+    backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
+    last = ""
+    while True:
+        remaining = None if timeout is None else start + timeout - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
+        deadline = time.monotonic() + min(
+            CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
+        )
+        outcome = await attempt(deadline)
+        if outcome.ok:
+            return
+        if outcome.permanent:
+            raise TransportError(f"cannot connect to {where}: {outcome.reason}")
+        last = outcome.reason
+        delay = backoff.next_delay()
+        log.warning(
+            "cannot connect; retrying", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2)
+        )
+        remaining = None if timeout is None else start + timeout - time.monotonic()
+        await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
