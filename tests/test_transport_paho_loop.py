@@ -104,3 +104,22 @@ async def test_paho_formats_no_per_packet_debug_line(mosquitto: Mosquitto) -> No
     finally:
         await transport.disconnect()
     assert mqtt.MQTT_LOG_DEBUG not in levels
+
+
+async def test_a_publish_is_written_without_waiting_for_the_loop(mosquitto: Mosquitto) -> None:
+    """paho with an external loop queues every packet until the loop reports the socket
+    writable (an epoll registration and a loop iteration per packet); the transport writes
+    it at once, as paho itself does without an external loop."""
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-write-now")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    transport.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await transport.connect(timeout=10)
+    try:
+        await transport.subscribe("write/now")
+        publishing = asyncio.ensure_future(transport.publish("write/now", b"at once"))
+        await asyncio.sleep(0)  # the task runs up to its wait for the PUBACK
+        assert not transport._client.want_write()
+        await publishing
+        assert await asyncio.wait_for(received.get(), 10) == b"at once"
+    finally:
+        await transport.disconnect()
