@@ -52,6 +52,7 @@ from jobs_agent.transport.paho_client import (
     PERMANENT_CONNACK_CODES,
     Attempt,
     DeviceClient,
+    ShortPathClient,
     connect_properties,
     connect_with_retries,
     new_client,
@@ -107,6 +108,8 @@ class PahoTransport(Transport):
         client.on_subscribe = self._paho_subscribe
         client.on_unsubscribe = self._paho_unsubscribe
         client.on_log = self._paho_log
+        if isinstance(client, DeviceClient):
+            client.on_qos1 = self._qos1_received
         return client
 
     def _open_connection(self) -> None:
@@ -212,11 +215,15 @@ class PahoTransport(Transport):
 
     def _readable(self) -> None:
         client = self._client
+        buffered = client.buffered if isinstance(client, ShortPathClient) else _nothing
         while True:
             client.loop_read()
             sock = self._sock
-            # TLS may hold decrypted bytes the selector cannot see: drain them now.
-            if not isinstance(sock, ssl.SSLSocket) or sock.pending() == 0:
+            # Bytes read but not consumed (paho stops after a packet or a few), or decrypted by
+            # TLS, are invisible to the selector: handle them now.
+            if sock is None or not (
+                buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+            ):
                 break
 
     def _writable(self) -> None:
@@ -266,6 +273,9 @@ class PahoTransport(Transport):
         # block (base.py) and only queues work; a message comes after the CONNACK, so never
         # from the connect worker.
         self._on_loop(self._deliver, Message(message.topic, bytes(message.payload)))
+
+    def _qos1_received(self, topic: str, payload: bytes) -> None:
+        self._on_loop(self._deliver, Message(topic, payload))  # as `_paho_message`
 
     def _paho_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -465,6 +475,10 @@ class PahoTransport(Transport):
         reasons: list[ReasonCode] = await self._expect(info.rc, info.mid, what)
         if reasons and reasons[0].is_failure:
             raise TransportError(f"{what}: refused by the broker ({reasons[0]})")
+
+
+def _nothing() -> bool:
+    return False
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, LogLevel
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import TransportError
@@ -49,15 +50,86 @@ class Attempt(NamedTuple):
     reason: str = ""
 
 
-class DeviceClient(mqtt.Client):
-    """paho's client, formatting only the log lines the transport reads (errors and warnings):
-    paho formats a debug line for every packet in and out whenever a log callback is set.
-    paho is pinned below 3 (`_easy_log` is internal); tests/test_transport.py holds that the
-    errors still reach the transport."""
+READ_SIZE = 65536
+PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+
+class ShortPathClient(mqtt.Client):
+    """paho's client with buffered reads and short paths for the two packets a client of the
+    AWS IoT APIs receives most: a PUBACK saying success with no properties is not decoded into
+    reason-code and property objects, and a QoS 1 PUBLISH is handed to `on_qos1` as topic and
+    payload, its MQTT 5 properties skipped (no AWS IoT API uses them), without paho's message
+    object and filter match. Anything unusual (a failure reason, properties on a PUBACK, QoS 0
+    or 2, a topic alias, a malformed packet) takes paho's own path. These override paho
+    internals (`_handle_pubackcomp`, `_handle_publish`, `_in_packet`, `_sock_recv`,
+    `_sock_close`): paho is pinned below 3, and the transport suite (tests/test_transport.py)
+    and tests/emulator/test_broker_transport.py hold them against a real mosquitto."""
+
+    on_qos1: Callable[[str, bytes], None] | None = None
+    """`(topic, payload)` callback for QoS 1 publishes received (set by the transport)."""
+    _rbuf: bytes = b""
+    _rpos: int = 0
+
+    # -- buffered reads: paho reads each packet's header a byte at a time, three system calls
+    # per packet; here one `recv` fills a buffer paho's reads are served from.
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(READ_SIZE)  # BlockingIOError when there is nothing
+            if not data:
+                return data  # end of stream: paho handles the loss
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = min(len(self._rbuf), start + bufsize)
+        return self._rbuf[start : self._rpos]
+
+    def buffered(self) -> bool:
+        """Bytes were read from the socket that paho has not consumed yet (the selector will
+        not report them: read them before waiting again)."""
+        return self._rpos < len(self._rbuf)
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        mid = plain_puback(cmd, self._in_packet["packet"])
+        if mid is None:
+            return super()._handle_pubackcomp(cmd)
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, PUBACK_OK, NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        publish = qos1_publish(self._in_packet["command"], self._in_packet["packet"])
+        if publish is None or self.on_qos1 is None or self._manual_ack:
+            return super()._handle_publish()
+        topic, mid, payload = publish
+        self._qos1_received(self.on_qos1, topic, payload)
+        return self._send_puback(mid)
+
+    def _qos1_received(
+        self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
+    ) -> None:
+        callback(topic, payload)
+
+
+class DeviceClient(ShortPathClient):
+    """The device's client: the short paths, and only the log lines the transport reads
+    (errors and warnings) formatted: paho formats a debug line for every packet in and out
+    whenever a log callback is set. paho is pinned below 3 (`_easy_log` and the callback
+    lock are internal); tests/test_transport_paho_loop.py holds both."""
 
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         if level in _REPORTED_LOG_LEVELS or self._logger is not None:
             super()._easy_log(level, fmt, *args)
+
+    def _qos1_received(
+        self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
+    ) -> None:
+        with self._in_callback_mutex:  # as paho's on_message: nothing is written meanwhile
+            callback(topic, payload)
 
     def write_now(self) -> bool:
         """Write what is queued now, unless inside one of our callbacks: paho's own rule when
@@ -155,3 +227,51 @@ async def connect_with_retries(
         )
         remaining = None if timeout is None else start + timeout - time.monotonic()
         await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+
+
+def plain_puback(cmd: Any, packet: bytes | bytearray) -> int | None:
+    """The packet id of an MQTT 5 PUBACK saying success with no properties (nearly all of
+    them), or None to let paho decode it. Its body: the packet id (2 bytes), then an optional
+    reason code and an optional properties length."""
+    size = len(packet)
+    plain = (
+        cmd == "PUBACK"
+        and 2 <= size <= 4
+        and (size < 3 or packet[2] < 0x80)
+        and (size < 4 or packet[3] == 0)
+    )
+    return (packet[0] << 8) | packet[1] if plain else None
+
+
+def qos1_publish(command: int, packet: bytes | bytearray) -> tuple[str, int, bytes] | None:
+    """(topic, packet id, payload) of an MQTT 5 QoS 1 PUBLISH, or None to let paho decode it."""
+    if (command & 0x06) >> 1 != 1:
+        return None
+    size = len(packet)
+    if size < 5:
+        return None
+    end = 2 + ((packet[0] << 8) | packet[1])
+    if end + 3 > size:
+        return None
+    try:
+        topic = packet[2:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    mid = (packet[end] << 8) | packet[end + 1]
+    pos = end + 2
+    length = shift = 0
+    for _ in range(4):  # the properties length, a variable byte integer
+        if pos >= size:
+            return None
+        byte = packet[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    pos += length
+    if pos > size or not topic:
+        return None
+    return topic, mid, bytes(packet[pos:])
