@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport.base import Message
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
@@ -157,3 +158,37 @@ async def test_a_burst_is_read_in_few_system_calls(
     # 100 PUBLISH in at the device and 100 PUBACK in at the service (and the SUBACK and
     # CONNACKs): read unbuffered, about 600 calls; buffered, a few dozen at most.
     assert calls < 200, calls
+
+
+async def test_a_failing_listener_reaches_the_loop_and_the_stream_goes_on(
+    mosquitto: Mosquitto,
+) -> None:
+    """Messages are delivered inside paho's read: a listener's exception must reach the
+    loop's exception handler (as it did from a loop callback) and leave paho's reading of
+    the stream intact."""
+    loop = asyncio.get_running_loop()
+    failures: list[BaseException | None] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: failures.append(context.get("exception")))
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-failing-listener")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def listener(message: Message) -> None:
+        if message.payload == b"boom":
+            raise RuntimeError("listener bug")
+        received.put_nowait(message.payload)
+
+    transport.set_message_callback(listener)
+    await transport.connect(timeout=10)
+    try:
+        await transport.subscribe("fail/+")
+        for payload in (b"before", b"boom", b"after"):
+            await transport.publish("fail/x", payload)
+        assert [await asyncio.wait_for(received.get(), 10) for _ in range(2)] == [
+            b"before",
+            b"after",
+        ]
+    finally:
+        await transport.disconnect()
+        loop.set_exception_handler(previous)
+    assert [type(f) for f in failures] == [RuntimeError]

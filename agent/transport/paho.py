@@ -269,13 +269,23 @@ class PahoTransport(Transport):
             self._on_loop(self._schedule_reconnect)
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # On the loop thread, inside `_readable`: straight to the listener, which must not
-        # block (base.py) and only queues work; a message comes after the CONNACK, so never
-        # from the connect worker.
-        self._on_loop(self._deliver, Message(message.topic, bytes(message.payload)))
+        self._on_loop(self._receive, Message(message.topic, bytes(message.payload)))
 
     def _qos1_received(self, topic: str, payload: bytes) -> None:
-        self._on_loop(self._deliver, Message(topic, payload))  # as `_paho_message`
+        self._on_loop(self._receive, Message(topic, payload))
+
+    def _receive(self, message: Message) -> None:
+        """Straight to the listener, inside `_readable` (a message comes after the CONNACK,
+        on the loop). A listener's exception goes to the loop's handler, as from a callback
+        the loop runs, and not up through paho, which would then lose its place in the
+        stream."""
+        try:
+            self._deliver(message)
+        except Exception as exc:
+            assert self._loop is not None
+            self._loop.call_exception_handler(
+                {"message": f"message listener failed on {message.topic}", "exception": exc}
+            )
 
     def _paho_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
