@@ -4,7 +4,7 @@ Used by `jobs-agent sim fleet` to rehearse a rollout locally: every device is th
 stack, assembled by `build_device` (`Engine` + `JobsClient` + `Dispatcher`, a durable SQLite
 store of its own under
 `state_dir/<thing>/`), so a job document that works here went through exactly what a gateway
-runs, only multiplied. Connections use `AsyncPahoTransport`, which needs no thread per
+runs, only multiplied. Connections use `PahoTransport`, which needs no thread per
 connection: a thousand devices are a thousand sockets on one event loop. (Each store still has
 its one writer thread, idle between writes.)
 """
@@ -26,7 +26,7 @@ from jobs_agent.config import AgentConfig, JobsConfig
 from jobs_agent.device import Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
 from jobs_agent.transport.options import PahoOptions
-from jobs_agent.transport.paho_async import AsyncPahoTransport
+from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.vocabulary import TERMINAL_STATUSES
 
 log = structlog.get_logger("jobs_agent.sim.fleet")
@@ -100,7 +100,7 @@ class Fleet:
         connection = dataclasses.replace(self.options.connection, client_id=thing)
         config = self._config(thing, connection)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        transport = AsyncPahoTransport(connection, thing)
+        transport = PahoTransport(connection, thing)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
         device = build_device(

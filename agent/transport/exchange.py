@@ -24,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from jobs_agent.aio import first_of
 from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import NotConnectedError, Transport
 
@@ -72,9 +71,19 @@ class ExchangeClosed(Exception):
 
 @dataclass(eq=False, slots=True)
 class _Waiter(Generic[R]):
+    """One request waiting for its reply. `wake` is done when there is news (the reply, a link
+    loss, a close): the request waits on that one future, with no task or event of its own."""
+
     key: Hashable
-    future: asyncio.Future[R]
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Future[None]
+    reply: R | None = None
+    answered: bool = False
+    lost: bool = False
+    closed: bool = False
+
+    def notify(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
 
 
 class Exchange(Generic[R]):
@@ -105,23 +114,26 @@ class Exchange(Generic[R]):
         """Give `reply` to the request waiting with `token` on `key`; False (and counted as
         ignored) when there is none."""
         waiter = self._waiting.get(token) if isinstance(token, str) else None
-        if waiter is None or waiter.key != key or waiter.future.done():
+        if waiter is None or waiter.key != key or waiter.answered or waiter.closed:
             self.stats.replies_ignored += 1
             return False
-        waiter.future.set_result(reply)
+        waiter.reply = reply
+        waiter.answered = True
+        waiter.notify()
         return True
 
     def link_lost(self) -> None:
         """Every waiting request is published again once the link is back."""
         for waiter in self._waiting.values():
-            waiter.lost.set()
+            waiter.lost = True
+            waiter.notify()
 
     def close(self) -> None:
         """Fail every waiting request with `ExchangeClosed`. Idempotent."""
         self._closed = True
         for waiter in self._waiting.values():
-            if not waiter.future.done():
-                waiter.future.set_exception(ExchangeClosed("the client was closed"))
+            waiter.closed = True
+            waiter.notify()
         self._waiting.clear()
 
     # -- the request ----------------------------------------------------------------------------
@@ -177,7 +189,7 @@ class Exchange(Generic[R]):
         self._waiting[token] = waiter  # registered before publishing: a reply may be instant
         first = True
         try:
-            while not waiter.future.done():
+            while not waiter.answered and not waiter.closed:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -185,7 +197,7 @@ class Exchange(Generic[R]):
                     if not await self.transport.wait_connected(remaining):
                         break
                     continue  # re-check: the reply may have come with a kept session
-                waiter.lost.clear()
+                waiter.lost = False
                 try:
                     async with asyncio.timeout(remaining):
                         await self.transport.publish(topic, payload)
@@ -200,13 +212,30 @@ class Exchange(Generic[R]):
                     bound.info("request re-published after reconnect", client_token=token)
                 first = False
                 bound.debug("request published", topic=topic, client_token=token)
-                await first_of(waiter.future, waiter.lost.wait(), deadline - loop.time())
-            if waiter.future.done():
-                return waiter.future.result()
+                if not await self._news(waiter, deadline):
+                    break
+            if waiter.closed:
+                raise ExchangeClosed("the client was closed")
+            if waiter.answered:
+                return waiter.reply
         finally:
             self._waiting.pop(token, None)
         self.stats.timeouts += 1
         return None
+
+    @staticmethod
+    async def _news(waiter: _Waiter[R], deadline: float) -> bool:
+        """Wait until the reply, a link loss or a close; False when the deadline passed."""
+        if waiter.answered or waiter.lost or waiter.closed:
+            return True
+        if waiter.wake.done():  # woken by an earlier loss, already dealt with
+            waiter.wake = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter.wake
+        except TimeoutError:
+            return False
+        return True
 
 
 async def subscribe_within(

@@ -8,16 +8,18 @@ reason on refused CONNACKs. mosquitto 2 and AWS IoT Core both speak it.
 Sessions as in the awscrt backend: the first connection of a process starts clean
 (`MQTT_CLEAN_START_FIRST_ONLY`), later reconnects rejoin the session for `session_expiry_seconds`.
 
-Threads: paho's network loop runs in its own thread (`loop_start`). Every paho callback only
-hands its arguments to the asyncio loop with `call_soon_threadsafe`; all state below is touched
-on the loop thread, except the reconnect delay, which paho reads in its own thread.
+Driven by the asyncio loop, with no network thread: the socket is registered with the loop
+(paho's external-loop hooks, then `loop_read`, `loop_write` and `loop_misc`). A message is read,
+decoded and handed to the listener in one loop callback, where a network thread (`loop_start`)
+cost a thread hop per message (`call_soon_threadsafe`, a wake-up, two GIL hand-offs), and a
+thread per connection (a thousand in `sim fleet`). An idle connection costs nothing.
 
-Connecting: the first connection is made by `connect()` in a worker thread (`client.connect` and
-`client.loop` until the CONNACK), so the real exception of a failure is seen and a permanent one
-(TLS handshake failure, certificate refused, not authorised) raises `TransportError` at once
-instead of being retried forever. After that paho reconnects by itself; the delay before each
-attempt comes from `Backoff` (exponential with full jitter), set through `reconnect_delay_set`
-just before paho waits, since paho's own backoff has no jitter.
+Blocking steps stay off the loop: the TCP connect and TLS handshake of each (re)connection run
+in a worker thread (`asyncio.to_thread`); after them the socket is non-blocking and served by the
+loop. The first connection is awaited until its CONNACK, so the real reason of a failure is seen
+and a permanent one (TLS handshake failure, certificate refused, not authorised) raises
+`TransportError` at once instead of being retried forever. After that the transport reconnects by
+itself, waiting a `Backoff` delay (exponential with full jitter) before each attempt.
 
 Caveat: a publish whose PUBACK has not arrived when the link drops fails with
 `NotConnectedError`, but paho keeps the message in its session and may still deliver it after
@@ -27,6 +29,7 @@ the reconnect: QoS 1 is at-least-once, and the Jobs protocol tolerates a duplica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -36,43 +39,32 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from jobs_agent.backoff import Backoff
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
 from jobs_agent.transport.options import PahoOptions
+from jobs_agent.transport.paho_client import (
+    MISC_MAX_SECONDS,
+    MISC_MIN_SECONDS,
+    PERMANENT_CONNACK_CODES,
+    Attempt,
+    DeviceClient,
+    ShortPathClient,
+    connect_properties,
+    connect_with_retries,
+    new_client,
+    read_tls_alert,
+)
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
 log = structlog.get_logger("jobs_agent.transport.paho")
 
-ALPN_MQTT = "x-amzn-mqtt-ca"
-CONNECT_ATTEMPT_SECONDS = 10.0
-"""Upper bound for one TCP+TLS+CONNACK attempt during the first connect."""
-PERMANENT_CONNACK_CODES = {
-    0x84,  # Unsupported Protocol Version
-    0x85,  # Client Identifier not valid
-    0x86,  # Bad User Name or Password
-    0x87,  # Not authorized
-    0x8A,  # Banned
-    0x8C,  # Bad authentication method
-}
-
-
-class _Attempt:
-    """What one first-connect attempt ended with."""
-
-    def __init__(self, ok: bool, permanent: bool = False, reason: str = "") -> None:
-        self.ok = ok
-        self.permanent = permanent
-        self.reason = reason
-
 
 class PahoTransport(Transport):
-    client_class: type[mqtt.Client] = mqtt.Client
+    client_class: type[mqtt.Client] = DeviceClient
     """The paho client class (a subclass may tune paho for its use, e.g. the emulator's)."""
 
     def __init__(self, config: PahoOptions, client_id: str) -> None:
@@ -84,51 +76,41 @@ class PahoTransport(Transport):
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._started = False
-        # Written by paho's thread, read by the first-connect worker in the same thread.
         self._connack: tuple[ReasonCode, bool] | None = None
         self._last_error = ""
         self._tls_alert = ""
-        self._abort = threading.Event()
+        self._fd: int | None = None
+        self._sock: Any = None
+        self._writing = False
+        self._connack_waiter: asyncio.Future[None] | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        # Check keep-alive often enough that a PINGREQ is at most 5 % late (the broker allows
+        # 50 %), but no more than once a second: idle connections must cost nothing.
+        self._misc_interval = min(
+            MISC_MAX_SECONDS, max(MISC_MIN_SECONDS, config.keepalive_seconds / 20)
+        )
         self._client = self._make_client()
 
     # -- construction ------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        cfg = self.config
-        client = self.client_class(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
-        )
-        if cfg.tls:
-            client.tls_set_context(self._ssl_context())
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password or None)
-        client.connect_timeout = CONNECT_ATTEMPT_SECONDS
-        client.on_socket_open = self._paho_socket_open
+        client = new_client(self.client_class, self.config, self.client_id)
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
         client.on_connect = self._paho_connect
-        client.on_connect_fail = self._paho_connect_fail
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         client.on_publish = self._paho_publish
         client.on_subscribe = self._paho_subscribe
         client.on_unsubscribe = self._paho_unsubscribe
         client.on_log = self._paho_log
-        client.on_socket_close = self._paho_socket_close
+        if isinstance(client, DeviceClient):
+            client.on_qos1 = self._qos1_received
         return client
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        cfg = self.config
-        try:
-            context = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
-            if cfg.cert is not None and cfg.key is not None:
-                context.load_cert_chain(str(cfg.cert), str(cfg.key))
-        except (OSError, ssl.SSLError) as exc:
-            raise TransportError(
-                f"paho transport: cannot load TLS files (ca={cfg.ca}, cert={cfg.cert},"
-                f" key={cfg.key}): {exc}"
-            ) from None
-        if cfg.alpn:
-            context.set_alpn_protocols([ALPN_MQTT])
-        return context
 
     def _open_connection(self) -> None:
         """TCP, TLS and CONNECT (blocking: run in a worker thread); the CONNACK comes later.
@@ -139,43 +121,120 @@ class PahoTransport(Transport):
             cfg.port,
             keepalive=cfg.keepalive_seconds,
             clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=self._connect_properties(),
+            properties=connect_properties(cfg),
         )
 
-    def _connect_properties(self) -> Properties:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.config.session_expiry_seconds
-        return properties
-
-    # -- paho callbacks (paho's thread, or the first-connect worker) ---------------------------
-    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
+    # -- handing work to the loop --------------------------------------------------------------
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback` on the loop thread: now if we are on it (paho driven by the loop),
+        else as soon as possible (paho called from the connect worker)."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            callback(*args)
+        else:
             loop.call_soon_threadsafe(callback, *args)
 
-    def _paho_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback` on the loop after paho's current call returns, so that a change of
+        the link's state (restore, loss) never re-enters paho from inside its callback."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(callback, *args)
+        else:
+            loop.call_soon_threadsafe(callback, *args)
+
+    # -- paho's socket hooks (loop thread, or the connect worker) --------------------------------
+    def _socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: 44-88 ms per small request/reply (MEASURED.md).
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError) as exc:
             log.warning("cannot set TCP_NODELAY on the MQTT socket", error=str(exc))
+        self._on_loop(self._add_reader, sock)
 
-    def _paho_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # With TLS 1.3 a broker refusing our certificate sends its alert after the handshake;
-        # paho often fails on writing CONNECT first ("EOF occurred in violation of protocol")
-        # and never reads the alert. Read it here, before paho closes the socket, so the
-        # operator gets "unknown ca" / "certificate required" instead of a vague EOF.
-        if not isinstance(sock, ssl.SSLSocket):
+    def _socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        fd = self._fd if self._sock is sock else None
+        self._tls_alert = read_tls_alert(sock) or self._tls_alert
+        if fd is not None:
+            self._sock = None
+            self._fd = None
+            self._on_loop(self._remove_fd, fd)
+
+    def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # On the loop, write now; what does not go at once (or cannot go now, inside one of
+        # our callbacks) waits for the loop to report the socket writable.
+        if (
+            threading.get_ident() == self._loop_thread
+            and sock is self._sock
+            and isinstance(client, DeviceClient)
+            and client.write_now()
+            and not client.want_write()
+        ):
             return
-        try:
-            sock.setblocking(False)
-            sock.recv(1)
-        except ssl.SSLError as exc:
-            if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLEOFError):
-                self._tls_alert = str(exc)
-        except OSError:
-            pass
+        self._on_loop(self._add_writer, sock)
 
+    def _unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._remove_writer, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() < 0:
+            return
+        if self._fd is not None and self._sock is not sock:
+            self._remove_fd(self._fd)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock is not self._sock:
+            if self._sock is not None or sock.fileno() < 0:
+                return  # a socket already closed and replaced
+            self._add_reader(sock)
+        if not self._writing and self._fd is not None:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _remove_writer(self, sock: Any) -> None:
+        if self._writing and self._fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+        self._writing = False
+
+    def _remove_fd(self, fd: int) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+        self._writing = False
+
+    def _readable(self) -> None:
+        client = self._client
+        buffered = client.buffered if isinstance(client, ShortPathClient) else _nothing
+        while True:
+            client.loop_read()
+            sock = self._sock
+            # Bytes read but not consumed (paho stops after a packet or a few), or decrypted by
+            # TLS, are invisible to the selector: handle them now.
+            if sock is None or not (
+                buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+            ):
+                break
+
+    def _writable(self) -> None:
+        self._client.loop_write()
+
+    async def _misc(self) -> None:
+        while True:
+            await asyncio.sleep(self._misc_interval)  # the keep-alive timer's period
+            self._client.loop_misc()
+
+    # -- paho's callbacks (loop thread, or the connect worker) -----------------------------------
     def _paho_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
         # The only place paho reports why a read failed (e.g. a TLS alert from the broker).
         # Keep the first error of an attempt: later ones are consequences ("not connected").
@@ -184,56 +243,71 @@ class PahoTransport(Transport):
         if level == mqtt.MQTT_LOG_ERR and "[SSL:" in buf and "ALERT" in buf and not self._tls_alert:
             self._tls_alert = buf[buf.index("[SSL:") :]
 
-    def _schedule_retry_delay(self) -> None:
-        # paho waits `min_delay` next, because reconnect_delay_set clears its doubling state.
-        delay = self._backoff.next_delay()
-        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
-
     def _paho_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         self._connack = (reason, bool(flags.session_present))
         if reason.is_failure:
-            self._schedule_retry_delay()
             if self._started:
                 log.warning("connection refused by the broker", reason=str(reason))
-            return
-        self._backoff.reset()
-        if self._started:
-            self._call(self._link_restored, bool(flags.session_present))
-
-    def _paho_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._schedule_retry_delay()
+        else:
+            self._backoff.reset()
+            if self._started:
+                self._call(self._link_restored, bool(flags.session_present))
+        self._wake_connect_waiter()
 
     def _paho_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        self._schedule_retry_delay()
         detail = self._tls_alert or self._last_error if reason.is_failure else ""
         detail = detail or str(reason)
-        if self._started:  # during the first connect, _attempt() reads the error afterwards
+        if self._started:  # during the first connect, the attempt reads the error afterwards
             self._last_error = self._tls_alert = ""
         self._call(self._link_down, f"disconnected: {detail}")
+        self._wake_connect_waiter()
+        if self._started and not self._closing:
+            self._on_loop(self._schedule_reconnect)
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._call(self._deliver, Message(message.topic, bytes(message.payload)))
+        self._on_loop(self._receive, Message(message.topic, bytes(message.payload)))
+
+    def _qos1_received(self, topic: str, payload: bytes) -> None:
+        self._on_loop(self._receive, Message(topic, payload))
+
+    def _receive(self, message: Message) -> None:
+        """Straight to the listener, inside `_readable` (a message comes after the CONNACK,
+        on the loop). A listener's exception goes to the loop's handler, as from a callback
+        the loop runs, and not up through paho, which would then lose its place in the
+        stream."""
+        try:
+            self._deliver(message)
+        except Exception as exc:
+            assert self._loop is not None
+            self._loop.call_exception_handler(
+                {"message": f"message listener failed on {message.topic}", "exception": exc}
+            )
 
     def _paho_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        self._call(self._resolve, mid, [reason])
+        self._on_loop(self._resolve, mid, [reason])
 
     def _paho_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
-        self._call(self._resolve, mid, list(reasons))
+        self._on_loop(self._resolve, mid, list(reasons))
 
     def _paho_unsubscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
-        self._call(self._resolve, mid, list(reasons))
+        self._on_loop(self._resolve, mid, list(reasons))
 
-    # -- loop side -----------------------------------------------------------------------------
+    def _wake_connect_waiter(self) -> None:
+        waiter = self._connack_waiter
+        if waiter is not None:
+            self._on_loop(_set_done, waiter)
+
+    # -- acknowledgements (loop thread) ---------------------------------------------------------
     def _resolve(self, mid: int, reasons: list[ReasonCode]) -> None:
         future = self._pending.pop(mid, None)
         if future is not None and not future.done():
@@ -254,8 +328,8 @@ class PahoTransport(Transport):
             raise NotConnectedError(f"{what}: not connected")
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(f"{what}: {mqtt.error_string(rc)}")
-        # paho may already have called on_publish/on_subscribe in its thread, but that call is
-        # queued behind us on this loop, so the future is in place when it runs.
+        # paho writes the packet at once but reads its acknowledgement only in a later
+        # `_readable` callback on this thread, so the future is in place before it comes.
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[mid] = future
@@ -269,95 +343,68 @@ class PahoTransport(Transport):
         if refused:
             raise TransportError(f"{what}: refused by the broker ({refused[0]})")
 
-    # -- first connect -------------------------------------------------------------------------
-    def _attempt(self, deadline: float) -> _Attempt:
-        """One blocking connect, until CONNACK or failure; runs in a worker thread."""
+    # -- connecting -----------------------------------------------------------------------------
+    async def _attempt_once(self, deadline: float) -> Attempt:
+        """One connect until its CONNACK or `deadline` (TCP and TLS in a worker thread)."""
+        loop = asyncio.get_running_loop()
         self._connack = None
         self._last_error = ""
         self._tls_alert = ""
+        self._connack_waiter = loop.create_future()
         try:
-            self._open_connection()
+            await asyncio.to_thread(self._open_connection)
         except ssl.SSLError as exc:
-            return _Attempt(False, True, f"TLS handshake failed: {exc}")
+            return Attempt(False, True, f"TLS handshake failed: {exc}")
         except (OSError, ValueError) as exc:
-            return _Attempt(False, False, str(exc) or type(exc).__name__)
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        while self._connack is None and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            if self._abort.is_set() or time.monotonic() > deadline:
-                self._client.disconnect()
-                return _Attempt(False, False, "no CONNACK in time")
-            rc = self._client.loop(timeout=0.05)
+            return Attempt(False, False, str(exc) or type(exc).__name__)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._connack_waiter
+        except TimeoutError:
+            self._drop()
+            return Attempt(False, False, "no CONNACK in time")
+        except asyncio.CancelledError:
+            self._drop()
+            raise
+        finally:
+            self._connack_waiter = None
         if self._connack is None:
-            self._client.disconnect()
             if self._tls_alert:
                 # TLS 1.3: the broker's verdict on our certificate came after the handshake.
-                return _Attempt(
-                    False, True, f"TLS session refused by the broker: {self._tls_alert}"
-                )
-            error = self._last_error or mqtt.error_string(rc)
-            return _Attempt(False, False, f"connection closed before CONNACK: {error}")
+                return Attempt(False, True, f"TLS session refused by the broker: {self._tls_alert}")
+            error = self._last_error or "the broker closed the connection"
+            return Attempt(False, False, f"connection closed before CONNACK: {error}")
         reason, _session_present = self._connack
         if reason.is_failure:
-            self._client.disconnect()
+            self._drop()
             permanent = reason.value in PERMANENT_CONNACK_CODES
-            return _Attempt(False, permanent, f"connection refused by the broker: {reason}")
-        if self._abort.is_set():  # connect() was cancelled while we were busy
-            self._client.disconnect()
-            return _Attempt(False, False, "cancelled")
-        return _Attempt(True)
+            return Attempt(False, permanent, f"connection refused by the broker: {reason}")
+        return Attempt(True)
 
-    async def _attempt_once(self, deadline: float) -> _Attempt:
-        """One first-connect attempt until CONNACK or `deadline` (paho's blocking connect runs
-        in a worker thread so the real error is visible)."""
-        try:
-            return await asyncio.to_thread(self._attempt, deadline)
-        except asyncio.CancelledError:
-            self._abort.set()
-            raise
-
-    async def _connect_with_retries(self, timeout: float | None) -> None:
-        """Attempt, back off with jitter, attempt again until connected or `timeout`; a
-        permanent refusal (TLS, credentials) raises at once instead of retrying forever."""
-        cfg = self.config
-        where = f"{cfg.endpoint}:{cfg.port} as {self.client_id}"
-        start = time.monotonic()
-        backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
-        last = ""
-        while True:
-            remaining = None if timeout is None else start + timeout - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
-            deadline = time.monotonic() + min(
-                CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
-            )
-            outcome = await self._attempt_once(deadline)
-            if outcome.ok:
-                return
-            if outcome.permanent:
-                raise TransportError(f"cannot connect to {where}: {outcome.reason}")
-            last = outcome.reason
-            delay = backoff.next_delay()
-            log.warning(
-                "cannot connect; retrying",
-                endpoint=cfg.endpoint,
-                reason=last,
-                delay=round(delay, 2),
-            )
-            remaining = None if timeout is None else start + timeout - time.monotonic()
-            await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+    def _drop(self) -> None:
+        """Close the socket now (paho's disconnect needs a loop iteration to send DISCONNECT)."""
+        self._client.disconnect()
+        with contextlib.suppress(OSError):
+            self._client.loop_write()
+        sock = self._sock
+        if sock is not None and self._fd is not None:
+            self._remove_fd(self._fd)
+            self._sock = None
+            self._fd = None
+            with contextlib.suppress(OSError):
+                sock.close()
 
     async def connect(self, timeout: float | None = None) -> None:
         if self._started:
             await self.wait_connected(timeout)
             return
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._closing = False
-        self._abort.clear()
-        await self._connect_with_retries(timeout)
+        await connect_with_retries(self._attempt_once, self.config, self.client_id, timeout)
         self._backoff.reset()
-        self._schedule_retry_delay()
         self._started = True
-        self._client.loop_start()
+        self._misc_task = asyncio.ensure_future(self._misc())
         self._mark_up()
         log.info(
             "connected",
@@ -366,16 +413,41 @@ class PahoTransport(Transport):
             client_id=self.client_id,
         )
 
+    def _schedule_reconnect(self) -> None:
+        if self._closing or not self._started:
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reconnect with backoff until connected or closed (the CONNACK then restores)."""
+        while not self._closing and self._sock is None:
+            delay = self._backoff.next_delay()
+            await asyncio.sleep(delay)  # the backoff delay itself
+            if self._closing:
+                return
+            try:
+                await asyncio.to_thread(self._client.reconnect)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.warning(
+                    "cannot reconnect; retrying", endpoint=self.config.endpoint, reason=str(exc)
+                )
+                continue
+            return
+
     async def disconnect(self) -> None:
         if not self._begin_disconnect():
             return
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        for task in (self._misc_task, self._reconnect_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._drop()
         self._end_disconnect()
 
     def _begin_disconnect(self) -> bool:
         """Stop reconnecting; False when there was no link to close (idempotent)."""
-        self._abort.set()
         open_link = self._started and not self._closing
         self._closing = True
         self._started = False
@@ -413,3 +485,15 @@ class PahoTransport(Transport):
         reasons: list[ReasonCode] = await self._expect(info.rc, info.mid, what)
         if reasons and reasons[0].is_failure:
             raise TransportError(f"{what}: refused by the broker ({reasons[0]})")
+
+
+def _nothing() -> bool:
+    return False
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+__all__ = ["PahoTransport"]

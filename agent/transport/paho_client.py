@@ -1,0 +1,277 @@
+"""paho's client as the paho transport makes it: MQTT 5, TLS as configured, quiet logs.
+
+Kept apart from the transport (`paho.py`), which drives the client on the event loop: this is
+what one connection is made of, that how it is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from jobs_agent.backoff import Backoff
+from jobs_agent.transport.base import TransportError
+from jobs_agent.transport.options import PahoOptions
+
+log = structlog.get_logger("jobs_agent.transport.paho")
+
+ALPN_MQTT = "x-amzn-mqtt-ca"
+CONNECT_ATTEMPT_SECONDS = 10.0
+"""Upper bound for one TCP+TLS+CONNACK attempt during the first connect."""
+MISC_MIN_SECONDS = 1.0
+MISC_MAX_SECONDS = 30.0
+"""Bounds of the keep-alive check's period (`loop_misc`)."""
+PERMANENT_CONNACK_CODES = {
+    0x84,  # Unsupported Protocol Version
+    0x85,  # Client Identifier not valid
+    0x86,  # Bad User Name or Password
+    0x87,  # Not authorized
+    0x8A,  # Banned
+    0x8C,  # Bad authentication method
+}
+_REPORTED_LOG_LEVELS = frozenset({mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING})
+
+
+class Attempt(NamedTuple):
+    """What one first-connect attempt ended with."""
+
+    ok: bool
+    permanent: bool = False
+    reason: str = ""
+
+
+READ_SIZE = 65536
+PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+
+class ShortPathClient(mqtt.Client):
+    """paho's client with buffered reads and short paths for the two packets a client of the
+    AWS IoT APIs receives most: a PUBACK saying success with no properties is not decoded into
+    reason-code and property objects, and a QoS 1 PUBLISH is handed to `on_qos1` as topic and
+    payload, its MQTT 5 properties skipped (no AWS IoT API uses them), without paho's message
+    object and filter match. Anything unusual (a failure reason, properties on a PUBACK, QoS 0
+    or 2, a topic alias, a malformed packet) takes paho's own path. These override paho
+    internals (`_handle_pubackcomp`, `_handle_publish`, `_in_packet`, `_sock_recv`,
+    `_sock_close`): paho is pinned below 3, and the transport suite (tests/test_transport.py)
+    and tests/emulator/test_broker_transport.py hold them against a real mosquitto."""
+
+    on_qos1: Callable[[str, bytes], None] | None = None
+    """`(topic, payload)` callback for QoS 1 publishes received (set by the transport)."""
+    _rbuf: bytes = b""
+    _rpos: int = 0
+
+    # -- buffered reads: paho reads each packet's header a byte at a time, three system calls
+    # per packet; here one `recv` fills a buffer paho's reads are served from.
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(READ_SIZE)  # BlockingIOError when there is nothing
+            if not data:
+                return data  # end of stream: paho handles the loss
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = min(len(self._rbuf), start + bufsize)
+        return self._rbuf[start : self._rpos]
+
+    def buffered(self) -> bool:
+        """Bytes were read from the socket that paho has not consumed yet (the selector will
+        not report them: read them before waiting again)."""
+        return self._rpos < len(self._rbuf)
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        mid = plain_puback(cmd, self._in_packet["packet"])
+        if mid is None:
+            return super()._handle_pubackcomp(cmd)
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, PUBACK_OK, NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        publish = qos1_publish(self._in_packet["command"], self._in_packet["packet"])
+        if publish is None or self.on_qos1 is None or self._manual_ack:
+            return super()._handle_publish()
+        topic, mid, payload = publish
+        self._qos1_received(self.on_qos1, topic, payload)
+        return self._send_puback(mid)
+
+    def _qos1_received(
+        self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
+    ) -> None:
+        callback(topic, payload)
+
+
+class DeviceClient(ShortPathClient):
+    """The device's client: the short paths, and only the log lines the transport reads
+    (errors and warnings) formatted: paho formats a debug line for every packet in and out
+    whenever a log callback is set. paho is pinned below 3 (`_easy_log` and the callback
+    lock are internal); tests/test_transport_paho_loop.py holds both."""
+
+    def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
+        if level in _REPORTED_LOG_LEVELS or self._logger is not None:
+            super()._easy_log(level, fmt, *args)
+
+    def _qos1_received(
+        self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
+    ) -> None:
+        with self._in_callback_mutex:  # as paho's on_message: nothing is written meanwhile
+            callback(topic, payload)
+
+    def write_now(self) -> bool:
+        """Write what is queued now, unless inside one of our callbacks: paho's own rule when
+        no external loop is registered (with one, it would wait for the loop to report the
+        socket writable: an epoll registration, a loop iteration and a deregistration per
+        packet). False when it could not write now."""
+        if not self._in_callback_mutex.acquire(False):
+            return False
+        self._in_callback_mutex.release()
+        self.loop_write()
+        return True
+
+
+def new_client(client_class: type[mqtt.Client], config: PahoOptions, client_id: str) -> mqtt.Client:
+    """An MQTT 5 client of `client_class` with the TLS and credentials `config` names."""
+    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if config.tls:
+        client.tls_set_context(ssl_context(config))
+    if config.username:
+        client.username_pw_set(config.username, config.password or None)
+    client.connect_timeout = CONNECT_ATTEMPT_SECONDS
+    return client
+
+
+def ssl_context(config: PahoOptions) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+        if config.cert is not None and config.key is not None:
+            context.load_cert_chain(str(config.cert), str(config.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(
+            f"paho transport: cannot load TLS files (ca={config.ca}, cert={config.cert},"
+            f" key={config.key}): {exc}"
+        ) from None
+    if config.alpn:
+        context.set_alpn_protocols([ALPN_MQTT])
+    return context
+
+
+def connect_properties(config: PahoOptions) -> Properties:
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = config.session_expiry_seconds
+    return properties
+
+
+def read_tls_alert(sock: Any) -> str:
+    """The TLS alert a broker sent on `sock` before closing it ("" if none).
+
+    With TLS 1.3 a broker refusing our certificate sends its alert after the handshake; paho
+    often fails on writing CONNECT first ("EOF occurred in violation of protocol") and never
+    reads the alert. Read here, before paho closes the socket, the operator gets "unknown ca" /
+    "certificate required" instead of a vague EOF."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return ""
+    try:
+        sock.setblocking(False)
+        sock.recv(1)
+    except ssl.SSLError as exc:
+        if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLEOFError):
+            return str(exc)
+    except OSError:
+        pass
+    return ""
+
+
+async def connect_with_retries(
+    attempt: Callable[[float], Awaitable[Attempt]],
+    cfg: PahoOptions,
+    client_id: str,
+    timeout: float | None,
+) -> None:
+    """`attempt` (until a deadline), back off with jitter, attempt again until connected or
+    `timeout`; a permanent refusal (TLS, credentials) raises at once instead of retrying
+    forever."""
+    where = f"{cfg.endpoint}:{cfg.port} as {client_id}"
+    start = time.monotonic()
+    backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
+    last = ""
+    while True:
+        remaining = None if timeout is None else start + timeout - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
+        deadline = time.monotonic() + min(
+            CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
+        )
+        outcome = await attempt(deadline)
+        if outcome.ok:
+            return
+        if outcome.permanent:
+            raise TransportError(f"cannot connect to {where}: {outcome.reason}")
+        last = outcome.reason
+        delay = backoff.next_delay()
+        log.warning(
+            "cannot connect; retrying", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2)
+        )
+        remaining = None if timeout is None else start + timeout - time.monotonic()
+        await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+
+
+def plain_puback(cmd: Any, packet: bytes | bytearray) -> int | None:
+    """The packet id of an MQTT 5 PUBACK saying success with no properties (nearly all of
+    them), or None to let paho decode it. Its body: the packet id (2 bytes), then an optional
+    reason code and an optional properties length."""
+    size = len(packet)
+    plain = (
+        cmd == "PUBACK"
+        and 2 <= size <= 4
+        and (size < 3 or packet[2] < 0x80)
+        and (size < 4 or packet[3] == 0)
+    )
+    return (packet[0] << 8) | packet[1] if plain else None
+
+
+def qos1_publish(command: int, packet: bytes | bytearray) -> tuple[str, int, bytes] | None:
+    """(topic, packet id, payload) of an MQTT 5 QoS 1 PUBLISH, or None to let paho decode it."""
+    if (command & 0x06) >> 1 != 1:
+        return None
+    size = len(packet)
+    if size < 5:
+        return None
+    end = 2 + ((packet[0] << 8) | packet[1])
+    if end + 3 > size:
+        return None
+    try:
+        topic = packet[2:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    mid = (packet[end] << 8) | packet[end + 1]
+    pos = end + 2
+    length = shift = 0
+    for _ in range(4):  # the properties length, a variable byte integer
+        if pos >= size:
+            return None
+        byte = packet[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    pos += length
+    if pos > size or not topic:
+        return None
+    return topic, mid, bytes(packet[pos:])

@@ -1,0 +1,194 @@
+"""The paho transport is driven by the agent's event loop: no network thread, and paho's
+per-packet debug lines are never formatted.
+
+A real `jobs-agent run` over paho against a real mosquitto and the emulator: its threads are
+counted in /proc while it is idle after a job, and again while a job runs; then the broker is
+stopped and started under it, and a job created after the restart still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport.base import Message
+from jobs_agent.transport.paho import PahoTransport
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    paho_connection,
+    start_emulator,
+    wait_terminal,
+    write_handler,
+)
+
+THING = "gw-loop"
+THREADS = 4
+"""Threads a `jobs-agent run` over paho may have: the event loop's, the state store's worker,
+and the default executor's workers that did the blocking connect and a heartbeat write. paho's
+own network thread (`loop_start`) made it five."""
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.fixture
+async def emulator(mosquitto_factory: object) -> AsyncIterator[tuple[Emulator, Mosquitto]]:
+    broker: Mosquitto = mosquitto_factory()  # type: ignore[operator]
+    emu = await start_emulator(broker.port)
+    yield emu, broker
+    await emu.stop()
+
+
+async def test_the_daemon_runs_paho_without_a_network_thread(
+    tmp_path: Path, emulator: tuple[Emulator, Mosquitto]
+) -> None:
+    emu, broker = emulator
+    write_handler(tmp_path / "handlers", "echo", '#!/bin/sh\necho "$@"\n')
+    config = agent_config(tmp_path, broker.port, thing=THING)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config).replace("  tls: true\n", ""))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        assert agent.process is not None
+        pid = agent.process.pid
+        emu.service.create_job("j1", [THING], {"operation": "echo", "args": ["one"]})
+        assert str((await wait_terminal(emu, "j1", THING)).status) == "SUCCEEDED"
+        counted = threads(pid)
+        assert counted <= THREADS, f"{counted} threads: {os.listdir(f'/proc/{pid}/task')}"
+
+        # The link is served by the loop across a broker restart.
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(broker.start)
+        emu.service.create_job("j2", [THING], {"operation": "echo", "args": ["two"]})
+        assert str((await wait_terminal(emu, "j2", THING, timeout=30)).status) == "SUCCEEDED"
+        assert threads(pid) <= THREADS
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_paho_formats_no_per_packet_debug_line(mosquitto: Mosquitto) -> None:
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-quiet")
+    levels: list[int] = []
+    client = transport._client
+    seen = client.on_log
+
+    def record(c: mqtt.Client, userdata: object, level: int, buf: str) -> None:
+        levels.append(level)
+        seen(c, userdata, level, buf)
+
+    client.on_log = record
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    transport.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await transport.connect(timeout=10)
+    try:
+        await transport.subscribe("quiet/echo")
+        for n in range(20):
+            await transport.publish("quiet/echo", str(n).encode())
+        assert [await asyncio.wait_for(received.get(), 10) for _ in range(20)] == [
+            str(n).encode() for n in range(20)
+        ]
+    finally:
+        await transport.disconnect()
+    assert mqtt.MQTT_LOG_DEBUG not in levels
+
+
+async def test_a_publish_is_written_without_waiting_for_the_loop(mosquitto: Mosquitto) -> None:
+    """paho with an external loop queues every packet until the loop reports the socket
+    writable (an epoll registration and a loop iteration per packet); the transport writes
+    it at once, as paho itself does without an external loop."""
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-write-now")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    transport.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await transport.connect(timeout=10)
+    try:
+        await transport.subscribe("write/now")
+        publishing = asyncio.ensure_future(transport.publish("write/now", b"at once"))
+        await asyncio.sleep(0)  # the task runs up to its wait for the PUBACK
+        assert not transport._client.want_write()
+        await publishing
+        assert await asyncio.wait_for(received.get(), 10) == b"at once"
+    finally:
+        await transport.disconnect()
+
+
+async def test_a_burst_is_read_in_few_system_calls(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paho reads each packet's header a byte at a time (three `recv` calls per packet at
+    least); the device's client reads into a buffer and serves paho from it."""
+    calls = 0
+    recv = mqtt.Client._sock_recv
+
+    def counting(client: mqtt.Client, bufsize: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        return recv(client, bufsize)
+
+    monkeypatch.setattr(mqtt.Client, "_sock_recv", counting)
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-burst-reader")
+    service = PahoTransport(paho_connection(mosquitto.port), "gw-burst-writer")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    device.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    try:
+        await device.subscribe("burst/read")
+        count = 100
+        await asyncio.gather(*(service.publish("burst/read", b"%d" % n) for n in range(count)))
+        got = [await asyncio.wait_for(received.get(), 10) for _ in range(count)]
+        assert got == [b"%d" % n for n in range(count)]
+    finally:
+        await device.disconnect()
+        await service.disconnect()
+    # 100 PUBLISH in at the device and 100 PUBACK in at the service (and the SUBACK and
+    # CONNACKs): read unbuffered, about 600 calls; buffered, a few dozen at most.
+    assert calls < 200, calls
+
+
+async def test_a_failing_listener_reaches_the_loop_and_the_stream_goes_on(
+    mosquitto: Mosquitto,
+) -> None:
+    """Messages are delivered inside paho's read: a listener's exception must reach the
+    loop's exception handler (as it did from a loop callback) and leave paho's reading of
+    the stream intact."""
+    loop = asyncio.get_running_loop()
+    failures: list[BaseException | None] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: failures.append(context.get("exception")))
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-failing-listener")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def listener(message: Message) -> None:
+        if message.payload == b"boom":
+            raise RuntimeError("listener bug")
+        received.put_nowait(message.payload)
+
+    transport.set_message_callback(listener)
+    await transport.connect(timeout=10)
+    try:
+        await transport.subscribe("fail/+")
+        for payload in (b"before", b"boom", b"after"):
+            await transport.publish("fail/x", payload)
+        assert [await asyncio.wait_for(received.get(), 10) for _ in range(2)] == [
+            b"before",
+            b"after",
+        ]
+    finally:
+        await transport.disconnect()
+        loop.set_exception_handler(previous)
+    assert [type(f) for f in failures] == [RuntimeError]
