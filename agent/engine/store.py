@@ -55,6 +55,8 @@ ExecutionKey = ExecutionRef
 """The reference to an execution, under the name the store has always used for it."""
 
 SCHEMA_VERSION = 1
+WAL_AUTOCHECKPOINT = 1000
+"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
 class StoreError(Exception):
@@ -113,6 +115,7 @@ class Store:
             raise StoreError(f"cannot open the state database {path}: {exc}") from exc
         self._identity = (info.st_dev, info.st_ino)
         self._take_marker = path.with_name(path.name + ".taking")
+        self._marker_fd: int | None = None
         self._record_unsynced = False
         """A taken execution's record is written but not yet fsynced: the start-next marker
         stays until it is (after a power cut it is what lets that execution run)."""
@@ -128,10 +131,13 @@ class Store:
 
     def mark_taking(self) -> None:
         """Before asking for the next execution (no fsync: a marker lost in a crash only makes
-        the restarted agent more careful)."""
-        fd = os.open(self._take_marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.database_id)
+        the restarted agent more careful). The file is made once and then written and emptied
+        through the descriptor kept open: no file is created and unlinked per job (issue 18);
+        an empty marker marks nothing."""
+        if self._marker_fd is None:
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._marker_fd = os.open(self._take_marker, flags, 0o600)
+        os.pwrite(self._marker_fd, self.database_id.encode("ascii"), 0)
 
     def begin_taking(self) -> None:
         """`verify`, then `mark_taking`: one hand-off to the store's thread before each
@@ -146,8 +152,11 @@ class Store:
             self._remove_marker()
 
     def _remove_marker(self) -> None:
+        if self._marker_fd is not None:
+            os.ftruncate(self._marker_fd, 0)
+            return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._take_marker)
+            os.unlink(self._take_marker)  # an earlier agent's
 
     def was_taking(self) -> bool:
         """Did this database's agent stop while a start-next request was out?"""
@@ -182,6 +191,9 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._marker_fd is not None:
+                os.close(self._marker_fd)
+                self._marker_fd = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _write(
@@ -200,11 +212,16 @@ class Store:
             self.verify()
             try:
                 if not durable:
-                    self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
+                    # WAL: no fsync at commit, and no checkpoint (it would fsync): such a
+                    # commit may run on the event loop (`AsyncStore`); the next durable one
+                    # checkpoints.
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    self._db.execute("PRAGMA wal_autocheckpoint=0")
                 try:
                     self._commit(statements, transition)
                 finally:
                     if not durable:
+                        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
                         self._db.execute("PRAGMA synchronous=FULL")
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
