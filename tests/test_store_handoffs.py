@@ -118,3 +118,18 @@ def test_an_earlier_agents_marker_is_removed_once_nothing_is_pending(tmp_path: P
         assert not (tmp_path / "state.db.taking").exists()
     finally:
         store.close()
+
+
+def test_a_new_record_is_returned_as_the_database_reads_it_back(tmp_path: Path) -> None:
+    """`record_taken` and `record_received` build the record they wrote instead of reading it
+    back: it must equal what `get` reads, the redacted document included."""
+    store = Store(tmp_path / "state.db")
+    document = {"operation": "x", "url": "https://h/f?X-Amz-Signature=secret&a=1", "n": [1, 2]}
+    try:
+        taken, _ = store.record_taken(ExecutionRef(None, "job", 1), document, 3)
+        assert taken == store.get(taken.key)
+        received = store.record_received(ExecutionRef("ns", "job", 2), document, None)
+        assert received == store.get(received.key)
+        assert "secret" not in str(received.document)
+    finally:
+        store.close()

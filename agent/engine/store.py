@@ -116,6 +116,8 @@ class Store:
         self._identity = (info.st_dev, info.st_ino)
         self._take_marker = path.with_name(path.name + ".taking")
         self._marker_fd: int | None = None
+        self._durable: bool | None = True
+        """How the connection is set (`_sync`): True after the pragmas above."""
         self._record_unsynced = False
         """A taken execution's record is written but not yet fsynced: the start-next marker
         stays until it is (after a power cut it is what lets that execution run)."""
@@ -211,18 +213,8 @@ class Store:
         with self._lock:
             self.verify()
             try:
-                if not durable:
-                    # WAL: no fsync at commit, and no checkpoint (it would fsync): such a
-                    # commit may run on the event loop (`AsyncStore`); the next durable one
-                    # checkpoints.
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                    self._db.execute("PRAGMA wal_autocheckpoint=0")
-                try:
-                    self._commit(statements, transition)
-                finally:
-                    if not durable:
-                        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-                        self._db.execute("PRAGMA synchronous=FULL")
+                self._sync(durable)
+                self._commit(statements, transition)
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
             if durable:
@@ -230,6 +222,22 @@ class Store:
                 if self._record_unsynced:
                     self._record_unsynced = False  # on disk now, with every commit before it
                     self._remove_marker()
+
+    def _sync(self, durable: bool) -> None:
+        """Set the connection for a durable commit (fsynced, may checkpoint the WAL) or not:
+        WAL with synchronous=NORMAL does not fsync at commit, and without automatic checkpoints
+        (a checkpoint fsyncs) such a commit may run on the event loop (`AsyncStore`); the next
+        durable one checkpoints. Set only when it changes (two statements less per write)."""
+        if durable == self._durable:
+            return
+        self._durable = None  # unknown if the statements below fail halfway
+        if durable:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+            self._db.execute("PRAGMA synchronous=FULL")
+        else:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._durable = durable
 
     def _commit(
         self,
@@ -311,27 +319,38 @@ class Store:
         """Record a new execution. The document is stored with the credentials of its
         presigned URLs removed: the service sends a fresh copy with every delivery."""
         now = time.time()
+        encoded = json.dumps(redact_url_credentials(document))
         self._write(
             [
                 (
                     "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
                     " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        *self._key_params(key),
-                        str(state),
-                        json.dumps(redact_url_credentials(document)),
-                        version_number,
-                        now,
-                        now,
-                    ),
+                    (*self._key_params(key), str(state), encoded, version_number, now, now),
                 )
             ],
             transition=(key, state),
             durable=durable,
         )
-        record = self.get(key)
-        assert record is not None
-        return record
+        # The row just written, as `get` would read it back (the schema's defaults), without
+        # reading it back (issue 18; `tests/test_store_handoffs.py` compares the two).
+        return ExecutionRecord(
+            key=ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
+            state=state,
+            document=json.loads(encoded),
+            version_number=version_number,
+            handler=None,
+            resumable=False,
+            step=0,
+            checkpoint=None,
+            boot_id=None,
+            restarts=0,
+            progress=None,
+            outcome_status=None,
+            outcome_details=None,
+            note=None,
+            received_at=now,
+            updated_at=now,
+        )
 
     def record_taken(
         self, key: ExecutionRef, document: Mapping[str, Any], version_number: int | None
