@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import wait_until
 from tests.helpers.agent_harness import THING, make_config, make_handler_dir, running_agent
 
 PLUGIN = """
@@ -94,3 +95,24 @@ async def test_a_plugin_that_ends_at_once_runs_without_a_progress_task(
             assert harness.terminal_reports("quick-1") == {1: 1}
     finally:
         asyncio.get_running_loop().set_task_factory(None)
+
+
+async def test_a_plugin_job_hands_two_store_calls_to_the_worker(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """The engine's own sequence, counted on the real agent: of a plugin job's store calls only
+    the two fsynced commits (RUNNING, DECIDED) go to the store's worker thread; the marker, the
+    start record, REPORTED and the reads run on the loop (issue 18: five hand-offs before)."""
+    make_handler_dir(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", {"operation": "quick"})
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        before = engine.store.handoffs
+        for number in range(3):
+            execution = await harness.run_job(f"quick-{number}", {"operation": "quick"})
+            assert str(execution.status) == "SUCCEEDED"
+            await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
+        assert engine.store.handoffs - before == 2 * 3

@@ -142,8 +142,8 @@ class Store:
         os.pwrite(self._marker_fd, self.database_id.encode("ascii"), 0)
 
     def begin_taking(self) -> None:
-        """`verify`, then `mark_taking`: one hand-off to the store's thread before each
-        start-next (a job the database could not keep track of is never taken)."""
+        """`verify`, then `mark_taking`: one store call before each start-next (a job the
+        database could not keep track of is never taken)."""
         self.verify()
         self.mark_taking()
 
