@@ -95,7 +95,9 @@ class Runner:
             bound.info("stopping: the job starts after the restart")
             return
         limits = Limits(max_agent_restarts=self._shared.settings.max_agent_restarts_per_job)
-        action = recover(record, self._reboots.boot_id(), limits)
+        # Only a record that has run may need this boot's id (a read of /proc per job else).
+        fresh = record.state in (ExecutionState.RECEIVED, ExecutionState.STARTED)
+        action = recover(record, None if fresh else self._reboots.boot_id(), limits)
         await self._act(record, action, document, bound)
 
     async def _act(
@@ -331,22 +333,28 @@ class Runner:
         ref = record.key
         self._supervisor.running = running
         self._shared.set_status("running", str(ref))
-        reporter_task = asyncio.create_task(reporter.run(), name=f"progress-{ref}")
         handler_task = asyncio.create_task(
             self._shared.dispatcher.run(handler, running.ctx), name=f"job-{ref}"
         )
         bound.info(
             "handler started", handler=handler.name, resumed=run.resumed, rebooted=run.rebooted
         )
+        reporter_task: asyncio.Task[None] | None = None
         try:
+            # Most plugins end within their first step: such a run needs no progress task
+            # (what it reported goes with the outcome) and no supervising waiters (issue 18).
+            await asyncio.sleep(0)
+            if not handler_task.done():
+                reporter_task = asyncio.create_task(reporter.run(), name=f"progress-{ref}")
             outcome = await self._supervisor.supervise(handler_task, running, bound)
         except JobDeferred as deferred:
             return deferred
         finally:
             reporter.stop()
-            reporter_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter_task
+            if reporter_task is not None:
+                reporter_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter_task
             self._supervisor.running = None
             self._shared.set_status("idle")
         if outcome is None:

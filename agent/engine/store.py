@@ -55,6 +55,8 @@ ExecutionKey = ExecutionRef
 """The reference to an execution, under the name the store has always used for it."""
 
 SCHEMA_VERSION = 1
+WAL_AUTOCHECKPOINT = 1000
+"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
 class StoreError(Exception):
@@ -113,6 +115,9 @@ class Store:
             raise StoreError(f"cannot open the state database {path}: {exc}") from exc
         self._identity = (info.st_dev, info.st_ino)
         self._take_marker = path.with_name(path.name + ".taking")
+        self._marker_fd: int | None = None
+        self._durable: bool | None = True
+        """How the connection is set (`_sync`): True after the pragmas above."""
         self._record_unsynced = False
         """A taken execution's record is written but not yet fsynced: the start-next marker
         stays until it is (after a power cut it is what lets that execution run)."""
@@ -128,14 +133,17 @@ class Store:
 
     def mark_taking(self) -> None:
         """Before asking for the next execution (no fsync: a marker lost in a crash only makes
-        the restarted agent more careful)."""
-        fd = os.open(self._take_marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.database_id)
+        the restarted agent more careful). The file is made once and then written and emptied
+        through the descriptor kept open: no file is created and unlinked per job (issue 18);
+        an empty marker marks nothing."""
+        if self._marker_fd is None:
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._marker_fd = os.open(self._take_marker, flags, 0o600)
+        os.pwrite(self._marker_fd, self.database_id.encode("ascii"), 0)
 
     def begin_taking(self) -> None:
-        """`verify`, then `mark_taking`: one hand-off to the store's thread before each
-        start-next (a job the database could not keep track of is never taken)."""
+        """`verify`, then `mark_taking`: one store call before each start-next (a job the
+        database could not keep track of is never taken)."""
         self.verify()
         self.mark_taking()
 
@@ -146,8 +154,11 @@ class Store:
             self._remove_marker()
 
     def _remove_marker(self) -> None:
+        if self._marker_fd is not None:
+            os.ftruncate(self._marker_fd, 0)
+            return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._take_marker)
+            os.unlink(self._take_marker)  # an earlier agent's
 
     def was_taking(self) -> bool:
         """Did this database's agent stop while a start-next request was out?"""
@@ -182,6 +193,9 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._marker_fd is not None:
+                os.close(self._marker_fd)
+                self._marker_fd = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _write(
@@ -199,13 +213,8 @@ class Store:
         with self._lock:
             self.verify()
             try:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at commit
-                try:
-                    self._commit(statements, transition)
-                finally:
-                    if not durable:
-                        self._db.execute("PRAGMA synchronous=FULL")
+                self._sync(durable)
+                self._commit(statements, transition)
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
             if durable:
@@ -213,6 +222,22 @@ class Store:
                 if self._record_unsynced:
                     self._record_unsynced = False  # on disk now, with every commit before it
                     self._remove_marker()
+
+    def _sync(self, durable: bool) -> None:
+        """Set the connection for a durable commit (fsynced, may checkpoint the WAL) or not:
+        WAL with synchronous=NORMAL does not fsync at commit, and without automatic checkpoints
+        (a checkpoint fsyncs) such a commit may run on the event loop (`AsyncStore`); the next
+        durable one checkpoints. Set only when it changes (two statements less per write)."""
+        if durable == self._durable:
+            return
+        self._durable = None  # unknown if the statements below fail halfway
+        if durable:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+            self._db.execute("PRAGMA synchronous=FULL")
+        else:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._durable = durable
 
     def _commit(
         self,
@@ -294,27 +319,38 @@ class Store:
         """Record a new execution. The document is stored with the credentials of its
         presigned URLs removed: the service sends a fresh copy with every delivery."""
         now = time.time()
+        encoded = json.dumps(redact_url_credentials(document))
         self._write(
             [
                 (
                     "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
                     " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        *self._key_params(key),
-                        str(state),
-                        json.dumps(redact_url_credentials(document)),
-                        version_number,
-                        now,
-                        now,
-                    ),
+                    (*self._key_params(key), str(state), encoded, version_number, now, now),
                 )
             ],
             transition=(key, state),
             durable=durable,
         )
-        record = self.get(key)
-        assert record is not None
-        return record
+        # The row just written, as `get` would read it back (the schema's defaults), without
+        # reading it back (issue 18; `tests/test_store_handoffs.py` compares the two).
+        return ExecutionRecord(
+            key=ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
+            state=state,
+            document=json.loads(encoded),
+            version_number=version_number,
+            handler=None,
+            resumable=False,
+            step=0,
+            checkpoint=None,
+            boot_id=None,
+            restarts=0,
+            progress=None,
+            outcome_status=None,
+            outcome_details=None,
+            note=None,
+            received_at=now,
+            updated_at=now,
+        )
 
     def record_taken(
         self, key: ExecutionRef, document: Mapping[str, Any], version_number: int | None

@@ -69,6 +69,9 @@ class Supervisor:
     ) -> Outcome | None:
         """The handler's outcome; None when the execution was cancelled by the service or
         suspended for a stop (both already recorded)."""
+        if handler_task.done():  # the handler's outcome wins over a cancel or a stop that came
+            self._shared.beat()  # with it, as in the loop below
+            return _result(handler_task, bound)
         ended: asyncio.Future[Any] = asyncio.create_task(running.cloud_ended.wait())
         stop_now = asyncio.create_task(self._shared.stop_now.wait())
         stop_timeout: asyncio.Task[None] | None = None

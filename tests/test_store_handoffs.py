@@ -1,0 +1,135 @@
+"""The state store's hand-offs to its worker thread (issue 18): a job's calls that never fsync run
+on the event loop when the worker has nothing of this store, and never overtake a call still on
+the worker. A real SQLite file and the real worker thread; no timing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.store import ExecutionState, Store
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
+
+
+async def test_a_job_hands_only_its_two_fsynced_commits_to_the_worker(tmp_path: Path) -> None:
+    """The calls of one plugin job in the engine's order: the start-next marker, the start
+    record, RUNNING, the decision, REPORTED. Only RUNNING and DECIDED (the two fsyncs) go to
+    the worker; before, all five did."""
+    store = AsyncStore(tmp_path / "state.db")
+    try:
+        for number in range(3):
+            ref = ExecutionRef(None, f"job-{number}", 1)
+            await store.call(Store.begin_taking)
+            record, created = await store.call(Store.record_taken, ref, {"operation": "x"}, 1)
+            assert created and record.state is ExecutionState.STARTED
+            await store.call(Store.transition, ref, ExecutionState.RUNNING, handler="x")
+            queued = await store.call(Store.decide, ref, JobExecutionStatus.SUCCEEDED, {})
+            await store.call(Store.reported, queued[0].id, ref)
+        assert store.handoffs == 2 * 3
+        assert store.target.durable_commits == 2 * 3
+        final = await store.call(Store.get, ref)
+        assert final is not None and final.state is ExecutionState.REPORTED
+    finally:
+        await store.close()
+
+
+async def test_a_call_never_overtakes_one_still_on_the_worker(tmp_path: Path) -> None:
+    """With RUNNING queued behind a busy worker, a read made next must see it: it waits its
+    turn on the worker instead of running on the loop at once."""
+    store = AsyncStore(tmp_path / "state.db")
+    ref = ExecutionRef(None, "job", 1)
+    try:
+        await store.call(Store.record_taken, ref, {"operation": "x"}, 1)
+        busy = threading.Event()
+        store._executor.submit(busy.wait)  # the worker is busy until the loop runs again
+        running = asyncio.ensure_future(
+            store.call(Store.transition, ref, ExecutionState.RUNNING, handler="x")
+        )
+        await asyncio.sleep(0)  # the transition is queued on the worker now
+        asyncio.get_running_loop().call_soon(busy.set)
+        record = await store.call(Store.get, ref)
+        assert record is not None and record.state is ExecutionState.RUNNING
+        await running
+        # Once the worker has caught up, the next read is the loop's again.
+        handoffs = store.handoffs
+        await store.call(Store.get, ref)
+        assert store.handoffs == handoffs
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_call_still_queued_does_not_send_every_later_call_to_the_worker(
+    tmp_path: Path,
+) -> None:
+    """A caller cancelled while its call waits on the worker: the call never runs, and is
+    counted as finished, so reads run on the loop again afterwards."""
+    store = AsyncStore(tmp_path / "state.db")
+    ref = ExecutionRef(None, "job", 1)
+    try:
+        await store.call(Store.record_taken, ref, {"operation": "x"}, 1)
+        busy = threading.Event()
+        blocker = store._executor.submit(busy.wait)
+        waiting = asyncio.ensure_future(store.call(Store.probe))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        busy.set()
+        await asyncio.wrap_future(blocker)
+        handoffs = store.handoffs
+        assert await store.call(Store.get, ref) is not None
+        assert store.handoffs == handoffs
+    finally:
+        await store.close()
+
+
+def test_the_start_next_marker_is_one_file_written_and_emptied(tmp_path: Path) -> None:
+    """The marker is made once, then written before each start-next and emptied once the
+    record is on disk: no file created and unlinked per job, and `was_taking` reads the same."""
+    store = Store(tmp_path / "state.db")
+    marker = tmp_path / "state.db.taking"
+    try:
+        store.begin_taking()
+        first = os.open(marker, os.O_RDONLY)
+        for number in range(3):
+            ref = ExecutionRef(None, f"job-{number}", 1)
+            if number:
+                store.begin_taking()
+            assert store.was_taking()
+            store.record_taken(ref, {"operation": "x"}, 1)
+            store.taken()
+            assert store.was_taking(), "kept until the record is fsynced"
+            store.transition(ref, ExecutionState.RUNNING, handler="x")
+            assert not store.was_taking()
+        # The file opened before the first job is still the marker (never unlinked).
+        assert os.fstat(first).st_nlink == 1
+        os.close(first)
+    finally:
+        store.close()
+
+
+def test_an_earlier_agents_marker_is_removed_once_nothing_is_pending(tmp_path: Path) -> None:
+    (tmp_path / "state.db.taking").write_text("another database's id")
+    store = Store(tmp_path / "state.db")
+    try:
+        store.taken()
+        assert not (tmp_path / "state.db.taking").exists()
+    finally:
+        store.close()
+
+
+def test_a_new_record_is_returned_as_the_database_reads_it_back(tmp_path: Path) -> None:
+    """`record_taken` and `record_received` build the record they wrote instead of reading it
+    back: it must equal what `get` reads, the redacted document included."""
+    store = Store(tmp_path / "state.db")
+    document = {"operation": "x", "url": "https://h/f?X-Amz-Signature=secret&a=1", "n": [1, 2]}
+    try:
+        taken, _ = store.record_taken(ExecutionRef(None, "job", 1), document, 3)
+        assert taken == store.get(taken.key)
+        received = store.record_received(ExecutionRef("ns", "job", 2), document, None)
+        assert received == store.get(received.key)
+        assert "secret" not in str(received.document)
+    finally:
+        store.close()
