@@ -12,6 +12,7 @@ windows).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.harness import (
     config_yaml,
     start_emulator,
     wait_terminal,
+    wait_until,
     write_handler,
 )
 
@@ -98,7 +100,9 @@ NOT_AT_START = {
     "zoneinfo",
     # The other commands, the emulator, and what only an error message needs.
     "jobs_agent.commands.sim",
+    "jobs_agent.commands.sim_fleet",
     "jobs_agent.commands.exec_",
+    "jobs_agent.commands.demo",
     "jobs_agent.emulator",
     "jobs_agent.emulator.readings",
     "difflib",
@@ -106,14 +110,39 @@ NOT_AT_START = {
 }
 
 
-def imported(log: Path) -> set[str]:
-    """The modules a process run with PYTHONPROFILEIMPORTTIME has imported so far (one
-    `import time:` line each, on its stderr)."""
-    found = set()
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("import time:") and "|" in line:
-            found.add(line.rsplit("|", 1)[1].strip())
-    return found
+MODULES_HOOK = """
+import os, signal, sys
+
+
+def _write_modules(signum, frame):
+    path = os.environ["JOBS_AGENT_TEST_MODULES"]
+    with open(path + ".tmp", "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+    os.replace(path + ".tmp", path)
+
+
+signal.signal(signal.SIGUSR1, _write_modules)
+"""
+"""A `sitecustomize` for the agent's process: on SIGUSR1 it writes the names in sys.modules
+(the agent does not use SIGUSR1). `-X importtime` would not do: it misses what
+`importlib.import_module` loads, as the command modules are."""
+
+
+def hooked_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(MODULES_HOOK)
+    dump = tmp_path / "modules.txt"
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "JOBS_AGENT_TEST_MODULES": str(dump)}, dump
+
+
+async def loaded_modules(agent: AgentProcess, dump: Path) -> set[str]:
+    """What the running agent has in sys.modules now."""
+    dump.unlink(missing_ok=True)
+    agent.signal(signal.SIGUSR1)
+    await wait_until(dump.exists, 20, "the agent's list of modules")
+    return set(dump.read_text().split())
 
 
 @pytest.fixture
@@ -132,18 +161,19 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
     write_handler(tmp_path / "handlers", "hello", "#!/bin/sh\necho hello\n")
     path = tmp_path / "config.yaml"
     path.write_text(config_yaml(agent_config(tmp_path, mosquitto.port, thing=THING)))
-    agent = AgentProcess(config_path=path, workdir=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    env, dump = hooked_env(tmp_path)
+    agent = AgentProcess(config_path=path, workdir=tmp_path, env=env)
     try:
         agent.start()
         await agent.wait_ready()
         await agent.wait_message("STATUS=idle")
-        idle = imported(agent.log_path)
-        assert {"jobs_agent.daemon", "jobs_agent.engine.engine", "paho.mqtt.client"} <= idle
+        idle = await loaded_modules(agent, dump)
+        assert {"jobs_agent.commands.run", "jobs_agent.engine.engine", "paho.mqtt.client"} <= idle
         assert not NOT_AT_START & idle, sorted(NOT_AT_START & idle)
         emulator.service.create_job("first", [THING], {"operation": "hello"})
         execution = await wait_terminal(emulator, "first", THING)
         assert str(execution.status) == "SUCCEEDED", execution.status_details
-        after = imported(agent.log_path)
+        after = await loaded_modules(agent, dump)
         assert {"jobs_agent.dispatch.router", "jobs_agent.dispatch.process"} <= after
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
