@@ -23,23 +23,32 @@ EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE, what a shell reports for a writer whose reader went away."""
 
-COMMAND_MODULES = (
-    "jobs_agent.commands.run",
-    "jobs_agent.commands.demo",
-    "jobs_agent.commands.exec_",
-    "jobs_agent.commands.sim",
-    "jobs_agent.commands.status",
-    "jobs_agent.commands.config_check",
-    "jobs_agent.commands.sign",
-    "jobs_agent.commands.consent",
-)
+COMMANDS = {
+    "run": "jobs_agent.commands.run",
+    "demo": "jobs_agent.commands.demo",
+    "exec": "jobs_agent.commands.exec_",
+    "sim": "jobs_agent.commands.sim",
+    "status": "jobs_agent.commands.status",
+    "config": "jobs_agent.commands.config_check",
+    "sign": "jobs_agent.commands.sign",
+    "consent": "jobs_agent.commands.consent",
+}
+"""Each command's name and the module that registers it (in `jobs-agent --help`'s order)."""
+COMMAND_MODULES = tuple(COMMANDS.values())
 
 
 class UsageError(Exception):
     """A problem with the command line or the configuration: exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, when `argv` names one, of that command alone: `run`
+    then loads neither the emulator's list of readings (`sim serve --help`) nor the other
+    commands (issue 18: a gateway starts the daemon at every boot). The top level takes no
+    option with a value, so the first argument not starting with "-" is the command; anything
+    else (`--help`, a misspelt command) gets every command, to list them."""
+    command = next((a for a in argv or () if not a.startswith("-")), None)
+    modules = [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES
     parser = argparse.ArgumentParser(
         prog="jobs-agent",
         description="Device agent for AWS IoT Jobs.",
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jobs-agent {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_name in COMMAND_MODULES:
+    for module_name in modules:
         module = importlib.import_module(module_name)
         register: Callable[[Any], None] = module.register
         register(subparsers)
@@ -55,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

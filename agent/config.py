@@ -20,7 +20,6 @@ would put the one list an operator's key is checked against in two places.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -240,6 +239,8 @@ def _located(node: yaml.Node, lines: dict[str, int], path: str) -> Any:
 
 
 def _did_you_mean(key: str, candidates: list[str]) -> str:
+    import difflib  # only for a misspelt key: 0.2 MB an agent that starts need not carry
+
     matches = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f' (did you mean "{matches[0]}"?)' if matches else ""
 

@@ -21,16 +21,14 @@ import signal
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from jobs_agent.config import AgentConfig, ConfigError, load_config
-from jobs_agent.consent.decisions import DecisionStore
 from jobs_agent.consent.protocol import DEFAULT_SOCKET
-from jobs_agent.consent.server import ConsentDesk, ConsentServer
-from jobs_agent.device import Device, build_device, dispatcher
-from jobs_agent.dispatch import TrustedKeysError
+from jobs_agent.device import Device, build_device, first_job_dispatcher
+from jobs_agent.dispatch.errors import TrustedKeysError
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.engine.heartbeat import keep_heartbeat
 from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
@@ -41,6 +39,9 @@ from jobs_agent.sdnotify import SystemdNotifier
 from jobs_agent.securefs import UntrustedPath, ensure_private_directory
 from jobs_agent.transport import Transport, TransportError
 from jobs_agent.transport.factory import create_transport
+
+if TYPE_CHECKING:
+    from jobs_agent.consent.server import ConsentServer
 
 log = structlog.get_logger("jobs_agent.daemon")
 
@@ -170,6 +171,9 @@ class Agent:
                 path=str(settings.socket),
             )
             return None
+        from jobs_agent.consent.decisions import DecisionStore
+        from jobs_agent.consent.server import ConsentDesk, ConsentServer
+
         try:
             desk = ConsentDesk(DecisionStore(self.config.state_dir / CONSENT_DIRECTORY))
             server = ConsentServer(desk, settings.socket, settings.allowlist)
@@ -303,7 +307,7 @@ class Agent:
             return False
         new = self._keep_restart_only_settings(new)
         try:
-            handlers = dispatcher(new)
+            handlers = first_job_dispatcher(new)
         except TrustedKeysError as exc:
             log.error("reload refused; keeping the old configuration", error=str(exc))
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")

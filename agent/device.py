@@ -14,20 +14,25 @@ the engine lends the link to Python plugins, which make their own views for a st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs_agent.config import AgentConfig
-from jobs_agent.consent.server import ConsentDesk
-from jobs_agent.dispatch import Dispatcher
+from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.shadow.client import ShadowClient
 from jobs_agent.transport import Transport
 from jobs_agent.transport.shared import SharedLink
+from jobs_agent_handlers.api import Handler, Outcome
+
+if TYPE_CHECKING:
+    from jobs_agent.consent.server import ConsentDesk
+    from jobs_agent.dispatch.router import Dispatcher
 
 STATE_DATABASE = "state.db"
 
@@ -42,7 +47,7 @@ class Device:
     shadows: ShadowClient
     """The shadow client the software inventory is reported with (`$package`)."""
     store: AsyncStore
-    dispatcher: Dispatcher
+    dispatcher: FirstJobDispatcher
     engine: Engine
 
     async def close(self) -> None:
@@ -66,7 +71,52 @@ def jobs_client(config: AgentConfig, transport: Transport) -> JobsClient:
 
 def dispatcher(config: AgentConfig, **options: Any) -> Dispatcher:
     """The dispatcher with the configured handlers and limits (`options`: Dispatcher's own)."""
+    from jobs_agent.dispatch.router import Dispatcher
+
     return Dispatcher(config.dispatch_settings(), **options)
+
+
+class FirstJobDispatcher:
+    """The daemon's dispatcher, built when the first job needs it (the engine's `Dispatcher`).
+
+    The router, the sandbox, the step machinery and the built-in handlers are about 2.5 MB and
+    50 ms that a gateway waiting for jobs would otherwise pay at every start (issue 18). Building
+    it can fail only on unusable signing keys, and only when signatures are required: then it is
+    built at once, so that a bad `jobs.trusted_keys` still stops the start (or a reload) with
+    `TrustedKeysError` before any job is taken.
+    """
+
+    def __init__(self, settings: DispatchSettings, options: Mapping[str, Any]) -> None:
+        self.settings = settings
+        self._options = dict(options)
+        self._built: Dispatcher | None = None
+        if settings.require_signature:
+            self.built()
+
+    def built(self) -> Dispatcher:
+        if self._built is None:
+            from jobs_agent.dispatch.router import Dispatcher
+
+            self._built = Dispatcher(self.settings, **self._options)
+        return self._built
+
+    def resolve(
+        self,
+        document: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        taken_at: float | None = None,
+    ) -> Handler:
+        return self.built().resolve(document, job_id=job_id, taken_at=taken_at)
+
+    async def run(self, handler: Handler, ctx: EngineJobContext) -> Outcome:
+        return await self.built().run(handler, ctx)
+
+
+def first_job_dispatcher(config: AgentConfig, **options: Any) -> FirstJobDispatcher:
+    """The daemon's dispatcher (see `FirstJobDispatcher`); raises `TrustedKeysError` now when
+    signatures are required and the keys cannot be used."""
+    return FirstJobDispatcher(config.dispatch_settings(), options)
 
 
 def build_device(
@@ -88,7 +138,7 @@ def build_device(
     )
     store = AsyncStore(config.state_dir / STATE_DATABASE, executor=store_executor)
     try:
-        handlers = dispatcher(config, **(dispatcher_options or {}))
+        handlers = first_job_dispatcher(config, **(dispatcher_options or {}))
     except BaseException:
         store.shutdown()
         store.target.close()

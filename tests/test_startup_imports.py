@@ -1,18 +1,37 @@
 """What `jobs-agent run` loads before its first request: only what it uses (issue 18).
 
 Every module loaded at start-up costs start-up time and resident memory for the agent's whole
-life on a gateway; the benchmark (`python -m benchmarks startup`) measures both, and this test
-pins the two heavy loads that were taken out: the emulator (reached through `sim serve --help`'s
-list of readings) and importlib.metadata (the plugin entry-point scan, now done at the first
-plugin lookup).
+life on a gateway; the benchmark (`python -m benchmarks startup`) measures both. These tests pin
+what was taken out: the emulator (reached through `sim serve --help`'s list of readings) and the
+other commands, importlib.metadata (the plugin entry-point scan, done at the first plugin
+lookup), the dispatcher and everything that runs a job (built at the first job), and the
+features an agent is not configured for (system update, the consent socket, maintenance
+windows).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
+
+from jobs_agent.emulator.embedded import Emulator
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    start_emulator,
+    wait_terminal,
+    wait_until,
+    write_handler,
+)
 
 PROBE = """
 import json, sys
@@ -57,3 +76,130 @@ def test_the_agent_starts_without_the_emulator_or_the_entry_point_scan(tmp_path:
     # The built-in plugins are there at the first lookup, with the entry points read then.
     assert {"download-file", "reboot"} <= set(loaded["names"])
     assert "importlib.metadata" in set(loaded["after"])
+
+
+# -- a real `jobs-agent run` -------------------------------------------------------------------
+THING = "gw-imports"
+NOT_AT_START = {
+    # Running a job: the router, the sandbox, the steps, the plugins (issue 18, at the first job).
+    "jobs_agent.dispatch.router",
+    "jobs_agent.dispatch.process",
+    "jobs_agent.dispatch.steps",
+    "jobs_agent.dispatch.devicec",
+    "jobs_agent.dispatch.scripts",
+    "jobs_agent.dispatch.signing",
+    "jobs_agent.dispatch.s3url",
+    "jobs_agent_handlers.download_file",
+    # Features that are not configured here: system update, the consent socket, windows.
+    "jobs_agent_handlers.system_update.rauc",
+    "jobs_agent_handlers.system_update.swupdate",
+    "jobs_agent_handlers.system_update.health",
+    "jobs_agent.consent.server",
+    "jobs_agent.consent.decisions",
+    "jobs_agent.schedule.cron",
+    "zoneinfo",
+    # The other commands, the emulator, and what only an error message needs.
+    "jobs_agent.commands.sim",
+    "jobs_agent.commands.sim_fleet",
+    "jobs_agent.commands.exec_",
+    "jobs_agent.commands.demo",
+    "jobs_agent.emulator",
+    "jobs_agent.emulator.readings",
+    "difflib",
+    "importlib.metadata",
+}
+
+
+MODULES_HOOK = """
+import os, signal, sys
+
+
+def _write_modules(signum, frame):
+    path = os.environ["JOBS_AGENT_TEST_MODULES"]
+    with open(path + ".tmp", "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+    os.replace(path + ".tmp", path)
+
+
+signal.signal(signal.SIGUSR1, _write_modules)
+"""
+"""A `sitecustomize` for the agent's process: on SIGUSR1 it writes the names in sys.modules
+(the agent does not use SIGUSR1). `-X importtime` would not do: it misses what
+`importlib.import_module` loads, as the command modules are."""
+
+
+def hooked_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(MODULES_HOOK)
+    dump = tmp_path / "modules.txt"
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "JOBS_AGENT_TEST_MODULES": str(dump)}, dump
+
+
+async def loaded_modules(agent: AgentProcess, dump: Path) -> set[str]:
+    """What the running agent has in sys.modules now."""
+    dump.unlink(missing_ok=True)
+    agent.signal(signal.SIGUSR1)
+    await wait_until(dump.exists, 20, "the agent's list of modules")
+    return set(dump.read_text().split())
+
+
+@pytest.fixture
+async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port)
+    yield emu
+    await emu.stop()
+
+
+async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_first_job(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """A real `jobs-agent run` on a real broker, idle after its first StartNextPendingJobExecution
+    (STATUS=idle): nothing of running a job, of the features it is not configured for, or of
+    the other commands is loaded. Its first job loads the dispatcher, and runs."""
+    write_handler(tmp_path / "handlers", "hello", "#!/bin/sh\necho hello\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(agent_config(tmp_path, mosquitto.port, thing=THING)))
+    env, dump = hooked_env(tmp_path)
+    agent = AgentProcess(config_path=path, workdir=tmp_path, env=env)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await agent.wait_message("STATUS=idle")
+        idle = await loaded_modules(agent, dump)
+        assert {"jobs_agent.commands.run", "jobs_agent.engine.engine", "paho.mqtt.client"} <= idle
+        assert not NOT_AT_START & idle, sorted(NOT_AT_START & idle)
+        emulator.service.create_job("first", [THING], {"operation": "hello"})
+        execution = await wait_terminal(emulator, "first", THING)
+        assert str(execution.status) == "SUCCEEDED", execution.status_details
+        after = await loaded_modules(agent, dump)
+        assert {"jobs_agent.dispatch.router", "jobs_agent.dispatch.process"} <= after
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_unusable_signing_keys_still_stop_the_start(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The dispatcher is built at the first job, except when signatures are required: then a
+    `jobs.trusted_keys` that cannot be used stops the start before READY=1, as it always did."""
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    (tmp_path / "handlers").mkdir()
+    key = tmp_path / "signer.pem"
+    key.write_text("not a public key\n")
+    signing = f"jobs:\n  require_signature: true\n  trusted_keys: [{key}]\n"
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config).replace("jobs:\n", signing))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    try:
+        agent.start()
+        code = await agent.wait_exit()
+        assert code == 1, agent.log_text()
+        assert "cannot start" in agent.log_text()
+        assert f"jobs.trusted_keys: {key}" in agent.log_text()
+        assert not any(m.startswith("READY=1") for m in agent.messages)
+    finally:
+        agent.kill()

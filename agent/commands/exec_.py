@@ -92,7 +92,7 @@ def _exec(args: argparse.Namespace) -> int:
     from jobs_agent.cli import UsageError
     from jobs_agent.commands.common import load_config_or_exit
     from jobs_agent.device import dispatcher as make_dispatcher
-    from jobs_agent.dispatch import TrustedKeysError
+    from jobs_agent.dispatch.errors import TrustedKeysError
     from jobs_agent.log import configure_logging
 
     document = _read_document(args.document)

@@ -12,10 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs_agent.consent.peer import Allowlist
 from jobs_agent.consent.protocol import DEFAULT_SOCKET
+
+if TYPE_CHECKING:
+    from jobs_agent.consent.peer import Allowlist
 
 _NAME = re.compile(r"[^\x00-\x20:/]{1,256}")
 _KEYS = ("socket", "allowed_users", "allowed_groups")
@@ -33,6 +35,8 @@ class ConsentSettings:
 
     @property
     def allowlist(self) -> Allowlist:
+        from jobs_agent.consent.peer import Allowlist  # when the socket is served (issue 18)
+
         return Allowlist(self.allowed_users, self.allowed_groups)
 
     @classmethod

@@ -29,7 +29,6 @@ stop rules, and a security boundary is audited in one place.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -489,6 +488,8 @@ def _boot_ticks_now() -> int:
 
 
 def _become_subreaper() -> None:
+    import ctypes  # only in subreaper mode: the start-up sweep of cgroups needs none (issue 18)
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         error = ctypes.get_errno()

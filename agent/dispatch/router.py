@@ -26,6 +26,7 @@ from jobs_agent.dispatch.devicec import (
     parse_steps_document,
     prepare,
 )
+from jobs_agent.dispatch.errors import TrustedKeysError as TrustedKeysError
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
 from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
@@ -119,10 +120,6 @@ class Configured(Protocol):
     """Anything that can say what the dispatcher reads (the agent's configuration can)."""
 
     def dispatch_settings(self) -> DispatchSettings: ...
-
-
-class TrustedKeysError(ValueError):
-    """`jobs.trusted_keys` cannot be used (the message names the option and why)."""
 
 
 class Dispatcher:

@@ -23,12 +23,11 @@ import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from jobs_agent.consent.document import consent_requirement
-from jobs_agent.consent.server import ConsentDesk
 from jobs_agent.dispatch.agent_fields import MAX_DEFERRAL_KEY, max_deferral_minutes
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
@@ -42,6 +41,9 @@ from jobs_agent.engine.turns import Turns
 from jobs_agent.schedule import clock
 from jobs_agent.schedule.windows import Timeline, document_windows
 from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
+
+if TYPE_CHECKING:
+    from jobs_agent.consent.server import ConsentDesk  # only when the socket is served
 
 log = structlog.get_logger("jobs_agent.engine")
 

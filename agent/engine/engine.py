@@ -22,11 +22,11 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from jobs_agent.aio import wait_event
-from jobs_agent.consent.server import ConsentDesk
 from jobs_agent.engine.acquisition import LOST_RECORD_REASON as LOST_RECORD_REASON
 from jobs_agent.engine.acquisition import Acquisition
 from jobs_agent.engine.async_store import AsyncStore
@@ -49,6 +49,9 @@ from jobs_agent.jobs.errors import JobsError
 from jobs_agent.shadow.client import ShadowClient
 from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import MqttLink
+
+if TYPE_CHECKING:
+    from jobs_agent.consent.server import ConsentDesk  # only when the socket is served
 
 log = structlog.get_logger("jobs_agent.engine")
 

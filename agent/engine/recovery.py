@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from jobs_agent.dispatch.devicec import interrupted_reboot_step
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.store import ExecutionRecord
 from jobs_agent.vocabulary import JobExecutionStatus
@@ -106,6 +105,8 @@ def recover(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Act
 
 def _after_running(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Action:
     """The agent stopped (or died) while the handler ran; it may still be running."""
+    from jobs_agent.dispatch.devicec import interrupted_reboot_step  # only after a crash
+
     interrupted = interrupted_reboot_step(record.checkpoint)
     if interrupted is not None and boot_id is not None and boot_id != interrupted[1]:
         # The device went down while a step that reboots it the Device Client's way ran: this

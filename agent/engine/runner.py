@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.deferral import CONSENT, Deferrals, Request
@@ -153,6 +152,8 @@ class Runner:
         if run.confirm_reboot_step is not None:
             # The device went down while a step that reboots it the Device Client's way ran:
             # the boot id changed, so this is the re-delivery after the boot it wants.
+            from jobs_agent.dispatch.devicec import confirm_reboot_checkpoint
+
             checkpoint = confirm_reboot_checkpoint(run.confirm_reboot_step)
             await self._store.call(Store.save_checkpoint, ref, checkpoint)
             record = await self._store.call(Store.transition, ref, ExecutionState.RUNNING, note="")

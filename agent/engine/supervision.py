@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.dispatch.devicec import interrupted_reboot_step
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
@@ -154,6 +153,8 @@ class Supervisor:
             )
             bound.info("resumable handler suspended for shutdown; it continues after restart")
             return None
+        from jobs_agent.dispatch.devicec import interrupted_reboot_step  # loaded by then
+
         record = await self._store.call(Store.get, running.ref)
         if record is not None and interrupted_reboot_step(record.checkpoint) is not None:
             # Stopped during a Device Client reboot step: the device is most likely going

@@ -32,17 +32,18 @@ import datetime as dt
 import functools
 import math
 import os
-import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs_agent.schedule.cron import CronSchedule
 from jobs_agent.vocabulary import (
     MAINTENANCE_WINDOW_MAX_MINUTES,
     MAINTENANCE_WINDOW_MIN_MINUTES,
     STEP_TIMEOUT_MAX,
 )
+
+if TYPE_CHECKING:
+    from jobs_agent.schedule.cron import CronSchedule
 
 CHAIN_HORIZON = (STEP_TIMEOUT_MAX + 1440) * 60.0
 """How far `closes_at` follows touching openings: beyond the 7 days a job execution can be in
@@ -64,6 +65,8 @@ class WindowError(ValueError):
 def local_zone() -> dt.tzinfo:
     """The device's time zone with its daylight saving rules: `TZ` when it names a zone, else
     `/etc/localtime`, else UTC. Read once per process, as libc does."""
+    import zoneinfo  # zoneinfo and the cron parser load with the first window (issue 18)
+
     name = os.environ.get("TZ", "").lstrip(":")
     if name:
         try:
@@ -83,6 +86,8 @@ def zone_named(name: str) -> dt.tzinfo:
         return dt.UTC
     if name == LOCAL:
         return local_zone()
+    import zoneinfo
+
     try:
         return zoneinfo.ZoneInfo(name)
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
@@ -121,6 +126,8 @@ class MaintenanceWindow:
         start_key, duration_key, zone_key = names
         if not isinstance(start_time, str) or not 1 <= len(start_time) <= 256:
             raise WindowError(f"{start_key}: expected an AWS cron expression, cron(...)")
+        from jobs_agent.schedule.cron import CronSchedule
+
         try:
             schedule = CronSchedule.parse(start_time)
         except ValueError as exc:

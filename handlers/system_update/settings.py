@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs_agent.option_rules import (
     Rule,
@@ -26,10 +26,12 @@ from jobs_agent.option_rules import (
     pattern,
     string,
 )
-from jobs_agent_handlers.system_update.health import HealthChecks
-from jobs_agent_handlers.system_update.rauc import RaucUpdater
-from jobs_agent_handlers.system_update.swupdate import SwupdateConfig, SwupdateUpdater
-from jobs_agent_handlers.system_update.updater import SystemUpdater
+
+if TYPE_CHECKING:
+    # The updaters and health checks load when a system update runs: the configuration loader
+    # reads this module at every start (issue 18).
+    from jobs_agent_handlers.system_update.health import HealthChecks
+    from jobs_agent_handlers.system_update.updater import SystemUpdater
 
 _UNIT = re.compile(r"[A-Za-z0-9:_.@\\-]{1,256}")
 _SLOT = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -95,6 +97,8 @@ class SystemUpdateSettings:
     health_check_timeout_seconds: float = option(60.0, number_in(0.1, 3600))
 
     def health_checks(self) -> HealthChecks:
+        from jobs_agent_handlers.system_update.health import HealthChecks
+
         return HealthChecks(
             commands=self.health_commands,
             units=self.health_units,
@@ -105,6 +109,9 @@ class SystemUpdateSettings:
 
     def updater(self, name: str, state_dir: Path) -> SystemUpdater:
         """The updater a document names; ValueError when this device has none set up for it."""
+        from jobs_agent_handlers.system_update.rauc import RaucUpdater
+        from jobs_agent_handlers.system_update.swupdate import SwupdateConfig, SwupdateUpdater
+
         if name == "rauc":
             return RaucUpdater(
                 command=self.rauc_command,
