@@ -15,10 +15,13 @@ from jobs_agent.engine.store import Store
 
 
 class AsyncStore(Threaded[Store]):
-    def __init__(self, path: Path, executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self, path: Path, executor: ThreadPoolExecutor | None = None, *, exclusive: bool = False
+    ) -> None:
         """`executor`, if given, must have exactly one worker (writes stay in order) and is
-        shared, e.g. by the engines of `sim fleet`, which would otherwise need a thread each."""
-        super().__init__(Store(path), executor, name="jobs-agent-store")
+        shared, e.g. by the engines of `sim fleet`, which would otherwise need a thread each.
+        `exclusive`: see `Store` (`sim fleet` only)."""
+        super().__init__(Store(path, exclusive=exclusive), executor, name="jobs-agent-store")
 
     async def close(self) -> None:
         await self.call(Store.close)

@@ -5,8 +5,13 @@ stack, assembled by `build_device` (`Engine` + `JobsClient` + `Dispatcher`, a du
 store of its own under
 `state_dir/<thing>/`), so a job document that works here went through exactly what a gateway
 runs, only multiplied. Connections use `AsyncPahoTransport`, which needs no thread per
-connection: a thousand devices are a thousand sockets on one event loop. (Each store still has
-its one writer thread, idle between writes.)
+connection: a thousand devices are a thousand sockets on one event loop, and the stores share
+one writer thread.
+
+File descriptors bound a fleet's size: each device holds `DESCRIPTORS_PER_THING` (its socket,
+its database and the database's WAL; the stores use SQLite's exclusive locking mode, so there is
+no shared-memory file). `raise_descriptor_limit` lifts the soft limit to the hard one and says
+how many things fit; `sim fleet --processes N` spreads larger fleets over N processes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import resource
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +41,30 @@ log = structlog.get_logger("jobs_agent.sim.fleet")
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
 TERMINAL = frozenset(str(status) for status in TERMINAL_STATUSES)
+DESCRIPTORS_PER_THING = 3
+"""Open per simulated device: its MQTT socket, its state database and the database's WAL."""
+DESCRIPTORS_RESERVED = 256
+"""For everything else in a fleet process: the emulator, standard streams, logs, scripts' pipes."""
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def things_that_fit(limit: int) -> int:
+    """How many simulated devices one process can hold under a descriptor limit of `limit`."""
+    return max(0, (limit - DESCRIPTORS_RESERVED) // DESCRIPTORS_PER_THING)
 
 
 class NoopHandler:
@@ -54,10 +85,17 @@ class FleetOptions:
     handlers: Mapping[str, str] = field(default_factory=dict)
     connect_concurrency: int = 64
     """Connections being set up at once (each is a TCP connect, perhaps TLS, and 4 SUBACKs)."""
+    members: range | None = None
+    """The thing numbers (1..things) this process runs; None: all of them. `sim fleet
+    --processes N` gives each worker a share, named as in a one-process fleet."""
 
     def thing_name(self, index: int) -> str:
         width = max(4, len(str(self.things)))
         return f"{self.prefix}{index:0{width}d}"
+
+    @property
+    def numbers(self) -> range:
+        return self.members if self.members is not None else range(1, self.things + 1)
 
 
 @dataclass
@@ -84,7 +122,7 @@ class Fleet:
 
     @property
     def thing_names(self) -> list[str]:
-        return [self.options.thing_name(i) for i in range(1, self.options.things + 1)]
+        return [self.options.thing_name(i) for i in self.options.numbers]
 
     def _config(self, thing: str, connection: PahoOptions) -> AgentConfig:
         o = self.options
@@ -108,6 +146,7 @@ class Fleet:
             transport,
             store_executor=self._store_executor,
             dispatcher_options={"plugins": self._plugins},
+            exclusive_store=True,
         )
         try:
             await transport.connect(timeout=timeout)
@@ -146,9 +185,29 @@ class Fleet:
                     counts[status if status in TERMINAL else "other"] += 1
         return counts
 
+    def totals(self) -> Counter[str]:
+        """Every outcome the devices reported so far, whatever the job (status -> executions)."""
+        totals: Counter[str] = Counter()
+        for member in self.devices:
+            totals.update(member.device.engine.outcomes.values())
+        return totals
+
     def requests(self) -> int:
         """Jobs API requests the devices made (each one answered by the service)."""
         return sum(d.device.client.stats.requests for d in self.devices)
+
+    def connected(self) -> int:
+        return len(self.devices)
+
+    def failure(self) -> str | None:
+        """Why the fleet cannot go on (a worker of `--processes` ended); one process: None."""
+        return None
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
+
+    def threads(self) -> int:
+        return threading.active_count()
 
     async def stop(self) -> None:
         for member in self.devices:
@@ -172,4 +231,13 @@ class Fleet:
         self._store_executor.shutdown(wait=True)
 
 
-__all__ = ["NOOP_OPERATION", "Fleet", "FleetOptions", "NoopHandler"]
+__all__ = [
+    "DESCRIPTORS_PER_THING",
+    "NOOP_OPERATION",
+    "Fleet",
+    "FleetOptions",
+    "NoopHandler",
+    "peak_rss_mb",
+    "raise_descriptor_limit",
+    "things_that_fit",
+]
