@@ -23,15 +23,16 @@ import resource
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from jobs_agent.config import AgentConfig, JobsConfig
-from jobs_agent.device import Device, build_device
+from jobs_agent.device import STATE_DATABASE, Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
+from jobs_agent.engine.store import Store
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_async import AsyncPahoTransport
 from jobs_agent.vocabulary import TERMINAL_STATUSES
@@ -45,6 +46,14 @@ DESCRIPTORS_PER_THING = 3
 """Open per simulated device: its MQTT socket, its state database and the database's WAL."""
 DESCRIPTORS_RESERVED = 256
 """For everything else in a fleet process: the emulator, standard streams, logs, scripts' pipes."""
+
+
+PREPARE_THREADS = 8
+"""Threads creating state databases while a fleet starts (their fsyncs overlap)."""
+
+
+def _create_database(path: Path) -> None:
+    Store(path, exclusive=True).close()
 
 
 def peak_rss_mb() -> float:
@@ -107,6 +116,15 @@ class Member:
     task: asyncio.Task[None] | None = None
 
 
+@dataclass
+class _Watch:
+    """`Fleet.outcomes` of one job: the devices yet to report a terminal status, and the
+    terminal statuses counted so far."""
+
+    working: list[Member]
+    settled: Counter[str] = field(default_factory=Counter)
+
+
 class Fleet:
     def __init__(self, options: FleetOptions) -> None:
         if options.things < 1:
@@ -119,6 +137,7 @@ class Fleet:
         # One store thread for the whole fleet (a thread per device would be 1,000 threads);
         # a single worker keeps every device's writes in order.
         self._store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-store")
+        self._watches: dict[str, _Watch] = {}
 
     @property
     def thing_names(self) -> list[str]:
@@ -134,10 +153,14 @@ class Fleet:
             state_dir=o.state_dir / thing,
         )
 
-    async def _start_one(self, thing: str, timeout: float) -> Member:
+    async def _start_one(self, thing: str, timeout: float, prepare: Executor) -> Member:
         connection = dataclasses.replace(self.options.connection, client_id=thing)
         config = self._config(thing, connection)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        # Creating a database is a few fsyncs: done on a thread, so that the store opened on
+        # the loop below (the device's own, as on a gateway) finds it made and writes nothing.
+        await asyncio.get_running_loop().run_in_executor(
+            prepare, _create_database, config.state_dir / STATE_DATABASE
+        )
         transport = AsyncPahoTransport(connection, thing)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
@@ -161,13 +184,18 @@ class Fleet:
         """Connect and subscribe every device, then start their engines (each looks for work)."""
         gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
 
+        prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="fleet-new")
+
         async def start_one(thing: str) -> Member:
             async with gate:
-                return await self._start_one(thing, timeout)
+                return await self._start_one(thing, timeout, prepare)
 
-        results = await asyncio.gather(
-            *(start_one(t) for t in self.thing_names), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(start_one(t) for t in self.thing_names), return_exceptions=True
+            )
+        finally:
+            prepare.shutdown(wait=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         self.devices = [r for r in results if isinstance(r, Member)]
         if failures:
@@ -177,12 +205,30 @@ class Fleet:
             device.task = asyncio.create_task(device.device.engine.run(), name=device.thing_name)
 
     def outcomes(self, job_id: str) -> Counter[str]:
-        """What the devices reported for `job_id` so far (status -> devices)."""
-        counts: Counter[str] = Counter()
-        for device in self.devices:
-            for key, status in device.device.engine.outcomes.items():
+        """What the devices reported for `job_id` so far (status -> devices).
+
+        Called every few tens of milliseconds while a rollout runs, on the devices' own loop:
+        a device that reported a terminal status is counted from then on without being looked
+        at again (terminal is final), so a pass costs the devices still working, not all."""
+        watch = self._watches.get(job_id)
+        if watch is None:
+            watch = self._watches[job_id] = _Watch(list(self.devices))
+        counts = Counter(watch.settled)
+        working: list[Member] = []
+        for member in watch.working:
+            final = None
+            for key, status in member.device.engine.outcomes.items():
                 if key.job_id == job_id:
-                    counts[status if status in TERMINAL else "other"] += 1
+                    if status in TERMINAL:
+                        final = status
+                    else:
+                        counts["other"] += 1
+            if final is None:
+                working.append(member)
+            else:
+                watch.settled[final] += 1
+                counts[final] += 1
+        watch.working = working
         return counts
 
     def totals(self) -> Counter[str]:
@@ -228,6 +274,7 @@ class Fleet:
 
         await asyncio.gather(*(close(d) for d in self.devices))
         self.devices = []
+        self._watches.clear()
         self._store_executor.shutdown(wait=True)
 
 
