@@ -242,13 +242,13 @@ async def _fleet_async(
     if not args.no_job and args.job_id is None:
         args.job_id = f"fleet-{uuid.uuid4().hex[:12]}"
     options = _options(args, connection, state_dir, handlers)
+    stop = asyncio.Event()
     fleet: Any = (
-        SpreadFleet(options, _worker_command(args, state_dir), args.processes)
+        SpreadFleet(options, _worker_command(args, state_dir), args.processes, stop)
         if args.processes > 1
         else Fleet(options)
     )
     emulator: Any = None
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

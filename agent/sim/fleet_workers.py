@@ -200,8 +200,9 @@ class FleetWorkers:
         if not worker.done:
             self._fail(f"{name} ended (exit status {code}) before its devices were done")
 
-    async def connected(self) -> None:
-        """Every worker connected its devices; raises `WorkerFailed` if one ended first."""
+    async def connected(self, stop: asyncio.Event) -> None:
+        """Every worker connected its devices (each gives up on a connection by itself, after
+        the connect timeout); raises `WorkerFailed` if one ended first or `stop` was set."""
 
         async def all_connected() -> None:
             for worker in self.workers:
@@ -210,7 +211,14 @@ class FleetWorkers:
         async def one_failed() -> None:
             await self.failed.wait()
 
-        tasks = [asyncio.create_task(all_connected()), asyncio.create_task(one_failed())]
+        async def stopped() -> None:
+            await stop.wait()
+
+        tasks = [
+            asyncio.create_task(all_connected()),
+            asyncio.create_task(one_failed()),
+            asyncio.create_task(stopped()),
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -219,6 +227,8 @@ class FleetWorkers:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.failure is not None:
             raise WorkerFailed(self.failure)
+        if stop.is_set():
+            raise WorkerFailed("stopped while the workers were connecting their devices")
 
     def outcomes(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -258,8 +268,16 @@ class SpreadFleet:
     """What `sim fleet` asks of a `Fleet`, answered by `processes` workers: `command` is a
     worker's command line, to which each worker's `--worker FIRST:LAST` is added."""
 
-    def __init__(self, options: FleetOptions, command: Sequence[str], processes: int) -> None:
+    def __init__(
+        self,
+        options: FleetOptions,
+        command: Sequence[str],
+        processes: int,
+        stop: asyncio.Event,
+    ) -> None:
+        """`stop`: set by SIGINT/SIGTERM, it also ends the wait for the workers to connect."""
         self.options = options
+        self._stop = stop
         self._command = list(command)
         self._processes = processes
         self._workers = FleetWorkers()
@@ -274,8 +292,7 @@ class SpreadFleet:
             for share in shares(self.options.things, self._processes)
         ]
         await self._workers.start(commands)
-        async with asyncio.timeout(timeout * 2):
-            await self._workers.connected()
+        await self._workers.connected(self._stop)
 
     def connected(self) -> int:
         return sum(len(w.share) for w in self._workers.workers if w.connected.is_set())
