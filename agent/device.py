@@ -128,15 +128,20 @@ def build_device(
     heartbeat_interval: float | None = None,
     on_status: Callable[[EngineStatus], None] | None = None,
     consent: ConsentDesk | None = None,
+    exclusive_store: bool = False,
 ) -> Device:
     """The device `config` describes, over `transport`. Opens the state database (raises
-    `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing."""
+    `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing.
+    `exclusive_store`: the state database in SQLite's exclusive locking mode (`sim fleet`
+    only: one descriptor less per device, see `Store`)."""
     link = SharedLink(transport)
     client = jobs_client(config, link.view())
     shadows = ShadowClient(
         link.view(), config.thing_name, request_timeout=config.jobs.request_timeout_seconds
     )
-    store = AsyncStore(config.state_dir / STATE_DATABASE, executor=store_executor)
+    store = AsyncStore(
+        config.state_dir / STATE_DATABASE, executor=store_executor, exclusive=exclusive_store
+    )
     try:
         handlers = first_job_dispatcher(config, **(dispatcher_options or {}))
     except BaseException:

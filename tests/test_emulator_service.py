@@ -6,6 +6,7 @@ Time is a `ManualClock` moved forward by the test; nothing here sleeps.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,24 @@ async def test_wait_for_status_wakes_on_change(service: JobsService) -> None:
     assert done.status is ExecutionStatus.SUCCEEDED
     with pytest.raises(TimeoutError):
         await service.wait_for(lambda: False, timeout=0.05)
+
+
+def test_a_queue_finds_its_head_without_walking_what_it_gave_out(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A queue held at depth takes from the front and adds at the back. A plain dict keeps the
+    taken entries as holes at the front of its table, so each head lookup walks them (the
+    emulator's cost per job grew with the queue depth); the queued executions are therefore
+    kept in an OrderedDict, also after a restart. Structural, not timed (benchmarks/depth.py
+    measures the cost)."""
+    path = tmp_path / "state.db"
+    first = JobsService(clock, store=StateStore(path))
+    for n in range(3):
+        first.create_job(f"j{n}", ["t"], DOC)
+    first.start_next("t")
+    first.update("t", "j0", "SUCCEEDED")
+    second = JobsService(clock, store=StateStore(path))
+    for service in (first, second):
+        queue = service._queues[("t", None)]
+        assert isinstance(queue.queued, OrderedDict)
+        assert [e.job_id for e in service.get_pending("t")[1]] == ["j1", "j2"]

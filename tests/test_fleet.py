@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from jobs_agent.config import ConnectionConfig
 from jobs_agent.emulator import ExecutionStatus
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.sim.fleet_workers import shares
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
 
@@ -134,3 +137,181 @@ async def test_bad_usage_exits_2_without_connecting(tmp_path: Path) -> None:
     code, _, stderr = await _fleet("--things", "0", "--broker-port", "1")
     assert code == 2
     assert "--things must be at least 1" in stderr
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc, as an operator would look)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # the command name may hold spaces: the fields after it start past its ')'
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def _until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.02)
+    assert condition(), what
+
+
+async def _serving_fleet(*args: str) -> asyncio.subprocess.Process:
+    """`sim fleet --no-job ...`, returned once it printed that its devices are ready. (The
+    tests run it beside the `emulator` fixture: a device stops once its request in flight is
+    answered, up to the request timeout without a service.)"""
+    process = await asyncio.create_subprocess_exec(
+        *JOBS_AGENT,
+        "sim",
+        "fleet",
+        "--no-job",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(60):
+        while not (line := await process.stdout.readline()).startswith(b"ready:"):
+            assert line, (await process.communicate())[1].decode()
+    return process
+
+
+async def test_processes_share_the_fleet_and_report_it_as_one(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
+) -> None:
+    """--processes 2: two workers, each with half the things, one summary for all of them."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    script = handlers / "mark.sh"
+    script.write_text(f'#!/bin/sh\necho $PPID >> "{marks}/$JOBS_AGENT_THING_NAME"\n')
+    script.chmod(0o755)
+    document = tmp_path / "job.json"
+    document.write_text(json.dumps({"operation": "mark.sh"}))
+    prefix = f"p{uuid.uuid4().hex[:6]}-"
+
+    code, stdout, stderr = await _fleet(
+        *("--things", str(THINGS), "--processes", "2", "--prefix", prefix),
+        *("--broker-port", str(mosquitto.port), "--endpoint", str(emulator.http_endpoint)),
+        *("--document", str(document), "--handler-dir", str(handlers)),
+        *("--state-dir", str(tmp_path / "state"), "--job-id", "spread-1", "--json"),
+    )
+
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["outcomes"] == {"SUCCEEDED": THINGS}
+    assert summary["processes"] == 2 and summary["finished"] is True
+    assert summary["requests"] >= 2 * THINGS
+    things = [f"{prefix}{i:04d}" for i in range(1, THINGS + 1)]
+    for thing in things:
+        assert emulator.service.execution("spread-1", thing).status is ExecutionStatus.SUCCEEDED
+    assert sorted(p.name for p in marks.iterdir()) == things
+    # each handler ran once, and the two halves ran in two different processes
+    runners = [(marks / t).read_text().split() for t in things]
+    assert all(len(r) == 1 for r in runners)
+    first, second = {r[0] for r in runners[: THINGS // 2]}, {r[0] for r in runners[THINGS // 2 :]}
+    assert len(first) == 1 and len(second) == 1 and first != second
+
+
+async def test_sigterm_to_the_parent_stops_every_worker(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
+) -> None:
+    process = await _serving_fleet(
+        *("--things", "6", "--processes", "3", "--prefix", f"s{uuid.uuid4().hex[:6]}-"),
+        *("--broker-port", str(mosquitto.port), "--state-dir", str(tmp_path / "state")),
+        *("--handler-dir", str(tmp_path)),
+    )
+    workers = _children(process.pid)
+    assert len(workers) == 3 and all(_running(w) for w in workers)
+
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, stderr.decode()
+    assert not [w for w in workers if _running(w)]  # reaped by the parent before it exited
+
+
+async def test_workers_stop_when_their_parent_is_killed(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the parent no chance to stop anyone: the workers see their stdin close."""
+    process = await _serving_fleet(
+        *("--things", "4", "--processes", "2", "--prefix", f"k{uuid.uuid4().hex[:6]}-"),
+        *("--broker-port", str(mosquitto.port), "--state-dir", str(tmp_path / "state")),
+        *("--handler-dir", str(tmp_path)),
+    )
+    workers = _children(process.pid)
+    assert len(workers) == 2
+
+    process.kill()
+    await process.wait()
+
+    await _until(lambda: not [w for w in workers if _running(w)], "workers left running")
+
+
+async def test_a_worker_that_dies_fails_the_fleet(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
+) -> None:
+    process = await _serving_fleet(
+        *("--things", "4", "--processes", "2", "--prefix", f"d{uuid.uuid4().hex[:6]}-"),
+        *("--broker-port", str(mosquitto.port), "--state-dir", str(tmp_path / "state")),
+        *("--handler-dir", str(tmp_path)),
+    )
+    workers = _children(process.pid)
+
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 1
+    assert b"ended (exit status -9) before its devices were done" in stdout
+    assert not [w for w in workers if _running(w)]
+
+
+async def test_a_device_holds_three_descriptors(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Its socket, its database and the WAL: no shared-memory file (exclusive locking), which
+    is what lets 5,000 things fit in one process under a 20,000 descriptor limit."""
+    things = 10
+    process = await _serving_fleet(
+        *("--things", str(things), "--prefix", f"f{uuid.uuid4().hex[:6]}-"),
+        *("--broker-port", str(mosquitto.port), "--state-dir", str(tmp_path / "state")),
+        *("--handler-dir", str(tmp_path)),
+    )
+    try:
+        targets = [os.readlink(f) for f in Path(f"/proc/{process.pid}/fd").iterdir()]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 60)
+
+    assert sum(t.endswith("/state.db") for t in targets) == things
+    assert sum(t.endswith("/state.db-wal") for t in targets) == things
+    assert not [t for t in targets if t.endswith("-shm")]
+    assert sum(t.startswith("socket:") for t in targets) <= things + 4
+
+
+async def test_a_fleet_too_big_for_the_descriptor_limit_is_refused_with_what_fits(
+    tmp_path: Path,
+) -> None:
+    code, _, stderr = await _fleet("--things", "1000000", "--broker-port", "1")
+    assert code == 2
+    assert "at most" in stderr and "things per process; use --processes" in stderr
+
+
+def test_shares_cover_every_thing_once() -> None:
+    assert shares(10, 3) == [range(1, 5), range(5, 8), range(8, 11)]
+    assert shares(2, 2) == [range(1, 2), range(2, 3)]

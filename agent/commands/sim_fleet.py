@@ -1,4 +1,5 @@
-"""`jobs-agent sim fleet`: N real devices in this process, rolling a job out through a broker."""
+"""`jobs-agent sim fleet`: N real devices, in this process or spread over worker processes
+(`--processes`), rolling a job out through a broker."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def register_fleet(sim: Any) -> None:
       --document update.json --handler-dir ./handlers
   # only the devices: create jobs yourself (sim create-job --thing fleet-0001 ...)
   jobs-agent sim fleet --things 20 --endpoint http://127.0.0.1:8765 --no-job
+  # 10,000 devices over 2 worker processes (one event loop per core)
+  jobs-agent sim fleet --things 10000 --processes 2
+
+Each device holds 3 file descriptors (its socket, its database and its WAL); the soft limit is
+raised to the hard one (ulimit -Hn) and a fleet too big for one process is refused with how many
+fit: use --processes.
 
 exit status: 0 when every execution SUCCEEDED, 1 otherwise (or on timeout), 2 on bad usage.""",
     )
@@ -49,6 +56,16 @@ exit status: 0 when every execution SUCCEEDED, 1 otherwise (or on timeout), 2 on
     fleet.add_argument("--key", type=Path, help="device private key (mTLS)")
     _job_arguments(fleet)
     _run_arguments(fleet)
+    fleet.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="spread the devices over N worker processes, one event loop each (default 1: all "
+        "in this process); the report is the same",
+    )
+    # Internal: how the parent of --processes starts a worker with its share of the things.
+    fleet.add_argument("--worker", metavar="FIRST:LAST", help=argparse.SUPPRESS)
     fleet.set_defaults(func=_fleet)
 
 
@@ -127,6 +144,9 @@ def _fleet(args: argparse.Namespace) -> int:
 
     if args.things < 1:
         raise UsageError("--things must be at least 1")
+    if not 1 <= args.processes <= args.things:
+        raise UsageError("--processes must be between 1 and --things")
+    share = _share(args)
     if args.timeout <= 0 or args.progress_interval < 0 or args.connect_concurrency < 1:
         raise UsageError("--timeout and --connect-concurrency must be positive")
     if (args.cert is None) != (args.key is None):
@@ -137,10 +157,47 @@ def _fleet(args: argparse.Namespace) -> int:
     document = _document(args.document)
     if args.endpoint is not None and not args.endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint must be an http(s) URL, not {args.endpoint!r}")
+    _check_descriptors(args, share)
     from jobs_agent.log import configure_logging
 
     configure_logging(args.log_level, "console" if sys.stderr.isatty() else "json")
+    if share is not None:
+        return asyncio.run(_worker_async(args, share, handlers))
     return asyncio.run(_fleet_async(args, document, handlers))
+
+
+def _share(args: argparse.Namespace) -> range | None:
+    """--worker's share of the thing numbers (a worker of `--processes`), or None."""
+    if args.worker is None:
+        return None
+    from jobs_agent.sim.fleet_workers import parse_share
+
+    try:
+        share = parse_share(args.worker)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if share.start < 1 or share.stop - 1 > args.things:
+        raise UsageError(f"--worker {args.worker}: outside 1..{args.things}")
+    if args.state_dir is None:
+        raise UsageError("--worker needs --state-dir")
+    return share
+
+
+def _check_descriptors(args: argparse.Namespace, share: range | None) -> None:
+    """Refuse, before connecting anything, a fleet whose processes would run out of file
+    descriptors half-way through connecting (the soft limit is raised to the hard one first)."""
+    from jobs_agent.sim.fleet import DESCRIPTORS_PER_THING, raise_descriptor_limit, things_that_fit
+
+    limit = raise_descriptor_limit()
+    per_process = len(share) if share is not None else -(-args.things // args.processes)
+    fit = things_that_fit(limit)
+    if per_process > fit:
+        raise UsageError(
+            f"{per_process} things in one process need about"
+            f" {per_process * DESCRIPTORS_PER_THING} file descriptors ({DESCRIPTORS_PER_THING}"
+            f" per thing) and the limit here is {limit} (ulimit -Hn): at most {fit} things per"
+            f" process; use --processes {-(-args.things // max(1, fit))} or more"
+        )
 
 
 def _handlers(specs: list[str]) -> dict[str, str]:
@@ -176,14 +233,22 @@ async def _fleet_async(
     import tempfile
 
     from jobs_agent.sim.fleet import Fleet
+    from jobs_agent.sim.fleet_workers import SpreadFleet, WorkerFailed
     from jobs_agent.transport.base import TransportError
 
     connection = _connection(args)
     temporary = args.state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="jobs-agent-fleet-")) if temporary else args.state_dir
-    fleet = Fleet(_options(args, connection, state_dir, handlers))
-    emulator: Any = None
+    if not args.no_job and args.job_id is None:
+        args.job_id = f"fleet-{uuid.uuid4().hex[:12]}"
+    options = _options(args, connection, state_dir, handlers)
     stop = asyncio.Event()
+    fleet: Any = (
+        SpreadFleet(options, _worker_command(args, state_dir), args.processes, stop)
+        if args.processes > 1
+        else Fleet(options)
+    )
+    emulator: Any = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -191,7 +256,7 @@ async def _fleet_async(
     try:
         emulator = await _local_emulator(args, connection)
         return await _roll_out(args, fleet, emulator, document, stop, start)
-    except (TransportError, OSError, ApiError) as exc:
+    except (TransportError, OSError, ApiError, WorkerFailed) as exc:
         print(f"jobs-agent sim fleet: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
@@ -202,6 +267,54 @@ async def _fleet_async(
             await emulator.stop()
         if temporary:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _worker_command(args: argparse.Namespace, state_dir: Path) -> list[str]:
+    """The command line of a --processes worker, without its --worker share: the same devices'
+    settings, the parent's state directory and job id, and no emulator (the parent has it)."""
+    command = [sys.executable, "-m", "jobs_agent", "sim", "fleet"]
+    command += ["--things", str(args.things), "--prefix", args.prefix]
+    command += ["--broker-host", args.broker_host, "--broker-port", str(args.broker_port)]
+    for flag, value in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--handler-dir", str(args.handler_dir.resolve())]
+    for spec in args.handler:
+        command += ["--handler", spec]
+    command += ["--state-dir", str(state_dir), "--log-level", args.log_level]
+    command += ["--connect-concurrency", str(args.connect_concurrency)]
+    # The parent keeps the time; a worker's own limit only backs it up.
+    command += ["--timeout", str(args.timeout + 60.0)]
+    if args.job_id is not None:
+        command += ["--job-id", args.job_id]
+    else:
+        command += ["--no-job"]
+    return command
+
+
+async def _worker_async(args: argparse.Namespace, share: range, handlers: dict[str, str]) -> int:
+    """One worker of `--processes`: its share of the devices, reporting to the parent."""
+    import asyncio
+    import dataclasses
+    import signal
+
+    from jobs_agent.sim.fleet import Fleet
+    from jobs_agent.sim.fleet_workers import run_worker
+    from jobs_agent.transport.base import TransportError
+
+    options = _options(args, _connection(args), args.state_dir, handlers)
+    fleet = Fleet(dataclasses.replace(options, members=share))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run_worker(fleet, None if args.no_job else args.job_id, args.timeout, stop)
+    except (TransportError, OSError) as exc:
+        print(f"jobs-agent sim fleet --worker {args.worker}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await fleet.stop()
 
 
 def _connection(args: argparse.Namespace) -> Any:
@@ -270,16 +383,18 @@ async def _roll_out(
     out(f"connecting {args.things} devices ({fleet.thing_names[0]}..{fleet.thing_names[-1]})")
     await fleet.start(timeout=60.0)
     connected = time.monotonic() - start
-    out(f"connected {len(fleet.devices)} devices in {connected:.1f} s")
+    out(f"connected {fleet.connected()} devices in {connected:.1f} s")
     if args.no_job:
         return await _fleet_serve(args, fleet, stop, out)
-    job_id = args.job_id or f"fleet-{uuid.uuid4().hex[:12]}"
+    job_id = args.job_id
     requests_before = fleet.requests()
     created = time.monotonic()
     await _create(args, emulator, fleet.thing_names, job_id, document)
     out(f"created job {job_id} for {args.things} things")
     finished, counts = await _watch(args, fleet, job_id, created, stop)
     rollout = finished if finished is not None else time.monotonic() - created
+    if fleet.failure() is not None:
+        out(f"stopped: {fleet.failure()}")
     summary = _summary(args, fleet, emulator, job_id, counts, requests_before)
     summary.update(
         connect_seconds=round(connected, 3),
@@ -339,7 +454,7 @@ async def _watch(
                 + "".join(f" {s} {n}" for s, n in sorted(counts.items()) if s not in _SHOWN)
                 + f" pending {args.things - done}"
             )
-        if finished is not None or elapsed > args.timeout or stop.is_set():
+        if finished is not None or elapsed > args.timeout or stop.is_set() or fleet.failure():
             return finished, counts
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_WATCH_SECONDS):
@@ -354,9 +469,6 @@ def _summary(
     counts: Any,
     requests_before: int,
 ) -> dict[str, Any]:
-    import resource
-    import threading
-
     service_requests = (
         sum(n for k, n in emulator.service.counters.items() if k != "throttled")
         if emulator is not None
@@ -368,8 +480,9 @@ def _summary(
         "outcomes": dict(counts),
         "requests": fleet.requests() - requests_before,
         "emulator_requests": service_requests,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": threading.active_count(),
+        "peak_rss_mb": fleet.peak_rss_mb(),
+        "threads": fleet.threads(),
+        "processes": args.processes,
     }
 
 
@@ -409,14 +522,15 @@ async def _fleet_serve(args: argparse.Namespace, fleet: Any, stop: Any, out: Any
         " Ctrl-C to stop"
     )
     last: Counter[str] = Counter()
-    while not stop.is_set():
-        totals: Counter[str] = Counter()
-        for member in fleet.devices:
-            totals.update(member.device.engine.outcomes.values())
+    while not stop.is_set() and fleet.failure() is None:
+        totals = fleet.totals()
         if totals != last:
             out("reported: " + " ".join(f"{s} {n}" for s, n in sorted(totals.items())))
             last = totals
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.progress_interval or 1.0):
                 await stop.wait()
+    if fleet.failure() is not None:
+        out(f"stopped: {fleet.failure()}")
+        return EXIT_FAILURE
     return EXIT_OK

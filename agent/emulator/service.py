@@ -14,7 +14,7 @@ different execution than the last one announced.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -195,7 +195,7 @@ class JobsService(DataPlane, ControlPlane):
                 queue.start(current)
                 self._arm_timer(current)
         for queue in self._queues.values():
-            queue.queued = dict(sorted(queue.queued.items(), key=lambda kv: kv[1].seq))
+            queue.queued = OrderedDict(sorted(queue.queued.items(), key=lambda kv: kv[1].seq))
             head = queue.head()
             queue.announced_head = None if head is None else (head.job_id, head.execution_number)
         self._history = list(state.history)

@@ -46,10 +46,13 @@ ON_THE_LOOP: frozenset[Callable[..., Any]] = frozenset(
 
 
 class AsyncStore(Threaded[Store]):
-    def __init__(self, path: Path, executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self, path: Path, executor: ThreadPoolExecutor | None = None, *, exclusive: bool = False
+    ) -> None:
         """`executor`, if given, must have exactly one worker (writes stay in order) and is
-        shared, e.g. by the engines of `sim fleet`, which would otherwise need a thread each."""
-        super().__init__(Store(path), executor, name="jobs-agent-store")
+        shared, e.g. by the engines of `sim fleet`, which would otherwise need a thread each.
+        `exclusive`: see `Store` (`sim fleet` only)."""
+        super().__init__(Store(path, exclusive=exclusive), executor, name="jobs-agent-store")
         self.handoffs = 0
         """Calls sent to the worker thread (tests and benchmarks count them per job)."""
         self._finished = 0

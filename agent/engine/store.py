@@ -88,7 +88,13 @@ class TransitionRefused(Exception):
 class Store:
     """Synchronous SQLite access; the engine calls it from one worker thread (see AsyncStore)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+        """`exclusive`: SQLite's EXCLUSIVE locking mode, for `sim fleet` only. The WAL index
+        then lives in this process's memory instead of a `-shm` file, so the store holds two
+        descriptors instead of three (thousands of simulated things in one process); the
+        price is that no other process can read the database while it is open, which a
+        gateway's `jobs-agent status` needs. Durability is the same (same journal, same
+        fsyncs)."""
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -96,6 +102,9 @@ class Store:
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=10.0
             )
+            if exclusive:
+                # Before the first WAL access: SQLite then never maps the shared-memory file.
+                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)

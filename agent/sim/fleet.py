@@ -4,9 +4,14 @@ Used by `jobs-agent sim fleet` to rehearse a rollout locally: every device is th
 stack, assembled by `build_device` (`Engine` + `JobsClient` + `Dispatcher`, a durable SQLite
 store of its own under
 `state_dir/<thing>/`), so a job document that works here went through exactly what a gateway
-runs, only multiplied. Connections use `PahoTransport`, which needs no thread per
-connection: a thousand devices are a thousand sockets on one event loop. (Each store still has
-its one writer thread, idle between writes.)
+runs, only multiplied. Connections use `PahoTransport`, driven by the event loop with no thread
+per connection: a thousand devices are a thousand sockets on one event loop, and the stores
+share one writer thread.
+
+File descriptors bound a fleet's size: each device holds `DESCRIPTORS_PER_THING` (its socket,
+its database and the database's WAL; the stores use SQLite's exclusive locking mode, so there is
+no shared-memory file). `raise_descriptor_limit` lifts the soft limit to the hard one and says
+how many things fit; `sim fleet --processes N` spreads larger fleets over N processes.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import resource
+import threading
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from jobs_agent.config import AgentConfig, JobsConfig
-from jobs_agent.device import Device, build_device
+from jobs_agent.device import STATE_DATABASE, Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
+from jobs_agent.engine.store import Store
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.vocabulary import TERMINAL_STATUSES
@@ -34,6 +42,38 @@ log = structlog.get_logger("jobs_agent.sim.fleet")
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
 TERMINAL = frozenset(str(status) for status in TERMINAL_STATUSES)
+DESCRIPTORS_PER_THING = 3
+"""Open per simulated device: its MQTT socket, its state database and the database's WAL."""
+DESCRIPTORS_RESERVED = 256
+"""For everything else in a fleet process: the emulator, standard streams, logs, scripts' pipes."""
+
+
+PREPARE_THREADS = 8
+"""Threads creating state databases while a fleet starts (their fsyncs overlap)."""
+
+
+def _create_database(path: Path) -> None:
+    Store(path, exclusive=True).close()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def things_that_fit(limit: int) -> int:
+    """How many simulated devices one process can hold under a descriptor limit of `limit`."""
+    return max(0, (limit - DESCRIPTORS_RESERVED) // DESCRIPTORS_PER_THING)
 
 
 class NoopHandler:
@@ -54,10 +94,17 @@ class FleetOptions:
     handlers: Mapping[str, str] = field(default_factory=dict)
     connect_concurrency: int = 64
     """Connections being set up at once (each is a TCP connect, perhaps TLS, and 4 SUBACKs)."""
+    members: range | None = None
+    """The thing numbers (1..things) this process runs; None: all of them. `sim fleet
+    --processes N` gives each worker a share, named as in a one-process fleet."""
 
     def thing_name(self, index: int) -> str:
         width = max(4, len(str(self.things)))
         return f"{self.prefix}{index:0{width}d}"
+
+    @property
+    def numbers(self) -> range:
+        return self.members if self.members is not None else range(1, self.things + 1)
 
 
 @dataclass
@@ -67,6 +114,15 @@ class Member:
     thing_name: str
     device: Device
     task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Watch:
+    """`Fleet.outcomes` of one job: the devices yet to report a terminal status, and the
+    terminal statuses counted so far."""
+
+    working: list[Member]
+    settled: Counter[str] = field(default_factory=Counter)
 
 
 class Fleet:
@@ -81,10 +137,11 @@ class Fleet:
         # One store thread for the whole fleet (a thread per device would be 1,000 threads);
         # a single worker keeps every device's writes in order.
         self._store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-store")
+        self._watches: dict[str, _Watch] = {}
 
     @property
     def thing_names(self) -> list[str]:
-        return [self.options.thing_name(i) for i in range(1, self.options.things + 1)]
+        return [self.options.thing_name(i) for i in self.options.numbers]
 
     def _config(self, thing: str, connection: PahoOptions) -> AgentConfig:
         o = self.options
@@ -96,10 +153,14 @@ class Fleet:
             state_dir=o.state_dir / thing,
         )
 
-    async def _start_one(self, thing: str, timeout: float) -> Member:
+    async def _start_one(self, thing: str, timeout: float, prepare: Executor) -> Member:
         connection = dataclasses.replace(self.options.connection, client_id=thing)
         config = self._config(thing, connection)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        # Creating a database is a few fsyncs: done on a thread, so that the store opened on
+        # the loop below (the device's own, as on a gateway) finds it made and writes nothing.
+        await asyncio.get_running_loop().run_in_executor(
+            prepare, _create_database, config.state_dir / STATE_DATABASE
+        )
         transport = PahoTransport(connection, thing)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
@@ -108,6 +169,7 @@ class Fleet:
             transport,
             store_executor=self._store_executor,
             dispatcher_options={"plugins": self._plugins},
+            exclusive_store=True,
         )
         try:
             await transport.connect(timeout=timeout)
@@ -122,13 +184,18 @@ class Fleet:
         """Connect and subscribe every device, then start their engines (each looks for work)."""
         gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
 
+        prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="fleet-new")
+
         async def start_one(thing: str) -> Member:
             async with gate:
-                return await self._start_one(thing, timeout)
+                return await self._start_one(thing, timeout, prepare)
 
-        results = await asyncio.gather(
-            *(start_one(t) for t in self.thing_names), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(start_one(t) for t in self.thing_names), return_exceptions=True
+            )
+        finally:
+            prepare.shutdown(wait=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         self.devices = [r for r in results if isinstance(r, Member)]
         if failures:
@@ -138,17 +205,55 @@ class Fleet:
             device.task = asyncio.create_task(device.device.engine.run(), name=device.thing_name)
 
     def outcomes(self, job_id: str) -> Counter[str]:
-        """What the devices reported for `job_id` so far (status -> devices)."""
-        counts: Counter[str] = Counter()
-        for device in self.devices:
-            for key, status in device.device.engine.outcomes.items():
+        """What the devices reported for `job_id` so far (status -> devices).
+
+        Called every few tens of milliseconds while a rollout runs, on the devices' own loop:
+        a device that reported a terminal status is counted from then on without being looked
+        at again (terminal is final), so a pass costs the devices still working, not all."""
+        watch = self._watches.get(job_id)
+        if watch is None:
+            watch = self._watches[job_id] = _Watch(list(self.devices))
+        counts = Counter(watch.settled)
+        working: list[Member] = []
+        for member in watch.working:
+            final = None
+            for key, status in member.device.engine.outcomes.items():
                 if key.job_id == job_id:
-                    counts[status if status in TERMINAL else "other"] += 1
+                    if status in TERMINAL:
+                        final = status
+                    else:
+                        counts["other"] += 1
+            if final is None:
+                working.append(member)
+            else:
+                watch.settled[final] += 1
+                counts[final] += 1
+        watch.working = working
         return counts
+
+    def totals(self) -> Counter[str]:
+        """Every outcome the devices reported so far, whatever the job (status -> executions)."""
+        totals: Counter[str] = Counter()
+        for member in self.devices:
+            totals.update(member.device.engine.outcomes.values())
+        return totals
 
     def requests(self) -> int:
         """Jobs API requests the devices made (each one answered by the service)."""
         return sum(d.device.client.stats.requests for d in self.devices)
+
+    def connected(self) -> int:
+        return len(self.devices)
+
+    def failure(self) -> str | None:
+        """Why the fleet cannot go on (a worker of `--processes` ended); one process: None."""
+        return None
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
+
+    def threads(self) -> int:
+        return threading.active_count()
 
     async def stop(self) -> None:
         for member in self.devices:
@@ -169,7 +274,17 @@ class Fleet:
 
         await asyncio.gather(*(close(d) for d in self.devices))
         self.devices = []
+        self._watches.clear()
         self._store_executor.shutdown(wait=True)
 
 
-__all__ = ["NOOP_OPERATION", "Fleet", "FleetOptions", "NoopHandler"]
+__all__ = [
+    "DESCRIPTORS_PER_THING",
+    "NOOP_OPERATION",
+    "Fleet",
+    "FleetOptions",
+    "NoopHandler",
+    "peak_rss_mb",
+    "raise_descriptor_limit",
+    "things_that_fit",
+]
