@@ -11,6 +11,7 @@ windows).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
     agent_config,
+    awscrt_connection,
     config_yaml,
     start_emulator,
     wait_terminal,
@@ -175,6 +177,37 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
         assert str(execution.status) == "SUCCEEDED", execution.status_details
         after = await loaded_modules(agent, dump)
         assert {"jobs_agent.dispatch.router", "jobs_agent.dispatch.process"} <= after
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_an_idle_agent_over_awscrt_has_not_read_the_sdks_package_metadata(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The production transport builds its client without awsiotsdk's SDK metrics, whose
+    version string comes from `importlib.metadata` (2.6 MB resident, 31 ms): a real
+    `jobs-agent run` over awscrt (mTLS to mosquitto), idle after its first request, has not
+    loaded it, nor paho, nor anything of running a job; and its first job runs."""
+    write_handler(tmp_path / "handlers", "hello", "#!/bin/sh\necho hello\n")
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    config = dataclasses.replace(config, connection=awscrt_connection(mosquitto))
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    env, dump = hooked_env(tmp_path)
+    agent = AgentProcess(config_path=path, workdir=tmp_path, env=env)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await agent.wait_message("STATUS=idle")
+        idle = await loaded_modules(agent, dump)
+        assert {"jobs_agent.transport.awscrt", "awscrt.mqtt5"} <= idle
+        unwanted = (NOT_AT_START | {"paho.mqtt.client"}) & idle
+        assert not unwanted, sorted(unwanted)
+        emulator.service.create_job("first-crt", [THING], {"operation": "hello"})
+        execution = await wait_terminal(emulator, "first-crt", THING)
+        assert str(execution.status) == "SUCCEEDED", execution.status_details
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
     finally:
