@@ -9,7 +9,10 @@ random range to the top `jitter` fraction of it (1.0: the whole range, 0.0: no r
 
 from __future__ import annotations
 
-import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 
 class Backoff:
@@ -28,7 +31,7 @@ class Backoff:
         self.min = min
         self.max = max
         self.jitter = jitter
-        self._rng = rng or random.Random()
+        self._rng = rng
         self.attempts = 0
 
     def next_delay(self) -> float:
@@ -36,6 +39,11 @@ class Backoff:
         cap = self.max if self.attempts >= 64 else min(self.max, self.min * 2.0**self.attempts)
         self.attempts += 1
         low = cap - (cap - self.min) * self.jitter
+        if self._rng is None:
+            # At the first failure: a connection that never fails needs no `random` (issue 18).
+            import random
+
+            self._rng = random.Random()
         return self._rng.uniform(low, cap)
 
     def reset(self) -> None:

@@ -14,7 +14,6 @@ Used by `jobs-agent config check` and logged by the daemon when it starts.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,6 +201,8 @@ def _check_system_update(config: AgentConfig, findings: Findings) -> None:
                 f" {problem}"
             )
     for index, argv in enumerate(section.health_commands):
+        import shutil  # here: shutil loads lzma and bz2 (0.4 MB), of no use to most agents
+
         if shutil.which(argv[0]) is None:
             findings.errors.append(
                 f"system_update.health_commands[{index}]: {argv[0]}: not found or not"

@@ -11,6 +11,7 @@ windows).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
     agent_config,
+    awscrt_connection,
     config_yaml,
     start_emulator,
     wait_terminal,
@@ -78,6 +81,37 @@ def test_the_agent_starts_without_the_emulator_or_the_entry_point_scan(tmp_path:
     assert "importlib.metadata" in set(loaded["after"])
 
 
+def test_the_help_is_as_wide_as_argparse_would_make_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cli.HelpFormatter` finds the width without shutil, as shutil would: $COLUMNS, else the
+    terminal (none here: 80); the sub-commands' parsers take it too."""
+    import argparse
+
+    from jobs_agent import cli
+
+    def run_help() -> str:
+        with pytest.raises(SystemExit):
+            cli.main(["run", "--help"])
+        return capsys.readouterr().out
+
+    def with_argparse_width(self: Any, prog: str, *args: Any) -> None:
+        argparse.HelpFormatter.__init__(self, prog)
+
+    helps = []
+    for columns in ("50", "133", None):
+        if columns is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", columns)
+        ours = run_help()
+        with monkeypatch.context() as patched:
+            patched.setattr(cli.HelpFormatter, "__init__", with_argparse_width)
+            assert ours == run_help()
+        helps.append(ours)
+    assert helps[0] != helps[1]  # the width was honoured
+
+
 # -- a real `jobs-agent run` -------------------------------------------------------------------
 THING = "gw-imports"
 NOT_AT_START = {
@@ -107,6 +141,19 @@ NOT_AT_START = {
     "jobs_agent.emulator.readings",
     "difflib",
     "importlib.metadata",
+}
+
+NOT_AT_START_WITHOUT_PAHO = {
+    # paho imports these itself (urllib.request, email, tempfile); without it nothing needs them
+    # at start-up: awsiotsdk's SDK metrics (importlib.metadata), argparse's terminal width
+    # (shutil, with lzma and bz2), the random ids of the exchange and the state database
+    # (secrets), the reconnect jitter before a first failure (random).
+    "paho.mqtt.client",
+    "shutil",
+    "lzma",
+    "bz2",
+    "secrets",
+    "random",
 }
 
 
@@ -175,6 +222,37 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
         assert str(execution.status) == "SUCCEEDED", execution.status_details
         after = await loaded_modules(agent, dump)
         assert {"jobs_agent.dispatch.router", "jobs_agent.dispatch.process"} <= after
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_an_idle_agent_over_awscrt_has_not_read_the_sdks_package_metadata(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The production transport builds its client without awsiotsdk's SDK metrics, whose
+    version string comes from `importlib.metadata` (2.6 MB resident, 31 ms): a real
+    `jobs-agent run` over awscrt (mTLS to mosquitto), idle after its first request, has not
+    loaded it, nor paho, nor anything of running a job; and its first job runs."""
+    write_handler(tmp_path / "handlers", "hello", "#!/bin/sh\necho hello\n")
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    config = dataclasses.replace(config, connection=awscrt_connection(mosquitto))
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    env, dump = hooked_env(tmp_path)
+    agent = AgentProcess(config_path=path, workdir=tmp_path, env=env)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await agent.wait_message("STATUS=idle")
+        idle = await loaded_modules(agent, dump)
+        assert {"jobs_agent.transport.awscrt", "awscrt.mqtt5"} <= idle
+        unwanted = (NOT_AT_START | NOT_AT_START_WITHOUT_PAHO) & idle
+        assert not unwanted, sorted(unwanted)
+        emulator.service.create_job("first-crt", [THING], {"operation": "hello"})
+        execution = await wait_terminal(emulator, "first-crt", THING)
+        assert str(execution.status) == "SUCCEEDED", execution.status_details
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +154,8 @@ def _locate(
                 check_executable(builtin, BUILTIN_SCRIPTS_DIR, "built-in handler")
                 return HandlerFile(builtin, builtin=True)
     if search_path is not None and (path is None or path.strip() != "default"):
+        import shutil  # here, at a job: shutil loads lzma and bz2 (issue 18)
+
         found = shutil.which(name, path=search_path)
         if found is not None:
             check_executable(Path(found), Path(found).parent, "command")

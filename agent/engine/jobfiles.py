@@ -11,7 +11,6 @@ reported while it still runs nor run twice at once.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,8 @@ class JobFiles:
         scratch, _state = self.dirs(ref)
         base = scratch.parent
         if base.exists():  # only if the handler asked for its directories
+            import shutil  # here, at a job's end: shutil loads lzma and bz2 (issue 18)
+
             await asyncio.to_thread(shutil.rmtree, base, True)
         settings = self._shared.settings
         path = log_path(settings.state_dir, ref.job_id, ref.execution_number)

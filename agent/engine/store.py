@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -115,7 +114,7 @@ class Store:
             )
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)",
-                (secrets.token_hex(16),),
+                (os.urandom(16).hex(),),  # as secrets.token_hex(16), without its imports
             )
             row = self._db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
             self.database_id: str = str(row[0])

@@ -22,7 +22,7 @@ once.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -93,7 +93,7 @@ class Exchange(Generic[R]):
     def __init__(self, transport: Transport, stats: Counters | None = None) -> None:
         self.transport = transport
         self.stats: Counters = stats if stats is not None else ExchangeStats()
-        self._prefix = secrets.token_hex(8)
+        self._prefix = os.urandom(8).hex()  # as secrets.token_hex(8), without its imports
         self._counter = 0
         self._waiting: dict[str, _Waiter[R]] = {}
         self._closed = False
