@@ -339,7 +339,6 @@ class Sandbox:
         if executable.by_name and not executable.same_file():
             result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
             return None
-        # Looked up (and logged, once) at the first script: binaries never take the chain.
         launcher = self.launcher if executable.by_name else None
         chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
         if chained and (problem := interpreter_problem(executable.path, self.search_path)):
@@ -380,7 +379,9 @@ class Sandbox:
 
     @property
     def launcher(self) -> Launcher | None:
-        """The chain that starts scripts without `preexec_fn` (`launcher`), if usable here."""
+        """The chain that starts scripts without `preexec_fn` (`launcher`), if usable here;
+        asked for scripts only (binaries never take it), so it is looked up and logged once,
+        at the first script."""
         return launcher_for(self.search_path)
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
