@@ -4,7 +4,8 @@ What it guarantees, whatever the handler does:
 * no shell: argv goes to exec as given, so job input is never parsed as shell syntax;
 * the executable is checked again, by descriptor, right before it runs: it and every directory
   above it can be changed only by root or the agent (`agent.securefs`); a binary is executed
-  through that very descriptor, a script by its (unchangeable) name after a last identity check;
+  through that very descriptor, a script by its (unchangeable) name after a last identity check
+  (how the process starts, with or without `preexec_fn`: `spawn`, `launcher`);
 * exactly four descriptors: stdin (/dev/null), stdout, stderr and the progress pipe (fd 3),
   and a fifth only for a step that has presigned URLs to renew: the read end of its reply pipe
   (fd 4, `ReplyPipe`: the agent's one-line answers to its requests); nothing the agent has
@@ -251,7 +252,7 @@ class Sandbox:
                 spec, env, executable, group, result, cancelled,
                 _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks, replies),
             )  # fmt: skip
-            launcher = self.launcher
+            launcher = self.launcher if executable.by_name else None
             chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
             if chained and result.returncode == EXIT_LAUNCH_FAILED:
                 said = result.stderr.text()
@@ -338,7 +339,7 @@ class Sandbox:
         if executable.by_name and not executable.same_file():
             result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
             return None
-        launcher = self.launcher
+        launcher = self.launcher if executable.by_name else None
         chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
         if chained and (problem := interpreter_problem(executable.path, self.search_path)):
             # What the kernel would refuse is said before anything runs, as the fork path
@@ -378,7 +379,9 @@ class Sandbox:
 
     @property
     def launcher(self) -> Launcher | None:
-        """The chain that starts scripts without `preexec_fn` (`launcher`), if usable here."""
+        """The chain that starts scripts without `preexec_fn` (`launcher`), if usable here;
+        asked for scripts only (binaries never take it), so it is looked up and logged once,
+        at the first script."""
         return launcher_for(self.search_path)
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
