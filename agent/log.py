@@ -126,13 +126,19 @@ def journal_datagram(event_dict: MutableMapping[str, Any]) -> bytes:
 
 class JournalLogger:
     """Sends each rendered event to journald's native socket; if a datagram cannot be sent
-    (journald restarting, a message too large for one datagram), the line goes to the
-    fallback stream with a syslog priority prefix instead, so nothing is lost."""
+    (journald restarting, a message too large for one datagram, or journald's queue full),
+    the line goes to the fallback stream with a syslog priority prefix instead, so nothing is
+    lost.
+
+    The socket is non-blocking: a stalled journald (its datagram queue is
+    `net.unix.max_dgram_qlen` deep, 10 by default) must never stop the event loop, which logs
+    from its own thread; the stream behind stderr has a far larger buffer."""
 
     def __init__(self, socket_path: Path, fallback: TextIO) -> None:
         self._path = str(socket_path)
         self._fallback = fallback
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.setblocking(False)
 
     def msg(self, datagram: bytes, line: str) -> None:
         try:

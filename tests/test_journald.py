@@ -8,11 +8,13 @@ job and a configuration warning must arrive as warnings (priority 4), ordinary l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import struct
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -188,3 +190,44 @@ async def test_without_the_native_socket_lines_carry_syslog_priorities(
     decided = next(line for line in lines if '"outcome decided"' in line)
     assert decided.startswith("<4>{") and json.loads(decided[3:])["job_id"] == "fails"
     assert next(line for line in lines if '"event": "ready"' in line).startswith("<6>")
+
+
+def test_a_stalled_journald_never_blocks_the_logger(
+    tmp_path: Path,
+    journal: socket.socket,
+    restore_logging: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """journald that reads nothing (its datagram queue, `net.unix.max_dgram_qlen`, fills after
+    a few lines): logging goes on, the lines that did not fit reach stderr with their priority.
+    The logger used to send on a blocking socket, and the event loop stopped with it. The
+    second thread is only the test's watchdog: a blocked logger must fail the test, not hang it.
+    """
+    stderr = (tmp_path / "stderr").open("w")
+    info = os.fstat(stderr.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+    chosen = configure_logging("info", "auto", stderr, journal_socket=tmp_path / "journal.socket")
+    assert chosen == "journal"
+    lines = 200  # far more than any datagram queue holds
+    log = structlog.get_logger("t")
+    done = threading.Event()
+
+    def log_lines() -> None:
+        for number in range(lines):
+            log.info("line", number=number)
+        done.set()
+
+    writer = threading.Thread(target=log_lines, daemon=True)
+    writer.start()
+    writer.join(timeout=30)
+    assert done.is_set(), "the logger blocked on journald's full queue"
+    stderr.close()
+    written = (tmp_path / "stderr").read_text().splitlines()
+    assert written and all(line.startswith("<6>") for line in written)  # info, for journald
+    overflow = [json.loads(line[3:])["number"] for line in written]
+    journal.setblocking(False)
+    sent = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sent.append(int(parse_datagram(journal.recv(65536))["NUMBER"]))
+    assert sorted(sent + overflow) == list(range(lines))  # every line once, none lost
