@@ -24,6 +24,7 @@ from tests.harness import (
     start_emulator,
     terminal_statuses,
     wait_terminal,
+    wait_until,
     write_handler,
 )
 
@@ -131,6 +132,9 @@ async def test_a_timed_out_execution_is_retried_and_the_retry_runs(
         )
         async with running_agent(agent_config(tmp_path, mosquitto.port, thing=THING)):
             await service.wait_for_status("slow", THING, "IN_PROGRESS", 1, timeout=15)
+            # The first attempt's handler must have marked its start before it is stopped, or
+            # the retry would take itself for the first attempt and wait for the release.
+            await wait_until(started.exists, 15, "the first attempt's handler to start")
             clock.advance(60 + readings.timeout_delay_seconds)
             assert service.tick() == 1
             await service.wait_for_status("slow", THING, "SUCCEEDED", 2, timeout=30)
