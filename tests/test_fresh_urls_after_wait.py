@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from jobs_agent.config import AgentConfig
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.schedule.clock import ENV_VAR
@@ -59,7 +60,7 @@ def agent_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AgentClock:
     return clock
 
 
-def wait_config(tmp_path: Path, port: int) -> Any:
+def wait_config(tmp_path: Path, port: int) -> AgentConfig:
     """No step timeout: the service's clock jumps two hours at once, so a step timer the agent
     armed (and would renew every 0.4 of it in real time) is due at the emulator's next tick,
     and a loaded machine can let that tick time the job out before the agent's final update.
