@@ -4,6 +4,8 @@
 (both directions, abortively, as a NAT timeout or a flaky uplink would) without touching the
 broker or the emulator's own connection. `AgentProcess` is one real `jobs-agent run` process at a
 time: SIGKILLed and restarted by the driver, restarted too (and counted) when it exits by itself.
+Each process gets its own NOTIFY_SOCKET, so the driver knows when it is ready (READY=1, as
+systemd would) and never sends its final SIGTERM before the agent can handle it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,6 +115,8 @@ class AgentProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._expected_exit = False
+        self._notify: socket.socket | None = None
+        self._ready = asyncio.Event()
         self.pids: list[int] = []
 
     @property
@@ -124,19 +130,47 @@ class AgentProcess:
 
     async def start(self) -> int:
         assert self.pid is None, "the agent is already running"
+        address = self._listen_for_ready()
         with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 *self.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, "NOTIFY_SOCKET": address},
             )
         self._expected_exit = False
         self.pids.append(self._process.pid)
         self.mark(f"started agent pid {self._process.pid}")
         self._monitor = asyncio.create_task(self._watch(self._process))
         return self._process.pid
+
+    def _listen_for_ready(self) -> str:
+        """A fresh abstract socket per process: a READY=1 a killed predecessor left queued can
+        never be taken for this one's."""
+        self._close_notify()
+        self._ready = asyncio.Event()
+        name = f"jobs-agent-chaos-{os.getpid()}-{uuid.uuid4().hex}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+        ready = self._ready
+
+        def receive() -> None:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while True:
+                    if b"READY=1" in sock.recv(4096).split(b"\n"):
+                        ready.set()
+
+        asyncio.get_running_loop().add_reader(sock.fileno(), receive)
+        self._notify = sock
+        return "@" + name
+
+    def _close_notify(self) -> None:
+        if self._notify is not None:
+            asyncio.get_running_loop().remove_reader(self._notify.fileno())
+            self._notify.close()
+            self._notify = None
 
     async def _watch(self, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
@@ -157,10 +191,21 @@ class AgentProcess:
         return process.pid
 
     async def stop(self, timeout: float) -> int | None:
-        """SIGTERM and wait (SIGKILL after `timeout`); returns the exit code, None if killed."""
+        """SIGTERM once the agent said READY=1 (a process still starting has no handler for it
+        yet and would die of the signal; systemd waits the same way) and wait (SIGKILL after
+        `timeout`); returns the exit code, None if killed."""
         process = self._process
         if process is None or process.returncode is not None:
             return process.returncode if process else None
+        ready = asyncio.create_task(self._ready.wait())
+        exited = asyncio.create_task(process.wait())
+        await asyncio.wait((ready, exited), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in (ready, exited):
+            task.cancel()
+        if not self._ready.is_set():
+            self.mark(f"agent pid {process.pid} not ready after {timeout:.0f} s")
+        if process.returncode is not None:
+            return process.returncode
         self._expected_exit = True
         self.mark(f"SIGTERM agent pid {process.pid}")
         with contextlib.suppress(ProcessLookupError):
@@ -174,6 +219,7 @@ class AgentProcess:
 
     async def close(self) -> None:
         await self.kill()
+        self._close_notify()
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

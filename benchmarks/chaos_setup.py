@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-THING = "chaos-thing"
+THING = f"chaos-thing-{os.getpid()}"
+"""One per driver process: a restarted agent stops whatever carries its job's marks (thing, job
+id, execution number) machine-wide, so two chaos runs at once (the same seed makes the same job
+ids) must not share a thing name, or one run's restart kills the other's handlers."""
 PLUGIN_NAME = "chaos-resumable"
 KIND_WEIGHTS: dict[str, float] = {
     "quick": 30,

@@ -9,14 +9,17 @@ hand-made histories, so each rule is shown to catch what it is meant to catch.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.chaos import ChaosOptions, run_chaos
 from benchmarks.chaos_check import Change, SideEffect, check, parse_side_effects
+from benchmarks.chaos_infra import AgentProcess
 from benchmarks.chaos_setup import FAILING_EXIT, JobSpec
-from tests.fixtures.broker import find_mosquitto
+from tests.fixtures.broker import Mosquitto, find_mosquitto
+from tests.harness import agent_config, config_yaml
 
 
 def _require_mosquitto() -> None:
@@ -55,6 +58,28 @@ async def test_chaos_smoke_run_loses_and_duplicates_nothing(tmp_path: Path) -> N
     assert sum(sum(c.values()) for c in report.outcomes.values()) == 20, detail
     assert report.stranded == 0, detail
     assert report.active_left == 0, detail
+
+
+async def test_the_driver_stops_a_just_started_agent_cleanly(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The run's last fault may restart the agent just before the drain stops it: the driver's
+    SIGTERM must wait for READY=1, or it lands before the agent handles it (exit -15)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(config_yaml(agent_config(tmp_path, mosquitto.port)))
+    exits: list[tuple[int, int]] = []
+    agent = AgentProcess(
+        [sys.executable, "-m", "jobs_agent", "run", "--config", str(config)],
+        dict(os.environ),
+        tmp_path / "agent.log",
+        lambda pid, code: exits.append((pid, code)),
+    )
+    await agent.start()
+    try:
+        assert await agent.stop(timeout=30.0) == 0, (tmp_path / "agent.log").read_text()
+    finally:
+        await agent.close()
+    assert exits == []
 
 
 # -- the checker's rules, on hand-made records ----------------------------------------------------

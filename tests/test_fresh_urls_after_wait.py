@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from jobs_agent.config import AgentConfig
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.schedule.clock import ENV_VAR
@@ -59,6 +60,14 @@ def agent_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AgentClock:
     return clock
 
 
+def wait_config(tmp_path: Path, port: int) -> AgentConfig:
+    """No step timeout: the service's clock jumps two hours at once, so a step timer the agent
+    armed (and would renew every 0.4 of it in real time) is due at the emulator's next tick,
+    and a loaded machine can let that tick time the job out before the agent's final update.
+    The agent clears the step timer (`-1`) while it waits instead; timeouts are not tested here."""
+    return agent_config(tmp_path, port, allow_http_downloads=True, step_timeout_minutes=None)
+
+
 def windowed_download(url: str, target: Path) -> dict[str, Any]:
     return {**download_document(url, target), "maintenanceWindow": WINDOW}
 
@@ -77,7 +86,7 @@ async def test_a_download_deferred_past_its_urls_expiry_resumes_with_fresh_urls(
     (Without the resume hook the handler starts with the expired URL and has to renew it.)"""
     url = s3.put("/fw/app.bin", PAYLOAD.data)
     target = tmp_path / "app.bin"
-    config = agent_config(tmp_path, mosquitto.port, allow_http_downloads=True)
+    config = wait_config(tmp_path, mosquitto.port)
     async with running_agent(config):
         emulator.service.create_job(
             "late-1", [THING], windowed_download(url, target), presigned_expires_in_sec=3600
@@ -146,7 +155,7 @@ async def test_a_wait_taken_up_again_after_a_restart_also_resumes_with_fresh_url
     document fetched again: no renewal by the handler, one request, the right digest."""
     url = s3.put("/fw/app.bin", PAYLOAD.data)
     target = tmp_path / "app.bin"
-    config = agent_config(tmp_path, mosquitto.port, allow_http_downloads=True)
+    config = wait_config(tmp_path, mosquitto.port)
     async with running_agent(config):
         emulator.service.create_job(
             "late-3", [THING], windowed_download(url, target), presigned_expires_in_sec=3600

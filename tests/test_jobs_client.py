@@ -351,7 +351,11 @@ async def test_throttled_twice_then_accepted(client: JobsClient, service: Servic
 async def test_throttled_until_deadline_raises_the_rejection(
     device: LocalTransport, service: Service
 ) -> None:
-    jobs = JobsClient(device, THING, request_timeout=0.5, retry_min=0.05, retry_max=0.1)
+    """A fixed 1 s backoff in a 1.5 s budget: the first refusal is retried (1 s left), the
+    second one's backoff would cross the deadline, so the refusal is raised. Each reply has
+    0.5 s of slack: a short budget with short backoffs would start an attempt so close to the
+    deadline that a loaded machine answers it after the deadline (a RequestTimeout instead)."""
+    jobs = JobsClient(device, THING, request_timeout=1.5, retry_min=1.0, retry_max=1.0)
     await jobs.start()
     try:
         task = asyncio.create_task(jobs.get_pending())
