@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs_agent.sim.fleet import TERMINAL, Fleet, FleetOptions, peak_rss_mb
+from jobs_agent.sim.fleet import Fleet, FleetOptions, peak_rss_mb
+from jobs_agent.sim.fleet_watch import FINAL
 
 STOP_GRACE_SECONDS = 45.0
 """How long a worker has to close its devices after SIGTERM before it is killed: longer than
@@ -90,21 +91,30 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
         await fleet.start(timeout=60.0)
         requests_at_start = fleet.requests()
         _write({"event": "connected", "devices": len(fleet.devices)})
-        last: Counter[str] | None = None
+        last: tuple[Counter[str], int, int, int] | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             counts = _counts(fleet, job_id)
-            if counts != last:
-                last = counts
+            # Requests and surplus replies too: the parent's watchdog reads signs of life in them.
+            now = (
+                counts,
+                fleet.requests() - requests_at_start,
+                fleet.surplus_replies(),
+                fleet.busy(),
+            )
+            if now != last:
+                last = now
                 _write(
                     {
                         "event": "progress",
                         "outcomes": dict(counts),
-                        "requests": fleet.requests() - requests_at_start,
+                        "requests": now[1],
+                        "surplus_replies": now[2],
+                        "busy": now[3],
                     }
                 )
-            done = sum(n for status, n in counts.items() if status in TERMINAL)
+            done = sum(n for status, n in counts.items() if status in FINAL)
             if job_id is not None and done >= len(fleet.devices):
                 break
             if stop.is_set() or loop.time() > deadline:
@@ -118,6 +128,8 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
                 "event": "done",
                 "outcomes": dict(counts),
                 "requests": fleet.requests() - requests_at_start,
+                "surplus_replies": fleet.surplus_replies(),
+                "busy": fleet.busy(),
                 "peak_rss_mb": peak_rss_mb(),
                 "threads": threading.active_count(),
             }
@@ -145,6 +157,8 @@ class Worker:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: Counter[str] = field(default_factory=Counter)
     requests: int = 0
+    surplus_replies: int = 0
+    busy: int = 0
     peak_rss_mb: float = 0.0
     threads: int = 0
     done: bool = False
@@ -189,6 +203,8 @@ class FleetWorkers:
                     continue
                 worker.outcomes = Counter(message["outcomes"])
                 worker.requests = int(message["requests"])
+                worker.surplus_replies = int(message["surplus_replies"])
+                worker.busy = int(message["busy"])
                 if event == "done":
                     worker.peak_rss_mb = float(message["peak_rss_mb"])
                     worker.threads = int(message["threads"])
@@ -238,6 +254,12 @@ class FleetWorkers:
 
     def requests(self) -> int:
         return sum(w.requests for w in self.workers)
+
+    def surplus_replies(self) -> int:
+        return sum(w.surplus_replies for w in self.workers)
+
+    def busy(self) -> int:
+        return sum(w.busy for w in self.workers)
 
     def peak_rss_mb(self) -> float:
         """The workers' peaks and the parent's, added up (the fleet's memory, not one process's)."""
@@ -306,6 +328,12 @@ class SpreadFleet:
 
     def requests(self) -> int:
         return self._workers.requests()
+
+    def surplus_replies(self) -> int:
+        return self._workers.surplus_replies()
+
+    def busy(self) -> int:
+        return self._workers.busy()
 
     def failure(self) -> str | None:
         return self._workers.failure
