@@ -8,6 +8,7 @@ command for the second), real script handlers and SQLite stores on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -301,7 +302,10 @@ async def test_a_device_holds_three_descriptors(
         *("--handler-dir", str(tmp_path)),
     )
     try:
-        targets = [os.readlink(f) for f in Path(f"/proc/{process.pid}/fd").iterdir()]
+        targets = []
+        for fd in Path(f"/proc/{process.pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed since the listing
+                targets.append(os.readlink(fd))
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.communicate(), 60)

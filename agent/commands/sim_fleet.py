@@ -43,6 +43,11 @@ def register_fleet(sim: Any) -> None:
   # 10,000 devices over 2 worker processes (one event loop per core)
   jobs-agent sim fleet --things 10000 --processes 2
 
+One Jobs service per broker: a second one (a `sim serve` left running) answers every request
+too; the fleet sees the extra replies and stops, saying so. Unanswered requests (a broker past
+its max_queued_messages drops what is queued for the emulator) are reported; a rollout in which
+nothing moves for --stall-timeout seconds stops with what the devices and the service hold.
+
 Each device holds 3 file descriptors (its socket, its database and its WAL); the soft limit is
 raised to the hard one (ulimit -Hn) and a fleet too big for one process is refused with how many
 fit: use --processes.
@@ -134,8 +139,8 @@ def _run_arguments(fleet: Any) -> None:
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="stop, saying what is missing, when no device made a Jobs request or reported for "
-        "this long (default 120; 0: never)",
+        help="stop, saying what is missing, when no device made a Jobs request, reported or ran "
+        "a job for this long (default 120, above the devices' 30 s request timeout; 0: never)",
     )
     fleet.add_argument(
         "--progress-interval",
@@ -330,6 +335,10 @@ async def _roll_out(
     problem = fleet.failure() or problem
     if problem is not None:
         out(f"stopped: {problem}")
+    if fleet.unanswered():
+        from jobs_agent.sim.fleet_watch import unanswered_warning
+
+        out(unanswered_warning(fleet.unanswered()))
     summary = _summary(args, fleet, emulator, job_id, counts, requests_before)
     summary.update(
         problem=problem,
@@ -433,6 +442,7 @@ def _summary(
         "things": args.things,
         "outcomes": dict(counts),
         "requests": fleet.requests() - requests_before,
+        "unanswered_requests": fleet.unanswered(),
         "emulator_requests": service_requests,
         "peak_rss_mb": fleet.peak_rss_mb(),
         "threads": fleet.threads(),

@@ -245,6 +245,11 @@ class Fleet:
         """Replies beyond one per request (`fleet_watch.surplus_replies`): a second service."""
         return sum(surplus_replies(d.device.client.stats) for d in self.devices)
 
+    def unanswered(self) -> int:
+        """Request attempts the devices gave up waiting for (and asked again): lost messages,
+        or a service too far behind."""
+        return sum(d.device.client.stats.timeouts for d in self.devices)
+
     def busy(self) -> int:
         """Devices at work on a job (running, deferring, awaiting a reboot): not stalled."""
         return sum(1 for d in self.devices if d.device.engine.status.state in BUSY_STATES)

@@ -79,6 +79,16 @@ def foreign_service(surplus: int) -> str:
     )
 
 
+def unanswered_warning(attempts: int) -> str:
+    return (
+        f"warning: {attempts} Jobs requests went unanswered within the devices' request"
+        " timeout and were asked again: messages were lost or the emulator fell behind (a"
+        " broker drops QoS 1 messages queued for the emulator past its max_queued_messages:"
+        " mosquitto logs 'Outgoing messages are being dropped'; give the fleet's broker"
+        " max_queued_messages 0)"
+    )
+
+
 def stalled(
     seconds: float,
     things: int,
@@ -158,4 +168,5 @@ __all__ = [
     "service_view",
     "stalled",
     "surplus_replies",
+    "unanswered_warning",
 ]
