@@ -8,11 +8,13 @@ command for the second), real script handlers and SQLite stores on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -21,6 +23,13 @@ import pytest
 from jobs_agent.config import ConnectionConfig
 from jobs_agent.emulator import ExecutionStatus
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.sim.fleet_watch import (
+    ENDED_BY_SERVICE,
+    NOT_REPORTED,
+    Watchdog,
+    final_of,
+    stalled,
+)
 from jobs_agent.sim.fleet_workers import shares
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
@@ -293,7 +302,10 @@ async def test_a_device_holds_three_descriptors(
         *("--handler-dir", str(tmp_path)),
     )
     try:
-        targets = [os.readlink(f) for f in Path(f"/proc/{process.pid}/fd").iterdir()]
+        targets = []
+        for fd in Path(f"/proc/{process.pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed since the listing
+                targets.append(os.readlink(fd))
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.communicate(), 60)
@@ -315,3 +327,72 @@ async def test_a_fleet_too_big_for_the_descriptor_limit_is_refused_with_what_fit
 def test_shares_cover_every_thing_once() -> None:
     assert shares(10, 3) == [range(1, 5), range(5, 8), range(8, 11)]
     assert shares(2, 2) == [range(1, 2), range(2, 3)]
+
+
+async def test_a_second_jobs_service_on_the_broker_is_named_instead_of_waited_out(
+    fresh_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Issue 18's `--processes 2` fault: a `sim serve` left running on the fleet's broker
+    answers every device request too, without knowing the job (nothing pending; the final
+    UpdateJobExecution ResourceNotFound), and the rollout hung until its timeout. Real parts: a
+    private mosquitto, the second service a real emulator, the fleet the real command."""
+    config = ConnectionConfig(
+        transport="paho", endpoint=fresh_mosquitto.host, port=fresh_mosquitto.port, tls=False
+    )
+    stray = Emulator(PahoTransport(config, "stray-sim-serve"), tick_seconds=None, http_port=0)
+    await stray.start(connect_timeout=10)
+    process = await asyncio.create_subprocess_exec(
+        *JOBS_AGENT,
+        *("sim", "fleet", "--things", str(THINGS), "--processes", "2"),
+        *("--broker-port", str(fresh_mosquitto.port), "--state-dir", str(tmp_path / "state")),
+        *("--timeout", "600", "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 90)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await stray.stop()
+
+    assert process.returncode == 1, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["finished"] is False
+    assert "another Jobs service answers on this broker" in summary["problem"]
+    assert b"stopped: the devices received" in stderr
+
+
+def test_the_watchdog_tells_a_stall_from_a_long_job() -> None:
+    """Pure bookkeeping (`sim.fleet_watch.Watchdog`), driven with explicit times."""
+    counts: Counter[str] = Counter(SUCCEEDED=3)
+    busy = 0
+    watchdog = Watchdog(stall_seconds=120, now=0.0)
+    assert watchdog.check(counts, 10, 0, lambda: busy, now=0.0) is None
+    assert watchdog.check(counts, 10, 0, lambda: busy, now=119.0) is None
+    busy = 1  # a handler running for minutes makes no requests: no stall
+    assert watchdog.check(counts, 10, 0, lambda: busy, now=121.0) is None
+    busy = 0
+    assert watchdog.check(counts, 10, 0, lambda: busy, now=200.0) is None  # quiet since 121
+    assert watchdog.check(counts, 10, 0, lambda: busy, now=241.0) == "stalled"
+    assert watchdog.check(counts, 11, 0, lambda: busy, now=242.0) is None  # a request: alive
+    assert "another Jobs service" in (watchdog.check(counts, 11, 2, lambda: 0, now=243.0) or "")
+    assert Watchdog(0, 0.0).check(counts, 1, 0, lambda: 0, now=1e9) is None  # 0: never
+
+
+def test_a_device_note_is_final_when_the_device_reports_nothing_more() -> None:
+    assert final_of("SUCCEEDED") == "SUCCEEDED"
+    assert final_of("not reported: service answered ResourceNotFound (execution is gone)") == (
+        NOT_REPORTED
+    )
+    assert final_of("ended by the service (CANCELED)") == ENDED_BY_SERVICE
+    assert final_of("cancelled: the job was cancelled") == ENDED_BY_SERVICE
+    assert final_of("ended by the service (CANCELED); carried on") is None
+    assert final_of("IN_PROGRESS") is None
+
+
+def test_a_stall_report_names_what_the_service_still_holds() -> None:
+    text = stalled(120.0, 10, Counter(SUCCEEDED=7), {"QUEUED": 3, "SUCCEEDED": 7})
+    assert "3 of 10 devices never reported the job" in text
+    assert "the service has QUEUED 3, SUCCEEDED 7" in text and "max_queued_messages" in text

@@ -43,6 +43,11 @@ def register_fleet(sim: Any) -> None:
   # 10,000 devices over 2 worker processes (one event loop per core)
   jobs-agent sim fleet --things 10000 --processes 2
 
+One Jobs service per broker: a second one (a `sim serve` left running) answers every request
+too; the fleet sees the extra replies and stops, saying so. Unanswered requests (a broker past
+its max_queued_messages drops what is queued for the emulator) are reported; a rollout in which
+nothing moves for --stall-timeout seconds stops with what the devices and the service hold.
+
 Each device holds 3 file descriptors (its socket, its database and its WAL); the soft limit is
 raised to the hard one (ulimit -Hn) and a fleet too big for one process is refused with how many
 fit: use --processes.
@@ -130,6 +135,14 @@ def _run_arguments(fleet: Any) -> None:
         help="connections set up at once (default 64)",
     )
     fleet.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="stop, saying what is missing, when no device made a Jobs request, reported or ran "
+        "a job for this long (default 120, above the devices' 30 s request timeout; 0: never)",
+    )
+    fleet.add_argument(
         "--progress-interval",
         type=float,
         default=1.0,
@@ -155,6 +168,8 @@ def _fleet(args: argparse.Namespace) -> int:
     share = worker_share(args)
     if args.timeout <= 0 or args.progress_interval < 0 or args.connect_concurrency < 1:
         raise UsageError("--timeout and --connect-concurrency must be positive")
+    if args.stall_timeout < 0:
+        raise UsageError("--stall-timeout must be 0 (never) or positive")
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together")
     if args.no_job and args.document:
@@ -315,12 +330,18 @@ async def _roll_out(
     created = time.monotonic()
     await _create(args, emulator, fleet.thing_names, job_id, document)
     out(f"created job {job_id} for {args.things} things")
-    finished, counts = await _watch(args, fleet, job_id, created, stop)
+    finished, counts, problem = await _watch(args, fleet, emulator, job_id, created, stop)
     rollout = finished if finished is not None else time.monotonic() - created
-    if fleet.failure() is not None:
-        out(f"stopped: {fleet.failure()}")
+    problem = fleet.failure() or problem
+    if problem is not None:
+        out(f"stopped: {problem}")
+    if fleet.unanswered():
+        from jobs_agent.sim.fleet_watch import unanswered_warning
+
+        out(unanswered_warning(fleet.unanswered()))
     summary = _summary(args, fleet, emulator, job_id, counts, requests_before)
     summary.update(
+        problem=problem,
         connect_seconds=round(connected, 3),
         rollout_seconds=round(rollout, 3),
         finished=finished is not None,
@@ -351,21 +372,29 @@ async def _create(
 
 
 async def _watch(
-    args: argparse.Namespace, fleet: Any, job_id: str, created: float, stop: Any
-) -> tuple[float | None, Any]:
-    """Follow the outcomes until every device reported, the timeout, or a stop signal."""
+    args: argparse.Namespace, fleet: Any, emulator: Any, job_id: str, created: float, stop: Any
+) -> tuple[float | None, Any, str | None]:
+    """Follow the outcomes until every device reported, the timeout, a stop signal, or the
+    watchdog's word that the rollout cannot go on (`sim.fleet_watch`): that is the third."""
     import asyncio
     import contextlib
 
-    from jobs_agent.sim.fleet import TERMINAL
+    from jobs_agent.sim.fleet_watch import FINAL, Watchdog
 
     out = _printer(args)
     finished: float | None = None
     counts: Any = {}
     printed = -1.0
+    watchdog = Watchdog(args.stall_timeout, time.monotonic())
     while True:
         counts = fleet.outcomes(job_id)
-        done = sum(n for status, n in counts.items() if status in TERMINAL)
+        done = sum(n for status, n in counts.items() if status in FINAL)
+        problem = watchdog.check(
+            counts, fleet.requests(), fleet.surplus_replies(), fleet.busy, time.monotonic()
+        )
+        if problem is not None and done < args.things:
+            things = fleet.thing_names
+            return None, counts, _explain(problem, watchdog, counts, emulator, job_id, things)
         elapsed = time.monotonic() - created
         if done >= args.things:
             finished = elapsed
@@ -379,10 +408,20 @@ async def _watch(
                 + f" pending {args.things - done}"
             )
         if finished is not None or elapsed > args.timeout or stop.is_set() or fleet.failure():
-            return finished, counts
+            return finished, counts, None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_WATCH_SECONDS):
                 await stop.wait()
+
+
+def _explain(problem: str, watchdog: Any, counts: Any, emulator: Any, job: str, things: Any) -> str:
+    """The watchdog's finding in full: a stall with the service's view when it is here."""
+    from jobs_agent.sim.fleet_watch import service_view, stalled
+
+    if problem != "stalled":
+        return problem
+    view = None if emulator is None else service_view(emulator.service, job, things)
+    return stalled(watchdog.quiet_seconds(time.monotonic()), len(things), counts, view)
 
 
 def _summary(
@@ -403,6 +442,7 @@ def _summary(
         "things": args.things,
         "outcomes": dict(counts),
         "requests": fleet.requests() - requests_before,
+        "unanswered_requests": fleet.unanswered(),
         "emulator_requests": service_requests,
         "peak_rss_mb": fleet.peak_rss_mb(),
         "threads": fleet.threads(),

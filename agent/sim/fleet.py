@@ -33,15 +33,14 @@ from jobs_agent.config import AgentConfig, JobsConfig
 from jobs_agent.device import STATE_DATABASE, Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
 from jobs_agent.engine.store import Store
+from jobs_agent.sim.fleet_watch import BUSY_STATES, final_of, surplus_replies
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import PahoTransport
-from jobs_agent.vocabulary import TERMINAL_STATUSES
 
 log = structlog.get_logger("jobs_agent.sim.fleet")
 
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
-TERMINAL = frozenset(str(status) for status in TERMINAL_STATUSES)
 DESCRIPTORS_PER_THING = 3
 """Open per simulated device: its MQTT socket, its state database and the database's WAL."""
 DESCRIPTORS_RESERVED = 256
@@ -205,7 +204,8 @@ class Fleet:
             device.task = asyncio.create_task(device.device.engine.run(), name=device.thing_name)
 
     def outcomes(self, job_id: str) -> Counter[str]:
-        """What the devices reported for `job_id` so far (status -> devices).
+        """What the devices reported for `job_id` so far (status -> devices; an outcome the
+        service refused counts as `NOT_REPORTED`, final too).
 
         Called every few tens of milliseconds while a rollout runs, on the devices' own loop:
         a device that reported a terminal status is counted from then on without being looked
@@ -217,11 +217,10 @@ class Fleet:
         working: list[Member] = []
         for member in watch.working:
             final = None
-            for key, status in member.device.engine.outcomes.items():
+            for key, note in member.device.engine.outcomes.items():
                 if key.job_id == job_id:
-                    if status in TERMINAL:
-                        final = status
-                    else:
+                    final = final_of(note)
+                    if final is None:
                         counts["other"] += 1
             if final is None:
                 working.append(member)
@@ -241,6 +240,19 @@ class Fleet:
     def requests(self) -> int:
         """Jobs API requests the devices made (each one answered by the service)."""
         return sum(d.device.client.stats.requests for d in self.devices)
+
+    def surplus_replies(self) -> int:
+        """Replies beyond one per request (`fleet_watch.surplus_replies`): a second service."""
+        return sum(surplus_replies(d.device.client.stats) for d in self.devices)
+
+    def unanswered(self) -> int:
+        """Request attempts the devices gave up waiting for (and asked again): lost messages,
+        or a service too far behind."""
+        return sum(d.device.client.stats.timeouts for d in self.devices)
+
+    def busy(self) -> int:
+        """Devices at work on a job (running, deferring, awaiting a reboot): not stalled."""
+        return sum(1 for d in self.devices if d.device.engine.status.state in BUSY_STATES)
 
     def connected(self) -> int:
         return len(self.devices)

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs_agent.sim.fleet import TERMINAL, Fleet, FleetOptions, peak_rss_mb
+from jobs_agent.sim.fleet import Fleet, FleetOptions, peak_rss_mb
+from jobs_agent.sim.fleet_watch import FINAL
 
 STOP_GRACE_SECONDS = 45.0
 """How long a worker has to close its devices after SIGTERM before it is killed: longer than
@@ -81,6 +82,18 @@ async def _stdin_closed() -> None:
         transport.close()
 
 
+def _report(fleet: Fleet, job_id: str | None, requests_at_start: int) -> dict[str, Any]:
+    """What a worker tells the parent: outcomes, and the signs of life the parent's watchdog
+    reads (requests, surplus replies, busy devices, unanswered requests)."""
+    return {
+        "outcomes": dict(_counts(fleet, job_id)),
+        "requests": fleet.requests() - requests_at_start,
+        "surplus_replies": fleet.surplus_replies(),
+        "busy": fleet.busy(),
+        "unanswered": fleet.unanswered(),
+    }
+
+
 async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asyncio.Event) -> int:
     """Start this share of the fleet and report on stdout until its devices all reported
     `job_id` (or, without one, until stopped). 0: every device of the share SUCCEEDED."""
@@ -90,21 +103,15 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
         await fleet.start(timeout=60.0)
         requests_at_start = fleet.requests()
         _write({"event": "connected", "devices": len(fleet.devices)})
-        last: Counter[str] | None = None
+        last: dict[str, Any] | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            counts = _counts(fleet, job_id)
-            if counts != last:
-                last = counts
-                _write(
-                    {
-                        "event": "progress",
-                        "outcomes": dict(counts),
-                        "requests": fleet.requests() - requests_at_start,
-                    }
-                )
-            done = sum(n for status, n in counts.items() if status in TERMINAL)
+            report = _report(fleet, job_id, requests_at_start)
+            if report != last:
+                last = report
+                _write({"event": "progress", **report})
+            done = sum(n for status, n in report["outcomes"].items() if status in FINAL)
             if job_id is not None and done >= len(fleet.devices):
                 break
             if stop.is_set() or loop.time() > deadline:
@@ -112,19 +119,18 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REPORT_SECONDS):
                     await stop.wait()
-        counts = _counts(fleet, job_id)
+        report = _report(fleet, job_id, requests_at_start)
         _write(
             {
                 "event": "done",
-                "outcomes": dict(counts),
-                "requests": fleet.requests() - requests_at_start,
+                **report,
                 "peak_rss_mb": peak_rss_mb(),
                 "threads": threading.active_count(),
             }
         )
         if job_id is None:
             return 0
-        return 0 if counts.get("SUCCEEDED", 0) == len(fleet.devices) else 1
+        return 0 if report["outcomes"].get("SUCCEEDED", 0) == len(fleet.devices) else 1
     finally:
         lifeline.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -145,6 +151,9 @@ class Worker:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: Counter[str] = field(default_factory=Counter)
     requests: int = 0
+    surplus_replies: int = 0
+    busy: int = 0
+    unanswered: int = 0
     peak_rss_mb: float = 0.0
     threads: int = 0
     done: bool = False
@@ -189,6 +198,9 @@ class FleetWorkers:
                     continue
                 worker.outcomes = Counter(message["outcomes"])
                 worker.requests = int(message["requests"])
+                worker.surplus_replies = int(message["surplus_replies"])
+                worker.busy = int(message["busy"])
+                worker.unanswered = int(message["unanswered"])
                 if event == "done":
                     worker.peak_rss_mb = float(message["peak_rss_mb"])
                     worker.threads = int(message["threads"])
@@ -238,6 +250,15 @@ class FleetWorkers:
 
     def requests(self) -> int:
         return sum(w.requests for w in self.workers)
+
+    def surplus_replies(self) -> int:
+        return sum(w.surplus_replies for w in self.workers)
+
+    def busy(self) -> int:
+        return sum(w.busy for w in self.workers)
+
+    def unanswered(self) -> int:
+        return sum(w.unanswered for w in self.workers)
 
     def peak_rss_mb(self) -> float:
         """The workers' peaks and the parent's, added up (the fleet's memory, not one process's)."""
@@ -306,6 +327,15 @@ class SpreadFleet:
 
     def requests(self) -> int:
         return self._workers.requests()
+
+    def surplus_replies(self) -> int:
+        return self._workers.surplus_replies()
+
+    def busy(self) -> int:
+        return self._workers.busy()
+
+    def unanswered(self) -> int:
+        return self._workers.unanswered()
 
     def failure(self) -> str | None:
         return self._workers.failure
