@@ -46,12 +46,12 @@ ISSUE_18 = [
     Goal("emulator CPU per job <= 1.5 ms (paho plugin drain)", "drain", "paho-plugin-emulator-cpu"),
     Goal(
         "sim fleet: 2,000 and 5,000 things, time per thing no worse than at 1,000",
-        elsewhere="`sim fleet` scaling: not measured here (the fleet simulator moves with the"
-        " restructuring, issue 14)",
+        elsewhere="one size per run: `BENCH_FLEET_THINGS=N python -m benchmarks fleet` (its own"
+        " section of RESULTS.md)",
     ),
     Goal(
         "sim fleet --processes N: 10,000 things in <= 60 s on 2 cores",
-        elsewhere="as above",
+        elsewhere="`BENCH_FLEET_THINGS=10000 BENCH_FLEET_PROCESSES=N python -m benchmarks fleet`",
     ),
     Goal("resident memory after start-up <= 29 MB (paho)", "startup", "rss-paho"),
     Goal("resident memory after start-up <= 35 MB (awscrt)", "startup", "rss-awscrt"),
