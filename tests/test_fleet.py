@@ -23,6 +23,7 @@ import pytest
 from jobs_agent.config import ConnectionConfig
 from jobs_agent.emulator import ExecutionStatus
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.sim.fleet import DESCRIPTORS_PER_THING
 from jobs_agent.sim.fleet_watch import (
     ENDED_BY_SERVICE,
     NOT_REPORTED,
@@ -33,6 +34,7 @@ from jobs_agent.sim.fleet_watch import (
 from jobs_agent.sim.fleet_workers import shares
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
+from tests.harness import wait_until
 
 THINGS = 20
 JOBS_AGENT = [sys.executable, "-m", "jobs_agent"]
@@ -290,11 +292,12 @@ async def test_a_worker_that_dies_fails_the_fleet(
     assert not [w for w in workers if _running(w)]
 
 
-async def test_a_device_holds_three_descriptors(
+async def test_a_device_holds_the_descriptors_the_limit_check_counts(
     mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
 ) -> None:
-    """Its socket, its database and the WAL: no shared-memory file (exclusive locking), which
-    is what lets 5,000 things fit in one process under a 20,000 descriptor limit."""
+    """Its socket, its database, the WAL and the start-next marker: no shared-memory file
+    (exclusive locking). The limit check counts `DESCRIPTORS_PER_THING`: a count below what a
+    device holds let a 10,000-thing fleet over 2 processes run out of descriptors mid-rollout."""
     things = 10
     process = await _serving_fleet(
         *("--things", str(things), "--prefix", f"f{uuid.uuid4().hex[:6]}-"),
@@ -302,6 +305,12 @@ async def test_a_device_holds_three_descriptors(
         *("--handler-dir", str(tmp_path)),
     )
     try:
+        # Every device has asked for its first execution (the store made its marker then).
+        await wait_until(
+            lambda: len(list((tmp_path / "state").glob("*/state.db.taking"))) == things,
+            30,
+            "every device's start-next marker",
+        )
         targets = []
         for fd in Path(f"/proc/{process.pid}/fd").iterdir():
             with contextlib.suppress(FileNotFoundError):  # closed since the listing
@@ -314,6 +323,8 @@ async def test_a_device_holds_three_descriptors(
     assert sum(t.endswith("/state.db-wal") for t in targets) == things
     assert not [t for t in targets if t.endswith("-shm")]
     assert sum(t.startswith("socket:") for t in targets) <= things + 4
+    state_files = [t for t in targets if t.startswith(str(tmp_path / "state"))]
+    assert len(state_files) <= things * (DESCRIPTORS_PER_THING - 1), state_files
 
 
 async def test_a_fleet_too_big_for_the_descriptor_limit_is_refused_with_what_fits(

@@ -9,9 +9,10 @@ per connection: a thousand devices are a thousand sockets on one event loop, and
 share one writer thread.
 
 File descriptors bound a fleet's size: each device holds `DESCRIPTORS_PER_THING` (its socket,
-its database and the database's WAL; the stores use SQLite's exclusive locking mode, so there is
-no shared-memory file). `raise_descriptor_limit` lifts the soft limit to the hard one and says
-how many things fit; `sim fleet --processes N` spreads larger fleets over N processes.
+its database, the database's WAL and the start-next marker the store keeps open; the stores
+use SQLite's exclusive locking mode, so there is no shared-memory file). `raise_descriptor_limit`
+lifts the soft limit to the hard one and says how many things fit; `sim fleet --processes N`
+spreads larger fleets over N processes.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ log = structlog.get_logger("jobs_agent.sim.fleet")
 
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
-DESCRIPTORS_PER_THING = 3
-"""Open per simulated device: its MQTT socket, its state database and the database's WAL."""
+DESCRIPTORS_PER_THING = 4
+"""Open per simulated device: its MQTT socket, its state database, the database's WAL and the
+start-next marker (`state.db.taking`, kept open by the store once it has taken a job)."""
 DESCRIPTORS_RESERVED = 256
 """For everything else in a fleet process: the emulator, standard streams, logs, scripts' pipes."""
 
