@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Concatenate, Generic, ParamSpec, TypeVar
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -29,17 +29,6 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-async def first_of(future: asyncio.Future[Any], other: Awaitable[Any], timeout: float) -> None:
-    """Wait until `future` is done, `other` completes, or `timeout` passes; never raises."""
-    other_task = asyncio.ensure_future(other)
-    try:
-        await asyncio.wait(
-            {future, other_task}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        other_task.cancel()
 
 
 class Threaded(Generic[T]):
