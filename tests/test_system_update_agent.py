@@ -352,7 +352,10 @@ async def test_an_update_is_committed_once_the_new_system_is_healthy(
     assert device.boot_state()["slots"]["B"]["state"] == "good"
     assert device.attempts == ["A", "B"]
     assert terminal_statuses(emulator, "ab-ok") == ["SUCCEEDED"]
-    assert _in_order(["download", "install", "reboot", "verify", "commit"], gateway, "ab-ok")
+    # verify with no health checks configured ends at once: its progress report is coalesced
+    # into commit's (as `_in_order` allows for short phases); commit is only reachable through
+    # verify (phases.TRANSITIONS, enforced when written).
+    assert _in_order(["download", "install", "reboot", "commit"], gateway, "ab-ok")
 
 
 async def test_the_bundle_can_come_from_a_stream_over_mqtt(
