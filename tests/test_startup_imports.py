@@ -130,6 +130,8 @@ NOT_AT_START = {
     "jobs_agent_handlers.system_update.health",
     "jobs_agent.consent.server",
     "jobs_agent.consent.decisions",
+    "jobs_agent.consent.document",
+    "jobs_agent.dispatch.agent_fields",
     "jobs_agent.schedule.cron",
     "zoneinfo",
     # The other commands, the emulator, and what only an error message needs.

@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from jobs_agent.consent.document import consent_requirement
-from jobs_agent.dispatch.agent_fields import MAX_DEFERRAL_KEY, max_deferral_minutes
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
@@ -132,6 +130,8 @@ class Deferrals:
     def gate(self, document: Mapping[str, Any]) -> Request | Outcome | None:
         """Before anything of the job runs: consent first (so that the person's answer is not
         held up by the window), then the window. None: run now."""
+        from jobs_agent.consent.document import consent_requirement  # at a job, not at start
+
         required = consent_requirement(document)
         if required is not None:
             if self.consent is None:
@@ -204,6 +204,8 @@ class Deferrals:
     ) -> str | None:
         """Why the total deferral is too long (None: it is not): the device's limit, or the
         job's own when it names a lower one."""
+        from jobs_agent.dispatch.agent_fields import MAX_DEFERRAL_KEY, max_deferral_minutes
+
         limit, source = self._shared.settings.max_deferral_minutes, "jobs.max_deferral_minutes"
         with contextlib.suppress(JobRejected):  # checked when the document was resolved
             own = max_deferral_minutes(document)
@@ -322,6 +324,8 @@ class Deferrals:
         return record
 
     def _ask(self, record: ExecutionRecord, document: Mapping[str, Any]) -> asyncio.Future[Any]:
+        from jobs_agent.consent.document import consent_requirement
+
         assert self.consent is not None
         required = consent_requirement(document)
         prompt = required.prompt if required is not None else ""
