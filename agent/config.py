@@ -88,6 +88,8 @@ _HANDLER_ENVIRONMENT = re.compile(
 
 @dataclass(frozen=True)
 class JobsConfig:
+    """The `jobs:` section: how jobs are taken, run and reported."""
+
     namespaces: tuple[str, ...] = option(
         (), list_of(pattern(NAMESPACE_RE, "a namespace of [a-zA-Z0-9_-]"))
     )
@@ -161,6 +163,8 @@ class JobsConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """The `log:` section: how much the agent logs, and where."""
+
     level: str = option("info", choice(*LOG_LEVELS))
     format: str = option("auto", choice(*LOG_FORMATS))
     """auto: console on a terminal, journald under systemd (JOURNAL_STREAM), else JSON lines."""
@@ -170,6 +174,8 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """The whole configuration file, validated: each section as its owner declares it."""
+
     thing_name: str = option("", pattern(THING_NAME_RE, "1 to 128 characters of [a-zA-Z0-9:_-]"))
     connection: TransportOptions = field(default_factory=AwscrtOptions)
     jobs: JobsConfig = field(default_factory=JobsConfig)

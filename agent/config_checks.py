@@ -23,6 +23,8 @@ from jobs_agent.transport.options import MqttOptions, PahoOptions
 
 @dataclass
 class Findings:
+    """What the environment checks found, split by whether it breaks the agent or only warns."""
+
     errors: list[str] = field(default_factory=list)
     """Problems that make jobs or the connection fail: name the key and the file."""
     warnings: list[str] = field(default_factory=list)

@@ -39,6 +39,8 @@ STATE_DATABASE = "state.db"
 
 @dataclass
 class Device:
+    """The parts a running agent is made of, built once from the configuration."""
+
     config: AgentConfig
     transport: Transport
     link: SharedLink

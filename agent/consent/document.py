@@ -23,6 +23,8 @@ class ConsentDocumentError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ConsentRequirement:
+    """A job document's request for a person's consent before it runs."""
+
     prompt: str
 
 

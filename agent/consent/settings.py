@@ -29,6 +29,8 @@ class ConsentSettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ConsentSettings:
+    """The `consent:` section: where the consent socket is served and who may answer on it."""
+
     socket: Path = DEFAULT_SOCKET
     allowed_users: tuple[str, ...] = ()
     allowed_groups: tuple[str, ...] = ()

@@ -108,6 +108,8 @@ def group_name(namespace: str | None, job_id: str, execution_number: int) -> str
 
 @dataclass(frozen=True, slots=True)
 class _Proc:
+    """One process as /proc shows it, enough to tell whether a group still holds it."""
+
     pid: int
     ppid: int
     pgrp: int
@@ -301,6 +303,9 @@ def _remove_cgroup(path: Path, timeout: float = 5.0) -> None:
 
 @dataclass
 class CgroupContainment:
+    """Each job in a cgroup of its own below `base`: every process of it is found and killed,
+    whatever session it started."""
+
     base: Path
     previous_bases: tuple[Path, ...] = ()
     kind: str = "cgroup"
@@ -470,6 +475,8 @@ class SubreaperGroup:
 
 @dataclass
 class SubreaperContainment:
+    """Without a delegated cgroup: the agent is the subreaper of what its jobs leave behind."""
+
     kind: str = "subreaper"
 
     def group(self, name: str) -> JobGroup:

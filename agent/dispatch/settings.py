@@ -19,6 +19,8 @@ ANY_USER = "*"
 
 @dataclass(frozen=True)
 class DispatchSettings:
+    """What the dispatcher reads of the configuration, and nothing else of it."""
+
     thing_name: str = ""
     """What a signature's `thingName` claim is held against."""
     state_dir: Path = Path("/var/lib/jobs-agent")

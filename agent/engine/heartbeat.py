@@ -27,6 +27,8 @@ _POLL_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """The heartbeat file's content: `jobs-agent status` tells from it whether the agent lives."""
+
     pid: int
     started_at: float
     heartbeat_at: float

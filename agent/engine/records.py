@@ -76,6 +76,8 @@ agent gets them on open (`ALTER TABLE ... ADD COLUMN`), so an upgrade keeps its 
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
+    """What the state database holds of one execution: enough to resume it after a crash."""
+
     key: ExecutionRef
     state: ExecutionState
     document: dict[str, Any]
@@ -128,6 +130,8 @@ class PackageRow:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
+    """A status update kept until the service accepts it, so that none is lost."""
+
     id: int
     key: ExecutionRef
     status: JobExecutionStatus

@@ -25,6 +25,8 @@ ENDED_BY_SERVICE = "stopped on the device after the service ended it; not run ag
 
 @dataclass(frozen=True)
 class Limits:
+    """The bounds recovery applies to executions an earlier agent left unfinished."""
+
     max_agent_restarts: int
     """A resumable job whose agent restarted more often than this is FAILED (boot-loop guard)."""
 

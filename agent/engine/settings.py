@@ -16,6 +16,8 @@ from jobs_agent.vocabulary import STEP_TIMEOUT_MAX
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """What the engine reads of the configuration, and nothing else of it."""
+
     thing_name: str = ""
     state_dir: Path = Path("/var/lib/jobs-agent")
     """The state database, job directories, output logs and crash markers live below it."""

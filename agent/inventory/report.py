@@ -52,6 +52,8 @@ ATTEMPTS = 3
 
 @dataclass(frozen=True, slots=True)
 class ReportPlan:
+    """What one inventory report will write to the `$package` shadow."""
+
     patch: dict[str, Any]
     """The `reported` section to send: package -> `{"version", "attributes"}` or None."""
     omitted: tuple[str, ...]
@@ -62,6 +64,8 @@ class ReportPlan:
 
 @dataclass(frozen=True, slots=True)
 class ReportResult:
+    """What one inventory report wrote, and the shadow's version after it."""
+
     sent: dict[str, Any]
     """What was written (empty: the shadow already said it all)."""
     omitted: tuple[str, ...]

@@ -24,6 +24,8 @@ KEYS = ("sources", "report_on_start")
 
 @dataclass(frozen=True)
 class InventorySettings:
+    """The `inventory:` section: where the software inventory is read and whether it is reported."""
+
     sources: tuple[InventorySource, ...] = ()
     """Where the device learns what is installed, after the agent's own record of its jobs."""
     report_on_start: bool = True

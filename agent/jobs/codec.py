@@ -31,6 +31,8 @@ def _same(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Wire:
+    """How one model field is named, read and written on the wire."""
+
     key: str
     read: Reader
     write: Writer = _same

@@ -78,6 +78,8 @@ JobsEvent = JobExecutionsChanged | NextJobExecutionChanged | Resync
 
 @dataclass(frozen=True, slots=True)
 class PendingJobs:
+    """The executions a `notify` event lists, by whether they already started."""
+
     in_progress: tuple[JobExecutionSummary, ...]
     queued: tuple[JobExecutionSummary, ...]
 

@@ -208,6 +208,8 @@ TOKEN = "clientToken"  # noqa: S105 -- a field name
 # -- shared shapes -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class JobExecutionState(WireModel):
+    """An execution's status and version, as the service returns them in replies."""
+
     WHAT: ClassVar[str] = "executionState"
 
     status: JobExecutionStatus = wire("status", *STATUS, required=True)
@@ -217,6 +219,8 @@ class JobExecutionState(WireModel):
 
 @dataclass(frozen=True, slots=True)
 class JobExecutionSummary(WireModel):
+    """One pending execution in a GetPendingJobExecutions reply or a `notify` event."""
+
     WHAT: ClassVar[str] = "JobExecutionSummary"
 
     job_id: str = wire("jobId", _job_id, required=True)
@@ -312,6 +316,8 @@ class ErrorResponse(WireModel):
 
 @dataclass(frozen=True, slots=True)
 class GetPendingReply(WireModel):
+    """The executions in progress and queued for the thing."""
+
     WHAT: ClassVar[str] = "GetPendingJobExecutions reply"
 
     in_progress_jobs: tuple[JobExecutionSummary, ...] = wire(
@@ -368,11 +374,15 @@ class Request(WireModel):
 
 @dataclass(frozen=True, slots=True)
 class GetPendingRequest(Request):
+    """GetPendingJobExecutions: the only field is the client token."""
+
     client_token: str | None = wire(TOKEN, _token)
 
 
 @dataclass(frozen=True, slots=True)
 class StartNextRequest(Request):
+    """StartNextPendingJobExecution: takes the head of the queue and sets it IN_PROGRESS."""
+
     status_details: dict[str, str] | None = wire("statusDetails", _request_details)
     step_timeout_in_minutes: int | None = wire(
         "stepTimeoutInMinutes", _step_timeout(allow_clear=False)
@@ -391,6 +401,8 @@ class DescribeRequest(Request):
 
 @dataclass(frozen=True, slots=True)
 class UpdateRequest(Request):
+    """UpdateJobExecution: the status (and details) the device reports for one execution."""
+
     status: JobExecutionStatus = wire("status", *STATUS, required=True)
     status_details: dict[str, str] | None = wire("statusDetails", _request_details)
     expected_version: int | None = wire("expectedVersion", integer)

@@ -106,6 +106,8 @@ class Opening:
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceWindow:
+    """One recurring window in which a job may start, as AWS IoT Jobs declares one."""
+
     start_time: str
     """The AWS cron expression as given (`cron(30 2 ? * * *)`)."""
     duration_minutes: int

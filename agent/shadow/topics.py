@@ -51,6 +51,8 @@ def reply_filters(thing_name: str, shadow_name: str | None, verb: Verb) -> list[
 
 @dataclass(frozen=True, slots=True)
 class ReplyTopic:
+    """A shadow reply topic, parsed: whose shadow, which operation, accepted or rejected."""
+
     thing_name: str
     shadow_name: str | None
     verb: Verb

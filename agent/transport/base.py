@@ -39,6 +39,8 @@ class NotConnectedError(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One message received on a subscribed topic."""
+
     topic: str
     payload: bytes
 

@@ -53,6 +53,8 @@ class Counters(Protocol):
 
 @dataclass(slots=True)
 class ExchangeStats:
+    """The exchange's own counts, when its client keeps none of its own."""
+
     publishes: int = 0
     """Request messages published, retries and re-publishes included."""
     republishes: int = 0

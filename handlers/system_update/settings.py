@@ -59,6 +59,8 @@ def _slot_map() -> Rule:
 
 @dataclass(frozen=True)
 class SystemUpdateSettings:
+    """The `system_update:` section: the updaters' commands and files, read by the handler only."""
+
     # -- RAUC -------------------------------------------------------------------------------------
     rauc_command: tuple[str, ...] = option(("rauc",), list_of(string(), non_empty=True))
     rauc_dbus_address: str | None = option(None, optional(string()))
