@@ -132,6 +132,9 @@ NOT_AT_START = {
     "jobs_agent.consent.decisions",
     "jobs_agent.consent.document",
     "jobs_agent.dispatch.agent_fields",
+    # The inventory's sources, when `inventory.sources` lists none (the agent's own record is
+    # read through `inventory.reading`).
+    "jobs_agent.inventory.sources",
     "jobs_agent.schedule.cron",
     "zoneinfo",
     # The other commands, the emulator, and what only an error message needs.

@@ -43,7 +43,7 @@ from jobs_agent.engine.shared import EngineStatus as EngineStatus
 from jobs_agent.engine.store import Store, StoreError, StoreLost
 from jobs_agent.engine.supervision import Supervisor
 from jobs_agent.engine.turns import NEW_WORK, Turns
-from jobs_agent.inventory.sources import InventorySource
+from jobs_agent.inventory.reading import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
 from jobs_agent.shadow.client import ShadowClient

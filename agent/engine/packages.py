@@ -41,8 +41,8 @@ from jobs_agent.inventory.model import (
     PackageVersion,
     already_installed,
 )
+from jobs_agent.inventory.reading import InventorySource, read_inventory
 from jobs_agent.inventory.report import report_packages
-from jobs_agent.inventory.sources import InventorySource, read_inventory
 from jobs_agent.shadow.client import ShadowClient
 from jobs_agent.shadow.errors import (
     ShadowError,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs_agent.inventory.model import InventoryError
-from jobs_agent.inventory.sources import InventorySource, sources_from_config
+from jobs_agent.inventory.reading import InventorySource
 
 KEYS = ("sources", "report_on_start")
 
@@ -44,5 +44,10 @@ def inventory_settings(data: Any, where: str = "inventory") -> InventorySettings
     report = data.get("report_on_start", True)
     if not isinstance(report, bool):
         raise InventoryError(f"{where}.report_on_start: expected true or false, got {report!r}")
-    sources = sources_from_config(data.get("sources"), f"{where}.sources")
+    if data.get("sources") is None:
+        return InventorySettings((), report)
+    # The sources' code is loaded only for a configuration that lists some (issue 18).
+    from jobs_agent.inventory.sources import sources_from_config
+
+    sources = sources_from_config(data["sources"], f"{where}.sources")
     return InventorySettings(tuple(sources), report)

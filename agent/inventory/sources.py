@@ -22,50 +22,30 @@ Every source is bounded: 64 KiB of file or output, which is more than an 8 KB sh
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import importlib
 import inspect
-import json
 import os
 import signal
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from jobs_agent.inventory.model import InventoryError, Packages, parse_packages
+
+# The base and the reading, importable from here as they always were.
+from jobs_agent.inventory.reading import MAX_SOURCE_BYTES as MAX_SOURCE_BYTES
+from jobs_agent.inventory.reading import InventoryReading as InventoryReading
+from jobs_agent.inventory.reading import InventorySource as InventorySource
+from jobs_agent.inventory.reading import read_inventory as read_inventory
 from jobs_agent.securefs import UntrustedPath, open_executable, open_trusted
 
-log = structlog.get_logger("jobs_agent.inventory")
-
-MAX_SOURCE_BYTES = 64 * 1024
 DEFAULT_COMMAND_TIMEOUT = 30.0
 COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STDERR_TAIL = 1024
-
-
-class InventorySource(abc.ABC):
-    @abc.abstractmethod
-    def describe(self) -> str:
-        """How the source is named in errors and logs (`file /etc/...`)."""
-
-    @abc.abstractmethod
-    async def read(self) -> Packages:
-        """The packages the source lists; `InventoryError` with the reason otherwise."""
-
-    def _parse(self, data: bytes) -> Packages:
-        if len(data) > MAX_SOURCE_BYTES:
-            raise InventoryError(f"{self.describe()}: more than {MAX_SOURCE_BYTES} bytes")
-        try:
-            value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise InventoryError(f"{self.describe()}: not JSON in UTF-8 ({exc})") from None
-        return parse_packages(value, self.describe())
 
 
 @dataclass(frozen=True)
@@ -206,38 +186,6 @@ class PluginSource(InventorySource):
         except Exception as exc:
             raise InventoryError(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
         return parse_packages(result, self.describe())
-
-
-@dataclass(frozen=True, slots=True)
-class InventoryReading:
-    """The merged packages of every source that could be read, and why the others could not."""
-
-    packages: Packages
-    errors: tuple[str, ...] = ()
-
-
-async def read_inventory(sources: Sequence[InventorySource]) -> InventoryReading:
-    """Read every source in order; a later source's entry replaces an earlier one's. A source
-    that fails is logged and left out (its packages are then unknown, never "removed")."""
-    packages: Packages = {}
-    errors: list[str] = []
-    for source in sources:
-        try:
-            found = await source.read()
-        except InventoryError as exc:
-            log.error("inventory source failed", source=source.describe(), error=str(exc))
-            errors.append(str(exc))
-            continue
-        for name, package in found.items():
-            earlier = packages.get(name)
-            if earlier is not None and earlier != package:
-                log.info(
-                    "inventory source overrides an earlier one",
-                    package=name,
-                    source=source.describe(),
-                )
-            packages[name] = package
-    return InventoryReading(packages, tuple(errors))
 
 
 def sources_from_config(data: Any, where: str = "inventory.sources") -> list[InventorySource]:
