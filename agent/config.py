@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
 
 from jobs_agent.consent.settings import ConsentSettings
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
@@ -225,23 +226,28 @@ _Where = str
 """Where a value came from, as shown to the operator: "line 7" or "environment JOBS_AGENT_X"."""
 
 
-def _located(node: yaml.Node, lines: dict[str, int], path: str) -> Any:
-    """Turn a composed YAML node into plain data, remembering the line of every key."""
+def _located(node: yaml.Node, lines: dict[str, int], path: str, scalars: SafeConstructor) -> Any:
+    """Turn a composed YAML node into plain data, remembering the line of every key.
+
+    A scalar is built by `yaml.safe_load`'s own constructor from the node the composer already
+    resolved, as `safe_load` would build it: serialising each scalar and loading it again would
+    run a whole emitter, scanner and parser per key (issue 18: most of a start's config parse).
+    """
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
+            key = _located(key_node, lines, path, scalars)
             key_path = f"{path}.{key}" if path else str(key)
             lines[key_path] = key_node.start_mark.line + 1
             if key in result:
                 raise ConfigError(
                     f"{key_path}: duplicate key (line {key_node.start_mark.line + 1})"
                 )
-            result[key] = _located(value_node, lines, key_path)
+            result[key] = _located(value_node, lines, key_path, scalars)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_located(item, lines, f"{path}[{i}]") for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+        return [_located(item, lines, f"{path}[{i}]", scalars) for i, item in enumerate(node.value)]
+    return scalars.construct_document(node)
 
 
 def _did_you_mean(key: str, candidates: list[str]) -> str:
@@ -272,7 +278,7 @@ def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, _Wher
         return {}, {}
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
-    data = _located(node, lines, "")
+    data = _located(node, lines, "", SafeConstructor())
     return data, {key: f"line {line}" for key, line in lines.items()}
 
 

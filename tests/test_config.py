@@ -157,3 +157,75 @@ def test_unknown_key_in_a_section_override_is_an_error(tmp_path: Path) -> None:
         ConfigError, match=r'connection\.prot: unknown key \(did you mean "port"\?\)'
     ):
         load_config(path, environ={"JOBS_AGENT_CONNECTION__PROT": "1"})
+
+
+EDGE_SCALARS = """\
+plain: text
+quoted_number: "8883"
+hex: 0x1F
+octal: 0o17
+old_octal: 017
+underscored: 1_000
+yes_is_true: yes
+off_is_false: off
+tilde: ~
+empty:
+infinity: .inf
+float: 6.5e-1
+day: 2001-12-14
+moment: 2001-12-14t21:59:43.10-05:00
+blob: !!binary aGVsbG8=
+forced: !!str 42
+folded: >
+  two
+  lines
+list: [1, "1", one, {inner: [true, null]}]
+anchor: &shared {a: 1}
+alias: *shared
+42: an integer key
+"""
+
+
+def test_the_values_are_what_yaml_safe_load_makes_of_them() -> None:
+    """Scalars are built from the composed nodes (one parse of the file), and come out as
+    `yaml.safe_load` of the same file makes them: every YAML 1.1 form a key may be given in."""
+    import yaml
+
+    from jobs_agent.config import _parse_yaml
+
+    data, where = _parse_yaml(EDGE_SCALARS, "edge.yaml")
+    assert data == yaml.safe_load(EDGE_SCALARS)
+    assert where["42"] == "line 23"
+    assert where["list"] == "line 20"
+
+
+def test_the_file_is_parsed_once_whatever_its_number_of_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: each key and value used to be serialised and loaded again (a YAML emitter, and a
+    scanner and parser per key: most of a start's configuration time); one parse suffices."""
+    import yaml.parser
+
+    parsers = []
+    original = yaml.parser.Parser.__init__
+
+    def counted(self: yaml.parser.Parser) -> None:
+        parsers.append(self)
+        original(self)
+
+    monkeypatch.setattr(yaml.parser.Parser, "__init__", counted)
+    config = load_config(write(tmp_path, GOOD), environ={})
+    assert config.connection.port == 8883
+    assert len(parsers) == 1
+
+
+def test_a_key_left_without_a_value_is_named_not_a_yaml_traceback(tmp_path: Path) -> None:
+    """`state_dir:` with nothing after it is null, as YAML says: an error that names the key and
+    the line where null is not allowed, none where it is (an empty list). The old parse
+    serialised the null and loaded it again, which raised a ParserError out of `load_config`."""
+    path = write(tmp_path, GOOD.replace("state_dir: /var/lib/jobs-agent", "state_dir:"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "state_dir: expected a file system path, got null (line 13)" in str(info.value)
+    path = write(tmp_path, GOOD.replace("  namespaces: [fleet-a]", "  namespaces:"))
+    assert load_config(path, environ={}).jobs.namespaces == ()
