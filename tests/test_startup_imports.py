@@ -135,6 +135,8 @@ NOT_AT_START = {
     # The inventory's sources, when `inventory.sources` lists none (the agent's own record is
     # read through `inventory.reading`).
     "jobs_agent.inventory.sources",
+    # The recovery decision, when there is no record to act on (loaded with the first one).
+    "jobs_agent.engine.recovery",
     "jobs_agent.schedule.cron",
     "zoneinfo",
     # The other commands, the emulator, and what only an error message needs.
@@ -254,7 +256,11 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
         execution = await wait_terminal(emulator, "first", THING)
         assert str(execution.status) == "SUCCEEDED", execution.status_details
         after = await loaded_modules(agent, dump)
-        assert {"jobs_agent.dispatch.router", "jobs_agent.dispatch.process"} <= after
+        assert {
+            "jobs_agent.dispatch.router",
+            "jobs_agent.dispatch.process",
+            "jobs_agent.engine.recovery",
+        } <= after
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
     finally:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
-from jobs_agent.engine.recovery import Settle
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import OutboxEntry, PackageRow, Store, StoreError, StoreLost
 from jobs_agent.jobs.client import JobsClient
@@ -26,6 +25,9 @@ from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
 from jobs_agent_handlers.api import Outcome
+
+if TYPE_CHECKING:
+    from jobs_agent.engine.recovery import Settle
 
 log = structlog.get_logger("jobs_agent.engine")
 

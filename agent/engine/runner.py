@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,7 +26,6 @@ from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
-from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, Wait, recover
 from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
@@ -42,6 +41,9 @@ from jobs_agent_handlers.api import (
     Outcome,
     point_of_no_return,
 )
+
+if TYPE_CHECKING:
+    from jobs_agent.engine.recovery import Action, Run
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -93,6 +95,9 @@ class Runner:
         if self._shared.stopping and record.state is ExecutionState.STARTED:
             bound.info("stopping: the job starts after the restart")
             return
+        # The recovery decision loads with the first record to act on, not at start (issue 18).
+        from jobs_agent.engine.recovery import Limits, recover
+
         limits = Limits(max_agent_restarts=self._shared.settings.max_agent_restarts_per_job)
         # Only a record that has run may need this boot's id (a read of /proc per job else).
         fresh = record.state in (ExecutionState.RECEIVED, ExecutionState.STARTED)
@@ -106,6 +111,8 @@ class Runner:
         document: Mapping[str, Any] | None,
         bound: Any,
     ) -> None:
+        from jobs_agent.engine.recovery import Fail, Resend, Settle, Wait
+
         ref = record.key
         if isinstance(action, Resend):
             bound.info("outcome already decided; re-sending it")
@@ -229,6 +236,8 @@ class Runner:
         *,
         aside: bool,
     ) -> None:
+        from jobs_agent.engine.recovery import Run
+
         ref = record.key
         consented = False
         turns = self._turns if aside else None

@@ -23,7 +23,6 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
-from jobs_agent.engine.recovery import SUSPENDED
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store, StoreError
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
@@ -148,6 +147,8 @@ class Supervisor:
         resumable = bool(record and record.resumable)
         await self._stop_handler(handler_task, running.ctx)
         if resumable:
+            from jobs_agent.engine.recovery import SUSPENDED  # loaded by then (`Runner.process`)
+
             await self._store.call(
                 Store.transition, running.ref, ExecutionState.RUNNING, note=SUSPENDED
             )
