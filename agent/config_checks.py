@@ -117,6 +117,8 @@ def _check_handler_dir(config: AgentConfig, findings: Findings) -> None:
 
 
 def _check_plugins(config: AgentConfig, findings: Findings, *, import_plugins: bool) -> None:
+    if not config.jobs.plugin_path and not import_plugins:
+        return  # nothing to check: the daemon's start then loads no plugin machinery (issue 18)
     from jobs_agent.dispatch.plugins import PluginError, PluginRegistry, add_plugin_path
 
     try:

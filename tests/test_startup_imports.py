@@ -137,6 +137,8 @@ NOT_AT_START = {
     "jobs_agent.inventory.sources",
     # The recovery decision, when there is no record to act on (loaded with the first one).
     "jobs_agent.engine.recovery",
+    # The plugin machinery, when `jobs.plugin_path` names no directory to check at start.
+    "jobs_agent.dispatch.plugins",
     "jobs_agent.schedule.cron",
     "zoneinfo",
     # The other commands, the emulator, and what only an error message needs.
