@@ -48,6 +48,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("jobs_agent.engine")
 
 
+def _run(*, resumed: bool) -> Run:
+    """The recovery decision's `Run`, whose module loads with the first record acted on (issue
+    18): loaded by the time a deferred job runs."""
+    from jobs_agent.engine.recovery import Run
+
+    return Run(resumed=resumed)
+
+
 class Runner:
     def __init__(
         self,
@@ -236,8 +244,6 @@ class Runner:
         *,
         aside: bool,
     ) -> None:
-        from jobs_agent.engine.recovery import Run
-
         ref = record.key
         consented = False
         turns = self._turns if aside else None
@@ -250,7 +256,7 @@ class Runner:
                 record = deferred
                 if consented:
                     await self._deferrals.forget_consent(record)
-            reporter, running = self._prepare(record, document, Run(resumed=True), bound)
+            reporter, running = self._prepare(record, document, _run(resumed=True), bound)
             ready = await self._deferrals.wait(record, document, running, reporter, bound, turns)
             if ready is None:
                 return
@@ -280,7 +286,7 @@ class Runner:
                 if consented:
                     await self._deferrals.forget_consent(record)
                 deferred_again = await self._execute(
-                    record, handler, document, Run(resumed=not fresh), bound
+                    record, handler, document, _run(resumed=not fresh), bound
                 )
                 if deferred_again is None:
                     return
