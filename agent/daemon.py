@@ -140,6 +140,7 @@ class Agent:
             log.error("cannot start", error=str(exc))
             self.notifier.status(f"cannot start: {exc}")
             return 1
+        self._log_findings()
         self._install_signal_handlers()
         heartbeat = asyncio.create_task(self._keep_heartbeat(transport), name="heartbeat")
         try:
@@ -205,10 +206,7 @@ class Agent:
         )
 
     async def _serve(self, device: Device) -> int:
-        """Connect, subscribe, run the engine until it stops. The device's files are checked
-        (`_log_findings`) while the connection is being made: its socket and TLS work run in a
-        thread (or in awscrt's), so on a gateway the checks take nothing from the start, and
-        they are still said before the outcome of the connection (issue 18)."""
+        """Connect, subscribe, run the engine until it stops."""
         config = self.config
         log.info(
             "connecting",
@@ -216,14 +214,7 @@ class Agent:
             endpoint=config.connection.endpoint_name or None,
             thing_name=config.thing_name,
         )
-        connecting = asyncio.create_task(device.transport.connect(timeout=self._connect_timeout))
-        try:
-            await asyncio.sleep(0)  # the connection starts: its blocking part goes to its thread
-            self._log_findings()
-        except BaseException:
-            connecting.cancel()
-            raise
-        if not await self._connect_unless_stopped(connecting):
+        if not await self._connect_unless_stopped(device.transport):
             log.info("stopped before the connection was established")
             return 0
         await device.client.start()
@@ -254,9 +245,10 @@ class Agent:
         for problem in findings.warnings:
             log.warning("configuration warning", problem=problem)
 
-    async def _connect_unless_stopped(self, connecting: asyncio.Task[None]) -> bool:
-        """Wait for `connecting` (which retries with backoff for as long as it takes), unless a
-        stop comes first: a gateway whose broker is unreachable must still stop promptly."""
+    async def _connect_unless_stopped(self, transport: Transport) -> bool:
+        """Connect (retrying with backoff for as long as it takes), unless a stop comes first:
+        a gateway whose broker is unreachable must still stop promptly."""
+        connecting = asyncio.create_task(transport.connect(timeout=self._connect_timeout))
         stopping = asyncio.create_task(self._stop_requested.wait())
         done, _ = await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
