@@ -341,7 +341,9 @@ class Sandbox:
             return None
         launcher = self.launcher if executable.by_name else None
         chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
-        if chained and (problem := interpreter_problem(executable.path, self.search_path)):
+        if chained and (
+            problem := interpreter_problem(executable.path, self.search_path, executable.head)
+        ):
             # What the kernel would refuse is said before anything runs, as the fork path
             # learns it from the failed exec.
             result.spawn_error = f"cannot run {spec.argv[0]}: {problem}"
@@ -423,7 +425,8 @@ class Sandbox:
         the output pipes open and hang the job, or outlive it unnoticed.
         """
         if group.empty():
-            await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
+            if not all(output.done() for output in outputs):  # usually they ended with it
+                await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
             return
         group.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace

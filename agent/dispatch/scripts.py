@@ -115,9 +115,12 @@ class StepFiles:
                 os.close(outer)
             self.directory = self._private / "step"
         else:
-            ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-            self._dir_fd = os.open(ctx.scratch_dir, _DIR_OPEN)
             self.directory = ctx.scratch_dir
+            try:
+                self._dir_fd = os.open(self.directory, _DIR_OPEN)
+            except FileNotFoundError:  # an earlier step removed it
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._dir_fd = os.open(self.directory, _DIR_OPEN)
 
     def write_json(self, name: str, data: Any) -> Path:
         with contextlib.suppress(FileNotFoundError):
