@@ -22,6 +22,7 @@ import pytest
 
 from jobs_agent import securefs
 from jobs_agent.dispatch import shebang
+from jobs_agent.dispatch.containment import containment_for
 from jobs_agent.dispatch.output import OutputLog
 from jobs_agent.dispatch.paths import locate_handler
 from jobs_agent.dispatch.scripts import StepFiles
@@ -181,3 +182,64 @@ def test_output_logs_make_their_directory_only_when_it_is_missing(
     assert mkdirs.calls == []
     assert (logs.stat().st_mode & 0o777) == 0o700
     assert (logs / "job-2.log").read_text() == "[jobs-agent] started\n"
+
+
+def test_step_files_are_written_without_unlinking_first_and_replace_what_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh document costs no unlink; one left by an earlier run of the step (or a symlink
+    planted there) is unlinked, never followed, and the file is written anew."""
+    ctx = _context(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    unlinks = Counter()
+    monkeypatch.setattr(os, "unlink", unlinks.wrap(os.unlink))
+    files = StepFiles(ctx, own_user())
+    try:
+        files.write_json("document.json", {"step": "é"})
+        assert unlinks.calls == []
+        (ctx.scratch_dir / "checkpoint.json").symlink_to(victim)
+        written = files.write_json("checkpoint.json", [1, 2])
+        assert len(unlinks.calls) == 1
+    finally:
+        files.close()
+    assert victim.read_text() == "keep"
+    assert not written.is_symlink() and written.read_text() == "[1, 2]"
+    assert (written.stat().st_mode & 0o777) == 0o600
+    assert (ctx.scratch_dir / "document.json").read_text(encoding="utf-8") == '{"step": "é"}'
+
+
+def test_a_cgroup_left_by_an_earlier_run_of_the_step_is_emptied_before_reuse(
+    tmp_path: Path,
+) -> None:
+    """The group's `mkdir` finding the directory there is how a leftover is noticed (no
+    `stat` first): whatever still runs in it is killed before the step joins it."""
+    import signal
+    import subprocess
+
+    from jobs_agent.dispatch.containment import CgroupContainment, ContainmentError
+
+    try:
+        containment = containment_for("cgroup", tmp_path)
+    except ContainmentError as exc:
+        pytest.skip(f"no writable cgroup v2 hierarchy here: {exc}")
+    assert isinstance(containment, CgroupContainment)
+    name = f"default.leftover-{os.getpid()}.1"
+    first = containment.group(name)
+    assert first.join_fd is not None
+    os.close(first.join_fd)
+    first.join_fd = None
+    path = containment.base / name
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (path / "cgroup.procs").write_text(str(sleeper.pid))
+        second = containment.group(name)  # the agent died; the step runs again
+        try:
+            assert sleeper.wait(timeout=10) == -signal.SIGKILL
+            assert second.empty()
+        finally:
+            assert second.close_if_empty()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
