@@ -243,3 +243,33 @@ def test_a_cgroup_left_by_an_earlier_run_of_the_step_is_emptied_before_reuse(
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
+
+
+def test_the_sandbox_walk_resolves_a_path_only_when_it_has_a_symlink(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's path as `locate_handler` gives it (resolved) is walked as it is, with no
+    `lstat` per component; a path through a symlink, or not in normal form, is resolved and
+    walked as before, with the same checks and refusals."""
+    lstats = Counter()
+    monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    script = handler_tree / "noop.sh"
+    securefs.open_executable(script, what="handler").close()
+    assert lstats.calls == []
+    (handler_tree.parent / "via").symlink_to(handler_tree)
+    for indirect in (
+        handler_tree.parent / "via" / "noop.sh",
+        handler_tree / ".." / "handlers" / "noop.sh",
+    ):
+        executable = securefs.open_executable(indirect, what="handler")
+        executable.close()
+        assert executable.path == indirect  # what the sandbox executes (for a script)
+        assert (executable.device, executable.inode) == (script.stat().st_dev, script.stat().st_ino)
+    assert lstats.calls
+    handler_tree.chmod(0o777)
+    try:
+        for path in (script, handler_tree.parent / "via" / "noop.sh"):
+            with pytest.raises(securefs.UntrustedPath, match="is writable by others"):
+                securefs.open_executable(path, what="handler")
+    finally:
+        handler_tree.chmod(0o755)
