@@ -218,7 +218,8 @@ class OutputLogIndex:
         `keep` nor the newest one); the deleted paths."""
         assert self._logs is not None, "load() first"
         kept = {path.name for path in keep}
-        logs = sorted((mtime, name, size) for name, (mtime, size) in self._logs.items())
+        logs = [(mtime, name, size) for name, (mtime, size) in self._logs.items()]
+        logs.sort()  # a list, not a generator: once the cap is reached this runs every job
         count = len(logs)
         deleted: list[Path] = []
         for _mtime, name, size in logs[:-1]:
