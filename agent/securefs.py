@@ -30,6 +30,8 @@ from pathlib import Path
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROC_FD = Path("/proc/self/fd")
+SHEBANG_MAX = 256
+"""The kernel reads at most this many bytes of a `#!` line (BINPRM_BUF_SIZE)."""
 
 
 class UntrustedPath(Exception):
@@ -52,10 +54,13 @@ def trusted_uids() -> frozenset[int]:
     return frozenset({0, os.geteuid()})
 
 
-def describe_owner_problem(info: os.stat_result, *, sticky_ok: bool) -> str | None:
-    """Why another account could change this file or directory; None when nobody can."""
+def describe_owner_problem(
+    info: os.stat_result, *, sticky_ok: bool, trusted: frozenset[int] | None = None
+) -> str | None:
+    """Why another account could change this file or directory; None when nobody can.
+    `trusted`: `trusted_uids()`, when the caller already has it (a walk asks once)."""
     mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid not in trusted_uids():
+    if info.st_uid not in (trusted_uids() if trusted is None else trusted):
         return f"is owned by uid {info.st_uid}, not by root or the agent's user"
     if mode & (stat.S_IWOTH | stat.S_IWGRP):
         if sticky_ok and mode & stat.S_ISVTX:
@@ -71,30 +76,42 @@ def _components(path: Path) -> list[str]:
     return [part for part in path.parts[1:] if part]
 
 
-def _open_component(parent_fd: int, name: str, flags: int, shown: Path) -> int:
-    try:
-        return os.open(name, flags, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or a file) where a dir was
-            raise UntrustedPath(
-                f"{shown} changed while it was checked (a symlink or a file appeared in its path)"
-            ) from None
-        raise
+def _refuse_swapped(exc: OSError, shown: str) -> None:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or a file) where a dir was
+        raise UntrustedPath(
+            f"{shown} changed while it was checked (a symlink or a file appeared in its path)"
+        ) from None
 
 
-def _walk(path: Path, *, trusted: bool, final_flags: int, what: str) -> int:
-    """Open `path` component by component; with `trusted`, check every one as described."""
+def _walk(
+    path: Path, *, trusted: bool, final_flags: int, what: str
+) -> tuple[int, os.stat_result | None]:
+    """Open `path` component by component; with `trusted`, check every one as described.
+    The descriptor, and (with `trusted`) its `fstat`, which the caller need not ask again.
+
+    A handler's path is walked twice per script job, so the loop stays lean (issue 18): the
+    trusted owners are asked once per walk, and the components are named as strings (a `Path`
+    is built only for an error)."""
     parts = _components(path)
     fd = os.open("/", _DIR_FLAGS if parts else final_flags & ~os.O_NOFOLLOW)
     try:
-        current = Path("/")
-        if trusted and (problem := describe_owner_problem(os.fstat(fd), sticky_ok=True)):
+        owners = trusted_uids() if trusted else frozenset()
+        info = os.fstat(fd) if trusted else None
+        if info is not None and (
+            problem := describe_owner_problem(info, sticky_ok=True, trusted=owners)
+        ):
             raise UntrustedPath(f"{what}: / {problem}", Path("/"), problem)
+        current = ""
+        last_index = len(parts) - 1
         for index, name in enumerate(parts):
-            last = index == len(parts) - 1
-            current = current / name
+            last = index == last_index
+            current = f"{current}/{name}"
             flags = final_flags if last else _DIR_FLAGS
-            child = _open_component(fd, name, flags, current)
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+            except OSError as exc:
+                _refuse_swapped(exc, current)
+                raise
             os.close(fd)
             fd = child
             if trusted:
@@ -102,12 +119,12 @@ def _walk(path: Path, *, trusted: bool, final_flags: int, what: str) -> int:
                 # Every component must be owned by root or the agent; only a directory on the
                 # way may be world-writable, and only with the sticky bit (its next component,
                 # owned by root or the agent, cannot then be renamed or removed by others).
-                problem = describe_owner_problem(info, sticky_ok=not last)
+                problem = describe_owner_problem(info, sticky_ok=not last, trusted=owners)
                 if problem is not None:
-                    error = UntrustedPath(f"{what}: {current} {problem}", current, problem)
+                    error = UntrustedPath(f"{what}: {current} {problem}", Path(current), problem)
                     error.is_dir = stat.S_ISDIR(info.st_mode)
                     raise error
-        return fd
+        return fd, info
     except BaseException:
         os.close(fd)
         raise
@@ -121,14 +138,14 @@ def open_trusted(path: Path, *, what: str, final_flags: int = _DIR_FLAGS) -> int
     Raises `UntrustedPath` naming the first offending component. `final_flags` opens the last
     component (default: an `O_PATH` directory descriptor).
     """
-    return _walk(path, trusted=True, final_flags=final_flags | os.O_NOFOLLOW, what=what)
+    return _walk(path, trusted=True, final_flags=final_flags | os.O_NOFOLLOW, what=what)[0]
 
 
 def open_directory(path: Path) -> int:
     """An `O_RDONLY` descriptor of the directory `path` (resolved), reached without following
     a symlink: what it refers to can no longer be changed by renaming or linking."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    return _walk(path, trusted=False, final_flags=flags, what=str(path))
+    return _walk(path, trusted=False, final_flags=flags, what=str(path))[0]
 
 
 @contextlib.contextmanager
@@ -150,13 +167,16 @@ class CheckedExecutable:
     user and just before the exec, that the name still refers to this file (`same_file`).
     """
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, info: os.stat_result | None = None) -> None:
         self.path = path
         self.fd = fd
-        info = os.fstat(fd)
+        if info is None:
+            info = os.fstat(fd)
         self.device = info.st_dev
         self.inode = info.st_ino
-        self.is_script = os.pread(fd, 2, 0) == b"#!"
+        self.head = os.pread(fd, SHEBANG_MAX, 0)
+        """The file's first bytes, read through the checked descriptor: its `#!` line, if any."""
+        self.is_script = self.head.startswith(b"#!")
 
     @property
     def exec_path(self) -> str:
@@ -183,13 +203,33 @@ class CheckedExecutable:
             self.fd = -1
 
 
-def open_executable(path: Path, *, what: str) -> CheckedExecutable:
+def open_executable(path: Path, *, what: str, resolved: bool = False) -> CheckedExecutable:
     """Open the executable `path` through a trusted chain (`open_trusted`) and check the open
-    file: a regular file with an execute bit. Raises `UntrustedPath` with the reason."""
-    resolved = Path(os.path.realpath(path))
-    fd = open_trusted(resolved, what=what, final_flags=os.O_RDONLY | os.O_CLOEXEC)
+    file: a regular file with an execute bit. Raises `UntrustedPath` with the reason.
+
+    `resolved`: the caller has just resolved `path` (`Path.resolve`), so it is not resolved
+    again. Nothing is trusted on that word: the walk follows no symlink, so one that appeared
+    since makes it fail instead.
+
+    Otherwise a normalized absolute `path` is walked as it is first: the walk follows no
+    symlink, so if it succeeds `path` was its own resolution. Only if it fails (a symlink on
+    the way, or anything else) is `path` resolved and walked again, exactly as before: the
+    outcome is the same, and the usual handler path costs no `lstat` per component."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    resolved_path = path
+    if resolved:
+        fd, info = _walk(path, trusted=True, final_flags=flags, what=what)
+    else:
+        text = os.fspath(path)
+        try:
+            if not text.startswith("/") or text.startswith("//") or os.path.normpath(text) != text:
+                raise UntrustedPath("not in normal form")  # resolved below
+            fd, info = _walk(path, trusted=True, final_flags=flags, what=what)
+        except (UntrustedPath, OSError):
+            resolved_path = Path(os.path.realpath(path))
+            fd, info = _walk(resolved_path, trusted=True, final_flags=flags, what=what)
     try:
-        info = os.fstat(fd)
+        assert info is not None
         problem = ""
         mode = stat.S_IMODE(info.st_mode)
         if not stat.S_ISREG(info.st_mode):
@@ -197,8 +237,8 @@ def open_executable(path: Path, *, what: str) -> CheckedExecutable:
         elif not mode & 0o111:
             problem = f"is not executable (mode {mode:04o})"
         if problem:
-            raise UntrustedPath(f"{what} {resolved} {problem}", resolved, problem)
-        return CheckedExecutable(path, fd)
+            raise UntrustedPath(f"{what} {resolved_path} {problem}", resolved_path, problem)
+        return CheckedExecutable(path, fd, info)
     except BaseException:
         os.close(fd)
         raise

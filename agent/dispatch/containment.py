@@ -186,8 +186,10 @@ class CgroupGroup:
         self.path = path
         with contextlib.suppress(FileExistsError):
             os.mkdir(path.parent, 0o755)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o755)
+        except FileExistsError:
+            _cgroup_kill(path)  # a leftover of an earlier run of this step
         self.join_fd: int | None = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
 
     def adopt(self, pid: int) -> None:
@@ -312,8 +314,6 @@ class CgroupContainment:
 
     def group(self, name: str) -> JobGroup:
         path = self.base / name
-        if os.path.exists(path):
-            _cgroup_kill(path)  # a leftover of an earlier run of this step
         try:
             return CgroupGroup(path)
         except OSError as exc:

@@ -374,7 +374,7 @@ def prepare(action: Action, settings: DispatchSettings, search_path: str) -> Pre
             base = (str(located.path), action.run_as_user, *args)
             argv = ("/bin/sh", *base) if located.builtin else base
             if not located.builtin:
-                _check_interpreter(located.path, search_path)
+                _check_interpreter(located.path, search_path, located.head)
             return PreparedStep(
                 action,
                 argv,
@@ -400,8 +400,8 @@ def prepare(action: Action, settings: DispatchSettings, search_path: str) -> Pre
         raise type(exc)(f"{label}: {exc.reason}", **exc.details) from None
 
 
-def _check_interpreter(path: Path, search_path: str) -> None:
-    problem = interpreter_problem(path, search_path)
+def _check_interpreter(path: Path, search_path: str, head: bytes | None = None) -> None:
+    problem = interpreter_problem(path, search_path, head)
     if problem is not None:
         raise JobRejected(f"cannot run {path}: {problem}")
 

@@ -80,10 +80,13 @@ class OutputLog:
         self.path = path
         self.max_bytes = max_bytes
         self.truncated = False
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Output may hold secrets a handler printed: readable by the agent's user only.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:  # the first job's log: the directory is made once
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
         os.fchmod(fd, 0o600)  # a log an older version created world-readable
         self._file: BinaryIO | None = os.fdopen(fd, "ab")
         self._written = self._file.seek(0, os.SEEK_END)
@@ -215,7 +218,8 @@ class OutputLogIndex:
         `keep` nor the newest one); the deleted paths."""
         assert self._logs is not None, "load() first"
         kept = {path.name for path in keep}
-        logs = sorted((mtime, name, size) for name, (mtime, size) in self._logs.items())
+        logs = [(mtime, name, size) for name, (mtime, size) in self._logs.items()]
+        logs.sort()  # a list, not a generator: once the cap is reached this runs every job
         count = len(logs)
         deleted: list[Path] = []
         for _mtime, name, size in logs[:-1]:

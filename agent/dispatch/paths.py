@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,12 @@ DEFAULT_PATH_VALUES = ("", "default")
 
 @dataclass(frozen=True)
 class HandlerFile:
-    """A located handler executable and whether it is one of ours (run through /bin/sh)."""
+    """A located handler executable and whether it is one of ours (run through /bin/sh);
+    `head`: its first bytes as the check read them (its `#!` line, for `shebang`)."""
 
     path: Path
     builtin: bool
+    head: bytes | None = None
 
 
 def is_default_path(path: str | None) -> bool:
@@ -61,14 +64,19 @@ def _directory_word(what: str) -> str:
     return what if what.endswith("directory") else f"{what} directory"
 
 
-def check_executable(path: Path, base: Path, what: str = "handler") -> None:
+def check_executable(
+    path: Path, base: Path, what: str = "handler", *, resolved: bool = False
+) -> bytes:
     """Refuse `path` unless it is a regular executable file that, like every directory from `/`
-    down to it, only root or the agent's user can change (see the module docstring)."""
+    down to it, only root or the agent's user can change (see the module docstring).
+    `resolved`: `path` has no symlink left to resolve (see `open_executable`). Returns the
+    file's first bytes, read through the checked descriptor."""
     try:
-        executable = open_executable(path, what=what)
+        executable = open_executable(path, what=what, resolved=resolved)
     except UntrustedPath as exc:
         raise _refusal(exc, base, what) from None
     executable.close()
+    return executable.head
 
 
 def check_trusted(path: Path, what: str) -> Path:
@@ -94,9 +102,9 @@ def _check_name(name: str) -> None:
         )
 
 
-def _inside(directory: Path, relative: str) -> Path:
-    """Resolve `relative` below `directory`, refusing anything that ends up outside it."""
-    base = directory.resolve()
+def _inside(base: Path, relative: str) -> Path:
+    """Resolve `relative` below the resolved directory `base`, refusing anything that ends up
+    outside it."""
     candidate = (base / relative).resolve()
     if not candidate.is_relative_to(base):
         raise JobRejected(
@@ -141,12 +149,18 @@ def _locate(
         if not directory.is_dir():
             raise JobRejected(f"handler path {path!r} is not a directory inside {base}")
     candidate = directory / name
-    if candidate.exists() or candidate.is_symlink():
-        resolved = _inside(directory, name)
+    try:
+        found_mode: int | None = os.lstat(candidate).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        found_mode = None
+    if found_mode is not None:
+        # `directory` is resolved and `name` one plain component: unless it is a symlink, it
+        # is its own resolution (one lstat where resolving walked every component again).
+        resolved = _inside(directory, name) if stat.S_ISLNK(found_mode) else candidate
         if not resolved.is_relative_to(base):
             raise JobRejected(f"handler {candidate} points outside the handler directory {base}")
-        check_executable(resolved, base)
-        return HandlerFile(resolved, builtin=False)
+        head = check_executable(resolved, base, resolved=True)
+        return HandlerFile(resolved, builtin=False, head=head)
     if is_default_path(path):
         for builtin_name in (name, f"{name}.sh"):
             builtin = BUILTIN_SCRIPTS_DIR / builtin_name

@@ -175,10 +175,12 @@ class ProgressReader:
 
     async def finish(self, grace: float) -> None:
         """Handle what the pipe still has (end of file within `grace` seconds: a leftover
-        grandchild may hold it open), then stop reading it."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await asyncio.shield(self.pipe.closed)
+        grandchild may hold it open), then stop reading it. Usually the end of file came with
+        the exit, in the same wake-up: then there is nothing to wait for (no timer, no task)."""
+        if not self.pipe.closed.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self.pipe.closed)
         self.pipe.close()
         if self._partial and not self._skipping:
             self._line(b"")  # a last line without its newline

@@ -341,9 +341,9 @@ class Sandbox:
             return None
         launcher = self.launcher if executable.by_name else None
         chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
-        if chained and (problem := interpreter_problem(executable.path, self.search_path)):
-            # What the kernel would refuse is said before anything runs, as the fork path
-            # learns it from the failed exec.
+        head = executable.head  # read through the checked descriptor
+        if chained and (problem := interpreter_problem(executable.path, self.search_path, head)):
+            # What the kernel would refuse, said before anything runs (as the fork path does).
             result.spawn_error = f"cannot run {spec.argv[0]}: {problem}"
             return None
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
@@ -423,7 +423,8 @@ class Sandbox:
         the output pipes open and hang the job, or outlive it unnoticed.
         """
         if group.empty():
-            await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
+            if not all(output.done() for output in outputs):  # usually they ended with it
+                await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
             return
         group.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace

@@ -115,19 +115,33 @@ class StepFiles:
                 os.close(outer)
             self.directory = self._private / "step"
         else:
-            ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-            self._dir_fd = os.open(ctx.scratch_dir, _DIR_OPEN)
             self.directory = ctx.scratch_dir
+            try:
+                self._dir_fd = os.open(self.directory, _DIR_OPEN)
+            except FileNotFoundError:  # an earlier step removed it
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._dir_fd = os.open(self.directory, _DIR_OPEN)
 
     def write_json(self, name: str, data: Any) -> Path:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self._dir_fd)
+        """Write `name` afresh: created exclusively (whatever was there, a symlink included,
+        is unlinked first, never followed), given to the step's user, then written in one
+        go (`json.dumps` is the C encoder; `json.dump` to a file encodes piece by piece in
+        Python)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(name, flags, 0o600, dir_fd=self._dir_fd)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=self._dir_fd)
+        except FileExistsError:  # a step run again (after a reboot or a deferral)
+            os.unlink(name, dir_fd=self._dir_fd)
+            fd = os.open(name, flags, 0o600, dir_fd=self._dir_fd)
+        try:
             if self._user.switch:
                 os.fchown(fd, self._user.uid, self._user.gid)
-            json.dump(data, handle, ensure_ascii=False)
+            data_bytes = json.dumps(data, ensure_ascii=False).encode()
+            written = 0
+            while written < len(data_bytes):
+                written += os.write(fd, data_bytes[written:])
+        finally:
+            os.close(fd)
         return self.directory / name
 
     def hand_over(self) -> None:

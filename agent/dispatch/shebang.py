@@ -12,17 +12,19 @@ import os
 import shutil
 from pathlib import Path
 
-SHEBANG_MAX = 256
-"""The kernel reads at most this many bytes of a `#!` line (BINPRM_BUF_SIZE)."""
+from jobs_agent.securefs import SHEBANG_MAX
 
 
-def interpreter_problem(path: Path, search_path: str) -> str | None:
-    """What keeps `path` from being executed through its `#!` line, or None if nothing does."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(SHEBANG_MAX)
-    except OSError:
-        return None  # the caller reports unreadable files in its own words
+def interpreter_problem(path: Path, search_path: str, head: bytes | None = None) -> str | None:
+    """What keeps `path` from being executed through its `#!` line, or None if nothing does.
+    `head`: its first `SHEBANG_MAX` bytes when the caller has them (the sandbox read them
+    through the descriptor it checked), else they are read here."""
+    if head is None:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(SHEBANG_MAX)
+        except OSError:
+            return None  # the caller reports unreadable files in its own words
     if not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0]

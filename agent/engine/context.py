@@ -19,7 +19,9 @@ Refresh = Callable[[], Awaitable[dict[str, Any]]]
 class EngineJobContext:
     """The job's directories are made when the handler first asks for them: most plugins
     never do, and two directories made and removed per job were a tenth of a plugin job's cost
-    to the agent (issue 18)."""
+    to the agent (issue 18). Each is made once per context, at the first ask: a script step
+    reads `scratch_dir` several times, and every `mkdir` of an existing directory was two
+    system calls (the refused mkdir and a stat)."""
 
     def __init__(
         self,
@@ -52,6 +54,7 @@ class EngineJobContext:
         self.log = log
         self._scratch_dir = scratch_dir
         self._state_dir = state_dir
+        self._made: set[Path] = set()
         self.reboot_requested = False
         self.mqtt_link = mqtt_link
         """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
@@ -63,8 +66,7 @@ class EngineJobContext:
 
     @property
     def scratch_dir(self) -> Path:
-        self._scratch_dir.mkdir(parents=True, exist_ok=True)
-        return self._scratch_dir
+        return self._make(self._scratch_dir)
 
     @scratch_dir.setter
     def scratch_dir(self, path: Path) -> None:
@@ -72,12 +74,17 @@ class EngineJobContext:
 
     @property
     def state_dir(self) -> Path:
-        self._state_dir.mkdir(parents=True, exist_ok=True)
-        return self._state_dir
+        return self._make(self._state_dir)
 
     @state_dir.setter
     def state_dir(self, path: Path) -> None:
         self._state_dir = path
+
+    def _make(self, path: Path) -> Path:
+        if path not in self._made:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made.add(path)
+        return path
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any

@@ -1,0 +1,275 @@
+"""What a script job's path asks of the system, counted through seams (issue 18).
+
+A script job used to cost the agent about twice a plugin job, much of it in small repeated
+work: the job's scratch directory made again at every read of `scratch_dir`, the handler's
+path resolved three times and its `#!` line read twice more by name, a `fstat` and a
+`geteuid` per directory of every trust walk. These tests count the calls (never time them), so
+that a change which brings the repeats back fails here, and check that what the repeats did
+still happens where it matters (a removed scratch directory is made again for the next step).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from jobs_agent import securefs
+from jobs_agent.dispatch import shebang
+from jobs_agent.dispatch.containment import containment_for
+from jobs_agent.dispatch.output import OutputLog
+from jobs_agent.dispatch.paths import locate_handler
+from jobs_agent.dispatch.scripts import StepFiles
+from jobs_agent.dispatch.users import own_user
+from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.vocabulary import ExecutionRef
+
+
+class Counter:
+    """Calls of one function, counted while the test patches it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(args)
+            return function(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture
+def handler_tree() -> Iterator[Path]:
+    """A handler directory only root can change (the trust walk refuses pytest's tmp_path
+    below a world-writable /tmp only if it is not sticky; a directory of our own is clearer)."""
+    base = Path(os.path.realpath(Path("/tmp") / f"ja-costs-{os.getpid()}"))
+    handlers = base / "handlers"
+    handlers.mkdir(parents=True, mode=0o755)
+    script = handlers / "noop.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    try:
+        yield handlers
+    finally:
+        shutil.rmtree(base)
+
+
+def _context(tmp_path: Path) -> EngineJobContext:
+    job = tmp_path / "jobs" / "default" / "j1"
+    return EngineJobContext(
+        key=ExecutionRef(None, "j1", 1),
+        thing_name="gw",
+        document={},
+        checkpoint_data=None,
+        resumed=False,
+        rebooted=False,
+        log=cast(Any, None),
+        scratch_dir=job / "scratch-1",
+        state_dir=job / "state",
+        store=cast(Any, None),
+        reporter=cast(Any, None),
+    )
+
+
+def test_the_job_directories_are_made_once_per_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mkdirs = Counter()
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdirs.wrap(pathlib.Path.mkdir))
+    ctx = _context(tmp_path)
+    assert ctx.scratch_dir.is_dir() and ctx.state_dir.is_dir()  # made at the first ask
+    assert mkdirs.calls
+    mkdirs.calls.clear()
+    for _ in range(3):  # a script step reads scratch_dir several times
+        assert ctx.scratch_dir.is_dir()
+        assert ctx.state_dir.is_dir()
+    assert mkdirs.calls == []
+
+
+def test_a_step_makes_the_scratch_directory_again_if_an_earlier_step_removed_it(
+    tmp_path: Path,
+) -> None:
+    ctx = _context(tmp_path)
+    shutil.rmtree(ctx.scratch_dir)  # what a step may do to its own scratch space
+    files = StepFiles(ctx, own_user())
+    try:
+        written = files.write_json("document.json", {"a": 1})
+        assert written == ctx.scratch_dir / "document.json"
+        assert written.read_text() == '{"a": 1}'
+    finally:
+        files.close()
+
+
+def test_the_trust_walk_checks_each_directory_once(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `fstat` per component (and `/`), one `geteuid` per walk: the executable's own
+    checks (regular file, execute bit, identity) reuse the walk's `fstat` of it."""
+    script = handler_tree / "noop.sh"
+    fstats, euids = Counter(), Counter()
+    monkeypatch.setattr(os, "fstat", fstats.wrap(os.fstat))
+    monkeypatch.setattr(os, "geteuid", euids.wrap(os.geteuid))
+    executable = securefs.open_executable(script, what="handler")
+    executable.close()
+    assert len(fstats.calls) == len(script.parts)  # "/" and each name below it
+    assert len(euids.calls) == 1
+    assert executable.is_script and executable.head == b"#!/bin/sh\nexit 0\n"
+
+
+def test_a_walk_still_names_the_offending_directory(handler_tree: Path) -> None:
+    handler_tree.chmod(0o777)
+    try:
+        with pytest.raises(securefs.UntrustedPath) as caught:
+            securefs.open_executable(handler_tree / "noop.sh", what="handler")
+    finally:
+        handler_tree.chmod(0o755)
+    assert caught.value.component == handler_tree
+    assert caught.value.is_dir
+    assert f"handler: {handler_tree} is writable by others (mode 0777)" == caught.value.reason
+
+
+def test_locating_a_handler_resolves_its_directory_once_and_reads_it_by_descriptor(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler directory is resolved once (an `lstat` per component) and the handler
+    itself costs one `lstat`; its `#!` line comes from the checked descriptor, never from
+    opening it again by name."""
+    lstats, opens = Counter(), Counter()
+    monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    monkeypatch.setattr(shebang, "open", opens.wrap(builtins.open), raising=False)
+    located = locate_handler(handler_tree, "noop.sh")
+    assert located.path == handler_tree / "noop.sh"
+    assert located.head is not None and located.head.startswith(b"#!/bin/sh\n")
+    assert shebang.interpreter_problem(located.path, "/usr/bin:/bin", located.head) is None
+    assert opens.calls == []
+    depth = len(handler_tree.parts) - 1
+    assert len(lstats.calls) == depth + 1, lstats.calls
+
+
+def test_a_symlinked_handler_is_still_resolved_and_kept_inside(handler_tree: Path) -> None:
+    (handler_tree / "link.sh").symlink_to("noop.sh")
+    assert locate_handler(handler_tree, "link.sh").path == handler_tree / "noop.sh"
+    outside = handler_tree.parent / "outside.sh"
+    outside.write_text("#!/bin/sh\n")
+    outside.chmod(0o755)
+    (handler_tree / "out.sh").symlink_to(outside)
+    from jobs_agent_handlers.api import JobRejected
+
+    with pytest.raises(JobRejected, match="outside the handler directory"):
+        locate_handler(handler_tree, "out.sh")
+
+
+def test_output_logs_make_their_directory_only_when_it_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mkdirs = Counter()
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdirs.wrap(pathlib.Path.mkdir))
+    logs = tmp_path / "state" / "logs"
+    for number in range(3):
+        log = OutputLog(logs / f"job-{number}.log", 1000)
+        log.note("started")
+        log.close()
+        if number == 0:
+            assert mkdirs.calls  # the first log made the directory
+            mkdirs.calls.clear()
+    assert mkdirs.calls == []
+    assert (logs.stat().st_mode & 0o777) == 0o700
+    assert (logs / "job-2.log").read_text() == "[jobs-agent] started\n"
+
+
+def test_step_files_are_written_without_unlinking_first_and_replace_what_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh document costs no unlink; one left by an earlier run of the step (or a symlink
+    planted there) is unlinked, never followed, and the file is written anew."""
+    ctx = _context(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    unlinks = Counter()
+    monkeypatch.setattr(os, "unlink", unlinks.wrap(os.unlink))
+    files = StepFiles(ctx, own_user())
+    try:
+        files.write_json("document.json", {"step": "é"})
+        assert unlinks.calls == []
+        (ctx.scratch_dir / "checkpoint.json").symlink_to(victim)
+        written = files.write_json("checkpoint.json", [1, 2])
+        assert len(unlinks.calls) == 1
+    finally:
+        files.close()
+    assert victim.read_text() == "keep"
+    assert not written.is_symlink() and written.read_text() == "[1, 2]"
+    assert (written.stat().st_mode & 0o777) == 0o600
+    assert (ctx.scratch_dir / "document.json").read_text(encoding="utf-8") == '{"step": "é"}'
+
+
+def test_a_cgroup_left_by_an_earlier_run_of_the_step_is_emptied_before_reuse(
+    tmp_path: Path,
+) -> None:
+    """The group's `mkdir` finding the directory there is how a leftover is noticed (no
+    `stat` first): whatever still runs in it is killed before the step joins it."""
+    import signal
+    import subprocess
+
+    from jobs_agent.dispatch.containment import CgroupContainment, ContainmentError
+
+    try:
+        containment = containment_for("cgroup", tmp_path)
+    except ContainmentError as exc:
+        pytest.skip(f"no writable cgroup v2 hierarchy here: {exc}")
+    assert isinstance(containment, CgroupContainment)
+    name = f"default.leftover-{os.getpid()}.1"
+    first = containment.group(name)
+    assert first.join_fd is not None
+    os.close(first.join_fd)
+    first.join_fd = None
+    path = containment.base / name
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (path / "cgroup.procs").write_text(str(sleeper.pid))
+        second = containment.group(name)  # the agent died; the step runs again
+        try:
+            assert sleeper.wait(timeout=10) == -signal.SIGKILL
+            assert second.empty()
+        finally:
+            assert second.close_if_empty()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+
+
+def test_the_sandbox_walk_resolves_a_path_only_when_it_has_a_symlink(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's path as `locate_handler` gives it (resolved) is walked as it is, with no
+    `lstat` per component; a path through a symlink, or not in normal form, is resolved and
+    walked as before, with the same checks and refusals."""
+    lstats = Counter()
+    monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    script = handler_tree / "noop.sh"
+    securefs.open_executable(script, what="handler").close()
+    assert lstats.calls == []
+    (handler_tree.parent / "via").symlink_to(handler_tree)
+    for indirect in (
+        handler_tree.parent / "via" / "noop.sh",
+        handler_tree / ".." / "handlers" / "noop.sh",
+    ):
+        executable = securefs.open_executable(indirect, what="handler")
+        executable.close()
+        assert executable.path == indirect  # what the sandbox executes (for a script)
+        assert (executable.device, executable.inode) == (script.stat().st_dev, script.stat().st_ino)
+    assert lstats.calls
+    handler_tree.chmod(0o777)
+    try:
+        for path in (script, handler_tree.parent / "via" / "noop.sh"):
+            with pytest.raises(securefs.UntrustedPath, match="is writable by others"):
+                securefs.open_executable(path, what="handler")
+    finally:
+        handler_tree.chmod(0o755)
