@@ -226,8 +226,8 @@ class Acquisition:
         if ref in self._outbox.undecided:
             return None  # finished; its outcome is written as soon as the database works
         if ref.namespace is None:
-            # One hand-off: the record there is, or a new one whose fsync comes with RUNNING
-            # (`Store.record_taken`: the start-next marker stays until then).
+            # On the loop: the record there is, or a new one written with RUNNING, in its
+            # transaction (`Store.record_taken`: the start-next marker stays until then).
             taken, created = await self._store.call(
                 Store.record_taken, ref, execution.job_document or {}, execution.version_number
             )
