@@ -183,3 +183,42 @@ async def test_a_plugin_job_builds_one_logger_at_the_warning_level(
             monkeypatch.undo()
     assert built == ["jobs_agent.engine"] * 3
     assert not [r for r in logs.records if r.get("level") in ("warning", "error")]
+
+
+async def test_a_plugin_job_reads_neither_the_user_database_nor_the_import_system(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's own account and the plugin's class are looked up once, not for every job
+    (issue 18: a `getpwuid`, which opens and parses the user database, and importlib's import
+    machinery per job). Counted over three jobs after a first one."""
+    import importlib
+    import pwd
+
+    from jobs_agent.dispatch import plugins, users
+
+    lookups: list[str] = []
+    getpwuid, import_module = pwd.getpwuid, importlib.import_module
+
+    def counting_getpwuid(uid: int) -> Any:
+        lookups.append("getpwuid")
+        return getpwuid(uid)
+
+    def counting_import(name: str, package: str | None = None) -> Any:
+        lookups.append(f"import {name}")
+        return import_module(name, package)
+
+    make_handler_dir(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", {"operation": "quick"})
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        monkeypatch.setattr(users.pwd, "getpwuid", counting_getpwuid)
+        monkeypatch.setattr(plugins.importlib, "import_module", counting_import)
+        for number in range(3):
+            execution = await harness.run_job(f"quick-{number}", {"operation": "quick"})
+            assert str(execution.status) == "SUCCEEDED"
+        await wait_until(lambda: len(engine.outcomes) == 4, 15, "three reports")
+        monkeypatch.undo()
+    assert lookups == []
