@@ -361,10 +361,7 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter_task
             self._supervisor.running = None
-            if announced:
-                self._shared.set_status("idle")
-            else:
-                self._shared.note_status("idle")
+            (self._shared.set_status if announced else self._shared.note_status)("idle")
         if outcome is None:
             return None  # cancelled by the cloud or suspended for a stop; already recorded
         self._shared.crash.reached("handler_done")
