@@ -210,8 +210,10 @@ def configure_logging(
     Safe to call again on SIGHUP to change the level; the stream defaults to stderr so stdout
     stays free for commands that print results (`status --json`, `sim list --json`).
     """
+    global _written_from
     stream = stream or sys.stderr
     numeric = _LEVELS.get(level.lower(), logging.INFO)
+    _written_from = numeric
     output = _output(fmt, stream, journal_socket)
     renderer: Any
     logger_factory: Any = structlog.PrintLoggerFactory(stream)
@@ -272,6 +274,51 @@ def _route_standard_logging(stream: TextIO, output: str, numeric: int) -> None:
     )
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
+
+
+_written_from = logging.DEBUG
+"""The lowest level `configure_logging` lets through (every level before it is called)."""
+
+
+def enabled(level: int) -> bool:
+    """Whether a line of `level` (`logging.INFO`...) would be written now. A hot path asks
+    before it builds a bound logger for a line the level drops: structlog builds a new logger
+    for every `bind`, and for every call on a module's logger (issue 18)."""
+    return level >= _written_from
+
+
+class LazyBound:
+    """`logger.bind(**context)`, built when a line is written: a request or a job that logs
+    nothing at the configured level never builds it. The lines are those of the bound logger."""
+
+    __slots__ = ("_bound", "_context", "_logger")
+
+    def __init__(self, logger: Any, **context: Any) -> None:
+        self._logger = logger
+        self._context = context
+        self._bound: Any = None
+
+    def bind(self, **more: Any) -> Any:
+        if self._bound is None:
+            self._bound = self._logger.bind(**self._context)
+        return self._bound.bind(**more) if more else self._bound
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if enabled(logging.DEBUG):
+            self.bind().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        if enabled(logging.INFO):
+            self.bind().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.bind().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.bind().error(event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self.bind().exception(event, **fields)
 
 
 def get_logger(name: str, **bound: Any) -> Any:

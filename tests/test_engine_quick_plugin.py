@@ -13,9 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.harness import wait_until
-from tests.helpers.agent_harness import THING, make_config, make_handler_dir, running_agent
+from tests.helpers.agent_harness import (
+    THING,
+    captured_logs,
+    make_config,
+    make_handler_dir,
+    running_agent,
+)
 
 PLUGIN = """
 import asyncio
@@ -116,3 +123,102 @@ async def test_a_plugin_job_hands_two_store_calls_to_the_worker(
             assert str(execution.status) == "SUCCEEDED"
             await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
         assert engine.store.handoffs - before == 2 * 3
+
+
+async def test_a_plugin_that_ends_at_once_sends_systemd_no_status_of_its_own(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """`STATUS=running X` then `STATUS=idle` for a plugin that ended within one loop turn were
+    two datagrams per job that nobody could read in time (issue 18): such jobs send none, and
+    the idle status with the count is sent once the queue is empty. A plugin that waits is
+    announced as before. The statuses are read through the daemon's notifier."""
+    make_handler_dir(tmp_path)
+    plugins = {"quick": "quick_plugin:Quick", "gated": "quick_plugin:Gated"}
+    config = dataclasses.replace(make_config(tmp_path), handlers=plugins)
+    plugin_module.GATE = asyncio.Event()
+    statuses: list[str] = []
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        harness.agent.notifier.status = lambda text: statuses.append(text) or True  # type: ignore[method-assign]
+        for number in range(3):
+            harness.service.create_job(f"quick-{number}", [THING], {"operation": "quick"})
+        await wait_until(lambda: len(engine.outcomes) == 3, 15, "three reports")
+        await wait_until(lambda: "idle; 3 jobs done" in statuses, 15, "the idle status")
+        assert not [s for s in statuses if s.startswith("running")]
+        harness.service.create_job("gated-1", [THING], {"operation": "gated"})
+        await wait_until(lambda: "running gated-1#1" in statuses, 15, "the running status")
+        plugin_module.GATE.set()
+        await wait_until(lambda: "idle; 4 jobs done" in statuses, 15, "the idle status")
+
+
+async def test_a_plugin_job_builds_one_logger_at_the_warning_level(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """structlog builds a new logger for every `bind` and every call on a module's logger, even
+    for a line the level drops. At `log.level: warning` a plugin job builds one: the job's own
+    (its handler's `ctx.log`); the requests' and the info lines' are built only when written
+    (issue 18: five before). Counted on structlog's logger proxy, for the agent's loggers."""
+    built: list[str] = []
+    original = structlog._config.BoundLoggerLazyProxy.bind
+
+    def counting(self: Any, **values: Any) -> Any:
+        name = str(self._logger_factory_args[0]) if self._logger_factory_args else ""
+        if name.startswith("jobs_agent.") and not name.startswith("jobs_agent.emulator"):
+            built.append(name)
+        return original(self, **values)
+
+    make_handler_dir(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
+    with captured_logs("warning") as logs:
+        async with running_agent(tmp_path, config) as harness:
+            engine = harness.agent.engine
+            assert engine is not None
+            await harness.run_job("warm-up", {"operation": "quick"})
+            await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+            monkeypatch.setattr(structlog._config.BoundLoggerLazyProxy, "bind", counting)
+            for number in range(3):
+                harness.service.create_job(f"quick-{number}", [THING], {"operation": "quick"})
+            await wait_until(lambda: len(engine.outcomes) == 4, 15, "three reports")
+            monkeypatch.undo()
+    assert built == ["jobs_agent.engine"] * 3
+    assert not [r for r in logs.records if r.get("level") in ("warning", "error")]
+
+
+async def test_a_plugin_job_reads_neither_the_user_database_nor_the_import_system(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's own account and the plugin's class are looked up once, not for every job
+    (issue 18: a `getpwuid`, which opens and parses the user database, and importlib's import
+    machinery per job). Counted over three jobs after a first one."""
+    import importlib
+    import pwd
+
+    from jobs_agent.dispatch import plugins, users
+
+    lookups: list[str] = []
+    getpwuid, import_module = pwd.getpwuid, importlib.import_module
+
+    def counting_getpwuid(uid: int) -> Any:
+        lookups.append("getpwuid")
+        return getpwuid(uid)
+
+    def counting_import(name: str, package: str | None = None) -> Any:
+        lookups.append(f"import {name}")
+        return import_module(name, package)
+
+    make_handler_dir(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", {"operation": "quick"})
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        monkeypatch.setattr(users.pwd, "getpwuid", counting_getpwuid)
+        monkeypatch.setattr(plugins.importlib, "import_module", counting_import)
+        for number in range(3):
+            execution = await harness.run_job(f"quick-{number}", {"operation": "quick"})
+            assert str(execution.status) == "SUCCEEDED"
+        await wait_until(lambda: len(engine.outcomes) == 4, 15, "three reports")
+        monkeypatch.undo()
+    assert lookups == []

@@ -611,3 +611,28 @@ async def client_flow(jobs: JobsClient) -> str:
     assert execution is not None
     await jobs.update(execution.job_id, "SUCCEEDED", status_details={"reason": "done"})
     return execution.job_id
+
+
+async def test_a_request_arms_one_timer_for_its_publish_and_its_wait(
+    client: JobsClient, service: Service
+) -> None:
+    """The request's deadline covers its publish and the wait for the reply with one timer
+    (issue 18: one each, armed and cancelled per request; a drain left thousands of cancelled
+    timers in the loop's heap). Counted on the loop's `call_at`."""
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(client.start_next())
+        request, body = await service.requests.get()  # no timer of the test's own
+        await service.reply(request, ReplyKind.ACCEPTED, {"clientToken": body["clientToken"]})
+        assert await task is None
+    finally:
+        del loop.call_at
+    assert len(armed) == 1, armed

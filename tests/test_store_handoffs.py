@@ -9,8 +9,10 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.store import ExecutionState, Store
+from jobs_agent.engine.store import ExecutionState, Store, TransitionRefused
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 
 
@@ -30,6 +32,8 @@ async def test_a_job_hands_only_its_two_fsynced_commits_to_the_worker(tmp_path: 
             await store.call(Store.reported, queued[0].id, ref)
         assert store.handoffs == 2 * 3
         assert store.target.durable_commits == 2 * 3
+        # The start record goes with RUNNING: three commits a job, where there were four.
+        assert store.target.commits == 3 * 3
         final = await store.call(Store.get, ref)
         assert final is not None and final.state is ExecutionState.REPORTED
     finally:
@@ -133,3 +137,54 @@ def test_a_new_record_is_returned_as_the_database_reads_it_back(tmp_path: Path) 
         assert "secret" not in str(received.document)
     finally:
         store.close()
+
+
+def test_a_taken_record_is_written_with_the_next_transaction_and_seen_by_every_read(
+    tmp_path: Path,
+) -> None:
+    """`record_taken` writes nothing of its own: the record goes first in the next transaction
+    (here the DECIDED of a refused document, STARTED -> DECIDED checked after it), a read
+    writes it before reading, and a transaction that fails keeps it for the next one."""
+    store = Store(tmp_path / "state.db")
+    try:
+        first = ExecutionRef(None, "refused", 1)
+        store.record_taken(first, {"operation": "x"}, 1)
+        assert store.commits == 0
+        store.decide(first, JobExecutionStatus.REJECTED, {"reason": "no handler"})
+        assert store.commits == 1
+        decided = store.get(first)
+        assert decided is not None and decided.state is ExecutionState.DECIDED
+
+        second = ExecutionRef(None, "read", 1)
+        store.record_taken(second, {"operation": "x"}, 1)
+        assert [r.key for r in store.active()] == [second]  # the read wrote it first
+        assert store.commits == 2
+
+        third = ExecutionRef(None, "kept", 1)
+        store.record_taken(third, {"operation": "x"}, 1)
+        with pytest.raises(TransitionRefused):
+            store.transition(third, ExecutionState.REPORTED)  # not a transition from STARTED
+        assert store.commits == 2
+        store.transition(third, ExecutionState.RUNNING, handler="x")
+        running = store.get(third)
+        assert running is not None and running.state is ExecutionState.RUNNING
+        assert store.commits == 3
+    finally:
+        store.close()
+
+
+def test_a_taken_record_still_pending_at_close_is_written(tmp_path: Path) -> None:
+    """A stop between the take and RUNNING (the job runs after the restart) keeps the record;
+    the start-next marker stays too, the record not being fsynced."""
+    store = Store(tmp_path / "state.db")
+    ref = ExecutionRef(None, "job", 1)
+    store.begin_taking()
+    store.record_taken(ref, {"operation": "x"}, 1)
+    store.close()
+    reopened = Store(tmp_path / "state.db")
+    try:
+        record = reopened.get(ref)
+        assert record is not None and record.state is ExecutionState.STARTED
+        assert reopened.was_taking()
+    finally:
+        reopened.close()

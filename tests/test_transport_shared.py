@@ -16,6 +16,7 @@ from jobs_agent.transport.base import TransportError
 from jobs_agent.transport.local import LocalBus, LocalTransport
 from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.transport.shared import LinkView, SharedLink
+from jobs_agent.transport.topics import levels_match
 from tests.fixtures.broker import Mosquitto
 from tests.harness import paho_connection
 
@@ -186,6 +187,55 @@ async def test_a_cancelled_disconnect_holds_nothing_back() -> None:
     await cloud.publish("a", b"{}")
     await _settled(cloud)
     assert inbox.messages == ["a"]
+    link.close()
+    await device.disconnect()
+    await cloud.disconnect()
+
+
+async def test_a_topic_a_view_names_exactly_is_matched_without_its_wildcard_filters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Most of a job's messages arrive on a filter without a wildcard (`notify-next`,
+    `start-next/accepted`): one set lookup finds them, where every filter was matched level by
+    level (issue 18). Wildcard filters still match as MQTT says, `$` rule included. The level
+    matcher's calls are counted through the module's reference to it."""
+    from jobs_agent.transport import shared
+
+    calls: list[str] = []
+
+    def counting(filter_levels: tuple[str, ...], topic_levels: list[str]) -> bool:
+        calls.append("/".join(filter_levels))
+        return levels_match(filter_levels, topic_levels)
+
+    monkeypatch.setattr(shared, "levels_match", counting)
+    bus = LocalBus()
+    device = LocalTransport(bus, "device")
+    await device.connect(1)
+    cloud = LocalTransport(bus, "cloud")
+    await cloud.connect(1)
+    link = SharedLink(device)
+    view = link.view()
+    inbox = Inbox(view)
+    for topic_filter in (
+        "$aws/things/t/jobs/+/update/+",
+        "+/topic",
+        "$aws/things/t/jobs/notify-next",
+    ):
+        await view.subscribe(topic_filter)
+    await cloud.publish("$aws/things/t/jobs/notify-next", b"{}")
+    await _settled(cloud)
+    assert inbox.messages == ["$aws/things/t/jobs/notify-next"]
+    assert calls == []
+    await cloud.publish("$aws/things/t/jobs/job-1/update/accepted", b"{}")
+    await cloud.publish("$aws/things/t/jobs/job-1/get/accepted", b"{}")
+    await cloud.publish("$sys/topic", b"{}")  # `+` never takes a `$` level
+    await cloud.publish("plain/topic", b"{}")
+    await _settled(cloud)
+    assert inbox.messages[1:] == ["$aws/things/t/jobs/job-1/update/accepted", "plain/topic"]
+    await view.unsubscribe("$aws/things/t/jobs/notify-next")
+    await cloud.publish("$aws/things/t/jobs/notify-next", b"{}")
+    await _settled(cloud)
+    assert inbox.messages[-1] == "plain/topic"
     link.close()
     await device.disconnect()
     await cloud.disconnect()

@@ -45,12 +45,22 @@ def add_plugin_path(directories: Sequence[Path]) -> None:
             sys.path.append(str(resolved))
 
 
+_imported: dict[str, tuple[Any, Any]] = {}
+"""spec -> (module, what it names), as last imported: a job's lookup is then one check that the
+module is still the one in `sys.modules` (importlib's import machinery per job: issue 18)."""
+
+
 def _import(spec: str, plugin_path: Sequence[Path] = ()) -> Any:
-    add_plugin_path(plugin_path)
+    add_plugin_path(plugin_path)  # checked for every job, as before
     module_name, _, attribute = spec.partition(":")
+    known = _imported.get(spec)
+    if known is not None and sys.modules.get(module_name) is known[0]:
+        return known[1]
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attribute)
+        target = getattr(module, attribute)
+        _imported[spec] = (module, target)
+        return target
     except (ImportError, AttributeError) as exc:
         raise PluginError(f"cannot load handler {spec}: {exc}") from exc
     except Exception as exc:  # the module's own code failed while importing

@@ -39,14 +39,24 @@ class RunAs:
     switch: bool
 
 
+_own: dict[tuple[int, int], RunAs] = {}
+"""The agent's account by (euid, egid), read once: `getpwuid` opens and parses the user
+database, and every plugin job asked for it (issue 18)."""
+
+
 def own_user() -> RunAs:
     """The agent's own account."""
-    uid = os.geteuid()
+    uid, gid = os.geteuid(), os.getegid()
+    known = _own.get((uid, gid))
+    if known is not None:
+        return known
     try:
         entry = pwd.getpwuid(uid)
-        return RunAs(entry.pw_name, uid, os.getegid(), entry.pw_dir, (), switch=False)
+        own = RunAs(entry.pw_name, uid, gid, entry.pw_dir, (), switch=False)
     except KeyError:
-        return RunAs(str(uid), uid, os.getegid(), os.environ.get("HOME", "/"), (), switch=False)
+        own = RunAs(str(uid), uid, gid, os.environ.get("HOME", "/"), (), switch=False)
+    _own[(uid, gid)] = own
+    return own
 
 
 def parse_run_as_user(value: object, where: str = "runAsUser") -> str:

@@ -18,6 +18,7 @@ the device has no record of is reported FAILED, never run (the record was lost).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from jobs_agent.engine.turns import next_by_name
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
 from jobs_agent.jobs.models import JobExecution, JobExecutionSummary
+from jobs_agent.log import enabled
 from jobs_agent.vocabulary import (
     NEXT_JOB_ID,
     ExecutionRef,
@@ -226,8 +228,8 @@ class Acquisition:
         if ref in self._outbox.undecided:
             return None  # finished; its outcome is written as soon as the database works
         if ref.namespace is None:
-            # One hand-off: the record there is, or a new one whose fsync comes with RUNNING
-            # (`Store.record_taken`: the start-next marker stays until then).
+            # On the loop: the record there is, or a new one written with RUNNING, in its
+            # transaction (`Store.record_taken`: the start-next marker stays until then).
             taken, created = await self._store.call(
                 Store.record_taken, ref, execution.job_document or {}, execution.version_number
             )
@@ -258,7 +260,8 @@ class Acquisition:
 
     def _started(self, ref: ExecutionRef) -> None:
         self._shared.crash.reached("started")
-        _bound(ref).info("job started")
+        if enabled(logging.INFO):  # no logger built for a line the level drops (issue 18)
+            _bound(ref).info("job started")
 
     # -- reconciliation -----------------------------------------------------------------------
     async def reconcile(self) -> None:

@@ -7,15 +7,16 @@ announces, so that a `kill -9` or a power cut at any line leaves a state from wh
 start knows what happened and what is left (`jobs_agent.engine.recovery` decides that).
 `None` stands for "no record yet": the rows from it are the ways a record is created.
 
-Two writes keep the rule without an fsync of their own (issue 18: a job costs 2 fsyncs, not 4).
-A kill -9 loses neither (the write is in the kernel's cache); a power cut may:
-- (none) -> started, when start-next took the execution (`Store.record_taken`): the handler is
-  launched only after the durable started -> running (or started -> decided) write, which makes
-  it durable too, and the start-next marker stays until then. Lost, the restarted agent finds
-  the execution in progress, no record, and the marker: never run, it runs (or, if the marker
-  was lost as well, it is decided FAILED as a lost record: never run twice).
-- decided -> reported: lost, the record is decided again with its outbox row; the outcome is
-  sent again, the service refuses it as terminal with the same status, and it is closed.
+Two writes keep the rule without an fsync of their own (issue 18: a job costs 2 fsyncs, not 4):
+- (none) -> started, when start-next took the execution (`Store.record_taken`): written first in
+  the store's next transaction, the durable started -> running (or started -> decided) one, in
+  which it is checked; the handler is launched only after it, and the start-next marker stays
+  until then. A kill -9 or a power cut before it loses the record: the restarted agent finds the
+  execution in progress, no record, and the marker: never run, it runs (or, if the marker was
+  lost as well, it is decided FAILED as a lost record: never run twice).
+- decided -> reported: a kill -9 never loses it (the write is in the kernel's cache); lost in a
+  power cut, the record is decided again with its outbox row; the outcome is sent again, the
+  service refuses it as terminal with the same status, and it is closed.
 
 A new capability adds its states and rows here (`deferred`: waiting for a time, a maintenance
 window or consent; the phases of an A/B update), then teaches `recovery` what each new state

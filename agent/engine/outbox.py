@@ -10,6 +10,7 @@ can (`undecided`), never replaced by "agent restarted".
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from jobs_agent.engine.store import OutboxEntry, PackageRow, Store, StoreError, 
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
+from jobs_agent.log import enabled
 from jobs_agent.redact import redact_mapping
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
 from jobs_agent_handlers.api import Outcome
@@ -150,6 +152,8 @@ class Outbox:
     def _reported(self, ref: ExecutionRef, status: JobExecutionStatus) -> None:
         self._shared.note_outcome(ref, status)
         self._shared.status.jobs_done += 1
+        if not enabled(logging.INFO):
+            return  # no logger built for a line the level drops (issue 18)
         log.info(
             "outcome reported",
             job_id=ref.job_id,

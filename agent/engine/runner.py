@@ -348,7 +348,7 @@ class Runner:
         reporter, running = self._prepare(record, document, run, bound)
         ref = record.key
         self._supervisor.running = running
-        self._shared.set_status("running", str(ref))
+        self._shared.note_status("running", str(ref))  # announced once it outlasts a loop turn
         handler_task = asyncio.create_task(
             self._shared.dispatcher.run(handler, running.ctx), name=f"job-{ref}"
         )
@@ -356,11 +356,15 @@ class Runner:
             "handler started", handler=handler.name, resumed=run.resumed, rebooted=run.rebooted
         )
         reporter_task: asyncio.Task[None] | None = None
+        announced = False
         try:
             # Most plugins end within their first step: such a run needs no progress task
-            # (what it reported goes with the outcome) and no supervising waiters (issue 18).
+            # (what it reported goes with the outcome), no supervising waiters and no STATUS=
+            # for systemd, running then idle again before anyone could read it (issue 18).
             await asyncio.sleep(0)
             if not handler_task.done():
+                self._shared.announce_status()
+                announced = True
                 reporter_task = asyncio.create_task(reporter.run(), name=f"progress-{ref}")
             outcome = await self._supervisor.supervise(handler_task, running, bound)
         except JobDeferred as deferred:
@@ -372,7 +376,7 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter_task
             self._supervisor.running = None
-            self._shared.set_status("idle")
+            (self._shared.set_status if announced else self._shared.note_status)("idle")
         if outcome is None:
             return None  # cancelled by the cloud or suspended for a stop; already recorded
         self._shared.crash.reached("handler_done")

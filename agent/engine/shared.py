@@ -107,9 +107,18 @@ class Shared:
             self.prune_soon = True
 
     def set_status(self, state: str, job: str | None = None, **progress: Any) -> None:
+        self.note_status(state, job, **progress)
+        self.announce_status()
+
+    def note_status(self, state: str, job: str | None = None, **progress: Any) -> None:
+        """Change the status without telling systemd yet (`announce_status` does): a plugin
+        that ends within its first step would otherwise cost two `STATUS=` datagrams per job
+        that nobody can read in time (issue 18)."""
         self.status.state = state
         self.status.job = job
         self.status.progress = dict(progress)
+
+    def announce_status(self) -> None:
         if self._on_status is not None:
             self._on_status(self.status)
 

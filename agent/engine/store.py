@@ -5,11 +5,14 @@ synchronous=FULL) before the side effect it announces, so that a `kill -9` or a 
 line leaves a record from which the next start knows exactly what happened and what is left.
 
 Two writes of a job need no fsync of their own, which halves a job's fsyncs (issue 18): the
-record of an execution start-next just took (`record_taken`), whose fsync comes with RUNNING (or
-the decided outcome) a moment later, and REPORTED, which a power cut may turn back into DECIDED:
-the outcome is then sent again and the service's "already terminal" answer closes it. A kill -9
-loses neither (the write is in the kernel's cache); only a power cut can, and the notes in
-`jobs_agent.engine.lifecycle` say what each such loss means.
+record of an execution start-next just took (`record_taken`), and REPORTED, which a power cut
+may turn back into DECIDED: the outcome is then sent again and the service's "already terminal"
+answer closes it. The start record is not even a transaction of its own: it is written first in
+the store's next transaction (RUNNING, fsynced, or the decided outcome; a read first writes it
+on its own), so a job makes three commits, not four. Until then a kill -9 loses it as a power
+cut would, with the start-next marker kept for that case; REPORTED a kill -9 never loses (the
+write is in the kernel's cache). The notes in `jobs_agent.engine.lifecycle` say what each loss
+means.
 The states and the transitions allowed between them are declared in
 `jobs_agent.engine.lifecycle`; every write that changes a state is checked against that table
 inside its own transaction, and refused (`TransitionRefused`) when the table does not list it.
@@ -127,10 +130,15 @@ class Store:
         self._durable: bool | None = True
         """How the connection is set (`_sync`): True after the pragmas above."""
         self._record_unsynced = False
-        """A taken execution's record is written but not yet fsynced: the start-next marker
-        stays until it is (after a power cut it is what lets that execution run)."""
+        """A taken execution's record is not yet fsynced: the start-next marker stays until it
+        is (after a crash or a power cut it is what lets that execution run)."""
+        self._pending: tuple[str, tuple[Any, ...]] | None = None
+        """The INSERT of a taken execution's record (`record_taken`), written first in the
+        next transaction (or before the next read)."""
         self.durable_commits = 0
         """Commits that were fsynced, since the store was opened (benchmarks and tests)."""
+        self.commits = 0
+        """Every commit, fsynced or not, since the store was opened (tests)."""
 
     # -- the start-next window -----------------------------------------------------------------
     # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
@@ -200,6 +208,11 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            if self._pending is not None:
+                # Lost, it is an execution the marker says was never run: it runs after the
+                # restart. Written, it is a record of it: the same, with a record to show.
+                with contextlib.suppress(StoreError):
+                    self._write_locked([], None, durable=False)
             self._db.close()
             if self._marker_fd is not None:
                 os.close(self._marker_fd)
@@ -219,17 +232,31 @@ class Store:
         fsync (a kill -9 loses nothing; a power cut may lose it, and every commit before the
         next durable one): only for the writes the module's docstring names."""
         with self._lock:
-            self.verify()
-            try:
-                self._sync(durable)
-                self._commit(statements, transition)
-            except (sqlite3.Error, OverflowError, ValueError) as exc:
-                raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
-            if durable:
-                self.durable_commits += 1
-                if self._record_unsynced:
-                    self._record_unsynced = False  # on disk now, with every commit before it
-                    self._remove_marker()
+            self._write_locked(statements, transition, durable=durable)
+
+    def _write_locked(
+        self,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        transition: tuple[ExecutionRef, ExecutionState] | None,
+        *,
+        durable: bool,
+    ) -> None:
+        """`_write` with the lock held; a pending start record (`record_taken`) goes first,
+        before the transition is checked, in the same transaction."""
+        self.verify()
+        first = [] if self._pending is None else [self._pending]
+        try:
+            self._sync(durable)
+            self._commit(first + statements, transition, checked_after=len(first))
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
+        self._pending = None
+        self.commits += 1
+        if durable:
+            self.durable_commits += 1
+            if self._record_unsynced:
+                self._record_unsynced = False  # on disk now, with every commit before it
+                self._remove_marker()
 
     def _sync(self, durable: bool) -> None:
         """Set the connection for a durable commit (fsynced, may checkpoint the WAL) or not:
@@ -251,13 +278,18 @@ class Store:
         self,
         statements: list[tuple[str, tuple[Any, ...]]],
         transition: tuple[ExecutionRef, ExecutionState] | None,
+        checked_after: int = 0,
     ) -> None:
+        """One transaction; `transition` is checked after the first `checked_after`
+        statements (a pending start record) and before the others."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if transition is not None:
-                self._check_transition(*transition)
-            for sql, params in statements:
+            for index, (sql, params) in enumerate(statements):
+                if index == checked_after and transition is not None:
+                    self._check_transition(*transition)
                 self._db.execute(sql, params)
+            if len(statements) <= checked_after and transition is not None:
+                self._check_transition(*transition)
             self._db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again would
@@ -279,6 +311,8 @@ class Store:
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            if self._pending is not None:
+                self._write_locked([], None, durable=False)  # what was taken is read too
             try:
                 return self._db.execute(sql, params).fetchall()
             except (sqlite3.Error, OverflowError, ValueError) as exc:
@@ -329,18 +363,36 @@ class Store:
         now = time.time()
         encoded = json.dumps(redact_url_credentials(document))
         self._write(
-            [
-                (
-                    "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
-                    " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*self._key_params(key), str(state), encoded, version_number, now, now),
-                )
-            ],
+            [self._insert(key, state, encoded, version_number, now)],
             transition=(key, state),
             durable=durable,
         )
-        # The row just written, as `get` would read it back (the schema's defaults), without
-        # reading it back (issue 18; `tests/test_store_handoffs.py` compares the two).
+        return self._new_record(key, state, encoded, version_number, now)
+
+    def _insert(
+        self,
+        key: ExecutionRef,
+        state: ExecutionState,
+        encoded: str,
+        version_number: int | None,
+        now: float,
+    ) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
+            " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*self._key_params(key), str(state), encoded, version_number, now, now),
+        )
+
+    @staticmethod
+    def _new_record(
+        key: ExecutionRef,
+        state: ExecutionState,
+        encoded: str,
+        version_number: int | None,
+        now: float,
+    ) -> ExecutionRecord:
+        """The row just written, as `get` would read it back (the schema's defaults), without
+        reading it back (issue 18; `tests/test_store_handoffs.py` compares the two)."""
         return ExecutionRecord(
             key=ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
             state=state,
@@ -366,18 +418,24 @@ class Store:
         """The record of an execution start-next gave this device: the one it already has
         (a re-delivery), or a new STARTED one; and whether it is new.
 
-        A new record is committed without an fsync: its handler is launched only after the
-        durable RUNNING write (or the document is refused with a durable DECIDED one), and
-        until such a write the start-next marker stays, so that a power cut that loses the
-        record leaves an execution the restarted agent knows it never ran. One hand-off to the
-        store's thread where get, insert and `taken` were three.
+        A new record is written first in the store's next transaction (the durable RUNNING
+        one, or the durable DECIDED of a refused document; a read writes it before it reads),
+        never in one of its own (issue 18: a transaction less per job). Its handler is
+        launched only after that durable write, and until then the start-next marker stays,
+        so that a crash or power cut that loses the record leaves an execution the restarted
+        agent knows it never ran. Runs on the event loop (`AsyncStore`): no hand-off.
         """
-        record = self.get(key)
+        record = self.get(key)  # writes a record still pending first
         if record is None:
-            record = self.record_received(
-                key, document, version_number, ExecutionState.STARTED, durable=False
-            )
-            self._record_unsynced = True
+            with self._lock:
+                if self._pending is not None:  # never with the engine's order of calls
+                    self._write_locked([], None, durable=False)
+                now = time.time()
+                encoded = json.dumps(redact_url_credentials(document))
+                state = ExecutionState.STARTED
+                self._pending = self._insert(key, state, encoded, version_number, now)
+                self._record_unsynced = True
+            record = self._new_record(key, state, encoded, version_number, now)
             created = True
         else:
             created = False

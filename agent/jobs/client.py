@@ -63,6 +63,7 @@ from jobs_agent.jobs.models import (
 )
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
+from jobs_agent.log import LazyBound
 from jobs_agent.transport.base import Message, Transport, TransportError
 from jobs_agent.transport.exchange import Exchange, ExchangeClosed, subscribe_within
 from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
@@ -279,7 +280,7 @@ class JobsClient:
             raise JobsError("the Jobs client is not started (or already closed)")
         topic = topics.request_topic(self.thing_name, operation, job_id=job_id, namespace=namespace)
         self.stats.requests += 1
-        bound = log.bind(operation=operation.value, job_id=job_id, namespace=namespace)
+        bound = LazyBound(log, operation=operation.value, job_id=job_id, namespace=namespace)
 
         def read(reply: _Reply) -> R:
             kind, body = reply

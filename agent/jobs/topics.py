@@ -48,12 +48,18 @@ class Operation(Enum):
     NOTIFY = "JobExecutionsChanged"
     NOTIFY_NEXT = "NextJobExecutionChanged"
 
+    # Members are singletons compared by identity: hashed by it too, in C, where Enum's own
+    # `__hash__` is a Python call (about forty per job in the tables below; issue 18).
+    __hash__ = object.__hash__
+
 
 class ReplyKind(Enum):
     REQUEST = "request"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     EVENT = "event"
+
+    __hash__ = object.__hash__  # as `Operation`'s
 
 
 _EVENTS = frozenset({Operation.NOTIFY, Operation.NOTIFY_NEXT})

@@ -191,31 +191,33 @@ class Exchange(Generic[R]):
         self._waiting[token] = waiter  # registered before publishing: a reply may be instant
         first = True
         try:
-            while not waiter.answered and not waiter.closed:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                if not self.transport.is_connected:
-                    if not await self.transport.wait_connected(remaining):
-                        break
-                    continue  # re-check: the reply may have come with a kept session
-                waiter.lost = False
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self.transport.publish(topic, payload)
-                except NotConnectedError:
-                    await asyncio.sleep(min(NOT_CONNECTED_PAUSE, max(remaining, 0.0)))
-                    continue
-                except TimeoutError:
-                    break
-                self.stats.publishes += 1
-                if not first:
-                    self.stats.republishes += 1
-                    bound.info("request re-published after reconnect", client_token=token)
-                first = False
-                bound.debug("request published", topic=topic, client_token=token)
-                if not await self._news(waiter, deadline):
-                    break
+            try:
+                # One timer for the whole request, its publishes and its waits (two per
+                # request were a timer armed and cancelled for each; issue 18).
+                async with asyncio.timeout_at(deadline):
+                    while not waiter.answered and not waiter.closed:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        if not self.transport.is_connected:
+                            if not await self.transport.wait_connected(remaining):
+                                break
+                            continue  # re-check: the reply may have come with a kept session
+                        waiter.lost = False
+                        try:
+                            await self.transport.publish(topic, payload)
+                        except NotConnectedError:
+                            await asyncio.sleep(min(NOT_CONNECTED_PAUSE, remaining))
+                            continue
+                        self.stats.publishes += 1
+                        if not first:
+                            self.stats.republishes += 1
+                            bound.info("request re-published after reconnect", client_token=token)
+                        first = False
+                        bound.debug("request published", topic=topic, client_token=token)
+                        await self._news(waiter)
+            except TimeoutError:
+                pass  # the deadline passed: no answer
             if waiter.closed:
                 raise ExchangeClosed("the client was closed")
             if waiter.answered:
@@ -226,18 +228,14 @@ class Exchange(Generic[R]):
         return None
 
     @staticmethod
-    async def _news(waiter: _Waiter[R], deadline: float) -> bool:
-        """Wait until the reply, a link loss or a close; False when the deadline passed."""
+    async def _news(waiter: _Waiter[R]) -> None:
+        """Wait until the reply, a link loss or a close (the caller's timer ends it at the
+        request's deadline)."""
         if waiter.answered or waiter.lost or waiter.closed:
-            return True
+            return
         if waiter.wake.done():  # woken by an earlier loss, already dealt with
             waiter.wake = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout_at(deadline):
-                await waiter.wake
-        except TimeoutError:
-            return False
-        return True
+        await waiter.wake
 
 
 async def subscribe_within(
