@@ -75,7 +75,9 @@ async def at_depth(
     ids = [f"{thing}-{i:05d}" for i in range(depth)]
     await asyncio.to_thread(bench.emulator.create_jobs, thing, ids, DOCUMENTS["plugin"])
     refill = Refill(bench.emulator, thing)
-    watcher = DrainWatcher(bench.broker, thing, warmup, window=window, on_ended=refill.ended)
+    watcher = DrainWatcher(
+        bench.broker, thing, warmup, window=window, on_ended=refill.ended, refilled=True
+    )
     watcher.pids = lambda: {
         "agent": process.pid,
         "emulator": bench.emulator.pid,
@@ -95,6 +97,7 @@ async def at_depth(
         "emulator": 1000 * cpu["emulator"].own,
         "broker": 1000 * cpu["broker"].own,
         "rate": rate,
+        "dry": watcher.dry,
     }
 
 
@@ -123,6 +126,12 @@ async def run(session: Session, quick: bool) -> list[Measure]:
         " no-op plugin; emulator CPU per job by depth: "
         + ", ".join(f"{d}: {now[d]['emulator']:.2f} ms" for d in depths)
         + (f"; warnings logged: {sorted(warnings)}" if warnings else "")
+        + "".join(
+            f"; at {d} queued the queue ran dry {now[d]['dry']:.0f} time(s) (the refill fell"
+            " behind)"
+            for d in depths
+            if now[d]["dry"]
+        )
     )
 
     def measure(key: str, label: str, unit: str, depth: int, goal: str, check: Any) -> Measure:
