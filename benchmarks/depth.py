@@ -7,10 +7,14 @@ The queue is held at its depth for the whole window: for each job that ends, the
 one more (over the emulator's HTTP API, from a thread of its own), so every job of the window is
 taken with D pending (the one it runs and D - 1 behind it). A plain drain of D jobs would average
 D/2, and at D = 10 would be over in less CPU time than /proc's clock resolves. The price, the
-same at every depth: each new job sends the agent one more `notify` than a plain drain does. The
-D jobs are queued before the agent starts (and refilled from its first job on); the window
-opens when the 10th job has ended and closes K jobs later (300; 100 with --quick), read from
-`notify-next` by a watching client, as in `drain`.
+same at every depth: each new job sends the agent one more `notify` than a plain drain does (as
+AWS does: a ListNotification is published whenever "a new job execution is queued", Jobs
+notifications page, with no exception for a job queued behind 10 or 15 others; it carries at most
+that many summaries, so its size does not grow with the depth). The D jobs are queued before
+the agent starts (and refilled from its first job on); the window opens when the 10th job has
+ended and closes K jobs later (300; 100 with --quick), read from `notify-next` by a watching
+client, as in `drain`. If the refill falls behind and the queue runs dry, the window stays open
+(its jobs are still counted) and the note says so.
 
 Agent: paho, the in-process no-op plugin (the cheapest job, where a per-depth cost shows most).
 Reference: the same figure at depth 10 (ratio = cost at D / cost at 10). Emulator and broker are
