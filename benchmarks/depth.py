@@ -7,10 +7,14 @@ The queue is held at its depth for the whole window: for each job that ends, the
 one more (over the emulator's HTTP API, from a thread of its own), so every job of the window is
 taken with D pending (the one it runs and D - 1 behind it). A plain drain of D jobs would average
 D/2, and at D = 10 would be over in less CPU time than /proc's clock resolves. The price, the
-same at every depth: each new job sends the agent one more `notify` than a plain drain does. The
-D jobs are queued before the agent starts (and refilled from its first job on); the window
-opens when the 10th job has ended and closes K jobs later (300; 100 with --quick), read from
-`notify-next` by a watching client, as in `drain`.
+same at every depth: each new job sends the agent one more `notify` than a plain drain does (as
+AWS does: a ListNotification is published whenever "a new job execution is queued", Jobs
+notifications page, with no exception for a job queued behind 10 or 15 others; it carries at most
+that many summaries, so its size does not grow with the depth). The D jobs are queued before
+the agent starts (and refilled from its first job on); the window opens when the 10th job has
+ended and closes K jobs later (300; 100 with --quick), read from `notify-next` by a watching
+client, as in `drain`. If the refill falls behind and the queue runs dry, the window stays open
+(its jobs are still counted) and the note says so.
 
 Agent: paho, the in-process no-op plugin (the cheapest job, where a per-depth cost shows most).
 Reference: the same figure at depth 10 (ratio = cost at D / cost at 10). Emulator and broker are
@@ -75,7 +79,9 @@ async def at_depth(
     ids = [f"{thing}-{i:05d}" for i in range(depth)]
     await asyncio.to_thread(bench.emulator.create_jobs, thing, ids, DOCUMENTS["plugin"])
     refill = Refill(bench.emulator, thing)
-    watcher = DrainWatcher(bench.broker, thing, warmup, window=window, on_ended=refill.ended)
+    watcher = DrainWatcher(
+        bench.broker, thing, warmup, window=window, on_ended=refill.ended, refilled=True
+    )
     watcher.pids = lambda: {
         "agent": process.pid,
         "emulator": bench.emulator.pid,
@@ -95,6 +101,7 @@ async def at_depth(
         "emulator": 1000 * cpu["emulator"].own,
         "broker": 1000 * cpu["broker"].own,
         "rate": rate,
+        "dry": watcher.dry,
     }
 
 
@@ -123,6 +130,12 @@ async def run(session: Session, quick: bool) -> list[Measure]:
         " no-op plugin; emulator CPU per job by depth: "
         + ", ".join(f"{d}: {now[d]['emulator']:.2f} ms" for d in depths)
         + (f"; warnings logged: {sorted(warnings)}" if warnings else "")
+        + "".join(
+            f"; at {d} queued the queue ran dry {now[d]['dry']:.0f} time(s) (the refill fell"
+            " behind)"
+            for d in depths
+            if now[d]["dry"]
+        )
     )
 
     def measure(key: str, label: str, unit: str, depth: int, goal: str, check: Any) -> Measure:
