@@ -1,4 +1,5 @@
-"""`sim fleet`'s devices: one SUBSCRIBE per device, and the devices kept off the collector.
+"""`sim fleet`'s devices: one SUBSCRIBE per device, their databases copied from one template,
+and the devices kept off the cyclic collector.
 
 Real parts: the session mosquitto broker, real `Fleet` devices (engines, SQLite stores, paho
 connections) in this process, messages published through the broker to every filter. The two
@@ -18,8 +19,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from jobs_agent.config import ConnectionConfig
+from jobs_agent.device import STATE_DATABASE
+from jobs_agent.engine.store import Store
 from jobs_agent.jobs.topics import device_subscriptions
-from jobs_agent.sim.fleet import Fleet, FleetOptions
+from jobs_agent.sim.fleet import Fleet, FleetOptions, _create_database, database_template
 from jobs_agent.sim.fleet_transport import FleetTransport, _Batch, _settle
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
 from tests.fixtures.broker import Mosquitto
@@ -121,3 +124,35 @@ async def test_a_failed_batch_fails_every_caller(outcome: object) -> None:
     for waiter in batch.waiters:
         with pytest.raises(TransportError):
             waiter.result()
+
+
+def test_device_databases_are_copies_with_ids_of_their_own(tmp_path: Path) -> None:
+    template = database_template(tmp_path / "template")
+    assert not (tmp_path / "template").exists()
+    paths = [tmp_path / name / STATE_DATABASE for name in ("a", "b")]
+    for path in paths:
+        _create_database(path, template)
+    ids = []
+    for path in paths:
+        assert sorted(p.name for p in path.parent.iterdir()) == [STATE_DATABASE]
+        store = Store(path, exclusive=True)
+        try:
+            ids.append(store.database_id)
+            store.verify()  # the open database is the file at its path
+        finally:
+            store.close()
+    assert len(set(ids)) == 2
+    assert all(len(i) == 32 for i in ids)
+
+
+def test_an_existing_device_database_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "thing" / STATE_DATABASE
+    store = Store(path, exclusive=True)
+    kept = store.database_id
+    store.close()
+    _create_database(path, database_template(tmp_path / "template"))
+    store = Store(path, exclusive=True)
+    try:
+        assert store.database_id == kept
+    finally:
+        store.close()

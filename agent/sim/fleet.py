@@ -33,7 +33,10 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import os
 import resource
+import shutil
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -66,8 +69,63 @@ PREPARE_THREADS = 8
 """Threads creating state databases while a fleet starts (their fsyncs overlap)."""
 
 
-def _create_database(path: Path) -> None:
-    Store(path, exclusive=True).close()
+DATABASE_MODE = 0o644
+"""SQLite's own mode for a database it creates (less the umask), kept for the copies."""
+
+
+def database_template(directory: Path) -> bytes:
+    """An empty state database as `Store` makes it (schema, settings, a database id), as bytes:
+    made once per fleet in `directory` (then removed), copied for each device."""
+    path = directory / STATE_DATABASE
+    try:
+        Store(path, exclusive=True).close()  # closing checkpoints: no WAL is left beside it
+        return path.read_bytes()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _create_database(path: Path, template: bytes) -> None:
+    """A device's state database: the template's bytes with a database id of its own.
+
+    Making each one through `Store` cost 3.1 ms of CPU and 7 ms here (16 fdatasyncs: its schema
+    and settings are a transaction each), about half of the CPU a thing cost to connect; a copy
+    costs 0.9 ms. The copy is
+    written under a temporary name, given its own id in one transaction, fsynced, and linked
+    into place, so the device's path holds either nothing or a complete database with its own
+    id; an existing database (a fleet run again on its state directory) is opened as it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        Store(path, exclusive=True).close()
+        return
+    fresh = path.with_name(path.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fresh)  # left by a fleet stopped while making it
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(fresh, flags, DATABASE_MODE)
+    try:
+        view = memoryview(template)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    db = sqlite3.connect(str(fresh), isolation_level=None)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # as the device's Store: no -shm file
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'database_id'", (os.urandom(16).hex(),))
+    finally:
+        db.close()  # checkpoints the update into the file and fsyncs it
+    try:
+        os.link(fresh, path)  # never over a database made meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(fresh)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def peak_rss_mb() -> float:
@@ -168,13 +226,15 @@ class Fleet:
             state_dir=o.state_dir / thing,
         )
 
-    async def _start_one(self, thing: str, timeout: float, prepare: Executor) -> Member:
+    async def _start_one(
+        self, thing: str, timeout: float, prepare: Executor, template: bytes
+    ) -> Member:
         connection = dataclasses.replace(self.options.connection, client_id=thing)
         config = self._config(thing, connection)
         # Creating a database is a few fsyncs: done on a thread, so that the store opened on
         # the loop below (the device's own, as on a gateway) finds it made and writes nothing.
         await asyncio.get_running_loop().run_in_executor(
-            prepare, _create_database, config.state_dir / STATE_DATABASE
+            prepare, _create_database, config.state_dir / STATE_DATABASE, template
         )
         transport = FleetTransport(connection, thing)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
@@ -200,10 +260,13 @@ class Fleet:
         gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
 
         prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="fleet-new")
+        template = await asyncio.to_thread(
+            database_template, self.options.state_dir / f".template-{os.getpid()}"
+        )
 
         async def start_one(thing: str) -> Member:
             async with gate:
-                return await self._start_one(thing, timeout, prepare)
+                return await self._start_one(thing, timeout, prepare, template)
 
         collecting = gc.isenabled()
         gc.disable()  # see the module docstring: one collection once all are up, not O(N) many
