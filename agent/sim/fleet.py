@@ -165,7 +165,8 @@ class FleetOptions:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     handlers: Mapping[str, str] = field(default_factory=dict)
     connect_concurrency: int = 64
-    """Connections being set up at once (each is a TCP connect, perhaps TLS, and 4 SUBACKs)."""
+    """Connections being set up at once (each is a TCP connect, perhaps TLS, a CONNACK and one
+    SUBACK for all of its subscriptions)."""
     members: range | None = None
     """The thing numbers (1..things) this process runs; None: all of them. `sim fleet
     --processes N` gives each worker a share, named as in a one-process fleet."""
@@ -259,10 +260,10 @@ class Fleet:
         """Connect and subscribe every device, then start their engines (each looks for work)."""
         gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
 
-        prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="fleet-new")
         template = await asyncio.to_thread(
             database_template, self.options.state_dir / f".template-{os.getpid()}"
         )
+        prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="fleet-new")
 
         async def start_one(thing: str) -> Member:
             async with gate:
