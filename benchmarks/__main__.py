@@ -63,8 +63,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         metavar="REF",
-        help="also measure the agent of this git ref (drain, depth, latency, startup) or its"
-        " emulator (emulator-cost), in the same run, round by round: the 'before' column",
+        help="also measure the agent of this git ref (drain, depth, latency, startup), its"
+        " emulator (emulator-cost) or its `sim fleet` (fleet), in the same run, round by round:"
+        " the 'before' column",
     )
     parser.add_argument(
         "--smoke", action="store_true", help=argparse.SUPPRESS

@@ -1,0 +1,158 @@
+"""`sim fleet`'s devices: one SUBSCRIBE per device, their databases copied from one template,
+and the devices kept off the cyclic collector.
+
+Real parts: the session mosquitto broker, real `Fleet` devices (engines, SQLite stores, paho
+connections) in this process, messages published through the broker to every filter. The two
+`_settle` tests hand it the SUBACK outcomes a test broker cannot be made to give (a refused
+filter, a count mismatch) as the transport's acknowledgement future would carry them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import uuid
+from pathlib import Path
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.device import STATE_DATABASE
+from jobs_agent.engine.store import Store
+from jobs_agent.jobs.topics import device_subscriptions
+from jobs_agent.sim.fleet import Fleet, FleetOptions, _create_database, database_template
+from jobs_agent.sim.fleet_transport import FleetTransport, _Batch, _settle
+from jobs_agent.transport.base import Message, NotConnectedError, TransportError
+from tests.fixtures.broker import Mosquitto
+
+
+def _connection(broker: Mosquitto, client_id: str) -> ConnectionConfig:
+    return ConnectionConfig(
+        transport="paho", endpoint=broker.host, port=broker.port, tls=False, client_id=client_id
+    )
+
+
+async def test_subscriptions_asked_together_go_in_one_subscribe_and_each_works(
+    mosquitto: Mosquitto,
+) -> None:
+    thing = f"ft-{uuid.uuid4().hex[:8]}"
+    transport = FleetTransport(_connection(mosquitto, thing), thing)
+    received: list[str] = []
+    everything = asyncio.Event()
+    filters = device_subscriptions(thing)
+    # One topic under each filter (a `+` level filled in).
+    topics = [f.replace("+", "job-1", 1).replace("+", "accepted") for f in filters]
+
+    def on_message(message: Message) -> None:
+        received.append(message.topic)
+        if set(received) >= set(topics):
+            everything.set()
+
+    transport.set_message_callback(on_message)
+    await transport.connect(timeout=10)
+    try:
+        await asyncio.gather(*(transport.subscribe(f) for f in filters))
+        assert transport.subscribe_packets == 1
+        for topic in topics:
+            await transport.publish(topic, b"{}")
+        await asyncio.wait_for(everything.wait(), 10)
+        assert set(received) == set(topics)
+        # A later subscription is a SUBSCRIBE of its own.
+        await transport.subscribe(f"$aws/things/{thing}/shadow/get/accepted")
+        assert transport.subscribe_packets == 2
+    finally:
+        await transport.disconnect()
+
+
+async def test_a_fleet_subscribes_once_per_device_and_freezes_its_devices(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    options = FleetOptions(
+        things=3,
+        connection=_connection(mosquitto, "unused"),
+        state_dir=tmp_path / "state",
+        prefix=f"ff{uuid.uuid4().hex[:6]}-",
+    )
+    fleet = Fleet(options)
+    frozen_before = gc.get_freeze_count()
+    await fleet.start(timeout=30)
+    try:
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen_before
+        engines = {id(member.device.engine) for member in fleet.devices}
+        tracked = {id(o) for generation in range(3) for o in gc.get_objects(generation)}
+        assert not engines & tracked  # in the permanent generation: no collection walks them
+        for member in fleet.devices:
+            transport = member.device.transport
+            assert isinstance(transport, FleetTransport)
+            assert transport.subscribe_packets == 1
+    finally:
+        await fleet.stop()
+    assert gc.get_freeze_count() == 0  # given back to the collector with the closed devices
+
+
+def _subacks(*names: str) -> list[ReasonCode]:
+    return [ReasonCode(PacketTypes.SUBACK, name) for name in names]
+
+
+async def test_a_refused_filter_fails_only_its_own_subscribe() -> None:
+    loop = asyncio.get_running_loop()
+    batch = _Batch(["a/1", "a/2"], [loop.create_future(), loop.create_future()])
+    done: asyncio.Future[object] = loop.create_future()
+    done.set_result(_subacks("Granted QoS 1", "Not authorized"))
+    _settle(batch, done)
+    assert not batch.waiters[0].result().is_failure
+    assert batch.waiters[1].result().is_failure
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [NotConnectedError("connection lost"), _subacks("Granted QoS 1")],
+    ids=["link lost", "fewer reason codes than filters"],
+)
+async def test_a_failed_batch_fails_every_caller(outcome: object) -> None:
+    loop = asyncio.get_running_loop()
+    batch = _Batch(["a/1", "a/2"], [loop.create_future(), loop.create_future()])
+    done: asyncio.Future[object] = loop.create_future()
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
+    _settle(batch, done)
+    for waiter in batch.waiters:
+        with pytest.raises(TransportError):
+            waiter.result()
+
+
+def test_device_databases_are_copies_with_ids_of_their_own(tmp_path: Path) -> None:
+    template = database_template(tmp_path / "template")
+    assert not (tmp_path / "template").exists()
+    paths = [tmp_path / name / STATE_DATABASE for name in ("a", "b")]
+    for path in paths:
+        _create_database(path, template)
+    ids = []
+    for path in paths:
+        assert sorted(p.name for p in path.parent.iterdir()) == [STATE_DATABASE]
+        store = Store(path, exclusive=True)
+        try:
+            ids.append(store.database_id)
+            store.verify()  # the open database is the file at its path
+        finally:
+            store.close()
+    assert len(set(ids)) == 2
+    assert all(len(i) == 32 for i in ids)
+
+
+def test_an_existing_device_database_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "thing" / STATE_DATABASE
+    store = Store(path, exclusive=True)
+    kept = store.database_id
+    store.close()
+    _create_database(path, database_template(tmp_path / "template"))
+    store = Store(path, exclusive=True)
+    try:
+        assert store.database_id == kept
+    finally:
+        store.close()
