@@ -11,9 +11,11 @@ would hand back the deferred one (IN_PROGRESS executions come first): work is th
 GetPendingJobExecutions then, for a QUEUED one, the namespaced flow above in the default
 namespace (recorded RECEIVED, UpdateJobExecution to IN_PROGRESS with `expectedVersion`).
 
-Reconciliation runs once per process, before the first job: records of executions the service
-ended while the agent was away are closed, and an execution the service shows in progress but
-the device has no record of is reported FAILED, never run (the record was lost).
+Reconciliation runs before the first job, and again before the next job is taken after every
+reconnect (the agent may have missed what the service did meanwhile, and start-next does not
+offer an ended execution again): records of executions the service ended while the agent was
+away (or not listening) are closed, and an execution the service shows in progress but the
+device has no record of is reported FAILED, never run (the record was lost).
 """
 
 from __future__ import annotations
@@ -261,11 +263,14 @@ class Acquisition:
         _bound(ref).info("job started")
 
     # -- reconciliation -----------------------------------------------------------------------
-    async def reconcile(self) -> None:
+    async def reconcile(self, watched: Collection[ExecutionRef] = ()) -> None:
         """Close local records of executions the service ended while the agent was away, and
-        report FAILED what the service has in progress that this device has no record of."""
+        report FAILED what the service has in progress that this device has no record of.
+        `watched`: executions left alone, their own wait watches the service (deferred ones
+        waiting aside: they close their record themselves when the service ends them)."""
         for record in await self._store.call(Store.active):
-            await self._close_if_ended(record)
+            if record.key not in watched:
+                await self._close_if_ended(record)
         pending = await self._client.get_pending()
         unknown = [
             (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)
@@ -286,6 +291,21 @@ class Acquisition:
         for ref, version in unknown:
             await self.fail_lost(ref, version)
 
+    async def passed_over(self, taken: ExecutionRef | None) -> list[ExecutionRef]:
+        """Default-namespace records in progress on the service that start-next did not hand
+        back (it hands back IN_PROGRESS executions first, `taken` is what it gave): the service
+        most likely ended them after the last reconciliation, and will not offer them again.
+        Those held to run to their end are not counted."""
+        in_progress = (ExecutionState.STARTED, ExecutionState.RUNNING, ExecutionState.DEFERRED)
+        return [
+            record.key
+            for record in await self._store.call(Store.active)
+            if record.key.namespace is None
+            and record.key != taken
+            and record.key not in self.held
+            and record.state in in_progress
+        ]
+
     async def _close_if_ended(self, record: ExecutionRecord) -> None:
         ref = record.key
         ended = await self._client.ended(ref)
@@ -300,8 +320,9 @@ class Acquisition:
                 job_id=ref.job_id,
                 ended=str(ended),
             )
-            self._shared.note_outcome(ref, f"ended by the service ({ended}); carried on")
-            self.held.append(ref)
+            if ref not in self.held:  # a reconcile after a reconnect finds it again
+                self._shared.note_outcome(ref, f"ended by the service ({ended}); carried on")
+                self.held.append(ref)
             return
         await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
         note = f"service ended the execution while away ({ended})"

@@ -1,0 +1,141 @@
+"""Reconciliation of the device's records with the service, again whenever the agent may have
+missed what the service did (a reconnect), against the emulator over a real mosquitto broker.
+
+The record an earlier agent left RUNNING is written with the agent's own store (a real SQLite
+file), as a SIGKILLed agent leaves it: the test then controls exactly when the service ends the
+execution (between the agent's first reconciliation and the start-next that would hand it back).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs_agent.emulator.readings import Readings
+from jobs_agent.emulator.service import JobsService
+from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.store import ExecutionRecord, Store
+from jobs_agent.jobs.errors import ErrorCode
+from jobs_agent.vocabulary import ExecutionRef
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    READING_PROFILES,
+    agent_config,
+    running_agent,
+    start_emulator,
+    terminal_statuses,
+    wait_terminal,
+    wait_until,
+    write_handler,
+)
+
+THING = "gw-test"
+START_NEXT = "StartNextPendingJobExecution"
+
+
+@pytest.fixture(params=sorted(READING_PROFILES))
+def readings(request: pytest.FixtureRequest) -> Readings:
+    """Under each reading of the points AWS leaves silent (as the other engine tests)."""
+    return READING_PROFILES[request.param]
+
+
+def _record(state_db: Path, ref: ExecutionRef) -> ExecutionRecord | None:
+    store = Store(state_db)
+    try:
+        return store.get(ref)
+    finally:
+        store.close()
+
+
+def _left_running(service: JobsService, state_db: Path) -> ExecutionRef:
+    """Job "stranded" IN_PROGRESS on the service and RUNNING in the device's records (as an
+    agent SIGKILLed while running it leaves them), job "next" QUEUED behind it."""
+    service.create_job("stranded", [THING], {"operation": "work"})
+    delivery = service.start_next(THING)  # the earlier agent took it
+    assert delivery is not None
+    execution = delivery.execution
+    ref = ExecutionRef(None, "stranded", execution.execution_number or 0)
+    state_db.parent.mkdir(parents=True)
+    store = Store(state_db)
+    try:
+        store.record_taken(ref, {"operation": "work"}, execution.version_number)
+        store.transition(ref, ExecutionState.RUNNING)
+    finally:
+        store.close()
+    service.create_job("next", [THING], {"operation": "work"})
+    return ref
+
+
+async def test_a_record_the_service_ended_during_a_disconnect_is_closed_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """An earlier agent left J RUNNING. The new agent's first reconciliation sees J still in
+    progress (start-next would hand it back), but start-next fails, the link drops and the
+    service cancels J meanwhile. On reconnect start-next offers the next job, never J again:
+    the agent must reconcile again before taking it, so J's record is closed, not stranded."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        state_db = config.state_dir / "state.db"
+        ref = _left_running(service, state_db)
+        for _ in range(1000):  # every start-next fails until the link is down
+            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            # The first reconciliation precedes the first start-next: it is over.
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first start-next to fail",
+            )
+            fresh_mosquitto.stop()
+            service.cancel_execution("stranded", THING, force=True)
+            service.clear_faults()
+            fresh_mosquitto.start()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+            record = _record(state_db, ref)
+            assert record is not None
+            assert record.state is ExecutionState.CANCELLED, record
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
+async def test_a_record_the_service_ended_after_reconciliation_is_closed_when_passed_over(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """The same race without a disconnect: the service cancels J after the first
+    reconciliation, before the start-next that would hand it back (retried after a refusal).
+    Start-next passes J over for the next job; the agent sees that it did and reconciles
+    before running the next job, so J's record is closed, not left RUNNING until a restart."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        ref = _left_running(service, config.state_dir / "state.db")
+        for _ in range(1000):  # every start-next fails until J is cancelled
+            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first start-next to fail",
+            )
+            service.cancel_execution("stranded", THING, force=True)
+            service.clear_faults()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+            record = _record(config.state_dir / "state.db", ref)
+            assert record is not None
+            assert record.state is ExecutionState.CANCELLED, record
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
