@@ -48,14 +48,16 @@ def _record(state_db: Path, ref: ExecutionRef) -> ExecutionRecord | None:
         store.close()
 
 
-def _left_running(service: JobsService, state_db: Path) -> ExecutionRef:
+def _left_running(
+    service: JobsService, state_db: Path, namespace: str | None = None
+) -> ExecutionRef:
     """Job "stranded" IN_PROGRESS on the service and RUNNING in the device's records (as an
     agent SIGKILLed while running it leaves them), job "next" QUEUED behind it."""
-    service.create_job("stranded", [THING], {"operation": "work"})
-    delivery = service.start_next(THING)  # the earlier agent took it
+    service.create_job("stranded", [THING], {"operation": "work"}, namespace=namespace)
+    delivery = service.start_next(THING, namespace=namespace)  # the earlier agent took it
     assert delivery is not None
     execution = delivery.execution
-    ref = ExecutionRef(None, "stranded", execution.execution_number or 0)
+    ref = ExecutionRef(namespace, "stranded", execution.execution_number or 0)
     state_db.parent.mkdir(parents=True)
     store = Store(state_db)
     try:
@@ -63,7 +65,7 @@ def _left_running(service: JobsService, state_db: Path) -> ExecutionRef:
         store.transition(ref, ExecutionState.RUNNING)
     finally:
         store.close()
-    service.create_job("next", [THING], {"operation": "work"})
+    service.create_job("next", [THING], {"operation": "work"}, namespace=namespace)
     return ref
 
 
@@ -132,6 +134,43 @@ async def test_a_record_the_service_ended_after_reconciliation_is_closed_when_pa
             service.clear_faults()
             await wait_terminal(emulator, "next", THING, timeout=30)
             record = _record(config.state_dir / "state.db", ref)
+            assert record is not None
+            assert record.state is ExecutionState.CANCELLED, record
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
+async def test_a_namespaced_record_the_service_ended_during_a_disconnect_is_closed_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """As above in a configured namespace, where nothing is passed over by start-next (the
+    namespace's `$next` is described): the resync alone tells the agent it may have missed
+    the cancellation, and it reconciles before it runs the next job."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port, namespaces=("fleet-a",))
+        state_db = config.state_dir / "state.db"
+        ref = _left_running(service, state_db, namespace="fleet-a")
+        for _ in range(1000):  # every start-next fails until the link is down
+            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first start-next to fail",
+            )
+            fresh_mosquitto.stop()
+            service.cancel_execution("stranded", THING, force=True)
+            service.clear_faults()
+            fresh_mosquitto.start()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+            record = _record(state_db, ref)
             assert record is not None
             assert record.state is ExecutionState.CANCELLED, record
 

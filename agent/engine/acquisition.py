@@ -11,11 +11,12 @@ would hand back the deferred one (IN_PROGRESS executions come first): work is th
 GetPendingJobExecutions then, for a QUEUED one, the namespaced flow above in the default
 namespace (recorded RECEIVED, UpdateJobExecution to IN_PROGRESS with `expectedVersion`).
 
-Reconciliation runs before the first job, and again before the next job is taken after every
-reconnect (the agent may have missed what the service did meanwhile, and start-next does not
-offer an ended execution again): records of executions the service ended while the agent was
-away (or not listening) are closed, and an execution the service shows in progress but the
-device has no record of is reported FAILED, never run (the record was lost).
+Reconciliation runs before the first job, and again whenever the agent may have missed what the
+service did (start-next never offers an ended execution again): after every reconnect, and when
+start-next passes over an execution the device has in progress (`passed_over`). Records of
+executions the service ended while the agent was away (or not listening) are closed, and an
+execution the service shows in progress but the device has no record of is reported FAILED,
+never run (the record was lost).
 """
 
 from __future__ import annotations
@@ -282,9 +283,10 @@ class Acquisition:
             if await self._store.call(Store.get, ref) is None
         ]
         if len(unknown) == 1 and await self._store.call(Store.was_taking):
-            # The agent stopped between the service starting it and the record: never run.
+            # The agent stopped (or lost the answer: a reconnect) between the service starting
+            # it and the record: never run; start-next hands it back.
             log.info(
-                "an execution taken just before the agent stopped runs now",
+                "an execution taken by a start-next whose answer was not recorded runs now",
                 job_id=unknown[0][0].job_id,
             )
             return
