@@ -25,6 +25,7 @@ from tests.harness import (
     running_agent,
     start_emulator,
     terminal_statuses,
+    wait_pid_gone,
     wait_terminal,
     wait_until,
     write_handler,
@@ -176,5 +177,52 @@ async def test_a_namespaced_record_the_service_ended_during_a_disconnect_is_clos
 
         assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
         assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
+async def test_a_running_job_the_service_ended_during_a_disconnect_is_stopped_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """The service cancels the running job while the link is down: the notification is lost
+    with it and, without a step timer, nothing else would ask before the handler ends (here:
+    never). On reconnect the agent asks, stops the handler and reports nothing more for it."""
+    pid_file = tmp_path / "pid"
+    write_handler(
+        tmp_path / "handlers",
+        "forever",
+        f"""#!/bin/sh
+echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}
+printf '{{"percent": 10, "message": "started"}}\\n' >&3
+while :; do sleep 0.05; done
+""",
+    )
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        async with running_agent(config) as agent:
+            service.create_job("cut-off", [THING], {"operation": "forever"})
+            await wait_until(pid_file.exists, 15, "the handler to start")
+            pid = int(pid_file.read_text())
+
+            def progress_seen() -> bool:
+                details = service.execution("cut-off", THING).status_details or {}
+                return details.get("message") == "started"
+
+            # Its progress is reported: no update of it is left to send when the link drops.
+            await wait_until(progress_seen, 15, "the handler's progress to reach the service")
+            fresh_mosquitto.stop()
+            service.cancel_execution("cut-off", THING, force=True)
+            fresh_mosquitto.start()
+            assert await wait_pid_gone(pid, 15), "the handler ran on after the reconnect"
+            await wait_until(
+                lambda: agent.engine is not None and agent.engine.running_job is None,
+                10,
+                "the engine to let go of the job",
+            )
+        history = service.history(job_id="cut-off")
+        canceled_at = next(i for i, h in enumerate(history) if str(h.to_status) == "CANCELED")
+        assert all(str(h.source) != "device" for h in history[canceled_at + 1 :])
     finally:
         await emulator.stop()

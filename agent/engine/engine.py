@@ -321,7 +321,8 @@ class Engine:
         async for event in self.client.events():
             if isinstance(event, Resync):
                 log.info("resync after reconnect", session_present=event.session_present)
-                self._reconcile_needed = True
+                self._reconcile_needed = True  # the records, before the next job is taken
+                self._supervisor.recheck()  # the running execution and those waiting aside
                 self._packages.link_back()
                 self._shared.wake()
             elif isinstance(event, NextJobExecutionChanged):
