@@ -3,7 +3,9 @@ missed what the service did (a reconnect), against the emulator over a real mosq
 
 The record an earlier agent left RUNNING is written with the agent's own store (a real SQLite
 file), as a SIGKILLed agent leaves it: the test then controls exactly when the service ends the
-execution (between the agent's first reconciliation and the start-next that would hand it back).
+execution (between the agent's first reconciliation and the start-next that would hand it back:
+start-next is refused until then). The link drops with the real broker stopped and started;
+the running and deferred jobs are real handler processes.
 """
 
 from __future__ import annotations
@@ -224,5 +226,56 @@ while :; do sleep 0.05; done
         history = service.history(job_id="cut-off")
         canceled_at = next(i for i, h in enumerate(history) if str(h.to_status) == "CANCELED")
         assert all(str(h.source) != "device" for h in history[canceled_at + 1 :])
+    finally:
+        await emulator.stop()
+
+
+async def test_a_deferred_job_the_service_ended_during_a_disconnect_ends_its_wait_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """A job waits aside (`run_others_while_deferred`) for an hour; the service cancels it
+    while the link is down. On reconnect the agent asks about it: its wait ends and its record
+    is closed now (not at its next step-timer heartbeat, minutes later, nor when the hour is
+    over), it never runs, and other work is taken."""
+    log = tmp_path / "runs"
+    write_handler(
+        tmp_path / "handlers",
+        "later",
+        f"""#!/bin/sh
+echo ran >> {log}
+echo '{{"defer": {{"after": 3600, "reason": "not now"}}}}' >&3
+exit $JOBS_AGENT_EXIT_DEFER
+""",
+    )
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port, run_others_while_deferred=True)
+        async with running_agent(config):
+            service.create_job("waits", [THING], {"operation": "later"})
+
+            def announced() -> bool:
+                details = service.execution("waits", THING).status_details or {}
+                return "deferred" in details
+
+            await wait_until(announced, 15, "the deferral to reach the service")
+            ref = ExecutionRef(None, "waits", 1)
+            record = _record(config.state_dir / "state.db", ref)
+            assert record is not None and record.state is ExecutionState.DEFERRED
+            fresh_mosquitto.stop()
+            service.cancel_execution("waits", THING, force=True)
+            fresh_mosquitto.start()
+
+            def closed() -> bool:
+                record = _record(config.state_dir / "state.db", ref)
+                return record is not None and record.state is ExecutionState.CANCELLED
+
+            await wait_until(closed, 15, "the deferred record to be closed")
+            service.create_job("next", [THING], {"operation": "work"})
+            await wait_terminal(emulator, "next", THING, timeout=30)
+        assert log.read_text().splitlines() == ["ran"]  # deferred once, never run again
+        assert terminal_statuses(emulator, "waits") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
     finally:
         await emulator.stop()
