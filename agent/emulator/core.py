@@ -199,6 +199,11 @@ class ServiceCore:
         with self._lock:
             self._forced_faults.append((operation, code))
 
+    def clear_faults(self) -> None:
+        """Drop the faults `fail_next` queued that no request has met yet."""
+        with self._lock:
+            self._forced_faults.clear()
+
     def add_listener(self, listener: EventListener) -> None:
         """Called (outside the lock, in the thread that made the change) with each batch."""
         self._listeners.append(listener)

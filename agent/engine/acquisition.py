@@ -11,9 +11,12 @@ would hand back the deferred one (IN_PROGRESS executions come first): work is th
 GetPendingJobExecutions then, for a QUEUED one, the namespaced flow above in the default
 namespace (recorded RECEIVED, UpdateJobExecution to IN_PROGRESS with `expectedVersion`).
 
-Reconciliation runs once per process, before the first job: records of executions the service
-ended while the agent was away are closed, and an execution the service shows in progress but
-the device has no record of is reported FAILED, never run (the record was lost).
+Reconciliation runs before the first job, and again whenever the agent may have missed what the
+service did (start-next never offers an ended execution again): after every reconnect, and when
+start-next passes over an execution the device has in progress (`passed_over`). Records of
+executions the service ended while the agent was away (or not listening) are closed, and an
+execution the service shows in progress but the device has no record of is reported FAILED,
+never run (the record was lost).
 """
 
 from __future__ import annotations
@@ -264,11 +267,14 @@ class Acquisition:
             _bound(ref).info("job started")
 
     # -- reconciliation -----------------------------------------------------------------------
-    async def reconcile(self) -> None:
+    async def reconcile(self, watched: Collection[ExecutionRef] = ()) -> None:
         """Close local records of executions the service ended while the agent was away, and
-        report FAILED what the service has in progress that this device has no record of."""
+        report FAILED what the service has in progress that this device has no record of.
+        `watched`: executions left alone, their own wait watches the service (deferred ones
+        waiting aside: they close their record themselves when the service ends them)."""
         for record in await self._store.call(Store.active):
-            await self._close_if_ended(record)
+            if record.key not in watched:
+                await self._close_if_ended(record)
         pending = await self._client.get_pending()
         unknown = [
             (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)
@@ -280,14 +286,30 @@ class Acquisition:
             if await self._store.call(Store.get, ref) is None
         ]
         if len(unknown) == 1 and await self._store.call(Store.was_taking):
-            # The agent stopped between the service starting it and the record: never run.
+            # The agent stopped (or lost the answer: a reconnect) between the service starting
+            # it and the record: never run; start-next hands it back.
             log.info(
-                "an execution taken just before the agent stopped runs now",
+                "an execution taken by a start-next whose answer was not recorded runs now",
                 job_id=unknown[0][0].job_id,
             )
             return
         for ref, version in unknown:
             await self.fail_lost(ref, version)
+
+    async def passed_over(self, taken: ExecutionRef | None) -> list[ExecutionRef]:
+        """Default-namespace records in progress on the service that start-next did not hand
+        back (it hands back IN_PROGRESS executions first, `taken` is what it gave): the service
+        most likely ended them after the last reconciliation, and will not offer them again.
+        Those held to run to their end are not counted."""
+        in_progress = (ExecutionState.STARTED, ExecutionState.RUNNING, ExecutionState.DEFERRED)
+        return [
+            record.key
+            for record in await self._store.call(Store.active)
+            if record.key.namespace is None
+            and record.key != taken
+            and record.key not in self.held
+            and record.state in in_progress
+        ]
 
     async def _close_if_ended(self, record: ExecutionRecord) -> None:
         ref = record.key
@@ -303,8 +325,9 @@ class Acquisition:
                 job_id=ref.job_id,
                 ended=str(ended),
             )
-            self._shared.note_outcome(ref, f"ended by the service ({ended}); carried on")
-            self.held.append(ref)
+            if ref not in self.held:  # a reconcile after a reconnect finds it again
+                self._shared.note_outcome(ref, f"ended by the service ({ended}); carried on")
+                self.held.append(ref)
             return
         await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
         note = f"service ended the execution while away ({ended})"

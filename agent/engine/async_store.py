@@ -33,6 +33,7 @@ R = TypeVar("R")
 ON_THE_LOOP: frozenset[Callable[..., Any]] = frozenset(
     {
         Store.get,
+        Store.active,
         Store.verify,
         Store.outbox,
         Store.was_taking,

@@ -9,7 +9,8 @@ record means after a crash is decided in `recovery`.
 
 One job runs at a time (`turns`: with `jobs.run_others_while_deferred`, a deferred execution
 waits beside the loop, which takes other work meanwhile; a handler runs only with the turn).
-Work is looked for on start, after every resync (reconnect) and on every
+Work is looked for on start, after every resync (reconnect: records are first reconciled with
+the service again, `acquisition`) and on every
 `notify`/`notify-next` event; events that arrive while a job runs only set a flag that is acted
 on when it ends. Executions are identified by (namespace, jobId, executionNumber), never by their
 document (AWS re-signs presigned URLs on every delivery).
@@ -28,10 +29,11 @@ import structlog
 
 from jobs_agent.aio import wait_event
 from jobs_agent.engine.acquisition import LOST_RECORD_REASON as LOST_RECORD_REASON
-from jobs_agent.engine.acquisition import Acquisition
+from jobs_agent.engine.acquisition import Acquisition, Offer
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.deferral import Deferrals
 from jobs_agent.engine.jobfiles import JobFiles
+from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.reboot import Reboots
@@ -114,7 +116,10 @@ class Engine:
             self._turns,
             heartbeat_interval=heartbeat_interval,
         )
-        self._reconciled = False
+        self._reconcile_needed = True
+        """Square the records with the service before the next job: on start, and after every
+        resync (reconnect), since the service may have ended executions meanwhile that
+        start-next will never offer again (a record left RUNNING until a restart)."""
         self._store_broken = False
         self._last_acquire = 0.0
         self._retry_delay = RETRY_MIN_SECONDS
@@ -212,10 +217,10 @@ class Engine:
         if not await self._outbox.flush():
             return False
         self._packages.kick()
-        if not self._reconciled:
-            await self._acquisition.reconcile()
-            self._reconciled = True
         async with self._turns.turn(NEW_WORK):
+            # With the turn, no handler runs (one waiting aside runs only with it).
+            if self._reconcile_needed and not self._reboots.awaiting:
+                await self._reconcile()
             await self._carry_on_held()
             if self._reboots.awaiting:
                 return True
@@ -228,6 +233,14 @@ class Engine:
         if found:
             self._shared.wake()  # there may be more
         return True
+
+    async def _reconcile(self) -> None:
+        self._reconcile_needed = False
+        try:
+            await self._acquisition.reconcile(watched=set(self._turns.aside))
+        except BaseException:
+            self._reconcile_needed = True
+            raise
 
     async def _carry_on_held(self) -> None:
         """Run what is past its point of no return (handlers/api.py `POINT_OF_NO_RETURN`) and
@@ -248,14 +261,32 @@ class Engine:
         if aside and not self._shared.settings.run_others_while_deferred:
             return False  # switched off by a reload: nothing else runs while they wait
         offer = await self._acquisition.take_next(aside)
+        record = None if offer is None else await self._acquisition.record(offer)
+        if await self._missed_something(offer, aside):
+            await self._reconcile()
+            if record is not None:  # the service may have ended it too: then closed
+                record = await self.store.call(Store.get, record.key)
+                if record is not None and record.state is ExecutionState.CANCELLED:
+                    record = None
         if offer is None:
             if not aside:
                 self._shared.set_status("idle")
             return False
-        record = await self._acquisition.record(offer)
         if record is not None:
             await self._runner.process(record, offer.execution.job_document)
         return True
+
+    async def _missed_something(self, offer: Offer | None, aside: set[ExecutionRef]) -> bool:
+        """Did the service end an execution this device has in progress after the last
+        reconciliation? A resync came while the next job was taken (a start-next out during a
+        disconnect is sent again after it), or start-next passed over one of its records (the
+        service hands back IN_PROGRESS executions first: it ended it in between)."""
+        if self._reconcile_needed:
+            return True
+        if aside:
+            return False  # taken by name: nothing was passed over
+        taken = None if offer is None else offer.ref
+        return bool(await self._acquisition.passed_over(taken))
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, JobsError):
@@ -290,6 +321,8 @@ class Engine:
         async for event in self.client.events():
             if isinstance(event, Resync):
                 log.info("resync after reconnect", session_present=event.session_present)
+                self._reconcile_needed = True  # the records, before the next job is taken
+                self._supervisor.recheck()  # the running execution and those waiting aside
                 self._packages.link_back()
                 self._shared.wake()
             elif isinstance(event, NextJobExecutionChanged):

@@ -202,16 +202,26 @@ class Supervisor:
         return True
 
     # -- the service's view ----------------------------------------------------------------------
-    def check_still_listed(self, event: JobExecutionsChanged) -> None:
+    def _watched(self) -> list[Running]:
         watched = list(self.waiting.values())
         if self.running is not None and all(w is not self.running for w in watched):
             watched.append(self.running)
-        for running in watched:
+        return watched
+
+    def check_still_listed(self, event: JobExecutionsChanged) -> None:
+        for running in self._watched():
             if running.ref.namespace != event.namespace:
                 continue
             if not event.lists(running.ref.job_id, running.ref.execution_number):
                 # Delivery order is not guaranteed: confirm with the service before stopping.
                 self._shared.background(self._confirm_cloud_ended(running))
+
+    def recheck(self) -> None:
+        """After a resync (reconnect): the notification that the service ended the running
+        execution, or one waiting aside, may have been lost with the link, and without a step
+        timer nothing else asks before the handler ends (or its wait does). Ask for each."""
+        for running in self._watched():
+            self._shared.background(self._confirm_cloud_ended(running))
 
     async def _confirm_cloud_ended(self, running: Running) -> None:
         try:

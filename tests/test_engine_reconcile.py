@@ -1,0 +1,281 @@
+"""Reconciliation of the device's records with the service, again whenever the agent may have
+missed what the service did (a reconnect), against the emulator over a real mosquitto broker.
+
+The record an earlier agent left RUNNING is written with the agent's own store (a real SQLite
+file), as a SIGKILLed agent leaves it: the test then controls exactly when the service ends the
+execution (between the agent's first reconciliation and the start-next that would hand it back:
+start-next is refused until then). The link drops with the real broker stopped and started;
+the running and deferred jobs are real handler processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs_agent.emulator.readings import Readings
+from jobs_agent.emulator.service import JobsService
+from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.store import ExecutionRecord, Store
+from jobs_agent.jobs.errors import ErrorCode
+from jobs_agent.vocabulary import ExecutionRef
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    READING_PROFILES,
+    agent_config,
+    running_agent,
+    start_emulator,
+    terminal_statuses,
+    wait_pid_gone,
+    wait_terminal,
+    wait_until,
+    write_handler,
+)
+
+THING = "gw-test"
+START_NEXT = "StartNextPendingJobExecution"
+
+
+@pytest.fixture(params=sorted(READING_PROFILES))
+def readings(request: pytest.FixtureRequest) -> Readings:
+    """Under each reading of the points AWS leaves silent (as the other engine tests)."""
+    return READING_PROFILES[request.param]
+
+
+def _record(state_db: Path, ref: ExecutionRef) -> ExecutionRecord | None:
+    store = Store(state_db)
+    try:
+        return store.get(ref)
+    finally:
+        store.close()
+
+
+def _left_running(
+    service: JobsService, state_db: Path, namespace: str | None = None
+) -> ExecutionRef:
+    """Job "stranded" IN_PROGRESS on the service and RUNNING in the device's records (as an
+    agent SIGKILLed while running it leaves them), job "next" QUEUED behind it."""
+    service.create_job("stranded", [THING], {"operation": "work"}, namespace=namespace)
+    delivery = service.start_next(THING, namespace=namespace)  # the earlier agent took it
+    assert delivery is not None
+    execution = delivery.execution
+    ref = ExecutionRef(namespace, "stranded", execution.execution_number or 0)
+    state_db.parent.mkdir(parents=True)
+    store = Store(state_db)
+    try:
+        store.record_taken(ref, {"operation": "work"}, execution.version_number)
+        store.transition(ref, ExecutionState.RUNNING)
+    finally:
+        store.close()
+    service.create_job("next", [THING], {"operation": "work"}, namespace=namespace)
+    return ref
+
+
+async def test_a_record_the_service_ended_during_a_disconnect_is_closed_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """An earlier agent left J RUNNING. The new agent's first reconciliation sees J still in
+    progress (start-next would hand it back), but start-next fails, the link drops and the
+    service cancels J meanwhile. On reconnect start-next offers the next job, never J again:
+    the agent must reconcile again before taking it, so J's record is closed, not stranded."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        state_db = config.state_dir / "state.db"
+        ref = _left_running(service, state_db)
+        for _ in range(1000):  # every start-next fails until the link is down
+            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            # The first reconciliation precedes the first start-next: it is over.
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first start-next to fail",
+            )
+            fresh_mosquitto.stop()
+            service.cancel_execution("stranded", THING, force=True)
+            service.clear_faults()
+            fresh_mosquitto.start()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+            record = _record(state_db, ref)
+            assert record is not None
+            assert record.state is ExecutionState.CANCELLED, record
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
+async def test_a_record_the_service_ended_after_reconciliation_is_closed_when_passed_over(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """The same race without a disconnect: the service cancels J after the first
+    reconciliation, before the start-next that would hand it back (retried after a refusal).
+    Start-next passes J over for the next job; the agent sees that it did and reconciles
+    before running the next job, so J's record is closed, not left RUNNING until a restart."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        ref = _left_running(service, config.state_dir / "state.db")
+        for _ in range(1000):  # every start-next fails until J is cancelled
+            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first start-next to fail",
+            )
+            service.cancel_execution("stranded", THING, force=True)
+            service.clear_faults()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+            record = _record(config.state_dir / "state.db", ref)
+            assert record is not None
+            assert record.state is ExecutionState.CANCELLED, record
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
+async def test_a_namespaced_record_the_service_ended_during_a_disconnect_is_closed_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """As above in a configured namespace, where nothing is passed over by start-next (the
+    namespace's `$next` is described): the resync alone tells the agent it may have missed
+    the cancellation, and it reconciles before it runs the next job."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port, namespaces=("fleet-a",))
+        state_db = config.state_dir / "state.db"
+        ref = _left_running(service, state_db, namespace="fleet-a")
+        for _ in range(1000):  # every start-next fails until the link is down
+            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first start-next to fail",
+            )
+            fresh_mosquitto.stop()
+            service.cancel_execution("stranded", THING, force=True)
+            service.clear_faults()
+            fresh_mosquitto.start()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+            record = _record(state_db, ref)
+            assert record is not None
+            assert record.state is ExecutionState.CANCELLED, record
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
+async def test_a_running_job_the_service_ended_during_a_disconnect_is_stopped_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """The service cancels the running job while the link is down: the notification is lost
+    with it and, without a step timer, nothing else would ask before the handler ends (here:
+    never). On reconnect the agent asks, stops the handler and reports nothing more for it."""
+    pid_file = tmp_path / "pid"
+    write_handler(
+        tmp_path / "handlers",
+        "forever",
+        f"""#!/bin/sh
+echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}
+printf '{{"percent": 10, "message": "started"}}\\n' >&3
+while :; do sleep 0.05; done
+""",
+    )
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        async with running_agent(config) as agent:
+            service.create_job("cut-off", [THING], {"operation": "forever"})
+            await wait_until(pid_file.exists, 15, "the handler to start")
+            pid = int(pid_file.read_text())
+
+            def progress_seen() -> bool:
+                details = service.execution("cut-off", THING).status_details or {}
+                return details.get("message") == "started"
+
+            # Its progress is reported: no update of it is left to send when the link drops.
+            await wait_until(progress_seen, 15, "the handler's progress to reach the service")
+            fresh_mosquitto.stop()
+            service.cancel_execution("cut-off", THING, force=True)
+            fresh_mosquitto.start()
+            assert await wait_pid_gone(pid, 15), "the handler ran on after the reconnect"
+            await wait_until(
+                lambda: agent.engine is not None and agent.engine.running_job is None,
+                10,
+                "the engine to let go of the job",
+            )
+        history = service.history(job_id="cut-off")
+        canceled_at = next(i for i, h in enumerate(history) if str(h.to_status) == "CANCELED")
+        assert all(str(h.source) != "device" for h in history[canceled_at + 1 :])
+    finally:
+        await emulator.stop()
+
+
+async def test_a_deferred_job_the_service_ended_during_a_disconnect_ends_its_wait_on_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """A job waits aside (`run_others_while_deferred`) for an hour; the service cancels it
+    while the link is down. On reconnect the agent asks about it: its wait ends and its record
+    is closed now (not at its next step-timer heartbeat, minutes later, nor when the hour is
+    over), it never runs, and other work is taken."""
+    log = tmp_path / "runs"
+    write_handler(
+        tmp_path / "handlers",
+        "later",
+        f"""#!/bin/sh
+echo ran >> {log}
+echo '{{"defer": {{"after": 3600, "reason": "not now"}}}}' >&3
+exit $JOBS_AGENT_EXIT_DEFER
+""",
+    )
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port, run_others_while_deferred=True)
+        async with running_agent(config):
+            service.create_job("waits", [THING], {"operation": "later"})
+
+            def announced() -> bool:
+                details = service.execution("waits", THING).status_details or {}
+                return "deferred" in details
+
+            await wait_until(announced, 15, "the deferral to reach the service")
+            ref = ExecutionRef(None, "waits", 1)
+            record = _record(config.state_dir / "state.db", ref)
+            assert record is not None and record.state is ExecutionState.DEFERRED
+            fresh_mosquitto.stop()
+            service.cancel_execution("waits", THING, force=True)
+            fresh_mosquitto.start()
+
+            def closed() -> bool:
+                record = _record(config.state_dir / "state.db", ref)
+                return record is not None and record.state is ExecutionState.CANCELLED
+
+            await wait_until(closed, 15, "the deferred record to be closed")
+            service.create_job("next", [THING], {"operation": "work"})
+            await wait_terminal(emulator, "next", THING, timeout=30)
+        assert log.read_text().splitlines() == ["ran"]  # deferred once, never run again
+        assert terminal_statuses(emulator, "waits") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
