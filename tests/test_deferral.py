@@ -221,9 +221,9 @@ async def test_a_deferral_announces_the_steps_last_progress_whether_or_not_it_wa
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
 ) -> None:
     """A step that defers within one progress interval (60 s here) never had its progress sent;
-    the announcement carries it all the same, as it does for a step slow enough to have sent it
-    (the test above, with 0.1 s: on a loaded machine it saw either, 1 run in 3 the other one).
-    What the service is told must not depend on the machine's speed."""
+    the announcement carries it all the same, as it does for a step slow enough to have sent it.
+    Before, it went only with the latter: the test above (0.1 s) failed on a loaded machine,
+    where the step outlived that interval. What the service is told must not depend on speed."""
     record = tmp_path / "runs.log"
     write_handler(tmp_path / "handlers", "later", DEFERRING_SCRIPT.format(runs=record))
     clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
