@@ -54,6 +54,17 @@ exit 0
 """
 
 
+FIRST_ANNOUNCEMENT = {
+    "message": 'step 1 "later" of 1',  # the step's last progress, sent or not
+    "percent": "0",
+    "deferred": "handler",
+    "until": "2026-06-01T13:00:00Z",
+    "reason": "battery low (1)",
+    "deferrals": "1",
+}
+"""The statusDetails announcing DEFERRING_SCRIPT's first "not now" at 12:00."""
+
+
 def epoch(text: str) -> float:
     return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
 
@@ -163,12 +174,7 @@ async def test_a_job_deferred_twice_across_a_restart_and_a_reboot_resumes_and_su
         await agent.wait_ready()
         emulator.service.create_job("later-1", [THING], {"operation": "later"})
         first = await wait_deferral(emulator, "later-1")
-        assert first == {
-            "deferred": "handler",
-            "until": "2026-06-01T13:00:00Z",
-            "reason": "battery low (1)",
-            "deferrals": "1",
-        }
+        assert first == FIRST_ANNOUNCEMENT
         status = await agent.wait_message("STATUS=deferred")  # what systemctl status shows
         assert status == "STATUS=deferred later-1#1 until 2026-06-01T13:00:00Z"
         await still_in_progress_after(emulator, emulator_clock, "later-1", 45)
@@ -209,6 +215,27 @@ async def test_a_job_deferred_twice_across_a_restart_and_a_reboot_resumes_and_su
     assert "deferred" not in execution.status_details
     assert runs(record) == ["run 1 resumed=0", "run 2 resumed=1", "run 3 resumed=1"]
     assert "TIMED_OUT" not in statuses(emulator, "later-1")
+
+
+async def test_a_deferral_announces_the_steps_last_progress_whether_or_not_it_was_sent(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """A step that defers within one progress interval (60 s here) never had its progress sent;
+    the announcement carries it all the same, as it does for a step slow enough to have sent it.
+    Before, it went only with the latter: the test above (0.1 s) failed on a loaded machine,
+    where the step outlived that interval. What the service is told must not depend on speed."""
+    record = tmp_path / "runs.log"
+    write_handler(tmp_path / "handlers", "later", DEFERRING_SCRIPT.format(runs=record))
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    agent = start_agent(tmp_path, mosquitto.port, clock, progress_interval_seconds=60)
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("later-1", [THING], {"operation": "later"})
+        announced = await wait_deferral(emulator, "later-1")
+    finally:
+        agent.kill()
+    assert announced == FIRST_ANNOUNCEMENT
+    assert runs(record) == ["run 1 resumed=0"]
 
 
 async def test_jobs_start_only_in_their_windows_and_a_step_that_would_outlast_one_waits(

@@ -357,6 +357,7 @@ class Runner:
         )
         reporter_task: asyncio.Task[None] | None = None
         announced = False
+        deferred: JobDeferred | None = None
         try:
             # Most plugins end within their first step: such a run needs no progress task
             # (what it reported goes with the outcome), no supervising waiters and no STATUS=
@@ -367,8 +368,8 @@ class Runner:
                 announced = True
                 reporter_task = asyncio.create_task(reporter.run(), name=f"progress-{ref}")
             outcome = await self._supervisor.supervise(handler_task, running, bound)
-        except JobDeferred as deferred:
-            return deferred
+        except JobDeferred as not_now:
+            deferred, outcome = not_now, None
         finally:
             reporter.stop()
             if reporter_task is not None:
@@ -377,6 +378,9 @@ class Runner:
                     await reporter_task
             self._supervisor.running = None
             (self._shared.set_status if announced else self._shared.note_status)("idle")
+        if deferred is not None:
+            await self._supervisor.keep_last_progress(ref, reporter.latest)
+            return deferred
         if outcome is None:
             return None  # cancelled by the cloud or suspended for a stop; already recorded
         self._shared.crash.reached("handler_done")

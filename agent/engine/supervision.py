@@ -201,6 +201,15 @@ class Supervisor:
                 await self._store.call(Store.save_progress, ref, sanitized)
         return True
 
+    async def keep_last_progress(self, ref: ExecutionRef, progress: Mapping[str, Any]) -> None:
+        """Record a step's last progress, sent or not, when it defers: the announcement carries
+        it (`deferral.Deferrals.wait`), so what the service sees does not depend on whether the
+        step outlived one progress interval (as the final report: `runner.with_last_progress`)."""
+        if progress:
+            sanitized = sanitize_status_details(redact_mapping(progress))
+            with contextlib.suppress(StoreError):
+                await self._store.call(Store.save_progress, ref, sanitized)
+
     # -- the service's view ----------------------------------------------------------------------
     def _watched(self) -> list[Running]:
         watched = list(self.waiting.values())
