@@ -371,13 +371,7 @@ class Runner:
         except JobDeferred as not_now:
             deferred, outcome = not_now, None
         finally:
-            reporter.stop()
-            if reporter_task is not None:
-                reporter_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter_task
-            self._supervisor.running = None
-            (self._shared.set_status if announced else self._shared.note_status)("idle")
+            await self._end_run(reporter, reporter_task, announced)
         if deferred is not None:
             await self._supervisor.keep_last_progress(ref, reporter.latest)
             return deferred
@@ -397,6 +391,22 @@ class Runner:
         if rows:
             self._packages.recorded()
         return None
+
+    async def _end_run(
+        self,
+        reporter: ProgressReporter,
+        reporter_task: asyncio.Task[None] | None,
+        announced: bool,
+    ) -> None:
+        """Whatever way the handler ended: no progress task left, nothing supervised, and
+        systemd told the agent is idle only if it was told it ran."""
+        reporter.stop()
+        if reporter_task is not None:
+            reporter_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter_task
+        self._supervisor.running = None
+        (self._shared.set_status if announced else self._shared.note_status)("idle")
 
     def _prepare(
         self, record: ExecutionRecord, document: Mapping[str, Any], run: Run, bound: Any
