@@ -72,21 +72,38 @@ def _left_running(
     return ref
 
 
-async def test_a_record_the_service_ended_during_a_disconnect_is_closed_on_reconnect(
-    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+@pytest.mark.parametrize(
+    ("namespace", "disconnect"),
+    [
+        pytest.param(None, True, id="during-a-disconnect"),
+        pytest.param(None, False, id="passed-over-without-a-disconnect"),
+        pytest.param("fleet-a", True, id="namespaced-during-a-disconnect"),
+    ],
+)
+async def test_a_record_the_service_ended_after_reconciliation_is_not_left_running(
+    tmp_path: Path,
+    fresh_mosquitto: Mosquitto,
+    readings: Readings,
+    namespace: str | None,
+    disconnect: bool,
 ) -> None:
     """An earlier agent left J RUNNING. The new agent's first reconciliation sees J still in
-    progress (start-next would hand it back), but start-next fails, the link drops and the
-    service cancels J meanwhile. On reconnect start-next offers the next job, never J again:
-    the agent must reconcile again before taking it, so J's record is closed, not stranded."""
+    progress (start-next would hand it back), but start-next fails and the service cancels J
+    meanwhile; start-next then offers the next job, never J again. The agent must reconcile
+    again before running it, so J's record is closed, not stranded until a restart:
+    - during a disconnect: the resync says it may have missed the cancellation;
+    - without one: start-next passed J over (it hands back IN_PROGRESS executions first);
+    - in a configured namespace, where nothing is passed over by start-next (the namespace's
+      `$next` is described): the resync alone tells it."""
     write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
     emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
     try:
         service = emulator.service
-        config = agent_config(tmp_path, fresh_mosquitto.port)
+        namespaces = () if namespace is None else (namespace,)
+        config = agent_config(tmp_path, fresh_mosquitto.port, namespaces=namespaces)
         state_db = config.state_dir / "state.db"
-        ref = _left_running(service, state_db)
-        for _ in range(1000):  # every start-next fails until the link is down
+        ref = _left_running(service, state_db, namespace=namespace)
+        for _ in range(1000):  # every start-next fails until J is cancelled
             service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
 
         async with running_agent(config):
@@ -96,82 +113,12 @@ async def test_a_record_the_service_ended_during_a_disconnect_is_closed_on_recon
                 15,
                 "the first start-next to fail",
             )
-            fresh_mosquitto.stop()
+            if disconnect:
+                fresh_mosquitto.stop()
             service.cancel_execution("stranded", THING, force=True)
             service.clear_faults()
-            fresh_mosquitto.start()
-            await wait_terminal(emulator, "next", THING, timeout=30)
-            record = _record(state_db, ref)
-            assert record is not None
-            assert record.state is ExecutionState.CANCELLED, record
-
-        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
-        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
-    finally:
-        await emulator.stop()
-
-
-async def test_a_record_the_service_ended_after_reconciliation_is_closed_when_passed_over(
-    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
-) -> None:
-    """The same race without a disconnect: the service cancels J after the first
-    reconciliation, before the start-next that would hand it back (retried after a refusal).
-    Start-next passes J over for the next job; the agent sees that it did and reconciles
-    before running the next job, so J's record is closed, not left RUNNING until a restart."""
-    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
-    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
-    try:
-        service = emulator.service
-        config = agent_config(tmp_path, fresh_mosquitto.port)
-        ref = _left_running(service, config.state_dir / "state.db")
-        for _ in range(1000):  # every start-next fails until J is cancelled
-            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
-
-        async with running_agent(config):
-            await wait_until(
-                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
-                15,
-                "the first start-next to fail",
-            )
-            service.cancel_execution("stranded", THING, force=True)
-            service.clear_faults()
-            await wait_terminal(emulator, "next", THING, timeout=30)
-            record = _record(config.state_dir / "state.db", ref)
-            assert record is not None
-            assert record.state is ExecutionState.CANCELLED, record
-
-        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
-        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
-    finally:
-        await emulator.stop()
-
-
-async def test_a_namespaced_record_the_service_ended_during_a_disconnect_is_closed_on_reconnect(
-    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
-) -> None:
-    """As above in a configured namespace, where nothing is passed over by start-next (the
-    namespace's `$next` is described): the resync alone tells the agent it may have missed
-    the cancellation, and it reconciles before it runs the next job."""
-    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
-    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
-    try:
-        service = emulator.service
-        config = agent_config(tmp_path, fresh_mosquitto.port, namespaces=("fleet-a",))
-        state_db = config.state_dir / "state.db"
-        ref = _left_running(service, state_db, namespace="fleet-a")
-        for _ in range(1000):  # every start-next fails until the link is down
-            service.fail_next(START_NEXT, ErrorCode.INTERNAL_ERROR)
-
-        async with running_agent(config):
-            await wait_until(
-                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
-                15,
-                "the first start-next to fail",
-            )
-            fresh_mosquitto.stop()
-            service.cancel_execution("stranded", THING, force=True)
-            service.clear_faults()
-            fresh_mosquitto.start()
+            if disconnect:
+                fresh_mosquitto.start()
             await wait_terminal(emulator, "next", THING, timeout=30)
             record = _record(state_db, ref)
             assert record is not None

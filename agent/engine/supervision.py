@@ -197,8 +197,7 @@ class Supervisor:
             log.info("progress update not delivered", job_id=ref.job_id, error=str(exc))
             return True
         if sanitized:
-            with contextlib.suppress(StoreError):
-                await self._store.call(Store.save_progress, ref, sanitized)
+            await self._save_progress(ref, sanitized)
         return True
 
     async def keep_last_progress(self, ref: ExecutionRef, progress: Mapping[str, Any]) -> None:
@@ -206,9 +205,13 @@ class Supervisor:
         it (`deferral.Deferrals.wait`), so what the service sees does not depend on whether the
         step outlived one progress interval (as the final report: `runner.with_last_progress`)."""
         if progress:
-            sanitized = sanitize_status_details(redact_mapping(progress))
-            with contextlib.suppress(StoreError):
-                await self._store.call(Store.save_progress, ref, sanitized)
+            await self._save_progress(ref, sanitize_status_details(redact_mapping(progress)))
+
+    async def _save_progress(self, ref: ExecutionRef, sanitized: dict[str, Any]) -> None:
+        """The last progress is a convenience for later reports: a database that cannot take
+        it loses nothing the outcome depends on."""
+        with contextlib.suppress(StoreError):
+            await self._store.call(Store.save_progress, ref, sanitized)
 
     # -- the service's view ----------------------------------------------------------------------
     def _watched(self) -> list[Running]:

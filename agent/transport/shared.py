@@ -141,18 +141,17 @@ class LinkView(Transport):
     def __init__(self, link: SharedLink) -> None:
         super().__init__()
         self.link = link
-        self._filters: dict[str, tuple[str, ...]] = {}
-        """This view's subscriptions, each with its levels (split once, matched often)."""
         self._exact: set[str] = set()
-        """Those without a wildcard: a topic matches one only by being it (one set lookup for
-        most of a job's messages instead of matching every filter level by level; issue 18)."""
+        """This view's subscriptions without a wildcard: a topic matches one only by being it
+        (one set lookup for most of a job's messages instead of matching every filter level
+        by level; issue 18)."""
         self._wild: dict[str, tuple[str, ...]] = {}
-        """Those with a wildcard, with their levels."""
+        """Those with a wildcard, each with its levels (split once, matched often)."""
         self._detached = False
 
     @property
     def filters(self) -> frozenset[str]:
-        return frozenset(self._filters)
+        return frozenset(self._exact).union(self._wild)
 
     def _wants(self, topic: str, topic_levels: list[str], dollar: bool) -> bool:
         if topic in self._exact:
@@ -186,8 +185,7 @@ class LinkView(Transport):
             return
         self._detached = True
         self.link._detach(self)
-        last = [f for f in sorted(self._filters) if self.link._drop(f)]
-        self._filters.clear()
+        last = [f for f in sorted(self.filters) if self.link._drop(f)]
         self._exact.clear()
         self._wild.clear()
         for topic_filter in last:
@@ -197,7 +195,7 @@ class LinkView(Transport):
 
     async def subscribe(self, topic_filter: str) -> None:
         self._check_attached()
-        if topic_filter in self._filters:
+        if topic_filter in self._exact or topic_filter in self._wild:
             return
         # Listening before the SUBACK: an answer may follow it at once.
         self._listen(topic_filter)
@@ -212,18 +210,17 @@ class LinkView(Transport):
             await self.link._unsubscribe_unused(topic_filter)
 
     def _listen(self, topic_filter: str) -> None:
-        levels = tuple(topic_filter.split("/"))
-        self._filters[topic_filter] = levels
         if has_wildcard(topic_filter):
-            self._wild[topic_filter] = levels
+            self._wild[topic_filter] = tuple(topic_filter.split("/"))
         else:
             self._exact.add(topic_filter)
 
     def _forget(self, topic_filter: str) -> bool:
         """Stop listening on `topic_filter`; False when this view did not hold it."""
-        self._exact.discard(topic_filter)
-        self._wild.pop(topic_filter, None)
-        return self._filters.pop(topic_filter, None) is not None
+        if topic_filter in self._exact:
+            self._exact.remove(topic_filter)
+            return True
+        return self._wild.pop(topic_filter, None) is not None
 
     async def publish(self, topic: str, payload: bytes) -> None:
         self._check_attached()
