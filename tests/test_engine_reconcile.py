@@ -130,6 +130,34 @@ async def test_a_record_the_service_ended_after_reconciliation_is_not_left_runni
         await emulator.stop()
 
 
+async def test_an_execution_a_start_next_took_unseen_is_run_not_failed_after_a_reconnect(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """A start-next re-published after a reconnect can be answered twice: the agent records
+    the first answer (nothing pending), while the second took J. The reconciliation after the
+    reconnect then finds J in progress with no record; its records cannot have been lost since
+    the start, so J must run (start-next hands it back), not be reported FAILED as lost (seen
+    once in test_transport_paho_loop). Here the service takes J while the link is down."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port)
+        async with running_agent(config):
+            await wait_until(
+                lambda: service.counters[START_NEXT] >= 1, 15, "the agent's first start-next"
+            )
+            fresh_mosquitto.stop()
+            service.create_job("unseen", [THING], {"operation": "work"})
+            assert service.start_next(THING) is not None  # the answer the agent never saw
+            fresh_mosquitto.start()
+            await wait_terminal(emulator, "unseen", THING, timeout=30)
+
+        assert terminal_statuses(emulator, "unseen") == ["SUCCEEDED"]
+    finally:
+        await emulator.stop()
+
+
 async def test_a_running_job_the_service_ended_during_a_disconnect_is_stopped_on_reconnect(
     tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
 ) -> None:

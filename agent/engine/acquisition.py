@@ -267,14 +267,20 @@ class Acquisition:
             _bound(ref).info("job started")
 
     # -- reconciliation -----------------------------------------------------------------------
-    async def reconcile(self, watched: Collection[ExecutionRef] = ()) -> None:
+    async def reconcile(self, watched: Collection[ExecutionRef] = (), *, first: bool) -> None:
         """Close local records of executions the service ended while the agent was away, and
-        report FAILED what the service has in progress that this device has no record of.
-        `watched`: executions left alone, their own wait watches the service (deferred ones
-        waiting aside: they close their record themselves when the service ends them)."""
+        (`first`: the process's first reconciliation) report FAILED what the service has in
+        progress that this device has no record of. Later, such an execution was taken by a
+        start-next whose answer this process did not see (one re-published after a reconnect
+        and answered twice): its records cannot have been lost since the start (`Store.verify`),
+        and start-next hands it back, so it runs. `watched`: executions left alone, their own
+        wait watches the service (deferred ones waiting aside: they close their record
+        themselves when the service ends them)."""
         for record in await self._store.call(Store.active):
             if record.key not in watched:
                 await self._close_if_ended(record)
+        if not first:
+            return
         pending = await self._client.get_pending()
         unknown = [
             (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)

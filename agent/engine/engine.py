@@ -120,6 +120,7 @@ class Engine:
         """Square the records with the service before the next job: on start, and after every
         resync (reconnect), since the service may have ended executions meanwhile that
         start-next will never offer again (a record left RUNNING until a restart)."""
+        self._first = True  # no reconciliation has ended yet in this process
         self._store_broken = False
         self._last_acquire = 0.0
         self._retry_delay = RETRY_MIN_SECONDS
@@ -237,7 +238,8 @@ class Engine:
     async def _reconcile(self) -> None:
         self._reconcile_needed = False
         try:
-            await self._acquisition.reconcile(watched=set(self._turns.aside))
+            await self._acquisition.reconcile(watched=set(self._turns.aside), first=self._first)
+            self._first = False
         except BaseException:
             self._reconcile_needed = True
             raise
