@@ -10,12 +10,16 @@ the running and deferred jobs are real handler processes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from jobs_agent.emulator.readings import Readings
 from jobs_agent.emulator.service import JobsService
+from jobs_agent.engine.deferral import HANDLER
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.jobs.errors import ErrorCode
@@ -35,6 +39,7 @@ from tests.harness import (
 
 THING = "gw-test"
 START_NEXT = "StartNextPendingJobExecution"
+GET_PENDING = "GetPendingJobExecutions"
 
 
 @pytest.fixture(params=sorted(READING_PROFILES))
@@ -61,7 +66,7 @@ def _left_running(
     assert delivery is not None
     execution = delivery.execution
     ref = ExecutionRef(namespace, "stranded", execution.execution_number or 0)
-    state_db.parent.mkdir(parents=True)
+    state_db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(state_db)
     try:
         store.record_taken(ref, {"operation": "work"}, execution.version_number)
@@ -253,4 +258,119 @@ exit $JOBS_AGENT_EXIT_DEFER
         assert terminal_statuses(emulator, "waits") == ["CANCELED"]
         assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
     finally:
+        await emulator.stop()
+
+
+def _left_deferred(service: JobsService, state_db: Path) -> ExecutionRef:
+    """Job "waits" IN_PROGRESS on the service and DEFERRED for an hour in the device's records,
+    as an earlier agent leaves a job that asked to run later."""
+    service.create_job("waits", [THING], {"operation": "later"})
+    delivery = service.start_next(THING)
+    assert delivery is not None and delivery.execution.job_id == "waits"
+    execution = delivery.execution
+    ref = ExecutionRef(None, "waits", execution.execution_number or 0)
+    state_db.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(state_db)
+    try:
+        now = time.time()
+        store.record_taken(ref, {"operation": "later"}, execution.version_number)
+        store.transition(ref, ExecutionState.RUNNING)
+        store.transition(
+            ref,
+            ExecutionState.DEFERRED,
+            deferred_kind=HANDLER,
+            deferred_until=now + 3600,
+            deferred_reason="not now",
+            deferred_since=now,
+            deferred_total_seconds=0.0,
+            deferrals=1,
+        )
+    finally:
+        store.close()
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("namespace", "aside"),
+    [
+        pytest.param(None, False, id="default"),
+        pytest.param("fleet-a", False, id="namespaced"),
+        pytest.param(None, True, id="while-a-deferred-job-waits-aside"),
+    ],
+)
+async def test_a_record_the_service_ended_while_connected_is_closed_on_its_notify(
+    tmp_path: Path,
+    fresh_mosquitto: Mosquitto,
+    readings: Readings,
+    namespace: str | None,
+    aside: bool,
+) -> None:
+    """An earlier agent left J RUNNING, and its handler still runs (a real process with the
+    execution's environment, in a session of its own). The new agent's first reconciliation
+    sees J in progress; taking work keeps failing, so J is not taken up. The service ends J
+    while the link is up: no reconnect will come, and start-next (still failing) passes
+    nothing over. The `notify` that no longer lists J must have it re-checked, its leftover
+    stopped and its record closed now, before any other job is taken.
+    - aside: the earlier agent also left D deferred for an hour; start-next hands D back
+      first, D waits aside (`run_others_while_deferred`), and work is taken by name
+      (GetPendingJobExecutions, failing here after the first reconciliation's): no
+      start-next could pass J over."""
+    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\necho done\n")
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    leftover: subprocess.Popen[bytes] | None = None
+    try:
+        service = emulator.service
+        namespaces = () if namespace is None else (namespace,)
+        config = agent_config(
+            tmp_path, fresh_mosquitto.port, namespaces=namespaces, run_others_while_deferred=aside
+        )
+        state_db = config.state_dir / "state.db"
+        if aside:
+            _left_deferred(service, state_db)
+        ref = _left_running(service, state_db, namespace=namespace)
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "JOBS_AGENT_THING_NAME": THING,
+            "JOBS_AGENT_JOB_ID": ref.job_id,
+            "JOBS_AGENT_EXECUTION_NUMBER": str(ref.execution_number),
+        }
+        leftover = subprocess.Popen(["sleep", "600"], env=environment, start_new_session=True)
+        # Taking work fails until the end of the test; the first GetPendingJobExecutions (the
+        # first reconciliation's) is answered.
+        taking = GET_PENDING if aside else START_NEXT
+        service.fail_next(taking, ErrorCode.INTERNAL_ERROR, after=1 if aside else 0)
+        for _ in range(1000):
+            service.fail_next(taking, ErrorCode.INTERNAL_ERROR)
+
+        async with running_agent(config):
+            await wait_until(
+                lambda: service.counters[str(ErrorCode.INTERNAL_ERROR)] >= 1,
+                15,
+                "the first attempt to take work to fail",
+            )
+            assert leftover.poll() is None  # J was in progress: left alone so far
+            service.cancel_execution("stranded", THING, force=True)
+            await wait_until(
+                lambda: leftover is not None and leftover.poll() is not None,
+                15,
+                "the leftover handler of the ended execution to be stopped",
+            )
+
+            def closed() -> bool:
+                record = _record(state_db, ref)
+                return record is not None and record.state is ExecutionState.CANCELLED
+
+            await wait_until(closed, 10, "the record of the ended execution to be closed")
+            assert terminal_statuses(emulator, "next") == []  # nothing else was taken
+            service.clear_faults()
+            await wait_terminal(emulator, "next", THING, timeout=30)
+
+        assert terminal_statuses(emulator, "stranded") == ["CANCELED"]
+        assert terminal_statuses(emulator, "next") == ["SUCCEEDED"]
+        if aside:
+            assert service.execution("waits", THING).status == "IN_PROGRESS"  # still waits
+    finally:
+        if leftover is not None and leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
         await emulator.stop()

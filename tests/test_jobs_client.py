@@ -636,3 +636,40 @@ async def test_a_request_arms_one_timer_for_its_publish_and_its_wait(
     finally:
         del loop.call_at
     assert len(armed) == 1, armed
+
+
+def _summaries(prefix: str, count: int) -> list[dict[str, Any]]:
+    return [{"jobId": f"{prefix}{i}", "executionNumber": 1} for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("in_progress", "queued", "proven"),
+    [
+        pytest.param(0, 0, {"gone", "gone-queued"}, id="empty-list"),
+        pytest.param(3, 2, {"gone", "gone-queued"}, id="short-list"),
+        pytest.param(9, 0, {"gone", "gone-queued"}, id="nine-in-progress"),
+        pytest.param(10, 0, set(), id="ten-in-progress-may-be-cut"),
+        pytest.param(4, 11, {"gone"}, id="long-list-in-progress-first"),
+        pytest.param(10, 5, set(), id="ten-in-progress-and-queued-per-status-cut"),
+    ],
+)
+def test_a_notify_proves_an_execution_is_no_longer_pending_only_from_an_uncut_list(
+    in_progress: int, queued: int, proven: set[str]
+) -> None:
+    """A `notify` lists at most 10 (or 15) pending executions, IN_PROGRESS first: absence
+    proves something only where the list cannot have been cut. "gone" was in progress on the
+    service, "gone-queued" may still be QUEUED there; "listed" is in the list."""
+    jobs: dict[str, Any] = {}
+    if in_progress:
+        jobs["IN_PROGRESS"] = [{"jobId": "listed", "executionNumber": 2}]
+        jobs["IN_PROGRESS"] += _summaries("running-", in_progress - 1)
+    if queued:
+        jobs["QUEUED"] = _summaries("queued-", queued)
+    event = JobExecutionsChanged("fleet-a", {"jobs": jobs, "timestamp": 1})
+    candidates = [("gone", 1, True), ("gone-queued", 1, False)]
+    if in_progress:
+        candidates.append(("listed", 2, True))
+    assert {job_id for job_id, _, _ in event.no_longer_lists(candidates)} == proven
+    # A malformed or absent list proves nothing.
+    assert JobExecutionsChanged(None, {"timestamp": 1}).no_longer_lists(candidates) == []
+    assert JobExecutionsChanged(None, {"jobs": {"QUEUED": 3}}).no_longer_lists(candidates) == []

@@ -129,7 +129,8 @@ class ServiceCore:
         self._rng = random.Random(seed)
         self.throttle_rate = throttle_rate
         self.internal_error_rate = internal_error_rate
-        self._forced_faults: list[tuple[str | None, ErrorCode]] = []
+        self._forced_faults: list[list[Any]] = []
+        """[operation or None, code, requests still let through] in the order queued."""
         self.counters: Counter[str] = Counter()
         self._things: dict[str, Thing] = {}
         self._jobs: dict[str, Job] = {}
@@ -192,12 +193,17 @@ class ServiceCore:
         self._internal_error_rate = self._rate(value, "internal_error_rate")
 
     def fail_next(
-        self, operation: str | None = None, code: ErrorCode = ErrorCode.INTERNAL_ERROR
+        self,
+        operation: str | None = None,
+        code: ErrorCode = ErrorCode.INTERNAL_ERROR,
+        *,
+        after: int = 0,
     ) -> None:
-        """Answer the next device request (of `operation`, or any) with `code`: how a test
-        provokes InternalError (or RequestThrottled) exactly where it wants it."""
+        """Answer the next device request (of `operation`, or any) with `code`, once `after`
+        such requests went through: how a test provokes InternalError (or RequestThrottled)
+        exactly where it wants it, also past a first request the device must see answered."""
         with self._lock:
-            self._forced_faults.append((operation, code))
+            self._forced_faults.append([operation, code, after])
 
     def clear_faults(self) -> None:
         """Drop the faults `fail_next` queued that no request has met yet."""
@@ -220,8 +226,12 @@ class ServiceCore:
         """
         with self._lock:
             self.counters[operation] += 1
-            for index, (wanted, code) in enumerate(self._forced_faults):
+            for index, fault in enumerate(self._forced_faults):
+                wanted, code, after = fault
                 if wanted is None or wanted == operation:
+                    if after > 0:
+                        fault[2] = after - 1
+                        break
                     del self._forced_faults[index]
                     self.counters[str(code)] += 1
                     raise ServiceError(code, f"{code} (injected)")

@@ -30,12 +30,12 @@ import structlog
 
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
-from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.turns import next_by_name
-from jobs_agent.jobs.client import JobsClient
+from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
 from jobs_agent.jobs.models import JobExecution, JobExecutionSummary
 from jobs_agent.log import enabled
@@ -86,6 +86,13 @@ class Acquisition:
         self.held: list[ExecutionRef] = []
         """Executions the service ended while the agent was away, yet past their point of no
         return: the engine runs them to their end before it takes new work."""
+        self.unsettled: dict[ExecutionRef, bool] = {}
+        """Records the last reconciliation left active that no handler, wait or hold watches
+        (an earlier agent's, until start-next or `$next` hands them back), with whether they
+        are in progress on the service: a `notify` that no longer lists one has it re-checked
+        (`suspect`), since nothing else would ask while the link stays up."""
+        self.suspected: set[ExecutionRef] = set()
+        """Unsettled records a `notify` no longer listed: re-checked before the next job."""
 
     # -- taking the next execution ------------------------------------------------------------
     async def take_next(self, aside: Collection[ExecutionRef] = ()) -> Offer | None:
@@ -228,6 +235,7 @@ class Acquisition:
         """The device's record of `offer`, created (STARTED) when there is none yet; None when
         there is nothing to run: its outcome waits for the database, or the record was lost."""
         ref, execution = offer.ref, offer.execution
+        self.unsettled.pop(ref, None)  # handed back: its run (or its recovery) watches it now
         if ref in self._outbox.undecided:
             return None  # finished; its outcome is written as soon as the database works
         if ref.namespace is None:
@@ -276,9 +284,11 @@ class Acquisition:
         and start-next hands it back, so it runs. `watched`: executions left alone, their own
         wait watches the service (deferred ones waiting aside: they close their record
         themselves when the service ends them)."""
+        unsettled = {}
         for record in await self._store.call(Store.active):
-            if record.key not in watched:
-                await self._close_if_ended(record)
+            if record.key not in watched and not await self._close_if_ended(record):
+                unsettled[record.key] = record.state is not ExecutionState.RECEIVED
+        self.unsettled = unsettled
         if not first:
             return
         pending = await self._client.get_pending()
@@ -317,11 +327,44 @@ class Acquisition:
             and record.state in in_progress
         ]
 
-    async def _close_if_ended(self, record: ExecutionRecord) -> None:
+    def suspect(self, event: JobExecutionsChanged) -> bool:
+        """Note the unsettled records of the event's namespace that it no longer lists (a
+        complete list: `JobExecutionsChanged.no_longer_lists`); True when there is one to
+        re-check. Costs nothing while no record is unsettled, the usual case."""
+        candidates = [
+            (ref.job_id, ref.execution_number, started)
+            for ref, started in self.unsettled.items()
+            if ref.namespace == event.namespace
+        ]
+        if not candidates:
+            return False
+        unlisted = event.no_longer_lists(candidates)
+        for job_id, number, _ in unlisted:
+            self.suspected.add(ExecutionRef(event.namespace, job_id, number))
+        return bool(unlisted)
+
+    async def recheck_suspected(self, watched: Collection[ExecutionRef]) -> None:
+        """Ask the service about each record a `notify` no longer listed (events may come out
+        of order: the notify alone proves nothing) and close those it ended, as reconciliation
+        does. Run by the loop with the turn, so no handler of them starts meanwhile."""
+        for ref in list(self.suspected):
+            if ref in self.unsettled and ref not in watched and ref not in self.held:
+                record = await self._store.call(Store.get, ref)
+                if (
+                    record is None  # settled meanwhile (closed, or run by its recovery)
+                    or record.state not in ACTIVE_STATES
+                    or await self._close_if_ended(record)
+                ):
+                    self.unsettled.pop(ref, None)
+            self.suspected.discard(ref)  # not before: a failed request leaves the rest
+
+    async def _close_if_ended(self, record: ExecutionRecord) -> bool:
+        """Close the record if the service ended its execution; True when it did end (closed,
+        or held to run to its end)."""
         ref = record.key
         ended = await self._client.ended(ref)
         if ended is None:
-            return
+            return False
         if record.resumable and point_of_no_return(record.checkpoint):
             # Past its point of no return (an A/B update that switched slots): it runs to its
             # end here although the service will not offer it again (handlers/api.py).
@@ -334,11 +377,12 @@ class Acquisition:
             if ref not in self.held:  # a reconcile after a reconnect finds it again
                 self._shared.note_outcome(ref, f"ended by the service ({ended}); carried on")
                 self.held.append(ref)
-            return
+            return True
         await self._files.stop_leftovers(ref, log.bind(job_id=ref.job_id))
         note = f"service ended the execution while away ({ended})"
         await self._store.call(Store.cancelled, ref, note)
         self._shared.note_outcome(ref, f"ended by the service ({ended})")
+        return True
 
     async def fail_lost(self, ref: ExecutionRef, version_number: int | None) -> None:
         """The service says this device is running an execution the device has no record of:

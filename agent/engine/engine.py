@@ -222,6 +222,8 @@ class Engine:
             # With the turn, no handler runs (one waiting aside runs only with it).
             if self._reconcile_needed and not self._reboots.awaiting:
                 await self._reconcile()
+            if self._acquisition.suspected and not self._reboots.awaiting:
+                await self._acquisition.recheck_suspected(set(self._turns.aside))
             await self._carry_on_held()
             if self._reboots.awaiting:
                 return True
@@ -267,6 +269,7 @@ class Engine:
         if await self._missed_something(offer, aside):
             await self._reconcile()
             if record is not None:  # the service may have ended it too: then closed
+                self._acquisition.unsettled.pop(record.key, None)  # it runs now
                 record = await self.store.call(Store.get, record.key)
                 if record is not None and record.state is ExecutionState.CANCELLED:
                     record = None
@@ -332,3 +335,5 @@ class Engine:
             elif isinstance(event, JobExecutionsChanged):
                 self._shared.wake()
                 self._supervisor.check_still_listed(event)
+                if self._acquisition.unsettled:  # an earlier agent's record not taken up yet
+                    self._acquisition.suspect(event)

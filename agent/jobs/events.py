@@ -8,7 +8,7 @@ consumer reads them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,10 @@ from jobs_agent.jobs.models import (
     JobExecutionSummary,
     NextJobExecutionChangedEvent,
 )
+
+NOTIFY_LIST_LIMIT = 10
+"""The fewest pending executions a `notify` may be cut to: the older API reference's limit (the
+notifications page now says 15). A list this long may be cut, so absence from it proves nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,41 @@ class JobExecutionsChanged:
                 ):
                     return True
         return False
+
+    def no_longer_lists(
+        self, executions: Iterable[tuple[str, int, bool]]
+    ) -> list[tuple[str, int, bool]]:
+        """Those of `executions` (job id, execution number, in progress on the service) that
+        this event proves are no longer pending: absent from a list that cannot have been cut.
+
+        The list is sorted IN_PROGRESS first and cut to at most `NOTIFY_LIST_LIMIT` (10, or
+        15): a shorter list is complete; a longer one that still lists QUEUED executions, with
+        fewer than the limit in progress (were the cut per status), lists every IN_PROGRESS one.
+        Delivery order is not guaranteed: the caller confirms with the service."""
+        jobs = self.body.get("jobs")
+        if not isinstance(jobs, Mapping):
+            return []  # nothing listed ("jobs": {} is listed, and empty)
+        listed: set[tuple[object, object]] = set()
+        total = 0
+        for summaries in jobs.values():
+            if not isinstance(summaries, list):
+                return []
+            total += len(summaries)
+            for summary in summaries:
+                if isinstance(summary, Mapping):
+                    listed.add((summary.get("jobId"), summary.get("executionNumber")))
+        in_progress = jobs.get("IN_PROGRESS") or []
+        complete = total < NOTIFY_LIST_LIMIT
+        started_complete = complete or (
+            len(in_progress) < NOTIFY_LIST_LIMIT and bool(jobs.get("QUEUED"))
+        )
+        return [
+            (job_id, number, started)
+            for job_id, number, started in executions
+            if (job_id, number) not in listed
+            and (job_id, None) not in listed
+            and (complete or (started and started_complete))
+        ]
 
 
 @dataclass(frozen=True, slots=True)

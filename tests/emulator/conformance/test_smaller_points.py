@@ -153,6 +153,21 @@ async def test_internal_error_can_be_provoked(emulator: EmbeddedEmulator, device
     assert emulator.service.execution("j", "dev1").status is ExecutionStatus.IN_PROGRESS
 
 
+async def test_internal_error_can_be_provoked_after_a_request_goes_through(
+    emulator: EmbeddedEmulator, device: Device
+) -> None:
+    """`fail_next(..., after=1)`: the first such request is answered, the next one refused (a
+    test lets a device's first GetPendingJobExecutions through and fails the later ones)."""
+    emulator.service.create_job("j", ["dev1"], DOC)
+    emulator.service.fail_next("GetPendingJobExecutions", after=1)
+    kind, reply = await device.request("get")
+    assert kind == "accepted" and reply["queuedJobs"][0]["jobId"] == "j"
+    kind, reply = await device.request("get")
+    assert (kind, reply["code"]) == ("rejected", str(ErrorCode.INTERNAL_ERROR))
+    kind, _ = await device.request("get")
+    assert kind == "accepted"
+
+
 def test_internal_error_over_http_is_service_unavailable(data: Any, service: JobsService) -> None:
     """The HTTPS data plane's ServiceUnavailableException, HTTP 503 (API_iot-jobs-data_
     StartNextPendingJobExecution.html Errors)."""
