@@ -374,3 +374,41 @@ async def test_a_record_the_service_ended_while_connected_is_closed_on_its_notif
             leftover.kill()
             leftover.wait()
         await emulator.stop()
+
+
+async def test_a_running_namespaced_job_the_service_ended_while_connected_is_stopped(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, readings: Readings
+) -> None:
+    """The running namespaced job is watched like a default one: the `notify-namespace-NS`
+    that no longer lists it has it confirmed with the service, its handler stopped and its
+    record closed, with no reconnect (pins what the supervisor's watch covers: the gap closed
+    by the test above is the records no handler runs for)."""
+    pid_file = tmp_path / "pid"
+    write_handler(
+        tmp_path / "handlers",
+        "forever",
+        f"""#!/bin/sh
+echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}
+while :; do sleep 0.05; done
+""",
+    )
+    emulator = await start_emulator(fresh_mosquitto.port, readings=readings)
+    try:
+        service = emulator.service
+        config = agent_config(tmp_path, fresh_mosquitto.port, namespaces=("fleet-a",))
+        async with running_agent(config) as agent:
+            service.create_job("ns-long", [THING], {"operation": "forever"}, namespace="fleet-a")
+            await wait_until(pid_file.exists, 15, "the handler to start")
+            pid = int(pid_file.read_text())
+            service.cancel_execution("ns-long", THING, force=True)
+            assert await wait_pid_gone(pid, 15), "the handler ran on after the cancel"
+            await wait_until(
+                lambda: agent.engine is not None and agent.engine.running_job is None,
+                10,
+                "the engine to let go of the job",
+            )
+            record = _record(config.state_dir / "state.db", ExecutionRef("fleet-a", "ns-long", 1))
+            assert record is not None and record.state is ExecutionState.CANCELLED, record
+        assert terminal_statuses(emulator, "ns-long") == ["CANCELED"]
+    finally:
+        await emulator.stop()
