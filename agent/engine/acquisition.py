@@ -16,7 +16,9 @@ service did (start-next never offers an ended execution again): after every reco
 start-next passes over an execution the device has in progress (`passed_over`). Records of
 executions the service ended while the agent was away (or not listening) are closed, and an
 execution the service shows in progress but the device has no record of is reported FAILED,
-never run (the record was lost).
+never run (the record was lost). The records it leaves active that nothing else watches
+(`unsettled`) are re-checked when a `notify` no longer lists them: the service may end one
+while the link stays up, where no reconnect nor start-next would tell.
 """
 
 from __future__ import annotations
