@@ -350,16 +350,19 @@ def sha256_hex(data: bytes) -> str:
 
     The base's tag is the only digest an agent takes before its first job, and hashlib would
     load OpenSSL's digests for it: 0.6 MB resident for the agent's whole life over awscrt,
-    which uses no other OpenSSL digest (issue 18). hashlib when the interpreter was built
-    without its own SHA-2.
+    which uses no other OpenSSL digest (issue 18). hashlib when it is already loaded (paho
+    imports it), or when the interpreter was built without its own SHA-2.
     """
-    try:
-        builtin = importlib.import_module("_sha2" if sys.version_info >= (3, 12) else "_sha256")
-    except ImportError:
-        import hashlib
+    if "hashlib" not in sys.modules:  # paho imports it: then it costs nothing more
+        try:
+            builtin = importlib.import_module("_sha2" if sys.version_info >= (3, 12) else "_sha256")
+        except ImportError:
+            pass
+        else:
+            return str(builtin.sha256(data).hexdigest())
+    import hashlib
 
-        return hashlib.sha256(data).hexdigest()
-    return str(builtin.sha256(data).hexdigest())
+    return hashlib.sha256(data).hexdigest()
 
 
 def _cgroup_containment(state_dir: Path) -> CgroupContainment:
