@@ -4,8 +4,9 @@ The agent is started as systemd would start a `Type=notify` service (NOTIFY_SOCK
 state directory each time) against a local broker and the emulator. A client watching the
 thing's Jobs topics on the broker sees the agent's first request (of any operation) and the
 service's first answer; the agent's RSS (VmRSS) is read one second after that answer, once the
-start-up work has settled. Both transports; bytecode is compiled beforehand (harness.py), as an
-installed package has it.
+start-up work has settled, with its anonymous part (smaps_rollup: what the process made itself,
+not the shared libraries' pages). Both transports; bytecode is compiled beforehand
+(harness.py), as an installed package has it.
 
 Floor: Python's own (benchmarks/python_floor.py), measured the same way in the same run: the
 imports an agent cannot do without (asyncio with ssl, json, sqlite3, structlog, yaml and the
@@ -21,6 +22,7 @@ import asyncio
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
@@ -106,11 +108,22 @@ async def start_once(
             "first_request": first.request - process.started_at,
             "ready": ready,
             "rss": rss_mb(process.pid),
+            "anonymous": anonymous_mb(process.pid),
             "threads": threads(process.pid),
         }
     finally:
         first.close()
         await process.stop()
+
+
+def anonymous_mb(pid: int) -> float:
+    """The part of a process's RSS that is its own (heap, Python's arenas, thread stacks), not
+    pages of the files it maps (libpython, libcrypto, _awscrt), which other processes share
+    and which the agent's code cannot shrink (/proc/PID/smaps_rollup)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Anonymous in smaps_rollup of {pid}")
 
 
 async def bare_rss(session: Session) -> float:
@@ -223,4 +236,5 @@ def transport_figures(
             f"<= {rss_goal:.0f} MB",
             lambda v, r: v <= rss_goal,
         ),
+        measure("rss-anonymous", "anonymous part of that RSS", "MB", "anonymous"),
     ]

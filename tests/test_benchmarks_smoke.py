@@ -111,11 +111,13 @@ def test_startup_measures_first_request_and_memory_beside_pythons_floor(
 ) -> None:
     startup = by_key(efficiency, "startup")
     for transport in ("paho", "awscrt"):
-        for key in ("first-request", "ready", "rss"):
+        for key in ("first-request", "ready", "rss", "rss-anonymous"):
             figure = startup[f"{key}-{transport}"]
             assert figure["median"] > 0
             assert figure["reference"].startswith("Python's floor")
             assert figure["reference_median"] > 0
+        anonymous = startup[f"rss-anonymous-{transport}"]["median"]
+        assert anonymous < startup[f"rss-{transport}"]["median"]
     # The first request comes after READY=1 (the agent says ready once subscribed).
     assert startup["first-request-paho"]["median"] >= startup["ready-paho"]["median"]
 

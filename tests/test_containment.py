@@ -86,6 +86,39 @@ while [ ! -e {pids} ]; do sleep 0.01; done
 """
 
 
+@pytest.mark.parametrize("case", ["builtin-sha2", "no-builtin", "hashlib-loaded"])
+def test_the_cgroup_base_is_named_after_the_state_directorys_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The base's tag is the SHA-256 of the resolved state directory, as hashlib gives it, so an
+    agent finds the groups its predecessors left there: through the interpreter's own SHA-2
+    when hashlib is not loaded (it would load OpenSSL's digests for the agent's life, issue
+    18), through hashlib when it is (paho imports it) or when the interpreter has no SHA-2 of
+    its own."""
+    import hashlib
+
+    from jobs_agent.dispatch import containment
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    data = str(tmp_path.resolve()).encode() + "/é".encode()
+    expected = hashlib.sha256(data).hexdigest()
+    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    if case != "hashlib-loaded":
+        monkeypatch.delitem(sys.modules, "hashlib")
+    if case == "no-builtin":
+
+        def no_builtin(name: str) -> object:
+            raise ImportError(name)
+
+        monkeypatch.setattr(containment.importlib, "import_module", no_builtin)
+    assert containment.sha256_hex(data) == expected
+    assert ("hashlib" in sys.modules) == (case != "builtin-sha2")
+    require_cgroup(state_dir)
+    base = Path((state_dir / "cgroup-base").read_text().strip())
+    assert base.name == f"jobs-agent.{tag}"
+
+
 async def test_cgroup_a_process_that_left_the_session_ends_with_the_step(tmp_path: Path) -> None:
     require_cgroup(tmp_path / "state")
     pids = tmp_path / "pids"

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -460,3 +461,33 @@ async def test_local_same_client_id_takes_over_the_session() -> None:
     assert "taken over" in await asyncio.wait_for(old_inbox.lost.get(), WAIT)
     await new.publish("t", b"session kept")
     assert await new_inbox.next() == Message("t", b"session kept")
+
+
+async def test_awscrt_connections_share_one_event_loop_thread(
+    mosquitto_factory: Callable[[], Mosquitto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every awscrt connection of the process is built on one CRT event-loop group of one thread
+    (issue 18). The CRT's default group has a thread per two processors, idle ones on a larger
+    gateway; on this 2-core machine the default has one too, so the test checks what the client
+    is built with, and that two real mTLS connections work on it."""
+    from jobs_agent.transport import awscrt
+
+    built: list[dict[str, Any]] = []
+    real = awscrt.mqtt5_client_builder.mtls_from_path
+
+    def spy(**kwargs: Any) -> Any:
+        built.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(awscrt.mqtt5_client_builder, "mtls_from_path", spy)
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    try:
+        first, _ = await backend.connected("gw-loop-1")
+        second, inbox = await backend.connected("gw-loop-2")
+        await second.subscribe("loop/#")
+        await first.publish("loop/a", b"x")
+        assert (await inbox.next()).payload == b"x"
+    finally:
+        await backend.close()
+    shared = awscrt.client_bootstrap()
+    assert [options["client_bootstrap"] for options in built] == [shared, shared]

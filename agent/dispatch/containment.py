@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
+import importlib
 import os
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,12 +344,33 @@ class CgroupContainment:
         return count
 
 
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of `data` in hex, as `hashlib.sha256(data).hexdigest()`, by the interpreter's
+    built-in SHA-2 (`_sha2`, `_sha256` before Python 3.12) where it has one.
+
+    The base's tag is the only digest an agent takes before its first job, and hashlib would
+    load OpenSSL's digests for it: 0.6 MB resident for the agent's whole life over awscrt,
+    which uses no other OpenSSL digest (issue 18). hashlib when it is already loaded (paho
+    imports it), or when the interpreter was built without its own SHA-2.
+    """
+    if "hashlib" not in sys.modules:  # paho imports it: then it costs nothing more
+        try:
+            builtin = importlib.import_module("_sha2" if sys.version_info >= (3, 12) else "_sha256")
+        except ImportError:
+            pass
+        else:
+            return str(builtin.sha256(data).hexdigest())
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def _cgroup_containment(state_dir: Path) -> CgroupContainment:
     mount = _cgroup2_mount()
     own = _own_cgroup()
     if mount is None or own is None:
         raise ContainmentError("no cgroup v2 hierarchy is mounted")
-    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    tag = sha256_hex(str(state_dir.resolve()).encode())[:12]
     base = mount / own.lstrip("/") / f"jobs-agent.{tag}"
     try:
         base.mkdir(mode=0o755, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -33,7 +32,9 @@ def single_line(text: str, limit: int = STATUS_VALUE_MAX) -> str:
     """
     text = _LINE_BREAK.sub("\\\\n", text.strip())
     text = text.replace("\t", " ")
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    from unicodedata import category  # at the first job, not at start (issue 18)
+
+    text = "".join(ch for ch in text if category(ch)[0] != "C")
     return text[-limit:] if len(text) > limit else text
 
 

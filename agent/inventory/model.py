@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +77,9 @@ Packages = dict[str, PackageVersion]
 
 
 def _no_control(text: str) -> bool:
-    return bool(text) and not any(unicodedata.category(c).startswith("C") for c in text)
+    from unicodedata import category  # when a package is read, not at start (issue 18)
+
+    return bool(text) and not any(category(c)[0] == "C" for c in text)
 
 
 def check_package_name(name: Any, where: str) -> str:

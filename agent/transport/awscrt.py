@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import socket
 import threading
@@ -58,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from awscrt import auth, exceptions, http, mqtt5
+from awscrt import auth, exceptions, http, io, mqtt5
 from awsiot import mqtt5_client_builder
 
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
@@ -174,6 +175,19 @@ def _describe(
     return "; ".join(parts) or "unknown reason"
 
 
+@functools.cache
+def client_bootstrap() -> io.ClientBootstrap:
+    """The process's CRT event loop, one thread, shared by its connections (an agent has one).
+
+    Without it the CRT makes its default group with one thread per two processors: one on this
+    2-core machine, but three idle threads more on an 8-core gateway, each with its stack and
+    its allocator arena (issue 18). Its DNS resolver is made on the same group, as the default
+    one is.
+    """
+    group = io.EventLoopGroup(1)
+    return io.ClientBootstrap(group, io.DefaultHostResolver(group))
+
+
 class AwscrtTransport(Transport):
     def __init__(self, config: AwscrtOptions, client_id: str) -> None:
         super().__init__()
@@ -219,6 +233,7 @@ class AwscrtTransport(Transport):
             "on_lifecycle_connection_failure": self._crt_connection_failure,
             "on_lifecycle_disconnection": self._crt_disconnection,
             "on_lifecycle_stopped": self._crt_stopped,
+            "client_bootstrap": client_bootstrap(),
             # No SDK metrics in the CONNECT user name: see "SDK metrics" above.
             "enable_metrics_collection": False,
         }
@@ -233,7 +248,9 @@ class AwscrtTransport(Transport):
             if cfg.websocket:
                 return mqtt5_client_builder.websockets_with_default_aws_signing(
                     region=cfg.region or region_from_endpoint(cfg.endpoint),
-                    credentials_provider=auth.AwsCredentialsProvider.new_default_chain(),
+                    credentials_provider=auth.AwsCredentialsProvider.new_default_chain(
+                        client_bootstrap()
+                    ),
                     **options,
                 )
             return mqtt5_client_builder.mtls_from_path(
