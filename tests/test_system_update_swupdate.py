@@ -249,6 +249,75 @@ async def test_a_run_the_race_cuts_short_every_time_is_an_error(
         await updater.install(swupdate_device.build_bundle(os.urandom(4096)), no_progress)
 
 
+# What a cut-short run printed when its installer was still at work as the process exited (seen
+# by making a real swupdate exit while its installer opened sw-description.sig; one such run
+# failed a CI run of test_a_tampered_image_is_refused): the client's notice, then the errors of
+# an installer torn down under it, for a bundle that is fine.
+TORN_DOWN_STAND_IN = """#!/bin/sh
+if [ ! -e "{marker}" ]; then
+    touch "{marker}"
+    echo "[TRACE] : SWUPDATE running :  [extract_file_to_tmp] : 	filename sw-description.sig"
+    echo "[INFO ] : SWUPDATE running :  [endupdate] : SWUpdate was successful !"
+    echo "[ERROR] : SWUPDATE failed [0] ERROR : $TMPDIR/sw-description.sig cannot be opened" >&2
+    echo "[ERROR] : SWUPDATE failed [0] ERROR : Compatible SW not found" >&2
+    echo "[ERROR] : SWUPDATE failed [1] Image invalid or corrupted. Not installing ..." >&2
+    echo "[INFO ] : No SWUPDATE running :  Waiting for requests..."
+    exit 1
+fi
+exec "$@"
+"""
+
+
+async def test_errors_of_an_installer_torn_down_by_the_race_are_not_a_verdict(
+    swupdate_device: SwupdateDevice,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The real swupdate behind a stand-in that plays, once, a run the race cut short while its
+    installer was at work (TORN_DOWN_STAND_IN)."""
+    stand_in = tmp_path / "swupdate-torn-down"
+    stand_in.write_text(TORN_DOWN_STAND_IN.format(marker=tmp_path / "raced"))
+    stand_in.chmod(0o755)
+    command = (str(stand_in), *swupdate_device.swupdate_command)
+    updater = swupdate_device.updater(swupdate_command=command)
+    data = os.urandom(4096)
+    messages: list[str] = []
+
+    slot = await updater.install(
+        swupdate_device.build_bundle(data), lambda _, m: messages.append(m)
+    )
+
+    assert slot == "B"
+    assert swupdate_device.slot_starts_with("B", data)
+    assert any("exited before its installer finished" in message for message in messages)
+
+
+ENDED_FIRST_STAND_IN = """#!/bin/sh
+echo run >> "{runs}"
+echo "[INFO ] : No SWUPDATE running :  Waiting for requests..."
+echo "[INFO ] : SWUPDATE running :  [endupdate] : SWUpdate was successful !"
+echo "[ERROR] : SWUPDATE failed [0] ERROR : HASH mismatch : 01 <--> 02" >&2
+echo "[ERROR] : SWUPDATE failed [1] Image invalid or corrupted. Not installing ..." >&2
+exit 1
+"""
+
+
+async def test_a_verdict_the_installer_gave_before_the_client_gave_up_stands(
+    swupdate_device: SwupdateDevice,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The race, but the installer had ended (and said why it refused) before the client gave
+    up: that is SWUpdate's answer, given once, not a run to repeat (ENDED_FIRST_STAND_IN)."""
+    stand_in = tmp_path / "swupdate-ended-first"
+    runs = tmp_path / "runs"
+    stand_in.write_text(ENDED_FIRST_STAND_IN.format(runs=runs))
+    stand_in.chmod(0o755)
+    updater = swupdate_device.updater(swupdate_command=(str(stand_in),))
+
+    with pytest.raises(UpdaterError, match="HASH mismatch : 01 <--> 02"):
+        await updater.install(swupdate_device.build_bundle(os.urandom(4096)), no_progress)
+    assert runs.read_text() == "run\n"
+
+
 async def test_the_boot_switch_works_before_any_install(
     swupdate_device: SwupdateDevice,  # noqa: F811
 ) -> None:

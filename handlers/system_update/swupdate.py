@@ -32,12 +32,17 @@ thread asks for the status once before the installer has started, hears "idle" a
 no failure) and the process exits, whether or not the installer has finished. The installer's
 own notice, "SWUPDATE successful !", comes only once the images are written and the installed
 state is stored. So an exit 1 without any error line is a success when the installer's notice
-is there; with only the client's words the run was cut short, and it is repeated (up to
-`INSTALL_ATTEMPTS` runs; safe, as nothing was activated). Measured here with 4 to 32 KiB
-bundles: about one run in ten exits 1, one in forty before the installer finished. A bundle
-larger than the socket buffer cannot all be sent before the installer starts, so real images
-rarely meet it. A post-update command (`-p`) is not supported: its failure also ends in exit 1
-after the installer's notice. The agent reboots by itself.
+is there. Otherwise what the run says is a verdict only if the installer had ended (its last
+notice, "Waiting for requests...") before the client gave up: once the client gives up, the
+process exits, and an installer still at work runs on while the exit handlers tear the
+process down under it. It can then report errors of its own making, such as
+"sw-description.sig cannot be opened" for a bundle that is fine. Such a run was cut short,
+with or without errors, and it is repeated (up to `INSTALL_ATTEMPTS` runs; safe, as nothing
+was activated). Measured here with 4 to 32 KiB bundles: about one run in ten exits 1, one in
+forty before the installer finished; more under load. A bundle larger than the socket buffer
+cannot all be sent before the installer starts, so real images rarely meet it. A post-update
+command (`-p`) is not supported: its failure also ends in exit 1 after the installer's notice.
+The agent reboots by itself.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ _STREAM = re.compile(r"^\[install_single_image\] : Found installer for stream (\
 _ERROR_PREFIX = re.compile(r"^(?:ERROR(?: \S+ : \S+ : \d+)? : )")
 INSTALL_ATTEMPTS = 3
 _INSTALLER_SUCCEEDED = "SWUPDATE successful ! SWUPDATE successful !"
+_INSTALLER_ENDED = "No SWUPDATE running :  Waiting for requests..."
 _CLIENT_SUCCEEDED = "[endupdate] : SWUpdate was successful !"
 _GENERIC_ERRORS = frozenset(
     {"SWUpdate *failed* !", "Image invalid or corrupted. Not installing ...", ""}
@@ -176,19 +182,25 @@ class SwupdateUpdater(SystemUpdater):
 
     async def install(self, bundle: Path, progress: Progress) -> str:
         target = await self.inactive_slot()
+        errors = ""
         for attempt in range(1, INSTALL_ATTEMPTS + 1):
-            if await self._install_once(bundle, target, progress):
+            installed, errors = await self._install_once(bundle, target, progress)
+            if installed:
                 return target
             if attempt < INSTALL_ATTEMPTS:
                 progress(None, "swupdate exited before its installer finished; installing again")
+        detail = "a race of SWUpdate before 2024.12 (docs/system-updates.md)"
         raise UpdaterError(
             "swupdate",
             f"ended before its installer reported a result, {INSTALL_ATTEMPTS} times",
-            "a race of SWUpdate before 2024.12 (docs/system-updates.md)",
+            f"{detail}; the last run said: {errors}" if errors else detail,
         )
 
-    async def _install_once(self, bundle: Path, target: str, progress: Progress) -> bool:
-        """One `swupdate -i`: True when installed, False when cut short by the race."""
+    async def _install_once(
+        self, bundle: Path, target: str, progress: Progress
+    ) -> tuple[bool, str]:
+        """One `swupdate -i`: (True, "") when installed; (False, its errors) when the race cut
+        it short (module docstring); raises when it failed."""
         self._empty_work_dir()
         config = self.config
         argv = [*config.swupdate_command, "-v", "-i", str(bundle)]
@@ -198,12 +210,12 @@ class SwupdateUpdater(SystemUpdater):
         if config.bootloader is not None:
             argv += ["-B", config.bootloader]
         argv += config.extra_arguments
-        said: set[str] = set()
+        said: list[str] = []  # the notices below, in the order SWUpdate printed them
 
         def on_line(line: str) -> None:
-            for notice in (_INSTALLER_SUCCEEDED, _CLIENT_SUCCEEDED):
+            for notice in (_INSTALLER_SUCCEEDED, _INSTALLER_ENDED, _CLIENT_SUCCEEDED):
                 if line.startswith("[INFO") and line.endswith(notice):
-                    said.add(notice)
+                    said.append(notice)
             match = _LOG_LINE.match(line)
             if match is None:
                 return
@@ -220,14 +232,20 @@ class SwupdateUpdater(SystemUpdater):
             env={"TMPDIR": str(config.work_dir)},
             on_line=on_line,
         )
-        if result.returncode == 0 and not _has_errors(result.stderr):
-            return True
-        if result.returncode == 1 and not _has_errors(result.stderr):
-            if _INSTALLER_SUCCEEDED in said:
-                return True
-            if _CLIENT_SUCCEEDED in said:
-                return False
-        raise result.failure(_errors(result.stderr))
+        errors = _errors(result.stderr)
+        if not _has_errors(result.stderr) and (
+            result.returncode == 0 or (result.returncode == 1 and _INSTALLER_SUCCEEDED in said)
+        ):
+            return True, ""
+        # The installer's words count only if it had ended before the client gave up and the
+        # process began to exit; otherwise they may come from its being torn down.
+        if (
+            result.returncode == 1
+            and _CLIENT_SUCCEEDED in said
+            and _INSTALLER_ENDED not in said[: said.index(_CLIENT_SUCCEEDED)]
+        ):
+            return False, errors
+        raise result.failure(errors)
 
     async def activate(self, slot: str) -> None:
         self._other(slot)
