@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,10 +49,15 @@ class PahoDevice:
         self._cond = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, thing, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         info = self.client.subscribe(f"$aws/things/{thing}/jobs/#", qos=1)
         assert info[0] == mqtt.MQTT_ERR_SUCCESS
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        assert self._subscribed.wait(timeout), "no SUBACK"
 
     def _on(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
@@ -218,3 +224,40 @@ async def test_it_serves_again_after_a_broker_restart(
     finally:
         device.close()
     assert reply["clientToken"] == "after"
+
+
+async def test_publishes_unacknowledged_when_the_link_drops_go_out_again_in_order(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """`publish_nowait`'s short path keeps each message in paho's own outgoing table, as
+    paho's `publish` does: an acknowledged one leaves it, and those not acknowledged when the
+    connection drops (in flight or waiting for the in-flight window) are sent again after the
+    reconnect, in order, and acknowledged through the same short path."""
+    device = PahoDevice(fresh_mosquitto, "redelivery")
+    transport = broker_transport(_config(fresh_mosquitto, "redeliverer"))
+    client = transport._client
+    resumed = asyncio.Event()
+    transport.set_connection_callbacks(on_resumed=lambda session_present: resumed.set())
+    topic = "$aws/things/redelivery/jobs/notify"
+    await transport.connect(10)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(10):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        await transport.flush()
+        assert not client._out_messages and client._inflight_messages == 0
+        for index in range(10, 40):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        assert client._inflight_messages == client.max_inflight_messages == 20  # 10 wait
+        client.socket().shutdown(socket.SHUT_RDWR)  # before this loop iteration writes any
+        await asyncio.wait_for(resumed.wait(), 15)
+        await transport.flush()
+        assert not client._out_messages and client._inflight_messages == 0
+        assert not transport._unacked
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 40, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(40))  # every one, once, in order
