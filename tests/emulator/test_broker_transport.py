@@ -261,3 +261,35 @@ async def test_publishes_unacknowledged_when_the_link_drops_go_out_again_in_orde
     finally:
         device.close()
     assert [p[0] for p in got] == list(range(40))  # every one, once, in order
+
+
+async def test_what_one_loop_iteration_queued_leaves_in_one_send(
+    fresh_mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies and events queued in one loop iteration are joined and written in one system
+    call (they were one `send` each, between two TCP_CORK calls), and arrive in order."""
+    device = PahoDevice(fresh_mosquitto, "joined")
+    transport = broker_transport(_config(fresh_mosquitto, "joiner"))
+    await transport.connect(10)
+    client = transport._client
+    sends: list[int] = []
+    original = client._sock_send
+
+    def counting(buf: bytes) -> int:
+        sends.append(len(buf))
+        return original(buf)
+
+    monkeypatch.setattr(client, "_sock_send", counting)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(15):  # within the in-flight window of 20
+            transport.publish_nowait("$aws/things/joined/jobs/notify", json.dumps([index]).encode())
+        await transport.flush()
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 15, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(15))
+    assert len(sends) >= 1 and sends[0] > 15 * 40  # the first send carried all fifteen
