@@ -293,3 +293,33 @@ async def test_what_one_loop_iteration_queued_leaves_in_one_send(
         device.close()
     assert [p[0] for p in got] == list(range(15))
     assert len(sends) >= 1 and sends[0] > 15 * 40  # the first send carried all fifteen
+
+
+async def test_packets_cut_from_the_read_buffer_and_across_reads_arrive_whole(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """A packet wholly in the read buffer is cut out in one step; one larger than a read
+    (64 kB) or split between two reads takes paho's path. Both arrive whole and in order."""
+    transport = broker_transport(_config(fresh_mosquitto, "reader"))
+    received: list[tuple[str, bytes]] = []
+    done = asyncio.Event()
+    sizes = [10, 200_000, 3, 70_000, 65_530, 1, 5_000]
+
+    def on_message(message: Message) -> None:
+        received.append((message.topic, message.payload))
+        if len(received) == len(sizes):
+            done.set()
+
+    transport.set_message_callback(on_message)
+    await transport.connect(10)
+    device = PahoDevice(fresh_mosquitto, "reader-device")
+    try:
+        await transport.subscribe("$aws/things/big/jobs/#")
+        for index, size in enumerate(sizes):
+            device.client.publish(f"$aws/things/big/jobs/{index}/update", bytes([index]) * size, 1)
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        device.close()
+        await transport.disconnect()
+    assert [t for t, _ in received] == [f"$aws/things/big/jobs/{i}/update" for i in range(7)]
+    assert [p for _, p in received] == [bytes([i]) * size for i, size in enumerate(sizes)]
