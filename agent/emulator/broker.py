@@ -58,6 +58,8 @@ __all__ = ["BrokerTransport", "broker_transport"]
 _CORK: int | None = getattr(socket, "TCP_CORK", None)
 """Linux's TCP_CORK (absent elsewhere: writes then go out as paho makes them)."""
 _PUBLISH_QOS1 = bytes([PUBLISH | 0x02])
+RECEIVE_MAXIMUM_ABSENT = 65535
+"""MQTT 5: a CONNACK without Receive Maximum allows this many unacknowledged QoS 1 publishes."""
 
 
 class _Info(mqtt.MQTTMessageInfo):
@@ -233,6 +235,29 @@ class BrokerTransport(PahoTransport):
             self._deliver(Message(topic, payload))
         else:
             self._call(self._deliver, Message(topic, payload))
+
+    # -- the broker's receive maximum ------------------------------------------------------------
+    def _paho_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if not reason.is_failure:
+            self._take_receive_maximum(client, props)
+        super()._paho_connect(client, userdata, flags, reason, props)
+
+    @staticmethod
+    def _take_receive_maximum(client: mqtt.Client, props: Any) -> None:
+        """Keep as many QoS 1 publishes in flight as the broker's CONNACK allows (MQTT 5's
+        Receive Maximum; 65,535 when absent). paho keeps its own 20 whatever the broker says:
+        mosquitto says 20 by default, but a broker given a larger `max_inflight_messages` then
+        took no more than 20 of the emulator's replies and events per round trip. Called
+        before paho sends again what the connection lost (`on_connect` comes first), so those
+        are split by the new window too."""
+        wanted = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        window = int(wanted) if wanted else RECEIVE_MAXIMUM_ABSENT
+        if window == client._max_inflight_messages:
+            return
+        client._max_inflight_messages = window
+        client._messages_reconnect_reset_out()  # in flight or waiting, by the new window
 
     # -- subscriptions without echo -------------------------------------------------------------
     async def _send_subscribe(self, topic_filter: str) -> None:

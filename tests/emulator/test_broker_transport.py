@@ -323,3 +323,40 @@ async def test_packets_cut_from_the_read_buffer_and_across_reads_arrive_whole(
         await transport.disconnect()
     assert [t for t, _ in received] == [f"$aws/things/big/jobs/{i}/update" for i in range(7)]
     assert [p for _, p in received] == [bytes([i]) * size for i, size in enumerate(sizes)]
+
+
+async def test_the_window_of_publishes_in_flight_is_the_one_the_broker_gives(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """MQTT 5: the CONNACK's Receive Maximum says how many QoS 1 publishes the broker takes
+    unacknowledged (mosquitto: `max_inflight_messages`, 20 by default). paho kept 20 whatever
+    the broker said; the emulator now takes the broker's word, on every connection."""
+    transport = broker_transport(_config(fresh_mosquitto, "window-emulator"))
+    client = transport._client
+    resumed = asyncio.Event()
+    transport.set_connection_callbacks(on_resumed=lambda session_present: resumed.set())
+    device = PahoDevice(fresh_mosquitto, "windowed")
+    topic = "$aws/things/windowed/jobs/notify"
+    await transport.connect(10)
+    try:
+        assert client._max_inflight_messages == 20  # mosquitto's default
+        with fresh_mosquitto.config_path.open("a", encoding="utf-8") as config:
+            config.write("max_inflight_messages 50\n")
+        fresh_mosquitto.restart()
+        await asyncio.wait_for(resumed.wait(), 15)
+        assert client._max_inflight_messages == 50
+        device.close()
+        device = PahoDevice(fresh_mosquitto, "windowed")  # the restart lost its session
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(60):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        assert client._inflight_messages == 50  # all sent at once; 10 wait for the window
+        await transport.flush()
+        assert not client._out_messages
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 60, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(60))
