@@ -443,12 +443,13 @@ async def test_a_rollout_is_looked_at_often_but_summed_over_every_device_seldom(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The outcomes are looked at every `_WATCH_SECONDS` (the rollout time's resolution); the
-    requests and surplus replies, whose sums visit every device, once per `_COUNT_SECONDS`:
+    requests and surplus replies, whose sums visit every device, once per `COUNT_SECONDS`:
     at every look they made the watching cost the fleet's size times the rollout's length."""
     from jobs_agent.commands import sim_fleet
+    from jobs_agent.sim import fleet_watch
 
     monkeypatch.setattr(sim_fleet, "_WATCH_SECONDS", 0.001)
-    monkeypatch.setattr(sim_fleet, "_COUNT_SECONDS", 60.0)
+    monkeypatch.setattr(fleet_watch, "COUNT_SECONDS", 60.0)
     fleet = _CountedFleet(passes=30)
     args = argparse.Namespace(things=1, stall_timeout=0, progress_interval=0, timeout=60, json=True)
     finished, counts, problem = await sim_fleet._watch(

@@ -379,26 +379,19 @@ async def _watch(
     import asyncio
     import contextlib
 
-    from jobs_agent.sim.fleet_watch import FINAL, Watchdog
+    from jobs_agent.sim.fleet_watch import FINAL, DeviceSums, Watchdog
 
     out = _printer(args)
     finished: float | None = None
     counts: Any = {}
     printed = -1.0
     watchdog = Watchdog(args.stall_timeout, time.monotonic())
-    every = (
-        _COUNT_SECONDS if args.stall_timeout <= 0 else min(_COUNT_SECONDS, args.stall_timeout / 4)
-    )
-    counted = -every
-    requests = surplus = 0
+    sums = DeviceSums(fleet, args.stall_timeout)
     while True:
         counts = fleet.outcomes(job_id)
         done = sum(n for status, n in counts.items() if status in FINAL)
         now = time.monotonic()
-        if now - counted >= every:  # each sum visits every device: not at every look
-            counted = now
-            requests, surplus = fleet.requests(), fleet.surplus_replies()
-        problem = watchdog.check(counts, requests, surplus, fleet.busy, now)
+        problem = watchdog.check(counts, *sums.take(now), fleet.busy, now)
         if problem is not None and done < args.things:
             things = fleet.thing_names
             return None, counts, _explain(problem, watchdog, counts, emulator, job_id, things)
@@ -479,10 +472,6 @@ def _print_summary(
 _SHOWN = ("SUCCEEDED", "FAILED")
 _WATCH_SECONDS = 0.05
 """How often the devices' outcomes are looked at (the rollout time's resolution)."""
-_COUNT_SECONDS = 1.0
-"""How often the devices' requests and surplus replies are summed for the watchdog (a quarter
-of --stall-timeout if shorter). Each sum visits every device: at every look (20 a second) they
-made a rollout's watching cost grow with the fleet's size times the rollout's length."""
 
 
 async def _fleet_serve(args: argparse.Namespace, fleet: Any, stop: Any, out: Any) -> int:

@@ -88,6 +88,22 @@ def _remaining_length(size: int) -> bytes:
             return bytes(out)
 
 
+def _publish_packet(topic: bytes, mid: int, payload: bytes) -> bytes:
+    """An MQTT 5 QoS 1 PUBLISH without properties, as paho's `_send_publish` makes it."""
+    size = len(topic)
+    return b"".join(
+        (
+            _PUBLISH_QOS1,
+            _remaining_length(size + len(payload) + 5),  # length, packet id, properties
+            size.to_bytes(2, "big"),
+            topic,
+            mid.to_bytes(2, "big"),
+            b"\x00",  # no properties
+            payload,
+        )
+    )
+
+
 class ServiceClient(ShortPathClient):
     """paho's client for a service: the short paths and buffered reads of `ShortPathClient`
     (five PUBACKs and two QoS 1 requests per job for the Jobs API), requests answered by the
@@ -106,23 +122,8 @@ class ServiceClient(ShortPathClient):
         other. Anything unusual (no socket, the in-flight window full, a topic paho would
         refuse, no loop-driven writes) takes paho's own `publish`."""
         topic_bytes = topic.encode("utf-8")
-        mid = self._last_mid + 1
-        if mid == 65536:
-            mid = 1
-        limit = self._max_inflight_messages
-        if (
-            self._sock is None
-            or self._on_socket_register_write is None
-            or self._sockpairW is not None
-            or (limit and self._inflight_messages >= limit)
-            or (self._max_queued_messages and len(self._out_messages) >= self._max_queued_messages)
-            or mid in self._out_messages
-            or not topic_bytes
-            or len(topic_bytes) > 65535
-            or b"+" in topic_bytes
-            or b"#" in topic_bytes
-            or len(payload) > 268435455
-        ):
+        mid = self._last_mid + 1 if self._last_mid < 65535 else 1
+        if not self._short_path_open(topic_bytes, payload, mid):
             info = self.publish(topic, payload, qos=1)
             return info.rc, info.mid
         self._last_mid = mid
@@ -139,18 +140,7 @@ class ServiceClient(ShortPathClient):
         message.state = mqtt_ms_wait_for_puback
         self._out_messages[mid] = message
         self._inflight_messages += 1
-        size = len(topic_bytes)
-        packet = b"".join(
-            (
-                _PUBLISH_QOS1,
-                _remaining_length(size + len(payload) + 5),  # length, packet id, properties
-                size.to_bytes(2, "big"),
-                topic_bytes,
-                mid.to_bytes(2, "big"),
-                b"\x00",  # no properties
-                payload,
-            )
-        )
+        packet = _publish_packet(topic_bytes, mid, payload)
         self._out_packet.append(
             {
                 "command": PUBLISH,
@@ -164,6 +154,24 @@ class ServiceClient(ShortPathClient):
         )
         self._call_socket_register_write()
         return MQTTErrorCode.MQTT_ERR_SUCCESS, mid
+
+    def _short_path_open(self, topic: bytes, payload: bytes, mid: int) -> bool:
+        """Whether `publish_qos1` may take its short path (see there)."""
+        limit = self._max_inflight_messages
+        queued = self._max_queued_messages
+        return not (
+            self._sock is None
+            or self._on_socket_register_write is None
+            or self._sockpairW is not None
+            or (limit and self._inflight_messages >= limit)
+            or (queued and len(self._out_messages) >= queued)
+            or mid in self._out_messages
+            or not topic
+            or len(topic) > 65535
+            or b"+" in topic
+            or b"#" in topic
+            or len(payload) > 268435455
+        )
 
     def coalesce(self) -> bool:
         """Join the packets queued for writing into one, so they leave in one `send` (one
