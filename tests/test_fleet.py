@@ -7,14 +7,12 @@ command for the second), real script handlers and SQLite stores on disk.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import os
 import signal
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -409,52 +407,3 @@ def test_a_stall_report_names_what_the_service_still_holds() -> None:
     text = stalled(120.0, 10, Counter(SUCCEEDED=7), {"QUEUED": 3, "SUCCEEDED": 7})
     assert "3 of 10 devices never reported the job" in text
     assert "the service has QUEUED 3, SUCCEEDED 7" in text and "max_queued_messages" in text
-
-
-class _CountedFleet:
-    """A fleet's watching surface, counting the sums that visit every device. A stand-in: what
-    is pinned is how often `sim fleet` asks, which no real fleet's timing could show."""
-
-    def __init__(self, passes: int) -> None:
-        self.passes = passes
-        self.looks = 0
-        self.sums = 0
-        self.thing_names = ["t-0001"]
-
-    def outcomes(self, job_id: str) -> Counter[str]:
-        self.looks += 1
-        return Counter(SUCCEEDED=1) if self.looks >= self.passes else Counter()
-
-    def requests(self) -> int:
-        self.sums += 1
-        return self.looks
-
-    def surplus_replies(self) -> int:
-        return 0
-
-    def busy(self) -> int:
-        return 0
-
-    def failure(self) -> str | None:
-        return None
-
-
-async def test_a_rollout_is_looked_at_often_but_summed_over_every_device_seldom(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The outcomes are looked at every `_WATCH_SECONDS` (the rollout time's resolution); the
-    requests and surplus replies, whose sums visit every device, once per `COUNT_SECONDS`:
-    at every look they made the watching cost the fleet's size times the rollout's length."""
-    from jobs_agent.commands import sim_fleet
-    from jobs_agent.sim import fleet_watch
-
-    monkeypatch.setattr(sim_fleet, "_WATCH_SECONDS", 0.001)
-    monkeypatch.setattr(fleet_watch, "COUNT_SECONDS", 60.0)
-    fleet = _CountedFleet(passes=30)
-    args = argparse.Namespace(things=1, stall_timeout=0, progress_interval=0, timeout=60, json=True)
-    finished, counts, problem = await sim_fleet._watch(
-        args, fleet, None, "job", time.monotonic(), asyncio.Event()
-    )
-    assert finished is not None and counts["SUCCEEDED"] == 1 and problem is None
-    assert fleet.looks == 30
-    assert fleet.sums == 1

@@ -379,19 +379,19 @@ async def _watch(
     import asyncio
     import contextlib
 
-    from jobs_agent.sim.fleet_watch import FINAL, DeviceSums, Watchdog
+    from jobs_agent.sim.fleet_watch import FINAL, Watchdog
 
     out = _printer(args)
     finished: float | None = None
     counts: Any = {}
     printed = -1.0
     watchdog = Watchdog(args.stall_timeout, time.monotonic())
-    sums = DeviceSums(fleet, args.stall_timeout)
     while True:
         counts = fleet.outcomes(job_id)
         done = sum(n for status, n in counts.items() if status in FINAL)
-        now = time.monotonic()
-        problem = watchdog.check(counts, *sums.take(now), fleet.busy, now)
+        problem = watchdog.check(
+            counts, fleet.requests(), fleet.surplus_replies(), fleet.busy, time.monotonic()
+        )
         if problem is not None and done < args.things:
             things = fleet.thing_names
             return None, counts, _explain(problem, watchdog, counts, emulator, job_id, things)

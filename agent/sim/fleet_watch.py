@@ -24,7 +24,6 @@ so the rollout ends instead of waiting for a report that will not come.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -156,38 +155,13 @@ class Watchdog:
         return now - self._since
 
 
-COUNT_SECONDS = 1.0
-"""How often `DeviceSums` sums over the devices (a quarter of --stall-timeout if shorter)."""
-
-
-class DeviceSums:
-    """The devices' requests and surplus replies for the watchdog, summed at most once per
-    `COUNT_SECONDS`. Each sum visits every device: taken at every look at the outcomes (20 a
-    second), they made a rollout's watching cost the fleet's size times the rollout's length."""
-
-    def __init__(self, fleet: Any, stall_seconds: float) -> None:
-        self._fleet = fleet
-        self._every = min(COUNT_SECONDS, stall_seconds / 4) if stall_seconds > 0 else COUNT_SECONDS
-        self._taken = -math.inf
-        self._sums = (0, 0)
-
-    def take(self, now: float) -> tuple[int, int]:
-        """(requests, surplus replies), as of at most `COUNT_SECONDS` ago."""
-        if now - self._taken >= self._every:
-            self._taken = now
-            self._sums = (self._fleet.requests(), self._fleet.surplus_replies())
-        return self._sums
-
-
 __all__ = [
     "BUSY_STATES",
-    "COUNT_SECONDS",
     "ENDED_BY_SERVICE",
     "FINAL",
     "NOT_REPORTED",
     "STALL_SECONDS",
     "TERMINAL",
-    "DeviceSums",
     "Watchdog",
     "final_of",
     "foreign_service",
