@@ -38,7 +38,7 @@ class Threaded(Generic[T]):
     the worker and is typed like it: one wrapper for every method instead of an async copy of
     each. One worker keeps the order of calls equal to the order they were made (a state
     machine's writes rely on it); an `executor` given from outside must have exactly one worker
-    and may be shared by several objects (`sim fleet`: one thread for a thousand stores).
+    and may be shared by several objects (`sim fleet`: 8 threads for thousands of stores).
     """
 
     def __init__(self, target: T, executor: ThreadPoolExecutor | None = None, *, name: str) -> None:

@@ -54,7 +54,11 @@ log = structlog.get_logger(__name__)
 
 SUBSCRIPTION = "$aws/things/+/jobs/#"
 SUMMARY_CACHE_LIMIT = 100_000
-TOPIC_CACHE_LIMIT = 10_000
+TOPIC_CACHE_LIMIT = 100_000
+"""Entries of each topic cache (parsed request topics; built reply and event topics) before it
+is emptied. A thing asks on about three topics per job and is answered on about five: at
+10,000 (a fleet of 10,000 things, one job each), the caches were emptied every few thousand
+requests, and the topics parsed and built again (with validation) for most requests."""
 _REPLY_LEVELS = frozenset({"accepted", "rejected"})
 _NOT_REQUESTS = ("/accepted", "/rejected", "/notify", "/notify-next")
 

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -61,10 +62,11 @@ class ShortPathClient(mqtt.Client):
     reason-code and property objects, and a QoS 1 PUBLISH is handed to `on_qos1` as topic and
     payload, its MQTT 5 properties skipped (no AWS IoT API uses them), without paho's message
     object and filter match. Anything unusual (a failure reason, properties on a PUBACK, QoS 0
-    or 2, a topic alias, a malformed packet) takes paho's own path. These override paho
-    internals (`_handle_pubackcomp`, `_handle_publish`, `_in_packet`, `_sock_recv`,
-    `_sock_close`): paho is pinned below 3, and the transport suite (tests/test_transport.py)
-    and tests/emulator/test_broker_transport.py hold them against a real mosquitto."""
+    or 2, a topic alias, a malformed packet) takes paho's own path. A packet wholly read is
+    cut out of the buffer in one step. These override paho internals (`_handle_pubackcomp`,
+    `_handle_publish`, `_in_packet`, `_packet_read`, `_sock_recv`, `_sock_close`): paho is
+    pinned below 3, and the transport suite (tests/test_transport.py) and
+    tests/emulator/test_broker_transport.py hold them against a real mosquitto."""
 
     on_qos1: Callable[[str, bytes], None] | None = None
     """`(topic, payload)` callback for QoS 1 publishes received (set by the transport)."""
@@ -82,6 +84,62 @@ class ShortPathClient(mqtt.Client):
         start = self._rpos
         self._rpos = min(len(self._rbuf), start + bufsize)
         return self._rbuf[start : self._rpos]
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """A packet wholly in the read buffer is cut out of it in one step; paho reads it a
+        byte at a time for its header (one `_sock_recv` each), then its body. A packet not
+        wholly there yet, one paho has begun, or a header that is not a valid length, takes
+        paho's own path."""
+        buf, start = self._rbuf, self._rpos
+        size = len(buf)
+        if self._in_packet["command"] != 0 or start + 2 > size:
+            return super()._packet_read()
+        command = buf[start]
+        length = shift = 0
+        pos = start + 1
+        for _ in range(4):  # the remaining length, a variable byte integer
+            if pos >= size:
+                return super()._packet_read()
+            byte = buf[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        else:
+            return super()._packet_read()  # paho reports the protocol error
+        end = pos + length
+        if command == 0 or end > size:
+            return super()._packet_read()
+        self._rpos = end
+        self._in_packet = {
+            "command": command,
+            "have_remaining": 1,
+            "remaining_count": list(buf[start + 1 : pos]),
+            "remaining_mult": 1 << shift,
+            "remaining_length": length,
+            "packet": bytearray(buf[pos:end]),
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
+        return rc
 
     def buffered(self) -> bool:
         """Bytes were read from the socket that paho has not consumed yet (the selector will

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,10 +49,15 @@ class PahoDevice:
         self._cond = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, thing, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         info = self.client.subscribe(f"$aws/things/{thing}/jobs/#", qos=1)
         assert info[0] == mqtt.MQTT_ERR_SUCCESS
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        assert self._subscribed.wait(timeout), "no SUBACK"
 
     def _on(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
@@ -218,3 +224,139 @@ async def test_it_serves_again_after_a_broker_restart(
     finally:
         device.close()
     assert reply["clientToken"] == "after"
+
+
+async def test_publishes_unacknowledged_when_the_link_drops_go_out_again_in_order(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """`publish_nowait`'s short path keeps each message in paho's own outgoing table, as
+    paho's `publish` does: an acknowledged one leaves it, and those not acknowledged when the
+    connection drops (in flight or waiting for the in-flight window) are sent again after the
+    reconnect, in order, and acknowledged through the same short path."""
+    device = PahoDevice(fresh_mosquitto, "redelivery")
+    transport = broker_transport(_config(fresh_mosquitto, "redeliverer"))
+    client = transport._client
+    resumed = asyncio.Event()
+    transport.set_connection_callbacks(on_resumed=lambda session_present: resumed.set())
+    topic = "$aws/things/redelivery/jobs/notify"
+    await transport.connect(10)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(10):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        await transport.flush()
+        assert not client._out_messages and client._inflight_messages == 0
+        for index in range(10, 40):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        assert client._inflight_messages == client.max_inflight_messages == 20  # 10 wait
+        client.socket().shutdown(socket.SHUT_RDWR)  # before this loop iteration writes any
+        await asyncio.wait_for(resumed.wait(), 15)
+        await transport.flush()
+        assert not client._out_messages and client._inflight_messages == 0
+        assert not transport._unacked
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 40, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(40))  # every one, once, in order
+
+
+async def test_what_one_loop_iteration_queued_leaves_in_one_send(
+    fresh_mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies and events queued in one loop iteration are joined and written in one system
+    call (they were one `send` each, between two TCP_CORK calls), and arrive in order."""
+    device = PahoDevice(fresh_mosquitto, "joined")
+    transport = broker_transport(_config(fresh_mosquitto, "joiner"))
+    await transport.connect(10)
+    client = transport._client
+    sends: list[int] = []
+    original = client._sock_send
+
+    def counting(buf: bytes) -> int:
+        sends.append(len(buf))
+        return original(buf)
+
+    monkeypatch.setattr(client, "_sock_send", counting)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(15):  # within the in-flight window of 20
+            transport.publish_nowait("$aws/things/joined/jobs/notify", json.dumps([index]).encode())
+        await transport.flush()
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 15, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(15))
+    assert len(sends) >= 1 and sends[0] > 15 * 40  # the first send carried all fifteen
+
+
+async def test_packets_cut_from_the_read_buffer_and_across_reads_arrive_whole(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """A packet wholly in the read buffer is cut out in one step; one larger than a read
+    (64 kB) or split between two reads takes paho's path. Both arrive whole and in order."""
+    transport = broker_transport(_config(fresh_mosquitto, "reader"))
+    received: list[tuple[str, bytes]] = []
+    done = asyncio.Event()
+    sizes = [10, 200_000, 3, 70_000, 65_530, 1, 5_000]
+
+    def on_message(message: Message) -> None:
+        received.append((message.topic, message.payload))
+        if len(received) == len(sizes):
+            done.set()
+
+    transport.set_message_callback(on_message)
+    await transport.connect(10)
+    device = PahoDevice(fresh_mosquitto, "reader-device")
+    try:
+        await transport.subscribe("$aws/things/big/jobs/#")
+        for index, size in enumerate(sizes):
+            device.client.publish(f"$aws/things/big/jobs/{index}/update", bytes([index]) * size, 1)
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        device.close()
+        await transport.disconnect()
+    assert [t for t, _ in received] == [f"$aws/things/big/jobs/{i}/update" for i in range(7)]
+    assert [p for _, p in received] == [bytes([i]) * size for i, size in enumerate(sizes)]
+
+
+async def test_the_window_of_publishes_in_flight_is_the_one_the_broker_gives(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """MQTT 5: the CONNACK's Receive Maximum says how many QoS 1 publishes the broker takes
+    unacknowledged (mosquitto: `max_inflight_messages`, 20 by default). paho kept 20 whatever
+    the broker said; the emulator now takes the broker's word, on every connection."""
+    transport = broker_transport(_config(fresh_mosquitto, "window-emulator"))
+    client = transport._client
+    resumed = asyncio.Event()
+    transport.set_connection_callbacks(on_resumed=lambda session_present: resumed.set())
+    device = PahoDevice(fresh_mosquitto, "windowed")
+    topic = "$aws/things/windowed/jobs/notify"
+    await transport.connect(10)
+    try:
+        assert client._max_inflight_messages == 20  # mosquitto's default
+        with fresh_mosquitto.config_path.open("a", encoding="utf-8") as config:
+            config.write("max_inflight_messages 50\n")
+        fresh_mosquitto.restart()
+        await asyncio.wait_for(resumed.wait(), 15)
+        assert client._max_inflight_messages == 50
+        device.close()
+        device = PahoDevice(fresh_mosquitto, "windowed")  # the restart lost its session
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(60):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        assert client._inflight_messages == 50  # all sent at once; 10 wait for the window
+        await transport.flush()
+        assert not client._out_messages
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 60, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(60))
