@@ -22,7 +22,14 @@ import pytest
 
 from jobs_agent.engine import context as engine_context
 from jobs_agent.engine import jobfiles as engine_jobfiles
-from tests.helpers.agent_harness import captured_logs, make_config, make_handler_dir, running_agent
+from jobs_agent.jobs import topics as jobs_topics
+from tests.helpers.agent_harness import (
+    THING,
+    captured_logs,
+    make_config,
+    make_handler_dir,
+    running_agent,
+)
 
 PLUGIN = """
 import os
@@ -161,3 +168,38 @@ async def test_a_plugin_job_builds_no_json_encoder_of_the_agents(
             monkeypatch.undo()
     agents = [m for m in built_by if m.startswith("jobs_agent") and ".emulator" not in m]
     assert agents == []
+
+
+async def test_the_topics_of_every_job_are_parsed_and_built_once(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's start-next request, its reply and the events come on the same topics every
+    time: the Jobs client checks them once. Only the topics that name the job (its update and
+    the update's reply) are built and parsed for it."""
+    parsed: list[str] = []
+    built: list[tuple[Any, ...]] = []
+    parse, build = jobs_topics.parse_topic, jobs_topics.request_topic
+
+    def counted_parse(topic: str) -> Any:
+        parsed.append(topic)
+        return parse(topic)
+
+    def counted_build(*args: Any, **kwargs: Any) -> str:
+        built.append((*args, kwargs.get("job_id")))
+        return build(*args, **kwargs)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            await harness.run_job("warm-up-2", {"operation": "quiet"})
+            monkeypatch.setattr(jobs_topics, "parse_topic", counted_parse)
+            monkeypatch.setattr(jobs_topics, "request_topic", counted_build)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+    agents = [topic for topic in parsed if "/update/" in topic or "start-next" in topic]
+    assert sorted(agents) == [
+        f"$aws/things/{THING}/jobs/quiet-{n}/update/accepted" for n in range(3)
+    ]
+    assert [job for *_, job in built] == [f"quiet-{n}" for n in range(3)]
