@@ -15,6 +15,7 @@ import builtins
 import os
 import pathlib
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +27,7 @@ from jobs_agent.dispatch import shebang
 from jobs_agent.dispatch.containment import containment_for
 from jobs_agent.dispatch.output import OutputLog
 from jobs_agent.dispatch.paths import locate_handler
+from jobs_agent.dispatch.pipes import ExitWatch
 from jobs_agent.dispatch.scripts import StepFiles
 from jobs_agent.dispatch.users import own_user
 from jobs_agent.engine.context import EngineJobContext
@@ -351,3 +353,33 @@ async def test_a_script_jobs_directory_is_removed_without_a_thread(
             await wait_until(lambda job=job: not job.exists(), 15, "the job's directory removed")
         monkeypatch.undo()
     assert "rmtree" not in handed
+
+
+# -- the exit of a step's process ---------------------------------------------------------------
+@pytest.mark.parametrize("exited_before", [False, True])
+async def test_the_exit_is_learnt_from_the_pidfd_with_one_waitpid(
+    monkeypatch: pytest.MonkeyPatch, exited_before: bool
+) -> None:
+    """Reaping asks `waitpid` once, when the pidfd says the process has exited; a process
+    that exited before it was watched (a zombie) is still seen at once through its pidfd."""
+    polls = Counter()
+    process = subprocess.Popen(["/bin/sh", "-c", "read line; exit 7"], stdin=subprocess.PIPE)
+    monkeypatch.setattr(process, "poll", polls.wrap(process.poll))
+    assert process.stdin is not None
+    if exited_before:
+        process.stdin.close()
+        await wait_until(lambda: _zombie(process.pid), 15, "the process to exit, unreaped")
+    watch = ExitWatch(process)
+    try:
+        if not exited_before:
+            assert not watch.status.done()
+            process.stdin.close()
+        assert await asyncio.wait_for(watch.status, 15) == 7
+    finally:
+        watch.close()
+    assert len(polls.calls) == 1
+
+
+def _zombie(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
