@@ -31,10 +31,8 @@ from jobs_agent.dispatch.pipes import ExitWatch
 from jobs_agent.dispatch.scripts import StepFiles
 from jobs_agent.dispatch.users import own_user
 from jobs_agent.engine.context import EngineJobContext
-from jobs_agent.engine.jobfiles import SMALL_TREE_FILES, remove_small_tree
 from jobs_agent.vocabulary import ExecutionRef
 from tests.harness import wait_until
-from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
 
 
 class Counter:
@@ -298,80 +296,6 @@ def test_the_sandbox_walk_resolves_a_path_only_when_it_has_a_symlink(
                 securefs.open_executable(path, what="handler")
     finally:
         handler_tree.chmod(0o755)
-
-
-# -- the job's directory at its end -------------------------------------------------------------
-def _job_tree(base: Path, files: int = 2) -> Path:
-    job = base / "jobs" / "default" / "j1"
-    (job / "scratch-1").mkdir(parents=True)
-    (job / "state").mkdir()
-    for number in range(files):
-        (job / "scratch-1" / f"step-{number}.json").write_text("{}")
-    return job
-
-
-def test_a_job_directory_of_a_few_files_is_removed_in_place(tmp_path: Path) -> None:
-    job = _job_tree(tmp_path)
-    outside = tmp_path / "outside.txt"
-    outside.write_text("kept")
-    (job / "scratch-1" / "link").symlink_to(outside)  # removed, never followed
-    os.mkfifo(job / "state" / "fifo")
-    assert remove_small_tree(str(job))
-    assert not job.exists() and job.parent.is_dir()
-    assert outside.read_text() == "kept"
-
-
-@pytest.mark.parametrize("what", ["a deeper directory", "too many files", "a symlinked dir"])
-def test_anything_else_is_left_to_rmtree_and_nothing_outside_is_touched(
-    tmp_path: Path, what: str
-) -> None:
-    job = _job_tree(tmp_path)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "precious").write_text("kept")
-    if what == "a deeper directory":
-        (job / "scratch-1" / "nested").mkdir()
-        (job / "scratch-1" / "nested" / "f").write_text("x")
-    elif what == "too many files":
-        for number in range(SMALL_TREE_FILES + 1):
-            (job / "state" / f"f{number}").write_text("x")
-    else:
-        (job / "scratch-2").symlink_to(outside, target_is_directory=True)
-    assert not remove_small_tree(str(job))
-    assert job.is_dir()  # what is left is the caller's, in a thread
-    shutil.rmtree(job)
-    assert (outside / "precious").read_text() == "kept"
-
-
-async def test_a_script_jobs_directory_is_removed_without_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The real agent and emulator on one bus: a script job's scratch directory (its step
-    file) goes at the job's end, on the loop; `shutil.rmtree` in a thread was a hand-off per
-    script job."""
-    make_handler_dir(tmp_path)
-    config = make_config(tmp_path)
-    handed: list[str] = []
-    to_thread = asyncio.to_thread
-
-    async def counted(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        handed.append(getattr(function, "__name__", repr(function)))
-        return await to_thread(function, *args, **kwargs)
-
-    document = {
-        "version": "1.0",
-        "steps": [{"action": {"name": "ok", "type": "runHandler", "input": {"handler": "ok.sh"}}}],
-    }
-    async with running_agent(tmp_path, config) as harness:
-        await harness.run_job("warm-up", document)
-        monkeypatch.setattr(asyncio, "to_thread", counted)
-        for number in range(2):
-            execution = await harness.run_job(f"script-{number}", document)
-            assert str(execution.status) == "SUCCEEDED", execution.status_details
-            job = config.state_dir / "jobs" / "default" / f"script-{number}"
-            await wait_until(lambda job=job: not job.exists(), 15, "the job's directory removed")
-        monkeypatch.undo()
-    assert "rmtree" not in handed
 
 
 # -- the exit of a step's process ---------------------------------------------------------------
