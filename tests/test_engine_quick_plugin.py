@@ -125,6 +125,29 @@ async def test_a_plugin_job_hands_two_store_calls_to_the_worker(
         assert engine.store.handoffs - before == 2 * 3
 
 
+async def test_a_plugin_job_makes_three_commits_on_the_real_engine(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """The start record goes with RUNNING's transaction: three commits a job (RUNNING and
+    DECIDED fsynced, REPORTED not), counted on the real agent's store over three jobs. The
+    look for records start-next passed over once read the store after the start record was
+    taken, which wrote it in a transaction of its own (four commits a job; round 5 fixed)."""
+    make_handler_dir(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", {"operation": "quick"})
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        store = engine.store.target
+        commits, durable = store.commits, store.durable_commits
+        for number in range(3):
+            execution = await harness.run_job(f"quick-{number}", {"operation": "quick"})
+            assert str(execution.status) == "SUCCEEDED"
+            await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
+        assert (store.commits - commits, store.durable_commits - durable) == (3 * 3, 2 * 3)
+
+
 async def test_a_plugin_that_ends_at_once_sends_systemd_no_status_of_its_own(
     tmp_path: Path, plugin_module: Any
 ) -> None:
