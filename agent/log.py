@@ -320,6 +320,13 @@ class LazyBound:
     def exception(self, event: str, **fields: Any) -> None:
         self.bind().exception(event, **fields)
 
+    def __getattr__(self, name: str) -> Any:
+        """The rest of the bound logger's methods (`critical`, `msg`...): a handler is given
+        this as `ctx.log` and may use any of them."""
+        if name.startswith("_"):  # a slot not yet set (copy, pickle): never built for it
+            raise AttributeError(name)
+        return getattr(self.bind(), name)
+
 
 def get_logger(name: str, **bound: Any) -> Any:
     return structlog.get_logger(name).bind(**bound) if bound else structlog.get_logger(name)

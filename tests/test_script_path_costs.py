@@ -10,10 +10,12 @@ still happens where it matters (a removed scratch directory is made again for th
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import pathlib
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,11 +26,13 @@ from jobs_agent import securefs
 from jobs_agent.dispatch import shebang
 from jobs_agent.dispatch.containment import containment_for
 from jobs_agent.dispatch.output import OutputLog
-from jobs_agent.dispatch.paths import locate_handler
+from jobs_agent.dispatch.paths import locate_handler, resolved_directory
+from jobs_agent.dispatch.pipes import ExitWatch
 from jobs_agent.dispatch.scripts import StepFiles
 from jobs_agent.dispatch.users import own_user
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.vocabulary import ExecutionRef
+from tests.harness import wait_until
 
 
 class Counter:
@@ -138,9 +142,9 @@ def test_a_walk_still_names_the_offending_directory(handler_tree: Path) -> None:
 def test_locating_a_handler_resolves_its_directory_once_and_reads_it_by_descriptor(
     handler_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The handler directory is resolved once (an `lstat` per component) and the handler
-    itself costs one `lstat`; its `#!` line comes from the checked descriptor, never from
-    opening it again by name."""
+    """The handler directory is resolved once, by the kernel (no `lstat` per component, as
+    by name before round 5), and the handler itself costs one `lstat`; its `#!` line comes
+    from the checked descriptor, never from opening it again by name."""
     lstats, opens = Counter(), Counter()
     monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
     monkeypatch.setattr(shebang, "open", opens.wrap(builtins.open), raising=False)
@@ -149,8 +153,27 @@ def test_locating_a_handler_resolves_its_directory_once_and_reads_it_by_descript
     assert located.head is not None and located.head.startswith(b"#!/bin/sh\n")
     assert shebang.interpreter_problem(located.path, "/usr/bin:/bin", located.head) is None
     assert opens.calls == []
-    depth = len(handler_tree.parts) - 1
-    assert len(lstats.calls) == depth + 1, lstats.calls
+    assert len(lstats.calls) == 1, lstats.calls
+
+
+@pytest.mark.parametrize("how", ["as it is", "through a symlink", "with ..", "relative"])
+def test_the_handler_directory_resolves_as_by_name(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The kernel's answer is the one resolving by name gives, and a directory that does not
+    exist is still resolved by name (its handlers are then not found, as before)."""
+    given = {
+        "as it is": handler_tree,
+        "through a symlink": handler_tree.parent / "via",
+        "with ..": handler_tree / ".." / "handlers",
+        "relative": Path("handlers"),
+    }[how]
+    (handler_tree.parent / "via").symlink_to(handler_tree)
+    monkeypatch.chdir(handler_tree.parent)
+    assert resolved_directory(given) == given.resolve() == handler_tree
+    assert locate_handler(given, "noop.sh").path == handler_tree / "noop.sh"
+    missing = given / "missing"
+    assert resolved_directory(missing) == missing.resolve()
 
 
 def test_a_symlinked_handler_is_still_resolved_and_kept_inside(handler_tree: Path) -> None:
@@ -273,3 +296,33 @@ def test_the_sandbox_walk_resolves_a_path_only_when_it_has_a_symlink(
                 securefs.open_executable(path, what="handler")
     finally:
         handler_tree.chmod(0o755)
+
+
+# -- the exit of a step's process ---------------------------------------------------------------
+@pytest.mark.parametrize("exited_before", [False, True])
+async def test_the_exit_is_learnt_from_the_pidfd_with_one_waitpid(
+    monkeypatch: pytest.MonkeyPatch, exited_before: bool
+) -> None:
+    """Reaping asks `waitpid` once, when the pidfd says the process has exited; a process
+    that exited before it was watched (a zombie) is still seen at once through its pidfd."""
+    polls = Counter()
+    process = subprocess.Popen(["/bin/sh", "-c", "read line; exit 7"], stdin=subprocess.PIPE)
+    monkeypatch.setattr(process, "poll", polls.wrap(process.poll))
+    assert process.stdin is not None
+    if exited_before:
+        process.stdin.close()
+        await wait_until(lambda: _zombie(process.pid), 15, "the process to exit, unreaped")
+    watch = ExitWatch(process)
+    try:
+        if not exited_before:
+            assert not watch.status.done()
+            process.stdin.close()
+        assert await asyncio.wait_for(watch.status, 15) == 7
+    finally:
+        watch.close()
+    assert len(polls.calls) == 1
+
+
+def _zombie(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobs_agent.jobs import status_details
 from jobs_agent.jobs.status_details import (
     MAX_VALUE_LENGTH,
+    clean_value,
     sanitize_status_details,
     utf16_length,
     validate_status_details,
@@ -130,3 +134,57 @@ def test_sanitized_output_always_validates(details: dict[Any, Any], tails: list[
             and validate_status_details({key: value}) is None
         ):
             assert result["reason"] == value
+
+
+# -- the per-character work is only for text that needs it (issue 18) -------------------------
+def _clean_one_by_one(text: str) -> str:
+    """`clean_value` as it was: every character looked at in Python."""
+    text = text.replace("\r\n", "\n")
+    escapes = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return "".join(
+        escapes.get(ch, ch)
+        for ch in text
+        if ch in escapes or not unicodedata.category(ch).startswith("C")
+    )
+
+
+def test_every_character_is_cleaned_and_counted_as_before() -> None:
+    """All of Unicode but planes 4-13 (unassigned, like many code points tested here), in lines
+    with line breaks and tabs: the fast paths (`isprintable`, ASCII
+    `translate`, the UTF-16 codec) give what the per-character rules give, and no printable
+    character is one the service refuses (`validate_status_details` trusts `isprintable`)."""
+    codes = [*range(0x40000), *range(0xE0000, sys.maxunicode + 1)]
+    everything = [chr(code) for code in codes]
+    text = "\r\n".join(
+        "".join(everything[i : i + 997]) + "\t" for i in range(0, len(everything), 997)
+    )
+    assert clean_value(text) == _clean_one_by_one(text)
+    assert utf16_length(text) == len(text) + len(codes) - 0x10000  # astral ones count twice
+    ascii_text = "\r\n".join(everything[:128])
+    assert clean_value(ascii_text) == _clean_one_by_one(ascii_text)
+    refused = [ch for ch in everything if ch.isprintable() and status_details.is_forbidden_char(ch)]
+    assert refused == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_cleaned_as_before(text: str) -> None:
+    assert clean_value(text) == _clean_one_by_one(text)
+    assert utf16_length(text) == len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def test_a_scripts_output_is_not_cleaned_character_by_character(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kilobyte of ASCII output with line breaks, as a script prints it, is cleaned,
+    counted and checked without a Python call per character."""
+    looked_at: list[str] = []
+    original = status_details.is_forbidden_char
+    monkeypatch.setattr(
+        status_details, "is_forbidden_char", lambda ch: looked_at.append(ch) or original(ch)
+    )
+    output = "".join(f"line {n}: done\tok\r\n" for n in range(60))
+    result = sanitize_status_details({"stdout": output, "reason": "exit code 0"})
+    assert validate_status_details(result) is None
+    assert result["stdout"].endswith("line 59: done\\tok\\n")
+    assert looked_at == []

@@ -113,6 +113,27 @@ def _inside(base: Path, relative: str) -> Path:
     return candidate
 
 
+def resolved_directory(directory: Path) -> Path:
+    """`directory.resolve()`, without a look at every component (an `lstat` and a dozen
+    Python calls each, for every script step: issue 18) when the directory is where its name
+    says: the kernel's path of a descriptor opened on it (`/proc/self/fd`) is its name in
+    normal form. Anything else (a symlink on the way, no such directory, no /proc, a directory
+    renamed while it was looked at) is resolved by name, as before, so the answer is always
+    the one resolving by name gives."""
+    given = os.path.abspath(directory)
+    try:
+        fd = os.open(given, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return directory.resolve()
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = None
+    finally:
+        os.close(fd)
+    return Path(given) if target == given else directory.resolve()
+
+
 def locate_handler(
     handler_dir: Path, name: str, path: str | None = None, *, search_path: str | None = None
 ) -> HandlerFile:
@@ -140,7 +161,7 @@ def _locate(
     grants nothing a `runCommand` step could not do, and the name still cannot contain a '/'.
     """
     _check_name(name)
-    base = handler_dir.resolve()
+    base = resolved_directory(handler_dir)
     if is_default_path(path):
         directory = base
     else:

@@ -272,9 +272,11 @@ class ExitWatch:
             self._pidfd = os.pidfd_open(process.pid)
         except (AttributeError, OSError):
             self._poller = asyncio.create_task(self._poll())
+            self._exited()  # it may have exited already
         else:
+            # A pidfd is readable as soon as the process has exited, before it is reaped, and
+            # so already now if it has: no `waitpid` is tried before then (issue 18).
             self._loop.add_reader(self._pidfd, self._exited)
-        self._exited()  # it may have exited already
 
     def _exited(self) -> None:
         code = self._process.poll()

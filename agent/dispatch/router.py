@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from jobs_agent.dispatch.signing import SignatureVerifier
 
 MAX_DOCUMENT_DEPTH = 32
+_COMPACT_TEXT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""`json.dumps(..., separators=(",", ":"), ensure_ascii=False)`, its encoder built once: `dumps`
+builds one per call for any argument but the defaults (issue 18)."""
 
 
 def check_limits(document: Mapping[str, Any]) -> None:
@@ -63,7 +66,7 @@ def check_limits(document: Mapping[str, Any]) -> None:
     """
     allowance = _check_depth(document, 1)
     try:
-        size = len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
+        size = len(_COMPACT_TEXT.encode(document).encode())
     except (TypeError, ValueError):
         raise JobRejected("the job document is not plain JSON") from None
     if size > MAX_DOCUMENT_BYTES + allowance:

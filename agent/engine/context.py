@@ -33,8 +33,8 @@ class EngineJobContext:
         resumed: bool,
         rebooted: bool,
         log: Logger,
-        scratch_dir: Path,
-        state_dir: Path,
+        scratch_dir: Path | str,
+        state_dir: Path | str,
         store: AsyncStore,
         reporter: ProgressReporter,
         mqtt_link: MqttLink | None = None,
@@ -54,7 +54,7 @@ class EngineJobContext:
         self.log = log
         self._scratch_dir = scratch_dir
         self._state_dir = state_dir
-        self._made: set[Path] = set()
+        self._made: dict[Path | str, Path] = {}
         self.reboot_requested = False
         self.mqtt_link = mqtt_link
         """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
@@ -80,11 +80,13 @@ class EngineJobContext:
     def state_dir(self, path: Path) -> None:
         self._state_dir = path
 
-    def _make(self, path: Path) -> Path:
-        if path not in self._made:
-            path.mkdir(parents=True, exist_ok=True)
-            self._made.add(path)
-        return path
+    def _make(self, path: Path | str) -> Path:
+        made = self._made.get(path)
+        if made is None:
+            made = Path(path)  # a `Path` only when asked for: parsing one costs (issue 18)
+            made.mkdir(parents=True, exist_ok=True)
+            self._made[path] = made
+        return made
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any

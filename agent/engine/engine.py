@@ -265,8 +265,12 @@ class Engine:
         if aside and not self._shared.settings.run_others_while_deferred:
             return False  # switched off by a reload: nothing else runs while they wait
         offer = await self._acquisition.take_next(aside)
+        # Read before the offer is recorded: a read after it would write the new start record
+        # in a transaction of its own, where it goes with RUNNING's (issue 18). The record just
+        # taken is left out of what was passed over either way.
+        passed_over = await self._passed_over(offer, aside)
         record = None if offer is None else await self._acquisition.record(offer)
-        if await self._missed_something(offer, aside):
+        if self._reconcile_needed or passed_over:
             await self._reconcile()
             if record is not None:  # the service may have ended it too: then closed
                 self._acquisition.unsettled.pop(record.key, None)  # it runs now
@@ -281,15 +285,14 @@ class Engine:
             await self._runner.process(record, offer.execution.job_document)
         return True
 
-    async def _missed_something(self, offer: Offer | None, aside: set[ExecutionRef]) -> bool:
+    async def _passed_over(self, offer: Offer | None, aside: set[ExecutionRef]) -> bool:
         """Did the service end an execution this device has in progress after the last
-        reconciliation? A resync came while the next job was taken (a start-next out during a
-        disconnect is sent again after it), or start-next passed over one of its records (the
-        service hands back IN_PROGRESS executions first: it ended it in between)."""
-        if self._reconcile_needed:
-            return True
-        if aside:
-            return False  # taken by name: nothing was passed over
+        reconciliation? Start-next passed over one of its records (the service hands back
+        IN_PROGRESS executions first: it ended it in between). The other sign, a resync that
+        came while the next job was taken (a start-next out during a disconnect is sent again
+        after it), is `_reconcile_needed`, looked at once the offer is recorded."""
+        if self._reconcile_needed or aside:
+            return False  # reconciled anyway, or taken by name: nothing was passed over
         taken = None if offer is None else offer.ref
         return bool(await self._acquisition.passed_over(taken))
 

@@ -32,6 +32,7 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.engine.turns import Turns
 from jobs_agent.inventory.model import InventoryError
+from jobs_agent.log import LazyBound
 from jobs_agent.vocabulary import JobExecutionStatus
 from jobs_agent_handlers.api import (
     Handler,
@@ -97,8 +98,10 @@ class Runner:
     async def process(self, record: ExecutionRecord, document: Mapping[str, Any] | None) -> None:
         """Do what `record` calls for; `document` is the one just delivered (None: recorded)."""
         ref = record.key
-        bound = log.bind(
-            job_id=ref.job_id, execution_number=ref.execution_number, namespace=ref.namespace
+        # Built at the first line the level lets through: a job that logs nothing at the
+        # configured level (a plugin job at `warning`) builds no structlog logger (issue 18).
+        bound = LazyBound(
+            log, job_id=ref.job_id, execution_number=ref.execution_number, namespace=ref.namespace
         )
         if self._shared.stopping and record.state is ExecutionState.STARTED:
             bound.info("stopping: the job starts after the restart")

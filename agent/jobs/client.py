@@ -69,6 +69,11 @@ from jobs_agent.transport.exchange import Exchange, ExchangeClosed, subscribe_wi
 from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
 
 log = structlog.get_logger("jobs_agent.jobs")
+_KEPT_TOPICS = 64
+"""At most this many parsed topics are kept per client (`JobsClient._parse_topic`)."""
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""`json.dumps(..., separators=(",", ":"))` with its encoder built once: `dumps` builds one per
+call for any argument but the defaults, two per job (issue 18)."""
 
 R = TypeVar("R")
 _Reply = tuple[ReplyKind, Mapping[str, Any]]
@@ -108,6 +113,11 @@ class JobsClient:
         self._events_ready = asyncio.Event()
         self._started = False
         self._closed = False
+        self._topics: dict[str, ParsedTopic | None] = {}
+        """`parse_topic` of the topics that name no job (replies to start-next, events),
+        remembered: they come with every job (at most `_KEPT_TOPICS`)."""
+        self._request_topics: dict[tuple[Operation, str | None], str] = {}
+        """The request topics that name no job (start-next), built once."""
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -278,7 +288,7 @@ class JobsClient:
     ) -> R:
         if not self._started or self._closed:
             raise JobsError("the Jobs client is not started (or already closed)")
-        topic = topics.request_topic(self.thing_name, operation, job_id=job_id, namespace=namespace)
+        topic = self._request_topic(operation, job_id, namespace)
         self.stats.requests += 1
         bound = LazyBound(log, operation=operation.value, job_id=job_id, namespace=namespace)
 
@@ -297,7 +307,7 @@ class JobsClient:
             result = await self._exchange.request(
                 topic,
                 (operation, job_id, namespace),
-                lambda token: json.dumps(payload(token), separators=(",", ":")).encode(),
+                lambda token: _COMPACT.encode(payload(token)).encode(),
                 read,
                 deadline=asyncio.get_running_loop().time() + self.request_timeout,
                 backoff=Backoff(self.retry_min, self.retry_max),
@@ -317,6 +327,32 @@ class JobsClient:
             raise RequestTimeout(operation.value, self.request_timeout)
         return result
 
+    def _request_topic(
+        self, operation: Operation, job_id: str | None, namespace: str | None
+    ) -> str:
+        if job_id is not None:
+            return topics.request_topic(
+                self.thing_name, operation, job_id=job_id, namespace=namespace
+            )
+        topic = self._request_topics.get((operation, namespace))
+        if topic is None:
+            topic = topics.request_topic(self.thing_name, operation, namespace=namespace)
+            self._request_topics[(operation, namespace)] = topic
+        return topic
+
+    def _parse_topic(self, topic: str) -> ParsedTopic | None:
+        """`topics.parse_topic`, remembered for the topics that name no job: the same few
+        come with every job, checked once (issue 18). A topic that names a job (an update's
+        reply) is parsed each time, so what is kept stays bounded."""
+        try:
+            return self._topics[topic]
+        except KeyError:
+            pass
+        parsed = topics.parse_topic(topic)
+        if (parsed is None or parsed.job_id is None) and len(self._topics) < _KEPT_TOPICS:
+            self._topics[topic] = parsed
+        return parsed
+
     # -- transport callbacks (on the loop thread; must not block or raise) ---------------------
     def _on_lost(self, reason: str) -> None:
         log.info("MQTT link lost; waiting requests will be re-published", reason=reason)
@@ -326,7 +362,7 @@ class JobsClient:
         self._emit(Resync(session_present))
 
     def _on_message(self, message: Message) -> None:
-        parsed = topics.parse_topic(message.topic)
+        parsed = self._parse_topic(message.topic)
         if parsed is None:
             log.debug("message on a non-Jobs topic ignored", topic=message.topic)
             return

@@ -49,11 +49,20 @@ ELLIPSIS = "…"
 
 _INVALID_KEY_CHAR = re.compile(r"[^a-zA-Z0-9:_-]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ASCII_CLEAN: dict[int, str | None] = {
+    **{code: None for code in (*range(0x20), 0x7F)},  # the ASCII part of \p{C}: Cc
+    **{ord(ch): escape for ch, escape in _ESCAPES.items()},
+}
+"""`clean_value` of ASCII text as one `str.translate` table."""
 
 
 def utf16_length(text: str) -> int:
-    """Length as the service counts it (UTF-16 code units: astral characters count twice)."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+    """Length as the service counts it (UTF-16 code units: astral characters count twice).
+    Counted by the codec, not per character in Python (a 1 kB log tail was a thousand calls);
+    a lone surrogate is one unit, as before."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def is_forbidden_char(ch: str) -> bool:
@@ -68,10 +77,19 @@ def is_forbidden_char(ch: str) -> bool:
 
 
 def clean_value(text: str) -> str:
-    """Make `text` single-line and free of `\\p{C}`, escaping line breaks and tabs visibly."""
+    """Make `text` single-line and free of `\\p{C}`, escaping line breaks and tabs visibly.
+
+    Without a character to change (`isprintable`: no `\\p{C}`, no line break or tab, since
+    none of them is printable) the text is returned as it is, and ASCII text is cleaned by one
+    `translate`: only other text is looked at character by character (issue 18: a script's
+    output was a Python call or two per character)."""
+    if text.isprintable():
+        return text
+    text = text.replace("\r\n", "\n")
+    if text.isascii():
+        return text.translate(_ASCII_CLEAN)
     from unicodedata import category
 
-    text = text.replace("\r\n", "\n")
     out: list[str] = []
     for ch in text:
         if ch in _ESCAPES:
@@ -164,8 +182,6 @@ def validate_status_details(obj: object, *, max_pairs: int = MAX_PAIRS) -> str |
     """Why `obj` would be refused as statusDetails by the service, or None if it is fine."""
     if isinstance(obj, StatusDetails) and len(obj) <= max_pairs:
         return None  # checked where it was made (validated once, at the edge)
-    from unicodedata import category
-
     if not isinstance(obj, Mapping):
         return "must be an object of string values"
     if len(obj) > max_pairs:
@@ -179,7 +195,8 @@ def validate_status_details(obj: object, *, max_pairs: int = MAX_PAIRS) -> str |
             return f"value of {key!r} must not be empty"
         if utf16_length(value) > MAX_VALUE_LENGTH:
             return f"value of {key!r} is longer than {MAX_VALUE_LENGTH} characters"
-        bad = next((ch for ch in value if category(ch)[0] == "C"), None)
+        printable = value.isprintable()  # no \p{C}: most values, checked in one call
+        bad = None if printable else next((ch for ch in value if is_forbidden_char(ch)), None)
         if bad is not None:
             return f"value of {key!r} contains the control character U+{ord(bad):04X}"
     return None

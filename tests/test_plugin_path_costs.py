@@ -1,0 +1,205 @@
+"""What a plugin job's path builds that it does not need, counted through seams (issue 18).
+
+The real agent and the embedded emulator on one in-process bus, at log level `warning` (the
+level the benchmarks and most gateways run at). A plugin job that logs nothing and never asks
+for its directories used to build a structlog logger bound to the job (counted in
+test_engine_quick_plugin), two `pathlib.Path`s for its directories and one for its output log,
+and a JSON encoder per request. These tests count
+those constructions (never time them), and check that what they served still works: a plugin's
+`ctx.log` lines carry the job's fields, and a plugin that asks for its directories gets them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs_agent.engine import context as engine_context
+from jobs_agent.engine import jobfiles as engine_jobfiles
+from jobs_agent.jobs import topics as jobs_topics
+from tests.helpers.agent_harness import (
+    THING,
+    captured_logs,
+    make_config,
+    make_handler_dir,
+    running_agent,
+)
+
+PLUGIN = """
+import os
+
+
+class Quiet:
+    async def run(self, ctx):
+        return None
+
+
+class Talks:
+    async def run(self, ctx):
+        ctx.log.warning("plugin says", detail="x")
+        ctx.log.critical("plugin shouts")  # beyond the handlers' Logger protocol: still works
+
+
+class UsesDirs:
+    async def run(self, ctx):
+        (ctx.scratch_dir / "tmp.txt").write_text("scratch")
+        (ctx.state_dir / "kept.txt").write_text("state")
+        return {"scratch": str(ctx.scratch_dir), "isdir": str(os.path.isdir(ctx.state_dir))}
+"""
+
+
+@pytest.fixture
+def plugin_module(tmp_path: Path) -> Iterator[Any]:
+    package = tmp_path / "plugins"
+    package.mkdir()
+    (package / "costs_plugin.py").write_text(PLUGIN)
+    sys.path.insert(0, str(package))
+    try:
+        import costs_plugin  # type: ignore[import-not-found]
+
+        yield costs_plugin
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop("costs_plugin", None)
+
+
+class Spy:
+    """Calls of one callable, counted while the test patches it in."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+def _config(tmp_path: Path) -> Any:
+    make_handler_dir(tmp_path)
+    plugins = {
+        "quiet": "costs_plugin:Quiet",
+        "talks": "costs_plugin:Talks",
+        "dirs": "costs_plugin:UsesDirs",
+    }
+    return dataclasses.replace(make_config(tmp_path), handlers=plugins)
+
+
+async def test_a_quiet_plugin_job_builds_no_directory_paths(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's directories are strings until the handler asks for one; the output log is
+    looked for by a string too (no log for a plugin). The loggers the job does not build are
+    counted in test_engine_quick_plugin."""
+    context_paths = Spy(engine_context.Path)
+    jobfiles_paths = Spy(engine_jobfiles.Path)
+    monkeypatch.setattr(engine_context, "Path", context_paths)
+    monkeypatch.setattr(engine_jobfiles, "Path", jobfiles_paths)
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            context_paths.calls = jobfiles_paths.calls = 0
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            assert context_paths.calls == 0
+            assert jobfiles_paths.calls == 0
+            harness.assert_alive()
+
+
+async def test_a_plugins_log_lines_still_carry_the_job(tmp_path: Path, plugin_module: Any) -> None:
+    """The job's logger is built at the first line the level lets through, with the job's
+    fields; a method beyond the handlers' `Logger` protocol reaches the bound logger too."""
+    with captured_logs("warning") as logs:
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            execution = await harness.run_job("talks-1", {"operation": "talks"})
+            assert str(execution.status) == "SUCCEEDED"
+            said = logs.matching(lambda r: r.get("event") in {"plugin says", "plugin shouts"})
+    assert [(r["event"], r["job_id"], r["execution_number"]) for r in said] == [
+        ("plugin says", "talks-1", 1),
+        ("plugin shouts", "talks-1", 1),
+    ]
+    assert said[0]["detail"] == "x" and said[1]["level"] == "critical"
+
+
+async def test_a_plugin_that_asks_for_its_directories_gets_them_and_they_go_after(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            execution = await harness.run_job("dirs-1", {"operation": "dirs"})
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            scratch = Path(execution.status_details["scratch"])
+            assert execution.status_details["isdir"] == "True"
+            assert scratch == tmp_path / "state" / "jobs" / "default" / "dirs-1" / "scratch-1"
+            # The job's directory goes once the outcome is reported (the job ended).
+            await harness.service.wait_for(lambda: not scratch.parent.exists(), timeout=15)
+
+
+async def test_a_plugin_job_builds_no_json_encoder_of_the_agents(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`json.dumps` with any argument but the defaults builds an encoder per call: the
+    requests and the document's size check use encoders built once. Encoders built by the
+    emulator, in the same process here, are not the agent's and are not counted."""
+    built_by: list[str] = []
+    original = json.JSONEncoder.__init__
+
+    def counted(self: json.JSONEncoder, *args: Any, **kwargs: Any) -> None:
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "dumps":  # json.dumps: who called it
+            caller = caller.f_back or caller
+        built_by.append(str(caller.f_globals.get("__name__")))
+        original(self, *args, **kwargs)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            monkeypatch.setattr(json.JSONEncoder, "__init__", counted)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+    agents = [m for m in built_by if m.startswith("jobs_agent") and ".emulator" not in m]
+    assert agents == []
+
+
+async def test_the_topics_of_every_job_are_parsed_and_built_once(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's start-next request, its reply and the events come on the same topics every
+    time: the Jobs client checks them once. Only the topics that name the job (its update and
+    the update's reply) are built and parsed for it."""
+    parsed: list[str] = []
+    built: list[tuple[Any, ...]] = []
+    parse, build = jobs_topics.parse_topic, jobs_topics.request_topic
+
+    def counted_parse(topic: str) -> Any:
+        parsed.append(topic)
+        return parse(topic)
+
+    def counted_build(*args: Any, **kwargs: Any) -> str:
+        built.append((*args, kwargs.get("job_id")))
+        return build(*args, **kwargs)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            await harness.run_job("warm-up-2", {"operation": "quiet"})
+            monkeypatch.setattr(jobs_topics, "parse_topic", counted_parse)
+            monkeypatch.setattr(jobs_topics, "request_topic", counted_build)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+    agents = [topic for topic in parsed if "/update/" in topic or "start-next" in topic]
+    assert sorted(agents) == [
+        f"$aws/things/{THING}/jobs/quiet-{n}/update/accepted" for n in range(3)
+    ]
+    assert [job for *_, job in built] == [f"quiet-{n}" for n in range(3)]
