@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -372,6 +373,21 @@ def log_warnings(path: Path) -> list[str]:
     return found
 
 
+SO_TIMESTAMP = 29
+"""SOL_SOCKET's SO_TIMESTAMP (and its SCM_TIMESTAMP message) on x86-64 and arm64, which
+Python's socket module does not name."""
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def _sent_at(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The datagram's kernel stamp (a struct timeval), or now where the kernel gave none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= 16:
+            seconds, microseconds = struct.unpack("qq", data[:16])
+            return seconds + microseconds / 1e6
+    return time.time()
+
+
 class NotifySocket:
     """An sd_notify datagram socket, as systemd gives a `Type=notify` service.
 
@@ -384,6 +400,11 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
         self.sock.setblocking(False)
+        # The kernel's stamp of each datagram, taken when the agent sent it: the time this
+        # loop gets round to reading one can fall after the agent's next step (its first
+        # request, seen by a broker watcher), which made READY look later than the request.
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         self.received: list[tuple[float, str]] = []
         self._changed = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read())
@@ -391,9 +412,19 @@ class NotifySocket:
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            data = await loop.sock_recv(self.sock, 4096)
-            self.received.append((time.time(), data.decode(errors="replace")))
-            self._changed.set()
+            readable = loop.create_future()
+            loop.add_reader(self.sock, readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(self.sock)
+            while True:
+                try:
+                    data, ancillary, _flags, _address = self.sock.recvmsg(4096, _STAMP_SPACE)
+                except BlockingIOError:
+                    break
+                self.received.append((_sent_at(ancillary), data.decode(errors="replace")))
+                self._changed.set()
 
     async def wait_for(self, assignment: str, timeout: float) -> float:
         """Wait for a datagram holding `assignment` (e.g. READY=1); its arrival time."""
