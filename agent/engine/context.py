@@ -21,7 +21,9 @@ class EngineJobContext:
     never do, and two directories made and removed per job were a tenth of a plugin job's cost
     to the agent (issue 18). Each is made once per context, at the first ask: a script step
     reads `scratch_dir` several times, and every `mkdir` of an existing directory was two
-    system calls (the refused mkdir and a stat)."""
+    system calls (the refused mkdir and a stat). They are given as strings and made `Path`s
+    at that ask too: two `Path`s built per job were a third of the engine's work between the
+    durable RUNNING and the handler's start (issue 18)."""
 
     def __init__(
         self,
@@ -33,8 +35,8 @@ class EngineJobContext:
         resumed: bool,
         rebooted: bool,
         log: Logger,
-        scratch_dir: Path,
-        state_dir: Path,
+        scratch_dir: Path | str,
+        state_dir: Path | str,
         store: AsyncStore,
         reporter: ProgressReporter,
         mqtt_link: MqttLink | None = None,
@@ -52,9 +54,10 @@ class EngineJobContext:
         self.rebooted = rebooted
         self.cancelled = asyncio.Event()
         self.log = log
-        self._scratch_dir = scratch_dir
-        self._state_dir = state_dir
-        self._made: set[Path] = set()
+        self._scratch_dir: Path | str = scratch_dir
+        self._state_dir: Path | str = state_dir
+        self._scratch_made: Path | None = None
+        self._state_made: Path | None = None
         self.reboot_requested = False
         self.mqtt_link = mqtt_link
         """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
@@ -66,25 +69,23 @@ class EngineJobContext:
 
     @property
     def scratch_dir(self) -> Path:
-        return self._make(self._scratch_dir)
+        if self._scratch_made is None:
+            self._scratch_made = _made(self._scratch_dir)
+        return self._scratch_made
 
     @scratch_dir.setter
     def scratch_dir(self, path: Path) -> None:
-        self._scratch_dir = path
+        self._scratch_dir, self._scratch_made = path, None  # made at the next ask
 
     @property
     def state_dir(self) -> Path:
-        return self._make(self._state_dir)
+        if self._state_made is None:
+            self._state_made = _made(self._state_dir)
+        return self._state_made
 
     @state_dir.setter
     def state_dir(self, path: Path) -> None:
-        self._state_dir = path
-
-    def _make(self, path: Path) -> Path:
-        if path not in self._made:
-            path.mkdir(parents=True, exist_ok=True)
-            self._made.add(path)
-        return path
+        self._state_dir, self._state_made = path, None
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any
@@ -117,3 +118,10 @@ class EngineJobContext:
 
     def extend_step_timeout(self, minutes: int) -> None:
         self._reporter.extend_step_timeout(minutes)
+
+
+def _made(directory: Path | str) -> Path:
+    """The directory, made if missing."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

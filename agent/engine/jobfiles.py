@@ -42,13 +42,14 @@ class JobFiles:
         self._store = store
         self._logs = OutputLogIndex(shared.settings.state_dir / "logs")
         self._logs_lock = asyncio.Lock()
-        self._last: tuple[ExecutionRef, tuple[Path, Path], str] | None = None
+        self._last: tuple[ExecutionRef, tuple[str, str], str] | None = None
 
-    def dirs(self, ref: ExecutionRef) -> tuple[Path, Path]:
-        """(scratch, state) of the execution."""
+    def dirs(self, ref: ExecutionRef) -> tuple[str, str]:
+        """(scratch, state) of the execution: paths as strings (the context makes them `Path`s
+        when the handler asks for them)."""
         return self._paths(ref)[1]
 
-    def _paths(self, ref: ExecutionRef) -> tuple[ExecutionRef, tuple[Path, Path], str]:
+    def _paths(self, ref: ExecutionRef) -> tuple[ExecutionRef, tuple[str, str], str]:
         """The execution's directories and the job's directory above them, kept for the
         latest execution: made from strings (the job id and namespace are checked names, never
         a path) once for its run and its cleanup, where pathlib's joins were a tenth of the
@@ -58,7 +59,7 @@ class JobFiles:
             return last
         state_dir = str(self._shared.settings.state_dir)
         base = os.path.join(state_dir, "jobs", ref.namespace or "default", ref.job_id)
-        pair = (Path(f"{base}/scratch-{ref.execution_number}"), Path(f"{base}/state"))
+        pair = (f"{base}/scratch-{ref.execution_number}", f"{base}/state")
         self._last = (ref, pair, base)
         return self._last
 
