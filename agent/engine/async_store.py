@@ -131,7 +131,7 @@ class AsyncStore(Threaded[Store]):
             ended = self._clock()
             if ended - started > INLINE_COMMIT_SECONDS:
                 if ended >= self._slow_until:
-                    log.warning(
+                    log.info(
                         "slow state database commit; committing on a worker thread for a while",
                         seconds=round(ended - started, 3),
                         cool_down_seconds=SLOW_COOL_DOWN_SECONDS,

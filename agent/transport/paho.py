@@ -29,6 +29,10 @@ and a permanent one (TLS handshake failure, certificate refused, not authorised)
 `TransportError` at once instead of being retried forever. After that the transport reconnects by
 itself, waiting a `Backoff` delay (exponential with full jitter) before each attempt.
 
+This module is longer than 500 lines: it is paho driven by the event loop, the socket hooks,
+reads, writes and held acknowledgements, connection attempts and reconnects, which all share one
+paho client's state; split, each part would reach into the others' paho internals.
+
 Caveat: a publish whose PUBACK has not arrived when the link drops fails with
 `NotConnectedError`, but paho keeps the message in its session and may still deliver it after
 the reconnect: QoS 1 is at-least-once, and the Jobs protocol tolerates a duplicate update.
