@@ -243,6 +243,9 @@ class PahoTransport(Transport):
         self._writing = False
 
     def _remove_fd(self, fd: int) -> None:
+        if self._ack_flush is not None:  # the link's acknowledgements went with it
+            self._ack_flush.cancel()
+            self._ack_flush = None
         loop = self._loop
         if loop is None or loop.is_closed():
             return
