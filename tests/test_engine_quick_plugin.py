@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
+from jobs_agent.engine import async_store
 from tests.harness import wait_until
 from tests.helpers.agent_harness import (
     THING,
@@ -105,11 +106,13 @@ async def test_a_plugin_that_ends_at_once_runs_without_a_progress_task(
 
 
 async def test_a_plugin_job_hands_two_store_calls_to_the_worker(
-    tmp_path: Path, plugin_module: Any
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine's own sequence, counted on the real agent: of a plugin job's store calls only
-    the two fsynced commits (RUNNING, DECIDED) go to the store's worker thread; the marker, the
-    start record, REPORTED and the reads run on the loop (issue 18: five hand-offs before)."""
+    """The engine's own sequence, counted on the real agent, with every durable commit slow
+    (over a budget below zero): of a plugin job's store calls only the two fsynced commits
+    (RUNNING, DECIDED) go to the store's worker thread; the marker, the start record, REPORTED
+    and the reads run on the loop (issue 18: five hand-offs before)."""
+    monkeypatch.setattr(async_store, "INLINE_COMMIT_SECONDS", -1.0)
     make_handler_dir(tmp_path)
     config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
     async with running_agent(tmp_path, config) as harness:
@@ -125,13 +128,14 @@ async def test_a_plugin_job_hands_two_store_calls_to_the_worker(
         assert engine.store.handoffs - before == 2 * 3
 
 
-async def test_a_plugin_job_makes_three_commits_on_the_real_engine(
-    tmp_path: Path, plugin_module: Any
+async def test_a_plugin_job_on_a_fast_store_has_no_thread_switch_and_three_commits(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The start record goes with RUNNING's transaction: three commits a job (RUNNING and
-    DECIDED fsynced, REPORTED not), counted on the real agent's store over three jobs. The
-    look for records start-next passed over once read the store after the start record was
-    taken, which wrote it in a transaction of its own (four commits a job; round 5 fixed)."""
+    """The engine's own sequence on the real agent, durable commits counted as fast whatever
+    the disk does meanwhile: no store call leaves the loop, and a job makes three commits, two
+    of them fsynced (its start record goes with RUNNING; the check that start-next passed
+    nothing over had made it a commit of its own: four before)."""
+    monkeypatch.setattr(async_store, "INLINE_COMMIT_SECONDS", 3600.0)
     make_handler_dir(tmp_path)
     config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
     async with running_agent(tmp_path, config) as harness:
@@ -140,12 +144,13 @@ async def test_a_plugin_job_makes_three_commits_on_the_real_engine(
         await harness.run_job("warm-up", {"operation": "quick"})
         await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
         store = engine.store.target
-        commits, durable = store.commits, store.durable_commits
+        before = (engine.store.handoffs, store.commits, store.durable_commits)
         for number in range(3):
             execution = await harness.run_job(f"quick-{number}", {"operation": "quick"})
             assert str(execution.status) == "SUCCEEDED"
             await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
-        assert (store.commits - commits, store.durable_commits - durable) == (3 * 3, 2 * 3)
+        after = (engine.store.handoffs, store.commits, store.durable_commits)
+        assert [a - b for a, b in zip(after, before, strict=True)] == [0, 3 * 3, 2 * 3]
 
 
 async def test_a_plugin_that_ends_at_once_sends_systemd_no_status_of_its_own(

@@ -97,6 +97,35 @@ def test_the_job_directories_are_made_once_per_context(
     assert mkdirs.calls == []
 
 
+def test_a_context_builds_no_path_for_directories_never_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine gives the directories as strings (`JobFiles.dirs`): most plugins never ask
+    for them, and two `Path`s built per job were a third of the engine's work between the
+    durable RUNNING and the handler's start (issue 18)."""
+    job = f"{tmp_path}/jobs/default/j1"
+    built = Counter()
+    monkeypatch.setattr(pathlib.Path, "__new__", built.wrap(pathlib.Path.__new__))
+    ctx = EngineJobContext(
+        key=ExecutionRef(None, "j1", 1),
+        thing_name="gw",
+        document={},
+        checkpoint_data=None,
+        resumed=False,
+        rebooted=False,
+        log=cast(Any, None),
+        scratch_dir=f"{job}/scratch-1",
+        state_dir=f"{job}/state",
+        store=cast(Any, None),
+        reporter=cast(Any, None),
+    )
+    assert built.calls == []
+    assert ctx.state_dir == Path(job, "state") and ctx.state_dir.is_dir()
+    assert not Path(job, "scratch-1").exists()
+    ctx.scratch_dir = Path(job, "other")  # set (a test's context, the dispatch layer): made at
+    assert ctx.scratch_dir.is_dir()  # the next ask
+
+
 def test_a_step_makes_the_scratch_directory_again_if_an_earlier_step_removed_it(
     tmp_path: Path,
 ) -> None:

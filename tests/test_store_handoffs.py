@@ -7,37 +7,143 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.async_store import (
+    INLINE_COMMIT_SECONDS,
+    SLOW_COOL_DOWN_SECONDS,
+    AsyncStore,
+)
 from jobs_agent.engine.store import ExecutionState, Store, TransitionRefused
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 
 
+class Clock:
+    """`AsyncStore`'s clock, moved by the test: each reading is `step` seconds after the last,
+    so every durable commit looks that long (a slow flash, without one)."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+async def run_jobs(store: AsyncStore, first: int, count: int) -> ExecutionRef:
+    """The calls of plugin jobs in the engine's order: the start-next marker, the start record,
+    the check that start-next passed nothing over, RUNNING, the decision, REPORTED."""
+    ref = ExecutionRef(None, "none", 1)
+    for number in range(first, first + count):
+        ref = ExecutionRef(None, f"job-{number}", 1)
+        await store.call(Store.begin_taking)
+        record, created = await store.call(Store.record_taken, ref, {"operation": "x"}, 1)
+        assert created and record.state is ExecutionState.STARTED
+        assert await store.call(Store.active, ref) == []
+        await store.call(Store.transition, ref, ExecutionState.RUNNING, handler="x")
+        queued = await store.call(Store.decide, ref, JobExecutionStatus.SUCCEEDED, {})
+        await store.call(Store.reported, queued[0].id, ref)
+    return ref
+
+
 async def test_a_job_hands_only_its_two_fsynced_commits_to_the_worker(tmp_path: Path) -> None:
-    """The calls of one plugin job in the engine's order: the start-next marker, the start
-    record, RUNNING, the decision, REPORTED. Only RUNNING and DECIDED (the two fsyncs) go to
-    the worker; before, all five did."""
-    store = AsyncStore(tmp_path / "state.db")
+    """With durable commits slow (each looks 1 s long here), only RUNNING and DECIDED (the two
+    fsyncs) go to the worker; before round 4, all five calls did."""
+    store = AsyncStore(tmp_path / "state.db", clock=Clock(1.0))
     try:
-        for number in range(3):
-            ref = ExecutionRef(None, f"job-{number}", 1)
-            await store.call(Store.begin_taking)
-            record, created = await store.call(Store.record_taken, ref, {"operation": "x"}, 1)
-            assert created and record.state is ExecutionState.STARTED
-            await store.call(Store.transition, ref, ExecutionState.RUNNING, handler="x")
-            queued = await store.call(Store.decide, ref, JobExecutionStatus.SUCCEEDED, {})
-            await store.call(Store.reported, queued[0].id, ref)
-        assert store.handoffs == 2 * 3
-        assert store.target.durable_commits == 2 * 3
+        await run_jobs(store, 0, 1)  # its first durable commit, on the loop, was slow
+        before = store.handoffs
+        ref = await run_jobs(store, 1, 3)
+        assert store.handoffs - before == 2 * 3
+        assert store.target.durable_commits == 2 * 4
         # The start record goes with RUNNING: three commits a job, where there were four.
+        assert store.target.commits == 3 * 4
+        final = await store.call(Store.get, ref)
+        assert final is not None and final.state is ExecutionState.REPORTED
+    finally:
+        await store.close()
+
+
+async def test_a_job_on_a_fast_store_hands_nothing_to_the_worker(tmp_path: Path) -> None:
+    """With durable commits fast, RUNNING and DECIDED run on the loop too: a job's path to its
+    handler has no thread switch (issue 18). They are as durable: two fsynced commits a job,
+    and the start record goes with RUNNING (the check between them does not write it)."""
+    store = AsyncStore(tmp_path / "state.db", clock=Clock(0.0))
+    try:
+        ref = await run_jobs(store, 0, 3)
+        assert store.handoffs == 0
+        assert store.target.durable_commits == 2 * 3
         assert store.target.commits == 3 * 3
         final = await store.call(Store.get, ref)
         assert final is not None and final.state is ExecutionState.REPORTED
     finally:
         await store.close()
+
+
+async def test_a_slow_commit_sends_the_durable_commits_to_the_worker_for_a_while(
+    tmp_path: Path,
+) -> None:
+    """A durable commit slower than `INLINE_COMMIT_SECONDS` (a worn SD card) must not stall
+    the loop again: the next ones go to the worker until `SLOW_COOL_DOWN_SECONDS` passed
+    without a slow one, then back to the loop."""
+    clock = Clock(0.0)
+    store = AsyncStore(tmp_path / "state.db", clock=clock)
+    try:
+        await run_jobs(store, 0, 1)
+        assert store.handoffs == 0
+        clock.step = INLINE_COMMIT_SECONDS * 2  # slow from here on
+        await run_jobs(store, 1, 1)
+        assert store.handoffs == 1, "RUNNING was slow on the loop; DECIDED went to the worker"
+        clock.step = 0.0  # fast again, but within the cool-down
+        await run_jobs(store, 2, 1)
+        assert store.handoffs == 3
+        clock.now += SLOW_COOL_DOWN_SECONDS
+        await run_jobs(store, 3, 2)
+        assert store.handoffs == 3
+        assert store.target.durable_commits == 2 * 5
+    finally:
+        await store.close()
+
+
+def test_a_shared_worker_keeps_every_durable_commit(tmp_path: Path) -> None:
+    """`sim fleet` shares one worker among its stores: their durable commits stay on it, so
+    the loop serves the other devices meanwhile."""
+
+    async def main(executor: ThreadPoolExecutor) -> int:
+        store = AsyncStore(tmp_path / "state.db", executor, clock=Clock(0.0))
+        try:
+            await run_jobs(store, 0, 2)
+            return store.handoffs
+        finally:
+            await store.close()
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        assert asyncio.run(main(executor)) == 2 * 2
+
+
+def test_the_check_for_passed_over_records_does_not_write_the_start_record(
+    tmp_path: Path,
+) -> None:
+    """`active(besides=taken)` reads without committing the pending start record (it is
+    left out anyway), other executions still in the result; any other read writes it first."""
+    store = Store(tmp_path / "state.db")
+    try:
+        older = ExecutionRef(None, "older", 1)
+        store.record_taken(older, {"operation": "x"}, 1)
+        store.transition(older, ExecutionState.RUNNING, handler="x")
+        ref = ExecutionRef(None, "job", 1)
+        store.record_taken(ref, {"operation": "x"}, 1)
+        commits = store.commits
+        assert [r.key for r in store.active(ref)] == [older]
+        assert store.commits == commits
+        assert [r.key for r in store.active(older)] == [ref]
+        assert store.commits == commits + 1, "another execution left out: written first"
+    finally:
+        store.close()
 
 
 async def test_a_call_never_overtakes_one_still_on_the_worker(tmp_path: Path) -> None:

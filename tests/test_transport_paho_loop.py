@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport import paho as paho_module
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
@@ -28,6 +29,7 @@ from tests.harness import (
     paho_connection,
     start_emulator,
     wait_terminal,
+    wait_until,
     write_handler,
 )
 
@@ -192,3 +194,88 @@ async def test_a_failing_listener_reaches_the_loop_and_the_stream_goes_on(
         await transport.disconnect()
         loop.set_exception_handler(previous)
     assert [type(f) for f in failures] == [RuntimeError]
+
+
+def count_sends(transport: PahoTransport) -> list[bytes]:
+    """The bytes of each `send` the transport's client makes (its own instance only)."""
+    client = transport._client
+    sent: list[bytes] = []
+    send = client._sock_send
+
+    def counting(buf: bytes | bytearray) -> int:
+        written = send(buf)
+        sent.append(bytes(buf[:written]))
+        return written
+
+    client._sock_send = counting  # type: ignore[method-assign]
+    return sent
+
+
+async def test_a_burst_is_acknowledged_in_few_sends(mosquitto: Mosquitto) -> None:
+    """paho sends each PUBACK with a `send` of its own (a system call and a wake-up of the
+    broker each); the device's acknowledgements of what one read brought go out together, and
+    the sender's publishes all complete (none is left unacknowledged)."""
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-burst-acker")
+    service = PahoTransport(paho_connection(mosquitto.port), "gw-burst-sender")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    device.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    try:
+        await device.subscribe("burst/ack")
+        sent = count_sends(device)
+        count = 100
+        await asyncio.wait_for(
+            asyncio.gather(*(service.publish("burst/ack", b"%d" % n) for n in range(count))), 30
+        )
+        got = [await asyncio.wait_for(received.get(), 10) for _ in range(count)]
+        assert got == [b"%d" % n for n in range(count)]
+        pubacks = sum(chunk.count(b"\x40\x02") for chunk in sent)
+        assert pubacks >= count
+    finally:
+        await device.disconnect()
+        await service.disconnect()
+    # One send per PUBACK before (100); now one per read the burst came in.
+    assert len(sent) < count / 3, len(sent)
+
+
+async def test_the_acknowledgement_of_a_message_travels_with_the_reaction(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request in reaction to a message (start-next after a notification) carries the
+    message's PUBACK in its own `send`; without a reaction, the PUBACK goes on its own after
+    `ACK_DELAY_SECONDS`."""
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-ack-rider")
+    service = PahoTransport(paho_connection(mosquitto.port), "gw-ack-asker")
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+    service.set_message_callback(lambda message: replies.put_nowait(message.payload))
+    loop = asyncio.get_running_loop()
+    reactions: set[asyncio.Task[None]] = set()
+
+    def react(message: Message) -> None:
+        if message.payload == b"answer me":
+            task = loop.create_task(device.publish("ack/reply", b"answer"))
+            reactions.add(task)
+            task.add_done_callback(reactions.discard)
+
+    device.set_message_callback(react)
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    try:
+        await device.subscribe("ack/ask")
+        await service.subscribe("ack/reply")
+        sent = count_sends(device)
+        # Held back for as long as the reaction takes, whatever the machine's load.
+        monkeypatch.setattr(paho_module, "ACK_DELAY_SECONDS", 30.0)
+        await asyncio.wait_for(service.publish("ack/ask", b"answer me"), 10)
+        assert await asyncio.wait_for(replies.get(), 10) == b"answer"
+        assert len(sent) == 1, sent
+        assert sent[0].startswith(b"\x40\x02") and b"ack/reply" in sent[0]
+        # No reaction: the PUBACK alone, once the (short) delay passed.
+        monkeypatch.setattr(paho_module, "ACK_DELAY_SECONDS", 0.002)
+        await asyncio.wait_for(service.publish("ack/ask", b"just this"), 10)
+        await wait_until(lambda: len(sent) == 2, 10, "the PUBACK sent after the delay")
+        assert sent[1][:2] == b"\x40\x02" and len(sent[1]) == 4, sent
+    finally:
+        await device.disconnect()
+        await service.disconnect()

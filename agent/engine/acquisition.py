@@ -322,9 +322,8 @@ class Acquisition:
         in_progress = (ExecutionState.STARTED, ExecutionState.RUNNING, ExecutionState.DEFERRED)
         return [
             record.key
-            for record in await self._store.call(Store.active)
+            for record in await self._store.call(Store.active, taken)
             if record.key.namespace is None
-            and record.key != taken
             and record.key not in self.held
             and record.state in in_progress
         ]

@@ -126,6 +126,8 @@ class Store:
         self._pending: tuple[str, tuple[Any, ...]] | None = None
         """The INSERT of a taken execution's record (`record_taken`), written first in the
         next transaction (or before the next read)."""
+        self._pending_key: ExecutionRef | None = None
+        """The execution of that INSERT."""
         self.durable_commits = 0
         """Commits that were fsynced, since the store was opened (benchmarks and tests)."""
         self.commits = 0
@@ -266,6 +268,7 @@ class Store:
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
         self._pending = None
+        self._pending_key = None
         self.commits += 1
         if durable:
             self.durable_commits += 1
@@ -324,9 +327,15 @@ class Store:
             raise StoreError(f"execution {key} is not in the state database")
         raise TransitionRefused(key, old, new)
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _query(
+        self, sql: str, params: tuple[Any, ...] = (), *, leaving_out: ExecutionRef | None = None
+    ) -> list[tuple[Any, ...]]:
+        """`leaving_out`: an execution the caller drops from what it reads; a pending start
+        record that is its is not written first."""
         with self._lock:
-            if self._pending is not None:
+            if self._pending is not None and (
+                leaving_out is None or leaving_out != self._pending_key
+            ):
                 self._write_locked([], None, durable=False)  # what was taken is read too
             try:
                 return self._db.execute(sql, params).fetchall()
@@ -348,15 +357,21 @@ class Store:
         )
         return record_from_row(rows[0]) if rows else None
 
-    def active(self) -> list[ExecutionRecord]:
-        """Executions the agent has taken and not finished, oldest first."""
+    def active(self, besides: ExecutionRef | None = None) -> list[ExecutionRecord]:
+        """Executions the agent has taken and not finished, oldest first; with `besides`, all
+        but that one. A start record still pending (`record_taken`) that is `besides`'s is not
+        written first: the read does not need it, and it goes with RUNNING, in one transaction
+        (issue 18: the check that start-next passed nothing over, between the two, had made
+        each job write its record in a commit of its own)."""
         marks = ",".join("?" for _ in ACTIVE_STATES)
         rows = self._query(
             f"SELECT {RECORD_COLUMNS} FROM executions WHERE state IN ({marks})"
             " ORDER BY received_at",
             tuple(str(s) for s in ACTIVE_STATES),
+            leaving_out=besides,
         )
-        return [record_from_row(r) for r in rows]
+        records = [record_from_row(r) for r in rows]
+        return records if besides is None else [r for r in records if r.key != besides]
 
     def recent(self, limit: int = 20) -> list[ExecutionRecord]:
         rows = self._query(
@@ -449,6 +464,7 @@ class Store:
                 encoded = json.dumps(redact_url_credentials(document))
                 state = ExecutionState.STARTED
                 self._pending = self._insert(key, state, encoded, version_number, now)
+                self._pending_key = key
                 self._record_unsynced = True
             record = self._new_record(key, state, encoded, version_number, now)
             created = True

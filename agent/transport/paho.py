@@ -14,12 +14,24 @@ decoded and handed to the listener in one loop callback, where a network thread 
 cost a thread hop per message (`call_soon_threadsafe`, a wake-up, two GIL hand-offs), and a
 thread per connection (a thousand in `sim fleet`). An idle connection costs nothing.
 
+Writes: a packet is written at once (paho with an external loop would wait for the loop to
+report the socket writable), and the client writes all that is queued in one `send`. The PUBACKs
+of the messages one read brought are held back until the next packet out, which is usually the
+agent's request in reaction to them, or `ACK_DELAY_SECONDS`: one `send` and one wake-up of the
+broker, where there was one per PUBACK (issue 18: three on the way from a job's notification to
+its start-next request). QoS 1 lets the acknowledgement come later; the broker only holds back
+further messages past its in-flight window.
+
 Blocking steps stay off the loop: the TCP connect and TLS handshake of each (re)connection run
 in a worker thread (`asyncio.to_thread`); after them the socket is non-blocking and served by the
 loop. The first connection is awaited until its CONNACK, so the real reason of a failure is seen
 and a permanent one (TLS handshake failure, certificate refused, not authorised) raises
 `TransportError` at once instead of being retried forever. After that the transport reconnects by
 itself, waiting a `Backoff` delay (exponential with full jitter) before each attempt.
+
+This module is longer than 500 lines: it is paho driven by the event loop, the socket hooks,
+reads, writes and held acknowledgements, connection attempts and reconnects, which all share one
+paho client's state; split, each part would reach into the others' paho internals.
 
 Caveat: a publish whose PUBACK has not arrived when the link drops fails with
 `NotConnectedError`, but paho keeps the message in its session and may still deliver it after
@@ -62,6 +74,10 @@ from jobs_agent.transport.topics import validate_topic_filter, validate_topic_na
 
 log = structlog.get_logger("jobs_agent.transport.paho")
 
+ACK_DELAY_SECONDS = 0.002
+"""How long the acknowledgements of what was read wait for a packet out to travel with (the
+agent's request in reaction to a notification leaves within a fraction of that)."""
+
 
 class PahoTransport(Transport):
     client_class: type[mqtt.Client] = DeviceClient
@@ -84,6 +100,9 @@ class PahoTransport(Transport):
         self._fd: int | None = None
         self._sock: Any = None
         self._writing = False
+        self._reading = False
+        """Inside `_readable`: what paho queues meanwhile (acknowledgements) is held back."""
+        self._ack_flush: asyncio.TimerHandle | None = None
         self._connack_waiter: asyncio.Future[None] | None = None
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -166,16 +185,34 @@ class PahoTransport(Transport):
 
     def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # On the loop, write now; what does not go at once (or cannot go now, inside one of
-        # our callbacks) waits for the loop to report the socket writable.
+        # our callbacks) waits for the loop to report the socket writable. What is queued
+        # while a read is handled (the PUBACKs of the messages read) waits for the next packet
+        # out, which the agent's reaction usually is, or ACK_DELAY_SECONDS: one `send` then
+        # carries them all (issue 18: a `send` and a wake-up of the broker per PUBACK, three
+        # on the way from a job's notification to its request, before).
         if (
             threading.get_ident() == self._loop_thread
             and sock is self._sock
             and isinstance(client, DeviceClient)
-            and client.write_now()
-            and not client.want_write()
         ):
-            return
+            if self._reading:
+                client._registered_write = False  # the next packet queued asks again
+                if self._ack_flush is None and self._loop is not None:
+                    self._ack_flush = self._loop.call_later(ACK_DELAY_SECONDS, self._flush_acks)
+                return
+            if self._ack_flush is not None:
+                self._ack_flush.cancel()
+                self._ack_flush = None
+            if client.write_now() and not client.want_write():
+                return
         self._on_loop(self._add_writer, sock)
+
+    def _flush_acks(self) -> None:
+        """What a read queued and no packet out carried within ACK_DELAY_SECONDS."""
+        self._ack_flush = None
+        client = self._client
+        if self._sock is not None and client.want_write():
+            client._call_socket_register_write()
 
     def _unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._on_loop(self._remove_writer, sock)
@@ -206,6 +243,9 @@ class PahoTransport(Transport):
         self._writing = False
 
     def _remove_fd(self, fd: int) -> None:
+        if self._ack_flush is not None:  # the link's acknowledgements went with it
+            self._ack_flush.cancel()
+            self._ack_flush = None
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -216,15 +256,19 @@ class PahoTransport(Transport):
     def _readable(self) -> None:
         client = self._client
         buffered = client.buffered if isinstance(client, ShortPathClient) else _nothing
-        while True:
-            client.loop_read()
-            sock = self._sock
-            # Bytes read but not consumed (paho stops after a packet or a few), or decrypted by
-            # TLS, are invisible to the selector: handle them now.
-            if sock is None or not (
-                buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())
-            ):
-                break
+        self._reading = True
+        try:
+            while True:
+                client.loop_read()
+                sock = self._sock
+                # Bytes read but not consumed (paho stops after a packet or a few), or
+                # decrypted by TLS, are invisible to the selector: handle them now.
+                if sock is None or not (
+                    buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+                ):
+                    break
+        finally:
+            self._reading = False
 
     def _writable(self) -> None:
         self._client.loop_write()

@@ -150,6 +150,42 @@ class ShortPathClient(mqtt.Client):
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
 
+    # -- coalesced writes: paho sends each queued packet with a `send` of its own, a system call
+    # and a wake-up of the broker per acknowledgement (issue 18: three on the way from a
+    # job's notification to its start-next request).
+    def _packet_write(self) -> MQTTErrorCode:
+        """Every queued packet in one `send`, when none needs paho's bookkeeping after it is
+        written (a QoS 0 PUBLISH calls on_publish, a DISCONNECT closes): paho's own loop for
+        those, and for a single packet."""
+        out = self._out_packet
+        if len(out) < 2 or any(_written_with_bookkeeping(packet) for packet in out):
+            return super()._packet_write()
+        data = b"".join(packet["packet"][packet["pos"] :] for packet in out)
+        try:
+            written = self._sock_send(data)
+        except (AttributeError, ValueError):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS  # no socket: as paho
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if written <= 0:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        while written > 0 and out:
+            packet = out[0]
+            step = min(written, packet["to_process"])
+            packet["to_process"] -= step
+            packet["pos"] += step
+            written -= step
+            if packet["to_process"] == 0:
+                out.popleft()
+        with self._msgtime_mutex:
+            self._last_msg_out = mqtt.time_func()
+        if out:
+            return self._packet_write()  # a partial write: the rest, until it would block
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
         if mid is None:
@@ -171,6 +207,11 @@ class ShortPathClient(mqtt.Client):
         self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
     ) -> None:
         callback(topic, payload)
+
+
+def _written_with_bookkeeping(packet: Any) -> bool:
+    command: int = packet["command"] & 0xF0
+    return command == mqtt.DISCONNECT or (command == mqtt.PUBLISH and packet["qos"] == 0)
 
 
 class DeviceClient(ShortPathClient):
