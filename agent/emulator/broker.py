@@ -16,7 +16,7 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
   without paho's callback locks (184 of the 1,514 Python calls per job of a drain);
 * requests are answered while the socket is being read, and what paho queued meanwhile (the
   acknowledgements, replies and events of every packet just read) is written once at the end,
-  joined into one `send` (`ServiceClient.coalesce`) so it leaves in as few segments as possible
+  in one `send` (`ShortPathClient._packet_write`) so it leaves in as few segments as possible
   instead of one send each waking the broker (when a packet cannot be joined, the socket is
   corked with TCP_CORK around paho's sends instead; a drain's emulator thread went from 23.3 to
   10.5 system calls per job); a write asked for outside a read is flushed at the end of the
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import DISCONNECT, PUBACK, PUBLISH, mqtt_ms_wait_for_puback
+from paho.mqtt.client import PUBLISH, mqtt_ms_wait_for_puback
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -172,36 +172,6 @@ class ServiceClient(ShortPathClient):
             or b"#" in topic
             or len(payload) > 268435455
         )
-
-    def coalesce(self) -> bool:
-        """Join the packets queued for writing into one, so they leave in one `send` (one
-        system call, and as few segments as fit) instead of one each. Only packets paho does
-        nothing for once written are joined (a QoS 0 PUBLISH or a DISCONNECT is followed up);
-        a packet partly written stays as it is. False when they could not all be joined."""
-        queue = self._out_packet
-        if len(queue) < 2:
-            return True
-        if any(
-            p["pos"]
-            or p["command"] & 0xF0 == DISCONNECT
-            or (p["command"] & 0xF0 == PUBLISH and p["qos"] == 0)
-            for p in queue
-        ):
-            return False
-        joined = b"".join(p["packet"] for p in queue)
-        queue.clear()
-        queue.append(
-            {
-                "command": PUBACK,  # followed up by nothing once written
-                "mid": 0,
-                "qos": 1,
-                "pos": 0,
-                "to_process": len(joined),
-                "packet": joined,
-                "info": None,
-            }
-        )
-        return True
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
@@ -350,7 +320,7 @@ class BrokerTransport(PahoTransport):
         sock = self._sock
         client = self._client
         assert isinstance(client, ServiceClient)
-        if client.coalesce():  # one send for everything queued: nothing to cork
+        if client.writes_in_one_send():  # `ShortPathClient._packet_write`: nothing to cork
             super()._writable()
             return
         cork = _CORK is not None and sock is not None

@@ -95,19 +95,11 @@ class ShortPathClient(mqtt.Client):
         if self._in_packet["command"] != 0 or start + 2 > size:
             return super()._packet_read()
         command = buf[start]
-        length = shift = 0
-        pos = start + 1
-        for _ in range(4):  # the remaining length, a variable byte integer
-            if pos >= size:
-                return super()._packet_read()
-            byte = buf[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        else:
-            return super()._packet_read()  # paho reports the protocol error
+        remaining = variable_byte_integer(buf, start + 1)
+        if remaining is None:
+            return super()._packet_read()  # not all there yet, or paho reports the error
+        length, pos = remaining
+        shift = 7 * (pos - start - 1)
         end = pos + length
         if command == 0 or end > size:
             return super()._packet_read()
@@ -158,7 +150,7 @@ class ShortPathClient(mqtt.Client):
         written (a QoS 0 PUBLISH calls on_publish, a DISCONNECT closes): paho's own loop for
         those, and for a single packet."""
         out = self._out_packet
-        if len(out) < 2 or any(_written_with_bookkeeping(packet) for packet in out):
+        if len(out) < 2 or not self.writes_in_one_send():
             return super()._packet_write()
         data = b"".join(packet["packet"][packet["pos"] :] for packet in out)
         try:
@@ -168,7 +160,7 @@ class ShortPathClient(mqtt.Client):
         except BlockingIOError:
             return MQTTErrorCode.MQTT_ERR_AGAIN
         except OSError as err:
-            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         if written <= 0:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -185,6 +177,11 @@ class ShortPathClient(mqtt.Client):
         if out:
             return self._packet_write()  # a partial write: the rest, until it would block
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def writes_in_one_send(self) -> bool:
+        """Whether `_packet_write` sends what is queued in one `send`: no packet in the queue
+        needs paho's bookkeeping once written."""
+        return not any(_written_with_bookkeeping(packet) for packet in self._out_packet)
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
@@ -342,6 +339,19 @@ def plain_puback(cmd: Any, packet: bytes | bytearray) -> int | None:
     return (packet[0] << 8) | packet[1] if plain else None
 
 
+def variable_byte_integer(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+    """The MQTT variable byte integer at `pos` and the position after it; None when `data`
+    ends inside it or it runs past its 4 bytes."""
+    value = shift = 0
+    for index in range(pos, min(pos + 4, len(data))):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, index + 1
+    return None
+
+
 def qos1_publish(command: int, packet: bytes | bytearray) -> tuple[str, int, bytes] | None:
     """(topic, packet id, payload) of an MQTT 5 QoS 1 PUBLISH, or None to let paho decode it."""
     if (command & 0x06) >> 1 != 1:
@@ -357,19 +367,10 @@ def qos1_publish(command: int, packet: bytes | bytearray) -> tuple[str, int, byt
     except UnicodeDecodeError:
         return None
     mid = (packet[end] << 8) | packet[end + 1]
-    pos = end + 2
-    length = shift = 0
-    for _ in range(4):  # the properties length, a variable byte integer
-        if pos >= size:
-            return None
-        byte = packet[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    else:
+    properties = variable_byte_integer(packet, end + 2)
+    if properties is None:
         return None
+    length, pos = properties
     pos += length
     if pos > size or not topic:
         return None
