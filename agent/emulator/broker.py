@@ -249,11 +249,14 @@ class BrokerTransport(PahoTransport):
 
     # -- publishing without waiting -------------------------------------------------------------
     def publish_nowait(self, topic: str, payload: bytes) -> None:
-        """Queue a QoS 1 publish now (in call order); raises NotConnectedError when down."""
-        if not self.is_connected:
-            raise NotConnectedError(f"publish {topic}: not connected to {self.config.endpoint}")
+        """Queue a QoS 1 publish now (in call order); raises NotConnectedError when down.
+        "Down" is paho's state, not the announced one: after a reconnect the link is announced
+        up only once every filter is subscribed again, and a request on a filter already back
+        arrives before that; its reply must go out (a device would wait for it in vain)."""
         client = self._client
         assert isinstance(client, ServiceClient)
+        if not client.is_connected():
+            raise NotConnectedError(f"publish {topic}: not connected to {self.config.endpoint}")
         rc, mid = client.publish_qos1(topic, payload)
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             raise NotConnectedError(f"publish {topic}: not connected")
@@ -282,7 +285,7 @@ class BrokerTransport(PahoTransport):
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every `publish_nowait` so far is acknowledged (or `timeout`)."""
-        if self.is_connected and self._unacked:
+        if self._client.is_connected() and self._unacked:
             try:
                 async with asyncio.timeout(timeout):
                     await self._acked.wait()

@@ -41,7 +41,7 @@ import structlog
 from jobs_agent.aio import wait_event
 from jobs_agent.emulator import events as ev
 from jobs_agent.emulator.clock import Clock, SystemClock
-from jobs_agent.emulator.errors import ControlError, ServiceError
+from jobs_agent.emulator.errors import ControlError, RequestLost, ServiceError
 from jobs_agent.emulator.events import Delivery, EventListener, ServiceEvent
 from jobs_agent.emulator.groups import GroupRegistry
 from jobs_agent.emulator.model import (
@@ -205,6 +205,13 @@ class ServiceCore:
         with self._lock:
             self._forced_faults.append([operation, code, after])
 
+    def lose_next(self, operation: str | None = None, *, after: int = 0) -> None:
+        """Lose the next device request (of `operation`, or any) once `after` such requests
+        went through: over MQTT it gets no answer, as if lost with a link that came back (how
+        a test makes a device's question time out exactly where it wants)."""
+        with self._lock:
+            self._forced_faults.append([operation, None, after])
+
     def clear_faults(self) -> None:
         """Drop the faults `fail_next` queued that no request has met yet."""
         with self._lock:
@@ -233,6 +240,9 @@ class ServiceCore:
                         fault[2] = after - 1
                         break
                     del self._forced_faults[index]
+                    if code is None:
+                        self.counters["lost"] += 1
+                        raise RequestLost(operation)
                     self.counters[str(code)] += 1
                     raise ServiceError(code, f"{code} (injected)")
             if self._throttle_rate > 0 and self._rng.random() < self._throttle_rate:

@@ -27,6 +27,16 @@ class ServiceError(Exception):
         self.execution_state = execution_state
 
 
+class RequestLost(ServiceError):
+    """A device request lost on its way, injected by `lose_next`: the MQTT front end sends no
+    answer at all, as when a QoS 1 message is lost with its link (the device's request times
+    out). The HTTPS data plane, whose connection cannot lose it silently, answers
+    InternalError."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(ErrorCode.INTERNAL_ERROR, f"{operation}: request lost (injected)")
+
+
 class ControlError(Exception):
     """A control-plane request refused; `exception` is the AWS error shape name."""
 

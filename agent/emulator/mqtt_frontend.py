@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from jobs_agent.emulator import shapes
+from jobs_agent.emulator.errors import RequestLost
 from jobs_agent.emulator.events import (
     JobExecutionsChanged,
     LifecycleEvent,
@@ -196,6 +197,8 @@ class MqttFrontend:
             self._dispatch(parsed, obj)
         except InvalidRequestError as exc:
             self._reject(parsed, exc.code, exc.message, token)
+        except RequestLost:
+            return  # injected: no answer at all
         except ServiceError as exc:
             self._reject(parsed, exc.code, exc.message, token, exc.execution_state)
         except Exception as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from jobs_agent.backoff import Backoff
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
@@ -26,7 +27,7 @@ from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store, StoreError
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
-from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
+from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected, RequestTimeout
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
@@ -36,6 +37,10 @@ log = structlog.get_logger("jobs_agent.engine")
 
 POLL_SECONDS = 1.0
 """How often the supervisor refreshes the engine's heartbeat while a handler runs."""
+CONFIRM_RETRY_MIN_SECONDS = 1.0
+CONFIRM_RETRY_MAX_SECONDS = 60.0
+"""Between a timed-out "did the service end it?" and the next (each waits its request timeout
+too): one question a minute at worst, for as long as the execution is watched."""
 
 
 @dataclass
@@ -60,6 +65,9 @@ class Supervisor:
         """The execution whose handler runs (or, deferred, whose wait holds the loop)."""
         self.waiting: dict[ExecutionRef, Running] = {}
         """Deferred executions whose wait watches the service too (`Deferrals.wait`)."""
+        self._confirming: dict[int, bool] = {}
+        """Executions (by `id` of their `Running`) the service is being asked about: True when
+        another reason to ask came meanwhile."""
 
     # -- the handler -------------------------------------------------------------------------
     async def supervise(
@@ -226,26 +234,53 @@ class Supervisor:
                 continue
             if not event.lists(running.ref.job_id, running.ref.execution_number):
                 # Delivery order is not guaranteed: confirm with the service before stopping.
-                self._shared.background(self._confirm_cloud_ended(running))
+                self._confirm(running)
 
     def recheck(self) -> None:
         """After a resync (reconnect): the notification that the service ended the running
         execution, or one waiting aside, may have been lost with the link, and without a step
         timer nothing else asks before the handler ends (or its wait does). Ask for each."""
         for running in self._watched():
-            self._shared.background(self._confirm_cloud_ended(running))
+            self._confirm(running)
 
-    async def _confirm_cloud_ended(self, running: Running) -> None:
-        try:
-            ended = await self._client.ended(running.ref)
-        except JobsError:
+    def _is_watched(self, running: Running) -> bool:
+        return self.running is running or self.waiting.get(running.ref) is running
+
+    def _confirm(self, running: Running) -> None:
+        """Ask the service whether it ended `running`, once at a time per execution: a reason
+        to ask that comes while a question is out makes it ask once more after its answer (the
+        answer may predate what prompted the second reason)."""
+        key = id(running)
+        if key in self._confirming:
+            self._confirming[key] = True
             return
-        if ended is not None:
-            self.cloud_ended(running, f"the service ended the execution ({ended})")
+        self._confirming[key] = False
+        self._shared.background(self._confirm_cloud_ended(running, key))
+
+    async def _confirm_cloud_ended(self, running: Running, key: int) -> None:
+        """A question that times out is asked again, with backoff, for as long as the execution
+        is watched: its answer can be lost (a reply the service sent while the link came back,
+        a dropped packet), and nothing else asks before the handler ends, which may be never."""
+        backoff = Backoff(CONFIRM_RETRY_MIN_SECONDS, CONFIRM_RETRY_MAX_SECONDS)
+        try:
+            while self._is_watched(running) and not running.cloud_ended.is_set():
+                self._confirming[key] = False
+                try:
+                    ended = await self._client.ended(running.ref)
+                except RequestTimeout:
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                except JobsError:
+                    ended = None  # refused or the link is down: a resync asks again
+                if ended is not None:
+                    self.cloud_ended(running, f"the service ended the execution ({ended})")
+                if not self._confirming[key]:
+                    return
+        finally:
+            del self._confirming[key]
 
     def cloud_ended(self, running: Running, reason: str) -> None:
-        watched = self.running is running or self.waiting.get(running.ref) is running
-        if watched and not running.cloud_ended.is_set():
+        if self._is_watched(running) and not running.cloud_ended.is_set():
             running.reason = reason
             running.cloud_ended.set()
 

@@ -360,3 +360,50 @@ async def test_the_window_of_publishes_in_flight_is_the_one_the_broker_gives(
     finally:
         device.close()
     assert [p[0] for p in got] == list(range(60))
+
+
+class _RestoreHeld(BrokerTransport):
+    """Holds a reconnect's re-subscriptions after the Jobs filter until released: the window,
+    a few SUBACKs long on a real reconnect, in which a device's request already reaches the
+    emulator while its transport has not yet announced the link up."""
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        super().__init__(config, config.client_id)
+        self.hold = False
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _send_subscribe(self, topic_filter: str) -> None:
+        if self.hold and "/jobs/" not in topic_filter:
+            self.holding.set()
+            await self.release.wait()
+        await super()._send_subscribe(topic_filter)
+
+
+async def test_a_request_that_arrives_while_subscriptions_are_restored_is_answered(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """After a broker restart the Jobs filter is back before the others; a request arriving
+    then was read, handled, and its reply dropped ("not connected"), because the reply asked
+    the transport's announced state instead of the link's. The device then waited for an
+    answer that never came (CI: a DescribeJobExecution after a reconnect timed out)."""
+    transport = _RestoreHeld(_config(fresh_mosquitto, "restore-held"))
+    emulator = Emulator(transport, tick_seconds=None)
+    await emulator.start(connect_timeout=10)
+    try:
+        transport.hold = True
+        fresh_mosquitto.restart()
+        await asyncio.wait_for(transport.holding.wait(), 15)
+        assert not transport.is_connected  # the window: the link is not announced up yet
+        device = PahoDevice(fresh_mosquitto, "early")
+        try:
+            device.wait_subscribed()
+            device.publish("get", {"clientToken": "early"})
+            replies = await asyncio.to_thread(device.wait, 1, "get/accepted")
+        finally:
+            device.close()
+        transport.release.set()
+    finally:
+        transport.release.set()
+        await emulator.stop()
+    assert [r["clientToken"] for r in replies] == ["early"]
