@@ -74,26 +74,36 @@ def ranges(s3: StandInServer) -> list[tuple[int, str | None, int]]:
     return [(order.index(e.signature or ""), e.range, e.status) for e in s3.seen]
 
 
+@pytest.mark.parametrize("lost", [0, 2], ids=["answered", "answers-lost"])
 async def test_a_url_that_expires_mid_transfer_is_fetched_again_and_the_download_resumes(
-    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, s3: StandInServer
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, s3: StandInServer, lost: int
 ) -> None:
     """The URL's signature runs out a third of the way through: the next request gets 403, the
     agent asks DescribeJobExecution for the document again, and the download continues from the
-    bytes it has (Range) with the new URL, to the right digest. (Before: FAILED, HTTP 403.)"""
+    bytes it has (Range) with the new URL, to the right digest. (Before: FAILED, HTTP 403.)
+    `answers-lost`: the first two questions get no answer; the agent asks again rather than
+    failing the job over a lost reply (before: FAILED, "no answer within 1 s")."""
     url = s3.put("/fw/app.bin", PAYLOAD.data)
     cut = len(PAYLOAD.data) // 3
     s3.plans.append(Plan(cut_after=cut))
     target = tmp_path / "app.bin"
-    config = agent_config(tmp_path, mosquitto.port, allow_http_downloads=True)
+    config = agent_config(
+        tmp_path,
+        mosquitto.port,
+        allow_http_downloads=True,
+        request_timeout_seconds=1.0 if lost else 5.0,
+    )
     async with running_agent(config):
         described = emulator.service.counters["DescribeJobExecution"]
+        for _ in range(lost):
+            emulator.service.lose_next("DescribeJobExecution")
         emulator.service.create_job("fw-1", [THING], download_document(url, target))
         execution = await wait_terminal(emulator, "fw-1", THING)
     assert str(execution.status) == "SUCCEEDED", execution.status_details
     assert execution.status_details["urlRenewals"] == "1"
     assert target.read_bytes() == PAYLOAD.data
     assert ranges(s3) == [(0, None, 200), (0, f"bytes={cut}-", 403), (1, f"bytes={cut}-", 206)]
-    assert emulator.service.counters["DescribeJobExecution"] == described + 1
+    assert emulator.service.counters["DescribeJobExecution"] == described + 1 + lost
 
 
 async def test_a_fresh_url_refused_again_fails_with_the_reason(

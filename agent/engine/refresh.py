@@ -21,17 +21,27 @@ What comes back is held to the copy the execution started with:
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
+from jobs_agent.backoff import Backoff
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord
 from jobs_agent.jobs.client import JobsClient
-from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
-from jobs_agent.vocabulary import TERMINAL_STATUSES
+from jobs_agent.jobs.errors import (
+    CLOUD_ENDED_CODES,
+    ErrorCode,
+    JobsError,
+    JobsRejected,
+    LinkError,
+    RequestTimeout,
+)
+from jobs_agent.jobs.models import JobExecution
+from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef
 from jobs_agent_handlers.api import JobFailed, JobRejected
 
 log = structlog.get_logger("jobs_agent.engine")
@@ -58,6 +68,12 @@ def without_presigned_queries(value: Any) -> Any:
     return value
 
 
+REFRESH_ATTEMPTS = 4
+"""Questions a refresh asks before it gives up: an answer lost with a link that came back
+(a timeout) fails the job only if three more go unanswered too, about a minute with the default
+request timeout and the backoff between them (1-15 s)."""
+
+
 def has_presigned_urls(document: Mapping[str, Any]) -> bool:
     """Does the document carry a URL whose query AWS signs at delivery?"""
     return bool(without_presigned_queries(document) != document)
@@ -76,7 +92,7 @@ class DocumentRefresher:
         ref = record.key
         bound = log.bind(job_id=ref.job_id, execution_number=ref.execution_number)
         try:
-            execution = await self._client.describe(ref, include_job_document=True)
+            execution = await self._describe(ref)
         except JobsRejected as exc:
             if exc.code in CLOUD_ENDED_CODES or exc.code == ErrorCode.RESOURCE_NOT_FOUND:
                 raise JobFailed(
@@ -108,3 +124,15 @@ class DocumentRefresher:
             raise JobFailed(f"the job document fetched again was refused: {exc.reason}") from None
         bound.info("job document fetched again for fresh presigned URLs")
         return document
+
+    async def _describe(self, ref: ExecutionRef) -> JobExecution | None:
+        """DescribeJobExecution with the document, asked again when the question goes
+        unanswered (timed out, or the link down): one lost answer must not fail a step that
+        only needs its URLs signed again."""
+        backoff = Backoff(1.0, 15.0)
+        for _ in range(REFRESH_ATTEMPTS - 1):
+            try:
+                return await self._client.describe(ref, include_job_document=True)
+            except (RequestTimeout, LinkError):
+                await asyncio.sleep(backoff.next_delay())
+        return await self._client.describe(ref, include_job_document=True)
