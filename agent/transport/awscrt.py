@@ -19,12 +19,10 @@ with `call_soon_threadsafe`; operation futures are `concurrent.futures.Future`s 
 `asyncio.wrap_future`, which does the same.
 
 The CRT's threads are not Python's: each callback takes the GIL with `PyGILState_Ensure`, and
-when it returns, the thread's last `PyGILState_Release` deletes the Python thread state the
-call needed. So every callback (each message received, each PUBACK: about 7 per job) built a
-thread state anew: a 16 KiB frame stack mapped and unmapped, its pages faulted in, a `gettid`
-(strace, 100 plugin jobs: 7.4 mmap, 7.0 munmap, 7.0 gettid per job, none over paho).
-`keep_thread_state` takes one more `PyGILState_Ensure` on the event-loop thread at its first
-callback and never releases it, so the thread keeps one thread state for the process's life.
+its last `PyGILState_Release` deletes the thread state it made. So every callback (about 7 per
+job) built one anew: a 16 KiB frame stack mapped, faulted in and unmapped, a `gettid` (strace,
+plugin jobs: 7.4 mmap, 7.0 munmap, 7.0 gettid per job). `keep_thread_state` takes one more
+ensure at the thread's first callback and never releases it: one state for the process's life.
 
 TCP_NODELAY: `awscrt.io.SocketOptions` has no such option (awscrt 0.36: domain, type, connect
 timeout and TCP keep-alive only) and the CRT leaves Nagle on: measured here, a request/reply
@@ -71,7 +69,13 @@ import structlog
 from awscrt import auth, exceptions, http, io, mqtt5
 from awsiot import mqtt5_client_builder
 
-from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.base import (
+    FailureCallback,
+    Message,
+    NotConnectedError,
+    Transport,
+    TransportError,
+)
 from jobs_agent.transport.options import AwscrtOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
 
@@ -166,6 +170,21 @@ def set_nodelay_on_process_sockets(ports: set[int]) -> int:
         finally:
             sock.detach()
     return done
+
+
+def _crt_error(what: str, exc: exceptions.AwsCrtError) -> TransportError:
+    if any(marker in exc.name for marker in OFFLINE_ERRORS):
+        return NotConnectedError(f"{what}: {_describe(exc)}")
+    return TransportError(f"{what}: {_describe(exc)}")
+
+
+def _refusal(what: str, result: mqtt5.PublishCompletionData) -> TransportError | None:
+    """The broker's refusal in a QoS 1 publish's PUBACK, if it refused."""
+    puback = result.puback
+    if puback is None or puback.reason_code is None or int(puback.reason_code) < 0x80:
+        return None
+    name = getattr(puback.reason_code, "name", str(puback.reason_code))
+    return TransportError(f"{what}: refused by the broker ({name})")
 
 
 def _describe(
@@ -358,9 +377,7 @@ class AwscrtTransport(Transport):
         try:
             return await asyncio.wrap_future(future)
         except exceptions.AwsCrtError as exc:
-            if any(marker in exc.name for marker in OFFLINE_ERRORS):
-                raise NotConnectedError(f"{what}: {_describe(exc)}") from None
-            raise TransportError(f"{what}: {_describe(exc)}") from None
+            raise _crt_error(what, exc) from None
 
     async def _send_subscribe(self, topic_filter: str) -> None:
         what = f"subscribe {topic_filter}"
@@ -445,20 +462,39 @@ class AwscrtTransport(Transport):
         await self._wait(client.unsubscribe(packet), what)
         self._subscriptions.discard(topic_filter)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    def _start_publish(self, topic: str, payload: bytes) -> tuple[str, Any]:
         validate_topic_name(topic)
         what = f"publish {topic}"
         client = self._require_up(what)
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
-        result: mqtt5.PublishCompletionData = await self._wait(client.publish(packet), what)
-        puback = result.puback
-        if (
-            puback is not None
-            and puback.reason_code is not None
-            and int(puback.reason_code) >= 0x80
-        ):
-            name = getattr(puback.reason_code, "name", str(puback.reason_code))
-            raise TransportError(f"{what}: refused by the broker ({name})")
+        return what, client.publish(packet)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        what, future = self._start_publish(topic, payload)
+        refusal = _refusal(what, await self._wait(future, what))
+        if refusal is not None:
+            raise refusal
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        """Queue the request and return: its PUBACK is looked at on the CRT thread, and only a
+        failure crosses to the loop (`on_failure`). The reply proves delivery, so a request no
+        longer waits for a PUBACK's thread hop before it waits for its reply (issue 18)."""
+        what, future = self._start_publish(topic, payload)
+        future.add_done_callback(functools.partial(self._crt_published, what, on_failure))
+
+    def _crt_published(
+        self, what: str, on_failure: FailureCallback, future: concurrent.futures.Future[Any]
+    ) -> None:
+        """A submitted publish completed (CRT thread): nothing to do unless it failed."""
+        exc = future.exception()
+        if isinstance(exc, exceptions.AwsCrtError):
+            self._call(on_failure, _crt_error(what, exc))
+        elif exc is not None:
+            self._call(on_failure, TransportError(f"{what}: {_describe(exc)}"))
+        else:
+            refusal = _refusal(what, future.result())
+            if refusal is not None:
+                self._call(on_failure, refusal)
 
 
 __all__ = ["AwscrtTransport", "flow_control_for", "region_from_endpoint"]
