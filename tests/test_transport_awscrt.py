@@ -122,3 +122,52 @@ async def test_a_request_the_broker_refuses_fails_with_the_refusal(
         assert exchange.stats.timeouts == 0
     finally:
         await backend.close()
+
+
+async def test_messages_that_come_while_the_loop_is_busy_share_one_thread_hop(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """Messages the CRT delivers before the loop got round to the last wake-up ride on it: a
+    job's last reply and the next job's notification often come in one read. Here the loop is
+    held until the CRT thread has taken all of them, then they arrive in order, for one hop."""
+    from awscrt import mqtt5
+
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    loop = asyncio.get_running_loop()
+    taken = threading.Semaphore(0)
+    hops: list[object] = []
+    try:
+        transport = backend.make("gw-burst")
+        real = transport._crt_publish_received  # type: ignore[attr-defined]
+
+        def spy(data: Any) -> None:
+            real(data)
+            taken.release()
+
+        transport._crt_publish_received = spy  # type: ignore[attr-defined]
+        inbox = Inbox(transport)
+        await transport.connect(timeout=10.0)
+        await transport.subscribe("burst/#")
+        client = transport._client  # type: ignore[attr-defined]
+        real_call = loop.call_soon_threadsafe
+        ours = threading.get_ident()
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != ours:
+                hops.append(callback)
+            return real_call(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            for index in range(MESSAGES):  # the loop is held from here until all were taken
+                packet = mqtt5.PublishPacket(topic=f"burst/{index}", payload=b"x", qos=1)
+                client.publish(packet)
+            for _ in range(MESSAGES):
+                assert taken.acquire(timeout=10.0)
+            topics = [(await inbox.next()).topic for _ in range(MESSAGES)]
+        finally:
+            del loop.call_soon_threadsafe
+    finally:
+        await backend.close()
+    assert topics == [f"burst/{index}" for index in range(MESSAGES)]
+    assert len(hops) == 1, hops

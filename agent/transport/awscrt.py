@@ -56,6 +56,7 @@ its 10-30 s "blinding" delay, so such a `connect()` fails at its timeout or afte
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import ctypes
 import functools
@@ -201,6 +202,10 @@ class AwscrtTransport(Transport):
         self._client: mqtt5.Client | None = None
         self._first: asyncio.Future[None] | None = None
         self._stopped = threading.Event()
+        self._pending: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
+        """What CRT threads asked the loop to run (`_call`), oldest first."""
+        self._woken = False
+        """A `_run_pending` is scheduled on the loop and has not started yet."""
         self._ever_up = False
 
     # -- construction ------------------------------------------------------------------------
@@ -256,9 +261,29 @@ class AwscrtTransport(Transport):
 
     # -- CRT callbacks (CRT threads) -----------------------------------------------------------
     def _call(self, callback: Any, *args: Any) -> None:
+        """Run `callback(*args)` on the loop, in the order of the CRT's calls. Calls made before
+        the loop got round to the last wake-up ride on it: a wake-up is a thread hop (a write to
+        the loop's self-pipe, its read, a GIL hand-over), and a read of the socket often
+        delivers several messages (a job's last reply with the next job's notification)."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(callback, *args)
+        if loop is None or loop.is_closed():
+            return
+        self._pending.append((callback, args))
+        if not self._woken:
+            self._woken = True
+            loop.call_soon_threadsafe(self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._woken = False  # first: a call appended from now on wakes the loop again
+        pending = self._pending
+        while pending:
+            callback, args = pending.popleft()
+            try:
+                callback(*args)
+            except Exception as exc:  # as the loop's own handles would: report, go on
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"awscrt callback {callback!r} failed", "exception": exc}
+                )
 
     def _crt_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
