@@ -177,3 +177,45 @@ async def test_a_submitted_request_lost_after_it_was_queued_is_published_again(
     assert isinstance(await ask(exchange), bytes)
     assert responder.seen == 1
     assert exchange.stats.publishes == 2
+
+
+class Outlived(LocalTransport):
+    """A device whose first `submit` is queued and kept: its failure is reported by the test,
+    when it chooses (awscrt fails a publish still queued when its link drops)."""
+
+    def __init__(self, bus: LocalBus, client_id: str) -> None:
+        super().__init__(bus, client_id)
+        self.queued: list[FailureCallback] = []
+        self.submits = 0
+        self.waiting = asyncio.Event()
+        """Set when someone waits for the link to come back."""
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        if not self.is_connected:
+            self.waiting.set()
+        return await super().wait_connected(timeout)
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        self.submits += 1
+        if not self.queued:
+            self.queued.append(on_failure)
+            return
+        await self.publish(topic, payload)
+
+
+async def test_a_failure_reported_during_an_outage_is_published_again_once() -> None:
+    """The failure of a publish lost with the link may come while the request already waits
+    for the link (the link loss told it first): the request is published once more when the
+    link is back, and answered."""
+    async for exchange, responder, bus in wire(Outlived):
+        device = exchange.transport
+        assert isinstance(device, Outlived)
+        asking = asyncio.ensure_future(ask(exchange))
+        while not device.queued:
+            await asyncio.sleep(0)
+        bus.set_online(False)
+        await asyncio.wait_for(device.waiting.wait(), 5)
+        device.queued[0](NotConnectedError("publish svc/request: AWS_ERROR_MQTT5_DISCONNECTED"))
+        bus.set_online(True)
+        assert isinstance(await asyncio.wait_for(asking, 5), bytes)
+        assert (device.submits, responder.seen) == (2, 1)
