@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from jobs_agent.backoff import Backoff
-from jobs_agent.transport.base import Message
+from jobs_agent.transport.base import (
+    FailureCallback,
+    Message,
+    NotConnectedError,
+    TransportError,
+)
 from jobs_agent.transport.exchange import Exchange
 from jobs_agent.transport.local import LocalBus, LocalTransport
 
@@ -45,12 +50,40 @@ class Responder:
         task.add_done_callback(self.replies.discard)
 
 
+class FailingLater(LocalTransport):
+    """A device whose `submit` returns before the outcome, as awscrt's does: the next
+    `failures` submits are queued and then reported failed, on the loop, instead of sent."""
+
+    def __init__(self, bus: LocalBus, client_id: str) -> None:
+        super().__init__(bus, client_id)
+        self.failures: list[TransportError] = []
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        if self.failures:
+            asyncio.get_running_loop().call_soon(on_failure, self.failures.pop(0))
+            return
+        await self.publish(topic, payload)
+
+
 @pytest.fixture
 async def link() -> AsyncIterator[tuple[Exchange[bytes], Responder, LocalBus]]:
+    async for wired in wire(LocalTransport):
+        yield wired
+
+
+@pytest.fixture
+async def failing() -> AsyncIterator[tuple[Exchange[bytes], Responder, LocalBus]]:
+    async for wired in wire(FailingLater):
+        yield wired
+
+
+async def wire(
+    device_type: type[LocalTransport],
+) -> AsyncIterator[tuple[Exchange[bytes], Responder, LocalBus]]:
     bus = LocalBus()
     responder = Responder(bus)
     await responder.start()
-    device = LocalTransport(bus, "device")
+    device = device_type(bus, "device")
     exchange: Exchange[bytes] = Exchange(device)
 
     def on_reply(message: Message) -> None:
@@ -115,3 +148,74 @@ async def test_a_reply_lost_with_the_link_is_asked_again(
     assert isinstance(await asyncio.wait_for(asking, 5), bytes)
     assert responder.seen == 2
     assert exchange.stats.republishes == 1
+
+
+async def test_a_submitted_request_refused_after_it_was_queued_fails_at_once(
+    failing: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """A backend that returns from `submit` before the PUBACK reports a refusal later: the
+    request fails with it, not at its deadline."""
+    exchange, responder, _bus = failing
+    device = exchange.transport
+    assert isinstance(device, FailingLater)
+    device.failures = [
+        TransportError("publish svc/request: refused by the broker (NOT_AUTHORIZED)")
+    ]
+    with pytest.raises(TransportError, match="NOT_AUTHORIZED"):
+        await ask(exchange, seconds=60.0)
+    assert responder.seen == 0
+    assert exchange.stats.timeouts == 0
+
+
+async def test_a_submitted_request_lost_after_it_was_queued_is_published_again(
+    failing: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    exchange, responder, _bus = failing
+    device = exchange.transport
+    assert isinstance(device, FailingLater)
+    device.failures = [NotConnectedError("publish svc/request: AWS_ERROR_MQTT5_DISCONNECTED")]
+    assert isinstance(await ask(exchange), bytes)
+    assert responder.seen == 1
+    assert exchange.stats.publishes == 2
+
+
+class Outlived(LocalTransport):
+    """A device whose first `submit` is queued and kept: its failure is reported by the test,
+    when it chooses (awscrt fails a publish still queued when its link drops)."""
+
+    def __init__(self, bus: LocalBus, client_id: str) -> None:
+        super().__init__(bus, client_id)
+        self.queued: list[FailureCallback] = []
+        self.submits = 0
+        self.waiting = asyncio.Event()
+        """Set when someone waits for the link to come back."""
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        if not self.is_connected:
+            self.waiting.set()
+        return await super().wait_connected(timeout)
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        self.submits += 1
+        if not self.queued:
+            self.queued.append(on_failure)
+            return
+        await self.publish(topic, payload)
+
+
+async def test_a_failure_reported_during_an_outage_is_published_again_once() -> None:
+    """The failure of a publish lost with the link may come while the request already waits
+    for the link (the link loss told it first): the request is published once more when the
+    link is back, and answered."""
+    async for exchange, responder, bus in wire(Outlived):
+        device = exchange.transport
+        assert isinstance(device, Outlived)
+        asking = asyncio.ensure_future(ask(exchange))
+        while not device.queued:
+            await asyncio.sleep(0)
+        bus.set_online(False)
+        await asyncio.wait_for(device.waiting.wait(), 5)
+        device.queued[0](NotConnectedError("publish svc/request: AWS_ERROR_MQTT5_DISCONNECTED"))
+        bus.set_online(True)
+        assert isinstance(await asyncio.wait_for(asking, 5), bytes)
+        assert (device.submits, responder.seen) == (2, 1)

@@ -10,6 +10,10 @@ Greengrass IPC or the in-process bus. The contract is deliberately small:
 * `publish` is QoS 1 and returns once the broker acknowledged it (PUBACK, or local delivery for
   the in-process bus); it raises `NotConnectedError` at once when the link is down instead of
   queueing silently, so the caller (the Jobs client) decides whether to wait or give up;
+* `submit` is `publish` for a request whose reply proves its delivery: a backend whose PUBACK
+  reaches the loop only through a thread hop (awscrt) returns once the packet is queued and
+  reports a later refusal or loss through `on_failure`, on the loop; the others wait for the
+  PUBACK as `publish` does and raise. A caller handles both;
 * subscriptions are remembered by the transport and restored after a reconnect whose session
   was not kept, before `on_connection_resumed` is called.
 """
@@ -50,6 +54,9 @@ ConnectionLostCallback = Callable[[str], None]
 """Called with a human-readable reason when an established connection drops."""
 ConnectionResumedCallback = Callable[[bool], None]
 """Called with `session_present` after a reconnect (not after the first connect)."""
+FailureCallback = Callable[[TransportError], None]
+"""Called on the loop when a submitted publish was refused (`TransportError`) or lost with the
+link (`NotConnectedError`) after `submit` returned."""
 
 
 class Transport(abc.ABC):
@@ -193,6 +200,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish with QoS 1 and wait for the acknowledgement."""
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        """Publish with QoS 1 a request whose reply proves its delivery (see the module
+        docstring). By default `publish`: the PUBACK is waited for, failures are raised and
+        `on_failure` is never called."""
+        await self.publish(topic, payload)
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the link is up; False on timeout."""

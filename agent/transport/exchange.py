@@ -13,6 +13,10 @@ three ways absorbed here, once, for every protocol client:
   capped exponential backoff with jitter;
 * one deadline covers all of it: nothing waits forever (`request` returns None when it passed).
 
+Requests go out with `Transport.submit`: the reply proves delivery, so a backend need not hand
+each PUBACK to the loop (awscrt's cost a thread hop per request); a publish that fails after
+`submit` returned comes back as news for the waiting request, as a reply or a link loss do.
+
 The protocol client parses its topics and payloads, hands each reply to `resolve`, says what a
 reply means (`read`: a value, or an exception, which `retryable` may declare worth another try)
 and translates a transport's failure (`TransportError`, passed through here) into its own error,
@@ -30,7 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import structlog
 
 from jobs_agent.backoff import Backoff
-from jobs_agent.transport.base import NotConnectedError, Transport
+from jobs_agent.transport.base import NotConnectedError, Transport, TransportError
 
 log = structlog.get_logger("jobs_agent.transport")
 
@@ -82,10 +86,16 @@ class _Waiter(Generic[R]):
     answered: bool = False
     lost: bool = False
     closed: bool = False
+    failed: TransportError | None = None
+    """A submitted publish's refusal or loss, reported after `submit` returned."""
 
     def notify(self) -> None:
         if not self.wake.done():
             self.wake.set_result(None)
+
+    def fail(self, error: TransportError) -> None:
+        self.failed = error
+        self.notify()
 
 
 class Exchange(Generic[R]):
@@ -205,7 +215,7 @@ class Exchange(Generic[R]):
                             continue  # re-check: the reply may have come with a kept session
                         waiter.lost = False
                         try:
-                            await self.transport.publish(topic, payload)
+                            await self.transport.submit(topic, payload, waiter.fail)
                         except NotConnectedError:
                             await asyncio.sleep(min(NOT_CONNECTED_PAUSE, remaining))
                             continue
@@ -216,6 +226,8 @@ class Exchange(Generic[R]):
                         first = False
                         bound.debug("request published", topic=topic, client_token=token)
                         await self._news(waiter)
+                        if waiter.failed is not None:
+                            await self._failed(waiter, deadline)
             except TimeoutError:
                 pass  # the deadline passed: no answer
             if waiter.closed:
@@ -228,10 +240,20 @@ class Exchange(Generic[R]):
         return None
 
     @staticmethod
+    async def _failed(waiter: _Waiter[R], deadline: float) -> None:
+        """A publish `submit` had queued failed: a refusal is raised, a loss is published again
+        after the pause a refused publish gets (the link may not be marked down yet)."""
+        error, waiter.failed = waiter.failed, None
+        if error is not None and not isinstance(error, NotConnectedError):
+            raise error
+        remaining = deadline - asyncio.get_running_loop().time()
+        await asyncio.sleep(min(NOT_CONNECTED_PAUSE, max(remaining, 0.0)))
+
+    @staticmethod
     async def _news(waiter: _Waiter[R]) -> None:
-        """Wait until the reply, a link loss or a close (the caller's timer ends it at the
-        request's deadline)."""
-        if waiter.answered or waiter.lost or waiter.closed:
+        """Wait until the reply, a link loss, a failed publish or a close (the caller's timer
+        ends it at the request's deadline)."""
+        if waiter.answered or waiter.lost or waiter.closed or waiter.failed is not None:
             return
         if waiter.wake.done():  # woken by an earlier loss, already dealt with
             waiter.wake = asyncio.get_running_loop().create_future()

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from jobs_agent.transport.base import Message, Transport, TransportError
+from jobs_agent.transport.base import FailureCallback, Message, Transport, TransportError
 from jobs_agent.transport.topics import has_wildcard, levels_match
 
 
@@ -225,6 +225,10 @@ class LinkView(Transport):
     async def publish(self, topic: str, payload: bytes) -> None:
         self._check_attached()
         await self.link.transport.publish(topic, payload)
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        self._check_attached()
+        await self.link.transport.submit(topic, payload, on_failure)
 
     def _check_attached(self) -> None:
         if self._detached:

@@ -1,0 +1,173 @@
+"""What the awscrt backend costs per message, on a real mTLS connection to mosquitto: counted,
+not timed (the behaviour itself is tests/test_transport.py's suite)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from jobs_agent.backoff import Backoff
+from jobs_agent.transport.base import TransportError
+from jobs_agent.transport.exchange import Exchange
+from tests.fixtures.broker import Mosquitto
+from tests.test_transport import AwscrtBackend, Inbox, _awscrt
+
+MESSAGES = 5
+
+
+async def test_crt_callbacks_keep_one_python_thread_state(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """Each CRT callback into Python used to build a Python thread state and delete it on
+    return (a 16 KiB frame stack mapped and unmapped each time, about 7 per job). A
+    `threading.local` lives in the thread state, so what one callback on the CRT thread stores
+    there is seen by the next one only when the state is kept."""
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    local = threading.local()
+    seen: list[int | None] = []
+    try:
+        transport = backend.make("gw-thread-state")
+        real = transport._crt_publish_received  # type: ignore[attr-defined]
+
+        def spy(data: Any) -> None:
+            seen.append(getattr(local, "calls", None))
+            local.calls = len(seen)
+            real(data)
+
+        transport._crt_publish_received = spy  # type: ignore[attr-defined]
+        inbox = Inbox(transport)
+        await transport.connect(timeout=10.0)
+        await transport.subscribe("state/#")
+        for index in range(MESSAGES):
+            await transport.publish(f"state/{index}", b"x")
+            assert (await inbox.next()).topic == f"state/{index}"
+    finally:
+        await backend.close()
+    assert seen == [None, *range(1, MESSAGES)]
+
+
+async def test_a_request_costs_one_thread_hop_its_reply(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """A request's reply proves its delivery, so its PUBACK need not cross from the CRT thread
+    to the loop: over awscrt a request/reply exchange takes one hop per request (the reply),
+    where waiting for the PUBACK took two. Counted on the loop's `call_soon_threadsafe`, the
+    one way in from a CRT thread."""
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    loop = asyncio.get_running_loop()
+    hops: list[object] = []
+    try:
+        transport, _inbox = await backend.connected("gw-hops")
+        exchange: Exchange[bytes] = Exchange(transport)
+        transport.set_message_callback(
+            lambda message: exchange.resolve(message.payload.decode(), "key", message.payload)
+        )
+        await transport.subscribe("hops/request")
+        await ask(exchange)  # warm
+        real = loop.call_soon_threadsafe
+        ours = threading.get_ident()
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != ours:
+                hops.append(callback)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            replies = [await ask(exchange) for _ in range(MESSAGES)]
+        finally:
+            del loop.call_soon_threadsafe
+    finally:
+        await backend.close()
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert len(hops) == MESSAGES, hops
+
+
+async def ask(
+    exchange: Exchange[bytes], topic: str = "hops/request", deadline: float = 10.0
+) -> bytes | None:
+    """One request echoed by the broker to its own sender: the echo is the reply."""
+    loop = asyncio.get_running_loop()
+    return await exchange.request(
+        topic,
+        "key",
+        lambda token: token.encode(),
+        lambda reply: reply,
+        deadline=loop.time() + deadline,
+        backoff=Backoff(0.01, 0.05),
+    )
+
+
+async def test_a_request_the_broker_refuses_fails_with_the_refusal(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """`submit` returns before the PUBACK: a PUBACK that refuses the request (here mosquitto's
+    ACL, as AWS IoT's policy would) still fails the request at once, with the broker's reason."""
+    broker = mosquitto_factory()
+    acl = broker.directory / "acl"
+    acl.write_text("pattern readwrite hops/#\n")
+    with broker.config_path.open("a", encoding="utf-8") as config:
+        config.write(f"acl_file {acl}\n")
+    broker.restart()
+    backend = AwscrtBackend(broker, _awscrt)
+    try:
+        transport, _inbox = await backend.connected("gw-refused")
+        exchange: Exchange[bytes] = Exchange(transport)
+        with pytest.raises(TransportError, match="refused by the broker"):
+            await ask(exchange, "denied/request", deadline=60.0)
+        assert exchange.stats.timeouts == 0
+    finally:
+        await backend.close()
+
+
+async def test_messages_that_come_while_the_loop_is_busy_share_one_thread_hop(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """Messages the CRT delivers before the loop got round to the last wake-up ride on it: a
+    job's last reply and the next job's notification often come in one read. Here the loop is
+    held until the CRT thread has taken all of them, then they arrive in order, for one hop."""
+    from awscrt import mqtt5
+
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    loop = asyncio.get_running_loop()
+    taken = threading.Semaphore(0)
+    hops: list[object] = []
+    try:
+        transport = backend.make("gw-burst")
+        real = transport._crt_publish_received  # type: ignore[attr-defined]
+
+        def spy(data: Any) -> None:
+            real(data)
+            taken.release()
+
+        transport._crt_publish_received = spy  # type: ignore[attr-defined]
+        inbox = Inbox(transport)
+        await transport.connect(timeout=10.0)
+        await transport.subscribe("burst/#")
+        client = transport._client  # type: ignore[attr-defined]
+        real_call = loop.call_soon_threadsafe
+        ours = threading.get_ident()
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != ours:
+                hops.append(callback)
+            return real_call(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            for index in range(MESSAGES):  # the loop is held from here until all were taken
+                packet = mqtt5.PublishPacket(topic=f"burst/{index}", payload=b"x", qos=1)
+                client.publish(packet)
+            for _ in range(MESSAGES):
+                assert taken.acquire(timeout=10.0)
+            topics = [(await inbox.next()).topic for _ in range(MESSAGES)]
+        finally:
+            del loop.call_soon_threadsafe
+    finally:
+        await backend.close()
+    assert topics == [f"burst/{index}" for index in range(MESSAGES)]
+    assert len(hops) == 1, hops
