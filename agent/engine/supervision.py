@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
@@ -38,7 +39,7 @@ POLL_SECONDS = 1.0
 """How often the supervisor refreshes the engine's heartbeat while a handler runs."""
 
 
-@dataclass
+@model(frozen=False)
 class Running:
     """The execution whose handler runs now."""
 
