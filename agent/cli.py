@@ -2,20 +2,21 @@
 
 Each command module exposes `register(subparsers)`, which adds its parser and sets `func` to a
 callable taking the parsed arguments and returning the exit code. Modules import their heavy
-dependencies inside the command, so `jobs-agent --help` stays fast on a gateway.
+dependencies inside the command, so `jobs-agent --help` stays fast on a gateway; the parser
+itself is `commands.parser`.
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs_agent import __version__
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -41,76 +42,27 @@ class UsageError(Exception):
     """A problem with the command line or the configuration: exit code 2."""
 
 
-def terminal_columns() -> int:
-    """The terminal's width as `shutil.get_terminal_size` finds it ($COLUMNS, then standard
-    output's terminal, else 80), without importing shutil, which loads lzma and bz2 (0.4 MB
-    resident for the daemon's whole life; issue 18)."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    stdout = sys.__stdout__
-    if columns <= 0 and stdout is not None:
-        try:
-            columns = os.get_terminal_size(stdout.fileno()).columns
-        except (ValueError, OSError):  # closed, detached, or not a terminal
-            columns = 0
-    return columns or 80
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace | SimpleNamespace:
+    """The parsed command line. The plain `run` a service manager gives (`run`, `--config PATH`,
+    `--log-level LEVEL`) is read by `commands.run.plain_arguments` into what argparse would
+    make of it; everything else (help, other options, errors) goes to argparse, which an idle
+    daemon then never loads (issue 18)."""
+    if list(argv[:1]) == ["run"]:
+        from jobs_agent.commands.run import plain_arguments
 
+        args = plain_arguments(argv[1:])
+        if args is not None:
+            return args
+    from jobs_agent.commands.parser import build_parser
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's own, with the width found by `terminal_columns`: argparse makes a formatter at
-    every `add_argument`, and its own width lookup imports shutil."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's own, whose help formatter (and its sub-commands', which take this class) is
-    `HelpFormatter` unless a command asks for another."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser of every command, or, when `argv` names one, of that command alone: `run`
-    then loads neither the emulator's list of readings (`sim serve --help`) nor the other
-    commands (issue 18: a gateway starts the daemon at every boot). The top level takes no
-    option with a value, so the first argument not starting with "-" is the command; anything
-    else (`--help`, a misspelt command) gets every command, to list them."""
-    command = next((a for a in argv or () if not a.startswith("-")), None)
-    modules = [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES
-    parser = ArgumentParser(
-        prog="jobs-agent",
-        description="Device agent for AWS IoT Jobs.",
-    )
-    parser.add_argument("--version", action="version", version=f"jobs-agent {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    for module_name in modules:
-        module = importlib.import_module(module_name)
-        register: Callable[[Any], None] = module.register
-        register(subparsers)
-    return parser
+    return build_parser(argv).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    args = parse_arguments(argv)
+    func: Callable[[Any], int] = args.func
     try:
         return func(args)
     except UsageError as exc:

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from jobs_agent.consent.settings import ConsentSettings
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.inventory.model import InventoryError
@@ -87,7 +88,7 @@ _HANDLER_ENVIRONMENT = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@model
 class JobsConfig:
     """The `jobs:` section: how jobs are taken, run and reported."""
 
@@ -162,7 +163,7 @@ class JobsConfig:
     applies it from the next deferral."""
 
 
-@dataclass(frozen=True)
+@model
 class LogConfig:
     """The `log:` section: how much the agent logs, and where."""
 
@@ -173,7 +174,7 @@ class LogConfig:
     """journald's native socket; without it, journal lines carry syslog `<N>` priorities."""
 
 
-@dataclass(frozen=True)
+@model
 class AgentConfig:
     """The whole configuration file, validated: each section as its owner declares it."""
 

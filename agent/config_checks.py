@@ -14,14 +14,15 @@ Used by `jobs-agent config check` and logged by the daemon when it starts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.datamodel import model
 from jobs_agent.transport.options import MqttOptions, PahoOptions
 
 
-@dataclass
+@model(frozen=False)
 class Findings:
     """What the environment checks found, split by whether it breaks the agent or only warns."""
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 STATE_DATABASE = "state.db"
 
 
-@dataclass
+@model(frozen=False)
 class Device:
     """The parts a running agent is made of, built once from the configuration."""
 

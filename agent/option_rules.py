@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from jobs_agent.datamodel import model
 
 _RULE = "jobs_agent.rule"
 _SECRET_FLAG = "jobs_agent.secret"  # noqa: S105 -- a metadata key, not a password
 
 
-@dataclass(frozen=True)
+@model
 class Rule:
     """What a value must be (`expected`, shown to the operator) and how it is converted;
     `convert` raises ValueError or TypeError for a value that does not fit."""

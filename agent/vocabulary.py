@@ -14,8 +14,9 @@ store and the Jobs client pass around. The default namespace is `None` everywher
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
+
+from jobs_agent.datamodel import model
 
 
 class JobExecutionStatus(StrEnum):
@@ -113,7 +114,7 @@ class StatusDetails(dict[str, str]):
 
 
 # -- the reference to one execution ------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ExecutionRef:
     """(namespace, jobId, executionNumber). `namespace` None is the default namespace; `""` is
     accepted for it too and becomes None, so there is one spelling of the default."""

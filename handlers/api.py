@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from jobs_agent.datamodel import model
 
 if TYPE_CHECKING:
     from jobs_agent.transport import Transport
@@ -91,7 +93,7 @@ class JobDeferred(Exception):
         self.window = window
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Outcome:
     """What a job ended with, before sanitising to the statusDetails limits."""
 

@@ -54,11 +54,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from jobs_agent.datamodel import model
 from jobs_agent_handlers import partfile
 from jobs_agent_handlers.api import JobContext, JobFailed, JobRejected, RefreshesDocument
 from jobs_agent_handlers.http_get import Cancelled, HttpGet, Refused, Retry, display_url
@@ -109,7 +109,7 @@ def _schemes(allow_http: bool) -> tuple[str, ...]:
     return ("https", "http") if allow_http else ("https",)
 
 
-@dataclass(frozen=True)
+@model
 class DownloadRequest:
     url: str
     path: Path
@@ -146,7 +146,7 @@ class DownloadRequest:
         return self.path.name + ".part.json"
 
 
-@dataclass
+@model(frozen=False)
 class _Resume:
     offset: int
     validator: str

@@ -19,10 +19,10 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.securefs import UntrustedPath, open_directory
 from jobs_agent_handlers.api import JobFailed, JobRejected
 
@@ -34,7 +34,7 @@ _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-@dataclass(frozen=True)
+@model
 class Target:
     """Where a download goes and what it must be: the document's `path`, `sha256`, `maxBytes`."""
 

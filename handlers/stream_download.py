@@ -26,10 +26,10 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from jobs_agent.aio import wait_event
+from jobs_agent.datamodel import model
 from jobs_agent.streams import protocol
 from jobs_agent.streams.client import StreamsClient
 from jobs_agent.streams.errors import StreamsError, VersionMismatch
@@ -62,7 +62,7 @@ _SIDECAR_KIND = "stream"
 Progress = Callable[[float | None, str], None]
 
 
-@dataclass(frozen=True)
+@model
 class StreamSource:
     """The document's `stream`: which file of which stream, in which format and block size."""
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs_agent.cli import UsageError
 from jobs_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +26,10 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config_or_exit(
-    args: argparse.Namespace, *, require_thing_name: bool = True, file_optional: bool = False
+    args: argparse.Namespace | SimpleNamespace,
+    *,
+    require_thing_name: bool = True,
+    file_optional: bool = False,
 ) -> AgentConfig:
     """The one way every command loads its configuration: `--config PATH`, else the default
     file, with the JOBS_AGENT_* environment on top. With `file_optional` (`exec`), a missing

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from jobs_agent.commands.common import add_config_argument, load_config_or_exit
+from jobs_agent.datamodel import model
 
 EXIT_SHOWN = 0
 EXIT_NO_DATABASE = 1
@@ -97,7 +97,7 @@ def _liveness(state_dir: Path) -> dict[str, Any]:
     return result
 
 
-@dataclass
+@model(frozen=False)
 class _Snapshot:
     """What the state database says, read once."""
 

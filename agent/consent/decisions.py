@@ -15,10 +15,10 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.vocabulary import MAX_COUNTER, ExecutionRef, is_job_id, is_namespace
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -57,7 +57,7 @@ def ref_json(ref: ExecutionRef) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Decision:
     key: ExecutionRef
     accepted: bool

@@ -9,10 +9,10 @@ characters); `"consent": true` asks with the job id alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from jobs_agent.consent.protocol import MAX_TEXT, clean_text
+from jobs_agent.datamodel import model
 
 DOCUMENT_KEY = "consent"
 
@@ -21,7 +21,7 @@ class ConsentDocumentError(ValueError):
     """A malformed `consent` field (the engine REJECTS the document, naming it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ConsentRequirement:
     """A job document's request for a person's consent before it runs."""
 

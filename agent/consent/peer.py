@@ -16,14 +16,16 @@ import pwd
 import socket
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from jobs_agent.datamodel import model
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 """Linux's option number (include/uapi/asm-generic/socket.h); Python 3.11 does not name it."""
 _CRED = struct.Struct("3i")
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Peer:
     pid: int
     uid: int
@@ -60,7 +62,7 @@ def _peer_groups(sock: socket.socket, uid: int, gid: int) -> set[int]:
     return {gid}
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Allowlist:
     """Who may answer consent requests: root and the agent's own user always, then the users
     and groups named in `consent.allowed_users` / `consent.allowed_groups`. Names are looked

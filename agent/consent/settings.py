@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.consent.protocol import DEFAULT_SOCKET
+from jobs_agent.datamodel import model
 
 if TYPE_CHECKING:
     from jobs_agent.consent.peer import Allowlist
@@ -27,7 +27,7 @@ class ConsentSettingsError(ValueError):
     """A bad `consent:` setting; the message names the key."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ConsentSettings:
     """The `consent:` section: where the consent socket is served and who may answer on it."""
 

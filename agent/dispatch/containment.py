@@ -36,11 +36,12 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import structlog
+
+from jobs_agent.datamodel import model
 
 log = structlog.get_logger("jobs_agent.dispatch.containment")
 
@@ -107,7 +108,7 @@ def group_name(namespace: str | None, job_id: str, execution_number: int) -> str
 # -- /proc ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class _Proc:
     """One process as /proc shows it, enough to tell whether a group still holds it."""
 
@@ -304,7 +305,7 @@ def _remove_cgroup(path: Path, timeout: float = 5.0) -> None:
                 time.sleep(0.01)  # the kernel releases killed tasks asynchronously
 
 
-@dataclass
+@model(frozen=False)
 class CgroupContainment:
     """Each job in a cgroup of its own below `base`: every process of it is found and killed,
     whatever session it started."""
@@ -495,7 +496,7 @@ class SubreaperGroup:
         return self._nothing_left()
 
 
-@dataclass
+@model(frozen=False)
 class SubreaperContainment:
     """Without a delegated cgroup: the agent is the subreaper of what its jobs leave behind."""
 

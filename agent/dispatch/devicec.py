@@ -21,10 +21,10 @@ from __future__ import annotations
 import difflib
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.paths import PLACEHOLDER, locate_handler
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.settings import DispatchSettings
@@ -39,7 +39,7 @@ SUPPORTED_VERSIONS = ("1.0",)
 MAX_STEP_TIMEOUT = 7 * 24 * 3600.0
 
 
-@dataclass(frozen=True)
+@model
 class Action:
     """One `action` of a Device Client document."""
 
@@ -56,7 +56,7 @@ class Action:
     final: bool = False
 
 
-@dataclass(frozen=True)
+@model
 class StepsDocument:
     actions: tuple[Action, ...]
     include_stdout: bool
@@ -333,7 +333,7 @@ def parse_legacy_document(document: Mapping[str, Any], name: str) -> StepsDocume
     return StepsDocument((action,), _flag(document.get("includeStdOut"), "includeStdOut"))
 
 
-@dataclass(frozen=True)
+@model
 class PreparedStep:
     """An action resolved against this device: executable, argv, user, time limit."""
 

@@ -36,11 +36,11 @@ as a failed start.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import UntrustedPath, open_executable
 
@@ -75,7 +75,7 @@ LOWEST_PASSED_FD = 5
 """Descriptors handed to the chain are at least this, so placing 3 and 4 never overwrites one."""
 
 
-@dataclass(frozen=True)
+@model
 class Launcher:
     """Where the chain's two programs are; `setpriv` None: only for steps without a user switch."""
 

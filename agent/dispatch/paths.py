@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import jobs_agent_handlers
+from jobs_agent.datamodel import model
 from jobs_agent.securefs import UntrustedPath, open_executable, open_trusted
 from jobs_agent_handlers.api import JobRejected
 
@@ -30,7 +30,7 @@ PLACEHOLDER = re.compile(r"^\$\{aws:iot:[^}]*\}$")
 DEFAULT_PATH_VALUES = ("", "default")
 
 
-@dataclass(frozen=True)
+@model
 class HandlerFile:
     """A located handler executable and whether it is one of ours (run through /bin/sh);
     `head`: its first bytes as the check read them (its `#!` line, for `shebang`)."""

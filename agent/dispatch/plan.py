@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 
+from jobs_agent.datamodel import model
 from jobs_agent.redact import redact_text
 
 
-@dataclass(frozen=True)
+@model
 class PlannedStep:
     """One step as it would run: the executable (or plugin), its argv, user and time limit."""
 

@@ -33,10 +33,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.containment import (
     Containment,
     ContainmentError,
@@ -78,7 +79,7 @@ _PROGRESS_GRACE = 0.5
 """Told why a progress line was ignored (not JSON, too long), so the operator can be warned."""
 
 
-@dataclass(frozen=True)
+@model
 class ProcessSpec:
     """One process to run: argv (argv[0] is the executable), as whom, with which extra env."""
 
@@ -91,7 +92,7 @@ class ProcessSpec:
     """Containment group (`containment.group_name`): an execution's steps share its name."""
 
 
-@dataclass
+@model(frozen=False)
 class ProcessResult:
     """How a process ended and what it printed."""
 
@@ -435,7 +436,7 @@ class Sandbox:
         await asyncio.wait(outputs, timeout=1.0)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class _Outputs:
     """Where a run's output and progress go."""
 

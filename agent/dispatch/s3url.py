@@ -13,8 +13,9 @@ A look-alike host (`bucket.s3.attacker.example`, `s3.attacker.example/bucket`) i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from jobs_agent.datamodel import model
 
 PLACEHOLDER = re.compile(r"^\$\{aws:iot:s3-presigned-url(?P<v2>-v2)?:(?P<url>[^}]+)\}$")
 PLACEHOLDER_PREFIX_MIN = len("${aws:iot:s3-presigned-url:")
@@ -46,7 +47,7 @@ _SIGV4_PARAMETERS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class S3Object:
     bucket: str
     key: str

@@ -7,9 +7,10 @@ names (`AgentConfig.dispatch_settings()`); a SIGHUP reload builds a new set and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from jobs_agent.datamodel import model
 from jobs_agent.schedule.windows import Windows
 from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
 
@@ -17,7 +18,7 @@ ANY_USER = "*"
 """In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
 
 
-@dataclass(frozen=True)
+@model
 class DispatchSettings:
     """What the dispatcher reads of the configuration, and nothing else of it."""
 

@@ -33,7 +33,6 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.s3url import (
     PLACEHOLDER,
     make_placeholder,
@@ -285,7 +285,7 @@ def sign_document(
     return {**body, SIGNATURE_FIELD: block}
 
 
-@dataclass(frozen=True)
+@model
 class SignatureVerifier:
     keys: tuple[PublicKey, ...]
 

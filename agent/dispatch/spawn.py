@@ -14,9 +14,9 @@ import os
 import resource
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.launcher import LOWEST_PASSED_FD, Launcher
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import CheckedExecutable
@@ -112,7 +112,7 @@ def _place(fd: int, number: int) -> None:
         os.dup2(fd, number)  # dup2 clears close-on-exec on the copy
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Child:
     """What a step's process gets: argv, user, environment, directory, the checked executable,
     the cgroup.procs descriptor to join (or None), and its pipes' ends (the reply pipe's read

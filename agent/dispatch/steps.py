@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.containment import group_name
 from jobs_agent.dispatch.devicec import (
     CONFIRM_REBOOT,
@@ -52,7 +53,7 @@ from jobs_agent_handlers.api import (
 NO_REFRESH_HERE = "no service to fetch the job document again from here (jobs-agent exec)"
 
 
-@dataclass
+@model(frozen=False)
 class _Run:
     """One run of a document: the output of all its steps, its log, the failures it ignored."""
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from jobs_agent.datamodel import model
 from jobs_agent.dispatch.paths import PLACEHOLDER
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent_handlers.api import JobRejected
@@ -27,7 +27,7 @@ MAX_USER_NAME = 256
 """The managed templates' limit on the `runAsUser` parameter."""
 
 
-@dataclass(frozen=True)
+@model
 class RunAs:
     """The account a process runs as; `switch` is False when it is the agent's own."""
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState
@@ -57,7 +57,7 @@ LOST_RECORD_REASON = (
 )
 
 
-@dataclass(frozen=True)
+@model
 class Offer:
     """An execution the service gave this device, as it gave it."""
 

@@ -22,11 +22,11 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
@@ -64,7 +64,7 @@ be fresh after a wait: newly signed presigned URLs (DescribeJobExecution with
 `includeJobDocument`), as after a restart or a reboot."""
 
 
-@dataclass(frozen=True)
+@model
 class Request:
     """Why an execution waits, and until when (None: until consent is given)."""
 

@@ -15,9 +15,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from jobs_agent.datamodel import model
 
 HEARTBEAT_NAME = "agent.json"
 HEARTBEAT_SECONDS = 30.0
@@ -25,7 +27,7 @@ _POLL_SECONDS = 5.0
 """How often the connection state is looked at: a change shows in `status` within this long."""
 
 
-@dataclass(frozen=True)
+@model
 class Heartbeat:
     """The heartbeat file's content: `jobs-agent status` tells from it whether the agent lives."""
 

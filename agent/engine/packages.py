@@ -26,11 +26,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import PackageRow, Store
@@ -95,7 +95,7 @@ def package_rows(job: JobPackages) -> tuple[PackageRow, ...]:
     return tuple(rows)
 
 
-@dataclass
+@model(frozen=False)
 class InventoryStatus:
     """The last report, for logs and `jobs-agent status`."""
 

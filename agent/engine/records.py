@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
 
@@ -74,7 +74,7 @@ ADDED_COLUMNS = (
 agent gets them on open (`ALTER TABLE ... ADD COLUMN`), so an upgrade keeps its records."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ExecutionRecord:
     """What the state database holds of one execution: enough to resume it after a crash."""
 
@@ -101,7 +101,7 @@ class ExecutionRecord:
     deferrals: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Deferral:
     """Why and until when an execution waits (the `deferred_*` columns)."""
 
@@ -113,7 +113,7 @@ class Deferral:
     since: float
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class PackageRow:
     """One package as a job left it: `version` None when the job removed it; `report` True
     while the agent still has to tell `$package`; `aws_reports` True when AWS IoT Jobs tells it
@@ -128,7 +128,7 @@ class PackageRow:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class OutboxEntry:
     """A status update kept until the service accepts it, so that none is lost."""
 

@@ -9,8 +9,9 @@ the lifecycle gets its meaning here, in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.store import ExecutionRecord
 from jobs_agent.vocabulary import JobExecutionStatus
@@ -23,7 +24,7 @@ NO_REBOOT = "reboot was requested but the device did not reboot (boot id unchang
 ENDED_BY_SERVICE = "stopped on the device after the service ended it; not run again"
 
 
-@dataclass(frozen=True)
+@model
 class Limits:
     """The bounds recovery applies to executions an earlier agent left unfinished."""
 
@@ -31,7 +32,7 @@ class Limits:
     """A resumable job whose agent restarted more often than this is FAILED (boot-loop guard)."""
 
 
-@dataclass(frozen=True)
+@model
 class Run:
     """Run the handler: from the start, or continuing an earlier run of it."""
 
@@ -46,7 +47,7 @@ class Run:
     """Stop what an earlier agent's handler left running first (it ran without us)."""
 
 
-@dataclass(frozen=True)
+@model
 class Fail:
     """Decide FAILED with `reason` and run nothing."""
 
@@ -54,12 +55,12 @@ class Fail:
     stop_leftovers: bool = False
 
 
-@dataclass(frozen=True)
+@model
 class Resend:
     """The outcome is decided and waits in the outbox: send it."""
 
 
-@dataclass(frozen=True)
+@model
 class Settle:
     """Closed here, yet offered by the service: decide `status` again, never run it again."""
 
@@ -67,7 +68,7 @@ class Settle:
     details: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@model
 class Wait:
     """The execution is deferred: wait again (until `until`, or for consent), never run the
     step now. A restart or a reboot changes nothing: the resume time is absolute."""

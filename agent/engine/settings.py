@@ -7,14 +7,15 @@ names (`AgentConfig.engine_settings()`); a SIGHUP reload hands the engine a new 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from jobs_agent.datamodel import model
 from jobs_agent.schedule.windows import Windows
 from jobs_agent.vocabulary import STEP_TIMEOUT_MAX
 
 
-@dataclass(frozen=True)
+@model
 class EngineSettings:
     """What the engine reads of the configuration, and nothing else of it."""
 

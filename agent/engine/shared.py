@@ -11,9 +11,10 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
 
+from jobs_agent.datamodel import model
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.settings import EngineSettings
@@ -39,7 +40,7 @@ class Dispatcher(Protocol):
     async def run(self, handler: Handler, ctx: EngineJobContext) -> Outcome: ...
 
 
-@dataclass
+@model(frozen=False)
 class EngineStatus:
     """A snapshot for `STATUS=` (sd_notify) and logs."""
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import structlog
 
 from jobs_agent.backoff import Backoff
+from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
@@ -43,7 +44,7 @@ CONFIRM_RETRY_MAX_SECONDS = 60.0
 too): one question a minute at worst, for as long as the execution is watched."""
 
 
-@dataclass
+@model(frozen=False)
 class Running:
     """The execution whose handler runs now."""
 

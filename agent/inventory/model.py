@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.vocabulary import (
     DEFAULT_VERSION,
     MAX_DESTINATION_PACKAGE_VERSIONS,
@@ -54,7 +55,7 @@ class InventoryError(ValueError):
     """A package entry that cannot be used; the message names where it is and why."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class PackageVersion:
     """One package as installed (or to be installed); `version` None: not installed."""
 
@@ -137,7 +138,7 @@ def parse_packages(data: Any, where: str) -> Packages:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Destination:
     """One `destinationPackageVersions` ARN; `version` is `$default` or `$null` as given."""
 
@@ -178,7 +179,7 @@ def parse_destinations(data: Any, where: str = DESTINATIONS_KEY) -> tuple[Destin
     return tuple(found)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class JobPackages:
     """What a job document says about software packages (see the module docstring)."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import abc
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.inventory.model import InventoryError, Packages, parse_packages
 
 log = structlog.get_logger("jobs_agent.inventory")
@@ -40,7 +40,7 @@ class InventorySource(abc.ABC):
         return parse_packages(value, self.describe())
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class InventoryReading:
     """The merged packages of every source that could be read, and why the others could not."""
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from jobs_agent.datamodel import model
 from jobs_agent.inventory.model import PackageVersion
 from jobs_agent.shadow.client import ShadowClient, ShadowDocument
 from jobs_agent.shadow.errors import ShadowNotFound, ShadowVersionConflict
@@ -50,7 +50,7 @@ ATTEMPTS = 3
 """Reads and writes in a row before a report gives up on a shadow that keeps changing."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ReportPlan:
     """What one inventory report will write to the `$package` shadow."""
 
@@ -62,7 +62,7 @@ class ReportPlan:
     """The state's size after the merge, in bytes."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ReportResult:
     """What one inventory report wrote, and the shadow's version after it."""
 

@@ -13,16 +13,16 @@ it here and adds the line to an error).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.inventory.model import InventoryError
 from jobs_agent.inventory.reading import InventorySource
 
 KEYS = ("sources", "report_on_start")
 
 
-@dataclass(frozen=True)
+@model
 class InventorySettings:
     """The `inventory:` section: where the software inventory is read and whether it is reported."""
 

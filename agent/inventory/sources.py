@@ -30,10 +30,11 @@ import os
 import signal
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.inventory.model import InventoryError, Packages, parse_packages
 
 # The base and the reading, importable from here as they always were.
@@ -48,7 +49,7 @@ COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STDERR_TAIL = 1024
 
 
-@dataclass(frozen=True)
+@model
 class FileSource(InventorySource):
     """A JSON file `{"<package>": {"version", "attributes"}}` kept by the device's installer."""
 
@@ -85,7 +86,7 @@ class FileSource(InventorySource):
             os.close(fd)
 
 
-@dataclass(frozen=True)
+@model
 class CommandSource(InventorySource):
     """An executable (absolute path, then its arguments) that prints the packages as JSON."""
 
@@ -155,7 +156,7 @@ async def _read_tail(stream: asyncio.StreamReader, size: int) -> bytes:
     return tail
 
 
-@dataclass(frozen=True)
+@model
 class PluginSource(InventorySource):
     """`package.module:name`: a function (plain or async) returning the packages, or a class
     whose instance has such a `read` method."""

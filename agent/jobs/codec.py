@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from jobs_agent.datamodel import model
 from jobs_agent.jobs.errors import ProtocolError
 
 Error = type[ProtocolError]
@@ -29,7 +29,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@model
 class Wire:
     """How one model field is named, read and written on the wire."""
 

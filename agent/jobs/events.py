@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.jobs.errors import ProtocolError
 from jobs_agent.jobs.models import (
     JobExecutionsChangedEvent,
@@ -24,7 +25,7 @@ NOTIFY_LIST_LIMIT = 10
 notifications page now says 15). A list this long may be cut, so absence from it proves nothing."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class JobExecutionsChanged:
     """A `notify` event; `namespace` None is the default namespace.
 
@@ -97,7 +98,7 @@ class JobExecutionsChanged:
         ]
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class NextJobExecutionChanged:
     """A `notify-next` event; `namespace` None is the default namespace."""
 
@@ -105,7 +106,7 @@ class NextJobExecutionChanged:
     event: NextJobExecutionChangedEvent
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Resync:
     """The link came back: events may have been missed, so look at the service again."""
 
@@ -115,7 +116,7 @@ class Resync:
 JobsEvent = JobExecutionsChanged | NextJobExecutionChanged | Resync
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class PendingJobs:
     """The executions a `notify` event lists, by whether they already started."""
 
@@ -123,7 +124,7 @@ class PendingJobs:
     queued: tuple[JobExecutionSummary, ...]
 
 
-@dataclass(slots=True)
+@model(frozen=False, slots=True)
 class ClientStats:
     """Counters for benchmarks and the status command."""
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from jobs_agent.datamodel import model
 from jobs_agent.jobs.codec import (
     Error,
     WireModel,
@@ -206,7 +206,7 @@ TOKEN = "clientToken"  # noqa: S105 -- a field name
 
 
 # -- shared shapes -----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class JobExecutionState(WireModel):
     """An execution's status and version, as the service returns them in replies."""
 
@@ -217,7 +217,7 @@ class JobExecutionState(WireModel):
     version_number: int | None = wire("versionNumber", _counter(0))
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class JobExecutionSummary(WireModel):
     """One pending execution in a GetPendingJobExecutions reply or a `notify` event."""
 
@@ -231,7 +231,7 @@ class JobExecutionSummary(WireModel):
     execution_number: int | None = wire("executionNumber", _counter(1))
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class JobExecution(WireModel):
     """A job execution as the device sees it. `job_document` may hold presigned URLs: never log
     it at info level, and never compare two deliveries by document (URLs are re-signed)."""
@@ -278,7 +278,7 @@ def _jobs_out(jobs: Mapping[JobExecutionStatus, tuple[JobExecutionSummary, ...]]
     return {status.value: [s.to_json() for s in summaries] for status, summaries in jobs.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class JobExecutionsChangedEvent(WireModel):
     """`notify`: the pending executions by status. Unknown status keys are skipped."""
 
@@ -290,7 +290,7 @@ class JobExecutionsChangedEvent(WireModel):
     timestamp: float | None = wire("timestamp", *TIMESTAMP)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class NextJobExecutionChangedEvent(WireModel):
     """`notify-next`: the new head of the queue; `execution` None when the queue emptied."""
 
@@ -301,7 +301,7 @@ class NextJobExecutionChangedEvent(WireModel):
 
 
 # -- replies -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ErrorResponse(WireModel):
     """A `/rejected` payload. `code` stays a plain string if the service invents a new one."""
 
@@ -314,7 +314,7 @@ class ErrorResponse(WireModel):
     execution_state: JobExecutionState | None = wire("executionState", *nested(JobExecutionState))
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class GetPendingReply(WireModel):
     """The executions in progress and queued for the thing."""
 
@@ -330,7 +330,7 @@ class GetPendingReply(WireModel):
     timestamp: float | None = wire("timestamp", *TIMESTAMP)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ExecutionReply(WireModel):
     """A reply that carries one execution (or none)."""
 
@@ -339,21 +339,21 @@ class ExecutionReply(WireModel):
     timestamp: float | None = wire("timestamp", *TIMESTAMP)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class StartNextReply(ExecutionReply):
     """`execution` is None when nothing is pending (the accepted reply has no `execution`)."""
 
     WHAT: ClassVar[str] = "StartNextPendingJobExecution reply"
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class DescribeReply(ExecutionReply):
     """`execution` None is tolerated: a describe of `$next` with nothing pending."""
 
     WHAT: ClassVar[str] = "DescribeJobExecution reply"
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class UpdateReply(WireModel):
     """`execution_state`/`job_document` only when the request asked for them."""
 
@@ -372,14 +372,14 @@ class Request(WireModel):
     ERROR: ClassVar[Error] = InvalidRequestError
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class GetPendingRequest(Request):
     """GetPendingJobExecutions: the only field is the client token."""
 
     client_token: str | None = wire(TOKEN, _token)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class StartNextRequest(Request):
     """StartNextPendingJobExecution: takes the head of the queue and sets it IN_PROGRESS."""
 
@@ -390,7 +390,7 @@ class StartNextRequest(Request):
     client_token: str | None = wire(TOKEN, _token)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class DescribeRequest(Request):
     """`include_job_document` None means the MQTT default, which is true."""
 
@@ -399,7 +399,7 @@ class DescribeRequest(Request):
     client_token: str | None = wire(TOKEN, _token)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class UpdateRequest(Request):
     """UpdateJobExecution: the status (and details) the device reports for one execution."""
 

@@ -28,9 +28,9 @@ tries one. `$next` is accepted as a job id only for DescribeJobExecution, as in 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 
+from jobs_agent.datamodel import model
 from jobs_agent.vocabulary import is_job_id, is_namespace, is_thing_name
 
 PREFIX = "$aws/things/"
@@ -71,7 +71,7 @@ _VERB_PLAIN = {verb: op for op, verb in _PLAIN_VERB.items()}
 _REPLY_KIND = {"accepted": ReplyKind.ACCEPTED, "rejected": ReplyKind.REJECTED}
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ParsedTopic:
     """One Jobs topic taken apart. `namespace` None is the default namespace.
 

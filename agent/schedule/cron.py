@@ -22,7 +22,9 @@ from __future__ import annotations
 import bisect
 import calendar
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from jobs_agent.datamodel import model
 
 _MONTHS = {m.upper(): i for i, m in enumerate(calendar.month_abbr) if m}
 _DAYS = {"SUN": 1, "MON": 2, "TUE": 3, "WED": 4, "THU": 5, "FRI": 6, "SAT": 7}
@@ -76,7 +78,7 @@ def _field(text: str, index: int) -> frozenset[int] | None:
     return frozenset(allowed)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class CronSchedule:
     minutes: frozenset[int]
     hours: frozenset[int]

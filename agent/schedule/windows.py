@@ -33,9 +33,10 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.vocabulary import (
     MAINTENANCE_WINDOW_MAX_MINUTES,
     MAINTENANCE_WINDOW_MIN_MINUTES,
@@ -96,7 +97,7 @@ def zone_named(name: str) -> dt.tzinfo:
         ) from None
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Opening:
     """One opening of one window: `start <= t < end`."""
 
@@ -104,7 +105,7 @@ class Opening:
     end: float
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class MaintenanceWindow:
     """One recurring window in which a job may start, as AWS IoT Jobs declares one."""
 
@@ -355,7 +356,7 @@ def windows_from_config(data: Any, where: str = "jobs.maintenance_windows") -> W
     return Windows([_window(item, _CONFIG_KEYS, f"{where}[{i}]") for i, item in enumerate(data)])
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class DocumentWindows:
     """What a job document asks for: a window for the whole job and per Device Client step."""
 

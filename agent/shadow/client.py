@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from jobs_agent.backoff import Backoff
+from jobs_agent.datamodel import model
 from jobs_agent.shadow import topics
 from jobs_agent.shadow.errors import (
     ShadowError,
@@ -51,7 +51,7 @@ _Reply = tuple[ReplyKind, Mapping[str, Any]]
 _SECTIONS = frozenset({"desired", "reported"})
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ShadowDocument:
     """A shadow as `get` answers it (`delta` only where desired and reported differ)."""
 
@@ -63,7 +63,7 @@ class ShadowDocument:
     timestamp: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ShadowUpdated:
     """What `update/accepted` says: the state as accepted and the shadow's new version."""
 

@@ -9,9 +9,9 @@ characters of `[a-zA-Z0-9:_-]`; `$` begins only the Software Package Catalog's r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
+from jobs_agent.datamodel import model
 from jobs_agent.vocabulary import PACKAGE_SHADOW as PACKAGE_SHADOW
 from jobs_agent.vocabulary import is_shadow_name
 
@@ -49,7 +49,7 @@ def reply_filters(thing_name: str, shadow_name: str | None, verb: Verb) -> list[
     return [f"{topic}/{kind}" for kind in ReplyKind]
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class ReplyTopic:
     """A shadow reply topic, parsed: whose shadow, which operation, accepted or rejected."""
 

@@ -33,12 +33,12 @@ import collections
 import contextlib
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from jobs_agent.backoff import Backoff
+from jobs_agent.datamodel import model
 from jobs_agent.streams import protocol
 from jobs_agent.streams.errors import (
     StreamLinkError,
@@ -78,7 +78,7 @@ BlockSink = Callable[[int, bytes], None]
 """Called with (block id, bytes) once per block; it may raise (a full disk ends the fetch)."""
 
 
-@dataclass(slots=True)
+@model(frozen=False, slots=True)
 class StreamStats(ExchangeStats):
     """Counters for tests, logs and benchmarks: the exchange's (DescribeStream, and every
     GetStream in `publishes` and `timeouts`) and the fetch's own."""
@@ -97,12 +97,12 @@ class StreamStats(ExchangeStats):
         return self.publishes
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class _Lost:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class _Resumed:
     session_present: bool
 
@@ -111,7 +111,7 @@ _Item = tuple[Verb, Mapping[str, Any]] | _Lost | _Resumed
 _Reply = tuple[Verb, Mapping[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class _Owner:
     """The tokens of one operation: `start` followed by a counter."""
 

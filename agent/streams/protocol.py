@@ -24,10 +24,10 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.streams.errors import StreamProtocolError, StreamsError
 from jobs_agent.vocabulary import is_stream_id
 
@@ -182,13 +182,13 @@ def get_request(
 
 
 # -- answers -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class StreamFile:
     file_id: int
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class StreamDescription:
     """DescribeStream's answer: the stream's version, description and files."""
 
@@ -200,7 +200,7 @@ class StreamDescription:
         return next((f for f in self.files if f.file_id == file_id), None)
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class DataBlock:
     token: str | None
     file_id: int
@@ -232,7 +232,7 @@ class DataBlock:
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Rejection:
     token: str | None
     code: str

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from jobs_agent.datamodel import model
 from jobs_agent.streams import protocol
 from jobs_agent.streams.protocol import Format
 
@@ -14,7 +15,7 @@ BITMAP_SPAN = 8192
 """The widest run of blocks one CBOR request covers with its bitmap (a 1 KiB bitmap)."""
 
 
-@dataclass(slots=True)
+@model(frozen=False, slots=True)
 class Get:
     """One GetStream request outstanding: the blocks it still owes, and when it is given up."""
 
@@ -22,7 +23,7 @@ class Get:
     deadline: float
 
 
-@dataclass(slots=True)
+@model(frozen=False, slots=True)
 class Fetch:
     """One file's blocks: still to ask for (`queue`), asked for (`outstanding`), missing."""
 

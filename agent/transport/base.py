@@ -23,12 +23,12 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from jobs_agent.aio import wait_event
+from jobs_agent.datamodel import model
 
 log = structlog.get_logger("jobs_agent.transport")
 
@@ -41,7 +41,7 @@ class NotConnectedError(TransportError):
     """The link is down right now; the operation was not attempted."""
 
 
-@dataclass(frozen=True, slots=True)
+@model(slots=True)
 class Message:
     """One message received on a subscribed topic."""
 

@@ -34,6 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import structlog
 
 from jobs_agent.backoff import Backoff
+from jobs_agent.datamodel import model
 from jobs_agent.transport.base import NotConnectedError, Transport, TransportError
 
 log = structlog.get_logger("jobs_agent.transport")
@@ -55,7 +56,7 @@ class Counters(Protocol):
     replies_ignored: int
 
 
-@dataclass(slots=True)
+@model(frozen=False, slots=True)
 class ExchangeStats:
     """The exchange's own counts, when its client keeps none of its own."""
 

@@ -14,10 +14,10 @@ module, and its line in the factory.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from jobs_agent.datamodel import model
 from jobs_agent.option_rules import (
     CLIENT_ID,
     boolean,
@@ -32,7 +32,7 @@ Problem = tuple[str, str]
 """(option name, what is wrong): a rule that involves more than one option."""
 
 
-@dataclass(frozen=True)
+@model
 class TransportOptions:
     """What every backend takes: the client id (empty: the thing name)."""
 
@@ -49,14 +49,14 @@ class TransportOptions:
         return ""
 
 
-@dataclass(frozen=True)
+@model
 class LocalOptions(TransportOptions):
     """The in-process bus of an embedded emulator (development and tests)."""
 
     transport: ClassVar[str] = "local"
 
 
-@dataclass(frozen=True)
+@model
 class GreengrassOptions(TransportOptions):
     """The nucleus's IPC service; the nucleus holds the endpoint and the certificates."""
 
@@ -68,7 +68,7 @@ class GreengrassOptions(TransportOptions):
         yield from _reconnect_order(self.reconnect_min_seconds, self.reconnect_max_seconds)
 
 
-@dataclass(frozen=True)
+@model
 class MqttOptions(TransportOptions):
     """A direct MQTT 5 connection (the paho and awscrt backends)."""
 
@@ -106,7 +106,7 @@ class MqttOptions(TransportOptions):
         return self.endpoint
 
 
-@dataclass(frozen=True)
+@model
 class PahoOptions(MqttOptions):
     """Any MQTT 5 broker, e.g. a gateway's local mosquitto bridged to AWS IoT."""
 
@@ -115,7 +115,7 @@ class PahoOptions(MqttOptions):
     """False for a plain TCP local broker."""
 
 
-@dataclass(frozen=True)
+@model
 class AwscrtOptions(MqttOptions):
     """AWS IoT Core through the AWS CRT (production): mTLS, or SigV4 WebSockets."""
 

@@ -7,6 +7,7 @@ what one connection is made of, that how it is served.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,19 @@ class ShortPathClient(mqtt.Client):
     """`(topic, payload)` callback for QoS 1 publishes received (set by the transport)."""
     _rbuf: bytes = b""
     _rpos: int = 0
+
+    # -- the connection: paho hands the host name to `getaddrinfo` as text, which goes through
+    # the "idna" codec; for an ASCII name that codec gives back its ASCII bytes, after loading
+    # unicodedata and stringprep (0.3 MB resident for the process's whole life; issue 18).
+    def _create_socket_connection(self) -> socket.socket:
+        host: str = self._host
+        if not host.isascii() or self._get_proxy():
+            return super()._create_socket_connection()
+        return socket.create_connection(
+            (host.encode("ascii"), self._port),  # type: ignore[arg-type]  # bytes: getaddrinfo's
+            timeout=self._connect_timeout,
+            source_address=(self._bind_address, self._bind_port),
+        )
 
     # -- buffered reads: paho reads each packet's header a byte at a time, three system calls
     # per packet; here one `recv` fills a buffer paho's reads are served from.

@@ -18,8 +18,8 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 
+from jobs_agent.datamodel import model
 from jobs_agent_handlers.system_update.updater import OUTPUT_TAIL_CHARS, UpdaterError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -38,7 +38,7 @@ command left running by an agent killed mid-call (a `swupdate -i` writing the sl
 recognised and stopped by the restarted agent before the job goes on."""
 
 
-@dataclass(frozen=True)
+@model
 class CommandResult:
     action: str
     returncode: int

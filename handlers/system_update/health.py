@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from jobs_agent.datamodel import model
 from jobs_agent_handlers.system_update.command import run_command
 from jobs_agent_handlers.system_update.updater import UpdaterError
 
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
+@model
 class HealthChecks:
     commands: tuple[tuple[str, ...], ...] = ()
     units: tuple[str, ...] = ()

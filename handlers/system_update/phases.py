@@ -19,10 +19,11 @@ slot, and the update is carried to a commit or a rollback (docs/handlers.md, "sy
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent_handlers.api import POINT_OF_NO_RETURN
 
 
@@ -77,7 +78,7 @@ class PhaseRefused(Exception):
     """A move that is not a row of `TRANSITIONS` (a bug, or a checkpoint from elsewhere)."""
 
 
-@dataclass(frozen=True)
+@model
 class UpdateState:
     """What the checkpoint keeps between runs (`to_checkpoint` / `from_checkpoint`)."""
 
@@ -143,7 +144,7 @@ def check_move(current: Phase | None, new: Phase) -> None:
 
 
 # -- what to do now --------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@model
 class Observed:
     """What the device says now."""
 
@@ -154,7 +155,7 @@ class Observed:
     """Wall clock (seconds since the epoch), for the verify deadline."""
 
 
-@dataclass(frozen=True)
+@model
 class Step:
     """The one thing to do next. `kind` names it; the handler has one method per kind."""
 

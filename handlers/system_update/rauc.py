@@ -18,10 +18,10 @@ import asyncio
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.datamodel import model
 from jobs_agent_handlers.system_update.command import CommandResult, run_command
 from jobs_agent_handlers.system_update.updater import Progress, SystemUpdater, UpdaterError
 
@@ -33,7 +33,7 @@ BUSY_RETRY_FIRST = 0.2
 BUSY_RETRY_MAX = 5.0
 
 
-@dataclass(frozen=True)
+@model
 class RaucSlot:
     name: str
     """RAUC's name for the slot, `class.index` (`rootfs.1`)."""
@@ -44,7 +44,7 @@ class RaucSlot:
     """What the bootloader says: `good` or `bad` (None where RAUC could not ask)."""
 
 
-@dataclass(frozen=True)
+@model
 class RaucStatus:
     """The part of `rauc status --output-format=json` the updater reads."""
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs_agent.datamodel import model
 from jobs_agent.option_rules import (
     Rule,
     int_in,
@@ -57,7 +57,7 @@ def _slot_map() -> Rule:
     )
 
 
-@dataclass(frozen=True)
+@model
 class SystemUpdateSettings:
     """The `system_update:` section: the updaters' commands and files, read by the handler only."""
 

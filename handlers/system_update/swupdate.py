@@ -53,9 +53,10 @@ import shlex
 import shutil
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from jobs_agent.datamodel import model
 from jobs_agent_handlers.system_update.command import run_command
 from jobs_agent_handlers.system_update.ubootenv import UBootEnv
 from jobs_agent_handlers.system_update.updater import Progress, SystemUpdater, UpdaterError
@@ -80,7 +81,7 @@ _GENERIC_ERRORS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@model
 class SwupdateConfig:
     """How SWUpdate and the boot environment are set up on this device."""
 
