@@ -416,10 +416,11 @@ class LookedAtFleet:
     watchdog's scans (each visits every device of a real fleet); `surplus` replies from the
     start: a second service."""
 
-    def __init__(self, things: int, looks: int, surplus: int = 0) -> None:
+    def __init__(self, things: int, looks: int, surplus: int = 0, surplus_from: int = 0) -> None:
         self.thing_names = [f"looked-{n}" for n in range(things)]
         self.wanted = looks
         self.surplus = surplus
+        self.surplus_from = surplus_from
         self.looks = 0
         self.scans = 0
 
@@ -433,7 +434,7 @@ class LookedAtFleet:
         return self.looks  # always moving: no stall
 
     def surplus_replies(self) -> int:
-        return self.surplus
+        return self.surplus if self.looks >= self.surplus_from else 0
 
     def busy(self) -> int:
         return 0
@@ -460,10 +461,19 @@ async def test_the_rollout_watch_visits_every_device_once_a_second_not_at_every_
     )
     assert finished is not None and problem is None and counts["SUCCEEDED"] == 10
     assert fleet.looks == 3 * sim_fleet._SCAN_EVERY
-    assert fleet.scans == 3, f"{fleet.scans} scans of every device in {fleet.looks} looks"
+    # Looks 1, 21 and 41, and the last, which found every device done.
+    assert fleet.scans == 4, f"{fleet.scans} scans of every device in {fleet.looks} looks"
 
     second = LookedAtFleet(10, looks=10**9, surplus=1)
     finished, _, problem = await sim_fleet._watch(
         args, second, None, "job", time.monotonic(), asyncio.Event()
+    )
+    assert finished is None and "another Jobs service" in (problem or "")
+
+    # Answered twice from the third look on, every device done at the fifth, between scans:
+    # the look that finds them done takes the signs too, and names the second service.
+    late = LookedAtFleet(10, looks=5, surplus=1, surplus_from=3)
+    finished, _, problem = await sim_fleet._watch(
+        args, late, None, "job", time.monotonic(), asyncio.Event()
     )
     assert finished is None and "another Jobs service" in (problem or "")
