@@ -7,12 +7,14 @@ command for the second), real script handlers and SQLite stores on disk.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import os
 import signal
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -407,3 +409,71 @@ def test_a_stall_report_names_what_the_service_still_holds() -> None:
     text = stalled(120.0, 10, Counter(SUCCEEDED=7), {"QUEUED": 3, "SUCCEEDED": 7})
     assert "3 of 10 devices never reported the job" in text
     assert "the service has QUEUED 3, SUCCEEDED 7" in text and "max_queued_messages" in text
+
+
+class LookedAtFleet:
+    """A fleet whose devices all report after `looks` looks at their outcomes, counting the
+    watchdog's scans (each visits every device of a real fleet); `surplus` replies from the
+    start: a second service."""
+
+    def __init__(self, things: int, looks: int, surplus: int = 0, surplus_from: int = 0) -> None:
+        self.thing_names = [f"looked-{n}" for n in range(things)]
+        self.wanted = looks
+        self.surplus = surplus
+        self.surplus_from = surplus_from
+        self.looks = 0
+        self.scans = 0
+
+    def outcomes(self, job_id: str) -> Counter[str]:
+        self.looks += 1
+        done = self.looks >= self.wanted
+        return Counter(SUCCEEDED=len(self.thing_names)) if done else Counter(IN_PROGRESS=1)
+
+    def requests(self) -> int:
+        self.scans += 1
+        return self.looks  # always moving: no stall
+
+    def surplus_replies(self) -> int:
+        return self.surplus if self.looks >= self.surplus_from else 0
+
+    def busy(self) -> int:
+        return 0
+
+    def failure(self) -> None:
+        return None
+
+
+async def test_the_rollout_watch_visits_every_device_once_a_second_not_at_every_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The outcomes are looked at 20 times a second (only the devices still working are
+    visited); the watchdog's signs visit every device, and took 20 ms a look at 1,000 things
+    under load: they are taken every `_SCAN_EVERY` looks. A second service is still named."""
+    from jobs_agent.commands import sim_fleet
+
+    monkeypatch.setattr(sim_fleet, "_WATCH_SECONDS", 0.001)
+    args = argparse.Namespace(
+        things=10, stall_timeout=120.0, progress_interval=0, timeout=600.0, json=True
+    )
+    fleet = LookedAtFleet(10, looks=3 * sim_fleet._SCAN_EVERY)
+    finished, counts, problem = await sim_fleet._watch(
+        args, fleet, None, "job", time.monotonic(), asyncio.Event()
+    )
+    assert finished is not None and problem is None and counts["SUCCEEDED"] == 10
+    assert fleet.looks == 3 * sim_fleet._SCAN_EVERY
+    # Looks 1, 21 and 41, and the last, which found every device done.
+    assert fleet.scans == 4, f"{fleet.scans} scans of every device in {fleet.looks} looks"
+
+    second = LookedAtFleet(10, looks=10**9, surplus=1)
+    finished, _, problem = await sim_fleet._watch(
+        args, second, None, "job", time.monotonic(), asyncio.Event()
+    )
+    assert finished is None and "another Jobs service" in (problem or "")
+
+    # Answered twice from the third look on, every device done at the fifth, between scans:
+    # the look that finds them done takes the signs too, and names the second service.
+    late = LookedAtFleet(10, looks=5, surplus=1, surplus_from=3)
+    finished, _, problem = await sim_fleet._watch(
+        args, late, None, "job", time.monotonic(), asyncio.Event()
+    )
+    assert finished is None and "another Jobs service" in (problem or "")

@@ -10,7 +10,7 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
   five of every seven messages it read per job were its own);
 * `publish_nowait` queues a QoS 1 publish in call order without a future or a task per message;
   `flush()` waits until all of them are acknowledged (used before disconnecting). The publish
-  and its PUBACK take a short path (`ServiceClient.publish_qos1`): the packet is built in one
+  and its PUBACK take a short path (`ShortPathClient.publish_qos1`): the packet is built in one
   join, the message kept in paho's own outgoing table (so a reconnect sends it again as paho
   would) without the `threading.Condition` paho makes per message, and the PUBACK handled
   without paho's callback locks (184 of the 1,514 Python calls per job of a drain);
@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +50,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import PahoTransport
-from jobs_agent.transport.paho_client import ShortPathClient, plain_puback
+from jobs_agent.transport.paho_client import PlainInfo, ShortPathClient, plain_puback
 
 __all__ = ["BrokerTransport", "broker_transport"]
 
@@ -60,48 +59,6 @@ _CORK: int | None = getattr(socket, "TCP_CORK", None)
 _PUBLISH_QOS1 = bytes([PUBLISH | 0x02])
 RECEIVE_MAXIMUM_ABSENT = 65535
 """MQTT 5: a CONNACK without Receive Maximum allows this many unacknowledged QoS 1 publishes."""
-
-
-class _Info(mqtt.MQTTMessageInfo):
-    """A publish's info without paho's `threading.Condition`: nothing waits on one of the
-    service's publishes (`BrokerTransport.flush` waits on an event of its own)."""
-
-    __slots__ = ()
-
-    def __init__(self, mid: int) -> None:  # no super().__init__: that makes the Condition
-        self.mid = mid
-        self._published = False
-        self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        self._iterpos = 0
-
-    def _set_as_published(self) -> None:
-        self._published = True
-
-
-def _remaining_length(size: int) -> bytes:
-    """MQTT's variable byte integer."""
-    out = bytearray()
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        out.append(byte | 0x80 if size else byte)
-        if not size:
-            return bytes(out)
-
-
-def _publish_packet(topic: bytes, mid: int, payload: bytes) -> bytes:
-    """An MQTT 5 QoS 1 PUBLISH without properties, as paho's `_send_publish` makes it."""
-    size = len(topic)
-    return b"".join(
-        (
-            _PUBLISH_QOS1,
-            _remaining_length(size + len(payload) + 5),  # length, packet id, properties
-            size.to_bytes(2, "big"),
-            topic,
-            mid.to_bytes(2, "big"),
-            b"\x00",  # no properties
-            payload,
-        )
-    )
 
 
 class ServiceClient(ShortPathClient):
@@ -113,72 +70,12 @@ class ServiceClient(ShortPathClient):
     on_acked: Callable[[int], None] | None = None
     """Called with the packet id of each `publish_qos1` the broker acknowledged."""
 
-    def publish_qos1(self, topic: str, payload: bytes) -> tuple[MQTTErrorCode, int]:
-        """paho's `publish(topic, payload, qos=1)` as (rc, mid), without what a service does
-        not use: a message info others could wait on (a `threading.Condition` per message),
-        the packet built through paho's helpers and debug line, the locks of a threaded
-        client (this one is driven by the event loop alone). The message is kept in paho's
-        `_out_messages` as paho keeps it, so a reconnect sends it again (DUP set) like any
-        other. Anything unusual (no socket, the in-flight window full, a topic paho would
-        refuse, no loop-driven writes) takes paho's own `publish`."""
-        topic_bytes = topic.encode("utf-8")
-        mid = self._last_mid + 1 if self._last_mid < 65535 else 1
-        if not self._short_path_open(topic_bytes, payload, mid):
-            info = self.publish(topic, payload, qos=1)
-            return info.rc, info.mid
-        self._last_mid = mid
-        message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)  # its __init__ makes an info
-        message.mid = mid
-        message._topic = topic_bytes
-        message.info = _Info(mid)
-        message.timestamp = time.monotonic()
-        message.payload = payload
-        message.qos = 1
-        message.retain = False
-        message.dup = False
-        message.properties = None
-        message.state = mqtt_ms_wait_for_puback
-        self._out_messages[mid] = message
-        self._inflight_messages += 1
-        packet = _publish_packet(topic_bytes, mid, payload)
-        self._out_packet.append(
-            {
-                "command": PUBLISH,
-                "mid": mid,
-                "qos": 1,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": message.info,
-            }
-        )
-        self._call_socket_register_write()
-        return MQTTErrorCode.MQTT_ERR_SUCCESS, mid
-
-    def _short_path_open(self, topic: bytes, payload: bytes, mid: int) -> bool:
-        """Whether `publish_qos1` may take its short path (see there)."""
-        limit = self._max_inflight_messages
-        queued = self._max_queued_messages
-        return not (
-            self._sock is None
-            or self._on_socket_register_write is None
-            or self._sockpairW is not None
-            or (limit and self._inflight_messages >= limit)
-            or (queued and len(self._out_messages) >= queued)
-            or mid in self._out_messages
-            or not topic
-            or len(topic) > 65535
-            or b"+" in topic
-            or b"#" in topic
-            or len(payload) > 268435455
-        )
-
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
         message = None if mid is None else self._out_messages.get(mid)
         if (
             message is None
-            or not isinstance(message.info, _Info)
+            or not isinstance(message.info, PlainInfo)
             or message.state != mqtt_ms_wait_for_puback
             or self.on_acked is None
         ):

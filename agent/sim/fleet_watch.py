@@ -24,8 +24,9 @@ so the rollout ends instead of waiting for a report that will not come.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from jobs_agent.jobs.events import ClientStats
@@ -113,6 +114,21 @@ def stalled(
     return text
 
 
+def explain(
+    problem: str,
+    watchdog: Watchdog,
+    counts: Mapping[str, int],
+    service: Any,
+    job_id: str,
+    things: Sequence[str],
+) -> str:
+    """The watchdog's finding in full: a stall with the service's view when it is here."""
+    if problem != "stalled":
+        return problem
+    view = None if service is None else service_view(service, job_id, things)
+    return stalled(watchdog.quiet_seconds(time.monotonic()), len(things), counts, view)
+
+
 def service_view(service: Any, job_id: str, things: Iterable[str]) -> Counter[str]:
     """The emulator's statuses of the job's executions (status -> things)."""
     return Counter(str(service.execution(job_id, thing).status) for thing in things)
@@ -163,6 +179,7 @@ __all__ = [
     "STALL_SECONDS",
     "TERMINAL",
     "Watchdog",
+    "explain",
     "final_of",
     "foreign_service",
     "service_view",

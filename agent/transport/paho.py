@@ -525,8 +525,13 @@ class PahoTransport(Transport):
         validate_topic_name(topic)
         what = f"publish {topic}"
         self._require_up(what)
-        info = self._client.publish(topic, payload, qos=1)
-        reasons: list[ReasonCode] = await self._expect(info.rc, info.mid, what)
+        client = self._client
+        if isinstance(client, ShortPathClient):  # no paho message info (its Condition)
+            rc, mid = client.publish_qos1(topic, payload)
+        else:
+            info = client.publish(topic, payload, qos=1)
+            rc, mid = info.rc, info.mid
+        reasons: list[ReasonCode] = await self._expect(rc, mid, what)
         if reasons and reasons[0].is_failure:
             raise TransportError(f"{what}: refused by the broker ({reasons[0]})")
 

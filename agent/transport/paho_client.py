@@ -57,6 +57,51 @@ PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
+_PUBLISH_QOS1 = bytes([mqtt.PUBLISH | 0x02])
+
+
+class PlainInfo(mqtt.MQTTMessageInfo):
+    """A publish's info without paho's `threading.Condition`: nothing of the project waits on
+    one (`wait_for_publish`); the transports wait on a future or an event of their own."""
+
+    __slots__ = ()
+
+    def __init__(self, mid: int) -> None:  # no super().__init__: that makes the Condition
+        self.mid = mid
+        self._published = False
+        self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._iterpos = 0
+
+    def _set_as_published(self) -> None:
+        self._published = True
+
+
+def _remaining_length(size: int) -> bytes:
+    """MQTT's variable byte integer."""
+    out = bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        out.append(byte | 0x80 if size else byte)
+        if not size:
+            return bytes(out)
+
+
+def _publish_packet(topic: bytes, mid: int, payload: bytes) -> bytes:
+    """An MQTT 5 QoS 1 PUBLISH without properties, as paho's `_send_publish` makes it."""
+    size = len(topic)
+    return b"".join(
+        (
+            _PUBLISH_QOS1,
+            _remaining_length(size + len(payload) + 5),  # length, packet id, properties
+            size.to_bytes(2, "big"),
+            topic,
+            mid.to_bytes(2, "big"),
+            b"\x00",  # no properties
+            payload,
+        )
+    )
+
+
 class ShortPathClient(mqtt.Client):
     """paho's client with buffered reads and short paths for the two packets a client of the
     AWS IoT APIs receives most: a PUBACK saying success with no properties is not decoded into
@@ -64,7 +109,8 @@ class ShortPathClient(mqtt.Client):
     payload, its MQTT 5 properties skipped (no AWS IoT API uses them), without paho's message
     object and filter match. Anything unusual (a failure reason, properties on a PUBACK, QoS 0
     or 2, a topic alias, a malformed packet) takes paho's own path. A packet wholly read is
-    cut out of the buffer in one step. These override paho internals (`_handle_pubackcomp`,
+    cut out of the buffer in one step. Its own QoS 1 publishes go out without paho's message
+    info (`publish_qos1`). These override paho internals (`_handle_pubackcomp`,
     `_handle_publish`, `_in_packet`, `_packet_read`, `_sock_recv`, `_sock_close`): paho is
     pinned below 3, and the transport suite (tests/test_transport.py) and
     tests/emulator/test_broker_transport.py hold them against a real mosquitto."""
@@ -196,6 +242,68 @@ class ShortPathClient(mqtt.Client):
         """Whether `_packet_write` sends what is queued in one `send`: no packet in the queue
         needs paho's bookkeeping once written."""
         return not any(_written_with_bookkeeping(packet) for packet in self._out_packet)
+
+    # -- QoS 1 publishes without paho's message info
+    def publish_qos1(self, topic: str, payload: bytes) -> tuple[MQTTErrorCode, int]:
+        """paho's `publish(topic, payload, qos=1)` as (rc, mid), without what the project's
+        transports do not use: a message info others could wait on (a `threading.Condition`
+        per message: five per job of a device, issue 18), the packet built through paho's
+        helpers and debug line, the locks of a threaded client (ours are driven by the event
+        loop alone). The message is kept in paho's `_out_messages` as paho keeps it, so a
+        reconnect sends it again (DUP set) like any other. Anything unusual (no socket, the
+        in-flight window full, a topic paho would refuse, no loop-driven writes) takes paho's
+        own `publish`."""
+        topic_bytes = topic.encode("utf-8")
+        mid = self._last_mid + 1 if self._last_mid < 65535 else 1
+        if not self._short_path_open(topic_bytes, payload, mid):
+            info = self.publish(topic, payload, qos=1)
+            return info.rc, info.mid
+        self._last_mid = mid
+        message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)  # its __init__ makes an info
+        message.mid = mid
+        message._topic = topic_bytes
+        message.info = PlainInfo(mid)
+        message.timestamp = time.monotonic()
+        message.payload = payload
+        message.qos = 1
+        message.retain = False
+        message.dup = False
+        message.properties = None
+        message.state = mqtt.mqtt_ms_wait_for_puback
+        self._out_messages[mid] = message
+        self._inflight_messages += 1
+        packet = _publish_packet(topic_bytes, mid, payload)
+        self._out_packet.append(
+            {
+                "command": mqtt.PUBLISH,
+                "mid": mid,
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": message.info,
+            }
+        )
+        self._call_socket_register_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS, mid
+
+    def _short_path_open(self, topic: bytes, payload: bytes, mid: int) -> bool:
+        """Whether `publish_qos1` may take its short path (see there)."""
+        limit = self._max_inflight_messages
+        queued = self._max_queued_messages
+        return not (
+            self._sock is None
+            or self._on_socket_register_write is None
+            or self._sockpairW is not None
+            or (limit and self._inflight_messages >= limit)
+            or (queued and len(self._out_messages) >= queued)
+            or mid in self._out_messages
+            or not topic
+            or len(topic) > 65535
+            or b"+" in topic
+            or b"#" in topic
+            or len(payload) > 268435455
+        )
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
