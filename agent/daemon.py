@@ -33,7 +33,7 @@ from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.engine.heartbeat import keep_heartbeat
 from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
 from jobs_agent.engine.store import StoreError
-from jobs_agent.jobs.errors import JobsError
+from jobs_agent.jobs.errors import JobsError, RequestTimeout
 from jobs_agent.log import configure_logging
 from jobs_agent.sdnotify import SystemdNotifier
 from jobs_agent.securefs import UntrustedPath, ensure_private_directory
@@ -214,10 +214,9 @@ class Agent:
             endpoint=config.connection.endpoint_name or None,
             thing_name=config.thing_name,
         )
-        if not await self._connect_unless_stopped(device.transport):
+        if not await self._unless_stopped(self._connect_and_subscribe(device)):
             log.info("stopped before the connection was established")
             return 0
-        await device.client.start()
         engine = self.engine = device.engine
         if self._signals:
             engine.request_stop(immediate=self._signals > 1)
@@ -245,19 +244,33 @@ class Agent:
         for problem in findings.warnings:
             log.warning("configuration warning", problem=problem)
 
-    async def _connect_unless_stopped(self, transport: Transport) -> bool:
-        """Connect (retrying with backoff for as long as it takes), unless a stop comes first:
-        a gateway whose broker is unreachable must still stop promptly."""
-        connecting = asyncio.create_task(transport.connect(timeout=self._connect_timeout))
+    async def _connect_and_subscribe(self, device: Device) -> None:
+        """Connect (retrying with backoff for as long as it takes), then subscribe, asking again
+        for as long as it takes: a link lost between the CONNACK and the SUBACKs (a broker
+        restarting as the agent starts) is no more a failed start than a slow connect is
+        (the unit's READY=1 waits for both); exiting made systemd restart the agent 5 s later."""
+        await device.transport.connect(timeout=self._connect_timeout)
+        while True:
+            try:
+                await device.client.start()
+                return
+            except RequestTimeout as exc:
+                log.warning("subscriptions not answered; asking again", error=str(exc))
+
+    async def _unless_stopped(self, starting: Coroutine[Any, Any, None]) -> bool:
+        """Run `starting` unless a stop comes first: a gateway whose broker is unreachable
+        must still stop promptly. A permanent failure (`TransportError`, a refused
+        subscription) is raised."""
+        started = asyncio.create_task(starting)
         stopping = asyncio.create_task(self._stop_requested.wait())
-        done, _ = await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if connecting in done:
-            connecting.result()  # raises TransportError for a permanent failure
+        if started in done:
+            started.result()
             return True
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TransportError):
-            await connecting
+        started.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TransportError, JobsError):
+            await started
         return False
 
     def request_stop(self) -> None:

@@ -294,6 +294,11 @@ class ChaosRun:
 
     async def _inject(self, kind: str) -> None:
         if kind == "kill":
+            # Only a ready agent is killed: one still importing has done nothing a kill could
+            # interrupt, and on a loaded machine, where a start takes seconds, kill after kill
+            # left it no time to connect at all (the smoke run's agent made almost no requests:
+            # 15 of 22 kills before READY=1, not one request throttled).
+            await self.agent.wait_ready(timeout=30.0)
             target = await self._wait_for_running_handler() if self.rng.random() < 0.6 else None
             async with self._lifecycle:
                 self.fault(f"kill the agent (running: {target or 'whatever it was doing'})")

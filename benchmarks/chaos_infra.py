@@ -149,7 +149,7 @@ class AgentProcess:
         """A fresh abstract socket per process: a READY=1 a killed predecessor left queued can
         never be taken for this one's."""
         self._close_notify()
-        self._ready = asyncio.Event()
+        self._ready.clear()  # the closed socket of the process before can no longer set it
         name = f"jobs-agent-chaos-{os.getpid()}-{uuid.uuid4().hex}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.bind("\0" + name)
@@ -177,6 +177,13 @@ class AgentProcess:
         if not self._expected_exit:
             self.mark(f"agent pid {process.pid} exited by itself with code {code}")
             self._on_unexpected_exit(process.pid, code)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the agent running now (or the next one started) said READY=1."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        return self._ready.is_set()
 
     async def kill(self) -> int | None:
         """SIGKILL (a crash or a power cut, as the agent sees it); returns the killed pid."""

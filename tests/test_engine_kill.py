@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -39,7 +40,12 @@ from tests.harness import (
     write_handler,
 )
 
-THING = "gw-kill"
+THING = f"gw-kill-{os.getpid()}"
+"""Unique to this test process: a restarted agent stops the handlers it finds by their thing
+name, job id and execution number anywhere on the machine (engine/orphans.py), so another test
+session running the same test beside this one (same thing, job "orphan", execution 1) could
+stop this one's handler before this agent looks for it (seen once in a full run on a machine
+shared by several runs: no "stopped the handler" line, the handler already gone)."""
 PRESIGNED = "${aws:iot:s3-presigned-url:https://bucket.s3.amazonaws.com/firmware.bin}"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
@@ -276,12 +275,11 @@ class TransportSuite:
         if not backend.can_refuse_rogue:
             pytest.skip(f"{backend.name} has no client certificate to refuse")
         transport = backend.make("gw-rogue", rogue=True)
-        started = time.monotonic()
         with pytest.raises(TransportError) as refused:
             await transport.connect(timeout=WAIT)
-        # A permanent failure is reported as such, not retried until the timeout.
-        assert time.monotonic() - started < WAIT / 2, str(refused.value)
-        assert "within" not in str(refused.value)
+        # A permanent failure is reported as such, not retried until the timeout (whose
+        # message says "within"; the time taken is not asserted: it races the machine's load).
+        assert "within" not in str(refused.value), str(refused.value)
         assert not transport.is_connected
 
     async def test_broker_restart_reconnects_and_resubscribes(self, backend: Backend) -> None:
