@@ -4,8 +4,9 @@ not timed (the behaviour itself is tests/test_transport.py's suite)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,25 @@ from tests.fixtures.broker import Mosquitto
 from tests.test_transport import AwscrtBackend, Inbox, _awscrt
 
 MESSAGES = 5
+
+
+@contextlib.contextmanager
+def thread_hops(loop: asyncio.AbstractEventLoop) -> Iterator[list[object]]:
+    """The callbacks other threads hand to `loop` while inside: each is a thread hop."""
+    hops: list[object] = []
+    real = loop.call_soon_threadsafe
+    ours = threading.get_ident()
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != ours:
+            hops.append(callback)
+        return real(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        yield hops
+    finally:
+        del loop.call_soon_threadsafe
 
 
 async def test_crt_callbacks_keep_one_python_thread_state(
@@ -59,7 +79,6 @@ async def test_a_request_costs_one_thread_hop_its_reply(
     one way in from a CRT thread."""
     backend = AwscrtBackend(mosquitto_factory(), _awscrt)
     loop = asyncio.get_running_loop()
-    hops: list[object] = []
     try:
         transport, _inbox = await backend.connected("gw-hops")
         exchange: Exchange[bytes] = Exchange(transport)
@@ -68,19 +87,8 @@ async def test_a_request_costs_one_thread_hop_its_reply(
         )
         await transport.subscribe("hops/request")
         await ask(exchange)  # warm
-        real = loop.call_soon_threadsafe
-        ours = threading.get_ident()
-
-        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() != ours:
-                hops.append(callback)
-            return real(callback, *args, **kwargs)
-
-        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-        try:
+        with thread_hops(loop) as hops:
             replies = [await ask(exchange) for _ in range(MESSAGES)]
-        finally:
-            del loop.call_soon_threadsafe
     finally:
         await backend.close()
     assert all(isinstance(reply, bytes) for reply in replies)
@@ -135,7 +143,6 @@ async def test_messages_that_come_while_the_loop_is_busy_share_one_thread_hop(
     backend = AwscrtBackend(mosquitto_factory(), _awscrt)
     loop = asyncio.get_running_loop()
     taken = threading.Semaphore(0)
-    hops: list[object] = []
     try:
         transport = backend.make("gw-burst")
         real = transport._crt_publish_received  # type: ignore[attr-defined]
@@ -149,24 +156,13 @@ async def test_messages_that_come_while_the_loop_is_busy_share_one_thread_hop(
         await transport.connect(timeout=10.0)
         await transport.subscribe("burst/#")
         client = transport._client  # type: ignore[attr-defined]
-        real_call = loop.call_soon_threadsafe
-        ours = threading.get_ident()
-
-        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() != ours:
-                hops.append(callback)
-            return real_call(callback, *args, **kwargs)
-
-        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-        try:
+        with thread_hops(loop) as hops:
             for index in range(MESSAGES):  # the loop is held from here until all were taken
                 packet = mqtt5.PublishPacket(topic=f"burst/{index}", payload=b"x", qos=1)
                 client.publish(packet)
             for _ in range(MESSAGES):
                 assert taken.acquire(timeout=10.0)
             topics = [(await inbox.next()).topic for _ in range(MESSAGES)]
-        finally:
-            del loop.call_soon_threadsafe
     finally:
         await backend.close()
     assert topics == [f"burst/{index}" for index in range(MESSAGES)]
