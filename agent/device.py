@@ -25,7 +25,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.jobs.client import JobsClient
-from jobs_agent.shadow.client import ShadowClient
+from jobs_agent.shadow.first_use import FirstUseShadowClient
 from jobs_agent.transport import Transport
 from jobs_agent.transport.shared import SharedLink
 from jobs_agent_handlers.api import Handler, Outcome
@@ -33,6 +33,7 @@ from jobs_agent_handlers.api import Handler, Outcome
 if TYPE_CHECKING:
     from jobs_agent.consent.server import ConsentDesk
     from jobs_agent.dispatch.router import Dispatcher
+    from jobs_agent.shadow.client import ShadowClient
 
 STATE_DATABASE = "state.db"
 
@@ -47,7 +48,8 @@ class Device:
     """The transport shared by the device's protocol clients: `link.view()` for another one."""
     client: JobsClient
     shadows: ShadowClient
-    """The shadow client the software inventory is reported with (`$package`)."""
+    """The shadow client the software inventory is reported with (`$package`), built at its
+    first request (`shadow.first_use`)."""
     store: AsyncStore
     dispatcher: FirstJobDispatcher
     engine: Engine
@@ -138,7 +140,7 @@ def build_device(
     only: one descriptor less per device, see `Store`)."""
     link = SharedLink(transport)
     client = jobs_client(config, link.view())
-    shadows = ShadowClient(
+    shadows = FirstUseShadowClient(
         link.view(), config.thing_name, request_timeout=config.jobs.request_timeout_seconds
     )
     store = AsyncStore(

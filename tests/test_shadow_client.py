@@ -293,3 +293,42 @@ async def test_a_closed_client_refuses_and_fails_waiters(mosquitto: Mosquitto) -
         await other.close()
     finally:
         await transport.disconnect()
+
+
+async def test_the_daemons_client_is_built_at_its_first_request(
+    emulator: Emulator, mosquitto: Mosquitto
+) -> None:
+    """`FirstUseShadowClient` (the daemon's, issue 18) is the shadow client, built at its first
+    request: started, it answers as the client does; never asked, it builds nothing; closed,
+    it refuses as a closed client does."""
+    from jobs_agent.shadow.first_use import FirstUseShadowClient
+
+    transport = await _device(mosquitto.port)
+    link = SharedLink(transport)
+    try:
+        with pytest.raises(ValueError, match="invalid thing name"):
+            FirstUseShadowClient(link.view(), "bad/thing")
+        idle = FirstUseShadowClient(link.view(), THING, request_timeout=5)
+        await idle.start()
+        await idle.close()
+        assert not idle.built and idle.retries == 0
+        with pytest.raises(ShadowError, match="closed"):
+            await idle.start()
+        with pytest.raises(ShadowError, match="not started"):
+            await idle.get("$package")  # built now, closed as this was
+
+        shadows = FirstUseShadowClient(link.view(), THING, request_timeout=5)
+        await shadows.start()
+        assert not shadows.built
+        with pytest.raises(ShadowNotFound):
+            await shadows.get("$package")
+        assert shadows.built
+        updated = await shadows.update("$package", {"reported": {"fw": {"version": "1"}}})
+        assert (await shadows.get("$package")).version == updated.version
+        assert await shadows.delete("$package") == updated.version
+        await shadows.close()
+        with pytest.raises(ShadowError, match="not started"):
+            await shadows.get("$package")
+    finally:
+        link.close()
+        await transport.disconnect()

@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,12 @@ NOT_AT_START = {
     # The inventory's sources, when `inventory.sources` lists none (the agent's own record is
     # read through `inventory.reading`).
     "jobs_agent.inventory.sources",
+    # The shadow client, its topics and errors, and the inventory's report, when there is
+    # nothing to report (loaded with the first report: `shadow.first_use`).
+    "jobs_agent.shadow.client",
+    "jobs_agent.shadow.topics",
+    "jobs_agent.shadow.errors",
+    "jobs_agent.inventory.report",
     # The recovery decision, when there is no record to act on (loaded with the first one).
     "jobs_agent.engine.recovery",
     # The plugin machinery, when `jobs.plugin_path` names no directory to check at start.
@@ -390,6 +396,47 @@ async def test_an_idle_agent_over_awscrt_has_not_read_the_sdks_package_metadata(
         emulator.service.create_job("first-crt", [THING], {"operation": "hello"})
         execution = await wait_terminal(emulator, "first-crt", THING)
         assert str(execution.status) == "SUCCEEDED", execution.status_details
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+async def test_an_idle_agent_builds_its_shadow_client_with_its_first_report(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The shadow client is built when the agent first has something to report (issue 18): an
+    idle agent with an empty record has not loaded it; a job that `installs` a package has its
+    version reported to `$package`, by the client built then, which keeps working for the next
+    report."""
+    write_handler(tmp_path / "handlers", "hello", "#!/bin/sh\necho hello\n")
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    env, dump = hooked_env(tmp_path)
+    agent = AgentProcess(config_path=path, workdir=tmp_path, env=env)
+    shadows = emulator.service.shadows
+
+    def reported() -> Any:
+        document = shadows.document(THING, "$package")
+        return None if document is None else document["state"].get("reported")
+
+    def reports(installs: dict[str, Any]) -> Callable[[], bool]:
+        return lambda: reported() == installs
+
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await agent.wait_message("STATUS=idle")
+        assert "jobs_agent.shadow.client" not in await loaded_modules(agent, dump)
+        for job_id, version in (("installs-1", "2.1.0"), ("installs-2", "2.2.0")):
+            installs = {"firmware": {"version": version}}
+            document = {"operation": "hello", "installs": installs}
+            emulator.service.create_job(job_id, [THING], document)
+            execution = await wait_terminal(emulator, job_id, THING)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            await wait_until(reports(installs), 20, f"$package saying {version}")
+        assert "jobs_agent.shadow.client" in await loaded_modules(agent, dump)
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
     finally:

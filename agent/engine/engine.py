@@ -48,12 +48,12 @@ from jobs_agent.engine.turns import NEW_WORK, Turns
 from jobs_agent.inventory.reading import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
-from jobs_agent.shadow.client import ShadowClient
 from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import MqttLink
 
 if TYPE_CHECKING:
     from jobs_agent.consent.server import ConsentDesk  # only when the socket is served
+    from jobs_agent.shadow.client import ShadowClient  # built at its first request
 
 log = structlog.get_logger("jobs_agent.engine")
 

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,15 +42,12 @@ from jobs_agent.inventory.model import (
     already_installed,
 )
 from jobs_agent.inventory.reading import InventorySource, read_inventory
-from jobs_agent.inventory.report import report_packages
-from jobs_agent.shadow.client import ShadowClient
-from jobs_agent.shadow.errors import (
-    ShadowError,
-    ShadowForbidden,
-    ShadowInvalidRequest,
-    ShadowTooLarge,
-)
 from jobs_agent.vocabulary import DEFAULT_VERSION, NULL_VERSION
+
+if TYPE_CHECKING:
+    # Built at its first request (`shadow.first_use`): with the report, imported when there
+    # is something to report.
+    from jobs_agent.shadow.client import ShadowClient
 
 log = structlog.get_logger("jobs_agent.inventory")
 
@@ -202,6 +199,14 @@ class PackageReports:
             packages.update((await read_inventory(self._reportable)).packages)
         packages.update({r.name: PackageVersion(r.name, r.version, r.attributes) for r in pending})
         if packages:
+            from jobs_agent.inventory.report import report_packages
+            from jobs_agent.shadow.errors import (
+                ShadowError,
+                ShadowForbidden,
+                ShadowInvalidRequest,
+                ShadowTooLarge,
+            )
+
             try:
                 result = await report_packages(
                     shadows, packages, priority=[r.name for r in pending]
