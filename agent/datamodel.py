@@ -1,15 +1,21 @@
-"""`@model`: a dataclass whose `__repr__`, `__eq__` and `__hash__` are shared by every model.
+"""`@model`: a dataclass whose `__repr__`, `__eq__` and `__hash__` (and a frozen one's
+`__setattr__` and `__delattr__`) are shared by every model.
 
 `dataclasses` compiles those three for every class, functions of its own kept for the process's
 whole life: 2.7 kB of the 11.5 kB a frozen class of five fields costs (tracemalloc; an idle
 agent defines 72; issue 18), for about 0.5 us more a call here. They are written once and read
 the class's fields (`dataclasses.fields`, in declaration order, with their `repr`, `compare` and
 `hash` flags, as the generated ones do): what they return is what the generated ones would,
-hash values included. `dataclasses` still makes the rest (`__init__`, the fields,
-`__match_args__`, slots, and a frozen class's `__setattr__` and `__delattr__`, which its
-`__init__` goes around), so `dataclasses.fields`, `replace`, `asdict` and `is_dataclass` see a
-dataclass, and mypy one (`dataclass_transform`). A method the class body defines is kept, as
-dataclasses keeps it. Unusual uses (`order=True`, `eq=False`) keep `@dataclass`.
+hash values included. A frozen class's `__setattr__` and `__delattr__` (which its `__init__`
+goes around) are replaced by one pair for all: 3.2 kB a class, and for a slotted class the class
+it was made from, which the generated pair keeps alive (Python 3.11); they refuse what the
+generated pair refuses, and on a slotted class a name that is not a field too (with
+`FrozenInstanceError`, where the generated pair fails with a `TypeError`). Where a class above
+the model sets attributes its own way the generated pair stays. `dataclasses` still makes the
+rest (`__init__`, the fields, `__match_args__`, slots), so `dataclasses.fields`, `replace`,
+`asdict` and `is_dataclass` see a dataclass, and mypy one (`dataclass_transform`). A method
+the class body defines is kept, as dataclasses keeps it. Unusual uses (`order=True`,
+`eq=False`) keep `@dataclass`.
 """
 
 from __future__ import annotations
@@ -70,7 +76,22 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
         hashed = [f.name for f in fields if (f.compare if f.hash is None else f.hash)]
         made.__model_hashed__ = _values(hashed)
         made.__hash__ = _hash if frozen else None
+    if frozen and _only_object_sets(made):
+        made.__model_frozen__ = frozenset(f.name for f in fields)
+        made.__setattr__ = _frozen_setattr
+        made.__delattr__ = _frozen_delattr
     return made  # type: ignore[no-any-return]
+
+
+def _only_object_sets(cls: type) -> bool:
+    """Whether every class above `cls` that sets attributes its own way is a model with the
+    shared frozen methods: then the generated methods' `super().__setattr__` is `object`'s."""
+    return all(
+        klass is object
+        or "__model_frozen__" in vars(klass)
+        or not {"__setattr__", "__delattr__"} & vars(klass).keys()
+        for klass in cls.__mro__[1:]
+    )
 
 
 def _values(names: list[str]) -> staticmethod[[Any], tuple[Any, ...]]:
@@ -98,3 +119,17 @@ def _eq(self: Any, other: Any) -> Any:
 
 def _hash(self: Any) -> int:
     return hash(self.__model_hashed__(self))
+
+
+def _frozen_setattr(self: Any, name: str, value: Any) -> None:
+    cls = self.__class__
+    if "__model_frozen__" in vars(cls) or name in cls.__model_frozen__:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+    object.__setattr__(self, name, value)
+
+
+def _frozen_delattr(self: Any, name: str) -> None:
+    cls = self.__class__
+    if "__model_frozen__" in vars(cls) or name in cls.__model_frozen__:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+    object.__delattr__(self, name)

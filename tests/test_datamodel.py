@@ -178,3 +178,51 @@ def test_models_share_their_methods() -> None:
     assert ref.__eq__ is options.__eq__
     assert ref.__hash__ is options.__hash__
     assert DATACLASSES["Ref"].__repr__ is not DATACLASSES["Options"].__repr__
+    # A frozen model's `__setattr__` and `__delattr__` too (3.2 kB a class, and for a slotted
+    # one the class it was made from, which the generated pair kept alive).
+    assert ref.__setattr__ is options.__setattr__ is MODELS["Derived"].__setattr__
+    assert ref.__delattr__ is options.__delattr__
+    assert MODELS["Stats"].__setattr__ is object.__setattr__  # not frozen: the usual one
+
+
+def outcome(action: Callable[..., Any], *args: Any) -> tuple[str, str]:
+    try:
+        action(*args)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return "", ""
+
+
+@pytest.mark.parametrize("name", ["Options", "Empty", "Own", "Base", "Derived"])
+def test_a_frozen_model_refuses_changes_as_its_twin(name: str) -> None:
+    """Assigning or deleting a field, or any other name, fails as on the dataclass; a plain
+    subclass may still set names that are not fields (as dataclasses allows)."""
+    index = next(i for i, sample in enumerate(SAMPLES) if sample[0] == name)
+    ours, theirs = both(index)
+    names = [f.name for f in dataclasses.fields(ours)] + ["other_name"]
+    for attribute in names:
+        assert outcome(setattr, ours, attribute, 1) == outcome(setattr, theirs, attribute, 1)
+        assert outcome(delattr, ours, attribute) == outcome(delattr, theirs, attribute)
+    args, kwargs = SAMPLES[index][1:]
+    our_sub = type("Sub", (MODELS[name],), {})(*args, **kwargs)
+    their_sub = type("Sub", (DATACLASSES[name],), {})(*args, **kwargs)
+    for attribute in names:
+        assert outcome(setattr, our_sub, attribute, 2) == outcome(setattr, their_sub, attribute, 2)
+    assert our_sub.other_name == their_sub.other_name == 2
+    assert outcome(delattr, our_sub, "other_name") == ("", "")
+    assert outcome(delattr, our_sub, "other_name")[0] == "AttributeError"
+
+
+@pytest.mark.parametrize("name", ["Ref", "One"])
+def test_a_slotted_frozen_model_refuses_every_change(name: str) -> None:
+    """Fields as the dataclass; any other name is refused as frozen too, where Python 3.11's
+    generated method fails with a TypeError (it holds the class from before the slots)."""
+    index = next(i for i, sample in enumerate(SAMPLES) if sample[0] == name)
+    ours, theirs = both(index)
+    for field in dataclasses.fields(ours):
+        assert outcome(setattr, ours, field.name, 1) == outcome(setattr, theirs, field.name, 1)
+        assert outcome(delattr, ours, field.name) == outcome(delattr, theirs, field.name)
+    assert outcome(setattr, ours, "other_name", 1) == (
+        "FrozenInstanceError",
+        "cannot assign to field 'other_name'",
+    )

@@ -253,14 +253,20 @@ def _undocumented():
 def _with_own_methods():
     import dataclasses
 
-    shared = getattr(sys.modules.get("jobs_agent.datamodel"), "_repr", None)
+    datamodel = sys.modules.get("jobs_agent.datamodel")
+    shared = getattr(datamodel, "_repr", None)
+    shared_setattr = getattr(datamodel, "_frozen_setattr", None)
     for name, module in list(sys.modules.items()):
         for value in list(vars(module).values()) if name.startswith("jobs_agent") else ():
             if (
                 isinstance(value, type)
                 and dataclasses.is_dataclass(value)
                 and value.__module__ == name
-                and value.__repr__ is not shared
+                and (
+                    value.__repr__ is not shared
+                    or value.__dataclass_params__.frozen
+                    and value.__setattr__ is not shared_setattr
+                )
             ):
                 yield name + "." + value.__qualname__
 
@@ -307,7 +313,8 @@ OWN_METHODS_AT_START = {
     "jobs_agent.transport.shared._Filter",  # eq=False
 }
 """The dataclasses an idle agent defines that are not `@model`s (datamodel.py), each with a
-`__repr__` of its own: every other shares `__repr__`, `__eq__` and `__hash__` (issue 18)."""
+`__repr__` of its own: every other shares `__repr__`, `__eq__` and `__hash__`, and a frozen one
+`__setattr__` and `__delattr__` (issue 18)."""
 
 
 def dataclasses_with_own_methods(dump: Path) -> set[str]:
