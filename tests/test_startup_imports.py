@@ -186,6 +186,9 @@ NOT_AT_START = {
     "jobs_agent.dispatch.plugins",
     "jobs_agent.schedule.cron",
     "zoneinfo",
+    # The windows themselves, when none is configured (their empty set is in `schedule.windows`;
+    # loaded with the first job, whose document may name one).
+    "jobs_agent.schedule.maintenance",
     # The other commands, the emulator, and what only an error message needs.
     "jobs_agent.commands.sim",
     "jobs_agent.commands.sim_fleet",
@@ -368,6 +371,7 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
             "jobs_agent.dispatch.router",
             "jobs_agent.dispatch.process",
             "jobs_agent.engine.recovery",
+            "jobs_agent.schedule.maintenance",
         } <= after
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0

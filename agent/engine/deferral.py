@@ -37,7 +37,7 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.engine.turns import Turns
 from jobs_agent.schedule import clock
-from jobs_agent.schedule.windows import Timeline, document_windows
+from jobs_agent.schedule.windows import Timeline
 from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ class Deferrals:
     def job_timeline(self, document: Mapping[str, Any]) -> Timeline:
         """Where the job may start: the device's windows and the document's own, together (the
         document was checked when its handler was resolved)."""
+        from jobs_agent.schedule.windows import document_windows  # with the first window read
+
         return document_windows(document).for_step(self._shared.settings.maintenance_windows)
 
     def gate(self, document: Mapping[str, Any]) -> Request | Outcome | None:
