@@ -81,10 +81,18 @@ class EngineJobContext:
         self._state_dir = path
 
     def _make(self, path: Path | str) -> Path:
+        """The directory `path`, made at the first ask. Its parent (the job's directory, which
+        holds both) is made first, once per context: made as a parent of each, as
+        `mkdir(parents=True)` does, the first `mkdir` of a new job failed (no parent yet), one
+        refused `mkdir` per script job (issue 18)."""
         made = self._made.get(path)
         if made is None:
             made = Path(path)  # a `Path` only when asked for: parsing one costs (issue 18)
-            made.mkdir(parents=True, exist_ok=True)
+            parent = made.parent
+            if parent not in self._made:
+                parent.mkdir(parents=True, exist_ok=True)
+                self._made[parent] = parent
+            made.mkdir(exist_ok=True)
             self._made[path] = made
         return made
 
