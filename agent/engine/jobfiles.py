@@ -1,11 +1,11 @@
 """The directories and output logs of each execution, and the processes an earlier agent left.
 
-Each execution gets `state_dir/jobs/<namespace>/<jobId>/scratch-<n>` (removed once its outcome is
-reported) and `.../state` (kept until the job ends), both made when the handler first asks for
-them (`EngineJobContext`). Per-job output logs are pruned to
-`jobs.output_logs_max_*`. A killed agent leaves its handler running in its own session: the
-execution's containment group and its environment find what is left, so that a step is neither
-reported while it still runs nor run twice at once.
+Each execution gets `state_dir/jobs/<namespace>/<jobId>/scratch-<n>` and `.../state`, both made
+(or taken from the last job's, `jobdirs`) when the handler first asks for them
+(`EngineJobContext`), and recycled or removed once its outcome is reported. Per-job output
+logs are pruned to `jobs.output_logs_max_*`. A killed agent leaves its handler running in its
+own session: the execution's containment group and its environment find what is left, so that a
+step is neither reported while it still runs nor run twice at once.
 """
 
 from __future__ import annotations
@@ -23,42 +23,15 @@ from jobs_agent.dispatch.containment import (
     containment_for,
     group_name,
 )
-from jobs_agent.dispatch.output import DOCUMENT_FILE, OutputLogIndex, log_path
+from jobs_agent.dispatch.output import OutputLogIndex, log_path
 from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.jobdirs import recycle
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
 
 log = structlog.get_logger("jobs_agent.engine")
-
-
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _remove_job_directory(base: str, scratch: str, state: str) -> None:
-    """Remove the job's directory `base` as a script job leaves it (its `scratch` holding
-    only the step's `DOCUMENT_FILE`, its `state` empty): eight system calls by descriptor,
-    following no symlink below `base`, where `shutil.rmtree` lists, `lstat`s and `fstat`s
-    every directory (about thirty, issue 18). Anything else there (what a step wrote, a
-    checkpoint file) is left to `shutil.rmtree`, as before."""
-    try:
-        top = os.open(base, _DIRECTORY)
-        try:
-            inner = os.open(scratch, _DIRECTORY, dir_fd=top)
-            try:
-                os.unlink(DOCUMENT_FILE, dir_fd=inner)
-            finally:
-                os.close(inner)
-            os.rmdir(scratch, dir_fd=top)
-            os.rmdir(state, dir_fd=top)
-        finally:
-            os.close(top)
-        os.rmdir(base)
-    except OSError:
-        import shutil  # here, at a job's end: shutil loads lzma and bz2 (issue 18)
-
-        shutil.rmtree(base, True)
 
 
 class JobFiles:
@@ -98,7 +71,7 @@ class JobFiles:
             # save the hand-off's CPU, but an `rmdir` on a busy ext4 waits for its journal
             # (8 ms per job directory measured here, for 0.3 ms of CPU), with the loop stalled.
             names = (os.path.basename(scratch), os.path.basename(state))
-            await asyncio.to_thread(_remove_job_directory, base, *names)
+            await asyncio.to_thread(recycle, base, *names)
         settings = self._shared.settings
         # The same path as `log_path`, joined as a string: most jobs (plugins) have no log.
         path = os.path.join(
