@@ -186,10 +186,8 @@ def _own_cgroup() -> str | None:
 class CgroupGroup:
     def __init__(self, path: Path) -> None:
         self.path = path
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path.parent, 0o755)
         try:
-            os.mkdir(path, 0o755)
+            _make_cgroup(path)
         except FileExistsError:
             _cgroup_kill(path)  # a leftover of an earlier run of this step
         self.join_fd: int | None = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
@@ -216,7 +214,6 @@ class CgroupGroup:
         self.adopt(0)
         _cgroup_kill(self.path)
         _remove_cgroup(self.path)
-        self._remove_base()
 
     def close_if_empty(self) -> bool:
         self.adopt(0)
@@ -226,12 +223,21 @@ class CgroupGroup:
             pass
         except OSError:
             return False
-        self._remove_base()
         return True
 
-    def _remove_base(self) -> None:
-        with contextlib.suppress(OSError):
-            os.rmdir(self.path.parent)  # the agent's base, when no other step is running
+
+def _make_cgroup(path: Path) -> None:
+    """Make a step's cgroup: one `mkdir`. The agent's base above it stays between steps (an
+    empty cgroup holds nothing: the sweep at the next start removes it); it is made again
+    only when it is missing (the first step, or after that sweep). Making and removing the
+    base around every step was a `mkdir` and an `rmdir` in cgroupfs per script job (issue
+    18)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path.parent, 0o755)
+        os.mkdir(path, 0o755)
 
 
 def _cgroup_populated(path: Path) -> bool:
@@ -379,8 +385,6 @@ def _cgroup_containment(state_dir: Path) -> CgroupContainment:
         probe.mkdir(mode=0o755, exist_ok=True)
         writable = os.access(probe / "cgroup.procs", os.W_OK)
         probe.rmdir()
-        with contextlib.suppress(OSError):
-            base.rmdir()  # created again for each step
     except OSError as exc:
         raise ContainmentError(
             f"cannot create cgroups below {base.parent}: {exc.strerror or exc}"

@@ -26,7 +26,13 @@ from jobs_agent.dispatch.devicec import (
     prepare,
     step_label,
 )
-from jobs_agent.dispatch.output import OutputLog, Tail, log_path
+from jobs_agent.dispatch.output import (
+    CHECKPOINT_FILE,
+    DOCUMENT_FILE,
+    OutputLog,
+    Tail,
+    log_path,
+)
 from jobs_agent.dispatch.pipes import ReplyPipe
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.process import ProcessResult, ProcessSpec, Sandbox
@@ -419,9 +425,9 @@ class StepsHandler:
         self, ctx: JobContext, index: int, step: PreparedStep, files: StepFiles, step_data: Any
     ) -> dict[str, str]:
         """The step's files (document, checkpoint) handed over, and its environment."""
-        document_file = files.write_json("document.json", dict(ctx.document))
+        document_file = files.write_json(DOCUMENT_FILE, dict(ctx.document))
         checkpoint_file = (
-            files.write_json("checkpoint.json", step_data) if step_data is not None else None
+            files.write_json(CHECKPOINT_FILE, step_data) if step_data is not None else None
         )
         files.hand_over()
         env = script_environment(

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, take_recycled
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import JobFailed, Logger, MqttLink
 
 Refresh = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def _make_directory(path: Path) -> None:
+    """`path.mkdir(JOB_DIRECTORY_MODE, exist_ok=True)` without pathlib's second look when it
+    is made."""
+    try:
+        os.mkdir(path, JOB_DIRECTORY_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
 
 
 class EngineJobContext:
@@ -81,12 +93,36 @@ class EngineJobContext:
         self._state_dir = path
 
     def _make(self, path: Path | str) -> Path:
+        """The directory `path`, made at the first ask (`JOB_DIRECTORY_MODE`). Its parent
+        (the job's directory, which holds both) is made first, once per context, or taken
+        from the directory of a job that ended (`jobfiles.recycle`): made as a parent of
+        each, as `mkdir(parents=True)` does, the first `mkdir` of a new job failed (no
+        parent yet), one refused `mkdir` per script job (issue 18)."""
         made = self._made.get(path)
         if made is None:
             made = Path(path)  # a `Path` only when asked for: parsing one costs (issue 18)
-            made.mkdir(parents=True, exist_ok=True)
-            self._made[path] = made
+            parent = made.parent
+            if parent not in self._made:
+                self._make_job_directory(parent)
+                made = self._made.get(path, made)
+            if path not in self._made:
+                _make_directory(made)
+                self._made[path] = made
         return made
+
+    def _make_job_directory(self, parent: Path) -> None:
+        scratch, state = Path(self._scratch_dir), Path(self._state_dir)
+        if scratch.parent == parent == state.parent and take_recycled(
+            str(parent), scratch.name, state.name
+        ):
+            self._made.update({self._scratch_dir: scratch, self._state_dir: state})
+        else:
+            try:
+                _make_directory(parent)
+            except FileNotFoundError:  # the namespace's first job
+                parent.parent.mkdir(parents=True, exist_ok=True)
+                _make_directory(parent)
+        self._made[parent] = parent
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any

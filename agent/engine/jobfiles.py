@@ -1,11 +1,11 @@
 """The directories and output logs of each execution, and the processes an earlier agent left.
 
-Each execution gets `state_dir/jobs/<namespace>/<jobId>/scratch-<n>` (removed once its outcome is
-reported) and `.../state` (kept until the job ends), both made when the handler first asks for
-them (`EngineJobContext`). Per-job output logs are pruned to
-`jobs.output_logs_max_*`. A killed agent leaves its handler running in its own session: the
-execution's containment group and its environment find what is left, so that a step is neither
-reported while it still runs nor run twice at once.
+Each execution gets `state_dir/jobs/<namespace>/<jobId>/scratch-<n>` and `.../state`, both made
+(or taken from the last job's, `jobdirs`) when the handler first asks for them
+(`EngineJobContext`), and recycled or removed once its outcome is reported. Per-job output
+logs are pruned to `jobs.output_logs_max_*`. A killed agent leaves its handler running in its
+own session: the execution's containment group and its environment find what is left, so that a
+step is neither reported while it still runs nor run twice at once.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from jobs_agent.dispatch.containment import (
 )
 from jobs_agent.dispatch.output import OutputLogIndex, log_path
 from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.jobdirs import recycle
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store
@@ -64,14 +65,13 @@ class JobFiles:
         return self._last
 
     async def cleanup(self, ref: ExecutionRef) -> None:
-        base = self._paths(ref)[2]
+        _ref, (scratch, state), base = self._paths(ref)
         if os.path.exists(base):  # only if the handler asked for its directories
-            import shutil  # here, at a job's end: shutil loads lzma and bz2 (issue 18)
-
             # In a thread even for a script's one step file: removing it on the loop would
             # save the hand-off's CPU, but an `rmdir` on a busy ext4 waits for its journal
             # (8 ms per job directory measured here, for 0.3 ms of CPU), with the loop stalled.
-            await asyncio.to_thread(shutil.rmtree, base, True)
+            names = (os.path.basename(scratch), os.path.basename(state))
+            await asyncio.to_thread(recycle, base, *names)
         settings = self._shared.settings
         # The same path as `log_path`, joined as a string: most jobs (plugins) have no log.
         path = os.path.join(

@@ -1,0 +1,253 @@
+"""What a script job makes and removes on the file system, counted by strace on a real agent.
+
+A script job's cost to the agent was a third kernel time, much of it ext4 and cgroupfs making
+inodes right after removing others (issue 18). Per job, the agent's own threads (never the
+step's processes) are traced while real jobs run a real script through the real spawn chain
+in a real cgroup: every directory made or removed, every file created or unlinked, and the
+calls a buffered log file made. Counts, never times.
+
+Per script job, what is left (each documented):
+* the job's directory, its `scratch-<n>` (the step's working directory, holding
+  `document.json`) and its `state` (`JOBS_AGENT_STATE_DIR`): taken from the last job that
+  ended (`state_dir/jobs/.recycled`, emptied) and recycled once the outcome is reported, so
+  only `document.json` is made and removed;
+* the step's cgroup (containment): made, and removed when the step ends; the agent's base
+  cgroup above it stays between steps;
+* the output log (`<state_dir>/logs/<jobId>-<n>.log`), kept within `jobs.output_logs_max_*`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from jobs_agent.dispatch.containment import ContainmentError, containment_for
+from jobs_agent.dispatch.output import DOCUMENT_FILE
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT, recycle
+from jobs_agent.vocabulary import ExecutionRef
+from tests.fixtures.broker import Mosquitto
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    config_yaml,
+    start_emulator,
+    wait_until,
+    write_handler,
+)
+
+THING = f"gw-files-{os.getpid()}"
+TRACED = (
+    "mkdir,mkdirat,rmdir,unlink,unlinkat,open,openat,creat,rename,renameat,renameat2,"
+    "execve,fchmod,lseek"
+)
+OWN_FILES = ("agent.json", "state.db")
+"""The agent's own state files (status, database): not the job's, and written by their own
+rules (a status change, a commit), which the fsync test of test_engine_kill.py counts."""
+
+
+@pytest.fixture
+async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    emu = await start_emulator(mosquitto.port)
+    yield emu
+    await emu.stop()
+
+
+def _agent(tmp_path: Path, mosquitto: Mosquitto) -> AgentProcess:
+    try:
+        containment_for("cgroup", tmp_path / "state")
+    except ContainmentError as exc:
+        pytest.skip(f"no writable cgroup v2 hierarchy here: {exc}")
+    write_handler(tmp_path / "handlers", "noop.sh", "#!/bin/sh\nexit 0\n")
+    # The default progress interval: a step that outlives a short one is reported at 0 %.
+    config = agent_config(
+        tmp_path, mosquitto.port, thing=THING, containment="cgroup", progress_interval_seconds=5.0
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    return AgentProcess(config_path=path, workdir=tmp_path)
+
+
+async def _run_jobs(tmp_path: Path, emulator: Emulator, first: int, count: int) -> None:
+    """Run `count` script jobs one after the other (a job's directory is recycled when its
+    outcome is reported: queued together, the next job may start before)."""
+    database = tmp_path / "state" / "state.db"
+    jobs = tmp_path / "state" / "jobs" / "default"
+    for number in range(first, first + count):
+        emulator.service.create_job(f"files-{number}", [THING], {"operation": "noop.sh"})
+
+        def done(ended: int = number + 1) -> bool:
+            with contextlib.closing(sqlite3.connect(database)) as db:
+                rows = db.execute("SELECT state FROM executions").fetchall()
+            cleaned = not jobs.exists() or not any(jobs.iterdir())
+            return rows == [("reported",)] * ended and cleaned
+
+        await wait_until(done, 60, f"job {number} reported and its directory recycled")
+
+
+def _agent_calls(trace: Path) -> collections.Counter[str]:
+    """The traced calls of the agent's own threads, by kind: a process that executes anything
+    (the spawn chain, its script) is a step's, not the agent's."""
+    lines = [line.split(None, 1) for line in trace.read_text().splitlines() if line[:1].isdigit()]
+    children = {pid for pid, text in lines if text.startswith("execve(")}
+    calls: collections.Counter[str] = collections.Counter()
+    for pid, text in lines:
+        match = re.match(r"(\w+)\(", text)
+        if pid in children or match is None or any(name in text for name in OWN_FILES):
+            continue
+        name = match.group(1)
+        if name in ("open", "openat", "creat"):
+            name = "create" if name == "creat" or "O_CREAT" in text else "open"
+        elif name == "unlinkat":
+            name = "rmdir" if "AT_REMOVEDIR" in text else "unlink"
+        elif name.startswith("rename"):
+            name = "rename"
+        elif name in ("lseek", "fchmod") and ".log>" in text:
+            name = f"{name} of the log"
+        calls[name.removesuffix("at") if name == "mkdirat" else name] += 1
+    return calls
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """Per job: one directory made and removed (the step's cgroup), two taken and given back
+    by `rename` (the job's directory, from and to `.recycled`), two files created (the output
+    log, `document.json`) and one unlinked (`document.json`: the log stays), the log written
+    through its descriptor (no `lseek`, no `fchmod` of a log that is already private). The
+    earlier agent made and removed the job's directory, its scratch and its state for every
+    job (with a refused `mkdir` first: no parent yet, and `shutil.rmtree`'s `lseek`s), the
+    agent's base cgroup around every step, and opened the log as a buffered file (three
+    `lseek`, an `fchmod`): 6 mkdir and 5 rmdir per job."""
+    agent = _agent(tmp_path, mosquitto)
+    trace = tmp_path / "files.trace"
+    jobs = 3
+    try:
+        agent.start()
+        await agent.wait_ready()
+        assert agent.process is not None
+        # The first job makes what every later one finds (the logs and jobs directories,
+        # the agent's base cgroup after the start's sweep): outside the count.
+        await _run_jobs(tmp_path, emulator, 0, 1)
+        messages = tmp_path / "strace.err"
+        with messages.open("wb") as stderr:
+            strace = subprocess.Popen(
+                ["strace", "-f", "-y", "-e", f"trace={TRACED}", "-o", str(trace),
+                 "-p", str(agent.process.pid)],
+                stderr=stderr,
+            )  # fmt: skip
+        try:
+            # "Process N attached (with M threads)": every thread is traced from then on.
+            await wait_until(
+                lambda: b"attached" in messages.read_bytes() or strace.poll() is not None,
+                30,
+                "strace",
+            )
+            if strace.poll() is not None:
+                pytest.skip(f"strace cannot trace here: {messages.read_text(errors='replace')}")
+            await _run_jobs(tmp_path, emulator, 1, jobs)
+        finally:
+            strace.send_signal(signal.SIGINT)
+            strace.wait(timeout=10)
+        calls = _agent_calls(trace)
+        kinds = ("mkdir", "rmdir", "rename", "create", "unlink")
+        per_job = {name: calls[name] / jobs for name in kinds}
+        assert per_job == {"mkdir": 1, "rmdir": 1, "rename": 2, "create": 2, "unlink": 1}, calls
+        assert calls["lseek of the log"] == 0 and calls["fchmod of the log"] == 0, calls
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
+def _context(jobs: Path, job_id: str, execution_number: int = 1) -> EngineJobContext:
+    """A context with the engine's layout (`JobFiles.dirs`) below `jobs`."""
+    base = jobs / "default" / job_id
+    return EngineJobContext(
+        key=ExecutionRef(None, job_id, execution_number),
+        thing_name="gw",
+        document={},
+        checkpoint_data=None,
+        resumed=False,
+        rebooted=False,
+        log=cast(Any, None),
+        scratch_dir=f"{base}/scratch-{execution_number}",
+        state_dir=f"{base}/state",
+        store=cast(Any, None),
+        reporter=cast(Any, None),
+    )
+
+
+def _end(ctx: EngineJobContext) -> None:
+    """What `JobFiles.cleanup` does once the outcome is reported."""
+    recycle(str(ctx.scratch_dir.parent), ctx.scratch_dir.name, ctx.state_dir.name)
+
+
+def test_the_next_job_takes_the_last_ones_directory_empty_and_private(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    first = _context(jobs, "j1")
+    (first.scratch_dir / DOCUMENT_FILE).write_text("{}")
+    assert first.state_dir.is_dir()
+    made = first.scratch_dir.parent.stat().st_ino
+    _end(first)
+    assert not first.scratch_dir.parent.exists()
+    assert sorted(os.listdir(jobs / RECYCLED)) == sorted(RECYCLED_LAYOUT)
+    second = _context(jobs, "j2", execution_number=3)  # another job, another execution number
+    assert second.scratch_dir.parent.stat().st_ino == made  # renamed, not made
+    assert not (jobs / RECYCLED).exists()
+    for directory in (second.scratch_dir.parent, second.scratch_dir, second.state_dir):
+        info = directory.stat()
+        assert stat.S_IMODE(info.st_mode) == JOB_DIRECTORY_MODE and info.st_uid == os.geteuid()
+    assert sorted(os.listdir(second.scratch_dir.parent)) == ["scratch-3", "state"]
+    assert os.listdir(second.scratch_dir) == [] and os.listdir(second.state_dir) == []
+
+
+@pytest.mark.parametrize(
+    "left",
+    ["a file in scratch", "a file in state", "a file beside them", "scratch opened to others"],
+)
+def test_a_directory_left_otherwise_than_found_is_removed_not_recycled(
+    tmp_path: Path, left: str
+) -> None:
+    """Nothing of a job reaches the next one: what a step wrote, or a mode it changed."""
+    jobs = tmp_path / "jobs"
+    ctx = _context(jobs, "j1")
+    (ctx.scratch_dir / DOCUMENT_FILE).write_text("{}")
+    if left == "a file in scratch":
+        (ctx.scratch_dir / "download.bin").write_bytes(b"x")
+    elif left == "a file in state":
+        (ctx.state_dir / "progress").write_text("3")
+    elif left == "a file beside them":
+        (ctx.state_dir.parent / "note").write_text("x")
+    else:
+        ctx.scratch_dir.chmod(0o777)
+    _end(ctx)
+    assert not ctx.state_dir.parent.exists()
+    assert not (jobs / RECYCLED).exists()
+
+
+def test_a_resumed_jobs_directory_is_kept_and_the_recycled_one_left_for_another(
+    tmp_path: Path,
+) -> None:
+    jobs = tmp_path / "jobs"
+    _end(_context(jobs, "done"))
+    resumed = jobs / "default" / "j1" / "state"
+    resumed.mkdir(parents=True)
+    (resumed / "progress").write_text("3")
+    ctx = _context(jobs, "j1")
+    assert (ctx.state_dir / "progress").read_text() == "3" and ctx.scratch_dir.is_dir()
+    assert (jobs / RECYCLED).is_dir()
