@@ -31,6 +31,7 @@ from jobs_agent.emulator import shapes as shapes_module
 from jobs_agent.emulator.core import snapshot
 from jobs_agent.emulator.embedded import BusTransport, Emulator
 from jobs_agent.emulator.model import Execution, ExecutionStatus
+from jobs_agent.emulator.shapes import compact
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
 
@@ -151,3 +152,25 @@ def test_a_snapshot_is_an_equal_copy_made_without_a_call_per_field() -> None:
         assert getattr(copied, f.name) is getattr(live, f.name), f.name
     copied.version_number = 5
     assert live.version_number == 4
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"jobs": {"QUEUED": [{"jobId": "j", "queuedAt": 1, "versionNumber": 1}]}, "t": 2},
+        {"text": 'quote " backslash \\ newline \n accent é emoji \U0001f600', "n": None},
+        [1.5, 1e300, -0.0, float("nan"), float("inf"), True, False, None, 10**30],
+        {"nested": [{"a": [{}]}, []], 1: "int key", None: "null key", 2.5: "float key"},
+        "a bare string",
+        3,
+    ],
+)
+def test_compact_writes_what_json_dumps_writes_without_building_an_encoder(value: Any) -> None:
+    """Five payloads per job; before, each built the C encoder afresh inside
+    `JSONEncoder.encode` (nine calls, two of them json's Python code)."""
+    calls = Calls()
+    with calls.counting():
+        text = compact(value)
+    assert text == json.dumps(value, separators=(",", ":"))
+    assert calls.of("encoder.py") == 0, calls.by_name
+    assert calls.total <= 3, calls.by_name
