@@ -30,7 +30,10 @@ from jobs_agent.emulator import JobsService, ManualClock
 from jobs_agent.emulator import shapes as shapes_module
 from jobs_agent.emulator.core import snapshot
 from jobs_agent.emulator.embedded import BusTransport, Emulator
-from jobs_agent.emulator.model import Execution, ExecutionStatus
+from jobs_agent.emulator.events import JobExecutionsChanged
+from jobs_agent.emulator.link import MqttLink
+from jobs_agent.emulator.model import Execution, ExecutionStatus, ExecutionSummary
+from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.shapes import compact
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
@@ -122,6 +125,22 @@ def execution_history(emulator: Emulator) -> list[tuple[str, ExecutionStatus]]:
     return [(h.job_id, h.to_status) for h in emulator.service.history(thing=THING)]
 
 
+async def test_a_drained_job_costs_the_emulator_at_most_its_budget_of_calls(
+    emulator: Emulator,
+) -> None:
+    """The perfect agent's two requests per job, with the notify, notify-next and the two
+    replies they cause. Before: 346 calls of the emulator's own code per job (96 of them the
+    per-field getattr/setattr of three snapshots, 45 building a JSON encoder for each of five
+    payloads, 60 the per-summary calls of two `notify` lists of ten)."""
+    drain = Drain(emulator, 30)
+    calls = Calls()
+    counted = range(2, 18)
+    drain.run(calls, counted)
+    assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
+    per_job = calls.total / len(counted)
+    assert per_job <= 340, (per_job, calls.by_name.most_common(25))
+
+
 def test_a_snapshot_is_an_equal_copy_made_without_a_call_per_field() -> None:
     """Three snapshots per job; before, each was `copy.copy`'s dispatch and a getattr/setattr
     pair per field: 39 calls counted here (now 2, and the generated `__init__`)."""
@@ -174,3 +193,32 @@ def test_compact_writes_what_json_dumps_writes_without_building_an_encoder(value
     assert text == json.dumps(value, separators=(",", ":"))
     assert calls.of("encoder.py") == 0, calls.by_name
     assert calls.total <= 3, calls.by_name
+
+
+def test_unchanged_summaries_of_a_notify_cost_no_call_each() -> None:
+    """A `notify` carries up to 15 summaries, nearly all as in the previous one. Before, each
+    cost a generator step, a method call and an `id()` lookup: a list of 15 made 45 more calls
+    than an empty one. Summaries equal in value (the service makes a new one per version, and
+    a restarted service new ones) share one text."""
+    frontend = MqttFrontend(JobsService(), MqttLink(object()))  # type: ignore[arg-type]
+
+    def summaries(count: int) -> list[ExecutionSummary]:
+        return [ExecutionSummary(f"j{n}", 100.0 + n, None, 100.0 + n, 1, 1) for n in range(count)]
+
+    def event(queued: list[ExecutionSummary]) -> JobExecutionsChanged:
+        return JobExecutionsChanged("t1", None, [], queued, 200.0)
+
+    frontend._notify_payload(event(summaries(15)))  # the texts are made once
+    cost: dict[int, int] = {}
+    for count in (1, 15):
+        calls = Calls()
+        queued = summaries(count)
+        with calls.counting():
+            payload = frontend._notify_payload(event(queued))
+        cost[count] = calls.total
+        expected = {
+            "jobs": {"QUEUED": [shapes_module.summary(s) for s in queued]},
+            "timestamp": 200,
+        }
+        assert json.loads(payload) == expected
+    assert cost[15] == cost[1], cost
