@@ -25,7 +25,6 @@ the operations built on it live in data_plane.py and control*.py.
 from __future__ import annotations
 
 import asyncio
-import copy
 import heapq
 import itertools
 import json
@@ -103,8 +102,9 @@ class Txn:
 
 def snapshot(execution: Execution) -> Execution:
     # status_details is always replaced, never mutated in place, so a shallow copy is a
-    # consistent snapshot.
-    return copy.copy(execution)
+    # consistent snapshot. (`Execution.__copy__` directly: `copy.copy`'s dispatch is four
+    # more calls.)
+    return execution.__copy__()
 
 
 class ServiceCore:

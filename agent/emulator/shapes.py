@@ -9,7 +9,9 @@ Timestamps are whole epoch seconds on both (docs/emulator.md, "Wire formats").
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import Enum
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from jobs_agent.emulator.events import Delivery
@@ -25,11 +27,25 @@ class DocumentAs(Enum):
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_ENCODE: Callable[[Any, int], list[str]] | None = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _COMPACT.default, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+)
+"""The C encoder `JSONEncoder.encode` builds afresh for every call (with its wrapping, nine
+calls per payload, five payloads per job), made once: the same text, as json's one-shot path
+makes it. No circular-reference check (`markers` None): what the emulator encodes is built from
+its own records, never circular, and a marker left behind by a failed encode would refuse the
+next payload that holds the same object."""
 
 
 def compact(obj: Any) -> str:
-    """Compact JSON; one encoder for all (`json.dumps` with separators builds one per call)."""
-    return _COMPACT.encode(obj)
+    """Compact JSON, as `json.dumps(obj, separators=(",", ":"))` writes it."""
+    if _ENCODE is None:
+        return _COMPACT.encode(obj)
+    return "".join(_ENCODE(obj, 0))
 
 
 def seconds(value: float | None) -> int | None:
@@ -42,51 +58,49 @@ def omit_none(**fields: Any) -> dict[str, Any]:
 
 
 def summary(e: Execution | ExecutionSummary) -> dict[str, Any]:
-    """JobExecutionSummary."""
-    return omit_none(
-        jobId=e.job_id,
-        queuedAt=seconds(e.queued_at),
-        startedAt=seconds(e.started_at),
-        lastUpdatedAt=seconds(e.last_updated_at),
-        versionNumber=e.version_number,
-        executionNumber=e.execution_number,
-    )
+    """JobExecutionSummary. (Built field by field rather than through `omit_none` and
+    `seconds`: three of these shapes are made per job, and those calls were 17 of the
+    emulator's 324 per job.)"""
+    body: dict[str, Any] = {"jobId": e.job_id, "queuedAt": int(e.queued_at)}
+    if e.started_at is not None:
+        body["startedAt"] = int(e.started_at)
+    body["lastUpdatedAt"] = int(e.last_updated_at)
+    body["versionNumber"] = e.version_number
+    body["executionNumber"] = e.execution_number
+    return body
 
 
 def state(e: Execution) -> dict[str, Any]:
     """JobExecutionState."""
-    return omit_none(
-        status=e.status.value,
-        statusDetails=dict(e.status_details) or None,
-        versionNumber=e.version_number,
-    )
+    body: dict[str, Any] = {"status": e.status.value}
+    if e.status_details:
+        body["statusDetails"] = dict(e.status_details)
+    body["versionNumber"] = e.version_number
+    return body
 
 
 def execution(
     delivery: Delivery, document: DocumentAs, seconds_before_timed_out: bool = True
 ) -> dict[str, Any]:
-    """JobExecution."""
+    """JobExecution (fields in the API reference's order, absent ones left out)."""
     e = delivery.execution
-    body: Any = None
+    body: dict[str, Any] = {"jobId": e.job_id, "thingName": e.thing_name, "status": e.status.value}
+    if e.status_details:
+        body["statusDetails"] = dict(e.status_details)
+    body["queuedAt"] = int(e.queued_at)
+    if e.started_at is not None:
+        body["startedAt"] = int(e.started_at)
+    body["lastUpdatedAt"] = int(e.last_updated_at)
+    body["versionNumber"] = e.version_number
+    body["executionNumber"] = e.execution_number
     if document is DocumentAs.OBJECT:
-        body = delivery.document
+        body["jobDocument"] = delivery.document
     elif document is DocumentAs.STRING:
-        body = delivery.document_text
-    return omit_none(
-        jobId=e.job_id,
-        thingName=e.thing_name,
-        status=e.status.value,
-        statusDetails=dict(e.status_details) or None,
-        queuedAt=seconds(e.queued_at),
-        startedAt=seconds(e.started_at),
-        lastUpdatedAt=seconds(e.last_updated_at),
-        versionNumber=e.version_number,
-        executionNumber=e.execution_number,
-        jobDocument=body,
-        approximateSecondsBeforeTimedOut=delivery.seconds_before_timed_out
-        if seconds_before_timed_out
-        else None,
-    )
+        body["jobDocument"] = delivery.document_text
+    left = delivery.seconds_before_timed_out
+    if seconds_before_timed_out and left is not None:
+        body["approximateSecondsBeforeTimedOut"] = left
+    return body
 
 
 def pending(in_progress: list[Execution], queued: list[Execution]) -> dict[str, Any]:
