@@ -132,7 +132,10 @@ class Emulator:
 
 class BusTransport(LocalTransport):
     """The emulator's end of the in-process bus: a publish is routed synchronously, so the
-    link hands each message over without a task (link.py)."""
+    link hands each message over without a task (link.py). No Local, as over a broker
+    (broker.py): the emulator never hears its own replies and events."""
+
+    no_local = True
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
         self.bus._publish(self, topic, payload)

@@ -203,6 +203,8 @@ class LocalBus:
                 return
             message = Message(topic, payload)
             for session in targets:
+                if session.transport is transport and transport.no_local:
+                    continue
                 if session.online and self._online:
                     session.transport._schedule(session.transport._deliver, message)
                 else:
@@ -229,6 +231,12 @@ class LocalBus:
 
 class LocalTransport(Transport):
     """A `Transport` on a `LocalBus`. Publish returns once the message is routed."""
+
+    no_local = False
+    """MQTT 5's No Local for every subscription of this client: what it publishes is never
+    routed back to it (the emulator's end sets it, as its broker client subscribes with No
+    Local: otherwise each of its replies and events came back to it to be parsed and dropped,
+    six deliveries per job, issue 18)."""
 
     def __init__(self, bus: LocalBus, client_id: str) -> None:
         super().__init__()
