@@ -77,6 +77,13 @@ mkdir -p "$typecheck"
 ln -sfn ../../agent "$typecheck/jobs_agent"
 ln -sfn ../../handlers "$typecheck/jobs_agent_handlers"
 
+# Two workers (pytest-xdist): the suite spends most of its time waiting on real processes
+# (brokers, agents, updaters; about half a core busy on one worker), so a second worker fills
+# those waits. `--dist loadgroup` keeps the tests of an `xdist_group` on one worker (a
+# module-scoped fixture that is costly to build twice). Given through PYTEST_ADDOPTS so that the
+# extra arguments, which come after it, win: `tests/run.sh -n 0` runs on one process.
+# JOBS_AGENT_TEST_WORKERS sets the number of workers.
+export PYTEST_ADDOPTS="-n ${JOBS_AGENT_TEST_WORKERS:-2} --dist loadgroup ${PYTEST_ADDOPTS:-}"
 gate "pytest" "$VENV/bin/python" -m pytest "$@"
 gate "ruff check" "$VENV/bin/ruff" check .
 gate "ruff format --check" "$VENV/bin/ruff" format --check .

@@ -23,7 +23,9 @@ from tests.fixtures.broker import find_mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# One worker runs the whole module under pytest-xdist (tests/run.sh): `efficiency` is module-scoped
+# and a benchmark run of its own (18 s), which a second worker would build again.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("benchmarks")]
 
 
 def run_benchmarks(*args: str) -> dict[str, Any]:
