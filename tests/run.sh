@@ -2,7 +2,8 @@
 # The one test command (README "Quick start" and .ci/run both call this file).
 # On a fresh Debian/Ubuntu machine with Python 3.11 it installs what the tests need (mosquitto,
 # strace, RAUC and SWUpdate from the distribution's packages, a virtual environment with the test
-# extras), then runs every gate: the whole pytest suite first, then ruff check, ruff format --check and mypy --strict.
+# extras), then runs every gate: the whole pytest suite first (on two pytest-xdist workers), then
+# ruff check, ruff format --check and mypy --strict.
 # A gate that fails does not stop the others: all of them run and the script fails at the end,
 # naming each gate that failed. Extra arguments go to pytest.
 #
@@ -77,6 +78,14 @@ mkdir -p "$typecheck"
 ln -sfn ../../agent "$typecheck/jobs_agent"
 ln -sfn ../../handlers "$typecheck/jobs_agent_handlers"
 
+# Two workers (pytest-xdist): the suite spends most of its time waiting on real processes
+# (brokers, agents, updaters: one process kept ~0.5 of the 2 cores busy), so a second worker
+# fills those waits. Given through PYTEST_ADDOPTS so that the extra arguments, which come after
+# it, win: `tests/run.sh -n 0` runs in one process. JOBS_AGENT_TEST_WORKERS sets the number.
+# (Not `--dist loadgroup`: xdist 3.8 cannot tag a test's id under pytest 9.2, so its groups are
+# silently ignored; a fixture that must run once per session shares its result by a file, as
+# tests/test_benchmarks_smoke.py's `efficiency` does.)
+export PYTEST_ADDOPTS="-n ${JOBS_AGENT_TEST_WORKERS:-2} ${PYTEST_ADDOPTS:-}"
 gate "pytest" "$VENV/bin/python" -m pytest "$@"
 gate "ruff check" "$VENV/bin/ruff" check .
 gate "ruff format --check" "$VENV/bin/ruff" format --check .

@@ -110,6 +110,9 @@ async def test_the_emulator_never_hears_its_own_publishes(fresh_mosquitto: Mosqu
         await transport.subscribe("$aws/things/+/jobs/#")
         device = PahoDevice(fresh_mosquitto, "t1")
         try:
+            # Subscribed before the reply goes out: else the broker drops it and the wait below
+            # runs out its 10 s instead of seeing the reply delivered to a subscriber.
+            await asyncio.to_thread(device.wait_subscribed)
             transport.publish_nowait("$aws/things/t1/jobs/j1/get/accepted", b"{}")
             device.publish("j1/get", {"clientToken": "x"})
             await asyncio.wait_for(arrived.wait(), 5)
