@@ -152,6 +152,38 @@ async def test_a_booted_slot_the_config_does_not_know_is_an_error(
         await swupdate_device.updater().inactive_slot()
 
 
+def work_dir_of(base: Path, socket_path_bytes: int) -> Path:
+    """A directory under `base` where `<it>/swupdateprog` is `socket_path_bytes` long."""
+    pad = socket_path_bytes - len(os.fsencode(base / "x" / "swupdateprog")) + 1
+    assert pad >= 1, base
+    return base / ("w" * pad)
+
+
+async def test_a_work_dir_at_the_socket_path_limit_installs(
+    swupdate_device: SwupdateDevice,  # noqa: F811
+) -> None:
+    """The limit is SWUpdate's own: at 106 bytes its sockets bind and the install goes
+    through (at 107, one short of `sun_path`'s room, it failed with only "swupdate_async_start
+    returns -1", as every install did under pytest-xdist, whose paths are longer); from 107
+    the config is refused (next test)."""
+    work_dir = work_dir_of(swupdate_device.work_dir.parent, 106)
+    work_dir.mkdir(mode=0o700)
+    data = os.urandom(4096)
+    await swupdate_device.updater(work_dir=work_dir).install(
+        swupdate_device.build_bundle(data), no_progress
+    )
+    assert swupdate_device.slot_starts_with("B", data)
+
+
+def test_a_work_dir_too_long_for_swupdates_sockets_is_refused(tmp_path: Path) -> None:
+    slots = {"A": "/dev/a", "B": "/dev/b"}
+    ok = work_dir_of(tmp_path, 106)
+    SwupdateConfig(slots=slots, ca_certificate=Path("/ca.pem"), work_dir=ok)
+    too_long = work_dir_of(tmp_path, 107)
+    with pytest.raises(ValueError, match=r"at most 106 bytes; .* makes 107: choose a shorter"):
+        SwupdateConfig(slots=slots, ca_certificate=Path("/ca.pem"), work_dir=too_long)
+
+
 def test_kernel_parameters_are_read_as_the_kernel_does() -> None:
     cmdline = 'console=ttyS0 root=/dev/mmcblk0p2 quiet "dyndbg=x y" root=/dev/mmcblk0p3 ro\n'
     assert kernel_parameter(cmdline, "root") == "/dev/mmcblk0p3"

@@ -81,6 +81,14 @@ _GENERIC_ERRORS = frozenset(
 )
 
 
+SOCKETS = ("sockinstctrl", "swupdateprog")
+"""What `swupdate -i` binds in its TMPDIR (`work_dir`): the control and progress sockets."""
+MAX_SOCKET_PATH = 106
+"""The longest socket path SWUpdate binds: one byte short of `sun_path`'s 107 (Debian's
+swupdate 2022.12, tests/test_system_update_swupdate.py: 106 installs, 107 fails). A longer
+`work_dir` failed every install with only "swupdate_async_start returns -1" to show for it."""
+
+
 @model
 class SwupdateConfig:
     """How SWUpdate and the boot environment are set up on this device."""
@@ -125,6 +133,13 @@ class SwupdateConfig:
             raise ValueError(f"software_set: {self.software_set!r} is not a set name")
         if self.install_timeout <= 0 or self.command_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        longest = len(os.fsencode(self.work_dir / max(SOCKETS, key=len)))
+        if longest > MAX_SOCKET_PATH:
+            raise ValueError(
+                f"work_dir: SWUpdate binds its sockets there ({', '.join(SOCKETS)}), and only"
+                f" on a path of at most {MAX_SOCKET_PATH} bytes; {self.work_dir} makes"
+                f" {longest}: choose a shorter system_update.swupdate_work_dir"
+            )
 
 
 def kernel_parameter(cmdline: str, name: str) -> str | None:
