@@ -198,8 +198,16 @@ while :; do sleep 0.05; done
                 details = service.execution("cut-off", THING).status_details or {}
                 return details.get("message") == "started"
 
-            # Its progress is reported: no update of it is left to send when the link drops.
+            # Its progress is reported, and the reply is in: no update of it is left to send
+            # again when the link drops. (CI under pytest-xdist: the broker stopped before the
+            # update's reply reached the agent, which sent it again after the reconnect and
+            # learnt of the cancel from its refusal, asking the lost question once, not twice.)
             await wait_until(progress_seen, 15, "the handler's progress to reach the service")
+            await wait_until(
+                lambda: agent.engine is not None and agent.engine.client.requests_waiting == 0,
+                15,
+                "the progress update's reply to reach the agent",
+            )
             fresh_mosquitto.stop()
             service.cancel_execution("cut-off", THING, force=True)
             for _ in range(lost):

@@ -119,6 +119,12 @@ class JobsClient:
         self._request_topics: dict[tuple[Operation, str | None], str] = {}
         """The request topics that name no job (start-next), built once."""
 
+    @property
+    def requests_waiting(self) -> int:
+        """Requests sent and not yet answered: a reply still on its way is one a dropped link
+        makes the agent send again (and the service answer again) after the reconnect."""
+        return self._exchange.waiting
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen, then subscribe (QoS 1) to every reply and event topic; waits for the link.

@@ -118,6 +118,11 @@ class Exchange(Generic[R]):
         return f"{self._prefix}-{self._counter}"
 
     # -- from the protocol client's listeners (loop thread; never raise) ------------------------
+    @property
+    def waiting(self) -> int:
+        """Requests published and not yet answered (or failed)."""
+        return len(self._waiting)
+
     def waits_for(self, token: object) -> bool:
         """Whether a request is waiting with `token` (for clients that share a reply topic
         between requests and other traffic)."""
