@@ -139,3 +139,32 @@ def test_sign_then_exec_with_require_signature(tmp_path: Path) -> None:
     ok = cli("exec", str(signed), "--config", config, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert (tmp_path / "marker").exists()
+
+
+def test_exec_in_the_daemons_state_dir_leaves_the_daemons_job_directories_alone(
+    tmp_path: Path,
+) -> None:
+    """An operator tries a document with the daemon's own `--state-dir`: the daemon keeps its
+    jobs in `jobs/<namespace>/<jobId>/` (`default` for none), and exec's `--job-id default`
+    used `jobs/default/` as its job directory and removed it at the end, with every running
+    or deferred job's state in it (seen on main before the fix)."""
+    state_dir = tmp_path / "st"
+    kept = state_dir / "jobs" / "default" / "running-job" / "state" / "checkpoint"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("the daemon's")
+    marker = tmp_path / "marker"
+    result = cli(
+        "exec",
+        str(write_doc(tmp_path, marker)),
+        "--handler-dir",
+        str(tmp_path),
+        "--state-dir",
+        str(state_dir),
+        "--job-id",
+        "default",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker.exists()
+    assert kept.read_text() == "the daemon's"
+    assert not (state_dir / "exec" / "default").exists()  # exec's own, removed at its end

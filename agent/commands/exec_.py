@@ -122,6 +122,10 @@ def _exec(args: argparse.Namespace) -> int:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
+EXEC_DIRECTORY = "exec"
+"""`state_dir/exec/<jobId>/`: exec's job directories, apart from the daemon's `state_dir/jobs/`."""
+
+
 def _dry_run(dispatcher: Any, document: dict[str, Any], job_id: str, out: TextIO) -> int:
     from jobs_agent.dispatch.plugins import PluginError
     from jobs_agent_handlers.api import JobRejected
@@ -171,7 +175,10 @@ async def _run(
     from jobs_agent.dispatch.output import log_path
     from jobs_agent.redact import redact_mapping
 
-    base = config.state_dir / "jobs" / job_id
+    # Not `jobs/`: there the daemon keeps `jobs/<namespace>/<jobId>/` (`default` for none), so
+    # `--job-id default` with the daemon's `--state-dir` removed every running job's directory
+    # at the end of the run.
+    base = config.state_dir / EXEC_DIRECTORY / job_id
     ctx = LocalJobContext(
         document=document,
         scratch_dir=base / "scratch-1",
