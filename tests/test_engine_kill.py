@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -39,6 +38,7 @@ from tests.harness import (
     wait_until,
     write_handler,
 )
+from tests.helpers.strace import strace_attached
 
 THING = f"gw-kill-{os.getpid()}"
 """Unique to this test process: a restarted agent stops the handlers it finds by their thing
@@ -428,22 +428,7 @@ async def test_a_job_costs_two_fsyncs_of_the_state_database(
         agent.start()
         await agent.wait_ready()
         assert agent.process is not None
-        messages = tmp_path / "strace.err"
-        with messages.open("wb") as stderr:
-            strace = subprocess.Popen(
-                ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace),
-                 "-p", str(agent.process.pid)],
-                stderr=stderr,
-            )  # fmt: skip
-        try:
-            # "Process N attached (with M threads)": every thread is traced from then on.
-            await wait_until(
-                lambda: b"attached" in messages.read_bytes() or strace.poll() is not None,
-                30,
-                "strace",
-            )
-            if strace.poll() is not None:
-                pytest.skip(f"strace cannot trace here: {messages.read_text(errors='replace')}")
+        async with strace_attached(agent.process.pid, trace, "fsync,fdatasync"):
             before = _wal_fsyncs(trace)
             for number in range(jobs):
                 one_emulator.service.create_job(f"fsync-{number}", [THING], {"operation": "flash"})
@@ -454,9 +439,6 @@ async def test_a_job_costs_two_fsyncs_of_the_state_database(
                 return rows == [("reported",)] * jobs
 
             await wait_until(all_reported, 30, "every job reported")
-        finally:
-            strace.send_signal(signal.SIGINT)
-            strace.wait(timeout=10)
         assert _wal_fsyncs(trace) - before == 2 * jobs, trace.read_text()[-3000:]
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0

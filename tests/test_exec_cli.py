@@ -35,6 +35,11 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def exec_here(tmp_path: Path, document: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`jobs-agent exec DOCUMENT` with handlers searched in `tmp_path`, from it."""
+    return cli("exec", str(document), "--handler-dir", str(tmp_path), *options, cwd=tmp_path)
+
+
 def write_doc(tmp_path: Path, marker: Path) -> Path:
     doc = tmp_path / "doc.json"
     doc.write_text(
@@ -66,14 +71,7 @@ def write_doc(tmp_path: Path, marker: Path) -> Path:
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    result = cli(
-        "exec",
-        str(write_doc(tmp_path, marker)),
-        "--dry-run",
-        "--handler-dir",
-        str(tmp_path),
-        cwd=tmp_path,
-    )
+    result = exec_here(tmp_path, write_doc(tmp_path, marker), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert f"step 1: 'Touch' (runCommand): /usr/bin/touch {marker} as root" in result.stdout
     assert "timeout 3600 s" in result.stdout
@@ -82,22 +80,14 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
 
 def test_exec_runs_and_prints_status_details(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    result = cli(
-        "exec",
-        str(write_doc(tmp_path, marker)),
-        "--handler-dir",
-        str(tmp_path),
-        "--state-dir",
-        str(tmp_path / "st"),
-        cwd=tmp_path,
-    )
+    result = exec_here(tmp_path, write_doc(tmp_path, marker), "--state-dir", str(tmp_path / "st"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert marker.exists()
     assert '"stdout": "line one, still one"' in result.stdout
     assert result.stdout.rstrip().splitlines()[-2] == "status: SUCCEEDED"
     failing = tmp_path / "fail.json"
     failing.write_text(json.dumps({"operation": "false"}))
-    failed = cli("exec", str(failing), "--handler-dir", str(tmp_path), cwd=tmp_path)
+    failed = exec_here(tmp_path, failing)
     assert failed.returncode == 1
     assert 'step 1 \\"false\\": exited with code 1' in failed.stdout or (
         '"reason": "step 1 \\"false\\": exited with code 1"' in failed.stdout
@@ -153,16 +143,8 @@ def test_exec_in_the_daemons_state_dir_leaves_the_daemons_job_directories_alone(
     kept.parent.mkdir(parents=True)
     kept.write_text("the daemon's")
     marker = tmp_path / "marker"
-    result = cli(
-        "exec",
-        str(write_doc(tmp_path, marker)),
-        "--handler-dir",
-        str(tmp_path),
-        "--state-dir",
-        str(state_dir),
-        "--job-id",
-        "default",
-        cwd=tmp_path,
+    result = exec_here(
+        tmp_path, write_doc(tmp_path, marker), "--state-dir", str(state_dir), "--job-id", "default"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert marker.exists()

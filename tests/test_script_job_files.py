@@ -26,10 +26,8 @@ import shutil
 import signal
 import sqlite3
 import stat
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
@@ -38,7 +36,6 @@ from jobs_agent.dispatch.output import DOCUMENT_FILE
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT, recycle
-from jobs_agent.vocabulary import ExecutionRef
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -48,6 +45,8 @@ from tests.harness import (
     wait_until,
     write_handler,
 )
+from tests.helpers.engine_context import engine_context
+from tests.helpers.strace import strace_attached
 
 THING = f"gw-files-{os.getpid()}"
 TRACED = (
@@ -143,26 +142,8 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
         # The first job makes what every later one finds (the logs and jobs directories,
         # the agent's base cgroup after the start's sweep): outside the count.
         await _run_jobs(tmp_path, emulator, 0, 1)
-        messages = tmp_path / "strace.err"
-        with messages.open("wb") as stderr:
-            strace = subprocess.Popen(
-                ["strace", "-f", "-y", "-e", f"trace={TRACED}", "-o", str(trace),
-                 "-p", str(agent.process.pid)],
-                stderr=stderr,
-            )  # fmt: skip
-        try:
-            # "Process N attached (with M threads)": every thread is traced from then on.
-            await wait_until(
-                lambda: b"attached" in messages.read_bytes() or strace.poll() is not None,
-                30,
-                "strace",
-            )
-            if strace.poll() is not None:
-                pytest.skip(f"strace cannot trace here: {messages.read_text(errors='replace')}")
+        async with strace_attached(agent.process.pid, trace, TRACED):
             await _run_jobs(tmp_path, emulator, 1, jobs)
-        finally:
-            strace.send_signal(signal.SIGINT)
-            strace.wait(timeout=10)
         calls = _agent_calls(trace)
         kinds = ("mkdir", "rmdir", "rename", "create", "unlink")
         per_job = {name: calls[name] / jobs for name in kinds}
@@ -174,24 +155,6 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
         agent.kill()
 
 
-def _context(jobs: Path, job_id: str, execution_number: int = 1) -> EngineJobContext:
-    """A context with the engine's layout (`JobFiles.dirs`) below `jobs`."""
-    base = jobs / "default" / job_id
-    return EngineJobContext(
-        key=ExecutionRef(None, job_id, execution_number),
-        thing_name="gw",
-        document={},
-        checkpoint_data=None,
-        resumed=False,
-        rebooted=False,
-        log=cast(Any, None),
-        scratch_dir=f"{base}/scratch-{execution_number}",
-        state_dir=f"{base}/state",
-        store=cast(Any, None),
-        reporter=cast(Any, None),
-    )
-
-
 def _end(ctx: EngineJobContext) -> None:
     """What `JobFiles.cleanup` does once the outcome is reported."""
     recycle(str(ctx.scratch_dir.parent), ctx.scratch_dir.name, ctx.state_dir.name)
@@ -199,14 +162,14 @@ def _end(ctx: EngineJobContext) -> None:
 
 def test_the_next_job_takes_the_last_ones_directory_empty_and_private(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
-    first = _context(jobs, "j1")
+    first = engine_context(jobs, "j1")
     (first.scratch_dir / DOCUMENT_FILE).write_text("{}")
     assert first.state_dir.is_dir()
     made = first.scratch_dir.parent.stat().st_ino
     _end(first)
     assert not first.scratch_dir.parent.exists()
     assert sorted(os.listdir(jobs / RECYCLED)) == sorted(RECYCLED_LAYOUT)
-    second = _context(jobs, "j2", execution_number=3)  # another job, another execution number
+    second = engine_context(jobs, "j2", execution_number=3)  # another job, another execution number
     assert second.scratch_dir.parent.stat().st_ino == made  # renamed, not made
     assert not (jobs / RECYCLED).exists()
     for directory in (second.scratch_dir.parent, second.scratch_dir, second.state_dir):
@@ -225,7 +188,7 @@ def test_a_directory_left_otherwise_than_found_is_removed_not_recycled(
 ) -> None:
     """Nothing of a job reaches the next one: what a step wrote, or a mode it changed."""
     jobs = tmp_path / "jobs"
-    ctx = _context(jobs, "j1")
+    ctx = engine_context(jobs, "j1")
     (ctx.scratch_dir / DOCUMENT_FILE).write_text("{}")
     if left == "a file in scratch":
         (ctx.scratch_dir / "download.bin").write_bytes(b"x")
@@ -244,10 +207,10 @@ def test_a_resumed_jobs_directory_is_kept_and_the_recycled_one_left_for_another(
     tmp_path: Path,
 ) -> None:
     jobs = tmp_path / "jobs"
-    _end(_context(jobs, "done"))
+    _end(engine_context(jobs, "done"))
     resumed = jobs / "default" / "j1" / "state"
     resumed.mkdir(parents=True)
     (resumed / "progress").write_text("3")
-    ctx = _context(jobs, "j1")
+    ctx = engine_context(jobs, "j1")
     assert (ctx.state_dir / "progress").read_text() == "3" and ctx.scratch_dir.is_dir()
     assert (jobs / RECYCLED).is_dir()

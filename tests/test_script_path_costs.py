@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -30,9 +30,8 @@ from jobs_agent.dispatch.paths import locate_handler, resolved_directory
 from jobs_agent.dispatch.pipes import ExitWatch
 from jobs_agent.dispatch.scripts import StepFiles
 from jobs_agent.dispatch.users import own_user
-from jobs_agent.engine.context import EngineJobContext
-from jobs_agent.vocabulary import ExecutionRef
 from tests.harness import wait_until
+from tests.helpers.engine_context import engine_context
 
 
 class Counter:
@@ -65,29 +64,12 @@ def handler_tree() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-def _context(tmp_path: Path) -> EngineJobContext:
-    job = tmp_path / "jobs" / "default" / "j1"
-    return EngineJobContext(
-        key=ExecutionRef(None, "j1", 1),
-        thing_name="gw",
-        document={},
-        checkpoint_data=None,
-        resumed=False,
-        rebooted=False,
-        log=cast(Any, None),
-        scratch_dir=job / "scratch-1",
-        state_dir=job / "state",
-        store=cast(Any, None),
-        reporter=cast(Any, None),
-    )
-
-
 def test_the_job_directories_are_made_once_per_context(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mkdirs = Counter()
     monkeypatch.setattr(pathlib.Path, "mkdir", mkdirs.wrap(pathlib.Path.mkdir))
-    ctx = _context(tmp_path)
+    ctx = engine_context(tmp_path / "jobs")
     assert ctx.scratch_dir.is_dir() and ctx.state_dir.is_dir()  # made at the first ask
     assert mkdirs.calls
     mkdirs.calls.clear()
@@ -106,19 +88,7 @@ def test_a_context_builds_no_path_for_directories_never_asked_for(
     job = f"{tmp_path}/jobs/default/j1"
     built = Counter()
     monkeypatch.setattr(pathlib.Path, "__new__", built.wrap(pathlib.Path.__new__))
-    ctx = EngineJobContext(
-        key=ExecutionRef(None, "j1", 1),
-        thing_name="gw",
-        document={},
-        checkpoint_data=None,
-        resumed=False,
-        rebooted=False,
-        log=cast(Any, None),
-        scratch_dir=f"{job}/scratch-1",
-        state_dir=f"{job}/state",
-        store=cast(Any, None),
-        reporter=cast(Any, None),
-    )
+    ctx = engine_context(f"{tmp_path}/jobs")
     assert built.calls == []
     assert ctx.state_dir == Path(job, "state") and ctx.state_dir.is_dir()
     assert not Path(job, "scratch-1").exists()
@@ -129,7 +99,7 @@ def test_a_context_builds_no_path_for_directories_never_asked_for(
 def test_a_step_makes_the_scratch_directory_again_if_an_earlier_step_removed_it(
     tmp_path: Path,
 ) -> None:
-    ctx = _context(tmp_path)
+    ctx = engine_context(tmp_path / "jobs")
     shutil.rmtree(ctx.scratch_dir)  # what a step may do to its own scratch space
     files = StepFiles(ctx, own_user())
     try:
@@ -241,7 +211,7 @@ def test_step_files_are_written_without_unlinking_first_and_replace_what_was_the
 ) -> None:
     """A fresh document costs no unlink; one left by an earlier run of the step (or a symlink
     planted there) is unlinked, never followed, and the file is written anew."""
-    ctx = _context(tmp_path)
+    ctx = engine_context(tmp_path / "jobs")
     victim = tmp_path / "victim"
     victim.write_text("keep")
     unlinks = Counter()
