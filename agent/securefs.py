@@ -70,6 +70,17 @@ def describe_owner_problem(
     return None
 
 
+def is_private_file(info: os.stat_result) -> bool:
+    """A regular file of the agent's user, mode 0600, with no other name (a hard link that a
+    process planted in its place has two): one the agent may empty and write again."""
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_nlink == 1
+        and info.st_uid == os.geteuid()
+        and stat.S_IMODE(info.st_mode) == 0o600
+    )
+
+
 def _components(path: Path) -> list[str]:
     if not path.is_absolute():
         raise UntrustedPath(f"{path} is not an absolute path")

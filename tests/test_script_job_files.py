@@ -9,8 +9,9 @@ calls a buffered log file made. Counts, never times.
 Per script job, what is left (each documented):
 * the job's directory, its `scratch-<n>` (the step's working directory, holding
   `document.json`) and its `state` (`JOBS_AGENT_STATE_DIR`): taken from the last job that
-  ended (`state_dir/jobs/.recycled`, emptied) and recycled once the outcome is reported, so
-  only `document.json` is made and removed;
+  ended (`state_dir/jobs/.recycled`, emptied) and recycled once the outcome is reported;
+* `document.json`: the last step's, emptied and kept as `state_dir/jobs/.recycled-document`,
+  renamed in and written (`scripts.StepFiles`), renamed back out emptied at the job's end;
 * the step's cgroup (containment): made, and removed when the step ends; the agent's base
   cgroup above it stays between steps;
 * the output log (`<state_dir>/logs/<jobId>-<n>.log`), kept within `jobs.output_logs_max_*`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -33,9 +35,17 @@ import pytest
 
 from jobs_agent.dispatch.containment import ContainmentError, containment_for
 from jobs_agent.dispatch.output import DOCUMENT_FILE
+from jobs_agent.dispatch.scripts import StepFiles
+from jobs_agent.dispatch.users import own_user
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.context import EngineJobContext
-from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT, recycle
+from jobs_agent.engine.jobdirs import (
+    JOB_DIRECTORY_MODE,
+    RECYCLED,
+    RECYCLED_LAYOUT,
+    SPARE_DOCUMENT,
+    recycle,
+)
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -125,13 +135,14 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
 ) -> None:
     """Per job: one directory made and removed (the step's cgroup), two taken and given back
-    by `rename` (the job's directory, from and to `.recycled`), two files created (the output
-    log, `document.json`) and one unlinked (`document.json`: the log stays), the log written
-    through its descriptor (no `lseek`, no `fchmod` of a log that is already private). The
-    earlier agent made and removed the job's directory, its scratch and its state for every
-    job (with a refused `mkdir` first: no parent yet, and `shutil.rmtree`'s `lseek`s), the
-    agent's base cgroup around every step, and opened the log as a buffered file (three
-    `lseek`, an `fchmod`): 6 mkdir and 5 rmdir per job."""
+    by `rename` (the job's directory, from and to `.recycled`; `document.json`, from and to
+    `.recycled-document`), one file created (the output log) and none unlinked, the log
+    written through its descriptor (no `lseek`, no `fchmod` of a log that is already
+    private). Round 7's agent created and unlinked `document.json` for every job (2 created, 1
+    unlinked); the one before made and removed the job's directory, its scratch and its state
+    for every job (with a refused `mkdir` first: no parent yet, and `shutil.rmtree`'s
+    `lseek`s), the agent's base cgroup around every step, and opened the log as a buffered
+    file (three `lseek`, an `fchmod`): 6 mkdir and 5 rmdir per job."""
     agent = _agent(tmp_path, mosquitto)
     trace = tmp_path / "files.trace"
     jobs = 3
@@ -147,7 +158,7 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
         calls = _agent_calls(trace)
         kinds = ("mkdir", "rmdir", "rename", "create", "unlink")
         per_job = {name: calls[name] / jobs for name in kinds}
-        assert per_job == {"mkdir": 1, "rmdir": 1, "rename": 2, "create": 2, "unlink": 1}, calls
+        assert per_job == {"mkdir": 1, "rmdir": 1, "rename": 4, "create": 1, "unlink": 0}, calls
         assert calls["lseek of the log"] == 0 and calls["fchmod of the log"] == 0, calls
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
@@ -214,3 +225,79 @@ def test_a_resumed_jobs_directory_is_kept_and_the_recycled_one_left_for_another(
     ctx = engine_context(jobs, "j1")
     assert (ctx.state_dir / "progress").read_text() == "3" and ctx.scratch_dir.is_dir()
     assert (jobs / RECYCLED).is_dir()
+
+
+def _write_document(ctx: EngineJobContext, document: dict[str, str]) -> Path:
+    files = StepFiles(ctx, own_user())
+    try:
+        return files.write_json(DOCUMENT_FILE, document)
+    finally:
+        files.close()
+
+
+def test_the_next_step_writes_its_document_into_the_last_ones_file_emptied(
+    tmp_path: Path,
+) -> None:
+    """The document file is not created and unlinked per job (an inode search on ext4, issue
+    18): the last one, emptied at its job's end (nothing of its document is left), is kept
+    beside the recycled directory and renamed in for the next step's document."""
+    jobs = tmp_path / "jobs"
+    first = engine_context(jobs, "j1")
+    written = _write_document(first, {"secret": "first job's"})
+    inode = written.stat().st_ino
+    _end(first)
+    spare = jobs / SPARE_DOCUMENT
+    assert spare.stat().st_ino == inode and spare.stat().st_size == 0
+    assert sorted(os.listdir(jobs / RECYCLED)) == sorted(RECYCLED_LAYOUT)
+    second = engine_context(jobs, "j2")
+    written = _write_document(second, {"b": "2"})
+    assert written.stat().st_ino == inode and json.loads(written.read_text()) == {"b": "2"}
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600 and not spare.exists()
+    assert os.listdir(second.scratch_dir) == [DOCUMENT_FILE]
+
+
+def test_a_plugin_job_taking_the_recycled_directory_never_sees_the_spare(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    first = engine_context(jobs, "j1")
+    _write_document(first, {"a": "1"})
+    _end(first)
+    plugin = engine_context(jobs, "j2")
+    assert os.listdir(plugin.scratch_dir) == [] and os.listdir(plugin.state_dir) == []
+    assert sorted(os.listdir(plugin.scratch_dir.parent)) == ["scratch-1", "state"]
+
+
+@pytest.mark.parametrize("planted", ["a hard link", "a symlink", "a file opened to others"])
+def test_a_document_file_a_step_replaced_is_unlinked_never_emptied_or_written(
+    tmp_path: Path, planted: str
+) -> None:
+    """A step (running as the agent's user) may put a link to another file in the place of
+    its `document.json`, at its end or as the spare: the file it names is neither truncated
+    nor written, whichever way, and the link goes."""
+    jobs = tmp_path / "jobs"
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    precious.chmod(0o600)
+
+    def plant(at: Path) -> None:
+        at.unlink()
+        if planted == "a hard link":
+            os.link(precious, at)
+        elif planted == "a symlink":
+            at.symlink_to(precious)
+        else:
+            at.write_text("{}")
+            at.chmod(0o644)
+
+    first = engine_context(jobs, "j1")
+    plant(_write_document(first, {"a": "1"}))
+    _end(first)
+    assert precious.read_text() == "keep me" and not (jobs / SPARE_DOCUMENT).exists()
+    second = engine_context(jobs, "j2")
+    _write_document(second, {"a": "2"})
+    _end(second)
+    plant(jobs / SPARE_DOCUMENT)
+    third = engine_context(jobs, "j3")
+    written = _write_document(third, {"c": "3"})
+    assert precious.read_text() == "keep me" and precious.stat().st_nlink == 1
+    assert json.loads(written.read_text()) == {"c": "3"} and not written.is_symlink()
+    assert written.stat().st_nlink == 1 and stat.S_IMODE(written.stat().st_mode) == 0o600

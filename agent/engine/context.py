@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, take_recycled
+from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, spare_document_path, take_recycled
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
@@ -83,6 +83,12 @@ class EngineJobContext:
     @scratch_dir.setter
     def scratch_dir(self, path: Path) -> None:
         self._scratch_dir = path
+
+    @property
+    def spare_document(self) -> str | None:
+        """Where the last script step's document file is kept emptied for the next
+        (`jobdirs.keep_document`, `scripts.KeepsSpareDocument`)."""
+        return spare_document_path(os.path.dirname(self._scratch_dir))
 
     @property
     def state_dir(self) -> Path:

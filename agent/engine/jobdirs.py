@@ -13,6 +13,7 @@ import os
 import stat
 
 from jobs_agent.dispatch.output import DOCUMENT_FILE
+from jobs_agent.securefs import is_private_file
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 JOB_DIRECTORY_MODE = 0o700
@@ -23,11 +24,19 @@ takes by `rename` (no namespace or job id starts with a dot)."""
 RECYCLED_LAYOUT = ("scratch-1", "state")
 """What a recycled directory holds: its scratch (renamed to the taker's `scratch-<n>`) and
 its state, both empty."""
+SPARE_DOCUMENT = ".recycled-document"
+"""`state_dir/jobs/.recycled-document`: the last script step's `DOCUMENT_FILE`, emptied, for
+the next step to write its document into (`scripts.StepFiles`) instead of a new file."""
 
 
 def recycled_path(base: str) -> str:
     """Where the job directory `base` (`.../jobs/<namespace>/<jobId>`) is recycled to."""
     return os.path.join(os.path.dirname(os.path.dirname(base)), RECYCLED)
+
+
+def spare_document_path(base: str) -> str:
+    """Where the document file of a step of the job directory `base` is kept emptied."""
+    return os.path.join(os.path.dirname(os.path.dirname(base)), SPARE_DOCUMENT)
 
 
 def take_recycled(base: str, scratch: str, state: str) -> bool:
@@ -64,7 +73,7 @@ def recycle(base: str, scratch: str, state: str) -> None:
     try:
         top = os.open(base, _DIRECTORY)
         try:
-            emptied = _emptied(top, scratch, state)
+            emptied = _emptied(top, scratch, state, spare_document_path(base))
             if emptied and scratch != RECYCLED_LAYOUT[0]:
                 os.rename(scratch, RECYCLED_LAYOUT[0], src_dir_fd=top, dst_dir_fd=top)
         finally:
@@ -79,10 +88,10 @@ def recycle(base: str, scratch: str, state: str) -> None:
     shutil.rmtree(base, True)
 
 
-def _emptied(top: int, scratch: str, state: str) -> bool:
+def _emptied(top: int, scratch: str, state: str, spare: str) -> bool:
     """Whether the job directory `top` holds only `scratch` (with, at most, the step's
-    `DOCUMENT_FILE`, then unlinked) and an empty `state`, all three the agent's own with
-    `JOB_DIRECTORY_MODE`."""
+    `DOCUMENT_FILE`, then kept emptied as `spare` or unlinked) and an empty `state`, all
+    three the agent's own with `JOB_DIRECTORY_MODE`."""
     if sorted(os.listdir(top)) != sorted((scratch, state)) or not _private(top):
         return False
     inner = os.open(state, _DIRECTORY, dir_fd=top)
@@ -96,10 +105,34 @@ def _emptied(top: int, scratch: str, state: str) -> bool:
         left = os.listdir(inner)
         if left not in ([], [DOCUMENT_FILE]) or not _private(inner):
             return False
-        if left:
+        if left and not keep_document(inner, spare):
             os.unlink(DOCUMENT_FILE, dir_fd=inner)
     finally:
         os.close(inner)
+    return True
+
+
+def keep_document(directory: int, spare: str) -> bool:
+    """Empty the step's `DOCUMENT_FILE` in `directory` and move it to `spare`, if it is the
+    agent's own private regular file with no other name; False (the caller unlinks it)
+    otherwise. A spare already there (two jobs ended at once) is replaced. Opened without
+    following a symlink and checked by its descriptor before it is truncated: a step that
+    swapped in a link to another file (a hard link has a second name) gets it unlinked, never
+    truncated."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(DOCUMENT_FILE, flags, dir_fd=directory)
+    except OSError:
+        return False
+    try:
+        if not is_private_file(os.fstat(fd)):
+            return False
+        os.ftruncate(fd, 0)  # nothing of this job's document is left for the next
+        os.rename(DOCUMENT_FILE, spare, src_dir_fd=directory)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
