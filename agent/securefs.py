@@ -81,6 +81,59 @@ def is_private_file(info: os.stat_result) -> bool:
     )
 
 
+_REUSE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def keep_emptied(name: str, spare: str, *, dir_fd: int | None = None) -> bool:
+    """Empty the file `name` and rename it to `spare`, for `take_spare` to reuse: on ext4 a
+    file created where one was just unlinked costs a search of the inode table (issue 18).
+    Only a file `is_private_file` says the agent may reuse, checked by descriptor after an open
+    that follows no symlink (and never blocks on a FIFO); False otherwise, and the caller
+    unlinks it. A spare already there is replaced."""
+    try:
+        fd = os.open(name, _REUSE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        if not is_private_file(os.fstat(fd)):
+            return False
+        os.ftruncate(fd, 0)  # nothing of what it held is left for its next use
+        os.rename(name, spare, src_dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def take_spare(spare: str, name: str, flags: int, *, dir_fd: int | None = None) -> int | None:
+    """The file `keep_emptied` kept at `spare`, renamed to `name` (replacing it: the caller
+    knows nothing of its own is there) and opened with `flags` (never following a symlink),
+    if `is_private_file` still says so, emptied; else None, with nothing at `name` (no spare
+    kept; or one that failed the check, then unlinked): the caller creates it."""
+    try:
+        os.rename(spare, name, dst_dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, flags | _REUSE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            info = os.fstat(fd)
+            if is_private_file(info):
+                if info.st_size:
+                    os.ftruncate(fd, 0)
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+    return None
+
+
 def _components(path: Path) -> list[str]:
     if not path.is_absolute():
         raise UntrustedPath(f"{path} is not an absolute path")

@@ -4,9 +4,17 @@ through the real agent and emulator; the pruning never touches a log still being
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
-from jobs_agent.dispatch.output import OutputLogIndex, prune_output_logs
+import pytest
+
+from jobs_agent.dispatch.output import (
+    RECYCLED_LOG,
+    OutputLog,
+    OutputLogIndex,
+    prune_output_logs,
+)
 from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent, write_script
 
 
@@ -84,3 +92,81 @@ def test_the_index_prunes_by_the_same_rules_and_counts_a_log_written_again_once(
     assert sorted(p.name for p in deleted) == ["a.log", "c.log"]  # b.log was gone already
     assert sorted(p.name for p in tmp_path.iterdir()) == ["active.log", "newest.log"]
     assert index.excess(max_count=2, max_total_bytes=10_000) == 0
+
+
+def _logs_dir(tmp_path: Path) -> Path:
+    """`state_dir/logs`, beside `state_dir/jobs` where the pruned log is kept."""
+    (tmp_path / "state" / "jobs").mkdir(parents=True)
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(mode=0o700)
+    return logs
+
+
+def _log(path: Path, data: bytes, mtime: float) -> None:
+    log = OutputLog(path, 10_000)
+    log.write(data)
+    log.close()
+    os.utime(path, (mtime, mtime))
+
+
+def test_a_pruned_log_is_emptied_and_becomes_the_next_jobs_log(tmp_path: Path) -> None:
+    """At the count limit every job's end prunes one log and the next job makes one: the
+    pruned one's file is emptied (nothing of its output is left) and kept, then renamed to the
+    next log, where a file created per job cost an inode table search on ext4 (issue 18)."""
+    logs = _logs_dir(tmp_path)
+    _log(logs / "old-1.log", b"the old job's output\n", 1000)
+    _log(logs / "new-1.log", b"new\n", 2000)
+    inode = (logs / "old-1.log").stat().st_ino
+    index = OutputLogIndex(logs)
+    index.load()
+    assert index.prune(max_count=1, max_total_bytes=10**6) == [logs / "old-1.log"]
+    assert sorted(os.listdir(logs)) == ["new-1.log"]
+    spare = tmp_path / "state" / "jobs" / RECYCLED_LOG
+    assert spare.stat().st_ino == inode and spare.stat().st_size == 0
+    _log(logs / "next-1.log", b"mine\n", 3000)
+    made = logs / "next-1.log"
+    assert made.read_bytes() == b"mine\n" and made.stat().st_ino == inode
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600 and not spare.exists()
+
+
+def test_a_continuing_executions_log_is_appended_to_never_replaced(tmp_path: Path) -> None:
+    logs = _logs_dir(tmp_path)
+    _log(logs / "old-1.log", b"old\n", 1000)
+    _log(logs / "j-1.log", b"before the reboot\n", 2000)
+    index = OutputLogIndex(logs)
+    index.load()
+    index.prune(max_count=1, max_total_bytes=10**6)
+    _log(logs / "j-1.log", b"after it\n", 3000)
+    assert (logs / "j-1.log").read_bytes() == b"before the reboot\nafter it\n"
+    assert (tmp_path / "state" / "jobs" / RECYCLED_LOG).exists()
+
+
+@pytest.mark.parametrize("where", ["the pruned log", "the kept file"])
+def test_a_log_file_replaced_by_a_hard_link_is_unlinked_never_emptied(
+    tmp_path: Path, where: str
+) -> None:
+    """Whatever took the place of a log or of the kept file (a hard link to another file
+    has two names): the other file is neither emptied nor written, and a new log is made."""
+    logs = _logs_dir(tmp_path)
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    precious.chmod(0o600)
+    _log(logs / "old-1.log", b"old\n", 1000)
+    _log(logs / "new-1.log", b"new\n", 2000)
+    spare = tmp_path / "state" / "jobs" / RECYCLED_LOG
+    if where == "the pruned log":
+        (logs / "old-1.log").unlink()
+        os.link(precious, logs / "old-1.log")
+        os.utime(logs / "old-1.log", (1000, 1000))  # still the oldest
+    index = OutputLogIndex(logs)
+    index.load()
+    index.prune(max_count=1, max_total_bytes=10**6)
+    if where == "the kept file":
+        spare.unlink()
+        os.link(precious, spare)
+    else:
+        assert not spare.exists()
+    _log(logs / "next-1.log", b"mine\n", 3000)
+    assert precious.read_text() == "keep me" and precious.stat().st_nlink == 1
+    made = logs / "next-1.log"
+    assert made.read_bytes() == b"mine\n" and made.stat().st_nlink == 1

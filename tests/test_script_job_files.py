@@ -14,7 +14,8 @@ Per script job, what is left (each documented):
   renamed in and written (`scripts.StepFiles`), renamed back out emptied at the job's end;
 * the step's cgroup (containment): made, and removed when the step ends; the agent's base
   cgroup above it stays between steps;
-* the output log (`<state_dir>/logs/<jobId>-<n>.log`), kept within `jobs.output_logs_max_*`.
+* the output log (`<state_dir>/logs/<jobId>-<n>.log`), kept within `jobs.output_logs_max_*`:
+  at the count limit, made of the oldest one's file (emptied, `state_dir/jobs/.recycled-log`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
     await emu.stop()
 
 
-def _agent(tmp_path: Path, mosquitto: Mosquitto) -> AgentProcess:
+def _agent(tmp_path: Path, mosquitto: Mosquitto, max_logs: int | None = None) -> AgentProcess:
     try:
         containment_for("cgroup", tmp_path / "state")
     except ContainmentError as exc:
@@ -85,8 +86,11 @@ def _agent(tmp_path: Path, mosquitto: Mosquitto) -> AgentProcess:
     config = agent_config(
         tmp_path, mosquitto.port, thing=THING, containment="cgroup", progress_interval_seconds=5.0
     )
+    text = config_yaml(config)
+    if max_logs is not None:
+        text = text.replace("\njobs:\n", f"\njobs:\n  output_logs_max_count: {max_logs}\n")
     path = tmp_path / "config.yaml"
-    path.write_text(config_yaml(config))
+    path.write_text(text)
     return AgentProcess(config_path=path, workdir=tmp_path)
 
 
@@ -131,34 +135,51 @@ def _agent_calls(trace: Path) -> collections.Counter[str]:
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.parametrize(
+    ("max_logs", "expected"),
+    [
+        (None, {"mkdir": 1, "rmdir": 1, "rename": 5, "create": 1, "unlink": 0}),
+        (1, {"mkdir": 1, "rmdir": 1, "rename": 6, "create": 0, "unlink": 0}),
+    ],
+    ids=["below the log count limit", "at the log count limit"],
+)
 async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
-    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    max_logs: int | None,
+    expected: dict[str, int],
 ) -> None:
     """Per job: one directory made and removed (the step's cgroup), two taken and given back
     by `rename` (the job's directory, from and to `.recycled`; `document.json`, from and to
-    `.recycled-document`), one file created (the output log) and none unlinked, the log
-    written through its descriptor (no `lseek`, no `fchmod` of a log that is already
-    private). Round 7's agent created and unlinked `document.json` for every job (2 created, 1
-    unlinked); the one before made and removed the job's directory, its scratch and its state
-    for every job (with a refused `mkdir` first: no parent yet, and `shutil.rmtree`'s
-    `lseek`s), the agent's base cgroup around every step, and opened the log as a buffered
-    file (three `lseek`, an `fchmod`): 6 mkdir and 5 rmdir per job."""
-    agent = _agent(tmp_path, mosquitto)
+    `.recycled-document`), the log written through its descriptor (no `lseek`, no `fchmod` of
+    a log that is already private), nothing unlinked. Below `jobs.output_logs_max_count` the
+    log is created (and the `rename` of a pruned log's file into its place is refused: none
+    kept); at the limit, the oldest log is emptied and kept as `.recycled-log` instead of
+    unlinked, and the next job's log is that file renamed: no file created at all.
+    Round 7's agent created and unlinked `document.json` for every job, and created the log
+    and unlinked the oldest at the limit (2 created, 1 or 2 unlinked); the one before made
+    and removed the job's directory, its scratch and its state for every job (with a refused
+    `mkdir` first: no parent yet, and `shutil.rmtree`'s `lseek`s), the agent's base cgroup
+    around every step, and opened the log as a buffered file (three `lseek`, an `fchmod`): 6
+    mkdir and 5 rmdir per job."""
+    agent = _agent(tmp_path, mosquitto, max_logs)
     trace = tmp_path / "files.trace"
     jobs = 3
     try:
         agent.start()
         await agent.wait_ready()
         assert agent.process is not None
-        # The first job makes what every later one finds (the logs and jobs directories,
-        # the agent's base cgroup after the start's sweep): outside the count.
-        await _run_jobs(tmp_path, emulator, 0, 1)
+        # The first jobs make what every later one finds (the logs and jobs directories,
+        # the agent's base cgroup after the start's sweep, at the limit a pruned log): outside
+        # the count.
+        await _run_jobs(tmp_path, emulator, 0, 2)
         async with strace_attached(agent.process.pid, trace, TRACED):
-            await _run_jobs(tmp_path, emulator, 1, jobs)
+            await _run_jobs(tmp_path, emulator, 2, jobs)
         calls = _agent_calls(trace)
         kinds = ("mkdir", "rmdir", "rename", "create", "unlink")
         per_job = {name: calls[name] / jobs for name in kinds}
-        assert per_job == {"mkdir": 1, "rmdir": 1, "rename": 4, "create": 1, "unlink": 0}, calls
+        assert per_job == expected, calls
         assert calls["lseek of the log"] == 0 and calls["fchmod of the log"] == 0, calls
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0

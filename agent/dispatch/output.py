@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from jobs_agent.securefs import keep_emptied, take_spare
+
 STATUS_VALUE_MAX = 1024
 """The service's limit on one statusDetails value (characters)."""
 
@@ -75,6 +77,13 @@ DOCUMENT_FILE = "document.json"
 the engine's cleanup knows it without loading the script protocol."""
 CHECKPOINT_FILE = "checkpoint.json"
 """A re-run step's last checkpoint, beside `DOCUMENT_FILE` (`JOBS_AGENT_CHECKPOINT`)."""
+RECYCLED_LOG = ".recycled-log"
+"""`state_dir/jobs/.recycled-log`: the last log pruned (`OutputLogIndex.prune`), emptied, for
+the next job's log (`OutputLog`); beside the other recycled files, out of the logs' listing."""
+
+
+def recycled_log_path(logs_dir: Path) -> str:
+    return os.path.join(os.path.dirname(logs_dir), "jobs", RECYCLED_LOG)
 
 
 class OutputLog:
@@ -94,11 +103,13 @@ class OutputLog:
         self.truncated = False
         # Output may hold secrets a handler printed: readable by the agent's user only.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileNotFoundError:  # the first job's log: the directory is made once
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, flags, 0o600)
+        fd = None if os.path.lexists(path) else _take_recycled_log(path)
+        if fd is None:
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:  # the first job's log: the directory is made once
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(path, flags, 0o600)
         try:
             info = os.fstat(fd)
             if info.st_mode & 0o077:
@@ -138,6 +149,13 @@ class OutputLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _take_recycled_log(path: Path) -> int | None:
+    """A new log made of the last one pruned (`RECYCLED_LOG`) if it is kept: at the count
+    limit, a log created per job where one was just unlinked cost the inode table search on
+    ext4 (issue 18)."""
+    return take_spare(recycled_log_path(path.parent), str(path), os.O_APPEND)
 
 
 def log_path(state_dir: Path, job_id: str, execution_number: int) -> Path:
@@ -247,9 +265,13 @@ class OutputLogIndex:
                 break
             if name in kept:
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                (self.logs_dir / name).unlink()
-                deleted.append(self.logs_dir / name)
+            path = self.logs_dir / name
+            if not deleted and keep_emptied(str(path), recycled_log_path(self.logs_dir)):
+                deleted.append(path)  # emptied and kept for the next log (`OutputLog`)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    deleted.append(path)
             del self._logs[name]
             count -= 1
             self._total -= size

@@ -28,7 +28,7 @@ import structlog
 
 from jobs_agent.dispatch.output import DOCUMENT_FILE
 from jobs_agent.dispatch.users import RunAs
-from jobs_agent.securefs import is_private_file
+from jobs_agent.securefs import take_spare
 from jobs_agent_handlers.api import JobContext, JobDeferred
 
 log = structlog.get_logger("jobs_agent.dispatch.scripts")
@@ -141,10 +141,13 @@ class StepFiles:
         """Write `name` afresh: created exclusively (whatever was there, a symlink included,
         is unlinked first, never followed), given to the step's user, then written in one
         go (`json.dumps` is the C encoder; `json.dump` to a file encodes piece by piece in
-        Python). The document goes into the spare file the last step left, if there is one
-        (`KeepsSpareDocument`)."""
+        Python). The document goes into the file the last step left emptied, if there is one
+        and it is the agent's own private file with no other name (`KeepsSpareDocument`,
+        `securefs.take_spare`): else it is unlinked and created as any other."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = self._take_spare() if name == DOCUMENT_FILE else None
+        fd = None
+        if self._spare is not None and name == DOCUMENT_FILE:
+            fd = take_spare(self._spare, name, os.O_WRONLY, dir_fd=self._dir_fd)
         if fd is None:
             try:
                 fd = os.open(name, flags, 0o600, dir_fd=self._dir_fd)
@@ -161,30 +164,6 @@ class StepFiles:
         finally:
             os.close(fd)
         return self.directory / name
-
-    def _take_spare(self) -> int | None:
-        """The spare document file renamed into the step's directory and opened, if it is the
-        agent's own private regular file with no other name (`is_private_file`, checked by
-        descriptor, never following a symlink); else None, and the caller creates the file (a
-        spare that failed the check is unlinked first, as a file left by an earlier run)."""
-        if self._spare is None:
-            return None
-        try:
-            os.rename(self._spare, DOCUMENT_FILE, dst_dir_fd=self._dir_fd)
-            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            fd = os.open(DOCUMENT_FILE, flags, dir_fd=self._dir_fd)
-        except OSError:
-            return None  # none kept (the first script job, or another step took it)
-        try:
-            info = os.fstat(fd)
-            if is_private_file(info):
-                if info.st_size:
-                    os.ftruncate(fd, 0)
-                return fd
-        except OSError:
-            pass
-        os.close(fd)
-        return None
 
     def hand_over(self) -> None:
         """Give the step's directory to its user, once every file in it is written."""

@@ -87,7 +87,7 @@ class EngineJobContext:
     @property
     def spare_document(self) -> str | None:
         """Where the last script step's document file is kept emptied for the next
-        (`jobdirs.keep_document`, `scripts.KeepsSpareDocument`)."""
+        (`securefs.keep_emptied`, `scripts.KeepsSpareDocument`)."""
         return spare_document_path(os.path.dirname(self._scratch_dir))
 
     @property

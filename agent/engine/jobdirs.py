@@ -13,7 +13,7 @@ import os
 import stat
 
 from jobs_agent.dispatch.output import DOCUMENT_FILE
-from jobs_agent.securefs import is_private_file
+from jobs_agent.securefs import keep_emptied
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 JOB_DIRECTORY_MODE = 0o700
@@ -105,34 +105,10 @@ def _emptied(top: int, scratch: str, state: str, spare: str) -> bool:
         left = os.listdir(inner)
         if left not in ([], [DOCUMENT_FILE]) or not _private(inner):
             return False
-        if left and not keep_document(inner, spare):
+        if left and not keep_emptied(DOCUMENT_FILE, spare, dir_fd=inner):
             os.unlink(DOCUMENT_FILE, dir_fd=inner)
     finally:
         os.close(inner)
-    return True
-
-
-def keep_document(directory: int, spare: str) -> bool:
-    """Empty the step's `DOCUMENT_FILE` in `directory` and move it to `spare`, if it is the
-    agent's own private regular file with no other name; False (the caller unlinks it)
-    otherwise. A spare already there (two jobs ended at once) is replaced. Opened without
-    following a symlink and checked by its descriptor before it is truncated: a step that
-    swapped in a link to another file (a hard link has a second name) gets it unlinked, never
-    truncated."""
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(DOCUMENT_FILE, flags, dir_fd=directory)
-    except OSError:
-        return False
-    try:
-        if not is_private_file(os.fstat(fd)):
-            return False
-        os.ftruncate(fd, 0)  # nothing of this job's document is left for the next
-        os.rename(DOCUMENT_FILE, spare, src_dir_fd=directory)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
     return True
 
 
