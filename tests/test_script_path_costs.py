@@ -16,6 +16,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,23 @@ def test_step_files_are_written_without_unlinking_first_and_replace_what_was_the
     assert not written.is_symlink() and written.read_text() == "[1, 2]"
     assert (written.stat().st_mode & 0o777) == 0o600
     assert (ctx.scratch_dir / "document.json").read_text(encoding="utf-8") == '{"step": "é"}'
+
+
+def test_step_files_ask_the_context_for_its_spare_document_without_a_protocol_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`isinstance` of a runtime-checkable protocol walks its members in Python: more CPU per
+    step than the document file it lets the step reuse (`KeepsSpareDocument`, issue 18)."""
+    checks = Counter()
+    meta = type(typing.Protocol)
+    monkeypatch.setattr(meta, "__instancecheck__", checks.wrap(meta.__instancecheck__))
+    ctx = engine_context(tmp_path / "jobs")
+    files = StepFiles(ctx, own_user())
+    try:
+        files.write_json("document.json", {})
+    finally:
+        files.close()
+    assert checks.calls == []
 
 
 def test_a_cgroup_left_by_an_earlier_run_of_the_step_is_emptied_before_reuse(
