@@ -553,10 +553,12 @@ def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:
     def fixed(section: Any) -> Any:
         return replace(section, **{f.name: fix(getattr(section, f.name)) for f in fields(section)})
 
+    system_update = config.system_update
     return replace(
         config,
         state_dir=fix(config.state_dir),
         connection=fixed(config.connection),
         jobs=fixed(config.jobs),
         log=fixed(config.log),
+        system_update=None if system_update is None else fixed(system_update),
     )

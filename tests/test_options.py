@@ -82,6 +82,17 @@ def test_the_system_update_section_reaches_the_dispatcher_and_its_absence_the_de
         load(tmp_path, "system_update:\n  install_timeout_seconds: soon\n")
 
 
+def test_relative_system_update_paths_are_relative_to_the_configuration_file(
+    tmp_path: Path,
+) -> None:
+    """As every other path of the file (README): SWUpdate's certificate named `certs/ca.pem`
+    is the one beside the configuration, not one below whatever directory the agent runs in."""
+    config = load(tmp_path, "system_update:\n  swupdate_ca_certificate: certs/ca.pem\n")
+    section = config.system_update  # type: ignore[attr-defined]
+    assert section.swupdate_ca_certificate == tmp_path.resolve() / "certs" / "ca.pem"
+    assert section.swupdate_cmdline_path == Path("/proc/cmdline")
+
+
 def test_a_reload_that_adds_a_system_update_section_names_only_its_keys(tmp_path: Path) -> None:
     from jobs_agent.daemon import changed_settings
 
