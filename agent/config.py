@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -66,7 +66,11 @@ from jobs_agent.vocabulary import (
     STEP_TIMEOUT_MIN,
     THING_NAME_RE,
 )
-from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+if TYPE_CHECKING:
+    # Read when the file has a `system_update:` section, or by the first job that runs the
+    # handler: an agent without one never loads it (issue 18).
+    from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobs-agent/config.yaml")
 ENV_PREFIX = "JOBS_AGENT_"
@@ -191,8 +195,9 @@ class AgentConfig:
     """The consent socket and who may answer it (`jobs_agent.consent.settings`)."""
     inventory: InventorySettings = field(default_factory=InventorySettings)
     """`inventory:`, declared and checked by its owner (`jobs_agent.inventory.settings`)."""
-    system_update: SystemUpdateSettings = field(default_factory=SystemUpdateSettings)
-    """The device's updaters and health checks for the `system-update` handler."""
+    system_update: SystemUpdateSettings | None = None
+    """The device's updaters and health checks for the `system-update` handler; None when the
+    file has no `system_update:` section (`system_update_settings()`: the defaults then)."""
 
     @property
     def client_id(self) -> str:
@@ -206,6 +211,15 @@ class AgentConfig:
         """What the dispatcher and its sandbox read, as the dispatcher declares it."""
         return DispatchSettings(**self._routed(DispatchSettings))
 
+    def system_update_settings(self) -> SystemUpdateSettings:
+        """The `system_update:` section, or its defaults when the file has none (built here:
+        the module that declares them loads only for an agent that uses them)."""
+        if self.system_update is not None:
+            return self.system_update
+        from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+        return SystemUpdateSettings()
+
     def _routed(self, owner: type) -> dict[str, Any]:
         """Every setting `owner` declares, by its name, from the top level or `jobs:` (a name
         found in neither is a KeyError: an owner cannot ask for an option nobody declares)."""
@@ -213,10 +227,12 @@ class AgentConfig:
             "thing_name": self.thing_name,
             "state_dir": self.state_dir,
             "handlers": self.handlers,
-            "system_update": self.system_update,
             **{f.name: getattr(self.jobs, f.name) for f in fields(self.jobs)},
         }
-        return {f.name: values[f.name] for f in fields(owner)}
+        names = [f.name for f in fields(owner)]
+        if "system_update" in names:
+            values["system_update"] = self.system_update_settings()
+        return {name: values[name] for name in names}
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +331,6 @@ _TOP_LEVEL_KEYS = frozenset(f.name for f in fields(AgentConfig))
 _SECTIONS: dict[str, type] = {
     "jobs": JobsConfig,
     "log": LogConfig,
-    "system_update": SystemUpdateSettings,
 }
 
 
@@ -447,6 +462,10 @@ def config_from_data(
             kwargs[key] = _build_inventory(value, where)
         elif key in _SECTIONS:
             kwargs[key] = _build_section(key, _SECTIONS[key], value, where)
+        elif key == "system_update":
+            from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+            kwargs[key] = _build_section(key, SystemUpdateSettings, value, where)
         else:
             kwargs[key] = _convert(key, by_name[key], value, where)
     config = AgentConfig(**kwargs)
@@ -534,10 +553,12 @@ def resolve_relative_paths(config: AgentConfig, base: Path) -> AgentConfig:
     def fixed(section: Any) -> Any:
         return replace(section, **{f.name: fix(getattr(section, f.name)) for f in fields(section)})
 
+    system_update = config.system_update
     return replace(
         config,
         state_dir=fix(config.state_dir),
         connection=fixed(config.connection),
         jobs=fixed(config.jobs),
         log=fixed(config.log),
+        system_update=None if system_update is None else fixed(system_update),
     )

@@ -193,6 +193,8 @@ def _check_deprecated(config: AgentConfig, findings: Findings) -> None:
 def _check_system_update(config: AgentConfig, findings: Findings) -> None:
     """What the `system-update` handler would only find out in the middle of an update."""
     section = config.system_update
+    if section is None:
+        return  # the defaults name no certificate and no health command
     if section.swupdate_slots and section.swupdate_ca_certificate is None:
         findings.errors.append(
             "system_update.swupdate_ca_certificate: required with system_update.swupdate_slots"

@@ -66,7 +66,12 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changed_settings(old: AgentConfig, new: AgentConfig) -> list[str]:
-    """The keys whose value differs (names only: a changed password is not shown)."""
+    """The keys whose value differs (names only: a changed password is not shown). A
+    `system_update:` section added or removed is compared with the defaults it replaces, key
+    by key."""
+    if (old.system_update is None) != (new.system_update is None):
+        old = dataclasses.replace(old, system_update=old.system_update_settings())
+        new = dataclasses.replace(new, system_update=new.system_update_settings())
     before, after = _flatten(old), _flatten(new)
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 

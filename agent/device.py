@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from jobs_agent.config import AgentConfig
 from jobs_agent.datamodel import model
-from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.engine import Engine, EngineStatus
@@ -87,21 +86,23 @@ class FirstJobDispatcher:
     50 ms that a gateway waiting for jobs would otherwise pay at every start (issue 18). Building
     it can fail only on unusable signing keys, and only when signatures are required: then it is
     built at once, so that a bad `jobs.trusted_keys` still stops the start (or a reload) with
-    `TrustedKeysError` before any job is taken.
+    `TrustedKeysError` before any job is taken. Its settings are made with it: they hold the
+    `system-update` handler's, whose declarations an agent without a `system_update:` section
+    then never loads.
     """
 
-    def __init__(self, settings: DispatchSettings, options: Mapping[str, Any]) -> None:
-        self.settings = settings
+    def __init__(self, config: AgentConfig, options: Mapping[str, Any]) -> None:
+        self._config = config
         self._options = dict(options)
         self._built: Dispatcher | None = None
-        if settings.require_signature:
+        if config.jobs.require_signature:
             self.built()
 
     def built(self) -> Dispatcher:
         if self._built is None:
             from jobs_agent.dispatch.router import Dispatcher
 
-            self._built = Dispatcher(self.settings, **self._options)
+            self._built = Dispatcher(self._config.dispatch_settings(), **self._options)
         return self._built
 
     def resolve(
@@ -120,7 +121,7 @@ class FirstJobDispatcher:
 def first_job_dispatcher(config: AgentConfig, **options: Any) -> FirstJobDispatcher:
     """The daemon's dispatcher (see `FirstJobDispatcher`); raises `TrustedKeysError` now when
     signatures are required and the keys cannot be used."""
-    return FirstJobDispatcher(config.dispatch_settings(), options)
+    return FirstJobDispatcher(config, options)
 
 
 def build_device(

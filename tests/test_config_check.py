@@ -45,6 +45,10 @@ def test_a_complete_device_passes(device: Path) -> None:
     result = check(device, awscrt(device))
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout and "WARNING" not in result.stderr
+    # The effective settings include the ones the file leaves at their defaults, a section the
+    # agent builds only when used (`system_update:`) too.
+    assert "  jobs.kill_grace_seconds = 10.0\n" in result.stdout
+    assert "  system_update.install_timeout_seconds = 3600.0\n" in result.stdout
 
 
 def test_missing_certificate_key_and_ca_are_named(device: Path) -> None:

@@ -65,6 +65,44 @@ def test_the_engine_and_the_dispatcher_get_the_settings_they_read(tmp_path: Path
     assert engine.state_dir == dispatch.state_dir == Path("/var/lib/jobs-agent")
 
 
+def test_the_system_update_section_reaches_the_dispatcher_and_its_absence_the_defaults(
+    tmp_path: Path,
+) -> None:
+    """An agent without a `system_update:` section does not build its settings at load (their
+    module loads at the first job that runs the handler, issue 18): the dispatcher still gets
+    the handler's defaults, and a section's values when the file has one, checked at load."""
+    from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+    absent = load(tmp_path)
+    assert absent.system_update is None  # type: ignore[attr-defined]
+    assert absent.dispatch_settings().system_update == SystemUpdateSettings()  # type: ignore[attr-defined]
+    given = load(tmp_path, "system_update:\n  install_timeout_seconds: 60\n")
+    assert given.dispatch_settings().system_update.install_timeout_seconds == 60  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"system_update\.install_timeout_seconds: expected"):
+        load(tmp_path, "system_update:\n  install_timeout_seconds: soon\n")
+
+
+def test_relative_system_update_paths_are_relative_to_the_configuration_file(
+    tmp_path: Path,
+) -> None:
+    """As every other path of the file (README): SWUpdate's certificate named `certs/ca.pem`
+    is the one beside the configuration, not one below whatever directory the agent runs in."""
+    config = load(tmp_path, "system_update:\n  swupdate_ca_certificate: certs/ca.pem\n")
+    section = config.system_update  # type: ignore[attr-defined]
+    assert section.swupdate_ca_certificate == tmp_path.resolve() / "certs" / "ca.pem"
+    assert section.swupdate_cmdline_path == Path("/proc/cmdline")
+
+
+def test_a_reload_that_adds_a_system_update_section_names_only_its_keys(tmp_path: Path) -> None:
+    from jobs_agent.daemon import changed_settings
+
+    before = load(tmp_path)
+    after = load(tmp_path, "system_update:\n  install_timeout_seconds: 60\n")
+    changed = changed_settings(before, after)  # type: ignore[arg-type]
+    assert changed == ["system_update.install_timeout_seconds"]
+    assert changed_settings(after, before) == changed  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("options", "problem"),
     [

@@ -167,6 +167,10 @@ NOT_AT_START = {
     "jobs_agent_handlers.system_update.rauc",
     "jobs_agent_handlers.system_update.swupdate",
     "jobs_agent_handlers.system_update.health",
+    # Its settings too, when the file has no `system_update:` section (the handler's defaults,
+    # built at the first job that runs it; 47 kB traced).
+    "jobs_agent_handlers.system_update",
+    "jobs_agent_handlers.system_update.settings",
     "jobs_agent.consent.server",
     "jobs_agent.consent.decisions",
     "jobs_agent.consent.document",

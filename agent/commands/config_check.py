@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,9 @@ def _check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    effective = redact_mapping(_plain(asdict(config)))
+    # The handler's defaults when the file has no `system_update:` section (not built at load).
+    shown = replace(config, system_update=config.system_update_settings())
+    effective = redact_mapping(_plain(asdict(shown)))
     if args.json:
         print(json.dumps(effective, indent=2, sort_keys=True))
     else:

@@ -9,10 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs_agent.datamodel import model
 from jobs_agent.schedule.windows import Windows
-from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+if TYPE_CHECKING:
+    from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+
+def _system_update_defaults() -> SystemUpdateSettings:
+    from jobs_agent_handlers.system_update.settings import SystemUpdateSettings
+
+    return SystemUpdateSettings()
+
 
 ANY_USER = "*"
 """In `jobs.allowed_users`: any user of the device (what the Device Client allows)."""
@@ -48,5 +58,5 @@ class DispatchSettings:
     request_timeout_seconds: float = 30.0
     """How long a request over the agent's MQTT link may go unanswered (a stream download's
     GetStream, as the Jobs client's requests)."""
-    system_update: SystemUpdateSettings = field(default_factory=SystemUpdateSettings)
+    system_update: SystemUpdateSettings = field(default_factory=_system_update_defaults)
     """The `system-update` handler's updaters and health checks (`system_update:`)."""
