@@ -391,13 +391,14 @@ class Store:
         """Record a new execution. The document is stored with the credentials of its
         presigned URLs removed: the service sends a fresh copy with every delivery."""
         now = time.time()
-        encoded = json.dumps(redact_url_credentials(document))
+        redacted = redact_url_credentials(document)
+        encoded = json.dumps(redacted)
         self._write(
             [self._insert(key, state, encoded, version_number, now)],
             transition=(key, state),
             durable=durable,
         )
-        return self._new_record(key, state, encoded, version_number, now)
+        return self._new_record(key, state, redacted, version_number, now)
 
     def _insert(
         self,
@@ -417,16 +418,19 @@ class Store:
     def _new_record(
         key: ExecutionRef,
         state: ExecutionState,
-        encoded: str,
+        redacted: dict[str, Any],
         version_number: int | None,
         now: float,
     ) -> ExecutionRecord:
         """The row just written, as `get` would read it back (the schema's defaults), without
-        reading it back (issue 18; `tests/test_store_handoffs.py` compares the two)."""
+        reading it back (issue 18; `tests/test_store_handoffs.py` compares the two). The
+        document is `redact_url_credentials`'s copy (new dicts and lists, nothing shared with
+        the caller's document, which is decoded JSON), not the JSON just written decoded again:
+        a JSON decode less per job."""
         return ExecutionRecord(
             key=ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
             state=state,
-            document=json.loads(encoded),
+            document=redacted,
             version_number=version_number,
             handler=None,
             resumable=False,
@@ -461,12 +465,13 @@ class Store:
                 if self._pending is not None:  # never with the engine's order of calls
                     self._write_locked([], None, durable=False)
                 now = time.time()
-                encoded = json.dumps(redact_url_credentials(document))
+                redacted = redact_url_credentials(document)
+                encoded = json.dumps(redacted)
                 state = ExecutionState.STARTED
                 self._pending = self._insert(key, state, encoded, version_number, now)
                 self._pending_key = key
                 self._record_unsynced = True
-            record = self._new_record(key, state, encoded, version_number, now)
+            record = self._new_record(key, state, redacted, version_number, now)
             created = True
         else:
             created = False
