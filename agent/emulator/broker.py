@@ -22,9 +22,12 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
   10.5 system calls per job); a write asked for outside a read is flushed at the end of the
   loop iteration, and only a full socket buffer waits on the selector. Without this a request
   took three loop iterations (read, answer, write);
-* reading is buffered and the two packets a service receives most take a short path
-  (`ShortPathClient`, shared with the device's client): the PUBACK of its own publishes and a
-  QoS 1 request handed over as topic and payload, without paho's objects;
+* reading is one `recv` per readable event into a buffer, then every complete packet in it
+  (`ServiceClient.loop_read`); the two packets a service receives most are cut from the buffer
+  without paho's packet dictionaries and dispatch: the PUBACK of its own publishes and a QoS 1
+  request handed over as topic and payload (465 -> 300 Python calls of the transport per job,
+  tests/emulator/test_broker_costs.py); anything else, or a packet only partly read, takes
+  `ShortPathClient`'s and paho's path;
 * paho's per-packet debug log lines are formatted only while connecting, where they explain a
   failure (paho formats each one whenever a log callback is set); a dropped connection is then
   reported by its reason code.
