@@ -87,27 +87,49 @@ class ServiceClient(ShortPathClient):
     # -- reading: one `recv`, then every packet it holds -------------------------------------------
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """paho's `loop_read`, for a socket the selector says is readable: one `recv` into the
-        read buffer, then every complete packet in it, the PUBACKs of `publish_qos1` without a
-        call each (`_acked`). paho's own read took the first packet of each `recv` a byte at a
-        time (three `_sock_recv` calls for its header) and stopped after as many packets as it
-        had messages in flight, so a further `recv` ended in BlockingIOError; and each PUBACK
-        (five per job) went through its packet dictionaries, `_packet_handle` and the handler.
-        A packet only partly read takes paho's path, which reads the rest."""
+        read buffer, then every complete packet in it, the PUBACKs of `publish_qos1` and plain
+        requests without paho's packet dictionaries and dispatch (`_acked`, `_requested`).
+        paho's own read took the first packet of each `recv` a byte at a time (three
+        `_sock_recv` calls for its header), and each PUBACK (five per job) went through
+        `_packet_handle` and its handler. A packet only partly read takes paho's path, which
+        reads the rest. While PUBACKs of publishes already written are due, it reads on (as
+        paho did, up to as many packets as it had messages in flight): the broker acknowledges
+        a joined write one publish at a time, and a `recv` that finds the next PUBACK costs
+        less than the loop iteration of another readable event."""
         if self._sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
-        if self._rpos >= len(self._rbuf) and self._in_packet["command"] == 0:
-            try:
-                data = mqtt.Client._sock_recv(self, READ_SIZE)
-            except BlockingIOError:
+        while True:
+            if self._rpos >= len(self._rbuf) and self._in_packet["command"] == 0:
+                filled = self._fill()
+                if filled is not None:
+                    return filled
+            rc = self._read_buffered()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc < 0 or self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
-            except OSError as err:  # paho's words and outcome
-                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
-                return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
-            if not data:
-                return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
-            self._rbuf, self._rpos = data, 0
-            with self._msgtime_mutex:
-                self._last_bytes_received = time.monotonic()
+            if self._rpos < len(self._rbuf) or not self._inflight_messages or self._out_packet:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing due that could be there yet
+
+    def _fill(self) -> MQTTErrorCode | None:
+        """One `recv` into the read buffer: None when it brought bytes, else what `loop_read`
+        returns (nothing there yet, or the connection lost, in paho's words)."""
+        try:
+            data = mqtt.Client._sock_recv(self, READ_SIZE)
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        if not data:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        self._rbuf, self._rpos = data, 0
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
+        return None
+
+    def _read_buffered(self) -> MQTTErrorCode:
+        """Every complete packet of the read buffer (then SUCCESS), or the first error."""
         while True:
             first = self._rbuf[self._rpos] if self._in_packet["command"] == 0 else 0
             rc = (
@@ -119,10 +141,8 @@ class ServiceClient(ShortPathClient):
             )
             if rc is None:
                 rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc < 0 or self._sock is None or self._rpos >= len(self._rbuf):
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._rpos >= len(self._rbuf):
+                return rc
 
     def _acked(self) -> MQTTErrorCode | None:
         """The PUBACK at the read position, when it acknowledges a `publish_qos1` with success

@@ -171,9 +171,40 @@ async def test_packets_wholly_read_take_none_of_pahos_per_packet_steps(
 ) -> None:
     """Every packet of a drain (requests and PUBACKs) is cut from the read buffer: paho's
     `_packet_read` (the first packet of each `recv`, read a byte at a time) and its packet
-    dispatch (`_packet_handle`, `_handle_pubackcomp`, `_handle_publish`) are never called, and
-    no `recv` ends in "would block" (paho read on after the last packet of a `recv`)."""
+    dispatch (`_packet_handle`, `_handle_pubackcomp`, `_handle_publish`) are never called, nor
+    the buffered `_sock_recv` that served paho's reads."""
     calls = await drain(served, fresh_mosquitto, 20)
     for name in ("_packet_read", "_packet_handle", "_handle_pubackcomp", "_handle_publish"):
         assert calls.of("client.py", name) == 0, (name, calls.by_name.most_common(30))
     assert calls.of("paho_client.py", "_sock_recv") == 0, calls.by_name.most_common(30)
+
+
+def test_puback_due_that_arrives_while_a_read_is_handled_is_read_in_the_same_event() -> None:
+    """The broker acknowledges a joined write one publish at a time: a PUBACK that arrives
+    while the previous one is being handled is read in the same readable event (a `recv`)
+    instead of another loop iteration of its own. Here the second PUBACK is written by the
+    peer of a real socket pair when the first one is handled."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    client = broker_module.ServiceClient(CallbackAPIVersion.VERSION2, "reader", protocol=5)
+    client._sock = ours
+    client.on_socket_register_write = lambda *args: None
+    acked: list[int] = []
+
+    def on_acked(mid: int) -> None:
+        acked.append(mid)
+        if len(acked) == 1:
+            peer.sendall(bytes((0x40, 2, 0, second)))
+
+    client.on_acked = on_acked
+    try:
+        _, first = client.publish_qos1("$aws/things/t/jobs/notify", b"{}")
+        _, second = client.publish_qos1("$aws/things/t/jobs/notify-next", b"{}")
+        client._out_packet.clear()  # as if written: their PUBACKs are due
+        peer.sendall(bytes((0x40, 2, 0, first)))
+        assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+    finally:
+        ours.close()
+        peer.close()
+    assert acked == [first, second]
+    assert not client._out_messages
