@@ -25,7 +25,7 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
 * reading is one `recv` per readable event into a buffer, then every complete packet in it
   (`ServiceClient.loop_read`); the two packets a service receives most are cut from the buffer
   without paho's packet dictionaries and dispatch: the PUBACK of its own publishes and a QoS 1
-  request handed over as topic and payload (465 -> 300 Python calls of the transport per job,
+  request handed over as topic and payload (465 -> ~305 Python calls of the transport per job,
   tests/emulator/test_broker_costs.py); anything else, or a packet only partly read, takes
   `ShortPathClient`'s and paho's path;
 * paho's per-packet debug log lines are formatted only while connecting, where they explain a

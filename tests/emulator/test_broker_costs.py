@@ -157,7 +157,7 @@ async def test_a_drained_job_costs_the_transport_at_most_its_budget_of_calls(
     served: Emulator, fresh_mosquitto: Mosquitto
 ) -> None:
     """Two requests read, five publishes written and their five PUBACKs read per job: 465
-    calls of the transport's code per job before, 300 now (paho's header read a byte at a time
+    calls of the transport's code per job before, ~305 now (paho's header read a byte at a time
     and the packet dictionaries of each PUBACK and request, a call or two per queued packet
     to join a write and to empty the queue after it)."""
     jobs = 40
