@@ -22,9 +22,12 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
   10.5 system calls per job); a write asked for outside a read is flushed at the end of the
   loop iteration, and only a full socket buffer waits on the selector. Without this a request
   took three loop iterations (read, answer, write);
-* reading is buffered and the two packets a service receives most take a short path
-  (`ShortPathClient`, shared with the device's client): the PUBACK of its own publishes and a
-  QoS 1 request handed over as topic and payload, without paho's objects;
+* reading is one `recv` per readable event into a buffer, then every complete packet in it
+  (`ServiceClient.loop_read`); the two packets a service receives most are cut from the buffer
+  without paho's packet dictionaries and dispatch: the PUBACK of its own publishes and a QoS 1
+  request handed over as topic and payload (465 -> ~305 Python calls of the transport per job,
+  tests/emulator/test_broker_costs.py); anything else, or a packet only partly read, takes
+  `ShortPathClient`'s and paho's path;
 * paho's per-packet debug log lines are formatted only while connecting, where they explain a
   failure (paho formats each one whenever a log callback is set); a dropped connection is then
   reported by its reason code.
@@ -38,11 +41,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import PUBLISH, mqtt_ms_wait_for_puback
+from paho.mqtt.client import DISCONNECT, PUBACK, PUBLISH, mqtt_ms_wait_for_puback
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -50,13 +54,23 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import PahoTransport
-from jobs_agent.transport.paho_client import PlainInfo, ShortPathClient, plain_puback
+from jobs_agent.transport.paho_client import (
+    READ_SIZE,
+    PlainInfo,
+    ShortPathClient,
+    plain_puback,
+    qos1_publish,
+    variable_byte_integer,
+)
 
 __all__ = ["BrokerTransport", "broker_transport"]
 
 _CORK: int | None = getattr(socket, "TCP_CORK", None)
 """Linux's TCP_CORK (absent elsewhere: writes then go out as paho makes them)."""
 _PUBLISH_QOS1 = bytes([PUBLISH | 0x02])
+PUBLISH_QOS1 = PUBLISH | 0x02
+"""The first byte of a QoS 1 PUBLISH, neither a duplicate nor retained (a PUBACK's is PUBACK:
+its flags are zero)."""
 RECEIVE_MAXIMUM_ABSENT = 65535
 """MQTT 5: a CONNACK without Receive Maximum allows this many unacknowledged QoS 1 publishes."""
 
@@ -70,6 +84,160 @@ class ServiceClient(ShortPathClient):
     on_acked: Callable[[int], None] | None = None
     """Called with the packet id of each `publish_qos1` the broker acknowledged."""
 
+    # -- reading: one `recv`, then every packet it holds -------------------------------------------
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's `loop_read`, for a socket the selector says is readable: one `recv` into the
+        read buffer, then every complete packet in it, the PUBACKs of `publish_qos1` and plain
+        requests without paho's packet dictionaries and dispatch (`_acked`, `_requested`).
+        paho's own read took the first packet of each `recv` a byte at a time (three
+        `_sock_recv` calls for its header), and each PUBACK (five per job) went through
+        `_packet_handle` and its handler. A packet only partly read takes paho's path, which
+        reads the rest. While PUBACKs of publishes already written are due, it reads on (as
+        paho did, up to as many packets as it had messages in flight): the broker acknowledges
+        a joined write one publish at a time, and a `recv` that finds the next PUBACK costs
+        less than the loop iteration of another readable event."""
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        while True:
+            if self._rpos >= len(self._rbuf) and self._in_packet["command"] == 0:
+                filled = self._fill()
+                if filled is not None:
+                    return filled
+            rc = self._read_buffered()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc < 0 or self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if self._rpos < len(self._rbuf) or not self._inflight_messages or self._out_packet:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing due that could be there yet
+
+    def _fill(self) -> MQTTErrorCode | None:
+        """One `recv` into the read buffer: None when it brought bytes, else what `loop_read`
+        returns (nothing there yet, or the connection lost, in paho's words)."""
+        try:
+            data = mqtt.Client._sock_recv(self, READ_SIZE)
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        if not data:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        self._rbuf, self._rpos = data, 0
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
+        return None
+
+    def _read_buffered(self) -> MQTTErrorCode:
+        """Every complete packet of the read buffer (then SUCCESS), or the first error."""
+        while True:
+            first = self._rbuf[self._rpos] if self._in_packet["command"] == 0 else 0
+            rc = (
+                self._acked()
+                if first == PUBACK
+                else self._requested()
+                if first == PUBLISH_QOS1
+                else None
+            )
+            if rc is None:
+                rc = self._packet_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._rpos >= len(self._rbuf):
+                return rc
+
+    def _acked(self) -> MQTTErrorCode | None:
+        """The PUBACK at the read position, when it acknowledges a `publish_qos1` with success
+        (reason code below 0x80) and no properties: handled as `_handle_pubackcomp` would,
+        without its packet dictionaries. None for any other packet (paho's path reads it)."""
+        buf, start = self._rbuf, self._rpos
+        end = start + 2 + (buf[start + 1] if start + 1 < len(buf) else 0xFF)
+        if end > len(buf) or not 2 <= end - start - 2 <= 4 or self.on_acked is None:
+            return None
+        size = end - start - 2
+        if (size > 2 and buf[start + 4] >= 0x80) or (size > 3 and buf[start + 5] != 0):
+            return None  # a failure, or properties: paho decodes those
+        mid = (buf[start + 2] << 8) | buf[start + 3]
+        message = self._out_messages.get(mid)
+        if (
+            message is None
+            or type(message.info) is not PlainInfo
+            or message.state != mqtt_ms_wait_for_puback
+        ):
+            return None
+        self._rpos = end
+        return self._release(mid, message)
+
+    def _requested(self) -> MQTTErrorCode | None:
+        """The QoS 1 PUBLISH at the read position (a request), when wholly read and plain
+        (`qos1_publish`): handed to `on_qos1` and acknowledged as `_handle_publish` does,
+        without its packet dictionaries and paho's PUBACK helpers. None for anything else."""
+        if self.on_qos1 is None or self._manual_ack:
+            return None
+        buf, start = self._rbuf, self._rpos
+        remaining = variable_byte_integer(buf, start + 1)
+        if remaining is None or remaining[0] + remaining[1] > len(buf):
+            return None
+        length, pos = remaining
+        publish = qos1_publish(PUBLISH_QOS1, buf[pos : pos + length])
+        if publish is None:
+            return None
+        self._rpos = pos + length
+        topic, mid, payload = publish
+        self.on_qos1(topic, payload)
+        return self._packet_queue(PUBACK, bytes((PUBACK, 2, mid >> 8, mid & 0xFF)), mid, 1)
+
+    def _release(self, mid: int, message: Any) -> MQTTErrorCode:
+        del self._out_messages[mid]
+        message.info._set_as_published()
+        self._inflight_messages -= 1
+        assert self.on_acked is not None
+        self.on_acked(mid)
+        if len(self._out_messages) > self._inflight_messages:
+            return self._update_inflight()  # some wait for the window (paho's own order)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # -- writing: everything queued in one `send` ------------------------------------------------
+    def writes_in_one_send(self) -> bool:
+        """`ShortPathClient.writes_in_one_send` in one loop without a call per packet (two
+        per packet there, asked twice per write: 30 calls per job)."""
+        for packet in self._out_packet:
+            command = packet["command"] & 0xF0
+            if command == DISCONNECT or (command == PUBLISH and packet["qos"] == 0):
+                return False
+        return True
+
+    def _packet_write(self) -> MQTTErrorCode:
+        """`ShortPathClient._packet_write`, with the queue joined and, once all of it is
+        written, emptied in one call each (there a call per packet for each)."""
+        out = self._out_packet
+        if len(out) < 2 or not self.writes_in_one_send():
+            return super()._packet_write()
+        data = b"".join([packet["packet"][packet["pos"] :] for packet in out])
+        try:
+            written = self._sock_send(data)
+        except (AttributeError, ValueError):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS  # no socket: as paho
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if written <= 0:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        with self._msgtime_mutex:
+            self._last_msg_out = mqtt.time_func()
+        if written == len(data):
+            out.clear()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        while written > 0:  # a partial write: what was written leaves the queue
+            packet = out[0]
+            step = min(written, packet["to_process"])
+            packet["to_process"] -= step
+            packet["pos"] += step
+            written -= step
+            if packet["to_process"] == 0:
+                out.popleft()
+        return self._packet_write()  # the rest, until it would block
+
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
         message = None if mid is None else self._out_messages.get(mid)
@@ -81,13 +249,7 @@ class ServiceClient(ShortPathClient):
         ):
             return super()._handle_pubackcomp(cmd)
         assert mid is not None  # message is None otherwise
-        del self._out_messages[mid]
-        message.info._set_as_published()
-        self._inflight_messages -= 1
-        self.on_acked(mid)
-        if len(self._out_messages) > self._inflight_messages:
-            return self._update_inflight()  # some wait for the window (paho's own order)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._release(mid, message)
 
 
 class BrokerTransport(PahoTransport):

@@ -52,6 +52,7 @@ from jobs_agent.emulator.model import (
     JobStatus,
     Source,
     Thing,
+    summaries,
 )
 from jobs_agent.emulator.packages import PackageCatalog, destinations_of
 from jobs_agent.emulator.presign import resign_document
@@ -299,8 +300,8 @@ class ServiceCore:
                 ev.JobExecutionsChanged(
                     thing_name=key[0],
                     namespace=key[1],
-                    in_progress=[e.summary() for e in in_progress],
-                    queued=[e.summary() for e in queued],
+                    in_progress=summaries(in_progress),
+                    queued=summaries(queued),
                     timestamp=now,
                 )
             )

@@ -410,3 +410,39 @@ async def test_a_request_that_arrives_while_subscriptions_are_restored_is_answer
         transport.release.set()
         await emulator.stop()
     assert [r["clientToken"] for r in replies] == ["early"]
+
+
+async def test_a_write_larger_than_the_socket_takes_is_finished_in_order(
+    fresh_mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishes joined into one write that the socket takes only in part: what was written
+    leaves the queue, the rest goes out when the socket drains, and all arrive whole and in
+    order (the queue is emptied in one step only when everything was written)."""
+    device = PahoDevice(fresh_mosquitto, "partial")
+    transport = broker_transport(_config(fresh_mosquitto, "partial-writer"))
+    await transport.connect(10)
+    client = transport._client
+    sends: list[tuple[int, int]] = []
+    original = client._sock_send
+
+    def counting(buf: bytes) -> int:
+        written = original(buf)
+        sends.append((len(buf), written))
+        return written
+
+    monkeypatch.setattr(client, "_sock_send", counting)
+    payloads = [json.dumps([index, "x" * 1_000_000]).encode() for index in range(8)]
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for payload in payloads:
+            transport.publish_nowait("$aws/things/partial/jobs/notify", payload)
+        await transport.flush(30)
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 8, "notify", 30)
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(8))
+    assert all(len(p[1]) == 1_000_000 for p in got)
+    assert any(written < size for size, written in sends), sends  # the socket took a part

@@ -32,7 +32,7 @@ from jobs_agent.emulator.core import snapshot
 from jobs_agent.emulator.embedded import BusTransport, Emulator
 from jobs_agent.emulator.events import Delivery, JobExecutionsChanged
 from jobs_agent.emulator.link import MqttLink
-from jobs_agent.emulator.model import Execution, ExecutionStatus, ExecutionSummary
+from jobs_agent.emulator.model import Execution, ExecutionStatus, ExecutionSummary, summaries
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.shapes import DocumentAs, compact
 from jobs_agent.transport.base import Message
@@ -134,17 +134,18 @@ async def test_a_drained_job_costs_the_emulator_at_most_its_budget_of_calls(
     emulator: Emulator,
 ) -> None:
     """The perfect agent's two requests per job, with the notify, notify-next and the two
-    replies they cause: 525 calls of the emulator's own code per job at first, 275 now (the
+    replies they cause: 525 calls of the emulator's own code per job at first, 261 now (the
     per-field copies of three snapshots, a JSON encoder built per payload, three calls per
     summary of two `notify` lists of ten, `omit_none` and `seconds` in every shape, reply
-    topics built from the parsed topic: the other tests here hold each one)."""
+    topics built from the parsed topic, a `summary()` call per execution of each `notify`
+    (275 -> 261): the other tests here hold each one)."""
     drain = Drain(emulator, 30)
     calls = Calls()
     counted = range(2, 18)
     drain.run(calls, counted)
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
     per_job = calls.total / len(counted)
-    assert per_job <= 300, (per_job, calls.by_name.most_common(25))
+    assert per_job <= 265, (per_job, calls.by_name.most_common(25))
 
 
 def test_a_snapshot_is_an_equal_copy_made_without_a_call_per_field() -> None:
@@ -199,6 +200,24 @@ def test_compact_writes_what_json_dumps_writes_without_building_an_encoder(value
     assert text == json.dumps(value, separators=(",", ":"))
     assert calls.of("encoder.py") == 0, calls.by_name
     assert calls.total <= 3, calls.by_name
+
+
+def test_summaries_of_unchanged_executions_are_taken_without_a_call_each() -> None:
+    """Each `notify` lists up to 15 executions' summaries, nearly all of an unchanged version:
+    those are the cached ones, taken without a `summary()` call each; a changed execution's
+    is made anew."""
+    executions = [Execution(f"j{n}", "t1", None, 1, 100.0 + n, 100.0 + n) for n in range(15)]
+    first = summaries(executions)
+    executions[3].version_number = 2
+    executions[3].last_updated_at = 300.0
+    calls = Calls()
+    with calls.counting():
+        again = summaries(executions)
+    assert calls.by_name[("model.py", "summary")] == 1, calls.by_name
+    assert calls.of("model.py") <= 3, calls.by_name  # with the function and its comprehension
+    assert again == [e.summary() for e in executions]
+    assert again[0] is first[0]
+    assert again[3].last_updated_at == 300.0 and again[3].version_number == 2
 
 
 def test_unchanged_summaries_of_a_notify_cost_no_call_each() -> None:

@@ -1,0 +1,210 @@
+"""What the emulator's broker transport costs per job, counted in Python calls (never timed).
+
+Issue 18 wants the emulator at <= 1.5 ms CPU per job of a drain, and a profile of `jobs-agent
+sim serve` under the perfect agent put most of it in the Python interpreter, about half of it
+in the transport: paho's client and the project's code around it read seven packets per job
+(two requests, five PUBACKs of the emulator's replies and events) and write five. Here the
+emulator serves a real mosquitto and a device drains queued jobs through it one request at a
+time, as the perfect agent does (benchmarks/perfect.py); `sys.setprofile` on the emulator's
+loop thread counts the calls made in the transport's code: paho's client module,
+agent/transport/ and agent/emulator/broker.py, and the built-in functions they call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from jobs_agent.config import ConnectionConfig
+from jobs_agent.emulator import broker as broker_module
+from jobs_agent.emulator.broker import BrokerTransport, broker_transport
+from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.transport import paho as paho_transport_module
+from tests.fixtures.broker import Mosquitto
+
+TRANSPORT = (
+    mqtt.__file__,
+    str(Path(paho_transport_module.__file__).parent),
+    broker_module.__file__,
+)
+"""Code the transport's cost is made of: paho's client, agent/transport/, the emulator's
+broker transport."""
+THING = "cost-device"
+PREFIX = f"$aws/things/{THING}/jobs"
+
+
+class Calls:
+    """Calls made by the transport's code on the thread counting, by (file, function)."""
+
+    def __init__(self) -> None:
+        self.by_name: Counter[tuple[str, str]] = Counter()
+
+    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
+        if not frame.f_code.co_filename.startswith(TRANSPORT):
+            return  # a C call is charged to the Python code that made it
+        if event == "call":
+            self.by_name[(Path(frame.f_code.co_filename).name, frame.f_code.co_name)] += 1
+        elif event == "c_call":
+            self.by_name[("builtin", getattr(arg, "__qualname__", repr(arg)))] += 1
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        sys.setprofile(self._profile)
+        try:
+            yield
+        finally:
+            sys.setprofile(None)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_name.values())
+
+    def of(self, file: str, function: str) -> int:
+        return self.by_name[(file, function)]
+
+
+class SerialDevice:
+    """The perfect agent's protocol on a raw paho client in its own thread: StartNext, then
+    UpdateJobExecution SUCCEEDED when it is accepted, until the queue is empty."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.done = threading.Event()
+        self.jobs: list[str] = []
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, THING, protocol=mqtt.MQTTv5)
+        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+        self.client.on_message = self._on
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(
+            [(f"{PREFIX}/start-next/accepted", 1), (f"{PREFIX}/+/update/accepted", 1)]
+        )
+        assert self._subscribed.wait(10), "no SUBACK"
+
+    def start_next(self) -> None:
+        self.client.publish(f"{PREFIX}/start-next", b'{"clientToken":"s"}', qos=1)
+
+    def _on(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        body = json.loads(message.payload)
+        if message.topic.endswith("/start-next/accepted"):
+            execution = body.get("execution")
+            if execution is None:
+                self.done.set()
+                return
+            self.jobs.append(execution["jobId"])
+            update = b'{"status":"SUCCEEDED","clientToken":"u"}'
+            client.publish(f"{PREFIX}/{execution['jobId']}/update", update, qos=1)
+        else:
+            self.start_next()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+async def served(fresh_mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
+    config = ConnectionConfig(
+        transport="paho",
+        endpoint=fresh_mosquitto.host,
+        port=fresh_mosquitto.port,
+        tls=False,
+        client_id="emulator-under-test",
+    )
+    emulator = Emulator(broker_transport(config), tick_seconds=None)
+    await emulator.start(connect_timeout=10)
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+async def drain(emulator: Emulator, broker: Mosquitto, jobs: int) -> Calls:
+    for index in range(jobs):
+        emulator.service.create_job(f"job-{index:03d}", [THING], {"operation": "noop"})
+    transport = emulator.transport
+    assert isinstance(transport, BrokerTransport)
+    await transport.flush()  # the events of the queued jobs, acknowledged before counting
+    device = SerialDevice(broker)
+    calls = Calls()
+    try:
+        with calls.counting():
+            device.start_next()
+            await asyncio.to_thread(device.done.wait, 30)
+    finally:
+        device.close()
+    assert device.jobs == [f"job-{index:03d}" for index in range(jobs)]
+    return calls
+
+
+async def test_a_drained_job_costs_the_transport_at_most_its_budget_of_calls(
+    served: Emulator, fresh_mosquitto: Mosquitto
+) -> None:
+    """Two requests read, five publishes written and their five PUBACKs read per job: 465
+    calls of the transport's code per job before, ~305 now (paho's header read a byte at a time
+    and the packet dictionaries of each PUBACK and request, a call or two per queued packet
+    to join a write and to empty the queue after it)."""
+    jobs = 40
+    calls = await drain(served, fresh_mosquitto, jobs)
+    per_job = calls.total / jobs
+    assert per_job <= 340, (per_job, calls.by_name.most_common(30))
+
+
+async def test_packets_wholly_read_take_none_of_pahos_per_packet_steps(
+    served: Emulator, fresh_mosquitto: Mosquitto
+) -> None:
+    """Every packet of a drain (requests and PUBACKs) is cut from the read buffer: paho's
+    `_packet_read` (the first packet of each `recv`, read a byte at a time) and its packet
+    dispatch (`_packet_handle`, `_handle_pubackcomp`, `_handle_publish`) are never called, nor
+    the buffered `_sock_recv` that served paho's reads."""
+    calls = await drain(served, fresh_mosquitto, 20)
+    for name in ("_packet_read", "_packet_handle", "_handle_pubackcomp", "_handle_publish"):
+        assert calls.of("client.py", name) == 0, (name, calls.by_name.most_common(30))
+    assert calls.of("paho_client.py", "_sock_recv") == 0, calls.by_name.most_common(30)
+
+
+def test_puback_due_that_arrives_while_a_read_is_handled_is_read_in_the_same_event() -> None:
+    """The broker acknowledges a joined write one publish at a time: a PUBACK that arrives
+    while the previous one is being handled is read in the same readable event (a `recv`)
+    instead of another loop iteration of its own. Here the second PUBACK is written by the
+    peer of a real socket pair when the first one is handled."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    client = broker_module.ServiceClient(CallbackAPIVersion.VERSION2, "reader", protocol=5)
+    client._sock = ours
+    client.on_socket_register_write = lambda *args: None
+    acked: list[int] = []
+
+    def on_acked(mid: int) -> None:
+        acked.append(mid)
+        if len(acked) == 1:
+            peer.sendall(bytes((0x40, 2, 0, second)))
+
+    client.on_acked = on_acked
+    try:
+        _, first = client.publish_qos1("$aws/things/t/jobs/notify", b"{}")
+        _, second = client.publish_qos1("$aws/things/t/jobs/notify-next", b"{}")
+        client._out_packet.clear()  # as if written: their PUBACKs are due
+        peer.sendall(bytes((0x40, 2, 0, first)))
+        assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+    finally:
+        ours.close()
+        peer.close()
+    assert acked == [first, second]
+    assert not client._out_messages
