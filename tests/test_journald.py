@@ -8,6 +8,7 @@ job and a configuration warning must arrive as warnings (priority 4), ordinary l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -141,31 +142,50 @@ def _agent(tmp_path: Path, mosquitto: Mosquitto, journal_socket: Path) -> AgentP
     return agent
 
 
+@contextlib.contextmanager
+def reading(journal: socket.socket) -> Iterator[list[dict[str, str]]]:
+    """The journal's datagrams, read as they arrive, as journald does: a socket nobody reads
+    holds `net.unix.max_dgram_qlen` of them (10 here), and the agent sends the rest to stderr
+    (`test_a_stalled_journald_never_blocks_the_logger`)."""
+    received: list[dict[str, str]] = []
+    journal.setblocking(False)
+
+    def read() -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                received.append(parse_datagram(journal.recv(65536)))
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(journal.fileno(), read)
+    try:
+        yield received
+    finally:
+        loop.remove_reader(journal.fileno())
+
+
 async def test_a_real_agent_sends_priorities_to_journald(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, journal: socket.socket
 ) -> None:
+    """Three jobs: more lines than an unread socket holds, all of them on the journal."""
     agent = _agent(tmp_path, mosquitto, tmp_path / "journal.socket")
-    try:
-        agent.start()
-        await agent.wait_ready()
-        emulator.service.create_job("fails", [THING], {"operation": "false"})
-        await wait_terminal(emulator, "fails", THING)
-        received: list[dict[str, str]] = []
-        journal.setblocking(False)
+    jobs = ["fails-1", "fails-2", "fails-3"]
+    with reading(journal) as received:
+        try:
+            agent.start()
+            await agent.wait_ready()
+            for job_id in jobs:
+                emulator.service.create_job(job_id, [THING], {"operation": "false"})
+            for job_id in jobs:
+                await wait_terminal(emulator, job_id, THING)
 
-        def decided() -> bool:
-            try:
-                while True:
-                    received.append(parse_datagram(journal.recv(65536)))
-            except BlockingIOError:
-                pass
-            return any(r.get("MESSAGE", "").startswith("outcome decided") for r in received)
+            def decided() -> list[dict[str, str]]:
+                return [r for r in received if r["MESSAGE"].startswith("outcome decided")]
 
-        await wait_until(decided, 20, "the outcome line on the journal socket")
-    finally:
-        agent.kill()
-    decided = next(r for r in received if r["MESSAGE"].startswith("outcome decided"))
-    assert decided["PRIORITY"] == "4" and decided["JOB_ID"] == "fails"
+            await wait_until(lambda: len(decided()) == len(jobs), 20, "the outcome lines")
+        finally:
+            agent.kill()
+    assert [r["JOB_ID"] for r in decided()] == jobs
+    assert {r["PRIORITY"] for r in decided()} == {"4"}
     warning = next(r for r in received if r["MESSAGE"].startswith("configuration warning"))
     assert warning["PRIORITY"] == "4" and "without TLS" in warning["PROBLEM"]
     ready = next(r for r in received if r["MESSAGE"].startswith("ready"))
