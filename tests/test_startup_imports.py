@@ -174,6 +174,12 @@ NOT_AT_START = {
     "jobs_agent.engine.progress",
     "jobs_agent.engine.context",
     "jobs_agent.schedule.clock",
+    # A step's process group, the output logs and the job directories: at the first step and
+    # the first job's end; the start-up sweep of leftover groups needs only the choosing and
+    # sweeping part of containment (issue 18).
+    "jobs_agent.dispatch.job_groups",
+    "jobs_agent.dispatch.output",
+    "jobs_agent.engine.jobdirs",
     # Features that are not configured here: system update, the consent socket, windows.
     "jobs_agent_handlers.system_update.rauc",
     "jobs_agent_handlers.system_update.swupdate",
@@ -386,6 +392,8 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
         assert {
             "jobs_agent.engine.runner",
             "jobs_agent.engine.supervision",
+            "jobs_agent.dispatch.job_groups",
+            "jobs_agent.dispatch.output",
             "jobs_agent.dispatch.router",
             "jobs_agent.dispatch.process",
             "jobs_agent.engine.recovery",
