@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from jobs_agent.config import AgentConfig
 from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.jobs.client import JobsClient
 from jobs_agent.shadow.first_use import FirstUseShadowClient
@@ -32,6 +31,7 @@ from jobs_agent_handlers.api import Handler, Outcome
 if TYPE_CHECKING:
     from jobs_agent.consent.server import ConsentDesk
     from jobs_agent.dispatch.router import Dispatcher
+    from jobs_agent.engine.context import EngineJobContext
     from jobs_agent.shadow.client import ShadowClient
 
 STATE_DATABASE = "state.db"

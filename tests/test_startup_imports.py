@@ -31,6 +31,7 @@ from tests.harness import (
     awscrt_connection,
     config_yaml,
     start_emulator,
+    terminal_statuses,
     wait_terminal,
     wait_until,
     write_handler,
@@ -163,6 +164,22 @@ NOT_AT_START = {
     "jobs_agent.dispatch.signing",
     "jobs_agent.dispatch.s3url",
     "jobs_agent_handlers.download_file",
+    # The engine's per-job parts: the runner and what only it uses (the supervisor, deferrals,
+    # the document refresher, the progress reporter, the handler's context), built at the first
+    # record processed (issue 18).
+    "jobs_agent.engine.runner",
+    "jobs_agent.engine.supervision",
+    "jobs_agent.engine.deferral",
+    "jobs_agent.engine.refresh",
+    "jobs_agent.engine.progress",
+    "jobs_agent.engine.context",
+    "jobs_agent.schedule.clock",
+    # A step's process group, the output logs and the job directories: at the first step and
+    # the first job's end; the start-up sweep of leftover groups needs only the choosing and
+    # sweeping part of containment (issue 18).
+    "jobs_agent.dispatch.job_groups",
+    "jobs_agent.dispatch.output",
+    "jobs_agent.engine.jobdirs",
     # Features that are not configured here: system update, the consent socket, windows.
     "jobs_agent_handlers.system_update.rauc",
     "jobs_agent_handlers.system_update.swupdate",
@@ -370,8 +387,13 @@ async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_f
         emulator.service.create_job("first", [THING], {"operation": "hello"})
         execution = await wait_terminal(emulator, "first", THING)
         assert str(execution.status) == "SUCCEEDED", execution.status_details
+        assert terminal_statuses(emulator, "first") == ["SUCCEEDED"]  # reported once
         after = await loaded_modules(agent, dump)
         assert {
+            "jobs_agent.engine.runner",
+            "jobs_agent.engine.supervision",
+            "jobs_agent.dispatch.job_groups",
+            "jobs_agent.dispatch.output",
             "jobs_agent.dispatch.router",
             "jobs_agent.dispatch.process",
             "jobs_agent.engine.recovery",
@@ -411,6 +433,7 @@ async def test_an_idle_agent_over_awscrt_has_not_read_the_sdks_package_metadata(
         emulator.service.create_job("first-crt", [THING], {"operation": "hello"})
         execution = await wait_terminal(emulator, "first-crt", THING)
         assert str(execution.status) == "SUCCEEDED", execution.status_details
+        assert terminal_statuses(emulator, "first-crt") == ["SUCCEEDED"]  # reported once
         agent.signal(signal.SIGTERM)
         assert await agent.wait_exit() == 0
     finally:

@@ -31,19 +31,15 @@ from jobs_agent.aio import wait_event
 from jobs_agent.engine.acquisition import LOST_RECORD_REASON as LOST_RECORD_REASON
 from jobs_agent.engine.acquisition import Acquisition, Offer
 from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.deferral import Deferrals
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.reboot import Reboots
-from jobs_agent.engine.refresh import DocumentRefresher
-from jobs_agent.engine.runner import Runner
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.shared import Dispatcher, Shared
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
 from jobs_agent.engine.store import Store, StoreError, StoreLost
-from jobs_agent.engine.supervision import Supervisor
 from jobs_agent.engine.turns import NEW_WORK, Turns
 from jobs_agent.inventory.reading import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
@@ -53,6 +49,8 @@ from jobs_agent_handlers.api import MqttLink
 
 if TYPE_CHECKING:
     from jobs_agent.consent.server import ConsentDesk  # only when the socket is served
+    from jobs_agent.engine.runner import Runner  # built at the first job
+    from jobs_agent.engine.supervision import Supervisor  # built with the runner
     from jobs_agent.shadow.client import ShadowClient  # built at its first request
 
 log = structlog.get_logger("jobs_agent.engine")
@@ -92,29 +90,16 @@ class Engine:
         self._outbox = Outbox(shared, store, client, self._files)
         self._acquisition = Acquisition(shared, store, client, self._outbox, self._files)
         self._reboots = Reboots(shared, store, client, self._outbox)
-        self._supervisor = Supervisor(shared, store, client, self._files)
-        self.deferrals = Deferrals(
-            shared, store, self._outbox, self._files, self._supervisor, consent
-        )
+        self._consent = consent
+        self._heartbeat_interval = heartbeat_interval
+        self._supervisor: Supervisor | None = None
+        self._job_runner: Runner | None = None
         self._packages = PackageReports(
             shared,
             store,
             shadows,
             inventory_sources,
             report_on_start=report_inventory_on_start,
-        )
-        self._runner = Runner(
-            shared,
-            store,
-            self._outbox,
-            self._reboots,
-            self._files,
-            self._supervisor,
-            self.deferrals,
-            DocumentRefresher(shared, client),
-            self._packages,
-            self._turns,
-            heartbeat_interval=heartbeat_interval,
         )
         self._reconcile_needed = True
         """Square the records with the service before the next job: on start, and after every
@@ -124,6 +109,36 @@ class Engine:
         self._store_broken = False
         self._last_acquire = 0.0
         self._retry_delay = RETRY_MIN_SECONDS
+
+    @property
+    def _runner(self) -> Runner:
+        """The runner, with the supervisor, the deferrals and the document refresher it alone
+        uses: built when the first record is processed (a job taken, or one recovery acts on),
+        so that an idle agent holds none of their code (issue 18); the same code runs the first
+        job as every later one."""
+        if self._job_runner is None:
+            from jobs_agent.engine.deferral import Deferrals
+            from jobs_agent.engine.refresh import DocumentRefresher
+            from jobs_agent.engine.runner import Runner
+            from jobs_agent.engine.supervision import Supervisor
+
+            shared, store, files = self._shared, self.store, self._files
+            self._supervisor = supervisor = Supervisor(shared, store, self.client, files)
+            deferrals = Deferrals(shared, store, self._outbox, files, supervisor, self._consent)
+            self._job_runner = Runner(
+                shared,
+                store,
+                self._outbox,
+                self._reboots,
+                files,
+                supervisor,
+                deferrals,
+                DocumentRefresher(shared, self.client),
+                self._packages,
+                self._turns,
+                heartbeat_interval=self._heartbeat_interval,
+            )
+        return self._job_runner
 
     # -- public control -----------------------------------------------------------------------
     def reconfigure(self, settings: EngineSettings, dispatcher: Dispatcher) -> None:
@@ -150,7 +165,7 @@ class Engine:
 
     @property
     def running_job(self) -> ExecutionRef | None:
-        running = self._supervisor.running
+        running = None if self._supervisor is None else self._supervisor.running
         return running.ref if running else None
 
     @property
@@ -330,13 +345,15 @@ class Engine:
             if isinstance(event, Resync):
                 log.info("resync after reconnect", session_present=event.session_present)
                 self._reconcile_needed = True  # the records, before the next job is taken
-                self._supervisor.recheck()  # the running execution and those waiting aside
+                if self._supervisor is not None:  # none runs or waits before the first job
+                    self._supervisor.recheck()  # the running one and those waiting aside
                 self._packages.link_back()
                 self._shared.wake()
             elif isinstance(event, NextJobExecutionChanged):
                 self._shared.wake()
             elif isinstance(event, JobExecutionsChanged):
                 self._shared.wake()
-                self._supervisor.check_still_listed(event)
+                if self._supervisor is not None:
+                    self._supervisor.check_still_listed(event)
                 if self._acquisition.unsettled:  # an earlier agent's record not taken up yet
                     self._acquisition.suspect(event)

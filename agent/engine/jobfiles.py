@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,13 +23,14 @@ from jobs_agent.dispatch.containment import (
     containment_for,
     group_name,
 )
-from jobs_agent.dispatch.output import OutputLogIndex, log_path
 from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.jobdirs import recycle
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store
 from jobs_agent.vocabulary import ExecutionRef
+
+if TYPE_CHECKING:
+    from jobs_agent.dispatch.output import OutputLogIndex  # at the first job's end
 
 log = structlog.get_logger("jobs_agent.engine")
 
@@ -41,7 +42,9 @@ class JobFiles:
     def __init__(self, shared: Shared, store: AsyncStore) -> None:
         self._shared = shared
         self._store = store
-        self._logs = OutputLogIndex(shared.settings.state_dir / "logs")
+        self._logs: OutputLogIndex | None = None
+        """Made at the first job's end, with `dispatch.output` and `jobdirs`: nothing at start
+        prunes logs or recycles directories (issue 18)."""
         self._logs_lock = asyncio.Lock()
         self._last: tuple[ExecutionRef, tuple[str, str], str] | None = None
 
@@ -70,6 +73,8 @@ class JobFiles:
             # In a thread even for a script's one step file: removing it on the loop would
             # save the hand-off's CPU, but an `rmdir` on a busy ext4 waits for its journal
             # (8 ms per job directory measured here, for 0.3 ms of CPU), with the loop stalled.
+            from jobs_agent.engine.jobdirs import recycle
+
             names = (os.path.basename(scratch), os.path.basename(state))
             await asyncio.to_thread(recycle, base, *names)
         settings = self._shared.settings
@@ -84,18 +89,23 @@ class JobFiles:
     async def _prune_output_logs(self, new_log: Path) -> None:
         """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first),
         from the index (`OutputLogIndex`): one `stat` per job, the listing only once."""
+        from jobs_agent.dispatch.output import OutputLogIndex, log_path
+
         settings = self._shared.settings
+        if self._logs is None:
+            self._logs = OutputLogIndex(settings.state_dir / "logs")
+        logs = self._logs
         limits = {
             "max_count": settings.output_logs_max_count,
             "max_total_bytes": settings.output_logs_max_total_bytes,
         }
         async with self._logs_lock:  # two executions ending at once share the index
             try:
-                if self._logs.loaded:
-                    self._logs.add(new_log)
+                if logs.loaded:
+                    logs.add(new_log)
                 else:
-                    await asyncio.to_thread(self._logs.load)
-                excess = self._logs.excess(**limits)
+                    await asyncio.to_thread(logs.load)
+                excess = logs.excess(**limits)
                 if not excess:
                     return  # the usual case: no database read, no listing
                 active = [
@@ -103,16 +113,14 @@ class JobFiles:
                     for r in await self._store.call(Store.active)
                 ]
                 if excess <= self._SMALL_PRUNE:
-                    deleted = self._logs.prune(keep=active, **limits)
+                    deleted = logs.prune(keep=active, **limits)
                 else:
-                    deleted = await asyncio.to_thread(self._logs.prune, keep=active, **limits)
+                    deleted = await asyncio.to_thread(logs.prune, keep=active, **limits)
             except OSError as exc:
-                log.warning(
-                    "cannot prune the output logs", path=str(self._logs.logs_dir), error=str(exc)
-                )
+                log.warning("cannot prune the output logs", path=str(logs.logs_dir), error=str(exc))
                 return
         if deleted:
-            log.info("old output logs deleted", count=len(deleted), path=str(self._logs.logs_dir))
+            log.info("old output logs deleted", count=len(deleted), path=str(logs.logs_dir))
 
     # -- what an earlier agent left running -------------------------------------------------------
     async def stop_leftovers(self, ref: ExecutionRef, bound: Any) -> None:

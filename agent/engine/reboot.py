@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.outbox import Outbox
-from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store, StoreError
 from jobs_agent.jobs.client import JobsClient
@@ -27,6 +26,9 @@ from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 from jobs_agent_handlers.api import Outcome
+
+if TYPE_CHECKING:
+    from jobs_agent.engine.progress import ProgressReporter  # built at the first job
 
 log = structlog.get_logger("jobs_agent.engine")
 

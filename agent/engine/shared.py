@@ -12,14 +12,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs_agent.datamodel import model
-from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import Handler, MqttLink, Outcome
+
+if TYPE_CHECKING:
+    from jobs_agent.engine.context import EngineJobContext  # built at the first job
 
 OUTCOMES_KEPT = 256
 PRUNE_EVERY = 200

@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from jobs_agent.backoff import Backoff
 from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
-from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.shared import Shared
@@ -33,6 +32,9 @@ from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.redact import redact_mapping
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 from jobs_agent_handlers.api import JobDeferred, Outcome, point_of_no_return
+
+if TYPE_CHECKING:
+    from jobs_agent.engine.context import EngineJobContext  # built at the first job
 
 log = structlog.get_logger("jobs_agent.engine")
 
