@@ -1,5 +1,6 @@
-"""Suite-wide fixtures. The mosquitto broker fixtures live in tests/fixtures/broker.py."""
+"""Suite-wide fixtures. The mosquitto broker fixtures live in tests/fixtures/broker.py, the
+emulator served over it in tests/fixtures/emulator.py."""
 
-pytest_plugins = ["tests.fixtures.broker"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.emulator"]
 
 import tests.hypothesis_profiles  # noqa: E402, F401  (registers the ci and long profiles)

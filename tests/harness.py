@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,12 @@ def config_yaml(config: AgentConfig) -> str:
 
 
 async def start_emulator(port: int, clock: Clock | None = None, **kw: Any) -> Emulator:
-    """The emulator as the privileged service client of the broker (plain listener)."""
-    transport = PahoTransport(paho_connection(port), f"jobs-emulator-{os.getpid()}-{id(kw)}")
+    """The emulator as the privileged service client of the broker (plain listener).
+
+    Each gets a client id of its own: two emulators on one broker with the same id would take
+    each other's MQTT session over, each reconnect closing the other's connection."""
+    client_id = f"jobs-emulator-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    transport = PahoTransport(paho_connection(port), client_id)
     emulator = Emulator(transport, clock=clock, **kw)
     await emulator.start(connect_timeout=10)
     return emulator

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     wait_terminal,
     wait_until,
     write_handler,
@@ -184,13 +182,6 @@ async def test_subreaper_a_process_that_left_the_session_ends_with_the_step(
     expected = "SUCCEEDED " if timeout > 10 else 'FAILED step 1 "h": timed out after 1 s'
     assert out.decode().strip().splitlines()[-1] == expected.strip()
     assert not alive(int(pids.read_text()))
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 @pytest.mark.parametrize("containment", ["cgroup", "subreaper"])

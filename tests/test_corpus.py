@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from tests.harness import (
     agent_config,
     config_yaml,
     side_effects,
-    start_emulator,
     terminal_statuses,
     wait_terminal,
     wait_until,
@@ -51,13 +49,6 @@ NEEDS_NETWORK_OR_INIT = {
         "restart-services.sh",
     ),
 }
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _record(calls: Path) -> str:

@@ -92,10 +92,8 @@ def emulator_clock() -> ManualClock:
 
 
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto, emulator_clock: ManualClock) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port, clock=emulator_clock)
-    yield emu
-    await emu.stop()
+def emulator_options(emulator_clock: ManualClock) -> dict[str, object]:
+    return {"clock": emulator_clock}
 
 
 def start_agent(

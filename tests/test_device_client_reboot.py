@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from tests.harness import (
     agent_config,
     config_yaml,
     side_effects,
-    start_emulator,
     terminal_statuses,
     wait_terminal,
     wait_until,
@@ -35,13 +33,6 @@ from tests.harness import (
 )
 
 THING = "gw-dc-reboot"
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _setup(tmp_path: Path, port: int, *, reboot_returns: bool) -> tuple[dict[str, object], Path]:

@@ -14,7 +14,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
 )
 
 V1 = b"version one " * 20000
@@ -268,13 +267,6 @@ async def test_a_timed_out_download_lets_go_of_a_trickling_server(
     )
     assert outcome == Outcome.failed("timed out after 1 s")
     assert await asyncio.to_thread(http_server.client_gone.wait, 5)
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 async def test_the_agent_stops_on_sigterm_while_a_download_trickles(

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,31 +25,16 @@ from awsiot import (  # noqa: E402
     mqtt5_client_builder,
 )
 
-from jobs_agent.config import ConnectionConfig  # noqa: E402
 from jobs_agent.emulator import ExecutionStatus  # noqa: E402
 from jobs_agent.emulator.embedded import Emulator  # noqa: E402
-from jobs_agent.transport.paho import PahoTransport  # noqa: E402
 from tests.fixtures.broker import Mosquitto  # noqa: E402
 
 THING = "sdk-device"
 
 
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    client_id = f"jobs-emulator-{uuid.uuid4().hex[:8]}"
-    config = ConnectionConfig(
-        transport="paho",
-        endpoint=mosquitto.host,
-        port=mosquitto.port,
-        tls=False,
-        client_id=client_id,
-    )
-    emu = Emulator(PahoTransport(config, client_id), tick_seconds=None)
-    await emu.start(connect_timeout=10)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+def emulator_options() -> dict[str, object]:
+    return {"tick_seconds": None}
 
 
 def _bridge(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:

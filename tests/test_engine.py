@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from jobs_agent.jobs.status_details import validate_status_details
 from jobs_agent.transport.paho import PahoTransport
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
-    READING_PROFILES,
     agent_config,
     device_statuses,
     paho_connection,
@@ -38,17 +36,11 @@ from tests.harness import (
 THING = "gw-test"
 
 
-@pytest.fixture(params=sorted(READING_PROFILES))
-def readings(request: pytest.FixtureRequest) -> Readings:
-    """Every test here runs under each reading of the points AWS leaves silent."""
-    return READING_PROFILES[request.param]
-
-
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto, readings: Readings) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port, readings=readings)
-    yield emu
-    await emu.stop()
+def emulator_options(readings: Readings) -> dict[str, object]:
+    """Every test here that uses the `emulator` runs under each reading of the points AWS leaves
+    silent (the shared `readings`)."""
+    return {"readings": readings}
 
 
 def _logging_handler(tmp_path: Path, name: str = "work") -> Path:

@@ -26,7 +26,6 @@ from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.readings import Readings
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
-    READING_PROFILES,
     AgentProcess,
     agent_config,
     config_yaml,
@@ -49,17 +48,11 @@ shared by several runs: no "stopped the handler" line, the handler already gone)
 PRESIGNED = "${aws:iot:s3-presigned-url:https://bucket.s3.amazonaws.com/firmware.bin}"
 
 
-@pytest.fixture(params=sorted(READING_PROFILES))
-def readings(request: pytest.FixtureRequest) -> Readings:
-    """Every test here runs under each reading of the points AWS leaves silent."""
-    return READING_PROFILES[request.param]
-
-
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto, readings: Readings) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port, readings=readings)
-    yield emu
-    await emu.stop()
+def emulator_options(readings: Readings) -> dict[str, object]:
+    """Every test here that uses the `emulator` runs under each reading of the points AWS leaves
+    silent (the shared `readings`)."""
+    return {"readings": readings}
 
 
 def _agent(tmp_path: Path, mosquitto: Mosquitto, **jobs: object) -> AgentProcess:

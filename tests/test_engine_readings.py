@@ -9,8 +9,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from jobs_agent.config import AgentConfig
 from jobs_agent.daemon import Agent
 from jobs_agent.emulator.clock import ManualClock
@@ -18,7 +16,6 @@ from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.readings import Readings
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
-    READING_PROFILES,
     agent_config,
     side_effects,
     start_emulator,
@@ -29,11 +26,6 @@ from tests.harness import (
 )
 
 THING = "gw-readings"
-
-
-@pytest.fixture(params=sorted(READING_PROFILES))
-def readings(request: pytest.FixtureRequest) -> Readings:
-    return READING_PROFILES[request.param]
 
 
 @contextlib.asynccontextmanager

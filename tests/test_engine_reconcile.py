@@ -26,7 +26,6 @@ from jobs_agent.jobs.errors import ErrorCode
 from jobs_agent.vocabulary import ExecutionRef
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
-    READING_PROFILES,
     agent_config,
     running_agent,
     start_emulator,
@@ -40,12 +39,6 @@ from tests.harness import (
 THING = "gw-test"
 START_NEXT = "StartNextPendingJobExecution"
 GET_PENDING = "GetPendingJobExecutions"
-
-
-@pytest.fixture(params=sorted(READING_PROFILES))
-def readings(request: pytest.FixtureRequest) -> Readings:
-    """Under each reading of the points AWS leaves silent (as the other engine tests)."""
-    return READING_PROFILES[request.param]
 
 
 def _record(state_db: Path, ref: ExecutionRef) -> ExecutionRecord | None:

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,17 +43,9 @@ JOBS_AGENT = [sys.executable, "-m", "jobs_agent"]
 
 
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    client_id = f"fleet-emulator-{uuid.uuid4().hex[:8]}"
-    config = ConnectionConfig(
-        transport="paho", endpoint=mosquitto.host, port=mosquitto.port, tls=False
-    )
-    emu = Emulator(PahoTransport(config, client_id), tick_seconds=None, http_port=0)
-    await emu.start(connect_timeout=10)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+def emulator_options() -> dict[str, object]:
+    """The fleet command reaches the test's emulator over its HTTP endpoint (--endpoint)."""
+    return {"tick_seconds": None, "http_port": 0}
 
 
 async def _fleet(*args: str) -> tuple[int, str, str]:

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import signal
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ from tests.harness import (
     agent_config,
     config_yaml,
     running_agent,
-    start_emulator,
     wait_terminal,
     wait_until,
     write_handler,
@@ -44,13 +42,6 @@ from tests.helpers.s3_standin import Payload, Plan, StandInServer, s3_standin
 
 THING = "gw-test"
 PAYLOAD = Payload(bytes(range(256)) * 2048)  # 512 KiB
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.schedule.clock import ENV_VAR
 from tests.fixtures.broker import Mosquitto
-from tests.harness import agent_config, start_emulator, wait_terminal
+from tests.harness import agent_config, wait_terminal
 from tests.helpers.s3_standin import StandInServer, s3_standin
 from tests.test_deferral import AgentClock, epoch, wait_deferral
 from tests.test_fresh_urls import PAYLOAD, THING, download_document, running_agent
@@ -41,10 +40,8 @@ def emulator_clock() -> ManualClock:
 
 
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto, emulator_clock: ManualClock) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port, clock=emulator_clock)
-    yield emu
-    await emu.stop()
+def emulator_options(emulator_clock: ManualClock) -> dict[str, object]:
+    return {"clock": emulator_clock}
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     wait_terminal,
     write_handler,
 )
@@ -39,13 +38,6 @@ from tests.helpers.s3_standin import Payload, Plan, StandInServer, s3_standin
 THING = "gw-scripturl"
 PAYLOAD = Payload(bytes(range(256)) * 2048)  # 512 KiB
 DOWNLOAD_FILE = "arn:aws:iot:us-east-1::jobtemplate/AWS-Download-File:1.0"
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from tests.harness import (
     agent_config,
     awscrt_connection,
     config_yaml,
-    start_emulator,
     wait_terminal,
     write_handler,
 )
@@ -39,13 +37,6 @@ for fd in range(1024):
     open_fds.append(fd)
 print(" ".join(map(str, open_fds)))
 """
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 @pytest.mark.parametrize("transport", ["awscrt", "paho"])

@@ -11,11 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto
@@ -23,20 +20,12 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     wait_terminal,
     wait_until,
     write_handler,
 )
 
 THING = "gw-lock"
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _agent(tmp_path: Path, mosquitto: Mosquitto) -> AgentProcess:

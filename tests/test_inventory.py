@@ -38,7 +38,7 @@ from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.transport.shared import SharedLink
 from tests.emulator.conformance.conftest import client
 from tests.fixtures.broker import Mosquitto
-from tests.harness import paho_connection, start_emulator
+from tests.harness import paho_connection
 from tests.helpers.users import throwaway_user
 
 THING = "gw-inventory"
@@ -403,12 +403,8 @@ def test_report_that_would_not_fit_leaves_whole_packages_out() -> None:
 
 # -- the report, against the emulator ------------------------------------------------------------
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port, tick_seconds=None, http_port=0)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+def emulator_options() -> dict[str, object]:
+    return {"tick_seconds": None, "http_port": 0}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,6 @@ from tests.harness import (
 
 THING = "gw-test"
 ARN = "arn:aws:iot:eu-west-1:123456789012:package/{}/version/{}"
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def reported(emulator: Emulator) -> dict[str, Any] | None:

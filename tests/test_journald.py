@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     wait_terminal,
     wait_until,
 )
@@ -117,13 +116,6 @@ def test_without_journal_stream_the_lines_stay_plain_json(
         structlog.get_logger("t").info("ready", namespace=None)
     line = json.loads((tmp_path / "stderr").read_text())
     assert line["event"] == "ready" and "namespace" not in line
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _agent(tmp_path: Path, mosquitto: Mosquitto, journal_socket: Path) -> AgentProcess:

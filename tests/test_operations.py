@@ -10,10 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto
@@ -23,7 +20,6 @@ from tests.harness import (
     awscrt_connection,
     config_yaml,
     side_effects,
-    start_emulator,
     terminal_statuses,
     wait_pid_gone,
     wait_terminal,
@@ -32,13 +28,6 @@ from tests.harness import (
 )
 
 THING = "gw-ops"
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _waiting_handler(tmp_path: Path) -> tuple[Path, Path]:

@@ -37,8 +37,8 @@ from tests.test_deferral import (
     statuses,
     wait_deferral,
 )
-from tests.test_deferral import emulator as emulator
 from tests.test_deferral import emulator_clock as emulator_clock
+from tests.test_deferral import emulator_options as emulator_options
 
 DEFER_ONCE = """#!/bin/sh
 # Defers once for {after} s ("not now"), then succeeds; each run is one line of {log}.

@@ -29,7 +29,6 @@ import shutil
 import signal
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +51,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     wait_until,
     write_handler,
 )
@@ -67,13 +65,6 @@ TRACED = (
 OWN_FILES = ("agent.json", "state.db")
 """The agent's own state files (status, database): not the job's, and written by their own
 rules (a status change, a commit), which the fsync test of test_engine_kill.py counts."""
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _agent(tmp_path: Path, mosquitto: Mosquitto, max_logs: int | None = None) -> AgentProcess:

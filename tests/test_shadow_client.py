@@ -41,12 +41,8 @@ async def _device(port: int, client_id: str = THING) -> PahoTransport:
 
 
 @pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port, tick_seconds=None)
-    try:
-        yield emu
-    finally:
-        await emu.stop()
+def emulator_options() -> dict[str, object]:
+    return {"tick_seconds": None}
 
 
 @pytest.fixture

@@ -10,10 +10,7 @@ is in progress FAILED, stops its leftover handler, and never starts it again.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.engine import LOST_RECORD_REASON
@@ -23,7 +20,6 @@ from tests.harness import (
     agent_config,
     config_yaml,
     side_effects,
-    start_emulator,
     wait_pid_gone,
     wait_terminal,
     wait_until,
@@ -31,13 +27,6 @@ from tests.harness import (
 )
 
 THING = "gw-lost"
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 def _flash(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -23,7 +23,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     wait_terminal,
     wait_until,
 )
@@ -38,10 +37,9 @@ WINDOW = 4  # GetStream requests the agent keeps outstanding
 
 
 @pytest.fixture
-async def emulator(fresh_mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(fresh_mosquitto.port)
-    yield emu
-    await emu.stop()
+def emulator_broker(fresh_mosquitto: Mosquitto) -> Mosquitto:
+    """The test restarts the broker under the emulator: a private one, not the session's."""
+    return fresh_mosquitto
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from tests.harness import (
     AgentProcess,
     agent_config,
     config_yaml,
-    start_emulator,
     terminal_statuses,
     wait_pid_gone,
     wait_terminal,
@@ -61,13 +60,6 @@ THING_PREFIX = "gw-ab"
 carries its job's marks (thing, job id, execution number), so two runs of these tests at once
 on one machine must never share them."""
 PAYLOAD = b"new system " * 20_000
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):

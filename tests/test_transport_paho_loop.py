@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -27,7 +27,6 @@ from tests.harness import (
     agent_config,
     config_yaml,
     paho_connection,
-    start_emulator,
     wait_terminal,
     wait_until,
     write_handler,
@@ -45,17 +44,15 @@ def threads(pid: int) -> int:
 
 
 @pytest.fixture
-async def emulator(mosquitto_factory: object) -> AsyncIterator[tuple[Emulator, Mosquitto]]:
-    broker: Mosquitto = mosquitto_factory()  # type: ignore[operator]
-    emu = await start_emulator(broker.port)
-    yield emu, broker
-    await emu.stop()
+def emulator_broker(mosquitto_factory: Callable[[], Mosquitto]) -> Mosquitto:
+    """The test restarts the broker under the emulator: a private one, not the session's."""
+    return mosquitto_factory()
 
 
 async def test_the_daemon_runs_paho_without_a_network_thread(
-    tmp_path: Path, emulator: tuple[Emulator, Mosquitto]
+    tmp_path: Path, emulator: Emulator, emulator_broker: Mosquitto
 ) -> None:
-    emu, broker = emulator
+    emu, broker = emulator, emulator_broker
     write_handler(tmp_path / "handlers", "echo", '#!/bin/sh\necho "$@"\n')
     config = agent_config(tmp_path, broker.port, thing=THING)
     path = tmp_path / "config.yaml"
