@@ -85,11 +85,16 @@ def _agent(tmp_path: Path, mosquitto: Mosquitto, max_logs: int | None = None) ->
     return AgentProcess(config_path=path, workdir=tmp_path)
 
 
-async def _run_jobs(tmp_path: Path, emulator: Emulator, first: int, count: int) -> None:
+async def _run_jobs(
+    tmp_path: Path, emulator: Emulator, first: int, count: int, max_logs: int | None = None
+) -> None:
     """Run `count` script jobs one after the other (a job's directory is recycled when its
-    outcome is reported: queued together, the next job may start before)."""
+    outcome is reported: queued together, the next job may start before). With `max_logs`, a
+    job is over once the logs are back within the limit: the prune comes after the recycling,
+    and a trace stopped before it missed its `rename`."""
     database = tmp_path / "state" / "state.db"
     jobs = tmp_path / "state" / "jobs" / "default"
+    logs = tmp_path / "state" / "logs"
     for number in range(first, first + count):
         emulator.service.create_job(f"files-{number}", [THING], {"operation": "noop.sh"})
 
@@ -97,7 +102,8 @@ async def _run_jobs(tmp_path: Path, emulator: Emulator, first: int, count: int) 
             with contextlib.closing(sqlite3.connect(database)) as db:
                 rows = db.execute("SELECT state FROM executions").fetchall()
             cleaned = not jobs.exists() or not any(jobs.iterdir())
-            return rows == [("reported",)] * ended and cleaned
+            pruned = max_logs is None or not logs.exists() or len(os.listdir(logs)) <= max_logs
+            return rows == [("reported",)] * ended and cleaned and pruned
 
         await wait_until(done, 60, f"job {number} reported and its directory recycled")
 
@@ -164,9 +170,9 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
         # The first jobs make what every later one finds (the logs and jobs directories,
         # the agent's base cgroup after the start's sweep, at the limit a pruned log): outside
         # the count.
-        await _run_jobs(tmp_path, emulator, 0, 2)
+        await _run_jobs(tmp_path, emulator, 0, 2, max_logs)
         async with strace_attached(agent.process.pid, trace, TRACED):
-            await _run_jobs(tmp_path, emulator, 2, jobs)
+            await _run_jobs(tmp_path, emulator, 2, jobs, max_logs)
         calls = _agent_calls(trace)
         kinds = ("mkdir", "rmdir", "rename", "create", "unlink")
         per_job = {name: calls[name] / jobs for name in kinds}

@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from tests.harness import (
     agent_config,
     awscrt_connection,
     config_yaml,
-    start_emulator,
     terminal_statuses,
     wait_terminal,
     wait_until,
@@ -351,13 +350,6 @@ def undocumented_dataclasses(dump: Path) -> list[str]:
     formats every field's annotation and default (a third of the time an agent's start spent
     defining its dataclasses, issue 18)."""
     return Path(f"{dump}.dataclasses").read_text().split()
-
-
-@pytest.fixture
-async def emulator(mosquitto: Mosquitto) -> AsyncIterator[Emulator]:
-    emu = await start_emulator(mosquitto.port)
-    yield emu
-    await emu.stop()
 
 
 async def test_an_idle_agent_has_loaded_only_what_it_needs_and_the_rest_at_its_first_job(
