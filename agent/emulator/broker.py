@@ -205,39 +205,6 @@ class ServiceClient(ShortPathClient):
                 return False
         return True
 
-    def _packet_write(self) -> MQTTErrorCode:
-        """`ShortPathClient._packet_write`, with the queue joined and, once all of it is
-        written, emptied in one call each (there a call per packet for each)."""
-        out = self._out_packet
-        if len(out) < 2 or not self.writes_in_one_send():
-            return super()._packet_write()
-        data = b"".join([packet["packet"][packet["pos"] :] for packet in out])
-        try:
-            written = self._sock_send(data)
-        except (AttributeError, ValueError):
-            return MQTTErrorCode.MQTT_ERR_SUCCESS  # no socket: as paho
-        except BlockingIOError:
-            return MQTTErrorCode.MQTT_ERR_AGAIN
-        except OSError as err:
-            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
-            return MQTTErrorCode.MQTT_ERR_CONN_LOST
-        if written <= 0:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        with self._msgtime_mutex:
-            self._last_msg_out = mqtt.time_func()
-        if written == len(data):
-            out.clear()
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        while written > 0:  # a partial write: what was written leaves the queue
-            packet = out[0]
-            step = min(written, packet["to_process"])
-            packet["to_process"] -= step
-            packet["pos"] += step
-            written -= step
-            if packet["to_process"] == 0:
-                out.popleft()
-        return self._packet_write()  # the rest, until it would block
-
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         mid = plain_puback(cmd, self._in_packet["packet"])
         message = None if mid is None else self._out_messages.get(mid)

@@ -224,6 +224,11 @@ class ShortPathClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         if written <= 0:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if written == len(data):  # all of it: the queue emptied in one step, not per packet
+            out.clear()
+            with self._msgtime_mutex:
+                self._last_msg_out = mqtt.time_func()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         while written > 0 and out:
             packet = out[0]
             step = min(written, packet["to_process"])

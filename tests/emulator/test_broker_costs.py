@@ -15,13 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 import threading
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -34,6 +30,7 @@ from jobs_agent.emulator.broker import BrokerTransport, broker_transport
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.transport import paho as paho_transport_module
 from tests.fixtures.broker import Mosquitto
+from tests.helpers.calls import Calls
 
 TRANSPORT = (
     mqtt.__file__,
@@ -44,36 +41,6 @@ TRANSPORT = (
 broker transport."""
 THING = "cost-device"
 PREFIX = f"$aws/things/{THING}/jobs"
-
-
-class Calls:
-    """Calls made by the transport's code on the thread counting, by (file, function)."""
-
-    def __init__(self) -> None:
-        self.by_name: Counter[tuple[str, str]] = Counter()
-
-    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
-        if not frame.f_code.co_filename.startswith(TRANSPORT):
-            return  # a C call is charged to the Python code that made it
-        if event == "call":
-            self.by_name[(Path(frame.f_code.co_filename).name, frame.f_code.co_name)] += 1
-        elif event == "c_call":
-            self.by_name[("builtin", getattr(arg, "__qualname__", repr(arg)))] += 1
-
-    @contextmanager
-    def counting(self) -> Iterator[None]:
-        sys.setprofile(self._profile)
-        try:
-            yield
-        finally:
-            sys.setprofile(None)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_name.values())
-
-    def of(self, file: str, function: str) -> int:
-        return self.by_name[(file, function)]
 
 
 class SerialDevice:
@@ -142,7 +109,7 @@ async def drain(emulator: Emulator, broker: Mosquitto, jobs: int) -> Calls:
     assert isinstance(transport, BrokerTransport)
     await transport.flush()  # the events of the queued jobs, acknowledged before counting
     device = SerialDevice(broker)
-    calls = Calls()
+    calls = Calls(TRANSPORT)
     try:
         with calls.counting():
             device.start_next()

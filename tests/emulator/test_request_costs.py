@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -37,42 +32,13 @@ from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.shapes import DocumentAs, compact
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from tests.helpers.calls import Calls
 
 EMULATOR_DIR = str(Path(shapes_module.__file__).parent)
 OWN = (EMULATOR_DIR, str(Path(json.__file__).parent), copy.__file__)
 """Code the emulator's cost is made of: its package and the standard library it calls into."""
 THING = "cost-thing"
 PREFIX = f"$aws/things/{THING}/jobs"
-
-
-class Calls:
-    """Calls made by the emulator's own code while counting, by (file, function)."""
-
-    def __init__(self) -> None:
-        self.by_name: Counter[tuple[str, str]] = Counter()
-
-    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
-        if not frame.f_code.co_filename.startswith(OWN):
-            return  # a C call is charged to the Python code that made it
-        if event == "call":
-            self.by_name[(Path(frame.f_code.co_filename).name, frame.f_code.co_name)] += 1
-        elif event == "c_call":
-            self.by_name[("builtin", getattr(arg, "__qualname__", repr(arg)))] += 1
-
-    @contextmanager
-    def counting(self) -> Iterator[None]:
-        sys.setprofile(self._profile)
-        try:
-            yield
-        finally:
-            sys.setprofile(None)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_name.values())
-
-    def of(self, file: str) -> int:
-        return sum(n for (name, _), n in self.by_name.items() if name == file)
 
 
 class Drain:
@@ -140,7 +106,7 @@ async def test_a_drained_job_costs_the_emulator_at_most_its_budget_of_calls(
     topics built from the parsed topic, a `summary()` call per execution of each `notify`
     (275 -> 261): the other tests here hold each one)."""
     drain = Drain(emulator, 30)
-    calls = Calls()
+    calls = Calls(OWN)
     counted = range(2, 18)
     drain.run(calls, counted)
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
@@ -169,7 +135,7 @@ def test_a_snapshot_is_an_equal_copy_made_without_a_call_per_field() -> None:
         seq=7,
     )
     live.summary()
-    calls = Calls()
+    calls = Calls(OWN)
     with calls.counting():
         copied = snapshot(live)
     assert calls.total <= 2, calls.by_name
@@ -194,7 +160,7 @@ def test_a_snapshot_is_an_equal_copy_made_without_a_call_per_field() -> None:
 def test_compact_writes_what_json_dumps_writes_without_building_an_encoder(value: Any) -> None:
     """Five payloads per job; before, each built the C encoder afresh inside
     `JSONEncoder.encode` (nine calls, two of them json's Python code)."""
-    calls = Calls()
+    calls = Calls(OWN)
     with calls.counting():
         text = compact(value)
     assert text == json.dumps(value, separators=(",", ":"))
@@ -210,7 +176,7 @@ def test_summaries_of_unchanged_executions_are_taken_without_a_call_each() -> No
     first = summaries(executions)
     executions[3].version_number = 2
     executions[3].last_updated_at = 300.0
-    calls = Calls()
+    calls = Calls(OWN)
     with calls.counting():
         again = summaries(executions)
     assert calls.by_name[("model.py", "summary")] == 1, calls.by_name
@@ -236,7 +202,7 @@ def test_unchanged_summaries_of_a_notify_cost_no_call_each() -> None:
     frontend._notify_payload(event(summaries(15)))  # the texts are made once
     cost: dict[int, int] = {}
     for count in (1, 15):
-        calls = Calls()
+        calls = Calls(OWN)
         queued = summaries(count)
         with calls.counting():
             payload = frontend._notify_payload(event(queued))
@@ -268,7 +234,7 @@ def test_the_data_plane_shapes_are_built_without_a_call_per_field(
     live.status_details = details
     live.status = ExecutionStatus.IN_PROGRESS if started else ExecutionStatus.QUEUED
     delivery = Delivery(live, {"operation": "x"}, '{"operation":"x"}', left)
-    calls = Calls()
+    calls = Calls(OWN)
     item = live.summary()
     with calls.counting():
         execution = shapes_module.execution(delivery, document)
