@@ -224,12 +224,12 @@ class ShortPathClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         if written <= 0:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
+        with self._msgtime_mutex:
+            self._last_msg_out = mqtt.time_func()
         if written == len(data):  # all of it: the queue emptied in one step, not per packet
             out.clear()
-            with self._msgtime_mutex:
-                self._last_msg_out = mqtt.time_func()
             return MQTTErrorCode.MQTT_ERR_SUCCESS
-        while written > 0 and out:
+        while written > 0:  # a partial write: what was written leaves the queue
             packet = out[0]
             step = min(written, packet["to_process"])
             packet["to_process"] -= step
@@ -237,11 +237,7 @@ class ShortPathClient(mqtt.Client):
             written -= step
             if packet["to_process"] == 0:
                 out.popleft()
-        with self._msgtime_mutex:
-            self._last_msg_out = mqtt.time_func()
-        if out:
-            return self._packet_write()  # a partial write: the rest, until it would block
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._packet_write()  # the rest, until it would block
 
     def writes_in_one_send(self) -> bool:
         """Whether `_packet_write` sends what is queued in one `send`: no packet in the queue
