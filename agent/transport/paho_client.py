@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -55,9 +56,9 @@ class Attempt(NamedTuple):
 READ_SIZE = 65536
 PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
-
-
 _PUBLISH_QOS1 = bytes([mqtt.PUBLISH | 0x02])
+_HEAD_1, _HEAD_2 = struct.Struct("!BBH"), struct.Struct("!BBBH")  # a 1 or 2 byte length
+_MID = struct.Struct("!HB")  # the packet id, then a properties length of 0
 
 
 class PlainInfo(mqtt.MQTTMessageInfo):
@@ -87,19 +88,18 @@ def _remaining_length(size: int) -> bytes:
 
 
 def _publish_packet(topic: bytes, mid: int, payload: bytes) -> bytes:
-    """An MQTT 5 QoS 1 PUBLISH without properties, as paho's `_send_publish` makes it."""
+    """An MQTT 5 QoS 1 PUBLISH without properties, as paho's `_send_publish` makes it; its
+    header packed at once below 16 KiB (five calls per publish fewer than byte by byte)."""
     size = len(topic)
-    return b"".join(
-        (
-            _PUBLISH_QOS1,
-            _remaining_length(size + len(payload) + 5),  # length, packet id, properties
-            size.to_bytes(2, "big"),
-            topic,
-            mid.to_bytes(2, "big"),
-            b"\x00",  # no properties
-            payload,
-        )
+    rest = size + len(payload) + 5  # length, packet id, properties
+    head = (
+        _HEAD_1.pack(_PUBLISH_QOS1[0], rest, size)
+        if rest < 0x80
+        else _HEAD_2.pack(_PUBLISH_QOS1[0], rest & 0x7F | 0x80, rest >> 7, size)
+        if rest < 0x4000
+        else _PUBLISH_QOS1 + _remaining_length(rest) + size.to_bytes(2, "big")
     )
+    return b"".join((head, topic, _MID.pack(mid, 0), payload))
 
 
 class ShortPathClient(mqtt.Client):
@@ -212,7 +212,7 @@ class ShortPathClient(mqtt.Client):
         out = self._out_packet
         if len(out) < 2 or not self.writes_in_one_send():
             return super()._packet_write()
-        data = b"".join(packet["packet"][packet["pos"] :] for packet in out)
+        data = b"".join([packet["packet"][packet["pos"] :] for packet in out])  # no generator
         try:
             written = self._sock_send(data)
         except (AttributeError, ValueError):

@@ -29,6 +29,7 @@ from jobs_agent.emulator import broker as broker_module
 from jobs_agent.emulator.broker import BrokerTransport, broker_transport
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.transport import paho as paho_transport_module
+from jobs_agent.transport import paho_client as paho_client_module
 from tests.fixtures.broker import Mosquitto
 from tests.helpers.calls import Calls
 
@@ -175,3 +176,35 @@ def test_puback_due_that_arrives_while_a_read_is_handled_is_read_in_the_same_eve
         peer.close()
     assert acked == [first, second]
     assert not client._out_messages
+
+
+def mqtt_publish_qos1(topic: bytes, mid: int, payload: bytes) -> bytes:
+    """An MQTT 5 QoS 1 PUBLISH without properties, written from the specification (3.3,
+    1.5.5: the remaining length as a variable byte integer, least significant group first)."""
+    rest = 2 + len(topic) + 2 + 1 + len(payload)
+    length = bytearray()
+    while True:
+        rest, byte = rest >> 7, rest & 0x7F
+        length.append(byte | (0x80 if rest else 0))
+        if not rest:
+            break
+    body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + b"\x00" + payload
+    return bytes((0x32,)) + bytes(length) + body
+
+
+@pytest.mark.parametrize("rest", [5 + 29, 127, 128, 300, 16383, 16384, 2_097_151, 2_097_152])
+def test_a_publish_packet_is_packed_in_a_few_calls_as_the_specification_writes_it(
+    rest: int,
+) -> None:
+    """Five publishes per job (and five per job of the agent, whose client shares it): the
+    header was built a byte at a time (`_remaining_length`'s loop, two `to_bytes`: ten or
+    eleven calls per packet); below 16 KiB it is packed at once now. Lengths around each
+    boundary of the variable byte integer."""
+    topic = b"$aws/things/sizes/jobs/notify"
+    payload = b"x" * (rest - 5 - len(topic))
+    calls = Calls((paho_client_module.__file__,))
+    with calls.counting():
+        packet = paho_client_module._publish_packet(topic, 0x1234, payload)
+    assert packet == mqtt_publish_qos1(topic, 0x1234, payload)
+    if rest < 16384:
+        assert calls.total <= 6, calls.by_name

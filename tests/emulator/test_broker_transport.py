@@ -446,3 +446,31 @@ async def test_a_write_larger_than_the_socket_takes_is_finished_in_order(
     assert [p[0] for p in got] == list(range(8))
     assert all(len(p[1]) == 1_000_000 for p in got)
     assert any(written < size for size, written in sends), sends  # the socket took a part
+
+
+async def test_publishes_of_every_header_size_arrive_whole(fresh_mosquitto: Mosquitto) -> None:
+    """`publish_nowait` packs a PUBLISH's header at once below 16 KiB (a length of one or two
+    bytes) and byte by byte above: payloads around each boundary reach a device whole and in
+    order through mosquitto; and two `flush` calls waiting at once both return when the last
+    one is acknowledged."""
+    device = PahoDevice(fresh_mosquitto, "sizes")
+    transport = broker_transport(_config(fresh_mosquitto, "sizer"))
+    topic = "$aws/things/sizes/jobs/notify"
+    sent: list[Any] = []
+    await transport.connect(10)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for rest in (127, 128, 16383, 16384, 200_000):
+            payload = json.dumps(["x" * (rest - 5 - len(topic) - 4)]).encode()
+            assert len(topic) + len(payload) + 5 == rest  # the packet's remaining length
+            sent.append(json.loads(payload))
+            transport.publish_nowait(topic, payload)
+        await asyncio.gather(transport.flush(), transport.flush())
+        assert not transport._unacked
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, len(sent), "notify")
+    finally:
+        device.close()
+    assert got == sent
