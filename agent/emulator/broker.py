@@ -16,7 +16,8 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
   without paho's callback locks (184 of the 1,514 Python calls per job of a drain);
 * requests are answered while the socket is being read, and what paho queued meanwhile (the
   acknowledgements, replies and events of every packet just read) is written once at the end,
-  in one `send` (`ShortPathClient._packet_write`) so it leaves in as few segments as possible
+  in one `send` (`ShortPathClient._packet_write`, called by the transport itself, without
+  paho's `loop_write` and its unregister callback) so it leaves in as few segments as possible
   instead of one send each waking the broker (when a packet cannot be joined, the socket is
   corked with TCP_CORK around paho's sends instead; a drain's emulator thread went from 23.3 to
   10.5 system calls per job); a write asked for outside a read is flushed at the end of the
@@ -25,7 +26,8 @@ emulator's cost per job (`python -m benchmarks emulator-cost` measures it):
 * reading is one `recv` per readable event into a buffer, then every complete packet in it
   (`ServiceClient.loop_read`); the two packets a service receives most are cut from the buffer
   without paho's packet dictionaries and dispatch: the PUBACK of its own publishes and a QoS 1
-  request handed over as topic and payload (465 -> ~305 Python calls of the transport per job,
+  request handed over as topic and payload (465 -> 340 Python calls of the transport per job,
+  266 with the writes above and a PUBLISH header packed at once, counted by
   tests/emulator/test_broker_costs.py); anything else, or a packet only partly read, takes
   `ShortPathClient`'s and paho's path;
 * paho's per-packet debug log lines are formatted only while connecting, where they explain a
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -187,7 +190,7 @@ class ServiceClient(ShortPathClient):
 
     def _release(self, mid: int, message: Any) -> MQTTErrorCode:
         del self._out_messages[mid]
-        message.info._set_as_published()
+        message.info._published = True  # `PlainInfo._set_as_published`, without a call
         self._inflight_messages -= 1
         assert self.on_acked is not None
         self.on_acked(mid)
@@ -226,13 +229,18 @@ class BrokerTransport(PahoTransport):
         super().__init__(config, client_id)
         client = self._client
         assert isinstance(client, ServiceClient)
+        self._service_client = client
+        """`_client`, typed: the per-message paths ask no `isinstance` of it."""
         client.on_qos1 = self._request
         client.on_acked = self._acked_nowait
         self._reading = False
+        self._tls = config.tls
         self._flush_sock: Any = None
         self._unacked: set[int] = set()
         self._acked = asyncio.Event()
-        self._acked.set()
+        self._flushing = 0
+        """`flush` calls waiting for `_acked`: only then is it cleared and set (a clear per
+        publish and a set per emptied window were seven calls of asyncio's code per job)."""
 
     def _request(self, topic: str, payload: bytes) -> None:
         if self._reading:  # on the loop, inside `_readable`: answer now, flushed with the rest
@@ -279,8 +287,7 @@ class BrokerTransport(PahoTransport):
         "Down" is paho's state, not the announced one: after a reconnect the link is announced
         up only once every filter is subscribed again, and a request on a filter already back
         arrives before that; its reply must go out (a device would wait for it in vain)."""
-        client = self._client
-        assert isinstance(client, ServiceClient)
+        client = self._service_client
         if not client.is_connected():
             raise NotConnectedError(f"publish {topic}: not connected to {self.config.endpoint}")
         rc, mid = client.publish_qos1(topic, payload)
@@ -289,13 +296,12 @@ class BrokerTransport(PahoTransport):
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransportError(f"publish {topic}: {mqtt.error_string(rc)}")
         self._unacked.add(mid)
-        self._acked.clear()
 
     def _acked_nowait(self, mid: int) -> None:
         """A `publish_nowait` acknowledged (the short path of `ServiceClient`)."""
         unacked = self._unacked
         unacked.discard(mid)
-        if not unacked:
+        if not unacked and self._flushing:
             self._acked.set()
 
     def _paho_publish(
@@ -303,29 +309,43 @@ class BrokerTransport(PahoTransport):
     ) -> None:
         # On the loop thread (paho is driven by the loop): no hop needed for a nowait publish.
         if mid in self._unacked:
-            self._unacked.discard(mid)
-            if not self._unacked:
-                self._acked.set()
+            self._acked_nowait(mid)
             return
         super()._paho_publish(client, userdata, mid, reason, props)
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every `publish_nowait` so far is acknowledged (or `timeout`)."""
         if self._client.is_connected() and self._unacked:
+            self._acked.clear()
+            self._flushing += 1
             try:
                 async with asyncio.timeout(timeout):
                     await self._acked.wait()
             except TimeoutError:
                 pass
+            finally:
+                self._flushing -= 1
 
     # -- batched reads and writes -----------------------------------------------------------------
     def _readable(self) -> None:
+        """`PahoTransport._readable` without its calls per event (its `isinstance` checks and
+        the `buffered()` method): bytes read but not consumed, or decrypted by TLS, are
+        invisible to the selector and read now. Then the acknowledgements and answers of
+        everything just read go out at once."""
+        client = self._service_client
         self._reading = True
         try:
-            super()._readable()  # every packet read, the buffered ones too
+            while True:
+                client.loop_read()
+                sock = self._sock
+                if sock is None or not (
+                    client._rpos < len(client._rbuf)
+                    or (self._tls and isinstance(sock, ssl.SSLSocket) and sock.pending())
+                ):
+                    break
         finally:
             self._reading = False
-        self._flush()  # the acknowledgements and answers of everything just read, at once
+        self._flush()
 
     def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self._flush_sock is not None:
@@ -335,20 +355,33 @@ class BrokerTransport(PahoTransport):
             self._call(self._flush)  # at the end of this loop iteration
 
     def _flush(self) -> None:
+        """What was queued, written now. The usual case (a joined write, no writer on the
+        selector) calls `_packet_write` itself: paho's `loop_write` around it asked
+        `want_write` and went through the unregister callback, its lock and the transport's
+        loop hop to remove a writer that was never added (~15 calls per write, two writes
+        per job)."""
         sock, self._flush_sock = self._flush_sock, None
         if sock is None:
             return
         if sock is not self._sock:
             self._add_writer(sock)  # a socket not (yet, or any more) ours: the selector's way
             return
-        self._writable()
-        if self._client.want_write():  # the socket buffer is full: wait until it drains
+        client = self._service_client
+        if self._writing or not client.writes_in_one_send():
+            self._writable()  # paho's `loop_write` (corked), or the selector's writer
+        else:
+            rc = client._packet_write()
+            if rc > 0 and rc != MQTTErrorCode.MQTT_ERR_AGAIN:
+                client._loop_rc_handle(rc)  # as `loop_write`: the connection is lost
+                return
+            if not client._out_packet:
+                client._registered_write = False  # `_call_socket_unregister_write`'s part
+        if client.want_write():  # the socket buffer is full: wait until it drains
             self._add_writer(sock)
 
     def _writable(self) -> None:
         sock = self._sock
-        client = self._client
-        assert isinstance(client, ServiceClient)
+        client = self._service_client
         if client.writes_in_one_send():  # `ShortPathClient._packet_write`: nothing to cork
             super()._writable()
             return
