@@ -148,26 +148,35 @@ class ServiceClient(ShortPathClient):
                 return rc
 
     def _acked(self) -> MQTTErrorCode | None:
-        """The PUBACK at the read position, when it acknowledges a `publish_qos1` with success
-        (reason code below 0x80) and no properties: handled as `_handle_pubackcomp` would,
-        without its packet dictionaries. None for any other packet (paho's path reads it)."""
-        buf, start = self._rbuf, self._rpos
-        end = start + 2 + (buf[start + 1] if start + 1 < len(buf) else 0xFF)
-        if end > len(buf) or not 2 <= end - start - 2 <= 4 or self.on_acked is None:
-            return None
-        size = end - start - 2
-        if (size > 2 and buf[start + 4] >= 0x80) or (size > 3 and buf[start + 5] != 0):
-            return None  # a failure, or properties: paho decodes those
-        mid = (buf[start + 2] << 8) | buf[start + 3]
-        message = self._out_messages.get(mid)
-        if (
-            message is None
-            or type(message.info) is not PlainInfo
-            or message.state != mqtt_ms_wait_for_puback
-        ):
-            return None
-        self._rpos = end
-        return self._release(mid, message)
+        """The PUBACKs at the read position, as long as each acknowledges a `publish_qos1`
+        with success (reason code below 0x80) and no properties: handled as
+        `_handle_pubackcomp` would, without its packet dictionaries, in one loop (the broker
+        acknowledges a joined write one publish at a time: two or three PUBACKs per `recv`,
+        before a call and three `len` each). None when the first is any other packet (paho's
+        path reads it)."""
+        buf, pos, out, on_acked = self._rbuf, self._rpos, self._out_messages, self.on_acked
+        size, start = len(buf), pos
+        while pos + 3 < size and buf[pos] == PUBACK and on_acked is not None:
+            length = buf[pos + 1]
+            end = pos + 2 + length
+            if end > size or not 2 <= length <= 4:
+                break
+            if (length > 2 and buf[pos + 4] >= 0x80) or (length > 3 and buf[pos + 5] != 0):
+                break  # a failure, or properties: paho decodes those
+            mid = (buf[pos + 2] << 8) | buf[pos + 3]
+            message = out.get(mid)
+            if (
+                message is None
+                or type(message.info) is not PlainInfo
+                or message.state != mqtt_ms_wait_for_puback
+            ):
+                break
+            del out[mid]
+            message.info._published = True  # `PlainInfo._set_as_published`, without a call
+            self._inflight_messages -= 1
+            pos = self._rpos = end
+            on_acked(mid)
+        return None if pos == start else self._window_freed()
 
     def _requested(self) -> MQTTErrorCode | None:
         """The QoS 1 PUBLISH at the read position (a request), when wholly read and plain
@@ -190,10 +199,13 @@ class ServiceClient(ShortPathClient):
 
     def _release(self, mid: int, message: Any) -> MQTTErrorCode:
         del self._out_messages[mid]
-        message.info._published = True  # `PlainInfo._set_as_published`, without a call
+        message.info._set_as_published()
         self._inflight_messages -= 1
         assert self.on_acked is not None
         self.on_acked(mid)
+        return self._window_freed()
+
+    def _window_freed(self) -> MQTTErrorCode:
         if len(self._out_messages) > self._inflight_messages:
             return self._update_inflight()  # some wait for the window (paho's own order)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
