@@ -474,3 +474,32 @@ async def test_publishes_of_every_header_size_arrive_whole(fresh_mosquitto: Mosq
     finally:
         device.close()
     assert got == sent
+
+
+async def test_a_write_larger_than_the_socket_buffer_ends_through_the_selector(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """The transport writes a joined queue itself; what the socket does not take at once
+    waits for the selector to report it writable, and once all of it is written the writer is
+    removed again (a send buffer of 4 KiB and 600 KiB of publishes here)."""
+    device = PahoDevice(fresh_mosquitto, "big")
+    transport = broker_transport(_config(fresh_mosquitto, "bigwriter"))
+    client = transport._client
+    topic = "$aws/things/big/jobs/notify"
+    await transport.connect(10)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for index in range(3):
+            transport.publish_nowait(topic, json.dumps([index, "x" * 200_000]).encode())
+        await transport.flush()
+        assert not transport._unacked
+        assert not client.want_write() and not client._registered_write
+        assert not transport._writing  # the selector's writer is gone with the last byte
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 3, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == [0, 1, 2]
