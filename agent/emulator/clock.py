@@ -19,10 +19,10 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The wall clock: what a running emulator uses."""
+    """The wall clock: what a running emulator uses. `now` is `time.time` itself: a method
+    around it cost a Python call per reading, nine per job of a drain."""
 
-    def now(self) -> float:
-        return time.time()
+    now = staticmethod(time.time)
 
 
 class ManualClock:

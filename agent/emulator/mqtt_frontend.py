@@ -192,7 +192,7 @@ class MqttFrontend:
             token = raw_token if isinstance(raw_token, str) else None
         try:
             # Counted (and maybe throttled) before anything else, like every device request.
-            self.service.admit(parsed.operation.value)
+            self.service.admit(parsed.operation._value_)  # `.value` is two calls
             if unparseable is not None or obj is None:
                 raise unparseable or InvalidRequestError("empty request", ErrorCode.INVALID_JSON)
             self._dispatch(topic, parsed, obj)

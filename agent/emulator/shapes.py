@@ -3,7 +3,9 @@
 MQTT and the HTTPS data plane return the same JobExecution, JobExecutionSummary and
 JobExecutionState; they differ only in how `jobDocument` travels (a JSON object over MQTT, a
 string over HTTPS) and, under one reading, in `approximateSecondsBeforeTimedOut` over MQTT.
-Timestamps are whole epoch seconds on both (docs/emulator.md, "Wire formats").
+Timestamps are whole epoch seconds on both (docs/emulator.md, "Wire formats"). A status is
+read as its member's `_value_` (the attribute `Enum` documents): `.value` is a property, two
+Python calls in enum.py per read.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def summary(e: Execution | ExecutionSummary) -> dict[str, Any]:
 
 def state(e: Execution) -> dict[str, Any]:
     """JobExecutionState."""
-    body: dict[str, Any] = {"status": e.status.value}
+    body: dict[str, Any] = {"status": e.status._value_}
     if e.status_details:
         body["statusDetails"] = dict(e.status_details)
     body["versionNumber"] = e.version_number
@@ -84,7 +86,11 @@ def execution(
 ) -> dict[str, Any]:
     """JobExecution (fields in the API reference's order, absent ones left out)."""
     e = delivery.execution
-    body: dict[str, Any] = {"jobId": e.job_id, "thingName": e.thing_name, "status": e.status.value}
+    body: dict[str, Any] = {
+        "jobId": e.job_id,
+        "thingName": e.thing_name,
+        "status": e.status._value_,
+    }
     if e.status_details:
         body["statusDetails"] = dict(e.status_details)
     body["queuedAt"] = int(e.queued_at)

@@ -14,14 +14,16 @@ left out.
 from __future__ import annotations
 
 import copy
+import enum
 import json
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobs_agent.emulator import JobsService, ManualClock
+from jobs_agent.emulator import JobsService, ManualClock, SystemClock
 from jobs_agent.emulator import shapes as shapes_module
 from jobs_agent.emulator.core import snapshot
 from jobs_agent.emulator.embedded import BusTransport, Emulator
@@ -264,3 +266,28 @@ def test_the_data_plane_shapes_are_built_without_a_call_per_field(
     assert list(state.items()) == reference_shape(
         [("status", live.status.value), ("statusDetails", details or None), ("versionNumber", 1)]
     )
+
+
+def test_the_system_clock_is_read_without_a_python_call() -> None:
+    """A running emulator reads its clock nine times per drained job; `SystemClock.now` was a
+    method around `time.time`, a Python call each."""
+    clock = SystemClock()
+    calls = Calls(OWN)
+    with calls.counting():
+        clock.now()
+    assert calls.of("clock.py") == 0, calls.by_name
+    assert clock.now is time.time  # the wall clock itself
+
+
+async def test_statuses_and_operations_are_named_without_enum_property_calls(
+    emulator: Emulator,
+) -> None:
+    """`ExecutionStatus.value` and `Operation.value` are properties: each read was two Python
+    calls in enum.py (`__get__`, `value`), four per job (the status of the execution shapes,
+    the operation counted by `admit`). Their `_value_` is read instead."""
+    drain = Drain(emulator, 12)
+    calls = Calls((enum.__file__,))
+    drain.run(calls, range(2, 12))
+    assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
+    assert calls.of("enum.py", "__get__") == 0, calls.by_name
+    assert calls.of("enum.py", "value") == 0, calls.by_name
