@@ -31,6 +31,7 @@ from jobs_agent.emulator.events import Delivery, JobExecutionsChanged
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.model import Execution, ExecutionStatus, ExecutionSummary, summaries
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
+from jobs_agent.emulator.queues import Queue
 from jobs_agent.emulator.shapes import DocumentAs, compact
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
@@ -102,18 +103,19 @@ async def test_a_drained_job_costs_the_emulator_at_most_its_budget_of_calls(
     emulator: Emulator,
 ) -> None:
     """The perfect agent's two requests per job, with the notify, notify-next and the two
-    replies they cause: 525 calls of the emulator's own code per job at first, 261 now (the
+    replies they cause: 525 calls of the emulator's own code per job at first, 253 now (the
     per-field copies of three snapshots, a JSON encoder built per payload, three calls per
     summary of two `notify` lists of ten, `omit_none` and `seconds` in every shape, reply
     topics built from the parsed topic, a `summary()` call per execution of each `notify`
-    (275 -> 261): the other tests here hold each one)."""
+    (275 -> 261), the capped pending lists of each `notify` made in one call (261 -> 253):
+    the other tests here hold each one)."""
     drain = Drain(emulator, 30)
     calls = Calls(OWN)
     counted = range(2, 18)
     drain.run(calls, counted)
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
     per_job = calls.total / len(counted)
-    assert per_job <= 265, (per_job, calls.by_name.most_common(25))
+    assert per_job <= 256, (per_job, calls.by_name.most_common(25))
 
 
 def test_a_snapshot_is_an_equal_copy_made_without_a_call_per_field() -> None:
@@ -291,3 +293,25 @@ async def test_statuses_and_operations_are_named_without_enum_property_calls(
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
     assert calls.of("enum.py", "__get__") == 0, calls.by_name
     assert calls.of("enum.py", "value") == 0, calls.by_name
+
+
+@pytest.mark.parametrize("scheduled", [0, 1])
+def test_a_capped_pending_list_is_made_in_one_call(scheduled: int) -> None:
+    """Each `notify` takes the thing's capped pending lists (two per job): the cap was a
+    property read twice, the IN_PROGRESS order a method and a lambda per execution. Now one
+    call; the lists keep their order (IN_PROGRESS by creation, then QUEUED) and their cap (10,
+    15 with scheduled jobs)."""
+    queue = Queue(scheduled=scheduled)
+    executions = [Execution(f"j{n}", "t1", None, 1, 100.0, 100.0, seq=n) for n in range(20)]
+    for execution in executions:
+        queue.add_queued(execution, False)
+    for n in (7, 2, 5):
+        queue.start(executions[n])
+    calls = Calls(OWN)
+    with calls.counting():
+        in_progress, queued = queue.pending()
+    assert calls.of("queues.py") == 1, calls.by_name
+    limit = 15 if scheduled else 10
+    assert [e.seq for e in in_progress] == [2, 5, 7]
+    assert [e.seq for e in queued] == [n for n in range(20) if n not in (2, 5, 7)][: limit - 3]
+    assert queue.head() is executions[2]
