@@ -50,7 +50,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import DISCONNECT, PUBACK, PUBLISH, mqtt_ms_wait_for_puback
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode, _ConnectionState
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -74,6 +74,7 @@ _PUBLISH_QOS1 = bytes([PUBLISH | 0x02])
 PUBLISH_QOS1 = PUBLISH | 0x02
 """The first byte of a QoS 1 PUBLISH, neither a duplicate nor retained (a PUBACK's is PUBACK:
 its flags are zero)."""
+_CONNECTED = _ConnectionState.MQTT_CS_CONNECTED
 RECEIVE_MAXIMUM_ABSENT = 65535
 """MQTT 5: a CONNACK without Receive Maximum allows this many unacknowledged QoS 1 publishes."""
 
@@ -300,7 +301,7 @@ class BrokerTransport(PahoTransport):
         up only once every filter is subscribed again, and a request on a filter already back
         arrives before that; its reply must go out (a device would wait for it in vain)."""
         client = self._service_client
-        if not client.is_connected():
+        if client._state is not _CONNECTED:  # `is_connected()`, without a call per publish
             raise NotConnectedError(f"publish {topic}: not connected to {self.config.endpoint}")
         rc, mid = client.publish_qos1(topic, payload)
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:

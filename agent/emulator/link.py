@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import structlog
 
@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 THINGS_PREFIX = "$aws/things/"
 Handler = Callable[[Message], None]
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -123,13 +124,14 @@ class MqttLink:
         except Exception as exc:  # a lost reply is what a device must survive anyway
             log.warning("emulator_publish_failed", topic=topic, error=str(exc))
 
-    def call_on_loop(self, callback: Callable[[], None]) -> None:
-        """Run `callback` on the link's loop: now if called there, else as soon as possible
-        (service listeners may run in an HTTP worker thread)."""
+    def call_on_loop(self, callback: Callable[[T], None], argument: T) -> None:
+        """Run `callback(argument)` on the link's loop: now if called there, else as soon as
+        possible (service listeners may run in an HTTP worker thread). The argument is passed
+        rather than closed over: a lambda was one more call per batch of events (two per job)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         if threading.get_ident() == self._thread:
-            callback()
+            callback(argument)
         else:
-            loop.call_soon_threadsafe(callback)
+            loop.call_soon_threadsafe(callback, argument)

@@ -137,7 +137,7 @@ class MqttFrontend:
 
     def _on_events(self, events: list[ServiceEvent]) -> None:
         """Service listener: may run in an HTTP worker thread, so hop onto the loop."""
-        self.link.call_on_loop(lambda: self._publish_events(events))
+        self.link.call_on_loop(self._publish_events, events)
 
     def _publish_events(self, events: list[ServiceEvent]) -> None:
         if not self._started:

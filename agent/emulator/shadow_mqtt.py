@@ -79,7 +79,7 @@ class ShadowMqtt:
 
     def _on_messages(self, messages: list[ShadowMessage]) -> None:
         """Service listener (any thread): publish on the loop."""
-        self.link.call_on_loop(lambda: self._publish(messages))
+        self.link.call_on_loop(self._publish, messages)
 
     def _publish(self, messages: list[ShadowMessage]) -> None:
         if not self._started:

@@ -146,11 +146,13 @@ async def test_a_write_takes_none_of_pahos_per_write_steps(
     paho's `loop_write`, which asked `want_write` and called the unregister callback under
     its lock, and the transport's loop hop to remove a selector writer never added (~15 calls
     per write). Now the transport writes the joined packets itself; and reads without
-    `PahoTransport._readable`'s `isinstance` checks."""
+    `PahoTransport._readable`'s `isinstance` checks, and publishes (five per job) without
+    paho's `is_connected` method."""
     calls = await drain(served, fresh_mosquitto, 20)
     for file, name in (
         ("client.py", "loop_write"),
         ("client.py", "_call_socket_unregister_write"),
+        ("client.py", "is_connected"),
         ("paho.py", "_unregister_write"),
         ("paho.py", "_readable"),
     ):

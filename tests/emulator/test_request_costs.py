@@ -315,3 +315,13 @@ def test_a_capped_pending_list_is_made_in_one_call(scheduled: int) -> None:
     assert [e.seq for e in in_progress] == [2, 5, 7]
     assert [e.seq for e in queued] == [n for n in range(20) if n not in (2, 5, 7)][: limit - 3]
     assert queue.head() is executions[2]
+
+
+async def test_a_batch_of_events_goes_to_the_loop_without_a_closure(emulator: Emulator) -> None:
+    """The service hands each batch of events to the front end's listener, which runs it on
+    the link's loop: it was wrapped in a lambda there, a call more per batch (two per job)."""
+    drain = Drain(emulator, 8)
+    calls = Calls(OWN)
+    drain.run(calls, range(2, 8))
+    assert calls.of("mqtt_frontend.py", "_publish_events") == 12, calls.by_name
+    assert calls.of("mqtt_frontend.py", "<lambda>") == 0, calls.by_name
