@@ -17,12 +17,12 @@ process ends, and every full collection walked all of it. Measured with `gc.call
 agents running 5,000 jobs each (benchmarks/idle.py): two full collections each, of
 32,400-33,000 objects, 7-19 ms on the event loop wherever a job was; frozen, one of
 4,900-6,300 objects (what the jobs kept since), about 2 ms. The collector keeps its default
-thresholds and runs on everything else as before: per job some 17 objects in cycles are left
-for it (young collections, 0.2 ms every ten jobs or so). No full pass precedes the freeze:
-start-up leaves no cyclic garbage by then (`gc.collect()` there found none, paho or awscrt),
-and it would delay the first job. A reload collects and freezes again (`_refreeze`). The heap
-is given back (`gc.unfreeze`) when the agent stops, for a process that goes on (tests, the
-demo).
+thresholds and runs on everything else as before; a plugin job leaves it nothing in cycles
+(runner.py's `_prepare`): 5,000 of them set off no full collection. No full pass precedes the
+freeze: start-up leaves no cyclic garbage by then (`gc.collect()` there found none, paho or
+awscrt), and it would delay the first job. A reload collects and freezes again (`_refreeze`).
+The heap is given back (`gc.unfreeze`) when the agent stops, for a process that goes on (tests,
+the demo).
 """
 
 from __future__ import annotations
