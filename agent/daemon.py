@@ -10,6 +10,19 @@ a second one stops at once. SIGHUP reloads the configuration (log level, handler
 without dropping the connection or the running job. systemd is told READY=1 once connected and
 subscribed, STATUS= with the current job, WATCHDOG=1 only while the event loop and the engine
 make progress, and STOPPING=1 / RELOADING=1.
+
+Once ready, everything start-up made (modules, configuration, the store, the connection: some
+32,000 objects) is moved out of the cyclic collector's reach (`gc.freeze`): it lives until the
+process ends, and every full collection walked all of it. Measured with `gc.callbacks` on
+agents running 5,000 jobs each (benchmarks/idle.py): two full collections each, of
+32,400-33,000 objects, 7-19 ms on the event loop wherever a job was; frozen, one of
+4,900-6,300 objects (what the jobs kept since), about 2 ms. The collector keeps its default
+thresholds and runs on everything else as before; a plugin job leaves it nothing in cycles
+(runner.py's `_prepare`): 5,000 of them set off no full collection. No full pass precedes the
+freeze: start-up leaves no cyclic garbage by then (`gc.collect()` there found none, paho or
+awscrt), and it would delay the first job. A reload collects and freezes again (`_refreeze`).
+The heap is given back (`gc.unfreeze`) when the agent stops, for a process that goes on (tests,
+the demo).
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import signal
 import time
 from collections.abc import Coroutine
@@ -76,6 +90,15 @@ def changed_settings(old: AgentConfig, new: AgentConfig) -> list[str]:
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
+def _refreeze() -> None:
+    """After a reload, what the old configuration and dispatcher left in cycles is frozen
+    garbage: one full pass over everything collects it (and start-up's), and what is left is
+    frozen again. A reload is rare and asked for; each one leaves nothing behind for good."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class Agent:
     def __init__(
         self,
@@ -95,6 +118,7 @@ class Agent:
         self._connect_timeout = connect_timeout
         self.engine: Engine | None = None
         self._signals = 0
+        self._frozen = False
         self.ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
 
@@ -228,10 +252,14 @@ class Agent:
         self.notifier.ready(status="connected; waiting for jobs")
         self.ready.set()
         log.info("ready", thing_name=config.thing_name, namespaces=list(config.jobs.namespaces))
+        gc.freeze()
+        self._frozen = True
         watchdog = asyncio.create_task(self._watchdog(engine))
         try:
             await engine.run()
         finally:
+            gc.unfreeze()
+            self._frozen = False
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
@@ -340,6 +368,8 @@ class Agent:
         self.config = new
         if self.engine is not None:
             self.engine.reconfigure(new.engine_settings(), handlers)
+        if self._frozen:
+            _refreeze()
         self.notifier.notify("READY=1", "STATUS=configuration reloaded")
         return True
 

@@ -119,6 +119,7 @@ class Store:
         self._take_marker = path.with_name(path.name + ".taking")
         self._marker_fd: int | None = None
         self._durable: bool | None = True
+        self._checkpoints: bool | None = True
         """How the connection is set (`_sync`): True after the pragmas above."""
         self._record_unsynced = False
         """A taken execution's record is not yet fsynced: the start-next marker stays until it
@@ -262,8 +263,9 @@ class Store:
         before the transition is checked, in the same transaction."""
         self.verify()
         first = [] if self._pending is None else [self._pending]
+        before_handler = transition is not None and transition[1] is ExecutionState.RUNNING
         try:
-            self._sync(durable)
+            self._sync(durable, checkpoint=durable and not before_handler)
             self._commit(first + statements, transition, checked_after=len(first))
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
@@ -276,21 +278,23 @@ class Store:
                 self._record_unsynced = False  # on disk now, with every commit before it
                 self._remove_marker()
 
-    def _sync(self, durable: bool) -> None:
-        """Set the connection for a durable commit (fsynced, may checkpoint the WAL) or not:
-        WAL with synchronous=NORMAL does not fsync at commit, and without automatic checkpoints
-        (a checkpoint fsyncs) such a commit may run on the event loop (`AsyncStore`); the next
-        durable one checkpoints. Set only when it changes (two statements less per write)."""
-        if durable == self._durable:
-            return
-        self._durable = None  # unknown if the statements below fail halfway
-        if durable:
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-            self._db.execute("PRAGMA synchronous=FULL")
-        else:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._durable = durable
+    def _sync(self, durable: bool, *, checkpoint: bool) -> None:
+        """Set the connection for a durable commit (fsynced) or not, and for one that may
+        checkpoint the WAL or not: WAL with synchronous=NORMAL does not fsync at commit, and
+        without automatic checkpoints (a checkpoint fsyncs) such a commit may run on the event
+        loop (`AsyncStore`). RUNNING's commit, fsynced, does not checkpoint either: it is on the
+        path from a job's notification to its handler, and a checkpoint there (the WAL and the
+        database file fsynced once more, about one job in 80) was that job's latency; the next
+        durable commit (the decision, which follows every run) checkpoints. Each setting is set
+        only when it changes (statements less per write)."""
+        if durable != self._durable:
+            self._durable = None  # unknown if the statement below fails
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
+        if checkpoint != self._checkpoints:
+            self._checkpoints = None
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoint else 0}")
+            self._checkpoints = checkpoint
 
     def _commit(
         self,
