@@ -421,9 +421,11 @@ class Sandbox:
         """The handler has exited; end whatever it left behind (in its session or not).
 
         Leftovers (a background `sleep &`, a daemon that called setsid) would otherwise keep
-        the output pipes open and hang the job, or outlive it unnoticed.
+        the output pipes open and hang the job, or outlive it unnoticed. The usual end is an
+        empty group, released at once by the same look (`close_if_empty`); only a group it
+        cannot release is looked at closer (`empty`).
         """
-        if group.empty():
+        if group.close_if_empty() or group.empty():
             if not all(output.done() for output in outputs):  # usually they ended with it
                 await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
             return
