@@ -142,18 +142,22 @@ def test_a_walk_still_names_the_offending_directory(handler_tree: Path) -> None:
 def test_locating_a_handler_resolves_its_directory_once_and_reads_it_by_descriptor(
     handler_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The handler directory is resolved once, by the kernel (no `lstat` per component, as
-    by name before round 5), and the handler itself costs one `lstat`; its `#!` line comes
-    from the checked descriptor, never from opening it again by name."""
-    lstats, opens = Counter(), Counter()
+    """A handler right in the handler directory, named as the directory is written, is found
+    by the trusted walk alone (no `lstat` per component, as by name before round 5; since
+    round 9 neither the directory's resolution through `/proc/self/fd`, an open, a `readlink`
+    and a close, nor an `lstat` of the handler: the walk follows no symlink, so its success
+    says the same); its `#!` line comes from the checked descriptor, never from opening it
+    again by name."""
+    lstats, opens, readlinks = Counter(), Counter(), Counter()
     monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    monkeypatch.setattr(os, "readlink", readlinks.wrap(os.readlink))
     monkeypatch.setattr(shebang, "open", opens.wrap(builtins.open), raising=False)
     located = locate_handler(handler_tree, "noop.sh")
     assert located.path == handler_tree / "noop.sh"
     assert located.head is not None and located.head.startswith(b"#!/bin/sh\n")
     assert shebang.interpreter_problem(located.path, "/usr/bin:/bin", located.head) is None
     assert opens.calls == []
-    assert len(lstats.calls) == 1, lstats.calls
+    assert lstats.calls == [] and readlinks.calls == [], (lstats.calls, readlinks.calls)
 
 
 @pytest.mark.parametrize("how", ["as it is", "through a symlink", "with ..", "relative"])
