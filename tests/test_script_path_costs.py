@@ -347,3 +347,70 @@ async def test_the_exit_is_learnt_from_the_pidfd_with_one_waitpid(
 def _zombie(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat").read_bytes()
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+
+
+# -- waiting for a step's end or its cancellation ------------------------------------------------
+async def _tasks_made_by_a_step(
+    handler_tree: Path, tmp_path: Path, on_message: Any = None
+) -> tuple[int, Any]:
+    """Tasks made on the loop while the real sandbox runs `noop.sh` for a job context of the
+    engine's (a task factory counts them: a count, not a time); and the step's result."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    ctx = engine_context(tmp_path / "jobs")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    spec = ProcessSpec((str(handler_tree / "noop.sh"),), own_user(), 30, group="costs.tasks")
+    loop = asyncio.get_running_loop()
+    made = 0
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal made
+        made += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    finally:
+        loop.set_task_factory(None)
+    return made, result
+
+
+async def test_a_step_waits_for_its_end_or_cancellation_without_a_task(
+    handler_tree: Path, tmp_path: Path
+) -> None:
+    """The job's cancellation (`Cancellation`, the engine's `ctx.cancelled`) hands the sandbox
+    a plain future: no task per step to wait on the Event (round 8 made one, stepped it,
+    cancelled it and stepped it again: two turns of the loop per script step)."""
+    made, result = await _tasks_made_by_a_step(handler_tree, tmp_path)
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    assert made == 0
+
+
+async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
+    handler_tree: Path, tmp_path: Path
+) -> None:
+    """Cancelled while it runs (the engine sets `ctx.cancelled` when the service cancels the
+    job): the step is stopped and its result says so; cancelled before it starts, it is
+    stopped at once."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    (handler_tree / "wait.sh").write_text(
+        "#!/bin/sh\necho '{\"progress\": 5}' >&3\nexec sleep 60\n"
+    )
+    (handler_tree / "wait.sh").chmod(0o755)
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    for before in (False, True):
+        ctx = engine_context(tmp_path / "jobs")
+        if before:
+            ctx.cancelled.set()
+
+        async def cancel(message: Any, ctx: Any = ctx) -> None:
+            ctx.cancelled.set()  # the step has started and spoken
+
+        spec = ProcessSpec((str(handler_tree / "wait.sh"),), own_user(), 60, group="costs.cancel")
+        result = await asyncio.wait_for(
+            sandbox.run(spec, cancelled=ctx.cancelled, on_message=cancel), 30
+        )
+        assert result.cancelled and not result.timed_out, before
+        assert result.failure() is not None

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.datamodel import model
+from jobs_agent.dispatch.cancellation import Cancellation
 from jobs_agent.dispatch.containment import (
     Containment,
     ContainmentError,
@@ -288,7 +289,11 @@ class Sandbox:
         ]
         progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line)
         exit_watch = ExitWatch(process)
-        cancel_wait = asyncio.ensure_future(cancelled.wait())
+        cancel_wait: asyncio.Future[Any] = (
+            cancelled.future()
+            if isinstance(cancelled, Cancellation)
+            else asyncio.ensure_future(cancelled.wait())
+        )
         try:
             waited: set[asyncio.Future[Any]] = {exit_watch.status, cancel_wait}
             done, _ = await asyncio.wait(
