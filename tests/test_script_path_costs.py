@@ -376,6 +376,34 @@ async def _tasks_made_by_a_step(
     return made, result
 
 
+async def _waits_of_a_step(handler_tree: Path, tmp_path: Path) -> int:
+    """`asyncio.wait` calls the step's own wait (`Sandbox._run_in_group`) makes while the
+    real sandbox runs `noop.sh` (`sys.setprofile`: a count, not a time)."""
+    import sys
+    from types import FrameType
+
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    ctx = engine_context(tmp_path / "jobs")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    spec = ProcessSpec((str(handler_tree / "noop.sh"),), own_user(), 30, group="costs.waits")
+    waits = 0
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal waits
+        code, caller = frame.f_code, frame.f_back
+        if event == "call" and code.co_name == "wait" and code.co_filename.endswith("tasks.py"):
+            waits += caller is not None and caller.f_code.co_name == "_run_in_group"
+
+    sys.setprofile(profile)
+    try:
+        result = await sandbox.run(spec, cancelled=ctx.cancelled)
+    finally:
+        sys.setprofile(None)
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    return waits
+
+
 async def test_a_step_waits_for_its_end_or_cancellation_without_a_task(
     handler_tree: Path, tmp_path: Path
 ) -> None:
@@ -385,6 +413,14 @@ async def test_a_step_waits_for_its_end_or_cancellation_without_a_task(
     made, result = await _tasks_made_by_a_step(handler_tree, tmp_path)
     assert result.failure() is None, (result.failure(), result.stderr.text())
     assert made == 0
+
+
+async def test_a_step_waits_for_its_end_in_one_await(handler_tree: Path, tmp_path: Path) -> None:
+    """The step's exit completes the future its job's cancellation would (`ExitWatch` sets
+    it directly), so the step's wait is one `await`: no `asyncio.wait` with its waiter and
+    callbacks, and no turn of the loop between the exit and the wake-up (round 8: one
+    `asyncio.wait` per step, counted twice: started and resumed)."""
+    assert await _waits_of_a_step(handler_tree, tmp_path) == 0
 
 
 async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
