@@ -133,6 +133,8 @@ async def test_a_nul_in_a_later_step_name_rejects_the_document_before_step_one(
 async def test_a_spawn_refused_for_a_nul_leaves_no_descriptor_behind(tmp_path: Path) -> None:
     sandbox = Sandbox(kill_grace=1.0)
     spec = ProcessSpec(("/bin/true",), own_user(), 5.0, {"BAD": "a\x00b"})
+    # The first spawn opens the agent's one `/dev/null` (every step's stdin), kept for the next.
+    await sandbox.run(spec, cancelled=asyncio.Event(), stdout_sinks=[Tail()])
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         result = await sandbox.run(spec, cancelled=asyncio.Event(), stdout_sinks=[Tail()])

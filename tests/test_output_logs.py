@@ -170,3 +170,57 @@ def test_a_log_file_replaced_by_a_hard_link_is_unlinked_never_emptied(
     assert precious.read_text() == "keep me" and precious.stat().st_nlink == 1
     made = logs / "next-1.log"
     assert made.read_bytes() == b"mine\n" and made.stat().st_nlink == 1
+
+
+def _lines_of_a_prune_at_the_limit(logs: Path, kept: int) -> int:
+    """Lines of `dispatch/output.py` run by the prune of one job's end at the count limit,
+    with `kept` logs already there (`sys.settrace`: a count, not a time)."""
+    import sys
+    from types import FrameType
+    from typing import Any
+
+    for number in range(kept):
+        _log(logs / f"job{number:05d}-1.log", b"out\n", 1000 + number)
+    index = OutputLogIndex(logs)
+    index.load()
+    _log(logs / "new-1.log", b"new\n", 1000 + kept)
+    index.add(logs / "new-1.log")
+    lines = 0
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal lines
+        if not frame.f_code.co_filename.endswith("dispatch/output.py"):
+            return None
+        lines += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        deleted = index.prune(max_count=kept, max_total_bytes=10**9, keep=[logs / "new-1.log"])
+    finally:
+        sys.settrace(None)
+    assert deleted == [logs / "job00000-1.log"]
+    return lines
+
+
+def test_a_prune_at_the_limit_looks_at_the_oldest_logs_only(tmp_path: Path) -> None:
+    """A gateway at `jobs.output_logs_max_count` prunes one log at every job's end: the work
+    is the same with 10 logs kept as with 400 (round 8's index listed and sorted every log it
+    held, per job: 34 lines run with 10 logs, 424 with 400; now 28 with either)."""
+    small = _lines_of_a_prune_at_the_limit(_logs_dir(tmp_path / "small"), 10)
+    large = _lines_of_a_prune_at_the_limit(_logs_dir(tmp_path / "large"), 400)
+    assert large == small
+
+
+def test_a_log_added_out_of_order_is_still_pruned_oldest_first(tmp_path: Path) -> None:
+    """A clock set back gives a finished log an older mtime than logs already indexed: the
+    index sorts itself again before it prunes, so the order is still the listing's."""
+    logs = _logs_dir(tmp_path)
+    _log(logs / "a-1.log", b"a\n", 2000)
+    _log(logs / "b-1.log", b"b\n", 3000)
+    index = OutputLogIndex(logs)
+    index.load()
+    _log(logs / "back-1.log", b"c\n", 1000)  # written after the clock went back
+    index.add(logs / "back-1.log")
+    assert index.prune(max_count=2, max_total_bytes=10**6) == [logs / "back-1.log"]
+    assert prune_output_logs(logs, max_count=1, max_total_bytes=10**6) == [logs / "a-1.log"]

@@ -184,6 +184,46 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
         agent.kill()
 
 
+def _agent_opens(trace: Path) -> collections.Counter[str]:
+    """The files the agent's own threads opened (`_agent_calls` tells them from a step's)."""
+    lines = [line.split(None, 1) for line in trace.read_text().splitlines() if line[:1].isdigit()]
+    children = {pid for pid, text in lines if text.startswith("execve(")}
+    opened: collections.Counter[str] = collections.Counter()
+    for pid, text in lines:
+        match = re.match(r'open(?:at)?\((?:[^,]+, )?"([^"]*)"', text)
+        if pid not in children and match is not None:
+            opened[os.path.basename(match.group(1))] += 1
+    return opened
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+async def test_a_script_job_opens_neither_dev_null_nor_the_cgroups_events(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """The step's stdin is the agent's one `/dev/null` descriptor (CPython's `DEVNULL` opened
+    and closed it for every spawn), and the step's cgroup, once its handler has exited, is
+    found empty by its `rmdir` succeeding (which also removes it) instead of by reading
+    `populated` from `cgroup.events` first: two opens (and a read, two closes) fewer per
+    script job. Round 8's agent opened both once per job."""
+    agent = _agent(tmp_path, mosquitto)
+    trace = tmp_path / "opens.trace"
+    jobs = 3
+    try:
+        agent.start()
+        await agent.wait_ready()
+        assert agent.process is not None
+        await _run_jobs(tmp_path, emulator, 0, 2)  # the first `/dev/null` is opened here
+        async with strace_attached(agent.process.pid, trace, "execve,open,openat"):
+            await _run_jobs(tmp_path, emulator, 2, jobs)
+        opened = _agent_opens(trace)
+        assert opened["noop.sh"] >= jobs, opened  # the trace saw the jobs' handler checks
+        assert (opened["null"], opened["cgroup.events"]) == (0, 0), opened
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()
+
+
 def _end(ctx: EngineJobContext) -> None:
     """What `JobFiles.cleanup` does once the outcome is reported."""
     recycle(str(ctx.scratch_dir.parent), ctx.scratch_dir.name, ctx.state_dir.name)

@@ -142,18 +142,22 @@ def test_a_walk_still_names_the_offending_directory(handler_tree: Path) -> None:
 def test_locating_a_handler_resolves_its_directory_once_and_reads_it_by_descriptor(
     handler_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The handler directory is resolved once, by the kernel (no `lstat` per component, as
-    by name before round 5), and the handler itself costs one `lstat`; its `#!` line comes
-    from the checked descriptor, never from opening it again by name."""
-    lstats, opens = Counter(), Counter()
+    """A handler right in the handler directory, named as the directory is written, is found
+    by the trusted walk alone (no `lstat` per component, as by name before round 5; since
+    round 9 neither the directory's resolution through `/proc/self/fd`, an open, a `readlink`
+    and a close, nor an `lstat` of the handler: the walk follows no symlink, so its success
+    says the same); its `#!` line comes from the checked descriptor, never from opening it
+    again by name."""
+    lstats, opens, readlinks = Counter(), Counter(), Counter()
     monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    monkeypatch.setattr(os, "readlink", readlinks.wrap(os.readlink))
     monkeypatch.setattr(shebang, "open", opens.wrap(builtins.open), raising=False)
     located = locate_handler(handler_tree, "noop.sh")
     assert located.path == handler_tree / "noop.sh"
     assert located.head is not None and located.head.startswith(b"#!/bin/sh\n")
     assert shebang.interpreter_problem(located.path, "/usr/bin:/bin", located.head) is None
     assert opens.calls == []
-    assert len(lstats.calls) == 1, lstats.calls
+    assert lstats.calls == [] and readlinks.calls == [], (lstats.calls, readlinks.calls)
 
 
 @pytest.mark.parametrize("how", ["as it is", "through a symlink", "with ..", "relative"])
@@ -343,3 +347,106 @@ async def test_the_exit_is_learnt_from_the_pidfd_with_one_waitpid(
 def _zombie(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat").read_bytes()
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+
+
+# -- waiting for a step's end or its cancellation ------------------------------------------------
+async def _tasks_made_by_a_step(
+    handler_tree: Path, tmp_path: Path, on_message: Any = None
+) -> tuple[int, Any]:
+    """Tasks made on the loop while the real sandbox runs `noop.sh` for a job context of the
+    engine's (a task factory counts them: a count, not a time); and the step's result."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    ctx = engine_context(tmp_path / "jobs")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    spec = ProcessSpec((str(handler_tree / "noop.sh"),), own_user(), 30, group="costs.tasks")
+    loop = asyncio.get_running_loop()
+    made = 0
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal made
+        made += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    finally:
+        loop.set_task_factory(None)
+    return made, result
+
+
+async def _waits_of_a_step(handler_tree: Path, tmp_path: Path) -> int:
+    """`asyncio.wait` calls the step's own wait (`Sandbox._run_in_group`) makes while the
+    real sandbox runs `noop.sh` (`sys.setprofile`: a count, not a time)."""
+    import sys
+    from types import FrameType
+
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    ctx = engine_context(tmp_path / "jobs")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    spec = ProcessSpec((str(handler_tree / "noop.sh"),), own_user(), 30, group="costs.waits")
+    waits = 0
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal waits
+        code, caller = frame.f_code, frame.f_back
+        if event == "call" and code.co_name == "wait" and code.co_filename.endswith("tasks.py"):
+            waits += caller is not None and caller.f_code.co_name == "_run_in_group"
+
+    sys.setprofile(profile)
+    try:
+        result = await sandbox.run(spec, cancelled=ctx.cancelled)
+    finally:
+        sys.setprofile(None)
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    return waits
+
+
+async def test_a_step_waits_for_its_end_or_cancellation_without_a_task(
+    handler_tree: Path, tmp_path: Path
+) -> None:
+    """The job's cancellation (`Cancellation`, the engine's `ctx.cancelled`) hands the sandbox
+    a plain future: no task per step to wait on the Event (round 8 made one, stepped it,
+    cancelled it and stepped it again: two turns of the loop per script step)."""
+    made, result = await _tasks_made_by_a_step(handler_tree, tmp_path)
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    assert made == 0
+
+
+async def test_a_step_waits_for_its_end_in_one_await(handler_tree: Path, tmp_path: Path) -> None:
+    """The step's exit completes the future its job's cancellation would (`ExitWatch` sets
+    it directly), so the step's wait is one `await`: no `asyncio.wait` with its waiter and
+    callbacks, and no turn of the loop between the exit and the wake-up (round 8: one
+    `asyncio.wait` per step, counted twice: started and resumed)."""
+    assert await _waits_of_a_step(handler_tree, tmp_path) == 0
+
+
+async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
+    handler_tree: Path, tmp_path: Path
+) -> None:
+    """Cancelled while it runs (the engine sets `ctx.cancelled` when the service cancels the
+    job): the step is stopped and its result says so; cancelled before it starts, it is
+    stopped at once."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    (handler_tree / "wait.sh").write_text(
+        "#!/bin/sh\necho '{\"progress\": 5}' >&3\nexec sleep 60\n"
+    )
+    (handler_tree / "wait.sh").chmod(0o755)
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    for before in (False, True):
+        ctx = engine_context(tmp_path / "jobs")
+        if before:
+            ctx.cancelled.set()
+
+        async def cancel(message: Any, ctx: Any = ctx) -> None:
+            ctx.cancelled.set()  # the step has started and spoken
+
+        spec = ProcessSpec((str(handler_tree / "wait.sh"),), own_user(), 60, group="costs.cancel")
+        result = await asyncio.wait_for(
+            sandbox.run(spec, cancelled=ctx.cancelled, on_message=cancel), 30
+        )
+        assert result.cancelled and not result.timed_out, before
+        assert result.failure() is not None

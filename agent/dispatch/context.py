@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from jobs_agent.dispatch.cancellation import Cancellation
 from jobs_agent_handlers.api import Logger
 
 
@@ -40,7 +41,7 @@ class LocalJobContext:
         self.checkpoint_data: Any = None
         self.resumed = False
         self.rebooted = False
-        self.cancelled = asyncio.Event()
+        self.cancelled: asyncio.Event = Cancellation()
         self.log: Logger = log or structlog.get_logger("jobs-agent.exec").bind(job_id=job_id)
         self.scratch_dir = scratch_dir
         self.state_dir = state_dir

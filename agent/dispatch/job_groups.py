@@ -31,6 +31,7 @@ class CgroupGroup:
         except FileExistsError:
             _cgroup_kill(path)  # a leftover of an earlier run of this step
         self.join_fd: int | None = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        self._removed = False
 
     def adopt(self, pid: int) -> None:
         if self.join_fd is not None:
@@ -41,7 +42,7 @@ class CgroupGroup:
         return _cgroup_members(self.path)
 
     def empty(self) -> bool:
-        return not _cgroup_populated(self.path)
+        return self._removed or not _cgroup_populated(self.path)
 
     def signal(self, sig: int) -> None:
         for pid in self.members():
@@ -56,13 +57,21 @@ class CgroupGroup:
         _remove_cgroup(self.path)
 
     def close_if_empty(self) -> bool:
+        """One `rmdir`: the kernel refuses it (EBUSY) while a live process or a sub-cgroup
+        is left, so its success is the emptiness test too (`Sandbox._reap_group` asks this
+        first, where reading `populated` from cgroup.events cost an open, a read and a close
+        per step: issue 18). A removed cgroup cannot be joined again; asked twice, the
+        second answer costs nothing."""
         self.adopt(0)
+        if self._removed:
+            return True
         try:
-            os.rmdir(self.path)  # refused (EBUSY) while a process or a sub-cgroup is left
+            os.rmdir(self.path)
         except FileNotFoundError:
             pass
         except OSError:
             return False
+        self._removed = True
         return True
 
 

@@ -211,6 +211,12 @@ class OutputLogIndex:
     `stat`s) every log, up to `jobs.output_logs_max_count` of them, twice per job once the
     directory is full.
 
+    The index is kept oldest first (the listing's order; a completed log is the newest, so it
+    goes at the end), so that a prune at the limit, once per job on a gateway that has
+    reached it, looks at the oldest logs only, not at all of them (it sorted every log per
+    job: issue 18). A log added out of that order (a clock set back) has the index sorted
+    again at the next prune, so the order is always the listing's.
+
     Only the agent adds logs (one agent per state directory: the instance lock). A log removed
     by someone else stays in the index until its turn to be pruned comes (its unlink then
     finds nothing): the index errs towards deleting early, never towards keeping more.
@@ -219,6 +225,8 @@ class OutputLogIndex:
     def __init__(self, logs_dir: Path) -> None:
         self.logs_dir = logs_dir
         self._logs: dict[str, tuple[float, int]] | None = None
+        """name -> (mtime, size), in the order of (mtime, name) when `_ordered`."""
+        self._ordered = True
         self._total = 0
 
     @property
@@ -228,6 +236,7 @@ class OutputLogIndex:
     def load(self) -> None:
         """List the directory (blocking: run it in a worker thread)."""
         self._logs = {name: (mtime, size) for mtime, name, size in _output_logs(self.logs_dir)}
+        self._ordered = True
         self._total = sum(size for _mtime, size in self._logs.values())
 
     def add(self, path: Path) -> None:
@@ -238,6 +247,9 @@ class OutputLogIndex:
         except FileNotFoundError:
             return
         _mtime, old_size = self._logs.pop(path.name, (0.0, 0))
+        if self._logs and self._ordered:
+            newest = next(reversed(self._logs))
+            self._ordered = (self._logs[newest][0], newest) <= (info.st_mtime, path.name)
         self._logs[path.name] = (info.st_mtime, info.st_size)
         self._total += info.st_size - old_size
 
@@ -254,17 +266,24 @@ class OutputLogIndex:
     ) -> list[Path]:
         """`prune_output_logs` on the index: the same rules (oldest first, never a log in
         `keep` nor the newest one); the deleted paths."""
-        assert self._logs is not None, "load() first"
+        logs = self._logs
+        assert logs is not None, "load() first"
+        if not self._ordered:
+            self._logs = logs = dict(sorted(logs.items(), key=lambda item: (item[1][0], item[0])))
+            self._ordered = True
         kept = {path.name for path in keep}
-        logs = [(mtime, name, size) for name, (mtime, size) in self._logs.items()]
-        logs.sort()  # a list, not a generator: once the cap is reached this runs every job
-        count = len(logs)
-        deleted: list[Path] = []
-        for _mtime, name, size in logs[:-1]:
-            if count <= max_count and self._total <= max_total_bytes:
+        newest = next(reversed(logs), None)
+        count, total = len(logs), self._total
+        doomed: list[tuple[str, int]] = []
+        for name, (_mtime, size) in logs.items():  # oldest first, until within the limits
+            if name == newest or (count <= max_count and total <= max_total_bytes):
                 break
-            if name in kept:
-                continue
+            if name not in kept:
+                doomed.append((name, size))
+                count -= 1
+                total -= size
+        deleted: list[Path] = []
+        for name, size in doomed:
             path = self.logs_dir / name
             if not deleted and keep_emptied(str(path), recycled_log_path(self.logs_dir)):
                 deleted.append(path)  # emptied and kept for the next log (`OutputLog`)
@@ -272,7 +291,6 @@ class OutputLogIndex:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                     deleted.append(path)
-            del self._logs[name]
-            count -= 1
+            del logs[name]
             self._total -= size
         return deleted

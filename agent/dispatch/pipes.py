@@ -262,10 +262,14 @@ class ExitWatch:
     """The exit status of a started process, as soon as it exits (a pidfd readable on the loop;
     where the kernel has no pidfd, polled). `status` is done with the return code."""
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], woken: asyncio.Future[None] | None = None
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._process = process
         self.status: asyncio.Future[int] = self._loop.create_future()
+        self._woken = woken
+        """Completed with `status`, directly (not by a callback: no turn of the loop)."""
         self._pidfd = -1
         self._poller: asyncio.Task[None] | None = None
         try:
@@ -284,6 +288,8 @@ class ExitWatch:
             return
         self._stop_watching()
         self.status.set_result(code)
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
 
     async def _poll(self) -> None:
         while not self.status.done():

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_agent.datamodel import model
+from jobs_agent.dispatch.cancellation import Cancellation
 from jobs_agent.dispatch.containment import (
     Containment,
     ContainmentError,
@@ -287,24 +288,23 @@ class Sandbox:
             OutputReader(err_fd, [result.stderr, *outputs.stderr], log, self._echo("stderr")),
         ]
         progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line)
-        exit_watch = ExitWatch(process)
-        cancel_wait = asyncio.ensure_future(cancelled.wait())
+        woken, cancel_wait = _woken_by(cancelled)
+        exit_watch = ExitWatch(process, woken)
         try:
-            waited: set[asyncio.Future[Any]] = {exit_watch.status, cancel_wait}
-            done, _ = await asyncio.wait(
-                waited,
-                timeout=spec.timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if exit_watch.status not in done:
-                result.cancelled = cancel_wait in done
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(spec.timeout):
+                    await woken
+            if not exit_watch.status.done():
+                result.cancelled = cancelled.is_set()
                 result.timed_out = not result.cancelled
                 await self._terminate(group, exit_watch.status, process.pid)
             result.returncode = await exit_watch.status
             await self._reap_group(group, [reader.pipe.closed for reader in readers])
             await progress.finish(_PROGRESS_GRACE)
         finally:
-            cancel_wait.cancel()
+            woken.cancel()
+            if cancel_wait is not None:
+                cancel_wait.cancel()
             if process.returncode is None:
                 _signal_leader(process.pid, exit_watch.status, signal.SIGKILL)
                 group.kill()
@@ -421,9 +421,11 @@ class Sandbox:
         """The handler has exited; end whatever it left behind (in its session or not).
 
         Leftovers (a background `sleep &`, a daemon that called setsid) would otherwise keep
-        the output pipes open and hang the job, or outlive it unnoticed.
+        the output pipes open and hang the job, or outlive it unnoticed. The usual end is an
+        empty group, released at once by the same look (`close_if_empty`); only a group it
+        cannot release is looked at closer (`empty`).
         """
-        if group.empty():
+        if group.close_if_empty() or group.empty():
             if not all(output.done() for output in outputs):  # usually they ended with it
                 await asyncio.wait(outputs, timeout=self.kill_grace + 1.0)
             return
@@ -453,6 +455,27 @@ def _signal_leader(pid: int, exited: asyncio.Future[int], sig: int) -> None:
     if not exited.done():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+def _woken_by(
+    cancelled: asyncio.Event,
+) -> tuple[asyncio.Future[None], asyncio.Task[Any] | None]:
+    """A future the step's exit (`ExitWatch`) and its job's cancellation both complete, so
+    the step's wait is one `await` on it: no `asyncio.wait` (its own waiter, callbacks and a
+    turn of the loop between the exit and the wake-up: issue 18). A plain Event (not the
+    engine's `Cancellation`) still takes a task to wait on, as before; it is returned to be
+    cancelled with the future."""
+    if isinstance(cancelled, Cancellation):
+        return cancelled.future(), None
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.ensure_future(cancelled.wait())
+    waiter.add_done_callback(lambda _done: _settle(woken))
+    return woken, waiter
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _anonymous_group() -> str:

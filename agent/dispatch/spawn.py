@@ -27,6 +27,19 @@ REPLY_FD = 4
 """The reply pipe's number in a step that has one (`<&4` in sh)."""
 
 
+_devnull_fd: int | None = None
+
+
+def devnull() -> int:
+    """The agent's one `/dev/null` descriptor (close-on-exec), every step's stdin: CPython's
+    `DEVNULL` opens and closes the file for every spawn (issue 18). What the step gets is the
+    same as before, a copy of it on fd 0; the descriptor itself never reaches a step."""
+    global _devnull_fd
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull_fd
+
+
 def _close_inherited_fds(highest_kept: int) -> None:
     """In the child: close every inheritable descriptor above the protocol's own (3, or 4).
 
@@ -135,7 +148,7 @@ def start_forked(child: Child) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         child.argv,
         executable=child.executable.exec_path,
-        stdin=subprocess.DEVNULL,
+        stdin=devnull(),
         stdout=child.stdout,
         stderr=child.stderr,
         env=child.env,
@@ -171,7 +184,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=devnull(),
             stdout=child.stdout,
             stderr=child.stderr,
             env=child.env,

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.dispatch.cancellation import Cancellation
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, spare_document_path, take_recycled
 from jobs_agent.engine.progress import ProgressReporter
@@ -62,7 +63,7 @@ class EngineJobContext:
         self.checkpoint_data = checkpoint_data
         self.resumed = resumed
         self.rebooted = rebooted
-        self.cancelled = asyncio.Event()
+        self.cancelled: asyncio.Event = Cancellation()
         self.log = log
         self._scratch_dir = scratch_dir
         self._state_dir = state_dir
