@@ -440,6 +440,43 @@ async def test_consent_accepted_runs_the_job_and_rejected_reports_the_persons_re
     )
 
 
+async def test_a_job_waiting_for_consent_is_listed_before_the_service_hears_of_the_wait(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees the wait in the cloud (statusDetails `deferred: consent`) and answers on the
+    device finds the job in `jobs-agent consent --list`: the agent puts it on its desk before it
+    announces the wait. The list is taken while the service handles that update, before the
+    agent has the reply; an agent that asked its desk only after the reply listed nothing there
+    (and the test above, which lists after seeing the update, failed now and then under load)."""
+    write_handler(tmp_path / "handlers", "hello", "#!/bin/sh\nexit 0\n")
+    clock = AgentClock(tmp_path / "clock", epoch("2026-06-01T12:00:00Z"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    socket_path = run_dir / "consent.sock"
+    listed_at_update: list[list[str]] = []
+    update = emulator.service.update
+
+    def update_listing_first(thing: str, job_id: str, status: str, **fields: Any) -> Any:
+        details = fields.get("status_details") or {}
+        if details.get("deferred") == "consent" and not listed_at_update:
+            listed = consent_cli(socket_path, "--list", "--json")
+            assert listed.returncode == 0, listed.stderr
+            listed_at_update.append([w["jobId"] for w in json.loads(listed.stdout)["waiting"]])
+        return update(thing, job_id, status, **fields)
+
+    monkeypatch.setattr(emulator.service, "update", update_listing_first)
+    agent = start_agent(
+        tmp_path, mosquitto.port, clock, top_lines=("consent:", f"  socket: {socket_path}")
+    )
+    try:
+        await agent.wait_ready()
+        emulator.service.create_job("ask-1", [THING], {"operation": "hello", "consent": True})
+        await wait_deferral(emulator, "ask-1")
+    finally:
+        agent.kill()
+    assert listed_at_update == [["ask-1"]]
+
+
 async def test_killed_between_recording_a_deferral_and_announcing_it(
     tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
 ) -> None:

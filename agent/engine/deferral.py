@@ -259,18 +259,21 @@ class Deferrals:
         decision: asyncio.Future[Any] | None = None
         reporter_task: asyncio.Task[None] | None = None
         try:
+            if request.kind == CONSENT and self.consent is not None:
+                # On the desk before the wait is announced: whoever sees it in the cloud and
+                # answers on the device finds the job in `jobs-agent consent --list`.
+                decision = self._ask(record, document)
             await self._supervisor.send_progress(
                 running, details, -1 if timeout is None else timeout
             )
             if self._supervisor.running in (None, running):
                 self._shared.set_status("deferred", str(ref), until=details["until"])
             reporter_task = asyncio.create_task(reporter.run(), name=f"deferred-{ref}")
-            if request.kind == CONSENT:
-                if self.consent is None:  # the socket could not be served this time
-                    reason = "the job requires consent, and this agent serves no socket"
-                    await self._outbox.decide(ref, Outcome.failed(reason), bound)
-                    return None
-                decision = self._ask(record, document)
+            if request.kind == CONSENT and self.consent is None:
+                # the socket could not be served this time
+                reason = "the job requires consent, and this agent serves no socket"
+                await self._outbox.decide(ref, Outcome.failed(reason), bound)
+                return None
             ready = await self._until_done(record, request, decision, ended_task, running, bound)
             if ready is None or turns is None:
                 return ready
