@@ -464,7 +464,13 @@ class PahoTransport(Transport):
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        """Reconnect with backoff until connected or closed (the CONNACK then restores)."""
+        """Reconnect with backoff until connected or closed (the CONNACK then restores).
+
+        A connection the broker closes before this task resumes (a broker refusing new
+        connections for a while accepts and closes them) asks for a reconnect that finds this
+        task still running: so a `reconnect()` that returned is not the end, the socket is
+        looked at again (the chaos run's agent stayed offline for good, every request timing
+        out)."""
         while not self._closing and self._sock is None:
             delay = self._backoff.next_delay()
             await asyncio.sleep(delay)  # the backoff delay itself
@@ -476,8 +482,6 @@ class PahoTransport(Transport):
                 log.warning(
                     "cannot reconnect; retrying", endpoint=self.config.endpoint, reason=str(exc)
                 )
-                continue
-            return
 
     async def disconnect(self) -> None:
         if not self._begin_disconnect():
