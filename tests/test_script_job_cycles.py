@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import wait_until
-from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent, write_script
+from tests.helpers.agent_harness import (
+    THING,
+    make_config,
+    make_handler_dir,
+    running_agent,
+    write_script,
+)
 
 
 def _step(name: str, handler: str, **action: Any) -> dict[str, Any]:
@@ -35,11 +41,11 @@ JOBS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 async def test_a_script_job_leaves_nothing_for_the_cyclic_collector(tmp_path: Path) -> None:
-    """Steps that report progress (fd 3), write more than the kept tail, fail, and outlive
-    their time limit: every pipe reader, the step's run and its job context go with their
-    last reference. 316 objects were left in cycles by these three jobs (about 93 by a
-    one-step job): each pipe held a bound method of its reader, and through it the reader's
-    sinks (`Tail`), the step's `_Run`, its callbacks and the job's context."""
+    """Steps that report progress (fd 3), write more than the kept tail, fail, outlive their
+    time limit, and are cancelled with their job: every pipe reader, the step's run and its
+    job's context go with their last reference. 395 objects were left in cycles by these four
+    jobs (about 93 by a one-step job): each pipe held a bound method of its reader, and through
+    it the reader's sinks (`Tail`), the step's `_Run`, its callbacks and the job's context."""
     handlers = make_handler_dir(tmp_path)
     write_script(
         handlers,
@@ -50,6 +56,8 @@ async def test_a_script_job_leaves_nothing_for_the_cyclic_collector(tmp_path: Pa
     write_script(handlers, "large.sh", "seq 1 20000\necho oops >&2\n")
     write_script(handlers, "fail.sh", "echo failing >&2\nexit 3\n")
     write_script(handlers, "slow.sh", "exec sleep 30\n")
+    started = tmp_path / "started"
+    write_script(handlers, "waiting.sh", f"touch {started}\nexec sleep 30\n")
     config = make_config(tmp_path, kill_grace_seconds=0.2)
     async with running_agent(tmp_path, config) as harness:
         engine = harness.agent.engine
@@ -64,6 +72,11 @@ async def test_a_script_job_leaves_nothing_for_the_cyclic_collector(tmp_path: Pa
                 execution = await harness.run_job(job_id, document)
                 assert str(execution.status) == status, execution.status_details
                 await wait_until(lambda n=number: len(engine.outcomes) == n, 15, "the report")
+            harness.service.create_job("canceled", [THING], {"operation": "waiting.sh"})
+            await wait_until(started.exists, 15, "the step to start")
+            harness.service.cancel_job("canceled", force=True)
+            await harness.wait_terminal("canceled")
+            await wait_until(lambda: engine.running_job is None, 15, "the job's end")
             gc.collect()
             left = sorted({type(o).__qualname__ for o in gc.garbage})
         finally:
