@@ -33,7 +33,9 @@ class PipeReader:
     """One pipe's read end, read on the event loop until end of file; then closed.
 
     `on_data` is called with every chunk as it arrives. `closed` is done at end of file (or
-    after `close()`).
+    after `close()`). Closed, it lets go of `on_data`: that is usually a bound method of the
+    reader holding this pipe, and the cycle would keep the step's run, its sinks and its job's
+    context alive until a collection of the cyclic collector (issue 18).
     """
 
     def __init__(self, fd: int, on_data: Callable[[bytes], None]) -> None:
@@ -73,8 +75,13 @@ class PipeReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._on_data = _ignore
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _ignore(_chunk: bytes) -> None:
+    """`on_data` of a closed pipe: it reads nothing more."""
 
 
 class OutputReader:
