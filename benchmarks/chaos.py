@@ -111,6 +111,12 @@ class ChaosReport:
     started_after_cancel: int = 0
     reboots_after_cancel: int = 0
     agent_stop_code: int | None = None
+    """The agent's exit code after the drain's SIGTERM (None: it had to be killed): anything but
+    0 is a failed run (a hang or a crash on shutdown)."""
+    agent_status_read: bool = False
+    """`jobs-agent status --json` answered after the run: without it the agent-side checks
+    (stranded records, outbox, active records, outcomes it believes delivered) were not made, so
+    the run cannot pass (it used to, with "stranded 0" meaning "not looked at")."""
     wall_seconds: float = 0.0
     drained: bool = False
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -130,6 +136,8 @@ class ChaosReport:
             and self.outbox_left == 0
             and self.active_left == 0
             and self.agent_crashes == 0
+            and self.agent_stop_code == 0
+            and self.agent_status_read
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -145,7 +153,9 @@ class ChaosReport:
             f"lost {self.lost}  duplicated {self.duplicated}  wrong status {self.wrong_status}"
             f"  cancel violations {self.cancel_violations}  outbox left {self.outbox_left}"
             f"  stranded {self.stranded}"
-            f"  agent crashes {self.agent_crashes}\n"
+            f"  agent crashes {self.agent_crashes}"
+            f"  agent stop code {self.agent_stop_code}"
+            f"{'' if self.agent_status_read else '  agent status NOT READ'}\n"
             f"interrupted (allowed FAILED) {self.interrupted}  orphaned handlers {self.orphans}"
             f"  steps started after cancel {self.started_after_cancel}"
             f"  reboots after cancel {self.reboots_after_cancel}\n"
@@ -441,6 +451,7 @@ class ChaosRun:
             self._stopping = True
             self.report.agent_stop_code = await self.agent.stop(timeout=15.0)
         self._final_status = await self._agent_status()
+        self.report.agent_status_read = self._final_status is not None
         if self._final_status is None:
             self.report.notes.append("`jobs-agent status --json` failed after the run")
 

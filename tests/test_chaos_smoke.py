@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos import ChaosOptions, run_chaos
+from benchmarks.chaos import ChaosOptions, ChaosReport, run_chaos
 from benchmarks.chaos_check import Change, SideEffect, check, parse_side_effects
 from benchmarks.chaos_infra import AgentProcess
 from benchmarks.chaos_setup import FAILING_EXIT, JobSpec
@@ -56,6 +56,7 @@ async def test_chaos_smoke_run_loses_and_duplicates_nothing(tmp_path: Path) -> N
     assert report.drops >= 2, detail
     assert report.throttle_bursts >= 1 and report.throttles >= 1, detail
     assert sum(sum(c.values()) for c in report.outcomes.values()) == 20, detail
+    assert report.agent_status_read, detail  # else "stranded 0" was never looked at
     assert report.stranded == 0, detail
     assert report.active_left == 0, detail
 
@@ -236,6 +237,21 @@ def test_reboot_requested_after_the_cancel_is_counted() -> None:
         reboot_requests=(1.5, 2.5),
     )
     assert verdict.reboots_after_cancel == 1
+
+
+def test_a_run_passes_only_if_the_agent_stopped_cleanly_and_its_state_was_read() -> None:
+    """A run whose `jobs-agent status --json` failed after the drain made none of the agent-side
+    checks (stranded, outbox, active records), and one whose agent had to be killed on stop (or
+    died of the SIGTERM) hung or crashed: neither passes, whatever the service's history says."""
+
+    def report(**agent: object) -> ChaosReport:
+        return ChaosReport(seed=1, jobs=1, drained=True, **agent)  # type: ignore[arg-type]
+
+    assert not report().ok  # passed before: the status was never read, the stop never checked
+    assert not report(agent_stop_code=None, agent_status_read=True).ok  # killed: it hung
+    assert not report(agent_stop_code=-15, agent_status_read=True).ok
+    assert not report(agent_stop_code=0, agent_status_read=False).ok
+    assert report(agent_stop_code=0, agent_status_read=True).ok
 
 
 def test_side_effect_lines_parse_and_garbage_is_skipped() -> None:
