@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import os
 import sys
 from collections.abc import Coroutine, Generator, Iterator
@@ -27,6 +26,7 @@ from tests.helpers.agent_harness import (
     make_handler_dir,
     running_agent,
 )
+from tests.helpers.cycles import cyclic_garbage
 
 PLUGIN = """
 import asyncio
@@ -274,21 +274,12 @@ async def test_a_plugin_job_leaves_nothing_for_the_cyclic_collector(
         assert engine is not None
         await harness.run_job("warm-up", {"operation": "quick"})
         await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with cyclic_garbage() as left:
             for number in range(6):
                 operation = "gated" if number % 2 else "quick"
                 execution = await harness.run_job(f"job-{number}", {"operation": operation})
                 assert str(execution.status) == "SUCCEEDED"
                 await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
-            gc.collect()
-            left = sorted({type(o).__qualname__ for o in gc.garbage})
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
     assert left == []
 
 

@@ -5,7 +5,6 @@ object kept (`gc.DEBUG_SAVEALL`), so that what a job leaves can be named."""
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from tests.helpers.agent_harness import (
     running_agent,
     write_script,
 )
+from tests.helpers.cycles import cyclic_garbage
 
 
 def _step(name: str, handler: str, **action: Any) -> dict[str, Any]:
@@ -64,10 +64,7 @@ async def test_a_script_job_leaves_nothing_for_the_cyclic_collector(tmp_path: Pa
         assert engine is not None
         await harness.run_job("warm-up", {"operation": "ok.sh"})
         await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with cyclic_garbage() as left:
             for number, (job_id, (document, status)) in enumerate(JOBS.items(), start=2):
                 execution = await harness.run_job(job_id, document)
                 assert str(execution.status) == status, execution.status_details
@@ -77,10 +74,4 @@ async def test_a_script_job_leaves_nothing_for_the_cyclic_collector(tmp_path: Pa
             harness.service.cancel_job("canceled", force=True)
             await harness.wait_terminal("canceled")
             await wait_until(lambda: engine.running_job is None, 15, "the job's end")
-            gc.collect()
-            left = sorted({type(o).__qualname__ for o in gc.garbage})
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
     assert left == []

@@ -183,16 +183,23 @@ async def test_packets_wholly_read_take_none_of_pahos_per_packet_steps(
     assert calls.of("paho_client.py", "_sock_recv") == 0, calls.by_name.most_common(30)
 
 
-def test_puback_due_that_arrives_while_a_read_is_handled_is_read_in_the_same_event() -> None:
-    """The broker acknowledges a joined write one publish at a time: a PUBACK that arrives
-    while the previous one is being handled is read in the same readable event (a `recv`)
-    instead of another loop iteration of its own. Here the second PUBACK is written by the
-    peer of a real socket pair when the first one is handled."""
+def reading_client() -> tuple[Any, socket.socket, socket.socket]:
+    """The emulator's paho client reading its end (`ours`) of a real socket pair whose other end
+    (`peer`) the test writes; nothing it queues is written."""
     ours, peer = socket.socketpair()
     ours.setblocking(False)
     client = broker_module.ServiceClient(CallbackAPIVersion.VERSION2, "reader", protocol=5)
     client._sock = ours
     client.on_socket_register_write = lambda *args: None
+    return client, ours, peer
+
+
+def test_puback_due_that_arrives_while_a_read_is_handled_is_read_in_the_same_event() -> None:
+    """The broker acknowledges a joined write one publish at a time: a PUBACK that arrives
+    while the previous one is being handled is read in the same readable event (a `recv`)
+    instead of another loop iteration of its own. Here the second PUBACK is written by the
+    peer of a real socket pair when the first one is handled."""
+    client, ours, peer = reading_client()
     acked: list[int] = []
 
     def on_acked(mid: int) -> None:
@@ -251,11 +258,7 @@ def test_the_pubacks_of_one_recv_are_released_in_one_loop() -> None:
     three of those PUBACKs: each was one `_acked` call with its `len` calls and a `_release`
     call; now the run of PUBACKs at the read position is released in one `_acked` call (each
     still reported to `on_acked`, in order). A real socket pair carries them."""
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    client = broker_module.ServiceClient(CallbackAPIVersion.VERSION2, "reader", protocol=5)
-    client._sock = ours
-    client.on_socket_register_write = lambda *args: None
+    client, ours, peer = reading_client()
     acked: list[int] = []
     client.on_acked = acked.append
     calls = Calls((broker_module.__file__,))
