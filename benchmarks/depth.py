@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 from benchmarks.drain import DOCUMENTS, Bench, DrainWatcher, agent_process
-from benchmarks.harness import EmulatorProcess, Measure, Session, Tree
+from benchmarks.harness import Cpu, EmulatorProcess, Measure, Session, Tree, wakeups
 
 NAME = "depth"
 HELP = "agent CPU per job at 10, 100, 1,000 and 10,000 queued jobs (queue held at its depth)"
@@ -43,6 +43,21 @@ def sizes(session: Session, quick: bool) -> tuple[tuple[int, ...], int, int]:
     if session.smoke:
         return (10, 100), 10, 2
     return (10, 100, 1000, 10000), (100 if quick else 300), 10
+
+
+class DepthWatcher(DrainWatcher):
+    """The drain's watcher, also reading the agent's wake-ups when the window opens and closes:
+    the rhythm beside the CPU (an agent woken more often per job pays more loop turns and reads
+    for the same work), so a run whose CPU rises at one depth says whether its rhythm did."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wakeups: list[int] = []
+
+    def _sample(self) -> tuple[float, dict[str, Cpu]]:
+        sample = super()._sample()
+        self.wakeups.append(wakeups(self.pids()["agent"]))
+        return sample
 
 
 class Refill:
@@ -79,7 +94,7 @@ async def at_depth(
     ids = [f"{thing}-{i:05d}" for i in range(depth)]
     await asyncio.to_thread(bench.emulator.create_jobs, thing, ids, DOCUMENTS["plugin"])
     refill = Refill(bench.emulator, thing)
-    watcher = DrainWatcher(
+    watcher = DepthWatcher(
         bench.broker, thing, warmup, window=window, on_ended=refill.ended, refilled=True
     )
     watcher.pids = lambda: {
@@ -101,6 +116,7 @@ async def at_depth(
         "emulator": 1000 * cpu["emulator"].own,
         "broker": 1000 * cpu["broker"].own,
         "rate": rate,
+        "wakeups": (watcher.wakeups[-1] - watcher.wakeups[0]) / window,
         "dry": watcher.dry,
     }
 
@@ -129,6 +145,8 @@ async def run(session: Session, quick: bool) -> list[Measure]:
         f"queue held at each depth for {window} jobs after {warmup} warm-up jobs; agent paho,"
         " no-op plugin; emulator CPU per job by depth: "
         + ", ".join(f"{d}: {now[d]['emulator']:.2f} ms" for d in depths)
+        + "; agent wake-ups per job by depth: "
+        + ", ".join(f"{d}: {now[d]['wakeups']:.1f}" for d in depths)
         + (f"; warnings logged: {sorted(warnings)}" if warnings else "")
         + "".join(
             f"; at {d} queued the queue ran dry {now[d]['dry']:.0f} time(s) (the refill fell"

@@ -276,6 +276,22 @@ def cpu_sample(pid: int) -> Cpu:
     return Cpu(own, (int(fields[13]) + int(fields[14])) / TICKS)
 
 
+def wakeups(pid: int) -> int:
+    """How many times the process's live threads slept and were woken (voluntary context
+    switches). Per job it is a drain's rhythm: an agent woken for each message pays a loop turn
+    and a read per message, one woken for a batch pays them once (round 9's script drains: the
+    same calls per job, more wake-ups, more CPU). A thread that ended takes its count along."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        start = status.index("\nvoluntary_ctxt_switches:") + 26
+        total += int(status[start : status.index("\n", start)])
+    return total
+
+
 def threads(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Threads:"):

@@ -107,6 +107,10 @@ def test_depth_holds_each_depth_and_compares_with_the_shallowest(
     values = [depth["cpu-10"]["median"], depth["cpu-100"]["median"]]
     assert depth["spread"]["median"] == pytest.approx(max(values) / min(values))
     assert not any("warnings logged" in note for note in depth["spread"]["notes"])
+    # Beside the CPU, the rhythm: the agent's wake-ups per job at each depth.
+    assert any(
+        "agent wake-ups per job by depth: 10: " in note for note in depth["spread"]["notes"]
+    ), depth["spread"]["notes"]
 
 
 def test_latency_is_beside_the_perfect_agent_and_the_physical_floor(
