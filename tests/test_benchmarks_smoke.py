@@ -107,10 +107,11 @@ def test_depth_holds_each_depth_and_compares_with_the_shallowest(
     values = [depth["cpu-10"]["median"], depth["cpu-100"]["median"]]
     assert depth["spread"]["median"] == pytest.approx(max(values) / min(values))
     assert not any("warnings logged" in note for note in depth["spread"]["notes"])
+    notes = " ".join(depth["spread"]["notes"])
     # Beside the CPU, the rhythm: the agent's wake-ups per job at each depth.
-    assert any(
-        "agent wake-ups per job by depth: 10: " in note for note in depth["spread"]["notes"]
-    ), depth["spread"]["notes"]
+    assert "agent wake-ups per job by depth: 10: " in notes, notes
+    # The window is taken in slices, in turn over the depths, each figure their median.
+    assert "2 slices of 5 jobs" in notes, notes
 
 
 def test_latency_is_beside_the_perfect_agent_and_the_physical_floor(
