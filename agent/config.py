@@ -4,7 +4,9 @@ Errors name the key, the line and what was expected, e.g.
 `connection.port: expected an integer from 1 to 65535, got "abc" (line 7)`, because an operator
 fixing a gateway's config over a slow shell needs the exact place, not a traceback.
 Environment variables `JOBS_AGENT_<SECTION>__<KEY>` (or `JOBS_AGENT_<KEY>` for top-level keys)
-override the file; their values are parsed as YAML scalars/flow collections.
+override the file; their values are parsed as YAML scalars/flow collections. The YAML is read
+by `config_yaml` (PyYAML is loaded only then); the daemon passes a `config_cache.ParseCache`,
+and a start whose file is unchanged takes the parse kept in the state directory instead.
 
 This module parses and routes: every option is declared (with its rule, `option_rules`) by its
 owner. `connection:` is checked against the options of the transport it names

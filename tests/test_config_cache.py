@@ -237,7 +237,8 @@ async def test_a_restart_with_the_same_file_never_imports_yaml(
 ) -> None:
     """A real `jobs-agent run`: its first start parses the file (PyYAML loaded) and keeps the
     parse; the next start with the same file reads it back and never loads PyYAML, nor does a
-    SIGHUP with the file unchanged; a SIGHUP after an edit parses again."""
+    SIGHUP with the file unchanged; a SIGHUP after an edit parses again. (Its environment has
+    a `JOBS_AGENT_*` name that is not a setting, the hook's: that loads no PyYAML either.)"""
     config = agent_config(tmp_path, mosquitto.port, thing=THING)
     path = tmp_path / "config.yaml"
     path.write_text(config_yaml(config))
@@ -266,3 +267,24 @@ async def test_a_restart_with_the_same_file_never_imports_yaml(
         assert await agent.wait_exit() == 0
     finally:
         agent.kill()
+
+
+def test_the_state_directory_of_the_environment_or_a_relative_one_holds_the_entry(
+    tmp_path: Path,
+) -> None:
+    """`JOBS_AGENT_STATE_DIR` names the directory the entry is kept in; a relative
+    `state_dir:` is the one beside the file, as the configuration resolves it."""
+    path, state = write_config(tmp_path, "thing_name: gw-1\nstate_dir: state\n")
+    config, cache = load(path)
+    assert config.state_dir == state and cache.save(state)
+    assert load(path)[1].hits == 1
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    environ = {"JOBS_AGENT_STATE_DIR": str(other)}
+    config, cache = load(path, environ)
+    assert config.state_dir == other and cache.misses == 1
+    assert not cache.save(state) and load(path, environ)[1].misses == 1
+    cache = load(path, environ)[1]
+    assert cache.save(other)
+    hit, cache = load(path, environ)
+    assert cache.hits == 1 and hit.state_dir == other
