@@ -507,7 +507,15 @@ def load_config(
     data, where = _parse_yaml(text, str(path))
     if cache is not None:
         cache.missed(text, path, environ, (data, where))
-    return _from_file_data(path, data, where, environ, require_thing_name)
+    config = _from_file_data(path, data, where, environ, require_thing_name)
+    if cache is not None and _holds_secret(config.connection):
+        cache.forget()  # the agent keeps no second copy of a secret (docs/security.md)
+    return config
+
+
+def _holds_secret(options: TransportOptions) -> bool:
+    """True when the file sets an option marked secret (`connection.password`)."""
+    return any(is_secret(item) and getattr(options, item.name) for item in fields(options))
 
 
 def _from_file_data(

@@ -11,8 +11,10 @@ messages run on it as they run on a fresh parse, so a hit and a miss make the sa
 The key is exact: the whole text (compared, not hashed), the agent's version, this module's
 `FORMAT`, Python's version and PyYAML's (read from its source, without importing it). A parse
 whose data JSON could not give back as it was (a date, a binary, a non-string key, an infinite
-float) is never kept. Anything else (no file, a truncated or corrupt one, another text, another
-version, a file that is not the agent's own private file) is a miss: a full parse, kept again.
+float) is never kept, nor the parse of a file that sets a secret (`connection.password`: the
+agent keeps no second copy of a secret; `config.load_config` calls `forget`). Anything else
+(no file, a truncated or corrupt one, another text, another version, a file that is not the
+agent's own private file) is a miss: a full parse, kept again.
 
 Where: `config-cache.json` in the state directory, which the file itself names; it is found
 before the parse from the text's top-level `state_dir:` line (or `JOBS_AGENT_STATE_DIR`, or the
@@ -160,6 +162,10 @@ class ParseCache:
             self._pending = (directory, json.dumps(entry, allow_nan=False))
         except ValueError:  # an integer longer than Python's digit limit: no cache
             return
+
+    def forget(self) -> None:
+        """Keep nothing of this parse: the file holds a secret, which the agent never copies."""
+        self._pending = None
 
     def save(self, state_dir: Path) -> bool:
         """Write the kept parse into `state_dir` (checked private by the caller), if that is

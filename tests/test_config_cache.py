@@ -215,6 +215,25 @@ def test_nothing_is_kept_where_it_would_not_be_looked_for(tmp_path: Path) -> Non
     assert not (state / CACHE_NAME).exists()
 
 
+def test_a_file_that_holds_a_secret_is_never_copied(tmp_path: Path) -> None:
+    """The agent keeps no second copy of a secret: a file with a paho `password` is parsed on
+    every start, and its text (which holds the password) is never written to the state
+    directory. Without the password the same file is kept."""
+    base = (
+        f"thing_name: gw-1\nstate_dir: {tmp_path}/state\n"
+        "connection:\n  transport: paho\n  endpoint: broker.example\n  username: u\n"
+    )
+    path, state = write_config(tmp_path, base + "  password: s3cret-in-the-file\n")
+    config, cache = load(path)
+    assert config.connection.password == "s3cret-in-the-file"  # type: ignore[attr-defined]
+    assert not cache.save(state)
+    assert os.listdir(state) == []
+    path.write_text(base)
+    _, cache = load(path)
+    assert cache.save(state)
+    assert "s3cret" not in (state / CACHE_NAME).read_text()
+
+
 def test_config_check_neither_reads_nor_writes_the_cache(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
