@@ -4,7 +4,9 @@ Errors name the key, the line and what was expected, e.g.
 `connection.port: expected an integer from 1 to 65535, got "abc" (line 7)`, because an operator
 fixing a gateway's config over a slow shell needs the exact place, not a traceback.
 Environment variables `JOBS_AGENT_<SECTION>__<KEY>` (or `JOBS_AGENT_<KEY>` for top-level keys)
-override the file; their values are parsed as YAML scalars/flow collections.
+override the file; their values are parsed as YAML scalars/flow collections. The YAML is read
+by `config_yaml` (PyYAML is loaded only then); the daemon passes a `config_cache.ParseCache`,
+and a start whose file is unchanged takes the parse kept in the state directory instead.
 
 This module parses and routes: every option is declared (with its rule, `option_rules`) by its
 owner. `connection:` is checked against the options of the transport it names
@@ -27,9 +29,7 @@ from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from yaml.constructor import SafeConstructor
-
+from jobs_agent.config_cache import DEFAULT_STATE_DIR, ParseCache
 from jobs_agent.consent.settings import ConsentSettings
 from jobs_agent.datamodel import model
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
@@ -187,7 +187,7 @@ class AgentConfig:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     handlers: Mapping[str, str] = option(rule=plugin_map(), factory=dict)
     """Python plugins by name: `{name: "package.module:Class"}`."""
-    state_dir: Path = option(Path("/var/lib/jobs-agent"), path(optional=False))
+    state_dir: Path = option(DEFAULT_STATE_DIR, path(optional=False))
     log: LogConfig = field(default_factory=LogConfig)
     consent: ConsentSettings = option(
         rule=Rule("", ConsentSettings.from_mapping, True), factory=ConsentSettings
@@ -243,30 +243,6 @@ _Where = str
 """Where a value came from, as shown to the operator: "line 7" or "environment JOBS_AGENT_X"."""
 
 
-def _located(node: yaml.Node, lines: dict[str, int], path: str, scalars: SafeConstructor) -> Any:
-    """Turn a composed YAML node into plain data, remembering the line of every key.
-
-    A scalar is built by `yaml.safe_load`'s own constructor from the node the composer already
-    resolved, as `safe_load` would build it: serialising each scalar and loading it again would
-    run a whole emitter, scanner and parser per key (issue 18: most of a start's config parse).
-    """
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _located(key_node, lines, path, scalars)
-            key_path = f"{path}.{key}" if path else str(key)
-            lines[key_path] = key_node.start_mark.line + 1
-            if key in result:
-                raise ConfigError(
-                    f"{key_path}: duplicate key (line {key_node.start_mark.line + 1})"
-                )
-            result[key] = _located(value_node, lines, key_path, scalars)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_located(item, lines, f"{path}[{i}]", scalars) for i, item in enumerate(node.value)]
-    return scalars.construct_document(node)
-
-
 def _did_you_mean(key: str, candidates: list[str]) -> str:
     import difflib  # only for a misspelt key: 0.2 MB an agent that starts need not carry
 
@@ -279,24 +255,20 @@ def _show(value: Any) -> str:
         return f'"{value}"'
     if value is None:
         return "null"
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    from jobs_agent.config_yaml import shown
+
+    return shown(value)
 
 
 def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, _Where]]:
-    lines: dict[str, int] = {}
+    from jobs_agent.config_yaml import DuplicateKey, YamlProblem, parse_yaml
+
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: not valid YAML: {problem}{where}") from None
-    if node is None:
-        return {}, {}
-    if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
-    data = _located(node, lines, "", SafeConstructor())
-    return data, {key: f"line {line}" for key, line in lines.items()}
+        return parse_yaml(text)
+    except DuplicateKey as exc:
+        raise ConfigError(str(exc)) from None
+    except YamlProblem as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _apply_environment(
@@ -308,15 +280,15 @@ def _apply_environment(
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if len(parts) > 2 or not all(parts):
             raise ConfigError(f"{name}: expected JOBS_AGENT_<KEY> or JOBS_AGENT_<SECTION>__<KEY>")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        key_path = ".".join(parts)
         if parts[0] not in _TOP_LEVEL_KEYS:
             # Not a setting (JOBS_AGENT_VENV, the handlers' JOBS_AGENT_JOB_ID, test hooks...):
-            # only names that start with a real section or key are overrides.
+            # only names that start with a real section or key are overrides (and only they
+            # load PyYAML, to read their value).
             continue
+        from jobs_agent.config_yaml import scalar
+
+        value = scalar(raw)
+        key_path = ".".join(parts)
         if len(parts) == 1:
             data[parts[0]] = value
         else:
@@ -494,11 +466,14 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     require_thing_name: bool = True,
     missing_ok: bool = False,
+    cache: ParseCache | None = None,
 ) -> AgentConfig:
     """Load, override from the environment and validate. Raises `ConfigError`.
 
     With `missing_ok`, a file that does not exist counts as an empty one (the defaults, then
-    the environment); relative paths are then relative to the working directory.
+    the environment); relative paths are then relative to the working directory. With `cache`
+    (the daemon's), an unchanged file's parse is read from the state directory
+    (`config_cache`): everything after the parse runs on it as on a fresh one.
     """
     environ = os.environ if environ is None else environ
     path = path or DEFAULT_CONFIG_PATH
@@ -515,7 +490,42 @@ def load_config(
         return resolve_relative_paths(config, Path.cwd())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    if cache is not None:
+        hit = cache.lookup(text, path, environ)
+        if hit is not None:
+            data, where, directory = hit
+            try:
+                config = _from_file_data(path, data, where, environ, require_thing_name)
+            except ConfigError:
+                cache.used()  # the very error a fresh parse gives (the lines are kept)
+                raise
+            if config.state_dir == directory:
+                cache.used()
+                return config
+            # Found where the text's `state_dir:` line pointed, yet the file names another
+            # directory: only a parse of the text itself says what it names.
     data, where = _parse_yaml(text, str(path))
+    if cache is not None:
+        cache.missed(text, path, environ, (data, where))
+    config = _from_file_data(path, data, where, environ, require_thing_name)
+    if cache is not None and _holds_secret(config.connection):
+        cache.forget()  # the agent keeps no second copy of a secret (docs/security.md)
+    return config
+
+
+def _holds_secret(options: TransportOptions) -> bool:
+    """True when the file sets an option marked secret (`connection.password`)."""
+    return any(is_secret(item) and getattr(options, item.name) for item in fields(options))
+
+
+def _from_file_data(
+    path: Path,
+    data: dict[str, Any],
+    where: dict[str, _Where],
+    environ: Mapping[str, str],
+    require_thing_name: bool,
+) -> AgentConfig:
+    """The configuration the file's parse (fresh or cached) makes, with the environment on top."""
     _apply_environment(data, where, environ)
     _thing_name_from_greengrass(data, where, environ)
     try:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from jobs_agent.config import AgentConfig, ConfigError, load_config
+from jobs_agent.config_cache import ParseCache
 from jobs_agent.consent.protocol import DEFAULT_SOCKET
 from jobs_agent.device import Device, build_device, first_job_dispatcher
 from jobs_agent.dispatch.errors import TrustedKeysError
@@ -109,6 +110,7 @@ class Agent:
         notifier: SystemdNotifier | None = None,
         heartbeat_interval: float | None = None,
         connect_timeout: float | None = None,
+        parse_cache: ParseCache | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -116,6 +118,8 @@ class Agent:
         self.notifier = notifier or SystemdNotifier()
         self._heartbeat_interval = heartbeat_interval
         self._connect_timeout = connect_timeout
+        self.parse_cache = parse_cache
+        """The file's parse kept for the next start and reload (`config_cache`), or None."""
         self.engine: Engine | None = None
         self._signals = 0
         self._frozen = False
@@ -143,6 +147,7 @@ class Agent:
     async def _run_locked(self) -> int:
         if not self._state_dir_usable():
             return 1
+        self._keep_parse()
         consent = await self._serve_consent()
         try:
             return await self._run_with(consent)
@@ -223,6 +228,12 @@ class Agent:
             self.notifier.status(f"cannot use the state directory: {reason}")
             return False
         return True
+
+    def _keep_parse(self) -> None:
+        """Write the parse a miss made into the state directory, now checked private (and held
+        under the instance lock): the next start with the same file reads it back."""
+        if self.parse_cache is not None and self.parse_cache.save(self.config.state_dir):
+            log.debug("configuration parse kept for the next start")
 
     def _keep_heartbeat(self, transport: Transport) -> Coroutine[Any, Any, None]:
         connection = self.config.connection
@@ -344,13 +355,14 @@ class Agent:
             return False
         self.notifier.reloading()
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(load_config, self.config_path, cache=self.parse_cache)
         except ConfigError as exc:
             log.error(
                 "reload refused: the configuration is invalid; keeping the old one", error=str(exc)
             )
             self.notifier.notify("READY=1", "STATUS=reload refused: invalid configuration")
             return False
+        self._keep_parse()  # the state directory stays the one started with
         new = self._keep_restart_only_settings(new)
         try:
             handlers = first_job_dispatcher(new)

@@ -14,6 +14,10 @@ transport's MQTT client), a connection, its subscriptions and the first request;
 interpreter's RSS (in the notes). Issue 18's goals: RSS <= 29 MB with paho and <= 35 MB with
 awscrt; start-up to the first request <= 0.15 s with paho. With `--baseline REF` the agent of REF
 starts the same way, round by round.
+
+Each agent is also measured restarted: a second start with the configuration and the state
+directory of a first one that reached its first answer (a gateway's reboot or service restart,
+where the daemon reads its file's kept parse back instead of loading PyYAML: agent/config_cache.py).
 """
 
 from __future__ import annotations
@@ -84,9 +88,18 @@ class FirstMessages:
 
 
 async def start_once(
-    session: Session, broker: Broker, transport: str, who: str, tree: Tree | None, settle: float
+    session: Session,
+    broker: Broker,
+    transport: str,
+    who: str,
+    tree: Tree | None,
+    settle: float,
+    *,
+    restart: bool = False,
 ) -> dict[str, float]:
-    """One start of the agent of `tree` (or of Python's floor when None)."""
+    """One start of the agent of `tree` (or of Python's floor when None). With `restart`, the
+    start measured is the agent's second, with the configuration and state directory of a first
+    start that reached its first answer and stopped: a gateway's reboot or service restart."""
     thing = new_id(f"start-{who}-{transport}")
     command = None if tree is not None else floor_command(session, broker, transport, thing)
     process = AgentProcess(
@@ -97,6 +110,8 @@ async def start_once(
         command=command,
         tree=tree or session.current,
     )
+    if restart:
+        await _first_start(broker, process, thing)
     first = FirstMessages(broker, thing)
     try:
         ready = await process.start()
@@ -111,6 +126,17 @@ async def start_once(
             "anonymous": anonymous_mb(process.pid),
             "threads": threads(process.pid),
         }
+    finally:
+        first.close()
+        await process.stop()
+
+
+async def _first_start(broker: Broker, process: AgentProcess, thing: str) -> None:
+    first = FirstMessages(broker, thing)
+    try:
+        await process.start()
+        if not await asyncio.to_thread(first.answered.wait, 30):
+            raise RuntimeError(f"{thing}: no answer to a first request")
     finally:
         first.close()
         await process.stop()
@@ -158,6 +184,12 @@ async def run(session: Session, quick: bool) -> list[Measure]:
                 for name, tree in who:
                     sample = await start_once(session, broker, transport, name, tree, settle)
                     samples.setdefault((name, transport), []).append(sample)
+                for name, tree in who:
+                    if tree is not None:
+                        sample = await start_once(
+                            session, broker, transport, name, tree, settle, restart=True
+                        )
+                        samples.setdefault((f"{name}-restart", transport), []).append(sample)
     bare = await bare_rss(session)
     return figures(samples, count, bare, trees)
 
@@ -194,9 +226,15 @@ def transport_figures(
     )
 
     def measure(
-        key: str, label: str, unit: str, field: str, goal: str = "", check: Any = None
+        key: str,
+        label: str,
+        unit: str,
+        field: str,
+        goal: str = "",
+        check: Any = None,
+        suffix: str = "",
     ) -> Measure:
-        value = median("agent", field)
+        value = median(f"agent{suffix}", field)
         assert value is not None
         return Measure(
             f"{key}-{transport}",
@@ -208,7 +246,7 @@ def transport_figures(
             goal,
             check,
             note,
-            base_value=median("baseline", field),
+            base_value=median(f"baseline{suffix}", field),
             base_label=base_label,
         )
 
@@ -237,4 +275,20 @@ def transport_figures(
             lambda v, r: v <= rss_goal,
         ),
         measure("rss-anonymous", "anonymous part of that RSS", "MB", "anonymous"),
+        # A restart with the configuration unchanged (the state directory of the first start
+        # kept): what a gateway's reboot or service restart costs, the parse of the file kept.
+        measure(
+            "first-request-restart",
+            "exec -> first request, restarted with the same configuration",
+            "s",
+            "first_request",
+            suffix="-restart",
+        ),
+        measure(
+            "rss-restart",
+            "RSS after a restart with the same configuration",
+            "MB",
+            "rss",
+            suffix="-restart",
+        ),
     ]

@@ -139,6 +139,9 @@ def test_startup_measures_first_request_and_memory_beside_pythons_floor(
             assert figure["reference_median"] > 0
         anonymous = startup[f"rss-anonymous-{transport}"]["median"]
         assert anonymous < startup[f"rss-{transport}"]["median"]
+        # And restarted with the same configuration (its parse kept in the state directory).
+        for key in ("first-request-restart", "rss-restart"):
+            assert startup[f"{key}-{transport}"]["median"] > 0
     # The first request comes after READY=1 (the agent says ready once subscribed).
     assert startup["first-request-paho"]["median"] >= startup["ready-paho"]["median"]
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from jobs_agent.cli import UsageError
 from jobs_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from jobs_agent.config_cache import ParseCache
 
 if TYPE_CHECKING:
     import argparse
@@ -30,16 +31,19 @@ def load_config_or_exit(
     *,
     require_thing_name: bool = True,
     file_optional: bool = False,
+    cache: ParseCache | None = None,
 ) -> AgentConfig:
     """The one way every command loads its configuration: `--config PATH`, else the default
     file, with the JOBS_AGENT_* environment on top. With `file_optional` (`exec`), a missing
     default file means the defaults (plus the environment) rather than an error, so a quick
-    check on a device predicts what the daemon there would do."""
+    check on a device predicts what the daemon there would do. `cache`: the daemon's
+    (`config_cache`); every other command parses the file itself."""
     try:
         return load_config(
             args.config,
             require_thing_name=require_thing_name,
             missing_ok=file_optional and args.config is None,
+            cache=cache,
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

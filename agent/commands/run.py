@@ -12,6 +12,7 @@ import structlog
 
 from jobs_agent.commands.common import add_config_argument, load_config_or_exit
 from jobs_agent.config import AgentConfig
+from jobs_agent.config_cache import ParseCache
 from jobs_agent.transport import TransportError
 
 if TYPE_CHECKING:
@@ -82,7 +83,9 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     from jobs_agent.cli import UsageError
     from jobs_agent.log import configure_logging
 
-    config = load_config_or_exit(args)
+    # The daemon keeps its file's parse for its next start; a dry run only reads the file.
+    cache = None if args.dry_run else ParseCache()
+    config = load_config_or_exit(args, cache=cache)
     if args.watch and not args.dry_run:
         raise UsageError("--watch only goes with --dry-run")
     configure_logging(
@@ -96,10 +99,10 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
         return asyncio.run(run_dry(config, watch=args.watch))
     from jobs_agent.config import DEFAULT_CONFIG_PATH
 
-    return asyncio.run(_daemon(config, args.config or DEFAULT_CONFIG_PATH))
+    return asyncio.run(_daemon(config, args.config or DEFAULT_CONFIG_PATH, cache))
 
 
-async def _daemon(config: AgentConfig, path: Path) -> int:
+async def _daemon(config: AgentConfig, path: Path, cache: ParseCache | None = None) -> int:
     """The daemon, handed its transport: the configured one, or for `transport: local` one on
     an embedded emulator's bus (started here, stopped when the daemon ends)."""
     from jobs_agent.daemon import Agent
@@ -112,8 +115,9 @@ async def _daemon(config: AgentConfig, path: Path) -> int:
         except TransportError as exc:
             log.error("cannot start", error=str(exc))
             return 1
-        return await Agent(config, config_path=path, transport=transport).run()
+        return await Agent(config, config_path=path, transport=transport, parse_cache=cache).run()
     from jobs_agent.sim.local import embedded_emulator
 
     async with embedded_emulator(config.client_id) as transport:
-        return await Agent(config, config_path=path, transport=transport).run()
+        agent = Agent(config, config_path=path, transport=transport, parse_cache=cache)
+        return await agent.run()
