@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections.abc
 import os
 import pathlib
 import shutil
@@ -450,3 +451,38 @@ async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
         )
         assert result.cancelled and not result.timed_out, before
         assert result.failure() is not None
+
+
+def test_checking_a_script_document_asks_no_abstract_class_about_plain_json(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job document is plain JSON (dicts, lists, strings): `isinstance(x, Mapping)` on one
+    goes through `ABCMeta.__instancecheck__`, a Python frame per value; the dispatch layer's
+    document check asks `str`, `dict` and `list` first and the ABC only for anything else
+    (issue 18). Round 9's check of a one-step `runHandler` document made 13 such calls in
+    `jobs_agent.dispatch` (the maintenance window's look at the document is not counted)."""
+    import sys
+
+    from jobs_agent.dispatch.router import Dispatcher
+    from jobs_agent.dispatch.settings import DispatchSettings
+
+    dispatcher = Dispatcher(DispatchSettings(handler_dir=handler_tree, state_dir=handler_tree))
+    document = {
+        "version": "1.0",
+        "steps": [
+            {"action": {"name": "noop", "type": "runHandler", "input": {"handler": "noop.sh"}}}
+        ],
+    }
+    callers: list[str] = []
+    meta = type(collections.abc.Mapping)
+    check = meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        callers.append(sys._getframe(1).f_globals["__name__"])
+        return check(cls, instance)
+
+    monkeypatch.setattr(meta, "__instancecheck__", counted)
+    handler = dispatcher.resolve(document, job_id="job-1")
+    monkeypatch.undo()
+    assert handler.name == "device-client"
+    assert [name for name in callers if name.startswith("jobs_agent.dispatch")] == []

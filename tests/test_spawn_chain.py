@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import os
 import pwd
@@ -232,3 +233,34 @@ async def test_a_step_cancelled_before_the_chain_joined_its_cgroup_still_ends(
     result = await asyncio.wait_for(sandbox.run(spec, cancelled=cancelled), timeout=30)
     assert result.cancelled
     assert result.signal == signal.SIGTERM  # not SIGKILL after the grace
+
+
+async def test_descriptors_the_agent_let_leak_never_reach_the_script(tmp_path: Path) -> None:
+    """An inheritable descriptor of the agent (as awscrt's sockets are), low or high, never
+    reaches a script started through the chain, and the script runs in its working directory
+    with the environment the agent gave (no `OLDPWD` made up; one the agent passed, naming a
+    directory, kept). The guard for any other way of starting the chain: round 10 tried
+    `os.posix_spawn`, where the chain itself must close what `Popen(close_fds=True)` closes
+    in the child and enter the directory Popen enters (docs/architecture.md, issue 18)."""
+    sandbox = Sandbox(kill_grace=1, containment="cgroup", state_dir=tmp_path)
+    handler = script(
+        tmp_path,
+        REPORT + "print('cwd:', os.getcwd())\nprint('oldpwd:', os.environ.get('OLDPWD'))\n",
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    leaked = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+    leaked.append(os.dup2(leaked[0], 700))
+    for fd in leaked:
+        os.set_inheritable(fd, True)
+    try:
+        spec = ProcessSpec((str(handler),), own_user(), timeout=30, group="spawn.test", cwd=work)
+        found = report(await sandbox.run(spec, cancelled=asyncio.Event()))
+        spec = dataclasses.replace(spec, env={"OLDPWD": "/usr"})
+        kept = report(await sandbox.run(spec, cancelled=asyncio.Event()))
+    finally:
+        for fd in leaked:
+            os.close(fd)
+    assert found["fds"].split() == ["0", "1", "2", "3"]
+    assert found["cwd"] == str(work)
+    assert (found["oldpwd"], kept["oldpwd"]) == ("None", "/usr")

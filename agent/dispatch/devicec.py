@@ -228,10 +228,10 @@ def _string(value: Any, where: str, *, required: bool = False) -> str:
 
 
 def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, (dict, Mapping)):  # dict first: no Python call of the ABC's check
         raise JobRejected(f'{where}: expected an object with an "action"')
     action = raw.get("action")
-    if not isinstance(action, Mapping):
+    if not isinstance(action, (dict, Mapping)):
         raise JobRejected(f'{where}.action: expected an object with "name", "type" and "input"')
     check_keys(raw, STEP_KEYS, where)
     where = f"{where}.action"
@@ -243,7 +243,7 @@ def _parse_action(raw: Any, where: str, *, final: bool) -> Action:
     if kind not in (RUN_HANDLER, RUN_COMMAND):
         raise JobRejected(f'{where}.type: expected "runHandler" or "runCommand", got {kind!r}')
     data = action.get("input")
-    if not isinstance(data, Mapping):
+    if not isinstance(data, (dict, Mapping)):
         raise JobRejected(f"{where}.input: expected an object")
     check_keys(
         data, HANDLER_INPUT_KEYS if kind == RUN_HANDLER else COMMAND_INPUT_KEYS, f"{where}.input"

@@ -80,12 +80,13 @@ def _check_depth(value: Any, depth: int) -> int:
     """Check the nesting; return what presigned-URL substitution can have added."""
     if depth > MAX_DOCUMENT_DEPTH:
         raise JobRejected(f"the job document is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
-    if isinstance(value, Mapping):
-        return sum(_check_depth(item, depth + 1) for item in value.values())
-    if isinstance(value, list):
-        return sum(_check_depth(item, depth + 1) for item in value)
+    # Plain JSON's types first: `isinstance` of the `Mapping` ABC is a Python call per value.
     if isinstance(value, str):
         return s3url.expansion(value)
+    if isinstance(value, list):
+        return sum(_check_depth(item, depth + 1) for item in value)
+    if isinstance(value, (dict, Mapping)):
+        return sum(_check_depth(item, depth + 1) for item in value.values())
     return 0
 
 
@@ -193,7 +194,7 @@ class Dispatcher:
         `job_id` and `taken_at` (when the execution was received) are what a signature's
         `jobId` and `notAfter` claims are held against.
         """
-        if not isinstance(document, Mapping):
+        if not isinstance(document, (dict, Mapping)):
             raise JobRejected("the job document is not a JSON object")
         check_limits(document)
         if self.verifier is not None:
