@@ -17,7 +17,7 @@ from jobs_agent.engine.async_store import (
     SLOW_COOL_DOWN_SECONDS,
     AsyncStore,
 )
-from jobs_agent.engine.store import ExecutionState, Store, TransitionRefused
+from jobs_agent.engine.store import ExecutionState, Store, StoreError, TransitionRefused
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 
 
@@ -241,6 +241,23 @@ def test_a_new_record_is_returned_as_the_database_reads_it_back(tmp_path: Path) 
         received = store.record_received(ExecutionRef("ns", "job", 2), document, None)
         assert received == store.get(received.key)
         assert "secret" not in str(received.document)
+    finally:
+        store.close()
+
+
+def test_a_transition_returns_the_record_as_the_database_reads_it_back(tmp_path: Path) -> None:
+    """`transition` takes the record from its UPDATE (`RETURNING`), not from a read after the
+    commit: it must equal what `get` reads, the fields it set and the pending start record it
+    wrote first included; a missing execution is still an error."""
+    store = Store(tmp_path / "state.db")
+    ref = ExecutionRef(None, "job", 1)
+    try:
+        store.record_taken(ref, {"operation": "x"}, 3)
+        running = store.transition(ref, ExecutionState.RUNNING, handler="x", resumable=True)
+        assert running.state is ExecutionState.RUNNING and running.handler == "x"
+        assert running.resumable and running == store.get(ref)
+        with pytest.raises(StoreError, match="not in the state database"):
+            store.transition(ExecutionRef(None, "other", 1), ExecutionState.RUNNING)
     finally:
         store.close()
 

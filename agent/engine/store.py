@@ -133,6 +133,8 @@ class Store:
         """Commits that were fsynced, since the store was opened (benchmarks and tests)."""
         self.commits = 0
         """Every commit, fsynced or not, since the store was opened (tests)."""
+        self._returned: list[tuple[Any, ...]] = []
+        """The rows the last statement of the last transaction returned (`_commit`)."""
 
     # -- the start-next window -----------------------------------------------------------------
     # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
@@ -303,15 +305,19 @@ class Store:
         checked_after: int = 0,
     ) -> None:
         """One transaction; `transition` is checked after the first `checked_after`
-        statements (a pending start record) and before the others."""
+        statements (a pending start record) and before the others. The rows the last statement
+        returns (`RETURNING`) are kept in `_returned`, read before the COMMIT (a statement
+        still stepping would hold the transaction open)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            last: sqlite3.Cursor | None = None
             for index, (sql, params) in enumerate(statements):
                 if index == checked_after and transition is not None:
                     self._check_transition(*transition)
-                self._db.execute(sql, params)
+                last = self._db.execute(sql, params)
             if len(statements) <= checked_after and transition is not None:
                 self._check_transition(*transition)
+            self._returned = [] if last is None else last.fetchall()
             self._db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again would
@@ -487,7 +493,8 @@ class Store:
         self, key: ExecutionRef, state: ExecutionState, /, **fields: Any
     ) -> ExecutionRecord:
         """Move an execution to `state`, updating the given columns in the same transaction;
-        returns the record as now stored."""
+        returns the record as now stored, given back by the UPDATE itself (issue 18: a SELECT
+        after the commit was a statement more per job)."""
         allowed = {
             "version_number",
             "handler",
@@ -511,19 +518,17 @@ class Store:
         for name, value in fields.items():
             assignments.append(f"{name} = ?")
             params.append(int(value) if isinstance(value, bool) else value)
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET {', '.join(assignments)} WHERE {self._WHERE_KEY}",
-                    (*params, *self._key_params(key)),
-                )
-            ],
-            transition=(key, state),
+        update = (
+            f"UPDATE executions SET {', '.join(assignments)} WHERE {self._WHERE_KEY}"
+            f" RETURNING {RECORD_COLUMNS}",
+            (*params, *self._key_params(key)),
         )
-        record = self.get(key)
-        if record is None:
+        with self._lock:  # `_returned` is this write's until the lock is let go
+            self._write_locked([update], (key, state), durable=True)
+            rows, self._returned = self._returned, []
+        if not rows:
             raise StoreError(f"execution {key} is not in the state database")
-        return record
+        return record_from_row(rows[0])
 
     def save_checkpoint(self, key: ExecutionRef, data: Any) -> None:
         self._save_json(key, "checkpoint", data)
