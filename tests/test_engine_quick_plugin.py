@@ -319,14 +319,16 @@ async def test_running_s_commit_never_checkpoints_the_wal(
     assert ExecutionState.RUNNING not in changed
 
 
-async def test_a_plugin_job_reads_running_s_record_back_from_its_update(
+async def test_a_plugin_job_reads_no_state_it_has_just_written(
     tmp_path: Path, plugin_module: Any
 ) -> None:
     """Every statement a plugin job sends SQLite, counted by SQLite's own trace on the real
-    agent's connection over three jobs after a first one. RUNNING's record comes back from its
-    UPDATE (`RETURNING`) instead of a SELECT after the commit (issue 18: 24 statements per job
-    here before, 23 now; one of them is the read of the active records when the queue runs
-    empty after each job, which a drain does not have)."""
+    agent's connection over three jobs after a first one (issue 18). RUNNING's record comes
+    back from its UPDATE (`RETURNING`) instead of a SELECT after the commit, and each state
+    change (RUNNING, DECIDED, REPORTED) is checked by its UPDATE's own condition instead of a
+    SELECT of the state before it: 24 statements per job here before, 20 now (one of them is
+    the read of the active records when the queue runs empty after each job, which a drain
+    does not have)."""
     make_handler_dir(tmp_path)
     config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
     statements: list[str] = []
@@ -344,6 +346,7 @@ async def test_a_plugin_job_reads_running_s_record_back_from_its_update(
                 await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
         finally:
             database.set_trace_callback(None)
-    assert len(statements) == 23 * 3, "\n".join(statements)
+    assert len(statements) == 20 * 3, "\n".join(statements)
+    assert not [s for s in statements if s.startswith("SELECT state FROM")]
     by_key = f"SELECT {RECORD_COLUMNS} FROM executions WHERE namespace"
     assert sum(s.startswith(by_key) for s in statements) == 3  # record_taken's: a re-delivery?
