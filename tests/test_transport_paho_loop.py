@@ -354,3 +354,39 @@ async def test_a_message_read_on_its_own_is_cut_from_the_buffer(
         await device.disconnect()
         await service.disconnect()
     assert slow == []
+
+
+async def test_a_message_is_acknowledged_without_paho_s_packet_queue(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PUBACK of a QoS 1 message taken by the short path is queued as the packet it is
+    (four bytes), without paho's `_send_puback` -> `_send_command_with_mid` -> `_packet_queue`
+    (issue 18: five per plugin job). 30 messages one after the other: more than the broker's
+    window of unacknowledged messages (20), so the later ones arrive only if the PUBACKs go
+    out. Counted on paho's queue, for the device's client."""
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-ack-queue")
+    service = PahoTransport(paho_connection(mosquitto.port), "gw-ack-queue-sender")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    device.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    queued: list[int] = []
+    queue = mqtt.Client._packet_queue
+
+    def counting(client: mqtt.Client, command: int, *args: Any, **kwargs: Any) -> Any:
+        if client is device._client:
+            queued.append(command)
+        return queue(client, command, *args, **kwargs)
+
+    try:
+        await device.subscribe("acked/one/by/one")
+        monkeypatch.setattr(mqtt.Client, "_packet_queue", counting)
+        for n in range(30):
+            await service.publish("acked/one/by/one", b"%d" % n)
+            assert await asyncio.wait_for(received.get(), 10) == b"%d" % n
+        monkeypatch.undo()
+        await wait_until(lambda: not device._client._out_packet, 10, "the last PUBACK sent")
+    finally:
+        await device.disconnect()
+        await service.disconnect()
+    assert mqtt.PUBACK not in queued, queued

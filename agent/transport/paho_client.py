@@ -62,6 +62,7 @@ NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 _PUBLISH_QOS1 = bytes([mqtt.PUBLISH | 0x02])
 _HEAD_1, _HEAD_2 = struct.Struct("!BBH"), struct.Struct("!BBBH")  # a 1 or 2 byte length
 _MID = struct.Struct("!HB")  # the packet id, then a properties length of 0
+_PUBACK = struct.Struct("!BBH")  # a PUBACK saying success: its length (2), the packet id
 
 
 class PlainInfo(mqtt.MQTTMessageInfo):
@@ -348,7 +349,24 @@ class ShortPathClient(mqtt.Client):
             return super()._handle_publish()
         topic, mid, payload = publish
         self._qos1_received(self.on_qos1, topic, payload)
-        return self._send_puback(mid)
+        if self._sockpairW is not None or self._on_socket_register_write is None:
+            return self._send_puback(mid)  # paho's queue writes or wakes its thread itself
+        # The PUBACK queued as the packet it is: paho's `_send_puback`, `_send_command_with_mid`
+        # and `_packet_queue` were three calls and a debug line per message (issue 18).
+        packet = _PUBACK.pack(mqtt.PUBACK, 2, mid)
+        self._out_packet.append(
+            {
+                "command": mqtt.PUBACK,
+                "mid": mid,
+                "qos": 1,
+                "pos": 0,
+                "to_process": 4,
+                "packet": packet,
+                "info": None,
+            }
+        )
+        self._call_socket_register_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _qos1_received(
         self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
