@@ -50,11 +50,14 @@ def qos1_publish(command: int, packet: bytes | bytearray) -> tuple[str, int, byt
     except UnicodeDecodeError:
         return None
     mid = (packet[end] << 8) | packet[end + 1]
-    properties = variable_byte_integer(packet, end + 2)
-    if properties is None:
-        return None
-    length, pos = properties
-    pos += length
+    if packet[end + 2] == 0:  # no properties (the AWS IoT APIs send none): no call
+        pos = end + 3
+    else:
+        properties = variable_byte_integer(packet, end + 2)
+        if properties is None:
+            return None
+        length, pos = properties
+        pos += length
     if pos > size or not topic:
         return None
     return topic, mid, bytes(packet[pos:])

@@ -183,7 +183,11 @@ class ShortPathClient(mqtt.Client):
         if self._in_packet["command"] != 0 or start + 2 > size:
             return super()._packet_read()
         command = buf[start]
-        remaining = variable_byte_integer(buf, start + 1)
+        remaining = (  # a length below 128 (nearly every packet) is its one byte
+            (buf[start + 1], start + 2)
+            if buf[start + 1] < 0x80
+            else variable_byte_integer(buf, start + 1)
+        )
         if remaining is None:
             return super()._packet_read()  # not all there yet, or paho reports the error
         length, pos = remaining
@@ -270,7 +274,11 @@ class ShortPathClient(mqtt.Client):
     def writes_in_one_send(self) -> bool:
         """Whether `_packet_write` sends what is queued in one `send`: no packet in the queue
         needs paho's bookkeeping once written."""
-        return not any(_written_with_bookkeeping(packet) for packet in self._out_packet)
+        for packet in self._out_packet:  # no call per packet (asked twice per write)
+            command = packet["command"] & 0xF0
+            if command == mqtt.DISCONNECT or (command == mqtt.PUBLISH and packet["qos"] == 0):
+                return False
+        return True
 
     # -- QoS 1 publishes without paho's message info
     def publish_qos1(self, topic: str, payload: bytes) -> tuple[MQTTErrorCode, int]:
@@ -372,11 +380,6 @@ class ShortPathClient(mqtt.Client):
         self, callback: Callable[[str, bytes], None], topic: str, payload: bytes
     ) -> None:
         callback(topic, payload)
-
-
-def _written_with_bookkeeping(packet: Any) -> bool:
-    command: int = packet["command"] & 0xF0
-    return command == mqtt.DISCONNECT or (command == mqtt.PUBLISH and packet["qos"] == 0)
 
 
 class DeviceClient(ShortPathClient):
