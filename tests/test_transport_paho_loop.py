@@ -399,8 +399,9 @@ async def test_a_message_costs_the_device_s_paho_client_few_calls(
     read on its own, its PUBACK and the publish in reaction, at both ends (the asking client is
     the same transport): counted with the profiler hook over 20 messages one after the other
     (issue 18: a length of one byte and a packet without properties read without a call, the
-    queue checked without a call per packet, the read buffer asked without a call; about 132
-    Python calls per message before, 112 now)."""
+    queue checked without a call per packet, the read buffer asked without a call, a message
+    read by the loop handed on without asking for a hop; about 132 Python calls per message
+    before, 110 now)."""
     import paho.mqtt.client as paho_client_of_paho
 
     from jobs_agent.transport import mqtt_packets, paho_client
@@ -435,4 +436,4 @@ async def test_a_message_costs_the_device_s_paho_client_few_calls(
         await device.disconnect()
         await service.disconnect()
     python = sum(n for (file, _), n in calls.by_name.items() if file != "builtin")
-    assert python <= 120 * count, calls.by_name.most_common()
+    assert python <= 115 * count, calls.by_name.most_common()

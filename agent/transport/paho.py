@@ -318,7 +318,10 @@ class PahoTransport(Transport):
         self._on_loop(self._receive, Message(message.topic, bytes(message.payload)))
 
     def _qos1_received(self, topic: str, payload: bytes) -> None:
-        self._on_loop(self._receive, Message(topic, payload))
+        if threading.get_ident() == self._loop_thread:  # read by the loop: no hop to ask for
+            self._receive(Message(topic, payload))
+        else:
+            self._on_loop(self._receive, Message(topic, payload))
 
     def _receive(self, message: Message) -> None:
         """Straight to the listener, inside `_readable` (a message comes after the CONNACK,
