@@ -79,6 +79,12 @@ def _allowed_before(state: ExecutionState) -> str:
 
 
 _GUARDS = {state: _allowed_before(state) for state in ExecutionState}
+_ACTIVE_SQL = (
+    f"SELECT {RECORD_COLUMNS} FROM executions"
+    f" WHERE state IN ({','.join('?' for _ in ACTIVE_STATES)}) ORDER BY received_at"
+)
+_ACTIVE_PARAMS = tuple(str(state) for state in ACTIVE_STATES)
+"""`active`'s statement and parameters, made once (it is read once per job; issue 18)."""
 """SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
@@ -398,15 +404,10 @@ class Store:
         written first: the read does not need it, and it goes with RUNNING, in one transaction
         (issue 18: the check that start-next passed nothing over, between the two, had made
         each job write its record in a commit of its own)."""
-        marks = ",".join("?" for _ in ACTIVE_STATES)
-        rows = self._query(
-            f"SELECT {RECORD_COLUMNS} FROM executions WHERE state IN ({marks})"
-            " ORDER BY received_at",
-            tuple(str(s) for s in ACTIVE_STATES),
-            leaving_out=besides,
-        )
-        records = [record_from_row(r) for r in rows]
-        return records if besides is None else [r for r in records if r.key != besides]
+        rows = self._query(_ACTIVE_SQL, _ACTIVE_PARAMS, leaving_out=besides)
+        if besides is None:
+            return [record_from_row(r) for r in rows]
+        return [record for record in map(record_from_row, rows) if record.key != besides]
 
     def recent(self, limit: int = 20) -> list[ExecutionRecord]:
         rows = self._query(
