@@ -50,8 +50,8 @@ def qos1_publish(command: int, packet: bytes | bytearray) -> tuple[str, int, byt
     except UnicodeDecodeError:
         return None
     mid = (packet[end] << 8) | packet[end + 1]
-    if packet[end + 2] == 0:  # no properties (the AWS IoT APIs send none): no call
-        pos = end + 3
+    if packet[end + 2] < 0x80:  # properties shorter than 128 bytes (all of them): no call
+        pos = end + 3 + packet[end + 2]
     else:
         properties = variable_byte_integer(packet, end + 2)
         if properties is None:

@@ -182,10 +182,12 @@ class ShortPathClient(mqtt.Client):
         size = len(buf)
         if self._in_packet["command"] != 0 or start + 2 > size:
             return super()._packet_read()
-        command = buf[start]
-        remaining = (  # a length below 128 (nearly every packet) is its one byte
-            (buf[start + 1], start + 2)
-            if buf[start + 1] < 0x80
+        command, first = buf[start], buf[start + 1]
+        remaining = (  # a length below 16 KiB (nearly every packet) read without a call
+            (first, start + 2)
+            if first < 0x80
+            else ((first & 0x7F) | (buf[start + 2] << 7), start + 3)
+            if start + 2 < size and buf[start + 2] < 0x80
             else variable_byte_integer(buf, start + 1)
         )
         if remaining is None:
