@@ -675,3 +675,42 @@ def test_a_notify_proves_an_execution_is_no_longer_pending_only_from_an_uncut_li
     # A malformed or absent list proves nothing.
     assert JobExecutionsChanged(None, {"timestamp": 1}).no_longer_lists(candidates) == []
     assert JobExecutionsChanged(None, {"jobs": {"QUEUED": 3}}).no_longer_lists(candidates) == []
+
+
+def test_a_payload_is_decoded_with_one_python_call_of_the_json_module() -> None:
+    """Every reply and event the client reads is decoded by `decode_object`: straight to the
+    decoder's `raw_decode`, without `json.loads` and `JSONDecoder.decode` around it (issue 18:
+    five payloads per plugin job, 4 Python calls each before, 2 now), and it still takes
+    exactly what `json.loads` takes: an object alone, blanks around it allowed."""
+    import os
+
+    from jobs_agent.jobs import events
+    from jobs_agent.jobs.events import decode_object
+    from tests.helpers.calls import Calls
+
+    calls = Calls((os.path.dirname(json.__file__), events.__file__))
+    body = {"execution": {"jobId": "j", "versionNumber": 2}, "timestamp": 1}
+    payload = json.dumps(body).encode()
+    with calls.counting():
+        for _ in range(10):
+            assert decode_object(payload) == body
+    python = sum(n for (file, _), n in calls.by_name.items() if file != "builtin")
+    assert python == 2 * 10, calls.by_name.most_common()
+    for raw in (b' {"a": 1} \n', b"{}", b"\t{}\r\n"):
+        assert decode_object(raw) == json.loads(raw)
+    for bad in (
+        b"",
+        b" ",
+        b"{} {}",
+        b'{"a": 1} x',
+        b"[1]",
+        b"1",
+        b"null",
+        b"\xff",
+        b"{",
+        "\ufeff{}".encode(),
+        b"[" * 100_000,
+        b'"{}"',
+        b"NaN",
+    ):
+        assert decode_object(bad) is None, bad

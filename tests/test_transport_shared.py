@@ -239,3 +239,36 @@ async def test_a_topic_a_view_names_exactly_is_matched_without_its_wildcard_filt
     link.close()
     await device.disconnect()
     await cloud.disconnect()
+
+
+async def test_a_message_reaches_its_view_s_listener_in_few_calls() -> None:
+    """A message on a view's exact filter goes from the link's listener to the view's
+    listener with no call to ask the other views' filters and none through the seam's
+    `_deliver` (issue 18: five such messages per plugin job; 5 Python calls of `shared.py`
+    and `base.py` per message before, 1 now). Counted with the profiler hook around the
+    link's listener, with the Jobs client's view and two others sharing it."""
+    from jobs_agent.transport import base, shared
+    from jobs_agent.transport.base import Message
+    from tests.helpers.calls import Calls
+
+    bus = LocalBus()
+    device = LocalTransport(bus, "device")
+    await device.connect(1)
+    link = SharedLink(device)
+    jobs, shadow, streams = link.view(), link.view(), link.view()
+    inbox = Inbox(jobs)
+    Inbox(shadow)
+    Inbox(streams)
+    await jobs.subscribe("$aws/things/t/jobs/notify-next")
+    await shadow.subscribe("$aws/things/t/shadow/name/$package/get/accepted")
+    await streams.subscribe("$aws/things/t/streams/s/data/json")
+    calls = Calls((shared.__file__, base.__file__))
+    message = Message("$aws/things/t/jobs/notify-next", b"{}")
+    with calls.counting():
+        for _ in range(20):
+            link._on_message(message)
+    assert inbox.messages == ["$aws/things/t/jobs/notify-next"] * 20
+    python = sum(n for (file, _), n in calls.by_name.items() if file != "builtin")
+    assert python == 20, calls.by_name.most_common()
+    link.close()
+    await device.disconnect()

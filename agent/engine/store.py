@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs_agent.engine.lifecycle import ACTIVE_STATES, FINISHED_STATES, TRANSITIONS
 from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
@@ -58,6 +58,33 @@ ExecutionKey = ExecutionRef
 
 SCHEMA_VERSION = 1
 WAL_AUTOCHECKPOINT = 1000
+
+
+class Change(NamedTuple):
+    """The state change a write makes, checked against the lifecycle in its transaction."""
+
+    key: ExecutionRef
+    state: ExecutionState
+    guarded: bool = False
+    """The write's first statement (after a pending start record) is the execution's UPDATE,
+    limited by `_allowed_before` to the states the lifecycle lets reach `state`: one row
+    changed is the check passed, none and the state is read to say why (issue 18: a SELECT
+    per state change less). Unguarded (an INSERT): the state is read before the statements."""
+
+
+def _allowed_before(state: ExecutionState) -> str:
+    """The WHERE condition of a guarded UPDATE to `state`: the states it may come from."""
+    before = sorted(str(old) for old, new in TRANSITIONS if new is state and old is not None)
+    return f" AND state IN ({','.join(repr(old) for old in before)})" if before else " AND 0"
+
+
+_GUARDS = {state: _allowed_before(state) for state in ExecutionState}
+_ACTIVE_SQL = (
+    f"SELECT {RECORD_COLUMNS} FROM executions"
+    f" WHERE state IN ({','.join('?' for _ in ACTIVE_STATES)}) ORDER BY received_at"
+)
+_ACTIVE_PARAMS = tuple(str(state) for state in ACTIVE_STATES)
+"""`active`'s statement and parameters, made once (it is read once per job; issue 18)."""
 """SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
@@ -133,6 +160,8 @@ class Store:
         """Commits that were fsynced, since the store was opened (benchmarks and tests)."""
         self.commits = 0
         """Every commit, fsynced or not, since the store was opened (tests)."""
+        self._returned: list[tuple[Any, ...]] = []
+        """The rows the last statement of the last transaction returned (`_commit`)."""
 
     # -- the start-next window -----------------------------------------------------------------
     # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
@@ -241,12 +270,12 @@ class Store:
         self,
         statements: list[tuple[str, tuple[Any, ...]]],
         *,
-        transition: tuple[ExecutionRef, ExecutionState] | None = None,
+        transition: Change | None = None,
         durable: bool = True,
     ) -> None:
         """Run statements in one durable transaction; on failure nothing is written. With
-        `transition`, the execution's current state is read in the same transaction and the
-        change refused unless the lifecycle lists it. `durable=False`: committed without an
+        `transition`, the change is checked in the same transaction (`Change`) and refused
+        unless the lifecycle lists it. `durable=False`: committed without an
         fsync (a kill -9 loses nothing; a power cut may lose it, and every commit before the
         next durable one): only for the writes the module's docstring names."""
         with self._lock:
@@ -255,7 +284,7 @@ class Store:
     def _write_locked(
         self,
         statements: list[tuple[str, tuple[Any, ...]]],
-        transition: tuple[ExecutionRef, ExecutionState] | None,
+        transition: Change | None,
         *,
         durable: bool,
     ) -> None:
@@ -263,7 +292,7 @@ class Store:
         before the transition is checked, in the same transaction."""
         self.verify()
         first = [] if self._pending is None else [self._pending]
-        before_handler = transition is not None and transition[1] is ExecutionState.RUNNING
+        before_handler = transition is not None and transition.state is ExecutionState.RUNNING
         try:
             self._sync(durable, checkpoint=durable and not before_handler)
             self._commit(first + statements, transition, checked_after=len(first))
@@ -299,19 +328,27 @@ class Store:
     def _commit(
         self,
         statements: list[tuple[str, tuple[Any, ...]]],
-        transition: tuple[ExecutionRef, ExecutionState] | None,
+        transition: Change | None,
         checked_after: int = 0,
     ) -> None:
         """One transaction; `transition` is checked after the first `checked_after`
-        statements (a pending start record) and before the others."""
+        statements (a pending start record) and before the others. The rows the last statement
+        returns (`RETURNING`) are kept in `_returned`, read before the COMMIT (a statement
+        still stepping would hold the transaction open)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            rows: list[tuple[Any, ...]] = []
             for index, (sql, params) in enumerate(statements):
-                if index == checked_after and transition is not None:
-                    self._check_transition(*transition)
-                self._db.execute(sql, params)
+                checked = transition if index == checked_after else None
+                if checked is not None and not checked.guarded:
+                    self._check_transition(checked.key, checked.state)
+                cursor = self._db.execute(sql, params)
+                rows = cursor.fetchall()  # before `rowcount`, which RETURNING sets only then
+                if checked is not None and checked.guarded and cursor.rowcount != 1:
+                    self._check_transition(checked.key, checked.state)
             if len(statements) <= checked_after and transition is not None:
-                self._check_transition(*transition)
+                self._check_transition(transition.key, transition.state)
+            self._returned = rows
             self._db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again would
@@ -367,15 +404,10 @@ class Store:
         written first: the read does not need it, and it goes with RUNNING, in one transaction
         (issue 18: the check that start-next passed nothing over, between the two, had made
         each job write its record in a commit of its own)."""
-        marks = ",".join("?" for _ in ACTIVE_STATES)
-        rows = self._query(
-            f"SELECT {RECORD_COLUMNS} FROM executions WHERE state IN ({marks})"
-            " ORDER BY received_at",
-            tuple(str(s) for s in ACTIVE_STATES),
-            leaving_out=besides,
-        )
-        records = [record_from_row(r) for r in rows]
-        return records if besides is None else [r for r in records if r.key != besides]
+        rows = self._query(_ACTIVE_SQL, _ACTIVE_PARAMS, leaving_out=besides)
+        if besides is None:
+            return [record_from_row(r) for r in rows]
+        return [record for record in map(record_from_row, rows) if record.key != besides]
 
     def recent(self, limit: int = 20) -> list[ExecutionRecord]:
         rows = self._query(
@@ -399,7 +431,7 @@ class Store:
         encoded = json.dumps(redacted)
         self._write(
             [self._insert(key, state, encoded, version_number, now)],
-            transition=(key, state),
+            transition=Change(key, state),
             durable=durable,
         )
         return self._new_record(key, state, redacted, version_number, now)
@@ -487,7 +519,8 @@ class Store:
         self, key: ExecutionRef, state: ExecutionState, /, **fields: Any
     ) -> ExecutionRecord:
         """Move an execution to `state`, updating the given columns in the same transaction;
-        returns the record as now stored."""
+        returns the record as now stored, given back by the UPDATE itself (issue 18: a SELECT
+        after the commit was a statement more per job)."""
         allowed = {
             "version_number",
             "handler",
@@ -511,19 +544,17 @@ class Store:
         for name, value in fields.items():
             assignments.append(f"{name} = ?")
             params.append(int(value) if isinstance(value, bool) else value)
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET {', '.join(assignments)} WHERE {self._WHERE_KEY}",
-                    (*params, *self._key_params(key)),
-                )
-            ],
-            transition=(key, state),
+        update = (
+            f"UPDATE executions SET {', '.join(assignments)} WHERE {self._WHERE_KEY}"
+            f"{_GUARDS[state]} RETURNING {RECORD_COLUMNS}",
+            (*params, *self._key_params(key)),
         )
-        record = self.get(key)
-        if record is None:
+        with self._lock:  # `_returned` is this write's until the lock is let go
+            self._write_locked([update], Change(key, state, guarded=True), durable=True)
+            rows, self._returned = self._returned, []
+        if not rows:
             raise StoreError(f"execution {key} is not in the state database")
-        return record
+        return record_from_row(rows[0])
 
     def save_checkpoint(self, key: ExecutionRef, data: Any) -> None:
         self._save_json(key, "checkpoint", data)
@@ -551,19 +582,19 @@ class Store:
         encoded = json.dumps(dict(details))
         self._write(
             [
-                *(self._package_statement(row, now) for row in packages),
                 (
                     "UPDATE executions SET state = ?, outcome_status = ?, outcome_details = ?,"
-                    f" updated_at = ? WHERE {self._WHERE_KEY}",
+                    f" updated_at = ? WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.DECIDED]}",
                     (str(ExecutionState.DECIDED), status, encoded, now, *self._key_params(key)),
                 ),
+                *(self._package_statement(row, now) for row in packages),
                 (
                     "INSERT INTO outbox (namespace, job_id, execution_number, status,"
                     " status_details, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (*self._key_params(key), str(status), encoded, now),
                 ),
             ],
-            transition=(key, ExecutionState.DECIDED),
+            transition=Change(key, ExecutionState.DECIDED, guarded=True),
         )
         return self.outbox()
 
@@ -619,14 +650,14 @@ class Store:
         (`Outbox._refused_as_ended`)."""
         self._write(
             [
-                ("DELETE FROM outbox WHERE id = ?", (entry_id,)),
                 (
                     f"UPDATE executions SET state = ?, note = COALESCE(?, note), updated_at = ?"
-                    f" WHERE {self._WHERE_KEY}",
+                    f" WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.REPORTED]}",
                     (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key)),
                 ),
+                ("DELETE FROM outbox WHERE id = ?", (entry_id,)),
             ],
-            transition=(key, ExecutionState.REPORTED),
+            transition=Change(key, ExecutionState.REPORTED, guarded=True),
             durable=False,
         )
 
@@ -634,14 +665,14 @@ class Store:
         """The cloud ended the execution: drop anything queued for it, report nothing."""
         self._write(
             [
-                ("DELETE FROM outbox WHERE " + self._WHERE_KEY, self._key_params(key)),
                 (
                     f"UPDATE executions SET state = ?, note = ?, updated_at = ?"
-                    f" WHERE {self._WHERE_KEY}",
+                    f" WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.CANCELLED]}",
                     (str(ExecutionState.CANCELLED), note, time.time(), *self._key_params(key)),
                 ),
+                ("DELETE FROM outbox WHERE " + self._WHERE_KEY, self._key_params(key)),
             ],
-            transition=(key, ExecutionState.CANCELLED),
+            transition=Change(key, ExecutionState.CANCELLED, guarded=True),
         )
 
     def probe(self) -> None:

@@ -162,9 +162,19 @@ def check_jobs_shape(body: Mapping[str, Any]) -> None:
         raise ProtocolError("'timestamp' must be a number")
 
 
+_DECODER = json.JSONDecoder()
+_BLANKS = " \t\n\r"  # what `json.loads` skips around the value
+
+
 def decode_object(payload: bytes) -> Mapping[str, Any] | None:
+    """A payload's JSON object, or None: what `json.loads` takes, decoded by the decoder's
+    `raw_decode` without `loads` and `decode` around it (two Python calls fewer per reply
+    and event; issue 18)."""
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
+        obj, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip(_BLANKS)))
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
+    if end != len(text) and text[end:].strip(_BLANKS):
+        return None  # more than one value
     return obj if isinstance(obj, dict) else None

@@ -76,7 +76,12 @@ def parse_timestamp(value: object) -> float | None:
 
 
 def _timestamp(o: Obj, key: str, error: Error) -> float | None:
-    return parse_timestamp(o.get(key))
+    """`parse_timestamp` of `o[key]`, in one call (nine timestamps per job; issue 18)."""
+    value = o.get(key)
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value)
+    return seconds / 1000.0 if seconds > MILLISECONDS_THRESHOLD else seconds
 
 
 def _seconds(value: float) -> int | float:
@@ -121,7 +126,7 @@ def _details(o: Obj, key: str, error: Error) -> dict[str, str] | None:
     value = o.get(key)
     if value is None:
         return None
-    if not isinstance(value, Mapping) or not all(
+    if not (type(value) is dict or isinstance(value, Mapping)) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise error(f"{key!r} must be an object of strings")

@@ -255,16 +255,18 @@ class PahoTransport(Transport):
 
     def _readable(self) -> None:
         client = self._client
-        buffered = client.buffered if isinstance(client, ShortPathClient) else _nothing
+        buffer = client if isinstance(client, ShortPathClient) else None
         self._reading = True
         try:
             while True:
                 client.loop_read()
                 sock = self._sock
                 # Bytes read but not consumed (paho stops after a packet or a few), or
-                # decrypted by TLS, are invisible to the selector: handle them now.
+                # decrypted by TLS, are invisible to the selector: handle them now. The
+                # buffer's `buffered()`, asked without a call (issue 18: one per read).
                 if sock is None or not (
-                    buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+                    (buffer is not None and buffer._rpos < len(buffer._rbuf))
+                    or (isinstance(sock, ssl.SSLSocket) and sock.pending())
                 ):
                     break
         finally:
@@ -316,7 +318,10 @@ class PahoTransport(Transport):
         self._on_loop(self._receive, Message(message.topic, bytes(message.payload)))
 
     def _qos1_received(self, topic: str, payload: bytes) -> None:
-        self._on_loop(self._receive, Message(topic, payload))
+        if threading.get_ident() == self._loop_thread:  # read by the loop: no hop to ask for
+            self._receive(Message(topic, payload))
+        else:
+            self._on_loop(self._receive, Message(topic, payload))
 
     def _receive(self, message: Message) -> None:
         """Straight to the listener, inside `_readable` (a message comes after the CONNACK,
@@ -538,10 +543,6 @@ class PahoTransport(Transport):
         reasons: list[ReasonCode] = await self._expect(rc, mid, what)
         if reasons and reasons[0].is_failure:
             raise TransportError(f"{what}: refused by the broker ({reasons[0]})")
-
-
-def _nothing() -> bool:
-    return False
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

@@ -119,12 +119,23 @@ class SharedLink:
 
     # -- the link's listeners (on the loop thread) ----------------------------------------------
     def _on_message(self, message: Message) -> None:
+        """To every view that subscribed to the topic: an exact filter is one set lookup, the
+        wildcard ones are matched only for a view that has some, and the view's listener is
+        called without the seam's `_deliver` (issue 18: with three views, 5 Python calls per
+        message before, 1 now; five messages per plugin job)."""
         topic = message.topic
-        dollar = topic.startswith("$")
-        levels = topic.split("/")
+        levels: list[str] | None = None
         for view in list(self._views):
-            if view._wants(topic, levels, dollar):
-                view._deliver(message)
+            if topic not in view._exact:
+                if not view._wild:
+                    continue
+                if levels is None:
+                    levels = topic.split("/")
+                if not view._wants(topic, levels, topic.startswith("$")):
+                    continue
+            listener = view._on_message
+            if listener is not None:
+                listener(message)
 
     def _on_lost(self, reason: str) -> None:
         for view in list(self._views):
