@@ -53,16 +53,23 @@ class DiskFault:
         )
         self.real = result.returncode == 0
         if not self.real:
-            original = Store._write
+            # Every write, a transition's too, goes through `_write_locked`.
+            original = Store._write_locked
 
-            def write(store: Store, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+            def write(
+                store: Store,
+                statements: list[tuple[str, tuple[Any, ...]]],
+                transition: Any,
+                *,
+                durable: bool,
+            ) -> None:
                 if self.full:
                     raise StoreError(
                         f"cannot write the state database {store.path}: database or disk is full"
                     )
-                original(store, statements)
+                original(store, statements, transition, durable=durable)
 
-            monkeypatch.setattr(Store, "_write", write)
+            monkeypatch.setattr(Store, "_write_locked", write)
 
     def fill(self) -> None:
         self.full = True

@@ -196,6 +196,7 @@ async def test_every_publish_is_acknowledged_before_disconnect(
 ) -> None:
     """`publish_nowait` does not wait, `disconnect` does: nothing queued is lost at stop."""
     device = PahoDevice(fresh_mosquitto, "flush")
+    await asyncio.to_thread(device.wait_subscribed)  # else the first publishes reach no one
     transport = broker_transport(_config(fresh_mosquitto, "flusher"))
     await transport.connect(10)
     try:
