@@ -50,10 +50,11 @@ def redact_url_credentials(value: Any) -> Any:
             if "=" in value
             else value
         )
-    if isinstance(value, Mapping):
-        return {key: redact_url_credentials(item) for key, item in value.items()}
+    # Plain JSON's types first: `isinstance` of the `Mapping` ABC is a Python call per value.
     if isinstance(value, list):
         return [redact_url_credentials(item) for item in value]
+    if isinstance(value, (dict, Mapping)):
+        return {key: redact_url_credentials(item) for key, item in value.items()}
     return value
 
 
@@ -90,10 +91,11 @@ def redact_value(key: str, value: Any) -> Any:
         if _SECRET_KEYS.search(key) and value:
             return REDACTED
         return redact_text(value)
-    if isinstance(value, Mapping):
-        return {k: redact_value(str(k), v) for k, v in value.items()}
+    # Plain JSON's types first: `isinstance` of the `Mapping` ABC is a Python call per value.
     if isinstance(value, list | tuple):
         return [redact_value(key, v) for v in value]
+    if isinstance(value, (dict, Mapping)):
+        return {k: redact_value(str(k), v) for k, v in value.items()}
     return value
 
 

@@ -203,3 +203,56 @@ async def test_the_topics_of_every_job_are_parsed_and_built_once(
         f"$aws/things/{THING}/jobs/quiet-{n}/update/accepted" for n in range(3)
     ]
     assert [job for *_, job in built] == [f"quiet-{n}" for n in range(3)]
+
+
+async def test_a_job_asks_no_abstract_class_about_plain_json_in_redact_codec_or_windows(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job document and the service's replies are plain JSON: `isinstance(x, Mapping)` on a
+    dict goes through `ABCMeta.__instancecheck__`, a Python frame per value. The document's
+    redaction at rest, the protocol codec's object check and the maintenance window's look at
+    the document ask `dict` (and `list`) first and the ABC only for anything else (issue 18).
+    Round 10 made 14 such calls here: 7 in `redact` for the two jobs' documents, 6 in the
+    script document's `document_windows` and 1 in reading a window."""
+    import collections.abc
+
+    from jobs_agent.schedule.maintenance import window_from_document
+
+    watched = ("jobs_agent.redact", "jobs_agent.jobs.codec", "jobs_agent.schedule")
+    callers: list[str] = []
+    meta = type(collections.abc.Mapping)
+    check = meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        name = str(sys._getframe(1).f_globals.get("__name__"))
+        if name.startswith(watched):
+            callers.append(f"{name}:{sys._getframe(1).f_code.co_name}:{type(instance).__name__}")
+        return check(cls, instance)
+
+    script = {
+        "version": "1.0",
+        "steps": [
+            {
+                "action": {
+                    "name": "ok",
+                    "type": "runHandler",
+                    "input": {"handler": "ok.sh", "args": ["a=1"]},
+                }
+            }
+        ],
+    }
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            monkeypatch.setattr(meta, "__instancecheck__", counted)
+            execution = await harness.run_job("quiet-1", {"operation": "quiet"})
+            assert str(execution.status) == "SUCCEEDED"
+            execution = await harness.run_job("script-1", script)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            monkeypatch.undo()
+            harness.assert_alive()
+    # A window is read at the same edge (a job open all day would wait out 23:50-24:00 here).
+    monkeypatch.setattr(meta, "__instancecheck__", counted)
+    window_from_document({"startTime": "cron(0 2 * * ? *)", "durationInMinutes": 60})
+    monkeypatch.undo()
+    assert sorted(callers) == []

@@ -89,7 +89,7 @@ def _specs(cls: type) -> tuple[tuple[str, Wire], ...]:
 
 # -- readers of plain JSON values --------------------------------------------------------------
 def as_object(obj: object, what: str, error: Error = ProtocolError) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, (dict, Mapping)):  # dict first: the ABC's check is a Python call
         raise error(f"{what} must be a JSON object, not {type(obj).__name__}")
     return obj
 

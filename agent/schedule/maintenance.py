@@ -172,7 +172,7 @@ _DOCUMENT_KEYS = ("startTime", "durationInMinutes", "timeZone")
 
 
 def _window(data: Any, keys: tuple[str, str, str], where: str) -> MaintenanceWindow:
-    if not isinstance(data, Mapping):
+    if not isinstance(data, (dict, Mapping)):  # dict first: the ABC's check is a Python call
         raise WindowError(f"{where}: expected an object with {', '.join(keys)}")
     unknown = sorted(str(k) for k in data if k not in keys)
     if unknown:
@@ -230,8 +230,9 @@ def document_windows(document: Mapping[str, Any]) -> DocumentWindows:
     raw_steps = document.get("steps")
     if isinstance(raw_steps, list):
         for index, step in enumerate(raw_steps):
-            action = step.get("action") if isinstance(step, Mapping) else None
-            if isinstance(action, Mapping) and DOCUMENT_KEY in action:
+            # Plain JSON's dict first: `isinstance` of the `Mapping` ABC is a Python call.
+            action = step.get("action") if isinstance(step, (dict, Mapping)) else None
+            if isinstance(action, (dict, Mapping)) and DOCUMENT_KEY in action:
                 steps[index] = window_from_document(
                     action[DOCUMENT_KEY], f"steps[{index}].action.{DOCUMENT_KEY}"
                 )
