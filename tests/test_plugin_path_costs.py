@@ -256,3 +256,39 @@ async def test_a_job_asks_no_abstract_class_about_plain_json_in_redact_codec_or_
     window_from_document({"startTime": "cron(0 2 * * ? *)", "durationInMinutes": 60})
     monkeypatch.undo()
     assert sorted(callers) == []
+
+
+async def test_a_plugin_jobs_lookup_and_files_make_no_library_calls(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """Per plugin job, the registry asked `inspect` whether the target is a class and whether
+    the fresh instance's `run` is a coroutine function (five Python calls for a method of a
+    plain `async def`), and `JobFiles` turned the state directory into a string and joined
+    paths with `os.path.join` twice. Now `run`'s code flags answer for a plain method and the
+    state directory's folders are strings kept while it is the same object: Python calls from
+    `jobs_agent.dispatch.plugins` and `jobs_agent.engine.jobfiles` into the standard library,
+    for three plugin jobs, 24 -> 6 (the two `os.path.exists` looks per job stay: a directory
+    or log an earlier agent left is still found and removed)."""
+    callees: list[str] = []
+    watched = {"jobs_agent.dispatch.plugins", "jobs_agent.engine.jobfiles"}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event != "call" or frame.f_back is None:
+            return
+        caller = frame.f_back.f_globals.get("__name__")
+        callee = str(frame.f_globals.get("__name__"))
+        if caller in watched and not callee.startswith(("jobs_agent", "costs_plugin")):
+            callees.append(f"{callee}.{frame.f_code.co_name}")
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            sys.setprofile(profile)
+            try:
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED"
+            finally:
+                sys.setprofile(None)
+            harness.assert_alive()
+    assert sorted(callees) == ["genericpath.exists"] * 6

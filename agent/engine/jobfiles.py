@@ -47,6 +47,9 @@ class JobFiles:
         prunes logs or recycles directories (issue 18)."""
         self._logs_lock = asyncio.Lock()
         self._last: tuple[ExecutionRef, tuple[str, str], str] | None = None
+        self._roots: tuple[object, str, str] = (None, "", "")
+        """(the state directory, its `jobs` and `logs` folders as strings): the state
+        directory is a `Path` that every job turned into a string twice (issue 18)."""
 
     def dirs(self, ref: ExecutionRef) -> tuple[str, str]:
         """(scratch, state) of the execution, as strings: `EngineJobContext` makes a `Path`
@@ -61,11 +64,20 @@ class JobFiles:
         last = self._last
         if last is not None and last[0] == ref:
             return last
-        state_dir = str(self._shared.settings.state_dir)
-        base = os.path.join(state_dir, "jobs", ref.namespace or "default", ref.job_id)
+        roots = self._roots
+        if roots[0] is not self._shared.settings.state_dir:
+            roots = self._new_roots()
+        base = f"{roots[1]}/{ref.namespace or 'default'}/{ref.job_id}"
         pair = (f"{base}/scratch-{ref.execution_number}", f"{base}/state")
         self._last = (ref, pair, base)
         return self._last
+
+    def _new_roots(self) -> tuple[object, str, str]:
+        """`_roots` for the settings' state directory (made again if it is another object)."""
+        state_dir = self._shared.settings.state_dir
+        text = str(state_dir)
+        self._roots = (state_dir, os.path.join(text, "jobs"), os.path.join(text, "logs"))
+        return self._roots
 
     async def cleanup(self, ref: ExecutionRef) -> None:
         _ref, (scratch, state), base = self._paths(ref)
@@ -77,11 +89,11 @@ class JobFiles:
 
             names = (os.path.basename(scratch), os.path.basename(state))
             await asyncio.to_thread(recycle, base, *names)
-        settings = self._shared.settings
         # The same path as `log_path`, joined as a string: most jobs (plugins) have no log.
-        path = os.path.join(
-            str(settings.state_dir), "logs", f"{ref.job_id}-{ref.execution_number}.log"
-        )
+        roots = self._roots
+        if roots[0] is not self._shared.settings.state_dir:
+            roots = self._new_roots()
+        path = f"{roots[2]}/{ref.job_id}-{ref.execution_number}.log"
         if os.path.exists(path):
             # A new log is what can take them over the limits.
             await self._prune_output_logs(Path(path))
