@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import Any
 
 import pytest
 
@@ -74,3 +76,62 @@ def test_strings_that_are_not_presigned_s3_urls_earn_no_allowance(value: str) ->
     with pytest.raises(JobRejected) as info:
         check_limits(document)
     assert "presigned" not in info.value.reason
+
+
+def _python_calls(function: Any, *args: Any) -> int:
+    calls = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        function(*args)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_the_size_check_makes_no_python_call_per_plain_value() -> None:
+    """The nesting and presigned-URL walk looks at a container's values in the container's own
+    frame: a string without a signature, a number or a flag costs no call, and a generator per
+    container is gone (issue 18). A one-step script document (6 containers, 11 plain values):
+    53 Python calls before (a frame per value, a generator step per value, an ABC check per
+    number, flag or null), 9 now (a frame per container, `check_limits` and the encoder's
+    two)."""
+    document = {
+        "version": "1.0",
+        "steps": [
+            {
+                "action": {
+                    "name": "step",
+                    "type": "runHandler",
+                    "input": {"handler": "ok.sh", "args": ["a", "b=1", "c"], "path": "default"},
+                    "runAsUser": None,
+                    "ignoreStepFailure": False,
+                    "timeout": 60,
+                }
+            }
+        ],
+    }
+    check_limits(document)  # what a first call sets up (the ABC's caches) is not counted
+    assert _python_calls(check_limits, document) == 9
+
+
+def _wrapped(value: Any, lists: int) -> dict[str, Any]:
+    for _ in range(lists):
+        value = [value]
+    return {"x": value}
+
+
+@pytest.mark.parametrize("leaf", ["text", 1, None, True, SIGNED])
+def test_the_depth_limit_still_counts_a_plain_value_below_the_deepest_container(
+    leaf: Any,
+) -> None:
+    """The object is level 1: a value at level 32 is accepted, one at level 33 is not, whatever
+    its type (the walk no longer calls itself for plain values)."""
+    check_limits(_wrapped([], 30))  # an empty list at level 32
+    check_limits(_wrapped(leaf, 30))  # the value at level 32
+    with pytest.raises(JobRejected, match="nested deeper than 32 levels"):
+        check_limits(_wrapped(leaf, 31))

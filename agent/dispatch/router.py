@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs_agent.dispatch import s3url
@@ -77,17 +77,36 @@ def check_limits(document: Mapping[str, Any]) -> None:
 
 
 def _check_depth(value: Any, depth: int) -> int:
-    """Check the nesting; return what presigned-URL substitution can have added."""
+    """Check the nesting; return what presigned-URL substitution can have added.
+
+    A container's plain values are looked at in its own frame: a call per value and a generator
+    per container were most of a document's check (issue 18). A value one level below the
+    deepest container allowed is still one level too deep, whatever its type."""
     if depth > MAX_DOCUMENT_DEPTH:
         raise JobRejected(f"the job document is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
     # Plain JSON's types first: `isinstance` of the `Mapping` ABC is a Python call per value.
     if isinstance(value, str):
         return s3url.expansion(value)
     if isinstance(value, list):
-        return sum(_check_depth(item, depth + 1) for item in value)
-    if isinstance(value, (dict, Mapping)):
-        return sum(_check_depth(item, depth + 1) for item in value.values())
-    return 0
+        items: Iterable[Any] = value
+    elif isinstance(value, (dict, Mapping)):
+        items = value.values()
+    else:
+        return 0
+    added = 0
+    for item in items:
+        if depth == MAX_DOCUMENT_DEPTH:
+            _check_depth(item, depth + 1)  # raises
+        if isinstance(item, str):
+            if s3url.SIGNATURE_MARK in item:  # `expansion` is 0 for any other string
+                added += s3url.expansion(item)
+        elif not isinstance(item, _PLAIN_LEAVES):
+            added += _check_depth(item, depth + 1)
+    return added
+
+
+_PLAIN_LEAVES = (int, float, bool, type(None))
+"""JSON's numbers, flags and null: nothing below them, nothing to expand."""
 
 
 async def run_handler(handler: Handler, ctx: JobContext) -> Outcome:

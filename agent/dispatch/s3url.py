@@ -32,6 +32,8 @@ MAX_EXPANSION = 4096
 expiry, signed headers, a 64-digit signature and the session token of the role AWS IoT assumes,
 about 1.5 KB URL-encoded) plus a host rewritten with its region, with room to spare."""
 _HOST_SLACK = 64
+SIGNATURE_MARK = "X-Amz-Signature="
+"""In every presigned URL's query; a string without it is no presigned URL (a cheap first look)."""
 _SIGV4_PARAMETERS = frozenset(
     {
         "X-Amz-Algorithm",
@@ -113,7 +115,7 @@ def expansion(value: str) -> int:
     """How many bytes AWS's substitution can have added to make `value`: 0 unless it is a
     presigned S3 URL; else its length beyond the shortest placeholder it can have come from,
     plus a little for a host rewritten with its region, and never more than `MAX_EXPANSION`."""
-    if "X-Amz-Signature=" not in value or presigned_object(value) is None:
+    if SIGNATURE_MARK not in value or presigned_object(value) is None:
         return 0
     base = value.partition("?")[0]
     shortest_placeholder = PLACEHOLDER_PREFIX_MIN + len(base) + 1
