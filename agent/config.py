@@ -261,12 +261,10 @@ def _show(value: Any) -> str:
 
 
 def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[str, _Where]]:
-    from jobs_agent.config_yaml import DuplicateKey, YamlProblem, parse_yaml
+    from jobs_agent.config_yaml import YamlProblem, parse_yaml
 
     try:
         return parse_yaml(text)
-    except DuplicateKey as exc:
-        raise ConfigError(str(exc)) from None
     except YamlProblem as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

@@ -63,6 +63,14 @@ def test_unknown_key_is_an_error_with_a_hint(tmp_path: Path) -> None:
     assert 'connection.prot: unknown key (did you mean "port"?) (line 5)' in str(info.value)
 
 
+def test_a_duplicate_key_names_the_file_key_and_line(tmp_path: Path) -> None:
+    """Like every other configuration error: an operator with several files sees which one."""
+    path = write(tmp_path, GOOD + "thing_name: again\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value).startswith(f"{path}: thing_name: duplicate key (line ")
+
+
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "thingname: x\n")
     with pytest.raises(
