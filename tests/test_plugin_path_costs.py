@@ -292,3 +292,35 @@ async def test_a_plugin_jobs_lookup_and_files_make_no_library_calls(
                 sys.setprofile(None)
             harness.assert_alive()
     assert sorted(callees) == ["genericpath.exists"] * 6
+
+
+async def test_a_plugin_job_asks_no_abstract_class_about_plain_json(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's events and replies, the job document and the handler's statusDetails are
+    plain dicts: `isinstance(x, Mapping)` on one is a Python frame
+    (`ABCMeta.__instancecheck__`). The agent's own modules (the emulator on the bus aside) ask
+    `dict` first. Round 10 left 5 such checks per plugin job over MQTT (3 in
+    `events.check_jobs_shape`, 1 in `runner._resolve`, 1 in `validate_status_details`)."""
+    import collections.abc
+
+    callers: list[str] = []
+    meta = type(collections.abc.Mapping)
+    check = meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        name = str(sys._getframe(1).f_globals.get("__name__"))
+        if name.startswith("jobs_agent") and not name.startswith("jobs_agent.emulator"):
+            callers.append(f"{name}:{sys._getframe(1).f_code.co_name}:{type(instance).__name__}")
+        return check(cls, instance)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            monkeypatch.setattr(meta, "__instancecheck__", counted)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+            harness.assert_alive()
+    assert sorted(callers) == []

@@ -322,7 +322,8 @@ class Runner:
     ) -> Handler | None:
         """The handler for the document; None when the outcome is already decided (REJECTED)."""
         ref = record.key
-        if not isinstance(document, Mapping) or not document:
+        # dict first: the ABC's check is a Python frame per job (issue 18)
+        if not isinstance(document, (dict, Mapping)) or not document:
             await self._outbox.decide(
                 ref, Outcome.rejected("the execution has no job document"), bound
             )

@@ -150,7 +150,8 @@ class ClientStats:
 def check_jobs_shape(body: Mapping[str, Any]) -> None:
     """The cheap part of validating `notify`: the container shapes, not every summary."""
     jobs = body.get("jobs")
-    if jobs is not None and not isinstance(jobs, Mapping):
+    # dict first: the ABC's check is a Python frame (`ABCMeta.__instancecheck__`) per event
+    if jobs is not None and not isinstance(jobs, (dict, Mapping)):
         raise ProtocolError("'jobs' must be an object")
     for key, summaries in (jobs or {}).items():
         if not isinstance(summaries, list):

@@ -182,7 +182,7 @@ def validate_status_details(obj: object, *, max_pairs: int = MAX_PAIRS) -> str |
     """Why `obj` would be refused as statusDetails by the service, or None if it is fine."""
     if isinstance(obj, StatusDetails) and len(obj) <= max_pairs:
         return None  # checked where it was made (validated once, at the edge)
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, (dict, Mapping)):  # dict first: the ABC's check is a Python frame
         return "must be an object of string values"
     if len(obj) > max_pairs:
         return f"at most {max_pairs} pairs are allowed, got {len(obj)}"
