@@ -219,3 +219,91 @@ async def test_a_failure_reported_during_an_outage_is_published_again_once() -> 
         bus.set_online(True)
         assert isinstance(await asyncio.wait_for(asking, 5), bytes)
         assert (device.submits, responder.seen) == (2, 1)
+
+
+async def test_requests_share_one_timer_for_their_deadlines(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """Each request armed and cancelled a timer of its own (`asyncio.timeout_at`, a dozen
+    Python calls): two per plugin job. The exchange keeps one, at the earliest deadline it was
+    armed for, so 20 answered requests arm at most one (issue 18)."""
+    exchange, _responder, _bus = link
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        replies = [await ask(exchange) for _ in range(20)]
+    finally:
+        del loop.call_at
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert len(armed) <= 1, armed
+
+
+async def test_a_request_nobody_answers_ends_at_its_deadline(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """The deadline ends the wait for a reply that never comes, and the exchange keeps
+    answering what comes after it."""
+    exchange, responder, _bus = link
+    responder.drop = 1
+    assert await ask(exchange, seconds=0.05) is None
+    assert exchange.stats.timeouts == 1
+    assert exchange.waiting == 0
+    assert isinstance(await ask(exchange), bytes)
+
+
+async def test_an_earlier_deadline_ends_its_request_and_leaves_a_later_one_waiting(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """One timer serves requests with different deadlines: one armed later for an earlier
+    deadline takes over, and a request whose deadline is ahead waits on."""
+    exchange, responder, _bus = link
+    responder.drop = 2
+    late = asyncio.ensure_future(ask(exchange, seconds=60.0))
+    while responder.seen < 1:
+        await asyncio.sleep(0)
+    assert await ask(exchange, seconds=0.05) is None
+    assert not late.done() and exchange.waiting == 1
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert exchange.waiting == 0
+
+
+class Unacknowledged(LocalTransport):
+    """A device whose publish waits for a PUBACK that never comes (paho's `submit` waits for
+    it): only the deadline ends the request."""
+
+    def __init__(self, bus: LocalBus, client_id: str) -> None:
+        super().__init__(bus, client_id)
+        self.entered = asyncio.Event()
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        self.entered.set()
+        await asyncio.get_running_loop().create_future()
+
+
+async def test_an_unacknowledged_publish_ends_at_the_deadline_but_a_cancel_passes() -> None:
+    """The deadline cuts a `submit` that still waits short, as a timeout: the request returns
+    None and its task carries no cancellation left over. A cancel of the caller's own, in the
+    same wait, still cancels it."""
+    async for exchange, _responder, _bus in wire(Unacknowledged):
+        assert await ask(exchange, seconds=0.05) is None
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        assert exchange.stats.timeouts == 1
+        device = exchange.transport
+        assert isinstance(device, Unacknowledged)
+        device.entered.clear()
+        asking = asyncio.ensure_future(ask(exchange, seconds=60.0))
+        await device.entered.wait()
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        assert exchange.waiting == 0

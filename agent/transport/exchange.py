@@ -83,12 +83,22 @@ class _Waiter(Generic[R]):
 
     key: Hashable
     wake: asyncio.Future[None]
+    deadline: float
     reply: R | None = None
     answered: bool = False
     lost: bool = False
     closed: bool = False
+    expired: bool = False
+    """The deadline passed (`Exchange._expire`)."""
     failed: TransportError | None = None
     """A submitted publish's refusal or loss, reported after `submit` returned."""
+    submitting: asyncio.Task[Any] | None = None
+    """The request's task while it waits in `submit` (a backend may wait there for its
+    PUBACK): the one wait the deadline must cut short by cancelling it."""
+    cancelling: int = 0
+    """`submitting.cancelling()` before the deadline's own cancel (another one passes)."""
+    cut: bool = False
+    """The deadline cancelled `submitting`."""
 
     def notify(self) -> None:
         if not self.wake.done():
@@ -110,6 +120,12 @@ class Exchange(Generic[R]):
         self._counter = 0
         self._waiting: dict[str, _Waiter[R]] = {}
         self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        """One timer for every waiting request, at the earliest deadline it was armed for
+        (`_arm`): a timer armed and cancelled per request (`asyncio.timeout_at`) was two per
+        plugin job and a dozen Python calls each (issue 18)."""
+        self._timer_at = 0.0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def new_token(self) -> str:
         """A token unique to this exchange (26 characters for a billion requests: within the
@@ -149,6 +165,9 @@ class Exchange(Generic[R]):
     def close(self) -> None:
         """Fail every waiting request with `ExchangeClosed`. Idempotent."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for waiter in self._waiting.values():
             waiter.closed = True
             waiter.notify()
@@ -203,39 +222,17 @@ class Exchange(Generic[R]):
         if self._closed:
             raise ExchangeClosed("the client was closed")
         loop = asyncio.get_running_loop()
-        waiter: _Waiter[R] = _Waiter(key, loop.create_future())
+        waiter: _Waiter[R] = _Waiter(key, loop.create_future(), deadline)
         self._waiting[token] = waiter  # registered before publishing: a reply may be instant
-        first = True
+        if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, deadline)
         try:
             try:
-                # One timer for the whole request, its publishes and its waits (two per
-                # request were a timer armed and cancelled for each; issue 18).
-                async with asyncio.timeout_at(deadline):
-                    while not waiter.answered and not waiter.closed:
-                        remaining = deadline - loop.time()
-                        if remaining <= 0:
-                            break
-                        if not self.transport.is_connected:
-                            if not await self.transport.wait_connected(remaining):
-                                break
-                            continue  # re-check: the reply may have come with a kept session
-                        waiter.lost = False
-                        try:
-                            await self.transport.submit(topic, payload, waiter.fail)
-                        except NotConnectedError:
-                            await asyncio.sleep(min(NOT_CONNECTED_PAUSE, remaining))
-                            continue
-                        self.stats.publishes += 1
-                        if not first:
-                            self.stats.republishes += 1
-                            bound.info("request re-published after reconnect", client_token=token)
-                        first = False
-                        bound.debug("request published", topic=topic, client_token=token)
-                        await self._news(waiter)
-                        if waiter.failed is not None:
-                            await self._failed(waiter, deadline)
-            except TimeoutError:
-                pass  # the deadline passed: no answer
+                await self._attempts(loop, topic, payload, token, waiter, bound)
+            except asyncio.CancelledError:
+                task = waiter.submitting
+                if not waiter.cut or task is None or task.uncancel() > waiter.cancelling:
+                    raise  # not (only) the deadline's: the caller's
             if waiter.closed:
                 raise ExchangeClosed("the client was closed")
             if waiter.answered:
@@ -244,6 +241,76 @@ class Exchange(Generic[R]):
             self._waiting.pop(token, None)
         self.stats.timeouts += 1
         return None
+
+    async def _attempts(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        topic: str,
+        payload: bytes,
+        token: str,
+        waiter: _Waiter[R],
+        bound: Any,
+    ) -> None:
+        """`_send`'s publishes and waits, until answered, closed or past the deadline: the waits
+        for the link and the pauses end by their own time limits, the wait for news is woken by
+        `_expire`, and a `submit` still waiting then is cancelled by it."""
+        deadline = waiter.deadline
+        first = True
+        while not waiter.answered and not waiter.closed and not waiter.expired:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if not self.transport.is_connected:
+                if not await self.transport.wait_connected(remaining):
+                    break
+                continue  # re-check: the reply may have come with a kept session
+            waiter.lost = False
+            task = asyncio.current_task()
+            waiter.submitting = task
+            waiter.cancelling = 0 if task is None else task.cancelling()
+            try:
+                await self.transport.submit(topic, payload, waiter.fail)
+            except NotConnectedError:
+                await asyncio.sleep(min(NOT_CONNECTED_PAUSE, remaining))
+                continue
+            finally:
+                if not waiter.cut:
+                    waiter.submitting = None
+            self.stats.publishes += 1
+            if not first:
+                self.stats.republishes += 1
+                bound.info("request re-published after reconnect", client_token=token)
+            first = False
+            bound.debug("request published", topic=topic, client_token=token)
+            await self._news(waiter)
+            if waiter.failed is not None:
+                await self._failed(waiter, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire, loop, when)
+        self._timer_at = when
+        self._timer_loop = loop
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        """The timer: every request past its deadline is told (and cut short in `submit`);
+        the timer is armed again for the earliest deadline still ahead."""
+        self._timer = None
+        now = max(loop.time(), when)  # a timer may run a clock tick before its time
+        earliest: float | None = None
+        for waiter in self._waiting.values():
+            if waiter.deadline > now:
+                if earliest is None or waiter.deadline < earliest:
+                    earliest = waiter.deadline
+            elif not waiter.expired:
+                waiter.expired = True
+                waiter.notify()
+                if waiter.submitting is not None:
+                    waiter.cut = True
+                    waiter.submitting.cancel()
+        if earliest is not None:
+            self._arm(loop, earliest)
 
     @staticmethod
     async def _failed(waiter: _Waiter[R], deadline: float) -> None:
@@ -257,9 +324,11 @@ class Exchange(Generic[R]):
 
     @staticmethod
     async def _news(waiter: _Waiter[R]) -> None:
-        """Wait until the reply, a link loss, a failed publish or a close (the caller's timer
-        ends it at the request's deadline)."""
-        if waiter.answered or waiter.lost or waiter.closed or waiter.failed is not None:
+        """Wait until the reply, a link loss, a failed publish, a close or the deadline
+        (`Exchange._expire`)."""
+        if waiter.answered or waiter.lost or waiter.closed or waiter.expired:
+            return
+        if waiter.failed is not None:
             return
         if waiter.wake.done():  # woken by an earlier loss, already dealt with
             waiter.wake = asyncio.get_running_loop().create_future()
