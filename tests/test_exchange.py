@@ -4,6 +4,7 @@ real responder: what one request costs the event loop, and that a lost reply is 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -307,3 +308,33 @@ async def test_an_unacknowledged_publish_ends_at_the_deadline_but_a_cancel_passe
         with pytest.raises(asyncio.CancelledError):
             await asking
         assert exchange.waiting == 0
+
+
+async def test_a_request_asks_for_the_running_loop_once(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """On Python 3.11 each ask for the running loop (`get_running_loop`, `current_task()`
+    without its loop) is a `getpid` system call. A request asked four times (its own call, its
+    send's, and the timeout's `current_task` and `reschedule`); now once, the loop passed
+    down."""
+    exchange, _responder, _bus = link
+    await ask(exchange)
+    asks: list[str] = []
+    watched = ("/transport/exchange.py", "/asyncio/timeouts.py", "/asyncio/tasks.py")
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        name = getattr(arg, "__name__", "")
+        if (
+            event == "c_call"
+            and frame.f_code.co_filename.endswith(watched)
+            and name in ("get_running_loop", "_get_running_loop")
+        ):
+            asks.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        replies = [await ask(exchange) for _ in range(10)]
+    finally:
+        sys.setprofile(None)
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert asks == ["exchange.py:request"] * 10, asks

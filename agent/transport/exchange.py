@@ -197,7 +197,7 @@ class Exchange(Generic[R]):
         while True:
             token = self.new_token()
             until = deadline if attempt is None else min(deadline, loop.time() + attempt)
-            reply = await self._send(topic, payload(token), token, key, until, bound)
+            reply = await self._send(loop, topic, payload(token), token, key, until, bound)
             if reply is not None:
                 try:
                     return read(reply)
@@ -216,12 +216,20 @@ class Exchange(Generic[R]):
             await asyncio.sleep(delay)
 
     async def _send(
-        self, topic: str, payload: bytes, token: str, key: Hashable, deadline: float, bound: Any
+        self,
+        loop: asyncio.AbstractEventLoop,
+        topic: str,
+        payload: bytes,
+        token: str,
+        key: Hashable,
+        deadline: float,
+        bound: Any,
     ) -> R | None:
-        """Publish once, and again after every link loss, until answered or the deadline."""
+        """Publish once, and again after every link loss, until answered or the deadline.
+        `loop` is the running loop, passed down: asking for it is a `getpid` system call on
+        Python 3.11 (issue 18)."""
         if self._closed:
             raise ExchangeClosed("the client was closed")
-        loop = asyncio.get_running_loop()
         waiter: _Waiter[R] = _Waiter(key, loop.create_future(), deadline)
         self._waiting[token] = waiter  # registered before publishing: a reply may be instant
         if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
@@ -265,7 +273,7 @@ class Exchange(Generic[R]):
                     break
                 continue  # re-check: the reply may have come with a kept session
             waiter.lost = False
-            task = asyncio.current_task()
+            task = asyncio.current_task(loop)
             waiter.submitting = task
             waiter.cancelling = 0 if task is None else task.cancelling()
             try:
