@@ -117,6 +117,67 @@ async def test_plugin_time_limit(tmp_path: Path, ctx_factory: Any) -> None:
     assert outcome == Outcome.failed("timed out after 0.2 s")
 
 
+async def test_the_time_limit_leaves_no_cancel_behind_and_lets_the_jobs_own_cancel_pass(
+    tmp_path: Path, ctx_factory: Any
+) -> None:
+    """The limit cancels the plugin's task and takes that cancel back as the timeout (the task
+    can still be cancelled later); a cancel of the job's own, before the limit, passes."""
+
+    class Hangs:
+        name = "hangs"
+        resumable = False
+
+        async def run(self, ctx: JobContext) -> None:
+            await asyncio.Event().wait()
+
+    d = Dispatcher(config(tmp_path, {}))
+    outcome = await d.run(Hangs(), ctx_factory({"timeout": 0.05}))
+    assert outcome == Outcome.failed("timed out after 0.05 s")
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    running = asyncio.ensure_future(d.run(Hangs(), ctx_factory({"timeout": 60})))
+    await asyncio.sleep(0)  # the plugin waits
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+async def test_a_plugin_run_asks_for_the_running_loop_once(
+    tmp_path: Path, ctx_factory: Any
+) -> None:
+    """On Python 3.11 each ask for the running loop is a `getpid` system call: the time limit
+    (`asyncio.timeout(None)`, its `current_task`, the timer's loop) asked three times per
+    plugin job; now once, its task's loop used for the timer."""
+
+    class Quick:
+        name = "quick"
+        resumable = False
+
+        async def run(self, ctx: JobContext) -> None:
+            return None
+
+    d = Dispatcher(config(tmp_path, {}))
+    asks: list[str] = []
+    watched = ("/dispatch/router.py", "/asyncio/timeouts.py", "/asyncio/tasks.py")
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        name = getattr(arg, "__name__", "")
+        if (
+            event == "c_call"
+            and frame.f_code.co_filename.endswith(watched)
+            and name in ("get_running_loop", "_get_running_loop")
+        ):
+            asks.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        outcome = await d.run(Quick(), ctx_factory({"operation": "quick"}))
+    finally:
+        sys.setprofile(None)
+    assert outcome == Outcome.succeeded()
+    assert asks == ["tasks.py:current_task"], asks
+
+
 async def test_a_plugin_past_its_point_of_no_return_is_not_cut_by_the_time_limit(
     tmp_path: Path, ctx_factory: Any
 ) -> None:

@@ -283,27 +283,49 @@ class Dispatcher:
         if isinstance(handler, StepsHandler):
             return await run_handler(handler, ctx)
         timeout = self._plugin_timeout(handler, ctx.document)
-        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a plugin runs in a task")
+        limit = _TimeLimit(task, handler, ctx, timeout)
+        timer = task.get_loop().call_later(timeout, limit.expire)
         try:
-            async with asyncio.timeout(None) as limit:
+            return await run_handler(handler, ctx)
+        except asyncio.CancelledError:
+            if limit.expired and task.uncancel() <= limit.cancelling:
+                return Outcome.failed(f"timed out after {timeout:g} s")
+            raise  # not (only) the limit's: the job's cancellation, the agent's stop
+        finally:
+            timer.cancel()
 
-                def expire() -> None:
-                    # Past its point of no return (an A/B update after its slot switch) a
-                    # handler is not cut short: that would leave the device half done. It
-                    # bounds its own steps (handlers/api.py POINT_OF_NO_RETURN).
-                    if point_of_no_return(getattr(ctx, "checkpoint_data", None)) is None:
-                        limit.reschedule(loop.time())
-                    else:
-                        ctx.log.warning(
-                            "plugin time limit passed; not stopped: past its point of no return",
-                            handler=handler.name,
-                            timeout=timeout,
-                        )
 
-                timer = loop.call_later(timeout, expire)
-                try:
-                    return await run_handler(handler, ctx)
-                finally:
-                    timer.cancel()
-        except TimeoutError:
-            return Outcome.failed(f"timed out after {timeout:g} s")
+class _TimeLimit:
+    """A plugin's time limit: its task is cancelled when the limit passes, and that cancel is
+    taken back as the timeout, as `asyncio.timeout` does. One timer and this object per job:
+    `asyncio.timeout(None)` rescheduled by a timer of its own asked for the running loop three
+    times (a `getpid` each on Python 3.11) and made four Python calls more (issue 18)."""
+
+    __slots__ = ("cancelling", "ctx", "expired", "handler", "task", "timeout")
+
+    def __init__(
+        self, task: asyncio.Task[Any], handler: Handler, ctx: JobContext, timeout: float
+    ) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.handler = handler
+        self.ctx = ctx
+        self.timeout = timeout
+        self.expired = False
+
+    def expire(self) -> None:
+        # Past its point of no return (an A/B update after its slot switch) a handler is not
+        # cut short: that would leave the device half done. It bounds its own steps
+        # (handlers/api.py POINT_OF_NO_RETURN).
+        if point_of_no_return(getattr(self.ctx, "checkpoint_data", None)) is None:
+            self.expired = True
+            self.task.cancel()
+        else:
+            self.ctx.log.warning(
+                "plugin time limit passed; not stopped: past its point of no return",
+                handler=self.handler.name,
+                timeout=self.timeout,
+            )
