@@ -324,3 +324,51 @@ async def test_a_plugin_job_asks_no_abstract_class_about_plain_json(
             monkeypatch.undo()
             harness.assert_alive()
     assert sorted(callers) == []
+
+
+async def test_a_plugin_job_asks_for_the_running_loop_few_times(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """On Python 3.11 every ask for the running loop (`get_running_loop`, an `asyncio.Event`'s
+    wait, `current_task()` or `create_task` without a loop) is a `getpid` system call: 17 per
+    plugin job in round 10. Counted here by the agent's own code that asks (directly or through
+    asyncio), the emulator on the bus and the test aside: 10 per job before the Jobs client's
+    event wait and request deadline went through loops they hold (a wait on an
+    `asyncio.Event` and `get_running_loop().time()` twice each), 5 now (the exchange's
+    request twice, the turn, the handler's task and its time limit)."""
+    asks: list[str] = []
+
+    def asker(frame: Any) -> str | None:
+        while frame is not None and (
+            "/asyncio/" in frame.f_code.co_filename
+            or frame.f_globals.get("__name__") == "jobs_agent.aio"  # the test's waits use it
+        ):
+            frame = frame.f_back
+        if frame is None:
+            return None
+        module = str(frame.f_globals.get("__name__"))
+        if not module.startswith("jobs_agent") or module.startswith("jobs_agent.emulator"):
+            return None
+        return f"{module}:{frame.f_code.co_name}"
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") in (
+            "get_running_loop",
+            "_get_running_loop",
+        ):
+            who = asker(frame)
+            if who is not None:
+                asks.append(who)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            sys.setprofile(profile)
+            try:
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED"
+            finally:
+                sys.setprofile(None)
+            harness.assert_alive()
+    assert len(asks) <= 3 * 5, sorted(asks)

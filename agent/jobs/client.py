@@ -110,7 +110,10 @@ class JobsClient:
         self._exchange: Exchange[_Reply] = Exchange(transport, self.stats)
         self._events: dict[tuple[type, str | None], JobsEvent] = {}
         """Unread events, at most one of each kind per namespace (see `_emit`), oldest first."""
-        self._events_ready = asyncio.Event()
+        self._events_waiter: asyncio.Future[None] | None = None
+        """What `events()` waits on while nothing is unread: a future on the loop it holds,
+        where an `asyncio.Event`'s wait asked for the running loop (a `getpid` on Python
+        3.11) and made five Python calls, twice per plugin job (issue 18)."""
         self._started = False
         self._closed = False
         self._topics: dict[str, ParsedTopic | None] = {}
@@ -160,17 +163,21 @@ class JobsClient:
         self.transport.set_message_callback(None)
         self.transport.set_connection_callbacks(None, None)
         self._exchange.close()
-        self._events_ready.set()
+        self._wake_events()
 
     async def events(self) -> AsyncIterator[JobsEvent]:
         """Notifications and resyncs, in arrival order (a burst coalesced, see `_emit`), until
         `close()`; what was unread at `close()` is still given. One consumer only."""
+        loop = asyncio.get_running_loop()  # once per consumer, not per wait
         while True:
             while not self._events:
                 if self._closed:
                     return
-                self._events_ready.clear()
-                await self._events_ready.wait()
+                waiter = self._events_waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._events_waiter = None
             oldest = next(iter(self._events))
             yield self._events.pop(oldest)
 
@@ -315,7 +322,7 @@ class JobsClient:
                 (operation, job_id, namespace),
                 lambda token: _COMPACT.encode(payload(token)).encode(),
                 read,
-                deadline=asyncio.get_running_loop().time() + self.request_timeout,
+                within=self.request_timeout,
                 backoff=Backoff(self.retry_min, self.retry_max),
                 retryable=lambda exc: isinstance(exc, JobsRejected) and exc.retryable,
                 bound=bound,
@@ -425,7 +432,12 @@ class JobsClient:
             self.stats.events_coalesced += 1
         self.stats.events += 1
         self._events[key] = event
-        self._events_ready.set()
+        self._wake_events()
+
+    def _wake_events(self) -> None:
+        waiter = self._events_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 def _target(

@@ -181,19 +181,25 @@ class Exchange(Generic[R]):
         payload: Callable[[str], bytes],
         read: Callable[[R], T],
         *,
-        deadline: float,
+        deadline: float | None = None,
+        within: float | None = None,
         backoff: Backoff,
         retryable: Callable[[Exception], bool] = lambda _exc: False,
         attempt: float | None = None,
         bound: Any = log,
     ) -> T | None:
         """Publish `payload(token)` on `topic` until a reply `read` accepts, or the loop time
-        `deadline` passes (None). `read` raises for a refusal: one `retryable` approves is
-        asked again with a new token after a backoff while the deadline allows, otherwise it
-        is raised. `attempt` (seconds) bounds the wait for one token's reply before it is asked
-        again (None: the whole deadline). `TransportError` and `ExchangeClosed` pass through.
+        `deadline` (or `within` seconds from now) passes (None). `read` raises for a refusal:
+        one `retryable` approves is asked again with a new token after a backoff while the
+        deadline allows, otherwise it is raised. `attempt` (seconds) bounds the wait for one
+        token's reply before it is asked again (None: the whole deadline). `TransportError`
+        and `ExchangeClosed` pass through.
         """
         loop = asyncio.get_running_loop()
+        if deadline is None:
+            if within is None:
+                raise TypeError("request() needs deadline or within")
+            deadline = loop.time() + within  # the caller need not ask for the loop too
         while True:
             token = self.new_token()
             until = deadline if attempt is None else min(deadline, loop.time() + attempt)
