@@ -107,7 +107,7 @@ async def test_a_quiet_plugin_job_builds_no_directory_paths(
             context_paths.calls = jobfiles_paths.calls = 0
             for number in range(3):
                 execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
-                assert str(execution.status) == "SUCCEEDED"
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
             assert context_paths.calls == 0
             assert jobfiles_paths.calls == 0
             harness.assert_alive()
@@ -140,6 +140,36 @@ async def test_a_plugin_that_asks_for_its_directories_gets_them_and_they_go_afte
             assert scratch == tmp_path / "state" / "jobs" / "default" / "dirs-1" / "scratch-1"
             # The job's directory goes once the outcome is reported (the job ended).
             await harness.service.wait_for(lambda: not scratch.parent.exists(), timeout=15)
+
+
+async def test_only_the_run_that_made_nothing_skips_the_look_for_its_files(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """`JobFiles.made_nothing` covers the one execution the runner named (a first run of a
+    plugin that never asked for its directories; a resumed run, after a restart, a reboot or a
+    deferral, is never named): any other execution's cleanup still finds and removes what an
+    earlier run left, and the named one is looked for again once its cleanup has passed."""
+    from jobs_agent.vocabulary import ExecutionRef
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            engine = harness.agent.engine
+            assert engine is not None
+            files = engine._files
+            named, other = ExecutionRef(None, "named", 1), ExecutionRef(None, "left", 1)
+            jobs = tmp_path / "state" / "jobs" / "default"
+            for job in ("named", "left"):
+                (jobs / job / "scratch-1").mkdir(parents=True)
+                (jobs / job / "state").mkdir()
+            files.made_nothing(named)
+            await files.cleanup(other)
+            assert not (jobs / "left").exists()
+            await files.cleanup(named)
+            assert (jobs / "named").exists()  # as told: nothing was looked for
+            await files.cleanup(named)
+            assert not (jobs / "named").exists()
+            harness.assert_alive()
 
 
 async def test_a_plugin_job_builds_no_json_encoder_of_the_agents(
@@ -267,8 +297,10 @@ async def test_a_plugin_jobs_lookup_and_files_make_no_library_calls(
     paths with `os.path.join` twice. Now `run`'s code flags answer for a plain method and the
     state directory's folders are strings kept while it is the same object: Python calls from
     `jobs_agent.dispatch.plugins` and `jobs_agent.engine.jobfiles` into the standard library,
-    for three plugin jobs, 24 -> 6 (the two `os.path.exists` looks per job stay: a directory
-    or log an earlier agent left is still found and removed)."""
+    for three plugin jobs, 24 -> 6, and -> 0 once the engine tells `JobFiles` that a first run
+    made neither directory nor log (`made_nothing`: the two `os.path.exists` looks per job,
+    failed `stat`s, go; a resumed run still looks, see
+    test_only_the_run_that_made_nothing_skips_the_look_for_its_files)."""
     callees: list[str] = []
     watched = {"jobs_agent.dispatch.plugins", "jobs_agent.engine.jobfiles"}
 
@@ -287,11 +319,11 @@ async def test_a_plugin_jobs_lookup_and_files_make_no_library_calls(
             try:
                 for number in range(3):
                     execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
-                    assert str(execution.status) == "SUCCEEDED"
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
             finally:
                 sys.setprofile(None)
             harness.assert_alive()
-    assert sorted(callees) == ["genericpath.exists"] * 6
+    assert sorted(callees) == []
 
 
 async def test_a_plugin_job_asks_no_abstract_class_about_plain_json(
@@ -367,7 +399,7 @@ async def test_a_plugin_job_asks_for_the_running_loop_few_times(
             try:
                 for number in range(3):
                     execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
-                    assert str(execution.status) == "SUCCEEDED"
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
             finally:
                 sys.setprofile(None)
             harness.assert_alive()

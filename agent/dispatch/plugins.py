@@ -80,6 +80,11 @@ def _builtin_loader(spec: str, settings: Mapping[str, Any]) -> Callable[[], Any]
 class PluginHandler:
     """A plugin instance with the `name` and `resumable` the engine reads."""
 
+    writes_output_log = False
+    """Only script steps write an output log (`dispatch.steps`); a plugin's lines go to the
+    agent's log. The engine reads it (absent: True) to know there is no log to look for at
+    the job's end (`JobFiles.made_nothing`)."""
+
     def __init__(self, name: str, target: Any, source: str) -> None:
         self.name = name
         self.target = target

@@ -86,6 +86,11 @@ class EngineJobContext:
         self._scratch_dir = path
 
     @property
+    def made_directories(self) -> bool:
+        """Whether the handler asked for (and so got) its directories in this run."""
+        return bool(self._made)
+
+    @property
     def spare_document(self) -> str | None:
         """Where the last script step's document file is kept emptied for the next
         (`securefs.keep_emptied`, `scripts.KeepsSpareDocument`)."""

@@ -47,6 +47,9 @@ class JobFiles:
         prunes logs or recycles directories (issue 18)."""
         self._logs_lock = asyncio.Lock()
         self._last: tuple[ExecutionRef, tuple[str, str], str] | None = None
+        self._bare: ExecutionRef | None = None
+        """The execution whose files nothing made (`made_nothing`): its cleanup looks for
+        none. One slot, the latest run's: any other execution is looked for, as before."""
         self._roots: tuple[object, str, str] = (None, "", "")
         """(the state directory, its `jobs` and `logs` folders as strings): the state
         directory is a `Path` that every job turned into a string twice (issue 18)."""
@@ -79,7 +82,16 @@ class JobFiles:
         self._roots = (state_dir, os.path.join(text, "jobs"), os.path.join(text, "logs"))
         return self._roots
 
+    def made_nothing(self, ref: ExecutionRef) -> None:
+        """The execution's run ended with neither directory nor output log made, and no
+        earlier run of it (before a restart, a reboot or a deferral) could have made one: its
+        cleanup skips the two looks (`stat`s that fail, per plugin job; issue 18)."""
+        self._bare = ref
+
     async def cleanup(self, ref: ExecutionRef) -> None:
+        if self._bare is not None and self._bare == ref:
+            self._bare = None
+            return
         _ref, (scratch, state), base = self._paths(ref)
         if os.path.exists(base):  # only if the handler asked for its directories
             # In a thread even for a script's one step file: removing it on the loop would

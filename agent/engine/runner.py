@@ -34,7 +34,7 @@ from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.engine.turns import Turns
 from jobs_agent.inventory.model import InventoryError
 from jobs_agent.log import LazyBound
-from jobs_agent.vocabulary import JobExecutionStatus
+from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 from jobs_agent_handlers.api import (
     Handler,
     JobDeferred,
@@ -387,6 +387,7 @@ class Runner:
             held = point_of_no_return(running.ctx.checkpoint_data) is not None
             await self._reboots.request(ref, reporter, bound, held=held)
             return None
+        self._note_no_files(ref, handler, running, run)
         progress = reporter.latest
         if run.rebooted and progress.get("reboot") == "requested":
             progress["reboot"] = "done"  # the boot id changed: say so in the final report
@@ -396,6 +397,19 @@ class Runner:
         if rows:
             self._packages.recorded()
         return None
+
+    def _note_no_files(
+        self, ref: ExecutionRef, handler: Handler, running: Running, run: Run
+    ) -> None:
+        """A first run (nothing ran before it, in this process or an earlier one) of a handler
+        that writes no output log and never asked for its directories made no files: its
+        cleanup need not look for any (`JobFiles.made_nothing`)."""
+        if not (
+            run.resumed
+            or running.ctx.made_directories
+            or getattr(handler, "writes_output_log", True)
+        ):
+            self._files.made_nothing(ref)
 
     async def _end_run(
         self,
