@@ -366,8 +366,9 @@ async def test_a_plugin_job_asks_for_the_running_loop_few_times(
     plugin job in round 10. Counted here by the agent's own code that asks (directly or through
     asyncio), the emulator on the bus and the test aside: 10 per job before the Jobs client's
     event wait and request deadline went through loops they hold (a wait on an
-    `asyncio.Event` and `get_running_loop().time()` twice each), 5 now (the exchange's
-    request twice, the turn, the handler's task and its time limit)."""
+    `asyncio.Event` and `get_running_loop().time()` twice each), 5 after, 4 once the engine's
+    loop takes a free turn without asking for it (the exchange's request twice, the handler's
+    task and its time limit)."""
     asks: list[str] = []
 
     def asker(frame: Any) -> str | None:
@@ -403,4 +404,31 @@ async def test_a_plugin_job_asks_for_the_running_loop_few_times(
             finally:
                 sys.setprofile(None)
             harness.assert_alive()
-    assert len(asks) <= 3 * 5, sorted(asks)
+    assert len(asks) <= 3 * 4, sorted(asks)
+
+
+async def test_a_round_with_nothing_deferred_takes_the_turn_without_asking(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's loop holds the one turn while it takes and runs a job. With nothing
+    deferred (most gateways, always) it is free: taken at once (`Turns.take_free`), without
+    the request, its future and the async context manager of `Turns.turn` (one per round,
+    15 Python calls and an ask for the running loop). Deferred executions still queue for it
+    (tests/test_run_others_while_deferred.py)."""
+    from jobs_agent.engine.turns import Turns
+
+    asked = Spy(Turns.ask)
+
+    def ask(self: Turns, wake: float) -> Any:
+        return asked(self, wake)
+
+    monkeypatch.setattr(Turns, "ask", ask)
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            asked.calls = 0
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            harness.assert_alive()
+    assert asked.calls == 0

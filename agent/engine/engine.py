@@ -233,24 +233,36 @@ class Engine:
         if not await self._outbox.flush():
             return False
         self._packages.kick()
-        async with self._turns.turn(NEW_WORK):
-            # With the turn, no handler runs (one waiting aside runs only with it).
-            if self._reconcile_needed and not self._reboots.awaiting:
-                await self._reconcile()
-            if self._acquisition.suspected and not self._reboots.awaiting:
-                await self._acquisition.recheck_suspected(set(self._turns.aside))
-            await self._carry_on_held()
-            if self._reboots.awaiting:
-                return True
-            if self._store_broken:
-                await self.store.call(Store.probe)  # take no job the database cannot record
-                self._store_broken = False
-                log.info("state database writable again")
-            found = await self._take_and_run()
+        if self._turns.take_free(NEW_WORK):  # nothing deferred waits for it: the usual case
+            try:
+                found = await self._with_turn()
+            finally:
+                self._turns.release()
+        else:
+            async with self._turns.turn(NEW_WORK):
+                found = await self._with_turn()
+        if found is None:
+            return True
         self._retry_delay = RETRY_MIN_SECONDS
         if found:
             self._shared.wake()  # there may be more
         return True
+
+    async def _with_turn(self) -> bool | None:
+        """`_round`'s part with the turn held: no handler runs meanwhile (one waiting aside
+        runs only with it). Whether a job was found; None: a reboot is awaited."""
+        if self._reconcile_needed and not self._reboots.awaiting:
+            await self._reconcile()
+        if self._acquisition.suspected and not self._reboots.awaiting:
+            await self._acquisition.recheck_suspected(set(self._turns.aside))
+        await self._carry_on_held()
+        if self._reboots.awaiting:
+            return None
+        if self._store_broken:
+            await self.store.call(Store.probe)  # take no job the database cannot record
+            self._store_broken = False
+            log.info("state database writable again")
+        return await self._take_and_run()
 
     async def _reconcile(self) -> None:
         self._reconcile_needed = False
