@@ -380,3 +380,35 @@ async def test_a_plugin_job_decodes_its_replies_in_few_calls(
                 await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
     python = sum(n for (file, _), n in calls.by_name.items() if file != "builtin")
     assert python <= 110 * 3, calls.by_name.most_common()
+
+
+async def test_the_database_file_is_checked_before_each_durable_commit_and_start_next(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Store.verify` (a `stat` of the database's path against the file the agent opened)
+    runs before each start-next and each fsynced commit (RUNNING's, the decision's), not
+    before REPORTED's commit, which is not fsynced and so promises nothing a lost file would
+    break: a database lost by then is found by the next start-next's check, before any job is
+    taken (tests/test_state_loss.py). 5 -> 4 per job here (one is the start-next that finds
+    the queue empty after each job, which a drain does not have: 4 -> 3 there)."""
+    make_handler_dir(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
+    checks: list[int] = []
+    verify = Store.verify
+
+    def counted(self: Store) -> None:
+        checks.append(1)
+        verify(self)
+
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", {"operation": "quick"})
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        monkeypatch.setattr(Store, "verify", counted)
+        for number in range(3):
+            execution = await harness.run_job(f"quick-{number}", {"operation": "quick"})
+            assert str(execution.status) == "SUCCEEDED"
+            await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
+        monkeypatch.undo()
+    assert len(checks) == 3 * 4

@@ -289,8 +289,13 @@ class Store:
         durable: bool,
     ) -> None:
         """`_write` with the lock held; a pending start record (`record_taken`) goes first,
-        before the transition is checked, in the same transaction."""
-        self.verify()
+        before the transition is checked, in the same transaction. The file is checked
+        (`verify`) before a durable commit: one that is not (REPORTED's, a pending start
+        record's) promises nothing a power cut keeps either, and a database lost under it is
+        found by the check before the next start-next (`begin_taking`) or the next durable
+        commit, before any job is taken or run (a `stat` less per plugin job; issue 18)."""
+        if durable:
+            self.verify()
         first = [] if self._pending is None else [self._pending]
         before_handler = transition is not None and transition.state is ExecutionState.RUNNING
         try:
