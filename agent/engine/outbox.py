@@ -65,8 +65,11 @@ class Outbox:
         status = JobExecutionStatus(outcome.status)
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
+            alone = not self._dirty  # the outbox is known empty: the new entry is all of it
             self._dirty = True
-            queued = await self._store.call(Store.decide, ref, status, details, packages)
+            queued = await self._store.call(
+                Store.decide, ref, status, details, packages, alone=alone
+            )
         except StoreLost:
             # Nothing can be recorded any more: tell the service now, once, rather than leave
             # the execution for the restarted agent to report as lost.

@@ -578,30 +578,43 @@ class Store:
         status: JobExecutionStatus | str,
         details: Mapping[str, str],
         packages: tuple[PackageRow, ...] = (),
+        *,
+        alone: bool = False,
     ) -> list[OutboxEntry]:
         """Record the outcome and queue its report, atomically, with the `packages` the job
         installed (only ever given with SUCCEEDED); the outbox as it now is (the reports to send
-        next: read here, in the same hand-off to the store's thread)."""
+        next: read here, in the same hand-off to the store's thread). `alone`: the caller knows
+        the outbox held nothing (`Outbox`): it is the new entry, given back by its INSERT
+        (`RETURNING`) instead of a read of the outbox (a statement and a read transaction per
+        job; issue 18)."""
         status = JobExecutionStatus(status)
         now = time.time()
         encoded = json.dumps(dict(details))
-        self._write(
-            [
-                (
-                    "UPDATE executions SET state = ?, outcome_status = ?, outcome_details = ?,"
-                    f" updated_at = ? WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.DECIDED]}",
-                    (str(ExecutionState.DECIDED), status, encoded, now, *self._key_params(key)),
-                ),
-                *(self._package_statement(row, now) for row in packages),
-                (
-                    "INSERT INTO outbox (namespace, job_id, execution_number, status,"
-                    " status_details, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (*self._key_params(key), str(status), encoded, now),
-                ),
-            ],
-            transition=Change(key, ExecutionState.DECIDED, guarded=True),
+        insert = (
+            "INSERT INTO outbox (namespace, job_id, execution_number, status,"
+            " status_details, created_at) VALUES (?, ?, ?, ?, ?, ?)"
         )
-        return self.outbox()
+        statements = [
+            (
+                "UPDATE executions SET state = ?, outcome_status = ?, outcome_details = ?,"
+                f" updated_at = ? WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.DECIDED]}",
+                (str(ExecutionState.DECIDED), status, encoded, now, *self._key_params(key)),
+            ),
+            *(self._package_statement(row, now) for row in packages),
+            (
+                f"{insert} RETURNING id" if alone else insert,
+                (*self._key_params(key), str(status), encoded, now),
+            ),
+        ]
+        decided = Change(key, ExecutionState.DECIDED, guarded=True)
+        if not alone:
+            self._write(statements, transition=decided)
+            return self.outbox()
+        with self._lock:  # `_returned` is this write's until the lock is let go
+            self._write_locked(statements, decided, durable=True)
+            rows, self._returned = self._returned, []
+        details = StatusDetails(details)  # sanitised by the caller, as a stored one was
+        return [OutboxEntry(rows[0][0], key, status, details, now, 0, None)]
 
     @staticmethod
     def _package_statement(row: PackageRow, now: float) -> tuple[str, tuple[Any, ...]]:
