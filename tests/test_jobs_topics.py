@@ -111,6 +111,8 @@ def test_convenience_builders() -> None:
         "$aws/things/t/shadow/get",
         "things/t/jobs/get",
         "$aws/things/t/jobs/notify-next-namespace-ns/x",
+        "$aws/things/bad name/jobs/j/update/accepted",  # the thing name, checked by _check
+        "$aws/things//jobs/notify",
     ],
 )
 def test_invalid_topics_do_not_parse(topic: str) -> None:
@@ -234,3 +236,19 @@ def test_name_validators() -> None:
     assert not topics.is_valid_job_id("$next")
     assert topics.is_valid_job_id("$next", allow_next=True)
     assert not topics.is_valid_namespace("")
+
+
+def test_a_reply_topic_checks_its_thing_name_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's reply topic is parsed per reply (two per plugin job): its thing name was checked
+    by `parse_topic` and again by `_check` (a regular expression each); now by `_check`."""
+    checked: list[str] = []
+    check = topics.is_valid_thing_name
+
+    def counted(value: str) -> bool:
+        checked.append(value)
+        return check(value)
+
+    monkeypatch.setattr(topics, "is_valid_thing_name", counted)
+    parsed = parse_topic("$aws/things/t/jobs/j-1/update/accepted")
+    assert parsed == ParsedTopic("t", UP, ACC, job_id="j-1")
+    assert checked == ["t"]

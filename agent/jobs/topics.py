@@ -143,8 +143,9 @@ def parse_topic(topic: str) -> ParsedTopic | None:
     if not topic.startswith(PREFIX):
         return None
     thing, sep, rest = topic[len(PREFIX) :].partition("/jobs/")
-    if not sep or not is_valid_thing_name(thing):
+    if not sep:
         return None
+    # The thing name is checked once, by `_check` (twice per reply before; issue 18).
     parsed = _parse_rest(thing, rest.split("/"))
     if parsed is None:
         return None
