@@ -14,13 +14,14 @@ and the child at once executes this chain, all of it outside the agent:
    pipe (R) on fd 4; checks that SCRIPT is still the file the agent checked (E, the agent's
    descriptor of it: `[ SCRIPT -ef /proc/self/fd/E ]`) and closes E; then executes COMMAND.
    `Popen(close_fds=True, pass_fds=...)` closed every other descriptor first.
-   With L `1`, bash itself runs in the C locale: the agent added `LC_ALL=C` to the step's
-   environment (which had no `LC_ALL`) for bash alone, and the chain un-exports it before the
-   exec (`export -n`, which, unlike `unset`, sets no locale again), so COMMAND gets exactly
-   the step's environment. A bash started with the handlers' `LANG=C.UTF-8` loaded that
-   locale, some 25 files, for a program that needs none: 228 -> 154 system calls and about
-   0.2 ms of CPU per spawn of the chain and script (issue 18). The chain's own messages are
-   ASCII in either locale.
+   L names the variables the agent added to the step's environment for bash alone (`-`:
+   none), `CHAIN_ENVIRONMENT`'s where the step sets none of its own, and the chain un-exports
+   them before the exec (`export -n`, which, unlike `unset`, runs none of bash's hooks for
+   them), so COMMAND gets exactly the step's environment. `LC_ALL=C`: a bash started with
+   the handlers' `LANG=C.UTF-8` loaded that locale, some 25 files, for a program that needs
+   none (the chain's own messages are ASCII in either locale); `SHELL`: without it bash looks
+   the user up in the password database (nsswitch.conf, /etc/passwd) to set it. Per spawn of
+   the chain and script: 185 -> 111 -> 96 system calls, about 0.3 ms of CPU (issue 18).
 2. For a step that runs as another user, COMMAND is `setpriv --reuid --regid --groups|
    --clear-groups -- SCRIPT ARGS...` (util-linux): supplementary groups, gid and uid, all of
    real, effective and saved. It is the last link, so no process running as the step's user
@@ -74,12 +75,17 @@ if [ "$4" != - ]; then
   [ "$6" -ef "/proc/self/fd/$4" ] || fail "the executable changed after it was checked"
   eval "exec $4<&-"
 fi
-if [ "$5" = 1 ]; then export -n LC_ALL; fi
+for name in $5; do
+  case $name in -) ;; LC_ALL|SHELL) export -n "$name";; *) fail "bad variable $name";; esac
+done
 shift 6
 exec "$@"
 """
-"""The chain's program: descriptors (or `-`) J P R E, `1` if `LC_ALL` is the chain's own (else
-`-`), the script, then the command to run."""
+"""The chain's program: descriptors (or `-`) J P R E, the variables that are the chain's own
+(or `-`), the script, then the command to run."""
+
+CHAIN_ENVIRONMENT = {"LC_ALL": "C", "SHELL": SHELL}
+"""What bash is given beside the step's environment (module doc), where the step sets none."""
 
 LOWEST_PASSED_FD = 5
 """Descriptors handed to the chain are at least this, so placing 3 and 4 never overwrites one."""
@@ -106,7 +112,7 @@ class Launcher:
         reply_fd: int | None,
         checked_fd: int,
         script: str,
-        own_locale: bool = False,
+        own: str = "-",
     ) -> list[str]:
         if user.switch:
             assert self.setpriv is not None
@@ -133,18 +139,19 @@ class Launcher:
             str(progress_fd),
             _number(reply_fd),
             str(checked_fd),
-            "1" if own_locale else "-",
+            own,
             script,
             *command,
         ]
 
     @staticmethod
-    def environment(env: Mapping[str, str]) -> tuple[Mapping[str, str], bool]:
-        """The environment to start the chain with, and whether its `LC_ALL` is the chain's
-        own (`1` for L, see module doc): the step's, plus `LC_ALL=C` where it sets none."""
-        if "LC_ALL" in env:
-            return env, False
-        return {**env, "LC_ALL": "C"}, True
+    def environment(env: Mapping[str, str]) -> tuple[Mapping[str, str], str]:
+        """The environment to start the chain with, and L (module doc): the step's, plus
+        `CHAIN_ENVIRONMENT`'s variables it sets none of, named in L."""
+        added = {name: value for name, value in CHAIN_ENVIRONMENT.items() if name not in env}
+        if not added:
+            return env, "-"
+        return {**env, **added}, " ".join(added)
 
 
 def _number(fd: int | None) -> str:

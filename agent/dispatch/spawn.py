@@ -172,7 +172,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         passed.append(child.reply)
     if join_fd is not None:
         passed.append(join_fd)
-    env, own_locale = launcher.environment(child.env)
+    env, own = launcher.environment(child.env)
     argv = launcher.argv(
         [str(executable.path), *child.argv[1:]],
         child.user,
@@ -181,7 +181,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         reply_fd=child.reply,
         checked_fd=executable.fd,
         script=str(executable.path),
-        own_locale=own_locale,
+        own=own,
     )
     try:
         return subprocess.Popen(
