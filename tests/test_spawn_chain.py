@@ -279,7 +279,7 @@ async def test_the_chain_loads_no_locale_and_the_script_gets_the_steps_environme
 ) -> None:
     """bash, started with the handlers' `LANG=C.UTF-8`, loaded that locale (about 25 opens
     under /usr/lib/locale) for a program that needs none, and read the password database to
-    set `SHELL`: 185 -> 96 system calls per spawn of chain and script. It now runs with an
+    set `SHELL`: 185 -> 92 system calls per spawn of chain and script. It now runs with an
     `LC_ALL=C` and a `SHELL` of its own that it un-exports before the exec, so the script's
     environment is the step's: `LANG` as given, no `LC_ALL`, no `SHELL`, and the ones the
     step was given (the site's `handler_environment`) reach it as they were."""

@@ -21,7 +21,7 @@ and the child at once executes this chain, all of it outside the agent:
    the handlers' `LANG=C.UTF-8` loaded that locale, some 25 files, for a program that needs
    none (the chain's own messages are ASCII in either locale); `SHELL`: without it bash looks
    the user up in the password database (nsswitch.conf, /etc/passwd) to set it. Per spawn of
-   the chain and script: 185 -> 111 -> 96 system calls, about 0.3 ms of CPU (issue 18).
+   the chain and script: 185 -> 111 -> 92 system calls, about 0.3 ms of CPU (issue 18).
 2. For a step that runs as another user, COMMAND is `setpriv --reuid --regid --groups|
    --clear-groups -- SCRIPT ARGS...` (util-linux): supplementary groups, gid and uid, all of
    real, effective and saved. It is the last link, so no process running as the step's user
