@@ -30,6 +30,7 @@ from jobs_agent.dispatch.pipes import ReplyPipe
 from jobs_agent.dispatch.process import DEFAULT_PATH, ProcessResult, ProcessSpec, Sandbox
 from jobs_agent.dispatch.users import RunAs, own_user
 from jobs_agent.securefs import open_executable
+from tests.helpers.strace import strace_attached
 from tests.helpers.users import public_dir, throwaway_user
 
 REPORT = """#!/usr/bin/python3
@@ -264,3 +265,44 @@ async def test_descriptors_the_agent_let_leak_never_reach_the_script(tmp_path: P
     assert found["fds"].split() == ["0", "1", "2", "3"]
     assert found["cwd"] == str(work)
     assert (found["oldpwd"], kept["oldpwd"]) == ("None", "/usr")
+
+
+LOCALE_REPORT = (
+    '#!/bin/sh\necho "LANG: $LANG"\necho "LC_ALL: ${LC_ALL-unset}"\necho "SHELL: ${SHELL-unset}"\n'
+)
+"""What a script sees of the chain's own variables (dash, which reads no locale file and
+sets no `SHELL` itself)."""
+
+
+async def test_the_chain_loads_no_locale_and_the_script_gets_the_steps_environment(
+    tmp_path: Path,
+) -> None:
+    """bash, started with the handlers' `LANG=C.UTF-8`, loaded that locale (about 25 opens
+    under /usr/lib/locale) for a program that needs none, and read the password database to
+    set `SHELL`: 185 -> 92 system calls per spawn of chain and script. It now runs with an
+    `LC_ALL=C` and a `SHELL` of its own that it un-exports before the exec, so the script's
+    environment is the step's: `LANG` as given, no `LC_ALL`, no `SHELL`, and the ones the
+    step was given (the site's `handler_environment`) reach it as they were."""
+    sandbox = Sandbox(kill_grace=1, containment="cgroup", state_dir=tmp_path)
+    handler = script(tmp_path, LOCALE_REPORT)
+    spec = ProcessSpec((str(handler),), own_user(), timeout=30, group="spawn.test")
+    trace = tmp_path / "trace"
+    async with strace_attached(os.getpid(), trace, "open,openat"):
+        plain = await sandbox.run(spec, cancelled=asyncio.Event())
+    assert plain.failure() is None, plain.stderr.text()
+    assert plain.stdout.text().splitlines() == [
+        "LANG: C.UTF-8",
+        "LC_ALL: unset",
+        "SHELL: unset",
+    ]
+    lines = trace.read_text().splitlines()
+    assert [line for line in lines if "/locale" in line] == []
+    assert [line for line in lines if "/etc/passwd" in line or "nsswitch" in line] == []
+
+    spec = dataclasses.replace(spec, env={"LC_ALL": "C.UTF-8", "SHELL": "/bin/sh"})
+    site = await sandbox.run(spec, cancelled=asyncio.Event())
+    assert site.stdout.text().splitlines() == [
+        "LANG: C.UTF-8",
+        "LC_ALL: C.UTF-8",
+        "SHELL: /bin/sh",
+    ]

@@ -172,6 +172,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         passed.append(child.reply)
     if join_fd is not None:
         passed.append(join_fd)
+    env, own = launcher.environment(child.env)
     argv = launcher.argv(
         [str(executable.path), *child.argv[1:]],
         child.user,
@@ -180,6 +181,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         reply_fd=child.reply,
         checked_fd=executable.fd,
         script=str(executable.path),
+        own=own,
     )
     try:
         return subprocess.Popen(
@@ -187,7 +189,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
             stdin=devnull(),
             stdout=child.stdout,
             stderr=child.stderr,
-            env=child.env,
+            env=env,
             cwd=child.cwd,
             start_new_session=True,
             close_fds=True,
