@@ -41,7 +41,7 @@ import structlog
 
 from jobs_agent.config import AgentConfig, ConfigError, load_config
 from jobs_agent.config_cache import ParseCache
-from jobs_agent.consent.protocol import DEFAULT_SOCKET
+from jobs_agent.consent.settings import DEFAULT_SOCKET
 from jobs_agent.device import Device, build_device, first_job_dispatcher
 from jobs_agent.dispatch.errors import TrustedKeysError
 from jobs_agent.engine.engine import Engine, EngineStatus

@@ -188,6 +188,7 @@ NOT_AT_START = {
     "jobs_agent_handlers.system_update",
     "jobs_agent_handlers.system_update.settings",
     "jobs_agent.consent.server",
+    "jobs_agent.consent.protocol",  # the socket's protocol; its default path is a setting's
     "jobs_agent.consent.decisions",
     "jobs_agent.consent.document",
     "jobs_agent.dispatch.agent_fields",

@@ -28,12 +28,11 @@ the same decision had been taken before (asking twice is harmless). `list` answe
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from jobs_agent.consent.settings import DEFAULT_SOCKET as DEFAULT_SOCKET
 from jobs_agent.jobs.status_details import clean_value, cut_head
 
-DEFAULT_SOCKET = Path("/run/jobs-agent/consent.sock")
 MAX_LINE = 16 * 1024
 MAX_TEXT = 1000
 """A reason or prompt, in characters: it ends up in statusDetails (values of at most 1024)."""

@@ -13,12 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs_agent.consent.protocol import DEFAULT_SOCKET
 from jobs_agent.datamodel import model
 
 if TYPE_CHECKING:
     from jobs_agent.consent.peer import Allowlist
 
+DEFAULT_SOCKET = Path("/run/jobs-agent/consent.sock")
+"""`consent.socket`'s default (the unit's RuntimeDirectory=). Declared here, with the setting,
+not with the socket's protocol (`consent.protocol`, which gives it too): an agent that does not
+serve the socket never loads the protocol (issue 18)."""
 _NAME = re.compile(r"[^\x00-\x20:/]{1,256}")
 _KEYS = ("socket", "allowed_users", "allowed_groups")
 
