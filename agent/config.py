@@ -34,7 +34,7 @@ from jobs_agent.consent.settings import ConsentSettings
 from jobs_agent.datamodel import model
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
 from jobs_agent.engine.settings import EngineSettings
-from jobs_agent.inventory.model import InventoryError
+from jobs_agent.inventory.reading import InventoryError
 from jobs_agent.inventory.settings import InventorySettings, inventory_settings
 from jobs_agent.option_rules import (
     Rule,

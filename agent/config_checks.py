@@ -144,7 +144,7 @@ def _check_inventory(config: AgentConfig, findings: Findings) -> None:
     "already installed" check."""
     import asyncio
 
-    from jobs_agent.inventory.model import InventoryError
+    from jobs_agent.inventory.reading import InventoryError
 
     for index, source in enumerate(config.inventory.sources):
         try:

@@ -195,6 +195,7 @@ NOT_AT_START = {
     # The inventory's sources, when `inventory.sources` lists none (the agent's own record is
     # read through `inventory.reading`).
     "jobs_agent.inventory.sources",
+    "jobs_agent.inventory.model",  # a job's packages and the report's: at the first of either
     # The shadow client, its topics and errors, and the inventory's report, when there is
     # nothing to report (loaded with the first report: `shadow.first_use`).
     "jobs_agent.shadow.client",

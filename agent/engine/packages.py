@@ -34,17 +34,18 @@ from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import PackageRow, Store
-from jobs_agent.inventory.model import (
+from jobs_agent.inventory.reading import (
     InventoryError,
-    JobPackages,
+    InventorySource,
     Packages,
     PackageVersion,
-    already_installed,
+    read_inventory,
 )
-from jobs_agent.inventory.reading import InventorySource, read_inventory
 from jobs_agent.vocabulary import DEFAULT_VERSION, NULL_VERSION
 
 if TYPE_CHECKING:
+    from jobs_agent.inventory.model import JobPackages
+
     # Built at its first request (`shadow.first_use`): with the report, imported when there
     # is something to report.
     from jobs_agent.shadow.client import ShadowClient
@@ -134,6 +135,8 @@ class PackageReports:
     async def skip_reason(self, document: Mapping[str, Any]) -> str | None:
         """ "already installed: ..." when the job need not run; raises `InventoryError` for a
         document whose package fields are wrong (the job is then REJECTED)."""
+        from jobs_agent.inventory.model import JobPackages, already_installed  # issue 18
+
         job = JobPackages.from_document(document)
         targets = job.targets()
         if targets is None:
@@ -147,6 +150,8 @@ class PackageReports:
     def rows_for(document: Mapping[str, Any]) -> tuple[PackageRow, ...]:
         """The rows a SUCCEEDED job with `document` records (none for a document whose package
         fields cannot be read: it was checked before it ran, by this or an earlier agent)."""
+        from jobs_agent.inventory.model import JobPackages  # issue 18
+
         try:
             return package_rows(JobPackages.from_document(document))
         except InventoryError:

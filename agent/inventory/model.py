@@ -34,6 +34,11 @@ from dataclasses import field
 from typing import Any
 
 from jobs_agent.datamodel import model
+
+# The error, one package and a set of them, declared with what reads them: importable from here.
+from jobs_agent.inventory.reading import InventoryError as InventoryError
+from jobs_agent.inventory.reading import Packages as Packages
+from jobs_agent.inventory.reading import PackageVersion as PackageVersion
 from jobs_agent.vocabulary import (
     DEFAULT_VERSION,
     MAX_DESTINATION_PACKAGE_VERSIONS,
@@ -49,32 +54,6 @@ DESTINATIONS_KEY = "destinationPackageVersions"
 _VERSION_ARN = re.compile(
     r"arn:aws[a-z-]*:iot:[a-z0-9-]+:\d{12}:package/(?P<package>[^/]+)/version/(?P<version>[^/]+)"
 )
-
-
-class InventoryError(ValueError):
-    """A package entry that cannot be used; the message names where it is and why."""
-
-
-@model(slots=True)
-class PackageVersion:
-    """One package as installed (or to be installed); `version` None: not installed."""
-
-    name: str
-    version: str | None
-    attributes: Mapping[str, str] = field(default_factory=dict)
-
-    def to_reported(self) -> dict[str, Any] | None:
-        """This package's entry in `$package`'s `reported` section: only `version` and
-        `attributes` (the catalog's keywords), or null for a package that is not installed."""
-        if self.version is None:
-            return None
-        entry: dict[str, Any] = {"version": self.version}
-        if self.attributes:
-            entry["attributes"] = dict(self.attributes)
-        return entry
-
-
-Packages = dict[str, PackageVersion]
 
 
 def _no_control(text: str) -> bool:

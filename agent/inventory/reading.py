@@ -2,23 +2,57 @@
 
 The sources themselves (a file, a command, a plugin: `jobs_agent.inventory.sources`) are loaded
 only when the configuration lists one; without any, an agent reads just its own record of its
-jobs (`engine/packages.py`), so an idle agent does not carry their code (issue 18).
+jobs (`engine/packages.py`), so an idle agent does not carry their code (issue 18). A package and
+the inventory's error are declared here too, so that an idle agent does not load the package
+model either (`inventory.model`: a job document's `installs` and destinations).
 """
 
 from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import field
+from typing import Any
 
 import structlog
 
 from jobs_agent.datamodel import model
-from jobs_agent.inventory.model import InventoryError, Packages, parse_packages
 
 log = structlog.get_logger("jobs_agent.inventory")
 
 MAX_SOURCE_BYTES = 64 * 1024
+
+
+class InventoryError(ValueError):
+    """A package entry that cannot be used; the message names where it is and why.
+
+    It, a package (`PackageVersion`) and a set of them (`Packages`) are declared here, with what
+    reads them (every source, the agent's own record, the configuration's checks), and not in
+    `inventory.model` (which gives them too): the checks of what a job document says it installs
+    load with the first job's packages, not at every start (issue 18)."""
+
+
+@model(slots=True)
+class PackageVersion:
+    """One package as installed (or to be installed); `version` None: not installed."""
+
+    name: str
+    version: str | None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def to_reported(self) -> dict[str, Any] | None:
+        """This package's entry in `$package`'s `reported` section: only `version` and
+        `attributes` (the catalog's keywords), or null for a package that is not installed."""
+        if self.version is None:
+            return None
+        entry: dict[str, Any] = {"version": self.version}
+        if self.attributes:
+            entry["attributes"] = dict(self.attributes)
+        return entry
+
+
+Packages = dict[str, PackageVersion]
 
 
 class InventorySource(abc.ABC):
@@ -37,6 +71,8 @@ class InventorySource(abc.ABC):
             value = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise InventoryError(f"{self.describe()}: not JSON in UTF-8 ({exc})") from None
+        from jobs_agent.inventory.model import parse_packages
+
         return parse_packages(value, self.describe())
 
 

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs_agent.datamodel import model
-from jobs_agent.inventory.model import InventoryError
-from jobs_agent.inventory.reading import InventorySource
+from jobs_agent.inventory.reading import InventoryError, InventorySource
 
 KEYS = ("sources", "report_on_start")
 
