@@ -36,11 +36,12 @@ THING = "gw-contain"
 
 
 def alive(pid: int) -> bool:
-    """Running (a zombie waiting for init to reap it counts as gone)."""
+    """Running (a zombie waiting for init to reap it counts as gone). A process that ends
+    between the open and the read makes the read fail with ESRCH: gone too."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
