@@ -46,6 +46,10 @@ class Outbox:
         self._files = files
         self._dirty = True
         """False only while this process knows the outbox is empty (saves a read per loop)."""
+        self._decisions = 0
+        """Entries queued so far by this process: a flush marks the outbox empty only if none
+        was queued after the outbox it sent was read (a decision made meanwhile in another task,
+        a deferred execution waiting aside, is sent by its own flush)."""
         self.undecided: dict[
             ExecutionRef, tuple[JobExecutionStatus, StatusDetails, tuple[PackageRow, ...]]
         ] = {}
@@ -66,7 +70,7 @@ class Outbox:
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
             alone = not self._dirty  # the outbox is known empty: the new entry is all of it
-            self._dirty = True
+            seen = self._queueing()
             queued = await self._store.call(
                 Store.decide, ref, status, details, packages, alone=alone
             )
@@ -86,18 +90,18 @@ class Outbox:
         # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
         level = bound.info if status is JobExecutionStatus.SUCCEEDED else bound.warning
         level("outcome decided", status=status, reason=details.get("reason"))
-        if not await self.flush(queued):
+        if not await self._flush(queued, seen):
             bound.info("outcome queued until the service is reachable")
 
     async def settle(self, ref: ExecutionRef, settle: Settle) -> None:
         """The service offers an execution already closed here: decide again, never rerun."""
-        self._dirty = True
+        self._queueing()
         await self._store.call(Store.decide, ref, settle.status, dict(settle.details))
         self._shared.wake()
 
     async def decide_undecided(self) -> None:
         for ref, (status, details, packages) in list(self.undecided.items()):
-            self._dirty = True
+            self._queueing()
             await self._store.call(Store.decide, ref, status, details, packages)
             del self.undecided[ref]
             self._shared.crash.reached("decided")
@@ -121,13 +125,25 @@ class Outbox:
         return True
 
     # -- reporting --------------------------------------------------------------------------------
-    async def flush(self, queued: list[OutboxEntry] | None = None) -> bool:
-        """Send queued outcomes in order (`queued`: the outbox just read); False if one could
-        not be delivered yet."""
+    def _queueing(self) -> int:
+        """An entry is about to be queued: the outbox is not known empty any more. The count
+        so far, this entry included (the store runs calls in submission order, so an outbox
+        read after this call includes it)."""
+        self._dirty = True
+        self._decisions += 1
+        return self._decisions
+
+    async def flush(self) -> bool:
+        """Send queued outcomes in order; False if one could not be delivered yet."""
         if not self._dirty:
             return True  # emptied by this process and nothing decided since
-        if queued is None:
-            queued = await self._store.call(Store.outbox)
+        seen = self._decisions
+        return await self._flush(await self._store.call(Store.outbox), seen)
+
+    async def _flush(self, queued: list[OutboxEntry], seen: int) -> bool:
+        """Send `queued` (the outbox as read after the `seen`-th entry was queued)."""
+        if not self._dirty:
+            return True  # a flush that read the outbox after this entry was queued sent it
         for entry in queued:
             ref = entry.key
             try:
@@ -149,7 +165,8 @@ class Outbox:
             await self._store.call(Store.reported, entry.id, ref)
             self._reported(ref, entry.status)
             await self._files.cleanup(ref)
-        self._dirty = False
+        if self._decisions == seen:  # else an entry queued meanwhile may not be in `queued`
+            self._dirty = False
         return True
 
     def _reported(self, ref: ExecutionRef, status: JobExecutionStatus) -> None:
