@@ -138,3 +138,22 @@ async def test_a_decision_queued_behind_a_flush_is_reported_by_its_own_flush(
         await p.release(held, flush, decide)
         assert p.status("deferred") == "REJECTED"
         assert await p.store.call(Store.outbox) == []
+
+
+async def test_two_decisions_on_the_worker_are_both_reported(tmp_path: Path) -> None:
+    """Two executions decide at once (the one holding the turn, and one waiting aside): both
+    commits queue on the worker. The first decision's flush sends the outbox its commit read,
+    without the second entry; it must not mark the outbox empty for the second's flush, and
+    the second's flush must not send the first entry again. Before: the second's flush sent the
+    first again (refused as already terminal, then recorded REPORTED a second time: the store
+    refused that transition) and raised, its own report still queued."""
+    async with parts(tmp_path, "first", "second") as p:
+        first, second = (ExecutionRef(None, job_id, 1) for job_id in ("first", "second"))
+        held = asyncio.create_task(p.store.call(Store.transition, first, ExecutionState.RUNNING))
+        decisions = [
+            asyncio.create_task(p.outbox.decide(ref, Outcome.succeeded(), bound(ref.job_id)))
+            for ref in (first, second)
+        ]
+        await p.release(held, *decisions)
+        assert (p.status("first"), p.status("second")) == ("SUCCEEDED", "SUCCEEDED")
+        assert await p.store.call(Store.outbox) == []

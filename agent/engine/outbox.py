@@ -9,6 +9,7 @@ can (`undecided`), never replaced by "agent restarted".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -50,6 +51,11 @@ class Outbox:
         """Entries queued so far by this process: a flush marks the outbox empty only if none
         was queued after the outbox it sent was read (a decision made meanwhile in another task,
         a deferred execution waiting aside, is sent by its own flush)."""
+        self._flushing = asyncio.Lock()
+        """One flush sends at a time: two at once would each send an entry both had read."""
+        self._flushes = 0
+        """Flushes ended: one that ended after a flush's outbox was read may have closed some
+        of its entries (that flush reads the outbox again)."""
         self.undecided: dict[
             ExecutionRef, tuple[JobExecutionStatus, StatusDetails, tuple[PackageRow, ...]]
         ] = {}
@@ -70,7 +76,7 @@ class Outbox:
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
             alone = not self._dirty  # the outbox is known empty: the new entry is all of it
-            seen = self._queueing()
+            seen, flushes = self._queueing(), self._flushes
             queued = await self._store.call(
                 Store.decide, ref, status, details, packages, alone=alone
             )
@@ -90,7 +96,7 @@ class Outbox:
         # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
         level = bound.info if status is JobExecutionStatus.SUCCEEDED else bound.warning
         level("outcome decided", status=status, reason=details.get("reason"))
-        if not await self._flush(queued, seen):
+        if not await self._flush(queued, seen, flushes):
             bound.info("outcome queued until the service is reachable")
 
     async def settle(self, ref: ExecutionRef, settle: Settle) -> None:
@@ -137,13 +143,24 @@ class Outbox:
         """Send queued outcomes in order; False if one could not be delivered yet."""
         if not self._dirty:
             return True  # emptied by this process and nothing decided since
-        seen = self._decisions
-        return await self._flush(await self._store.call(Store.outbox), seen)
+        seen, flushes = self._decisions, self._flushes
+        return await self._flush(await self._store.call(Store.outbox), seen, flushes)
 
-    async def _flush(self, queued: list[OutboxEntry], seen: int) -> bool:
-        """Send `queued` (the outbox as read after the `seen`-th entry was queued)."""
-        if not self._dirty:
-            return True  # a flush that read the outbox after this entry was queued sent it
+    async def _flush(self, queued: list[OutboxEntry], seen: int, flushes: int) -> bool:
+        """Send `queued`: the outbox as read after the `seen`-th entry was queued, when
+        `flushes` flushes had ended."""
+        async with self._flushing:
+            if not self._dirty:
+                return True  # a flush that read the outbox after this entry was queued sent it
+            if self._flushes != flushes:  # `queued` may hold entries another flush closed
+                seen = self._decisions
+                queued = await self._store.call(Store.outbox)
+            try:
+                return await self._send_queued(queued, seen)
+            finally:
+                self._flushes += 1
+
+    async def _send_queued(self, queued: list[OutboxEntry], seen: int) -> bool:
         for entry in queued:
             ref = entry.key
             try:
