@@ -293,7 +293,7 @@ class Acquisition:
         self.unsettled = unsettled
         if not first:
             return
-        pending = await self._client.get_pending()
+        pending = await self._shared.unless_stopping(self._client.get_pending())
         unknown = [
             (ExecutionRef(None, s.job_id, s.execution_number or 0), s.version_number)
             for s in pending.in_progress

@@ -37,7 +37,7 @@ from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.settings import EngineSettings
-from jobs_agent.engine.shared import Dispatcher, Shared
+from jobs_agent.engine.shared import Dispatcher, Shared, StopRequested
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
 from jobs_agent.engine.store import Store, StoreError, StoreLost
 from jobs_agent.engine.turns import NEW_WORK, Turns
@@ -154,10 +154,7 @@ class Engine:
 
     def request_stop(self, *, immediate: bool = False) -> None:
         """Stop taking jobs; with `immediate`, also abandon the running handler now."""
-        self._shared.stopping = True
-        self._shared.wake()
-        if immediate:
-            self._shared.stop_now.set()
+        self._shared.request_stop(immediate=immediate)
 
     @property
     def settings(self) -> EngineSettings:
@@ -214,6 +211,8 @@ class Engine:
             shared.wake_event.clear()
             try:
                 done = await self._round()
+            except StopRequested:
+                break
             except Exception as exc:  # every kind is logged, and the loop goes on
                 self._failed(exc)
                 done = False
