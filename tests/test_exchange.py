@@ -4,7 +4,6 @@ real responder: what one request costs the event loop, and that a lost reply is 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from jobs_agent.transport.base import (
 )
 from jobs_agent.transport.exchange import Exchange
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from tests.helpers.calls import loop_asks, timers_armed
 
 REQUEST = "svc/request"
 REPLY = "svc/reply"
@@ -229,19 +229,8 @@ async def test_requests_share_one_timer_for_their_deadlines(
     Python calls): two per plugin job. The exchange keeps one, at the earliest deadline it was
     armed for, so 20 answered requests arm at most one (issue 18)."""
     exchange, _responder, _bus = link
-    loop = asyncio.get_running_loop()
-    armed: list[float] = []
-    call_at = loop.call_at
-
-    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        armed.append(when)
-        return call_at(when, callback, *args, **kwargs)
-
-    loop.call_at = counting  # type: ignore[method-assign]
-    try:
+    with timers_armed() as armed:
         replies = [await ask(exchange) for _ in range(20)]
-    finally:
-        del loop.call_at
     assert all(isinstance(reply, bytes) for reply in replies)
     assert len(armed) <= 1, armed
 
@@ -319,22 +308,8 @@ async def test_a_request_asks_for_the_running_loop_once(
     down."""
     exchange, _responder, _bus = link
     await ask(exchange)
-    asks: list[str] = []
     watched = ("/transport/exchange.py", "/asyncio/timeouts.py", "/asyncio/tasks.py")
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        name = getattr(arg, "__name__", "")
-        if (
-            event == "c_call"
-            and frame.f_code.co_filename.endswith(watched)
-            and name in ("get_running_loop", "_get_running_loop")
-        ):
-            asks.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
-
-    sys.setprofile(profile)
-    try:
+    with loop_asks(watched) as asks:
         replies = [await ask(exchange) for _ in range(10)]
-    finally:
-        sys.setprofile(None)
     assert all(isinstance(reply, bytes) for reply in replies)
     assert asks == ["exchange.py:request"] * 10, asks

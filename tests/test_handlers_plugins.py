@@ -22,6 +22,7 @@ from jobs_agent_handlers.api import (
     JobRejected,
     Outcome,
 )
+from tests.helpers.calls import loop_asks
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello-plugin" / "src"
 
@@ -157,23 +158,9 @@ async def test_a_plugin_run_asks_for_the_running_loop_once(
             return None
 
     d = Dispatcher(config(tmp_path, {}))
-    asks: list[str] = []
     watched = ("/dispatch/router.py", "/asyncio/timeouts.py", "/asyncio/tasks.py")
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        name = getattr(arg, "__name__", "")
-        if (
-            event == "c_call"
-            and frame.f_code.co_filename.endswith(watched)
-            and name in ("get_running_loop", "_get_running_loop")
-        ):
-            asks.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
-
-    sys.setprofile(profile)
-    try:
+    with loop_asks(watched) as asks:
         outcome = await d.run(Quick(), ctx_factory({"operation": "quick"}))
-    finally:
-        sys.setprofile(None)
     assert outcome == Outcome.succeeded()
     assert asks == ["tasks.py:current_task"], asks
 

@@ -27,6 +27,7 @@ from jobs_agent.jobs.models import JobExecutionStatus
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
 from jobs_agent.transport.base import Message, Transport
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from tests.helpers.calls import timers_armed
 
 THING = "thing-1"
 WAIT = 2.0
@@ -621,22 +622,11 @@ async def test_a_request_arms_one_timer_for_its_publish_and_its_wait(
     """The request's deadline covers its publish and the wait for the reply with one timer
     (issue 18: one each, armed and cancelled per request; a drain left thousands of cancelled
     timers in the loop's heap). Counted on the loop's `call_at`."""
-    loop = asyncio.get_running_loop()
-    armed: list[float] = []
-    call_at = loop.call_at
-
-    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        armed.append(when)
-        return call_at(when, callback, *args, **kwargs)
-
-    loop.call_at = counting  # type: ignore[method-assign]
-    try:
+    with timers_armed() as armed:
         task = asyncio.create_task(client.start_next())
         request, body = await service.requests.get()  # no timer of the test's own
         await service.reply(request, ReplyKind.ACCEPTED, {"clientToken": body["clientToken"]})
         assert await task is None
-    finally:
-        del loop.call_at
     assert len(armed) == 1, armed
 
 

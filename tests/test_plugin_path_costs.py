@@ -91,6 +91,22 @@ def _config(tmp_path: Path) -> Any:
     return dataclasses.replace(make_config(tmp_path), handlers=plugins)
 
 
+async def _three_quiet_jobs(tmp_path: Path, profile: Any) -> None:
+    """Three quiet plugin jobs on a real agent (after one to warm up), `profile` watching
+    them (sys.setprofile)."""
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            sys.setprofile(profile)
+            try:
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            finally:
+                sys.setprofile(None)
+            harness.assert_alive()
+
+
 async def test_a_quiet_plugin_job_builds_no_directory_paths(
     tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,17 +328,7 @@ async def test_a_plugin_jobs_lookup_and_files_make_no_library_calls(
         if caller in watched and not callee.startswith(("jobs_agent", "costs_plugin")):
             callees.append(f"{callee}.{frame.f_code.co_name}")
 
-    with captured_logs("warning"):
-        async with running_agent(tmp_path, _config(tmp_path)) as harness:
-            await harness.run_job("warm-up", {"operation": "quiet"})
-            sys.setprofile(profile)
-            try:
-                for number in range(3):
-                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
-                    assert str(execution.status) == "SUCCEEDED", execution.status_details
-            finally:
-                sys.setprofile(None)
-            harness.assert_alive()
+    await _three_quiet_jobs(tmp_path, profile)
     assert sorted(callees) == []
 
 
@@ -393,17 +399,7 @@ async def test_a_plugin_job_asks_for_the_running_loop_few_times(
             if who is not None:
                 asks.append(who)
 
-    with captured_logs("warning"):
-        async with running_agent(tmp_path, _config(tmp_path)) as harness:
-            await harness.run_job("warm-up", {"operation": "quiet"})
-            sys.setprofile(profile)
-            try:
-                for number in range(3):
-                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
-                    assert str(execution.status) == "SUCCEEDED", execution.status_details
-            finally:
-                sys.setprofile(None)
-            harness.assert_alive()
+    await _three_quiet_jobs(tmp_path, profile)
     assert len(asks) <= 3 * 4, sorted(asks)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -47,3 +48,43 @@ class Calls:
             for (name, called), n in self.by_name.items()
             if name == file and function in (None, called)
         )
+
+
+@contextmanager
+def loop_asks(watched: tuple[str, ...]) -> Iterator[list[str]]:
+    """Asks for the running loop (a `getpid` system call each on Python 3.11) made by code in
+    files ending with one of `watched`, as "file:function", on the thread counting."""
+    asks: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        name = getattr(arg, "__name__", "")
+        if (
+            event == "c_call"
+            and frame.f_code.co_filename.endswith(watched)
+            and name in ("get_running_loop", "_get_running_loop")
+        ):
+            asks.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        yield asks
+    finally:
+        sys.setprofile(None)
+
+
+@contextmanager
+def timers_armed() -> Iterator[list[float]]:
+    """The deadlines of the timers armed on the running loop (its `call_at`) meanwhile."""
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        yield armed
+    finally:
+        del loop.call_at
