@@ -1,5 +1,5 @@
-"""Small asyncio helpers: waiting on an event with a deadline, and calling a blocking object on
-its own worker thread.
+"""Small asyncio helpers: waiting on an event with a deadline, running work unless an event
+comes first, and calling a blocking object on its own worker thread.
 
 `asyncio.wait_for` on Python 3.11 swallows a cancellation that arrives just as the awaited
 future completes (fixed in 3.12), which turns a stop request into a loop that never ends.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, Generic, ParamSpec, TypeVar
 
@@ -29,6 +29,24 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def unless_set(event: asyncio.Event, work: Awaitable[T]) -> tuple[bool, asyncio.Future[T]]:
+    """Run `work` until it ends or `event` is set (a stop request). (True, its future) when it
+    ended first; (False, its future) when the event came first: `work` was then cancelled and
+    has ended, and the caller says which of the ways it ended it accepts."""
+    future = asyncio.ensure_future(work)
+    if not event.is_set():
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait((future, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if future.done():
+            return True, future
+    future.cancel()
+    await asyncio.wait((future,))
+    return False, future
 
 
 class Threaded(Generic[T]):

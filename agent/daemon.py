@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from jobs_agent.aio import unless_set
 from jobs_agent.config import AgentConfig, ConfigError, load_config
 from jobs_agent.config_cache import ParseCache
 from jobs_agent.consent.settings import DEFAULT_SOCKET
@@ -305,16 +306,12 @@ class Agent:
         """Run `starting` unless a stop comes first: a gateway whose broker is unreachable
         must still stop promptly. A permanent failure (`TransportError`, a refused
         subscription) is raised."""
-        started = asyncio.create_task(starting)
-        stopping = asyncio.create_task(self._stop_requested.wait())
-        done, _ = await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if started in done:
+        ended, started = await unless_set(self._stop_requested, starting)
+        if ended:
             started.result()
             return True
-        started.cancel()
         with contextlib.suppress(asyncio.CancelledError, TransportError, JobsError):
-            await started
+            started.result()
         return False
 
     def request_stop(self) -> None:

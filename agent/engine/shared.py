@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from jobs_agent.aio import unless_set
 from jobs_agent.datamodel import model
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.settings import EngineSettings
@@ -119,20 +120,11 @@ class Shared:
         not answer (27.8 s measured at start-up, issue 18). Only for requests whose loss
         changes nothing: a start-next, an update or anything else that takes or reports a job
         is always waited for."""
-        request = asyncio.ensure_future(reading)
-        if self.stopping:
-            request.cancel()
-        else:
-            stop = asyncio.ensure_future(self.stop_requested.wait())
-            try:
-                await asyncio.wait((request, stop), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-            if request.done():
-                return request.result()
-            request.cancel()
+        ended, request = await unless_set(self.stop_requested, reading)
+        if ended:
+            return request.result()
         with contextlib.suppress(asyncio.CancelledError):
-            await request
+            request.result()
         raise StopRequested
 
     def beat(self) -> None:
