@@ -1,6 +1,7 @@
 """Suite-wide fixtures. The mosquitto broker fixtures live in tests/fixtures/broker.py, the
-emulator served over it in tests/fixtures/emulator.py."""
+emulator served over it in tests/fixtures/emulator.py, the release of cgroup bases after each
+test in tests/fixtures/cgroups.py."""
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.emulator"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.emulator", "tests.fixtures.cgroups"]
 
 import tests.hypothesis_profiles  # noqa: E402, F401  (registers the ci and long profiles)
