@@ -363,7 +363,9 @@ class Acquisition:
         """Close the record if the service ended its execution; True when it did end (closed,
         or held to run to its end)."""
         ref = record.key
-        ended = await self._client.ended(ref)
+        # A read whose loss changes nothing (`Shared.unless_stopping`): the record is closed,
+        # or held, only once the answer is in, and what follows it then always completes.
+        ended = await self._shared.unless_stopping(self._client.ended(ref))
         if ended is None:
             return False
         if record.resumable and point_of_no_return(record.checkpoint):
