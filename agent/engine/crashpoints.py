@@ -20,6 +20,7 @@ POINTS = (
     "handler_done",  # handler finished, outcome not yet recorded
     "decided",  # outcome recorded and queued in the outbox, not yet sent
     "report_accepted",  # the service accepted the outcome, not yet recorded as reported
+    "reported",  # recorded as reported, the job's directory not yet removed
     "awaiting_reboot",  # reboot recorded, reboot command not yet run
     "deferred",  # the deferral recorded, not yet announced to the service
 )

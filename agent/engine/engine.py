@@ -33,6 +33,7 @@ from jobs_agent.engine.acquisition import Acquisition, Offer
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.orphans import remove_left_job_directories
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.reboot import Reboots
@@ -188,6 +189,7 @@ class Engine:
                 processes=swept,
                 where="its job groups, at start",
             )
+        await remove_left_job_directories(self._shared.settings.state_dir, self.store)
         await self._packages.start()
         events = asyncio.create_task(self._consume_events(), name="engine-events")
         self._shared.wake()

@@ -180,6 +180,7 @@ class Outbox:
                 return False
             self._shared.crash.reached("report_accepted")
             await self._store.call(Store.reported, entry.id, ref)
+            self._shared.crash.reached("reported")
             self._reported(ref, entry.status)
             await self._files.cleanup(ref)
         if self._decisions == seen:  # else an entry queued meanwhile may not be in `queued`
