@@ -28,6 +28,8 @@ from tests.harness import (
     agent_config,
     config_yaml,
     side_effects,
+    wait_terminal,
+    wait_until,
     write_handler,
 )
 
@@ -132,3 +134,48 @@ async def test_the_directories_of_unfinished_records_stay(tmp_path: Path) -> Non
 def _made(path: Path) -> Path:
     path.mkdir(mode=0o700)
     return path
+
+
+async def test_the_directory_of_an_execution_ended_while_the_agent_was_down_is_removed(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator
+) -> None:
+    """Killed while the step runs; the job is cancelled before the agent is back. The restarted
+    agent closes the record at its first reconciliation and removes the job's directory then,
+    as it does for a job cancelled while it runs (before: the record was closed, the directory
+    kept until a start after that one)."""
+    started = tmp_path / "started"
+    write_handler(
+        tmp_path / "handlers",
+        "h",
+        f"""#!/bin/sh
+[ "$JOBS_AGENT_JOB_ID" = next ] && exit 0
+touch "$JOBS_AGENT_STATE_DIR/mine" && touch {started}
+exec sleep 300
+""",
+    )
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(config))
+    agent = AgentProcess(config_path=path, workdir=tmp_path)
+    job_dir = config.state_dir / "jobs" / "default" / "gone"
+    service = emulator.service
+    try:
+        agent.start()
+        await agent.wait_ready()
+        service.create_job("gone", [THING], {"operation": "h"})
+        await wait_until(started.exists, 20, "the step to start")
+        agent.signal(signal.SIGKILL)
+        await agent.wait_exit()
+        service.cancel_job("gone", force=True)
+        assert (job_dir / "state" / "mine").exists()
+        agent.start()
+        await agent.wait_ready()
+        service.create_job("next", [THING], {"operation": "h"})  # taken after reconciling
+        execution = await wait_terminal(emulator, "next", THING)
+        assert str(execution.status) == "SUCCEEDED"
+        assert str(service.execution("gone", THING).status) == "CANCELED"
+        assert not job_dir.exists()
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit() == 0
+    finally:
+        agent.kill()

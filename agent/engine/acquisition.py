@@ -385,6 +385,7 @@ class Acquisition:
         note = f"service ended the execution while away ({ended})"
         await self._store.call(Store.cancelled, ref, note)
         self._shared.note_outcome(ref, f"ended by the service ({ended})")
+        await self._files.cleanup(ref)  # as for an execution ended while it ran
         return True
 
     async def fail_lost(self, ref: ExecutionRef, version_number: int | None) -> None:
