@@ -277,17 +277,7 @@ class Agent:
                 await watchdog
         self.notifier.stopping()
         await device.client.close()
-        self._release_job_groups()
         return 0
-
-    def _release_job_groups(self) -> None:
-        """A clean exit: the engine has stopped its jobs' processes, so the agent's cgroup
-        base is empty and goes (`containment.release`); one that still holds a process stays
-        for the next start's sweep."""
-        from jobs_agent.dispatch.containment import release  # loaded at start (jobfiles)
-
-        if not release(self.config.state_dir):
-            log.warning("a job's cgroup still holds a process; left for the next start")
 
     def _log_findings(self) -> None:
         """What `config check` would say, said once at start where journald keeps it."""

@@ -2,6 +2,6 @@
 emulator served over it in tests/fixtures/emulator.py, the release of cgroup bases after each
 test in tests/fixtures/cgroups.py."""
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.emulator", "tests.fixtures.cgroups"]
+pytest_plugins = ["tests.fixtures.cgroups", "tests.fixtures.broker", "tests.fixtures.emulator"]
 
 import tests.hypothesis_profiles  # noqa: E402, F401  (registers the ci and long profiles)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.readings import ALTERNATIVE, DOCUMENTED, Readings
 from jobs_agent.transport.options import TransportOptions
 from jobs_agent.transport.paho import PahoTransport
+from tests.fixtures.cgroups import agent_started
 
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 READING_PROFILES: dict[str, Readings] = {"documented": DOCUMENTED, "alternative": ALTERNATIVE}
@@ -187,6 +189,7 @@ class AgentProcess:
 
     def start(self, **extra_env: str) -> None:
         self.runs += 1
+        agent_started(self._state_dir())  # what it leaves in its cgroup base goes after the test
         sock_path = self.workdir / f"notify-{self.runs}.sock"
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(str(sock_path))
@@ -271,6 +274,14 @@ class AgentProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def _state_dir(self) -> Path | None:
+        """The agent's `state_dir`, as its configuration file names it."""
+        with contextlib.suppress(OSError):
+            found = re.search(r"^state_dir:\s*(\S.*?)\s*$", self.config_path.read_text(), re.M)
+            if found:
+                return self.config_path.parent / found.group(1).strip("'\"")
+        return None
 
 
 def side_effects(log: Path) -> list[str]:

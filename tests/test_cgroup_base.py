@@ -21,6 +21,7 @@ from jobs_agent.emulator.embedded import Emulator
 from tests.fixtures.broker import Mosquitto
 from tests.harness import AgentProcess, agent_config, config_yaml, wait_terminal, write_handler
 from tests.test_containment import alive, require_cgroup
+from tests.test_exec_cli import exec_here, write_doc
 
 THING = f"gw-cgbase-{os.getpid()}"
 
@@ -119,3 +120,17 @@ def test_the_cgroup_base_is_recorded_only_when_it_changed(tmp_path: Path) -> Non
         assert isinstance(chosen, CgroupContainment) and chosen.previous_bases == (elsewhere,)
     finally:
         release(state_dir)
+
+
+def test_jobs_agent_exec_leaves_no_cgroup_base(tmp_path: Path) -> None:
+    """`jobs-agent exec` runs a script step in a cgroup below a base of its own state directory
+    (a new temporary one per run without `--state-dir`): the base goes when the run ends
+    (before: one left per run, for ever)."""
+    state_dir = tmp_path / "st"
+    require_cgroup(state_dir)
+    release(state_dir)
+    marker = tmp_path / "marker"
+    result = exec_here(tmp_path, write_doc(tmp_path, marker), "--state-dir", str(state_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker.exists()
+    assert not _base(state_dir).exists()

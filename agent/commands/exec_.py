@@ -118,6 +118,9 @@ def _exec(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(dispatcher, config, document, args.job_id, out, keep=not temporary))
     finally:
+        from jobs_agent.dispatch.containment import release
+
+        release(config.state_dir)  # its cgroup base, which stayed for ever (a new one per run)
         if temporary:
             shutil.rmtree(state_dir, ignore_errors=True)
 

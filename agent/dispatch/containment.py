@@ -411,6 +411,7 @@ def release(state_dir: Path) -> bool:
     released = True
     for key in [key for key in _chosen if key[1] == state_dir]:
         chosen = _chosen.pop(key)
-        if isinstance(chosen, CgroupContainment):
-            released = chosen.release() and released
+        if isinstance(chosen, CgroupContainment) and not chosen.release():
+            log.warning("a job's cgroup still holds a process; left", path=str(chosen.base))
+            released = False
     return released

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from jobs_agent.aio import wait_event
+from jobs_agent.dispatch.containment import release as release_job_groups
 from jobs_agent.engine.acquisition import LOST_RECORD_REASON as LOST_RECORD_REASON
 from jobs_agent.engine.acquisition import Acquisition, Offer
 from jobs_agent.engine.async_store import AsyncStore
@@ -201,6 +202,8 @@ class Engine:
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await events
+            # The jobs' processes are stopped by now: the cgroup base goes if it is empty.
+            release_job_groups(self._shared.settings.state_dir)
             self._shared.set_status("stopped")
 
     async def _loop(self) -> None:
