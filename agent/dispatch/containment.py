@@ -409,8 +409,8 @@ def release(state_dir: Path) -> bool:
     (`CgroupContainment.release`); the next `containment_for` sets up again. True unless a
     base had to stay (a process still in it)."""
     released = True
-    for key in [key for key in _chosen if key[1] == state_dir]:
-        chosen = _chosen.pop(key)
+    for mode in CONTAINMENT_MODES:  # by key: `sim fleet` ends thousands of agents at once
+        chosen = _chosen.pop((mode, state_dir), None)
         if isinstance(chosen, CgroupContainment) and not chosen.release():
             log.warning("a job's cgroup still holds a process; left", path=str(chosen.base))
             released = False
