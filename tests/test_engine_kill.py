@@ -103,6 +103,7 @@ async def _kill_and_restart(agent: AgentProcess, point: str) -> None:
         ("handler_done", "FAILED", 1, "agent restarted while the step was running"),
         ("decided", "SUCCEEDED", 1, None),
         ("report_accepted", "SUCCEEDED", 1, None),
+        ("reported", "SUCCEEDED", 1, None),  # its job directory not yet removed
     ],
 )
 async def test_kill_at_each_transition_reports_exactly_once(
