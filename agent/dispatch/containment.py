@@ -22,9 +22,10 @@ timeout and the sweep after an agent restart. Two mechanisms, chosen once per ag
   inherited (see `agent.engine.orphans`); a process that both left the session and replaced its
   environment escapes that sweep. Only cgroup containment has no such gap.
 
-This module chooses the mechanism, reads /proc and holds the stop rules both share, and sweeps
-what an earlier agent left (at start); the groups of a running step, which only a job needs, are
-in `job_groups` beside it (issue 18): the boundary is audited in these two.
+This module chooses the mechanism, reads /proc and holds the stop rules both share, sweeps
+what an earlier agent left (at start), and removes the agent's empty cgroup base when it ends
+(`release`); the groups of a running step, which only a job needs, are in `job_groups` beside
+it (issue 18): the boundary is audited in these two.
 """
 
 from __future__ import annotations
