@@ -1,0 +1,132 @@
+"""What a script job asks of the event loop besides its step, counted (issue 18).
+
+A script job woke the agent about 16 times where a plugin job woke it 9.5 times, and each
+wake-up after another process ran pays its caches again: its CPU moved some 20 % with the load
+beside it. These tests count, on the real agent and the embedded emulator on one in-process
+bus, the tasks a script job makes, the done-callbacks hung on its handler's task and the
+thread hand-offs of its end, so that a change which brings a task per event back fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Coroutine, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from jobs_agent.engine.progress import ProgressReporter
+from tests.harness import wait_until
+from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
+from tests.helpers.calls import timers_armed
+
+DOCUMENT = {
+    "version": "1.0",
+    "steps": [{"action": {"name": "Ok", "type": "runHandler", "input": {"handler": "ok.sh"}}}],
+}
+JOBS = 3
+
+
+@contextmanager
+def tasks_made() -> Iterator[Counter[str]]:
+    """The coroutines of the tasks made on the running loop meanwhile, by qualified name."""
+    loop = asyncio.get_running_loop()
+    made: Counter[str] = Counter()
+
+    def factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        made[getattr(coro, "__qualname__", repr(coro))] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        yield made
+    finally:
+        loop.set_task_factory(None)
+
+
+async def test_a_script_job_makes_one_task_its_handlers(tmp_path: Path) -> None:
+    """The handler's task and nothing else: before, each script job made four (the handler's,
+    the progress reporter's, and two `Event.wait` tasks for the supervisor's `asyncio.wait`:
+    the service's end and the agent's stop), each made, stepped, cancelled and stepped again."""
+    make_handler_dir(tmp_path)
+    async with running_agent(tmp_path, make_config(tmp_path)) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        with tasks_made() as made:
+            for number in range(JOBS):
+                execution = await harness.run_job(f"script-{number}", DOCUMENT)
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
+                await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+    assert made == Counter({"watched": JOBS})
+
+
+# -- the progress reporter's timer -----------------------------------------------------------
+class Sender:
+    """The reporter's sender: records each update; `gate`, when set, holds a send until done."""
+
+    def __init__(self, keep_going: bool = True) -> None:
+        self.sent: list[tuple[dict[str, Any] | None, int | None]] = []
+        self.keep_going = keep_going
+        self.gate: asyncio.Future[None] | None = None
+        self.arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def __call__(self, details: Mapping[str, Any] | None, step_timeout: int | None) -> bool:
+        self.sent.append((None if details is None else dict(details), step_timeout))
+        if not self.arrived.done():
+            self.arrived.set_result(None)
+        if self.gate is not None:
+            await self.gate
+        return self.keep_going
+
+
+async def test_the_reporter_arms_a_timer_only_when_an_update_is_due() -> None:
+    """Nothing due (no progress, no step timer): no timer and no task; progress arms one at
+    its interval, a step timer one at its renewal; a thousand calls send one update."""
+    loop = asyncio.get_running_loop()
+    sender = Sender()
+    with timers_armed() as armed, tasks_made() as made:
+        quiet = ProgressReporter(sender, interval=3600, step_timeout_minutes=None)
+        quiet.start()
+        await asyncio.sleep(0)
+        await quiet.close()
+    assert armed == [] and not made and sender.sent == []
+
+    reporter = ProgressReporter(sender, interval=3600, step_timeout_minutes=10)
+    with timers_armed() as armed:
+        reporter.start()
+        started = loop.time()
+        for percent in range(1000):
+            reporter.update(percent / 10, "busy", {"stage": "one"})
+    assert len(armed) == 1 and abs(armed[0] - started - 240) < 1  # the renewal: 0.4 x 10 min
+    reporter.extend_step_timeout(20)  # sent at once, with the latest progress
+    await sender.arrived
+    assert sender.sent == [({"percent": "99.9", "message": "busy", "stage": "one"}, 20)]
+    await reporter.close()
+
+
+async def test_a_send_the_service_refused_ends_the_reporter_and_close_ends_a_send() -> None:
+    sender = Sender(keep_going=False)
+    reporter = ProgressReporter(sender, interval=0, step_timeout_minutes=None)
+    reporter.start()
+    reporter.update(10, None, {})
+    await sender.arrived
+    await reporter.close()
+    reporter.extend_step_timeout(5)  # the execution is over: nothing more is sent
+    await asyncio.sleep(0)
+    assert reporter.updates_sent == 1 and len(sender.sent) == 1
+
+    held = Sender()
+    held.gate = asyncio.get_running_loop().create_future()
+    reporter = ProgressReporter(held, interval=0, step_timeout_minutes=None)
+    reporter.start()
+    reporter.update(20, None, {})
+    await held.arrived
+    await reporter.close()  # the update being sent is cancelled, as the reporter's task was
+    assert held.gate.cancelled() and reporter.updates_sent == 0
