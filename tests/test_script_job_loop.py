@@ -10,13 +10,23 @@ thread hand-offs of its end, so that a change which brings a task per event back
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections import Counter
 from collections.abc import Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import pytest
+
+from jobs_agent.engine import jobdirs
+from jobs_agent.engine.context import EngineJobContext
+from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED
+from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.progress import ProgressReporter
+from jobs_agent.vocabulary import ExecutionRef
 from tests.harness import wait_until
 from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
 from tests.helpers.calls import timers_armed
@@ -130,3 +140,82 @@ async def test_a_send_the_service_refused_ends_the_reporter_and_close_ends_a_sen
     await held.arrived
     await reporter.close()  # the update being sent is cancelled, as the reporter's task was
     assert held.gate.cancelled() and reporter.updates_sent == 0
+
+
+# -- the job directory's recycling -------------------------------------------------------------
+async def test_a_script_jobs_end_hands_its_directory_over_without_a_hop_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is recycled on a worker that the loop does not wait for: no
+    `asyncio.to_thread` per job (its future chained back through the loop's self-pipe, three
+    callbacks and a turn of the loop, two pool threads woken), and still recycled."""
+    hops: Counter[str] = Counter()
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops[getattr(function, "__name__", repr(function))] += 1
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path)
+    recycled = config.state_dir / "jobs" / RECYCLED
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        hops.clear()
+        for number in range(JOBS):
+            execution = await harness.run_job(f"script-{number}", DOCUMENT)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+        assert hops["recycle"] == 0, hops
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+    assert not (config.state_dir / "jobs" / "default" / f"script-{JOBS - 1}").exists()
+
+
+async def test_the_next_job_takes_its_directory_once_the_last_one_is_recycled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cleanup` returns with the recycling still held on its worker; the next context that
+    makes its directories waits for it (`JobFiles.settle`), and then takes the recycled one."""
+    jobs = tmp_path / "jobs"
+    shared = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path))
+    files = JobFiles(cast(Any, shared), cast(Any, None))
+    first = ExecutionRef(None, "j1", 1)
+    scratch, state = files.dirs(first)
+    for directory in (os.path.dirname(scratch), scratch, state):
+        os.makedirs(directory, JOB_DIRECTORY_MODE, exist_ok=True)
+    gate = threading.Event()
+    recycle = jobdirs.recycle
+
+    def held(*args: Any) -> None:
+        gate.wait(30)
+        recycle(*args)
+
+    monkeypatch.setattr(jobdirs, "recycle", held)
+    try:
+        async with asyncio.timeout(15):  # awaited in a thread before: held until the gate
+            await files.cleanup(first)
+        assert not (jobs / RECYCLED).exists()
+    finally:
+        gate.set()
+    second = ExecutionRef(None, "j2", 1)
+    scratch, state = files.dirs(second)
+    ctx = EngineJobContext(
+        key=second,
+        thing_name="gw",
+        document={},
+        checkpoint_data=None,
+        resumed=False,
+        rebooted=False,
+        log=cast(Any, None),
+        scratch_dir=scratch,
+        state_dir=state,
+        store=cast(Any, None),
+        reporter=cast(Any, None),
+        settle=files.settle,
+    )
+    assert ctx.scratch_dir.is_dir()  # made after the last one's recycling: taken from it
+    assert not (jobs / RECYCLED).exists() and not (jobs / "default" / "j1").exists()
