@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Coroutine, Generator, Iterator, Mapping
@@ -75,6 +76,29 @@ async def test_a_script_job_makes_one_task_its_handlers(tmp_path: Path) -> None:
                 assert str(execution.status) == "SUCCEEDED", execution.status_details
                 await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
     assert made == Counter({"watched": JOBS})
+
+
+async def test_a_script_job_takes_no_turn_to_look_whether_its_handler_ended_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's `sleep(0)`, which lets a plugin that ends within its first step skip its
+    reporter and supervising, is skipped for a handler that runs a step's processes (it never
+    ends that soon): one task step of the engine fewer per script job."""
+    looks: list[float] = []
+    sleep = asyncio.sleep
+
+    async def counted(delay: float, result: Any = None) -> Any:
+        if sys._getframe(1).f_code.co_filename.endswith(os.path.join("engine", "runner.py")):
+            looks.append(delay)
+        return await sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", counted)
+    make_handler_dir(tmp_path)
+    async with running_agent(tmp_path, make_config(tmp_path)) as harness:
+        for number in range(JOBS):
+            execution = await harness.run_job(f"script-{number}", DOCUMENT)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+    assert looks == []
 
 
 # -- the progress reporter's timer -----------------------------------------------------------

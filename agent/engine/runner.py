@@ -364,8 +364,11 @@ class Runner:
         try:
             # Most plugins end within their first step: such a run needs no progress reporter
             # (what it reported goes with the outcome), no supervising and no STATUS= for
-            # systemd, running then idle again before anyone could read it (issue 18).
-            await asyncio.sleep(0)
+            # systemd, running then idle again before anyone could read it (issue 18). A
+            # handler that writes an output log runs a step's processes and never does: the
+            # look would only cost it a turn of the loop.
+            if not getattr(handler, "writes_output_log", True):
+                await asyncio.sleep(0)
             if not handler_task.done():
                 self._shared.announce_status()
                 announced = True
