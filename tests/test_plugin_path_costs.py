@@ -23,7 +23,6 @@ import pytest
 from jobs_agent.engine import context as engine_context
 from jobs_agent.engine import jobfiles as engine_jobfiles
 from jobs_agent.jobs import topics as jobs_topics
-from tests.harness import wait_until
 from tests.helpers.agent_harness import (
     THING,
     captured_logs,
@@ -155,9 +154,8 @@ async def test_a_plugin_that_asks_for_its_directories_gets_them_and_they_go_afte
             scratch = Path(execution.status_details["scratch"])
             assert execution.status_details["isdir"] == "True"
             assert scratch == tmp_path / "state" / "jobs" / "default" / "dirs-1" / "scratch-1"
-            # The job's directory goes once the outcome is reported (the job ended), on the
-            # recycling worker, which no change of the service's announces.
-            await wait_until(lambda: not scratch.parent.exists(), 15, "the directory to go")
+            # The job's directory goes once the outcome is reported (the job ended).
+            await harness.service.wait_for(lambda: not scratch.parent.exists(), timeout=15)
 
 
 async def test_only_the_run_that_made_nothing_skips_the_look_for_its_files(
@@ -182,13 +180,10 @@ async def test_only_the_run_that_made_nothing_skips_the_look_for_its_files(
                 (jobs / job / "state").mkdir()
             files.made_nothing(named)
             await files.cleanup(other)
-            files.settle()  # the directory is recycled on a worker thread
             assert not (jobs / "left").exists()
             await files.cleanup(named)
-            files.settle()
             assert (jobs / "named").exists()  # as told: nothing was looked for
             await files.cleanup(named)
-            files.settle()
             assert not (jobs / "named").exists()
             harness.assert_alive()
 

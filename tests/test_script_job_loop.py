@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import threading
 from collections import Counter
 from collections.abc import Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,9 +21,8 @@ from typing import Any, cast
 
 import pytest
 
-from jobs_agent.engine import jobdirs
-from jobs_agent.engine.context import EngineJobContext
-from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED
+from jobs_agent.engine import jobfiles
+from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT
 from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.vocabulary import ExecutionRef
@@ -170,9 +168,9 @@ async def test_a_send_the_service_refused_ends_the_reporter_and_close_ends_a_sen
 async def test_a_script_jobs_end_hands_its_directory_over_without_a_hop_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The directory is recycled on a worker that the loop does not wait for: no
-    `asyncio.to_thread` per job (its future chained back through the loop's self-pipe, three
-    callbacks and a turn of the loop, two pool threads woken), and still recycled."""
+    """The directory is recycled on the loop (fast here): no `asyncio.to_thread` per job (its
+    future chained back through the loop's self-pipe, three callbacks and a turn of the loop,
+    two pool threads woken), and still recycled."""
     hops: Counter[str] = Counter()
     to_thread = asyncio.to_thread
 
@@ -199,47 +197,30 @@ async def test_a_script_jobs_end_hands_its_directory_over_without_a_hop_back(
     assert not (config.state_dir / "jobs" / "default" / f"script-{JOBS - 1}").exists()
 
 
-async def test_the_next_job_takes_its_directory_once_the_last_one_is_recycled(
+async def test_a_slow_recycling_sends_the_next_ones_to_a_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`cleanup` returns with the recycling still held on its worker; the next context that
-    makes its directories waits for it (`JobFiles.settle`), and then takes the recycled one."""
+    """On the loop while it is fast, done when `cleanup` returns; once one took longer than
+    `INLINE_RECYCLE_SECONDS` (here: any), the next ones go to a thread, as every one did
+    before, so that a slow flash stalls the loop at most once per cool-down."""
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(function, "__name__", repr(function)))
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    monkeypatch.setattr(jobfiles, "INLINE_RECYCLE_SECONDS", -1.0, raising=False)
     jobs = tmp_path / "jobs"
     shared = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path))
     files = JobFiles(cast(Any, shared), cast(Any, None))
-    first = ExecutionRef(None, "j1", 1)
-    scratch, state = files.dirs(first)
-    for directory in (os.path.dirname(scratch), scratch, state):
-        os.makedirs(directory, JOB_DIRECTORY_MODE, exist_ok=True)
-    gate = threading.Event()
-    recycle = jobdirs.recycle
-
-    def held(*args: Any) -> None:
-        gate.wait(30)
-        recycle(*args)
-
-    monkeypatch.setattr(jobdirs, "recycle", held)
-    try:
-        async with asyncio.timeout(15):  # awaited in a thread before: held until the gate
-            await files.cleanup(first)
-        assert not (jobs / RECYCLED).exists()
-    finally:
-        gate.set()
-    second = ExecutionRef(None, "j2", 1)
-    scratch, state = files.dirs(second)
-    ctx = EngineJobContext(
-        key=second,
-        thing_name="gw",
-        document={},
-        checkpoint_data=None,
-        resumed=False,
-        rebooted=False,
-        log=cast(Any, None),
-        scratch_dir=scratch,
-        state_dir=state,
-        store=cast(Any, None),
-        reporter=cast(Any, None),
-        settle=files.settle,
-    )
-    assert ctx.scratch_dir.is_dir()  # made after the last one's recycling: taken from it
-    assert not (jobs / RECYCLED).exists() and not (jobs / "default" / "j1").exists()
+    for number, job in enumerate(("j1", "j2")):
+        ref = ExecutionRef(None, job, 1)
+        scratch, state = files.dirs(ref)
+        for directory in (os.path.dirname(scratch), scratch, state):
+            os.makedirs(directory, JOB_DIRECTORY_MODE, exist_ok=True)
+        await files.cleanup(ref)
+        assert not (jobs / "default" / job).exists()
+        assert hops == ["recycle"] * number
+    assert sorted(os.listdir(jobs / RECYCLED)) == sorted(RECYCLED_LAYOUT)

@@ -53,7 +53,6 @@ class EngineJobContext:
         mqtt_link: MqttLink | None = None,
         refresh: Refresh | None = None,
         max_refreshes: int = 0,
-        settle: Callable[[], None] | None = None,
     ) -> None:
         self.key = key
         self.job_id = key.job_id
@@ -77,9 +76,6 @@ class EngineJobContext:
         self._refresh = refresh
         self._refreshes_left = max_refreshes
         self._max_refreshes = max_refreshes
-        self._settle = settle
-        """Waits for the directory of the job that ended last, handed to a worker to be
-        recycled (`JobFiles.settle`), before this one makes or takes its own."""
 
     @property
     def scratch_dir(self) -> Path:
@@ -127,8 +123,6 @@ class EngineJobContext:
         return made
 
     def _make_job_directory(self, parent: Path) -> None:
-        if self._settle is not None:
-            self._settle()
         scratch, state = Path(self._scratch_dir), Path(self._state_dir)
         if scratch.parent == parent == state.parent and take_recycled(
             str(parent), scratch.name, state.name

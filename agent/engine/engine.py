@@ -196,7 +196,6 @@ class Engine:
         finally:
             await self._turns.close()
             await self._packages.close()
-            await self._files.close()
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await events

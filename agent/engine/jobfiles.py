@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from jobs_agent.dispatch.containment import (
     containment_for,
     group_name,
 )
-from jobs_agent.engine.async_store import AsyncStore
+from jobs_agent.engine.async_store import SLOW_COOL_DOWN_SECONDS, AsyncStore
 from jobs_agent.engine.orphans import kill_handler_processes
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import Store
@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from jobs_agent.dispatch.output import OutputLogIndex  # at the first job's end
 
 log = structlog.get_logger("jobs_agent.engine")
+
+INLINE_RECYCLE_SECONDS = 0.05
+"""A job directory's recycling slower than this (a slow or busy flash, a journal to wait for)
+sends the next ones to a thread for `SLOW_COOL_DOWN_SECONDS`: the loop is stalled that long by
+it at most once per cool-down."""
 
 
 class JobFiles:
@@ -48,9 +53,8 @@ class JobFiles:
         prunes logs or recycles directories (issue 18)."""
         self._logs_lock = asyncio.Lock()
         self._last: tuple[ExecutionRef, tuple[str, str], str] | None = None
-        self._recycler: ThreadPoolExecutor | None = None
-        self._recycling: Future[None] | None = None
-        """The last job directory handed to the recycling worker (`_recycle`)."""
+        self._slow_until = float("-inf")
+        """Until this `time.monotonic()`, after a slow recycling, directories go to a thread."""
         self._bare: ExecutionRef | None = None
         """The execution whose files nothing made (`made_nothing`): its cleanup looks for
         none. One slot, the latest run's: any other execution is looked for, as before."""
@@ -98,7 +102,7 @@ class JobFiles:
             return
         _ref, (scratch, state), base = self._paths(ref)
         if os.path.exists(base):  # only if the handler asked for its directories
-            self._recycle(base, scratch, state)
+            await self._recycle(base, scratch, state)
         # The same path as `log_path`, joined as a string: most jobs (plugins) have no log.
         roots = self._roots
         if roots[0] is not self._shared.settings.state_dir:
@@ -108,45 +112,27 @@ class JobFiles:
             # A new log is what can take them over the limits.
             await self._prune_output_logs(Path(path))
 
-    def _recycle(self, base: str, scratch: str, state: str) -> None:
-        """Hand the job's directory to the recycling worker, and go on without waiting for it.
+    async def _recycle(self, base: str, scratch: str, state: str) -> None:
+        """Recycle the job's directory on the loop while that is fast; on a storage where it
+        was slow, in a thread for `SLOW_COOL_DOWN_SECONDS` (as the store does with its
+        commits: `async_store`).
 
-        In a thread even for a script's one step file: its renames cost 0.25 ms of CPU and,
-        on a busy ext4, up to 5-9 ms waiting (p99 and max of 300 script jobs at load 6), with
-        the loop stalled. Not awaited: a hop back to the loop (`asyncio.to_thread`: its future
-        chained through the loop's self-pipe, three callbacks and a turn, two pool threads
-        woken) cost every script job more than the wait it saved, and nothing but the next
-        job's directories needs it done (`settle`)."""
+        On the loop it costs its renames, 0.17 ms of CPU (p50 of 300 script jobs, at load 10;
+        its p99 of 6 ms wall against 0.37 ms of CPU was the loop preempted, not the disk: this
+        ext4 has no journal). The thread every job's went to cost more: the hop (its future
+        chained back through the loop's self-pipe, three callbacks and a turn of the loop, two
+        pool threads woken) and the recycling's own CPU there, 0.25 ms; not awaited, the GIL
+        passed back and forth with the loop at each of its system calls instead."""
         from jobs_agent.engine.jobdirs import recycle
 
-        if self._recycler is None:
-            self._recycler = ThreadPoolExecutor(1, thread_name_prefix="jobs-agent-recycle")
         names = (os.path.basename(scratch), os.path.basename(state))
-        self._recycling = self._recycler.submit(recycle, base, *names)
-
-    def settle(self) -> None:
-        """Wait for the last job directory handed to the worker (`_recycle`), as a job takes
-        its own directory (`EngineJobContext`): the next execution of the same job has the
-        same directory, and any job may take the recycled one. Asked after the job's RUNNING
-        commit (an fsync), it is done by then but on a stalled disk, where the taker's own
-        renames on the loop would wait as long."""
-        recycling, self._recycling = self._recycling, None
-        if recycling is not None:
-            recycling.result()  # what `recycle` does not catch is a bug: raised here, as before
-
-    async def close(self) -> None:
-        """At the engine's stop: the last directory handed to the worker is recycled before
-        the agent says it stopped (nothing of it touches the state directory after), and the
-        worker's thread ends."""
-        recycling, self._recycling = self._recycling, None
-        if recycling is not None:
-            try:
-                await asyncio.wrap_future(recycling)
-            except Exception:  # not an OSError (`recycle` takes those): a bug, said at stop
-                log.exception("recycling a job's directory failed")
-        if self._recycler is not None:
-            self._recycler.shutdown(wait=False)
-            self._recycler = None
+        if time.monotonic() < self._slow_until:
+            await asyncio.to_thread(recycle, base, *names)
+            return
+        started = time.monotonic()
+        recycle(base, *names)
+        if time.monotonic() - started > INLINE_RECYCLE_SECONDS:
+            self._slow_until = time.monotonic() + SLOW_COOL_DOWN_SECONDS
 
     async def _prune_output_logs(self, new_log: Path) -> None:
         """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first),

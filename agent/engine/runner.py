@@ -462,7 +462,6 @@ class Runner:
             mqtt_link=self._shared.mqtt_link,
             refresh=lambda: self._refresher.refresh(record),
             max_refreshes=settings.max_document_refreshes,
-            settle=self._files.settle,
         )
         running = Running(ref, ctx)
         running_ref.append(weakref.ref(running))
