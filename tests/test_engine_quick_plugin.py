@@ -98,9 +98,16 @@ async def test_a_plugin_that_ends_at_once_runs_without_a_progress_task(
             assert execution.status_details["stage"] == "two"
             assert named("job-")
             assert not named("progress-")
-            # A plugin that waits gets its progress task, as before.
+            # A plugin that waits gets its progress reported while it runs, as before (by the
+            # reporter's timer: no task of its own, for any job, since issue 18's round 12).
             harness.service.create_job("gated-1", [THING], {"operation": "gated"})
-            await harness.service.wait_for(lambda: bool(named("progress-")), timeout=15)
+
+            def reported_waiting() -> bool:
+                details = harness.service.execution("gated-1", THING).status_details
+                return str(details.get("message")) == "waiting"
+
+            await harness.service.wait_for(reported_waiting, timeout=15)
+            assert not named("progress-")
             plugin_module.GATE.set()
             execution = await harness.wait_terminal("gated-1")
             assert str(execution.status) == "SUCCEEDED"

@@ -11,7 +11,6 @@ an update phase) is one more branch of `_act` and, when it runs a handler, one m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store
-from jobs_agent.engine.supervision import Running, Supervisor
+from jobs_agent.engine.supervision import Running, Supervisor, watched
 from jobs_agent.engine.turns import Turns
 from jobs_agent.inventory.model import InventoryError
 from jobs_agent.log import LazyBound
@@ -355,28 +354,30 @@ class Runner:
         self._supervisor.running = running
         self._shared.note_status("running", str(ref))  # announced once it outlasts a loop turn
         handler_task = asyncio.create_task(
-            self._shared.dispatcher.run(handler, running.ctx), name=f"job-{ref}"
+            watched(self._shared.dispatcher.run(handler, running.ctx), running), name=f"job-{ref}"
         )
         bound.info(
             "handler started", handler=handler.name, resumed=run.resumed, rebooted=run.rebooted
         )
-        reporter_task: asyncio.Task[None] | None = None
         announced = False
         deferred: JobDeferred | None = None
         try:
-            # Most plugins end within their first step: such a run needs no progress task
-            # (what it reported goes with the outcome), no supervising waiters and no STATUS=
-            # for systemd, running then idle again before anyone could read it (issue 18).
-            await asyncio.sleep(0)
+            # Most plugins end within their first step: such a run needs no progress reporter
+            # (what it reported goes with the outcome), no supervising and no STATUS= for
+            # systemd, running then idle again before anyone could read it (issue 18). A
+            # handler that writes an output log runs a step's processes and never does: the
+            # look would only cost it a turn of the loop.
+            if not getattr(handler, "writes_output_log", True):
+                await asyncio.sleep(0)
             if not handler_task.done():
                 self._shared.announce_status()
                 announced = True
-                reporter_task = asyncio.create_task(reporter.run(), name=f"progress-{ref}")
+                reporter.start()
             outcome = await self._supervisor.supervise(handler_task, running, bound)
         except JobDeferred as not_now:
             deferred, outcome = not_now, None
         finally:
-            await self._end_run(reporter, reporter_task, announced)
+            await self._end_run(reporter, announced)
         if deferred is not None:
             await self._supervisor.keep_last_progress(ref, reporter.latest)
             return deferred
@@ -411,19 +412,10 @@ class Runner:
         ):
             self._files.made_nothing(ref)
 
-    async def _end_run(
-        self,
-        reporter: ProgressReporter,
-        reporter_task: asyncio.Task[None] | None,
-        announced: bool,
-    ) -> None:
-        """Whatever way the handler ended: no progress task left, nothing supervised, and
+    async def _end_run(self, reporter: ProgressReporter, announced: bool) -> None:
+        """Whatever way the handler ended: no progress update left, nothing supervised, and
         systemd told the agent is idle only if it was told it ran."""
-        reporter.stop()
-        if reporter_task is not None:
-            reporter_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter_task
+        await reporter.close()
         self._supervisor.running = None
         (self._shared.set_status if announced else self._shared.note_status)("idle")
 

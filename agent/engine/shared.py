@@ -92,6 +92,9 @@ class Shared:
         """No new job is taken; a running one finishes within `stop_timeout_seconds`."""
         self.stop_now = asyncio.Event()
         """Abandon the running handler at once (a second stop request)."""
+        self.on_stop_now: list[Callable[[], None]] = []
+        """Called as `stop_now` is set: the supervisor's watch, registered once, where a task
+        per job waited on the Event (issue 18)."""
         self.stop_requested = asyncio.Event()
         """Set with `stopping`: what waits only to read the service gives up (`unless_stopping`)."""
         self.status = EngineStatus()
@@ -113,6 +116,8 @@ class Shared:
         self.wake()
         if immediate:
             self.stop_now.set()
+            for callback in self.on_stop_now:
+                callback()
 
     async def unless_stopping(self, reading: Awaitable[_T]) -> _T:
         """Wait for a request that only reads the service unless a stop comes first (raises

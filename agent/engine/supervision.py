@@ -7,13 +7,20 @@ nothing), or the agent is stopping (a resumable handler is suspended and continu
 restart; anything else gets `jobs.stop_timeout_seconds` to finish). A `notify` event that no
 longer lists the running execution is confirmed with the service before anything is stopped,
 since events may arrive out of order.
+
+It waits in one plain future (`Running.woken`) that each of those completes directly: the
+handler's task as its coroutine ends (`watched`), `cloud_ended`, the agent's `stop_now` (a
+callback registered once) and the stop's time limit (a timer). A task per event and an
+`asyncio.wait` over them cost every script job two tasks made, stepped, cancelled and stepped
+again, and the wait's done-callbacks (issue 18). The engine's heartbeat while a handler runs is
+one timer for the whole process (`_tick`), re-armed only while something is supervised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +61,25 @@ class Running:
     ctx: EngineJobContext
     cloud_ended: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
+    woken: asyncio.Future[None] | None = None
+    """What the supervisor awaits while the handler runs; anything it must look at completes
+    it (`wake`)."""
+    stop_timed_out: bool = False
+    """The agent is stopping and `jobs.stop_timeout_seconds` have passed."""
+
+    def wake(self) -> None:
+        woken = self.woken
+        if woken is not None and not woken.done():
+            woken.set_result(None)
+
+
+async def watched(run: Coroutine[Any, Any, Outcome], running: Running) -> Outcome:
+    """The handler's run, waking its supervisor from within its last step: the task's end then
+    schedules nothing but the supervisor's wake-up (no done-callback to chain it)."""
+    try:
+        return await run
+    finally:
+        running.wake()
 
 
 class Supervisor:
@@ -71,46 +97,68 @@ class Supervisor:
         self._confirming: dict[int, bool] = {}
         """Executions (by `id` of their `Running`) the service is being asked about: True when
         another reason to ask came meanwhile."""
+        self._supervised: Running | None = None
+        """The execution `supervise` waits on (one at a time: `engine/turns.py`)."""
+        self._ticking: asyncio.TimerHandle | None = None
+        self._stop_timer: asyncio.TimerHandle | None = None
+        shared.on_stop_now.append(self._wake_supervised)
 
     # -- the handler -------------------------------------------------------------------------
     async def supervise(
         self, handler_task: asyncio.Task[Outcome], running: Running, bound: Any
     ) -> Outcome | None:
         """The handler's outcome; None when the execution was cancelled by the service or
-        suspended for a stop (both already recorded)."""
+        suspended for a stop (both already recorded). The handler's task runs `watched`."""
+        shared = self._shared
+        shared.beat()
         if handler_task.done():  # the handler's outcome wins over a cancel or a stop that came
-            self._shared.beat()  # with it, as in the loop below
-            return _result(handler_task, bound)
-        ended: asyncio.Future[Any] = asyncio.create_task(running.cloud_ended.wait())
-        stop_now = asyncio.create_task(self._shared.stop_now.wait())
-        stop_timeout: asyncio.Task[None] | None = None
+            return _result(handler_task, bound)  # with it, as in the loop below
+        loop = asyncio.get_running_loop()
+        self._supervised = running
+        if self._ticking is None:
+            self._ticking = loop.call_later(POLL_SECONDS, self._tick, loop)
+        carried_on = False
         try:
-            while True:
-                self._shared.beat()
-                waiters: set[asyncio.Future[Any]] = {handler_task, ended, stop_now}
-                if self._shared.stopping and stop_timeout is None:
-                    seconds = self._shared.settings.stop_timeout_seconds
-                    stop_timeout = asyncio.create_task(asyncio.sleep(seconds))
-                if stop_timeout is not None:
-                    waiters.add(stop_timeout)
-                done, _ = await asyncio.wait(
-                    waiters, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                if handler_task in done:
-                    break
-                if ended in done:
+            while not handler_task.done():
+                if running.cloud_ended.is_set() and not carried_on:
                     if self._carried_on(running, bound):
-                        ended = asyncio.get_running_loop().create_future()  # never set
+                        carried_on = True
                         continue
                     await self._cancelled_by_service(handler_task, running, bound)
                     return None
-                if stop_now in done or (stop_timeout is not None and stop_timeout in done):
+                if shared.stop_now.is_set() or running.stop_timed_out:
                     return await self._stop_for_shutdown(handler_task, running, bound)
+                self._arm_stop_timer(loop, running)
+                running.woken = loop.create_future()
+                await running.woken
         finally:
-            for task in (ended, stop_now, stop_timeout):
-                if task is not None:
-                    task.cancel()
+            running.woken = None
+            self._supervised = None
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
+                self._stop_timer = None
         return _result(handler_task, bound)
+
+    def _wake_supervised(self) -> None:
+        if self._supervised is not None:
+            self._supervised.wake()
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every `POLL_SECONDS` while a handler is supervised: the engine's heartbeat, and the
+        stop's time limit armed once the agent is stopping. Not re-armed once nothing is: the
+        next `supervise` arms it again (no timer made and cancelled per job)."""
+        running = self._supervised
+        if running is None:
+            self._ticking = None
+            return
+        self._shared.beat()
+        self._arm_stop_timer(loop, running)
+        self._ticking = loop.call_later(POLL_SECONDS, self._tick, loop)
+
+    def _arm_stop_timer(self, loop: asyncio.AbstractEventLoop, running: Running) -> None:
+        if self._shared.stopping and self._stop_timer is None:
+            seconds = self._shared.settings.stop_timeout_seconds
+            self._stop_timer = loop.call_later(seconds, _stop_timed_out, running)
 
     def _carried_on(self, running: Running, bound: Any) -> bool:
         """The service ended an execution whose handler is past its point of no return: it is
@@ -286,6 +334,12 @@ class Supervisor:
         if self._is_watched(running) and not running.cloud_ended.is_set():
             running.reason = reason
             running.cloud_ended.set()
+            running.wake()
+
+
+def _stop_timed_out(running: Running) -> None:
+    running.stop_timed_out = True
+    running.wake()
 
 
 def _result(handler_task: asyncio.Task[Outcome], bound: Any) -> Outcome:

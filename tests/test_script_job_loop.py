@@ -1,0 +1,226 @@
+"""What a script job asks of the event loop besides its step, counted (issue 18).
+
+A script job woke the agent about 16 times where a plugin job woke it 9.5 times, and each
+wake-up after another process ran pays its caches again: its CPU moved some 20 % with the load
+beside it. These tests count, on the real agent and the embedded emulator on one in-process
+bus, the tasks a script job makes, the done-callbacks hung on its handler's task and the
+thread hand-offs of its end, so that a change which brings a task per event back fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections import Counter
+from collections.abc import Coroutine, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from jobs_agent.engine import jobfiles
+from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT
+from jobs_agent.engine.jobfiles import JobFiles
+from jobs_agent.engine.progress import ProgressReporter
+from jobs_agent.vocabulary import ExecutionRef
+from tests.harness import wait_until
+from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
+from tests.helpers.calls import timers_armed
+
+DOCUMENT = {
+    "version": "1.0",
+    "steps": [{"action": {"name": "Ok", "type": "runHandler", "input": {"handler": "ok.sh"}}}],
+}
+JOBS = 3
+
+
+@contextmanager
+def tasks_made() -> Iterator[Counter[str]]:
+    """The coroutines of the tasks made on the running loop meanwhile, by qualified name."""
+    loop = asyncio.get_running_loop()
+    made: Counter[str] = Counter()
+
+    def factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        made[getattr(coro, "__qualname__", repr(coro))] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        yield made
+    finally:
+        loop.set_task_factory(None)
+
+
+async def test_a_script_job_makes_one_task_its_handlers(tmp_path: Path) -> None:
+    """The handler's task and nothing else: before, each script job made four (the handler's,
+    the progress reporter's, and two `Event.wait` tasks for the supervisor's `asyncio.wait`:
+    the service's end and the agent's stop), each made, stepped, cancelled and stepped again."""
+    make_handler_dir(tmp_path)
+    async with running_agent(tmp_path, make_config(tmp_path)) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        with tasks_made() as made:
+            for number in range(JOBS):
+                execution = await harness.run_job(f"script-{number}", DOCUMENT)
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
+                await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+    assert made == Counter({"watched": JOBS})
+
+
+async def test_a_script_job_takes_no_turn_to_look_whether_its_handler_ended_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's `sleep(0)`, which lets a plugin that ends within its first step skip its
+    reporter and supervising, is skipped for a handler that runs a step's processes (it never
+    ends that soon): one task step of the engine fewer per script job."""
+    looks: list[float] = []
+    sleep = asyncio.sleep
+
+    async def counted(delay: float, result: Any = None) -> Any:
+        if sys._getframe(1).f_code.co_filename.endswith(os.path.join("engine", "runner.py")):
+            looks.append(delay)
+        return await sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", counted)
+    make_handler_dir(tmp_path)
+    async with running_agent(tmp_path, make_config(tmp_path)) as harness:
+        for number in range(JOBS):
+            execution = await harness.run_job(f"script-{number}", DOCUMENT)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+    assert looks == []
+
+
+# -- the progress reporter's timer -----------------------------------------------------------
+class Sender:
+    """The reporter's sender: records each update; `gate`, when set, holds a send until done."""
+
+    def __init__(self, keep_going: bool = True) -> None:
+        self.sent: list[tuple[dict[str, Any] | None, int | None]] = []
+        self.keep_going = keep_going
+        self.gate: asyncio.Future[None] | None = None
+        self.arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def __call__(self, details: Mapping[str, Any] | None, step_timeout: int | None) -> bool:
+        self.sent.append((None if details is None else dict(details), step_timeout))
+        if not self.arrived.done():
+            self.arrived.set_result(None)
+        if self.gate is not None:
+            await self.gate
+        return self.keep_going
+
+
+async def test_the_reporter_arms_a_timer_only_when_an_update_is_due() -> None:
+    """Nothing due (no progress, no step timer): no timer and no task; progress arms one at
+    its interval, a step timer one at its renewal; a thousand calls send one update."""
+    loop = asyncio.get_running_loop()
+    sender = Sender()
+    with timers_armed() as armed, tasks_made() as made:
+        quiet = ProgressReporter(sender, interval=3600, step_timeout_minutes=None)
+        quiet.start()
+        await asyncio.sleep(0)
+        await quiet.close()
+    assert armed == [] and not made and sender.sent == []
+
+    reporter = ProgressReporter(sender, interval=3600, step_timeout_minutes=10)
+    with timers_armed() as armed:
+        reporter.start()
+        started = loop.time()
+        for percent in range(1000):
+            reporter.update(percent / 10, "busy", {"stage": "one"})
+    assert len(armed) == 1 and abs(armed[0] - started - 240) < 1  # the renewal: 0.4 x 10 min
+    reporter.extend_step_timeout(20)  # sent at once, with the latest progress
+    await sender.arrived
+    assert sender.sent == [({"percent": "99.9", "message": "busy", "stage": "one"}, 20)]
+    await reporter.close()
+
+
+async def test_a_send_the_service_refused_ends_the_reporter_and_close_ends_a_send() -> None:
+    sender = Sender(keep_going=False)
+    reporter = ProgressReporter(sender, interval=0, step_timeout_minutes=None)
+    reporter.start()
+    reporter.update(10, None, {})
+    await sender.arrived
+    await reporter.close()
+    reporter.extend_step_timeout(5)  # the execution is over: nothing more is sent
+    await asyncio.sleep(0)
+    assert reporter.updates_sent == 1 and len(sender.sent) == 1
+
+    held = Sender()
+    held.gate = asyncio.get_running_loop().create_future()
+    reporter = ProgressReporter(held, interval=0, step_timeout_minutes=None)
+    reporter.start()
+    reporter.update(20, None, {})
+    await held.arrived
+    await reporter.close()  # the update being sent is cancelled, as the reporter's task was
+    assert held.gate.cancelled() and reporter.updates_sent == 0
+
+
+# -- the job directory's recycling -------------------------------------------------------------
+async def test_a_script_jobs_end_hands_its_directory_over_without_a_hop_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is recycled on the loop (fast here): no `asyncio.to_thread` per job (its
+    future chained back through the loop's self-pipe, three callbacks and a turn of the loop,
+    two pool threads woken), and still recycled."""
+    hops: Counter[str] = Counter()
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops[getattr(function, "__name__", repr(function))] += 1
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path)
+    recycled = config.state_dir / "jobs" / RECYCLED
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        hops.clear()
+        for number in range(JOBS):
+            execution = await harness.run_job(f"script-{number}", DOCUMENT)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+        assert hops["recycle"] == 0, hops
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+    assert not (config.state_dir / "jobs" / "default" / f"script-{JOBS - 1}").exists()
+
+
+async def test_a_slow_recycling_sends_the_next_ones_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the loop while it is fast, done when `cleanup` returns; once one took longer than
+    `INLINE_RECYCLE_SECONDS` (here: any), the next ones go to a thread, as every one did
+    before, so that a slow flash stalls the loop at most once per cool-down."""
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(function, "__name__", repr(function)))
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    monkeypatch.setattr(jobfiles, "INLINE_RECYCLE_SECONDS", -1.0, raising=False)
+    jobs = tmp_path / "jobs"
+    shared = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path))
+    files = JobFiles(cast(Any, shared), cast(Any, None))
+    for number, job in enumerate(("j1", "j2")):
+        ref = ExecutionRef(None, job, 1)
+        scratch, state = files.dirs(ref)
+        for directory in (os.path.dirname(scratch), scratch, state):
+            os.makedirs(directory, JOB_DIRECTORY_MODE, exist_ok=True)
+        await files.cleanup(ref)
+        assert not (jobs / "default" / job).exists()
+        assert hops == ["recycle"] * number
+    assert sorted(os.listdir(jobs / RECYCLED)) == sorted(RECYCLED_LAYOUT)
