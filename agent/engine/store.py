@@ -43,9 +43,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jobs_agent.engine.lifecycle import ACTIVE_STATES, FINISHED_STATES, TRANSITIONS
+from jobs_agent.engine.lifecycle import FINISHED_STATES, TRANSITIONS
 from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
-from jobs_agent.engine.records import ADDED_COLUMNS, RECORD_COLUMNS, SCHEMA, record_from_row
+from jobs_agent.engine.records import (
+    ACTIVE_WHERE,
+    ADDED_COLUMNS,
+    RECORD_COLUMNS,
+    SCHEMA,
+    record_from_row,
+)
 from jobs_agent.engine.records import Deferral as Deferral
 from jobs_agent.engine.records import ExecutionRecord as ExecutionRecord
 from jobs_agent.engine.records import OutboxEntry as OutboxEntry
@@ -79,12 +85,9 @@ def _allowed_before(state: ExecutionState) -> str:
 
 
 _GUARDS = {state: _allowed_before(state) for state in ExecutionState}
-_ACTIVE_SQL = (
-    f"SELECT {RECORD_COLUMNS} FROM executions"
-    f" WHERE state IN ({','.join('?' for _ in ACTIVE_STATES)}) ORDER BY received_at"
-)
-_ACTIVE_PARAMS = tuple(str(state) for state in ACTIVE_STATES)
-"""`active`'s statement and parameters, made once (it is read once per job; issue 18)."""
+_ACTIVE_SQL = f"SELECT {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE} ORDER BY received_at"
+"""`active`'s statement, made once (it is read once per job; issue 18): the index of the active
+executions, read in its order (no sort)."""
 """SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
@@ -409,7 +412,7 @@ class Store:
         written first: the read does not need it, and it goes with RUNNING, in one transaction
         (issue 18: the check that start-next passed nothing over, between the two, had made
         each job write its record in a commit of its own)."""
-        rows = self._query(_ACTIVE_SQL, _ACTIVE_PARAMS, leaving_out=besides)
+        rows = self._query(_ACTIVE_SQL, leaving_out=besides)
         if besides is None:
             return [record_from_row(r) for r in rows]
         return [record for record in map(record_from_row, rows) if record.key != besides]

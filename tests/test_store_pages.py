@@ -1,0 +1,104 @@
+"""Pages a plugin job writes to the state database (issue 18).
+
+Every page a commit changes is a WAL frame (two `pwrite64`, the page and its header) and, at the
+next checkpoint, a write to the database file. A page written is counted here as SQLite counts
+it: the frames in the WAL after the jobs (`PRAGMA wal_checkpoint` gives them), on a real file
+holding what a working agent's database holds (500 finished executions kept by `prune`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from jobs_agent.engine import store as store_module
+from jobs_agent.engine.store import ExecutionState, Store
+from jobs_agent.vocabulary import ExecutionRef
+
+DETAILS = {"percent": "100", "message": "verified", "stage": "two"}
+
+
+def plugin_job(store: Store, number: int) -> None:
+    """A plugin job's store calls, in the engine's order (a drain: the next offer at once)."""
+    key = ExecutionRef(None, f"job-{number:06d}", 1)
+    store.begin_taking()
+    store.record_taken(key, {"operation": "quick"}, 2)
+    store.active(besides=key)
+    store.transition(key, ExecutionState.RUNNING, handler="quick", resumable=False)
+    entry = store.decide(key, "SUCCEEDED", DETAILS, alone=True)[0]
+    store.reported(entry.id, key)
+
+
+def wal_frames(store: Store) -> int:
+    """Frames in the WAL now, checkpointed on the way (the WAL then starts again)."""
+    busy, frames, _ = store._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return int(frames)
+
+
+def worked_store(path: Path) -> Store:
+    store = Store(path)
+    for number in range(700):
+        plugin_job(store, 100_000 + number)
+    store.prune()
+    wal_frames(store)
+    return store
+
+
+def test_a_plugin_job_writes_few_pages(tmp_path: Path) -> None:
+    """RUNNING's commit (the start record and the state), the decision's (the state and its
+    outbox entry) and REPORTED's (the state, the entry deleted): 9 pages a job and now and then
+    a split of a full one. Before: 15.4 a job (two indexes on every execution, on `state` and
+    `updated_at`, each rewritten by every state change); the executions now keep one index, of
+    the active ones only, the one `Store.active` reads."""
+    store = worked_store(tmp_path / "state.db")
+    for number in range(10):
+        plugin_job(store, number)
+    frames = wal_frames(store)
+    store.close()
+    assert frames < 10 * 10
+
+
+def test_the_active_executions_are_read_from_their_index_in_order(tmp_path: Path) -> None:
+    """`Store.active` (once per job) reads the index of the active executions, in its order:
+    no scan of the kept finished ones, no sort."""
+    store = worked_store(tmp_path / "state.db")
+    plan = store._db.execute(f"EXPLAIN QUERY PLAN {store_module._ACTIVE_SQL}").fetchall()
+    store.close()
+    assert [row[3] for row in plan] == ["SCAN executions USING INDEX executions_active"]
+
+
+def test_a_database_an_earlier_agent_wrote_loses_the_indexes_no_read_needs(
+    tmp_path: Path,
+) -> None:
+    """A database written by an agent before this change (its two indexes on every execution)
+    is opened with its records kept: the two indexes dropped, the index of the active
+    executions made with the active records of the earlier agent in it."""
+    path = tmp_path / "state.db"
+    earlier = Store(path)
+    taken = ExecutionRef(None, "was-running", 1)
+    earlier.record_received(taken, {"operation": "quick"}, 1, ExecutionState.STARTED)
+    earlier.transition(taken, ExecutionState.RUNNING, handler="quick")
+    plugin_job(earlier, 1)
+    database_id = earlier.database_id
+    earlier.close()
+    with sqlite3.connect(path) as db:  # the indexes as the earlier agent made them
+        db.execute("DROP INDEX executions_active")
+        db.execute("CREATE INDEX executions_state ON executions (state)")
+        db.execute("CREATE INDEX executions_updated ON executions (updated_at)")
+
+    store = Store(path)
+    assert store.database_id == database_id
+    assert [record.key for record in store.active()] == [taken]
+    assert store.get(ExecutionRef(None, "job-000001", 1)) is not None
+    with sqlite3.connect(path) as db:
+        indexes = {
+            row[0]
+            for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE sql NOT NULL AND type = 'index'"
+            )
+        }
+    assert indexes == {"executions_active"}
+    plugin_job(store, 2)
+    store.close()
