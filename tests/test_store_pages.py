@@ -11,8 +11,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from jobs_agent.engine import store as store_module
-from jobs_agent.engine.store import ExecutionState, Store
+from jobs_agent.engine.store import ExecutionState, Store, TransitionRefused
 from jobs_agent.vocabulary import ExecutionRef
 
 DETAILS = {"percent": "100", "message": "verified", "stage": "two"}
@@ -48,16 +50,17 @@ def worked_store(path: Path) -> Store:
 
 def test_a_plugin_job_writes_few_pages(tmp_path: Path) -> None:
     """RUNNING's commit (the start record and the state), the decision's (the state and its
-    outbox entry) and REPORTED's (the state, the entry deleted): 9 pages a job and now and then
-    a split of a full one. Before: 15.4 a job (two indexes on every execution, on `state` and
-    `updated_at`, each rewritten by every state change); the executions now keep one index, of
-    the active ones only, the one `Store.active` reads."""
+    outbox entry) and REPORTED's (the state, the entry deleted): 8 pages a job and now and then
+    a split of a full one. Before: 15.4 a job with two indexes on every execution (on `state`
+    and `updated_at`, each rewritten by every state change; the executions now keep one index,
+    of the active ones only, the one `Store.active` reads), 9.4 with the outbox's AUTOINCREMENT
+    counter (a page of `sqlite_sequence` per decision)."""
     store = worked_store(tmp_path / "state.db")
     for number in range(10):
         plugin_job(store, number)
     frames = wal_frames(store)
     store.close()
-    assert frames < 10 * 10
+    assert frames < 10 * 9
 
 
 def test_the_active_executions_are_read_from_their_index_in_order(tmp_path: Path) -> None:
@@ -69,36 +72,85 @@ def test_the_active_executions_are_read_from_their_index_in_order(tmp_path: Path
     assert [row[3] for row in plan] == ["SCAN executions USING INDEX executions_active"]
 
 
+EARLIER_OUTBOX = """CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    execution_number INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_details TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+)"""
+"""The outbox as agents before issue 18's round 12 made it."""
+
+
 def test_a_database_an_earlier_agent_wrote_loses_the_indexes_no_read_needs(
     tmp_path: Path,
 ) -> None:
-    """A database written by an agent before this change (its two indexes on every execution)
-    is opened with its records kept: the two indexes dropped, the index of the active
-    executions made with the active records of the earlier agent in it."""
+    """A database written by an agent before this change (two indexes on every execution, an
+    AUTOINCREMENT outbox) is opened with its records kept: the two indexes dropped, the index
+    of the active executions made with the earlier agent's active records in it, the outbox
+    made again without its counter, its queued entry kept with its id (the next one above it)."""
     path = tmp_path / "state.db"
     earlier = Store(path)
     taken = ExecutionRef(None, "was-running", 1)
     earlier.record_received(taken, {"operation": "quick"}, 1, ExecutionState.STARTED)
     earlier.transition(taken, ExecutionState.RUNNING, handler="quick")
     plugin_job(earlier, 1)
+    queued = ExecutionRef(None, "decided", 1)
+    earlier.record_received(queued, {"operation": "quick"}, 1, ExecutionState.STARTED)
+    earlier.transition(queued, ExecutionState.RUNNING, handler="quick")
     database_id = earlier.database_id
     earlier.close()
-    with sqlite3.connect(path) as db:  # the indexes as the earlier agent made them
+    with sqlite3.connect(path) as db:  # the indexes and the outbox as the earlier agent made them
         db.execute("DROP INDEX executions_active")
         db.execute("CREATE INDEX executions_state ON executions (state)")
         db.execute("CREATE INDEX executions_updated ON executions (updated_at)")
+        db.execute("DROP TABLE outbox")
+        db.execute(EARLIER_OUTBOX)
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', 40)")
+        db.execute("UPDATE executions SET state = 'decided' WHERE job_id = 'decided'")
+        db.execute(
+            "INSERT INTO outbox (namespace, job_id, execution_number, status, status_details,"
+            " created_at) VALUES ('', 'decided', 1, 'FAILED', '{}', 1.0)"
+        )
 
     store = Store(path)
     assert store.database_id == database_id
     assert [record.key for record in store.active()] == [taken]
     assert store.get(ExecutionRef(None, "job-000001", 1)) is not None
-    with sqlite3.connect(path) as db:
-        indexes = {
-            row[0]
-            for row in db.execute(
-                "SELECT name FROM sqlite_master WHERE sql NOT NULL AND type = 'index'"
-            )
-        }
-    assert indexes == {"executions_active"}
+    [entry] = store.outbox()
+    assert (entry.id, entry.key, str(entry.status)) == (41, queued, "FAILED")
     plugin_job(store, 2)
+    assert store.outbox() == [entry]
+    with sqlite3.connect(path) as db:
+        made = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE sql NOT NULL"))
+        counters = db.execute("SELECT name FROM sqlite_sequence").fetchall()
+    assert {name for name in made if name.startswith("executions_")} == {"executions_active"}
+    assert "AUTOINCREMENT" not in made["outbox"]
+    assert counters == []
+    store.reported(entry.id, queued)
+    assert store.outbox() == []
+    store.close()
+
+
+def test_an_id_given_again_never_touches_another_execution_s_entry(tmp_path: Path) -> None:
+    """Without AUTOINCREMENT an emptied outbox gives its next entry the same id again: a late
+    write by the id of an entry already gone (a failed attempt, a second `reported`) leaves
+    the new entry of another execution as it is."""
+    store = Store(tmp_path / "state.db")
+    first, second = ExecutionRef(None, "first", 1), ExecutionRef(None, "second", 1)
+    for key in (first, second):
+        store.record_received(key, {"operation": "quick"}, 1, ExecutionState.STARTED)
+        store.transition(key, ExecutionState.RUNNING, handler="quick")
+    [gone] = store.decide(first, "SUCCEEDED", DETAILS, alone=True)
+    store.reported(gone.id, first)
+    [entry] = store.decide(second, "FAILED", DETAILS, alone=True)
+    assert entry.id == gone.id
+    store.outbox_attempt_failed(gone.id, first, "late")
+    with pytest.raises(TransitionRefused):
+        store.reported(gone.id, first)
+    assert store.outbox() == [entry]
     store.close()

@@ -48,6 +48,7 @@ from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
 from jobs_agent.engine.records import (
     ACTIVE_WHERE,
     ADDED_COLUMNS,
+    OUTBOX_COLUMNS,
     RECORD_COLUMNS,
     SCHEMA,
     record_from_row,
@@ -218,6 +219,7 @@ class Store:
             # executescript would commit an open transaction first: BEGIN is in its script.
             self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}")
             self._add_columns()
+            self._outbox_without_counter()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -238,6 +240,24 @@ class Store:
         for name, kind in ADDED_COLUMNS:
             if name not in present:
                 self._db.execute(f"ALTER TABLE executions ADD COLUMN {name} {kind}")
+
+    def _outbox_without_counter(self) -> None:
+        """An earlier agent's outbox (`id ... AUTOINCREMENT`) is made again without its counter,
+        its entries kept with their ids (`OUTBOX_COLUMNS`), in the schema's transaction: once,
+        on the first open after the upgrade; an agent before it opens the new one as its own."""
+        (made,) = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ).fetchone()
+        if "AUTOINCREMENT" not in made.upper():
+            return
+        columns = (
+            "id, namespace, job_id, execution_number, status, status_details, created_at,"
+            " attempts, last_error"
+        )
+        self._db.execute(f"CREATE TABLE outbox_plain ({OUTBOX_COLUMNS})")
+        self._db.execute(f"INSERT INTO outbox_plain ({columns}) SELECT {columns} FROM outbox")
+        self._db.execute("DROP TABLE outbox")  # and its row of sqlite_sequence
+        self._db.execute("ALTER TABLE outbox_plain RENAME TO outbox")
 
     def verify(self) -> None:
         """Raise `StoreLost` if the open database is no longer the file at `path`."""
@@ -676,7 +696,10 @@ class Store:
                     f" WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.REPORTED]}",
                     (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key)),
                 ),
-                ("DELETE FROM outbox WHERE id = ?", (entry_id,)),
+                (
+                    f"DELETE FROM outbox WHERE id = ? AND {self._WHERE_KEY}",
+                    (entry_id, *self._key_params(key)),
+                ),
             ],
             transition=Change(key, ExecutionState.REPORTED, guarded=True),
             durable=False,
@@ -721,12 +744,14 @@ class Store:
             for r in rows
         ]
 
-    def outbox_attempt_failed(self, entry_id: int, error: str) -> None:
+    def outbox_attempt_failed(self, entry_id: int, key: ExecutionRef, error: str) -> None:
+        """`key`: the entry's execution (an id may be given again once its entry is gone)."""
         self._write(
             [
                 (
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                    (error[:500], entry_id),
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?"
+                    f" WHERE id = ? AND {self._WHERE_KEY}",
+                    (error[:500], entry_id, *self._key_params(key)),
                 )
             ]
         )
