@@ -92,6 +92,15 @@ executions, read in its order (no sort)."""
 """SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
+class Taking(NamedTuple):
+    """What start-next's answer is checked against (`Store.taking`)."""
+
+    others: list[ExecutionRecord]
+    """The active records but the taken execution's."""
+    record: ExecutionRecord | None
+    """The taken execution's own record, in any state (a re-delivery), or None."""
+
+
 class StoreError(Exception):
     """The state database cannot be used (full disk, corrupt file, permissions)."""
 
@@ -412,6 +421,11 @@ class Store:
                 raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
 
     _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
+    _TAKING_SQL = (
+        f"SELECT 0, {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE}"
+        f" UNION ALL SELECT 1, {RECORD_COLUMNS} FROM executions WHERE {_WHERE_KEY}"
+    )
+    """`taking`'s statement: the active records (marked 0), then the one of the key (1)."""
 
     @staticmethod
     def _key_params(key: ExecutionRef) -> tuple[str, str, int]:
@@ -436,6 +450,22 @@ class Store:
         if besides is None:
             return [record_from_row(r) for r in rows]
         return [record for record in map(record_from_row, rows) if record.key != besides]
+
+    def taking(self, key: ExecutionRef) -> Taking:
+        """`active(besides=key)` and `key`'s own record in one statement: what the engine
+        reads when start-next hands it `key` (did start-next pass over a record in progress?
+        is `key` already recorded?), given to `record_taken` (issue 18: two reads, each a
+        statement and a read transaction, before)."""
+        rows = self._query(self._TAKING_SQL, self._key_params(key), leaving_out=key)
+        others: list[ExecutionRecord] = []
+        record = None
+        for row in rows:
+            found = record_from_row(row[1:])
+            if row[0]:
+                record = found
+            elif found.key != key:
+                others.append(found)
+        return Taking(others, record)
 
     def recent(self, limit: int = 20) -> list[ExecutionRecord]:
         rows = self._query(
@@ -511,7 +541,11 @@ class Store:
         )
 
     def record_taken(
-        self, key: ExecutionRef, document: Mapping[str, Any], version_number: int | None
+        self,
+        key: ExecutionRef,
+        document: Mapping[str, Any],
+        version_number: int | None,
+        taking: Taking | None = None,
     ) -> tuple[ExecutionRecord, bool]:
         """The record of an execution start-next gave this device: the one it already has
         (a re-delivery), or a new STARTED one; and whether it is new.
@@ -522,8 +556,10 @@ class Store:
         launched only after that durable write, and until then the start-next marker stays,
         so that a crash or power cut that loses the record leaves an execution the restarted
         agent knows it never ran. Runs on the event loop (`AsyncStore`): no hand-off.
+        `taking`: `key`'s record as `taking` read it just before, not read again.
         """
-        record = self.get(key)  # writes a record still pending first
+        # A read writes a record still pending first.
+        record = self.get(key) if taking is None else taking.record
         if record is None:
             with self._lock:
                 if self._pending is not None:  # never with the engine's order of calls
