@@ -59,9 +59,6 @@ CREATE TABLE IF NOT EXISTS executions (
     deferrals INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, job_id, execution_number)
 );
-DROP INDEX IF EXISTS executions_state;
-DROP INDEX IF EXISTS executions_updated;
-CREATE INDEX IF NOT EXISTS executions_active ON executions (received_at) WHERE {ACTIVE_WHERE};
 CREATE TABLE IF NOT EXISTS outbox ({OUTBOX_COLUMNS});
 CREATE TABLE IF NOT EXISTS packages (
     name TEXT PRIMARY KEY,
@@ -72,6 +69,12 @@ CREATE TABLE IF NOT EXISTS packages (
     seq INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
+"""
+
+LAYOUT = f"""
+DROP INDEX IF EXISTS executions_state;
+DROP INDEX IF EXISTS executions_updated;
+CREATE INDEX IF NOT EXISTS executions_active ON executions (received_at) WHERE {ACTIVE_WHERE};
 """
 """The executions keep one index besides their key: of the active ones, in the order `Store.active`
 reads them (once per job). An execution enters it when taken and leaves it when decided, and no

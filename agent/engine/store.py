@@ -48,6 +48,7 @@ from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
 from jobs_agent.engine.records import (
     ACTIVE_WHERE,
     ADDED_COLUMNS,
+    LAYOUT,
     OUTBOX_COLUMNS,
     RECORD_COLUMNS,
     SCHEMA,
@@ -223,12 +224,26 @@ class Store:
         """The schema, its later columns and the meta rows, in one transaction: a new database
         is made whole or not at all, with one durable commit instead of one per statement (a
         first start made 14 fdatasyncs here before its first request, 7 now; issue 18). An
-        existing database is only read: no commit, no fdatasync."""
+        existing database is only read: no commit, no fdatasync.
+
+        The layout of issue 18's round 12 (`LAYOUT`'s indexes, the outbox without its counter)
+        is made in the same transaction, on an earlier agent's database once. One that cannot
+        take it now (a disk with room for the WAL but not for it: 36-52 KB free, tried on a
+        real tmpfs) is opened with its earlier layout, which every statement here reads and
+        writes as well, and takes it at a later start: an upgraded agent starts wherever the
+        agent before it did, and waits for space as that one did."""
+        try:
+            self._schema_transaction(layout=True)
+        except sqlite3.Error:
+            self._schema_transaction(layout=False)
+
+    def _schema_transaction(self, *, layout: bool) -> None:
         try:
             # executescript would commit an open transaction first: BEGIN is in its script.
-            self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}")
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}{LAYOUT if layout else ''}")
             self._add_columns()
-            self._outbox_without_counter()
+            if layout:
+                self._outbox_without_counter()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -253,7 +268,8 @@ class Store:
     def _outbox_without_counter(self) -> None:
         """An earlier agent's outbox (`id ... AUTOINCREMENT`) is made again without its counter,
         its entries kept with their ids (`OUTBOX_COLUMNS`), in the schema's transaction: once,
-        on the first open after the upgrade; an agent before it opens the new one as its own."""
+        at the first start after the upgrade that can write it; an agent before it opens the
+        new one as its own."""
         (made,) = self._db.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
         ).fetchone()
