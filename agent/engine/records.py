@@ -9,7 +9,16 @@ from jobs_agent.datamodel import model
 from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
 
-ACTIVE_WHERE = f"state IN ({','.join(repr(str(state)) for state in ACTIVE_STATES)})"
+
+def state_in(states: tuple[ExecutionState, ...]) -> str:
+    """`state` is one of `states`, as comparisons: SQLite codes an IN list of more than two
+    values as a temporary table, built at every run of a statement (a page zeroed, allocations:
+    10 per plugin job, where the index of the active executions and the lifecycle's guards
+    evaluate it; issue 18), and a chain of comparisons as itself."""
+    return "(" + " OR ".join(f"state = {str(state)!r}" for state in states) + ")"
+
+
+ACTIVE_WHERE = state_in(ACTIVE_STATES)
 """The active executions, as both the index of them and `Store.active` write it: SQLite reads a
 partial index only for a query whose condition is its own, term for term (values, not `?`)."""
 

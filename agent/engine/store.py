@@ -53,6 +53,7 @@ from jobs_agent.engine.records import (
     RECORD_COLUMNS,
     SCHEMA,
     record_from_row,
+    state_in,
 )
 from jobs_agent.engine.records import Deferral as Deferral
 from jobs_agent.engine.records import ExecutionRecord as ExecutionRecord
@@ -82,8 +83,8 @@ class Change(NamedTuple):
 
 def _allowed_before(state: ExecutionState) -> str:
     """The WHERE condition of a guarded UPDATE to `state`: the states it may come from."""
-    before = sorted(str(old) for old, new in TRANSITIONS if new is state and old is not None)
-    return f" AND state IN ({','.join(repr(old) for old in before)})" if before else " AND 0"
+    before = tuple(sorted({old for old, new in TRANSITIONS if new is state and old is not None}))
+    return f" AND {state_in(before)}" if before else " AND 0"
 
 
 _GUARDS = {state: _allowed_before(state) for state in ExecutionState}
