@@ -67,6 +67,7 @@ ExecutionKey = ExecutionRef
 
 SCHEMA_VERSION = 1
 WAL_AUTOCHECKPOINT = 1000
+"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
 class Change(NamedTuple):
@@ -91,7 +92,6 @@ _GUARDS = {state: _allowed_before(state) for state in ExecutionState}
 _ACTIVE_SQL = f"SELECT {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE} ORDER BY received_at"
 """`active`'s statement, made once (it is read once per job; issue 18): the index of the active
 executions, read in its order (no sort)."""
-"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
 class Taking(NamedTuple):
