@@ -146,6 +146,44 @@ def test_the_check_for_passed_over_records_does_not_write_the_start_record(
         store.close()
 
 
+def test_what_start_next_s_answer_is_checked_against_is_read_in_one_statement(
+    tmp_path: Path,
+) -> None:
+    """`taking(key)`: the active records but `key`'s (the check for records start-next passed
+    over) and `key`'s own record in any state (a re-delivery), read by one statement, which
+    `record_taken` then takes instead of reading it again (issue 18: a statement and a read
+    transaction less per job)."""
+    store = Store(tmp_path / "state.db")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        running, done = ExecutionRef(None, "running", 1), ExecutionRef(None, "done", 1)
+        for key in (running, done):
+            store.record_taken(key, {"operation": "x"}, 1)
+            store.transition(key, ExecutionState.RUNNING, handler="x")
+        [entry] = store.decide(done, JobExecutionStatus.SUCCEEDED, {}, alone=True)
+        store.reported(entry.id, done)
+
+        statements.clear()
+        again = store.taking(done)  # a finished one handed back: its record, in any state
+        assert [r.key for r in again.others] == [running]
+        assert again.record is not None and again.record.state is ExecutionState.REPORTED
+        assert store.record_taken(done, {"operation": "x"}, 1, again) == (again.record, False)
+        assert len(statements) == 1
+
+        new = ExecutionRef(None, "new", 1)
+        taking = store.taking(new)
+        assert ([r.key for r in taking.others], taking.record) == ([running], None)
+        record, created = store.record_taken(new, {"operation": "x"}, 1, taking)
+        assert created and record.state is ExecutionState.STARTED
+        assert len(statements) == 2, statements
+        assert [r.key for r in store.taking(new).others] == [running], "pending: not read"
+        assert len(statements) == 3, "the pending start record of the key is not written"
+        assert [r.key for r in store.taking(done).others] == [running, new]
+    finally:
+        store.close()
+
+
 async def test_a_call_never_overtakes_one_still_on_the_worker(tmp_path: Path) -> None:
     """With RUNNING queued behind a busy worker, a read made next must see it: it waits its
     turn on the worker instead of running on the loop at once."""

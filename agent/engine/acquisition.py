@@ -35,7 +35,7 @@ from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.shared import Shared
-from jobs_agent.engine.store import ExecutionRecord, Store
+from jobs_agent.engine.store import ExecutionRecord, Store, Taking
 from jobs_agent.engine.turns import next_by_name
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsRejected
@@ -233,9 +233,10 @@ class Acquisition:
         return None
 
     # -- recording what was taken -------------------------------------------------------------
-    async def record(self, offer: Offer) -> ExecutionRecord | None:
+    async def record(self, offer: Offer, taking: Taking | None = None) -> ExecutionRecord | None:
         """The device's record of `offer`, created (STARTED) when there is none yet; None when
-        there is nothing to run: its outcome waits for the database, or the record was lost."""
+        there is nothing to run: its outcome waits for the database, or the record was lost.
+        `taking`: what `passed_over` read for the offer (its record among it), not read again."""
         ref, execution = offer.ref, offer.execution
         self.unsettled.pop(ref, None)  # handed back: its run (or its recovery) watches it now
         if ref in self._outbox.undecided:
@@ -244,7 +245,11 @@ class Acquisition:
             # On the loop: the record there is, or a new one written with RUNNING, in its
             # transaction (`Store.record_taken`: the start-next marker stays until then).
             taken, created = await self._store.call(
-                Store.record_taken, ref, execution.job_document or {}, execution.version_number
+                Store.record_taken,
+                ref,
+                execution.job_document or {},
+                execution.version_number,
+                taking,
             )
             if created:
                 self._started(ref)
@@ -314,19 +319,28 @@ class Acquisition:
         for ref, version in unknown:
             await self.fail_lost(ref, version)
 
-    async def passed_over(self, taken: ExecutionRef | None) -> list[ExecutionRef]:
+    async def passed_over(
+        self, taken: ExecutionRef | None
+    ) -> tuple[list[ExecutionRef], Taking | None]:
         """Default-namespace records in progress on the service that start-next did not hand
         back (it hands back IN_PROGRESS executions first, `taken` is what it gave): the service
         most likely ended them after the last reconciliation, and will not offer them again.
-        Those held to run to their end are not counted."""
+        Those held to run to their end are not counted. With `taken`, what was read with
+        them (`Store.taking`: its record too, for `record`, in the same statement)."""
         in_progress = (ExecutionState.STARTED, ExecutionState.RUNNING, ExecutionState.DEFERRED)
-        return [
+        if taken is None:
+            active, taking = await self._store.call(Store.active), None
+        else:
+            taking = await self._store.call(Store.taking, taken)
+            active = taking.others
+        keys = [
             record.key
-            for record in await self._store.call(Store.active, taken)
+            for record in active
             if record.key.namespace is None
             and record.key not in self.held
             and record.state in in_progress
         ]
+        return keys, taking
 
     def suspect(self, event: JobExecutionsChanged) -> bool:
         """Note the unsettled records of the event's namespace that it no longer lists (a

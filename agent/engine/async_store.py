@@ -53,6 +53,7 @@ ON_THE_LOOP: frozenset[Callable[..., Any]] = frozenset(
     {
         Store.get,
         Store.active,
+        Store.taking,
         Store.verify,
         Store.outbox,
         Store.was_taking,

@@ -41,7 +41,7 @@ from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.shared import Dispatcher, Shared, StopRequested
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
-from jobs_agent.engine.store import Store, StoreError, StoreLost
+from jobs_agent.engine.store import Store, StoreError, StoreLost, Taking
 from jobs_agent.engine.turns import NEW_WORK, Turns
 from jobs_agent.inventory.reading import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
@@ -299,8 +299,8 @@ class Engine:
         # Read before the offer is recorded: a read after it would write the new start record
         # in a transaction of its own, where it goes with RUNNING's (issue 18). The record just
         # taken is left out of what was passed over either way.
-        passed_over = await self._passed_over(offer, aside)
-        record = None if offer is None else await self._acquisition.record(offer)
+        passed_over, taking = await self._passed_over(offer, aside)
+        record = None if offer is None else await self._acquisition.record(offer, taking)
         if self._reconcile_needed or passed_over:
             await self._reconcile()
             if record is not None:  # the service may have ended it too: then closed
@@ -316,16 +316,19 @@ class Engine:
             await self._runner.process(record, offer.execution.job_document)
         return True
 
-    async def _passed_over(self, offer: Offer | None, aside: set[ExecutionRef]) -> bool:
+    async def _passed_over(
+        self, offer: Offer | None, aside: set[ExecutionRef]
+    ) -> tuple[bool, Taking | None]:
         """Did the service end an execution this device has in progress after the last
         reconciliation? Start-next passed over one of its records (the service hands back
         IN_PROGRESS executions first: it ended it in between). The other sign, a resync that
         came while the next job was taken (a start-next out during a disconnect is sent again
         after it), is `_reconcile_needed`, looked at once the offer is recorded."""
         if self._reconcile_needed or aside:
-            return False  # reconciled anyway, or taken by name: nothing was passed over
+            return False, None  # reconciled anyway, or taken by name: nothing was passed over
         taken = None if offer is None else offer.ref
-        return bool(await self._acquisition.passed_over(taken))
+        keys, taking = await self._acquisition.passed_over(taken)
+        return bool(keys), taking
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, JobsError):

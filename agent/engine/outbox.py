@@ -169,14 +169,14 @@ class Outbox:
                 note = await self._explain_refused(ref, entry.status, exc)
                 if note is None:
                     await self._store.call(
-                        Store.outbox_attempt_failed, entry.id, f"{exc.code}: {exc.message}"
+                        Store.outbox_attempt_failed, entry.id, ref, f"{exc.code}: {exc.message}"
                     )
                     return False
                 await self._store.call(Store.reported, entry.id, ref, note=note)
                 self._shared.note_outcome(ref, note)
                 continue
             except JobsError as exc:
-                await self._store.call(Store.outbox_attempt_failed, entry.id, str(exc))
+                await self._store.call(Store.outbox_attempt_failed, entry.id, ref, str(exc))
                 return False
             self._shared.crash.reached("report_accepted")
             await self._store.call(Store.reported, entry.id, ref)

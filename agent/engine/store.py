@@ -43,9 +43,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jobs_agent.engine.lifecycle import ACTIVE_STATES, FINISHED_STATES, TRANSITIONS
+from jobs_agent.engine.lifecycle import FINISHED_STATES, TRANSITIONS
 from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
-from jobs_agent.engine.records import ADDED_COLUMNS, RECORD_COLUMNS, SCHEMA, record_from_row
+from jobs_agent.engine.records import (
+    ACTIVE_WHERE,
+    ADDED_COLUMNS,
+    LAYOUT,
+    OUTBOX_COLUMNS,
+    RECORD_COLUMNS,
+    SCHEMA,
+    record_from_row,
+    state_in,
+)
 from jobs_agent.engine.records import Deferral as Deferral
 from jobs_agent.engine.records import ExecutionRecord as ExecutionRecord
 from jobs_agent.engine.records import OutboxEntry as OutboxEntry
@@ -58,6 +67,7 @@ ExecutionKey = ExecutionRef
 
 SCHEMA_VERSION = 1
 WAL_AUTOCHECKPOINT = 1000
+"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
 
 
 class Change(NamedTuple):
@@ -74,18 +84,23 @@ class Change(NamedTuple):
 
 def _allowed_before(state: ExecutionState) -> str:
     """The WHERE condition of a guarded UPDATE to `state`: the states it may come from."""
-    before = sorted(str(old) for old, new in TRANSITIONS if new is state and old is not None)
-    return f" AND state IN ({','.join(repr(old) for old in before)})" if before else " AND 0"
+    before = tuple(sorted({old for old, new in TRANSITIONS if new is state and old is not None}))
+    return f" AND {state_in(before)}" if before else " AND 0"
 
 
 _GUARDS = {state: _allowed_before(state) for state in ExecutionState}
-_ACTIVE_SQL = (
-    f"SELECT {RECORD_COLUMNS} FROM executions"
-    f" WHERE state IN ({','.join('?' for _ in ACTIVE_STATES)}) ORDER BY received_at"
-)
-_ACTIVE_PARAMS = tuple(str(state) for state in ACTIVE_STATES)
-"""`active`'s statement and parameters, made once (it is read once per job; issue 18)."""
-"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
+_ACTIVE_SQL = f"SELECT {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE} ORDER BY received_at"
+"""`active`'s statement, made once (it is read once per job; issue 18): the index of the active
+executions, read in its order (no sort)."""
+
+
+class Taking(NamedTuple):
+    """What start-next's answer is checked against (`Store.taking`)."""
+
+    others: list[ExecutionRecord]
+    """The active records but the taken execution's."""
+    record: ExecutionRecord | None
+    """The taken execution's own record, in any state (a re-delivery), or None."""
 
 
 class StoreError(Exception):
@@ -210,11 +225,26 @@ class Store:
         """The schema, its later columns and the meta rows, in one transaction: a new database
         is made whole or not at all, with one durable commit instead of one per statement (a
         first start made 14 fdatasyncs here before its first request, 7 now; issue 18). An
-        existing database is only read: no commit, no fdatasync."""
+        existing database is only read: no commit, no fdatasync.
+
+        The layout of issue 18's round 12 (`LAYOUT`'s indexes, the outbox without its counter)
+        is made in the same transaction, on an earlier agent's database once. One that cannot
+        take it now (a disk with room for the WAL but not for it: 36-52 KB free, tried on a
+        real tmpfs) is opened with its earlier layout, which every statement here reads and
+        writes as well, and takes it at a later start: an upgraded agent starts wherever the
+        agent before it did, and waits for space as that one did."""
+        try:
+            self._schema_transaction(layout=True)
+        except sqlite3.Error:
+            self._schema_transaction(layout=False)
+
+    def _schema_transaction(self, *, layout: bool) -> None:
         try:
             # executescript would commit an open transaction first: BEGIN is in its script.
-            self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}")
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}{LAYOUT if layout else ''}")
             self._add_columns()
+            if layout:
+                self._outbox_without_counter()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -235,6 +265,25 @@ class Store:
         for name, kind in ADDED_COLUMNS:
             if name not in present:
                 self._db.execute(f"ALTER TABLE executions ADD COLUMN {name} {kind}")
+
+    def _outbox_without_counter(self) -> None:
+        """An earlier agent's outbox (`id ... AUTOINCREMENT`) is made again without its counter,
+        its entries kept with their ids (`OUTBOX_COLUMNS`), in the schema's transaction: once,
+        at the first start after the upgrade that can write it; an agent before it opens the
+        new one as its own."""
+        (made,) = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ).fetchone()
+        if "AUTOINCREMENT" not in made.upper():
+            return
+        columns = (
+            "id, namespace, job_id, execution_number, status, status_details, created_at,"
+            " attempts, last_error"
+        )
+        self._db.execute(f"CREATE TABLE outbox_plain ({OUTBOX_COLUMNS})")
+        self._db.execute(f"INSERT INTO outbox_plain ({columns}) SELECT {columns} FROM outbox")
+        self._db.execute("DROP TABLE outbox")  # and its row of sqlite_sequence
+        self._db.execute("ALTER TABLE outbox_plain RENAME TO outbox")
 
     def verify(self) -> None:
         """Raise `StoreLost` if the open database is no longer the file at `path`."""
@@ -389,6 +438,11 @@ class Store:
                 raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
 
     _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
+    _TAKING_SQL = (
+        f"SELECT 0, {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE}"
+        f" UNION ALL SELECT 1, {RECORD_COLUMNS} FROM executions WHERE {_WHERE_KEY}"
+    )
+    """`taking`'s statement: the active records (marked 0), then the one of the key (1)."""
 
     @staticmethod
     def _key_params(key: ExecutionRef) -> tuple[str, str, int]:
@@ -409,10 +463,26 @@ class Store:
         written first: the read does not need it, and it goes with RUNNING, in one transaction
         (issue 18: the check that start-next passed nothing over, between the two, had made
         each job write its record in a commit of its own)."""
-        rows = self._query(_ACTIVE_SQL, _ACTIVE_PARAMS, leaving_out=besides)
+        rows = self._query(_ACTIVE_SQL, leaving_out=besides)
         if besides is None:
             return [record_from_row(r) for r in rows]
         return [record for record in map(record_from_row, rows) if record.key != besides]
+
+    def taking(self, key: ExecutionRef) -> Taking:
+        """`active(besides=key)` and `key`'s own record in one statement: what the engine
+        reads when start-next hands it `key` (did start-next pass over a record in progress?
+        is `key` already recorded?), given to `record_taken` (issue 18: two reads, each a
+        statement and a read transaction, before)."""
+        rows = self._query(self._TAKING_SQL, self._key_params(key), leaving_out=key)
+        others: list[ExecutionRecord] = []
+        record = None
+        for row in rows:
+            found = record_from_row(row[1:])
+            if row[0]:
+                record = found
+            elif found.key != key:
+                others.append(found)
+        return Taking(others, record)
 
     def recent(self, limit: int = 20) -> list[ExecutionRecord]:
         rows = self._query(
@@ -488,7 +558,11 @@ class Store:
         )
 
     def record_taken(
-        self, key: ExecutionRef, document: Mapping[str, Any], version_number: int | None
+        self,
+        key: ExecutionRef,
+        document: Mapping[str, Any],
+        version_number: int | None,
+        taking: Taking | None = None,
     ) -> tuple[ExecutionRecord, bool]:
         """The record of an execution start-next gave this device: the one it already has
         (a re-delivery), or a new STARTED one; and whether it is new.
@@ -499,8 +573,10 @@ class Store:
         launched only after that durable write, and until then the start-next marker stays,
         so that a crash or power cut that loses the record leaves an execution the restarted
         agent knows it never ran. Runs on the event loop (`AsyncStore`): no hand-off.
+        `taking`: `key`'s record as `taking` read it just before, not read again.
         """
-        record = self.get(key)  # writes a record still pending first
+        # A read writes a record still pending first.
+        record = self.get(key) if taking is None else taking.record
         if record is None:
             with self._lock:
                 if self._pending is not None:  # never with the engine's order of calls
@@ -673,7 +749,10 @@ class Store:
                     f" WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.REPORTED]}",
                     (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key)),
                 ),
-                ("DELETE FROM outbox WHERE id = ?", (entry_id,)),
+                (
+                    f"DELETE FROM outbox WHERE id = ? AND {self._WHERE_KEY}",
+                    (entry_id, *self._key_params(key)),
+                ),
             ],
             transition=Change(key, ExecutionState.REPORTED, guarded=True),
             durable=False,
@@ -718,12 +797,14 @@ class Store:
             for r in rows
         ]
 
-    def outbox_attempt_failed(self, entry_id: int, error: str) -> None:
+    def outbox_attempt_failed(self, entry_id: int, key: ExecutionRef, error: str) -> None:
+        """`key`: the entry's execution (an id may be given again once its entry is gone)."""
         self._write(
             [
                 (
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                    (error[:500], entry_id),
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?"
+                    f" WHERE id = ? AND {self._WHERE_KEY}",
+                    (error[:500], entry_id, *self._key_params(key)),
                 )
             ]
         )
