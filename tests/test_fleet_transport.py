@@ -10,7 +10,9 @@ filter, a count mismatch) as the transport's acknowledgement future would carry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,6 +171,38 @@ def test_an_existing_device_database_is_kept(tmp_path: Path) -> None:
     store = Store(path, exclusive=True)
     try:
         assert store.database_id == kept
+    finally:
+        store.close()
+
+
+def _open_files(path: Path) -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found.append(os.readlink(fd))
+    return [f for f in found if f.startswith(str(path))]
+
+
+def test_a_fleet_store_marks_start_next_without_holding_the_marker_open(tmp_path: Path) -> None:
+    """The marker's contents are those of a gateway's store at every step; only no descriptor
+    is held for it (a fleet's things are counted in descriptors)."""
+    path = tmp_path / "thing" / STATE_DATABASE
+    marker = path.with_name(STATE_DATABASE + ".taking")
+    marker.parent.mkdir()
+    marker.write_text("an earlier database's")
+    store = Store(path, exclusive=True, hold_marker=False)
+    try:
+        store.taken()  # nothing was asked by this store: an earlier agent's marker goes
+        assert not marker.exists()
+        for _ in range(2):
+            store.begin_taking()
+            assert store.was_taking()
+            assert marker.read_text() == store.database_id
+            assert str(marker) not in _open_files(tmp_path)
+            store.taken()
+            assert not store.was_taking()
+            assert marker.read_bytes() == b""  # emptied, not unlinked (none made per job)
+        assert sorted(_open_files(tmp_path)) == [str(path), f"{path}-wal"]
     finally:
         store.close()
 

@@ -48,7 +48,7 @@ too; the fleet sees the extra replies and stops, saying so. Unanswered requests 
 its max_queued_messages drops what is queued for the emulator) are reported; a rollout in which
 nothing moves for --stall-timeout seconds stops with what the devices and the service hold.
 
-Each device holds 4 file descriptors (its socket, database, WAL and start-next marker); the soft
+Each device holds 3 file descriptors (its socket, database and WAL); the soft
 limit is raised to the hard one (ulimit -Hn) and a fleet too big for one process is refused with
 how many fit: use --processes.
 

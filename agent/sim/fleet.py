@@ -10,8 +10,9 @@ event loop), which sends a device's eight subscriptions in one SUBSCRIBE (fleet_
 the stores share `STORE_THREADS` writer threads, each device always on the same one.
 
 File descriptors bound a fleet's size: each device holds `DESCRIPTORS_PER_THING` (its socket,
-its database, the database's WAL and the start-next marker the store keeps open; the stores
-use SQLite's exclusive locking mode, so there is no shared-memory file). `raise_descriptor_limit`
+its database and the database's WAL; the stores use SQLite's exclusive locking mode, so there
+is no shared-memory file, and open their start-next marker only to write it, so it holds no
+descriptor between jobs). `raise_descriptor_limit`
 lifts the soft limit to the hard one and says how many things fit; `sim fleet --processes N`
 spreads larger fleets over N processes.
 
@@ -60,9 +61,10 @@ log = structlog.get_logger("jobs_agent.sim.fleet")
 
 NOOP_OPERATION = "fleet-noop"
 """The built-in handler of `sim fleet`: a Python plugin that succeeds at once."""
-DESCRIPTORS_PER_THING = 4
-"""Open per simulated device: its MQTT socket, its state database, the database's WAL and the
-start-next marker (`state.db.taking`, kept open by the store once it has taken a job)."""
+DESCRIPTORS_PER_THING = 3
+"""Open per simulated device: its MQTT socket, its state database and the database's WAL. The
+start-next marker (`state.db.taking`) is open only while the store writes it (`hold_marker`):
+held open, it was a fourth, and 5,000 things did not fit under a limit of 20,000."""
 DESCRIPTORS_RESERVED = 256
 """For everything else in a fleet process: the emulator, standard streams, logs, scripts' pipes."""
 
