@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,6 +161,31 @@ def test_device_databases_are_copies_with_ids_of_their_own(tmp_path: Path) -> No
             store.close()
     assert len(set(ids)) == 2
     assert all(len(i) == 32 for i in ids)
+
+
+def test_a_device_database_is_made_without_opening_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its id is written into the template's bytes: an UPDATE through SQLite cost 2.6 ms of CPU
+    and 5 fdatasyncs a device while a fleet connected. The result is a whole database."""
+    template = database_template(tmp_path / "template")
+    paths = [tmp_path / name / STATE_DATABASE for name in ("a", "b")]
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(str(a[0])))
+    for path in paths:
+        _create_database(path, template)
+    monkeypatch.setattr(sqlite3, "connect", real_connect)
+    assert opened == []
+    ids = set()
+    for path in paths:
+        db = sqlite3.connect(str(path))
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            ids.add(db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()[0])
+        finally:
+            db.close()
+    assert len(ids) == 2 and all(len(i) == 32 for i in ids)
 
 
 def test_an_existing_device_database_is_kept(tmp_path: Path) -> None:
