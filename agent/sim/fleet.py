@@ -39,6 +39,7 @@ import gc
 import os
 import resource
 import shutil
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -82,6 +83,14 @@ disks 8 threads did 7-20x the fdatasyncs per second of one)."""
 DATABASE_MODE = 0o644
 """SQLite's own mode for a database it creates (less the umask), kept for the copies."""
 
+PAGE_SIZE = 1024
+"""The devices' database pages (a gateway's store keeps SQLite's default, 4,096; 1,024 was that
+default until SQLite 3.12). An open database's page cache starts with one allocation of 20
+pages: 86 kB a device with 4 kB pages, the largest single part of the ~330 kB a device costs
+(SQLite's own allocations were 162 kB of it, `sqlite3_memory_used` over 300 open stores). With
+1 kB pages they are 96 kB and the file is 13 kB instead of 45; the store's transactions and
+fsyncs are the same, each page it writes is smaller."""
+
 
 @dataclass(frozen=True)
 class DatabaseTemplate:
@@ -103,6 +112,13 @@ def database_template(directory: Path) -> DatabaseTemplate:
     made once per fleet in `directory` (then removed), copied for each device."""
     path = directory / STATE_DATABASE
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            db.execute("VACUUM")  # writes the header of an empty database: its page size
+        finally:
+            db.close()
         store = Store(path, exclusive=True)
         made = store.database_id.encode("ascii")
         store.close()  # closing checkpoints: no WAL is left beside it
