@@ -110,6 +110,33 @@ async def test_a_job_rolls_out_to_every_thing_through_a_running_emulator(
     assert all((tmp_path / "state" / t / "state.db").is_file() for t in things)
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_rollout_counts_the_jobs_requests_only(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path, processes: int
+) -> None:
+    """The job is created once every device has looked for work (its first reconciliation and
+    start-next answered), as a real fleet is idle when a rollout begins: the rollout's requests
+    are the job's own, and the devices' start-up requests (a GetPendingJobExecutions and a
+    start-next each) are all served before. A job created while thousands of devices were
+    still starting counted their start-up requests too: 4.2 to 5 a device in round 11's
+    benchmark runs, depending on how much of the start-up the rollout overlapped."""
+    before = Counter(emulator.service.counters)
+    code, stdout, stderr = await _fleet(
+        *("--things", str(THINGS), "--prefix", f"r{uuid.uuid4().hex[:6]}-"),
+        *("--broker-port", str(mosquitto.port), "--endpoint", str(emulator.http_endpoint)),
+        *("--state-dir", str(tmp_path / "state"), "--handler-dir", str(tmp_path), "--json"),
+        *("--processes", str(processes)),
+    )
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["outcomes"] == {"SUCCEEDED": THINGS}
+    served = Counter(emulator.service.counters)
+    served.subtract(before)
+    assert served["GetPendingJobExecutions"] == THINGS
+    start_up = 2 * THINGS  # GetPendingJobExecutions and start-next, each device
+    assert summary["requests"] == served.total() - start_up
+
+
 async def test_a_document_no_handler_accepts_is_rejected_everywhere_and_fails(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
