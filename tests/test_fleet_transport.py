@@ -265,6 +265,14 @@ def test_a_fleet_store_marks_start_next_without_holding_the_marker_open(tmp_path
             assert not store.was_taking()
             assert marker.read_bytes() == b""  # emptied, not unlinked (none made per job)
         assert sorted(_open_files(tmp_path)) == [str(path), f"{path}-wal"]
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.write_text("kept")
+        store.begin_taking()
+        marker.unlink()
+        marker.symlink_to(elsewhere)  # the marker is never emptied through a link
+        with pytest.raises(OSError):
+            store.taken()
+        assert elsewhere.read_text() == "kept"
     finally:
         store.close()
 

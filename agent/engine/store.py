@@ -125,8 +125,8 @@ class Store:
         gateway's `jobs-agent status` needs. Durability is the same (same journal, same
         fsyncs). `hold_marker=False`, for `sim fleet` too: the start-next marker is opened
         for each write and emptied by its path, so no descriptor is held between jobs (a
-        fleet's limit is descriptors per thing); the price is two system calls per job
-        (open, close), the marker's contents and timing are the same."""
+        fleet's limit is descriptors per thing); the price is three system calls per job
+        (two opens, two closes, no ftruncate), the marker's contents and timing are the same."""
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -209,8 +209,9 @@ class Store:
             os.ftruncate(self._marker_fd, 0)
             return
         with contextlib.suppress(FileNotFoundError):
-            if self._marker_made:  # not held open (`hold_marker`)
-                os.truncate(self._take_marker, 0)
+            if self._marker_made:  # not held open (`hold_marker`); never through a symlink
+                flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+                os.close(os.open(self._take_marker, flags))
             else:
                 os.unlink(self._take_marker)  # an earlier agent's
 
