@@ -137,15 +137,19 @@ def build_device(
 ) -> Device:
     """The device `config` describes, over `transport`. Opens the state database (raises
     `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing.
-    `exclusive_store`: the state database in SQLite's exclusive locking mode (`sim fleet`
-    only: one descriptor less per device, see `Store`)."""
+    `exclusive_store`: the state database in SQLite's exclusive locking mode and its
+    start-next marker not held open (`sim fleet` only: two descriptors less per device, see
+    `Store`)."""
     link = SharedLink(transport)
     client = jobs_client(config, link.view())
     shadows = FirstUseShadowClient(
         link.view(), config.thing_name, request_timeout=config.jobs.request_timeout_seconds
     )
     store = AsyncStore(
-        config.state_dir / STATE_DATABASE, executor=store_executor, exclusive=exclusive_store
+        config.state_dir / STATE_DATABASE,
+        executor=store_executor,
+        exclusive=exclusive_store,
+        hold_marker=not exclusive_store,
     )
     try:
         handlers = first_job_dispatcher(config, **(dispatcher_options or {}))

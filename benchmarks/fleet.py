@@ -4,7 +4,10 @@ The fleet (N engines, each its own MQTT connection, thing name and SQLite store)
 `jobs-agent sim fleet` process; the emulator runs in this process (its own paho client) and the
 job is created through its HTTP API, so the fleet process holds only devices. Figures: the time
 from creating the job to the last SUCCEEDED, the emulator's request rate over that time, and the
-fleet process's peak RSS.
+fleet process's peak RSS. The job is created once every device has looked for work (its
+start-up requests, timed apart as "first look"): the rollout's time and requests are the job's
+own. A `--baseline` from before round 12 created it as soon as the devices had connected, so
+its rollout also holds part of their start-up, and its first look reads 0.
 
 Floor: the same broker serving the same number of requests (3 per device: start-next at
 start-up, start-next on notify, the final update) as back-to-back raw paho round trips.
@@ -159,6 +162,15 @@ async def run(session: Session, quick: bool) -> list[Measure]:
             summary["connect_seconds"],
             note=note,
             base_value=before("connect_seconds"),
+            base_label=base_label,
+        ),
+        Measure(
+            "first-look",
+            f"{things} things looking for work (after connecting, before the job)",
+            "s",
+            summary.get("first_look_seconds", 0.0),
+            note=note,
+            base_value=None if old is None else old.get("first_look_seconds"),
             base_label=base_label,
         ),
         Measure(

@@ -110,6 +110,33 @@ async def test_a_job_rolls_out_to_every_thing_through_a_running_emulator(
     assert all((tmp_path / "state" / t / "state.db").is_file() for t in things)
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_rollout_counts_the_jobs_requests_only(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path, processes: int
+) -> None:
+    """The job is created once every device has looked for work (its first reconciliation and
+    start-next answered), as a real fleet is idle when a rollout begins: the rollout's requests
+    are the job's own, and the devices' start-up requests (a GetPendingJobExecutions and a
+    start-next each) are all served before. A job created while thousands of devices were
+    still starting counted their start-up requests too: 4.2 to 5 a device in round 11's
+    benchmark runs, depending on how much of the start-up the rollout overlapped."""
+    before = Counter(emulator.service.counters)
+    code, stdout, stderr = await _fleet(
+        *("--things", str(THINGS), "--prefix", f"r{uuid.uuid4().hex[:6]}-"),
+        *("--broker-port", str(mosquitto.port), "--endpoint", str(emulator.http_endpoint)),
+        *("--state-dir", str(tmp_path / "state"), "--handler-dir", str(tmp_path), "--json"),
+        *("--processes", str(processes)),
+    )
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["outcomes"] == {"SUCCEEDED": THINGS}
+    served = Counter(emulator.service.counters)
+    served.subtract(before)
+    assert served["GetPendingJobExecutions"] == THINGS
+    start_up = 2 * THINGS  # GetPendingJobExecutions and start-next, each device
+    assert summary["requests"] == served.total() - start_up
+
+
 async def test_a_document_no_handler_accepts_is_rejected_everywhere_and_fails(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -289,22 +316,30 @@ async def test_a_worker_that_dies_fails_the_fleet(
 async def test_a_device_holds_the_descriptors_the_limit_check_counts(
     mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
 ) -> None:
-    """Its socket, its database, the WAL and the start-next marker: no shared-memory file
-    (exclusive locking). The limit check counts `DESCRIPTORS_PER_THING`: a count below what a
-    device holds let a 10,000-thing fleet over 2 processes run out of descriptors mid-rollout."""
+    """Its socket, its database and the WAL: no shared-memory file (exclusive locking), and
+    the start-next marker is not held open between jobs (it was a fourth descriptor: 4,900
+    things fitted under a limit of 20,000, not 5,000). The limit check counts
+    `DESCRIPTORS_PER_THING`: a count below what a device holds let a 10,000-thing fleet over
+    2 processes run out of descriptors mid-rollout."""
     things = 10
+    asked = emulator.service.counters["StartNextPendingJobExecution"]
     process = await _serving_fleet(
         *("--things", str(things), "--prefix", f"f{uuid.uuid4().hex[:6]}-"),
         *("--broker-port", str(mosquitto.port), "--state-dir", str(tmp_path / "state")),
         *("--handler-dir", str(tmp_path)),
     )
     try:
-        # Every device has asked for its first execution (the store made its marker then).
-        await wait_until(
-            lambda: len(list((tmp_path / "state").glob("*/state.db.taking"))) == things,
-            30,
-            "every device's start-next marker",
-        )
+        # Every device's first start-next was answered and recorded (the store made its
+        # marker before the request, emptied it after the answer): no store is writing its
+        # marker now (one made but not yet written is empty, but its request unanswered).
+
+        def markers_emptied() -> bool:
+            if emulator.service.counters["StartNextPendingJobExecution"] - asked < things:
+                return False
+            markers = list((tmp_path / "state").glob("*/state.db.taking"))
+            return len(markers) == things and all(m.stat().st_size == 0 for m in markers)
+
+        await wait_until(markers_emptied, 30, "every device's start-next marker, emptied")
         targets = []
         for fd in Path(f"/proc/{process.pid}/fd").iterdir():
             with contextlib.suppress(FileNotFoundError):  # closed since the listing
@@ -316,6 +351,7 @@ async def test_a_device_holds_the_descriptors_the_limit_check_counts(
     assert sum(t.endswith("/state.db") for t in targets) == things
     assert sum(t.endswith("/state.db-wal") for t in targets) == things
     assert not [t for t in targets if t.endswith("-shm")]
+    assert not [t for t in targets if t.endswith(".taking")]
     assert sum(t.startswith("socket:") for t in targets) <= things + 4
     state_files = [t for t in targets if t.startswith(str(tmp_path / "state"))]
     assert len(state_files) <= things * (DESCRIPTORS_PER_THING - 1), state_files

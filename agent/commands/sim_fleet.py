@@ -48,9 +48,8 @@ too; the fleet sees the extra replies and stops, saying so. Unanswered requests 
 its max_queued_messages drops what is queued for the emulator) are reported; a rollout in which
 nothing moves for --stall-timeout seconds stops with what the devices and the service hold.
 
-Each device holds 4 file descriptors (its socket, database, WAL and start-next marker); the soft
-limit is raised to the hard one (ulimit -Hn) and a fleet too big for one process is refused with
-how many fit: use --processes.
+Each device holds 3 file descriptors (its socket, database and WAL); the soft limit is raised to
+the hard one (ulimit -Hn) and a fleet too big for one process is refused with how many fit.
 
 exit status: 0 when every execution SUCCEEDED, 1 otherwise (or on timeout), 2 on bad usage.""",
     )
@@ -325,6 +324,9 @@ async def _roll_out(
     out(f"connected {fleet.connected()} devices in {connected:.1f} s")
     if args.no_job:
         return await _fleet_serve(args, fleet, stop, out)
+    await fleet.first_look(timeout=60.0)
+    looked = time.monotonic() - start - connected
+    out(f"every device looked for work in {looked:.1f} s")
     job_id = args.job_id
     requests_before = fleet.requests()
     created = time.monotonic()
@@ -343,6 +345,7 @@ async def _roll_out(
     summary.update(
         problem=problem,
         connect_seconds=round(connected, 3),
+        first_look_seconds=round(looked, 3),
         rollout_seconds=round(rollout, 3),
         finished=finished is not None,
         requests_per_second=(round(summary["requests"] / rollout, 1) if rollout > 0 else None),
@@ -444,11 +447,7 @@ def _summary(
 
 
 def _print_summary(
-    args: argparse.Namespace,
-    summary: dict[str, Any],
-    counts: Any,
-    connected: float,
-    rollout: float,
+    args: argparse.Namespace, summary: dict[str, Any], counts: Any, connected: float, rollout: float
 ) -> None:
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))

@@ -85,13 +85,15 @@ class AsyncStore(Threaded[Store]):
         executor: ThreadPoolExecutor | None = None,
         *,
         exclusive: bool = False,
+        hold_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`executor`, if given, must have exactly one worker (writes stay in order) and is
         shared, e.g. by the engines of `sim fleet`, which would otherwise need a thread each.
-        `exclusive`: see `Store` (`sim fleet` only). `clock` times the durable commits (tests
-        make a commit look slow with it)."""
-        super().__init__(Store(path, exclusive=exclusive), executor, name="jobs-agent-store")
+        `exclusive`, `hold_marker`: see `Store` (`sim fleet` only). `clock` times the durable
+        commits (tests make a commit look slow with it)."""
+        store = Store(path, exclusive=exclusive, hold_marker=hold_marker)
+        super().__init__(store, executor, name="jobs-agent-store")
         self.handoffs = 0
         """Calls sent to the worker thread (tests and benchmarks count them per job)."""
         self._finished = 0

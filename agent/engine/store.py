@@ -132,13 +132,16 @@ class TransitionRefused(Exception):
 class Store:
     """Synchronous SQLite access; the engine calls it from one worker thread (see AsyncStore)."""
 
-    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False, hold_marker: bool = True) -> None:
         """`exclusive`: SQLite's EXCLUSIVE locking mode, for `sim fleet` only. The WAL index
         then lives in this process's memory instead of a `-shm` file, so the store holds two
         descriptors instead of three (thousands of simulated things in one process); the
         price is that no other process can read the database while it is open, which a
         gateway's `jobs-agent status` needs. Durability is the same (same journal, same
-        fsyncs)."""
+        fsyncs). `hold_marker=False`, for `sim fleet` too: the start-next marker is opened
+        for each write and emptied by its path, so no descriptor is held between jobs (a
+        fleet's limit is descriptors per thing); the price is three system calls per job
+        (two opens, two closes, no ftruncate), the marker's contents and timing are the same."""
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -160,6 +163,9 @@ class Store:
         self._identity = (info.st_dev, info.st_ino)
         self._take_marker = path.with_name(path.name + ".taking")
         self._marker_fd: int | None = None
+        self._hold_marker = hold_marker
+        self._marker_made = False
+        """This store made (or emptied) the marker file: emptied, not unlinked, when done."""
         self._durable: bool | None = True
         self._checkpoints: bool | None = True
         """How the connection is set (`_sync`): True after the pragmas above."""
@@ -193,7 +199,13 @@ class Store:
         if self._marker_fd is None:
             flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
             self._marker_fd = os.open(self._take_marker, flags, 0o600)
-        os.pwrite(self._marker_fd, self.database_id.encode("ascii"), 0)
+        try:
+            os.pwrite(self._marker_fd, self.database_id.encode("ascii"), 0)
+        finally:
+            if not self._hold_marker:
+                os.close(self._marker_fd)
+                self._marker_fd = None
+        self._marker_made = True
 
     def begin_taking(self) -> None:
         """`verify`, then `mark_taking`: one store call before each start-next (a job the
@@ -212,7 +224,11 @@ class Store:
             os.ftruncate(self._marker_fd, 0)
             return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._take_marker)  # an earlier agent's
+            if self._marker_made:  # not held open (`hold_marker`); never through a symlink
+                flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+                os.close(os.open(self._take_marker, flags))
+            else:
+                os.unlink(self._take_marker)  # an earlier agent's
 
     def was_taking(self) -> bool:
         """Did this database's agent stop while a start-next request was out?"""

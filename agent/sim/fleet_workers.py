@@ -101,8 +101,11 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
     lifeline.add_done_callback(lambda _: stop.set())
     try:
         await fleet.start(timeout=60.0)
-        requests_at_start = fleet.requests()
         _write({"event": "connected", "devices": len(fleet.devices)})
+        if job_id is not None:
+            await fleet.first_look(timeout=60.0)
+            _write({"event": "looked"})
+        requests_at_start = fleet.requests()
         last: dict[str, Any] | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -149,6 +152,7 @@ class Worker:
     share: range
     process: asyncio.subprocess.Process
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    looked: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     surplus_replies: int = 0
@@ -193,8 +197,8 @@ class FleetWorkers:
             try:
                 message = json.loads(line)
                 event = message["event"]
-                if event == "connected":
-                    worker.connected.set()
+                if event in ("connected", "looked"):
+                    getattr(worker, event).set()
                     continue
                 worker.outcomes = Counter(message["outcomes"])
                 worker.requests = int(message["requests"])
@@ -212,13 +216,14 @@ class FleetWorkers:
         if not worker.done:
             self._fail(f"{name} ended (exit status {code}) before its devices were done")
 
-    async def connected(self, stop: asyncio.Event) -> None:
+    async def connected(self, stop: asyncio.Event, what: str = "connected") -> None:
         """Every worker connected its devices (each gives up on a connection by itself, after
-        the connect timeout); raises `WorkerFailed` if one ended first or `stop` was set."""
+        the connect timeout), or with `what="looked"` its devices looked for work; raises
+        `WorkerFailed` if one ended first or `stop` was set."""
 
         async def all_connected() -> None:
             for worker in self.workers:
-                await worker.connected.wait()
+                await getattr(worker, what).wait()
 
         async def one_failed() -> None:
             await self.failed.wait()
@@ -240,7 +245,7 @@ class FleetWorkers:
         if self.failure is not None:
             raise WorkerFailed(self.failure)
         if stop.is_set():
-            raise WorkerFailed("stopped while the workers were connecting their devices")
+            raise WorkerFailed(f"stopped while the workers' devices were not all {what} yet")
 
     def outcomes(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -314,6 +319,10 @@ class SpreadFleet:
         ]
         await self._workers.start(commands)
         await self._workers.connected(self._stop)
+
+    async def first_look(self, timeout: float = 60.0) -> None:
+        """Every worker's devices looked for work (each worker bounds its own wait)."""
+        await self._workers.connected(self._stop, "looked")
 
     def connected(self) -> int:
         return sum(len(w.share) for w in self._workers.workers if w.connected.is_set())
