@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import pickle
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -77,6 +79,24 @@ def shapes(decorate: Callable[..., Decorator]) -> dict[str, type]:
     class Derived(Base):
         b: str = "x"
 
+    @decorate(frozen=True, slots=False)
+    class Defaults:
+        a: int
+        items: tuple[int, ...] = dataclasses.field(default_factory=tuple)
+        b: str = "x"
+        late: int = dataclasses.field(default=7, init=False)
+        c: int = dataclasses.field(default=3, kw_only=True)
+        d: list[int] = dataclasses.field(default_factory=list, kw_only=True)
+
+    @decorate(frozen=True, slots=True)
+    class Selfish:
+        self: str
+        seen: list[str] = dataclasses.field(default_factory=list)
+        size: int = dataclasses.field(default=0, init=False)
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "size", len(self.self))
+
     return dict(locals())
 
 
@@ -107,6 +127,10 @@ SAMPLES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("Own", ("k", 2), {}),
     ("Base", (1,), {}),
     ("Derived", (1, "y"), {}),
+    ("Defaults", (1,), {}),
+    ("Defaults", (1, (2, 3), "y"), {"c": 4, "d": [5]}),
+    ("Selfish", ("me",), {}),
+    ("Selfish", (), {"self": "you", "seen": ["a"]}),
 ]
 
 
@@ -193,7 +217,7 @@ def outcome(action: Callable[..., Any], *args: Any) -> tuple[str, str]:
     return "", ""
 
 
-@pytest.mark.parametrize("name", ["Options", "Empty", "Own", "Base", "Derived"])
+@pytest.mark.parametrize("name", ["Options", "Empty", "Own", "Base", "Derived", "Defaults"])
 def test_a_frozen_model_refuses_changes_as_its_twin(name: str) -> None:
     """Assigning or deleting a field, or any other name, fails as on the dataclass; a plain
     subclass may still set names that are not fields (as dataclasses allows)."""
@@ -213,7 +237,7 @@ def test_a_frozen_model_refuses_changes_as_its_twin(name: str) -> None:
     assert outcome(delattr, our_sub, "other_name")[0] == "AttributeError"
 
 
-@pytest.mark.parametrize("name", ["Ref", "One"])
+@pytest.mark.parametrize("name", ["Ref", "One", "Selfish"])
 def test_a_slotted_frozen_model_refuses_every_change(name: str) -> None:
     """Fields as the dataclass; any other name is refused as frozen too, where Python 3.11's
     generated method fails with a TypeError (it holds the class from before the slots)."""
@@ -226,3 +250,114 @@ def test_a_slotted_frozen_model_refuses_every_change(name: str) -> None:
         "FrozenInstanceError",
         "cannot assign to field 'other_name'",
     )
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"decorate"}))
+def test_a_model_is_made_and_called_as_its_twin(name: str) -> None:
+    """The class as a caller or a reader of it sees it: the `__init__` (signature, annotations,
+    name, the errors of a wrong call), the docstring dataclasses writes for an undocumented
+    class, `__match_args__` and what `__dataclass_params__` says of `frozen` and `init`."""
+    ours, theirs = MODELS[name], DATACLASSES[name]
+    assert str(inspect.signature(ours)) == str(inspect.signature(theirs))
+    assert ours.__init__.__annotations__ == theirs.__init__.__annotations__
+    assert ours.__init__.__qualname__ == theirs.__init__.__qualname__
+    assert ours.__doc__ == theirs.__doc__
+    assert ours.__match_args__ == theirs.__match_args__  # type: ignore[attr-defined]
+    for flag in ("frozen", "init"):
+        our_params = ours.__dataclass_params__  # type: ignore[attr-defined]
+        their_params = theirs.__dataclass_params__  # type: ignore[attr-defined]
+        assert getattr(our_params, flag) == getattr(their_params, flag)
+    for args, kwargs in [((), {}), ((1, 2, 3, 4, 5, 6), {}), ((1,), {"unknown": 1})]:
+        assert outcome(partial(ours, *args, **kwargs)) == outcome(partial(theirs, *args, **kwargs))
+    for _, args, kwargs in filter(lambda sample: sample[0] == name, SAMPLES):
+        our_one, their_one = ours(*args, **kwargs), theirs(*args, **kwargs)
+        assert vars_of(our_one) == vars_of(their_one)
+
+
+def vars_of(instance: Any) -> dict[str, Any]:
+    """Every attribute the instance holds itself (slots or `__dict__`)."""
+    names = getattr(type(instance), "__slots__", None) or vars(instance)
+    return {name: getattr(instance, name, "<unset>") for name in names}
+
+
+def test_a_default_factory_makes_a_new_value_for_each_instance() -> None:
+    first, second = MODELS["Defaults"](1), MODELS["Defaults"](2)
+    assert first.d == second.d == [] and first.d is not second.d
+    assert (first.late, first.c, first.b, first.items) == (7, 3, "x", ())
+
+
+@pytest.mark.parametrize("frozen_base", [True, False])
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("base_kind", ["model", "dataclass"])
+@pytest.mark.parametrize("kind", ["model", "dataclass"])
+def test_a_class_derived_from_a_model_follows_dataclasses_rules_on_frozen(
+    frozen_base: bool, frozen: bool, base_kind: str, kind: str
+) -> None:
+    """A frozen class may not derive from a non-frozen dataclass, nor a non-frozen one from a
+    frozen one, whichever of `@model` and `@dataclass` made either: what is refused, with what
+    message, and what is accepted are what two dataclasses give."""
+    makers = {"model": _model, "dataclass": _dataclass}
+
+    def derive(base_maker: Callable[..., Decorator], maker: Callable[..., Decorator]) -> Any:
+        base = base_maker(frozen=frozen_base, slots=False)(
+            type("Base", (), {"__annotations__": {"a": "int"}})
+        )
+        derived = maker(frozen=frozen, slots=False)(
+            type("Derived", (base,), {"__annotations__": {"b": "int"}, "b": 0})
+        )
+        instance = derived(1)
+        return outcome(setattr, instance, "a", 2), outcome(setattr, instance, "b", 2)
+
+    def made(base_maker: Callable[..., Decorator], maker: Callable[..., Decorator]) -> Any:
+        try:
+            return derive(base_maker, maker)
+        except TypeError as exc:
+            return str(exc)
+
+    assert made(makers[base_kind], makers[kind]) == made(_dataclass, _dataclass)
+
+
+def test_a_frozen_class_with_its_own_setattr_is_refused_as_dataclasses_refuses_it() -> None:
+    def own_setattr(self: Any, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def make(decorate: Callable[..., Decorator]) -> tuple[str, str]:
+        return outcome(
+            decorate(frozen=True, slots=False), type("Own", (), {"__setattr__": own_setattr})
+        )
+
+    assert (
+        make(_model)
+        == make(_dataclass)
+        == (
+            "TypeError",
+            "Cannot overwrite attribute __setattr__ in class Own",
+        )
+    )
+
+
+def test_a_frozen_model_above_a_class_that_sets_attributes_its_own_way_is_frozen() -> None:
+    """The class above keeps setting what is not a field; the model's fields stay frozen."""
+
+    class Guarded:
+        def __setattr__(self, name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+    def make(decorate: Callable[..., Decorator]) -> Any:
+        made = decorate(frozen=True, slots=False)(
+            type("Above", (Guarded,), {"__annotations__": {"a": "int"}})
+        )(1)
+        return outcome(setattr, made, "a", 2), outcome(setattr, made, "b", 2), made.a
+
+    assert make(_model) == make(_dataclass)
+
+
+def test_a_slotted_frozen_model_pickles_and_copies() -> None:
+    """A slotted frozen class has no `__dict__` to restore: its state is put back around the
+    frozen `__setattr__`, as dataclasses does for its own."""
+    from jobs_agent.vocabulary import ExecutionRef
+
+    ref = ExecutionRef("ns", "job-1", 3)
+    for made in (pickle.loads(pickle.dumps(ref)), copy.copy(ref), copy.deepcopy(ref)):
+        assert made == ref and made is not ref
+        assert (made.namespace, made.job_id, made.execution_number) == ("ns", "job-1", 3)
