@@ -16,12 +16,22 @@ rest (`__init__`, the fields, `__match_args__`, slots), so `dataclasses.fields`,
 `asdict` and `is_dataclass` see a dataclass, and mypy one (`dataclass_transform`). A method
 the class body defines is kept, as dataclasses keeps it. Unusual uses (`order=True`,
 `eq=False`) keep `@dataclass`.
+
+Asked for a frozen class, dataclasses compiles its pair anyway (an `exec` of text each, 98 of
+the 190 functions compiled on an idle agent's path to its first request, issue 18). So a frozen
+model that derives from no dataclass is asked for as a plain class without an `__init__`, and
+`_freeze` makes it frozen: the `__init__` dataclasses writes for a frozen class (the same text,
+fields set through `object.__setattr__`), a slotted class's `__getstate__`/`__setstate__`, and
+`__dataclass_params__` marked frozen, so that dataclasses applies its inheritance rules to the
+classes below it as to any frozen dataclass. A model below another dataclass, or with an
+`InitVar`, is made frozen by dataclasses as before (its pair compiled, then replaced).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import reprlib
+import sys
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, TypeVar, dataclass_transform, overload
@@ -62,10 +72,20 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
     # alone has __hash__ = None in its namespace, which is not explicit).
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
     shared = [name for name in ("__repr__", "__eq__") if name not in own]
+    ours = frozen and _frozen_here(cls)
+    documented = bool(own.get("__doc__"))  # before dataclasses writes one
     made: Any = dataclasses.dataclass(
-        cls, repr=False, eq=False, frozen=frozen, slots=slots, kw_only=kw_only
+        cls,
+        init=not ours,
+        repr=False,
+        eq=False,
+        frozen=frozen and not ours,
+        slots=slots,
+        kw_only=kw_only,
     )
     fields = dataclasses.fields(made)
+    if ours:
+        _freeze(made, fields, slots=slots, documented=documented)
     made.__model_repr__ = tuple(f.name for f in fields if f.repr)
     made.__model_compared__ = _values([f.name for f in fields if f.compare])
     if "__repr__" in shared:
@@ -81,6 +101,125 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
         made.__setattr__ = _frozen_setattr
         made.__delattr__ = _frozen_delattr
     return made  # type: ignore[no-any-return]
+
+
+def _frozen_here(cls: type) -> bool:
+    """Whether `@model` freezes `cls` itself rather than asking dataclasses to: a class with no
+    dataclass above it (dataclasses refuses a non-frozen class below a frozen one, as the
+    models are marked), no class above it that sets attributes its own way, no `__setattr__`
+    or `__delattr__` of its own (which dataclasses refuses on a frozen class) and no `InitVar`
+    (which `_init` does not take). Any other keeps dataclasses' own freezing."""
+    annotations = cls.__dict__.get("__annotations__", {}).values()  # noqa: RUF063 (as dataclasses)
+    return (
+        not any(hasattr(klass, "__dataclass_fields__") for klass in cls.__mro__[1:])
+        and all(not {"__setattr__", "__delattr__"} & vars(k).keys() for k in cls.__mro__[:-1])
+        and not any("InitVar" in (a if isinstance(a, str) else repr(a)) for a in annotations)
+    )
+
+
+def _freeze(
+    made: Any, fields: tuple[dataclasses.Field[Any], ...], *, slots: bool, documented: bool
+) -> None:
+    """Make `made`, built by dataclasses as a plain class without an `__init__`, what a frozen
+    dataclass is: an `__init__` that sets the fields around the frozen `__setattr__`, a slotted
+    class's state put back the same way (copy, pickle), the docstring dataclasses writes for an
+    undocumented class, and `__dataclass_params__` saying `frozen` and `init` (which dataclasses
+    reads when a class derives from this one). The shared frozen pair is set by `_build`."""
+    init = _init(made, fields, slots=slots)
+    init.__qualname__ = f"{made.__qualname__}.__init__"
+    made.__init__ = init
+    params = made.__dataclass_params__
+    params.init = params.frozen = True
+    if slots and "__getstate__" not in vars(made):  # one of its own is kept, as dataclasses does
+        made.__getstate__ = _getstate
+    if slots and "__setstate__" not in vars(made):
+        made.__setstate__ = _setstate
+    if not documented:
+        import inspect  # dataclasses has it loaded
+
+        made.__doc__ = made.__name__ + str(inspect.signature(made)).replace(" -> None", "")
+
+
+class _Factory:
+    """The default of a parameter whose field has a default factory (`<factory>`, as
+    dataclasses prints its own)."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_FACTORY = _Factory()
+
+
+def _init(
+    cls: type, fields: tuple[dataclasses.Field[Any], ...], *, slots: bool
+) -> Callable[..., None]:
+    """The `__init__` dataclasses writes for a frozen class, written the same way (one `exec`,
+    the same parameters, annotations and body: each field set through `object.__setattr__`,
+    defaults and factories alike, `__post_init__` last), for the fields it found."""
+    me = "__dataclass_self__" if any(f.name == "self" for f in fields) else "self"
+    names: dict[str, Any] = {
+        "__dataclass_builtins_object__": object,
+        "_HAS_DEFAULT_FACTORY": _FACTORY,
+        "_return_type": None,
+    }
+    positional: list[str] = []
+    keyword: list[str] = []
+    body: list[str] = []
+    for f in fields:
+        param, value = _init_field(f, names, slots=slots)
+        if param and not f.kw_only:
+            if positional and "=" in positional[-1] and "=" not in param:
+                raise TypeError(f"non-default argument {f.name!r} follows default argument")
+            positional.append(param)
+        elif param:
+            keyword.append(param)
+        if value:
+            body.append(f"__dataclass_builtins_object__.__setattr__({me},{f.name!r},{value})")
+    if hasattr(cls, "__post_init__"):
+        body.append(f"{me}.__post_init__()")
+    params = ",".join([me, *positional, *(["*", *keyword] if keyword else [])])
+    lines = "\n".join(f"  {line}" for line in body or ["pass"])
+    text = (
+        f"def __create_fn__({', '.join(names)}):\n"
+        f" def __init__({params})->_return_type:\n{lines}\n return __init__"
+    )
+    module = sys.modules.get(cls.__module__)
+    made: dict[str, Any] = {}
+    # Without this module's `from __future__ import annotations`, which would make the
+    # annotations the names `_type_...` instead of the fields' types.
+    code = compile(text, "<string>", "exec", dont_inherit=True)
+    exec(code, vars(module) if module is not None else {}, made)  # noqa: S102
+    return made["__create_fn__"](**names)  # type: ignore[no-any-return]
+
+
+def _init_field(
+    f: dataclasses.Field[Any], names: dict[str, Any], *, slots: bool
+) -> tuple[str, str]:
+    """A field's parameter of `__init__` and the value its line sets ("" for none), with the
+    names they read added to `names`, as dataclasses writes them."""
+    names[f"_type_{f.name}"] = f.type
+    factory = f.default_factory is not dataclasses.MISSING
+    default = f.default is not dataclasses.MISSING
+    if factory or default:
+        names[f"_dflt_{f.name}"] = f.default_factory if factory else f.default
+    if not f.init:
+        # A default is the class attribute, read there, except on a slotted class.
+        value = f"_dflt_{f.name}()" if factory else (f"_dflt_{f.name}" if default and slots else "")
+        return "", value
+    if factory:
+        param = f"{f.name}:_type_{f.name}=_HAS_DEFAULT_FACTORY"
+        return param, f"_dflt_{f.name}() if {f.name} is _HAS_DEFAULT_FACTORY else {f.name}"
+    return f"{f.name}:_type_{f.name}" + (f"=_dflt_{f.name}" if default else ""), f.name
+
+
+def _getstate(self: Any) -> list[Any]:
+    return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+
+def _setstate(self: Any, state: list[Any]) -> None:
+    for field, value in zip(dataclasses.fields(self), state, strict=False):
+        object.__setattr__(self, field.name, value)
 
 
 def _only_object_sets(cls: type) -> bool:

@@ -12,8 +12,11 @@ import dataclasses
 import inspect
 import math
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -361,3 +364,87 @@ def test_a_slotted_frozen_model_pickles_and_copies() -> None:
     for made in (pickle.loads(pickle.dumps(ref)), copy.copy(ref), copy.deepcopy(ref)):
         assert made == ref and made is not ref
         assert (made.namespace, made.job_id, made.execution_number) == ("ns", "job-1", 3)
+
+
+COUNT_COMPILES = """
+import sys
+from tests.test_datamodel import _dataclass, _model, shapes
+
+texts = []
+
+
+def compiled(event, args):
+    if event == "compile" and args[1] == "<string>":
+        texts.append(args[0])
+
+
+sys.addaudithook(compiled)
+for decorate in (_model, _dataclass):
+    texts.clear()
+    made = shapes(decorate)
+    print(len(texts), sum(" def __setattr__(" in str(text) for text in texts), len(made) - 1)
+"""
+
+
+def test_a_frozen_model_compiles_its_init_alone() -> None:
+    """dataclasses compiles a frozen class's `__setattr__` and `__delattr__` (an `exec` of text
+    each), which `@model` replaces with its shared pair: 98 of the 190 functions compiled on an
+    idle agent's path to its first request (issue 18). A frozen model that derives from no
+    dataclass is made as a plain one with the `__init__` dataclasses would write for it, one
+    text compiled a class; one that derives from another dataclass keeps dataclasses' frozen
+    making (which refuses a plain class below a frozen one), so its pair is compiled and
+    replaced as before. Counted in a process of its own (an audit hook stays for good), the
+    texts compiled as `<string>` (`inspect.signature` parses one more of its own for the
+    docstring of a class with no `__init__` and none)."""
+    out = subprocess.run(
+        [sys.executable, "-c", COUNT_COMPILES],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    ).stdout
+    (ours, our_pairs, classes), (_, their_pairs, _) = (
+        tuple(map(int, line.split())) for line in out.splitlines()
+    )
+    frozen = [name for name, cls in MODELS.items() if name != "decorate" and is_frozen(cls)]
+    assert their_pairs == len(frozen) == 9
+    assert our_pairs == 1  # Derived(Base)
+    assert ours == classes + 2 * our_pairs, out
+
+
+def is_frozen(cls: type) -> bool:
+    return bool(cls.__dataclass_params__.frozen)  # type: ignore[attr-defined]
+
+
+def test_a_model_misdeclared_or_with_an_initvar_is_made_as_dataclasses_makes_it() -> None:
+    """A field without a default after one with a default is refused with dataclasses' words;
+    an `InitVar` (which a frozen model leaves to dataclasses' own making) reaches
+    `__post_init__` as on the twin."""
+
+    def misdeclared(decorate: Callable[..., Decorator]) -> tuple[str, str]:
+        body = {"__annotations__": {"a": "int", "b": "int"}, "a": 0}
+        return outcome(decorate(frozen=True, slots=False), type("Bad", (), body))
+
+    assert (
+        misdeclared(_model)
+        == misdeclared(_dataclass)
+        == (
+            "TypeError",
+            "non-default argument 'b' follows default argument",
+        )
+    )
+
+    def post_init(self: Any, scale: int) -> None:
+        object.__setattr__(self, "a", self.a * scale)
+
+    def with_initvar(decorate: Callable[..., Decorator]) -> Any:
+        body = {"__annotations__": {"a": "int", "scale": "dataclasses.InitVar[int]"}}
+        made = decorate(frozen=True, slots=False)(
+            type("Scaled", (), {**body, "__post_init__": post_init})
+        )
+        instance = made(2, 3)
+        return instance.a, str(inspect.signature(made)), outcome(setattr, instance, "a", 1)
+
+    assert with_initvar(_model) == with_initvar(_dataclass)
+    assert with_initvar(_model)[0] == 6
