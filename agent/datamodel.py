@@ -25,6 +25,10 @@ fields set through `object.__setattr__`), a slotted class's `__getstate__`/`__se
 `__dataclass_params__` marked frozen, so that dataclasses applies its inheritance rules to the
 classes below it as to any frozen dataclass. A model below another dataclass, or with an
 `InitVar`, is made frozen by dataclasses as before (its pair compiled, then replaced).
+
+Each model's `__init__` is that text too, compiled at the class's first call rather than when
+it is defined (`_FirstInit`): 40 of the 56 models an idle agent defines are made by nothing
+before its first request (issue 18). A model with an `InitVar` keeps dataclasses' own.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import reprlib
 import sys
 from collections.abc import Callable
 from operator import attrgetter
+from types import MethodType
 from typing import Any, TypeVar, dataclass_transform, overload
 
 _T = TypeVar("_T")
@@ -72,11 +77,12 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
     # alone has __hash__ = None in its namespace, which is not explicit).
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
     shared = [name for name in ("__repr__", "__eq__") if name not in own]
-    ours = frozen and _frozen_here(cls)
+    own_init = _no_initvar(cls)
+    ours = frozen and own_init and _frozen_here(cls)
     documented = bool(own.get("__doc__"))  # before dataclasses writes one
     made: Any = dataclasses.dataclass(
         cls,
-        init=not ours,
+        init=not own_init,
         repr=False,
         eq=False,
         frozen=frozen and not ours,
@@ -85,7 +91,9 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
     )
     fields = dataclasses.fields(made)
     if ours:
-        _freeze(made, fields, slots=slots, documented=documented)
+        made.__dataclass_params__.frozen = True
+    if own_init:
+        _give_init(made, fields, frozen=frozen, slots=slots, documented=documented)
     made.__model_repr__ = tuple(f.name for f in fields if f.repr)
     made.__model_compared__ = _values([f.name for f in fields if f.compare])
     if "__repr__" in shared:
@@ -103,41 +111,97 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
     return made  # type: ignore[no-any-return]
 
 
+def _no_initvar(cls: type) -> bool:
+    """Whether no field of `cls` or of a dataclass above it is an `InitVar` (which `_init`
+    does not take: such a class keeps dataclasses' own `__init__`)."""
+    types = [*cls.__dict__.get("__annotations__", {}).values()]  # noqa: RUF063 (as dataclasses)
+    for klass in cls.__mro__[1:]:
+        types += [f.type for f in getattr(klass, "__dataclass_fields__", {}).values()]
+    return not any("InitVar" in (t if isinstance(t, str) else repr(t)) for t in types)
+
+
 def _frozen_here(cls: type) -> bool:
     """Whether `@model` freezes `cls` itself rather than asking dataclasses to: a class with no
     dataclass above it (dataclasses refuses a non-frozen class below a frozen one, as the
-    models are marked), no class above it that sets attributes its own way, no `__setattr__`
-    or `__delattr__` of its own (which dataclasses refuses on a frozen class) and no `InitVar`
-    (which `_init` does not take). Any other keeps dataclasses' own freezing."""
-    annotations = cls.__dict__.get("__annotations__", {}).values()  # noqa: RUF063 (as dataclasses)
-    return (
-        not any(hasattr(klass, "__dataclass_fields__") for klass in cls.__mro__[1:])
-        and all(not {"__setattr__", "__delattr__"} & vars(k).keys() for k in cls.__mro__[:-1])
-        and not any("InitVar" in (a if isinstance(a, str) else repr(a)) for a in annotations)
+    models are marked), no class above it that sets attributes its own way, and no
+    `__setattr__` or `__delattr__` of its own (which dataclasses refuses on a frozen class).
+    Any other keeps dataclasses' own freezing."""
+    return not any(hasattr(klass, "__dataclass_fields__") for klass in cls.__mro__[1:]) and all(
+        not {"__setattr__", "__delattr__"} & vars(klass).keys() for klass in cls.__mro__[:-1]
     )
 
 
-def _freeze(
-    made: Any, fields: tuple[dataclasses.Field[Any], ...], *, slots: bool, documented: bool
+def _give_init(
+    made: Any,
+    fields: tuple[dataclasses.Field[Any], ...],
+    *,
+    frozen: bool,
+    slots: bool,
+    documented: bool,
 ) -> None:
-    """Make `made`, built by dataclasses as a plain class without an `__init__`, what a frozen
-    dataclass is: an `__init__` that sets the fields around the frozen `__setattr__`, a slotted
-    class's state put back the same way (copy, pickle), the docstring dataclasses writes for an
-    undocumented class, and `__dataclass_params__` saying `frozen` and `init` (which dataclasses
-    reads when a class derives from this one). The shared frozen pair is set by `_build`."""
-    init = _init(made, fields, slots=slots)
-    init.__qualname__ = f"{made.__qualname__}.__init__"
-    made.__init__ = init
-    params = made.__dataclass_params__
-    params.init = params.frozen = True
-    if slots and "__getstate__" not in vars(made):  # one of its own is kept, as dataclasses does
+    """Give `made`, built by dataclasses without an `__init__`, the one dataclasses would have
+    written (compiled at its first call, `_FirstInit`), and what else dataclasses adds with it:
+    a slotted frozen class's `__getstate__`/`__setstate__` (its state put back around the
+    frozen `__setattr__`), the docstring of an undocumented class (its signature), and
+    `__dataclass_params__.init`. A field without a default after one with a default is refused
+    now, as dataclasses refuses it."""
+    seen_default = False
+    for f in fields:
+        if f.init and not f.kw_only and _has_default(f):
+            seen_default = True
+        elif f.init and not f.kw_only and seen_default:
+            raise TypeError(f"non-default argument {f.name!r} follows default argument")
+    made.__init__ = _FirstInit(made, fields, frozen=frozen, slots=slots)
+    made.__dataclass_params__.init = True
+    if frozen and slots and "__getstate__" not in vars(made):  # its own is kept, as dataclasses
         made.__getstate__ = _getstate
-    if slots and "__setstate__" not in vars(made):
+    if frozen and slots and "__setstate__" not in vars(made):
         made.__setstate__ = _setstate
     if not documented:
         import inspect  # dataclasses has it loaded
 
         made.__doc__ = made.__name__ + str(inspect.signature(made)).replace(" -> None", "")
+
+
+def _has_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+class _FirstInit:
+    """A model's `__init__` until its first call (or a read of its signature), which compiles
+    the one dataclasses would have written and puts it on the class in its place: a model the
+    agent defines but does not make before its first request costs no compile (an `exec` of
+    text, the largest part of defining a dataclass; issue 18). `inspect.signature` of the class
+    reads `__signature__`, which compiles it too."""
+
+    __slots__ = ("_cls", "_fields", "_frozen", "_slots")
+
+    def __init__(
+        self, cls: type, fields: tuple[dataclasses.Field[Any], ...], *, frozen: bool, slots: bool
+    ) -> None:
+        self._cls, self._fields, self._frozen, self._slots = cls, fields, frozen, slots
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        return self if instance is None else MethodType(self, instance)
+
+    def __call__(self, instance: Any, /, *args: Any, **kwargs: Any) -> None:
+        self.compiled()(instance, *args, **kwargs)
+
+    def compiled(self) -> Callable[..., None]:
+        """The class's `__init__`, compiled and set on the class at the first ask (two threads
+        asking at once both compile it, and one of the two stays)."""
+        init = vars(self._cls).get("__init__")
+        if init is self or init is None:
+            init = _init(self._cls, self._fields, frozen=self._frozen, slots=self._slots)
+            init.__qualname__ = f"{self._cls.__qualname__}.__init__"
+            type.__setattr__(self._cls, "__init__", init)
+        return init
+
+    @property
+    def __signature__(self) -> Any:
+        import inspect  # dataclasses has it loaded
+
+        return inspect.signature(self.compiled())
 
 
 class _Factory:
@@ -152,11 +216,11 @@ _FACTORY = _Factory()
 
 
 def _init(
-    cls: type, fields: tuple[dataclasses.Field[Any], ...], *, slots: bool
+    cls: type, fields: tuple[dataclasses.Field[Any], ...], *, frozen: bool, slots: bool
 ) -> Callable[..., None]:
-    """The `__init__` dataclasses writes for a frozen class, written the same way (one `exec`,
-    the same parameters, annotations and body: each field set through `object.__setattr__`,
-    defaults and factories alike, `__post_init__` last), for the fields it found."""
+    """The `__init__` dataclasses writes, written the same way (one `exec`, the same
+    parameters, annotations and body: each field set, through `object.__setattr__` on a frozen
+    class, defaults and factories alike, `__post_init__` last), for the fields it found."""
     me = "__dataclass_self__" if any(f.name == "self" for f in fields) else "self"
     names: dict[str, Any] = {
         "__dataclass_builtins_object__": object,
@@ -168,14 +232,12 @@ def _init(
     body: list[str] = []
     for f in fields:
         param, value = _init_field(f, names, slots=slots)
-        if param and not f.kw_only:
-            if positional and "=" in positional[-1] and "=" not in param:
-                raise TypeError(f"non-default argument {f.name!r} follows default argument")
-            positional.append(param)
-        elif param:
-            keyword.append(param)
-        if value:
+        if param:
+            (keyword if f.kw_only else positional).append(param)
+        if value and frozen:
             body.append(f"__dataclass_builtins_object__.__setattr__({me},{f.name!r},{value})")
+        elif value:
+            body.append(f"{me}.{f.name}={value}")
     if hasattr(cls, "__post_init__"):
         body.append(f"{me}.__post_init__()")
     params = ",".join([me, *positional, *(["*", *keyword] if keyword else [])])

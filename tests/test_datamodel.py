@@ -448,3 +448,114 @@ def test_a_model_misdeclared_or_with_an_initvar_is_made_as_dataclasses_makes_it(
 
     assert with_initvar(_model) == with_initvar(_dataclass)
     assert with_initvar(_model)[0] == 6
+
+
+COUNT_FIRST_CALL = """
+import inspect, sys
+from jobs_agent.datamodel import model
+
+texts = []
+
+
+def compiled(event, args):
+    if event == "compile" and args[1] == "<string>":
+        texts.append(args[0])
+
+
+sys.addaudithook(compiled)
+
+
+@model(slots=True)
+class Ref:
+    "A documented model: dataclasses writes it no docstring from its signature."
+
+    namespace: str | None
+    job_id: str = "j"
+
+
+@model(frozen=False)
+class Stats:
+    "Another, not frozen."
+
+    sent: int = 0
+
+
+made = len(texts)
+Ref(None)
+Ref("ns", "x")
+first = len(texts)
+signature = str(inspect.signature(Stats))
+second = len(texts)
+Stats()
+Stats(2)
+print(made, first, second, len(texts), signature, Ref.__init__.__qualname__, sep=";")
+"""
+
+
+def test_a_models_init_is_compiled_at_its_first_call() -> None:
+    """Defining a documented model compiles nothing: its `__init__` (the text dataclasses would
+    have compiled when the class was defined) is compiled at the first call, or the first read
+    of the class's signature, once. 40 of the 56 models an idle agent defines are not made
+    before its first request (issue 18)."""
+    out = subprocess.run(
+        [sys.executable, "-c", COUNT_FIRST_CALL],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    made, first, second, last, signature, name = out.strip().split(";")
+    assert (int(made), int(first), int(second), int(last)) == (0, 1, 2, 2), out
+    assert signature == "(sent: int = 0) -> None"
+    assert name == "Ref.__init__"
+
+
+def documented(decorate: Callable[..., Decorator]) -> dict[str, type]:
+    """Models with docstrings, whose `__init__` waits for its first call."""
+
+    @decorate(frozen=True, slots=True)
+    class Ref:
+        """A reference."""
+
+        namespace: str | None
+        job_id: str = "j"
+        seen: list[str] = dataclasses.field(default_factory=list)
+
+    @decorate(frozen=True, slots=False)
+    class Base:
+        """A base."""
+
+        a: int
+
+    @decorate(frozen=True, slots=False)
+    class Derived(Base):
+        """Below it."""
+
+        b: str = "x"
+
+    @decorate(frozen=False, slots=False)
+    class Stats:
+        """Counts."""
+
+        sent: int = 0
+
+    return {"Ref": Ref, "Base": Base, "Derived": Derived, "Stats": Stats}
+
+
+@pytest.mark.parametrize("name", ["Ref", "Base", "Derived", "Stats"])
+def test_a_model_not_yet_made_reads_and_makes_as_its_twin(name: str) -> None:
+    """Before its first call a model's signature is its twin's; a plain subclass makes the
+    first instance; the compiled `__init__` then on the class is the twin's, bytecode and all."""
+    ours, theirs = documented(_model)[name], documented(_dataclass)[name]
+    assert str(inspect.signature(ours)) == str(inspect.signature(theirs))
+    ours, theirs = documented(_model)[name], documented(_dataclass)[name]  # not yet compiled
+    args = {"Ref": (None,), "Base": (1,), "Derived": (1,), "Stats": ()}[name]
+    our_sub = type("Sub", (ours,), {})(*args)
+    their_sub = type("Sub", (theirs,), {})(*args)
+    assert repr(our_sub) == repr(their_sub) and vars_of(our_sub) == vars_of(their_sub)
+    assert vars_of(ours(*args)) == vars_of(theirs(*args))
+    init, their_init = vars(ours)["__init__"], vars(theirs)["__init__"]
+    assert init.__qualname__ == their_init.__qualname__
+    assert init.__code__.co_code == their_init.__code__.co_code
+    assert init.__annotations__ == their_init.__annotations__
+    assert outcome(ours, 1, 2, 3, 4) == outcome(theirs, 1, 2, 3, 4)
