@@ -151,7 +151,8 @@ def _give_init(
             seen_default = True
         elif f.init and not f.kw_only and seen_default:
             raise TypeError(f"non-default argument {f.name!r} follows default argument")
-    made.__init__ = _FirstInit(made, fields, frozen=frozen, slots=slots)
+    if "__init__" not in vars(made):  # one of the class body's own is kept, as dataclasses does
+        made.__init__ = _FirstInit(made, fields, frozen=frozen, slots=slots)
     made.__dataclass_params__.init = True
     if frozen and slots and "__getstate__" not in vars(made):  # its own is kept, as dataclasses
         made.__getstate__ = _getstate

@@ -559,3 +559,17 @@ def test_a_model_not_yet_made_reads_and_makes_as_its_twin(name: str) -> None:
     assert init.__code__.co_code == their_init.__code__.co_code
     assert init.__annotations__ == their_init.__annotations__
     assert outcome(ours, 1, 2, 3, 4) == outcome(theirs, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_model_with_an_init_of_its_own_keeps_it(frozen: bool) -> None:
+    def own_init(self: Any, value: int) -> None:
+        object.__setattr__(self, "a", value * 2)
+
+    def make(decorate: Callable[..., Decorator]) -> Any:
+        body = {"__annotations__": {"a": "int"}, "__init__": own_init, "__doc__": "Its own."}
+        made = decorate(frozen=frozen, slots=False)(type("Own", (), body))
+        return made.__init__ is own_init, made(2).a, str(inspect.signature(made))
+
+    assert make(_model) == make(_dataclass)
+    assert make(_model)[:2] == (True, 4)
