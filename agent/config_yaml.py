@@ -47,29 +47,11 @@ def _located(node: yaml.Node, lines: dict[str, int], path: str, scalars: SafeCon
     return scalars.construct_document(node)
 
 
-_LIBYAML_LOADER: Any = getattr(yaml, "CSafeLoader", None)
-"""`yaml.safe_load`'s loader on libyaml's parser, where PyYAML was built with it (it loads the
-extension anyway): the same nodes, tags and marks as the pure-Python parser, composed in C."""
-
-
-def _compose(text: str) -> yaml.Node | None:
-    """The text's node tree, composed by libyaml's parser: the pure-Python one took 14,300
-    Python calls for the example gateway.yaml, most of a first start's parse (issue 18). A text
-    libyaml refuses is composed again by the pure-Python parser, so that what is wrong is said
-    in the words it always used (the two find a fault at the same line and column)."""
-    if _LIBYAML_LOADER is not None:
-        try:
-            return yaml.compose(text, Loader=_LIBYAML_LOADER)
-        except yaml.YAMLError:
-            pass
-    return yaml.compose(text, Loader=yaml.SafeLoader)
-
-
 def parse_yaml(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The file's settings as plain data, and where each key came from ("line 7")."""
     lines: dict[str, int] = {}
     try:
-        node = _compose(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

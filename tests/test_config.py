@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -212,9 +211,7 @@ def test_the_file_is_parsed_once_whatever_its_number_of_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 18: each key and value used to be serialised and loaded again (a YAML emitter, and a
-    scanner and parser per key: most of a start's configuration time); one parse suffices. The
-    parse is libyaml's where PyYAML has it (config_yaml._compose), the pure-Python one's
-    otherwise: either counts."""
+    scanner and parser per key: most of a start's configuration time); one parse suffices."""
     import yaml.parser
 
     parsers = []
@@ -225,15 +222,6 @@ def test_the_file_is_parsed_once_whatever_its_number_of_keys(
         original(self)
 
     monkeypatch.setattr(yaml.parser.Parser, "__init__", counted)
-    libyaml = getattr(yaml, "CSafeLoader", None)
-    if libyaml is not None:
-        original_libyaml = libyaml.__init__
-
-        def counted_libyaml(self: Any, stream: Any) -> None:
-            parsers.append(self)
-            original_libyaml(self, stream)
-
-        monkeypatch.setattr(libyaml, "__init__", counted_libyaml)
     config = load_config(write(tmp_path, GOOD), environ={})
     assert config.connection.port == 8883
     assert len(parsers) == 1
