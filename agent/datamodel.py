@@ -19,16 +19,18 @@ the class body defines is kept, as dataclasses keeps it. Unusual uses (`order=Tr
 
 Asked for a frozen class, dataclasses compiles its pair anyway (an `exec` of text each, 98 of
 the 190 functions compiled on an idle agent's path to its first request, issue 18). So a frozen
-model that derives from no dataclass is asked for as a plain class without an `__init__`, and
-`_freeze` makes it frozen: the `__init__` dataclasses writes for a frozen class (the same text,
-fields set through `object.__setattr__`), a slotted class's `__getstate__`/`__setstate__`, and
-`__dataclass_params__` marked frozen, so that dataclasses applies its inheritance rules to the
-classes below it as to any frozen dataclass. A model below another dataclass, or with an
-`InitVar`, is made frozen by dataclasses as before (its pair compiled, then replaced).
+model that derives from no dataclass is asked for as a plain class, and `@model` makes it
+frozen itself: the shared pair, the `__init__` dataclasses writes for a frozen class (the same
+text, fields set through `object.__setattr__`), a slotted class's `__getstate__` and
+`__setstate__`, and `__dataclass_params__` marked frozen, so that dataclasses applies its
+inheritance rules to the classes below it as to any frozen dataclass. A model below another
+dataclass, or with an `InitVar`, is made frozen by dataclasses as before (its pair compiled,
+then replaced).
 
-Each model's `__init__` is that text too, compiled at the class's first call rather than when
-it is defined (`_FirstInit`): 40 of the 56 models an idle agent defines are made by nothing
-before its first request (issue 18). A model with an `InitVar` keeps dataclasses' own.
+A model's `__init__` (the text dataclasses writes, frozen or not) is compiled at the class's
+first call rather than when it is defined (`_FirstInit`): 40 of the 56 models an idle agent
+defines are made by nothing before its first request. A model with an `InitVar` keeps
+dataclasses' own `__init__`, one whose class body defines one keeps that.
 """
 
 from __future__ import annotations
