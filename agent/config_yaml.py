@@ -52,16 +52,18 @@ def parse_yaml(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     lines: dict[str, int] = {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            return {}, {}
+        if not isinstance(node, yaml.MappingNode):
+            raise YamlProblem("expected a mapping of settings at the top level")
+        # A node no safe constructor builds (a merge key `<<`, an unknown tag) is refused
+        # here too, with its line, not raised out of the configuration's reading.
+        data = _located(node, lines, "", SafeConstructor())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise YamlProblem(f"not valid YAML: {problem}{where}") from None
-    if node is None:
-        return {}, {}
-    if not isinstance(node, yaml.MappingNode):
-        raise YamlProblem("expected a mapping of settings at the top level")
-    data = _located(node, lines, "", SafeConstructor())
     return data, {key: f"line {line}" for key, line in lines.items()}
 
 

@@ -85,6 +85,19 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
+def test_a_node_yaml_cannot_build_safely_is_a_config_error_with_its_line(tmp_path: Path) -> None:
+    """A merge key (`<<: *anchor`) or an unknown tag: the configuration is refused with the file,
+    the problem and its line, as any YAML fault is, not a PyYAML ConstructorError raised out of
+    `load_config` (it was)."""
+    for extra, line in (("base: &b {level: info}\nlog:\n  <<: *b\n", 3), ("x: !custom 1\n", 1)):
+        path = write(tmp_path, GOOD.replace("log: {level: info, format: auto}\n", extra))
+        with pytest.raises(ConfigError) as info:
+            load_config(path, environ={})
+        message = str(info.value)
+        assert message.startswith(f"{path}: not valid YAML: "), message
+        assert f"(line {line + 13}, column " in message, message
+
+
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     config = load_config(
