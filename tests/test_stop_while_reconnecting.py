@@ -1,0 +1,124 @@
+"""A stop while the link is down: a real `jobs-agent run`, connected and ready, loses its broker
+and keeps trying to reconnect; a SIGTERM must still end it, with exit code 0, without systemd's
+SIGKILL (README, "systemctl stop"). Over both network transports, with the broker's ports
+closed (every attempt refused) and with a port that accepts and drops every connection (every
+attempt gets as far as TCP and fails there)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jobs_agent.emulator.embedded import Emulator
+from tests.fixtures.broker import Mosquitto
+from tests.harness import AgentProcess, agent_config, awscrt_connection, config_yaml, wait_until
+
+THING = "gw-stop-offline"
+STOP_BOUND = 15.0
+"""Far above a prompt stop, far below the awscrt transport's 30 s wait for the CRT."""
+
+
+@pytest.fixture
+def emulator_broker(fresh_mosquitto: Mosquitto) -> Mosquitto:
+    """A broker of this test's own: the test stops it under the agent."""
+    return fresh_mosquitto
+
+
+@contextlib.asynccontextmanager
+async def dropping_listener(port: int) -> AsyncIterator[list[int]]:
+    """Accept every connection on `port` and close it at once, as a broker that is starting or
+    a load balancer with no healthy target does; yields the count of connections dropped."""
+    dropped = [0]
+
+    async def drop(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dropped[0] += 1
+        writer.close()
+
+    server = await asyncio.start_server(drop, Mosquitto.host, port, reuse_address=True)
+    try:
+        yield dropped
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _agent(tmp_path: Path, broker: Mosquitto, transport: str) -> tuple[AgentProcess, int]:
+    """The agent over `transport`, with a request timeout of an hour: a stop that waits for a
+    request's answer waits that long. Returns it and the broker port it uses."""
+    (tmp_path / "handlers").mkdir(mode=0o755)
+    config = agent_config(tmp_path, broker.port, thing=THING, request_timeout_seconds=3600)
+    port = broker.port
+    if transport == "awscrt":
+        config = dataclasses.replace(config, connection=awscrt_connection(broker))
+        port = broker.tls_port
+    path = tmp_path / "config.yaml"
+    text = config_yaml(config)
+    path.write_text(text.replace("  tls: true\n", "") if transport == "awscrt" else text)
+    return AgentProcess(config_path=path, workdir=tmp_path), port
+
+
+async def _stop_while_gone(agent: AgentProcess, broker: Mosquitto, port: int, gone: str) -> None:
+    """Stop the broker (its port then refuses, or accepts and drops every connection), wait
+    until the agent has failed to reconnect, then SIGTERM: it must end, with exit code 0."""
+    broker.stop()
+    async with contextlib.AsyncExitStack() as stack:
+        if gone == "dropped":
+            dropped = await stack.enter_async_context(dropping_listener(port))
+            await wait_until(lambda: dropped[0] >= 2, 15, "two reconnects dropped")
+        else:
+            await wait_until(
+                lambda: "cannot reconnect" in agent.log_text(), 15, "a refused reconnect"
+            )
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(timeout=STOP_BOUND) == 0
+    assert '"stopped"' in agent.log_text()
+
+
+TRANSPORTS = pytest.mark.parametrize("transport", ["awscrt", "paho"])
+GONE = pytest.mark.parametrize("gone", ["refused", "dropped"])
+
+
+@TRANSPORTS
+@GONE
+async def test_sigterm_while_reconnecting_ends_the_agent(
+    tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator, transport: str, gone: str
+) -> None:
+    """Idle, nothing asked of the service: the stop ends the reconnects."""
+    agent, port = _agent(tmp_path, emulator_broker, transport)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await _stop_while_gone(agent, emulator_broker, port, gone)
+    finally:
+        agent.kill()
+
+
+@TRANSPORTS
+@GONE
+async def test_sigterm_while_a_start_next_waits_for_the_link_ends_the_agent(
+    tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator, transport: str, gone: str
+) -> None:
+    """A job is queued and its start-next lost (no answer), then the broker goes: the request
+    waits for the link to come back to be sent again. The stop must not wait for it (it did,
+    for the whole request timeout: an hour here, 30 s by default, past the harness's and
+    systemd's patience); the start-next marker stays, so a restart runs whatever the service
+    may have started, and the job is still there to be taken."""
+    agent, port = _agent(tmp_path, emulator_broker, transport)
+    service = emulator.service
+    try:
+        agent.start()
+        await agent.wait_ready()
+        service.lose_next("StartNextPendingJobExecution")
+        service.create_job("taken-offline", [THING], {"operation": "ok"})
+        await wait_until(lambda: service.counters["lost"] == 1, 15, "the start-next lost")
+        await _stop_while_gone(agent, emulator_broker, port, gone)
+        assert (tmp_path / "state" / "state.db.taking").read_text() != ""
+        assert str(service.execution("taken-offline", THING).status) == "QUEUED"
+    finally:
+        agent.kill()
