@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from jobs_agent.daemon import Agent
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.engine import engine as engine_module
 from tests.fixtures.broker import Mosquitto
-from tests.harness import AgentProcess, agent_config, awscrt_connection, config_yaml, wait_until
+from tests.harness import (
+    AgentProcess,
+    agent_config,
+    awscrt_connection,
+    config_yaml,
+    wait_until,
+)
 
 THING = "gw-stop-offline"
 STOP_BOUND = 15.0
@@ -122,3 +130,38 @@ async def test_sigterm_while_a_start_next_waits_for_the_link_ends_the_agent(
         assert str(service.execution("taken-offline", THING).status) == "QUEUED"
     finally:
         agent.kill()
+
+
+async def test_a_round_that_fails_because_of_the_stop_takes_no_retry_pause(
+    tmp_path: Path,
+    emulator_broker: Mosquitto,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start-next given up by the stop fails the engine's round, and a failed round pauses
+    before the next (0.5 s at first, doubling to 60 s over an outage): that pause cleared the
+    wake-up the stop had set and was waited out in full. An hour here: the stop must not wait
+    for it (the daemon in this process, so that the pause can be made that long)."""
+    monkeypatch.setattr(engine_module, "RETRY_MIN_SECONDS", 3600.0)
+    (tmp_path / "handlers").mkdir(mode=0o755)
+    config = agent_config(tmp_path, emulator_broker.port, thing=THING, request_timeout_seconds=3600)
+    agent = Agent(config)
+    run = asyncio.create_task(agent.run())
+    service = emulator.service
+    try:
+        async with asyncio.timeout(30):
+            await agent.ready.wait()
+        assert agent.engine is not None
+        client = agent.engine.client
+        service.lose_next("StartNextPendingJobExecution")
+        service.create_job("taken-offline", [THING], {"operation": "ok"})
+        await wait_until(lambda: service.counters["lost"] == 1, 15, "the start-next lost")
+        emulator_broker.stop()
+        await wait_until(lambda: not client.transport.is_connected, 15, "the link lost")
+        agent.request_stop()
+        async with asyncio.timeout(STOP_BOUND):
+            assert await run == 0
+    finally:
+        if not run.done():
+            agent.request_stop()
+            run.cancel()
