@@ -24,7 +24,10 @@ from tests.harness import (
     agent_config,
     awscrt_connection,
     config_yaml,
+    terminal_statuses,
+    wait_terminal,
     wait_until,
+    write_handler,
 )
 
 THING = "gw-stop-offline"
@@ -59,7 +62,7 @@ async def dropping_listener(port: int) -> AsyncIterator[list[int]]:
 def _agent(tmp_path: Path, broker: Mosquitto, transport: str) -> tuple[AgentProcess, int]:
     """The agent over `transport`, with a request timeout of an hour: a stop that waits for a
     request's answer waits that long. Returns it and the broker port it uses."""
-    (tmp_path / "handlers").mkdir(mode=0o755)
+    (tmp_path / "handlers").mkdir(mode=0o755, exist_ok=True)
     config = agent_config(tmp_path, broker.port, thing=THING, request_timeout_seconds=3600)
     port = broker.port
     if transport == "awscrt":
@@ -165,3 +168,35 @@ async def test_a_round_that_fails_because_of_the_stop_takes_no_retry_pause(
         if not run.done():
             agent.request_stop()
             run.cancel()
+
+
+@TRANSPORTS
+async def test_an_outcome_decided_during_a_stop_while_offline_is_kept_and_sent_after_restart(
+    tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator, transport: str
+) -> None:
+    """The stop rules hold with the link down: the running step finishes within the stop
+    timeout, its outcome cannot be sent and is not waited on (it was, for the request
+    timeout); it stays in the outbox, and the next start reports it, once."""
+    release, started = tmp_path / "release", tmp_path / "started"
+    script = f"#!/bin/sh\ntouch {started}\nwhile [ ! -e {release} ]; do sleep 0.05; done\n"
+    write_handler(tmp_path / "handlers", "wait", script)
+    agent, _port = _agent(tmp_path, emulator_broker, transport)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("offline-outcome", [THING], {"operation": "wait"})
+        await wait_until(started.exists, 15, "the step to start")
+        emulator_broker.stop()
+        await wait_until(lambda: "cannot reconnect" in agent.log_text(), 15, "a refused reconnect")
+        agent.signal(signal.SIGTERM)
+        await wait_until(lambda: "stop requested" in agent.log_text(), 15, "the stop")
+        release.touch()  # the step finishes within the stop timeout
+        assert await agent.wait_exit(timeout=STOP_BOUND) == 0
+        assert str(emulator.service.execution("offline-outcome", THING).status) == "IN_PROGRESS"
+        emulator_broker.start()
+        agent.start()
+        execution = await wait_terminal(emulator, "offline-outcome", THING)
+        assert str(execution.status) == "SUCCEEDED", agent.log_text()
+        assert terminal_statuses(emulator, "offline-outcome") == ["SUCCEEDED"]
+    finally:
+        agent.kill()
