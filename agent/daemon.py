@@ -124,6 +124,7 @@ class Agent:
         self.engine: Engine | None = None
         self._signals = 0
         self._frozen = False
+        self._device: Device | None = None
         self.ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
 
@@ -175,6 +176,7 @@ class Agent:
             log.error("cannot start", error=str(exc))
             self.notifier.status(f"cannot start: {exc}")
             return 1
+        self._device = device
         self._log_findings()
         self._install_signal_handlers()
         heartbeat = asyncio.create_task(self._keep_heartbeat(transport), name="heartbeat")
@@ -315,9 +317,14 @@ class Agent:
         return False
 
     def request_stop(self) -> None:
+        """Stop as the README's `systemctl stop` says; from the first request on, nothing waits
+        for a link that is down (a broker that is gone would hold the stop for the whole
+        request timeout): a start-next it held leaves its marker, an outcome stays queued."""
         self._signals += 1
         self._stop_requested.set()
         self.notifier.stopping()
+        if self._device is not None:
+            self._device.client.stop_waiting_for_link()
         if self.engine is not None:
             self.engine.request_stop(immediate=self._signals > 1)
 

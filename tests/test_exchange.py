@@ -313,3 +313,29 @@ async def test_a_request_asks_for_the_running_loop_once(
         replies = [await ask(exchange) for _ in range(10)]
     assert all(isinstance(reply, bytes) for reply in replies)
     assert asks == ["exchange.py:request"] * 10, asks
+
+
+async def test_a_stop_ends_the_requests_waiting_for_the_link_and_no_other(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """Once the agent is stopping (`stop_waiting_for_link`), a request whose link is down fails
+    at once with `NotConnectedError`: the one already waiting for the link (it waited until
+    its deadline: an hour here) and any made while the link stays down, with no cancellation
+    left over on the caller. A request on a link that is up still waits for its answer."""
+    exchange, responder, bus = link
+    responder.drop = 1
+    waiting = asyncio.ensure_future(ask(exchange, seconds=3600.0))
+    await asyncio.wait_for(responder.arrived.wait(), 5)
+    bus.set_online(False)
+    while not any(w.submitting is not None for w in exchange._waiting.values()):
+        await asyncio.sleep(0)  # until it waits for the link (`_attempts`)
+    exchange.stop_waiting_for_link()
+    with pytest.raises(NotConnectedError):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(NotConnectedError):
+        await asyncio.wait_for(ask(exchange, seconds=3600.0), 5)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    assert (exchange.waiting, exchange.stats.timeouts, responder.seen) == (0, 0, 1)
+    bus.set_online(True)
+    assert isinstance(await asyncio.wait_for(ask(exchange, seconds=3600.0), 5), bytes)

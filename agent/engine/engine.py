@@ -354,6 +354,11 @@ class Engine:
                 return
 
     async def _retry_later(self, delay: float) -> None:
+        """Pause after a failed round; not at all once stopping: the round may have failed
+        because of the stop (a request given up, `Exchange.stop_waiting_for_link`), whose
+        wake-up clearing the event here would lose (the stop waited the pause out)."""
+        if self._shared.stopping:
+            return
         self._shared.wake_event.clear()
         await wait_event(self._shared.wake_event, delay)
         self._shared.wake()

@@ -152,6 +152,12 @@ class JobsClient:
         if not subscribed:
             raise RequestTimeout("subscribe", self.request_timeout)
 
+    def stop_waiting_for_link(self) -> None:
+        """The agent is stopping: a request no longer waits for a link that is down; it fails
+        (`LinkError`) as at its deadline, and the caller keeps what it was for (the start-next
+        marker, the outbox) for the next start (`Exchange.stop_waiting_for_link`)."""
+        self._exchange.stop_waiting_for_link()
+
     async def close(self) -> None:
         """Stop listening, fail waiting requests and end `events()`. Idempotent.
 

@@ -11,7 +11,12 @@ three ways absorbed here, once, for every protocol client:
   duplicate finds no waiter);
 * a refusal for now (throttled, an internal error) is asked again with a new token after a
   capped exponential backoff with jitter;
-* one deadline covers all of it: nothing waits forever (`request` returns None when it passed).
+* one deadline covers all of it: nothing waits forever (`request` returns None when it passed);
+* once the agent is stopping (`stop_waiting_for_link`), a request does not wait for a link that
+  is down: it fails at once with `NotConnectedError`, as a publish on a down link does. Waiting
+  for a broker that is gone kept a stopping agent alive for the whole request timeout (an hour
+  or more where it is set so), and what such a request was doing is kept across the restart
+  by its caller (the start-next marker, the outbox).
 
 Requests go out with `Transport.submit`: the reply proves delivery, so a backend need not hand
 each PUBACK to the loop (awscrt's cost a thread hop per request); a publish that fails after
@@ -98,7 +103,9 @@ class _Waiter(Generic[R]):
     cancelling: int = 0
     """`submitting.cancelling()` before the deadline's own cancel (another one passes)."""
     cut: bool = False
-    """The deadline cancelled `submitting`."""
+    """The deadline (or a stop, `offline`) cancelled `submitting`."""
+    offline: bool = False
+    """Given up because the link is down and the agent is stopping (`stop_waiting_for_link`)."""
 
     def notify(self) -> None:
         if not self.wake.done():
@@ -126,6 +133,8 @@ class Exchange(Generic[R]):
         plugin job and a dozen Python calls each (issue 18)."""
         self._timer_at = 0.0
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._link_awaited = True
+        """False once the agent is stopping: no request waits for the link to come back."""
 
     def new_token(self) -> str:
         """A token unique to this exchange (26 characters for a billion requests: within the
@@ -161,6 +170,16 @@ class Exchange(Generic[R]):
         for waiter in self._waiting.values():
             waiter.lost = True
             waiter.notify()
+
+    def stop_waiting_for_link(self) -> None:
+        """The agent is stopping: from now on a request whose link is down fails at once
+        (`NotConnectedError`) instead of waiting for the link to come back, and so do the ones
+        waiting for it now. Requests on a link that is up still wait for their answer."""
+        self._link_awaited = False
+        if not self.transport.is_connected:
+            for waiter in self._waiting.values():
+                waiter.offline = True
+                self._cut(waiter)
 
     def close(self) -> None:
         """Fail every waiting request with `ExchangeClosed`. Idempotent."""
@@ -251,6 +270,8 @@ class Exchange(Generic[R]):
                 raise ExchangeClosed("the client was closed")
             if waiter.answered:
                 return waiter.reply
+            if waiter.offline:
+                raise NotConnectedError("the link is down and the agent is stopping")
         finally:
             self._waiting.pop(token, None)
         self.stats.timeouts += 1
@@ -275,8 +296,19 @@ class Exchange(Generic[R]):
             if remaining <= 0:
                 break
             if not self.transport.is_connected:
-                if not await self.transport.wait_connected(remaining):
+                if not self._link_awaited:
+                    waiter.offline = True
                     break
+                # Cut short by a stop (`stop_waiting_for_link`) as `submit` is by the deadline.
+                task = asyncio.current_task(loop)
+                waiter.submitting = task
+                waiter.cancelling = 0 if task is None else task.cancelling()
+                try:
+                    if not await self.transport.wait_connected(remaining):
+                        break
+                finally:
+                    if not waiter.cut:
+                        waiter.submitting = None
                 continue  # re-check: the reply may have come with a kept session
             waiter.lost = False
             task = asyncio.current_task(loop)
@@ -318,13 +350,19 @@ class Exchange(Generic[R]):
                 if earliest is None or waiter.deadline < earliest:
                     earliest = waiter.deadline
             elif not waiter.expired:
-                waiter.expired = True
-                waiter.notify()
-                if waiter.submitting is not None:
-                    waiter.cut = True
-                    waiter.submitting.cancel()
+                self._cut(waiter)
         if earliest is not None:
             self._arm(loop, earliest)
+
+    @staticmethod
+    def _cut(waiter: _Waiter[R]) -> None:
+        """End `waiter`'s wait now: told, and cancelled if it is in a wait that hears no news
+        (`submit`, or the wait for the link)."""
+        waiter.expired = True
+        waiter.notify()
+        if waiter.submitting is not None and not waiter.cut:
+            waiter.cut = True
+            waiter.submitting.cancel()
 
     @staticmethod
     async def _failed(waiter: _Waiter[R], deadline: float) -> None:
