@@ -105,16 +105,17 @@ async def test_run_handler_maps_results_and_exceptions(ctx_factory: Any) -> None
         await run_handler(_Returns(error=asyncio.CancelledError()), ctx)
 
 
+class _Hangs:
+    name = "hangs"
+    resumable = False
+
+    async def run(self, ctx: JobContext) -> None:
+        await asyncio.Event().wait()
+
+
 async def test_plugin_time_limit(tmp_path: Path, ctx_factory: Any) -> None:
-    class Hangs:
-        name = "hangs"
-        resumable = False
-
-        async def run(self, ctx: JobContext) -> None:
-            await asyncio.Event().wait()
-
     d = Dispatcher(config(tmp_path, {}))
-    outcome = await d.run(Hangs(), ctx_factory({"timeout": 0.2}))
+    outcome = await d.run(_Hangs(), ctx_factory({"timeout": 0.2}))
     assert outcome == Outcome.failed("timed out after 0.2 s")
 
 
@@ -124,19 +125,12 @@ async def test_the_time_limit_leaves_no_cancel_behind_and_lets_the_jobs_own_canc
     """The limit cancels the plugin's task and takes that cancel back as the timeout (the task
     can still be cancelled later); a cancel of the job's own, before the limit, passes."""
 
-    class Hangs:
-        name = "hangs"
-        resumable = False
-
-        async def run(self, ctx: JobContext) -> None:
-            await asyncio.Event().wait()
-
     d = Dispatcher(config(tmp_path, {}))
-    outcome = await d.run(Hangs(), ctx_factory({"timeout": 0.05}))
+    outcome = await d.run(_Hangs(), ctx_factory({"timeout": 0.05}))
     assert outcome == Outcome.failed("timed out after 0.05 s")
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
-    running = asyncio.ensure_future(d.run(Hangs(), ctx_factory({"timeout": 60})))
+    running = asyncio.ensure_future(d.run(_Hangs(), ctx_factory({"timeout": 60})))
     await asyncio.sleep(0)  # the plugin waits
     running.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -269,74 +269,55 @@ def _compiled(event, args):
 sys.addaudithook(_compiled)
 
 
-def _init_not_compiled():
+def _defined(prefix):
+    # (name, class) of each dataclass a loaded module whose name starts with prefix defines
     import dataclasses
 
     for name, module in list(sys.modules.items()):
-        for value in list(vars(module).values()) if name.startswith("jobs_agent") else ():
-            if (
-                isinstance(value, type)
-                and dataclasses.is_dataclass(value)
-                and value.__module__ == name
-                and type(vars(value).get("__init__")).__name__ == "_FirstInit"
-            ):
-                yield name + "." + value.__qualname__
-
-
-def _frozen_by_dataclasses():
-    import dataclasses
-
-    shared_setattr = getattr(sys.modules.get("jobs_agent.datamodel"), "_frozen_setattr", None)
-    for name, module in list(sys.modules.items()):
-        for value in list(vars(module).values()):
-            if (
-                isinstance(value, type)
-                and dataclasses.is_dataclass(value)
-                and value.__module__ == name
-                and value.__dataclass_params__.frozen
-                and (
-                    value.__setattr__ is not shared_setattr
-                    or any(dataclasses.is_dataclass(base) for base in value.__mro__[1:])
-                )
-            ):
-                yield name + "." + value.__qualname__
-
-
-def _undocumented():
-    import dataclasses
-
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("jobs_agent"):
+        if not name.startswith(prefix):
             continue
         for value in list(vars(module).values()):
             if (
                 isinstance(value, type)
                 and dataclasses.is_dataclass(value)
                 and value.__module__ == name
-                and (value.__doc__ or "").startswith(value.__name__ + "(")
             ):
-                yield name + "." + value.__qualname__
+                yield name + "." + value.__qualname__, value
+
+
+def _init_not_compiled():
+    for name, value in _defined("jobs_agent"):
+        if type(vars(value).get("__init__")).__name__ == "_FirstInit":
+            yield name
+
+
+def _frozen_by_dataclasses():
+    import dataclasses
+
+    shared_setattr = getattr(sys.modules.get("jobs_agent.datamodel"), "_frozen_setattr", None)
+    for name, value in _defined(""):
+        if value.__dataclass_params__.frozen and (
+            value.__setattr__ is not shared_setattr
+            or any(dataclasses.is_dataclass(base) for base in value.__mro__[1:])
+        ):
+            yield name
+
+
+def _undocumented():
+    for name, value in _defined("jobs_agent"):
+        if (value.__doc__ or "").startswith(value.__name__ + "("):
+            yield name
 
 
 def _with_own_methods():
-    import dataclasses
-
     datamodel = sys.modules.get("jobs_agent.datamodel")
     shared = getattr(datamodel, "_repr", None)
     shared_setattr = getattr(datamodel, "_frozen_setattr", None)
-    for name, module in list(sys.modules.items()):
-        for value in list(vars(module).values()) if name.startswith("jobs_agent") else ():
-            if (
-                isinstance(value, type)
-                and dataclasses.is_dataclass(value)
-                and value.__module__ == name
-                and (
-                    value.__repr__ is not shared
-                    or value.__dataclass_params__.frozen
-                    and value.__setattr__ is not shared_setattr
-                )
-            ):
-                yield name + "." + value.__qualname__
+    for name, value in _defined("jobs_agent"):
+        if value.__repr__ is not shared or (
+            value.__dataclass_params__.frozen and value.__setattr__ is not shared_setattr
+        ):
+            yield name
 
 
 def _write_modules(signum, frame):
