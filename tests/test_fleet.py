@@ -134,6 +134,7 @@ async def test_a_rollout_counts_the_jobs_requests_only(
     served.subtract(before)
     assert served["GetPendingJobExecutions"] == THINGS
     start_up = 2 * THINGS  # GetPendingJobExecutions and start-next, each device
+    assert summary["settled"] is True  # counted once every device was idle
     assert summary["requests"] == served.total() - start_up
 
 

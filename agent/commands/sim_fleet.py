@@ -334,6 +334,7 @@ async def _roll_out(
     out(f"created job {job_id} for {args.things} things")
     finished, counts, problem = await _watch(args, fleet, emulator, job_id, created, stop)
     rollout = finished if finished is not None else time.monotonic() - created
+    settled = finished is not None and await fleet.settle()  # requests after a report count
     problem = fleet.failure() or problem
     if problem is not None:
         out(f"stopped: {problem}")
@@ -348,6 +349,7 @@ async def _roll_out(
         first_look_seconds=round(looked, 3),
         rollout_seconds=round(rollout, 3),
         finished=finished is not None,
+        settled=settled,
         requests_per_second=(round(summary["requests"] / rollout, 1) if rollout > 0 else None),
     )
     _print_summary(args, summary, counts, connected, rollout)
@@ -428,11 +430,9 @@ def _summary(
     counts: Any,
     requests_before: int,
 ) -> dict[str, Any]:
-    service_requests = (
-        sum(n for k, n in emulator.service.counters.items() if k != "throttled")
-        if emulator is not None
-        else None
-    )
+    service_requests = None
+    if emulator is not None:
+        service_requests = sum(n for k, n in emulator.service.counters.items() if k != "throttled")
     return {
         "job_id": job_id,
         "things": args.things,

@@ -181,6 +181,20 @@ class Engine:
         """Refreshed by the main loop; the systemd watchdog checks it is recent."""
         return self._shared.loop_heartbeat
 
+    @property
+    def idle(self) -> bool:
+        """Waiting for an event, with none unread and no request out: this engine makes no
+        request until the service (or the idle poll, or a signal) says something. `sim fleet`
+        counts a rollout's requests once its devices are idle: a device that has just reported
+        still asks for its next job (issue 18)."""
+        shared = self._shared
+        return (
+            shared.waiting_for_wake
+            and not shared.wake_event.is_set()
+            and not self.client.events_unread
+            and not self.client.requests_waiting
+        )
+
     # -- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
         swept = await asyncio.to_thread(self._files.sweep_all)
@@ -210,7 +224,11 @@ class Engine:
         shared = self._shared
         while not shared.stopping:
             shared.beat()
-            await self._wait_for_wake()
+            shared.waiting_for_wake = True
+            try:
+                await self._wait_for_wake()
+            finally:
+                shared.waiting_for_wake = False
             if shared.stopping:
                 break
             shared.wake_event.clear()

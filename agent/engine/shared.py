@@ -88,6 +88,8 @@ class Shared:
         self.dispatcher = dispatcher
         self.crash = CrashPoints(settings.state_dir)
         self.wake_event = asyncio.Event()
+        self.waiting_for_wake = False
+        """The main loop waits for `wake_event` (and makes no request meanwhile)."""
         self.stopping = False
         """No new job is taken; a running one finishes within `stop_timeout_seconds`."""
         self.stop_now = asyncio.Event()

@@ -128,6 +128,11 @@ class JobsClient:
         makes the agent send again (and the service answer again) after the reconnect."""
         return self._exchange.waiting
 
+    @property
+    def events_unread(self) -> int:
+        """Notifications received and not yet given by `events()`."""
+        return len(self._events)
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen, then subscribe (QoS 1) to every reply and event topic; waits for the link.

@@ -106,6 +106,7 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
             await fleet.first_look(timeout=60.0)
             _write({"event": "looked"})
         requests_at_start = fleet.requests()
+        settled = False
         last: dict[str, Any] | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -116,6 +117,7 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
                 _write({"event": "progress", **report})
             done = sum(n for status, n in report["outcomes"].items() if status in FINAL)
             if job_id is not None and done >= len(fleet.devices):
+                settled = await fleet.settle()  # its last requests, counted in "done"
                 break
             if stop.is_set() or loop.time() > deadline:
                 break
@@ -127,6 +129,7 @@ async def run_worker(fleet: Fleet, job_id: str | None, timeout: float, stop: asy
             {
                 "event": "done",
                 **report,
+                "settled": settled,
                 "peak_rss_mb": peak_rss_mb(),
                 "threads": threading.active_count(),
             }
@@ -160,7 +163,9 @@ class Worker:
     unanswered: int = 0
     peak_rss_mb: float = 0.0
     threads: int = 0
+    settled: bool = False
     done: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
 
 
@@ -208,7 +213,9 @@ class FleetWorkers:
                 if event == "done":
                     worker.peak_rss_mb = float(message["peak_rss_mb"])
                     worker.threads = int(message["threads"])
+                    worker.settled = bool(message["settled"])
                     worker.done = True
+                    worker.finished.set()
             except (ValueError, KeyError, TypeError):
                 self._fail(f"{name} wrote {line[:200]!r}, not a report")
                 return
@@ -218,8 +225,9 @@ class FleetWorkers:
 
     async def connected(self, stop: asyncio.Event, what: str = "connected") -> None:
         """Every worker connected its devices (each gives up on a connection by itself, after
-        the connect timeout), or with `what="looked"` its devices looked for work; raises
-        `WorkerFailed` if one ended first or `stop` was set."""
+        the connect timeout), or with `what="looked"` its devices looked for work, or with
+        `what="finished"` wrote its last report; raises `WorkerFailed` if one ended first or
+        `stop` was set."""
 
         async def all_connected() -> None:
             for worker in self.workers:
@@ -323,6 +331,16 @@ class SpreadFleet:
     async def first_look(self, timeout: float = 60.0) -> None:
         """Every worker's devices looked for work (each worker bounds its own wait)."""
         await self._workers.connected(self._stop, "looked")
+
+    async def settle(self, timeout: float = 60.0) -> bool:
+        """Every worker wrote its last report, counted once its devices were idle (each
+        worker bounds that wait); whether all of them were. Summed before, the workers'
+        counts missed what a worker reported after the parent saw the rollout end."""
+        try:
+            await self._workers.connected(self._stop, "finished")
+        except WorkerFailed:
+            return False
+        return all(w.settled for w in self._workers.workers)
 
     def connected(self) -> int:
         return sum(len(w.share) for w in self._workers.workers if w.connected.is_set())
