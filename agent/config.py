@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs_agent.config_cache import DEFAULT_STATE_DIR, ParseCache
+from jobs_agent.config_json import plain_json
 from jobs_agent.consent.settings import ConsentSettings
 from jobs_agent.datamodel import model
 from jobs_agent.dispatch.settings import ANY_USER, DispatchSettings
@@ -488,6 +489,12 @@ def load_config(
         return resolve_relative_paths(config, Path.cwd())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    plain = plain_json(text)  # read as YAML would read it, without PyYAML or a kept parse
+    if plain is not None:
+        try:
+            return _from_file_data(path, plain, {}, environ, require_thing_name)
+        except ConfigError:
+            pass  # said again below, from the YAML reader's parse, with the setting's line
     if cache is not None:
         hit = cache.lookup(text, path, environ)
         if hit is not None:

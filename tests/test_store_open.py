@@ -1,4 +1,5 @@
-"""Opening the state database: a new one is made in one transaction (issue 18).
+"""Opening the state database: a new one is made in one transaction, one this agent made is
+only read (issue 18).
 
 A first start used to make the schema one statement at a time, each its own durable commit (14
 fdatasyncs before the agent's first request, 7 now). These tests read what SQLite itself ran
@@ -22,9 +23,13 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     statements: list[str] = []
     connect = sqlite3.connect
 
+    def trace(sql: str) -> None:
+        if not sql.startswith("--"):  # SQLite's note of a pragma function's own statement
+            statements.append(sql.strip().rstrip(";"))
+
     def tracing_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         db = connect(*args, **kwargs)
-        db.set_trace_callback(lambda sql: statements.append(sql.strip().rstrip(";")))
+        db.set_trace_callback(trace)
         return db
 
     monkeypatch.setattr(store_module.sqlite3, "connect", tracing_connect)
@@ -54,9 +59,39 @@ def test_a_new_database_is_made_in_one_transaction_and_an_old_one_is_only_read(
     statements.clear()
     again = Store(path)
     assert again.database_id == database_id  # the meta rows are kept, not made again
-    assert sum(s == "COMMIT" for s in statements) == 1
+    # Neither a transaction nor its write lock: the schema is as the first start left it
+    # (before: the 16 statements of the schema's transaction, an empty COMMIT).
+    assert statements == [
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=FULL",
+        "SELECT schema_version, user_version FROM pragma_schema_version, pragma_user_version",
+        "SELECT value FROM meta WHERE key = 'database_id'",
+    ], statements
     assert again.durable_commits == 0
     again.close()
+
+
+def test_a_schema_changed_since_by_another_agent_is_laid_out_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent before issue 18's round 12 started on the database in between (its index on
+    `state` back): the schema's transaction runs again, and drops it, as on any earlier
+    agent's database (tests/test_store_pages.py)."""
+    path = tmp_path / "state.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE INDEX IF NOT EXISTS executions_state ON executions (state)")
+    statements = traced(monkeypatch)
+    store = Store(path)
+    assert "BEGIN IMMEDIATE" in statements
+    assert "DROP INDEX IF EXISTS executions_state" in statements
+    store.close()
+    with sqlite3.connect(path) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "executions_state" not in names
+    statements.clear()
+    Store(path).close()
+    assert "BEGIN IMMEDIATE" not in statements  # laid out now
 
 
 def test_a_new_database_that_fails_half_way_is_not_left_half_made(
