@@ -1,18 +1,22 @@
 """Which `notify`/`notify-next` events make the engine look for work (engine/wakes.py).
 
-A real agent (paho, the session mosquitto) against the emulator. The counts are the service's
-own: each test waits until the engine has heard every event the service published for the job
-and its loop sits idle with nothing to act on, so a look the events would cause is counted,
-whatever the machine's load; no count depends on the order the events arrive in.
+A real agent (paho, the session mosquitto) against the emulator; its jobs run `sim fleet`'s
+no-op plugin (a script's job may also send IN_PROGRESS updates, as its step takes time). The
+counts are the service's own: each test waits until the engine has heard every event the
+service published for the job and its loop sits idle with nothing to act on, so a look the
+events would cause is counted, whatever the machine's load; no count depends on the order the
+events arrive in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from jobs_agent.config import AgentConfig
 from jobs_agent.daemon import Agent
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.engine import Engine
@@ -25,7 +29,6 @@ from tests.harness import (
     running_agent,
     wait_terminal,
     wait_until,
-    write_handler,
 )
 
 THING = "gw-wakes"
@@ -68,6 +71,12 @@ class Watch:
         )
 
 
+def _config(tmp_path: Path, mosquitto: Mosquitto) -> AgentConfig:
+    (tmp_path / "handlers").mkdir(mode=0o755, exist_ok=True)
+    config = agent_config(tmp_path, mosquitto.port, thing=THING)
+    return dataclasses.replace(config, handlers={"work": "jobs_agent.sim.fleet:NoopHandler"})
+
+
 def _jobs_requests(emulator: Emulator, before: Counter[str]) -> Counter[str]:
     served = Counter(emulator.service.counters)
     served.subtract(before)
@@ -92,8 +101,7 @@ async def test_a_job_costs_its_start_next_and_its_final_update_only(
 ) -> None:
     """Its creation's two events, its start's and its end's each used to wake a start-next
     (3.6-3.9 requests a device in round 12's fleet runs; 3 or 4 here); one look takes it."""
-    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\ntrue\n")
-    async with running_agent(agent_config(tmp_path, mosquitto.port, thing=THING)) as agent:
+    async with running_agent(_config(tmp_path, mosquitto)) as agent:
         watch = await _idle_agent(agent, emulator)
         for n in range(3):
             before = Counter(emulator.service.counters)
@@ -112,11 +120,10 @@ async def test_late_events_of_a_job_taken_ask_nothing_and_a_new_execution_is_loo
     """Delivery order is not guaranteed: a job's creation events arriving after it ended
     (published again here, after its end's) name only what the device took; a `notify` that
     names an execution it never took is looked for, even if the service has none pending."""
-    write_handler(tmp_path / "handlers", "work", "#!/bin/sh\ntrue\n")
     spammer = PahoTransport(paho_connection(mosquitto.port), "wakes-spammer")
     await spammer.connect(timeout=10)
     try:
-        async with running_agent(agent_config(tmp_path, mosquitto.port, thing=THING)) as agent:
+        async with running_agent(_config(tmp_path, mosquitto)) as agent:
             watch = await _idle_agent(agent, emulator)
             emulator.service.create_job("late", [THING], {"operation": "work"})
             await wait_terminal(emulator, "late", THING)
