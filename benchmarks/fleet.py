@@ -9,8 +9,9 @@ start-up requests, timed apart as "first look"): the rollout's time and requests
 own. A `--baseline` from before round 12 created it as soon as the devices had connected, so
 its rollout also holds part of their start-up, and its first look reads 0.
 
-Floor: the same broker serving the same number of requests (3 per device: start-next at
-start-up, start-next on notify, the final update) as back-to-back raw paho round trips.
+Floor: the same broker serving the same number of requests (the rollout's own, 2 per device
+since round 13: the start-next that takes the job and the final update; the job's other events
+ask for no look, engine/wakes.py) as back-to-back raw paho round trips.
 
 Size: 1,000 things in one process (200 with --quick). `BENCH_FLEET_THINGS` and
 `BENCH_FLEET_PROCESSES` (environment) measure another size, e.g. 10,000 things over 2 processes

@@ -343,8 +343,9 @@ async def test_a_plugin_job_reads_no_state_it_has_just_written(
     a decision made while the outbox is known empty gets its entry back from its INSERT
     (`RETURNING`) instead of reading the outbox, 18 now that the check for records start-next
     passed over and the look for the taken execution's own record (a re-delivery?) are one
-    statement (`Store.taking`), not two (one of them is the read of the active records when
-    the queue runs empty after each job, which a drain does not have)."""
+    statement (`Store.taking`), not two; 17 now that the job's own events ask for no second
+    start-next, which found the queue empty after each job and read the active records
+    (engine/wakes.py)."""
     make_handler_dir(tmp_path)
     config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
     statements: list[str] = []
@@ -362,7 +363,7 @@ async def test_a_plugin_job_reads_no_state_it_has_just_written(
                 await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
         finally:
             database.set_trace_callback(None)
-    assert len(statements) == 18 * 3, "\n".join(statements)
+    assert len(statements) == 17 * 3, "\n".join(statements)
     assert not [s for s in statements if s.startswith("SELECT id, namespace")]  # the outbox
     assert not [s for s in statements if s.startswith("SELECT state FROM")]
     by_key = f"SELECT {RECORD_COLUMNS} FROM executions WHERE namespace"
@@ -407,8 +408,9 @@ async def test_the_database_file_is_checked_before_each_durable_commit_and_start
     runs before each start-next and each fsynced commit (RUNNING's, the decision's), not
     before REPORTED's commit, which is not fsynced and so promises nothing a lost file would
     break: a database lost by then is found by the next start-next's check, before any job is
-    taken (tests/test_state_loss.py). 5 -> 4 per job here (one is the start-next that finds
-    the queue empty after each job, which a drain does not have: 4 -> 3 there)."""
+    taken (tests/test_state_loss.py). 5 -> 4 per job here (one is the round after each job,
+    which checks it as its start-next that found the queue empty did: a drain does not have
+    it, 4 -> 3 there; the job's own events ask for no start-next any more, engine/wakes.py)."""
     make_handler_dir(tmp_path)
     config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
     checks: list[int] = []

@@ -10,10 +10,10 @@ record means after a crash is decided in `recovery`.
 One job runs at a time (`turns`: with `jobs.run_others_while_deferred`, a deferred execution
 waits beside the loop, which takes other work meanwhile; a handler runs only with the turn).
 Work is looked for on start, after every resync (reconnect: records are first reconciled with
-the service again, `acquisition`) and on every
-`notify`/`notify-next` event; events that arrive while a job runs only set a flag that is acted
-on when it ends. Executions are identified by (namespace, jobId, executionNumber), never by their
-document (AWS re-signs presigned URLs on every delivery).
+the service again, `acquisition`) and on every `notify`/`notify-next` event that names an
+execution this device has not taken (`wakes`); events that arrive while a job runs only set a
+flag that is acted on when it ends. Executions are identified by (namespace, jobId,
+executionNumber), never by their document (AWS re-signs presigned URLs on every delivery).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from jobs_agent.engine.shared import Dispatcher, Shared, StopRequested
 from jobs_agent.engine.shared import EngineStatus as EngineStatus
 from jobs_agent.engine.store import Store, StoreError, StoreLost, Taking
 from jobs_agent.engine.turns import NEW_WORK, Turns
+from jobs_agent.engine.wakes import named
 from jobs_agent.inventory.reading import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
@@ -64,6 +65,9 @@ RETRY_MAX_SECONDS = 60.0
 
 
 class Engine:
+    _event_loop: asyncio.AbstractEventLoop
+    """The loop `run` runs in, held for the idle wait (`Shared.parked`)."""
+
     def __init__(
         self,
         settings: EngineSettings,
@@ -111,6 +115,7 @@ class Engine:
         self._store_broken = False
         self._last_acquire = 0.0
         self._retry_delay = RETRY_MIN_SECONDS
+        self._coalesced = 0  # the client's count of events replaced unread, as last seen
 
     @property
     def _runner(self) -> Runner:
@@ -206,6 +211,7 @@ class Engine:
             )
         await remove_left_job_directories(self._shared.settings.state_dir, self.store)
         await self._packages.start()
+        self._event_loop = asyncio.get_running_loop()  # asked once: `Shared.parked`
         events = asyncio.create_task(self._consume_events(), name="engine-events")
         self._shared.wake()
         try:
@@ -267,7 +273,7 @@ class Engine:
             return True
         self._retry_delay = RETRY_MIN_SECONDS
         if found:
-            self._shared.wake()  # there may be more
+            self._shared.hint()  # more, if events named more (or the job did not end)
         return True
 
     async def _with_turn(self) -> bool | None:
@@ -309,11 +315,28 @@ class Engine:
     async def _take_and_run(self) -> bool:
         if self._shared.stopping:
             return False
-        self._last_acquire = time.monotonic()
         aside = set(self._turns.aside)
         if aside and not self._shared.settings.run_others_while_deferred:
             return False  # switched off by a reload: nothing else runs while they wait
-        offer = await self._acquisition.take_next(aside)
+        wakes = self._shared.wakes
+        if not aside and not wakes.needed():
+            # Events named only what this device took (engine/wakes.py). The database is
+            # checked as the look after a job checked it (a file lost meanwhile is told now,
+            # not at the next job), and idle is said as it said (a job that ended at once was
+            # not announced).
+            await self.store.call(Store.verify)
+            self._shared.set_status("idle")
+            return False
+        self._last_acquire = time.monotonic()
+        before = wakes.looking()
+        try:
+            offer = await self._acquisition.take_next(aside)
+        except BaseException:
+            wakes.failed()
+            raise
+        wakes.looked(before, found=offer is not None)
+        if offer is not None:
+            wakes.hold(offer.ref)
         # Read before the offer is recorded: a read after it would write the new start record
         # in a transaction of its own, where it goes with RUNNING's (issue 18). The record just
         # taken is left out of what was passed over either way.
@@ -332,6 +355,8 @@ class Engine:
             return False
         if record is not None:
             await self._runner.process(record, offer.execution.job_document)
+        if record is None or record.key not in self._shared.outcomes:
+            wakes.look = True  # not ended by this device: the service published no end of it
         return True
 
     async def _passed_over(
@@ -364,7 +389,7 @@ class Engine:
     async def _wait_for_wake(self) -> None:
         """Wait for an event; idle, look for work every `jobs.idle_poll_seconds` anyway (a
         safety net against a lost notification; 0 = never: keep-alives only)."""
-        while not await wait_event(self._shared.wake_event, LOOP_TICK_SECONDS):
+        while not await self._shared.parked(self._event_loop, LOOP_TICK_SECONDS):
             self._shared.beat()
             poll = self._shared.settings.idle_poll_seconds
             if poll and time.monotonic() - self._last_acquire >= poll:
@@ -392,10 +417,24 @@ class Engine:
                 self._packages.link_back()
                 self._shared.wake()
             elif isinstance(event, NextJobExecutionChanged):
-                self._shared.wake()
+                self._heard(event)
             elif isinstance(event, JobExecutionsChanged):
-                self._shared.wake()
                 if self._supervisor is not None:
                     self._supervisor.check_still_listed(event)
                 if self._acquisition.unsettled:  # an earlier agent's record not taken up yet
                     self._acquisition.suspect(event)
+                self._heard(event)
+
+    def _heard(self, event: JobExecutionsChanged | NextJobExecutionChanged) -> None:
+        """A round that looks for work if the event named an execution this device did not
+        take, or if an event was replaced unread (engine/wakes.py); none if it named only
+        what it took or nothing, unless a record it suspects must be checked: the round would
+        have nothing to do (every other reason for one wakes the loop itself)."""
+        wakes = self._shared.wakes
+        coalesced = self.client.stats.events_coalesced
+        if coalesced != self._coalesced:
+            self._coalesced = coalesced
+            wakes.look = True
+        wakes.hear(named(event))
+        if wakes.needed() or self._acquisition.suspected:
+            self._shared.hint()

@@ -19,6 +19,7 @@ from jobs_agent.aio import unless_set
 from jobs_agent.datamodel import model
 from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.settings import EngineSettings
+from jobs_agent.engine.wakes import Wakes
 from jobs_agent.vocabulary import ExecutionRef
 from jobs_agent_handlers.api import Handler, MqttLink, Outcome
 
@@ -90,6 +91,11 @@ class Shared:
         self.wake_event = asyncio.Event()
         self.waiting_for_wake = False
         """The main loop waits for `wake_event` (and makes no request meanwhile)."""
+        self._parked: asyncio.Future[None] | None = None
+        """What the engine's idle loop waits on (`parked`)."""
+        self.wakes = Wakes()
+        """Whether the next round looks for work (`wake`), or only if events named an execution
+        this device did not take (`hint`)."""
         self.stopping = False
         """No new job is taken; a running one finishes within `stop_timeout_seconds`."""
         self.stop_now = asyncio.Event()
@@ -110,7 +116,32 @@ class Shared:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
+        """Run a round that looks for work."""
+        self.wakes.look = True
+        self.hint()
+
+    def hint(self) -> None:
+        """Run a round that looks for work only if `wakes` says an event calls for it."""
         self.wake_event.set()
+        parked = self._parked
+        if parked is not None and not parked.done():
+            parked.set_result(None)
+
+    async def parked(self, loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
+        """Wait for a wake-up (True) or `timeout` (False) on a future of `loop`, which the
+        caller holds: `wait_event`'s timeout and the Event's wait ask for the running loop four
+        times (a `getpid` each on Python 3.11), and the engine's loop waits once per job now that
+        the events of a job it took wake no round (issue 18)."""
+        if self.wake_event.is_set():
+            return True
+        future = self._parked = loop.create_future()
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            self._parked = None
+        return self.wake_event.is_set()
 
     def request_stop(self, *, immediate: bool) -> None:
         self.stopping = True
@@ -167,3 +198,8 @@ class Shared:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
