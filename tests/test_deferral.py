@@ -129,10 +129,23 @@ def deferral_updates(emulator: Emulator, job_id: str) -> list[dict[str, str]]:
     ]
 
 
-async def wait_deferral(emulator: Emulator, job_id: str, seen: int = 0) -> dict[str, str]:
+async def wait_deferral(
+    emulator: Emulator, job_id: str, seen: int = 0, agent: AgentProcess | None = None
+) -> dict[str, str]:
     """The statusDetails of the next deferral update after the first `seen` (a heartbeat
-    without new details shows the details it leaves in place)."""
-    await emulator.service.wait_for(lambda: len(deferral_updates(emulator, job_id)) > seen, 30)
+    without new details shows the details it leaves in place). With `agent`, a timeout says
+    what the service recorded and what the agent logged (a wait that only timed out, seen
+    once in CI, left nothing to find its cause by)."""
+    try:
+        await emulator.service.wait_for(lambda: len(deferral_updates(emulator, job_id)) > seen, 30)
+    except TimeoutError as exc:
+        if agent is None:
+            raise
+        history = [
+            (str(h.source), str(h.to_status), dict(h.status_details))
+            for h in emulator.service.history(job_id=job_id)
+        ]
+        raise AssertionError(f"{exc}\nhistory: {history}\nagent log:\n{agent.log_text()}") from None
     return deferral_updates(emulator, job_id)[-1]
 
 
@@ -496,7 +509,7 @@ async def test_killed_between_recording_a_deferral_and_announcing_it(
         assert deferral_updates(emulator, "crash-defer") == []  # recorded, not announced
         agent.start()
         await agent.wait_ready()
-        waiting = await wait_deferral(emulator, "crash-defer")
+        waiting = await wait_deferral(emulator, "crash-defer", agent=agent)
         assert (waiting["until"], waiting["deferrals"]) == ("2026-06-01T13:00:00Z", "1")
         assert runs(record) == ["run 1 resumed=0"]
         clock.set(epoch("2026-06-01T13:00:00Z"))

@@ -26,6 +26,7 @@ from jobs_agent.jobs import topics as jobs_topics
 from tests.helpers.agent_harness import (
     THING,
     captured_logs,
+    hold_heartbeat_off,
     make_config,
     make_handler_dir,
     running_agent,
@@ -52,6 +53,13 @@ class UsesDirs:
         (ctx.state_dir / "kept.txt").write_text("state")
         return {"scratch": str(ctx.scratch_dir), "isdir": str(os.path.isdir(ctx.state_dir))}
 """
+
+
+@pytest.fixture(autouse=True)
+def _no_heartbeat_in_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat's poll is a timer, not a job's path: held off, so that a test stretched
+    past its 5 s by the machine's load counts the same as on a quiet one."""
+    hold_heartbeat_off(monkeypatch)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,15 @@ class Gateway:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
     async def wait_reboot_call(self, count: int) -> None:
+        await self.wait_device(lambda: self.reboot_calls >= count, f"reboot command call {count}")
+
+    async def wait_device(self, predicate: Callable[[], bool], what: str) -> None:
+        """`wait_until` for the device's side (a file the updater or the agent makes), saying
+        on a timeout what the service and the agent said: a wait that only timed out left
+        nothing to find the cause of a failure seen once in CI."""
         try:
-            await wait_until(lambda: self.reboot_calls >= count, 60, f"reboot command call {count}")
+            await wait_until(predicate, 60, what)
         except TimeoutError as exc:
-            # What the service and the agent say, for whoever reads a failure.
             reports = [
                 {"status": str(h.to_status), **h.status_details}
                 for h in self.emulator.service.history()
@@ -549,7 +554,7 @@ async def test_an_agent_killed_while_rauc_installs_waits_for_it_and_installs_aga
     try:
         await gateway.start()
         emulator.service.create_job("ab-kill-mid", [gateway.thing], _document(files, device))
-        await wait_until(blocked.exists, 60, "rauc install to reach the bootloader")
+        await gateway.wait_device(blocked.exists, "rauc install to reach the bootloader")
         gateway.agent.kill()
         await gateway.start()
         await emulator.service.wait_for(
@@ -790,7 +795,7 @@ async def test_swupdate_left_running_by_a_killed_agent_is_stopped_before_the_ins
         emulator.service.create_job(
             "sw-kill-mid", [gateway.thing], _document(files, device, "swupdate")
         )
-        await wait_until(pid_file.exists, 60, "swupdate to start")
+        await gateway.wait_device(pid_file.exists, "swupdate to start")
         await wait_until(lambda: pid_file.read_text().strip() != "", 10, "its pid")
         held = int(pid_file.read_text())
         gateway.agent.kill()

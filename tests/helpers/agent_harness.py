@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
+from jobs_agent import daemon
 from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
 from jobs_agent.daemon import Agent
 from jobs_agent.emulator.embedded import EmbeddedEmulator
@@ -70,6 +73,20 @@ def make_config(base: Path, *, state_dir: Path | None = None, **jobs: Any) -> Ag
         jobs=JobsConfig(**settings),
         state_dir=state_dir or base / "state",
         log=LogConfig(level="debug", format="json"),
+    )
+
+
+def hold_heartbeat_off(monkeypatch: pytest.MonkeyPatch, seconds: float = 3600.0) -> None:
+    """The agent's heartbeat, written at start, then not woken for `seconds`. It polls every
+    5 s from the agent's start, and its first poll sees the link come up and writes the file
+    (`json.dumps` with `sort_keys`, `asyncio.to_thread`, `asyncio.sleep`): a test that counts
+    the agent's calls over a few jobs counted that poll too once the machine's load stretched
+    the agent's start and its jobs past 5 s."""
+    from jobs_agent.engine import heartbeat
+
+    monkeypatch.setattr(heartbeat, "_POLL_SECONDS", seconds)
+    monkeypatch.setattr(
+        daemon, "keep_heartbeat", functools.partial(heartbeat.keep_heartbeat, interval=seconds)
     )
 
 
