@@ -120,6 +120,26 @@ async def test_a_second_stop_gives_up_an_unanswered_final_update_kept_in_the_out
         agent.kill()
 
 
+async def test_a_stop_while_a_namespace_s_next_is_unanswered_ends_the_agent(
+    tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator
+) -> None:
+    """With a namespace configured, the agent asks DescribeJobExecution of `$next` there after
+    the default namespace's start-next: a read, whose loss changes nothing (a `$next` is
+    recorded before it is started). One SIGTERM ends the agent while it is unanswered
+    (before: it waited out the hour)."""
+    agent = _agent(tmp_path, emulator_broker, "paho", namespaces=("fleet",))
+    service = emulator.service
+    service.lose_next("DescribeJobExecution")
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await wait_until(lambda: service.counters["lost"] == 1, 15, "the $next describe lost")
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(timeout=STOP_BOUND) == 0
+    finally:
+        agent.kill()
+
+
 async def test_a_stop_while_a_refused_outcome_is_looked_into_keeps_it_queued(
     tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator
 ) -> None:
