@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.engine.lifecycle import ExecutionState
 from jobs_agent.engine.store import Store
 from jobs_agent.jobs.errors import ErrorCode
+from jobs_agent.vocabulary import ExecutionRef
+from jobs_agent_handlers.api import POINT_OF_NO_RETURN
 from tests.fixtures.broker import Mosquitto
 from tests.harness import (
     AgentProcess,
@@ -171,3 +174,47 @@ async def test_a_stop_while_a_refused_outcome_is_looked_into_keeps_it_queued(
         assert terminal_statuses(emulator, "looked-into") == ["SUCCEEDED"]
     finally:
         agent.kill()
+
+
+async def test_a_stop_while_a_held_run_s_document_is_fetched_again_launches_nothing(
+    tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator
+) -> None:
+    """An earlier agent left a resumable step past its point of no return, which the service
+    ended meanwhile: the run is carried on, with its document (presigned URLs) fetched again
+    first, and that DescribeJobExecution goes unanswered. One SIGTERM ends the agent at once
+    (before: it waited out the hour), nothing launched and the record as it was: still
+    RUNNING, its restarts not counted for a run that did not start."""
+    service = emulator.service
+    url = "${aws:iot:s3-presigned-url:https://bucket.s3.amazonaws.com/fw.bin}"
+    service.create_job("held", [THING], {"operation": "ok", "url": url})
+    delivery = service.start_next(THING)
+    assert delivery is not None and "X-Amz-Signature=" in delivery.document_text
+    service.cancel_execution("held", THING, force=True)
+    agent = _agent(tmp_path, emulator_broker, "paho")
+    ref = ExecutionRef(None, "held", 1)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = Store(state / "state.db")
+    try:
+        store.record_taken(ref, delivery.document, delivery.execution.version_number)
+        store.transition(ref, ExecutionState.RUNNING, handler="ok", resumable=True)
+        store.save_checkpoint(ref, {POINT_OF_NO_RETURN: "switched slots"})
+    finally:
+        store.close()
+    service.lose_next("DescribeJobExecution", after=1)  # the first: is it ended? (it is)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        await wait_until(lambda: service.counters["lost"] == 1, 15, "the document asked again")
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(timeout=STOP_BOUND) == 0
+    finally:
+        agent.kill()
+    assert "handler started" not in agent.log_text()
+    store = Store(state / "state.db")
+    try:
+        record = store.get(ref)
+    finally:
+        store.close()
+    assert record is not None
+    assert (record.state, record.restarts) == (ExecutionState.RUNNING, 0)
