@@ -218,3 +218,31 @@ async def test_a_stop_while_a_held_run_s_document_is_fetched_again_launches_noth
         store.close()
     assert record is not None
     assert (record.state, record.restarts) == (ExecutionState.RUNNING, 0)
+
+
+async def test_a_step_stopped_by_the_second_stop_is_still_reported_failed(
+    tmp_path: Path, emulator_broker: Mosquitto, emulator: Emulator
+) -> None:
+    """The second stop stops a running step (SIGTERM, SIGKILL after `kill_grace_seconds`: 3 s
+    here, this one ignores SIGTERM), and its FAILED outcome is decided after the 2 s grace the
+    stop gives answers: an update sent after the stop gets that grace of its own, so the
+    service, which answers, is told in this process (a grace counted from the stop would not
+    even send it)."""
+    started = tmp_path / "started"
+    script = f"#!/bin/sh\ntrap '' TERM\ntouch {started}\nwhile true; do sleep 0.05; done\n"
+    write_handler(tmp_path / "handlers", "stubborn", script)
+    agent = _agent(tmp_path, emulator_broker, "paho", kill_grace_seconds=3.0)
+    try:
+        agent.start()
+        await agent.wait_ready()
+        emulator.service.create_job("stubborn-1", [THING], {"operation": "stubborn"})
+        await wait_until(started.exists, 15, "the step to start")
+        await _stop_twice(agent)
+    finally:
+        agent.kill()
+    assert terminal_statuses(emulator, "stubborn-1") == ["FAILED"]
+    store = Store(tmp_path / "state" / "state.db")
+    try:
+        assert store.outbox() == []
+    finally:
+        store.close()

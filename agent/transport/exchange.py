@@ -18,10 +18,10 @@ three ways absorbed here, once, for every protocol client:
   or more where it is set so), and what such a request was doing is kept across the restart
   by its caller (the start-next marker, the outbox);
 * once the agent stops now (`stop_waiting`, a second stop), no request waits for its answer
-  longer than `ANSWER_GRACE_SECONDS` from then, link up or down: it fails with
-  `RequestAbandoned`. A service that does not answer held the stop for the request timeout;
-  an answer on its way (milliseconds on a live link) is still taken, not thrown away to be
-  asked for again, as a duplicate request, by the next start.
+  longer than `ANSWER_GRACE_SECONDS` (from the stop, or from its sending after it), link up or
+  down: it fails with `RequestAbandoned`. A service that does not answer held the stop for
+  the request timeout; an answer on its way (milliseconds on a live link) is still taken, not
+  thrown away to be asked for again, as a duplicate request, by the next start.
 
 Requests go out with `Transport.submit`: the reply proves delivery, so a backend need not hand
 each PUBACK to the loop (awscrt's cost a thread hop per request); a publish that fails after
@@ -153,8 +153,8 @@ class Exchange(Generic[R]):
         self._link_awaited = True
         """False once the agent is stopping: no request waits for the link to come back."""
         self._answers_awaited = True
-        """False once the agent stops now: no answer is waited for past `_answers_until`."""
-        self._answers_until = 0.0
+        """False once the agent stops now: no answer is waited for longer than `_grace`."""
+        self._grace = ANSWER_GRACE_SECONDS
         self._pauses: set[asyncio.Future[None]] = set()
         """The pauses of requests between two attempts (`_pause`), which a stop now ends."""
 
@@ -204,13 +204,15 @@ class Exchange(Generic[R]):
                 self._cut(waiter)
 
     def stop_waiting(self, grace: float = ANSWER_GRACE_SECONDS) -> None:
-        """The agent stops now (a second stop): no request, waiting or made from now on, waits
-        for its answer past `grace` seconds from now, nor for a link that is down; it fails
-        with `RequestAbandoned` (`NotConnectedError` for the link). Retry pauses end now."""
+        """The agent stops now (a second stop): no request waits for its answer longer than
+        `grace` seconds from now (one made later: from its sending; an outcome decided as the
+        abandoned step ends is still sent), nor for a link that is down; it then fails with
+        `RequestAbandoned` (`NotConnectedError` for the link). Retry pauses end now."""
         self.stop_waiting_for_link()
         loop = asyncio.get_running_loop()
         self._answers_awaited = False
-        self._answers_until = until = loop.time() + grace
+        self._grace = grace
+        until = loop.time() + grace
         for waiter in self._waiting.values():
             waiter.abandoned = True
             waiter.deadline = min(waiter.deadline, until)
@@ -296,9 +298,9 @@ class Exchange(Generic[R]):
         if self._closed:
             raise ExchangeClosed("the client was closed")
         waiter: _Waiter[R] = _Waiter(key, loop.create_future(), deadline)
-        if not self._answers_awaited:  # a stop now came: answers are waited for until then
+        if not self._answers_awaited:  # a stop now came: its answer gets the grace alone
             waiter.abandoned = True
-            waiter.deadline = deadline = min(deadline, self._answers_until)
+            waiter.deadline = deadline = min(deadline, loop.time() + self._grace)
         self._waiting[token] = waiter  # registered before publishing: a reply may be instant
         if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
             self._arm(loop, deadline)
