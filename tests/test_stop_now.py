@@ -42,8 +42,11 @@ TRANSPORTS = pytest.mark.parametrize("transport", ["awscrt", "paho"])
 
 
 def _agent(tmp_path: Path, broker: Mosquitto, transport: str, **jobs: object) -> AgentProcess:
-    """The agent over `transport`, its request timeout an hour, with an `ok` handler."""
+    """The agent over `transport`, its request timeout an hour, with an `ok` handler. No
+    progress update is sent during a step (one is due 0.1 s into it with the test default, a
+    step that slow under load), so that the faults a test sets meet the final update."""
     write_handler(tmp_path / "handlers", "ok", "#!/bin/sh\nexit 0\n")
+    jobs.setdefault("progress_interval_seconds", 3600)
     config = agent_config(tmp_path, broker.port, thing=THING, request_timeout_seconds=3600, **jobs)
     if transport == "awscrt":
         config = dataclasses.replace(config, connection=awscrt_connection(broker))
