@@ -319,12 +319,16 @@ class Agent:
     def request_stop(self) -> None:
         """Stop as the README's `systemctl stop` says; from the first request on, nothing waits
         for a link that is down (a broker that is gone would hold the stop for the whole
-        request timeout): a start-next it held leaves its marker, an outcome stays queued."""
+        request timeout): a start-next it held leaves its marker, an outcome stays queued.
+        From the second on, nothing waits for the service's answer either (a service that does
+        not answer held it as long), with the same keeping."""
         self._signals += 1
         self._stop_requested.set()
         self.notifier.stopping()
         if self._device is not None:
             self._device.client.stop_waiting_for_link()
+            if self._signals > 1:  # stops now: no answer is waited for, link up or down
+                self._device.client.stop_waiting()
         if self.engine is not None:
             self.engine.request_stop(immediate=self._signals > 1)
 

@@ -16,7 +16,7 @@ from jobs_agent.transport.base import (
     NotConnectedError,
     TransportError,
 )
-from jobs_agent.transport.exchange import Exchange
+from jobs_agent.transport.exchange import Exchange, RequestAbandoned
 from jobs_agent.transport.local import LocalBus, LocalTransport
 from tests.helpers.calls import loop_asks, timers_armed
 
@@ -339,3 +339,71 @@ async def test_a_stop_ends_the_requests_waiting_for_the_link_and_no_other(
     assert (exchange.waiting, exchange.stats.timeouts, responder.seen) == (0, 0, 1)
     bus.set_online(True)
     assert isinstance(await asyncio.wait_for(ask(exchange, seconds=3600.0), 5), bytes)
+
+
+async def test_a_stop_now_ends_every_request_waiting_for_an_answer_on_an_up_link(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """A second stop (`stop_waiting`): a request whose answer does not come, the link up, fails
+    with `RequestAbandoned` once the grace is over (it waited until its deadline: an hour
+    here), and so does one made afterwards; nothing counts as a timeout and no cancellation
+    is left on the caller."""
+    exchange, responder, _bus = link
+    responder.drop = 1
+    waiting = asyncio.ensure_future(ask(exchange, seconds=3600.0))
+    await asyncio.wait_for(responder.arrived.wait(), 5)
+    exchange.stop_waiting(grace=0.0)
+    with pytest.raises(RequestAbandoned):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(RequestAbandoned):
+        await asyncio.wait_for(ask(exchange, seconds=3600.0), 5)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    assert (exchange.waiting, exchange.stats.timeouts) == (0, 0)
+
+
+async def test_a_stop_now_still_takes_an_answer_on_its_way(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """An answer that comes within the grace after the second stop is used, not thrown away:
+    what the service did on it (a job taken, an outcome accepted) is recorded, where the next
+    start would ask again (a duplicate request). The request is on its way, unanswered, when
+    the stop comes; a request made just after it is sent and answered too."""
+    exchange, responder, _bus = link
+    asking = asyncio.ensure_future(ask(exchange, seconds=3600.0))
+    await asyncio.sleep(0)  # published; the answer not read yet
+    assert exchange.waiting == 1 and not any(w.answered for w in exchange._waiting.values())
+    exchange.stop_waiting()
+    assert isinstance(await asyncio.wait_for(asking, 5), bytes)
+    assert isinstance(await asyncio.wait_for(ask(exchange, seconds=3600.0), 5), bytes)
+    assert responder.seen == 2
+
+
+async def test_a_stop_now_ends_the_pause_between_two_attempts(
+    link: tuple[Exchange[bytes], Responder, LocalBus],
+) -> None:
+    """A refusal for now (throttled) is asked again after a backoff, up to `retry_max` (30 s by
+    default; an hour here): a second stop ends that pause too, and the request fails with
+    `RequestAbandoned` without asking again (before: it slept the hour out)."""
+    exchange, responder, _bus = link
+
+    def refuse(_reply: bytes) -> bytes:
+        raise ValueError("throttled")
+
+    asking = asyncio.ensure_future(
+        exchange.request(
+            REQUEST,
+            "key",
+            lambda token: token.encode(),
+            refuse,
+            within=7200.0,
+            backoff=Backoff(3600.0, 3600.0),
+            retryable=lambda _exc: True,
+        )
+    )
+    while exchange.stats.retries == 0:
+        await asyncio.sleep(0)  # until the refusal was read and the pause began
+    exchange.stop_waiting()
+    with pytest.raises(RequestAbandoned):
+        await asyncio.wait_for(asking, 5)
+    assert (responder.seen, exchange.waiting) == (1, 0)

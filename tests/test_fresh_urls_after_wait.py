@@ -11,6 +11,7 @@ service's time with URLs that live an hour thus holds URLs already expired when 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -19,11 +20,14 @@ from typing import Any
 import pytest
 
 from jobs_agent.config import AgentConfig
+from jobs_agent.daemon import Agent
 from jobs_agent.emulator.clock import ManualClock
 from jobs_agent.emulator.embedded import Emulator
+from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.store import Store
 from jobs_agent.schedule.clock import ENV_VAR
 from tests.fixtures.broker import Mosquitto
-from tests.harness import agent_config, wait_terminal
+from tests.harness import agent_config, wait_terminal, wait_until
 from tests.helpers.s3_standin import StandInServer, s3_standin
 from tests.test_deferral import AgentClock, epoch, wait_deferral
 from tests.test_fresh_urls import PAYLOAD, THING, download_document, running_agent
@@ -170,3 +174,57 @@ async def test_a_wait_taken_up_again_after_a_restart_also_resumes_with_fresh_url
     assert target.read_bytes() == PAYLOAD.data
     assert emulator.service.counters["DescribeJobExecution"] == described + 1
     assert [(e.range, e.status) for e in s3.seen] == [(None, 200)]
+
+
+async def test_a_stop_while_the_document_is_fetched_again_launches_nothing_and_waits_not(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    emulator: Emulator,
+    emulator_clock: ManualClock,
+    agent_clock: AgentClock,
+    s3: StandInServer,
+) -> None:
+    """The window opens and the agent asks for the document again before the run; the
+    question goes unanswered (the link up, the request timeout an hour). A stop then ends the
+    agent at once (before: it waited for the answer, still running 15 s after the stop), with
+    nothing launched: no download, the record still DEFERRED for the next start to take up."""
+    url = s3.put("/fw/app.bin", PAYLOAD.data)
+    target = tmp_path / "app.bin"
+    config = agent_config(
+        tmp_path,
+        mosquitto.port,
+        allow_http_downloads=True,
+        step_timeout_minutes=None,
+        request_timeout_seconds=3600,
+    )
+    agent = Agent(config)
+    run = asyncio.create_task(agent.run())
+    service = emulator.service
+    try:
+        async with asyncio.timeout(15):
+            await agent.ready.wait()
+        service.create_job(
+            "late-4", [THING], windowed_download(url, target), presigned_expires_in_sec=3600
+        )
+        await wait_deferral(emulator, "late-4")
+        service.lose_next("DescribeJobExecution")
+        emulator_clock.advance(SERVICE_LAG)
+        agent_clock.set(epoch("2026-06-01T02:00:30Z"))
+        await wait_until(lambda: service.counters["lost"] == 1, 15, "the document asked again")
+        agent.request_stop()
+        async with asyncio.timeout(15):
+            assert await run == 0
+    finally:
+        if not run.done():
+            agent.request_stop()
+            agent.request_stop()
+            run.cancel()
+    assert s3.seen == []
+    assert not target.exists()
+    assert str(service.execution("late-4", THING).status) == "IN_PROGRESS"
+    store = Store(config.state_dir / "state.db")
+    try:
+        states = [record.state for record in store.active()]
+    finally:
+        store.close()
+    assert states == [ExecutionState.DEFERRED]

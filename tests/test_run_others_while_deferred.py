@@ -439,3 +439,35 @@ def test_config_check_names_the_key_and_the_line_of_a_bad_value(tmp_path: Path) 
     )
     assert checked.returncode != 0
     assert "jobs.run_others_while_deferred" in checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("lost", ["GetPendingJobExecutions", "DescribeJobExecution"])
+async def test_a_stop_while_a_job_is_looked_for_by_name_ends_the_agent(
+    tmp_path: Path, mosquitto: Mosquitto, emulator: Emulator, lost: str
+) -> None:
+    """A job waits aside, so the next one is looked for by name: GetPendingJobExecutions, then
+    DescribeJobExecution of the one chosen, reads whose loss changes nothing (nothing is taken
+    before the start by name). One goes unanswered (the request timeout an hour): a SIGTERM
+    ends the agent at once (before: it waited for the answer, still running 15 s after)."""
+    order = tmp_path / "order.log"
+    handlers = tmp_path / "handlers"
+    write_handler(handlers, "first", DEFER_ONCE.format(name="first", after=3600, log=order))
+    write_handler(handlers, "second", QUICK.format(name="second", log=order))
+    clock = AgentClock(tmp_path / "clock", epoch(NOON))
+    agent = start_agent(
+        tmp_path, mosquitto.port, clock, jobs_lines=setting(True), request_timeout_seconds=3600
+    )
+    service = emulator.service
+    try:
+        await agent.wait_ready()
+        service.create_job("first-1", [THING], {"operation": "first"})
+        await wait_deferral(emulator, "first-1")
+        service.lose_next(lost)
+        service.create_job("second-1", [THING], {"operation": "second"})
+        await wait_until(lambda: service.counters["lost"] == 1, 15, f"the {lost} lost")
+        agent.signal(signal.SIGTERM)
+        assert await agent.wait_exit(timeout=15) == 0
+    finally:
+        agent.kill()
+    assert lines(order) == ["first deferred"]
+    assert status(emulator, "second-1") == "QUEUED"

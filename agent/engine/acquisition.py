@@ -129,7 +129,9 @@ class Acquisition:
         one, started by name. Never StartNextPendingJobExecution: it returns the deferred
         execution again."""
         await self._store.call(Store.verify)  # take no job the database cannot record
-        pending = await self._client.get_pending()
+        # Reads, given up on a stop (`Shared.unless_stopping`): nothing is taken until the
+        # start by name, whose answer is waited for.
+        pending = await self._shared.unless_stopping(self._client.get_pending())
         if not self._shared.settings.run_others_while_deferred:
             return None  # switched off by a reload meanwhile: nothing else while they wait
         chosen = next_by_name(
@@ -157,7 +159,7 @@ class Acquisition:
 
     async def _describe(self, ref: ExecutionRef) -> JobExecution | None:
         try:
-            return await self._client.describe(ref)
+            return await self._shared.unless_stopping(self._client.describe(ref))
         except JobsRejected as exc:
             if exc.code == ErrorCode.RESOURCE_NOT_FOUND or exc.cloud_ended:
                 return None
@@ -182,7 +184,9 @@ class Acquisition:
     async def _take_next_in_namespace(self, namespace: str) -> JobExecution | None:
         """Describe `$next` and move it to IN_PROGRESS (the reference's namespaced flow)."""
         try:
-            execution = await self._client.describe(NEXT_JOB_ID, namespace=namespace)
+            # A read, given up on a stop: `$next` is recorded before it is started.
+            describe = self._client.describe(NEXT_JOB_ID, namespace=namespace)
+            execution = await self._shared.unless_stopping(describe)
         except JobsRejected as exc:
             if exc.code == ErrorCode.RESOURCE_NOT_FOUND:
                 return None  # some readings of the API answer "nothing next" this way

@@ -374,7 +374,11 @@ class Engine:
         return bool(keys), taking
 
     def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, JobsError):
+        if isinstance(exc, JobsError) and self._shared.stopping:
+            # No retry follows: the loop ends. What the request was for is kept (the start-next
+            # marker, the outbox) and the next start takes it up again.
+            log.info("stopping: the request to the jobs service is given up", error=str(exc))
+        elif isinstance(exc, JobsError):
             log.warning("jobs service not reachable, will retry", error=str(exc))
         elif isinstance(exc, StoreError):
             self._store_broken = True

@@ -10,7 +10,6 @@ can (`undecided`), never replaced by "agent restarted".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,16 @@ import structlog
 
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
-from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.shared import Shared, StopRequested
 from jobs_agent.engine.store import OutboxEntry, PackageRow, Store, StoreError, StoreLost
 from jobs_agent.jobs.client import JobsClient
-from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, ErrorCode, JobsError, JobsRejected
+from jobs_agent.jobs.errors import (
+    CLOUD_ENDED_CODES,
+    Abandoned,
+    ErrorCode,
+    JobsError,
+    JobsRejected,
+)
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.log import enabled
 from jobs_agent.redact import redact_mapping
@@ -225,13 +230,21 @@ class Outbox:
 
     async def _refused_as_ended(
         self, ref: ExecutionRef, status: JobExecutionStatus, exc: JobsRejected, bound: Any
-    ) -> str:
-        """The service says the execution is over: was it our report that ended it?"""
+    ) -> str | None:
+        """The service says the execution is over: was it our report that ended it? None: not
+        known yet (kept queued)."""
         current = exc.execution_state.status if exc.execution_state else None
         if current is None:
-            with contextlib.suppress(JobsError):
-                described = await self._client.describe(ref, include_job_document=False)
+            # A read: given up on a stop, it says nothing, and the outcome stays queued for the
+            # next start to send (and ask) again.
+            describe = self._client.describe(ref, include_job_document=False)
+            try:
+                described = await self._shared.unless_stopping(describe)
                 current = described.status if described else None
+            except (StopRequested, Abandoned):
+                return None
+            except JobsError:
+                pass
         if current is status:
             bound.info("outcome was already delivered (repeat refused as terminal)")
             return status

@@ -134,5 +134,7 @@ class DocumentRefresher:
             try:
                 return await self._client.describe(ref, include_job_document=True)
             except (RequestTimeout, LinkError):
+                if self._shared.stop_now.is_set():
+                    raise  # the agent stops now (its step is abandoned): nothing asks again
                 await asyncio.sleep(backoff.next_delay())
         return await self._client.describe(ref, include_job_document=True)

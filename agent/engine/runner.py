@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,7 +27,7 @@ from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
 from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
-from jobs_agent.engine.shared import Shared
+from jobs_agent.engine.shared import Shared, StopRequested
 from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor, watched
 from jobs_agent.engine.turns import Turns
@@ -93,7 +93,7 @@ class Runner:
         expired meanwhile: it resumes with the service's copy fetched again (None: keep)."""
         if not has_presigned_urls(record.document):
             return None
-        return await self._refresher.refresh(record)
+        return await self.fresh_copy(record)
 
     async def process(self, record: ExecutionRecord, document: Mapping[str, Any] | None) -> None:
         """Do what `record` calls for; `document` is the one just delivered (None: recorded)."""
@@ -141,28 +141,35 @@ class Runner:
         else:
             if action.stop_leftovers:
                 await self._files.stop_leftovers(ref, bound)
-            record = await self._continue(record, action, bound)
-            if not document:
-                document = await self._fresh_copy(record, bound)
+            if not document:  # before the record says it runs again: a stop may end it here
+                document = await self._unless_failed(ref, self.fresh_copy(record), bound)
                 if document is None:
                     return
+            record = await self._continue(record, action, bound)
             await self._launch(record, action, document, bound)
 
     async def fresh_copy(self, record: ExecutionRecord) -> dict[str, Any]:
         """The document to run `record` with when no copy was just delivered (a run resumed
         after a wait): the recorded one, or, when it has presigned URLs (stored without their
         credentials), the service's copy fetched again (`refresh.DocumentRefresher`). Raises
-        `JobFailed` with the reason when that copy cannot be had or is not the same job."""
+        `JobFailed` with the reason when that copy cannot be had or is not the same job, and
+        `StopRequested` when a stop comes first: a read, its answer not waited for."""
         if not has_presigned_urls(record.document):
             return record.document
-        return await self._refresher.refresh(record)
+        return await self._shared.unless_stopping(self._refresher.refresh(record))
 
-    async def _fresh_copy(self, record: ExecutionRecord, bound: Any) -> dict[str, Any] | None:
+    async def _unless_failed(
+        self, ref: ExecutionRef, copy: Awaitable[Mapping[str, Any]], bound: Any
+    ) -> Mapping[str, Any] | None:
+        """The document `copy` gives a run; None: no run, FAILED decided (`JobFailed`) or a
+        stop came as it was fetched again (the record left as it was for the next start)."""
         try:
-            return await self.fresh_copy(record)
+            return await copy
         except JobFailed as exc:
-            await self._outbox.decide(record.key, Outcome.failed(exc.reason, **exc.details), bound)
-            return None
+            await self._outbox.decide(ref, Outcome.failed(exc.reason, **exc.details), bound)
+        except StopRequested:
+            bound.info("stopping: the job runs again after the restart")
+        return None
 
     async def _continue(self, record: ExecutionRecord, run: Run, bound: Any) -> ExecutionRecord:
         """Record how a run that continues an earlier one starts again."""
@@ -274,12 +281,10 @@ class Runner:
                     if gate is not None:
                         record, request = ready, gate
                         continue
-                try:
-                    document = await self._deferrals.resumed_document(ready, document)
-                except JobFailed as exc:
-                    outcome = Outcome.failed(exc.reason, **exc.details)
-                    await self._outbox.decide(ref, outcome, bound)
-                    return
+                resumed = self._deferrals.resumed_document(ready, document)
+                if (copy := await self._unless_failed(ref, resumed, bound)) is None:
+                    return  # still DEFERRED after a stop: the next start resumes it
+                document = copy
                 handler = await self._resolve(ready, document, bound)
                 if handler is None:
                     return

@@ -31,6 +31,7 @@ import structlog
 from jobs_agent.backoff import Backoff
 from jobs_agent.jobs import topics
 from jobs_agent.jobs.errors import (
+    Abandoned,
     JobsError,
     JobsRejected,
     LinkError,
@@ -65,7 +66,12 @@ from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
 from jobs_agent.log import LazyBound
 from jobs_agent.transport.base import Message, Transport, TransportError
-from jobs_agent.transport.exchange import Exchange, ExchangeClosed, subscribe_within
+from jobs_agent.transport.exchange import (
+    Exchange,
+    ExchangeClosed,
+    RequestAbandoned,
+    subscribe_within,
+)
 from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
 
 log = structlog.get_logger("jobs_agent.jobs")
@@ -162,6 +168,11 @@ class JobsClient:
         (`LinkError`) as at its deadline, and the caller keeps what it was for (the start-next
         marker, the outbox) for the next start (`Exchange.stop_waiting_for_link`)."""
         self._exchange.stop_waiting_for_link()
+
+    def stop_waiting(self) -> None:
+        """The agent stops now (a second stop): no request waits for its answer, link up or
+        down; each fails with `Abandoned` (`Exchange.stop_waiting`)."""
+        self._exchange.stop_waiting()
 
     async def close(self) -> None:
         """Stop listening, fail waiting requests and end `events()`. Idempotent.
@@ -344,6 +355,8 @@ class JobsClient:
             raise
         except ExchangeClosed:
             raise JobsError("the Jobs client was closed") from None
+        except RequestAbandoned as exc:
+            raise Abandoned(f"{operation.value}: {exc}") from exc
         except TransportError as exc:
             raise LinkError(f"{operation.value}: {exc}") from exc
         if result is None:

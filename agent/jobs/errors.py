@@ -112,6 +112,12 @@ class LinkError(JobsError):
     here, at the seam: nothing above the Jobs client catches a transport's exception type."""
 
 
+class Abandoned(LinkError):
+    """The agent stops now (a second stop): the request's answer was not waited for. Whether
+    the service got it is unknown, as after a link loss; what it was for is kept for the next
+    start (the start-next marker, the outbox), and a read's answer is asked again then."""
+
+
 class RequestTimeout(JobsError):
     """No final answer within the request's deadline (link down, replies lost, or throttled)."""
 

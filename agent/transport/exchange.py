@@ -16,7 +16,12 @@ three ways absorbed here, once, for every protocol client:
   is down: it fails at once with `NotConnectedError`, as a publish on a down link does. Waiting
   for a broker that is gone kept a stopping agent alive for the whole request timeout (an hour
   or more where it is set so), and what such a request was doing is kept across the restart
-  by its caller (the start-next marker, the outbox).
+  by its caller (the start-next marker, the outbox);
+* once the agent stops now (`stop_waiting`, a second stop), no request waits for its answer
+  longer than `ANSWER_GRACE_SECONDS` (from the stop, or from its sending after it), link up or
+  down: it fails with `RequestAbandoned`. A service that does not answer held the stop for
+  the request timeout; an answer on its way (milliseconds on a live link) is still taken, not
+  thrown away to be asked for again, as a duplicate request, by the next start.
 
 Requests go out with `Transport.submit`: the reply proves delivery, so a backend need not hand
 each PUBACK to the loop (awscrt's cost a thread hop per request); a publish that fails after
@@ -46,6 +51,9 @@ log = structlog.get_logger("jobs_agent.transport")
 
 R = TypeVar("R")
 T = TypeVar("T")
+ANSWER_GRACE_SECONDS = 2.0
+"""After a stop now (`Exchange.stop_waiting`), how long an answer is still waited for: far
+above a live link's round trip, far below systemd's patience."""
 NOT_CONNECTED_PAUSE = 0.05
 """A backend may refuse a publish before it has marked the link down: pause so a loop cannot
 spin without yielding."""
@@ -81,6 +89,12 @@ class ExchangeClosed(Exception):
     """The exchange was closed while a request waited (the protocol client was closed)."""
 
 
+class RequestAbandoned(TransportError):
+    """The agent stops now (`Exchange.stop_waiting`): the request's answer is not waited for.
+    Whether the service got the request is unknown, as after a link loss: the caller keeps
+    what it was for (the start-next marker, the outbox) for the next start."""
+
+
 @dataclass(eq=False, slots=True)
 class _Waiter(Generic[R]):
     """One request waiting for its reply. `wake` is done when there is news (the reply, a link
@@ -106,6 +120,9 @@ class _Waiter(Generic[R]):
     """The deadline (or a stop, `offline`) cancelled `submitting`."""
     offline: bool = False
     """Given up because the link is down and the agent is stopping (`stop_waiting_for_link`)."""
+    abandoned: bool = False
+    """The agent stops now (`stop_waiting`): the deadline is the grace's end, and a request
+    not answered by then fails with `RequestAbandoned`."""
 
     def notify(self) -> None:
         if not self.wake.done():
@@ -135,6 +152,11 @@ class Exchange(Generic[R]):
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._link_awaited = True
         """False once the agent is stopping: no request waits for the link to come back."""
+        self._answers_awaited = True
+        """False once the agent stops now: no answer is waited for longer than `_grace`."""
+        self._grace = ANSWER_GRACE_SECONDS
+        self._pauses: set[asyncio.Future[None]] = set()
+        """The pauses of requests between two attempts (`_pause`), which a stop now ends."""
 
     def new_token(self) -> str:
         """A token unique to this exchange (26 characters for a billion requests: within the
@@ -180,6 +202,24 @@ class Exchange(Generic[R]):
             for waiter in self._waiting.values():
                 waiter.offline = True
                 self._cut(waiter)
+
+    def stop_waiting(self, grace: float = ANSWER_GRACE_SECONDS) -> None:
+        """The agent stops now (a second stop): no request waits for its answer longer than
+        `grace` seconds from now (one made later: from its sending; an outcome decided as the
+        abandoned step ends is still sent), nor for a link that is down; it then fails with
+        `RequestAbandoned` (`NotConnectedError` for the link). Retry pauses end now."""
+        self.stop_waiting_for_link()
+        loop = asyncio.get_running_loop()
+        self._answers_awaited = False
+        self._grace = grace
+        until = loop.time() + grace
+        for waiter in self._waiting.values():
+            waiter.abandoned = True
+            waiter.deadline = min(waiter.deadline, until)
+        if self._waiting and (self._timer is None or until < self._timer_at):
+            self._arm(loop, until)
+        for pause in self._pauses:
+            _settle(pause)
 
     def close(self) -> None:
         """Fail every waiting request with `ExchangeClosed`. Idempotent."""
@@ -238,7 +278,9 @@ class Exchange(Generic[R]):
             else:
                 delay = min(backoff.next_delay(), max(deadline - loop.time(), 0.0))
             self.stats.retries += 1
-            await asyncio.sleep(delay)
+            await self._pause(loop, delay)
+            if not self._answers_awaited:
+                raise RequestAbandoned("the agent is stopping now: not asked again")
 
     async def _send(
         self,
@@ -256,6 +298,9 @@ class Exchange(Generic[R]):
         if self._closed:
             raise ExchangeClosed("the client was closed")
         waiter: _Waiter[R] = _Waiter(key, loop.create_future(), deadline)
+        if not self._answers_awaited:  # a stop now came: its answer gets the grace alone
+            waiter.abandoned = True
+            waiter.deadline = deadline = min(deadline, loop.time() + self._grace)
         self._waiting[token] = waiter  # registered before publishing: a reply may be instant
         if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
             self._arm(loop, deadline)
@@ -270,6 +315,8 @@ class Exchange(Generic[R]):
                 raise ExchangeClosed("the client was closed")
             if waiter.answered:
                 return waiter.reply
+            if waiter.abandoned:
+                raise RequestAbandoned("the agent is stopping now: the answer is not waited for")
             if waiter.offline:
                 raise NotConnectedError("the link is down and the agent is stopping")
         finally:
@@ -332,6 +379,18 @@ class Exchange(Generic[R]):
             if waiter.failed is not None:
                 await self._failed(waiter, deadline)
 
+    async def _pause(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """The backoff between two attempts (up to `retry_max`, 30 s by default), ended by a
+        stop now (`stop_waiting`): the next attempt then fails at once."""
+        pause = loop.create_future()
+        timer = loop.call_later(delay, _settle, pause)
+        self._pauses.add(pause)
+        try:
+            await pause
+        finally:
+            timer.cancel()
+            self._pauses.discard(pause)
+
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -385,6 +444,11 @@ class Exchange(Generic[R]):
         if waiter.wake.done():  # woken by an earlier loss, already dealt with
             waiter.wake = asyncio.get_running_loop().create_future()
         await waiter.wake
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def subscribe_within(
