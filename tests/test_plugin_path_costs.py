@@ -428,3 +428,43 @@ async def test_a_round_with_nothing_deferred_takes_the_turn_without_asking(
                 assert str(execution.status) == "SUCCEEDED"
             harness.assert_alive()
     assert asked.calls == 0
+
+
+async def test_a_plugin_job_arms_no_timer_of_its_own_for_its_time_limit(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin's time limit (an hour by default) was a timer of its own, armed and cancelled
+    per job, and the cancelled one stayed in the loop's heap of timers (until its hour or the
+    loop's sweep), which every other timer was then pushed through and popped from, a Python
+    `__lt__` per comparison. The limits share one timer left armed (jobs_agent.dispatch.
+    time_limit): armed at the first job, none for the later ones, and none left cancelled."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        owner = getattr(callback, "__self__", callback)
+        armed.append(f"{type(owner).__module__}.{getattr(callback, '__qualname__', '?')}")
+        return call_at(when, callback, *args, **kwargs)
+
+    def time_limits(handles: Any) -> list[Any]:
+        return [
+            h
+            for h in handles
+            if ".dispatch." in type(getattr(h._callback, "__self__", h)).__module__
+        ]
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            monkeypatch.setattr(loop, "call_at", counting)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+            left = time_limits(loop._scheduled)  # type: ignore[attr-defined]
+            harness.assert_alive()
+    assert [a for a in armed if ".dispatch." in a] == []
+    assert [h for h in left if h.cancelled()] == []
