@@ -468,3 +468,27 @@ async def test_a_plugin_job_arms_no_timer_of_its_own_for_its_time_limit(
             harness.assert_alive()
     assert [a for a in armed if ".dispatch." in a] == []
     assert [h for h in left if h.cancelled()] == []
+
+
+async def test_a_plugin_job_looks_up_its_statuses_without_the_enum_s_calls(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """`JobExecutionStatus(value)` is two Python calls of `enum` (`EnumType.__call__`,
+    `Enum.__new__`), and so is `.value` (the enum's property, through its descriptor): a plugin
+    job made 10 such lookups and reads (its reply models' statuses 3, the request's operation
+    for its log fields 2, the record read back, the decision in the outbox and the store, the
+    update's status and its wire value, one each; round 12). The agent's own modules (the
+    emulator on the bus aside) look a status and a state up in a dict and read a StrEnum's
+    value as the string it is."""
+    enum_file = sys.modules["enum"].__file__
+    callers: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event != "call" or frame.f_code.co_filename != enum_file or frame.f_back is None:
+            return
+        caller = str(frame.f_back.f_globals.get("__name__"))
+        if caller.startswith("jobs_agent") and not caller.startswith("jobs_agent.emulator"):
+            callers.append(f"{caller}:{frame.f_back.f_code.co_name}")
+
+    await _three_quiet_jobs(tmp_path, profile)
+    assert sorted(callers) == []
