@@ -174,6 +174,28 @@ async def test_runs_at_the_same_time_each_meet_their_own_limit(
     assert await longer == Outcome.failed("timed out after 0.3 s")
 
 
+async def test_the_dispatchers_of_one_loop_share_one_timer(
+    tmp_path: Path, ctx_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sim fleet` runs a dispatcher per device on one loop: their limits share the loop's
+    one timer, so a thousand devices do not keep a thousand live timers in the loop's heap for
+    as long as a limit. A run on a second dispatcher arms none."""
+    loop = asyncio.get_running_loop()
+    first, second = Dispatcher(config(tmp_path, {})), Dispatcher(config(tmp_path, {}))
+    assert await first.run(_Quick(), ctx_factory({"timeout": 60})) == Outcome.succeeded()
+    armed: list[Any] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        armed.append(callback)
+        return call_at(when, callback, *args)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    assert await second.run(_Quick(), ctx_factory({"timeout": 60})) == Outcome.succeeded()
+    monkeypatch.undo()
+    assert armed == []
+
+
 async def test_a_plugin_run_asks_for_the_running_loop_once(
     tmp_path: Path, ctx_factory: Any
 ) -> None:

@@ -33,7 +33,7 @@ from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
 from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.steps import StepsHandler
-from jobs_agent.dispatch.time_limit import TimeLimit, TimeLimits
+from jobs_agent.dispatch.time_limit import TimeLimit, time_limits
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 from jobs_agent_handlers.api import (
@@ -188,8 +188,6 @@ class Dispatcher:
             },
             plugin_path=settings.plugin_path,
         )
-        self._time_limits: TimeLimits | None = None
-        """The plugins' time limits, behind one timer of their loop."""
         self.verifier: SignatureVerifier | None = None
         if settings.require_signature:
             from jobs_agent.dispatch.signing import SignatureVerifier, SigningKeyError
@@ -288,9 +286,7 @@ class Dispatcher:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a plugin runs in a task")
-        limits = self._time_limits
-        if limits is None or limits.loop is not task.get_loop():
-            limits = self._time_limits = TimeLimits(task.get_loop())
+        limits = time_limits(task.get_loop())
         limit = TimeLimit(task, handler, ctx, timeout)
         limits.start(limit)
         try:

@@ -6,9 +6,11 @@ timer of its own per job was armed and cancelled at once, and each cancelled one
 loop's heap of timers until its hour was up or the loop swept them (more than half the heap
 cancelled), so every other timer of the agent (a request's deadline, paho's acknowledgement
 delay) was pushed into and popped from a heap of a hundred or so, a Python `__lt__` per
-comparison (issue 18: 33 per plugin job over paho). The limits now share one timer, armed for
-the earliest of them and left armed when a job ends: it finds nothing due when it fires, and is
-armed again for the limits still running, if any.
+comparison (issue 18: 33 per plugin job over paho). The limits of a loop now share one timer,
+armed for the earliest of them and left armed when a job ends: it finds nothing due when it
+fires, and is armed again for the limits still running, if any. One per loop, not per
+dispatcher: `sim fleet` runs thousands of dispatchers on one loop, which would otherwise keep a
+live timer each in the heap for as long as a limit.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ class TimeLimit:
                 handler=self.handler.name,
                 timeout=self.timeout,
             )
+
+
+_latest: TimeLimits | None = None
+"""The limits of the loop the last plugin ran on (`time_limits`)."""
+
+
+def time_limits(loop: asyncio.AbstractEventLoop) -> TimeLimits:
+    """The limits of `loop` (made at its first plugin run; one loop per process but in tests,
+    where a new loop makes a new one and the earlier one's timer ends with its loop)."""
+    global _latest
+    limits = _latest
+    if limits is None or limits.loop is not loop:
+        limits = _latest = TimeLimits(loop)
+    return limits
 
 
 class TimeLimits:
