@@ -137,6 +137,65 @@ async def test_the_time_limit_leaves_no_cancel_behind_and_lets_the_jobs_own_canc
         await running
 
 
+class _Quick:
+    name = "quick"
+    resumable = False
+
+    async def run(self, ctx: JobContext) -> None:
+        return None
+
+
+async def test_runs_one_after_another_each_meet_their_own_limit(
+    tmp_path: Path, ctx_factory: Any
+) -> None:
+    """The limits share one timer, left armed when a run ends: a later run with a shorter
+    limit than the one the timer waits for has it armed earlier, and a run whose limit is
+    later than the one the timer was left for is expired once the timer, finding nothing due,
+    is armed again for it."""
+    d = Dispatcher(config(tmp_path, {}))
+    assert await d.run(_Quick(), ctx_factory({"timeout": 60})) == Outcome.succeeded()
+    shorter = await d.run(_Hangs(), ctx_factory({"timeout": 0.05}))
+    assert shorter == Outcome.failed("timed out after 0.05 s")
+    assert await d.run(_Quick(), ctx_factory({"timeout": 0.01})) == Outcome.succeeded()
+    later = await d.run(_Hangs(), ctx_factory({"timeout": 0.2}))
+    assert later == Outcome.failed("timed out after 0.2 s")
+
+
+async def test_runs_at_the_same_time_each_meet_their_own_limit(
+    tmp_path: Path, ctx_factory: Any
+) -> None:
+    """Two plugins at once (a deferred job's neighbour): the shorter limit expires its run
+    alone; the other runs on until its own limit."""
+    d = Dispatcher(config(tmp_path, {}))
+    longer = asyncio.ensure_future(d.run(_Hangs(), ctx_factory({"timeout": 0.3})))
+    shorter = await d.run(_Hangs(), ctx_factory({"timeout": 0.05}))
+    assert shorter == Outcome.failed("timed out after 0.05 s")
+    assert not longer.done()
+    assert await longer == Outcome.failed("timed out after 0.3 s")
+
+
+async def test_the_dispatchers_of_one_loop_share_one_timer(
+    tmp_path: Path, ctx_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sim fleet` runs a dispatcher per device on one loop: their limits share the loop's
+    one timer, so a thousand devices do not keep a thousand live timers in the loop's heap for
+    as long as a limit. A run on a second dispatcher arms none."""
+    loop = asyncio.get_running_loop()
+    first, second = Dispatcher(config(tmp_path, {})), Dispatcher(config(tmp_path, {}))
+    assert await first.run(_Quick(), ctx_factory({"timeout": 60})) == Outcome.succeeded()
+    armed: list[Any] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        armed.append(callback)
+        return call_at(when, callback, *args)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    assert await second.run(_Quick(), ctx_factory({"timeout": 60})) == Outcome.succeeded()
+    monkeypatch.undo()
+    assert armed == []
+
+
 async def test_a_plugin_run_asks_for_the_running_loop_once(
     tmp_path: Path, ctx_factory: Any
 ) -> None:

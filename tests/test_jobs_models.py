@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import awsiot.iotjobs
@@ -281,3 +282,25 @@ def test_parse_payload_answers_invalid_json(payload: bytes) -> None:
 def test_parse_payload_accepts_objects_and_empty() -> None:
     assert parse_payload(b"") == {}
     assert parse_payload(b'{"clientToken": "a"}') == {"clientToken": "a"}
+
+
+@pytest.mark.parametrize("bad", ["succeeded", "", "RUNNING", None, ["SUCCEEDED"], 1])
+def test_the_status_and_state_lookups_are_the_enums_own(bad: Any) -> None:
+    """`job_execution_status` and `execution_state` (dict lookups, issue 18) give the member
+    the enum gives, for its value or itself, and refuse what it refuses, with its error."""
+    from jobs_agent.engine.lifecycle import ExecutionState, execution_state
+    from jobs_agent.vocabulary import job_execution_status
+
+    for status in JobExecutionStatus:
+        assert job_execution_status(status.value) is JobExecutionStatus(status.value) is status
+        assert job_execution_status(status) is status
+    for state in ExecutionState:
+        assert execution_state(state.value) is state and execution_state(state) is state
+    for lookup, enum in (
+        (job_execution_status, JobExecutionStatus),
+        (execution_state, ExecutionState),
+    ):
+        with pytest.raises(ValueError) as expected:
+            enum(bad)
+        with pytest.raises(ValueError, match=re.escape(str(expected.value))):
+            lookup(bad)

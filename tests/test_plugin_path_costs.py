@@ -436,3 +436,67 @@ async def test_a_round_with_nothing_deferred_takes_the_turn_without_asking(
                 assert str(execution.status) == "SUCCEEDED"
             harness.assert_alive()
     assert asked.calls == 0
+
+
+async def test_a_plugin_job_arms_no_timer_of_its_own_for_its_time_limit(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin's time limit (an hour by default) was a timer of its own, armed and cancelled
+    per job, and the cancelled one stayed in the loop's heap of timers (until its hour or the
+    loop's sweep), which every other timer was then pushed through and popped from, a Python
+    `__lt__` per comparison. The limits share one timer left armed (jobs_agent.dispatch.
+    time_limit): armed at the first job, none for the later ones, and none left cancelled."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        owner = getattr(callback, "__self__", callback)
+        armed.append(f"{type(owner).__module__}.{getattr(callback, '__qualname__', '?')}")
+        return call_at(when, callback, *args, **kwargs)
+
+    def time_limits(handles: Any) -> list[Any]:
+        return [
+            h
+            for h in handles
+            if ".dispatch." in type(getattr(h._callback, "__self__", h)).__module__
+        ]
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            monkeypatch.setattr(loop, "call_at", counting)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+            left = time_limits(loop._scheduled)  # type: ignore[attr-defined]
+            harness.assert_alive()
+    assert [a for a in armed if ".dispatch." in a] == []
+    assert [h for h in left if h.cancelled()] == []
+
+
+async def test_a_plugin_job_looks_up_its_statuses_without_the_enum_s_calls(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """`JobExecutionStatus(value)` is two Python calls of `enum` (`EnumType.__call__`,
+    `Enum.__new__`), and so is `.value` (the enum's property, through its descriptor): a plugin
+    job made 10 such lookups and reads (its reply models' statuses 3, the request's operation
+    for its log fields 2, the record read back, the decision in the outbox and the store, the
+    update's status and its wire value, one each; round 12). The agent's own modules (the
+    emulator on the bus aside) look a status and a state up in a dict and read a StrEnum's
+    value as the string it is."""
+    enum_file = sys.modules["enum"].__file__
+    callers: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event != "call" or frame.f_code.co_filename != enum_file or frame.f_back is None:
+            return
+        caller = str(frame.f_back.f_globals.get("__name__"))
+        if caller.startswith("jobs_agent") and not caller.startswith("jobs_agent.emulator"):
+            callers.append(f"{caller}:{frame.f_back.f_code.co_name}")
+
+    await _three_quiet_jobs(tmp_path, profile)
+    assert sorted(callers) == []

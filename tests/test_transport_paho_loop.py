@@ -447,3 +447,87 @@ async def test_a_message_costs_the_device_s_paho_client_few_calls(
         await service.disconnect()
     python = sum(n for (file, _), n in calls.by_name.items() if file != "builtin")
     assert python <= 111 * count, calls.by_name.most_common()
+
+
+async def test_a_request_over_paho_waits_for_no_puback(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's reply proves its delivery: `submit` queues it and returns, and the PUBACK,
+    read later on the loop anyway, wakes no task (it made a future and woke the requesting
+    task once per request, as `publish` does). Counted on the futures made for PUBACKs, over
+    requests echoed by the broker to their own sender (the echo is the reply)."""
+    from jobs_agent.transport.exchange import Exchange
+    from tests.test_transport_awscrt import ask
+
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-submit")
+    exchange: Exchange[bytes] = Exchange(transport)
+    transport.set_message_callback(
+        lambda message: exchange.resolve(message.payload.decode(), "key", message.payload)
+    )
+    await transport.connect(timeout=10)
+    expected: list[str] = []
+    expect = PahoTransport._expect
+
+    def counting(self: PahoTransport, rc: Any, mid: Any, what: str) -> Any:
+        expected.append(what)
+        return expect(self, rc, mid, what)
+
+    try:
+        await transport.subscribe("submit/request")
+        monkeypatch.setattr(PahoTransport, "_expect", counting)
+        replies = [await ask(exchange, "submit/request") for _ in range(5)]
+        monkeypatch.undo()
+        await wait_until(lambda: not transport._pending, 10, "the last PUBACK read")
+    finally:
+        await transport.disconnect()
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert expected == []
+
+
+async def test_a_request_the_broker_refuses_over_paho_fails_with_the_refusal(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """`submit` returns before the PUBACK: a PUBACK that refuses the request (mosquitto's ACL,
+    as AWS IoT's policy would) still fails the request at once, with the broker's reason."""
+    from jobs_agent.transport.base import TransportError
+    from jobs_agent.transport.exchange import Exchange
+    from tests.test_transport_awscrt import ask
+
+    broker = mosquitto_factory()
+    acl = broker.directory / "acl"
+    acl.write_text("pattern readwrite allowed/#\n")
+    with broker.config_path.open("a", encoding="utf-8") as config:
+        config.write(f"acl_file {acl}\n")
+    broker.restart()
+    transport = PahoTransport(paho_connection(broker.port), "gw-refused")
+    exchange: Exchange[bytes] = Exchange(transport)
+    await transport.connect(timeout=10)
+    try:
+        with pytest.raises(TransportError, match="publish denied/request: refused by the broker"):
+            await ask(exchange, "denied/request", deadline=60.0)
+        assert exchange.stats.timeouts == 0
+    finally:
+        await transport.disconnect()
+
+
+async def test_a_submitted_publish_lost_with_the_link_is_told_as_not_connected(
+    mosquitto: Mosquitto,
+) -> None:
+    """The link lost before a submitted publish's PUBACK came: its `on_failure` hears
+    `NotConnectedError` (the exchange then publishes the request again once the link is back,
+    tests/test_exchange.py), and a PUBACK that still comes for it finds nothing waiting."""
+    from jobs_agent.transport.base import NotConnectedError, TransportError
+
+    transport = PahoTransport(paho_connection(mosquitto.port), "gw-lost-submit")
+    failures: list[TransportError] = []
+    await transport.connect(timeout=10)
+    try:
+        # The PUBACK is read on the loop: until the test yields, it has not been.
+        await transport.submit("lost/request", b"x", failures.append)
+        transport._fail_pending("connection lost: test")
+        assert [type(f) for f in failures] == [NotConnectedError]
+        assert "connection lost: test" in str(failures[0])
+        await transport.publish("lost/after", b"y")  # the late PUBACK came and went unheard
+    finally:
+        await transport.disconnect()
+    assert len(failures) == 1

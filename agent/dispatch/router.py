@@ -33,6 +33,7 @@ from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
 from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.dispatch.steps import StepsHandler
+from jobs_agent.dispatch.time_limit import TimeLimit, time_limits
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
 from jobs_agent_handlers.api import (
@@ -42,7 +43,6 @@ from jobs_agent_handlers.api import (
     JobFailed,
     JobRejected,
     Outcome,
-    point_of_no_return,
 )
 
 if TYPE_CHECKING:
@@ -286,8 +286,9 @@ class Dispatcher:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a plugin runs in a task")
-        limit = _TimeLimit(task, handler, ctx, timeout)
-        timer = task.get_loop().call_later(timeout, limit.expire)
+        limits = time_limits(task.get_loop())
+        limit = TimeLimit(task, handler, ctx, timeout)
+        limits.start(limit)
         try:
             return await run_handler(handler, ctx)
         except asyncio.CancelledError:
@@ -295,37 +296,4 @@ class Dispatcher:
                 return Outcome.failed(f"timed out after {timeout:g} s")
             raise  # not (only) the limit's: the job's cancellation, the agent's stop
         finally:
-            timer.cancel()
-
-
-class _TimeLimit:
-    """A plugin's time limit: its task is cancelled when the limit passes, and that cancel is
-    taken back as the timeout, as `asyncio.timeout` does. One timer and this object per job:
-    `asyncio.timeout(None)` rescheduled by a timer of its own asked for the running loop three
-    times (a `getpid` each on Python 3.11) and made four Python calls more (issue 18)."""
-
-    __slots__ = ("cancelling", "ctx", "expired", "handler", "task", "timeout")
-
-    def __init__(
-        self, task: asyncio.Task[Any], handler: Handler, ctx: JobContext, timeout: float
-    ) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.handler = handler
-        self.ctx = ctx
-        self.timeout = timeout
-        self.expired = False
-
-    def expire(self) -> None:
-        # Past its point of no return (an A/B update after its slot switch) a handler is not
-        # cut short: that would leave the device half done. It bounds its own steps
-        # (handlers/api.py POINT_OF_NO_RETURN).
-        if point_of_no_return(getattr(self.ctx, "checkpoint_data", None)) is None:
-            self.expired = True
-            self.task.cancel()
-        else:
-            self.ctx.log.warning(
-                "plugin time limit passed; not stopped: past its point of no return",
-                handler=self.handler.name,
-                timeout=self.timeout,
-            )
+            limits.end(limit)

@@ -50,6 +50,18 @@ class ExecutionState(StrEnum):
     unless `jobs.run_others_while_deferred` lets other executions run (`engine/turns.py`)."""
 
 
+_STATE_OF: dict[str, ExecutionState] = {state.value: state for state in ExecutionState}
+
+
+def execution_state(value: str) -> ExecutionState:
+    """`ExecutionState(value)` without the enum's two Python calls (a record read per job;
+    issue 18); a value that names no state raises ValueError as it does."""
+    try:
+        return _STATE_OF[value]
+    except (KeyError, TypeError):  # the enum's own error for it
+        return ExecutionState(value)
+
+
 S = ExecutionState
 
 TRANSITIONS: Mapping[tuple[ExecutionState | None, ExecutionState], str] = {

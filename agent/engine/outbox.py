@@ -31,7 +31,12 @@ from jobs_agent.jobs.errors import (
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.log import enabled
 from jobs_agent.redact import redact_mapping
-from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
+from jobs_agent.vocabulary import (
+    ExecutionRef,
+    JobExecutionStatus,
+    StatusDetails,
+    job_execution_status,
+)
 from jobs_agent_handlers.api import Outcome
 
 if TYPE_CHECKING:
@@ -77,7 +82,7 @@ class Outbox:
     ) -> None:
         """Record `outcome` (redacted, then made to fit statusDetails: once, here) and send it;
         with the `packages` a SUCCEEDED job installed, in the same transaction."""
-        status = JobExecutionStatus(outcome.status)
+        status = job_execution_status(outcome.status)
         details = sanitize_status_details(redact_mapping(dict(outcome.details)))
         try:
             alone = not self._dirty  # the outbox is known empty: the new entry is all of it

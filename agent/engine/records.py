@@ -6,8 +6,13 @@ import json
 from typing import Any
 
 from jobs_agent.datamodel import model
-from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState
-from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
+from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState, execution_state
+from jobs_agent.vocabulary import (
+    ExecutionRef,
+    JobExecutionStatus,
+    StatusDetails,
+    job_execution_status,
+)
 
 
 def state_in(states: tuple[ExecutionState, ...]) -> str:
@@ -188,7 +193,7 @@ RECORD_COLUMNS = (
 def record_from_row(row: tuple[Any, ...]) -> ExecutionRecord:
     return ExecutionRecord(
         key=ExecutionRef(row[0] or None, row[1], row[2]),
-        state=ExecutionState(row[3]),
+        state=execution_state(row[3]),
         document=json.loads(row[4]),
         version_number=row[5],
         handler=row[6],
@@ -198,7 +203,7 @@ def record_from_row(row: tuple[Any, ...]) -> ExecutionRecord:
         boot_id=row[10],
         restarts=row[11],
         progress=_loads(row[12]),
-        outcome_status=None if row[13] is None else JobExecutionStatus(row[13]),
+        outcome_status=None if row[13] is None else job_execution_status(row[13]),
         outcome_details=_loads(row[14]),
         note=row[15],
         received_at=row[16],

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jobs_agent.engine.lifecycle import FINISHED_STATES, TRANSITIONS
+from jobs_agent.engine.lifecycle import FINISHED_STATES, TRANSITIONS, execution_state
 from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
 from jobs_agent.engine.records import (
     ACTIVE_WHERE,
@@ -60,7 +60,12 @@ from jobs_agent.engine.records import ExecutionRecord as ExecutionRecord
 from jobs_agent.engine.records import OutboxEntry as OutboxEntry
 from jobs_agent.engine.records import PackageRow as PackageRow
 from jobs_agent.redact import redact_url_credentials
-from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus, StatusDetails
+from jobs_agent.vocabulary import (
+    ExecutionRef,
+    JobExecutionStatus,
+    StatusDetails,
+    job_execution_status,
+)
 
 ExecutionKey = ExecutionRef
 """The reference to an execution, under the name the store has always used for it."""
@@ -455,7 +460,7 @@ class Store:
         row = self._db.execute(
             f"SELECT state FROM executions WHERE {self._WHERE_KEY}", self._key_params(key)
         ).fetchone()
-        old = None if row is None else ExecutionState(row[0])
+        old = None if row is None else execution_state(row[0])
         if (old, new) in TRANSITIONS:
             return
         if old is None:
@@ -703,7 +708,7 @@ class Store:
         the outbox held nothing (`Outbox`): it is the new entry, given back by its INSERT
         (`RETURNING`) instead of a read of the outbox (a statement and a read transaction per
         job; issue 18)."""
-        status = JobExecutionStatus(status)
+        status = job_execution_status(status)
         now = time.time()
         encoded = json.dumps(dict(details))
         insert = (
@@ -828,7 +833,7 @@ class Store:
             OutboxEntry(
                 id=r[0],
                 key=ExecutionRef(r[1] or None, r[2], r[3]),
-                status=JobExecutionStatus(r[4]),
+                status=job_execution_status(r[4]),
                 status_details=StatusDetails(json.loads(r[5])),  # sanitised before it was stored
                 created_at=r[6],
                 attempts=r[7],

@@ -72,7 +72,12 @@ from jobs_agent.transport.exchange import (
     RequestAbandoned,
     subscribe_within,
 )
-from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef, StatusDetails
+from jobs_agent.vocabulary import (
+    TERMINAL_STATUSES,
+    ExecutionRef,
+    StatusDetails,
+    job_execution_status,
+)
 
 log = structlog.get_logger("jobs_agent.jobs")
 _KEPT_TOPICS = 64
@@ -279,7 +284,7 @@ class JobsClient:
         -1 clears. Raises ValueError for a status that does not exist (a programming error).
         """
         job_id, namespace, execution_number = _target(job, namespace, execution_number)
-        wire_status = JobExecutionStatus(status)
+        wire_status = job_execution_status(status)
         details = _sanitized(status_details)
 
         def payload(token: str) -> dict[str, Any]:
@@ -325,7 +330,8 @@ class JobsClient:
             raise JobsError("the Jobs client is not started (or already closed)")
         topic = self._request_topic(operation, job_id, namespace)
         self.stats.requests += 1
-        bound = LazyBound(log, operation=operation.value, job_id=job_id, namespace=namespace)
+        # `_value_`: `.value` is a property of the enum's, two Python calls (issue 18).
+        bound = LazyBound(log, operation=operation._value_, job_id=job_id, namespace=namespace)
 
         def read(reply: _Reply) -> R:
             kind, body = reply

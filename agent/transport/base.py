@@ -11,9 +11,9 @@ Greengrass IPC or the in-process bus. The contract is deliberately small:
   the in-process bus); it raises `NotConnectedError` at once when the link is down instead of
   queueing silently, so the caller (the Jobs client) decides whether to wait or give up;
 * `submit` is `publish` for a request whose reply proves its delivery: a backend whose PUBACK
-  reaches the loop only through a thread hop (awscrt) returns once the packet is queued and
-  reports a later refusal or loss through `on_failure`, on the loop; the others wait for the
-  PUBACK as `publish` does and raise. A caller handles both;
+  costs a thread hop (awscrt) or a wake-up of the requesting task (paho) returns once the
+  packet is queued and reports a later refusal or loss through `on_failure`, on the loop; the
+  others wait for the PUBACK as `publish` does and raise. A caller handles both;
 * subscriptions are remembered by the transport and restored after a reconnect whose session
   was not kept, before `on_connection_resumed` is called.
 """

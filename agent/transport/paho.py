@@ -56,7 +56,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from jobs_agent.backoff import Backoff
-from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
+from jobs_agent.transport.base import (
+    FailureCallback,
+    Message,
+    NotConnectedError,
+    Transport,
+    TransportError,
+)
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho_client import (
     MISC_MAX_SECONDS,
@@ -90,7 +96,8 @@ class PahoTransport(Transport):
         self.config = config
         self.client_id = client_id
         self._backoff = Backoff(config.reconnect_min_seconds, config.reconnect_max_seconds)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, asyncio.Future[Any] | _Submitted] = {}
+        """What waits for the acknowledgement of each packet paho queued, by its mid."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._started = False
@@ -358,15 +365,20 @@ class PahoTransport(Transport):
 
     # -- acknowledgements (loop thread) ---------------------------------------------------------
     def _resolve(self, mid: int, reasons: list[ReasonCode]) -> None:
-        future = self._pending.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(reasons)
+        waiting = self._pending.pop(mid, None)
+        if isinstance(waiting, _Submitted):
+            if reasons and reasons[0].is_failure:
+                waiting.on_failure(_refused(waiting.topic, reasons[0]))
+        elif waiting is not None and not waiting.done():
+            waiting.set_result(reasons)
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(NotConnectedError(reason))
+        for waiting in pending.values():
+            if isinstance(waiting, _Submitted):
+                waiting.on_failure(NotConnectedError(reason))
+            elif not waiting.done():
+                waiting.set_exception(NotConnectedError(reason))
 
     def _link_dropped(self, reason: str) -> None:
         self._fail_pending(f"connection lost: {reason}")
@@ -542,7 +554,42 @@ class PahoTransport(Transport):
             rc, mid = info.rc, info.mid
         reasons: list[ReasonCode] = await self._expect(rc, mid, what)
         if reasons and reasons[0].is_failure:
-            raise TransportError(f"{what}: refused by the broker ({reasons[0]})")
+            raise _refused(topic, reasons[0])
+
+    async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
+        """Queue the request and return: its reply proves its delivery, so it does not wait for
+        its PUBACK, which the loop reads later anyway (issue 18: a future and a wake-up of the
+        requesting task per request, two per plugin job). A PUBACK that refuses it, or the link
+        lost before the PUBACK came, is told to `on_failure`, on the loop, as awscrt's is."""
+        validate_topic_name(topic)
+        if not self.is_connected:
+            self._require_up(f"publish {topic}")
+        client = self._client
+        if isinstance(client, ShortPathClient):
+            rc, mid = client.publish_qos1(topic, payload)
+        else:
+            info = client.publish(topic, payload, qos=1)
+            rc, mid = info.rc, info.mid
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            raise NotConnectedError(f"publish {topic}: not connected")
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise TransportError(f"publish {topic}: {mqtt.error_string(rc)}")
+        # As in `_expect`: the PUBACK is read in a later `_readable` callback on this thread.
+        self._pending[mid] = _Submitted(topic, on_failure)
+
+
+class _Submitted:
+    """A submitted publish (`PahoTransport.submit`) waiting for its PUBACK."""
+
+    __slots__ = ("on_failure", "topic")
+
+    def __init__(self, topic: str, on_failure: FailureCallback) -> None:
+        self.topic = topic
+        self.on_failure = on_failure
+
+
+def _refused(topic: str, reason: ReasonCode) -> TransportError:
+    return TransportError(f"publish {topic}: refused by the broker ({reason})")
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
