@@ -194,7 +194,7 @@ class Engine:
         still asks for its next job (issue 18)."""
         shared = self._shared
         return (
-            shared.waiting_for_wake
+            shared.waiting
             and not shared.wake_event.is_set()
             and not self.client.events_unread
             and not self.client.requests_waiting
@@ -230,11 +230,7 @@ class Engine:
         shared = self._shared
         while not shared.stopping:
             shared.beat()
-            shared.waiting_for_wake = True
-            try:
-                await self._wait_for_wake()
-            finally:
-                shared.waiting_for_wake = False
+            await self._wait_for_wake()
             if shared.stopping:
                 break
             shared.wake_event.clear()

@@ -89,8 +89,6 @@ class Shared:
         self.dispatcher = dispatcher
         self.crash = CrashPoints(settings.state_dir)
         self.wake_event = asyncio.Event()
-        self.waiting_for_wake = False
-        """The main loop waits for `wake_event` (and makes no request meanwhile)."""
         self._parked: asyncio.Future[None] | None = None
         """What the engine's idle loop waits on (`parked`)."""
         self.wakes = Wakes()
@@ -126,6 +124,12 @@ class Shared:
         parked = self._parked
         if parked is not None and not parked.done():
             parked.set_result(None)
+
+    @property
+    def waiting(self) -> bool:
+        """The engine's idle loop waits in `parked` (and makes no request meanwhile)."""
+        parked = self._parked
+        return parked is not None and not parked.done()
 
     async def parked(self, loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
         """Wait for a wake-up (True) or `timeout` (False) on a future of `loop`, which the

@@ -164,8 +164,8 @@ class Worker:
     peak_rss_mb: float = 0.0
     threads: int = 0
     settled: bool = False
-    done: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    """Its last report ("done") is in."""
     reader: asyncio.Task[None] | None = None
 
 
@@ -214,13 +214,12 @@ class FleetWorkers:
                     worker.peak_rss_mb = float(message["peak_rss_mb"])
                     worker.threads = int(message["threads"])
                     worker.settled = bool(message["settled"])
-                    worker.done = True
                     worker.finished.set()
             except (ValueError, KeyError, TypeError):
                 self._fail(f"{name} wrote {line[:200]!r}, not a report")
                 return
         code = await worker.process.wait()
-        if not worker.done:
+        if not worker.finished.is_set():
             self._fail(f"{name} ended (exit status {code}) before its devices were done")
 
     async def connected(self, stop: asyncio.Event, what: str = "connected") -> None:
