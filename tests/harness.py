@@ -74,11 +74,14 @@ def awscrt_connection(broker: Any) -> TransportOptions:
 
 
 def connection_yaml(connection: TransportOptions) -> list[str]:
-    """The `connection:` lines for `connection`: its transport and every option it has set."""
+    """The `connection:` lines for `connection`: its transport and every option it has set
+    (not `tls` for awscrt: it is always TLS, and the agent refuses paho's option there)."""
     lines = [f"  transport: {connection.transport}"]
     for item in dataclasses.fields(connection):
         value = getattr(connection, item.name)
         if value is None or value == "":
+            continue
+        if item.name == "tls" and connection.transport == "awscrt":
             continue
         shown = ("true" if value else "false") if isinstance(value, bool) else value
         lines.append(f"  {item.name}: {shown}")

@@ -48,7 +48,7 @@ async def test_handlers_get_only_stdio_and_the_progress_pipe(
     if transport == "awscrt":
         config = dataclasses.replace(config, connection=awscrt_connection(mosquitto))
     path = tmp_path / "config.yaml"
-    path.write_text(config_yaml(config).replace("  tls: true\n", ""))
+    path.write_text(config_yaml(config))
     agent = AgentProcess(config_path=path, workdir=tmp_path)
     try:
         agent.start()

@@ -365,7 +365,7 @@ async def test_the_daemon_over_awscrt_with_mtls_runs_a_job(
     config = agent_config(tmp_path, mosquitto.port, thing=THING)
     config = dataclasses.replace(config, connection=awscrt_connection(mosquitto))
     path = tmp_path / "config.yaml"
-    path.write_text(config_yaml(config).replace("  tls: true\n", ""))
+    path.write_text(config_yaml(config))
     agent = AgentProcess(config_path=path, workdir=tmp_path)
     try:
         agent.start()

@@ -51,8 +51,7 @@ def _agent(tmp_path: Path, broker: Mosquitto, transport: str, **jobs: object) ->
     if transport == "awscrt":
         config = dataclasses.replace(config, connection=awscrt_connection(broker))
     path = tmp_path / "config.yaml"
-    text = config_yaml(config)
-    path.write_text(text.replace("  tls: true\n", "") if transport == "awscrt" else text)
+    path.write_text(config_yaml(config))
     return AgentProcess(config_path=path, workdir=tmp_path)
 
 

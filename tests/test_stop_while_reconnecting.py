@@ -69,8 +69,7 @@ def _agent(tmp_path: Path, broker: Mosquitto, transport: str) -> tuple[AgentProc
         config = dataclasses.replace(config, connection=awscrt_connection(broker))
         port = broker.tls_port
     path = tmp_path / "config.yaml"
-    text = config_yaml(config)
-    path.write_text(text.replace("  tls: true\n", "") if transport == "awscrt" else text)
+    path.write_text(config_yaml(config))
     return AgentProcess(config_path=path, workdir=tmp_path), port
 
 

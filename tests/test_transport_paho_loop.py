@@ -57,7 +57,7 @@ async def test_the_daemon_runs_paho_without_a_network_thread(
     write_handler(tmp_path / "handlers", "echo", '#!/bin/sh\necho "$@"\n')
     config = agent_config(tmp_path, broker.port, thing=THING)
     path = tmp_path / "config.yaml"
-    path.write_text(config_yaml(config).replace("  tls: true\n", ""))
+    path.write_text(config_yaml(config))
     agent = AgentProcess(config_path=path, workdir=tmp_path)
     try:
         agent.start()
