@@ -314,6 +314,14 @@ async def test_a_worker_that_dies_fails_the_fleet(
     assert not [w for w in workers if _running(w)]
 
 
+def _open_files(pid: int) -> list[str]:
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
+            targets.append(os.readlink(fd))
+    return targets
+
+
 async def test_a_device_holds_the_descriptors_the_limit_check_counts(
     mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -334,17 +342,23 @@ async def test_a_device_holds_the_descriptors_the_limit_check_counts(
         # marker before the request, emptied it after the answer): no store is writing its
         # marker now (one made but not yet written is empty, but its request unanswered).
 
-        def markers_emptied() -> bool:
+        # A device may look again (a resync after its connect), opening its marker for a
+        # moment: the listing is taken when no marker is open, and a marker held open between
+        # looks never gets there (the wait times out).
+        targets: list[str] = []
+
+        def markers_emptied_and_closed() -> bool:
             if emulator.service.counters["StartNextPendingJobExecution"] - asked < things:
                 return False
             markers = list((tmp_path / "state").glob("*/state.db.taking"))
-            return len(markers) == things and all(m.stat().st_size == 0 for m in markers)
+            if len(markers) != things or any(m.stat().st_size for m in markers):
+                return False
+            targets[:] = _open_files(process.pid)
+            return not [t for t in targets if t.endswith(".taking")]
 
-        await wait_until(markers_emptied, 30, "every device's start-next marker, emptied")
-        targets = []
-        for fd in Path(f"/proc/{process.pid}/fd").iterdir():
-            with contextlib.suppress(FileNotFoundError):  # closed since the listing
-                targets.append(os.readlink(fd))
+        await wait_until(
+            markers_emptied_and_closed, 30, "every device's start-next marker, emptied and closed"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.communicate(), 60)
