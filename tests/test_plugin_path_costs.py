@@ -21,8 +21,11 @@ from typing import Any
 import pytest
 
 from jobs_agent.engine import context as engine_context
+from jobs_agent.engine import engine as engine_engine
 from jobs_agent.engine import jobfiles as engine_jobfiles
+from jobs_agent.engine import wakes as engine_wakes
 from jobs_agent.jobs import topics as jobs_topics
+from jobs_agent.jobs.events import NOTIFY_LIST_LIMIT
 from tests.helpers.agent_harness import (
     THING,
     captured_logs,
@@ -500,3 +503,45 @@ async def test_a_plugin_job_looks_up_its_statuses_without_the_enum_s_calls(
 
     await _three_quiet_jobs(tmp_path, profile)
     assert sorted(callers) == []
+
+
+async def test_a_notify_as_long_as_the_limit_builds_no_execution_references(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `notify` listing `NOTIFY_LIST_LIMIT` executions or more may be cut, so it asks for a
+    look whatever it names (engine/wakes.py): its summaries are counted, not built into
+    `ExecutionRef`s to be thrown away. A deep queue sends every event this long (30 and 40
+    references per plugin job over a 500-job drain before). A short list is still read."""
+    long_events = short_events = 0
+    built_for_long = built_for_short = 0
+    references = Spy(engine_wakes.ExecutionRef)
+    monkeypatch.setattr(engine_wakes, "ExecutionRef", references)
+    named = engine_wakes.named
+
+    def counted(event: Any) -> Any:
+        nonlocal long_events, short_events, built_for_long, built_for_short
+        before = references.calls
+        refs = named(event)
+        listed = getattr(event, "body", {}).get("jobs")
+        if isinstance(listed, dict):
+            if sum(len(summaries) for summaries in listed.values()) >= NOTIFY_LIST_LIMIT:
+                long_events += 1
+                built_for_long += references.calls - before
+            else:
+                short_events += 1
+                built_for_short += references.calls - before
+        return refs
+
+    monkeypatch.setattr(engine_engine, "named", counted)
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            jobs = [f"deep-{number}" for number in range(NOTIFY_LIST_LIMIT + 5)]
+            for job_id in jobs:  # queued in one go: the agent reads nothing in between
+                harness.service.create_job(job_id, [THING], {"operation": "quiet"})
+            for job_id in jobs:
+                execution = await harness.wait_terminal(job_id)
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert long_events > 0
+    assert built_for_long == 0
+    assert short_events > 0 and built_for_short > 0

@@ -51,12 +51,18 @@ def named(event: JobExecutionsChanged | NextJobExecutionChanged) -> set[Executio
     # dict first: the ABC's check is a Python frame (`ABCMeta.__instancecheck__`) per event
     if not isinstance(jobs, (dict, Mapping)):
         return None
-    refs: set[ExecutionRef] = set()
+    lists = list(jobs.values())
     total = 0
-    for summaries in jobs.values():
+    for summaries in lists:
         if not isinstance(summaries, list):
             return None
         total += len(summaries)
+    if total >= NOTIFY_LIST_LIMIT:
+        # counted before any is read: a queue deeper than the limit sends every event this
+        # long, and its summaries would be built into references only to be thrown away
+        return None
+    refs: set[ExecutionRef] = set()
+    for summaries in lists:
         for summary in summaries:
             if not isinstance(summary, (dict, Mapping)):
                 return None
@@ -64,7 +70,7 @@ def named(event: JobExecutionsChanged | NextJobExecutionChanged) -> set[Executio
             if not isinstance(job_id, str) or type(number) is not int:
                 return None
             refs.add(ExecutionRef(event.namespace, job_id, number))
-    return None if total >= NOTIFY_LIST_LIMIT else refs
+    return refs
 
 
 class Wakes:
