@@ -23,6 +23,7 @@ from jobs_agent.jobs.client import (
     Resync,
 )
 from jobs_agent.jobs.errors import ErrorCode, JobsError, JobsRejected, ProtocolError, RequestTimeout
+from jobs_agent.jobs.events import NOTIFY_LIST_LIMIT, UnreadBody
 from jobs_agent.jobs.models import JobExecutionStatus
 from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
 from jobs_agent.transport.base import Message, Transport
@@ -704,3 +705,36 @@ def test_a_payload_is_decoded_with_one_python_call_of_the_json_module() -> None:
         b"NaN",
     ):
         assert decode_object(bad) is None, bad
+
+
+async def test_a_notify_as_long_as_the_limit_is_read_only_when_asked(
+    client: JobsClient, service: Service
+) -> None:
+    """A `notify` naming `NOTIFY_LIST_LIMIT` executions or more may be cut: it is a wake-up
+    whatever it lists (`cut`), and its body is decoded only when read. Read, it is what the
+    service sent; a long payload that is no `notify` at all reads as listing nothing (a wake-up
+    too, never a run), and its model cannot be built."""
+    events = client.events()
+    notify = topics.notify_topic(THING)
+    summaries = [
+        {"jobId": f"job-{n}", "queuedAt": 1700000000, "executionNumber": 1}
+        for n in range(NOTIFY_LIST_LIMIT)
+    ]
+    await service.event(notify, {"jobs": {"QUEUED": summaries}, "timestamp": 1})
+    long = await _next_event(events)
+    assert isinstance(long, JobExecutionsChanged) and long.cut
+    assert isinstance(long.body, UnreadBody)
+    assert long.lists("job-3", 1) and not long.lists("job-99", 1)
+    assert len(long.event.jobs[JobExecutionStatus.QUEUED]) == NOTIFY_LIST_LIMIT
+    await service.event(notify, b'["jobId"' + b', "jobId"' * (NOTIFY_LIST_LIMIT - 1) + b"")
+    broken = await _next_event(events)
+    assert isinstance(broken, JobExecutionsChanged) and broken.cut
+    assert not broken.lists("jobId")
+    assert broken.no_longer_lists([("job-1", 1, True)]) == []
+    with pytest.raises(ProtocolError):
+        broken.event  # noqa: B018
+    await service.event(notify, {"jobs": {"QUEUED": summaries[:1]}, "timestamp": 2})
+    short = await _next_event(events)
+    assert isinstance(short, JobExecutionsChanged) and not short.cut
+    assert type(short.body) is dict
+    assert client.stats.events == 3 and client.stats.events_dropped == 0

@@ -24,6 +24,8 @@ from jobs_agent.engine import context as engine_context
 from jobs_agent.engine import engine as engine_engine
 from jobs_agent.engine import jobfiles as engine_jobfiles
 from jobs_agent.engine import wakes as engine_wakes
+from jobs_agent.jobs import client as jobs_client
+from jobs_agent.jobs import events as jobs_events
 from jobs_agent.jobs import topics as jobs_topics
 from jobs_agent.jobs.events import NOTIFY_LIST_LIMIT
 from tests.helpers.agent_harness import (
@@ -522,6 +524,10 @@ async def test_a_notify_as_long_as_the_limit_builds_no_execution_references(
         nonlocal long_events, short_events, built_for_long, built_for_short
         before = references.calls
         refs = named(event)
+        if getattr(event, "cut", False):  # left undecoded (test_a_deep_queue_s_notify_...)
+            long_events += 1
+            built_for_long += references.calls - before
+            return refs
         listed = getattr(event, "body", {}).get("jobs")
         if isinstance(listed, dict):
             if sum(len(summaries) for summaries in listed.values()) >= NOTIFY_LIST_LIMIT:
@@ -545,3 +551,35 @@ async def test_a_notify_as_long_as_the_limit_builds_no_execution_references(
     assert long_events > 0
     assert built_for_long == 0
     assert short_events > 0 and built_for_short > 0
+
+
+async def test_a_deep_queue_s_notify_is_not_decoded(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `NOTIFY_LIST_LIMIT` executions or more pending, every `notify` lists that many and
+    wakes a look whatever it names: its payload is left undecoded (`UnreadBody`; a notify of
+    15 summaries was about 160,000 instructions to decode, two a plugin job). A short one is
+    still decoded when it arrives."""
+    decoded: list[bytes] = []
+    decode = jobs_events.decode_object
+
+    def counted(payload: bytes) -> Any:
+        decoded.append(payload)
+        return decode(payload)
+
+    monkeypatch.setattr(jobs_events, "decode_object", counted)  # events, and `UnreadBody`'s
+    monkeypatch.setattr(jobs_client, "decode_object", counted)  # replies
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            jobs = [f"deep-{number}" for number in range(NOTIFY_LIST_LIMIT + 5)]
+            for job_id in jobs:  # queued in one go: the agent reads nothing in between
+                harness.service.create_job(job_id, [THING], {"operation": "quiet"})
+            for job_id in jobs:
+                execution = await harness.wait_terminal(job_id)
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+            stats = harness.agent.engine.client.stats  # type: ignore[union-attr]
+    notifies = [p for p in decoded if p.startswith(b'{"jobs"')]
+    assert [p for p in notifies if p.count(b'"jobId"') >= NOTIFY_LIST_LIMIT] == []
+    assert notifies  # the short ones, once the queue is shallow
+    assert stats.events_dropped == 0

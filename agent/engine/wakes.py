@@ -47,6 +47,8 @@ def named(event: JobExecutionsChanged | NextJobExecutionChanged) -> set[Executio
         if execution.execution_number is None:
             return None
         return {ExecutionRef(event.namespace, execution.job_id, execution.execution_number)}
+    if event.cut:
+        return None  # its body left unread (`UnreadBody`)
     jobs = event.body.get("jobs")
     # dict first: the ABC's check is a Python frame (`ABCMeta.__instancecheck__`) per event
     if not isinstance(jobs, (dict, Mapping)):

@@ -45,7 +45,7 @@ from jobs_agent.jobs.events import (
     NextJobExecutionChanged,
     PendingJobs,
     Resync,
-    check_jobs_shape,
+    decode_event,
     decode_object,
 )
 from jobs_agent.jobs.models import (
@@ -56,7 +56,6 @@ from jobs_agent.jobs.models import (
     GetPendingRequest,
     JobExecution,
     JobExecutionStatus,
-    NextJobExecutionChangedEvent,
     StartNextReply,
     StartNextRequest,
     UpdateReply,
@@ -429,18 +428,9 @@ class JobsClient:
             log.debug("reply not for a waiting request ignored", topic=message.topic)
 
     def _on_event(self, parsed: ParsedTopic, message: Message) -> None:
-        body = decode_object(message.payload)
-        event: JobsEvent
+        notify = parsed.operation is Operation.NOTIFY
         try:
-            if body is None:
-                raise ProtocolError("payload is not a JSON object in UTF-8")
-            if parsed.operation is Operation.NOTIFY:
-                check_jobs_shape(body)
-                event = JobExecutionsChanged(parsed.namespace, body)
-            else:
-                event = NextJobExecutionChanged(
-                    parsed.namespace, NextJobExecutionChangedEvent.from_json(body)
-                )
+            event = decode_event(notify, parsed.namespace, message.payload)
         except ProtocolError as exc:
             self.stats.events_dropped += 1
             log.warning("malformed event dropped", topic=message.topic, error=str(exc))

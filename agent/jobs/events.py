@@ -8,7 +8,7 @@ consumer reads them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import field
 from typing import Any
 
@@ -25,6 +25,57 @@ NOTIFY_LIST_LIMIT = 10
 notifications page now says 15). A list this long may be cut, so absence from it proves nothing."""
 
 
+class UnreadBody(Mapping[str, Any]):
+    """A `notify` payload decoded at its first read: one that names `NOTIFY_LIST_LIMIT`
+    executions or more (counted in its bytes) may be cut, so it wakes a look whatever it lists,
+    and with a deep queue every `notify` is that long: decoding each at its arrival was about
+    160,000 instructions an event, two events a plugin job, for a body nothing read while no
+    handler ran (issue 18). A payload that is not the JSON object `notify` is reads as an
+    empty object, naming nothing (its `event` raises `ProtocolError`)."""
+
+    __slots__ = ("_decoded", "_malformed", "_payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self._payload = payload
+        self._decoded: Mapping[str, Any] | None = None
+        self._malformed: str | None = None
+
+    def _read(self) -> Mapping[str, Any]:
+        if self._decoded is None:
+            body = decode_object(self._payload)
+            try:
+                if body is None:
+                    raise ProtocolError("payload is not a JSON object in UTF-8")
+                check_jobs_shape(body)
+            except ProtocolError as exc:
+                self._malformed = str(exc)
+                body = {}
+            self._decoded = body
+        return self._decoded
+
+    def problem(self) -> str | None:
+        """Why the payload is not a `notify`; None when it is one."""
+        self._read()
+        return self._malformed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
+def may_be_cut(payload: bytes) -> bool:
+    """Whether a `notify` payload names `NOTIFY_LIST_LIMIT` executions or more, counted
+    without decoding it: each summary has one `"jobId"` key, and the text `"jobId"` appears
+    in a JSON text only as a key or at the end of a string (then counted too much: a look
+    more, never one less)."""
+    return payload.count(b'"jobId"') >= NOTIFY_LIST_LIMIT
+
+
 @model(slots=True)
 class JobExecutionsChanged:
     """A `notify` event; `namespace` None is the default namespace.
@@ -32,17 +83,24 @@ class JobExecutionsChanged:
     `notify` carries every pending execution of the thing, so with a deep queue each event is
     large and most are read only to wake the engine. The summaries are therefore parsed on
     first use of `event` (a `ProtocolError` then), and `lists()` answers the one question the
-    engine asks of every event without building the models.
+    engine asks of every event without building the models. `cut`: the list is as long as
+    the limit or longer, and may have been cut; its `body` is then an `UnreadBody`, decoded
+    only if something asks (a running handler's check that it is still listed).
     """
 
     namespace: str | None
     body: Mapping[str, Any]
     _parsed: list[JobExecutionsChangedEvent] = field(default_factory=list, compare=False)
+    cut: bool = False
 
     @property
     def event(self) -> JobExecutionsChangedEvent:
         if not self._parsed:
-            self._parsed.append(JobExecutionsChangedEvent.from_json(self.body))
+            body = self.body
+            problem = body.problem() if isinstance(body, UnreadBody) else None
+            if problem is not None:
+                raise ProtocolError(problem)
+            self._parsed.append(JobExecutionsChangedEvent.from_json(body))
         return self._parsed[0]
 
     def lists(self, job_id: str, execution_number: int | None = None) -> bool:
@@ -179,3 +237,18 @@ def decode_object(payload: bytes) -> Mapping[str, Any] | None:
     if end != len(text) and text[end:].strip(_BLANKS):
         return None  # more than one value
     return obj if isinstance(obj, dict) else None
+
+
+def decode_event(notify: bool, namespace: str | None, payload: bytes) -> JobsEvent:
+    """The `notify` (`notify` True) or `notify-next` event of `payload`; `ProtocolError` when
+    it is malformed. A `notify` that may be cut is a look whatever it lists: left unread
+    (`UnreadBody`)."""
+    if notify and may_be_cut(payload):
+        return JobExecutionsChanged(namespace, UnreadBody(payload), cut=True)
+    body = decode_object(payload)
+    if body is None:
+        raise ProtocolError("payload is not a JSON object in UTF-8")
+    if notify:
+        check_jobs_shape(body)
+        return JobExecutionsChanged(namespace, body)
+    return NextJobExecutionChanged(namespace, NextJobExecutionChangedEvent.from_json(body))
