@@ -147,3 +147,19 @@ async def test_a_script_swapped_after_the_sandbox_checked_it_does_not_run(
     assert result.spawn_error is not None, (result.returncode, result.stderr.text())
     assert "changed after it was checked" in result.spawn_error
     assert not list(tmp_path.glob("ran.*"))
+
+
+async def test_a_binary_s_spawn_asks_once_whether_proc_is_there(
+    handlers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A binary is executed through the checked descriptor (`/proc/self/fd/N`) where /proc is
+    mounted: the sandbox asked at each look at how the exec goes (`by_name`, `exec_path`), a
+    `stat` of /proc/self/fd each, 3 per step; now once per checked executable."""
+    binary = handlers / "true"
+    shutil.copy("/bin/true", binary)
+    binary.chmod(0o755)
+    stats: list[str] = []
+    monkeypatch.setattr(os, "stat", _counted(stats, os.stat))
+    result = await run(tmp_path, binary)
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    assert stats.count("/proc/self/fd") == 1
