@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 from collections.abc import Iterator
@@ -245,14 +246,14 @@ class CheckedExecutable:
     @property
     def exec_path(self) -> str:
         """What to hand to execve: the descriptor for a binary, the name for a script."""
-        if self.is_script or not _PROC_FD.is_dir():
-            return str(self.path)
-        return f"/proc/self/fd/{self.fd}"
+        return str(self.path) if self.by_name else f"/proc/self/fd/{self.fd}"
 
-    @property
+    @functools.cached_property
     def by_name(self) -> bool:
-        """True when the exec goes by name (and `same_file` must be checked first)."""
-        return self.exec_path == str(self.path)
+        """True when the exec goes by name (and `same_file` must be checked first): a script,
+        or any file where /proc is not mounted. Decided at the first ask: a step asked it
+        five times, a binary's each a `stat` of /proc/self/fd (issue 18)."""
+        return self.is_script or not _PROC_FD.is_dir()
 
     def same_file(self) -> bool:
         try:

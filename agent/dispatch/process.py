@@ -74,6 +74,8 @@ from jobs_agent.securefs import CheckedExecutable, UntrustedPath, open_executabl
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL_INTERVAL = 0.05
+EXEC_FAILED = (126, 127)
+"""Exit codes of bash or `setpriv` whose exec was refused (not executable, not found)."""
 _PROGRESS_GRACE = 0.5
 """After the handler and its group have ended: how long the progress pipe's last lines may take."""
 
@@ -255,12 +257,8 @@ class Sandbox:
                 _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks, replies),
             )  # fmt: skip
             launcher = self.launcher if executable.by_name else None
-            chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
-            if chained and result.returncode == EXIT_LAUNCH_FAILED:
-                said = result.stderr.text()
-                if said.startswith(FAILURE_PREFIX):
-                    reason = said[len(FAILURE_PREFIX) :].split("\n", 1)[0]
-                    result.spawn_error = f"cannot run {program}: {reason}"
+            if launcher is not None and launcher.serves(spec.user, executable.by_name):
+                self._chain_failure(result, program, executable)
             return result
         finally:
             executable.close()
@@ -333,20 +331,15 @@ class Sandbox:
 
         Synchronous, on the loop (as asyncio's own subprocess start): the child runs nothing
         but system calls before its exec, and no watcher thread is started for it.
+
+        A script's name is compared with the checked file by the child just before its exec
+        (`LAUNCH`'s `-ef`, `_child_setup`): a `stat` here could only be earlier (issue 18).
         """
         cwd = spec.cwd
         if cwd is None or not cwd.is_dir():
             cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
-        if executable.by_name and not executable.same_file():
-            result.spawn_error = f"cannot run {spec.argv[0]}: it changed after it was checked"
-            return None
         launcher = self.launcher if executable.by_name else None
         chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
-        head = executable.head  # read through the checked descriptor
-        if chained and (problem := interpreter_problem(executable.path, self.search_path, head)):
-            # What the kernel would refuse, said before anything runs (as the fork path does).
-            result.spawn_error = f"cannot run {spec.argv[0]}: {problem}"
-            return None
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
         reply = os.pipe() if replies is not None else None
         if chained:
@@ -377,6 +370,27 @@ class Sandbox:
         if replies is not None and reply is not None:
             replies.attach(reply[1])
         return process, (pipes[0][0], pipes[1][0], pipes[2][0])
+
+    def _chain_failure(
+        self, result: ProcessResult, program: str, executable: CheckedExecutable
+    ) -> None:
+        """A chained script that did not start, said as a failed start: the chain's refusal
+        (`EXIT_LAUNCH_FAILED`) by its stderr line; an exec refused (126, 127) by the `#!`
+        line, read through the checked descriptor, as the fork path does (`_spawn_failure`).
+        The line was checked with the job's document: looked at again only when the exec
+        failed, not before every spawn (a `stat` and an `access` per script job: issue 18).
+        A script that ran and exited 126 or 127 itself keeps its code: its interpreter is
+        there."""
+        code = result.returncode
+        if code == EXIT_LAUNCH_FAILED:
+            said = result.stderr.text()
+            if said.startswith(FAILURE_PREFIX):
+                reason = said[len(FAILURE_PREFIX) :].split("\n", 1)[0]
+                result.spawn_error = f"cannot run {program}: {reason}"
+        elif code in EXEC_FAILED and not (result.timed_out or result.cancelled):
+            problem = interpreter_problem(executable.path, self.search_path, executable.head)
+            if problem is not None:
+                result.spawn_error = f"cannot run {program}: {problem}"
 
     @property
     def launcher(self) -> Launcher | None:
