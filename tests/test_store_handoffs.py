@@ -84,6 +84,20 @@ async def test_a_job_on_a_fast_store_hands_nothing_to_the_worker(tmp_path: Path)
         await store.close()
 
 
+async def test_the_start_up_inventory_report_starts_no_worker(tmp_path: Path) -> None:
+    """The inventory report every start makes reads the packages still to report and the
+    recorded ones (`PackageReports._report`, `RecordedSource.read`): reads, run on the loop as
+    the store's other reads, so an idle agent has not started the store's worker thread (it
+    was one of the four threads after start-up, issue 18)."""
+    store = AsyncStore(tmp_path / "state.db", clock=Clock(0.0))
+    try:
+        assert await store.call(Store.packages, pending=True) == []
+        assert await store.call(Store.packages) == []
+        assert store.handoffs == 0
+    finally:
+        await store.close()
+
+
 async def test_a_slow_commit_sends_the_durable_commits_to_the_worker_for_a_while(
     tmp_path: Path,
 ) -> None:

@@ -61,6 +61,7 @@ ON_THE_LOOP: frozenset[Callable[..., Any]] = frozenset(
         Store.taken,
         Store.record_taken,
         Store.reported,
+        Store.packages,
     }
 )
 """Store methods that never fsync: run on the loop when the worker has nothing of this store."""
