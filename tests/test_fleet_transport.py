@@ -98,7 +98,7 @@ async def test_a_fleet_subscribes_once_per_device_and_freezes_its_devices(
         gc.callbacks.remove(count)
     try:
         # No full collection: connecting leaves next to no cyclic garbage, and one pass over
-        # every object of the process cost 0.4 s at 1,000 things (fleet.py's docstring).
+        # every object of the process cost 0.4 s at 1,000 things (fleet_heap.py's docstring).
         assert full == []
         assert gc.isenabled()
         assert gc.get_freeze_count() > frozen_before

@@ -16,18 +16,10 @@ descriptor between jobs). `raise_descriptor_limit`
 lifts the soft limit to the hard one and says how many things fit; `sim fleet --processes N`
 spreads larger fleets over N processes.
 
-Python's cyclic garbage collector is kept off the devices once they are up. Every full
-collection walks every tracked object in the process, and a fleet's devices (engines, clients,
-stores, paho clients: a few hundred objects each) live until the fleet ends, so each full
-collection cost O(fleet) and a thing cost more the bigger its fleet (timed with `gc.callbacks`
-in `sim fleet`: 1,000 things, 7 full collections of 0.19 s; 2,000, 13 of 0.6 s). `Fleet.start`
-therefore connects with the collector paused and, once every device is up, moves everything to
-the permanent generation (`gc.freeze`) before the collector runs again; a rollout's collections
-then walk only what it allocated. It does not collect first: connecting leaves next to no
-cyclic garbage (5 objects of 305,000 at 1,000 things), and that one full pass cost 0.39 s of
-CPU at 1,000 things and more per object as the heap grows (1.3 -> 1.6 us at 3,000), a fifth of
-a quiet machine's connect time. `Fleet.stop` gives them back (`gc.unfreeze`) so their cycles
-can be collected once the devices are closed.
+Python's cyclic garbage collector is kept off the devices once they are up, and off what they
+kept from their first look for work, and its young collections are spaced further apart while
+the fleet is up, so that a thing's collections do not cost more in a bigger fleet
+(fleet_heap.py).
 """
 
 from __future__ import annotations
@@ -35,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import os
 import resource
 import shutil
@@ -53,6 +44,7 @@ from jobs_agent.config import AgentConfig, JobsConfig
 from jobs_agent.device import STATE_DATABASE, Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
 from jobs_agent.engine.store import Store
+from jobs_agent.sim.fleet_heap import FleetHeap
 from jobs_agent.sim.fleet_transport import FleetTransport
 from jobs_agent.sim.fleet_watch import BUSY_STATES, final_of, surplus_replies
 from jobs_agent.transport.options import PahoOptions
@@ -277,7 +269,7 @@ class Fleet:
             for n in range(STORE_THREADS)
         ]
         self._watches: dict[str, _Watch] = {}
-        self._frozen = False
+        self._heap = FleetHeap()
         self._looks = 0
         self._all_looked = asyncio.Event()
 
@@ -346,18 +338,14 @@ class Fleet:
                 store = stores[index % len(stores)]
                 return await self._start_one(thing, timeout, prepare, template, store)
 
-        collecting = gc.isenabled()
-        gc.disable()  # see the module docstring: no collection walks the devices
-        try:
-            results = await asyncio.gather(
-                *(start_one(i, t) for i, t in enumerate(self.thing_names)), return_exceptions=True
-            )
-        finally:
-            prepare.shutdown(wait=True)
-            gc.freeze()  # before the collector runs again (`stop` gives them back)
-            self._frozen = True
-            if collecting:
-                gc.enable()
+        with self._heap.building():  # no collection walks the devices (`stop` gives them back)
+            try:
+                results = await asyncio.gather(
+                    *(start_one(i, t) for i, t in enumerate(self.thing_names)),
+                    return_exceptions=True,
+                )
+            finally:
+                prepare.shutdown(wait=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         self.devices = [r for r in results if isinstance(r, Member)]
         if failures:
@@ -377,6 +365,7 @@ class Fleet:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._all_looked.wait()
+        self._heap.looked()
 
     async def settle(self, timeout: float = SETTLE_SECONDS) -> bool:
         """Return True once every device is idle (`Engine.idle`), False after `timeout`. A
@@ -482,9 +471,7 @@ class Fleet:
         self._watches.clear()
         for executor in self._store_executors:
             executor.shutdown(wait=True)
-        if self._frozen:
-            self._frozen = False
-            gc.unfreeze()  # the closed devices' cycles are garbage now
+        self._heap.release()  # the closed devices' cycles are garbage now
 
 
 __all__ = [
