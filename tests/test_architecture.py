@@ -19,7 +19,8 @@ LONG_MODULE_MARKER = "longer than 500 lines"
 """A module over the limit says why in its docstring, with these words."""
 
 BACKENDS = tuple(
-    f"jobs_agent.transport.{name}" for name in ("awscrt", "paho", "greengrass", "local", "factory")
+    f"jobs_agent.transport.{name}"
+    for name in ("awscrt", "awscrt_client", "paho", "greengrass", "local", "factory")
 )
 PROTOCOL_CLIENTS = ("jobs_agent.jobs", "jobs_agent.shadow", "jobs_agent.streams")
 """The device's clients of AWS IoT's MQTT APIs, each over the seam (a view of the one link)."""

@@ -468,16 +468,18 @@ async def test_awscrt_connections_share_one_event_loop_thread(
     (issue 18). The CRT's default group has a thread per two processors, idle ones on a larger
     gateway; on this 2-core machine the default has one too, so the test checks what the client
     is built with, and that two real mTLS connections work on it."""
-    from jobs_agent.transport import awscrt
+    from awscrt import mqtt5
 
-    built: list[dict[str, Any]] = []
-    real = awscrt.mqtt5_client_builder.mtls_from_path
+    from jobs_agent.transport import awscrt_client
 
-    def spy(**kwargs: Any) -> Any:
-        built.append(kwargs)
-        return real(**kwargs)
+    built: list[Any] = []
+    real = mqtt5.Client
 
-    monkeypatch.setattr(awscrt.mqtt5_client_builder, "mtls_from_path", spy)
+    def spy(options: Any) -> Any:
+        built.append(options)
+        return real(options)
+
+    monkeypatch.setattr(mqtt5, "Client", spy)
     backend = AwscrtBackend(mosquitto_factory(), _awscrt)
     try:
         first, _ = await backend.connected("gw-loop-1")
@@ -487,5 +489,5 @@ async def test_awscrt_connections_share_one_event_loop_thread(
         assert (await inbox.next()).payload == b"x"
     finally:
         await backend.close()
-    shared = awscrt.client_bootstrap()
-    assert [options["client_bootstrap"] for options in built] == [shared, shared]
+    shared = awscrt_client.client_bootstrap()
+    assert [options.bootstrap for options in built] == [shared, shared]

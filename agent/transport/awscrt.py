@@ -1,8 +1,9 @@
 """The production backend: the AWS CRT MQTT 5 client, mTLS (or SigV4 WebSockets) to AWS IoT Core.
 
-Built with `awsiot.mqtt5_client_builder`, which also sets ALPN `x-amzn-mqtt-ca` by itself when
-the port is 443 (mTLS through firewalls that only open HTTPS); `connection.alpn` therefore only
-asks for port 443 and is refused with any other port rather than silently ignored.
+Its settings (TLS, ALPN on port 443, no SDK metrics, AWS IoT Core's flow control for AWS
+endpoints) are `jobs_agent.transport.awscrt_client`'s, written out from the CRT's own classes
+rather than taken from `awsiot.mqtt5_client_builder` (whose import costs every start-up); the
+builder is imported for WebSockets only.
 
 Sessions: `REJOIN_POST_SUCCESS`, so the first connection of a process starts clean (replies to a
 previous process's requests never reach this one; the Jobs client asks for the current state at
@@ -31,23 +32,6 @@ success, `set_nodelay_on_process_sockets` finds this process's established TCP s
 broker's port through /proc and sets the option on those file descriptors (without taking them
 over). Elsewhere, or if /proc is unreadable, it does nothing and the link is merely slower.
 
-Flow control: `awsiot.mqtt5_client_builder` turns on the CRT's AWS IoT Core flow control
-(`ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS`) unless told otherwise. Its
-client-side throttle spaces operations out to respect IoT Core's per-connection publish rate:
-measured here through mosquitto, a request sent within about 16 ms of the previous operation
-waited until that mark, so every request/reply round trip took 16.5 ms instead of 0.5 ms and a
-job took over 30 ms from creation to its handler. Over the internet the round trip is longer
-than that spacing and the throttle never bites, and IoT Core's limits are real, so it is kept
-for AWS endpoints (`*.amazonaws.com`, `*.amazonaws.com.cn`) and turned off for any other broker
-(`flow_control_for`).
-
-SDK metrics: off (`enable_metrics_collection=False`). With them on, the CRT appends the SDK's
-name, version and platform to the MQTT CONNECT user name, for AWS's own statistics; nothing in
-IoT Core or the Jobs service depends on them, and a user name the broker checks (a custom
-authorizer's) must arrive as written. awsiotsdk finds its version with
-`importlib.metadata.version` at every client build, which cost 2.6 MB resident and 31 ms at
-start-up (issue 18); no option turns them back on, since nothing the agent promises needs them.
-
 TLS failures on the first connection are permanent (bad certificate, unknown CA). When it is the
 *broker's* certificate that fails verification, the CRT's TLS library (s2n) reports it only after
 its 10-30 s "blinding" delay, so such a `connect()` fails at its timeout or after that delay.
@@ -64,9 +48,9 @@ import threading
 from typing import Any
 
 import structlog
-from awscrt import auth, exceptions, http, io, mqtt5
-from awsiot import mqtt5_client_builder
+from awscrt import exceptions, mqtt5
 
+from jobs_agent.transport.awscrt_client import client_options, websocket_client
 from jobs_agent.transport.base import (
     FailureCallback,
     Message,
@@ -95,26 +79,6 @@ STOP_TIMEOUT = 30.0
 """How long a stop may wait for the CRT's confirmation (s2n's blinding delay is up to 30 s)."""
 _STOPPING: set[asyncio.Task[None]] = set()
 """Stops still waiting for the CRT; referenced so neither task nor native client is collected."""
-
-
-def region_from_endpoint(endpoint: str) -> str:
-    """`abc-ats.iot.eu-west-1.amazonaws.com` -> `eu-west-1` (the SigV4 signing region)."""
-    parts = endpoint.split(".")
-    if "iot" in parts:
-        index = parts.index("iot")
-        if index + 1 < len(parts):
-            return parts[index + 1]
-    raise TransportError(
-        f"connection.region: cannot be derived from the endpoint {endpoint!r}; set it explicitly"
-    )
-
-
-def flow_control_for(endpoint: str) -> mqtt5.ExtendedValidationAndFlowControlOptions:
-    """IoT Core's client-side limits for AWS endpoints only (see the module docstring)."""
-    host = endpoint.rstrip(".").lower()
-    if host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
-        return mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
-    return mqtt5.ExtendedValidationAndFlowControlOptions.NONE
 
 
 def _crt_error(what: str, exc: exceptions.AwsCrtError) -> TransportError:
@@ -168,19 +132,6 @@ def keep_thread_state() -> None:
     _KEPT.add(ident)
 
 
-@functools.cache
-def client_bootstrap() -> io.ClientBootstrap:
-    """The process's CRT event loop, one thread, shared by its connections (an agent has one).
-
-    Without it the CRT makes its default group with one thread per two processors: one on this
-    2-core machine, but three idle threads more on an 8-core gateway, each with its stack and
-    its allocator arena (issue 18). Its DNS resolver is made on the same group, as the default
-    one is.
-    """
-    group = io.EventLoopGroup(1)
-    return io.ClientBootstrap(group, io.DefaultHostResolver(group))
-
-
 class AwscrtTransport(Transport):
     def __init__(self, config: AwscrtOptions, client_id: str) -> None:
         super().__init__()
@@ -211,48 +162,16 @@ class AwscrtTransport(Transport):
     # -- construction ------------------------------------------------------------------------
     def _build(self) -> mqtt5.Client:
         cfg = self.config
-        options: dict[str, Any] = {
-            "endpoint": cfg.endpoint,
-            "port": cfg.port,
-            "client_id": self.client_id,
-            "keep_alive_interval_sec": cfg.keepalive_seconds,
-            # The CRT insists that the keep-alive exceeds the ping timeout (default 30 s).
-            "ping_timeout_ms": min(30_000, cfg.keepalive_seconds * 1000 // 2),
-            "session_expiry_interval_sec": cfg.session_expiry_seconds,
-            "session_behavior": mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
-            "offline_queue_behavior": mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
-            "retry_jitter_mode": mqtt5.ExponentialBackoffJitterMode.FULL,
-            "extended_validation_and_flow_control_options": flow_control_for(cfg.endpoint),
-            "min_reconnect_delay_ms": max(1, int(cfg.reconnect_min_seconds * 1000)),
-            "max_reconnect_delay_ms": max(1, int(cfg.reconnect_max_seconds * 1000)),
-            "on_publish_received": self._crt_publish_received,
-            "on_lifecycle_connection_success": self._crt_connection_success,
-            "on_lifecycle_connection_failure": self._crt_connection_failure,
-            "on_lifecycle_disconnection": self._crt_disconnection,
-            "on_lifecycle_stopped": self._crt_stopped,
-            "client_bootstrap": client_bootstrap(),
-            # No SDK metrics in the CONNECT user name: see "SDK metrics" above.
-            "enable_metrics_collection": False,
-        }
-        if cfg.ca is not None:
-            options["ca_filepath"] = str(cfg.ca)
-        if cfg.username:
-            options["username"] = cfg.username
-            options["password"] = cfg.password.encode() if cfg.password else None
-        if cfg.proxy_host:
-            options["http_proxy_options"] = http.HttpProxyOptions(cfg.proxy_host, cfg.proxy_port)
         try:
+            options = client_options(cfg, self.client_id)
+            options.on_publish_callback_fn = self._crt_publish_received
+            options.on_lifecycle_event_connection_success_fn = self._crt_connection_success
+            options.on_lifecycle_event_connection_failure_fn = self._crt_connection_failure
+            options.on_lifecycle_event_disconnection_fn = self._crt_disconnection
+            options.on_lifecycle_event_stopped_fn = self._crt_stopped
             if cfg.websocket:
-                return mqtt5_client_builder.websockets_with_default_aws_signing(
-                    region=cfg.region or region_from_endpoint(cfg.endpoint),
-                    credentials_provider=auth.AwsCredentialsProvider.new_default_chain(
-                        client_bootstrap()
-                    ),
-                    **options,
-                )
-            return mqtt5_client_builder.mtls_from_path(
-                cert_filepath=str(cfg.cert), pri_key_filepath=str(cfg.key), **options
-            )
+                return websocket_client(cfg, options)
+            return mqtt5.Client(options)
         except (exceptions.AwsCrtError, OSError) as exc:
             raise TransportError(
                 f"awscrt transport: cannot set up TLS (ca={cfg.ca}, cert={cfg.cert},"
@@ -466,4 +385,4 @@ class AwscrtTransport(Transport):
                 self._call(on_failure, refusal)
 
 
-__all__ = ["AwscrtTransport", "flow_control_for", "region_from_endpoint"]
+__all__ = ["AwscrtTransport"]

@@ -1,0 +1,168 @@
+"""The settings of the awscrt backend's MQTT 5 client, written out as `awscrt.mqtt5.ClientOptions`.
+
+awsiotsdk's `awsiot.mqtt5_client_builder` fills these in for AWS IoT Core, but importing it
+imports the whole `awsiot` package (the CRT's MQTT 3.1.1 client, its request-response client):
+0.77 MB resident and 96 M instructions (callgrind, 9 % of a process importing asyncio,
+structlog and this backend) at every start-up, for a dozen settings (issue 18). So the mTLS
+client, the one nearly every device uses, is built here from the CRT's own classes, with each
+setting the builder makes that matters to AWS IoT Core (awsiotsdk 1.31,
+https://aws.github.io/aws-iot-device-sdk-python-v2/awsiot/mqtt5_client_builder.html):
+
+- TLS: the certificate and key from their files (`TlsContextOptions` with mutual TLS), the CA
+  file in place of the system's trust store when `connection.ca` is set, the CRT's default
+  cipher preference and TLS versions (the builder sets `TlsCipherPref.DEFAULT`, the default).
+- ALPN `x-amzn-mqtt-ca` on port 443, as the builder sets it by itself (when the CRT has ALPN):
+  AWS IoT Core's default endpoint configuration authenticates MQTT with an X.509 client
+  certificate on 443 only with that protocol name in the ClientHello ("Device communication
+  protocols", https://docs.aws.amazon.com/iot/latest/developerguide/protocols.html). On 8883 no
+  ALPN is sent, as before. `connection.alpn` asks for port 443 and is refused with another port.
+- SDK metrics: off (`disable_metrics`; with it unset the CRT itself appends the SDK's name,
+  version and platform to the CONNECT user name, for AWS's own statistics). Nothing in IoT Core
+  or the Jobs service depends on them, a user name the broker checks (a custom authorizer's
+  query string) must arrive as written, and the builder's version look-up
+  (`importlib.metadata`) cost 2.6 MB resident and 31 ms at start-up. The user name (empty when
+  none is configured, as the builder makes it) and the password are sent as written.
+- Flow control: the builder's default is the CRT's AWS IoT Core limits
+  (`ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS`: at most 8 subscriptions per
+  SUBSCRIBE, 100 publishes/s, 512 KB/s out). Its throttle spaces operations out: measured here
+  through mosquitto, a request sent within about 16 ms of the previous operation waited until
+  that mark, so a request/reply round trip took 16.5 ms instead of 0.5 ms. Over the internet
+  the round trip is longer than that spacing and IoT Core's limits are real, so it is kept for
+  AWS endpoints (`*.amazonaws.com`, `*.amazonaws.com.cn`) and off for any other broker
+  (`flow_control_for`).
+- Topic aliasing, CONNACK and socket connect timeouts, ack timeout, the time connected before
+  the reconnect delay resets: the builder leaves them unset (the CRT's defaults), so does this.
+- Keep-alive, session behaviour, offline queue, reconnect backoff and jitter: the agent's own
+  choices (the backend's docstring says why), passed as the builder would pass them.
+
+WebSockets signed with SigV4 (`connection.websocket`) still go through the builder, imported
+only then: that path's handshake signing is not covered by a broker here (the test mosquitto is
+built without WebSockets), and the builder is the reference for it. The builder fills in only
+what the options given to it leave unset: the TLS context (ALPN `http/1.1` on 443), the signing
+transform. awsiotsdk's custom-authorizer builders (ALPN `mqtt` without a client certificate)
+have no configuration here: `connection.cert` and `.key` are required without WebSockets.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from awscrt import http, io, mqtt5
+
+from jobs_agent.transport.base import TransportError
+from jobs_agent.transport.options import AwscrtOptions
+
+ALPN_PORT = 443
+MQTT_ALPN = "x-amzn-mqtt-ca"
+"""AWS IoT Core's ALPN protocol name for MQTT with an X.509 client certificate on port 443."""
+PING_TIMEOUT_MS = 30_000
+"""The CRT's default, lowered for a short keep-alive: it must stay below the keep-alive."""
+
+
+def region_from_endpoint(endpoint: str) -> str:
+    """`abc-ats.iot.eu-west-1.amazonaws.com` -> `eu-west-1` (the SigV4 signing region)."""
+    parts = endpoint.split(".")
+    if "iot" in parts:
+        index = parts.index("iot")
+        if index + 1 < len(parts):
+            return parts[index + 1]
+    raise TransportError(
+        f"connection.region: cannot be derived from the endpoint {endpoint!r}; set it explicitly"
+    )
+
+
+def flow_control_for(endpoint: str) -> mqtt5.ExtendedValidationAndFlowControlOptions:
+    """IoT Core's client-side limits for AWS endpoints only (see the backend's docstring)."""
+    host = endpoint.rstrip(".").lower()
+    if host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
+    return mqtt5.ExtendedValidationAndFlowControlOptions.NONE
+
+
+@functools.cache
+def client_bootstrap() -> io.ClientBootstrap:
+    """The process's CRT event loop, one thread, shared by its connections (an agent has one).
+
+    Without it the CRT makes its default group with one thread per two processors: one on this
+    2-core machine, but three idle threads more on an 8-core gateway, each with its stack and
+    its allocator arena (issue 18). Its DNS resolver is made on the same group, as the default
+    one is.
+    """
+    group = io.EventLoopGroup(1)
+    return io.ClientBootstrap(group, io.DefaultHostResolver(group))
+
+
+def mtls_context_options(config: AwscrtOptions) -> io.TlsContextOptions:
+    """Mutual TLS from the certificate and key files, the CA file, ALPN on port 443 (OSError
+    for a file that cannot be read)."""
+    if config.cert is None or config.key is None:
+        raise TransportError("awscrt transport: connection.cert and connection.key are required")
+    tls = io.TlsContextOptions.create_client_with_mtls_from_path(str(config.cert), str(config.key))
+    if config.ca is not None:
+        tls.override_default_trust_store_from_path(None, str(config.ca))
+    if config.port == ALPN_PORT and io.is_alpn_available():
+        tls.alpn_list = [MQTT_ALPN]
+    return tls
+
+
+def connect_packet(config: AwscrtOptions, client_id: str) -> mqtt5.ConnectPacket:
+    """What every CONNECT of the client carries: the user name as written, no SDK metrics; the
+    password with a user name only, as paho's backend sends it."""
+    return mqtt5.ConnectPacket(
+        client_id=client_id,
+        keep_alive_interval_sec=config.keepalive_seconds,
+        session_expiry_interval_sec=config.session_expiry_seconds,
+        username=config.username,
+        password=config.password.encode() if config.username and config.password else None,
+    )
+
+
+def client_options(config: AwscrtOptions, client_id: str) -> mqtt5.ClientOptions:
+    """The client's settings, callbacks aside; with the mTLS context unless over WebSockets,
+    where the builder makes its own (`websocket_client`)."""
+    options = mqtt5.ClientOptions(
+        host_name=config.endpoint,
+        port=config.port,
+        bootstrap=client_bootstrap(),
+        connect_options=connect_packet(config, client_id),
+        session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
+        extended_validation_and_flow_control_options=flow_control_for(config.endpoint),
+        offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
+        retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+        min_reconnect_delay_ms=max(1, int(config.reconnect_min_seconds * 1000)),
+        max_reconnect_delay_ms=max(1, int(config.reconnect_max_seconds * 1000)),
+        ping_timeout_ms=min(PING_TIMEOUT_MS, config.keepalive_seconds * 1000 // 2),
+        disable_metrics=True,
+    )
+    if config.proxy_host:
+        options.http_proxy_options = http.HttpProxyOptions(config.proxy_host, config.proxy_port)
+    if not config.websocket:
+        options.tls_ctx = io.ClientTlsContext(mtls_context_options(config))
+    return options
+
+
+def websocket_client(config: AwscrtOptions, options: mqtt5.ClientOptions) -> mqtt5.Client:
+    """MQTT over WebSockets, the handshake signed with SigV4 from the default credential chain,
+    through awsiotsdk's builder (see above: imported only for this path)."""
+    from awscrt import auth
+    from awsiot import mqtt5_client_builder
+
+    return mqtt5_client_builder.websockets_with_default_aws_signing(
+        region=config.region or region_from_endpoint(config.endpoint),
+        credentials_provider=auth.AwsCredentialsProvider.new_default_chain(client_bootstrap()),
+        client_options=options,
+        endpoint=config.endpoint,
+        username=config.username,
+        ca_filepath=str(config.ca) if config.ca is not None else None,
+        enable_metrics_collection=False,
+    )
+
+
+__all__ = [
+    "client_bootstrap",
+    "client_options",
+    "flow_control_for",
+    "mtls_context_options",
+    "region_from_endpoint",
+    "websocket_client",
+]
