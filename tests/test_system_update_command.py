@@ -22,9 +22,11 @@ DEADLINE = 10.0
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie counts as gone). A process that ends between the open and the read
+    makes the read fail with ESRCH (ProcessLookupError): gone too."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
     return stat[stat.rfind(")") + 2] != "Z"
 
