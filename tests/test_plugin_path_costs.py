@@ -539,15 +539,7 @@ async def test_a_notify_as_long_as_the_limit_builds_no_execution_references(
         return refs
 
     monkeypatch.setattr(engine_engine, "named", counted)
-    with captured_logs("warning"):
-        async with running_agent(tmp_path, _config(tmp_path)) as harness:
-            jobs = [f"deep-{number}" for number in range(NOTIFY_LIST_LIMIT + 5)]
-            for job_id in jobs:  # queued in one go: the agent reads nothing in between
-                harness.service.create_job(job_id, [THING], {"operation": "quiet"})
-            for job_id in jobs:
-                execution = await harness.wait_terminal(job_id)
-                assert str(execution.status) == "SUCCEEDED", execution.status_details
-            harness.assert_alive()
+    await _drain_a_deep_queue(tmp_path)
     assert long_events > 0
     assert built_for_long == 0
     assert short_events > 0 and built_for_short > 0
@@ -569,6 +561,16 @@ async def test_a_deep_queue_s_notify_is_not_decoded(
 
     monkeypatch.setattr(jobs_events, "decode_object", counted)  # events, and `UnreadBody`'s
     monkeypatch.setattr(jobs_client, "decode_object", counted)  # replies
+    stats = await _drain_a_deep_queue(tmp_path)
+    notifies = [p for p in decoded if p.startswith(b'{"jobs"')]
+    assert [p for p in notifies if p.count(b'"jobId"') >= NOTIFY_LIST_LIMIT] == []
+    assert notifies  # the short ones, once the queue is shallow
+    assert stats.events_dropped == 0
+
+
+async def _drain_a_deep_queue(tmp_path: Path) -> Any:
+    """`NOTIFY_LIST_LIMIT` + 5 plugin jobs queued in one go on a real agent, each SUCCEEDED;
+    the Jobs client's stats after."""
     with captured_logs("warning"):
         async with running_agent(tmp_path, _config(tmp_path)) as harness:
             jobs = [f"deep-{number}" for number in range(NOTIFY_LIST_LIMIT + 5)]
@@ -578,8 +580,4 @@ async def test_a_deep_queue_s_notify_is_not_decoded(
                 execution = await harness.wait_terminal(job_id)
                 assert str(execution.status) == "SUCCEEDED", execution.status_details
             harness.assert_alive()
-            stats = harness.agent.engine.client.stats  # type: ignore[union-attr]
-    notifies = [p for p in decoded if p.startswith(b'{"jobs"')]
-    assert [p for p in notifies if p.count(b'"jobId"') >= NOTIFY_LIST_LIMIT] == []
-    assert notifies  # the short ones, once the queue is shallow
-    assert stats.events_dropped == 0
+            return harness.agent.engine.client.stats  # type: ignore[union-attr]
