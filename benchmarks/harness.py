@@ -665,6 +665,13 @@ class Session:
         its figures mean nothing."""
         self._baseline_tree: Tree | None = None
         self.current = Tree.checkout(self.root / "current")
+        self._rounds: dict[str, int] = {}
+
+    def next_round(self, benchmark: str) -> int:
+        """1, 2, ...: the how-manyth run of `benchmark` in this session (`--runs`), so that a
+        benchmark can change its order from round to round (drain: who drains first)."""
+        self._rounds[benchmark] = self._rounds.get(benchmark, 0) + 1
+        return self._rounds[benchmark]
 
     def baseline_tree(self) -> Tree | None:
         """The `--baseline` ref's code, extracted (and compiled) once per session."""
