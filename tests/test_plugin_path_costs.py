@@ -28,6 +28,8 @@ from jobs_agent.jobs import client as jobs_client
 from jobs_agent.jobs import events as jobs_events
 from jobs_agent.jobs import topics as jobs_topics
 from jobs_agent.jobs.events import NOTIFY_LIST_LIMIT
+from jobs_agent.transport import local as bus_local
+from jobs_agent.transport.topics import levels_match
 from tests.helpers.agent_harness import (
     THING,
     captured_logs,
@@ -262,6 +264,33 @@ async def test_the_topics_of_every_job_are_parsed_and_built_once(
         f"$aws/things/{THING}/jobs/quiet-{n}/update/accepted" for n in range(3)
     ]
     assert [job for *_, job in built] == [f"quiet-{n}" for n in range(3)]
+
+
+async def test_the_bus_matches_filters_only_for_the_topics_that_name_the_job(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local bus keeps each topic's route: notify, notify-next, start-next and its reply
+    come on the same topics every job and are not matched against the wildcard filters again
+    (15 level matches a job before, issue 18). Only a job's update and the update's reply are."""
+    matched: list[str] = []
+
+    def counted(filter_levels: list[str], topic_levels: list[str]) -> bool:
+        matched.append("/".join(topic_levels))
+        return levels_match(filter_levels, topic_levels)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            monkeypatch.setattr(bus_local, "levels_match", counted)
+            for number in range(3):
+                execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                assert str(execution.status) == "SUCCEEDED"
+            monkeypatch.undo()
+    jobs = f"$aws/things/{THING}/jobs"
+    assert set(matched) == {
+        f"{jobs}/quiet-{n}/{kind}" for n in range(3) for kind in ("update", "update/accepted")
+    }
+    assert len(matched) <= 3 * 6  # each of those two topics against the three wildcard filters
 
 
 async def test_a_job_asks_no_abstract_class_about_plain_json_in_redact_codec_or_windows(

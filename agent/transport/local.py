@@ -4,7 +4,8 @@
 per matching client however many of its filters match, as MQTT requires) but never touches a
 socket: a publish schedules the subscribers' callbacks with `loop.call_soon`, in publish order,
 without a task per message. That is what lets the in-process drain benchmark run hundreds of jobs
-per second.
+per second. A topic's route is kept until a subscription changes: most of a job's messages go to
+topics every job shares.
 
 Sessions behave like persistent MQTT sessions across an outage: `set_online(False)` (or
 `drop_all()`) drops every connection, the transports see connection-lost, and on restore they
@@ -36,6 +37,11 @@ from jobs_agent.transport.topics import (
 
 __all__ = ["LocalBus", "LocalTransport", "topic_matches"]
 
+ROUTE_CACHE_LIMIT = 64
+"""Topics whose routes the bus keeps. A job's own topics (its update and the reply) are new for
+every job, so the cache is emptied when it reaches this many; the topics every job shares
+(notify, notify-next, start-next and its reply) are routed again once per emptying."""
+
 
 @dataclass(eq=False)
 class _Session:
@@ -58,6 +64,8 @@ class LocalBus:
         # Routing indexes: exact topic -> sessions, and wildcard filters pre-split into levels.
         self._exact: dict[str, set[_Session]] = {}
         self._wild: dict[tuple[str, _Session], list[str]] = {}
+        self._routes: dict[str, tuple[_Session, ...]] = {}
+        """`_route`'s answers by topic, valid until a filter is added or removed."""
         self._waiting: set[LocalTransport] = set()
         self.published = 0
         """Messages accepted by the bus (for tests and the benchmark)."""
@@ -167,6 +175,7 @@ class LocalBus:
         if topic_filter in session.filters:
             return
         session.filters.add(topic_filter)
+        self._routes.clear()
         if has_wildcard(topic_filter):
             self._wild[(topic_filter, session)] = topic_filter.split("/")
         else:
@@ -176,6 +185,7 @@ class LocalBus:
         if topic_filter not in session.filters:
             return
         session.filters.discard(topic_filter)
+        self._routes.clear()
         if has_wildcard(topic_filter):
             self._wild.pop((topic_filter, session), None)
         else:
@@ -210,8 +220,20 @@ class LocalBus:
                 else:
                     session.pending.append(message)
 
-    def _route(self, topic: str) -> list[_Session]:
-        """Sessions to deliver to, each once, in a stable order."""
+    def _route(self, topic: str) -> tuple[_Session, ...]:
+        """Sessions to deliver to, each once, in a stable order.
+
+        Most of a job's messages go to the same few topics every job: their routes are kept
+        (`_routes`) rather than every wildcard filter matched level by level again (issue 18).
+        """
+        targets = self._routes.get(topic)
+        if targets is None:
+            if len(self._routes) >= ROUTE_CACHE_LIMIT:
+                self._routes.clear()
+            targets = self._routes[topic] = tuple(self._match(topic))
+        return targets
+
+    def _match(self, topic: str) -> list[_Session]:
         exact = self._exact.get(topic)
         targets: list[_Session] = list(exact) if exact else []
         if self._wild:
