@@ -327,8 +327,9 @@ def order(round_number: int, baseline: bool) -> list[str]:
     baseline swap places each round, the perfect agent is always last.
 
     With the same code on both sides (`--baseline HEAD`), a fixed order read now / before
-    0.85x-1.07x on agent rows and 1.18x on the emulator's CPU per paho script job, "now" worse
-    three runs out of three: the place in the round, not the code, made the difference. Over
+    0.85x-1.07x on agent rows and 1.18x on the emulator's CPU per paho script job, and "now"
+    read worse on paho scripts in three runs out of three: the place in the round is suspected
+    (one run of the same code is not proof), and alternating takes it out either way. Over
     the drain's two default runs the swap gives each side each place once. The perfect agent
     keeps the place it held in every earlier run, so its floor stays comparable with theirs."""
     if not baseline:
