@@ -256,8 +256,7 @@ class Sandbox:
                 spec, env, executable, group, result, cancelled,
                 _Outputs(log, on_message, on_bad_line, stdout_sinks, stderr_sinks, replies),
             )  # fmt: skip
-            launcher = self.launcher if executable.by_name else None
-            if launcher is not None and launcher.serves(spec.user, executable.by_name):
+            if self._chain_for(spec, executable) is not None:
                 self._chain_failure(result, program, executable)
             return result
         finally:
@@ -338,11 +337,10 @@ class Sandbox:
         cwd = spec.cwd
         if cwd is None or not cwd.is_dir():
             cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
-        launcher = self.launcher if executable.by_name else None
-        chained = launcher is not None and launcher.serves(spec.user, executable.by_name)
+        launcher = self._chain_for(spec, executable)
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)
         reply = os.pipe() if replies is not None else None
-        if chained:
+        if launcher is not None:
             pipes[2] = (pipes[2][0], passable(pipes[2][1]))
             if reply is not None:
                 reply = (passable(reply[0]), reply[1])
@@ -351,7 +349,7 @@ class Sandbox:
             pipes[0][1], pipes[1][1], pipes[2][1], None if reply is None else reply[0],
         )  # fmt: skip
         try:
-            if launcher is not None and chained:
+            if launcher is not None:
                 process = start_chained(launcher, child)
             else:
                 process = start_forked(child)
@@ -398,6 +396,12 @@ class Sandbox:
         asked for scripts only (binaries never take it), so it is looked up and logged once,
         at the first script."""
         return launcher_for(self.search_path)
+
+    def _chain_for(self, spec: ProcessSpec, executable: CheckedExecutable) -> Launcher | None:
+        """The chain starting this step; None: forked (a binary, or no `setpriv` to switch)."""
+        launcher = self.launcher if executable.by_name else None
+        served = launcher is not None and launcher.serves(spec.user, executable.by_name)
+        return launcher if served else None
 
     def _spawn_failure(self, spec: ProcessSpec, exc: Exception) -> str:
         if isinstance(exc, OSError):
