@@ -169,6 +169,10 @@ class Store:
             self._make_schema()
             row = self._db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
             self.database_id: str = str(row[0])
+            self._cursor = self._db.cursor()
+            """Every statement a job runs goes through this one cursor, used under `_lock`
+            only: `Connection.execute` makes a cursor per statement (17 a plugin job, about
+            1 us each here; issue 18). Each `execute` resets the statement it last ran."""
             info = os.stat(path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the state database {path}: {exc}") from exc
@@ -417,11 +421,13 @@ class Store:
         only when it changes (statements less per write)."""
         if durable != self._durable:
             self._durable = None  # unknown if the statement below fails
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
         if checkpoint != self._checkpoints:
             self._checkpoints = None
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoint else 0}")
+            self._cursor.execute(
+                f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoint else 0}"
+            )
             self._checkpoints = checkpoint
 
     def _commit(
@@ -434,30 +440,31 @@ class Store:
         statements (a pending start record) and before the others. The rows the last statement
         returns (`RETURNING`) are kept in `_returned`, read before the COMMIT (a statement
         still stepping would hold the transaction open)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        cursor = self._cursor
+        cursor.execute("BEGIN IMMEDIATE")
         try:
             rows: list[tuple[Any, ...]] = []
             for index, (sql, params) in enumerate(statements):
                 checked = transition if index == checked_after else None
                 if checked is not None and not checked.guarded:
                     self._check_transition(checked.key, checked.state)
-                cursor = self._db.execute(sql, params)
+                cursor.execute(sql, params)
                 rows = cursor.fetchall()  # before `rowcount`, which RETURNING sets only then
                 if checked is not None and checked.guarded and cursor.rowcount != 1:
                     self._check_transition(checked.key, checked.state)
             if len(statements) <= checked_after and transition is not None:
                 self._check_transition(transition.key, transition.state)
             self._returned = rows
-            self._db.execute("COMMIT")
+            cursor.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (SQLITE_FULL) has already rolled back: rolling back again would
             # raise "no transaction is active" and hide the real cause.
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                cursor.execute("ROLLBACK")
             raise
 
     def _check_transition(self, key: ExecutionRef, new: ExecutionState) -> None:
-        row = self._db.execute(
+        row = self._cursor.execute(
             f"SELECT state FROM executions WHERE {self._WHERE_KEY}", self._key_params(key)
         ).fetchone()
         old = None if row is None else execution_state(row[0])
@@ -478,7 +485,7 @@ class Store:
             ):
                 self._write_locked([], None, durable=False)  # what was taken is read too
             try:
-                return self._db.execute(sql, params).fetchall()
+                return self._cursor.execute(sql, params).fetchall()
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
 
