@@ -77,7 +77,7 @@ def _check_connection_files(config: AgentConfig, findings: Findings) -> None:
 
 def _check_handler_dir(config: AgentConfig, findings: Findings) -> None:
     from jobs_agent.dispatch.paths import check_trusted
-    from jobs_agent_handlers.api import JobRejected
+    from jobs_agent_handlers.outcome import JobRejected
 
     directory = config.jobs.handler_dir
     if not directory.exists():

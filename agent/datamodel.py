@@ -96,18 +96,14 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
         made.__dataclass_params__.frozen = True
     if own_init:
         _give_init(made, fields, frozen=frozen, slots=slots, documented=documented)
-    made.__model_repr__ = tuple(f.name for f in fields if f.repr)
-    made.__model_compared__ = _values([f.name for f in fields if f.compare])
+    made.__model__ = None  # its `_Plan`, made at the first use of a shared method
     if "__repr__" in shared:
         made.__repr__ = _repr
     if "__eq__" in shared:
         made.__eq__ = _eq
     if not explicit_hash:
-        hashed = [f.name for f in fields if (f.compare if f.hash is None else f.hash)]
-        made.__model_hashed__ = _values(hashed)
         made.__hash__ = _hash if frozen else None
     if frozen and _only_object_sets(made):
-        made.__model_frozen__ = frozenset(f.name for f in fields)
         made.__setattr__ = _frozen_setattr
         made.__delattr__ = _frozen_delattr
     return made  # type: ignore[no-any-return]
@@ -292,48 +288,85 @@ def _only_object_sets(cls: type) -> bool:
     shared frozen methods: then the generated methods' `super().__setattr__` is `object`'s."""
     return all(
         klass is object
-        or "__model_frozen__" in vars(klass)
+        or vars(klass).get("__setattr__") is _frozen_setattr
         or not {"__setattr__", "__delattr__"} & vars(klass).keys()
         for klass in cls.__mro__[1:]
     )
 
 
-def _values(names: list[str]) -> staticmethod[[Any], tuple[Any, ...]]:
+def _values(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
     """The tuple of an instance's values of `names`: what the generated methods compare and
     hash (`attrgetter` of one name gives the value itself, not its 1-tuple)."""
     if len(names) == 1:
         (name,) = names
-        return staticmethod(lambda instance: (getattr(instance, name),))
+        return lambda instance: (getattr(instance, name),)
     if not names:
-        return staticmethod(lambda instance: ())
-    return staticmethod(attrgetter(*names))
+        return lambda instance: ()
+    return attrgetter(*names)
+
+
+class _Plan:
+    """What the shared methods read of a model's fields: made from `dataclasses.fields` at the
+    first call of one of them on the model (or a class below it that is not a model), and kept
+    in the model's `__model__`, which is None until then. Four class attributes set when the
+    class was defined cost 1.9 kB a class (the class's dict grows past its first size:
+    tracemalloc, a model of five fields 6.1 -> 4.2 kB), for methods most models of an idle
+    agent never call (issue 18)."""
+
+    __slots__ = ("compared", "fields", "hashed", "shown")
+
+    def __init__(self, model: type) -> None:
+        fields = dataclasses.fields(model)
+        self.shown = tuple(f.name for f in fields if f.repr)
+        self.compared = _values([f.name for f in fields if f.compare])
+        hashed = [f.name for f in fields if (f.compare if f.hash is None else f.hash)]
+        self.hashed = _values(hashed)
+        self.fields = frozenset(f.name for f in fields)
+
+
+def _plan(cls: type) -> _Plan:
+    """The plan of the model `cls` is or is below (the nearest class that `@model` made),
+    made now if it was not yet (two threads making it at once both make it; one stays)."""
+    model = next(klass for klass in cls.__mro__ if "__model__" in vars(klass))
+    plan = vars(model)["__model__"]
+    if plan is None:
+        plan = _Plan(model)
+        type.__setattr__(model, "__model__", plan)
+    return plan  # type: ignore[no-any-return]
 
 
 @reprlib.recursive_repr()  # "..." for a model inside itself, as dataclasses' own
 def _repr(self: Any) -> str:
-    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__model_repr__)
+    plan = self.__model__ or _plan(self.__class__)
+    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in plan.shown)
     return f"{self.__class__.__qualname__}({shown})"
 
 
 def _eq(self: Any, other: Any) -> Any:
     if other.__class__ is self.__class__:
-        return self.__model_compared__(self) == self.__model_compared__(other)
+        compared = (self.__model__ or _plan(self.__class__)).compared
+        return compared(self) == compared(other)
     return NotImplemented
 
 
 def _hash(self: Any) -> int:
-    return hash(self.__model_hashed__(self))
+    return hash((self.__model__ or _plan(self.__class__)).hashed(self))
+
+
+def _frozen(cls: type, name: str) -> bool:
+    """Whether the shared pair refuses to set or delete `name` on an instance of `cls`: any
+    name on a frozen model itself, its fields on a class below it that is not one (as the
+    generated pair: `type(self) is cls or name in fields`)."""
+    return "__model__" in vars(cls) or name in _plan(cls).fields
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:
-    cls = self.__class__
-    if "__model_frozen__" in vars(cls) or name in cls.__model_frozen__:
+    if _frozen(self.__class__, name):
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
     object.__setattr__(self, name, value)
 
 
 def _frozen_delattr(self: Any, name: str) -> None:
-    cls = self.__class__
-    if "__model_frozen__" in vars(cls) or name in cls.__model_frozen__:
+    if _frozen(self.__class__, name):
         raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
     object.__delattr__(self, name)

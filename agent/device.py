@@ -26,13 +26,13 @@ from jobs_agent.jobs.client import JobsClient
 from jobs_agent.shadow.first_use import FirstUseShadowClient
 from jobs_agent.transport import Transport
 from jobs_agent.transport.shared import SharedLink
-from jobs_agent_handlers.api import Handler, Outcome
 
 if TYPE_CHECKING:
     from jobs_agent.consent.server import ConsentDesk
     from jobs_agent.dispatch.router import Dispatcher
     from jobs_agent.engine.context import EngineJobContext
     from jobs_agent.shadow.client import ShadowClient
+    from jobs_agent_handlers.api import Handler, Outcome
 
 STATE_DATABASE = "state.db"
 

@@ -25,92 +25,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from jobs_agent.datamodel import model
+from jobs_agent_handlers.outcome import POINT_OF_NO_RETURN as POINT_OF_NO_RETURN
+from jobs_agent_handlers.outcome import JobDeferred as JobDeferred
+from jobs_agent_handlers.outcome import JobFailed as JobFailed
+from jobs_agent_handlers.outcome import JobRejected as JobRejected
+from jobs_agent_handlers.outcome import Outcome as Outcome
+from jobs_agent_handlers.outcome import TerminalStatus as TerminalStatus
+from jobs_agent_handlers.outcome import point_of_no_return as point_of_no_return
 
 if TYPE_CHECKING:
     from jobs_agent.transport import Transport
-
-TerminalStatus = Literal["SUCCEEDED", "FAILED", "REJECTED"]
-
-POINT_OF_NO_RETURN = "pointOfNoReturn"
-"""A checkpoint key: a resumable handler whose checkpoint (a mapping) holds a reason under it
-is past its point of no return (an A/B update that has switched slots). The engine then carries
-it to its end even when the service ends the execution meanwhile: it does not stop the handler,
-reboots when asked, and runs it again after the boot, reporting the outcome once (which the
-service refuses, and the record keeps). Where the engine would fail it on its own (a reboot
-that did not happen), it runs the handler again instead, which decides; and the plugin time
-limit no longer stops it, so it must bound its own steps (docs/handlers.md)."""
-
-
-def point_of_no_return(checkpoint: Any) -> str | None:
-    """The reason a checkpoint gives for being past its point of no return, or None."""
-    if isinstance(checkpoint, Mapping):
-        reason = checkpoint.get(POINT_OF_NO_RETURN)
-        if isinstance(reason, str) and reason:
-            return reason
-    return None
-
-
-class JobFailed(Exception):
-    """End the job FAILED with `reason` (and optional extra statusDetails)."""
-
-    def __init__(self, reason: str, **details: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.details = details
-
-
-class JobRejected(Exception):
-    """End the job REJECTED: the document is invalid or not meant for this device."""
-
-    def __init__(self, reason: str, **details: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.details = details
-
-
-class JobDeferred(Exception):
-    """Not now: ask again at `until` (epoch seconds), or `after` seconds, or (`window`) at the
-    next maintenance window; none of them: after `jobs.defer_default_seconds`. `reason` goes to
-    statusDetails. Not an outcome: the execution waits IN_PROGRESS and the handler runs again."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        until: float | None = None,
-        after: float | None = None,
-        window: bool = False,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.until = until
-        self.after = after
-        self.window = window
-
-
-@model(slots=True)
-class Outcome:
-    """What a job ended with, before sanitising to the statusDetails limits."""
-
-    status: TerminalStatus
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def succeeded(cls, **details: Any) -> Outcome:
-        return cls("SUCCEEDED", details)
-
-    @classmethod
-    def failed(cls, reason: str, **details: Any) -> Outcome:
-        return cls("FAILED", {"reason": reason, **details})
-
-    @classmethod
-    def rejected(cls, reason: str, **details: Any) -> Outcome:
-        return cls("REJECTED", {"reason": reason, **details})
 
 
 class Logger(Protocol):

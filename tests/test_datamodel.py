@@ -573,3 +573,27 @@ def test_a_model_with_an_init_of_its_own_keeps_it(frozen: bool) -> None:
 
     assert make(_model) == make(_dataclass)
     assert make(_model)[:2] == (True, 4)
+
+
+def test_a_model_holds_what_its_shared_methods_read_only_once_one_is_called() -> None:
+    """Defining a model adds one name to its class (`__model__`, None) for the shared methods,
+    not the four tuples and getters they read (1.9 kB a class of five fields: its dict grows
+    past its first size; issue 18): those are made at the first print, comparison, hash or
+    refused change, for the model and kept there; a class below a model that is not one reads
+    its model's, and a model below another makes its own."""
+    made = documented(_model)
+    ref, base, derived = made["Ref"], made["Base"], made["Derived"]
+    for cls in made.values():
+        assert vars(cls)["__model__"] is None
+        assert {name for name in vars(cls) if name.startswith("__model")} == {"__model__"}
+    assert repr(ref(None)).endswith("Ref(namespace=None, job_id='j', seen=[])")
+    assert vars(ref)["__model__"] is not None
+    assert vars(base)["__model__"] is vars(derived)["__model__"] is None
+    below = type("Below", (base,), {})
+    assert hash(below(1)) == hash(base(1))  # the plan made is the model's, for both
+    assert vars(base)["__model__"] is not None and "__model__" not in vars(below)
+    assert derived(1, "y") == derived(1, "y") and derived(1, "y") != derived(1, "z")
+    assert vars(derived)["__model__"] is not vars(base)["__model__"]
+    assert vars(derived)["__model__"].shown == ("a", "b")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made["Base"](1).a = 2

@@ -211,6 +211,9 @@ NOT_AT_START = {
     # The windows themselves, when none is configured (their empty set is in `schedule.windows`;
     # loaded with the first job, whose document may name one).
     "jobs_agent.schedule.maintenance",
+    # The handler API's protocols (a handler, its context, the MQTT link it is lent): the engine
+    # reads how a job ends from `jobs_agent_handlers.outcome` (issue 18).
+    "jobs_agent_handlers.api",
     # The other commands, the emulator, and what only an error message needs.
     "jobs_agent.commands.sim",
     "jobs_agent.commands.sim_fleet",

@@ -19,7 +19,7 @@ from pathlib import Path
 import jobs_agent_handlers
 from jobs_agent.datamodel import model
 from jobs_agent.securefs import UntrustedPath, open_executable, open_trusted
-from jobs_agent_handlers.api import JobRejected
+from jobs_agent_handlers.outcome import JobRejected
 
 BUILTIN_SCRIPTS_DIR = Path(jobs_agent_handlers.__file__).resolve().parent / "scripts"
 """Our own implementations of the handlers the AWS managed templates call."""

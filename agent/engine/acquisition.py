@@ -46,7 +46,7 @@ from jobs_agent.vocabulary import (
     ExecutionRef,
     JobExecutionStatus,
 )
-from jobs_agent_handlers.api import Outcome, point_of_no_return
+from jobs_agent_handlers.outcome import Outcome, point_of_no_return
 
 log = structlog.get_logger("jobs_agent.engine")
 

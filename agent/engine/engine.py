@@ -48,13 +48,13 @@ from jobs_agent.inventory.reading import InventorySource
 from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
 from jobs_agent.jobs.errors import JobsError
 from jobs_agent.vocabulary import ExecutionRef
-from jobs_agent_handlers.api import MqttLink
 
 if TYPE_CHECKING:
     from jobs_agent.consent.server import ConsentDesk  # only when the socket is served
     from jobs_agent.engine.runner import Runner  # built at the first job
     from jobs_agent.engine.supervision import Supervisor  # built with the runner
     from jobs_agent.shadow.client import ShadowClient  # built at its first request
+    from jobs_agent_handlers.api import MqttLink
 
 log = structlog.get_logger("jobs_agent.engine")
 

@@ -37,7 +37,7 @@ from jobs_agent.vocabulary import (
     StatusDetails,
     job_execution_status,
 )
-from jobs_agent_handlers.api import Outcome
+from jobs_agent_handlers.outcome import Outcome
 
 if TYPE_CHECKING:
     from jobs_agent.engine.recovery import Settle

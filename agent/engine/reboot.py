@@ -25,7 +25,7 @@ from jobs_agent.jobs.client import JobsClient
 from jobs_agent.jobs.errors import CLOUD_ENDED_CODES, JobsError, JobsRejected
 from jobs_agent.jobs.status_details import sanitize_status_details
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
-from jobs_agent_handlers.api import Outcome
+from jobs_agent_handlers.outcome import Outcome
 
 if TYPE_CHECKING:
     from jobs_agent.engine.progress import ProgressReporter  # built at the first job

@@ -21,10 +21,10 @@ from jobs_agent.engine.crashpoints import CrashPoints
 from jobs_agent.engine.settings import EngineSettings
 from jobs_agent.engine.wakes import Wakes
 from jobs_agent.vocabulary import ExecutionRef
-from jobs_agent_handlers.api import Handler, MqttLink, Outcome
 
 if TYPE_CHECKING:
     from jobs_agent.engine.context import EngineJobContext  # built at the first job
+    from jobs_agent_handlers.api import Handler, MqttLink, Outcome
 
 _T = TypeVar("_T")
 
