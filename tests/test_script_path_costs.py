@@ -453,6 +453,78 @@ async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
         assert result.failure() is not None
 
 
+# -- the step's descriptors on the event loop ---------------------------------------------------
+async def test_a_step_s_pipes_and_exit_take_one_registration_with_the_loop(
+    handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's stdout, stderr, progress pipe and pidfd are watched in an epoll of their
+    own (`StepPoll`): the loop gets one `add_reader` and one `remove_reader` per step, where
+    round 14's step made four of each (about 26 k instructions each, issue 18). What the step
+    wrote still arrives, each stream where it belongs, and its progress line is handled."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    (handler_tree / "speaks.sh").write_text(
+        "#!/bin/sh\necho out\necho err >&2\necho '{\"progress\": 50}' >&3\nexit 3\n"
+    )
+    (handler_tree / "speaks.sh").chmod(0o755)
+    loop = asyncio.get_running_loop()
+    added, removed = Counter(), Counter()
+    monkeypatch.setattr(loop, "add_reader", added.wrap(loop.add_reader))
+    monkeypatch.setattr(loop, "remove_reader", removed.wrap(loop.remove_reader))
+    messages: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        messages.append(message)
+
+    ctx = engine_context(tmp_path / "jobs")
+    spec = ProcessSpec((str(handler_tree / "speaks.sh"),), own_user(), 30, group="costs.poll")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    monkeypatch.undo()
+    assert result.spawn_error is None and result.returncode == 3
+    assert (result.stdout.text(), result.stderr.text()) == ("out\n", "err\n")
+    assert messages == [{"progress": 50}]
+    assert (len(added.calls), len(removed.calls)) == (1, 1)
+
+
+async def test_a_step_poll_skips_a_descriptor_a_callback_stopped_watching() -> None:
+    """Two pipes ready in one wake-up, and whichever callback comes first stops watching both
+    (as a reader's close stops watching its own pipe): the other's callback is not called for
+    a descriptor it no longer owns. Closing twice is harmless."""
+    from jobs_agent.dispatch.pipes import StepPoll
+
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    poll = StepPoll()
+    pipes = [os.pipe(), os.pipe()]
+    calls: list[int] = []
+
+    def callback(index: int) -> Callable[[], None]:
+        def called() -> None:
+            calls.append(index)
+            for read_end, _write_end in pipes:
+                poll.remove_reader(read_end)
+
+        return called
+
+    for index, (read_end, _write_end) in enumerate(pipes):
+        poll.add_reader(read_end, callback(index))
+    try:
+        for _read_end, write_end in pipes:
+            os.write(write_end, b"x")  # both ready before the loop looks
+        await wait_until(lambda: bool(calls), 15, "the poll's callback")
+        await asyncio.sleep(0)
+        assert len(calls) == 1 and errors == []
+        assert poll.remove_reader(pipes[0][0]) is False
+    finally:
+        asyncio.get_running_loop().set_exception_handler(None)
+        poll.close()
+        poll.close()
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
+
+
 def test_checking_a_script_document_asks_no_abstract_class_about_plain_json(
     handler_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
