@@ -487,6 +487,57 @@ async def test_a_step_s_pipes_and_exit_take_one_registration_with_the_loop(
     assert (len(added.calls), len(removed.calls)) == (1, 1)
 
 
+async def test_a_step_s_progress_pipe_paused_and_resumed_through_its_poll_loses_nothing(
+    handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that writes progress lines faster than they are handled: past 128 KiB queued
+    the progress pipe stops being watched (the step then blocks on its next write) and is
+    watched again as the lines are handled, through the step's own epoll now. Every line
+    arrives, in order, and the step ends as it would."""
+    from jobs_agent.dispatch import pipes
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    lines = 3000  # about 360 kB: well past the pause threshold and the pipe's 64 KiB
+    script = (
+        "#!/bin/bash\n"
+        "pad=$(printf '%0100d' 0)\n"
+        f"for ((i = 0; i < {lines}; i++)); do\n"
+        """  printf '{"n": %d, "pad": "%s"}\\n' "$i" "$pad" >&3\n"""
+        "done\n"
+    )
+    (handler_tree / "chatty.sh").write_text(script)
+    (handler_tree / "chatty.sh").chmod(0o755)
+    watched, unwatched = Counter(), Counter()
+    monkeypatch.setattr(pipes.StepPoll, "add_reader", watched.wrap(pipes.StepPoll.add_reader))
+    monkeypatch.setattr(
+        pipes.StepPoll, "remove_reader", unwatched.wrap(pipes.StepPoll.remove_reader)
+    )
+    gate = asyncio.Event()
+    received: list[int] = []
+
+    async def on_message(message: Any) -> None:
+        if not received:
+            await gate.wait()  # the first line is held until the pipe has been paused
+        received.append(message["n"])
+
+    async def open_gate() -> None:
+        # Nothing ends before the pause (the step cannot finish its writes): the first
+        # descriptor the step's poll stops watching is the paused progress pipe.
+        await wait_until(lambda: bool(unwatched.calls), 30, "the progress pipe to be paused")
+        gate.set()
+
+    ctx = engine_context(tmp_path / "jobs")
+    spec = ProcessSpec((str(handler_tree / "chatty.sh"),), own_user(), 60, group="costs.pause")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    opener = asyncio.ensure_future(open_gate())
+    result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    await opener
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    assert received == list(range(lines))
+    progress_fd = unwatched.calls[0][1]
+    assert [call[1] for call in watched.calls].count(progress_fd) >= 2  # watched again
+
+
 async def test_a_step_poll_skips_a_descriptor_a_callback_stopped_watching() -> None:
     """Two pipes ready in one wake-up, and whichever callback comes first stops watching both
     (as a reader's close stops watching its own pipe): the other's callback is not called for
