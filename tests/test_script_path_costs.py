@@ -453,6 +453,129 @@ async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
         assert result.failure() is not None
 
 
+# -- the step's descriptors on the event loop ---------------------------------------------------
+async def test_a_step_s_pipes_and_exit_take_one_registration_with_the_loop(
+    handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's stdout, stderr, progress pipe and pidfd are watched in an epoll of their
+    own (`StepPoll`): the loop gets one `add_reader` and one `remove_reader` per step, where
+    round 14's step made four of each (about 26 k instructions each, issue 18). What the step
+    wrote still arrives, each stream where it belongs, and its progress line is handled."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    (handler_tree / "speaks.sh").write_text(
+        "#!/bin/sh\necho out\necho err >&2\necho '{\"progress\": 50}' >&3\nexit 3\n"
+    )
+    (handler_tree / "speaks.sh").chmod(0o755)
+    loop = asyncio.get_running_loop()
+    added, removed = Counter(), Counter()
+    monkeypatch.setattr(loop, "add_reader", added.wrap(loop.add_reader))
+    monkeypatch.setattr(loop, "remove_reader", removed.wrap(loop.remove_reader))
+    messages: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        messages.append(message)
+
+    ctx = engine_context(tmp_path / "jobs")
+    spec = ProcessSpec((str(handler_tree / "speaks.sh"),), own_user(), 30, group="costs.poll")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    monkeypatch.undo()
+    assert result.spawn_error is None and result.returncode == 3
+    assert (result.stdout.text(), result.stderr.text()) == ("out\n", "err\n")
+    assert messages == [{"progress": 50}]
+    assert (len(added.calls), len(removed.calls)) == (1, 1)
+
+
+async def test_a_step_s_progress_pipe_paused_and_resumed_through_its_poll_loses_nothing(
+    handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that writes progress lines faster than they are handled: past 128 KiB queued
+    the progress pipe stops being watched (the step then blocks on its next write) and is
+    watched again as the lines are handled, through the step's own epoll now. Every line
+    arrives, in order, and the step ends as it would."""
+    from jobs_agent.dispatch import pipes
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    lines = 3000  # about 360 kB: well past the pause threshold and the pipe's 64 KiB
+    script = (
+        "#!/bin/bash\n"
+        "pad=$(printf '%0100d' 0)\n"
+        f"for ((i = 0; i < {lines}; i++)); do\n"
+        """  printf '{"n": %d, "pad": "%s"}\\n' "$i" "$pad" >&3\n"""
+        "done\n"
+    )
+    (handler_tree / "chatty.sh").write_text(script)
+    (handler_tree / "chatty.sh").chmod(0o755)
+    watched, unwatched = Counter(), Counter()
+    monkeypatch.setattr(pipes.StepPoll, "add_reader", watched.wrap(pipes.StepPoll.add_reader))
+    monkeypatch.setattr(
+        pipes.StepPoll, "remove_reader", unwatched.wrap(pipes.StepPoll.remove_reader)
+    )
+    gate = asyncio.Event()
+    received: list[int] = []
+
+    async def on_message(message: Any) -> None:
+        if not received:
+            await gate.wait()  # the first line is held until the pipe has been paused
+        received.append(message["n"])
+
+    async def open_gate() -> None:
+        # Nothing ends before the pause (the step cannot finish its writes): the first
+        # descriptor the step's poll stops watching is the paused progress pipe.
+        await wait_until(lambda: bool(unwatched.calls), 30, "the progress pipe to be paused")
+        gate.set()
+
+    ctx = engine_context(tmp_path / "jobs")
+    spec = ProcessSpec((str(handler_tree / "chatty.sh"),), own_user(), 60, group="costs.pause")
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    opener = asyncio.ensure_future(open_gate())
+    result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    await opener
+    assert result.failure() is None, (result.failure(), result.stderr.text())
+    assert received == list(range(lines))
+    progress_fd = unwatched.calls[0][1]
+    assert [call[1] for call in watched.calls].count(progress_fd) >= 2  # watched again
+
+
+async def test_a_step_poll_skips_a_descriptor_a_callback_stopped_watching() -> None:
+    """Two pipes ready in one wake-up, and whichever callback comes first stops watching both
+    (as a reader's close stops watching its own pipe): the other's callback is not called for
+    a descriptor it no longer owns. Closing twice is harmless."""
+    from jobs_agent.dispatch.pipes import StepPoll
+
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    poll = StepPoll()
+    pipes = [os.pipe(), os.pipe()]
+    calls: list[int] = []
+
+    def callback(index: int) -> Callable[[], None]:
+        def called() -> None:
+            calls.append(index)
+            for read_end, _write_end in pipes:
+                poll.remove_reader(read_end)
+
+        return called
+
+    for index, (read_end, _write_end) in enumerate(pipes):
+        poll.add_reader(read_end, callback(index))
+    try:
+        for _read_end, write_end in pipes:
+            os.write(write_end, b"x")  # both ready before the loop looks
+        await wait_until(lambda: bool(calls), 15, "the poll's callback")
+        await asyncio.sleep(0)
+        assert len(calls) == 1 and errors == []
+        assert poll.remove_reader(pipes[0][0]) is False
+    finally:
+        asyncio.get_running_loop().set_exception_handler(None)
+        poll.close()
+        poll.close()
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
+
+
 def test_checking_a_script_document_asks_no_abstract_class_about_plain_json(
     handler_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

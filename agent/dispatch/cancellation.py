@@ -10,6 +10,7 @@ Event, and also hands out plain futures that its `set` completes.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
 class Cancellation(asyncio.Event):
@@ -34,3 +35,24 @@ class Cancellation(asyncio.Event):
             self._futures = [kept for kept in self._futures if not kept.done()]
             self._futures.append(future)
         return future
+
+
+def woken_by(
+    cancelled: asyncio.Event,
+) -> tuple[asyncio.Future[None], asyncio.Task[Any] | None]:
+    """A future the step's exit (`ExitWatch`) and its job's cancellation both complete, so
+    the step's wait is one `await` on it: no `asyncio.wait` (its own waiter, callbacks and a
+    turn of the loop between the exit and the wake-up: issue 18). A plain Event (not the
+    engine's `Cancellation`) still takes a task to wait on, as before; it is returned to be
+    cancelled with the future."""
+    if isinstance(cancelled, Cancellation):
+        return cancelled.future(), None
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.ensure_future(cancelled.wait())
+    waiter.add_done_callback(lambda _done: _settle(woken))
+    return woken, waiter
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -35,10 +35,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any
 
 from jobs_agent.datamodel import model
-from jobs_agent.dispatch.cancellation import Cancellation
+from jobs_agent.dispatch.cancellation import woken_by
 from jobs_agent.dispatch.containment import (
     Containment,
     ContainmentError,
@@ -59,6 +58,7 @@ from jobs_agent.dispatch.pipes import (
     OutputReader,
     ProgressReader,
     ReplyPipe,
+    StepPoll,
 )
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.spawn import (
@@ -280,13 +280,14 @@ class Sandbox:
         process, (out_fd, err_fd, progress_fd) = spawned
         group.adopt(process.pid)
         log = outputs.log
+        poll = StepPoll()  # the step's four descriptors, one registration with the loop
         readers = [
-            OutputReader(out_fd, [result.stdout, *outputs.stdout], log, self._echo("stdout")),
-            OutputReader(err_fd, [result.stderr, *outputs.stderr], log, self._echo("stderr")),
+            OutputReader(out_fd, [result.stdout, *outputs.stdout], log, self._echo("stdout"), poll),
+            OutputReader(err_fd, [result.stderr, *outputs.stderr], log, self._echo("stderr"), poll),
         ]
-        progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line)
-        woken, cancel_wait = _woken_by(cancelled)
-        exit_watch = ExitWatch(process, woken)
+        progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line, poll)
+        woken, cancel_wait = woken_by(cancelled)
+        exit_watch = ExitWatch(process, woken, poll)
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(spec.timeout):
@@ -309,6 +310,7 @@ class Sandbox:
             for reader in readers:
                 reader.pipe.close()
             progress.cancel()
+            poll.close()  # nothing is watched any more: the pipes and the pidfd are closed
             await progress.wait_cancelled()
             if outputs.replies is not None:
                 outputs.replies.close()
@@ -473,27 +475,6 @@ def _signal_leader(pid: int, exited: asyncio.Future[int], sig: int) -> None:
     if not exited.done():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-def _woken_by(
-    cancelled: asyncio.Event,
-) -> tuple[asyncio.Future[None], asyncio.Task[Any] | None]:
-    """A future the step's exit (`ExitWatch`) and its job's cancellation both complete, so
-    the step's wait is one `await` on it: no `asyncio.wait` (its own waiter, callbacks and a
-    turn of the loop between the exit and the wake-up: issue 18). A plain Event (not the
-    engine's `Cancellation`) still takes a task to wait on, as before; it is returned to be
-    cancelled with the future."""
-    if isinstance(cancelled, Cancellation):
-        return cancelled.future(), None
-    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiter = asyncio.ensure_future(cancelled.wait())
-    waiter.add_done_callback(lambda _done: _settle(woken))
-    return woken, waiter
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _anonymous_group() -> str:
