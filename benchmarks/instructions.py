@@ -143,6 +143,8 @@ async def count(tree: Tree, arguments: list[str], directory: Path, jobs: int) ->
     window = out.with_name(f"{out.name}.2")
     if not window.exists():
         return None
+    if out.with_name(f"{out.name}.3").exists():
+        raise RuntimeError(f"{WINDOW_MARK} was called beside the window's two ends: no count")
     total, others = split(window.read_text())
     return Counted((total - others) / jobs / 1000, others / jobs / 1000)
 
