@@ -62,10 +62,12 @@ sys.exit(main(sys.argv[1:]))
 """
 """local_drain.py, from this checkout, with durable commits kept on the loop."""
 JOBS = {"plugin": 60, "script": 60}
-"""Jobs in the window (after `WARMUP`). A plugin job's count is the same to 0.2 % from run to
-run; a script job's moves with the order in which the kernel reports the end of the script's
-pipes and process (2 % over 60 jobs, 4 % over 20). Under callgrind a local plugin job takes ~0.1
-s of CPU, a script job ~0.3 s, a process's start-up ~20 s."""
+"""Jobs in the window (after `WARMUP`). A plugin job's count is the same to 0.3 % from run to
+run, loaded or not. A script job's moves with the order in which the kernel reports the end of
+the script's pipes and process, so with the machine's load: drains of the same code side by side
+read 0.1 % apart (2 % for three at once at load 12; 4 % over 20 jobs), but a quiet and a loaded
+machine read 4,213 and 4,482 k. Compare script counts within one run. Under callgrind a local
+plugin job takes ~0.1 s of CPU, a script job ~0.3 s, a process's start-up ~20 s."""
 WARMUP = 5
 
 
