@@ -14,6 +14,9 @@ measurement costs the emulator nothing). Per job: CPU of each process, the handl
 CPU (reaped children), jobs/s; and the agent's peak RSS (VmHWM). On the local bus the agent and
 the emulator share a process: see benchmarks/local_drain.py for how their CPU is told apart.
 
+On the local bus the drain also counts the instructions per job of each agent (callgrind, in a
+drain of its own: benchmarks/instructions.py), a figure the machine's speed does not move.
+
 Floor: the perfect agent (benchmarks/perfect.py: the two requests, two fsyncs and, for a script,
 one fork/exec per job, nothing else), run the same way against the same emulator and broker.
 With `--baseline REF` the agent of REF drains the same queue in the same round; who drains first
@@ -29,10 +32,11 @@ import asyncio
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import instructions
 from benchmarks.harness import (
     REPO,
     AgentProcess,
@@ -88,6 +92,9 @@ class Result:
     rate: float
     peak_rss_mb: float
     warnings: list[str]
+    agent_instructions: float | None = None
+    """Thousands per job (local bus only, counted in a drain of its own under callgrind)."""
+    emulator_instructions: float | None = None
 
 
 class DrainWatcher:
@@ -245,11 +252,11 @@ async def mqtt_drain(
     )
 
 
-async def local_drain(
-    session: Session, kind: str, who: str, tree: Tree | None, jobs: int, warmup: int
-) -> Result:
-    """benchmarks/local_drain.py in a process of the agent's tree."""
-    directory = session.directory(f"drain-{who}-local-{kind}")
+def local_arguments(
+    session: Session, kind: str, who: str, jobs: int, warmup: int, suffix: str = ""
+) -> tuple[list[str], Path]:
+    """benchmarks/local_drain.py's arguments for a drain of `who`, and its directory."""
+    directory = session.directory(f"drain-{who}-local-{kind}{suffix}")
     thing = new_id(f"drain-local-{kind}")
     config = {
         "thing_name": thing,
@@ -265,23 +272,19 @@ async def local_drain(
     script.chmod(0o755)
     config_path = directory / "config.yaml"
     config_path.write_text(json.dumps(config, indent=2))
+    agent = "perfect" if who == "perfect" else "jobs-agent"
+    arguments = ["--agent", agent, "--config", str(config_path), "--jobs", str(jobs)]
+    arguments += ["--warmup", str(warmup), "--document", json.dumps(DOCUMENTS[kind])]
+    return arguments, directory
+
+
+async def local_drain(
+    session: Session, kind: str, who: str, tree: Tree | None, jobs: int, warmup: int
+) -> Result:
+    """benchmarks/local_drain.py in a process of the agent's tree."""
+    arguments, directory = local_arguments(session, kind, who, jobs, warmup)
     tree_of_process = tree or session.current
-    command = [
-        *tree_of_process.python(),
-        "-m",
-        "benchmarks.local_drain",
-        "--agent",
-        "perfect" if tree is None else "jobs-agent",
-        "--config",
-        str(config_path),
-        "--jobs",
-        str(jobs),
-        "--warmup",
-        str(warmup),
-        "--document",
-        json.dumps(DOCUMENTS[kind]),
-    ]
-    env = tree_of_process.env()
+    command = [*tree_of_process.python(), "-m", "benchmarks.local_drain", *arguments]
     log_path = directory / "local.log"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
@@ -289,7 +292,7 @@ async def local_drain(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
-            env=env,
+            env=tree_of_process.env(),
             cwd=str(REPO),
         )
         out, _ = await asyncio.wait_for(process.communicate(), max(120.0, (warmup + jobs) / 2))
@@ -305,6 +308,19 @@ async def local_drain(
         peak_rss_mb=figures["peak_rss_mb"],
         warnings=log_warnings(log_path),
     )
+
+
+async def counted(
+    session: Session, kind: str, who: str, tree: Tree | None, result: Result
+) -> Result:
+    """`result` with `who`'s instructions per job on the local bus (benchmarks/instructions.py),
+    if callgrind could count them."""
+    jobs, warmup = instructions.JOBS[kind], instructions.WARMUP
+    arguments, directory = local_arguments(session, kind, who, jobs, warmup, "-callgrind")
+    count = await instructions.count(tree or session.current, arguments, directory, jobs)
+    if count is None:
+        return result
+    return replace(result, agent_instructions=count.agent, emulator_instructions=count.emulator)
 
 
 async def one(
@@ -356,12 +372,17 @@ async def run(session: Session, quick: bool) -> list[Measure]:
     tree_of: dict[str, Tree | None] = {"agent": trees[0], "baseline": base, "perfect": None}
     bench = Bench(session)
     measures: list[Measure] = []
+    not_counted = instructions.skipped(session.smoke)
+    count_instructions = not not_counted and round_number == 1
     try:
         for transport in TRANSPORTS:
             for kind in KINDS:
                 n = jobs[kind]
                 args = (session, bench, transport, kind)
                 drained = {w: await one(*args, w, tree_of[w], n, warmup) for w in who}
+                if transport == "local" and count_instructions:
+                    each = [counted(session, kind, w, tree_of[w], drained[w]) for w in who]
+                    drained = dict(zip(who, await asyncio.gather(*each), strict=True))
                 found = figures(
                     transport,
                     kind,
@@ -373,6 +394,8 @@ async def run(session: Session, quick: bool) -> list[Measure]:
                     base,
                 )
                 for measure in found:
+                    if transport == "local" and not_counted:
+                        measure.note += f"; {not_counted}"
                     measure.note += f"; {order_note(round_number, who, base)}"
                 measures += found
     finally:
@@ -440,6 +463,14 @@ def figures(
     if transport == "local":
         label = "emulator CPU per job (same process, timed)"
         result.append(measure("emulator-cpu", label, "ms", "emulator_ms"))
+        if now.agent_instructions is not None:
+            for part in ("agent", "emulator"):
+                label = f"{part} instructions per job (callgrind)"
+                row = measure(
+                    f"{part}-instructions", label, "k instructions", f"{part}_instructions"
+                )
+                row.note += f"; {instructions.note(kind)}"
+                result.append(row)
     else:
         result += [
             measure(

@@ -10,10 +10,12 @@ out of it) and closes when `notify-next` says the queue is empty, as in the MQTT
 The agent and the emulator share one process and one event loop here, so their CPU is told apart
 by timing: every callback of the emulator (and of the watcher that counts ended jobs) runs under
 the thread's CPU clock, and that time is subtracted from the process's CPU time. What remains is
-the agent's, its share of the event loop's own dispatching included. The jobs are created before
-the agent subscribes: created while it runs, 1,000 `notify` events reached it in one burst,
-more than its event queue then kept (it now coalesces them), and the clock of the
-old in-harness local drain ran while the jobs were being created.
+the agent's, its share of the event loop's own dispatching included. Their instructions are told
+apart the same way (benchmarks/instructions.py): those callbacks are the process's only calls of
+`operator.call`, and the window's two ends its only calls of `os.times()`. The jobs are created
+before the agent subscribes: created while it runs, 1,000 `notify` events reached it in one
+burst, more than its event queue then kept (it now coalesces them), and the clock of the old
+in-harness local drain ran while the jobs were being created.
 
 Run from the harness (benchmarks/drain.py) with PYTHONPATH choosing the tree, so `--baseline
 REF` runs REF's agent and emulator here.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import operator
 import os
 import sys
 import time
@@ -51,7 +54,9 @@ class Meter:
 
 
 class MeteredTransport(BusTransport):
-    """A bus transport whose deliveries are timed on the thread's CPU clock."""
+    """A bus transport whose deliveries are timed on the thread's CPU clock, and made through
+    `operator.call`: under callgrind, that C function's inclusive cost is their instructions
+    (benchmarks/instructions.py; nothing else in the process calls it)."""
 
     def __init__(self, bus: LocalBus, client_id: str, meter: Meter) -> None:
         super().__init__(bus, client_id)
@@ -60,7 +65,7 @@ class MeteredTransport(BusTransport):
     def _deliver(self, message: Message) -> None:
         started = time.thread_time()
         try:
-            super()._deliver(message)
+            operator.call(super()._deliver, message)
         finally:
             self.meter.seconds += time.thread_time() - started
 

@@ -26,11 +26,12 @@ fi
 # rauc.py, swupdate.py). Install what is missing; the packages must not start their services
 # (swupdate's would take /tmp/sockinstctrl; the tests run private instances), so a
 # policy-rc.d that denies every start stands in during the install, unless one is already there.
+# valgrind: tests/test_benchmark_instructions.py runs the drain's callgrind count.
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 updater_packages=()
 for tool_package in rauc:rauc swupdate:swupdate fw_printenv:libubootenv-tool \
     mksquashfs:squashfs-tools cpio:cpio openssl:openssl dbus-daemon:dbus dbus-send:dbus \
-    unshare:util-linux setpriv:util-linux strace:strace; do
+    unshare:util-linux setpriv:util-linux strace:strace valgrind:valgrind; do
     if ! have "${tool_package%%:*}"; then updater_packages+=("${tool_package#*:}"); fi
 done
 if [ ${#updater_packages[@]} -gt 0 ]; then
