@@ -1,5 +1,5 @@
 """What a `sim fleet` rollout costs a thing does not grow with the fleet: its outcomes are told
-as the devices note them.
+as the devices note them, and one timer checks every device's keep-alive.
 
 Real parts: the session mosquitto broker, the emulator in the test, a `Fleet` of real engines
 with their SQLite stores and paho connections, in this process.
@@ -7,10 +7,12 @@ with their SQLite stores and paho connections, in this process.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from jobs_agent.config import ConnectionConfig
@@ -23,6 +25,8 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import wait_until
 
 THINGS = 20
+KEEPALIVE_SECONDS = 30
+"""The shortest keep-alive the options allow: the devices' checks come every 1.5 s."""
 
 
 @pytest.fixture
@@ -36,6 +40,7 @@ def _fleet(mosquitto: Mosquitto, tmp_path: Path) -> Fleet:
         endpoint=mosquitto.host,
         port=mosquitto.port,
         tls=False,
+        keepalive_seconds=KEEPALIVE_SECONDS,
     )
     return Fleet(
         FleetOptions(
@@ -110,3 +115,40 @@ def test_a_device_s_outcome_counts_once_it_is_final_and_not_again() -> None:
     watch.note("a", second, "ended by the service (CANCELED); carried on")
     watch.note("b", second, "not reported: refused")
     assert watch.counts() == Counter(SUCCEEDED=1, FAILED=1)
+
+
+def _keep_alive_tasks() -> list[asyncio.Task[object]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "PahoTransport._misc"
+    ]
+
+
+async def test_one_timer_checks_every_device_s_keep_alive(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """No device has a keep-alive task of its own (a task per device held a timer each in the
+    loop's heap and woke on its own); the fleet's one timer checks them all, and a device whose
+    link has been quiet for the keep-alive sends its PINGREQ from it and stays connected."""
+    fleet = _fleet(mosquitto, tmp_path)
+    await fleet.start(timeout=30)
+    try:
+        assert _keep_alive_tasks() == []
+        assert len(fleet.keep_alives) == THINGS
+        clients = [member.device.transport._client for member in fleet.devices]
+        quiet_since = mqtt.time_func() - KEEPALIVE_SECONDS - 1
+        for client in clients:
+            client._last_msg_out = quiet_since
+        ticks = fleet.keep_alives.ticks
+
+        def pinged() -> bool:
+            return fleet.keep_alives.ticks > ticks and all(
+                c._last_msg_out > quiet_since and c._ping_t == 0 for c in clients
+            )
+
+        await wait_until(pinged, 30, "every device to ping and get its PINGRESP")
+        assert all(member.device.transport.is_connected for member in fleet.devices)
+    finally:
+        await fleet.stop()
+    assert len(fleet.keep_alives) == 0

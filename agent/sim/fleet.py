@@ -46,7 +46,7 @@ from jobs_agent.device import STATE_DATABASE, Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
 from jobs_agent.engine.store import Store
 from jobs_agent.sim.fleet_heap import FleetHeap
-from jobs_agent.sim.fleet_transport import FleetTransport
+from jobs_agent.sim.fleet_transport import FleetTransport, KeepAlives
 from jobs_agent.sim.fleet_watch import BUSY_STATES, JobOutcomes, surplus_replies
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.vocabulary import ExecutionRef
@@ -262,6 +262,8 @@ class Fleet:
             for n in range(STORE_THREADS)
         ]
         self._watches: dict[str, JobOutcomes] = {}
+        self.keep_alives = KeepAlives()
+        """The keep-alive checks of every device, from one timer (fleet_transport.py)."""
         self._heap = FleetHeap()
         self._looks = 0
         self._all_looked = asyncio.Event()
@@ -295,7 +297,7 @@ class Fleet:
         await asyncio.get_running_loop().run_in_executor(
             prepare, _create_database, config.state_dir / STATE_DATABASE, template
         )
-        transport = FleetTransport(connection, thing)
+        transport = FleetTransport(connection, thing, self.keep_alives)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
         device = build_device(
