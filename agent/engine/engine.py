@@ -181,6 +181,12 @@ class Engine:
         """What this process reported (or noted) for its most recent executions."""
         return self._shared.outcomes
 
+    def listen_outcomes(self, listener: Callable[[ExecutionRef, str], None]) -> None:
+        """Tell `listener` every outcome noted from now on, as `outcomes` gets it: `sim fleet`
+        counts a rollout's outcomes as they come, where looking at every engine's `outcomes`
+        twenty times a second cost a thing more the bigger its fleet (issue 18)."""
+        self._shared.outcome_listeners.append(listener)
+
     @property
     def loop_heartbeat(self) -> float:
         """Refreshed by the main loop; the systemd watchdog checks it is recent."""

@@ -106,6 +106,8 @@ class Shared:
         self.status = EngineStatus()
         self.outcomes: OrderedDict[ExecutionRef, str] = OrderedDict()
         """What this process reported (or noted) for its most recent executions."""
+        self.outcome_listeners: list[Callable[[ExecutionRef, str], None]] = []
+        """Told each outcome as it is noted (`Engine.listen_outcomes`)."""
         self.loop_heartbeat = time.monotonic()
         """Refreshed while the engine makes progress; the systemd watchdog checks it is recent."""
         self.prune_soon = False
@@ -177,6 +179,8 @@ class Shared:
         self.outcomes.move_to_end(ref)
         while len(self.outcomes) > OUTCOMES_KEPT:
             self.outcomes.popitem(last=False)
+        for listener in self.outcome_listeners:
+            listener(ref, note)
         self._reported += 1
         if self._reported % PRUNE_EVERY == 0:
             self.prune_soon = True

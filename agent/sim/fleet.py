@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import resource
 import shutil
@@ -45,9 +46,10 @@ from jobs_agent.device import STATE_DATABASE, Device, build_device
 from jobs_agent.dispatch.plugins import PluginRegistry
 from jobs_agent.engine.store import Store
 from jobs_agent.sim.fleet_heap import FleetHeap
-from jobs_agent.sim.fleet_transport import FleetTransport
-from jobs_agent.sim.fleet_watch import BUSY_STATES, final_of, surplus_replies
+from jobs_agent.sim.fleet_transport import FleetTransport, KeepAlives
+from jobs_agent.sim.fleet_watch import BUSY_STATES, JobOutcomes, surplus_replies
 from jobs_agent.transport.options import PahoOptions
+from jobs_agent.vocabulary import ExecutionRef
 
 log = structlog.get_logger("jobs_agent.sim.fleet")
 
@@ -243,15 +245,6 @@ class _FirstLook:
             self._fleet._looked()
 
 
-@dataclass
-class _Watch:
-    """`Fleet.outcomes` of one job: the devices yet to report a terminal status, and the
-    terminal statuses counted so far."""
-
-    working: list[Member]
-    settled: Counter[str] = field(default_factory=Counter)
-
-
 class Fleet:
     def __init__(self, options: FleetOptions) -> None:
         if options.things < 1:
@@ -268,7 +261,9 @@ class Fleet:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fleet-store-{n}")
             for n in range(STORE_THREADS)
         ]
-        self._watches: dict[str, _Watch] = {}
+        self._watches: dict[str, JobOutcomes] = {}
+        self.keep_alives = KeepAlives()
+        """The keep-alive checks of every device, from one timer (fleet_transport.py)."""
         self._heap = FleetHeap()
         self._looks = 0
         self._all_looked = asyncio.Event()
@@ -302,7 +297,7 @@ class Fleet:
         await asyncio.get_running_loop().run_in_executor(
             prepare, _create_database, config.state_dir / STATE_DATABASE, template
         )
-        transport = FleetTransport(connection, thing)
+        transport = FleetTransport(connection, thing, self.keep_alives)
         # One Dispatcher per device (it writes output logs under its own state_dir), sharing
         # the plugin registry so entry points are scanned once, not once per device.
         device = build_device(
@@ -313,6 +308,7 @@ class Fleet:
             on_status=_FirstLook(self),
             exclusive_store=True,
         )
+        device.engine.listen_outcomes(functools.partial(self._noted, thing))
         try:
             await transport.connect(timeout=timeout)
             await device.client.start()
@@ -389,28 +385,25 @@ class Fleet:
         """What the devices reported for `job_id` so far (status -> devices; an outcome the
         service refused counts as `NOT_REPORTED`, final too).
 
-        Called every few tens of milliseconds while a rollout runs, on the devices' own loop:
-        a device that reported a terminal status is counted from then on without being looked
-        at again (terminal is final), so a pass costs the devices still working, not all."""
+        Called every few tens of milliseconds while a rollout runs. The first call for a job
+        reads what every device noted for it so far; from then on each device tells its
+        outcomes as it notes them (`_noted`), so a call costs nothing per device: looking at
+        the devices still working at every call cost a thing 10 engine visits in a rollout of
+        1,000 things and 24 in one of 5,000, whose rollout lasts five times longer (issue 18)."""
         watch = self._watches.get(job_id)
         if watch is None:
-            watch = self._watches[job_id] = _Watch(list(self.devices))
-        counts = Counter(watch.settled)
-        working: list[Member] = []
-        for member in watch.working:
-            final = None
-            for key, note in member.device.engine.outcomes.items():
-                if key.job_id == job_id:
-                    final = final_of(note)
-                    if final is None:
-                        counts["other"] += 1
-            if final is None:
-                working.append(member)
-            else:
-                watch.settled[final] += 1
-                counts[final] += 1
-        watch.working = working
-        return counts
+            watch = self._watches[job_id] = JobOutcomes()
+            for member in self.devices:
+                for ref, note in member.device.engine.outcomes.items():
+                    if ref.job_id == job_id:
+                        watch.note(member.thing_name, ref, note)
+        return watch.counts()
+
+    def _noted(self, thing: str, ref: ExecutionRef, note: str) -> None:
+        """A device noted an outcome (its engine's `listen_outcomes`)."""
+        watch = self._watches.get(ref.job_id)
+        if watch is not None:
+            watch.note(thing, ref, note)
 
     def totals(self) -> Counter[str]:
         """Every outcome the devices reported so far, whatever the job (status -> executions)."""

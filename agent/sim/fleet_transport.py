@@ -10,7 +10,15 @@ them as one SUBSCRIBE with one filter each (MQTT 5 allows many); the broker answ
 SUBACK holding a reason code per filter, in order, and each caller gets its own: a refused
 filter fails only its own `subscribe`, a lost link fails every caller of the batch with
 `NotConnectedError`, as it fails each waiting subscribe of `PahoTransport`, and the callers ask
-again (`subscribe_within`). Nothing else differs from the gateway's transport.
+again (`subscribe_within`).
+
+The keep-alive checks (paho's `loop_misc`, which sends a PINGREQ when the link has been quiet for
+the keep-alive) of all the devices run from one loop timer (`KeepAlives`), at the period the
+gateway's transport gives each link its own task for: a task per device held a timer each in
+the loop's heap (5,000 of them at 5,000 things, every other timer's push and pop comparing
+against them), and each woke on its own, a task step per device every 15 s, so a thing's share
+grew with the rollout's length, i.e. with the fleet's size (issue 18). Nothing else differs from
+the gateway's transport.
 """
 
 from __future__ import annotations
@@ -19,12 +27,56 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from jobs_agent.transport.base import NotConnectedError, TransportError
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import PahoTransport
+
+log = structlog.get_logger("jobs_agent.sim.fleet_transport")
+
+
+class KeepAlives:
+    """The keep-alive checks of a fleet's devices on one loop, from one timer (see above)."""
+
+    def __init__(self) -> None:
+        self._links: dict[FleetTransport, None] = {}
+        """The connected devices, in the order they connected (a dict as an ordered set)."""
+        self._interval: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.ticks = 0
+        """Times the timer checked every device (tests count them)."""
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def add(self, link: FleetTransport, interval: float) -> None:
+        """Check `link` every `interval` seconds from now on (the shortest asked, if they
+        differ)."""
+        self._links[link] = None
+        if self._interval is None or interval < self._interval:
+            self._interval = interval
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def discard(self, link: FleetTransport) -> None:
+        self._links.pop(link, None)
+        if not self._links and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.ticks += 1
+        for link in tuple(self._links):
+            try:
+                link.check_keep_alive()
+            except Exception:  # one device's failure must not skip the others' pings
+                log.exception("keep-alive check failed", client_id=link.client_id)
+        if self._links and self._interval is not None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
 
 @dataclass
@@ -38,11 +90,28 @@ class _Batch:
 class FleetTransport(PahoTransport):
     """`PahoTransport` whose subscriptions of one loop turn share a SUBSCRIBE (see above)."""
 
-    def __init__(self, config: PahoOptions, client_id: str) -> None:
+    def __init__(
+        self, config: PahoOptions, client_id: str, keep_alives: KeepAlives | None = None
+    ) -> None:
         super().__init__(config, client_id)
         self._batch: _Batch | None = None
+        self._keep_alives = KeepAlives() if keep_alives is None else keep_alives
+        """Whose timer checks this link's keep-alive: the fleet's (one for all of its
+        devices), or one of its own."""
         self.subscribe_packets = 0
         """SUBSCRIBE packets sent (tests count them)."""
+
+    def _keep_alive(self) -> asyncio.Task[None] | None:
+        self._keep_alives.add(self, self._misc_interval)
+        return None
+
+    def check_keep_alive(self) -> None:
+        """Send a PINGREQ if the link has been quiet for the keep-alive (`KeepAlives`)."""
+        self._client.loop_misc()
+
+    async def disconnect(self) -> None:
+        self._keep_alives.discard(self)
+        await super().disconnect()
 
     async def _send_subscribe(self, topic_filter: str) -> None:
         loop = asyncio.get_running_loop()
@@ -102,4 +171,4 @@ def _settle(batch: _Batch, done: asyncio.Future[Any]) -> None:
             waiter.set_result(reason)
 
 
-__all__ = ["FleetTransport"]
+__all__ = ["FleetTransport", "KeepAlives"]

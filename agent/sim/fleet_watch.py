@@ -27,10 +27,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from jobs_agent.jobs.events import ClientStats
-from jobs_agent.vocabulary import TERMINAL_STATUSES
+from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef
 
 NOT_REPORTED = "NOT_REPORTED"
 """A device's outcome the service refused: the device gave it up (see engine/outbox.py)."""
@@ -60,6 +61,42 @@ def final_of(note: str) -> str | None:
     ):
         return ENDED_BY_SERVICE
     return None
+
+
+@dataclass
+class JobOutcomes:
+    """`Fleet.outcomes` of one job, kept as the devices note outcomes (`Engine.listen_outcomes`):
+    the final status of each device that has one (`final_of`), and the notes of those yet to
+    (an outcome still to change, e.g. "... carried on", counted as "other")."""
+
+    settled: Counter[str] = field(default_factory=Counter)
+    done: set[str] = field(default_factory=set)
+    """The things whose final status is counted: terminal is final, later notes change nothing."""
+    open: dict[str, dict[ExecutionRef, str]] = field(default_factory=dict)
+    others: int = 0
+
+    def note(self, thing: str, ref: ExecutionRef, note: str) -> None:
+        if thing in self.done:
+            return
+        final = final_of(note)
+        notes = self.open.get(thing)
+        if final is None:
+            if notes is None:
+                notes = self.open[thing] = {}
+            self.others += ref not in notes
+            notes[ref] = note
+            return
+        if notes is not None:
+            self.others -= len(notes)
+            del self.open[thing]
+        self.done.add(thing)
+        self.settled[final] += 1
+
+    def counts(self) -> Counter[str]:
+        counts = Counter(self.settled)
+        if self.others:
+            counts["other"] = self.others
+        return counts
 
 
 def surplus_replies(stats: ClientStats) -> int:
@@ -178,6 +215,7 @@ __all__ = [
     "NOT_REPORTED",
     "STALL_SECONDS",
     "TERMINAL",
+    "JobOutcomes",
     "Watchdog",
     "explain",
     "final_of",

@@ -282,6 +282,11 @@ class PahoTransport(Transport):
     def _writable(self) -> None:
         self._client.loop_write()
 
+    def _keep_alive(self) -> asyncio.Task[None] | None:
+        """Start the keep-alive checks (`loop_misc`) once connected: a task of this link's own
+        (`sim fleet` checks all of its devices from one timer instead, fleet_transport.py)."""
+        return asyncio.ensure_future(self._misc())
+
     async def _misc(self) -> None:
         while True:
             await asyncio.sleep(self._misc_interval)  # the keep-alive timer's period
@@ -465,7 +470,7 @@ class PahoTransport(Transport):
         await connect_with_retries(self._attempt_once, self.config, self.client_id, timeout)
         self._backoff.reset()
         self._started = True
-        self._misc_task = asyncio.ensure_future(self._misc())
+        self._misc_task = self._keep_alive()
         self._mark_up()
         log.info(
             "connected",
