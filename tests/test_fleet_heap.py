@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,22 @@ from tests.fixtures.broker import Mosquitto
 from tests.harness import wait_until
 
 THINGS = 20
+
+
+@contextmanager
+def collections_started() -> Iterator[Counter[int]]:
+    """The collections Python starts inside the block, by generation."""
+    collections: Counter[int] = Counter()
+
+    def count(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collections[info["generation"]] += 1
+
+    gc.callbacks.append(count)
+    try:
+        yield collections
+    finally:
+        gc.callbacks.remove(count)
 
 
 @pytest.fixture
@@ -74,27 +92,19 @@ async def test_a_rollout_is_collected_young_and_python_s_thresholds_come_back(
     thresholds back."""
     before = gc.get_threshold()
     fleet = _fleet(mosquitto, tmp_path)
-    collections: Counter[int] = Counter()
-
-    def count(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            collections[info["generation"]] += 1
 
     await fleet.start(timeout=30)
     try:
         assert gc.isenabled()
         assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, before[2])
         await fleet.first_look(timeout=30)
-        gc.callbacks.append(count)
-        try:
+        with collections_started() as collections:
             emulator.service.create_job("heap-1", fleet.thing_names, {"operation": NOOP_OPERATION})
             await wait_until(
                 lambda: fleet.outcomes("heap-1") == Counter(SUCCEEDED=THINGS),
                 30,
                 "every device to report heap-1",
             )
-        finally:
-            gc.callbacks.remove(count)
         # ~6,300 allocations: at Python's threshold 9 young collections and a middle one;
         # now at most the one the allocations before the job had nearly made due.
         assert sum(collections.values()) <= 1, collections
@@ -113,20 +123,12 @@ async def test_objects_that_outlive_young_collections_wait_for_no_middle_one(
     25 young collections' worth of objects kept alive make no middle collection; after
     the fleet is stopped, Python's thresholds are back (the test above)."""
     fleet = _fleet(mosquitto, tmp_path)
-    collections: Counter[int] = Counter()
-
-    def count(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            collections[info["generation"]] += 1
 
     await fleet.start(timeout=30)
     try:
         await fleet.first_look(timeout=30)
-        gc.callbacks.append(count)
-        try:
+        with collections_started() as collections:
             kept = [[] for _ in range(25 * YOUNG_THRESHOLD)]  # tracked, alive: promoted
-        finally:
-            gc.callbacks.remove(count)
         assert len(kept) == 25 * YOUNG_THRESHOLD
         assert collections[0] >= 20, collections
         assert collections[1] == 0 and collections[2] == 0, collections
