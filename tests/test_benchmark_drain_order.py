@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks import drain
 from benchmarks.harness import Session, Tree
+from tests.fixtures.bench import NoBench
 from tests.fixtures.broker import find_mosquitto
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,16 +30,6 @@ def test_this_checkout_and_the_baseline_swap_places_each_round() -> None:
     assert drain.order(4, baseline=True) == ["baseline", "agent", "perfect"]
     assert drain.order(1, baseline=False) == drain.order(2, baseline=False)
     assert drain.order(2, baseline=False) == ["agent", "perfect"]
-
-
-class NoBench:
-    """Stands for the round's emulator and broker, which the recorded drains do not use."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture

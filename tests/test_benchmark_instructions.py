@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks import drain, instructions
 from benchmarks.harness import Measure, Session, Tree
+from tests.fixtures.bench import NoBench
 from tests.fixtures.broker import find_mosquitto
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -26,16 +27,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 START_UP = 300_000
 """Thousands of instructions a local drain's process spends before its first job (~960,000 k):
 a per-job figure over a 2-job window would be far above this if start-up leaked into it."""
-
-
-class NoBench:
-    """Stands for the round's emulator and broker, which the recorded drains do not use."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def close(self) -> None:
-        pass
 
 
 async def record(

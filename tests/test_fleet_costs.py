@@ -8,20 +8,19 @@ with their SQLite stores and paho connections, in this process.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.engine import Engine
-from jobs_agent.sim.fleet import NOOP_OPERATION, Fleet, FleetOptions
+from jobs_agent.sim.fleet import NOOP_OPERATION, Fleet
 from jobs_agent.sim.fleet_watch import JobOutcomes
 from jobs_agent.vocabulary import ExecutionRef
 from tests.fixtures.broker import Mosquitto
+from tests.fixtures.fleet import small_fleet
 from tests.harness import wait_until
 
 THINGS = 20
@@ -35,21 +34,7 @@ def emulator_options() -> dict[str, object]:
 
 
 def _fleet(mosquitto: Mosquitto, tmp_path: Path) -> Fleet:
-    connection = ConnectionConfig(
-        transport="paho",
-        endpoint=mosquitto.host,
-        port=mosquitto.port,
-        tls=False,
-        keepalive_seconds=KEEPALIVE_SECONDS,
-    )
-    return Fleet(
-        FleetOptions(
-            things=THINGS,
-            connection=connection,
-            state_dir=tmp_path / "state",
-            prefix=f"fc{uuid.uuid4().hex[:6]}-",
-        )
-    )
+    return small_fleet(mosquitto, tmp_path, THINGS, "fc", keepalive_seconds=KEEPALIVE_SECONDS)
 
 
 async def test_a_rollout_s_outcomes_are_counted_without_looking_at_the_engines_again(

@@ -8,7 +8,6 @@ with their SQLite stores, in this process.
 from __future__ import annotations
 
 import gc
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from jobs_agent.config import ConnectionConfig
 from jobs_agent.emulator.embedded import Emulator
-from jobs_agent.sim.fleet import NOOP_OPERATION, Fleet, FleetOptions
+from jobs_agent.sim.fleet import NOOP_OPERATION, Fleet
 from jobs_agent.sim.fleet_heap import MIDDLE_THRESHOLD, YOUNG_THRESHOLD
 from tests.fixtures.broker import Mosquitto
+from tests.fixtures.fleet import small_fleet
 from tests.harness import wait_until
 
 THINGS = 20
@@ -49,17 +48,7 @@ def emulator_options() -> dict[str, object]:
 
 
 def _fleet(mosquitto: Mosquitto, tmp_path: Path) -> Fleet:
-    connection = ConnectionConfig(
-        transport="paho", endpoint=mosquitto.host, port=mosquitto.port, tls=False
-    )
-    return Fleet(
-        FleetOptions(
-            things=THINGS,
-            connection=connection,
-            state_dir=tmp_path / "state",
-            prefix=f"fh{uuid.uuid4().hex[:6]}-",
-        )
-    )
+    return small_fleet(mosquitto, tmp_path, THINGS, "fh")
 
 
 def walked() -> list[object]:

@@ -294,13 +294,14 @@ class LocalTransport(Transport):
         them, go in one loop callback, in order, as a broker's messages come in one read of a
         socket. A reply and the events that follow it (`notify`, `notify-next`) were a
         callback each: three callbacks a plugin job more (issue 18)."""
+        on_loop_thread = threading.get_ident() == self._thread
         batch = self._batch
-        if batch is not None and threading.get_ident() == self._thread:
+        if batch is not None and on_loop_thread:
             batch.append(message)
             return
         batch = [message]
         self._schedule(self._deliver_batch, batch)
-        if threading.get_ident() == self._thread:
+        if on_loop_thread:
             self._batch = batch
 
     def _deliver_batch(self, batch: list[Message]) -> None:
