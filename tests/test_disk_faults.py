@@ -265,6 +265,7 @@ def test_full_disk_error_names_the_cause(disk: DiskFault) -> None:
         disk.fill()
         with pytest.raises(StoreError) as info:
             store.reported(store.outbox()[0].id, key)
+            store.settle()  # REPORTED waits for the next transaction (none: an idle agent's)
         message = str(info.value)
         assert str(disk.directory / "state.db") in message
         cause = message.replace(str(disk.directory / "state.db"), "")  # the path may say "full"

@@ -221,6 +221,7 @@ def test_a_plugin_job_s_statements_build_no_temporary_table(tmp_path: Path) -> N
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
     plugin_job(store, 1)
+    store.settle()  # its REPORTED waits for the next transaction: written as an idle agent does
     store._db.set_trace_callback(None)
     built = [
         (sql[:60], "RETURNING" in sql, opcodes.count("OpenEphemeral"))

@@ -5,8 +5,8 @@ on the loop itself when that is cheaper and harmless.
 machine relies on: with a call of this store still queued on or running in its worker, every
 call goes there, behind it. When nothing of this store is on the worker:
 
-* the calls that never fsync (`ON_THE_LOOP`: reads, the start-next marker, and the two commits
-  the store makes without an fsync) run on the loop: the hand-off (queue, thread switch, the
+* the calls that never fsync (`ON_THE_LOOP`: reads, the start-next marker, and the writes the
+  store makes without an fsync) run on the loop: the hand-off (queue, thread switch, the
   loop woken through its self-pipe, about 0.06 ms of CPU) cost more than most of these
   statements. A commit made on the loop never checkpoints the WAL (`Store._write`);
 * the fsynced commits of a job (`DURABLE_ON_THE_LOOP`: RUNNING before the handler, the
@@ -61,6 +61,7 @@ ON_THE_LOOP: frozenset[Callable[..., Any]] = frozenset(
         Store.taken,
         Store.record_taken,
         Store.reported,
+        Store.settle,
         Store.packages,
     }
 )

@@ -236,6 +236,8 @@ class Engine:
         shared = self._shared
         while not shared.stopping:
             shared.beat()
+            if not shared.wake_event.is_set():
+                await self._settle()
             await self._wait_for_wake()
             if shared.stopping:
                 break
@@ -248,6 +250,7 @@ class Engine:
                 self._failed(exc)
                 done = False
             if not done:
+                await self._settle()
                 await self._retry_later(self._retry_delay)
                 self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
 
@@ -391,6 +394,16 @@ class Engine:
             # A bug must not turn into a crash loop that strands the outbox: log it with its
             # traceback and carry on after a pause.
             log.exception("unexpected error in the engine; continuing after a pause", exc_info=exc)
+
+    async def _settle(self) -> None:
+        """Before a wait: what the store keeps for its next transaction (a job's REPORTED,
+        which rides with the next job's RUNNING while work follows) is written now, so that
+        nothing waits in memory while the agent does (`Store.settle`)."""
+        if self.store.target.unsettled:
+            try:
+                await self.store.call(Store.settle)
+            except StoreError as exc:  # kept for the next write; said as a round's failure
+                self._failed(exc)
 
     async def _wait_for_wake(self) -> None:
         """Wait for an event; idle, look for work every `jobs.idle_poll_seconds` anyway (a

@@ -14,9 +14,12 @@ Two writes keep the rule without an fsync of their own (issue 18: a job costs 2 
   until then. A kill -9 or a power cut before it loses the record: the restarted agent finds the
   execution in progress, no record, and the marker: never run, it runs (or, if the marker was
   lost as well, it is decided FAILED as a lost record: never run twice).
-- decided -> reported: a kill -9 never loses it (the write is in the kernel's cache); lost in a
-  power cut, the record is decided again with its outbox row; the outcome is sent again, the
-  service refuses it as terminal with the same status, and it is closed.
+- decided -> reported: written first in the store's next transaction (the next job's durable
+  started -> running one), or on its own before the engine waits for work (`Store.settle`); only
+  for an execution the store decided itself, so the write is one the table allows. A kill -9
+  before it, or a power cut before the next fsync, loses it: the record is decided again with
+  its outbox row; the outcome is sent again, the service refuses it as terminal with the same
+  status, and it is closed.
 
 A new capability adds its states and rows here (`deferred`: waiting for a time, a maintenance
 window or consent; the phases of an A/B update), then teaches `recovery` what each new state

@@ -184,6 +184,10 @@ class Outbox:
                     return False
                 await self._store.call(Store.reported, entry.id, ref, note=note)
                 self._shared.note_outcome(ref, note)
+                # Closed, as by an accepted report: its directory goes too (an outcome sent
+                # again after a lost REPORTED lands here; a retry of the same job must find
+                # its state folder empty).
+                await self._files.cleanup(ref)
                 continue
             except JobsError as exc:
                 await self._store.call(Store.outbox_attempt_failed, entry.id, ref, str(exc))

@@ -7,12 +7,16 @@ line leaves a record from which the next start knows exactly what happened and w
 Two writes of a job need no fsync of their own, which halves a job's fsyncs (issue 18): the
 record of an execution start-next just took (`record_taken`), and REPORTED, which a power cut
 may turn back into DECIDED: the outcome is then sent again and the service's "already terminal"
-answer closes it. The start record is not even a transaction of its own: it is written first in
-the store's next transaction (RUNNING, fsynced, or the decided outcome; a read first writes it
-on its own), so a job makes three commits, not four. Until then a kill -9 loses it as a power
-cut would, with the start-next marker kept for that case; REPORTED a kill -9 never loses (the
-write is in the kernel's cache). The notes in `jobs_agent.engine.lifecycle` say what each loss
-means.
+answer closes it. Neither is a transaction of its own: each is written first in the store's
+next transaction (the start record with RUNNING, fsynced, or the decided outcome; REPORTED with
+the next job's RUNNING), or on its own by a read that needs it, by `settle` when the engine
+goes idle and at `close`, so a job makes two commits, not four. Until then a kill -9 loses
+either as a power cut would: the start record with the start-next marker kept for that case;
+REPORTED with its outbox row kept, so the restarted agent sends the outcome once more and the
+service's refusal closes it. Only a REPORTED the lifecycle surely allows (an execution this
+store itself decided, untouched since) waits; any other is written and checked at once, so a
+refused one is refused to its caller and never rides in another execution's transaction. The
+notes in `jobs_agent.engine.lifecycle` say what each loss means.
 The states and the transitions allowed between them are declared in
 `jobs_agent.engine.lifecycle`; every write that changes a state is checked against that table
 inside its own transaction, and refused (`TransitionRefused`) when the table does not list it.
@@ -43,6 +47,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
+
 from jobs_agent.engine.lifecycle import FINISHED_STATES, TRANSITIONS, execution_state
 from jobs_agent.engine.lifecycle import ExecutionState as ExecutionState
 from jobs_agent.engine.records import (
@@ -66,6 +72,8 @@ from jobs_agent.vocabulary import (
     StatusDetails,
     job_execution_status,
 )
+
+_log = structlog.get_logger("jobs_agent.engine")
 
 ExecutionKey = ExecutionRef
 """The reference to an execution, under the name the store has always used for it."""
@@ -193,6 +201,10 @@ class Store:
         next transaction (or before the next read)."""
         self._pending_key: ExecutionRef | None = None
         """The execution of that INSERT."""
+        self._closing: list[tuple[ExecutionRef, tuple[Any, ...], tuple[Any, ...]]] = []
+        """REPORTED writes waiting for the next transaction (`reported`, `_close_reported`)."""
+        self._decided: set[ExecutionRef] = set()
+        """Executions this store decided and wrote nothing for since (`reported`)."""
         self.durable_commits = 0
         """Commits that were fsynced, since the store was opened (benchmarks and tests)."""
         self.commits = 0
@@ -353,9 +365,10 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            if self._pending is not None:
-                # Lost, it is an execution the marker says was never run: it runs after the
-                # restart. Written, it is a record of it: the same, with a record to show.
+            if self._pending is not None or self._closing:
+                # Lost, a start record is an execution the marker says was never run: it runs
+                # after the restart. Written, it is a record of it: the same, with a record to
+                # show. A REPORTED lost is an outcome sent once more.
                 with contextlib.suppress(StoreError):
                     self._write_locked([], None, durable=False)
             self._db.close()
@@ -403,6 +416,12 @@ class Store:
             raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
         self._pending = None
         self._pending_key = None
+        self._closing.clear()
+        if transition is not None:
+            if transition.state is ExecutionState.DECIDED:
+                self._decided.add(transition.key)
+            else:
+                self._decided.discard(transition.key)
         self.commits += 1
         if durable:
             self.durable_commits += 1
@@ -443,6 +462,7 @@ class Store:
         cursor = self._cursor
         cursor.execute("BEGIN IMMEDIATE")
         try:
+            self._close_reported()
             rows: list[tuple[Any, ...]] = []
             for index, (sql, params) in enumerate(statements):
                 checked = transition if index == checked_after else None
@@ -463,6 +483,19 @@ class Store:
                 cursor.execute("ROLLBACK")
             raise
 
+    def _close_reported(self) -> None:
+        """The REPORTED writes that waited (`reported`), first in this transaction. Each was
+        let wait because the lifecycle allows it; should its guard still find the execution in
+        another state (only a writer besides this store could do that), it writes nothing, as
+        a refused change, and the transaction it rides in goes on: it is not that one's."""
+        cursor = self._cursor
+        for key, update, done in self._closing:
+            cursor.execute(self._REPORTED_SQL, update)
+            if cursor.rowcount == 1:
+                cursor.execute(self._OUTBOX_DONE_SQL, done)
+            else:
+                _log.error("outcome not recorded as reported: its record changed", key=str(key))
+
     def _check_transition(self, key: ExecutionRef, new: ExecutionState) -> None:
         row = self._cursor.execute(
             f"SELECT state FROM executions WHERE {self._WHERE_KEY}", self._key_params(key)
@@ -475,21 +508,57 @@ class Store:
         raise TransitionRefused(key, old, new)
 
     def _query(
-        self, sql: str, params: tuple[Any, ...] = (), *, leaving_out: ExecutionRef | None = None
+        self,
+        sql: str,
+        params: tuple[Any, ...] = (),
+        *,
+        leaving_out: ExecutionRef | None = None,
+        about: ExecutionRef | None = None,
     ) -> list[tuple[Any, ...]]:
         """`leaving_out`: an execution the caller drops from what it reads; a pending start
-        record that is its is not written first."""
+        record that is its is not written first. `about`: the one execution read (`_unread`)."""
         with self._lock:
-            if self._pending is not None and (
-                leaving_out is None or leaving_out != self._pending_key
-            ):
-                self._write_locked([], None, durable=False)  # what was taken is read too
+            if (self._pending is not None or self._closing) and self._unread(leaving_out, about):
+                self._write_locked([], None, durable=False)  # what is read is written first
             try:
                 return self._cursor.execute(sql, params).fetchall()
             except (sqlite3.Error, OverflowError, ValueError) as exc:
                 raise StoreError(f"cannot read the state database {self.path}: {exc}") from exc
 
+    def _unread(self, leaving_out: ExecutionRef | None, about: ExecutionRef | None) -> bool:
+        """Whether a read must write what waits first. A waiting REPORTED changes what is read
+        of its own execution only: a read of one execution (`about`, `get`) or of the active
+        ones but one (`leaving_out`: `active`, `taking`; a DECIDED execution is not active)
+        writes it first only when it is that execution's."""
+        if self._pending is not None and (leaving_out is None or leaving_out != self._pending_key):
+            return True
+        if not self._closing:
+            return False
+        if leaving_out is None and about is None:
+            return True
+        return any(key in (leaving_out, about) for key, _, _ in self._closing)
+
+    def settle(self) -> None:
+        """Write what waits for the next transaction (a REPORTED, a start record) in one of its
+        own, without an fsync: the engine calls it before it waits for work, so that an idle
+        agent's database (`jobs-agent status`) says what happened, and a kill -9 while idle
+        loses nothing."""
+        with self._lock:
+            if self._pending is not None or self._closing:
+                self._write_locked([], None, durable=False)
+
+    @property
+    def unsettled(self) -> bool:
+        """Something waits for the next transaction (`settle`)."""
+        return self._pending is not None or bool(self._closing)
+
     _WHERE_KEY = "namespace = ? AND job_id = ? AND execution_number = ?"
+    _REPORTED_SQL = (
+        f"UPDATE executions SET state = ?, note = COALESCE(?, note), updated_at = ?"
+        f" WHERE {_WHERE_KEY}{_GUARDS[ExecutionState.REPORTED]}"
+    )
+    _OUTBOX_DONE_SQL = f"DELETE FROM outbox WHERE id = ? AND {_WHERE_KEY}"
+
     _TAKING_SQL = (
         f"SELECT 0, {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE}"
         f" UNION ALL SELECT 1, {RECORD_COLUMNS} FROM executions WHERE {_WHERE_KEY}"
@@ -506,6 +575,7 @@ class Store:
         rows = self._query(
             f"SELECT {RECORD_COLUMNS} FROM executions WHERE {self._WHERE_KEY}",
             self._key_params(key),
+            about=key,
         )
         return record_from_row(rows[0]) if rows else None
 
@@ -791,24 +861,24 @@ class Store:
     def reported(self, entry_id: int, key: ExecutionRef, note: str | None = None) -> None:
         """The service accepted (or will never accept) the outcome: close the execution.
 
-        Without an fsync: lost in a power cut, the execution is DECIDED again and its outcome
-        is sent again, which the service refuses as terminal and the outbox then closes
-        (`Outbox._refused_as_ended`)."""
-        self._write(
-            [
-                (
-                    f"UPDATE executions SET state = ?, note = COALESCE(?, note), updated_at = ?"
-                    f" WHERE {self._WHERE_KEY}{_GUARDS[ExecutionState.REPORTED]}",
-                    (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key)),
-                ),
-                (
-                    f"DELETE FROM outbox WHERE id = ? AND {self._WHERE_KEY}",
-                    (entry_id, *self._key_params(key)),
-                ),
-            ],
-            transition=Change(key, ExecutionState.REPORTED, guarded=True),
-            durable=False,
-        )
+        Without an fsync, and without a transaction of its own when this store decided the
+        execution and wrote nothing for it since (the lifecycle allows it; issue 18: a
+        transaction and its four statements less per job): written first in the next one.
+        Lost in a power cut, or in a kill -9 before that, the execution is DECIDED again and its
+        outcome is sent again, which the service refuses as terminal and the outbox then
+        closes (`Outbox._refused_as_ended`). Any other REPORTED is written and checked now."""
+        update = (str(ExecutionState.REPORTED), note, time.time(), *self._key_params(key))
+        done = (entry_id, *self._key_params(key))
+        with self._lock:
+            if key in self._decided:
+                self._decided.discard(key)
+                self._closing.append((key, update, done))
+                return
+            self._write_locked(
+                [(self._REPORTED_SQL, update), (self._OUTBOX_DONE_SQL, done)],
+                Change(key, ExecutionState.REPORTED, guarded=True),
+                durable=False,
+            )
 
     def cancelled(self, key: ExecutionRef, note: str) -> None:
         """The cloud ended the execution: drop anything queued for it, report nothing."""
