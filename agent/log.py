@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from jobs_agent.redact import redact_mapping
+from jobs_agent.redact import REDACTED, redact_text, redact_value
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -50,13 +50,35 @@ SYSLOG_IDENTIFIER = "jobs-agent"
 _FIELD_NAME = re.compile(r"[^A-Z0-9_]")
 
 
+_PLAIN = (int, float, bool)
+"""Values `redact_value` gives back as they are."""
+SECRET_KEYS_KEPT = 512
+_secret_key: dict[str, bool] = {}
+"""Whether a field's name is one whose value is always redacted, asked once per name (the
+agent's own fields are a few dozen names; at most `SECRET_KEYS_KEPT` are kept)."""
+
+
+def _scrubbed(key: str, value: Any) -> Any:
+    """`redact_value(key, value)`, without a call for what it gives back as is: a number, or a
+    text that carries neither a URL credential nor a key, under a name that is not a secret's."""
+    if isinstance(value, str):
+        secret = _secret_key.get(key)
+        if secret is None:
+            secret = redact_value(key, "x") == REDACTED
+            if len(_secret_key) < SECRET_KEYS_KEPT:  # a handler's `ctx.log` names its own
+                _secret_key[key] = secret
+        if secret and value:
+            return REDACTED
+        return redact_text(value) if "=" in value or "PRIVATE KEY" in value else value
+    return value if isinstance(value, _PLAIN) else redact_value(key, value)
+
+
 def _scrub(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    return redact_mapping(event_dict)
-
-
-def _drop_none(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """`namespace=None` on every line of a default-namespace job is noise, not information."""
-    return {key: value for key, value in event_dict.items() if value is not None}
+    """Every field through the secret scrubber, and those whose value is None left out
+    (`namespace=None` on every line of a default-namespace job is noise, not information): one
+    pass over the fields, where a line at the default level made two, and a call or two per
+    field (issue 18)."""
+    return {key: _scrubbed(key, value) for key, value in event_dict.items() if value is not None}
 
 
 def stream_is_journal(stream: TextIO, environ: MutableMapping[str, str] | None = None) -> bool:
@@ -150,6 +172,19 @@ class JournalLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+class _OneLogger:
+    """structlog's logger factory giving the same `PrintLogger` to every bound logger: its
+    `PrintLoggerFactory` makes one, with a look-up of its stream's lock, for each, and a module's
+    logger is bound again for every line (`cache_logger_on_first_use` stays off, so that a
+    SIGHUP's level reaches them; issue 18)."""
+
+    def __init__(self, logger: structlog.PrintLogger) -> None:
+        self._logger = logger
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return self._logger
+
+
 class JournalLoggerFactory:
     """One logger (one socket) per socket path and stream, kept across reloads."""
 
@@ -216,7 +251,7 @@ def configure_logging(
     _written_from = numeric
     output = _output(fmt, stream, journal_socket)
     renderer: Any
-    logger_factory: Any = structlog.PrintLoggerFactory(stream)
+    logger_factory: Any = _OneLogger(structlog.PrintLogger(stream))
     if output == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     elif output == "journal":
@@ -232,7 +267,6 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
-        _drop_none,
         _scrub,
         renderer,
     ]
