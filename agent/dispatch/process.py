@@ -289,7 +289,7 @@ class Sandbox:
         progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line, poll)
         woken, cancel_wait = woken_by(cancelled)
         exit_watch = ExitWatch(process, woken, poll)
-        limits = time_limits(asyncio.get_running_loop())  # the loop's one timer (time_limit)
+        limits = time_limits(woken.get_loop())  # the loop's one timer (time_limit)
         limit = StepLimit(woken, spec.timeout)
         limits.start(limit)
         try:
