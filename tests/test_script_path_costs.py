@@ -453,6 +453,46 @@ async def test_a_step_is_still_stopped_when_its_job_is_cancelled(
         assert result.failure() is not None
 
 
+async def test_a_step_arms_no_timer_of_its_own_for_its_time_limit(
+    handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's time limit was an `asyncio.timeout` of its own: a timer armed and cancelled
+    per step, and the cancelled one stayed in the loop's heap of timers for the limit's length
+    (an hour by default), which every other timer was then pushed through and popped from, a
+    Python `__lt__` per comparison. The steps' limits share the loop's one timer with the
+    plugins' (`time_limit.StepLimit`): after a first step, three steps arm none and leave none
+    cancelled; a step past its limit is still stopped, as timed out."""
+    from jobs_agent.dispatch.process import ProcessSpec, Sandbox
+
+    (handler_tree / "wait.sh").write_text("#!/bin/sh\nexec sleep 60\n")
+    (handler_tree / "wait.sh").chmod(0o755)
+    loop = asyncio.get_running_loop()
+    sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
+    ctx = engine_context(tmp_path / "jobs")
+    spec = ProcessSpec((str(handler_tree / "noop.sh"),), own_user(), 3600, group="costs.limit")
+    assert (await sandbox.run(spec, cancelled=ctx.cancelled)).failure() is None
+    before = set(loop._scheduled)  # type: ignore[attr-defined]
+    armed = Counter()
+    monkeypatch.setattr(loop, "call_at", armed.wrap(loop.call_at))
+    for _ in range(3):
+        result = await sandbox.run(spec, cancelled=ctx.cancelled)
+        assert result.failure() is None, (result.failure(), result.stderr.text())
+    monkeypatch.undo()
+    left = [h for h in loop._scheduled if h not in before]  # type: ignore[attr-defined]
+
+    def limits(callbacks: list[Any]) -> list[str]:
+        owners = [type(getattr(callback, "__self__", callback)) for callback in callbacks]
+        names = [f"{owner.__module__}.{owner.__qualname__}" for owner in owners]
+        return [name for name in names if ".dispatch." in name or name.startswith("asyncio.t")]
+
+    assert limits([call[1] for call in armed.calls]) == []
+    assert limits([handle._callback for handle in left if handle.cancelled()]) == []
+    spec = ProcessSpec((str(handler_tree / "wait.sh"),), own_user(), 0.5, group="costs.limit")
+    result = await asyncio.wait_for(sandbox.run(spec, cancelled=ctx.cancelled), 30)
+    assert result.timed_out and not result.cancelled
+    assert result.failure() == "timed out after 0.5 s"
+
+
 # -- the step's descriptors on the event loop ---------------------------------------------------
 async def test_a_step_s_pipes_and_exit_take_one_registration_with_the_loop(
     handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -69,6 +69,7 @@ from jobs_agent.dispatch.spawn import (
     start_chained,
     start_forked,
 )
+from jobs_agent.dispatch.time_limit import StepLimit, time_limits
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import CheckedExecutable, UntrustedPath, open_executable
 
@@ -288,10 +289,11 @@ class Sandbox:
         progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line, poll)
         woken, cancel_wait = woken_by(cancelled)
         exit_watch = ExitWatch(process, woken, poll)
+        limits = time_limits(woken.get_loop())  # the loop's one timer (time_limit)
+        limit = StepLimit(woken, spec.timeout)
+        limits.start(limit)
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(spec.timeout):
-                    await woken
+            await woken  # the exit, the job's cancellation or the limit
             if not exit_watch.status.done():
                 result.cancelled = cancelled.is_set()
                 result.timed_out = not result.cancelled
@@ -300,6 +302,7 @@ class Sandbox:
             await self._reap_group(group, [reader.pipe.closed for reader in readers])
             await progress.finish(_PROGRESS_GRACE)
         finally:
+            limits.end(limit)
             woken.cancel()
             if cancel_wait is not None:
                 cancel_wait.cancel()

@@ -1,4 +1,4 @@
-"""A Python plugin's time limit, and the one loop timer behind the limits of a dispatcher.
+"""A Python plugin's and a script step's time limits, and the one loop timer behind them.
 
 A limit cancels the plugin's task when it passes and that cancel is taken back as the timeout,
 as `asyncio.timeout` does. Most plugins end long before their limit (an hour by default): a
@@ -11,14 +11,30 @@ armed for the earliest of them and left armed when a job ends: it finds nothing 
 fires, and is armed again for the limits still running, if any. One per loop, not per
 dispatcher: `sim fleet` runs thousands of dispatchers on one loop, which would otherwise keep a
 live timer each in the heap for as long as a limit.
+
+A script step's limit (`StepLimit`, the sandbox's) is on the same timer: it was an
+`asyncio.timeout` of its own per step, armed and cancelled around the step's wait, with the same
+cancelled timer left in the heap for the step's limit (an hour by default).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from jobs_agent_handlers.api import Handler, JobContext, point_of_no_return
+from jobs_agent_handlers.outcome import point_of_no_return
+
+if TYPE_CHECKING:
+    from jobs_agent_handlers.api import Handler, JobContext
+
+
+class Limit(Protocol):
+    """What the loop's one timer expires: a deadline on the loop's clock, and what to do then."""
+
+    @property
+    def deadline(self) -> float: ...
+
+    def expire(self) -> None: ...
 
 
 class TimeLimit:
@@ -53,13 +69,30 @@ class TimeLimit:
             )
 
 
+class StepLimit:
+    """A script step's limit: when it passes, the step's wait (`woken`, which its exit and its
+    job's cancellation also complete) ends, and the sandbox stops the step as timed out, as it
+    did when its own `asyncio.timeout` raised."""
+
+    __slots__ = ("_woken", "deadline")
+
+    def __init__(self, woken: asyncio.Future[None], timeout: float) -> None:
+        self._woken = woken
+        self.deadline = woken.get_loop().time() + timeout
+        """On the loop's clock."""
+
+    def expire(self) -> None:
+        if not self._woken.done():
+            self._woken.set_result(None)
+
+
 _latest: TimeLimits | None = None
-"""The limits of the loop the last plugin ran on (`time_limits`)."""
+"""The limits of the loop the last plugin or step ran on (`time_limits`)."""
 
 
 def time_limits(loop: asyncio.AbstractEventLoop) -> TimeLimits:
-    """The limits of `loop` (made at its first plugin run; one loop per process but in tests,
-    where a new loop makes a new one and the earlier one's timer ends with its loop)."""
+    """The limits of `loop` (made at its first plugin or step run; one loop per process but in
+    tests, where a new loop makes a new one and the earlier one's timer ends with its loop)."""
     global _latest
     limits = _latest
     if limits is None or limits.loop is not loop:
@@ -74,20 +107,20 @@ class TimeLimits:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._limits: dict[TimeLimit, None] = {}
+        self._limits: dict[Limit, None] = {}
         """The limits of the runs not yet ended (a set in the order they started)."""
         self._timer: asyncio.TimerHandle | None = None
         self._armed = 0.0
         """When the timer fires: every limit whose deadline is not later is due then."""
 
-    def start(self, limit: TimeLimit) -> None:
+    def start(self, limit: Limit) -> None:
         self._limits[limit] = None
         if self._timer is None or limit.deadline < self._armed:
             if self._timer is not None:
                 self._timer.cancel()
             self._arm(limit.deadline)
 
-    def end(self, limit: TimeLimit) -> None:
+    def end(self, limit: Limit) -> None:
         """The run ended: its limit never expires now (the timer stays armed, see above)."""
         self._limits.pop(limit, None)
 
@@ -107,5 +140,5 @@ class TimeLimits:
                 limit.expire()
             except Exception as exc:  # as with a timer of its own: told, the others still expire
                 self.loop.call_exception_handler(
-                    {"message": "a plugin time limit failed to expire", "exception": exc}
+                    {"message": "a time limit failed to expire", "exception": exc}
                 )
