@@ -32,7 +32,6 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -82,23 +81,40 @@ NO_COUNTS: Counter[ExecutionStatus] = Counter()
 _RETRYABLE = (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
 
 
-@dataclass(slots=True)
 class Txn:
-    """What one operation changed: events to build, records to persist."""
+    """What one operation changed: events to build, records to persist. Two are made per
+    drained job, empty: with literals for its dicts and lists, where a dataclass's eleven
+    `default_factory` fields made a call each."""
 
-    notify: set[Key] = field(default_factory=set)
-    heads: set[Key] = field(default_factory=set)
-    executions: dict[tuple[str, str, int], Execution] = field(default_factory=dict)
-    jobs: dict[str, Job] = field(default_factory=dict)
-    things: dict[str, Thing] = field(default_factory=dict)
-    deleted_jobs: set[str] = field(default_factory=set)
-    deleted_executions: set[tuple[str, str, int]] = field(default_factory=set)
-    history: list[HistoryEntry] = field(default_factory=list)
-    lifecycle: list[ServiceEvent] = field(default_factory=list)
-    records: dict[tuple[str, str], Any] = field(default_factory=dict)
-    """Other persisted records: (kind, key) -> JSON, None to delete (groups, templates...)."""
-    package_writes: list[tuple[str, list[str]]] = field(default_factory=list)
-    """(thing, destinationPackageVersions) of executions that SUCCEEDED: `$package` updates."""
+    __slots__ = (
+        "deleted_executions",
+        "deleted_jobs",
+        "executions",
+        "heads",
+        "history",
+        "jobs",
+        "lifecycle",
+        "notify",
+        "package_writes",
+        "records",
+        "things",
+    )
+
+    def __init__(self) -> None:
+        self.notify: set[Key] = set()
+        self.heads: set[Key] = set()
+        self.executions: dict[tuple[str, str, int], Execution] = {}
+        self.jobs: dict[str, Job] = {}
+        self.things: dict[str, Thing] = {}
+        self.deleted_jobs: set[str] = set()
+        self.deleted_executions: set[tuple[str, str, int]] = set()
+        self.history: list[HistoryEntry] = []
+        self.lifecycle: list[ServiceEvent] = []
+        self.records: dict[tuple[str, str], Any] = {}
+        """Other persisted records: (kind, key) -> JSON, None to delete (groups, templates...)."""
+        self.package_writes: list[tuple[str, list[str]]] = []
+        """(thing, destinationPackageVersions) of executions that SUCCEEDED: `$package`
+        updates."""
 
 
 def snapshot(execution: Execution) -> Execution:
