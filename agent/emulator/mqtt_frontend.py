@@ -115,7 +115,7 @@ class MqttFrontend:
         self.link.send(topic, _encode(obj))
 
     def _summaries_json(self, items: list[ExecutionSummary]) -> str:
-        """`shapes.summary` of each item encoded, comma-joined. A `notify` carries up to 15
+        """`shapes.summary_text` of each item, comma-joined. A `notify` carries up to 15
         summaries, nearly all unchanged since the previous one: their texts are looked up by
         the summary's value in one C loop (`map`), and only a miss costs Python calls (a
         lookup per item by identity, in a generator, made three calls per summary: 60 of a
@@ -127,7 +127,7 @@ class MqttFrontend:
                 cache.clear()
             for index, item in enumerate(items):
                 if texts[index] is None:
-                    texts[index] = cache[item] = shapes.compact(shapes.summary(item))
+                    texts[index] = cache[item] = shapes.summary_text(item)
         return ",".join(texts)  # type: ignore[arg-type]  # no None is left
 
     def _notify_payload(self, event: JobExecutionsChanged) -> bytes:

@@ -78,6 +78,35 @@ def summary(e: Execution | ExecutionSummary) -> dict[str, Any]:
     return body
 
 
+_SUMMARY_QUEUED = (
+    '{"jobId":%s,"queuedAt":%d,"lastUpdatedAt":%d,"versionNumber":%d,"executionNumber":%d}'
+)
+_SUMMARY_STARTED = (
+    '{"jobId":%s,"queuedAt":%d,"startedAt":%d,"lastUpdatedAt":%d,"versionNumber":%d,'
+    '"executionNumber":%d}'
+)
+
+
+def summary_text(e: ExecutionSummary) -> str:
+    """`compact(summary(e))`, the same text, filled into a template: `notify` encodes the two
+    summaries each job changes (the rest are cached by the front end), and the encoder's way
+    (a dict built, then a call of the string escaper per key and value) took about 20 k
+    instructions each, the template about half. The job id is escaped by the encoder's own
+    escaper, and `%d` truncates a time as `int()` does."""
+    job_id, queued_at, started_at, last_updated_at, version, number = e
+    if started_at is None:
+        fields = (encode_basestring_ascii(job_id), queued_at, last_updated_at, version, number)
+        return _SUMMARY_QUEUED % fields
+    return _SUMMARY_STARTED % (
+        encode_basestring_ascii(job_id),
+        queued_at,
+        started_at,
+        last_updated_at,
+        version,
+        number,
+    )
+
+
 def state(e: Execution) -> dict[str, Any]:
     """JobExecutionState."""
     body: dict[str, Any] = {"status": e.status._value_}
