@@ -32,7 +32,6 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -44,6 +43,11 @@ from jobs_agent.emulator.errors import ControlError, RequestLost, ServiceError
 from jobs_agent.emulator.events import Delivery, EventListener, ServiceEvent
 from jobs_agent.emulator.groups import GroupRegistry
 from jobs_agent.emulator.model import (
+    IN_PROGRESS,
+    JOB_COMPLETED,
+    JOB_IN_PROGRESS,
+    QUEUED,
+    SUCCEEDED,
     TERMINAL,
     Execution,
     ExecutionStatus,
@@ -82,23 +86,40 @@ NO_COUNTS: Counter[ExecutionStatus] = Counter()
 _RETRYABLE = (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
 
 
-@dataclass(slots=True)
 class Txn:
-    """What one operation changed: events to build, records to persist."""
+    """What one operation changed: events to build, records to persist. Two are made per
+    drained job, empty: with literals for its dicts and lists, where a dataclass's eleven
+    `default_factory` fields made a call each."""
 
-    notify: set[Key] = field(default_factory=set)
-    heads: set[Key] = field(default_factory=set)
-    executions: dict[tuple[str, str, int], Execution] = field(default_factory=dict)
-    jobs: dict[str, Job] = field(default_factory=dict)
-    things: dict[str, Thing] = field(default_factory=dict)
-    deleted_jobs: set[str] = field(default_factory=set)
-    deleted_executions: set[tuple[str, str, int]] = field(default_factory=set)
-    history: list[HistoryEntry] = field(default_factory=list)
-    lifecycle: list[ServiceEvent] = field(default_factory=list)
-    records: dict[tuple[str, str], Any] = field(default_factory=dict)
-    """Other persisted records: (kind, key) -> JSON, None to delete (groups, templates...)."""
-    package_writes: list[tuple[str, list[str]]] = field(default_factory=list)
-    """(thing, destinationPackageVersions) of executions that SUCCEEDED: `$package` updates."""
+    __slots__ = (
+        "deleted_executions",
+        "deleted_jobs",
+        "executions",
+        "heads",
+        "history",
+        "jobs",
+        "lifecycle",
+        "notify",
+        "package_writes",
+        "records",
+        "things",
+    )
+
+    def __init__(self) -> None:
+        self.notify: set[Key] = set()
+        self.heads: set[Key] = set()
+        self.executions: dict[tuple[str, str, int], Execution] = {}
+        self.jobs: dict[str, Job] = {}
+        self.things: dict[str, Thing] = {}
+        self.deleted_jobs: set[str] = set()
+        self.deleted_executions: set[tuple[str, str, int]] = set()
+        self.history: list[HistoryEntry] = []
+        self.lifecycle: list[ServiceEvent] = []
+        self.records: dict[tuple[str, str], Any] = {}
+        """Other persisted records: (kind, key) -> JSON, None to delete (groups, templates...)."""
+        self.package_writes: list[tuple[str, list[str]]] = []
+        """(thing, destinationPackageVersions) of executions that SUCCEEDED: `$package`
+        updates."""
 
 
 def snapshot(execution: Execution) -> Execution:
@@ -483,20 +504,20 @@ class ServiceCore:
                 execution.status_details = {**execution.status_details, **details}
             else:
                 execution.status_details = dict(details)
-        if status is ExecutionStatus.IN_PROGRESS and old is ExecutionStatus.QUEUED:
+        if status is IN_PROGRESS and old is QUEUED:
             execution.started_at = now
             if job.in_progress_timeout_minutes:
                 execution.in_progress_deadline = now + job.in_progress_timeout_minutes * 60
             queue.start(execution)
         elif status in TERMINAL:
-            if status is ExecutionStatus.SUCCEEDED and job.destination_package_versions:
+            if status is SUCCEEDED and job.destination_package_versions:
                 txn.package_writes.append(
                     (execution.thing_name, list(job.destination_package_versions))
                 )
             execution.step_deadline = None
             execution.in_progress_deadline = None
             queue.discard(execution, self._is_scheduled(job))
-        started = old is ExecutionStatus.QUEUED and status is ExecutionStatus.IN_PROGRESS
+        started = old is QUEUED and status is IN_PROGRESS
         if status != old and (self.readings.notify_on_start or not started):
             txn.notify.add(key)
         txn.heads.add(key)
@@ -580,15 +601,15 @@ class ServiceCore:
 
     def _maybe_complete(self, txn: Txn, job_id: str) -> None:
         job = self._jobs[job_id]
-        if job.status is not JobStatus.IN_PROGRESS or job.target_selection == "CONTINUOUS":
+        if job.status is not JOB_IN_PROGRESS or job.target_selection == "CONTINUOUS":
             return
         if job.pending_targets:
             return
         counts = self._job_counts.get(job_id, NO_COUNTS)
-        if counts[ExecutionStatus.QUEUED] > 0 or counts[ExecutionStatus.IN_PROGRESS] > 0:
+        if counts[QUEUED] > 0 or counts[IN_PROGRESS] > 0:
             return
         now = self.clock.now()
-        job.status = JobStatus.COMPLETED
+        job.status = JOB_COMPLETED
         job.completed_at = now
         job.last_updated_at = now
         txn.jobs[job_id] = job

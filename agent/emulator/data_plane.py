@@ -13,11 +13,14 @@ from jobs_agent.emulator.core import ServiceCore, Txn, snapshot
 from jobs_agent.emulator.errors import ServiceError
 from jobs_agent.emulator.events import Delivery, UpdateResult
 from jobs_agent.emulator.model import (
+    CANCELED,
+    DEVICE,
     DEVICE_SETTABLE,
+    IN_PROGRESS,
+    QUEUED,
     TERMINAL,
     Execution,
     ExecutionStatus,
-    Source,
 )
 from jobs_agent.jobs.errors import ErrorCode
 from jobs_agent.jobs.status_details import validate_status_details
@@ -91,12 +94,10 @@ class DataPlane(ServiceCore):
             self._ensure_thing(thing_name, txn)
             queue = self._queues.get((thing_name, namespace))
             head = None if queue is None else queue.head()
-            if head is not None and head.status is ExecutionStatus.QUEUED:
+            if head is not None and head.status is QUEUED:
                 if step_timeout_minutes is not None:
                     head.step_deadline = self.clock.now() + step_timeout_minutes * 60
-                self._set_status(
-                    txn, head, ExecutionStatus.IN_PROGRESS, Source.DEVICE, status_details
-                )
+                self._set_status(txn, head, IN_PROGRESS, DEVICE, status_details)
                 self._arm_timer(head)
             result = None if head is None else self._deliver(head, self.clock.now())
             self._finish(txn)
@@ -168,11 +169,11 @@ class DataPlane(ServiceCore):
                 )
             self._check_transition(execution, new_status)
             txn = Txn()
-            if new_status is ExecutionStatus.IN_PROGRESS and step_timeout_minutes is not None:
+            if new_status is IN_PROGRESS and step_timeout_minutes is not None:
                 execution.step_deadline = (
                     None if step_timeout_minutes == -1 else now + step_timeout_minutes * 60
                 )
-            self._set_status(txn, execution, new_status, Source.DEVICE, status_details)
+            self._set_status(txn, execution, new_status, DEVICE, status_details)
             self._arm_timer(execution)
             if include_document:
                 delivery = self._deliver(execution, now)
@@ -185,7 +186,7 @@ class DataPlane(ServiceCore):
 
     def _check_transition(self, execution: Execution, new_status: ExecutionStatus) -> None:
         if (
-            execution.status is ExecutionStatus.CANCELED
+            execution.status is CANCELED
             and execution.force_canceled
             and self.readings.update_after_force_cancel is ErrorCode.TERMINAL_STATE_REACHED
         ):

@@ -4,6 +4,12 @@
 `LifecycleEvent` becomes a message on `$aws/events/job/{jobId}/{operation}` or
 `$aws/events/jobExecution/{jobId}/{operation}` ("Jobs events"), produced only while the
 account's event configuration enables JOB or JOB_EXECUTION events (UpdateEventConfigurations).
+
+The four made per request are immutable named tuples, not frozen dataclasses: a frozen
+dataclass's `__init__` sets each field through `object.__setattr__`, a call the profilers'
+call counts do not show (a wrapper, not a built-in function), and it costs about twice what
+a named tuple does to build (0.79 against 0.38 us for a `Delivery` here). Six are built per
+drained job.
 """
 
 from __future__ import annotations
@@ -11,13 +17,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs_agent.emulator.model import Execution, ExecutionSummary, Job
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """An execution as handed to a device, with its document freshly re-signed."""
 
     execution: Execution
@@ -26,15 +31,13 @@ class Delivery:
     seconds_before_timed_out: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
+class UpdateResult(NamedTuple):
     execution: Execution
     document: dict[str, Any] | None
     document_text: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class JobExecutionsChanged:
+class JobExecutionsChanged(NamedTuple):
     thing_name: str
     namespace: str | None
     in_progress: list[ExecutionSummary]
@@ -42,8 +45,7 @@ class JobExecutionsChanged:
     timestamp: float
 
 
-@dataclass(frozen=True, slots=True)
-class NextJobExecutionChanged:
+class NextJobExecutionChanged(NamedTuple):
     thing_name: str
     namespace: str | None
     execution: Delivery | None

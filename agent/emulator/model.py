@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from jobs_agent.jobs.models import (
     DEVICE_SETTABLE_STATUSES,
@@ -47,6 +47,19 @@ class Source(StrEnum):
     DEVICE = "device"
     CONTROL = "control"
     TIMER = "timer"
+
+
+QUEUED: Final = ExecutionStatus.QUEUED
+IN_PROGRESS: Final = ExecutionStatus.IN_PROGRESS
+SUCCEEDED: Final = ExecutionStatus.SUCCEEDED
+CANCELED: Final = ExecutionStatus.CANCELED
+JOB_IN_PROGRESS: Final = JobStatus.IN_PROGRESS
+JOB_COMPLETED: Final = JobStatus.COMPLETED
+DEVICE: Final = Source.DEVICE
+"""Members the per-request paths compare with, read as module globals: a member read off its
+class goes through the hook of `EnumType.__getattr__` (the class's attribute lookup then costs
+a few hundred instructions more than a global's, a cost `sys.setprofile` does not show), and
+the emulator read about 30 per drained job."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +213,10 @@ _execution_fields = attrgetter(*(f.name for f in fields(Execution)))
 """Every field of an `Execution`, in `__init__`'s order, as one tuple."""
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One device update or status change, for tests and chaos runs to verify afterwards."""
+class HistoryEntry(NamedTuple):
+    """One device update or status change, for tests and chaos runs to verify afterwards.
+    Two per drained job: an immutable named tuple, built in about a quarter of a frozen
+    dataclass's time (whose `__init__` sets its nine fields through `object.__setattr__`)."""
 
     time: float
     job_id: str

@@ -66,6 +66,13 @@ REJECTED = "/rejected"
 reply topic so (`reply_topic` of a parsed request topic is the same string), and appending
 costs no call, where building it from the parsed topic hashed a `ParsedTopic` in Python."""
 _NOT_REQUESTS = ("/accepted", "/rejected", "/notify", "/notify-next")
+_REQUEST = ReplyKind.REQUEST
+_GET_PENDING = Operation.GET_PENDING
+_START_NEXT = Operation.START_NEXT
+_DESCRIBE = Operation.DESCRIBE
+_UPDATE = Operation.UPDATE
+"""Members read as globals per request (`model.QUEUED`'s note: a member read off its enum
+class costs a few hundred instructions more)."""
 
 
 def _encode(obj: Mapping[str, Any]) -> bytes:
@@ -108,7 +115,7 @@ class MqttFrontend:
         self.link.send(topic, _encode(obj))
 
     def _summaries_json(self, items: list[ExecutionSummary]) -> str:
-        """`shapes.summary` of each item encoded, comma-joined. A `notify` carries up to 15
+        """`shapes.summary_text` of each item, comma-joined. A `notify` carries up to 15
         summaries, nearly all unchanged since the previous one: their texts are looked up by
         the summary's value in one C loop (`map`), and only a miss costs Python calls (a
         lookup per item by identity, in a generator, made three calls per summary: 60 of a
@@ -120,7 +127,7 @@ class MqttFrontend:
                 cache.clear()
             for index, item in enumerate(items):
                 if texts[index] is None:
-                    texts[index] = cache[item] = shapes.compact(shapes.summary(item))
+                    texts[index] = cache[item] = shapes.summary_text(item)
         return ",".join(texts)  # type: ignore[arg-type]  # no None is left
 
     def _notify_payload(self, event: JobExecutionsChanged) -> bytes:
@@ -149,7 +156,7 @@ class MqttFrontend:
             elif isinstance(event, NextJobExecutionChanged):
                 body: dict[str, Any] = {"timestamp": int(event.timestamp)}
                 if event.execution is not None:
-                    body["execution"] = self._execution(event.execution, DocumentAs.OBJECT)
+                    body["execution"] = self._execution(event.execution, shapes.AS_OBJECT)
                 self._send(self._topic(notify_next_topic, event.thing_name, event.namespace), body)
             elif isinstance(event, LifecycleEvent):
                 self._send(event.topic, event.payload)
@@ -178,7 +185,7 @@ class MqttFrontend:
         if parsed is None:
             self._invalid_topic(message)
             return
-        if parsed.kind is not ReplyKind.REQUEST:
+        if parsed.kind is not _REQUEST:
             return
         token: str | None = None
         obj: Mapping[str, Any] | None = None
@@ -255,10 +262,10 @@ class MqttFrontend:
         op = parsed.operation
         body: dict[str, Any] = {}
         token: str | None = None
-        if op is Operation.GET_PENDING:
+        if op is _GET_PENDING:
             token = GetPendingRequest.from_json(obj).client_token
             body = shapes.pending(*service.get_pending(thing, parsed.namespace))
-        elif op is Operation.START_NEXT:
+        elif op is _START_NEXT:
             start = StartNextRequest.from_json(obj)
             token = start.client_token
             delivery = service.start_next(
@@ -268,8 +275,8 @@ class MqttFrontend:
                 step_timeout_minutes=start.step_timeout_in_minutes,
             )
             if delivery is not None:
-                body["execution"] = self._execution(delivery, DocumentAs.OBJECT)
-        elif op is Operation.DESCRIBE:
+                body["execution"] = self._execution(delivery, shapes.AS_OBJECT)
+        elif op is _DESCRIBE:
             describe = DescribeRequest.from_json(obj)
             token = describe.client_token
             assert parsed.job_id is not None  # the topic parser guarantees it for DESCRIBE
@@ -278,9 +285,9 @@ class MqttFrontend:
             )
             include = describe.include_job_document is not False
             if delivery is not None:
-                document = DocumentAs.OBJECT if include else DocumentAs.OMITTED
+                document = shapes.AS_OBJECT if include else DocumentAs.OMITTED
                 body["execution"] = self._execution(delivery, document)
-        elif op is Operation.UPDATE:
+        elif op is _UPDATE:
             update = UpdateRequest.from_json(obj)
             token = update.client_token
             assert parsed.job_id is not None  # the topic parser guarantees it for UPDATE

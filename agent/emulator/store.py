@@ -102,7 +102,7 @@ def _execution_from_json(data: dict[str, Any]) -> Execution:
 
 
 def _history_to_json(entry: HistoryEntry) -> dict[str, Any]:
-    data = asdict(entry)
+    data = entry._asdict()
     data["from_status"] = None if entry.from_status is None else entry.from_status.value
     data["to_status"] = entry.to_status.value
     data["source"] = entry.source.value
