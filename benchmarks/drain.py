@@ -52,7 +52,7 @@ from benchmarks.harness import (
     new_id,
     peak_rss_mb,
 )
-from benchmarks.turns import order, order_note
+from benchmarks.turns import name, order, order_note
 
 NAME = "drain"
 HELP = "CPU per job (agent, emulator, broker), peak RSS and jobs/s per transport and job kind"
@@ -356,9 +356,12 @@ async def run(session: Session, quick: bool) -> list[Measure]:
                 n = jobs[kind]
                 args = (session, bench, transport, kind)
                 drained = {w: await one(*args, w, tree_of[w], n, warmup) for w in who}
+                uncut = ""
                 if transport == "local" and count_instructions:
                     each = [counted(session, kind, w, tree_of[w], drained[w]) for w in who]
                     drained = dict(zip(who, await asyncio.gather(*each), strict=True))
+                    missing = [w for w in who if drained[w].agent_instructions is None]
+                    uncut = instructions.uncut([name(w, base) for w in missing])
                 found = figures(
                     transport,
                     kind,
@@ -370,8 +373,8 @@ async def run(session: Session, quick: bool) -> list[Measure]:
                     base,
                 )
                 for measure in found:
-                    if transport == "local" and not_counted:
-                        measure.note += f"; {not_counted}"
+                    if transport == "local" and (not_counted or uncut):
+                        measure.note += f"; {not_counted or uncut}"
                     measure.note += f"; {order_note(round_number, who, base, 'drained')}"
                 measures += found
     finally:

@@ -27,11 +27,15 @@ def order(round_number: int, baseline: bool) -> list[str]:
     return [*pair, "perfect"]
 
 
-def order_note(round_number: int, who: list[str], base: Tree | None, verb: str) -> str:
-    """E.g. "round 2 drained the agent of main, then this checkout, then the perfect agent"."""
-    names = {
+def name(who: str, base: Tree | None) -> str:
+    """How a note names `who` ("agent", "baseline" or "perfect")."""
+    return {
         "agent": "this checkout",
         "baseline": f"the agent of {base.label}" if base else "",
         "perfect": "the perfect agent",
-    }
-    return f"round {round_number} {verb} {', then '.join(names[w] for w in who)}"
+    }[who]
+
+
+def order_note(round_number: int, who: list[str], base: Tree | None, verb: str) -> str:
+    """E.g. "round 2 drained the agent of main, then this checkout, then the perfect agent"."""
+    return f"round {round_number} {verb} {', then '.join(name(w, base) for w in who)}"
