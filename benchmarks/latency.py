@@ -17,7 +17,8 @@ p50 <= 1.5x the floor, p99 < 10 ms.
 With `--baseline REF` the agent of REF runs the same jobs on the same broker. Who runs first
 alternates from run to run (benchmarks/turns.py; the notes say the order of each run), and each
 agent runs `WARMUP` jobs, untimed, before its timed ones: on a fresh broker the first agent's
-first jobs were slow whichever code it ran, and p99 measured the order, not the code.
+first jobs were slow whichever code it ran, and p99 measured the order, not the code. The first
+warm-up job, an agent's first job after start-up, is printed in a row of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,11 @@ first on the broker or not, and the first agent on a fresh broker took 8-87 ms f
 too; from the 6th job on, the early jobs read like the rest (paho and awscrt, 500 jobs each,
 2 runs). p99 of 500 jobs is the 5th slowest: those few jobs alone made it. The perfect agent's
 first jobs are as fast as its others; it runs the warm-up all the same, as the drain's does."""
+FIRST_NOTE = (
+    "the first job is the first warm-up job, not timed with the others: the agent imports what"
+    " only a job needs (the dispatcher's router, importlib.metadata's entry points, the"
+    " engine's runner) at its first job, not at start-up"
+)
 
 
 def jobs_count(session: Session, quick: bool) -> int:
@@ -110,6 +117,16 @@ def device(
     return process, stamps
 
 
+@dataclass(frozen=True)
+class Latencies:
+    """One agent's jobs, created -> handler started, in milliseconds."""
+
+    timed: dict[str, float]
+    """By job id, in the order they ran."""
+    first: float | None
+    """The first warm-up job's: the agent's first job after start-up (None without warm-up)."""
+
+
 async def one_job(emu: Any, process: AgentProcess, job_id: str) -> float:
     """Create `job_id` for the device, wait until it has succeeded and the device is idle again;
     the time of its creation."""
@@ -136,9 +153,9 @@ async def latencies(
     tree: Tree | None,
     count: int,
     warmup: int,
-) -> dict[str, float]:
-    """Milliseconds from each timed job's creation to its handler's start, by job id, after
-    `warmup` jobs that are not timed (`WARMUP`)."""
+) -> Latencies:
+    """Milliseconds from each timed job's creation to its handler's start, after `warmup` jobs
+    that are not timed (`WARMUP`)."""
     process, stamps = device(session, broker, transport, who, tree)
     async with emulator(broker) as emu:
         await process.start()
@@ -146,7 +163,7 @@ async def latencies(
         try:
             await wait_idle(emu, 1)
             for i in range(warmup):
-                await one_job(emu, process, f"warm-{i}")
+                created[f"warm-{i}"] = await one_job(emu, process, f"warm-{i}")
             for i in range(count):
                 created[f"lat-{i}"] = await one_job(emu, process, f"lat-{i}")
         finally:
@@ -155,7 +172,9 @@ async def latencies(
     for line in stamps.read_text().splitlines():
         job_id, when = line.split()
         started[job_id] = float(when)
-    return {j: 1000 * (started[j] - created[j]) for j in created}
+    ms = {j: 1000 * (started[j] - created[j]) for j in created}
+    first = ms.pop("warm-0", None)
+    return Latencies({j: v for j, v in ms.items() if not j.startswith("warm-")}, first)
 
 
 async def physical_floor(session: Session, tls: bool, count: int) -> list[float]:
@@ -187,10 +206,9 @@ async def run(session: Session, quick: bool) -> list[Measure]:
     measures: list[Measure] = []
     for transport, tls in (("paho", False), ("awscrt", True)):
         broker = session.broker()
-        timed: dict[str, list[float]] = {}
+        timed: dict[str, Latencies] = {}
         for w in who:
-            found = await latencies(session, broker, transport, w, tree_of[w], count, warmup)
-            timed[w] = list(found.values())
+            timed[w] = await latencies(session, broker, transport, w, tree_of[w], count, warmup)
         physical = await physical_floor(session, tls, count)
         measures += figures(transport, tls, timed, physical, base, note)
     return measures
@@ -199,16 +217,17 @@ async def run(session: Session, quick: bool) -> list[Measure]:
 def figures(
     transport: str,
     tls: bool,
-    timed: dict[str, list[float]],
+    timed: dict[str, Latencies],
     physical: list[float],
     base: Tree | None,
     note: str,
 ) -> list[Measure]:
-    agent, perfect, old = timed["agent"], timed["perfect"], timed.get("baseline")
+    agent, perfect = list(timed["agent"].timed.values()), list(timed["perfect"].timed.values())
+    old = list(timed["baseline"].timed.values()) if "baseline" in timed else None
     floor_name = "perfect agent (raw paho" + (", mTLS)" if tls else ")")
     physical_name = "raw paho" + (", mTLS" if tls else "") + ", no service"
     base_label = f"agent of {base.label}" if base else ""
-    return [
+    result = [
         Measure(
             f"p50-{transport}",
             f"p50 created -> handler started ({transport})",
@@ -247,3 +266,20 @@ def figures(
             base_label=base_label,
         ),
     ]
+    first = timed["agent"].first
+    if first is not None:
+        base_first = timed["baseline"].first if "baseline" in timed else None
+        result.append(
+            Measure(
+                f"first-{transport}",
+                f"first job after start-up, created -> handler started ({transport})",
+                "ms",
+                first,
+                f"{floor_name}, its first job",
+                timed["perfect"].first,
+                note=f"{note}; {FIRST_NOTE}",
+                base_value=base_first,
+                base_label=base_label,
+            )
+        )
+    return result

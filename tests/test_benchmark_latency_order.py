@@ -48,10 +48,10 @@ def test_each_run_alternates_who_goes_first_and_says_so(
         tree: Tree | None,
         count: int,
         warmup: int = 0,
-    ) -> dict[str, float]:
+    ) -> latency.Latencies:
         ran.append((transport, who, tree, broker))
         ms = {"agent": 1.0, "baseline": 2.0, "perfect": 3.0}[who]
-        return {f"lat-{i}": ms for i in range(count)}
+        return latency.Latencies({f"lat-{i}": ms for i in range(count)}, 10 * ms)
 
     async def no_floor(session: Session, tls: bool, count: int) -> list[float]:
         return [0.5] * count
@@ -78,12 +78,14 @@ def test_each_run_alternates_who_goes_first_and_says_so(
         3: "round 3 ran this checkout, then the agent of HEAD, then the perfect agent",
     }
     for number, measures in enumerate(runs, start=1):
-        assert len(measures) == 6
+        assert len(measures) == 8
         assert all(said[number] in m.note for m in measures)
         # Whoever went first, each figure still sits in its place: this checkout's is the value,
         # the baseline's the "before", the perfect agent's the floor.
         p99 = [m for m in measures if m.key.startswith("p99-")]
         assert [(m.value, m.base_value, m.ref_value) for m in p99] == [(1.0, 2.0, 3.0)] * 2
+        first = [m for m in measures if m.key.startswith("first-")]
+        assert [(m.value, m.base_value, m.ref_value) for m in first] == [(10.0, 20.0, 30.0)] * 2
         assert all(m.base_label == "agent of HEAD" for m in measures)
 
 
@@ -94,11 +96,13 @@ def test_warm_up_jobs_run_on_the_same_broker_before_the_timed_ones_and_are_not_t
     broker = session.broker()
     expected_timed = ["lat-0", "lat-1", "lat-2"]
     for who, tree in (("agent", session.current), ("perfect", None)):
-        timed = asyncio.run(
+        found = asyncio.run(
             latency.latencies(session, broker, "paho", who, tree, 3, latency.WARMUP)
         )
-        assert list(timed) == expected_timed
-        assert all(ms > 0 for ms in timed.values())
+        assert list(found.timed) == expected_timed
+        assert all(ms > 0 for ms in found.timed.values())
+        # The first warm-up job, the agent's first after start-up, has a figure of its own.
+        assert found.first is not None and found.first > 0
         # Every job the device's handler started, in order: the two warm-up jobs first.
         (stamps,) = session.root.glob(f"*-latency-{who}-paho/stamps.txt")
         started = [line.split()[0] for line in stamps.read_text().splitlines()]
