@@ -53,11 +53,14 @@ P50_FACTOR = 1.5
 P99_MS = 10.0
 WARMUP = 10
 """Jobs each agent runs, untimed, once it is up and before its timed jobs, on the same broker and
-emulator. An agent's first job took 42-127 ms (timed jobs' median 4.5-5.5 ms) in every agent,
-first on the broker or not, and the first agent on a fresh broker took 8-87 ms for its jobs 1-4
-too; from the 6th job on, the early jobs read like the rest (paho and awscrt, 500 jobs each,
-2 runs). p99 of 500 jobs is the 5th slowest: those few jobs alone made it. The perfect agent's
-first jobs are as fast as its others; it runs the warm-up all the same, as the drain's does."""
+emulator. Per-job latencies of 500-job runs (paho and awscrt, 2 runs, load 1.5-3): an agent's
+first job took 42-127 ms (the median 4.5-5.5 ms) in every agent, first on the broker or not, and
+the first agent on a fresh broker took 8-87 ms for its jobs 1-4 too; jobs 5-9 read like the
+rest, but for 22 and 28 ms at jobs 8 and 9 of one agent (the machine's load gives such jobs
+anywhere in a run). p99 of 500 jobs is the 5th slowest, so those few jobs made it: the first
+paho agent's p99 read 52.5 ms over all 500 and 14.9 ms without its first 10. Ten is the drain's
+warm-up too. The perfect agent's first jobs are as fast as its others; it runs the warm-up all
+the same."""
 FIRST_NOTE = (
     "the first job is the first warm-up job, not timed with the others: the agent imports what"
     " only a job needs (the dispatcher's router, importlib.metadata's entry points, the"
