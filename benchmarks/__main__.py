@@ -149,18 +149,30 @@ def write_results(text: str) -> None:
     RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n", encoding="utf-8")
 
 
-async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, float]]:
+def runs_text(counts: dict[str, int]) -> str:
+    """How many runs each benchmark made ("3 run(s)", or "drain 2, latency 3 run(s)" where the
+    long ones' `MAX_RUNS` capped the default): the count run, not the count asked for."""
+    if len(set(counts.values())) <= 1:
+        return f"{next(iter(counts.values()), 0)} run(s)"
+    return ", ".join(f"{name} {count}" for name, count in counts.items()) + " run(s)"
+
+
+async def run_all(
+    args: argparse.Namespace,
+) -> tuple[list[Figure], dict[str, float], dict[str, int]]:
     names = args.names or BENCHMARKS
     runs = args.runs or (1 if args.quick or args.smoke else 3)
     session = Session(baseline=args.baseline, smoke=args.smoke)
     figures: dict[tuple[str, str], Figure] = {}
     durations: dict[str, float] = {}
+    counts: dict[str, int] = {}
     try:
         for name in names:
             bench = module(name)
             started = time.monotonic()
             # The long ones cap the default number of runs; --runs K is obeyed as given.
             count = runs if args.runs else min(runs, getattr(bench, "MAX_RUNS", runs))
+            counts[name] = count
             for index in range(count):
                 print(f"== {name}: run {index + 1}/{count}", file=sys.stderr, flush=True)
                 measures: list[Measure] = await bench.run(session, args.quick or args.smoke)
@@ -185,7 +197,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Figure], dict[str, flo
         session.close(keep=args.keep)
         if args.keep:
             print(f"kept {session.root}", file=sys.stderr)
-    return list(figures.values()), durations
+    return list(figures.values()), durations, counts
 
 
 def main(argv: list[str]) -> int:
@@ -202,16 +214,15 @@ def main(argv: list[str]) -> int:
     when = datetime.datetime.now().astimezone()
     started = time.monotonic()
     load = MachineLoad()
-    figures, durations = asyncio.run(run_all(args))
+    figures, durations, counts = asyncio.run(run_all(args))
     total = time.monotonic() - started
-    runs = args.runs or (1 if args.quick or args.smoke else 3)
     if args.json:
         print(
             json.dumps(
                 {
                     "date": when.isoformat(timespec="seconds"),
                     "machine": info,
-                    "runs": runs,
+                    "runs": counts,
                     "quick": args.quick,
                     "seconds": durations,
                     "figures": [f.as_json() for f in figures],
@@ -232,7 +243,7 @@ def main(argv: list[str]) -> int:
     section = "\n".join(
         [
             f"## {when:%Y-%m-%d %H:%M %Z}: {' '.join(args.names) or 'all'}{options},"
-            f" {runs} run(s), {total:.0f} s",
+            f" {runs_text(counts)}, {total:.0f} s",
             "",
             f"Machine: {machine_text(info)}; {load.describe()}",
             "",

@@ -20,7 +20,7 @@ drain of its own: benchmarks/instructions.py), a figure the machine's speed does
 Floor: the perfect agent (benchmarks/perfect.py: the two requests, two fsyncs and, for a script,
 one fork/exec per job, nothing else), run the same way against the same emulator and broker.
 With `--baseline REF` the agent of REF drains the same queue in the same round; who drains first
-alternates from round to round (`order`), and the notes say the order of each round.
+alternates from round to round (benchmarks/turns.py), and the notes say the order of each round.
 
 The queue here is modest (500 plugin or 200 script jobs): what the agent pays for a deep queue is
 the `depth` benchmark's question.
@@ -52,6 +52,7 @@ from benchmarks.harness import (
     new_id,
     peak_rss_mb,
 )
+from benchmarks.turns import name, order, order_note
 
 NAME = "drain"
 HELP = "CPU per job (agent, emulator, broker), peak RSS and jobs/s per transport and job kind"
@@ -338,31 +339,6 @@ async def one(
     return await mqtt_drain(bench, transport, kind, who, tree, jobs, warmup)
 
 
-def order(round_number: int, baseline: bool) -> list[str]:
-    """Who drains, in turn, in round `round_number` (1, 2, ...): this checkout ("agent") and the
-    baseline swap places each round, the perfect agent is always last.
-
-    With the same code on both sides (`--baseline HEAD`), a fixed order read now / before
-    0.85x-1.07x on agent rows and 1.18x on the emulator's CPU per paho script job, and "now"
-    read worse on paho scripts in three runs out of three: the place in the round is suspected
-    (one run of the same code is not proof), and alternating takes it out either way. Over
-    the drain's two default runs the swap gives each side each place once. The perfect agent
-    keeps the place it held in every earlier run, so its floor stays comparable with theirs."""
-    if not baseline:
-        return ["agent", "perfect"]
-    pair = ["agent", "baseline"] if round_number % 2 == 1 else ["baseline", "agent"]
-    return [*pair, "perfect"]
-
-
-def order_note(round_number: int, who: list[str], base: Tree | None) -> str:
-    names = {
-        "agent": "this checkout",
-        "baseline": f"the agent of {base.label}" if base else "",
-        "perfect": "the perfect agent",
-    }
-    return f"round {round_number} drained {', then '.join(names[w] for w in who)}"
-
-
 async def run(session: Session, quick: bool) -> list[Measure]:
     jobs, warmup = counts(session, quick)
     trees = session.trees()
@@ -380,9 +356,12 @@ async def run(session: Session, quick: bool) -> list[Measure]:
                 n = jobs[kind]
                 args = (session, bench, transport, kind)
                 drained = {w: await one(*args, w, tree_of[w], n, warmup) for w in who}
+                uncut = ""
                 if transport == "local" and count_instructions:
                     each = [counted(session, kind, w, tree_of[w], drained[w]) for w in who]
                     drained = dict(zip(who, await asyncio.gather(*each), strict=True))
+                    missing = [w for w in who if drained[w].agent_instructions is None]
+                    uncut = instructions.uncut([name(w, base) for w in missing])
                 found = figures(
                     transport,
                     kind,
@@ -394,9 +373,9 @@ async def run(session: Session, quick: bool) -> list[Measure]:
                     base,
                 )
                 for measure in found:
-                    if transport == "local" and not_counted:
-                        measure.note += f"; {not_counted}"
-                    measure.note += f"; {order_note(round_number, who, base)}"
+                    if transport == "local" and (not_counted or uncut):
+                        measure.note += f"; {not_counted or uncut}"
+                    measure.note += f"; {order_note(round_number, who, base, 'drained')}"
                 measures += found
     finally:
         bench.close()

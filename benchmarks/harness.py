@@ -333,10 +333,15 @@ class Tree:
     start here, which an installed agent does not pay). The tree is this checkout (`checkout`)
     or a git ref extracted to a temporary directory (`extract`, for `--baseline`).
 
-    The programs that run inside an agent's process (benchmarks/local_drain.py, the plugins)
-    come from the tree itself when it has them, so they match its agent's internals (a later
-    restructuring changes local_drain.py with the agent); a tree older than them borrows this
-    checkout's. Their command-line options must therefore stay as they are.
+    Only the agent's code comes from the tree. The programs that run inside an agent's process
+    (benchmarks/local_drain.py, the plugins of benchmarks/handlers.py) are this checkout's for
+    every tree: `programs` (the tree's own folder when it has local_drain.py, else this
+    checkout) follows the links on PYTHONPATH, but Python puts a process's working directory
+    before PYTHONPATH (`-m`, `-c`), and local_drain.py runs from this checkout (under callgrind,
+    benchmarks/instructions.py puts it first too), as does an agent started by a harness run
+    from the checkout, the usual way. So this checkout's local_drain.py must keep driving the
+    agents of the trees it is run against (instructions.py's program already guards an
+    `INLINE_COMMIT_SECONDS` that an older tree lacks).
     """
 
     def __init__(self, label: str, source: Path, root: Path) -> None:

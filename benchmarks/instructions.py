@@ -160,6 +160,19 @@ def note(kind: str) -> str:
     )
 
 
+def uncut(names: list[str]) -> str:
+    """Why the rows of `names` are absent though callgrind ran ("" when none is): `count` found
+    no window, as with an interpreter without symbols, where callgrind never sees `WINDOW_MARK`
+    called."""
+    if not names:
+        return ""
+    return (
+        f"instructions per job (callgrind) not counted for {', '.join(names)}: callgrind never"
+        f" saw {WINDOW_MARK} called (an interpreter without symbols?), so the window could not"
+        " be cut"
+    )
+
+
 def skipped(smoke: bool) -> str:
     """Why the drain counts no instructions ("" when it counts them)."""
     if smoke:

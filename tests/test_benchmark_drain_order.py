@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import drain
+from benchmarks import drain, turns
 from benchmarks.harness import Session, Tree
 from tests.fixtures.bench import NoBench
 from tests.fixtures.broker import find_mosquitto
@@ -24,12 +24,12 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_this_checkout_and_the_baseline_swap_places_each_round() -> None:
-    assert drain.order(1, baseline=True) == ["agent", "baseline", "perfect"]
-    assert drain.order(2, baseline=True) == ["baseline", "agent", "perfect"]
-    assert drain.order(3, baseline=True) == ["agent", "baseline", "perfect"]
-    assert drain.order(4, baseline=True) == ["baseline", "agent", "perfect"]
-    assert drain.order(1, baseline=False) == drain.order(2, baseline=False)
-    assert drain.order(2, baseline=False) == ["agent", "perfect"]
+    assert turns.order(1, baseline=True) == ["agent", "baseline", "perfect"]
+    assert turns.order(2, baseline=True) == ["baseline", "agent", "perfect"]
+    assert turns.order(3, baseline=True) == ["agent", "baseline", "perfect"]
+    assert turns.order(4, baseline=True) == ["baseline", "agent", "perfect"]
+    assert turns.order(1, baseline=False) == turns.order(2, baseline=False)
+    assert turns.order(2, baseline=False) == ["agent", "perfect"]
 
 
 @pytest.fixture

@@ -109,3 +109,23 @@ def test_without_valgrind_the_local_rows_say_so_and_the_drain_goes_on(
     assert measures
     assert not any(m.key.endswith("-instructions") for m in measures)
     assert all("not counted: valgrind is not installed" in m.note for m in measures)
+
+
+def test_a_window_callgrind_never_cuts_leaves_the_rows_out_and_says_why(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an interpreter without symbols does: callgrind runs, but the function that marks the
+    window's ends is never seen called. Made real here with a mark no interpreter has."""
+    if instructions.skipped(smoke=False):
+        pytest.skip("valgrind not installed (tests/run.sh installs it)")
+    monkeypatch.setattr(instructions, "JOBS", {"plugin": 2})
+    monkeypatch.setattr(instructions, "WARMUP", 1)
+    monkeypatch.setattr(instructions, "WINDOW_MARK", "no_such_function_anywhere")
+    measures = asyncio.run(drain.run(session, quick=True))
+    assert measures
+    assert not any(m.key.endswith("-instructions") for m in measures)
+    said = (
+        "instructions per job (callgrind) not counted for this checkout, the agent of HEAD,"
+        " the perfect agent: callgrind never saw no_such_function_anywhere called"
+    )
+    assert all(said in m.note for m in measures)
