@@ -17,8 +17,7 @@ import pytest
 
 from benchmarks import drain, turns
 from benchmarks.harness import Session, Tree
-from tests.fixtures.bench import NoBench
-from tests.fixtures.broker import find_mosquitto
+from tests.fixtures.bench import NoBench, head_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,13 +33,8 @@ def test_this_checkout_and_the_baseline_swap_places_each_round() -> None:
 
 @pytest.fixture
 def session() -> Iterator[Session]:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
-    session = Session(baseline="HEAD", smoke=True)
-    try:
+    with head_session() as session:
         yield session
-    finally:
-        session.close()
 
 
 def test_each_run_of_the_drain_alternates_who_drains_first_and_says_so(

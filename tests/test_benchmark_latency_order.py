@@ -19,20 +19,15 @@ import pytest
 
 from benchmarks import latency
 from benchmarks.harness import Broker, Session, Tree
-from tests.fixtures.broker import find_mosquitto
+from tests.fixtures.bench import head_session
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 def session() -> Iterator[Session]:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
-    session = Session(baseline="HEAD", smoke=True)
-    try:
+    with head_session() as session:
         yield session
-    finally:
-        session.close()
 
 
 def test_each_run_alternates_who_goes_first_and_says_so(

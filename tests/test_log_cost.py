@@ -8,28 +8,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
-import pytest
 import structlog
 
 from jobs_agent import log as log_module
 from jobs_agent import redact
 from jobs_agent.log import configure_logging
 from tests.helpers.calls import Calls
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    yield
-    structlog.reset_defaults()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved[0]:
-        root.addHandler(handler)
-    root.setLevel(saved[1])
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
