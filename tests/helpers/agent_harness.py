@@ -14,7 +14,6 @@ import contextlib
 import functools
 import io
 import json
-import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from jobs_agent import daemon
 from jobs_agent.config import AgentConfig, ConnectionConfig, JobsConfig, LogConfig
@@ -32,6 +30,7 @@ from jobs_agent.emulator.model import TERMINAL, Execution
 from jobs_agent.emulator.service import JobsService
 from jobs_agent.log import configure_logging
 from jobs_agent.transport.local import LocalBus, LocalTransport
+from tests.fixtures.logs import logging_restored
 
 THING = "fuzz-gw"
 TERMINAL_NAMES = frozenset(str(s) for s in TERMINAL)
@@ -152,18 +151,9 @@ class LogCapture(io.TextIOBase):
 def captured_logs(level: str = "debug") -> Any:
     """JSON logs of everything (engine, client, emulator) into a `LogCapture`, then restore."""
     capture = LogCapture()
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    configure_logging(level, "json", stream=capture)
-    try:
+    with logging_restored():
+        configure_logging(level, "json", stream=capture)
         yield capture
-    finally:
-        structlog.reset_defaults()
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
 
 
 @dataclass
