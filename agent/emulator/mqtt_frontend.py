@@ -15,6 +15,7 @@ the front end from answering its own replies.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import structlog
@@ -87,6 +88,22 @@ def _envelope(body: dict[str, Any], token: str | None, timestamp: float) -> dict
     return body
 
 
+def _envelope_text(head: str, token: str | None, timestamp: float) -> bytes:
+    """`_encode(_envelope(body, ...))` for a body already written as text (`head`: its fields
+    without the closing brace), the same bytes."""
+    if token is not None:
+        head += ',"clientToken":' + encode_basestring_ascii(token)
+    return f'{head},"timestamp":{int(timestamp)}}}'.encode()
+
+
+def _next_changed(timestamp: float, execution: str | None) -> bytes:
+    """NextJobExecutionChangedEvent, with the execution's text (`shapes.execution_text`) if
+    there is one: `_encode` of `{"timestamp": ..., "execution": ...}`, the same bytes."""
+    if execution is None:
+        return f'{{"timestamp":{int(timestamp)}}}'.encode()
+    return f'{{"timestamp":{int(timestamp)},"execution":{execution}}}'.encode()
+
+
 class MqttFrontend:
     """Serves the Jobs MQTT API for `service` on `link` (see the module docstring)."""
 
@@ -154,16 +171,17 @@ class MqttFrontend:
                 topic = self._topic(notify_topic, event.thing_name, event.namespace)
                 self.link.send(topic, self._notify_payload(event))
             elif isinstance(event, NextJobExecutionChanged):
-                body: dict[str, Any] = {"timestamp": int(event.timestamp)}
+                topic = self._topic(notify_next_topic, event.thing_name, event.namespace)
+                execution = None
                 if event.execution is not None:
-                    body["execution"] = self._execution(event.execution, shapes.AS_OBJECT)
-                self._send(self._topic(notify_next_topic, event.thing_name, event.namespace), body)
+                    execution = self._execution(event.execution, shapes.AS_OBJECT)
+                self.link.send(topic, _next_changed(event.timestamp, execution))
             elif isinstance(event, LifecycleEvent):
                 self._send(event.topic, event.payload)
 
-    def _execution(self, delivery: Any, document: DocumentAs) -> dict[str, Any]:
+    def _execution(self, delivery: Any, document: DocumentAs) -> str:
         seconds = self.service.readings.mqtt_seconds_before_timed_out
-        return shapes.execution(delivery, document, seconds)
+        return shapes.execution_text(delivery, document, seconds)
 
     # -- inbound ------------------------------------------------------------------------------
     def _parse_topic(self, topic: str) -> ParsedTopic | None:
@@ -261,6 +279,7 @@ class MqttFrontend:
         thing = parsed.thing_name
         op = parsed.operation
         body: dict[str, Any] = {}
+        head: str | None = None  # the body as text when it holds an execution (execution_text)
         token: str | None = None
         if op is _GET_PENDING:
             token = GetPendingRequest.from_json(obj).client_token
@@ -275,7 +294,7 @@ class MqttFrontend:
                 step_timeout_minutes=start.step_timeout_in_minutes,
             )
             if delivery is not None:
-                body["execution"] = self._execution(delivery, shapes.AS_OBJECT)
+                head = '{"execution":' + self._execution(delivery, shapes.AS_OBJECT)
         elif op is _DESCRIBE:
             describe = DescribeRequest.from_json(obj)
             token = describe.client_token
@@ -286,7 +305,7 @@ class MqttFrontend:
             include = describe.include_job_document is not False
             if delivery is not None:
                 document = shapes.AS_OBJECT if include else DocumentAs.OMITTED
-                body["execution"] = self._execution(delivery, document)
+                head = '{"execution":' + self._execution(delivery, document)
         elif op is _UPDATE:
             update = UpdateRequest.from_json(obj)
             token = update.client_token
@@ -306,4 +325,7 @@ class MqttFrontend:
                 body["executionState"] = shapes.state(result.execution)
             if result.document is not None:
                 body["jobDocument"] = result.document
-        self._send(request + ACCEPTED, _envelope(body, token, service.now()))
+        if head is None:
+            self._send(request + ACCEPTED, _envelope(body, token, service.now()))
+        else:
+            self.link.send(request + ACCEPTED, _envelope_text(head, token, service.now()))
