@@ -25,6 +25,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from threading import get_ident
 from typing import Any
 
 from jobs_agent.transport.base import Message, NotConnectedError, Transport, TransportError
@@ -206,20 +207,34 @@ class LocalBus:
 
     # -- routing -------------------------------------------------------------------------------
     def _publish(self, transport: LocalTransport, topic: str, payload: bytes) -> None:
+        """Route `payload` to every session subscribed to `topic`. The per-message path keeps
+        its Python calls few (issue 18: eight publishes a job, each counted on the side that
+        publishes): `_session_for`'s checks and a kept route's lookup are made here, and the
+        thread is asked once per message rather than once per target and hop."""
         with self._lock:
-            self._session_for(transport)
+            session = self._sessions.get(transport.client_id)
+            if (
+                session is None
+                or session.transport is not transport
+                or not session.online
+                or not self._online
+            ):
+                self._session_for(transport)  # raises NotConnectedError, with its message
             self.published += 1
-            targets = self._route(topic)
+            targets = self._routes.get(topic)
+            if targets is None:
+                targets = self._route(topic)
             if not targets:
                 return
             message = Message(topic, payload)
-            for session in targets:
-                if session.transport is transport and transport.no_local:
+            thread = get_ident()
+            for target in targets:
+                if target.transport is transport and transport.no_local:
                     continue
-                if session.online and self._online:
-                    session.transport._schedule_delivery(message)
+                if target.online:
+                    target.transport._schedule_delivery(message, thread)
                 else:
-                    session.pending.append(message)
+                    target.pending.append(message)
 
     def _route(self, topic: str) -> tuple[_Session, ...]:
         """Sessions to deliver to, each once, in a stable order.
@@ -288,21 +303,29 @@ class LocalTransport(Transport):
         else:
             loop.call_soon_threadsafe(callback, *args)
 
-    def _schedule_delivery(self, message: Message) -> None:
-        """Deliver `message` on this transport's loop. Messages routed to it one after the
-        other from its loop's thread, with no other callback of its own scheduled between
-        them, go in one loop callback, in order, as a broker's messages come in one read of a
-        socket. A reply and the events that follow it (`notify`, `notify-next`) were a
-        callback each: three callbacks a plugin job more (issue 18)."""
-        on_loop_thread = threading.get_ident() == self._thread
+    def _schedule_delivery(self, message: Message, thread: int) -> None:
+        """Deliver `message` on this transport's loop (`thread`: the routing thread's ident).
+        Messages routed to it one after the other from its loop's thread, with no other
+        callback of its own scheduled between them, go in one loop callback, in order, as a
+        broker's messages come in one read of a socket. A reply and the events that follow it
+        (`notify`, `notify-next`) were a callback each: three callbacks a plugin job more
+        (issue 18). `_schedule`'s steps are made here, without its call and its second look
+        at the thread."""
+        on_loop_thread = thread == self._thread
         batch = self._batch
         if batch is not None and on_loop_thread:
             batch.append(message)
             return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
         batch = [message]
-        self._schedule(self._deliver_batch, batch)
         if on_loop_thread:
+            loop.call_soon(self._deliver_batch, batch)
             self._batch = batch
+        else:
+            self._batch = None
+            loop.call_soon_threadsafe(self._deliver_batch, batch)
 
     def _deliver_batch(self, batch: list[Message]) -> None:
         """Each message of `batch` delivered; one whose listener raises is reported to the
