@@ -10,13 +10,14 @@ for a `$` topic) still decide, and that the kept routes stay bounded.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
 from jobs_agent.transport import local
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import ROUTE_CACHE_LIMIT, LocalBus, LocalTransport
-from jobs_agent.transport.topics import levels_match
+from jobs_agent.transport.topics import levels_match, topic_matches
 
 FENCE = "fence"
 
@@ -124,3 +125,63 @@ async def test_the_kept_routes_are_bounded() -> None:
         f"$aws/things/t/jobs/job-{3 * ROUTE_CACHE_LIMIT - 1}/update/accepted",
         "notify",
     ]
+
+
+async def test_a_wildcard_filter_is_matched_only_against_topics_of_a_length_it_can_take(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job's own topics are routed once each (their routes are new): a filter of a length no
+    such topic has (the device's seven-level `+/update/+` for the six-level update request) is
+    passed over without a call of the level matcher."""
+    calls = _counted(monkeypatch)
+    bus = LocalBus()
+    reader = await Reader(bus, "reader").start("x/+/z", "x/#", "+/y")
+    sender = LocalTransport(bus, "sender")
+    await sender.connect(5)
+    for topic in ["x/y", "x", "q/r/s/t"]:
+        await sender.publish(topic, b"")
+    await _settled(sender, reader)
+    assert reader.topics == ["x/y", "x"]
+    # x/y: "x/#" matches first (one call); x: "x/#" (one call); q/r/s/t: "x/#" (one call)
+    assert calls == ["x/y", "x", "q/r/s/t"]
+
+
+async def test_the_bus_delivers_what_the_topic_rules_say_for_every_small_filter_and_topic() -> None:
+    """Every valid filter of up to three levels over `a`, `$s`, the empty level, `+` and `#`,
+    each on a client of its own, and every topic of up to four such levels: each client hears
+    exactly the topics `topic_matches` gives it, in publish order."""
+    names = ["a", "$s", ""]
+    filters = [
+        "/".join(levels)
+        for size in (1, 2, 3)
+        for levels in itertools.product([*names, "+", "#"], repeat=size)
+        if "#" not in levels[:-1] and "/".join(levels)
+    ]
+    topics = [
+        "/".join(levels)
+        for size in (1, 2, 3, 4)
+        for levels in itertools.product(names, repeat=size)
+        if "/".join(levels)
+    ]
+    bus = LocalBus()
+    heard: dict[str, list[str]] = {f: [] for f in filters}
+    total = [0]
+    for index, topic_filter in enumerate(filters):
+        transport = LocalTransport(bus, f"client-{index}")
+
+        def received(message: Message, own: list[str] = heard[topic_filter]) -> None:
+            own.append(message.topic)
+            total[0] += 1
+
+        transport.set_message_callback(received)
+        await transport.connect(5)
+        await transport.subscribe(topic_filter)
+    sender = LocalTransport(bus, "sender")
+    await sender.connect(5)
+    for topic in topics:
+        await sender.publish(topic, b"")
+    expected = {f: [t for t in topics if topic_matches(f, t)] for f in filters}
+    async with asyncio.timeout(30):
+        while total[0] < sum(map(len, expected.values())):
+            await asyncio.sleep(0)  # lets the loop run the deliveries; the count decides
+    assert heard == expected

@@ -22,6 +22,7 @@ by a lock for that case.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,9 @@ class LocalBus:
         self._sessions: dict[str, _Session] = {}
         # Routing indexes: exact topic -> sessions, and wildcard filters pre-split into levels.
         self._exact: dict[str, set[_Session]] = {}
-        self._wild: dict[tuple[str, _Session], list[str]] = {}
+        self._wild: dict[tuple[str, _Session], tuple[list[str], int, int]] = {}
+        """Each wildcard filter's levels, and the fewest and most levels a topic it matches has
+        (`_match` asks `levels_match` only for a topic of a length the filter can match)."""
         self._routes: dict[str, tuple[_Session, ...]] = {}
         """`_route`'s answers by topic, valid until a filter is added or removed."""
         self._waiting: set[LocalTransport] = set()
@@ -179,7 +182,11 @@ class LocalBus:
         session.filters.add(topic_filter)
         self._routes.clear()
         if has_wildcard(topic_filter):
-            self._wild[(topic_filter, session)] = topic_filter.split("/")
+            levels = topic_filter.split("/")
+            if levels[-1] == "#":  # "a/#" also matches "a"
+                self._wild[(topic_filter, session)] = (levels, len(levels) - 1, sys.maxsize)
+            else:
+                self._wild[(topic_filter, session)] = (levels, len(levels), len(levels))
         else:
             self._exact.setdefault(topic_filter, set()).add(session)
 
@@ -255,9 +262,10 @@ class LocalBus:
         if self._wild:
             dollar = topic.startswith("$")
             levels = topic.split("/")
+            count = len(levels)
             seen = set(targets)
-            for (topic_filter, session), filter_levels in self._wild.items():
-                if session in seen:
+            for (topic_filter, session), (filter_levels, fewest, most) in self._wild.items():
+                if session in seen or not fewest <= count <= most:
                     continue
                 if dollar and topic_filter[0] in "+#":
                     continue
