@@ -7,7 +7,7 @@ values' meaning is checked here: step timeouts, statusDetails, existence, versio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from jobs_agent.emulator.core import ServiceCore, Txn, snapshot
 from jobs_agent.emulator.errors import ServiceError
@@ -25,6 +25,10 @@ from jobs_agent.emulator.model import (
 from jobs_agent.jobs.errors import ErrorCode
 from jobs_agent.jobs.status_details import validate_status_details
 from jobs_agent.vocabulary import step_timeout_problem
+
+_STATUSES: Final = {status._value_: status for status in ExecutionStatus}
+"""A status by its value: `ExecutionStatus(status)` is two Python calls in enum.py (its
+metaclass's `__call__` and `__new__`), the only calls into enum.py a drained job made."""
 
 
 def check_step_timeout(value: int | None, allow_clear: bool) -> None:
@@ -146,8 +150,8 @@ class DataPlane(ServiceCore):
         """UpdateJobExecution. Checks, in order: status value, statusDetails, step timeout,
         existence, expectedVersion, state transition."""
         try:
-            new_status = ExecutionStatus(status)
-        except ValueError:
+            new_status = _STATUSES[status]
+        except (KeyError, TypeError):  # TypeError: not a hashable value, so no status either
             raise ServiceError(
                 ErrorCode.INVALID_REQUEST, f"status {status!r} is not a job execution status"
             ) from None

@@ -34,6 +34,7 @@ from jobs_agent.emulator import shapes as shapes_module
 from jobs_agent.emulator import store as store_module
 from jobs_agent.emulator.core import snapshot
 from jobs_agent.emulator.embedded import BusTransport, Emulator
+from jobs_agent.emulator.errors import ServiceError
 from jobs_agent.emulator.events import Delivery, JobExecutionsChanged
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.model import (
@@ -47,6 +48,7 @@ from jobs_agent.emulator.model import (
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.queues import Queue
 from jobs_agent.emulator.shapes import DocumentAs, compact
+from jobs_agent.jobs.errors import ErrorCode
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
 from tests.helpers.calls import Calls
@@ -517,3 +519,25 @@ async def test_a_drained_job_encodes_its_changed_summaries_without_the_encoder(
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
     assert calls.of("shapes.py", "compact") == 3 * 10 - 1, calls.by_name
     assert calls.of("shapes.py", "summary_text") == 10, calls.by_name
+
+
+async def test_a_drained_job_makes_no_call_into_enum(emulator: Emulator) -> None:
+    """The update's status was looked up as `ExecutionStatus(status)`: two Python calls in
+    enum.py per job (its metaclass's `__call__` and `__new__`), now a dict lookup."""
+    drain = Drain(emulator, 12)
+    calls = Calls((enum.__file__,))
+    drain.run(calls, range(2, 12))
+    assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
+    assert calls.by_name == Counter(), calls.by_name
+
+
+@pytest.mark.parametrize("status", ["NOT_A_STATUS", "succeeded", "", ["SUCCEEDED"], 1, None])
+def test_an_update_to_what_is_not_a_status_is_refused(status: Any) -> None:
+    service = JobsService(ManualClock(1_700_000_000.0))
+    service.create_job("j1", [THING], {"operation": "noop"})
+    with pytest.raises(ServiceError) as refused:
+        service.update(THING, "j1", status)
+    assert refused.value.code is ErrorCode.INVALID_REQUEST
+    assert refused.value.message == f"status {status!r} is not a job execution status"
+    done = service.update(THING, "j1", ExecutionStatus.SUCCEEDED)  # a member is its value
+    assert done.execution.status is ExecutionStatus.SUCCEEDED
