@@ -95,8 +95,8 @@ def test_the_same_plugins_as_importlib_metadata_a_shadowed_package_left_out(
 
 
 def test_what_importlib_reads_otherwise_is_left_to_it(tmp_path: Path) -> None:
-    """A zip archive on sys.path, a metadata directory whose name does not give its package's
-    and a line importlib refuses: importlib.metadata answers, the same answer."""
+    """A zip archive or an egg on sys.path, and a metadata directory whose name does not give
+    its package's: importlib.metadata answers, the same answer."""
     archive = tmp_path / "zipped.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("zipped-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: zipped\n")
@@ -104,6 +104,15 @@ def test_what_importlib_reads_otherwise_is_left_to_it(tmp_path: Path) -> None:
     found = probe([archive])
     assert found["ours"] == found["theirs"]
     assert ("z", "z.mod:Z") in found["ours"]
+    assert found["metadata_before"]
+
+    egg = tmp_path / "legacy-1.0-py3.11.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: legacy\n")
+    (egg / "EGG-INFO" / "entry_points.txt").write_text(f"[{GROUP}]\nold = legacy.mod:Old\n")
+    found = probe([egg])
+    assert found["ours"] == found["theirs"]
+    assert ("old", "legacy.mod:Old") in found["ours"]
     assert found["metadata_before"]
 
     upper = tmp_path / "upper"
