@@ -13,6 +13,7 @@ a real `jobs-agent run` process and the perfect agent.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -102,3 +103,36 @@ def test_warm_up_jobs_run_on_the_same_broker_before_the_timed_ones_and_are_not_t
         (stamps,) = session.root.glob(f"*-latency-{who}-paho/stamps.txt")
         started = [line.split()[0] for line in stamps.read_text().splitlines()]
         assert started == ["warm-0", "warm-1", *expected_timed]
+
+
+def test_no_collection_of_the_harness_lands_in_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness hosts the emulator: a full collection of its heap (19 ms) landed in
+    whichever job was timed. Each stand-in job here makes enough cyclic garbage that an enabled
+    collector would start collections inside it; none starts, and the collector is as before
+    after the jobs, with nothing left frozen."""
+    started_in_jobs: list[int] = []
+    in_job = False
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and in_job:
+            started_in_jobs.append(info["generation"])
+
+    async def job(emu: object, process: object, job_id: str) -> float:
+        nonlocal in_job
+        in_job = True
+        for _ in range(3 * gc.get_threshold()[0]):
+            cycle: list[object] = []
+            cycle.append(cycle)
+        in_job = False
+        return 0.0
+
+    monkeypatch.setattr(latency, "one_job", job)
+    gc.callbacks.append(count)
+    try:
+        created = asyncio.run(latency.timed_jobs(None, None, 2, 5))  # type: ignore[arg-type]
+    finally:
+        gc.callbacks.remove(count)
+    assert list(created) == ["warm-0", "warm-1", "lat-0", "lat-1", "lat-2", "lat-3", "lat-4"]
+    assert started_in_jobs == []
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0

@@ -105,8 +105,8 @@ class PluginRegistry:
     configured ones, each replacing the one before of the same name.
 
     The entry points are read when a plugin is first looked up, not at start-up: reading them
-    imports importlib.metadata (and email, zipfile, csv) and walks every installed package's
-    metadata, tens of milliseconds before the first request (issue 18).
+    walks every installed package's metadata directory (`dispatch.entry_points`, which spares
+    the first job importlib.metadata's own imports where it can: issue 18).
     """
 
     def __init__(
@@ -139,15 +139,15 @@ class PluginRegistry:
         configured = dict(configured)
 
         def build() -> Loaders:
-            from importlib.metadata import entry_points
+            from jobs_agent.dispatch.entry_points import group_entries, load
 
             loaders: Loaders = {}
             for name, spec in BUILTIN_PLUGINS.items():
                 loaders[name] = (spec, _builtin_loader(spec, settings.get(name, {})))
-            for entry in entry_points(group=ENTRY_POINT_GROUP):
-                if BUILTIN_PLUGINS.get(entry.name) == entry.value:
+            for name, value in group_entries(ENTRY_POINT_GROUP):
+                if BUILTIN_PLUGINS.get(name) == value:
                     continue  # our own package's entry point: the built-in, with its settings
-                loaders[entry.name] = (entry.value, entry.load)
+                loaders[name] = (value, lambda value=value: load(value))  # type: ignore[misc]
             for name, spec in configured.items():
                 loaders[name] = (
                     spec,

@@ -15,24 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs_agent.dispatch import s3url
 from jobs_agent.dispatch.agent_fields import check_agent_fields
-from jobs_agent.dispatch.devicec import (
-    StepsDocument,
-    parse_legacy_document,
-    parse_steps_document,
-    prepare,
-)
 from jobs_agent.dispatch.errors import TrustedKeysError as TrustedKeysError
 from jobs_agent.dispatch.plan import PlannedStep
 from jobs_agent.dispatch.plugins import PluginHandler, PluginRegistry
-from jobs_agent.dispatch.process import DEFAULT_PATH, OutputEcho, Sandbox
-from jobs_agent.dispatch.scripts import site_environment
 from jobs_agent.dispatch.settings import DispatchSettings
-from jobs_agent.dispatch.steps import StepsHandler
 from jobs_agent.dispatch.time_limit import TimeLimit, time_limits
 from jobs_agent.dispatch.users import check_plugin_user, resolve_user
 from jobs_agent.vocabulary import MAX_DOCUMENT_BYTES
@@ -46,8 +38,16 @@ from jobs_agent_handlers.api import (
 )
 
 if TYPE_CHECKING:
-    # cryptography costs ~9 MB of memory: loaded only when signatures are required.
+    # The step machinery (the Device Client schema, the sandbox, the spawn path) is loaded by
+    # the first document that has steps or names an executable, not by a plugin's job
+    # (`Dispatcher.sandbox`, `_steps_handler`: issue 18); cryptography (~9 MB) only when
+    # signatures are required.
+    from jobs_agent.dispatch.devicec import StepsDocument
+    from jobs_agent.dispatch.process import OutputEcho, Sandbox
     from jobs_agent.dispatch.signing import SignatureVerifier
+    from jobs_agent.dispatch.steps import StepsHandler
+
+STEPS_MODULE = "jobs_agent.dispatch.steps"
 
 MAX_DOCUMENT_DEPTH = 32
 _COMPACT_TEXT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -156,21 +156,22 @@ class Dispatcher:
         self,
         settings: DispatchSettings | Configured,
         *,
-        search_path: str = DEFAULT_PATH,
+        search_path: str | None = None,
         plugins: PluginRegistry | None = None,
         echo: OutputEcho | None = None,
     ) -> None:
+        """`search_path`: the PATH handlers are looked up in and run with (default
+        `process.DEFAULT_PATH`)."""
         if not isinstance(settings, DispatchSettings):
             settings = settings.dispatch_settings()
         self.settings = settings
-        self.sandbox = Sandbox(
-            kill_grace=settings.kill_grace_seconds,
-            search_path=search_path,
-            environment=site_environment(settings.handler_environment, os.environ),
-            echo=echo,
-            containment=settings.containment,
-            state_dir=settings.state_dir,
-        )
+        self._search_path = search_path
+        self._echo = echo
+        self._environ = dict(os.environ) if settings.handler_environment else {}
+        """The agent's environment when the dispatcher is made, where the sandbox (made by the
+        first script job) reads `jobs.handler_environment`'s names: the same values as when the
+        sandbox was made with the dispatcher."""
+        self._sandbox: Sandbox | None = None
         self.plugins = plugins or PluginRegistry.discover(
             settings.handlers,
             {
@@ -222,6 +223,8 @@ class Dispatcher:
             )
         check_agent_fields(document)
         if "steps" in document or "version" in document:
+            from jobs_agent.dispatch.devicec import parse_steps_document
+
             return self._steps_handler("device-client", parse_steps_document(document))
         name = document.get("operation")
         if name is None:
@@ -236,6 +239,8 @@ class Dispatcher:
         if plugin is not None:
             check_plugin_user(name, document.get("runAsUser"), self.settings)
             return plugin
+        from jobs_agent.dispatch.devicec import parse_legacy_document
+
         try:
             return self._steps_handler(name, parse_legacy_document(document, name))
         except JobRejected as exc:
@@ -248,12 +253,35 @@ class Dispatcher:
                 f" {self.settings.handler_dir}, or a Device Client document"
             ) from None
 
+    @property
+    def sandbox(self) -> Sandbox:
+        """What runs a document's steps, made by the first document that has any."""
+        if self._sandbox is None:
+            from jobs_agent.dispatch.process import DEFAULT_PATH, Sandbox
+            from jobs_agent.dispatch.scripts import site_environment
+
+            settings = self.settings
+            self._sandbox = Sandbox(
+                kill_grace=settings.kill_grace_seconds,
+                search_path=DEFAULT_PATH if self._search_path is None else self._search_path,
+                environment=site_environment(settings.handler_environment, self._environ),
+                echo=self._echo,
+                containment=settings.containment,
+                state_dir=settings.state_dir,
+            )
+        return self._sandbox
+
     def _steps_handler(self, name: str, document: StepsDocument) -> StepsHandler:
+        from jobs_agent.dispatch.devicec import prepare
+        from jobs_agent.dispatch.steps import StepsHandler
+
         steps = [prepare(a, self.settings, self.sandbox.search_path) for a in document.actions]
         return StepsHandler(name, document, steps, settings=self.settings, sandbox=self.sandbox)
 
     def plan(self, document: Mapping[str, Any], *, job_id: str | None = None) -> list[PlannedStep]:
         """What `document` would run, step by step; runs nothing. Raises `JobRejected`."""
+        from jobs_agent.dispatch.steps import StepsHandler
+
         handler = self.resolve(document, job_id=job_id)
         if isinstance(handler, StepsHandler):
             return handler.plan()
@@ -280,7 +308,7 @@ class Dispatcher:
 
     async def run(self, handler: Handler, ctx: JobContext) -> Outcome:
         """Run a resolved handler. Python plugins get the time limit here; steps per step."""
-        if isinstance(handler, StepsHandler):
+        if _is_steps(handler):
             return await run_handler(handler, ctx)
         timeout = self._plugin_timeout(handler, ctx.document)
         task = asyncio.current_task()
@@ -297,3 +325,10 @@ class Dispatcher:
             raise  # not (only) the limit's: the job's cancellation, the agent's stop
         finally:
             limits.end(limit)
+
+
+def _is_steps(handler: Handler) -> bool:
+    """`isinstance(handler, StepsHandler)`, without loading the step machinery for a plugin's
+    job: no StepsHandler can exist before its module is loaded."""
+    steps = sys.modules.get(STEPS_MODULE)
+    return steps is not None and isinstance(handler, steps.StepsHandler)

@@ -12,6 +12,7 @@ A look-alike host (`bucket.s3.attacker.example`, `s3.attacker.example/bucket`) i
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -23,9 +24,19 @@ PLACEHOLDER_PREFIX_MIN = len("${aws:iot:s3-presigned-url:")
 _REGION = r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}"
 _SUFFIX = r"amazonaws\.com(?:\.cn)?"
 _ENDPOINT = rf"s3(?:[.-](?:dualstack\.)?{_REGION})?\.{_SUFFIX}"
-_VIRTUAL_HOSTED = re.compile(rf"^(?P<bucket>[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9])\.{_ENDPOINT}$")
-_PATH_STYLE = re.compile(rf"^{_ENDPOINT}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@functools.cache
+def _host_patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """A virtual-hosted endpoint, a path-style one, a bucket's name: compiled by the first URL
+    that needs them, not by an agent's first job whatever its document (3.4 M instructions of
+    start-up and a first script job: issue 18)."""
+    return (
+        re.compile(rf"^(?P<bucket>[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9])\.{_ENDPOINT}$"),
+        re.compile(rf"^{_ENDPOINT}$"),
+        re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+    )
+
 
 MAX_EXPANSION = 4096
 """The most one placeholder can grow at delivery: the SigV4 query (algorithm, credential, date,
@@ -71,15 +82,16 @@ def parse_s3_url(url: str) -> S3Object | None:
         return None
     host = (parts.hostname or "").lower()
     path = parts.path
-    virtual = _VIRTUAL_HOSTED.match(host)
+    virtual_hosted, path_style, bucket_name = _host_patterns()
+    virtual = virtual_hosted.match(host)
     if virtual is not None:
         bucket, key = virtual.group("bucket"), path[1:]
-    elif _PATH_STYLE.match(host):
+    elif path_style.match(host):
         bucket, _, key = path[1:].partition("/")
     else:
         return None
     key = unquote(key)
-    if not _BUCKET.match(bucket) or not key:
+    if not bucket_name.match(bucket) or not key:
         return None
     return S3Object(bucket, key)
 
