@@ -556,9 +556,76 @@ def test_a_model_not_yet_made_reads_and_makes_as_its_twin(name: str) -> None:
     assert vars_of(ours(*args)) == vars_of(theirs(*args))
     init, their_init = vars(ours)["__init__"], vars(theirs)["__init__"]
     assert init.__qualname__ == their_init.__qualname__
-    assert init.__code__.co_code == their_init.__code__.co_code
+    if name == "Ref":  # frozen and slotted: the same parameters, its fields set through its slots
+        assert init.__code__.co_varnames == their_init.__code__.co_varnames
+    else:
+        assert init.__code__.co_code == their_init.__code__.co_code
     assert init.__annotations__ == their_init.__annotations__
     assert outcome(ours, 1, 2, 3, 4) == outcome(theirs, 1, 2, 3, 4)
+
+
+def slotted_family(decorate: Callable[..., Decorator]) -> dict[str, type]:
+    """Frozen slotted models: one below another (as the Jobs replies are), one with defaults, a
+    factory and a `__post_init__`, and a field that is set but not a parameter."""
+
+    @decorate(frozen=True, slots=True)
+    class Reply:
+        """A reply."""
+
+        execution: str | None = None
+        client_token: str | None = None
+
+    @decorate(frozen=True, slots=True)
+    class StartReply(Reply):
+        """Below it."""
+
+        timestamp: float = 0.0
+
+    @decorate(frozen=True, slots=True)
+    class Filled:
+        """Defaults, a factory, a field out of `__init__` and a post-init check."""
+
+        a: int
+        items: tuple[int, ...] = dataclasses.field(default_factory=tuple)
+        late: int = dataclasses.field(default=7, init=False)
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    return {"Reply": Reply, "StartReply": StartReply, "Filled": Filled}
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("Reply", ("e", "t")),
+        ("StartReply", ("e", None, 2.5)),
+        ("Filled", (1, (2,))),
+        ("Filled", (-1,)),
+    ],
+)
+def test_a_frozen_slotted_model_sets_its_fields_through_its_slots(
+    name: str, args: tuple[Any, ...]
+) -> None:
+    """Its `__init__` stores each field through the field's slot, not `object.__setattr__`
+    (which looks the name up along the MRO for every field of every instance: a job makes
+    several such instances; issue 18), and what it makes is what its twin makes: the same
+    values, equality, refusal to change, copies and plain subclasses."""
+    ours, theirs = slotted_family(_model)[name], slotted_family(_dataclass)[name]
+    assert outcome(ours, *args) == outcome(theirs, *args)
+    if args[0] == -1:
+        return
+    made, twin = ours(*args), theirs(*args)
+    assert "__setattr__" not in vars(ours)["__init__"].__code__.co_names
+    assert vars_of(made) == vars_of(twin) and repr(made) == repr(twin)
+    assert made == ours(*args) and hash(made) == hash(ours(*args))
+    first = dataclasses.fields(ours)[0].name
+    assert outcome(setattr, made, first, "x") == outcome(setattr, twin, first, "x")
+    assert vars_of(dataclasses.replace(made)) == vars_of(twin)
+    assert vars_of(copy.copy(made)) == vars_of(copy.deepcopy(twin))
+    our_sub, their_sub = type("Sub", (ours,), {})(*args), type("Sub", (theirs,), {})(*args)
+    assert vars_of(our_sub) == vars_of(their_sub)
 
 
 @pytest.mark.parametrize("frozen", [True, False])
