@@ -19,6 +19,7 @@ import pytest
 
 from jobs_agent.daemon import Agent
 from jobs_agent.jobs import topics
+from jobs_agent.transport.base import MAX_FILTERS_PER_SUBSCRIBE
 from tests.fixtures.broker import Mosquitto
 from tests.harness import agent_config, start_emulator, wait_terminal, write_handler
 
@@ -131,7 +132,9 @@ class HoldAfterConnect:
 
 @pytest.fixture
 async def proxy(mosquitto: Mosquitto) -> AsyncIterator[HoldAfterConnect]:
-    hold = HoldAfterConnect(mosquitto.port, len(topics.device_subscriptions(THING)))
+    # The Jobs client's filters go in one SUBSCRIBE (eight a packet: tests/test_subscribe_packets)
+    packets = -(-len(topics.device_subscriptions(THING)) // MAX_FILTERS_PER_SUBSCRIBE)
+    hold = HoldAfterConnect(mosquitto.port, packets)
     await hold.start()
     yield hold
     await hold.close()

@@ -45,6 +45,7 @@ import concurrent.futures
 import ctypes
 import functools
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -268,19 +269,25 @@ class AwscrtTransport(Transport):
             raise _crt_error(what, exc) from None
 
     async def _send_subscribe(self, topic_filter: str) -> None:
-        what = f"subscribe {topic_filter}"
+        refused = [reason for reason in await self._send_subscriptions([topic_filter]) if reason]
+        if refused:
+            raise TransportError(f"subscribe {topic_filter}: refused by the broker ({refused[0]})")
+
+    async def _send_subscriptions(self, topic_filters: Sequence[str]) -> list[str]:
+        what = f"subscribe {', '.join(topic_filters)}"
         if self._client is None:
             raise NotConnectedError(f"{what}: not connected")
         packet = mqtt5.SubscribePacket(
             subscriptions=[
-                mqtt5.Subscription(topic_filter=topic_filter, qos=mqtt5.QoS.AT_LEAST_ONCE)
+                mqtt5.Subscription(topic_filter=f, qos=mqtt5.QoS.AT_LEAST_ONCE)
+                for f in topic_filters
             ]
         )
         suback: mqtt5.SubackPacket = await self._wait(self._client.subscribe(packet), what)
-        for code in suback.reason_codes or []:
-            if int(code) >= 0x80:
-                name = getattr(code, "name", str(code))
-                raise TransportError(f"{what}: refused by the broker ({name})")
+        return [
+            getattr(code, "name", str(code)) if int(code) >= 0x80 else ""
+            for code in suback.reason_codes or []
+        ]
 
     # -- the Transport contract ----------------------------------------------------------------
     async def connect(self, timeout: float | None = None) -> None:
@@ -342,6 +349,15 @@ class AwscrtTransport(Transport):
         self._require_up(f"subscribe {topic_filter}")
         await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
+
+    async def subscribe_all(self, topic_filters: Sequence[str]) -> None:
+        if not self._packs_subscriptions(AwscrtTransport):
+            await super().subscribe_all(topic_filters)
+            return
+        for topic_filter in topic_filters:
+            validate_topic_filter(topic_filter)
+        self._require_up(f"subscribe {', '.join(topic_filters)}")
+        await self._subscribe_in_packets(topic_filters)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         what = f"unsubscribe {topic_filter}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -31,6 +31,9 @@ from jobs_agent.aio import wait_event
 from jobs_agent.datamodel import model
 
 log = structlog.get_logger("jobs_agent.transport")
+
+MAX_FILTERS_PER_SUBSCRIBE = 8
+"""AWS IoT Core's hard quota of topic filters in one SUBSCRIBE packet: more are sent in several."""
 
 
 class TransportError(Exception):
@@ -138,6 +141,37 @@ class Transport(abc.ABC):
         a restore sends again); backends that use `_link_restored` provide it."""
         raise NotImplementedError
 
+    async def _send_subscriptions(self, topic_filters: Sequence[str]) -> list[str]:
+        """One SUBSCRIBE packet for `topic_filters` (up to `MAX_FILTERS_PER_SUBSCRIBE`) on the
+        current link, until its SUBACK: why the broker refused each filter, in their order
+        ("" for one it granted); backends that use `_subscribe_in_packets` provide it."""
+        raise NotImplementedError
+
+    def _packs_subscriptions(self, backend: type[Transport]) -> bool:
+        """Whether the MQTT `backend`'s `subscribe_all` may pack filters into one SUBSCRIBE
+        (`_subscribe_in_packets`): not for a class below it that sends each filter its own way
+        (a `_send_subscribe` of its own: the emulator's without echo, `sim fleet`'s batches
+        of one loop turn), whose `subscribe_all` is one `subscribe` each, through it."""
+        return type(self)._send_subscribe is backend._send_subscribe
+
+    async def _subscribe_in_packets(self, topic_filters: Sequence[str]) -> None:
+        """`subscribe_all` through `_send_subscriptions`, in as few packets as the quota allows
+        (sent at once): the filters granted are remembered; the first refused one is raised,
+        named as a `subscribe` of it alone names it."""
+        limit = MAX_FILTERS_PER_SUBSCRIBE
+        chunks = [topic_filters[at : at + limit] for at in range(0, len(topic_filters), limit)]
+        answers = await asyncio.gather(*(self._send_subscriptions(chunk) for chunk in chunks))
+        refused = ""
+        for chunk, reasons in zip(chunks, answers, strict=True):
+            for index, topic_filter in enumerate(chunk):
+                reason = reasons[index] if index < len(reasons) else ""
+                if not reason:
+                    self._subscriptions.add(topic_filter)
+                elif not refused:
+                    refused = f"subscribe {topic_filter}: refused by the broker ({reason})"
+        if refused:
+            raise TransportError(refused)
+
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -193,6 +227,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str) -> None:
         """Subscribe with QoS 1 and wait for the SUBACK; remembered across reconnects."""
+
+    async def subscribe_all(self, topic_filters: Sequence[str]) -> None:
+        """`subscribe` to each of `topic_filters`, until every SUBACK; a refusal names its
+        filter. By default one `subscribe` each, all at once; the MQTT backends ask for up to
+        `MAX_FILTERS_PER_SUBSCRIBE` in one SUBSCRIBE packet, which the broker answers filter by
+        filter in one SUBACK (one packet each way at start-up instead of eight; issue 18)."""
+        await asyncio.gather(*(self.subscribe(f) for f in topic_filters))
 
     @abc.abstractmethod
     async def unsubscribe(self, topic_filter: str) -> None: ...

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -452,12 +452,17 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 async def subscribe_within(
-    transport: Transport, topic_filter: str, deadline: float | None, *, attempt: float | None = None
+    transport: Transport,
+    topic_filter: str | Sequence[str],
+    deadline: float | None,
+    *,
+    attempt: float | None = None,
 ) -> bool:
     """Subscribe (QoS 1) once the link is up, again when it turns out to be down, until the
     SUBACK or the loop time `deadline` (None: for as long as it takes); with `attempt`, a
     SUBACK not come within that many seconds (lost with the link) is asked for again. False
-    when the deadline passed; a refusal (`TransportError`) passes through."""
+    when the deadline passed; a refusal (`TransportError`) passes through. Several filters are
+    asked for together (`Transport.subscribe_all`)."""
     loop = asyncio.get_running_loop()
     while True:
         remaining = None if deadline is None else deadline - loop.time()
@@ -469,7 +474,10 @@ async def subscribe_within(
         limit = remaining if last else attempt
         try:
             async with asyncio.timeout(limit):
-                await transport.subscribe(topic_filter)
+                if isinstance(topic_filter, str):
+                    await transport.subscribe(topic_filter)
+                else:
+                    await transport.subscribe_all(topic_filter)
             return True
         except NotConnectedError:
             pause = (

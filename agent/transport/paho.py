@@ -46,7 +46,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -402,12 +402,16 @@ class PahoTransport(Transport):
         return future
 
     async def _send_subscribe(self, topic_filter: str) -> None:
-        what = f"subscribe {topic_filter}"
-        rc, mid = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
-        reasons: list[ReasonCode] = await self._expect(rc, mid, what)
-        refused = [r for r in reasons if r.is_failure]
+        refused = [reason for reason in await self._send_subscriptions([topic_filter]) if reason]
         if refused:
-            raise TransportError(f"{what}: refused by the broker ({refused[0]})")
+            raise TransportError(f"subscribe {topic_filter}: refused by the broker ({refused[0]})")
+
+    async def _send_subscriptions(self, topic_filters: Sequence[str]) -> list[str]:
+        what = f"subscribe {', '.join(topic_filters)}"
+        options = SubscribeOptions(qos=1)
+        rc, mid = self._client.subscribe([(f, options) for f in topic_filters])
+        reasons: list[ReasonCode] = await self._expect(rc, mid, what)
+        return [str(r) if r.is_failure else "" for r in reasons]
 
     # -- connecting -----------------------------------------------------------------------------
     async def _attempt_once(self, deadline: float) -> Attempt:
@@ -539,6 +543,15 @@ class PahoTransport(Transport):
         self._require_up(f"subscribe {topic_filter}")
         await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
+
+    async def subscribe_all(self, topic_filters: Sequence[str]) -> None:
+        if not self._packs_subscriptions(PahoTransport):
+            await super().subscribe_all(topic_filters)
+            return
+        for topic_filter in topic_filters:
+            validate_topic_filter(topic_filter)
+        self._require_up(f"subscribe {', '.join(topic_filters)}")
+        await self._subscribe_in_packets(topic_filters)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         what = f"unsubscribe {topic_filter}"

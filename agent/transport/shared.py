@@ -10,7 +10,8 @@ listeners and hands out `LinkView`s, each a `Transport` that
   two views subscribed to goes to both, as a broker sends it to two clients),
 * passes every loss and resumption of the link to every view,
 * counts subscriptions per filter, so that one view's `unsubscribe` (or its `disconnect`) never
-  takes a filter another view still uses, and the broker sees one SUBSCRIBE per filter,
+  takes a filter another view still uses, and the broker sees one subscription per filter
+  (a view's `subscribe_all` asks for the filters nobody held in one `subscribe_all`),
 * does not own the link: `connect` waits for the owner's connection, `disconnect` detaches the
   view and gives back its subscriptions; the link is connected, reconnected (the transport's
   bookkeeping restores the subscriptions) and closed by whoever made it.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jobs_agent.transport.base import FailureCallback, Message, Transport, TransportError
@@ -84,6 +86,29 @@ class SharedLink:
         except BaseException:
             entry.holders -= 1
             self._forget_if_unused(topic_filter, entry)
+            raise
+
+    async def _hold_all(self, topic_filters: Sequence[str]) -> None:
+        """`_hold` of each of `topic_filters` (distinct), those not yet subscribed asked for in
+        one `subscribe_all` (one SUBSCRIBE packet on MQTT). The filters' locks are taken in
+        their sorted order, so two holders of overlapping sets cannot wait on each other. On a
+        failure none is counted as subscribed (when unsure, subscribe again) and none held."""
+        entries = {f: self._filters.setdefault(f, _Filter()) for f in topic_filters}
+        for entry in entries.values():
+            entry.holders += 1  # at once, as `_hold` does
+        try:
+            async with contextlib.AsyncExitStack() as locks:
+                for topic_filter in sorted(entries):
+                    await locks.enter_async_context(entries[topic_filter].lock)
+                wanted = [f for f, entry in entries.items() if not entry.subscribed]
+                if wanted:
+                    await self.transport.subscribe_all(wanted)
+                for topic_filter in wanted:
+                    entries[topic_filter].subscribed = True
+        except BaseException:
+            for topic_filter, entry in entries.items():
+                entry.holders -= 1
+                self._forget_if_unused(topic_filter, entry)
             raise
 
     def _drop(self, topic_filter: str) -> bool:
@@ -214,6 +239,19 @@ class LinkView(Transport):
             await self.link._hold(topic_filter)
         except BaseException:
             self._forget(topic_filter)
+            raise
+
+    async def subscribe_all(self, topic_filters: Sequence[str]) -> None:
+        self._check_attached()
+        held = self.filters
+        new = [f for f in dict.fromkeys(topic_filters) if f not in held]
+        for topic_filter in new:  # listening before the SUBACK, as `subscribe`
+            self._listen(topic_filter)
+        try:
+            await self.link._hold_all(new)
+        except BaseException:
+            for topic_filter in new:
+                self._forget(topic_filter)
             raise
 
     async def unsubscribe(self, topic_filter: str) -> None:
