@@ -23,10 +23,9 @@ model that derives from no dataclass is asked for as a plain class, and `@model`
 frozen itself: the shared pair, the `__init__` dataclasses writes for a frozen class (the same
 text, fields set through `object.__setattr__`), a slotted class's `__getstate__` and
 `__setstate__`, and `__dataclass_params__` marked frozen, so that dataclasses applies its
-inheritance rules to the classes below it as to any frozen dataclass. A model below frozen
-models only is made the same way (those models read as not frozen while dataclasses makes it,
-`_bases_unfrozen`); one below any other dataclass, or with an `InitVar`, is made frozen by
-dataclasses as before (its pair compiled, then replaced).
+inheritance rules to the classes below it as to any frozen dataclass. A model below another
+dataclass, or with an `InitVar`, is made frozen by dataclasses as before (its pair compiled,
+then replaced).
 
 A model's `__init__` (the text dataclasses writes, frozen or not) is compiled at the class's
 first call rather than when it is defined (`_FirstInit`): 40 of the 56 models an idle agent
@@ -36,12 +35,10 @@ dataclasses' own `__init__`, one whose class body defines one keeps that.
 
 from __future__ import annotations
 
-import _thread  # the lock of `_bases_unfrozen`, without importing `threading`
-import contextlib
 import dataclasses
 import reprlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from operator import attrgetter
 from types import MemberDescriptorType, MethodType
 from typing import Any, TypeVar, dataclass_transform, overload
@@ -85,16 +82,15 @@ def _build(cls: type[_T], *, frozen: bool, slots: bool, kw_only: bool) -> type[_
     own_init = _no_initvar(cls)
     ours = frozen and own_init and _frozen_here(cls)
     documented = bool(own.get("__doc__"))  # before dataclasses writes one
-    with _bases_unfrozen(cls) if ours else contextlib.nullcontext():
-        made: Any = dataclasses.dataclass(
-            cls,
-            init=not own_init,
-            repr=False,
-            eq=False,
-            frozen=frozen and not ours,
-            slots=slots,
-            kw_only=kw_only,
-        )
+    made: Any = dataclasses.dataclass(
+        cls,
+        init=not own_init,
+        repr=False,
+        eq=False,
+        frozen=frozen and not ours,
+        slots=slots,
+        kw_only=kw_only,
+    )
     fields = dataclasses.fields(made)
     if ours:
         made.__dataclass_params__.frozen = True
@@ -123,55 +119,14 @@ def _no_initvar(cls: type) -> bool:
 
 
 def _frozen_here(cls: type) -> bool:
-    """Whether `@model` freezes `cls` itself rather than asking dataclasses to: every dataclass
-    above it is a frozen model with the shared pair (`_bases_unfrozen` lets dataclasses take
-    it), no other class above it sets attributes its own way, and it has no `__setattr__` or
-    `__delattr__` of its own (which dataclasses refuses on a frozen class). Any other keeps
-    dataclasses' own freezing, and its refusals (a frozen class below a plain dataclass)."""
-    for klass in cls.__mro__[1:-1]:
-        own = vars(klass)
-        if "__dataclass_fields__" in own:
-            if own.get("__setattr__") is not _frozen_setattr or not _frozen_params(klass):
-                return False
-        elif {"__setattr__", "__delattr__"} & own.keys():
-            return False
-    return not {"__setattr__", "__delattr__"} & vars(cls).keys()
-
-
-def _frozen_params(klass: type) -> bool:
-    return bool(vars(klass)["__dataclass_params__"].frozen)
-
-
-_UNFREEZING = _thread.allocate_lock()
-"""Held while the frozen models above a class read as not frozen (`_bases_unfrozen`)."""
-
-
-@contextlib.contextmanager
-def _bases_unfrozen(cls: type) -> Iterator[None]:
-    """The frozen models above `cls` read as not frozen while dataclasses makes `cls`, asked
-    for a class that is not frozen (dataclasses refuses one below a frozen class), which
-    `@model` then freezes as it freezes a model with no dataclass above it.
-
-    Asked for a frozen class, dataclasses compiles its own `__setattr__` and `__delattr__` (two
-    `exec`s of text), which `@model` replaces at once with the shared pair: 1.1 M instructions
-    of the 1.3 M a documented model below another costs to define (callgrind, 50 classes), and
-    seven on an idle agent's path to its first request (the transport options, the start-next
-    and describe replies; issue 18). Another thread's model waits (the lock); a plain
-    dataclass made below one of these models at that moment, in another thread, would not be
-    refused for being non-frozen."""
-    params = [
-        vars(klass)["__dataclass_params__"]
-        for klass in cls.__mro__[1:]
-        if "__dataclass_fields__" in vars(klass)
-    ]
-    with _UNFREEZING:
-        for each in params:
-            each.frozen = False
-        try:
-            yield
-        finally:
-            for each in params:
-                each.frozen = True
+    """Whether `@model` freezes `cls` itself rather than asking dataclasses to: a class with no
+    dataclass above it (dataclasses refuses a non-frozen class below a frozen one, as the
+    models are marked), no class above it that sets attributes its own way, and no
+    `__setattr__` or `__delattr__` of its own (which dataclasses refuses on a frozen class).
+    Any other keeps dataclasses' own freezing."""
+    return not any(hasattr(klass, "__dataclass_fields__") for klass in cls.__mro__[1:]) and all(
+        not {"__setattr__", "__delattr__"} & vars(klass).keys() for klass in cls.__mro__[:-1]
+    )
 
 
 def _give_init(
