@@ -171,3 +171,24 @@ def test_baseline_runs_the_agent_of_a_git_ref_in_the_same_run() -> None:
     for figure in startup.values():
         assert figure["baseline"] == "agent of HEAD"
         assert figure["baseline_median"] > 0
+
+
+def test_fleet_sets_each_size_per_thing_beside_the_reference_size_in_every_run() -> None:
+    """Round 16 ran one size per run, and the per-thing goal held or missed on one 1,000-thing
+    run's speed; each run now rolls out to the reference size and then to the big one (at
+    smoke size 10 and 20 things), so the harness's runs alternate them."""
+    report = run_benchmarks("fleet", "--runs", "2")
+    fleet = by_key(report, "fleet")
+    for key in ("rollout", "first-look", "connect", "cpu"):
+        figure = fleet[f"per-thing-{key}"]
+        assert figure["reference"] == "the same per thing, N = 10 (alternated)"
+        assert len(figure["values"]) == len(figure["reference_values"]) == 2
+        assert figure["ratio"] == pytest.approx(figure["median"] / figure["reference_median"])
+    assert fleet["per-thing-rollout"]["goal_met"] in (True, False)
+    assert fleet["per-thing-rollout"]["median"] * 20 == pytest.approx(
+        1000 * fleet["rollout"]["median"]
+    )
+    assert len(fleet["per-thing-ratio"]["values"]) == 2
+    # Every run's figures, at both sizes, in the notes.
+    runs = [n for n in fleet["per-thing-ratio"]["notes"] if n.startswith("this run: 10 things:")]
+    assert len(runs) == 2 and all("; 20 things: rollout" in n for n in runs), runs

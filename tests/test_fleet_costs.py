@@ -1,5 +1,6 @@
 """What a `sim fleet` rollout costs a thing does not grow with the fleet: its outcomes are told
-as the devices note them, and one timer checks every device's keep-alive.
+as the devices note them, one timer checks every device's keep-alive, and a `--processes`
+worker takes the signs of life that visit every device once a second, not at every look.
 
 Real parts: the session mosquitto broker, the emulator in the test, a `Fleet` of real engines
 with their SQLite stores and paho connections, in this process.
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.engine.engine import Engine
+from jobs_agent.sim import fleet_workers
 from jobs_agent.sim.fleet import NOOP_OPERATION, Fleet
 from jobs_agent.sim.fleet_watch import JobOutcomes
 from jobs_agent.vocabulary import ExecutionRef
@@ -137,3 +140,61 @@ async def test_one_timer_checks_every_device_s_keep_alive(
     finally:
         await fleet.stop()
     assert len(fleet.keep_alives) == 0
+
+
+async def test_a_worker_visits_every_device_once_a_second_not_at_every_look(
+    mosquitto: Mosquitto, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `sim fleet --processes` worker looks at its outcomes 20 times a second; the signs its
+    parent's watchdog reads (requests, surplus replies, busy devices, unanswered requests) are
+    sums over every device, taken at every look until round 17: four visits of each device a
+    look, so a thing's share grew with the rollout's length, i.e. with the fleet. They are taken
+    every `SIGNS_EVERY` looks, and afresh at the look that finds every device done."""
+    counts = Counter[str]()
+    for name in ("requests", "surplus_replies", "busy", "unanswered"):
+        method = getattr(Fleet, name)
+
+        def scanning(fleet: Fleet, method: Any = method) -> int:
+            counts["scans"] += 1
+            return int(method(fleet))
+
+        monkeypatch.setattr(Fleet, name, scanning)
+    outcomes = Fleet.outcomes
+
+    def looked_at(fleet: Fleet, job_id: str) -> Counter[str]:
+        counts["looks"] += 1
+        return outcomes(fleet, job_id)
+
+    monkeypatch.setattr(Fleet, "outcomes", looked_at)
+    lines: list[dict[str, Any]] = []
+    looked = asyncio.Event()
+
+    def write(line: dict[str, Any]) -> None:
+        lines.append(line)
+        if line["event"] == "looked":
+            looked.set()
+
+    monkeypatch.setattr(fleet_workers, "_write", write)
+    monkeypatch.setattr(fleet_workers, "_stdin_closed", asyncio.Event().wait)  # no parent here
+    monkeypatch.setattr(fleet_workers, "REPORT_SECONDS", 0.001)  # many looks in one rollout
+    monkeypatch.setattr(fleet_workers, "SIGNS_EVERY", 4)  # and several of them take the signs
+    fleet = _fleet(mosquitto, tmp_path)
+    worker = asyncio.create_task(fleet_workers.run_worker(fleet, "signs-1", 60, asyncio.Event()))
+    try:
+        await asyncio.wait_for(looked.wait(), 30)
+        emulator.service.create_job("signs-1", fleet.thing_names, {"operation": NOOP_OPERATION})
+        assert await asyncio.wait_for(worker, 60) == 0
+    finally:
+        await fleet.stop()
+    looks = counts["looks"]
+    assert looks > 2 * fleet_workers.SIGNS_EVERY, f"only {looks} looks: the rollout was too quick"
+    # One sum of requests before the first look; four sums every SIGNS_EVERY looks, at the look
+    # that found every device done and in the "done" line: not four at every look.
+    most = 1 + 4 * (looks // fleet_workers.SIGNS_EVERY + 1) + 4 + 4
+    assert counts["scans"] <= most, f"{counts['scans']} sums over every device in {looks} looks"
+    progress = [line for line in lines if line["event"] == "progress"]
+    # The last progress line (every device done) carries signs taken then: each device's
+    # start-next and final update.
+    assert progress[-1]["outcomes"] == {"SUCCEEDED": THINGS}
+    assert progress[-1]["requests"] >= 2 * THINGS
+    assert lines[-1]["event"] == "done" and lines[-1]["requests"] >= 2 * THINGS
