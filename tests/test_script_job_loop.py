@@ -10,6 +10,7 @@ thread hand-offs of its end, so that a change which brings a task per event back
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import sys
 from collections import Counter
@@ -101,6 +102,52 @@ async def test_a_script_job_takes_no_turn_to_look_whether_its_handler_ended_at_o
             execution = await harness.run_job(f"script-{number}", DOCUMENT)
             assert str(execution.status) == "SUCCEEDED", execution.status_details
     assert looks == []
+
+
+SCRIPT_PATH = ("jobs_agent.dispatch.", "jobs_agent.engine.jobfiles")
+"""The modules a script job runs through that a plugin job does not (the dispatch layer's
+step, its output and containment; the end's directory and log)."""
+
+
+async def test_a_script_job_runs_no_import_statement_of_the_script_path_after_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the script path imports lazily (not at start: issue 18) is imported once, at the
+    first job: an import statement costs about 8 k instructions at every run, its module
+    loaded or not, and a script job ran five (the step's group kind, the output tail's
+    `unicodedata` and the `re` that `Pattern.sub` imports for a template with a backslash,
+    the end's `jobdirs` and output log index). What they did still happens: the jobs
+    succeed, their directory is recycled, a tail with a control character is cleaned."""
+    imports: Counter[str] = Counter()
+    counting = False
+    real_import = builtins.__import__
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if counting and caller.startswith(SCRIPT_PATH):
+            imports[f"{caller}: {name}"] += 1
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", counted)
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        counting = True
+        for number in range(JOBS):
+            execution = await harness.run_job(f"script-{number}", DOCUMENT)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+        counting = False
+        recycled = config.state_dir / "jobs" / RECYCLED
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+    assert imports == Counter()
+    from jobs_agent.dispatch.output import single_line
+
+    assert single_line("a\tb\x07c\r\n") == "a bc"
 
 
 # -- the progress reporter's timer -----------------------------------------------------------

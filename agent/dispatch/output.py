@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,7 +19,6 @@ STATUS_VALUE_MAX = 1024
 """The service's limit on one statusDetails value (characters)."""
 
 _TAIL_BYTES = 8 * STATUS_VALUE_MAX
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def single_line(text: str, limit: int = STATUS_VALUE_MAX) -> str:
@@ -31,11 +29,12 @@ def single_line(text: str, limit: int = STATUS_VALUE_MAX) -> str:
     characters are dropped, and the last `limit` characters are kept (the end of the output is
     where the error usually is).
     """
-    text = _LINE_BREAK.sub("\\\\n", text.strip())
+    text = text.strip().replace("\r\n", "\\n").replace("\r", "\\n").replace("\n", "\\n")
     text = text.replace("\t", " ")
-    from unicodedata import category  # at the first job, not at start (issue 18)
+    if not text.isprintable():  # no character of category C is printable (`str.isprintable`)
+        from unicodedata import category  # only for such text, not at start (issue 18)
 
-    text = "".join(ch for ch in text if category(ch)[0] != "C")
+        text = "".join(ch for ch in text if category(ch)[0] != "C")
     return text[-limit:] if len(text) > limit else text
 
 
