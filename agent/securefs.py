@@ -135,7 +135,15 @@ def take_spare(spare: str, name: str, flags: int, *, dir_fd: int | None = None) 
     return None
 
 
-def _components(path: Path) -> list[str]:
+def _components(path: str | Path) -> list[str]:
+    """The names below `/`. A text in normal form (absolute, no `.`, `..`, doubled or trailing
+    `/`: what `os.path.normpath` gives back unchanged), as a handler's path usually is, is
+    split as it is: a `Path` built for it cost more than the rest of the walk's Python (issue
+    18). Anything else is split as `PurePath.parts` splits it, as before."""
+    if isinstance(path, str):
+        if path.startswith("/") and not path.startswith("//") and os.path.normpath(path) == path:
+            return path.split("/")[1:] if path != "/" else []
+        path = Path(path)
     if not path.is_absolute():
         raise UntrustedPath(f"{path} is not an absolute path")
     return [part for part in path.parts[1:] if part]
@@ -149,7 +157,7 @@ def _refuse_swapped(exc: OSError, shown: str) -> None:
 
 
 def _walk(
-    path: Path, *, trusted: bool, final_flags: int, what: str
+    path: str | Path, *, trusted: bool, final_flags: int, what: str
 ) -> tuple[int, os.stat_result | None]:
     """Open `path` component by component; with `trusted`, check every one as described.
     The descriptor, and (with `trusted`) its `fstat`, which the caller need not ask again.
@@ -232,8 +240,9 @@ class CheckedExecutable:
     user and just before the exec, that the name still refers to this file (`same_file`).
     """
 
-    def __init__(self, path: Path, fd: int, info: os.stat_result | None = None) -> None:
-        self.path = path
+    def __init__(self, path: str | Path, fd: int, info: os.stat_result | None = None) -> None:
+        self.name = os.fspath(path)
+        """The path, as text: what a script is executed by and `same_file` looks at."""
         self.fd = fd
         if info is None:
             info = os.fstat(fd)
@@ -243,10 +252,15 @@ class CheckedExecutable:
         """The file's first bytes, read through the checked descriptor: its `#!` line, if any."""
         self.is_script = self.head.startswith(b"#!")
 
+    @functools.cached_property
+    def path(self) -> Path:
+        """`name` as a `Path`, made when asked: a script job's spawn needs only the text."""
+        return Path(self.name)
+
     @property
     def exec_path(self) -> str:
         """What to hand to execve: the descriptor for a binary, the name for a script."""
-        return str(self.path) if self.by_name else f"/proc/self/fd/{self.fd}"
+        return self.name if self.by_name else f"/proc/self/fd/{self.fd}"
 
     @functools.cached_property
     def by_name(self) -> bool:
@@ -257,7 +271,7 @@ class CheckedExecutable:
 
     def same_file(self) -> bool:
         try:
-            info = os.stat(self.path)
+            info = os.stat(self.name)
         except OSError:
             return False
         return (info.st_dev, info.st_ino) == (self.device, self.inode)
@@ -268,7 +282,7 @@ class CheckedExecutable:
             self.fd = -1
 
 
-def open_executable(path: Path, *, what: str, resolved: bool = False) -> CheckedExecutable:
+def open_executable(path: str | Path, *, what: str, resolved: bool = False) -> CheckedExecutable:
     """Open the executable `path` through a trusted chain (`open_trusted`) and check the open
     file: a regular file with an execute bit. Raises `UntrustedPath` with the reason.
 
@@ -281,7 +295,7 @@ def open_executable(path: Path, *, what: str, resolved: bool = False) -> Checked
     the way, or anything else) is `path` resolved and walked again, exactly as before: the
     outcome is the same, and the usual handler path costs no `lstat` per component."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-    resolved_path = path
+    resolved_path: str | Path = path
     if resolved:
         fd, info = _walk(path, trusted=True, final_flags=flags, what=what)
     else:
@@ -302,7 +316,7 @@ def open_executable(path: Path, *, what: str, resolved: bool = False) -> Checked
         elif not mode & 0o111:
             problem = f"is not executable (mode {mode:04o})"
         if problem:
-            raise UntrustedPath(f"{what} {resolved_path} {problem}", resolved_path, problem)
+            raise UntrustedPath(f"{what} {resolved_path} {problem}", Path(resolved_path), problem)
         return CheckedExecutable(path, fd, info)
     except BaseException:
         os.close(fd)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import pathlib
 import sys
 from collections import Counter
 from collections.abc import Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
+from types import FrameType, SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -148,6 +149,51 @@ async def test_a_script_job_runs_no_import_statement_of_the_script_path_after_th
     from jobs_agent.dispatch.output import single_line
 
     assert single_line("a\tb\x07c\r\n") == "a bc"
+
+
+@contextmanager
+def pathlib_asked() -> Iterator[Counter[str]]:
+    """Calls into `pathlib` (a `Path` made, joined, turned to text, asked `is_dir`) meanwhile,
+    by the function outside pathlib that made them, as "module.function"."""
+    made: Counter[str] = Counter()
+    library = pathlib.__file__
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename != library or caller is None:
+            return
+        if caller.f_code.co_filename != library:
+            made[f"{caller.f_globals.get('__name__')}.{caller.f_code.co_qualname}"] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield made
+    finally:
+        sys.setprofile(None)
+
+
+async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: Path) -> None:
+    """The handler's name goes from the document to the exec as text: the sandbox made a
+    `Path` of it per job, to walk it (`securefs`), turn it back to text for the chain (`spawn`)
+    and ask whether the step's directory `is_dir`; the end made one of the log's path to take
+    its name (`jobfiles`). A `Path` made costs more than the rest of the walk's Python (issue
+    18). Their work is still done: the jobs succeed, their log is taken into the index."""
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        with pathlib_asked() as made:
+            for number in range(JOBS):
+                execution = await harness.run_job(f"script-{number}", DOCUMENT)
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
+                await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+    modules = ("jobs_agent.securefs.", "jobs_agent.dispatch.spawn.", "jobs_agent.engine.jobfiles.")
+    sandbox = ("run", "_spawn")
+    sandbox_calls = {f"jobs_agent.dispatch.process.Sandbox.{name}" for name in sandbox}
+    assert [name for name in made if name.startswith(modules) or name in sandbox_calls] == [], made
 
 
 # -- the progress reporter's timer -----------------------------------------------------------

@@ -238,18 +238,20 @@ class OutputLogIndex:
         self._ordered = True
         self._total = sum(size for _mtime, size in self._logs.values())
 
-    def add(self, path: Path) -> None:
-        """A job's log is complete: take it (again, for a re-run execution) at its size now."""
+    def add(self, path: str | Path) -> None:
+        """A job's log is complete: take it (again, for a re-run execution) at its size now.
+        `path` as the engine joins it, a text: no `Path` built per job (issue 18)."""
         assert self._logs is not None, "load() first"
         try:
             info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             return
-        _mtime, old_size = self._logs.pop(path.name, (0.0, 0))
+        name = os.path.basename(path)
+        _mtime, old_size = self._logs.pop(name, (0.0, 0))
         if self._logs and self._ordered:
             newest = next(reversed(self._logs))
-            self._ordered = (self._logs[newest][0], newest) <= (info.st_mtime, path.name)
-        self._logs[path.name] = (info.st_mtime, info.st_size)
+            self._ordered = (self._logs[newest][0], newest) <= (info.st_mtime, name)
+        self._logs[name] = (info.st_mtime, info.st_size)
         self._total += info.st_size - old_size
 
     def excess(self, *, max_count: int, max_total_bytes: int) -> int:

@@ -15,7 +15,6 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -123,7 +122,7 @@ class JobFiles:
         path = f"{roots[2]}/{ref.job_id}-{ref.execution_number}.log"
         if os.path.exists(path):
             # A new log is what can take them over the limits.
-            await self._prune_output_logs(Path(path))
+            await self._prune_output_logs(path)
 
     async def _recycle(self, base: str, scratch: str, state: str) -> None:
         """Recycle the job's directory on the loop while that is fast; on a storage where it
@@ -146,7 +145,7 @@ class JobFiles:
         if time.monotonic() - started > INLINE_RECYCLE_SECONDS:
             self._slow_until = time.monotonic() + SLOW_COOL_DOWN_SECONDS
 
-    async def _prune_output_logs(self, new_log: Path) -> None:
+    async def _prune_output_logs(self, new_log: str) -> None:
         """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first),
         from the index (`OutputLogIndex`): one `stat` per job, the listing only once."""
         settings = self._shared.settings
