@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _PROC_FD = Path("/proc/self/fd")
 SHEBANG_MAX = 256
 """The kernel reads at most this many bytes of a `#!` line (BINPRM_BUF_SIZE)."""
@@ -163,15 +164,18 @@ def _walk(
     The descriptor, and (with `trusted`) its `fstat`, which the caller need not ask again.
 
     A handler's path is walked twice per script job, so the loop stays lean (issue 18): the
-    trusted owners are asked once per walk, and the components are named as strings (a `Path`
-    is built only for an error)."""
+    trusted owners are asked once per walk, the components are named as strings (a `Path`
+    is built only for an error), and a component is described (`describe_owner_problem`)
+    only when it is not plainly fine: owned by a trusted user, writable by nobody else."""
     parts = _components(path)
     fd = os.open("/", _DIR_FLAGS if parts else final_flags & ~os.O_NOFOLLOW)
     try:
         owners = trusted_uids() if trusted else frozenset()
         info = os.fstat(fd) if trusted else None
-        if info is not None and (
-            problem := describe_owner_problem(info, sticky_ok=True, trusted=owners)
+        if (
+            info is not None
+            and (info.st_uid not in owners or info.st_mode & _WRITABLE_BY_OTHERS)
+            and (problem := describe_owner_problem(info, sticky_ok=True, trusted=owners))
         ):
             raise UntrustedPath(f"{what}: / {problem}", Path("/"), problem)
         current = ""
@@ -189,6 +193,8 @@ def _walk(
             fd = child
             if trusted:
                 info = os.fstat(fd)
+                if info.st_uid in owners and not info.st_mode & _WRITABLE_BY_OTHERS:
+                    continue  # the usual component: nothing to describe (a call less each)
                 # Every component must be owned by root or the agent; only a directory on the
                 # way may be world-writable, and only with the sticky bit (its next component,
                 # owned by root or the agent, cannot then be renamed or removed by others).
