@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import pytest
 
+from jobs_agent.dispatch.output import log_path
 from jobs_agent.engine import jobfiles
 from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT
 from jobs_agent.engine.jobfiles import JobFiles
@@ -175,9 +176,11 @@ def pathlib_asked() -> Iterator[Counter[str]]:
 async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: Path) -> None:
     """The handler's name goes from the document to the exec as text: the sandbox made a
     `Path` of it per job, to walk it (`securefs`), turn it back to text for the chain (`spawn`)
-    and ask whether the step's directory `is_dir`; the end made one of the log's path to take
-    its name (`jobfiles`). A `Path` made costs more than the rest of the walk's Python (issue
-    18). Their work is still done: the jobs succeed, their log is taken into the index."""
+    and ask whether the step's directory `is_dir`; the step's log was named by two `Path`
+    joins and its directory by `parent` (`output`), and the end made a `Path` of the log's
+    name to take it into the index (`jobfiles`). A `Path` made costs more than the rest of
+    the walk's Python (issue 18). Their work is still done: the jobs succeed, each one's
+    log is written where `log_path` says."""
     make_handler_dir(tmp_path)
     config = make_config(tmp_path, progress_interval_seconds=3600.0)
     async with running_agent(tmp_path, config) as harness:
@@ -190,7 +193,15 @@ async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: P
                 execution = await harness.run_job(f"script-{number}", DOCUMENT)
                 assert str(execution.status) == "SUCCEEDED", execution.status_details
                 await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
-    modules = ("jobs_agent.securefs.", "jobs_agent.dispatch.spawn.", "jobs_agent.engine.jobfiles.")
+    modules = (
+        "jobs_agent.securefs.",
+        "jobs_agent.dispatch.spawn.",
+        "jobs_agent.dispatch.output.",
+        "jobs_agent.engine.jobfiles.",
+    )
+    for number in range(JOBS):
+        log = log_path(config.state_dir, f"script-{number}", 1)
+        assert "[jobs-agent]" in log.read_text(), log
     sandbox = ("run", "_spawn")
     sandbox_calls = {f"jobs_agent.dispatch.process.Sandbox.{name}" for name in sandbox}
     assert [name for name in made if name.startswith(modules) or name in sandbox_calls] == [], made
