@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _PROC_FD = Path("/proc/self/fd")
 SHEBANG_MAX = 256
 """The kernel reads at most this many bytes of a `#!` line (BINPRM_BUF_SIZE)."""
@@ -135,7 +136,15 @@ def take_spare(spare: str, name: str, flags: int, *, dir_fd: int | None = None) 
     return None
 
 
-def _components(path: Path) -> list[str]:
+def _components(path: str | Path) -> list[str]:
+    """The names below `/`. A text in normal form (absolute, no `.`, `..`, doubled or trailing
+    `/`: what `os.path.normpath` gives back unchanged), as a handler's path usually is, is
+    split as it is: a `Path` built for it cost more than the rest of the walk's Python (issue
+    18). Anything else is split as `PurePath.parts` splits it, as before."""
+    if isinstance(path, str):
+        if path.startswith("/") and not path.startswith("//") and os.path.normpath(path) == path:
+            return path.split("/")[1:] if path != "/" else []
+        path = Path(path)
     if not path.is_absolute():
         raise UntrustedPath(f"{path} is not an absolute path")
     return [part for part in path.parts[1:] if part]
@@ -149,21 +158,24 @@ def _refuse_swapped(exc: OSError, shown: str) -> None:
 
 
 def _walk(
-    path: Path, *, trusted: bool, final_flags: int, what: str
+    path: str | Path, *, trusted: bool, final_flags: int, what: str
 ) -> tuple[int, os.stat_result | None]:
     """Open `path` component by component; with `trusted`, check every one as described.
     The descriptor, and (with `trusted`) its `fstat`, which the caller need not ask again.
 
     A handler's path is walked twice per script job, so the loop stays lean (issue 18): the
-    trusted owners are asked once per walk, and the components are named as strings (a `Path`
-    is built only for an error)."""
+    trusted owners are asked once per walk, the components are named as strings (a `Path`
+    is built only for an error), and a component is described (`describe_owner_problem`)
+    only when it is not plainly fine: owned by a trusted user, writable by nobody else."""
     parts = _components(path)
     fd = os.open("/", _DIR_FLAGS if parts else final_flags & ~os.O_NOFOLLOW)
     try:
         owners = trusted_uids() if trusted else frozenset()
         info = os.fstat(fd) if trusted else None
-        if info is not None and (
-            problem := describe_owner_problem(info, sticky_ok=True, trusted=owners)
+        if (
+            info is not None
+            and (info.st_uid not in owners or info.st_mode & _WRITABLE_BY_OTHERS)
+            and (problem := describe_owner_problem(info, sticky_ok=True, trusted=owners))
         ):
             raise UntrustedPath(f"{what}: / {problem}", Path("/"), problem)
         current = ""
@@ -181,6 +193,8 @@ def _walk(
             fd = child
             if trusted:
                 info = os.fstat(fd)
+                if info.st_uid in owners and not info.st_mode & _WRITABLE_BY_OTHERS:
+                    continue  # the usual component: nothing to describe (a call less each)
                 # Every component must be owned by root or the agent; only a directory on the
                 # way may be world-writable, and only with the sticky bit (its next component,
                 # owned by root or the agent, cannot then be renamed or removed by others).
@@ -232,8 +246,9 @@ class CheckedExecutable:
     user and just before the exec, that the name still refers to this file (`same_file`).
     """
 
-    def __init__(self, path: Path, fd: int, info: os.stat_result | None = None) -> None:
-        self.path = path
+    def __init__(self, path: str | Path, fd: int, info: os.stat_result | None = None) -> None:
+        self.name = os.fspath(path)
+        """The path, as text: what a script is executed by and `same_file` looks at."""
         self.fd = fd
         if info is None:
             info = os.fstat(fd)
@@ -243,10 +258,15 @@ class CheckedExecutable:
         """The file's first bytes, read through the checked descriptor: its `#!` line, if any."""
         self.is_script = self.head.startswith(b"#!")
 
+    @functools.cached_property
+    def path(self) -> Path:
+        """`name` as a `Path`, made when asked: a script job's spawn needs only the text."""
+        return Path(self.name)
+
     @property
     def exec_path(self) -> str:
         """What to hand to execve: the descriptor for a binary, the name for a script."""
-        return str(self.path) if self.by_name else f"/proc/self/fd/{self.fd}"
+        return self.name if self.by_name else f"/proc/self/fd/{self.fd}"
 
     @functools.cached_property
     def by_name(self) -> bool:
@@ -257,7 +277,7 @@ class CheckedExecutable:
 
     def same_file(self) -> bool:
         try:
-            info = os.stat(self.path)
+            info = os.stat(self.name)
         except OSError:
             return False
         return (info.st_dev, info.st_ino) == (self.device, self.inode)
@@ -268,7 +288,7 @@ class CheckedExecutable:
             self.fd = -1
 
 
-def open_executable(path: Path, *, what: str, resolved: bool = False) -> CheckedExecutable:
+def open_executable(path: str | Path, *, what: str, resolved: bool = False) -> CheckedExecutable:
     """Open the executable `path` through a trusted chain (`open_trusted`) and check the open
     file: a regular file with an execute bit. Raises `UntrustedPath` with the reason.
 
@@ -281,7 +301,7 @@ def open_executable(path: Path, *, what: str, resolved: bool = False) -> Checked
     the way, or anything else) is `path` resolved and walked again, exactly as before: the
     outcome is the same, and the usual handler path costs no `lstat` per component."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-    resolved_path = path
+    resolved_path: str | Path = path
     if resolved:
         fd, info = _walk(path, trusted=True, final_flags=flags, what=what)
     else:
@@ -302,7 +322,7 @@ def open_executable(path: Path, *, what: str, resolved: bool = False) -> Checked
         elif not mode & 0o111:
             problem = f"is not executable (mode {mode:04o})"
         if problem:
-            raise UntrustedPath(f"{what} {resolved_path} {problem}", resolved_path, problem)
+            raise UntrustedPath(f"{what} {resolved_path} {problem}", Path(resolved_path), problem)
         return CheckedExecutable(path, fd, info)
     except BaseException:
         os.close(fd)

@@ -10,17 +10,20 @@ thread hand-offs of its end, so that a change which brings a task per event back
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
+import pathlib
 import sys
 from collections import Counter
 from collections.abc import Coroutine, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
+from types import FrameType, SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from jobs_agent.dispatch.output import log_path
 from jobs_agent.engine import jobfiles
 from jobs_agent.engine.jobdirs import JOB_DIRECTORY_MODE, RECYCLED, RECYCLED_LAYOUT
 from jobs_agent.engine.jobfiles import JobFiles
@@ -101,6 +104,107 @@ async def test_a_script_job_takes_no_turn_to_look_whether_its_handler_ended_at_o
             execution = await harness.run_job(f"script-{number}", DOCUMENT)
             assert str(execution.status) == "SUCCEEDED", execution.status_details
     assert looks == []
+
+
+SCRIPT_PATH = ("jobs_agent.dispatch.", "jobs_agent.engine.jobfiles")
+"""The modules a script job runs through that a plugin job does not (the dispatch layer's
+step, its output and containment; the end's directory and log)."""
+
+
+async def test_a_script_job_runs_no_import_statement_of_the_script_path_after_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the script path imports lazily (not at start: issue 18) is imported once, at the
+    first job: an import statement costs about 8 k instructions at every run, its module
+    loaded or not, and a script job ran five (the step's group kind, the output tail's
+    `unicodedata` and the `re` that `Pattern.sub` imports for a template with a backslash,
+    the end's `jobdirs` and output log index). What they did still happens: the jobs
+    succeed, their directory is recycled, a tail with a control character is cleaned."""
+    imports: Counter[str] = Counter()
+    counting = False
+    real_import = builtins.__import__
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if counting and caller.startswith(SCRIPT_PATH):
+            imports[f"{caller}: {name}"] += 1
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", counted)
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        counting = True
+        for number in range(JOBS):
+            execution = await harness.run_job(f"script-{number}", DOCUMENT)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+        counting = False
+        recycled = config.state_dir / "jobs" / RECYCLED
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+    assert imports == Counter()
+    from jobs_agent.dispatch.output import single_line
+
+    assert single_line("a\tb\x07c\r\n") == "a bc"
+
+
+@contextmanager
+def pathlib_asked() -> Iterator[Counter[str]]:
+    """Calls into `pathlib` (a `Path` made, joined, turned to text, asked `is_dir`) meanwhile,
+    by the function outside pathlib that made them, as "module.function"."""
+    made: Counter[str] = Counter()
+    library = pathlib.__file__
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename != library or caller is None:
+            return
+        if caller.f_code.co_filename != library:
+            made[f"{caller.f_globals.get('__name__')}.{caller.f_code.co_qualname}"] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield made
+    finally:
+        sys.setprofile(None)
+
+
+async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: Path) -> None:
+    """The handler's name goes from the document to the exec as text: the sandbox made a
+    `Path` of it per job, to walk it (`securefs`), turn it back to text for the chain (`spawn`)
+    and ask whether the step's directory `is_dir`; the step's log was named by two `Path`
+    joins and its directory by `parent` (`output`), and the end made a `Path` of the log's
+    name to take it into the index (`jobfiles`). A `Path` made costs more than the rest of
+    the walk's Python (issue 18). Their work is still done: the jobs succeed, each one's
+    log is written where `log_path` says."""
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await harness.run_job("warm-up", DOCUMENT)
+        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        with pathlib_asked() as made:
+            for number in range(JOBS):
+                execution = await harness.run_job(f"script-{number}", DOCUMENT)
+                assert str(execution.status) == "SUCCEEDED", execution.status_details
+                await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+    modules = (
+        "jobs_agent.securefs.",
+        "jobs_agent.dispatch.spawn.",
+        "jobs_agent.dispatch.output.",
+        "jobs_agent.engine.jobfiles.",
+    )
+    for number in range(JOBS):
+        log = log_path(config.state_dir, f"script-{number}", 1)
+        assert "[jobs-agent]" in log.read_text(), log
+    sandbox = ("run", "_spawn")
+    sandbox_calls = {f"jobs_agent.dispatch.process.Sandbox.{name}" for name in sandbox}
+    assert [name for name in made if name.startswith(modules) or name in sandbox_calls] == [], made
 
 
 # -- the progress reporter's timer -----------------------------------------------------------

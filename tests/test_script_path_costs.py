@@ -128,6 +128,32 @@ def test_the_trust_walk_checks_each_directory_once(
     assert executable.is_script and executable.head == b"#!/bin/sh\nexit 0\n"
 
 
+def test_the_trust_walk_describes_only_a_component_others_could_write(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each component is checked by its `fstat` (owner, mode) as before, and described
+    (`describe_owner_problem`, a call and its mode arithmetic) only when it is not plainly
+    fine: here the sticky, world-writable /tmp alone, which it still accepts; before, every
+    component of both walks of a script job was (issue 18). A group-writable directory on
+    the way is still refused with its words."""
+    script = handler_tree / "noop.sh"
+    described = Counter()
+    monkeypatch.setattr(
+        securefs, "describe_owner_problem", described.wrap(securefs.describe_owner_problem)
+    )
+    prefixes = [Path("/"), *script.parents[:-1][::-1], script]
+    writable = [p for p in prefixes if os.stat(p).st_mode & 0o022]
+    securefs.open_executable(script, what="handler").close()
+    assert len(described.calls) == len(writable) == 1  # /tmp
+    handler_tree.chmod(0o775)
+    try:
+        with pytest.raises(securefs.UntrustedPath) as caught:
+            securefs.open_executable(script, what="handler")
+    finally:
+        handler_tree.chmod(0o755)
+    assert caught.value.reason == f"handler: {handler_tree} is writable by its group (mode 0775)"
+
+
 def test_a_walk_still_names_the_offending_directory(handler_tree: Path) -> None:
     handler_tree.chmod(0o777)
     try:

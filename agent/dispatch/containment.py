@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import importlib
 import os
 import re
@@ -39,11 +40,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from jobs_agent.datamodel import model
+
+if TYPE_CHECKING:
+    from jobs_agent.dispatch.job_groups import CgroupGroup, SubreaperGroup
 
 log = structlog.get_logger("jobs_agent.dispatch.containment")
 
@@ -233,11 +237,9 @@ class CgroupContainment:
     kind: str = "cgroup"
 
     def group(self, name: str) -> JobGroup:
-        from jobs_agent.dispatch.job_groups import CgroupGroup  # at the first step
-
         path = self.base / name
         try:
-            return CgroupGroup(path)
+            return _group_types()[0](path)
         except OSError as exc:
             raise ContainmentError(f"cannot create the cgroup {path}: {exc.strerror}") from None
 
@@ -357,15 +359,24 @@ class SubreaperContainment:
     kind: str = "subreaper"
 
     def group(self, name: str) -> JobGroup:
-        from jobs_agent.dispatch.job_groups import SubreaperGroup  # at the first step
-
-        return SubreaperGroup()
+        return _group_types()[1]()
 
     def sweep(self, name: str) -> int:
         return 0  # orphans of a dead agent went to init: `agent.engine.orphans` finds them
 
     def sweep_all(self) -> int:
         return 0
+
+
+@functools.cache
+def _group_types() -> tuple[type[CgroupGroup], type[SubreaperGroup]]:
+    """`job_groups`' two kinds, imported at the first step (not at start) and kept: an import
+    statement costs about 8 k instructions at every run, its module loaded or not (`from`
+    looks the module up, checks its spec and asks it for `__path__`, an AttributeError made
+    and dropped), and a step's group asked one per script job (issue 18)."""
+    from jobs_agent.dispatch.job_groups import CgroupGroup, SubreaperGroup
+
+    return CgroupGroup, SubreaperGroup
 
 
 def _become_subreaper() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,7 +19,6 @@ STATUS_VALUE_MAX = 1024
 """The service's limit on one statusDetails value (characters)."""
 
 _TAIL_BYTES = 8 * STATUS_VALUE_MAX
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def single_line(text: str, limit: int = STATUS_VALUE_MAX) -> str:
@@ -31,11 +29,12 @@ def single_line(text: str, limit: int = STATUS_VALUE_MAX) -> str:
     characters are dropped, and the last `limit` characters are kept (the end of the output is
     where the error usually is).
     """
-    text = _LINE_BREAK.sub("\\\\n", text.strip())
+    text = text.strip().replace("\r\n", "\\n").replace("\r", "\\n").replace("\n", "\\n")
     text = text.replace("\t", " ")
-    from unicodedata import category  # at the first job, not at start (issue 18)
+    if not text.isprintable():  # no character of category C is printable (`str.isprintable`)
+        from unicodedata import category  # only for such text, not at start (issue 18)
 
-    text = "".join(ch for ch in text if category(ch)[0] != "C")
+        text = "".join(ch for ch in text if category(ch)[0] != "C")
     return text[-limit:] if len(text) > limit else text
 
 
@@ -82,7 +81,7 @@ RECYCLED_LOG = ".recycled-log"
 the next job's log (`OutputLog`); beside the other recycled files, out of the logs' listing."""
 
 
-def recycled_log_path(logs_dir: Path) -> str:
+def recycled_log_path(logs_dir: str | Path) -> str:
     return os.path.join(os.path.dirname(logs_dir), "jobs", RECYCLED_LOG)
 
 
@@ -97,18 +96,20 @@ class OutputLog:
     `write` goes to the end, and what the handler printed is in the file as soon as it is read.
     """
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = path
+    def __init__(self, path: str | Path, max_bytes: int) -> None:
+        self.path = os.fspath(path)
+        """As text: a step's log is named by `log_file`, no `Path` made per job (issue 18)."""
         self.max_bytes = max_bytes
         self.truncated = False
         # Output may hold secrets a handler printed: readable by the agent's user only.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        path = self.path
         fd = None if os.path.lexists(path) else _take_recycled_log(path)
         if fd is None:
             try:
                 fd = os.open(path, flags, 0o600)
             except FileNotFoundError:  # the first job's log: the directory is made once
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(path, flags, 0o600)
         try:
             info = os.fstat(fd)
@@ -151,15 +152,20 @@ class OutputLog:
             self._fd = -1
 
 
-def _take_recycled_log(path: Path) -> int | None:
+def _take_recycled_log(path: str) -> int | None:
     """A new log made of the last one pruned (`RECYCLED_LOG`) if it is kept: at the count
     limit, a log created per job where one was just unlinked cost the inode table search on
     ext4 (issue 18)."""
-    return take_spare(recycled_log_path(path.parent), str(path), os.O_APPEND)
+    return take_spare(recycled_log_path(os.path.dirname(path)), path, os.O_APPEND)
+
+
+def log_file(state_dir: Path, job_id: str, execution_number: int) -> str:
+    """`log_path` as text, for the step that writes it: two `Path` joins less per job."""
+    return os.path.join(state_dir, "logs", f"{job_id}-{execution_number}.log")
 
 
 def log_path(state_dir: Path, job_id: str, execution_number: int) -> Path:
-    return state_dir / "logs" / f"{job_id}-{execution_number}.log"
+    return Path(log_file(state_dir, job_id, execution_number))
 
 
 def _output_logs(logs_dir: Path) -> list[tuple[float, str, int]]:
@@ -239,18 +245,20 @@ class OutputLogIndex:
         self._ordered = True
         self._total = sum(size for _mtime, size in self._logs.values())
 
-    def add(self, path: Path) -> None:
-        """A job's log is complete: take it (again, for a re-run execution) at its size now."""
+    def add(self, path: str | Path) -> None:
+        """A job's log is complete: take it (again, for a re-run execution) at its size now.
+        `path` as the engine joins it, a text: no `Path` built per job (issue 18)."""
         assert self._logs is not None, "load() first"
         try:
             info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             return
-        _mtime, old_size = self._logs.pop(path.name, (0.0, 0))
+        name = os.path.basename(path)
+        _mtime, old_size = self._logs.pop(name, (0.0, 0))
         if self._logs and self._ordered:
             newest = next(reversed(self._logs))
-            self._ordered = (self._logs[newest][0], newest) <= (info.st_mtime, path.name)
-        self._logs[path.name] = (info.st_mtime, info.st_size)
+            self._ordered = (self._logs[newest][0], newest) <= (info.st_mtime, name)
+        self._logs[name] = (info.st_mtime, info.st_size)
         self._total += info.st_size - old_size
 
     def excess(self, *, max_count: int, max_total_bytes: int) -> int:

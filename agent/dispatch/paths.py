@@ -148,13 +148,13 @@ def _found_as_named(handler_dir: Path, name: str) -> HandlerFile | None:
         return None
     if os.path.normpath(text) != text:
         return None
-    path = Path(f"{text}/{name}")
+    path = f"{text}/{name}"
     try:
-        executable = open_executable(path, what="handler", resolved=True)
+        executable = open_executable(path, what="handler", resolved=True)  # walked as text
     except (UntrustedPath, OSError, ValueError):
         return None
     executable.close()
-    return HandlerFile(path, builtin=False, head=executable.head)
+    return HandlerFile(Path(path), builtin=False, head=executable.head)
 
 
 def locate_handler(

@@ -233,7 +233,7 @@ class Sandbox:
             env["JOBS_AGENT_REPLY_FD"] = str(REPLY_FD)
         program = spec.argv[0]
         try:
-            executable = open_executable(Path(program), what="handler")
+            executable = open_executable(program, what="handler")  # no `Path` per job
         except UntrustedPath as exc:
             result.spawn_error = f"cannot run {program}: {exc.reason}"
             return result
@@ -340,7 +340,7 @@ class Sandbox:
         (`LAUNCH`'s `-ef`, `_child_setup`): a `stat` here could only be earlier (issue 18).
         """
         cwd = spec.cwd
-        if cwd is None or not cwd.is_dir():
+        if cwd is None or not os.path.isdir(cwd):
             cwd = Path(spec.user.home) if os.path.isdir(spec.user.home) else Path("/")
         launcher = self._chain_for(spec, executable)
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, progress (close-on-exec)

@@ -174,13 +174,13 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         passed.append(join_fd)
     env, own = launcher.environment(child.env)
     argv = launcher.argv(
-        [str(executable.path), *child.argv[1:]],
+        [executable.name, *child.argv[1:]],
         child.user,
         join_fd=join_fd,
         progress_fd=child.progress,
         reply_fd=child.reply,
         checked_fd=executable.fd,
-        script=str(executable.path),
+        script=executable.name,
         own=own,
     )
     try:

@@ -31,7 +31,7 @@ from jobs_agent.dispatch.output import (
     DOCUMENT_FILE,
     OutputLog,
     Tail,
-    log_path,
+    log_file,
 )
 from jobs_agent.dispatch.pipes import ReplyPipe
 from jobs_agent.dispatch.plan import PlannedStep
@@ -141,7 +141,7 @@ class StepsHandler:
         run = _Run(
             self.document.include_stdout,
             OutputLog(
-                log_path(self._settings.state_dir, ctx.job_id, ctx.execution_number),
+                log_file(self._settings.state_dir, ctx.job_id, ctx.execution_number),
                 self._settings.output_log_max_bytes,
             ),
         )

@@ -11,9 +11,10 @@ step is neither reported while it still runs nor run twice at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -39,6 +40,17 @@ INLINE_RECYCLE_SECONDS = 0.05
 """A job directory's recycling slower than this (a slow or busy flash, a journal to wait for)
 sends the next ones to a thread for `SLOW_COOL_DOWN_SECONDS`: the loop is stalled that long by
 it at most once per cool-down."""
+
+
+@functools.cache
+def _recycler() -> Callable[[str, str, str], None]:
+    """`jobdirs.recycle`, imported at the first job's end (it loads the dispatch layer's output
+    module: nothing at start needs it) and kept: an import statement costs about 8 k
+    instructions at every run, its module loaded or not, and every script job ends here
+    (issue 18)."""
+    from jobs_agent.engine.jobdirs import recycle
+
+    return recycle
 
 
 class JobFiles:
@@ -110,7 +122,7 @@ class JobFiles:
         path = f"{roots[2]}/{ref.job_id}-{ref.execution_number}.log"
         if os.path.exists(path):
             # A new log is what can take them over the limits.
-            await self._prune_output_logs(Path(path))
+            await self._prune_output_logs(path)
 
     async def _recycle(self, base: str, scratch: str, state: str) -> None:
         """Recycle the job's directory on the loop while that is fast; on a storage where it
@@ -123,8 +135,7 @@ class JobFiles:
         chained back through the loop's self-pipe, three callbacks and a turn of the loop, two
         pool threads woken) and the recycling's own CPU there, 0.25 ms; not awaited, the GIL
         passed back and forth with the loop at each of its system calls instead."""
-        from jobs_agent.engine.jobdirs import recycle
-
+        recycle = _recycler()
         names = (os.path.basename(scratch), os.path.basename(state))
         if time.monotonic() < self._slow_until:
             await asyncio.to_thread(recycle, base, *names)
@@ -134,13 +145,13 @@ class JobFiles:
         if time.monotonic() - started > INLINE_RECYCLE_SECONDS:
             self._slow_until = time.monotonic() + SLOW_COOL_DOWN_SECONDS
 
-    async def _prune_output_logs(self, new_log: Path) -> None:
+    async def _prune_output_logs(self, new_log: str) -> None:
         """Keep the per-job output logs within `jobs.output_logs_max_*` (oldest go first),
         from the index (`OutputLogIndex`): one `stat` per job, the listing only once."""
-        from jobs_agent.dispatch.output import OutputLogIndex, log_path
-
         settings = self._shared.settings
         if self._logs is None:
+            from jobs_agent.dispatch.output import OutputLogIndex  # once, not at every job
+
             self._logs = OutputLogIndex(settings.state_dir / "logs")
         logs = self._logs
         limits = {
@@ -156,6 +167,8 @@ class JobFiles:
                 excess = logs.excess(**limits)
                 if not excess:
                     return  # the usual case: no database read, no listing
+                from jobs_agent.dispatch.output import log_path
+
                 active = [
                     log_path(settings.state_dir, r.key.job_id, r.key.execution_number)
                     for r in await self._store.call(Store.active)
