@@ -13,11 +13,12 @@ users) is checked here, so a bad document is REJECTED before its first step runs
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from jobs_agent.dispatch import s3url
 from jobs_agent.dispatch.agent_fields import check_agent_fields
@@ -42,12 +43,41 @@ if TYPE_CHECKING:
     # the first document that has steps or names an executable, not by a plugin's job
     # (`Dispatcher.sandbox`, `_steps_handler`: issue 18); cryptography (~9 MB) only when
     # signatures are required.
-    from jobs_agent.dispatch.devicec import StepsDocument
+    from jobs_agent.dispatch.devicec import Action, PreparedStep, StepsDocument
     from jobs_agent.dispatch.process import OutputEcho, Sandbox
     from jobs_agent.dispatch.signing import SignatureVerifier
     from jobs_agent.dispatch.steps import StepsHandler
 
 STEPS_MODULE = "jobs_agent.dispatch.steps"
+
+
+class _DeviceClient(NamedTuple):
+    """What the router reads of `dispatch.devicec` (the Device Client schema)."""
+
+    parse_steps_document: Callable[[Mapping[str, Any]], StepsDocument]
+    parse_legacy_document: Callable[[Mapping[str, Any], str], StepsDocument]
+    prepare: Callable[[Action, DispatchSettings, str], PreparedStep]
+
+
+@functools.cache
+def _devicec() -> _DeviceClient:
+    """`dispatch.devicec`, imported by the first document that has steps or names an
+    executable and kept: an import statement costs about 8 k instructions at every run, its
+    module loaded or not, and every script job goes through here (issue 18)."""
+    from jobs_agent.dispatch import devicec
+
+    return _DeviceClient(
+        devicec.parse_steps_document, devicec.parse_legacy_document, devicec.prepare
+    )
+
+
+@functools.cache
+def _steps_handler_type() -> type[StepsHandler]:
+    """`steps.StepsHandler`, imported once as `_devicec` is."""
+    from jobs_agent.dispatch.steps import StepsHandler
+
+    return StepsHandler
+
 
 MAX_DOCUMENT_DEPTH = 32
 _COMPACT_TEXT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -223,9 +253,8 @@ class Dispatcher:
             )
         check_agent_fields(document)
         if "steps" in document or "version" in document:
-            from jobs_agent.dispatch.devicec import parse_steps_document
-
-            return self._steps_handler("device-client", parse_steps_document(document))
+            steps = _devicec().parse_steps_document(document)
+            return self._steps_handler("device-client", steps)
         name = document.get("operation")
         if name is None:
             name = document.get("type")
@@ -239,10 +268,8 @@ class Dispatcher:
         if plugin is not None:
             check_plugin_user(name, document.get("runAsUser"), self.settings)
             return plugin
-        from jobs_agent.dispatch.devicec import parse_legacy_document
-
         try:
-            return self._steps_handler(name, parse_legacy_document(document, name))
+            return self._steps_handler(name, _devicec().parse_legacy_document(document, name))
         except JobRejected as exc:
             if not exc.reason.startswith(f'step "{name}": no handler'):
                 raise
@@ -272,18 +299,16 @@ class Dispatcher:
         return self._sandbox
 
     def _steps_handler(self, name: str, document: StepsDocument) -> StepsHandler:
-        from jobs_agent.dispatch.devicec import prepare
-        from jobs_agent.dispatch.steps import StepsHandler
-
+        prepare = _devicec().prepare
         steps = [prepare(a, self.settings, self.sandbox.search_path) for a in document.actions]
-        return StepsHandler(name, document, steps, settings=self.settings, sandbox=self.sandbox)
+        return _steps_handler_type()(
+            name, document, steps, settings=self.settings, sandbox=self.sandbox
+        )
 
     def plan(self, document: Mapping[str, Any], *, job_id: str | None = None) -> list[PlannedStep]:
         """What `document` would run, step by step; runs nothing. Raises `JobRejected`."""
-        from jobs_agent.dispatch.steps import StepsHandler
-
         handler = self.resolve(document, job_id=job_id)
-        if isinstance(handler, StepsHandler):
+        if isinstance(handler, _steps_handler_type()):
             return handler.plan()
         source = handler.source if isinstance(handler, PluginHandler) else handler.name
         return [
