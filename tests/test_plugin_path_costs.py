@@ -107,12 +107,15 @@ def _config(tmp_path: Path) -> Any:
     return dataclasses.replace(make_config(tmp_path), handlers=plugins)
 
 
-async def _three_quiet_jobs(tmp_path: Path, profile: Any) -> None:
-    """Three quiet plugin jobs on a real agent (after one to warm up), `profile` watching
-    them (sys.setprofile)."""
+async def _three_quiet_jobs(
+    tmp_path: Path, profile: Any, warmed_up: Callable[[], None] = lambda: None
+) -> None:
+    """Three quiet plugin jobs on a real agent (after one to warm up, then `warmed_up`),
+    `profile` watching them (sys.setprofile)."""
     with captured_logs("warning"):
         async with running_agent(tmp_path, _config(tmp_path)) as harness:
             await harness.run_job("warm-up", {"operation": "quiet"})
+            warmed_up()
             sys.setprofile(profile)
             try:
                 for number in range(3):
@@ -143,20 +146,12 @@ async def test_a_quiet_plugin_job_builds_no_directory_paths(
         if caller.f_globals.get("__name__") == engine_jobfiles.__name__:
             from_jobfiles.append(frame.f_code.co_name)
 
-    with captured_logs("warning"):
-        async with running_agent(tmp_path, _config(tmp_path)) as harness:
-            await harness.run_job("warm-up", {"operation": "quiet"})
-            context_paths.calls = 0
-            sys.setprofile(profile)
-            try:
-                for number in range(3):
-                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
-                    assert str(execution.status) == "SUCCEEDED", execution.status_details
-            finally:
-                sys.setprofile(None)
-            assert context_paths.calls == 0
-            assert from_jobfiles == []
-            harness.assert_alive()
+    def warmed_up() -> None:
+        context_paths.calls = 0
+
+    await _three_quiet_jobs(tmp_path, profile, warmed_up)
+    assert context_paths.calls == 0
+    assert from_jobfiles == []
 
 
 async def test_a_plugins_log_lines_still_carry_the_job(tmp_path: Path, plugin_module: Any) -> None:

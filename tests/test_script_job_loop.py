@@ -30,7 +30,7 @@ from jobs_agent.engine.jobfiles import JobFiles
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.vocabulary import ExecutionRef
 from tests.harness import wait_until
-from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
+from tests.helpers.agent_harness import Harness, make_config, make_handler_dir, running_agent
 from tests.helpers.calls import timers_armed
 
 DOCUMENT = {
@@ -38,6 +38,24 @@ DOCUMENT = {
     "steps": [{"action": {"name": "Ok", "type": "runHandler", "input": {"handler": "ok.sh"}}}],
 }
 JOBS = 3
+
+
+async def warm_up(harness: Harness) -> None:
+    """One script job first, so that what the first job imports and makes is not counted."""
+    engine = harness.agent.engine
+    assert engine is not None
+    await harness.run_job("warm-up", DOCUMENT)
+    await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+
+
+async def script_jobs(harness: Harness) -> None:
+    """`JOBS` script jobs after `warm_up`, each succeeded and reported before the next."""
+    engine = harness.agent.engine
+    assert engine is not None
+    for number in range(JOBS):
+        execution = await harness.run_job(f"script-{number}", DOCUMENT)
+        assert str(execution.status) == "SUCCEEDED", execution.status_details
+        await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
 
 
 @contextmanager
@@ -71,15 +89,9 @@ async def test_a_script_job_makes_one_task_its_handlers(tmp_path: Path) -> None:
     make_handler_dir(tmp_path)
     config = make_config(tmp_path, progress_interval_seconds=3600.0)
     async with running_agent(tmp_path, config) as harness:
-        engine = harness.agent.engine
-        assert engine is not None
-        await harness.run_job("warm-up", DOCUMENT)
-        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        await warm_up(harness)
         with tasks_made() as made:
-            for number in range(JOBS):
-                execution = await harness.run_job(f"script-{number}", DOCUMENT)
-                assert str(execution.status) == "SUCCEEDED", execution.status_details
-                await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+            await script_jobs(harness)
     assert made == Counter({"watched": JOBS})
 
 
@@ -134,15 +146,9 @@ async def test_a_script_job_runs_no_import_statement_of_the_script_path_after_th
     make_handler_dir(tmp_path)
     config = make_config(tmp_path, progress_interval_seconds=3600.0)
     async with running_agent(tmp_path, config) as harness:
-        engine = harness.agent.engine
-        assert engine is not None
-        await harness.run_job("warm-up", DOCUMENT)
-        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        await warm_up(harness)
         counting = True
-        for number in range(JOBS):
-            execution = await harness.run_job(f"script-{number}", DOCUMENT)
-            assert str(execution.status) == "SUCCEEDED", execution.status_details
-            await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+        await script_jobs(harness)
         counting = False
         recycled = config.state_dir / "jobs" / RECYCLED
         await wait_until(recycled.exists, 15, "the last job's directory recycled")
@@ -184,15 +190,9 @@ async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: P
     make_handler_dir(tmp_path)
     config = make_config(tmp_path, progress_interval_seconds=3600.0)
     async with running_agent(tmp_path, config) as harness:
-        engine = harness.agent.engine
-        assert engine is not None
-        await harness.run_job("warm-up", DOCUMENT)
-        await wait_until(lambda: len(engine.outcomes) == 1, 15, "the warm-up job reported")
+        await warm_up(harness)
         with pathlib_asked() as made:
-            for number in range(JOBS):
-                execution = await harness.run_job(f"script-{number}", DOCUMENT)
-                assert str(execution.status) == "SUCCEEDED", execution.status_details
-                await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+            await script_jobs(harness)
     modules = (
         "jobs_agent.securefs.",
         "jobs_agent.dispatch.spawn.",
