@@ -11,10 +11,12 @@ those constructions (never time them), and check that what they served still wor
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import pathlib
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +241,35 @@ async def test_a_plugin_job_builds_no_json_encoder_of_the_agents(
             monkeypatch.undo()
     agents = [m for m in built_by if m.startswith("jobs_agent") and ".emulator" not in m]
     assert agents == []
+
+
+async def test_a_plugin_job_runs_no_import_statement_of_the_agents(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import statement costs about 8 k instructions at every run, its module loaded or
+    not: a plugin job ran six after the first job (round 18), the runner's two of the
+    recovery decision, the package check's two of `inventory.model` and the gate's two of
+    the consent and window readers. What they serve still runs: each job passes the gate and
+    the package check and SUCCEEDS. The emulator on the bus is not the agent's."""
+    imports: Counter[str] = Counter()
+    real_import = builtins.__import__
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        caller = str(sys._getframe(1).f_globals.get("__name__"))
+        if caller.startswith("jobs_agent") and not caller.startswith("jobs_agent.emulator"):
+            imports[f"{caller}: {name}"] += 1
+        return real_import(name, *args, **kwargs)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            with monkeypatch.context() as patch:
+                patch.setattr(builtins, "__import__", counted)
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert imports == Counter()
 
 
 async def test_the_topics_of_every_job_are_parsed_and_built_once(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from jobs_agent.consent.document import consent_requirement
 from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
@@ -37,6 +38,7 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.engine.turns import Turns
 from jobs_agent.schedule import clock
+from jobs_agent.schedule.maintenance import document_windows
 from jobs_agent.schedule.windows import Timeline
 from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
 
@@ -125,15 +127,14 @@ class Deferrals:
     def job_timeline(self, document: Mapping[str, Any]) -> Timeline:
         """Where the job may start: the device's windows and the document's own, together (the
         document was checked when its handler was resolved)."""
-        from jobs_agent.schedule.windows import document_windows  # with the first window read
-
         return document_windows(document).for_step(self._shared.settings.maintenance_windows)
 
     def gate(self, document: Mapping[str, Any]) -> Request | Outcome | None:
         """Before anything of the job runs: consent first (so that the person's answer is not
-        held up by the window), then the window. None: run now."""
-        from jobs_agent.consent.document import consent_requirement  # at a job, not at start
-
+        held up by the window), then the window. None: run now. What reads the document's
+        consent and windows is imported with this module, which loads with the runner at the
+        first record processed: an import statement here ran at every job, about 8 k
+        instructions even for a loaded module (issue 18)."""
         required = consent_requirement(document)
         if required is not None:
             if self.consent is None:
@@ -329,8 +330,6 @@ class Deferrals:
         return record
 
     def _ask(self, record: ExecutionRecord, document: Mapping[str, Any]) -> asyncio.Future[Any]:
-        from jobs_agent.consent.document import consent_requirement
-
         assert self.consent is not None
         required = consent_requirement(document)
         prompt = required.prompt if required is not None else ""

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
@@ -51,6 +52,25 @@ if TYPE_CHECKING:
     from jobs_agent.shadow.client import ShadowClient
 
 log = structlog.get_logger("jobs_agent.inventory")
+
+
+class _Model(NamedTuple):
+    """What a job's packages are read with (`inventory.model`)."""
+
+    job_packages: Callable[[Mapping[str, Any]], JobPackages]
+    """`JobPackages.from_document`."""
+    already_installed: Callable[[JobPackages, Mapping[str, PackageVersion]], bool]
+
+
+@functools.cache
+def _model() -> _Model:
+    """`inventory.model`'s parts, imported at the first job (not at start: issue 18) and kept:
+    an import statement costs about 8 k instructions at every run, its module loaded or not,
+    and every job asks twice."""
+    from jobs_agent.inventory.model import JobPackages, already_installed
+
+    return _Model(JobPackages.from_document, already_installed)
+
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
@@ -135,14 +155,13 @@ class PackageReports:
     async def skip_reason(self, document: Mapping[str, Any]) -> str | None:
         """ "already installed: ..." when the job need not run; raises `InventoryError` for a
         document whose package fields are wrong (the job is then REJECTED)."""
-        from jobs_agent.inventory.model import JobPackages, already_installed  # issue 18
-
-        job = JobPackages.from_document(document)
+        model = _model()
+        job = model.job_packages(document)
         targets = job.targets()
         if targets is None:
             return None
         reading = await read_inventory(self._sources)
-        if not already_installed(job, reading.packages):
+        if not model.already_installed(job, reading.packages):
             return None
         return "already installed: " + ", ".join(f"{t.name} {t.version}" for t in targets)
 
@@ -150,10 +169,8 @@ class PackageReports:
     def rows_for(document: Mapping[str, Any]) -> tuple[PackageRow, ...]:
         """The rows a SUCCEEDED job with `document` records (none for a document whose package
         fields cannot be read: it was checked before it ran, by this or an earlier agent)."""
-        from jobs_agent.inventory.model import JobPackages  # issue 18
-
         try:
-            return package_rows(JobPackages.from_document(document))
+            return package_rows(_model().job_packages(document))
         except InventoryError:
             return ()
 

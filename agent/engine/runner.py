@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -26,6 +26,11 @@ from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.progress import ProgressReporter
 from jobs_agent.engine.reboot import Reboots
+
+# Loaded with this module, which loads with the first record processed (`Engine._runner`):
+# the recovery decision is needed then. An import statement in a function runs at every job,
+# about 8 k instructions even for a loaded module (issue 18).
+from jobs_agent.engine.recovery import Action, Fail, Limits, Resend, Run, Settle, Wait, recover
 from jobs_agent.engine.refresh import DocumentRefresher, has_presigned_urls
 from jobs_agent.engine.shared import Shared, StopRequested
 from jobs_agent.engine.store import ExecutionRecord, Store
@@ -43,18 +48,7 @@ from jobs_agent_handlers.api import (
     point_of_no_return,
 )
 
-if TYPE_CHECKING:
-    from jobs_agent.engine.recovery import Action, Run
-
 log = structlog.get_logger("jobs_agent.engine")
-
-
-def _run(*, resumed: bool) -> Run:
-    """The recovery decision's `Run`, whose module loads with the first record acted on (issue
-    18): loaded by the time a deferred job runs."""
-    from jobs_agent.engine.recovery import Run
-
-    return Run(resumed=resumed)
 
 
 class Runner:
@@ -106,9 +100,6 @@ class Runner:
         if self._shared.stopping and record.state is ExecutionState.STARTED:
             bound.info("stopping: the job starts after the restart")
             return
-        # The recovery decision loads with the first record to act on, not at start (issue 18).
-        from jobs_agent.engine.recovery import Limits, recover
-
         limits = Limits(max_agent_restarts=self._shared.settings.max_agent_restarts_per_job)
         # Only a record that has run may need this boot's id (a read of /proc per job else).
         fresh = record.state in (ExecutionState.RECEIVED, ExecutionState.STARTED)
@@ -122,8 +113,6 @@ class Runner:
         document: Mapping[str, Any] | None,
         bound: Any,
     ) -> None:
-        from jobs_agent.engine.recovery import Fail, Resend, Settle, Wait
-
         ref = record.key
         if isinstance(action, Resend):
             bound.info("outcome already decided; re-sending it")
@@ -266,7 +255,7 @@ class Runner:
                 record = deferred
                 if consented:
                     await self._deferrals.forget_consent(record)
-            reporter, running = self._prepare(record, document, _run(resumed=True), bound)
+            reporter, running = self._prepare(record, document, Run(resumed=True), bound)
             ready = await self._deferrals.wait(record, document, running, reporter, bound, turns)
             if ready is None:
                 return
@@ -294,7 +283,7 @@ class Runner:
                 if consented:
                     await self._deferrals.forget_consent(record)
                 deferred_again = await self._execute(
-                    record, handler, document, _run(resumed=not fresh), bound
+                    record, handler, document, Run(resumed=not fresh), bound
                 )
                 if deferred_again is None:
                     return
