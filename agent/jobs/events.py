@@ -216,7 +216,7 @@ def check_jobs_shape(body: Mapping[str, Any]) -> None:
             raise ProtocolError(f"'jobs.{key}' must be a list")
     timestamp = body.get("timestamp")
     if timestamp is not None and (
-        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+        isinstance(timestamp, bool) or not isinstance(timestamp, (int, float))  # no union built
     ):
         raise ProtocolError("'timestamp' must be a number")
 
