@@ -577,6 +577,38 @@ async def test_a_plugin_job_looks_up_its_statuses_without_the_enum_s_calls(
     assert sorted(callers) == []
 
 
+async def test_a_plugin_job_reads_no_enum_member_off_its_class(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 `EnumType` has a `__getattr__`, so every read off an enum class
+    (`ReplyKind.EVENT`, `ExecutionState.RUNNING`) goes through the type's slow attribute hook,
+    about 900 instructions, and no profile shows it. A plugin job made 43 such reads (round
+    18); the Jobs client, its topics, the runner, acquisition and the outbox read the members
+    as module globals. Left to their owners: the store's and the recovery decision's (11 a
+    job). The emulator on the bus is not the agent's."""
+    import enum
+
+    left = ("jobs_agent.emulator", "jobs_agent.engine.store", "jobs_agent.engine.recovery")
+    reads: Counter[str] = Counter()
+
+    def read(cls: type, name: str) -> Any:
+        caller = str(sys._getframe(1).f_globals.get("__name__"))
+        if caller.startswith("jobs_agent") and not caller.startswith(left):
+            reads[f"{caller}: {type.__getattribute__(cls, '__name__')}.{name}"] += 1
+        return type.__getattribute__(cls, name)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            with monkeypatch.context() as patch:
+                patch.setattr(enum.EnumType, "__getattribute__", read)
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert reads == Counter()
+
+
 async def test_a_notify_as_long_as_the_limit_builds_no_execution_references(
     tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

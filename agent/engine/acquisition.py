@@ -32,7 +32,13 @@ import structlog
 from jobs_agent.datamodel import model
 from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.jobfiles import JobFiles
-from jobs_agent.engine.lifecycle import ACTIVE_STATES, ExecutionState
+from jobs_agent.engine.lifecycle import (
+    ACTIVE_STATES,
+    DEFERRED,
+    RUNNING,
+    STARTED,
+    ExecutionState,
+)
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.shared import Shared
 from jobs_agent.engine.store import ExecutionRecord, Store, Taking
@@ -49,6 +55,10 @@ from jobs_agent.vocabulary import (
 from jobs_agent_handlers.outcome import Outcome, point_of_no_return
 
 log = structlog.get_logger("jobs_agent.engine")
+
+_IN_PROGRESS = (STARTED, RUNNING, DEFERRED)
+"""The states of a record in progress on the service (read as globals: `lifecycle.RECEIVED`'s
+note)."""
 
 LOST_RECORD_REASON = (
     "the device lost its record of this execution (its state database was deleted or replaced,"
@@ -331,7 +341,6 @@ class Acquisition:
         most likely ended them after the last reconciliation, and will not offer them again.
         Those held to run to their end are not counted. With `taken`, what was read with
         them (`Store.taking`: its record too, for `record`, in the same statement)."""
-        in_progress = (ExecutionState.STARTED, ExecutionState.RUNNING, ExecutionState.DEFERRED)
         if taken is None:
             active, taking = await self._store.call(Store.active), None
         else:
@@ -342,7 +351,7 @@ class Acquisition:
             for record in active
             if record.key.namespace is None
             and record.key not in self.held
-            and record.state in in_progress
+            and record.state in _IN_PROGRESS
         ]
         return keys, taking
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Final
 
 
 class ExecutionState(StrEnum):
@@ -52,6 +53,14 @@ class ExecutionState(StrEnum):
     window, a person's consent) until `deferred_until` or a decision; nothing runs meanwhile,
     unless `jobs.run_others_while_deferred` lets other executions run (`engine/turns.py`)."""
 
+
+RECEIVED: Final = ExecutionState.RECEIVED
+STARTED: Final = ExecutionState.STARTED
+RUNNING: Final = ExecutionState.RUNNING
+DEFERRED: Final = ExecutionState.DEFERRED
+"""States the per-job paths compare with and write, read as module globals: on Python 3.11 a
+member read off its class goes through the hook of `EnumType.__getattr__` (about 900
+instructions a read, which `sys.setprofile` does not show; issue 18)."""
 
 _STATE_OF: dict[str, ExecutionState] = {state.value: state for state in ExecutionState}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from jobs_agent.engine.recovery import Settle
 
 log = structlog.get_logger("jobs_agent.engine")
+
+_SUCCEEDED: Final = JobExecutionStatus.SUCCEEDED
+"""Read as a global, not off its class (`lifecycle.RECEIVED`'s note)."""
 
 MINIMAL_REPORT = StatusDetails({"reason": "the full report was refused by the service"})
 
@@ -104,7 +107,7 @@ class Outbox:
             raise
         self._shared.crash.reached("decided")
         # A job that did not succeed is what an operator filters for (`journalctl -p warning`).
-        level = bound.info if status is JobExecutionStatus.SUCCEEDED else bound.warning
+        level = bound.info if status is _SUCCEEDED else bound.warning
         level("outcome decided", status=status, reason=details.get("reason"))
         if not await self._flush(queued, seen, flushes):
             bound.info("outcome queued until the service is reachable")

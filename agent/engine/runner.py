@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -21,7 +21,7 @@ from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.context import EngineJobContext
 from jobs_agent.engine.deferral import CONSENT, Deferrals, Request
 from jobs_agent.engine.jobfiles import JobFiles
-from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.lifecycle import RECEIVED, RUNNING, STARTED, ExecutionState
 from jobs_agent.engine.outbox import Outbox
 from jobs_agent.engine.packages import PackageReports
 from jobs_agent.engine.progress import ProgressReporter
@@ -49,6 +49,11 @@ from jobs_agent_handlers.api import (
 )
 
 log = structlog.get_logger("jobs_agent.engine")
+
+_FRESH = (RECEIVED, STARTED)
+"""The states of a record that has not run yet."""
+_SUCCEEDED: Final = JobExecutionStatus.SUCCEEDED
+"""Read as a global, not off its class (`lifecycle.RECEIVED`'s note)."""
 
 
 class Runner:
@@ -97,12 +102,12 @@ class Runner:
         bound = LazyBound(
             log, job_id=ref.job_id, execution_number=ref.execution_number, namespace=ref.namespace
         )
-        if self._shared.stopping and record.state is ExecutionState.STARTED:
+        if self._shared.stopping and record.state is STARTED:
             bound.info("stopping: the job starts after the restart")
             return
         limits = Limits(max_agent_restarts=self._shared.settings.max_agent_restarts_per_job)
         # Only a record that has run may need this boot's id (a read of /proc per job else).
-        fresh = record.state in (ExecutionState.RECEIVED, ExecutionState.STARTED)
+        fresh = record.state in _FRESH
         action = recover(record, None if fresh else self._reboots.boot_id(), limits)
         await self._act(record, action, document, bound)
 
@@ -201,7 +206,7 @@ class Runner:
                 await self._wait_and_run(record, gate, document, bound)
                 return
             record = await self._store.call(
-                Store.transition, ref, ExecutionState.RUNNING, **_handler_fields(handler)
+                Store.transition, ref, RUNNING, **_handler_fields(handler)
             )
             self._shared.crash.reached("running")
         deferred = await self._execute(record, handler, document, run, bound)
@@ -386,7 +391,7 @@ class Runner:
         progress = reporter.latest
         if run.rebooted and progress.get("reboot") == "requested":
             progress["reboot"] = "done"  # the boot id changed: say so in the final report
-        succeeded = outcome.status == JobExecutionStatus.SUCCEEDED
+        succeeded = outcome.status == _SUCCEEDED
         rows = self._packages.rows_for(document) if succeeded else ()
         await self._outbox.decide(ref, with_last_progress(outcome, progress), bound, rows)
         if rows:

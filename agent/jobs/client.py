@@ -62,7 +62,17 @@ from jobs_agent.jobs.models import (
     UpdateRequest,
 )
 from jobs_agent.jobs.status_details import sanitize_status_details
-from jobs_agent.jobs.topics import Operation, ParsedTopic, ReplyKind
+from jobs_agent.jobs.topics import (
+    ACCEPTED,
+    EVENT,
+    NOTIFY,
+    REQUEST,
+    START_NEXT,
+    UPDATE,
+    Operation,
+    ParsedTopic,
+    ReplyKind,
+)
 from jobs_agent.log import LazyBound
 from jobs_agent.transport.base import Message, Transport, TransportError
 from jobs_agent.transport.exchange import (
@@ -222,9 +232,7 @@ class JobsClient:
                 client_token=token,
             ).to_json()
 
-        reply = await self._request(
-            Operation.START_NEXT, None, None, payload, StartNextReply.from_json
-        )
+        reply = await self._request(START_NEXT, None, None, payload, StartNextReply.from_json)
         return reply.execution
 
     async def describe(
@@ -295,9 +303,7 @@ class JobsClient:
                 client_token=token,
             ).to_json()
 
-        return await self._request(
-            Operation.UPDATE, job_id, namespace, payload, UpdateReply.from_json
-        )
+        return await self._request(UPDATE, job_id, namespace, payload, UpdateReply.from_json)
 
     async def ended(self, ref: ExecutionRef) -> str | None:
         """How the service shows that the execution is over: its terminal status, or the code
@@ -332,7 +338,7 @@ class JobsClient:
         def read(reply: _Reply) -> R:
             kind, body = reply
             try:
-                if kind is ReplyKind.ACCEPTED:
+                if kind is ACCEPTED:
                     return parse(body)
                 error = ErrorResponse.from_json(body)
             except ProtocolError as exc:
@@ -409,9 +415,9 @@ class JobsClient:
             self.stats.replies_ignored += 1
             log.debug("message for another thing ignored", topic=message.topic)
             return
-        if parsed.kind is ReplyKind.EVENT:
+        if parsed.kind is EVENT:
             self._on_event(parsed, message)
-        elif parsed.kind is not ReplyKind.REQUEST:
+        elif parsed.kind is not REQUEST:
             self._on_reply(parsed, message)
 
     def _on_reply(self, parsed: ParsedTopic, message: Message) -> None:
@@ -425,7 +431,7 @@ class JobsClient:
             log.debug("reply not for a waiting request ignored", topic=message.topic)
 
     def _on_event(self, parsed: ParsedTopic, message: Message) -> None:
-        notify = parsed.operation is Operation.NOTIFY
+        notify = parsed.operation is NOTIFY
         try:
             event = decode_event(notify, parsed.namespace, message.payload)
         except ProtocolError as exc:

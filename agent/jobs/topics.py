@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
+from typing import Final
 
 from jobs_agent.datamodel import model
 from jobs_agent.vocabulary import is_job_id, is_namespace, is_thing_name
@@ -60,6 +61,20 @@ class ReplyKind(Enum):
     EVENT = "event"
 
     __hash__ = object.__hash__  # as `Operation`'s
+
+
+START_NEXT: Final = Operation.START_NEXT
+DESCRIBE: Final = Operation.DESCRIBE
+UPDATE: Final = Operation.UPDATE
+NOTIFY: Final = Operation.NOTIFY
+NOTIFY_NEXT: Final = Operation.NOTIFY_NEXT
+REQUEST: Final = ReplyKind.REQUEST
+ACCEPTED: Final = ReplyKind.ACCEPTED
+EVENT: Final = ReplyKind.EVENT
+"""Members the per-message paths compare with, read as module globals: on Python 3.11 a
+member read off its class goes through the hook of `EnumType.__getattr__` (about 900
+instructions a read, which `sys.setprofile` does not show), and a plugin job read 24 here and
+in the Jobs client (issue 18; the emulator's are in `emulator.model`)."""
 
 
 _EVENTS = frozenset({Operation.NOTIFY, Operation.NOTIFY_NEXT})
@@ -99,15 +114,13 @@ def _check(topic: ParsedTopic) -> None:
     if topic.namespace is not None and not is_valid_namespace(topic.namespace):
         raise ValueError(f"invalid namespace {topic.namespace!r}")
     op = topic.operation
-    if (topic.kind is ReplyKind.EVENT) != (op in _EVENTS):
+    if (topic.kind is EVENT) != (op in _EVENTS):
         raise ValueError(f"{op.name} has no {topic.kind.value} topic")
     if op in _JOB_VERB:
-        if topic.job_id is None or not is_valid_job_id(
-            topic.job_id, allow_next=op is Operation.DESCRIBE
-        ):
+        if topic.job_id is None or not is_valid_job_id(topic.job_id, allow_next=op is DESCRIBE):
             raise ValueError(f"invalid job id {topic.job_id!r} for {op.name}")
         return
-    if op is Operation.NOTIFY and topic.job_id is not None:
+    if op is NOTIFY and topic.job_id is not None:
         if topic.namespace is None:
             raise ValueError("a per-job notify topic exists only in a namespace")
         if not is_valid_job_id(topic.job_id):
@@ -124,13 +137,13 @@ def build_topic(topic: ParsedTopic) -> str:
     _check(topic)
     base = f"{PREFIX}{topic.thing_name}/jobs/"
     op, ns = topic.operation, topic.namespace
-    if op is Operation.NOTIFY:
+    if op is NOTIFY:
         if ns is None:
             return base + "notify"
         if topic.job_id is not None:
             return f"{base}{topic.job_id}/{_NOTIFY_NS}{ns}"
         return base + _NOTIFY_NS + ns
-    if op is Operation.NOTIFY_NEXT:
+    if op is NOTIFY_NEXT:
         return base + ("notify-next" if ns is None else _NOTIFY_NEXT_NS + ns)
     if op in _PLAIN_VERB:
         return base + _PLAIN_VERB[op] + _SUFFIX[topic.kind]
@@ -163,27 +176,27 @@ def _parse_rest(thing: str, parts: list[str]) -> ParsedTopic | None:
     first = parts[0]
     if n == 1:
         if first == "notify":
-            return ParsedTopic(thing, Operation.NOTIFY, ReplyKind.EVENT)
+            return ParsedTopic(thing, NOTIFY, EVENT)
         if first == "notify-next":
-            return ParsedTopic(thing, Operation.NOTIFY_NEXT, ReplyKind.EVENT)
+            return ParsedTopic(thing, NOTIFY_NEXT, EVENT)
         if first.startswith(_NOTIFY_NEXT_NS):
             ns = first[len(_NOTIFY_NEXT_NS) :]
-            return ParsedTopic(thing, Operation.NOTIFY_NEXT, ReplyKind.EVENT, namespace=ns)
+            return ParsedTopic(thing, NOTIFY_NEXT, EVENT, namespace=ns)
         if first.startswith(_NOTIFY_NS):
             ns = first[len(_NOTIFY_NS) :]
-            return ParsedTopic(thing, Operation.NOTIFY, ReplyKind.EVENT, namespace=ns)
+            return ParsedTopic(thing, NOTIFY, EVENT, namespace=ns)
         if first in _VERB_PLAIN:
-            return ParsedTopic(thing, _VERB_PLAIN[first], ReplyKind.REQUEST)
+            return ParsedTopic(thing, _VERB_PLAIN[first], REQUEST)
         return None
     if n == 2:
         second = parts[1]
         if first in _VERB_PLAIN and second in _REPLY_KIND:
             return ParsedTopic(thing, _VERB_PLAIN[first], _REPLY_KIND[second])
         if second in _VERB_JOB:
-            return ParsedTopic(thing, _VERB_JOB[second], ReplyKind.REQUEST, job_id=first)
+            return ParsedTopic(thing, _VERB_JOB[second], REQUEST, job_id=first)
         if second.startswith(_NOTIFY_NS):
             ns = second[len(_NOTIFY_NS) :]
-            return ParsedTopic(thing, Operation.NOTIFY, ReplyKind.EVENT, namespace=ns, job_id=first)
+            return ParsedTopic(thing, NOTIFY, EVENT, namespace=ns, job_id=first)
         return None
     if n == 3:
         second, third = parts[1], parts[2]
@@ -191,9 +204,7 @@ def _parse_rest(thing: str, parts: list[str]) -> ParsedTopic | None:
             return ParsedTopic(thing, _VERB_JOB[second], _REPLY_KIND[third], job_id=first)
         if second.startswith(_NS_REQUEST) and third in _VERB_JOB:
             ns = second[len(_NS_REQUEST) :]
-            return ParsedTopic(
-                thing, _VERB_JOB[third], ReplyKind.REQUEST, namespace=ns, job_id=first
-            )
+            return ParsedTopic(thing, _VERB_JOB[third], REQUEST, namespace=ns, job_id=first)
         return None
     if n == 4:
         second, third, fourth = parts[1], parts[2], parts[3]
@@ -214,7 +225,7 @@ def request_topic(
     namespace: str | None = None,
 ) -> str:
     """The topic a device publishes `operation` to."""
-    return build_topic(ParsedTopic(thing_name, operation, ReplyKind.REQUEST, namespace, job_id))
+    return build_topic(ParsedTopic(thing_name, operation, REQUEST, namespace, job_id))
 
 
 def reply_topic(
