@@ -207,6 +207,38 @@ async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: P
     assert [name for name in made if name.startswith(modules) or name in sandbox_calls] == [], made
 
 
+async def test_a_script_job_s_dispatch_layer_makes_no_path_object(tmp_path: Path) -> None:
+    """The dispatch layer takes the text of the `Path`s it is given (the handler directory,
+    the scratch and state directories) and makes none of its own per script job: the
+    located handler (`paths`), the step's document file (`scripts`, a join), the step's
+    cgroup (`containment`, a join) were `Path`s made per job, and the containment was looked
+    up by hashing the state directory's `Path` at each ask. Making a `Path` costs about three
+    import statements, some 24 k instructions (issue 18). Their work is still done: the jobs
+    succeed."""
+    asked: Counter[str] = Counter()
+    library = pathlib.__file__
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename != library or caller is None:
+            return
+        module = str(caller.f_globals.get("__name__"))
+        if module.startswith("jobs_agent.dispatch."):
+            asked[f"{module}.{caller.f_code.co_qualname} -> {frame.f_code.co_name}"] += 1
+
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        await warm_up(harness)
+        sys.setprofile(profile)
+        try:
+            await script_jobs(harness)
+        finally:
+            sys.setprofile(None)
+    reading = ("__fspath__", "__str__")  # the text of a `Path` given, kept by the `Path`
+    assert [call for call in asked if not call.endswith(reading)] == [], asked
+
+
 # -- the progress reporter's timer -----------------------------------------------------------
 class Sender:
     """The reporter's sender: records each update; `gate`, when set, holds a send until done."""
