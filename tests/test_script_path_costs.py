@@ -238,6 +238,39 @@ def test_output_logs_make_their_directory_only_when_it_is_missing(
     assert (logs / "job-2.log").read_text() == "[jobs-agent] started\n"
 
 
+def test_a_new_output_log_asks_no_fstat_and_a_continued_one_keeps_its_size_and_privacy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's new log is made exclusively (or is the pruned one taken, checked by
+    descriptor): it is known to be empty and mode 0600, so its `fstat` (an `os.stat_result`,
+    about 5 k instructions) is not asked, where every script job asked one (issue 18). A log
+    that is there (a continuing execution's) is still asked: its size counts toward the cap
+    and a mode an older version left is tightened. A symlink at the log's name is refused."""
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    fstats = Counter()
+    monkeypatch.setattr(os, "fstat", fstats.wrap(os.fstat))
+    log = OutputLog(logs / "new.log", 30)
+    log.write(b"0123456789")
+    log.close()
+    assert fstats.calls == []
+    assert ((logs / "new.log").stat().st_mode & 0o777) == 0o600
+    continued = OutputLog(logs / "new.log", 30)  # 10 bytes of the cap's 30 used already
+    continued.write(b"x" * 25)
+    continued.close()
+    assert len(fstats.calls) == 1
+    assert (logs / "new.log").read_bytes().startswith(b"0123456789" + b"x" * 20 + b"\n")
+    old = logs / "old.log"
+    old.write_text("")
+    old.chmod(0o644)
+    OutputLog(old, 30).close()
+    assert (old.stat().st_mode & 0o777) == 0o600
+    (logs / "link.log").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        OutputLog(logs / "link.log", 30)
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_step_files_are_written_without_unlinking_first_and_replace_what_was_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
