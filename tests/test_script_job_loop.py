@@ -13,6 +13,8 @@ import asyncio
 import builtins
 import os
 import pathlib
+import posixpath
+import random
 import sys
 from collections import Counter
 from collections.abc import Coroutine, Generator, Iterator, Mapping
@@ -205,6 +207,82 @@ async def test_a_script_job_s_spawn_walk_and_log_make_no_path_object(tmp_path: P
     sandbox = ("run", "_spawn")
     sandbox_calls = {f"jobs_agent.dispatch.process.Sandbox.{name}" for name in sandbox}
     assert [name for name in made if name.startswith(modules) or name in sandbox_calls] == [], made
+
+
+async def test_a_script_job_s_dispatch_layer_makes_no_path_object(tmp_path: Path) -> None:
+    """The dispatch layer takes the text of the `Path`s it is given (the handler directory,
+    the scratch and state directories) and makes none of its own per script job: the
+    located handler (`paths`), the step's document file (`scripts`, a join), the step's
+    cgroup (`containment`, a join) were `Path`s made per job, and the containment was looked
+    up by hashing the state directory's `Path` at each ask. Making a `Path` costs about three
+    import statements, some 24 k instructions (issue 18). Their work is still done: the jobs
+    succeed."""
+    asked: Counter[str] = Counter()
+    library = pathlib.__file__
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename != library or caller is None:
+            return
+        module = str(caller.f_globals.get("__name__"))
+        if module.startswith("jobs_agent.dispatch."):
+            asked[f"{module}.{caller.f_code.co_qualname} -> {frame.f_code.co_name}"] += 1
+
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        await warm_up(harness)
+        sys.setprofile(profile)
+        try:
+            await script_jobs(harness)
+        finally:
+            sys.setprofile(None)
+    reading = ("__fspath__", "__str__")  # the text of a `Path` given, kept by the `Path`
+    assert [call for call in asked if not call.endswith(reading)] == [], asked
+
+
+async def test_a_script_job_s_recycled_names_are_joined_without_posixpath(tmp_path: Path) -> None:
+    """Where a job's directory and its step's document are recycled to (`jobs/.recycled`,
+    `jobs/.recycled-document`) was found by two `os.path.dirname`s and an `os.path.join`
+    each time, four times a script job: six Python calls each (issue 18). The job directory
+    `JobFiles` joins has its last two names cut off in one call now; the jobs still recycle
+    their directory."""
+    asked: Counter[str] = Counter()
+    library = posixpath.dirname.__code__.co_filename  # "<frozen posixpath>", not __file__
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename != library or caller is None:
+            return
+        if caller.f_globals.get("__name__") == "jobs_agent.engine.jobdirs":
+            asked[f"{caller.f_code.co_qualname} -> {frame.f_code.co_name}"] += 1
+
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        await warm_up(harness)
+        sys.setprofile(profile)
+        try:
+            await script_jobs(harness)
+        finally:
+            sys.setprofile(None)
+        recycled = config.state_dir / "jobs" / RECYCLED
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+    assert asked == Counter()
+
+
+def test_the_recycled_names_are_those_dirname_and_join_give() -> None:
+    """The same names as `os.path.join(os.path.dirname(os.path.dirname(base)), name)` for
+    any text: 20,000 random ones (fixed seed) of `/`, `a`, `b`, `.`, and the usual forms."""
+    from jobs_agent.engine.jobdirs import SPARE_DOCUMENT, recycled_path, spare_document_path
+
+    generator = random.Random(18)
+    bases = ["/var/lib/jobs-agent/jobs/default/j1", "/jobs/ns/j", "/a/b", "/a/b/c/", "", "/"]
+    bases += ["".join(generator.choices("/ab.", k=generator.randint(0, 10))) for _ in range(20_000)]
+    for base in bases:
+        above = os.path.dirname(os.path.dirname(base))
+        assert recycled_path(base) == os.path.join(above, RECYCLED), base
+        assert spare_document_path(base) == os.path.join(above, SPARE_DOCUMENT), base
 
 
 # -- the progress reporter's timer -----------------------------------------------------------

@@ -238,6 +238,39 @@ def test_output_logs_make_their_directory_only_when_it_is_missing(
     assert (logs / "job-2.log").read_text() == "[jobs-agent] started\n"
 
 
+def test_a_new_output_log_asks_no_fstat_and_a_continued_one_keeps_its_size_and_privacy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's new log is made exclusively (or is the pruned one taken, checked by
+    descriptor): it is known to be empty and mode 0600, so its `fstat` (an `os.stat_result`,
+    about 5 k instructions) is not asked, where every script job asked one (issue 18). A log
+    that is there (a continuing execution's) is still asked: its size counts toward the cap
+    and a mode an older version left is tightened. A symlink at the log's name is refused."""
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    fstats = Counter()
+    monkeypatch.setattr(os, "fstat", fstats.wrap(os.fstat))
+    log = OutputLog(logs / "new.log", 30)
+    log.write(b"0123456789")
+    log.close()
+    assert fstats.calls == []
+    assert ((logs / "new.log").stat().st_mode & 0o777) == 0o600
+    continued = OutputLog(logs / "new.log", 30)  # 10 bytes of the cap's 30 used already
+    continued.write(b"x" * 25)
+    continued.close()
+    assert len(fstats.calls) == 1
+    assert (logs / "new.log").read_bytes().startswith(b"0123456789" + b"x" * 20 + b"\n")
+    old = logs / "old.log"
+    old.write_text("")
+    old.chmod(0o644)
+    OutputLog(old, 30).close()
+    assert (old.stat().st_mode & 0o777) == 0o600
+    (logs / "link.log").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        OutputLog(logs / "link.log", 30)
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_step_files_are_written_without_unlinking_first_and_replace_what_was_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -520,17 +553,21 @@ async def test_a_step_arms_no_timer_of_its_own_for_its_time_limit(
 
 
 # -- the step's descriptors on the event loop ---------------------------------------------------
-async def test_a_step_s_pipes_and_exit_take_one_registration_with_the_loop(
+async def test_steps_pipes_and_exits_take_one_registration_with_the_loop_for_all_steps(
     handler_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The step's stdout, stderr, progress pipe and pidfd are watched in an epoll of their
-    own (`StepPoll`): the loop gets one `add_reader` and one `remove_reader` per step, where
-    round 14's step made four of each (about 26 k instructions each, issue 18). What the step
-    wrote still arrives, each stream where it belongs, and its progress line is handled."""
+    """The steps' stdout, stderr, progress pipe and pidfd are watched in an epoll of their
+    own (`StepPoll`), one per loop and kept: the loop gets one `add_reader` for all the steps
+    it runs and no `remove_reader`, where round 14's step made four of each (about 26 k
+    instructions each, issue 18) and round 15's one of each per step. What each step wrote
+    still arrives, each stream where it belongs, and its progress line is handled; nothing a
+    step ended stays watched, and no step gets the epoll's descriptor (only 0-3)."""
+    from jobs_agent.dispatch.pipes import step_poll
     from jobs_agent.dispatch.process import ProcessSpec, Sandbox
 
     (handler_tree / "speaks.sh").write_text(
-        "#!/bin/sh\necho out\necho err >&2\necho '{\"progress\": 50}' >&3\nexit 3\n"
+        "#!/bin/sh\necho out\necho err >&2\necho '{\"progress\": 50}' >&3\n"
+        "ls /proc/self/fd >&2\nexit 3\n"
     )
     (handler_tree / "speaks.sh").chmod(0o755)
     loop = asyncio.get_running_loop()
@@ -543,14 +580,21 @@ async def test_a_step_s_pipes_and_exit_take_one_registration_with_the_loop(
         messages.append(message)
 
     ctx = engine_context(tmp_path / "jobs")
-    spec = ProcessSpec((str(handler_tree / "speaks.sh"),), own_user(), 30, group="costs.poll")
     sandbox = Sandbox(kill_grace=1, state_dir=tmp_path)
-    result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+    for step in range(3):
+        spec = ProcessSpec(
+            (str(handler_tree / "speaks.sh"),), own_user(), 30, group=f"costs.poll.{step}"
+        )
+        result = await sandbox.run(spec, cancelled=ctx.cancelled, on_message=on_message)
+        assert result.spawn_error is None and result.returncode == 3
+        out, err = result.stdout.text(), result.stderr.text()
+        # `ls` lists its own descriptor of the directory too (the highest one).
+        assert out == "out\n" and err.split("\n")[0] == "err", (out, err)
+        assert sorted(int(fd) for fd in err.split()[1:])[:-1] == [0, 1, 2, 3], err
+        assert not step_poll(loop)._callbacks  # every descriptor unwatched before its close
     monkeypatch.undo()
-    assert result.spawn_error is None and result.returncode == 3
-    assert (result.stdout.text(), result.stderr.text()) == ("out\n", "err\n")
-    assert messages == [{"progress": 50}]
-    assert (len(added.calls), len(removed.calls)) == (1, 1)
+    assert messages == [{"progress": 50}] * 3
+    assert (len(added.calls), len(removed.calls)) == (1, 0)
 
 
 async def test_a_step_s_progress_pipe_paused_and_resumed_through_its_poll_loses_nothing(

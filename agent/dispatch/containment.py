@@ -236,8 +236,13 @@ class CgroupContainment:
     previous_bases: tuple[Path, ...] = ()
     kind: str = "cgroup"
 
+    @functools.cached_property
+    def _base_text(self) -> str:
+        return str(self.base)
+
     def group(self, name: str) -> JobGroup:
-        path = self.base / name
+        # Joined as text: a `Path` made per step cost more than the step's `mkdir` (issue 18).
+        path = f"{self._base_text}/{name}"
         try:
             return _group_types()[0](path)
         except OSError as exc:
@@ -391,11 +396,21 @@ def _become_subreaper() -> None:
 # -- choosing ------------------------------------------------------------------------------------
 
 _chosen: dict[tuple[str, Path], Containment] = {}
+_last: tuple[str, Path, Containment] | None = None
+"""The last answer of `containment_for`: asked again with the very same state directory (every
+step asks twice), it is given without hashing the `Path`, a call into pathlib (issue 18)."""
 
 
 def containment_for(mode: str, state_dir: Path) -> Containment:
     """The containment of this agent process (set up once per mode and state directory)."""
+    global _last
+    last = _last
+    if last is not None and last[1] is state_dir and last[0] == mode:
+        return last[2]
     key = (mode, state_dir)
+    if key in _chosen:
+        _last = (mode, state_dir, _chosen[key])
+        return _chosen[key]
     if key in _chosen:
         return _chosen[key]
     chosen: Containment
@@ -413,6 +428,7 @@ def containment_for(mode: str, state_dir: Path) -> Containment:
             chosen = SubreaperContainment()
     log.info("job containment", kind=chosen.kind)
     _chosen[key] = chosen
+    _last = (mode, state_dir, chosen)
     return chosen
 
 
@@ -420,6 +436,9 @@ def release(state_dir: Path) -> bool:
     """The agent of `state_dir` exits cleanly: its cgroup base goes if nothing is left in it
     (`CgroupContainment.release`); the next `containment_for` sets up again. True unless a
     base had to stay (a process still in it)."""
+    global _last
+    if _last is not None and _last[1] == state_dir:
+        _last = None
     released = True
     for mode in CONTAINMENT_MODES:  # by key: `sim fleet` ends thousands of agents at once
         chosen = _chosen.pop((mode, state_dir), None)

@@ -371,16 +371,16 @@ def prepare(action: Action, settings: DispatchSettings, search_path: str) -> Pre
                 settings.handler_dir, action.handler, action.path, search_path=search_path
             )
             args, urls = hide_url_credentials(action.args)
-            base = (str(located.path), action.run_as_user, *args)
+            base = (located.name, action.run_as_user, *args)
             argv = ("/bin/sh", *base) if located.builtin else base
             if not located.builtin:
-                _check_interpreter(located.path, search_path, located.head)
+                _check_interpreter(located.name, search_path, located.head)
             return PreparedStep(
                 action,
                 argv,
                 user,
                 timeout,
-                str(located.path),
+                located.name,
                 builtin=located.builtin,
                 url_environment=urls,
             )
@@ -400,7 +400,7 @@ def prepare(action: Action, settings: DispatchSettings, search_path: str) -> Pre
         raise type(exc)(f"{label}: {exc.reason}", **exc.details) from None
 
 
-def _check_interpreter(path: Path, search_path: str, head: bytes | None = None) -> None:
+def _check_interpreter(path: str | Path, search_path: str, head: bytes | None = None) -> None:
     problem = interpreter_problem(path, search_path, head)
     if problem is not None:
         raise JobRejected(f"cannot run {path}: {problem}")

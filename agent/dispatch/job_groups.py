@@ -5,6 +5,7 @@ sweeping what an earlier agent left happen at start and need none of this (issue
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -24,14 +25,20 @@ from jobs_agent.dispatch.containment import (
 
 
 class CgroupGroup:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | Path) -> None:
+        self.name = os.fspath(path)
+        """The cgroup's path as text: made, joined and removed by it, with no `Path` per step
+        (issue 18); `path` for the rarer looks inside it."""
         try:
-            _make_cgroup(path)
+            _make_cgroup(self.name)
         except FileExistsError:
-            _cgroup_kill(path)  # a leftover of an earlier run of this step
-        self.join_fd: int | None = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            _cgroup_kill(self.path)  # a leftover of an earlier run of this step
+        self.join_fd: int | None = os.open(f"{self.name}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         self._removed = False
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self.name)
 
     def adopt(self, pid: int) -> None:
         if self.join_fd is not None:
@@ -66,7 +73,7 @@ class CgroupGroup:
         if self._removed:
             return True
         try:
-            os.rmdir(self.path)
+            os.rmdir(self.name)
         except FileNotFoundError:
             pass
         except OSError:
@@ -75,7 +82,7 @@ class CgroupGroup:
         return True
 
 
-def _make_cgroup(path: Path) -> None:
+def _make_cgroup(path: str) -> None:
     """Make a step's cgroup: one `mkdir`. The agent's base above it stays between steps (an
     empty cgroup holds nothing: the sweep at the next start removes it); it is made again
     only when it is missing (the first step, or after that sweep). Making and removing the
@@ -85,7 +92,7 @@ def _make_cgroup(path: Path) -> None:
         os.mkdir(path, 0o755)
     except FileNotFoundError:
         with contextlib.suppress(FileExistsError):
-            os.mkdir(path.parent, 0o755)
+            os.mkdir(os.path.dirname(path), 0o755)
         os.mkdir(path, 0o755)
 
 

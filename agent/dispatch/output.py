@@ -102,24 +102,25 @@ class OutputLog:
         self.max_bytes = max_bytes
         self.truncated = False
         # Output may hold secrets a handler printed: readable by the agent's user only.
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         path = self.path
-        fd = None if os.path.lexists(path) else _take_recycled_log(path)
+        fresh = not os.path.lexists(path)
+        fd = _take_recycled_log(path) if fresh else None
         if fd is None:
+            fd, fresh = _open_log(path, fresh)
+        self._written = 0
+        if not fresh:  # a continuing execution's log: its size counts, its mode is checked
             try:
-                fd = os.open(path, flags, 0o600)
-            except FileNotFoundError:  # the first job's log: the directory is made once
-                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(path, flags, 0o600)
-        try:
-            info = os.fstat(fd)
-            if info.st_mode & 0o077:
-                os.fchmod(fd, 0o600)  # a log an older version created world-readable
-        except BaseException:
-            os.close(fd)
-            raise
+                info = os.fstat(fd)
+                if info.st_mode & 0o077:
+                    os.fchmod(fd, 0o600)  # a log an older version created world-readable
+            except BaseException:
+                os.close(fd)
+                raise
+            self._written = info.st_size
+        # A new log (made here exclusively, or the pruned one taken: private and emptied, as
+        # `take_spare` checked by descriptor) is empty and mode 0600: no `fstat` to ask it
+        # (an `os.stat_result` is about 5 k instructions, issue 18).
         self._fd = fd
-        self._written = info.st_size
 
     def write(self, data: bytes) -> None:
         if self._fd < 0 or self.truncated or not data:
@@ -150,6 +151,24 @@ class OutputLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_log(path: str, fresh: bool) -> tuple[int, bool]:
+    """The log's descriptor, and whether this open made it: where there was none (`fresh`)
+    it is made exclusively, so that it is known to be new; one made since the look is opened
+    as any existing log (a symlink still refused: `O_NOFOLLOW`)."""
+    flags = _LOG_FLAGS | (os.O_EXCL if fresh else 0)
+    try:
+        try:
+            return os.open(path, flags, 0o600), fresh
+        except FileNotFoundError:  # the first job's log: the directory is made once
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return os.open(path, flags, 0o600), fresh
+    except FileExistsError:
+        return os.open(path, _LOG_FLAGS, 0o600), False
 
 
 def _take_recycled_log(path: str) -> int | None:

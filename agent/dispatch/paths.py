@@ -35,9 +35,14 @@ class HandlerFile:
     """A located handler executable and whether it is one of ours (run through /bin/sh);
     `head`: its first bytes as the check read them (its `#!` line, for `shebang`)."""
 
-    path: Path
+    name: str
+    """Its path as text: what the step's argv takes (no `Path` made per script job)."""
     builtin: bool
     head: bytes | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
 
 
 def is_default_path(path: str | None) -> bool:
@@ -154,7 +159,7 @@ def _found_as_named(handler_dir: Path, name: str) -> HandlerFile | None:
     except (UntrustedPath, OSError, ValueError):
         return None
     executable.close()
-    return HandlerFile(Path(path), builtin=False, head=executable.head)
+    return HandlerFile(path, builtin=False, head=executable.head)
 
 
 def locate_handler(
@@ -206,20 +211,20 @@ def _locate(
         if not resolved.is_relative_to(base):
             raise JobRejected(f"handler {candidate} points outside the handler directory {base}")
         head = check_executable(resolved, base, resolved=True)
-        return HandlerFile(resolved, builtin=False, head=head)
+        return HandlerFile(str(resolved), builtin=False, head=head)
     if is_default_path(path):
         for builtin_name in (name, f"{name}.sh"):
             builtin = BUILTIN_SCRIPTS_DIR / builtin_name
             if builtin.is_file():
                 check_executable(builtin, BUILTIN_SCRIPTS_DIR, "built-in handler")
-                return HandlerFile(builtin, builtin=True)
+                return HandlerFile(str(builtin), builtin=True)
     if search_path is not None and (path is None or path.strip() != "default"):
         import shutil  # here, at a job: shutil loads lzma and bz2 (issue 18)
 
         found = shutil.which(name, path=search_path)
         if found is not None:
             check_executable(Path(found), Path(found).parent, "command")
-            return HandlerFile(Path(found), builtin=False)
+            return HandlerFile(str(Path(found)), builtin=False)
     raise JobRejected(
         f"no handler {name!r} in {directory}"
         + (" (and no built-in handler or command of that name)" if is_default_path(path) else "")

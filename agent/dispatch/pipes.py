@@ -4,8 +4,8 @@ lines on fd 3), and its exit, without waiting on anything a leftover grandchild 
 Each pipe is read on the event loop (one `os.read` per wake-up): no transport, protocol or
 stream object per pipe and no thread, since a job's step costs the agent a few of these per run
 (issue 18). The exit is learnt from a pidfd, the moment the kernel has it: no watcher thread per
-child and no polling. A step's descriptors are watched together (`StepPoll`): one registration
-with the loop per step instead of one per descriptor.
+child and no polling. Steps' descriptors are watched together (`StepPoll`): one epoll per event
+loop, registered with the loop once, instead of a registration per descriptor (or per step).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import select
 import subprocess
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -40,23 +41,29 @@ class Readers(Protocol):
 
 
 class StepPoll:
-    """A step's descriptors (its pipes' read ends, its pidfd) in an epoll of their own, whose
-    one descriptor is what the event loop watches for the step.
+    """Steps' descriptors (their pipes' read ends, their pidfds) in an epoll of their own,
+    whose one descriptor is what the event loop watches for all of them (`step_poll`: one per
+    loop, kept for the next steps).
 
     Why: asyncio's `add_reader` and `remove_reader` cost about 26 k instructions each
     (a `Handle`, a `SelectorKey`, the selector's lookups and a `KeyError` raised and caught
     at each registration), and a step made four pairs; the EOFs and the exit, which come
-    together, were four callbacks of the loop. Here a step costs the loop one pair, and a
-    wake-up is one callback that dispatches what the step's epoll says is ready, in the order
-    it says it, as the loop did. Level-triggered like the loop's: whatever a callback leaves
-    unread wakes the loop again. Created after the spawn, close-on-exec: no step inherits it.
+    together, were four callbacks of the loop. Here a wake-up is one callback that dispatches
+    what the epoll says is ready, in the order it says it, as the loop did. Level-triggered
+    like the loop's: whatever a callback leaves unread wakes the loop again. The epoll is
+    close-on-exec, so no step inherits it (the chain closes every descriptor it is not
+    given; the forked path's exec drops close-on-exec ones). Every descriptor is unwatched
+    before it is closed (`remove_reader`), so nothing a step ended stays in it.
     """
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self._loop = weakref.ref(loop)
+        """Weak: the loop's own registration keeps this poll, never the other way round
+        (`step_poll` keeps one per loop, for as long as the loop lives)."""
         self._epoll = select.epoll()
         self._callbacks: dict[int, Callable[[], None]] = {}
-        self._loop.add_reader(self._epoll.fileno(), self._ready)
+        loop.add_reader(self._epoll.fileno(), self._ready)
 
     def add_reader(self, fd: int, callback: Callable[[], None], /) -> None:
         self._epoll.register(fd, select.EPOLLIN)
@@ -78,11 +85,34 @@ class StepPoll:
                 callback()
 
     def close(self) -> None:
-        """Once every reader and the exit watch have stopped (idempotent)."""
+        """Stop watching everything and close the epoll (idempotent)."""
         if not self._epoll.closed:
-            self._loop.remove_reader(self._epoll.fileno())
+            loop = self._loop()
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
             self._callbacks.clear()
+
+
+_polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StepPoll] = weakref.WeakKeyDictionary()
+_latest: tuple[asyncio.AbstractEventLoop, StepPoll] | None = None
+"""The loop the last step ran on and its poll: the usual ask, answered without the weak map."""
+
+
+def step_poll(loop: asyncio.AbstractEventLoop) -> StepPoll:
+    """The `StepPoll` of `loop` (the running one), made at its first step and kept: a poll of
+    its own per step was an epoll made and closed and a loop registration added and removed,
+    about 55 k instructions a script job (issue 18). One per loop (a process has one, but for
+    tests), gone with its loop."""
+    global _latest
+    latest = _latest
+    if latest is not None and latest[0] is loop:
+        return latest[1]
+    poll = _polls.get(loop)
+    if poll is None:
+        poll = _polls[loop] = StepPoll()
+    _latest = (loop, poll)
+    return poll
 
 
 class PipeReader:

@@ -58,7 +58,7 @@ from jobs_agent.dispatch.pipes import (
     OutputReader,
     ProgressReader,
     ReplyPipe,
-    StepPoll,
+    step_poll,
 )
 from jobs_agent.dispatch.shebang import interpreter_problem
 from jobs_agent.dispatch.spawn import (
@@ -281,13 +281,13 @@ class Sandbox:
         process, (out_fd, err_fd, progress_fd) = spawned
         group.adopt(process.pid)
         log = outputs.log
-        poll = StepPoll()  # the step's four descriptors, one registration with the loop
+        woken, cancel_wait = woken_by(cancelled)
+        poll = step_poll(woken.get_loop())  # the loop's one watch of the steps' descriptors
         readers = [
             OutputReader(out_fd, [result.stdout, *outputs.stdout], log, self._echo("stdout"), poll),
             OutputReader(err_fd, [result.stderr, *outputs.stderr], log, self._echo("stderr"), poll),
         ]
         progress = ProgressReader(progress_fd, outputs.on_message, outputs.on_bad_line, poll)
-        woken, cancel_wait = woken_by(cancelled)
         exit_watch = ExitWatch(process, woken, poll)
         limits = time_limits(woken.get_loop())  # the loop's one timer (time_limit)
         limit = StepLimit(woken, spec.timeout)
@@ -312,8 +312,7 @@ class Sandbox:
             exit_watch.close()
             for reader in readers:
                 reader.pipe.close()
-            progress.cancel()
-            poll.close()  # nothing is watched any more: the pipes and the pidfd are closed
+            progress.cancel()  # each unwatched its descriptor before closing it
             await progress.wait_cancelled()
             if outputs.replies is not None:
                 outputs.replies.close()

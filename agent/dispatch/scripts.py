@@ -48,17 +48,17 @@ _DETAIL_VALUE_TYPES = (str, int, float, bool)
 def script_environment(
     ctx: JobContext,
     *,
-    document_file: Path,
+    document_file: str | Path,
     step_index: int,
     step_name: str,
-    checkpoint_file: Path | None,
+    checkpoint_file: str | Path | None,
 ) -> dict[str, str]:
     """The `JOBS_AGENT_*` variables of the protocol (the sandbox adds PATH, LANG, HOME)."""
     env = {
         "JOBS_AGENT_JOB_ID": ctx.job_id,
         "JOBS_AGENT_EXECUTION_NUMBER": str(ctx.execution_number),
         "JOBS_AGENT_THING_NAME": ctx.thing_name,
-        "JOBS_AGENT_DOCUMENT": str(document_file),
+        "JOBS_AGENT_DOCUMENT": os.fspath(document_file),
         "JOBS_AGENT_STATE_DIR": str(ctx.state_dir),
         "JOBS_AGENT_RESUMED": "1" if ctx.resumed else "0",
         "JOBS_AGENT_REBOOTED": "1" if ctx.rebooted else "0",
@@ -72,7 +72,7 @@ def script_environment(
     if ctx.namespace:
         env["JOBS_AGENT_NAMESPACE"] = ctx.namespace
     if checkpoint_file is not None:
-        env["JOBS_AGENT_CHECKPOINT"] = str(checkpoint_file)
+        env["JOBS_AGENT_CHECKPOINT"] = os.fspath(checkpoint_file)
     return env
 
 
@@ -114,10 +114,10 @@ class StepFiles:
 
     def __init__(self, ctx: JobContext, user: RunAs) -> None:
         self._user = user
-        self._private: Path | None = None
+        self._private: str | None = None
         self._spare: str | None = None
         if user.switch:
-            self._private = Path(tempfile.mkdtemp(prefix="jobs-agent-step-"))
+            self._private = tempfile.mkdtemp(prefix="jobs-agent-step-")
             outer = os.open(self._private, _DIR_OPEN)
             try:
                 os.fchmod(outer, 0o711)
@@ -125,25 +125,32 @@ class StepFiles:
                 self._dir_fd = os.open("step", _DIR_OPEN, dir_fd=outer)
             finally:
                 os.close(outer)
-            self.directory = self._private / "step"
+            self.directory = os.path.join(self._private, "step")
         else:
-            self.directory = ctx.scratch_dir
+            # As text: the files' names are joined to it per step, where a `Path` join was
+            # a `Path` made per script job (issue 18).
+            self.directory = os.fspath(ctx.scratch_dir)
             # Not `isinstance` of the runtime-checkable protocol: that costs more than the
             # rename it saves (0.1 ms per step here).
             self._spare = getattr(ctx, "spare_document", None)
             try:
                 self._dir_fd = os.open(self.directory, _DIR_OPEN)
             except FileNotFoundError:  # an earlier step removed it
-                self.directory.mkdir(parents=True, exist_ok=True)
+                os.makedirs(self.directory, exist_ok=True)
                 self._dir_fd = os.open(self.directory, _DIR_OPEN)
 
     def write_json(self, name: str, data: Any) -> Path:
+        """`write`, its file's name as a `Path`."""
+        return Path(self.write(name, data))
+
+    def write(self, name: str, data: Any) -> str:
         """Write `name` afresh: created exclusively (whatever was there, a symlink included,
         is unlinked first, never followed), given to the step's user, then written in one
         go (`json.dumps` is the C encoder; `json.dump` to a file encodes piece by piece in
         Python). The document goes into the file the last step left emptied, if there is one
         and it is the agent's own private file with no other name (`KeepsSpareDocument`,
-        `securefs.take_spare`): else it is unlinked and created as any other."""
+        `securefs.take_spare`): else it is unlinked and created as any other. Its name, as
+        text (the step's environment takes it as text)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = None
         if self._spare is not None and name == DOCUMENT_FILE:
@@ -163,7 +170,7 @@ class StepFiles:
                 written += os.write(fd, data_bytes[written:])
         finally:
             os.close(fd)
-        return self.directory / name
+        return f"{self.directory}/{name}"
 
     def hand_over(self) -> None:
         """Give the step's directory to its user, once every file in it is written."""
@@ -189,7 +196,7 @@ class StepFiles:
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _remove_tree(path: Path) -> None:
+def _remove_tree(path: str) -> None:
     """Remove a step's private tree; whatever cannot be removed is logged, never raised (the
     step's outcome does not depend on it)."""
     problems: list[str] = []

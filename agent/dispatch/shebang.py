@@ -15,7 +15,9 @@ from pathlib import Path
 from jobs_agent.securefs import SHEBANG_MAX
 
 
-def interpreter_problem(path: Path, search_path: str, head: bytes | None = None) -> str | None:
+def interpreter_problem(
+    path: str | Path, search_path: str, head: bytes | None = None
+) -> str | None:
     """What keeps `path` from being executed through its `#!` line, or None if nothing does.
     `head`: its first `SHEBANG_MAX` bytes when the caller has them (the sandbox read them
     through the descriptor it checked), else they are read here."""

@@ -425,10 +425,8 @@ class StepsHandler:
         self, ctx: JobContext, index: int, step: PreparedStep, files: StepFiles, step_data: Any
     ) -> dict[str, str]:
         """The step's files (document, checkpoint) handed over, and its environment."""
-        document_file = files.write_json(DOCUMENT_FILE, dict(ctx.document))
-        checkpoint_file = (
-            files.write_json(CHECKPOINT_FILE, step_data) if step_data is not None else None
-        )
+        document_file = files.write(DOCUMENT_FILE, dict(ctx.document))
+        checkpoint_file = files.write(CHECKPOINT_FILE, step_data) if step_data is not None else None
         files.hand_over()
         env = script_environment(
             ctx,
