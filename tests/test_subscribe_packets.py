@@ -2,7 +2,8 @@
 filters a packet): the Jobs client's eight filters in one at start-up, on paho and on awscrt,
 counted in the log of a real mosquitto that logs every packet it receives (`log_type debug`).
 A filter the broker refuses in a SUBACK that grants the others is still named in the error, and
-the others are still subscribed.
+the others are still subscribed. After a reconnect whose session the broker lost (a restart of a
+broker without persistence), the filters come back in as few packets too.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from jobs_agent.daemon import Agent
-from jobs_agent.transport.base import Message, TransportError
+from jobs_agent.transport.awscrt import AwscrtTransport
+from jobs_agent.transport.base import Message, Transport, TransportError
 from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.transport.shared import SharedLink
 from tests.fixtures.broker import Mosquitto, _require_binary
 from tests.fixtures.certs import CertPaths
 from tests.harness import agent_config, awscrt_connection, paho_connection, wait_until
+from tests.helpers.agent_harness import captured_logs
 from tests.test_daemon_start import _packets
 
 THING = "gw-subscribe"
@@ -211,4 +214,97 @@ async def test_a_views_filters_go_in_one_packet_and_a_refusal_holds_none(
         assert len(subscribes) == 3  # held/a; then new/b with DENIED, twice
     finally:
         await transport.disconnect()
+        await proxy.close()
+
+
+def since_last_connect(broker: Mosquitto, packet: str, client_id: str) -> int:
+    """How many `packet`s the broker received from `client_id` on its latest connection."""
+    mark = f" as {client_id} ("
+    lines = broker.log_text().splitlines()
+    connects = [
+        n for n, line in enumerate(lines) if "New client connected from" in line and mark in line
+    ]
+    return len([n for n in received(broker, packet, client_id) if n > connects[-1]])
+
+
+@pytest.mark.parametrize("transport", ["paho", "awscrt"])
+async def test_a_lost_session_s_filters_come_back_in_as_few_packets_as_the_quota_allows(
+    logging_broker: Callable[..., Mosquitto], transport: str
+) -> None:
+    """Ten filters (two packets at start: eight and two), then the broker restarts and forgets
+    the session: the restore sends two SUBSCRIBE packets (ten before, one per filter), before
+    the link is announced back, and both packets' filters deliver."""
+    broker = logging_broker()
+    filters = [f"restore/{i}/+" for i in range(10)]
+    device: Transport
+    if transport == "awscrt":
+        device = AwscrtTransport(awscrt_connection(broker), "restoring")
+    else:
+        device = PahoTransport(paho_connection(broker.port), "restoring")
+    service = PahoTransport(paho_connection(broker.port), "restore-service")
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    resumed: asyncio.Queue[bool] = asyncio.Queue()
+    device.set_message_callback(inbox.put_nowait)
+    device.set_connection_callbacks(on_resumed=resumed.put_nowait)
+    await device.connect(timeout=30)
+    try:
+        await device.subscribe_all(filters)
+        assert since_last_connect(broker, "SUBSCRIBE", "restoring") == 2
+        await asyncio.to_thread(broker.restart)
+        async with asyncio.timeout(30):
+            assert await resumed.get() is False
+        assert since_last_connect(broker, "SUBSCRIBE", "restoring") == 2, broker.log_text()
+        await service.connect(timeout=30)
+        await service.publish("restore/9/x", b"last packet")
+        await service.publish("restore/0/x", b"first packet")
+        async with asyncio.timeout(30):
+            got = [await inbox.get(), await inbox.get()]
+        assert got == [
+            Message("restore/9/x", b"last packet"),
+            Message("restore/0/x", b"first packet"),
+        ]
+    finally:
+        await device.disconnect()
+        await service.disconnect()
+
+
+async def test_a_filter_refused_in_a_restore_is_named_and_the_others_restored(
+    logging_broker: Callable[..., Mosquitto],
+) -> None:
+    """The restore's one SUBSCRIBE of three filters, whose SUBACK refuses the last one
+    (paho through `RefusingProxy`): the error names that filter as a restore of it alone did,
+    the link comes back, and the two granted deliver."""
+    broker = logging_broker()
+    proxy = RefusingProxy(broker.port, index=99)  # nothing refused at start
+    await proxy.start()
+    device = PahoTransport(paho_connection(proxy.port), "restore-refused")
+    service = PahoTransport(paho_connection(broker.port), "restore-refused-service")
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    resumed: asyncio.Queue[bool] = asyncio.Queue()
+    device.set_message_callback(inbox.put_nowait)
+    device.set_connection_callbacks(on_resumed=resumed.put_nowait)
+    await device.connect(timeout=30)
+    try:
+        await device.subscribe_all(["granted/a", DENIED, "granted/b"])
+        proxy.index = 2  # the last in sorted order: DENIED
+        with captured_logs("info") as logs:
+            await asyncio.to_thread(broker.restart)
+            async with asyncio.timeout(30):
+                assert await resumed.get() is False
+        refusals = [
+            (r["topic_filter"], r["error"])
+            for r in logs.records
+            if r.get("event") == "cannot subscribe again after reconnecting"
+        ]
+        assert refusals == [(DENIED, f"subscribe {DENIED}: refused by the broker (Not authorized)")]
+        assert since_last_connect(broker, "SUBSCRIBE", "restore-refused") == 1
+        await service.connect(timeout=30)
+        await service.publish("granted/b", b"b")
+        await service.publish("granted/a", b"a")
+        async with asyncio.timeout(30):
+            topics = {(await inbox.get()).topic, (await inbox.get()).topic}
+        assert topics == {"granted/a", "granted/b"}
+    finally:
+        await device.disconnect()
+        await service.disconnect()
         await proxy.close()

@@ -350,6 +350,9 @@ class AwscrtTransport(Transport):
         await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
 
+    def _restores_in_packets(self) -> bool:
+        return self._packs_subscriptions(AwscrtTransport)
+
     async def subscribe_all(self, topic_filters: Sequence[str]) -> None:
         if not self._packs_subscriptions(AwscrtTransport):
             await super().subscribe_all(topic_filters)

@@ -181,6 +181,62 @@ class Transport(abc.ABC):
         for task in list(self._tasks):
             task.cancel()
 
+    def _restores_in_packets(self) -> bool:
+        """Whether a restore may ask for the lost filters in as few SUBSCRIBE packets as the
+        quota allows, as `subscribe_all` does (the MQTT backends: one packet each way after a
+        reconnect instead of one round trip per filter, one after the other; issue 18)."""
+        return False
+
+    def _restore_failed(
+        self, topic_filter: str, error: str, is_current: Callable[[], bool]
+    ) -> None:
+        """Log a filter a restore could not get back (a superseded restore is no news)."""
+        if is_current():
+            log.error(
+                "cannot subscribe again after reconnecting", topic_filter=topic_filter, error=error
+            )
+
+    async def _restore_one_by_one(
+        self, topic_filters: Sequence[str], is_current: Callable[[], bool]
+    ) -> bool:
+        """One SUBSCRIBE per filter (`_send_subscribe`); False when the link dropped again."""
+        for topic_filter in topic_filters:
+            try:
+                await self._send_subscribe(topic_filter)
+            except NotConnectedError:
+                return False
+            except TransportError as exc:
+                self._restore_failed(topic_filter, str(exc), is_current)
+        return True
+
+    async def _restore_in_packets(
+        self, topic_filters: Sequence[str], is_current: Callable[[], bool]
+    ) -> bool:
+        """The filters in packets of up to `MAX_FILTERS_PER_SUBSCRIBE` (`_send_subscriptions`,
+        sent at once); each refused filter is logged as `_restore_one_by_one` logs it (the
+        words of a `subscribe` of it alone), and a packet that failed as a whole names each
+        of its filters. False when the link dropped again."""
+        limit = MAX_FILTERS_PER_SUBSCRIBE
+        chunks = [topic_filters[at : at + limit] for at in range(0, len(topic_filters), limit)]
+        answers = await asyncio.gather(
+            *(self._send_subscriptions(chunk) for chunk in chunks), return_exceptions=True
+        )
+        restored = True
+        for chunk, answer in zip(chunks, answers, strict=True):
+            if isinstance(answer, NotConnectedError):
+                restored = False
+            elif isinstance(answer, TransportError):
+                for topic_filter in chunk:
+                    self._restore_failed(topic_filter, str(answer), is_current)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                for topic_filter, reason in zip(chunk, answer, strict=False):
+                    if reason:
+                        error = f"subscribe {topic_filter}: refused by the broker ({reason})"
+                        self._restore_failed(topic_filter, error, is_current)
+        return restored
+
     async def _restore_after_reconnect(
         self, session_present: bool, is_current: Callable[[], bool]
     ) -> None:
@@ -188,18 +244,13 @@ class Transport(abc.ABC):
         link up and tell the listener, unless a newer connection (or a close) has superseded
         this one (`is_current`)."""
         if not session_present:
-            for topic_filter in sorted(self._subscriptions):
-                try:
-                    await self._send_subscribe(topic_filter)
-                except NotConnectedError:
-                    return  # the link dropped again; the next connection starts over
-                except TransportError as exc:
-                    if is_current():
-                        log.error(
-                            "cannot subscribe again after reconnecting",
-                            topic_filter=topic_filter,
-                            error=str(exc),
-                        )
+            filters = sorted(self._subscriptions)
+            if self._restores_in_packets():
+                restored = await self._restore_in_packets(filters, is_current)
+            else:
+                restored = await self._restore_one_by_one(filters, is_current)
+            if not restored:
+                return  # the link dropped again; the next connection starts over
         if not is_current():
             return
         self._mark_up()

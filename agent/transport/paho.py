@@ -544,6 +544,9 @@ class PahoTransport(Transport):
         await self._send_subscribe(topic_filter)
         self._subscriptions.add(topic_filter)
 
+    def _restores_in_packets(self) -> bool:
+        return self._packs_subscriptions(PahoTransport)
+
     async def subscribe_all(self, topic_filters: Sequence[str]) -> None:
         if not self._packs_subscriptions(PahoTransport):
             await super().subscribe_all(topic_filters)
