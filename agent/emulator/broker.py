@@ -54,13 +54,13 @@ from paho.mqtt.enums import MQTTErrorCode, _ConnectionState
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from jobs_agent.emulator.broker_window import WindowedClient
 from jobs_agent.transport.base import Message, NotConnectedError, TransportError
 from jobs_agent.transport.options import PahoOptions
 from jobs_agent.transport.paho import PahoTransport
 from jobs_agent.transport.paho_client import (
     READ_SIZE,
     PlainInfo,
-    ShortPathClient,
     plain_puback,
     qos1_publish,
     variable_byte_integer,
@@ -79,7 +79,7 @@ RECEIVE_MAXIMUM_ABSENT = 65535
 """MQTT 5: a CONNACK without Receive Maximum allows this many unacknowledged QoS 1 publishes."""
 
 
-class ServiceClient(ShortPathClient):
+class ServiceClient(WindowedClient):
     """paho's client for a service: the short paths and buffered reads of `ShortPathClient`
     (five PUBACKs and two QoS 1 requests per job for the Jobs API), requests answered by the
     transport while the socket is read, and a short path for its own QoS 1 publishes and
@@ -205,11 +205,6 @@ class ServiceClient(ShortPathClient):
         assert self.on_acked is not None
         self.on_acked(mid)
         return self._window_freed()
-
-    def _window_freed(self) -> MQTTErrorCode:
-        if len(self._out_messages) > self._inflight_messages:
-            return self._update_inflight()  # some wait for the window (paho's own order)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- writing: everything queued in one `send` ------------------------------------------------
     def writes_in_one_send(self) -> bool:

@@ -366,6 +366,46 @@ async def test_the_window_of_publishes_in_flight_is_the_one_the_broker_gives(
     assert [p[0] for p in got] == list(range(60))
 
 
+async def test_publishes_waiting_for_the_window_take_no_path_of_paho_s_publish(
+    fresh_mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollout publishes far past the broker's window of 20 (a notification per device at
+    once): what waits for the window goes out in order as PUBACKs free it, each one through
+    `WindowedClient`'s short path, none through paho's `publish` (a message info with a
+    `threading.Condition` each), `_do_on_publish` or `_update_inflight` (before: 180 of 200
+    took paho's `publish`, and their PUBACKs paho's handler)."""
+    device = PahoDevice(fresh_mosquitto, "waiting")
+    transport = broker_transport(_config(fresh_mosquitto, "waiter"))
+    client = transport._client
+    calls: dict[str, int] = {"publish": 0, "_do_on_publish": 0, "_update_inflight": 0}
+    for name in calls:
+        original = getattr(mqtt.Client, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(mqtt.Client, name, counting)
+    topic = "$aws/things/waiting/jobs/notify"
+    await transport.connect(10)
+    try:
+        await asyncio.to_thread(device.wait_subscribed)
+        for index in range(200):
+            transport.publish_nowait(topic, json.dumps([index]).encode())
+        assert client._inflight_messages == client._max_inflight_messages == 20  # 180 wait
+        await transport.flush()
+        assert not client._out_messages and client._inflight_messages == 0
+        assert not transport._unacked
+    finally:
+        await transport.disconnect()
+    try:
+        got = await asyncio.to_thread(device.wait, 200, "notify")
+    finally:
+        device.close()
+    assert [p[0] for p in got] == list(range(200))  # every one, once, in order
+    assert calls == {"publish": 0, "_do_on_publish": 0, "_update_inflight": 0}
+
+
 class _RestoreHeld(BrokerTransport):
     """Holds a reconnect's re-subscriptions after the Jobs filter until released: the window,
     a few SUBACKs long on a real reconnect, in which a device's request already reaches the
