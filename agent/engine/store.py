@@ -320,7 +320,8 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(fresh)
-        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        with contextlib.suppress(OSError):  # as SQLite syncs its files' directory: best effort
+            _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
 
     def _make_schema(self) -> None:
         """The schema, its later columns and the meta rows, in one transaction: a new database
