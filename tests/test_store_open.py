@@ -8,7 +8,10 @@ fdatasyncs before the agent's first request, 7 now). These tests read what SQLit
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +115,85 @@ def test_a_new_database_that_fails_half_way_is_not_left_half_made(
     assert {"meta", "executions", "outbox", "packages"} <= tables(path)
     assert len(store.database_id) == 32
     store.close()
+
+
+# -- a new database: made under a temporary name, two syncs (issue 18) --------------------------
+MAKE_ONLY = """
+import os, sys
+from pathlib import Path
+from jobs_agent.engine.store import Store
+Store(Path(sys.argv[1]))
+os._exit(0)  # no close: only what opening did is traced
+"""
+
+
+def _synced_and_linked(trace: Path, under: Path) -> list[tuple[str, str]]:
+    """(call, file) of each fsync, fdatasync, link and rename under `under`, in order."""
+    found = []
+    for line in trace.read_text().splitlines():
+        call = line.split(maxsplit=1)[-1]
+        name = call.split("(", 1)[0]
+        if name in ("fsync", "fdatasync"):
+            target = call[call.index("<") + 1 : call.index(">")]  # strace -y: the fd's path
+        elif name in ("link", "rename"):
+            target = call.split('"')[3]  # where it goes
+        else:
+            continue
+        if target.startswith(str(under)):
+            found.append((name, target.removeprefix(str(under))))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_new_database_waits_for_two_syncs_and_appears_whole(tmp_path: Path) -> None:
+    """A first start waited for 7 fdatasyncs here (the switch to WAL through a rollback
+    journal, the WAL's creation, the schema's commit); now the database is laid out under a
+    temporary name without a sync of SQLite's, fsynced once, linked into place, and the
+    directory fsynced: `state.db` never names a database that is not whole."""
+    state = tmp_path / "state"
+    trace = tmp_path / "trace"
+    strace = ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync,link,rename", "-o", str(trace)]
+    subprocess.run(
+        [*strace, sys.executable, "-c", MAKE_ONLY, str(state / "state.db")],
+        check=True,
+        timeout=120,
+    )
+    assert _synced_and_linked(trace, state) == [
+        ("fsync", "/state.db.new"),
+        ("link", "/state.db"),
+        ("fsync", ""),  # the directory, with its new name
+    ]
+    assert [p.name for p in state.iterdir() if ".new" in p.name] == []
+    assert (state / "state.db").read_bytes()[18:20] == b"\x02\x02"  # WAL, as opened after
+    store = Store(state / "state.db")
+    assert {"meta", "executions", "outbox", "packages"} <= tables(state / "state.db")
+    assert len(store.database_id) == 32
+    store.close()
+
+
+def test_what_an_interrupted_first_start_left_is_made_again(tmp_path: Path) -> None:
+    """A start stopped while making the database left its temporary files, and nothing at
+    `state.db`: the next start removes them and makes the database whole."""
+    path = tmp_path / "state.db"
+    for leftover in ("state.db.new", "state.db.new-wal", "state.db.new-shm"):
+        (tmp_path / leftover).write_bytes(b"half made" * 100)
+    store = Store(path)
+    assert [p.name for p in tmp_path.iterdir() if ".new" in p.name] == []
+    assert {"meta", "executions", "outbox", "packages"} <= tables(path)
+    assert len(store.database_id) == 32
+    store.close()
+
+
+def test_a_new_database_that_fails_half_way_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing at `state.db` (it was an empty database before) nor under the temporary name."""
+
+    def failing(self: Store) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Store, "_add_columns", failing)
+        with pytest.raises(StoreError, match="disk I/O error"):
+            Store(tmp_path / "state.db")
+    assert list(tmp_path.iterdir()) == []

@@ -38,6 +38,7 @@ place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -88,6 +89,27 @@ WAL_AUTOCHECKPOINT = 1000
 def _layout_mark(cookie: int) -> int:
     """`user_version` of a database this agent laid out, whose schema cookie is `cookie`."""
     return (cookie % (1 << 22)) << 8 | LAYOUT_MARK  # within user_version's 32 signed bits
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_new(fresh: Path, path: Path) -> None:
+    """`fresh` made `path` unless a file is there already; renamed where the file system has
+    no hard links (FAT): the instance lock keeps every other agent out meanwhile."""
+    try:
+        os.link(fresh, path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        os.rename(fresh, path)
 
 
 class Change(NamedTuple):
@@ -166,6 +188,7 @@ class Store:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_if_new(path)
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=10.0
             )
@@ -265,10 +288,46 @@ class Store:
         except OSError:
             return False
 
+    def _make_if_new(self, path: Path) -> None:
+        """Without a file at `path`, a new database, laid out whole under a temporary name and
+        linked into place, as `sim fleet` makes its devices' (`sim/fleet.py`): SQLite writes it
+        without an fsync of its own (the switch to WAL, the schema's transaction, the
+        checkpoint at close), then the file is fsynced, linked to `path` (never over a database
+        made meanwhile) and the directory fsynced. `path` then holds either nothing (a crash
+        before the link: the next start makes it again) or the complete database. Made in
+        place, a first start waited for 7 fdatasyncs here before its first request (the switch
+        to WAL through a rollback journal, the WAL's creation, the schema's commit); now 2
+        (issue 18). What an interrupted start left under the temporary name is removed first.
+        The first write of the agent then makes the WAL again (its header's and the
+        directory's syncs), as the first job after every restart does: the closed connection
+        removed it."""
+        if os.path.lexists(path):
+            return
+        fresh = path.with_name(path.name + ".new")
+        for leftover in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        try:
+            self._db = sqlite3.connect(str(fresh), isolation_level=None)
+            try:
+                self._db.execute("PRAGMA synchronous=OFF")  # before the switch to WAL: no sync
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._make_schema()
+            finally:
+                self._db.close()  # the last connection: it checkpoints and removes the WAL
+            _fsync(fresh, os.O_RDONLY | os.O_NOFOLLOW)
+            _link_new(fresh, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fresh)
+        with contextlib.suppress(OSError):  # as SQLite syncs its files' directory: best effort
+            _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+
     def _make_schema(self) -> None:
         """The schema, its later columns and the meta rows, in one transaction: a new database
         is made whole or not at all, with one durable commit instead of one per statement (a
-        first start made 14 fdatasyncs here before its first request, 7 now; issue 18). A
+        first start made 14 fdatasyncs here before its first request, then 7; a new database
+        is now laid out under a temporary name without them, `_make_if_new`; issue 18). A
         database this transaction already laid out, untouched since, is not asked again
         (`_laid_out`): a restart runs 4 statements to open it instead of 16, and takes no
         write lock.
