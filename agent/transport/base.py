@@ -62,6 +62,17 @@ FailureCallback = Callable[[TransportError], None]
 link (`NotConnectedError`) after `submit` returned."""
 
 
+def _in_packets(topic_filters: Sequence[str]) -> list[Sequence[str]]:
+    """`topic_filters` cut into SUBSCRIBE packets of up to `MAX_FILTERS_PER_SUBSCRIBE`."""
+    limit = MAX_FILTERS_PER_SUBSCRIBE
+    return [topic_filters[at : at + limit] for at in range(0, len(topic_filters), limit)]
+
+
+def _refused(topic_filter: str, reason: str) -> str:
+    """A filter refused in a packet, in the words of a `subscribe` of it alone."""
+    return f"subscribe {topic_filter}: refused by the broker ({reason})"
+
+
 class Transport(abc.ABC):
     """An MQTT link seen from the protocol code. See the module docstring for the contract."""
 
@@ -158,8 +169,7 @@ class Transport(abc.ABC):
         """`subscribe_all` through `_send_subscriptions`, in as few packets as the quota allows
         (sent at once): the filters granted are remembered; the first refused one is raised,
         named as a `subscribe` of it alone names it."""
-        limit = MAX_FILTERS_PER_SUBSCRIBE
-        chunks = [topic_filters[at : at + limit] for at in range(0, len(topic_filters), limit)]
+        chunks = _in_packets(topic_filters)
         answers = await asyncio.gather(*(self._send_subscriptions(chunk) for chunk in chunks))
         refused = ""
         for chunk, reasons in zip(chunks, answers, strict=True):
@@ -168,7 +178,7 @@ class Transport(abc.ABC):
                 if not reason:
                     self._subscriptions.add(topic_filter)
                 elif not refused:
-                    refused = f"subscribe {topic_filter}: refused by the broker ({reason})"
+                    refused = _refused(topic_filter, reason)
         if refused:
             raise TransportError(refused)
 
@@ -216,8 +226,7 @@ class Transport(abc.ABC):
         sent at once); each refused filter is logged as `_restore_one_by_one` logs it (the
         words of a `subscribe` of it alone), and a packet that failed as a whole names each
         of its filters. False when the link dropped again."""
-        limit = MAX_FILTERS_PER_SUBSCRIBE
-        chunks = [topic_filters[at : at + limit] for at in range(0, len(topic_filters), limit)]
+        chunks = _in_packets(topic_filters)
         answers = await asyncio.gather(
             *(self._send_subscriptions(chunk) for chunk in chunks), return_exceptions=True
         )
@@ -233,8 +242,9 @@ class Transport(abc.ABC):
             else:
                 for topic_filter, reason in zip(chunk, answer, strict=False):
                     if reason:
-                        error = f"subscribe {topic_filter}: refused by the broker ({reason})"
-                        self._restore_failed(topic_filter, error, is_current)
+                        self._restore_failed(
+                            topic_filter, _refused(topic_filter, reason), is_current
+                        )
         return restored
 
     async def _restore_after_reconnect(
