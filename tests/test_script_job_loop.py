@@ -285,6 +285,74 @@ def test_the_recycled_names_are_those_dirname_and_join_give() -> None:
         assert spare_document_path(base) == os.path.join(above, SPARE_DOCUMENT), base
 
 
+async def test_a_script_job_s_context_makes_its_directories_without_pathlib_or_posixpath(
+    tmp_path: Path,
+) -> None:
+    """The engine's context made its job's directories by `Path`: the scratch and the state,
+    the two again with their parents to compare, about six `Path`s a script job, the largest
+    pathlib cost left on the script path, and `spare_document` cut its name by `dirname`. The
+    step's files, working directory and environment take the directories as text
+    (`scripts.NamesDirectoriesAsText`), and the names are cut by one `rpartition` (issue 18).
+    Their work is still done: the jobs succeed, each one's directory is taken from the one
+    recycled before it and recycled again, and a step still finds its state directory made."""
+    asked: Counter[str] = Counter()
+    libraries = {pathlib.__file__, posixpath.dirname.__code__.co_filename}
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename not in libraries or caller is None:
+            return
+        if caller.f_globals.get("__name__") == "jobs_agent.engine.context":
+            asked[f"{caller.f_code.co_qualname} -> {frame.f_code.co_name}"] += 1
+
+    handlers = make_handler_dir(tmp_path)
+    state = handlers / "state.sh"
+    # its state directory made, its document in its working directory (the scratch)
+    state.write_text(
+        '#!/bin/sh\ntest -d "$JOBS_AGENT_STATE_DIR" && test -f "./${JOBS_AGENT_DOCUMENT##*/}"\n'
+    )
+    state.chmod(0o755)
+    document = {
+        "version": "1.0",
+        "steps": [
+            {"action": {"name": "Ok", "type": "runHandler", "input": {"handler": "state.sh"}}}
+        ],
+    }
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    inodes: list[int] = []
+    async with running_agent(tmp_path, config) as harness:
+        engine = harness.agent.engine
+        assert engine is not None
+        await warm_up(harness)
+        recycled = config.state_dir / "jobs" / RECYCLED
+        for number in range(JOBS):
+            await wait_until(recycled.exists, 15, "the last job's directory recycled")
+            inodes.append(recycled.stat().st_ino)
+            sys.setprofile(profile)
+            try:
+                execution = await harness.run_job(f"state-{number}", document)
+            finally:
+                sys.setprofile(None)
+            assert str(execution.status) == "SUCCEEDED", execution.status_details
+            await wait_until(lambda n=number + 2: len(engine.outcomes) == n, 15, "the report")
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+        inodes.append(recycled.stat().st_ino)
+    assert asked == Counter()
+    assert len(set(inodes)) == 1, inodes  # one directory, taken and recycled by every job
+
+
+def test_the_context_s_split_is_os_path_split() -> None:
+    """The same as `os.path.split` for any text: 20,000 random ones (fixed seed) of `/`,
+    `a`, `.`, and the usual forms."""
+    from jobs_agent.engine.context import split
+
+    generator = random.Random(19)
+    texts = ["/var/lib/jobs-agent/jobs/default/j1/scratch-1", "a", "/a", "//a", "a//b", "", "/"]
+    texts += ["".join(generator.choices("/a.", k=generator.randint(0, 10))) for _ in range(20_000)]
+    for text in texts:
+        assert split(text) == os.path.split(text), text
+
+
 # -- the progress reporter's timer -----------------------------------------------------------
 class Sender:
     """The reporter's sender: records each update; `gate`, when set, holds a send until done."""

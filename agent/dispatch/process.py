@@ -91,7 +91,7 @@ class ProcessSpec:
     user: RunAs
     timeout: float
     env: Mapping[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
+    cwd: Path | str | None = None
     group: str | None = None
     """Containment group (`containment.group_name`): an execution's steps share its name."""
 

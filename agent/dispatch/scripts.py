@@ -59,7 +59,7 @@ def script_environment(
         "JOBS_AGENT_EXECUTION_NUMBER": str(ctx.execution_number),
         "JOBS_AGENT_THING_NAME": ctx.thing_name,
         "JOBS_AGENT_DOCUMENT": os.fspath(document_file),
-        "JOBS_AGENT_STATE_DIR": str(ctx.state_dir),
+        "JOBS_AGENT_STATE_DIR": state_text(ctx),
         "JOBS_AGENT_RESUMED": "1" if ctx.resumed else "0",
         "JOBS_AGENT_REBOOTED": "1" if ctx.rebooted else "0",
         "JOBS_AGENT_STEP": str(step_index),
@@ -87,6 +87,29 @@ def site_environment(entries: Sequence[str], environ: Mapping[str, str]) -> dict
         elif name in environ:
             result[name] = environ[name]
     return result
+
+
+class NamesDirectoriesAsText(Protocol):
+    """A context that gives its directories as text too (the engine's), made as
+    `scratch_dir` and `state_dir` make them: the step's files, its working directory and its
+    environment take them as text, and a `Path` made per job only to be turned back to text
+    was the largest pathlib cost left on the script path (issue 18)."""
+
+    scratch_text: str
+    state_text: str
+
+
+def scratch_text(ctx: JobContext) -> str:
+    """`ctx.scratch_dir` as text (`NamesDirectoriesAsText`): asked by `getattr`, not by an
+    `isinstance` of the runtime-checkable protocol, which costs more than the `Path` saved."""
+    text: str | None = getattr(ctx, "scratch_text", None)
+    return os.fspath(ctx.scratch_dir) if text is None else text
+
+
+def state_text(ctx: JobContext) -> str:
+    """`ctx.state_dir` as text (`scratch_text`)."""
+    text: str | None = getattr(ctx, "state_text", None)
+    return str(ctx.state_dir) if text is None else text
 
 
 class KeepsSpareDocument(Protocol):
@@ -128,8 +151,9 @@ class StepFiles:
             self.directory = os.path.join(self._private, "step")
         else:
             # As text: the files' names are joined to it per step, where a `Path` join was
-            # a `Path` made per script job (issue 18).
-            self.directory = os.fspath(ctx.scratch_dir)
+            # a `Path` made per script job (issue 18); asked as text where the context can
+            # (`NamesDirectoriesAsText`).
+            self.directory = scratch_text(ctx)
             # Not `isinstance` of the runtime-checkable protocol: that costs more than the
             # rename it saves (0.1 ms per step here).
             self._spare = getattr(ctx, "spare_document", None)

@@ -134,7 +134,7 @@ class Child:
     argv: Sequence[str]
     user: RunAs
     env: Mapping[str, str]
-    cwd: Path
+    cwd: Path | str
     executable: CheckedExecutable
     join_fd: int | None
     stdout: int

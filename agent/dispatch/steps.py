@@ -329,7 +329,7 @@ class StepsHandler:
                 step.user,
                 step.timeout,
                 env,
-                cwd=None if step.user.switch else ctx.scratch_dir,
+                cwd=None if step.user.switch else files.directory,  # the scratch, as text
                 group=group_name(ctx.namespace, ctx.job_id, ctx.execution_number),
             )
             return await self._sandbox.run(

@@ -19,14 +19,24 @@ from jobs_agent_handlers.api import JobFailed, Logger, MqttLink
 Refresh = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def _make_directory(path: Path) -> None:
-    """`path.mkdir(JOB_DIRECTORY_MODE, exist_ok=True)` without pathlib's second look when it
-    is made."""
+def _make_directory(path: str) -> None:
+    """`Path(path).mkdir(JOB_DIRECTORY_MODE, exist_ok=True)` without pathlib's second look
+    when it is made."""
     try:
         os.mkdir(path, JOB_DIRECTORY_MODE)
     except FileExistsError:
-        if not path.is_dir():
+        if not os.path.isdir(path):
             raise
+
+
+def split(text: str) -> tuple[str, str]:
+    """`os.path.split(text)`: one `rpartition` for the texts `JobFiles` joins (a `/` before
+    the last name, none doubled before it), where `split` and `dirname` are six Python calls
+    each, five times a script job (issue 18). Anything else goes through `os.path.split`."""
+    head, _, tail = text.rpartition("/")
+    if head and not head.endswith("/"):
+        return head, tail
+    return os.path.split(text)
 
 
 class EngineJobContext:
@@ -68,6 +78,10 @@ class EngineJobContext:
         self._scratch_dir = scratch_dir
         self._state_dir = state_dir
         self._made: dict[Path | str, Path] = {}
+        """The `Path` handed out for each directory asked for, made at its first ask."""
+        self._ready: set[str] = set()
+        """The directories made (or taken from a recycled one), as text: the job's directory
+        and the two below it are known by name without a `Path` each (issue 18)."""
         self.reboot_requested = False
         self.mqtt_link = mqtt_link
         """The agent's MQTT connection, lent to Python plugins (`SharesMqttLink`)."""
@@ -88,13 +102,13 @@ class EngineJobContext:
     @property
     def made_directories(self) -> bool:
         """Whether the handler asked for (and so got) its directories in this run."""
-        return bool(self._made)
+        return bool(self._ready)
 
     @property
     def spare_document(self) -> str | None:
         """Where the last script step's document file is kept emptied for the next
         (`securefs.keep_emptied`, `scripts.KeepsSpareDocument`)."""
-        return spare_document_path(os.path.dirname(self._scratch_dir))
+        return spare_document_path(split(os.fspath(self._scratch_dir))[0])
 
     @property
     def state_dir(self) -> Path:
@@ -104,37 +118,60 @@ class EngineJobContext:
     def state_dir(self, path: Path) -> None:
         self._state_dir = path
 
+    @property
+    def scratch_text(self) -> str:
+        """`scratch_dir` as text, made as it is: the script path names the step's files and
+        its working directory by text, and a `Path` made only to be turned back to text was
+        the largest pathlib cost left on it (issue 18; `scripts.NamesDirectoriesAsText`)."""
+        return self._make_text(self._scratch_dir)
+
+    @property
+    def state_text(self) -> str:
+        """`state_dir` as text, made as it is (`scratch_text`)."""
+        return self._make_text(self._state_dir)
+
     def _make(self, path: Path | str) -> Path:
-        """The directory `path`, made at the first ask (`JOB_DIRECTORY_MODE`). Its parent
-        (the job's directory, which holds both) is made first, once per context, or taken
-        from the directory of a job that ended (`jobfiles.recycle`): made as a parent of
-        each, as `mkdir(parents=True)` does, the first `mkdir` of a new job failed (no
-        parent yet), one refused `mkdir` per script job (issue 18)."""
+        """The directory `path` as a `Path`, made at the first ask (`_make_text`); one
+        `Path` per directory per context, built only when asked for as one."""
         made = self._made.get(path)
         if made is None:
-            made = Path(path)  # a `Path` only when asked for: parsing one costs (issue 18)
-            parent = made.parent
-            if parent not in self._made:
-                self._make_job_directory(parent)
-                made = self._made.get(path, made)
-            if path not in self._made:
-                _make_directory(made)
-                self._made[path] = made
+            made = self._made[path] = Path(self._make_text(path))
         return made
 
-    def _make_job_directory(self, parent: Path) -> None:
-        scratch, state = Path(self._scratch_dir), Path(self._state_dir)
-        if scratch.parent == parent == state.parent and take_recycled(
-            str(parent), scratch.name, state.name
+    def _make_text(self, path: Path | str) -> str:
+        """The directory `path`, made at the first ask (`JOB_DIRECTORY_MODE`), as text. Its
+        parent (the job's directory, which holds both) is made first, once per context, or
+        taken from the directory of a job that ended (`jobfiles.recycle`): made as a parent
+        of each, as `mkdir(parents=True)` does, the first `mkdir` of a new job failed (no
+        parent yet), one refused `mkdir` per script job (issue 18). Names are cut as text:
+        the six `Path`s a script job made here for it were its largest pathlib cost."""
+        text = os.fspath(path)
+        if text not in self._ready:
+            parent = split(text)[0]
+            if parent not in self._ready:
+                self._make_job_directory(parent)
+            if text not in self._ready:
+                _make_directory(text)
+                self._ready.add(text)
+        return text
+
+    def _make_job_directory(self, parent: str) -> None:
+        scratch_dir, state_dir = os.fspath(self._scratch_dir), os.fspath(self._state_dir)
+        scratch_parent, scratch = split(scratch_dir)
+        state_parent, state = split(state_dir)
+        if (
+            scratch  # a name, not a text ending in `/`
+            and scratch_parent == parent == state_parent
+            and take_recycled(parent, scratch, state)
         ):
-            self._made.update({self._scratch_dir: scratch, self._state_dir: state})
+            self._ready.update((scratch_dir, state_dir))
         else:
             try:
                 _make_directory(parent)
-            except FileNotFoundError:  # the namespace's first job
-                parent.parent.mkdir(parents=True, exist_ok=True)
+            except FileNotFoundError:  # the namespace's first job (a `Path` once for it)
+                Path(parent).parent.mkdir(parents=True, exist_ok=True)
                 _make_directory(parent)
-        self._made[parent] = parent
+        self._ready.add(parent)
 
     def progress(
         self, percent: float | None = None, message: str | None = None, **details: Any
