@@ -341,6 +341,59 @@ async def test_a_script_job_s_context_makes_its_directories_without_pathlib_or_p
     assert len(set(inodes)) == 1, inodes  # one directory, taken and recycled by every job
 
 
+async def test_a_script_job_s_log_and_cleanup_cut_their_names_without_posixpath(
+    tmp_path: Path,
+) -> None:
+    """The step's log was named by an `os.path.join` and the pruned log it may take by two
+    `dirname`s and a join (`output`), and the end asked `basename` of the two directories it
+    had joined itself (`jobfiles`): six `posixpath` calls per script job, six Python calls
+    each (issue 18). Only the look at the file system is left (`lexists`: is the log new).
+    Their work is still done: each job's log is where `log_path` says, the last directory
+    recycled, and a pruned log is still taken by the next job (`test_output_logs.py`)."""
+    asked: Counter[str] = Counter()
+    library = posixpath.dirname.__code__.co_filename
+    modules = ("jobs_agent.dispatch.output", "jobs_agent.engine.jobfiles")
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or frame.f_code.co_filename != library or caller is None:
+            return
+        if caller.f_globals.get("__name__") in modules and frame.f_code.co_name != "lexists":
+            asked[f"{caller.f_code.co_qualname} -> {frame.f_code.co_name}"] += 1
+
+    make_handler_dir(tmp_path)
+    config = make_config(tmp_path, progress_interval_seconds=3600.0)
+    async with running_agent(tmp_path, config) as harness:
+        await warm_up(harness)
+        sys.setprofile(profile)
+        try:
+            await script_jobs(harness)
+        finally:
+            sys.setprofile(None)
+        recycled = config.state_dir / "jobs" / RECYCLED
+        await wait_until(recycled.exists, 15, "the last job's directory recycled")
+    assert asked == Counter()
+    for number in range(JOBS):
+        log = log_path(config.state_dir, f"script-{number}", 1)
+        assert "[jobs-agent]" in log.read_text(), log
+
+
+def test_the_log_s_directory_is_the_one_dirname_gives() -> None:
+    """`output.directory_of` is `os.path.dirname` for any text: 20,000 random ones (fixed
+    seed) of `/`, `a`, `.`, and the usual forms; `log_file` joins as `os.path.join` did."""
+    from jobs_agent.dispatch.output import directory_of, log_file
+
+    generator = random.Random(1919)
+    texts = ["/var/lib/jobs-agent/logs/j1-1.log", "a", "/a", "//a", "a//b", "a/b/", "", "/"]
+    texts += ["".join(generator.choices("/a.", k=generator.randint(0, 10))) for _ in range(20_000)]
+    for text in texts:
+        assert directory_of(text) == os.path.dirname(text), text
+    for state_dir in (Path("/var/lib/jobs-agent"), Path("relative/state"), Path("/")):
+        for _ in range(2):  # the second from the kept join
+            expected = os.path.join(state_dir, "logs", "j-1_A-2.log")
+            assert log_file(state_dir, "j-1_A", 2) == expected
+
+
 def test_the_context_s_split_is_os_path_split() -> None:
     """The same as `os.path.split` for any text: 20,000 random ones (fixed seed) of `/`,
     `a`, `.`, and the usual forms."""

@@ -171,16 +171,43 @@ def _open_log(path: str, fresh: bool) -> tuple[int, bool]:
         return os.open(path, _LOG_FLAGS, 0o600), False
 
 
+_recycled_logs: tuple[str, str] = ("", "")
+"""The last logs directory and its `recycled_log_path`: the same for every job."""
+
+
 def _take_recycled_log(path: str) -> int | None:
     """A new log made of the last one pruned (`RECYCLED_LOG`) if it is kept: at the count
     limit, a log created per job where one was just unlinked cost the inode table search on
-    ext4 (issue 18)."""
-    return take_spare(recycled_log_path(os.path.dirname(path)), path, os.O_APPEND)
+    ext4 (issue 18). Its name is the last logs directory's: three `posixpath` calls per
+    script job, six Python calls each, were most of the work here."""
+    global _recycled_logs
+    logs_dir = directory_of(path)
+    if _recycled_logs[0] != logs_dir:
+        _recycled_logs = (logs_dir, recycled_log_path(logs_dir))
+    return take_spare(_recycled_logs[1], path, os.O_APPEND)
+
+
+def directory_of(path: str) -> str:
+    """`os.path.dirname(path)`: one `rpartition` for a name with a `/` before it, none
+    doubled (as `log_file` joins them). Anything else goes through `dirname`."""
+    head = path.rpartition("/")[0]
+    if head and not head.endswith("/"):
+        return head
+    return os.path.dirname(path)
+
+
+_logs_dirs: tuple[object, str] = (None, "")
+"""The last state directory given to `log_file` (the settings' `Path`) and its `logs`, as
+text: joined once, where `os.path.join` was a `posixpath` call per script job."""
 
 
 def log_file(state_dir: Path, job_id: str, execution_number: int) -> str:
-    """`log_path` as text, for the step that writes it: two `Path` joins less per job."""
-    return os.path.join(state_dir, "logs", f"{job_id}-{execution_number}.log")
+    """`log_path` as text, for the step that writes it: two `Path` joins less per job. The
+    job id is a checked name (never a path), so joined with a `/`."""
+    global _logs_dirs
+    if _logs_dirs[0] is not state_dir:
+        _logs_dirs = (state_dir, os.path.join(state_dir, "logs"))
+    return f"{_logs_dirs[1]}/{job_id}-{execution_number}.log"
 
 
 def log_path(state_dir: Path, job_id: str, execution_number: int) -> Path:
@@ -272,7 +299,7 @@ class OutputLogIndex:
             info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             return
-        name = os.path.basename(path)
+        name = os.fspath(path).rpartition("/")[2]  # `basename`, without its Python call
         _mtime, old_size = self._logs.pop(name, (0.0, 0))
         if self._logs and self._ordered:
             newest = next(reversed(self._logs))

@@ -136,7 +136,8 @@ class JobFiles:
         pool threads woken) and the recycling's own CPU there, 0.25 ms; not awaited, the GIL
         passed back and forth with the loop at each of its system calls instead."""
         recycle = _recycler()
-        names = (os.path.basename(scratch), os.path.basename(state))
+        # The names `_paths` joined below `base`: cut, not asked of `basename` (issue 18).
+        names = (scratch[len(base) + 1 :], state[len(base) + 1 :])
         if time.monotonic() < self._slow_until:
             await asyncio.to_thread(recycle, base, *names)
             return
