@@ -241,6 +241,43 @@ async def test_a_burst_is_acknowledged_in_few_sends(mosquitto: Mosquitto) -> Non
     assert len(sent) < count / 3, len(sent)
 
 
+async def test_a_read_hands_on_its_packets_without_paho_s_dispatch(mosquitto: Mosquitto) -> None:
+    """Every packet one `recv` brought is handled in one call of the client per readable event
+    (paho's `loop_read` handled one, so the transport called it again per packet), and the
+    QoS 1 PUBLISHes and plain PUBACKs a device reads most skip paho's packet dictionaries and
+    `_packet_handle` (issue 18: five and two per plugin job). Counted over a burst of messages
+    in and publishes out, both ways through the same transport class."""
+    from jobs_agent.transport import paho_client
+    from tests.helpers.calls import Calls
+
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-one-call-read")
+    service = PahoTransport(paho_connection(mosquitto.port), "gw-one-call-sender")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    device.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    calls = Calls((paho_module.__file__, paho_client.__file__, mqtt.__file__))
+    count = 50
+    try:
+        await device.subscribe("one-read/in")
+        with calls.counting():
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(service.publish("one-read/in", b"%d" % n) for n in range(count)),
+                    *(device.publish("one-read/out", b"%d" % n) for n in range(count)),
+                ),
+                30,
+            )
+            got = [await asyncio.wait_for(received.get(), 10) for _ in range(count)]
+    finally:
+        await device.disconnect()
+        await service.disconnect()
+    assert got == [b"%d" % n for n in range(count)]
+    assert calls.of("client.py", "_packet_handle") == 0, calls.by_name.most_common(20)
+    assert calls.of("paho_client.py", "loop_read") == calls.of("paho.py", "_readable")
+    assert calls.of("paho.py", "_readable") > 0
+
+
 async def test_the_acknowledgement_of_a_message_travels_with_the_reaction(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:

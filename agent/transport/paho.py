@@ -64,13 +64,12 @@ from jobs_agent.transport.base import (
     TransportError,
 )
 from jobs_agent.transport.options import PahoOptions
-from jobs_agent.transport.paho_client import (
+from jobs_agent.transport.paho_client import DeviceClient, ShortPathClient
+from jobs_agent.transport.paho_connect import (
     MISC_MAX_SECONDS,
     MISC_MIN_SECONDS,
     PERMANENT_CONNACK_CODES,
     Attempt,
-    DeviceClient,
-    ShortPathClient,
     connect_properties,
     connect_with_retries,
     new_client,
