@@ -278,6 +278,38 @@ async def test_a_read_hands_on_its_packets_without_paho_s_dispatch(mosquitto: Mo
     assert calls.of("paho.py", "_readable") > 0
 
 
+async def test_a_publish_s_puback_is_heard_without_paho_s_callback(mosquitto: Mosquitto) -> None:
+    """A PUBACK saying success for the device's own publish (two per plugin job) reaches the
+    transport without paho's `_do_on_publish` (its two callback locks) and the transport's
+    `on_publish` hop; every publish still completes, past paho's in-flight window of 20 too
+    (the window moves on as each is acknowledged), and leaves nothing in flight."""
+    from jobs_agent.transport import paho_client
+    from tests.helpers.calls import Calls
+
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-puback-heard")
+    await device.connect(timeout=10)
+    calls = Calls((paho_module.__file__, paho_client.__file__, mqtt.__file__))
+    count = 50
+    try:
+        with calls.counting():
+            for batch in range(0, count, 10):  # within the window: all on the short path
+                publishes = (
+                    device.publish("puback/out", b"%d" % n) for n in range(batch, batch + 10)
+                )
+                await asyncio.wait_for(asyncio.gather(*publishes), 30)
+        # Past the window: paho queues the rest, and sends each as a PUBACK frees a place.
+        publishes = (device.publish("puback/out", b"%d" % n) for n in range(count))
+        await asyncio.wait_for(asyncio.gather(*publishes), 30)
+        client = device._client
+        assert not client._out_messages and client._inflight_messages == 0
+        assert not device._pending
+    finally:
+        await device.disconnect()
+    assert calls.of("client.py", "_do_on_publish") == 0, calls.by_name.most_common(20)
+    assert calls.of("paho.py", "_paho_publish") == 0
+    assert calls.of("paho.py", "_puback_ok") == count
+
+
 async def test_the_acknowledgement_of_a_message_travels_with_the_reaction(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:

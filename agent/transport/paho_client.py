@@ -368,6 +368,10 @@ class DeviceClient(ShortPathClient):
     whenever a log callback is set. paho is pinned below 3 (`_easy_log` and the callback
     lock are internal); tests/test_transport_paho_loop.py holds both."""
 
+    on_acked: Callable[[int], None] | None = None
+    """Called with the packet id of each `publish_qos1` a plain PUBACK acknowledged, from the
+    thread reading (set by the transport)."""
+
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         if level in _REPORTED_LOG_LEVELS or self._logger is not None:
             super()._easy_log(level, fmt, *args)
@@ -433,6 +437,14 @@ class DeviceClient(ShortPathClient):
                 return None
             self._rpos = end
             self._received()
+            message = self._out_messages.get(mid)
+            if (
+                message is not None
+                and self.on_acked is not None
+                and type(message.info) is PlainInfo
+                and message.state == mqtt.mqtt_ms_wait_for_puback
+            ):
+                return self._acked(mid, message)
             with self._out_message_mutex:
                 if mid in self._out_messages:
                     return self._do_on_publish(mid, PUBACK_OK, NO_PROPERTIES)
@@ -445,6 +457,20 @@ class DeviceClient(ShortPathClient):
         self._rpos = end
         self._received()
         return self._qos1_in(*publish)
+
+    def _acked(self, mid: int, message: mqtt.MQTTMessage) -> MQTTErrorCode:
+        """paho's `_do_on_publish` for a `publish_qos1` its PUBACK acknowledged with success:
+        the message leaves the table in flight and `on_acked` hears it, without paho's two
+        callback locks around its `on_publish` and the transport's check for a hop (issue 18:
+        two PUBACKs per plugin job). The window moves on as paho's does."""
+        del self._out_messages[mid]
+        message.info._published = True  # `PlainInfo._set_as_published`, without a call
+        self._inflight_messages -= 1
+        assert self.on_acked is not None
+        self.on_acked(mid)
+        if self._max_inflight_messages > 0:
+            return self._update_inflight()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _received(self) -> None:
         with self._msgtime_mutex:  # the keep-alive check's clock, as paho's read sets it
