@@ -241,6 +241,75 @@ async def test_a_burst_is_acknowledged_in_few_sends(mosquitto: Mosquitto) -> Non
     assert len(sent) < count / 3, len(sent)
 
 
+async def test_a_read_hands_on_its_packets_without_paho_s_dispatch(mosquitto: Mosquitto) -> None:
+    """Every packet one `recv` brought is handled in one call of the client per readable event
+    (paho's `loop_read` handled one, so the transport called it again per packet), and the
+    QoS 1 PUBLISHes and plain PUBACKs a device reads most skip paho's packet dictionaries and
+    `_packet_handle` (issue 18: five and two per plugin job). Counted over a burst of messages
+    in and publishes out, both ways through the same transport class."""
+    from jobs_agent.transport import paho_client
+    from tests.helpers.calls import Calls
+
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-one-call-read")
+    service = PahoTransport(paho_connection(mosquitto.port), "gw-one-call-sender")
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    device.set_message_callback(lambda message: received.put_nowait(message.payload))
+    await device.connect(timeout=10)
+    await service.connect(timeout=10)
+    calls = Calls((paho_module.__file__, paho_client.__file__, mqtt.__file__))
+    count = 50
+    try:
+        await device.subscribe("one-read/in")
+        with calls.counting():
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(service.publish("one-read/in", b"%d" % n) for n in range(count)),
+                    *(device.publish("one-read/out", b"%d" % n) for n in range(count)),
+                ),
+                30,
+            )
+            got = [await asyncio.wait_for(received.get(), 10) for _ in range(count)]
+    finally:
+        await device.disconnect()
+        await service.disconnect()
+    assert got == [b"%d" % n for n in range(count)]
+    assert calls.of("client.py", "_packet_handle") == 0, calls.by_name.most_common(20)
+    assert calls.of("paho_client.py", "loop_read") == calls.of("paho.py", "_readable")
+    assert calls.of("paho.py", "_readable") > 0
+
+
+async def test_a_publish_s_puback_is_heard_without_paho_s_callback(mosquitto: Mosquitto) -> None:
+    """A PUBACK saying success for the device's own publish (two per plugin job) reaches the
+    transport without paho's `_do_on_publish` (its two callback locks) and the transport's
+    `on_publish` hop; every publish still completes, past paho's in-flight window of 20 too
+    (the window moves on as each is acknowledged), and leaves nothing in flight."""
+    from jobs_agent.transport import paho_client
+    from tests.helpers.calls import Calls
+
+    device = PahoTransport(paho_connection(mosquitto.port), "gw-puback-heard")
+    await device.connect(timeout=10)
+    calls = Calls((paho_module.__file__, paho_client.__file__, mqtt.__file__))
+    count = 50
+    try:
+        with calls.counting():
+            for batch in range(0, count, 10):  # within the window: all on the short path
+                publishes = (
+                    device.publish("puback/out", b"%d" % n) for n in range(batch, batch + 10)
+                )
+                await asyncio.wait_for(asyncio.gather(*publishes), 30)
+        # Past the window: paho queues the rest, and sends each as a PUBACK frees a place.
+        publishes = (device.publish("puback/out", b"%d" % n) for n in range(count))
+        await asyncio.wait_for(asyncio.gather(*publishes), 30)
+        client = device._client
+        assert not client._out_messages and client._inflight_messages == 0
+        assert not device._pending
+    finally:
+        await device.disconnect()
+    assert calls.of("client.py", "_do_on_publish") == 0, calls.by_name.most_common(20)
+    assert calls.of("paho.py", "_paho_publish") == 0
+    assert calls.of("paho.py", "_puback_ok") == count
+
+
 async def test_the_acknowledgement_of_a_message_travels_with_the_reaction(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,6 +461,37 @@ async def test_a_message_is_acknowledged_without_paho_s_packet_queue(
     assert mqtt.PUBACK not in queued, queued
 
 
+def test_a_count_is_not_charged_with_earlier_tests_leftover_clients() -> None:
+    """A collection inside a counted window would finalize the paho clients earlier tests of
+    the same worker left in cycles (a transport and its client's callbacks): paho's
+    `Client.__del__` and its socket reset, four counted calls each, which made the count of
+    the test below 2,251 and 2,255 in whole-suite runs (2,199 alone). `Calls.counting` holds
+    the collector off; here a collection is due a few allocations into the window."""
+    import gc
+
+    from jobs_agent.transport import paho_client
+    from tests.helpers.calls import Calls
+
+    calls = Calls((paho_module.__file__, paho_client.__file__, mqtt.__file__))
+    threshold = gc.get_threshold()
+    enabled = gc.isenabled()
+    gc.disable()  # the leftovers stay young: the window's first collection finds them
+    try:
+        for n in range(10):
+            PahoTransport(paho_connection(1883), f"gw-left-over-{n}")
+        gc.enable()
+        gc.set_threshold(gc.get_count()[0] + 50)  # due inside the window, not before it
+        with calls.counting():
+            allocated = [[n] for n in range(1000)]
+    finally:
+        gc.set_threshold(*threshold)
+        if not enabled:
+            gc.disable()
+        gc.collect()
+    assert len(allocated) == 1000
+    assert calls.of("client.py", "__del__") == 0, calls.by_name.most_common(10)
+
+
 async def test_a_message_costs_the_device_s_paho_client_few_calls(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -401,13 +501,18 @@ async def test_a_message_costs_the_device_s_paho_client_few_calls(
     (issue 18: a length of one or two bytes and a packet's properties length read without a
     call, the queue checked without a call per packet, the read buffer asked without a call,
     a message read by the loop handed on without asking for a hop; about 132 Python calls per
-    message before, 110 now; payloads of 300 bytes, as a job's replies).
+    message before, 110 then; 100 now that every packet of a read is handled in one call of
+    the client, without paho's packet dictionaries, and a PUBACK reaches the transport without
+    paho's `on_publish`; payloads of 300 bytes, as a job's replies).
 
     The path counted is the one where each PUBACK travels with the next packet out (the
     device's reply, the asker's next question): on a loaded machine a reaction may take longer
     than `ACK_DELAY_SECONDS` and the PUBACK go alone (about 16 calls more each), and a test
     slower than the keep-alive check's period runs `loop_misc` in the count; both are timings,
-    so both are held off for the test (the lone PUBACK has a test of its own above)."""
+    so both are held off for the test (the lone PUBACK has a test of its own above). So is the
+    garbage collector (`Calls.counting`): in a worker of the whole suite, a collection inside
+    the window finalized earlier tests' paho clients, four calls each (2,251 counted, round 17;
+    10 such clients collected inside the window add 40)."""
     import paho.mqtt.client as paho_client_of_paho
 
     from jobs_agent.transport import mqtt_packets, paho_client
@@ -446,7 +551,7 @@ async def test_a_message_costs_the_device_s_paho_client_few_calls(
         await device.disconnect()
         await service.disconnect()
     python = sum(n for (file, _), n in calls.by_name.items() if file != "builtin")
-    assert python <= 111 * count, calls.by_name.most_common()
+    assert python <= 101 * count, calls.by_name.most_common()
 
 
 async def test_a_request_over_paho_waits_for_no_puback(

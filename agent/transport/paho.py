@@ -64,13 +64,12 @@ from jobs_agent.transport.base import (
     TransportError,
 )
 from jobs_agent.transport.options import PahoOptions
-from jobs_agent.transport.paho_client import (
+from jobs_agent.transport.paho_client import PUBACK_OK, DeviceClient, ShortPathClient
+from jobs_agent.transport.paho_connect import (
     MISC_MAX_SECONDS,
     MISC_MIN_SECONDS,
     PERMANENT_CONNACK_CODES,
     Attempt,
-    DeviceClient,
-    ShortPathClient,
     connect_properties,
     connect_with_retries,
     new_client,
@@ -136,6 +135,7 @@ class PahoTransport(Transport):
         client.on_log = self._paho_log
         if isinstance(client, DeviceClient):
             client.on_qos1 = self._qos1_received
+            client.on_acked = self._puback_ok
         return client
 
     def _open_connection(self) -> None:
@@ -369,6 +369,16 @@ class PahoTransport(Transport):
             self._on_loop(_set_done, waiter)
 
     # -- acknowledgements (loop thread) ---------------------------------------------------------
+    def _puback_ok(self, mid: int) -> None:
+        """A PUBACK saying success (`DeviceClient.on_acked`): a submitted request waits for
+        nothing more, a publish hears its success."""
+        if threading.get_ident() != self._loop_thread:
+            self._on_loop(self._resolve, mid, [PUBACK_OK])
+            return
+        waiting = self._pending.pop(mid, None)
+        if waiting is not None and not isinstance(waiting, _Submitted) and not waiting.done():
+            waiting.set_result([PUBACK_OK])
+
     def _resolve(self, mid: int, reasons: list[ReasonCode]) -> None:
         waiting = self._pending.pop(mid, None)
         if isinstance(waiting, _Submitted):

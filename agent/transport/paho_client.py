@@ -1,65 +1,39 @@
-"""paho's client as the paho transport makes it: MQTT 5, TLS as configured, quiet logs.
+"""paho's client as the paho transport drives it: short paths for the packets a device reads
+and writes most, quiet logs.
 
-Kept apart from the transport (`paho.py`), which drives the client on the event loop: this is
-what one connection is made of, that how it is served.
+Kept apart from the transport (`paho.py`), which drives the client on the event loop, and from
+how a connection is made (`paho_connect`): this is what one connection does per packet.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode
+from paho.mqtt.enums import LogLevel, MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from jobs_agent.backoff import Backoff
-from jobs_agent.transport.base import TransportError
 from jobs_agent.transport.mqtt_packets import plain_puback as plain_puback
 from jobs_agent.transport.mqtt_packets import qos1_publish as qos1_publish
 from jobs_agent.transport.mqtt_packets import variable_byte_integer as variable_byte_integer
-from jobs_agent.transport.options import PahoOptions
 
 log = structlog.get_logger("jobs_agent.transport.paho")
 
-ALPN_MQTT = "x-amzn-mqtt-ca"
-CONNECT_ATTEMPT_SECONDS = 10.0
-"""Upper bound for one TCP+TLS+CONNACK attempt during the first connect."""
-MISC_MIN_SECONDS = 1.0
-MISC_MAX_SECONDS = 30.0
-"""Bounds of the keep-alive check's period (`loop_misc`)."""
-PERMANENT_CONNACK_CODES = {
-    0x84,  # Unsupported Protocol Version
-    0x85,  # Client Identifier not valid
-    0x86,  # Bad User Name or Password
-    0x87,  # Not authorized
-    0x8A,  # Banned
-    0x8C,  # Bad authentication method
-}
 _REPORTED_LOG_LEVELS = frozenset({mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING})
-
-
-class Attempt(NamedTuple):
-    """What one first-connect attempt ended with."""
-
-    ok: bool
-    permanent: bool = False
-    reason: str = ""
-
-
 READ_SIZE = 65536
 PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
 NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 _PUBLISH_QOS1 = bytes([mqtt.PUBLISH | 0x02])
+_PUBLISH_QOS1_BYTE = mqtt.PUBLISH | 0x02
+"""The first byte of a QoS 1 PUBLISH, neither a duplicate nor retained."""
 _HEAD_1, _HEAD_2 = struct.Struct("!BBH"), struct.Struct("!BBBH")  # a 1 or 2 byte length
 _MID = struct.Struct("!HB")  # the packet id, then a properties length of 0
 _PUBACK = struct.Struct("!BBH")  # a PUBACK saying success: its length (2), the packet id
@@ -357,7 +331,11 @@ class ShortPathClient(mqtt.Client):
         publish = qos1_publish(self._in_packet["command"], self._in_packet["packet"])
         if publish is None or self.on_qos1 is None or self._manual_ack:
             return super()._handle_publish()
-        topic, mid, payload = publish
+        return self._qos1_in(*publish)
+
+    def _qos1_in(self, topic: str, mid: int, payload: bytes) -> MQTTErrorCode:
+        """A plain QoS 1 PUBLISH read (`qos1_publish`): handed to `on_qos1`, then acknowledged."""
+        assert self.on_qos1 is not None
         self._qos1_received(self.on_qos1, topic, payload)
         if self._sockpairW is not None or self._on_socket_register_write is None:
             return self._send_puback(mid)  # paho's queue writes or wakes its thread itself
@@ -390,6 +368,10 @@ class DeviceClient(ShortPathClient):
     whenever a log callback is set. paho is pinned below 3 (`_easy_log` and the callback
     lock are internal); tests/test_transport_paho_loop.py holds both."""
 
+    on_acked: Callable[[int], None] | None = None
+    """Called with the packet id of each `publish_qos1` a plain PUBACK acknowledged, from the
+    thread reading (set by the transport)."""
+
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         if level in _REPORTED_LOG_LEVELS or self._logger is not None:
             super()._easy_log(level, fmt, *args)
@@ -399,6 +381,100 @@ class DeviceClient(ShortPathClient):
     ) -> None:
         with self._in_callback_mutex:  # as paho's on_message: nothing is written meanwhile
             callback(topic, payload)
+
+    # -- reading: every packet of one `recv` in one call
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's `loop_read`, for a socket the selector says is readable: every complete
+        packet of the read buffer in one call, a QoS 1 PUBLISH and a PUBACK saying success
+        (five and two per plugin job) without paho's packet dictionaries and `_packet_handle`
+        (`_next_plain`). paho's handled one packet per call, so the transport called it again
+        per packet (issue 18: seven calls per plugin job, each building two dictionaries). A
+        packet only partly read, or any other, takes `_packet_read`."""
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        while True:
+            rc = self._next_plain()
+            if rc is None:
+                rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN or self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if self._rpos >= len(self._rbuf):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _next_plain(self) -> MQTTErrorCode | None:
+        """The packet at the read position (the buffer filled first when used up), handled
+        as paho would, when it is wholly read and a plain QoS 1 PUBLISH (`qos1_publish`) or a
+        PUBACK saying success with no properties (`plain_puback`); None for anything else,
+        which `_packet_read` then reads."""
+        if self._in_packet["command"] != 0:
+            return None
+        if self._rpos >= len(self._rbuf):
+            unread = self._read_next()
+            if unread is not None:
+                return unread
+        buf, start = self._rbuf, self._rpos
+        size = len(buf)
+        if start + 2 > size:
+            return None
+        command, first = buf[start], buf[start + 1]
+        if command != _PUBLISH_QOS1_BYTE and command != mqtt.PUBACK:
+            return None
+        if first < 0x80:
+            end = start + 2 + first
+            packet = buf[start + 2 : end]
+        elif start + 2 < size and buf[start + 2] < 0x80:
+            end = start + 3 + ((first & 0x7F) | (buf[start + 2] << 7))
+            packet = buf[start + 3 : end]
+        else:
+            return None
+        if end > size:
+            return None
+        if command == mqtt.PUBACK:
+            mid = plain_puback("PUBACK", packet)
+            if mid is None:
+                return None
+            self._rpos = end
+            self._received()
+            message = self._out_messages.get(mid)
+            if (
+                message is not None
+                and self.on_acked is not None
+                and type(message.info) is PlainInfo
+                and message.state == mqtt.mqtt_ms_wait_for_puback
+            ):
+                return self._acked(mid, message)
+            with self._out_message_mutex:
+                if mid in self._out_messages:
+                    return self._do_on_publish(mid, PUBACK_OK, NO_PROPERTIES)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if self.on_qos1 is None or self._manual_ack:
+            return None
+        publish = qos1_publish(command, packet)
+        if publish is None:
+            return None
+        self._rpos = end
+        self._received()
+        return self._qos1_in(*publish)
+
+    def _acked(self, mid: int, message: mqtt.MQTTMessage) -> MQTTErrorCode:
+        """paho's `_do_on_publish` for a `publish_qos1` its PUBACK acknowledged with success:
+        the message leaves the table in flight and `on_acked` hears it, without paho's two
+        callback locks around its `on_publish` and the transport's check for a hop (issue 18:
+        two PUBACKs per plugin job). The window moves on as paho's does."""
+        del self._out_messages[mid]
+        message.info._published = True  # `PlainInfo._set_as_published`, without a call
+        self._inflight_messages -= 1
+        assert self.on_acked is not None
+        self.on_acked(mid)
+        if self._max_inflight_messages > 0:
+            return self._update_inflight()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _received(self) -> None:
+        with self._msgtime_mutex:  # the keep-alive check's clock, as paho's read sets it
+            self._last_bytes_received = time.monotonic()
 
     def write_now(self) -> bool:
         """Write what is queued now, unless inside one of our callbacks: paho's own rule when
@@ -410,89 +486,3 @@ class DeviceClient(ShortPathClient):
         self._in_callback_mutex.release()
         self.loop_write()
         return True
-
-
-def new_client(client_class: type[mqtt.Client], config: PahoOptions, client_id: str) -> mqtt.Client:
-    """An MQTT 5 client of `client_class` with the TLS and credentials `config` names."""
-    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if config.tls:
-        client.tls_set_context(ssl_context(config))
-    if config.username:
-        client.username_pw_set(config.username, config.password or None)
-    client.connect_timeout = CONNECT_ATTEMPT_SECONDS
-    return client
-
-
-def ssl_context(config: PahoOptions) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
-        if config.cert is not None and config.key is not None:
-            context.load_cert_chain(str(config.cert), str(config.key))
-    except (OSError, ssl.SSLError) as exc:
-        raise TransportError(
-            f"paho transport: cannot load TLS files (ca={config.ca}, cert={config.cert},"
-            f" key={config.key}): {exc}"
-        ) from None
-    if config.alpn:
-        context.set_alpn_protocols([ALPN_MQTT])
-    return context
-
-
-def connect_properties(config: PahoOptions) -> Properties:
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = config.session_expiry_seconds
-    return properties
-
-
-def read_tls_alert(sock: Any) -> str:
-    """The TLS alert a broker sent on `sock` before closing it ("" if none).
-
-    With TLS 1.3 a broker refusing our certificate sends its alert after the handshake; paho
-    often fails on writing CONNECT first ("EOF occurred in violation of protocol") and never
-    reads the alert. Read here, before paho closes the socket, the operator gets "unknown ca" /
-    "certificate required" instead of a vague EOF."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return ""
-    try:
-        sock.setblocking(False)
-        sock.recv(1)
-    except ssl.SSLError as exc:
-        if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLEOFError):
-            return str(exc)
-    except OSError:
-        pass
-    return ""
-
-
-async def connect_with_retries(
-    attempt: Callable[[float], Awaitable[Attempt]],
-    cfg: PahoOptions,
-    client_id: str,
-    timeout: float | None,
-) -> None:
-    """`attempt` (until a deadline), back off with jitter, attempt again until connected or
-    `timeout`; a permanent refusal (TLS, credentials) raises at once instead of retrying
-    forever."""
-    where = f"{cfg.endpoint}:{cfg.port} as {client_id}"
-    start = time.monotonic()
-    backoff = Backoff(cfg.reconnect_min_seconds, cfg.reconnect_max_seconds)
-    last = ""
-    while True:
-        remaining = None if timeout is None else start + timeout - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise TransportError(f"cannot connect to {where} within {timeout}s: {last}")
-        deadline = time.monotonic() + min(
-            CONNECT_ATTEMPT_SECONDS, remaining if remaining is not None else 1e9
-        )
-        outcome = await attempt(deadline)
-        if outcome.ok:
-            return
-        if outcome.permanent:
-            raise TransportError(f"cannot connect to {where}: {outcome.reason}")
-        last = outcome.reason
-        delay = backoff.next_delay()
-        log.warning(
-            "cannot connect; retrying", endpoint=cfg.endpoint, reason=last, delay=round(delay, 2)
-        )
-        remaining = None if timeout is None else start + timeout - time.monotonic()
-        await asyncio.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
