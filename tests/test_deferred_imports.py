@@ -5,8 +5,12 @@ Each case runs in a fresh interpreter, whose sys.modules is its own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 PROBE = """
 import json, sys, threading
@@ -67,3 +71,45 @@ def test_a_module_loaded_already_is_left_as_it_is() -> None:
         "assert sys.modules['urllib.request'] is real is urllib.request\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+
+
+ENTRY = """
+import json, sys
+from jobs_agent import cli
+
+try:
+    cli.main(["run", "--help"])  # what `jobs-agent run` imports, then the help
+except SystemExit:
+    pass
+deferred = sorted(n for n, m in sys.modules.items() if type(m).__name__ == "_Deferred")
+print(json.dumps(deferred))
+"""
+
+
+def test_jobs_agent_run_defers_what_its_libraries_import_for_nothing(tmp_path: Path) -> None:
+    """`jobs-agent run` in an interpreter as an installed package starts it (no editable
+    install's finder, whose `pathlib` would import `ipaddress` before `cli.main`): each module
+    the daemon defers is still a stand-in once the command's modules, structlog and `pathlib`
+    are imported."""
+    from jobs_agent.commands.deferred import UNUSED
+
+    links = tmp_path / "path"
+    links.mkdir()
+    (links / "jobs_agent").symlink_to(REPO / "agent")
+    (links / "jobs_agent_handlers").symlink_to(REPO / "handlers")
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(links), *site])}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", ENTRY],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
+    ).stdout
+    assert json.loads(out.splitlines()[-1]) == [
+        "ipaddress",
+        "structlog.threadlocal",
+        "urllib.request",
+    ]
+    assert sorted(UNUSED) == ["ipaddress", "structlog.threadlocal", "urllib.request"]

@@ -105,12 +105,10 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
 async def _daemon(config: AgentConfig, path: Path, cache: ParseCache | None = None) -> int:
     """The daemon, handed its transport: the configured one, or for `transport: local` one on
     an embedded emulator's bus (started here, stopped when the daemon ends)."""
-    from jobs_agent.commands.deferred import defer
     from jobs_agent.daemon import Agent
     from jobs_agent.transport.factory import create_transport
     from jobs_agent.transport.options import LocalOptions
 
-    defer("urllib.request")  # paho's import of it, for a proxy the daemon never reads
     if not isinstance(config.connection, LocalOptions):
         try:
             transport = create_transport(config)
