@@ -61,6 +61,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace | SimpleNamespace
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if list(argv[:1]) == ["run"]:  # the daemon: what its libraries import and it never uses
+        from jobs_agent.commands.deferred import UNUSED, defer
+
+        defer(*UNUSED)
     args = parse_arguments(argv)
     func: Callable[[Any], int] = args.func
     try:
