@@ -13,15 +13,17 @@ Floor: the same broker serving the same number of requests (the rollout's own, 2
 since round 13: the start-next that takes the job and the final update; the job's other events
 ask for no look, engine/wakes.py) as back-to-back raw paho round trips.
 
-Sizes: each run rolls out to a fleet of `REFERENCE_THINGS` (1,000) and then to one of
-`BENCH_FLEET_THINGS` (default 5,000; 500 against 100 with --quick), each on a broker and an
-emulator of its own, so the harness's three runs alternate them (1k, 5k, 1k, 5k, 1k, 5k) and a
-slower or faster quarter of an hour weighs on both sizes alike. The "per thing" rows set each
+Sizes: each run rolls out to a fleet of `REFERENCE_THINGS` (1,000), then to one of
+`BENCH_FLEET_THINGS` (default 5,000; 500 against 100 with --quick), then to `REFERENCE_THINGS`
+again, each on a broker and an emulator of its own (1k, 5k, 1k in each run), and the run's
+reference is the mean of the two small runs around the big one (`flanking_mean`): a drift of
+the machine's speed during the run weighs on both sizes alike. The "per thing" rows set each
 size's time per thing beside the reference's from the same runs: their ratio column is the
 median per thing at the big size over the median per thing at 1,000, issue 18's "time per thing
 no worse than at 1,000" (round 16 measured one run per size, and the goal held or missed on one
-1,000-thing run's speed: 1.01-1.29x). The "per-thing ratio" row is the same ratio within each
-run's pair. The rollout, connect, first-look, CPU, rate and RSS rows are the big size's, as
+1,000-thing run's speed: 1.01-1.29x; round 18's pairs, one reference before the big run, read
+1.63x and 0.88x on the same code). The "per-thing ratio" row is the same ratio within each
+run. The rollout, connect, first-look, CPU, rate and RSS rows are the big size's, as
 before. `BENCH_FLEET_REFERENCE` sets the reference size (0: none, one size per run, as before
 round 17); with `BENCH_FLEET_PROCESSES` above 1 (e.g. 10,000 things over 2 processes, `sim
 fleet --processes 2`: the RSS is then the sum over the fleet's processes) no reference runs.
@@ -314,11 +316,34 @@ def size_measures(
     ]
 
 
+def flanking_mean(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The reference runs on either side of the big one as one summary: each per-thing field
+    is their mean. This machine's speed drifts by up to 1.5x within half an hour, and it moved
+    the fleet's CPU per thing at 1,000 from 9.3 to 12.8 ms between round 18's two runs (the
+    pairs read 1.63x and 0.88x, its CPU per thing 1.31x and 0.87x: the drift, not the size).
+    A reference on each side cancels a drift that is steady over the run (A-B-A); one before
+    the big run weighed the whole drift on the ratio."""
+    merged = dict(before)
+    for _, field, _ in PER_THING:
+        merged[field] = (float(before.get(field) or 0.0) + float(after.get(field) or 0.0)) / 2
+    return merged
+
+
+def flanked(
+    before: tuple[dict[str, Any], dict[str, Any] | None],
+    after: tuple[dict[str, Any], dict[str, Any] | None],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`flanking_mean` for this checkout's reference runs and the baseline's."""
+    old = None if before[1] is None or after[1] is None else flanking_mean(before[1], after[1])
+    return flanking_mean(before[0], after[0]), old
+
+
 async def run(session: Session, quick: bool) -> list[Measure]:
     things, reference, processes = sizes(session, quick)
     base = session.baseline_tree()
-    ref_pair = await one_size(session, reference, processes) if reference else None
+    ref_before = await one_size(session, reference, processes) if reference else None
     summary, old = await one_size(session, things, processes)
+    ref_after = await one_size(session, reference, processes) if reference else None
     floor = await floor_seconds(session, summary["requests"])
     base_label = f"sim fleet of {base.label}" if base else ""
 
@@ -332,17 +357,22 @@ async def run(session: Session, quick: bool) -> list[Measure]:
     if old is not None:
         note += f"; {base_label}: " + note_of(old)
     runs = [figures_text(summary, things)]
-    if ref_pair is not None:
-        runs.insert(0, figures_text(ref_pair[0], reference))
-        if old is not None and ref_pair[1] is not None:
+    if ref_before is not None and ref_after is not None:
+        runs = [
+            figures_text(ref_before[0], reference),
+            *runs,
+            figures_text(ref_after[0], reference),
+        ]
+        if old is not None and ref_before[1] is not None and ref_after[1] is not None:
             runs += [
                 f"{base_label}: " + figures_text(o, n)
-                for o, n in ((ref_pair[1], reference), (old, things))
+                for o, n in ((ref_before[1], reference), (old, things), (ref_after[1], reference))
             ]
     pair_note = "this run: " + "; ".join(runs)
 
     measures = size_measures(things, summary, old, floor, base_label, note)
-    if ref_pair is not None:
+    if ref_before is not None and ref_after is not None:
         pair = (summary, old)
+        ref_pair = flanked(ref_before, ref_after)
         measures += per_thing_measures(things, reference, pair, ref_pair, base_label, pair_note)
     return measures

@@ -175,8 +175,9 @@ def test_baseline_runs_the_agent_of_a_git_ref_in_the_same_run() -> None:
 
 def test_fleet_sets_each_size_per_thing_beside_the_reference_size_in_every_run() -> None:
     """Round 16 ran one size per run, and the per-thing goal held or missed on one 1,000-thing
-    run's speed; each run now rolls out to the reference size and then to the big one (at
-    smoke size 10 and 20 things), so the harness's runs alternate them."""
+    run's speed; each run now rolls out to the reference size, the big one and the reference
+    size again (at smoke size 10, 20 and 10 things): round 18's pairs, with one reference
+    before the big run, read 1.63x and 0.88x on the same code as the machine's speed drifted."""
     report = run_benchmarks("fleet", "--runs", "2")
     fleet = by_key(report, "fleet")
     for key in ("rollout", "first-look", "connect", "cpu"):
@@ -192,3 +193,11 @@ def test_fleet_sets_each_size_per_thing_beside_the_reference_size_in_every_run()
     # Every run's figures, at both sizes, in the notes.
     runs = [n for n in fleet["per-thing-ratio"]["notes"] if n.startswith("this run: 10 things:")]
     assert len(runs) == 2 and all("; 20 things: rollout" in n for n in runs), runs
+    # The reference is the mean of the two small runs around the big one.
+    assert all("; 10 things: rollout" in n.split("; 20 things: ")[1] for n in runs), runs
+    means = sorted(
+        sum(float(part.split(" s,")[0]) for part in note.split("10 things: rollout ")[1:]) / 2
+        for note in runs
+    )  # seconds, as the notes print them (two decimals)
+    references = sorted(fleet["per-thing-rollout"]["reference_values"])  # ms per thing
+    assert references == pytest.approx([1000 * m / 10 for m in means], abs=1.0), runs
