@@ -683,3 +683,41 @@ async def _drain_a_deep_queue(tmp_path: Path) -> Any:
                 assert str(execution.status) == "SUCCEEDED", execution.status_details
             harness.assert_alive()
             return harness.agent.engine.client.stats  # type: ignore[union-attr]
+
+
+async def test_a_job_without_packages_or_windows_reads_neither(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document that names no package (`installs`, `destinationPackageVersions`) and no
+    window of its own (`maintenanceWindow`, `steps`) is not read for them: the package check,
+    the rows of its SUCCEEDED and the window gate knew their answers without it (a plugin job
+    read its packages twice and its windows once, round 18). Jobs that name them are read as
+    before (test_inventory_engine.py, test_deferral.py, test_schedule_windows.py). The
+    router's check of the document is not the engine's and is not counted."""
+    from jobs_agent.engine import deferral as engine_deferral
+    from jobs_agent.engine import packages as engine_packages
+
+    read: Counter[str] = Counter()
+    model = engine_packages._model()
+    real_windows = engine_deferral.document_windows
+
+    def job_packages(document: Any) -> Any:
+        read["packages"] += 1
+        return model.job_packages(document)
+
+    def windows(document: Any) -> Any:
+        read["windows"] += 1
+        return real_windows(document)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            with monkeypatch.context() as patch:
+                counted = model._replace(job_packages=job_packages)
+                patch.setattr(engine_packages, "_model", lambda: counted)
+                patch.setattr(engine_deferral, "document_windows", windows)
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert read == Counter()
