@@ -721,3 +721,38 @@ async def test_a_job_without_packages_or_windows_reads_neither(
                     assert str(execution.status) == "SUCCEEDED", execution.status_details
             harness.assert_alive()
     assert read == Counter()
+
+
+async def test_a_plugin_job_builds_no_c_json_encoder_of_the_agents(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`json.dumps` and `JSONEncoder.encode` build a C encoder (`_json.make_encoder`) at
+    every call, about 17 k instructions of a payload's 25 k: the requests and the store's
+    records are written by `jobs_agent.jsontext`'s encoders, built once (four a plugin job
+    before: its two requests, its start record and its decision). Counted for the engine and
+    the Jobs client; the router's size check of the document (one a job, `ensure_ascii=False`)
+    is left to its owner, and the emulator's, in the same process here, are not the agent's."""
+    import json.encoder
+
+    built_by: Counter[str] = Counter()
+    real = json.encoder.c_make_encoder
+
+    def counted(*args: Any) -> Any:
+        frame: Any = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("json"):
+            frame = frame.f_back
+        caller = "?" if frame is None else str(frame.f_globals.get("__name__"))
+        if caller.startswith(("jobs_agent.engine", "jobs_agent.jobs")):
+            built_by[caller] += 1
+        return real(*args)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            with monkeypatch.context() as patch:
+                patch.setattr(json.encoder, "c_make_encoder", counted)
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert built_by == Counter()

@@ -50,6 +50,7 @@ from typing import Any, Final, NamedTuple
 
 import structlog
 
+from jobs_agent import jsontext
 from jobs_agent.engine.lifecycle import (
     DECIDED,
     FINISHED_STATES,
@@ -746,7 +747,7 @@ class Store:
         presigned URLs removed: the service sends a fresh copy with every delivery."""
         now = time.time()
         redacted = redact_url_credentials(document)
-        encoded = json.dumps(redacted)
+        encoded = jsontext.dumps(redacted)
         self._write(
             [self._insert(key, state, encoded, version_number, now)],
             transition=Change(key, state),
@@ -826,7 +827,7 @@ class Store:
                     self._write_locked([], None, durable=False)
                 now = time.time()
                 redacted = redact_url_credentials(document)
-                encoded = json.dumps(redacted)
+                encoded = jsontext.dumps(redacted)
                 state = STARTED
                 self._pending = self._insert(key, state, encoded, version_number, now)
                 self._pending_key = key
@@ -887,7 +888,7 @@ class Store:
         job; issue 18)."""
         status = job_execution_status(status)
         now = time.time()
-        encoded = json.dumps(dict(details))
+        encoded = jsontext.dumps(dict(details))
         statements = [
             (self._DECIDED_SQL, (_DECIDED_VALUE, status, encoded, now, *self._key_params(key))),
             *(self._package_statement(row, now) for row in packages),
