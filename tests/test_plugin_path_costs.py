@@ -756,3 +756,24 @@ async def test_a_plugin_job_builds_no_c_json_encoder_of_the_agents(
                     assert str(execution.status) == "SUCCEEDED", execution.status_details
             harness.assert_alive()
     assert built_by == Counter()
+
+
+async def test_a_plugin_job_builds_no_recovery_bounds_or_decision_of_its_own(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """Recovery's bounds (`Limits`) are made again only when a reload changes them, and a
+    record no handler ran for is run from the start by one shared `Run` (frozen): a plugin
+    job built one of each (round 18), about 5 k instructions."""
+    from jobs_agent.engine import recovery
+
+    built: Counter[str] = Counter()
+    watched = {recovery.Limits, recovery.Run}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "__init__":
+            made = type(frame.f_locals.get("self"))
+            if made in watched:
+                built[made.__name__] += 1
+
+    await _three_quiet_jobs(tmp_path, profile)
+    assert built == Counter()

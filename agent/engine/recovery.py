@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import field
+from typing import Final
 
 from jobs_agent.datamodel import model
 from jobs_agent.engine.lifecycle import (
@@ -88,12 +89,16 @@ class Wait:
 
 Action = Run | Fail | Resend | Settle | Wait
 
+FROM_THE_START: Final = Run()
+"""A record no handler ran for: run it from the start. One instance (the models are frozen),
+not one a job (issue 18)."""
+
 
 def recover(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Action:
     """What to do with `record`'s execution now; `boot_id` is this boot's (None: unreadable)."""
     state = record.state
     if state in (RECEIVED, STARTED):
-        return Run()
+        return FROM_THE_START
     if state is RUNNING:
         return _after_running(record, boot_id, limits)
     if state is AWAITING_REBOOT:

@@ -782,23 +782,23 @@ class Store:
         document is `redact_url_credentials`'s copy (new dicts and lists, nothing shared with
         the caller's document, which is decoded JSON), not the JSON just written decoded again:
         a JSON decode less per job."""
-        return ExecutionRecord(
-            key=ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
-            state=state,
-            document=redacted,
-            version_number=version_number,
-            handler=None,
-            resumable=False,
-            step=0,
-            checkpoint=None,
-            boot_id=None,
-            restarts=0,
-            progress=None,
-            outcome_status=None,
-            outcome_details=None,
-            note=None,
-            received_at=now,
-            updated_at=now,
+        return ExecutionRecord(  # by position, as `record_from_row` (7 k instructions less)
+            ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
+            state,
+            redacted,  # document
+            version_number,
+            None,  # handler
+            False,  # resumable
+            0,  # step
+            None,  # checkpoint
+            None,  # boot_id
+            0,  # restarts
+            None,  # progress
+            None,  # outcome_status
+            None,  # outcome_details
+            None,  # note
+            now,  # received_at
+            now,  # updated_at
         )
 
     def record_taken(
