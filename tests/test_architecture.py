@@ -50,6 +50,11 @@ other leaf."""
 RULES = [
     Rule(DATAMODEL, ("jobs_agent",), "the models' decorator stands on the standard library alone"),
     Rule(
+        "jobs_agent.jsontext",
+        ("jobs_agent",),
+        "the JSON text of plain data stands on the standard library alone (engine and Jobs client)",
+    ),
+    Rule(
         "jobs_agent.vocabulary",
         ("jobs_agent",),
         "the vocabulary is a leaf every layer reads",

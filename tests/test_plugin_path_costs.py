@@ -584,11 +584,11 @@ async def test_a_plugin_job_reads_no_enum_member_off_its_class(
     (`ReplyKind.EVENT`, `ExecutionState.RUNNING`) goes through the type's slow attribute hook,
     about 900 instructions, and no profile shows it. A plugin job made 43 such reads (round
     18); the Jobs client, its topics, the runner, acquisition and the outbox read the members
-    as module globals. Left to their owners: the store's and the recovery decision's (11 a
-    job). The emulator on the bus is not the agent's."""
+    as module globals, and since round 19 the store and the recovery decision too (11 reads a
+    job before). The emulator on the bus is not the agent's."""
     import enum
 
-    left = ("jobs_agent.emulator", "jobs_agent.engine.store", "jobs_agent.engine.recovery")
+    left = ("jobs_agent.emulator",)
     reads: Counter[str] = Counter()
 
     def read(cls: type, name: str) -> Any:
@@ -683,3 +683,97 @@ async def _drain_a_deep_queue(tmp_path: Path) -> Any:
                 assert str(execution.status) == "SUCCEEDED", execution.status_details
             harness.assert_alive()
             return harness.agent.engine.client.stats  # type: ignore[union-attr]
+
+
+async def test_a_job_without_packages_or_windows_reads_neither(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document that names no package (`installs`, `destinationPackageVersions`) and no
+    window of its own (`maintenanceWindow`, `steps`) is not read for them: the package check,
+    the rows of its SUCCEEDED and the window gate knew their answers without it (a plugin job
+    read its packages twice and its windows once, round 18). Jobs that name them are read as
+    before (test_inventory_engine.py, test_deferral.py, test_schedule_windows.py). The
+    router's check of the document is not the engine's and is not counted."""
+    from jobs_agent.engine import deferral as engine_deferral
+    from jobs_agent.engine import packages as engine_packages
+
+    read: Counter[str] = Counter()
+    model = engine_packages._model()
+    real_windows = engine_deferral.document_windows
+
+    def job_packages(document: Any) -> Any:
+        read["packages"] += 1
+        return model.job_packages(document)
+
+    def windows(document: Any) -> Any:
+        read["windows"] += 1
+        return real_windows(document)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            with monkeypatch.context() as patch:
+                counted = model._replace(job_packages=job_packages)
+                patch.setattr(engine_packages, "_model", lambda: counted)
+                patch.setattr(engine_deferral, "document_windows", windows)
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert read == Counter()
+
+
+async def test_a_plugin_job_builds_no_c_json_encoder_of_the_agents(
+    tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`json.dumps` and `JSONEncoder.encode` build a C encoder (`_json.make_encoder`) at
+    every call, about 17 k instructions of a payload's 25 k: the requests and the store's
+    records are written by `jobs_agent.jsontext`'s encoders, built once (four a plugin job
+    before: its two requests, its start record and its decision). Counted for the engine and
+    the Jobs client; the router's size check of the document (one a job, `ensure_ascii=False`)
+    is left to its owner, and the emulator's, in the same process here, are not the agent's."""
+    import json.encoder
+
+    built_by: Counter[str] = Counter()
+    real = json.encoder.c_make_encoder
+
+    def counted(*args: Any) -> Any:
+        frame: Any = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("json"):
+            frame = frame.f_back
+        caller = "?" if frame is None else str(frame.f_globals.get("__name__"))
+        if caller.startswith(("jobs_agent.engine", "jobs_agent.jobs")):
+            built_by[caller] += 1
+        return real(*args)
+
+    with captured_logs("warning"):
+        async with running_agent(tmp_path, _config(tmp_path)) as harness:
+            await harness.run_job("warm-up", {"operation": "quiet"})
+            with monkeypatch.context() as patch:
+                patch.setattr(json.encoder, "c_make_encoder", counted)
+                for number in range(3):
+                    execution = await harness.run_job(f"quiet-{number}", {"operation": "quiet"})
+                    assert str(execution.status) == "SUCCEEDED", execution.status_details
+            harness.assert_alive()
+    assert built_by == Counter()
+
+
+async def test_a_plugin_job_builds_no_recovery_bounds_or_decision_of_its_own(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """Recovery's bounds (`Limits`) are made again only when a reload changes them, and a
+    record no handler ran for is run from the start by one shared `Run` (frozen): a plugin
+    job built one of each (round 18), about 5 k instructions."""
+    from jobs_agent.engine import recovery
+
+    built: Counter[str] = Counter()
+    watched = {recovery.Limits, recovery.Run}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "__init__":
+            made = type(frame.f_locals.get("self"))
+            if made in watched:
+                built[made.__name__] += 1
+
+    await _three_quiet_jobs(tmp_path, profile)
+    assert built == Counter()

@@ -104,3 +104,38 @@ def test_no_statement_of_the_store_is_left_holding_the_database(tmp_path: Path) 
     finally:
         other.close()
         store.close()
+
+
+def test_a_transition_s_statement_is_made_once_and_names_only_allowed_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RUNNING's UPDATE is the same text every job: `transition` joins it once per state and
+    set of columns, not at each job (issue 18). A column it may not set is still refused, the
+    first time and after the statement of another was made."""
+    made: list[tuple[ExecutionState, tuple[str, ...]]] = []
+    real = store_module._transition_sql
+
+    def counted(state: ExecutionState, names: tuple[str, ...]) -> str:
+        made.append((state, names))
+        return real(state, names)
+
+    monkeypatch.setattr(store_module, "_TRANSITION_SQL", {})
+    monkeypatch.setattr(store_module, "_transition_sql", counted)
+    store = Store(tmp_path / "state.db")
+    try:
+        with pytest.raises(ValueError, match=r"unknown execution fields: \['bogus'\]"):
+            store.transition(ExecutionRef(None, "none", 1), ExecutionState.RUNNING, bogus=1)
+        refs = [run_job(store, number) for number in range(3)]
+        assert made == [
+            (ExecutionState.RUNNING, ("bogus",)),
+            (ExecutionState.RUNNING, ("handler",)),
+        ]
+        for ref in refs:
+            record = store.get(ref)
+            assert record is not None and record.handler == "x"
+        with pytest.raises(ValueError, match=r"unknown execution fields: \['bogus'\]"):
+            store.transition(refs[0], ExecutionState.RUNNING, handler="y", bogus=1)
+        record = store.get(refs[0])
+        assert record is not None and record.handler == "x"
+    finally:
+        store.close()

@@ -52,3 +52,66 @@ def test_a_taken_record_is_not_decoded_from_the_json_just_encoded(
         assert counting.loads_calls == 1 * jobs
     finally:
         store.close()
+
+
+def test_a_row_s_columns_reach_the_fields_of_their_names() -> None:
+    """`record_from_row` gives the record's fields by position (issue 18): each column of
+    `RECORD_COLUMNS`, a value of its own, lands in the field of its name, as keywords would
+    put it."""
+    from jobs_agent.engine.records import (
+        RECORD_COLUMNS,
+        Deferral,
+        ExecutionRecord,
+        record_from_row,
+    )
+
+    values: dict[str, Any] = {
+        "namespace": "ns",
+        "job_id": "job",
+        "execution_number": 7,
+        "state": "running",
+        "document": '{"operation": "x"}',
+        "version_number": 3,
+        "handler": "h",
+        "resumable": 1,
+        "step": 2,
+        "checkpoint": '{"c": 1}',
+        "boot_id": "boot",
+        "restarts": 4,
+        "progress": '{"p": "1"}',
+        "outcome_status": "FAILED",
+        "outcome_details": '{"reason": "r"}',
+        "note": "n",
+        "received_at": 10.5,
+        "updated_at": 11.5,
+        "deferred_kind": "window",
+        "deferred_until": 12.5,
+        "deferred_reason": "why",
+        "deferred_since": 9.5,
+        "deferred_total_seconds": 8.5,
+        "deferrals": 5,
+    }
+    columns = [name.strip() for name in RECORD_COLUMNS.split(",")]
+    assert sorted(columns) == sorted(values)
+    record = record_from_row(tuple(values[name] for name in columns))
+    assert record == ExecutionRecord(
+        key=ExecutionRef("ns", "job", 7),
+        state=ExecutionState.RUNNING,
+        document={"operation": "x"},
+        version_number=3,
+        handler="h",
+        resumable=True,
+        step=2,
+        checkpoint={"c": 1},
+        boot_id="boot",
+        restarts=4,
+        progress={"p": "1"},
+        outcome_status=JobExecutionStatus.FAILED,
+        outcome_details={"reason": "r"},
+        note="n",
+        received_at=10.5,
+        updated_at=11.5,
+        deferral=Deferral("window", 12.5, "why", 9.5),
+        deferred_total_seconds=8.5,
+        deferrals=5,
+    )

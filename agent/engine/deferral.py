@@ -38,7 +38,7 @@ from jobs_agent.engine.store import ExecutionRecord, Store
 from jobs_agent.engine.supervision import Running, Supervisor
 from jobs_agent.engine.turns import Turns
 from jobs_agent.schedule import clock
-from jobs_agent.schedule.maintenance import document_windows
+from jobs_agent.schedule.maintenance import DOCUMENT_KEY, document_windows
 from jobs_agent.schedule.windows import Timeline
 from jobs_agent_handlers.api import JobDeferred, JobRejected, Outcome
 
@@ -126,8 +126,13 @@ class Deferrals:
     # -- what to wait for -------------------------------------------------------------------
     def job_timeline(self, document: Mapping[str, Any]) -> Timeline:
         """Where the job may start: the device's windows and the document's own, together (the
-        document was checked when its handler was resolved)."""
-        return document_windows(document).for_step(self._shared.settings.maintenance_windows)
+        document was checked when its handler was resolved). A document without a window of
+        its own (most jobs) has the device's: `document_windows` would read nothing in it
+        (its reading and its `DocumentWindows` a job less; issue 18)."""
+        device = self._shared.settings.maintenance_windows
+        if DOCUMENT_KEY not in document and "steps" not in document:
+            return device
+        return document_windows(document).for_step(device)
 
     def gate(self, document: Mapping[str, Any]) -> Request | Outcome | None:
         """Before anything of the job runs: consent first (so that the person's answer is not

@@ -57,6 +57,9 @@ class ExecutionState(StrEnum):
 RECEIVED: Final = ExecutionState.RECEIVED
 STARTED: Final = ExecutionState.STARTED
 RUNNING: Final = ExecutionState.RUNNING
+AWAITING_REBOOT: Final = ExecutionState.AWAITING_REBOOT
+DECIDED: Final = ExecutionState.DECIDED
+REPORTED: Final = ExecutionState.REPORTED
 DEFERRED: Final = ExecutionState.DEFERRED
 """States the per-job paths compare with and write, read as module globals: on Python 3.11 a
 member read off its class goes through the hook of `EnumType.__getattr__` (about 900

@@ -60,6 +60,9 @@ class _Model(NamedTuple):
     job_packages: Callable[[Mapping[str, Any]], JobPackages]
     """`JobPackages.from_document`."""
     already_installed: Callable[[JobPackages, Mapping[str, PackageVersion]], bool]
+    keys: tuple[str, str]
+    """The document's keys `job_packages` reads (`installs`, `destinationPackageVersions`):
+    a document with neither names no package (most jobs), and its check builds nothing."""
 
 
 @functools.cache
@@ -67,9 +70,22 @@ def _model() -> _Model:
     """`inventory.model`'s parts, imported at the first job (not at start: issue 18) and kept:
     an import statement costs about 8 k instructions at every run, its module loaded or not,
     and every job asks twice."""
-    from jobs_agent.inventory.model import JobPackages, already_installed
+    from jobs_agent.inventory.model import (
+        DESTINATIONS_KEY,
+        INSTALLS_KEY,
+        JobPackages,
+        already_installed,
+    )
 
-    return _Model(JobPackages.from_document, already_installed)
+    return _Model(JobPackages.from_document, already_installed, (INSTALLS_KEY, DESTINATIONS_KEY))
+
+
+def _names_packages(model: _Model, document: Mapping[str, Any]) -> bool:
+    """Whether `document` has a key `model.job_packages` reads: without one it reads no
+    package and no error, so the package check and the rows of a SUCCEEDED job are known
+    without it (two `JobPackages` and their reads a job less; issue 18)."""
+    installs, destinations = model.keys
+    return installs in document or destinations in document
 
 
 RETRY_MIN_SECONDS = 1.0
@@ -156,6 +172,8 @@ class PackageReports:
         """ "already installed: ..." when the job need not run; raises `InventoryError` for a
         document whose package fields are wrong (the job is then REJECTED)."""
         model = _model()
+        if not _names_packages(model, document):
+            return None
         job = model.job_packages(document)
         targets = job.targets()
         if targets is None:
@@ -169,8 +187,11 @@ class PackageReports:
     def rows_for(document: Mapping[str, Any]) -> tuple[PackageRow, ...]:
         """The rows a SUCCEEDED job with `document` records (none for a document whose package
         fields cannot be read: it was checked before it ran, by this or an earlier agent)."""
+        model = _model()
+        if not _names_packages(model, document):
+            return ()
         try:
-            return package_rows(_model().job_packages(document))
+            return package_rows(model.job_packages(document))
         except InventoryError:
             return ()
 

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import field
+from typing import Final
 
 from jobs_agent.datamodel import model
-from jobs_agent.engine.lifecycle import ExecutionState
+from jobs_agent.engine.lifecycle import (
+    AWAITING_REBOOT,
+    DECIDED,
+    DEFERRED,
+    RECEIVED,
+    REPORTED,
+    RUNNING,
+    STARTED,
+)
 from jobs_agent.engine.store import ExecutionRecord
 from jobs_agent.vocabulary import JobExecutionStatus
 from jobs_agent_handlers.api import point_of_no_return
@@ -80,28 +89,32 @@ class Wait:
 
 Action = Run | Fail | Resend | Settle | Wait
 
+FROM_THE_START: Final = Run()
+"""A record no handler ran for: run it from the start. One instance (the models are frozen),
+not one a job (issue 18)."""
+
 
 def recover(record: ExecutionRecord, boot_id: str | None, limits: Limits) -> Action:
     """What to do with `record`'s execution now; `boot_id` is this boot's (None: unreadable)."""
     state = record.state
-    if state in (ExecutionState.RECEIVED, ExecutionState.STARTED):
-        return Run()
-    if state is ExecutionState.RUNNING:
+    if state in (RECEIVED, STARTED):
+        return FROM_THE_START
+    if state is RUNNING:
         return _after_running(record, boot_id, limits)
-    if state is ExecutionState.AWAITING_REBOOT:
+    if state is AWAITING_REBOOT:
         if record.boot_id is not None and boot_id == record.boot_id:
             if record.resumable and point_of_no_return(record.checkpoint):
                 return Run(resumed=True)  # the handler decides what the missed reboot means
             return Fail(NO_REBOOT)
         return Run(resumed=True, rebooted=True)
-    if state is ExecutionState.DEFERRED:
+    if state is DEFERRED:
         deferral = record.deferral
         if deferral is None:  # cannot happen: the store writes both together
             return Fail("deferred without a record of why", stop_leftovers=True)
         return Wait(deferral.kind, deferral.until, deferral.reason)
-    if state is ExecutionState.DECIDED:
+    if state is DECIDED:
         return Resend()
-    if state is ExecutionState.REPORTED and record.outcome_status is not None:
+    if state is REPORTED and record.outcome_status is not None:
         return Settle(record.outcome_status, record.outcome_details or {})
     return Settle(JobExecutionStatus.FAILED, {"reason": ENDED_BY_SERVICE})
 

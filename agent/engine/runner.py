@@ -83,6 +83,8 @@ class Runner:
         self._refresher = refresher
         self._packages = packages
         self._heartbeat_interval = heartbeat_interval
+        self._limits = Limits(max_agent_restarts=shared.settings.max_agent_restarts_per_job)
+        """Recovery's bounds, made again only when a reload changed them (not at each job)."""
         deferrals.on_resume(self._refresh_after_wait)
 
     async def _refresh_after_wait(
@@ -105,7 +107,11 @@ class Runner:
         if self._shared.stopping and record.state is STARTED:
             bound.info("stopping: the job starts after the restart")
             return
-        limits = Limits(max_agent_restarts=self._shared.settings.max_agent_restarts_per_job)
+        limits = self._limits
+        if limits.max_agent_restarts != self._shared.settings.max_agent_restarts_per_job:
+            limits = self._limits = Limits(
+                max_agent_restarts=self._shared.settings.max_agent_restarts_per_job
+            )
         # Only a record that has run may need this boot's id (a read of /proc per job else).
         fresh = record.state in _FRESH
         action = recover(record, None if fresh else self._reboots.boot_id(), limits)

@@ -22,7 +22,6 @@ and tolerant timestamps (seconds or milliseconds; see `agent.jobs.models`).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -73,6 +72,7 @@ from jobs_agent.jobs.topics import (
     ParsedTopic,
     ReplyKind,
 )
+from jobs_agent.jsontext import compact
 from jobs_agent.log import LazyBound
 from jobs_agent.transport.base import Message, Transport, TransportError
 from jobs_agent.transport.exchange import (
@@ -91,9 +91,6 @@ from jobs_agent.vocabulary import (
 log = structlog.get_logger("jobs_agent.jobs")
 _KEPT_TOPICS = 64
 """At most this many parsed topics are kept per client (`JobsClient._parse_topic`)."""
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-"""`json.dumps(..., separators=(",", ":"))` with its encoder built once: `dumps` builds one per
-call for any argument but the defaults, two per job (issue 18)."""
 
 R = TypeVar("R")
 _Reply = tuple[ReplyKind, Mapping[str, Any]]
@@ -350,7 +347,7 @@ class JobsClient:
             result = await self._exchange.request(
                 topic,
                 (operation, job_id, namespace),
-                lambda token: _COMPACT.encode(payload(token)).encode(),
+                lambda token: compact(payload(token)).encode(),
                 read,
                 within=self.request_timeout,
                 backoff=Backoff(self.retry_min, self.retry_max),
