@@ -167,3 +167,38 @@ async def test_messages_that_come_while_the_loop_is_busy_share_one_thread_hop(
         await backend.close()
     assert topics == [f"burst/{index}" for index in range(MESSAGES)]
     assert len(hops) == 1, hops
+
+
+async def test_a_received_message_builds_no_publish_packet_on_the_crt_thread(
+    mosquitto_factory: Callable[[], Mosquitto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRT's own core built a `PublishPacket` and a `PublishReceivedData` for every message
+    received (29 k instructions a message, five a plugin job); the agent reads only the topic
+    and payload, so the client's core hands it just those, as a `Message`. Counted: packets
+    built on a thread other than the loop's (the loop builds its own to publish), and the
+    messages arrive whole, an empty payload as b"", in order."""
+    from awscrt import mqtt5
+
+    built: list[int] = []
+    ours = threading.get_ident()
+    real_init = mqtt5.PublishPacket.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        if threading.get_ident() != ours:
+            built.append(threading.get_ident())
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(mqtt5.PublishPacket, "__init__", counting)
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    try:
+        transport, inbox = await backend.connected("gw-lean")
+        await transport.subscribe("lean/#")
+        sent = [(f"lean/{index}", b"x" * index) for index in range(MESSAGES)]
+        for topic, payload in sent:
+            await transport.publish(topic, payload)
+        received = [await inbox.next() for _ in sent]
+    finally:
+        await backend.close()
+    assert [(message.topic, message.payload) for message in received] == sent
+    assert all(type(message.payload) is bytes for message in received)
+    assert built == []

@@ -51,7 +51,7 @@ from typing import Any
 import structlog
 from awscrt import exceptions, mqtt5
 
-from jobs_agent.transport.awscrt_client import client_options, websocket_client
+from jobs_agent.transport.awscrt_client import client_options, new_client
 from jobs_agent.transport.base import (
     FailureCallback,
     Message,
@@ -165,14 +165,11 @@ class AwscrtTransport(Transport):
         cfg = self.config
         try:
             options = client_options(cfg, self.client_id)
-            options.on_publish_callback_fn = self._crt_publish_received
             options.on_lifecycle_event_connection_success_fn = self._crt_connection_success
             options.on_lifecycle_event_connection_failure_fn = self._crt_connection_failure
             options.on_lifecycle_event_disconnection_fn = self._crt_disconnection
             options.on_lifecycle_event_stopped_fn = self._crt_stopped
-            if cfg.websocket:
-                return websocket_client(cfg, options)
-            return mqtt5.Client(options)
+            return new_client(cfg, options, self._crt_publish_received)
         except (exceptions.AwsCrtError, OSError) as exc:
             raise TransportError(
                 f"awscrt transport: cannot set up TLS (ca={cfg.ca}, cert={cfg.cert},"
@@ -205,9 +202,8 @@ class AwscrtTransport(Transport):
                     {"message": f"awscrt callback {callback!r} failed", "exception": exc}
                 )
 
-    def _crt_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
-        packet = data.publish_packet
-        self._call(self._deliver, Message(packet.topic, bytes(packet.payload or b"")))
+    def _crt_publish_received(self, message: Message) -> None:
+        self._call(self._deliver, message)
 
     def _crt_connection_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
         keep_thread_state()  # the first callback of a connection, on its event-loop thread
