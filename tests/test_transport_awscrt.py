@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from jobs_agent.backoff import Backoff
-from jobs_agent.transport.base import TransportError
+from jobs_agent.transport.base import NotConnectedError, TransportError
 from jobs_agent.transport.exchange import Exchange
 from tests.fixtures.broker import Mosquitto
 from tests.test_transport import AwscrtBackend, Inbox, _awscrt
@@ -202,3 +203,61 @@ async def test_a_received_message_builds_no_publish_packet_on_the_crt_thread(
     assert [(message.topic, message.payload) for message in received] == sent
     assert all(type(message.payload) is bytes for message in received)
     assert built == []
+
+
+async def test_a_request_s_puback_builds_no_future_or_completion(
+    mosquitto_factory: Callable[[], Mosquitto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request (`submit`) goes to the binding with its own PUBACK callback: no
+    `concurrent.futures.Future`, and at the PUBACK no `PublishCompletionData`, whose making and
+    the future's result cost 30 k instructions a publish on the CRT thread (two a plugin job).
+    Counted over requests answered as before; a refused one still fails (the test above)."""
+    import concurrent.futures
+
+    from awscrt import mqtt5
+
+    made: list[str] = []
+    for cls in (mqtt5.PublishCompletionData, concurrent.futures.Future):
+        real_init = cls.__init__
+
+        def counting(self: Any, *args: Any, _real: Any = real_init, **kwargs: Any) -> None:
+            if sys._getframe(1).f_globals.get("__name__") == "awscrt.mqtt5":  # not the loop's
+                made.append(type(self).__name__)
+            _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    try:
+        transport, _inbox = await backend.connected("gw-no-future")
+        exchange: Exchange[bytes] = Exchange(transport)
+        transport.set_message_callback(
+            lambda message: exchange.resolve(message.payload.decode(), "key", message.payload)
+        )
+        await transport.subscribe("hops/request")
+        await ask(exchange)  # warm
+        made.clear()
+        replies = [await ask(exchange) for _ in range(MESSAGES)]
+    finally:
+        await backend.close()
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert made == []
+
+
+async def test_a_request_the_crt_fails_fails_as_not_connected(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """A request the CRT fails after `submit` returned (its client stopped under it, before
+    the loop heard of it) reaches `on_failure` as `NotConnectedError`, from the binding's
+    error code as it did from the future's exception."""
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    loop = asyncio.get_running_loop()
+    failed: asyncio.Future[Exception] = loop.create_future()
+    try:
+        transport, _inbox = await backend.connected("gw-crt-fails")
+        transport._client.stop()  # type: ignore[attr-defined]
+        await transport.submit("hops/request", b"x", failed.set_result)
+        failure = await asyncio.wait_for(failed, 10.0)
+    finally:
+        await backend.close()
+    assert isinstance(failure, NotConnectedError), failure
+    assert "publish hops/request" in str(failure)

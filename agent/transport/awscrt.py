@@ -51,7 +51,11 @@ from typing import Any
 import structlog
 from awscrt import exceptions, mqtt5
 
-from jobs_agent.transport.awscrt_client import client_options, new_client
+from jobs_agent.transport.awscrt_client import (
+    client_options,
+    new_client,
+    publish_at_least_once,
+)
 from jobs_agent.transport.base import (
     FailureCallback,
     Message,
@@ -94,6 +98,14 @@ def _refusal(what: str, result: mqtt5.PublishCompletionData) -> TransportError |
     if puback is None or puback.reason_code is None or int(puback.reason_code) < 0x80:
         return None
     name = getattr(puback.reason_code, "name", str(puback.reason_code))
+    return TransportError(f"{what}: refused by the broker ({name})")
+
+
+def _refused(what: str, reason_code: int) -> TransportError:
+    try:
+        name = mqtt5.PubackReasonCode(reason_code).name
+    except ValueError:
+        name = str(reason_code)
     return TransportError(f"{what}: refused by the broker ({name})")
 
 
@@ -381,23 +393,29 @@ class AwscrtTransport(Transport):
     async def submit(self, topic: str, payload: bytes, on_failure: FailureCallback) -> None:
         """Queue the request and return: its PUBACK is looked at on the CRT thread, and only a
         failure crosses to the loop (`on_failure`). The reply proves delivery, so a request no
-        longer waits for a PUBACK's thread hop before it waits for its reply (issue 18)."""
-        what, future = self._start_publish(topic, payload)
-        future.add_done_callback(functools.partial(self._crt_published, what, on_failure))
+        longer waits for a PUBACK's thread hop before it waits for its reply (issue 18). No
+        future is made for it (`publish_at_least_once`)."""
+        validate_topic_name(topic)
+        what = f"publish {topic}"
+        client = self._require_up(what)
+        on_puback = functools.partial(self._crt_published, what, on_failure)
+        publish_at_least_once(client, topic, payload, on_puback)
 
     def _crt_published(
-        self, what: str, on_failure: FailureCallback, future: concurrent.futures.Future[Any]
+        self,
+        what: str,
+        on_failure: FailureCallback,
+        error_code: int,
+        _qos: int,
+        reason_code: int,
+        _reason_string: str | None,
+        _user_properties: Any,
     ) -> None:
         """A submitted publish completed (CRT thread): nothing to do unless it failed."""
-        exc = future.exception()
-        if isinstance(exc, exceptions.AwsCrtError):
-            self._call(on_failure, _crt_error(what, exc))
-        elif exc is not None:
-            self._call(on_failure, TransportError(f"{what}: {_describe(exc)}"))
-        else:
-            refusal = _refusal(what, future.result())
-            if refusal is not None:
-                self._call(on_failure, refusal)
+        if error_code:
+            self._call(on_failure, _crt_error(what, exceptions.from_code(error_code)))
+        elif reason_code >= 0x80:
+            self._call(on_failure, _refused(what, reason_code))
 
 
 __all__ = ["AwscrtTransport"]
