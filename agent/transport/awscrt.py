@@ -17,7 +17,9 @@ Reconnects are the CRT's own: exponential backoff with full jitter between
 
 Threads: every CRT callback comes from a CRT event-loop thread and is handed to the asyncio loop
 with `call_soon_threadsafe`; operation futures are `concurrent.futures.Future`s wrapped with
-`asyncio.wrap_future`, which does the same.
+`asyncio.wrap_future`, which does the same. The two callbacks of every job, a message received
+and a request's PUBACK, skip the CRT's Python objects for them (`awscrt_client.new_client`,
+`publish_at_least_once`): the agent reads a message's topic and payload and a PUBACK's codes.
 
 The CRT's threads are not Python's: each callback takes the GIL with `PyGILState_Ensure`, and
 its last `PyGILState_Release` deletes the thread state it made. So every callback (about 7 per
