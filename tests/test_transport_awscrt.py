@@ -261,3 +261,39 @@ async def test_a_request_the_crt_fails_fails_as_not_connected(
         await backend.close()
     assert isinstance(failure, NotConnectedError), failure
     assert "publish hops/request" in str(failure)
+
+
+async def test_a_binding_that_refuses_the_direct_publish_sends_requests_through_the_client(
+    mosquitto_factory: Callable[[], Mosquitto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """awsiotsdk pins one awscrt per release and the project allows a range of releases, so a
+    device may run an awscrt whose binding takes other publish arguments than the call
+    `publish_at_least_once` makes. Such a binding cannot be installed here, so the binding's
+    publish is stood in for, for the direct call only, by one that refuses its arguments as a
+    C function does (`TypeError`, nothing sent). The request must still reach the broker and be
+    answered, through `Client.publish` (which calls the real binding), and every later request
+    too, without trying the refused call again."""
+    from jobs_agent.transport import awscrt_client
+
+    refused: list[int] = []
+
+    def other_binding(*args: object) -> None:
+        refused.append(len(args))
+        raise TypeError(f"function takes exactly 14 arguments ({len(args)} given)")
+
+    monkeypatch.setattr(awscrt_client, "_binding_publish", other_binding)
+    monkeypatch.setattr(awscrt_client, "_direct", True)
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    try:
+        transport, _inbox = await backend.connected("gw-other-binding")
+        exchange: Exchange[bytes] = Exchange(transport)
+        transport.set_message_callback(
+            lambda message: exchange.resolve(message.payload.decode(), "key", message.payload)
+        )
+        await transport.subscribe("hops/request")
+        replies = [await ask(exchange) for _ in range(3)]
+    finally:
+        await backend.close()
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert refused == [13]
+    assert awscrt_client._direct is False

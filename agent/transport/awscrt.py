@@ -401,7 +401,10 @@ class AwscrtTransport(Transport):
         what = f"publish {topic}"
         client = self._require_up(what)
         on_puback = functools.partial(self._crt_published, what, on_failure)
-        publish_at_least_once(client, topic, payload, on_puback)
+        if not publish_at_least_once(client, topic, payload, on_puback):
+            packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
+            future = client.publish(packet)
+            future.add_done_callback(functools.partial(self._crt_completed, what, on_failure))
 
     def _crt_published(
         self,
@@ -418,6 +421,21 @@ class AwscrtTransport(Transport):
             self._call(on_failure, _crt_error(what, exceptions.from_code(error_code)))
         elif reason_code >= 0x80:
             self._call(on_failure, _refused(what, reason_code))
+
+    def _crt_completed(
+        self, what: str, on_failure: FailureCallback, future: concurrent.futures.Future[Any]
+    ) -> None:
+        """`_crt_published` for a request sent through `Client.publish` (another awscrt's
+        binding: `publish_at_least_once`)."""
+        exc = future.exception()
+        if isinstance(exc, exceptions.AwsCrtError):
+            self._call(on_failure, _crt_error(what, exc))
+        elif exc is not None:
+            self._call(on_failure, TransportError(f"{what}: {_describe(exc)}"))
+        else:
+            refusal = _refusal(what, future.result())
+            if refusal is not None:
+                self._call(on_failure, refusal)
 
 
 __all__ = ["AwscrtTransport"]

@@ -49,10 +49,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from awscrt import http, io, mqtt5
 
 from jobs_agent.transport.base import Message, TransportError
 from jobs_agent.transport.options import AwscrtOptions
+
+log = structlog.get_logger("jobs_agent.transport.awscrt")
 
 ALPN_PORT = 443
 MQTT_ALPN = "x-amzn-mqtt-ca"
@@ -217,10 +220,20 @@ string, user properties."""
 _AT_LEAST_ONCE = mqtt5.QoS.AT_LEAST_ONCE
 
 
+_binding_publish: Callable[..., None] = mqtt5._awscrt.mqtt5_client_publish
+"""The binding's publish, as awscrt 0.36's `Client.publish` calls it (13 positional arguments)."""
+_direct = True
+"""Whether `publish_at_least_once` still calls the binding itself: False for good after the
+binding refused the call (another awscrt, whose publish takes other arguments)."""
+
+
 def publish_at_least_once(
     client: mqtt5.Client, topic: str, payload: bytes, on_puback: PubackCallback
-) -> None:
+) -> bool:
     """Send a QoS 1 PUBLISH; `on_puback` is called on the CRT's thread with its completion.
+    False, and nothing sent, where the binding's publish takes other arguments than the
+    awscrt this was checked against (0.36.1): the caller then publishes through
+    `Client.publish`, the public way, from then on.
 
     `mqtt5.Client.publish` makes a `concurrent.futures.Future` and, at the PUBACK, a
     `PublishCompletionData`, a `PubackPacket` and the reason code's enum, then sets the
@@ -228,22 +241,38 @@ def publish_at_least_once(
     plugin job, for a request whose reply proves its delivery (`AwscrtTransport.submit`). This
     is the same call into the binding with the same arguments as `publish` gives it for
     `PublishPacket(topic=, payload=, qos=AT_LEAST_ONCE)`, so the same bytes on the wire, with
-    the binding's completion taken as it comes."""
-    mqtt5._awscrt.mqtt5_client_publish(
-        client._binding,
-        _AT_LEAST_ONCE,
-        payload,
-        False,
-        topic,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        on_puback,
-    )
+    the binding's completion taken as it comes. awsiotsdk pins one awscrt per release and the
+    project allows a range of releases, so a binding whose arguments differ refuses the call
+    (`TypeError`, or `AttributeError` for a client without `_binding`) before sending
+    anything, and is not called again."""
+    global _direct
+    if not _direct:
+        return False
+    try:
+        _binding_publish(
+            client._binding,
+            _AT_LEAST_ONCE,
+            payload,
+            False,
+            topic,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            on_puback,
+        )
+    except (TypeError, AttributeError) as exc:
+        _direct = False
+        log.warning(
+            "awscrt's binding takes other publish arguments; requests go through"
+            " Client.publish from now on",
+            error=str(exc),
+        )
+        return False
+    return True
 
 
 __all__ = [
