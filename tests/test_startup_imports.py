@@ -398,7 +398,6 @@ async def loaded_modules(agent: AgentProcess, dump: Path) -> set[str]:
 
 
 OWN_METHODS_AT_START = {
-    "jobs_agent.engine.turns.Ask",  # order=True
     "jobs_agent.transport.exchange._Waiter",  # eq=False: compared by identity
     "jobs_agent.transport.shared._Filter",  # eq=False
 }
