@@ -99,8 +99,7 @@ def _refusal(what: str, result: mqtt5.PublishCompletionData) -> TransportError |
     puback = result.puback
     if puback is None or puback.reason_code is None or int(puback.reason_code) < 0x80:
         return None
-    name = getattr(puback.reason_code, "name", str(puback.reason_code))
-    return TransportError(f"{what}: refused by the broker ({name})")
+    return _refused(what, int(puback.reason_code))
 
 
 def _refused(what: str, reason_code: int) -> TransportError:
