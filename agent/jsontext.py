@@ -21,10 +21,11 @@ from typing import Any
 Encode = Callable[[Any], str]
 
 
-def encoder(separators: tuple[str, str]) -> Encode:
-    """`JSONEncoder(separators=separators).encode` for acyclic values (see the module), its C
-    encoder built now; the standard encoder itself where Python has no C one (`_json`)."""
-    reference = json.JSONEncoder(separators=separators)
+def encoder(separators: tuple[str, str], *, ensure_ascii: bool = True) -> Encode:
+    """`JSONEncoder(separators=separators, ensure_ascii=ensure_ascii).encode` for acyclic values
+    (see the module), its C encoder built now; the standard encoder itself where Python has no
+    C one (`_json`)."""
+    reference = json.JSONEncoder(separators=separators, ensure_ascii=ensure_ascii)
     make: Any = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return reference.encode
@@ -32,7 +33,7 @@ def encoder(separators: tuple[str, str]) -> Encode:
     encode = make(
         None,  # no cycle check (the module's docstring)
         reference.default,
-        json.encoder.encode_basestring_ascii,
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring,
         None,  # no indent
         key,
         item,

@@ -36,6 +36,27 @@ def test_the_text_is_the_standard_library_s(value: Any) -> None:
     assert jsontext.compact(value) == json.dumps(value, separators=(",", ":"))
 
 
+UNICODE_COMPACT = jsontext.encoder((",", ":"), ensure_ascii=False)
+
+
+@settings(derandomize=True, max_examples=300)
+@given(VALUES)
+def test_the_unicode_text_is_the_standard_library_s(value: Any) -> None:
+    """`ensure_ascii=False` (the router's size check of a document): characters beyond ASCII
+    as they are, escapes only where JSON needs them."""
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert UNICODE_COMPACT(value) == expected
+    assert UNICODE_COMPACT(value).encode() == expected.encode()
+
+
+def test_the_unicode_text_keeps_what_ascii_escapes() -> None:
+    value = {"é": '\u2028\x00"\\ ü', "k": ["ß", math.inf]}
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert UNICODE_COMPACT(value) == expected
+    assert "é" in expected and "\\u00e9" not in expected
+    assert UNICODE_COMPACT("top é") == json.dumps("top é", ensure_ascii=False)
+
+
 @pytest.mark.parametrize(
     "value",
     [

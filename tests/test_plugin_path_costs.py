@@ -729,9 +729,10 @@ async def test_a_plugin_job_builds_no_c_json_encoder_of_the_agents(
     """`json.dumps` and `JSONEncoder.encode` build a C encoder (`_json.make_encoder`) at
     every call, about 17 k instructions of a payload's 25 k: the requests and the store's
     records are written by `jobs_agent.jsontext`'s encoders, built once (four a plugin job
-    before: its two requests, its start record and its decision). Counted for the engine and
-    the Jobs client; the router's size check of the document (one a job, `ensure_ascii=False`)
-    is left to its owner, and the emulator's, in the same process here, are not the agent's."""
+    before: its two requests, its start record and its decision), and so is the router's size
+    check of the document (one a job, `ensure_ascii=False`, before round 20). Counted for the
+    engine, the Jobs client and the dispatch; the emulator's, in the same process here, are
+    not the agent's."""
     import json.encoder
 
     built_by: Counter[str] = Counter()
@@ -742,7 +743,7 @@ async def test_a_plugin_job_builds_no_c_json_encoder_of_the_agents(
         while frame is not None and frame.f_globals.get("__name__", "").startswith("json"):
             frame = frame.f_back
         caller = "?" if frame is None else str(frame.f_globals.get("__name__"))
-        if caller.startswith(("jobs_agent.engine", "jobs_agent.jobs")):
+        if caller.startswith(("jobs_agent.engine", "jobs_agent.jobs", "jobs_agent.dispatch")):
             built_by[caller] += 1
         return real(*args)
 
