@@ -778,3 +778,28 @@ async def test_a_plugin_job_builds_no_recovery_bounds_or_decision_of_its_own(
 
     await _three_quiet_jobs(tmp_path, profile)
     assert built == Counter()
+
+
+async def test_a_plugin_job_s_notifications_wake_no_task(
+    tmp_path: Path, plugin_module: Any
+) -> None:
+    """The engine hears a notification inside the client's delivery of it
+    (`JobsClient.listen`): a notification queued for `events()` cost a future, a loop callback,
+    a step of the engine's events' task and of the generator, two per plugin job before
+    (issue 18). Counted by the generator's steps (a resumed generator is a profiled call) and
+    the notifications the engine handled."""
+    steps: Counter[str] = Counter()
+    client_file, engine_file = jobs_client.__file__, engine_engine.__file__
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event != "call":
+            return
+        code = frame.f_code
+        if code.co_filename == client_file and code.co_name == "events":
+            steps["events() step"] += 1
+        elif code.co_filename == engine_file and code.co_name == "_heard":
+            steps["heard"] += 1
+
+    await _three_quiet_jobs(tmp_path, profile)
+    assert steps["events() step"] == 0, steps
+    assert steps["heard"] >= 3, steps  # every job's notifications still reach the engine

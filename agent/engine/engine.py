@@ -45,7 +45,13 @@ from jobs_agent.engine.store import Store, StoreError, StoreLost, Taking
 from jobs_agent.engine.turns import NEW_WORK, Turns
 from jobs_agent.engine.wakes import named
 from jobs_agent.inventory.reading import InventorySource
-from jobs_agent.jobs.client import JobExecutionsChanged, JobsClient, NextJobExecutionChanged, Resync
+from jobs_agent.jobs.client import (
+    JobExecutionsChanged,
+    JobsClient,
+    JobsEvent,
+    NextJobExecutionChanged,
+    Resync,
+)
 from jobs_agent.jobs.errors import JobsError
 from jobs_agent.vocabulary import ExecutionRef
 
@@ -427,7 +433,21 @@ class Engine:
 
     # -- events -------------------------------------------------------------------------------
     async def _consume_events(self) -> None:
-        async for event in self.client.events():
+        """Events as they come: notifications straight from the client's delivery
+        (`JobsClient.listen`), a resync (and what comes while one is unread) through
+        `events()`, in the order they arrived either way."""
+        self.client.listen(self._on_event)
+        try:
+            async for event in self.client.events():
+                self._on_event(event)
+        finally:
+            self.client.listen(None)
+
+    def _on_event(self, event: JobsEvent) -> None:
+        """One event; nothing here waits. Called from inside the transport's delivery of a
+        message, so a failure is logged here and never reaches the transport (it ended the
+        events' task before, which left the engine deaf to events until its stop)."""
+        try:
             if isinstance(event, Resync):
                 log.info("resync after reconnect", session_present=event.session_present)
                 self._reconcile_needed = True  # the records, before the next job is taken
@@ -443,6 +463,8 @@ class Engine:
                 if self._acquisition.unsettled:  # an earlier agent's record not taken up yet
                     self._acquisition.suspect(event)
                 self._heard(event)
+        except Exception as exc:  # logged with its traceback; the next event is heard
+            log.exception("an event of the jobs service could not be handled", exc_info=exc)
 
     def _heard(self, event: JobExecutionsChanged | NextJobExecutionChanged) -> None:
         """A round that looks for work if the event named an execution this device did not

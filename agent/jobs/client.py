@@ -131,6 +131,7 @@ class JobsClient:
         """What `events()` waits on while nothing is unread: a future on the loop it holds,
         where an `asyncio.Event`'s wait asked for the running loop (a `getpid` on Python
         3.11) and made five Python calls, twice per plugin job (issue 18)."""
+        self._listener: Callable[[JobsEvent], None] | None = None  # `listen`
         self._started = False
         self._closed = False
         self._topics: dict[str, ParsedTopic | None] = {}
@@ -194,6 +195,14 @@ class JobsClient:
         self.transport.set_connection_callbacks(None, None)
         self._exchange.close()
         self._wake_events()
+
+    def listen(self, listener: Callable[[JobsEvent], None] | None) -> None:
+        """Notifications to `listener` (which must neither raise nor wait) as they arrive, in
+        the transport's delivery, not queued for `events()`: a wake-up of its consumer each,
+        two per plugin job (issue 18). None: queued again. A resync is queued still (it comes
+        from the transport's connection callback, which its reaction must not re-enter), and
+        so is what comes while something is unread: the order of arrival is kept."""
+        self._listener = listener
 
     async def events(self) -> AsyncIterator[JobsEvent]:
         """Notifications and resyncs, in arrival order (a burst coalesced, see `_emit`), until
@@ -447,6 +456,9 @@ class JobsClient:
         """
         if self._closed:
             return
+        if self._listener is not None and not self._events and not isinstance(event, Resync):
+            self.stats.events += 1
+            return self._listener(event)
         key = (type(event), getattr(event, "namespace", None))
         if self._events.pop(key, None) is not None:
             self.stats.events_coalesced += 1
