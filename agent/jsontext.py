@@ -5,11 +5,12 @@ and a dict to detect cycles at every call, through two Python frames: about 25 k
 for a request's payload, 17 k of which an encoder built once does not spend (issue 18: a
 plugin job encodes four times, its two requests and the two records the store writes).
 
-The text is the same, byte for byte, as `JSONEncoder(separators=...).encode` (ASCII, keys in
-their order, NaN and infinities as JavaScript names, a value it cannot encode refused with the
-same `TypeError`). One thing differs: the encoder keeps no record of the containers it is in,
-so a container that holds itself raises `RecursionError` instead of `ValueError`. Use it only
-for values that cannot: JSON just decoded, copies of it, and the agent's own models' dicts.
+The text is the same, byte for byte, as `JSONEncoder(separators=..., ensure_ascii=...).encode`
+(ASCII by default, keys in their order, NaN and infinities as JavaScript names, a value it
+cannot encode refused with the same `TypeError`). One thing differs: the encoder keeps no record
+of the containers it is in, so a container that holds itself raises `RecursionError` instead of
+`ValueError`. Use it only for values that cannot: JSON just decoded, copies of it, and the
+agent's own models' dicts.
 """
 
 from __future__ import annotations
