@@ -306,3 +306,27 @@ async def test_the_chain_loads_no_locale_and_the_script_gets_the_steps_environme
         "LC_ALL: C.UTF-8",
         "SHELL: /bin/sh",
     ]
+
+
+async def test_the_chain_s_own_words_never_overwrite_a_variable_of_the_step(
+    tmp_path: Path,
+) -> None:
+    """The chain checked its descriptors and its variables in `for` loops whose variables,
+    `fd` and `name`, are variables of the step too when the site's `handler_environment`
+    names them: the script got `fd` as the number of the checked script's descriptor and
+    `name` as `-`. The chain now keeps no variable of its own, so a step's `fd` and `name`
+    reach the script as they were given, and stay unset when they were not."""
+    sandbox = Sandbox(kill_grace=1, containment="cgroup", state_dir=tmp_path)
+    handler = script(tmp_path, '#!/bin/sh\necho "fd: ${fd-unset}"\necho "name: ${name-unset}"\n')
+    spec = ProcessSpec((str(handler),), own_user(), timeout=30, group="spawn.test")
+    plain = await sandbox.run(spec, cancelled=asyncio.Event())
+    assert plain.failure() is None, plain.stderr.text()
+    assert plain.stdout.text().splitlines() == ["fd: unset", "name: unset"]
+
+    for given in (
+        {"fd": "site fd", "name": "site name"},  # the chain adds LC_ALL and SHELL
+        {"fd": "1", "name": "x y", "SHELL": "/bin/sh"},  # it adds LC_ALL only
+    ):
+        site = await sandbox.run(dataclasses.replace(spec, env=given), cancelled=asyncio.Event())
+        assert site.failure() is None, site.stderr.text()
+        assert site.stdout.text().splitlines() == [f"fd: {given['fd']}", f"name: {given['name']}"]

@@ -62,9 +62,10 @@ FAILURE_PREFIX = f"{ARGV0}: "
 
 LAUNCH = f"""\
 fail() {{ printf '{FAILURE_PREFIX}%s\\n' "$1" >&2; exit {EXIT_LAUNCH_FAILED}; }}
-for fd in "$1" "$2" "$3" "$4"; do
-  case $fd in -) ;; ''|*[!0-9]*|[0-4]) fail "bad descriptor $fd";; esac
-done
+case $1 in -) ;; ''|*[!0-9]*|[0-4]) fail "bad descriptor $1";; esac
+case $2 in ''|*[!0-9]*|[0-4]) fail "bad descriptor $2";; esac
+case $3 in -) ;; ''|*[!0-9]*|[0-4]) fail "bad descriptor $3";; esac
+case $4 in -) ;; ''|*[!0-9]*|[0-4]) fail "bad descriptor $4";; esac
 if [ "$1" != - ]; then
   printf 0 2>/dev/null >&"$1" || fail "cannot join the step's cgroup"
   eval "exec $1>&-"
@@ -75,9 +76,9 @@ if [ "$4" != - ]; then
   [ "$6" -ef "/proc/self/fd/$4" ] || fail "the executable changed after it was checked"
   eval "exec $4<&-"
 fi
-for name in $5; do
-  case $name in -) ;; LC_ALL|SHELL) export -n "$name";; *) fail "bad variable $name";; esac
-done
+case $5 in
+  -) ;; LC_ALL|SHELL|"LC_ALL SHELL") export -n $5;; *) fail "bad variables $5";;
+esac
 shift 6
 exec "$@"
 """
