@@ -49,6 +49,7 @@ from jobs_agent.jobs.topics import (
     notify_topic,
     parse_topic,
 )
+from jobs_agent.jsontext import compact
 from jobs_agent.transport.base import Message
 
 log = structlog.get_logger(__name__)
@@ -77,7 +78,7 @@ class costs a few hundred instructions more)."""
 
 
 def _encode(obj: Mapping[str, Any]) -> bytes:
-    return shapes.compact(obj).encode("utf-8")
+    return compact(obj).encode("utf-8")
 
 
 def _envelope(body: dict[str, Any], token: str | None, timestamp: float) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.emulator import shapes
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.shadows import (
     ShadowError,
@@ -25,6 +24,7 @@ from jobs_agent.emulator.shadows import (
     ShadowService,
     client_token_of,
 )
+from jobs_agent.jsontext import compact
 from jobs_agent.transport.base import Message
 
 log = structlog.get_logger(__name__)
@@ -75,7 +75,7 @@ class ShadowMqtt:
 
     # -- outbound ---------------------------------------------------------------------------
     def _send(self, topic: str, body: Mapping[str, Any]) -> None:
-        self.link.send(topic, shapes.compact(body).encode("utf-8"))
+        self.link.send(topic, compact(body).encode("utf-8"))
 
     def _on_messages(self, messages: list[ShadowMessage]) -> None:
         """Service listener (any thread): publish on the loop."""

@@ -10,14 +10,13 @@ Python calls in enum.py per read.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from enum import Enum
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from jobs_agent.emulator.events import Delivery
 from jobs_agent.emulator.model import Execution, ExecutionSummary
+from jobs_agent.jsontext import compact
 
 
 class DocumentAs(Enum):
@@ -32,28 +31,6 @@ AS_OBJECT: Final = DocumentAs.OBJECT
 AS_STRING: Final = DocumentAs.STRING
 """Read as globals on the per-request paths (`model.QUEUED`'s note: a member read off its enum
 class costs a few hundred instructions more)."""
-
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-_ENCODE: Callable[[Any, int], list[str]] | None = (
-    None
-    if c_make_encoder is None
-    else c_make_encoder(
-        None, _COMPACT.default, encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-)
-"""The C encoder `JSONEncoder.encode` builds afresh for every call (with its wrapping, nine
-calls per payload, five payloads per job), made once: the same text, as json's one-shot path
-makes it. No circular-reference check (`markers` None): what the emulator encodes is built from
-its own records, never circular, and a marker left behind by a failed encode would refuse the
-next payload that holds the same object."""
-
-
-def compact(obj: Any) -> str:
-    """Compact JSON, as `json.dumps(obj, separators=(",", ":"))` writes it."""
-    if _ENCODE is None:
-        return _COMPACT.encode(obj)
-    return "".join(_ENCODE(obj, 0))
 
 
 def seconds(value: float | None) -> int | None:

@@ -28,9 +28,9 @@ from typing import Any
 
 import structlog
 
-from jobs_agent.emulator import shapes
 from jobs_agent.emulator.link import MqttLink
 from jobs_agent.emulator.streams import StreamError, StreamService, client_token
+from jobs_agent.jsontext import compact
 from jobs_agent.streams.protocol import cbor_available, cbor_module
 from jobs_agent.transport.base import Message
 
@@ -76,7 +76,7 @@ class StreamsMqtt:
                 if self.json_payload_base64
                 else payload.hex()
             )
-        return shapes.compact(out).encode("utf-8")
+        return compact(out).encode("utf-8")
 
     @staticmethod
     def _decode(fmt: str, payload: bytes) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs_agent.jobs.events import ClientStats
 from jobs_agent.vocabulary import TERMINAL_STATUSES, ExecutionRef
@@ -97,6 +97,19 @@ class JobOutcomes:
         if self.others:
             counts["other"] = self.others
         return counts
+
+
+class Signs(NamedTuple):
+    """A fleet's signs of life, for its watchdog (`Fleet.signs`)."""
+
+    requests: int
+    """Jobs API requests the devices made."""
+    surplus_replies: int
+    """Replies beyond one per request (`surplus_replies`): a second service."""
+    busy: int
+    """Devices at work on a job (`BUSY_STATES`)."""
+    unanswered: int
+    """Request attempts the devices gave up waiting for."""
 
 
 def surplus_replies(stats: ClientStats) -> int:
@@ -216,6 +229,7 @@ __all__ = [
     "STALL_SECONDS",
     "TERMINAL",
     "JobOutcomes",
+    "Signs",
     "Watchdog",
     "explain",
     "final_of",

@@ -37,10 +37,11 @@ REPORT_SECONDS = 0.05
 """How often a worker looks at its devices' outcomes (and writes a line if they changed)."""
 SIGNS_EVERY = 20
 """Every this many looks (a second), a worker also takes the signs of life the parent's watchdog
-reads, each a sum over every device of the worker (`_signs`). Taken at every look, they were
-four visits of every device 20 times a second: O(devices) a look, O(devices^2) over a rollout
-whose time grows with the fleet (issue 18, round 17: a worker of 5,000 devices made 400,000
-engine visits a second), as in the one-process watch before `sim_fleet._SCAN_EVERY`. The parent
+reads, in one visit of every device of the worker (`_signs`; four sums, four visits, before).
+Taken at every look, they were four visits of every device 20 times a second: O(devices) a look,
+O(devices^2) over a rollout whose time grows with the fleet (issue 18, round 17: a worker of
+5,000 devices made 400,000 engine visits a second), as in the one-process watch before
+`sim_fleet._SCAN_EVERY`. The parent
 reads them once a second too, against a stall timeout of minutes; the line that says the
 worker's devices are all done takes them afresh."""
 
@@ -93,12 +94,14 @@ async def _stdin_closed() -> None:
 
 def _signs(fleet: Fleet, requests_at_start: int) -> dict[str, int]:
     """The signs of life the parent's watchdog reads (requests, surplus replies, busy devices,
-    unanswered requests): each visits every device (see `SIGNS_EVERY`)."""
+    unanswered requests), taken in one visit of every device (`Fleet.signs`; see
+    `SIGNS_EVERY`)."""
+    signs = fleet.signs()
     return {
-        "requests": fleet.requests() - requests_at_start,
-        "surplus_replies": fleet.surplus_replies(),
-        "busy": fleet.busy(),
-        "unanswered": fleet.unanswered(),
+        "requests": signs.requests - requests_at_start,
+        "surplus_replies": signs.surplus_replies,
+        "busy": signs.busy,
+        "unanswered": signs.unanswered,
     }
 
 

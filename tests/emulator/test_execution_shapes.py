@@ -19,7 +19,8 @@ from jobs_agent.emulator import mqtt_frontend, shapes
 from jobs_agent.emulator.embedded import Emulator
 from jobs_agent.emulator.events import Delivery
 from jobs_agent.emulator.model import Execution, ExecutionStatus
-from jobs_agent.emulator.shapes import DocumentAs, compact
+from jobs_agent.emulator.shapes import DocumentAs
+from jobs_agent.jsontext import compact
 from tests.emulator.test_request_costs import OWN, Drain, emulator, execution_history
 from tests.helpers.calls import Calls
 
@@ -107,7 +108,7 @@ async def test_a_drained_job_writes_its_executions_without_building_their_dicts(
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
     assert calls.of("shapes.py", "execution") == 0, calls.by_name
     assert calls.of("shapes.py", "execution_text") == 2 * 10 - 1, calls.by_name
-    assert calls.of("shapes.py", "compact") == 3 * 10 - 1, calls.by_name
+    assert calls.of("jsontext.py", "text") == 3 * 10 - 1, calls.by_name
 
 
 def test_the_wire_text_decodes_to_the_documented_fields_in_order() -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from jobs_agent import jsontext
 from jobs_agent.emulator import JobsService, ManualClock, SystemClock
 from jobs_agent.emulator import shapes as shapes_module
 from jobs_agent.emulator import store as store_module
@@ -47,15 +48,16 @@ from jobs_agent.emulator.model import (
 )
 from jobs_agent.emulator.mqtt_frontend import MqttFrontend
 from jobs_agent.emulator.queues import Queue
-from jobs_agent.emulator.shapes import DocumentAs, compact
+from jobs_agent.emulator.shapes import DocumentAs
 from jobs_agent.jobs.errors import ErrorCode
 from jobs_agent.transport.base import Message
 from jobs_agent.transport.local import LocalBus, LocalTransport
 from tests.helpers.calls import Calls
 
 EMULATOR_DIR = str(Path(shapes_module.__file__).parent)
-OWN = (EMULATOR_DIR, str(Path(json.__file__).parent), copy.__file__)
-"""Code the emulator's cost is made of: its package and the standard library it calls into."""
+OWN = (EMULATOR_DIR, str(Path(json.__file__).parent), copy.__file__, jsontext.__file__)
+"""Code the emulator's cost is made of: its package, the agent's JSON encoder it shares
+(`jsontext.compact`, whose function is named `text`), and the standard library it calls into."""
 THING = "cost-thing"
 PREFIX = f"$aws/things/{THING}/jobs"
 
@@ -182,7 +184,7 @@ def test_compact_writes_what_json_dumps_writes_without_building_an_encoder(value
     `JSONEncoder.encode` (nine calls, two of them json's Python code)."""
     calls = Calls(OWN)
     with calls.counting():
-        text = compact(value)
+        text = jsontext.compact(value)
     assert text == json.dumps(value, separators=(",", ":"))
     assert calls.of("encoder.py") == 0, calls.by_name
     assert calls.total <= 3, calls.by_name
@@ -502,7 +504,7 @@ async def test_a_drained_job_reads_no_member_off_its_enum_class(emulator: Emulat
     ],
 )
 def test_a_summary_s_text_is_what_the_encoder_writes(summary: ExecutionSummary) -> None:
-    assert shapes_module.summary_text(summary) == compact(shapes_module.summary(summary))
+    assert shapes_module.summary_text(summary) == jsontext.compact(shapes_module.summary(summary))
 
 
 async def test_a_drained_job_encodes_its_changed_summaries_without_the_encoder(
@@ -517,7 +519,7 @@ async def test_a_drained_job_encodes_its_changed_summaries_without_the_encoder(
     calls = Calls(OWN)
     drain.run(calls, range(2, 12))
     assert execution_history(emulator)[-1] == (drain.jobs[-1], ExecutionStatus.SUCCEEDED)
-    assert calls.of("shapes.py", "compact") == 3 * 10 - 1, calls.by_name
+    assert calls.of("jsontext.py", "text") == 3 * 10 - 1, calls.by_name
     assert calls.of("shapes.py", "summary_text") == 10, calls.by_name
 
 
