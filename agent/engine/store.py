@@ -91,8 +91,14 @@ ExecutionKey = ExecutionRef
 SCHEMA_VERSION = 1
 LAYOUT_MARK = 13
 """This agent's schema and layout (records.py); another layout, another mark (below 256)."""
-WAL_AUTOCHECKPOINT = 1000
-"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
+CHECKPOINT_COMMITS = 250
+"""Commits after which the next durable commit that may checkpoint (`_write_locked`) runs a
+passive checkpoint of the WAL. SQLite's automatic checkpoints are off for the connection's
+life: turned on and off around each job's commits, as they were, they cost two PRAGMAs a job
+(about 27 k instructions, issue 18). A plugin job writes about 8 WAL pages over its commits
+(3.6 a commit in a drain, 2.7 when idle between jobs), so this checkpoints about as often as
+SQLite's default (1,000 pages) did, and the WAL stays bounded by this many commits
+(tests/test_store_statements.py)."""
 
 
 def _layout_mark(cookie: int) -> int:
@@ -245,11 +251,7 @@ class Store:
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            if exclusive:
-                # Before the first WAL access: SQLite then never maps the shared-memory file.
-                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._set_up(exclusive)
             self._make_schema()
             row = self._db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
             self.database_id: str = str(row[0])
@@ -267,8 +269,9 @@ class Store:
         self._marker_made = False
         """This store made (or emptied) the marker file: emptied, not unlinked, when done."""
         self._durable: bool | None = True
-        self._checkpoints: bool | None = True
-        """How the connection is set (`_sync`): True after the pragmas above."""
+        """How the connection is set (`_sync`): True after the pragma above."""
+        self._checkpointed = 0
+        """`commits` when the WAL was last checkpointed (`CHECKPOINT_COMMITS`)."""
         self._record_unsynced = False
         """A taken execution's record is not yet fsynced: the start-next marker stays until it
         is (after a crash or a power cut it is what lets that execution run)."""
@@ -287,6 +290,16 @@ class Store:
         """Every commit, fsynced or not, since the store was opened (tests)."""
         self._returned: list[tuple[Any, ...]] = []
         """The rows the last statement of the last transaction returned (`_commit`)."""
+
+    def _set_up(self, exclusive: bool) -> None:
+        """The connection's settings, once: WAL, fsynced commits, and no automatic checkpoint
+        (`CHECKPOINT_COMMITS`)."""
+        if exclusive:
+            # Before the first WAL access: SQLite then never maps the shared-memory file.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
 
     # -- the start-next window -----------------------------------------------------------------
     # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
@@ -520,9 +533,8 @@ class Store:
         if durable:
             self.verify()
         first = [] if self._pending is None else [self._pending]
-        before_handler = transition is not None and transition.state is RUNNING
         try:
-            self._sync(durable, checkpoint=durable and not before_handler)
+            self._sync(durable)
             self._commit(first + statements, transition, checked_after=len(first))
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
@@ -541,25 +553,19 @@ class Store:
                 self._record_unsynced = False  # on disk now, with every commit before it
                 self._remove_marker()
 
-    def _sync(self, durable: bool, *, checkpoint: bool) -> None:
-        """Set the connection for a durable commit (fsynced) or not, and for one that may
-        checkpoint the WAL or not: WAL with synchronous=NORMAL does not fsync at commit, and
-        without automatic checkpoints (a checkpoint fsyncs) such a commit may run on the event
-        loop (`AsyncStore`). RUNNING's commit, fsynced, does not checkpoint either: it is on the
-        path from a job's notification to its handler, and a checkpoint there (the WAL and the
-        database file fsynced once more, about one job in 80) was that job's latency; the next
-        durable commit (the decision, which follows every run) checkpoints. Each setting is set
-        only when it changes (statements less per write)."""
+    def _sync(self, durable: bool) -> None:
+        """Set the connection for a durable commit (fsynced) or not: WAL with
+        synchronous=NORMAL does not fsync at commit, and with no automatic checkpoint (a
+        checkpoint fsyncs; `CHECKPOINT_COMMITS`) such a commit may run on the event loop
+        (`AsyncStore`). Only durable commits checkpoint, and never RUNNING's: it is on the path
+        from a job's notification to its handler, and a checkpoint there (the WAL and the
+        database file fsynced once more) was that job's latency; the next durable commit (the
+        decision, which follows every run) checkpoints. The setting is set only when it
+        changes (statements less per write)."""
         if durable != self._durable:
             self._durable = None  # unknown if the statement below fails
             self._cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
-        if checkpoint != self._checkpoints:
-            self._checkpoints = None
-            self._cursor.execute(
-                f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoint else 0}"
-            )
-            self._checkpoints = checkpoint
 
     def _commit(
         self,
@@ -570,7 +576,8 @@ class Store:
         """One transaction; `transition` is checked after the first `checked_after`
         statements (a pending start record) and before the others. The rows the last statement
         returns (`RETURNING`) are kept in `_returned`, read before the COMMIT (a statement
-        still stepping would hold the transaction open)."""
+        still stepping would hold the transaction open). A durable one that is not RUNNING's
+        checkpoints the WAL after it when `CHECKPOINT_COMMITS` commits went by since the last."""
         cursor = self._cursor
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -594,6 +601,24 @@ class Store:
             if self._db.in_transaction:
                 cursor.execute("ROLLBACK")
             raise
+        if (
+            self._durable  # as `_sync` set it for this transaction
+            and (transition is None or transition.state is not RUNNING)
+            and self.commits - self._checkpointed >= CHECKPOINT_COMMITS
+        ):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint after a committed transaction (`CHECKPOINT_COMMITS`). As
+        SQLite's automatic one, it may copy less than the whole WAL (a reader in the way) and
+        its failure fails no write: the commit before it is done; it is tried again at the next
+        durable commit."""
+        try:
+            self._cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            _log.warning("WAL not checkpointed", path=str(self.path), error=str(exc))
+            return
+        self._checkpointed = self.commits
 
     def _close_reported(self) -> None:
         """The REPORTED writes that waited (`reported`), first in this transaction. Each was
