@@ -53,13 +53,13 @@ def drain_job(store: Store, number: int) -> None:
     store.reported(entry.id, key)
 
 
-async def test_a_plugin_job_runs_15_statements_and_two_fsynced_commits(
+async def test_a_plugin_job_runs_14_statements_and_two_fsynced_commits(
     tmp_path: Path, plugin_module: None
 ) -> None:
     """Counted by SQLite's own trace on the real agent's connection, over three jobs after a
     first one, the agent idle between them (its REPORTED written on its own, unsynced): 17
-    statements a job before (the two `PRAGMA wal_autocheckpoint` toggles), 15 now; and still
-    two fsynced commits a job."""
+    statements a job before (the two `PRAGMA wal_autocheckpoint` toggles), 15 after, 14 now
+    that the start record and RUNNING are one INSERT; and still two fsynced commits a job."""
     make_handler_dir(tmp_path)
     config = dataclasses.replace(
         make_config(tmp_path), handlers={"quick": "store_statements_plugin:Quick"}
@@ -82,14 +82,15 @@ async def test_a_plugin_job_runs_15_statements_and_two_fsynced_commits(
             store._db.set_trace_callback(None)
         assert store.durable_commits - durable == 2 * 3
     assert not [s for s in statements if "wal_autocheckpoint" in s]
-    assert len(statements) == 15 * 3, "\n".join(statements)
+    assert len(statements) == 14 * 3, "\n".join(statements)
 
 
-def test_a_drained_job_runs_11_statements(tmp_path: Path) -> None:
+def test_a_drained_job_runs_10_statements(tmp_path: Path) -> None:
     """A queue drained through the store's calls in the engine's order: 13 statements a job
-    before, 11 now (no checkpoint is due over these jobs), two of them fsynced COMMITs; and
-    RUNNING's UPDATE gives back no row (about 98 k instructions with its RETURNING, 31 k
-    without: `Store._started_running`)."""
+    before, 11 after, 10 now that the start record and RUNNING are one INSERT (no checkpoint
+    is due over these jobs), two of them fsynced COMMITs; and RUNNING's statement gives back
+    no row (its UPDATE was about 98 k instructions with its RETURNING, 31 k without:
+    `Store._started_running`)."""
     store = Store(tmp_path / "state.db")
     try:
         for number in range(3):
@@ -103,9 +104,9 @@ def test_a_drained_job_runs_11_statements(tmp_path: Path) -> None:
         finally:
             store._db.set_trace_callback(None)
         assert store.durable_commits - durable == 2 * 3
-        assert len(statements) == 11 * 3, "\n".join(statements)
+        assert len(statements) == 10 * 3, "\n".join(statements)
         assert statements.count("COMMIT") == 2 * 3
-        # RUNNING's record is built from the start record, not given back by its UPDATE.
+        # RUNNING's record is built from the start record, not given back by its statement.
         assert not [s for s in statements if f"RETURNING {RECORD_COLUMNS}" in s]
     finally:
         store.close()

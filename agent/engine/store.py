@@ -192,8 +192,34 @@ def _transition_sql(state: ExecutionState, names: tuple[str, ...]) -> str:
 
 _HANDLER_FIELDS = frozenset(("handler", "resumable"))
 """The columns a new job's RUNNING sets (the runner's): `Store._started_running`."""
-_PLAIN_SQL: dict[str, str] = {}
-"""A transition's statement without its `RETURNING` (`Store._started_running`), by the text."""
+_INSERT_COLUMNS = (
+    "namespace",
+    "job_id",
+    "execution_number",
+    "state",
+    "document",
+    "version_number",
+    "received_at",
+    "updated_at",
+)
+"""A new record's columns (`Store._insert`): its parameters are in this order."""
+_INSERT_SQL = (
+    f"INSERT INTO executions ({', '.join(_INSERT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+)
+_STARTED_RUNNING_SQL: dict[tuple[str, ...], str] = {}
+"""The INSERT of a start record still pending as RUNNING leaves it (`Store.transition`), by
+the names of the handler's columns in their order: the start record's columns, then those."""
+
+
+def _started_running_sql(names: tuple[str, ...]) -> str:
+    """`_STARTED_RUNNING_SQL`'s statement for `names` (`_HANDLER_FIELDS`), made once."""
+    columns = ", ".join([*_INSERT_COLUMNS, *names])
+    values = ", ".join("?" * (len(_INSERT_COLUMNS) + len(names)))
+    sql = f"INSERT INTO executions ({columns}) VALUES ({values})"
+    _STARTED_RUNNING_SQL[names] = sql
+    return sql
+
 
 _ACTIVE_SQL = f"SELECT {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE} ORDER BY received_at"
 """`active`'s statement, made once (it is read once per job; issue 18): the index of the active
@@ -530,16 +556,18 @@ class Store:
         transition: Change | None,
         *,
         durable: bool,
+        taken: bool = False,
     ) -> None:
         """`_write` with the lock held; a pending start record (`record_taken`) goes first,
-        before the transition is checked, in the same transaction. The file is checked
+        before the transition is checked, in the same transaction (`taken`: the statements
+        write it themselves, `transition`). The file is checked
         (`verify`) before a durable commit: one that is not (REPORTED's, a pending start
         record's) promises nothing a power cut keeps either, and a database lost under it is
         found by the check before the next start-next (`begin_taking`) or the next durable
         commit, before any job is taken or run (a `stat` less per plugin job; issue 18)."""
         if durable:
             self.verify()
-        first = [] if self._pending is None else [self._pending]
+        first = [] if self._pending is None or taken else [self._pending]
         try:
             self._sync(durable)
             self._commit(first + statements, transition, checked_after=len(first))
@@ -797,8 +825,7 @@ class Store:
         now: float,
     ) -> tuple[str, tuple[Any, ...]]:
         return (
-            "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
-            " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_SQL,
             (*self._key_params(key), str(state), encoded, version_number, now, now),
         )
 
@@ -880,7 +907,8 @@ class Store:
         """Move an execution to `state`, updating the given columns in the same transaction;
         returns the record as now stored, given back by the UPDATE itself (issue 18: a SELECT
         after the commit was a statement more per job), or, for a new job's RUNNING
-        (`_started_running`), built here."""
+        (`_started_running`), built here: its start record, still pending, is then written by
+        one INSERT of the row as RUNNING leaves it."""
         sql = _TRANSITION_SQL.get((state, *fields))
         if sql is None:
             sql = _transition_sql(state, tuple(fields))
@@ -892,12 +920,22 @@ class Store:
             started = self._pending_record
             if started is not None and (state is not RUNNING or self._pending_key != key):
                 started = None
-            if started is not None and fields.keys() == _HANDLER_FIELDS:
-                plain = _PLAIN_SQL.get(sql)
-                if plain is None:
-                    plain = _PLAIN_SQL[sql] = sql.partition(" RETURNING ")[0]
-                update = (plain, (*params, *self._key_params(key)))
-                self._write_locked([update], Change(key, state, guarded=True), durable=True)
+            pending = self._pending  # set with `_pending_record`, cleared with it
+            if started is not None and pending is not None and fields.keys() == _HANDLER_FIELDS:
+                # The start record is not written yet: one INSERT of the row as RUNNING leaves
+                # it, not the INSERT of the STARTED row and an UPDATE of it in the same
+                # transaction (a statement less per job; issue 18). The lifecycle lets STARTED
+                # reach RUNNING, and the row did not exist: the change's guard is the INSERT's
+                # own (one row, or an error that writes nothing and leaves the record pending).
+                names = tuple(fields)
+                insert = _STARTED_RUNNING_SQL.get(names)
+                if insert is None:
+                    insert = _started_running_sql(names)
+                start = pending[1]
+                row = (*start[:3], str(state), *start[4:7], now, *params[2:])
+                self._write_locked(
+                    [(insert, row)], Change(key, state, guarded=True), durable=True, taken=True
+                )
                 return self._started_running(started, fields, now)
             update = (sql, (*params, *self._key_params(key)))
             self._write_locked([update], Change(key, state, guarded=True), durable=True)
