@@ -67,6 +67,7 @@ def test_a_new_database_is_made_in_one_transaction_and_an_old_one_is_only_read(
     assert statements == [
         "PRAGMA journal_mode=WAL",
         "PRAGMA synchronous=FULL",
+        "PRAGMA wal_autocheckpoint=0",  # once per connection: store.CHECKPOINT_COMMITS
         "SELECT schema_version, user_version FROM pragma_schema_version, pragma_user_version",
         "SELECT value FROM meta WHERE key = 'database_id'",
     ], statements

@@ -91,8 +91,14 @@ ExecutionKey = ExecutionRef
 SCHEMA_VERSION = 1
 LAYOUT_MARK = 13
 """This agent's schema and layout (records.py); another layout, another mark (below 256)."""
-WAL_AUTOCHECKPOINT = 1000
-"""SQLite's default (pages): a durable commit that leaves the WAL longer checkpoints it."""
+CHECKPOINT_COMMITS = 250
+"""Commits after which the next durable commit that may checkpoint (`_write_locked`) runs a
+passive checkpoint of the WAL. SQLite's automatic checkpoints are off for the connection's
+life: turned on and off around each job's commits, as they were, they cost two PRAGMAs a job
+(about 27 k instructions, issue 18). A plugin job writes about 8 WAL pages over its commits
+(3.6 a commit in a drain, 2.7 when idle between jobs), so this checkpoints about as often as
+SQLite's default (1,000 pages) did, and the WAL stays bounded by this many commits
+(tests/test_store_statements.py)."""
 
 
 def _layout_mark(cookie: int) -> int:
@@ -184,6 +190,37 @@ def _transition_sql(state: ExecutionState, names: tuple[str, ...]) -> str:
     return sql
 
 
+_HANDLER_FIELDS = frozenset(("handler", "resumable"))
+"""The columns a new job's RUNNING sets (the runner's): `Store._started_running`."""
+_INSERT_COLUMNS = (
+    "namespace",
+    "job_id",
+    "execution_number",
+    "state",
+    "document",
+    "version_number",
+    "received_at",
+    "updated_at",
+)
+"""A new record's columns (`Store._insert`): its parameters are in this order."""
+_INSERT_SQL = (
+    f"INSERT INTO executions ({', '.join(_INSERT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+)
+_STARTED_RUNNING_SQL: dict[tuple[str, ...], str] = {}
+"""The INSERT of a start record still pending as RUNNING leaves it (`Store.transition`), by
+the names of the handler's columns in their order: the start record's columns, then those."""
+
+
+def _started_running_sql(names: tuple[str, ...]) -> str:
+    """`_STARTED_RUNNING_SQL`'s statement for `names` (`_HANDLER_FIELDS`), made once."""
+    columns = ", ".join([*_INSERT_COLUMNS, *names])
+    values = ", ".join("?" * (len(_INSERT_COLUMNS) + len(names)))
+    sql = f"INSERT INTO executions ({columns}) VALUES ({values})"
+    _STARTED_RUNNING_SQL[names] = sql
+    return sql
+
+
 _ACTIVE_SQL = f"SELECT {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE} ORDER BY received_at"
 """`active`'s statement, made once (it is read once per job; issue 18): the index of the active
 executions, read in its order (no sort)."""
@@ -245,11 +282,7 @@ class Store:
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            if exclusive:
-                # Before the first WAL access: SQLite then never maps the shared-memory file.
-                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._set_up(exclusive)
             self._make_schema()
             row = self._db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
             self.database_id: str = str(row[0])
@@ -267,8 +300,9 @@ class Store:
         self._marker_made = False
         """This store made (or emptied) the marker file: emptied, not unlinked, when done."""
         self._durable: bool | None = True
-        self._checkpoints: bool | None = True
-        """How the connection is set (`_sync`): True after the pragmas above."""
+        """How the connection is set (`_sync`): True after the pragma above."""
+        self._checkpointed = 0
+        """`commits` when the WAL was last checkpointed (`CHECKPOINT_COMMITS`)."""
         self._record_unsynced = False
         """A taken execution's record is not yet fsynced: the start-next marker stays until it
         is (after a crash or a power cut it is what lets that execution run)."""
@@ -277,6 +311,8 @@ class Store:
         next transaction (or before the next read)."""
         self._pending_key: ExecutionRef | None = None
         """The execution of that INSERT."""
+        self._pending_record: ExecutionRecord | None = None
+        """The record of that INSERT (`record_taken`'s): `transition` builds RUNNING's from it."""
         self._closing: list[tuple[ExecutionRef, tuple[Any, ...], tuple[Any, ...]]] = []
         """REPORTED writes waiting for the next transaction (`reported`, `_close_reported`)."""
         self._decided: set[ExecutionRef] = set()
@@ -287,6 +323,16 @@ class Store:
         """Every commit, fsynced or not, since the store was opened (tests)."""
         self._returned: list[tuple[Any, ...]] = []
         """The rows the last statement of the last transaction returned (`_commit`)."""
+
+    def _set_up(self, exclusive: bool) -> None:
+        """The connection's settings, once: WAL, fsynced commits, and no automatic checkpoint
+        (`CHECKPOINT_COMMITS`)."""
+        if exclusive:
+            # Before the first WAL access: SQLite then never maps the shared-memory file.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
 
     # -- the start-next window -----------------------------------------------------------------
     # StartNextPendingJobExecution moves an execution to IN_PROGRESS before the agent can
@@ -510,24 +556,26 @@ class Store:
         transition: Change | None,
         *,
         durable: bool,
+        taken: bool = False,
     ) -> None:
         """`_write` with the lock held; a pending start record (`record_taken`) goes first,
-        before the transition is checked, in the same transaction. The file is checked
+        before the transition is checked, in the same transaction (`taken`: the statements
+        write it themselves, `transition`). The file is checked
         (`verify`) before a durable commit: one that is not (REPORTED's, a pending start
         record's) promises nothing a power cut keeps either, and a database lost under it is
         found by the check before the next start-next (`begin_taking`) or the next durable
         commit, before any job is taken or run (a `stat` less per plugin job; issue 18)."""
         if durable:
             self.verify()
-        first = [] if self._pending is None else [self._pending]
-        before_handler = transition is not None and transition.state is RUNNING
+        first = [] if self._pending is None or taken else [self._pending]
         try:
-            self._sync(durable, checkpoint=durable and not before_handler)
+            self._sync(durable)
             self._commit(first + statements, transition, checked_after=len(first))
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise StoreError(f"cannot write the state database {self.path}: {exc}") from exc
         self._pending = None
         self._pending_key = None
+        self._pending_record = None
         self._closing.clear()
         if transition is not None:
             if transition.state is DECIDED:
@@ -541,25 +589,19 @@ class Store:
                 self._record_unsynced = False  # on disk now, with every commit before it
                 self._remove_marker()
 
-    def _sync(self, durable: bool, *, checkpoint: bool) -> None:
-        """Set the connection for a durable commit (fsynced) or not, and for one that may
-        checkpoint the WAL or not: WAL with synchronous=NORMAL does not fsync at commit, and
-        without automatic checkpoints (a checkpoint fsyncs) such a commit may run on the event
-        loop (`AsyncStore`). RUNNING's commit, fsynced, does not checkpoint either: it is on the
-        path from a job's notification to its handler, and a checkpoint there (the WAL and the
-        database file fsynced once more, about one job in 80) was that job's latency; the next
-        durable commit (the decision, which follows every run) checkpoints. Each setting is set
-        only when it changes (statements less per write)."""
+    def _sync(self, durable: bool) -> None:
+        """Set the connection for a durable commit (fsynced) or not: WAL with
+        synchronous=NORMAL does not fsync at commit, and with no automatic checkpoint (a
+        checkpoint fsyncs; `CHECKPOINT_COMMITS`) such a commit may run on the event loop
+        (`AsyncStore`). Only durable commits checkpoint, and never RUNNING's: it is on the path
+        from a job's notification to its handler, and a checkpoint there (the WAL and the
+        database file fsynced once more) was that job's latency; the next durable commit (the
+        decision, which follows every run) checkpoints. The setting is set only when it
+        changes (statements less per write)."""
         if durable != self._durable:
             self._durable = None  # unknown if the statement below fails
             self._cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
-        if checkpoint != self._checkpoints:
-            self._checkpoints = None
-            self._cursor.execute(
-                f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoint else 0}"
-            )
-            self._checkpoints = checkpoint
 
     def _commit(
         self,
@@ -570,7 +612,8 @@ class Store:
         """One transaction; `transition` is checked after the first `checked_after`
         statements (a pending start record) and before the others. The rows the last statement
         returns (`RETURNING`) are kept in `_returned`, read before the COMMIT (a statement
-        still stepping would hold the transaction open)."""
+        still stepping would hold the transaction open). A durable one that is not RUNNING's
+        checkpoints the WAL after it when `CHECKPOINT_COMMITS` commits went by since the last."""
         cursor = self._cursor
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -594,6 +637,24 @@ class Store:
             if self._db.in_transaction:
                 cursor.execute("ROLLBACK")
             raise
+        if (
+            self._durable  # as `_sync` set it for this transaction
+            and (transition is None or transition.state is not RUNNING)
+            and self.commits - self._checkpointed >= CHECKPOINT_COMMITS
+        ):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint after a committed transaction (`CHECKPOINT_COMMITS`). As
+        SQLite's automatic one, it may copy less than the whole WAL (a reader in the way) and
+        its failure fails no write: the commit before it is done; it is tried again at the next
+        durable commit."""
+        try:
+            self._cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            _log.warning("WAL not checkpointed", path=str(self.path), error=str(exc))
+            return
+        self._checkpointed = self.commits
 
     def _close_reported(self) -> None:
         """The REPORTED writes that waited (`reported`), first in this transaction. Each was
@@ -764,8 +825,7 @@ class Store:
         now: float,
     ) -> tuple[str, tuple[Any, ...]]:
         return (
-            "INSERT INTO executions (namespace, job_id, execution_number, state, document,"
-            " version_number, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_SQL,
             (*self._key_params(key), str(state), encoded, version_number, now, now),
         )
 
@@ -832,7 +892,8 @@ class Store:
                 self._pending = self._insert(key, state, encoded, version_number, now)
                 self._pending_key = key
                 self._record_unsynced = True
-            record = self._new_record(key, state, redacted, version_number, now)
+                record = self._new_record(key, state, redacted, version_number, now)
+                self._pending_record = record
             created = True
         else:
             created = False
@@ -845,20 +906,73 @@ class Store:
     ) -> ExecutionRecord:
         """Move an execution to `state`, updating the given columns in the same transaction;
         returns the record as now stored, given back by the UPDATE itself (issue 18: a SELECT
-        after the commit was a statement more per job)."""
+        after the commit was a statement more per job), or, for a new job's RUNNING
+        (`_started_running`), built here: its start record, still pending, is then written by
+        one INSERT of the row as RUNNING leaves it."""
         sql = _TRANSITION_SQL.get((state, *fields))
         if sql is None:
             sql = _transition_sql(state, tuple(fields))
-        params: list[Any] = [str(state), time.time()]
+        now = time.time()
+        params: list[Any] = [str(state), now]
         for value in fields.values():
             params.append(int(value) if isinstance(value, bool) else value)
-        update = (sql, (*params, *self._key_params(key)))
         with self._lock:  # `_returned` is this write's until the lock is let go
+            started = self._pending_record
+            if started is not None and (state is not RUNNING or self._pending_key != key):
+                started = None
+            pending = self._pending  # set with `_pending_record`, cleared with it
+            if started is not None and pending is not None and fields.keys() == _HANDLER_FIELDS:
+                # The start record is not written yet: one INSERT of the row as RUNNING leaves
+                # it, not the INSERT of the STARTED row and an UPDATE of it in the same
+                # transaction (a statement less per job; issue 18). The lifecycle lets STARTED
+                # reach RUNNING, and the row did not exist: the change's guard is the INSERT's
+                # own (one row, or an error that writes nothing and leaves the record pending).
+                names = tuple(fields)
+                insert = _STARTED_RUNNING_SQL.get(names)
+                if insert is None:
+                    insert = _started_running_sql(names)
+                start = pending[1]
+                row = (*start[:3], str(state), *start[4:7], now, *params[2:])
+                self._write_locked(
+                    [(insert, row)], Change(key, state, guarded=True), durable=True, taken=True
+                )
+                return self._started_running(started, fields, now)
+            update = (sql, (*params, *self._key_params(key)))
             self._write_locked([update], Change(key, state, guarded=True), durable=True)
             rows, self._returned = self._returned, []
         if not rows:
             raise StoreError(f"execution {key} is not in the state database")
         return record_from_row(rows[0])
+
+    @staticmethod
+    def _started_running(
+        started: ExecutionRecord, fields: Mapping[str, Any], now: float
+    ) -> ExecutionRecord:
+        """RUNNING's record of an execution whose start record was still pending: that record
+        (`record_taken`'s, the schema's defaults) with the handler's columns and the time,
+        as the UPDATE's `RETURNING` would give it back, without it (issue 18: the RETURNING
+        made the UPDATE about 98 k instructions instead of about 31 k, its 24 columns read
+        back and decoded again; `tests/test_store_statements.py` compares the two). Nothing
+        else could change the row in between: any other write or read writes a pending start
+        record first, and it is pending no more."""
+        return ExecutionRecord(  # by position, as `record_from_row`
+            started.key,
+            RUNNING,
+            started.document,
+            started.version_number,
+            fields["handler"],
+            bool(fields["resumable"]),
+            0,  # step
+            None,  # checkpoint
+            None,  # boot_id
+            0,  # restarts
+            None,  # progress
+            None,  # outcome_status
+            None,  # outcome_details
+            None,  # note
+            started.received_at,
+            now,  # updated_at
+        )
 
     def save_checkpoint(self, key: ExecutionRef, data: Any) -> None:
         self._save_json(key, "checkpoint", data)
