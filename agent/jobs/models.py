@@ -351,9 +351,17 @@ class GetPendingReply(WireModel):
     timestamp: float | None = wire("timestamp", *TIMESTAMP)
 
 
+# The two replies that carry one execution (or none) each declare the same three fields rather
+# than derive them from a model above them: a model below another dataclass is made frozen by
+# dataclasses, which compiles its `__setattr__` and `__delattr__` (an `exec` each) before the
+# agent's first request, where a model of its own fields has the shared pair (datamodel.py).
+
+
 @model(slots=True)
-class ExecutionReply(WireModel):
-    """A reply that carries one execution (or none)."""
+class StartNextReply(WireModel):
+    """`execution` is None when nothing is pending (the accepted reply has no `execution`)."""
+
+    WHAT: ClassVar[str] = "StartNextPendingJobExecution reply"
 
     execution: JobExecution | None = wire("execution", *nested(JobExecution))
     client_token: str | None = wire(TOKEN, _token)
@@ -361,17 +369,14 @@ class ExecutionReply(WireModel):
 
 
 @model(slots=True)
-class StartNextReply(ExecutionReply):
-    """`execution` is None when nothing is pending (the accepted reply has no `execution`)."""
-
-    WHAT: ClassVar[str] = "StartNextPendingJobExecution reply"
-
-
-@model(slots=True)
-class DescribeReply(ExecutionReply):
+class DescribeReply(WireModel):
     """`execution` None is tolerated: a describe of `$next` with nothing pending."""
 
     WHAT: ClassVar[str] = "DescribeJobExecution reply"
+
+    execution: JobExecution | None = wire("execution", *nested(JobExecution))
+    client_token: str | None = wire(TOKEN, _token)
+    timestamp: float | None = wire("timestamp", *TIMESTAMP)
 
 
 @model(slots=True)

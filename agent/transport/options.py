@@ -32,12 +32,19 @@ Problem = tuple[str, str]
 """(option name, what is wrong): a rule that involves more than one option."""
 
 
-@model
 class TransportOptions:
-    """What every backend takes: the client id (empty: the thing name)."""
+    """What every backend takes: the client id (empty: the thing name).
 
+    The transports' options are models of their own fields, each declared on the class the
+    configuration names: this class and `MqttOptions` only share their rules and say which
+    fields their rules read. A model below another dataclass is made frozen by dataclasses,
+    which compiles its `__setattr__` and `__delattr__` (an `exec` each) when it is defined, at
+    every start before the first request: five classes here, about 5 M instructions (issue 18;
+    datamodel.py)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # each options class is a dataclass
     transport: ClassVar[str] = ""
-    client_id: str = option("", CLIENT_ID)
+    client_id: str
 
     def problems(self) -> Iterator[Problem]:
         """Rules between options, checked when the configuration is loaded."""
@@ -54,6 +61,7 @@ class LocalOptions(TransportOptions):
     """The in-process bus of an embedded emulator (development and tests)."""
 
     transport: ClassVar[str] = "local"
+    client_id: str = option("", CLIENT_ID)
 
 
 @model
@@ -61,6 +69,7 @@ class GreengrassOptions(TransportOptions):
     """The nucleus's IPC service; the nucleus holds the endpoint and the certificates."""
 
     transport: ClassVar[str] = "greengrass"
+    client_id: str = option("", CLIENT_ID)
     reconnect_min_seconds: float = option(1.0, number_in(0.01, 3600))
     reconnect_max_seconds: float = option(120.0, number_in(0.01, 3600))
 
@@ -68,23 +77,22 @@ class GreengrassOptions(TransportOptions):
         yield from _reconnect_order(self.reconnect_min_seconds, self.reconnect_max_seconds)
 
 
-@model
 class MqttOptions(TransportOptions):
-    """A direct MQTT 5 connection (the paho and awscrt backends)."""
+    """What a direct MQTT 5 connection (the paho and awscrt backends) takes: the fields below
+    are each declared on `PahoOptions` and `AwscrtOptions` (TransportOptions says why)."""
 
-    endpoint: str = option("", string())
-    port: int = option(8883, int_in(1, 65535))
-    cert: Path | None = option(None, path(optional=True))
-    key: Path | None = option(None, path(optional=True))
-    ca: Path | None = option(None, path(optional=True))
-    alpn: bool = option(False, boolean())
-    """mTLS on port 443 with ALPN `x-amzn-mqtt-ca`."""
-    username: str = option("", string())
-    password: str = option("", string(), secret=True)
-    keepalive_seconds: int = option(1200, int_in(30, 1200))
-    session_expiry_seconds: int = option(3600, int_in(0, 604800))
-    reconnect_min_seconds: float = option(1.0, number_in(0.01, 3600))
-    reconnect_max_seconds: float = option(120.0, number_in(0.01, 3600))
+    endpoint: str
+    port: int
+    cert: Path | None
+    key: Path | None
+    ca: Path | None
+    alpn: bool
+    username: str
+    password: str
+    keepalive_seconds: int
+    session_expiry_seconds: int
+    reconnect_min_seconds: float
+    reconnect_max_seconds: float
 
     def problems(self) -> Iterator[Problem]:
         if not self.endpoint:
@@ -111,6 +119,20 @@ class PahoOptions(MqttOptions):
     """Any MQTT 5 broker, e.g. a gateway's local mosquitto bridged to AWS IoT."""
 
     transport: ClassVar[str] = "paho"
+    client_id: str = option("", CLIENT_ID)
+    endpoint: str = option("", string())
+    port: int = option(8883, int_in(1, 65535))
+    cert: Path | None = option(None, path(optional=True))
+    key: Path | None = option(None, path(optional=True))
+    ca: Path | None = option(None, path(optional=True))
+    alpn: bool = option(False, boolean())
+    """mTLS on port 443 with ALPN `x-amzn-mqtt-ca`."""
+    username: str = option("", string())
+    password: str = option("", string(), secret=True)
+    keepalive_seconds: int = option(1200, int_in(30, 1200))
+    session_expiry_seconds: int = option(3600, int_in(0, 604800))
+    reconnect_min_seconds: float = option(1.0, number_in(0.01, 3600))
+    reconnect_max_seconds: float = option(120.0, number_in(0.01, 3600))
     tls: bool = option(True, boolean())
     """False for a plain TCP local broker."""
 
@@ -120,6 +142,20 @@ class AwscrtOptions(MqttOptions):
     """AWS IoT Core through the AWS CRT (production): mTLS, or SigV4 WebSockets."""
 
     transport: ClassVar[str] = "awscrt"
+    client_id: str = option("", CLIENT_ID)
+    endpoint: str = option("", string())
+    port: int = option(8883, int_in(1, 65535))
+    cert: Path | None = option(None, path(optional=True))
+    key: Path | None = option(None, path(optional=True))
+    ca: Path | None = option(None, path(optional=True))
+    alpn: bool = option(False, boolean())
+    """mTLS on port 443 with ALPN `x-amzn-mqtt-ca`."""
+    username: str = option("", string())
+    password: str = option("", string(), secret=True)
+    keepalive_seconds: int = option(1200, int_in(30, 1200))
+    session_expiry_seconds: int = option(3600, int_in(0, 604800))
+    reconnect_min_seconds: float = option(1.0, number_in(0.01, 3600))
+    reconnect_max_seconds: float = option(120.0, number_in(0.01, 3600))
     websocket: bool = option(False, boolean())
     """MQTT over WebSockets signed with SigV4 from the default AWS credential chain."""
     region: str = option("", string())
