@@ -4,6 +4,7 @@ the transport it names, and the engine and the dispatcher receive settings of th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ import pytest
 from jobs_agent.config import ConfigError, load_config
 from jobs_agent.dispatch import DispatchSettings
 from jobs_agent.engine.settings import EngineSettings
-from jobs_agent.transport.options import AwscrtOptions, GreengrassOptions, PahoOptions
+from jobs_agent.option_rules import is_secret, rule_of
+from jobs_agent.transport.options import (
+    AwscrtOptions,
+    GreengrassOptions,
+    LocalOptions,
+    MqttOptions,
+    PahoOptions,
+    TransportOptions,
+)
 
 BRIDGE = """\
 thing_name: gw-001
@@ -171,3 +180,30 @@ async def test_a_reload_reaches_the_engine_and_the_dispatcher(tmp_path: Path) ->
         async with asyncio.timeout(15):
             await task
         await emulator.stop()
+
+
+def _shape(owner: type, name: str) -> tuple[object, ...]:
+    field = next(f for f in dataclasses.fields(owner) if f.name == name)  # type: ignore[arg-type]
+    rule = rule_of(field)
+    return (
+        field.type,
+        field.default,
+        field.default_factory,
+        None if rule is None else (rule.expected, rule.explains),
+        is_secret(field),
+    )
+
+
+def test_the_options_two_mqtt_backends_share_are_declared_alike() -> None:
+    """`PahoOptions` and `AwscrtOptions` each declare the options of `MqttOptions` (and the
+    client id of `TransportOptions`) themselves, so that dataclasses does not compile a frozen
+    pair per class at every start (issue 18): the two lists, written twice, must not drift
+    apart. Each shared option has the same type, default, rule and secrecy in every backend,
+    and every backend declares every option its base's rules read."""
+    shared = [*TransportOptions.__annotations__, *MqttOptions.__annotations__]
+    shared = [name for name in shared if name != "transport" and not name.startswith("__")]
+    assert "password" in shared and "client_id" in shared
+    for name in shared:
+        assert _shape(PahoOptions, name) == _shape(AwscrtOptions, name), name
+    for owner in (LocalOptions, GreengrassOptions):
+        assert _shape(owner, "client_id") == _shape(PahoOptions, "client_id")
