@@ -221,6 +221,39 @@ def _started_running_sql(names: tuple[str, ...]) -> str:
     return sql
 
 
+def _fresh_record(
+    key: ExecutionRef,
+    state: ExecutionState,
+    document: Any,
+    version_number: int | None,
+    handler: str | None,
+    resumable: bool,
+    received_at: float,
+    updated_at: float,
+) -> ExecutionRecord:
+    """A record as a row no step has touched reads back (the schema's defaults for everything
+    a run writes later): `Store._new_record`'s and `Store._started_running`'s, built by
+    position, as `record_from_row` builds one (7 k instructions less than by keyword)."""
+    return ExecutionRecord(
+        key,
+        state,
+        document,
+        version_number,
+        handler,
+        resumable,
+        0,  # step
+        None,  # checkpoint
+        None,  # boot_id
+        0,  # restarts
+        None,  # progress
+        None,  # outcome_status
+        None,  # outcome_details
+        None,  # note
+        received_at,
+        updated_at,
+    )
+
+
 _ACTIVE_SQL = f"SELECT {RECORD_COLUMNS} FROM executions WHERE {ACTIVE_WHERE} ORDER BY received_at"
 """`active`'s statement, made once (it is read once per job; issue 18): the index of the active
 executions, read in its order (no sort)."""
@@ -842,21 +875,13 @@ class Store:
         document is `redact_url_credentials`'s copy (new dicts and lists, nothing shared with
         the caller's document, which is decoded JSON), not the JSON just written decoded again:
         a JSON decode less per job."""
-        return ExecutionRecord(  # by position, as `record_from_row` (7 k instructions less)
+        return _fresh_record(
             ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
             state,
-            redacted,  # document
+            redacted,
             version_number,
             None,  # handler
             False,  # resumable
-            0,  # step
-            None,  # checkpoint
-            None,  # boot_id
-            0,  # restarts
-            None,  # progress
-            None,  # outcome_status
-            None,  # outcome_details
-            None,  # note
             now,  # received_at
             now,  # updated_at
         )
@@ -955,21 +980,13 @@ class Store:
         back and decoded again; `tests/test_store_statements.py` compares the two). Nothing
         else could change the row in between: any other write or read writes a pending start
         record first, and it is pending no more."""
-        return ExecutionRecord(  # by position, as `record_from_row`
+        return _fresh_record(
             started.key,
             RUNNING,
             started.document,
             started.version_number,
             fields["handler"],
             bool(fields["resumable"]),
-            0,  # step
-            None,  # checkpoint
-            None,  # boot_id
-            0,  # restarts
-            None,  # progress
-            None,  # outcome_status
-            None,  # outcome_details
-            None,  # note
             started.received_at,
             now,  # updated_at
         )
