@@ -98,12 +98,13 @@ life: turned on and off around each job's commits, as they were, they cost two P
 (about 27 k instructions, issue 18). A plugin job writes about 8 WAL pages over its commits
 (3.6 a commit in a drain, 2.7 when idle between jobs), so this checkpoints about as often as
 SQLite's default (1,000 pages) did, and the WAL stays bounded by this many commits
-(tests/test_store_statements.py)."""
+(tests/test_store_statements.py). An agent that goes idle between jobs checkpoints before
+this, off the jobs' path (`IDLE_CHECKPOINT_COMMITS`)."""
 IDLE_CHECKPOINT_COMMITS = CHECKPOINT_COMMITS - 50
-"""Commits after which `settle` (the engine about to wait for work: nothing queued, no request
-out) checkpoints the WAL, before `CHECKPOINT_COMMITS` makes a decision's commit do it. There no
-job waits for it: at a decision it held up that job's report (1-7 ms, two fdatasyncs: the WAL
-and the database), and in a drain the next job's start. Made before `settle`'s own write, which
+"""Commits after which `settle` (the engine about to wait for work) checkpoints the WAL, before
+`CHECKPOINT_COMMITS` makes a decision's commit do it. There no job waits for it: at a decision
+it held up that job's report (0.5-7 ms in the latency benchmark's runs: two fdatasyncs, the
+WAL's and the database's). Made before `settle`'s own write, which
 then restarts the WAL (SQLite's header write and fdatasync at the first commit after a complete
 checkpoint) instead of the next job's RUNNING. The 50 commits between the two are more than a
 job makes, so an agent that goes idle between jobs reaches this one first; one that never goes
