@@ -221,6 +221,15 @@ def _started_running_sql(names: tuple[str, ...]) -> str:
     return sql
 
 
+_STARTED_DECIDED_SQL = (
+    f"INSERT INTO executions ({', '.join([*_INSERT_COLUMNS, 'outcome_status', 'outcome_details'])})"
+    f" VALUES ({', '.join('?' * (len(_INSERT_COLUMNS) + 2))})"
+)
+"""The INSERT of a start record still pending as its decision leaves it (`Store.decide`: a
+document refused, or what it installs installed already, before anything ran): the start
+record's columns, then the outcome's."""
+
+
 def _fresh_record(
     key: ExecutionRef,
     state: ExecutionState,
@@ -601,14 +610,15 @@ class Store:
         found by the check before the next start-next (`begin_taking`) or the next durable
         commit, before any job is taken (a `stat` less per plugin job; issue 18).
 
-        Nor is the durable commit of a start record (`taken`: RUNNING's) when the file was
-        checked since the last durable commit: the check before the start-next that gave the
-        execution (`begin_taking`; every start-next follows one) did, a round trip before (a
-        `stat` less per job; issue 18). A file lost within that round trip is found by the
-        next durable commit's check (the decision's: its outcome is then told to the service
-        without a record, `Outbox`) or the next start-next's, before another job is taken;
-        the start-next marker is emptied by that commit as by any, so a restart on another
-        file finds the execution in progress without a record and never runs it again
+        Nor is the durable commit of a start record (`taken`: RUNNING's, or the decision of a
+        document refused before anything ran) when the file was checked since the last
+        durable commit: the check before the start-next that gave the execution
+        (`begin_taking`; every start-next follows one) did, a round trip before (a `stat` less
+        per job; issue 18). A file lost within that round trip is found by the next durable
+        commit's check (the decision's: its outcome is then told to the service without a
+        record, `Outbox`) or the next start-next's, before another job is taken; the
+        start-next marker is emptied by that commit as by any, so a restart on another file
+        finds the execution in progress without a record and never runs it again
         (tests/test_store_checks.py)."""
         if durable:
             if not (taken and self._checked):
@@ -1041,14 +1051,24 @@ class Store:
             (self._OUTBOX_INSERT_SQL, (*self._key_params(key), str(status), encoded, now)),
         ]
         decided = Change(key, DECIDED, guarded=True)
-        if not alone:
-            self._write(statements, transition=decided)
-            return self.outbox()
         with self._lock:  # the cursor's `lastrowid` is this write's until the lock is let go
-            self._write_locked(statements, decided, durable=True)
+            pending = self._pending  # set with `_pending_key`, cleared with it
+            taken = pending is not None and self._pending_key == key
+            if pending is not None and taken:
+                # The start record is not written yet (a document refused before anything
+                # ran): one INSERT of the row as the decision leaves it, not the INSERT of the
+                # STARTED row and an UPDATE of it in the same transaction (a statement less;
+                # issue 18), as RUNNING's (`transition`). The lifecycle lets STARTED reach
+                # DECIDED, and the row did not exist: the change's guard is the INSERT's own.
+                start = pending[1]
+                row = (*start[:3], _DECIDED_VALUE, *start[4:7], now, status, encoded)
+                statements[0] = (_STARTED_DECIDED_SQL, row)
+            self._write_locked(statements, decided, durable=True, taken=taken)
             # The last INSERT's rowid: the outbox's, the transaction's last statement (the
             # COMMIT, and a checkpoint after it, insert nothing).
             entry_id = self._cursor.lastrowid
+        if not alone:
+            return self.outbox()
         assert entry_id is not None  # an INSERT ran: lastrowid is None only before any
         details = StatusDetails(details)  # sanitised by the caller, as a stored one was
         return [OutboxEntry(entry_id, key, status, details, now, 0, None)]
