@@ -899,7 +899,7 @@ class Store:
         the caller's document, which is decoded JSON), not the JSON just written decoded again:
         a JSON decode less per job."""
         return _fresh_record(
-            ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
+            key,  # as read back: an ExecutionRef's namespace is None already, never ""
             state,
             redacted,
             version_number,
@@ -956,10 +956,8 @@ class Store:
         returns the record as now stored, given back by the UPDATE itself (issue 18: a SELECT
         after the commit was a statement more per job), or, for a new job's RUNNING
         (`_started_running`), built here: its start record, still pending, is then written by
-        one INSERT of the row as RUNNING leaves it."""
-        sql = _TRANSITION_SQL.get((state, *fields))
-        if sql is None:
-            sql = _transition_sql(state, tuple(fields))
+        one INSERT of the row as RUNNING leaves it. The UPDATE's text is looked up only when
+        it runs (a tuple of the state and the names, hashed: about 3 k instructions a job)."""
         now = time.time()
         params: list[Any] = [str(state), now]
         for value in fields.values():
@@ -985,6 +983,9 @@ class Store:
                     [(insert, row)], Change(key, state, guarded=True), durable=True, taken=True
                 )
                 return self._started_running(started, fields, now)
+            sql = _TRANSITION_SQL.get((state, *fields))
+            if sql is None:
+                sql = _transition_sql(state, tuple(fields))
             update = (sql, (*params, *self._key_params(key)))
             self._write_locked([update], Change(key, state, guarded=True), durable=True)
             rows, self._returned = self._returned, []
@@ -1045,10 +1046,11 @@ class Store:
         status = job_execution_status(status)
         now = time.time()
         encoded = jsontext.dumps(dict(details))
+        where = self._key_params(key)  # once for the two statements (issue 18)
         statements = [
-            (self._DECIDED_SQL, (_DECIDED_VALUE, status, encoded, now, *self._key_params(key))),
+            (self._DECIDED_SQL, (_DECIDED_VALUE, status, encoded, now, *where)),
             *(self._package_statement(row, now) for row in packages),
-            (self._OUTBOX_INSERT_SQL, (*self._key_params(key), str(status), encoded, now)),
+            (self._OUTBOX_INSERT_SQL, (*where, str(status), encoded, now)),
         ]
         decided = Change(key, DECIDED, guarded=True)
         with self._lock:  # the cursor's `lastrowid` is this write's until the lock is let go
@@ -1126,8 +1128,9 @@ class Store:
         Lost in a power cut, or in a kill -9 before that, the execution is DECIDED again and its
         outcome is sent again, which the service refuses as terminal and the outbox then
         closes (`Outbox._refused_as_ended`). Any other REPORTED is written and checked now."""
-        update = (_REPORTED_VALUE, note, time.time(), *self._key_params(key))
-        done = (entry_id, *self._key_params(key))
+        where = self._key_params(key)  # once for the two statements (issue 18)
+        update = (_REPORTED_VALUE, note, time.time(), *where)
+        done = (entry_id, *where)
         with self._lock:
             if key in self._decided:
                 self._decided.discard(key)
