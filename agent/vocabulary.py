@@ -141,6 +141,23 @@ class ExecutionRef:
         if self.namespace == "":
             object.__setattr__(self, "namespace", None)
 
+    # Its own hash and comparison, the values and results `@model`'s shared ones give (the
+    # tuple of the three fields, compared only with an ExecutionRef), without their look-up of
+    # the class's plan and its `attrgetter`: an execution's reference is hashed 10-16 times
+    # a job and compared about 6 (sets and dicts of the engine, the store's pending writes),
+    # 3.2 -> 2.2 k instructions a hash, 3.5 -> 1.8 k a comparison (issue 18).
+    def __hash__(self) -> int:
+        return hash((self.namespace, self.job_id, self.execution_number))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return (
+                self.execution_number == other.execution_number
+                and self.job_id == other.job_id
+                and self.namespace == other.namespace
+            )
+        return NotImplemented
+
     def __str__(self) -> str:
         prefix = f"{self.namespace}/" if self.namespace else ""
         return f"{prefix}{self.job_id}#{self.execution_number}"

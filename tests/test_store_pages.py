@@ -215,7 +215,8 @@ def test_a_plugin_job_s_statements_build_no_temporary_table(tmp_path: Path) -> N
     """SQLite codes an IN list of more than two values as a temporary table, built at every run
     of the statement (a page zeroed, allocations): the lifecycle's guards and the condition of
     the index of the active executions are chains of comparisons instead (issue 18: 11 such
-    tables per plugin job here before, 2 now: the rows RETURNING hands back are kept in one).
+    tables per plugin job here before, 2 after, none now: the rows a RETURNING hands back are
+    kept in one, and neither RUNNING's INSERT nor the outbox's has one any more).
     Every statement of a job, as SQLite's trace gave it, read back with EXPLAIN."""
     store = worked_store(tmp_path / "state.db")
     statements: list[str] = []
@@ -232,3 +233,4 @@ def test_a_plugin_job_s_statements_build_no_temporary_table(tmp_path: Path) -> N
     store.close()
     assert len(built) == 7, built  # 8 before the start record and RUNNING were one INSERT
     assert all(tables == returning for _, returning, tables in built), built
+    assert not [sql for sql, returning, tables in built if returning or tables], built

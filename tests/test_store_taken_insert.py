@@ -112,3 +112,65 @@ def test_a_change_the_lifecycle_refuses_from_started_is_refused_and_the_record_k
         assert store.get(ref) == running
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_refused_document_s_start_record_and_decision_are_one_insert(
+    tmp_path: Path, alone: bool
+) -> None:
+    """A document refused before anything ran is decided while its start record still waits:
+    one INSERT of the row as the decision leaves it, not the INSERT of the STARTED row and an
+    UPDATE of it to DECIDED (a statement less), in one fsynced commit; the row is what the two
+    wrote (read back), its outbox entry queued, and REPORTED then closes it as any."""
+    store = Store(tmp_path / "state.db")
+    try:
+        run_job(store, 0)
+        ref = ExecutionRef(None, "refused", 1)
+        store.begin_taking()
+        store.record_taken(ref, {"operation": "nope", "n": [1]}, 3, store.taking(ref))
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        durable = store.durable_commits
+        details = {"reason": "unknown operation"}
+        queued = store.decide(ref, JobExecutionStatus.FAILED, details, alone=alone)
+        store._db.set_trace_callback(None)
+        assert store.durable_commits - durable == 1
+        assert not store.was_taking()  # the record is on disk: the marker is emptied
+        decided = "UPDATE executions SET state = 'decided'"
+        assert not [s for s in statements if s.startswith(decided)], statements
+        inserts = [s for s in statements if s.startswith("INSERT INTO executions")]
+        assert len(inserts) == 1 and "'decided'" in inserts[0], statements
+        record = store.get(ref)
+        assert record is not None and record.state is ExecutionState.DECIDED
+        assert record.outcome_status == JobExecutionStatus.FAILED
+        assert record.outcome_details == details
+        assert record.document == {"operation": "nope", "n": [1]} and record.version_number == 3
+        assert record.handler is None and record.received_at <= record.updated_at
+        [entry] = [entry for entry in queued if entry.key == ref]
+        assert entry.status == JobExecutionStatus.FAILED and entry.status_details == details
+        assert store.outbox() == queued
+        store.reported(entry.id, ref)
+        closed = store.get(ref)
+        assert closed is not None and closed.state is ExecutionState.REPORTED
+        assert store.outbox() == []
+    finally:
+        store.close()
+
+
+def test_a_decision_of_another_execution_writes_the_start_record_first(tmp_path: Path) -> None:
+    """The fold is for the start record's own execution only: another's decision writes the
+    pending start record (STARTED) first, then its own UPDATE, in one transaction."""
+    store = Store(tmp_path / "state.db")
+    try:
+        running = ExecutionRef(None, "running", 1)
+        store.record_received(running, {"operation": "x"}, 1, ExecutionState.STARTED)
+        store.transition(running, ExecutionState.RUNNING, handler="x")
+        taken = ExecutionRef(None, "taken", 1)
+        store.record_taken(taken, {"operation": "x"}, 1, store.taking(taken))
+        store.decide(running, JobExecutionStatus.SUCCEEDED, {})
+        started = store.get(taken)
+        assert started is not None and started.state is ExecutionState.STARTED
+        decided = store.get(running)
+        assert decided is not None and decided.state is ExecutionState.DECIDED
+    finally:
+        store.close()

@@ -231,6 +231,15 @@ def _started_running_sql(names: tuple[str, ...]) -> str:
     return sql
 
 
+_STARTED_DECIDED_SQL = (
+    f"INSERT INTO executions ({', '.join([*_INSERT_COLUMNS, 'outcome_status', 'outcome_details'])})"
+    f" VALUES ({', '.join('?' * (len(_INSERT_COLUMNS) + 2))})"
+)
+"""The INSERT of a start record still pending as its decision leaves it (`Store.decide`: a
+document refused, or what it installs installed already, before anything ran): the start
+record's columns, then the outcome's."""
+
+
 def _fresh_record(
     key: ExecutionRef,
     state: ExecutionState,
@@ -366,6 +375,7 @@ class Store:
         """Every commit, fsynced or not, since the store was opened (tests)."""
         self._returned: list[tuple[Any, ...]] = []
         """The rows the last statement of the last transaction returned (`_commit`)."""
+        self._checked = False  # `verify` passed since the last durable commit: `_write_locked`
 
     def _set_up(self, exclusive: bool) -> None:
         """The connection's settings, once: WAL, fsynced commits, and no automatic checkpoint
@@ -557,6 +567,7 @@ class Store:
             raise StoreError(f"cannot check the state database {self.path}: {exc}") from exc
         else:
             if (info.st_dev, info.st_ino) == self._identity:
+                self._checked = True
                 return
             what = "replaced"
         raise StoreLost(
@@ -607,9 +618,22 @@ class Store:
         (`verify`) before a durable commit: one that is not (REPORTED's, a pending start
         record's) promises nothing a power cut keeps either, and a database lost under it is
         found by the check before the next start-next (`begin_taking`) or the next durable
-        commit, before any job is taken or run (a `stat` less per plugin job; issue 18)."""
+        commit, before any job is taken (a `stat` less per plugin job; issue 18).
+
+        Nor is the durable commit of a start record (`taken`: RUNNING's, or the decision of a
+        document refused before anything ran) when the file was checked since the last
+        durable commit: the check before the start-next that gave the execution
+        (`begin_taking`; every start-next follows one) did, a round trip before (a `stat` less
+        per job; issue 18). A file lost within that round trip is found by the next durable
+        commit's check (the decision's: its outcome is then told to the service without a
+        record, `Outbox`) or the next start-next's, before another job is taken; the
+        start-next marker is emptied by that commit as by any, so a restart on another file
+        finds the execution in progress without a record and never runs it again
+        (tests/test_store_checks.py)."""
         if durable:
-            self.verify()
+            if not (taken and self._checked):
+                self.verify()
+            self._checked = False  # whether or not this commit gets through
         first = [] if self._pending is None or taken else [self._pending]
         try:
             self._sync(durable)
@@ -785,7 +809,6 @@ class Store:
         "INSERT INTO outbox (namespace, job_id, execution_number, status,"
         " status_details, created_at) VALUES (?, ?, ?, ?, ?, ?)"
     )
-    _OUTBOX_RETURNING_SQL = f"{_OUTBOX_INSERT_SQL} RETURNING id"
     """`decide`'s statements, made once (issue 18)."""
 
     _TAKING_SQL = (
@@ -889,7 +912,7 @@ class Store:
         the caller's document, which is decoded JSON), not the JSON just written decoded again:
         a JSON decode less per job."""
         return _fresh_record(
-            ExecutionRef(key.namespace or None, key.job_id, key.execution_number),
+            key,  # as read back: an ExecutionRef's namespace is None already, never ""
             state,
             redacted,
             version_number,
@@ -946,10 +969,8 @@ class Store:
         returns the record as now stored, given back by the UPDATE itself (issue 18: a SELECT
         after the commit was a statement more per job), or, for a new job's RUNNING
         (`_started_running`), built here: its start record, still pending, is then written by
-        one INSERT of the row as RUNNING leaves it."""
-        sql = _TRANSITION_SQL.get((state, *fields))
-        if sql is None:
-            sql = _transition_sql(state, tuple(fields))
+        one INSERT of the row as RUNNING leaves it. The UPDATE's text is looked up only when
+        it runs (a tuple of the state and the names, hashed: about 3 k instructions a job)."""
         now = time.time()
         params: list[Any] = [str(state), now]
         for value in fields.values():
@@ -975,6 +996,9 @@ class Store:
                     [(insert, row)], Change(key, state, guarded=True), durable=True, taken=True
                 )
                 return self._started_running(started, fields, now)
+            sql = _TRANSITION_SQL.get((state, *fields))
+            if sql is None:
+                sql = _transition_sql(state, tuple(fields))
             update = (sql, (*params, *self._key_params(key)))
             self._write_locked([update], Change(key, state, guarded=True), durable=True)
             rows, self._returned = self._returned, []
@@ -1027,29 +1051,42 @@ class Store:
         """Record the outcome and queue its report, atomically, with the `packages` the job
         installed (only ever given with SUCCEEDED); the outbox as it now is (the reports to send
         next: read here, in the same hand-off to the store's thread). `alone`: the caller knows
-        the outbox held nothing (`Outbox`): it is the new entry, given back by its INSERT
-        (`RETURNING`) instead of a read of the outbox (a statement and a read transaction per
-        job; issue 18)."""
+        the outbox held nothing (`Outbox`): it is the new entry, its id the INSERT's rowid
+        (`Cursor.lastrowid`: the outbox's id is its rowid) instead of a read of the outbox (a
+        statement and a read transaction per job; issue 18). Not given back by the INSERT's
+        `RETURNING`: that made the INSERT about 12 k instructions dearer (a row stepped out and
+        fetched), for the rowid SQLite keeps anyway."""
         status = job_execution_status(status)
         now = time.time()
         encoded = jsontext.dumps(dict(details))
+        where = self._key_params(key)  # once for the two statements (issue 18)
         statements = [
-            (self._DECIDED_SQL, (_DECIDED_VALUE, status, encoded, now, *self._key_params(key))),
+            (self._DECIDED_SQL, (_DECIDED_VALUE, status, encoded, now, *where)),
             *(self._package_statement(row, now) for row in packages),
-            (
-                self._OUTBOX_RETURNING_SQL if alone else self._OUTBOX_INSERT_SQL,
-                (*self._key_params(key), str(status), encoded, now),
-            ),
+            (self._OUTBOX_INSERT_SQL, (*where, str(status), encoded, now)),
         ]
         decided = Change(key, DECIDED, guarded=True)
+        with self._lock:  # the cursor's `lastrowid` is this write's until the lock is let go
+            pending = self._pending  # set with `_pending_key`, cleared with it
+            taken = pending is not None and self._pending_key == key
+            if pending is not None and taken:
+                # The start record is not written yet (a document refused before anything
+                # ran): one INSERT of the row as the decision leaves it, not the INSERT of the
+                # STARTED row and an UPDATE of it in the same transaction (a statement less;
+                # issue 18), as RUNNING's (`transition`). The lifecycle lets STARTED reach
+                # DECIDED, and the row did not exist: the change's guard is the INSERT's own.
+                start = pending[1]
+                row = (*start[:3], _DECIDED_VALUE, *start[4:7], now, status, encoded)
+                statements[0] = (_STARTED_DECIDED_SQL, row)
+            self._write_locked(statements, decided, durable=True, taken=taken)
+            # The last INSERT's rowid: the outbox's, the transaction's last statement (the
+            # COMMIT, and a checkpoint after it, insert nothing).
+            entry_id = self._cursor.lastrowid
         if not alone:
-            self._write(statements, transition=decided)
             return self.outbox()
-        with self._lock:  # `_returned` is this write's until the lock is let go
-            self._write_locked(statements, decided, durable=True)
-            rows, self._returned = self._returned, []
+        assert entry_id is not None  # an INSERT ran: lastrowid is None only before any
         details = StatusDetails(details)  # sanitised by the caller, as a stored one was
-        return [OutboxEntry(rows[0][0], key, status, details, now, 0, None)]
+        return [OutboxEntry(entry_id, key, status, details, now, 0, None)]
 
     @staticmethod
     def _package_statement(row: PackageRow, now: float) -> tuple[str, tuple[Any, ...]]:
@@ -1104,8 +1141,9 @@ class Store:
         Lost in a power cut, or in a kill -9 before that, the execution is DECIDED again and its
         outcome is sent again, which the service refuses as terminal and the outbox then
         closes (`Outbox._refused_as_ended`). Any other REPORTED is written and checked now."""
-        update = (_REPORTED_VALUE, note, time.time(), *self._key_params(key))
-        done = (entry_id, *self._key_params(key))
+        where = self._key_params(key)  # once for the two statements (issue 18)
+        update = (_REPORTED_VALUE, note, time.time(), *where)
+        done = (entry_id, *where)
         with self._lock:
             if key in self._decided:
                 self._decided.discard(key)
