@@ -405,18 +405,16 @@ async def test_a_plugin_job_decodes_its_replies_in_few_calls(
     assert python <= 70 * 3, calls.by_name.most_common()
 
 
-async def test_the_database_file_is_checked_before_each_start_next_and_decision(
+async def test_the_database_file_is_checked_before_each_durable_commit_and_start_next(
     tmp_path: Path, plugin_module: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`Store.verify` (a `stat` of the database's path against the file the agent opened)
-    runs before each start-next and each fsynced commit but RUNNING's of a start record (the
-    start-next's check was a round trip before it: tests/test_store_checks.py), not before
-    REPORTED's commit, which is not fsynced and so promises nothing a lost file would break:
-    a database lost by then is found by the next start-next's check, before any job is taken
-    (tests/test_state_loss.py). 5 -> 4 -> 3 per job here (one is the round after each job,
+    runs before each start-next and each fsynced commit (RUNNING's, the decision's), not
+    before REPORTED's commit, which is not fsynced and so promises nothing a lost file would
+    break: a database lost by then is found by the next start-next's check, before any job is
+    taken (tests/test_state_loss.py). 5 -> 4 per job here (one is the round after each job,
     which checks it as its start-next that found the queue empty did: a drain does not have
-    it, 4 -> 3 -> 2 there; the job's own events ask for no start-next any more,
-    engine/wakes.py)."""
+    it, 4 -> 3 there; the job's own events ask for no start-next any more, engine/wakes.py)."""
     make_handler_dir(tmp_path)
     config = dataclasses.replace(make_config(tmp_path), handlers={"quick": "quick_plugin:Quick"})
     checks: list[int] = []
@@ -437,4 +435,4 @@ async def test_the_database_file_is_checked_before_each_start_next_and_decision(
             assert str(execution.status) == "SUCCEEDED"
             await wait_until(lambda n=2 + number: len(engine.outcomes) == n, 15, "the report")
         monkeypatch.undo()
-    assert len(checks) == 3 * 3
+    assert len(checks) == 3 * 4

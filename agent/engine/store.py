@@ -375,7 +375,6 @@ class Store:
         """Every commit, fsynced or not, since the store was opened (tests)."""
         self._returned: list[tuple[Any, ...]] = []
         """The rows the last statement of the last transaction returned (`_commit`)."""
-        self._checked = False  # `verify` passed since the last durable commit: `_write_locked`
 
     def _set_up(self, exclusive: bool) -> None:
         """The connection's settings, once: WAL, fsynced commits, and no automatic checkpoint
@@ -567,7 +566,6 @@ class Store:
             raise StoreError(f"cannot check the state database {self.path}: {exc}") from exc
         else:
             if (info.st_dev, info.st_ino) == self._identity:
-                self._checked = True
                 return
             what = "replaced"
         raise StoreLost(
@@ -618,22 +616,9 @@ class Store:
         (`verify`) before a durable commit: one that is not (REPORTED's, a pending start
         record's) promises nothing a power cut keeps either, and a database lost under it is
         found by the check before the next start-next (`begin_taking`) or the next durable
-        commit, before any job is taken (a `stat` less per plugin job; issue 18).
-
-        Nor is the durable commit of a start record (`taken`: RUNNING's, or the decision of a
-        document refused before anything ran) when the file was checked since the last
-        durable commit: the check before the start-next that gave the execution
-        (`begin_taking`; every start-next follows one) did, a round trip before (a `stat` less
-        per job; issue 18). A file lost within that round trip is found by the next durable
-        commit's check (the decision's: its outcome is then told to the service without a
-        record, `Outbox`) or the next start-next's, before another job is taken; the
-        start-next marker is emptied by that commit as by any, so a restart on another file
-        finds the execution in progress without a record and never runs it again
-        (tests/test_store_checks.py)."""
+        commit, before any job is taken or run (a `stat` less per plugin job; issue 18)."""
         if durable:
-            if not (taken and self._checked):
-                self.verify()
-            self._checked = False  # whether or not this commit gets through
+            self.verify()
         first = [] if self._pending is None or taken else [self._pending]
         try:
             self._sync(durable)
