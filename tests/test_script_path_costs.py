@@ -28,7 +28,7 @@ import pytest
 from jobs_agent import securefs
 from jobs_agent.dispatch import shebang
 from jobs_agent.dispatch.containment import containment_for
-from jobs_agent.dispatch.output import OutputLog
+from jobs_agent.dispatch.output import OutputLog, OutputLogIndex
 from jobs_agent.dispatch.paths import locate_handler, resolved_directory
 from jobs_agent.dispatch.pipes import ExitWatch
 from jobs_agent.dispatch.scripts import StepFiles
@@ -237,6 +237,45 @@ def test_output_logs_make_their_directory_only_when_it_is_missing(
     assert mkdirs.calls == []
     assert (logs.stat().st_mode & 0o777) == 0o700
     assert (logs / "job-2.log").read_text() == "[jobs-agent] started\n"
+
+
+def test_below_the_log_limit_a_new_log_tries_no_pruned_log_after_the_first_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below `jobs.output_logs_max_count` no log is pruned, so none is kept to reuse: every
+    script job's log looked at its own name (`lstat`) and tried to rename the pruned one into
+    its place (refused, an `OSError` made and caught), about 15 k instructions (issue 18).
+    Now only the first does; once a prune keeps one, the next log is that file again, and a
+    log that exists already is still appended to."""
+    (tmp_path / "state" / "jobs").mkdir(parents=True)
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(mode=0o700)
+    renames, lstats = Counter(), Counter()
+    monkeypatch.setattr(os, "rename", renames.wrap(os.rename))
+    monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    for number in range(4):
+        log = OutputLog(str(logs / f"job-{number}.log"), 1000)
+        log.note(f"job {number}")
+        log.close()
+        os.utime(logs / f"job-{number}.log", (1000 + number, 1000 + number))
+        if number == 0:
+            assert (len(renames.calls), len(lstats.calls)) == (1, 1)  # none kept: refused
+            renames.calls.clear()
+            lstats.calls.clear()
+    assert (renames.calls, lstats.calls) == ([], [])
+    again = OutputLog(str(logs / "job-3.log"), 1000)  # a continuing execution's log
+    again.note("again")
+    again.close()
+    assert (logs / "job-3.log").read_text() == "[jobs-agent] job 3\n[jobs-agent] again\n"
+    index = OutputLogIndex(logs)
+    index.load()
+    inode = (logs / "job-0.log").stat().st_ino
+    assert index.prune(max_count=3, max_total_bytes=10**6) == [logs / "job-0.log"]
+    renames.calls.clear()
+    log = OutputLog(str(logs / "job-4.log"), 1000)
+    log.close()
+    assert len(renames.calls) == 1  # the pruned log's file, taken
+    assert (logs / "job-4.log").stat().st_ino == inode
 
 
 def test_a_new_output_log_asks_no_fstat_and_a_continued_one_keeps_its_size_and_privacy(
