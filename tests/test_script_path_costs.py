@@ -785,3 +785,38 @@ def test_checking_a_script_document_asks_no_abstract_class_about_plain_json(
     monkeypatch.undo()
     assert handler.name == "device-client"
     assert [name for name in callers if name.startswith("jobs_agent.dispatch")] == []
+
+
+def test_a_document_s_check_looks_for_a_script_s_interpreter_once_and_a_missing_one_always(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every script job's document check looked for the `#!` line's interpreter again (a
+    `stat` and an `access` of `/bin/sh`, about 19 k instructions; a PATH search for `env`):
+    one found is remembered (`shebang.interpreter_problem(remember=True)`), one missing is
+    looked for at every job and REJECTS it, and the sandbox still looks at a failed start
+    (tests/test_spawn_checks.py)."""
+    from jobs_agent.dispatch.router import Dispatcher
+    from jobs_agent.dispatch.settings import DispatchSettings
+    from jobs_agent_handlers.api import JobRejected
+
+    monkeypatch.setattr(shebang, "_found", set(), raising=False)  # what earlier tests remembered
+    broken = handler_tree / "broken.sh"
+    broken.write_text("#!/bin/no-such-sh\nexit 0\n")
+    broken.chmod(0o755)
+    dispatcher = Dispatcher(DispatchSettings(handler_dir=handler_tree, state_dir=handler_tree))
+
+    def document(handler: str) -> dict[str, Any]:
+        action = {"name": "s", "type": "runHandler", "input": {"handler": handler}}
+        return {"version": "1.0", "steps": [{"action": action}]}
+
+    accesses = Counter()
+    monkeypatch.setattr(os, "access", accesses.wrap(os.access))
+    for _ in range(3):
+        dispatcher.resolve(document("noop.sh"), job_id="job-1")
+    assert [call[0] for call in accesses.calls] == ["/bin/sh"]
+    stats = Counter()
+    monkeypatch.setattr(os, "stat", stats.wrap(os.stat))
+    for _ in range(2):
+        with pytest.raises(JobRejected, match="interpreter /bin/no-such-sh not found"):
+            dispatcher.resolve(document("broken.sh"), job_id="job-2")
+    assert [call[0] for call in stats.calls].count("/bin/no-such-sh") == 2
