@@ -489,3 +489,35 @@ def test_handler_scripts_are_not_writable_by_others() -> None:
 
     for path in BUILTIN_SCRIPTS_DIR.iterdir():
         assert not os.stat(path).st_mode & (stat.S_IWGRP | stat.S_IWOTH), path
+
+
+async def test_a_step_without_any_window_is_not_read_for_windows_again(
+    tmp_path: Path, handler_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The document's windows are checked when the job is resolved and read again by the
+    engine's gate: each step read them a third time, to find none (about 18 k instructions
+    per script job; issue 18). A step is read for them only when the device, the job or the
+    step itself has one, and then waits for it as before."""
+    from jobs_agent.dispatch import steps
+    from jobs_agent_handlers.api import JobDeferred
+
+    reads: list[Any] = []
+    real = steps.document_windows
+
+    def counted(document: Any) -> Any:
+        reads.append(document)
+        return real(document)
+
+    monkeypatch.setattr(steps, "document_windows", counted)
+    script(handler_dir, "ok.sh", "exit 0\n")
+    action = {"name": "ok", "type": "runHandler", "input": {"handler": "ok.sh"}}
+    document: dict[str, Any] = {"version": "1.0", "steps": [{"action": action}] * 2}
+    document["finalStep"] = {"action": {**action, "name": "last"}}
+    outcome, _ = await run(make_config(tmp_path, handler_dir), document, tmp_path)
+    assert outcome.status == "SUCCEEDED", outcome.details
+    assert reads == []
+    closed = {"startTime": "cron(0 0 1 1 ? *)", "durationInMinutes": 1}  # 1 January only
+    document["steps"] = [{"action": action}, {"action": {**action, "maintenanceWindow": closed}}]
+    with pytest.raises(JobDeferred):
+        await run(make_config(tmp_path, handler_dir), document, tmp_path)
+    assert len(reads) == 1  # the second step's: the first has none

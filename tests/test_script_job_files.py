@@ -135,7 +135,7 @@ def _agent_calls(trace: Path) -> collections.Counter[str]:
 @pytest.mark.parametrize(
     ("max_logs", "expected"),
     [
-        (None, {"mkdir": 1, "rmdir": 1, "rename": 5, "create": 1, "unlink": 0}),
+        (None, {"mkdir": 1, "rmdir": 1, "rename": 4, "create": 1, "unlink": 0}),
         (1, {"mkdir": 1, "rmdir": 1, "rename": 6, "create": 0, "unlink": 0}),
     ],
     ids=["below the log count limit", "at the log count limit"],
@@ -151,8 +151,9 @@ async def test_a_script_job_makes_and_removes_only_what_its_protocol_needs(
     by `rename` (the job's directory, from and to `.recycled`; `document.json`, from and to
     `.recycled-document`), the log written through its descriptor (no `lseek`, no `fchmod` of
     a log that is already private), nothing unlinked. Below `jobs.output_logs_max_count` the
-    log is created (and the `rename` of a pruned log's file into its place is refused: none
-    kept); at the limit, the oldest log is emptied and kept as `.recycled-log` instead of
+    log is created (a `rename` of a pruned log's file into its place, refused as none is kept,
+    was tried for every job: now only until the first refusal, as no prune kept one since);
+    at the limit, the oldest log is emptied and kept as `.recycled-log` instead of
     unlinked, and the next job's log is that file renamed: no file created at all.
     Round 7's agent created and unlinked `document.json` for every job, and created the log
     and unlinked the oldest at the limit (2 created, 1 or 2 unlinked); the one before made

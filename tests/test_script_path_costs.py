@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections.abc
+import json
 import os
 import pathlib
 import shutil
@@ -27,7 +28,7 @@ import pytest
 from jobs_agent import securefs
 from jobs_agent.dispatch import shebang
 from jobs_agent.dispatch.containment import containment_for
-from jobs_agent.dispatch.output import OutputLog
+from jobs_agent.dispatch.output import OutputLog, OutputLogIndex
 from jobs_agent.dispatch.paths import locate_handler, resolved_directory
 from jobs_agent.dispatch.pipes import ExitWatch
 from jobs_agent.dispatch.scripts import StepFiles
@@ -238,6 +239,45 @@ def test_output_logs_make_their_directory_only_when_it_is_missing(
     assert (logs / "job-2.log").read_text() == "[jobs-agent] started\n"
 
 
+def test_below_the_log_limit_a_new_log_tries_no_pruned_log_after_the_first_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below `jobs.output_logs_max_count` no log is pruned, so none is kept to reuse: every
+    script job's log looked at its own name (`lstat`) and tried to rename the pruned one into
+    its place (refused, an `OSError` made and caught), about 15 k instructions (issue 18).
+    Now only the first does; once a prune keeps one, the next log is that file again, and a
+    log that exists already is still appended to."""
+    (tmp_path / "state" / "jobs").mkdir(parents=True)
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(mode=0o700)
+    renames, lstats = Counter(), Counter()
+    monkeypatch.setattr(os, "rename", renames.wrap(os.rename))
+    monkeypatch.setattr(os, "lstat", lstats.wrap(os.lstat))
+    for number in range(4):
+        log = OutputLog(str(logs / f"job-{number}.log"), 1000)
+        log.note(f"job {number}")
+        log.close()
+        os.utime(logs / f"job-{number}.log", (1000 + number, 1000 + number))
+        if number == 0:
+            assert (len(renames.calls), len(lstats.calls)) == (1, 1)  # none kept: refused
+            renames.calls.clear()
+            lstats.calls.clear()
+    assert (renames.calls, lstats.calls) == ([], [])
+    again = OutputLog(str(logs / "job-3.log"), 1000)  # a continuing execution's log
+    again.note("again")
+    again.close()
+    assert (logs / "job-3.log").read_text() == "[jobs-agent] job 3\n[jobs-agent] again\n"
+    index = OutputLogIndex(logs)
+    index.load()
+    inode = (logs / "job-0.log").stat().st_ino
+    assert index.prune(max_count=3, max_total_bytes=10**6) == [logs / "job-0.log"]
+    renames.calls.clear()
+    log = OutputLog(str(logs / "job-4.log"), 1000)
+    log.close()
+    assert len(renames.calls) == 1  # the pruned log's file, taken
+    assert (logs / "job-4.log").stat().st_ino == inode
+
+
 def test_a_new_output_log_asks_no_fstat_and_a_continued_one_keeps_its_size_and_privacy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,6 +334,32 @@ def test_step_files_are_written_without_unlinking_first_and_replace_what_was_the
     assert not written.is_symlink() and written.read_text() == "[1, 2]"
     assert (written.stat().st_mode & 0o777) == 0o600
     assert (ctx.scratch_dir / "document.json").read_text(encoding="utf-8") == '{"step": "é"}'
+
+
+def test_step_files_are_encoded_without_an_encoder_built_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`json.dumps(value, ensure_ascii=False)` built a `JSONEncoder` and its C encoder for
+    every file a step is given, about 17 k instructions per script job (issue 18): the
+    encoder is built once. The files' text is `json.dumps`'s, byte for byte."""
+    document = {"version": "1.0", "steps": [{"action": {"name": "é", "n": 1.5, "t": None}}]}
+    checkpoint = ["ü", {"a": [1, 2.25, True, False]}, "line\nbreak"]
+    built = Counter()
+    monkeypatch.setattr(json.JSONEncoder, "__init__", built.wrap(json.JSONEncoder.__init__))
+    ctx = engine_context(tmp_path / "jobs")
+    files = StepFiles(ctx, own_user())
+    try:
+        for _ in range(3):  # three steps' files
+            written = [files.write("document.json", document)]
+            written.append(files.write("checkpoint.json", checkpoint))
+            written.append(files.write("text.json", "plain é"))
+    finally:
+        files.close()
+    assert built.calls == []
+    monkeypatch.undo()
+    expected = [json.dumps(value, ensure_ascii=False) for value in (document, checkpoint)]
+    expected.append(json.dumps("plain é", ensure_ascii=False))
+    assert [Path(name).read_text(encoding="utf-8") for name in written] == expected
 
 
 def test_step_files_ask_the_context_for_its_spare_document_without_a_protocol_check(
@@ -719,3 +785,38 @@ def test_checking_a_script_document_asks_no_abstract_class_about_plain_json(
     monkeypatch.undo()
     assert handler.name == "device-client"
     assert [name for name in callers if name.startswith("jobs_agent.dispatch")] == []
+
+
+def test_a_document_s_check_looks_for_a_script_s_interpreter_once_and_a_missing_one_always(
+    handler_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every script job's document check looked for the `#!` line's interpreter again (a
+    `stat` and an `access` of `/bin/sh`, about 19 k instructions; a PATH search for `env`):
+    one found is remembered (`shebang.interpreter_problem(remember=True)`), one missing is
+    looked for at every job and REJECTS it, and the sandbox still looks at a failed start
+    (tests/test_spawn_checks.py)."""
+    from jobs_agent.dispatch.router import Dispatcher
+    from jobs_agent.dispatch.settings import DispatchSettings
+    from jobs_agent_handlers.api import JobRejected
+
+    monkeypatch.setattr(shebang, "_found", set(), raising=False)  # what earlier tests remembered
+    broken = handler_tree / "broken.sh"
+    broken.write_text("#!/bin/no-such-sh\nexit 0\n")
+    broken.chmod(0o755)
+    dispatcher = Dispatcher(DispatchSettings(handler_dir=handler_tree, state_dir=handler_tree))
+
+    def document(handler: str) -> dict[str, Any]:
+        action = {"name": "s", "type": "runHandler", "input": {"handler": handler}}
+        return {"version": "1.0", "steps": [{"action": action}]}
+
+    accesses = Counter()
+    monkeypatch.setattr(os, "access", accesses.wrap(os.access))
+    for _ in range(3):
+        dispatcher.resolve(document("noop.sh"), job_id="job-1")
+    assert [call[0] for call in accesses.calls] == ["/bin/sh"]
+    stats = Counter()
+    monkeypatch.setattr(os, "stat", stats.wrap(os.stat))
+    for _ in range(2):
+        with pytest.raises(JobRejected, match="interpreter /bin/no-such-sh not found"):
+            dispatcher.resolve(document("broken.sh"), job_id="job-2")
+    assert [call[0] for call in stats.calls].count("/bin/no-such-sh") == 2

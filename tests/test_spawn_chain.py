@@ -21,13 +21,16 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jobs_agent.dispatch.containment import containment_for
-from jobs_agent.dispatch.launcher import EXIT_LAUNCH_FAILED, launcher_for
+from jobs_agent.dispatch.launcher import CHAIN_CONSTANTS, EXIT_LAUNCH_FAILED, launcher_for
 from jobs_agent.dispatch.pipes import ReplyPipe
 from jobs_agent.dispatch.process import DEFAULT_PATH, ProcessResult, ProcessSpec, Sandbox
+from jobs_agent.dispatch.scripts import EXIT_DEFER, EXIT_REBOOT, EXIT_REJECTED
+from jobs_agent.dispatch.spawn import PROGRESS_FD
 from jobs_agent.dispatch.users import RunAs, own_user
 from jobs_agent.securefs import open_executable
 from tests.helpers.strace import strace_attached
@@ -330,3 +333,50 @@ async def test_the_chain_s_own_words_never_overwrite_a_variable_of_the_step(
         site = await sandbox.run(dataclasses.replace(spec, env=given), cancelled=asyncio.Event())
         assert site.failure() is None, site.stderr.text()
         assert site.stdout.text().splitlines() == [f"fd: {given['fd']}", f"name: {given['name']}"]
+
+
+async def test_the_chain_exports_the_protocol_s_constants_so_bash_is_started_with_fewer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Popen` encodes a child's environment variable by variable in Python (about 6.6 k
+    instructions each): the four that every script step has with the same values (the
+    progress descriptor and the protocol's three exit codes) are exported by the chain itself,
+    so bash is started with four variables fewer; the script gets the same ones as before.
+    A step whose environment has one of them with another value gets its own, untouched."""
+    sandbox = Sandbox(kill_grace=1, containment="cgroup", state_dir=tmp_path)
+    handler = script(tmp_path, "#!/bin/sh\nenv\n", "env.sh")
+    given: list[dict[str, str]] = []
+    real_init = subprocess.Popen.__init__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        given.append(dict(kwargs["env"]))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording)
+    protocol = {"JOBS_AGENT_EXIT_REJECTED": "90", "JOBS_AGENT_EXIT_REBOOT": "91"}
+    protocol |= {"JOBS_AGENT_EXIT_DEFER": "92", "JOBS_AGENT_JOB_ID": "j-1"}
+    spec = ProcessSpec((str(handler),), own_user(), timeout=30, group="spawn.test", env=protocol)
+    seen = []
+    for env in (protocol, {**protocol, "JOBS_AGENT_EXIT_DEFER": "7"}):
+        result = await sandbox.run(dataclasses.replace(spec, env=env), cancelled=asyncio.Event())
+        assert result.failure() is None, result.stderr.text()
+        lines = result.stdout.text().splitlines()
+        seen.append(dict(line.split("=", 1) for line in lines if line.startswith("JOBS_AGENT_")))
+    constants = {"JOBS_AGENT_PROGRESS_FD": "3", **protocol}
+    del constants["JOBS_AGENT_JOB_ID"]
+    assert not set(constants) & set(given[0])  # exported by the chain
+    assert given[0]["JOBS_AGENT_JOB_ID"] == "j-1"
+    assert seen[0] == {**protocol, "JOBS_AGENT_PROGRESS_FD": "3"}
+    assert set(constants) <= set(given[1])  # not all as the chain has them: all given
+    assert seen[1] == {**protocol, "JOBS_AGENT_EXIT_DEFER": "7", "JOBS_AGENT_PROGRESS_FD": "3"}
+    assert len(given[0]) == len(given[1]) - len(constants)
+
+
+def test_the_chain_s_constants_are_the_protocol_s() -> None:
+    """`LAUNCH` writes them as text: they must be what the agent would have given."""
+    assert dict(CHAIN_CONSTANTS) == {
+        "JOBS_AGENT_PROGRESS_FD": str(PROGRESS_FD),
+        "JOBS_AGENT_EXIT_REJECTED": str(EXIT_REJECTED),
+        "JOBS_AGENT_EXIT_REBOOT": str(EXIT_REBOOT),
+        "JOBS_AGENT_EXIT_DEFER": str(EXIT_DEFER),
+    }

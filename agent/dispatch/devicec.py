@@ -401,7 +401,7 @@ def prepare(action: Action, settings: DispatchSettings, search_path: str) -> Pre
 
 
 def _check_interpreter(path: str | Path, search_path: str, head: bytes | None = None) -> None:
-    problem = interpreter_problem(path, search_path, head)
+    problem = interpreter_problem(path, search_path, head, remember=True)
     if problem is not None:
         raise JobRejected(f"cannot run {path}: {problem}")
 

@@ -6,7 +6,7 @@ it, and the agent then pays for the copy-on-write faults; that was most of the a
 script job. Without `preexec_fn` and without a user switch asked of `Popen`, the agent vforks
 and the child at once executes this chain, all of it outside the agent:
 
-1. `/bin/bash -p -c LAUNCH jobs-agent-spawn J P R E L SCRIPT COMMAND...`, as root. `LAUNCH`
+1. `/bin/bash -p -c LAUNCH jobs-agent-spawn J P R E L C SCRIPT COMMAND...`, as root. `LAUNCH`
    is a constant (never job input: the job's words arrive only as `"$@"`, never evaluated;
    `-p` keeps bash from reading `BASH_ENV` or importing functions from the environment). It
    writes `0` to the step's `cgroup.procs` (descriptor J) and closes it, so it is in the step's
@@ -22,6 +22,12 @@ and the child at once executes this chain, all of it outside the agent:
    none (the chain's own messages are ASCII in either locale); `SHELL`: without it bash looks
    the user up in the password database (nsswitch.conf, /etc/passwd) to set it. Per spawn of
    the chain and script: 185 -> 111 -> 92 system calls, about 0.3 ms of CPU (issue 18).
+   C (`CONSTANTS_WORD`, or `-`) says that the chain exports the script protocol's constant
+   variables itself (`CHAIN_CONSTANTS`: the progress descriptor and the three exit codes,
+   written into `LAUNCH`), the step's environment then holding them with exactly these
+   values; the agent leaves them out of bash's environment. `Popen` encodes the environment
+   variable by variable in Python, about 6.6 k instructions each (issue 18); COMMAND gets the
+   same variables either way.
 2. For a step that runs as another user, COMMAND is `setpriv --reuid --regid --groups|
    --clear-groups -- SCRIPT ARGS...` (util-linux): supplementary groups, gid and uid, all of
    real, effective and saved. It is the last link, so no process running as the step's user
@@ -50,6 +56,7 @@ from pathlib import Path
 import structlog
 
 from jobs_agent.datamodel import model
+from jobs_agent.dispatch.scripts import EXIT_DEFER, EXIT_REBOOT, EXIT_REJECTED
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import UntrustedPath, open_executable
 
@@ -59,6 +66,19 @@ SHELL = "/bin/bash"
 ARGV0 = "jobs-agent-spawn"
 EXIT_LAUNCH_FAILED = 125
 FAILURE_PREFIX = f"{ARGV0}: "
+
+CHAIN_CONSTANTS = (
+    ("JOBS_AGENT_PROGRESS_FD", "3"),
+    ("JOBS_AGENT_EXIT_REJECTED", str(EXIT_REJECTED)),
+    ("JOBS_AGENT_EXIT_REBOOT", str(EXIT_REBOOT)),
+    ("JOBS_AGENT_EXIT_DEFER", str(EXIT_DEFER)),
+)
+"""Variables of every script step whose values never change (the progress pipe is on fd 3
+wherever the chain runs, as `LAUNCH` puts it there): exported by the chain itself (C, module
+doc) when the step's environment holds all of them with these values."""
+CONSTANTS_WORD = "C"
+"""C when the chain exports `CHAIN_CONSTANTS`."""
+_EXPORT_CONSTANTS = "export " + " ".join(f"{name}={value}" for name, value in CHAIN_CONSTANTS)
 
 LAUNCH = f"""\
 fail() {{ printf '{FAILURE_PREFIX}%s\\n' "$1" >&2; exit {EXIT_LAUNCH_FAILED}; }}
@@ -73,17 +93,21 @@ fi
 eval "exec 3>&$2 $2>&-"
 if [ "$3" != - ]; then eval "exec 4<&$3 $3<&-"; fi
 if [ "$4" != - ]; then
-  [ "$6" -ef "/proc/self/fd/$4" ] || fail "the executable changed after it was checked"
+  [ "$7" -ef "/proc/self/fd/$4" ] || fail "the executable changed after it was checked"
   eval "exec $4<&-"
 fi
 case $5 in
   -) ;; LC_ALL|SHELL|"LC_ALL SHELL") export -n $5;; *) fail "bad variables $5";;
 esac
-shift 6
+case $6 in
+  -) ;; {CONSTANTS_WORD}) {_EXPORT_CONSTANTS};; *) fail "bad constants $6";;
+esac
+shift 7
 exec "$@"
 """
 """The chain's program: descriptors (or `-`) J P R E, the variables that are the chain's own
-(or `-`), the script, then the command to run."""
+(or `-`), whether it exports `CHAIN_CONSTANTS` (or `-`), the script, then the command to
+run."""
 
 CHAIN_ENVIRONMENT = {"LC_ALL": "C", "SHELL": SHELL}
 """What bash is given beside the step's environment (module doc), where the step sets none."""
@@ -114,6 +138,7 @@ class Launcher:
         checked_fd: int,
         script: str,
         own: str = "-",
+        constants: str = "-",
     ) -> list[str]:
         if user.switch:
             assert self.setpriv is not None
@@ -141,18 +166,24 @@ class Launcher:
             _number(reply_fd),
             str(checked_fd),
             own,
+            constants,
             script,
             *command,
         ]
 
     @staticmethod
-    def environment(env: Mapping[str, str]) -> tuple[Mapping[str, str], str]:
-        """The environment to start the chain with, and L (module doc): the step's, plus
+    def environment(env: Mapping[str, str]) -> tuple[Mapping[str, str], str, str]:
+        """The environment to start the chain with, L and C (module doc): the step's,
+        without `CHAIN_CONSTANTS` when it holds them all as they are (C), plus
         `CHAIN_ENVIRONMENT`'s variables it sets none of, named in L."""
         added = {name: value for name, value in CHAIN_ENVIRONMENT.items() if name not in env}
-        if not added:
-            return env, "-"
-        return {**env, **added}, " ".join(added)
+        own = " ".join(added) if added else "-"
+        given = {**env, **added}  # a copy in C; a comprehension leaving the four out cost more
+        pop = given.pop
+        for name, value in CHAIN_CONSTANTS:
+            if pop(name, None) != value:  # not all as the chain has them: all given as they are
+                return ({**env, **added} if added else env), own, "-"
+        return given, own, CONSTANTS_WORD
 
 
 def _number(fd: int | None) -> str:

@@ -103,10 +103,14 @@ class OutputLog:
         self.truncated = False
         # Output may hold secrets a handler printed: readable by the agent's user only.
         path = self.path
-        fresh = not os.path.lexists(path)
-        fd = _take_recycled_log(path) if fresh else None
-        if fd is None:
-            fd, fresh = _open_log(path, fresh)
+        if _spare_log_of(path) == _no_spare_log:
+            # No pruned log kept (`_no_spare_log`): made exclusively, an existing one opened
+            # as before, without a look at it first (an `lstat`) nor a rename that fails.
+            fd, fresh = _open_log(path, True)
+        else:
+            fresh = not os.path.lexists(path)
+            taken = _take_recycled_log(path) if fresh else None
+            fd, fresh = _open_log(path, fresh) if taken is None else (taken, fresh)
         self._written = 0
         if not fresh:  # a continuing execution's log: its size counts, its mode is checked
             try:
@@ -173,18 +177,36 @@ def _open_log(path: str, fresh: bool) -> tuple[int, bool]:
 
 _recycled_logs: tuple[str, str] = ("", "")
 """The last logs directory and its `recycled_log_path`: the same for every job."""
+_no_spare_log = ""
+"""A `recycled_log_path` known to hold no pruned log: the last take there found none, and no
+prune has kept one since (only `OutputLogIndex.prune` keeps one, and one agent runs per state
+directory). Below the count limit, where no log is pruned, every script job's log tried the
+take (a rename that fails: an `OSError` made and caught) after an `lstat` of its own name,
+about 15 k instructions (issue 18). Wrong only towards a log made anew: a spare someone else
+put there stays unused, and the next prune replaces it."""
+
+
+def _spare_log_of(path: str) -> str:
+    """The `recycled_log_path` of the log `path`. Its name is the last logs directory's: three
+    `posixpath` calls per script job, six Python calls each, were most of the work here."""
+    global _recycled_logs
+    logs_dir = directory_of(path)
+    if _recycled_logs[0] != logs_dir:
+        _recycled_logs = (logs_dir, recycled_log_path(logs_dir))
+    return _recycled_logs[1]
 
 
 def _take_recycled_log(path: str) -> int | None:
     """A new log made of the last one pruned (`RECYCLED_LOG`) if it is kept: at the count
     limit, a log created per job where one was just unlinked cost the inode table search on
-    ext4 (issue 18). Its name is the last logs directory's: three `posixpath` calls per
-    script job, six Python calls each, were most of the work here."""
-    global _recycled_logs
-    logs_dir = directory_of(path)
-    if _recycled_logs[0] != logs_dir:
-        _recycled_logs = (logs_dir, recycled_log_path(logs_dir))
-    return take_spare(_recycled_logs[1], path, os.O_APPEND)
+    ext4 (issue 18). None (and `_no_spare_log` says so) when there is none: the caller makes
+    the log."""
+    global _no_spare_log
+    spare = _spare_log_of(path)
+    fd = take_spare(spare, path, os.O_APPEND)
+    if fd is None:
+        _no_spare_log = spare
+    return fd
 
 
 def directory_of(path: str) -> str:
@@ -255,6 +277,12 @@ def prune_output_logs(
         count -= 1
         total -= size
     return deleted
+
+
+def _forget_no_spare_log() -> None:
+    """A pruned log was kept: the next new log takes it (`_no_spare_log`), wherever it is."""
+    global _no_spare_log
+    _no_spare_log = ""
 
 
 class OutputLogIndex:
@@ -341,6 +369,7 @@ class OutputLogIndex:
             path = self.logs_dir / name
             if not deleted and keep_emptied(str(path), recycled_log_path(self.logs_dir)):
                 deleted.append(path)  # emptied and kept for the next log (`OutputLog`)
+                _forget_no_spare_log()
             else:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

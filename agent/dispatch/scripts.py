@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from jobs_agent import jsontext
 from jobs_agent.dispatch.output import DOCUMENT_FILE
 from jobs_agent.dispatch.users import RunAs
 from jobs_agent.securefs import take_spare
@@ -43,6 +44,13 @@ At 90 and up, beside the other codes of the protocol, so that it cannot collide 
 own small failure codes (Mender's state scripts use 21, upparat's hooks 3)."""
 
 _DETAIL_VALUE_TYPES = (str, int, float, bool)
+
+_FILE_TEXT = jsontext.encoder((", ", ": "), ensure_ascii=False)
+"""`json.dumps(value, ensure_ascii=False)`, its C encoder built once (`jsontext`): a step's
+files are written per script job, and `json.dumps` with any argument but its defaults builds a
+`JSONEncoder` and its C encoder at every call, about 17 k instructions (issue 18). What a step
+file holds is acyclic, as `jsontext` asks: the job's document as decoded, and a checkpoint a
+step sent as a JSON line (or the store kept as JSON)."""
 
 
 def script_environment(
@@ -170,9 +178,9 @@ class StepFiles:
     def write(self, name: str, data: Any) -> str:
         """Write `name` afresh: created exclusively (whatever was there, a symlink included,
         is unlinked first, never followed), given to the step's user, then written in one
-        go (`json.dumps` is the C encoder; `json.dump` to a file encodes piece by piece in
-        Python). The document goes into the file the last step left emptied, if there is one
-        and it is the agent's own private file with no other name (`KeepsSpareDocument`,
+        go (`_FILE_TEXT`, the C encoder built once; `json.dump` to a file encodes piece by
+        piece in Python). The document goes into the file the last step left emptied, if there
+        is one and it is the agent's own private file with no other name (`KeepsSpareDocument`,
         `securefs.take_spare`): else it is unlinked and created as any other. Its name, as
         text (the step's environment takes it as text)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -188,7 +196,7 @@ class StepFiles:
         try:
             if self._user.switch:
                 os.fchown(fd, self._user.uid, self._user.gid)
-            data_bytes = json.dumps(data, ensure_ascii=False).encode()
+            data_bytes = _FILE_TEXT(data).encode()
             written = 0
             while written < len(data_bytes):
                 written += os.write(fd, data_bytes[written:])

@@ -172,7 +172,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         passed.append(child.reply)
     if join_fd is not None:
         passed.append(join_fd)
-    env, own = launcher.environment(child.env)
+    env, own, constants = launcher.environment(child.env)
     argv = launcher.argv(
         [executable.name, *child.argv[1:]],
         child.user,
@@ -182,6 +182,7 @@ def start_chained(launcher: Launcher, child: Child) -> subprocess.Popen[bytes]:
         checked_fd=executable.fd,
         script=executable.name,
         own=own,
+        constants=constants,
     )
     try:
         return subprocess.Popen(

@@ -46,6 +46,7 @@ from jobs_agent.dispatch.scripts import (
 )
 from jobs_agent.dispatch.settings import DispatchSettings
 from jobs_agent.schedule import clock
+from jobs_agent.schedule.maintenance import DOCUMENT_KEY
 from jobs_agent.schedule.windows import document_windows
 from jobs_agent_handlers.api import (
     JobContext,
@@ -251,10 +252,16 @@ class StepsHandler:
     ) -> JobDeferred | Outcome | None:
         """The step's maintenance window (the device's, the job's, the step's own, all at once):
         None when the step may start now; when it may not, a deferral to the next opening (one
-        long enough for its `timeout` when it names one), or FAILED when none is."""
-        timeline = document_windows(ctx.document).for_step(
-            self._settings.maintenance_windows, index
-        )
+        long enough for its `timeout` when it names one), or FAILED when none is.
+
+        Where neither the device, the job nor the step has a window (most steps), the step
+        may start now: the document is not read for windows again (its reading, checked when
+        the job was resolved, `agent_fields`, its `DocumentWindows` and a look at the clock,
+        about 18 k instructions per script job; issue 18)."""
+        device = self._settings.maintenance_windows
+        if device.always_open and not _has_windows(ctx.document, index):
+            return None
+        timeline = document_windows(ctx.document).for_step(device, index)
         now = clock.now()
         needs = step.action.timeout
         if needs is None:
@@ -439,3 +446,18 @@ class StepsHandler:
         if self._settings.allow_http_downloads:
             env["JOBS_AGENT_ALLOW_HTTP_DOWNLOADS"] = "1"  # for download-file.sh
         return env
+
+
+def _has_windows(document: Mapping[str, Any], index: int) -> bool:
+    """Whether `document` names a maintenance window for the job or for step `index` of its
+    `steps` (what `document_windows(document).for_step(..., index)` would read; the final
+    step, after them, has the job's only). True, to be read as before, for a step that is
+    not a plain object."""
+    if DOCUMENT_KEY in document:
+        return True
+    steps = document.get("steps")
+    if not isinstance(steps, list) or index >= len(steps):
+        return False
+    step = steps[index]
+    action = step.get("action") if type(step) is dict else None
+    return type(action) is not dict or DOCUMENT_KEY in action
