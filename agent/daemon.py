@@ -43,8 +43,9 @@ from jobs_agent.aio import unless_set
 from jobs_agent.config import AgentConfig, ConfigError, load_config
 from jobs_agent.config_cache import ParseCache
 from jobs_agent.consent.settings import DEFAULT_SOCKET
-from jobs_agent.device import Device, build_device, first_job_dispatcher
+from jobs_agent.device import STATE_DATABASE, Device, build_device, first_job_dispatcher
 from jobs_agent.dispatch.errors import TrustedKeysError
+from jobs_agent.engine.async_store import AsyncStore
 from jobs_agent.engine.engine import Engine, EngineStatus
 from jobs_agent.engine.heartbeat import keep_heartbeat
 from jobs_agent.engine.instance_lock import AlreadyRunning, InstanceLock
@@ -90,6 +91,15 @@ def changed_settings(old: AgentConfig, new: AgentConfig) -> list[str]:
         new = dataclasses.replace(new, system_update=new.system_update_settings())
     before, after = _flatten(old), _flatten(new)
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+async def _abandon(connecting: asyncio.Future[None] | None) -> None:
+    """A start that ends before its device is built: the connection being made is given up
+    (cancelled as a stop cancels it; what it opened is closed by its cancellation)."""
+    if connecting is not None:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TransportError):
+            await connecting
 
 
 def _refreeze() -> None:
@@ -159,33 +169,41 @@ class Agent:
 
     async def _run_with(self, consent: ConsentServer | None) -> int:
         config = self.config
+        connecting: asyncio.Future[None] | None = None
         try:
             transport = self._transport or create_transport(config)
+            opening = self._open_store()
+            connecting = asyncio.ensure_future(transport.connect(timeout=self._connect_timeout))
+            await asyncio.sleep(0)  # its first step: the connect's worker starts before the checks
+            self._log_findings()
             device = build_device(
                 config,
                 transport,
                 heartbeat_interval=self._heartbeat_interval,
                 on_status=self._on_status,
                 consent=consent.desk if consent is not None else None,
+                store=await opening,
             )
         except StoreError as exc:
+            await _abandon(connecting)
             log.error("cannot start without the state database", error=str(exc))
             self.notifier.status(f"cannot open the state database: {exc}")
             return 1
         except (TransportError, TrustedKeysError) as exc:
+            await _abandon(connecting)
             log.error("cannot start", error=str(exc))
             self.notifier.status(f"cannot start: {exc}")
             return 1
         self._device = device
-        self._log_findings()
         self._install_signal_handlers()
         heartbeat = asyncio.create_task(self._keep_heartbeat(transport), name="heartbeat")
         try:
-            return await self._serve(device)
+            return await self._serve(device, connecting)
         except (TransportError, JobsError) as exc:
             log.error("cannot connect", error=str(exc))
             return 1
         finally:
+            connecting.cancel()  # a stop that came before the connect was awaited
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -194,6 +212,18 @@ class Agent:
             await device.store.close()
             self._remove_signal_handlers()
             log.info("stopped")
+
+    def _open_store(self) -> asyncio.Future[AsyncStore]:
+        """The state database, opened in a worker thread (started now) while the loop makes
+        the connection and checks the configuration (`_run_with`): a first start lays it out
+        and fsyncs it twice (`Store._make_if_new`), a restart opens it with 4 statements, and
+        either way the CONNECT goes out and its CONNACK comes meanwhile, where they waited for
+        it and the checks before (issue 18: 2-5 ms of a first start's way to its first
+        request, strace). Nothing is asked of the service before the engine runs, which
+        recovers the records first; a database that cannot be opened still ends the start
+        (the connection being made is given up, `_abandon`)."""
+        path = self.config.state_dir / STATE_DATABASE
+        return asyncio.get_running_loop().run_in_executor(None, AsyncStore, path)
 
     async def _serve_consent(self) -> ConsentServer | None:
         """The consent socket (`consent.socket`), after the state directory and the instance
@@ -248,16 +278,19 @@ class Agent:
             activity=lambda: self.engine.status.describe() if self.engine else "connecting",
         )
 
-    async def _serve(self, device: Device) -> int:
-        """Connect, subscribe, run the engine until it stops."""
+    async def _serve(self, device: Device, connecting: asyncio.Future[None]) -> int:
+        """Connect (`connecting`: the connection being made), subscribe, run the engine until
+        it stops."""
         config = self.config
+        # Said once the signals are handled (a stop from here on ends the start with code 0),
+        # though the connection has been made since before the database was open (`_run_with`).
         log.info(
             "connecting",
             transport=config.connection.transport,
             endpoint=config.connection.endpoint_name or None,
             thing_name=config.thing_name,
         )
-        if not await self._unless_stopped(self._connect_and_subscribe(device)):
+        if not await self._unless_stopped(self._connect_and_subscribe(device, connecting)):
             log.info("stopped before the connection was established")
             return 0
         engine = self.engine = device.engine
@@ -282,7 +315,8 @@ class Agent:
         return 0
 
     def _log_findings(self) -> None:
-        """What `config check` would say, said once at start where journald keeps it."""
+        """What `config check` would say, said once at start where journald keeps it (while
+        the state database is opened and the connection made: before either can fail)."""
         from jobs_agent.config_checks import check_environment
 
         findings = check_environment(self.config, import_plugins=False)
@@ -291,12 +325,14 @@ class Agent:
         for problem in findings.warnings:
             log.warning("configuration warning", problem=problem)
 
-    async def _connect_and_subscribe(self, device: Device) -> None:
+    async def _connect_and_subscribe(
+        self, device: Device, connecting: asyncio.Future[None]
+    ) -> None:
         """Connect (retrying with backoff for as long as it takes), then subscribe, asking again
         for as long as it takes: a link lost between the CONNACK and the SUBACKs (a broker
         restarting as the agent starts) is no more a failed start than a slow connect is
         (the unit's READY=1 waits for both); exiting made systemd restart the agent 5 s later."""
-        await device.transport.connect(timeout=self._connect_timeout)
+        await connecting
         while True:
             try:
                 await device.client.start()

@@ -134,23 +134,26 @@ def build_device(
     on_status: Callable[[EngineStatus], None] | None = None,
     consent: ConsentDesk | None = None,
     exclusive_store: bool = False,
+    store: AsyncStore | None = None,
 ) -> Device:
     """The device `config` describes, over `transport`. Opens the state database (raises
     `StoreError`) and checks the signing keys (raises `TrustedKeysError`); connects nothing.
     `exclusive_store`: the state database in SQLite's exclusive locking mode and its
     start-next marker not held open (`sim fleet` only: two descriptors less per device, see
-    `Store`)."""
+    `Store`). `store`: the state database already opened (the daemon opens it while its
+    connection is made); None: opened here."""
     link = SharedLink(transport)
     client = jobs_client(config, link.view())
     shadows = FirstUseShadowClient(
         link.view(), config.thing_name, request_timeout=config.jobs.request_timeout_seconds
     )
-    store = AsyncStore(
-        config.state_dir / STATE_DATABASE,
-        executor=store_executor,
-        exclusive=exclusive_store,
-        hold_marker=not exclusive_store,
-    )
+    if store is None:
+        store = AsyncStore(
+            config.state_dir / STATE_DATABASE,
+            executor=store_executor,
+            exclusive=exclusive_store,
+            hold_marker=not exclusive_store,
+        )
     try:
         handlers = first_job_dispatcher(config, **(dispatcher_options or {}))
     except BaseException:

@@ -153,6 +153,13 @@ class Engine:
             )
         return self._job_runner
 
+    async def _first_runner(self) -> Runner:
+        """The runner, for the first record processed: once the start-up sweep of the job
+        groups an earlier agent left has ended (`JobFiles.start_sweep`), which the engine's
+        first request does not wait for, but containment needs done before any handler."""
+        await self._files.swept()
+        return self._runner
+
     # -- public control -----------------------------------------------------------------------
     def reconfigure(self, settings: EngineSettings, dispatcher: Dispatcher) -> None:
         """New settings and handlers (a SIGHUP reload), read from here on; a job already running
@@ -214,13 +221,7 @@ class Engine:
 
     # -- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
-        swept = await asyncio.to_thread(self._files.sweep_all)
-        if swept:
-            log.warning(
-                "stopped the handler an earlier agent left running",
-                processes=swept,
-                where="its job groups, at start",
-            )
+        self._files.start_sweep()  # the first handler waits for its end (`_first_runner`)
         await remove_left_job_directories(self._shared.settings.state_dir, self.store)
         await self._packages.start()
         self._event_loop = asyncio.get_running_loop()  # asked once: `Shared.parked`
@@ -234,6 +235,8 @@ class Engine:
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await events
+            with contextlib.suppress(Exception):  # a failed sweep was said where it failed
+                await self._files.swept()
             # The jobs' processes are stopped by now: the cgroup base goes if it is empty.
             release_job_groups(self._shared.settings.state_dir)
             self._shared.set_status("stopped")
@@ -320,7 +323,8 @@ class Engine:
             while held and not self._shared.stopping and not self._reboots.awaiting:
                 record = await self.store.call(Store.get, held[0])
                 if record is not None:
-                    await self._runner.process(record, None)
+                    runner = self._job_runner or await self._first_runner()
+                    await runner.process(record, None)
                 held.pop(0)
 
     async def _take_and_run(self) -> bool:
@@ -365,7 +369,8 @@ class Engine:
                 self._shared.set_status("idle")
             return False
         if record is not None:
-            await self._runner.process(record, offer.execution.job_document)
+            runner = self._job_runner or await self._first_runner()
+            await runner.process(record, offer.execution.job_document)
         if record is None or record.key not in self._shared.outcomes:
             wakes.look = True  # not ended by this device: the service published no end of it
         return True

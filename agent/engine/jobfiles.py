@@ -73,6 +73,9 @@ class JobFiles:
         self._roots: tuple[object, str, str] = (None, "", "")
         """(the state directory, its `jobs` and `logs` folders as strings): the state
         directory is a `Path` that every job turned into a string twice (issue 18)."""
+        self._sweeping: asyncio.Future[None] | None = None
+        """The start-up sweep of the job groups an earlier agent left (`start_sweep`), until
+        something waited for its end (`swept`)."""
 
     def dirs(self, ref: ExecutionRef) -> tuple[str, str]:
         """(scratch, state) of the execution, as strings: `EngineJobContext` makes a `Path`
@@ -187,7 +190,9 @@ class JobFiles:
     # -- what an earlier agent left running -------------------------------------------------------
     async def stop_leftovers(self, ref: ExecutionRef, bound: Any) -> None:
         """Empty the execution's containment group (every process, whatever session or
-        environment it has), then stop whatever still carries the execution's environment."""
+        environment it has), then stop whatever still carries the execution's environment;
+        after the start-up sweep, whose containment set-up and sweep it would race."""
+        await self.swept()
         settings = self._shared.settings
         swept = await asyncio.to_thread(self._sweep_group, ref)
         killed = await asyncio.to_thread(
@@ -199,6 +204,30 @@ class JobFiles:
                 processes=swept,
                 groups=killed,
             )
+
+    def start_sweep(self) -> None:
+        """Empty every job group an earlier agent left, in a worker thread, from the engine's
+        start on: the first request does not wait for it (the cgroup probe, /proc, an `rmdir`
+        per group: 1.5-2 ms of a first start's way to its first request, strace; issue 18);
+        the first handler and recovery's stop of an execution's leftovers do (`swept`)."""
+        self._sweeping = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        swept = await asyncio.to_thread(self.sweep_all)
+        if swept:
+            log.warning(
+                "stopped the handler an earlier agent left running",
+                processes=swept,
+                where="its job groups, at start",
+            )
+
+    async def swept(self) -> None:
+        """Once the start-up sweep has ended (at once after that): containment sets up and
+        sweeps before any handler runs, and before an execution's own group is swept. A
+        sweep that failed fails every caller, so nothing runs without it."""
+        if self._sweeping is not None:
+            await self._sweeping
+            self._sweeping = None
 
     def sweep_all(self) -> int:
         """Empty every job group an earlier agent left (at start)."""
