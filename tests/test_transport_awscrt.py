@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,22 +23,36 @@ MESSAGES = 5
 
 
 @contextlib.contextmanager
-def thread_hops(loop: asyncio.AbstractEventLoop) -> Iterator[list[object]]:
-    """The callbacks other threads hand to `loop` while inside: each is a thread hop."""
+def thread_hops(
+    loop: asyncio.AbstractEventLoop, handles: list[object] | None = None
+) -> Iterator[list[object]]:
+    """The wake-ups other threads give `loop` while inside, each a thread hop: a callback
+    handed over with `call_soon_threadsafe` (also listed in `handles`), or a write to an
+    eventfd (the backend's own wake-up)."""
     hops: list[object] = []
     real = loop.call_soon_threadsafe
+    real_write = os.eventfd_write
     ours = threading.get_ident()
 
     def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
         if threading.get_ident() != ours:
             hops.append(callback)
+            if handles is not None:
+                handles.append(callback)
         return real(callback, *args, **kwargs)
 
+    def counting_write(fd: int, value: int) -> None:
+        if threading.get_ident() != ours:
+            hops.append(fd)
+        real_write(fd, value)
+
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    os.eventfd_write = counting_write
     try:
         yield hops
     finally:
         del loop.call_soon_threadsafe
+        os.eventfd_write = real_write
 
 
 async def test_crt_callbacks_keep_one_python_thread_state(
@@ -94,6 +109,67 @@ async def test_a_request_costs_one_thread_hop_its_reply(
         await backend.close()
     assert all(isinstance(reply, bytes) for reply in replies)
     assert len(hops) == MESSAGES, hops
+
+
+async def test_a_reply_s_thread_hop_builds_no_handle_and_reads_once(
+    mosquitto_factory: Callable[[], Mosquitto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRT thread wakes the loop by writing to the transport's eventfd, which the loop
+    reads once per wake-up: `call_soon_threadsafe` built a `Handle` (with a copy of the CRT
+    thread's context) per hop, and the loop read its self-pipe twice, the second read raising
+    `BlockingIOError`. Counted over request/reply exchanges: handles handed over by CRT
+    threads, and reads of the wake-up per hop; every reply still arrives."""
+    reads: list[int] = []
+    real_read = os.eventfd_read
+
+    def counting_read(fd: int) -> int:
+        reads.append(fd)
+        return real_read(fd)
+
+    monkeypatch.setattr(os, "eventfd_read", counting_read)
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    loop = asyncio.get_running_loop()
+    handles: list[object] = []
+    try:
+        transport, _inbox = await backend.connected("gw-no-handle")
+        exchange: Exchange[bytes] = Exchange(transport)
+        transport.set_message_callback(
+            lambda message: exchange.resolve(message.payload.decode(), "key", message.payload)
+        )
+        await transport.subscribe("hops/request")
+        await ask(exchange)  # warm
+        reads.clear()
+        with thread_hops(loop, handles) as hops:
+            replies = [await ask(exchange) for _ in range(MESSAGES)]
+            read = len(reads)
+    finally:
+        await backend.close()
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert len(hops) == MESSAGES, hops
+    assert handles == []
+    assert read == MESSAGES
+
+
+async def test_the_wake_up_is_closed_with_the_client(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """The eventfd lives from `connect` to a stop the CRT confirmed: a disconnect leaves no
+    descriptor open, and what the CRT hands over on the way down (the link's drop) still
+    reaches the loop."""
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    try:
+        transport, _inbox = await backend.connected("gw-wake-fd")
+        fd = transport._wake_fd  # type: ignore[attr-defined]
+        assert fd is not None
+        await transport.disconnect()
+        assert transport._wake_fd is None  # type: ignore[attr-defined]
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        await asyncio.sleep(0)
+        assert not transport._pending  # type: ignore[attr-defined]
+        assert not transport.is_connected
+    finally:
+        await backend.close()
 
 
 async def ask(

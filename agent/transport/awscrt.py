@@ -16,10 +16,12 @@ Reconnects are the CRT's own: exponential backoff with full jitter between
 (`FAIL_ALL_ON_DISCONNECT`), so `publish` never waits across an outage; the caller decides.
 
 Threads: every CRT callback comes from a CRT event-loop thread and is handed to the asyncio loop
-with `call_soon_threadsafe`; operation futures are `concurrent.futures.Future`s wrapped with
-`asyncio.wrap_future`, which does the same. The two callbacks of every job, a message received
-and a request's PUBACK, skip the CRT's Python objects for them (`awscrt_client.new_client`,
-`publish_at_least_once`): the agent reads a message's topic and payload and a PUBACK's codes.
+through the transport's own wake-up (`_call`: a deque, and on Linux an eventfd the loop watches;
+elsewhere `call_soon_threadsafe`); operation futures are `concurrent.futures.Future`s wrapped
+with `asyncio.wrap_future`, which uses `call_soon_threadsafe`. The two callbacks of every job, a
+message received and a request's PUBACK, skip the CRT's Python objects for them
+(`awscrt_client.new_client`, `publish_at_least_once`): the agent reads a message's topic and
+payload and a PUBACK's codes.
 
 The CRT's threads are not Python's: each callback takes the GIL with `PyGILState_Ensure`, and
 its last `PyGILState_Release` deletes the thread state it made. So every callback (about 7 per
@@ -46,6 +48,7 @@ import collections
 import concurrent.futures
 import ctypes
 import functools
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -171,6 +174,9 @@ class AwscrtTransport(Transport):
         """What CRT threads asked the loop to run (`_call`), oldest first."""
         self._woken = False
         """A `_run_pending` is scheduled on the loop and has not started yet."""
+        self._wake_fd: int | None = None
+        """The eventfd the loop watches for `_call`'s wake-ups (Linux), open from the first
+        `connect` until a stop the CRT confirmed."""
         self._ever_up = False
 
     # -- construction ------------------------------------------------------------------------
@@ -192,16 +198,61 @@ class AwscrtTransport(Transport):
     # -- CRT callbacks (CRT threads) -----------------------------------------------------------
     def _call(self, callback: Any, *args: Any) -> None:
         """Run `callback(*args)` on the loop, in the order of the CRT's calls. Calls made before
-        the loop got round to the last wake-up ride on it: a wake-up is a thread hop (a write to
-        the loop's self-pipe, its read, a GIL hand-over), and a read of the socket often
-        delivers several messages (a job's last reply with the next job's notification)."""
+        the loop got round to the last wake-up ride on it: a wake-up is a thread hop (a write,
+        the loop's read, a GIL hand-over), and a read of the socket often delivers several
+        messages (a job's last reply with the next job's notification).
+
+        The wake-up is a write to the transport's eventfd, which the loop watches (`add_reader`)
+        and reads once (`_wake_up`): `call_soon_threadsafe` built a `Handle` with a copy of the
+        CRT thread's context for each one, and the loop read its self-pipe twice (the byte,
+        then `EAGAIN`, raised and caught). Without an eventfd (not Linux, or before `connect`
+        made one), `call_soon_threadsafe` as before."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         self._pending.append((callback, args))
         if not self._woken:
             self._woken = True
-            loop.call_soon_threadsafe(self._run_pending)
+            fd = self._wake_fd
+            if fd is None:
+                loop.call_soon_threadsafe(self._run_pending)
+            else:
+                os.eventfd_write(fd, 1)
+
+    def _open_wake_fd(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The eventfd `_call` writes to, watched by `loop` (where the platform has one)."""
+        if self._wake_fd is not None or not hasattr(os, "eventfd"):
+            return
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            loop.add_reader(fd, self._wake_up, fd)
+        except (NotImplementedError, RuntimeError):  # a loop that cannot watch file descriptors
+            os.close(fd)
+            return
+        self._wake_fd = fd
+
+    def _close_wake_fd(self) -> None:
+        """Close the eventfd; only once the CRT has confirmed its client stopped, so that no CRT
+        thread can still write to its number (wake-ups go through `call_soon_threadsafe` again
+        until the next `connect` opens another)."""
+        fd, self._wake_fd = self._wake_fd, None
+        if fd is None:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(fd)
+        os.close(fd)
+        if self._woken and loop is not None and not loop.is_closed():
+            loop.call_soon(self._run_pending)  # a wake-up written but not read: hand it over
+
+    def _wake_up(self, fd: int) -> None:
+        """The eventfd is readable: read it (first, so that a write made after this read wakes
+        the loop again), then run what the CRT threads handed over."""
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:  # read already by a previous wake-up of this loop iteration
+            return
+        self._run_pending()
 
     def _run_pending(self) -> None:
         self._woken = False  # first: a call appended from now on wakes the loop again
@@ -308,6 +359,7 @@ class AwscrtTransport(Transport):
         self._closing = False
         self._stopped.clear()
         self._first = self._loop.create_future()
+        self._open_wake_fd(self._loop)
         client = self._build()
         self._client = client
         where = f"{self.config.endpoint}:{self.config.port} as {self.client_id}"
@@ -342,7 +394,8 @@ class AwscrtTransport(Transport):
         client.stop()
         # The CRT confirms with the stopped lifecycle event; waiting keeps the native client
         # alive until its threads no longer call us.
-        await asyncio.to_thread(self._stopped.wait, STOP_TIMEOUT)
+        if await asyncio.to_thread(self._stopped.wait, STOP_TIMEOUT):
+            self._close_wake_fd()
         self._cancel_tasks()
 
     async def disconnect(self) -> None:
