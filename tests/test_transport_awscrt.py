@@ -159,10 +159,10 @@ async def test_the_wake_up_is_closed_with_the_client(
     backend = AwscrtBackend(mosquitto_factory(), _awscrt)
     try:
         transport, _inbox = await backend.connected("gw-wake-fd")
-        fd = transport._wake_fd  # type: ignore[attr-defined]
+        fd = transport._wakeup.fd  # type: ignore[attr-defined]
         assert fd is not None
         await transport.disconnect()
-        assert transport._wake_fd is None  # type: ignore[attr-defined]
+        assert transport._wakeup.fd is None  # type: ignore[attr-defined]
         with pytest.raises(OSError):
             os.fstat(fd)
         await asyncio.sleep(0)
@@ -373,3 +373,45 @@ async def test_a_binding_that_refuses_the_direct_publish_sends_requests_through_
     assert all(isinstance(reply, bytes) for reply in replies)
     assert refused == [13]
     assert awscrt_client._direct is False
+
+
+def test_the_wake_up_follows_the_transport_to_another_loop(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """A transport connected again on another loop while its last stop was not confirmed (its
+    eventfd still open) moves the eventfd to the new loop: a CRT thread's wake-up reaches the
+    loop the transport now runs on, and the old loop no longer watches it."""
+    transport: Any = AwscrtBackend(mosquitto_factory(), _awscrt).make("gw-two-loops")
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        transport._loop = first
+        transport._wakeup.watch(first, transport._run_pending)
+        fd = transport._wakeup.fd
+        transport._loop = second
+        transport._wakeup.watch(second, transport._run_pending)
+        assert transport._wakeup.fd == fd
+        assert not first.remove_reader(fd)
+        called: asyncio.Future[str] = second.create_future()
+        crt = threading.Thread(target=transport._call, args=(called.set_result, "woken"))
+        crt.start()
+        crt.join()
+        assert second.run_until_complete(called) == "woken"
+    finally:
+        transport._close_wakeup()
+        first.close()
+        second.close()
+
+
+async def test_a_connect_that_cannot_set_up_tls_leaves_no_wake_up_open(
+    mosquitto_factory: Callable[[], Mosquitto], tmp_path: Any
+) -> None:
+    """The eventfd is made once the client is built: a certificate that cannot be read fails
+    `connect` before any CRT thread exists, and nothing is left open or watched."""
+    from dataclasses import replace
+
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    config = replace(backend.config(rogue=False), cert=tmp_path / "missing.pem")
+    transport: Any = _awscrt(config, "gw-no-tls")
+    with pytest.raises(TransportError, match="cannot set up TLS"):
+        await transport.connect(timeout=10.0)
+    assert transport._wakeup.fd is None

@@ -48,7 +48,6 @@ import collections
 import concurrent.futures
 import ctypes
 import functools
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +70,7 @@ from jobs_agent.transport.base import (
 from jobs_agent.transport.nodelay import set_nodelay_on_process_sockets
 from jobs_agent.transport.options import AwscrtOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
+from jobs_agent.transport.wakeup import EventfdWakeup
 
 log = structlog.get_logger("jobs_agent.transport.awscrt")
 
@@ -173,10 +173,10 @@ class AwscrtTransport(Transport):
         self._pending: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
         """What CRT threads asked the loop to run (`_call`), oldest first."""
         self._woken = False
-        """A `_run_pending` is scheduled on the loop and has not started yet."""
-        self._wake_fd: int | None = None
-        """The eventfd the loop watches for `_call`'s wake-ups (Linux), open from the first
-        `connect` until a stop the CRT confirmed."""
+        """A wake-up is on its way to the loop (written to the eventfd, or a `_run_pending`
+        scheduled) and `_run_pending` has not started yet."""
+        self._wakeup = EventfdWakeup()
+        """`_call`'s wake-up, open from `connect` until a stop the CRT confirmed."""
         self._ever_up = False
 
     # -- construction ------------------------------------------------------------------------
@@ -202,57 +202,16 @@ class AwscrtTransport(Transport):
         the loop's read, a GIL hand-over), and a read of the socket often delivers several
         messages (a job's last reply with the next job's notification).
 
-        The wake-up is a write to the transport's eventfd, which the loop watches (`add_reader`)
-        and reads once (`_wake_up`): `call_soon_threadsafe` built a `Handle` with a copy of the
-        CRT thread's context for each one, and the loop read its self-pipe twice (the byte,
-        then `EAGAIN`, raised and caught). Without an eventfd (not Linux, or before `connect`
-        made one), `call_soon_threadsafe` as before."""
+        The wake-up is a write to an eventfd the loop watches (`EventfdWakeup`: no `Handle` per
+        hop, one read); without one (not Linux, or before `connect`), `call_soon_threadsafe`."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         self._pending.append((callback, args))
         if not self._woken:
             self._woken = True
-            fd = self._wake_fd
-            if fd is None:
+            if not self._wakeup.write():
                 loop.call_soon_threadsafe(self._run_pending)
-            else:
-                os.eventfd_write(fd, 1)
-
-    def _open_wake_fd(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The eventfd `_call` writes to, watched by `loop` (where the platform has one)."""
-        if self._wake_fd is not None or not hasattr(os, "eventfd"):
-            return
-        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        try:
-            loop.add_reader(fd, self._wake_up, fd)
-        except (NotImplementedError, RuntimeError):  # a loop that cannot watch file descriptors
-            os.close(fd)
-            return
-        self._wake_fd = fd
-
-    def _close_wake_fd(self) -> None:
-        """Close the eventfd; only once the CRT has confirmed its client stopped, so that no CRT
-        thread can still write to its number (wake-ups go through `call_soon_threadsafe` again
-        until the next `connect` opens another)."""
-        fd, self._wake_fd = self._wake_fd, None
-        if fd is None:
-            return
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(fd)
-        os.close(fd)
-        if self._woken and loop is not None and not loop.is_closed():
-            loop.call_soon(self._run_pending)  # a wake-up written but not read: hand it over
-
-    def _wake_up(self, fd: int) -> None:
-        """The eventfd is readable: read it (first, so that a write made after this read wakes
-        the loop again), then run what the CRT threads handed over."""
-        try:
-            os.eventfd_read(fd)
-        except BlockingIOError:  # read already by a previous wake-up of this loop iteration
-            return
-        self._run_pending()
 
     def _run_pending(self) -> None:
         self._woken = False  # first: a call appended from now on wakes the loop again
@@ -359,8 +318,8 @@ class AwscrtTransport(Transport):
         self._closing = False
         self._stopped.clear()
         self._first = self._loop.create_future()
-        self._open_wake_fd(self._loop)
         client = self._build()
+        self._wakeup.watch(self._loop, self._run_pending)  # after a build that can fail
         self._client = client
         where = f"{self.config.endpoint}:{self.config.port} as {self.client_id}"
         client.start()
@@ -395,8 +354,16 @@ class AwscrtTransport(Transport):
         # The CRT confirms with the stopped lifecycle event; waiting keeps the native client
         # alive until its threads no longer call us.
         if await asyncio.to_thread(self._stopped.wait, STOP_TIMEOUT):
-            self._close_wake_fd()
+            self._close_wakeup()
         self._cancel_tasks()
+
+    def _close_wakeup(self) -> None:
+        """Close the eventfd once the CRT confirmed its client stopped (no CRT thread writes to
+        its number any more); a wake-up written but not read is handed over."""
+        self._wakeup.close()
+        loop = self._loop
+        if self._woken and loop is not None and not loop.is_closed():
+            loop.call_soon(self._run_pending)
 
     async def disconnect(self) -> None:
         await self._stop()
