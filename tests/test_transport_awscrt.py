@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,22 +23,36 @@ MESSAGES = 5
 
 
 @contextlib.contextmanager
-def thread_hops(loop: asyncio.AbstractEventLoop) -> Iterator[list[object]]:
-    """The callbacks other threads hand to `loop` while inside: each is a thread hop."""
+def thread_hops(
+    loop: asyncio.AbstractEventLoop, handles: list[object] | None = None
+) -> Iterator[list[object]]:
+    """The wake-ups other threads give `loop` while inside, each a thread hop: a callback
+    handed over with `call_soon_threadsafe` (also listed in `handles`), or a write to an
+    eventfd (the backend's own wake-up)."""
     hops: list[object] = []
     real = loop.call_soon_threadsafe
+    real_write = os.eventfd_write
     ours = threading.get_ident()
 
     def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
         if threading.get_ident() != ours:
             hops.append(callback)
+            if handles is not None:
+                handles.append(callback)
         return real(callback, *args, **kwargs)
 
+    def counting_write(fd: int, value: int) -> None:
+        if threading.get_ident() != ours:
+            hops.append(fd)
+        real_write(fd, value)
+
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    os.eventfd_write = counting_write
     try:
         yield hops
     finally:
         del loop.call_soon_threadsafe
+        os.eventfd_write = real_write
 
 
 async def test_crt_callbacks_keep_one_python_thread_state(
@@ -94,6 +109,65 @@ async def test_a_request_costs_one_thread_hop_its_reply(
         await backend.close()
     assert all(isinstance(reply, bytes) for reply in replies)
     assert len(hops) == MESSAGES, hops
+
+
+async def test_a_reply_s_thread_hop_builds_no_handle_and_reads_once(
+    mosquitto_factory: Callable[[], Mosquitto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRT thread wakes the loop by writing to the transport's eventfd, which the loop
+    reads once per wake-up: `call_soon_threadsafe` built a `Handle` (with a copy of the CRT
+    thread's context) per hop, and the loop read its self-pipe twice, the second read raising
+    `BlockingIOError`. Counted over request/reply exchanges: handles handed over by CRT
+    threads, and reads of the wake-up per hop; every reply still arrives."""
+    reads: list[int] = []
+    real_read = os.eventfd_read
+
+    def counting_read(fd: int) -> int:
+        reads.append(fd)
+        return real_read(fd)
+
+    monkeypatch.setattr(os, "eventfd_read", counting_read)
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    loop = asyncio.get_running_loop()
+    handles: list[object] = []
+    try:
+        transport, _inbox = await backend.connected("gw-no-handle")
+        exchange: Exchange[bytes] = Exchange(transport)
+        transport.set_message_callback(
+            lambda message: exchange.resolve(message.payload.decode(), "key", message.payload)
+        )
+        await transport.subscribe("hops/request")
+        await ask(exchange)  # warm
+        reads.clear()
+        with thread_hops(loop, handles) as hops:
+            replies = [await ask(exchange) for _ in range(MESSAGES)]
+            read = len(reads)
+    finally:
+        await backend.close()
+    assert all(isinstance(reply, bytes) for reply in replies)
+    assert len(hops) == MESSAGES, hops
+    assert handles == []
+    assert read == MESSAGES
+
+
+async def test_the_wake_up_is_closed_with_the_client(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """The eventfd lives from `connect` to a stop the CRT confirmed: a disconnect leaves no
+    descriptor open and no loop watching it."""
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    try:
+        transport, _inbox = await backend.connected("gw-wake-fd")
+        fd = transport._wakeup.fd  # type: ignore[attr-defined]
+        assert fd is not None
+        await transport.disconnect()
+        assert transport._wakeup.fd is None  # type: ignore[attr-defined]
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        assert transport._wakeup.loop is None  # type: ignore[attr-defined]
+        assert not transport.is_connected
+    finally:
+        await backend.close()
 
 
 async def ask(
@@ -297,3 +371,45 @@ async def test_a_binding_that_refuses_the_direct_publish_sends_requests_through_
     assert all(isinstance(reply, bytes) for reply in replies)
     assert refused == [13]
     assert awscrt_client._direct is False
+
+
+def test_the_wake_up_follows_the_transport_to_another_loop(
+    mosquitto_factory: Callable[[], Mosquitto],
+) -> None:
+    """A transport connected again on another loop while its last stop was not confirmed (its
+    eventfd still open) moves the eventfd to the new loop: a CRT thread's wake-up reaches the
+    loop the transport now runs on, and the old loop no longer watches it."""
+    transport: Any = AwscrtBackend(mosquitto_factory(), _awscrt).make("gw-two-loops")
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        transport._loop = first
+        transport._wakeup.watch(first, transport._run_pending)
+        fd = transport._wakeup.fd
+        transport._loop = second
+        transport._wakeup.watch(second, transport._run_pending)
+        assert transport._wakeup.fd == fd
+        assert not first.remove_reader(fd)
+        called: asyncio.Future[str] = second.create_future()
+        crt = threading.Thread(target=transport._call, args=(called.set_result, "woken"))
+        crt.start()
+        crt.join()
+        assert second.run_until_complete(called) == "woken"
+    finally:
+        transport._close_wakeup()
+        first.close()
+        second.close()
+
+
+async def test_a_connect_that_cannot_set_up_tls_leaves_no_wake_up_open(
+    mosquitto_factory: Callable[[], Mosquitto], tmp_path: Any
+) -> None:
+    """The eventfd is made once the client is built: a certificate that cannot be read fails
+    `connect` before any CRT thread exists, and nothing is left open or watched."""
+    from dataclasses import replace
+
+    backend = AwscrtBackend(mosquitto_factory(), _awscrt)
+    config = replace(backend.config(rogue=False), cert=tmp_path / "missing.pem")
+    transport: Any = _awscrt(config, "gw-no-tls")
+    with pytest.raises(TransportError, match="cannot set up TLS"):
+        await transport.connect(timeout=10.0)
+    assert transport._wakeup.fd is None

@@ -16,10 +16,12 @@ Reconnects are the CRT's own: exponential backoff with full jitter between
 (`FAIL_ALL_ON_DISCONNECT`), so `publish` never waits across an outage; the caller decides.
 
 Threads: every CRT callback comes from a CRT event-loop thread and is handed to the asyncio loop
-with `call_soon_threadsafe`; operation futures are `concurrent.futures.Future`s wrapped with
-`asyncio.wrap_future`, which does the same. The two callbacks of every job, a message received
-and a request's PUBACK, skip the CRT's Python objects for them (`awscrt_client.new_client`,
-`publish_at_least_once`): the agent reads a message's topic and payload and a PUBACK's codes.
+through the transport's own wake-up (`_call`: a deque, and on Linux an eventfd the loop watches;
+elsewhere `call_soon_threadsafe`); operation futures are `concurrent.futures.Future`s wrapped
+with `asyncio.wrap_future`, which uses `call_soon_threadsafe`. The two callbacks of every job, a
+message received and a request's PUBACK, skip the CRT's Python objects for them
+(`awscrt_client.new_client`, `publish_at_least_once`): the agent reads a message's topic and
+payload and a PUBACK's codes.
 
 The CRT's threads are not Python's: each callback takes the GIL with `PyGILState_Ensure`, and
 its last `PyGILState_Release` deletes the thread state it made. So every callback (about 7 per
@@ -68,6 +70,7 @@ from jobs_agent.transport.base import (
 from jobs_agent.transport.nodelay import set_nodelay_on_process_sockets
 from jobs_agent.transport.options import AwscrtOptions
 from jobs_agent.transport.topics import validate_topic_filter, validate_topic_name
+from jobs_agent.transport.wakeup import EventfdWakeup
 
 log = structlog.get_logger("jobs_agent.transport.awscrt")
 
@@ -170,7 +173,10 @@ class AwscrtTransport(Transport):
         self._pending: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
         """What CRT threads asked the loop to run (`_call`), oldest first."""
         self._woken = False
-        """A `_run_pending` is scheduled on the loop and has not started yet."""
+        """A wake-up is on its way to the loop (written to the eventfd, or a `_run_pending`
+        scheduled) and `_run_pending` has not started yet."""
+        self._wakeup = EventfdWakeup()
+        """`_call`'s wake-up, open from `connect` until a stop the CRT confirmed."""
         self._ever_up = False
 
     # -- construction ------------------------------------------------------------------------
@@ -192,16 +198,20 @@ class AwscrtTransport(Transport):
     # -- CRT callbacks (CRT threads) -----------------------------------------------------------
     def _call(self, callback: Any, *args: Any) -> None:
         """Run `callback(*args)` on the loop, in the order of the CRT's calls. Calls made before
-        the loop got round to the last wake-up ride on it: a wake-up is a thread hop (a write to
-        the loop's self-pipe, its read, a GIL hand-over), and a read of the socket often
-        delivers several messages (a job's last reply with the next job's notification)."""
+        the loop got round to the last wake-up ride on it: a wake-up is a thread hop (a write,
+        the loop's read, a GIL hand-over), and a read of the socket often delivers several
+        messages (a job's last reply with the next job's notification).
+
+        The wake-up is a write to an eventfd the loop watches (`EventfdWakeup`: no `Handle` per
+        hop, one read); without one (not Linux, or before `connect`), `call_soon_threadsafe`."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         self._pending.append((callback, args))
         if not self._woken:
             self._woken = True
-            loop.call_soon_threadsafe(self._run_pending)
+            if not self._wakeup.write():
+                loop.call_soon_threadsafe(self._run_pending)
 
     def _run_pending(self) -> None:
         self._woken = False  # first: a call appended from now on wakes the loop again
@@ -309,6 +319,7 @@ class AwscrtTransport(Transport):
         self._stopped.clear()
         self._first = self._loop.create_future()
         client = self._build()
+        self._wakeup.watch(self._loop, self._run_pending)  # after a build that can fail
         self._client = client
         where = f"{self.config.endpoint}:{self.config.port} as {self.client_id}"
         client.start()
@@ -342,8 +353,17 @@ class AwscrtTransport(Transport):
         client.stop()
         # The CRT confirms with the stopped lifecycle event; waiting keeps the native client
         # alive until its threads no longer call us.
-        await asyncio.to_thread(self._stopped.wait, STOP_TIMEOUT)
+        if await asyncio.to_thread(self._stopped.wait, STOP_TIMEOUT):
+            self._close_wakeup()
         self._cancel_tasks()
+
+    def _close_wakeup(self) -> None:
+        """Close the eventfd once the CRT confirmed its client stopped (no CRT thread writes to
+        its number any more); a wake-up written but not read is handed over."""
+        self._wakeup.close()
+        loop = self._loop
+        if self._woken and loop is not None and not loop.is_closed():
+            loop.call_soon(self._run_pending)
 
     async def disconnect(self) -> None:
         await self._stop()
