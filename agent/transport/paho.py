@@ -210,7 +210,11 @@ class PahoTransport(Transport):
             if self._ack_flush is not None:
                 self._ack_flush.cancel()
                 self._ack_flush = None
-            if client.write_now() and not client.want_write():
+            if client.write_now():
+                if client.want_write():
+                    self._add_writer(sock)  # the socket buffer is full: wait until it drains
+                elif self._writing:
+                    self._remove_writer(sock)  # what a writer waited for went now
                 return
         self._on_loop(self._add_writer, sock)
 

@@ -480,9 +480,17 @@ class DeviceClient(ShortPathClient):
         """Write what is queued now, unless inside one of our callbacks: paho's own rule when
         no external loop is registered (with one, it would wait for the loop to report the
         socket writable: an epoll registration, a loop iteration and a deregistration per
-        packet). False when it could not write now."""
+        packet). False when it could not write now. Not through paho's `loop_write`, whose
+        unregister callback then removed a writer the loop never had (issue 18: seven calls a
+        publish, two a job): the caller asks `want_write`, the flag is reset here."""
         if not self._in_callback_mutex.acquire(False):
             return False
         self._in_callback_mutex.release()
-        self.loop_write()
+        if self._sock is None:
+            return True  # `loop_write`'s "not connected": paho reports the loss
+        rc = self._packet_write()
+        if rc > 0 and rc != MQTTErrorCode.MQTT_ERR_AGAIN:
+            self._loop_rc_handle(rc)  # as `loop_write`: the connection is lost
+        elif not self._out_packet:
+            self._registered_write = False  # `_call_socket_unregister_write`'s part
         return True
