@@ -204,13 +204,16 @@ class PahoTransport(Transport):
         ):
             if self._reading:
                 client._registered_write = False  # the next packet queued asks again
-                if self._ack_flush is None and self._loop is not None:
-                    self._ack_flush = self._loop.call_later(ACK_DELAY_SECONDS, self._flush_acks)
+                self._hold_acks()
                 return
             if self._ack_flush is not None:
                 self._ack_flush.cancel()
                 self._ack_flush = None
-            if client.write_now() and not client.want_write():
+            if client.write_now():
+                if client.want_write():
+                    self._add_writer(sock)  # the socket buffer is full: wait until it drains
+                elif self._writing:
+                    self._remove_writer(sock)  # what a writer waited for went now
                 return
         self._on_loop(self._add_writer, sock)
 
@@ -264,6 +267,8 @@ class PahoTransport(Transport):
         client = self._client
         buffer = client if isinstance(client, ShortPathClient) else None
         self._reading = True
+        if buffer is not None:
+            buffer.holding_acks = True  # the PUBACKs of what is read wait for a packet out
         try:
             while True:
                 client.loop_read()
@@ -278,6 +283,16 @@ class PahoTransport(Transport):
                     break
         finally:
             self._reading = False
+            if buffer is not None:
+                buffer.holding_acks = False
+                if buffer.acks_waiting:
+                    buffer.acks_waiting = False
+                    self._hold_acks()
+
+    def _hold_acks(self) -> None:
+        """What a read queued waits for the next packet out, or ACK_DELAY_SECONDS."""
+        if self._ack_flush is None and self._loop is not None and self._sock is not None:
+            self._ack_flush = self._loop.call_later(ACK_DELAY_SECONDS, self._flush_acks)
 
     def _writable(self) -> None:
         self._client.loop_write()

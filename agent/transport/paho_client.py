@@ -95,6 +95,9 @@ class ShortPathClient(mqtt.Client):
 
     on_qos1: Callable[[str, bytes], None] | None = None
     """`(topic, payload)` callback for QoS 1 publishes received (set by the transport)."""
+    holding_acks = False
+    """Set by the transport while it reads: a PUBACK queued then sets `acks_waiting` only."""
+    acks_waiting = False
     _rbuf: bytes = b""
     _rpos: int = 0
 
@@ -127,6 +130,9 @@ class ShortPathClient(mqtt.Client):
         if not data:
             return False
         self._rbuf, self._rpos = data, 0
+        # The keep-alive clock, once per `recv`, not per packet (issue 18: 7 in ~3 reads a job)
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
         return True
 
     def _read_next(self) -> MQTTErrorCode | None:
@@ -353,7 +359,10 @@ class ShortPathClient(mqtt.Client):
                 "info": None,
             }
         )
-        self._call_socket_register_write()
+        if self.holding_acks:  # paho's register call and the transport's, which held it back
+            self.acks_waiting = True  # (issue 18: three calls a message, five messages a job)
+        else:
+            self._call_socket_register_write()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _qos1_received(
@@ -436,7 +445,6 @@ class DeviceClient(ShortPathClient):
             if mid is None:
                 return None
             self._rpos = end
-            self._received()
             message = self._out_messages.get(mid)
             if (
                 message is not None
@@ -455,7 +463,6 @@ class DeviceClient(ShortPathClient):
         if publish is None:
             return None
         self._rpos = end
-        self._received()
         return self._qos1_in(*publish)
 
     def _acked(self, mid: int, message: mqtt.MQTTMessage) -> MQTTErrorCode:
@@ -472,17 +479,21 @@ class DeviceClient(ShortPathClient):
             return self._update_inflight()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _received(self) -> None:
-        with self._msgtime_mutex:  # the keep-alive check's clock, as paho's read sets it
-            self._last_bytes_received = time.monotonic()
-
     def write_now(self) -> bool:
         """Write what is queued now, unless inside one of our callbacks: paho's own rule when
         no external loop is registered (with one, it would wait for the loop to report the
         socket writable: an epoll registration, a loop iteration and a deregistration per
-        packet). False when it could not write now."""
+        packet). False when it could not write now. Not through paho's `loop_write`, whose
+        unregister callback then removed a writer the loop never had (issue 18: seven calls a
+        publish, two a job): the caller asks `want_write`, the flag is reset here."""
         if not self._in_callback_mutex.acquire(False):
             return False
         self._in_callback_mutex.release()
-        self.loop_write()
+        if self._sock is None:
+            return True  # `loop_write`'s "not connected": paho reports the loss
+        rc = self._packet_write()
+        if rc > 0 and rc != MQTTErrorCode.MQTT_ERR_AGAIN:
+            self._loop_rc_handle(rc)  # as `loop_write`: the connection is lost
+        elif not self._out_packet:
+            self._registered_write = False  # `_call_socket_unregister_write`'s part
         return True
