@@ -68,3 +68,38 @@ async def test_the_first_request_goes_before_the_sweep_ends_and_the_first_handle
             code = await run
         await emulator.stop()
     assert code == 0
+
+
+async def test_a_sweep_that_fails_is_tried_again_and_no_handler_runs_before_it_succeeds(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: Any
+) -> None:
+    """The first sweep raises: the job waiting at start is not run then (its handler has not
+    started when the second sweep begins), the engine's next round sweeps again, and the job
+    then runs and succeeds. Before, the failed sweep was kept and failed every round: the job
+    never ran until a restart."""
+    started = tmp_path / "started"
+    write_handler(tmp_path / "handlers", "work", f"#!/bin/sh\ntouch {started}\n")
+    seen: list[str] = []
+    sweep_all = JobFiles.sweep_all
+
+    def failing_once(self: JobFiles) -> int:
+        seen.append("handler ran" if started.exists() else "sweep")
+        if len(seen) == 1:
+            raise OSError("cgroup.procs: device or resource busy")
+        return sweep_all(self)
+
+    monkeypatch.setattr(JobFiles, "sweep_all", failing_once)
+    emulator = await start_emulator(mosquitto.port)
+    emulator.service.create_job("after-retry", [THING], {"operation": "work"})
+    agent = Agent(agent_config(tmp_path, mosquitto.port, thing=THING))
+    run = asyncio.create_task(agent.run())
+    try:
+        execution = await wait_terminal(emulator, "after-retry", THING, timeout=30)
+        assert str(execution.status) == "SUCCEEDED"
+        assert seen == ["sweep", "sweep"]
+    finally:
+        agent.request_stop()
+        async with asyncio.timeout(30):
+            code = await run
+        await emulator.stop()
+    assert code == 0

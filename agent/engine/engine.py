@@ -235,8 +235,7 @@ class Engine:
             events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await events
-            with contextlib.suppress(Exception):  # a failed sweep was said where it failed
-                await self._files.swept()
+            await self._files.sweep_ended()  # a failed one was said where it failed
             # The jobs' processes are stopped by now: the cgroup base goes if it is empty.
             release_job_groups(self._shared.settings.state_dir)
             self._shared.set_status("stopped")

@@ -213,7 +213,15 @@ class JobFiles:
         self._sweeping = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
-        swept = await asyncio.to_thread(self.sweep_all)
+        try:
+            swept = await asyncio.to_thread(self.sweep_all)
+        except Exception as exc:  # said now: no job may come to fail on it for a long time
+            log.error(
+                "cannot sweep the job groups an earlier agent left; no handler runs until it"
+                " succeeds (tried again at the next job)",
+                error=str(exc),
+            )
+            raise
         if swept:
             log.warning(
                 "stopped the handler an earlier agent left running",
@@ -224,10 +232,27 @@ class JobFiles:
     async def swept(self) -> None:
         """Once the start-up sweep has ended (at once after that): containment sets up and
         sweeps before any handler runs, and before an execution's own group is swept. A
-        sweep that failed fails every caller, so nothing runs without it."""
-        if self._sweeping is not None:
-            await self._sweeping
+        sweep that failed fails its caller, so nothing runs without it, and the next caller
+        (the engine's next round, after its pause) starts it again: a passing failure does
+        not leave the agent unable to run a handler until it is restarted. Shielded: a caller
+        cancelled (the engine's stop) leaves the sweep to end in its thread."""
+        sweeping = self._sweeping
+        if sweeping is None:
+            return
+        if sweeping.done() and (sweeping.cancelled() or sweeping.exception() is not None):
+            sweeping = self._sweeping = asyncio.ensure_future(self._sweep())
+        await asyncio.shield(sweeping)
+        if self._sweeping is sweeping:
             self._sweeping = None
+
+    async def sweep_ended(self) -> None:
+        """Once a sweep under way has ended, whatever its result; none is started (the
+        engine's stop: the cgroup base is released after it)."""
+        sweeping = self._sweeping
+        if sweeping is not None:
+            await asyncio.wait([sweeping])
+            if not sweeping.cancelled():
+                sweeping.exception()  # logged by `_sweep` already: retrieved, not said again
 
     def sweep_all(self) -> int:
         """Empty every job group an earlier agent left (at start)."""
