@@ -18,7 +18,12 @@ import pytest
 from jobs_agent import datamodel
 from jobs_agent.vocabulary import ExecutionRef
 from tests.harness import wait_until
-from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
+from tests.helpers.agent_harness import (
+    make_config,
+    make_handler_dir,
+    plugin_on_path,
+    running_agent,
+)
 from tests.helpers.calls import Calls
 
 PLUGIN = """
@@ -30,15 +35,8 @@ class Quick:
 
 @pytest.fixture
 def plugin_module(tmp_path: Path) -> Iterator[None]:
-    package = tmp_path / "plugins"
-    package.mkdir()
-    (package / "ref_costs_plugin.py").write_text(PLUGIN)
-    sys.path.insert(0, str(package))
-    try:
+    with plugin_on_path(tmp_path, "ref_costs_plugin", PLUGIN):
         yield
-    finally:
-        sys.path.remove(str(package))
-        sys.modules.pop("ref_costs_plugin", None)
 
 
 async def test_a_plugin_job_hashes_and_compares_references_without_the_shared_methods(

@@ -8,7 +8,6 @@ report) stay: counted here with the statements."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,12 @@ from jobs_agent.engine.records import RECORD_COLUMNS
 from jobs_agent.engine.store import ExecutionState, PackageRow, Store
 from jobs_agent.vocabulary import ExecutionRef, JobExecutionStatus
 from tests.harness import wait_until
-from tests.helpers.agent_harness import make_config, make_handler_dir, running_agent
+from tests.helpers.agent_harness import (
+    make_config,
+    make_handler_dir,
+    plugin_on_path,
+    running_agent,
+)
 
 PLUGIN = """
 class Quick:
@@ -30,15 +34,8 @@ class Quick:
 
 @pytest.fixture
 def plugin_module(tmp_path: Path) -> Iterator[None]:
-    package = tmp_path / "plugins"
-    package.mkdir()
-    (package / "store_statements_plugin.py").write_text(PLUGIN)
-    sys.path.insert(0, str(package))
-    try:
+    with plugin_on_path(tmp_path, "store_statements_plugin", PLUGIN):
         yield
-    finally:
-        sys.path.remove(str(package))
-        sys.modules.pop("store_statements_plugin", None)
 
 
 def drain_job(store: Store, number: int) -> None:

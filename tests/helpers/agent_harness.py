@@ -14,8 +14,9 @@ import contextlib
 import functools
 import io
 import json
+import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,21 @@ def write_script(directory: Path, name: str, body: str, mode: int = 0o755) -> Pa
     path.write_text(body if body.startswith("#!") else "#!/bin/sh\n" + body)
     path.chmod(mode)
     return path
+
+
+@contextlib.contextmanager
+def plugin_on_path(base: Path, module: str, source: str) -> Iterator[None]:
+    """A plugin module `module` (its text `source`) importable for the block: written in a
+    `plugins` folder under `base`, put on `sys.path`, and forgotten again afterwards."""
+    package = base / "plugins"
+    package.mkdir()
+    (package / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(package))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop(module, None)
 
 
 def make_handler_dir(base: Path) -> Path:
